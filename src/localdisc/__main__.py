@@ -1,0 +1,3 @@
+from localdisc.cli import main
+
+main()
