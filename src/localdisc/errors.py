@@ -1,0 +1,26 @@
+"""Exceptions that localdisc raises for bad input: each names the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LocaldiscError(Exception):
+    """Base class: the CLI prints these as one line, without a traceback."""
+
+
+class ImageReadError(LocaldiscError, ValueError):
+    """A file could not be read as an image or mask."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class DatasetError(LocaldiscError, ValueError):
+    """A data set folder is incomplete or inconsistent (missing mask, unknown layout, ...)."""
+
+
+class CheckpointError(LocaldiscError):
+    """A run directory or checkpoint is missing, corrupt or incompatible."""
