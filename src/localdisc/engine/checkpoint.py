@@ -1,0 +1,243 @@
+"""Safe persistence: atomic writes, safetensors weights (no pickle), verifiable checkpoints.
+
+A checkpoint is a folder ``checkpoints/step_00001000/`` holding ``model.safetensors``,
+``optimizer.safetensors`` (the optimizer's tensors, flattened) and ``state.json`` (step, stage, RNG
+states, optimizer hyper-parameters and the SHA-256 of each tensor file). It is written into a
+temporary folder and renamed into place, so a crash never leaves a half-written checkpoint under
+its final name; a corrupt one is detected by its checksums and skipped on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from localdisc.errors import CheckpointError
+
+CHECKPOINT_PREFIX = "step_"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Save tensors as safetensors through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(_contiguous(tensors), tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing or corrupt file raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from exc
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load weights from safetensors, or from a ``.pt``/``.pth`` file without unpickling code.
+
+    PyTorch files go through ``torch.load(weights_only=True)``, which refuses anything but
+    tensors and plain containers.
+    """
+    path = Path(path)
+    if path.suffix in {".pt", ".pth", ".bin", ".ckpt"}:
+        if not path.is_file():
+            raise CheckpointError(f"{path}: weights file not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # any unpickling refusal or corruption
+            raise CheckpointError(
+                f"{path}: could not be loaded with torch.load(weights_only=True) ({exc})"
+            ) from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise CheckpointError(f"{path}: expected a dict of tensors")
+        return state
+    return load_safetensors(path)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into flat tensors (for safetensors) and a JSON part."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{name}"] = value
+            else:
+                plain.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "plain": plain}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, entry in meta.get("plain", {}).items():
+        state.setdefault(int(idx), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    checkpoint_dir: str | Path,
+    step: int,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write one checkpoint atomically and keep the newest ``keep`` ones.
+
+    Args:
+        checkpoint_dir: the run's ``checkpoints/`` folder.
+        step: global step, names the folder.
+        tensors: file stem -> tensors, e.g. ``{"model": ..., "optimizer": ..., "rng": ...}``.
+        state: JSON-serialisable training state; checksums are added to it.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=checkpoint_dir, prefix=".tmp-"))
+    try:
+        checksums = {}
+        for stem, group in tensors.items():
+            path = tmp / f"{stem}.safetensors"
+            save_file(_contiguous(group), str(path))
+            checksums[path.name] = sha256(path)
+        state = {**state, "step": step, "checksums": checksums}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(checkpoint_dir)
+    for old in list_checkpoints(checkpoint_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """Checkpoint folders, oldest first (temporary folders of interrupted writes excluded)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(
+        p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+    )
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Return the checkpoint's state if every file matches its checksum, else raise."""
+    state_path = path / "state.json"
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{state_path}: unreadable ({exc})") from exc
+    for name, digest in state.get("checksums", {}).items():
+        f = path / name
+        if not f.is_file() or sha256(f) != digest:
+            raise CheckpointError(f"{f}: missing or corrupt (checksum mismatch)")
+    return state
+
+
+def load_latest_checkpoint(
+    checkpoint_dir: str | Path, warn: Any = None
+) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]] | None:
+    """Load the newest valid checkpoint, falling back to older ones when one is corrupt.
+
+    Returns ``(state, tensors)`` or None when there is no checkpoint at all.
+    """
+    candidates = list_checkpoints(checkpoint_dir)
+    for path in reversed(candidates):
+        try:
+            state = verify_checkpoint(path)
+            tensors = {
+                name.removesuffix(".safetensors"): load_safetensors(path / name)
+                for name in state["checksums"]
+            }
+        except CheckpointError as exc:
+            if warn is not None:
+                warn(f"skipping checkpoint {path.name}: {exc}")
+            continue
+        return state, tensors
+    if candidates:
+        raise CheckpointError(f"{checkpoint_dir}: no valid checkpoint among {len(candidates)}")
+    return None

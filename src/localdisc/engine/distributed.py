@@ -1,0 +1,66 @@
+"""Data-parallel set-up for ``torchrun`` (PyTorch DDP: NCCL on GPU, gloo on CPU).
+
+Launch with e.g. ``torchrun --nproc-per-node 2 -m localdisc pretrain ...``; on several machines
+add ``--nnodes N --node-rank R --rdzv-backend c10d --rdzv-endpoint HOST:PORT``. Without those
+environment variables everything runs in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` under torchrun takes the local rank's GPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            from localdisc.errors import LocaldiscError
+
+            raise LocaldiscError("--device cuda was asked for but no CUDA GPU is available")
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
+
+
+def setup(device: str = "auto") -> DistContext:
+    """Initialise the process group when launched by torchrun, else a single-process context."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistContext(rank, world_size, local_rank, dev)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

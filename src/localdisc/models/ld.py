@@ -1,0 +1,152 @@
+"""The LD network: backbone + embedding head + clustering head (METHOD.md section 1)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from localdisc.errors import CheckpointError
+from localdisc.models.vgg_unet import VGGUNet, conv_bn_relu
+
+MODALITY_CHANNELS = {"fundus": 3, "xray": 1}
+
+
+@dataclass
+class LDConfig:
+    """Architecture of an :class:`LDModel` (saved as ``model`` in a run's ``config.json``)."""
+
+    modality: str = "fundus"
+    width: int = 16
+    dim: int = 32
+    clusters: int = 16
+
+    @property
+    def in_channels(self) -> int:
+        return MODALITY_CHANNELS[self.modality]
+
+
+def head(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 conv + BN + ReLU + 3x3 conv, the shape of both LD heads."""
+    return nn.Sequential(
+        conv_bn_relu(in_channels, out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+    )
+
+
+class LDModel(nn.Module):
+    """Local discrimination network of Chen et al. (TPAMI 2023).
+
+    ``forward(x)`` returns the per-pixel embeddings ``v`` ([N, D, H, W], unit L2 norm over D) and,
+    when ``with_clusters``, the soft cluster assignments ``a`` ([N, K, H, W], sigmoid then L1
+    normalised over K so that ``a.sum(1) == 1``). Inputs are normalised images whose height and
+    width are multiples of 16; :meth:`embed` and :meth:`cluster` take raw images of any size.
+    """
+
+    def __init__(self, config: LDConfig | None = None, **kwargs: object) -> None:
+        super().__init__()
+        self.config = config or LDConfig(**kwargs)  # type: ignore[arg-type]
+        if self.config.modality not in MODALITY_CHANNELS:
+            raise ValueError(f"modality must be one of {sorted(MODALITY_CHANNELS)}")
+        self.backbone = VGGUNet(self.config.in_channels, self.config.width)
+        c = self.backbone.out_channels
+        self.embedding_head = head(c, self.config.dim)
+        self.cluster_head = head(c, self.config.clusters)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The VGG encoder: what transfer learning takes."""
+        return self.backbone.encoder
+
+    def forward(self, x: Tensor, with_clusters: bool = True) -> tuple[Tensor, Tensor | None]:
+        features = self.backbone(x)
+        v = F.normalize(self.embedding_head(features).float(), dim=1)
+        if not with_clusters:
+            return v, None
+        a = torch.sigmoid(self.cluster_head(features).float())
+        return v, a / a.sum(1, keepdim=True).clamp_min(1e-12)
+
+    # --- inference on raw images -------------------------------------------------------------
+    def _prepare(self, image: np.ndarray | Tensor) -> tuple[Tensor, int, int]:
+        """Raw image (H x W x C array in [0, 1], or [C, H, W] tensor) -> padded normalised batch."""
+        from localdisc.data.views import normalize
+
+        if isinstance(image, np.ndarray):
+            arr = image if image.ndim == 3 else image[..., None]
+            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)
+        else:
+            x = image.float()
+        c = self.config.in_channels
+        if x.shape[0] != c:
+            if c == 1:  # RGB X-ray -> luminance
+                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+            elif x.shape[0] == 1:
+                x = x.expand(3, -1, -1)
+            else:
+                raise ValueError(f"expected {c} channels, got {x.shape[0]}")
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 16, (-w) % 16
+        x = normalize(x[None], self.config.modality)
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x.to(next(self.parameters()).device), h, w
+
+    @torch.no_grad()
+    def embed(self, image: np.ndarray | Tensor) -> Tensor:
+        """Per-pixel embeddings of one raw image: a [D, H, W] tensor of unit vectors."""
+        x, h, w = self._prepare(image)
+        was_training = self.training
+        self.eval()
+        v, _ = self(x, with_clusters=False)
+        self.train(was_training)
+        return v[0, :, :h, :w]
+
+    @torch.no_grad()
+    def cluster(self, image: np.ndarray | Tensor) -> Tensor:
+        """Soft cluster assignments of one raw image: a [K, H, W] tensor summing to 1 over K."""
+        x, h, w = self._prepare(image)
+        was_training = self.training
+        self.eval()
+        _, a = self(x)
+        self.train(was_training)
+        return a[0, :, :h, :w]
+
+    # --- persistence ------------------------------------------------------------------------
+    def save(self, run_dir: str | Path) -> None:
+        """Write ``model.safetensors`` and ``encoder.safetensors`` (atomically) and the config."""
+        from localdisc.engine.checkpoint import atomic_save_safetensors, atomic_write_text
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save_safetensors(self.state_dict(), run_dir / "model.safetensors")
+        atomic_save_safetensors(self.encoder.state_dict(), run_dir / "encoder.safetensors")
+        config_path = run_dir / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        config["model"] = asdict(self.config)
+        atomic_write_text(config_path, json.dumps(config, indent=2))
+
+    @classmethod
+    def from_pretrained(
+        cls, run_dir: str | Path, *, weights: str = "model.safetensors", device: str = "cpu"
+    ) -> LDModel:
+        """Load a model from a run directory (``config.json`` + safetensors weights, no pickle)."""
+        from localdisc.engine.checkpoint import load_safetensors
+
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"{run_dir}: not a localdisc run directory (no config.json)")
+        try:
+            config = LDConfig(**json.loads(config_path.read_text())["model"])
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{config_path}: unreadable model config ({exc})") from exc
+        model = cls(config)
+        state = load_safetensors(run_dir / weights)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{run_dir / weights}: weights do not match the config") from exc
+        return model.to(device).eval()

@@ -1,0 +1,89 @@
+import pickle
+
+import pytest
+import torch
+
+from localdisc.engine.checkpoint import (
+    atomic_save_safetensors,
+    list_checkpoints,
+    load_latest_checkpoint,
+    load_weights,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+)
+from localdisc.errors import CheckpointError
+
+
+def _tensors(x: float) -> dict:
+    return {"model": {"w": torch.full((3,), x)}}
+
+
+def test_checkpoints_rotate_and_load_newest(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, _tensors(step), {"stage": 1}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
+    state, tensors = load_latest_checkpoint(tmp_path)
+    assert state["step"] == 3 and tensors["model"]["w"][0] == 3
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    save_checkpoint(tmp_path, 1, _tensors(1), {})
+    newest = save_checkpoint(tmp_path, 2, _tensors(2), {})
+    data = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    warnings = []
+    state, tensors = load_latest_checkpoint(tmp_path, warn=warnings.append)
+    assert state["step"] == 1 and tensors["model"]["w"][0] == 1
+    assert "checksum" in warnings[0]
+
+
+def test_no_valid_checkpoint_is_an_error(tmp_path):
+    only = save_checkpoint(tmp_path, 1, _tensors(1), {})
+    (only / "state.json").write_text("{")
+    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+        load_latest_checkpoint(tmp_path)
+    assert load_latest_checkpoint(tmp_path / "absent") is None
+
+
+def test_interrupted_write_leaves_no_checkpoint(tmp_path, monkeypatch):
+    import localdisc.engine.checkpoint as ckpt
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, 5, _tensors(5), {})
+    assert list_checkpoints(tmp_path) == []
+    assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_optimizer_state_round_trips_through_safetensors():
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.randn(4)
+    opt.step()
+    tensors, meta = optimizer_to_flat(opt)
+    opt2 = torch.optim.Adam([torch.nn.Parameter(p.detach().clone())], lr=0.5)
+    opt2.load_state_dict(optimizer_from_flat(tensors, meta))
+    assert opt2.param_groups[0]["lr"] == 0.1
+    torch.testing.assert_close(
+        opt2.state[opt2.param_groups[0]["params"][0]]["exp_avg"], opt.state[p]["exp_avg"]
+    )
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_weights(path)
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    assert load_weights(good)["w"].sum() == 2
+    atomic_save_safetensors({"w": torch.ones(2)}, tmp_path / "w.safetensors")
+    assert load_weights(tmp_path / "w.safetensors")["w"].sum() == 2

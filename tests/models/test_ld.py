@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from localdisc.errors import CheckpointError
+from localdisc.models.ld import LDConfig, LDModel
+from localdisc.models.vgg_unet import VGGEncoder, VGGUNet
+
+
+def test_encoder_matches_the_paper_quarter_width_vgg16():
+    enc = VGGEncoder(3, 16)
+    assert enc.channels == [16, 32, 64, 128, 128]
+    n_params = sum(p.numel() for p in enc.parameters())
+    assert 0.85e6 < n_params < 0.95e6  # METHOD.md: about 0.9 M parameters
+    skips = enc(torch.randn(1, 3, 64, 64))
+    assert [s.shape[-1] for s in skips] == [64, 32, 16, 8, 4]
+
+
+def test_backbone_gives_32_channels_at_full_resolution():
+    net = VGGUNet(1, 16)
+    assert net.out_channels == 32
+    assert net(torch.randn(2, 1, 48, 80)).shape == (2, 32, 48, 80)
+
+
+@pytest.mark.parametrize("modality,channels", [("fundus", 3), ("xray", 1)])
+def test_heads_are_normalised(modality, channels):
+    model = LDModel(LDConfig(modality=modality, dim=8, clusters=5))
+    v, a = model(torch.randn(2, channels, 32, 32))
+    assert v.shape == (2, 8, 32, 32) and a.shape == (2, 5, 32, 32)
+    torch.testing.assert_close(v.norm(dim=1), torch.ones(2, 32, 32))
+    torch.testing.assert_close(a.sum(1), torch.ones(2, 32, 32))
+    assert (a >= 0).all()
+    v1, none = model(torch.randn(1, channels, 32, 32), with_clusters=False)
+    assert none is None and v1.shape == (1, 8, 32, 32)
+
+
+def test_embed_and_cluster_take_raw_images_of_any_size():
+    model = LDModel(dim=8, clusters=4)
+    image = np.random.default_rng(0).random((37, 50, 3), dtype=np.float32)
+    v = model.embed(image)
+    a = model.cluster(image)
+    assert v.shape == (8, 37, 50) and a.shape == (4, 37, 50)
+    assert model.training  # restored after inference
+    xray = LDModel(modality="xray", dim=8, clusters=4)
+    assert xray.embed(image).shape == (8, 37, 50)  # RGB X-ray reduced to luminance
+
+
+def test_save_and_from_pretrained_round_trip(tmp_path):
+    model = LDModel(dim=8, clusters=4).eval()
+    model.save(tmp_path)
+    assert (tmp_path / "encoder.safetensors").is_file()
+    loaded = LDModel.from_pretrained(tmp_path)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x)[0], model(x)[0])
+    assert loaded.config == model.config
+
+
+def test_from_pretrained_errors_name_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        LDModel.from_pretrained(tmp_path)
+    LDModel(dim=8, clusters=4).save(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        LDModel.from_pretrained(tmp_path)
