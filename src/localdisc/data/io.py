@@ -1,0 +1,893 @@
+"""Reading images and masks from every file format medical-imaging users hand us.
+
+:func:`read_image` returns a float32 array in [0, 1] of shape H x W x C (C = 1 or 3) plus an
+:class:`ImageMeta`; :func:`read_mask` returns a bool H x W array. Both decide the decoder by the
+file's content where it can be sniffed (a JPEG named ``.png`` is read as a JPEG) and by suffix
+where it cannot (headerless JSRT ``.IMG``). Bad input never escapes as a raw library exception:
+every failure is an :class:`~localdisc.errors.ImageReadError` naming the file.
+
+Supported: PNG, JPEG, BMP, GIF (first frame), PPM/PGM/PBM (8 and 16 bit; also gzipped as
+``.ppm.gz``/``.pgm.gz``, as STARE ships them), TIFF (first page; tifffile, falling back to
+Pillow), DICOM (needs the optional ``pydicom``), JSRT raw ``.IMG`` and NumPy ``.npy``.
+
+Size guard: images with more than ``max_pixels`` pixels (H x W) are refused from the header,
+before any pixel is decoded. The limit is, in order of precedence, the ``max_pixels`` argument,
+the value given to :func:`set_max_pixels`, the environment variable ``LOCALDISC_MAX_PIXELS``, or
+:data:`MAX_PIXELS`.
+
+Value conventions:
+
+* unsigned integer samples are divided by their full-scale value: ``2**bits - 1`` where the true
+  bit depth is known (12-bit JSRT: 4095; a 16-bit PGM with maxval 4095: 4095), otherwise the
+  dtype maximum (16-bit PNG/TIFF: 65535), so 16-bit range is preserved;
+* signed integers without negative values are divided by the dtype maximum; with negative values
+  they are min-max scaled;
+* floats must be finite; they are kept when inside [0, 1] and min-max scaled otherwise
+  (a constant image outside [0, 1] becomes all zeros);
+* alpha is dropped (RGBA -> RGB, LA -> L); palette images become RGB, or grey when the palette
+  is grey; EXIF orientation is ignored so that images stay aligned with their masks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from localdisc.errors import ImageReadError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "ImageMeta",
+    "is_image_file",
+    "read_image",
+    "read_mask",
+    "set_max_pixels",
+]
+
+#: Lower-case suffixes :func:`read_image` accepts (double suffixes included).
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".ppm.gz",
+    ".pgm.gz",
+    ".dcm",
+    ".dicom",
+    ".img",
+    ".npy",
+)
+
+#: Default pixel limit (H x W), about 268 M pixels: far above any 2-D medical image, far below
+#: what a crafted header can claim.
+MAX_PIXELS: int = 2**28
+
+MAX_PIXELS_ENV = "LOCALDISC_MAX_PIXELS"
+
+JSRT_SIZE = 2048
+JSRT_BITS = 12
+
+_GZ_SUFFIXES = (".ppm.gz", ".pgm.gz")
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+# Enough to hold any sane netpbm header (comments included) and the DICOM preamble.
+_HEAD_BYTES = 65536
+# Slack for headers and comments when bounding gzip output.
+_GZ_SLACK = 1 << 20
+# Pillow formats we let it sniff (its JPEG opener also returns multi-picture "MPO" files).
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "PPM", "TIFF")
+_PIL_FORMAT_NAMES = {
+    "PNG": "png",
+    "JPEG": "jpeg",
+    "MPO": "jpeg",
+    "BMP": "bmp",
+    "GIF": "gif",
+    "TIFF": "tiff",
+}
+_WHITESPACE = b" \t\r\n\x0b\x0c"
+
+_max_pixels_override: int | None = None
+# Guards our temporary changes to Pillow's module-level settings.
+_PIL_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What a file held before conversion to float [0, 1].
+
+    Attributes:
+        path: the file read.
+        format: the format found by content: ``"png"``, ``"jpeg"``, ``"tiff"``, ``"gif"``,
+            ``"bmp"``, ``"ppm"``, ``"pgm"``, ``"pbm"``, ``"dicom"``, ``"jsrt_img"`` or ``"npy"``.
+        bit_depth: bits per sample as stored (1, 8, 12 for JSRT, 16, 32, ...).
+        height: rows.
+        width: columns.
+        channels: samples per pixel as stored, alpha included (1, 2, 3 or 4).
+    """
+
+    path: Path
+    format: str
+    bit_depth: int
+    height: int
+    width: int
+    channels: int
+
+
+@dataclass
+class _Decoded:
+    """Pixels as decoded, before conversion: what read_image and read_mask share."""
+
+    pixels: np.ndarray  # H x W or H x W x C (C = 1 or 3), alpha already dropped
+    scale: float | None  # value meaning "full white"; None: data-driven (floats)
+    meta: ImageMeta
+    palette: np.ndarray | None = None  # (256, 3) uint8 when pixels are palette indices
+    invert: bool = False  # MINISWHITE TIFF: the scaled values are flipped
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def set_max_pixels(n: int | None) -> None:
+    """Set the process-wide pixel limit (H x W) for reads without ``max_pixels``.
+
+    ``None`` restores the default (``LOCALDISC_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`).
+    """
+    global _max_pixels_override
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+        raise ValueError(f"max_pixels must be a positive integer, got {n!r}")
+    _max_pixels_override = n
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` has a suffix :func:`read_image` accepts (case-insensitive)."""
+    return _matching_suffix(Path(path)) is not None
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """Read an image as float32 H x W x C in [0, 1], C = 1 (grey) or 3 (RGB).
+
+    Args:
+        path: the file; the decoder is chosen by content where possible, else by suffix.
+        max_pixels: refuse images with more than this many pixels (H x W); see the module doc.
+
+    Raises:
+        ImageReadError: the file is missing, unsupported, corrupt, truncated or too large.
+    """
+    path = Path(path)
+    decoded = _decode(path, max_pixels)
+    return _to_float_image(path, decoded), decoded.meta
+
+
+def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read a binary mask as a bool H x W array.
+
+    Foreground is decided so that the usual encodings all come out right:
+
+    * grey or RGB (RGB: the brightest channel counts): values in {0, 1} -> value 1;
+      exactly two values, one of them 0 (0/255, 0/k) -> non-zero; otherwise (anti-aliased or
+      JPEG-compressed masks, two non-zero levels) -> above half of full scale;
+    * palette images (GIF/PNG "P"): a grey palette is read as grey (above); with a single
+      colour used, or exactly two of which one is dark and one bright, the bright colour
+      (brightest channel > 127; DRIVE's second-observer GIFs use near-black (4, 2, 4) and
+      near-white, and GIF encoders reorder palettes, so the index alone means nothing there);
+      otherwise index != 0 (label palettes, where index 0 is background whatever its colour).
+
+    Raises:
+        ImageReadError: as :func:`read_image`.
+    """
+    path = Path(path)
+    d = _decode(path, max_pixels)
+    if d.palette is not None:
+        mask = _palette_mask(d.pixels, d.palette)
+    else:
+        values = d.pixels if d.pixels.ndim == 2 else d.pixels.max(axis=2)
+        if d.invert:
+            values = _invert(values, d.scale)
+        mask = _binarize(values, d.scale)
+    return np.ascontiguousarray(mask, dtype=bool)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _matching_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    # Longest first so that ".ppm.gz" wins over a hypothetical ".gz".
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    return None
+
+
+def _resolve_limit(path: Path, max_pixels: int | None) -> int:
+    if max_pixels is not None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+            raise ImageReadError(path, f"max_pixels must be a positive integer, got {max_pixels!r}")
+        return max_pixels
+    if _max_pixels_override is not None:
+        return _max_pixels_override
+    env = os.environ.get(MAX_PIXELS_ENV)
+    if env:
+        try:
+            value = int(env.replace("_", ""))
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ImageReadError(
+                path, f"environment variable {MAX_PIXELS_ENV}={env!r} is not a positive integer"
+            )
+        return value
+    return MAX_PIXELS
+
+
+def _check_pixels(path: Path, width: int, height: int, limit: int) -> None:
+    """Refuse absurd or over-limit sizes before anything is decoded."""
+    if width <= 0 or height <= 0:
+        raise ImageReadError(path, f"invalid image size {width}x{height}")
+    n = width * height
+    if n > limit:
+        raise ImageReadError(
+            path,
+            f"image is {width}x{height} = {n:,} pixels, over the limit of {limit:,} pixels "
+            "(a guard against decompression bombs); raise it with read_image(..., max_pixels=N), "
+            f"localdisc.data.io.set_max_pixels(N) or the environment variable {MAX_PIXELS_ENV}=N",
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _decode(path: Path, max_pixels: int | None) -> _Decoded:
+    """Check the path, sniff the content and run the right decoder."""
+    limit = _resolve_limit(path, max_pixels)
+    if not path.exists():
+        raise ImageReadError(path, "file not found")
+    if path.is_dir():
+        raise ImageReadError(path, "is a directory, not an image file")
+    if not path.is_file():
+        raise ImageReadError(path, "not a regular file")
+    suffix = _matching_suffix(path)
+    if suffix is None:
+        shown = "".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix
+        raise ImageReadError(
+            path,
+            f"unsupported file type {shown or '(no suffix)'!r}; supported: "
+            + ", ".join(sorted(IMAGE_SUFFIXES)),
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open: {_describe(exc)}") from exc
+    if not head:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+
+    kind, decoder = _choose_decoder(path, suffix, head)
+    try:
+        decoded = decoder(path, head, limit)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"image too large: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(
+            path, "content is not a PNG, JPEG, BMP, GIF, PPM/PGM/PBM or TIFF image"
+        ) from exc
+    except Exception as exc:  # decoders raise anything from OSError to struct.error on bad input
+        raise ImageReadError(path, f"cannot decode as {kind}: {_describe(exc)}") from exc
+    _validate(path, decoded, limit)
+    return decoded
+
+
+def _choose_decoder(path: Path, suffix: str, head: bytes) -> tuple[str, Any]:
+    if suffix in _GZ_SUFFIXES:
+        if not head.startswith(b"\x1f\x8b"):
+            raise ImageReadError(path, f"not gzip data although the name ends in {suffix!r}")
+        return "gzipped netpbm", _decode_gzip_netpbm
+    if head.startswith(b"\x1f\x8b"):
+        raise ImageReadError(
+            path, "file is gzip-compressed; only names ending in .ppm.gz or .pgm.gz are unpacked"
+        )
+    if head.startswith(b"\x93NUMPY"):
+        return "npy", _decode_npy
+    if head[128:132] == b"DICM":
+        return "DICOM", _decode_dicom
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF", _decode_tiff
+    # Headerless formats cannot be sniffed: trust the suffix. (12-bit raw data can never start
+    # with any of the magic numbers above, so sniffing first is safe for JSRT.)
+    if suffix == ".img":
+        return "JSRT raw .IMG", _decode_jsrt
+    if suffix in _DICOM_SUFFIXES:
+        return "DICOM", _decode_dicom
+    if suffix == ".npy":
+        return "npy", _decode_npy
+    return "image", _decode_pil_file
+
+
+def _validate(path: Path, d: _Decoded, limit: int) -> None:
+    """Last line of defence against decoders returning something other than one image."""
+    px = d.pixels
+    if px.ndim not in (2, 3) or (px.ndim == 3 and px.shape[2] not in (1, 3)):
+        raise ImageReadError(path, f"decoded to an unexpected shape {px.shape}")
+    _check_pixels(path, int(px.shape[1]), int(px.shape[0]), limit)
+    if px.dtype.kind not in "biuf":
+        raise ImageReadError(path, f"decoded to unsupported sample type {px.dtype}")
+    if px.dtype.kind == "f" and not np.isfinite(px).all():
+        raise ImageReadError(path, "image contains NaN or infinite values")
+
+
+# --------------------------------------------------------------------------- Pillow
+
+
+@contextmanager
+def _pil_settings(
+    *, no_pixel_limit: bool = False, strict_truncation: bool = False
+) -> Iterator[None]:
+    """Temporarily adjust Pillow's process-wide settings, under a lock.
+
+    Pillow's own decompression-bomb limit would refuse images our (possibly higher) limit
+    allows, so it is lifted while a header is parsed; we then check the size ourselves before
+    decoding. If someone set ``ImageFile.LOAD_TRUNCATED_IMAGES``, it is switched off while we
+    decode, because a truncated file must be an error, not a half-grey image.
+    """
+    with _PIL_LOCK:
+        saved_limit = Image.MAX_IMAGE_PIXELS
+        saved_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+        if no_pixel_limit:
+            Image.MAX_IMAGE_PIXELS = None
+        if strict_truncation:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved_limit
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
+
+
+def _pil_load(im: Image.Image) -> None:
+    # Hold the lock only in the rare case someone enabled truncated loading, so that decoding
+    # in threads stays parallel otherwise.
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        with _pil_settings(strict_truncation=True):
+            im.load()
+    else:
+        im.load()
+
+
+def _decode_pil_file(path: Path, head: bytes, limit: int) -> _Decoded:
+    if head[:2] in (b"P5", b"P6"):
+        header = _parse_netpbm_header(head)
+        if header[3] > 255:
+            with open(path, "rb") as f:
+                return _decode_netpbm16(path, header, f, limit)
+    return _decode_pil(path, path, limit, _PIL_FORMATS)
+
+
+def _decode_pil(
+    path: Path, source: Path | BinaryIO, limit: int, formats: tuple[str, ...]
+) -> _Decoded:
+    with _pil_settings(no_pixel_limit=True):
+        im = Image.open(source, formats=list(formats))
+    try:
+        width, height = im.size
+        _check_pixels(path, width, height, limit)
+        _pil_load(im)
+        return _from_pil(path, im)
+    finally:
+        im.close()
+
+
+def _from_pil(path: Path, im: Image.Image) -> _Decoded:
+    """Map a loaded Pillow image to samples, full scale and metadata."""
+    mode = im.mode
+    fmt = im.format or "?"
+    width, height = im.size
+    palette = None
+    scale: float | None = 255.0
+    bits = 8
+    if mode == "1":
+        pixels, scale, bits, channels = np.asarray(im, dtype=np.uint8), 1.0, 1, 1
+    elif mode == "L":
+        pixels, channels = np.asarray(im), 1
+    elif mode == "LA":
+        pixels, channels = np.asarray(im)[..., 0], 2
+    elif mode in ("P", "PA"):
+        index = np.asarray(im)
+        pixels = index if index.ndim == 2 else index[..., 0]
+        palette = _pil_palette(im)
+        used = palette[np.flatnonzero(np.bincount(pixels.ravel(), minlength=256))]
+        channels = 1 if _is_grey(used) else 3
+    elif mode == "RGB":
+        pixels, channels = np.asarray(im), 3
+    elif mode in ("RGBA", "RGBX", "RGBa"):
+        pixels, channels = np.asarray(im)[..., :3], 4
+    elif mode.startswith("I;16"):
+        pixels, scale, bits, channels = np.asarray(im).astype(np.uint16), 65535.0, 16, 1
+    elif mode == "I":
+        pixels, channels = np.asarray(im), 1
+        # Pillow widens 16-bit data to 32-bit "I" in places; treat in-range data as 16 bit.
+        if pixels.size and pixels.min() >= 0 and pixels.max() <= 65535:
+            pixels, scale, bits = pixels.astype(np.uint16), 65535.0, 16
+        else:
+            scale, bits = float(np.iinfo(np.int32).max), 32
+    elif mode == "F":
+        pixels, scale, bits, channels = np.asarray(im), None, 32, 1
+    else:  # CMYK, YCbCr, LAB, HSV, packed 16-bit RGB variants: let Pillow convert
+        channels = len(im.getbands())
+        pixels = np.asarray(im.convert("RGB"))
+    if fmt == "PPM":
+        name = {"1": "pbm", "F": "pfm"}.get(mode, "ppm" if channels >= 3 else "pgm")
+    else:
+        name = _PIL_FORMAT_NAMES.get(fmt, fmt.lower())
+    meta = ImageMeta(path, name, bits, height, width, channels)
+    return _Decoded(np.ascontiguousarray(pixels), scale, meta, palette=palette)
+
+
+def _pil_palette(im: Image.Image) -> np.ndarray:
+    """The palette as (256, 3) uint8; entries beyond the stored palette are black."""
+    out = np.zeros((256, 3), dtype=np.uint8)
+    raw = im.getpalette("RGB")
+    if raw is None:  # no palette stored: Pillow displays indices as grey levels
+        out[:] = np.arange(256, dtype=np.uint8)[:, None]
+        return out
+    colours = np.asarray(raw, dtype=np.uint8).reshape(-1, 3)[:256]
+    out[: len(colours)] = colours
+    return out
+
+
+def _is_grey(colours: np.ndarray) -> bool:
+    return bool((colours == colours[:, :1]).all())
+
+
+# --------------------------------------------------------------------------- netpbm / gzip
+
+
+def _parse_netpbm_header(data: bytes) -> tuple[bytes, int, int, int, int]:
+    """Parse a P1-P6 header: (magic, width, height, maxval, offset of the raster)."""
+    magic = data[:2]
+    if magic not in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
+        raise ValueError("not a PBM/PGM/PPM header")
+    need = 2 if magic in (b"P1", b"P4") else 3
+    values: list[int] = []
+    pos = 2
+    while len(values) < need:
+        while pos < len(data) and (data[pos] in _WHITESPACE or data[pos] == ord("#")):
+            if data[pos] == ord("#"):
+                end = data.find(b"\n", pos)
+                if end < 0:
+                    raise ValueError("netpbm header comment runs past the header")
+                pos = end
+            pos += 1
+        start = pos
+        while pos < len(data) and 48 <= data[pos] <= 57:
+            pos += 1
+        if start == pos or pos - start > 9:
+            raise ValueError("malformed netpbm header")
+        values.append(int(data[start:pos]))
+    if pos >= len(data) or data[pos] not in _WHITESPACE:
+        raise ValueError("malformed netpbm header")
+    width, height = values[0], values[1]
+    maxval = values[2] if need == 3 else 1
+    if not 0 < maxval < 65536:
+        raise ValueError(f"netpbm maxval {maxval} outside 1..65535")
+    return magic, width, height, maxval, pos + 1
+
+
+def _decode_netpbm16(
+    path: Path, header: tuple[bytes, int, int, int, int], source: BinaryIO, limit: int
+) -> _Decoded:
+    """Binary PGM/PPM with maxval > 255: Pillow would drop colour data to 8 bits, so read it
+    directly and scale by maxval, the true full-scale value."""
+    magic, width, height, maxval, offset = header
+    _check_pixels(path, width, height, limit)
+    channels = 1 if magic == b"P5" else 3
+    count = width * height * channels
+    source.seek(offset)
+    data = source.read(2 * count)
+    if len(data) < 2 * count:
+        raise ImageReadError(
+            path,
+            f"truncated: {width}x{height} needs {2 * count} bytes of samples, found {len(data)}",
+        )
+    pixels = np.frombuffer(data, dtype=">u2").reshape(height, width, channels)
+    top = int(pixels.max())
+    if top > maxval:
+        raise ImageReadError(path, f"sample value {top} exceeds the header's maxval {maxval}")
+    pixels = pixels.astype(np.uint16)
+    if channels == 1:
+        pixels = pixels[..., 0]
+    name = "pgm" if channels == 1 else "ppm"
+    meta = ImageMeta(path, name, maxval.bit_length(), height, width, channels)
+    return _Decoded(np.ascontiguousarray(pixels), float(maxval), meta)
+
+
+def _decode_gzip_netpbm(path: Path, head: bytes, limit: int) -> _Decoded:
+    """Unpack a gzipped PPM/PGM in memory, never more than its header says it needs."""
+    with open(path, "rb") as f, gzip.GzipFile(fileobj=f) as gz:
+        start = gz.read(_HEAD_BYTES)
+        try:
+            header = _parse_netpbm_header(start)
+        except ValueError as exc:
+            raise ImageReadError(path, f"gzip content is not a PPM/PGM/PBM image ({exc})") from exc
+        magic, width, height, maxval, offset = header
+        _check_pixels(path, width, height, limit)
+        channels = 3 if magic in (b"P3", b"P6") else 1
+        samples = width * height * channels
+        if magic == b"P4":
+            needed = (width + 7) // 8 * height
+        elif magic in (b"P1", b"P2", b"P3"):
+            needed = samples * (len(str(maxval)) + 1)  # digits plus a separator per sample
+        else:
+            needed = samples * (1 if maxval < 256 else 2)
+        budget = offset + needed + _GZ_SLACK
+        rest = gz.read(max(budget - len(start), 0) + 1)
+    data = start + rest
+    if len(data) > budget:
+        raise ImageReadError(
+            path, f"gzip content is larger than the {budget:,} bytes a {width}x{height} image needs"
+        )
+    if magic in (b"P5", b"P6") and maxval > 255:
+        return _decode_netpbm16(path, header, io.BytesIO(data), limit)
+    return _decode_pil(path, io.BytesIO(data), limit, ("PPM",))
+
+
+# --------------------------------------------------------------------------- TIFF
+
+
+class _TiffUnsupported(Exception):
+    """tifffile read the file but we do not interpret this layout: let Pillow try."""
+
+
+def _decode_tiff(path: Path, head: bytes, limit: int) -> _Decoded:
+    try:
+        return _decode_tifffile(path, limit)
+    except ImageReadError:
+        raise
+    except Exception as first:  # e.g. LZW without imagecodecs (DRIVE), odd layouts, damage
+        try:
+            return _decode_pil(path, path, limit, ("TIFF",))
+        except ImageReadError:
+            raise
+        except Exception as second:
+            raise ImageReadError(
+                path,
+                f"cannot decode as TIFF: tifffile: {_describe(first)}; Pillow: {_describe(second)}",
+            ) from second
+
+
+def _decode_tifffile(path: Path, limit: int) -> _Decoded:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        if not tf.pages:
+            raise _TiffUnsupported("no pages")
+        page = tf.pages[0]
+        if not isinstance(page, tifffile.TiffPage):
+            raise _TiffUnsupported("first page is not a plain image page")
+        height, width = int(page.imagelength), int(page.imagewidth)
+        _check_pixels(path, width, height, limit)
+        photometric = int(page.photometric)
+        # 0 MINISWHITE, 1 MINISBLACK, 2 RGB; palette, CMYK, YCbCr ... go to Pillow.
+        if photometric not in (0, 1, 2) or page.imagedepth > 1:
+            raise _TiffUnsupported(f"photometric {photometric}")
+        pixels = page.asarray()
+        axes = page.axes
+        bits = int(page.bitspersample)
+        spp = int(page.samplesperpixel)
+
+    if axes == "SYX":
+        pixels = np.moveaxis(pixels, 0, -1)
+    elif axes not in ("YX", "YXS"):
+        raise _TiffUnsupported(f"axes {axes}")
+    if pixels.shape[:2] != (height, width):
+        raise _TiffUnsupported(f"decoded shape {pixels.shape} does not match header")
+    if pixels.ndim == 3:
+        keep = 3 if photometric == 2 else 1  # drop alpha and other extra samples
+        if pixels.shape[2] < keep:
+            raise _TiffUnsupported(f"{pixels.shape[2]} samples for photometric {photometric}")
+        pixels = pixels[..., :keep]
+        if keep == 1:
+            pixels = pixels[..., 0]
+    scale = _integer_scale(pixels.dtype, bits)
+    meta = ImageMeta(path, "tiff", bits, height, width, spp)
+    return _Decoded(np.ascontiguousarray(pixels), scale, meta, invert=photometric == 0)
+
+
+def _integer_scale(dtype: np.dtype, bits: int) -> float | None:
+    """Full-scale value for integer samples: from the stored bit depth when it is narrower
+    than the container (12-bit data in uint16), else the dtype maximum."""
+    if dtype.kind == "b":
+        return 1.0
+    if dtype.kind == "u":
+        container = dtype.itemsize * 8
+        return float(2**bits - 1) if 0 < bits < container else float(np.iinfo(dtype).max)
+    if dtype.kind == "i":
+        return float(np.iinfo(dtype).max)
+    return None
+
+
+# --------------------------------------------------------------------------- JSRT
+
+
+def _decode_jsrt(path: Path, head: bytes, limit: int) -> _Decoded:
+    """JSRT raw: 2048 x 2048 big-endian 16-bit words with 12-bit values, no header.
+
+    The raw values are film-density-like (high = dark), so they are flipped to 4095 - raw:
+    bones come out bright, as in the PNG conversions everyone uses.
+    """
+    expected = JSRT_SIZE * JSRT_SIZE * 2
+    actual = path.stat().st_size
+    if actual != expected:
+        raise ImageReadError(
+            path,
+            f"a JSRT .IMG file must be exactly {expected:,} bytes (2048x2048 big-endian 16-bit "
+            f"words, no header) but this one is {actual:,} bytes; other raw .img formats "
+            "(e.g. Analyze) are not supported",
+        )
+    _check_pixels(path, JSRT_SIZE, JSRT_SIZE, limit)
+    raw = np.fromfile(path, dtype=">u2")
+    if raw.size != JSRT_SIZE * JSRT_SIZE:
+        raise ImageReadError(path, f"read {raw.size * 2} bytes, expected {expected}")
+    top = int(raw.max())
+    full = 2**JSRT_BITS - 1
+    if top > full:
+        raise ImageReadError(
+            path,
+            f"value {top} exceeds 12 bits: not a JSRT image (or not big-endian as JSRT stores it)",
+        )
+    pixels = (full - raw.astype(np.uint16)).reshape(JSRT_SIZE, JSRT_SIZE)
+    meta = ImageMeta(path, "jsrt_img", JSRT_BITS, JSRT_SIZE, JSRT_SIZE, 1)
+    return _Decoded(pixels, float(full), meta)
+
+
+# --------------------------------------------------------------------------- npy
+
+
+def _decode_npy(path: Path, head: bytes, limit: int) -> _Decoded:
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ImageReadError(path, f"unsupported .npy format version {version}")
+        if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
+            raise ImageReadError(path, f"unsupported array dtype {dtype}: need bool, int or float")
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+            raise ImageReadError(
+                path, f"array shape {shape} is not an image: need H x W or H x W x C, C in 1, 3, 4"
+            )
+        height, width = int(shape[0]), int(shape[1])
+        _check_pixels(path, width, height, limit)
+        needed = int(np.prod(shape)) * dtype.itemsize
+        available = path.stat().st_size - f.tell()
+        if available < needed:
+            raise ImageReadError(
+                path, f"truncated: array data need {needed:,} bytes, file holds {available:,}"
+            )
+        f.seek(0)
+        array = np.load(f, allow_pickle=False)
+    channels = 1 if array.ndim == 2 else int(array.shape[2])
+    if channels == 4:
+        array = array[..., :3]
+    elif channels == 1 and array.ndim == 3:
+        array = array[..., 0]
+    if array.dtype.kind in "iu":
+        array = array.astype(array.dtype.newbyteorder("="), copy=False)
+    bits = 1 if dtype.kind == "b" else dtype.itemsize * 8
+    meta = ImageMeta(path, "npy", bits, height, width, channels)
+    return _Decoded(np.ascontiguousarray(array), _integer_scale(array.dtype, bits), meta)
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
+    """DICOM: modality LUT (rescale), then VOI LUT or window, else min-max; MONOCHROME1 flipped.
+
+    The result is already in [0, 1]. The linear/sigmoid window is computed here rather than
+    with pydicom's ``apply_windowing`` because that maps into a bit-depth-dependent output range
+    we would have to reconstruct; the formulas are those of DICOM PS3.3 C.11.2.1.2.
+    """
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise ImageReadError(
+            path, "reading DICOM needs pydicom: pip install localdisc[dicom]"
+        ) from exc
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
+
+    has_preamble = head[128:132] == b"DICM"
+    ds = pydicom.dcmread(path, force=not has_preamble)
+    if "PixelData" not in ds:
+        raise ImageReadError(path, "no pixel data (not a DICOM image, or float pixel data)")
+    for tag in ("Rows", "Columns", "BitsStored", "PhotometricInterpretation"):
+        if tag not in ds:
+            raise ImageReadError(path, f"DICOM attribute {tag} is missing")
+    height, width = int(ds.Rows), int(ds.Columns)
+    _check_pixels(path, width, height, limit)
+    bits = int(ds.BitsStored)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+
+    try:
+        from pydicom.pixels import pixel_array
+
+        pixels = pixel_array(ds, index=0)  # first frame only: no need to decode the rest
+    except ImportError:  # pydicom 2.x
+        pixels = ds.pixel_array
+        if frames > 1:
+            pixels = pixels[0]
+
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        if pixels.ndim != 2:
+            raise ImageReadError(path, f"grey DICOM decoded to shape {pixels.shape}")
+        values = np.asarray(apply_modality_lut(pixels, ds))
+        values = _dicom_voi(ds, values, apply_voi)
+        if photometric == "MONOCHROME1":  # low values are white
+            values = 1.0 - values
+        out = values
+    elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") and spp == 3:
+        # pydicom converts YBR to RGB when decoding.
+        if pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ImageReadError(path, f"colour DICOM decoded to shape {pixels.shape}")
+        out = pixels.astype(np.float64) / float(2**bits - 1)
+    else:
+        raise ImageReadError(
+            path, f"unsupported DICOM photometric interpretation {photometric!r} ({spp} samples)"
+        )
+    out = np.clip(out, 0.0, 1.0)
+    meta = ImageMeta(path, "dicom", bits, height, width, spp)
+    return _Decoded(np.ascontiguousarray(out, dtype=np.float32), 1.0, meta)
+
+
+def _dicom_voi(ds: Any, values: np.ndarray, apply_voi: Any) -> np.ndarray:
+    """Map modality values to [0, 1]: VOI LUT table, else first window, else min-max."""
+    seq = ds.get("VOILUTSequence")
+    if seq and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]:
+        if np.issubdtype(values.dtype, np.floating) and np.all(values == np.round(values)):
+            values = values.astype(np.int64)  # the LUT is indexed by integer modality values
+        lut_bits = int(seq[0].LUTDescriptor[2])
+        return np.asarray(apply_voi(values, ds), dtype=np.float64) / float(2**lut_bits - 1)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center = _first_value(ds.WindowCenter)
+        width = _first_value(ds.WindowWidth)
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        windowed = _window(values.astype(np.float64), center, width, function)
+        if windowed is not None:
+            return windowed
+    return _min_max(values.astype(np.float64))
+
+
+def _first_value(value: Any) -> float:
+    # Window centre/width may be multi-valued (several suggested windows): use the first.
+    if hasattr(value, "__len__") and not isinstance(value, str):
+        value = value[0]
+    return float(value)
+
+
+def _window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray | None:
+    """DICOM PS3.3 C.11.2.1.2 windowing into [0, 1]; None if the width is invalid."""
+    if function == "SIGMOID":
+        if width <= 0:
+            return None
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            return None
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width < 1:
+        return None
+    if width == 1:  # degenerate window: a threshold at center - 0.5
+        return (x > center - 0.5).astype(np.float64)
+    return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _min_max(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x, dtype=np.float64)
+    return (x - lo) / (hi - lo)
+
+
+def _invert(values: np.ndarray, scale: float | None) -> np.ndarray:
+    if scale is None:
+        return 1.0 - values
+    return (scale - values.astype(np.float64)).astype(np.float64)
+
+
+def _to_float_image(path: Path, d: _Decoded) -> np.ndarray:
+    """Samples -> float32 H x W x C in [0, 1] following the module's value conventions."""
+    px = d.pixels
+    if d.palette is not None:
+        colours = d.palette[px]
+        px = colours[..., :1] if d.meta.channels == 1 else colours
+    if px.dtype.kind == "b":
+        out = px.astype(np.float32)
+    elif px.dtype.kind in "iu":
+        lo, hi = (int(px.min()), int(px.max())) if px.size else (0, 0)
+        if lo < 0:
+            out = _min_max(px.astype(np.float64))
+        else:
+            scale = d.scale if d.scale is not None else float(np.iinfo(px.dtype).max)
+            if hi > scale:
+                raise ImageReadError(
+                    path,
+                    f"sample value {hi} exceeds the {d.meta.bit_depth}-bit full scale {scale:g}",
+                )
+            out = px.astype(np.float32) / np.float32(scale)
+    else:
+        if d.scale is not None:  # already normalised by the decoder (DICOM)
+            out = px
+        else:
+            lo, hi = float(px.min()), float(px.max())
+            out = px if lo >= 0.0 and hi <= 1.0 else _min_max(px.astype(np.float64))
+    if d.invert:
+        out = 1.0 - out
+    if out.ndim == 2:
+        out = out[..., None]
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
+
+
+def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
+    """Grey values -> foreground; see :func:`read_mask` for the rules."""
+    if values.dtype.kind == "b":
+        return values
+    levels = _levels(values)
+    if levels.size <= 2 and np.isin(levels, (0, 1)).all():
+        return values == 1
+    if levels.size == 2 and levels[0] == 0:
+        return values != 0
+    if scale is None:  # floats: 0.5 for probabilities, half the maximum otherwise
+        top = float(levels[-1])
+        scale = 1.0 if top <= 1.0 else top
+    return values > scale / 2
+
+
+def _levels(values: np.ndarray) -> np.ndarray:
+    """Distinct values, sorted (bincount is much faster than unique for 8-bit masks)."""
+    if values.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(values.ravel(), minlength=256))
+    return np.unique(values)
+
+
+def _palette_mask(index: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    used = np.flatnonzero(np.bincount(index.ravel(), minlength=256))
+    colours = palette[used]
+    if _is_grey(colours):
+        return _binarize(palette[:, 0][index], 255.0)
+    brightness = palette.max(axis=1)
+    dark = brightness[used] <= 127
+    # One colour, or one dark and one bright: the colours say it (GIF encoders reorder
+    # palettes, so there the index means nothing). Otherwise a label map: index 0 = background.
+    if used.size == 1 or (used.size == 2 and dark.any() and not dark.all()):
+        return brightness[index] > 127
+    return index != 0

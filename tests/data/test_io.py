@@ -1,0 +1,854 @@
+"""Tests for localdisc.data.io: every format round-trips, masks decode right, bad input fails
+cleanly with ImageReadError naming the file. Fixtures are generated in tmp_path."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageFile
+
+from localdisc.data import io as lio
+from localdisc.data.io import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    ImageMeta,
+    is_image_file,
+    read_image,
+    read_mask,
+    set_max_pixels,
+)
+from localdisc.errors import ImageReadError
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _default_limit(monkeypatch: pytest.MonkeyPatch):
+    # Each test starts from the default pixel limit, whatever the environment says.
+    monkeypatch.delenv(lio.MAX_PIXELS_ENV, raising=False)
+    set_max_pixels(None)
+    yield
+    set_max_pixels(None)
+
+
+def _save(arr: np.ndarray, path: Path, mode: str | None = None, **kwargs) -> Path:
+    Image.fromarray(arr, mode=mode).save(path, **kwargs) if mode else Image.fromarray(arr).save(
+        path, **kwargs
+    )
+    return path
+
+
+def _check_image(img: np.ndarray, shape: tuple[int, ...]) -> None:
+    assert img.dtype == np.float32
+    assert img.shape == shape
+    assert img.flags.c_contiguous
+    assert np.isfinite(img).all() and img.min() >= 0.0 and img.max() <= 1.0
+
+
+def _expect_error(path: Path, match: str | None = None, **kwargs) -> ImageReadError:
+    with pytest.raises(ImageReadError) as info:
+        read_image(path, **kwargs)
+    assert str(path) in str(info.value)
+    if match is not None:
+        assert match in str(info.value), str(info.value)
+    return info.value
+
+
+# ----------------------------------------------------------------------------- suffixes
+
+
+def test_is_image_file_by_suffix_case_insensitive() -> None:
+    for name in ["a.png", "B.PNG", "c.JpEg", "im0001.ah.ppm.gz", "X.PGM.GZ", "JPCLN001.IMG"]:
+        assert is_image_file(name), name
+    for name in ["a.txt", "b.gz", "c.png.gz", "d", "e.nii.gz", ".png"]:
+        assert not is_image_file(name), name
+    assert all(s == s.lower() and s.startswith(".") for s in IMAGE_SUFFIXES)
+    for required in [".ppm.gz", ".pgm.gz", ".img", ".dcm", ".npy", ".tif", ".tiff", ".gif"]:
+        assert required in IMAGE_SUFFIXES
+
+
+# ----------------------------------------------------------------------------- Pillow formats
+
+
+def test_png_grey_rgb_rgba_la_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
+    grey = rng.integers(0, 256, (7, 9), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (7, 9, 4), dtype=np.uint8)
+
+    img, meta = read_image(_save(grey, tmp_path / "g.png"))
+    _check_image(img, (7, 9, 1))
+    np.testing.assert_array_equal(img[..., 0], grey / np.float32(255))
+    assert meta == ImageMeta(tmp_path / "g.png", "png", 8, 7, 9, 1)
+
+    img, meta = read_image(str(_save(rgb, tmp_path / "c.png")))
+    _check_image(img, (7, 9, 3))
+    np.testing.assert_array_equal(img, rgb / np.float32(255))
+    assert isinstance(meta.path, Path) and meta.channels == 3
+
+    img, meta = read_image(_save(rgba, tmp_path / "a.png"))
+    _check_image(img, (7, 9, 3))
+    np.testing.assert_array_equal(img, rgba[..., :3] / np.float32(255))
+    assert meta.channels == 4
+
+    la = np.stack([grey, 255 - grey], axis=-1)
+    img, meta = read_image(_save(la, tmp_path / "la.png", mode="LA"))
+    _check_image(img, (7, 9, 1))
+    np.testing.assert_array_equal(img[..., 0], grey / np.float32(255))
+    assert meta.channels == 2
+
+
+def test_png_16bit_keeps_range(tmp_path: Path) -> None:
+    arr = np.array([[0, 1, 3], [1000, 40000, 65535]], dtype=np.uint16)
+    img, meta = read_image(_save(arr, tmp_path / "w.png"))
+    _check_image(img, (2, 3, 1))
+    np.testing.assert_allclose(img[..., 0], arr / 65535.0, rtol=1e-6)
+    assert meta.bit_depth == 16 and meta.format == "png"
+
+
+def test_jpeg_round_trip_within_tolerance(tmp_path: Path) -> None:
+    y, x = np.mgrid[0:32, 0:48]
+    rgb = np.stack([x * 5, y * 7, 255 - x * 5], axis=-1).astype(np.uint8)
+    img, meta = read_image(_save(rgb, tmp_path / "c.jpg", quality=95))
+    _check_image(img, (32, 48, 3))
+    assert np.abs(img - rgb / 255.0).mean() < 0.02
+    assert meta.format == "jpeg" and meta.channels == 3
+
+    img, meta = read_image(_save(rgb[..., 0], tmp_path / "g.jpeg", quality=95))
+    _check_image(img, (32, 48, 1))
+    assert np.abs(img[..., 0] - rgb[..., 0] / 255.0).mean() < 0.02
+
+
+def test_bmp_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
+    rgb = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    img, meta = read_image(_save(rgb, tmp_path / "c.bmp"))
+    np.testing.assert_array_equal(img, rgb / np.float32(255))
+    assert meta.format == "bmp"
+
+
+def test_gif_palette_colour_and_grey(tmp_path: Path, rng: np.random.Generator) -> None:
+    palette = [0, 0, 0, 255, 0, 0, 0, 128, 255, 10, 200, 30]
+    index = rng.integers(0, 4, (6, 8), dtype=np.uint8)
+    im = Image.fromarray(index, mode="P")
+    im.putpalette(palette)
+    im.save(tmp_path / "c.gif")
+    img, meta = read_image(tmp_path / "c.gif")
+    _check_image(img, (6, 8, 3))
+    colours = np.array(palette, dtype=np.float32).reshape(-1, 3) / 255
+    np.testing.assert_array_equal(img, colours[index])
+    assert meta.format == "gif" and meta.channels == 3
+
+    grey = rng.integers(0, 256, (6, 8), dtype=np.uint8)
+    _save(grey, tmp_path / "g.gif")
+    img, meta = read_image(tmp_path / "g.gif")
+    _check_image(img, (6, 8, 1))
+    np.testing.assert_array_equal(img[..., 0], grey / np.float32(255))
+
+
+def test_gif_first_frame(tmp_path: Path) -> None:
+    frames = [Image.fromarray(np.full((4, 5), v, dtype=np.uint8)) for v in (10, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    img, _ = read_image(tmp_path / "anim.gif")
+    np.testing.assert_allclose(img, 10 / 255, atol=1e-6)
+
+
+def test_ppm_and_pgm(tmp_path: Path, rng: np.random.Generator) -> None:
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    img, meta = read_image(_save(rgb, tmp_path / "c.ppm"))
+    np.testing.assert_array_equal(img, rgb / np.float32(255))
+    assert (meta.format, meta.bit_depth, meta.channels) == ("ppm", 8, 3)
+
+    grey16 = np.array([[0, 2, 65535], [300, 30000, 65534]], dtype=np.uint16)
+    path = tmp_path / "g16.pgm"
+    path.write_bytes(b"P5\n# a comment\n3 2\n65535\n" + grey16.astype(">u2").tobytes())
+    img, meta = read_image(path)
+    np.testing.assert_allclose(img[..., 0], grey16 / 65535.0, rtol=1e-6)
+    assert (meta.format, meta.bit_depth, meta.channels) == ("pgm", 16, 1)
+
+    # maxval 4095: the true bit depth is 12, full scale 4095.
+    grey12 = np.array([[0, 1, 4095]], dtype=np.uint16)
+    path = tmp_path / "g12.pgm"
+    path.write_bytes(b"P5 3 1 4095\n" + grey12.astype(">u2").tobytes())
+    img, meta = read_image(path)
+    np.testing.assert_allclose(img[..., 0], grey12 / 4095.0, rtol=1e-6)
+    assert meta.bit_depth == 12
+
+    # 16-bit colour keeps its precision (Pillow alone would cut it to 8 bits).
+    rgb16 = np.array([[[0, 1000, 65535], [7, 40000, 2]]], dtype=np.uint16)
+    path = tmp_path / "c16.ppm"
+    path.write_bytes(b"P6\n2 1\n65535\n" + rgb16.astype(">u2").tobytes())
+    img, meta = read_image(path)
+    np.testing.assert_allclose(img, rgb16 / 65535.0, rtol=1e-6)
+    assert (meta.format, meta.bit_depth, meta.channels) == ("ppm", 16, 3)
+
+
+def test_gzipped_ppm_and_pgm(tmp_path: Path, rng: np.random.Generator) -> None:
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PPM")
+    path = tmp_path / "im0001.PPM.GZ"
+    path.write_bytes(gzip.compress(buf.getvalue()))
+    img, meta = read_image(path)
+    np.testing.assert_array_equal(img, rgb / np.float32(255))
+    assert meta.format == "ppm"
+
+    grey16 = np.array([[0, 9, 65535]], dtype=np.uint16)
+    path = tmp_path / "x.pgm.gz"
+    path.write_bytes(gzip.compress(b"P5\n3 1\n65535\n" + grey16.astype(">u2").tobytes()))
+    img, meta = read_image(path)
+    np.testing.assert_allclose(img[..., 0], grey16 / 65535.0, rtol=1e-6)
+    assert meta.bit_depth == 16
+
+
+def test_content_decides_over_suffix(tmp_path: Path, rng: np.random.Generator) -> None:
+    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    path = tmp_path / "actually_jpeg.png"
+    Image.fromarray(rgb).save(path, format="JPEG")
+    img, meta = read_image(path)
+    _check_image(img, (8, 8, 3))
+    assert meta.format == "jpeg"
+
+    path = tmp_path / "actually_tiff.png"
+    tifffile.imwrite(path, rgb[..., 0])
+    img, meta = read_image(path)
+    np.testing.assert_array_equal(img[..., 0], rgb[..., 0] / np.float32(255))
+    assert meta.format == "tiff"
+
+
+def test_exif_orientation_ignored(tmp_path: Path) -> None:
+    # Masks are aligned to the stored pixel grid, so images must not be rotated by EXIF.
+    arr = np.zeros((4, 6), dtype=np.uint8)
+    arr[0, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90"
+    Image.fromarray(arr).save(tmp_path / "r.png", exif=exif)
+    img, _ = read_image(tmp_path / "r.png")
+    assert img.shape == (4, 6, 1) and img[0, 0, 0] == 1.0
+
+
+# ----------------------------------------------------------------------------- TIFF
+
+
+def test_tiff_8_and_16_bit(tmp_path: Path, rng: np.random.Generator) -> None:
+    grey = rng.integers(0, 256, (5, 6), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "g.tif", grey)
+    img, meta = read_image(tmp_path / "g.tif")
+    np.testing.assert_array_equal(img[..., 0], grey / np.float32(255))
+    assert meta == ImageMeta(tmp_path / "g.tif", "tiff", 8, 5, 6, 1)
+
+    rgb = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "c.tiff", rgb, photometric="rgb")
+    img, _ = read_image(tmp_path / "c.tiff")
+    np.testing.assert_array_equal(img, rgb / np.float32(255))
+
+    # 16 bit: small values must stay small (no rescale to the data's own maximum).
+    grey16 = np.array([[0, 3, 100], [1000, 20000, 65535]], dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "g16.tif", grey16)
+    img, meta = read_image(tmp_path / "g16.tif")
+    np.testing.assert_allclose(img[..., 0], grey16 / 65535.0, rtol=1e-6)
+    assert meta.bit_depth == 16
+    dark = np.array([[0, 3, 100]], dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "dark16.tif", dark)
+    img, _ = read_image(tmp_path / "dark16.tif")
+    assert img.max() == pytest.approx(100 / 65535)
+
+    rgb16 = rng.integers(0, 65536, (4, 3, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "c16.tif", rgb16, photometric="rgb")
+    img, _ = read_image(tmp_path / "c16.tif")
+    np.testing.assert_allclose(img, rgb16 / 65535.0, rtol=1e-6)
+
+    # planar (separate) RGB and RGBA
+    tifffile.imwrite(
+        tmp_path / "planar.tif", rgb.transpose(2, 0, 1), photometric="rgb", planarconfig="separate"
+    )
+    img, _ = read_image(tmp_path / "planar.tif")
+    np.testing.assert_array_equal(img, rgb / np.float32(255))
+    rgba = np.concatenate([rgb, np.full((5, 6, 1), 7, np.uint8)], axis=-1)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    img, meta = read_image(tmp_path / "rgba.tif")
+    np.testing.assert_array_equal(img, rgb / np.float32(255))
+    assert meta.channels == 4
+
+
+def test_tiff_multipage_first_page_and_miniswhite(tmp_path: Path) -> None:
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.full((4, 4), 50, np.uint8))
+    tifffile.imwrite(path, np.full((4, 4), 200, np.uint8), append=True)
+    with tifffile.TiffFile(path) as tf:
+        assert len(tf.pages) == 2
+    img, _ = read_image(path)
+    np.testing.assert_allclose(img, 50 / 255, atol=1e-6)
+
+    arr = np.array([[0, 255, 55]], dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "mw.tif", arr, photometric="miniswhite")
+    img, _ = read_image(tmp_path / "mw.tif")
+    np.testing.assert_allclose(img[..., 0], 1 - arr / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(read_mask(tmp_path / "mw.tif"), [[True, False, True]])
+
+
+def test_tiff_lzw_and_palette(tmp_path: Path, rng: np.random.Generator) -> None:
+    # DRIVE ships LZW TIFFs: tifffile needs imagecodecs for those, Pillow does not.
+    rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    img, meta = read_image(tmp_path / "lzw.tif")
+    np.testing.assert_array_equal(img, rgb / np.float32(255))
+    assert meta.format == "tiff"
+
+    index = rng.integers(0, 3, (4, 5), dtype=np.uint8)
+    im = Image.fromarray(index, mode="P")
+    im.putpalette([0, 0, 0, 255, 255, 255, 0, 255, 0])
+    im.save(tmp_path / "pal.tif")
+    img, _ = read_image(tmp_path / "pal.tif")
+    colours = np.array([[0, 0, 0], [1, 1, 1], [0, 1, 0]], dtype=np.float32)
+    np.testing.assert_array_equal(img, colours[index])
+
+
+def test_tiff_float_min_max(tmp_path: Path) -> None:
+    arr = np.array([[-2.0, 0.0, 2.0]], dtype=np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", arr)
+    img, meta = read_image(tmp_path / "f.tif")
+    np.testing.assert_allclose(img[..., 0], [[0.0, 0.5, 1.0]])
+    assert meta.bit_depth == 32
+
+
+# ----------------------------------------------------------------------------- JSRT
+
+
+def _write_jsrt(path: Path, raw: np.ndarray) -> Path:
+    path.write_bytes(raw.astype(">u2").tobytes())
+    return path
+
+
+def test_jsrt_img(tmp_path: Path, rng: np.random.Generator) -> None:
+    raw = rng.integers(0, 4096, (2048, 2048), dtype=np.uint16)
+    raw[0, 0], raw[0, 1] = 0, 4095
+    img, meta = read_image(_write_jsrt(tmp_path / "JPCLN001.IMG", raw))
+    _check_image(img, (2048, 2048, 1))
+    # High raw values are dark on film: flipped so that bones come out bright.
+    np.testing.assert_allclose(img[..., 0], (4095 - raw) / 4095.0, rtol=1e-6)
+    assert img[0, 0, 0] == 1.0 and img[0, 1, 0] == 0.0
+    assert meta == ImageMeta(tmp_path / "JPCLN001.IMG", "jsrt_img", 12, 2048, 2048, 1)
+
+
+def test_jsrt_bad_size_and_values(tmp_path: Path) -> None:
+    path = tmp_path / "short.img"
+    path.write_bytes(b"\x00\x01" * 1000)
+    err = _expect_error(path, "8,388,608")
+    assert "2,000" in str(err)
+
+    raw = np.zeros((2048, 2048), dtype=np.uint16)
+    raw[5, 5] = 5000
+    _expect_error(_write_jsrt(tmp_path / "mislabeled.IMG", raw), "12 bits")
+    _expect_error(_write_jsrt(tmp_path / "ok.img", raw * 0), "limit", max_pixels=1000)
+
+
+# ----------------------------------------------------------------------------- npy
+
+
+def test_npy_dtypes_and_shapes(tmp_path: Path, rng: np.random.Generator) -> None:
+    def load(name: str, arr: np.ndarray) -> tuple[np.ndarray, ImageMeta]:
+        np.save(tmp_path / name, arr)
+        return read_image(tmp_path / name)
+
+    u8 = rng.integers(0, 256, (4, 5), dtype=np.uint8)
+    img, meta = load("u8.npy", u8)
+    np.testing.assert_array_equal(img[..., 0], u8 / np.float32(255))
+    assert meta == ImageMeta(tmp_path / "u8.npy", "npy", 8, 4, 5, 1)
+
+    u16 = rng.integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    img, meta = load("u16.npy", u16)
+    np.testing.assert_allclose(img, u16 / 65535.0, rtol=1e-6)
+    assert meta.bit_depth == 16 and meta.channels == 3
+
+    big_endian = u16.astype(">u2")
+    img, _ = load("be.npy", big_endian)
+    np.testing.assert_allclose(img, u16 / 65535.0, rtol=1e-6)
+
+    unit = rng.random((4, 5, 1))
+    img, _ = load("f.npy", unit)
+    np.testing.assert_allclose(img, unit, rtol=1e-6)
+
+    wide = np.array([[-10.0, 0.0, 30.0]])
+    img, _ = load("wide.npy", wide)
+    np.testing.assert_allclose(img[..., 0], [[0.0, 0.25, 1.0]])
+
+    const = np.full((2, 2), 7.0, dtype=np.float32)
+    img, _ = load("const.npy", const)
+    np.testing.assert_array_equal(img, 0.0)
+
+    img, meta = load("b.npy", np.array([[True, False]]))
+    np.testing.assert_array_equal(img[..., 0], [[1.0, 0.0]])
+    assert meta.bit_depth == 1
+
+    signed = np.array([[-100, 0, 100]], dtype=np.int16)
+    img, _ = load("s.npy", signed)
+    np.testing.assert_allclose(img[..., 0], [[0.0, 0.5, 1.0]])
+
+    rgba = rng.integers(0, 256, (3, 3, 4), dtype=np.uint8)
+    img, meta = load("rgba.npy", rgba)
+    np.testing.assert_array_equal(img, rgba[..., :3] / np.float32(255))
+    assert meta.channels == 4
+
+
+def test_npy_bad(tmp_path: Path) -> None:
+    cases = {
+        "nan.npy": (np.array([[0.0, np.nan]]), "NaN"),
+        "inf.npy": (np.array([[0.0, np.inf]]), "NaN or infinite"),
+        "vec.npy": (np.zeros(5), "shape"),
+        "chw.npy": (np.zeros((3, 8, 8)), "shape"),
+        "complex.npy": (np.zeros((2, 2), dtype=complex), "dtype"),
+        "obj.npy": (np.array([[None, 1]], dtype=object), "dtype"),
+        "vol.npy": (np.zeros((2, 2, 2, 2)), "shape"),
+    }
+    for name, (arr, match) in cases.items():
+        np.save(tmp_path / name, arr, allow_pickle=True)
+        _expect_error(tmp_path / name, match)
+
+    np.save(tmp_path / "full.npy", np.zeros((40, 40), dtype=np.uint16))
+    data = (tmp_path / "full.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[: len(data) - 100])
+    _expect_error(tmp_path / "cut.npy", "truncated")
+    (tmp_path / "nomagic.npy").write_bytes(b"not numpy at all")
+    _expect_error(tmp_path / "nomagic.npy")
+    _expect_error(tmp_path / "full.npy", "limit", max_pixels=100)
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def _write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    frames: int = 1,
+    **attrs,
+) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    shape = pixels.shape[1:] if frames > 1 else pixels.shape
+    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
+    ds.SamplesPerPixel = 3 if len(shape) == 3 else 1
+    if ds.SamplesPerPixel == 3:
+        ds.PlanarConfiguration = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_min_max_and_monochrome1(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    raw = np.array([[100, 600], [1100, 4095]], dtype=np.uint16)
+    img, meta = read_image(_write_dicom(tmp_path / "a.dcm", raw, bits_stored=12))
+    _check_image(img, (2, 2, 1))
+    np.testing.assert_allclose(img[..., 0], (raw - 100) / 3995.0, rtol=1e-6)
+    assert meta == ImageMeta(tmp_path / "a.dcm", "dicom", 12, 2, 2, 1)
+
+    img, _ = read_image(_write_dicom(tmp_path / "m1.dcm", raw, photometric="MONOCHROME1"))
+    np.testing.assert_allclose(img[..., 0], 1 - (raw - 100) / 3995.0, rtol=1e-6, atol=1e-7)
+
+
+def test_dicom_rescale_and_window(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    stored = np.array([[0, 400, 500], [512, 600, 2000]], dtype=np.int16)
+    path = _write_dicom(
+        tmp_path / "ct.dcm",
+        stored,
+        RescaleSlope=2,
+        RescaleIntercept=-1024,
+        WindowCenter=0,
+        WindowWidth=401,
+    )
+    img, _ = read_image(path)
+    hu = stored * 2.0 - 1024.0
+    expected = np.clip((hu + 0.5) / 400.0 + 0.5, 0, 1)  # PS3.3 C.11.2.1.2, centre 0 width 401
+    np.testing.assert_allclose(img[..., 0], expected, atol=1e-6)
+    assert img[0, 0, 0] == 0.0 and img[1, 2, 0] == 1.0  # below / above the window
+    assert 0.0 < img[1, 0, 0] < 1.0  # stored 512 = 0 HU: inside only after rescaling
+
+    # Multi-valued window: the first one is used.
+    path = _write_dicom(
+        tmp_path / "mw.dcm", stored.astype(np.uint16), WindowCenter=[300, 0], WindowWidth=[201, 1]
+    )
+    img, _ = read_image(path)
+    np.testing.assert_allclose(
+        img[..., 0], np.clip((stored - 299.5) / 200.0 + 0.5, 0, 1), atol=1e-6
+    )
+
+
+def test_dicom_voi_lut_rgb_and_frames(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.LUTDescriptor = [4, 0, 8]
+    item.add(DataElement(0x00283006, "US", [0, 50, 200, 255]))
+    raw = np.array([[0, 1], [2, 3]], dtype=np.uint16)
+    path = _write_dicom(tmp_path / "lut.dcm", raw, VOILUTSequence=[item])
+    img, _ = read_image(path)
+    np.testing.assert_allclose(img[..., 0], np.array([[0, 50], [200, 255]]) / 255.0, atol=1e-6)
+
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 14
+    img, meta = read_image(_write_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
+    np.testing.assert_allclose(img, rgb / 255.0, atol=1e-6)
+    assert meta.channels == 3
+
+    stack = np.stack([np.full((3, 3), v, np.uint16) for v in (10, 20, 30)])
+    stack[0, 0, 0] = 0
+    img, _ = read_image(_write_dicom(tmp_path / "mf.dcm", stack, frames=3))
+    expected = np.full((3, 3), 1.0)
+    expected[0, 0] = 0.0
+    np.testing.assert_allclose(img[..., 0], expected)
+
+
+def test_dicom_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pydicom")
+    raw = np.zeros((4, 4), dtype=np.uint16)
+    path = _write_dicom(tmp_path / "x.dcm", raw)
+    _expect_error(path, "limit", max_pixels=10)
+    (tmp_path / "text.dcm").write_text("hello, not DICOM\n")
+    _expect_error(tmp_path / "text.dcm")
+
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # makes `import pydicom` fail
+    _expect_error(path, "pip install localdisc[dicom]")
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def test_masks_grey_and_rgb(tmp_path: Path) -> None:
+    ref = np.array([[0, 1, 1], [0, 0, 1]], dtype=bool)
+    for name, arr in {
+        "m255.png": ref.astype(np.uint8) * 255,
+        "m01.png": ref.astype(np.uint8),
+        "m07.bmp": ref.astype(np.uint8) * 7,
+        "m16.png": ref.astype(np.uint16) * 65535,
+        "m01_16.tif": ref.astype(np.uint16),
+    }.items():
+        path = tmp_path / name
+        tifffile.imwrite(path, arr) if name.endswith(".tif") else _save(arr, path)
+        mask = read_mask(path)
+        assert mask.dtype == bool and mask.shape == (2, 3), name
+        np.testing.assert_array_equal(mask, ref, err_msg=name)
+
+    # All-equal non-zero values: an all-foreground 0/1 or 0/255 mask.
+    assert read_mask(_save(np.ones((3, 3), np.uint8), tmp_path / "ones.png")).all()
+    assert read_mask(_save(np.full((3, 3), 255, np.uint8), tmp_path / "full.png")).all()
+    assert not read_mask(_save(np.zeros((3, 3), np.uint8), tmp_path / "zeros.png")).any()
+
+    rgb = np.zeros((2, 3, 3), dtype=np.uint8)
+    rgb[ref] = [255, 0, 0]  # red vessels on black
+    np.testing.assert_array_equal(read_mask(_save(rgb, tmp_path / "red.png")), ref)
+    rgba = np.concatenate([rgb, np.full((2, 3, 1), 255, np.uint8)], axis=-1)
+    np.testing.assert_array_equal(read_mask(_save(rgba, tmp_path / "red_a.png")), ref)
+
+    # Anti-aliased / lossy masks: threshold at half scale.
+    soft = np.array([[0, 3, 130], [120, 250, 255]], dtype=np.uint8)
+    np.testing.assert_array_equal(
+        read_mask(_save(soft, tmp_path / "soft.png")), [[0, 0, 1], [0, 1, 1]]
+    )
+    big = np.zeros((32, 32), np.uint8)
+    big[8:24, 8:24] = 255
+    _save(big, tmp_path / "m.jpg", quality=75)
+    assert (read_mask(tmp_path / "m.jpg") == big.astype(bool)).mean() > 0.98
+
+
+def test_masks_palette(tmp_path: Path) -> None:
+    ref = np.array([[0, 1, 1, 0], [0, 0, 1, 1]], dtype=bool)
+
+    def palette_file(name: str, index: np.ndarray, palette: list[int]) -> Path:
+        im = Image.fromarray(index.astype(np.uint8), mode="P")
+        im.putpalette(palette)
+        im.save(tmp_path / name)
+        return tmp_path / name
+
+    # DRIVE's second-observer GIFs: index 0 = (4, 2, 4), index 1 = (252, 254, 252).
+    drive = [4, 2, 4, 252, 254, 252]
+    np.testing.assert_array_equal(read_mask(palette_file("drive.gif", ref, drive)), ref)
+    empty = np.zeros_like(ref)
+    assert not read_mask(palette_file("empty.gif", empty, drive)).any()
+    assert read_mask(palette_file("all.gif", ~empty, drive)).all()
+    # Colour decides when one used colour is dark and the other bright, whatever the index.
+    swapped = [255, 255, 255, 0, 0, 0]
+    np.testing.assert_array_equal(read_mask(palette_file("sw.png", ~ref, swapped)), ref)
+    # Label palettes: index 0 is background, every other label is foreground.
+    labels = np.where(ref, np.array([[1, 1, 2, 2], [1, 2, 2, 2]]), 0)
+    voc = [0, 0, 0, 128, 0, 0, 0, 128, 0]
+    np.testing.assert_array_equal(read_mask(palette_file("voc.png", labels, voc)), ref)
+    dark = [0, 0, 0, 64, 0, 0]  # two dark colours
+    np.testing.assert_array_equal(read_mask(palette_file("dark.png", ref, dark)), ref)
+    # Grey palette: read as grey levels (here 0/1).
+    grey = [0, 0, 0, 1, 1, 1]
+    np.testing.assert_array_equal(read_mask(palette_file("grey.png", ref, grey)), ref)
+
+
+def test_masks_npy_and_gz(tmp_path: Path) -> None:
+    prob = np.array([[0.1, 0.6], [0.5, 0.9]], dtype=np.float32)
+    np.save(tmp_path / "p.npy", prob)
+    np.testing.assert_array_equal(read_mask(tmp_path / "p.npy"), prob > 0.5)
+    np.save(tmp_path / "b.npy", prob > 0.5)
+    np.testing.assert_array_equal(read_mask(tmp_path / "b.npy"), prob > 0.5)
+
+    ref = np.array([[0, 255, 0]], dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(ref).save(buf, format="PPM")
+    (tmp_path / "l.ah.ppm.gz").write_bytes(gzip.compress(buf.getvalue()))
+    np.testing.assert_array_equal(read_mask(tmp_path / "l.ah.ppm.gz"), ref > 0)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _png_bytes(shape: tuple[int, ...] = (16, 16, 3), fmt: str = "PNG", seed: int = 0) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_truncated_files(tmp_path: Path) -> None:
+    for name, data in {
+        "t.png": _png_bytes((64, 64, 3)),
+        "t.jpg": _png_bytes((64, 64, 3), "JPEG"),
+        "t.gif": _png_bytes((64, 64), "GIF"),
+        "t.bmp": _png_bytes((64, 64, 3), "BMP"),
+        "t.ppm": _png_bytes((64, 64, 3), "PPM"),
+    }.items():
+        path = tmp_path / name
+        path.write_bytes(data[: len(data) * 2 // 3])
+        _expect_error(path)
+        mask_path = tmp_path / ("mask_" + name)
+        mask_path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(ImageReadError, match="mask_"):
+            read_mask(mask_path)
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((64, 64), np.uint16))
+    (tmp_path / "t.tif").write_bytes(buf.getvalue()[:-500])
+    _expect_error(tmp_path / "t.tif")
+    (tmp_path / "t16.pgm").write_bytes(b"P5\n4 4\n65535\n" + b"\x00" * 20)
+    _expect_error(tmp_path / "t16.pgm", "truncated")
+    good = gzip.compress(b"P5\n4 4\n255\n" + bytes(16))
+    (tmp_path / "t.pgm.gz").write_bytes(good[:-6])
+    _expect_error(tmp_path / "t.pgm.gz")
+
+
+def test_truncated_even_if_pillow_told_to_accept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    data = _png_bytes((64, 64, 3))
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    _expect_error(tmp_path / "t.png")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for whoever set it
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_bad_paths_and_content(tmp_path: Path) -> None:
+    _expect_error(tmp_path / "missing.png", "not found")
+    (tmp_path / "dir.png").mkdir()
+    _expect_error(tmp_path / "dir.png", "directory")
+    (tmp_path / "empty.png").write_bytes(b"")
+    _expect_error(tmp_path / "empty.png", "empty")
+    (tmp_path / "text.png").write_text("just some text, not an image\n")
+    _expect_error(tmp_path / "text.png", "not a PNG, JPEG")
+    (tmp_path / "text.jpg").write_text("P5 is not enough\n")
+    _expect_error(tmp_path / "text.jpg")
+    (tmp_path / "notgz.ppm.gz").write_bytes(_png_bytes((4, 4, 3), "PPM"))
+    _expect_error(tmp_path / "notgz.ppm.gz", "not gzip")
+    (tmp_path / "gzpng.png").write_bytes(gzip.compress(_png_bytes()))
+    _expect_error(tmp_path / "gzpng.png", "gzip")
+    (tmp_path / "png.pgm.gz").write_bytes(gzip.compress(_png_bytes()))
+    _expect_error(tmp_path / "png.pgm.gz", "not a PPM")
+    (tmp_path / "bad.pgm").write_bytes(b"P5\n4 4\n70000\n" + bytes(32))
+    _expect_error(tmp_path / "bad.pgm")
+    (tmp_path / "over.pgm").write_bytes(b"P5\n1 1\n1000\n\x03\xe9")
+    _expect_error(tmp_path / "over.pgm", "maxval")
+    (tmp_path / "dicom.tif").write_bytes(b"II*\x00" + b"\xff" * 40)
+    _expect_error(tmp_path / "dicom.tif")
+
+    (tmp_path / "scan.nii.gz").write_bytes(b"x")
+    err = _expect_error(tmp_path / "scan.nii.gz", "'.nii.gz'")
+    assert ".png" in str(err) and ".ppm.gz" in str(err)
+    (tmp_path / "notes.txt").write_text("x")
+    _expect_error(tmp_path / "notes.txt", "'.txt'")
+    with pytest.raises(ImageReadError, match="notes.txt"):
+        read_mask(tmp_path / "notes.txt")
+
+
+def test_pixel_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert MAX_PIXELS >= 2**26
+    path = tmp_path / "p.png"
+    path.write_bytes(_png_bytes((20, 30, 3)))
+    err = _expect_error(path, "600 pixels", max_pixels=599)
+    assert "max_pixels" in str(err) and lio.MAX_PIXELS_ENV in str(err)
+    assert read_image(path, max_pixels=600)[0].shape == (20, 30, 3)
+
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((20, 30), np.uint8))
+    _expect_error(tmp_path / "t.tif", "limit", max_pixels=100)
+    (tmp_path / "g.pgm.gz").write_bytes(gzip.compress(b"P5\n30 20\n255\n" + bytes(600)))
+    _expect_error(tmp_path / "g.pgm.gz", "limit", max_pixels=100)
+
+    monkeypatch.setenv(lio.MAX_PIXELS_ENV, "100")
+    _expect_error(path, "limit")
+    set_max_pixels(10_000)  # the programmatic setting wins over the environment
+    assert read_image(path)[0].shape == (20, 30, 3)
+    set_max_pixels(None)
+    monkeypatch.setenv(lio.MAX_PIXELS_ENV, "lots")
+    _expect_error(path, lio.MAX_PIXELS_ENV)
+    with pytest.raises(ValueError):
+        set_max_pixels(0)
+
+
+def test_decompression_bomb_header_checked_before_decoding(tmp_path: Path) -> None:
+    # A PNG whose header claims 100000 x 100000 but holds almost no data.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(data + chunk(b"IEND", b""))
+    _expect_error(path, "10,000,000,000 pixels")
+
+
+def test_pillow_global_limit_restored_and_not_in_the_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    path = tmp_path / "p.png"
+    path.write_bytes(_png_bytes((40, 40, 3)))  # 1600 pixels: Pillow alone would refuse
+    assert read_image(path)[0].shape == (40, 40, 3)
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    base=st.sampled_from(["png", "jpeg"]),
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["set", "insert", "delete", "truncate"]),
+            st.floats(0.0, 1.0),
+            st.integers(0, 255),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_mutated_files_decode_or_fail_cleanly(
+    tmp_path: Path, base: str, edits: list[tuple[str, float, int]]
+) -> None:
+    data = bytearray(_BASES[base])
+    for op, where, value in edits:
+        pos = min(int(where * len(data)), max(len(data) - 1, 0))
+        if op == "set" and data:
+            data[pos] = value
+        elif op == "insert":
+            data.insert(pos, value)
+        elif op == "delete" and data:
+            del data[pos]
+        elif op == "truncate":
+            del data[pos:]
+    path = tmp_path / f"mutated.{base}"
+    path.write_bytes(bytes(data))
+    try:
+        img, meta = read_image(path, max_pixels=1 << 16)
+    except ImageReadError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert img.dtype == np.float32 and img.ndim == 3 and img.shape[2] in (1, 3)
+        assert np.isfinite(img).all() and img.min() >= 0.0 and img.max() <= 1.0
+        assert img.shape[:2] == (meta.height, meta.width)
+    try:
+        mask = read_mask(path, max_pixels=1 << 16)
+    except ImageReadError:
+        pass
+    else:
+        assert mask.dtype == bool and mask.ndim == 2
+
+
+_BASES = {"png": _png_bytes((12, 10, 3)), "jpeg": _png_bytes((12, 10, 3), "JPEG")}
+
+
+# ----------------------------------------------------------------------------- shared data
+
+
+def _shared(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(
+            f"public data not available at {path} (expected ../shared/data beside the repo)"
+        )
+    return path
+
+
+def test_shared_drive() -> None:
+    img, meta = read_image(_shared("DRIVE", "training", "images", "21_training.tif"))
+    _check_image(img, (584, 565, 3))
+    assert meta.format == "tiff" and meta.bit_depth == 8
+    assert 0.1 < img.mean() < 0.7
+    manual = read_mask(_shared("DRIVE", "training", "1st_manual", "21_manual1.gif"))
+    fov = read_mask(_shared("DRIVE", "training", "mask", "21_training_mask.gif"))
+    assert manual.shape == fov.shape == (584, 565)
+    assert 0.05 < manual.mean() < 0.2
+    assert 0.6 < fov.mean() < 0.8
+    assert manual[fov].mean() > manual[~fov].mean()  # vessels lie inside the field of view
+    # The second observer's GIFs are palette images with a near-black background colour.
+    second = read_mask(_shared("DRIVE", "test", "2nd_manual", "01_manual2.gif"))
+    first = read_mask(_shared("DRIVE", "test", "1st_manual", "01_manual1.gif"))
+    assert 0.05 < second.mean() < 0.2
+    assert (first & second).sum() > 0.6 * second.sum()
+
+
+def test_shared_stare_scr_jsrt() -> None:
+    img, meta = read_image(_shared("STARE", "stare-images", "im0001.ppm.gz"))
+    _check_image(img, (605, 700, 3))
+    assert meta.format == "ppm"
+    label = read_mask(_shared("STARE", "labels-ah", "im0001.ah.ppm.gz"))
+    assert label.shape == (605, 700) and 0.03 < label.mean() < 0.2
+
+    lung = read_mask(_shared("SCR", "masks", "left lung", "JPCLN001.gif"))
+    assert lung.shape == (1024, 1024) and 0.05 < lung.mean() < 0.3
+
+    xray, meta = read_image(_shared("JSRT", "images", "JPCLN001.png"))
+    _check_image(xray, (512, 512, 1))
+    assert meta.channels == 1 and xray.std() > 0.1
