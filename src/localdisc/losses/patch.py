@@ -1,0 +1,87 @@
+"""Patch discrimination: aligned patches of two views are positives, all other patches negatives.
+
+Chen et al., "Unsupervised Local Discrimination for Medical Images", TPAMI 2023 (arXiv
+2108.09440), Sec. 3 (patch embeddings and patch discrimination); METHOD.md Sec. 3.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from localdisc.losses.isl import _compute_dtype, isl_loss
+
+__all__ = [
+    "PatchDiscriminationLoss",
+    "flatten_patches",
+    "patch_discrimination_loss",
+    "patch_embeddings",
+]
+
+
+def patch_embeddings(v: Tensor, grid: int = 8) -> Tensor:
+    """Patch embeddings ``P = L2norm(adaptive_avg_pool(v, grid x grid))`` (paper Sec. 3).
+
+    Args:
+        v: ``[N, D, H, W]`` pixel embeddings (unit vectors per pixel in the paper's network).
+        grid: cells per side (paper: 8, i.e. 64 patches per image).
+
+    Returns:
+        ``[N, D, grid, grid]``, unit-norm over ``D``, in the compute dtype (float32 for bf16/fp16
+        input).
+    """
+    if v.dim() != 4:
+        raise ValueError(f"patch_embeddings expects v of shape [N, D, H, W], got {tuple(v.shape)}")
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        pooled = F.adaptive_avg_pool2d(v.to(_compute_dtype(v.dtype)), grid)
+        return F.normalize(pooled, dim=1)
+
+
+def flatten_patches(p: Tensor) -> Tensor:
+    """``[M, D, g, g] -> [M * g * g, D]``, rows ordered by image, then grid row, then column."""
+    if p.dim() != 4:
+        raise ValueError(f"expected patches of shape [M, D, g, g], got {tuple(p.shape)}")
+    return p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
+
+
+def patch_discrimination_loss(
+    view1: Tensor, view2: Tensor, tau: float = 0.1, *, distributed: bool = False
+) -> Tensor:
+    """Patch discrimination ``L_PD = ISL([P(view1) ; P(view2)]; tau)`` (paper Sec. 3).
+
+    Patch ``(m, u, w)`` of ``view1`` is the positive of patch ``(m, u, w)`` of ``view2``; every
+    other patch of either view, of any image, is a negative. So ``N = 2 * M * g * g`` vectors.
+
+    Args:
+        view1: ``[M, D, g, g]`` patch embeddings of the first views.
+        view2: ``[M, D, g, g]`` patch embeddings of the second views, *already* flipped/rotated
+            back by the caller so that cell ``(u, w)`` covers the same tissue as in ``view1``.
+        tau: temperature (paper: 0.1).
+        distributed: negatives over all ranks (each rank passes its own views), see
+            :func:`~localdisc.losses.isl.isl_loss`.
+    """
+    if view1.shape != view2.shape or view1.dim() != 4:
+        raise ValueError(
+            "view1 and view2 must both be [M, D, g, g] of the same shape, got "
+            f"{tuple(view1.shape)} and {tuple(view2.shape)}"
+        )
+    x = torch.cat([flatten_patches(view1), flatten_patches(view2)], dim=0)
+    return isl_loss(x, tau, distributed=distributed)
+
+
+class PatchDiscriminationLoss(nn.Module):
+    """Module form of :func:`patch_discrimination_loss` (TPAMI 2023 Sec. 3)."""
+
+    def __init__(self, tau: float = 0.1, *, distributed: bool = False) -> None:
+        super().__init__()
+        self.tau = tau
+        self.distributed = distributed
+
+    def forward(self, view1: Tensor, view2: Tensor) -> Tensor:
+        return patch_discrimination_loss(view1, view2, self.tau, distributed=self.distributed)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, distributed={self.distributed}"

@@ -1,0 +1,131 @@
+"""Patch embeddings and patch discrimination against direct float64 transcriptions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from localdisc.losses import (
+    PatchDiscriminationLoss,
+    flatten_patches,
+    isl_loss,
+    patch_discrimination_loss,
+    patch_embeddings,
+)
+
+
+def reference_isl(xs: list[torch.Tensor], tau: float) -> torch.Tensor:
+    """ISL of METHOD.md Sec. 3 over a list of vectors, as loops (sg = ``.detach()``)."""
+    n = len(xs)
+    total = xs[0].new_zeros(())
+    for i in range(n):
+        pos = (i + n // 2) % n
+        s = {j: torch.exp(torch.dot(xs[i], xs[j].detach()) / tau) for j in range(n) if j != i}
+        z = sum(s.values())
+        total = total + torch.log(s[pos] / z)
+        for j, s_ij in s.items():
+            if j != pos:
+                total = total + torch.log(1 - s_ij / z)
+    return -total / n
+
+
+def reference_patch_embeddings(v: torch.Tensor, grid: int) -> torch.Tensor:
+    """Cell (u, w) averages rows floor(u H/g) .. ceil((u+1) H/g) - 1 (likewise columns)."""
+    n, d, h, w = v.shape
+    out = v.new_zeros(n, d, grid, grid)
+    for u in range(grid):
+        r0, r1 = (u * h) // grid, math.ceil((u + 1) * h / grid)
+        for c in range(grid):
+            c0, c1 = (c * w) // grid, math.ceil((c + 1) * w / grid)
+            cell = v[:, :, r0:r1, c0:c1].mean(dim=(2, 3))
+            out[:, :, u, c] = cell / cell.norm(dim=1, keepdim=True)
+    return out
+
+
+def reference_patch_loss(view1: torch.Tensor, view2: torch.Tensor, tau: float) -> torch.Tensor:
+    m, _, g, _ = view1.shape
+    first = [view1[i, :, u, w] for i in range(m) for u in range(g) for w in range(g)]
+    second = [view2[i, :, u, w] for i in range(m) for u in range(g) for w in range(g)]
+    return reference_isl(first + second, tau)
+
+
+def rand(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(("h", "w", "grid"), [(16, 16, 8), (13, 10, 4), (8, 8, 8), (9, 7, 1)])
+def test_patch_embeddings_match_reference(seed, h, w, grid):
+    v = F.normalize(rand(2, 5, h, w, seed=seed), dim=1).requires_grad_()
+    got = patch_embeddings(v, grid)
+    want = reference_patch_embeddings(v, grid)
+    assert got.shape == (2, 5, grid, grid)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got.norm(dim=1), torch.ones(2, grid, grid, dtype=torch.float64))
+    w_out = rand(*got.shape, seed=seed + 100)
+    (g_got,) = torch.autograd.grad((got * w_out).sum(), v)
+    (g_want,) = torch.autograd.grad((want * w_out).sum(), v)
+    torch.testing.assert_close(g_got, g_want)
+
+
+def test_patch_embeddings_bf16_gives_float32():
+    v = F.normalize(rand(1, 4, 16, 16, seed=0), dim=1).float()
+    got = patch_embeddings(v.bfloat16())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, patch_embeddings(v.bfloat16().float()))
+
+
+def test_flatten_patches_order():
+    p = torch.arange(2 * 3 * 2 * 2).reshape(2, 3, 2, 2)
+    flat = flatten_patches(p)
+    assert flat.shape == (8, 3)
+    for row, (m, u, w) in enumerate(
+        (m, u, w) for m in range(2) for u in range(2) for w in range(2)
+    ):
+        assert torch.equal(flat[row], p[m, :, u, w])
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(("m", "d", "g", "tau"), [(1, 4, 2, 0.1), (2, 3, 2, 0.1), (3, 4, 1, 0.3)])
+def test_patch_loss_matches_reference(seed, m, d, g, tau):
+    view1 = F.normalize(rand(m, d, g, g, seed=seed), dim=1).requires_grad_()
+    view2 = F.normalize(rand(m, d, g, g, seed=seed + 50), dim=1).requires_grad_()
+    got = patch_discrimination_loss(view1, view2, tau)
+    want = reference_patch_loss(view1, view2, tau)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    g_got = torch.autograd.grad(got, (view1, view2))
+    g_want = torch.autograd.grad(want, (view1, view2))
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_patch_loss_uses_the_aligned_cell_as_positive():
+    # Identical views: every patch's positive coincides with it, so the loss must be below the
+    # loss with view 2's grid rotated by 90 degrees (positives now point at other cells).
+    view1 = F.normalize(rand(2, 16, 4, 4, seed=1), dim=1)
+    aligned = patch_discrimination_loss(view1, view1.clone())
+    rotated = patch_discrimination_loss(view1, torch.rot90(view1, 1, dims=(2, 3)))
+    assert aligned < rotated - 0.5
+
+
+def test_patch_loss_is_isl_of_concatenated_patches():
+    view1 = F.normalize(rand(2, 3, 2, 2, seed=4), dim=1)
+    view2 = F.normalize(rand(2, 3, 2, 2, seed=5), dim=1)
+    x = torch.cat(
+        [view1.permute(0, 2, 3, 1).reshape(-1, 3), view2.permute(0, 2, 3, 1).reshape(-1, 3)]
+    )
+    torch.testing.assert_close(patch_discrimination_loss(view1, view2, 0.2), isl_loss(x, 0.2))
+
+
+def test_module_and_validation():
+    view1 = F.normalize(rand(2, 3, 2, 2, seed=0), dim=1)
+    view2 = F.normalize(rand(2, 3, 2, 2, seed=1), dim=1)
+    mod = PatchDiscriminationLoss(tau=0.2)
+    torch.testing.assert_close(mod(view1, view2), patch_discrimination_loss(view1, view2, 0.2))
+    with pytest.raises(ValueError, match="same shape"):
+        patch_discrimination_loss(view1, view2[:1])
+    with pytest.raises(ValueError, match="grid"):
+        patch_embeddings(torch.zeros(1, 2, 4, 4), grid=0)
