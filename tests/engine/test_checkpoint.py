@@ -79,7 +79,7 @@ def test_pickled_weights_are_refused(tmp_path):
             return (print, ("pwned",))
 
     path = tmp_path / "evil.pt"
-    path.write_bytes(pickle.dumps({"w": Evil()}))
+    path.write_bytes(pickle.dumps({"w": Evil()}, protocol=2))
     with pytest.raises(CheckpointError, match="weights_only=True"):
         load_weights(path)
     good = tmp_path / "good.pt"

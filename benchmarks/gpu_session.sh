@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Everything one short GPU session measures, in one go (run from the repository root):
+#   1. pretrain_throughput.py: localdisc vs the naive reference, B = 4, S = 448, stage 2;
+#   2. a torch.profiler table of localdisc's step (where the time goes);
+#   3. LD pre-training on the first 1 000 KaggleDR images (by file name) for about
+#      BUDGET_S seconds of GPU time, steps derived from the measured throughput, split 1:4 between
+#      the stages as in the published 20 000 + 80 000 schedule.
+# Needs the images in carry/KaggleDR/images (copied from ../shared/data, git-ignored).
+# Results go to $OUT (session.log, log.csv, config.json, model.safetensors, figures).
+set -uo pipefail
+export PYTHONPATH=src
+OUT=${OUT:-/tmp/localdisc-gpu}
+BUDGET_S=${BUDGET_S:-200}
+DEVICE=${DEVICE:-cuda}; SIZE=${SIZE:-448}; BATCH=${BATCH:-4}; STEPS=${STEPS:-30}; EXTRA=${EXTRA:-}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/session.log") 2>&1
+date -u; git rev-parse --short HEAD 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+python -c "import torch; print('torch', torch.__version__)"
+
+python benchmarks/pretrain_throughput.py --device $DEVICE --batch $BATCH --size $SIZE --steps $STEPS --profile
+ips=$(python benchmarks/pretrain_throughput.py --device $DEVICE --batch $BATCH --size $SIZE --steps $STEPS \
+      --variants localdisc | awk '$1=="localdisc"{print $2}')
+echo "measured localdisc images/s: $ips"
+steps=$(python -c "print(max(50, int($BUDGET_S * float('${ips:-100}') / (5 * $BATCH))))")
+s1=$((steps / 5)); s2=$((steps - s1))
+echo "pre-training $s1 + $s2 steps"
+rm -rf /tmp/kaggle_run
+start=$(date +%s)
+python -m localdisc pretrain --data carry/KaggleDR --out /tmp/kaggle_run --device $DEVICE \
+    --size $SIZE --batch $BATCH $EXTRA \
+    --stage1-steps $s1 --stage2-steps $s2 --checkpoint-every 1000 --workers 16
+echo "pre-training wall time: $(( $(date +%s) - start )) s (pool decoding included)"
+cp /tmp/kaggle_run/log.csv /tmp/kaggle_run/config.json /tmp/kaggle_run/model.safetensors "$OUT/"
+cp "$(ls /tmp/kaggle_run/figures/clusters_*.png | tail -1)" "$OUT/clusters.png"
+cp "$(ls /tmp/kaggle_run/figures/similarity_*.png | tail -1)" "$OUT/similarity.png"

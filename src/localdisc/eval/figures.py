@@ -1,0 +1,109 @@
+"""Figures of what an LD model learnt: cluster maps and pixel-similarity maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# (image index, row, column, label)
+Query = tuple[int, int, int, str]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _show(ax, image: np.ndarray) -> None:
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+    ax.set_axis_off()
+
+
+def cluster_colours(k: int) -> np.ndarray:
+    """``k`` distinct RGB colours in [0, 1] (tab20, then hsv beyond 20)."""
+    plt = _plt()
+    cmap = plt.get_cmap("tab20" if k <= 20 else "hsv")
+    return np.array([cmap(i / max(k - 1, 1) if k > 20 else i)[:3] for i in range(k)])
+
+
+def cluster_map_rgb(assignments: torch.Tensor) -> np.ndarray:
+    """[K, H, W] soft assignments -> H x W x 3 colour image of the arg-max cluster."""
+    labels = assignments.argmax(0).cpu().numpy()
+    return cluster_colours(assignments.shape[0])[labels]
+
+
+def cluster_figure(model, images: Sequence[np.ndarray], path: str | Path) -> Path:
+    """For each image: the image, its arg-max cluster map, and the two blended."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
+    for row, image in zip(axes, images, strict=True):
+        colours = cluster_map_rgb(model.cluster(image))
+        rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, -1)
+        _show(row[0], image)
+        row[1].imshow(colours)
+        row[1].set_axis_off()
+        row[2].imshow(0.5 * rgb + 0.5 * colours)
+        row[2].set_axis_off()
+    axes[0, 0].set_title("image")
+    axes[0, 1].set_title(f"clusters (K={model.config.clusters})")
+    axes[0, 2].set_title("overlay")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def similarity_figure(
+    model,
+    images: Sequence[np.ndarray],
+    path: str | Path,
+    queries: Sequence[Query] | None = None,
+) -> Path:
+    """One row per query pixel: its cosine-similarity map on every image, best match marked.
+
+    The query's own image shows the query as a white cross; the other images show their most
+    similar pixel as a cyan circle.
+    """
+    plt = _plt()
+    embeddings = [model.embed(image) for image in images]
+    if queries is None:
+        h, w = images[0].shape[:2]
+        queries = [
+            (0, h // 2, w // 2, "centre"),
+            (0, h // 3, w // 3, "upper left"),
+            (0, 2 * h // 3, 2 * w // 3, "lower right"),
+        ]
+    n = len(images)
+    fig, axes = plt.subplots(
+        len(queries), n + 1, figsize=(2.6 * (n + 1), 2.6 * len(queries)), squeeze=False
+    )
+    for row, (i, y, x, label) in zip(axes, queries, strict=True):
+        q = embeddings[i][:, y, x]
+        _show(row[0], images[i])
+        row[0].plot([x], [y], "wx", markersize=10, markeredgewidth=2)
+        row[0].set_title(f"query: {label}", fontsize=9)
+        for j, (ax, v) in enumerate(zip(row[1:], embeddings, strict=True)):
+            sim = torch.einsum("d,dhw->hw", q, v).cpu().numpy()
+            ax.imshow(sim, cmap="magma", vmin=-1, vmax=1)
+            if j == i:
+                ax.plot([x], [y], "wx", markersize=8, markeredgewidth=2)
+            else:
+                by, bx = np.unravel_index(np.argmax(sim), sim.shape)
+                ax.plot([bx], [by], "o", mfc="none", mec="cyan", markersize=10, mew=2)
+            ax.set_axis_off()
+            ax.set_title(f"image {j}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

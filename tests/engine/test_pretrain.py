@@ -1,0 +1,105 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from localdisc.engine.checkpoint import load_safetensors
+from localdisc.engine.pretrain import PretrainConfig, pretrain
+from localdisc.errors import CheckpointError, LocaldiscError
+
+
+def tiny_config(**overrides) -> PretrainConfig:
+    kw = dict(data=["-"], stage1_steps=3, stage2_steps=3, batch=1, size=32, pool_size=48,
+              clusters=4, dim=8, checkpoint_every=2, val_every=3, figure_every=100, log_every=1,
+              val_images=2, device="cpu", progress=False, seed=3)  # fmt: skip
+    kw.update(overrides)
+    return PretrainConfig(**kw)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    from localdisc.data.pool import synthetic_pool
+
+    return synthetic_pool(6, "fundus", 48)
+
+
+def test_end_to_end_writes_every_output_and_loss_goes_down(tmp_path, pool):
+    config = tiny_config(stage1_steps=25, stage2_steps=5, checkpoint_every=10, val_every=10,
+                         figure_every=30, batch=2)  # fmt: skip
+    result = pretrain(config, tmp_path, pool=pool)
+    assert result.steps == 30 and result.skipped_steps == 0
+    for name in ("config.json", "model.safetensors", "encoder.safetensors", "stage1.safetensors",
+                 "model_best.safetensors", "log.csv"):  # fmt: skip
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "figures" / "clusters_00000030.png").is_file()
+    assert (tmp_path / "figures" / "similarity_00000030.png").is_file()
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["pretrain"]["stage1_steps"] == 25 and meta["model"]["clusters"] == 4
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
+    train = [float(r["loss"]) for r in rows if r["loss"] and r["stage"] == "1"]
+    assert sum(train[-5:]) / 5 < sum(train[:5]) / 5  # stage-1 loss decreases
+    assert any(r["val_loss"] for r in rows)
+    assert {r["stage"] for r in rows} == {"1", "2"}
+    assert all(r["rd"] for r in rows if r["stage"] == "2" and r["loss"])
+
+
+@pytest.mark.parametrize("stop_at", [3, 5])  # interrupted in stage 1 / in stage 2
+def test_resume_ends_with_the_same_weights(tmp_path, pool, stop_at):
+    config = tiny_config()
+    pretrain(config, tmp_path / "straight", pool=pool)
+    pretrain(config, tmp_path / "resumed", pool=pool, stop_at_step=stop_at)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    pretrain(config, tmp_path / "resumed", pool=pool, resume=True)
+    a = load_safetensors(tmp_path / "straight" / "model.safetensors")
+    b = load_safetensors(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    log_a = (tmp_path / "straight" / "log.csv").read_text().splitlines()
+    log_b = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
+    # The same rows (up to the images/s column, which measures time).
+    assert [r.rsplit(",", 1)[0] for r in log_a] == [r.rsplit(",", 1)[0] for r in log_b]
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path, pool):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        pretrain(tiny_config(), tmp_path, pool=pool, resume=True)
+
+
+def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypatch):
+    import localdisc.engine.pretrain as engine
+
+    real = engine.ld_losses
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(engine, "ld_losses", poisoned)
+    with pytest.raises(LocaldiscError, match="3 non-finite losses in a row"):
+        pretrain(tiny_config(max_nonfinite=3), tmp_path, pool=pool)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("stage1_steps", -1, ">= 0"),
+        ("size", 40, "multiple of 16"),
+        ("clusters", 1, ">= 2"),
+        ("modality", "ct", "fundus or xray"),
+    ],  # fmt: skip
+)
+def test_config_rejects_bad_values(field, value, message):
+    with pytest.raises(LocaldiscError, match=message):
+        tiny_config(**{field: value})
+
+
+def test_lr_is_halved_every_interval_within_each_stage():
+    config = PretrainConfig(stage1_steps=20_000, stage2_steps=80_000)
+    assert config.lr_at(0) == 1e-3 and config.lr_at(9_999) == 1e-3
+    assert config.lr_at(10_000) == 5e-4
+    assert config.lr_at(20_000) == 1e-3  # stage 2 starts its own schedule
+    assert config.lr_at(20_000 + 35_000) == 1e-3 / 8
+    assert config.resolved_pool_size == 512
