@@ -144,8 +144,10 @@ def test_region_embeddings_never_form_the_5d_product():
     allocated = sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())
     assert z.shape == (n, k, d)
     assert v.grad is not None and a.grad is not None
-    # Inputs' gradients alone are ~100 MB; anything 5-D would be >= 1 GiB.
-    assert allocated < five_d_bytes / 4, f"allocated {allocated / 2**20:.0f} MiB"
+    # This is the sum of all allocations, not a peak: the input gradients (~100 MB) are
+    # allocated per image and then assembled, about 320 MB in all; the broadcast form
+    # allocates > 3 GiB here.
+    assert allocated < five_d_bytes / 2, f"allocated {allocated / 2**20:.0f} MiB"
     assert allocated > (v.numel() + a.numel()) * 4  # the profiler did see the gradients
 
 

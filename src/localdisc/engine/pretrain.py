@@ -165,7 +165,7 @@ def ld_losses(
     device_type = batch.images.device.type
     use_amp = config.amp and device_type == "cuda"
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
-        v, a = model(batch.images, with_clusters=stage == 2)
+        v, a = model(batch.images, with_clusters=stage == 2, cluster_count=4 * b)
     patches = patch_embeddings(v, 8)
     view1 = patches[: 2 * b]
     view2 = undo_view2(patches[2 * b : 4 * b], batch.flip, batch.rot_k)
@@ -178,8 +178,8 @@ def ld_losses(
     if stage == 1:
         return LossTerms(total, pd, mix)
     assert a is not None
-    rd = region_discrimination_loss(v[: 4 * b], a[: 4 * b], config.tau_region, **kw)
-    ent = entropy_loss(a[: 4 * b])
+    rd = region_discrimination_loss(v[: 4 * b], a, config.tau_region, **kw)
+    ent = entropy_loss(a)
     total = total + config.region_weight * rd + config.entropy_weight * ent
     return LossTerms(total, pd, mix, rd, ent)
 

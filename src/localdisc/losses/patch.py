@@ -36,7 +36,14 @@ def patch_embeddings(v: Tensor, grid: int = 8) -> Tensor:
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
     with torch.autocast(device_type=v.device.type, enabled=False):
-        pooled = F.adaptive_avg_pool2d(v.to(_compute_dtype(v.dtype)), grid)
+        v = v.to(_compute_dtype(v.dtype))
+        n, d, h, w = v.shape
+        if h % grid == 0 and w % grid == 0:
+            # Equal cells: a plain reduction, several times faster on GPU than the adaptive-pool
+            # kernel with 56 x 56 windows, and the same numbers.
+            pooled = v.reshape(n, d, grid, h // grid, grid, w // grid).mean((3, 5))
+        else:
+            pooled = F.adaptive_avg_pool2d(v, grid)
         return F.normalize(pooled, dim=1)
 
 

@@ -6,6 +6,8 @@ Chen et al., "Unsupervised Local Discrimination for Medical Images", TPAMI 2023 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -61,8 +63,21 @@ def region_embeddings(v: Tensor, a: Tensor) -> Tensor:
     k = a.shape[1]
     with torch.autocast(device_type=v.device.type, enabled=False):
         dtype = _compute_dtype(torch.promote_types(v.dtype, a.dtype))
-        sums = torch.bmm(
-            a.to(dtype).reshape(n, k, h * w), v.to(dtype).reshape(n, d, h * w).transpose(1, 2)
+        # The reduction runs over all H*W pixels while the output is only K x D: one GEMM per
+        # image leaves most of a GPU idle (6.6 ms per step on an H100 at S = 448). Splitting the
+        # pixels into chunks gives independent products, summed afterwards. The chunks are
+        # strided views of each image's a and v (no copies), hence the short loop over images.
+        chunks = math.gcd(h * w, 64)
+        length = h * w // chunks
+        a_, v_ = a.to(dtype), v.to(dtype)
+        sums = torch.stack(
+            [
+                torch.bmm(
+                    a_[i].reshape(k, chunks, length).transpose(0, 1),
+                    v_[i].reshape(d, chunks, length).permute(1, 2, 0),
+                ).sum(0)
+                for i in range(n)
+            ]
         )
         return F.normalize(sums, dim=-1)
 

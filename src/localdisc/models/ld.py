@@ -62,12 +62,19 @@ class LDModel(nn.Module):
         """The VGG encoder: what transfer learning takes."""
         return self.backbone.encoder
 
-    def forward(self, x: Tensor, with_clusters: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, with_clusters: bool = True, cluster_count: int | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Embeddings of every image; assignments of the first ``cluster_count`` (default all).
+
+        Pre-training needs no clusters for the mixed images, and skipping them saves the
+        clustering head's full-resolution activations for a fifth of the batch.
+        """
         features = self.backbone(x)
         v = F.normalize(self.embedding_head(features).float(), dim=1)
         if not with_clusters:
             return v, None
-        a = torch.sigmoid(self.cluster_head(features).float())
+        a = torch.sigmoid(self.cluster_head(features[:cluster_count]).float())
         return v, a / a.sum(1, keepdim=True).clamp_min(1e-12)
 
     # --- inference on raw images -------------------------------------------------------------
