@@ -69,14 +69,15 @@ def region_embeddings(v: Tensor, a: Tensor) -> Tensor:
         # strided views of each image's a and v (no copies), hence the short loop over images.
         chunks = math.gcd(h * w, 64)
         length = h * w // chunks
-        a_, v_ = a.to(dtype), v.to(dtype)
+        # unbind, not a_[i]: its backward is one stack, where indexing would add n full-size
+        # zero-padded gradients together.
         sums = torch.stack(
             [
                 torch.bmm(
-                    a_[i].reshape(k, chunks, length).transpose(0, 1),
-                    v_[i].reshape(d, chunks, length).permute(1, 2, 0),
+                    a_i.reshape(k, chunks, length).transpose(0, 1),
+                    v_i.reshape(d, chunks, length).permute(1, 2, 0),
                 ).sum(0)
-                for i in range(n)
+                for a_i, v_i in zip(a.to(dtype).unbind(0), v.to(dtype).unbind(0), strict=True)
             ]
         )
         return F.normalize(sums, dim=-1)

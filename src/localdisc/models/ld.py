@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from localdisc.errors import CheckpointError
+from localdisc.models.normalize import l2_normalize
 from localdisc.models.vgg_unet import VGGUNet, conv_bn_relu
 
 MODALITY_CHANNELS = {"fundus": 3, "xray": 1}
@@ -71,7 +72,7 @@ class LDModel(nn.Module):
         clustering head's full-resolution activations for a fifth of the batch.
         """
         features = self.backbone(x)
-        v = F.normalize(self.embedding_head(features).float(), dim=1)
+        v = l2_normalize(self.embedding_head(features).float(), dim=1)
         if not with_clusters:
             return v, None
         a = torch.sigmoid(self.cluster_head(features[:cluster_count]).float())
