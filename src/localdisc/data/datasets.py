@@ -1,0 +1,986 @@
+"""Segmentation data sets in their official layouts, read lazily.
+
+Each loader lists its files when it is built (cheap: no decoding) and reads one sample per
+``dataset[i]``. Listing problems (a missing mask, an image without a partner) raise
+:class:`~localdisc.errors.DatasetError` naming the file, or with ``skip_bad=True`` are recorded
+in ``dataset.skipped``; :meth:`SegmentationDataset.verify` reads every file and does the same
+for files that cannot be decoded or do not fit their image.
+
+Masks must have their image's size, except SCR's (1024 pixels for 2048-pixel JSRT images, or
+any other size), which are resized by nearest neighbour: a vessel tracing of another size than
+its photograph belongs to another image or another crop, so it is an error, not a resize.
+
+Known names (:data:`DATASETS`): ``drive``, ``stare``, ``chase_db1``, ``hrf``, ``jsrt_scr``,
+``folder``, ``synthetic_fundus``, ``synthetic_xray``. A *data spec* is ``NAME:ROOT`` for a known
+name or a plain folder path (see :func:`parse_data_spec`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar, overload
+
+import numpy as np
+
+from localdisc.data.io import IMAGE_SUFFIXES, is_image_file, read_image, read_mask
+from localdisc.data.preprocess import fov_from_image, resize_mask, to_modality_channels
+from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
+
+#: Splits of the data sets that have a train/test split; ``all`` is their union.
+SPLITS = ("train", "test", "all")
+
+
+@dataclass
+class Sample:
+    """One decoded sample.
+
+    ``image`` is ``float32`` ``H x W x C`` in ``[0, 1]`` with ``C`` the modality's channel count
+    (3 for fundus, 1 for X-ray); ``masks`` maps target names to ``bool`` ``H x W`` arrays;
+    ``fov`` is the ``bool`` field of view (official mask, derived, or the whole image).
+    """
+
+    name: str
+    image: np.ndarray
+    masks: dict[str, np.ndarray]
+    fov: np.ndarray
+    image_path: Path
+
+
+@dataclass(frozen=True)
+class Item:
+    """The files of one sample, before reading.
+
+    ``masks`` maps each target to the mask files whose union forms it (SCR's ``lung`` is the
+    left and the right lung); ``fov`` is ``None`` when the FOV is derived from the image;
+    ``seed`` is only used by the synthetic sets.
+    """
+
+    name: str
+    image: Path
+    masks: Mapping[str, tuple[Path, ...]] = field(default_factory=dict)
+    fov: Path | None = None
+    seed: int | None = None
+
+
+@cache
+def paper_splits() -> dict[str, dict[str, list[str]]]:
+    """The paper's train/test file stems per data set (package data ``paper_splits.json``)."""
+    text = resources.files("localdisc.data").joinpath("paper_splits.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def image_stem(path: str | Path) -> str:
+    """File name without its image suffix, compound suffixes included (``im0001.ppm.gz``)."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix.lower()):
+            return name[: len(name) - len(suffix)]
+    return Path(name).stem
+
+
+def _index(folder: Path) -> dict[str, Path]:
+    """Image files directly in ``folder`` keyed by lower-case stem; first in sorted order wins."""
+    out: dict[str, Path] = {}
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and is_image_file(path):
+            out.setdefault(image_stem(path).lower(), path)
+    return out
+
+
+class SegmentationDataset(Sequence[Sample]):
+    """Base class: a list of :class:`Item` read lazily into :class:`Sample`.
+
+    Attributes: ``name``, ``root``, ``split``, ``modality``, ``targets`` (target names of this
+    split), ``default_target``, ``items``, ``image_paths``, ``skipped`` (``(path, reason)``).
+    Subclasses set the class variables and implement :meth:`_list_items`.
+    """
+
+    name: ClassVar[str] = ""
+    default_modality: ClassVar[str | None] = "fundus"
+    layout: ClassVar[str] = ""
+    url: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    splits: ClassVar[tuple[str, ...]] = SPLITS
+    #: Every target this loader can provide (``targets`` is what the files on disk give).
+    all_targets: ClassVar[tuple[str, ...]] = ("vessels",)
+    preferred_target: ClassVar[str | None] = "vessels"
+    #: Targets overlaid by ``write_preview``; defaults to the default target.
+    preview_targets: ClassVar[tuple[str, ...] | None] = None
+    #: Resize masks of another size to the image (SCR); otherwise a size mismatch is an error.
+    resize_masks: ClassVar[bool] = False
+    requires_root: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str | None = None,
+        *,
+        skip_bad: bool = False,
+    ) -> None:
+        # str() lets the synthetic sets take a plain int count as ROOT.
+        self.root: Path | None = None if root in (None, "") else Path(str(root)).expanduser()
+        self.split: str = self.resolve_split(split)
+        self.skip_bad = skip_bad
+        self.skipped: list[tuple[Path, str]] = []
+        self.targets: tuple[str, ...] = ()
+        self.fov_source = "derived from the image"
+        self._modality = self.default_modality or "fundus"
+        if self.requires_root:
+            self._check_root()
+        self.items: list[Item] = self._list_items()
+        if not self.items:
+            where = self.root if self.root is not None else self.name
+            if self.skipped:
+                raise DatasetError(
+                    f"{where}: every {self.name} {self.split} item was skipped "
+                    f"({len(self.skipped)}; first: {self.skipped[0][0]}: {self.skipped[0][1]})"
+                )
+            raise DatasetError(
+                f"{where}: no images found for {self.name} (split {self.split}); "
+                f"expected {self.layout}"
+            )
+
+    # -- listing -------------------------------------------------------------------------
+
+    @classmethod
+    def resolve_split(cls, split: str | None) -> str:
+        """``None`` means ``train`` where the set is split, else ``all``; unknown names raise."""
+        if split is None:
+            return "train" if "train" in cls.splits else "all"
+        if split not in cls.splits:
+            raise DatasetError(
+                f"{cls.name} has no split {split!r}; its splits are: {', '.join(cls.splits)}"
+            )
+        return split
+
+    def _check_root(self) -> None:
+        expected = f"expected the {self.name} layout: {self.layout}"
+        if self.root is None:
+            raise DatasetError(f"{self.name} needs a ROOT folder ({self.name}:ROOT); {expected}")
+        if not self.root.exists():
+            raise DatasetError(f"{self.root}: no such folder; {expected}")
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: not a folder; {expected}")
+        if not any(self.root.iterdir()):
+            raise DatasetError(f"{self.root}: the folder is empty; {expected}")
+
+    def _require_dir(self, folder: Path) -> Path:
+        """A folder the layout cannot do without: its absence is a layout error, not a bad item."""
+        if not folder.is_dir():
+            raise DatasetError(
+                f"{folder}: missing folder; expected the {self.name} layout: {self.layout}"
+            )
+        return folder
+
+    def _problem(self, path: Path, reason: str) -> None:
+        """Raise for a bad item, or record it when ``skip_bad``."""
+        if self.skip_bad:
+            self.skipped.append((path, reason))
+        else:
+            raise DatasetError(f"{path}: {reason}")
+
+    def _stems(self, key: str) -> list[str]:
+        """File stems of this split from the paper's splits (``all``: train then test)."""
+        table = paper_splits()[key]
+        if self.split == "all":
+            return [*table["train"], *table["test"]]
+        return list(table[self.split])
+
+    def _list_items(self) -> list[Item]:
+        raise NotImplementedError
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def modality(self) -> str:
+        """``"fundus"`` or ``"xray"``."""
+        return self._modality
+
+    @property
+    def default_target(self) -> str | None:
+        """The target evaluated by default; ``None`` when the files give no target."""
+        if self.preferred_target in self.targets:
+            return self.preferred_target
+        return self.targets[0] if self.targets else None
+
+    @property
+    def image_paths(self) -> list[Path]:
+        """The image file of every item, in order."""
+        return [item.image for item in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample]: ...
+    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
+        if isinstance(index, slice):
+            return [self.load(item) for item in self.items[index]]
+        return self.load(self.items[index])
+
+    def __iter__(self) -> Iterator[Sample]:
+        for item in self.items:
+            yield self.load(item)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
+            f"n={len(self)}, targets={self.targets})"
+        )
+
+    def _fit(self, mask: np.ndarray, shape: tuple[int, int], path: Path, image: Path) -> np.ndarray:
+        if mask.shape == shape:
+            return mask
+        if self.resize_masks:
+            return resize_mask(mask, shape)
+        raise DatasetError(
+            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image {image.name} is "
+            f"{shape[0]}x{shape[1]}"
+        )
+
+    def load(self, item: Item) -> Sample:
+        """Read one item: image, target masks (unions where a target has several files), FOV."""
+        image = to_modality_channels(_read_image(item.image), self.modality)
+        shape = image.shape[:2]
+        cache: dict[Path, np.ndarray] = {}  # SCR reads each lung for "lung" and "left_lung"
+
+        def mask(path: Path) -> np.ndarray:
+            if path not in cache:
+                cache[path] = self._fit(_read_mask(path), shape, path, item.image)
+            return cache[path]
+
+        masks: dict[str, np.ndarray] = {}
+        for target, paths in item.masks.items():
+            union = np.zeros(shape, dtype=bool)
+            for path in paths:
+                union |= mask(path)
+            masks[target] = union
+        if item.fov is not None:
+            fov = mask(item.fov)
+        else:
+            fov = fov_from_image(image, modality=self.modality)
+        return Sample(item.name, image, masks, fov, item.image)
+
+    def verify(
+        self,
+        on_sample: Callable[[Sample], None] | None = None,
+        on_advance: Callable[[], None] | None = None,
+    ) -> None:
+        """Read every item, passing each sample to ``on_sample``.
+
+        An unreadable or inconsistent item raises (:class:`DatasetError` or
+        :class:`ImageReadError`), or with ``skip_bad`` is removed from ``items`` and recorded in
+        ``skipped``. ``on_advance`` is called once per item (for a progress bar).
+        """
+        kept: list[Item] = []
+        for item in self.items:
+            try:
+                sample = self.load(item)
+            except LocaldiscError as exc:
+                if not self.skip_bad:
+                    raise
+                path = exc.path if isinstance(exc, ImageReadError) else item.image
+                reason = exc.reason if isinstance(exc, ImageReadError) else str(exc)
+                self.skipped.append((path, reason))
+            else:
+                kept.append(item)
+                if on_sample is not None:
+                    on_sample(sample)
+            if on_advance is not None:
+                on_advance()
+        self.items = kept
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """One row of ``localdisc datasets list``."""
+        return {
+            "name": cls.name,
+            "modality": cls.default_modality or "guessed (fundus or xray)",
+            "layout": cls.layout,
+            "targets": ", ".join(cls.all_targets) or "-",
+            "splits": ", ".join(cls.splits),
+            "url": cls.url or "-",
+            "citation": cls.citation or "-",
+        }
+
+    @classmethod
+    def pool_paths(cls, root: str | Path | None) -> list[Path]:
+        """Image files of every split, for unlabelled pre-training."""
+        return cls(root, "all").image_paths
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        return read_image(path)[0]
+    except LocaldiscError:
+        raise
+    except (OSError, ValueError) as exc:  # a decoder error that io did not wrap
+        raise ImageReadError(path, str(exc) or type(exc).__name__) from exc
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    try:
+        return np.asarray(read_mask(path), dtype=bool)
+    except LocaldiscError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(path, str(exc) or type(exc).__name__) from exc
+
+
+# -- fundus ------------------------------------------------------------------------------
+
+
+class DriveDataset(SegmentationDataset):
+    """DRIVE (Staal et al. 2004): the official training/test folders are the paper's split.
+
+    Targets: ``vessels`` (1st_manual) and, where a ``2nd_manual`` folder exists (test half),
+    ``vessels_2nd``. FOV: the official ``mask`` folder, derived from the image if it is absent.
+    """
+
+    name = "drive"
+    layout = (
+        "training/images/21_training.tif, training/1st_manual/21_manual1.gif, "
+        "training/mask/21_training_mask.gif; test/... likewise (+ test/2nd_manual/01_manual2.gif)"
+    )
+    url = "https://drive.grand-challenge.org/"
+    citation = "Staal et al., IEEE TMI 23(4):501-509, 2004"
+    all_targets = ("vessels", "vessels_2nd")
+    _folders: ClassVar[dict[str, str]] = {"train": "training", "test": "test"}
+
+    def _list_items(self) -> list[Item]:
+        assert self.root is not None
+        items: list[Item] = []
+        targets = {"vessels"}
+        fov_files = True
+        for split in ("train", "test") if self.split == "all" else (self.split,):
+            base = self.root / self._folders[split]
+            images = _index(self._require_dir(base / "images"))
+            manual1 = _index(self._require_dir(base / "1st_manual"))
+            manual2 = _index(base / "2nd_manual") if (base / "2nd_manual").is_dir() else None
+            fovs = _index(base / "mask") if (base / "mask").is_dir() else None
+            fov_files &= fovs is not None
+            if manual2 is not None:
+                targets.add("vessels_2nd")
+            for key, image in images.items():
+                ident = key.split("_")[0]  # "21_training" -> "21"
+                masks: dict[str, tuple[Path, ...]] = {}
+                wanted = [("vessels", manual1, "1st_manual", f"{ident}_manual1")]
+                if manual2 is not None:
+                    wanted.append(("vessels_2nd", manual2, "2nd_manual", f"{ident}_manual2"))
+                if fovs is not None:
+                    wanted.append(("fov", fovs, "mask", f"{key}_mask"))
+                ok = True
+                for target, index, folder, stem in wanted:
+                    path = index.get(stem)
+                    if path is None:
+                        self._problem(image, f"its mask {base / folder / stem}.gif is missing")
+                        ok = False
+                        break
+                    masks[target] = (path,)
+                if ok:
+                    fov = masks.pop("fov", (None,))[0]
+                    items.append(Item(image_stem(image), image, masks, fov))
+        self.targets = tuple(t for t in self.all_targets if t in targets)
+        self.fov_source = "official mask files" if fov_files else "derived from the image"
+        return items
+
+
+class StareDataset(SegmentationDataset):
+    """STARE (Hoover et al. 2000): the 20 labelled images, split 10/10 as in the paper.
+
+    Targets: ``vessels`` (labels-ah, Hoover) and ``vessels_vk`` (labels-vk, Kouznetsova) where
+    that folder exists. Other images in ``stare-images`` (the 377 unlabelled ones of the full
+    download) are ignored. STARE has no FOV masks: the FOV is derived from the image.
+    """
+
+    name = "stare"
+    layout = "stare-images/im0001.ppm(.gz), labels-ah/im0001.ah.ppm(.gz) [, labels-vk/...vk.ppm]"
+    url = "https://cecas.clemson.edu/~ahoover/stare/"
+    citation = "Hoover et al., IEEE TMI 19(3):203-210, 2000"
+    all_targets = ("vessels", "vessels_vk")
+
+    def _list_items(self) -> list[Item]:
+        assert self.root is not None
+        images = _index(self._require_dir(self.root / "stare-images"))
+        observers = [
+            ("vessels", "labels-ah", "ah", _index(self._require_dir(self.root / "labels-ah")))
+        ]
+        if (self.root / "labels-vk").is_dir():
+            observers.append(("vessels_vk", "labels-vk", "vk", _index(self.root / "labels-vk")))
+        items: list[Item] = []
+        for stem in self._stems("STARE"):
+            image = images.get(stem.lower())
+            if image is None:
+                self._problem(
+                    self.root / "stare-images" / f"{stem}.ppm.gz",
+                    f"image of the paper's STARE {self.split} split is missing",
+                )
+                continue
+            masks: dict[str, tuple[Path, ...]] = {}
+            for target, folder, tag, index in observers:
+                path = index.get(f"{stem}.{tag}".lower())
+                if path is None:
+                    self._problem(
+                        image, f"its mask {self.root / folder / stem}.{tag}.ppm(.gz) is missing"
+                    )
+                    break
+                masks[target] = (path,)
+            else:
+                items.append(Item(stem, image, masks))
+        self.targets = tuple(target for target, *_ in observers)
+        return items
+
+
+class ChaseDb1Dataset(SegmentationDataset):
+    """CHASE_DB1 (Fraz et al. 2012): one folder, split 20/8 as in the paper.
+
+    Targets: ``vessels`` (``*_1stHO.png``) and ``vessels_2nd`` (``*_2ndHO.png``) when the folder
+    has second-observer files. The FOV is derived from the image.
+    """
+
+    name = "chase_db1"
+    layout = "Image_01L.jpg, Image_01L_1stHO.png, Image_01L_2ndHO.png ... in one folder"
+    url = "https://blogs.kingston.ac.uk/retinal/chasedb1/"
+    citation = "Fraz et al., IEEE TBME 59(9):2538-2548, 2012"
+    all_targets = ("vessels", "vessels_2nd")
+
+    def _list_items(self) -> list[Item]:
+        assert self.root is not None
+        files = _index(self.root)
+        observers = [("vessels", "_1stHO")]
+        if any(key.endswith("_2ndho") for key in files):
+            observers.append(("vessels_2nd", "_2ndHO"))
+        items: list[Item] = []
+        for stem in self._stems("CHASE_DB1"):
+            image = files.get(stem.lower())
+            if image is None:
+                self._problem(
+                    self.root / f"{stem}.jpg",
+                    f"image of the paper's CHASE_DB1 {self.split} split is missing",
+                )
+                continue
+            masks: dict[str, tuple[Path, ...]] = {}
+            for target, suffix in observers:
+                path = files.get(f"{stem}{suffix}".lower())
+                if path is None:
+                    self._problem(image, f"its mask {self.root / stem}{suffix}.png is missing")
+                    break
+                masks[target] = (path,)
+            else:
+                items.append(Item(stem, image, masks))
+        self.targets = tuple(target for target, _ in observers)
+        return items
+
+
+class HrfDataset(SegmentationDataset):
+    """HRF (Budai et al. 2013): 45 images, split 25/20 as in the paper.
+
+    ``manual1`` gives ``vessels`` and ``mask`` the FOV when those folders exist; with images
+    alone the set has no target and the FOV is derived from the image.
+    """
+
+    name = "hrf"
+    layout = "images/01_h.jpg [, manual1/01_h.tif, mask/01_h_mask.tif]"
+    url = "https://www5.cs.fau.de/research/data/fundus-images/"
+    citation = "Budai et al., Int J Biomed Imaging 2013:154860"
+
+    def _list_items(self) -> list[Item]:
+        assert self.root is not None
+        images = _index(self._require_dir(self.root / "images"))
+        manual = _index(self.root / "manual1") if (self.root / "manual1").is_dir() else None
+        fovs = _index(self.root / "mask") if (self.root / "mask").is_dir() else None
+        items: list[Item] = []
+        for stem in self._stems("HRF"):
+            image = images.get(stem.lower())
+            if image is None:
+                self._problem(
+                    self.root / "images" / f"{stem}.jpg",
+                    f"image of the paper's HRF {self.split} split is missing",
+                )
+                continue
+            masks: dict[str, tuple[Path, ...]] = {}
+            if manual is not None:
+                path = manual.get(stem.lower())
+                if path is None:
+                    self._problem(image, f"its mask {self.root / 'manual1' / stem}.tif is missing")
+                    continue
+                masks["vessels"] = (path,)
+            fov = None
+            if fovs is not None:
+                fov = fovs.get(f"{stem}_mask".lower())
+                if fov is None:
+                    self._problem(image, f"its FOV {self.root / 'mask' / stem}_mask.tif is missing")
+                    continue
+            items.append(Item(stem, image, masks, fov))
+        self.targets = ("vessels",) if manual is not None else ()
+        if fovs is not None:
+            self.fov_source = "official mask files"
+        return items
+
+
+# -- chest X-ray -------------------------------------------------------------------------
+
+#: SCR organ folder name -> target name of the single organ.
+SCR_ORGANS = {
+    "heart": "heart",
+    "left lung": "left_lung",
+    "right lung": "right_lung",
+    "left clavicle": "left_clavicle",
+    "right clavicle": "right_clavicle",
+}
+_JSRT_STEM = re.compile(r"^JPC(LN|NN)\d{3}$", re.IGNORECASE)
+
+
+class JsrtScrDataset(SegmentationDataset):
+    """JSRT radiographs with SCR organ masks (van Ginneken et al. 2006), split 124/123.
+
+    ROOT is searched recursively: JSRT images (raw ``.IMG`` or converted, any size) and SCR
+    masks in folders named after the organ (``masks/left lung/JPCLN001.gif``; ``left_lung`` is
+    accepted too) are matched by file name, so both ``JSRT/images`` + ``SCR/masks`` and the
+    official download folders side by side work. Masks of another size are resized (nearest)
+    to the image. When a file name occurs twice, the first in sorted path order is used.
+    Targets: ``heart``, ``lung`` (both lungs), ``clavicle`` (both), and each organ alone.
+    """
+
+    name = "jsrt_scr"
+    default_modality = "xray"
+    layout = (
+        "JSRT images JPCLN001.IMG (or .png) and SCR masks "
+        "masks/{heart,left lung,right lung,left clavicle,right clavicle}/JPCLN001.gif "
+        "anywhere under ROOT"
+    )
+    url = "http://db.jsrt.or.jp/eng.php ; https://www.isi.uu.nl/Research/Databases/SCR/"
+    citation = "Shiraishi et al., AJR 174:71-74, 2000; van Ginneken et al., MedIA 10(1):19-40, 2006"
+    all_targets = (
+        "heart",
+        "lung",
+        "clavicle",
+        "left_lung",
+        "right_lung",
+        "left_clavicle",
+        "right_clavicle",
+    )
+    preferred_target = "lung"
+    preview_targets = ("lung", "heart", "clavicle")
+    resize_masks = True
+
+    def _scan(self) -> tuple[dict[str, Path], dict[str, dict[str, Path]]]:
+        """One directory walk: JSRT-named image files, split into images and organ masks."""
+        assert self.root is not None
+        images: dict[str, Path] = {}
+        masks: dict[str, dict[str, Path]] = {organ: {} for organ in SCR_ORGANS.values()}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            organ = SCR_ORGANS.get(Path(dirpath).name.lower().replace("_", " "))
+            for filename in sorted(filenames):
+                # Cheap name test first: the walk may pass thousands of unrelated files.
+                if filename[:3].upper() != "JPC" or not is_image_file(filename):
+                    continue
+                stem = image_stem(filename).upper()
+                if not _JSRT_STEM.match(stem):
+                    continue
+                target = masks[organ] if organ else images
+                target.setdefault(stem, Path(dirpath) / filename)
+        return images, masks
+
+    def _list_items(self) -> list[Item]:
+        assert self.root is not None
+        images, organ_masks = self._scan()
+        if not images:
+            raise DatasetError(f"{self.root}: no JSRT images found; expected {self.layout}")
+        if not any(organ_masks.values()):
+            raise DatasetError(f"{self.root}: no SCR masks found; expected {self.layout}")
+        items: list[Item] = []
+        for stem in self._stems("SCR"):
+            image = images.get(stem.upper())
+            if image is None:
+                self._problem(
+                    self.root / f"{stem}.IMG",
+                    f"no JSRT image {stem} (.IMG or .png) of the paper's SCR {self.split} split "
+                    f"under {self.root}",
+                )
+                continue
+            organs: dict[str, Path] = {}
+            for folder, organ in SCR_ORGANS.items():
+                path = organ_masks[organ].get(stem.upper())
+                if path is None:
+                    self._problem(image, f"its SCR mask {folder}/{stem}.gif is missing")
+                    break
+                organs[organ] = path
+            else:
+                masks = {
+                    "heart": (organs["heart"],),
+                    "lung": (organs["left_lung"], organs["right_lung"]),
+                    "clavicle": (organs["left_clavicle"], organs["right_clavicle"]),
+                    **{organ: (path,) for organ, path in organs.items() if organ != "heart"},
+                }
+                items.append(Item(stem, image, masks))
+        self.targets = self.all_targets
+        self.fov_source = "whole image"
+        return items
+
+
+# -- any folder --------------------------------------------------------------------------
+
+#: Folders holding masks (never pool images) in the layouts this package knows.
+MASK_DIR_NAMES = frozenset(
+    {
+        "masks",
+        "mask",
+        "labels",
+        "label",
+        "manual",
+        "manual1",
+        "manual2",
+        "1st_manual",
+        "2nd_manual",
+        "labels-ah",
+        "labels-vk",
+        "gt",
+        "groundtruth",
+        "ground_truth",
+        "annotations",
+        *SCR_ORGANS,
+        *SCR_ORGANS.values(),
+    }
+)
+#: Where ``folder`` looks for masks next to ``images/``, in this order.
+FOLDER_MASK_DIRS = ("masks", "mask", "labels", "label", "manual", "gt")
+#: File-name endings of mask partners (``21_training_mask``, ``Image_01L_1stHO``, ``im0001.ah``).
+PARTNER_SUFFIXES = (
+    "_mask",
+    "_manual1",
+    "_manual2",
+    "_1stho",
+    "_2ndho",
+    ".ah",
+    ".vk",
+    "_label",
+    "_gt",
+)
+
+
+def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted by path) that are not masks.
+
+    Skips hidden entries, folders named like mask folders (:data:`MASK_DIR_NAMES`), ``exclude``,
+    and files whose stem is another image's stem plus a partner ending (:data:`PARTNER_SUFFIXES`,
+    e.g. CHASE_DB1's ``Image_01L_1stHO.png`` next to ``Image_01L.jpg``).
+    """
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".")
+            and d.lower() not in MASK_DIR_NAMES
+            and (exclude is None or here / d != exclude)
+        )
+        found.extend(here / f for f in filenames if not f.startswith(".") and is_image_file(f))
+    stems = {(p.parent, image_stem(p).lower()) for p in found}
+
+    def is_partner(path: Path) -> bool:
+        stem = image_stem(path).lower()
+        return any(
+            stem.endswith(s) and (path.parent, stem[: -len(s)]) in stems for s in PARTNER_SUFFIXES
+        )
+
+    return sorted(p for p in found if not is_partner(p))
+
+
+class FolderDataset(SegmentationDataset):
+    """Any folder of images, optionally with masks matched by file stem; one split, ``all``.
+
+    Layouts: ``ROOT/images/`` with a mask folder beside it (``masks/``, ``mask/``, ``labels/``,
+    ``label/``, ``manual/`` or ``gt/``), or images directly in ROOT with such a folder inside,
+    give the target ``mask``: each image needs a mask with the same relative path and stem
+    (any image suffix; a unique equal stem anywhere in the mask folder also matches). Without a
+    mask folder the set is unlabelled. Images are found recursively. The FOV is derived from the
+    image; the modality is guessed from the first readable image (grey: ``xray``) unless given.
+    """
+
+    name = "folder"
+    default_modality = None
+    layout = "ROOT/images/*.png + ROOT/masks/*.png (same stems), or a folder of images alone"
+    splits = ("all",)
+    all_targets = ("mask",)
+    preferred_target = "mask"
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str | None = None,
+        *,
+        skip_bad: bool = False,
+        modality: str | None = None,
+    ) -> None:
+        if modality is not None and modality not in ("fundus", "xray"):
+            raise DatasetError(f"unknown modality {modality!r}; expected 'fundus' or 'xray'")
+        self._given_modality = modality
+        self.mask_dir: Path | None = None
+        super().__init__(root, split, skip_bad=skip_bad)
+
+    def _list_items(self) -> list[Item]:
+        assert self.root is not None
+        image_dir = self.root / "images" if (self.root / "images").is_dir() else self.root
+        self.mask_dir = next(
+            (self.root / d for d in FOLDER_MASK_DIRS if (self.root / d).is_dir()), None
+        )
+        images = folder_image_files(image_dir, exclude=self.mask_dir)
+        if self.mask_dir is None:
+            self.targets = ()
+            return [Item(self._name(p, image_dir), p) for p in images]
+        by_rel: dict[str, Path] = {}
+        by_stem: dict[str, list[Path]] = {}
+        for dirpath, dirnames, filenames in os.walk(self.mask_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if f.startswith(".") or not is_image_file(f):
+                    continue
+                path = Path(dirpath) / f
+                rel = path.parent.relative_to(self.mask_dir) / image_stem(path)
+                by_rel.setdefault(rel.as_posix().lower(), path)
+                by_stem.setdefault(image_stem(path).lower(), []).append(path)
+        items: list[Item] = []
+        for image in images:
+            rel = (image.parent.relative_to(image_dir) / image_stem(image)).as_posix().lower()
+            mask = by_rel.get(rel)
+            if mask is None and len(by_stem.get(image_stem(image).lower(), [])) == 1:
+                mask = by_stem[image_stem(image).lower()][0]
+            if mask is None:
+                self._problem(image, f"no mask with the same file stem in {self.mask_dir}")
+                continue
+            items.append(Item(self._name(image, image_dir), image, {"mask": (mask,)}))
+        self.targets = ("mask",)
+        return items
+
+    @staticmethod
+    def _name(path: Path, base: Path) -> str:
+        return (path.parent.relative_to(base) / image_stem(path)).as_posix()
+
+    @property
+    def modality(self) -> str:
+        if self._given_modality is None:
+            self._given_modality = self._guess_modality()
+        return self._given_modality
+
+    def _guess_modality(self) -> str:
+        """Grey images (one channel, or RGB with equal channels as in Kermany's JPEGs) are
+        X-rays; colour images are fundus photographs."""
+        for item in self.items[:5]:
+            try:
+                image = _read_image(item.image)
+            except LocaldiscError:
+                continue  # the bad file is reported when it is read
+            if image.shape[2] == 1:
+                return "xray"
+            spread = np.abs(image[:, :, :3] - image[:, :, :3].mean(axis=2, keepdims=True))
+            return "xray" if float(spread.mean()) < 2 / 255 else "fundus"
+        return "fundus"
+
+    @classmethod
+    def pool_paths(cls, root: str | Path | None) -> list[Path]:
+        """Every image under ``ROOT/images`` (when that folder exists) or else under ROOT,
+        recursive and sorted by path, except masks (see :func:`folder_image_files`)."""
+        if root in (None, ""):
+            raise DatasetError(f"folder needs a ROOT folder; expected {cls.layout}")
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise DatasetError(f"{root}: no such folder; expected a folder of images")
+        image_dir = root / "images" if (root / "images").is_dir() else root
+        exclude = next((root / d for d in FOLDER_MASK_DIRS if (root / d).is_dir()), None)
+        paths = folder_image_files(image_dir, exclude=exclude)
+        if not paths:
+            raise DatasetError(f"{root}: no image files found; expected {cls.layout}")
+        return paths
+
+
+# -- synthetic ---------------------------------------------------------------------------
+
+
+class _SyntheticDataset(SegmentationDataset):
+    """Images generated on the fly by :mod:`localdisc.data.synthetic` (size 256).
+
+    ROOT is optional: empty gives 20 train and 10 test images; an integer ``N`` gives ``N``
+    train and ``max(1, N // 2)`` test images. Train image ``i`` uses seed ``i``, test image
+    ``i`` seed ``100000 + i``, so the splits never share an image.
+    """
+
+    requires_root = False
+    size: ClassVar[int] = 256
+    test_seed_offset: ClassVar[int] = 100_000
+    layout = "generated; ROOT is an optional image count N (default 20 train / 10 test)"
+    url = "-"
+    citation = "-"
+
+    def _counts(self) -> tuple[int, int]:
+        if self.root is None:
+            return 20, 10
+        text = str(self.root)
+        if not text.isdigit() or int(text) < 1:
+            raise DatasetError(
+                f"{self.name}: ROOT must be a positive image count (e.g. {self.name}:40), "
+                f"got {text!r}"
+            )
+        n = int(text)
+        return n, max(1, n // 2)
+
+    def _list_items(self) -> list[Item]:
+        n_train, n_test = self._counts()
+        items: list[Item] = []
+        for split, n, offset in (
+            ("train", n_train, 0),
+            ("test", n_test, self.test_seed_offset),
+        ):
+            if self.split in (split, "all"):
+                for i in range(n):
+                    name = f"{self.name}_{split}_{i:03d}"
+                    items.append(
+                        Item(name, Path(f"<{self.name}>") / split / f"{i:03d}", seed=offset + i)
+                    )
+        self.targets = self.all_targets
+        self.fov_source = self._fov_source
+        return items
+
+    _fov_source: ClassVar[str] = "generated"
+
+    def _generate(self, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        raise NotImplementedError
+
+    def load(self, item: Item) -> Sample:
+        assert item.seed is not None
+        image, masks, fov = self._generate(item.seed)
+        image = to_modality_channels(image, self.modality)
+        return Sample(item.name, image, masks, fov, item.image)
+
+    @classmethod
+    def pool_paths(cls, root: str | Path | None) -> list[Path]:
+        raise DatasetError(
+            f"{cls.name} images are generated in memory and have no files; use a folder or a "
+            "known data set for a pool of image files"
+        )
+
+
+class SyntheticFundusDataset(_SyntheticDataset):
+    """Synthetic fundus photographs with vessel masks and a circular FOV."""
+
+    name = "synthetic_fundus"
+    all_targets = ("vessels",)
+
+    def _generate(self, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        from localdisc.data.synthetic import synthetic_fundus
+
+        s = synthetic_fundus(size=self.size, seed=seed)
+        return s.image, {"vessels": np.asarray(s.vessels, dtype=bool)}, np.asarray(s.fov, bool)
+
+
+class SyntheticXrayDataset(_SyntheticDataset):
+    """Synthetic chest radiographs with lung and heart masks; the FOV is the whole image."""
+
+    name = "synthetic_xray"
+    default_modality = "xray"
+    all_targets = ("lung", "heart", "left_lung", "right_lung")
+    preferred_target = "lung"
+    preview_targets = ("lung", "heart")
+    _fov_source = "whole image"
+
+    def _generate(self, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        from localdisc.data.synthetic import synthetic_xray
+
+        s = synthetic_xray(size=self.size, seed=seed)
+        masks = {
+            "lung": np.asarray(s.lungs, dtype=bool),
+            "heart": np.asarray(s.heart, dtype=bool),
+            "left_lung": np.asarray(s.left_lung, dtype=bool),
+            "right_lung": np.asarray(s.right_lung, dtype=bool),
+        }
+        return s.image, masks, np.ones(s.image.shape[:2], dtype=bool)
+
+
+# -- registry ----------------------------------------------------------------------------
+
+DATASETS: dict[str, type[SegmentationDataset]] = {
+    cls.name: cls
+    for cls in (
+        DriveDataset,
+        StareDataset,
+        ChaseDb1Dataset,
+        HrfDataset,
+        JsrtScrDataset,
+        FolderDataset,
+        SyntheticFundusDataset,
+        SyntheticXrayDataset,
+    )
+}
+
+
+def dataset_class(name: str) -> type[SegmentationDataset]:
+    """The loader registered under ``name`` (case-insensitive); unknown names raise."""
+    cls = DATASETS.get(name.lower())
+    if cls is None:
+        raise DatasetError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    return cls
+
+
+def load_dataset(
+    name: str,
+    root: str | Path | None,
+    split: str | None = None,
+    *,
+    skip_bad: bool = False,
+    **options: Any,
+) -> SegmentationDataset:
+    """Open the data set ``name`` at ``root`` (listing only; samples are read on access).
+
+    ``split`` is ``"train"``, ``"test"`` or ``"all"``; sets without a split (``folder``) only
+    have ``"all"``, and ``None`` picks ``"train"`` where it exists, else ``"all"``. ``options``
+    go to the loader (``folder`` takes ``modality``).
+    """
+    return dataset_class(name)(root, split, skip_bad=skip_bad, **options)
+
+
+def parse_data_spec(spec: str) -> tuple[str, Path | None]:
+    """Split a data spec into ``(name, root)``.
+
+    ``NAME:ROOT`` with a known ``NAME`` (``drive:/data/DRIVE``, ``synthetic_fundus:40``) and a
+    bare known name (root ``None``) are data sets; anything else is a folder path, colons
+    included (``/data/run:2`` is ``("folder", Path("/data/run:2"))``).
+    """
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix.lower() in DATASETS:
+        return prefix.lower(), Path(rest).expanduser() if rest else None
+    if spec.lower() in DATASETS:
+        return spec.lower(), None
+    return "folder", Path(spec).expanduser()
+
+
+def load_data_spec(
+    spec: str, split: str | None = None, *, skip_bad: bool = False
+) -> SegmentationDataset:
+    """:func:`load_dataset` on a data spec (see :func:`parse_data_spec`)."""
+    name, root = parse_data_spec(spec)
+    return load_dataset(name, root, split, skip_bad=skip_bad)
+
+
+def pool_image_paths(spec: str) -> list[Path]:
+    """All image files of a data spec for unlabelled pre-training (labels unused).
+
+    A folder gives every image under it, recursively and sorted by path, except masks (mask
+    folders and mask partners, see :func:`folder_image_files`); a known data set gives the
+    images of all its splits. KaggleDR and CXR_Kermany are plain folders.
+    """
+    name, root = parse_data_spec(spec)
+    return dataset_class(name).pool_paths(root)

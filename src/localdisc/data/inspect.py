@@ -1,0 +1,227 @@
+"""Check a data set download by reading every file, and draw a preview grid.
+
+:func:`inspect_dataset` decodes every image and mask of every split (so a truncated or missing
+file shows up now rather than mid-training) and reports counts, sizes and mask coverage.
+:func:`write_preview` draws images with their masks and FOV outline to a PNG.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from localdisc.data.datasets import (
+    Sample,
+    SegmentationDataset,
+    dataset_class,
+    load_dataset,
+)
+from localdisc.data.preprocess import resize_image, resize_mask
+from localdisc.errors import DatasetError, LocaldiscError
+
+
+def report_splits(cls: type[SegmentationDataset]) -> tuple[str, ...]:
+    """The splits an inspection reports: train and test where the set is split, else all."""
+    return tuple(s for s in cls.splits if s != "all") or ("all",)
+
+
+class _SplitStats:
+    """Running counts for one split."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.masks: Counter[str] = Counter()
+        self.fov = 0
+        self.sizes: Counter[str] = Counter()
+        self.coverage: dict[str, list[float]] = {}
+        self.fov_fraction: list[float] = []
+
+    def add(self, sample: Sample) -> None:
+        h, w = sample.image.shape[:2]
+        self.images += 1
+        self.sizes[f"{h}x{w}"] += 1
+        fov = sample.fov
+        if fov.any():
+            self.fov += 1
+            self.fov_fraction.append(float(fov.mean()))
+        inside = max(int(fov.sum()), 1)
+        for target, mask in sample.masks.items():
+            self.masks[target] += 1
+            # Coverage inside the FOV: for fundus sets the black border would dilute it.
+            self.coverage.setdefault(target, []).append(int((mask & fov).sum()) / inside)
+
+    def report(self, dataset: SegmentationDataset) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "masks": {t: self.masks.get(t, 0) for t in dataset.targets},
+            "fov": self.fov,
+            "fov_source": dataset.fov_source,
+            "fov_fraction": round(float(np.mean(self.fov_fraction)), 4)
+            if self.fov_fraction
+            else None,
+            "sizes": dict(sorted(self.sizes.items())),
+            "coverage": {t: round(float(np.mean(v)), 4) for t, v in self.coverage.items()},
+            "targets": list(dataset.targets),
+            "default_target": dataset.default_target,
+        }
+
+
+def inspect_dataset(
+    name: str,
+    root: str | Path | None,
+    *,
+    skip_bad: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Read every file of data set ``name`` at ``root`` and report what is there.
+
+    Returns ``{"name", "root", "modality", "splits": {split: {"images", "masks": {target: n},
+    "fov", "fov_source", "fov_fraction", "sizes": {"HxW": n}, "coverage": {target: mean
+    fraction of the FOV}, "targets", "default_target"}}, "skipped": [{"path", "reason"}]}``.
+    Split sets report ``train`` and ``test``, unsplit ones ``all``. A bad file raises
+    (:class:`~localdisc.errors.DatasetError` / :class:`~localdisc.errors.ImageReadError`), or
+    with ``skip_bad`` is listed under ``skipped``. ``progress`` draws a bar on stderr.
+    """
+    cls = dataset_class(name)
+    datasets = [
+        load_dataset(cls.name, root, split, skip_bad=skip_bad, **options)
+        for split in report_splits(cls)
+    ]
+    stats = [_SplitStats() for _ in datasets]
+    bar = None
+    if progress:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+    try:
+        if bar is not None:
+            bar.start()
+        for dataset, stat in zip(datasets, stats, strict=True):
+            advance = None
+            if bar is not None:
+                task = bar.add_task(f"{cls.name} {dataset.split}", total=len(dataset))
+
+                def advance(task: Any = task) -> None:
+                    bar.advance(task)
+
+            dataset.verify(on_sample=stat.add, on_advance=advance)
+    finally:
+        if bar is not None:
+            bar.stop()
+    skipped = [(p, r) for d in datasets for p, r in d.skipped]
+    return {
+        "name": cls.name,
+        "root": None if datasets[0].root is None else str(datasets[0].root),
+        "modality": datasets[0].modality,
+        "splits": {d.split: s.report(d) for d, s in zip(datasets, stats, strict=True)},
+        "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
+    }
+
+
+#: Overlay colours for the targets of a preview, in order: (name for the title, RGB).
+_COLOURS = (
+    ("green", (0.1, 0.9, 0.2)),
+    ("red", (1.0, 0.25, 0.2)),
+    ("blue", (0.2, 0.5, 1.0)),
+    ("magenta", (1.0, 0.2, 1.0)),
+)
+
+
+def write_preview(
+    source: SegmentationDataset | str,
+    path: str | Path,
+    n: int = 8,
+    *,
+    root: str | Path | None = None,
+    split: str | None = None,
+    targets: tuple[str, ...] | None = None,
+    skip_bad: bool = False,
+    max_side: int = 384,
+) -> Path:
+    """Save a PNG grid of ``n`` samples (evenly spaced) with mask overlays and FOV outline.
+
+    ``source`` is a data set or a data set name (with ``root`` and ``split``). Masks are drawn
+    as semi-transparent colour (``targets``: the loader's preview targets by default), the FOV
+    as a yellow contour; images are shrunk to ``max_side`` so that large sets stay quick. With
+    ``skip_bad`` a sample that cannot be read is left out instead of raising.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dataset = (
+        source
+        if isinstance(source, SegmentationDataset)
+        else load_dataset(source, root, split, skip_bad=skip_bad)
+    )
+    if targets is None:
+        wanted = type(dataset).preview_targets or (
+            (dataset.default_target,) if dataset.default_target else ()
+        )
+        targets = tuple(t for t in wanted if t in dataset.targets)
+    targets = targets[: len(_COLOURS)]
+    count = max(1, min(n, len(dataset)))
+    samples: list[Sample] = []
+    for index in np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)):
+        try:
+            samples.append(dataset[int(index)])
+        except LocaldiscError:
+            if not skip_bad:
+                raise
+    if not samples:
+        raise DatasetError(f"{dataset.root}: no sample of {dataset.name} could be read")
+    cols = min(4, len(samples))
+    rows = -(-len(samples) // cols)
+    fig = Figure(figsize=(3.2 * cols, 3.4 * rows), dpi=100)
+    FigureCanvasAgg(fig)  # attaches an Agg canvas: no pyplot, no global backend change
+    for k, sample in enumerate(samples):
+        image, masks, fov = _shrink(sample, max_side)
+        rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3].copy()
+        rgb = np.clip(rgb, 0, 1)
+        for (_, colour), target in zip(_COLOURS, targets, strict=False):
+            if target in masks:
+                m = masks[target]
+                rgb[m] = 0.55 * rgb[m] + 0.45 * np.asarray(colour)
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(rgb, interpolation="nearest")
+        if not fov.all():
+            ax.contour(fov.astype(float), levels=[0.5], colors=["yellow"], linewidths=0.8)
+        ax.set_title(sample.name, fontsize=8)
+        ax.set_axis_off()
+    legend = ", ".join(f"{t} {c[0]}" for c, t in zip(_COLOURS, targets, strict=False))
+    title = f"{dataset.name} {dataset.split}: {legend or 'no masks'}; FOV outline yellow"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def _shrink(sample: Sample, max_side: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Image, masks and FOV of ``sample`` with the longer side at most ``max_side``."""
+    h, w = sample.image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return sample.image, sample.masks, sample.fov
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    image = resize_image(sample.image, size)
+    masks = {t: resize_mask(m, size) for t, m in sample.masks.items()}
+    return image, masks, resize_mask(sample.fov, size)

@@ -1,0 +1,571 @@
+"""Tests for localdisc.data.datasets: official layouts faked in tmp_path, bad input, real data."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from localdisc.data.datasets import (
+    DATASETS,
+    FolderDataset,
+    SegmentationDataset,
+    image_stem,
+    load_data_spec,
+    load_dataset,
+    paper_splits,
+    parse_data_spec,
+    pool_image_paths,
+)
+from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+H, W = 48, 40  # fake fundus image size (DRIVE-like portrait)
+
+
+# -- fixture builders ----------------------------------------------------------------------
+
+
+def save(path: Path, array: np.ndarray, **kwargs: object) -> Path:
+    """Write ``array`` (uint8, H x W or H x W x 3) with PIL, format from the suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def save_ppm_gz(path: Path, array: np.ndarray) -> Path:
+    """STARE style: a netpbm file, gzipped."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PPM")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(buffer.getvalue()))
+    return path
+
+
+def fundus(h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
+    """A textured bright disc on black, like a fundus photograph."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= (0.45 * min(h, w)) ** 2
+    image = np.zeros((h, w, 3), np.uint8)
+    image[disc] = (rng.integers(120, 200, (int(disc.sum()), 3))).astype(np.uint8)
+    return image
+
+
+def vessels(h: int = H, w: int = W, period: int = 7) -> np.ndarray:
+    """A known binary pattern (0/255) standing in for a vessel tracing."""
+    yy, xx = np.mgrid[:h, :w]
+    return (((xx + yy) % period == 0) * 255).astype(np.uint8)
+
+
+def rect_fov(h: int = H, w: int = W) -> np.ndarray:
+    """An official FOV that differs from what thresholding the disc would give."""
+    out = np.zeros((h, w), np.uint8)
+    out[4:-4, 3:-3] = 255
+    return out
+
+
+def make_drive(root: Path) -> Path:
+    for folder, kind, ids in (
+        ("training", "training", ("21", "22")),
+        ("test", "test", ("01", "02")),
+    ):
+        base = root / folder
+        for k, ident in enumerate(ids):
+            save(base / "images" / f"{ident}_{kind}.tif", fundus(seed=k))
+            save(base / "1st_manual" / f"{ident}_manual1.gif", vessels())
+            save(base / "mask" / f"{ident}_{kind}_mask.gif", rect_fov())
+            if folder == "test":
+                save(base / "2nd_manual" / f"{ident}_manual2.gif", vessels(period=5))
+    return root
+
+
+def make_stare(root: Path, *, vk: bool = False) -> Path:
+    for k, stem in enumerate(paper_splits()["STARE"]["train"] + paper_splits()["STARE"]["test"]):
+        save_ppm_gz(root / "stare-images" / f"{stem}.ppm.gz", fundus(seed=k))
+        save_ppm_gz(root / "labels-ah" / f"{stem}.ah.ppm.gz", vessels())
+        if vk:
+            save_ppm_gz(root / "labels-vk" / f"{stem}.vk.ppm.gz", vessels(period=3))
+    return root
+
+
+def make_chase(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    table = paper_splits()["CHASE_DB1"]
+    for k, stem in enumerate(table["train"] + table["test"]):
+        save(root / f"{stem}.jpg", fundus(seed=k), quality=95)
+        save(root / f"{stem}_1stHO.png", vessels())
+        save(root / f"{stem}_2ndHO.png", vessels(period=4))
+    return root
+
+
+def make_hrf(root: Path, *, labelled: bool) -> Path:
+    table = paper_splits()["HRF"]
+    for k, stem in enumerate(table["train"] + table["test"]):
+        save(root / "images" / f"{stem}.jpg", fundus(seed=k), quality=95)
+        if labelled:
+            save(root / "manual1" / f"{stem}.tif", vessels())
+            save(root / "mask" / f"{stem}_mask.tif", rect_fov())
+    return root
+
+
+ORGANS = ("heart", "left lung", "right lung", "left clavicle", "right clavicle")
+
+
+def organ_mask(organ: str, size: int) -> np.ndarray:
+    """Distinct, known rectangles per organ, at any size (fractions of the side)."""
+    boxes = {
+        "heart": (0.5, 0.8, 0.4, 0.7),
+        "left lung": (0.2, 0.8, 0.55, 0.9),
+        "right lung": (0.2, 0.8, 0.1, 0.45),
+        "left clavicle": (0.1, 0.2, 0.55, 0.9),
+        "right clavicle": (0.1, 0.2, 0.1, 0.45),
+    }
+    y0, y1, x0, x1 = (int(round(f * size)) for f in boxes[organ])
+    out = np.zeros((size, size), np.uint8)
+    out[y0:y1, x0:x1] = 255
+    return out
+
+
+def make_jsrt_scr(root: Path) -> Path:
+    """All 247 cases as small PNGs with 16-pixel SCR masks, except JPCLN001: a raw 2048x2048
+    12-bit big-endian .IMG (the official format) with 1024-pixel masks."""
+    table = paper_splits()["SCR"]
+    rng = np.random.default_rng(0)
+    for stem in table["train"] + table["test"]:
+        if stem == "JPCLN001":
+            raw = rng.integers(0, 4096, (2048, 2048)).astype(">u2")
+            (root / "JSRT" / "raw").mkdir(parents=True, exist_ok=True)
+            raw.tofile(root / "JSRT" / "raw" / "JPCLN001.IMG")
+            size = 1024
+        else:
+            save(root / "JSRT" / "images" / f"{stem}.png", rng.integers(0, 256, (32, 32), np.uint8))
+            size = 16
+        for organ in ORGANS:
+            save(root / "SCR" / "masks" / organ / f"{stem}.gif", organ_mask(organ, size))
+    return root
+
+
+@pytest.fixture(scope="module")
+def jsrt_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_jsrt_scr(tmp_path_factory.mktemp("jsrt_scr"))
+
+
+def as_bool(array: np.ndarray) -> np.ndarray:
+    return array > 127
+
+
+# -- DRIVE -----------------------------------------------------------------------------------
+
+
+def test_drive_official_layout(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    train = load_dataset("drive", root, "train")
+    assert isinstance(train, SegmentationDataset) and train.modality == "fundus"
+    assert len(train) == 2 and [s.name for s in train] == ["21_training", "22_training"]
+    assert train.targets == ("vessels",) and train.default_target == "vessels"
+    assert train.image_paths[0] == root / "training" / "images" / "21_training.tif"
+    sample = train[0]
+    assert sample.image.shape == (H, W, 3) and sample.image.dtype == np.float32
+    assert sample.image.min() >= 0.0 and sample.image.max() <= 1.0
+    assert np.array_equal(sample.masks["vessels"], as_bool(vessels()))
+    # The official FOV file is used, not one derived from the image.
+    assert train.fov_source == "official mask files"
+    assert np.array_equal(sample.fov, as_bool(rect_fov()))
+
+    test = load_dataset("drive", root, "test")
+    assert test.targets == ("vessels", "vessels_2nd")
+    assert np.array_equal(test[1].masks["vessels_2nd"], as_bool(vessels(period=5)))
+    both = load_dataset("drive", root, "all")
+    assert len(both) == 4 and both.split == "all"
+    assert load_dataset("drive", root).split == "train"  # split None: train where it exists
+
+
+def test_drive_missing_mask_names_files_and_skip_bad_lists_it(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    (root / "training" / "1st_manual" / "22_manual1.gif").unlink()
+    with pytest.raises(DatasetError, match=r"22_training\.tif.*22_manual1"):
+        load_dataset("drive", root, "train")
+    ds = load_dataset("drive", root, "train", skip_bad=True)
+    assert [s.name for s in ds] == ["21_training"]
+    assert ds.skipped[0][0] == root / "training" / "images" / "22_training.tif"
+    assert "22_manual1" in ds.skipped[0][1]
+
+
+def test_drive_missing_fov_file_and_missing_folder(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    (root / "test" / "mask" / "02_test_mask.gif").unlink()
+    with pytest.raises(DatasetError, match=r"02_test\.tif.*02_test_mask"):
+        load_dataset("drive", root, "test")
+    for path in (root / "training" / "1st_manual").iterdir():
+        path.unlink()
+    (root / "training" / "1st_manual").rmdir()
+    with pytest.raises(DatasetError, match=r"1st_manual: missing folder"):
+        load_dataset("drive", root, "train")
+
+
+def test_drive_without_mask_folder_derives_fov(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    for path in (root / "training" / "mask").iterdir():
+        path.unlink()
+    (root / "training" / "mask").rmdir()
+    ds = load_dataset("drive", root, "train")
+    assert ds.fov_source == "derived from the image"
+    image = ds[0].image
+    assert np.array_equal(ds[0].fov, (image > 20 / 255).any(axis=2))
+
+
+def test_vessel_mask_of_another_size_is_an_error(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    save(root / "training" / "1st_manual" / "21_manual1.gif", vessels(H // 2, W // 2))
+    ds = load_dataset("drive", root, "train")  # listing does not decode
+    with pytest.raises(DatasetError, match=r"21_manual1\.gif: mask is 24x20 .* is 48x40"):
+        ds[0]
+    ds = load_dataset("drive", root, "train", skip_bad=True)
+    ds.verify()
+    assert len(ds) == 1 and ds.items[0].name == "22_training"
+    assert ds.skipped[0][0] == root / "training" / "images" / "21_training.tif"
+
+
+def test_unreadable_image_raises_image_read_error(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    bad = root / "training" / "images" / "22_training.tif"
+    bad.write_bytes(b"this is not a TIFF")
+    ds = load_dataset("drive", root, "train")
+    with pytest.raises(ImageReadError) as info:
+        ds[1]
+    assert info.value.path == bad
+    with pytest.raises(ImageReadError):
+        ds.verify()
+    ds = load_dataset("drive", root, "train", skip_bad=True)
+    seen: list[str] = []
+    ds.verify(on_sample=lambda s: seen.append(s.name))
+    assert seen == ["21_training"] and len(ds) == 1
+    assert ds.skipped == [(bad, ds.skipped[0][1])] and ds.skipped[0][1]
+
+
+# -- STARE, CHASE_DB1, HRF -------------------------------------------------------------------
+
+
+def test_stare_paper_split_gzipped_ppm(tmp_path: Path) -> None:
+    root = make_stare(tmp_path / "STARE")
+    train = load_dataset("stare", root, "train")
+    test = load_dataset("stare", root, "test")
+    assert [it.name for it in train.items] == paper_splits()["STARE"]["train"]
+    assert [it.name for it in test.items] == paper_splits()["STARE"]["test"]
+    assert train.targets == ("vessels",)
+    sample = test[0]
+    assert sample.image.shape == (H, W, 3)
+    assert np.array_equal(sample.masks["vessels"], as_bool(vessels()))
+    assert train.fov_source == "derived from the image"
+    assert 0.3 < sample.fov.mean() < 0.8 and not sample.fov[0, 0]
+
+
+def test_stare_second_observer_and_missing_label(tmp_path: Path) -> None:
+    root = make_stare(tmp_path / "STARE", vk=True)
+    ds = load_dataset("stare", root, "train")
+    assert ds.targets == ("vessels", "vessels_vk")
+    assert np.array_equal(ds[0].masks["vessels_vk"], as_bool(vessels(period=3)))
+    stem = paper_splits()["STARE"]["train"][3]
+    (root / "labels-ah" / f"{stem}.ah.ppm.gz").unlink()
+    with pytest.raises(DatasetError, match=rf"{stem}\.ppm\.gz: its mask .*{stem}\.ah\.ppm"):
+        load_dataset("stare", root, "train")
+    stem = paper_splits()["STARE"]["test"][0]
+    (root / "stare-images" / f"{stem}.ppm.gz").unlink()
+    with pytest.raises(DatasetError, match=rf"{stem}\.ppm\.gz: image of the paper's STARE"):
+        load_dataset("stare", root, "test")
+
+
+def test_chase_db1_is_read_like_the_other_sets(tmp_path: Path) -> None:
+    root = make_chase(tmp_path / "CHASEDB1")
+    train = load_dataset("chase_db1", root, "train")
+    test = load_dataset("chase_db1", root, "test")
+    assert (len(train), len(test)) == (20, 8)
+    assert [it.name for it in test.items] == paper_splits()["CHASE_DB1"]["test"]
+    assert train.targets == ("vessels", "vessels_2nd") and train.default_target == "vessels"
+    sample = train[0]
+    assert sample.name == "Image_01L" and sample.image_path == root / "Image_01L.jpg"
+    assert sample.image.shape == (H, W, 3) and sample.image.dtype == np.float32
+    assert np.array_equal(sample.masks["vessels"], as_bool(vessels()))
+    assert np.array_equal(sample.masks["vessels_2nd"], as_bool(vessels(period=4)))
+    assert 0.3 < sample.fov.mean() < 0.8  # derived: CHASE_DB1 has no FOV masks
+    # Pre-training pools: only the photographs, never the observers' tracings.
+    assert len(pool_image_paths(f"chase_db1:{root}")) == 28
+    as_folder = pool_image_paths(str(root))
+    assert len(as_folder) == 28 and all(p.suffix == ".jpg" for p in as_folder)
+
+
+def test_chase_db1_missing_tracing(tmp_path: Path) -> None:
+    root = make_chase(tmp_path / "CHASEDB1")
+    (root / "Image_11R_1stHO.png").unlink()
+    with pytest.raises(DatasetError, match=r"Image_11R\.jpg: its mask .*Image_11R_1stHO\.png"):
+        load_dataset("chase_db1", root, "test")
+    ds = load_dataset("chase_db1", root, "test", skip_bad=True)
+    assert len(ds) == 7 and ds.skipped[0][0].name == "Image_11R.jpg"
+
+
+def test_hrf_images_only_and_labelled(tmp_path: Path) -> None:
+    root = make_hrf(tmp_path / "HRF_plain", labelled=False)
+    train = load_dataset("hrf", root, "train")
+    assert (len(train), len(load_dataset("hrf", root, "test"))) == (25, 20)
+    assert train.targets == () and train.default_target is None
+    sample = train[0]
+    assert sample.masks == {} and sample.fov.any() and not sample.fov.all()
+
+    root = make_hrf(tmp_path / "HRF", labelled=True)
+    test = load_dataset("hrf", root, "test")
+    assert test.targets == ("vessels",) and test.fov_source == "official mask files"
+    assert np.array_equal(test[0].fov, as_bool(rect_fov()))
+    (root / "manual1" / "01_h.tif").unlink()
+    with pytest.raises(DatasetError, match=r"01_h\.jpg: its mask .*manual1.01_h\.tif"):
+        load_dataset("hrf", root, "train")
+
+
+# -- JSRT + SCR ------------------------------------------------------------------------------
+
+
+def test_jsrt_scr_found_recursively_and_masks_resized(jsrt_root: Path) -> None:
+    train = load_dataset("jsrt_scr", jsrt_root, "train")
+    test = load_dataset("jsrt_scr", jsrt_root, "test")
+    assert (len(train), len(test)) == (124, 123)
+    assert train.modality == "xray" and train.default_target == "lung"
+    assert set(train.targets) == {
+        "heart", "lung", "clavicle", "left_lung", "right_lung", "left_clavicle", "right_clavicle"
+    }  # fmt: skip
+    assert train.items[0].image.suffix == ".IMG"
+    raw = train[0]  # JPCLN001: raw 12-bit 2048 x 2048, masks 1024 x 1024
+    assert raw.image.shape == (2048, 2048, 1) and raw.image.dtype == np.float32
+    assert raw.image.min() >= 0.0 and raw.image.max() <= 1.0 and raw.image.std() > 0.1
+    assert raw.fov.all()
+    heart = raw.masks["heart"]
+    assert heart.shape == (2048, 2048)
+    np.testing.assert_array_equal(
+        heart, np.kron(as_bool(organ_mask("heart", 1024)), np.ones((2, 2), bool))
+    )
+    lungs = raw.masks["left_lung"] | raw.masks["right_lung"]
+    assert np.array_equal(raw.masks["lung"], lungs) and raw.masks["lung"].sum() > heart.sum()
+    png = test[0]  # 32 x 32 PNG with 16 x 16 masks: resized up by nearest
+    assert png.image.shape == (32, 32, 1)
+    np.testing.assert_array_equal(
+        png.masks["clavicle"],
+        np.kron(
+            as_bool(organ_mask("left clavicle", 16)) | as_bool(organ_mask("right clavicle", 16)),
+            np.ones((2, 2), bool),
+        ),
+    )
+
+
+def test_jsrt_scr_missing_organ(tmp_path: Path, jsrt_root: Path) -> None:
+    stem = paper_splits()["SCR"]["test"][5]
+    mask = jsrt_root / "SCR" / "masks" / "left clavicle" / f"{stem}.gif"
+    backup = mask.read_bytes()
+    mask.unlink()
+    try:
+        with pytest.raises(DatasetError, match=rf"{stem}\.png: its SCR mask left clavicle/{stem}"):
+            load_dataset("jsrt_scr", jsrt_root, "test")
+        ds = load_dataset("jsrt_scr", jsrt_root, "test", skip_bad=True)
+        assert len(ds) == 122 and ds.skipped[0][0].name == f"{stem}.png"
+    finally:
+        mask.write_bytes(backup)
+    save(tmp_path / "JSRT" / "images" / "JPCLN001.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DatasetError, match="no SCR masks found"):
+        load_dataset("jsrt_scr", tmp_path, "train")
+
+
+# -- folder ----------------------------------------------------------------------------------
+
+
+def make_folder(root: Path) -> Path:
+    save(root / "images" / "a.png", fundus(seed=1))
+    save(root / "images" / "sub" / "b.jpg", fundus(seed=2), quality=95)
+    save(root / "masks" / "a.png", vessels())
+    save(root / "masks" / "sub" / "b.gif", vessels(period=3))
+    return root
+
+
+def test_folder_images_and_masks_by_stem(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "set")
+    ds = load_dataset("folder", root)
+    assert ds.split == "all" and ds.targets == ("mask",) and ds.default_target == "mask"
+    assert [it.name for it in ds.items] == ["a", "sub/b"]
+    assert np.array_equal(ds[1].masks["mask"], as_bool(vessels(period=3)))
+    assert ds.modality == "fundus"
+    with pytest.raises(DatasetError, match=r"folder has no split 'train'; its splits are: all"):
+        load_dataset("folder", root, "train")
+
+
+def test_folder_image_without_partner(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "set")
+    lonely = save(root / "images" / "c.png", fundus(seed=3))
+    with pytest.raises(DatasetError, match=r"c\.png: no mask with the same file stem"):
+        load_dataset("folder", root)
+    ds = load_dataset("folder", root, skip_bad=True)
+    assert len(ds) == 2 and ds.skipped[0][0] == lonely
+
+
+def test_folder_unlabelled_grey_is_xray(tmp_path: Path) -> None:
+    grey = np.random.default_rng(0).integers(0, 256, (20, 20), np.uint8)
+    save(
+        tmp_path / "cxr" / "train" / "NORMAL" / "x1.jpeg", np.stack([grey] * 3, axis=2), quality=95
+    )
+    save(
+        tmp_path / "cxr" / "test" / "PNEUMONIA" / "x2.jpeg",
+        np.stack([grey] * 3, axis=2),
+        quality=95,
+    )
+    ds = load_dataset("folder", tmp_path / "cxr")
+    assert ds.targets == () and len(ds) == 2 and ds.modality == "xray"
+    assert ds[0].image.shape == (20, 20, 1) and ds[0].fov.all()
+    assert FolderDataset(tmp_path / "cxr", modality="fundus")[0].image.shape == (20, 20, 3)
+
+
+def test_pool_image_paths_exclude_masks(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "set")
+    assert pool_image_paths(str(root)) == [
+        root / "images" / "a.png",
+        root / "images" / "sub" / "b.jpg",
+    ]
+    drive = make_drive(tmp_path / "DRIVE")
+    names = [p.name for p in pool_image_paths(f"drive:{drive}")]
+    assert names == ["21_training.tif", "22_training.tif", "01_test.tif", "02_test.tif"]
+    # The DRIVE folder read as a plain folder: manual and mask folders are not pool images.
+    assert sorted(p.name for p in pool_image_paths(str(drive))) == sorted(names)
+    flat = tmp_path / "flat"
+    save(flat / "x.png", fundus())
+    save(flat / "x_mask.png", rect_fov())
+    save(flat / "y_mask.png", rect_fov())  # no image "y": this is a picture, keep it
+    assert [p.name for p in pool_image_paths(str(flat))] == ["x.png", "y_mask.png"]
+    with pytest.raises(DatasetError, match="generated in memory"):
+        pool_image_paths("synthetic_fundus:4")
+    with pytest.raises(DatasetError, match="no such folder"):
+        pool_image_paths(str(tmp_path / "nowhere"))
+
+
+# -- names, specs, errors --------------------------------------------------------------------
+
+
+def test_registry_and_data_specs(tmp_path: Path) -> None:
+    assert set(DATASETS) == {
+        "drive", "stare", "chase_db1", "hrf", "jsrt_scr", "folder", "synthetic_fundus",
+        "synthetic_xray",
+    }  # fmt: skip
+    assert parse_data_spec("drive:/data/DRIVE") == ("drive", Path("/data/DRIVE"))
+    assert parse_data_spec("DRIVE:/data/DRIVE") == ("drive", Path("/data/DRIVE"))
+    assert parse_data_spec("synthetic_xray:12") == ("synthetic_xray", Path("12"))
+    assert parse_data_spec("synthetic_fundus") == ("synthetic_fundus", None)
+    assert parse_data_spec("/data/run:2/images") == ("folder", Path("/data/run:2/images"))
+    assert parse_data_spec("notaset:x") == ("folder", Path("notaset:x"))
+    assert image_stem("a/im0001.ah.ppm.gz") == "im0001.ah" and image_stem("x.JPG") == "x"
+    root = make_drive(tmp_path / "DRIVE")
+    assert len(load_data_spec(f"drive:{root}", "test")) == 2
+
+
+def test_missing_empty_and_unknown_roots(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(DatasetError, match=rf"{missing}: no such folder; .*training/images"):
+        load_dataset("drive", missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"empty; expected the stare layout: stare-images"):
+        load_dataset("stare", tmp_path / "empty")
+    with pytest.raises(DatasetError, match="needs a ROOT"):
+        load_dataset("hrf", None)
+    with pytest.raises(DatasetError, match="unknown data set 'kaggle'"):
+        load_dataset("kaggle", tmp_path)
+    with pytest.raises(DatasetError, match=r"no split 'val'; its splits are: train, test, all"):
+        load_dataset("drive", tmp_path, "val")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("no images here")
+    with pytest.raises(DatasetError, match="no images found for folder"):
+        load_dataset("folder", tmp_path / "other")
+    assert issubclass(DatasetError, LocaldiscError)
+
+
+# -- synthetic -------------------------------------------------------------------------------
+
+
+def test_synthetic_sets_are_deterministic_and_split() -> None:
+    train = load_dataset("synthetic_fundus", None, "train")
+    test = load_dataset("synthetic_fundus", None, "test")
+    assert (len(train), len(test)) == (20, 10)
+    a, b = train[0], load_dataset("synthetic_fundus", None, "train")[0]
+    assert a.image.shape == (256, 256, 3) and a.masks["vessels"].dtype == bool
+    assert np.array_equal(a.image, b.image)
+    assert not np.array_equal(a.image, test[0].image)
+    xray = load_dataset("synthetic_xray", "6", "all")
+    assert len(xray) == 9 and xray.modality == "xray" and xray.default_target == "lung"
+    sample = xray[0]
+    assert sample.image.shape == (256, 256, 1) and sample.fov.all()
+    assert np.array_equal(
+        sample.masks["lung"], sample.masks["left_lung"] | sample.masks["right_lung"]
+    )
+    with pytest.raises(DatasetError, match="positive image count"):
+        load_dataset("synthetic_xray", "many")
+
+
+# -- the real data sets (skipped when /work/shared/data is absent) -----------------------------
+
+
+def shared(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"shared data set {path} is not available")
+    return path
+
+
+def test_real_drive() -> None:
+    root = shared("DRIVE")
+    train, test = load_dataset("drive", root, "train"), load_dataset("drive", root, "test")
+    assert (len(train), len(test)) == (20, 20)
+    assert [it.name for it in test.items] == sorted(paper_splits()["DRIVE"]["test"])
+    assert test.targets == ("vessels", "vessels_2nd")
+    assert all(it.fov is not None for it in train.items + test.items)
+    sample = train[0]
+    assert sample.image.shape == (584, 565, 3)
+    fov = sample.fov
+    assert 0.6 < fov.mean() < 0.8
+    assert 0.05 < sample.masks["vessels"][fov].mean() < 0.2
+
+
+def test_real_stare_derived_fov() -> None:
+    root = shared("STARE")
+    train, test = load_dataset("stare", root, "train"), load_dataset("stare", root, "test")
+    assert (len(train), len(test)) == (10, 10)
+    assert sum(len(it.masks) for it in train.items + test.items) == 20
+    for ds in (train, test):
+        sample = ds[0]
+        assert sample.image.shape == (605, 700, 3)
+        assert 0.5 < sample.fov.mean() < 0.9, sample.name
+        assert sample.masks["vessels"][sample.fov].mean() > 0.05
+
+
+def test_real_jsrt_scr_listing() -> None:
+    root = shared("")
+    if not (root / "JSRT").is_dir() or not (root / "SCR").is_dir():
+        pytest.skip(f"JSRT and SCR are not both in {root}")
+    train, test = load_dataset("jsrt_scr", root, "train"), load_dataset("jsrt_scr", root, "test")
+    assert (len(train), len(test)) == (124, 123)
+    for item in train.items + test.items:
+        assert len({p for paths in item.masks.values() for p in paths}) == 5
+    sample = test[0]
+    assert sample.image.shape == (512, 512, 1)  # masks are 1024: resized to the image
+    assert all(m.shape == (512, 512) for m in sample.masks.values())
+    assert 0.15 < sample.masks["lung"].mean() < 0.5 and sample.masks["heart"].any()
+
+
+def test_real_hrf_images_only() -> None:
+    root = shared("HRF")
+    train, test = load_dataset("hrf", root, "train"), load_dataset("hrf", root, "test")
+    assert (len(train), len(test)) == (25, 20) and train.targets == ()
+    assert len(pool_image_paths(f"hrf:{root}")) == 45
+
+
+def test_real_pretraining_folders_counted_without_decoding() -> None:
+    assert len(pool_image_paths(str(shared("KaggleDR")))) == 2500
+    kermany = pool_image_paths(str(shared("CXR_Kermany")))
+    assert len(kermany) == 5840 and kermany == sorted(kermany)
+    assert {p.parent.name for p in kermany} == {"NORMAL", "PNEUMONIA"}

@@ -1,0 +1,121 @@
+"""Tests for localdisc.data.inspect: full-read reports and preview grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from localdisc.data.datasets import load_dataset
+from localdisc.data.inspect import inspect_dataset, write_preview
+from localdisc.errors import ImageReadError
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+H, W = 30, 26
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def make_drive(root: Path) -> Path:
+    """A DRIVE copy: 2 + 2 images; vessels cover rows 10-14 (5 of 30 rows) in all FOV columns."""
+    yy, xx = np.mgrid[:H, :W]
+    image = np.zeros((H, W, 3), np.uint8)
+    image[(yy - H / 2) ** 2 + (xx - W / 2) ** 2 <= 12**2] = (180, 90, 40)
+    vessels = np.zeros((H, W), np.uint8)
+    vessels[10:15] = 255
+    fov = np.full((H, W), 255, np.uint8)
+    for folder, kind, ids in (
+        ("training", "training", ("21", "22")),
+        ("test", "test", ("01", "02")),
+    ):
+        for ident in ids:
+            save(root / folder / "images" / f"{ident}_{kind}.tif", image)
+            save(root / folder / "1st_manual" / f"{ident}_manual1.gif", vessels)
+            save(root / folder / "mask" / f"{ident}_{kind}_mask.gif", fov)
+        if folder == "test":
+            for ident in ids:
+                save(root / folder / "2nd_manual" / f"{ident}_manual2.gif", vessels[::-1])
+    return root
+
+
+def test_inspect_reports_counts_sizes_coverage(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    report = inspect_dataset("drive", root, progress=False)
+    assert report["name"] == "drive" and report["root"] == str(root)
+    assert report["modality"] == "fundus" and report["skipped"] == []
+    assert list(report["splits"]) == ["train", "test"]
+    train, test = report["splits"]["train"], report["splits"]["test"]
+    assert train["images"] == 2 and train["masks"] == {"vessels": 2} and train["fov"] == 2
+    assert test["masks"] == {"vessels": 2, "vessels_2nd": 2}
+    assert train["sizes"] == {"30x26": 2}
+    assert train["coverage"]["vessels"] == pytest.approx(5 / 30, abs=1e-4)
+    assert train["fov_source"] == "official mask files" and train["fov_fraction"] == 1.0
+
+
+def test_inspect_unsplit_folder_reports_all(tmp_path: Path) -> None:
+    for i in range(3):
+        save(tmp_path / "pool" / f"img{i}.png", np.full((8, 9, 3), 60 * i + 30, np.uint8))
+    report = inspect_dataset("folder", tmp_path / "pool", progress=False)
+    assert list(report["splits"]) == ["all"]
+    split = report["splits"]["all"]
+    assert split["images"] == 3 and split["masks"] == {} and split["sizes"] == {"8x9": 3}
+
+
+def test_inspect_stops_at_or_skips_an_unreadable_file(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    bad = root / "test" / "2nd_manual" / "02_manual2.gif"
+    bad.write_bytes(b"GIF89a truncated")
+    with pytest.raises(ImageReadError, match="02_manual2.gif"):
+        inspect_dataset("drive", root, progress=False)
+    report = inspect_dataset("drive", root, skip_bad=True, progress=True)
+    assert report["splits"]["test"]["images"] == 1
+    assert [s["path"] for s in report["skipped"]] == [str(bad)]
+    assert report["skipped"][0]["reason"]
+
+
+def test_write_preview_png(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    out = write_preview("drive", tmp_path / "out" / "preview.png", n=3, root=root, split="test")
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 100 and im.height > 100
+        pixels = np.asarray(im.convert("RGB"))
+    # The green vessel overlay is drawn.
+    assert ((pixels[..., 1] > 150) & (pixels[..., 0] < 150)).any()
+    ds = load_dataset("drive", root, "train")
+    assert write_preview(ds, tmp_path / "train.png", n=8).stat().st_size > 0
+
+
+# -- real data (skipped when /work/shared/data is absent) -------------------------------------
+
+
+def shared(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"shared data set {path} is not available")
+    return path
+
+
+def test_inspect_real_drive() -> None:
+    report = inspect_dataset("drive", shared("DRIVE"), progress=False)
+    for split in ("train", "test"):
+        s = report["splits"][split]
+        assert s["images"] == 20 and s["masks"]["vessels"] == 20 and s["fov"] == 20
+        assert s["fov_source"] == "official mask files" and s["sizes"] == {"584x565": 20}
+        assert 0.08 < s["coverage"]["vessels"] < 0.18
+    assert report["splits"]["test"]["masks"]["vessels_2nd"] == 20
+
+
+def test_inspect_real_stare() -> None:
+    report = inspect_dataset("stare", shared("STARE"), progress=False)
+    splits = report["splits"]
+    assert splits["train"]["images"] == splits["test"]["images"] == 10
+    assert splits["train"]["masks"]["vessels"] + splits["test"]["masks"]["vessels"] == 20
+    for s in splits.values():
+        assert s["fov_source"] == "derived from the image"
+        assert 0.5 < s["fov_fraction"] < 0.9

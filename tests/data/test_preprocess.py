@@ -1,0 +1,180 @@
+"""Tests for localdisc.data.preprocess: FOV, ROI crop, resizing, channels, normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from localdisc.data.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODALITY_CHANNELS,
+    background_level,
+    fov_from_image,
+    largest_component,
+    normalize,
+    resize_image,
+    resize_mask,
+    roi_box,
+    roi_crop,
+    to_modality_channels,
+)
+
+
+def fundus_like(h: int = 80, w: int = 100, radius: float = 30.0) -> np.ndarray:
+    """A bright disc (the fundus) centred in a black frame, with a dark hole and a speck."""
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= radius**2
+    image = np.zeros((h, w, 3), dtype=np.float32)
+    image[disc] = (0.6, 0.3, 0.1)
+    image[int(h / 2) - 2 : int(h / 2) + 2, int(w / 2) - 2 : int(w / 2) + 2] = 0.0  # dark lesion
+    image[1, 1] = 0.9  # isolated bright speck outside the disc
+    return image
+
+
+def test_fov_is_largest_component_with_holes_filled() -> None:
+    image = fundus_like()
+    fov = fov_from_image(image)
+    assert fov.dtype == bool and fov.shape == (80, 100)
+    assert not fov[1, 1], "a speck outside the disc is not the FOV"
+    assert fov[40, 50], "a dark lesion inside the disc belongs to the FOV"
+    yy, xx = np.mgrid[:80, :100]
+    disc = (yy - 40) ** 2 + (xx - 50) ** 2 <= 30**2
+    assert np.array_equal(fov, disc)
+
+
+def test_fov_threshold_is_any_channel_above_20_of_255() -> None:
+    image = np.zeros((10, 10, 3), dtype=np.float32)
+    image[2:8, 2:8, 2] = 21 / 255  # only the blue channel passes
+    image[0, :, :] = 19 / 255  # below the threshold in every channel
+    fov = fov_from_image(image)
+    assert fov[2:8, 2:8].all() and fov.sum() == 36
+
+
+def test_fov_ignores_a_noisy_grey_surround() -> None:
+    """STARE's scanned photographs sit on grey film, not black: the threshold follows it."""
+    rng = np.random.default_rng(0)
+    image = fundus_like()
+    yy, xx = np.mgrid[:80, :100]
+    disc = (yy - 40) ** 2 + (xx - 50) ** 2 <= 30**2
+    film = np.clip(0.09 + 0.01 * rng.standard_normal((80, 100, 3)), 0, 1).astype(np.float32)
+    image[~disc] = film[~disc]
+    assert background_level(image) == pytest.approx(0.09, abs=0.01)
+    assert np.array_equal(fov_from_image(image), disc)
+    # The fixed paper threshold would take the whole film into the FOV.
+    assert fov_from_image(image, threshold=20 / 255).mean() > 0.95
+    assert background_level(fundus_like()) < 1 / 255
+
+
+def test_fov_of_xray_and_of_black_image_is_whole_image() -> None:
+    image = fundus_like()[:, :, :1]
+    assert fov_from_image(image, modality="xray").all()
+    assert fov_from_image(np.zeros((6, 7, 3), np.float32)).all()
+    with pytest.raises(ValueError, match="modality"):
+        fov_from_image(image, modality="ct")
+
+
+def test_largest_component_keeps_biggest_blob() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[0:2, 0:2] = True
+    mask[5:9, 5:9] = True
+    out = largest_component(mask)
+    assert out.sum() == 16 and out[6, 6] and not out[0, 0]
+    assert not largest_component(np.zeros((3, 3), bool)).any()
+
+
+def test_roi_box_margin_and_clipping() -> None:
+    image = np.zeros((100, 120, 3), np.float32)
+    image[30:60, 40:90] = 0.5
+    assert roi_box(image, margin=16) == (14, 76, 24, 106)
+    assert roi_box(image, margin=0) == (30, 60, 40, 90)
+    image[1, 1] = 1.0  # a speck does not widen the box: only the largest component counts
+    assert roi_box(image, margin=16) == (14, 76, 24, 106)
+    near_edge = np.zeros((50, 50, 1), np.float32)
+    near_edge[2:48, 5:45] = 1.0
+    assert roi_box(near_edge, margin=16) == (0, 50, 0, 50)
+    assert roi_box(np.zeros((8, 9, 3), np.float32)) == (0, 8, 0, 9)
+
+
+def test_roi_crop_crops_image_and_masks_alike() -> None:
+    image = np.zeros((100, 120, 3), np.float32)
+    image[30:60, 40:90] = 0.5
+    vessels = np.zeros((100, 120), bool)
+    vessels[45, 50] = True
+    fov = image[:, :, 0] > 0
+    out_image, out_vessels, out_fov = roi_crop(image, vessels, fov)
+    assert out_image.shape == (62, 82, 3)
+    assert out_vessels.shape == out_fov.shape == (62, 82)
+    assert out_vessels[45 - 14, 50 - 24] and out_vessels.sum() == 1
+    assert out_fov.sum() == fov.sum()
+    with pytest.raises(ValueError, match="mask 0"):
+        roi_crop(image, np.zeros((5, 5), bool))
+
+
+def test_resize_area_is_block_mean_for_integer_factors() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.random((8, 12, 3), dtype=np.float32)
+    out = resize_image(image, (4, 3), method="area")
+    expected = image.reshape(4, 2, 3, 4, 3).mean(axis=(1, 3))
+    assert out.shape == (4, 3, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+
+
+def test_resize_area_fractional_factor_preserves_mean_and_constants() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.random((30, 30), dtype=np.float32)
+    out = resize_image(image, 7)
+    assert out.shape == (7, 7)
+    assert out.mean() == pytest.approx(image.mean(), rel=1e-5)  # a box filter keeps the mean
+    flat = np.full((13, 17, 1), 0.25, np.float32)
+    np.testing.assert_allclose(resize_image(flat, (5, 29)), 0.25, rtol=1e-6)
+
+
+def test_resize_bilinear_values() -> None:
+    image = np.array([[0.0, 1.0]], np.float32)
+    out = resize_image(image, (1, 4), method="bilinear")
+    # Pixel centres at 0.25-pixel steps: -0.25 -> clamped 0, 0.25, 0.75, 1.25 -> clamped 1.
+    np.testing.assert_allclose(out, [[0.0, 0.25, 0.75, 1.0]], atol=1e-6)
+    # Area upscaling interpolates linearly too.
+    np.testing.assert_allclose(resize_image(image, (1, 4), method="area"), out)
+    with pytest.raises(ValueError, match="method"):
+        resize_image(image, 4, method="cubic")  # type: ignore[arg-type]
+
+
+def test_resize_mask_nearest_keeps_labels() -> None:
+    mask = np.zeros((4, 4), bool)
+    mask[:2, :2] = True
+    up = resize_mask(mask, 8)
+    assert up.dtype == bool and up.sum() == 16 and up[:4, :4].all()
+    down = resize_mask(up, (4, 4))
+    assert np.array_equal(down, mask)
+    labels = np.arange(12).reshape(3, 4)
+    assert set(np.unique(resize_mask(labels, (7, 5)))) <= set(range(12))
+
+
+def test_to_modality_channels() -> None:
+    rgb = np.zeros((2, 2, 3), np.float32)
+    rgb[..., 0] = 1.0
+    grey = to_modality_channels(rgb, "xray")
+    assert grey.shape == (2, 2, 1)
+    np.testing.assert_allclose(grey, 0.299, rtol=1e-6)
+    assert to_modality_channels(grey, "fundus").shape == (2, 2, 3)
+    assert np.array_equal(to_modality_channels(rgb, "fundus"), rgb)
+    rgba = np.ones((2, 2, 4), np.float32)
+    assert to_modality_channels(rgba, "fundus").shape == (2, 2, 3)
+    assert to_modality_channels(np.ones((3, 3), np.float32), "xray").shape == (3, 3, 1)
+    assert MODALITY_CHANNELS == {"fundus": 3, "xray": 1}
+
+
+def test_normalize_fundus_and_xray() -> None:
+    rgb = np.stack([np.full((2, 2), m, np.float32) for m in IMAGENET_MEAN], axis=2) + np.asarray(
+        IMAGENET_STD, np.float32
+    )
+    out = normalize(rgb, "fundus")
+    np.testing.assert_allclose(out, 1.0, rtol=1e-5)
+    xray = np.array([[0.0, 0.5, 1.0]], np.float32)
+    np.testing.assert_allclose(normalize(xray, "xray")[..., 0], [[-1.0, 0.0, 1.0]])
+    # An RGB X-ray (Kermany's JPEGs) becomes one channel first.
+    assert normalize(np.full((3, 3, 3), 0.5, np.float32), "xray").shape == (3, 3, 1)
+    with pytest.raises(ValueError, match="modality"):
+        normalize(xray, "mri")

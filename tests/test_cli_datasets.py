@@ -1,0 +1,137 @@
+"""Tests for ``localdisc datasets list`` and ``localdisc datasets inspect``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from localdisc.cli import app
+from localdisc.errors import DatasetError
+
+runner = CliRunner()
+H, W = 24, 20
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def make_drive(root: Path) -> Path:
+    image = np.zeros((H, W, 3), np.uint8)
+    image[3:-3, 3:-3] = (170, 80, 30)
+    vessels = np.zeros((H, W), np.uint8)
+    vessels[:, 9:11] = 255
+    for folder, kind, ident in (
+        ("training", "training", "21"),
+        ("test", "test", "01"),
+        ("test", "test", "02"),
+    ):
+        save(root / folder / "images" / f"{ident}_{kind}.tif", image)
+        save(root / folder / "1st_manual" / f"{ident}_manual1.gif", vessels)
+        save(
+            root / folder / "mask" / f"{ident}_{kind}_mask.gif", (image[..., 0] > 0) * np.uint8(255)
+        )
+    return root
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "localdisc", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+    )
+
+
+def test_list_names_every_data_set() -> None:
+    result = runner.invoke(app, ["datasets", "list"])
+    assert result.exit_code == 0, result.output
+    for name in ("drive", "stare", "chase_db1", "hrf", "jsrt_scr", "folder", "synthetic_fundus"):
+        assert name in result.stdout
+    assert "drive.grand-challenge.org" in result.stdout.replace("\n", "").replace("│", "").replace(
+        " ", ""
+    )
+
+
+def test_list_in_a_real_subprocess() -> None:
+    result = run_cli("datasets", "list")
+    assert result.returncode == 0, result.stderr
+    assert "jsrt_scr" in result.stdout and "Staal et al." in result.stdout
+
+
+def test_cli_import_stays_light() -> None:
+    code = (
+        "import sys, localdisc.cli; "
+        "heavy = [m for m in ('torch', 'matplotlib', 'monai') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_inspect_json_prints_only_json(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    result = runner.invoke(app, ["datasets", "inspect", "drive", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["name"] == "drive" and report["modality"] == "fundus"
+    assert report["splits"]["train"]["images"] == 1
+    assert report["splits"]["test"]["masks"] == {"vessels": 2}
+    assert report["splits"]["train"]["coverage"]["vessels"] == pytest.approx(2 / 14, abs=1e-3)
+
+
+def test_inspect_tables_spec_and_preview(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    preview = tmp_path / "preview.png"
+    result = runner.invoke(app, ["datasets", "inspect", f"drive:{root}", "--preview", str(preview)])
+    assert result.exit_code == 0, result.output
+    assert "vessels: 1" in result.stdout and "24x20: 1" in result.stdout
+    with Image.open(preview) as im:
+        assert im.format == "PNG"
+
+
+def test_inspect_folder_path_as_name(tmp_path: Path) -> None:
+    for i in range(2):
+        save(tmp_path / "pool" / "images" / f"{i}.png", np.full((6, 7), 100, np.uint8))
+    result = runner.invoke(app, ["datasets", "inspect", str(tmp_path / "pool"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["name"] == "folder" and report["modality"] == "xray"
+    assert report["splits"]["all"]["images"] == 2
+
+
+def test_inspect_skip_bad_lists_the_file(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")
+    (root / "test" / "1st_manual" / "01_manual1.gif").unlink()
+    result = runner.invoke(app, ["datasets", "inspect", "drive", str(root)])
+    assert isinstance(result.exception, DatasetError)
+    assert "01_manual1" in str(result.exception)
+    result = runner.invoke(app, ["datasets", "inspect", "drive", str(root), "--skip-bad", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["splits"]["test"]["images"] == 1
+    assert report["skipped"][0]["path"].endswith("01_test.tif")
+    assert "01_manual1" in report["skipped"][0]["reason"]
+
+
+def test_bad_root_is_one_error_line_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_drive"
+    result = run_cli("datasets", "inspect", "drive", str(missing))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "no_such_drive" in result.stderr
+    assert "training/images" in result.stderr.replace("\n", "")
+    result = run_cli("datasets", "inspect", "nosuchset", str(tmp_path))
+    assert result.returncode == 2 and "unknown data set 'nosuchset'" in result.stderr
