@@ -1,0 +1,287 @@
+"""Tests for the synthetic fundus and chest X-ray generators."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage as ndi
+
+from localdisc.data import synthetic
+from localdisc.data.synthetic import (
+    SyntheticFundus,
+    SyntheticXray,
+    heart_mask,
+    lung_masks,
+    synthetic_fundus,
+    synthetic_xray,
+    vessel_tree,
+)
+
+SIZE = 256
+EIGHT = np.ones((3, 3), bool)  # 8-connectivity: one-pixel capillaries are diagonal chains
+
+
+@pytest.fixture(scope="module")
+def fundi() -> list[SyntheticFundus]:
+    return [synthetic_fundus(SIZE, seed) for seed in range(6)]
+
+
+@pytest.fixture(scope="module")
+def xrays() -> list[SyntheticXray]:
+    return [synthetic_xray(SIZE, seed) for seed in range(6)]
+
+
+def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius**2
+
+
+# ---------------------------------------------------------------------------------------------
+# Fundus
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fundus_is_deterministic_per_seed() -> None:
+    a, b, c = synthetic_fundus(128, 7), synthetic_fundus(128, 7), synthetic_fundus(128, 8)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.vessels, b.vessels)
+    assert a.optic_disc == b.optic_disc and a.fovea == b.fovea
+    assert not np.array_equal(a.vessels, c.vessels)
+    assert np.abs(a.image - c.image).mean() > 0.01
+
+
+def test_fundus_types_and_ranges(fundi: list[SyntheticFundus]) -> None:
+    for f in fundi:
+        assert f.image.shape == (SIZE, SIZE, 3) and f.image.dtype == np.float32
+        assert f.vessels.shape == f.fov.shape == (SIZE, SIZE)
+        assert f.vessels.dtype == f.fov.dtype == np.bool_
+        assert f.image.min() >= 0.0 and f.image.max() <= 1.0
+        assert np.all(f.image[~f.fov] == 0.0), "black outside the field of view"
+        assert 0.5 < f.fov.mean() < 0.8  # a centred circle of ~0.47 * size radius
+        assert not f.vessels[~f.fov].any()
+        for x, y in (f.optic_disc, f.fovea):
+            assert f.fov[int(round(y)), int(round(x))]
+
+
+def test_fundus_vessel_fraction_is_drive_like(fundi: list[SyntheticFundus]) -> None:
+    # DRIVE manual masks cover ~8-14% of the field of view.
+    for size in (128, SIZE, 512):
+        fractions = [
+            f.vessels[f.fov].mean()
+            for f in (fundi if size == SIZE else [synthetic_fundus(size, s) for s in range(2)])
+        ]
+        assert all(0.05 < v < 0.2 for v in fractions), (size, fractions)
+
+
+def test_vessels_form_one_tree_rooted_at_the_disc(fundi: list[SyntheticFundus]) -> None:
+    for f in fundi:
+        labels, n = ndi.label(f.vessels, structure=EIGHT)
+        sizes = np.bincount(labels.ravel())[1:]
+        largest = labels == 1 + int(np.argmax(sizes))
+        assert largest.sum() >= 0.9 * f.vessels.sum(), "most vessel pixels in one tree"
+        near_disc = _disc(f.vessels.shape, f.optic_disc, 0.05 * SIZE)
+        assert (largest & near_disc).any(), "the tree reaches the optic disc"
+
+
+def test_vessels_perfuse_the_whole_retina(fundi: list[SyntheticFundus]) -> None:
+    # As in DRIVE, no large vessel-free holes outside the macula.
+    for f in fundi:
+        dist = ndi.distance_transform_edt(~f.vessels)
+        region = ndi.binary_erosion(f.fov, iterations=int(0.03 * SIZE))
+        region &= ~_disc(f.fov.shape, f.fovea, 0.12 * SIZE)
+        assert (dist[region] > 0.06 * SIZE).mean() < 0.01
+
+
+def test_fovea_is_nearly_avascular(fundi: list[SyntheticFundus]) -> None:
+    for f in fundi:
+        centre = _disc(f.vessels.shape, f.fovea, 0.04 * SIZE)  # ~0.6 disc diameters across
+        assert f.vessels[centre].mean() < 0.02
+        assert f.vessels[centre].mean() < 0.2 * f.vessels[f.fov].mean()
+
+
+def test_vessels_darker_in_green_and_disc_brighter(fundi: list[SyntheticFundus]) -> None:
+    for f in fundi:
+        green = f.image[..., 1]
+        disc = _disc(green.shape, f.optic_disc, 0.07 * SIZE)
+        background = f.fov & ~f.vessels & ~disc
+        vessel = f.vessels & ~disc
+        assert green[vessel].mean() < 0.97 * green[background].mean()  # DRIVE: ~0.92
+        # Red channel: vessels hardly show there, so the contrast is mainly green.
+        red = f.image[..., 0]
+        assert red[background].mean() - red[vessel].mean() < (
+            green[background].mean() - green[vessel].mean()
+        )
+        core = _disc(green.shape, f.optic_disc, 0.025 * SIZE)
+        assert f.image[core].mean() > f.image[background].mean() + 0.1
+        fovea = _disc(green.shape, f.fovea, 0.03 * SIZE)
+        assert green[fovea].mean() < green[background].mean(), "darker macula"
+
+
+def test_fundus_background_is_orange_red(fundi: list[SyntheticFundus]) -> None:
+    for f in fundi:
+        r, g, b = (f.image[..., c][f.fov & ~f.vessels].mean() for c in range(3))
+        assert r > g > b
+
+
+def test_both_eyes_occur_and_fovea_is_temporal() -> None:
+    sides = set()
+    for seed in range(12):
+        f = synthetic_fundus(96, seed)
+        sides.add(f.optic_disc[0] < 48)
+        # Fovea on the other side of the centre, ~2.5 disc diameters (~0.3 FOV widths) away.
+        assert (f.optic_disc[0] < 48) != (f.fovea[0] < f.optic_disc[0])
+        assert 0.22 * 96 < abs(f.fovea[0] - f.optic_disc[0]) < 0.4 * 96
+    assert sides == {True, False}
+
+
+def test_fundus_256_is_fast() -> None:
+    synthetic_fundus(SIZE, 0)  # warm caches and imports
+    start = time.perf_counter()
+    synthetic_fundus(SIZE, 1)
+    assert time.perf_counter() - start < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Vessel tree
+# ---------------------------------------------------------------------------------------------
+
+
+def test_vessel_tree_matches_fundus_and_reports_calibre() -> None:
+    mask, calibre = vessel_tree(SIZE, 3)
+    np.testing.assert_array_equal(mask, synthetic_fundus(SIZE, 3).vessels)
+    assert calibre.dtype == np.float32 and calibre.shape == mask.shape
+    np.testing.assert_array_equal(calibre > 0, mask)
+    assert calibre[mask].min() < 1.0 < calibre[mask].max()
+
+
+def test_vessel_widths_scale_with_image_size() -> None:
+    # DRIVE at 565 px: main vessels ~8-10 px wide.
+    widths = {size: vessel_tree(size, 0)[1].max() for size in (282, 565)}
+    assert 7.0 < widths[565] < 12.0
+    assert 1.7 < widths[565] / widths[282] < 2.3
+
+
+def test_vessel_tree_accepts_a_generator_and_given_landmarks() -> None:
+    disc, fovea = (200.0, 140.0), (110.0, 150.0)
+    rng = np.random.default_rng(5)
+    mask, _ = vessel_tree(SIZE, rng, optic_disc=disc, fovea=fovea, fov_radius=115.0)
+    assert not mask[~_disc(mask.shape, (127.5, 127.5), 115.0)].any()
+    labels, _ = ndi.label(mask, structure=EIGHT)
+    root = labels[_disc(mask.shape, disc, 6.0)]
+    biggest = np.bincount(labels.ravel())[1:].argmax() + 1
+    assert biggest in root, "the main tree grows out of the requested disc"
+    # Avascular centre, arcades and their branches around it.
+    assert mask[_disc(mask.shape, fovea, 8.0)].mean() < 0.02
+    ring = _disc(mask.shape, fovea, 70.0) & ~_disc(mask.shape, fovea, 25.0)
+    assert mask[ring].mean() > 0.04
+
+
+def test_bifurcations_follow_murrays_law() -> None:
+    eye = synthetic._sample_eye(SIZE, np.random.default_rng(0))
+    vessels = synthetic._grow_tree(eye, np.random.default_rng(1))
+    by_id = {v.ident: v for v in vessels}
+    children = defaultdict(list)
+    for v in vessels:
+        if v.parent >= 0 and not v.sprout:  # gap-filling sprouts are extra side branches
+            children[v.parent].append(v)
+    pairs = [(by_id[p], c) for p, c in children.items() if len(c) == 2]
+    assert len(pairs) > 20
+    for parent, (c1, c2) in pairs:
+        r0 = parent.radii[-1]
+        np.testing.assert_allclose(c1.radii[0] ** 3 + c2.radii[0] ** 3, r0**3, rtol=1e-6)
+        # Daughters start where the parent ended.
+        np.testing.assert_allclose(c1.points[0], parent.points[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Chest X-ray
+# ---------------------------------------------------------------------------------------------
+
+
+def test_xray_is_deterministic_per_seed() -> None:
+    a, b, c = synthetic_xray(128, 4), synthetic_xray(128, 4), synthetic_xray(128, 5)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.lungs, b.lungs)
+    assert not np.array_equal(a.lungs, c.lungs)
+
+
+def test_xray_types_and_ranges(xrays: list[SyntheticXray]) -> None:
+    for x in xrays:
+        assert x.image.shape == (SIZE, SIZE, 1) and x.image.dtype == np.float32
+        assert x.image.min() >= 0.0 and x.image.max() <= 1.0
+        for m in (x.lungs, x.heart, x.left_lung, x.right_lung):
+            assert m.shape == (SIZE, SIZE) and m.dtype == np.bool_
+        np.testing.assert_array_equal(x.lungs, x.left_lung | x.right_lung)
+
+
+def test_xray_anatomy(xrays: list[SyntheticXray]) -> None:
+    for x in xrays:
+        assert not (x.left_lung & x.right_lung).any()
+        # Radiological convention: the patient's right lung on the image left.
+        right_x = np.nonzero(x.right_lung)[1].mean()
+        left_x = np.nonzero(x.left_lung)[1].mean()
+        assert right_x < SIZE / 2 < left_x
+        for lung in (x.left_lung, x.right_lung):
+            assert 0.08 < lung.mean() < 0.25  # SCR: each lung ~14-19% of the image
+            assert ndi.label(lung)[1] == 1
+        # Heart between the lungs, shifted to the patient's left, touching both lungs only
+        # along a thin band (as in the SCR annotations).
+        hx, hy = x.heart_centre
+        assert right_x < SIZE / 2 < hx < left_x
+        assert 0.04 < x.heart.mean() < 0.15
+        overlap = (x.heart & x.lungs).sum() / x.heart.sum()
+        assert 0.0 < overlap < 0.15
+        lung_rows = np.nonzero(x.lungs)[0]
+        assert np.median(lung_rows) < hy < lung_rows.max(), "heart in the lower chest"
+
+
+def test_lungs_darker_than_mediastinum(xrays: list[SyntheticXray]) -> None:
+    for x in xrays:
+        img = x.image[..., 0]
+        heart_only = x.heart & ~x.lungs
+        assert img[x.lungs].mean() < img[heart_only].mean() - 0.15
+        assert img[heart_only].mean() > 0.75
+
+
+def test_shape_functions_match_the_xray_and_stand_alone() -> None:
+    x = synthetic_xray(SIZE, 2)
+    right, left = lung_masks(SIZE, 2)
+    np.testing.assert_array_equal(right, x.right_lung)
+    np.testing.assert_array_equal(left, x.left_lung)
+    np.testing.assert_array_equal(heart_mask(SIZE, 2), x.heart)
+    # A bigger cardiothoracic ratio gives a bigger heart and smaller lungs.
+    small = heart_mask(SIZE, 2, cardiothoracic_ratio=0.4)
+    large = heart_mask(SIZE, 2, cardiothoracic_ratio=0.6)
+    assert large.sum() > 1.5 * small.sum()
+    lungs_small = sum(m.sum() for m in lung_masks(SIZE, 2, cardiothoracic_ratio=0.4))
+    lungs_large = sum(m.sum() for m in lung_masks(SIZE, 2, cardiothoracic_ratio=0.6))
+    assert lungs_large < lungs_small
+    # Generators work too (shape-prior sampling) and give varied shapes.
+    rng = np.random.default_rng(0)
+    a, b = heart_mask(SIZE, rng), heart_mask(SIZE, rng)
+    assert a.any() and not np.array_equal(a, b)
+
+
+def test_rejects_unusable_sizes() -> None:
+    for bad in (0, 4, 12.5):
+        with pytest.raises(ValueError, match="size"):
+            synthetic_fundus(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="size"):
+            lung_masks(bad, 0)  # type: ignore[arg-type]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.sampled_from([96, 160]))
+def test_invariants_hold_for_any_seed(seed: int, size: int) -> None:
+    f = synthetic_fundus(size, seed)
+    assert np.isfinite(f.image).all() and f.image.min() >= 0 and f.image.max() <= 1
+    assert not f.vessels[~f.fov].any() and f.vessels.any()
+    x = synthetic_xray(size, seed)
+    assert np.isfinite(x.image).all() and x.image.min() >= 0 and x.image.max() <= 1
+    assert x.left_lung.any() and x.right_lung.any() and x.heart.any()
+    assert not (x.left_lung & x.right_lung).any()
