@@ -126,7 +126,7 @@ def main() -> None:
     try:
         app()
     except LocaldiscError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
@@ -163,11 +163,16 @@ def pretrain(
         device=device, workers=workers, max_images=max_images, seed=seed,
         checkpoint_every=checkpoint_every, skip_bad=skip_bad,
     )  # fmt: skip
+    from localdisc.engine import distributed
+
     result = run_pretrain(config, out, resume=resume, log=console.print)
-    console.print(
-        f"done: {result.steps} steps, {result.images_per_s:.1f} images/s, "
-        f"final loss {result.final_loss:.4f}; outputs in [bold]{out}[/]"
-    )
+    is_main = distributed.setup(device).is_main
+    distributed.cleanup()
+    if is_main:
+        console.print(
+            f"done: {result.steps} steps, {result.images_per_s:.1f} images/s, "
+            f"final loss {result.final_loss:.4f}; outputs in [bold]{out}[/]"
+        )
 
 
 @app.command()

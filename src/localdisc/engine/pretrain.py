@@ -57,6 +57,7 @@ class PretrainConfig:
     batch: int = 4
     size: int = 448
     pool_size: int | None = None  # None: size * 8/7 (512 for 448), as the paper's 512 -> 448
+    crop_scale: tuple[float, float] = (0.9, 1.0)  # random resized crop, fraction of the area
     clusters: int = 16
     dim: int = 32
     width: int = 16
@@ -365,7 +366,7 @@ def pretrain(
     model = model.to(device)
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    views = LDViews(config.size, config.modality)
+    views = LDViews(config.size, config.modality, crop_scale=tuple(config.crop_scale))
     gen = torch.Generator().manual_seed(config.seed * 1009 + ctx.rank)
 
     step = 0

@@ -1,0 +1,62 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from localdisc.cli import app
+
+TINY = ["--stage1-steps", "2", "--stage2-steps", "2", "--size", "32", "--batch", "1",
+        "--clusters", "4", "--dim", "8", "--device", "cpu"]  # fmt: skip
+
+
+def test_pretrain_on_a_folder_of_images(tmp_path):
+    from PIL import Image
+
+    from localdisc.data.synthetic import synthetic_fundus
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i in range(4):
+        image = (synthetic_fundus(64, seed=i).image * 255).astype("uint8")
+        Image.fromarray(image).save(folder / f"img {i}.png")  # a space in the name, too
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["pretrain", "--data", str(folder), "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["pool"]["images"] == 4 and config["pretrain"]["stage2_steps"] == 2
+    assert (out / "encoder.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--stage1-steps", "-1"], "step counts must be >= 0"),
+        (["--size", "40"], "multiple of 16"),
+        (["--clusters", "1"], "clusters must be >= 2"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(tmp_path, args, message):
+    cmd = [sys.executable, "-m", "localdisc", "pretrain", "--data", "synthetic_fundus:2",
+           "--out", str(tmp_path / "run"), *TINY, *args]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    missing = tmp_path / "nowhere"
+    cmd = [sys.executable, "-m", "localdisc", "pretrain", "--data", str(missing),
+           "--out", str(tmp_path / "run"), *TINY]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "nowhere" in proc.stderr
+
+
+def test_resume_of_a_missing_run_is_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "localdisc", "pretrain", "--data", "synthetic_fundus:2",
+           "--out", str(tmp_path / "absent"), "--resume", *TINY]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr

@@ -1,0 +1,33 @@
+import time
+
+from typer.testing import CliRunner
+
+from localdisc.cli import app
+
+
+def test_quick_demo_writes_its_figures_in_seconds(tmp_path):
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"])
+    elapsed = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    for name in ("demo_clusters.png", "demo_similarity.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 10_000
+    assert (tmp_path / "model.safetensors").is_file()
+    assert "demo finished" in result.output
+    assert elapsed < 30
+
+
+def test_demo_queries_find_vessel_disc_and_background():
+    import numpy as np
+
+    from localdisc.data.synthetic import synthetic_fundus
+    from localdisc.demo import demo_queries
+
+    fundus = synthetic_fundus(256, seed=1)
+    queries = {label: (y, x) for _, y, x, label in demo_queries(fundus.image)}
+    y, x = queries["vessel"]
+    assert fundus.vessels[max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3].any()
+    dy, dx = queries["optic disc"]
+    assert np.hypot(dx - fundus.optic_disc[0], dy - fundus.optic_disc[1]) < 256 / 12
+    by, bx = queries["background"]
+    assert fundus.fov[by, bx] and not fundus.vessels[by - 2 : by + 3, bx - 2 : bx + 3].any()
