@@ -15,13 +15,15 @@ from skimage.filters import threshold_otsu
 #: Channels the models see for each modality: colour fundus photographs are RGB, X-rays grey.
 MODALITY_CHANNELS: dict[str, int] = {"fundus": 3, "xray": 1}
 
-#: ImageNet statistics, used for fundus photographs (RGB) as in the paper.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Per-channel mean and std of the network input (METHOD.md section 1): ImageNet statistics on
+#: RGB fundus photographs; X-rays are one channel normalised to ``[-1, 1]``.
+MODALITY_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fundus": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "xray": ((0.5,), (0.5,)),
+}
 
-#: X-rays are one channel, normalised to ``[-1, 1]``.
-XRAY_MEAN = 0.5
-XRAY_STD = 0.5
+#: ITU-R BT.601 luma weights, for RGB -> grey.
+LUMA = (0.299, 0.587, 0.114)
 
 #: The paper's fundus foreground rule: a pixel brighter than 20/255 in any channel.
 FOV_THRESHOLD = 20 / 255
@@ -30,7 +32,6 @@ FOV_THRESHOLD = 20 / 255
 _MAX_BACKGROUND = 0.25
 
 #: ITU-R BT.601 luma weights (the ones PIL uses for ``convert("L")``).
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
@@ -269,7 +270,9 @@ def to_modality_channels(image: np.ndarray, modality: str) -> np.ndarray:
     if c == want:
         return arr
     if want == 1 and c == 3:
-        return np.tensordot(arr, _LUMA, axes=([2], [0]))[:, :, None].astype(np.float32)
+        return np.tensordot(arr, np.asarray(LUMA, np.float32), axes=([2], [0]))[:, :, None].astype(
+            np.float32
+        )
     if want == 3 and c == 1:
         return np.repeat(arr, 3, axis=2)
     raise ValueError(f"cannot convert a {c}-channel image to {modality} ({want} channels)")
@@ -282,10 +285,5 @@ def normalize(image: np.ndarray, modality: str) -> np.ndarray:
     are first converted with :func:`to_modality_channels`. Returns ``float32`` ``H x W x C``.
     """
     arr = to_modality_channels(image, modality)
-    if modality == "fundus":
-        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-        std = np.asarray(IMAGENET_STD, dtype=np.float32)
-    else:
-        mean = np.asarray([XRAY_MEAN], dtype=np.float32)
-        std = np.asarray([XRAY_STD], dtype=np.float32)
+    mean, std = (np.asarray(m, dtype=np.float32) for m in MODALITY_STATS[modality])
     return ((arr - mean) / std).astype(np.float32)

@@ -27,26 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from localdisc.data.preprocess import LUMA, MODALITY_STATS
+
 Modality = Literal["fundus", "xray"]
-
-#: ImageNet statistics used for RGB fundus images (METHOD.md section 1).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: X-ray: one channel, (x - 0.5) / 0.5.
-XRAY_MEAN = (0.5,)
-XRAY_STD = (0.5,)
-
-#: ITU-R 601-2 luma weights (torchvision's ``rgb_to_grayscale`` rounds R to 0.2989).
-_LUMA = (0.299, 0.587, 0.114)
 
 
 def _stats(modality: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std per channel for ``modality``; raises on an unknown name."""
-    if modality == "fundus":
-        return IMAGENET_MEAN, IMAGENET_STD
-    if modality == "xray":
-        return XRAY_MEAN, XRAY_STD
-    raise ValueError(f"unknown modality {modality!r}: expected 'fundus' or 'xray'")
+    if modality not in MODALITY_STATS:
+        raise ValueError(f"unknown modality {modality!r}: expected 'fundus' or 'xray'")
+    return MODALITY_STATS[modality]
 
 
 def modality_channels(modality: str) -> int:
@@ -148,7 +138,7 @@ def undo_view2(grid: Tensor, flip: Tensor, rot_k: Tensor) -> Tensor:
 def _gray(x: Tensor) -> Tensor:
     """Luma ``[N, 1, H, W]`` of an RGB batch ``[N, 3, H, W]``."""
     r, g, b = x.unbind(1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:

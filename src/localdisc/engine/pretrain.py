@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from localdisc.data.preprocess import MODALITY_CHANNELS
 from localdisc.data.views import LDViews, ViewBatch, undo_view2
 from localdisc.engine import distributed
 from localdisc.engine.checkpoint import (
@@ -271,7 +272,7 @@ class _CsvLog:
         self.file.close()
 
 
-def _prepare_model(model: LDModel, stage: int, ctx: distributed.DistContext, config) -> nn.Module:
+def _prepare_model(model: LDModel, stage: int, ctx: distributed.DistContext) -> nn.Module:
     """Freeze the clustering head in stage 1 and wrap in DDP when distributed."""
     model.cluster_head.requires_grad_(stage == 2)
     if not ctx.distributed:
@@ -280,7 +281,7 @@ def _prepare_model(model: LDModel, stage: int, ctx: distributed.DistContext, con
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def _new_optimizer(model: LDModel, stage: int, lr: float) -> torch.optim.Adam:
+def _new_optimizer(model: LDModel, lr: float) -> torch.optim.Adam:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=lr)
 
@@ -340,7 +341,7 @@ def pretrain(
     skipped_files: list[tuple[Path, str]] = []
     if pool is None:
         pool, skipped_files = resolve_pool(config, log if main else lambda s: None)
-    pool_channels = 3 if config.modality == "fundus" else 1
+    pool_channels = MODALITY_CHANNELS[config.modality]
     if pool.shape[1] != pool_channels:
         raise LocaldiscError(
             f"pool has {pool.shape[1]} channels, {config.modality} needs {pool_channels}"
@@ -396,8 +397,8 @@ def pretrain(
         atomic_write_text(config_path, json.dumps(meta, indent=2))
 
     stage = config.stage_at(step)
-    ddp_model = _prepare_model(model, stage, ctx, config)
-    optimizer = _new_optimizer(model, stage, config.lr_at(step))
+    ddp_model = _prepare_model(model, stage, ctx)
+    optimizer = _new_optimizer(model, config.lr_at(step))
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     csv_log = _CsvLog(run_dir / "log.csv", step) if main else None
@@ -442,8 +443,8 @@ def pretrain(
                     atomic_save_safetensors(model.state_dict(), run_dir / "stage1.safetensors")
                 stage = 2
                 best_val = math.inf
-                ddp_model = _prepare_model(model, stage, ctx, config)
-                optimizer = _new_optimizer(model, stage, config.lr_at(step))
+                ddp_model = _prepare_model(model, stage, ctx)
+                optimizer = _new_optimizer(model, config.lr_at(step))
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
 

@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from localdisc.data.preprocess import MODALITY_CHANNELS
 from localdisc.errors import CheckpointError
 from localdisc.models.normalize import l2_normalize
 from localdisc.models.vgg_unet import VGGUNet, conv_bn_relu
-
-MODALITY_CHANNELS = {"fundus": 3, "xray": 1}
 
 
 @dataclass
@@ -81,25 +80,18 @@ class LDModel(nn.Module):
     # --- inference on raw images -------------------------------------------------------------
     def _prepare(self, image: np.ndarray | Tensor) -> tuple[Tensor, int, int]:
         """Raw image (H x W x C array in [0, 1], or [C, H, W] tensor) -> padded normalised batch."""
+        from localdisc.data.preprocess import to_modality_channels
         from localdisc.data.views import normalize
 
-        if isinstance(image, np.ndarray):
-            arr = image if image.ndim == 3 else image[..., None]
-            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)
-        else:
-            x = image.float()
-        c = self.config.in_channels
-        if x.shape[0] != c:
-            if c == 1:  # RGB X-ray -> luminance
-                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-            elif x.shape[0] == 1:
-                x = x.expand(3, -1, -1)
-            else:
-                raise ValueError(f"expected {c} channels, got {x.shape[0]}")
+        if isinstance(image, Tensor):
+            image = image.detach().cpu().permute(1, 2, 0).numpy()
+        arr = to_modality_channels(image, self.config.modality)  # RGB X-ray -> luminance, ...
+        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
         h, w = x.shape[-2:]
-        ph, pw = (-h) % 16, (-w) % 16
-        x = normalize(x[None], self.config.modality)
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        # The network needs multiples of 16; replicate-pad and crop the outputs back.
+        x = F.pad(
+            normalize(x, self.config.modality), (0, (-w) % 16, 0, (-h) % 16), mode="replicate"
+        )
         return x.to(next(self.parameters()).device), h, w
 
     @torch.no_grad()
