@@ -32,13 +32,10 @@ class DemoPreset:
     batch: int
     stage1_steps: int
     stage2_steps: int
-    figure_size: int
 
 
-FULL = DemoPreset(
-    synthetic=24, size=128, batch=2, stage1_steps=150, stage2_steps=150, figure_size=256
-)
-QUICK = DemoPreset(synthetic=4, size=64, batch=1, stage1_steps=4, stage2_steps=4, figure_size=96)
+FULL = DemoPreset(synthetic=24, size=128, batch=2, stage1_steps=150, stage2_steps=150)
+QUICK = DemoPreset(synthetic=4, size=64, batch=1, stage1_steps=4, stage2_steps=4)
 
 
 def retina_photograph(size: int) -> np.ndarray:
@@ -117,7 +114,8 @@ def run_demo(
         synth = synthetic_pool(preset.synthetic, modality, pool_size, seed=seed)
         copies = np.stack([prepare_pool_image(retina, modality, pool_size)] * RETINA_COPIES)
         pool = torch.cat([synth, torch.from_numpy(copies)])
-        figure_images = [retina_photograph(preset.figure_size)]
+        # Figures at the pool's scale: the network has only seen structures at that size.
+        figure_images = [retina]
         figure_images += [
             synth[i].permute(1, 2, 0).numpy().astype(np.float32) / 255.0 for i in range(2)
         ]
@@ -137,9 +135,7 @@ def run_demo(
         from localdisc.data.io import read_image
 
         paths = [p for spec in data for p in pool_image_paths(spec)][:3]
-        figure_images = [
-            resize_image(read_image(p)[0], (preset.figure_size, preset.figure_size)) for p in paths
-        ]
+        figure_images = [resize_image(read_image(p)[0], (pool_size, pool_size)) for p in paths]
     figures = out / "figures"
     written = {
         "clusters": cluster_figure(model, figure_images, figures / "demo_clusters.png"),

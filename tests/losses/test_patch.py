@@ -15,21 +15,7 @@ from localdisc.losses import (
     patch_discrimination_loss,
     patch_embeddings,
 )
-
-
-def reference_isl(xs: list[torch.Tensor], tau: float) -> torch.Tensor:
-    """ISL of METHOD.md Sec. 3 over a list of vectors, as loops (sg = ``.detach()``)."""
-    n = len(xs)
-    total = xs[0].new_zeros(())
-    for i in range(n):
-        pos = (i + n // 2) % n
-        s = {j: torch.exp(torch.dot(xs[i], xs[j].detach()) / tau) for j in range(n) if j != i}
-        z = sum(s.values())
-        total = total + torch.log(s[pos] / z)
-        for j, s_ij in s.items():
-            if j != pos:
-                total = total + torch.log(1 - s_ij / z)
-    return -total / n
+from reference_losses import reference_isl
 
 
 def reference_patch_embeddings(v: torch.Tensor, grid: int) -> torch.Tensor:

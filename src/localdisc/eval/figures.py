@@ -21,6 +21,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    _plt().close(fig)
+    return path
+
+
 def _show(ax, image: np.ndarray) -> None:
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
     ax.set_axis_off()
@@ -54,12 +63,7 @@ def cluster_figure(model, images: Sequence[np.ndarray], path: str | Path) -> Pat
     axes[0, 0].set_title("image")
     axes[0, 1].set_title(f"clusters (K={model.config.clusters})")
     axes[0, 2].set_title("overlay")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def similarity_figure(
@@ -101,9 +105,4 @@ def similarity_figure(
                 ax.plot([bx], [by], "o", mfc="none", mec="cyan", markersize=10, mew=2)
             ax.set_axis_off()
             ax.set_title(f"image {j}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
