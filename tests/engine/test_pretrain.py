@@ -103,3 +103,9 @@ def test_lr_is_halved_every_interval_within_each_stage():
     assert config.lr_at(20_000) == 1e-3  # stage 2 starts its own schedule
     assert config.lr_at(20_000 + 35_000) == 1e-3 / 8
     assert config.resolved_pool_size == 512
+
+
+def test_tensorboard_logs_when_installed(tmp_path, pool):
+    pytest.importorskip("torch.utils.tensorboard", reason="tensorboard is an optional extra")
+    pretrain(tiny_config(stage1_steps=2, stage2_steps=0), tmp_path, pool=pool)
+    assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

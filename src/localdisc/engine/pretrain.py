@@ -10,6 +10,7 @@ atomic and hold every RNG state, so ``resume=True`` continues exactly where a ru
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -250,26 +251,45 @@ class PretrainResult:
     skipped_steps: int
 
 
-class _CsvLog:
+class _TrainingLog:
+    """``log.csv`` (one row per logged step or validation) and TensorBoard when installed."""
+
     COLUMNS = ("step", "stage", "lr", "loss", "pd", "mix", "rd", "ent", "val_loss", "img_per_s")
 
-    def __init__(self, path: Path, resume_step: int) -> None:
+    def __init__(self, run_dir: Path, resume_step: int) -> None:
+        path = run_dir / "log.csv"
         rows = []
         if path.exists() and resume_step > 0:
             # Keep only rows up to the checkpoint being resumed: later ones will be redone.
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self.file = open(path, "w", newline="")  # noqa: SIM115 - kept open for the run
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buffer.getvalue())
+        self.file = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
         self.writer = csv.DictWriter(self.file, self.COLUMNS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+        except ImportError:  # tensorboard is optional
+            pass
 
     def write(self, **row: Any) -> None:
         self.writer.writerow({k: row.get(k, "") for k in self.COLUMNS})
         self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("step", "stage") and value != "":
+                    self.tensorboard.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
         self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _prepare_model(model: LDModel, stage: int, ctx: distributed.DistContext) -> nn.Module:
@@ -401,7 +421,7 @@ def pretrain(
     optimizer = _new_optimizer(model, config.lr_at(step))
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
-    csv_log = _CsvLog(run_dir / "log.csv", step) if main else None
+    csv_log = _TrainingLog(run_dir, step) if main else None
     (run_dir / "figures").mkdir(exist_ok=True, parents=True)
 
     def checkpoint() -> None:
