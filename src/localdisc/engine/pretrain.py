@@ -63,6 +63,7 @@ class PretrainConfig:
     clusters: int = 16
     dim: int = 32
     width: int = 16
+    padding: str = "zeros"
     lr: float = 1e-3
     lr_halve_every: int = 10_000
     tau: float = 0.1
@@ -97,6 +98,10 @@ class PretrainConfig:
             problems.append("batch must be >= 1")
         if self.size < 16 or self.size % 16:
             problems.append(f"size must be a positive multiple of 16, not {self.size}")
+        if self.padding not in ("zeros", "circular", "reflect", "replicate"):
+            problems.append(
+                f"padding must be zeros, circular, reflect or replicate, not {self.padding!r}"
+            )
         if self.clusters < 2:
             problems.append(f"clusters must be >= 2, not {self.clusters}")
         if self.dim < 2:
@@ -381,7 +386,9 @@ def pretrain(
     val_pool = val_pool.to(device)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model = LDModel(LDConfig(config.modality, config.width, config.dim, config.clusters))
+    model = LDModel(
+        LDConfig(config.modality, config.width, config.dim, config.clusters, config.padding)
+    )
     if config.sync_bn and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)

@@ -25,6 +25,7 @@ class LDConfig:
     width: int = 16
     dim: int = 32
     clusters: int = 16
+    padding: str = "zeros"  # or "circular" / "reflect" / "replicate" for every 3x3 convolution
 
     @property
     def in_channels(self) -> int:
@@ -56,6 +57,13 @@ class LDModel(nn.Module):
         c = self.backbone.out_channels
         self.embedding_head = head(c, self.config.dim)
         self.cluster_head = head(c, self.config.clusters)
+        if self.config.padding != "zeros":
+            # Zero padding lets a network whose receptive field spans the image encode absolute
+            # position (a shortcut for patch discrimination on small images); circular padding
+            # removes the image border. Conv2d reads padding_mode at call time.
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    module.padding_mode = self.config.padding
 
     @property
     def encoder(self) -> nn.Module:
