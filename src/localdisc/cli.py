@@ -152,6 +152,8 @@ def pretrain(
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable pool images."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across processes."),
+    padding: str = typer.Option("zeros", help="Convolution padding: zeros (published), circular."),
 ) -> None:
     """Pre-train an LD model (stage 1, then stage 2) on unlabelled images."""
     from localdisc.engine.pretrain import PretrainConfig
@@ -161,7 +163,7 @@ def pretrain(
         data=list(data), modality=modality, stage1_steps=stage1_steps,
         stage2_steps=stage2_steps, batch=batch, size=size, clusters=clusters, dim=dim, lr=lr,
         device=device, workers=workers, max_images=max_images, seed=seed,
-        checkpoint_every=checkpoint_every, skip_bad=skip_bad,
+        checkpoint_every=checkpoint_every, skip_bad=skip_bad, sync_bn=sync_bn, padding=padding,
     )  # fmt: skip
     from localdisc.engine import distributed
 
