@@ -14,12 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from localdisc.data.pool import prepare_pool_image, synthetic_pool
-from localdisc.data.synthetic import synthetic_fundus
-from localdisc.demo import RETINA_COPIES, demo_queries, retina_photograph
+from localdisc.demo import demo_figure_images, demo_pool_specs, demo_queries
 from localdisc.engine.pretrain import PretrainConfig, pretrain
 from localdisc.eval.figures import cluster_figure, similarity_figure
 from localdisc.models.ld import LDModel
@@ -41,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = PretrainConfig(
-        data=["demo"],
+        data=demo_pool_specs("fundus", args.synthetic),
         stage1_steps=args.stage1_steps,
         stage2_steps=args.stage2_steps,
         batch=args.batch,
@@ -58,20 +53,14 @@ def main() -> None:
         device="cpu",
         progress=False,
     )
-    size = config.resolved_pool_size
-    retina = retina_photograph(size)
-    copies = np.stack([prepare_pool_image(retina, "fundus", size)] * RETINA_COPIES)
-    pool = torch.cat(
-        [synthetic_pool(args.synthetic, "fundus", size, args.seed), torch.from_numpy(copies)]
-    )
     start = time.perf_counter()
-    result = pretrain(config, args.out, pool=pool, log=lambda message: None)
+    result = pretrain(config, args.out, log=lambda message: None)
     elapsed = time.perf_counter() - start
 
     model = LDModel.from_pretrained(args.out)
-    images = [retina] + [synthetic_fundus(size, 100 + i).image for i in range(2)]
+    images = demo_figure_images("fundus", config.resolved_pool_size, args.seed)
     cluster_figure(model, images, args.out / "variant_clusters.png")
-    similarity_figure(model, images, args.out / "variant_similarity.png", demo_queries(retina))
+    similarity_figure(model, images, args.out / "variant_similarity.png", demo_queries(images[0]))
     print(
         f"{result.steps} steps in {elapsed:.0f} s ({result.images_per_s:.1f} images/s), "
         f"final loss {result.final_loss:.3f}; figures in {args.out}"

@@ -46,6 +46,22 @@ def retina_photograph(size: int) -> np.ndarray:
     return resize_image(roi_crop(image)[0], (size, size))
 
 
+def demo_pool_specs(modality: str, synthetic: int) -> list[str]:
+    """The demo's pre-training pool: generated images, plus copies of the retina photograph."""
+    specs = [f"synthetic_{modality}:{synthetic}"]
+    return specs + ["skimage:retina"] * RETINA_COPIES if modality == "fundus" else specs
+
+
+def demo_figure_images(modality: str, size: int, seed: int = 0) -> list[np.ndarray]:
+    """The photograph (fundus) and generated images not in the pool, H x W x C in [0, 1]."""
+    from localdisc.data import synthetic
+
+    if modality == "fundus":
+        others = [synthetic.synthetic_fundus(size, 10_000 + seed + i).image for i in range(2)]
+        return [retina_photograph(size), *others]
+    return [synthetic.synthetic_xray(size, 10_000 + seed + i).image for i in range(3)]
+
+
 def demo_queries(image: np.ndarray) -> list[Query]:
     """A vessel pixel, the optic disc centre and a background pixel of a fundus photograph.
 
@@ -85,14 +101,10 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """Pre-train a small LD model and write its figures; returns the paths written."""
-    import torch
-
-    from localdisc.data.pool import prepare_pool_image, synthetic_pool
-
     preset = QUICK if quick else FULL
     out = Path(out)
     config = PretrainConfig(
-        data=data or [f"synthetic_{modality}:{preset.synthetic}", "skimage:retina"],
+        data=list(data) if data else demo_pool_specs(modality, preset.synthetic),
         modality=modality,
         stage1_steps=preset.stage1_steps,
         stage2_steps=preset.stage2_steps,
@@ -106,21 +118,8 @@ def run_demo(
         seed=seed,
         progress=progress,
     )
-    pool_size = config.resolved_pool_size
-    pool = None
-    figure_images: list[np.ndarray]
-    if data is None:
-        retina = retina_photograph(pool_size)
-        synth = synthetic_pool(preset.synthetic, modality, pool_size, seed=seed)
-        copies = np.stack([prepare_pool_image(retina, modality, pool_size)] * RETINA_COPIES)
-        pool = torch.cat([synth, torch.from_numpy(copies)])
-        # Figures at the pool's scale: the network has only seen structures at that size.
-        figure_images = [retina]
-        figure_images += [
-            synth[i].permute(1, 2, 0).numpy().astype(np.float32) / 255.0 for i in range(2)
-        ]
     t0 = time.perf_counter()
-    result: PretrainResult = pretrain(config, out, pool=pool, log=log)
+    result: PretrainResult = pretrain(config, out, log=log)
     elapsed = time.perf_counter() - t0
     log(
         f"pre-trained {result.steps} steps in {elapsed:.0f} s ({result.images_per_s:.1f} images/s),"
@@ -130,12 +129,16 @@ def run_demo(
     from localdisc.models.ld import LDModel
 
     model = LDModel.from_pretrained(out)
-    if data is not None:
+    # Figures at the pool's scale: the network has only seen structures of that size.
+    size = config.resolved_pool_size
+    if data:
         from localdisc.data.datasets import pool_image_paths
         from localdisc.data.io import read_image
 
         paths = [p for spec in data for p in pool_image_paths(spec)][:3]
-        figure_images = [resize_image(read_image(p)[0], (pool_size, pool_size)) for p in paths]
+        figure_images = [resize_image(read_image(p)[0], (size, size)) for p in paths]
+    else:
+        figure_images = demo_figure_images(modality, size, seed)
     figures = out / "figures"
     written = {
         "clusters": cluster_figure(model, figure_images, figures / "demo_clusters.png"),

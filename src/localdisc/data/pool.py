@@ -18,7 +18,7 @@ import torch
 
 from localdisc.data.io import read_image
 from localdisc.data.preprocess import resize_image, roi_crop, to_modality_channels
-from localdisc.errors import ImageReadError
+from localdisc.errors import DatasetError, ImageReadError
 
 
 def prepare_pool_image(image: np.ndarray, modality: str, pool_size: int) -> np.ndarray:
@@ -77,3 +77,58 @@ def synthetic_pool(n: int, modality: str, pool_size: int, seed: int = 0) -> torc
         prepare_pool_image(make(pool_size, seed + i).image, modality, pool_size) for i in range(n)
     ]
     return torch.from_numpy(np.stack(arrays))
+
+
+def resolve_pool(
+    specs: Sequence[str],
+    modality: str,
+    pool_size: int,
+    *,
+    seed: int = 0,
+    workers: int = 4,
+    max_images: int | None = None,
+    skip_bad: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[torch.Tensor, list[tuple[Path, str]]]:
+    """Decode every image named by ``specs`` into one uint8 pool tensor.
+
+    A spec is a folder of images, ``NAME:ROOT`` for a known data set (labels unused),
+    ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` for generated images, or ``skimage:retina``
+    for the fundus photograph that scikit-image ships.
+    """
+    from localdisc.data.datasets import pool_image_paths
+
+    size = pool_size
+    parts: list[torch.Tensor] = []
+    skipped: list[tuple[Path, str]] = []
+    paths: list[Path] = []
+    if not specs:
+        raise DatasetError("no pre-training data: give --data FOLDER or NAME:ROOT")
+    retina: torch.Tensor | None = None
+    for spec in specs:
+        name, _, arg = spec.partition(":")
+        if name in ("synthetic_fundus", "synthetic_xray"):
+            kind = name.removeprefix("synthetic_")
+            if kind != modality or not (arg or "32").isdigit():
+                raise DatasetError(
+                    f"{spec}: expected synthetic_{modality}[:N] for a {modality} run"
+                )
+            parts.append(synthetic_pool(int(arg or 32), modality, size, seed=seed))
+        elif spec == "skimage:retina":
+            if retina is None:  # decoded once however often the spec repeats
+                import skimage.data
+
+                image = skimage.data.retina().astype(np.float32) / 255.0
+                retina = torch.from_numpy(prepare_pool_image(image, modality, size))[None]
+            parts.append(retina)
+        else:
+            paths.extend(pool_image_paths(spec))
+    if max_images is not None:
+        paths = paths[:max_images]
+    if paths:
+        log(f"decoding {len(paths)} pool images at {size} x {size} ...")
+        images, skipped = load_pool(paths, modality, size, workers=workers, skip_bad=skip_bad)
+        parts.append(images)
+    if not parts:
+        raise DatasetError(f"no images found in {', '.join(specs)}")
+    return torch.cat(parts), skipped

@@ -9,8 +9,6 @@ atomic and hold every RNG state, so ``resume=True`` continues exactly where a ru
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -19,10 +17,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from localdisc.data.pool import resolve_pool
 from localdisc.data.preprocess import MODALITY_CHANNELS
 from localdisc.data.views import LDViews, ViewBatch, undo_view2
 from localdisc.engine import distributed
@@ -34,6 +32,7 @@ from localdisc.engine.checkpoint import (
     optimizer_to_flat,
     save_checkpoint,
 )
+from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
 from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.losses import (
     entropy_loss,
@@ -177,16 +176,16 @@ def ld_losses(
     patches = patch_embeddings(v, 8)
     view1 = patches[: 2 * b]
     view2 = undo_view2(patches[2 * b : 4 * b], batch.flip, batch.rot_k)
-    kw = {"distributed": distributed_losses}
-    pd = patch_discrimination_loss(view1, view2, config.tau, **kw)
+    dist = distributed_losses
+    pd = patch_discrimination_loss(view1, view2, config.tau, distributed=dist)
     mix = hypersphere_mixup_loss(
-        patches[4 * b :], view1[:b], view1[b:], batch.lam, config.tau, **kw
+        patches[4 * b :], view1[:b], view1[b:], batch.lam, config.tau, distributed=dist
     )
     total = pd + mix
     if stage == 1:
         return LossTerms(total, pd, mix)
     assert a is not None
-    rd = region_discrimination_loss(v[: 4 * b], a, config.tau_region, **kw)
+    rd = region_discrimination_loss(v[: 4 * b], a, config.tau_region, distributed=dist)
     ent = entropy_loss(a)
     total = total + config.region_weight * rd + config.entropy_weight * ent
     return LossTerms(total, pd, mix, rd, ent)
@@ -203,49 +202,6 @@ def _split_pool(pool: Tensor, config: PretrainConfig) -> tuple[Tensor, Tensor]:
     return pool[order[n_val:]], pool[order[:n_val]]
 
 
-def resolve_pool(
-    config: PretrainConfig, log: Callable[[str], None] = print
-) -> tuple[Tensor, list[tuple[Path, str]]]:
-    """Decode every image named by ``config.data`` into one uint8 pool tensor.
-
-    A spec is a folder of images, ``NAME:ROOT`` for a known data set (labels unused),
-    ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` for generated images, or ``skimage:retina``
-    for the fundus photograph that scikit-image ships.
-    """
-    from localdisc.data.datasets import pool_image_paths
-    from localdisc.data.pool import load_pool, prepare_pool_image, synthetic_pool
-
-    size = config.resolved_pool_size
-    parts: list[Tensor] = []
-    skipped: list[tuple[Path, str]] = []
-    paths: list[Path] = []
-    if not config.data:
-        raise LocaldiscError("no pre-training data: give --data FOLDER or NAME:ROOT")
-    for spec in config.data:
-        name, _, arg = spec.partition(":")
-        if name in ("synthetic_fundus", "synthetic_xray"):
-            modality = "fundus" if name == "synthetic_fundus" else "xray"
-            parts.append(synthetic_pool(int(arg or 32), modality, size, seed=config.seed))
-        elif spec == "skimage:retina":
-            import skimage.data
-
-            image = skimage.data.retina().astype(np.float32) / 255.0
-            parts.append(torch.from_numpy(prepare_pool_image(image, config.modality, size))[None])
-        else:
-            paths.extend(pool_image_paths(spec))
-    if config.max_images is not None:
-        paths = paths[: config.max_images]
-    if paths:
-        log(f"decoding {len(paths)} pool images at {size} x {size} ...")
-        pool, skipped = load_pool(
-            paths, config.modality, size, workers=config.workers, skip_bad=config.skip_bad
-        )
-        parts.append(pool)
-    if not parts:
-        raise LocaldiscError(f"no images found in {', '.join(config.data)}")
-    return torch.cat(parts), skipped
-
-
 @dataclass
 class PretrainResult:
     run_dir: Path
@@ -254,47 +210,6 @@ class PretrainResult:
     final_loss: float
     best_val: float | None
     skipped_steps: int
-
-
-class _TrainingLog:
-    """``log.csv`` (one row per logged step or validation) and TensorBoard when installed."""
-
-    COLUMNS = ("step", "stage", "lr", "loss", "pd", "mix", "rd", "ent", "val_loss", "img_per_s")
-
-    def __init__(self, run_dir: Path, resume_step: int) -> None:
-        path = run_dir / "log.csv"
-        rows = []
-        if path.exists() and resume_step > 0:
-            # Keep only rows up to the checkpoint being resumed: later ones will be redone.
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, self.COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, buffer.getvalue())
-        self.file = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
-        self.writer = csv.DictWriter(self.file, self.COLUMNS)
-        self.tensorboard = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
-        except ImportError:  # tensorboard is optional
-            pass
-
-    def write(self, **row: Any) -> None:
-        self.writer.writerow({k: row.get(k, "") for k in self.COLUMNS})
-        self.file.flush()
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if key not in ("step", "stage") and value != "":
-                    self.tensorboard.add_scalar(key, value, row["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
 
 
 def _prepare_model(model: LDModel, stage: int, ctx: distributed.DistContext) -> nn.Module:
@@ -365,7 +280,16 @@ def pretrain(
 
     skipped_files: list[tuple[Path, str]] = []
     if pool is None:
-        pool, skipped_files = resolve_pool(config, log if main else lambda s: None)
+        pool, skipped_files = resolve_pool(
+            config.data,
+            config.modality,
+            config.resolved_pool_size,
+            seed=config.seed,
+            workers=config.workers,
+            max_images=config.max_images,
+            skip_bad=config.skip_bad,
+            log=log if main else lambda message: None,
+        )
     pool_channels = MODALITY_CHANNELS[config.modality]
     if pool.shape[1] != pool_channels:
         raise LocaldiscError(
@@ -428,7 +352,7 @@ def pretrain(
     optimizer = _new_optimizer(model, config.lr_at(step))
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
-    csv_log = _TrainingLog(run_dir, step) if main else None
+    csv_log = TrainingLog(run_dir, step) if main else None
     (run_dir / "figures").mkdir(exist_ok=True, parents=True)
 
     def checkpoint() -> None:
@@ -462,7 +386,7 @@ def pretrain(
     steps_done_here = 0
     window_steps = 0
     img_per_s = 0.0
-    progress = _Progress(config.total_steps, step, enabled=main and config.progress)
+    progress = ProgressBar(config.total_steps, step, enabled=main and config.progress)
     try:
         while step < config.total_steps:
             if config.stage_at(step) != stage:  # stage 1 -> 2: save, unfreeze, new optimizer
@@ -535,12 +459,12 @@ def pretrain(
                             model.state_dict(), run_dir / "model_best.safetensors"
                         )
             if main and (step % config.figure_every == 0 or step == config.total_steps):
-                _figures(
+                write_figures(
                     model,
                     val_pool if val_pool.shape[0] else train_pool[:4],
-                    config,
                     run_dir / "figures",
                     step,
+                    clusters=config.stage_at(step - 1) == 2,
                 )
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 checkpoint()
@@ -560,53 +484,3 @@ def pretrain(
     return PretrainResult(
         run_dir, step, overall, last_loss, None if math.isinf(best_val) else best_val, skipped_steps
     )
-
-
-def _figures(
-    model: LDModel, images: Tensor, config: PretrainConfig, folder: Path, step: int
-) -> None:
-    """Cluster maps and pixel-similarity maps on a few pool images, to watch training."""
-    from localdisc.eval.figures import cluster_figure, similarity_figure
-
-    arrays = [im.permute(1, 2, 0).float().cpu().numpy() / 255.0 for im in images[:4]]
-    if config.stage2_steps and config.stage_at(step - 1) == 2:
-        cluster_figure(model, arrays, folder / f"clusters_{step:08d}.png")
-    similarity_figure(model, arrays, folder / f"similarity_{step:08d}.png")
-
-
-class _Progress:
-    """A rich progress bar with the loss terms and images/s (silent when disabled)."""
-
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
-        self.bar = None
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]pretrain[/] stage {task.fields[stage]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-        )
-        self.task = self.bar.add_task("", total=total, completed=start, stage="-", info="")
-        self.bar.start()
-
-    def update(self, step: int, stage: int, means: dict[str, float], img_per_s: float) -> None:
-        if self.bar is None:
-            return
-        info = " ".join(f"{k} {v:.3f}" for k, v in means.items()) + f" | {img_per_s:.1f} img/s"
-        self.bar.update(self.task, completed=step, stage=stage, info=info)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -1,0 +1,104 @@
+"""What a training run shows while it runs: log.csv (+ TensorBoard), a progress bar, figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.models.ld import LDModel
+
+
+class TrainingLog:
+    """``log.csv`` (one row per logged step or validation) and TensorBoard when installed."""
+
+    COLUMNS = ("step", "stage", "lr", "loss", "pd", "mix", "rd", "ent", "val_loss", "img_per_s")
+
+    def __init__(self, run_dir: Path, resume_step: int) -> None:
+        path = run_dir / "log.csv"
+        rows = []
+        if path.exists() and resume_step > 0:
+            # Keep only rows up to the checkpoint being resumed: later ones will be redone.
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buffer.getvalue())
+        self.file = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
+        self.writer = csv.DictWriter(self.file, self.COLUMNS)
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+        except ImportError:  # tensorboard is optional
+            pass
+
+    def write(self, **row: Any) -> None:
+        self.writer.writerow({k: row.get(k, "") for k in self.COLUMNS})
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("step", "stage") and value != "":
+                    self.tensorboard.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def write_figures(
+    model: LDModel, images: Tensor, folder: Path, step: int, *, clusters: bool
+) -> None:
+    """Pixel-similarity maps (and cluster maps when ``clusters``) on a few uint8 pool images."""
+    from localdisc.eval.figures import cluster_figure, similarity_figure
+
+    arrays = [im.permute(1, 2, 0).float().cpu().numpy() / 255.0 for im in images[:4]]
+    if clusters:
+        cluster_figure(model, arrays, folder / f"clusters_{step:08d}.png")
+    similarity_figure(model, arrays, folder / f"similarity_{step:08d}.png")
+
+
+class ProgressBar:
+    """A rich progress bar with the loss terms and images/s (silent when disabled)."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("[bold]pretrain[/] stage {task.fields[stage]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        self.task = self.bar.add_task("", total=total, completed=start, stage="-", info="")
+        self.bar.start()
+
+    def update(self, step: int, stage: int, means: dict[str, float], img_per_s: float) -> None:
+        if self.bar is None:
+            return
+        info = " ".join(f"{k} {v:.3f}" for k, v in means.items()) + f" | {img_per_s:.1f} img/s"
+        self.bar.update(self.task, completed=step, stage=stage, info=info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
