@@ -168,9 +168,8 @@ def pretrain(
     from localdisc.engine import distributed
 
     result = run_pretrain(config, out, resume=resume, log=console.print)
-    is_main = distributed.setup(device).is_main
     distributed.cleanup()
-    if is_main:
+    if distributed.is_main_process():
         console.print(
             f"done: {result.steps} steps, {result.images_per_s:.1f} images/s, "
             f"final loss {result.final_loss:.4f}; outputs in [bold]{out}[/]"

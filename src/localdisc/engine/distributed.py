@@ -56,6 +56,11 @@ def setup(device: str = "auto") -> DistContext:
     return DistContext(rank, world_size, local_rank, dev)
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

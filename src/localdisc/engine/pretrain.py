@@ -479,6 +479,8 @@ def pretrain(
         model.save(run_dir)
         if not (run_dir / "model_best.safetensors").exists():
             atomic_save_safetensors(model.state_dict(), run_dir / "model_best.safetensors")
+    # No rank may leave (and tear down gloo/NCCL) while rank 0 is still writing.
+    distributed.barrier()
     elapsed = time.perf_counter() - t_start
     overall = steps_done_here * 5 * b * ctx.world_size / max(elapsed, 1e-9)
     return PretrainResult(
