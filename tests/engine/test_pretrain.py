@@ -44,13 +44,17 @@ def test_end_to_end_writes_every_output_and_loss_goes_down(tmp_path, pool):
     assert all(r["rd"] for r in rows if r["stage"] == "2" and r["loss"])
 
 
-@pytest.mark.parametrize("stop_at", [3, 5])  # interrupted in stage 1 / in stage 2
-def test_resume_ends_with_the_same_weights(tmp_path, pool, stop_at):
-    config = tiny_config()
+@pytest.mark.parametrize(
+    "stop_at,stage1_steps",
+    [(3, 3), (5, 3), (4, 4)],  # interrupted in stage 1, in stage 2, right after stage 1's end
+)
+def test_resume_ends_with_the_same_weights(tmp_path, pool, stop_at, stage1_steps):
+    config = tiny_config(stage1_steps=stage1_steps)
     pretrain(config, tmp_path / "straight", pool=pool)
     pretrain(config, tmp_path / "resumed", pool=pool, stop_at_step=stop_at)
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     pretrain(config, tmp_path / "resumed", pool=pool, resume=True)
+    assert (tmp_path / "resumed" / "stage1.safetensors").is_file()
     a = load_safetensors(tmp_path / "straight" / "model.safetensors")
     b = load_safetensors(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys()

@@ -322,6 +322,7 @@ def pretrain(
     gen = torch.Generator().manual_seed(config.seed * 1009 + ctx.rank)
 
     step = 0
+    stage = config.stage_at(0)
     best_val = math.inf
     skipped_steps = 0
     nonfinite_in_row = 0
@@ -334,6 +335,9 @@ def pretrain(
         model.load_state_dict(tensors["model"])
         gen.set_state(tensors["rng"][f"sampler_{ctx.rank}"])
         step = state["step"]
+        # A checkpoint at the end of stage 1 holds stage 1's optimizer: resume in stage 1 and
+        # let the loop switch, as an uninterrupted run does.
+        stage = state["stage"]
         best_val = state["best_val"]
         skipped_steps = state["skipped_steps"]
         nonfinite_in_row = state["nonfinite_in_row"]
@@ -347,7 +351,6 @@ def pretrain(
             meta["skipped_files"] = [[str(p), r] for p, r in skipped_files]
         atomic_write_text(config_path, json.dumps(meta, indent=2))
 
-    stage = config.stage_at(step)
     ddp_model = _prepare_model(model, stage, ctx)
     optimizer = _new_optimizer(model, config.lr_at(step))
     if opt_state is not None:
