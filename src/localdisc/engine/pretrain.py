@@ -451,11 +451,10 @@ def pretrain(
                 sums, n_summed = {}, 0
 
             end_of_stage = step == config.total_steps or config.stage_at(step) != stage
-            if step % config.val_every == 0 or end_of_stage:
+            if main and (step % config.val_every == 0 or end_of_stage):
                 val = validation_loss(model, val_pool, views, config, stage)
-                if main and not math.isnan(val):
-                    if csv_log:
-                        csv_log.write(step=step, stage=stage, val_loss=round(val, 6))
+                if csv_log and not math.isnan(val):
+                    csv_log.write(step=step, stage=stage, val_loss=round(val, 6))
                     if val < best_val:
                         best_val = val
                         atomic_save_safetensors(
