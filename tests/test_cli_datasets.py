@@ -13,17 +13,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers import save
 from localdisc.cli import app
 from localdisc.errors import DatasetError
 
 runner = CliRunner()
 H, W = 24, 20
-
-
-def save(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
 
 
 def make_drive(root: Path) -> Path:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import save, shared
 from localdisc.data.datasets import (
     DATASETS,
     FolderDataset,
@@ -23,19 +24,10 @@ from localdisc.data.datasets import (
 )
 from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 H, W = 48, 40  # fake fundus image size (DRIVE-like portrait)
 
 
 # -- fixture builders ----------------------------------------------------------------------
-
-
-def save(path: Path, array: np.ndarray, **kwargs: object) -> Path:
-    """Write ``array`` (uint8, H x W or H x W x 3) with PIL, format from the suffix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, **kwargs)
-    return path
 
 
 def save_ppm_gz(path: Path, array: np.ndarray) -> Path:
@@ -508,13 +500,6 @@ def test_synthetic_sets_are_deterministic_and_split() -> None:
 
 
 # -- the real data sets (skipped when /work/shared/data is absent) -----------------------------
-
-
-def shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.is_dir():
-        pytest.skip(f"shared data set {path} is not available")
-    return path
 
 
 def test_real_drive() -> None:

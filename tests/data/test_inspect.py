@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import save, shared
 from localdisc.data.datasets import load_dataset
 from localdisc.data.inspect import inspect_dataset, write_preview
 from localdisc.errors import ImageReadError
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 H, W = 30, 26
-
-
-def save(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
 
 
 def make_drive(root: Path) -> Path:
@@ -92,13 +86,6 @@ def test_write_preview_png(tmp_path: Path) -> None:
 
 
 # -- real data (skipped when /work/shared/data is absent) -------------------------------------
-
-
-def shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.is_dir():
-        pytest.skip(f"shared data set {path} is not available")
-    return path
 
 
 def test_inspect_real_drive() -> None:

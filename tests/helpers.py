@@ -1,0 +1,27 @@
+"""Helpers shared by the tests: tiny image fixtures and the optional public data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+#: ``../shared/data`` beside the repository (CI lays it out so), absent on a bare machine.
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def save(path: Path, array: np.ndarray, **kwargs: object) -> Path:
+    """Write ``array`` (uint8) as an image, format from the suffix, creating the folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def shared(name: str) -> Path:
+    """A shared data set's folder, or skip the test with the reason when it is absent."""
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"shared data set {path} is not available")
+    return path
