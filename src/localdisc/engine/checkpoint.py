@@ -158,6 +158,8 @@ def save_checkpoint(
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
+    for stale in checkpoint_dir.glob(".tmp-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=checkpoint_dir, prefix=".tmp-"))
     try:
         checksums = {}

@@ -23,8 +23,15 @@ class TrainingLog:
         rows = []
         if path.exists() and resume_step > 0:
             # Keep only rows up to the checkpoint being resumed: later ones will be redone.
+            # A run killed mid-write can leave a partial last row: keep whole rows only.
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+                rows = [
+                    r
+                    for r in csv.DictReader(f)
+                    if None not in r.values()
+                    and r["step"].isdigit()
+                    and int(r["step"]) <= resume_step
+                ]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, self.COLUMNS)
         writer.writeheader()

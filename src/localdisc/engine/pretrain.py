@@ -327,10 +327,10 @@ def pretrain(
     skipped_steps = 0
     nonfinite_in_row = 0
     opt_state: dict | None = None
-    if resume:
-        loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log)
-        if loaded is None:
-            raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint to resume from")
+    loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log) if resume else None
+    if resume and loaded is None:  # stopped before its first checkpoint: nothing to keep
+        log(f"{run_dir}: no checkpoint yet, starting from step 0")
+    if loaded is not None:
         state, tensors = loaded
         model.load_state_dict(tensors["model"])
         gen.set_state(tensors["rng"][f"sampler_{ctx.rank}"])
@@ -343,7 +343,7 @@ def pretrain(
         nonfinite_in_row = state["nonfinite_in_row"]
         opt_state = optimizer_from_flat(tensors["optimizer"], state["optimizer"])
         log(f"resumed from step {step}")
-    elif main:
+    elif main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         meta = {"pretrain": asdict(config), "model": asdict(model.config)}
         meta["pool"] = {"images": int(pool.shape[0]), "val_images": int(val_pool.shape[0])}
