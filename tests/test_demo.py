@@ -31,3 +31,17 @@ def test_demo_queries_find_vessel_disc_and_background():
     assert np.hypot(dx - fundus.optic_disc[0], dy - fundus.optic_disc[1]) < 256 / 12
     by, bx = queries["background"]
     assert fundus.fov[by, bx] and not fundus.vessels[by - 2 : by + 3, bx - 2 : bx + 3].any()
+
+
+def test_demo_needs_no_network(tmp_path, monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "figures" / "demo_similarity.png").is_file()
