@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+#: The published ImageNet statistics, written out so that tests check the package's values.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 #: ``../shared/data`` beside the repository (CI lays it out so), absent on a bare machine.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -187,7 +187,7 @@ def demo(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Pre-train a small LD model (about 2 minutes on 2 CPU cores) and draw what it learnt."""
+    """Pre-train a small LD model (about 2.5 minutes on 2 CPU cores) and draw what it learnt."""
     from localdisc.demo import run_demo
 
     written = run_demo(

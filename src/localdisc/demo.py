@@ -20,8 +20,8 @@ from localdisc.data.preprocess import resize_image, roi_crop
 from localdisc.engine.pretrain import PretrainConfig, PretrainResult, pretrain
 from localdisc.eval.figures import Query, cluster_figure, similarity_figure
 
-# The photograph is repeated in the pool so that it is drawn about as often as a quarter of the
-# synthetic images together: the augmentation makes every draw a different view of it.
+# The photograph is repeated so that it makes up a quarter of the pool (8 of 32 images): the
+# augmentation makes every draw a different view of it.
 RETINA_COPIES = 8
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import IMAGENET_MEAN, IMAGENET_STD
 from localdisc.data.preprocess import (
     MODALITY_CHANNELS,
     background_level,
@@ -17,10 +18,6 @@ from localdisc.data.preprocess import (
     roi_crop,
     to_modality_channels,
 )
-
-# The published ImageNet statistics (written out, so the test checks the module's values).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def fundus_like(h: int = 80, w: int = 100, radius: float = 30.0) -> np.ndarray:

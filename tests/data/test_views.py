@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import IMAGENET_MEAN, IMAGENET_STD
 from localdisc.data.views import (
     LDViews,
     adjust_hue,
@@ -17,10 +18,6 @@ from localdisc.data.views import (
     normalize,
     undo_view2,
 )
-
-# The published ImageNet statistics (written out, so the test checks the module's values).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Settings that switch every photometric change off.
 NO_JITTER = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=0.0)

@@ -176,16 +176,18 @@ def ld_losses(
     patches = patch_embeddings(v, 8)
     view1 = patches[: 2 * b]
     view2 = undo_view2(patches[2 * b : 4 * b], batch.flip, batch.rot_k)
-    dist = distributed_losses
-    pd = patch_discrimination_loss(view1, view2, config.tau, distributed=dist)
+    pd = patch_discrimination_loss(view1, view2, config.tau, distributed=distributed_losses)
     mix = hypersphere_mixup_loss(
-        patches[4 * b :], view1[:b], view1[b:], batch.lam, config.tau, distributed=dist
-    )
+        patches[4 * b :], view1[:b], view1[b:], batch.lam, config.tau,
+        distributed=distributed_losses,
+    )  # fmt: skip
     total = pd + mix
     if stage == 1:
         return LossTerms(total, pd, mix)
     assert a is not None
-    rd = region_discrimination_loss(v[: 4 * b], a, config.tau_region, distributed=dist)
+    rd = region_discrimination_loss(
+        v[: 4 * b], a, config.tau_region, distributed=distributed_losses
+    )
     ent = entropy_loss(a)
     total = total + config.region_weight * rd + config.entropy_weight * ent
     return LossTerms(total, pd, mix, rd, ent)
