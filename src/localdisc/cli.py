@@ -140,6 +140,10 @@ def pretrain(
     modality: str = typer.Option("fundus", help="fundus (3 channels) or xray (1 channel)."),
     stage1_steps: int = typer.Option(20_000, help="Stage 1 steps (PD + mixup)."),
     stage2_steps: int = typer.Option(80_000, help="Stage 2 steps (+ region discrimination)."),
+    stage1_seconds: float | None = typer.Option(
+        None, help="End stage 1 after this many seconds, if its steps are not done by then."
+    ),
+    stage2_seconds: float | None = typer.Option(None, help="The same for stage 2."),
     batch: int = typer.Option(4, help="Items per step (each feeds 5 images)."),
     size: int = typer.Option(448, help="Crop size S (multiple of 16)."),
     clusters: int = typer.Option(16, help="Clusters K."),
@@ -161,7 +165,8 @@ def pretrain(
 
     config = PretrainConfig(
         data=list(data), modality=modality, stage1_steps=stage1_steps,
-        stage2_steps=stage2_steps, batch=batch, size=size, clusters=clusters, dim=dim, lr=lr,
+        stage2_steps=stage2_steps, stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds,
+        batch=batch, size=size, clusters=clusters, dim=dim, lr=lr,
         device=device, workers=workers, max_images=max_images, seed=seed,
         checkpoint_every=checkpoint_every, skip_bad=skip_bad, sync_bn=sync_bn, padding=padding,
     )  # fmt: skip
@@ -197,3 +202,109 @@ def demo(
     console.print("[bold green]demo finished.[/] Outputs:")
     for name, path in written.items():
         console.print(f"  {name:>10}: {path}")
+
+
+# --- transfer ----------------------------------------------------------------------------------
+@app.command()
+def finetune(
+    dataset: str = typer.Option(..., "--dataset", help="Labelled data: NAME:ROOT or a folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder (model, metrics, predictions)."),
+    target: str | None = typer.Option(None, help="Mask to learn (default: the set's default)."),
+    init: str = typer.Option("random", help="An LD run directory, or random."),
+    labels: str = typer.Option("all", help="Labelled images: N, a fraction in (0, 1), or all."),
+    frozen_epochs: int = typer.Option(100, help="Epochs with the pre-trained encoder frozen."),
+    epochs: int = typer.Option(100, help="Epochs of full fine-tuning (or from scratch)."),
+    size: int = typer.Option(512, help="Images are resized to SIZE x SIZE (multiple of 16)."),
+    batch: int = typer.Option(2),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    seed: int = typer.Option(0, help="Picks the labelled images and seeds training."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Fine-tune a segmentation model with few labels (the paper's protocol) and evaluate it."""
+    from localdisc.engine.finetune import FinetuneConfig
+    from localdisc.tasks.transfer import TransferConfig, run_transfer
+
+    if size < 16 or size % 16:
+        raise LocaldiscError(f"--size must be a positive multiple of 16, not {size}")
+    train = FinetuneConfig(
+        frozen_epochs=frozen_epochs, epochs=epochs, batch=batch, lr=lr, seed=seed, device=device
+    )
+    config = TransferConfig(dataset, target, init, labels, size, train=train)
+    metrics = run_transfer(config, out, log=console.print)
+    summary = metrics["summary"]
+    shown = ", ".join(
+        f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items() if v["n"]
+    )
+    console.print(f"[bold green]test[/] ({summary['dice']['n']} images): {shown}")
+    console.print(f"outputs in [bold]{out}[/] (metrics.json, predictions/, figures/)")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Option(..., "--model", help="A folder written by `localdisc finetune`."),
+    images: list[Path] = typer.Option(
+        ..., "--images", help="Image files or folders (recursive); repeatable."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    threshold: float = typer.Option(0.5, help="Probability above which a pixel is foreground."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Segment new images at their own size: NAME_prob.png and NAME_mask.png per image."""
+    from localdisc.tasks.predict import predict_images
+
+    written = predict_images(model, images, out, threshold=threshold, device=device)
+    console.print(f"segmented {len(written)} image(s) into [bold]{out}[/]")
+
+
+# --- benchmarks --------------------------------------------------------------------------------
+benchmark_app = typer.Typer(help="Reproducible comparisons with tables and figures.")
+app.add_typer(benchmark_app, name="benchmark")
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@benchmark_app.command("transfer")
+def benchmark_transfer(
+    inits: str = typer.Option(
+        "random", help="Comma-separated: random, LD run folders, or ld (pre-train with the preset)."
+    ),
+    tasks: str = typer.Option(
+        "drive,stare,chase_db1,hrf,scr_lung,scr_heart,scr_clavicle",
+        help="Comma-separated tasks (also synthetic_fundus, synthetic_xray).",
+    ),
+    labels: str = typer.Option("2,all", help="Comma-separated label budgets (N, fraction, all)."),
+    seeds: int = typer.Option(3, help="Seeds per setting (they pick the labelled images)."),
+    data_root: str | None = typer.Option(
+        None, help="Folder laid out like shared/data (default: $LOCALDISC_DATA)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder (results.json, results.md)."),
+    size: int = typer.Option(512, help="Image size."),
+    frozen_epochs: int = typer.Option(100),
+    epochs: int = typer.Option(100),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes, 2 epochs, CPU (tests)."),
+    cpu_scale: bool = typer.Option(
+        False,
+        "--cpu-scale",
+        help="The 2-core CPU comparison: pre-train 4 + 4 min on KaggleDR, DRIVE at 256.",
+    ),
+) -> None:
+    """Fine-tune every (task, init, labels, seed) that has data; write the comparison table."""
+    from localdisc.tasks.benchmark_transfer import (
+        BenchmarkConfig,
+        default_data_root,
+        run_benchmark,
+    )
+
+    config = BenchmarkConfig(
+        inits=_csv(inits), tasks=_csv(tasks), labels=_csv(labels), seeds=seeds,
+        data_root=data_root or default_data_root(), size=size, frozen_epochs=frozen_epochs,
+        epochs=epochs, device=device, quick=quick, cpu_scale=cpu_scale,
+    )  # fmt: skip
+    results = run_benchmark(config, out, log=console.print)
+    console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"{len(results['runs'])} run(s), {len(results['skipped'])} skipped; see [bold]{out}[/]"
+    )

@@ -206,6 +206,16 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------- dispatch
 
 
+def write_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write a ``uint8`` H x W (x C) array as PNG, atomically (temp file + rename)."""
+    from localdisc.engine.checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
 def _matching_suffix(path: Path) -> str | None:
     name = path.name.lower()
     # Longest first so that ".ppm.gz" wins over a hypothetical ".gz".

@@ -55,6 +55,10 @@ class PretrainConfig:
     modality: str = "fundus"
     stage1_steps: int = 20_000
     stage2_steps: int = 80_000
+    # Wall-clock budgets per stage (seconds; None: none): a stage ends at its step count or its
+    # budget, whichever comes first. For fixed-time comparisons; a resumed run restarts the clock.
+    stage1_seconds: float | None = None
+    stage2_seconds: float | None = None
     batch: int = 4
     size: int = 448
     pool_size: int | None = None  # None: size * 8/7 (512 for 448), as the paper's 512 -> 448
@@ -91,6 +95,9 @@ class PretrainConfig:
             problems.append(f"modality must be fundus or xray, not {self.modality!r}")
         if self.stage1_steps < 0 or self.stage2_steps < 0:
             problems.append("step counts must be >= 0")
+        for budget in (self.stage1_seconds, self.stage2_seconds):
+            if budget is not None and budget <= 0:
+                problems.append("stage time budgets must be > 0 seconds")
         if self.stage1_steps + self.stage2_steps == 0:
             problems.append("at least one training step is needed")
         if self.batch < 1:
@@ -212,6 +219,16 @@ class PretrainResult:
     final_loss: float
     best_val: float | None
     skipped_steps: int
+
+
+def _budget_spent(start: float, budget: float, ctx: distributed.DistContext) -> bool:
+    """Whether ``budget`` seconds have passed since ``start`` (rank 0's clock decides for all)."""
+    spent = time.perf_counter() - start >= budget
+    if not ctx.distributed:
+        return spent
+    flag = torch.tensor([float(spent)], device=ctx.device)
+    torch.distributed.broadcast(flag, 0)
+    return bool(flag.item())
 
 
 def _prepare_model(model: LDModel, stage: int, ctx: distributed.DistContext) -> nn.Module:
@@ -392,12 +409,25 @@ def pretrain(
     window_steps = 0
     img_per_s = 0.0
     progress = ProgressBar(config.total_steps, step, enabled=main and config.progress)
+    stage_start = time.perf_counter()
+    finished = False
     try:
         while step < config.total_steps:
+            budget = config.stage1_seconds if stage == 1 else config.stage2_seconds
+            if budget is not None and _budget_spent(stage_start, budget, ctx):
+                log(f"stage {stage}: time budget of {budget:.0f} s spent at step {step}")
+                if stage == 2 or config.stage2_steps == 0:
+                    finished = True
+                    break
+                step = config.stage1_steps  # on to stage 2
+                if step >= config.total_steps:
+                    finished = True
+                    break
             if config.stage_at(step) != stage:  # stage 1 -> 2: save, unfreeze, new optimizer
                 if main:
                     atomic_save_safetensors(model.state_dict(), run_dir / "stage1.safetensors")
                 stage = 2
+                stage_start = time.perf_counter()
                 best_val = math.inf
                 ddp_model = _prepare_model(model, stage, ctx)
                 optimizer = _new_optimizer(model, config.lr_at(step))
@@ -479,7 +509,8 @@ def pretrain(
         if csv_log:
             csv_log.close()
 
-    if main and step == config.total_steps:
+    finished = finished or step == config.total_steps
+    if main and finished:
         model.save(run_dir)
         if not (run_dir / "model_best.safetensors").exists():
             atomic_save_safetensors(model.state_dict(), run_dir / "model_best.safetensors")

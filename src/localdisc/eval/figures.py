@@ -106,3 +106,40 @@ def similarity_figure(
             ax.set_axis_off()
             ax.set_title(f"image {j}", fontsize=9)
     return _save(fig, path)
+
+
+def overlay_figure(
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], path: str | Path
+) -> Path:
+    """Segmentations over their images: true positives green, false positives red, misses blue.
+
+    ``rows`` holds ``(name, image, predicted mask, reference mask or None)``; without a reference
+    the prediction is drawn in green.
+    """
+    plt = _plt()
+    n = max(len(rows), 1)
+    fig, axes = plt.subplots(n, 2, figsize=(7, 3.5 * n), squeeze=False)
+    for row, (name, image, pred, ref) in zip(axes, rows, strict=False):
+        rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, -1)
+        _show(row[0], image)
+        row[0].set_title(name, fontsize=9)
+        colours = np.zeros_like(rgb)
+        alpha = pred.astype(np.float32)
+        if ref is None:
+            colours[pred] = (0, 1, 0)
+        else:
+            colours[pred & ref] = (0, 1, 0)
+            colours[pred & ~ref] = (1, 0, 0)
+            colours[~pred & ref] = (0, 0.4, 1)
+            alpha = (pred | ref).astype(np.float32)
+        blend = rgb * (1 - 0.7 * alpha[..., None]) + colours * 0.7 * alpha[..., None]
+        row[1].imshow(np.clip(blend, 0, 1))
+        row[1].set_axis_off()
+        row[1].set_title(
+            "green: hit, red: false positive, blue: missed" if ref is not None else "prediction",
+            fontsize=8,
+        )
+    for row in axes[len(rows) :]:
+        for ax in row:
+            ax.set_axis_off()
+    return _save(fig, path)

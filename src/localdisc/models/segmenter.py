@@ -1,0 +1,150 @@
+"""The transfer network: a (pre-trained) VGG encoder, a new U-Net decoder, one sigmoid channel.
+
+METHOD.md section 4 (Chen et al., TPAMI 2023): only the encoder of an LD model is transferred; a
+new, randomly initialised decoder of the same U-Net shape ends in one output channel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from localdisc.data.preprocess import MODALITY_CHANNELS, resize_image, to_modality_channels
+from localdisc.errors import CheckpointError
+from localdisc.models.vgg_unet import UNetDecoder, VGGEncoder
+
+
+@dataclass
+class SegmenterConfig:
+    """Architecture and input size of a :class:`Segmenter` (``segmenter`` in ``config.json``)."""
+
+    modality: str = "fundus"
+    width: int = 16
+    padding: str = "zeros"
+    size: int = 512  # images are resized to size x size, as in training
+
+    @property
+    def in_channels(self) -> int:
+        return MODALITY_CHANNELS[self.modality]
+
+
+class Segmenter(nn.Module):
+    """VGG16-BN encoder + U-Net decoder + 1x1 convolution to one logit per pixel.
+
+    ``forward`` returns logits ``[N, 1, H, W]``; :meth:`predict` takes a raw image of any size and
+    returns its probability map at that size.
+    """
+
+    def __init__(self, config: SegmenterConfig | None = None, **kwargs: object) -> None:
+        super().__init__()
+        self.config = config or SegmenterConfig(**kwargs)  # type: ignore[arg-type]
+        if self.config.modality not in MODALITY_CHANNELS:
+            raise ValueError(f"modality must be one of {sorted(MODALITY_CHANNELS)}")
+        self.encoder = VGGEncoder(self.config.in_channels, self.config.width)
+        self.decoder = UNetDecoder(self.encoder.channels)
+        self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
+        if self.config.padding != "zeros":  # match the padding the encoder was trained with
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    module.padding_mode = self.config.padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.decoder(self.encoder(x)))
+
+    @classmethod
+    def from_ld_run(cls, run_dir: str | Path, *, size: int = 512) -> Segmenter:
+        """A segmenter whose encoder is that of an LD pre-training run (``encoder.safetensors``)."""
+        from localdisc.engine.checkpoint import load_safetensors
+
+        run_dir = Path(run_dir)
+        model_config = _read_config(run_dir).get("model")
+        if not isinstance(model_config, dict):
+            raise CheckpointError(f"{run_dir}/config.json: not an LD pre-training run (no model)")
+        config = SegmenterConfig(
+            modality=model_config.get("modality", "fundus"),
+            width=model_config.get("width", 16),
+            padding=model_config.get("padding", "zeros"),
+            size=size,
+        )
+        model = cls(config)
+        state = load_safetensors(run_dir / "encoder.safetensors")
+        try:
+            model.encoder.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{run_dir / 'encoder.safetensors'}: weights do not match the config"
+            ) from exc
+        return model
+
+    # --- inference on raw images -------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Probability map (``float32`` H x W) of one raw ``H x W (x C)`` image in [0, 1].
+
+        The image is resized to the training size, as in training, and the probabilities are
+        resized back (bilinear) to the image's own size.
+        """
+        from localdisc.data.views import normalize
+
+        h, w = image.shape[:2]
+        arr = resize_image(to_modality_channels(image, self.config.modality), self.config.size)
+        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+        x = normalize(x, self.config.modality).to(next(self.parameters()).device)
+        was_training = self.training
+        self.eval()
+        prob = torch.sigmoid(self(x).float())
+        self.train(was_training)
+        prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
+        return prob[0, 0].clamp(0, 1).cpu().numpy()
+
+    # --- persistence ------------------------------------------------------------------------
+    def save(self, out_dir: str | Path, extra: dict | None = None) -> None:
+        """Write ``model.safetensors`` and ``config.json`` (segmenter + extra), atomically."""
+        from localdisc.engine.checkpoint import atomic_save_safetensors, atomic_write_text
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save_safetensors(self.state_dict(), out_dir / "model.safetensors")
+        config = {**(extra or {}), "segmenter": asdict(self.config)}
+        atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, *, device: str = "cpu") -> Segmenter:
+        """Load a fine-tuned model (``config.json`` + ``model.safetensors``, no pickle)."""
+        from localdisc.engine.checkpoint import load_safetensors
+
+        model_dir = Path(model_dir)
+        raw = _read_config(model_dir).get("segmenter")
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{model_dir}/config.json: not a fine-tuned model (no segmenter)")
+        try:
+            model = cls(SegmenterConfig(**raw))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{model_dir}/config.json: bad segmenter config ({exc})") from exc
+        state = load_safetensors(model_dir / "model.safetensors")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{model_dir / 'model.safetensors'}: weights do not match the config"
+            ) from exc
+        return model.to(device).eval()
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json (not a localdisc run or model folder)")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return config

@@ -1,0 +1,310 @@
+"""Transfer to segmentation with few labels: the paper's protocol end to end (METHOD.md 4).
+
+:func:`run_transfer` picks the labelled images (the first N of the paper's training split after a
+seeded shuffle), holds 20% of them out for validation, fine-tunes a :class:`Segmenter` from an LD
+run's encoder or from scratch, and evaluates it on the test split two ways:
+
+- the paper's: per-image Dice at 0.5 on the whole image at the training size (``dice``);
+- the field's: F1, AUC-ROC, accuracy, sensitivity, specificity inside the field of view at the
+  original resolution, plus clDice for vessels.
+
+Its output folder holds ``model.safetensors`` + ``config.json`` (loadable by ``localdisc
+predict``), ``metrics.json``, ``history.csv``, ``predictions/`` and ``figures/overlay.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from localdisc.data.datasets import (
+    Sample,
+    SegmentationDataset,
+    dataset_class,
+    load_data_spec,
+    parse_data_spec,
+)
+from localdisc.data.io import write_png
+from localdisc.data.preprocess import resize_image, resize_mask
+from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.engine.finetune import FinetuneConfig, finetune, predict_batch
+from localdisc.errors import DatasetError, LocaldiscError
+from localdisc.eval.metrics import dice_score, segmentation_metrics, summarize
+from localdisc.eval.report import jsonable
+from localdisc.models.segmenter import Segmenter
+from localdisc.tasks.predict import mask_png, prob_png
+
+#: Targets evaluated with topology (clDice).
+TUBULAR_TARGETS = frozenset({"vessels"})
+#: Fewer labelled images than this: validate on the training images (as the paper's 2-label runs).
+MIN_LABELS_FOR_HOLDOUT = 5
+
+
+@dataclass
+class TransferConfig:
+    """One fine-tuning run: data, target, initialisation, label budget, size and schedule."""
+
+    dataset: str  # NAME:ROOT or a folder
+    target: str | None = None  # None: the data set's default target
+    init: str = "random"  # "random" or an LD run directory
+    labels: str = "all"  # N images, a fraction in (0, 1), or "all"
+    size: int = 512
+    val_fraction: float = 0.2
+    max_test: int | None = None  # evaluate on the first N test images only (quick runs)
+    predictions: bool = True  # write probability maps and masks of the test images
+    train: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransferConfig:
+        d = dict(d)
+        d["train"] = FinetuneConfig(**d.get("train", {}))
+        return cls(**d)
+
+
+def labelled_count(labels: str | int | float, available: int) -> int:
+    """Resolve ``labels`` (``"all"``, a count ``N`` or a fraction in (0, 1)) to a count."""
+    text = str(labels).strip().lower()
+    try:
+        if text == "all":
+            n = available
+        elif text.isdigit():
+            n = int(text)
+        else:
+            fraction = float(text)
+            if not 0 < fraction < 1:
+                raise ValueError
+            n = max(1, round(fraction * available))
+    except ValueError:
+        raise LocaldiscError(
+            f"--labels must be a count, a fraction in (0, 1) or 'all', not {labels!r}"
+        ) from None
+    if n < 1:
+        raise LocaldiscError("--labels must be at least 1")
+    if n > available:
+        raise LocaldiscError(f"--labels {n}: only {available} labelled training images exist")
+    return n
+
+
+def split_labelled(
+    available: int, labels: str | int | float, seed: int, val_fraction: float = 0.2
+) -> tuple[list[int], list[int], str]:
+    """Indices of the training and validation images, and a note on how validation was chosen.
+
+    The first N indices after a seeded shuffle are labelled, so every init sees the same images
+    for a given seed; 20% of them (at least one) validate. With fewer than 5 there is nothing to
+    spare: validation uses the training images, and the note says so.
+    """
+    n = labelled_count(labels, available)
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = order[:n]
+    if n < MIN_LABELS_FOR_HOLDOUT:
+        note = f"{n} labelled image(s): validated on the training images (no hold-out)"
+        return chosen, chosen, note
+    n_val = max(1, round(val_fraction * n))
+    return chosen[n_val:], chosen[:n_val], f"{n - n_val} train + {n_val} validation images"
+
+
+def _tensors(
+    dataset: SegmentationDataset, indices: list[int], target: str, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    images, masks = [], []
+    for i in indices:
+        sample = dataset[i]
+        images.append(resize_image(sample.image, size))
+        masks.append(resize_mask(sample.masks[target], size))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(np.stack(masks)).float()[:, None]
+    return x, y
+
+
+def _open_splits(config: TransferConfig) -> tuple[SegmentationDataset, SegmentationDataset, bool]:
+    """Training and test sets; a set without a split is split here (labelled vs. the rest)."""
+    train = load_data_spec(config.dataset, "train" if "train" in _splits(config.dataset) else None)
+    if "test" in train.splits:
+        return train, load_data_spec(config.dataset, "test"), False
+    return train, train, True
+
+
+def _splits(spec: str) -> tuple[str, ...]:
+    return dataset_class(parse_data_spec(spec)[0]).splits
+
+
+def _resolve_target(dataset: SegmentationDataset, target: str | None) -> str:
+    target = target or dataset.default_target
+    if target is None or target not in dataset.targets:
+        available = ", ".join(dataset.targets) or "none"
+        raise DatasetError(
+            f"{dataset.root or dataset.name}: no masks for target {target!r} "
+            f"(available: {available})"
+        )
+    return target
+
+
+def check_task_data(spec: str, target: str | None) -> None:
+    """Raise (naming the folder and the problem) unless ``spec`` has labelled ``target`` masks."""
+    _resolve_target(load_data_spec(spec, "train" if "train" in _splits(spec) else None), target)
+
+
+def init_modality(init: str) -> str | None:
+    """The modality an LD run was pre-trained on (``None`` for ``random``)."""
+    if init == "random":
+        return None
+    config_path = Path(init) / "config.json"
+    try:
+        return json.loads(config_path.read_text())["model"]["modality"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise LocaldiscError(f"{init}: not an LD pre-training run ({exc})") from exc
+
+
+def build_model(init: str, modality: str, size: int) -> tuple[Segmenter, bool]:
+    """A segmenter from an LD run's encoder, or randomly initialised; and whether pre-trained."""
+    if init == "random":
+        return Segmenter(modality=modality, size=size), False
+    model = Segmenter.from_ld_run(init, size=size)
+    if model.config.modality != modality:
+        raise LocaldiscError(
+            f"{init}: pre-trained on {model.config.modality} images, but the data set is {modality}"
+        )
+    return model, True
+
+
+def evaluate(
+    model: Segmenter,
+    dataset: SegmentationDataset,
+    indices: list[int],
+    target: str,
+    *,
+    batch: int = 2,
+    on_prediction: Callable[[Sample, np.ndarray], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Per-image metrics of ``model`` on ``dataset[indices]`` (see the module docstring)."""
+    size = model.config.size
+    rows = []
+    for i in indices:
+        sample = dataset[i]
+        mask = sample.masks[target]
+        x = torch.from_numpy(resize_image(sample.image, size)).permute(2, 0, 1)[None]
+        prob_small = predict_batch(model, x, batch)[0, 0]
+        # Back to the image's own size for the field's metrics (bilinear, as Segmenter.predict).
+        prob = torch.nn.functional.interpolate(
+            prob_small[None, None], size=mask.shape, mode="bilinear", align_corners=False
+        )[0, 0].clamp(0, 1)
+        prob_small, prob = prob_small.numpy(), prob.numpy()
+        metrics = segmentation_metrics(prob, mask, sample.fov, topology=target in TUBULAR_TARGETS)
+        metrics["dice"] = dice_score(prob_small, resize_mask(mask, size))
+        rows.append({"image": sample.name, **{k: float(v) for k, v in metrics.items()}})
+        if on_prediction is not None:
+            on_prediction(sample, prob)
+    return rows
+
+
+def _history_csv(phases: list) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["phase", "epoch", "loss", "val_dice"])
+    for phase in phases:
+        for row in phase.history:
+            writer.writerow(
+                [phase.name, row["epoch"], f"{row['loss']:.6f}", f"{row['val_dice']:.6f}"]
+            )
+    return buffer.getvalue()
+
+
+def run_transfer(
+    config: TransferConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Fine-tune and evaluate as described in the module docstring; returns ``metrics.json``."""
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    train_set, test_set, self_split = _open_splits(config)
+    target = _resolve_target(train_set, config.target)
+    seed = config.train.seed
+    train_idx, val_idx, val_note = split_labelled(
+        len(train_set), config.labels, seed, config.val_fraction
+    )
+    if self_split:  # no official test split: test on every image that is not labelled
+        used = set(train_idx) | set(val_idx)
+        test_idx = [i for i in range(len(test_set)) if i not in used]
+        if not test_idx:
+            raise LocaldiscError(
+                f"{config.dataset}: no test split and no unlabelled images left to test on"
+            )
+    else:
+        test_idx = list(range(len(test_set)))
+    if config.max_test is not None:
+        test_idx = test_idx[: config.max_test]
+    log(
+        f"{train_set.name} {target}: {val_note}; {len(test_idx)} test images; "
+        f"init {config.init}; {config.size}x{config.size}"
+    )
+
+    torch.manual_seed(seed)  # the new decoder's initial weights
+    model, pretrained = build_model(config.init, train_set.modality, config.size)
+    train = _tensors(train_set, train_idx, target, config.size)
+    val = _tensors(train_set, val_idx, target, config.size)
+    result = finetune(model, train, val, config.train, pretrained=pretrained, log=log)
+
+    meta = {
+        "transfer": asdict(config),
+        "data": {
+            "dataset": train_set.name,
+            "target": target,
+            "modality": train_set.modality,
+            "train_images": [train_set.items[i].name for i in train_idx],
+            "val_images": [train_set.items[i].name for i in val_idx],
+            "validation": val_note,
+        },
+    }
+    model.save(out_dir, meta)
+    atomic_write_text(out_dir / "history.csv", _history_csv(result.phases))
+
+    predictions = out_dir / "predictions"
+    overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def keep(sample: Sample, prob: np.ndarray) -> None:
+        if config.predictions:
+            write_png(predictions / f"{sample.name}_prob.png", prob_png(prob))
+            write_png(predictions / f"{sample.name}_mask.png", mask_png(prob))
+        if len(overlays) < 4:
+            overlays.append((sample.name, sample.image, prob >= 0.5, sample.masks[target]))
+
+    per_image = evaluate(model, test_set, test_idx, target, on_prediction=keep)
+    metrics: dict[str, Any] = {
+        "dataset": train_set.name,
+        "target": target,
+        "init": config.init,
+        "labels": len(train_idx) + (len(val_idx) if val_idx != train_idx else 0),
+        "seed": seed,
+        "size": config.size,
+        "validation": val_note,
+        "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in per_image]),
+        "per_image": per_image,
+        "phases": [{k: v for k, v in asdict(p).items() if k != "history"} for p in result.phases],
+    }
+    if result.frozen_state is not None:  # the frozen-encoder model, as the paper also reports
+        final_state = model.state_dict()
+        model.load_state_dict(result.frozen_state)
+        frozen = evaluate(model, test_set, test_idx, target)
+        model.load_state_dict(final_state)
+        metrics["frozen"] = {
+            "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in frozen]),
+            "per_image": frozen,
+        }
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
+
+    from localdisc.eval.figures import overlay_figure
+
+    overlay_figure(overlays, out_dir / "figures" / "overlay.png")
+    dice = metrics["summary"]["dice"]
+    log(f"test Dice {dice['mean']:.4f} +- {dice['std']:.4f} over {dice['n']} images -> {out_dir}")
+    return metrics

@@ -1,0 +1,303 @@
+"""Segmentation metrics on tiny hand-made arrays whose values are worked out in the comments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from localdisc.eval.metrics import (
+    auc_roc,
+    cldice,
+    confusion_counts,
+    dice_score,
+    segmentation_metrics,
+    summarize,
+    vessel_metrics,
+)
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _bar(thickness: int, cols: tuple[int, int] = (3, 27), shape=(15, 30), centre=7) -> np.ndarray:
+    """Horizontal bar of odd ``thickness`` rows centred on row ``centre``, columns [c0, c1)."""
+    a = np.zeros(shape, dtype=bool)
+    h = thickness // 2
+    a[centre - h : centre + h + 1, cols[0] : cols[1]] = True
+    return a
+
+
+def _pairwise_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(score_pos > score_neg) + 0.5 P(tie) over all positive/negative pairs (brute force)."""
+    pos, neg = scores[labels][:, None], scores[~labels][None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
+
+
+def _vessel_example() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2 x 10 image; row 0 is the FOV, row 1 (outside) is all false positives at prob 1.
+
+    Inside the FOV: target 1 1 1 0 0 0 0 0 0 0
+                    prob   .9 .8 .3 .6 .1 .1 .1 .1 .1 .1  -> pred 1 1 0 1 0 0 0 0 0 0
+    so tp = 2, fn = 1, fp = 1, tn = 6.
+    """
+    prob = np.ones((2, 10))
+    prob[0] = [0.9, 0.8, 0.3, 0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    target = np.zeros((2, 10), dtype=bool)
+    target[0, :3] = True
+    fov = np.zeros((2, 10), dtype=bool)
+    fov[0] = True
+    return prob, target, fov
+
+
+# ---------------------------------------------------------------------------------- dice_score
+
+
+def test_dice_perfect_and_disjoint():
+    t = np.array([[1, 0], [0, 1]], dtype=bool)
+    assert dice_score(t.astype(float), t) == 1.0
+    assert dice_score((~t).astype(float), t) == 0.0
+
+
+def test_dice_hand_example():
+    # P = {(0,0), (1,0)}, T = {(0,0), (0,1)}: tp 1, fp 1, fn 1 -> 2*1 / (2 + 2) = 0.5
+    prob = np.array([[0.9, 0.1], [0.8, 0.2]])
+    target = np.array([[1, 1], [0, 0]], dtype=bool)
+    assert dice_score(prob, target) == pytest.approx(0.5)
+
+
+def test_dice_threshold_boundary_is_inclusive():
+    target = np.array([[True]])
+    assert dice_score(np.array([[0.5]]), target) == 1.0  # 0.5 >= 0.5 -> foreground
+    assert dice_score(np.array([[0.4999]]), target) == 0.0  # empty prediction, non-empty target
+    assert dice_score(np.array([[0.3]]), target, threshold=0.3) == 1.0
+
+
+def test_dice_empty_conventions():
+    empty = np.zeros((3, 3), dtype=bool)
+    assert dice_score(np.zeros((3, 3)), empty) == 1.0  # both empty
+    assert dice_score(np.full((3, 3), 0.9), empty) == 0.0  # only the prediction is non-empty
+
+
+# ------------------------------------------------------------------------------------ auc_roc
+
+
+def test_auc_perfect_reversed_tied():
+    labels = np.array([0, 0, 1, 1], dtype=bool)
+    assert auc_roc(np.array([0.1, 0.2, 0.8, 0.9]), labels) == 1.0
+    assert auc_roc(np.array([0.9, 0.8, 0.2, 0.1]), labels) == 0.0
+    assert auc_roc(np.full(4, 0.3), labels) == 0.5  # every pair tied -> 1/2 each
+
+
+def test_auc_hand_examples():
+    labels = np.array([0, 0, 1, 1], dtype=bool)
+    # pos 0.35 beats 0.1, loses to 0.4; pos 0.8 beats both -> 3 of 4 pairs
+    assert auc_roc(np.array([0.1, 0.4, 0.35, 0.8]), labels) == pytest.approx(0.75)
+    # pos 0.5 beats 0.2, ties 0.5 (counts 1/2); pos 0.9 beats both -> 3.5 / 4
+    assert auc_roc(np.array([0.2, 0.5, 0.5, 0.9]), labels) == pytest.approx(0.875)
+
+
+def test_auc_matches_pairwise_definition_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.random((12, 25)) < 0.3
+    scores = np.round(np.clip(0.3 * labels + 0.7 * rng.random(labels.shape), 0, 1), 1)  # ties
+    expected = _pairwise_auc(scores.ravel(), labels.ravel())
+    assert 0.5 < expected < 1.0
+    assert auc_roc(scores, labels) == pytest.approx(expected, abs=1e-12)
+
+
+def test_auc_nan_with_one_class():
+    assert math.isnan(auc_roc(np.array([0.1, 0.9]), np.array([True, True])))
+    assert math.isnan(auc_roc(np.array([0.1, 0.9]), np.array([False, False])))
+    # both classes present overall, but only negatives inside the mask
+    mask = np.array([True, False])
+    assert math.isnan(auc_roc(np.array([0.1, 0.9]), np.array([False, True]), mask))
+
+
+def test_auc_ignores_pixels_outside_mask():
+    scores = np.array([[0.1, 0.9], [0.8, 0.95]])
+    labels = np.array([[0, 1], [0, 0]], dtype=bool)
+    # all pixels: positive 0.9 beats 0.1 and 0.8 but loses to 0.95 -> 2/3
+    assert auc_roc(scores, labels) == pytest.approx(2 / 3)
+    mask = np.array([[True, True], [True, False]])  # drop the 0.95 negative -> 2/2
+    assert auc_roc(scores, labels, mask) == 1.0
+
+
+def test_auc_rejects_nan_and_shape_mismatch():
+    with pytest.raises(ValueError, match="NaN"):
+        auc_roc(np.array([0.1, np.nan]), np.array([True, False]))
+    with pytest.raises(ValueError, match="shapes differ"):
+        auc_roc(np.zeros(3), np.zeros(4, dtype=bool))
+
+
+# --------------------------------------------------------------------------- confusion_counts
+
+
+def test_confusion_counts():
+    pred = np.array([[1, 0, 1], [0, 1, 0]], dtype=bool)
+    target = np.array([[1, 1, 0], [0, 1, 0]], dtype=bool)
+    # tp (0,0),(1,1); fp (0,2); tn (1,0),(1,2); fn (0,1)
+    assert confusion_counts(pred, target) == (2, 1, 2, 1)
+    mask = np.array([[1, 1, 0], [1, 1, 0]], dtype=bool)  # drop column 2: the fp and one tn
+    assert confusion_counts(pred, target, mask) == (2, 0, 1, 1)
+    assert all(type(c) is int for c in confusion_counts(pred, target))
+
+
+def test_confusion_counts_rejects_probabilities():
+    with pytest.raises(ValueError, match="pred_bool"):
+        confusion_counts(np.array([0.2, 0.7]), np.array([False, True]))
+    # 0/1 integers are accepted as booleans
+    assert confusion_counts(np.array([0, 1]), np.array([0, 1])) == (1, 0, 1, 0)
+
+
+# -------------------------------------------------------------------------------------- cldice
+
+
+def test_cldice_thin_line_exact():
+    line = _bar(1)
+    assert cldice(line, line) == 1.0
+
+
+def test_cldice_thinner_bar_on_same_centreline():
+    target, pred = _bar(5), _bar(3)
+    # each skeleton lies inside the other mask -> Tprec = Tsens = 1
+    assert cldice(pred, target) == 1.0
+    # but Dice penalises the missing border rows: 2 * 72 / (72 + 120) = 0.75
+    assert dice_score(pred.astype(float), target) == pytest.approx(0.75)
+
+
+def test_cldice_prefers_thickening_to_breaking():
+    target = _bar(3)
+    broken = target.copy()
+    broken[:, 14:16] = False  # 2-column gap in the middle
+    thick = _bar(5)
+    # Dice prefers the broken vessel: 2*66/(66+72) = 0.957 vs 2*72/(120+72) = 0.75 ...
+    assert dice_score(broken * 1.0, target) > dice_score(thick * 1.0, target)
+    # ... clDice prefers the connected one: the target's centreline crosses the gap
+    assert cldice(thick, target) == 1.0
+    assert cldice(broken, target) < cldice(thick, target)
+
+
+def test_cldice_empty_conventions():
+    empty = np.zeros((5, 5), dtype=bool)
+    line = empty.copy()
+    line[2, 1:4] = True
+    assert cldice(empty, empty) == 1.0
+    assert cldice(line, empty) == 0.0
+    assert cldice(empty, line) == 0.0
+    other = empty.copy()
+    other[0, :] = True  # disjoint line: Tprec = Tsens = 0
+    assert cldice(other, line) == 0.0
+
+
+def test_cldice_rejects_1d():
+    with pytest.raises(ValueError, match="2-D or 3-D"):
+        cldice(np.ones(4, dtype=bool), np.ones(4, dtype=bool))
+
+
+# ------------------------------------------------------------------------------ vessel_metrics
+
+
+def test_vessel_metrics_hand_counts():
+    prob, target, fov = _vessel_example()
+    m = vessel_metrics(prob, target, fov)
+    assert set(m) == {"f1", "auc", "accuracy", "sensitivity", "specificity", "cldice"}
+    assert m["f1"] == pytest.approx(2 / 3)  # 2*2 / (2*2 + 1 + 1)
+    assert m["accuracy"] == pytest.approx(0.8)  # (2 + 6) / 10
+    assert m["sensitivity"] == pytest.approx(2 / 3)  # 2 / (2 + 1)
+    assert m["specificity"] == pytest.approx(6 / 7)  # 6 / (6 + 1)
+    # positives .9 and .8 beat all 7 negatives, .3 beats 6 of them (not .6) -> 20 / 21
+    assert m["auc"] == pytest.approx(20 / 21)
+    # restricted to row 0: pred skeleton {0,1,3} hits target at 0,1 -> Tprec 2/3;
+    # target skeleton {0,1,2} hit by pred at 0,1 -> Tsens 2/3; clDice 2/3
+    assert m["cldice"] == pytest.approx(2 / 3)
+
+
+def test_vessel_metrics_ignore_pixels_outside_fov():
+    rng = np.random.default_rng(1)
+    prob = rng.random((16, 16))
+    target = rng.random((16, 16)) < 0.3
+    yy, xx = np.mgrid[:16, :16]
+    fov = (yy - 7.5) ** 2 + (xx - 7.5) ** 2 < 36
+    base = vessel_metrics(prob, target, fov)
+    prob2, target2 = prob.copy(), target.copy()
+    prob2[~fov] = rng.random(int((~fov).sum()))
+    target2[~fov] = ~target2[~fov]
+    assert vessel_metrics(prob2, target2, fov) == base
+    assert vessel_metrics(prob2, target, fov) == base
+
+
+def test_vessel_metrics_zero_division():
+    prob = np.array([[0.2, 0.7]])
+    no_pos = vessel_metrics(prob, np.zeros((1, 2), dtype=bool))
+    assert math.isnan(no_pos["sensitivity"]) and math.isnan(no_pos["auc"])
+    assert no_pos["specificity"] == 0.5 and no_pos["f1"] == 0.0
+    no_neg = vessel_metrics(prob, np.ones((1, 2), dtype=bool))
+    assert math.isnan(no_neg["specificity"]) and no_neg["sensitivity"] == 0.5
+    nothing = vessel_metrics(np.zeros((1, 2)), np.zeros((1, 2), dtype=bool))
+    assert nothing["f1"] == 1.0 and nothing["cldice"] == 1.0 and nothing["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="fov is empty"):
+        vessel_metrics(prob, np.zeros((1, 2), dtype=bool), np.zeros((1, 2), dtype=bool))
+
+
+# ------------------------------------------------------------------------ segmentation_metrics
+
+
+def test_segmentation_metrics_keys_and_whole_image_dice():
+    prob, target, fov = _vessel_example()
+    m = segmentation_metrics(prob, target, fov)
+    assert set(m) == {"dice", "f1", "auc", "accuracy", "sensitivity", "specificity"}
+    # whole image adds the 10 outside false positives: 2*2 / (2*2 + 11 + 1) = 0.25
+    assert m["dice"] == pytest.approx(0.25)
+    assert m["dice"] == dice_score(prob, target)
+    assert m["f1"] == pytest.approx(2 / 3)
+    topo = segmentation_metrics(prob, target, fov, topology=True)
+    assert topo == {**m, "cldice": vessel_metrics(prob, target, fov)["cldice"]}
+    # no FOV: everything on the whole image, f1 equals dice
+    whole = segmentation_metrics(prob, target)
+    assert whole["f1"] == whole["dice"]
+
+
+def test_segmentation_metrics_validation():
+    prob, target, fov = _vessel_example()
+    with pytest.raises(ValueError, match="shapes differ"):
+        segmentation_metrics(prob[:, :5], target)
+    with pytest.raises(ValueError, match="shapes differ"):
+        segmentation_metrics(prob, target, fov[:, :5])
+    bad = prob.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        segmentation_metrics(bad, target)
+    for value in (1.01, -0.01):
+        bad[0, 0] = value
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            segmentation_metrics(bad, target)
+    bad[0, 0] = 1 + 1e-7  # float round-off is tolerated
+    segmentation_metrics(bad, target)
+    with pytest.raises(ValueError, match="target"):
+        segmentation_metrics(prob, target * 0.5)
+
+
+# ----------------------------------------------------------------------------------- summarize
+
+
+def test_summarize():
+    rows = [
+        {"dice": 0.5, "auc": float("nan")},
+        {"dice": 1.0, "auc": 0.8},
+        {"dice": 0.0, "auc": 0.6, "cldice": float("nan")},
+    ]
+    s = summarize(rows)
+    assert list(s) == ["dice", "auc", "cldice"]
+    # dice: mean 0.5, population std sqrt((0 + 0.25 + 0.25) / 3) = sqrt(1/6)
+    assert s["dice"]["mean"] == pytest.approx(0.5)
+    assert s["dice"]["std"] == pytest.approx(math.sqrt(1 / 6))
+    assert s["dice"]["n"] == 3
+    # auc: NaN ignored -> mean of (0.8, 0.6) = 0.7, std 0.1, n 2
+    assert s["auc"]["mean"] == pytest.approx(0.7)
+    assert s["auc"]["std"] == pytest.approx(0.1)
+    assert s["auc"]["n"] == 2
+    # no finite value at all
+    assert math.isnan(s["cldice"]["mean"]) and math.isnan(s["cldice"]["std"])
+    assert s["cldice"]["n"] == 0
+    assert summarize([]) == {}
