@@ -267,15 +267,23 @@ def _csv(text: str) -> list[str]:
 
 @benchmark_app.command("transfer")
 def benchmark_transfer(
-    inits: str = typer.Option(
-        "random", help="Comma-separated: random, LD run folders, or ld (pre-train with the preset)."
+    inits: str | None = typer.Option(
+        None,
+        help="Comma-separated: random, LD run folders, or ld (pre-train with the preset) "
+        "[default: random; --quick and --cpu-scale: random,ld].",
     ),
-    tasks: str = typer.Option(
-        "drive,stare,chase_db1,hrf,scr_lung,scr_heart,scr_clavicle",
-        help="Comma-separated tasks (also synthetic_fundus, synthetic_xray).",
+    tasks: str | None = typer.Option(
+        None,
+        help="Comma-separated: drive, stare, chase_db1, hrf, scr_lung, scr_heart, scr_clavicle, "
+        "synthetic_fundus, synthetic_xray [default: the paper's seven; --quick: the synthetic "
+        "two; --cpu-scale: drive].",
     ),
-    labels: str = typer.Option("2,all", help="Comma-separated label budgets (N, fraction, all)."),
-    seeds: int = typer.Option(3, help="Seeds per setting (they pick the labelled images)."),
+    labels: str | None = typer.Option(
+        None, help="Comma-separated label budgets: N, fraction or all [default: 2,all; presets: 2]."
+    ),
+    seeds: int | None = typer.Option(
+        None, help="Seeds per setting; they pick the labelled images [default: 3; --quick: 1]."
+    ),
     data_root: str | None = typer.Option(
         None, help="Folder laid out like shared/data (default: $LOCALDISC_DATA)."
     ),
@@ -299,7 +307,7 @@ def benchmark_transfer(
     )
 
     config = BenchmarkConfig(
-        inits=_csv(inits), tasks=_csv(tasks), labels=_csv(labels), seeds=seeds,
+        inits=_csv(inits or ""), tasks=_csv(tasks or ""), labels=_csv(labels or ""), seeds=seeds,
         data_root=data_root or default_data_root(), size=size, frozen_epochs=frozen_epochs,
         epochs=epochs, device=device, quick=quick, cpu_scale=cpu_scale,
     )  # fmt: skip

@@ -56,12 +56,15 @@ TASKS: dict[str, Task] = {
 
 @dataclass
 class BenchmarkConfig:
-    """What to run; ``quick`` and ``cpu_scale`` are presets applied by :func:`preset`."""
+    """What to run; ``quick`` and ``cpu_scale`` are presets applied by :func:`preset`.
 
-    inits: list[str] = field(default_factory=lambda: ["random"])
-    tasks: list[str] = field(default_factory=lambda: ["drive"])
-    labels: list[str] = field(default_factory=lambda: ["2", "all"])
-    seeds: int = 3
+    ``None`` lists take the mode's defaults (see :data:`PRESET_GRIDS`).
+    """
+
+    inits: list[str] | None = None
+    tasks: list[str] | None = None
+    labels: list[str] | None = None
+    seeds: int | None = None
     data_root: str | None = None
     size: int = 512
     frozen_epochs: int = 100
@@ -75,6 +78,15 @@ class BenchmarkConfig:
     pretrain: dict[str, Any] = field(default_factory=dict)
 
 
+PAPER_TASKS = ["drive", "stare", "chase_db1", "hrf", "scr_lung", "scr_heart", "scr_clavicle"]
+#: Default (inits, tasks, labels, seeds) per mode.
+PRESET_GRIDS = {
+    "full": (["random"], PAPER_TASKS, ["2", "all"], 3),
+    "quick": (["random", "ld"], ["synthetic_fundus", "synthetic_xray"], ["2"], 1),
+    "cpu_scale": (["random", "ld"], ["drive"], ["2"], 3),
+}
+
+
 def default_data_root() -> str | None:
     return os.environ.get("LOCALDISC_DATA")
 
@@ -83,6 +95,15 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
     """Apply ``--quick`` / ``--cpu-scale`` over the defaults (explicit choices stay)."""
     if config.quick and config.cpu_scale:
         raise LocaldiscError("--quick and --cpu-scale are exclusive")
+    mode = "quick" if config.quick else "cpu_scale" if config.cpu_scale else "full"
+    inits, tasks, labels, seeds = PRESET_GRIDS[mode]
+    config = replace(
+        config,
+        inits=config.inits or inits,
+        tasks=config.tasks or tasks,
+        labels=config.labels or labels,
+        seeds=config.seeds or seeds,
+    )
     if config.quick:
         return replace(
             config, size=64, frozen_epochs=2, epochs=2, max_test=2, device="cpu",
