@@ -158,6 +158,14 @@ def pretrain(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable pool images."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across processes."),
     padding: str = typer.Option("zeros", help="Convolution padding: zeros (published), circular."),
+    center_sensitive: bool = typer.Option(
+        False,
+        "--center-sensitive",
+        help="Gaussian (center-sensitive) patch pooling, for landmarks.",
+    ),
+    center_sigma: float = typer.Option(
+        0.25, help="Width of the center-sensitive Gaussian, as a fraction of the patch side."
+    ),
 ) -> None:
     """Pre-train an LD model (stage 1, then stage 2) on unlabelled images."""
     from localdisc.engine.pretrain import PretrainConfig
@@ -169,6 +177,7 @@ def pretrain(
         batch=batch, size=size, clusters=clusters, dim=dim, lr=lr,
         device=device, workers=workers, max_images=max_images, seed=seed,
         checkpoint_every=checkpoint_every, skip_bad=skip_bad, sync_bn=sync_bn, padding=padding,
+        center_sigma=center_sigma if center_sensitive else None,
     )  # fmt: skip
     from localdisc.engine import distributed
 
@@ -254,6 +263,72 @@ def predict(
 
     written = predict_images(model, images, out, threshold=threshold, device=device)
     console.print(f"segmented {len(written)} image(s) into [bold]{out}[/]")
+
+
+# --- similarity and landmarks ------------------------------------------------------------------
+@app.command()
+def similarity(
+    model: Path = typer.Option(..., "--model", help="An LD run directory."),
+    image: Path = typer.Option(..., "--image", help="The query image."),
+    point: list[str] = typer.Option(..., "--point", help="Query point X,Y in pixels; repeatable."),
+    targets: list[Path] = typer.Option([], "--targets", help="Other images; repeatable."),
+    out: Path = typer.Option(Path("similarity.png"), "--out", help="Figure to write."),
+    level: str = typer.Option("pixel", help="pixel, or patch (pooled as in pre-training)."),
+    size: int | None = typer.Option(None, help="Resize images to this longer side first."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Cosine-similarity maps of query points on their image and on other images."""
+    from localdisc.engine.distributed import resolve_device
+    from localdisc.tasks.similarity import (
+        as_image,
+        load_model,
+        parse_point,
+        similarity_figure,
+    )
+    from localdisc.tasks.similarity import similarity as similarity_maps
+
+    loaded = load_model(model, device=str(resolve_device(device)))
+    query, others = as_image(image), [as_image(t) for t in targets]
+    points = [parse_point(p) for p in point]
+    result = similarity_maps(loaded, query, points, others, level=level, size=size)
+    names = [image.name, *(t.name for t in targets)]
+    similarity_figure(result, query, others, out, names)
+    for p, (x, y) in enumerate(points):
+        best = ", ".join(
+            f"{t.name} ({bx:.0f}, {by:.0f})" for t, b in zip(targets, result.best, strict=True)
+            for bx, by in [b[p]]
+        )  # fmt: skip
+        console.print(f"point ({x:g}, {y:g}): best match {best or '-'}")
+    console.print(f"figure: [bold]{out}[/]")
+
+
+@app.command()
+def localize(
+    model: Path = typer.Option(..., "--model", help="An LD run directory."),
+    template: Path = typer.Option(..., "--template", help="The annotated template image."),
+    landmarks: Path = typer.Option(..., "--landmarks", help='JSON {"name": [x, y], ...}.'),
+    images: list[Path] = typer.Option(..., "--images", help="Images or folders; repeatable."),
+    out: Path = typer.Option(Path("predictions.json"), "--out", help="Predictions (JSON)."),
+    overlay: Path | None = typer.Option(None, "--overlay", help="Folder for overlay figures."),
+    size: int | None = typer.Option(None, help="Working size (default: the pre-training size)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """One-shot landmark localisation: find the template's landmarks in new images."""
+    import json
+
+    from localdisc.engine.checkpoint import atomic_write_text
+    from localdisc.engine.distributed import resolve_device
+    from localdisc.tasks.localize import SearchConfig, localize_images, read_landmarks
+    from localdisc.tasks.predict import collect_images
+    from localdisc.tasks.similarity import load_model
+
+    loaded = load_model(model, device=str(resolve_device(device)))
+    results = localize_images(
+        loaded, template, read_landmarks(landmarks), collect_images(images),
+        config=SearchConfig(size=size), overlay_dir=overlay,
+    )  # fmt: skip
+    atomic_write_text(out, json.dumps(results, indent=2))
+    console.print(f"localised {len(results)} image(s): [bold]{out}[/]")
 
 
 # --- benchmarks --------------------------------------------------------------------------------

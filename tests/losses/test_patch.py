@@ -115,3 +115,34 @@ def test_module_and_validation():
         patch_discrimination_loss(view1, view2[:1])
     with pytest.raises(ValueError, match="grid"):
         patch_embeddings(torch.zeros(1, 2, 4, 4), grid=0)
+
+
+def test_center_weights_peak_at_cell_centres_and_stay_inside_cells():
+    from localdisc.losses.patch import center_weights
+
+    w = center_weights(4, 32, 0.25)
+    assert w.shape == (4, 32)
+    assert torch.allclose(w.sum(1), torch.ones(4))
+    for cell in range(4):
+        inside = w[cell, cell * 8 : cell * 8 + 8]
+        assert inside.sum() == pytest.approx(1.0)  # no weight outside the cell
+        assert inside[3] == inside[4] == inside.max()  # the two centre pixels of 8
+        # Pixel centres sit 0.5 (centre pixels) and 3.5 (border pixels) from the cell centre.
+        ratio = math.exp(-0.5 * (3.5 / 2) ** 2) / math.exp(-0.5 * (0.5 / 2) ** 2)
+        assert inside[0] == pytest.approx(inside.max().item() * ratio)
+
+
+def test_center_sensitive_patches_change_more_when_the_centre_moves():
+    """A patch embedding shifted by a few pixels stays more similar under uniform pooling."""
+    torch.manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(1, 16, 64, 64), dim=1)
+    # Smooth the field a little so that neighbouring pixels are related, as in a trained network.
+    v = torch.nn.functional.avg_pool2d(v, 5, 1, 2)
+    shifted = torch.roll(v, shifts=(3, 3), dims=(2, 3))
+    uniform = (patch_embeddings(v, 4) * patch_embeddings(shifted, 4)).sum(1).mean()
+    center = (patch_embeddings(v, 4, 0.25) * patch_embeddings(shifted, 4, 0.25)).sum(1).mean()
+    assert center < uniform - 0.05
+    # Centred on the same pixels, both poolings see the same content: identical embeddings.
+    assert torch.allclose(patch_embeddings(v, 4, 0.25), patch_embeddings(v.clone(), 4, 0.25))
+    # A very wide Gaussian is the uniform average.
+    assert torch.allclose(patch_embeddings(v, 4, 1e6), patch_embeddings(v, 4), atol=1e-5)

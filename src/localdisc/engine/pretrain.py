@@ -70,6 +70,9 @@ class PretrainConfig:
     lr: float = 1e-3
     lr_halve_every: int = 10_000
     tau: float = 0.1
+    # Center-sensitive patch embeddings (TPAMI Sec. 6): Gaussian pooling of this width (fraction
+    # of the patch side) instead of the uniform average; None: uniform (published LD).
+    center_sigma: float | None = None
     tau_region: float = 0.2
     region_weight: float = 10.0
     entropy_weight: float = 0.1
@@ -108,6 +111,8 @@ class PretrainConfig:
             problems.append(
                 f"padding must be zeros, circular, reflect or replicate, not {self.padding!r}"
             )
+        if self.center_sigma is not None and self.center_sigma <= 0:
+            problems.append(f"center_sigma must be > 0, not {self.center_sigma}")
         if self.clusters < 2:
             problems.append(f"clusters must be >= 2, not {self.clusters}")
         if self.dim < 2:
@@ -180,7 +185,7 @@ def ld_losses(
     use_amp = config.amp and device_type == "cuda"
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
         v, a = model(batch.images, with_clusters=stage == 2, cluster_count=4 * b)
-    patches = patch_embeddings(v, 8)
+    patches = patch_embeddings(v, 8, config.center_sigma)
     view1 = patches[: 2 * b]
     view2 = undo_view2(patches[2 * b : 4 * b], batch.flip, batch.rot_k)
     pd = patch_discrimination_loss(view1, view2, config.tau, distributed=distributed_losses)

@@ -17,15 +17,42 @@ __all__ = [
     "flatten_patches",
     "patch_discrimination_loss",
     "patch_embeddings",
+    "center_weights",
 ]
 
+#: Default width of the center-sensitive kernel, as a fraction of the cell side.
+CENTER_SIGMA = 0.25
 
-def patch_embeddings(v: Tensor, grid: int = 8) -> Tensor:
+
+def center_weights(cells: int, length: int, sigma: float, device=None) -> Tensor:
+    """``[cells, length]`` pooling weights along one axis: a Gaussian peaked at each cell centre.
+
+    Center-sensitive averaging (TPAMI 2023, Sec. 6) weights pixel embeddings by how close they are
+    to the patch centre, so that the patch embedding moves when the centre moves. The paper does
+    not publish its kernel; ours is a Gaussian of standard deviation ``sigma`` times the cell side,
+    truncated to the cell: the support stays that of uniform pooling (neighbouring patches share
+    no pixel, so ISL negatives stay independent), and with the default 0.25 the cell's border
+    still gets ``exp(-2) = 0.14`` of the centre's weight, so the whole cell contributes. The 2-D
+    kernel is the outer product of the two axes' weights. Rows sum to 1.
+    """
+    edges = torch.linspace(0, length, cells + 1, device=device)
+    pos = torch.arange(length, device=device, dtype=torch.float32) + 0.5
+    lo, hi = edges[:-1, None], edges[1:, None]
+    centre, side = (lo + hi) / 2, (hi - lo)
+    inside = (pos >= lo) & (pos < hi)
+    w = torch.exp(-0.5 * ((pos - centre) / (sigma * side)) ** 2) * inside
+    return w / w.sum(1, keepdim=True)
+
+
+def patch_embeddings(v: Tensor, grid: int = 8, center_sigma: float | None = None) -> Tensor:
     """Patch embeddings ``P = L2norm(adaptive_avg_pool(v, grid x grid))`` (paper Sec. 3).
 
     Args:
         v: ``[N, D, H, W]`` pixel embeddings (unit vectors per pixel in the paper's network).
         grid: cells per side (paper: 8, i.e. 64 patches per image).
+        center_sigma: ``None`` for the paper's uniform average; a number for center-sensitive
+            averaging with a Gaussian of that width (fraction of the cell side), see
+            :func:`center_weights`.
 
     Returns:
         ``[N, D, grid, grid]``, unit-norm over ``D``, in the compute dtype (float32 for bf16/fp16
@@ -38,7 +65,11 @@ def patch_embeddings(v: Tensor, grid: int = 8) -> Tensor:
     with torch.autocast(device_type=v.device.type, enabled=False):
         v = v.to(_compute_dtype(v.dtype))
         n, d, h, w = v.shape
-        if h % grid == 0 and w % grid == 0:
+        if center_sigma is not None:
+            wy = center_weights(grid, h, center_sigma, v.device).to(v.dtype)
+            wx = center_weights(grid, w, center_sigma, v.device).to(v.dtype)
+            pooled = torch.einsum("ndhw,gh,kw->ndgk", v, wy, wx)
+        elif h % grid == 0 and w % grid == 0:
             # Equal cells: a plain reduction, several times faster on GPU than the adaptive-pool
             # kernel with 56 x 56 windows, and the same numbers.
             pooled = v.reshape(n, d, grid, h // grid, grid, w // grid).mean((3, 5))

@@ -1,0 +1,99 @@
+import pytest
+import torch
+from monai.losses import DiceLoss
+
+from localdisc.engine.finetune import FinetuneConfig, augment, finetune, mean_dice
+from localdisc.errors import LocaldiscError
+from localdisc.models.segmenter import Segmenter
+
+
+def squares(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bright squares on a dark noisy background: an easy segmentation problem."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        y, x = torch.randint(0, size - 12, (2,), generator=g).tolist()
+        masks[i, :, y : y + 12, x : x + 12] = 1
+    images = (0.2 + 0.6 * masks + 0.05 * torch.rand(n, 1, size, size, generator=g)).clamp(0, 1)
+    return images.repeat(1, 3, 1, 1), masks
+
+
+def test_paper_dice_loss_is_monai_dice_loss_minus_one():
+    # METHOD.md 4: -2 sum(y p) / (sum y + sum p + 1) over the batch.
+    logits = torch.randn(2, 1, 8, 8)
+    y = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    p = torch.sigmoid(logits)
+    paper = -2 * (y * p).sum() / (y.sum() + p.sum() + 1)
+    monai = DiceLoss(sigmoid=True, batch=True, smooth_nr=0.0, smooth_dr=1.0)(logits, y)
+    assert torch.allclose(monai - 1, paper, atol=1e-6)
+
+
+def test_mean_dice_by_hand():
+    prob = torch.tensor([[[[0.9, 0.9], [0.1, 0.1]]], [[[0.1, 0.1], [0.1, 0.1]]]])
+    masks = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    # Image 0: tp 1, |P| 2, |T| 2 -> 0.5; image 1: both empty -> 1.
+    assert mean_dice(prob, masks) == pytest.approx(0.75)
+
+
+def test_augmentation_moves_image_and_mask_together():
+    images, masks = squares(8, 48)
+    g = torch.Generator().manual_seed(1)
+    x, y = augment(images, masks, rotation=180, flips=True, generator=g)
+    assert not torch.equal(y, masks)  # something moved
+    # The bright square is still where the mask is (bilinear edges aside).
+    bright = x[:, :1] > 0.5
+    agreement = (bright == (y > 0.5)).float().mean()
+    assert agreement > 0.97
+    same_x, same_y = augment(images, masks, rotation=0, flips=False, generator=g)
+    assert torch.equal(same_x, images) and torch.equal(same_y, masks)
+
+
+def test_frozen_phase_keeps_the_encoder_and_its_batch_norm_statistics():
+    torch.manual_seed(0)
+    model = Segmenter(size=32)
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    data = squares(4)
+    config = FinetuneConfig(frozen_epochs=2, epochs=0, device="cpu", progress=False)
+    result = finetune(model, data, data, config, pretrained=True, log=lambda m: None)
+    assert [p.name for p in result.phases] == ["frozen"]
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key  # weights and running stats alike
+    assert result.frozen_state is not None
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
+
+
+def test_training_learns_an_easy_task_keeps_the_best_and_is_deterministic():
+    def run():
+        torch.manual_seed(0)
+        model = Segmenter(size=32)
+        config = FinetuneConfig(frozen_epochs=3, epochs=12, device="cpu", progress=False, seed=5)
+        train, val = squares(4, seed=1), squares(2, seed=2)
+        return finetune(model, train, val, config, pretrained=True, log=lambda m: None), model
+
+    result, model = run()
+    frozen, full = result.phases
+    assert (frozen.name, full.name) == ("frozen", "finetune")
+    history = full.history
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert full.best_val_dice == max(row["val_dice"] for row in history)
+    assert full.best_val_dice > 0.6
+    # The model ends with the best epoch's weights.
+    from localdisc.engine.finetune import predict_batch
+
+    val = squares(2, seed=2)
+    assert mean_dice(predict_batch(model, val[0], 2), val[1]) == pytest.approx(full.best_val_dice)
+    again, _ = run()
+    for key, value in result.state.items():
+        assert torch.equal(value, again.state[key]), key
+
+
+def test_from_scratch_is_one_phase_and_bad_configs_are_refused():
+    model = Segmenter(size=32)
+    data = squares(2)
+    config = FinetuneConfig(frozen_epochs=5, epochs=1, device="cpu", progress=False)
+    result = finetune(model, data, data, config, pretrained=False, log=lambda m: None)
+    assert [(p.name, p.epochs) for p in result.phases] == [("scratch", 1)]
+    with pytest.raises(LocaldiscError, match="batch must be >= 1"):
+        FinetuneConfig(batch=0)
+    with pytest.raises(LocaldiscError, match="nothing to train"):
+        finetune(model, data, data, FinetuneConfig(epochs=0, progress=False), pretrained=False)

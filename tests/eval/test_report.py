@@ -1,0 +1,43 @@
+import math
+
+from localdisc.eval.report import collect, markdown_table
+
+
+def run(task, init, seed, dice_per_image, frozen=None):
+    def metrics(values):
+        mean = sum(values) / len(values)
+        return {
+            "summary": {"dice": {"mean": mean, "std": 0.0, "n": len(values)}},
+            "per_image": [{"image": f"i{k}", "dice": v} for k, v in enumerate(values)],
+        }
+
+    m = metrics(dice_per_image)
+    if frozen is not None:
+        m["frozen"] = metrics(frozen)
+    return {"task": task, "init": init, "labels": "2", "seed": seed, "metrics": m}
+
+
+def test_cells_are_means_over_seeds_and_images_pooled():
+    results = {
+        "runs": [
+            run("drive", "random", 0, [0.5, 0.7]),  # seed mean 0.6
+            run("drive", "random", 1, [0.8, 0.8]),  # seed mean 0.8
+            run("drive", "ld", 0, [0.9, 0.9], frozen=[0.1, 0.3]),
+        ]
+    }
+    table = collect(results)["dice"]
+    cell = table["random"]["drive (2)"]
+    assert math.isclose(cell["mean"], 0.7) and math.isclose(cell["std"], 0.1)
+    assert math.isclose(cell["image_mean"], 0.7) and cell["n_images"] == 4
+    assert math.isclose(table["ld (frozen)"]["drive (2)"]["mean"], 0.2)
+    text = markdown_table(table)
+    assert "| ld | **0.900 +- 0.000** |" in text
+    assert "| random | 0.700 +- 0.100 |" in text
+    assert list(table) == ["random", "ld (frozen)", "ld"]
+
+
+def test_missing_cells_and_nan_values_show_as_dashes():
+    results = {"runs": [run("drive", "random", 0, [float("nan")]), run("stare", "ld", 0, [0.5])]}
+    text = markdown_table(collect(results)["dice"])
+    assert "| random | - | - |" in text
+    assert "| ld | - | **0.500 +- 0.000** |" in text

@@ -1,0 +1,43 @@
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from localdisc.cli import app
+
+
+def test_quick_benchmark_runs_the_whole_pipeline_and_resumes(tmp_path):
+    """Pre-train a few steps, fine-tune, evaluate and tabulate; missing data is listed."""
+    out = tmp_path / "bench"
+    args = ["benchmark", "transfer", "--quick", "--tasks", "synthetic_fundus,drive",
+            "--data-root", str(tmp_path / "no-data"), "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert {(r["task"], r["init"]) for r in results["runs"]} == {
+        ("synthetic_fundus", "random"),
+        ("synthetic_fundus", "ld"),
+    }
+    assert results["skipped"][0]["task"] == "drive"
+    assert "no-data" in results["skipped"][0]["reason"]
+    assert (out / "pretrain" / "encoder.safetensors").is_file()
+    table = (out / "results.md").read_text()
+    assert "| ld (frozen) |" in table and "**" in table and "## Skipped" in table
+    assert (out / "figures" / "dice_bars.png").is_file()
+    assert (out / "figures" / "predictions.png").is_file()
+    dice = results["table"]["dice"]["ld"]["synthetic_fundus (2)"]
+    assert dice["n_seeds"] == 1 and 0 <= dice["mean"] <= 1
+    # Run again: finished runs are reused, not recomputed.
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("reusing") == 3
+
+
+def test_unknown_task_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "localdisc", "benchmark", "transfer", "--quick", "--tasks",
+         "retina", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "unknown task(s) retina" in proc.stderr
+    assert "Traceback" not in proc.stderr
