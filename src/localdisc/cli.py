@@ -391,3 +391,35 @@ def benchmark_transfer(
     console.print(
         f"{len(results['runs'])} run(s), {len(results['skipped'])} skipped; see [bold]{out}[/]"
     )
+
+
+@benchmark_app.command("localize")
+def benchmark_localize(
+    models: str | None = typer.Option(
+        None, help="Comma-separated LD run folders [--quick: one pre-trained here]."
+    ),
+    tasks: str | None = typer.Option(
+        None, help="Comma-separated: jsrt, drive, synthetic_fundus [default: jsrt,drive]."
+    ),
+    data_root: str | None = typer.Option(
+        None, help="Folder laid out like shared/data (default: $LOCALDISC_DATA)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder (results.json, results.md)."),
+    size: int | None = typer.Option(None, help="Working size (default: each model's own)."),
+    max_test: int | None = typer.Option(None, help="Use only the first N test images."),
+    seeds: int = typer.Option(1, help="Templates: seed 0 the documented one, more are random."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Generated images, tiny model (tests)."),
+) -> None:
+    """One-shot landmark localisation: LD models against template matching."""
+    from localdisc.tasks.benchmark_localize import LocalizeBenchmarkConfig, run_localize_benchmark
+    from localdisc.tasks.benchmark_transfer import default_data_root
+
+    config = LocalizeBenchmarkConfig(
+        models=_csv(models or ""), tasks=_csv(tasks or "") or None,
+        data_root=data_root or default_data_root(), size=size, max_test=max_test, device=device,
+        quick=quick, seeds=seeds,
+    )  # fmt: skip
+    run_localize_benchmark(config, out, log=console.print)
+    console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"see [bold]{out}[/]")

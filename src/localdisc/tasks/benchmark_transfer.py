@@ -19,6 +19,7 @@ from typing import Any
 
 from localdisc.engine.finetune import FinetuneConfig
 from localdisc.errors import LocaldiscError
+from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset
 from localdisc.tasks.transfer import TransferConfig, check_task_data, init_modality, run_transfer
 
 
@@ -107,10 +108,7 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
     if config.quick:
         return replace(
             config, size=64, frozen_epochs=2, epochs=2, max_test=2, device="cpu",
-            pretrain={
-                "data": ["synthetic_fundus:8"], "stage1_steps": 3, "stage2_steps": 3,
-                "batch": 1, "size": 64, "workers": 1, "val_images": 1, **config.pretrain,
-            },
+            pretrain={**QUICK_PRETRAIN, **config.pretrain},
         )  # fmt: skip
     if config.cpu_scale:
         # The issue's CPU-scale comparison: 4 + 4 minutes of LD pre-training at 128 x 128 with 2
@@ -125,25 +123,6 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
             },
         )  # fmt: skip
     return config
-
-
-def _pretrain_ld(config: BenchmarkConfig, run_dir: Path, log: Callable[[str], None]) -> Path:
-    """The init ``ld``: pre-train (or reuse a finished run) with the mode's preset."""
-    from localdisc.engine.pretrain import PretrainConfig, pretrain
-
-    if (run_dir / "encoder.safetensors").is_file():
-        log(f"reusing the LD pre-training in {run_dir}")
-        return run_dir
-    if not config.pretrain:
-        raise LocaldiscError(
-            "the init 'ld' pre-trains with the --quick or --cpu-scale preset; otherwise give an "
-            "LD run directory (from `localdisc pretrain`)"
-        )
-    resume = (run_dir / "config.json").is_file()
-    settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
-    result = pretrain(PretrainConfig(**settings), run_dir, resume=resume, log=log)
-    log(f"LD pre-training: {result.steps} steps, {result.images_per_s:.1f} images/s")
-    return run_dir
 
 
 def init_label(init: str) -> str:
@@ -165,7 +144,8 @@ def run_benchmark(
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     inits = {init_label(i): i for i in config.inits}
     if "ld" in inits:
-        inits["ld"] = str(_pretrain_ld(config, out_dir / "pretrain", log))
+        settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
+        inits["ld"] = str(pretrain_preset(settings, out_dir / "pretrain", log))
 
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []

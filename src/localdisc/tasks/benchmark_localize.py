@@ -1,0 +1,324 @@
+"""``localdisc benchmark localize``: one-shot landmarks, LD against template matching.
+
+Tasks (one template from the training split, every test image):
+
+- ``jsrt``: JSRT radiographs, landmarks derived from the SCR masks as the centroids of the heart,
+  the left lung, the right lung, the left clavicle and the right clavicle. JSRT's pixel spacing
+  is 0.175 mm at 2048 x 2048, so errors are also given in millimetres. Template JPCLN001.
+- ``drive``: the optic-disc centre on the DRIVE test images, from the annotations shipped with
+  localdisc (``data/drive_optic_disc.json``: how they were made is written in the file).
+  Template 21_training. Pixels only.
+- ``synthetic_fundus``: optic disc and fovea of generated fundus images, whose true centres the
+  generator knows. Needs no data.
+
+Rows: each LD model (with its own patch kernel: center-sensitive or uniform), for a
+center-sensitive model also the same model with uniform pooling, and normalised
+cross-correlation template matching with a patch a quarter of the image wide (128 px at 512).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.errors import LocaldiscError
+from localdisc.tasks.localize import (
+    Localizer,
+    Prediction,
+    SearchConfig,
+    landmark_figure,
+    ncc_localize,
+)
+from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset
+from localdisc.tasks.similarity import Point, load_model
+
+#: JSRT pixel spacing at the original 2048 x 2048 (mm).
+JSRT_SPACING_2048 = 0.175
+SCR_LANDMARKS = ("heart", "left_lung", "right_lung", "left_clavicle", "right_clavicle")
+
+
+@dataclass
+class Case:
+    """One image with its true landmarks (x, y pixels) and pixel spacing (mm, if known)."""
+
+    name: str
+    image: np.ndarray
+    landmarks: dict[str, Point]
+    spacing: float | None = None
+
+
+@dataclass
+class LandmarkTask:
+    """A template case and an iterator over the test cases."""
+
+    name: str
+    modality: str
+    template: Case
+    tests: Callable[[], Iterator[Case]]
+    count: int
+
+
+def centroid(mask: np.ndarray) -> Point:
+    """Centre of mass (x, y) of a mask."""
+    from scipy import ndimage
+
+    y, x = ndimage.center_of_mass(mask)
+    return float(x), float(y)
+
+
+def scr_landmarks(masks: dict[str, np.ndarray]) -> dict[str, Point]:
+    """Centroids of the SCR heart, lungs and clavicles: the JSRT landmarks of this benchmark."""
+    return {name: centroid(masks[name]) for name in SCR_LANDMARKS if masks[name].any()}
+
+
+@cache
+def drive_optic_discs() -> dict[str, Point]:
+    """The optic-disc centres shipped with localdisc, by DRIVE image name."""
+    text = resources.files("localdisc.data").joinpath("drive_optic_disc.json").read_text("utf-8")
+    raw = json.loads(text)["landmarks"]
+    return {name: tuple(v["optic_disc"]) for name, v in raw.items()}  # type: ignore[misc]
+
+
+def _template_index(names: list[str], default: str, seed: int) -> int:
+    """Seed 0: the documented template; seed s > 0: a training image drawn with seed s."""
+    if seed == 0:
+        return names.index(default) if default in names else 0
+    return int(np.random.default_rng(seed).integers(len(names)))
+
+
+def _jsrt(root: Path, max_test: int | None, seed: int) -> LandmarkTask:
+    from localdisc.data.datasets import load_dataset
+
+    train = load_dataset("jsrt_scr", root, "train")
+    test = load_dataset("jsrt_scr", root, "test")
+    for target in SCR_LANDMARKS:
+        if target not in train.targets:
+            raise LocaldiscError(f"{root}: no SCR {target} masks for the JSRT landmarks")
+
+    def case(sample: Any) -> Case:
+        spacing = JSRT_SPACING_2048 * 2048 / sample.image.shape[1]
+        return Case(sample.name, sample.image, scr_landmarks(sample.masks), spacing)
+
+    names = [item.name for item in train.items]
+    template = case(train[_template_index(names, "JPCLN001", seed)])
+    n = len(test) if max_test is None else min(max_test, len(test))
+    return LandmarkTask("jsrt", "xray", template, lambda: (case(test[i]) for i in range(n)), n)
+
+
+def _drive(root: Path, max_test: int | None, seed: int) -> LandmarkTask:
+    from localdisc.data.datasets import load_dataset
+
+    discs = drive_optic_discs()
+    train = load_dataset("drive", root, "train")
+    test = load_dataset("drive", root, "test")
+
+    def case(sample: Any) -> Case:
+        return Case(sample.name, sample.image, {"optic_disc": discs[sample.name]})
+
+    names = [item.name for item in train.items]
+    template = case(train[_template_index(names, "21_training", seed)])
+    n = len(test) if max_test is None else min(max_test, len(test))
+    return LandmarkTask("drive", "fundus", template, lambda: (case(test[i]) for i in range(n)), n)
+
+
+def _synthetic(size: int, count: int, seed: int) -> LandmarkTask:
+    from localdisc.data.synthetic import synthetic_fundus
+
+    def case(seed: int) -> Case:
+        s = synthetic_fundus(size, seed=seed)
+        return Case(
+            f"synthetic_{seed:03d}", s.image, {"optic_disc": s.optic_disc, "fovea": s.fovea}
+        )
+
+    tests = lambda: (case(100 + i) for i in range(count))  # noqa: E731
+    return LandmarkTask("synthetic_fundus", "fundus", case(seed), tests, count)
+
+
+@dataclass
+class LocalizeBenchmarkConfig:
+    models: list[str] = field(default_factory=list)  # LD run folders, or "ld" (preset)
+    tasks: list[str] | None = None
+    data_root: str | None = None
+    size: int | None = None  # working size; None: each model's pre-training pool size
+    max_test: int | None = None
+    device: str = "auto"
+    quick: bool = False
+    seeds: int = 1  # seed 0: the documented template; each further seed adds a random template
+
+
+def _task(name: str, config: LocalizeBenchmarkConfig, seed: int) -> LandmarkTask:
+    if name == "synthetic_fundus":
+        return _synthetic(64 if config.quick else 256, 3 if config.quick else 20, seed)
+    if config.data_root is None:
+        raise LocaldiscError("no data root: pass --data-root or set LOCALDISC_DATA")
+    root = Path(config.data_root).expanduser()
+    if name == "jsrt":
+        return _jsrt(root, config.max_test, seed)
+    if name == "drive":
+        return _drive(root / "DRIVE", config.max_test, seed)
+    raise LocaldiscError(f"unknown task {name!r}; known: jsrt, drive, synthetic_fundus")
+
+
+def radial_summary(errors: list[float], spacing: list[float | None]) -> dict[str, float | None]:
+    """Mean, median and std of radial errors in pixels; in mm and within 5 / 10 mm if known."""
+    px = np.asarray(errors, dtype=float)
+    out: dict[str, float | None] = {
+        "n": len(px),
+        "mean_px": float(px.mean()),
+        "median_px": float(np.median(px)),
+        "std_px": float(px.std()),
+    }
+    if spacing and all(s is not None for s in spacing):
+        mm = px * np.asarray(spacing, dtype=float)
+        out.update(
+            mean_mm=float(mm.mean()),
+            median_mm=float(np.median(mm)),
+            std_mm=float(mm.std()),
+            within_5mm=float((mm <= 5).mean()),
+            within_10mm=float((mm <= 10).mean()),
+        )
+    return out
+
+
+def run_localize_benchmark(
+    config: LocalizeBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run every task with data for every method; write results.json, results.md, figures."""
+    from localdisc.engine.distributed import resolve_device
+
+    out_dir = Path(out_dir)
+    device = "cpu" if config.quick else str(resolve_device(config.device))
+    tasks = config.tasks or (["synthetic_fundus"] if config.quick else ["jsrt", "drive"])
+    models = list(config.models) or (["ld"] if config.quick else [])
+    if not models:
+        raise LocaldiscError("give at least one LD run with --models")
+    if "ld" in models:
+        if not config.quick:
+            raise LocaldiscError("the model 'ld' (pre-trained here) is only for --quick")
+        settings = {**QUICK_PRETRAIN, "center_sigma": 0.25, "progress": False, "device": device}
+        models[models.index("ld")] = str(pretrain_preset(settings, out_dir / "pretrain", log))
+
+    results: dict[str, Any] = {"config": asdict(config), "tasks": {}, "skipped": []}
+    for task_name in tasks:
+        errors: dict[str, dict[str, list[float]]] = {}
+        seconds: dict[str, float] = {}
+        spacing: list[float | None] = []
+        templates, count = [], 0
+        try:
+            for seed in range(config.seeds):
+                task = _task(task_name, config, seed)
+                templates.append(task.template.name)
+                methods = _methods(task, models, config, device)
+                for case in task.tests():
+                    count += 1
+                    spacing.append(case.spacing)
+                    found = {}
+                    for method, locate in methods.items():
+                        t0 = time.perf_counter()
+                        found[method] = locate(case.image)
+                        seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
+                        per_landmark = errors.setdefault(method, {})
+                        for name, (x, y) in case.landmarks.items():
+                            p = found[method][name]
+                            per_landmark.setdefault(name, []).append(math.hypot(p.x - x, p.y - y))
+                    if count <= 3:
+                        path = out_dir / "figures" / f"{task_name}_{case.name}.png"
+                        landmark_figure(task.template.image, task.template.landmarks, case.image,
+                                        found, path, truth=case.landmarks)  # fmt: skip
+        except LocaldiscError as exc:
+            if count:  # a failure after some images is an error, not missing data
+                raise
+            log(f"[yellow]skipped {task_name}[/]: {exc}")
+            results["skipped"].append({"task": task_name, "reason": str(exc)})
+            continue
+        results["tasks"][task_name] = {
+            "templates": templates,
+            "test_images": count // config.seeds,
+            "methods": {
+                m: {
+                    "seconds_per_image": seconds[m] / count,
+                    "landmarks": {k: radial_summary(v, spacing) for k, v in errors[m].items()},
+                }
+                for m in errors
+            },
+        }
+        log(f"{task_name}: {count} localisations per method, {len(errors)} methods")
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(out_dir / "results.md", localize_markdown(results))
+    return results
+
+
+def _methods(
+    task: LandmarkTask, models: list[str], config: LocalizeBenchmarkConfig, device: str
+) -> dict[str, Callable[[np.ndarray], dict[str, Prediction]]]:
+    template, landmarks = task.template.image, task.template.landmarks
+    methods: dict[str, Callable[[np.ndarray], dict[str, Prediction]]] = {}
+    for run in models:
+        loaded = load_model(run, device=device)
+        if loaded.model.config.modality != task.modality:
+            continue  # an X-ray model has nothing to say about fundus images
+        search = SearchConfig(size=config.size)
+        label = Path(run).name
+        if loaded.kernel.center_sigma is not None:
+            methods[f"LD {label} (center-sensitive)"] = Localizer(
+                loaded, template, landmarks, search
+            )
+            uniform = replace(search, uniform=True)
+            methods[f"LD {label} (uniform pooling)"] = Localizer(
+                loaded, template, landmarks, uniform
+            )
+        else:
+            methods[f"LD {label}"] = Localizer(loaded, template, landmarks, search)
+    patch = max(8, template.shape[1] // 4)
+    methods[f"NCC template matching ({patch} px patch)"] = lambda image: ncc_localize(
+        template, landmarks, image, patch
+    )
+    return methods
+
+
+def localize_markdown(results: dict[str, Any]) -> str:
+    """One table per task: rows method x landmark; radial errors and rates, time per image."""
+    lines = ["# One-shot landmark localisation", ""]
+    for task_name, task in results["tasks"].items():
+        lines += [
+            f"## {task_name}: template {', '.join(task['templates'])}; "
+            f"{task['test_images']} test images",
+            "",
+            "| method | landmark | mean px | median px | mean mm | median mm | <= 5 mm | "
+            "<= 10 mm | s / image |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for method, m in task["methods"].items():
+            for landmark, s in m["landmarks"].items():
+                mm = "mean_mm" in s
+
+                def f(key: str, pct: bool = False, s: dict = s, mm: bool = mm) -> str:
+                    if key.endswith(("mm", "_5mm", "_10mm")) and not mm:
+                        return "-"
+                    return f"{100 * s[key]:.0f}%" if pct else f"{s[key]:.1f}"
+
+                lines.append(
+                    f"| {method} | {landmark} | {f('mean_px')} | {f('median_px')} | "
+                    f"{f('mean_mm')} | {f('median_mm')} | {f('within_5mm', True)} | "
+                    f"{f('within_10mm', True)} | {m['seconds_per_image']:.2f} |"
+                )
+        lines.append("")
+    if results["tasks"].get("jsrt"):
+        lines += [
+            "JSRT landmarks are the centroids of the SCR heart, left lung, right lung, left "
+            "clavicle and right clavicle masks; millimetres use 0.175 mm per pixel at 2048 x 2048.",
+            "",
+        ]
+    if results["skipped"]:
+        lines += ["## Skipped", ""] + [f"- {s['task']}: {s['reason']}" for s in results["skipped"]]
+    return "\n".join(lines) + "\n"

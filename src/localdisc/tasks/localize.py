@@ -1,0 +1,249 @@
+"""One-shot landmark localisation with LD patch embeddings (TPAMI 2023 Sec. 6; METHOD.md 6).
+
+One template image with named landmark points. Each landmark is described by the patch
+embeddings centred on it (center-sensitive for runs pre-trained with ``--center-sensitive``);
+in a new image the location whose patch embedding is most similar (cosine) is the prediction,
+searched coarse to fine:
+
+1. coarse: over the whole image at 1/``stride`` resolution, the sum of the similarities at the
+   patch scale and at twice it (the larger patch brings context that tells, e.g., the left lung
+   from the right);
+2. fine: at full resolution, in a window of one patch side around the coarse match, the
+   similarity at the patch scale.
+
+The confidence is the fine cosine similarity at the prediction (1: identical embeddings).
+:func:`ncc_localize` is the classical baseline, normalised cross-correlation template matching.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from localdisc.data.preprocess import LUMA
+from localdisc.errors import LocaldiscError
+from localdisc.tasks.similarity import (
+    LoadedModel,
+    PatchKernel,
+    Point,
+    as_image,
+    dense_patch_embeddings,
+    load_model,
+    resized,
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    x: float
+    y: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Coarse-to-fine search settings; ``size`` is the working size (longer side, pixels)."""
+
+    size: int | None = None  # None: the model's pre-training pool size
+    stride: int = 4
+    context: float = 2.0  # the coarse step also compares patches this many times larger
+    uniform: bool = False  # ignore a center-sensitive kernel (uniform pooling, for ablations)
+
+
+def read_landmarks(path: str | Path) -> dict[str, Point]:
+    """``{"name": [x, y], ...}`` (pixels of the template image) from a JSON file."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+        landmarks = {str(k): (float(v[0]), float(v[1])) for k, v in raw.items()}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LocaldiscError(f"{path}: cannot read landmarks ({exc})") from exc
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+        raise LocaldiscError(
+            f'{path}: landmarks must be a JSON object {{"name": [x, y], ...}}'
+        ) from None
+    if not landmarks:
+        raise LocaldiscError(f"{path}: no landmarks")
+    return landmarks
+
+
+class Localizer:
+    """Match a template's landmarks in new images (see the module docstring).
+
+    Args:
+        model: an LD run directory or :func:`~localdisc.tasks.similarity.load_model`'s result.
+        template: the template image (array in [0, 1] or file).
+        landmarks: name -> (x, y) in the template's pixels.
+        config: search settings.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel | str | Path,
+        template: np.ndarray | str | Path,
+        landmarks: dict[str, Point],
+        config: SearchConfig | None = None,
+    ) -> None:
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        self.config = config or SearchConfig()
+        kernel = self.loaded.kernel
+        self.kernel = PatchKernel(kernel.side) if self.config.uniform else kernel
+        self.size = self.config.size or self.loaded.pool_size
+        image = as_image(template)
+        h, w = image.shape[:2]
+        for name, (x, y) in landmarks.items():
+            if not (0 <= x < w and 0 <= y < h):
+                raise LocaldiscError(
+                    f"landmark {name} ({x}, {y}) is outside the {w} x {h} template"
+                )
+        self.landmarks = dict(landmarks)
+        coarse, fine, scale = self._maps(image)
+        self.coarse = {}
+        self.fine = {}
+        s = self.config.stride
+        for name, (x, y) in landmarks.items():
+            xs, ys = x * scale, y * scale
+            yc = min(int(ys / s), coarse.shape[-2] - 1)
+            xc = min(int(xs / s), coarse.shape[-1] - 1)
+            self.coarse[name] = coarse[:, :, yc, xc]  # [2, D]: patch and context scales
+            self.fine[name] = fine[
+                :, min(int(ys), fine.shape[1] - 1), min(int(xs), fine.shape[2] - 1)
+            ]
+
+    def _maps(self, image: np.ndarray) -> tuple[Tensor, Tensor, float]:
+        """Coarse maps ``[2, D, H/s, W/s]`` (patch, context), fine map ``[D, H, W]``, scale."""
+        small, scale = resized(image, self.size)
+        v = self.loaded.model.embed(small)
+        s = self.config.stride
+        vc = F.normalize(F.avg_pool2d(v[None], s, ceil_mode=True)[0], dim=0)
+        coarse = torch.stack(
+            [
+                dense_patch_embeddings(vc, self.kernel, 1 / s),
+                dense_patch_embeddings(vc, self.kernel, self.config.context / s),
+            ]
+        )
+        return coarse, dense_patch_embeddings(v, self.kernel), scale
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray | str | Path) -> dict[str, Prediction]:
+        """Each landmark's predicted (x, y) in the image's own pixels, with a confidence."""
+        image = as_image(image)
+        coarse, fine, scale = self._maps(image)
+        s = self.config.stride
+        radius = self.kernel.side
+        h, w = fine.shape[1:]
+        yy = torch.arange(h, device=fine.device)[:, None]
+        xx = torch.arange(w, device=fine.device)[None, :]
+        out = {}
+        for name in self.landmarks:
+            score = torch.einsum("kd,kdhw->hw", self.coarse[name], coarse)
+            yc, xc = divmod(int(torch.argmax(score)), score.shape[1])
+            cy, cx = yc * s + (s - 1) / 2, xc * s + (s - 1) / 2
+            sim = torch.einsum("d,dhw->hw", self.fine[name], fine)
+            window = ((yy - cy).abs() <= radius) & ((xx - cx).abs() <= radius)
+            sim = torch.where(window, sim, torch.tensor(-2.0, device=sim.device))
+            y, x = divmod(int(torch.argmax(sim)), w)
+            out[name] = Prediction(x / scale, y / scale, float(sim[y, x]))
+        return out
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return image
+    if image.shape[-1] == 1:
+        return image[..., 0]
+    return np.tensordot(image[..., :3], np.asarray(LUMA, np.float32), axes=([2], [0]))
+
+
+def ncc_localize(
+    template: np.ndarray, landmarks: dict[str, Point], image: np.ndarray, patch: int
+) -> dict[str, Prediction]:
+    """Baseline: normalised cross-correlation of the ``patch`` x ``patch`` template patch around
+    each landmark (clipped at the border) with the image (``skimage.feature.match_template``).
+
+    Both images are used at their own sizes; the patch is scaled by the ratio of their widths.
+    """
+    from skimage.feature import match_template
+    from skimage.transform import resize
+
+    t_grey, i_grey = _grey(template), _grey(image)
+    ratio = i_grey.shape[1] / t_grey.shape[1]
+    if ratio != 1:
+        shape = (round(t_grey.shape[0] * ratio), i_grey.shape[1])
+        t_grey = resize(t_grey, shape, order=1, anti_aliasing=ratio < 1)
+    half = max(1, round(patch * ratio) // 2)
+    out = {}
+    for name, (x, y) in landmarks.items():
+        xs, ys = round(x * ratio), round(y * ratio)
+        y0, y1 = max(0, ys - half), min(t_grey.shape[0], ys + half)
+        x0, x1 = max(0, xs - half), min(t_grey.shape[1], xs + half)
+        response = match_template(i_grey, t_grey[y0:y1, x0:x1])
+        r, c = np.unravel_index(int(np.argmax(response)), response.shape)
+        out[name] = Prediction(float(c + xs - x0), float(r + ys - y0), float(response[r, c]))
+    return out
+
+
+def localize_images(
+    model: str | Path,
+    template: str | Path,
+    landmarks: dict[str, Point],
+    images: list[tuple[str, Path]],
+    *,
+    config: SearchConfig | None = None,
+    overlay_dir: Path | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{image name: {landmark: {x, y, confidence}}}`` for the CLI, with optional overlays."""
+    template_image = as_image(template)
+    localizer = Localizer(model, template_image, landmarks, config)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name, path in images:
+        image = as_image(path)
+        found = localizer(image)
+        results[name] = {
+            k: {"x": p.x, "y": p.y, "confidence": p.confidence} for k, p in found.items()
+        }
+        if overlay_dir is not None:
+            landmark_figure(
+                template_image, landmarks, image, {"LD": found}, overlay_dir / f"{name}.png"
+            )
+    return results
+
+
+def landmark_figure(
+    template: np.ndarray,
+    landmarks: dict[str, Point],
+    image: np.ndarray,
+    predictions: dict[str, dict[str, Prediction]],
+    path: str | Path,
+    truth: dict[str, Point] | None = None,
+) -> Path:
+    """Template with its landmarks, and the image with each method's predictions (and truth)."""
+    from localdisc.eval.figures import _plt, _save, _show
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
+    _show(axes[0], template)
+    axes[0].set_title("template", fontsize=9)
+    for name, (x, y) in landmarks.items():
+        axes[0].plot([x], [y], "g+", markersize=12, mew=2)
+        axes[0].annotate(name, (x, y), color="lime", fontsize=7, xytext=(4, 4),
+                         textcoords="offset points")  # fmt: skip
+    _show(axes[1], image)
+    axes[1].set_title("predictions", fontsize=9)
+    markers = ["o", "s", "^", "D"]
+    for i, (method, found) in enumerate(predictions.items()):
+        for name, p in found.items():
+            axes[1].plot([p.x], [p.y], markers[i % 4], mfc="none", markersize=9, mew=1.5,
+                         label=method if name == next(iter(found)) else None)  # fmt: skip
+    if truth:
+        for name, (x, y) in truth.items():
+            axes[1].plot([x], [y], "g+", markersize=12, mew=2,
+                         label="truth" if name == next(iter(truth)) else None)  # fmt: skip
+    axes[1].legend(fontsize=7, loc="lower right")
+    return _save(fig, path)

@@ -1,0 +1,34 @@
+"""LD pre-training runs that benchmarks make themselves (the init or model ``ld``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from localdisc.errors import LocaldiscError
+
+#: A few steps on generated fundus images at 64 x 64: what ``--quick`` benchmarks pre-train.
+QUICK_PRETRAIN: dict[str, Any] = {
+    "data": ["synthetic_fundus:8"], "stage1_steps": 3, "stage2_steps": 3, "batch": 1,
+    "size": 64, "workers": 1, "val_images": 1,
+}  # fmt: skip
+
+
+def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> Path:
+    """Pre-train with ``settings`` (PretrainConfig fields) into ``run_dir``, or reuse a finished
+    run there; an interrupted one is resumed."""
+    from localdisc.engine.pretrain import PretrainConfig, pretrain
+
+    if (run_dir / "encoder.safetensors").is_file():
+        log(f"reusing the LD pre-training in {run_dir}")
+        return run_dir
+    if not settings.get("data"):
+        raise LocaldiscError(
+            "the model 'ld' pre-trains with the --quick or --cpu-scale preset; otherwise give an "
+            "LD run directory (from `localdisc pretrain`)"
+        )
+    resume = (run_dir / "config.json").is_file()
+    result = pretrain(PretrainConfig(**settings), run_dir, resume=resume, log=log)
+    log(f"LD pre-training: {result.steps} steps, {result.images_per_s:.1f} images/s")
+    return run_dir

@@ -1,0 +1,213 @@
+"""How similar are two local regions? Cosine similarity of LD embeddings, pixel or patch level.
+
+LD embeds every pixel on a hypersphere (METHOD.md 1-3); similar tissue gets similar vectors, within
+an image and across images. At ``pixel`` level the map is the cosine similarity of one pixel's
+embedding with every pixel's; at ``patch`` level the embeddings are first pooled over a patch
+around every pixel, as in training (uniform, or Gaussian for center-sensitive runs; TPAMI Sec. 6).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from localdisc.data.io import read_image
+from localdisc.data.preprocess import resize_image
+from localdisc.errors import LocaldiscError
+from localdisc.models.ld import LDModel
+
+#: Points are (x, y) = (column, row) in pixels of the image as given.
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class PatchKernel:
+    """The pooling that makes a patch embedding: a side in pixels and, if center-sensitive, the
+    Gaussian's width as a fraction of the side (``None``: uniform, the published LD)."""
+
+    side: int
+    center_sigma: float | None = None
+
+    def weights(self, scale: float = 1.0) -> Tensor:
+        """1-D weights of the (separable) kernel, for images resized by ``scale``."""
+        side = max(1, round(self.side * scale)) | 1  # odd: centred on a pixel
+        pos = torch.arange(side, dtype=torch.float32) - side // 2
+        if self.center_sigma is None:
+            w = torch.ones(side)
+        else:
+            w = torch.exp(-0.5 * (pos / (self.center_sigma * side)) ** 2)
+        return w / w.sum()
+
+
+@dataclass
+class LoadedModel:
+    """An LD model with the patch kernel of its pre-training (from ``config.json``)."""
+
+    model: LDModel
+    kernel: PatchKernel
+    pool_size: int = 512  # the size pool images had in pre-training: the scale it knows
+    run_dir: Path | None = None
+
+
+def load_model(run_dir: str | Path, *, device: str = "cpu") -> LoadedModel:
+    """Load an LD run and the patch kernel it was trained with (cell side = crop size / 8)."""
+    from localdisc.engine.pretrain import PretrainConfig
+
+    run_dir = Path(run_dir)
+    model = LDModel.from_pretrained(run_dir, device=device)
+    raw = json.loads((run_dir / "config.json").read_text()).get("pretrain")
+    pretrain = PretrainConfig.from_dict(raw) if raw else PretrainConfig()
+    kernel = PatchKernel(max(1, pretrain.size // 8), pretrain.center_sigma)
+    return LoadedModel(model, kernel, pretrain.resolved_pool_size, run_dir)
+
+
+def dense_patch_embeddings(v: Tensor, kernel: PatchKernel, scale: float = 1.0) -> Tensor:
+    """Patch embedding centred on every pixel: ``[D, H, W]`` pixel embeddings pooled with the
+    kernel (a separable depthwise convolution), then L2-normalised."""
+    w = kernel.weights(scale).to(v.device, v.dtype)
+    d, r = v.shape[0], w.numel() // 2
+    x = v[None]
+    x = F.conv2d(x, w.view(1, 1, 1, -1).expand(d, 1, 1, -1), padding=(0, r), groups=d)
+    x = F.conv2d(x, w.view(1, 1, -1, 1).expand(d, 1, -1, 1), padding=(r, 0), groups=d)
+    return F.normalize(x[0], dim=0)
+
+
+def as_image(image: np.ndarray | str | Path) -> np.ndarray:
+    """A raw ``H x W x C`` image in [0, 1] from an array or a file."""
+    if isinstance(image, str | Path):
+        return read_image(image)[0]
+    return np.asarray(image, dtype=np.float32)
+
+
+def resized(image: np.ndarray, size: int | None) -> tuple[np.ndarray, float]:
+    """``image`` with its longer side ``size`` (``None``: as is) and the scale applied."""
+    if size is None:
+        return image, 1.0
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    if scale == 1.0:
+        return image, 1.0
+    return resize_image(image, (round(h * scale), round(w * scale))), scale
+
+
+def embedding_map(loaded: LoadedModel, image: np.ndarray, level: str = "pixel") -> Tensor:
+    """``[D, H, W]`` unit vectors of ``image`` at ``pixel`` or ``patch`` level."""
+    if level not in ("pixel", "patch"):
+        raise LocaldiscError(f"level must be pixel or patch, not {level!r}")
+    v = loaded.model.embed(image)
+    return v if level == "pixel" else dense_patch_embeddings(v, loaded.kernel)
+
+
+@dataclass
+class SimilarityMaps:
+    """``query``: ``[P, H, W]`` maps on the query image, one per point; ``targets``: the same on
+    each target image; ``best``: per target, the (x, y) best match of each point."""
+
+    points: list[Point]
+    query: np.ndarray
+    targets: list[np.ndarray]
+    best: list[list[Point]]
+
+
+def similarity(
+    model: LoadedModel | str | Path,
+    image: np.ndarray | str | Path,
+    points: list[Point],
+    targets: list[np.ndarray | str | Path] | tuple = (),
+    *,
+    level: str = "pixel",
+    size: int | None = None,
+) -> SimilarityMaps:
+    """Cosine-similarity maps of each query point of ``image`` on ``image`` and on ``targets``.
+
+    Args:
+        model: an LD run directory or :func:`load_model`'s result.
+        image: the query image (array in [0, 1] or file).
+        points: query points as (x, y) pixels of ``image``.
+        targets: other images (arrays or files); their maps are at their own sizes.
+        level: ``pixel`` or ``patch`` (see the module docstring).
+        size: resize every image to this longer side first (``None``: own sizes), e.g. the
+            size the model was pre-trained at; maps and points stay in the images' own pixels.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    raw = as_image(image)
+    h, w = raw.shape[:2]
+    for x, y in points:
+        if not (0 <= x < w and 0 <= y < h):
+            raise LocaldiscError(f"query point ({x}, {y}) is outside the {w} x {h} image")
+    small, scale = resized(raw, size)
+    v = embedding_map(loaded, small, level)
+    queries = torch.stack(
+        [v[:, min(int(y * scale), v.shape[1] - 1), min(int(x * scale), v.shape[2] - 1)]
+         for x, y in points]
+    )  # fmt: skip
+
+    def maps(vectors: Tensor, shape: tuple[int, int]) -> Tensor:
+        sim = torch.einsum("pd,dhw->phw", queries, vectors)
+        if sim.shape[-2:] != shape:
+            sim = F.interpolate(sim[None], size=shape, mode="bilinear", align_corners=False)[0]
+        return sim.clamp(-1, 1)
+
+    query_maps = maps(v, (h, w)).cpu().numpy()
+    target_maps, best = [], []
+    for target in targets:
+        t_raw = as_image(target)
+        t_small, _ = resized(t_raw, size)
+        sim = maps(embedding_map(loaded, t_small, level), t_raw.shape[:2]).cpu().numpy()
+        target_maps.append(sim)
+        best.append([_argmax_xy(m) for m in sim])
+    return SimilarityMaps(list(points), query_maps, target_maps, best)
+
+
+def _argmax_xy(sim: np.ndarray) -> Point:
+    y, x = np.unravel_index(int(np.argmax(sim)), sim.shape)
+    return float(x), float(y)
+
+
+def similarity_figure(
+    result: SimilarityMaps,
+    image: np.ndarray,
+    targets: list[np.ndarray],
+    path: str | Path,
+    names: list[str] | None = None,
+) -> Path:
+    """One row per query point: heatmaps over the query image and each target, best match
+    marked (cyan circle), the query as a white cross."""
+    from localdisc.eval.figures import _plt, _save
+
+    plt = _plt()
+    images = [image, *targets]
+    names = names or ["query", *(f"target {i + 1}" for i in range(len(targets)))]
+    rows, cols = len(result.points), len(images)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for p, ((x, y), row) in enumerate(zip(result.points, axes, strict=True)):
+        for j, (ax, im) in enumerate(zip(row, images, strict=True)):
+            sim = result.query[p] if j == 0 else result.targets[j - 1][p]
+            ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray")
+            ax.imshow(sim, cmap="magma", vmin=-1, vmax=1, alpha=0.6)
+            if j == 0:
+                ax.plot([x], [y], "wx", markersize=10, markeredgewidth=2)
+            else:
+                bx, by = result.best[j - 1][p]
+                ax.plot([bx], [by], "o", mfc="none", mec="cyan", markersize=12, mew=2)
+            ax.set_title(f"{names[j]}: point {p + 1}" if rows > 1 else names[j], fontsize=9)
+            ax.set_axis_off()
+    return _save(fig, path)
+
+
+def parse_point(text: str) -> Point:
+    """``"X,Y"`` -> (x, y)."""
+    try:
+        x, y = (float(part) for part in text.split(","))
+    except ValueError:
+        raise LocaldiscError(f"a point is X,Y in pixels (e.g. 120,88), not {text!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise LocaldiscError(f"point {text!r} is not finite")
+    return x, y

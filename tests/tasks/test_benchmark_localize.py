@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from helpers import shared
+from localdisc.cli import app
+from localdisc.tasks.benchmark_localize import (
+    drive_optic_discs,
+    radial_summary,
+    scr_landmarks,
+)
+
+
+def test_quick_benchmark_compares_ld_and_template_matching(tmp_path):
+    out = tmp_path / "loc"
+    result = CliRunner().invoke(
+        app, ["benchmark", "localize", "--quick", "--tasks", "synthetic_fundus,jsrt",
+              "--data-root", str(tmp_path / "none"), "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    methods = results["tasks"]["synthetic_fundus"]["methods"]
+    assert any("center-sensitive" in m for m in methods)
+    assert any("uniform pooling" in m for m in methods)
+    assert any(m.startswith("NCC") for m in methods)
+    for m in methods.values():
+        assert set(m["landmarks"]) == {"optic_disc", "fovea"}
+        assert m["landmarks"]["fovea"]["n"] == 3
+    assert results["skipped"][0]["task"] == "jsrt"
+    assert "| optic_disc |" in (out / "results.md").read_text()
+    assert list((out / "figures").glob("synthetic_fundus_*.png"))
+
+
+def test_radial_summary_by_hand():
+    s = radial_summary([3.0, 4.0, 20.0], [0.5, 0.5, 0.5])
+    assert s["mean_px"] == 9.0 and s["median_px"] == 4.0
+    assert s["mean_mm"] == 4.5 and s["within_5mm"] == 2 / 3 and s["within_10mm"] == 1.0
+    assert "mean_mm" not in radial_summary([1.0], [None])
+
+
+def test_scr_landmarks_are_mask_centroids():
+    masks = {name: np.zeros((10, 10), bool) for name in
+             ("heart", "left_lung", "right_lung", "left_clavicle", "right_clavicle")}  # fmt: skip
+    masks["heart"][2:4, 6:8] = True  # centre (x 6.5, y 2.5)
+    assert scr_landmarks(masks) == {"heart": (6.5, 2.5)}  # empty masks give no landmark
+
+
+def test_drive_optic_discs_cover_every_image_and_jsrt_landmarks_fall_on_organs():
+    discs = drive_optic_discs()
+    assert len(discs) == 40 and all(0 <= x < 565 and 0 <= y < 584 for x, y in discs.values())
+    root = shared("JSRT")
+    from localdisc.data.datasets import load_dataset
+
+    sample = load_dataset("jsrt_scr", root.parent, "train")[0]
+    landmarks = scr_landmarks(sample.masks)
+    assert len(landmarks) == 5
+    x, y = landmarks["heart"]
+    assert sample.masks["heart"][round(y), round(x)]

@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from localdisc.errors import LocaldiscError
+from localdisc.tasks.localize import Localizer, SearchConfig, ncc_localize, read_landmarks
+from localdisc.tasks.similarity import LoadedModel, PatchKernel
+
+
+class Identity(torch.nn.Module):
+    """A stand-in 'model' whose embedding is the normalised image: localisation is then pure
+    pattern matching, so the search can be tested on its own."""
+
+    config = type("C", (), {"modality": "fundus"})()
+
+    def embed(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        return torch.nn.functional.normalize(x, dim=0)
+
+
+def planted(seed: int, at: tuple[int, int], size: int = 96) -> np.ndarray:
+    """A random smooth background with a distinctive pattern planted at (x, y)."""
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size, 3), 0.5, np.float32) + 0.05 * rng.random((size, size, 3))
+    x, y = at
+    image[y - 6 : y + 6, x - 6 : x + 6] = (1.0, 0.0, 0.0)
+    image[y - 3 : y + 3, x - 3 : x + 3] = (0.0, 0.0, 1.0)
+    return image.astype(np.float32)
+
+
+@pytest.mark.parametrize("center_sigma", [None, 0.25])
+def test_coarse_to_fine_search_finds_a_planted_pattern(center_sigma):
+    loaded = LoadedModel(Identity(), PatchKernel(12, center_sigma), 96)  # type: ignore[arg-type]
+    template = planted(0, (30, 40))
+    localizer = Localizer(loaded, template, {"mark": (30, 40)}, SearchConfig(stride=4))
+    for seed, at in ((1, (70, 20)), (2, (15, 80)), (3, (50, 50))):
+        found = localizer(planted(seed, at))["mark"]
+        assert abs(found.x - at[0]) <= 1 and abs(found.y - at[1]) <= 1, (seed, found)
+        assert found.confidence > 0.9
+
+
+def test_predictions_are_in_the_images_own_pixels():
+    loaded = LoadedModel(Identity(), PatchKernel(12), 96)  # type: ignore[arg-type]
+    template = planted(0, (30, 40))
+    localizer = Localizer(loaded, template, {"mark": (30, 40)}, SearchConfig(size=96))
+    big = np.repeat(np.repeat(planted(1, (60, 30)), 2, 0), 2, 1)  # 192 x 192, mark at (120, 60)
+    found = localizer(big)["mark"]
+    assert abs(found.x - 121) <= 3 and abs(found.y - 61) <= 3
+
+
+def test_template_matching_baseline_finds_the_pattern():
+    template = planted(0, (30, 40))
+    found = ncc_localize(template, {"mark": (30, 40)}, planted(1, (70, 20)), patch=24)["mark"]
+    assert (found.x, found.y) == (70, 20)
+    # A template landmark near the border gets a clipped patch and is still found.
+    corner = planted(0, (8, 88))
+    edge = ncc_localize(corner, {"mark": (8, 88)}, planted(2, (50, 50)), patch=40)["mark"]
+    assert (edge.x, edge.y) == (50, 50)
+
+
+def test_landmark_files_and_points_are_checked(tmp_path):
+    path = tmp_path / "l.json"
+    path.write_text(json.dumps({"heart": [10, 20.5]}))
+    assert read_landmarks(path) == {"heart": (10.0, 20.5)}
+    path.write_text(json.dumps(["heart"]))
+    with pytest.raises(LocaldiscError, match="JSON object"):
+        read_landmarks(path)
+    path.write_text("{")
+    with pytest.raises(LocaldiscError, match="cannot read"):
+        read_landmarks(path)
+    loaded = LoadedModel(Identity(), PatchKernel(8), 32)  # type: ignore[arg-type]
+    with pytest.raises(LocaldiscError, match="outside"):
+        Localizer(loaded, planted(0, (30, 40)), {"x": (200, 1)})

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+
+from localdisc.errors import LocaldiscError
+from localdisc.models import LDConfig, LDModel
+from localdisc.tasks.similarity import (
+    LoadedModel,
+    PatchKernel,
+    dense_patch_embeddings,
+    parse_point,
+    similarity,
+)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    torch.manual_seed(0)
+    return LoadedModel(LDModel(LDConfig(dim=8, clusters=4)).eval(), PatchKernel(8), 64)
+
+
+def test_a_point_matches_itself_best_and_identical_images_give_identical_maps(loaded):
+    rng = np.random.default_rng(0)
+    image = rng.random((48, 40, 3)).astype(np.float32)
+    points = [(5.0, 7.0), (30.0, 40.0)]
+    for level in ("pixel", "patch"):
+        result = similarity(loaded, image, points, [image, image.copy()], level=level)
+        assert result.query.shape == (2, 48, 40)
+        for p, (x, y) in enumerate(points):
+            assert result.query[p, int(y), int(x)] == pytest.approx(1.0, abs=1e-5)
+            assert result.query[p].max() <= 1.0
+        np.testing.assert_array_equal(result.targets[0], result.targets[1])
+        np.testing.assert_allclose(result.targets[0], result.query, atol=1e-6)
+
+
+def test_maps_are_at_each_targets_own_size_even_when_resized(loaded):
+    rng = np.random.default_rng(1)
+    image = rng.random((40, 40, 3)).astype(np.float32)
+    target = rng.random((30, 50, 3)).astype(np.float32)
+    result = similarity(loaded, image, [(10, 10)], [target], size=32)
+    assert result.query.shape == (1, 40, 40) and result.targets[0].shape == (1, 30, 50)
+    bx, by = result.best[0][0]
+    assert 0 <= bx < 50 and 0 <= by < 30
+
+
+def test_bad_points_are_refused(loaded):
+    with pytest.raises(LocaldiscError, match="outside"):
+        similarity(loaded, np.zeros((10, 10, 3), np.float32), [(10, 3)])
+    with pytest.raises(LocaldiscError, match="X,Y"):
+        parse_point("12")
+    assert parse_point("12.5,3") == (12.5, 3.0)
+
+
+def test_dense_patch_embeddings_pool_around_every_pixel():
+    v = torch.nn.functional.normalize(torch.randn(4, 20, 20), dim=0)
+    box = dense_patch_embeddings(v, PatchKernel(5))
+    # Away from the border, a box patch is the normalised mean of the 5 x 5 neighbourhood.
+    expected = torch.nn.functional.normalize(v[:, 8:13, 6:11].mean((1, 2)), dim=0)
+    assert torch.allclose(box[:, 10, 8], expected, atol=1e-5)
+    gauss = dense_patch_embeddings(v, PatchKernel(5, 0.25))
+    assert torch.allclose(gauss.norm(dim=0), torch.ones(20, 20), atol=1e-5)
+    assert not torch.allclose(gauss, box)
