@@ -34,3 +34,17 @@ def test_readme_segmenter_tour(tmp_path):
     assert prob.shape == sample.image.shape[:2]
     scores = segmentation_metrics(prob, sample.masks["vessels"], sample.fov, topology=True)
     assert {"dice", "f1", "auc", "accuracy", "sensitivity", "specificity", "cldice"} <= set(scores)
+
+
+def test_readme_similarity_and_localizer_tour(tmp_path):
+    import localdisc
+    from localdisc.data.synthetic import synthetic_fundus
+    from localdisc.models import LDModel
+
+    LDModel(dim=8, clusters=4).save(tmp_path / "run")
+    image, other = synthetic_fundus(64, seed=1), synthetic_fundus(64, seed=2)
+    maps = localdisc.similarity(tmp_path / "run", image.image, [(20, 30)], [other.image])
+    assert maps.query.shape == (1, 64, 64) and len(maps.best[0]) == 1
+    find = localdisc.Localizer(tmp_path / "run", image.image, {"disc": image.optic_disc})
+    found = find(other.image)["disc"]
+    assert 0 <= found.x < 64 and 0 <= found.y < 64 and -1 <= found.confidence <= 1

@@ -225,6 +225,9 @@ def finetune(
     epochs: int = typer.Option(100, help="Epochs of full fine-tuning (or from scratch)."),
     size: int = typer.Option(512, help="Images are resized to SIZE x SIZE (multiple of 16)."),
     batch: int = typer.Option(2),
+    steps_per_epoch: int | None = typer.Option(
+        None, help="Steps per epoch (default: one pass over the labelled images, as published)."
+    ),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     seed: int = typer.Option(0, help="Picks the labelled images and seeds training."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -236,8 +239,9 @@ def finetune(
     if size < 16 or size % 16:
         raise LocaldiscError(f"--size must be a positive multiple of 16, not {size}")
     train = FinetuneConfig(
-        frozen_epochs=frozen_epochs, epochs=epochs, batch=batch, lr=lr, seed=seed, device=device
-    )
+        frozen_epochs=frozen_epochs, epochs=epochs, batch=batch, steps_per_epoch=steps_per_epoch,
+        lr=lr, seed=seed, device=device,
+    )  # fmt: skip
     config = TransferConfig(dataset, target, init, labels, size, train=train)
     metrics = run_transfer(config, out, log=console.print)
     summary = metrics["summary"]
@@ -366,6 +370,9 @@ def benchmark_transfer(
     size: int = typer.Option(512, help="Image size."),
     frozen_epochs: int = typer.Option(100),
     epochs: int = typer.Option(100),
+    steps_per_epoch: int | None = typer.Option(
+        None, help="Steps per epoch (default: one pass over the labelled images)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes, 2 epochs, CPU (tests)."),
     cpu_scale: bool = typer.Option(
@@ -384,7 +391,8 @@ def benchmark_transfer(
     config = BenchmarkConfig(
         inits=_csv(inits or ""), tasks=_csv(tasks or ""), labels=_csv(labels or ""), seeds=seeds,
         data_root=data_root or default_data_root(), size=size, frozen_epochs=frozen_epochs,
-        epochs=epochs, device=device, quick=quick, cpu_scale=cpu_scale,
+        epochs=epochs, steps_per_epoch=steps_per_epoch, device=device, quick=quick,
+        cpu_scale=cpu_scale,
     )  # fmt: skip
     results = run_benchmark(config, out, log=console.print)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
@@ -423,3 +431,30 @@ def benchmark_localize(
     run_localize_benchmark(config, out, log=console.print)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"see [bold]{out}[/]")
+
+
+# --- viewer ------------------------------------------------------------------------------------
+@app.command()
+def view(
+    model: Path = typer.Option(..., "--model", help="An LD run directory."),
+    images: list[Path] = typer.Option(
+        ..., "--images", help="Image files or folders (recursive); repeatable."
+    ),
+    segmenter: Path | None = typer.Option(
+        None, "--segmenter", help="A folder written by `localdisc finetune`: adds its overlay."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (default: this machine)."),
+    port: int = typer.Option(8765, help="Port to listen on (0: any free port)."),
+    size: int | None = typer.Option(
+        None, help="Shrink images to this longer side (default: the model's pool size)."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Explore a model in the browser: clusters, similarity maps, segmentation."""
+    from localdisc.engine.distributed import resolve_device
+    from localdisc.viewer.server import serve
+
+    serve(
+        model, images, segmenter=segmenter, host=host, port=port, size=size,
+        device=str(resolve_device(device)), log=lambda text: console.print(text, markup=False),
+    )  # fmt: skip

@@ -97,3 +97,16 @@ def test_from_scratch_is_one_phase_and_bad_configs_are_refused():
         FinetuneConfig(batch=0)
     with pytest.raises(LocaldiscError, match="nothing to train"):
         finetune(model, data, data, FinetuneConfig(epochs=0, progress=False), pretrained=False)
+
+
+def test_an_epoch_is_one_pass_or_the_asked_number_of_steps():
+    from localdisc.engine.finetune import _epoch_batches
+
+    g = torch.Generator().manual_seed(0)
+    one_pass = _epoch_batches(5, FinetuneConfig(batch=2), g)
+    assert [len(b) for b in one_pass] == [2, 2, 1]
+    assert sorted(torch.cat(one_pass).tolist()) == [0, 1, 2, 3, 4]
+    longer = _epoch_batches(2, FinetuneConfig(batch=2, steps_per_epoch=7), g)
+    assert len(longer) == 7 and all(sorted(b.tolist()) == [0, 1] for b in longer)
+    with pytest.raises(LocaldiscError, match="steps_per_epoch"):
+        FinetuneConfig(steps_per_epoch=0)

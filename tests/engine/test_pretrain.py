@@ -113,3 +113,18 @@ def test_tensorboard_logs_when_installed(tmp_path, pool):
     pytest.importorskip("torch.utils.tensorboard", reason="tensorboard is an optional extra")
     pretrain(tiny_config(stage1_steps=2, stage2_steps=0), tmp_path, pool=pool)
     assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_time_budgets_end_each_stage_and_keep_every_output(tmp_path, pool):
+    messages = []
+    config = tiny_config(stage1_steps=10_000, stage2_steps=10_000, stage1_seconds=0.5,
+                         stage2_seconds=0.5, checkpoint_every=10_000, val_every=10_000)  # fmt: skip
+    result = pretrain(config, tmp_path, pool=pool, log=messages.append)
+    assert 10_000 < result.steps < 20_000  # stage 1 cut short, stage 2 reached and cut short
+    assert sum("time budget" in m for m in messages) == 2
+    for name in ("model.safetensors", "encoder.safetensors", "stage1.safetensors"):
+        assert (tmp_path / name).is_file(), name
+    assert list((tmp_path / "figures").glob("clusters_*.png"))
+    assert list((tmp_path / "checkpoints").glob("step_*"))
+    with pytest.raises(LocaldiscError, match="time budgets must be > 0"):
+        tiny_config(stage1_seconds=0)

@@ -31,6 +31,9 @@ def test_quick_benchmark_runs_the_whole_pipeline_and_resumes(tmp_path):
     # Run again: finished runs are reused, not recomputed.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output.count("reusing") == 3
+    # Other settings in the same folder would mix protocols: refused.
+    changed = CliRunner().invoke(app, [*args, "--steps-per-epoch", "3"])
+    assert changed.exit_code != 0 and "other settings" in str(changed.exception)
 
 
 def test_unknown_task_is_one_line(tmp_path):

@@ -37,6 +37,9 @@ class FinetuneConfig:
     frozen_epochs: int = 100
     epochs: int = 100
     batch: int = 2
+    # Steps per epoch; None: one pass over the training images (the paper's epoch). With 2
+    # labelled images a pass is one step, so 100 epochs are 100 steps: this makes epochs longer.
+    steps_per_epoch: int | None = None
     lr: float = 1e-3
     rotation: float | None = None  # None: the modality's (180 fundus, 30 X-ray)
     flips: bool | None = None  # None: the modality's (fundus yes, X-ray no)
@@ -51,6 +54,8 @@ class FinetuneConfig:
             problems.append("epoch counts must be >= 0")
         if self.batch < 1:
             problems.append("batch must be >= 1")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            problems.append("steps_per_epoch must be >= 1")
         if self.lr <= 0:
             problems.append("lr must be > 0")
         if problems:
@@ -140,6 +145,17 @@ def mean_dice(prob: Tensor, masks: Tensor, threshold: float = 0.5) -> float:
     return dice.mean().item()
 
 
+def _epoch_batches(n: int, config: FinetuneConfig, generator: torch.Generator) -> list[Tensor]:
+    """Index batches of one epoch: a shuffled pass, or ``steps_per_epoch`` batches drawn from
+    consecutive shuffled passes (every image once per pass)."""
+    if config.steps_per_epoch is None:
+        order = torch.randperm(n, generator=generator)
+        return list(order.split(config.batch))
+    need = config.steps_per_epoch * config.batch
+    passes = [torch.randperm(n, generator=generator) for _ in range(-(-need // n))]
+    return list(torch.cat(passes)[:need].split(config.batch))
+
+
 def _phase(
     model: Segmenter,
     name: str,
@@ -173,10 +189,8 @@ def _phase(
         model.train()
         if frozen:  # frozen encoder: its batch-norm statistics stay those of pre-training
             model.encoder.eval()
-        order = torch.randperm(n, generator=generator)
         losses = []
-        for start in range(0, n, config.batch):
-            idx = order[start : start + config.batch]
+        for idx in _epoch_batches(n, config, generator):
             x, y = augment(
                 images[idx].to(device),
                 masks[idx].to(device),

@@ -514,6 +514,11 @@ def pretrain(
         if csv_log:
             csv_log.close()
 
+    if finished:  # ended by a time budget: the outputs a full run ends with
+        checkpoint()
+        if main:
+            write_figures(model, val_pool if val_pool.shape[0] else train_pool[:4],
+                          run_dir / "figures", step, clusters=stage == 2)  # fmt: skip
     finished = finished or step == config.total_steps
     if main and finished:
         model.save(run_dir)

@@ -71,6 +71,7 @@ class BenchmarkConfig:
     frozen_epochs: int = 100
     epochs: int = 100
     batch: int = 2
+    steps_per_epoch: int | None = None  # None: one pass over the labelled images per epoch
     device: str = "auto"
     max_test: int | None = None
     quick: bool = False
@@ -193,15 +194,27 @@ def _run_one(
     run_dir: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        log(f"reusing {metrics_path}")
-        return json.loads(metrics_path.read_text())
     train = FinetuneConfig(
         frozen_epochs=config.frozen_epochs, epochs=config.epochs, batch=config.batch,
-        seed=seed, device=config.device, progress=not config.quick,
+        steps_per_epoch=config.steps_per_epoch, seed=seed, device=config.device,
+        progress=not config.quick,
     )  # fmt: skip
     transfer = TransferConfig(
         spec, task.target, init, labels, config.size, max_test=config.max_test, train=train
     )
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        saved = json.loads((run_dir / "config.json").read_text())["transfer"]
+        if _protocol(saved) != _protocol(asdict(transfer)):
+            raise LocaldiscError(
+                f"{run_dir} holds a finished run with other settings; use another --out"
+            )
+        log(f"reusing {metrics_path}")
+        return json.loads(metrics_path.read_text())
     return run_transfer(transfer, run_dir, log=log)
+
+
+def _protocol(transfer: dict[str, Any]) -> dict[str, Any]:
+    """What defines a run's result (not where or how visibly it ran)."""
+    train = {k: v for k, v in transfer["train"].items() if k not in ("device", "progress")}
+    return {**transfer, "train": train}

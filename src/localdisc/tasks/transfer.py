@@ -63,12 +63,6 @@ class TransferConfig:
     predictions: bool = True  # write probability maps and masks of the test images
     train: FinetuneConfig = field(default_factory=FinetuneConfig)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransferConfig:
-        d = dict(d)
-        d["train"] = FinetuneConfig(**d.get("train", {}))
-        return cls(**d)
-
 
 def labelled_count(labels: str | int | float, available: int) -> int:
     """Resolve ``labels`` (``"all"``, a count ``N`` or a fraction in (0, 1)) to a count."""
