@@ -44,3 +44,10 @@ def test_unknown_task_is_one_line(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and "unknown task(s) retina" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_runs_with_the_same_folder_name_keep_apart():
+    from localdisc.tasks.presets import run_label
+
+    runs = ["random", "/a/pretrain", "/b/pretrain", "/c/ld-xray"]
+    assert [run_label(r, runs) for r in runs] == ["random", "a/pretrain", "b/pretrain", "ld-xray"]

@@ -39,7 +39,7 @@ from localdisc.tasks.localize import (
     landmark_figure,
     ncc_localize,
 )
-from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset
+from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
 from localdisc.tasks.similarity import Point, load_model
 
 #: JSRT pixel spacing at the original 2048 x 2048 (mm).
@@ -268,7 +268,7 @@ def _methods(
         if loaded.model.config.modality != task.modality:
             continue  # an X-ray model has nothing to say about fundus images
         search = SearchConfig(size=config.size)
-        label = Path(run).name
+        label = run_label(run, models)
         if loaded.kernel.center_sigma is not None:
             methods[f"LD {label} (center-sensitive)"] = Localizer(
                 loaded, template, landmarks, search

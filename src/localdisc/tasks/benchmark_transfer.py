@@ -19,7 +19,7 @@ from typing import Any
 
 from localdisc.engine.finetune import FinetuneConfig
 from localdisc.errors import LocaldiscError
-from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset
+from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
 from localdisc.tasks.transfer import TransferConfig, check_task_data, init_modality, run_transfer
 
 
@@ -126,11 +126,6 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
     return config
 
 
-def init_label(init: str) -> str:
-    """The name of an init in tables: ``random``, ``ld`` or the run folder's name."""
-    return init if init in ("random", "ld") else Path(init).name or init
-
-
 def run_benchmark(
     config: BenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -143,7 +138,7 @@ def run_benchmark(
     if unknown:
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     data_root = Path(config.data_root).expanduser() if config.data_root else None
-    inits = {init_label(i): i for i in config.inits}
+    inits = {run_label(i, config.inits): i for i in config.inits}
     if "ld" in inits:
         settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
         inits["ld"] = str(pretrain_preset(settings, out_dir / "pretrain", log))

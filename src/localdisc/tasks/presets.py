@@ -32,3 +32,14 @@ def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str]
     result = pretrain(PretrainConfig(**settings), run_dir, resume=resume, log=log)
     log(f"LD pre-training: {result.steps} steps, {result.images_per_s:.1f} images/s")
     return run_dir
+
+
+def run_label(run: str, runs: list[str]) -> str:
+    """How a run is named in tables: ``random`` and ``ld`` as they are, else the run's folder
+    name, with its parent's when another run has the same folder name."""
+    if run in ("random", "ld"):
+        return run
+    path = Path(run)
+    if sum(Path(r).name == path.name for r in runs) > 1:
+        return f"{path.parent.name}/{path.name}"
+    return path.name or run
