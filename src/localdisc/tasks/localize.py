@@ -108,13 +108,13 @@ class Localizer:
         self.fine = {}
         s = self.config.stride
         for name, (x, y) in landmarks.items():
-            xs, ys = x * scale, y * scale
-            yc = min(int(ys / s), coarse.shape[-2] - 1)
-            xc = min(int(xs / s), coarse.shape[-1] - 1)
+            # Pixel centres sit at integer coordinates: (x + 0.5) * scale - 0.5 maps between sizes.
+            xs, ys = (x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5
+            # Coarse cell c averages pixels c*s .. c*s+s-1: its centre is c*s + (s-1)/2.
+            yc = _index((ys - (s - 1) / 2) / s, coarse.shape[-2])
+            xc = _index((xs - (s - 1) / 2) / s, coarse.shape[-1])
             self.coarse[name] = coarse[:, :, yc, xc]  # [2, D]: patch and context scales
-            self.fine[name] = fine[
-                :, min(int(ys), fine.shape[1] - 1), min(int(xs), fine.shape[2] - 1)
-            ]
+            self.fine[name] = fine[:, _index(ys, fine.shape[1]), _index(xs, fine.shape[2])]
 
     def _maps(self, image: np.ndarray) -> tuple[Tensor, Tensor, float]:
         """Coarse maps ``[2, D, H/s, W/s]`` (patch, context), fine map ``[D, H, W]``, scale."""
@@ -149,8 +149,15 @@ class Localizer:
             window = ((yy - cy).abs() <= radius) & ((xx - cx).abs() <= radius)
             sim = torch.where(window, sim, torch.tensor(-2.0, device=sim.device))
             y, x = divmod(int(torch.argmax(sim)), w)
-            out[name] = Prediction(x / scale, y / scale, float(sim[y, x]))
+            out[name] = Prediction(
+                (x + 0.5) / scale - 0.5, (y + 0.5) / scale - 0.5, float(sim[y, x])
+            )
         return out
+
+
+def _index(coordinate: float, length: int) -> int:
+    """The pixel whose centre is nearest ``coordinate``, inside ``[0, length)``."""
+    return min(max(round(coordinate), 0), length - 1)
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
