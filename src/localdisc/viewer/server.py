@@ -1,0 +1,754 @@
+"""The viewer's state (images, cached embeddings) and its small JSON/PNG HTTP server.
+
+Security model: the server is meant for one user on their own machine. It binds to 127.0.0.1
+by default, answers only GET/HEAD, serves only the images it was started with (addressed by
+integer id, never by a path from the client) and three static files from a fixed list, and
+refuses long URLs (414), request bodies (413) and foreign ``Host`` headers when bound to the
+loopback interface (a DNS-rebinding web page could otherwise read the images).
+
+All coordinates are pixels of the *display* image: the input resized so that its longer side is
+at most ``size`` (default: the model's pre-training pool size, the scale it knows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import re
+import socket
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+import torch
+from PIL import Image
+
+from localdisc.data.io import read_image
+from localdisc.data.preprocess import resize_image
+from localdisc.errors import LocaldiscError
+from localdisc.tasks.similarity import LoadedModel, dense_patch_embeddings
+
+LEVELS = ("pixel", "patch")
+MAX_URL = 2048  # bytes of the request target; every real URL of the page is far shorter
+MAX_BODY = 1024  # only GET is served: no request needs a body
+THUMB = 160  # longer side of thumbnails
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+STATIC = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+# The page loads nothing from elsewhere; inline scripts and foreign origins are refused.
+CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'"
+
+
+class HTTPError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Entry:
+    """One readable image: ``image`` is the display-size float H x W x C array in [0, 1]."""
+
+    id: int
+    name: str
+    path: Path
+    image: np.ndarray
+    original: tuple[int, int]  # (width, height) of the file
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape[0], self.image.shape[1]
+
+
+@dataclass
+class Match:
+    """The similarity of one query pixel on one image."""
+
+    id: int
+    sim: np.ndarray  # H x W cosine similarity in [-1, 1]
+    best: tuple[int, int]  # (x, y) of the maximum
+    max: float
+    min: float
+    mean: float
+
+
+@dataclass
+class QueryResult:
+    """One query's maps on every image (by id) and the shared heatmap colour range."""
+
+    matches: list[Match]
+    low: float  # the median similarity over all images: below it the heatmap is transparent
+    high: float
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """``uint8`` H x W (x 3/4) array -> PNG file content."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float H x W x C in [0, 1] -> uint8 H x W x 3 (grey repeated)."""
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def display_image(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` with its longer side at most ``size``: large images shrink, small ones stay."""
+    h, w = image.shape[:2]
+    if max(h, w) <= size:
+        return np.asarray(image, dtype=np.float32)
+    scale = size / max(h, w)
+    return resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
+def _colormap(name: str) -> np.ndarray:
+    import matplotlib
+
+    return np.round(matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(
+        np.uint8
+    )
+
+
+class Viewer:
+    """Images, model and in-memory caches behind the page.
+
+    Embeddings are computed once per image and level (patch embeddings are pooled from the
+    cached pixel ones) and kept in memory; one lock serialises model calls so that concurrent
+    requests neither duplicate work nor oversubscribe the CPU.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        files: Sequence[tuple[str, str | Path]],
+        *,
+        segmenter: object | None = None,
+        size: int | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.segmenter = segmenter
+        self.size = int(size or loaded.pool_size)
+        if self.size < 16:
+            raise LocaldiscError(f"--size must be at least 16, not {self.size}")
+        self.entries: list[Entry] = []
+        self.errors: list[dict[str, str]] = []
+        for name, path in files:
+            try:
+                raw, _ = read_image(path)
+            except (LocaldiscError, OSError, ValueError, MemoryError) as exc:
+                # A bad file is listed on the page; the others keep working.
+                self.errors.append({"name": name, "file": Path(path).name, "error": _reason(exc)})
+                continue
+            image = display_image(raw, self.size)
+            self.entries.append(
+                Entry(len(self.entries), name, Path(path), image, (raw.shape[1], raw.shape[0]))
+            )
+        self.clusters = loaded.model.config.clusters
+        colours = _cluster_colours(self.clusters)
+        self.colours = np.round(colours * 255).astype(np.uint8)
+        self._magma = _colormap("magma")
+        self._lock = threading.RLock()
+        self._embeddings: dict[tuple[int, str], torch.Tensor] = {}
+        self._labels: dict[int, np.ndarray] = {}
+        self._segmentation: dict[int, np.ndarray] = {}
+        self._png: dict[tuple, bytes] = {}
+        self._queries: OrderedDict[tuple, QueryResult] = OrderedDict()
+        self.working: str | None = None  # what the model computes now, for the progress bar
+        self._stop = threading.Event()
+
+    # --- model outputs, cached ---------------------------------------------------------------
+    def entry(self, image_id: int) -> Entry:
+        if not 0 <= image_id < len(self.entries):
+            raise HTTPError(404, f"no image {image_id}")
+        return self.entries[image_id]
+
+    def embeddings(self, image_id: int, level: str) -> torch.Tensor:
+        """``[D, H, W]`` unit vectors of one image (as ``similarity.embedding_map``)."""
+        key = (image_id, level)
+        cached = self._embeddings.get(key)
+        if cached is not None:
+            return cached
+        with self._lock:
+            if key not in self._embeddings:
+                entry = self.entry(image_id)
+                self.working = f"{level} embeddings of {entry.name}"
+                try:
+                    if level == "pixel":
+                        v = self.loaded.model.embed(entry.image)
+                    else:
+                        pixel = self.embeddings(image_id, "pixel")
+                        v = dense_patch_embeddings(pixel, self.loaded.kernel)
+                    self._embeddings[key] = v.cpu()
+                finally:
+                    self.working = None
+            return self._embeddings[key]
+
+    def labels(self, image_id: int) -> np.ndarray:
+        """H x W arg-max cluster of every pixel."""
+        if image_id not in self._labels:
+            with self._lock:
+                if image_id not in self._labels:
+                    entry = self.entry(image_id)
+                    self.working = f"clusters of {entry.name}"
+                    try:
+                        a = self.loaded.model.cluster(entry.image)
+                        self._labels[image_id] = a.argmax(0).cpu().numpy().astype(np.int32)
+                    finally:
+                        self.working = None
+        return self._labels[image_id]
+
+    def segmentation(self, image_id: int) -> np.ndarray:
+        """H x W foreground probability of the display image (needs a segmenter)."""
+        if self.segmenter is None:
+            raise HTTPError(404, "no segmentation model: start the viewer with --segmenter")
+        if image_id not in self._segmentation:
+            with self._lock:
+                if image_id not in self._segmentation:
+                    entry = self.entry(image_id)
+                    self.working = f"segmentation of {entry.name}"
+                    try:
+                        prob = self.segmenter.predict(entry.image)  # type: ignore[attr-defined]
+                        self._segmentation[image_id] = np.asarray(prob, dtype=np.float32)
+                    finally:
+                        self.working = None
+        return self._segmentation[image_id]
+
+    def query(self, image_id: int, x: int, y: int, level: str) -> QueryResult:
+        """Similarity of pixel (x, y) of an image with every pixel of every image, by image id."""
+        with self._lock:  # the small LRU below is shared between request threads
+            return self._query(image_id, x, y, level)
+
+    def _query(self, image_id: int, x: int, y: int, level: str) -> QueryResult:
+        key = (image_id, x, y, level)
+        if key in self._queries:
+            self._queries.move_to_end(key)
+            return self._queries[key]
+        v = self.embeddings(image_id, level)
+        queries = v[:, y, x][None]
+        matches = []
+        for entry in self.entries:
+            # Same operations as tasks.similarity.similarity, so values agree to rounding.
+            sim = torch.einsum("pd,dhw->phw", queries, self.embeddings(entry.id, level))
+            sim = sim.clamp(-1, 1)[0].numpy()
+            by, bx = np.unravel_index(int(np.argmax(sim)), sim.shape)
+            matches.append(
+                Match(entry.id, sim, (int(bx), int(by)), float(sim.max()), float(sim.min()),
+                      float(sim.mean()))
+            )  # fmt: skip
+        # One colour range for all the query's heatmaps keeps them comparable; starting it at the
+        # median (rather than -1) makes the similar half stand out, since trained embeddings
+        # mostly have cosines well above 0 with each other.
+        sample = np.concatenate([m.sim[::2, ::2].ravel() for m in matches])
+        high = max(m.max for m in matches)
+        low = min(float(np.median(sample)), high - 1e-3)
+        result = QueryResult(matches, low, high)
+        self._queries[key] = result
+        while len(self._queries) > 8:  # a few recent queries: the page asks for their heatmaps
+            self._queries.popitem(last=False)
+        return result
+
+    def progress(self) -> dict:
+        """How many images have each cached output, and what is being computed."""
+        counts = {level: 0 for level in LEVELS}
+        for _, level in list(self._embeddings):
+            counts[level] += 1
+        return {
+            "total": len(self.entries),
+            "embeddings": counts,
+            "clusters": len(self._labels),
+            "working": self.working,
+        }
+
+    def warm_up(self) -> threading.Thread:
+        """Compute pixel embeddings and clusters of every image in a background thread, so that
+        the first click is fast; the page shows the progress."""
+
+        def run() -> None:
+            for entry in self.entries:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.labels(entry.id)
+                    self.embeddings(entry.id, "pixel")
+                except Exception:  # noqa: BLE001 - a request will report it with its message
+                    continue
+
+        thread = threading.Thread(target=run, name="localdisc-viewer-warmup", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- PNG renderings ----------------------------------------------------------------------
+    def _cached_png(self, key: tuple, make: Callable[[], np.ndarray]) -> bytes:
+        if key not in self._png:
+            self._png[key] = png_bytes(make())
+        return self._png[key]
+
+    def image_png(self, image_id: int) -> bytes:
+        entry = self.entry(image_id)
+        return self._cached_png(("image", image_id), lambda: to_uint8(entry.image))
+
+    def thumb_png(self, image_id: int) -> bytes:
+        entry = self.entry(image_id)
+
+        def make() -> np.ndarray:
+            thumb = Image.fromarray(to_uint8(entry.image))
+            thumb.thumbnail((THUMB, THUMB))
+            return np.asarray(thumb)
+
+        return self._cached_png(("thumb", image_id), make)
+
+    def clusters_png(self, image_id: int, hidden: frozenset[int] = frozenset()) -> bytes:
+        """RGBA: the colour of each pixel's cluster, transparent where the cluster is hidden."""
+        labels = self.labels(image_id)
+        alpha = np.full(self.clusters, 255, np.uint8)
+        alpha[list(hidden)] = 0
+        lut = np.concatenate([self.colours, alpha[:, None]], axis=1)
+        return png_bytes(lut[labels])
+
+    def heatmap_png(self, result: QueryResult, target: int) -> bytes:
+        """RGBA: the similarity map in the magma colour map from ``low`` (dark, transparent) to
+        ``high`` (light yellow, opaque), so that the image shows through where it is unlike."""
+        t = np.clip((result.matches[target].sim - result.low) / (result.high - result.low), 0, 1)
+        rgba = np.empty((*t.shape, 4), np.uint8)
+        rgba[..., :3] = self._magma[np.round(t * 255).astype(np.intp)]
+        rgba[..., 3] = np.round(t**1.5 * 255).astype(np.uint8)  # the most similar stand out
+        return png_bytes(rgba)
+
+    def segmentation_png(self, image_id: int) -> bytes:
+        """RGBA overlay: green, as opaque as the foreground is probable."""
+        prob = self.segmentation(image_id)
+        rgba = np.zeros((*prob.shape, 4), np.uint8)
+        rgba[..., 1], rgba[..., 2] = 255, 90
+        rgba[..., 3] = np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
+        return png_bytes(rgba)
+
+    def segmentation_download(self, image_id: int) -> bytes:
+        """Probability x 255 at the file's own size, as ``localdisc predict`` writes it."""
+        entry = self.entry(image_id)
+        prob = self.segmentation(image_id)
+        w, h = entry.original
+        if prob.shape != (h, w):
+            prob = resize_image(prob, (h, w), method="bilinear")
+        return png_bytes(np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8))
+
+    # --- JSON --------------------------------------------------------------------------------
+    def info(self) -> dict:
+        run_dir = self.loaded.run_dir
+        return {
+            "model": run_dir.name if run_dir else "model",
+            "clusters": [
+                {"index": k, "colour": "#{:02x}{:02x}{:02x}".format(*c)}
+                for k, c in enumerate(self.colours.tolist())
+            ],
+            "levels": list(LEVELS),
+            "segmenter": self.segmenter is not None,
+            "size": self.size,
+            "images": [
+                {
+                    "id": e.id,
+                    "name": e.name,
+                    "width": e.shape[1],
+                    "height": e.shape[0],
+                    "original": list(e.original),
+                }
+                for e in self.entries
+            ],  # fmt: skip
+            "errors": self.errors,
+        }
+
+    def similarity_json(self, image_id: int, x: int, y: int, level: str) -> dict:
+        """The query's map on its own image, and on every other image ranked by best match."""
+        result = self.query(image_id, x, y, level)
+        matches = result.matches
+        q = f"image={image_id}&x={x}&y={y}&level={level}"
+
+        def describe(m: Match) -> dict:
+            return {
+                "id": m.id, "name": self.entries[m.id].name, "max": m.max, "min": m.min,
+                "mean": m.mean, "best": list(m.best),
+                "heatmap": f"/api/heatmap/{m.id}.png?{q}", "values": f"/api/simmap/{m.id}.npy?{q}",
+            }  # fmt: skip
+
+        others = sorted((m for m in matches if m.id != image_id), key=lambda m: (-m.max, m.id))
+        return {
+            "query": {"image": image_id, "x": x, "y": y, "level": level},
+            "scale": {"low": result.low, "high": result.high},
+            "self": describe(matches[image_id]),
+            "matches": [describe(m) for m in others],
+        }
+
+
+def _cluster_colours(k: int) -> np.ndarray:
+    from localdisc.eval.figures import cluster_colours
+
+    return cluster_colours(k)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+_ID = r"(\d{1,9})"
+ROUTES: list[tuple[re.Pattern, str]] = [
+    (re.compile(p), name)
+    for p, name in [
+        (r"/", "index"),
+        (r"/static/([A-Za-z0-9_.-]{1,64})", "static"),
+        (r"/api/info", "info"),
+        (r"/api/status", "status"),
+        (rf"/api/image/{_ID}\.png", "image"),
+        (rf"/api/thumb/{_ID}\.png", "thumb"),
+        (rf"/api/clusters/{_ID}\.png", "clusters"),
+        (r"/api/similarity", "similarity"),
+        (rf"/api/heatmap/{_ID}\.png", "heatmap"),
+        (rf"/api/simmap/{_ID}\.npy", "simmap"),
+        (rf"/api/segmentation/{_ID}\.png", "segmentation"),
+        (rf"/api/segmentation/{_ID}/prob\.png", "segmentation_download"),
+    ]
+]
+
+
+def _static_files() -> dict[str, bytes]:
+    folder = resources.files("localdisc.viewer") / "static"
+    return {name: (folder / name).read_bytes() for name in STATIC}
+
+
+class ViewerServer(ThreadingHTTPServer):
+    """A threading HTTP server that carries the :class:`Viewer`."""
+
+    daemon_threads = True
+    request_queue_size = 16
+
+    def __init__(self, address: tuple[str, int], viewer: Viewer, *, quiet: bool = True) -> None:
+        self.viewer = viewer
+        self.quiet = quiet
+        self.static = _static_files()
+        self.loopback = address[0] in LOOPBACK
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, ViewerHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+    def server_close(self) -> None:
+        self.viewer.stop()
+        super().server_close()
+
+
+class ViewerHandler(BaseHTTPRequestHandler):
+    """GET-only routes; every error is a small JSON object."""
+
+    server: ViewerServer
+    server_version = "localdisc-viewer"
+    timeout = 60  # a client that stops sending does not hold a thread for ever
+
+    def version_string(self) -> str:
+        return self.server_version  # no Python version in the Server header
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def _refuse_method(self) -> None:
+        try:
+            self._check_body()
+            raise HTTPError(405, "only GET is served")
+        except HTTPError as exc:
+            self._error(exc.status, exc.message, allow=True)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _check_body(self) -> None:
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            raise HTTPError(413, "request bodies are not accepted")
+        if length is None:
+            return
+        try:
+            n = int(length)
+        except ValueError:
+            raise HTTPError(400, "bad Content-Length") from None
+        if n < 0:
+            raise HTTPError(400, "bad Content-Length")
+        if n > MAX_BODY:
+            raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+        if n:
+            self.rfile.read(n)  # small: read it so that the reply is not cut by a reset
+
+    def _check_host(self) -> None:
+        if not self.server.loopback:
+            return
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.split(":")[0]
+        if host and name not in LOOPBACK:
+            raise HTTPError(400, "unexpected Host header (the viewer answers only localhost)")
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, head: bool = False, **extra: str
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy", CSP)
+        for key, value in extra.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _json(self, data: object, status: int = 200, head: bool = False) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json", head)
+
+    def _error(self, status: int, message: str, allow: bool = False, head: bool = False) -> None:
+        extra = {"Allow": "GET, HEAD"} if allow or status == 405 else {}
+        self.close_connection = True
+        body = json.dumps({"error": message}).encode()
+        with contextlib.suppress(OSError):  # the client may have gone away
+            self._send(status, body, "application/json", head, **extra)
+
+    def _serve(self, head: bool) -> None:
+        try:
+            if len(self.path) > MAX_URL:
+                raise HTTPError(414, f"URL over {MAX_URL} bytes")
+            self._check_body()
+            self._check_host()
+            self._route(head)
+        except HTTPError as exc:
+            self._error(exc.status, exc.message, head=head)
+        except LocaldiscError as exc:
+            self._error(422, str(exc), head=head)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - one failing image must not stop the server
+            self._error(500, f"{type(exc).__name__}: {exc}", head=head)
+
+    def _route(self, head: bool) -> None:
+        parts = urlsplit(self.path)
+        raw = parts.path
+        path = unquote(raw)
+        # Paths are never mapped to files, but refuse traversal outright rather than 404 it.
+        segments = path.split("/")
+        if any(s in ("..", ".") for s in segments) or "\\" in path or "\x00" in path:
+            raise HTTPError(400, "bad path")
+        try:
+            query = parse_qs(parts.query, max_num_fields=16, strict_parsing=False)
+        except ValueError:
+            raise HTTPError(400, "too many query parameters") from None
+        for pattern, name in ROUTES:
+            m = pattern.fullmatch(path)
+            if m:
+                getattr(self, f"_r_{name}")(head, query, *m.groups())
+                return
+        raise HTTPError(404, f"not found: {path[:100]}")
+
+    # --- routes -------------------------------------------------------------------------------
+    @property
+    def viewer(self) -> Viewer:
+        return self.server.viewer
+
+    def _png(self, body: bytes, head: bool, **extra: str) -> None:
+        self._send(200, body, "image/png", head, **extra)
+
+    def _r_index(self, head: bool, query: dict) -> None:
+        self._send(200, self.server.static["index.html"], STATIC["index.html"], head)
+
+    def _r_static(self, head: bool, query: dict, name: str) -> None:
+        if name not in self.server.static:
+            raise HTTPError(404, f"no static file {name}")
+        self._send(200, self.server.static[name], STATIC[name], head)
+
+    def _r_info(self, head: bool, query: dict) -> None:
+        self._json(self.viewer.info(), head=head)
+
+    def _r_status(self, head: bool, query: dict) -> None:
+        self._json(self.viewer.progress(), head=head)
+
+    def _r_image(self, head: bool, query: dict, image_id: str) -> None:
+        self._png(self.viewer.image_png(int(image_id)), head)
+
+    def _r_thumb(self, head: bool, query: dict, image_id: str) -> None:
+        self._png(self.viewer.thumb_png(int(image_id)), head)
+
+    def _r_clusters(self, head: bool, query: dict, image_id: str) -> None:
+        self.viewer.entry(int(image_id))
+        hidden = _int_list(query, "hide", self.viewer.clusters)
+        self._png(self.viewer.clusters_png(int(image_id), hidden), head)
+
+    def _query(self, query: dict) -> tuple[int, int, int, str]:
+        image_id = _int(query, "image")
+        entry = self.viewer.entry(image_id)
+        h, w = entry.shape
+        x, y = _coordinate(query, "x", w), _coordinate(query, "y", h)
+        level = _one(query, "level", "pixel")
+        if level not in LEVELS:
+            raise HTTPError(400, f"level must be pixel or patch, not {level[:20]!r}")
+        return image_id, x, y, level
+
+    def _r_similarity(self, head: bool, query: dict) -> None:
+        self._json(self.viewer.similarity_json(*self._query(query)), head=head)
+
+    def _result(self, query: dict, target: str) -> QueryResult:
+        self.viewer.entry(int(target))
+        return self.viewer.query(*self._query(query))
+
+    def _r_heatmap(self, head: bool, query: dict, target: str) -> None:
+        self._png(self.viewer.heatmap_png(self._result(query, target), int(target)), head)
+
+    def _r_simmap(self, head: bool, query: dict, target: str) -> None:
+        sim = self._result(query, target).matches[int(target)].sim
+        buffer = io.BytesIO()
+        np.save(buffer, sim.astype(np.float32), allow_pickle=False)
+        self._send(200, buffer.getvalue(), "application/octet-stream", head)
+
+    def _r_segmentation(self, head: bool, query: dict, image_id: str) -> None:
+        self._png(self.viewer.segmentation_png(int(image_id)), head)
+
+    def _r_segmentation_download(self, head: bool, query: dict, image_id: str) -> None:
+        entry = self.viewer.entry(int(image_id))
+        body = self.viewer.segmentation_download(int(image_id))
+        filename = re.sub(r"[^A-Za-z0-9_.-]", "_", entry.name)[:100] + "_prob.png"
+        self._png(body, head, Content_Disposition=f'attachment; filename="{filename}"')
+
+
+# --- query values ----------------------------------------------------------------------------
+def _one(query: dict, key: str, default: str | None = None) -> str:
+    values = query.get(key)
+    if not values:
+        if default is None:
+            raise HTTPError(400, f"missing query parameter {key}")
+        return default
+    if len(values) > 1:
+        raise HTTPError(400, f"{key} given more than once")
+    return values[0]
+
+
+def _int(query: dict, key: str) -> int:
+    text = _one(query, key)
+    if not re.fullmatch(r"\d{1,9}", text):
+        raise HTTPError(400, f"{key} must be a non-negative integer")
+    return int(text)
+
+
+def _coordinate(query: dict, key: str, limit: int) -> int:
+    """A pixel coordinate in ``[0, limit)``; fractions are floored, as in ``similarity``."""
+    text = _one(query, key)
+    try:
+        value = float(text[:32])
+    except ValueError:
+        raise HTTPError(400, f"{key} must be a number") from None
+    if not math.isfinite(value) or not 0 <= value < limit:
+        raise HTTPError(400, f"{key} must be in [0, {limit})")
+    return int(value)
+
+
+def _int_list(query: dict, key: str, limit: int) -> frozenset[int]:
+    text = _one(query, key, "")
+    if not text:
+        return frozenset()
+    if not re.fullmatch(r"\d{1,4}(,\d{1,4}){0,255}", text):
+        raise HTTPError(400, f"{key} must be comma-separated cluster numbers")
+    values = frozenset(int(v) for v in text.split(","))
+    if max(values) >= limit:
+        raise HTTPError(400, f"{key}: clusters are 0 to {limit - 1}")
+    return values
+
+
+# --- starting --------------------------------------------------------------------------------
+def host_warning(host: str) -> str | None:
+    """The warning to print when the server is reachable from other machines."""
+    if host in LOOPBACK:
+        return None
+    return (
+        f"warning: listening on {host}: anyone who can reach this machine can view the images "
+        "and the model's outputs (no authentication). Use --host 127.0.0.1 to keep it local."
+    )
+
+
+def create_server(
+    viewer: Viewer,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    log: Callable[[str], object] = print,
+    quiet: bool = True,
+) -> ViewerServer:
+    """Bind the viewer's HTTP server (``port`` 0: a free one); call ``serve_forever`` on it."""
+    warning = host_warning(host)
+    if warning:
+        log(warning)
+    try:
+        return ViewerServer((host, port), viewer, quiet=quiet)
+    except OSError as exc:
+        raise LocaldiscError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def serve(
+    model: str | Path,
+    images: Sequence[str | Path],
+    *,
+    segmenter: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    size: int | None = None,
+    device: str = "cpu",
+    log: Callable[[str], object] = print,
+) -> None:
+    """Load the model and images and serve the viewer until interrupted (Ctrl+C)."""
+    from localdisc.tasks.predict import collect_images
+    from localdisc.tasks.similarity import load_model
+
+    files = collect_images(images)
+    loaded = load_model(model, device=device)
+    seg = None
+    if segmenter is not None:
+        from localdisc.models.segmenter import Segmenter
+
+        seg = Segmenter.from_pretrained(segmenter, device=device)
+    viewer = Viewer(loaded, files, segmenter=seg, size=size)
+    if not viewer.entries:
+        raise LocaldiscError("none of the images could be read: " + "; ".join(
+            f"{e['file']}: {e['error']}" for e in viewer.errors[:3]))  # fmt: skip
+    for error in viewer.errors:
+        log(f"skipped {error['file']}: {error['error']}")
+    server = create_server(viewer, host, port, log=log)
+    viewer.warm_up()
+    log(f"{len(viewer.entries)} image(s) at {viewer.size} px; open {server.url} (Ctrl+C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log("stopped")
+    finally:
+        server.server_close()

@@ -1,0 +1,182 @@
+"""End to end: the viewer's page in headless Chromium shows the model's similarity maps.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and ``pip install selenium`` (the ``test``
+extra; ``.ci/run`` installs the browser); skipped, saying so, where they are missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import localdisc
+from localdisc.data.io import read_image
+from localdisc.data.synthetic import synthetic_fundus
+from localdisc.models import LDConfig, LDModel
+from localdisc.tasks.predict import collect_images
+from localdisc.tasks.similarity import load_model
+from localdisc.viewer.server import Viewer, create_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WAIT = 60  # seconds: generous for a loaded 2-core machine; the page is ready in about one
+
+
+def _driver():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    for path, package in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")]:
+        if not Path(path).is_file():
+            pytest.skip(f"{path} not found: apt-get install chromium chromium-driver ({package})")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1400,900", "--disable-extensions"):  # fmt: skip
+        options.add_argument(flag)
+    # An explicit driver path: Selenium Manager then never tries to download a browser.
+    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    driver = _driver()
+    root = tmp_path_factory.mktemp("viewer-browser")
+    LDModel(LDConfig(dim=8, clusters=4)).save(root / "run")
+    (root / "images").mkdir()
+    for i, size in enumerate([64, 64, 72]):
+        image = np.round(synthetic_fundus(size, seed=i).image * 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"eye{i}.png")
+    (root / "images" / "broken.png").write_bytes(b"not an image at all")
+    loaded = load_model(root / "run")
+    viewer = Viewer(loaded, collect_images([root / "images"]))
+    server = create_server(viewer, port=0, log=lambda _: None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    viewer.warm_up()
+    try:
+        driver.get(server.url)
+        yield {"driver": driver, "root": root, "loaded": loaded}
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
+
+
+def wait_for(driver, script: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(script))
+
+
+def click_image(driver, fx: float, fy: float) -> None:
+    """Click the large image at a fraction of its width and height, as a user would."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    image = driver.find_element(By.ID, "main-image")
+    w, h = image.rect["width"], image.rect["height"]
+    # Selenium measures the offset from the element's centre.
+    ActionChains(driver).move_to_element_with_offset(
+        image, round((fx - 0.5) * w), round((fy - 0.5) * h)
+    ).click().perform()
+
+
+def results(driver) -> dict:
+    """What the page shows: the query it ran and, per card, the values it displays."""
+    return driver.execute_script(
+        """
+        const r = document.getElementById('results');
+        const cards = [...document.querySelectorAll('#matches .match')].map((c) => ({
+          id: Number(c.dataset.imageId), rank: Number(c.dataset.rank), max: Number(c.dataset.max),
+          best: [Number(c.dataset.bestX), Number(c.dataset.bestY)],
+          heatmapLoaded: c.querySelector('img.heatmap').naturalWidth > 0,
+          marker: !!c.querySelector('.marker'),
+        }));
+        return {state: r.dataset.state, image: Number(r.dataset.image), x: Number(r.dataset.x),
+                y: Number(r.dataset.y), level: r.dataset.level, cards};
+        """
+    )
+
+
+def check_against_library(page, shown: dict) -> None:
+    names = ["eye0", "eye1", "eye2"]
+    images = [read_image(page["root"] / "images" / f"{n}.png")[0] for n in names]
+    query = images[shown["image"]]
+    ref = localdisc.similarity(
+        page["loaded"], query, [(shown["x"], shown["y"])], images, level=shown["level"]
+    )
+    cards = shown["cards"]
+    assert [c["id"] for c in cards][0] == shown["image"] and cards[0]["rank"] == 0
+    assert sorted(c["id"] for c in cards) == [0, 1, 2]
+    for card in cards:
+        target = ref.targets[card["id"]][0]
+        assert card["max"] == pytest.approx(float(target.max()), abs=1e-4)
+        assert tuple(card["best"]) == ref.best[card["id"]][0] or card["rank"] == 0
+        assert card["heatmapLoaded"] and card["marker"]
+    others = cards[1:]
+    assert [c["rank"] for c in others] == [1, 2]
+    assert [c["id"] for c in others] == sorted(
+        (c["id"] for c in others), key=lambda i: -ref.targets[i][0].max()
+    )
+
+
+def test_page_lists_images_and_the_unreadable_one(page):
+    driver = page["driver"]
+    wait_for(driver, "return document.body.dataset.ready === 'true'")
+    assert len(driver.find_elements("css selector", "#thumbs .thumb")) == 3
+    bad = driver.find_element("css selector", "#bad-list li")
+    assert "broken.png" in bad.text and len(bad.text) > len("broken.png")
+    assert driver.find_element("id", "bad-images").is_displayed()
+
+
+def test_clicking_a_point_shows_the_models_similarity_maps(page):
+    driver = page["driver"]
+    wait_for(driver, "return document.getElementById('main-image').naturalWidth > 0")
+    click_image(driver, 0.3, 0.6)
+    wait_for(driver, "return document.getElementById('results').dataset.state === 'ready'")
+    shown = results(driver)
+    assert shown["level"] == "pixel" and shown["image"] == 0
+    # The page turned the click into the pixel under the cursor (64 px image).
+    assert abs(shown["x"] - 0.3 * 64) <= 1.5 and abs(shown["y"] - 0.6 * 64) <= 1.5
+    check_against_library(page, shown)
+    # The large view shows the query's heatmap and its point.
+    assert wait_for(
+        driver,
+        "const h = document.getElementById('stage-heatmap');"
+        "return !h.hidden && h.naturalWidth > 0"
+        " && !!document.querySelector('#stage .marker.query')",
+    )
+
+
+def test_patch_level_and_other_image_on_the_large_view(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page["driver"]
+    driver.find_element(By.CSS_SELECTOR, 'input[name="level"][value="patch"]').click()
+    wait_for(
+        driver,
+        "const r = document.getElementById('results');"
+        "return r.dataset.level === 'patch' && r.dataset.state === 'ready'",
+    )
+    check_against_library(page, results(driver))
+    # Open the best-ranked other image large: its heatmap and best-match circle are shown.
+    driver.find_elements(By.CSS_SELECTOR, "#matches .match")[1].click()
+    assert wait_for(driver, "return !!document.querySelector('#stage .marker.best')")
+
+
+def test_cluster_overlay_toggles(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page["driver"]
+    driver.find_element(By.ID, "show-clusters").click()
+    wait_for(driver, "const o = document.getElementById('cluster-overlay');"
+                     "return !o.hidden && o.complete && o.naturalWidth > 0")  # fmt: skip
+    driver.find_element(By.CSS_SELECTOR, '#cluster-legend input[data-cluster="2"]').click()
+    src = wait_for(driver, "const s = document.getElementById('cluster-overlay').src;"
+                           "return s.includes('hide=2') && s")  # fmt: skip
+    assert src.endswith("hide=2")

@@ -1,0 +1,294 @@
+"""The viewer's HTTP server: endpoints, values against ``similarity``, and its security limits."""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from localdisc.data.io import read_image
+from localdisc.data.synthetic import synthetic_fundus
+from localdisc.errors import LocaldiscError
+from localdisc.models import LDConfig, LDModel
+from localdisc.tasks.predict import collect_images
+from localdisc.tasks.similarity import load_model, resized, similarity
+from localdisc.viewer.server import Viewer, create_server, serve
+
+SIZE = 64  # display size: the 96 x 80 image shrinks to 64 x 53, the others stay
+
+
+def write_images(folder: Path) -> None:
+    """Two 64 px photographs, one larger non-square one, and a corrupt file."""
+    folder.mkdir(parents=True)
+    for i, (size, width) in enumerate([(64, 64), (64, 64), (96, 80)]):
+        image = synthetic_fundus(size, seed=i).image[:, :width]
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / f"eye{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+
+
+class FakeSegmenter:
+    """Stands in for a fine-tuned Segmenter: foreground is the left half."""
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        prob = np.zeros(image.shape[:2], np.float32)
+        prob[:, : image.shape[1] // 2] = 0.9
+        return prob
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("viewer")
+    LDModel(LDConfig(dim=8, clusters=4)).save(root / "run")
+    write_images(root / "images")
+    loaded = load_model(root / "run")
+    viewer = Viewer(loaded, collect_images([root / "images"]), segmenter=FakeSegmenter(), size=SIZE)
+    server = create_server(viewer, port=0, log=lambda _: None)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    viewer.warm_up()
+    yield {"root": root, "loaded": loaded, "viewer": viewer, "url": server.url.rstrip("/")}
+    server.shutdown()
+    server.server_close()
+
+
+def get(setup, path: str) -> tuple[int, dict, bytes]:
+    try:
+        with urllib.request.urlopen(setup["url"] + path, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def get_json(setup, path: str) -> tuple[int, dict]:
+    status, headers, body = get(setup, path)
+    assert headers["Content-Type"] == "application/json"
+    return status, json.loads(body)
+
+
+def raw(setup, request: bytes) -> tuple[int, bytes]:
+    """Send bytes as they are (no client-side normalisation of ``..``) and read the answer."""
+    port = int(setup["url"].rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.connect()
+    conn.sock.sendall(request)
+    response = http.client.HTTPResponse(conn.sock)
+    response.begin()
+    body = response.read()
+    conn.close()
+    return response.status, body
+
+
+def png(body: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(body))
+    image.load()
+    return image
+
+
+def display(setup, name: str) -> np.ndarray:
+    """The image as the reference sees it: ``similarity``'s own resize to SIZE."""
+    image = read_image(setup["root"] / "images" / f"{name}.png")[0]
+    return resized(image, SIZE)[0] if max(image.shape[:2]) > SIZE else image
+
+
+def test_info_lists_the_images_and_reports_the_bad_one(setup):
+    status, info = get_json(setup, "/api/info")
+    assert status == 200
+    assert [(i["id"], i["name"]) for i in info["images"]] == [(0, "eye0"), (1, "eye1"), (2, "eye2")]
+    assert info["images"][2].items() >= {"width": 53, "height": 64, "original": [80, 96]}.items()
+    assert len(info["errors"]) == 1
+    error = info["errors"][0]
+    assert error["file"] == "broken.png" and error["error"]
+    assert "/" not in error["file"]  # the page gets names, never server paths
+    assert len(info["clusters"]) == 4 and info["clusters"][0]["colour"].startswith("#")
+    assert info["segmenter"] is True and info["size"] == SIZE
+
+
+def test_page_and_static_files_are_served_with_a_strict_policy(setup):
+    status, headers, body = get(setup, "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"/static/app.js" in body and b"http" not in body.lower().replace(b"http-equiv", b"")
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    for name, kind in [("app.js", "text/javascript"), ("style.css", "text/css")]:
+        status, headers, _ = get(setup, f"/static/{name}")
+        assert status == 200 and headers["Content-Type"].startswith(kind)
+
+
+def test_image_thumbnail_and_cluster_pngs(setup):
+    status, headers, body = get(setup, "/api/image/2.png")
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    image = png(body)
+    assert image.size == (53, 64) and image.mode == "RGB"
+    expected = np.round(display(setup, "eye2") * 255)
+    assert np.abs(np.asarray(image, float) - expected).max() <= 1
+
+    assert png(get(setup, "/api/thumb/0.png")[2]).size == (64, 64)  # never enlarged
+
+    clusters = png(get(setup, "/api/clusters/2.png")[2])
+    assert clusters.size == (53, 64) and clusters.mode == "RGBA"
+    viewer = setup["viewer"]
+    labels = viewer.loaded.model.cluster(display(setup, "eye2")).argmax(0).numpy()
+    np.testing.assert_array_equal(np.asarray(clusters)[..., :3], viewer.colours[labels])
+    hidden = np.asarray(png(get(setup, "/api/clusters/2.png?hide=0,1,2,3")[2]))
+    assert (hidden[..., 3] == 0).all()
+    partly = np.asarray(png(get(setup, "/api/clusters/2.png?hide=1")[2]))
+    np.testing.assert_array_equal(partly[..., 3] == 0, labels == 1)
+
+
+@pytest.mark.parametrize("level", ["pixel", "patch"])
+@pytest.mark.parametrize("image,x,y", [(0, 20, 41), (2, 45, 12)])
+def test_similarity_values_equal_the_library_and_are_ranked(setup, level, image, x, y):
+    names = ["eye0", "eye1", "eye2"]
+    status, data = get_json(setup, f"/api/similarity?image={image}&x={x}&y={y}&level={level}")
+    assert status == 200
+    assert data["query"] == {"image": image, "x": x, "y": y, "level": level}
+    ref = similarity(
+        setup["loaded"], display(setup, names[image]), [(x, y)],
+        [display(setup, n) for n in names], level=level,
+    )  # fmt: skip
+    by_id = {m["id"]: m for m in [data["self"], *data["matches"]]}
+    assert sorted(by_id) == [0, 1, 2] and data["self"]["id"] == image
+    for i, target in enumerate(ref.targets):
+        m = by_id[i]
+        _, headers, body = get(setup, m["values"])
+        values = np.load(io.BytesIO(body), allow_pickle=False)
+        np.testing.assert_allclose(values, target[0], atol=1e-4)
+        assert m["max"] == pytest.approx(float(target[0].max()), abs=1e-4)
+        assert m["min"] == pytest.approx(float(target[0].min()), abs=1e-4)
+        assert tuple(m["best"]) == ref.best[i][0]
+        heat = png(get(setup, m["heatmap"])[2])
+        assert heat.mode == "RGBA" and heat.size == target.shape[:0:-1]
+    assert by_id[image]["max"] == pytest.approx(1.0, abs=1e-5)
+    assert ref.query[0, y, x] == pytest.approx(1.0, abs=1e-5)
+    # The other images, best match first.
+    maxima = [m["max"] for m in data["matches"]]
+    assert maxima == sorted(maxima, reverse=True)
+    expected = sorted((i for i in range(3) if i != image), key=lambda i: -ref.targets[i][0].max())
+    assert [m["id"] for m in data["matches"]] == expected
+    assert data["scale"]["low"] < data["scale"]["high"] <= 1.0
+
+
+def test_progress_counts_the_cached_embeddings(setup):
+    get_json(setup, "/api/similarity?image=0&x=1&y=1&level=patch")
+    _, status = get_json(setup, "/api/status")
+    assert status["total"] == 3
+    assert status["embeddings"] == {"pixel": 3, "patch": 3}
+
+
+def test_segmentation_overlay_and_download(setup):
+    overlay = np.asarray(png(get(setup, "/api/segmentation/2.png")[2]))
+    assert overlay.shape == (64, 53, 4)
+    assert overlay[:, :26, 3].min() > 200 and overlay[:, 27:, 3].max() == 0
+    status, headers, body = get(setup, "/api/segmentation/2/prob.png")
+    assert status == 200 and 'filename="eye2_prob.png"' in headers["Content-Disposition"]
+    prob = png(body)
+    assert prob.size == (80, 96) and prob.mode == "L"  # the file's own size
+
+
+def test_unknown_ids_are_404_and_bad_values_400(setup):
+    for path in [
+        "/api/image/3.png", "/api/thumb/99.png", "/api/clusters/7.png",
+        "/api/similarity?image=5&x=1&y=1", "/api/heatmap/9.png?image=0&x=1&y=1",
+        "/api/nothing", "/api/image/-1.png", "/static/secret.txt",
+    ]:  # fmt: skip
+        status, data = get_json(setup, path)
+        assert status == 404, path
+        assert data["error"]
+    for query in [
+        "image=0&x=64&y=1", "image=0&x=-1&y=1", "image=0&x=nan&y=1", "image=0&x=1&y=inf",
+        "image=0&x=a&y=1", "image=zero&x=1&y=1", "image=0&x=1", "image=0&x=1&y=1&level=voxel",
+        "image=0&image=1&x=1&y=1", "image=2&x=53&y=0",
+    ]:  # fmt: skip
+        status, data = get_json(setup, f"/api/similarity?{query}")
+        assert status == 400, query
+        assert data["error"]
+    assert get_json(setup, "/api/clusters/0.png?hide=4")[0] == 400
+    assert get_json(setup, "/api/clusters/0.png?hide=a")[0] == 400
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/etc/passwd",
+        "/static/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+        "/static/..%2f..%2fpyproject.toml",
+        "/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/static/..%5c..%5cserver.py",
+        "/static/%252e%252e/%252e%252e/etc/passwd",
+        "/api/image/..%2f0.png",
+        "//etc/passwd",
+        "/static/./app.js",
+    ],
+)
+def test_no_path_traversal(setup, path):
+    status, body = raw(setup, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    assert status in (400, 404)
+    assert b"root:" not in body and b"[project]" not in body and b"import" not in body
+
+
+def test_oversized_requests_are_refused(setup):
+    assert get_json(setup, "/api/info?" + "a" * 5000)[0] == 414
+    status, _ = raw(setup, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert status == 414  # the standard library's own line limit
+    status, body = raw(
+        setup, b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    assert status == 413 and json.loads(body)["error"]
+    assert (
+        raw(setup, b"POST /api/info HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n")[0] == 413
+    )
+    status, _ = raw(
+        setup, b"POST /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    assert status == 405
+    chunked = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert raw(setup, chunked)[0] == 413
+
+
+def test_foreign_host_header_is_refused_on_loopback(setup):
+    # A DNS-rebinding page would reach 127.0.0.1 under its own host name.
+    status, _ = raw(setup, b"GET /api/info HTTP/1.1\r\nHost: evil.example:8765\r\n\r\n")
+    assert status == 400
+    for host in (b"localhost:1", b"127.0.0.1", b"[::1]:8765"):
+        assert raw(setup, b"GET /api/info HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")[0] == 200
+
+
+def test_binds_to_localhost_by_default_and_warns_otherwise(setup, monkeypatch):
+    for function in (create_server, serve):
+        assert inspect.signature(function).parameters["host"].default == "127.0.0.1"
+    messages: list[str] = []
+    server = create_server(setup["viewer"], port=0, log=messages.append)
+    assert server.server_address[0] == "127.0.0.1" and messages == []
+    server.server_close()
+    server = create_server(setup["viewer"], host="0.0.0.0", port=0, log=messages.append)
+    server.server_close()
+    assert len(messages) == 1 and "warning" in messages[0] and "0.0.0.0" in messages[0]
+
+    # The command line passes the same default on.
+    from typer.testing import CliRunner
+
+    import localdisc.viewer.server as server_module
+    from localdisc.cli import app
+
+    seen: dict = {}
+    monkeypatch.setattr(server_module, "serve", lambda *a, **k: seen.update(k, args=a))
+    root = setup["root"]
+    args = ["view", "--model", str(root / "run"), "--images", str(root / "images")]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8765 and seen["size"] is None
+
+
+def test_serve_refuses_when_no_image_is_readable(setup):
+    with pytest.raises(LocaldiscError, match="none of the images"):
+        serve(setup["root"] / "run", [setup["root"] / "images" / "broken.png"], port=0)
