@@ -73,3 +73,28 @@ def test_landmark_files_and_points_are_checked(tmp_path):
     loaded = LoadedModel(Identity(), PatchKernel(8), 32)  # type: ignore[arg-type]
     with pytest.raises(LocaldiscError, match="outside"):
         Localizer(loaded, planted(0, (30, 40)), {"x": (200, 1)})
+
+
+def test_localize_cli_writes_predictions_and_overlays(tmp_path):
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+    from localdisc.models import LDConfig, LDModel
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    save(tmp_path / "t.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    for i, at in enumerate(((70, 20), (15, 80))):
+        save(tmp_path / "new" / f"n{i}.png", (planted(i + 1, at) * 255).astype(np.uint8))
+    (tmp_path / "t.json").write_text(json.dumps({"mark": [30, 40], "corner": [5, 5]}))
+    args = ["localize", "--model", str(tmp_path / "run"), "--template", str(tmp_path / "t.png"),
+            "--landmarks", str(tmp_path / "t.json"), "--images", str(tmp_path / "new"),
+            "--out", str(tmp_path / "p.json"), "--overlay", str(tmp_path / "ov"),
+            "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    predictions = json.loads((tmp_path / "p.json").read_text())
+    assert set(predictions) == {"n0", "n1"}
+    assert set(predictions["n0"]) == {"mark", "corner"}
+    assert {"x", "y", "confidence"} == set(predictions["n0"]["mark"])
+    assert (tmp_path / "ov" / "n0.png").is_file()

@@ -60,3 +60,22 @@ def test_dense_patch_embeddings_pool_around_every_pixel():
     gauss = dense_patch_embeddings(v, PatchKernel(5, 0.25))
     assert torch.allclose(gauss.norm(dim=0), torch.ones(20, 20), atol=1e-5)
     assert not torch.allclose(gauss, box)
+
+
+def test_similarity_cli_writes_the_figure_and_prints_best_matches(tmp_path):
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        save(tmp_path / name, (rng.random((40, 48, 3)) * 255).astype(np.uint8))
+    args = ["similarity", "--model", str(tmp_path / "run"), "--image", str(tmp_path / "a.png"),
+            "--point", "10,20", "--point", "30,5", "--targets", str(tmp_path / "b.png"),
+            "--level", "patch", "--out", str(tmp_path / "sim.png"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sim.png").stat().st_size > 5_000
+    assert result.output.count("best match b.png") == 2
