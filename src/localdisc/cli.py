@@ -123,10 +123,24 @@ def _print_inspection(report: dict) -> None:
 
 def main() -> None:
     """Entry point: known errors become one red line and exit code 2, not a traceback."""
+    import errno
+
     try:
         app()
     except LocaldiscError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as exc:
+        # A full disk can also strike a log row or a figure, outside the checkpoint writers.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(
+            f"[bold red]error:[/] {where}disk full ({exc.strerror}); checkpoints already "
+            "written are intact. Free some space and run again (--resume continues).",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(2)
 
 

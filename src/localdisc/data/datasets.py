@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -86,14 +87,22 @@ def image_stem(path: str | Path) -> str:
     return Path(name).stem
 
 
+def _key(name: str) -> str:
+    """Matching key of a file name or stem: lower case and in Unicode normal form NFC, so that
+    a name stored decomposed (NFD, as macOS writes it) matches the same name typed elsewhere."""
+    return unicodedata.normalize("NFC", name).lower()
+
+
 def _index(folder: Path) -> dict[str, Path]:
-    """Image files directly in ``folder`` keyed by lower-case stem; first in sorted order wins."""
+    """Image files directly in ``folder`` keyed by :func:`_key` of the stem; first in sorted
+    order wins. Hidden files are skipped (macOS leaves ``._21_training.tif`` beside each file
+    on FAT drives and in zips; they are not images)."""
     out: dict[str, Path] = {}
     if not folder.is_dir():
         return out
     for path in sorted(folder.iterdir()):
-        if path.is_file() and is_image_file(path):
-            out.setdefault(image_stem(path).lower(), path)
+        if not path.name.startswith(".") and path.is_file() and is_image_file(path):
+            out.setdefault(_key(image_stem(path)), path)
     return out
 
 
@@ -709,7 +718,8 @@ class FolderDataset(SegmentationDataset):
     give the target ``mask``: each image needs a mask with the same relative path and stem
     (any image suffix; a unique equal stem anywhere in the mask folder also matches). Without a
     mask folder the set is unlabelled. Images are found recursively. The FOV is derived from the
-    image; the modality is guessed from the first readable image (grey: ``xray``) unless given.
+    image; the modality is guessed from the first readable image (grey: ``xray``; blank RGB
+    images are passed over) unless given.
     """
 
     name = "folder"
@@ -752,14 +762,14 @@ class FolderDataset(SegmentationDataset):
                     continue
                 path = Path(dirpath) / f
                 rel = path.parent.relative_to(self.mask_dir) / image_stem(path)
-                by_rel.setdefault(rel.as_posix().lower(), path)
-                by_stem.setdefault(image_stem(path).lower(), []).append(path)
+                by_rel.setdefault(_key(rel.as_posix()), path)
+                by_stem.setdefault(_key(image_stem(path)), []).append(path)
         items: list[Item] = []
         for image in images:
-            rel = (image.parent.relative_to(image_dir) / image_stem(image)).as_posix().lower()
+            rel = _key((image.parent.relative_to(image_dir) / image_stem(image)).as_posix())
             mask = by_rel.get(rel)
-            if mask is None and len(by_stem.get(image_stem(image).lower(), [])) == 1:
-                mask = by_stem[image_stem(image).lower()][0]
+            if mask is None and len(by_stem.get(_key(image_stem(image)), [])) == 1:
+                mask = by_stem[_key(image_stem(image))][0]
             if mask is None:
                 self._problem(image, f"no mask with the same file stem in {self.mask_dir}")
                 continue
@@ -787,6 +797,8 @@ class FolderDataset(SegmentationDataset):
                 continue  # the bad file is reported when it is read
             if image.shape[2] == 1:
                 return "xray"
+            if image.max() == image.min():
+                continue  # a blank RGB image (all black, say) shows no colour either way
             spread = np.abs(image[:, :, :3] - image[:, :, :3].mean(axis=2, keepdims=True))
             return "xray" if float(spread.mean()) < 2 / 255 else "fundus"
         return "fundus"

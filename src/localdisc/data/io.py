@@ -374,10 +374,13 @@ def _pil_settings(
 
 
 def _pil_load(im: Image.Image) -> None:
-    # Hold the lock only in the rare case someone enabled truncated loading, so that decoding
-    # in threads stays parallel otherwise.
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        with _pil_settings(strict_truncation=True):
+    # Some plugins (TIFF) check Pillow's bomb limit again when loading; our own limit has been
+    # checked already. Hold the lock only in these rare cases, and when someone enabled
+    # truncated loading, so that decoding in threads stays parallel otherwise.
+    width, height = im.size
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if ImageFile.LOAD_TRUNCATED_IMAGES or (pil_limit is not None and width * height > pil_limit):
+        with _pil_settings(no_pixel_limit=True, strict_truncation=True):
             im.load()
     else:
         im.load()
@@ -511,13 +514,16 @@ def _decode_netpbm16(
     _check_pixels(path, width, height, limit)
     channels = 1 if magic == b"P5" else 3
     count = width * height * channels
-    source.seek(offset)
-    data = source.read(2 * count)
-    if len(data) < 2 * count:
+    # Check the length first: read(n) allocates n bytes even when the file holds fewer.
+    available = source.seek(0, os.SEEK_END) - offset
+    if available < 2 * count:
         raise ImageReadError(
             path,
-            f"truncated: {width}x{height} needs {2 * count} bytes of samples, found {len(data)}",
+            f"truncated: {width}x{height} needs {2 * count} bytes of samples, "
+            f"found {max(available, 0)}",
         )
+    source.seek(offset)
+    data = source.read(2 * count)
     pixels = np.frombuffer(data, dtype=">u2").reshape(height, width, channels)
     top = int(pixels.max())
     if top > maxval:
@@ -549,8 +555,16 @@ def _decode_gzip_netpbm(path: Path, head: bytes, limit: int) -> _Decoded:
         else:
             needed = samples * (1 if maxval < 256 else 2)
         budget = offset + needed + _GZ_SLACK
-        rest = gz.read(max(budget - len(start), 0) + 1)
-    data = start + rest
+        # In chunks: read(n) allocates n bytes up front, however little the stream holds.
+        chunks = [start]
+        left = max(budget - len(start), 0) + 1
+        while left > 0:
+            chunk = gz.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    data = b"".join(chunks)
     if len(data) > budget:
         raise ImageReadError(
             path, f"gzip content is larger than the {budget:,} bytes a {width}x{height} image needs"
@@ -595,14 +609,30 @@ def _decode_tifffile(path: Path, limit: int) -> _Decoded:
             raise _TiffUnsupported("first page is not a plain image page")
         height, width = int(page.imagelength), int(page.imagewidth)
         _check_pixels(path, width, height, limit)
+        # tifffile allocates what the header claims before reading it, so a corrupt byte count
+        # or size in a tiny file would cost gigabytes: check the claims against the file first.
+        size = tf.filehandle.size
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+            if offset + count > size:
+                raise ImageReadError(
+                    path,
+                    f"truncated or corrupt: image data at bytes {offset:,} to {offset + count:,} "
+                    f"lie beyond the end of the file ({size:,} bytes)",
+                )
+        bits, spp = int(page.bitspersample), int(page.samplesperpixel)
+        raw = (width * bits + 7) // 8 * height * spp
+        if int(page.compression) == 1 and raw > size:
+            raise ImageReadError(
+                path,
+                f"truncated: an uncompressed {width}x{height} image needs {raw:,} bytes, "
+                f"the file has {size:,}",
+            )
         photometric = int(page.photometric)
         # 0 MINISWHITE, 1 MINISBLACK, 2 RGB; palette, CMYK, YCbCr ... go to Pillow.
         if photometric not in (0, 1, 2) or page.imagedepth > 1:
             raise _TiffUnsupported(f"photometric {photometric}")
         pixels = page.asarray()
         axes = page.axes
-        bits = int(page.bitspersample)
-        spp = int(page.samplesperpixel)
 
     if axes == "SYX":
         pixels = np.moveaxis(pixels, 0, -1)
@@ -732,7 +762,8 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
 
     has_preamble = head[128:132] == b"DICM"
-    ds = pydicom.dcmread(path, force=not has_preamble)
+    with _ClampedReader(path) as f:
+        ds = pydicom.dcmread(f, force=not has_preamble)
     if "PixelData" not in ds:
         raise ImageReadError(path, "no pixel data (not a DICOM image, or float pixel data)")
     for tag in ("Rows", "Columns", "BitsStored", "PhotometricInterpretation"):
@@ -774,6 +805,25 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     out = np.clip(out, 0.0, 1.0)
     meta = ImageMeta(path, "dicom", bits, height, width, spp)
     return _Decoded(np.ascontiguousarray(out, dtype=np.float32), 1.0, meta)
+
+
+class _ClampedReader(io.BufferedReader):
+    """A binary file whose ``read(n)`` never asks for more than what is left in the file.
+
+    Python allocates ``n`` bytes before reading, so a corrupt DICOM length field claiming
+    gigabytes would make pydicom allocate gigabytes for a file of a few hundred bytes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is not None and n > 0:
+            n = min(n, max(self._size - self.tell(), 0))
+            if n == 0:
+                return b""
+        return super().read(n)
 
 
 def _dicom_voi(ds: Any, values: np.ndarray, apply_voi: Any) -> np.ndarray:

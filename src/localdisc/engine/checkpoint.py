@@ -5,10 +5,15 @@ A checkpoint is a folder ``checkpoints/step_00001000/`` holding ``model.safetens
 states, optimizer hyper-parameters and the SHA-256 of each tensor file). It is written into a
 temporary folder and renamed into place, so a crash never leaves a half-written checkpoint under
 its final name; a corrupt one is detected by its checksums and skipped on resume.
+
+A full disk (or exhausted quota) while writing raises :class:`DiskFullError` naming the file;
+the temporary file or folder is removed and whatever was there before (the previous
+checkpoint, the previous version of the file) is left intact.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,11 +24,39 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save
 
 from localdisc.errors import CheckpointError
 
 CHECKPOINT_PREFIX = "step_"
+
+_DISK_FULL = {
+    errno.ENOSPC: "disk full (no space left on device)",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+class DiskFullError(CheckpointError):
+    """An output could not be written because the disk (or the user's quota) is full."""
+
+
+def _disk_full(path: Path, exc: BaseException, kept: str) -> DiskFullError | None:
+    """The error to raise for ``exc`` if it means "disk full", else None."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return DiskFullError(
+            f"{path}: cannot write: {_DISK_FULL[exc.errno]}; {kept}. "
+            "Free some space (or write elsewhere) and run again"
+        )
+    return None
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and fsync a new file (inside a temporary folder: no atomicity needed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -42,16 +75,26 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    kept = "the previous version of the file, if any, is unchanged"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        full = _disk_full(path, exc, kept)
+        if full is None:
+            raise
+        raise full from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        full = _disk_full(path, exc, kept)
+        if full is not None:
+            raise full from exc
         raise
     _fsync_dir(path.parent)
 
@@ -156,28 +199,41 @@ def save_checkpoint(
         state: JSON-serialisable training state; checksums are added to it.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
-    for stale in checkpoint_dir.glob(".tmp-*"):  # left by a process killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=checkpoint_dir, prefix=".tmp-"))
+    kept = f"earlier checkpoints in {checkpoint_dir}, if any, are intact"
+    try:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for stale in checkpoint_dir.glob(".tmp-*"):  # left by a process killed mid-write
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=checkpoint_dir, prefix=".tmp-"))
+    except OSError as exc:
+        full = _disk_full(final, exc, kept)
+        if full is None:
+            raise
+        raise full from exc
+    writing = final  # named in a disk-full error: the file as it would be called when done
     try:
         checksums = {}
         for stem, group in tensors.items():
-            path = tmp / f"{stem}.safetensors"
-            save_file(_contiguous(group), str(path))
-            checksums[path.name] = sha256(path)
+            writing = final / f"{stem}.safetensors"
+            # Serialised here and written by Python: safetensors' own save_file reports a full
+            # disk as a SafetensorError without an errno.
+            data = save(_contiguous(group))
+            _write_file(tmp / writing.name, data)
+            checksums[writing.name] = hashlib.sha256(data).hexdigest()
         state = {**state, "step": step, "checksums": checksums}
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        writing = final / "state.json"
+        _write_file(tmp / writing.name, json.dumps(state, indent=1).encode())
+        writing = final
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        full = _disk_full(writing, exc, kept)
+        if full is None:
+            raise
+        raise full from exc
     _fsync_dir(checkpoint_dir)
     for old in list_checkpoints(checkpoint_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

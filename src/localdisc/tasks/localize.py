@@ -197,7 +197,7 @@ def ncc_localize(
 
 
 def localize_images(
-    model: str | Path,
+    model: LoadedModel | str | Path,
     template: str | Path,
     landmarks: dict[str, Point],
     images: list[tuple[str, Path]],
