@@ -32,6 +32,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from helpers import tiny_pretrain_config
 from localdisc.engine.checkpoint import (
     DiskFullError,
     atomic_save_safetensors,
@@ -228,16 +229,6 @@ def test_quota_and_other_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 # ----------------------------------------------------------------------------- training
 
 
-def tiny_config(**overrides: Any) -> Any:
-    from localdisc.engine.pretrain import PretrainConfig
-
-    kw = dict(data=["-"], stage1_steps=3, stage2_steps=3, batch=1, size=32, pool_size=48,
-              clusters=4, dim=8, checkpoint_every=2, val_every=3, figure_every=100, log_every=1,
-              val_images=2, device="cpu", progress=False, seed=3)  # fmt: skip
-    kw.update(overrides)
-    return PretrainConfig(**kw)
-
-
 @pytest.fixture(scope="module")
 def pool() -> torch.Tensor:
     from localdisc.data.pool import synthetic_pool
@@ -272,7 +263,7 @@ def test_pretrain_checkpoint_on_a_full_disk(
     _after_first_checkpoint(monkeypatch, fill)
     run = tmp_path / "run"
     with pytest.raises(DiskFullError) as info:
-        pretrain(tiny_config(checkpoint_every=1), run, pool=pool)
+        pretrain(tiny_pretrain_config(checkpoint_every=1), run, pool=pool)
     _check_disk_full_error(info.value, run / "checkpoints" / "step_00000002" / "model.safetensors")
     assert disk.faults == 1
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000001"]
@@ -386,7 +377,7 @@ def test_real_full_disk_during_pretrain_then_resume(
     from localdisc.engine.pretrain import pretrain
     from localdisc.models.ld import LDConfig, LDModel
 
-    config = tiny_config(checkpoint_every=1)
+    config = tiny_pretrain_config(checkpoint_every=1)
     model = LDModel(LDConfig(config.modality, config.width, config.dim, config.clusters))
     weights = len(save(model.state_dict()))
     # Room for the step-1 checkpoint (weights and Adam's two moments), not for step 2's.

@@ -4,17 +4,10 @@ import json
 import pytest
 import torch
 
+from helpers import tiny_pretrain_config
 from localdisc.engine.checkpoint import load_safetensors
 from localdisc.engine.pretrain import PretrainConfig, pretrain
 from localdisc.errors import CheckpointError, LocaldiscError
-
-
-def tiny_config(**overrides) -> PretrainConfig:
-    kw = dict(data=["-"], stage1_steps=3, stage2_steps=3, batch=1, size=32, pool_size=48,
-              clusters=4, dim=8, checkpoint_every=2, val_every=3, figure_every=100, log_every=1,
-              val_images=2, device="cpu", progress=False, seed=3)  # fmt: skip
-    kw.update(overrides)
-    return PretrainConfig(**kw)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +18,8 @@ def pool():
 
 
 def test_end_to_end_writes_every_output_and_loss_goes_down(tmp_path, pool):
-    config = tiny_config(stage1_steps=25, stage2_steps=5, checkpoint_every=10, val_every=10,
-                         figure_every=30, batch=2)  # fmt: skip
+    config = tiny_pretrain_config(stage1_steps=25, stage2_steps=5, checkpoint_every=10,
+                                  val_every=10, figure_every=30, batch=2)  # fmt: skip
     result = pretrain(config, tmp_path, pool=pool)
     assert result.steps == 30 and result.skipped_steps == 0
     for name in ("config.json", "model.safetensors", "encoder.safetensors", "stage1.safetensors",
@@ -49,7 +42,7 @@ def test_end_to_end_writes_every_output_and_loss_goes_down(tmp_path, pool):
     [(3, 3), (5, 3), (4, 4)],  # interrupted in stage 1, in stage 2, right after stage 1's end
 )
 def test_resume_ends_with_the_same_weights(tmp_path, pool, stop_at, stage1_steps):
-    config = tiny_config(stage1_steps=stage1_steps)
+    config = tiny_pretrain_config(stage1_steps=stage1_steps)
     pretrain(config, tmp_path / "straight", pool=pool)
     pretrain(config, tmp_path / "resumed", pool=pool, stop_at_step=stop_at)
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
@@ -68,7 +61,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, pool, stop_at, stage1_steps
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path, pool):
     with pytest.raises(CheckpointError, match="nothing to resume"):
-        pretrain(tiny_config(), tmp_path, pool=pool, resume=True)
+        pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True)
 
 
 def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypatch):
@@ -83,7 +76,7 @@ def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypa
 
     monkeypatch.setattr(engine, "ld_losses", poisoned)
     with pytest.raises(LocaldiscError, match="3 non-finite losses in a row"):
-        pretrain(tiny_config(max_nonfinite=3), tmp_path, pool=pool)
+        pretrain(tiny_pretrain_config(max_nonfinite=3), tmp_path, pool=pool)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +90,7 @@ def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypa
 )
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(LocaldiscError, match=message):
-        tiny_config(**{field: value})
+        tiny_pretrain_config(**{field: value})
 
 
 def test_lr_is_halved_every_interval_within_each_stage():
@@ -111,13 +104,13 @@ def test_lr_is_halved_every_interval_within_each_stage():
 
 def test_tensorboard_logs_when_installed(tmp_path, pool):
     pytest.importorskip("torch.utils.tensorboard", reason="tensorboard is an optional extra")
-    pretrain(tiny_config(stage1_steps=2, stage2_steps=0), tmp_path, pool=pool)
+    pretrain(tiny_pretrain_config(stage1_steps=2, stage2_steps=0), tmp_path, pool=pool)
     assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_time_budgets_end_each_stage_and_keep_every_output(tmp_path, pool):
     messages = []
-    config = tiny_config(stage1_steps=10_000, stage2_steps=10_000, stage1_seconds=0.5,
+    config = tiny_pretrain_config(stage1_steps=10_000, stage2_steps=10_000, stage1_seconds=0.5,
                          stage2_seconds=0.5, checkpoint_every=10_000, val_every=10_000)  # fmt: skip
     result = pretrain(config, tmp_path, pool=pool, log=messages.append)
     assert 10_000 < result.steps < 20_000  # stage 1 cut short, stage 2 reached and cut short
@@ -127,4 +120,4 @@ def test_time_budgets_end_each_stage_and_keep_every_output(tmp_path, pool):
     assert list((tmp_path / "figures").glob("clusters_*.png"))
     assert list((tmp_path / "checkpoints").glob("step_*"))
     with pytest.raises(LocaldiscError, match="time budgets must be > 0"):
-        tiny_config(stage1_seconds=0)
+        tiny_pretrain_config(stage1_seconds=0)
