@@ -237,20 +237,25 @@ def landmark_figure(
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
     _show(axes[0], template)
     axes[0].set_title("template", fontsize=9)
+    colours = {name: f"C{i % 10}" for i, name in enumerate(landmarks)}
     for name, (x, y) in landmarks.items():
-        axes[0].plot([x], [y], "g+", markersize=12, mew=2)
-        axes[0].annotate(name, (x, y), color="lime", fontsize=7, xytext=(4, 4),
+        axes[0].plot([x], [y], "+", color=colours[name], markersize=12, mew=2)
+        axes[0].annotate(name, (x, y), color=colours[name], fontsize=7, xytext=(4, 4),
                          textcoords="offset points")  # fmt: skip
     _show(axes[1], image)
     axes[1].set_title("predictions", fontsize=9)
+    # One marker shape per method, one colour per landmark (as in the template's labels).
     markers = ["o", "s", "^", "D"]
     for i, (method, found) in enumerate(predictions.items()):
         for name, p in found.items():
-            axes[1].plot([p.x], [p.y], markers[i % 4], mfc="none", markersize=9, mew=1.5,
-                         label=method if name == next(iter(found)) else None)  # fmt: skip
+            axes[1].plot([p.x], [p.y], markers[i % 4], mfc="none", mec=colours.get(name, "w"),
+                         markersize=9, mew=1.5)  # fmt: skip
+        axes[1].plot([], [], markers[i % 4], mfc="none", mec="w", label=method)
     if truth:
         for name, (x, y) in truth.items():
-            axes[1].plot([x], [y], "g+", markersize=12, mew=2,
-                         label="truth" if name == next(iter(truth)) else None)  # fmt: skip
-    axes[1].legend(fontsize=7, loc="lower right")
+            axes[1].plot([x], [y], "+", color=colours.get(name, "lime"), markersize=12, mew=2)
+        axes[1].plot([], [], "+", color="w", label="truth")
+    for name, colour in colours.items():
+        axes[1].plot([], [], "s", color=colour, label=name)
+    axes[1].legend(fontsize=6, loc="lower right", facecolor="0.3", labelcolor="w")
     return _save(fig, path)
