@@ -162,7 +162,7 @@ def demo_localization(
     """One-shot localisation of the optic disc and the fovea on generated fundus images, whose
     true centres the generator knows: one template, ``count`` test images; errors printed."""
     from localdisc.data.synthetic import synthetic_fundus
-    from localdisc.tasks.localize import Localizer, landmark_figure, ncc_localize
+    from localdisc.tasks.localize import Localizer, SearchConfig, landmark_figure, ncc_localize
     from localdisc.tasks.similarity import load_model
 
     def eye(i: int) -> tuple[np.ndarray, dict[str, tuple[float, float]]]:
@@ -170,14 +170,15 @@ def demo_localization(
         return s.image, {"optic disc": s.optic_disc, "fovea": s.fovea}
 
     template, landmarks = eye(0)
-    localizer = Localizer(load_model(run_dir), template, landmarks)
+    # Generated eyes are left or right at random: try the mirrored template too.
+    localizer = Localizer(load_model(run_dir), template, landmarks, SearchConfig(mirror=True))
     errors: dict[str, dict[str, list[float]]] = {"LD": {}, "template matching": {}}
     path = run_dir / "figures" / "demo_landmarks.png"
     for i in range(1, count + 1):
         image, truth = eye(i)
         found = {
             "LD": localizer(image),
-            "template matching": ncc_localize(template, landmarks, image, size // 4),
+            "template matching": ncc_localize(template, landmarks, image, size // 4, mirror=True),
         }
         for method, points in found.items():
             for name, (x, y) in truth.items():

@@ -98,3 +98,19 @@ def test_localize_cli_writes_predictions_and_overlays(tmp_path):
     assert set(predictions["n0"]) == {"mark", "corner"}
     assert {"x", "y", "confidence"} == set(predictions["n0"]["mark"])
     assert (tmp_path / "ov" / "n0.png").is_file()
+
+
+def test_a_mirrored_template_finds_the_mirror_image_landmark():
+    """A left eye's template finds the disc of a right eye when mirroring is on."""
+    loaded = LoadedModel(Identity(), PatchKernel(12), 96)  # type: ignore[arg-type]
+    template = planted(0, (20, 40))
+    template[30:50, 10:14] = (0.0, 1.0, 0.0)  # an asymmetric mark: green bar left of the pattern
+    target = np.ascontiguousarray(planted(1, (75, 40)))
+    target[30:50, 81:85] = (0.0, 1.0, 0.0)  # mirrored: the bar is right of the pattern
+    plain = Localizer(loaded, template, {"mark": (20, 40)})
+    mirrored = Localizer(loaded, template, {"mark": (20, 40)}, SearchConfig(mirror=True))
+    found = mirrored(target)["mark"]
+    assert abs(found.x - 75) <= 1 and abs(found.y - 40) <= 1
+    assert found.confidence >= plain(target)["mark"].confidence
+    ncc = ncc_localize(template, {"mark": (20, 40)}, target, patch=30, mirror=True)["mark"]
+    assert abs(ncc.x - 75) <= 1 and abs(ncc.y - 40) <= 1

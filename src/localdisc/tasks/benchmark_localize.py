@@ -14,6 +14,8 @@ Tasks (one template from the training split, every test image):
 Rows: each LD model (with its own patch kernel: center-sensitive or uniform), for a
 center-sensitive model also the same model with uniform pooling, and normalised
 cross-correlation template matching with a patch a quarter of the image wide (128 px at 512).
+On fundus tasks every method also tries the mirrored template (left and right eyes are mirror
+images) and keeps its better match.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class LandmarkTask:
     template: Case
     tests: Callable[[], Iterator[Case]]
     count: int
+    mirror: bool = False  # fundus: left and right eyes are mirror images, try both
 
 
 def centroid(mask: np.ndarray) -> Point:
@@ -128,7 +131,8 @@ def _drive(root: Path, max_test: int | None, seed: int) -> LandmarkTask:
     names = [item.name for item in train.items]
     template = case(train[_template_index(names, "21_training", seed)])
     n = len(test) if max_test is None else min(max_test, len(test))
-    return LandmarkTask("drive", "fundus", template, lambda: (case(test[i]) for i in range(n)), n)
+    tests = lambda: (case(test[i]) for i in range(n))  # noqa: E731
+    return LandmarkTask("drive", "fundus", template, tests, n, mirror=True)
 
 
 def _synthetic(size: int, count: int, seed: int) -> LandmarkTask:
@@ -141,7 +145,7 @@ def _synthetic(size: int, count: int, seed: int) -> LandmarkTask:
         )
 
     tests = lambda: (case(100 + i) for i in range(count))  # noqa: E731
-    return LandmarkTask("synthetic_fundus", "fundus", case(seed), tests, count)
+    return LandmarkTask("synthetic_fundus", "fundus", case(seed), tests, count, mirror=True)
 
 
 @dataclass
@@ -267,7 +271,7 @@ def _methods(
         loaded = load_model(run, device=device)
         if loaded.model.config.modality != task.modality:
             continue  # an X-ray model has nothing to say about fundus images
-        search = SearchConfig(size=config.size)
+        search = SearchConfig(size=config.size, mirror=task.mirror)
         label = run_label(run, models)
         if loaded.kernel.center_sigma is not None:
             methods[f"LD {label} (center-sensitive)"] = Localizer(
@@ -281,7 +285,7 @@ def _methods(
             methods[f"LD {label}"] = Localizer(loaded, template, landmarks, search)
     patch = max(8, template.shape[1] // 4)
     methods[f"NCC template matching ({patch} px patch)"] = lambda image: ncc_localize(
-        template, landmarks, image, patch
+        template, landmarks, image, patch, mirror=task.mirror
     )
     return methods
 

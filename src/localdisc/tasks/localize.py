@@ -54,6 +54,9 @@ class SearchConfig:
     stride: int = 4
     context: float = 2.0  # the coarse step also compares patches this many times larger
     uniform: bool = False  # ignore a center-sensitive kernel (uniform pooling, for ablations)
+    # Also match the mirrored template and keep the better match: left and right eyes are mirror
+    # images of each other (a one-shot fundus template is one of the two).
+    mirror: bool = False
 
 
 def read_landmarks(path: str | Path) -> dict[str, Point]:
@@ -103,18 +106,23 @@ class Localizer:
                     f"landmark {name} ({x}, {y}) is outside the {w} x {h} template"
                 )
         self.landmarks = dict(landmarks)
-        coarse, fine, scale = self._maps(image)
-        self.coarse = {}
-        self.fine = {}
+        # Per landmark, one (coarse [2, D], fine [D]) descriptor per template variant.
+        self.descriptors: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in landmarks}
+        variants = [(image, landmarks)]
+        if self.config.mirror:
+            mirrored = {k: (w - 1 - x, y) for k, (x, y) in landmarks.items()}
+            variants.append((np.ascontiguousarray(image[:, ::-1]), mirrored))
         s = self.config.stride
-        for name, (x, y) in landmarks.items():
-            # Pixel centres sit at integer coordinates: (x + 0.5) * scale - 0.5 maps between sizes.
-            xs, ys = (x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5
-            # Coarse cell c averages pixels c*s .. c*s+s-1: its centre is c*s + (s-1)/2.
-            yc = _index((ys - (s - 1) / 2) / s, coarse.shape[-2])
-            xc = _index((xs - (s - 1) / 2) / s, coarse.shape[-1])
-            self.coarse[name] = coarse[:, :, yc, xc]  # [2, D]: patch and context scales
-            self.fine[name] = fine[:, _index(ys, fine.shape[1]), _index(xs, fine.shape[2])]
+        for variant, points in variants:
+            coarse, fine, scale = self._maps(variant)
+            for name, (x, y) in points.items():
+                # Pixel centres sit at integer coordinates: (x + 0.5) * scale - 0.5 maps sizes.
+                xs, ys = (x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5
+                # Coarse cell c averages pixels c*s .. c*s+s-1: its centre is c*s + (s-1)/2.
+                yc = _index((ys - (s - 1) / 2) / s, coarse.shape[-2])
+                xc = _index((xs - (s - 1) / 2) / s, coarse.shape[-1])
+                fine_vector = fine[:, _index(ys, fine.shape[1]), _index(xs, fine.shape[2])]
+                self.descriptors[name].append((coarse[:, :, yc, xc], fine_vector))
 
     def _maps(self, image: np.ndarray) -> tuple[Tensor, Tensor, float]:
         """Coarse maps ``[2, D, H/s, W/s]`` (patch, context), fine map ``[D, H, W]``, scale."""
@@ -141,17 +149,22 @@ class Localizer:
         yy = torch.arange(h, device=fine.device)[:, None]
         xx = torch.arange(w, device=fine.device)[None, :]
         out = {}
-        for name in self.landmarks:
-            score = torch.einsum("kd,kdhw->hw", self.coarse[name], coarse)
-            yc, xc = divmod(int(torch.argmax(score)), score.shape[1])
-            cy, cx = yc * s + (s - 1) / 2, xc * s + (s - 1) / 2
-            sim = torch.einsum("d,dhw->hw", self.fine[name], fine)
-            window = ((yy - cy).abs() <= radius) & ((xx - cx).abs() <= radius)
-            sim = torch.where(window, sim, torch.tensor(-2.0, device=sim.device))
-            y, x = divmod(int(torch.argmax(sim)), w)
-            out[name] = Prediction(
-                (x + 0.5) / scale - 0.5, (y + 0.5) / scale - 0.5, float(sim[y, x])
-            )
+        for name, descriptors in self.descriptors.items():
+            best = None
+            for coarse_vectors, fine_vector in descriptors:
+                score = torch.einsum("kd,kdhw->hw", coarse_vectors, coarse)
+                yc, xc = divmod(int(torch.argmax(score)), score.shape[1])
+                cy, cx = yc * s + (s - 1) / 2, xc * s + (s - 1) / 2
+                sim = torch.einsum("d,dhw->hw", fine_vector, fine)
+                window = ((yy - cy).abs() <= radius) & ((xx - cx).abs() <= radius)
+                sim = torch.where(window, sim, torch.tensor(-2.0, device=sim.device))
+                y, x = divmod(int(torch.argmax(sim)), w)
+                found = Prediction(
+                    (x + 0.5) / scale - 0.5, (y + 0.5) / scale - 0.5, float(sim[y, x])
+                )
+                if best is None or found.confidence > best.confidence:
+                    best = found
+            out[name] = best
         return out
 
 
@@ -169,13 +182,25 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 
 def ncc_localize(
-    template: np.ndarray, landmarks: dict[str, Point], image: np.ndarray, patch: int
+    template: np.ndarray,
+    landmarks: dict[str, Point],
+    image: np.ndarray,
+    patch: int,
+    *,
+    mirror: bool = False,
 ) -> dict[str, Prediction]:
     """Baseline: normalised cross-correlation of the ``patch`` x ``patch`` template patch around
     each landmark (clipped at the border) with the image (``skimage.feature.match_template``).
 
     Both images are used at their own sizes; the patch is scaled by the ratio of their widths.
+    With ``mirror`` the mirrored template is tried too and the higher correlation kept.
     """
+    if mirror:
+        w = template.shape[1]
+        flipped = {k: (w - 1 - x, y) for k, (x, y) in landmarks.items()}
+        a = ncc_localize(template, landmarks, image, patch)
+        b = ncc_localize(np.ascontiguousarray(template[:, ::-1]), flipped, image, patch)
+        return {k: a[k] if a[k].confidence >= b[k].confidence else b[k] for k in a}
     from skimage.feature import match_template
     from skimage.transform import resize
 
