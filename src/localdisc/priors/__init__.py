@@ -1,0 +1,27 @@
+"""Shape priors for shape-guided clustering (METHOD.md 5).
+
+Reference masks that the shape discriminator learns as "real": masks from a folder (vessel
+masks of another modality such as OCTA or DSA), the masks of a known data set with similar
+shapes, or simulated vessels, lungs, heart, optic disc or fovea
+(:func:`simulate_mask`). :func:`load_prior` turns a prior spec into a bank of masks,
+:func:`sample_prior_batch` draws augmented batches from it (:class:`PriorAugment`), and
+:func:`prior_gallery` draws priors beside real masks for a visual check.
+"""
+
+from __future__ import annotations
+
+from localdisc.priors.augment import PriorAugment, sample_prior_batch
+from localdisc.priors.gallery import prior_gallery
+from localdisc.priors.simulate import SIMULATORS, simulate_mask, simulate_masks
+from localdisc.priors.sources import describe_prior, load_prior
+
+__all__ = [
+    "SIMULATORS",
+    "PriorAugment",
+    "describe_prior",
+    "load_prior",
+    "prior_gallery",
+    "sample_prior_batch",
+    "simulate_mask",
+    "simulate_masks",
+]

@@ -1,0 +1,157 @@
+"""Tests for loading shape priors from folders, data sets and simulators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SHARED, save
+from localdisc.data.preprocess import resize_mask
+from localdisc.data.synthetic import synthetic_fundus
+from localdisc.errors import DatasetError
+from localdisc.priors import describe_prior, load_prior, simulate_masks
+from localdisc.priors.sources import _parse
+
+
+@pytest.fixture
+def mask_folder(tmp_path: Path) -> Path:
+    """Four masks in the usual encodings, one nested, one not square, plus files to ignore."""
+    root = tmp_path / "masks"
+    left = np.zeros((64, 64), np.uint8)
+    left[:, :32] = 255  # 0/255 grey
+    save(root / "a.png", left)
+    corner = np.zeros((64, 64, 3), np.uint8)
+    corner[32:, 32:, 0] = 200  # drawn in red on black: only one channel is set
+    save(root / "c_rgb.png", corner)
+    wide = np.ones((20, 40), np.uint8)  # 0/1 (here all 1), 2:1 wide
+    save(root / "d_wide.bmp", wide)
+    top = np.zeros((48, 48), np.uint8)
+    top[:24] = 1  # 0/1 grey
+    save(root / "sub" / "b.png", top)
+    (root / "README.txt").write_text("not a mask")
+    save(root / ".hidden.png", np.full((8, 8), 255, np.uint8))
+    return root
+
+
+def test_folder_prior_reads_every_encoding_recursively(mask_folder: Path) -> None:
+    bank = load_prior(str(mask_folder), 32)
+    assert bank.dtype == torch.bool and bank.shape == (4, 1, 32, 32)
+    a, c, d, b = bank[:, 0].numpy()  # sorted by path: a, c_rgb, d_wide, sub/b
+    expected = np.zeros((32, 32), bool)
+    expected[:, :16] = True
+    np.testing.assert_array_equal(a, expected)
+    expected = np.zeros((32, 32), bool)
+    expected[16:, 16:] = True
+    np.testing.assert_array_equal(c, expected)
+    expected = np.zeros((32, 32), bool)
+    expected[:16] = True
+    np.testing.assert_array_equal(b, expected)
+    # A 40 x 20 mask is padded to a centred square, not stretched: rows 8-23 of 32.
+    expected = np.zeros((32, 32), bool)
+    expected[8:24] = True
+    np.testing.assert_array_equal(d, expected)
+    assert describe_prior(str(mask_folder)) == f"4 masks from {mask_folder}"
+
+
+def test_folder_with_a_colon_in_its_name(tmp_path: Path) -> None:
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    save(tmp_path / "run:2" / "m.png", mask)
+    bank = load_prior(str(tmp_path / "run:2"), 16)
+    assert bank.shape == (1, 1, 16, 16) and bank.sum() == 64
+
+
+def test_corrupt_mask_file_is_named(mask_folder: Path) -> None:
+    (mask_folder / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    with pytest.raises(DatasetError, match=r"broken\.png"):
+        load_prior(str(mask_folder), 32)
+
+
+def test_empty_and_missing_folders(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "nested").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no masks here")
+    with pytest.raises(DatasetError, match="no mask images found"):
+        load_prior(str(tmp_path / "empty"), 32)
+    with pytest.raises(DatasetError, match="no such folder"):
+        load_prior(str(tmp_path / "absent"), 32)
+    with pytest.raises(DatasetError, match="no such folder"):
+        describe_prior(str(tmp_path / "absent"))
+    # An unknown data set name reads as a folder: the message says which names are known.
+    with pytest.raises(DatasetError, match="'scr' is not a known data set.*jsrt_scr"):
+        load_prior("scr:/no/such/SCR:lung", 32)
+
+
+def test_all_empty_masks_raise(tmp_path: Path) -> None:
+    for i in range(2):
+        save(tmp_path / "blank" / f"{i}.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(DatasetError, match="every mask is empty"):
+        load_prior(str(tmp_path / "blank"), 16)
+
+
+def test_empty_masks_are_left_out(tmp_path: Path) -> None:
+    save(tmp_path / "m" / "blank.png", np.zeros((16, 16), np.uint8))
+    save(tmp_path / "m" / "full.png", np.full((16, 16), 255, np.uint8))
+    assert load_prior(str(tmp_path / "m"), 8).shape == (1, 1, 8, 8)
+
+
+def test_simulated_prior() -> None:
+    bank = load_prior("simulated:lungs", 32, count=3, seed=5)
+    assert bank.dtype == torch.bool and bank.shape == (3, 1, 32, 32)
+    np.testing.assert_array_equal(bank[:, 0].numpy(), simulate_masks("lungs", 32, 3, seed=5))
+    assert "lungs" in describe_prior("simulated:lungs")
+    with pytest.raises(DatasetError, match="unknown simulator 'kidney'.*vessels, lungs"):
+        load_prior("simulated:kidney", 32)
+
+
+def test_dataset_prior_uses_every_split_and_the_default_target() -> None:
+    # synthetic_fundus:2 is 2 train + 1 test image; its only target is "vessels".
+    bank = load_prior("synthetic_fundus:2", 64)
+    assert bank.dtype == torch.bool and bank.shape == (3, 1, 64, 64)
+    first = resize_mask(synthetic_fundus(256, 0).vessels, 64)
+    np.testing.assert_array_equal(bank[0, 0].numpy(), first)
+    assert torch.equal(load_prior("synthetic_fundus:2:vessels", 64), bank)
+    assert describe_prior("synthetic_fundus:2") == "3 vessels masks of synthetic_fundus (generated)"
+
+
+def test_dataset_prior_target_and_errors() -> None:
+    heart = load_prior("synthetic_xray:1:heart", 32)
+    assert heart.shape == (2, 1, 32, 32)
+    assert 0.03 < heart.float().mean() < 0.15  # hearts, not lungs (~0.3)
+    # A generated set needs no ROOT: "synthetic_xray:heart" is the default count's hearts.
+    spec = _parse("synthetic_xray:heart")
+    assert (spec.kind, spec.root, spec.target) == ("dataset", None, "heart")
+    with pytest.raises(DatasetError, match="no target 'arteries'.*vessels"):
+        load_prior("synthetic_fundus:2:arteries", 32)
+    with pytest.raises(DatasetError, match="no such folder"):
+        load_prior("drive:/no/such/DRIVE", 32)
+
+
+def test_spec_parsing_keeps_colons_in_the_root(tmp_path: Path) -> None:
+    spec = _parse("jsrt_scr:/data/run:2:heart")
+    assert (spec.kind, spec.name, spec.root, spec.target) == (
+        "dataset",
+        "jsrt_scr",
+        Path("/data/run:2"),
+        "heart",
+    )
+    spec = _parse("drive:/data/run:2")  # "2" is no DRIVE target: part of the root
+    assert (spec.root, spec.target) == (Path("/data/run:2"), None)
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DatasetError, match="no target 'lungs'"):
+        _parse(f"jsrt_scr:{tmp_path / 'x'}:lungs")
+    assert _parse("simulated:fovea").name == "fovea"
+    assert _parse("/data/octa").kind == "folder"
+
+
+def test_real_octa_prior() -> None:
+    folder = SHARED / "priors" / "octa_vessels"
+    if not folder.is_dir():
+        pytest.skip(f"OCTA vessel masks not available at {folder} (../shared/data is optional)")
+    bank = load_prior(str(folder), 128)
+    assert bank.shape == (10, 1, 128, 128)
+    fractions = bank.float().mean(dim=(1, 2, 3))
+    assert bool(((fractions > 0.03) & (fractions < 0.25)).all()), fractions  # ~9% vessels
+    assert describe_prior(str(folder)) == f"10 masks from {folder}"
