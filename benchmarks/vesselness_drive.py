@@ -1,0 +1,155 @@
+"""Classical vesselness baselines (Sato, Frangi) on the DRIVE test images, label-free.
+
+    python benchmarks/vesselness_drive.py --data-root /work/shared/data/DRIVE --fraction 0.12 \\
+        --priors-root /work/shared/data --out /tmp/vesselness_drive.json
+
+For each filter of :data:`localdisc.tasks.vesselness.FILTERS` and each threshold (the
+``--fraction`` most vessel-like pixels of the eroded FOV, or Otsu's), prints the mean +- std
+(population) over the 20 test images of the paper's Dice (whole image at 512 x 512, per image,
+at 0.5) and the mean ROC AUC inside the official FOV. Two resolutions:
+
+* ``native``: filter the 565 x 584 image, resize the binary mask to 512 for Dice
+  (:func:`~localdisc.tasks.vesselness.paper_dice`), AUC at 565 x 584 (the documented usage);
+* ``512``: resize the image (area) and FOV (nearest) to 512 x 512 first, filter there; AUC at
+  512 inside the resized FOV.
+
+With ``--priors-root DIR`` it also prints the vessel fraction inside the FOV that each prior
+carries (:func:`~localdisc.tasks.vesselness.prior_fraction`): ``DIR/priors/octa_vessels``,
+``DIR/priors/dsa_vessels`` (whole image, no FOV), STARE (``DIR/STARE``, FOV derived from the
+image) and DRIVE training and test (official FOV masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from localdisc.data.datasets import load_dataset
+from localdisc.data.io import is_image_file, read_mask
+from localdisc.data.preprocess import resize_image, resize_mask
+from localdisc.eval.metrics import auc_roc, summarize
+from localdisc.tasks.vesselness import FILTERS, paper_dice, prior_fraction, segment_vessels
+
+SIZE = 512
+RESOLUTIONS = ("native", "512")
+
+
+def evaluate_drive(
+    root: Path, fraction: float, resolutions: tuple[str, ...], size: int = SIZE
+) -> list[dict]:
+    """Per-image rows: image, resolution, method, threshold, dice, auc."""
+    dataset = load_dataset("drive", root, "test")
+    rows = []
+    for sample in dataset:
+        target = sample.masks["vessels"]
+        for resolution in resolutions:
+            if resolution == "native":
+                image, fov, truth = sample.image, sample.fov, target
+            else:
+                image = resize_image(sample.image, size)
+                fov, truth = resize_mask(sample.fov, size), resize_mask(target, size)
+            for method in FILTERS:
+                for threshold in (fraction, "otsu"):
+                    score, mask = segment_vessels(image, fov, method=method, threshold=threshold)
+                    rows.append(
+                        {
+                            "image": sample.name,
+                            "resolution": resolution,
+                            "method": method,
+                            "threshold": "otsu" if threshold == "otsu" else f"{fraction:g}",
+                            "dice": paper_dice(mask, target, size),
+                            "auc": auc_roc(score, truth, fov),
+                            "predicted_fraction": float(mask[fov].mean()),
+                        }
+                    )
+    return rows
+
+
+def table(rows: list[dict]) -> tuple[str, list[dict]]:
+    """The summary table as text, and as records."""
+    keys = list(dict.fromkeys((r["resolution"], r["method"], r["threshold"]) for r in rows))
+    records = []
+    lines = [
+        f"{'resolution':<10} {'method':<7} {'threshold':<9} {'n':>3} "
+        f"{'Dice@512 (mean+-std)':>21} {'FOV AUC':>8} {'pred. frac':>10}"
+    ]
+    for resolution, method, threshold in keys:
+        group = [
+            {k: r[k] for k in ("dice", "auc", "predicted_fraction")}
+            for r in rows
+            if (r["resolution"], r["method"], r["threshold"]) == (resolution, method, threshold)
+        ]
+        s = summarize(group)
+        records.append({"resolution": resolution, "method": method, "threshold": threshold, **s})
+        lines.append(
+            f"{resolution:<10} {method:<7} {threshold:<9} {s['dice']['n']:>3} "
+            f"{s['dice']['mean']:>13.3f} +- {s['dice']['std']:.3f} {s['auc']['mean']:>8.3f} "
+            f"{s['predicted_fraction']['mean']:>10.3f}"
+        )
+    return "\n".join(lines), records
+
+
+def prior_fractions(root: Path) -> dict[str, dict]:
+    """Foreground fraction inside the FOV of each prior's masks (see the module docstring)."""
+    out: dict[str, dict] = {}
+    for name in ("octa_vessels", "dsa_vessels"):
+        folder = root / "priors" / name
+        paths = sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []
+        if paths:
+            masks = [read_mask(p) for p in paths]
+            out[name] = {"n": len(masks), "fraction": prior_fraction(masks), "fov": "whole image"}
+    for label, name, sub, split in (
+        ("stare", "stare", "STARE", "all"),
+        ("drive_train", "drive", "DRIVE", "train"),
+        ("drive_test", "drive", "DRIVE", "test"),
+    ):
+        if not (root / sub).is_dir():
+            continue
+        samples = list(load_dataset(name, root / sub, split))
+        masks = [s.masks["vessels"] for s in samples]
+        fovs = [s.fov for s in samples]
+        out[label] = {
+            "n": len(samples),
+            "fraction": prior_fraction(masks, fovs),
+            "fraction_whole_image": prior_fraction(masks),
+            "fov": "official masks" if name == "drive" else "derived from the image",
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, default=Path("/work/shared/data/DRIVE"))
+    parser.add_argument("--fraction", type=float, default=0.12)
+    parser.add_argument("--resolution", choices=(*RESOLUTIONS, "both"), default="both")
+    parser.add_argument(
+        "--priors-root", type=Path, default=None, help="shared data folder for prior fractions"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write per-image rows as JSON")
+    args = parser.parse_args(argv)
+
+    resolutions = RESOLUTIONS if args.resolution == "both" else (args.resolution,)
+    start = time.perf_counter()
+    rows = evaluate_drive(args.data_root, args.fraction, resolutions)
+    text, records = table(rows)
+    print(f"DRIVE test, {len({r['image'] for r in rows})} images, paper Dice at {SIZE} x {SIZE}")
+    print(text)
+    print(f"({time.perf_counter() - start:.1f} s)")
+    priors = None
+    if args.priors_root is not None:
+        priors = prior_fractions(args.priors_root)
+        print("\nvessel fraction inside the FOV (prior_fraction, mean over images):")
+        for name, info in priors.items():
+            print(f"  {name:<13} n={info['n']:>2}  {info['fraction']:.4f}  ({info['fov']})")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"fraction": args.fraction, "summary": records, "per_image": rows}
+        if priors is not None:
+            payload["prior_fractions"] = priors
+        args.out.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Classical vesselness baselines: tiny synthetic images, plus one check on DRIVE if present."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import shared
+from localdisc.data.synthetic import synthetic_fundus
+from localdisc.eval.metrics import auc_roc
+from localdisc.tasks.vesselness import (
+    FILTERS,
+    eroded_fov,
+    paper_dice,
+    prior_fraction,
+    segment_vessels,
+    threshold_fraction,
+    threshold_otsu_fov,
+    vesselness,
+)
+
+SIZE = 96
+
+
+def lines_on_disc() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A bright disc (the FOV) on black, crossed by dark lines in the green channel.
+
+    Returns the RGB image, the FOV and the line pixels.
+    """
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    fov = np.hypot(yy - SIZE / 2 + 0.5, xx - SIZE / 2 + 0.5) < 44
+    lines = np.zeros((SIZE, SIZE), dtype=bool)
+    lines[39:42, 18:78] = True  # horizontal, 3 px wide
+    lines[20:76, 60:62] = True  # vertical, 2 px wide
+    lines &= fov
+    green = np.where(fov, 0.8, 0.0)
+    green[lines] = 0.4
+    red = np.where(fov, 0.9, 0.0)  # no vessel contrast in red: only green must be used
+    image = np.stack([red, green, 0.5 * green], axis=-1).astype(np.float32)
+    return image, fov, lines
+
+
+@pytest.mark.parametrize("method", FILTERS)
+def test_vesselness_peaks_on_dark_lines_and_is_zero_off_the_eroded_fov(method):
+    image, fov, lines = lines_on_disc()
+    score = vesselness(image, fov, method=method)
+    assert score.dtype == np.float32 and score.shape == (SIZE, SIZE)
+    assert score.min() >= 0 and score.max() == pytest.approx(1.0)
+    region = eroded_fov(fov, 8)
+    assert region.sum() < fov.sum() and not score[~region].any()
+    inside = lines & region
+    background = region & ~lines
+    assert score[inside].mean() > 5 * score[background].mean()
+    peak = np.unravel_index(np.argmax(score), score.shape)
+    # The maximum lies on a line (within 2 pixels, city-block).
+    assert np.abs(np.array(np.nonzero(lines)) - np.array(peak)[:, None]).sum(0).min() <= 2
+    # Green channel of RGB == the single channel of a grey image holding it.
+    grey = vesselness(image[..., 1:2], fov, method=method)
+    np.testing.assert_allclose(score, grey, atol=1e-6)
+
+
+def test_vesselness_without_erosion_and_flat_images():
+    image, fov, _ = lines_on_disc()
+    assert vesselness(image, fov, erode_fov=0)[fov & ~eroded_fov(fov, 8)].any()
+    flat = np.full((SIZE, SIZE, 1), 0.5, np.float32)
+    assert not vesselness(flat, np.ones((SIZE, SIZE), bool)).any()
+
+
+def test_bad_arguments_are_refused():
+    image, fov, _ = lines_on_disc()
+    with pytest.raises(ValueError, match="sato, frangi"):
+        vesselness(image, fov, method="hessian")
+    with pytest.raises(ValueError, match="sato, frangi"):
+        segment_vessels(image, fov, method="meijering")
+    small = np.zeros_like(fov)
+    small[40:50, 40:50] = True
+    with pytest.raises(ValueError, match="empty after eroding"):
+        vesselness(image, small, erode_fov=8)
+    with pytest.raises(ValueError, match="fov"):
+        vesselness(image, fov[:-1])
+    with pytest.raises(ValueError, match="sigmas"):
+        vesselness(image, fov, sigmas=())
+    for bad in ("mean", 0, 1.0, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="threshold"):
+            segment_vessels(image, fov, threshold=bad)
+    with pytest.raises(ValueError, match="fraction"):
+        threshold_fraction(np.zeros((4, 4)), None, 1.5)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.12, 0.5, 0.9])
+def test_threshold_fraction_keeps_the_expected_count(fraction):
+    rng = np.random.default_rng(0)
+    score = rng.random((40, 50))  # no ties
+    fov = np.zeros_like(score, dtype=bool)
+    fov[5:35, 5:45] = True
+    mask = threshold_fraction(score, fov, fraction)
+    assert mask.sum() == round(fraction * fov.sum())
+    assert not mask[~fov].any()
+    assert score[mask].min() > score[fov & ~mask].max()
+
+
+def test_threshold_fraction_ties_and_zeros():
+    score = np.repeat(np.array([0.0, 0.0, 0.2, 0.5, 0.5, 1.0]), 10).reshape(6, 10)
+    # k = 15: the cut falls on the 0.5 level; the 10 pixels at 1.0 and all 20 tied at 0.5 stay.
+    assert threshold_fraction(score, None, 0.25).sum() == 30
+    # k = 50 reaches into the zeros, which are never kept.
+    assert threshold_fraction(score, None, 50 / 60).sum() == 40
+    assert not threshold_fraction(score, None, 0.0).any()
+
+
+def test_otsu_gives_a_non_trivial_mask_on_the_lines():
+    image, fov, lines = lines_on_disc()
+    score = vesselness(image, fov)
+    region = eroded_fov(fov, 8)
+    mask = threshold_otsu_fov(score, region)
+    assert 0 < mask.sum() < region.sum() and not mask[~region].any()
+    assert (mask & lines).sum() > 0.5 * mask.sum()
+    assert not threshold_otsu_fov(np.zeros((8, 8)), None).any()
+    _, seg = segment_vessels(image, fov, threshold="otsu")
+    np.testing.assert_array_equal(seg, mask)
+
+
+def test_segment_vessels_fraction_counts_inside_the_eroded_fov():
+    image, fov, _ = lines_on_disc()
+    score, mask = segment_vessels(image, fov, method="sato", threshold=0.1)
+    region = eroded_fov(fov, 8)
+    assert mask.sum() == round(0.1 * region.sum())
+    assert score.dtype == np.float32 and mask.dtype == bool
+
+
+def test_prior_fraction_on_known_masks():
+    a = np.zeros((10, 10), bool)
+    a[:1] = True  # 10 %
+    b = np.zeros((20, 10), bool)
+    b[:6] = True  # 30 %
+    assert prior_fraction(a) == pytest.approx(0.1)
+    assert prior_fraction([a, b]) == pytest.approx(0.2)  # images weigh equally
+    assert prior_fraction(np.stack([a, a.T])) == pytest.approx(0.1)
+    fov = np.zeros((10, 10), bool)
+    fov[:2] = True  # half of the FOV is foreground
+    assert prior_fraction([a, b], [fov, None]) == pytest.approx(0.4)
+    assert prior_fraction(a.astype(np.uint8) * 255) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="FOVs"):
+        prior_fraction([a, b], [fov])
+    with pytest.raises(ValueError, match="empty"):
+        prior_fraction(a, [np.zeros_like(a)])
+    with pytest.raises(ValueError, match="at least one"):
+        prior_fraction([])
+
+
+@pytest.mark.parametrize("method", FILTERS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_synthetic_fundus_auc(method, seed):
+    fundus = synthetic_fundus(size=128, seed=seed)
+    # 8 pixels is ~1.5 % of DRIVE's width; at 128 pixels the same share is about 2-4 pixels.
+    score = vesselness(fundus.image, fundus.fov, method=method, erode_fov=4)
+    assert auc_roc(score, fundus.vessels, fundus.fov) > 0.8
+
+
+def test_paper_dice_resizes_both_masks():
+    mask = np.zeros((60, 40), bool)
+    mask[10:30, 5:20] = True
+    assert paper_dice(mask, mask, size=32) == 1.0
+    assert paper_dice(mask, ~mask, size=32) == 0.0
+
+
+def test_sato_at_twelve_percent_on_drive():
+    from localdisc.data.datasets import load_dataset
+
+    dataset = load_dataset("drive", shared("DRIVE"), "test")
+    dices = []
+    for sample in dataset[:2]:
+        _, mask = segment_vessels(sample.image, sample.fov, method="sato", threshold=0.12)
+        dices.append(paper_dice(mask, sample.masks["vessels"]))
+    assert np.mean(dices) > 0.65, dices
