@@ -1,0 +1,166 @@
+"""Models Genesis corruptions: shapes, range, determinism, effect, monotonic intensity curves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from localdisc.data.genesis import (
+    GenesisCorruption,
+    bezier_transform,
+    in_paint,
+    local_pixel_shuffle,
+    nonlinear_transform,
+    out_paint,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny tensors run fastest on one thread (and do not stall when cores are busy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def images(b: int = 4, c: int = 3, s: int = 32, seed: int = 0) -> torch.Tensor:
+    """Smooth, structured images in [0, 1] (random content would hide shuffling statistics)."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, s), torch.linspace(0, 1, s), indexing="ij")
+    phase = torch.rand(b, c, 1, 1, generator=gen(seed)) * 6.28
+    return 0.5 + 0.4 * torch.sin(7 * xx + 5 * yy * yy + phase)
+
+
+TRANSFORMS = {
+    "shuffle": local_pixel_shuffle,
+    "nonlinear": nonlinear_transform,
+    "in_paint": in_paint,
+    "out_paint": out_paint,
+    "composed": GenesisCorruption(),
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+@pytest.mark.parametrize(("c", "s"), [(3, 32), (1, 48)])
+def test_shape_range_determinism_and_effect(name, c, s):
+    fn = TRANSFORMS[name]
+    x = images(4, c, s)
+    before = x.clone()
+    a = fn(x, gen(1))
+    assert torch.equal(x, before)  # input untouched
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, fn(x, gen(1)))  # seeded: exactly reproducible
+    assert not torch.equal(a, fn(x, gen(2)))
+    # Every image changes (for the composed corruption: with this seed each image draws at
+    # least one transformation, the identity has probability 0.5 * 0.1 * 0.1).
+    changed = (a - x).abs().flatten(1).amax(1) > 1e-3
+    assert changed.all(), changed
+
+
+def test_shuffle_keeps_pixels_local_and_values_from_the_image():
+    x = images(2, 1, 40)
+    out = local_pixel_shuffle(x, gen(3))
+    # Values come from the image itself (no interpolation or noise), ...
+    for b in range(2):
+        assert torch.isin(out[b], x[b]).all()
+    # ... from within a window (side <= 4 here): each pixel's value is found within 3 pixels.
+    pad = torch.nn.functional.pad(x, (3, 3, 3, 3), value=-1.0)
+    found = torch.zeros_like(x, dtype=torch.bool)
+    for dy in range(7):
+        for dx in range(7):
+            found |= pad[:, :, dy : dy + 40, dx : dx + 40] == out
+    assert found.all()
+    # Most pixels move (coverage ~1.9 image areas; a window of side 1 moves nothing).
+    assert (out != x).float().mean() > 0.3
+    # Colour channels move together.
+    rgb = images(1, 3, 40)
+    out3 = local_pixel_shuffle(rgb, gen(3))
+    assert torch.equal(out3[:, :1], local_pixel_shuffle(rgb[:, :1], gen(3)))
+
+
+def test_shuffle_is_a_permutation_when_windows_do_not_overlap():
+    x = torch.arange(2 * 64 * 64, dtype=torch.float32).view(2, 1, 64, 64) / (2 * 64 * 64)
+    out = local_pixel_shuffle(x, gen(0), blocks=1)
+    for b in range(2):
+        assert torch.equal(out[b].flatten().sort().values, x[b].flatten().sort().values)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bezier_curves_are_monotonic_with_fixed_end_points(seed):
+    g = gen(seed)
+    b = 6
+    control = torch.rand(b, 2, 2, generator=g, dtype=torch.float64)
+    control[0] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # extreme control points
+    control[1] = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    invert = torch.tensor([False, True, False, True, False, True])
+    ramp = torch.linspace(0, 1, 20001).expand(b, 1, 1, -1).contiguous()
+    out = bezier_transform(ramp, control, invert)[:, 0, 0]
+    diffs = out.diff(dim=1)
+    for i in range(b):
+        if invert[i]:
+            assert (diffs[i] <= 0).all() and out[i, 0] == 1 and out[i, -1] == 0
+        else:
+            assert (diffs[i] >= 0).all() and out[i, 0] == 0 and out[i, -1] == 1
+    # At the lookup knots the map is the curve itself: B(t) = (x(t), y(t)) -> f(x(t)) = y(t).
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+
+    def bez(t, c1, c2):
+        return 3 * (1 - t) ** 2 * t * c1 + 3 * (1 - t) * t**2 * c2 + t**3
+
+    for i in range(2, b):
+        (ax, ay), (bx, by) = control[i].tolist()
+        xs, ys = bez(t, ax, bx), bez(t, ay, by)
+        if invert[i]:
+            ys = bez(1 - t, ay, by)
+        f = bezier_transform(xs.view(1, 1, 1, -1), control[i : i + 1], invert[i : i + 1])
+        torch.testing.assert_close(f.view(-1), ys, atol=1e-6, rtol=0)
+
+
+def test_identity_curve_and_validation():
+    x = images(2, 3, 16).double()
+    linear = torch.tensor([[1 / 3, 1 / 3], [2 / 3, 2 / 3]], dtype=torch.float64).expand(2, 2, 2)
+    out = bezier_transform(x, linear, torch.tensor([False, True]))
+    torch.testing.assert_close(out[0], x[0], atol=1e-9, rtol=0)  # the curve y = x
+    torch.testing.assert_close(out[1], 1 - x[1], atol=1e-9, rtol=0)  # ... traversed backwards
+    with pytest.raises(ValueError, match="control"):
+        bezier_transform(x, linear[:1], torch.tensor([False]))
+    with pytest.raises(ValueError, match="probability"):
+        GenesisCorruption(paint_p=1.5)
+    with pytest.raises(ValueError, match="float"):
+        in_paint(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), gen(0))
+
+
+def test_painting_regions():
+    x = torch.full((8, 1, 42, 42), 0.5)
+    inner = in_paint(x, gen(4))
+    changed = inner != 0.5
+    # In-painting keeps a 3-pixel border and replaces at most 5 windows of side <= 42 / 3.
+    assert not changed[:, :, :3].any() and not changed[:, :, -3:].any()
+    assert changed.float().mean() < 5 * (14 / 42) ** 2
+    outer = out_paint(x, gen(4))
+    kept = outer == 0.5
+    # Out-painting keeps 1-5 windows of side 18..24 and replaces everything else by noise.
+    assert (kept.flatten(1).sum(1) >= 18 * 18).all()
+    assert not kept[:, :, :3].any()
+
+
+def test_composed_probabilities():
+    # With all probabilities at 0 nothing changes; the draws are per image.
+    x = images(6, 3, 32)
+    off = GenesisCorruption(shuffle_p=0, nonlinear_p=0, paint_p=0)
+    assert torch.equal(off(x, gen(0)), x)
+    only_out = GenesisCorruption(shuffle_p=0, nonlinear_p=0, paint_p=1, outpaint_p=1)
+    out = only_out(x, gen(0))
+    assert torch.equal(out, out_paint(x, _after_flags(gen(0), 6)))
+
+
+def _after_flags(g: torch.Generator, n: int) -> torch.Generator:
+    """The generator state after GenesisCorruption's four per-image decision draws."""
+    for _ in range(4):
+        torch.rand(n, generator=g)
+    return g
