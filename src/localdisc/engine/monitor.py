@@ -16,7 +16,11 @@ from localdisc.models.ld import LDModel
 class TrainingLog:
     """``log.csv`` (one row per logged step or validation) and TensorBoard when installed."""
 
-    COLUMNS = ("step", "stage", "lr", "loss", "pd", "mix", "rd", "ent", "val_loss", "img_per_s")
+    COLUMNS = (
+        "step", "stage", "lr", "loss", "pd", "mix", "rd", "ent", "adv", "disc",  # LD
+        "nt_xent", "global", "dense", "pixpro", "positives", "restoration",  # peer methods
+        "val_loss", "img_per_s",
+    )  # fmt: skip
 
     def __init__(self, run_dir: Path, resume_step: int) -> None:
         path = run_dir / "log.csv"

@@ -33,6 +33,7 @@ from localdisc.engine.checkpoint import (
     save_checkpoint,
 )
 from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
+from localdisc.engine.shape_prior import AdversarialPrior
 from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.losses import (
     entropy_loss,
@@ -41,6 +42,7 @@ from localdisc.losses import (
     patch_embeddings,
     region_discrimination_loss,
 )
+from localdisc.methods.base import PretrainObjective
 from localdisc.models.ld import LDConfig, LDModel
 
 # Fields that may differ when a run is resumed (they do not change what is computed).
@@ -53,6 +55,9 @@ class PretrainConfig:
 
     data: list[str] = field(default_factory=list)
     modality: str = "fundus"
+    # "ld", or a peer method of localdisc.methods (one stage: it runs stage1 + stage2 steps
+    # within the sum of the stage budgets; stored folded into stage 1).
+    method: str = "ld"
     stage1_steps: int = 20_000
     stage2_steps: int = 80_000
     # Wall-clock budgets per stage (seconds; None: none): a stage ends at its step count or its
@@ -76,6 +81,14 @@ class PretrainConfig:
     tau_region: float = 0.2
     region_weight: float = 10.0
     entropy_weight: float = 0.1
+    # Shape-guided clustering (METHOD.md 5): an adversarial prior on cluster 0 in stage 2.
+    prior: str | None = None  # a folder of masks, NAME:ROOT[:TARGET] or simulated:NAME
+    prior_weight: float = 1.0
+    prior_count: int = 200  # masks drawn from a simulator
+    disc_lr: float = 5e-5
+    # Start from this run's weights (all but the clustering head, which starts random as in
+    # stage 2); with stage1_steps = 0 that is "stage 2 from a stage-1 run".
+    init_from: str | None = None
     seed: int = 0
     max_images: int | None = None
     val_images: int | None = None  # None: 5% of the pool, at most 50
@@ -93,7 +106,20 @@ class PretrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from localdisc.methods import PEER_METHODS
+
         problems = []
+        if self.method != "ld" and self.method not in PEER_METHODS:
+            problems.append(f"unknown method {self.method!r}; known: ld, {', '.join(PEER_METHODS)}")
+        if self.method != "ld":
+            if self.prior is not None:
+                problems.append("a shape prior needs --method ld")
+            if self.stage2_steps or self.stage2_seconds:  # one stage: fold stage 2 into it
+                budgets = [b for b in (self.stage1_seconds, self.stage2_seconds) if b]
+                self.stage1_steps += self.stage2_steps
+                self.stage2_steps = 0
+                self.stage1_seconds = sum(budgets) if budgets else None
+                self.stage2_seconds = None
         if self.modality not in ("fundus", "xray"):
             problems.append(f"modality must be fundus or xray, not {self.modality!r}")
         if self.stage1_steps < 0 or self.stage2_steps < 0:
@@ -119,6 +145,10 @@ class PretrainConfig:
             problems.append(f"dim must be >= 2, not {self.dim}")
         if self.lr <= 0:
             problems.append("lr must be > 0")
+        if self.prior is not None and self.stage2_steps == 0:
+            problems.append("a shape prior acts in stage 2: give stage 2 some steps")
+        if self.prior_weight < 0 or self.disc_lr <= 0 or self.prior_count < 1:
+            problems.append("prior_weight must be >= 0, disc_lr > 0 and prior_count >= 1")
         for name in (
             "val_every",
             "checkpoint_every",
@@ -162,12 +192,14 @@ class LossTerms:
     mix: Tensor
     rd: Tensor | None = None
     ent: Tensor | None = None
+    adv: Tensor | None = None  # generator term of the shape prior
+    assignments: Tensor | None = None  # stage 2: a of the 4B non-mixed views
 
     def as_dict(self) -> dict[str, Tensor]:
         d = {"loss": self.total, "pd": self.pd, "mix": self.mix}
-        if self.rd is not None:
-            d["rd"] = self.rd
-            d["ent"] = self.ent  # type: ignore[assignment]
+        for name in ("rd", "ent", "adv"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
         return d
 
 
@@ -202,7 +234,7 @@ def ld_losses(
     )
     ent = entropy_loss(a)
     total = total + config.region_weight * rd + config.entropy_weight * ent
-    return LossTerms(total, pd, mix, rd, ent)
+    return LossTerms(total, pd, mix, rd, ent, assignments=a)
 
 
 def _split_pool(pool: Tensor, config: PretrainConfig) -> tuple[Tensor, Tensor]:
@@ -245,30 +277,69 @@ def _prepare_model(model: LDModel, stage: int, ctx: distributed.DistContext) -> 
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def _new_optimizer(model: LDModel, lr: float) -> torch.optim.Adam:
+def init_from_run(model: LDModel, run_dir: str | Path) -> None:
+    """Copy a run's weights into ``model``, all but the clustering head (it starts random)."""
+    source = LDModel.from_pretrained(run_dir)
+    mine, theirs = asdict(model.config), asdict(source.config)
+    mismatch = [k for k in ("modality", "width", "dim", "padding") if mine[k] != theirs[k]]
+    if mismatch:
+        raise CheckpointError(
+            f"{run_dir}: cannot start from this run: its "
+            + ", ".join(f"{k} is {theirs[k]!r}, not {mine[k]!r}" for k in mismatch)
+        )
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("cluster_head.")}
+    model.load_state_dict(state, strict=False)
+
+
+def _new_optimizer(
+    model: LDModel, lr: float, objective: PretrainObjective | None = None
+) -> torch.optim.Adam:
+    if objective is not None:
+        return torch.optim.Adam(objective.trainable_parameters(), lr=lr)
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=lr)
 
 
+def build_objective(config: PretrainConfig, model: LDModel) -> PretrainObjective:
+    """The peer method's objective around ``model`` (``config.method`` other than ``ld``)."""
+    from localdisc.methods import PEER_METHODS
+
+    options: dict[str, Any] = {"amp": config.amp}
+    if config.method == "pixpro":  # its momentum rises to 1 over the run
+        options["momentum_steps"] = config.total_steps
+    cls = PEER_METHODS[config.method]
+    return cls(model, size=config.size, modality=config.modality, **options)
+
+
 @torch.no_grad()
 def validation_loss(
-    model: LDModel, val_pool: Tensor, views: LDViews, config: PretrainConfig, stage: int
+    model: LDModel,
+    val_pool: Tensor,
+    views: LDViews,
+    config: PretrainConfig,
+    stage: int,
+    objective: PretrainObjective | None = None,
 ) -> float:
-    """Mean loss of the current stage on the held-out images, with fixed views (eval-mode BN)."""
+    """Mean loss of the current stage (or of the peer ``objective``) on the held-out images,
+    with fixed views and eval-mode batch norm."""
     if val_pool.shape[0] == 0:
         return math.nan
     gen = torch.Generator().manual_seed(config.seed + 7919)
     n = val_pool.shape[0]
-    was_training = model.training
-    model.eval()
+    network = objective if objective is not None else model
+    was_training = network.training
+    network.eval()
     losses = []
     for start in range(0, n, config.batch):
         idx = torch.arange(start, min(start + config.batch, n))
         x1 = val_pool[idx]
         x2 = val_pool[(idx + 1) % n]
+        if objective is not None:
+            losses.append(objective(x1, x2, gen)["loss"].float())
+            continue
         batch = views(x1, x2, generator=gen)
         losses.append(ld_losses(model, batch, stage, config).total.float())
-    model.train(was_training)
+    network.train(was_training)
     return torch.stack(losses).mean().item()
 
 
@@ -342,8 +413,23 @@ def pretrain(
     model = model.to(device)
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if config.init_from:
+        init_from_run(model, config.init_from)
+    objective = None
+    if config.method != "ld":
+        if ctx.distributed:  # queues and negatives would silently be per process
+            raise LocaldiscError(
+                f"--method {config.method} runs in one process, not under torchrun"
+            )
+        objective = build_objective(config, model).to(device)
     views = LDViews(config.size, config.modality, crop_scale=tuple(config.crop_scale))
     gen = torch.Generator().manual_seed(config.seed * 1009 + ctx.rank)
+    adversary = None
+    if config.prior:
+        adversary = AdversarialPrior(
+            config.prior, config.size, device, count=config.prior_count, lr=config.disc_lr,
+            seed=config.seed, log=log if main else lambda message: None,
+        )  # fmt: skip
 
     step = 0
     stage = config.stage_at(0)
@@ -366,6 +452,11 @@ def pretrain(
         skipped_steps = state["skipped_steps"]
         nonfinite_in_row = state["nonfinite_in_row"]
         opt_state = optimizer_from_flat(tensors["optimizer"], state["optimizer"])
+        if objective is not None:
+            model_state = {f"model.{k}": v for k, v in tensors["model"].items()}
+            objective.load_state_dict({**model_state, **tensors["objective"]})
+        if adversary is not None:
+            adversary.load_state(tensors, state)
         log(f"resumed from step {step}")
     elif main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -376,7 +467,7 @@ def pretrain(
         atomic_write_text(config_path, json.dumps(meta, indent=2))
 
     ddp_model = _prepare_model(model, stage, ctx)
-    optimizer = _new_optimizer(model, config.lr_at(step))
+    optimizer = _new_optimizer(model, config.lr_at(step), objective)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     csv_log = TrainingLog(run_dir, step) if main else None
@@ -391,20 +482,26 @@ def pretrain(
         if not main:
             return
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-        save_checkpoint(
-            run_dir / "checkpoints",
-            step,
-            {"model": model.state_dict(), "optimizer": opt_tensors, "rng": rng_states},
-            {
-                "stage": stage,
-                "best_val": best_val,
-                "skipped_steps": skipped_steps,
-                "nonfinite_in_row": nonfinite_in_row,
-                "optimizer": opt_meta,
-            },
-        )
+        tensors = {"model": model.state_dict(), "optimizer": opt_tensors, "rng": rng_states}
+        meta = {
+            "stage": stage,
+            "best_val": best_val,
+            "skipped_steps": skipped_steps,
+            "nonfinite_in_row": nonfinite_in_row,
+            "optimizer": opt_meta,
+        }
+        if objective is not None:  # momentum encoders, queues (the model is saved above)
+            tensors["objective"] = {
+                k: v for k, v in objective.state_dict().items() if not k.startswith("model.")
+            }
+        if adversary is not None:
+            adv_tensors, adv_meta = adversary.state_tensors()
+            tensors.update(adv_tensors)
+            meta.update(adv_meta)
+        save_checkpoint(run_dir / "checkpoints", step, tensors, meta)
 
     b = config.batch
+    images_per_step = (objective.images_per_step(b) if objective else 5 * b) * ctx.world_size
     sums: dict[str, Tensor] = {}
     n_summed = 0
     last_loss = math.nan
@@ -441,12 +538,24 @@ def pretrain(
 
             idx = torch.randint(train_pool.shape[0], (2 * b,), generator=gen)
             x = train_pool[idx.to(train_pool.device)].to(device, non_blocking=True)
-            batch = views(x[:b], x[b:], generator=gen)
-            if config.channels_last and device.type == "cuda":
-                batch.images = batch.images.contiguous(memory_format=torch.channels_last)
-            terms = ld_losses(ddp_model, batch, stage, config, distributed_losses=ctx.distributed)
+            assignments = None
+            if objective is not None:
+                logged = objective(x[:b], x[b:], gen)
+                total = logged["loss"]
+            else:
+                batch = views(x[:b], x[b:], generator=gen)
+                if config.channels_last and device.type == "cuda":
+                    batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+                terms = ld_losses(
+                    ddp_model, batch, stage, config, distributed_losses=ctx.distributed
+                )
+                assignments = terms.assignments
+                if adversary is not None and assignments is not None:
+                    terms.adv = adversary.generator_loss(assignments[:, :1])
+                    terms.total = terms.total + config.prior_weight * terms.adv
+                total, logged = terms.total, terms.as_dict()
             optimizer.zero_grad(set_to_none=True)
-            finite = torch.isfinite(terms.total.detach()).float()
+            finite = torch.isfinite(total.detach()).float()
             if ctx.distributed:  # all ranks must agree, or the gradient all-reduce hangs
                 torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
             if not finite.item():
@@ -461,19 +570,23 @@ def pretrain(
                 step += 1
                 continue
             nonfinite_in_row = 0
-            terms.total.backward()
+            total.backward()
             optimizer.step()
+            if objective is not None:
+                objective.after_step()
+            if adversary is not None and assignments is not None:
+                logged["disc"] = adversary.discriminator_step(assignments[:, :1], gen)
             step += 1
             steps_done_here += 1
             window_steps += 1
 
-            for k, val in terms.as_dict().items():
+            for k, val in logged.items():
                 sums[k] = sums.get(k, 0) + val.detach()
             n_summed += 1
             if step % config.log_every == 0 or step == config.total_steps:
                 means = {k: (v / n_summed).item() for k, v in sums.items()}
                 now = time.perf_counter()
-                img_per_s = window_steps * 5 * b * ctx.world_size / max(now - t_window, 1e-9)
+                img_per_s = window_steps * images_per_step / max(now - t_window, 1e-9)
                 t_window, window_steps = now, 0
                 last_loss = means["loss"]
                 if csv_log:
@@ -489,7 +602,7 @@ def pretrain(
 
             end_of_stage = step == config.total_steps or config.stage_at(step) != stage
             if main and (step % config.val_every == 0 or end_of_stage):
-                val = validation_loss(model, val_pool, views, config, stage)
+                val = validation_loss(model, val_pool, views, config, stage, objective)
                 if csv_log and not math.isnan(val):
                     csv_log.write(step=step, stage=stage, val_loss=round(val, 6))
                     if val < best_val:
@@ -497,7 +610,8 @@ def pretrain(
                         atomic_save_safetensors(
                             model.state_dict(), run_dir / "model_best.safetensors"
                         )
-            if main and (step % config.figure_every == 0 or step == config.total_steps):
+            figures = main and objective is None  # a peer's embedding head is not trained
+            if figures and (step % config.figure_every == 0 or step == config.total_steps):
                 write_figures(
                     model,
                     val_pool if val_pool.shape[0] else train_pool[:4],
@@ -516,7 +630,7 @@ def pretrain(
 
     if finished:  # ended by a time budget: the outputs a full run ends with
         checkpoint()
-        if main:
+        if main and objective is None:
             write_figures(model, val_pool if val_pool.shape[0] else train_pool[:4],
                           run_dir / "figures", step, clusters=stage == 2)  # fmt: skip
     finished = finished or step == config.total_steps
@@ -527,7 +641,7 @@ def pretrain(
     # No rank may leave (and tear down gloo/NCCL) while rank 0 is still writing.
     distributed.barrier()
     elapsed = time.perf_counter() - t_start
-    overall = steps_done_here * 5 * b * ctx.world_size / max(elapsed, 1e-9)
+    overall = steps_done_here * images_per_step / max(elapsed, 1e-9)
     return PretrainResult(
         run_dir, step, overall, last_loss, None if math.isinf(best_val) else best_val, skipped_steps
     )

@@ -31,6 +31,17 @@ class LDConfig:
     def in_channels(self) -> int:
         return MODALITY_CHANNELS[self.modality]
 
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> LDConfig:
+        """The architecture saved in a run directory's ``config.json``."""
+        config_path = Path(run_dir) / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"{run_dir}: not a localdisc run directory (no config.json)")
+        try:
+            return cls(**json.loads(config_path.read_text())["model"])
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{config_path}: unreadable model config ({exc})") from exc
+
 
 def head(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 conv + BN + ReLU + 3x3 conv, the shape of both LD heads."""
@@ -144,14 +155,7 @@ class LDModel(nn.Module):
         from localdisc.engine.checkpoint import load_safetensors
 
         run_dir = Path(run_dir)
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"{run_dir}: not a localdisc run directory (no config.json)")
-        try:
-            config = LDConfig(**json.loads(config_path.read_text())["model"])
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{config_path}: unreadable model config ({exc})") from exc
-        model = cls(config)
+        model = cls(LDConfig.from_run(run_dir))
         state = load_safetensors(run_dir / weights)
         try:
             model.load_state_dict(state)

@@ -1,0 +1,38 @@
+"""Mask discriminator for shape-guided clustering (METHOD.md section 5).
+
+Chen et al. (TPAMI 2023) judge the clustering head's target channel against reference masks with
+a small convolutional discriminator. The published one builds its LeakyReLU with slope 1.0, which
+makes it linear (and so blind to shape); this one uses slope 0.2 between strided convolutions.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class MaskDiscriminator(nn.Module):
+    """Maps a one-channel mask ``[N, 1, H, W]`` in ``[0, 1]`` to a real-vs-generated logit ``[N]``.
+
+    Strided 4x4 convolutions halve the resolution ``depth`` times (a receptive field wide enough
+    to see branching, not only edges); a global average turns the last map into one logit, so
+    any input size works.
+    """
+
+    def __init__(self, width: int = 16, depth: int = 5, slope: float = 0.2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for i in range(depth):
+            out = width * 2 ** min(i, 3)
+            layers.append(nn.Conv2d(channels, out, 4, stride=2, padding=1, bias=i == 0))
+            if i > 0:  # no normalisation on the input layer (the DCGAN convention)
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.LeakyReLU(slope, inplace=True))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.logit = nn.Linear(channels, 1)
+
+    def forward(self, mask: Tensor) -> Tensor:
+        if mask.dim() != 4 or mask.shape[1] != 1:
+            raise ValueError(f"expected masks [N, 1, H, W], got {tuple(mask.shape)}")
+        return self.logit(self.features(mask).mean((2, 3))).squeeze(1)

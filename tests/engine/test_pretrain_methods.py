@@ -1,0 +1,41 @@
+import csv
+
+import pytest
+import torch
+
+from helpers import tiny_pretrain_config
+from localdisc.engine.checkpoint import load_safetensors
+from localdisc.engine.pretrain import pretrain
+from localdisc.errors import LocaldiscError
+from localdisc.methods import PEER_METHODS
+
+
+@pytest.fixture(scope="module")
+def pool():
+    from localdisc.data.pool import synthetic_pool
+
+    return synthetic_pool(6, "fundus", 48)
+
+
+@pytest.mark.parametrize("method", sorted(PEER_METHODS))
+def test_a_peer_method_trains_one_stage_and_resumes_exactly(tmp_path, pool, method):
+    config = tiny_pretrain_config(method=method, stage1_steps=2, stage2_steps=2)
+    assert (config.stage1_steps, config.stage2_steps) == (4, 0)  # one stage of 2 + 2 steps
+    quiet = {"pool": pool, "log": lambda m: None}
+    pretrain(config, tmp_path / "straight", **quiet)
+    pretrain(config, tmp_path / "resumed", stop_at_step=2, **quiet)
+    pretrain(config, tmp_path / "resumed", resume=True, **quiet)
+    a = load_safetensors(tmp_path / "straight" / "model.safetensors")
+    b = load_safetensors(tmp_path / "resumed" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert (tmp_path / "straight" / "encoder.safetensors").is_file()
+    rows = list(csv.DictReader((tmp_path / "straight" / "log.csv").read_text().splitlines()))
+    assert {r["stage"] for r in rows} == {"1"} and all(r["loss"] for r in rows if r["lr"])
+
+
+def test_unknown_methods_and_priors_on_peers_are_refused():
+    with pytest.raises(LocaldiscError, match="unknown method 'byol'"):
+        tiny_pretrain_config(method="byol")
+    with pytest.raises(LocaldiscError, match="needs --method ld"):
+        tiny_pretrain_config(method="simclr", prior="simulated:vessels")

@@ -1,0 +1,87 @@
+import csv
+
+import pytest
+import torch
+
+from helpers import tiny_pretrain_config
+from localdisc.engine.checkpoint import load_safetensors
+from localdisc.engine.pretrain import init_from_run, pretrain
+from localdisc.engine.shape_prior import AdversarialPrior
+from localdisc.errors import CheckpointError, LocaldiscError
+from localdisc.models.discriminator import MaskDiscriminator
+from localdisc.models.ld import LDModel
+
+
+@pytest.fixture(scope="module")
+def pool():
+    from localdisc.data.pool import synthetic_pool
+
+    return synthetic_pool(6, "fundus", 48)
+
+
+def test_the_discriminator_is_not_linear():
+    torch.manual_seed(0)
+    d = MaskDiscriminator().eval()  # eval: BatchNorm is a fixed affine map, LeakyReLU is not
+    x, y = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    zero = torch.zeros(1, 1, 64, 64)
+    with torch.no_grad():
+        gap = (d(x) + d(y) - d(zero) - d(x + y)).abs().item()
+    assert gap > 1e-4  # an affine network (the published slope 1.0) has gap 0
+
+
+def test_one_adversarial_step_moves_the_maps_and_the_discriminator():
+    prior = AdversarialPrior("simulated:vessels", 32, torch.device("cpu"), count=4, seed=1,
+                             log=lambda m: None)  # fmt: skip
+    maps = torch.rand(3, 1, 32, 32, requires_grad=True)
+    loss = prior.generator_loss(maps)
+    loss.backward()
+    assert torch.isfinite(loss) and maps.grad.abs().sum() > 0
+    assert all(p.grad is None for p in prior.discriminator.parameters())  # D is held still
+    before = [p.detach().clone() for p in prior.discriminator.parameters()]
+    d_loss = prior.discriminator_step(maps, torch.Generator().manual_seed(0))
+    assert torch.isfinite(d_loss)
+    after = list(prior.discriminator.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_training_with_a_prior_logs_both_terms_and_resumes_exactly(tmp_path, pool):
+    config = tiny_pretrain_config(stage1_steps=2, stage2_steps=3, prior="simulated:vessels",
+                                  prior_count=4)  # fmt: skip
+    pretrain(config, tmp_path / "straight", pool=pool, log=lambda m: None)
+    rows = list(csv.DictReader((tmp_path / "straight" / "log.csv").read_text().splitlines()))
+    stage2 = [r for r in rows if r["stage"] == "2" and r["loss"]]
+    assert stage2 and all(r["adv"] and r["disc"] for r in stage2)
+    assert all(not r["adv"] for r in rows if r["stage"] == "1" and r["loss"])
+
+    pretrain(config, tmp_path / "resumed", pool=pool, stop_at_step=4, log=lambda m: None)
+    pretrain(config, tmp_path / "resumed", pool=pool, resume=True, log=lambda m: None)
+    a = load_safetensors(tmp_path / "straight" / "model.safetensors")
+    b = load_safetensors(tmp_path / "resumed" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # The discriminator was resumed too: its checkpointed weights agree.
+    last = sorted((tmp_path / "straight" / "checkpoints").iterdir())[-1].name
+    da, db = (
+        load_safetensors(tmp_path / run / "checkpoints" / last / "discriminator.safetensors")
+        for run in ("straight", "resumed")
+    )
+    for k in da:
+        torch.testing.assert_close(da[k], db[k], rtol=0, atol=0, msg=k)
+
+
+def test_stage_two_starts_from_another_run_without_its_clustering_head(tmp_path, pool):
+    pretrain(tiny_pretrain_config(stage2_steps=0), tmp_path / "s1", pool=pool, log=lambda m: None)
+    source = LDModel.from_pretrained(tmp_path / "s1")
+    model = LDModel(source.config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_from_run(model, tmp_path / "s1")
+    for k, v in model.state_dict().items():
+        expected = before[k] if k.startswith("cluster_head.") else source.state_dict()[k]
+        assert torch.equal(v, expected), k
+    with pytest.raises(CheckpointError, match="dim is 8, not 16"):
+        init_from_run(LDModel(modality="fundus", dim=16, clusters=4), tmp_path / "s1")
+
+
+def test_a_prior_needs_stage_two():
+    with pytest.raises(LocaldiscError, match="acts in stage 2"):
+        tiny_pretrain_config(stage2_steps=0, prior="simulated:vessels")
