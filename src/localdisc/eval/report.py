@@ -74,7 +74,9 @@ def _columns(rows: dict[str, dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(c for columns in rows.values() for c in columns))
 
 
-def markdown_table(rows: dict[str, dict[str, Any]], *, pooled: bool = False) -> str:
+def markdown_table(
+    rows: dict[str, dict[str, Any]], *, pooled: bool = False, row_header: str = "init"
+) -> str:
     """One metric's table; the best mean of each column in bold."""
     columns = _columns(rows)
     key, spread = ("image_mean", "image_std") if pooled else ("mean", "std")
@@ -82,7 +84,7 @@ def markdown_table(rows: dict[str, dict[str, Any]], *, pooled: bool = False) -> 
     for c in columns:
         values = [r[c][key] for r in rows.values() if c in r and math.isfinite(r[c][key])]
         best[c] = max(values) if values else None
-    lines = ["| init | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = [f"| {row_header} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in rows.items():
         cells = []
         for c in columns:
@@ -107,8 +109,18 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md``, ``figures/dice_bars.png`` and predictions."""
+def write_report(
+    results: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    title: str = "Transfer benchmark",
+    intro: list[str] | None = None,
+    row_header: str = "init",
+) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md``, ``figures/dice_bars.png`` and predictions.
+
+    ``intro`` replaces the transfer benchmark's explanation under the ``title``.
+    """
     out_dir = Path(out_dir)
     table = collect(results)
     results = {**results, "table": table}
@@ -116,23 +128,24 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     atomic_write_text(written["json"], json.dumps(jsonable(results), indent=2))
 
     config = results.get("config", {})
-    lines = [
-        "# Transfer benchmark",
-        "",
-        f"Seeds: {config.get('seeds', '?')}; size {config.get('size', '?')}; epochs "
-        f"{config.get('frozen_epochs', '?')} frozen + {config.get('epochs', '?')} "
-        "(pre-trained inits) or the latter from scratch (random).",
-        "Cells: mean +- standard deviation over seeds of the mean over test images; best of each "
-        "column in bold. A pre-trained init has a row for its frozen-encoder model.",
-        "",
-    ]
+    if intro is None:
+        intro = [
+            f"Seeds: {config.get('seeds', '?')}; size {config.get('size', '?')}; epochs "
+            f"{config.get('frozen_epochs', '?')} frozen + {config.get('epochs', '?')} "
+            "(pre-trained inits) or the latter from scratch (random).",
+            "Cells: mean +- standard deviation over seeds of the mean over test images; best of "
+            "each column in bold. A pre-trained init has a row for its frozen-encoder model.",
+        ]
+    lines = [f"# {title}", "", *intro, ""]
     for metric, rows in table.items():
-        lines += [f"## {metric}: {METRICS[metric]}", "", markdown_table(rows), ""]
+        lines += [
+            f"## {metric}: {METRICS[metric]}", "", markdown_table(rows, row_header=row_header), "",
+        ]  # fmt: skip
     if "dice" in table:
         lines += [
             "## dice, pooled: mean +- std over all test images of all seeds (the paper's way)",
             "",
-            markdown_table(table["dice"], pooled=True),
+            markdown_table(table["dice"], pooled=True, row_header=row_header),
             "",
         ]
     if results.get("skipped"):

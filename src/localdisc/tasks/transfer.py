@@ -171,6 +171,27 @@ def build_model(init: str, modality: str, size: int) -> tuple[Segmenter, bool]:
     return model, True
 
 
+def image_metrics(
+    prob: np.ndarray,
+    sample: Sample,
+    target: str,
+    size: int,
+    *,
+    prob_at_size: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The metrics of one prediction at the image's own size (see the module docstring).
+
+    The paper's ``dice`` compares at ``size x size``: ``prob_at_size`` when the model predicted
+    at that size, else ``prob`` resized (bilinear).
+    """
+    mask = sample.masks[target]
+    metrics = segmentation_metrics(prob, mask, sample.fov, topology=target in TUBULAR_TARGETS)
+    if prob_at_size is None:
+        prob_at_size = np.clip(resize_image(prob, size), 0, 1)
+    metrics["dice"] = dice_score(prob_at_size, resize_mask(mask, size))
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def evaluate(
     model: Segmenter,
     dataset: SegmentationDataset,
@@ -193,9 +214,8 @@ def evaluate(
             prob_small[None, None], size=mask.shape, mode="bilinear", align_corners=False
         )[0, 0].clamp(0, 1)
         prob_small, prob = prob_small.numpy(), prob.numpy()
-        metrics = segmentation_metrics(prob, mask, sample.fov, topology=target in TUBULAR_TARGETS)
-        metrics["dice"] = dice_score(prob_small, resize_mask(mask, size))
-        rows.append({"image": sample.name, **{k: float(v) for k, v in metrics.items()}})
+        metrics = image_metrics(prob, sample, target, size, prob_at_size=prob_small)
+        rows.append({"image": sample.name, **metrics})
         if on_prediction is not None:
             on_prediction(sample, prob)
     return rows

@@ -1,0 +1,410 @@
+"""``localdisc benchmark shape-guided``: segmentation without labels, every prior and baseline in
+one run and one table.
+
+Per task the LD model first learns stage 1 on the task's own images (every split, labels unused;
+or starts from ``--from``, a pre-training run). Then, per prior and seed, stage 2 runs with the
+adversarial prior on cluster 0 (METHOD.md 5) and the test images are segmented three ways:
+outputs A and B and the refinement network trained on their pseudo-labels. Rows in the same run:
+
+- ``LD + PRIOR (A|B|refined)`` for each prior (OCTA, DSA, another data set's masks, simulated);
+- ``k-means (no prior)``: k-means (K = 8) on the stage-1 model's pixel embeddings, the cluster
+  whose area is closest to the prior's expected fraction;
+- vessels only, ``sato``/``frangi`` at each prior's expected fraction and with Otsu's threshold.
+
+No label of the target data set is used to train or to choose anything: hyper-parameters are the
+published ones (K = 8, weight 1, discriminator lr 5e-5); the filters and k-means get the same
+prior knowledge LD's prior carries (its expected foreground fraction). Runs are kept under
+``OUT/runs`` and reused, so an interrupted benchmark continues.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from localdisc.data.datasets import SegmentationDataset, dataset_class, load_data_spec
+from localdisc.data.io import write_png
+from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.errors import LocaldiscError
+from localdisc.eval.metrics import summarize
+from localdisc.eval.report import jsonable
+from localdisc.models.ld import LDModel
+from localdisc.tasks.predict import mask_png
+
+VESSEL_PRIORS = ("octa", "dsa", "other", "simulated")
+
+
+@dataclass(frozen=True)
+class ShapeTask:
+    """A target to segment without labels and the priors that fit it."""
+
+    dataset: str
+    folder: str | None  # under the data root; None: generated images
+    target: str
+    modality: str
+    simulator: str  # the simulated prior
+    priors: tuple[str, ...]
+    other: str | None = None  # the data set whose masks are the "other" prior
+
+    @property
+    def tubular(self) -> bool:
+        return self.target == "vessels"
+
+
+TASKS: dict[str, ShapeTask] = {
+    "drive": ShapeTask("drive", "DRIVE", "vessels", "fundus", "vessels", VESSEL_PRIORS, "stare"),
+    "stare": ShapeTask("stare", "STARE", "vessels", "fundus", "vessels", VESSEL_PRIORS, "drive"),
+    "chase_db1": ShapeTask(
+        "chase_db1", "CHASE_DB1", "vessels", "fundus", "vessels", VESSEL_PRIORS, "drive"
+    ),
+    "scr_lung": ShapeTask("jsrt_scr", ".", "lung", "xray", "lungs", ("simulated",)),
+    "scr_heart": ShapeTask("jsrt_scr", ".", "heart", "xray", "heart", ("simulated",)),
+    "synthetic_fundus": ShapeTask(
+        "synthetic_fundus", None, "vessels", "fundus", "vessels", ("simulated",)
+    ),
+}
+DATA_FOLDERS = {"drive": "DRIVE", "stare": "STARE", "chase_db1": "CHASE_DB1"}
+
+
+@dataclass
+class ShapeBenchmarkConfig:
+    tasks: list[str] | None = None  # None: drive, stare, scr_lung, scr_heart (quick: synthetic)
+    priors: list[str] | None = None  # None: every prior a task has
+    seeds: int = 1
+    data_root: str | None = None
+    init: str | None = None  # a pre-training run to start stage 2 from (skips stage 1)
+    size: int = 448  # training crop
+    pool_size: int | None = None  # None: size * 8/7, as pre-training
+    eval_size: int = 512  # the paper's Dice at 512 x 512
+    stage1_steps: int = 2_000
+    stage2_steps: int = 4_000
+    stage1_seconds: float | None = None
+    stage2_seconds: float | None = None
+    batch: int = 4
+    refine_steps: int = 600
+    kmeans_clusters: int = 8
+    max_test: int | None = None
+    device: str = "auto"
+    quick: bool = False
+    pretrain: dict[str, Any] = field(default_factory=dict)  # extra PretrainConfig fields
+
+
+def preset(config: ShapeBenchmarkConfig) -> ShapeBenchmarkConfig:
+    if config.quick:
+        return replace(
+            config, tasks=config.tasks or ["synthetic_fundus"], size=48, pool_size=64,
+            eval_size=64, stage1_steps=3, stage2_steps=3, batch=1, refine_steps=2, max_test=2,
+            device="cpu", pretrain={"val_images": 1, "workers": 1, "prior_count": 8,
+                                    **config.pretrain},
+        )  # fmt: skip
+    return replace(config, tasks=config.tasks or ["drive", "stare", "scr_lung", "scr_heart"])
+
+
+def prior_spec(name: str, task: ShapeTask, data_root: Path | None) -> str:
+    """The ``--prior`` of a prior name for ``task`` (data-root relative for the real ones)."""
+    if name == "simulated":
+        return f"simulated:{task.simulator}"
+    if data_root is None:
+        raise LocaldiscError("no data root: pass --data-root or set LOCALDISC_DATA")
+    if name in ("octa", "dsa"):
+        return str(data_root / "priors" / f"{name}_vessels")
+    if name == "other" and task.other:
+        return f"{task.other}:{data_root / DATA_FOLDERS[task.other]}:{task.target}"
+    raise LocaldiscError(f"no prior {name!r} for {task.dataset} {task.target}")
+
+
+def prior_label(name: str, task: ShapeTask) -> str:
+    return task.other if name == "other" else name
+
+
+def expected_fraction(bank: torch.Tensor, tubular: bool) -> float:
+    """The foreground fraction a prior implies: of each mask's convex hull for trees (vessel
+    masks come without their field of view), of the whole image for organs."""
+    from skimage.morphology import convex_hull_image
+
+    fractions = []
+    for mask in bank[:, 0].bool().numpy():
+        area = convex_hull_image(mask).sum() if tubular else mask.size
+        fractions.append(mask.sum() / max(area, 1))
+    return float(np.mean(fractions))
+
+
+def _test_set(spec: str) -> SegmentationDataset:
+    name = spec.partition(":")[0]
+    return load_data_spec(spec, "test" if "test" in dataset_class(name).splits else None)
+
+
+def _spec(task: ShapeTask, data_root: Path | None, quick: bool) -> str:
+    if task.folder is None:
+        return f"{task.dataset}:{4 if quick else 20}"
+    if data_root is None:
+        raise LocaldiscError("no data root: pass --data-root or set LOCALDISC_DATA")
+    return f"{task.dataset}:{data_root / task.folder}"
+
+
+def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> Path:
+    from localdisc.engine.pretrain import PretrainConfig, pretrain
+
+    if (run_dir / "model.safetensors").is_file():
+        log(f"reusing {run_dir}")
+        return run_dir
+    resume = (run_dir / "checkpoints").is_dir()
+    pretrain(PretrainConfig(**settings), run_dir, resume=resume, log=log)
+    return run_dir
+
+
+def run_shape_benchmark(
+    config: ShapeBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run every task, prior, seed and baseline; write ``results.json`` and ``results.md``."""
+    from localdisc.eval.report import write_report
+
+    config = preset(config)
+    out_dir = Path(out_dir)
+    unknown = [t for t in config.tasks or [] if t not in TASKS]
+    if unknown:
+        raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    data_root = Path(config.data_root).expanduser() if config.data_root else None
+    runs: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for name in config.tasks or []:
+        task = TASKS[name]
+        try:
+            spec = _spec(task, data_root, config.quick)
+            test = _test_set(spec)
+        except LocaldiscError as exc:
+            log(f"[yellow]skipped {name}[/]: {exc}")
+            skipped.append({"task": name, "init": "all", "reason": str(exc)})
+            continue
+        runs += _run_task(config, name, task, spec, test, data_root, out_dir, skipped, log)
+    results = {"config": asdict(config), "runs": runs, "skipped": skipped}
+    intro = [
+        "Segmentation without any label of the target data set. Rows: LD with each shape prior "
+        "(outputs A, B and refined), k-means on LD embeddings without a prior, and vesselness "
+        "filters given the prior's expected fraction or Otsu's threshold.",
+        f"Seeds: {config.seeds}; stage 1 {config.stage1_steps} steps, stage 2 "
+        f"{config.stage2_steps} steps at {config.size}; refinement {config.refine_steps} steps. "
+        "Cells: mean +- std over seeds of the mean over test images.",
+    ]
+    write_report(results, out_dir, title="Shape-guided segmentation benchmark", intro=intro,
+                 row_header="method")  # fmt: skip
+    return results
+
+
+def _settings(config: ShapeBenchmarkConfig, task: ShapeTask, spec: str, seed: int) -> dict:
+    return {
+        "data": [spec], "modality": task.modality, "size": config.size,
+        "pool_size": config.pool_size, "batch": config.batch, "clusters": 8, "seed": seed,
+        "stage1_steps": config.stage1_steps, "stage2_steps": config.stage2_steps,
+        "stage1_seconds": config.stage1_seconds, "stage2_seconds": config.stage2_seconds,
+        "device": config.device, "progress": not config.quick, **config.pretrain,
+    }  # fmt: skip
+
+
+def _run_task(
+    config: ShapeBenchmarkConfig,
+    name: str,
+    task: ShapeTask,
+    spec: str,
+    test: SegmentationDataset,
+    data_root: Path | None,
+    out_dir: Path,
+    skipped: list[dict[str, str]],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    from localdisc.priors import load_prior
+
+    indices = list(range(len(test)))[: config.max_test]
+    samples = [test[i] for i in indices]
+    target = task.target
+    task_dir = out_dir / "runs" / name
+    priors: dict[str, tuple[str, float]] = {}
+    for prior in config.priors or task.priors:
+        if prior not in task.priors:
+            continue
+        try:
+            prior_path = prior_spec(prior, task, data_root)
+            bank = load_prior(prior_path, 128, count=32, seed=0)
+        except LocaldiscError as exc:
+            log(f"[yellow]skipped prior {prior} for {name}[/]: {exc}")
+            skipped.append({"task": name, "init": prior, "reason": str(exc)})
+            continue
+        priors[prior_label(prior, task)] = (prior_path, expected_fraction(bank, task.tubular))
+    if not priors:
+        return []
+    runs: list[dict[str, Any]] = []
+
+    def record(method: str, seed: int, per_image: list[dict[str, Any]], **extra: Any) -> None:
+        summary = summarize([{k: v for k, v in r.items() if k != "image"} for r in per_image])
+        runs.append({
+            "task": name, "init": method, "labels": "no labels", "seed": seed,
+            "run_dir": str(task_dir / _slug(method) / f"seed-{seed}"),
+            "metrics": {"target": target, "summary": summary, "per_image": per_image, **extra},
+        })  # fmt: skip
+
+    fraction = priors.get("simulated", next(iter(priors.values())))[1]
+    for seed in range(config.seeds):
+        stage1 = config.init
+        if stage1 is None:
+            settings = {**_settings(config, task, spec, seed), "stage2_steps": 0}
+            settings.pop("stage2_seconds")
+            stage1 = str(_pretrain(settings, task_dir / f"stage1-seed-{seed}", log))
+        base = LDModel.from_pretrained(stage1, device=_device(config.device))
+        rows = _cached(task_dir / "kmeans" / f"seed-{seed}", _kmeans_rows, base, samples,
+                       target, config, fraction, seed)  # fmt: skip
+        record("k-means (no prior)", seed, rows)
+        for label, (prior_path, _) in priors.items():
+            settings = {
+                **_settings(config, task, spec, seed), "stage1_steps": 0, "prior": prior_path,
+                "init_from": stage1,
+            }  # fmt: skip
+            run_dir = _pretrain(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
+            outputs = _cached(run_dir / "eval", _ld_rows, run_dir, samples, target, config, log)
+            for output, per_image in outputs.items():
+                record(f"LD + {label} ({output})", seed, per_image)
+    if task.tubular:  # deterministic: one "seed"
+        thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f) in priors.items()}
+        for method in ("sato", "frangi"):
+            for label, value in {**thresholds, "Otsu": None}.items():
+                rows = _cached(task_dir / _slug(f"{method}-{label}"), _filter_rows, samples,
+                               target, method, value, config)  # fmt: skip
+                record(f"{method} @ {label}", 0, rows)
+    return runs
+
+
+def _device(device: str) -> str:
+    from localdisc.engine.distributed import resolve_device
+
+    return str(resolve_device(device))
+
+
+def _slug(method: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in method).strip("_")
+
+
+def _cached(folder: Path, compute: Callable[..., Any], *args: Any) -> Any:
+    """``compute(*args)``, saved as ``folder/per_image.json`` and reused when it exists."""
+    path = folder / "per_image.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute(*args)
+    atomic_write_text(path, json.dumps(jsonable(result), indent=1))
+    return result
+
+
+def _metrics(prob: np.ndarray, sample: Any, target: str, size: int) -> dict[str, Any]:
+    from localdisc.tasks.transfer import image_metrics
+
+    return {"image": sample.name, **image_metrics(prob, sample, target, size)}
+
+
+def _ld_rows(
+    run_dir: Path,
+    samples: list[Any],
+    target: str,
+    config: ShapeBenchmarkConfig,
+    log: Callable[[str], None],
+) -> dict[str, list[dict[str, Any]]]:
+    from localdisc.tasks.shape_guided import (
+        RefineConfig,
+        refine,
+        refined_probability,
+        run_size,
+        segment,
+    )
+
+    model = LDModel.from_pretrained(run_dir, device=_device(config.device))
+    size = run_size(run_dir)
+    maps = [segment(model, s.image, s.fov, size=size) for s in samples]
+    out: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "refined": []}
+    predictions = run_dir / "eval"
+    for s, m in zip(samples, maps, strict=True):
+        out["A"].append(_metrics(m.prob_a, s, target, config.eval_size))
+        out["B"].append(_metrics(m.prob_b, s, target, config.eval_size))
+        write_png(predictions / f"{s.name}_A_mask.png", mask_png(m.prob_a, 0.5))
+        write_png(predictions / f"{s.name}_B_mask.png", mask_png(m.prob_b, 0.5))
+    if config.refine_steps:
+        rotation = 180.0 if model.config.modality == "fundus" else 30.0
+        refine_config = RefineConfig(steps=config.refine_steps, size=config.eval_size,
+                                     rotation=rotation, device=config.device)  # fmt: skip
+        network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log)
+        for s, m in zip(samples, maps, strict=True):
+            prob = refined_probability(network, s.image, m.fov)
+            out["refined"].append(_metrics(prob, s, target, config.eval_size))
+            write_png(predictions / f"{s.name}_refined_mask.png", mask_png(prob, 0.5))
+    else:
+        del out["refined"]
+    return out
+
+
+def _kmeans_rows(
+    model: LDModel, samples: list[Any], target: str, config: ShapeBenchmarkConfig,
+    fraction: float, seed: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    return [_kmeans_row(model, s, target, config, fraction, seed) for s in samples]
+
+
+def _kmeans_row(
+    model: LDModel, sample: Any, target: str, config: ShapeBenchmarkConfig, fraction: float,
+    seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """k-means on the image's pixel embeddings (FOV only); the cluster nearest ``fraction``."""
+    from scipy.cluster.vq import kmeans2
+
+    from localdisc.data.preprocess import resize_image, resize_mask
+
+    size = config.pool_size or config.eval_size
+    image = resize_image(sample.image, size)
+    fov = resize_mask(sample.fov, size)
+    v = model.embed(image).permute(1, 2, 0).cpu().numpy()  # [H, W, D]
+    features = v[fov].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    _, labels = kmeans2(features, config.kmeans_clusters, minit="++", seed=rng)
+    areas = np.bincount(labels, minlength=config.kmeans_clusters) / len(labels)
+    chosen = int(np.argmin(np.abs(areas - fraction)))
+    mask = np.zeros(fov.shape, dtype=np.float32)
+    mask[fov] = labels == chosen
+    prob = np.clip(resize_image(mask, sample.fov.shape), 0, 1) * sample.fov
+    return _metrics(prob, sample, target, config.eval_size)
+
+
+def _filter_rows(
+    samples: list[Any], target: str, method: str, fraction: float | None,
+    config: ShapeBenchmarkConfig,
+) -> list[dict[str, Any]]:  # fmt: skip
+    return [_filter_row(s, target, method, fraction, config) for s in samples]
+
+
+def _filter_row(
+    sample: Any, target: str, method: str, fraction: float | None, config: ShapeBenchmarkConfig
+) -> dict[str, Any]:
+    """A vesselness filter thresholded at ``fraction`` of the FOV (None: Otsu), as a probability
+    map whose 0.5 level is the threshold (its ranking, hence the AUC, is the filter's)."""
+    from localdisc.tasks.vesselness import threshold_fraction, threshold_otsu_fov, vesselness
+
+    score = vesselness(sample.image, sample.fov, method=method)
+    if fraction is None:
+        mask = threshold_otsu_fov(score, sample.fov)
+    else:
+        mask = threshold_fraction(score, sample.fov, fraction)
+    prob = calibrate(score, mask)
+    return _metrics(prob, sample, target, config.eval_size)
+
+
+def calibrate(score: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A monotone map of ``score`` to [0, 1] with ``mask`` exactly where it is > 0.5."""
+    inside, outside = score[mask], score[~mask]
+    t_low = float(outside.max()) if outside.size else 0.0
+    t_high = float(inside.min()) if inside.size else 1.0
+    prob = np.where(
+        mask,
+        0.5 + 0.5 * (score - t_high) / max(1.0 - t_high, 1e-6) + 1e-3,
+        0.5 * score / max(t_low, 1e-6) - 1e-3,
+    )
+    return np.clip(prob, 0, 1).astype(np.float32)

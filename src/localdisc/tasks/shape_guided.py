@@ -1,0 +1,229 @@
+"""Segmentation without labels by shape-guided clustering (METHOD.md section 5).
+
+A model trained with a shape prior on cluster 0 (``localdisc shape-guided train``, i.e.
+:func:`localdisc.engine.pretrain.pretrain` with ``prior`` set) segments an image two ways:
+
+- output A: the assignment to cluster 0 inside the field of view, ``a_0 * FOV``;
+- output B: channel 0 of ``softmax_k(v(p) . z_k / 0.2)`` with the image's own region embeddings
+  ``z_k``: each pixel goes to the region whose mean embedding it is closest to.
+
+Both are thresholded at 0.5. :func:`refine` then trains a separate segmentation network on the
+pseudo-labels of both, pixels where they are unsure (or disagree) weighted down: the refinement
+of Chen et al. (TPAMI 2023) that is in the paper but not in its public code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from localdisc.data.io import read_image, write_png
+from localdisc.data.preprocess import fov_from_image, resize_image, resize_mask
+from localdisc.data.views import normalize
+from localdisc.engine.distributed import resolve_device
+from localdisc.engine.finetune import augment, predict_batch
+from localdisc.errors import LocaldiscError
+from localdisc.losses.pseudo_label import pseudo_label_loss
+from localdisc.losses.region import region_embeddings
+from localdisc.models.ld import LDModel
+from localdisc.models.segmenter import Segmenter
+from localdisc.tasks.predict import collect_images, mask_png, prob_png
+
+OUTPUTS = ("A", "B", "refined")
+
+
+@dataclass
+class ShapeGuidedMaps:
+    """Both outputs of one image at its own size (``float32`` H x W in [0, 1], 0 outside FOV)."""
+
+    prob_a: np.ndarray
+    prob_b: np.ndarray
+    fov: np.ndarray
+
+    @property
+    def mask_a(self) -> np.ndarray:
+        return self.prob_a > 0.5
+
+    @property
+    def mask_b(self) -> np.ndarray:
+        return self.prob_b > 0.5
+
+    def pseudo_label(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(label, weight)`` for refinement: the mean of A and B thresholded at 0.5, weighted by
+        its distance from 0.5 (1 where both are sure and agree, 0 where they cancel out)."""
+        mean = 0.5 * (self.prob_a + self.prob_b)
+        return mean > 0.5, np.abs(2 * mean - 1).astype(np.float32)
+
+
+def _fov(image: np.ndarray, fov: np.ndarray | None, modality: str) -> np.ndarray:
+    if fov is None:
+        return fov_from_image(image, modality=modality)
+    if fov.shape != image.shape[:2]:
+        raise LocaldiscError(f"FOV of shape {fov.shape} for an image of {image.shape[:2]}")
+    return fov.astype(bool)
+
+
+@torch.no_grad()
+def segment(
+    model: LDModel,
+    image: np.ndarray,
+    fov: np.ndarray | None = None,
+    *,
+    size: int | None = None,
+    tau: float = 0.2,
+) -> ShapeGuidedMaps:
+    """Outputs A and B of one raw image (``H x W (x C)`` in [0, 1]).
+
+    Args:
+        model: a shape-guided LD model (cluster 0 is the target).
+        image: the image at its own size.
+        fov: its field of view; derived from the image when omitted (whole image for X-ray).
+        size: the side the model sees (the scale it was trained at, e.g. the pool size);
+            default: the image as it is.
+        tau: the temperature of output B (0.2, as region discrimination).
+    """
+    fov = _fov(image, fov, model.config.modality)
+    h, w = image.shape[:2]
+    x = resize_image(image, size) if size else image
+    v = model.embed(x)  # [D, h', w']
+    a = model.cluster(x)  # [K, h', w']
+    z = region_embeddings(v[None], a[None])[0]  # [K, D]
+    b = torch.softmax(torch.einsum("dhw,kd->khw", v, z) / tau, dim=0)
+    maps = torch.stack([a[0], b[0]])[None].float()
+    if maps.shape[-2:] != (h, w):
+        maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
+    prob = maps[0].clamp(0, 1).cpu().numpy() * fov
+    return ShapeGuidedMaps(prob[0].astype(np.float32), prob[1].astype(np.float32), fov)
+
+
+def run_size(run_dir: str | Path) -> int | None:
+    """The pool side a run trained at (its images' scale), from its ``config.json``."""
+    import json
+
+    config = json.loads((Path(run_dir) / "config.json").read_text()).get("pretrain", {})
+    if config.get("pool_size"):
+        return int(config["pool_size"])
+    size = config.get("size")
+    return max(size, int(round(size * 8 / 7 / 16)) * 16) if size else None
+
+
+def segment_images(
+    run_dir: str | Path,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    size: int | None = None,
+    refine_steps: int = 0,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Write ``NAME_{A,B}_prob.png``, ``NAME_{A,B}_mask.png`` and ``NAME_uncertainty.png``; with
+    ``refine_steps`` also ``NAME_refined_{prob,mask}.png`` of a network trained on the
+    pseudo-labels of all the given images.
+
+    The uncertainty is ``1 - weight`` of :meth:`ShapeGuidedMaps.pseudo_label` (x 255).
+    """
+    device = str(resolve_device(device))
+    model = LDModel.from_pretrained(run_dir, device=device)
+    size = size or run_size(run_dir)
+    out_dir = Path(out_dir)
+    written = []
+    names, arrays, all_maps = [], [], []
+    for name, path in collect_images(images):
+        image = read_image(path)[0]
+        maps = segment(model, image, size=size)
+        for output, prob in (("A", maps.prob_a), ("B", maps.prob_b)):
+            write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
+            written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob, 0.5)))
+        _, weight = maps.pseudo_label()
+        write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
+        if refine_steps:
+            names.append(name)
+            arrays.append(image)
+            all_maps.append(maps)
+    if refine_steps:
+        rotation = 180.0 if model.config.modality == "fundus" else 30.0
+        config = RefineConfig(steps=refine_steps, size=size or 512, rotation=rotation,
+                              device=device)  # fmt: skip
+        network = refine(run_dir, arrays, all_maps, config, log=log)
+        for name, image, maps in zip(names, arrays, all_maps, strict=True):
+            prob = refined_probability(network, image, maps.fov)
+            write_png(out_dir / f"{name}_refined_prob.png", prob_png(prob))
+            written.append(write_png(out_dir / f"{name}_refined_mask.png", mask_png(prob, 0.5)))
+    return written
+
+
+# --- refinement ----------------------------------------------------------------------------
+
+
+@dataclass
+class RefineConfig:
+    """Training of the refinement network on pseudo-labels (short: it fits what LD found)."""
+
+    steps: int = 600
+    batch: int = 2
+    lr: float = 1e-3
+    size: int = 512
+    rotation: float = 180.0  # fundus; 30 for X-ray, as in transfer
+    flips: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+
+def refine(
+    run_dir: str | Path,
+    images: Sequence[np.ndarray],
+    maps: Sequence[ShapeGuidedMaps],
+    config: RefineConfig | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> Segmenter:
+    """Train a segmenter (encoder from ``run_dir``) on the pseudo-labels of ``maps``.
+
+    No label is used: the targets are what the LD model itself found in ``images``.
+    """
+    config = config or RefineConfig()
+    if len(images) != len(maps) or not images:
+        raise LocaldiscError("refine needs one map per image, and at least one image")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = Segmenter.from_ld_run(run_dir, size=config.size).to(device).train()
+    x = torch.from_numpy(np.stack([resize_image(im, config.size) for im in images]))
+    x = x.permute(0, 3, 1, 2).contiguous()
+    targets = []
+    for m in maps:
+        label, weight = m.pseudo_label()
+        targets.append([resize_mask(label, config.size), _resize_float(weight, config.size)])
+    y = torch.from_numpy(np.asarray(targets, dtype=np.float32))  # [N, 2, S, S]
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    for step in range(config.steps):
+        idx = torch.randint(len(x), (config.batch,), generator=gen)
+        xb, yb = augment(x[idx], y[idx], rotation=config.rotation, flips=config.flips,
+                         generator=gen)  # fmt: skip
+        xb, yb = xb.to(device), yb.to(device)
+        loss = pseudo_label_loss(model(normalize(xb, model.config.modality)), yb[:, :1], yb[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % max(1, config.steps // 5) == 0:
+            log(f"refine step {step + 1}/{config.steps}: loss {loss.item():.4f}")
+    return model.eval()
+
+
+def _resize_float(array: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def refined_probability(model: Segmenter, image: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """The refinement network's probability map at the image's own size, 0 outside the FOV."""
+    x = torch.from_numpy(resize_image(image, model.config.size)).permute(2, 0, 1)[None]
+    prob = predict_batch(model, x, 1)
+    prob = F.interpolate(prob, size=image.shape[:2], mode="bilinear", align_corners=False)
+    return prob[0, 0].clamp(0, 1).numpy() * fov

@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from localdisc.cli import app
+from localdisc.tasks.benchmark_shape_guided import (
+    TASKS,
+    calibrate,
+    expected_fraction,
+    prior_spec,
+)
+
+
+def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
+    out = tmp_path / "sg"
+    args = ["benchmark", "shape-guided", "--quick", "--out", str(out),
+            "--data-root", str(tmp_path / "none")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    rows = set(results["table"]["dice"])
+    for row in ("LD + simulated (A)", "LD + simulated (B)", "LD + simulated (refined)",
+                "k-means (no prior)", "sato @ Otsu", "frangi @ Otsu"):  # fmt: skip
+        assert row in rows, rows
+    assert any(r.startswith("sato @ simulated fraction") for r in rows)
+    cell = results["table"]["dice"]["LD + simulated (A)"]["synthetic_fundus (no labels)"]
+    assert cell["n_images"] == 2 and 0 <= cell["mean"] <= 1
+    assert "## auc" in (out / "results.md").read_text()
+    # A second call reuses every run and evaluation.
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "reusing" in again.output
+    assert json.loads((out / "results.json").read_text())["table"] == results["table"]
+
+
+def test_missing_data_is_skipped_with_the_reason(tmp_path):
+    result = CliRunner().invoke(app, [
+        "benchmark", "shape-guided", "--quick", "--tasks", "drive", "--out", str(tmp_path / "o"),
+        "--data-root", str(tmp_path / "none"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    skipped = json.loads((tmp_path / "o" / "results.json").read_text())["skipped"]
+    assert skipped[0]["task"] == "drive" and "none" in skipped[0]["reason"]
+
+
+def test_prior_specs_point_at_the_shared_layout(tmp_path):
+    drive = TASKS["drive"]
+    assert prior_spec("octa", drive, tmp_path) == str(tmp_path / "priors" / "octa_vessels")
+    assert prior_spec("other", drive, tmp_path) == f"stare:{tmp_path / 'STARE'}:vessels"
+    assert prior_spec("simulated", TASKS["scr_lung"], None) == "simulated:lungs"
+
+
+def test_calibration_keeps_the_ranking_and_the_mask():
+    rng = np.random.default_rng(0)
+    score = rng.random((20, 20)).astype(np.float32)
+    mask = score > np.quantile(score, 0.8)
+    prob = calibrate(score, mask)
+    assert np.array_equal(prob > 0.5, mask)
+    order = np.argsort(score.ravel())
+    assert np.all(np.diff(prob.ravel()[order]) >= 0)
+
+
+def test_expected_fraction_of_trees_is_relative_to_their_hull():
+    bank = torch.zeros(1, 1, 20, 20)
+    bank[0, 0, 2:18, 2] = 1
+    bank[0, 0, 2, 2:18] = 1
+    bank[0, 0, 2:18, 17] = 1  # a U of 46 pixels spanning a 16 x 16 hull
+    assert abs(expected_fraction(bank, tubular=True) - 46 / 256) < 0.02
+    assert abs(expected_fraction(bank, tubular=False) - 46 / 400) < 1e-6

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from helpers import tiny_pretrain_config
+from localdisc.cli import app
+from localdisc.data.synthetic import synthetic_fundus
+from localdisc.engine.pretrain import pretrain
+from localdisc.models.ld import LDModel
+from localdisc.tasks.shape_guided import (
+    RefineConfig,
+    ShapeGuidedMaps,
+    refine,
+    refined_probability,
+    run_size,
+    segment,
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from localdisc.data.pool import synthetic_pool
+
+    out = tmp_path_factory.mktemp("shape") / "run"
+    config = tiny_pretrain_config(prior="simulated:vessels", prior_count=4, clusters=8)
+    pretrain(config, out, pool=synthetic_pool(6, "fundus", 48), log=lambda m: None)
+    return out
+
+
+def test_segment_gives_both_outputs_inside_the_fov(run):
+    model = LDModel.from_pretrained(run)
+    fundus = synthetic_fundus(80, seed=5)
+    maps = segment(model, fundus.image, fundus.fov, size=run_size(run))
+    assert run_size(run) == 48
+    for prob in (maps.prob_a, maps.prob_b):
+        assert prob.shape == (80, 80) and prob.dtype == np.float32
+        assert prob.min() >= 0 and prob.max() <= 1
+        assert not prob[~fundus.fov].any()
+    derived = segment(model, fundus.image)  # FOV from the image when not given
+    assert not derived.prob_a[~derived.fov].any()
+
+
+def test_pseudo_labels_trust_agreement_and_doubt_disagreement():
+    fov = np.ones((1, 4), dtype=bool)
+    maps = ShapeGuidedMaps(np.array([[1.0, 0.0, 1.0, 0.6]], dtype=np.float32),
+                           np.array([[1.0, 0.0, 0.0, 0.6]], dtype=np.float32), fov)  # fmt: skip
+    label, weight = maps.pseudo_label()
+    assert label.tolist() == [[True, False, False, True]]
+    np.testing.assert_allclose(weight, [[1.0, 1.0, 0.0, 0.2]], atol=1e-6)
+
+
+def test_refinement_trains_on_pseudo_labels(run):
+    model = LDModel.from_pretrained(run)
+    images = [synthetic_fundus(48, seed=s).image for s in range(2)]
+    maps = [segment(model, im) for im in images]
+    config = RefineConfig(steps=2, size=32, device="cpu")
+    network = refine(run, images, maps, config, log=lambda m: None)
+    prob = refined_probability(network, images[0], maps[0].fov)
+    assert prob.shape == (48, 48) and prob.min() >= 0 and prob.max() <= 1
+    encoder = load_encoder(run)
+    assert any(not torch.equal(v, network.encoder.state_dict()[k]) for k, v in encoder.items())
+
+
+def load_encoder(run):
+    from localdisc.engine.checkpoint import load_safetensors
+
+    return load_safetensors(run / "encoder.safetensors")
+
+
+def test_cli_trains_from_a_stage_one_run_and_segments(tmp_path, run):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        image = (synthetic_fundus(64, seed=i).image * 255).astype("uint8")
+        Image.fromarray(image).save(folder / f"eye{i}.png")
+    out = tmp_path / "sg"
+    result = CliRunner().invoke(app, [
+        "shape-guided", "train", "--data", str(folder), "--prior", "simulated:vessels",
+        "--out", str(out), "--from", str(run), "--stage2-steps", "2", "--size", "32",
+        "--batch", "1", "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    segmented = tmp_path / "masks"
+    result = CliRunner().invoke(app, [
+        "shape-guided", "segment", "--model", str(out), "--images", str(folder),
+        "--out", str(segmented), "--refine-steps", "1", "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in segmented.iterdir()}
+    for suffix in ("A_prob", "A_mask", "B_prob", "B_mask", "uncertainty", "refined_mask"):
+        assert f"eye0_{suffix}.png" in names
+    mask = np.asarray(Image.open(segmented / "eye1_A_mask.png"))
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_cli_names_a_bad_prior(tmp_path):
+    result = CliRunner().invoke(app, [
+        "shape-guided", "train", "--data", "synthetic_fundus:4", "--prior", "simulated:spleen",
+        "--out", str(tmp_path / "x"), "--stage1-steps", "1", "--stage2-steps", "1",
+        "--size", "32", "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code != 0
+    assert "spleen" in str(result.exception) or "spleen" in result.output
