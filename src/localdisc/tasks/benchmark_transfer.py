@@ -139,7 +139,7 @@ def run_benchmark(
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     inits = {run_label(i, config.inits): i for i in config.inits}
-    if "ld" in inits:
+    if inits.get("ld") == "ld":  # not a run folder that happens to be called ld
         settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
         inits["ld"] = str(pretrain_preset(settings, out_dir / "pretrain", log))
 

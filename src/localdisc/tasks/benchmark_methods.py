@@ -1,0 +1,154 @@
+"""``localdisc benchmark pretrain-methods``: LD against peer pre-training methods, fairly.
+
+Every method pre-trains the same network (VGG16-BN quarter width, METHOD.md 1) on the same pool
+for the same wall-clock budget; LD splits its budget equally between its two stages, a peer runs
+one stage for all of it. The steps and images each reached are reported beside the table. Then
+the transfer benchmark (:mod:`localdisc.tasks.benchmark_transfer`: same tasks, labels, seeds,
+protocol) runs with random init as the floor and every method's encoder, into one table.
+
+A pool is ``MODALITY=SPEC`` (``fundus=KaggleDR/images``, ``xray=jsrt_scr:/data``) or a bare spec
+(fundus, unless it names an X-ray data set); each method pre-trains once per pool, and each task
+uses the pool of its modality. Finished pre-training runs are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.errors import LocaldiscError
+from localdisc.eval.report import collect, jsonable
+from localdisc.tasks.benchmark_transfer import TASKS, BenchmarkConfig, run_benchmark
+
+METHODS = ("ld", "simclr", "densecl", "pixpro", "genesis")
+XRAY_SETS = ("jsrt_scr", "synthetic_xray")
+
+
+@dataclass
+class MethodsBenchmarkConfig:
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    pools: list[str] = field(default_factory=list)
+    budget_seconds: float = 200.0
+    tasks: list[str] | None = None  # None: drive, scr_clavicle (quick: synthetic_fundus)
+    labels: list[str] | None = None  # None: 2, all
+    seeds: int | None = None
+    data_root: str | None = None
+    size: int = 448  # pre-training crop (the transfer's size is transfer.size)
+    batch: int = 4
+    device: str = "auto"
+    quick: bool = False
+    pretrain: dict[str, Any] = field(default_factory=dict)  # extra PretrainConfig fields
+    transfer: dict[str, Any] = field(default_factory=dict)  # extra BenchmarkConfig fields
+
+
+def parse_pool(spec: str) -> tuple[str, str]:
+    """``(modality, data spec)`` of a ``--pool``."""
+    prefix, sep, rest = spec.partition("=")
+    if sep and prefix in ("fundus", "xray"):
+        return prefix, rest
+    name = spec.partition(":")[0].lower()
+    return ("xray" if name in XRAY_SETS else "fundus"), spec
+
+
+def preset(config: MethodsBenchmarkConfig) -> MethodsBenchmarkConfig:
+    if config.quick:
+        return replace(
+            config, pools=config.pools or ["synthetic_fundus:8"],
+            tasks=config.tasks or ["synthetic_fundus"], labels=config.labels or ["2"],
+            seeds=config.seeds or 1, size=48, batch=1, device="cpu",
+            pretrain={"stage1_steps": 2, "stage2_steps": 2, "pool_size": 64, "val_images": 1,
+                      "workers": 1, **config.pretrain},
+        )  # fmt: skip
+    if not config.pools:
+        raise LocaldiscError("give the pre-training pool(s): --pool fundus=KaggleDR/images ...")
+    return replace(config, tasks=config.tasks or ["drive", "scr_clavicle"])
+
+
+def _settings(config: MethodsBenchmarkConfig, method: str, modality: str, spec: str) -> dict:
+    budget = None if config.quick else config.budget_seconds
+    settings: dict[str, Any] = {
+        "data": [spec], "modality": modality, "method": method, "size": config.size,
+        "batch": config.batch, "device": config.device, "progress": not config.quick,
+    }  # fmt: skip
+    if budget is not None:  # step counts as published, the budget ends the stages
+        settings.update(stage1_steps=20_000, stage2_steps=80_000,
+                        stage1_seconds=budget / 2, stage2_seconds=budget / 2)  # fmt: skip
+    return {**settings, **config.pretrain}
+
+
+def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> dict:
+    """Pre-train (or reuse) one method; returns what it reached."""
+    from localdisc.engine.pretrain import PretrainConfig, pretrain
+
+    record = run_dir / "reached.json"
+    if record.is_file() and (run_dir / "encoder.safetensors").is_file():
+        log(f"reusing {run_dir}")
+        return json.loads(record.read_text())
+    config = PretrainConfig(**settings)
+    t0 = time.perf_counter()
+    result = pretrain(config, run_dir, resume=(run_dir / "checkpoints").is_dir(), log=log)
+    reached = {
+        "steps": result.steps,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "images_per_s": round(result.images_per_s, 2),
+        "final_loss": result.final_loss,
+    }
+    atomic_write_text(record, json.dumps(jsonable(reached), indent=2))
+    return reached
+
+
+def run_methods_benchmark(
+    config: MethodsBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Pre-train every method on every pool, then one transfer table; write the report."""
+    config = preset(config)
+    out_dir = Path(out_dir)
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise LocaldiscError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    pools = dict(parse_pool(p) for p in config.pools)
+    needed = {TASKS[t].modality for t in config.tasks or [] if t in TASKS}
+    reached: dict[str, dict[str, Any]] = {}
+    inits = ["random"]
+    for modality, spec in pools.items():
+        if modality not in needed:
+            log(f"[yellow]no task needs the {modality} pool {spec}; not pre-training on it[/]")
+            continue
+        for method in config.methods:
+            run_dir = out_dir / "pretrain" / modality / method
+            log(f"pre-training {method} on {spec} ({modality})")
+            settings = _settings(config, method, modality, spec)
+            reached[f"{method} ({modality})"] = _pretrain(settings, run_dir, log)
+            inits.append(str(run_dir))
+    transfer = BenchmarkConfig(
+        inits=inits, tasks=config.tasks, labels=config.labels, seeds=config.seeds,
+        data_root=config.data_root, device=config.device, quick=config.quick,
+        **config.transfer,
+    )  # fmt: skip
+    results = run_benchmark(transfer, out_dir / "transfer", log=log)
+    summary = {"config": asdict(config), "pretraining": reached, "transfer": collect(results)}
+    atomic_write_text(out_dir / "results.json", json.dumps(jsonable(summary), indent=2))
+    lines = [
+        "# Pre-training methods: same network, pool, budget and transfer protocol",
+        "",
+        f"Budget per method: {config.budget_seconds:.0f} s of pre-training"
+        + (" (--quick: fixed steps instead)" if config.quick else "")
+        + "; LD: half per stage. Rows of the transfer tables are named by the method's run "
+        "folder (its name is the method).",
+        "",
+        "| method (pool) | steps | seconds | images/s | final loss |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in reached.items():
+        lines.append(
+            f"| {name} | {r['steps']} | {r['seconds']} | {r['images_per_s']} | "
+            f"{r['final_loss']:.4f} |"
+        )
+    lines += ["", (out_dir / "transfer" / "results.md").read_text()]
+    atomic_write_text(out_dir / "results.md", "\n".join(lines))
+    return summary
