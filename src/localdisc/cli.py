@@ -152,6 +152,11 @@ def pretrain(
     ),
     out: Path = typer.Option(..., "--out", help="Run directory."),
     modality: str = typer.Option("fundus", help="fundus (3 channels) or xray (1 channel)."),
+    method: str = typer.Option(
+        "ld",
+        help="ld, or a peer method on the same network: simclr, densecl, pixpro, genesis "
+        "(one stage of stage1 + stage2 steps).",
+    ),
     stage1_steps: int = typer.Option(20_000, help="Stage 1 steps (PD + mixup)."),
     stage2_steps: int = typer.Option(80_000, help="Stage 2 steps (+ region discrimination)."),
     stage1_seconds: float | None = typer.Option(
@@ -181,12 +186,12 @@ def pretrain(
         0.25, help="Width of the center-sensitive Gaussian, as a fraction of the patch side."
     ),
 ) -> None:
-    """Pre-train an LD model (stage 1, then stage 2) on unlabelled images."""
+    """Pre-train an LD model (stage 1, then stage 2), or a peer method, on unlabelled images."""
     from localdisc.engine.pretrain import PretrainConfig
     from localdisc.engine.pretrain import pretrain as run_pretrain
 
     config = PretrainConfig(
-        data=list(data), modality=modality, stage1_steps=stage1_steps,
+        data=list(data), modality=modality, method=method, stage1_steps=stage1_steps,
         stage2_steps=stage2_steps, stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds,
         batch=batch, size=size, clusters=clusters, dim=dim, lr=lr,
         device=device, workers=workers, max_images=max_images, seed=seed,
@@ -350,6 +355,88 @@ def localize(
 
 
 # --- benchmarks --------------------------------------------------------------------------------
+# --- shape-guided segmentation -----------------------------------------------------------------
+shape_app = typer.Typer(
+    help="Segment anatomy without labels: LD clustering guided by a shape prior.",
+    no_args_is_help=True,
+)
+app.add_typer(shape_app, name="shape-guided")
+
+
+@shape_app.command("train")
+def shape_guided_train(
+    data: list[str] = typer.Option(
+        ..., "--data", help="Unlabelled images: a folder or NAME:ROOT; repeatable."
+    ),
+    prior: str = typer.Option(
+        ...,
+        "--prior",
+        help="Reference shapes: a folder of masks, NAME:ROOT[:TARGET], or "
+        "simulated:vessels|lungs|heart|optic_disc|fovea.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    init: Path | None = typer.Option(
+        None, "--from", help="A pre-training run to start from (then stage 1 is skipped)."
+    ),
+    modality: str = typer.Option(
+        "fundus", help="fundus (3 channels) or xray (1 channel); with --from, the run's."
+    ),
+    clusters: int = typer.Option(8, help="Clusters K; cluster 0 is the target."),
+    stage1_steps: int = typer.Option(2_000, help="Stage 1 steps (ignored with --from)."),
+    stage2_steps: int = typer.Option(4_000, help="Stage 2 steps, with the shape prior."),
+    stage1_seconds: float | None = typer.Option(None, help="Time budget of stage 1."),
+    stage2_seconds: float | None = typer.Option(None, help="Time budget of stage 2."),
+    batch: int = typer.Option(4, help="Items per step (each feeds 5 images)."),
+    size: int = typer.Option(448, help="Crop size S (multiple of 16)."),
+    prior_weight: float = typer.Option(1.0, help="Weight of the adversarial shape term."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+) -> None:
+    """Train LD with an adversarial shape prior on cluster 0 (METHOD.md section 5)."""
+    from localdisc.engine import distributed
+    from localdisc.engine.pretrain import PretrainConfig
+    from localdisc.engine.pretrain import pretrain as run_pretrain
+
+    architecture = {"modality": modality}
+    if init:  # the architecture of the run it starts from
+        from localdisc.models.ld import LDConfig
+
+        source = LDConfig.from_run(init)
+        architecture = {k: getattr(source, k) for k in ("modality", "width", "dim", "padding")}
+    config = PretrainConfig(
+        data=list(data), stage1_steps=0 if init else stage1_steps, stage2_steps=stage2_steps,
+        stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch, size=size,
+        clusters=clusters, device=device, seed=seed, prior=prior, prior_weight=prior_weight,
+        init_from=str(init) if init else None, **architecture,
+    )  # fmt: skip
+    result = run_pretrain(config, out, resume=resume, log=console.print)
+    distributed.cleanup()
+    if distributed.is_main_process():
+        console.print(f"done: {result.steps} steps; model in [bold]{out}[/]")
+
+
+@shape_app.command("segment")
+def shape_guided_segment(
+    model: Path = typer.Option(..., "--model", help="A shape-guided training run."),
+    images: list[Path] = typer.Option(..., "--images", help="Image files or folders."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    size: int | None = typer.Option(None, help="Working size (default: the run's pool size)."),
+    refine_steps: int = typer.Option(
+        0, help="Train a refinement network on the pseudo-labels for this many steps (0: no)."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Write outputs A (cluster 0) and B (region similarity) per image, and refined masks."""
+    from localdisc.tasks.shape_guided import segment_images
+
+    written = segment_images(
+        model, images, out, size=size, refine_steps=refine_steps, device=device,
+        log=console.print,
+    )  # fmt: skip
+    console.print(f"{len(written)} mask(s) written to [bold]{out}[/]")
+
+
 benchmark_app = typer.Typer(help="Reproducible comparisons with tables and figures.")
 app.add_typer(benchmark_app, name="benchmark")
 
@@ -443,6 +530,91 @@ def benchmark_localize(
         quick=quick, seeds=seeds,
     )  # fmt: skip
     run_localize_benchmark(config, out, log=console.print)
+    console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"see [bold]{out}[/]")
+
+
+@benchmark_app.command("shape-guided")
+def benchmark_shape_guided(
+    tasks: str | None = typer.Option(
+        None,
+        help="Comma-separated: drive, stare, chase_db1, scr_lung, scr_heart, synthetic_fundus "
+        "[default: drive,stare,scr_lung,scr_heart; --quick: synthetic_fundus].",
+    ),
+    priors: str | None = typer.Option(
+        None, help="Comma-separated: octa, dsa, other (another data set), simulated [all]."
+    ),
+    seeds: int = typer.Option(1, help="Training seeds per prior."),
+    data_root: str | None = typer.Option(
+        None, help="Folder laid out like shared/data (default: $LOCALDISC_DATA)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder (results.json, results.md)."),
+    init: Path | None = typer.Option(
+        None, "--from", help="A pre-training run to start stage 2 from (skips stage 1)."
+    ),
+    size: int = typer.Option(448, help="Training crop size."),
+    stage1_steps: int = typer.Option(2_000),
+    stage2_steps: int = typer.Option(4_000),
+    stage1_seconds: float | None = typer.Option(None, help="Time budget of stage 1."),
+    stage2_seconds: float | None = typer.Option(None, help="Time budget of each stage 2."),
+    batch: int = typer.Option(4, help="Items per step."),
+    refine_steps: int = typer.Option(600, help="Refinement network steps (0: no refinement)."),
+    max_test: int | None = typer.Option(None, help="Use only the first N test images."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Generated images, tiny sizes (tests)."),
+) -> None:
+    """Segmentation without labels: LD + each prior against k-means and vesselness filters."""
+    from localdisc.tasks.benchmark_shape_guided import ShapeBenchmarkConfig, run_shape_benchmark
+    from localdisc.tasks.benchmark_transfer import default_data_root
+
+    config = ShapeBenchmarkConfig(
+        tasks=_csv(tasks or "") or None, priors=_csv(priors or "") or None, seeds=seeds,
+        data_root=data_root or default_data_root(), init=str(init) if init else None, size=size,
+        stage1_steps=stage1_steps, stage2_steps=stage2_steps, stage1_seconds=stage1_seconds,
+        stage2_seconds=stage2_seconds, batch=batch, refine_steps=refine_steps,
+        max_test=max_test, device=device, quick=quick,
+    )  # fmt: skip
+    run_shape_benchmark(config, out, log=console.print)
+    console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"see [bold]{out}[/]")
+
+
+@benchmark_app.command("pretrain-methods")
+def benchmark_pretrain_methods(
+    methods: str = typer.Option(
+        ",".join(("ld", "simclr", "densecl", "pixpro", "genesis")), help="Comma-separated."
+    ),
+    pool: list[str] | None = typer.Option(
+        None,
+        "--pool",
+        help="Pre-training images: [fundus=|xray=]SPEC (folder or NAME:ROOT); one per modality.",
+    ),
+    budget_seconds: float = typer.Option(200.0, help="Pre-training seconds per method."),
+    tasks: str | None = typer.Option(
+        None, help="Transfer tasks, comma-separated [drive,scr_clavicle; --quick: synthetic]."
+    ),
+    labels: str | None = typer.Option(None, help="Label budgets [2,all; --quick: 2]."),
+    seeds: int | None = typer.Option(None, help="Seeds per setting [3; --quick: 1]."),
+    data_root: str | None = typer.Option(
+        None, help="Folder laid out like shared/data (default: $LOCALDISC_DATA)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder (results.json, results.md)."),
+    size: int = typer.Option(448, help="Pre-training crop size."),
+    batch: int = typer.Option(4, help="Pre-training items per step."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Generated images, a few steps (tests)."),
+) -> None:
+    """Pre-train LD and peer methods for the same budget, then one transfer table."""
+    from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
+    from localdisc.tasks.benchmark_transfer import default_data_root
+
+    config = MethodsBenchmarkConfig(
+        methods=_csv(methods), pools=list(pool or []), budget_seconds=budget_seconds,
+        tasks=_csv(tasks or "") or None, labels=_csv(labels or "") or None, seeds=seeds,
+        data_root=data_root or default_data_root(), size=size, batch=batch, device=device,
+        quick=quick,
+    )  # fmt: skip
+    run_methods_benchmark(config, out, log=console.print)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"see [bold]{out}[/]")
 
