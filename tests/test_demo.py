@@ -10,11 +10,13 @@ def test_quick_demo_writes_its_figures_in_seconds(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"])
     elapsed = time.perf_counter() - start
     assert result.exit_code == 0, result.output
-    for name in ("demo_clusters.png", "demo_similarity.png", "demo_landmarks.png"):
+    for name in ("demo_clusters.png", "demo_similarity.png", "demo_landmarks.png",
+                 "demo_vessels.png"):  # fmt: skip
         assert (tmp_path / "figures" / name).stat().st_size > 10_000
     assert (tmp_path / "model.safetensors").is_file()
     assert "demo finished" in result.output
     assert "one-shot localisation (LD" in result.output and "fovea" in result.output
+    assert "vessels without labels" in result.output and "Sato" in result.output
     assert elapsed < 30
 
 

@@ -143,3 +143,25 @@ def overlay_figure(
         for ax in row:
             ax.set_axis_off()
     return _save(fig, path)
+
+
+def mask_grid(
+    rows: Sequence[tuple[str, np.ndarray, dict[str, np.ndarray]]], path: str | Path
+) -> Path:
+    """One row per image: the image, then each named map (probability or mask, in grey).
+
+    ``rows`` holds ``(name, image, {column title: H x W map})``; a title may carry a score.
+    """
+    plt = _plt()
+    n_cols = 1 + max((len(maps) for _, _, maps in rows), default=0)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.8 * n_cols, 2.9 * len(rows)),
+                             squeeze=False)  # fmt: skip
+    for row, (name, image, maps) in zip(axes, rows, strict=True):
+        _show(row[0], image)
+        row[0].set_title(name, fontsize=8)
+        for ax, (title, values) in zip(row[1:], maps.items(), strict=False):
+            ax.imshow(values, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=8)
+        for ax in row[1:]:
+            ax.set_axis_off()
+    return _save(fig, path)
