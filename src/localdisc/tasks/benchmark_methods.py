@@ -1,10 +1,11 @@
 """``localdisc benchmark pretrain-methods``: LD against peer pre-training methods, fairly.
 
 Every method pre-trains the same network (VGG16-BN quarter width, METHOD.md 1) on the same pool
-for the same wall-clock budget; LD splits its budget equally between its two stages, a peer runs
-one stage for all of it. The steps and images each reached are reported beside the table. Then
-the transfer benchmark (:mod:`localdisc.tasks.benchmark_transfer`: same tasks, labels, seeds,
-protocol) runs with random init as the floor and every method's encoder, into one table.
+for the same wall-clock budget; LD splits its budget 1:4 between its two stages (as the published
+20 000 + 80 000 steps), a peer runs one stage for all of it. The steps and images each reached
+are reported beside the table. Then the transfer benchmark
+(:mod:`localdisc.tasks.benchmark_transfer`: same tasks, labels, seeds, protocol) runs with random
+init as the floor and every method's encoder, into one table.
 
 A pool is ``MODALITY=SPEC`` (``fundus=KaggleDR/images``, ``xray=jsrt_scr:/data``) or a bare spec
 (fundus, unless it names an X-ray data set); each method pre-trains once per pool, and each task
@@ -77,7 +78,7 @@ def _settings(config: MethodsBenchmarkConfig, method: str, modality: str, spec: 
     }  # fmt: skip
     if budget is not None:  # step counts as published, the budget ends the stages
         settings.update(stage1_steps=20_000, stage2_steps=80_000,
-                        stage1_seconds=budget / 2, stage2_seconds=budget / 2)  # fmt: skip
+                        stage1_seconds=budget / 5, stage2_seconds=budget * 4 / 5)  # fmt: skip
     return {**settings, **config.pretrain}
 
 
@@ -138,7 +139,7 @@ def run_methods_benchmark(
         "",
         f"Budget per method: {config.budget_seconds:.0f} s of pre-training"
         + (" (--quick: fixed steps instead)" if config.quick else "")
-        + "; LD: half per stage. Rows of the transfer tables are named by the method's run "
+        + "; LD: 1:4 between its stages. Rows of the transfer tables are named by the method's run "
         "folder (its name is the method).",
         "",
         "| method (pool) | steps | seconds | images/s | final loss |",
