@@ -114,6 +114,8 @@ def test_time_budgets_end_each_stage_and_keep_every_output(tmp_path, pool):
                          stage2_seconds=0.5, checkpoint_every=10_000, val_every=10_000)  # fmt: skip
     result = pretrain(config, tmp_path, pool=pool, log=messages.append)
     assert 10_000 < result.steps < 20_000  # stage 1 cut short, stage 2 reached and cut short
+    assert 2 <= result.trained_steps < 1_000  # the steps actually taken, not the step number
+    assert result.images == result.trained_steps * 5 * config.batch
     assert sum("time budget" in m for m in messages) == 2
     for name in ("model.safetensors", "encoder.safetensors", "stage1.safetensors"):
         assert (tmp_path / name).is_file(), name

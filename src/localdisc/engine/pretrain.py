@@ -256,6 +256,8 @@ class PretrainResult:
     final_loss: float
     best_val: float | None
     skipped_steps: int
+    trained_steps: int = 0  # optimizer steps taken (a time budget can skip step numbers)
+    images: int = 0  # images fed through the network in those steps
 
 
 def _budget_spent(start: float, budget: float, ctx: distributed.DistContext) -> bool:
@@ -435,6 +437,7 @@ def pretrain(
     stage = config.stage_at(0)
     best_val = math.inf
     skipped_steps = 0
+    trained_steps = 0
     nonfinite_in_row = 0
     opt_state: dict | None = None
     loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log) if resume else None
@@ -450,6 +453,7 @@ def pretrain(
         stage = state["stage"]
         best_val = state["best_val"]
         skipped_steps = state["skipped_steps"]
+        trained_steps = state.get("trained_steps", step)
         nonfinite_in_row = state["nonfinite_in_row"]
         opt_state = optimizer_from_flat(tensors["optimizer"], state["optimizer"])
         if objective is not None:
@@ -487,6 +491,7 @@ def pretrain(
             "stage": stage,
             "best_val": best_val,
             "skipped_steps": skipped_steps,
+            "trained_steps": trained_steps,
             "nonfinite_in_row": nonfinite_in_row,
             "optimizer": opt_meta,
         }
@@ -577,6 +582,7 @@ def pretrain(
             if adversary is not None and assignments is not None:
                 logged["disc"] = adversary.discriminator_step(assignments[:, :1], gen)
             step += 1
+            trained_steps += 1
             steps_done_here += 1
             window_steps += 1
 
@@ -643,5 +649,6 @@ def pretrain(
     elapsed = time.perf_counter() - t_start
     overall = steps_done_here * images_per_step / max(elapsed, 1e-9)
     return PretrainResult(
-        run_dir, step, overall, last_loss, None if math.isinf(best_val) else best_val, skipped_steps
-    )
+        run_dir, step, overall, last_loss, None if math.isinf(best_val) else best_val,
+        skipped_steps, trained_steps, trained_steps * images_per_step,
+    )  # fmt: skip

@@ -94,7 +94,8 @@ def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None
     t0 = time.perf_counter()
     result = pretrain(config, run_dir, resume=(run_dir / "checkpoints").is_dir(), log=log)
     reached = {
-        "steps": result.steps,
+        "steps": result.trained_steps,
+        "images": result.images,
         "seconds": round(time.perf_counter() - t0, 1),
         "images_per_s": round(result.images_per_s, 2),
         "final_loss": result.final_loss,
@@ -142,12 +143,12 @@ def run_methods_benchmark(
         + "; LD: 1:4 between its stages. Rows of the transfer tables are named by the method's run "
         "folder (its name is the method).",
         "",
-        "| method (pool) | steps | seconds | images/s | final loss |",
-        "|---|---|---|---|---|",
+        "| method (pool) | steps | images | seconds | images/s | final loss |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in reached.items():
         lines.append(
-            f"| {name} | {r['steps']} | {r['seconds']} | {r['images_per_s']} | "
+            f"| {name} | {r['steps']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | "
             f"{r['final_loss']:.4f} |"
         )
     lines += ["", (out_dir / "transfer" / "results.md").read_text()]

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The peer-methods issue's GPU measurement (run from the repository root):
+#   `localdisc benchmark pretrain-methods`: each of METHODS pre-trains the same network for
+#   BUDGET_S seconds on the first 1 000 KaggleDR images (B = 4, S = 448; LD 1:4 between its
+#   stages), then the transfer benchmark on TASKS with LABELS and SEEDS, random init as floor.
+# Five methods x 200 s do not fit one 15-minute device session with the transfer runs: run a
+# subset of METHODS per session and carry the finished pre-training runs ($OUT/methods/pretrain,
+# a few MB of weights) into the next one as carry/methods-pretrain; finished runs are reused.
+# Needs carry/KaggleDR/images and carry/DRIVE (copied from ../shared/data, git-ignored).
+# Test it on a CPU first at toy sizes:
+#   DEVICE=cpu BUDGET_S=4 SIZE=64 METHODS=ld,simclr EPOCHS=1 SEEDS=1 LABELS=2 OUT=/tmp/gm bash benchmarks/gpu_methods.sh
+set -uo pipefail
+export PYTHONPATH=src
+OUT=${OUT:-/tmp/localdisc-gpu-methods}; METHODS=${METHODS:-ld,simclr,densecl,pixpro,genesis}
+BUDGET_S=${BUDGET_S:-200}; DEVICE=${DEVICE:-cuda}; SIZE=${SIZE:-448}; TASKS=${TASKS:-drive}
+LABELS=${LABELS:-2,20}; SEEDS=${SEEDS:-3}; EPOCHS=${EPOCHS:-100}
+mkdir -p "$OUT/methods"
+exec > >(tee -a "$OUT/session.log") 2>&1
+date -u; git rev-parse --short HEAD 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+if [ -d carry/methods-pretrain ] && [ ! -d "$OUT/methods/pretrain" ]; then
+    cp -r carry/methods-pretrain "$OUT/methods/pretrain"
+fi
+
+start=$(date +%s)
+python - "$OUT/methods" <<PY
+import sys
+from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
+config = MethodsBenchmarkConfig(
+    methods="$METHODS".split(","), pools=["fundus=carry/KaggleDR/images"],
+    budget_seconds=$BUDGET_S, tasks="$TASKS".split(","), labels="$LABELS".split(","),
+    seeds=$SEEDS, data_root="carry", size=$SIZE, device="$DEVICE",
+    pretrain={"max_images": 1000, "workers": 16, "checkpoint_every": 100000},
+    transfer={"frozen_epochs": $EPOCHS, "epochs": $EPOCHS},
+)
+run_methods_benchmark(config, sys.argv[1])
+PY
+echo "wall time: $(( $(date +%s) - start )) s"
+rm -rf "$OUT"/methods/transfer/runs/*/*/*/*/predictions "$OUT"/methods/pretrain/*/*/checkpoints

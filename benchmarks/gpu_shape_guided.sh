@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The shape-guided issue's GPU measurement, one task per call (run from the repository root):
+#   `localdisc benchmark shape-guided` on TASK (drive or stare): LD stage 1 for STAGE1_S seconds on
+#   the task's own images (every split, labels unused), then per prior (OCTA, simulated, the other
+#   data set's masks) stage 2 with the adversarial prior for STAGE2_S seconds, outputs A and B,
+#   a refinement network of REFINE steps; k-means and the Sato/Frangi rows in the same run.
+#   B = 4, S = 448 (pool 512), evaluation as in the transfer benchmark (paper Dice at 512).
+# Needs carry/DRIVE, carry/STARE and carry/priors (copied from ../shared/data, git-ignored; 50 MB).
+# Results go to $OUT (session log, results.json/md, the evaluation's per-image rows).
+# Test it on a CPU first at toy sizes:
+#   DEVICE=cpu STAGE1_S=10 STAGE2_S=10 REFINE=2 SIZE=64 BATCH=1 MAX_TEST=2 OUT=/tmp/gsg bash benchmarks/gpu_shape_guided.sh
+set -uo pipefail
+export PYTHONPATH=src
+OUT=${OUT:-/tmp/localdisc-gpu-shape}; TASK=${TASK:-drive}; PRIORS=${PRIORS:-octa,simulated,other}
+STAGE1_S=${STAGE1_S:-60}; STAGE2_S=${STAGE2_S:-60}; REFINE=${REFINE:-600}; DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-448}; BATCH=${BATCH:-4}; MAX_TEST=${MAX_TEST:-}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/session-$TASK.log") 2>&1
+date -u; git rev-parse --short HEAD 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+
+start=$(date +%s)
+python -m localdisc benchmark shape-guided --tasks "$TASK" --priors "$PRIORS" --data-root carry \
+    --size "$SIZE" --batch "$BATCH" --stage1-steps 20000 --stage2-steps 80000 \
+    --stage1-seconds "$STAGE1_S" --stage2-seconds "$STAGE2_S" --refine-steps "$REFINE" \
+    --device "$DEVICE" ${MAX_TEST:+--max-test "$MAX_TEST"} --out "$OUT/shape-$TASK"
+echo "benchmark wall time: $(( $(date +%s) - start )) s"
+# Keep the upload small: tables, logs and per-image rows, not the weights and checkpoints.
+find "$OUT/shape-$TASK" \( -name "*.safetensors" -o -name checkpoints -o -name tensorboard \) \
+    -prune -exec rm -rf {} + 2>/dev/null
