@@ -273,6 +273,24 @@ def _window_mask(
     return inside.any(dim=1, keepdim=True)
 
 
+def _paint(
+    x: Tensor,
+    generator: torch.Generator | None,
+    windows: int,
+    continue_p: float,
+    side: tuple[float, float],
+    margin: int,
+    outer: bool,
+) -> Tensor:
+    """Noise inside the windows (in-painting) or outside them (out-painting)."""
+    _check_images(x)
+    _check_generator(generator)
+    n, c, h, w = x.shape
+    mask = _window_mask(n, h, w, windows, side, outer, continue_p, margin, generator, x.device)
+    noise = torch.rand(n, c, h, w, generator=generator, dtype=x.dtype).to(x.device)
+    return torch.where(mask, x, noise) if outer else torch.where(mask, noise, x)
+
+
 def in_paint(
     x: Tensor,
     generator: torch.Generator | None = None,
@@ -283,12 +301,7 @@ def in_paint(
     margin: int = 3,
 ) -> Tensor:
     """Replace up to ``windows`` inner windows of every image by uniform noise in [0, 1)."""
-    _check_images(x)
-    _check_generator(generator)
-    n, c, h, w = x.shape
-    mask = _window_mask(n, h, w, windows, side, False, continue_p, margin, generator, x.device)
-    noise = torch.rand(n, c, h, w, generator=generator, dtype=x.dtype).to(x.device)
-    return torch.where(mask, noise, x)
+    return _paint(x, generator, windows, continue_p, side, margin, outer=False)
 
 
 def out_paint(
@@ -301,12 +314,7 @@ def out_paint(
     margin: int = 3,
 ) -> Tensor:
     """Replace every image by uniform noise except 1 to ``windows`` windows of the original."""
-    _check_images(x)
-    _check_generator(generator)
-    n, c, h, w = x.shape
-    mask = _window_mask(n, h, w, windows, side, True, continue_p, margin, generator, x.device)
-    noise = torch.rand(n, c, h, w, generator=generator, dtype=x.dtype).to(x.device)
-    return torch.where(mask, x, noise)
+    return _paint(x, generator, windows, continue_p, side, margin, outer=True)
 
 
 # --------------------------------------------------------------------------------------------
