@@ -17,7 +17,7 @@ SIZE=${SIZE:-448}; BATCH=${BATCH:-4}; MAX_TEST=${MAX_TEST:-}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/session-$TASK.log") 2>&1
 date -u; git rev-parse --short HEAD 2>/dev/null
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || lscpu | grep "Model name"
 
 start=$(date +%s)
 python -m localdisc benchmark shape-guided --tasks "$TASK" --priors "$PRIORS" --data-root carry \

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The peer-methods issue's GPU measurement (run from the repository root):
+# The peer-methods comparison, on a GPU (defaults) or at CPU scale (run from the repository root):
 #   `localdisc benchmark pretrain-methods`: each of METHODS pre-trains the same network for
-#   BUDGET_S seconds on the first 1 000 KaggleDR images (B = 4, S = 448; LD 1:4 between its
-#   stages), then the transfer benchmark on TASKS with LABELS and SEEDS, random init as floor.
+#   BUDGET_S seconds on the first 1 000 KaggleDR images (B = BATCH, S = SIZE; LD 1:4 between its
+#   stages), then the transfer benchmark on TASKS with LABELS and SEEDS at TRANSFER_SIZE, random
+#   init as the floor.
+# CPU scale (2 cores; the transfer protocol of `benchmark transfer --cpu-scale`):
+#   DEVICE=cpu SIZE=128 BATCH=2 WORKERS=2 BUDGET_S=240 LABELS=2 TRANSFER_SIZE=256 OUT=/tmp/cm bash benchmarks/compare_methods.sh
 # Five methods x 200 s do not fit one 15-minute device session with the transfer runs: run a
 # subset of METHODS per session and carry the finished pre-training runs ($OUT/methods/pretrain,
 # a few MB of weights) into the next one as carry/methods-pretrain; finished runs are reused.
@@ -13,11 +16,12 @@ set -uo pipefail
 export PYTHONPATH=src
 OUT=${OUT:-/tmp/localdisc-gpu-methods}; METHODS=${METHODS:-ld,simclr,densecl,pixpro,genesis}
 BUDGET_S=${BUDGET_S:-200}; DEVICE=${DEVICE:-cuda}; SIZE=${SIZE:-448}; TASKS=${TASKS:-drive}
-LABELS=${LABELS:-2,20}; SEEDS=${SEEDS:-3}; EPOCHS=${EPOCHS:-100}
+LABELS=${LABELS:-2,20}; SEEDS=${SEEDS:-3}; EPOCHS=${EPOCHS:-100}; BATCH=${BATCH:-4}
+TRANSFER_SIZE=${TRANSFER_SIZE:-512}; WORKERS=${WORKERS:-16}
 mkdir -p "$OUT/methods"
 exec > >(tee -a "$OUT/session.log") 2>&1
 date -u; git rev-parse --short HEAD 2>/dev/null
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || lscpu | grep 'Model name'
 if [ -d carry/methods-pretrain ] && [ ! -d "$OUT/methods/pretrain" ]; then
     cp -r carry/methods-pretrain "$OUT/methods/pretrain"
 fi
@@ -29,9 +33,9 @@ from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_method
 config = MethodsBenchmarkConfig(
     methods="$METHODS".split(","), pools=["fundus=carry/KaggleDR/images"],
     budget_seconds=$BUDGET_S, tasks="$TASKS".split(","), labels="$LABELS".split(","),
-    seeds=$SEEDS, data_root="carry", size=$SIZE, device="$DEVICE",
-    pretrain={"max_images": 1000, "workers": 16, "checkpoint_every": 100000},
-    transfer={"frozen_epochs": $EPOCHS, "epochs": $EPOCHS},
+    seeds=$SEEDS, data_root="carry", size=$SIZE, batch=$BATCH, device="$DEVICE",
+    pretrain={"max_images": 1000, "workers": $WORKERS, "checkpoint_every": 100000},
+    transfer={"frozen_epochs": $EPOCHS, "epochs": $EPOCHS, "size": $TRANSFER_SIZE},
 )
 run_methods_benchmark(config, sys.argv[1])
 PY
