@@ -11,7 +11,7 @@
 # a few MB of weights) into the next one as carry/methods-pretrain; finished runs are reused.
 # Needs carry/KaggleDR/images and carry/DRIVE (copied from ../shared/data, git-ignored).
 # Test it on a CPU first at toy sizes:
-#   DEVICE=cpu BUDGET_S=4 SIZE=64 METHODS=ld,simclr EPOCHS=1 SEEDS=1 LABELS=2 OUT=/tmp/gm bash benchmarks/gpu_methods.sh
+#   DEVICE=cpu BUDGET_S=4 SIZE=64 METHODS=ld,simclr EPOCHS=1 SEEDS=1 LABELS=2 OUT=/tmp/gm bash benchmarks/compare_methods.sh
 set -uo pipefail
 export PYTHONPATH=src
 OUT=${OUT:-/tmp/localdisc-gpu-methods}; METHODS=${METHODS:-ld,simclr,densecl,pixpro,genesis}
