@@ -174,7 +174,7 @@ def demo_vessels(
     from localdisc.priors import load_prior
     from localdisc.tasks.benchmark_shape_guided import expected_fraction
     from localdisc.tasks.shape_guided import segment
-    from localdisc.tasks.vesselness import threshold_fraction, vesselness
+    from localdisc.tasks.vesselness import segment_vessels
 
     shape_dir = run_dir / "shape-guided"
     shape_config = replace(
@@ -191,7 +191,7 @@ def demo_vessels(
     rows, scores = [], {"A": [], "B": [], "Sato": []}
     for name, image, truth, fov in cases:
         maps = segment(model, image, fov)
-        sato = threshold_fraction(vesselness(image, maps.fov, erode_fov=2), maps.fov, fraction)
+        _, sato = segment_vessels(image, maps.fov, threshold=fraction, erode_fov=2)
         found = {"A": maps.mask_a, "B": maps.mask_b, "Sato": sato}
         titles = {}
         for key, mask in found.items():

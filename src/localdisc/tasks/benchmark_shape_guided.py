@@ -386,13 +386,10 @@ def _filter_row(
 ) -> dict[str, Any]:
     """A vesselness filter thresholded at ``fraction`` of the FOV (None: Otsu), as a probability
     map whose 0.5 level is the threshold (its ranking, hence the AUC, is the filter's)."""
-    from localdisc.tasks.vesselness import threshold_fraction, threshold_otsu_fov, vesselness
+    from localdisc.tasks.vesselness import segment_vessels
 
-    score = vesselness(sample.image, sample.fov, method=method)
-    if fraction is None:
-        mask = threshold_otsu_fov(score, sample.fov)
-    else:
-        mask = threshold_fraction(score, sample.fov, fraction)
+    threshold = "otsu" if fraction is None else fraction
+    score, mask = segment_vessels(sample.image, sample.fov, method=method, threshold=threshold)
     prob = calibrate(score, mask)
     return _metrics(prob, sample, target, config.eval_size)
 
