@@ -113,11 +113,14 @@ def _print_inspection(report: dict) -> None:
         )
     console.print(table)
     if report["skipped"]:
-        skipped = Table(title=f"skipped ({len(report['skipped'])})")
+        root = report["root"]
+        skipped = Table(title=f"skipped ({len(report['skipped'])}), paths under {root or '.'}")
         skipped.add_column("file", overflow="fold")
         skipped.add_column("reason", overflow="fold")
         for entry in report["skipped"]:
-            skipped.add_row(escape(entry["path"]), escape(entry["reason"]))
+            path = Path(entry["path"])
+            shown = path.relative_to(root) if root and path.is_relative_to(root) else path
+            skipped.add_row(escape(str(shown)), escape(entry["reason"]))
         console.print(skipped)
 
 
