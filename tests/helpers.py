@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +41,24 @@ def tiny_pretrain_config(**overrides: object):
                     log_every=1, val_images=2, device="cpu", progress=False, seed=3)  # fmt: skip
     kw.update(overrides)
     return PretrainConfig(**kw)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run with ``n`` torch threads (tiny tensors run fastest on one, and do not stall when the
+    cores are busy), then restore the previous count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def generator(seed: int):
+    """A seeded CPU ``torch.Generator``."""
+    import torch
+
+    return torch.Generator().manual_seed(seed)

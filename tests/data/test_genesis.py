@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import generator, torch_threads
 from localdisc.data.genesis import (
     GenesisCorruption,
     bezier_transform,
@@ -17,15 +18,11 @@ from localdisc.data.genesis import (
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """These tiny tensors run fastest on one thread (and do not stall when cores are busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+gen = generator
 
 
 def images(b: int = 4, c: int = 3, s: int = 32, seed: int = 0) -> torch.Tensor:

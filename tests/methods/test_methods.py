@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import generator, torch_threads
 from localdisc.methods import (
     PEER_METHODS,
     DenseCLObjective,
@@ -26,15 +27,11 @@ OPTIONS: dict[str, dict] = {
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """These tiny tensors run fastest on one thread (and do not stall when cores are busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+gen = generator
 
 
 def pool_pair(channels: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
