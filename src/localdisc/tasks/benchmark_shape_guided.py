@@ -240,12 +240,12 @@ def _run_task(
         return []
     runs: list[dict[str, Any]] = []
 
-    def record(method: str, seed: int, per_image: list[dict[str, Any]], **extra: Any) -> None:
+    def record(method: str, seed: int, per_image: list[dict[str, Any]]) -> None:
         summary = summarize([{k: v for k, v in r.items() if k != "image"} for r in per_image])
         runs.append({
             "task": name, "init": method, "labels": "no labels", "seed": seed,
             "run_dir": str(task_dir / _slug(method) / f"seed-{seed}"),
-            "metrics": {"target": target, "summary": summary, "per_image": per_image, **extra},
+            "metrics": {"target": target, "summary": summary, "per_image": per_image},
         })  # fmt: skip
 
     fraction = priors.get("simulated", next(iter(priors.values())))[1]
