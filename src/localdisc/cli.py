@@ -223,7 +223,7 @@ def demo(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Pre-train a small LD model (about 2.5 minutes on 2 CPU cores) and draw what it learnt."""
+    """Pre-train a small LD model and draw what it learnt (about 4.5 minutes on 2 CPU cores)."""
     from localdisc.demo import run_demo
 
     written = run_demo(
