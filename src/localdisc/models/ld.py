@@ -114,24 +114,27 @@ class LDModel(nn.Module):
         return x.to(next(self.parameters()).device), h, w
 
     @torch.no_grad()
+    def _infer(self, image: np.ndarray | Tensor, with_clusters: bool) -> tuple[Tensor, Tensor]:
+        """``(v, a)`` of one raw image cropped to its size (``a`` empty without clusters)."""
+        x, h, w = self._prepare(image)
+        was_training = self.training
+        self.eval()
+        v, a = self(x, with_clusters=with_clusters)
+        self.train(was_training)
+        a = a if a is not None else v.new_empty(1, 0, *v.shape[-2:])
+        return v[0, :, :h, :w], a[0, :, :h, :w]
+
     def embed(self, image: np.ndarray | Tensor) -> Tensor:
         """Per-pixel embeddings of one raw image: a [D, H, W] tensor of unit vectors."""
-        x, h, w = self._prepare(image)
-        was_training = self.training
-        self.eval()
-        v, _ = self(x, with_clusters=False)
-        self.train(was_training)
-        return v[0, :, :h, :w]
+        return self._infer(image, with_clusters=False)[0]
 
-    @torch.no_grad()
     def cluster(self, image: np.ndarray | Tensor) -> Tensor:
         """Soft cluster assignments of one raw image: a [K, H, W] tensor summing to 1 over K."""
-        x, h, w = self._prepare(image)
-        was_training = self.training
-        self.eval()
-        _, a = self(x)
-        self.train(was_training)
-        return a[0, :, :h, :w]
+        return self._infer(image, with_clusters=True)[1]
+
+    def embed_and_cluster(self, image: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`embed` and :meth:`cluster` of one raw image from a single forward pass."""
+        return self._infer(image, with_clusters=True)
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, run_dir: str | Path) -> None:

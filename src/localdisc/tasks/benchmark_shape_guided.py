@@ -330,9 +330,8 @@ def _ld_rows(
         write_png(predictions / f"{s.name}_A_mask.png", mask_png(m.prob_a, 0.5))
         write_png(predictions / f"{s.name}_B_mask.png", mask_png(m.prob_b, 0.5))
     if config.refine_steps:
-        rotation = 180.0 if model.config.modality == "fundus" else 30.0
         refine_config = RefineConfig(steps=config.refine_steps, size=config.eval_size,
-                                     rotation=rotation, device=config.device)  # fmt: skip
+                                     device=config.device)  # fmt: skip
         network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log)
         for s, m in zip(samples, maps, strict=True):
             prob = refined_probability(network, s.image, m.fov)

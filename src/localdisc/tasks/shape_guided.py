@@ -26,15 +26,13 @@ from localdisc.data.io import read_image, write_png
 from localdisc.data.preprocess import fov_from_image, resize_image, resize_mask
 from localdisc.data.views import normalize
 from localdisc.engine.distributed import resolve_device
-from localdisc.engine.finetune import augment, predict_batch
+from localdisc.engine.finetune import AUGMENTATION, augment, predict_batch
 from localdisc.errors import LocaldiscError
 from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.losses.region import region_embeddings
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
 from localdisc.tasks.predict import collect_images, mask_png, prob_png
-
-OUTPUTS = ("A", "B", "refined")
 
 
 @dataclass
@@ -90,8 +88,7 @@ def segment(
     fov = _fov(image, fov, model.config.modality)
     h, w = image.shape[:2]
     x = resize_image(image, size) if size else image
-    v = model.embed(x)  # [D, h', w']
-    a = model.cluster(x)  # [K, h', w']
+    v, a = model.embed_and_cluster(x)  # [D, h', w'], [K, h', w']
     z = region_embeddings(v[None], a[None])[0]  # [K, D]
     b = torch.softmax(torch.einsum("dhw,kd->khw", v, z) / tau, dim=0)
     maps = torch.stack([a[0], b[0]])[None].float()
@@ -105,11 +102,10 @@ def run_size(run_dir: str | Path) -> int | None:
     """The pool side a run trained at (its images' scale), from its ``config.json``."""
     import json
 
-    config = json.loads((Path(run_dir) / "config.json").read_text()).get("pretrain", {})
-    if config.get("pool_size"):
-        return int(config["pool_size"])
-    size = config.get("size")
-    return max(size, int(round(size * 8 / 7 / 16)) * 16) if size else None
+    from localdisc.engine.pretrain import PretrainConfig
+
+    config = json.loads((Path(run_dir) / "config.json").read_text()).get("pretrain")
+    return PretrainConfig.from_dict(config).resolved_pool_size if config else None
 
 
 def segment_images(
@@ -147,9 +143,7 @@ def segment_images(
             arrays.append(image)
             all_maps.append(maps)
     if refine_steps:
-        rotation = 180.0 if model.config.modality == "fundus" else 30.0
-        config = RefineConfig(steps=refine_steps, size=size or 512, rotation=rotation,
-                              device=device)  # fmt: skip
+        config = RefineConfig(steps=refine_steps, size=size or 512, device=device)
         network = refine(run_dir, arrays, all_maps, config, log=log)
         for name, image, maps in zip(names, arrays, all_maps, strict=True):
             prob = refined_probability(network, image, maps.fov)
@@ -169,8 +163,8 @@ class RefineConfig:
     batch: int = 2
     lr: float = 1e-3
     size: int = 512
-    rotation: float = 180.0  # fundus; 30 for X-ray, as in transfer
-    flips: bool = True
+    rotation: float | None = None  # None: the modality's, as in transfer (180 fundus, 30 X-ray)
+    flips: bool | None = None  # None: the modality's (fundus yes, X-ray no)
     seed: int = 0
     device: str = "auto"
 
@@ -193,19 +187,21 @@ def refine(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = Segmenter.from_ld_run(run_dir, size=config.size).to(device).train()
+    rotation, flips = AUGMENTATION[model.config.modality]
+    rotation = rotation if config.rotation is None else config.rotation
+    flips = flips if config.flips is None else config.flips
     x = torch.from_numpy(np.stack([resize_image(im, config.size) for im in images]))
     x = x.permute(0, 3, 1, 2).contiguous()
     targets = []
     for m in maps:
         label, weight = m.pseudo_label()
-        targets.append([resize_mask(label, config.size), _resize_float(weight, config.size)])
+        targets.append([resize_mask(label, config.size), resize_image(weight, config.size)])
     y = torch.from_numpy(np.asarray(targets, dtype=np.float32))  # [N, 2, S, S]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     for step in range(config.steps):
         idx = torch.randint(len(x), (config.batch,), generator=gen)
-        xb, yb = augment(x[idx], y[idx], rotation=config.rotation, flips=config.flips,
-                         generator=gen)  # fmt: skip
+        xb, yb = augment(x[idx], y[idx], rotation=rotation, flips=flips, generator=gen)
         xb, yb = xb.to(device), yb.to(device)
         loss = pseudo_label_loss(model(normalize(xb, model.config.modality)), yb[:, :1], yb[:, 1:])
         optimizer.zero_grad(set_to_none=True)
@@ -214,11 +210,6 @@ def refine(
         if (step + 1) % max(1, config.steps // 5) == 0:
             log(f"refine step {step + 1}/{config.steps}: loss {loss.item():.4f}")
     return model.eval()
-
-
-def _resize_float(array: np.ndarray, size: int) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def refined_probability(model: Segmenter, image: np.ndarray, fov: np.ndarray) -> np.ndarray:
