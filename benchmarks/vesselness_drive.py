@@ -29,8 +29,8 @@ from pathlib import Path
 from localdisc.data.datasets import load_dataset
 from localdisc.data.io import is_image_file, read_mask
 from localdisc.data.preprocess import resize_image, resize_mask
-from localdisc.eval.metrics import auc_roc, summarize
-from localdisc.tasks.vesselness import FILTERS, paper_dice, prior_fraction, segment_vessels
+from localdisc.eval.metrics import auc_roc, paper_dice, summarize
+from localdisc.tasks.vesselness import FILTERS, prior_fraction, segment_vessels
 
 SIZE = 512
 RESOLUTIONS = ("native", "512")

@@ -128,11 +128,10 @@ def expected_fraction(bank: torch.Tensor, tubular: bool) -> float:
     masks come without their field of view), of the whole image for organs."""
     from skimage.morphology import convex_hull_image
 
-    fractions = []
-    for mask in bank[:, 0].bool().numpy():
-        area = convex_hull_image(mask).sum() if tubular else mask.size
-        fractions.append(mask.sum() / max(area, 1))
-    return float(np.mean(fractions))
+    from localdisc.tasks.vesselness import prior_fraction
+
+    masks = list(bank[:, 0].bool().numpy())
+    return prior_fraction(masks, [convex_hull_image(m) for m in masks] if tubular else None)
 
 
 def _test_set(spec: str) -> SegmentationDataset:

@@ -38,7 +38,7 @@ from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.finetune import FinetuneConfig, finetune, predict_batch
 from localdisc.errors import DatasetError, LocaldiscError
-from localdisc.eval.metrics import dice_score, segmentation_metrics, summarize
+from localdisc.eval.metrics import dice_score, paper_dice, segmentation_metrics, summarize
 from localdisc.eval.report import jsonable
 from localdisc.models.segmenter import Segmenter
 from localdisc.tasks.predict import mask_png, prob_png
@@ -182,14 +182,14 @@ def image_metrics(
     """The metrics of one prediction at the image's own size (see the module docstring).
 
     The paper's ``dice`` compares at ``size x size``: ``prob_at_size`` when the model predicted
-    at that size, else the mask ``prob >= 0.5`` resized as the reference is (nearest neighbour:
-    resizing probabilities would thin vessels of a pixel or two below 0.5).
+    at that size, else :func:`~localdisc.eval.metrics.paper_dice` of ``prob >= 0.5``.
     """
     mask = sample.masks[target]
     metrics = segmentation_metrics(prob, mask, sample.fov, topology=target in TUBULAR_TARGETS)
     if prob_at_size is None:
-        prob_at_size = resize_mask(prob >= 0.5, size).astype(np.float32)
-    metrics["dice"] = dice_score(prob_at_size, resize_mask(mask, size))
+        metrics["dice"] = paper_dice(prob >= 0.5, mask, size)
+    else:
+        metrics["dice"] = dice_score(prob_at_size, resize_mask(mask, size))
     return {k: float(v) for k, v in metrics.items()}
 
 

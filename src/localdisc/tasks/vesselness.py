@@ -45,8 +45,7 @@ from scipy import ndimage as ndi
 from skimage.filters import frangi, sato, threshold_otsu
 from skimage.morphology import disk
 
-from localdisc.data.preprocess import resize_mask
-from localdisc.eval.metrics import dice_score
+from localdisc.eval.metrics import paper_dice
 
 __all__ = [
     "FILTERS",
@@ -274,14 +273,3 @@ def segment_vessels(
     ):
         raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1), not {threshold!r}")
     return score, threshold_fraction(score, region, float(threshold))
-
-
-def paper_dice(mask: np.ndarray, target: np.ndarray, size: int = 512) -> float:
-    """The paper's Dice: whole image, both masks resized to ``size`` (nearest neighbour).
-
-    As in :func:`localdisc.tasks.transfer.evaluate`: the reference is resized with
-    :func:`~localdisc.data.preprocess.resize_mask`, and so is the binary prediction, then
-    :func:`~localdisc.eval.metrics.dice_score` at 0.5.
-    """
-    pred = resize_mask(np.asarray(mask, dtype=bool), size).astype(np.float32)
-    return dice_score(pred, resize_mask(np.asarray(target, dtype=bool), size))
