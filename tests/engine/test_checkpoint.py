@@ -27,6 +27,20 @@ def test_checkpoints_rotate_and_load_newest(tmp_path):
     assert state["step"] == 3 and tensors["model"]["w"][0] == 3
 
 
+def test_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    import shutil
+
+    save_checkpoint(tmp_path, 1, _tensors(1), {"stage": 1}, keep=1)
+    # A process killed while deleting the old checkpoint: the delete never completes.
+    monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)
+    save_checkpoint(tmp_path, 2, _tensors(2), {"stage": 1}, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000002"]
+    assert (tmp_path / ".tmp-old-step_00000001").is_dir()  # out of the checkpoint names
+    monkeypatch.undo()
+    save_checkpoint(tmp_path, 3, _tensors(3), {"stage": 1}, keep=1)  # cleans the leftover
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003"]
+
+
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     save_checkpoint(tmp_path, 1, _tensors(1), {})
     newest = save_checkpoint(tmp_path, 2, _tensors(2), {})

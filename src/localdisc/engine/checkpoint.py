@@ -236,7 +236,14 @@ def save_checkpoint(
         raise full from exc
     _fsync_dir(checkpoint_dir)
     for old in list_checkpoints(checkpoint_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        # Out of the checkpoint names first: a kill mid-delete then leaves a temporary folder
+        # (removed by the next save), never a half-deleted step_ folder.
+        doomed = old.with_name(f".tmp-old-{old.name}")
+        try:
+            os.replace(old, doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
