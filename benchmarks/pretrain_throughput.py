@@ -46,6 +46,8 @@ def run_one(
     warmup: int,
     compile_model: bool,
     profile: bool = False,
+    depth: int = 5,
+    width: int = 16,
 ) -> dict:
     from localdisc.data.views import LDViews, undo_view2
     from localdisc.engine.pretrain import PretrainConfig, ld_losses
@@ -59,10 +61,12 @@ def run_one(
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    config = PretrainConfig(data=["-"], batch=batch, size=size, stage1_steps=0, stage2_steps=1)
+    config = PretrainConfig(
+        data=["-"], batch=batch, size=size, stage1_steps=0, stage2_steps=1, depth=depth, width=width
+    )
     pool_size = config.resolved_pool_size
     pool = torch.randint(0, 256, (64, 3, pool_size, pool_size), dtype=torch.uint8)
-    model = LDModel().to(dev)
+    model = LDModel(depth=depth, width=width).to(dev)
     views = LDViews(size)
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -156,6 +160,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile localdisc's model")
     parser.add_argument("--variants", default="localdisc,naive")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
+    parser.add_argument("--depth", type=int, default=5, help="encoder blocks (the demo's: 3)")
+    parser.add_argument("--width", type=int, default=16, help="first block's channels (demo: 8)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -168,6 +174,8 @@ def main() -> None:
             args.warmup,
             args.compile,
             args.profile,
+            args.depth,
+            args.width,
         )
         print(json.dumps(result))
         return
@@ -175,7 +183,10 @@ def main() -> None:
     for variant in args.variants.split(","):
         cmd = (
             [sys.executable, __file__, "--one", variant]
-            + [f"--{k}={getattr(args, k)}" for k in ("device", "batch", "size", "steps", "warmup")]
+            + [
+                f"--{k}={getattr(args, k)}"
+                for k in ("device", "batch", "size", "steps", "warmup", "depth", "width")
+            ]
             + (["--compile"] if args.compile else [])
             + (["--profile"] if args.profile else [])
         )
@@ -186,7 +197,10 @@ def main() -> None:
             continue
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"device: {name}, batch {args.batch} ({5 * args.batch} images/step), size {args.size}")
+    print(
+        f"device: {name}, batch {args.batch} ({5 * args.batch} images/step), size {args.size}, "
+        f"depth {args.depth}, width {args.width}"
+    )
     print(f"{'variant':<10} {'images/s':>10} {'step (ms)':>10} {'peak (GiB)':>11}")
     for variant, r in results.items():
         if r is None:

@@ -170,6 +170,7 @@ def pretrain(
     size: int = typer.Option(448, help="Crop size S (multiple of 16)."),
     clusters: int = typer.Option(16, help="Clusters K."),
     dim: int = typer.Option(32, help="Embedding dimension D."),
+    width: int = typer.Option(16, help="Channels of the first VGG block (16: published)."),
     lr: float = typer.Option(1e-3, help="Adam learning rate (halved every 10 000 steps)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: int = typer.Option(4, help="Threads decoding the pool."),
@@ -180,6 +181,10 @@ def pretrain(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable pool images."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across processes."),
     padding: str = typer.Option("zeros", help="Convolution padding: zeros (published), circular."),
+    depth: int = typer.Option(
+        5,
+        help="VGG16 blocks in the encoder (5: published; 3: for images under ~250 px).",
+    ),
     center_sensitive: bool = typer.Option(
         False,
         "--center-sensitive",
@@ -196,10 +201,10 @@ def pretrain(
     config = PretrainConfig(
         data=list(data), modality=modality, method=method, stage1_steps=stage1_steps,
         stage2_steps=stage2_steps, stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds,
-        batch=batch, size=size, clusters=clusters, dim=dim, lr=lr,
+        batch=batch, size=size, clusters=clusters, dim=dim, width=width, lr=lr,
         device=device, workers=workers, max_images=max_images, seed=seed,
         checkpoint_every=checkpoint_every, skip_bad=skip_bad, sync_bn=sync_bn, padding=padding,
-        center_sigma=center_sigma if center_sensitive else None,
+        depth=depth, center_sigma=center_sigma if center_sensitive else None,
     )  # fmt: skip
     from localdisc.engine import distributed
 
@@ -223,7 +228,7 @@ def demo(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Pre-train a small LD model and draw what it learnt (about 4.5 minutes on 2 CPU cores)."""
+    """Pre-train a small LD model and draw what it learnt (about 4 minutes on 2 CPU cores)."""
     from localdisc.demo import run_demo
 
     written = run_demo(
@@ -406,7 +411,9 @@ def shape_guided_train(
         from localdisc.models.ld import LDConfig
 
         source = LDConfig.from_run(init)
-        architecture = {k: getattr(source, k) for k in ("modality", "width", "dim", "padding")}
+        architecture = {
+            k: getattr(source, k) for k in ("modality", "width", "dim", "padding", "depth")
+        }
     config = PretrainConfig(
         data=list(data), stage1_steps=0 if init else stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch, size=size,

@@ -22,6 +22,32 @@ def test_backbone_gives_32_channels_at_full_resolution():
     assert net(torch.randn(2, 1, 48, 80)).shape == (2, 32, 48, 80)
 
 
+def test_a_shallower_encoder_keeps_the_output_channels():
+    enc = VGGEncoder(3, 16, depth=3)
+    assert enc.channels == [16, 32, 64]
+    assert [s.shape[-1] for s in enc(torch.randn(1, 3, 32, 32))] == [32, 16, 8]
+    net = VGGUNet(3, 16, depth=3)
+    assert net(torch.randn(1, 3, 48, 80)).shape == (1, 32, 48, 80)
+    with pytest.raises(ValueError, match="depth"):
+        VGGEncoder(3, 16, depth=6)
+
+
+def test_receptive_field_shrinks_with_depth():
+    """A pixel's output depends on input pixels within the receptive field only: poke the input
+    far from a pixel and see whether it changes (eval mode, so batch norm is per-pixel)."""
+
+    def reaches(depth: int, distance: int) -> bool:
+        torch.manual_seed(0)
+        net = VGGUNet(1, 4, depth=depth).eval()
+        x = torch.zeros(1, 1, 160, 160)
+        y0 = net(x)[0, :, 80, 80]
+        x[0, 0, 80, 80 + distance] = 100.0
+        return not torch.allclose(net(x)[0, :, 80, 80], y0)
+
+    assert reaches(3, 20) and not reaches(3, 40)
+    assert reaches(5, 40)
+
+
 @pytest.mark.parametrize("modality,channels", [("fundus", 3), ("xray", 1)])
 def test_heads_are_normalised(modality, channels):
     model = LDModel(LDConfig(modality=modality, dim=8, clusters=5))

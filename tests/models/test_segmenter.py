@@ -30,6 +30,13 @@ def test_from_ld_run_takes_the_encoder_and_a_new_decoder(tmp_path):
     assert all(m.padding_mode == "circular" for m in model.modules() if hasattr(m, "padding_mode"))
 
 
+def test_from_ld_run_builds_the_encoder_of_the_runs_depth(tmp_path):
+    LDModel(LDConfig(depth=3)).save(tmp_path)
+    model = Segmenter.from_ld_run(tmp_path, size=64)
+    assert model.config.depth == 3 and model.encoder.channels == [16, 32, 64]
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
 def test_from_ld_run_names_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         Segmenter.from_ld_run(tmp_path)

@@ -71,6 +71,7 @@ class PretrainConfig:
     clusters: int = 16
     dim: int = 32
     width: int = 16
+    depth: int = 5  # encoder blocks (LDConfig.depth)
     padding: str = "zeros"
     lr: float = 1e-3
     lr_halve_every: int = 10_000
@@ -133,6 +134,8 @@ class PretrainConfig:
             problems.append("batch must be >= 1")
         if self.size < 16 or self.size % 16:
             problems.append(f"size must be a positive multiple of 16, not {self.size}")
+        if not 2 <= self.depth <= 5:
+            problems.append(f"depth must be 2 to 5 encoder blocks, not {self.depth}")
         if self.padding not in ("zeros", "circular", "reflect", "replicate"):
             problems.append(
                 f"padding must be zeros, circular, reflect or replicate, not {self.padding!r}"
@@ -283,7 +286,7 @@ def init_from_run(model: LDModel, run_dir: str | Path) -> None:
     """Copy a run's weights into ``model``, all but the clustering head (it starts random)."""
     source = LDModel.from_pretrained(run_dir)
     mine, theirs = asdict(model.config), asdict(source.config)
-    mismatch = [k for k in ("modality", "width", "dim", "padding") if mine[k] != theirs[k]]
+    mismatch = [k for k in ("modality", "width", "dim", "padding", "depth") if mine[k] != theirs[k]]
     if mismatch:
         raise CheckpointError(
             f"{run_dir}: cannot start from this run: its "
@@ -408,7 +411,9 @@ def pretrain(
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = LDModel(
-        LDConfig(config.modality, config.width, config.dim, config.clusters, config.padding)
+        LDConfig(
+            config.modality, config.width, config.dim, config.clusters, config.padding, config.depth
+        )
     )
     if config.sync_bn and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -26,6 +26,7 @@ class LDConfig:
     dim: int = 32
     clusters: int = 16
     padding: str = "zeros"  # or "circular" / "reflect" / "replicate" for every 3x3 convolution
+    depth: int = 5  # VGG16 blocks in the encoder (5: the paper's)
 
     @property
     def in_channels(self) -> int:
@@ -64,7 +65,7 @@ class LDModel(nn.Module):
         self.config = config or LDConfig(**kwargs)  # type: ignore[arg-type]
         if self.config.modality not in MODALITY_CHANNELS:
             raise ValueError(f"modality must be one of {sorted(MODALITY_CHANNELS)}")
-        self.backbone = VGGUNet(self.config.in_channels, self.config.width)
+        self.backbone = VGGUNet(self.config.in_channels, self.config.width, self.config.depth)
         c = self.backbone.out_channels
         self.embedding_head = head(c, self.config.dim)
         self.cluster_head = head(c, self.config.clusters)

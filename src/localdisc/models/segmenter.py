@@ -28,6 +28,7 @@ class SegmenterConfig:
     width: int = 16
     padding: str = "zeros"
     size: int = 512  # images are resized to size x size, as in training
+    depth: int = 5  # encoder blocks, as the LD run it starts from
 
     @property
     def in_channels(self) -> int:
@@ -46,7 +47,7 @@ class Segmenter(nn.Module):
         self.config = config or SegmenterConfig(**kwargs)  # type: ignore[arg-type]
         if self.config.modality not in MODALITY_CHANNELS:
             raise ValueError(f"modality must be one of {sorted(MODALITY_CHANNELS)}")
-        self.encoder = VGGEncoder(self.config.in_channels, self.config.width)
+        self.encoder = VGGEncoder(self.config.in_channels, self.config.width, self.config.depth)
         self.decoder = UNetDecoder(self.encoder.channels)
         self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
         if self.config.padding != "zeros":  # match the padding the encoder was trained with
@@ -70,6 +71,7 @@ class Segmenter(nn.Module):
             modality=model_config.get("modality", "fundus"),
             width=model_config.get("width", 16),
             padding=model_config.get("padding", "zeros"),
+            depth=model_config.get("depth", 5),
             size=size,
         )
         model = cls(config)
