@@ -33,9 +33,17 @@ class DemoPreset:
     stage1_steps: int
     stage2_steps: int
     shape_steps: int  # stage 2 with the simulated vessel prior (shape-guided segmentation)
+    # A smaller network than the paper's for a 2-core CPU: three VGG blocks instead of five keep
+    # the receptive field (about 50 px) well inside the 128 px images, so the network cannot solve
+    # patch discrimination by reading each pixel's position off the image border and has to look
+    # at the tissue; half the width makes a step cheap enough for hundreds of them
+    # (benchmarks/RESULTS.md, "Demo on CPU", has the variants measured).
+    depth: int = 3
+    width: int = 8
+    clusters: int = 16
 
 
-FULL = DemoPreset(synthetic=24, size=128, batch=2, stage1_steps=150, stage2_steps=150,
+FULL = DemoPreset(synthetic=24, size=128, batch=1, stage1_steps=500, stage2_steps=500,
                   shape_steps=150)  # fmt: skip
 QUICK = DemoPreset(synthetic=4, size=64, batch=1, stage1_steps=4, stage2_steps=4, shape_steps=2)
 
@@ -62,6 +70,30 @@ def demo_figure_images(modality: str, size: int, seed: int = 0) -> list[np.ndarr
         others = [synthetic.synthetic_fundus(size, 10_000 + seed + i).image for i in range(2)]
         return [retina_photograph(size), *others]
     return [synthetic.synthetic_xray(size, 10_000 + seed + i).image for i in range(3)]
+
+
+def anatomy_scores(model, size: int, seed: int = 0, count: int = 4) -> dict[str, float]:
+    """How well single clusters follow anatomy on ``count`` generated eyes not in the pool.
+
+    For the vessels, the optic disc and the dark surround of the field of view: the mean Dice of
+    the one cluster that covers that structure best on all the eyes (``best_cluster_dice``). A
+    position code scores near zero on discs, which move from eye to eye, and near the reference
+    ``"vessels if all field of view"`` (one cluster over the whole field of view) on vessels.
+    """
+    from localdisc.data import synthetic
+    from localdisc.eval.metrics import best_cluster_dice, dice_score
+
+    eyes = [synthetic.synthetic_fundus(size, 40_000 + seed + i) for i in range(count)]
+    maps = [model.cluster(eye.image).argmax(0).cpu().numpy() for eye in eyes]
+    regions = {
+        "vessels": [eye.vessels for eye in eyes],
+        "optic disc": [eye.disc for eye in eyes],
+        "surround": [~eye.fov for eye in eyes],
+    }
+    scores = {name: best_cluster_dice(maps, masks)[1] for name, masks in regions.items()}
+    everywhere = [dice_score(eye.fov.astype(np.float32), eye.vessels) for eye in eyes]
+    scores["vessels if all field of view"] = float(np.mean(everywhere))
+    return scores
 
 
 def demo_queries(image: np.ndarray) -> list[Query]:
@@ -112,6 +144,9 @@ def run_demo(
         stage2_steps=preset.stage2_steps,
         batch=preset.batch,
         size=preset.size,
+        depth=preset.depth,
+        width=preset.width,
+        clusters=preset.clusters,
         val_images=0 if quick else 2,
         val_every=10**9,
         checkpoint_every=100,
@@ -154,6 +189,11 @@ def run_demo(
         "log": out / "log.csv",
     }
     if modality == "fundus" and not data:
+        scores = anatomy_scores(model, size, seed)
+        log(
+            "clusters against anatomy on 4 generated eyes (Dice of the best single cluster): "
+            + ", ".join(f"{name} {value:.2f}" for name, value in scores.items())
+        )
         written["landmarks"] = demo_localization(out, size, seed, log)
         written["vessels"] = demo_vessels(out, config, preset.shape_steps, log)
     return written

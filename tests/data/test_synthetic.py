@@ -122,6 +122,15 @@ def test_vessels_darker_in_green_and_disc_brighter(fundi: list[SyntheticFundus])
         assert green[fovea].mean() < green[background].mean(), "darker macula"
 
 
+def test_disc_mask_covers_the_bright_disc(fundi: list[SyntheticFundus]) -> None:
+    for f in fundi:
+        lum = f.image.mean(-1)
+        assert f.disc[round(f.optic_disc[1]), round(f.optic_disc[0])]
+        assert 0.005 < f.disc.mean() < 0.03  # about a tenth of the FOV's diameter across
+        ring = _disc(lum.shape, f.optic_disc, 2 * f.disc_radius) & ~f.disc & f.fov
+        assert lum[f.disc].mean() > lum[ring].mean() + 0.05
+
+
 def test_fundus_background_is_orange_red(fundi: list[SyntheticFundus]) -> None:
     for f in fundi:
         r, g, b = (f.image[..., c][f.fov & ~f.vessels].mean() for c in range(3))

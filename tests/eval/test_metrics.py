@@ -9,6 +9,7 @@ import pytest
 
 from localdisc.eval.metrics import (
     auc_roc,
+    best_cluster_dice,
     cldice,
     confusion_counts,
     dice_score,
@@ -301,3 +302,18 @@ def test_summarize():
     assert math.isnan(s["cldice"]["mean"]) and math.isnan(s["cldice"]["std"])
     assert s["cldice"]["n"] == 0
     assert summarize([]) == {}
+
+
+def test_best_cluster_dice_wants_one_cluster_for_all_images():
+    region = np.zeros((4, 4), bool)
+    region[:2] = True
+    first = np.where(region, 3, 0)
+    assert best_cluster_dice([first, first], [region, region]) == (3, 1.0)
+    # The structure under cluster 3 in one image and cluster 1 in the other: no cluster follows it.
+    other = np.where(region, 1, 0)
+    k, score = best_cluster_dice([first, other], [region, region])
+    assert k in (1, 3) and score == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="one region mask per cluster map"):
+        best_cluster_dice([first], [region, region])
+    with pytest.raises(ValueError, match="shapes differ"):
+        best_cluster_dice([first], [region[:3]])

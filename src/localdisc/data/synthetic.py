@@ -552,6 +552,15 @@ class SyntheticFundus:
     fov: np.ndarray  # bool H x W, circular field of view
     optic_disc: tuple[float, float]  # (x, y) pixel centre
     fovea: tuple[float, float]  # (x, y)
+    disc_radius: float  # pixels
+
+    @property
+    def disc(self) -> np.ndarray:
+        """The optic disc as a bool H x W mask (a disc of ``disc_radius`` at ``optic_disc``)."""
+        h, w = self.fov.shape
+        yy, xx = np.mgrid[:h, :w]
+        x, y = self.optic_disc
+        return np.hypot(xx - x, yy - y) <= self.disc_radius
 
 
 def _soft_step(x: np.ndarray, width: float) -> np.ndarray:
@@ -629,6 +638,7 @@ def synthetic_fundus(size: int = 256, seed: int = 0) -> SyntheticFundus:
         fov=fov,
         optic_disc=(float(eye.disc[0]), float(eye.disc[1])),
         fovea=(float(eye.fovea[0]), float(eye.fovea[1])),
+        disc_radius=float(eye.disc_radius),
     )
 
 

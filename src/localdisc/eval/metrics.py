@@ -302,3 +302,30 @@ def paper_dice(mask: ArrayLike, target: ArrayLike, size: int = 512) -> float:
 
     pred = resize_mask(np.asarray(mask, dtype=bool), size).astype(np.float32)
     return dice_score(pred, resize_mask(np.asarray(target, dtype=bool), size))
+
+
+def best_cluster_dice(
+    cluster_maps: Sequence[ArrayLike], regions: Sequence[ArrayLike]
+) -> tuple[int, float]:
+    """The one cluster that best covers a structure over several images, and its mean Dice.
+
+    ``cluster_maps`` are arg-max cluster label maps (int H x W), ``regions`` the structure's masks
+    on the same images. Every cluster ``k`` is scored by the mean over images of
+    Dice(``map == k``, region); the best ``(k, mean Dice)`` is returned. One cluster for all
+    images, because a clustering follows anatomy when the same cluster marks the same structure
+    everywhere.
+    """
+    maps = [np.asarray(m) for m in cluster_maps]
+    masks = [_as_bool(r, "region") for r in regions]
+    if not maps or len(maps) != len(masks):
+        raise ValueError("need one region mask per cluster map, and at least one of each")
+    for m, r in zip(maps, masks, strict=True):
+        _check_shapes(cluster_map=m, region=r)
+    scores = {}
+    for k in np.unique(np.concatenate([m.ravel() for m in maps])):
+        per_image = [
+            dice_score((m == k).astype(np.float32), r) for m, r in zip(maps, masks, strict=True)
+        ]
+        scores[int(k)] = float(np.mean(per_image))
+    best = max(scores, key=scores.__getitem__)
+    return best, scores[best]
