@@ -572,6 +572,8 @@ def benchmark_shape_guided(
     max_test: int | None = typer.Option(None, help="Use only the first N test images."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     quick: bool = typer.Option(False, "--quick", help="Generated images, tiny sizes (tests)."),
+    depth: int = typer.Option(5, help="VGG blocks of the LD encoder (5: published)."),
+    width: int = typer.Option(16, help="Channels of its first block (16: published)."),
 ) -> None:
     """Segmentation without labels: LD + each prior against k-means and vesselness filters."""
     from localdisc.tasks.benchmark_shape_guided import ShapeBenchmarkConfig, run_shape_benchmark
@@ -582,7 +584,7 @@ def benchmark_shape_guided(
         data_root=data_root or default_data_root(), init=str(init) if init else None, size=size,
         stage1_steps=stage1_steps, stage2_steps=stage2_steps, stage1_seconds=stage1_seconds,
         stage2_seconds=stage2_seconds, batch=batch, refine_steps=refine_steps,
-        max_test=max_test, device=device, quick=quick,
+        max_test=max_test, device=device, quick=quick, pretrain={"depth": depth, "width": width},
     )  # fmt: skip
     run_shape_benchmark(config, out, log=console.print)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
