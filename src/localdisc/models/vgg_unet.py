@@ -39,7 +39,7 @@ class VGGEncoder(nn.Module):
         in_channels: 3 for fundus photographs, 1 for X-rays.
         width: channels of the first block (16 is the paper's quarter-width VGG16; 64 is VGG16).
         depth: how many of VGG16's five blocks to use (5 is the paper's). Fewer blocks shrink the
-            receptive field (about 250 pixels with 5, 100 with 4, 50 with 3), which matters on
+            receptive field (about 250 pixels with 5, 120 with 4, 50 with 3), which matters on
             images not much larger than it: there the network can read each pixel's position off
             the zero padding instead of learning what the tissue looks like.
     """
