@@ -4,7 +4,8 @@
 #   2. a torch.profiler table of localdisc's step (where the time goes);
 #   3. LD pre-training on the first 1 000 KaggleDR images (by file name) for about
 #      BUDGET_S seconds of GPU time, steps derived from the measured throughput, split 1:4 between
-#      the stages as in the published 20 000 + 80 000 schedule.
+#      the stages as in the published 20 000 + 80 000 schedule; its log's images/s extrapolated
+#      to that whole schedule (extrapolate_schedule.py), for the performance issue's 45 minutes.
 # Needs the images in carry/KaggleDR/images (copied from ../shared/data, git-ignored).
 # Results go to $OUT (session.log, log.csv, config.json, model.safetensors, figures).
 set -uo pipefail
@@ -31,6 +32,7 @@ python -m localdisc pretrain --data carry/KaggleDR --out /tmp/kaggle_run --devic
     --size $SIZE --batch $BATCH $EXTRA \
     --stage1-steps $s1 --stage2-steps $s2 --checkpoint-every 1000 --workers 16
 echo "pre-training wall time: $(( $(date +%s) - start )) s (pool decoding included)"
+python benchmarks/extrapolate_schedule.py /tmp/kaggle_run/log.csv --batch $BATCH
 cp /tmp/kaggle_run/log.csv /tmp/kaggle_run/config.json /tmp/kaggle_run/model.safetensors "$OUT/"
 cp "$(ls /tmp/kaggle_run/figures/clusters_*.png | tail -1)" "$OUT/clusters.png"
 cp "$(ls /tmp/kaggle_run/figures/similarity_*.png | tail -1)" "$OUT/similarity.png"
