@@ -6,6 +6,7 @@
 #      BUDGET_S seconds of GPU time, steps derived from the measured throughput, split 1:4 between
 #      the stages as in the published 20 000 + 80 000 schedule; its log's images/s extrapolated
 #      to that whole schedule (extrapolate_schedule.py), for the performance issue's 45 minutes.
+# EXTRA adds pretrain flags, e.g. EXTRA=--compile for the compiled engine.
 # Needs the images in carry/KaggleDR/images (copied from ../shared/data, git-ignored).
 # Results go to $OUT (session.log, log.csv, config.json, model.safetensors, figures).
 set -uo pipefail

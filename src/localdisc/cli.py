@@ -180,6 +180,9 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable pool images."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across processes."),
+    compile_model: bool = typer.Option(
+        False, "--compile", help="torch.compile the network (GPU; compiles in the first steps)."
+    ),
     padding: str = typer.Option("zeros", help="Convolution padding: zeros (published), circular."),
     depth: int = typer.Option(
         5,
@@ -204,7 +207,7 @@ def pretrain(
         batch=batch, size=size, clusters=clusters, dim=dim, width=width, lr=lr,
         device=device, workers=workers, max_images=max_images, seed=seed,
         checkpoint_every=checkpoint_every, skip_bad=skip_bad, sync_bn=sync_bn, padding=padding,
-        depth=depth, center_sigma=center_sigma if center_sensitive else None,
+        compile=compile_model, depth=depth, center_sigma=center_sigma if center_sensitive else None,
     )  # fmt: skip
     from localdisc.engine import distributed
 

@@ -39,3 +39,5 @@ def test_unknown_methods_and_priors_on_peers_are_refused():
         tiny_pretrain_config(method="byol")
     with pytest.raises(LocaldiscError, match="needs --method ld"):
         tiny_pretrain_config(method="simclr", prior="simulated:vessels")
+    with pytest.raises(LocaldiscError, match="--compile is for --method ld"):
+        tiny_pretrain_config(method="simclr", compile=True)

@@ -46,7 +46,7 @@ from localdisc.methods.base import PretrainObjective
 from localdisc.models.ld import LDConfig, LDModel
 
 # Fields that may differ when a run is resumed (they do not change what is computed).
-RUNTIME_FIELDS = {"device", "workers", "progress"}
+RUNTIME_FIELDS = {"device", "workers", "progress", "compile"}
 
 
 @dataclass
@@ -101,6 +101,9 @@ class PretrainConfig:
     skip_bad: bool = False
     amp: bool = True  # bf16 autocast on CUDA (CPU runs stay fp32)
     channels_last: bool = True
+    # torch.compile of the network (inductor); for GPUs, where the step benchmark measured +29 %
+    # (benchmarks/RESULTS.md). The first steps of each stage pay the compilation.
+    compile: bool = False
     sync_bn: bool = False
     device: str = "auto"
     workers: int = 4
@@ -115,6 +118,8 @@ class PretrainConfig:
         if self.method != "ld":
             if self.prior is not None:
                 problems.append("a shape prior needs --method ld")
+            if self.compile:
+                problems.append("--compile is for --method ld")
             if self.stage2_steps or self.stage2_seconds:  # one stage: fold stage 2 into it
                 budgets = [b for b in (self.stage1_seconds, self.stage2_seconds) if b]
                 self.stage1_steps += self.stage2_steps
@@ -273,13 +278,19 @@ def _budget_spent(start: float, budget: float, ctx: distributed.DistContext) -> 
     return bool(flag.item())
 
 
-def _prepare_model(model: LDModel, stage: int, ctx: distributed.DistContext) -> nn.Module:
-    """Freeze the clustering head in stage 1 and wrap in DDP when distributed."""
+def _prepare_model(
+    model: LDModel, stage: int, ctx: distributed.DistContext, compile_model: bool = False
+) -> nn.Module:
+    """Freeze the clustering head in stage 1, wrap in DDP when distributed, compile if asked.
+
+    The returned module trains; ``model`` itself stays the plain module that is saved.
+    """
     model.cluster_head.requires_grad_(stage == 2)
-    if not ctx.distributed:
-        return model
-    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    net: nn.Module = model
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(net) if compile_model else net
 
 
 def init_from_run(model: LDModel, run_dir: str | Path) -> None:
@@ -475,7 +486,7 @@ def pretrain(
             meta["skipped_files"] = [[str(p), r] for p, r in skipped_files]
         atomic_write_text(config_path, json.dumps(meta, indent=2))
 
-    ddp_model = _prepare_model(model, stage, ctx)
+    ddp_model = _prepare_model(model, stage, ctx, config.compile)
     optimizer = _new_optimizer(model, config.lr_at(step), objective)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
@@ -541,7 +552,7 @@ def pretrain(
                 stage = 2
                 stage_start = time.perf_counter()
                 best_val = math.inf
-                ddp_model = _prepare_model(model, stage, ctx)
+                ddp_model = _prepare_model(model, stage, ctx, config.compile)
                 optimizer = _new_optimizer(model, config.lr_at(step))
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
