@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -19,6 +20,9 @@ from scipy import ndimage
 from localdisc.data.preprocess import resize_image, roi_crop
 from localdisc.engine.pretrain import PretrainConfig, PretrainResult, pretrain
 from localdisc.eval.figures import Query, cluster_figure, similarity_figure
+
+if TYPE_CHECKING:
+    from localdisc.models.ld import LDModel
 
 # The photograph is repeated so that it makes up a quarter of the pool (8 of 32 images): the
 # augmentation makes every draw a different view of it.
@@ -72,7 +76,7 @@ def demo_figure_images(modality: str, size: int, seed: int = 0) -> list[np.ndarr
     return [synthetic.synthetic_xray(size, 10_000 + seed + i).image for i in range(3)]
 
 
-def anatomy_scores(model, size: int, seed: int = 0, count: int = 4) -> dict[str, float]:
+def anatomy_scores(model: LDModel, size: int, seed: int = 0, count: int = 4) -> dict[str, float]:
     """How well single clusters follow anatomy on ``count`` generated eyes not in the pool.
 
     For the vessels, the optic disc and the dark surround of the field of view: the mean Dice of

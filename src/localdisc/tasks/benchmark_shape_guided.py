@@ -36,6 +36,7 @@ from localdisc.eval.metrics import summarize
 from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDModel
 from localdisc.tasks.predict import mask_png
+from localdisc.tasks.presets import pretrain_preset
 
 VESSEL_PRIORS = ("octa", "dsa", "other", "simulated")
 
@@ -147,17 +148,6 @@ def _spec(task: ShapeTask, data_root: Path | None, quick: bool) -> str:
     return f"{task.dataset}:{data_root / task.folder}"
 
 
-def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> Path:
-    from localdisc.engine.pretrain import PretrainConfig, pretrain
-
-    if (run_dir / "model.safetensors").is_file():
-        log(f"reusing {run_dir}")
-        return run_dir
-    resume = (run_dir / "checkpoints").is_dir()
-    pretrain(PretrainConfig(**settings), run_dir, resume=resume, log=log)
-    return run_dir
-
-
 def run_shape_benchmark(
     config: ShapeBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -253,7 +243,7 @@ def _run_task(
         if stage1 is None:
             settings = {**_settings(config, task, spec, seed), "stage2_steps": 0}
             settings.pop("stage2_seconds")
-            stage1 = str(_pretrain(settings, task_dir / f"stage1-seed-{seed}", log))
+            stage1 = str(pretrain_preset(settings, task_dir / f"stage1-seed-{seed}", log))
         base = LDModel.from_pretrained(stage1, device=_device(config.device))
         rows = _cached(task_dir / "kmeans" / f"seed-{seed}", _kmeans_rows, base, samples,
                        target, config, fraction, seed)  # fmt: skip
@@ -263,7 +253,7 @@ def _run_task(
                 **_settings(config, task, spec, seed), "stage1_steps": 0, "prior": prior_path,
                 "init_from": stage1,
             }  # fmt: skip
-            run_dir = _pretrain(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
+            run_dir = pretrain_preset(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
             outputs = _cached(run_dir / "eval", _ld_rows, run_dir, samples, target, config, log)
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
