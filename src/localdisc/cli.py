@@ -387,7 +387,10 @@ def shape_guided_train(
     ),
     out: Path = typer.Option(..., "--out", help="Run directory."),
     init: Path | None = typer.Option(
-        None, "--from", help="A pre-training run to start from (then stage 1 is skipped)."
+        None,
+        "--from",
+        help="A pre-training run to start from (then stage 1 is skipped); "
+        "RUN/stage1.safetensors starts from its stage-1 weights, as the method does.",
     ),
     modality: str = typer.Option(
         "fundus", help="fundus (3 channels) or xray (1 channel); with --from, the run's."

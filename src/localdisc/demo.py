@@ -37,18 +37,21 @@ class DemoPreset:
     stage1_steps: int
     stage2_steps: int
     shape_steps: int  # stage 2 with the simulated vessel prior (shape-guided segmentation)
-    # A smaller network than the paper's for a 2-core CPU: three VGG blocks instead of five keep
-    # the receptive field (about 50 px) well inside the 128 px images, so the network cannot solve
-    # patch discrimination by reading each pixel's position off the image border and has to look
-    # at the tissue; half the width makes a step cheap enough for hundreds of them
-    # (benchmarks/RESULTS.md, "Demo on CPU", has the variants measured).
-    depth: int = 3
+    # A smaller network than the paper's, sized to what a 2-core CPU can learn in minutes: two
+    # VGG blocks see about 20 px around a pixel, too little to read its position off the image
+    # border or to tell patches apart by their surroundings, so patch discrimination has to use
+    # the local tissue, such as the vessels. Pool images of 256 px, cropped to 1/2-1 of their
+    # area and trained at 128 px, show the vessels at several scales; figures are at 256 px.
+    # benchmarks/RESULTS.md ("Which network the demo trains") has the variants measured.
+    depth: int = 2
     width: int = 8
     clusters: int = 16
+    pool_size: int | None = None  # None: the engine's default, size * 8/7
+    crop_scale: tuple[float, float] = (0.9, 1.0)
 
 
 FULL = DemoPreset(synthetic=24, size=128, batch=1, stage1_steps=500, stage2_steps=500,
-                  shape_steps=150)  # fmt: skip
+                  shape_steps=500, pool_size=256, crop_scale=(0.5, 1.0))  # fmt: skip
 QUICK = DemoPreset(synthetic=4, size=64, batch=1, stage1_steps=4, stage2_steps=4, shape_steps=2)
 
 
@@ -151,6 +154,8 @@ def run_demo(
         depth=preset.depth,
         width=preset.width,
         clusters=preset.clusters,
+        pool_size=preset.pool_size,
+        crop_scale=preset.crop_scale,
         val_images=0 if quick else 2,
         val_every=10**9,
         checkpoint_every=100,
@@ -206,9 +211,10 @@ def run_demo(
 def demo_vessels(
     run_dir: Path, config: PretrainConfig, steps: int, log: Callable[[str], None]
 ) -> Path:
-    """Vessels without labels: stage 2 again from the demo's model, with the simulated vessel
-    prior on cluster 0; outputs A and B on the photograph and on two generated eyes (whose
-    vessels are known: Dice printed), with the Sato filter given the prior's vessel fraction."""
+    """Vessels without labels: stage 2 from the demo's stage-1 weights with the simulated vessel
+    prior on cluster 0 (METHOD.md 5); outputs A and B on the photograph and on two generated eyes
+    (whose vessels are known: Dice printed), with the Sato filter given the prior's vessel
+    fraction."""
     from dataclasses import replace
 
     from localdisc.data.synthetic import synthetic_fundus
@@ -223,7 +229,7 @@ def demo_vessels(
     shape_dir = run_dir / "shape-guided"
     shape_config = replace(
         config, stage1_steps=0, stage2_steps=steps, clusters=8, prior="simulated:vessels",
-        prior_count=16, init_from=str(run_dir), val_images=0,
+        prior_count=16, init_from=str(run_dir / "stage1.safetensors"), val_images=0,
     )  # fmt: skip
     pretrain(shape_config, shape_dir, log=log)
     model = LDModel.from_pretrained(shape_dir)

@@ -82,6 +82,22 @@ def test_stage_two_starts_from_another_run_without_its_clustering_head(tmp_path,
         init_from_run(LDModel(modality="fundus", dim=16, clusters=4), tmp_path / "s1")
 
 
+def test_stage_two_can_start_from_the_stage_one_weights_of_a_run(tmp_path, pool):
+    """``RUN/stage1.safetensors`` names the weights at the end of stage 1, which stage 2 of the
+    method starts from; ``RUN`` alone names the final ones."""
+    pretrain(tiny_pretrain_config(), tmp_path / "run", pool=pool, log=lambda m: None)
+    stage1 = load_safetensors(tmp_path / "run" / "stage1.safetensors")
+    final = LDModel.from_pretrained(tmp_path / "run").state_dict()
+    model = LDModel(LDModel.from_pretrained(tmp_path / "run" / "stage1.safetensors").config)
+    init_from_run(model, tmp_path / "run" / "stage1.safetensors")
+    changed = [k for k in stage1 if not k.startswith("cluster_head.") and k.endswith("weight")]
+    assert changed and any(not torch.equal(stage1[k], final[k]) for k in changed)
+    for k in changed:
+        assert torch.equal(model.state_dict()[k], stage1[k]), k
+    with pytest.raises(CheckpointError, match="stage9.safetensors: weights file not found"):
+        init_from_run(model, tmp_path / "run" / "stage9.safetensors")
+
+
 def test_a_prior_needs_stage_two():
     with pytest.raises(LocaldiscError, match="acts in stage 2"):
         tiny_pretrain_config(stage2_steps=0, prior="simulated:vessels")

@@ -88,7 +88,8 @@ class PretrainConfig:
     prior_count: int = 200  # masks drawn from a simulator
     disc_lr: float = 5e-5
     # Start from this run's weights (all but the clustering head, which starts random as in
-    # stage 2); with stage1_steps = 0 that is "stage 2 from a stage-1 run".
+    # stage 2); with stage1_steps = 0 that is "stage 2 from a stage-1 run". RUN/stage1.safetensors
+    # starts from the weights a run had at the end of its stage 1.
     init_from: str | None = None
     seed: int = 0
     max_images: int | None = None
@@ -294,7 +295,8 @@ def _prepare_model(
 
 
 def init_from_run(model: LDModel, run_dir: str | Path) -> None:
-    """Copy a run's weights into ``model``, all but the clustering head (it starts random)."""
+    """Copy a run's weights (``RUN`` or ``RUN/stage1.safetensors``) into ``model``, all but the
+    clustering head (it starts random)."""
     source = LDModel.from_pretrained(run_dir)
     mine, theirs = asdict(model.config), asdict(source.config)
     mismatch = [k for k in ("modality", "width", "dim", "padding", "depth") if mine[k] != theirs[k]]

@@ -34,14 +34,25 @@ class LDConfig:
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> LDConfig:
-        """The architecture saved in a run directory's ``config.json``."""
-        config_path = Path(run_dir) / "config.json"
+        """The architecture saved in a run directory's ``config.json`` (``run_dir`` may also
+        name one of the run's weight files, e.g. ``RUN/stage1.safetensors``)."""
+        run_dir, _ = split_weights_path(run_dir)
+        config_path = run_dir / "config.json"
         if not config_path.is_file():
             raise CheckpointError(f"{run_dir}: not a localdisc run directory (no config.json)")
         try:
             return cls(**json.loads(config_path.read_text())["model"])
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{config_path}: unreadable model config ({exc})") from exc
+
+
+def split_weights_path(path: str | Path, weights: str = "model.safetensors") -> tuple[Path, str]:
+    """``(run directory, weight file name)`` for a run directory or a ``.safetensors`` file in
+    one: ``RUN`` gives ``(RUN, weights)``, ``RUN/stage1.safetensors`` the stage-1 weights."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path.parent, path.name
+    return path, weights
 
 
 def head(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -155,10 +166,14 @@ class LDModel(nn.Module):
     def from_pretrained(
         cls, run_dir: str | Path, *, weights: str = "model.safetensors", device: str = "cpu"
     ) -> LDModel:
-        """Load a model from a run directory (``config.json`` + safetensors weights, no pickle)."""
+        """Load a model from a run directory (``config.json`` + safetensors weights, no pickle).
+
+        ``run_dir`` may name a weight file of the run instead, e.g. ``RUN/stage1.safetensors``
+        (the weights at the end of stage 1); ``weights`` is then ignored.
+        """
         from localdisc.engine.checkpoint import load_safetensors
 
-        run_dir = Path(run_dir)
+        run_dir, weights = split_weights_path(run_dir, weights)
         model = cls(LDConfig.from_run(run_dir))
         state = load_safetensors(run_dir / weights)
         try:
