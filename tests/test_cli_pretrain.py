@@ -22,12 +22,14 @@ def test_pretrain_on_a_folder_of_images(tmp_path):
         image = (synthetic_fundus(64, seed=i).image * 255).astype("uint8")
         Image.fromarray(image).save(folder / f"img {i}.png")  # a space in the name, too
     out = tmp_path / "run"
-    args = ["pretrain", "--data", str(folder), "--out", str(out), "--depth", "3", "--width", "8"]
+    args = ["pretrain", "--data", str(folder), "--out", str(out), "--depth", "2", "--width", "8",
+            "--pool-size", "48", "--crop-scale", "0.5", "1.0"]  # fmt: skip
     result = CliRunner().invoke(app, [*args, *TINY])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["pool"]["images"] == 4 and config["pretrain"]["stage2_steps"] == 2
-    assert config["model"]["depth"] == 3 and config["model"]["width"] == 8
+    assert config["model"]["depth"] == 2 and config["model"]["width"] == 8
+    assert config["pretrain"]["pool_size"] == 48 and config["pretrain"]["crop_scale"] == [0.5, 1.0]
     assert (out / "encoder.safetensors").is_file()
 
 
@@ -38,6 +40,7 @@ def test_pretrain_on_a_folder_of_images(tmp_path):
         (["--size", "40"], "multiple of 16"),
         (["--clusters", "1"], "clusters must be >= 2"),
         (["--depth", "6"], "depth must be 2 to 5"),
+        (["--crop-scale", "0.5", "1.5"], "crop_scale must be 0 < min <= max <= 1"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tmp_path, args, message):

@@ -168,6 +168,12 @@ def pretrain(
     stage2_seconds: float | None = typer.Option(None, help="The same for stage 2."),
     batch: int = typer.Option(4, help="Items per step (each feeds 5 images)."),
     size: int = typer.Option(448, help="Crop size S (multiple of 16)."),
+    pool_size: int | None = typer.Option(
+        None, help="Side of the pool images, cropped to S (default S x 8/7: 512 for 448)."
+    ),
+    crop_scale: tuple[float, float] = typer.Option(
+        (0.9, 1.0), help="Area fraction of the random resized crop: MIN MAX."
+    ),
     clusters: int = typer.Option(16, help="Clusters K."),
     dim: int = typer.Option(32, help="Embedding dimension D."),
     width: int = typer.Option(16, help="Channels of the first VGG block (16: published)."),
@@ -186,7 +192,7 @@ def pretrain(
     padding: str = typer.Option("zeros", help="Convolution padding: zeros (published), circular."),
     depth: int = typer.Option(
         5,
-        help="VGG16 blocks in the encoder (5: published; 3: for images under ~250 px).",
+        help="VGG16 blocks in the encoder (5: published; 2-3 for small images, see README).",
     ),
     center_sensitive: bool = typer.Option(
         False,
@@ -204,10 +210,11 @@ def pretrain(
     config = PretrainConfig(
         data=list(data), modality=modality, method=method, stage1_steps=stage1_steps,
         stage2_steps=stage2_steps, stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds,
-        batch=batch, size=size, clusters=clusters, dim=dim, width=width, lr=lr,
-        device=device, workers=workers, max_images=max_images, seed=seed,
-        checkpoint_every=checkpoint_every, skip_bad=skip_bad, sync_bn=sync_bn, padding=padding,
-        compile=compile_model, depth=depth, center_sigma=center_sigma if center_sensitive else None,
+        batch=batch, size=size, pool_size=pool_size, crop_scale=crop_scale, clusters=clusters,
+        dim=dim, width=width, lr=lr, device=device, workers=workers, max_images=max_images,
+        seed=seed, checkpoint_every=checkpoint_every, skip_bad=skip_bad, sync_bn=sync_bn,
+        padding=padding, compile=compile_model, depth=depth,
+        center_sigma=center_sigma if center_sensitive else None,
     )  # fmt: skip
     from localdisc.engine import distributed
 

@@ -140,6 +140,10 @@ class PretrainConfig:
             problems.append("batch must be >= 1")
         if self.size < 16 or self.size % 16:
             problems.append(f"size must be a positive multiple of 16, not {self.size}")
+        if self.pool_size is not None and self.pool_size < 1:
+            problems.append(f"pool_size must be >= 1, not {self.pool_size}")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            problems.append(f"crop_scale must be 0 < min <= max <= 1, not {self.crop_scale}")
         if not 2 <= self.depth <= 5:
             problems.append(f"depth must be 2 to 5 encoder blocks, not {self.depth}")
         if self.padding not in ("zeros", "circular", "reflect", "replicate"):
