@@ -209,12 +209,16 @@ def run_demo(
 
 
 def demo_vessels(
-    run_dir: Path, config: PretrainConfig, steps: int, log: Callable[[str], None]
+    run_dir: Path,
+    config: PretrainConfig,
+    steps: int,
+    log: Callable[[str], None],
+    start: str = "stage1.safetensors",
 ) -> Path:
-    """Vessels without labels: stage 2 from the demo's stage-1 weights with the simulated vessel
-    prior on cluster 0 (METHOD.md 5); outputs A and B on the photograph and on two generated eyes
-    (whose vessels are known: Dice printed), with the Sato filter given the prior's vessel
-    fraction."""
+    """Vessels without labels: stage 2 from the demo's stage-1 weights (``start``) with the
+    simulated vessel prior on cluster 0 (METHOD.md 5); outputs A and B on the photograph and on
+    two generated eyes (whose vessels are known: Dice printed), with the Sato filter given the
+    prior's vessel fraction."""
     from dataclasses import replace
 
     from localdisc.data.synthetic import synthetic_fundus
@@ -229,7 +233,7 @@ def demo_vessels(
     shape_dir = run_dir / "shape-guided"
     shape_config = replace(
         config, stage1_steps=0, stage2_steps=steps, clusters=8, prior="simulated:vessels",
-        prior_count=16, init_from=str(run_dir / "stage1.safetensors"), val_images=0,
+        prior_count=16, init_from=str(run_dir / start), val_images=0,
     )  # fmt: skip
     pretrain(shape_config, shape_dir, log=log)
     model = LDModel.from_pretrained(shape_dir)

@@ -1,0 +1,50 @@
+"""The demo's vessels without labels, run again on a finished demo with other settings.
+
+Copies the demo's run directory (``localdisc demo --out RUN``) and repeats its last part,
+``localdisc.demo.demo_vessels``: stage 2 with the simulated vessel prior on cluster 0, then
+outputs A and B and the Sato filter on the photograph and two generated eyes (Dice printed).
+Used for the table in benchmarks/RESULTS.md ("Demo on CPU"):
+
+    localdisc demo --out /tmp/demo
+    python benchmarks/demo_shape_variants.py /tmp/demo --out /tmp/sg-final --start final --steps 150
+    python benchmarks/demo_shape_variants.py /tmp/demo --out /tmp/sg-stage1 --steps 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from localdisc.demo import demo_vessels
+from localdisc.engine.pretrain import PretrainConfig
+
+STARTS = {"stage1": "stage1.safetensors", "final": "model.safetensors"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished `localdisc demo --out RUN`")
+    parser.add_argument("--out", type=Path, required=True, help="where the copy goes")
+    parser.add_argument("--steps", type=int, default=500, help="stage-2 steps with the prior")
+    parser.add_argument("--start", choices=sorted(STARTS), default="stage1")
+    parser.add_argument("--disc-lr", type=float, default=5e-5, help="the discriminator's Adam lr")
+    args = parser.parse_args()
+
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    skip = shutil.ignore_patterns("shape-guided", "checkpoints")
+    shutil.copytree(args.run, args.out, ignore=skip)
+    settings = json.loads((args.out / "config.json").read_text())["pretrain"]
+    settings["crop_scale"] = tuple(settings["crop_scale"])
+    config = replace(PretrainConfig(**settings), disc_lr=args.disc_lr, progress=False)
+    start = time.perf_counter()
+    demo_vessels(args.out, config, args.steps, print, start=STARTS[args.start])
+    print(f"{time.perf_counter() - start:.0f} s; figure in {args.out / 'figures'}")
+
+
+if __name__ == "__main__":
+    main()
