@@ -215,10 +215,10 @@ def demo_vessels(
     log: Callable[[str], None],
     start: str = "stage1.safetensors",
 ) -> Path:
-    """Vessels without labels: stage 2 from the demo's stage-1 weights (``start``) with the
-    simulated vessel prior on cluster 0 (METHOD.md 5); outputs A and B on the photograph and on
-    two generated eyes (whose vessels are known: Dice printed), with the Sato filter given the
-    prior's vessel fraction."""
+    """Vessels without labels: stage 2 with the simulated vessel prior on cluster 0 (METHOD.md 5)
+    from ``start``, a weight file of the demo's run (its stage-1 weights, as the method does);
+    outputs A and B on the photograph and on two generated eyes (whose vessels are known: Dice
+    printed), with the Sato filter given the prior's vessel fraction."""
     from dataclasses import replace
 
     from localdisc.data.synthetic import synthetic_fundus
