@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="stage-2 steps with the prior")
     parser.add_argument("--start", choices=sorted(STARTS), default="stage1")
     parser.add_argument("--disc-lr", type=float, default=5e-5, help="the discriminator's Adam lr")
+    parser.add_argument("--batch", type=int, help="items per step (default: the run's, 1)")
     args = parser.parse_args()
 
     if args.out.exists():
@@ -41,6 +42,8 @@ def main() -> None:
     settings = json.loads((args.out / "config.json").read_text())["pretrain"]
     settings["crop_scale"] = tuple(settings["crop_scale"])
     config = replace(PretrainConfig(**settings), disc_lr=args.disc_lr, progress=False)
+    if args.batch is not None:
+        config = replace(config, batch=args.batch)
     start = time.perf_counter()
     demo_vessels(args.out, config, args.steps, print, start=STARTS[args.start])
     print(f"{time.perf_counter() - start:.0f} s; figure in {args.out / 'figures'}")
