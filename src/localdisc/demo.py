@@ -37,9 +37,9 @@ class DemoPreset:
     stage1_steps: int
     stage2_steps: int
     shape_steps: int  # stage 2 with the simulated vessel prior (shape-guided segmentation)
-    # A smaller network than the paper's, sized to what a 2-core CPU can learn in minutes: two
-    # VGG blocks see about 20 px around a pixel, too little to read its position off the image
-    # border or to tell patches apart by their surroundings, so patch discrimination has to use
+    # A smaller network than the paper's, sized to what a 2-core CPU can learn in minutes: with
+    # two VGG blocks a pixel sees a window about 20 px wide, too little to read its position off
+    # the border or to tell patches apart by their surroundings, so patch discrimination has to use
     # the local tissue, such as the vessels. Pool images of 256 px, cropped to 1/2-1 of their
     # area and trained at 128 px, show the vessels at several scales; figures are at 256 px.
     # benchmarks/RESULTS.md ("Which network the demo trains") has the variants measured.
