@@ -421,12 +421,10 @@ def shape_guided_train(
 
     architecture = {"modality": modality}
     if init:  # the architecture of the run it starts from
-        from localdisc.models.ld import LDConfig
+        from localdisc.models.ld import BACKBONE_FIELDS, LDConfig
 
         source = LDConfig.from_run(init)
-        architecture = {
-            k: getattr(source, k) for k in ("modality", "width", "dim", "padding", "depth")
-        }
+        architecture = {k: getattr(source, k) for k in BACKBONE_FIELDS}
     config = PretrainConfig(
         data=list(data), stage1_steps=0 if init else stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch, size=size,

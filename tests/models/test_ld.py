@@ -44,6 +44,7 @@ def test_receptive_field_shrinks_with_depth():
         x[0, 0, 80, 80 + distance] = 100.0
         return not torch.allclose(net(x)[0, :, 80, 80], y0)
 
+    assert reaches(2, 6) and not reaches(2, 10)  # the demo's: ~15 px wide, ~19 with the heads
     assert reaches(3, 20) and not reaches(3, 40)
     assert reaches(5, 40)
 

@@ -43,7 +43,7 @@ from localdisc.losses import (
     region_discrimination_loss,
 )
 from localdisc.methods.base import PretrainObjective
-from localdisc.models.ld import LDConfig, LDModel
+from localdisc.models.ld import BACKBONE_FIELDS, LDConfig, LDModel
 
 # Fields that may differ when a run is resumed (they do not change what is computed).
 RUNTIME_FIELDS = {"device", "workers", "progress", "compile"}
@@ -303,7 +303,7 @@ def init_from_run(model: LDModel, run_dir: str | Path) -> None:
     clustering head (it starts random)."""
     source = LDModel.from_pretrained(run_dir)
     mine, theirs = asdict(model.config), asdict(source.config)
-    mismatch = [k for k in ("modality", "width", "dim", "padding", "depth") if mine[k] != theirs[k]]
+    mismatch = [k for k in BACKBONE_FIELDS if mine[k] != theirs[k]]
     if mismatch:
         raise CheckpointError(
             f"{run_dir}: cannot start from this run: its "
@@ -427,11 +427,8 @@ def pretrain(
     val_pool = val_pool.to(device)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model = LDModel(
-        LDConfig(
-            config.modality, config.width, config.dim, config.clusters, config.padding, config.depth
-        )
-    )
+    backbone = {k: getattr(config, k) for k in BACKBONE_FIELDS}
+    model = LDModel(LDConfig(**backbone, clusters=config.clusters))
     if config.sync_bn and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)

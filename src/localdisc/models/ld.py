@@ -46,6 +46,11 @@ class LDConfig:
             raise CheckpointError(f"{config_path}: unreadable model config ({exc})") from exc
 
 
+# What a run shares with the run whose weights it starts from: everything but the clustering
+# head's K, which stage 2 may change (shape-guided segmentation uses K = 8).
+BACKBONE_FIELDS = ("modality", "width", "dim", "padding", "depth")
+
+
 def split_weights_path(path: str | Path, weights: str = "model.safetensors") -> tuple[Path, str]:
     """``(run directory, weight file name)`` for a run directory or a ``.safetensors`` file in
     one: ``RUN`` gives ``(RUN, weights)``, ``RUN/stage1.safetensors`` the stage-1 weights."""
