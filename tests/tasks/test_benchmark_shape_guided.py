@@ -5,8 +5,11 @@ import torch
 from typer.testing import CliRunner
 
 from localdisc.cli import app
+from localdisc.data.datasets import Sample
 from localdisc.tasks.benchmark_shape_guided import (
     TASKS,
+    ShapeBenchmarkConfig,
+    _mean_shape_rows,
     calibrate,
     expected_fraction,
     prior_spec,
@@ -69,3 +72,24 @@ def test_expected_fraction_of_trees_is_relative_to_their_hull():
     bank[0, 0, 2:18, 17] = 1  # a U of 46 pixels spanning a 16 x 16 hull
     assert abs(expected_fraction(bank, tubular=True) - 46 / 256) < 0.02
     assert abs(expected_fraction(bank, tubular=False) - 46 / 400) < 1e-6
+
+
+def test_mean_shape_of_the_prior_is_the_same_mask_on_every_image(tmp_path):
+    bank = torch.zeros(4, 1, 32, 32, dtype=torch.bool)
+    for i in range(4):  # a square jittered by a pixel: its core is in every mask
+        bank[i, 0, 8 + i % 2 : 24 + i % 2, 8:24] = True
+    organ = np.zeros((64, 64), dtype=bool)
+    organ[16:48, 16:48] = True
+    samples = [
+        Sample(f"im{i}", np.random.default_rng(i).random((64, 64, 1), dtype=np.float32),
+               {"lung": organ}, np.ones((64, 64), dtype=bool), tmp_path / f"im{i}.png")
+        for i in range(2)
+    ]  # fmt: skip
+    fraction = float(organ.mean())
+    rows = _mean_shape_rows(samples, "lung", bank, fraction, ShapeBenchmarkConfig(eval_size=64))
+    assert [r["image"] for r in rows] == ["im0", "im1"]
+    assert all(r["dice"] > 0.9 for r in rows), rows
+    assert rows[0]["dice"] == rows[1]["dice"]  # the image is not looked at
+    shifted = torch.roll(bank, 12, dims=-1)
+    rows = _mean_shape_rows(samples, "lung", shifted, fraction, ShapeBenchmarkConfig(eval_size=64))
+    assert all(r["dice"] < 0.5 for r in rows), rows

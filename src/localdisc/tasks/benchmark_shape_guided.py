@@ -9,7 +9,9 @@ outputs A and B and the refinement network trained on their pseudo-labels. Rows 
 - ``LD + PRIOR (A|B|refined)`` for each prior (OCTA, DSA, another data set's masks, simulated);
 - ``k-means (no prior)``: k-means (K = 8) on the stage-1 model's pixel embeddings, the cluster
   whose area is closest to the prior's expected fraction;
-- vessels only, ``sato``/``frangi`` at each prior's expected fraction and with Otsu's threshold.
+- vessels only, ``sato``/``frangi`` at each prior's expected fraction and with Otsu's threshold;
+- organs only, ``mean shape of PRIOR (no image)``: the prior's average mask thresholded at its
+  expected fraction, the same mask for every image: what the prior alone knows.
 
 No label of the target data set is used to train or to choose anything: hyper-parameters are the
 published ones (K = 8, weight 1, discriminator lr 5e-5); the filters and k-means get the same
@@ -176,7 +178,8 @@ def run_shape_benchmark(
     intro = [
         "Segmentation without any label of the target data set. Rows: LD with each shape prior "
         "(outputs A, B and refined), k-means on LD embeddings without a prior, and vesselness "
-        "filters given the prior's expected fraction or Otsu's threshold.",
+        "filters given the prior's expected fraction or Otsu's threshold (vessels), or the "
+        "prior's mean shape, which does not look at the image (organs).",
         f"Seeds: {config.seeds}; stage 1 {config.stage1_steps} steps, stage 2 "
         f"{config.stage2_steps} steps at {config.size}; refinement {config.refine_steps} steps. "
         "Cells: mean +- std over seeds of the mean over test images.",
@@ -213,7 +216,7 @@ def _run_task(
     samples = [test[i] for i in indices]
     target = task.target
     task_dir = out_dir / "runs" / name
-    priors: dict[str, tuple[str, float]] = {}
+    priors: dict[str, tuple[str, float, torch.Tensor]] = {}
     for prior in config.priors or task.priors:
         if prior not in task.priors:
             continue
@@ -224,7 +227,7 @@ def _run_task(
             log(f"[yellow]skipped prior {prior} for {name}[/]: {exc}")
             skipped.append({"task": name, "init": prior, "reason": str(exc)})
             continue
-        priors[prior_label(prior, task)] = (prior_path, expected_fraction(bank, task.tubular))
+        priors[prior_label(prior, task)] = (prior_path, expected_fraction(bank, task.tubular), bank)
     if not priors:
         return []
     runs: list[dict[str, Any]] = []
@@ -248,7 +251,7 @@ def _run_task(
         rows = _cached(task_dir / "kmeans" / f"seed-{seed}", _kmeans_rows, base, samples,
                        target, config, fraction, seed)  # fmt: skip
         record("k-means (no prior)", seed, rows)
-        for label, (prior_path, _) in priors.items():
+        for label, (prior_path, _, _) in priors.items():
             settings = {
                 **_settings(config, task, spec, seed), "stage1_steps": 0, "prior": prior_path,
                 "init_from": stage1,
@@ -258,12 +261,17 @@ def _run_task(
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
     if task.tubular:  # deterministic: one "seed"
-        thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f) in priors.items()}
+        thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f, _) in priors.items()}
         for method in ("sato", "frangi"):
             for label, value in {**thresholds, "Otsu": None}.items():
                 rows = _cached(task_dir / _slug(f"{method}-{label}"), _filter_rows, samples,
                                target, method, value, config)  # fmt: skip
                 record(f"{method} @ {label}", 0, rows)
+    else:  # what the prior alone gives: its mean shape, the same on every image
+        for label, (_, f, bank) in priors.items():
+            rows = _cached(task_dir / _slug(f"mean-shape-{label}"), _mean_shape_rows, samples,
+                           target, bank, f, config)  # fmt: skip
+            record(f"mean shape of {label} (no image)", 0, rows)
     return runs
 
 
@@ -360,6 +368,22 @@ def _kmeans_row(
     mask[fov] = labels == chosen
     prob = np.clip(resize_image(mask, sample.fov.shape), 0, 1) * sample.fov
     return _metrics(prob, sample, target, config.eval_size)
+
+
+def _mean_shape_rows(
+    samples: list[Any], target: str, bank: torch.Tensor, fraction: float,
+    config: ShapeBenchmarkConfig,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The prior's average mask, thresholded so that ``fraction`` of the image is foreground."""
+    from localdisc.data.preprocess import resize_image
+
+    mean = bank[:, 0].float().mean(0).numpy()
+    rows = []
+    for sample in samples:
+        score = np.clip(resize_image(mean, sample.fov.shape), 0, 1)
+        mask = score >= np.quantile(score, 1 - fraction)
+        rows.append(_metrics(calibrate(score, mask) * sample.fov, sample, target, config.eval_size))
+    return rows
 
 
 def _filter_rows(
