@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The shape-guided issue's GPU measurement, one task per call (run from the repository root):
-#   `localdisc benchmark shape-guided` on TASK (drive or stare): LD stage 1 for STAGE1_S seconds on
-#   the task's own images (every split, labels unused), then per prior (OCTA, simulated, the other
-#   data set's masks) stage 2 with the adversarial prior for STAGE2_S seconds, outputs A and B,
+#   `localdisc benchmark shape-guided` on TASK (drive, stare, scr_lung or scr_heart): LD stage 1
+#   for STAGE1_S seconds on the task's own images (every split, labels unused), then per prior
+#   (OCTA, simulated, the other data set's masks) stage 2 with the adversarial prior for STAGE2_S
+#   seconds, outputs A and B,
 #   a refinement network of REFINE steps; k-means and the Sato/Frangi rows in the same run.
 #   B = 4, S = 448 (pool 512), evaluation as in the transfer benchmark (paper Dice at 512).
-# Needs carry/DRIVE, carry/STARE and carry/priors (copied from ../shared/data, git-ignored; 50 MB).
+# Needs carry/DRIVE, carry/STARE and carry/priors (copied from ../shared/data, git-ignored; 50 MB);
+# TASK=scr_lung or scr_heart (simulated prior; the prior's mean shape as the baseline row) needs
+# carry/JSRT and carry/SCR instead (27 MB).
 # Results go to $OUT (session log, results.json/md, the evaluation's per-image rows).
 # Test it on a CPU first at toy sizes:
 #   DEVICE=cpu STAGE1_S=10 STAGE2_S=10 REFINE=2 SIZE=64 BATCH=1 MAX_TEST=2 OUT=/tmp/gsg bash benchmarks/gpu_shape_guided.sh
