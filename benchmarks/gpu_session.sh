@@ -5,15 +5,21 @@
 #   3. LD pre-training on the first 1 000 KaggleDR images (by file name) for about
 #      BUDGET_S seconds of GPU time, steps derived from the measured throughput, split 1:4 between
 #      the stages as in the published 20 000 + 80 000 schedule; its log's images/s extrapolated
-#      to that whole schedule (extrapolate_schedule.py), for the performance issue's 45 minutes.
+#      to that whole schedule (extrapolate_schedule.py), for the performance issue's 45 minutes;
+#   4. scaling.py: step time and peak memory from 256 to 1 024 px (B = 1) and B = 1-8 at 448
+#      (SCALE_SIZES, SCALE_BATCHES).
 # EXTRA adds pretrain flags, e.g. EXTRA=--compile for the compiled engine.
 # Needs the images in carry/KaggleDR/images (copied from ../shared/data, git-ignored).
-# Results go to $OUT (session.log, log.csv, config.json, model.safetensors, figures).
+# Results go to $OUT (session.log, log.csv, config.json, model.safetensors, figures,
+# scaling.json/png).
+# Test it on a CPU first at toy sizes:
+#   DEVICE=cpu SIZE=64 BATCH=1 STEPS=2 BUDGET_S=5 SCALE_SIZES=32,64 SCALE_BATCHES=1,2 OUT=/tmp/gs bash benchmarks/gpu_session.sh
 set -uo pipefail
 export PYTHONPATH=src
 OUT=${OUT:-/tmp/localdisc-gpu}
 BUDGET_S=${BUDGET_S:-200}
 DEVICE=${DEVICE:-cuda}; SIZE=${SIZE:-448}; BATCH=${BATCH:-4}; STEPS=${STEPS:-30}; EXTRA=${EXTRA:-}
+SCALE_SIZES=${SCALE_SIZES:-256,448,640,1024}; SCALE_BATCHES=${SCALE_BATCHES:-1,2,4,8}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/session.log") 2>&1
 date -u; git rev-parse --short HEAD 2>/dev/null
@@ -37,3 +43,6 @@ python benchmarks/extrapolate_schedule.py /tmp/kaggle_run/log.csv --batch $BATCH
 cp /tmp/kaggle_run/log.csv /tmp/kaggle_run/config.json /tmp/kaggle_run/model.safetensors "$OUT/"
 cp "$(ls /tmp/kaggle_run/figures/clusters_*.png | tail -1)" "$OUT/clusters.png"
 cp "$(ls /tmp/kaggle_run/figures/similarity_*.png | tail -1)" "$OUT/similarity.png"
+
+python benchmarks/scaling.py --device $DEVICE --sizes "$SCALE_SIZES" --batches "$SCALE_BATCHES" \
+    --steps 10 --warmup 3 --out "$OUT/scaling"
