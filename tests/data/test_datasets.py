@@ -15,6 +15,7 @@ from localdisc.data.datasets import (
     DATASETS,
     FolderDataset,
     SegmentationDataset,
+    folder_image_files,
     image_stem,
     load_data_spec,
     load_dataset,
@@ -554,3 +555,21 @@ def test_real_pretraining_folders_counted_without_decoding() -> None:
     kermany = pool_image_paths(str(shared("CXR_Kermany")))
     assert len(kermany) == 5840 and kermany == sorted(kermany)
     assert {p.parent.name for p in kermany} == {"NORMAL", "PNEUMONIA"}
+
+
+def test_linked_folders_are_followed_once(tmp_path: Path) -> None:
+    # Data sets are often linked in from another disk; a link back up the tree must not loop.
+    data = make_jsrt_scr(tmp_path / "data")
+    root = tmp_path / "linked"
+    root.mkdir()
+    (root / "JSRT").symlink_to(data / "JSRT", target_is_directory=True)
+    (root / "SCR").symlink_to(data / "SCR", target_is_directory=True)
+    (data / "SCR" / "masks" / "heart" / "loop").symlink_to(root, target_is_directory=True)
+    linked = load_dataset("jsrt_scr", root, "test")
+    direct = load_dataset("jsrt_scr", data, "test")
+    assert [i.name for i in linked.items] == [i.name for i in direct.items]
+    assert linked.targets == direct.targets
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "images").symlink_to(data / "JSRT" / "images", target_is_directory=True)
+    assert len(folder_image_files(pool)) == 246

@@ -590,7 +590,7 @@ class JsrtScrDataset(SegmentationDataset):
         assert self.root is not None
         images: dict[str, Path] = {}
         masks: dict[str, dict[str, Path]] = {organ: {} for organ in SCR_ORGANS.values()}
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        for dirpath, dirnames, filenames in walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             organ = SCR_ORGANS.get(Path(dirpath).name.lower().replace("_", " "))
             for filename in sorted(filenames):
@@ -681,6 +681,20 @@ PARTNER_SUFFIXES = (
 )
 
 
+def walk(root: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """:func:`os.walk` that follows symbolic links to folders (data sets are often linked in from
+    another disk) and enters each real folder once, so a link back up the tree cannot loop.
+    Callers may prune ``dirnames`` in place, as with :func:`os.walk`."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        info = os.stat(dirpath)
+        if (info.st_dev, info.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        yield dirpath, dirnames, filenames
+
+
 def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]:
     """Image files under ``root`` (recursive, sorted by path) that are not masks.
 
@@ -689,7 +703,7 @@ def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]
     e.g. CHASE_DB1's ``Image_01L_1stHO.png`` next to ``Image_01L.jpg``).
     """
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(
             d
@@ -755,7 +769,7 @@ class FolderDataset(SegmentationDataset):
             return [Item(self._name(p, image_dir), p) for p in images]
         by_rel: dict[str, Path] = {}
         by_stem: dict[str, list[Path]] = {}
-        for dirpath, dirnames, filenames in os.walk(self.mask_dir):
+        for dirpath, dirnames, filenames in walk(self.mask_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
                 if f.startswith(".") or not is_image_file(f):

@@ -18,7 +18,6 @@ Masks that are empty after resizing are left out.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from localdisc.data.datasets import (
     SegmentationDataset,
     dataset_class,
     load_dataset,
+    walk,
 )
 from localdisc.data.io import read_mask
 from localdisc.data.preprocess import resize_mask
@@ -128,7 +128,7 @@ def _mask_files(folder: Path, spec: str) -> list[Path]:
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder; a shape prior folder holds mask images")
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(
             Path(dirpath) / f for f in filenames if not f.startswith(".") and _is_mask_file(f)
