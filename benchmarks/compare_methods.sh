@@ -9,13 +9,17 @@
 # Five methods x 200 s do not fit one 15-minute device session with the transfer runs: run a
 # subset of METHODS per session and carry the finished pre-training runs ($OUT/methods/pretrain,
 # a few MB of weights) into the next one as carry/methods-pretrain; finished runs are reused.
-# Needs carry/KaggleDR/images and carry/DRIVE (copied from ../shared/data, git-ignored).
+# Needs carry/KaggleDR/images and carry/DRIVE (`bash benchmarks/prepare_carry.sh transfer`). The
+# issue's SCR clavicle task is a second call (both data sets exceed carry's 64 MiB), with the
+# X-ray pool and JSRT/SCR (`bash benchmarks/prepare_carry.sh clavicle`):
+#   POOLS=xray=carry/CXR_Kermany/train/NORMAL TASKS=scr_clavicle bash benchmarks/compare_methods.sh
 # Test it on a CPU first at toy sizes:
 #   DEVICE=cpu BUDGET_S=4 SIZE=64 METHODS=ld,simclr EPOCHS=1 SEEDS=1 LABELS=2 OUT=/tmp/gm bash benchmarks/compare_methods.sh
 set -uo pipefail
 export PYTHONPATH=src
 OUT=${OUT:-/tmp/localdisc-gpu-methods}; METHODS=${METHODS:-ld,simclr,densecl,pixpro,genesis}
 BUDGET_S=${BUDGET_S:-200}; DEVICE=${DEVICE:-cuda}; SIZE=${SIZE:-448}; TASKS=${TASKS:-drive}
+POOLS=${POOLS:-fundus=carry/KaggleDR/images}
 LABELS=${LABELS:-2,20}; SEEDS=${SEEDS:-3}; EPOCHS=${EPOCHS:-100}; BATCH=${BATCH:-4}
 TRANSFER_SIZE=${TRANSFER_SIZE:-512}; WORKERS=${WORKERS:-16}
 mkdir -p "$OUT/methods"
@@ -31,7 +35,7 @@ python - "$OUT/methods" <<PY
 import sys
 from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
 config = MethodsBenchmarkConfig(
-    methods="$METHODS".split(","), pools=["fundus=carry/KaggleDR/images"],
+    methods="$METHODS".split(","), pools="$POOLS".split(","),
     budget_seconds=$BUDGET_S, tasks="$TASKS".split(","), labels="$LABELS".split(","),
     seeds=$SEEDS, data_root="carry", size=$SIZE, batch=$BATCH, device="$DEVICE",
     pretrain={"max_images": 1000, "workers": $WORKERS, "checkpoint_every": 100000},

@@ -9,7 +9,8 @@
 #   4. scaling.py: step time and peak memory from 256 to 1 024 px (B = 1) and B = 1-8 at 448
 #      (SCALE_SIZES, SCALE_BATCHES).
 # EXTRA adds pretrain flags, e.g. EXTRA=--compile for the compiled engine.
-# Needs the images in carry/KaggleDR/images (copied from ../shared/data, git-ignored).
+# Needs the first 1 000 KaggleDR images in carry/KaggleDR/images (`bash benchmarks/prepare_carry.sh
+# session`: copies, not links, git-ignored).
 # Results go to $OUT (session.log, log.csv, config.json, model.safetensors, figures,
 # scaling.json/png).
 # Test it on a CPU first at toy sizes:
@@ -35,8 +36,8 @@ s1=$((steps / 5)); s2=$((steps - s1))
 echo "pre-training $s1 + $s2 steps"
 rm -rf /tmp/kaggle_run
 start=$(date +%s)
-python -m localdisc pretrain --data carry/KaggleDR --out /tmp/kaggle_run --device $DEVICE \
-    --size $SIZE --batch $BATCH $EXTRA \
+python -m localdisc pretrain --data carry/KaggleDR/images --max-images 1000 --out /tmp/kaggle_run \
+    --device $DEVICE --size $SIZE --batch $BATCH $EXTRA \
     --stage1-steps $s1 --stage2-steps $s2 --checkpoint-every 1000 --workers 16
 echo "pre-training wall time: $(( $(date +%s) - start )) s (pool decoding included)"
 python benchmarks/extrapolate_schedule.py /tmp/kaggle_run/log.csv --batch $BATCH

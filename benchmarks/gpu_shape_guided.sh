@@ -6,9 +6,9 @@
 #   seconds, outputs A and B,
 #   a refinement network of REFINE steps; k-means and the Sato/Frangi rows in the same run.
 #   B = 4, S = 448 (pool 512), evaluation as in the transfer benchmark (paper Dice at 512).
-# Needs carry/DRIVE, carry/STARE and carry/priors (copied from ../shared/data, git-ignored; 50 MB);
+# Needs carry/DRIVE, carry/STARE and carry/priors (`bash benchmarks/prepare_carry.sh vessels`; 50 MB);
 # TASK=scr_lung or scr_heart (simulated prior; the prior's mean shape as the baseline row) needs
-# carry/JSRT and carry/SCR instead (27 MB).
+# carry/JSRT and carry/SCR instead (`bash benchmarks/prepare_carry.sh organs`; 27 MB).
 # Results go to $OUT (session log, results.json/md, the evaluation's per-image rows).
 # Test it on a CPU first at toy sizes:
 #   DEVICE=cpu STAGE1_S=10 STAGE2_S=10 REFINE=2 SIZE=64 BATCH=1 MAX_TEST=2 OUT=/tmp/gsg bash benchmarks/gpu_shape_guided.sh

@@ -4,7 +4,7 @@
 #      (stage budgets 1:4, as the published 20 000 + 80 000 schedule), B = 4, S = 448;
 #   2. `localdisc benchmark transfer` on DRIVE at 512 x 512, random init and that run, 2 and all
 #      (20 = 16 + 4) labels, SEEDS seeds: the anchor table of the issue.
-# Needs carry/KaggleDR/images and carry/DRIVE (copied from ../shared/data, git-ignored; 60 MB).
+# Needs carry/KaggleDR/images and carry/DRIVE (`bash benchmarks/prepare_carry.sh transfer`; 58 MiB).
 # Results go to $OUT (session.log, pretrain log/config, results.json/md, figures).
 # Test it on a CPU first at toy sizes:
 #   DEVICE=cpu PRETRAIN_S=20 SIZE=64 PSIZE=64 EPOCHS=1 SEEDS=1 LABELS=2 OUT=/tmp/gt bash benchmarks/gpu_transfer.sh
