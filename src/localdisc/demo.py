@@ -214,11 +214,12 @@ def demo_vessels(
     steps: int,
     log: Callable[[str], None],
     start: str = "stage1.safetensors",
+    eyes: int = 2,
 ) -> Path:
     """Vessels without labels: stage 2 with the simulated vessel prior on cluster 0 (METHOD.md 5)
     from ``start``, a weight file of the demo's run (its stage-1 weights, as the method does);
-    outputs A and B on the photograph and on two generated eyes (whose vessels are known: Dice
-    printed), with the Sato filter given the prior's vessel fraction."""
+    outputs A and B on the photograph and on ``eyes`` generated eyes (whose vessels are known:
+    Dice printed), with the Sato filter given the prior's vessel fraction."""
     from dataclasses import replace
 
     from localdisc.data.synthetic import synthetic_fundus
@@ -239,9 +240,11 @@ def demo_vessels(
     model = LDModel.from_pretrained(shape_dir)
     size = config.resolved_pool_size
     fraction = expected_fraction(load_prior("simulated:vessels", size, count=8), tubular=True)
-    eyes = [synthetic_fundus(size, seed=30_000 + config.seed + i) for i in range(2)]
+    generated = [synthetic_fundus(size, seed=30_000 + config.seed + i) for i in range(eyes)]
     cases = [("photograph", retina_photograph(size), None, None)]
-    cases += [(f"generated eye {i + 1}", e.image, e.vessels, e.fov) for i, e in enumerate(eyes)]
+    cases += [
+        (f"generated eye {i + 1}", e.image, e.vessels, e.fov) for i, e in enumerate(generated)
+    ]
     rows, scores = [], {"A": [], "B": [], "Sato": []}
     for name, image, truth, fov in cases:
         maps = segment(model, image, fov)
