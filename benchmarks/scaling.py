@@ -66,10 +66,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def batch_sweep_size(sizes: list[int]) -> int:
+    """The size the batch sweep runs at: the second smallest."""
+    sizes = sorted(set(sizes))
+    return sizes[1] if len(sizes) > 1 else sizes[0]
+
+
 def sweeps(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows grouped as the size sweep (B = 1) and the batch sweep (S = the second size)."""
-    sizes = sorted({r["size"] for r in rows})
-    batch_size = sizes[1] if len(sizes) > 1 else sizes[0]
+    """Rows grouped as the size sweep (B = 1) and the batch sweep (see batch_sweep_size)."""
+    batch_size = batch_sweep_size([r["size"] for r in rows])
     return {
         "size (B = 1)": sorted((r for r in rows if r["batch"] == 1), key=lambda r: r["size"]),
         f"batch (S = {batch_size})": sorted(
@@ -118,7 +123,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.png")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    batch_size = sizes[1] if len(sizes) > 1 else sizes[0]
+    batch_size = batch_sweep_size(sizes)
     plan = [(1, s) for s in sizes] + [
         (b, batch_size) for b in (int(b) for b in args.batches.split(",")) if b != 1
     ]
