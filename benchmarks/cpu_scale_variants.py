@@ -2,7 +2,7 @@
 the pre-training configuration, e.g. native-scale crops instead of whole downscaled images:
 
     python benchmarks/cpu_scale_variants.py --data-root ../shared/data --out /tmp/cpu-native \
-        --pool-size 256 --crop-scale 0.2 0.35 --reuse /tmp/cpuscale
+        --pool-size 256 --crop-scale 0.2 0.35 --reuse /tmp/cpuscale [--steps-per-epoch 5]
 
 ``--reuse DIR`` copies the finished random-init runs of an earlier --cpu-scale benchmark (same
 protocol, so the same numbers) instead of recomputing them. Prints and writes results.md.
@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--padding", default=None)
     parser.add_argument("--center-sigma", type=float, default=None)
     parser.add_argument("--stage-seconds", type=float, nargs=2, default=None)
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--pretrain-seed", type=int, default=None)
     parser.add_argument("--reuse", type=Path, default=None)
     args = parser.parse_args()
 
@@ -41,13 +43,19 @@ def main() -> None:
         pretrain["center_sigma"] = args.center_sigma
     if args.stage_seconds:
         pretrain["stage1_seconds"], pretrain["stage2_seconds"] = args.stage_seconds
+    if args.pretrain_seed is not None:
+        pretrain["seed"] = args.pretrain_seed
     if args.reuse is not None:
         source = args.reuse / "runs" / "drive" / "random"
         target = args.out / "runs" / "drive" / "random"
         if source.is_dir() and not target.exists():
             shutil.copytree(source, target)
     config = BenchmarkConfig(
-        cpu_scale=True, data_root=args.data_root, seeds=args.seeds, pretrain=pretrain
+        cpu_scale=True,
+        data_root=args.data_root,
+        seeds=args.seeds,
+        steps_per_epoch=args.steps_per_epoch,
+        pretrain=pretrain,
     )
     run_benchmark(config, args.out)
     print((args.out / "results.md").read_text())
