@@ -51,3 +51,23 @@ def test_runs_with_the_same_folder_name_keep_apart():
 
     runs = ["random", "/a/pretrain", "/b/pretrain", "/c/ld-xray"]
     assert [run_label(r, runs) for r in runs] == ["random", "a/pretrain", "b/pretrain", "ld-xray"]
+
+
+def test_cpu_scale_preset_pretrains_at_native_scale_and_keeps_explicit_choices():
+    from localdisc.engine.pretrain import PretrainConfig
+    from localdisc.tasks.benchmark_transfer import BenchmarkConfig, preset
+
+    config = preset(BenchmarkConfig(cpu_scale=True, data_root="/data"))
+    assert (config.size, config.device, config.inits, config.tasks) == (
+        256,
+        "cpu",
+        ["random", "ld"],
+        ["drive"],
+    )
+    p = config.pretrain
+    assert p["data"] == ["/data/KaggleDR/images"] and p["max_images"] == 1000
+    assert (p["size"], p["pool_size"], p["crop_scale"]) == (128, 256, (0.2, 0.35))
+    assert (p["stage1_seconds"], p["stage2_seconds"], p["batch"]) == (240.0, 240.0, 2)
+    PretrainConfig(**p)  # a valid pre-training config
+    mine = preset(BenchmarkConfig(cpu_scale=True, pretrain={"pool_size": 144}, seeds=1))
+    assert mine.pretrain["pool_size"] == 144 and mine.seeds == 1
