@@ -22,6 +22,9 @@ BUDGET_S=${BUDGET_S:-200}; DEVICE=${DEVICE:-cuda}; SIZE=${SIZE:-448}; TASKS=${TA
 POOLS=${POOLS:-fundus=carry/KaggleDR/images}
 LABELS=${LABELS:-2,20}; SEEDS=${SEEDS:-3}; EPOCHS=${EPOCHS:-100}; BATCH=${BATCH:-4}
 TRANSFER_SIZE=${TRANSFER_SIZE:-512}; WORKERS=${WORKERS:-16}
+# More PretrainConfig fields as JSON, e.g. PRETRAIN='{"pool_size": 256, "crop_scale": [0.2, 0.35]}'
+# (crop_scale is LD's; the peers keep their published crops of the same pool).
+PRETRAIN=${PRETRAIN:-'{}'}
 mkdir -p "$OUT/methods"
 exec > >(tee -a "$OUT/session.log") 2>&1
 date -u; git rev-parse --short HEAD 2>/dev/null
@@ -31,14 +34,15 @@ if [ -d carry/methods-pretrain ] && [ ! -d "$OUT/methods/pretrain" ]; then
 fi
 
 start=$(date +%s)
-python - "$OUT/methods" <<PY
-import sys
+python - "$OUT/methods" "$PRETRAIN" <<PY
+import json, sys
 from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
 config = MethodsBenchmarkConfig(
     methods="$METHODS".split(","), pools="$POOLS".split(","),
     budget_seconds=$BUDGET_S, tasks="$TASKS".split(","), labels="$LABELS".split(","),
     seeds=$SEEDS, data_root="carry", size=$SIZE, batch=$BATCH, device="$DEVICE",
-    pretrain={"max_images": 1000, "workers": $WORKERS, "checkpoint_every": 100000},
+    pretrain={"max_images": 1000, "workers": $WORKERS, "checkpoint_every": 100000,
+              **json.loads(sys.argv[2])},
     transfer={"frozen_epochs": $EPOCHS, "epochs": $EPOCHS, "size": $TRANSFER_SIZE},
 )
 run_methods_benchmark(config, sys.argv[1])

@@ -1,8 +1,9 @@
 """The CPU-scale transfer comparison (`localdisc benchmark transfer --cpu-scale`) with a variant of
-the pre-training configuration, e.g. native-scale crops instead of whole downscaled images:
+the pre-training configuration or seed. The preset pre-trains on native-scale crops (pool 256,
+crops of 20-35% of the area); the published-style whole image shrunk to 128 is
 
-    python benchmarks/cpu_scale_variants.py --data-root ../shared/data --out /tmp/cpu-native \
-        --pool-size 256 --crop-scale 0.2 0.35 --reuse /tmp/cpuscale [--steps-per-epoch 5]
+    python benchmarks/cpu_scale_variants.py --data-root ../shared/data --out /tmp/cpu-whole \
+        --pool-size 144 --crop-scale 0.9 1.0 --reuse /tmp/cpuscale [--steps-per-epoch 5]
 
 ``--reuse DIR`` copies the finished random-init runs of an earlier --cpu-scale benchmark (same
 protocol, so the same numbers) instead of recomputing them. Prints and writes results.md.
