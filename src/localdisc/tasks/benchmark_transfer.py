@@ -115,8 +115,8 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
         # The CPU-scale comparison: 4 + 4 minutes of LD pre-training at 128 x 128 with 2
         # items per step on the first 1 000 KaggleDR images, then DRIVE at 256 x 256. The crops
         # are native-scale (20-35% of a 256-pixel image, so vessels are as wide as in DRIVE at
-        # 256), not the whole image shrunk to 128: better on average in each comparison of
-        # benchmarks/RESULTS.md.
+        # 256), not the whole image shrunk to 128: better on average, frozen and fine-tuned, in
+        # the CPU-scale transfer runs of benchmarks/RESULTS.md.
         kaggle = Path(config.data_root or ".") / "KaggleDR" / "images"
         return replace(
             config, size=256, device="cpu",
