@@ -71,6 +71,9 @@ TASKS: dict[str, ShapeTask] = {
     "synthetic_fundus": ShapeTask(
         "synthetic_fundus", None, "vessels", "fundus", "vessels", ("simulated",)
     ),
+    # Generated radiographs with exact lung masks: where the lung setting can be tuned without
+    # any JSRT/SCR label.
+    "synthetic_xray": ShapeTask("synthetic_xray", None, "lung", "xray", "lungs", ("simulated",)),
 }
 DATA_FOLDERS = {"drive": "DRIVE", "stare": "STARE", "chase_db1": "CHASE_DB1"}
 
