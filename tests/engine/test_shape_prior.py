@@ -44,22 +44,6 @@ def test_one_adversarial_step_moves_the_maps_and_the_discriminator():
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_a_hard_prior_shows_the_discriminator_cluster_zero_and_passes_the_gradient_through():
-    prior = AdversarialPrior("simulated:lungs", 32, torch.device("cpu"), count=4, hard=True,
-                             log=lambda m: None)  # fmt: skip
-    seen = []
-    prior.discriminator.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    logits = torch.randn(2, 4, 32, 32, requires_grad=True)
-    assignments = logits.softmax(1)
-    prior.generator_loss(assignments).backward()
-    assert torch.equal(seen[0], (assignments.argmax(1, keepdim=True) == 0).float())
-    assert 0 < seen[0].mean() < 1
-    # Straight through: the gradient reaches every pixel, also where the mask did not change.
-    assert logits.grad.ne(0).float().mean() > 0.9
-    prior.discriminator_step(assignments, torch.Generator().manual_seed(0))
-    assert all(set(x.unique().tolist()) <= {0.0, 1.0} for x in seen[1:])
-
-
 def test_training_with_a_prior_logs_both_terms_and_resumes_exactly(tmp_path, pool):
     config = tiny_pretrain_config(stage1_steps=2, stage2_steps=3, prior="simulated:vessels",
                                   prior_count=4)  # fmt: skip

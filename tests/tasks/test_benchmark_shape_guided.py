@@ -38,6 +38,20 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert json.loads((out / "results.json").read_text())["table"] == results["table"]
 
 
+def test_generated_radiographs_give_lung_rows_and_the_prior_weight_reaches_training(tmp_path):
+    out = tmp_path / "sg"
+    result = CliRunner().invoke(app, [
+        "benchmark", "shape-guided", "--quick", "--tasks", "synthetic_xray", "--prior-weight",
+        "10", "--out", str(out), "--data-root", str(tmp_path / "none"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "results.json").read_text())["table"]["dice"]
+    assert {"LD + simulated (A)", "mean shape of simulated (no image)"} <= set(rows)
+    run = out / "runs" / "synthetic_xray" / "ld-simulated" / "seed-0"
+    config = json.loads((run / "config.json").read_text())["pretrain"]
+    assert config["prior_weight"] == 10 and config["prior"] == "simulated:lungs"
+
+
 def test_missing_data_is_skipped_with_the_reason(tmp_path):
     result = CliRunner().invoke(app, [
         "benchmark", "shape-guided", "--quick", "--tasks", "drive", "--out", str(tmp_path / "o"),

@@ -87,10 +87,6 @@ class PretrainConfig:
     prior_weight: float = 1.0
     prior_count: int = 200  # masks drawn from a simulator
     disc_lr: float = 5e-5
-    # What D sees of cluster 0: "soft" (a_0, as published) or "hard" (cluster 0's pixels in the
-    # cluster map, with a_0's gradient passed straight through): against binary reference
-    # masks a soft map is fake by its grey values alone, whatever its shape.
-    disc_input: str = "soft"
     # Start from this run's weights (all but the clustering head, which starts random as in
     # stage 2); with stage1_steps = 0 that is "stage 2 from a stage-1 run". RUN/stage1.safetensors
     # starts from the weights a run had at the end of its stage 1.
@@ -166,8 +162,6 @@ class PretrainConfig:
             problems.append("a shape prior acts in stage 2: give stage 2 some steps")
         if self.prior_weight < 0 or self.disc_lr <= 0 or self.prior_count < 1:
             problems.append("prior_weight must be >= 0, disc_lr > 0 and prior_count >= 1")
-        if self.disc_input not in ("soft", "hard"):
-            problems.append(f"disc_input must be soft or hard, not {self.disc_input!r}")
         for name in (
             "val_every",
             "checkpoint_every",
@@ -455,8 +449,7 @@ def pretrain(
     if config.prior:
         adversary = AdversarialPrior(
             config.prior, config.size, device, count=config.prior_count, lr=config.disc_lr,
-            hard=config.disc_input == "hard", seed=config.seed,
-            log=log if main else lambda message: None,
+            seed=config.seed, log=log if main else lambda message: None,
         )  # fmt: skip
 
     step = 0
@@ -582,7 +575,7 @@ def pretrain(
                 )
                 assignments = terms.assignments
                 if adversary is not None and assignments is not None:
-                    terms.adv = adversary.generator_loss(assignments)
+                    terms.adv = adversary.generator_loss(assignments[:, :1])
                     terms.total = terms.total + config.prior_weight * terms.adv
                 total, logged = terms.total, terms.as_dict()
             optimizer.zero_grad(set_to_none=True)
@@ -606,7 +599,7 @@ def pretrain(
             if objective is not None:
                 objective.after_step()
             if adversary is not None and assignments is not None:
-                logged["disc"] = adversary.discriminator_step(assignments, gen)
+                logged["disc"] = adversary.discriminator_step(assignments[:, :1], gen)
             step += 1
             trained_steps += 1
             steps_done_here += 1

@@ -2,7 +2,7 @@
 
 :class:`AdversarialPrior` holds the reference masks, the discriminator and its optimizer. The
 pre-training loop adds :meth:`generator_loss` of cluster 0 to the stage-2 loss and, after the
-model's step, calls :meth:`discriminator_step` on the detached assignments (METHOD.md 5).
+model's step, calls :meth:`discriminator_step` on the detached cluster-0 maps (METHOD.md 5).
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ class AdversarialPrior:
         device: where the discriminator and the masks live.
         count: masks drawn from a simulator.
         lr: the discriminator's learning rate.
-        hard: show ``D`` the binary mask of cluster 0 in the cluster map (gradients pass
-            straight through to ``a_0``) instead of the soft ``a_0``: binary against binary,
-            so ``D`` has to judge shape rather than grey values.
         seed: seeds the simulator and the discriminator's initial weights.
     """
 
@@ -41,7 +38,6 @@ class AdversarialPrior:
         *,
         count: int = 200,
         lr: float = 5e-5,
-        hard: bool = False,
         seed: int = 0,
         log: Callable[[str], None] = print,
     ) -> None:
@@ -52,35 +48,22 @@ class AdversarialPrior:
             torch.manual_seed(seed + 4099)
             self.discriminator = MaskDiscriminator().to(device)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr)
-        self.hard = hard
         self.world_size = (
             torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         )
 
-    def shown(self, assignments: Tensor) -> Tensor:
-        """What ``D`` sees of soft assignments ``[N, K, H, W]``: cluster 0's channel, or (hard)
-        the mask of the pixels the cluster map gives to cluster 0, with a straight-through
-        gradient (forward: that binary mask; backward: the identity to ``a_0``)."""
-        target = assignments[:, :1]
-        if not self.hard:
-            return target
-        mask = (assignments.argmax(1, keepdim=True) == 0).to(target.dtype)
-        return mask + (target - target.detach())
-
-    def generator_loss(self, assignments: Tensor) -> Tensor:
-        """``L_G`` for soft assignments ``[N, K, H, W]``; gradients reach only them."""
+    def generator_loss(self, target: Tensor) -> Tensor:
+        """``L_G`` for cluster-0 maps ``[N, 1, H, W]``; gradients reach only the maps."""
         self.discriminator.requires_grad_(False)
         try:
-            return generator_loss(self.discriminator(self.shown(assignments)))
+            return generator_loss(self.discriminator(target))
         finally:
             self.discriminator.requires_grad_(True)
 
-    def discriminator_step(self, assignments: Tensor, generator: torch.Generator) -> Tensor:
-        """One Adam step of ``D`` on what it sees of detached assignments ``[N, K, H, W]``
-        against as many reference masks."""
-        real = sample_prior_batch(self.bank, assignments.shape[0], self.augment, generator)
-        fake = self.shown(assignments.detach())
-        loss = discriminator_loss(self.discriminator(real), self.discriminator(fake))
+    def discriminator_step(self, target: Tensor, generator: torch.Generator) -> Tensor:
+        """One Adam step of ``D`` on detached cluster-0 maps against as many reference masks."""
+        real = sample_prior_batch(self.bank, target.shape[0], self.augment, generator)
+        loss = discriminator_loss(self.discriminator(real), self.discriminator(target.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.world_size > 1:  # D is not wrapped in DDP: average its gradients by hand

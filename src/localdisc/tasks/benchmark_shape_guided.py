@@ -14,8 +14,10 @@ outputs A and B and the refinement network trained on their pseudo-labels. Rows 
   expected fraction, the same mask for every image: what the prior alone knows.
 
 No label of the target data set is used to train or to choose anything: hyper-parameters are the
-published ones (K = 8, weight 1, discriminator lr 5e-5); the filters and k-means get the same
-prior knowledge LD's prior carries (its expected foreground fraction). Runs are kept under
+published ones (K = 8, weight 1, discriminator lr 5e-5) unless given; other choices are made on
+the generated tasks (``synthetic_fundus``, ``synthetic_xray``), whose masks are exact. The
+filters and k-means get the same prior knowledge LD's prior carries (its expected foreground
+fraction). Runs are kept under
 ``OUT/runs`` and reused, so an interrupted benchmark continues.
 """
 
