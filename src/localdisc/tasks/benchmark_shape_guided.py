@@ -17,8 +17,7 @@ No label of the target data set is used to train or to choose anything: hyper-pa
 published ones (K = 8, weight 1, discriminator lr 5e-5) unless given; other choices are made on
 the generated tasks (``synthetic_fundus``, ``synthetic_xray``), whose masks are exact. The
 filters and k-means get the same prior knowledge LD's prior carries (its expected foreground
-fraction). Runs are kept under
-``OUT/runs`` and reused, so an interrupted benchmark continues.
+fraction). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from localdisc.data.io import read_image, write_png
 from localdisc.data.preprocess import fov_from_image, resize_image, resize_mask
@@ -165,8 +166,18 @@ class RefineConfig:
     size: int = 512
     rotation: float | None = None  # None: the modality's, as in transfer (180 fundus, 30 X-ray)
     flips: bool | None = None  # None: the modality's (fundus yes, X-ray no)
+    # With no labels there is no validation set to pick a step by: the last one counts, so the
+    # learning rate decays to 0 ("cosine") rather than stopping mid-flight ("constant").
+    schedule: str = "cosine"
+    # Batch-norm statistics recomputed on the un-augmented images after training, so the
+    # evaluated network normalises as the data says, not as the last noisy batches of 2 did.
+    recalibrate: bool = True
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
 def refine(
@@ -198,6 +209,9 @@ def refine(
         targets.append([resize_mask(label, config.size), resize_image(weight, config.size)])
     y = torch.from_numpy(np.asarray(targets, dtype=np.float32))  # [N, 2, S, S]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = None
+    if config.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.steps))
     gen = torch.Generator().manual_seed(config.seed)
     for step in range(config.steps):
         idx = torch.randint(len(x), (config.batch,), generator=gen)
@@ -207,9 +221,34 @@ def refine(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if (step + 1) % max(1, config.steps // 5) == 0:
             log(f"refine step {step + 1}/{config.steps}: loss {loss.item():.4f}")
+    if config.recalibrate:
+        recalibrate_batch_norm(model, x, batch=8)
     return model.eval()
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: Segmenter, images: Tensor, batch: int) -> None:
+    """Set every batch norm's running statistics to their average over ``images`` (raw [0, 1]
+    ``[N, C, S, S]`` at the model size), one forward pass in batches: "precise BN" (Wu and
+    Johnson, 2021), so evaluation normalises with the data's statistics rather than a moving
+    average of the last few small training batches."""
+    device = next(model.parameters()).device
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches of this pass
+    was_training = model.training
+    model.train()
+    for start in range(0, images.shape[0], batch):
+        model(normalize(images[start : start + batch].to(device), model.config.modality))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
 
 
 def refined_probability(model: Segmenter, image: np.ndarray, fov: np.ndarray) -> np.ndarray:
