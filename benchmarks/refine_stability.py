@@ -5,7 +5,7 @@ for each setting and thread count trains the refinement network on their pseudo-
 ``localdisc benchmark shape-guided`` does, and prints Dice (whole image, as the benchmark's paper
 Dice but at the image's own size) and mask fraction over the first ``--n`` test images, beside
 output A's. A setting is ``RefineConfig`` fields, e.g. ``schedule=constant,recalibrate=false``
-(the refinement before commit "refine: cosine decay and recalibrated batch norm"). Used in
+(the refinement before commit 1f80868). Used in
 benchmarks/RESULTS.md ("The refinement ends settled"):
 
     python benchmarks/refine_stability.py RUN --data jsrt_scr:../shared/data --target lung \\
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from localdisc.data.datasets import load_data_spec
+from localdisc.eval.metrics import dice_score
 from localdisc.models.ld import LDModel
 from localdisc.tasks.shape_guided import (
     RefineConfig,
@@ -30,10 +31,6 @@ from localdisc.tasks.shape_guided import (
     run_size,
     segment,
 )
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    return float(2 * (pred & truth).sum() / max(1, pred.sum() + truth.sum()))
 
 
 def _setting(text: str) -> dict[str, object]:
@@ -66,7 +63,7 @@ def main() -> None:
     maps = [segment(model, s.image, s.fov, size=run_size(args.run)) for s in samples]
     images = [s.image for s in samples]
     truths = [s.masks[args.target].astype(bool) for s in samples[: args.n]]
-    dice_a = [_dice(m.mask_a, t) for m, t in zip(maps, truths, strict=False)]
+    dice_a = [dice_score(m.prob_a, t) for m, t in zip(maps, truths, strict=False)]
     print(f"output A: Dice {np.mean(dice_a):.3f} +- {np.std(dice_a):.3f}")
     for text in args.settings:
         for threads in args.threads:
@@ -76,9 +73,9 @@ def main() -> None:
             network = refine(args.run, images, maps, config, log=lambda m: None)
             dice, fraction = [], []
             for s, m, truth in zip(samples, maps, truths, strict=False):
-                pred = refined_probability(network, s.image, m.fov) > 0.5
-                dice.append(_dice(pred, truth))
-                fraction.append(pred.mean())
+                prob = refined_probability(network, s.image, m.fov)
+                dice.append(dice_score(prob, truth))
+                fraction.append((prob >= 0.5).mean())
             print(
                 f"{text or 'default'}, {threads} thread(s), {time.perf_counter() - t0:.0f} s: "
                 f"Dice {np.mean(dice):.3f} +- {np.std(dice):.3f}, "
