@@ -410,6 +410,11 @@ def shape_guided_train(
     batch: int = typer.Option(4, help="Items per step (each feeds 5 images)."),
     size: int = typer.Option(448, help="Crop size S (multiple of 16)."),
     prior_weight: float = typer.Option(1.0, help="Weight of the adversarial shape term."),
+    prior_pose: str = typer.Option(
+        "free",
+        help="free: reference masks at any angle (published, vessels); kept: prior and views "
+        "keep the pose and the discriminator sees positions (organs of PA radiographs).",
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
@@ -429,7 +434,7 @@ def shape_guided_train(
         data=list(data), stage1_steps=0 if init else stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch, size=size,
         clusters=clusters, device=device, seed=seed, prior=prior, prior_weight=prior_weight,
-        init_from=str(init) if init else None, **architecture,
+        prior_pose=prior_pose, init_from=str(init) if init else None, **architecture,
     )  # fmt: skip
     result = run_pretrain(config, out, resume=resume, log=console.print)
     distributed.cleanup()
@@ -586,6 +591,11 @@ def benchmark_shape_guided(
     depth: int = typer.Option(5, help="VGG blocks of the LD encoder (5: published)."),
     width: int = typer.Option(16, help="Channels of its first block (16: published)."),
     prior_weight: float = typer.Option(1.0, help="Weight of the adversarial shape term."),
+    prior_pose: str = typer.Option(
+        "free",
+        help="free: reference masks at any angle (published, vessels); kept: prior and views "
+        "keep the pose and the discriminator sees positions (organs of PA radiographs).",
+    ),
 ) -> None:
     """Segmentation without labels: LD + each prior against k-means and vesselness filters."""
     from localdisc.tasks.benchmark_shape_guided import ShapeBenchmarkConfig, run_shape_benchmark
@@ -597,7 +607,9 @@ def benchmark_shape_guided(
         stage1_steps=stage1_steps, stage2_steps=stage2_steps, stage1_seconds=stage1_seconds,
         stage2_seconds=stage2_seconds, batch=batch, refine_steps=refine_steps,
         max_test=max_test, device=device, quick=quick,
-        pretrain={"depth": depth, "width": width, "prior_weight": prior_weight},
+        pretrain={
+            "depth": depth, "width": width, "prior_weight": prior_weight, "prior_pose": prior_pose,
+        },
     )  # fmt: skip
     run_shape_benchmark(config, out, log=console.print)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)

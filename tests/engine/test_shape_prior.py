@@ -3,11 +3,12 @@ import csv
 import pytest
 import torch
 
-from helpers import tiny_pretrain_config
+from helpers import tiny_pretrain_config, torch_threads
 from localdisc.engine.checkpoint import load_safetensors
 from localdisc.engine.pretrain import init_from_run, pretrain
 from localdisc.engine.shape_prior import AdversarialPrior
 from localdisc.errors import CheckpointError, LocaldiscError
+from localdisc.losses.adversarial import discriminator_loss
 from localdisc.models.discriminator import MaskDiscriminator
 from localdisc.models.ld import LDModel
 
@@ -27,6 +28,29 @@ def test_the_discriminator_is_not_linear():
     with torch.no_grad():
         gap = (d(x) + d(y) - d(zero) - d(x + y)).abs().item()
     assert gap > 1e-4  # an affine network (the published slope 1.0) has gap 0
+
+
+@pytest.mark.parametrize("coords", [False, True])
+def test_only_a_discriminator_with_coordinates_learns_where_a_mask_lies(coords):
+    """The same square 24 pixels (three cells of a depth-3 network) to the left or right, away
+    from the borders: a position-blind discriminator gives both the same logit and cannot learn,
+    one that sees coordinates can."""
+    torch.manual_seed(0)
+    d = MaskDiscriminator(depth=3, coords=coords)
+    opt = torch.optim.Adam(d.parameters(), lr=1e-3)
+    real, fake = torch.zeros(2, 4, 1, 64, 64)
+    real[..., 24:32, 16:24] = 1
+    fake[..., 24:32, 40:48] = 1
+    with torch_threads(1):
+        for _ in range(30):
+            loss = discriminator_loss(d(real), d(fake))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    if coords:
+        assert loss.item() < 0.6
+    else:
+        assert loss.item() == pytest.approx(0.6931, abs=1e-3)  # log 2: chance
 
 
 def test_one_adversarial_step_moves_the_maps_and_the_discriminator():
@@ -67,6 +91,20 @@ def test_training_with_a_prior_logs_both_terms_and_resumes_exactly(tmp_path, poo
     )
     for k in da:
         torch.testing.assert_close(da[k], db[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_kept_pose_trains_a_discriminator_that_sees_positions(tmp_path, pool):
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=2, prior="simulated:lungs",
+                                  prior_count=4, prior_pose="kept", checkpoint_every=3)  # fmt: skip
+    pretrain(config, tmp_path / "run", pool=pool, log=lambda m: None)
+    last = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+    weights = load_safetensors(last / "discriminator.safetensors")
+    assert weights["features.0.weight"].shape[1] == 3  # the mask, x and y
+    prior = AdversarialPrior("simulated:lungs", 32, torch.device("cpu"), count=4, pose="kept",
+                             log=lambda m: None)  # fmt: skip
+    assert prior.augment.max_rotation == 10 and not prior.augment.flips
+    with pytest.raises(LocaldiscError, match="prior_pose"):
+        tiny_pretrain_config(prior="simulated:lungs", prior_pose="upright")
 
 
 def test_stage_two_starts_from_another_run_without_its_clustering_head(tmp_path, pool):

@@ -99,6 +99,26 @@ def test_flips_and_rotations_happen() -> None:
     assert np.bincount(quadrants, minlength=4).min() >= 15
 
 
+def test_a_kept_pose_is_never_mirrored_and_turns_little() -> None:
+    """With ``flips=False`` and ``max_rotation=10`` the chiral triangle keeps its handedness
+    and its direction within 10 degrees (plus the slack of measuring on pixels)."""
+    size = 96
+    c = (size - 1) / 2
+    mask = (
+        _disc(size, (c - 16, c - 8), 9)
+        | _disc(size, (c + 16, c - 8), 6)
+        | _disc(size, (c - 4, c + 16), 3.5)
+    )
+    original, angle = _handedness_and_angle(mask)
+    batch = torch.from_numpy(mask)[None, None].repeat(60, 1, 1, 1)
+    augment = PriorAugment(size, max_rotation=10.0, flips=False, max_crop=0.0)
+    out = augment(batch, _gen(5))[:, 0].numpy() > 0
+    signs, angles = zip(*(_handedness_and_angle(m) for m in out), strict=True)
+    assert all(s == original for s in signs)
+    turns = np.degrees(np.angle(np.exp(1j * (np.array(angles) - angle))))
+    assert np.abs(turns).max() < 13 and np.abs(turns).max() > 5  # it does turn, a little
+
+
 def test_sample_prior_batch() -> None:
     bank = torch.from_numpy(np.stack([_disc(40, (20, 20), r) for r in (3, 6, 9, 12, 15)])[:, None])
     aug = PriorAugment(24)
@@ -115,6 +135,8 @@ def test_sample_prior_batch() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="max_crop"):
         PriorAugment(32, max_crop=0.6)
+    with pytest.raises(ValueError, match="max_rotation"):
+        PriorAugment(32, max_rotation=200)
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
         PriorAugment(32)(torch.zeros(2, 32, 32), _gen(0))
 

@@ -33,7 +33,7 @@ from localdisc.engine.checkpoint import (
     save_checkpoint,
 )
 from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
-from localdisc.engine.shape_prior import AdversarialPrior
+from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.losses import (
     entropy_loss,
@@ -86,6 +86,7 @@ class PretrainConfig:
     prior: str | None = None  # a folder of masks, NAME:ROOT[:TARGET] or simulated:NAME
     prior_weight: float = 1.0
     prior_count: int = 200  # masks drawn from a simulator
+    prior_pose: str = "free"  # "kept": stage-2 views and prior keep the pose (shape_prior.py)
     disc_lr: float = 5e-5
     # Start from this run's weights (all but the clustering head, which starts random as in
     # stage 2); with stage1_steps = 0 that is "stage 2 from a stage-1 run". RUN/stage1.safetensors
@@ -162,6 +163,10 @@ class PretrainConfig:
             problems.append("a shape prior acts in stage 2: give stage 2 some steps")
         if self.prior_weight < 0 or self.disc_lr <= 0 or self.prior_count < 1:
             problems.append("prior_weight must be >= 0, disc_lr > 0 and prior_count >= 1")
+        if self.prior_pose not in PRIOR_POSES:
+            problems.append(
+                f"prior_pose must be {' or '.join(PRIOR_POSES)}, not {self.prior_pose!r}"
+            )
         for name in (
             "val_every",
             "checkpoint_every",
@@ -443,14 +448,20 @@ def pretrain(
                 f"--method {config.method} runs in one process, not under torchrun"
             )
         objective = build_objective(config, model).to(device)
-    views = LDViews(config.size, config.modality, crop_scale=tuple(config.crop_scale))
+    stage1_views = LDViews(config.size, config.modality, crop_scale=tuple(config.crop_scale))
+    stage2_views = stage1_views
     gen = torch.Generator().manual_seed(config.seed * 1009 + ctx.rank)
     adversary = None
     if config.prior:
         adversary = AdversarialPrior(
             config.prior, config.size, device, count=config.prior_count, lr=config.disc_lr,
-            seed=config.seed, log=log if main else lambda message: None,
+            seed=config.seed, pose=config.prior_pose, log=log if main else lambda message: None,
         )  # fmt: skip
+        if config.prior_pose == "kept":  # cluster 0 in the pose of the reference masks
+            stage2_views = LDViews(
+                config.size, config.modality, crop_scale=tuple(config.crop_scale),
+                rotation=KEPT_POSE_ROTATION, flip_p=0.0, view2_flip_p=0.0, view2_rot90=False,
+            )  # fmt: skip
 
     step = 0
     stage = config.stage_at(0)
@@ -567,6 +578,7 @@ def pretrain(
                 logged = objective(x[:b], x[b:], gen)
                 total = logged["loss"]
             else:
+                views = stage1_views if stage == 1 else stage2_views
                 batch = views(x[:b], x[b:], generator=gen)
                 if config.channels_last and device.type == "cuda":
                     batch.images = batch.images.contiguous(memory_format=torch.channels_last)
@@ -627,6 +639,7 @@ def pretrain(
 
             end_of_stage = step == config.total_steps or config.stage_at(step) != stage
             if main and (step % config.val_every == 0 or end_of_stage):
+                views = stage1_views if stage == 1 else stage2_views
                 val = validation_loss(model, val_pool, views, config, stage, objective)
                 if csv_log and not math.isnan(val):
                     csv_log.write(step=step, stage=stage, val_loss=round(val, 6))

@@ -17,6 +17,14 @@ from localdisc.losses.adversarial import discriminator_loss, generator_loss
 from localdisc.models.discriminator import MaskDiscriminator
 from localdisc.priors import PriorAugment, describe_prior, load_prior, sample_prior_batch
 
+# How the prior treats pose. "free" (METHOD.md 5, made for vessels): reference masks turned by
+# any angle and flipped, a discriminator blind to position. "kept", for anatomy imaged in a
+# standard pose (the lungs and heart of a PA radiograph): the reference masks and the stage-2
+# views turn by at most KEPT_POSE_ROTATION degrees and are never flipped, and the discriminator
+# sees pixel coordinates, so that a cluster in the right shape but the wrong place looks fake.
+PRIOR_POSES = ("free", "kept")
+KEPT_POSE_ROTATION = 10.0
+
 
 class AdversarialPrior:
     """Reference masks + discriminator + its Adam (lr 5e-5 as published).
@@ -28,6 +36,7 @@ class AdversarialPrior:
         count: masks drawn from a simulator.
         lr: the discriminator's learning rate.
         seed: seeds the simulator and the discriminator's initial weights.
+        pose: ``"free"`` (published) or ``"kept"`` (see ``PRIOR_POSES``).
     """
 
     def __init__(
@@ -39,14 +48,22 @@ class AdversarialPrior:
         count: int = 200,
         lr: float = 5e-5,
         seed: int = 0,
+        pose: str = "free",
         log: Callable[[str], None] = print,
     ) -> None:
+        if pose not in PRIOR_POSES:
+            raise ValueError(f"pose must be one of {', '.join(PRIOR_POSES)}, not {pose!r}")
         self.bank = load_prior(spec, size, count=count, seed=seed).to(device)
-        log(f"shape prior: {describe_prior(spec)}")
-        self.augment = PriorAugment(size)
+        log(f"shape prior: {describe_prior(spec)}, pose {pose}")
+        kept = pose == "kept"
+        self.augment = (
+            PriorAugment(size, max_rotation=KEPT_POSE_ROTATION, flips=False)
+            if kept
+            else PriorAugment(size)
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 4099)
-            self.discriminator = MaskDiscriminator().to(device)
+            self.discriminator = MaskDiscriminator(coords=kept).to(device)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr)
         self.world_size = (
             torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1

@@ -2,10 +2,13 @@
 
 Per mask: random horizontal and vertical flips, a rotation by U(0, 360) degrees, a crop of
 U(0, ``max_crop``) of the side from each of the four sides independently, a resize to the
-output size, and binarisation at ``threshold``. Rotation, crop and resize are one affine map,
-so they are applied as a single bilinear ``grid_sample`` (zeros outside): the same geometry as
-doing them one after the other, with one interpolation instead of two, so thin vessels are not
-blurred twice before the threshold.
+output size, and binarisation at ``threshold``. For anatomy imaged in a standard pose (the
+lungs and heart of a PA radiograph), ``max_rotation`` and ``flips=False`` keep the pose, so
+that the prior says where the structure lies as well as what it looks like.
+
+Rotation, crop and resize are one affine map, so they are applied as a single bilinear
+``grid_sample`` (zeros outside): the same geometry as doing them one after the other, with one
+interpolation instead of two, so thin vessels are not blurred twice before the threshold.
 """
 
 from __future__ import annotations
@@ -27,22 +30,38 @@ class PriorAugment:
         max_crop: the largest fraction of the side cropped from each side.
         threshold: output is ``interpolated > threshold``; 0.1 keeps one-pixel vessels, which
             bilinear resampling spreads over neighbouring pixels, connected.
+        max_rotation: rotation U(-max_rotation, max_rotation) degrees; 180 (published) is any
+            angle.
+        flips: random horizontal and vertical flips (published); False keeps left and right.
     """
 
-    def __init__(self, size: int, *, max_crop: float = 0.1, threshold: float = 0.1) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        max_crop: float = 0.1,
+        threshold: float = 0.1,
+        max_rotation: float = 180.0,
+        flips: bool = True,
+    ) -> None:
         if isinstance(size, bool) or int(size) != size or size < 1:
             raise ValueError(f"augmented mask size must be a positive integer, got {size!r}")
         if not 0.0 <= max_crop < 0.5:
             raise ValueError(f"max_crop must be in [0, 0.5), got {max_crop!r}")
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+        if not 0.0 <= max_rotation <= 180.0:
+            raise ValueError(f"max_rotation must be in [0, 180] degrees, got {max_rotation!r}")
         self.size = int(size)
         self.max_crop = float(max_crop)
         self.threshold = float(threshold)
+        self.max_rotation = float(max_rotation)
+        self.flips = bool(flips)
 
     def __repr__(self) -> str:
         return (
-            f"PriorAugment(size={self.size}, max_crop={self.max_crop}, threshold={self.threshold})"
+            f"PriorAugment(size={self.size}, max_crop={self.max_crop}, threshold={self.threshold}"
+            f", max_rotation={self.max_rotation}, flips={self.flips})"
         )
 
     def _theta(self, u: torch.Tensor) -> torch.Tensor:
@@ -52,9 +71,12 @@ class PriorAugment:
         the input: p -> crop box (c + s * p) -> rotation R -> flips F, i.e. F R (diag(s) p + c).
         """
         b = u.shape[0]
-        flip_x = torch.where(u[:, 0] < 0.5, -1.0, 1.0)
-        flip_y = torch.where(u[:, 1] < 0.5, -1.0, 1.0)
-        angle = u[:, 2] * (2.0 * math.pi)
+        flip_x = torch.where((u[:, 0] < 0.5) & self.flips, -1.0, 1.0)
+        flip_y = torch.where((u[:, 1] < 0.5) & self.flips, -1.0, 1.0)
+        if self.max_rotation >= 180.0:
+            angle = u[:, 2] * (2.0 * math.pi)  # the published U(0, 360), draw for draw
+        else:
+            angle = (2.0 * u[:, 2] - 1.0) * math.radians(self.max_rotation)
         left, right, top, bottom = (u[:, 3 + k] * self.max_crop for k in range(4))
         # Normalised coordinates span 2 per side: cropping a fraction f moves an edge by 2 f.
         scale = torch.stack([1.0 - left - right, 1.0 - top - bottom], dim=1)
