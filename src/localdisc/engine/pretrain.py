@@ -455,7 +455,8 @@ def pretrain(
     if config.prior:
         adversary = AdversarialPrior(
             config.prior, config.size, device, count=config.prior_count, lr=config.disc_lr,
-            seed=config.seed, pose=config.prior_pose, log=log if main else lambda message: None,
+            seed=config.seed, pose=config.prior_pose, view_area=config.crop_scale[0],
+            log=log if main else lambda message: None,
         )  # fmt: skip
         if config.prior_pose == "kept":  # cluster 0 in the pose of the reference masks
             stage2_views = LDViews(

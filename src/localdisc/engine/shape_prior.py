@@ -7,6 +7,7 @@ model's step, calls :meth:`discriminator_step` on the detached cluster-0 maps (M
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -20,8 +21,10 @@ from localdisc.priors import PriorAugment, describe_prior, load_prior, sample_pr
 # How the prior treats pose. "free" (METHOD.md 5, made for vessels): reference masks turned by
 # any angle and flipped, a discriminator blind to position. "kept", for anatomy imaged in a
 # standard pose (the lungs and heart of a PA radiograph): the reference masks and the stage-2
-# views turn by at most KEPT_POSE_ROTATION degrees and are never flipped, and the discriminator
-# sees pixel coordinates, so that a cluster in the right shape but the wrong place looks fake.
+# views turn by at most KEPT_POSE_ROTATION degrees and are never flipped, the masks are cropped
+# as little as the views are (so that the organs have the same size and place in both), and the
+# discriminator sees pixel coordinates, so that a cluster in the right shape but the wrong place
+# looks fake.
 PRIOR_POSES = ("free", "kept")
 KEPT_POSE_ROTATION = 10.0
 
@@ -37,6 +40,8 @@ class AdversarialPrior:
         lr: the discriminator's learning rate.
         seed: seeds the simulator and the discriminator's initial weights.
         pose: ``"free"`` (published) or ``"kept"`` (see ``PRIOR_POSES``).
+        view_area: the smallest area fraction of the views' random resized crop; with a kept
+            pose the masks are cropped to sides of at least its square root, as the views are.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class AdversarialPrior:
         lr: float = 5e-5,
         seed: int = 0,
         pose: str = "free",
+        view_area: float = 0.9,
         log: Callable[[str], None] = print,
     ) -> None:
         if pose not in PRIOR_POSES:
@@ -56,11 +62,13 @@ class AdversarialPrior:
         self.bank = load_prior(spec, size, count=count, seed=seed).to(device)
         log(f"shape prior: {describe_prior(spec)}, pose {pose}")
         kept = pose == "kept"
-        self.augment = (
-            PriorAugment(size, max_rotation=KEPT_POSE_ROTATION, flips=False)
-            if kept
-            else PriorAugment(size)
-        )
+        if kept:  # each side cropped by U(0, c): the side shrinks to 1 - 2c at most
+            crop = (1.0 - math.sqrt(view_area)) / 2.0
+            self.augment = PriorAugment(
+                size, max_crop=crop, max_rotation=KEPT_POSE_ROTATION, flips=False
+            )
+        else:
+            self.augment = PriorAugment(size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 4099)
             self.discriminator = MaskDiscriminator(coords=kept).to(device)
