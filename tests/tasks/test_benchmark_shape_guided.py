@@ -38,11 +38,11 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert json.loads((out / "results.json").read_text())["table"] == results["table"]
 
 
-def test_generated_radiographs_give_lung_rows_and_the_prior_weight_reaches_training(tmp_path):
+def test_generated_radiographs_give_lung_rows_and_the_prior_settings_reach_training(tmp_path):
     out = tmp_path / "sg"
     result = CliRunner().invoke(app, [
         "benchmark", "shape-guided", "--quick", "--tasks", "synthetic_xray", "--prior-weight",
-        "10", "--out", str(out), "--data-root", str(tmp_path / "none"),
+        "10", "--prior-pose", "kept", "--out", str(out), "--data-root", str(tmp_path / "none"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["table"]["dice"]
@@ -50,6 +50,7 @@ def test_generated_radiographs_give_lung_rows_and_the_prior_weight_reaches_train
     run = out / "runs" / "synthetic_xray" / "ld-simulated" / "seed-0"
     config = json.loads((run / "config.json").read_text())["pretrain"]
     assert config["prior_weight"] == 10 and config["prior"] == "simulated:lungs"
+    assert config["prior_pose"] == "kept"
 
 
 def test_missing_data_is_skipped_with_the_reason(tmp_path):
