@@ -103,9 +103,8 @@ def test_a_kept_pose_trains_a_discriminator_that_sees_positions(tmp_path, pool):
     prior = AdversarialPrior("simulated:lungs", 32, torch.device("cpu"), count=4, pose="kept",
                              log=lambda m: None)  # fmt: skip
     assert prior.augment.max_rotation == 10 and not prior.augment.flips
-    assert prior.augment.max_crop == pytest.approx(
-        (1 - 0.9**0.5) / 2
-    )  # sides >= 95 %, as the views'
+    # Masks cropped like the views (area >= 90 %): sides >= 95 %.
+    assert prior.augment.max_crop == pytest.approx((1 - 0.9**0.5) / 2)
     with pytest.raises(LocaldiscError, match="prior_pose"):
         tiny_pretrain_config(prior="simulated:lungs", prior_pose="upright")
 
