@@ -78,17 +78,22 @@ def _handedness_and_angle(mask: np.ndarray) -> tuple[float, float]:
     return float(np.sign(cross)), float(np.arctan2(by - ay, bx - ax))
 
 
+def _chiral_triangle(size: int) -> np.ndarray:
+    """Three blobs of different sizes around the centre: mirroring reverses their order."""
+    c = (size - 1) / 2
+    return (
+        _disc(size, (c - 16, c - 8), 9)
+        | _disc(size, (c + 16, c - 8), 6)
+        | _disc(size, (c - 4, c + 16), 3.5)
+    )
+
+
 def test_flips_and_rotations_happen() -> None:
     """Three blobs of different sizes form a chiral triangle: a rotation keeps its handedness,
     one flip reverses it (both flips are a rotation by 180 degrees), so about half the draws
     come out mirrored, and the triangle points every way."""
     size = 96
-    c = (size - 1) / 2
-    mask = (
-        _disc(size, (c - 16, c - 8), 9)
-        | _disc(size, (c + 16, c - 8), 6)
-        | _disc(size, (c - 4, c + 16), 3.5)
-    )
+    mask = _chiral_triangle(size)
     original, _ = _handedness_and_angle(mask)
     batch = torch.from_numpy(mask)[None, None].repeat(120, 1, 1, 1)
     out = PriorAugment(size)(batch, _gen(5))[:, 0].numpy() > 0
@@ -103,12 +108,7 @@ def test_a_kept_pose_is_never_mirrored_and_turns_little() -> None:
     """With ``flips=False`` and ``max_rotation=10`` the chiral triangle keeps its handedness
     and its direction within 10 degrees (plus the slack of measuring on pixels)."""
     size = 96
-    c = (size - 1) / 2
-    mask = (
-        _disc(size, (c - 16, c - 8), 9)
-        | _disc(size, (c + 16, c - 8), 6)
-        | _disc(size, (c - 4, c + 16), 3.5)
-    )
+    mask = _chiral_triangle(size)
     original, angle = _handedness_and_angle(mask)
     batch = torch.from_numpy(mask)[None, None].repeat(60, 1, 1, 1)
     augment = PriorAugment(size, max_rotation=10.0, flips=False, max_crop=0.0)

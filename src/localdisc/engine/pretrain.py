@@ -569,6 +569,7 @@ def pretrain(
                 best_val = math.inf
                 ddp_model = _prepare_model(model, stage, ctx, config.compile)
                 optimizer = _new_optimizer(model, config.lr_at(step))
+            views = stage1_views if stage == 1 else stage2_views
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
 
@@ -579,7 +580,6 @@ def pretrain(
                 logged = objective(x[:b], x[b:], gen)
                 total = logged["loss"]
             else:
-                views = stage1_views if stage == 1 else stage2_views
                 batch = views(x[:b], x[b:], generator=gen)
                 if config.channels_last and device.type == "cuda":
                     batch.images = batch.images.contiguous(memory_format=torch.channels_last)
@@ -640,7 +640,6 @@ def pretrain(
 
             end_of_stage = step == config.total_steps or config.stage_at(step) != stage
             if main and (step % config.val_every == 0 or end_of_stage):
-                views = stage1_views if stage == 1 else stage2_views
                 val = validation_loss(model, val_pool, views, config, stage, objective)
                 if csv_log and not math.isnan(val):
                     csv_log.write(step=step, stage=stage, val_loss=round(val, 6))
