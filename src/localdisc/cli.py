@@ -112,6 +112,14 @@ def _print_inspection(report: dict) -> None:
             "\n".join(f"{t}: {c:.1%}" for t, c in s["coverage"].items()) or "-",
         )
     console.print(table)
+    for split, s in report["splits"].items():
+        if s["low_contrast"]:
+            names = ", ".join(s["low_contrast"])
+            console.print(
+                f"[yellow]low contrast[/] in {split} ({len(s['low_contrast'])}: 98 % of the "
+                f"intensities within a tenth of the range): {escape(names)}",
+                highlight=False,
+            )
     if report["skipped"]:
         root = report["root"]
         skipped = Table(title=f"skipped ({len(report['skipped'])}), paths under {root or '.'}")

@@ -61,6 +61,22 @@ def test_inspect_unsplit_folder_reports_all(tmp_path: Path) -> None:
     assert split["images"] == 3 and split["masks"] == {} and split["sizes"] == {"8x9": 3}
 
 
+def test_inspect_names_low_contrast_images(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    ramp = np.tile(np.linspace(0, 1, 40), (30, 1))
+    save(tmp_path / "pool" / "normal.png", (255 * ramp).astype(np.uint8))
+    # Like JSRT's washed-out 8-bit conversions: all the anatomy in grey levels 237-255.
+    save(tmp_path / "pool" / "washed_out.png", (237 + 18 * ramp).astype(np.uint8))
+    report = inspect_dataset("folder", tmp_path / "pool", progress=False)
+    assert report["splits"]["all"]["low_contrast"] == ["washed_out"]
+    result = CliRunner().invoke(app, ["datasets", "inspect", "folder", str(tmp_path / "pool")])
+    assert result.exit_code == 0, result.output
+    assert "low contrast in all (1: " in result.output and "washed_out" in result.output
+
+
 def test_inspect_stops_at_or_skips_an_unreadable_file(tmp_path: Path) -> None:
     root = make_drive(tmp_path / "DRIVE")
     bad = root / "test" / "2nd_manual" / "02_manual2.gif"

@@ -28,6 +28,20 @@ def report_splits(cls: type[SegmentationDataset]) -> tuple[str, ...]:
     return tuple(s for s in cls.splits if s != "all") or ("all",)
 
 
+#: An image whose central 98 % of intensities (1st to 99th percentile, inside the FOV) span less
+#: than this much of [0, 1] is reported as low-contrast: 7 of JSRT's 8-bit conversions here hold
+#: 17-41 grey levels near white (spans of 0.03-0.07); the darkest DRIVE photograph spans 0.16.
+LOW_CONTRAST_SPAN = 0.1
+
+
+def intensity_span(image: np.ndarray, fov: np.ndarray | None = None) -> float:
+    """The 1st-to-99th percentile span of an image's intensities (luma), inside ``fov`` if any."""
+    luma = image.mean(axis=-1) if image.ndim == 3 else image
+    values = luma[fov] if fov is not None and fov.any() else luma
+    lo, hi = np.percentile(values, [1, 99])
+    return float(hi - lo)
+
+
 class _SplitStats:
     """Running counts for one split."""
 
@@ -38,6 +52,7 @@ class _SplitStats:
         self.sizes: Counter[str] = Counter()
         self.coverage: dict[str, list[float]] = {}
         self.fov_fraction: list[float] = []
+        self.low_contrast: list[str] = []
 
     def add(self, sample: Sample) -> None:
         h, w = sample.image.shape[:2]
@@ -52,6 +67,8 @@ class _SplitStats:
             self.masks[target] += 1
             # Coverage inside the FOV: for fundus sets the black border would dilute it.
             self.coverage.setdefault(target, []).append(int((mask & fov).sum()) / inside)
+        if intensity_span(sample.image, fov) < LOW_CONTRAST_SPAN:
+            self.low_contrast.append(sample.name)
 
     def report(self, dataset: SegmentationDataset) -> dict[str, Any]:
         return {
@@ -66,6 +83,7 @@ class _SplitStats:
             "coverage": {t: round(float(np.mean(v)), 4) for t, v in self.coverage.items()},
             "targets": list(dataset.targets),
             "default_target": dataset.default_target,
+            "low_contrast": self.low_contrast,
         }
 
 
@@ -81,7 +99,8 @@ def inspect_dataset(
 
     Returns ``{"name", "root", "modality", "splits": {split: {"images", "masks": {target: n},
     "fov", "fov_source", "fov_fraction", "sizes": {"HxW": n}, "coverage": {target: mean
-    fraction of the FOV}, "targets", "default_target"}}, "skipped": [{"path", "reason"}]}``.
+    fraction of the FOV}, "targets", "default_target", "low_contrast": [names of images whose
+    intensities span less than LOW_CONTRAST_SPAN]}}, "skipped": [{"path", "reason"}]}``.
     Split sets report ``train`` and ``test``, unsplit ones ``all``. A bad file raises
     (:class:`~localdisc.errors.DatasetError` / :class:`~localdisc.errors.ImageReadError`), or
     with ``skip_bad`` is listed under ``skipped``. ``progress`` draws a bar on stderr.
