@@ -4,9 +4,10 @@
 
 Writes one PNG: a row of masks per simulator (``localdisc.priors.SIMULATORS``, white) and, when
 the public data are present (``<repo>/../shared/data`` or ``--data``), rows of real masks
-(amber): DRIVE vessels, the OCTA and DSA vessel priors, SCR lungs and heart. Prints how much of
-the field of view is vessel in DRIVE and in the simulated trees at the same size, and the area
-fractions of simulated and SCR lungs and hearts, so that the pictures come with numbers.
+(amber): DRIVE vessels, the OCTA and DSA vessel priors, SCR lungs and heart (training splits
+only: the simulators are judged by eye against them). Prints how much of the field of view is
+vessel in DRIVE and in the simulated trees at the same size, and the area fractions of simulated
+and SCR lungs and hearts, so that the pictures come with numbers.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 
 def _drive(data: Path, size: int) -> tuple[np.ndarray, dict[str, float]] | None:
-    """DRIVE first-observer masks at ``size`` (as load_prior makes them) and vessel fractions."""
+    """DRIVE's training masks (first observer) at ``size``, as load_prior makes them, and
+    vessel fractions."""
     root = data / "DRIVE"
     if not root.is_dir():
         return None
-    ds = load_dataset("drive", root, "all")
+    ds = load_dataset("drive", root, "train")
     native, resized, masks = [], [], []
     for sample in ds:
         vessels, fov = sample.masks["vessels"], sample.fov
@@ -55,10 +57,11 @@ def _simulated_vessel_fraction(size: int, seeds: range) -> float:
 
 
 def _scr(data: Path, size: int, n: int) -> dict[str, np.ndarray] | None:
-    """SCR lung and heart masks of the first ``n`` JSRT images (root holds JSRT/ and SCR/)."""
+    """SCR lung and heart masks of the first ``n`` JSRT training images (root holds JSRT/ and
+    SCR/): the simulators are judged by eye against these, so never against test labels."""
     if not ((data / "JSRT").is_dir() and (data / "SCR").is_dir()):
         return None
-    ds = load_dataset("jsrt_scr", data, "all")
+    ds = load_dataset("jsrt_scr", data, "train")
     samples = ds[:n]
     return {
         target: np.stack([_square(s.masks[target], size) for s in samples])

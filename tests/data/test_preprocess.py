@@ -16,6 +16,7 @@ from localdisc.data.preprocess import (
     resize_mask,
     roi_box,
     roi_crop,
+    stretch_contrast,
     to_modality_channels,
 )
 
@@ -163,6 +164,19 @@ def test_to_modality_channels() -> None:
     assert to_modality_channels(rgba, "fundus").shape == (2, 2, 3)
     assert to_modality_channels(np.ones((3, 3), np.float32), "xray").shape == (3, 3, 1)
     assert MODALITY_CHANNELS == {"fundus": 3, "xray": 1}
+
+
+def test_stretch_contrast_undoes_a_squeezed_range() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.random((40, 40, 1)).astype(np.float32)
+    washed_out = 0.84 + 0.16 * image  # JSRT's worst: grey levels 213-255 of 255
+    out = stretch_contrast(washed_out)
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    np.testing.assert_allclose(out, stretch_contrast(image), atol=1e-5)
+    # The extreme 0.5 % on either side is clipped, not stretched over.
+    assert (out == 1.0).mean() == pytest.approx(0.005, abs=0.002)
+    flat = np.full((4, 4), 0.7, np.float32)
+    assert np.array_equal(stretch_contrast(flat), flat)
 
 
 def test_normalize_fundus_and_xray() -> None:

@@ -63,6 +63,33 @@ def test_refinement_trains_on_pseudo_labels(run):
     assert any(not torch.equal(v, network.encoder.state_dict()[k]) for k, v in encoder.items())
 
 
+def test_refinement_sees_a_washed_out_radiograph_as_the_original(tmp_path):
+    from localdisc.data.pool import synthetic_pool
+    from localdisc.data.synthetic import synthetic_xray
+
+    run = tmp_path / "xray"
+    config = tiny_pretrain_config(modality="xray", prior="simulated:lungs", prior_count=4)
+    pretrain(config, run, pool=synthetic_pool(4, "xray", 48), log=lambda m: None)
+    model = LDModel.from_pretrained(run)
+    image = synthetic_xray(48, seed=1).image
+    washed_out = 0.84 + 0.16 * image  # as JSRT's worst 8-bit conversions
+    maps = segment(model, image)
+
+    def refined(train_on: np.ndarray, stretch: bool) -> list[np.ndarray]:
+        """The network trained on ``train_on``, applied to the image and its washed-out copy."""
+        config = RefineConfig(steps=2, size=32, device="cpu", stretch_contrast=stretch)
+        network = refine(run, [train_on], [maps], config, log=lambda m: None)
+        return [refined_probability(network, x, maps.fov, stretch_contrast=stretch)
+                for x in (image, washed_out)]  # fmt: skip
+
+    on_image, on_washed_out = refined(image, True)
+    np.testing.assert_allclose(on_washed_out, on_image, atol=1e-5)
+    # Trained on the copy: the same up to float noise, which Adam's first steps magnify.
+    np.testing.assert_allclose(refined(washed_out, True)[0], on_image, atol=1e-2)
+    on_image, on_washed_out = refined(image, False)
+    assert np.abs(on_washed_out - on_image).max() > 0.1
+
+
 def test_recalibrated_batch_norm_holds_the_images_statistics():
     from localdisc.data.views import normalize
     from localdisc.models.segmenter import Segmenter

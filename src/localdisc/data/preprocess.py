@@ -278,6 +278,19 @@ def to_modality_channels(image: np.ndarray, modality: str) -> np.ndarray:
     raise ValueError(f"cannot convert a {c}-channel image to {modality} ({want} channels)")
 
 
+def stretch_contrast(image: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
+    """Map the image's ``lower``-``upper`` percentile range onto [0, 1], clipping the rest.
+
+    For radiographs whose exposure or 8-bit conversion squeezed the anatomy into a sliver of the
+    range (3 of the 123 JSRT test images here hold only grey levels 213-255). An image of one
+    value is returned as it is. Returns ``float32``.
+    """
+    lo, hi = np.percentile(image, [lower, upper])
+    if hi - lo < 1e-6:
+        return np.asarray(image, dtype=np.float32)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
 def normalize(image: np.ndarray, modality: str) -> np.ndarray:
     """Normalise an image in ``[0, 1]`` for the network.
 

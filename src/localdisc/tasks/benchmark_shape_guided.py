@@ -335,7 +335,8 @@ def _ld_rows(
                                      device=config.device)  # fmt: skip
         network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log)
         for s, m in zip(samples, maps, strict=True):
-            prob = refined_probability(network, s.image, m.fov)
+            prob = refined_probability(network, s.image, m.fov,
+                                       stretch_contrast=refine_config.stretch_contrast)  # fmt: skip
             out["refined"].append(_metrics(prob, s, target, config.eval_size))
             write_png(predictions / f"{s.name}_refined_mask.png", mask_png(prob, 0.5))
     else:
