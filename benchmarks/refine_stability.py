@@ -73,9 +73,7 @@ def main() -> None:
             network = refine(args.run, images, maps, config, log=lambda m: None)
             dice, fraction = [], []
             for s, m, truth in zip(samples, maps, truths, strict=False):
-                prob = refined_probability(
-                    network, s.image, m.fov, stretch_contrast=config.stretch_contrast
-                )
+                prob = refined_probability(network, s.image, m.fov, stretch=config.stretch_contrast)
                 dice.append(dice_score(prob, truth))
                 fraction.append((prob >= 0.5).mean())
             print(

@@ -79,7 +79,7 @@ def test_refinement_sees_a_washed_out_radiograph_as_the_original(tmp_path):
         """The network trained on ``train_on``, applied to the image and its washed-out copy."""
         config = RefineConfig(steps=2, size=32, device="cpu", stretch_contrast=stretch)
         network = refine(run, [train_on], [maps], config, log=lambda m: None)
-        return [refined_probability(network, x, maps.fov, stretch_contrast=stretch)
+        return [refined_probability(network, x, maps.fov, stretch=stretch)
                 for x in (image, washed_out)]  # fmt: skip
 
     on_image, on_washed_out = refined(image, True)

@@ -334,9 +334,9 @@ def _ld_rows(
         refine_config = RefineConfig(steps=config.refine_steps, size=config.eval_size,
                                      device=config.device)  # fmt: skip
         network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log)
+        stretch = refine_config.stretch_contrast
         for s, m in zip(samples, maps, strict=True):
-            prob = refined_probability(network, s.image, m.fov,
-                                       stretch_contrast=refine_config.stretch_contrast)  # fmt: skip
+            prob = refined_probability(network, s.image, m.fov, stretch=stretch)
             out["refined"].append(_metrics(prob, s, target, config.eval_size))
             write_png(predictions / f"{s.name}_refined_mask.png", mask_png(prob, 0.5))
     else:

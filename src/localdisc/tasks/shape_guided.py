@@ -147,8 +147,7 @@ def segment_images(
         config = RefineConfig(steps=refine_steps, size=size or 512, device=device)
         network = refine(run_dir, arrays, all_maps, config, log=log)
         for name, image, maps in zip(names, arrays, all_maps, strict=True):
-            prob = refined_probability(network, image, maps.fov,
-                                       stretch_contrast=config.stretch_contrast)  # fmt: skip
+            prob = refined_probability(network, image, maps.fov, stretch=config.stretch_contrast)
             write_png(out_dir / f"{name}_refined_prob.png", prob_png(prob))
             written.append(write_png(out_dir / f"{name}_refined_mask.png", mask_png(prob, 0.5)))
     return written
@@ -263,13 +262,13 @@ def _refine_input(image: np.ndarray, modality: str, stretch: bool) -> np.ndarray
 
 
 def refined_probability(
-    model: Segmenter, image: np.ndarray, fov: np.ndarray, *, stretch_contrast: bool = True
+    model: Segmenter, image: np.ndarray, fov: np.ndarray, *, stretch: bool = True
 ) -> np.ndarray:
     """The refinement network's probability map at the image's own size, 0 outside the FOV.
 
-    ``stretch_contrast`` must be what the network was trained with (``RefineConfig``'s).
+    ``stretch`` must be what the network was trained with (``RefineConfig.stretch_contrast``).
     """
-    image = _refine_input(image, model.config.modality, stretch_contrast)
+    image = _refine_input(image, model.config.modality, stretch)
     x = torch.from_numpy(resize_image(image, model.config.size)).permute(2, 0, 1)[None]
     prob = predict_batch(model, x, 1)
     prob = F.interpolate(prob, size=image.shape[:2], mode="bilinear", align_corners=False)
