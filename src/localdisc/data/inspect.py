@@ -30,7 +30,7 @@ def report_splits(cls: type[SegmentationDataset]) -> tuple[str, ...]:
 
 #: An image whose central 98 % of intensities (1st to 99th percentile, inside the FOV) span less
 #: than this much of [0, 1] is reported as low-contrast: 7 of JSRT's 8-bit conversions here hold
-#: 17-41 grey levels near white (spans of 0.03-0.07); the darkest DRIVE photograph spans 0.16.
+#: 17-41 grey levels near white (spans of 0.06); the darkest DRIVE photograph spans 0.16.
 LOW_CONTRAST_SPAN = 0.1
 
 

@@ -202,10 +202,10 @@ def refine(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = Segmenter.from_ld_run(run_dir, size=config.size).to(device).train()
-    rotation, flips = AUGMENTATION[model.config.modality]
+    modality = model.config.modality
+    rotation, flips = AUGMENTATION[modality]
     rotation = rotation if config.rotation is None else config.rotation
     flips = flips if config.flips is None else config.flips
-    modality = model.config.modality
     images = [_refine_input(im, modality, config.stretch_contrast) for im in images]
     x = torch.from_numpy(np.stack([resize_image(im, config.size) for im in images]))
     x = x.permute(0, 3, 1, 2).contiguous()
