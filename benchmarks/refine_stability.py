@@ -68,7 +68,8 @@ def main() -> None:
     for text in args.settings:
         for threads in args.threads:
             torch.set_num_threads(threads)
-            config = RefineConfig(steps=args.steps, size=512, device="cpu", **_setting(text))
+            fields = {"steps": args.steps, "size": 512, "device": "cpu", **_setting(text)}
+            config = RefineConfig(**fields)
             t0 = time.perf_counter()
             network = refine(args.run, images, maps, config, log=lambda m: None)
             dice, fraction = [], []

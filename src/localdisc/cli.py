@@ -587,6 +587,12 @@ def benchmark_shape_guided(
         None, "--from", help="A pre-training run to start stage 2 from (skips stage 1)."
     ),
     size: int = typer.Option(448, help="Training crop size."),
+    pool_size: int | None = typer.Option(
+        None, help="Side the images are read at, cropped to --size (default size x 8/7)."
+    ),
+    crop_scale: tuple[float, float] = typer.Option(
+        (0.9, 1.0), help="Area fraction of the training views' random resized crop: MIN MAX."
+    ),
     stage1_steps: int = typer.Option(2_000),
     stage2_steps: int = typer.Option(4_000),
     stage1_seconds: float | None = typer.Option(None, help="Time budget of stage 1."),
@@ -612,11 +618,12 @@ def benchmark_shape_guided(
     config = ShapeBenchmarkConfig(
         tasks=_csv(tasks or "") or None, priors=_csv(priors or "") or None, seeds=seeds,
         data_root=data_root or default_data_root(), init=str(init) if init else None, size=size,
-        stage1_steps=stage1_steps, stage2_steps=stage2_steps, stage1_seconds=stage1_seconds,
-        stage2_seconds=stage2_seconds, batch=batch, refine_steps=refine_steps,
-        max_test=max_test, device=device, quick=quick,
+        pool_size=pool_size, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
+        stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch,
+        refine_steps=refine_steps, max_test=max_test, device=device, quick=quick,
         pretrain={
             "depth": depth, "width": width, "prior_weight": prior_weight, "prior_pose": prior_pose,
+            "crop_scale": crop_scale,
         },
     )  # fmt: skip
     run_shape_benchmark(config, out, log=console.print)

@@ -9,6 +9,7 @@ from localdisc.data.datasets import Sample
 from localdisc.tasks.benchmark_shape_guided import (
     TASKS,
     ShapeBenchmarkConfig,
+    _kmeans_row,
     _mean_shape_rows,
     calibrate,
     expected_fraction,
@@ -42,7 +43,8 @@ def test_generated_radiographs_give_lung_rows_and_the_prior_settings_reach_train
     out = tmp_path / "sg"
     result = CliRunner().invoke(app, [
         "benchmark", "shape-guided", "--quick", "--tasks", "synthetic_xray", "--prior-weight",
-        "10", "--prior-pose", "kept", "--out", str(out), "--data-root", str(tmp_path / "none"),
+        "10", "--prior-pose", "kept", "--crop-scale", "0.5", "1.0", "--out", str(out),
+        "--data-root", str(tmp_path / "none"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["table"]["dice"]
@@ -50,7 +52,7 @@ def test_generated_radiographs_give_lung_rows_and_the_prior_settings_reach_train
     run = out / "runs" / "synthetic_xray" / "ld-simulated" / "seed-0"
     config = json.loads((run / "config.json").read_text())["pretrain"]
     assert config["prior_weight"] == 10 and config["prior"] == "simulated:lungs"
-    assert config["prior_pose"] == "kept"
+    assert config["prior_pose"] == "kept" and config["crop_scale"] == [0.5, 1.0]
 
 
 def test_missing_data_is_skipped_with_the_reason(tmp_path):
@@ -108,3 +110,22 @@ def test_mean_shape_of_the_prior_is_the_same_mask_on_every_image(tmp_path):
     shifted = torch.roll(bank, 12, dims=-1)
     rows = _mean_shape_rows(samples, "lung", shifted, fraction, ShapeBenchmarkConfig(eval_size=64))
     assert all(r["dice"] < 0.5 for r in rows), rows
+
+
+def test_kmeans_embeds_at_the_scale_the_model_was_trained_at(tmp_path):
+    class Embedder:  # two features: the image and its negative
+        sizes: list[tuple[int, ...]] = []
+
+        def embed(self, image: np.ndarray) -> torch.Tensor:
+            self.sizes.append(image.shape[:2])
+            return torch.from_numpy(np.stack([image[..., 0], 1 - image[..., 0]]))
+
+    organ = np.zeros((96, 96), dtype=bool)
+    organ[:, :40] = True
+    image = np.where(organ, 0.8, 0.2)[..., None].astype(np.float32)
+    sample = Sample("im", image, {"lung": organ}, np.ones((96, 96), bool), tmp_path / "im.png")
+    model = Embedder()
+    config = ShapeBenchmarkConfig(eval_size=64, kmeans_clusters=2)
+    row = _kmeans_row(model, sample, "lung", config, fraction=0.4, seed=0, size=48)
+    assert model.sizes == [(48, 48)]  # the run's pool size, not eval_size or the image's
+    assert row["dice"] > 0.95

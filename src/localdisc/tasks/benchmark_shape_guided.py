@@ -215,6 +215,7 @@ def _run_task(
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     from localdisc.priors import load_prior
+    from localdisc.tasks.shape_guided import run_size
 
     indices = list(range(len(test)))[: config.max_test]
     samples = [test[i] for i in indices]
@@ -253,7 +254,7 @@ def _run_task(
             stage1 = str(pretrain_preset(settings, task_dir / f"stage1-seed-{seed}", log))
         base = LDModel.from_pretrained(stage1, device=_device(config.device))
         rows = _cached(task_dir / "kmeans" / f"seed-{seed}", _kmeans_rows, base, samples,
-                       target, config, fraction, seed)  # fmt: skip
+                       target, config, fraction, seed, run_size(stage1))  # fmt: skip
         record("k-means (no prior)", seed, rows)
         for label, (prior_path, _, _) in priors.items():
             settings = {
@@ -346,21 +347,22 @@ def _ld_rows(
 
 def _kmeans_rows(
     model: LDModel, samples: list[Any], target: str, config: ShapeBenchmarkConfig,
-    fraction: float, seed: int,
+    fraction: float, seed: int, size: int | None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    return [_kmeans_row(model, s, target, config, fraction, seed) for s in samples]
+    return [_kmeans_row(model, s, target, config, fraction, seed, size) for s in samples]
 
 
 def _kmeans_row(
     model: LDModel, sample: Any, target: str, config: ShapeBenchmarkConfig, fraction: float,
-    seed: int,
+    seed: int, size: int | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """k-means on the image's pixel embeddings (FOV only); the cluster nearest ``fraction``."""
+    """k-means on the image's pixel embeddings (FOV only) at ``size``, the scale the model was
+    trained at (its pool size), as outputs A and B are; the cluster nearest ``fraction``."""
     from scipy.cluster.vq import kmeans2
 
     from localdisc.data.preprocess import resize_image, resize_mask
 
-    size = config.pool_size or config.eval_size
+    size = size or config.eval_size
     image = resize_image(sample.image, size)
     fov = resize_mask(sample.fov, size)
     v = model.embed(image).permute(1, 2, 0).cpu().numpy()  # [H, W, D]
