@@ -114,7 +114,8 @@ def test_mean_shape_of_the_prior_is_the_same_mask_on_every_image(tmp_path):
 
 def test_kmeans_embeds_at_the_scale_the_model_was_trained_at(tmp_path):
     class Embedder:  # two features: the image and its negative
-        sizes: list[tuple[int, ...]] = []
+        def __init__(self) -> None:
+            self.sizes: list[tuple[int, ...]] = []
 
         def embed(self, image: np.ndarray) -> torch.Tensor:
             self.sizes.append(image.shape[:2])
