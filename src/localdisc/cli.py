@@ -417,6 +417,18 @@ def shape_guided_train(
     stage2_seconds: float | None = typer.Option(None, help="Time budget of stage 2."),
     batch: int = typer.Option(4, help="Items per step (each feeds 5 images)."),
     size: int = typer.Option(448, help="Crop size S (multiple of 16)."),
+    pool_size: int | None = typer.Option(
+        None, help="Side of the images, cropped to S (default S x 8/7: 512 for 448)."
+    ),
+    crop_scale: tuple[float, float] = typer.Option(
+        (0.9, 1.0), help="Area fraction of the random resized crop: MIN MAX."
+    ),
+    depth: int = typer.Option(
+        5, help="VGG blocks of the encoder (5: published); with --from, the run's."
+    ),
+    width: int = typer.Option(
+        16, help="Channels of the first VGG block (16: published); with --from, the run's."
+    ),
     prior_weight: float = typer.Option(1.0, help="Weight of the adversarial shape term."),
     prior_pose: str = typer.Option(
         "free",
@@ -432,7 +444,7 @@ def shape_guided_train(
     from localdisc.engine.pretrain import PretrainConfig
     from localdisc.engine.pretrain import pretrain as run_pretrain
 
-    architecture = {"modality": modality}
+    architecture = {"modality": modality, "depth": depth, "width": width}
     if init:  # the architecture of the run it starts from
         from localdisc.models.ld import BACKBONE_FIELDS, LDConfig
 
@@ -441,8 +453,9 @@ def shape_guided_train(
     config = PretrainConfig(
         data=list(data), stage1_steps=0 if init else stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch, size=size,
-        clusters=clusters, device=device, seed=seed, prior=prior, prior_weight=prior_weight,
-        prior_pose=prior_pose, init_from=str(init) if init else None, **architecture,
+        pool_size=pool_size, crop_scale=crop_scale, clusters=clusters, device=device, seed=seed,
+        prior=prior, prior_weight=prior_weight, prior_pose=prior_pose,
+        init_from=str(init) if init else None, **architecture,
     )  # fmt: skip
     result = run_pretrain(config, out, resume=resume, log=console.print)
     distributed.cleanup()

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -143,6 +145,21 @@ def test_cli_trains_from_a_stage_one_run_and_segments(tmp_path, run):
         assert f"eye0_{suffix}.png" in names
     mask = np.asarray(Image.open(segmented / "eye1_A_mask.png"))
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_cli_trains_a_small_network_at_the_scale_it_is_given(tmp_path):
+    out = tmp_path / "sg"
+    result = CliRunner().invoke(app, [
+        "shape-guided", "train", "--data", "synthetic_fundus:2", "--prior", "simulated:vessels",
+        "--out", str(out), "--stage1-steps", "1", "--stage2-steps", "1", "--size", "32",
+        "--pool-size", "48", "--crop-scale", "0.5", "1.0", "--depth", "2", "--width", "8",
+        "--batch", "1", "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())["pretrain"]
+    assert config["pool_size"] == 48 and config["crop_scale"] == [0.5, 1.0]
+    model = LDModel.from_pretrained(out)
+    assert (model.config.depth, model.config.width) == (2, 8)
 
 
 def test_cli_names_a_bad_prior(tmp_path):
