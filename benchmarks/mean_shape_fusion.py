@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from scipy.special import expit, logit
 
 from localdisc.data.datasets import dataset_class, load_data_spec
 from localdisc.data.preprocess import resize_image
@@ -25,11 +26,6 @@ from localdisc.eval.metrics import dice_score
 from localdisc.models.ld import LDModel
 from localdisc.priors import load_prior
 from localdisc.tasks.shape_guided import run_size, segment
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-3, 1 - 1e-3)
-    return np.log(p) - np.log1p(-p)
 
 
 def main() -> None:
@@ -46,11 +42,14 @@ def main() -> None:
     samples = list(load_data_spec(args.data, split))[: args.n]
     mean = load_prior(args.prior, 128, count=32, seed=0)[:, 0].float().mean(0).numpy()
     model = LDModel.from_pretrained(args.run, device="cpu")
+    size = run_size(args.run)
     scores: dict[str, list[float]] = {"output A": [], "mean shape": [], "fused": []}
     for s in samples:
-        prob_a = segment(model, s.image, s.fov, size=run_size(args.run)).prob_a
+        prob_a = segment(model, s.image, s.fov, size=size).prob_a
         shape = np.clip(resize_image(mean, s.fov.shape), 0, 1)
-        fused = 1 / (1 + np.exp(-(_logit(prob_a) + _logit(shape))))
+        fused = expit(
+            logit(np.clip(prob_a, 1e-3, 1 - 1e-3)) + logit(np.clip(shape, 1e-3, 1 - 1e-3))
+        )
         truth = s.masks[args.target].astype(bool)
         for key, prob in zip(scores, (prob_a, shape, fused), strict=True):
             scores[key].append(dice_score(prob, truth))
