@@ -586,7 +586,8 @@ def benchmark_shape_guided(
     tasks: str | None = typer.Option(
         None,
         help="Comma-separated: drive, stare, chase_db1, scr_lung, scr_heart, synthetic_fundus, "
-        "synthetic_xray [default: drive,stare,scr_lung,scr_heart; --quick: synthetic_fundus].",
+        "synthetic_xray (lungs), synthetic_heart [default: drive,stare,scr_lung,scr_heart; "
+        "--quick: synthetic_fundus].",
     ),
     priors: str | None = typer.Option(
         None, help="Comma-separated: octa, dsa, other (another data set), simulated [all]."

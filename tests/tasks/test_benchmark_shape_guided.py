@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -39,19 +40,28 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert json.loads((out / "results.json").read_text())["table"] == results["table"]
 
 
-def test_generated_radiographs_give_lung_rows_and_the_prior_settings_reach_training(tmp_path):
+@pytest.mark.parametrize(
+    ("task", "target", "shape"),
+    [("synthetic_xray", "lung", "lungs"), ("synthetic_heart", "heart", "heart")],
+)
+def test_generated_radiographs_give_organ_rows_and_the_prior_settings_reach_training(
+    tmp_path, task, target, shape
+):
     out = tmp_path / "sg"
     result = CliRunner().invoke(app, [
-        "benchmark", "shape-guided", "--quick", "--tasks", "synthetic_xray", "--prior-weight",
+        "benchmark", "shape-guided", "--quick", "--tasks", task, "--prior-weight",
         "10", "--prior-pose", "kept", "--crop-scale", "0.5", "1.0", "--out", str(out),
         "--data-root", str(tmp_path / "none"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    rows = json.loads((out / "results.json").read_text())["table"]["dice"]
-    assert {"LD + simulated (A)", "mean shape of simulated (no image)"} <= set(rows)
-    run = out / "runs" / "synthetic_xray" / "ld-simulated" / "seed-0"
+    results = json.loads((out / "results.json").read_text())
+    assert {"LD + simulated (A)", "mean shape of simulated (no image)"} <= set(
+        results["table"]["dice"]
+    )
+    assert {r["metrics"]["target"] for r in results["runs"]} == {target}
+    run = out / "runs" / task / "ld-simulated" / "seed-0"
     config = json.loads((run / "config.json").read_text())["pretrain"]
-    assert config["prior_weight"] == 10 and config["prior"] == "simulated:lungs"
+    assert config["prior_weight"] == 10 and config["prior"] == f"simulated:{shape}"
     assert config["prior_pose"] == "kept" and config["crop_scale"] == [0.5, 1.0]
 
 

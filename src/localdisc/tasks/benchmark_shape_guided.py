@@ -15,9 +15,10 @@ outputs A and B and the refinement network trained on their pseudo-labels. Rows 
 
 No label of the target data set is used to train or to choose anything: hyper-parameters are the
 published ones (K = 8, weight 1, discriminator lr 5e-5) unless given; other choices are made on
-the generated tasks (``synthetic_fundus``, ``synthetic_xray``), whose masks are exact. The
-filters and k-means get the same prior knowledge LD's prior carries (its expected foreground
-fraction). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues.
+the generated tasks (``synthetic_fundus``, ``synthetic_xray`` for lungs, ``synthetic_heart``),
+whose masks are exact. The filters and k-means get the same prior knowledge LD's prior carries
+(its expected foreground fraction). Runs are kept under ``OUT/runs`` and reused, so an
+interrupted benchmark continues.
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ TASKS: dict[str, ShapeTask] = {
     "synthetic_fundus": ShapeTask(
         "synthetic_fundus", None, "vessels", "fundus", "vessels", ("simulated",)
     ),
-    # Generated radiographs with exact lung masks: where the lung setting can be tuned without
-    # any JSRT/SCR label.
+    # Generated radiographs with exact lung and heart masks: where the organ settings can be
+    # tuned without any JSRT/SCR label.
     "synthetic_xray": ShapeTask("synthetic_xray", None, "lung", "xray", "lungs", ("simulated",)),
+    "synthetic_heart": ShapeTask("synthetic_xray", None, "heart", "xray", "heart", ("simulated",)),
 }
 DATA_FOLDERS = {"drive": "DRIVE", "stare": "STARE", "chase_db1": "CHASE_DB1"}
 
