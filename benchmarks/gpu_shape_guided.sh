@@ -9,7 +9,8 @@
 # Needs carry/DRIVE, carry/STARE and carry/priors (`bash benchmarks/prepare_carry.sh vessels`; 50 MB);
 # TASK=scr_lung or scr_heart (simulated prior; the prior's mean shape as the baseline row) needs
 # carry/JSRT and carry/SCR instead (`bash benchmarks/prepare_carry.sh organs`; 27 MB); for
-# them PRIOR_WEIGHT=10 POSE=kept are the settings of the CPU runs (benchmarks/RESULTS.md).
+# them PRIOR_WEIGHT=10 POSE=kept DEPTH=3 are the settings of the CPU runs (benchmarks/RESULTS.md;
+# DEPTH is the LD encoder's VGG blocks, 5 as published by default).
 # Results go to $OUT (session log, results.json/md, the evaluation's per-image rows).
 # Test it on a CPU first at toy sizes:
 #   DEVICE=cpu STAGE1_S=10 STAGE2_S=10 REFINE=2 SIZE=64 BATCH=1 MAX_TEST=2 OUT=/tmp/gsg bash benchmarks/gpu_shape_guided.sh
@@ -18,7 +19,7 @@ export PYTHONPATH=src
 OUT=${OUT:-/tmp/localdisc-gpu-shape}; TASK=${TASK:-drive}; PRIORS=${PRIORS:-octa,simulated,other}
 STAGE1_S=${STAGE1_S:-60}; STAGE2_S=${STAGE2_S:-60}; REFINE=${REFINE:-600}; DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-448}; BATCH=${BATCH:-4}; MAX_TEST=${MAX_TEST:-}
-PRIOR_WEIGHT=${PRIOR_WEIGHT:-1}; POSE=${POSE:-free}
+PRIOR_WEIGHT=${PRIOR_WEIGHT:-1}; POSE=${POSE:-free}; DEPTH=${DEPTH:-5}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/session-$TASK.log") 2>&1
 date -u; git rev-parse --short HEAD 2>/dev/null
@@ -28,7 +29,7 @@ start=$(date +%s)
 python -m localdisc benchmark shape-guided --tasks "$TASK" --priors "$PRIORS" --data-root carry \
     --size "$SIZE" --batch "$BATCH" --stage1-steps 20000 --stage2-steps 80000 \
     --stage1-seconds "$STAGE1_S" --stage2-seconds "$STAGE2_S" --refine-steps "$REFINE" \
-    --prior-weight "$PRIOR_WEIGHT" --prior-pose "$POSE" \
+    --prior-weight "$PRIOR_WEIGHT" --prior-pose "$POSE" --depth "$DEPTH" \
     --device "$DEVICE" ${MAX_TEST:+--max-test "$MAX_TEST"} --out "$OUT/shape-$TASK"
 echo "benchmark wall time: $(( $(date +%s) - start )) s"
 # Keep the upload small: tables, logs and per-image rows, not the weights and checkpoints.
