@@ -65,6 +65,28 @@ def test_generated_radiographs_give_organ_rows_and_the_prior_settings_reach_trai
     assert config["prior_pose"] == "kept" and config["crop_scale"] == [0.5, 1.0]
 
 
+def test_refinement_sees_the_ld_run_scale_and_a_new_size_is_evaluated_again(tmp_path, monkeypatch):
+    import localdisc.tasks.shape_guided as shape_guided
+
+    sizes = []
+    real_refine = shape_guided.refine
+
+    def spy(run_dir, images, maps, config, **kwargs):
+        sizes.append(config.size)
+        return real_refine(run_dir, images, maps, config, **kwargs)
+
+    monkeypatch.setattr(shape_guided, "refine", spy)
+    # The run's scale stands apart from the quick eval size (64), so the default shows.
+    monkeypatch.setattr(shape_guided, "run_size", lambda run_dir: 48)
+    args = ["benchmark", "shape-guided", "--quick", "--tasks", "synthetic_heart", "--out",
+            str(tmp_path / "sg"), "--data-root", str(tmp_path / "none")]  # fmt: skip
+    for extra in ([], ["--refine-size", "32"], ["--refine-size", "32"]):
+        result = CliRunner().invoke(app, args + extra)
+        assert result.exit_code == 0, result.output
+    assert sizes == [48, 32]  # the third call reuses the second's evaluation
+    assert "refinement 2 steps at 32" in (tmp_path / "sg" / "results.md").read_text()
+
+
 def test_missing_data_is_skipped_with_the_reason(tmp_path):
     result = CliRunner().invoke(app, [
         "benchmark", "shape-guided", "--quick", "--tasks", "drive", "--out", str(tmp_path / "o"),

@@ -97,6 +97,10 @@ class ShapeBenchmarkConfig:
     stage2_seconds: float | None = None
     batch: int = 4
     refine_steps: int = 600
+    # The side the refinement network sees; None: the LD run's pool size, as `shape-guided
+    # segment`: the context LD saw, at a fraction of the cost of 512 (where a 3-block network
+    # lost the JSRT heart: RESULTS.md).
+    refine_size: int | None = None
     kmeans_clusters: int = 8
     max_test: int | None = None
     device: str = "auto"
@@ -187,7 +191,8 @@ def run_shape_benchmark(
         "filters given the prior's expected fraction or Otsu's threshold (vessels), or the "
         "prior's mean shape, which does not look at the image (organs).",
         f"Seeds: {config.seeds}; stage 1 {config.stage1_steps} steps, stage 2 "
-        f"{config.stage2_steps} steps at {config.size}; refinement {config.refine_steps} steps. "
+        f"{config.stage2_steps} steps at {config.size}; refinement {config.refine_steps} steps at "
+        f"{config.refine_size or 'the LD run pool size'}. "
         "Cells: mean +- std over seeds of the mean over test images.",
     ]
     write_report(results, out_dir, title="Shape-guided segmentation benchmark", intro=intro,
@@ -255,7 +260,8 @@ def _run_task(
             settings.pop("stage2_seconds")
             stage1 = str(pretrain_preset(settings, task_dir / f"stage1-seed-{seed}", log))
         base = LDModel.from_pretrained(stage1, device=_device(config.device))
-        rows = _cached(task_dir / "kmeans" / f"seed-{seed}", _kmeans_rows, base, samples,
+        kmeans = _eval_settings(config, "kmeans_clusters")
+        rows = _cached(task_dir / "kmeans" / f"seed-{seed}", kmeans, _kmeans_rows, base, samples,
                        target, config, fraction, seed, run_size(stage1))  # fmt: skip
         record("k-means (no prior)", seed, rows)
         for label, (prior_path, _, _) in priors.items():
@@ -264,20 +270,22 @@ def _run_task(
                 "init_from": stage1,
             }  # fmt: skip
             run_dir = pretrain_preset(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
-            outputs = _cached(run_dir / "eval", _ld_rows, run_dir, samples, target, config, log)
+            refinement = _eval_settings(config, "refine_steps", "refine_size")
+            outputs = _cached(run_dir / "eval", refinement, _ld_rows, run_dir, samples, target,
+                              config, log)  # fmt: skip
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
     if task.tubular:  # deterministic: one "seed"
         thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f, _) in priors.items()}
         for method in ("sato", "frangi"):
             for label, value in {**thresholds, "Otsu": None}.items():
-                rows = _cached(task_dir / _slug(f"{method}-{label}"), _filter_rows, samples,
-                               target, method, value, config)  # fmt: skip
+                rows = _cached(task_dir / _slug(f"{method}-{label}"), _eval_settings(config),
+                               _filter_rows, samples, target, method, value, config)  # fmt: skip
                 record(f"{method} @ {label}", 0, rows)
     else:  # what the prior alone gives: its mean shape, the same on every image
         for label, (_, f, bank) in priors.items():
-            rows = _cached(task_dir / _slug(f"mean-shape-{label}"), _mean_shape_rows, samples,
-                           target, bank, f, config)  # fmt: skip
+            rows = _cached(task_dir / _slug(f"mean-shape-{label}"), _eval_settings(config),
+                           _mean_shape_rows, samples, target, bank, f, config)  # fmt: skip
             record(f"mean shape of {label} (no image)", 0, rows)
     return runs
 
@@ -292,13 +300,22 @@ def _slug(method: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in method).strip("_")
 
 
-def _cached(folder: Path, compute: Callable[..., Any], *args: Any) -> Any:
-    """``compute(*args)``, saved as ``folder/per_image.json`` and reused when it exists."""
+def _eval_settings(config: ShapeBenchmarkConfig, *fields: str) -> dict[str, Any]:
+    """What an evaluation's numbers depend on beyond its run: a cache key."""
+    return {f: getattr(config, f) for f in ("eval_size", "max_test", *fields)}
+
+
+def _cached(folder: Path, settings: dict[str, Any], compute: Callable[..., Any], *args: Any) -> Any:
+    """``compute(*args)``, saved as ``folder/per_image.json`` with ``settings`` and reused while
+    they are the same (a rerun with another refinement or test set recomputes)."""
     path = folder / "per_image.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        if isinstance(saved, dict) and saved.get("settings") == jsonable(settings):
+            return saved["rows"]
     result = compute(*args)
-    atomic_write_text(path, json.dumps(jsonable(result), indent=1))
+    saved = {"settings": settings, "rows": result}
+    atomic_write_text(path, json.dumps(jsonable(saved), indent=1))
     return result
 
 
@@ -334,7 +351,8 @@ def _ld_rows(
         write_png(predictions / f"{s.name}_A_mask.png", mask_png(m.prob_a, 0.5))
         write_png(predictions / f"{s.name}_B_mask.png", mask_png(m.prob_b, 0.5))
     if config.refine_steps:
-        refine_config = RefineConfig(steps=config.refine_steps, size=config.eval_size,
+        refine_size = config.refine_size or size or config.eval_size
+        refine_config = RefineConfig(steps=config.refine_steps, size=refine_size,
                                      device=config.device)  # fmt: skip
         network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log)
         stretch = refine_config.stretch_contrast
