@@ -185,6 +185,7 @@ def run_shape_benchmark(
             continue
         runs += _run_task(config, name, task, spec, test, data_root, out_dir, skipped, log)
     results = {"config": asdict(config), "runs": runs, "skipped": skipped}
+    refine_at = config.refine_size or "the LD run's pool size"
     intro = [
         "Segmentation without any label of the target data set. Rows: LD with each shape prior "
         "(outputs A, B and refined), k-means on LD embeddings without a prior, and vesselness "
@@ -192,7 +193,7 @@ def run_shape_benchmark(
         "prior's mean shape, which does not look at the image (organs).",
         f"Seeds: {config.seeds}; stage 1 {config.stage1_steps} steps, stage 2 "
         f"{config.stage2_steps} steps at {config.size}; refinement {config.refine_steps} steps at "
-        f"{config.refine_size or 'the LD run pool size'}. "
+        f"{refine_at}. "
         "Cells: mean +- std over seeds of the mean over test images.",
     ]
     write_report(results, out_dir, title="Shape-guided segmentation benchmark", intro=intro,
