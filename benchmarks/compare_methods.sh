@@ -22,6 +22,9 @@ BUDGET_S=${BUDGET_S:-200}; DEVICE=${DEVICE:-cuda}; SIZE=${SIZE:-448}; TASKS=${TA
 POOLS=${POOLS:-fundus=carry/KaggleDR/images}
 LABELS=${LABELS:-2,20}; SEEDS=${SEEDS:-3}; EPOCHS=${EPOCHS:-100}; BATCH=${BATCH:-4}
 TRANSFER_SIZE=${TRANSFER_SIZE:-512}; WORKERS=${WORKERS:-16}
+# Adam steps per fine-tuning epoch; empty: one pass over the labelled images (the paper's epoch,
+# 1 step with 2 labels and batch 2; `benchmark transfer --steps-per-epoch`)
+STEPS_PER_EPOCH=${STEPS_PER_EPOCH:-}
 # More PretrainConfig fields as JSON, e.g. PRETRAIN='{"pool_size": 256, "crop_scale": [0.2, 0.35]}'
 # (crop_scale is LD's; the peers keep their published crops of the same pool).
 PRETRAIN=${PRETRAIN:-'{}'}
@@ -43,7 +46,8 @@ config = MethodsBenchmarkConfig(
     seeds=$SEEDS, data_root="carry", size=$SIZE, batch=$BATCH, device="$DEVICE",
     pretrain={"max_images": 1000, "workers": $WORKERS, "checkpoint_every": 100000,
               **json.loads(sys.argv[2])},
-    transfer={"frozen_epochs": $EPOCHS, "epochs": $EPOCHS, "size": $TRANSFER_SIZE},
+    transfer={"frozen_epochs": $EPOCHS, "epochs": $EPOCHS, "size": $TRANSFER_SIZE,
+              "steps_per_epoch": ${STEPS_PER_EPOCH:-None}},
 )
 run_methods_benchmark(config, sys.argv[1])
 PY
