@@ -553,7 +553,11 @@ def pretrain(
         while step < config.total_steps:
             budget = config.stage1_seconds if stage == 1 else config.stage2_seconds
             if budget is not None and _budget_spent(stage_start, budget, ctx):
-                log(f"stage {stage}: time budget of {budget:.0f} s spent at step {step}")
+                done = step - (config.stage1_steps if stage == 2 else 0)
+                log(
+                    f"stage {stage}: time budget of {budget:.0f} s spent after {done} steps of "
+                    f"the stage (global step {step})"
+                )
                 if stage == 2 or config.stage2_steps == 0:
                     finished = True
                     break
