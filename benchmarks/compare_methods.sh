@@ -6,6 +6,7 @@
 #   init as the floor.
 # CPU scale (2 cores; the transfer protocol of `benchmark transfer --cpu-scale`):
 #   DEVICE=cpu SIZE=128 BATCH=2 WORKERS=2 BUDGET_S=240 LABELS=2 TRANSFER_SIZE=256 OUT=/tmp/cm bash benchmarks/compare_methods.sh
+#   (STEPS_PER_EPOCH=5 for the longer epochs of `benchmark transfer --cpu-scale --steps-per-epoch 5`)
 # Five methods x 200 s do not fit one 15-minute device session with the transfer runs: run a
 # subset of METHODS per session and carry the finished pre-training runs ($OUT/methods/pretrain,
 # a few MB of weights) into the next one as carry/methods-pretrain; finished runs are reused.
