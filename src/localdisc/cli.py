@@ -472,14 +472,17 @@ def shape_guided_segment(
     refine_steps: int = typer.Option(
         0, help="Train a refinement network on the pseudo-labels for this many steps (0: no)."
     ),
+    topology: bool = typer.Option(
+        True, help="Hold A and refined to an organ prior's pieces, with no holes."
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Write outputs A (cluster 0) and B (region similarity) per image, and refined masks."""
     from localdisc.tasks.shape_guided import segment_images
 
     written = segment_images(
-        model, images, out, size=size, refine_steps=refine_steps, device=device,
-        log=console.print,
+        model, images, out, size=size, refine_steps=refine_steps, topology=topology,
+        device=device, log=console.print,
     )  # fmt: skip
     console.print(f"{len(written)} mask(s) written to [bold]{out}[/]")
 

@@ -30,6 +30,7 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
                 "k-means (no prior)", "sato @ Otsu", "frangi @ Otsu"):  # fmt: skip
         assert row in rows, rows
     assert any(r.startswith("sato @ simulated fraction") for r in rows)
+    assert not any("topology" in r for r in rows)  # a vessel tree's pieces are not anatomy
     cell = results["table"]["dice"]["LD + simulated (A)"]["synthetic_fundus (no labels)"]
     assert cell["n_images"] == 2 and 0 <= cell["mean"] <= 1
     assert "## auc" in (out / "results.md").read_text()
@@ -55,9 +56,15 @@ def test_generated_radiographs_give_organ_rows_and_the_prior_settings_reach_trai
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert {"LD + simulated (A)", "mean shape of simulated (no image)"} <= set(
-        results["table"]["dice"]
-    )
+    assert {
+        "LD + simulated (A)",
+        "LD + simulated (A + topology)",
+        "LD + simulated (refined + topology)",
+        "mean shape of simulated (no image)",
+    } <= set(results["table"]["dice"])
+    settings = json.loads((out / "runs" / task / "ld-simulated" / "seed-0" / "eval" /
+                           "per_image.json").read_text())["settings"]  # fmt: skip
+    assert settings["topology"] == {"components": 2 if shape == "lungs" else 1, "holes": False}
     assert {r["metrics"]["target"] for r in results["runs"]} == {target}
     run = out / "runs" / task / "ld-simulated" / "seed-0"
     config = json.loads((run / "config.json").read_text())["pretrain"]

@@ -170,3 +170,38 @@ def test_cli_names_a_bad_prior(tmp_path):
     ])  # fmt: skip
     assert result.exit_code != 0
     assert "spleen" in str(result.exception) or "spleen" in result.output
+
+
+def test_segment_holds_outputs_to_an_organ_prior_topology(tmp_path, monkeypatch, run):
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.data.pool import synthetic_pool
+    from localdisc.data.synthetic import synthetic_xray
+    from localdisc.tasks.shape_guided import segment_images
+
+    heart = tmp_path / "heart"
+    config = tiny_pretrain_config(prior="simulated:heart", prior_count=4, modality="xray")
+    pretrain(config, heart, pool=synthetic_pool(4, "xray", 48), log=lambda m: None)
+    Image.fromarray((synthetic_xray(64, 0).image[..., 0] * 255).astype("uint8")).save(
+        tmp_path / "cxr.png"
+    )
+    # Output A as two pieces, the larger with a hole: one piece without holes is what a heart has.
+    yy, xx = np.mgrid[:64, :64]
+    big = (yy - 32) ** 2 + (xx - 20) ** 2 <= 12**2
+    hole = (yy - 32) ** 2 + (xx - 20) ** 2 <= 3**2
+    small = (yy - 32) ** 2 + (xx - 52) ** 2 <= 5**2
+    prob = np.where(big & ~hole | small, 0.9, 0.1).astype(np.float32)
+    fov = np.ones((64, 64), bool)
+    monkeypatch.setattr(shape_guided, "segment", lambda *a, **k: ShapeGuidedMaps(prob, prob, fov))
+
+    def a_mask(run_dir, out, **kw):
+        logs = []
+        segment_images(run_dir, [tmp_path / "cxr.png"], out, device="cpu", log=logs.append, **kw)
+        return np.asarray(Image.open(out / "cxr_A_mask.png")) > 0, " ".join(logs)
+
+    held, log = a_mask(heart, tmp_path / "held", refine_steps=1)
+    assert (held == big).all() and "1 piece(s), no holes" in log
+    assert (tmp_path / "held" / "cxr_refined_mask.png").is_file()
+    assert (a_mask(heart, tmp_path / "raw", topology=False)[0] == (prob > 0.5)).all()
+    # A vessel prior (a tree, with loops) is left as it is.
+    vessels, log = a_mask(run, tmp_path / "tree")
+    assert (vessels == (prob > 0.5)).all() and "topology" not in log

@@ -7,6 +7,9 @@ adversarial prior on cluster 0 (METHOD.md 5) and the test images are segmented t
 outputs A and B and the refinement network trained on their pseudo-labels. Rows in the same run:
 
 - ``LD + PRIOR (A|B|refined)`` for each prior (OCTA, DSA, another data set's masks, simulated);
+  for an organ prior also ``(A + topology)`` and ``(refined + topology)``, the masks held to the
+  prior's number of pieces with no holes (:mod:`localdisc.priors.topology`; chosen on the
+  generated radiographs: lungs 0.962 -> 0.965, heart 0.914 -> 0.933 refined);
 - ``k-means (no prior)``: k-means (K = 8) on the stage-1 model's pixel embeddings, the cluster
   whose area is closest to the prior's expected fraction;
 - vessels only, ``sato``/``frangi`` at each prior's expected fraction and with Otsu's threshold;
@@ -39,6 +42,7 @@ from localdisc.errors import LocaldiscError
 from localdisc.eval.metrics import summarize
 from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDModel
+from localdisc.priors.topology import PriorTopology, enforce_topology, measure_topology
 from localdisc.tasks.predict import mask_png
 from localdisc.tasks.presets import pretrain_preset
 
@@ -188,7 +192,8 @@ def run_shape_benchmark(
     refine_at = config.refine_size or "the LD run's pool size"
     intro = [
         "Segmentation without any label of the target data set. Rows: LD with each shape prior "
-        "(outputs A, B and refined), k-means on LD embeddings without a prior, and vesselness "
+        "(outputs A, B and refined; for organs also A and refined held to the prior's number of "
+        "pieces, with no holes), k-means on LD embeddings without a prior, and vesselness "
         "filters given the prior's expected fraction or Otsu's threshold (vessels), or the "
         "prior's mean shape, which does not look at the image (organs).",
         f"Seeds: {config.seeds}; stage 1 {config.stage1_steps} steps, stage 2 "
@@ -265,15 +270,18 @@ def _run_task(
         rows = _cached(task_dir / "kmeans" / f"seed-{seed}", kmeans, _kmeans_rows, base, samples,
                        target, config, fraction, seed, run_size(stage1))  # fmt: skip
         record("k-means (no prior)", seed, rows)
-        for label, (prior_path, _, _) in priors.items():
+        for label, (prior_path, _, bank) in priors.items():
             settings = {
                 **_settings(config, task, spec, seed), "stage1_steps": 0, "prior": prior_path,
                 "init_from": stage1,
             }  # fmt: skip
             run_dir = pretrain_preset(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
-            refinement = _eval_settings(config, "refine_steps", "refine_size")
+            topology = measure_topology(bank)
+            topology = topology if topology.solid else None
+            refinement = {**_eval_settings(config, "refine_steps", "refine_size"),
+                          "topology": topology and asdict(topology)}  # fmt: skip
             outputs = _cached(run_dir / "eval", refinement, _ld_rows, run_dir, samples, target,
-                              config, log)  # fmt: skip
+                              config, topology, log)  # fmt: skip
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
     if task.tubular:  # deterministic: one "seed"
@@ -331,8 +339,11 @@ def _ld_rows(
     samples: list[Any],
     target: str,
     config: ShapeBenchmarkConfig,
+    topology: PriorTopology | None,
     log: Callable[[str], None],
 ) -> dict[str, list[dict[str, Any]]]:
+    """Outputs A, B and refined of a shape-guided run; with an organ prior's ``topology`` also A
+    and refined held to it (the masks written are the outputs as they come)."""
     from localdisc.tasks.shape_guided import (
         RefineConfig,
         refine,
@@ -345,10 +356,15 @@ def _ld_rows(
     size = run_size(run_dir)
     maps = [segment(model, s.image, s.fov, size=size) for s in samples]
     out: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "refined": []}
+    if topology is not None:
+        out |= {"A + topology": [], "refined + topology": []}
     predictions = run_dir / "eval"
     for s, m in zip(samples, maps, strict=True):
         out["A"].append(_metrics(m.prob_a, s, target, config.eval_size))
         out["B"].append(_metrics(m.prob_b, s, target, config.eval_size))
+        if topology is not None:
+            held = enforce_topology(m.prob_a, topology)
+            out["A + topology"].append(_metrics(held, s, target, config.eval_size))
         write_png(predictions / f"{s.name}_A_mask.png", mask_png(m.prob_a, 0.5))
         write_png(predictions / f"{s.name}_B_mask.png", mask_png(m.prob_b, 0.5))
     if config.refine_steps:
@@ -361,9 +377,10 @@ def _ld_rows(
             prob = refined_probability(network, s.image, m.fov, stretch=stretch)
             out["refined"].append(_metrics(prob, s, target, config.eval_size))
             write_png(predictions / f"{s.name}_refined_mask.png", mask_png(prob, 0.5))
-    else:
-        del out["refined"]
-    return out
+            if topology is not None:
+                held = enforce_topology(prob, topology)
+                out["refined + topology"].append(_metrics(held, s, target, config.eval_size))
+    return {k: v for k, v in out.items() if v}
 
 
 def _kmeans_rows(

@@ -9,7 +9,9 @@ A model trained with a shape prior on cluster 0 (``localdisc shape-guided train`
 
 Both are thresholded at 0.5. :func:`refine` then trains a separate segmentation network on the
 pseudo-labels of both, pixels where they are unsure (or disagree) weighted down: the refinement
-of Chen et al. (TPAMI 2023) that is in the paper but not in its public code.
+of Chen et al. (TPAMI 2023) that is in the paper but not in its public code. For an organ prior,
+:func:`segment_images` holds output A and the refined masks to the prior's topology (its number of
+pieces, no holes: :mod:`localdisc.priors.topology`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.losses.region import region_embeddings
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
+from localdisc.priors.topology import PriorTopology, enforce_topology, prior_topology
 from localdisc.tasks.predict import collect_images, mask_png, prob_png
 
 
@@ -109,6 +112,22 @@ def run_size(run_dir: str | Path) -> int | None:
     return PretrainConfig.from_dict(config).resolved_pool_size if config else None
 
 
+def run_topology(run_dir: str | Path, log: Callable[[str], None] = print) -> PriorTopology | None:
+    """The topology of a run's shape prior when it is solid (an organ), else None (no prior, a
+    tree prior, or a prior that cannot be read any more: said in ``log``)."""
+    import json
+
+    config = json.loads((Path(run_dir) / "config.json").read_text()).get("pretrain") or {}
+    if not config.get("prior"):
+        return None
+    try:
+        topology = prior_topology(config["prior"])
+    except LocaldiscError as exc:
+        log(f"[yellow]prior topology not applied[/]: {exc}")
+        return None
+    return topology if topology.solid else None
+
+
 def segment_images(
     run_dir: str | Path,
     images: Sequence[str | Path],
@@ -116,6 +135,7 @@ def segment_images(
     *,
     size: int | None = None,
     refine_steps: int = 0,
+    topology: bool = True,
     device: str = "auto",
     log: Callable[[str], None] = print,
 ) -> list[Path]:
@@ -123,18 +143,27 @@ def segment_images(
     ``refine_steps`` also ``NAME_refined_{prob,mask}.png`` of a network trained on the
     pseudo-labels of all the given images.
 
-    The uncertainty is ``1 - weight`` of :meth:`ShapeGuidedMaps.pseudo_label` (x 255).
+    The uncertainty is ``1 - weight`` of :meth:`ShapeGuidedMaps.pseudo_label` (x 255). With
+    ``topology`` and an organ prior (:func:`run_topology`), A and the refined maps keep the
+    prior's number of pieces and no holes (the pseudo-labels are A's and B's as they come).
     """
     device = str(resolve_device(device))
     model = LDModel.from_pretrained(run_dir, device=device)
     size = size or run_size(run_dir)
+    prior_shape = run_topology(run_dir, log) if topology else None
+    if prior_shape is not None:
+        log(f"prior topology applied to A and refined: {prior_shape.components} piece(s), no holes")
+
+    def held(prob: np.ndarray) -> np.ndarray:
+        return prob if prior_shape is None else enforce_topology(prob, prior_shape)
+
     out_dir = Path(out_dir)
     written = []
     names, arrays, all_maps = [], [], []
     for name, path in collect_images(images):
         image = read_image(path)[0]
         maps = segment(model, image, size=size)
-        for output, prob in (("A", maps.prob_a), ("B", maps.prob_b)):
+        for output, prob in (("A", held(maps.prob_a)), ("B", maps.prob_b)):
             write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
             written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob, 0.5)))
         _, weight = maps.pseudo_label()
@@ -147,7 +176,9 @@ def segment_images(
         config = RefineConfig(steps=refine_steps, size=size or 512, device=device)
         network = refine(run_dir, arrays, all_maps, config, log=log)
         for name, image, maps in zip(names, arrays, all_maps, strict=True):
-            prob = refined_probability(network, image, maps.fov, stretch=config.stretch_contrast)
+            prob = held(
+                refined_probability(network, image, maps.fov, stretch=config.stretch_contrast)
+            )
             write_png(out_dir / f"{name}_refined_prob.png", prob_png(prob))
             written.append(write_png(out_dir / f"{name}_refined_mask.png", mask_png(prob, 0.5)))
     return written

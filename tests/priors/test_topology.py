@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import torch
+
+from localdisc.priors import load_prior
+from localdisc.priors.topology import PriorTopology, enforce_topology, measure_topology
+
+
+def _disc(size: int, cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def test_simulated_organs_and_vessels() -> None:
+    assert measure_topology(load_prior("simulated:lungs", 64, count=8)) == PriorTopology(2, False)
+    assert measure_topology(load_prior("simulated:heart", 64, count=8)) == PriorTopology(1, False)
+    vessels = measure_topology(load_prior("simulated:vessels", 128, count=4))
+    assert vessels.holes  # arcades and crossings close loops
+
+
+def test_measure_ignores_specks_and_takes_the_median() -> None:
+    ring = _disc(32, 16, 16, 10) & ~_disc(32, 16, 16, 5)
+    speck = np.zeros((32, 32), bool)
+    speck[0, 0] = True
+    masks = np.stack([ring | speck, ring, _disc(32, 16, 16, 8), np.zeros((32, 32), bool)])
+    # one piece each (the speck is < 1 %), two rings of three non-empty masks have a hole
+    assert measure_topology(masks) == PriorTopology(1, True)
+    assert measure_topology(torch.from_numpy(masks[2:3, None])) == PriorTopology(1, False)
+    with pytest.raises(ValueError, match="empty"):
+        measure_topology(np.zeros((2, 8, 8)))
+
+
+def test_enforce_keeps_the_largest_pieces_and_fills_holes() -> None:
+    left, right = _disc(64, 32, 16, 10), _disc(64, 32, 48, 12)
+    blob = _disc(64, 5, 32, 3)
+    hole = _disc(64, 32, 48, 3)
+    prob = np.where(left | right | blob, 0.9, 0.1).astype(np.float32)
+    prob[hole] = 0.2
+    out = enforce_topology(prob, PriorTopology(2, False))
+    assert (out[blob] == 0).all()  # the smallest piece goes
+    assert (out[hole] == 1).all()  # the hole closes
+    assert (out[left] == 0.9).all() and (out[right & ~hole] == 0.9).all()
+    assert (out[~(left | right | blob)] == 0.1).all()  # background untouched
+    assert out.dtype == np.float32 and prob[hole][0] == pytest.approx(0.2)  # input unchanged
+
+    kept_holes = enforce_topology(prob, PriorTopology(3, True))
+    np.testing.assert_array_equal(kept_holes, prob)  # nothing to do
+    one = enforce_topology(prob, PriorTopology(1, True)) > 0.5
+    assert one.sum() == (right & ~hole).sum()
+    assert not enforce_topology(np.zeros((8, 8)), PriorTopology(1, False)).any()
