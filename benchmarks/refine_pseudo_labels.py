@@ -9,12 +9,16 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 - ``self``: a second round, a new network trained on the first one's masks of the test images
   (self-training: label ``p > 0.5``, weight ``|2p - 1|``);
 - ``more``: the pseudo-labels of the training images too (labels unused), as stage 1 sees them;
-- ``more+self``: the second round on top of ``more``, over the same images.
+- ``more+self``: the second round on top of ``more``, over the same images;
+- ``topology``: the benchmark's pseudo-labels held to the run's organ prior topology (pieces, no
+  holes: ``localdisc.priors.topology``) before training;
 
-and prints paper Dice (whole image at 512) over the test images for each. Used in
-benchmarks/RESULTS.md ("Refinement on other pseudo-labels"):
+and prints paper Dice (whole image at 512) over the test images for each; for an organ prior
+also with the refined masks held to the topology (as the benchmark's "refined + topology" row).
+Used in benchmarks/RESULTS.md ("Refinement on other pseudo-labels", "The prior's topology"):
 
-    python benchmarks/refine_pseudo_labels.py RUN --data jsrt_scr:../shared/data --target lung
+    python benchmarks/refine_pseudo_labels.py RUN --data jsrt_scr:../shared/data --target lung \
+        [--variants base,topology]
 """
 
 from __future__ import annotations
@@ -28,15 +32,19 @@ import numpy as np
 from localdisc.data.datasets import load_data_spec
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
+from localdisc.priors.topology import enforce_topology
 from localdisc.tasks.shape_guided import (
     RefineConfig,
     ShapeGuidedMaps,
     refine,
     refined_probability,
     run_size,
+    run_topology,
     segment,
 )
 from localdisc.tasks.transfer import image_metrics
+
+VARIANTS = ("base", "self", "more", "more+self", "topology")
 
 
 def main() -> None:
@@ -45,12 +53,18 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="NAME:ROOT with train and test splits")
     parser.add_argument("--target", required=True)
     parser.add_argument("--steps", type=int, default=200, help="refinement steps per network")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; known: {VARIANTS}")
 
     test = list(load_data_spec(args.data, "test"))
-    train = list(load_data_spec(args.data, "train"))
+    needs_train = {"more", "more+self"} & set(variants)
+    train = list(load_data_spec(args.data, "train")) if needs_train else []
     model = LDModel.from_pretrained(args.run, device="cpu")
     size = run_size(args.run)
+    topology = run_topology(args.run)
     test_maps = [segment(model, s.image, s.fov, size=size) for s in test]
     train_maps = [segment(model, s.image, s.fov, size=size) for s in train]
     config = RefineConfig(steps=args.steps, size=size or 512, device="cpu")
@@ -67,30 +81,56 @@ def main() -> None:
         )
 
     def report(name: str, network: Segmenter, start: float) -> None:
-        rows = [
-            image_metrics(refined_probability(network, s.image, m.fov), s, args.target, 512)
+        probs = [
+            refined_probability(network, s.image, m.fov)
             for s, m in zip(test, test_maps, strict=True)
         ]
+        rows = [image_metrics(p, s, args.target, 512) for p, s in zip(probs, test, strict=True)]
         dice = np.array([r["dice"] for r in rows])
+        held = ""
+        if topology is not None:
+            held_dice = [
+                image_metrics(enforce_topology(p, topology), s, args.target, 512)["dice"]
+                for p, s in zip(probs, test, strict=True)
+            ]
+            held = f"; held to the topology {np.mean(held_dice):.4f}"
         print(
-            f"{name}: Dice {dice.mean():.3f} (median {np.median(dice):.3f}, min {dice.min():.3f})"
+            f"{name}: Dice {dice.mean():.4f} (median {np.median(dice):.3f}, min {dice.min():.3f})"
             f", AUC {np.mean([r['auc'] for r in rows]):.3f}, sensitivity "
             f"{np.mean([r['sensitivity'] for r in rows]):.3f}, specificity "
-            f"{np.mean([r['specificity'] for r in rows]):.3f}; {time.perf_counter() - start:.0f} s",
+            f"{np.mean([r['specificity'] for r in rows]):.3f}{held}; "
+            f"{time.perf_counter() - start:.0f} s",
             flush=True,
         )
 
+    def held_maps(maps: Sequence[ShapeGuidedMaps]) -> list[ShapeGuidedMaps]:
+        assert topology is not None
+        held = [enforce_topology(0.5 * (m.prob_a + m.prob_b), topology) for m in maps]
+        return [ShapeGuidedMaps(p, p, m.fov) for p, m in zip(held, maps, strict=True)]
+
     print(f"{args.run}, {args.target}: {len(test)} test and {len(train)} training images")
-    start = time.perf_counter()
-    base = fit(test, test_maps)
-    report("base", base, start)
-    start = time.perf_counter()
-    report("self", second_round(base, test, test_maps), start)
-    start = time.perf_counter()
-    more = fit(test + train, test_maps + train_maps)
-    report("more", more, start)
-    start = time.perf_counter()
-    report("more+self", second_round(more, test + train, test_maps + train_maps), start)
+    if "topology" in variants and topology is None:
+        print("topology: the run has no organ prior; skipped")
+        variants.remove("topology")
+    networks: dict[str, Segmenter] = {}
+
+    def network(name: str) -> Segmenter:  # built once, on first use (self needs base)
+        if name not in networks:
+            if name == "base":
+                networks[name] = fit(test, test_maps)
+            elif name == "more":
+                networks[name] = fit(test + train, test_maps + train_maps)
+            elif name == "self":
+                networks[name] = second_round(network("base"), test, test_maps)
+            elif name == "more+self":
+                networks[name] = second_round(network("more"), test + train, test_maps + train_maps)
+            else:
+                networks[name] = fit(test, held_maps(test_maps))
+        return networks[name]
+
+    for name in variants:
+        start = time.perf_counter()
+        report(name, network(name), start)
 
 
 if __name__ == "__main__":

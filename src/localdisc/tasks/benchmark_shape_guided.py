@@ -9,7 +9,7 @@ outputs A and B and the refinement network trained on their pseudo-labels. Rows 
 - ``LD + PRIOR (A|B|refined)`` for each prior (OCTA, DSA, another data set's masks, simulated);
   for an organ prior also ``(A + topology)`` and ``(refined + topology)``, the masks held to the
   prior's number of pieces with no holes (:mod:`localdisc.priors.topology`; chosen on the
-  generated radiographs: lungs 0.962 -> 0.965, heart 0.914 -> 0.933 refined);
+  generated radiographs: lungs 0.962 -> 0.964, heart 0.914 -> 0.933 refined);
 - ``k-means (no prior)``: k-means (K = 8) on the stage-1 model's pixel embeddings, the cluster
   whose area is closest to the prior's expected fraction;
 - vessels only, ``sato``/``frangi`` at each prior's expected fraction and with Otsu's threshold;
