@@ -2,7 +2,7 @@
 
 A prior's masks say more than "looks like this": both lung fields are two pieces without holes, a
 heart is one. A segmentation without labels (shape-guided output A, the refinement) can break
-that with a speck of background texture or a hole where the image is washed out;
+that, mostly with extra pieces beside the organ, now and then with a hole;
 :func:`enforce_topology` keeps the prior's number of pieces (the largest) and fills the holes the
 prior never has. Meant for organs (:attr:`PriorTopology.solid`): a tree's masks have loops, and
 a thin tree falls into pieces at any threshold, so counting its pieces describes the threshold
@@ -36,8 +36,6 @@ class PriorTopology:
 
 def _pieces(mask: np.ndarray) -> int:
     labels, n = ndimage.label(mask)
-    if n == 0:
-        return 0
     sizes = ndimage.sum_labels(mask, labels, range(1, n + 1))
     return int((sizes >= _MIN_PIECE * sizes.sum()).sum())
 

@@ -259,6 +259,9 @@ def _run_task(
         })  # fmt: skip
 
     fraction = priors.get("simulated", next(iter(priors.values())))[1]
+    # An organ prior's pieces and holes (None for trees): the "+ topology" rows.
+    topologies = {label: measure_topology(bank) for label, (_, _, bank) in priors.items()}
+    topologies = {label: t if t.solid else None for label, t in topologies.items()}
     for seed in range(config.seeds):
         stage1 = config.init
         if stage1 is None:
@@ -270,14 +273,13 @@ def _run_task(
         rows = _cached(task_dir / "kmeans" / f"seed-{seed}", kmeans, _kmeans_rows, base, samples,
                        target, config, fraction, seed, run_size(stage1))  # fmt: skip
         record("k-means (no prior)", seed, rows)
-        for label, (prior_path, _, bank) in priors.items():
+        for label, (prior_path, _, _) in priors.items():
             settings = {
                 **_settings(config, task, spec, seed), "stage1_steps": 0, "prior": prior_path,
                 "init_from": stage1,
             }  # fmt: skip
             run_dir = pretrain_preset(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
-            topology = measure_topology(bank)
-            topology = topology if topology.solid else None
+            topology = topologies[label]
             refinement = {**_eval_settings(config, "refine_steps", "refine_size"),
                           "topology": topology and asdict(topology)}  # fmt: skip
             outputs = _cached(run_dir / "eval", refinement, _ld_rows, run_dir, samples, target,
