@@ -12,6 +12,7 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 - ``more+self``: the second round on top of ``more``, over the same images;
 - ``topology``: the benchmark's pseudo-labels held to the run's organ prior topology (pieces, no
   holes: ``localdisc.priors.topology``) before training;
+- ``a``: output A alone (label ``A > 0.5``, weight ``|2A - 1|``), B left out;
 
 and prints paper Dice (whole image at 512) over the test images for each; for an organ prior
 also with the refined masks held to the topology (as the benchmark's "refined + topology" row).
@@ -44,7 +45,7 @@ from localdisc.tasks.shape_guided import (
 )
 from localdisc.tasks.transfer import image_metrics
 
-VARIANTS = ("base", "self", "more", "more+self", "topology")
+VARIANTS = ("base", "self", "more", "more+self", "topology", "a")
 
 
 def main() -> None:
@@ -124,6 +125,10 @@ def main() -> None:
                 networks[name] = second_round(network("base"), test, test_maps)
             elif name == "more+self":
                 networks[name] = second_round(network("more"), test + train, test_maps + train_maps)
+            elif name == "a":
+                networks[name] = fit(
+                    test, [ShapeGuidedMaps(m.prob_a, m.prob_a, m.fov) for m in test_maps]
+                )
             else:
                 networks[name] = fit(test, held_maps(test_maps))
         return networks[name]
