@@ -465,7 +465,12 @@ def shape_guided_train(
 
 @shape_app.command("segment")
 def shape_guided_segment(
-    model: Path = typer.Option(..., "--model", help="A shape-guided training run."),
+    model: list[Path] = typer.Option(
+        ...,
+        "--model",
+        help="A shape-guided training run; repeat it for an ensemble (e.g. the seeds of one "
+        "recipe): each run's outputs in OUT/run-K, their mean in OUT.",
+    ),
     images: list[Path] = typer.Option(..., "--images", help="Image files or folders."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     size: int | None = typer.Option(None, help="Working size (default: the run's pool size)."),

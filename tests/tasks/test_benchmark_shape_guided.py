@@ -72,6 +72,30 @@ def test_generated_radiographs_give_organ_rows_and_the_prior_settings_reach_trai
     assert config["prior_pose"] == "kept" and config["crop_scale"] == [0.5, 1.0]
 
 
+def test_seeds_together_are_an_ensemble_of_their_probability_maps(tmp_path):
+    from localdisc.data.io import read_image
+    from localdisc.tasks.benchmark_shape_guided import _test_set
+    from localdisc.tasks.transfer import image_metrics
+
+    out = tmp_path / "sg"
+    args = ["benchmark", "shape-guided", "--quick", "--tasks", "synthetic_heart", "--seeds", "2",
+            "--out", str(out), "--data-root", str(tmp_path / "none")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "results.json").read_text())["table"]["dice"]
+    for output in ("A", "refined", "A + topology", "refined + topology"):
+        cell = table[f"LD + simulated ({output}, 2 seeds together)"]["synthetic_heart (no labels)"]
+        assert cell["n_seeds"] == 1 and cell["n_images"] == 2
+    # Output A of the ensemble is the mean of the two runs' maps, scored like any output.
+    runs = out / "runs" / "synthetic_heart" / "ld-simulated"
+    sample = _test_set("synthetic_xray:4")[0]
+    prob = np.mean([read_image(runs / f"seed-{s}" / "eval" / f"{sample.name}_A_prob.png")[0][..., 0]
+                    for s in (0, 1)], axis=0)  # fmt: skip
+    expected = image_metrics(prob, sample, "heart", 64)["dice"]
+    rows = json.loads((runs / "ensemble" / "per_image.json").read_text())["rows"]["A"]
+    assert rows[0]["image"] == sample.name and rows[0]["dice"] == pytest.approx(expected)
+
+
 def test_refinement_sees_the_ld_run_scale_and_a_new_size_is_evaluated_again(tmp_path, monkeypatch):
     import localdisc.tasks.shape_guided as shape_guided
 

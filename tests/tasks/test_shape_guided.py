@@ -10,6 +10,7 @@ from helpers import tiny_pretrain_config
 from localdisc.cli import app
 from localdisc.data.synthetic import synthetic_fundus
 from localdisc.engine.pretrain import pretrain
+from localdisc.errors import LocaldiscError
 from localdisc.models.ld import LDModel
 from localdisc.tasks.shape_guided import (
     RefineConfig,
@@ -205,3 +206,43 @@ def test_segment_holds_outputs_to_an_organ_prior_topology(tmp_path, monkeypatch,
     # A vessel prior (a tree, with loops) is left as it is.
     vessels, log = a_mask(run, tmp_path / "tree")
     assert (vessels == (prob > 0.5)).all() and "topology" not in log
+    # An ensemble of a heart run and a vessel run would hold A to no one prior: refused.
+    with pytest.raises(LocaldiscError, match="different topologies"):
+        a_mask([heart, run], tmp_path / "mixed")
+
+
+def test_segment_with_several_runs_writes_each_and_their_mean(tmp_path, monkeypatch, run):
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.tasks.shape_guided import segment_images
+
+    Image.fromarray((synthetic_fundus(32, seed=0).image * 255).astype("uint8")).save(
+        tmp_path / "eye.png"
+    )
+    # The first run finds the left half at 0.9, the second the top half at 0.7.
+    yy, xx = np.mgrid[:32, :32]
+    probs = iter([np.where(xx < 16, 0.9, 0.0), np.where(yy < 16, 0.7, 0.0)])
+    fov = np.ones((32, 32), bool)
+
+    def fake_segment(*args, **kwargs):
+        prob = next(probs).astype(np.float32)
+        return ShapeGuidedMaps(prob, prob, fov)
+
+    monkeypatch.setattr(shape_guided, "segment", fake_segment)
+    out = tmp_path / "ensemble"
+    written = segment_images([run, run], [tmp_path / "eye.png"], out, device="cpu",
+                             log=lambda m: None)  # fmt: skip
+    assert {p.name for p in written} == {"eye_A_mask.png", "eye_B_mask.png"}
+
+    def read(path):
+        return np.asarray(Image.open(path)).astype(np.float32) / 255
+
+    first, second = read(out / "run-0" / "eye_A_prob.png"), read(out / "run-1" / "eye_A_prob.png")
+    assert first[0, 0] == pytest.approx(0.9, abs=1 / 255) and second[0, 31] == pytest.approx(
+        0.7, abs=1 / 255
+    )
+    mean = read(out / "eye_A_prob.png")
+    assert np.abs(mean - (first + second) / 2).max() <= 1 / 255
+    # Only the top left, where both find it (mean 0.8), passes 0.5; where one run alone finds it
+    # (0.45, 0.35) does not.
+    assert (read(out / "eye_A_mask.png") > 0.5).sum() == 16 * 16
+    assert (out / "eye_uncertainty.png").is_file()

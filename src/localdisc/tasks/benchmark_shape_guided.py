@@ -10,6 +10,9 @@ outputs A and B and the refinement network trained on their pseudo-labels. Rows 
   for an organ prior also ``(A + topology)`` and ``(refined + topology)``, the masks held to the
   prior's number of pieces with no holes (:mod:`localdisc.priors.topology`; chosen on the
   generated radiographs: lungs 0.962 -> 0.964, heart 0.914 -> 0.933 refined);
+- with several seeds, ``LD + PRIOR (A|refined[ + topology], N seeds together)``: the seeds'
+  runs as one ensemble, their probability maps averaged per image (``shape-guided segment`` with
+  several ``--model``); one value, not a mean over seeds;
 - ``k-means (no prior)``: k-means (K = 8) on the stage-1 model's pixel embeddings, the cluster
   whose area is closest to the prior's expected fraction;
 - vessels only, ``sato``/``frangi`` at each prior's expected fraction and with Otsu's threshold;
@@ -43,7 +46,7 @@ from localdisc.eval.metrics import summarize
 from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDModel
 from localdisc.priors.topology import PriorTopology, enforce_topology, measure_topology
-from localdisc.tasks.predict import mask_png
+from localdisc.tasks.predict import mask_png, prob_png
 from localdisc.tasks.presets import pretrain_preset
 
 VESSEL_PRIORS = ("octa", "dsa", "other", "simulated")
@@ -262,6 +265,13 @@ def _run_task(
     # An organ prior's pieces and holes (None for trees): the "+ topology" rows.
     topologies = {label: measure_topology(bank) for label, (_, _, bank) in priors.items()}
     topologies = {label: t if t.solid else None for label, t in topologies.items()}
+
+    def refinement(topology: PriorTopology | None) -> dict[str, Any]:
+        # "prob_png": the evaluation writes the outputs' maps, which the seeds' ensemble reads.
+        return {**_eval_settings(config, "refine_steps", "refine_size"),
+                "topology": topology and asdict(topology), "prob_png": True}  # fmt: skip
+
+    ensembles: dict[str, list[Path]] = {}
     for seed in range(config.seeds):
         stage1 = config.init
         if stage1 is None:
@@ -280,12 +290,19 @@ def _run_task(
             }  # fmt: skip
             run_dir = pretrain_preset(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
             topology = topologies[label]
-            refinement = {**_eval_settings(config, "refine_steps", "refine_size"),
-                          "topology": topology and asdict(topology)}  # fmt: skip
-            outputs = _cached(run_dir / "eval", refinement, _ld_rows, run_dir, samples, target,
-                              config, topology, log)  # fmt: skip
+            outputs = _cached(run_dir / "eval", refinement(topology), _ld_rows, run_dir, samples,
+                              target, config, topology, log)  # fmt: skip
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
+            ensembles.setdefault(label, []).append(run_dir)
+    if config.seeds > 1:
+        for label, run_dirs in ensembles.items():
+            topology = topologies[label]
+            settings = {**refinement(topology), "seeds": config.seeds}
+            outputs = _cached(task_dir / f"ld-{label}" / "ensemble", settings, _ensemble_rows,
+                              run_dirs, samples, target, config, topology)  # fmt: skip
+            for output, per_image in outputs.items():
+                record(f"LD + {label} ({output}, {config.seeds} seeds together)", 0, per_image)
     if task.tubular:  # deterministic: one "seed"
         thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f, _) in priors.items()}
         for method in ("sato", "frangi"):
@@ -345,7 +362,8 @@ def _ld_rows(
     log: Callable[[str], None],
 ) -> dict[str, list[dict[str, Any]]]:
     """Outputs A, B and refined of a shape-guided run; with an organ prior's ``topology`` also A
-    and refined held to it (the masks written are the outputs as they come)."""
+    and refined held to it (the maps and masks written to ``RUN/eval`` are the outputs as they
+    come)."""
     from localdisc.tasks.shape_guided import (
         RefineConfig,
         refine,
@@ -367,8 +385,9 @@ def _ld_rows(
         if topology is not None:
             held = enforce_topology(m.prob_a, topology)
             out["A + topology"].append(_metrics(held, s, target, config.eval_size))
-        write_png(predictions / f"{s.name}_A_mask.png", mask_png(m.prob_a, 0.5))
-        write_png(predictions / f"{s.name}_B_mask.png", mask_png(m.prob_b, 0.5))
+        for output, prob in (("A", m.prob_a), ("B", m.prob_b)):
+            write_png(predictions / f"{s.name}_{output}_prob.png", prob_png(prob))
+            write_png(predictions / f"{s.name}_{output}_mask.png", mask_png(prob, 0.5))
     if config.refine_steps:
         refine_size = config.refine_size or size or config.eval_size
         refine_config = RefineConfig(steps=config.refine_steps, size=refine_size,
@@ -378,11 +397,34 @@ def _ld_rows(
         for s, m in zip(samples, maps, strict=True):
             prob = refined_probability(network, s.image, m.fov, stretch=stretch)
             out["refined"].append(_metrics(prob, s, target, config.eval_size))
+            write_png(predictions / f"{s.name}_refined_prob.png", prob_png(prob))
             write_png(predictions / f"{s.name}_refined_mask.png", mask_png(prob, 0.5))
             if topology is not None:
                 held = enforce_topology(prob, topology)
                 out["refined + topology"].append(_metrics(held, s, target, config.eval_size))
     return {k: v for k, v in out.items() if v}
+
+
+def _ensemble_rows(
+    run_dirs: list[Path], samples: list[Any], target: str, config: ShapeBenchmarkConfig,
+    topology: PriorTopology | None,
+) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Outputs A and refined of several runs as one: the mean of their probability maps (as
+    :func:`_ld_rows` wrote them), held to an organ prior's ``topology`` too."""
+    from localdisc.data.io import read_image
+
+    outputs = ("A", "refined") if config.refine_steps else ("A",)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for output in outputs:
+        for s in samples:
+            files = [d / "eval" / f"{s.name}_{output}_prob.png" for d in run_dirs]
+            prob = np.mean([read_image(f)[0][..., 0] for f in files], axis=0)
+            out.setdefault(output, []).append(_metrics(prob, s, target, config.eval_size))
+            if topology is not None:
+                held = enforce_topology(prob, topology)
+                row = _metrics(held, s, target, config.eval_size)
+                out.setdefault(f"{output} + topology", []).append(row)
+    return out
 
 
 def _kmeans_rows(

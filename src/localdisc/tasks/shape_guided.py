@@ -129,7 +129,7 @@ def run_topology(run_dir: str | Path, log: Callable[[str], None] = print) -> Pri
 
 
 def segment_images(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     images: Sequence[str | Path],
     out_dir: str | Path,
     *,
@@ -146,7 +146,53 @@ def segment_images(
     The uncertainty is ``1 - weight`` of :meth:`ShapeGuidedMaps.pseudo_label` (x 255). With
     ``topology`` and an organ prior (:func:`run_topology`), A and the refined maps keep the
     prior's number of pieces and no holes (the pseudo-labels are A's and B's as they come).
+
+    Several runs (e.g. the seeds of one recipe) segment as an ensemble: each run's outputs go to
+    ``OUT/run-0``, ``OUT/run-1``, ... and their mean probability maps to ``OUT``.
     """
+    runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+    if not runs:
+        raise LocaldiscError("segment_images needs at least one run")
+    if len(runs) == 1:
+        return _segment_run(runs[0], images, Path(out_dir), size, refine_steps, topology, device,
+                            log)  # fmt: skip
+    shapes = {str(r): run_topology(r, log) if topology else None for r in runs}
+    if len(set(shapes.values())) > 1:
+        found = "; ".join(f"{r}: {t}" for r, t in shapes.items())
+        raise LocaldiscError(f"the runs' priors have different topologies ({found})")
+    prior_shape = next(iter(shapes.values()))
+    out_dir = Path(out_dir)
+    parts = [out_dir / f"run-{i}" for i in range(len(runs))]
+    for run, part in zip(runs, parts, strict=True):
+        log(f"segmenting with {run} -> {part}")
+        _segment_run(run, images, part, size, refine_steps, topology, device, log)
+    outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
+    written = []
+    for name, _ in collect_images(images):
+        mean = {}
+        for output in outputs:
+            files = [part / f"{name}_{output}_prob.png" for part in parts]
+            mean[output] = np.mean([read_image(f)[0][..., 0] for f in files], axis=0)
+            if output != "B" and prior_shape is not None:
+                mean[output] = enforce_topology(mean[output], prior_shape)
+            write_png(out_dir / f"{name}_{output}_prob.png", prob_png(mean[output]))
+            written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(mean[output])))
+        _, weight = ShapeGuidedMaps(mean["A"], mean["B"], mean["A"] > 0).pseudo_label()
+        write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
+    return written
+
+
+def _segment_run(
+    run_dir: str | Path,
+    images: Sequence[str | Path],
+    out_dir: Path,
+    size: int | None,
+    refine_steps: int,
+    topology: bool,
+    device: str,
+    log: Callable[[str], None],
+) -> list[Path]:
+    """:func:`segment_images` with one run."""
     device = str(resolve_device(device))
     model = LDModel.from_pretrained(run_dir, device=device)
     size = size or run_size(run_dir)
@@ -157,7 +203,6 @@ def segment_images(
     def held(prob: np.ndarray) -> np.ndarray:
         return prob if prior_shape is None else enforce_topology(prob, prior_shape)
 
-    out_dir = Path(out_dir)
     written = []
     names, arrays, all_maps = [], [], []
     for name, path in collect_images(images):
