@@ -148,7 +148,8 @@ def segment_images(
     prior's number of pieces and no holes (the pseudo-labels are A's and B's as they come).
 
     Several runs (e.g. the seeds of one recipe) segment as an ensemble: each run's outputs go to
-    ``OUT/run-0``, ``OUT/run-1``, ... and their mean probability maps to ``OUT``.
+    ``OUT/run-0``, ``OUT/run-1``, ... as they come, and their mean probability maps (held to the
+    topology after averaging) to ``OUT``.
     """
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
@@ -165,19 +166,27 @@ def segment_images(
     parts = [out_dir / f"run-{i}" for i in range(len(runs))]
     for run, part in zip(runs, parts, strict=True):
         log(f"segmenting with {run} -> {part}")
-        _segment_run(run, images, part, size, refine_steps, topology, device, log)
+        _segment_run(run, images, part, size, refine_steps, False, device, log)
+    if prior_shape is not None:
+        log(f"prior topology applied to the mean A and refined: {prior_shape.components} piece(s)")
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
     written = []
     for name, _ in collect_images(images):
-        mean = {}
-        for output in outputs:
-            files = [part / f"{name}_{output}_prob.png" for part in parts]
-            mean[output] = np.mean([read_image(f)[0][..., 0] for f in files], axis=0)
+        mean = {
+            output: np.mean(
+                [read_image(part / f"{name}_{output}_prob.png")[0][..., 0] for part in parts],
+                axis=0,
+            )
+            for output in outputs
+        }
+        for output, prob in mean.items():
             if output != "B" and prior_shape is not None:
-                mean[output] = enforce_topology(mean[output], prior_shape)
-            write_png(out_dir / f"{name}_{output}_prob.png", prob_png(mean[output]))
-            written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(mean[output])))
-        _, weight = ShapeGuidedMaps(mean["A"], mean["B"], mean["A"] > 0).pseudo_label()
+                prob = enforce_topology(prob, prior_shape)
+            write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
+            written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob)))
+        # The uncertainty of the mean maps as they come, as for one run.
+        fov = np.ones(mean["A"].shape, bool)
+        _, weight = ShapeGuidedMaps(mean["A"], mean["B"], fov).pseudo_label()
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     return written
 
