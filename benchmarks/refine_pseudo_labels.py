@@ -13,6 +13,9 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 - ``topology``: the benchmark's pseudo-labels held to the run's organ prior topology (pieces, no
   holes: ``localdisc.priors.topology``) before training;
 - ``a``: output A alone (label ``A > 0.5``, weight ``|2A - 1|``), B left out;
+- ``mean``: the mean of A and B over RUN and the runs given with ``--with`` (an ensemble's
+  maps, as ``shape-guided segment`` with several ``--model`` averages them), one network trained
+  on them from RUN's encoder;
 
 and prints paper Dice (whole image at 512) over the test images for each; for an organ prior
 also with the refined masks held to the topology (as the benchmark's "refined + topology" row).
@@ -45,7 +48,7 @@ from localdisc.tasks.shape_guided import (
 )
 from localdisc.tasks.transfer import image_metrics
 
-VARIANTS = ("base", "self", "more", "more+self", "topology", "a")
+VARIANTS = ("base", "self", "more", "more+self", "topology", "a", "mean")
 
 
 def main() -> None:
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--target", required=True)
     parser.add_argument("--steps", type=int, default=200, help="refinement steps per network")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    parser.add_argument("--with", dest="others", nargs="*", default=[],
+                        help="other runs of the same recipe (other seeds), for 'mean'")  # fmt: skip
     args = parser.parse_args()
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
@@ -104,11 +109,20 @@ def main() -> None:
             flush=True,
         )
 
+    def mean_maps(maps: Sequence[ShapeGuidedMaps]) -> ShapeGuidedMaps:
+        return ShapeGuidedMaps(
+            np.mean([m.prob_a for m in maps], axis=0),
+            np.mean([m.prob_b for m in maps], axis=0),
+            maps[0].fov,
+        )
+
     def held_maps(maps: Sequence[ShapeGuidedMaps]) -> list[ShapeGuidedMaps]:
         assert topology is not None
         held = [enforce_topology(0.5 * (m.prob_a + m.prob_b), topology) for m in maps]
         return [ShapeGuidedMaps(p, p, m.fov) for p, m in zip(held, maps, strict=True)]
 
+    if "mean" in variants and not args.others:
+        parser.error("the 'mean' variant needs other runs: --with RUN [RUN ...]")
     print(f"{args.run}, {args.target}: {len(test)} test and {len(train)} training images")
     if "topology" in variants and topology is None:
         print("topology: the run has no organ prior; skipped")
@@ -125,6 +139,14 @@ def main() -> None:
                 networks[name] = second_round(network("base"), test, test_maps)
             elif name == "more+self":
                 networks[name] = second_round(network("more"), test + train, test_maps + train_maps)
+            elif name == "mean":
+                runs = [LDModel.from_pretrained(r, device="cpu") for r in args.others]
+                maps = [test_maps] + [
+                    [segment(m, s.image, s.fov, size=size) for s in test] for m in runs
+                ]
+                networks[name] = fit(
+                    test, [mean_maps(per_image) for per_image in zip(*maps, strict=True)]
+                )
             elif name == "a":
                 networks[name] = fit(
                     test, [ShapeGuidedMaps(m.prob_a, m.prob_a, m.fov) for m in test_maps]
