@@ -19,7 +19,8 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 
 and prints paper Dice (whole image at 512) over the test images for each; for an organ prior
 also with the refined masks held to the topology (as the benchmark's "refined + topology" row).
-Used in benchmarks/RESULTS.md ("Refinement on other pseudo-labels", "The prior's topology"):
+Used in benchmarks/RESULTS.md ("Refinement on other pseudo-labels", "The prior's topology",
+"Pseudo-labels from output A alone", "Three seeds as one ensemble"):
 
     python benchmarks/refine_pseudo_labels.py RUN --data jsrt_scr:../shared/data --target lung \
         [--variants base,topology]
@@ -64,6 +65,8 @@ def main() -> None:
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; known: {VARIANTS}")
+    if "mean" in variants and not args.others:
+        parser.error("the 'mean' variant needs other runs: --with RUN [RUN ...]")
 
     test = list(load_data_spec(args.data, "test"))
     needs_train = {"more", "more+self"} & set(variants)
@@ -121,8 +124,6 @@ def main() -> None:
         held = [enforce_topology(0.5 * (m.prob_a + m.prob_b), topology) for m in maps]
         return [ShapeGuidedMaps(p, p, m.fov) for p, m in zip(held, maps, strict=True)]
 
-    if "mean" in variants and not args.others:
-        parser.error("the 'mean' variant needs other runs: --with RUN [RUN ...]")
     print(f"{args.run}, {args.target}: {len(test)} test and {len(train)} training images")
     if "topology" in variants and topology is None:
         print("topology: the run has no organ prior; skipped")

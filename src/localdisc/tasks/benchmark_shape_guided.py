@@ -411,14 +411,13 @@ def _ensemble_rows(
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Outputs A and refined of several runs as one: the mean of their probability maps (as
     :func:`_ld_rows` wrote them), held to an organ prior's ``topology`` too."""
-    from localdisc.data.io import read_image
+    from localdisc.tasks.shape_guided import mean_probability
 
     outputs = ("A", "refined") if config.refine_steps else ("A",)
     out: dict[str, list[dict[str, Any]]] = {}
     for output in outputs:
         for s in samples:
-            files = [d / "eval" / f"{s.name}_{output}_prob.png" for d in run_dirs]
-            prob = np.mean([read_image(f)[0][..., 0] for f in files], axis=0)
+            prob = mean_probability([d / "eval" / f"{s.name}_{output}_prob.png" for d in run_dirs])
             out.setdefault(output, []).append(_metrics(prob, s, target, config.eval_size))
             if topology is not None:
                 held = enforce_topology(prob, topology)

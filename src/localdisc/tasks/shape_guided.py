@@ -172,13 +172,7 @@ def segment_images(
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
     written = []
     for name, _ in collect_images(images):
-        mean = {
-            output: np.mean(
-                [read_image(part / f"{name}_{output}_prob.png")[0][..., 0] for part in parts],
-                axis=0,
-            )
-            for output in outputs
-        }
+        mean = {o: mean_probability([p / f"{name}_{o}_prob.png" for p in parts]) for o in outputs}
         for output, prob in mean.items():
             if output != "B" and prior_shape is not None:
                 prob = enforce_topology(prob, prior_shape)
@@ -189,6 +183,11 @@ def segment_images(
         _, weight = ShapeGuidedMaps(mean["A"], mean["B"], fov).pseudo_label()
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     return written
+
+
+def mean_probability(files: Sequence[Path]) -> np.ndarray:
+    """The mean of probability maps written as PNGs (:func:`prob_png`): an ensemble's map."""
+    return np.mean([read_image(f)[0][..., 0] for f in files], axis=0)
 
 
 def _segment_run(
