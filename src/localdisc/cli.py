@@ -229,8 +229,10 @@ def pretrain(
     result = run_pretrain(config, out, resume=resume, log=console.print)
     distributed.cleanup()
     if distributed.is_main_process():
+        # A time budget that ends stage 1 early skips step numbers: say how many steps ran.
+        numbering = "" if result.trained_steps == result.steps else f" (last step {result.steps})"
         console.print(
-            f"done: {result.steps} steps, {result.images_per_s:.1f} images/s, "
+            f"done: {result.trained_steps} steps{numbering}, {result.images_per_s:.1f} images/s, "
             f"final loss {result.final_loss:.4f}; outputs in [bold]{out}[/]"
         )
 
