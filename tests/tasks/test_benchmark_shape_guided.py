@@ -12,6 +12,7 @@ from localdisc.tasks.benchmark_shape_guided import (
     ShapeBenchmarkConfig,
     _kmeans_row,
     _mean_shape_rows,
+    _stages,
     calibrate,
     expected_fraction,
     prior_spec,
@@ -34,6 +35,7 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     cell = results["table"]["dice"]["LD + simulated (A)"]["synthetic_fundus (no labels)"]
     assert cell["n_images"] == 2 and 0 <= cell["mean"] <= 1
     assert "## auc" in (out / "results.md").read_text()
+    assert "stage 1 3 steps, stage 2 3 steps at 48" in (out / "results.md").read_text()
     # A second call reuses every run and evaluation.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
@@ -116,6 +118,16 @@ def test_refinement_sees_the_ld_run_scale_and_a_new_size_is_evaluated_again(tmp_
         assert result.exit_code == 0, result.output
     assert sizes == [48, 32]  # the third call reuses the second's evaluation
     assert "refinement 2 steps at 32" in (tmp_path / "sg" / "results.md").read_text()
+
+
+def test_the_report_says_how_long_each_stage_ran():
+    budget = ShapeBenchmarkConfig(stage1_seconds=60, stage2_seconds=240.5, stage2_steps=80_000)
+    assert (
+        _stages(budget)
+        == "stage 1 60 s (at most 2000 steps), stage 2 240.5 s (at most 80000 steps)"
+    )
+    given = ShapeBenchmarkConfig(init="runs/stage1", stage2_steps=600)
+    assert _stages(given) == "stage 1 from runs/stage1, stage 2 600 steps"
 
 
 def test_missing_data_is_skipped_with_the_reason(tmp_path):

@@ -199,14 +199,24 @@ def run_shape_benchmark(
         "pieces, with no holes), k-means on LD embeddings without a prior, and vesselness "
         "filters given the prior's expected fraction or Otsu's threshold (vessels), or the "
         "prior's mean shape, which does not look at the image (organs).",
-        f"Seeds: {config.seeds}; stage 1 {config.stage1_steps} steps, stage 2 "
-        f"{config.stage2_steps} steps at {config.size}; refinement {config.refine_steps} steps at "
-        f"{refine_at}. "
+        f"Seeds: {config.seeds}; {_stages(config)} at {config.size}; refinement "
+        f"{config.refine_steps} steps at {refine_at}. "
         "Cells: mean +- std over seeds of the mean over test images.",
     ]
     write_report(results, out_dir, title="Shape-guided segmentation benchmark", intro=intro,
                  row_header="method")  # fmt: skip
     return results
+
+
+def _stages(config: ShapeBenchmarkConfig) -> str:
+    """What the report's intro says of stage 1 and 2: steps, or a time budget, or the given run."""
+
+    def length(steps: int, seconds: float | None) -> str:
+        return f"{steps} steps" if seconds is None else f"{seconds:g} s (at most {steps} steps)"
+
+    stage1 = length(config.stage1_steps, config.stage1_seconds)
+    stage1 = f"stage 1 {stage1}" if config.init is None else f"stage 1 from {config.init}"
+    return f"{stage1}, stage 2 {length(config.stage2_steps, config.stage2_seconds)}"
 
 
 def _settings(config: ShapeBenchmarkConfig, task: ShapeTask, spec: str, seed: int) -> dict:
