@@ -1,0 +1,79 @@
+"""Where do shape-guided organ masks go wrong? Precision, recall and extents against the reference.
+
+Reads the probability maps a `localdisc benchmark shape-guided` run wrote for one output
+(``RUN/eval/NAME_{OUTPUT}_prob.png``), averages them over the runs given (one run, or a seeds'
+ensemble), thresholds at 0.5 and compares with the data set's reference masks at 512 x 512: mean
+precision, recall and Dice, and the mean top, bottom, left and right edges of the masks (fractions
+of the image side) beside the reference's and the simulated prior's. ``--figure`` draws how often
+each pixel is a false positive (red) or a false negative (green) over the test images.
+
+    python benchmarks/organ_errors.py /tmp/s9/lung/runs/scr_lung/ld-simulated/seed-{0,1,2} \\
+        --data jsrt_scr:../shared/data --target lung --prior lungs --figure /tmp/lung_errors.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from localdisc.data.preprocess import resize_mask
+from localdisc.priors import simulate_masks
+from localdisc.tasks.benchmark_shape_guided import _test_set
+
+SIZE = 512
+
+
+def extents(mask: np.ndarray) -> np.ndarray:
+    """Top, bottom, left and right edge of a mask, as fractions of its side."""
+    ys, xs = np.nonzero(mask)
+    return np.array([ys.min(), ys.max(), xs.min(), xs.max()]) / mask.shape[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="LD run folders with an eval/ folder")
+    parser.add_argument("--data", required=True, help="data spec, e.g. jsrt_scr:../shared/data")
+    parser.add_argument("--target", required=True, help="reference mask name, e.g. lung")
+    parser.add_argument("--output", default="refined", help="A, B or refined")
+    parser.add_argument("--prior", help="simulator whose masks' extents to print, e.g. lungs")
+    parser.add_argument("--figure", type=Path, help="PNG of false positives and negatives")
+    args = parser.parse_args()
+
+    test = _test_set(args.data)
+    rows, edges, ref_edges = [], [], []
+    fp = np.zeros((SIZE, SIZE))
+    fn = np.zeros((SIZE, SIZE))
+    for i in range(len(test)):
+        sample = test[i]
+        maps = [Image.open(r / "eval" / f"{sample.name}_{args.output}_prob.png") for r in args.runs]
+        prob = np.mean([np.asarray(m, dtype=np.float32) / 255 for m in maps], axis=0)
+        mask = resize_mask(prob > 0.5, SIZE)
+        ref = resize_mask(sample.masks[args.target], SIZE)
+        tp = (mask & ref).sum()
+        rows.append((tp / max(mask.sum(), 1), tp / ref.sum(), 2 * tp / (mask.sum() + ref.sum())))
+        edges.append(extents(mask) if mask.any() else np.full(4, np.nan))
+        ref_edges.append(extents(ref))
+        fp += mask & ~ref
+        fn += ref & ~mask
+    precision, recall, dice = np.mean(rows, axis=0)
+    print(f"{len(test)} images, {args.output} of {len(args.runs)} run(s): precision "
+          f"{precision:.3f}, recall {recall:.3f}, Dice {dice:.3f}")  # fmt: skip
+    table = {"masks": np.nanmean(edges, axis=0), "reference": np.mean(ref_edges, axis=0)}
+    if args.prior:
+        bank = simulate_masks(args.prior, SIZE, 200, seed=0)
+        table[f"prior {args.prior}"] = np.mean([extents(m) for m in bank], axis=0)
+    print("edges (fraction of the side): top, bottom, left, right")
+    for name, (top, bottom, left, right) in table.items():
+        print(f"  {name:>16}: {top:.3f} {bottom:.3f} {left:.3f} {right:.3f}")
+    if args.figure:
+        scale = max(fp.max(), fn.max(), 1)
+        rgb = np.stack([fp / scale, fn / scale, np.zeros_like(fp)], axis=-1)
+        Image.fromarray((255 * rgb).astype(np.uint8)).save(args.figure)
+        print(f"false positives (red), false negatives (green): {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
