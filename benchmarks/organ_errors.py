@@ -22,6 +22,7 @@ from PIL import Image
 from localdisc.data.preprocess import resize_mask
 from localdisc.priors import simulate_masks
 from localdisc.tasks.benchmark_shape_guided import _test_set
+from localdisc.tasks.shape_guided import mean_probability
 
 SIZE = 512
 
@@ -48,8 +49,9 @@ def main() -> None:
     fn = np.zeros((SIZE, SIZE))
     for i in range(len(test)):
         sample = test[i]
-        maps = [Image.open(r / "eval" / f"{sample.name}_{args.output}_prob.png") for r in args.runs]
-        prob = np.mean([np.asarray(m, dtype=np.float32) / 255 for m in maps], axis=0)
+        prob = mean_probability(
+            [r / "eval" / f"{sample.name}_{args.output}_prob.png" for r in args.runs]
+        )
         mask = resize_mask(prob > 0.5, SIZE)
         ref = resize_mask(sample.masks[args.target], SIZE)
         tp = (mask & ref).sum()
