@@ -1,11 +1,13 @@
-"""Which pseudo-labels should the shape-guided refinement train on? Three variants against the
+"""Which pseudo-labels should the shape-guided refinement train on? Variants against the
 benchmark's own.
 
 With a finished shape-guided run, segments a data set's test images (outputs A and B) and trains
 the refinement network (200 steps at the run's pool size, as ``localdisc benchmark shape-guided
 --refine-steps 200``) on
 
-- ``base``: the pseudo-labels of the test images, as the benchmark does;
+- ``base``: the pseudo-labels of the test images, as the benchmark does (A and B, and the
+  prior's pixel frequency as a vote when the prior keeps its pose);
+- ``ab``: A and B alone, without the prior's vote (the benchmark's before that vote);
 - ``self``: a second round, a new network trained on the first one's masks of the test images
   (self-training: label ``p > 0.5``, weight ``|2p - 1|``);
 - ``more``: the pseudo-labels of the training images too (labels unused), as stage 1 sees them;
@@ -13,14 +15,25 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 - ``topology``: the benchmark's pseudo-labels held to the run's organ prior topology (pieces, no
   holes: ``localdisc.priors.topology``) before training;
 - ``a``: output A alone (label ``A > 0.5``, weight ``|2A - 1|``), B left out;
-- ``mean``: the mean of A and B over RUN and the runs given with ``--with`` (an ensemble's
-  maps, as ``shape-guided segment`` with several ``--model`` averages them), one network trained
-  on them from RUN's encoder;
+- ``mean``: the benchmark's pseudo-labels from the mean of A and of B over RUN and the runs
+  given with ``--with`` (an ensemble's maps, as ``shape-guided segment`` with several
+  ``--model`` averages them), one network trained on them from RUN's encoder;
+- ``seeds``: three refinement networks on the benchmark's pseudo-labels (refinement seeds 0, 1
+  and 2; seed 0 is ``base``), their probability maps averaged;
+- for a prior that keeps its pose, ``prior``: no LD output at all, the run's shape prior alone:
+  each pixel's frequency in 200 of its masks (label ``f > 0.5``, weight ``|2f - 1|``), the same
+  for every image. A check of what LD's own outputs add over the prior's average shape;
+- ``prior+a``: the mean of the prior's frequency and output A (``base`` is that with the mean of
+  A and B);
+- ``prior-stage1``: the same pseudo-labels, the network from the stage-1 run's encoder (RUN's
+  ``init_from``): LD's features without its clusters or the adversarial prior;
+- ``prior-random``: the same pseudo-labels, the network randomly initialised: no LD at all;
 
 and prints paper Dice (whole image at 512) over the test images for each; for an organ prior
 also with the refined masks held to the topology (as the benchmark's "refined + topology" row).
 Used in benchmarks/RESULTS.md ("Refinement on other pseudo-labels", "The prior's topology",
-"Pseudo-labels from output A alone", "Three seeds as one ensemble"):
+"Pseudo-labels from output A alone", "Three seeds as one ensemble", "The prior's frequency as a
+vote"; ``base`` before that section is today's ``ab``):
 
     python benchmarks/refine_pseudo_labels.py RUN --data jsrt_scr:../shared/data --target lung \
         [--variants base,topology]
@@ -29,8 +42,12 @@ Used in benchmarks/RESULTS.md ("Refinement on other pseudo-labels", "The prior's
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -43,13 +60,15 @@ from localdisc.tasks.shape_guided import (
     ShapeGuidedMaps,
     refine,
     refined_probability,
+    run_prior_frequency,
     run_size,
     run_topology,
     segment,
 )
 from localdisc.tasks.transfer import image_metrics
 
-VARIANTS = ("base", "self", "more", "more+self", "topology", "a", "mean")
+VARIANTS = ("base", "ab", "self", "more", "more+self", "topology", "a", "mean", "seeds")
+VARIANTS += ("prior", "prior+a", "prior-stage1", "prior-random")
 
 
 def main() -> None:
@@ -74,12 +93,18 @@ def main() -> None:
     model = LDModel.from_pretrained(args.run, device="cpu")
     size = run_size(args.run)
     topology = run_topology(args.run)
-    test_maps = [segment(model, s.image, s.fov, size=size) for s in test]
-    train_maps = [segment(model, s.image, s.fov, size=size) for s in train]
+    frequency = run_prior_frequency(args.run)
+    if frequency is None and any(v.startswith("prior") for v in variants):
+        parser.error("the prior variants need a run whose prior keeps its pose")
+    test_maps = [segment(model, s.image, s.fov, size=size, prior=frequency) for s in test]
+    train_maps = [segment(model, s.image, s.fov, size=size, prior=frequency) for s in train]
     config = RefineConfig(steps=args.steps, size=size or 512, device="cpu")
 
-    def fit(samples: Sequence, maps: Sequence[ShapeGuidedMaps]) -> Segmenter:
-        return refine(args.run, [s.image for s in samples], maps, config, log=lambda m: None)
+    def fit(
+        samples: Sequence, maps: Sequence[ShapeGuidedMaps], seed: int = 0, run: str = args.run
+    ) -> Segmenter:
+        images = [s.image for s in samples]
+        return refine(run, images, maps, replace(config, seed=seed), log=lambda m: None)
 
     def second_round(network: Segmenter, samples: Sequence, maps: Sequence) -> Segmenter:
         probs = [
@@ -89,9 +114,9 @@ def main() -> None:
             samples, [ShapeGuidedMaps(p, p, m.fov) for p, m in zip(probs, maps, strict=True)]
         )
 
-    def report(name: str, network: Segmenter, start: float) -> None:
+    def report(name: str, nets: list[Segmenter], start: float) -> None:
         probs = [
-            refined_probability(network, s.image, m.fov)
+            np.mean([refined_probability(n, s.image, m.fov) for n in nets], axis=0)
             for s, m in zip(test, test_maps, strict=True)
         ]
         rows = [image_metrics(p, s, args.target, 512) for p, s in zip(probs, test, strict=True)]
@@ -117,11 +142,15 @@ def main() -> None:
             np.mean([m.prob_a for m in maps], axis=0),
             np.mean([m.prob_b for m in maps], axis=0),
             maps[0].fov,
+            maps[0].prior,
         )
+
+    def prior_maps() -> list[ShapeGuidedMaps]:  # the prior's frequency as A and B
+        return [ShapeGuidedMaps(m.prior, m.prior, m.fov) for m in test_maps]
 
     def held_maps(maps: Sequence[ShapeGuidedMaps]) -> list[ShapeGuidedMaps]:
         assert topology is not None
-        held = [enforce_topology(0.5 * (m.prob_a + m.prob_b), topology) for m in maps]
+        held = [enforce_topology(m.consensus, topology) for m in maps]
         return [ShapeGuidedMaps(p, p, m.fov) for p, m in zip(held, maps, strict=True)]
 
     print(f"{args.run}, {args.target}: {len(test)} test and {len(train)} training images")
@@ -148,17 +177,39 @@ def main() -> None:
                 networks[name] = fit(
                     test, [mean_maps(per_image) for per_image in zip(*maps, strict=True)]
                 )
+            elif name == "prior":
+                networks[name] = fit(test, prior_maps())
+            elif name == "ab":
+                networks[name] = fit(
+                    test, [ShapeGuidedMaps(m.prob_a, m.prob_b, m.fov) for m in test_maps]
+                )
+            elif name == "prior+a":
+                mixed = [0.5 * (m.prior + m.prob_a) for m in test_maps]
+                maps = [ShapeGuidedMaps(p, p, m.fov) for p, m in zip(mixed, test_maps, strict=True)]
+                networks[name] = fit(test, maps)
+            elif name == "prior-stage1":
+                config_json = json.loads((Path(args.run) / "config.json").read_text())
+                networks[name] = fit(test, prior_maps(), run=config_json["pretrain"]["init_from"])
+            elif name == "prior-random":
+                build = Segmenter.from_ld_run  # the run's architecture, not its weights
+                fresh = classmethod(lambda cls, run, *, size: cls(build(run, size=size).config))
+                with mock.patch.object(Segmenter, "from_ld_run", fresh):
+                    networks[name] = fit(test, prior_maps())
             elif name == "a":
                 networks[name] = fit(
                     test, [ShapeGuidedMaps(m.prob_a, m.prob_a, m.fov) for m in test_maps]
                 )
-            else:
+            elif name == "topology":
                 networks[name] = fit(test, held_maps(test_maps))
         return networks[name]
 
     for name in variants:
         start = time.perf_counter()
-        report(name, network(name), start)
+        if name == "seeds":
+            nets = [network("base")] + [fit(test, test_maps, seed) for seed in (1, 2)]
+        else:
+            nets = [network(name)]
+        report(name, nets, start)
 
 
 if __name__ == "__main__":

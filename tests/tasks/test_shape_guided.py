@@ -54,6 +54,50 @@ def test_pseudo_labels_trust_agreement_and_doubt_disagreement():
     np.testing.assert_allclose(weight, [[1.0, 1.0, 0.0, 0.2]], atol=1e-6)
 
 
+def test_pseudo_labels_count_the_prior_frequency_as_one_vote():
+    fov = np.ones((1, 3), dtype=bool)
+    ld = np.array([[0.6, 0.4, 1.0]], dtype=np.float32)
+    prior = np.array([[0.0, 1.0, 1.0]], dtype=np.float32)
+    maps = ShapeGuidedMaps(ld, ld, fov, prior)
+    # LD and the prior each weigh half: LD's unsure 0.6 where the prior never is falls to 0.3,
+    # LD's 0.4 where the prior always is rises to 0.7; where both are sure, full weight.
+    np.testing.assert_allclose(maps.consensus, [[0.3, 0.7, 1.0]], atol=1e-6)
+    label, weight = maps.pseudo_label()
+    assert label.tolist() == [[False, True, True]]
+    np.testing.assert_allclose(weight, [[0.4, 0.4, 1.0]], atol=1e-6)
+
+
+def test_prior_frequency_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
+    from dataclasses import asdict
+
+    from localdisc.priors import load_prior
+    from localdisc.tasks.shape_guided import run_prior_frequency
+
+    assert run_prior_frequency(run) is None  # a vessel tree, turned any way: says nothing of where
+
+    def lung_run(name, **overrides):
+        config = tiny_pretrain_config(prior="simulated:lungs", modality="xray", **overrides)
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"pretrain": asdict(config)}))
+        return folder
+
+    assert run_prior_frequency(lung_run("free", prior_pose="free")) is None
+    frequency = run_prior_frequency(lung_run("kept", prior_pose="kept"))
+    assert frequency.shape == (48, 48)  # the run's pool size
+    expected = load_prior("simulated:lungs", 48).float().mean(dim=(0, 1)).numpy()
+    np.testing.assert_allclose(frequency, expected, atol=1e-6)
+    assert frequency[24, 12] > 0.9 and frequency[24, 36] > 0.9  # inside both lungs, every mask
+    assert frequency[2, 2] == 0 and frequency[24, 24] < 0.1  # a corner, the mediastinum
+    # segment() carries it to the image's size, inside the FOV: the pseudo-labels' vote.
+    model = LDModel.from_pretrained(run)
+    fov = np.zeros((80, 80), bool)
+    fov[:, :40] = True
+    maps = segment(model, synthetic_fundus(80, seed=5).image, fov, prior=frequency)
+    assert maps.prior.shape == (80, 80) and not maps.prior[~fov].any()
+    assert maps.prior[40, 20] > 0.9
+
+
 def test_refinement_trains_on_pseudo_labels(run):
     model = LDModel.from_pretrained(run)
     images = [synthetic_fundus(48, seed=s).image for s in range(2)]

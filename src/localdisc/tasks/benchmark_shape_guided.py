@@ -4,7 +4,8 @@ one run and one table.
 Per task the LD model first learns stage 1 on the task's own images (every split, labels unused;
 or starts from ``--from``, a pre-training run). Then, per prior and seed, stage 2 runs with the
 adversarial prior on cluster 0 (METHOD.md 5) and the test images are segmented three ways:
-outputs A and B and the refinement network trained on their pseudo-labels. Rows in the same run:
+outputs A and B and the refinement network trained on their pseudo-labels (a prior that keeps
+its pose votes in them with its pixel frequency). Rows in the same run:
 
 - ``LD + PRIOR (A|B|refined)`` for each prior (OCTA, DSA, another data set's masks, simulated);
   for an organ prior also ``(A + topology)`` and ``(refined + topology)``, the masks held to the
@@ -278,8 +279,10 @@ def _run_task(
 
     def refinement(topology: PriorTopology | None) -> dict[str, Any]:
         # "prob_png": the evaluation writes the outputs' maps, which the seeds' ensemble reads.
+        # "prior_vote": the pseudo-labels count a kept-pose prior's pixel frequency.
         return {**_eval_settings(config, "refine_steps", "refine_size"),
-                "topology": topology and asdict(topology), "prob_png": True}  # fmt: skip
+                "topology": topology and asdict(topology), "prob_png": True,
+                "prior_vote": True}  # fmt: skip
 
     ensembles: dict[str, list[Path]] = {}
     for seed in range(config.seeds):
@@ -378,13 +381,15 @@ def _ld_rows(
         RefineConfig,
         refine,
         refined_probability,
+        run_prior_frequency,
         run_size,
         segment,
     )
 
     model = LDModel.from_pretrained(run_dir, device=_device(config.device))
     size = run_size(run_dir)
-    maps = [segment(model, s.image, s.fov, size=size) for s in samples]
+    prior = run_prior_frequency(run_dir, log)
+    maps = [segment(model, s.image, s.fov, size=size, prior=prior) for s in samples]
     out: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "refined": []}
     if topology is not None:
         out |= {"A + topology": [], "refined + topology": []}
