@@ -32,8 +32,8 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 and prints paper Dice (whole image at 512) over the test images for each; for an organ prior
 also with the refined masks held to the topology (as the benchmark's "refined + topology" row).
 Used in benchmarks/RESULTS.md ("Refinement on other pseudo-labels", "The prior's topology",
-"Pseudo-labels from output A alone", "Three seeds as one ensemble", "The prior's frequency as a
-vote"; ``base`` before that section is today's ``ab``):
+"Pseudo-labels from output A alone", "Three seeds as one ensemble", "The prior's pixel
+frequency as a vote in the pseudo-labels"; ``base`` before that section is today's ``ab``):
 
     python benchmarks/refine_pseudo_labels.py RUN --data jsrt_scr:../shared/data --target lung \
         [--variants base,topology]
