@@ -89,6 +89,9 @@ def test_prior_frequency_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
     np.testing.assert_allclose(frequency, expected, atol=1e-6)
     assert frequency[24, 12] > 0.9 and frequency[24, 36] > 0.9  # inside both lungs, every mask
     assert frequency[2, 2] == 0 and frequency[24, 24] < 0.1  # a corner, the mediastinum
+    # Computed once per prior and size (every seed's run shares it), and not to be written to.
+    assert run_prior_frequency(lung_run("again", prior_pose="kept")) is frequency
+    assert not frequency.flags.writeable
     # segment() carries it to the image's size, inside the FOV: the pseudo-labels' vote.
     model = LDModel.from_pretrained(run)
     fov = np.zeros((80, 80), bool)

@@ -19,6 +19,7 @@ Masks that are empty after resizing are left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,16 @@ def load_prior(spec: str, size: int, *, count: int = 200, seed: int = 0) -> torc
             "check that foreground is non-zero or bright on a black background"
         )
     return torch.from_numpy(np.stack(kept)[:, None])
+
+
+@lru_cache(maxsize=8)
+def prior_frequency(spec: str, size: int) -> np.ndarray:
+    """How often each pixel is foreground in a prior's masks (:func:`load_prior` with its
+    defaults): ``float32`` ``size x size`` in [0, 1]. Cached and read-only, since every run and
+    image of one prior shares it."""
+    frequency = load_prior(spec, size)[:, 0].float().mean(0).numpy()
+    frequency.setflags(write=False)
+    return frequency
 
 
 def describe_prior(spec: str) -> str:

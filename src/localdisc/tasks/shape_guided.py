@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.losses.region import region_embeddings
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
-from localdisc.priors.sources import load_prior
+from localdisc.priors.sources import prior_frequency
 from localdisc.priors.topology import PriorTopology, enforce_topology, prior_topology
 from localdisc.tasks.predict import collect_images, mask_png, prob_png
 
@@ -126,22 +127,25 @@ def segment(
     return ShapeGuidedMaps(prob[0].astype(np.float32), prob[1].astype(np.float32), fov, prior)
 
 
-def run_size(run_dir: str | Path) -> int | None:
-    """The pool side a run trained at (its images' scale), from its ``config.json``."""
+def _pretrain_settings(run_dir: str | Path) -> dict[str, Any]:
+    """The ``pretrain`` section of a run's ``config.json`` ({} when it has none)."""
     import json
 
+    return json.loads((Path(run_dir) / "config.json").read_text()).get("pretrain") or {}
+
+
+def run_size(run_dir: str | Path) -> int | None:
+    """The pool side a run trained at (its images' scale), from its ``config.json``."""
     from localdisc.engine.pretrain import PretrainConfig
 
-    config = json.loads((Path(run_dir) / "config.json").read_text()).get("pretrain")
+    config = _pretrain_settings(run_dir)
     return PretrainConfig.from_dict(config).resolved_pool_size if config else None
 
 
 def run_topology(run_dir: str | Path, log: Callable[[str], None] = print) -> PriorTopology | None:
     """The topology of a run's shape prior when it is solid (an organ), else None (no prior, a
     tree prior, or a prior that cannot be read any more: said in ``log``)."""
-    import json
-
-    config = json.loads((Path(run_dir) / "config.json").read_text()).get("pretrain") or {}
+    config = _pretrain_settings(run_dir)
     if not config.get("prior"):
         return None
     try:
@@ -159,17 +163,14 @@ def run_prior_frequency(
     when the prior keeps its pose (``prior_pose="kept"``: it says where the structure lies),
     else None (no prior, a prior free of pose, or one that cannot be read any more: said in
     ``log``)."""
-    import json
-
-    config = json.loads((Path(run_dir) / "config.json").read_text()).get("pretrain") or {}
+    config = _pretrain_settings(run_dir)
     if not config.get("prior") or config.get("prior_pose") != "kept":
         return None
     try:
-        bank = load_prior(config["prior"], run_size(run_dir) or 512)
+        return prior_frequency(config["prior"], run_size(run_dir) or 512)
     except LocaldiscError as exc:
         log(f"[yellow]prior frequency not used in the pseudo-labels[/]: {exc}")
         return None
-    return bank[:, 0].float().mean(0).numpy()
 
 
 def segment_images(
