@@ -34,6 +34,9 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 - ``em``: three votes, LD's map, the aligned prior and an intensity posterior: two Gaussians of
   the (contrast-stretched) grey level mixed pixel by pixel by the aligned prior, fitted by EM
   (atlas-guided classification, Van Leemput et al., IEEE TMI 18(10) 1999);
+- ``spread``: ``base`` with the prior's frequency spread over the test images' poses (the mean
+  of the frequency moved by each image's ``aligned`` pose): the same map for every image, drawn
+  over where the data set's organs sit rather than where the simulator puts them;
 - ``truth``: the test images' own masks, weight 1: what this network and schedule reach with
   perfect pseudo-labels. A ceiling for the others, not a result: it uses the labels;
 
@@ -85,7 +88,7 @@ from localdisc.tasks.shape_guided import (
 from localdisc.tasks.transfer import image_metrics
 
 VARIANTS = ("base", "ab", "self", "more", "more+self", "topology", "a", "mean", "seeds")
-VARIANTS += ("prior", "prior+a", "prior-stage1", "prior-random", "aligned", "em", "truth")
+VARIANTS += ("prior", "prior+a", "prior-stage1", "prior-random", "aligned", "em", "spread", "truth")
 
 Pose = tuple[float, float, float, float]  # scale x, scale y, shift x, shift y (fractions of side)
 
@@ -173,7 +176,8 @@ def main() -> None:
     topology = run_topology(args.run)
     frequency = run_prior_frequency(args.run)
     if frequency is None and (
-        args.poses or any(v.startswith("prior") or v in ("aligned", "em") for v in variants)
+        args.poses
+        or any(v.startswith("prior") or v in ("aligned", "em", "spread") for v in variants)
     ):
         parser.error("the prior variants need a run whose prior keeps its pose")
     test_maps = [segment(model, s.image, s.fov, size=size, prior=frequency) for s in test]
@@ -300,6 +304,14 @@ def main() -> None:
                     for s, m, p in zip(test, test_maps, aligned_priors(), strict=True)
                 ]
                 maps = [ShapeGuidedMaps(v, v, m.fov) for v, m in zip(votes, test_maps, strict=True)]
+                networks[name] = fit(test, maps)
+            elif name == "spread":
+                aligned_priors()
+                spread = np.mean([move(frequency, pose, order=1) for _, pose in aligned], 0)
+                maps = [
+                    replace(m, prior=np.clip(resize_image(spread, m.fov.shape), 0, 1) * m.fov)
+                    for m in test_maps
+                ]
                 networks[name] = fit(test, maps)
             elif name == "truth":
                 masks = [s.masks[args.target].astype(np.float32) for s in test]
