@@ -122,9 +122,13 @@ def segment(
     if maps.shape[-2:] != (h, w):
         maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
     prob = maps[0].clamp(0, 1).cpu().numpy() * fov
-    if prior is not None:
-        prior = np.clip(resize_image(prior.astype(np.float32), (h, w)), 0, 1) * fov
+    prior = None if prior is None else _prior_on(prior, fov)
     return ShapeGuidedMaps(prob[0].astype(np.float32), prob[1].astype(np.float32), fov, prior)
+
+
+def _prior_on(frequency: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """A prior's pixel frequency carried to the size of ``fov``, 0 outside it."""
+    return np.clip(resize_image(frequency.astype(np.float32), fov.shape), 0, 1) * fov
 
 
 def _pretrain_settings(run_dir: str | Path) -> dict[str, Any]:
@@ -228,7 +232,7 @@ def segment_images(
             written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob)))
         # The uncertainty of the mean maps as they come, as for one run.
         fov = np.ones(mean["A"].shape, bool)
-        prior = None if frequency is None else resize_image(frequency, fov.shape)
+        prior = None if frequency is None else _prior_on(frequency, fov)
         _, weight = ShapeGuidedMaps(mean["A"], mean["B"], fov, prior).pseudo_label()
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     return written
