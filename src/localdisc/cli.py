@@ -596,7 +596,8 @@ def benchmark_shape_guided(
     tasks: str | None = typer.Option(
         None,
         help="Comma-separated: drive, stare, chase_db1, scr_lung, scr_heart, synthetic_fundus, "
-        "synthetic_xray (lungs), synthetic_heart [default: drive,stare,scr_lung,scr_heart; "
+        "synthetic_xray (lungs), synthetic_heart, synthetic_xray_hard, synthetic_heart_hard "
+        "[default: drive,stare,scr_lung,scr_heart; "
         "--quick: synthetic_fundus].",
     ),
     priors: str | None = typer.Option(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers import save, shared
@@ -23,6 +24,7 @@ from localdisc.data.datasets import (
     parse_data_spec,
     pool_image_paths,
 )
+from localdisc.data.synthetic import synthetic_xray
 from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
 
 H, W = 48, 40  # fake fundus image size (DRIVE-like portrait)
@@ -445,7 +447,7 @@ def test_pool_image_paths_exclude_masks(tmp_path: Path) -> None:
 def test_registry_and_data_specs(tmp_path: Path) -> None:
     assert set(DATASETS) == {
         "drive", "stare", "chase_db1", "hrf", "jsrt_scr", "folder", "synthetic_fundus",
-        "synthetic_xray",
+        "synthetic_xray", "synthetic_xray_hard",
     }  # fmt: skip
     assert parse_data_spec("drive:/data/DRIVE") == ("drive", Path("/data/DRIVE"))
     assert parse_data_spec("DRIVE:/data/DRIVE") == ("drive", Path("/data/DRIVE"))
@@ -498,6 +500,9 @@ def test_synthetic_sets_are_deterministic_and_split() -> None:
     )
     with pytest.raises(DatasetError, match="positive image count"):
         load_dataset("synthetic_xray", "many")
+    hard = load_dataset("synthetic_xray_hard", "2", "train")[1]
+    film = synthetic_xray(256, 1, hard=True)
+    assert np.array_equal(hard.image, film.image) and np.array_equal(hard.masks["lung"], film.lungs)
 
 
 # -- the real data sets (skipped when /work/shared/data is absent) -----------------------------
@@ -573,3 +578,13 @@ def test_linked_folders_are_followed_once(tmp_path: Path) -> None:
     pool.mkdir()
     (pool / "images").symlink_to(data / "JSRT" / "images", target_is_directory=True)
     assert len(folder_image_files(pool)) == 246
+
+
+def test_generated_pools_follow_their_data_set() -> None:
+    from localdisc.data.pool import resolve_pool
+
+    pool, _ = resolve_pool(["synthetic_xray_hard:2"], "xray", 64, log=lambda m: None)
+    plain, _ = resolve_pool(["synthetic_xray:2"], "xray", 64, log=lambda m: None)
+    assert pool.shape == plain.shape == (2, 1, 64, 64) and not torch.equal(pool, plain)
+    with pytest.raises(DatasetError, match="expected synthetic_fundus"):
+        resolve_pool(["synthetic_xray_hard:2"], "fundus", 64, log=lambda m: None)

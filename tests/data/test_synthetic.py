@@ -276,6 +276,26 @@ def test_shape_functions_match_the_xray_and_stand_alone() -> None:
     assert a.any() and not np.array_equal(a, b)
 
 
+def test_hard_xray_is_paler_and_out_of_the_priors_pose() -> None:
+    plain = [synthetic_xray(SIZE, seed) for seed in range(4)]
+    hard = [synthetic_xray(SIZE, seed, hard=True) for seed in range(4)]
+    np.testing.assert_array_equal(synthetic_xray(SIZE, 1, hard=True).image, hard[1].image)
+
+    def contrast(x: SyntheticXray) -> float:  # soft tissue between the lungs minus the lungs
+        img = x.image[..., 0]
+        return float(img[x.heart & ~x.lungs].mean() - img[x.lungs].mean())
+
+    assert np.mean([contrast(x) for x in hard]) < np.mean([contrast(x) for x in plain]) - 0.05
+    for seed, (p, h) in enumerate(zip(plain, hard, strict=True)):
+        # The same anatomy, zoomed and shifted in the frame: the masks leave the pose of
+        # lung_masks / heart_mask (a simulated prior's) but keep their size roughly.
+        np.testing.assert_array_equal(p.lungs, np.logical_or(*lung_masks(SIZE, seed)))
+        assert not np.array_equal(p.lungs, h.lungs)
+        assert 0.7 < h.lungs.sum() / p.lungs.sum() < 1.4
+        assert ndi.label(h.left_lung)[1] == 1 and ndi.label(h.right_lung)[1] == 1
+        assert h.heart.any() and h.image.min() >= 0 and h.image.max() <= 1
+
+
 def test_rejects_unusable_sizes() -> None:
     for bad in (0, 4, 12.5):
         with pytest.raises(ValueError, match="size"):
@@ -290,7 +310,7 @@ def test_invariants_hold_for_any_seed(seed: int, size: int) -> None:
     f = synthetic_fundus(size, seed)
     assert np.isfinite(f.image).all() and f.image.min() >= 0 and f.image.max() <= 1
     assert not f.vessels[~f.fov].any() and f.vessels.any()
-    x = synthetic_xray(size, seed)
-    assert np.isfinite(x.image).all() and x.image.min() >= 0 and x.image.max() <= 1
-    assert x.left_lung.any() and x.right_lung.any() and x.heart.any()
-    assert not (x.left_lung & x.right_lung).any()
+    for x in (synthetic_xray(size, seed), synthetic_xray(size, seed, hard=True)):
+        assert np.isfinite(x.image).all() and x.image.min() >= 0 and x.image.max() <= 1
+        assert x.left_lung.any() and x.right_lung.any() and x.heart.any()
+        assert not (x.left_lung & x.right_lung).any()

@@ -11,8 +11,8 @@ any other size), which are resized by nearest neighbour: a vessel tracing of ano
 its photograph belongs to another image or another crop, so it is an error, not a resize.
 
 Known names (:data:`DATASETS`): ``drive``, ``stare``, ``chase_db1``, ``hrf``, ``jsrt_scr``,
-``folder``, ``synthetic_fundus``, ``synthetic_xray``. A *data spec* is ``NAME:ROOT`` for a known
-name or a plain folder path (see :func:`parse_data_spec`).
+``folder``, ``synthetic_fundus``, ``synthetic_xray``, ``synthetic_xray_hard``. A *data spec* is
+``NAME:ROOT`` for a known name or a plain folder path (see :func:`parse_data_spec`).
 """
 
 from __future__ import annotations
@@ -922,11 +922,12 @@ class SyntheticXrayDataset(_SyntheticDataset):
     preferred_target = "lung"
     preview_targets = ("lung", "heart")
     _fov_source = "whole image"
+    hard: ClassVar[bool] = False
 
     def _generate(self, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         from localdisc.data.synthetic import synthetic_xray
 
-        s = synthetic_xray(size=self.size, seed=seed)
+        s = synthetic_xray(size=self.size, seed=seed, hard=self.hard)
         masks = {
             "lung": np.asarray(s.lungs, dtype=bool),
             "heart": np.asarray(s.heart, dtype=bool),
@@ -934,6 +935,14 @@ class SyntheticXrayDataset(_SyntheticDataset):
             "right_lung": np.asarray(s.right_lung, dtype=bool),
         }
         return s.image, masks, np.ones(s.image.shape[:2], dtype=bool)
+
+
+class SyntheticHardXrayDataset(SyntheticXrayDataset):
+    """Synthetic chest radiographs closer to digitised films (``synthetic_xray(hard=True)``):
+    paler lungs, strong ribs, film markers, and organs that leave the simulated prior's pose."""
+
+    name = "synthetic_xray_hard"
+    hard = True
 
 
 # -- registry ----------------------------------------------------------------------------
@@ -949,6 +958,7 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
         FolderDataset,
         SyntheticFundusDataset,
         SyntheticXrayDataset,
+        SyntheticHardXrayDataset,
     )
 }
 

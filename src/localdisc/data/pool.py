@@ -68,11 +68,19 @@ def load_pool(
     return torch.from_numpy(np.stack(arrays)), skipped
 
 
-def synthetic_pool(n: int, modality: str, pool_size: int, seed: int = 0) -> torch.Tensor:
-    """A pool of ``n`` generated images (the demo's data when no data set is present)."""
+def synthetic_pool(
+    n: int, modality: str, pool_size: int, seed: int = 0, *, hard: bool = False
+) -> torch.Tensor:
+    """A pool of ``n`` generated images (the demo's data when no data set is present);
+    ``hard``: the radiographs of ``synthetic_xray_hard``."""
+    from functools import partial
+
     from localdisc.data import synthetic
 
-    make = synthetic.synthetic_fundus if modality == "fundus" else synthetic.synthetic_xray
+    if modality == "fundus":
+        make = synthetic.synthetic_fundus
+    else:
+        make = partial(synthetic.synthetic_xray, hard=hard)
     arrays = [
         prepare_pool_image(make(pool_size, seed + i).image, modality, pool_size) for i in range(n)
     ]
@@ -93,7 +101,8 @@ def resolve_pool(
     """Decode every image named by ``specs`` into one uint8 pool tensor.
 
     A spec is a folder of images, ``NAME:ROOT`` for a known data set (labels unused),
-    ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` for generated images, or ``skimage:retina``
+    ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` / ``synthetic_xray_hard[:N]`` for generated
+    images, or ``skimage:retina``
     for the fundus photograph that scikit-image ships.
     """
     from localdisc.data.datasets import pool_image_paths
@@ -107,13 +116,14 @@ def resolve_pool(
     retina: torch.Tensor | None = None
     for spec in specs:
         name, _, arg = spec.partition(":")
-        if name in ("synthetic_fundus", "synthetic_xray"):
-            kind = name.removeprefix("synthetic_")
+        if name in ("synthetic_fundus", "synthetic_xray", "synthetic_xray_hard"):
+            kind = name.split("_")[1]
             if kind != modality or not (arg or "32").isdigit():
                 raise DatasetError(
                     f"{spec}: expected synthetic_{modality}[:N] for a {modality} run"
                 )
-            parts.append(synthetic_pool(int(arg or 32), modality, size, seed=seed))
+            hard = name.endswith("_hard")
+            parts.append(synthetic_pool(int(arg or 32), modality, size, seed=seed, hard=hard))
         elif spec == "skimage:retina":
             if retina is None:  # decoded once however often the spec repeats
                 import skimage.data

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -923,16 +923,58 @@ def _rib_polylines(
     return posterior, anterior
 
 
-def synthetic_xray(size: int = 256, seed: int = 0) -> SyntheticXray:
+def _reframe(chest: _Chest, rng: np.random.Generator) -> _Chest:
+    """The thorax zoomed (each axis by 1 + N(0, 0.06)) and shifted (N(0, 0.03) of the side) in
+    the detector: the spread of the lungs' pose on JSRT's films, which the simulator's own
+    outlines (and so a simulated prior) do not have."""
+    zoom = np.clip(1.0 + rng.normal(0.0, 0.06, 2), 0.85, 1.15)
+    shift = np.clip(rng.normal(0.0, 0.03, 2), -0.08, 0.08)
+
+    def move(points: np.ndarray) -> np.ndarray:
+        return (np.asarray(points) - 0.5) * zoom + 0.5 + shift
+
+    def x(v: float) -> float:
+        return float((v - 0.5) * zoom[0] + 0.5 + shift[0])
+
+    def y(v: float) -> float:
+        return float((v - 0.5) * zoom[1] + 0.5 + shift[1])
+
+    body = chest.body.copy()  # lowered at the bottom, so that it still fills the frame there
+    body[:, 1] = np.where(body[:, 1] > 0.9, body[:, 1] + 0.5, body[:, 1])
+    return replace(
+        chest,
+        right_lung=move(chest.right_lung),
+        left_lung=move(chest.left_lung),
+        heart=move(chest.heart),
+        mediastinum=move(chest.mediastinum),
+        body=move(body),
+        midline=x(chest.midline),
+        apex=y(chest.apex),
+        domes=(y(chest.domes[0]), y(chest.domes[1])),
+        widths=(chest.widths[0] * zoom[0], chest.widths[1] * zoom[0]),
+        hila=tuple(tuple(move(h)) for h in chest.hila),
+    )
+
+
+def synthetic_xray(size: int = 256, seed: int = 0, *, hard: bool = False) -> SyntheticXray:
     """A PA chest radiograph with known lungs and heart.
 
     Dark lung fields with soft edges, bright mediastinum, heart, spine and abdomen, faint
     posterior and anterior ribs, clavicles, trachea and vascular markings fanning out from the
     hila, on a darker background outside the body.
+
+    ``hard=True`` draws the same anatomy closer to the look of digitised films (JSRT): paler
+    lungs whose edges fade, strong ribs and vessels, soft-tissue shadows over the lower lungs,
+    the body filling the frame, film markers in the corners, a random gamma, more noise, and the
+    thorax zoomed and shifted in the frame, so that its masks leave the pose of
+    :func:`lung_masks` and :func:`heart_mask` (a simulated prior's). For choosing settings on
+    generated images that behave like real ones.
     """
     size = _check_size(size)
-    chest_rng, rng = _streams(seed, 2)
+    chest_rng, rng, film_rng = _streams(seed, 3)
     chest = _sample_chest(chest_rng)
+    if hard:
+        chest = _reframe(chest, film_rng)
     right, left, heart = _chest_masks(chest, size)
     lungs = right | left
     s = float(size)
@@ -944,6 +986,8 @@ def synthetic_xray(size: int = 256, seed: int = 0) -> SyntheticXray:
     thickness = np.sqrt(np.clip(1.0 - ((xx - chest.midline) / half_width) ** 2, 0.0, 1.0))
     background = rng.uniform(0.25, 0.4)
     tissue = rng.uniform(0.84, 0.9)
+    if hard:  # the body fills the frame: what lies outside it is barely darker
+        background = film_rng.uniform(0.45, 0.8)
     image = background + (tissue - background) * body * (0.8 + 0.2 * thickness)
 
     # Lungs: air darkens most in the middle of each lung, less at the edges and apices.
@@ -951,8 +995,15 @@ def synthetic_xray(size: int = 256, seed: int = 0) -> SyntheticXray:
     depth = 1.0 - np.exp(-inner / 0.04)
     apex, floor = chest.apex, float(np.mean(chest.domes))
     zone = np.clip(0.75 + 0.35 * (yy - apex) / (floor - apex), 0.75, 1.1)
-    air = ndi.gaussian_filter(lungs.astype(np.float32) * (0.45 + 0.55 * depth) * zone, 0.006 * s)
-    image -= rng.uniform(0.3, 0.38) * air
+    edge = film_rng.uniform(0.008, 0.016) if hard else 0.006  # paler edges that fade
+    air = ndi.gaussian_filter(lungs.astype(np.float32) * (0.45 + 0.55 * depth) * zone, edge * s)
+    darkening = rng.uniform(0.3, 0.38)
+    image -= (film_rng.uniform(0.14, 0.34) if hard else darkening) * air
+    if hard:  # soft tissue (breasts, pectorals) over the lower lateral lungs
+        for side, w in ((-1.0, chest.widths[0]), (1.0, chest.widths[1])):
+            bx, by = chest.midline + side * 0.65 * w, floor - 0.08
+            blob = np.exp(-(((xx - bx) / 0.16) ** 2) - ((yy - by) / 0.1) ** 2)
+            image += film_rng.uniform(0.0, 0.1) * blob
 
     # Vascular markings: thin streaks radiating from each hilum, fading towards the periphery.
     markings = np.zeros_like(image)
@@ -966,13 +1017,15 @@ def synthetic_xray(size: int = 256, seed: int = 0) -> SyntheticXray:
     broken = np.clip(_smooth_noise((size, size), 0.01 * s, rng) + 0.3, 0.0, None)
     markings = ndi.gaussian_filter(markings * broken, 0.002 * s)
     texture = _smooth_noise((size, size), 0.008 * s, rng)
-    image += air * (0.03 * markings + 0.012 * texture)
+    vessels = film_rng.uniform(0.05, 0.09) if hard else 0.03
+    image += air * (vessels * markings + 0.012 * texture)
 
     # Bones: ribs over the lungs, clavicles, spine; the trachea is a dark air column.
     posterior, anterior = _rib_polylines(chest, size, rng)
     post = _band(posterior, image.shape, 0.012 * s)
     ant = _band(anterior, image.shape, 0.01 * s)
-    ribs = np.sqrt(post) * 0.04 + np.sqrt(ant) * 0.02
+    bone = film_rng.uniform(1.2, 2.2) if hard else 1.0
+    ribs = bone * (np.sqrt(post) * 0.04 + np.sqrt(ant) * 0.02)
     image += ribs * (0.3 + 0.7 * air / (air.max() + 1e-6))
     clavicles = []
     for side in (-1.0, 1.0):
@@ -988,8 +1041,19 @@ def synthetic_xray(size: int = 256, seed: int = 0) -> SyntheticXray:
     image -= 0.08 * ndi.gaussian_filter(trachea.astype(np.float32), 0.004 * s)
     image += 0.03 * ndi.gaussian_filter(heart.astype(np.float32), 0.01 * s)
 
-    image = ndi.gaussian_filter(image, 0.0015 * s) + rng.normal(0.0, 0.008, image.shape)
-    image = np.clip(image, 0.0, 1.0).astype(np.float32)[..., None]
+    noise = rng.normal(0.0, 0.008, image.shape)
+    if hard:
+        noise *= film_rng.uniform(1.0, 2.5)
+    image = ndi.gaussian_filter(image, 0.0015 * s) + noise
+    image = np.clip(image, 0.0, 1.0)
+    if hard:
+        image = image ** film_rng.uniform(0.75, 1.3)
+        for corner in (0.0, 1.0):  # film markers: dark labels in the top corners
+            if film_rng.random() < 0.5:
+                w, h = film_rng.uniform(0.06, 0.14), film_rng.uniform(0.03, 0.06)
+                x0 = int(corner * (1 - w) * s + (1 - 2 * corner) * film_rng.uniform(0, 0.03) * s)
+                image[: int(h * s), x0 : x0 + int(w * s)] = film_rng.uniform(0.0, 0.08)
+    image = image.astype(np.float32)[..., None]
     ys, xs = np.nonzero(heart)
     return SyntheticXray(
         image=image,

@@ -22,10 +22,10 @@ its pose votes in them with its pixel frequency). Rows in the same run:
 
 No label of the target data set is used to train or to choose anything: hyper-parameters are the
 published ones (K = 8, weight 1, discriminator lr 5e-5) unless given; other choices are made on
-the generated tasks (``synthetic_fundus``, ``synthetic_xray`` for lungs, ``synthetic_heart``),
-whose masks are exact. The filters and k-means get the same prior knowledge LD's prior carries
-(its expected foreground fraction). Runs are kept under ``OUT/runs`` and reused, so an
-interrupted benchmark continues.
+the generated tasks (``synthetic_fundus``, ``synthetic_xray`` for lungs, ``synthetic_heart``,
+and their harder ``synthetic_xray_hard`` and ``synthetic_heart_hard``), whose masks are exact.
+The filters and k-means get the same prior knowledge LD's prior carries (its expected foreground
+fraction). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues.
 """
 
 from __future__ import annotations
@@ -85,6 +85,13 @@ TASKS: dict[str, ShapeTask] = {
     # tuned without any JSRT/SCR label.
     "synthetic_xray": ShapeTask("synthetic_xray", None, "lung", "xray", "lungs", ("simulated",)),
     "synthetic_heart": ShapeTask("synthetic_xray", None, "heart", "xray", "heart", ("simulated",)),
+    # The same closer to real films, with organs out of the prior's pose: a harder proxy.
+    "synthetic_xray_hard": ShapeTask(
+        "synthetic_xray_hard", None, "lung", "xray", "lungs", ("simulated",)
+    ),
+    "synthetic_heart_hard": ShapeTask(
+        "synthetic_xray_hard", None, "heart", "xray", "heart", ("simulated",)
+    ),
 }
 DATA_FOLDERS = {"drive": "DRIVE", "stare": "STARE", "chase_db1": "CHASE_DB1"}
 
