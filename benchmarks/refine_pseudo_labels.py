@@ -5,9 +5,13 @@ With a finished shape-guided run, segments a data set's test images (outputs A a
 the refinement network (200 steps at the run's pool size, as ``localdisc benchmark shape-guided
 --refine-steps 200``) on
 
-- ``base``: the pseudo-labels of the test images, as the benchmark does (A and B, and the
-  prior's pixel frequency as a vote when the prior keeps its pose);
-- ``ab``: A and B alone, without the prior's vote (the benchmark's before that vote);
+- ``base``: the pseudo-labels of the test images, as the benchmark does (A and B, and when the
+  prior keeps its pose two more votes: its pixel frequency moved onto the image, and the
+  intensity posterior it mixes: :func:`localdisc.tasks.shape_guided.atlas_votes`);
+- ``ab``: A and B alone, without the prior's votes (the benchmark's before them);
+- ``vote``: A and B and the prior's frequency as it is, not moved, no intensity vote (the
+  benchmark's from "The prior's pixel frequency as a vote" to "A harder generated radiograph
+  set");
 - ``self``: a second round, a new network trained on the first one's masks of the test images
   (self-training: label ``p > 0.5``, weight ``|2p - 1|``);
 - ``more``: the pseudo-labels of the training images too (labels unused), as stage 1 sees them;
@@ -28,13 +32,11 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 - ``prior-stage1``: the same pseudo-labels, the network from the stage-1 run's encoder (RUN's
   ``init_from``): LD's features without its clusters or the adversarial prior;
 - ``prior-random``: the same pseudo-labels, the network randomly initialised: no LD at all;
-- ``aligned``: ``base`` with the prior's frequency moved onto each image first: the scale (each
+- ``aligned``: ``vote`` with the prior's frequency moved onto each image first: the scale (each
   axis, 0.8-1.25) and shift (up to 1/8 of the side) that best match it to LD's map (A and B
   averaged; soft Dice, a grid search at 64 px). Atlas registration, with LD's map as the image;
-- ``em``: three votes, LD's map, the aligned prior and an intensity posterior: two Gaussians of
-  the (contrast-stretched) grey level mixed pixel by pixel by the aligned prior, fitted by EM
-  (atlas-guided classification, Van Leemput et al., IEEE TMI 18(10) 1999);
-- ``spread``: ``base`` with the prior's frequency spread over the test images' poses (the mean
+  ``base`` adds the intensity vote (``em`` in RESULTS before it became ``base``);
+- ``spread``: ``vote`` with the prior's frequency spread over the test images' poses (the mean
   of the frequency moved by each image's ``aligned`` pose): the same map for every image, drawn
   over where the data set's organs sit rather than where the simulator puts them;
 - ``truth``: the test images' own masks, weight 1: what this network and schedule reach with
@@ -44,8 +46,10 @@ and prints paper Dice (whole image at 512) over the test images for each; for an
 also with the refined masks held to the topology (as the benchmark's "refined + topology" row).
 Used in benchmarks/RESULTS.md ("Refinement on other pseudo-labels", "The prior's topology",
 "Pseudo-labels from output A alone", "Three seeds as one ensemble", "The prior's pixel
-frequency as a vote in the pseudo-labels", "The prior moved onto each image"; ``base`` before
-the vote's section is today's ``ab``):
+frequency as a vote in the pseudo-labels", "The prior moved onto each image", "A harder
+generated radiograph set"; ``base`` before the vote's section is today's ``ab``, from it until
+the harder set's today's ``vote``, and the harder set's ``em`` is today's ``base``, whose grid
+of scales then lacked 1):
 
     python benchmarks/refine_pseudo_labels.py RUN --data jsrt_scr:../shared/data --target lung \
         [--variants base,topology]
@@ -59,7 +63,6 @@ poses, which needs no label: how far a data set's organs sit from where the prio
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -71,9 +74,10 @@ import numpy as np
 from scipy import ndimage
 
 from localdisc.data.datasets import Sample, load_data_spec
-from localdisc.data.preprocess import resize_image, stretch_contrast
+from localdisc.data.preprocess import resize_image
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
+from localdisc.priors.atlas import Pose, align_frequency, move_frequency
 from localdisc.priors.topology import enforce_topology
 from localdisc.tasks.shape_guided import (
     RefineConfig,
@@ -87,10 +91,8 @@ from localdisc.tasks.shape_guided import (
 )
 from localdisc.tasks.transfer import image_metrics
 
-VARIANTS = ("base", "ab", "self", "more", "more+self", "topology", "a", "mean", "seeds")
-VARIANTS += ("prior", "prior+a", "prior-stage1", "prior-random", "aligned", "em", "spread", "truth")
-
-Pose = tuple[float, float, float, float]  # scale x, scale y, shift x, shift y (fractions of side)
+VARIANTS = ("base", "ab", "vote", "self", "more", "more+self", "topology", "a", "mean", "seeds")
+VARIANTS += ("prior", "prior+a", "prior-stage1", "prior-random", "aligned", "spread", "truth")
 
 
 def move(array: np.ndarray, pose: Pose, order: int) -> np.ndarray:
@@ -103,37 +105,6 @@ def move(array: np.ndarray, pose: Pose, order: int) -> np.ndarray:
     return ndimage.affine_transform(
         array.astype(np.float32), matrix, offset=offset, order=order, mode="nearest"
     )
-
-
-def align(prior: np.ndarray, target: np.ndarray, side: int = 64) -> tuple[np.ndarray, Pose]:
-    """The pose of ``prior`` (a frequency map) that best matches ``target`` (soft Dice), searched
-    on a grid at ``side`` px, and the prior moved by it at its own size."""
-    small_prior, small_target = resize_image(prior, side), resize_image(target, side)
-    scales, shifts = np.linspace(0.8, 1.25, 7), np.linspace(-0.125, 0.125, 9)
-    best, pose = -1.0, (1.0, 1.0, 0.0, 0.0)
-    for candidate in itertools.product(scales, scales, shifts, shifts):
-        moved = move(small_prior, candidate, order=1)
-        score = 2 * (moved * small_target).sum() / (moved.sum() + small_target.sum() + 1e-6)
-        if score > best:
-            best, pose = score, candidate
-    return np.clip(move(prior, pose, order=1), 0, 1), pose
-
-
-def intensity_posterior(image: np.ndarray, prior: np.ndarray, iterations: int = 15) -> np.ndarray:
-    """P(inside | grey level) with two Gaussians of the stretched grey level, mixed pixel by
-    pixel by ``prior`` (its probability of inside), fitted by EM."""
-    grey = stretch_contrast(image).mean(-1)
-    p = np.clip(prior, 0.02, 0.98)
-    post = p.copy()
-    for _ in range(iterations):
-        likelihoods = []
-        for w in (post, 1 - post):
-            mean = (w * grey).sum() / w.sum()
-            var = (w * (grey - mean) ** 2).sum() / w.sum() + 1e-4
-            likelihoods.append(np.exp(-((grey - mean) ** 2) / (2 * var)) / np.sqrt(var))
-        inside, outside = p * likelihoods[0], (1 - p) * likelihoods[1]
-        post = inside / (inside + outside + 1e-12)
-    return post.astype(np.float32)
 
 
 def jitter(samples: Sequence[Sample], seed: int) -> list[Sample]:
@@ -177,7 +148,7 @@ def main() -> None:
     frequency = run_prior_frequency(args.run)
     if frequency is None and (
         args.poses
-        or any(v.startswith("prior") or v in ("aligned", "em", "spread") for v in variants)
+        or any(v.startswith("prior") or v in ("vote", "aligned", "spread") for v in variants)
     ):
         parser.error("the prior variants need a run whose prior keeps its pose")
     test_maps = [segment(model, s.image, s.fov, size=size, prior=frequency) for s in test]
@@ -229,15 +200,19 @@ def main() -> None:
             maps[0].prior,
         )
 
+    def plain(m: ShapeGuidedMaps) -> np.ndarray:  # the prior's frequency as it is, in the FOV
+        assert frequency is not None
+        return np.clip(resize_image(frequency, m.fov.shape), 0, 1) * m.fov
+
     def prior_maps() -> list[ShapeGuidedMaps]:  # the prior's frequency as A and B
-        return [ShapeGuidedMaps(m.prior, m.prior, m.fov) for m in test_maps]
+        return [ShapeGuidedMaps(plain(m), plain(m), m.fov) for m in test_maps]
 
     aligned: list[tuple[np.ndarray, Pose]] = []
 
     def aligned_priors() -> list[np.ndarray]:  # computed once
         if not aligned:
             for m in test_maps:
-                prior, pose = align(m.prior, 0.5 * (m.prob_a + m.prob_b))
+                prior, pose = align_frequency(plain(m), 0.5 * (m.prob_a + m.prob_b))
                 aligned.append((prior * m.fov, pose))
         return [prior for prior, _ in aligned]
 
@@ -272,12 +247,15 @@ def main() -> None:
                 )
             elif name == "prior":
                 networks[name] = fit(test, prior_maps())
+            elif name == "vote":
+                maps = [ShapeGuidedMaps(m.prob_a, m.prob_b, m.fov, plain(m)) for m in test_maps]
+                networks[name] = fit(test, maps)
             elif name == "ab":
                 networks[name] = fit(
                     test, [ShapeGuidedMaps(m.prob_a, m.prob_b, m.fov) for m in test_maps]
                 )
             elif name == "prior+a":
-                mixed = [0.5 * (m.prior + m.prob_a) for m in test_maps]
+                mixed = [0.5 * (plain(m) + m.prob_a) for m in test_maps]
                 maps = [ShapeGuidedMaps(p, p, m.fov) for p, m in zip(mixed, test_maps, strict=True)]
                 networks[name] = fit(test, maps)
             elif name == "prior-stage1":
@@ -298,16 +276,9 @@ def main() -> None:
                     for m, prior in zip(test_maps, aligned_priors(), strict=True)
                 ]
                 networks[name] = fit(test, maps)
-            elif name == "em":
-                votes = [
-                    ((m.prob_a + m.prob_b) / 2 + p + intensity_posterior(s.image, p) * m.fov) / 3
-                    for s, m, p in zip(test, test_maps, aligned_priors(), strict=True)
-                ]
-                maps = [ShapeGuidedMaps(v, v, m.fov) for v, m in zip(votes, test_maps, strict=True)]
-                networks[name] = fit(test, maps)
             elif name == "spread":
                 aligned_priors()
-                spread = np.mean([move(frequency, pose, order=1) for _, pose in aligned], 0)
+                spread = np.mean([move_frequency(frequency, pose) for _, pose in aligned], 0)
                 maps = [
                     replace(m, prior=np.clip(resize_image(spread, m.fov.shape), 0, 1) * m.fov)
                     for m in test_maps

@@ -8,10 +8,12 @@ from typer.testing import CliRunner
 
 from helpers import tiny_pretrain_config
 from localdisc.cli import app
+from localdisc.data.preprocess import resize_image
 from localdisc.data.synthetic import synthetic_fundus
 from localdisc.engine.pretrain import pretrain
 from localdisc.errors import LocaldiscError
 from localdisc.models.ld import LDModel
+from localdisc.priors.atlas import align_frequency, intensity_posterior
 from localdisc.tasks.shape_guided import (
     RefineConfig,
     ShapeGuidedMaps,
@@ -65,6 +67,10 @@ def test_pseudo_labels_count_the_prior_frequency_as_one_vote():
     label, weight = maps.pseudo_label()
     assert label.tolist() == [[False, True, True]]
     np.testing.assert_allclose(weight, [[0.4, 0.4, 1.0]], atol=1e-6)
+    # With the intensity posterior, three votes: LD, the prior, the grey level.
+    intensity = np.array([[0.9, 0.1, 1.0]], dtype=np.float32)
+    maps = ShapeGuidedMaps(ld, ld, fov, prior, intensity)
+    np.testing.assert_allclose(maps.consensus, [[0.5, 0.5, 1.0]], atol=1e-6)
 
 
 def test_prior_frequency_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
@@ -92,13 +98,18 @@ def test_prior_frequency_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
     # Computed once per prior and size (every seed's run shares it), and not to be written to.
     assert run_prior_frequency(lung_run("again", prior_pose="kept")) is frequency
     assert not frequency.flags.writeable
-    # segment() carries it to the image's size, inside the FOV: the pseudo-labels' vote.
+    # segment() carries it to the image's size, moves it onto LD's map and adds the intensity
+    # posterior it mixes, inside the FOV: the pseudo-labels' votes.
     model = LDModel.from_pretrained(run)
     fov = np.zeros((80, 80), bool)
     fov[:, :40] = True
-    maps = segment(model, synthetic_fundus(80, seed=5).image, fov, prior=frequency)
-    assert maps.prior.shape == (80, 80) and not maps.prior[~fov].any()
-    assert maps.prior[40, 20] > 0.9
+    image = synthetic_fundus(80, seed=5).image
+    maps = segment(model, image, fov, prior=frequency)
+    carried = resize_image(np.asarray(frequency), 80) * fov
+    moved = align_frequency(carried, 0.5 * (maps.prob_a + maps.prob_b))[0] * fov
+    np.testing.assert_allclose(maps.prior, moved, atol=1e-6)
+    np.testing.assert_allclose(maps.intensity, intensity_posterior(image, moved) * fov, atol=1e-6)
+    assert maps.prior.max() > 0.9 and not (maps.prior[~fov].any() or maps.intensity[~fov].any())
 
 
 def test_refinement_trains_on_pseudo_labels(run):

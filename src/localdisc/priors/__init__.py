@@ -6,8 +6,9 @@ shapes, or simulated vessels, lungs, heart, optic disc or fovea
 (:func:`simulate_mask`). :func:`load_prior` turns a prior spec into a bank of masks
 (:func:`prior_frequency`: how often each pixel is in them), :func:`sample_prior_batch` draws
 augmented batches from it (:class:`PriorAugment`), :func:`prior_gallery` draws priors beside
-real masks for a visual check, and :func:`measure_topology` / :func:`enforce_topology` hold a
-segmentation to the prior's number of pieces and holes.
+real masks for a visual check, :func:`measure_topology` / :func:`enforce_topology` hold a
+segmentation to the prior's number of pieces and holes, and :mod:`localdisc.priors.atlas` moves a
+kept-pose prior's frequency onto an image and fits the intensity model it guides.
 """
 
 from __future__ import annotations

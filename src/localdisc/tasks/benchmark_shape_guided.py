@@ -286,10 +286,11 @@ def _run_task(
 
     def refinement(topology: PriorTopology | None) -> dict[str, Any]:
         # "prob_png": the evaluation writes the outputs' maps, which the seeds' ensemble reads.
-        # "prior_vote": the pseudo-labels count a kept-pose prior's pixel frequency.
+        # "prior_vote": the pseudo-labels count a kept-pose prior's pixel frequency, moved onto
+        # each image, and its intensity posterior ("atlas"; True was the frequency as it is).
         return {**_eval_settings(config, "refine_steps", "refine_size"),
                 "topology": topology and asdict(topology), "prob_png": True,
-                "prior_vote": True}  # fmt: skip
+                "prior_vote": "atlas"}  # fmt: skip
 
     ensembles: dict[str, list[Path]] = {}
     for seed in range(config.seeds):

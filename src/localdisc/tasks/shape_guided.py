@@ -10,7 +10,8 @@ A model trained with a shape prior on cluster 0 (``localdisc shape-guided train`
 Both are thresholded at 0.5. :func:`refine` then trains a separate segmentation network on the
 pseudo-labels of both, pixels where they are unsure (or disagree) weighted down: the refinement
 of Chen et al. (TPAMI 2023) that is in the paper but not in its public code. A prior that keeps
-its pose (organs) adds a vote, its pixel frequency. For an organ prior,
+its pose (organs) adds two votes, its pixel frequency moved onto the image and the intensity
+posterior it guides (:func:`atlas_votes`). For an organ prior,
 :func:`segment_images` holds output A and the refined masks to the prior's topology (its number of
 pieces, no holes: :mod:`localdisc.priors.topology`).
 """
@@ -37,6 +38,7 @@ from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.losses.region import region_embeddings
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
+from localdisc.priors.atlas import align_frequency, intensity_posterior
 from localdisc.priors.sources import prior_frequency
 from localdisc.priors.topology import PriorTopology, enforce_topology, prior_topology
 from localdisc.tasks.predict import collect_images, mask_png, prob_png
@@ -50,8 +52,11 @@ class ShapeGuidedMaps:
     prob_b: np.ndarray
     fov: np.ndarray
     # How often each pixel is foreground in the prior's masks (same size, 0 outside the FOV),
-    # for a prior that keeps its pose (:func:`run_prior_frequency`); None otherwise.
+    # for a prior that keeps its pose (:func:`run_prior_frequency`), moved onto this image by
+    # :func:`atlas_votes`; None otherwise.
     prior: np.ndarray | None = None
+    # P(inside | grey level) with that prior as the mixing weight (:func:`atlas_votes`).
+    intensity: np.ndarray | None = None
 
     @property
     def mask_a(self) -> np.ndarray:
@@ -65,21 +70,25 @@ class ShapeGuidedMaps:
         """``(label, weight)`` for refinement: the mean of A and B thresholded at 0.5, weighted by
         its distance from 0.5 (1 where both are sure and agree, 0 where they cancel out).
 
-        With :attr:`prior`, that mean and the prior's pixel frequency get one vote each: LD's
-        image-specific map pulled towards where the structure usually lies. Chosen on the
-        generated radiographs (over three seeds, lungs refined 0.956 -> 0.975, the prior's
-        frequency alone also 0.975; heart 0.934 -> 0.950, the prior alone 0.927;
-        benchmarks/RESULTS.md, "The prior's pixel frequency as a vote in the pseudo-labels").
+        With :attr:`prior` (and :attr:`intensity`), that mean, the prior's pixel frequency
+        moved onto the image and the intensity posterior get one vote each: LD's
+        image-specific map pulled towards where the structure usually lies, and towards how
+        bright it is on this image. The prior's vote was chosen on the generated radiographs
+        (over three seeds, lungs refined 0.956 -> 0.975; heart 0.934 -> 0.950;
+        benchmarks/RESULTS.md, "The prior's pixel frequency as a vote in the pseudo-labels"),
+        the moved prior and the intensity vote on the harder ones ("A harder generated
+        radiograph set").
         """
         mean = self.consensus
         return mean > 0.5, np.abs(2 * mean - 1).astype(np.float32)
 
     @property
     def consensus(self) -> np.ndarray:
-        """The map the pseudo-labels threshold: the mean of A and B, and of that and the prior's
-        frequency when there is one."""
-        mean = 0.5 * (self.prob_a + self.prob_b)
-        return mean if self.prior is None else 0.5 * (mean + self.prior)
+        """The map the pseudo-labels threshold: the mean of A and B, and of that and the votes
+        of :attr:`prior` and :attr:`intensity` that are there."""
+        votes = [0.5 * (self.prob_a + self.prob_b)]
+        votes += [v for v in (self.prior, self.intensity) if v is not None]
+        return votes[0] if len(votes) == 1 else np.mean(votes, axis=0)
 
 
 def _fov(image: np.ndarray, fov: np.ndarray | None, modality: str) -> np.ndarray:
@@ -109,8 +118,9 @@ def segment(
         size: the side the model sees (the scale it was trained at, e.g. the pool size);
             default: the image as it is.
         tau: the temperature of output B (0.2, as region discrimination).
-        prior: the prior's pixel frequency at any size (:func:`run_prior_frequency`), carried
-            to the image's size for the pseudo-labels (:meth:`ShapeGuidedMaps.pseudo_label`).
+        prior: the prior's pixel frequency at any size (:func:`run_prior_frequency`), moved
+            onto the image with an intensity vote (:func:`atlas_votes`) for the pseudo-labels
+            (:meth:`ShapeGuidedMaps.pseudo_label`).
     """
     fov = _fov(image, fov, model.config.modality)
     h, w = image.shape[:2]
@@ -121,14 +131,28 @@ def segment(
     maps = torch.stack([a[0], b[0]])[None].float()
     if maps.shape[-2:] != (h, w):
         maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
-    prob = maps[0].clamp(0, 1).cpu().numpy() * fov
-    prior = None if prior is None else _prior_on(prior, fov)
-    return ShapeGuidedMaps(prob[0].astype(np.float32), prob[1].astype(np.float32), fov, prior)
+    prob = maps[0].clamp(0, 1).cpu().numpy().astype(np.float32) * fov
+    return atlas_votes(image, prob[0], prob[1], fov, prior)
 
 
-def _prior_on(frequency: np.ndarray, fov: np.ndarray) -> np.ndarray:
-    """A prior's pixel frequency carried to the size of ``fov``, 0 outside it."""
-    return np.clip(resize_image(frequency.astype(np.float32), fov.shape), 0, 1) * fov
+def atlas_votes(
+    image: np.ndarray,
+    prob_a: np.ndarray,
+    prob_b: np.ndarray,
+    fov: np.ndarray,
+    frequency: np.ndarray | None,
+) -> ShapeGuidedMaps:
+    """Outputs A and B of ``image`` with the votes of a kept-pose prior's pixel ``frequency``
+    (any size; None: no votes): the frequency carried to the image's size and moved onto LD's
+    map, the mean of A and B (:func:`localdisc.priors.atlas.align_frequency`), and the
+    intensity posterior it mixes (:func:`localdisc.priors.atlas.intensity_posterior`), both 0
+    outside the FOV."""
+    if frequency is None:
+        return ShapeGuidedMaps(prob_a, prob_b, fov)
+    prior = np.clip(resize_image(frequency.astype(np.float32), fov.shape), 0, 1) * fov
+    prior = align_frequency(prior, 0.5 * (prob_a + prob_b))[0] * fov
+    intensity = intensity_posterior(image, prior) * fov
+    return ShapeGuidedMaps(prob_a, prob_b, fov, prior, intensity)
 
 
 def _pretrain_settings(run_dir: str | Path) -> dict[str, Any]:
@@ -223,7 +247,7 @@ def segment_images(
         log(f"prior topology applied to the mean A and refined: {prior_shape.components} piece(s)")
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
     written = []
-    for name, _ in collect_images(images):
+    for name, path in collect_images(images):
         mean = {o: mean_probability([p / f"{name}_{o}_prob.png" for p in parts]) for o in outputs}
         for output, prob in mean.items():
             if output != "B" and prior_shape is not None:
@@ -232,8 +256,8 @@ def segment_images(
             written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob)))
         # The uncertainty of the mean maps as they come, as for one run.
         fov = np.ones(mean["A"].shape, bool)
-        prior = None if frequency is None else _prior_on(frequency, fov)
-        _, weight = ShapeGuidedMaps(mean["A"], mean["B"], fov, prior).pseudo_label()
+        image = read_image(path)[0]
+        _, weight = atlas_votes(image, mean["A"], mean["B"], fov, frequency).pseudo_label()
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     return written
 
@@ -266,7 +290,10 @@ def _segment_run(
 
     frequency = run_prior_frequency(run_dir, log)
     if frequency is not None:
-        log("the prior keeps its pose: its pixel frequency is a vote in the pseudo-labels")
+        log(
+            "the prior keeps its pose: its pixel frequency, moved onto each image, and an "
+            "intensity posterior are votes in the pseudo-labels"
+        )
     written = []
     names, arrays, all_maps = [], [], []
     for name, path in collect_images(images):

@@ -1,0 +1,61 @@
+"""Tests for the prior used as an atlas: moved onto an image, and its intensity posterior."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from localdisc.priors.atlas import (
+    SCALES,
+    SHIFTS,
+    align_frequency,
+    intensity_posterior,
+    move_frequency,
+)
+from localdisc.priors.simulate import simulate_masks
+
+
+@pytest.fixture(scope="module")
+def lungs() -> np.ndarray:
+    return simulate_masks("lungs", 96, 20).mean(0).astype(np.float32)
+
+
+def _centroid(a: np.ndarray) -> np.ndarray:
+    return np.array(ndi.center_of_mass(a))
+
+
+def test_move_frequency_scales_about_the_centre_and_shifts(lungs: np.ndarray) -> None:
+    np.testing.assert_allclose(move_frequency(lungs, (1.0, 1.0, 0.0, 0.0)), lungs, atol=1e-5)
+    moved = move_frequency(lungs, (1.0, 1.0, 0.1, -0.05))  # right by 9.6 px, up by 4.8
+    np.testing.assert_allclose(_centroid(moved) - _centroid(lungs), [-4.8, 9.6], atol=0.5)
+    wider = move_frequency(lungs, (1.2, 1.0, 0.0, 0.0))
+    assert wider.sum() == pytest.approx(1.2 * lungs.sum(), rel=0.03)
+    assert wider.min() >= 0 and wider.max() <= 1
+
+
+def test_align_frequency_finds_the_pose_of_a_moved_copy(lungs: np.ndarray) -> None:
+    assert align_frequency(lungs, lungs)[1] == (1.0, 1.0, 0.0, 0.0)
+    pose = (SCALES[4], SCALES[2], SHIFTS[6], SHIFTS[3])
+    target = move_frequency(lungs, pose)
+    moved, found = align_frequency(lungs, np.kron(target, np.ones((2, 2))))  # any target size
+    np.testing.assert_allclose(found, pose, atol=1e-6)
+    assert moved.shape == lungs.shape
+    np.testing.assert_allclose(moved, target, atol=1e-5)
+
+
+def test_intensity_posterior_follows_the_image_where_the_prior_is_off() -> None:
+    yy, xx = np.mgrid[:64, :64]
+    organ = (yy - 32) ** 2 + (xx - 30) ** 2 < 14**2
+    rng = np.random.default_rng(0)
+    image = np.where(organ, 0.3, 0.7) + rng.normal(0, 0.05, organ.shape)
+    prior = ndi.gaussian_filter(np.roll(organ, 6, axis=1).astype(np.float32), 3)
+
+    def dice(mask: np.ndarray) -> float:
+        return 2 * (mask & organ).sum() / (mask.sum() + organ.sum())
+
+    post = intensity_posterior(np.clip(image, 0, 1)[..., None], prior)
+    assert post.dtype == np.float32 and post.shape == organ.shape
+    assert dice(prior > 0.5) < 0.85 < 0.97 < dice(post > 0.5)
+    with pytest.raises(ValueError, match="prior of shape"):
+        intensity_posterior(image, prior[:10])
