@@ -82,6 +82,7 @@ from localdisc.priors.topology import enforce_topology
 from localdisc.tasks.shape_guided import (
     RefineConfig,
     ShapeGuidedMaps,
+    atlas_votes,
     refine,
     refined_probability,
     run_prior_frequency,
@@ -192,13 +193,10 @@ def main() -> None:
             flush=True,
         )
 
-    def mean_maps(maps: Sequence[ShapeGuidedMaps]) -> ShapeGuidedMaps:
-        return ShapeGuidedMaps(
-            np.mean([m.prob_a for m in maps], axis=0),
-            np.mean([m.prob_b for m in maps], axis=0),
-            maps[0].fov,
-            maps[0].prior,
-        )
+    def mean_maps(image: np.ndarray, maps: Sequence[ShapeGuidedMaps]) -> ShapeGuidedMaps:
+        mean_a = np.mean([m.prob_a for m in maps], axis=0)
+        mean_b = np.mean([m.prob_b for m in maps], axis=0)
+        return atlas_votes(image, mean_a, mean_b, maps[0].fov, frequency)
 
     def plain(m: ShapeGuidedMaps) -> np.ndarray:  # the prior's frequency as it is, in the FOV
         assert frequency is not None
@@ -207,14 +205,13 @@ def main() -> None:
     def prior_maps() -> list[ShapeGuidedMaps]:  # the prior's frequency as A and B
         return [ShapeGuidedMaps(plain(m), plain(m), m.fov) for m in test_maps]
 
-    aligned: list[tuple[np.ndarray, Pose]] = []
+    aligned_poses: list[Pose] = []
 
-    def aligned_priors() -> list[np.ndarray]:  # computed once
-        if not aligned:
+    def poses() -> list[Pose]:  # computed once; segment() moved each m.prior by the same pose
+        if not aligned_poses:
             for m in test_maps:
-                prior, pose = align_frequency(plain(m), 0.5 * (m.prob_a + m.prob_b))
-                aligned.append((prior * m.fov, pose))
-        return [prior for prior, _ in aligned]
+                aligned_poses.append(align_frequency(plain(m), 0.5 * (m.prob_a + m.prob_b))[1])
+        return aligned_poses
 
     def held_maps(maps: Sequence[ShapeGuidedMaps]) -> list[ShapeGuidedMaps]:
         assert topology is not None
@@ -242,9 +239,8 @@ def main() -> None:
                 maps = [test_maps] + [
                     [segment(m, s.image, s.fov, size=size) for s in test] for m in runs
                 ]
-                networks[name] = fit(
-                    test, [mean_maps(per_image) for per_image in zip(*maps, strict=True)]
-                )
+                per_image = zip(test, zip(*maps, strict=True), strict=True)
+                networks[name] = fit(test, [mean_maps(s.image, m) for s, m in per_image])
             elif name == "prior":
                 networks[name] = fit(test, prior_maps())
             elif name == "vote":
@@ -271,16 +267,17 @@ def main() -> None:
                     test, [ShapeGuidedMaps(m.prob_a, m.prob_a, m.fov) for m in test_maps]
                 )
             elif name == "aligned":
-                maps = [
-                    ShapeGuidedMaps(m.prob_a, m.prob_b, m.fov, prior)
-                    for m, prior in zip(test_maps, aligned_priors(), strict=True)
-                ]
+                maps = [ShapeGuidedMaps(m.prob_a, m.prob_b, m.fov, m.prior) for m in test_maps]
                 networks[name] = fit(test, maps)
             elif name == "spread":
-                aligned_priors()
-                spread = np.mean([move_frequency(frequency, pose) for _, pose in aligned], 0)
+                spread = np.mean([move_frequency(frequency, pose) for pose in poses()], 0)
                 maps = [
-                    replace(m, prior=np.clip(resize_image(spread, m.fov.shape), 0, 1) * m.fov)
+                    ShapeGuidedMaps(
+                        m.prob_a,
+                        m.prob_b,
+                        m.fov,
+                        np.clip(resize_image(spread, m.fov.shape), 0, 1) * m.fov,
+                    )
                     for m in test_maps
                 ]
                 networks[name] = fit(test, maps)
@@ -293,11 +290,10 @@ def main() -> None:
         return networks[name]
 
     if args.poses:
-        aligned_priors()
-        poses = np.array([pose for _, pose in aligned])
+        found = np.array(poses())
         print(
             "aligned poses (scale x, scale y, shift x, shift y): mean "
-            f"{np.round(poses.mean(0), 3).tolist()}, std {np.round(poses.std(0), 3).tolist()}"
+            f"{np.round(found.mean(0), 3).tolist()}, std {np.round(found.std(0), 3).tolist()}"
         )
     for name in variants:
         start = time.perf_counter()

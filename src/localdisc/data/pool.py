@@ -102,8 +102,7 @@ def resolve_pool(
 
     A spec is a folder of images, ``NAME:ROOT`` for a known data set (labels unused),
     ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` / ``synthetic_xray_hard[:N]`` for generated
-    images, or ``skimage:retina``
-    for the fundus photograph that scikit-image ships.
+    images, or ``skimage:retina`` for the fundus photograph that scikit-image ships.
     """
     from localdisc.data.datasets import pool_image_paths
 

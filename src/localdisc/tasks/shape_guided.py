@@ -88,7 +88,7 @@ class ShapeGuidedMaps:
         of :attr:`prior` and :attr:`intensity` that are there."""
         votes = [0.5 * (self.prob_a + self.prob_b)]
         votes += [v for v in (self.prior, self.intensity) if v is not None]
-        return votes[0] if len(votes) == 1 else np.mean(votes, axis=0)
+        return np.mean(votes, axis=0)
 
 
 def _fov(image: np.ndarray, fov: np.ndarray | None, modality: str) -> np.ndarray:
@@ -256,8 +256,11 @@ def segment_images(
             written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob)))
         # The uncertainty of the mean maps as they come, as for one run.
         fov = np.ones(mean["A"].shape, bool)
-        image = read_image(path)[0]
-        _, weight = atlas_votes(image, mean["A"], mean["B"], fov, frequency).pseudo_label()
+        if frequency is None:  # no votes of a prior: the image is not needed
+            maps = ShapeGuidedMaps(mean["A"], mean["B"], fov)
+        else:
+            maps = atlas_votes(read_image(path)[0], mean["A"], mean["B"], fov, frequency)
+        _, weight = maps.pseudo_label()
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     return written
 
