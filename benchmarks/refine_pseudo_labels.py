@@ -6,8 +6,11 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 --refine-steps 200``) on
 
 - ``base``: the pseudo-labels of the test images, as the benchmark does (A and B, and when the
-  prior keeps its pose two more votes: its pixel frequency moved onto the image, and the
-  intensity posterior it mixes: :func:`localdisc.tasks.shape_guided.atlas_votes`);
+  prior keeps its pose two more votes: its masks that best match LD's map moved onto it and
+  averaged, and the intensity posterior they mix: :func:`localdisc.tasks.shape_guided.atlas_votes`);
+- ``single``: ``base`` with the prior's pixel frequency (all its masks' mean) moved onto the
+  image instead of its best-matching masks (the benchmark's from "A harder generated radiograph
+  set" to "Atlases that match each image");
 - ``ab``: A and B alone, without the prior's votes (the benchmark's before them);
 - ``vote``: A and B and the prior's frequency as it is, not moved, no intensity vote (the
   benchmark's from "The prior's pixel frequency as a vote" to "A harder generated radiograph
@@ -35,7 +38,7 @@ the refinement network (200 steps at the run's pool size, as ``localdisc benchma
 - ``aligned``: ``vote`` with the prior's frequency moved onto each image first: the scale (each
   axis, 0.8-1.25) and shift (up to 1/8 of the side) that best match it to LD's map (A and B
   averaged; soft Dice, a grid search at 64 px). Atlas registration, with LD's map as the image;
-  ``base`` adds the intensity vote (``em`` in RESULTS before it became ``base``);
+  ``single`` adds the intensity vote (``em`` in RESULTS before it became ``base``);
 - ``spread``: ``vote`` with the prior's frequency spread over the test images' poses (the mean
   of the frequency moved by each image's ``aligned`` pose): the same map for every image, drawn
   over where the data set's organs sit rather than where the simulator puts them;
@@ -47,16 +50,19 @@ also with the refined masks held to the topology (as the benchmark's "refined + 
 Used in benchmarks/RESULTS.md ("Refinement on other pseudo-labels", "The prior's topology",
 "Pseudo-labels from output A alone", "Three seeds as one ensemble", "The prior's pixel
 frequency as a vote in the pseudo-labels", "The prior moved onto each image", "A harder
-generated radiograph set"; ``base`` before the vote's section is today's ``ab``, from it until
-the harder set's today's ``vote``, and the harder set's ``em`` is today's ``base``, whose grid
-of scales then lacked 1):
+generated radiograph set", "Atlases that match each image"; ``base`` before the vote's section
+is today's ``ab``, from it until the harder set's today's ``vote``, the harder set's ``em`` and
+``base`` are today's ``single`` (``em``'s grid of scales then lacked 1)):
 
     python benchmarks/refine_pseudo_labels.py RUN --data jsrt_scr:../shared/data --target lung \
         [--variants base,topology]
 
 ``--pose-jitter SEED`` moves each test image and its masks by a random pose first (each axis
 scaled by 1 + N(0, 0.07), shifted by N(0, 0.03) of the side): a pose the simulator does not
-produce, for generated radiographs. ``--poses`` prints the spread of the ``aligned`` variant's
+produce, for generated radiographs. ``--bend SEED`` bends each test image and its masks by a
+smooth random displacement (a 4 x 4 grid of N(0, 0.04 of the side) shifts, cubic in between):
+organs of shapes the simulator does not draw, so that the prior's own masks cannot match them
+exactly, as on real images. ``--poses`` prints the spread of the ``aligned`` variant's
 poses, which needs no label: how far a data set's organs sit from where the prior puts them.
 """
 
@@ -77,7 +83,7 @@ from localdisc.data.datasets import Sample, load_data_spec
 from localdisc.data.preprocess import resize_image
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
-from localdisc.priors.atlas import Pose, align_frequency, move_frequency
+from localdisc.priors.atlas import Pose, align_frequency, intensity_posterior, move_frequency
 from localdisc.priors.topology import enforce_topology
 from localdisc.tasks.shape_guided import (
     RefineConfig,
@@ -85,15 +91,16 @@ from localdisc.tasks.shape_guided import (
     atlas_votes,
     refine,
     refined_probability,
-    run_prior_frequency,
+    run_prior_masks,
     run_size,
     run_topology,
     segment,
 )
 from localdisc.tasks.transfer import image_metrics
 
-VARIANTS = ("base", "ab", "vote", "self", "more", "more+self", "topology", "a", "mean", "seeds")
-VARIANTS += ("prior", "prior+a", "prior-stage1", "prior-random", "aligned", "spread", "truth")
+VARIANTS = ("base", "single", "ab", "vote", "self", "more", "more+self", "topology", "a", "mean")
+VARIANTS += ("seeds", "prior", "prior+a", "prior-stage1", "prior-random", "aligned", "spread")
+VARIANTS += ("truth",)
 
 
 def move(array: np.ndarray, pose: Pose, order: int) -> np.ndarray:
@@ -120,6 +127,27 @@ def jitter(samples: Sequence[Sample], seed: int) -> list[Sample]:
     return moved
 
 
+def warp(array: np.ndarray, at: np.ndarray, order: int) -> np.ndarray:
+    """``array`` (H x W) sampled at the points ``at`` (2 x H x W)."""
+    return ndimage.map_coordinates(array.astype(np.float32), at, order=order, mode="nearest")
+
+
+def bend(samples: Sequence[Sample], seed: int) -> list[Sample]:
+    """Each sample's image and masks bent by a smooth random displacement (see the module
+    docstring)."""
+    rng = np.random.default_rng(seed)
+    bent = []
+    for s in samples:
+        h, w = s.image.shape[:2]
+        coarse = rng.normal(0, 0.04, (2, 4, 4)) * np.array([h, w])[:, None, None]
+        field = np.stack([ndimage.zoom(c, (h / 4, w / 4), order=3) for c in coarse])
+        at = np.mgrid[:h, :w].astype(np.float32) + field
+        image = np.stack([warp(c, at, 1) for c in np.moveaxis(s.image, -1, 0)], -1)
+        masks = {k: warp(m, at, 0) > 0.5 for k, m in s.masks.items()}
+        bent.append(replace(s, image=np.clip(image, 0, 1), masks=masks))
+    return bent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a shape-guided training run")
@@ -128,6 +156,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="refinement steps per network")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     parser.add_argument("--pose-jitter", type=int, default=None, metavar="SEED")
+    parser.add_argument("--bend", type=int, default=None, metavar="SEED")
     parser.add_argument("--poses", action="store_true", help="print the aligned poses' spread")
     parser.add_argument("--with", dest="others", nargs="*", default=[],
                         help="other runs of the same recipe (other seeds), for 'mean'")  # fmt: skip
@@ -141,19 +170,24 @@ def main() -> None:
     test = list(load_data_spec(args.data, "test"))
     if args.pose_jitter is not None:
         test = jitter(test, args.pose_jitter)
+    if args.bend is not None:
+        test = bend(test, args.bend)
     needs_train = {"more", "more+self"} & set(variants)
     train = list(load_data_spec(args.data, "train")) if needs_train else []
     model = LDModel.from_pretrained(args.run, device="cpu")
     size = run_size(args.run)
     topology = run_topology(args.run)
-    frequency = run_prior_frequency(args.run)
+    atlases = run_prior_masks(args.run)
+    frequency = None if atlases is None else atlases.mean(0, dtype=np.float32)
     if frequency is None and (
         args.poses
-        or any(v.startswith("prior") or v in ("vote", "aligned", "spread") for v in variants)
+        or any(
+            v.startswith("prior") or v in ("single", "vote", "aligned", "spread") for v in variants
+        )
     ):
         parser.error("the prior variants need a run whose prior keeps its pose")
-    test_maps = [segment(model, s.image, s.fov, size=size, prior=frequency) for s in test]
-    train_maps = [segment(model, s.image, s.fov, size=size, prior=frequency) for s in train]
+    test_maps = [segment(model, s.image, s.fov, size=size, prior=atlases) for s in test]
+    train_maps = [segment(model, s.image, s.fov, size=size, prior=atlases) for s in train]
     config = RefineConfig(steps=args.steps, size=size or 512, device="cpu")
 
     def fit(
@@ -196,7 +230,7 @@ def main() -> None:
     def mean_maps(image: np.ndarray, maps: Sequence[ShapeGuidedMaps]) -> ShapeGuidedMaps:
         mean_a = np.mean([m.prob_a for m in maps], axis=0)
         mean_b = np.mean([m.prob_b for m in maps], axis=0)
-        return atlas_votes(image, mean_a, mean_b, maps[0].fov, frequency)
+        return atlas_votes(image, mean_a, mean_b, maps[0].fov, atlases)
 
     def plain(m: ShapeGuidedMaps) -> np.ndarray:  # the prior's frequency as it is, in the FOV
         assert frequency is not None
@@ -205,13 +239,17 @@ def main() -> None:
     def prior_maps() -> list[ShapeGuidedMaps]:  # the prior's frequency as A and B
         return [ShapeGuidedMaps(plain(m), plain(m), m.fov) for m in test_maps]
 
-    aligned_poses: list[Pose] = []
+    aligned: list[tuple[np.ndarray, Pose]] = []
 
-    def poses() -> list[Pose]:  # computed once; segment() moved each m.prior by the same pose
-        if not aligned_poses:
+    def moved() -> list[tuple[np.ndarray, Pose]]:  # the frequency moved onto each image, once
+        if not aligned:
             for m in test_maps:
-                aligned_poses.append(align_frequency(plain(m), 0.5 * (m.prob_a + m.prob_b))[1])
-        return aligned_poses
+                found = align_frequency(plain(m), 0.5 * (m.prob_a + m.prob_b))
+                aligned.append((found[0] * m.fov, found[1]))
+        return aligned
+
+    def poses() -> list[Pose]:
+        return [pose for _, pose in moved()]
 
     def held_maps(maps: Sequence[ShapeGuidedMaps]) -> list[ShapeGuidedMaps]:
         assert topology is not None
@@ -267,7 +305,22 @@ def main() -> None:
                     test, [ShapeGuidedMaps(m.prob_a, m.prob_a, m.fov) for m in test_maps]
                 )
             elif name == "aligned":
-                maps = [ShapeGuidedMaps(m.prob_a, m.prob_b, m.fov, m.prior) for m in test_maps]
+                maps = [
+                    ShapeGuidedMaps(m.prob_a, m.prob_b, m.fov, prior)
+                    for m, (prior, _) in zip(test_maps, moved(), strict=True)
+                ]
+                networks[name] = fit(test, maps)
+            elif name == "single":
+                maps = [
+                    ShapeGuidedMaps(
+                        m.prob_a,
+                        m.prob_b,
+                        m.fov,
+                        prior,
+                        intensity_posterior(s.image, prior) * m.fov,
+                    )  # fmt: skip
+                    for s, m, (prior, _) in zip(test, test_maps, moved(), strict=True)
+                ]
                 networks[name] = fit(test, maps)
             elif name == "spread":
                 spread = np.mean([move_frequency(frequency, pose) for pose in poses()], 0)

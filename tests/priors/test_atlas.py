@@ -1,4 +1,5 @@
-"""Tests for the prior used as an atlas: moved onto an image, and its intensity posterior."""
+"""Tests for the prior used as an atlas: moved onto an image, its best-matching masks fused, and
+its intensity posterior."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from localdisc.priors.atlas import (
     SCALES,
     SHIFTS,
     align_frequency,
+    fuse_atlases,
     intensity_posterior,
     move_frequency,
 )
@@ -42,6 +44,31 @@ def test_align_frequency_finds_the_pose_of_a_moved_copy(lungs: np.ndarray) -> No
     np.testing.assert_allclose(found, pose, atol=1e-6)
     assert moved.shape == lungs.shape
     np.testing.assert_allclose(moved, target, atol=1e-5)
+
+
+def test_fuse_atlases_picks_the_masks_shaped_like_the_target() -> None:
+    masks = simulate_masks("lungs", 96, 40, seed=3).astype(np.float32)
+    # The target: one mask, moved off the mean shape's pose.
+    pose = (SCALES[4], SCALES[3], SHIFTS[5], SHIFTS[3])
+    target = move_frequency(masks[7], pose)
+
+    def dice(a: np.ndarray) -> float:
+        return 2 * np.minimum(a, target).sum() / (a.sum() + target.sum())
+
+    alone, found = fuse_atlases(masks, np.kron(target, np.ones((2, 2))), k=1)  # any target size
+    assert alone.shape == (96, 96) and alone.dtype == np.float32
+    assert dice(alone) > 0.97  # mask 7 itself, where it was moved
+    np.testing.assert_allclose(found, align_frequency(masks.mean(0), target)[1])
+    # More atlases: a softer map, still closer to this shape than the mean shape moved onto it.
+    fused = fuse_atlases(masks, target, k=10)[0]
+    assert fused.min() >= 0 and fused.max() <= 1
+    assert dice(alone) > dice(fused) > dice(align_frequency(masks.mean(0), target)[0]) + 0.01
+    # k above the number of masks: all of them, each in its best pose.
+    assert fuse_atlases(masks, target, k=100)[0].sum() == pytest.approx(fused.sum(), rel=0.1)
+    with pytest.raises(ValueError, match="N x S x S"):
+        fuse_atlases(masks[0], target)
+    with pytest.raises(ValueError, match="k must be"):
+        fuse_atlases(masks, target, k=0)
 
 
 def test_intensity_posterior_follows_the_image_where_the_prior_is_off() -> None:

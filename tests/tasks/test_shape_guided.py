@@ -13,7 +13,7 @@ from localdisc.data.synthetic import synthetic_fundus
 from localdisc.engine.pretrain import pretrain
 from localdisc.errors import LocaldiscError
 from localdisc.models.ld import LDModel
-from localdisc.priors.atlas import align_frequency, intensity_posterior
+from localdisc.priors.atlas import fuse_atlases, intensity_posterior
 from localdisc.tasks.shape_guided import (
     RefineConfig,
     ShapeGuidedMaps,
@@ -73,13 +73,13 @@ def test_pseudo_labels_count_the_prior_frequency_as_one_vote():
     np.testing.assert_allclose(maps.consensus, [[0.5, 0.5, 1.0]], atol=1e-6)
 
 
-def test_prior_frequency_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
+def test_prior_masks_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
     from dataclasses import asdict
 
     from localdisc.priors import load_prior
-    from localdisc.tasks.shape_guided import run_prior_frequency
+    from localdisc.tasks.shape_guided import run_prior_masks
 
-    assert run_prior_frequency(run) is None  # a vessel tree, turned any way: says nothing of where
+    assert run_prior_masks(run) is None  # a vessel tree, turned any way: says nothing of where
 
     def lung_run(name, **overrides):
         config = tiny_pretrain_config(prior="simulated:lungs", modality="xray", **overrides)
@@ -88,27 +88,29 @@ def test_prior_frequency_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
         (folder / "config.json").write_text(json.dumps({"pretrain": asdict(config)}))
         return folder
 
-    assert run_prior_frequency(lung_run("free", prior_pose="free")) is None
-    frequency = run_prior_frequency(lung_run("kept", prior_pose="kept"))
-    assert frequency.shape == (48, 48)  # the run's pool size
-    expected = load_prior("simulated:lungs", 48).float().mean(dim=(0, 1)).numpy()
-    np.testing.assert_allclose(frequency, expected, atol=1e-6)
+    assert run_prior_masks(lung_run("free", prior_pose="free")) is None
+    masks = run_prior_masks(lung_run("kept", prior_pose="kept"))
+    assert masks.shape == (200, 48, 48) and masks.dtype == bool  # at the run's pool size
+    np.testing.assert_array_equal(masks, load_prior("simulated:lungs", 48)[:, 0].numpy())
+    frequency = masks.mean(0)
     assert frequency[24, 12] > 0.9 and frequency[24, 36] > 0.9  # inside both lungs, every mask
     assert frequency[2, 2] == 0 and frequency[24, 24] < 0.1  # a corner, the mediastinum
-    # Computed once per prior and size (every seed's run shares it), and not to be written to.
-    assert run_prior_frequency(lung_run("again", prior_pose="kept")) is frequency
-    assert not frequency.flags.writeable
-    # segment() carries it to the image's size, moves it onto LD's map and adds the intensity
-    # posterior it mixes, inside the FOV: the pseudo-labels' votes.
+    # Loaded once per prior and size (every seed's run shares them), and not to be written to.
+    assert run_prior_masks(lung_run("again", prior_pose="kept")) is masks
+    assert not masks.flags.writeable
+    # segment() fuses those that best match LD's map onto it, carries them to the image's size
+    # and adds the intensity posterior they mix, inside the FOV: the pseudo-labels' votes.
     model = LDModel.from_pretrained(run)
     fov = np.zeros((80, 80), bool)
     fov[:, :40] = True
     image = synthetic_fundus(80, seed=5).image
-    maps = segment(model, image, fov, prior=frequency)
-    carried = resize_image(np.asarray(frequency), 80) * fov
-    moved = align_frequency(carried, 0.5 * (maps.prob_a + maps.prob_b))[0] * fov
-    np.testing.assert_allclose(maps.prior, moved, atol=1e-6)
-    np.testing.assert_allclose(maps.intensity, intensity_posterior(image, moved) * fov, atol=1e-6)
+    maps = segment(model, image, fov, prior=masks)
+    fused = fuse_atlases(masks, 0.5 * (maps.prob_a + maps.prob_b))[0]
+    expected = resize_image(fused, 80) * fov
+    np.testing.assert_allclose(maps.prior, expected, atol=1e-6)
+    np.testing.assert_allclose(
+        maps.intensity, intensity_posterior(image, expected) * fov, atol=1e-6
+    )
     assert maps.prior.max() > 0.9 and not (maps.prior[~fov].any() or maps.intensity[~fov].any())
 
 

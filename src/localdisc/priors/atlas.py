@@ -5,11 +5,13 @@ simulator's frame, but each radiograph frames the chest its own way: on JSRT the
 poses of the prior spread by 6-8% in scale and 2-4% of the side in shift.
 :func:`align_frequency` scales the prior's pixel frequency per axis and shifts it to best match
 LD's own map of the image (soft Dice, an exhaustive search on a coarse grid): atlas registration
-with LD's map standing in for the image, so no label is involved. :func:`intensity_posterior`
-then fits two Gaussians of the image's grey level, mixed pixel by pixel by the moved frequency
-(atlas-guided classification, Van Leemput et al., IEEE TMI 18(10), 1999): the organ's own
-brightness on this image. Both are votes in the refinement's pseudo-labels
-(:mod:`localdisc.tasks.shape_guided`).
+with LD's map standing in for the image, so no label is involved. :func:`fuse_atlases` goes one
+step further with the prior's masks themselves: each moved near that pose to match the map, the
+best-matching ones averaged (multi-atlas selection), an organ shaped like this image's rather
+than the mean shape. :func:`intensity_posterior` then fits two Gaussians of the image's grey
+level, mixed pixel by pixel by that map (atlas-guided classification, Van Leemput et al., IEEE
+TMI 18(10), 1999): the organ's own brightness on this image. Both are votes in the refinement's
+pseudo-labels (:mod:`localdisc.tasks.shape_guided`).
 """
 
 from __future__ import annotations
@@ -48,10 +50,26 @@ def move_frequency(frequency: np.ndarray, pose: Pose) -> np.ndarray:
     """``frequency`` (H x W) scaled about its centre and shifted by ``pose`` (bilinear; edge
     values carry on beyond the border), in [0, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(frequency, dtype=np.float32))[None, None]
-    theta = _theta(torch.tensor([pose], dtype=torch.float32))
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return moved[0, 0].clamp(0, 1).numpy()
+    return _move(x, torch.tensor([pose]))[0, 0].clamp(0, 1).numpy()
+
+
+def _small(array: np.ndarray, side: int) -> torch.Tensor:
+    """``array`` (H x W, or N x H x W) as ``[N, 1, side, side]`` (bilinear, anti-aliased)."""
+    x = torch.tensor(array, dtype=torch.float32)  # a copy: the prior's masks are read-only
+    x = x[None, None] if x.ndim == 2 else x[:, None]
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _move(maps: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+    """Each of ``maps`` [N, 1, H, W] moved by its row of ``poses`` [N, 4]."""
+    grid = F.affine_grid(_theta(poses.float()), list(maps.shape), align_corners=False)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _soft_dice(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice of each of ``maps`` [N, 1, H, W] with ``target`` [1, 1, H, W]: [N]."""
+    overlap = (maps * target).sum((1, 2, 3))
+    return 2 * overlap / (maps.sum((1, 2, 3)) + target.sum() + 1e-6)
 
 
 def align_frequency(
@@ -63,27 +81,56 @@ def align_frequency(
     Every pose of the grid (:data:`SCALES` per axis x :data:`SHIFTS` per axis) is scored by soft
     Dice at ``side`` x ``side`` pixels in one batch; the first best one wins.
     """
-    small = [
-        F.interpolate(
-            torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None],
-            size=(side, side),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        )
-        for a in (frequency, target)
-    ]
+    small, goal = _small(frequency, side), _small(target, side)
     poses = torch.tensor(list(itertools.product(SCALES, SCALES, SHIFTS, SHIFTS)))
-    theta = _theta(poses.float())
-    grid = F.affine_grid(theta, [len(poses), 1, side, side], align_corners=False)
-    moved = F.grid_sample(
-        small[0].expand(len(poses), -1, -1, -1), grid, mode="bilinear", padding_mode="border",
-        align_corners=False,
-    )  # fmt: skip
-    overlap = (moved * small[1]).sum((1, 2, 3))
-    dice = 2 * overlap / (moved.sum((1, 2, 3)) + small[1].sum() + 1e-6)
+    dice = _soft_dice(_move(small.expand(len(poses), -1, -1, -1), poses), goal)
     pose: Pose = tuple(float(v) for v in poses[int(torch.argmax(dice))])  # type: ignore[assignment]
     return move_frequency(frequency, pose), pose
+
+
+#: The search of each atlas around the mean shape's pose: each axis scaled by a further
+#: 0.95-1.05 and shifted by up to 3% of the side (3 x 3 x 3 x 3 poses).
+LOCAL_SCALES = (1 / 1.05, 1.0, 1.05)
+LOCAL_SHIFTS = (-0.03, 0.0, 0.03)
+
+
+def fuse_atlases(
+    masks: np.ndarray, target: np.ndarray, *, k: int = 50, side: int = 64
+) -> tuple[np.ndarray, Pose]:
+    """The ``k`` of ``masks`` (N x S x S in [0, 1]: a prior's masks) that best match ``target``
+    (H x W in [0, 1]: LD's map of one image), each moved by its own pose, averaged: multi-atlas
+    selection (Aljabar et al., NeuroImage 46(3), 2009) with LD's map standing in for the image.
+
+    The masks' mean (their pixel frequency) is aligned to ``target`` first
+    (:func:`align_frequency`); each mask then tries the poses of :data:`LOCAL_SCALES` and
+    :data:`LOCAL_SHIFTS` around that one, and keeps its best by soft Dice at ``side`` px. Returns
+    the mean of the ``k`` best-matching masks so moved (``float32`` S x S, the pixel frequency of
+    organs shaped like this one) and the mean shape's pose.
+    """
+    if masks.ndim != 3 or not len(masks):
+        raise ValueError(f"masks must be N x S x S with N >= 1, got shape {masks.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    _, pose = align_frequency(masks.mean(0), target, side=side)
+    local = torch.tensor(list(itertools.product(LOCAL_SCALES, LOCAL_SCALES, LOCAL_SHIFTS,
+                                                LOCAL_SHIFTS)))  # fmt: skip
+    poses = torch.cat(
+        [torch.tensor(pose[:2]) * local[:, :2], torch.tensor(pose[2:]) + local[:, 2:]], 1
+    )
+    small, goal = _small(masks, side), _small(target, side)
+    best, which = [], []
+    for chunk in small.split(16):  # 16 masks x 81 poses at a time: ~50 MB
+        dice = _soft_dice(
+            _move(chunk.repeat_interleave(len(poses), 0), poses.repeat(len(chunk), 1)), goal
+        )
+        top = dice.view(len(chunk), len(poses)).max(1)
+        best.append(top.values)
+        which.append(top.indices)
+    best, which = torch.cat(best), torch.cat(which)
+    chosen = torch.argsort(best, descending=True, stable=True)[:k]
+    full = torch.from_numpy(np.ascontiguousarray(masks[chosen.numpy()], dtype=np.float32))[:, None]
+    fused = _move(full, poses[which[chosen]]).mean(0)[0].clamp(0, 1).numpy()
+    return fused, pose
 
 
 def intensity_posterior(

@@ -253,14 +253,20 @@ def load_prior(spec: str, size: int, *, count: int = 200, seed: int = 0) -> torc
     return torch.from_numpy(np.stack(kept)[:, None])
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
+def prior_masks(spec: str, size: int) -> np.ndarray:
+    """A prior's masks (:func:`load_prior` with its defaults) as ``bool`` ``N x size x size``
+    (200 at 512 px: 52 MB). Cached and read-only, since every run and image of one prior shares
+    them."""
+    masks = load_prior(spec, size)[:, 0].numpy()
+    masks.setflags(write=False)
+    return masks
+
+
 def prior_frequency(spec: str, size: int) -> np.ndarray:
-    """How often each pixel is foreground in a prior's masks (:func:`load_prior` with its
-    defaults): ``float32`` ``size x size`` in [0, 1]. Cached and read-only, since every run and
-    image of one prior shares it."""
-    frequency = load_prior(spec, size)[:, 0].float().mean(0).numpy()
-    frequency.setflags(write=False)
-    return frequency
+    """How often each pixel is foreground in a prior's masks (:func:`prior_masks`): ``float32``
+    ``size x size`` in [0, 1]."""
+    return prior_masks(spec, size).mean(0, dtype=np.float32)
 
 
 def describe_prior(spec: str) -> str:

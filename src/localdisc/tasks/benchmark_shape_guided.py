@@ -5,7 +5,7 @@ Per task the LD model first learns stage 1 on the task's own images (every split
 or starts from ``--from``, a pre-training run). Then, per prior and seed, stage 2 runs with the
 adversarial prior on cluster 0 (METHOD.md 5) and the test images are segmented three ways:
 outputs A and B and the refinement network trained on their pseudo-labels (a prior that keeps
-its pose votes in them with its pixel frequency). Rows in the same run:
+its pose votes in them with its masks that best match each image). Rows in the same run:
 
 - ``LD + PRIOR (A|B|refined)`` for each prior (OCTA, DSA, another data set's masks, simulated);
   for an organ prior also ``(A + topology)`` and ``(refined + topology)``, the masks held to the
@@ -286,11 +286,12 @@ def _run_task(
 
     def refinement(topology: PriorTopology | None) -> dict[str, Any]:
         # "prob_png": the evaluation writes the outputs' maps, which the seeds' ensemble reads.
-        # "prior_vote": the pseudo-labels count a kept-pose prior's pixel frequency, moved onto
-        # each image, and its intensity posterior ("atlas"; True was the frequency as it is).
+        # "prior_vote": the pseudo-labels count a kept-pose prior's masks that best match each
+        # image, fused onto it, and their intensity posterior ("atlases"; "atlas" was the
+        # frequency moved onto the image, True the frequency as it is).
         return {**_eval_settings(config, "refine_steps", "refine_size"),
                 "topology": topology and asdict(topology), "prob_png": True,
-                "prior_vote": "atlas"}  # fmt: skip
+                "prior_vote": "atlases"}  # fmt: skip
 
     ensembles: dict[str, list[Path]] = {}
     for seed in range(config.seeds):
@@ -389,14 +390,14 @@ def _ld_rows(
         RefineConfig,
         refine,
         refined_probability,
-        run_prior_frequency,
+        run_prior_masks,
         run_size,
         segment,
     )
 
     model = LDModel.from_pretrained(run_dir, device=_device(config.device))
     size = run_size(run_dir)
-    prior = run_prior_frequency(run_dir, log)
+    prior = run_prior_masks(run_dir, log)
     maps = [segment(model, s.image, s.fov, size=size, prior=prior) for s in samples]
     out: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "refined": []}
     if topology is not None:

@@ -10,8 +10,8 @@ A model trained with a shape prior on cluster 0 (``localdisc shape-guided train`
 Both are thresholded at 0.5. :func:`refine` then trains a separate segmentation network on the
 pseudo-labels of both, pixels where they are unsure (or disagree) weighted down: the refinement
 of Chen et al. (TPAMI 2023) that is in the paper but not in its public code. A prior that keeps
-its pose (organs) adds two votes, its pixel frequency moved onto the image and the intensity
-posterior it guides (:func:`atlas_votes`). For an organ prior,
+its pose (organs) adds two votes, its masks that best match the image moved onto it and
+averaged, and the intensity posterior they guide (:func:`atlas_votes`). For an organ prior,
 :func:`segment_images` holds output A and the refined masks to the prior's topology (its number of
 pieces, no holes: :mod:`localdisc.priors.topology`).
 """
@@ -38,8 +38,8 @@ from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.losses.region import region_embeddings
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
-from localdisc.priors.atlas import align_frequency, intensity_posterior
-from localdisc.priors.sources import prior_frequency
+from localdisc.priors.atlas import fuse_atlases, intensity_posterior
+from localdisc.priors.sources import prior_masks
 from localdisc.priors.topology import PriorTopology, enforce_topology, prior_topology
 from localdisc.tasks.predict import collect_images, mask_png, prob_png
 
@@ -51,9 +51,9 @@ class ShapeGuidedMaps:
     prob_a: np.ndarray
     prob_b: np.ndarray
     fov: np.ndarray
-    # How often each pixel is foreground in the prior's masks (same size, 0 outside the FOV),
-    # for a prior that keeps its pose (:func:`run_prior_frequency`), moved onto this image by
-    # :func:`atlas_votes`; None otherwise.
+    # How often each pixel is foreground in the prior's masks that best match this image, each
+    # moved onto it (same size, 0 outside the FOV), for a prior that keeps its pose
+    # (:func:`run_prior_masks`, :func:`atlas_votes`); None otherwise.
     prior: np.ndarray | None = None
     # P(inside | grey level) with that prior as the mixing weight (:func:`atlas_votes`).
     intensity: np.ndarray | None = None
@@ -70,14 +70,14 @@ class ShapeGuidedMaps:
         """``(label, weight)`` for refinement: the mean of A and B thresholded at 0.5, weighted by
         its distance from 0.5 (1 where both are sure and agree, 0 where they cancel out).
 
-        With :attr:`prior` (and :attr:`intensity`), that mean, the prior's pixel frequency
-        moved onto the image and the intensity posterior get one vote each: LD's
-        image-specific map pulled towards where the structure usually lies, and towards how
-        bright it is on this image. The prior's vote was chosen on the generated radiographs
-        (over three seeds, lungs refined 0.956 -> 0.975; heart 0.934 -> 0.950;
-        benchmarks/RESULTS.md, "The prior's pixel frequency as a vote in the pseudo-labels"),
-        the moved prior and the intensity vote on the harder ones ("A harder generated
-        radiograph set").
+        With :attr:`prior` (and :attr:`intensity`), that mean, the prior's fused atlases and
+        the intensity posterior get one vote each: LD's image-specific map pulled towards the
+        shape and place the structure has in the prior, and towards how bright it is on this
+        image. The prior's vote was chosen on the generated radiographs (over three seeds,
+        lungs refined 0.956 -> 0.975; heart 0.934 -> 0.950; benchmarks/RESULTS.md, "The prior's
+        pixel frequency as a vote in the pseudo-labels"), the moved prior and the intensity
+        vote on the harder ones ("A harder generated radiograph set"), the fused atlases on
+        those too ("Atlases that match each image").
         """
         mean = self.consensus
         return mean > 0.5, np.abs(2 * mean - 1).astype(np.float32)
@@ -118,9 +118,9 @@ def segment(
         size: the side the model sees (the scale it was trained at, e.g. the pool size);
             default: the image as it is.
         tau: the temperature of output B (0.2, as region discrimination).
-        prior: the prior's pixel frequency at any size (:func:`run_prior_frequency`), moved
-            onto the image with an intensity vote (:func:`atlas_votes`) for the pseudo-labels
-            (:meth:`ShapeGuidedMaps.pseudo_label`).
+        prior: a kept-pose prior's masks (N x S x S at any size: :func:`run_prior_masks`),
+            fused onto the image with an intensity vote (:func:`atlas_votes`) for the
+            pseudo-labels (:meth:`ShapeGuidedMaps.pseudo_label`).
     """
     fov = _fov(image, fov, model.config.modality)
     h, w = image.shape[:2]
@@ -140,17 +140,17 @@ def atlas_votes(
     prob_a: np.ndarray,
     prob_b: np.ndarray,
     fov: np.ndarray,
-    frequency: np.ndarray | None,
+    masks: np.ndarray | None,
 ) -> ShapeGuidedMaps:
-    """Outputs A and B of ``image`` with the votes of a kept-pose prior's pixel ``frequency``
-    (any size; None: no votes): the frequency carried to the image's size and moved onto LD's
-    map, the mean of A and B (:func:`localdisc.priors.atlas.align_frequency`), and the
-    intensity posterior it mixes (:func:`localdisc.priors.atlas.intensity_posterior`), both 0
+    """Outputs A and B of ``image`` with the votes of a kept-pose prior's ``masks`` (N x S x S;
+    None: no votes): those that best match LD's map, the mean of A and B, moved onto it and
+    averaged (:func:`localdisc.priors.atlas.fuse_atlases`), carried to the image's size, and the
+    intensity posterior they mix (:func:`localdisc.priors.atlas.intensity_posterior`), both 0
     outside the FOV."""
-    if frequency is None:
+    if masks is None:
         return ShapeGuidedMaps(prob_a, prob_b, fov)
-    prior = np.clip(resize_image(frequency.astype(np.float32), fov.shape), 0, 1) * fov
-    prior = align_frequency(prior, 0.5 * (prob_a + prob_b))[0] * fov
+    fused = fuse_atlases(masks, 0.5 * (prob_a + prob_b))[0]
+    prior = np.clip(resize_image(fused, fov.shape), 0, 1) * fov
     intensity = intensity_posterior(image, prior) * fov
     return ShapeGuidedMaps(prob_a, prob_b, fov, prior, intensity)
 
@@ -184,20 +184,18 @@ def run_topology(run_dir: str | Path, log: Callable[[str], None] = print) -> Pri
     return topology if topology.solid else None
 
 
-def run_prior_frequency(
-    run_dir: str | Path, log: Callable[[str], None] = print
-) -> np.ndarray | None:
-    """How often each pixel is foreground in a run's prior masks (``float32`` at the run's size)
-    when the prior keeps its pose (``prior_pose="kept"``: it says where the structure lies),
-    else None (no prior, a prior free of pose, or one that cannot be read any more: said in
+def run_prior_masks(run_dir: str | Path, log: Callable[[str], None] = print) -> np.ndarray | None:
+    """A run's prior masks (``bool`` N x S x S at the run's size: :func:`prior_masks`) when
+    the prior keeps its pose (``prior_pose="kept"``: it says where the structure lies), else
+    None (no prior, a prior free of pose, or one that cannot be read any more: said in
     ``log``)."""
     config = _pretrain_settings(run_dir)
     if not config.get("prior") or config.get("prior_pose") != "kept":
         return None
     try:
-        return prior_frequency(config["prior"], run_size(run_dir) or 512)
+        return prior_masks(config["prior"], run_size(run_dir) or 512)
     except LocaldiscError as exc:
-        log(f"[yellow]prior frequency not used in the pseudo-labels[/]: {exc}")
+        log(f"[yellow]prior masks not used in the pseudo-labels[/]: {exc}")
         return None
 
 
@@ -217,8 +215,8 @@ def segment_images(
     pseudo-labels of all the given images.
 
     The uncertainty is ``1 - weight`` of :meth:`ShapeGuidedMaps.pseudo_label` (x 255), whose
-    pseudo-labels are A's and B's as they come, with the prior's pixel frequency as a vote when
-    it keeps its pose (:func:`run_prior_frequency`). With ``topology`` and an organ prior
+    pseudo-labels are A's and B's as they come, with the prior's votes when it keeps its pose
+    (:func:`run_prior_masks`, :func:`atlas_votes`). With ``topology`` and an organ prior
     (:func:`run_topology`), A and the refined maps keep the prior's number of pieces and no
     holes.
 
@@ -237,7 +235,7 @@ def segment_images(
         found = "; ".join(f"{r}: {t}" for r, t in shapes.items())
         raise LocaldiscError(f"the runs' priors have different topologies ({found})")
     prior_shape = next(iter(shapes.values()))
-    frequency = run_prior_frequency(runs[0], log)
+    atlases = run_prior_masks(runs[0], log)
     out_dir = Path(out_dir)
     parts = [out_dir / f"run-{i}" for i in range(len(runs))]
     for run, part in zip(runs, parts, strict=True):
@@ -256,10 +254,10 @@ def segment_images(
             written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob)))
         # The uncertainty of the mean maps as they come, as for one run.
         fov = np.ones(mean["A"].shape, bool)
-        if frequency is None:  # no votes of a prior: the image is not needed
+        if atlases is None:  # no votes of a prior: the image is not needed
             maps = ShapeGuidedMaps(mean["A"], mean["B"], fov)
         else:
-            maps = atlas_votes(read_image(path)[0], mean["A"], mean["B"], fov, frequency)
+            maps = atlas_votes(read_image(path)[0], mean["A"], mean["B"], fov, atlases)
         _, weight = maps.pseudo_label()
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     return written
@@ -291,17 +289,17 @@ def _segment_run(
     def held(prob: np.ndarray) -> np.ndarray:
         return prob if prior_shape is None else enforce_topology(prob, prior_shape)
 
-    frequency = run_prior_frequency(run_dir, log)
-    if frequency is not None:
+    atlases = run_prior_masks(run_dir, log)
+    if atlases is not None:
         log(
-            "the prior keeps its pose: its pixel frequency, moved onto each image, and an "
-            "intensity posterior are votes in the pseudo-labels"
+            "the prior keeps its pose: its masks that best match each image, moved onto it, "
+            "and an intensity posterior are votes in the pseudo-labels"
         )
     written = []
     names, arrays, all_maps = [], [], []
     for name, path in collect_images(images):
         image = read_image(path)[0]
-        maps = segment(model, image, size=size, prior=frequency)
+        maps = segment(model, image, size=size, prior=atlases)
         for output, prob in (("A", held(maps.prob_a)), ("B", maps.prob_b)):
             write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
             written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob, 0.5)))
