@@ -64,7 +64,9 @@ def test_fuse_atlases_picks_the_masks_shaped_like_the_target() -> None:
     assert fused.min() >= 0 and fused.max() <= 1
     assert dice(alone) > dice(fused) > dice(align_frequency(masks.mean(0), target)[0]) + 0.01
     # k above the number of masks: all of them, each in its best pose.
-    assert fuse_atlases(masks, target, k=100)[0].sum() == pytest.approx(fused.sum(), rel=0.1)
+    np.testing.assert_array_equal(
+        fuse_atlases(masks, target, k=100)[0], fuse_atlases(masks, target, k=40)[0]
+    )
     with pytest.raises(ValueError, match="N x S x S"):
         fuse_atlases(masks[0], target)
     with pytest.raises(ValueError, match="k must be"):

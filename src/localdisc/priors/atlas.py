@@ -118,15 +118,11 @@ def fuse_atlases(
         [torch.tensor(pose[:2]) * local[:, :2], torch.tensor(pose[2:]) + local[:, 2:]], 1
     )
     small, goal = _small(masks, side), _small(target, side)
-    best, which = [], []
-    for chunk in small.split(16):  # 16 masks x 81 poses at a time: ~50 MB
-        dice = _soft_dice(
-            _move(chunk.repeat_interleave(len(poses), 0), poses.repeat(len(chunk), 1)), goal
-        )
-        top = dice.view(len(chunk), len(poses)).max(1)
-        best.append(top.values)
-        which.append(top.indices)
-    best, which = torch.cat(best), torch.cat(which)
+    dice = torch.cat([  # 16 masks x 81 poses at a time: ~50 MB
+        _soft_dice(_move(chunk.repeat_interleave(len(poses), 0), poses.repeat(len(chunk), 1)), goal)
+        for chunk in small.split(16)
+    ])  # fmt: skip
+    best, which = dice.view(len(masks), len(poses)).max(1)
     chosen = torch.argsort(best, descending=True, stable=True)[:k]
     full = torch.from_numpy(np.ascontiguousarray(masks[chosen.numpy()], dtype=np.float32))[:, None]
     fused = _move(full, poses[which[chosen]]).mean(0)[0].clamp(0, 1).numpy()
