@@ -249,6 +249,34 @@ def test_xray_anatomy(xrays: list[SyntheticXray]) -> None:
         assert np.median(lung_rows) < hy < lung_rows.max(), "heart in the lower chest"
 
 
+def test_lungs_taper_to_the_apex_and_fall_to_the_costophrenic_angle(
+    xrays: list[SyntheticXray],
+) -> None:
+    for x in xrays:
+        for lung, lateral in ((x.right_lung, -1), (x.left_lung, 1)):
+            rows = np.nonzero(lung.any(1))[0]
+            widths = lung.sum(1)[rows]
+            top = widths[: max(1, len(rows) // 7)].mean()
+            assert top < 0.8 * widths.max(), "the apex is narrower than the base"
+            # The lowest pixels lie lateral of the lung's middle: the diaphragm falls from the
+            # dome to the costophrenic angle.
+            lowest = np.nonzero(lung[rows[-1]])[0].mean()
+            middle = np.nonzero(lung)[1].mean()
+            assert lateral * (lowest - middle) > 0
+
+
+def test_lung_shape_stream_leaves_heart_and_mediastinum() -> None:
+    def chest(shape_seed: int) -> synthetic._Chest:
+        return synthetic._sample_chest(
+            np.random.default_rng(3), shape_rng=np.random.default_rng(shape_seed)
+        )
+
+    a, b = chest(0), chest(1)
+    np.testing.assert_array_equal(a.heart, b.heart)
+    np.testing.assert_array_equal(a.mediastinum, b.mediastinum)
+    assert not np.allclose(a.right_lung, b.right_lung)
+
+
 def test_lungs_darker_than_mediastinum(xrays: list[SyntheticXray]) -> None:
     for x in xrays:
         img = x.image[..., 0]

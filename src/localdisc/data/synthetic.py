@@ -731,7 +731,15 @@ class _Chest:
     hila: tuple[tuple[float, float], tuple[float, float]]
 
 
-def _sample_chest(rng: np.random.Generator, cardiothoracic_ratio: float | None = None) -> _Chest:
+def _sample_chest(
+    rng: np.random.Generator,
+    cardiothoracic_ratio: float | None = None,
+    shape_rng: np.random.Generator | None = None,
+) -> _Chest:
+    """One thorax from ``rng``; the lungs' apices, domes and costophrenic angles vary further
+    with ``shape_rng`` (its own stream, so that the heart, mediastinum and body, drawn from
+    ``rng`` after the lungs, stay the same for a seed when the lungs' shapes change)."""
+    shape_rng = rng if shape_rng is None else shape_rng
     cx = 0.5 + rng.normal(0.0, 0.01)
     w_r = rng.uniform(0.34, 0.4)
     w_l = w_r * rng.uniform(0.95, 1.03)
@@ -760,6 +768,18 @@ def _sample_chest(rng: np.random.Generator, cardiothoracic_ratio: float | None =
             (0.2 * w, apex + 0.02),
         ]
         pts = np.array(pts) + rng.normal(0.0, 0.006, (len(pts), 2))
+        # As on SCR's masks beside these (judged by eye, the prior gallery): the apex narrower
+        # than the base, the lateral wall sloping out all the way down, the dome's top nearer
+        # the midline and the diaphragm falling obliquely to a deeper costophrenic angle.
+        # Domes higher or lower than the heart's floor, too.
+        taper, medial, fall, deeper, rise = shape_rng.uniform(
+            [0.7, 0.6, 0.0, 0.0, -0.02], [0.95, 1.0, 0.05, 0.08, 0.05]
+        )
+        pts[5:7, 1] += [deeper, fall + 0.5 * deeper]
+        pts[6:9, 1] -= rise
+        pts[7, 0] *= medial
+        height = np.clip((pts[5, 1] - pts[:, 1]) / (pts[5, 1] - apex), 0.0, 1.0)
+        pts[:, 0] *= 1.0 - (1.0 - taper) * height
         pts[:, 0] = cx + side * pts[:, 0]
         return _closed_curve(pts, corners=(5,))
 
@@ -863,12 +883,14 @@ def lung_masks(
     """Both lung fields of a PA chest radiograph: ``(right_lung, left_lung)`` bool masks.
 
     Radiological convention: the patient's right lung is on the image left. Shapes vary in
-    size, apex height, diaphragm height (the left lower than the right), sharp costophrenic
-    angles, the aortic knob and the left lung's cardiac notch; ``cardiothoracic_ratio`` sizes the
+    size, apex height and width (narrower than the base), diaphragm height (the left lower than
+    the right) and slope down to sharp costophrenic angles, the aortic knob and the left lung's
+    cardiac notch; ``cardiothoracic_ratio`` sizes the
     heart they wrap around. With the same integer seed (and ratio) :func:`heart_mask` returns
     the matching heart, and both equal the masks of ``synthetic_xray(size, seed)``.
     """
-    chest = _sample_chest(_streams(rng_or_seed, 2)[0], cardiothoracic_ratio)
+    streams = _streams(rng_or_seed, 4)
+    chest = _sample_chest(streams[0], cardiothoracic_ratio, streams[3])
     right, left, _ = _chest_masks(chest, _check_size(size))
     return right, left
 
@@ -883,7 +905,8 @@ def heart_mask(
     cardiomegaly) is random when omitted. With the same integer seed and ratio,
     :func:`lung_masks` returns the lungs that fit around it.
     """
-    chest = _sample_chest(_streams(rng_or_seed, 2)[0], cardiothoracic_ratio)
+    streams = _streams(rng_or_seed, 4)
+    chest = _sample_chest(streams[0], cardiothoracic_ratio, streams[3])
     return _fill(chest.heart, _check_size(size))
 
 
@@ -971,8 +994,8 @@ def synthetic_xray(size: int = 256, seed: int = 0, *, hard: bool = False) -> Syn
     generated images that behave like real ones.
     """
     size = _check_size(size)
-    chest_rng, rng, film_rng = _streams(seed, 3)
-    chest = _sample_chest(chest_rng)
+    chest_rng, rng, film_rng, shape_rng = _streams(seed, 4)
+    chest = _sample_chest(chest_rng, shape_rng=shape_rng)
     if hard:
         chest = _reframe(chest, film_rng)
     right, left, heart = _chest_masks(chest, size)
