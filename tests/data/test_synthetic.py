@@ -252,17 +252,20 @@ def test_xray_anatomy(xrays: list[SyntheticXray]) -> None:
 def test_lungs_taper_to_the_apex_and_fall_to_the_costophrenic_angle(
     xrays: list[SyntheticXray],
 ) -> None:
+    apices = []  # the top seventh's mean width over the widest row, patient's right lung
     for x in xrays:
         for lung, lateral in ((x.right_lung, -1), (x.left_lung, 1)):
             rows = np.nonzero(lung.any(1))[0]
             widths = lung.sum(1)[rows]
-            top = widths[: max(1, len(rows) // 7)].mean()
-            assert top < 0.8 * widths.max(), "the apex is narrower than the base"
+            if lateral < 0:  # the left lung's top is narrowed by the aortic knob anyway
+                apices.append(widths[: len(rows) // 7].mean() / widths.max())
             # The lowest pixels lie lateral of the lung's middle: the diaphragm falls from the
             # dome to the costophrenic angle.
             lowest = np.nonzero(lung[rows[-1]])[0].mean()
             middle = np.nonzero(lung)[1].mean()
             assert lateral * (lowest - middle) > 0
+    # As on SCR's masks; the boxy lungs before the taper gave 0.63 on these seeds.
+    assert max(apices) < 0.7 and np.mean(apices) < 0.6
 
 
 def test_lung_shape_stream_leaves_heart_and_mediastinum() -> None:

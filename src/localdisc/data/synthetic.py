@@ -885,9 +885,9 @@ def lung_masks(
     Radiological convention: the patient's right lung is on the image left. Shapes vary in
     size, apex height and width (narrower than the base), diaphragm height (the left lower than
     the right) and slope down to sharp costophrenic angles, the aortic knob and the left lung's
-    cardiac notch; ``cardiothoracic_ratio`` sizes the
-    heart they wrap around. With the same integer seed (and ratio) :func:`heart_mask` returns
-    the matching heart, and both equal the masks of ``synthetic_xray(size, seed)``.
+    cardiac notch; ``cardiothoracic_ratio`` sizes the heart they wrap around. With the same
+    integer seed (and ratio) :func:`heart_mask` returns the matching heart, and both equal the
+    masks of ``synthetic_xray(size, seed)``.
     """
     streams = _streams(rng_or_seed, 4)
     chest = _sample_chest(streams[0], cardiothoracic_ratio, streams[3])
