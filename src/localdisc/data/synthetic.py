@@ -877,6 +877,12 @@ def _chest_masks(chest: _Chest, size: int) -> tuple[np.ndarray, np.ndarray, np.n
     return right, left, heart
 
 
+def _seeded_chest(rng_or_seed: RngLike, cardiothoracic_ratio: float | None) -> _Chest:
+    """The thorax of ``synthetic_xray`` with the same seed: its first and fourth streams."""
+    chest_rng, _, _, shape_rng = _streams(rng_or_seed, 4)
+    return _sample_chest(chest_rng, cardiothoracic_ratio, shape_rng)
+
+
 def lung_masks(
     size: int, rng_or_seed: RngLike = None, *, cardiothoracic_ratio: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -889,9 +895,9 @@ def lung_masks(
     integer seed (and ratio) :func:`heart_mask` returns the matching heart, and both equal the
     masks of ``synthetic_xray(size, seed)``.
     """
-    streams = _streams(rng_or_seed, 4)
-    chest = _sample_chest(streams[0], cardiothoracic_ratio, streams[3])
-    right, left, _ = _chest_masks(chest, _check_size(size))
+    right, left, _ = _chest_masks(
+        _seeded_chest(rng_or_seed, cardiothoracic_ratio), _check_size(size)
+    )
     return right, left
 
 
@@ -905,9 +911,7 @@ def heart_mask(
     cardiomegaly) is random when omitted. With the same integer seed and ratio,
     :func:`lung_masks` returns the lungs that fit around it.
     """
-    streams = _streams(rng_or_seed, 4)
-    chest = _sample_chest(streams[0], cardiothoracic_ratio, streams[3])
-    return _fill(chest.heart, _check_size(size))
+    return _fill(_seeded_chest(rng_or_seed, cardiothoracic_ratio).heart, _check_size(size))
 
 
 @dataclass
