@@ -6,8 +6,9 @@ Writes one PNG: a row of masks per simulator (``localdisc.priors.SIMULATORS``, w
 the public data are present (``<repo>/../shared/data`` or ``--data``), rows of real masks
 (amber): DRIVE vessels, the OCTA and DSA vessel priors, SCR lungs and heart (training splits
 only: the simulators are judged by eye against them). Prints how much of the field of view is
-vessel in DRIVE and in the simulated trees at the same size, and the area fractions of simulated
-and SCR lungs and hearts, so that the pictures come with numbers.
+vessel in DRIVE and in the simulated trees at the same size, and where the simulated lungs and
+hearts lie in the frame (their bounding box and area, mean +- sd over 200 masks) beside SCR's
+whole training fold, so that the pictures come with numbers.
 """
 
 from __future__ import annotations
@@ -56,17 +57,29 @@ def _simulated_vessel_fraction(size: int, seeds: range) -> float:
     return float(np.mean(out))
 
 
-def _scr(data: Path, size: int, n: int) -> dict[str, np.ndarray] | None:
-    """SCR lung and heart masks of the first ``n`` JSRT training images (root holds JSRT/ and
-    SCR/): the simulators are judged by eye against these, so never against test labels."""
+def _scr(data: Path, size: int) -> dict[str, np.ndarray] | None:
+    """SCR lung and heart masks of the JSRT training images (root holds JSRT/ and SCR/): the
+    simulators are judged against these, so never against test labels."""
     if not ((data / "JSRT").is_dir() and (data / "SCR").is_dir()):
         return None
     ds = load_dataset("jsrt_scr", data, "train")
-    samples = ds[:n]
     return {
-        target: np.stack([_square(s.masks[target], size) for s in samples])
+        target: np.stack([_square(s.masks[target], size) for s in ds])
         for target in ("lung", "heart")
     }
+
+
+def _frame(masks: np.ndarray) -> str:
+    """Bounding box (top, bottom, left, right, width, height) and area as fractions of the side
+    and of the image: mean +- sd over the masks."""
+    side = masks.shape[-1]
+    rows = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+        top, bottom, left, right = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+        rows.append([top, bottom, left, right, right - left, bottom - top, mask.sum() / side])
+    rows = np.array(rows) / side
+    return " ".join(f"{m:.3f}+-{s:.3f}" for m, s in zip(rows.mean(0), rows.std(0), strict=True))
 
 
 def make_gallery(out: Path, size: int, columns: int, data: Path, seed: int) -> Path:
@@ -92,14 +105,14 @@ def make_gallery(out: Path, size: int, columns: int, data: Path, seed: int) -> P
             refs[name.replace("_", " ").upper().replace("VESSELS", "vessels")] = load_prior(
                 str(folder), size
             )[:, 0].numpy()
-    scr = _scr(data, size, 20)
+    scr = _scr(data, size)
     if scr is not None:
-        refs["SCR lungs"], refs["SCR heart"] = scr["lung"], scr["heart"]
+        refs["SCR lungs"], refs["SCR heart"] = scr["lung"][:20], scr["heart"][:20]
+        print("bounding box (top, bottom, left, right, width, height) and area, fractions:")
         for sim, real in (("lungs", "lung"), ("heart", "heart")):
-            print(
-                f"{sim} area / image: simulated {100 * priors[sim].mean():.1f}%, "
-                f"SCR {100 * scr[real].mean():.1f}% (20 masks each)"
-            )
+            bank = simulate_masks(sim, size, 200, seed)
+            print(f"  {sim:5s} simulated (200): {_frame(bank)}")
+            print(f"  {sim:5s} SCR train ({len(scr[real])}): {_frame(scr[real])}")
     if not refs:
         print(f"no real masks under {data}: the gallery shows simulated masks only")
     return prior_gallery(priors, out, references=refs, columns=columns)

@@ -268,6 +268,23 @@ def test_lungs_taper_to_the_apex_and_fall_to_the_costophrenic_angle(
     assert max(apices) < 0.7 and np.mean(apices) < 0.6
 
 
+def test_chest_proportions_match_scr() -> None:
+    # SCR's training fold at 256 px: both lungs span 0.80 of the width (each edge +- 0.04) and
+    # 0.75 of the height, the heart 0.38 of the width. The simulator before it was fitted to
+    # them: 0.71 (+- 0.03), 0.83 and 0.35 here.
+    span, height, heart = [], [], []
+    for seed in range(60):
+        lungs = np.logical_or(*lung_masks(SIZE, seed))
+        cols, rows = np.nonzero(lungs.any(0))[0], np.nonzero(lungs.any(1))[0]
+        span.append((cols[-1] - cols[0] + 1) / SIZE)
+        height.append((rows[-1] - rows[0] + 1) / SIZE)
+        cols = np.nonzero(heart_mask(SIZE, seed).any(0))[0]
+        heart.append((cols[-1] - cols[0] + 1) / SIZE)
+    assert 0.76 < np.mean(span) < 0.83 and np.std(span) > 0.045
+    assert np.mean(height) < 0.8
+    assert 0.365 < np.mean(heart) < 0.4
+
+
 def test_lung_shape_stream_leaves_heart_and_mediastinum() -> None:
     def chest(shape_seed: int) -> synthetic._Chest:
         return synthetic._sample_chest(

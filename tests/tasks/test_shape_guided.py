@@ -93,7 +93,7 @@ def test_prior_masks_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
     assert masks.shape == (200, 48, 48) and masks.dtype == bool  # at the run's pool size
     np.testing.assert_array_equal(masks, load_prior("simulated:lungs", 48)[:, 0].numpy())
     frequency = masks.mean(0)
-    assert frequency[24, 12] > 0.9 and frequency[24, 36] > 0.9  # inside both lungs, every mask
+    assert frequency[24, 12] > 0.9 and frequency[24, 38] > 0.9  # inside both lungs, nearly always
     assert frequency[2, 2] == 0 and frequency[24, 24] < 0.1  # a corner, the mediastinum
     # Loaded once per prior and size (every seed's run shares them), and not to be written to.
     assert run_prior_masks(lung_run("again", prior_pose="kept")) is masks
