@@ -269,9 +269,9 @@ def test_lungs_taper_to_the_apex_and_fall_to_the_costophrenic_angle(
 
 
 def test_chest_proportions_match_scr() -> None:
-    # SCR's training fold at 256 px: both lungs span 0.80 of the width (each edge +- 0.04) and
-    # 0.75 of the height, the heart 0.38 of the width. The simulator before it was fitted to
-    # them: 0.71 (+- 0.03), 0.83 and 0.35 here.
+    # SCR's training fold at 256 px (benchmarks/prior_gallery.py): both lungs span 0.80 of the
+    # width (+- 0.07) and 0.78 of the height, the heart 0.38 of the width. The simulator before
+    # it was fitted to them: 0.71 (+- 0.03), 0.83 and 0.35 here.
     span, height, heart = [], [], []
     for seed in range(60):
         lungs = np.logical_or(*lung_masks(SIZE, seed))

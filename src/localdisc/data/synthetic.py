@@ -740,9 +740,10 @@ def _sample_chest(
     with ``shape_rng`` (its own stream, so that the heart, mediastinum and body, drawn from
     ``rng`` after the lungs, stay the same for a seed when the lungs' shapes change)."""
     shape_rng = rng if shape_rng is None else shape_rng
-    # The ranges put the organs where SCR's training fold has them, mean and spread
-    # (benchmarks/prior_gallery.py): both lungs span 0.80 of the width and 0.78 of the height
-    # from 0.07 below the top, the heart 0.38 x 0.32 with its foot at 0.76.
+    # The ranges (and the lungs' taper below) give the organs the place, size and area they
+    # have in SCR's training fold, mean and spread (benchmarks/prior_gallery.py): both lungs
+    # span 0.80 of the width and 0.78 of the height from 0.07 below the top, the heart
+    # 0.38 x 0.32 with its foot at 0.76.
     cx = 0.5 + rng.normal(0.0, 0.01)
     w_r = rng.uniform(0.36, 0.48)
     w_l = w_r * rng.uniform(0.95, 1.03)
