@@ -743,7 +743,7 @@ def _sample_chest(
     # The ranges (and the lungs' taper below) give the organs the place, size and area they
     # have in SCR's training fold, mean and spread (benchmarks/prior_gallery.py): both lungs
     # span 0.80 of the width and 0.78 of the height from 0.07 below the top, the heart
-    # 0.38 x 0.32 with its foot at 0.76.
+    # 0.38 x 0.32 with its foot at 0.76, its height following the lungs' and not its width.
     cx = 0.5 + rng.normal(0.0, 0.01)
     w_r = rng.uniform(0.36, 0.48)
     w_l = w_r * rng.uniform(0.95, 1.03)
@@ -790,15 +790,19 @@ def _sample_chest(
     right_lung = lung(-1.0, w_r, dome_r)
     left_lung = lung(1.0, w_l, dome_l)
 
-    # Heart: a tilted ellipse (apex down and to the patient's left), its base flattened by the
-    # diaphragm; width set by the cardiothoracic ratio.
-    ctr = rng.uniform(0.40, 0.50) if cardiothoracic_ratio is None else float(cardiothoracic_ratio)
+    # Heart: a tilted egg (apex down and to the patient's left), its base flattened by the
+    # diaphragm; its width set by the cardiothoracic ratio, its height by the thorax's.
+    if cardiothoracic_ratio is None:
+        # The heart is wider in a wider chest, but by less: the ratio falls as the chest widens.
+        ctr = rng.uniform(0.37, 0.54) * math.sqrt(0.84 / (w_r + w_l))
+    else:
+        ctr = float(cardiothoracic_ratio)
     width = ctr * (w_r + w_l)
     tilt = math.radians(rng.uniform(30.0, 45.0))
     ratio = rng.uniform(0.8, 0.92)
     a = 0.5 * width / math.sqrt(math.cos(tilt) ** 2 + (ratio * math.sin(tilt)) ** 2)
     b = ratio * a
-    hx = cx + (0.5 - rng.uniform(0.27, 0.35)) * width
+    hx = cx + (0.5 - rng.uniform(0.23, 0.45)) * width
     half_height = math.sqrt((a * math.sin(tilt)) ** 2 + (b * math.cos(tilt)) ** 2)
     hy = floor - rng.uniform(0.68, 0.82) * half_height
     phi = np.linspace(0, 2 * np.pi, 96, endpoint=False)
@@ -813,6 +817,14 @@ def _sample_chest(
         ],
         axis=1,
     )
+    # As in SCR's training fold, the heart's height follows the thorax's (a long chest, a long
+    # heart) rather than its own width, so it ranges from squat to upright.
+    tall = rng.uniform(0.37, 0.53) * (floor - apex)
+    heart[:, 1] = floor - (floor - heart[:, 1]) * tall / (floor - heart[:, 1].min())
+    # Narrower at the top (the great vessels) than at its widest, low down: pear-shaped.
+    below_top = np.clip((heart[:, 1] - heart[:, 1].min()) / tall, 0.0, 1.0)
+    heart[:, 0] = hx + (heart[:, 0] - hx) * (1.0 - rng.uniform(0.3, 0.45) * (1.0 - below_top))
+    heart[:, 0] = hx + (heart[:, 0] - hx) * width / np.ptp(heart[:, 0])
     heart[:, 1] = np.minimum(heart[:, 1], floor + 0.03 * (heart[:, 0] - hx) / width)
 
     # Mediastinum: trachea and great vessels on top, the aortic knob bulging to the left,
@@ -910,7 +922,7 @@ def heart_mask(
 ) -> np.ndarray:
     """The heart silhouette of a PA chest radiograph as a bool mask.
 
-    A tilted egg shape sitting on the diaphragm, its apex towards the image right.
+    A pear shape sitting on the diaphragm, narrow at the top, its apex towards the image right.
     ``cardiothoracic_ratio`` (heart width over thorax width, normal ~0.4-0.5, larger in
     cardiomegaly) is random when omitted. With the same integer seed and ratio,
     :func:`lung_masks` returns the lungs that fit around it.
