@@ -748,7 +748,7 @@ def _sample_chest(
     w_r = rng.uniform(0.36, 0.48)
     w_l = w_r * rng.uniform(0.95, 1.03)
     apex = rng.uniform(0.03, 0.12)
-    dome_r = rng.uniform(0.63, 0.77)
+    dome_r = rng.uniform(0.6, 0.8)
     dome_l = dome_r + rng.uniform(-0.01, 0.03)  # the left hemidiaphragm usually sits lower
     hilum_y = apex + rng.uniform(0.26, 0.32)
     floor = 0.5 * (dome_r + dome_l) + rng.uniform(0.02, 0.05)  # where the heart meets the diaphragm
@@ -756,7 +756,7 @@ def _sample_chest(
     def lung(side: float, w: float, dome: float) -> np.ndarray:
         # Lateral wall, costophrenic angle and dome; the medial side is closed at the midline
         # and cut back later by the mediastinum and heart.
-        cp = dome + rng.uniform(0.06, 0.11)
+        cp = dome + rng.uniform(0.01, 0.15)
         pts = [
             (0.45 * w, apex),
             (0.75 * w, apex + rng.uniform(0.04, 0.07)),
