@@ -746,12 +746,12 @@ def _sample_chest(
     # 0.38 x 0.32 with its foot at 0.76, its height following the lungs' and not its width.
     cx = 0.5 + rng.normal(0.0, 0.01)
     w_r = rng.uniform(0.36, 0.48)
-    w_l = w_r * rng.uniform(0.95, 1.03)
-    apex = rng.uniform(0.03, 0.12)
+    w_l = w_r * rng.uniform(0.97, 1.05)
+    apex = rng.uniform(0.037, 0.127)
     dome_r = rng.uniform(0.6, 0.8)
     dome_l = dome_r + rng.uniform(-0.01, 0.03)  # the left hemidiaphragm usually sits lower
     hilum_y = apex + rng.uniform(0.26, 0.32)
-    floor = 0.5 * (dome_r + dome_l) + rng.uniform(0.02, 0.05)  # where the heart meets the diaphragm
+    floor = 0.5 * (dome_r + dome_l) + rng.uniform(0.03, 0.06)  # where the heart meets the diaphragm
 
     def lung(side: float, w: float, dome: float) -> np.ndarray:
         # Lateral wall, costophrenic angle and dome; the medial side is closed at the midline
