@@ -271,11 +271,11 @@ def test_lungs_taper_to_the_apex_and_fall_to_the_costophrenic_angle(
 def test_chest_proportions_match_scr() -> None:
     # SCR's training fold at 256 px (benchmarks/prior_gallery.py): both lungs span 0.80 of the
     # width (+- 0.07) and 0.78 of the height, the heart 0.38 of the width. The simulator before
-    # it was fitted to them: 0.71 (+- 0.03), 0.83 and 0.35 here. The lungs' bottom edge varies by
-    # +- 0.08 (+- 0.05 before the domes and costophrenic angles varied more). SCR's hearts range
-    # from squat to upright (height over width 0.85 +- 0.16), their height following the lungs'
-    # (r = 0.69) rather than their own width (r = -0.16); the simulator before: +- 0.04, r = 0.01
-    # and 0.92.
+    # it was fitted to them: 0.71 (+- 0.03), 0.83 and 0.35 here. SCR's lungs' bottom edge varies
+    # by +- 0.08 (the simulator's by +- 0.05 before its domes and costophrenic angles varied
+    # more, +- 0.07 now). SCR's hearts range from squat to upright (height over width
+    # 0.85 +- 0.16), their height following the lungs' (r = 0.69) rather than their own width
+    # (r = -0.16); the simulator before: +- 0.04, r = 0.01 and 0.92.
     span, height, bottom, heart_w, heart_h = [], [], [], [], []
     for seed in range(60):
         lungs = np.logical_or(*lung_masks(SIZE, seed))
