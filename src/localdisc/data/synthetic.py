@@ -800,7 +800,7 @@ def _sample_chest(
     width = ctr * (w_r + w_l)
     tilt = math.radians(rng.uniform(30.0, 45.0))
     ratio = rng.uniform(0.8, 0.92)
-    a = 0.5 * width / math.sqrt(math.cos(tilt) ** 2 + (ratio * math.sin(tilt)) ** 2)
+    a = 0.5 * width  # the outline's scale: its width and height are set once it is drawn
     b = ratio * a
     hx = cx + (0.5 - rng.uniform(0.23, 0.45)) * width
     half_height = math.sqrt((a * math.sin(tilt)) ** 2 + (b * math.cos(tilt)) ** 2)
