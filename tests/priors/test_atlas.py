@@ -14,6 +14,8 @@ from localdisc.priors.atlas import (
     fuse_atlases,
     intensity_posterior,
     move_frequency,
+    shift_sideways,
+    sideways_offset,
 )
 from localdisc.priors.simulate import simulate_masks
 
@@ -90,3 +92,37 @@ def test_intensity_posterior_follows_the_image_where_the_prior_is_off() -> None:
     assert dice(prior > 0.5) < 0.85 < 0.97 < dice(post > 0.5)
     with pytest.raises(ValueError, match="prior of shape"):
         intensity_posterior(image, prior[:10])
+
+
+def test_shift_sideways_moves_right_and_repeats_the_edge() -> None:
+    row = np.arange(5.0)[None]
+    np.testing.assert_array_equal(shift_sideways(row, 2), [[0, 0, 0, 1, 2]])
+    np.testing.assert_array_equal(shift_sideways(row, -1), [[1, 2, 3, 4, 4]])
+    assert shift_sideways(row, 0) is row
+
+
+def _dark_organs(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Radiograph-like images (a dark organ, noise) at 256 px and their exact masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256]
+    images, masks = [], []
+    for _ in range(n):
+        cy, cx, ry, rx = rng.uniform([110, 100, 50, 30], [150, 160, 80, 50])
+        organ = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        image = np.where(organ, 0.35, 0.65) + rng.normal(0, 0.08, organ.shape)
+        images.append(np.clip(image, 0, 1).astype(np.float32)[..., None])
+        masks.append(organ)
+    return images, masks
+
+
+def test_sideways_offset_finds_the_shift_of_a_whole_run() -> None:
+    images, masks = _dark_organs(6)
+    # LD's maps: soft, each moved 8 px (4 at 128, 1/32 of the width) to the left of its organ.
+    maps = [ndi.gaussian_filter(np.roll(m, -8, axis=1).astype(np.float32), 3) for m in masks]
+    assert sideways_offset(images, maps) == 1 / 32
+    assert sideways_offset(images, [shift_sideways(m, 8) for m in maps]) == 0.0
+    # Beyond the search (6 px at 128): the best shift is its end, so nothing is moved.
+    far = [ndi.gaussian_filter(np.roll(m, -24, axis=1).astype(np.float32), 3) for m in masks]
+    assert sideways_offset(images, far) == 0.0
+    with pytest.raises(ValueError, match="as many maps as images"):
+        sideways_offset(images, maps[:2])

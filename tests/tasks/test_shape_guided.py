@@ -21,6 +21,7 @@ from localdisc.tasks.shape_guided import (
     refined_probability,
     run_size,
     segment,
+    segment_all,
 )
 
 
@@ -112,6 +113,34 @@ def test_prior_masks_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
         maps.intensity, intensity_posterior(image, expected) * fov, atol=1e-6
     )
     assert maps.prior.max() > 0.9 and not (maps.prior[~fov].any() or maps.intensity[~fov].any())
+
+
+def test_segment_all_moves_a_kept_pose_run_sideways_before_the_votes(run, monkeypatch):
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.priors import load_prior
+    from localdisc.priors.atlas import shift_sideways
+
+    model = LDModel.from_pretrained(run)
+    images = [synthetic_fundus(80, seed=s).image for s in range(2)]
+    alone = [segment(model, im, size=48) for im in images]
+    for got, want in zip(segment_all(model, images, size=48), alone, strict=True):
+        np.testing.assert_array_equal(got.prob_a, want.prob_a)  # no prior: as segment()
+        assert got.prior is None
+    masks = load_prior("simulated:lungs", 48)[:, 0].numpy()
+    seen = []
+
+    def offset(images, maps):
+        seen.append(maps)
+        return 0.1  # right by 8 of 80 pixels
+
+    monkeypatch.setattr(shape_guided, "sideways_offset", offset)
+    moved = segment_all(model, images, size=48, prior=masks, log=lambda m: None)
+    np.testing.assert_allclose(seen[0][1], alone[1].consensus)  # estimated on LD's own maps
+    for got, want, image in zip(moved, alone, images, strict=True):
+        for prob, before in ((got.prob_a, want.prob_a), (got.prob_b, want.prob_b)):
+            np.testing.assert_allclose(prob, shift_sideways(before, 8) * want.fov)
+        votes = shape_guided.atlas_votes(image, got.prob_a, got.prob_b, got.fov, masks)
+        np.testing.assert_allclose(got.prior, votes.prior)  # the votes follow the moved maps
 
 
 def test_refinement_trains_on_pseudo_labels(run):

@@ -4,8 +4,10 @@ one run and one table.
 Per task the LD model first learns stage 1 on the task's own images (every split, labels unused;
 or starts from ``--from``, a pre-training run). Then, per prior and seed, stage 2 runs with the
 adversarial prior on cluster 0 (METHOD.md 5) and the test images are segmented three ways:
-outputs A and B and the refinement network trained on their pseudo-labels (a prior that keeps
-its pose votes in them with its masks that best match each image). Rows in the same run:
+outputs A and B and the refinement network trained on their pseudo-labels (with a prior that
+keeps its pose, the run's maps are first moved sideways by the one shift under which the images'
+grey levels are most likely, and the prior votes in the pseudo-labels with its masks that best
+match each image). Rows in the same run:
 
 - ``LD + PRIOR (A|B|refined)`` for each prior (OCTA, DSA, another data set's masks, simulated);
   for an organ prior also ``(A + topology)`` and ``(refined + topology)``, the masks held to the
@@ -288,10 +290,11 @@ def _run_task(
         # "prob_png": the evaluation writes the outputs' maps, which the seeds' ensemble reads.
         # "prior_vote": the pseudo-labels count a kept-pose prior's masks that best match each
         # image, fused onto it, and their intensity posterior ("atlases"; "atlas" was the
-        # frequency moved onto the image, True the frequency as it is).
+        # frequency moved onto the image, True the frequency as it is). "sideways": such a
+        # run's maps are first moved by the shift the images' grey levels find most likely.
         return {**_eval_settings(config, "refine_steps", "refine_size"),
                 "topology": topology and asdict(topology), "prob_png": True,
-                "prior_vote": "atlases"}  # fmt: skip
+                "prior_vote": "atlases", "sideways": "likelihood"}  # fmt: skip
 
     ensembles: dict[str, list[Path]] = {}
     for seed in range(config.seeds):
@@ -392,13 +395,14 @@ def _ld_rows(
         refined_probability,
         run_prior_masks,
         run_size,
-        segment,
+        segment_all,
     )
 
     model = LDModel.from_pretrained(run_dir, device=_device(config.device))
     size = run_size(run_dir)
     prior = run_prior_masks(run_dir, log)
-    maps = [segment(model, s.image, s.fov, size=size, prior=prior) for s in samples]
+    maps = segment_all(model, [s.image for s in samples], [s.fov for s in samples], size=size,
+                       prior=prior, log=log)  # fmt: skip
     out: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "refined": []}
     if topology is not None:
         out |= {"A + topology": [], "refined + topology": []}

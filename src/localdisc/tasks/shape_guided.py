@@ -38,7 +38,12 @@ from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.losses.region import region_embeddings
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
-from localdisc.priors.atlas import fuse_atlases, intensity_posterior
+from localdisc.priors.atlas import (
+    fuse_atlases,
+    intensity_posterior,
+    shift_sideways,
+    sideways_offset,
+)
 from localdisc.priors.sources import prior_masks
 from localdisc.priors.topology import PriorTopology, enforce_topology, prior_topology
 from localdisc.tasks.predict import collect_images, mask_png, prob_png
@@ -135,6 +140,39 @@ def segment(
     return atlas_votes(image, prob[0], prob[1], fov, prior)
 
 
+def segment_all(
+    model: LDModel,
+    images: Sequence[np.ndarray],
+    fovs: Sequence[np.ndarray | None] | None = None,
+    *,
+    size: int | None = None,
+    tau: float = 0.2,
+    prior: np.ndarray | None = None,
+    log: Callable[[str], None] = print,
+) -> list[ShapeGuidedMaps]:
+    """:func:`segment` of each of ``images`` (with its FOV of ``fovs``, or derived).
+
+    With a kept-pose ``prior`` the run's maps are first moved sideways by the one shift under
+    which the images' grey levels are most likely (:func:`sideways_offset`), then get the
+    prior's votes: LD's organ maps sit a few pixels to one side, the same for a whole run
+    (benchmarks/RESULTS.md, "One sideways shift per run").
+    """
+    fovs = [None] * len(images) if fovs is None else fovs
+    maps = [
+        segment(model, im, fov, size=size, tau=tau) for im, fov in zip(images, fovs, strict=True)
+    ]
+    if prior is None or not maps:
+        return maps
+    offset = sideways_offset(images, [m.consensus for m in maps])
+    log(f"the run's maps moved sideways by {offset:+.1%} of the width (grey-level likelihood)")
+    moved = []
+    for image, m in zip(images, maps, strict=True):
+        pixels = round(offset * image.shape[1])
+        a, b = (shift_sideways(p, pixels) * m.fov for p in (m.prob_a, m.prob_b))
+        moved.append(atlas_votes(image, a, b, m.fov, prior))
+    return moved
+
+
 def atlas_votes(
     image: np.ndarray,
     prob_a: np.ndarray,
@@ -215,8 +253,9 @@ def segment_images(
     pseudo-labels of all the given images.
 
     The uncertainty is ``1 - weight`` of :meth:`ShapeGuidedMaps.pseudo_label` (x 255), whose
-    pseudo-labels are A's and B's as they come, with the prior's votes when it keeps its pose
-    (:func:`run_prior_masks`, :func:`atlas_votes`). With ``topology`` and an organ prior
+    pseudo-labels are A's and B's, with the prior's votes when it keeps its pose
+    (:func:`run_prior_masks`, :func:`atlas_votes`; A and B then first moved sideways as one:
+    :func:`segment_all`). With ``topology`` and an organ prior
     (:func:`run_topology`), A and the refined maps keep the prior's number of pieces and no
     holes.
 
@@ -296,19 +335,15 @@ def _segment_run(
             "and an intensity posterior are votes in the pseudo-labels"
         )
     written = []
-    names, arrays, all_maps = [], [], []
-    for name, path in collect_images(images):
-        image = read_image(path)[0]
-        maps = segment(model, image, size=size, prior=atlases)
+    names, paths = zip(*collect_images(images), strict=True)
+    arrays = [read_image(path)[0] for path in paths]
+    all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log)
+    for name, maps in zip(names, all_maps, strict=True):
         for output, prob in (("A", held(maps.prob_a)), ("B", maps.prob_b)):
             write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
             written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob, 0.5)))
         _, weight = maps.pseudo_label()
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
-        if refine_steps:
-            names.append(name)
-            arrays.append(image)
-            all_maps.append(maps)
     if refine_steps:
         config = RefineConfig(steps=refine_steps, size=size or 512, device=device)
         network = refine(run_dir, arrays, all_maps, config, log=log)
