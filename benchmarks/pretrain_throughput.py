@@ -2,8 +2,11 @@
 
 Both run the same network and the same losses on the same device, data pipeline included:
 
-* ``localdisc``: pool in device memory, views built on the device in one batched pass, bf16
-  autocast + channels-last on CUDA, region embeddings as a batched matrix product.
+* ``localdisc``: pool in device memory, views built on the device in one batched pass,
+  channels-last, bf16 autocast where it pays (CUDA, CPUs with bf16 instructions:
+  ``localdisc.engine.precision``), region embeddings as a batched matrix product.
+* ``localdisc-fp32``: the same step in float32 and contiguous memory (the engine on CPU before
+  bf16 and channels-last came to it; ``pretrain --no-amp`` still trains in float32).
 * ``naive``: what a direct port of the published pipeline does: views built on the CPU item by
   item and copied over, fp32, region embeddings through the ``[N, K, D, H, W]`` broadcast.
 
@@ -11,6 +14,8 @@ Each variant runs in its own subprocess so that peak memory (CUDA allocator peak
 peak RSS on CPU) is its own. The last line reads ``ratio: X.XX`` (localdisc / naive images/s).
 
     python benchmarks/pretrain_throughput.py --device cpu --batch 1 --size 128
+    python benchmarks/pretrain_throughput.py --device cpu --batch 2 --size 128 \
+        --variants localdisc-fp32,localdisc
     python benchmarks/pretrain_throughput.py --device cuda --batch 4 --size 448
 """
 
@@ -61,19 +66,21 @@ def run_one(
 
     dev = torch.device(device)
     torch.manual_seed(0)
+    fast = variant.startswith("localdisc")
+    fp32 = variant == "localdisc-fp32"
     config = PretrainConfig(
-        data=["-"], batch=batch, size=size, stage1_steps=0, stage2_steps=1, depth=depth, width=width
-    )
+        data=["-"], batch=batch, size=size, stage1_steps=0, stage2_steps=1, depth=depth,
+        width=width, amp=not fp32,
+    )  # fmt: skip
     pool_size = config.resolved_pool_size
     pool = torch.randint(0, 256, (64, 3, pool_size, pool_size), dtype=torch.uint8)
     model = LDModel(depth=depth, width=width).to(dev)
     views = LDViews(size)
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    fast = variant == "localdisc"
     if fast:
         pool = pool.to(dev)
-        if dev.type == "cuda":
+        if not fp32:
             model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compile_model and fast else model
 
@@ -82,7 +89,7 @@ def run_one(
         if fast:
             x = pool[idx.to(dev)]
             vb = views(x[:batch], x[batch:], generator=gen)
-            if dev.type == "cuda":
+            if not fp32:
                 vb.images = vb.images.contiguous(memory_format=torch.channels_last)
             loss = ld_losses(net, vb, 2, config).total
         else:
@@ -201,13 +208,13 @@ def main() -> None:
         f"device: {name}, batch {args.batch} ({5 * args.batch} images/step), size {args.size}, "
         f"depth {args.depth}, width {args.width}"
     )
-    print(f"{'variant':<10} {'images/s':>10} {'step (ms)':>10} {'peak (GiB)':>11}")
+    print(f"{'variant':<14} {'images/s':>10} {'step (ms)':>10} {'peak (GiB)':>11}")
     for variant, r in results.items():
         if r is None:
-            print(f"{variant:<10} {'failed':>10}")
+            print(f"{variant:<14} {'failed':>10}")
         else:
             print(
-                f"{variant:<10} {r['images_per_s']:>10.1f} {1000 * r['step_s']:>10.1f} "
+                f"{variant:<14} {r['images_per_s']:>10.1f} {1000 * r['step_s']:>10.1f} "
                 f"{r['peak_gib']:>11.2f}"
             )
     for variant, r in results.items():
@@ -216,6 +223,9 @@ def main() -> None:
     fast, naive = results.get("localdisc"), results.get("naive")
     if fast and naive:
         print(f"ratio: {fast['images_per_s'] / naive['images_per_s']:.2f}")
+    fp32 = results.get("localdisc-fp32")
+    if fast and fp32:
+        print(f"ratio to float32: {fast['images_per_s'] / fp32['images_per_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -30,15 +30,17 @@ def test_pretrain_on_a_folder_of_images(tmp_path):
     assert config["pool"]["images"] == 4 and config["pretrain"]["stage2_steps"] == 2
     assert config["model"]["depth"] == 2 and config["model"]["width"] == 8
     assert config["pretrain"]["pool_size"] == 48 and config["pretrain"]["crop_scale"] == [0.5, 1.0]
+    assert config["pretrain"]["amp"] is True  # bf16 where it pays (engine.precision)
     assert (out / "encoder.safetensors").is_file()
     assert "done: 4 steps," in result.output
 
     # A budget (1 ns) that ends stage 1 before its first step: the steps that ran are reported,
     # not the last step's number.
-    budget = ["--stage1-seconds", "1e-9", "--out", str(out / "b")]
+    budget = ["--stage1-seconds", "1e-9", "--out", str(out / "b"), "--no-amp"]
     again = CliRunner().invoke(app, [*args, *TINY, *budget])
     assert again.exit_code == 0, again.output
     assert "done: 2 steps (last step 4)," in again.output
+    assert json.loads((out / "b" / "config.json").read_text())["pretrain"]["amp"] is False
 
 
 @pytest.mark.parametrize(

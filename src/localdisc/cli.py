@@ -197,6 +197,12 @@ def pretrain(
     compile_model: bool = typer.Option(
         False, "--compile", help="torch.compile the network (GPU; compiles in the first steps)."
     ),
+    amp: bool = typer.Option(
+        True,
+        "--amp/--no-amp",
+        help="bf16 autocast where it pays: GPUs, and CPUs with bf16 instructions (AVX512-BF16, "
+        "AMX); --no-amp trains in float32 everywhere.",
+    ),
     padding: str = typer.Option("zeros", help="Convolution padding: zeros (published), circular."),
     depth: int = typer.Option(
         5,
@@ -221,7 +227,7 @@ def pretrain(
         batch=batch, size=size, pool_size=pool_size, crop_scale=crop_scale, clusters=clusters,
         dim=dim, width=width, lr=lr, device=device, workers=workers, max_images=max_images,
         seed=seed, checkpoint_every=checkpoint_every, skip_bad=skip_bad, sync_bn=sync_bn,
-        padding=padding, compile=compile_model, depth=depth,
+        padding=padding, compile=compile_model, amp=amp, depth=depth,
         center_sigma=center_sigma if center_sensitive else None,
     )  # fmt: skip
     from localdisc.engine import distributed

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from helpers import tiny_pretrain_config
 from localdisc.data.views import LDViews
+from localdisc.engine import precision
 from localdisc.engine.pretrain import ld_losses
 from localdisc.models.ld import LDConfig, LDModel
 
@@ -68,7 +69,7 @@ def plain_step(model: LDModel, images: torch.Tensor, lam, flip, rot_k, stage: in
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_fast_step_equals_the_plain_step(stage):
-    config = tiny_pretrain_config(batch=2, size=32)
+    config = tiny_pretrain_config(batch=2, size=32, amp=False)  # fp32, as the plain step
     torch.manual_seed(0)
     model = LDModel(LDConfig(dim=8, clusters=4, width=8))
     model.cluster_head.requires_grad_(stage == 2)
@@ -92,3 +93,20 @@ def test_fast_step_equals_the_plain_step(stage):
     assert any(n.startswith("cluster_head") for n in fast_grads) == (stage == 2)
     for name, grad in fast_grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_bf16_step_is_the_fp32_step_to_bf16_precision(stage, monkeypatch):
+    # The step a CPU with bf16 instructions runs (emulated elsewhere: slower, same numbers).
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    torch.manual_seed(0)
+    model = LDModel(LDConfig(dim=8, clusters=4, width=8)).to(memory_format=torch.channels_last)
+    pool = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    batch = LDViews(32)(pool[:2], pool[2:], generator=torch.Generator().manual_seed(1))
+    losses = {}
+    for amp in (False, True):
+        terms = ld_losses(model, batch, stage, tiny_pretrain_config(batch=2, size=32, amp=amp))
+        assert terms.total.dtype == torch.float32  # the losses reduce in float32 either way
+        losses[amp] = terms.total.detach()
+    assert losses[True] != losses[False]  # bf16 was used
+    torch.testing.assert_close(losses[True], losses[False], rtol=2e-2, atol=0)

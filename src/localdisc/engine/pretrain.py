@@ -33,6 +33,7 @@ from localdisc.engine.checkpoint import (
     save_checkpoint,
 )
 from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
+from localdisc.engine.precision import bf16_autocast
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.losses import (
@@ -101,7 +102,7 @@ class PretrainConfig:
     log_every: int = 10
     max_nonfinite: int = 20
     skip_bad: bool = False
-    amp: bool = True  # bf16 autocast on CUDA (CPU runs stay fp32)
+    amp: bool = True  # bf16 autocast where it pays: CUDA, CPUs with bf16 (engine.precision)
     channels_last: bool = True
     # torch.compile of the network (inductor); for GPUs, where the step benchmark measured +29 %
     # (benchmarks/RESULTS.md). The first steps of each stage pay the compilation.
@@ -231,9 +232,7 @@ def ld_losses(
 ) -> LossTerms:
     """Forward the ``5B`` views and compute the LD loss of the given stage (METHOD.md 3)."""
     b = batch.lam.shape[0]
-    device_type = batch.images.device.type
-    use_amp = config.amp and device_type == "cuda"
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
+    with bf16_autocast(batch.images.device, config.amp):
         v, a = model(batch.images, with_clusters=stage == 2, cluster_count=4 * b)
     patches = patch_embeddings(v, 8, config.center_sigma)
     view1 = patches[: 2 * b]
@@ -437,7 +436,7 @@ def pretrain(
     if config.sync_bn and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    if config.channels_last and device.type == "cuda":
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.init_from:
         init_from_run(model, config.init_from)
@@ -585,7 +584,7 @@ def pretrain(
                 total = logged["loss"]
             else:
                 batch = views(x[:b], x[b:], generator=gen)
-                if config.channels_last and device.type == "cuda":
+                if config.channels_last:
                     batch.images = batch.images.contiguous(memory_format=torch.channels_last)
                 terms = ld_losses(
                     ddp_model, batch, stage, config, distributed_losses=ctx.distributed

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from localdisc.data.views import LDViews, _uniform, color_jitter, normalize
+from localdisc.engine.precision import bf16_autocast
 from localdisc.models.ld import LDModel
 
 __all__ = ["PeerViewBatch", "PeerViews", "PretrainObjective", "momentum_update"]
@@ -197,8 +198,8 @@ class PretrainObjective(nn.Module):
         model: the network; kept as ``self.model`` (the engine saves it alone for transfer).
         size: side of the views fed to the network (multiple of 16).
         modality: ``"fundus"`` or ``"xray"``; must match ``model.config.modality``.
-        amp: bf16 autocast for the network forwards on CUDA (the losses run in float32); CPU
-            runs are always float32.
+        amp: bf16 autocast for the network forwards where it pays (CUDA, CPUs with bf16:
+            :mod:`localdisc.engine.precision`); the losses run in float32.
 
     Subclasses implement :meth:`forward` and, where they have them, :meth:`after_step` and
     :meth:`online_modules`. Everything needed to resume exactly (momentum encoders, queues and
@@ -263,6 +264,4 @@ class PretrainObjective(nn.Module):
         return torch.cat([x1, x2])
 
     def _autocast(self, device: torch.device) -> AbstractContextManager:
-        if self.amp and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return bf16_autocast(device, self.amp)

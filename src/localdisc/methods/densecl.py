@@ -70,7 +70,7 @@ class DenseCLObjective(PretrainObjective):
         queue_size: length of both queues (4096). hidden_dim, out_dim: head widths (128, 128).
         crop_scale: area range of each view's crop ((0.2, 1.0)).
         shuffle_bn_groups: chunks for MoCo's shuffled batch norm on one device (2; 1 = off).
-        amp: bf16 autocast of the networks on CUDA.
+        amp: bf16 autocast of the networks where it pays (CUDA, CPUs with bf16).
     """
 
     name = "densecl"

@@ -43,7 +43,7 @@ class GenesisObjective(PretrainObjective):
             0.8; see :class:`~localdisc.data.genesis.GenesisCorruption`).
         crop_scale: area range of the view's crop ((0.9, 1.0), LD's).
         jitter: LD's colour jitter + grayscale on the view before corruption (True).
-        amp: bf16 autocast of the network on CUDA.
+        amp: bf16 autocast of the network where it pays (CUDA, CPUs with bf16).
     """
 
     name = "genesis"

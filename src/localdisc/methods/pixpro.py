@@ -57,7 +57,7 @@ class PixProObjective(PretrainObjective):
             (``None``: constant momentum).
         hidden_dim, out_dim: projection head widths (256, 128).
         crop_scale: area range of each view's crop ((0.2, 1.0)).
-        amp: bf16 autocast of the networks on CUDA.
+        amp: bf16 autocast of the networks where it pays (CUDA, CPUs with bf16).
     """
 
     name = "pixpro"

@@ -43,7 +43,7 @@ class SimCLRObjective(PretrainObjective):
         tau: NT-Xent temperature (0.2).
         hidden_dim, out_dim: projection head widths (default: encoder width, 128).
         crop_scale: area range of each view's crop ((0.2, 1.0)).
-        amp: bf16 autocast of the network on CUDA.
+        amp: bf16 autocast of the network where it pays (CUDA, CPUs with bf16).
     """
 
     name = "simclr"
