@@ -1,10 +1,10 @@
 """Where bf16 autocast and channels-last memory pay off.
 
-On a GPU both always do. On a CPU, oneDNN's convolutions are faster channels-last on any x86
-machine, and in bf16 only where the CPU has bf16 instructions (AVX512-BF16 or AMX); elsewhere
-bf16 is emulated and slower than float32. On a 2-core AMD EPYC with AVX512-BF16 the LD
-pre-training step at the CPU-scale settings went from 13.0 to 16.3 images/s channels-last and to
-24.0 with bf16 as well (benchmarks/RESULTS.md, "bf16 and channels-last on CPU").
+On a GPU both always do. On a CPU, oneDNN's convolutions run faster channels-last, and in bf16
+only where the CPU has bf16 instructions (AVX512-BF16 or AMX): on a 2-core AMD EPYC with
+AVX512-BF16 the LD step at the CPU-scale settings went from 15.4 to 25.6 images/s; with oneDNN
+held to AVX-512 without BF16 (emulated bf16) it fell to 0.65x of float32, held to AVX2 to 0.11x
+(benchmarks/RESULTS.md, "bf16 and channels-last on CPU").
 
 The losses keep their float32 reductions either way (they disable autocast inside).
 """
