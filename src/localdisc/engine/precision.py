@@ -22,7 +22,7 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX tiles)."""
     cpu = torch.cpu
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    # Private helpers of torch.cpu (present since torch 2.3); without them assume no support.
+    # Private probes of torch.cpu; a torch without them is taken to mean no support.
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
