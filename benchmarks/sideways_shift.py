@@ -24,7 +24,7 @@ import localdisc.tasks.shape_guided as shape_guided
 from localdisc.data.datasets import load_data_spec
 from localdisc.data.preprocess import resize_mask
 from localdisc.models.ld import LDModel
-from localdisc.priors.atlas import shift_sideways
+from localdisc.priors.atlas import shift_sideways, sideways_offset
 from localdisc.priors.topology import enforce_topology
 from localdisc.tasks.transfer import image_metrics
 
@@ -33,27 +33,6 @@ SIDE = 128  # where shifts are counted, as sideways_offset does
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-
-
-def segment_all(run: Path, images: list, fovs: list, moved: bool) -> tuple[list, float]:
-    """The benchmark's maps of ``run`` (``moved``) or those with the shift held at 0, and the
-    shift (a fraction of the width)."""
-    estimate, found = shape_guided.sideways_offset, []
-
-    def offset(imgs: list, maps: list) -> float:
-        found.append(estimate(imgs, maps) if moved else 0.0)
-        return found[-1]
-
-    shape_guided.sideways_offset = offset
-    try:
-        maps = shape_guided.segment_all(
-            LDModel.from_pretrained(run, device="cpu"), images, fovs,
-            size=shape_guided.run_size(run), prior=shape_guided.run_prior_masks(run),
-            log=lambda m: None,
-        )  # fmt: skip
-    finally:
-        shape_guided.sideways_offset = estimate
-    return maps, found[0]
 
 
 def main() -> None:
@@ -70,21 +49,25 @@ def main() -> None:
     images, fovs = [s.image for s in samples], [s.fov for s in samples]
     refs = [resize_mask(s.masks[args.target], SIDE) for s in samples]
     for run in args.runs:
-        topology = shape_guided.run_topology(run)
-        if shape_guided.run_prior_masks(run) is None or topology is None:
+        topology, prior = shape_guided.run_topology(run), shape_guided.run_prior_masks(run)
+        if prior is None or topology is None:
             raise SystemExit(f"{run}: not a run of a kept-pose organ prior")
+        model, size = LDModel.from_pretrained(run, device="cpu"), shape_guided.run_size(run)
+        plain = shape_guided.segment_all(model, images, fovs, size=size)  # no votes, no shift
+        estimate = sideways_offset(images, [m.consensus for m in plain])
         line = [str(run)]
         for moved in (False, True):
-            maps, offset = segment_all(run, images, fovs, moved)
+            offset = estimate if moved else 0.0
+            maps = shape_guided.segment_all(
+                model, images, fovs, size=size, prior=prior, offset=offset
+            )
             if not moved:  # the sideways shift of A the labels like best
                 masks = [resize_mask(m.prob_a > 0.5, SIDE) for m in maps]
                 pairs = list(zip(masks, refs, strict=True))
                 score = {d: np.mean([dice(shift_sideways(m, d), r) for m, r in pairs])
                          for d in range(-8, 9)}  # fmt: skip
                 line.append(f"labels' best {max(score, key=score.get):+d} px")
-            config = shape_guided.RefineConfig(
-                steps=args.refine_steps, size=shape_guided.run_size(run), device="cpu"
-            )
+            config = shape_guided.RefineConfig(steps=args.refine_steps, size=size, device="cpu")
             network = shape_guided.refine(run, images, maps, config, log=lambda m: None)
             a, refined = [], []
             for s, m in zip(samples, maps, strict=True):

@@ -141,6 +141,12 @@ def test_segment_all_moves_a_kept_pose_run_sideways_before_the_votes(run, monkey
             np.testing.assert_allclose(prob, shift_sideways(before, 8) * want.fov)
         votes = shape_guided.atlas_votes(image, got.prob_a, got.prob_b, got.fov, masks)
         np.testing.assert_allclose(got.prior, votes.prior)  # the votes follow the moved maps
+    seen.clear()
+    held = segment_all(model, images, size=48, prior=masks, offset=0.0, log=lambda m: None)
+    assert not seen  # a given offset replaces the estimate
+    for got, want in zip(held, alone, strict=True):
+        np.testing.assert_allclose(got.prob_a, want.prob_a)
+        assert got.prior is not None
 
 
 def test_refinement_trains_on_pseudo_labels(run):

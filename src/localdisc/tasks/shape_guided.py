@@ -148,6 +148,7 @@ def segment_all(
     size: int | None = None,
     tau: float = 0.2,
     prior: np.ndarray | None = None,
+    offset: float | None = None,
     log: Callable[[str], None] = print,
 ) -> list[ShapeGuidedMaps]:
     """:func:`segment` of each of ``images`` (with its FOV of ``fovs``, or derived).
@@ -155,7 +156,8 @@ def segment_all(
     With a kept-pose ``prior`` the run's maps are first moved sideways by the one shift under
     which the images' grey levels are most likely (:func:`sideways_offset`), then get the
     prior's votes: LD's organ maps sit a few pixels to one side, the same for a whole run
-    (benchmarks/RESULTS.md, "One sideways shift per run").
+    (benchmarks/RESULTS.md, "One sideways shift per run"). ``offset`` (a fraction of the width,
+    positive: right) replaces that estimate, e.g. 0 to compare with the maps where they are.
     """
     fovs = [None] * len(images) if fovs is None else fovs
     maps = [
@@ -163,8 +165,9 @@ def segment_all(
     ]
     if prior is None or not maps:
         return maps
-    offset = sideways_offset(images, [m.consensus for m in maps])
-    log(f"the run's maps moved sideways by {offset:+.1%} of the width (grey-level likelihood)")
+    if offset is None:
+        offset = sideways_offset(images, [m.consensus for m in maps])
+        log(f"the run's maps moved sideways by {offset:+.1%} of the width (grey-level likelihood)")
     moved = []
     for image, m in zip(images, maps, strict=True):
         pixels = round(offset * image.shape[1])
