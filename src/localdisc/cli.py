@@ -284,6 +284,11 @@ def finetune(
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     seed: int = typer.Option(0, help="Picks the labelled images and seeds training."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    recalibrate_bn: bool = typer.Option(
+        False,
+        help="Save the model with batch-norm statistics recomputed over every training-split "
+        "image, labels unused (the paper keeps training's; metrics.json reports both).",
+    ),
 ) -> None:
     """Fine-tune a segmentation model with few labels (the paper's protocol) and evaluate it."""
     from localdisc.engine.finetune import FinetuneConfig
@@ -295,7 +300,9 @@ def finetune(
         frozen_epochs=frozen_epochs, epochs=epochs, batch=batch, steps_per_epoch=steps_per_epoch,
         lr=lr, seed=seed, device=device,
     )  # fmt: skip
-    config = TransferConfig(dataset, target, init, labels, size, train=train)
+    config = TransferConfig(
+        dataset, target, init, labels, size, train=train, recalibrate_bn=recalibrate_bn
+    )
     metrics = run_transfer(config, out, log=console.print)
     summary = metrics["summary"]
     shown = ", ".join(

@@ -3,7 +3,7 @@ import math
 from localdisc.eval.report import collect, markdown_table
 
 
-def run(task, init, seed, dice_per_image, frozen=None):
+def run(task, init, seed, dice_per_image, frozen=None, **other):
     def metrics(values):
         mean = sum(values) / len(values)
         return {
@@ -14,6 +14,8 @@ def run(task, init, seed, dice_per_image, frozen=None):
     m = metrics(dice_per_image)
     if frozen is not None:
         m["frozen"] = metrics(frozen)
+    for key, values in other.items():  # recalibrated= or as_trained=
+        m[key] = metrics(values)
     return {"task": task, "init": init, "labels": "2", "seed": seed, "metrics": m}
 
 
@@ -34,6 +36,16 @@ def test_cells_are_means_over_seeds_and_images_pooled():
     assert "| ld | **0.900 +- 0.000** |" in text
     assert "| random | 0.700 +- 0.100 |" in text
     assert list(table) == ["random", "ld (frozen)", "ld"]
+
+
+def test_recalibrated_batch_norm_has_its_row_whichever_model_was_saved():
+    paper_saved = run("drive", "ld", 0, [0.6], frozen=[0.5], recalibrated=[0.7])
+    recal_saved = run("drive", "ld", 1, [0.7], frozen=[0.5], as_trained=[0.6])
+    for one in (paper_saved, recal_saved):
+        table = collect({"runs": [one]})["dice"]
+        assert list(table) == ["ld (frozen)", "ld", "ld (BN recalibrated)"]
+        assert math.isclose(table["ld"]["drive (2)"]["mean"], 0.6)
+        assert math.isclose(table["ld (BN recalibrated)"]["drive (2)"]["mean"], 0.7)
 
 
 def test_missing_cells_and_nan_values_show_as_dashes():

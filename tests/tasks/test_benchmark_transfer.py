@@ -24,6 +24,7 @@ def test_quick_benchmark_runs_the_whole_pipeline_and_resumes(tmp_path):
     assert (out / "pretrain" / "encoder.safetensors").is_file()
     table = (out / "results.md").read_text()
     assert "| ld (frozen) |" in table and "**" in table and "## Skipped" in table
+    assert "| ld (BN recalibrated) |" in table and "| random (BN recalibrated) |" in table
     assert (out / "figures" / "dice_bars.png").is_file()
     assert (out / "figures" / "predictions.png").is_file()
     dice = results["table"]["dice"]["ld"]["synthetic_fundus (2)"]

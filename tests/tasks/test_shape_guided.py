@@ -188,24 +188,6 @@ def test_refinement_sees_a_washed_out_radiograph_as_the_original(tmp_path):
     assert np.abs(on_washed_out - on_image).max() > 0.1
 
 
-def test_recalibrated_batch_norm_holds_the_images_statistics():
-    from localdisc.data.views import normalize
-    from localdisc.models.segmenter import Segmenter
-    from localdisc.tasks.shape_guided import recalibrate_batch_norm
-
-    torch.manual_seed(0)
-    network = Segmenter(modality="xray", width=4, depth=2, size=16).eval()
-    images = torch.rand(6, 1, 16, 16) * 0.5 + 0.25
-    recalibrate_batch_norm(network, images, batch=6)
-    assert not network.training
-    first, norm = network.encoder.blocks[0][0][:2]  # the first conv and its batch norm
-    with torch.no_grad():
-        features = first(normalize(images, "xray"))
-    torch.testing.assert_close(norm.running_mean, features.mean((0, 2, 3)))
-    torch.testing.assert_close(norm.running_var, features.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
-    assert norm.momentum == 0.1  # restored for later training
-
-
 def test_refine_config_rejects_an_unknown_schedule():
     with pytest.raises(ValueError, match="schedule"):
         RefineConfig(schedule="step")

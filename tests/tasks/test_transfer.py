@@ -102,6 +102,7 @@ def test_a_folder_without_a_split_tests_on_the_unlabelled_images(tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     trained = set(config["data"]["train_images"])
     assert len(tested) == 2 and not tested & trained
+    assert metrics["bn_images"] == 2  # batch norm may not see the test images either
 
 
 def test_drive_is_evaluated_in_the_fov_at_the_original_resolution(tmp_path):
@@ -112,3 +113,44 @@ def test_drive_is_evaluated_in_the_fov_at_the_original_resolution(tmp_path):
     assert read_mask(tmp_path / "predictions" / "01_test_prob.png").shape == (584, 565)
     for row in metrics["per_image"]:
         assert 0 <= row["dice"] <= 1 and 0 <= row["auc"] <= 1
+
+
+def test_batch_norm_recalibrated_on_the_training_split_is_evaluated_and_can_be_saved(tmp_path):
+    from localdisc.data.datasets import load_data_spec
+    from localdisc.engine.checkpoint import load_safetensors
+
+    quiet = dict(log=lambda m: None)
+    paper = run_transfer(tiny("synthetic_fundus:4"), tmp_path / "paper", **quiet)
+    # Statistics over all 4 training images (2 labelled), labels unused.
+    assert paper["bn_images"] == len(load_data_spec("synthetic_fundus:4", "train")) == 4
+    assert not paper["recalibrated_bn"] and "as_trained" not in paper
+    recalibrated = paper["recalibrated"]["summary"]["dice"]
+    assert recalibrated["n"] == 2 and recalibrated["mean"] != paper["summary"]["dice"]["mean"]
+
+    config = tiny("synthetic_fundus:4")
+    config.recalibrate_bn = True
+    saved = run_transfer(config, tmp_path / "recal", **quiet)
+    # The same training (same seed), the two models swapped.
+    assert saved["summary"]["dice"] == paper["recalibrated"]["summary"]["dice"]
+    assert saved["as_trained"]["summary"]["dice"] == paper["summary"]["dice"]
+    stats = "encoder.blocks.0.0.1.running_mean"
+    paper_weights = load_safetensors(tmp_path / "paper" / "model.safetensors")
+    recal_weights = load_safetensors(tmp_path / "recal" / "model.safetensors")
+    assert not np.allclose(paper_weights[stats], recal_weights[stats])
+    np.testing.assert_array_equal(
+        paper_weights["head.weight"].numpy(), recal_weights["head.weight"].numpy()
+    )
+
+
+def test_cli_finetune_saves_the_recalibrated_model_on_request(tmp_path):
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    args = ["finetune", "--dataset", "synthetic_fundus:4", "--labels", "2", "--epochs", "1"]
+    args += ["--size", "32", "--device", "cpu", "--recalibrate-bn", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "config.json").read_text())["transfer"]["recalibrate_bn"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["recalibrated_bn"] and "dice" in metrics["as_trained"]["summary"]

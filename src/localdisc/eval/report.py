@@ -29,11 +29,18 @@ METRICS = {
 
 
 def _rows_of(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """``(row name, metrics with summary/per_image)`` of one run; frozen models get their row."""
+    """``(row name, metrics with summary/per_image)`` of one run; frozen models and those with
+    recalibrated batch norm (see :mod:`localdisc.tasks.transfer`) get their rows."""
+    metrics, init = run["metrics"], run["init"]
     rows = []
-    if "frozen" in run["metrics"]:
-        rows.append((f"{run['init']} (frozen)", run["metrics"]["frozen"]))
-    rows.append((run["init"], run["metrics"]))
+    if "frozen" in metrics:
+        rows.append((f"{init} (frozen)", metrics["frozen"]))
+    if "as_trained" in metrics:  # the run saved its batch-norm-recalibrated model
+        rows += [(init, metrics["as_trained"]), (f"{init} (BN recalibrated)", metrics)]
+    else:
+        rows.append((init, metrics))
+        if "recalibrated" in metrics:
+            rows.append((f"{init} (BN recalibrated)", metrics["recalibrated"]))
     return rows
 
 
@@ -134,7 +141,9 @@ def write_report(
             f"{config.get('frozen_epochs', '?')} frozen + {config.get('epochs', '?')} "
             "(pre-trained inits) or the latter from scratch (random).",
             "Cells: mean +- standard deviation over seeds of the mean over test images; best of "
-            "each column in bold. A pre-trained init has a row for its frozen-encoder model.",
+            "each column in bold. A pre-trained init has a row for its frozen-encoder model; "
+            "'(BN recalibrated)' rows are the same models with batch-norm statistics recomputed "
+            "over the training split's images, labels unused (not the paper's protocol).",
         ]
     lines = [f"# {title}", "", *intro, ""]
     for metric, rows in table.items():

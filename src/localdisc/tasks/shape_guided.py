@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 
 from localdisc.data.io import read_image, write_png
 from localdisc.data.preprocess import fov_from_image, resize_image, resize_mask, stretch_contrast
 from localdisc.data.views import normalize
+from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, augment, predict_batch
 from localdisc.errors import LocaldiscError
@@ -440,27 +440,6 @@ def refine(
     if config.recalibrate:
         recalibrate_batch_norm(model, x, batch=8)
     return model.eval()
-
-
-@torch.no_grad()
-def recalibrate_batch_norm(model: Segmenter, images: Tensor, batch: int) -> None:
-    """Set every batch norm's running statistics to their average over ``images`` (raw [0, 1]
-    ``[N, C, S, S]`` at the model size), one forward pass in batches: "precise BN" (Wu and
-    Johnson, 2021), so evaluation normalises with the data's statistics rather than a moving
-    average of the last few small training batches."""
-    device = next(model.parameters()).device
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches of this pass
-    was_training = model.training
-    model.train()
-    for start in range(0, images.shape[0], batch):
-        model(normalize(images[start : start + batch].to(device), model.config.modality))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.train(was_training)
 
 
 def _refine_input(image: np.ndarray, modality: str, stretch: bool) -> np.ndarray:

@@ -8,12 +8,19 @@ run's encoder or from scratch, and evaluates it on the test split two ways:
 - the field's: F1, AUC-ROC, accuracy, sensitivity, specificity inside the field of view at the
   original resolution, plus clDice for vessels.
 
+The fine-tuned model is also evaluated with its batch-norm statistics recomputed over every image
+of the training split, labelled or not (no label is used; "precise BN" as in
+:mod:`localdisc.engine.batch_norm`): with 2 labelled images, the statistics of training are those
+of 2 images. ``recalibrate_bn`` chooses which of the two models is saved; ``metrics.json`` holds
+both (``recalibrated`` or ``as_trained`` for the other one).
+
 Its output folder holds ``model.safetensors`` + ``config.json`` (loadable by ``localdisc
 predict``), ``metrics.json``, ``history.csv``, ``predictions/`` and ``figures/overlay.png``.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -35,6 +42,7 @@ from localdisc.data.datasets import (
 )
 from localdisc.data.io import write_png
 from localdisc.data.preprocess import resize_image, resize_mask
+from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.finetune import FinetuneConfig, finetune, predict_batch
 from localdisc.errors import DatasetError, LocaldiscError
@@ -61,6 +69,9 @@ class TransferConfig:
     val_fraction: float = 0.2
     max_test: int | None = None  # evaluate on the first N test images only (quick runs)
     predictions: bool = True  # write probability maps and masks of the test images
+    # Save the model with batch-norm statistics recomputed over the training split's images (not
+    # the paper's protocol, which keeps those of training; both are evaluated either way).
+    recalibrate_bn: bool = False
     train: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
@@ -108,15 +119,17 @@ def split_labelled(
 
 
 def _tensors(
-    dataset: SegmentationDataset, indices: list[int], target: str, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    dataset: SegmentationDataset, indices: list[int], target: str | None, size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images ``[N, C, S, S]`` and, with a ``target``, masks ``[N, 1, S, S]`` at ``size``."""
     images, masks = [], []
     for i in indices:
         sample = dataset[i]
         images.append(resize_image(sample.image, size))
-        masks.append(resize_mask(sample.masks[target], size))
+        if target is not None:
+            masks.append(resize_mask(sample.masks[target], size))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(np.stack(masks)).float()[:, None]
+    y = torch.from_numpy(np.stack(masks)).float()[:, None] if masks else None
     return x, y
 
 
@@ -222,6 +235,23 @@ def evaluate(
     return rows
 
 
+def _evaluate_state(
+    model: Segmenter,
+    state: dict[str, torch.Tensor],
+    dataset: SegmentationDataset,
+    indices: list[int],
+    target: str,
+) -> dict[str, Any]:
+    """``summary`` and ``per_image`` of ``model`` holding ``state``; the model's own state is
+    restored afterwards."""
+    kept = copy.deepcopy(model.state_dict())
+    model.load_state_dict(state)
+    rows = evaluate(model, dataset, indices, target)
+    model.load_state_dict(kept)
+    summary = summarize([{k: v for k, v in r.items() if k != "image"} for r in rows])
+    return {"summary": summary, "per_image": rows}
+
+
 def _history_csv(phases: list) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -268,6 +298,17 @@ def run_transfer(
     val = _tensors(train_set, val_idx, target, config.size)
     result = finetune(model, train, val, config.train, pretrained=pretrained, log=log)
 
+    # Batch-norm statistics over the training split's images (labels unused). Without an official
+    # test split the other images are the test images, so only the labelled ones count then.
+    bn_idx = sorted(set(train_idx) | set(val_idx)) if self_split else list(range(len(train_set)))
+    trained = copy.deepcopy(model.state_dict())
+    recalibrate_batch_norm(model, _tensors(train_set, bn_idx, None, config.size)[0])
+    recalibrated = copy.deepcopy(model.state_dict())
+    kept, other_key, other_state = (trained, "recalibrated", recalibrated)
+    if config.recalibrate_bn:
+        kept, other_key, other_state = (recalibrated, "as_trained", trained)
+    model.load_state_dict(kept)
+
     meta = {
         "transfer": asdict(config),
         "data": {
@@ -277,6 +318,7 @@ def run_transfer(
             "train_images": [train_set.items[i].name for i in train_idx],
             "val_images": [train_set.items[i].name for i in val_idx],
             "validation": val_note,
+            "bn_images": len(bn_idx),
         },
     }
     model.save(out_dir, meta)
@@ -301,25 +343,25 @@ def run_transfer(
         "seed": seed,
         "size": config.size,
         "validation": val_note,
+        "recalibrated_bn": config.recalibrate_bn,
+        "bn_images": len(bn_idx),
         "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in per_image]),
         "per_image": per_image,
         "phases": [{k: v for k, v in asdict(p).items() if k != "history"} for p in result.phases],
     }
     if result.frozen_state is not None:  # the frozen-encoder model, as the paper also reports
-        final_state = model.state_dict()
-        model.load_state_dict(result.frozen_state)
-        frozen = evaluate(model, test_set, test_idx, target)
-        model.load_state_dict(final_state)
-        metrics["frozen"] = {
-            "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in frozen]),
-            "per_image": frozen,
-        }
+        metrics["frozen"] = _evaluate_state(model, result.frozen_state, test_set, test_idx, target)
+    metrics[other_key] = _evaluate_state(model, other_state, test_set, test_idx, target)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
 
     from localdisc.eval.figures import overlay_figure
 
     overlay_figure(overlays, out_dir / "figures" / "overlay.png")
-    dice = metrics["summary"]["dice"]
-    log(f"test Dice {dice['mean']:.4f} +- {dice['std']:.4f} over {dice['n']} images -> {out_dir}")
+    dice, other = metrics["summary"]["dice"], metrics[other_key]["summary"]["dice"]["mean"]
+    other_name = {"recalibrated": "batch norm recalibrated", "as_trained": "training's batch norm"}
+    log(
+        f"test Dice {dice['mean']:.4f} +- {dice['std']:.4f} over {dice['n']} images "
+        f"({other_name[other_key]}: {other:.4f}) -> {out_dir}"
+    )
     return metrics
