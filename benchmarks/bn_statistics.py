@@ -47,36 +47,37 @@ def variants(run: Path) -> dict[str, float]:
     if config.get("recalibrate_bn"):
         raise SystemExit(f"{run}: saved with --recalibrate-bn; these variants need training's")
 
-    def dice(stats_images: torch.Tensor | None, passes: int = 1) -> float:
-        model = Segmenter.from_pretrained(run)
-        if stats_images is not None:
-            rotation, flips = AUGMENTATION[model.config.modality]
-            generator = torch.Generator().manual_seed(0)
-            blank = torch.zeros_like(stats_images[:, :1])  # augment() moves masks too
-            views = [stats_images] + [
-                augment(stats_images, blank, rotation=rotation, flips=flips, generator=generator)[0]
-                for _ in range(passes - 1)
-            ]
-            recalibrate_batch_norm(model, torch.cat(views))
+    def dice(model: Segmenter) -> float:
         rows = evaluate(model, test_set, test_idx, target)
         return float(np.mean([r["dice"] for r in rows]))
 
+    def recalibrated(stats_images: torch.Tensor, passes: int = 1) -> Segmenter:
+        model = Segmenter.from_pretrained(run)
+        rotation, flips = AUGMENTATION[model.config.modality]
+        generator = torch.Generator().manual_seed(0)
+        blank = torch.zeros_like(stats_images[:, :1])  # augment() moves masks too
+        views = [stats_images] + [
+            augment(stats_images, blank, rotation=rotation, flips=flips, generator=generator)[0]
+            for _ in range(passes - 1)
+        ]
+        recalibrate_batch_norm(model, torch.cat(views))
+        return model
+
     images = lambda dataset, idx: _tensors(dataset, idx, None, size)[0]  # noqa: E731
     out = {
-        "as_trained": dice(None),
-        "labelled": dice(images(train_set, sorted(set(labelled) | set(val))), passes=10),
-        "train_split": dice(images(train_set, list(range(len(train_set))))),
-        "test_images": dice(images(test_set, test_idx)),
+        "as_trained": dice(Segmenter.from_pretrained(run)),
+        "labelled": dice(recalibrated(images(train_set, sorted(set(labelled) | set(val))), 10)),
+        "train_split": dice(recalibrated(images(train_set, list(range(len(train_set)))))),
+        "test_images": dice(recalibrated(images(test_set, test_idx))),
         "pretraining": math.nan,
     }
-    if config["init"] != "random":
+    if config["init"] != "random":  # the encoder's statistics from pre-training
         model = Segmenter.from_pretrained(run)
         pre = load_safetensors(Path(config["init"]) / "encoder.safetensors")
         state = model.encoder.state_dict()
         state.update({k: v for k, v in pre.items() if "running_" in k})
         model.encoder.load_state_dict(state)
-        rows = evaluate(model, test_set, test_idx, target)
-        out["pretraining"] = float(np.mean([r["dice"] for r in rows]))
+        out["pretraining"] = dice(model)
     return out
 
 

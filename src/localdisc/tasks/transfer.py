@@ -248,8 +248,11 @@ def _evaluate_state(
     model.load_state_dict(state)
     rows = evaluate(model, dataset, indices, target)
     model.load_state_dict(kept)
-    summary = summarize([{k: v for k, v in r.items() if k != "image"} for r in rows])
-    return {"summary": summary, "per_image": rows}
+    return {"summary": _summary(rows), "per_image": rows}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    return summarize([{k: v for k, v in r.items() if k != "image"} for r in rows])
 
 
 def _history_csv(phases: list) -> str:
@@ -345,7 +348,7 @@ def run_transfer(
         "validation": val_note,
         "recalibrated_bn": config.recalibrate_bn,
         "bn_images": len(bn_idx),
-        "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in per_image]),
+        "summary": _summary(per_image),
         "per_image": per_image,
         "phases": [{k: v for k, v in asdict(p).items() if k != "history"} for p in result.phases],
     }
