@@ -17,6 +17,7 @@ from localdisc.tasks.vesselness import (
     threshold_fraction,
     threshold_otsu_fov,
     vesselness,
+    vesselness_pseudo_label,
 )
 
 SIZE = 96
@@ -126,6 +127,24 @@ def test_segment_vessels_fraction_counts_inside_the_eroded_fov():
     region = eroded_fov(fov, 8)
     assert mask.sum() == round(0.1 * region.sum())
     assert score.dtype == np.float32 and mask.dtype == bool
+
+
+def test_pseudo_label_is_sure_at_both_ends_and_silent_between():
+    rng = np.random.default_rng(0)
+    score = rng.random((60, 60)).astype(np.float32)  # no ties
+    fov = np.zeros_like(score, dtype=bool)
+    fov[10:50, 10:50] = True
+    label, weight = vesselness_pseudo_label(score, fov, 0.1, sure=0.5, unsure=3.0, erode_fov=2)
+    region = eroded_fov(fov, 2)
+    n = region.sum()
+    assert label.sum() == round(0.1 * n) and not label[~region].any()
+    ranks = np.argsort(np.argsort(-score[region]))  # 0: most vessel-like
+    sure = weight[region] == 1
+    np.testing.assert_array_equal(sure, (ranks < round(0.05 * n)) | (ranks >= round(0.3 * n)))
+    assert (weight[~fov] == 1).all() and (weight[fov & ~region] == 0).all()
+    assert label.dtype == weight.dtype == np.float32
+    with pytest.raises(ValueError, match="sure"):
+        vesselness_pseudo_label(score, fov, 0.1, sure=1.5)
 
 
 def test_prior_fraction_on_known_masks():

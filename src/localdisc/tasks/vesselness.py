@@ -56,6 +56,7 @@ __all__ = [
     "threshold_fraction",
     "threshold_otsu_fov",
     "vesselness",
+    "vesselness_pseudo_label",
 ]
 
 #: Known vesselness filters (``method`` of :func:`vesselness`).
@@ -176,6 +177,35 @@ def threshold_fraction(score: np.ndarray, fov: np.ndarray | None, fraction: floa
     cut = float(np.partition(values, values.size - k)[values.size - k])  # k-th highest
     keep = s > 0 if cut <= 0 else s >= cut
     return keep & f
+
+
+def vesselness_pseudo_label(
+    score: np.ndarray,
+    fov: np.ndarray,
+    fraction: float,
+    *,
+    sure: float = 0.6,
+    unsure: float = 2.0,
+    erode_fov: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(label, weight)`` to train a network on a filter's output, no label used.
+
+    ``label``: the ``fraction`` most vessel-like pixels of the eroded FOV
+    (:func:`threshold_fraction`, as :func:`segment_vessels`). ``weight``: 1 where the filter is
+    sure, 0 where the network is left to decide: sure vessel are the ``sure * fraction`` most
+    vessel-like pixels, sure background every eroded-FOV pixel outside the ``unsure *
+    fraction`` most vessel-like, and everything outside the FOV; the band between and the FOV's
+    rim (where :func:`vesselness` is undefined) weigh 0. Both ``float32`` ``H x W``.
+    """
+    if not 0.0 < sure <= 1.0 <= unsure:
+        raise ValueError(f"need 0 < sure <= 1 <= unsure, got sure={sure!r}, unsure={unsure!r}")
+    fov = _fov_or_all(fov, np.shape(score))
+    region = eroded_fov(fov, erode_fov)
+    label = threshold_fraction(score, region, fraction)
+    vessel = threshold_fraction(score, region, sure * fraction)
+    background = region & ~threshold_fraction(score, region, min(1.0, unsure * fraction))
+    weight = vessel | background | ~fov
+    return label.astype(np.float32), weight.astype(np.float32)
 
 
 def threshold_otsu_fov(score: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
