@@ -40,7 +40,7 @@ from localdisc.data.views import normalize
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.finetune import augment, predict_batch
 from localdisc.engine.precision import bf16_autocast
-from localdisc.eval.metrics import summarize
+from localdisc.eval.metrics import auc_roc, summarize
 from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.models.segmenter import Segmenter
 from localdisc.priors import load_prior
@@ -127,7 +127,7 @@ def main() -> None:
         for name, score in rank.items():
             mask = (score > 1 - fraction).astype(np.float32)
             metrics = image_metrics(mask, s, "vessels", 512)
-            metrics["auc"] = image_metrics(score, s, "vessels", 512)["auc"]
+            metrics["auc"] = auc_roc(score, s.masks["vessels"], s.fov)
             rows.setdefault(f"{name} @ {fraction:.3f}", []).append(metrics)
     result = {"args": {k: str(v) for k, v in vars(a).items()}, "fraction": fraction,
               "seconds": time.time() - start,
