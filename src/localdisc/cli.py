@@ -640,6 +640,9 @@ def benchmark_shape_guided(
     refine_size: int | None = typer.Option(
         None, help="Side the refinement network sees (default: the LD run's pool size)."
     ),
+    student_steps: int = typer.Option(
+        1200, help="Steps of the network taught by Sato (vessels; 0: no such rows)."
+    ),
     max_test: int | None = typer.Option(None, help="Use only the first N test images."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     quick: bool = typer.Option(False, "--quick", help="Generated images, tiny sizes (tests)."),
@@ -661,8 +664,8 @@ def benchmark_shape_guided(
         data_root=data_root or default_data_root(), init=str(init) if init else None, size=size,
         pool_size=pool_size, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch,
-        refine_steps=refine_steps, refine_size=refine_size, max_test=max_test, device=device,
-        quick=quick, pretrain={
+        refine_steps=refine_steps, refine_size=refine_size, student_steps=student_steps,
+        max_test=max_test, device=device, quick=quick, pretrain={
             "depth": depth, "width": width, "prior_weight": prior_weight, "prior_pose": prior_pose,
             "crop_scale": crop_scale,
         },

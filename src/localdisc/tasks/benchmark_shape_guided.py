@@ -19,6 +19,10 @@ match each image). Rows in the same run:
 - ``k-means (no prior)``: k-means (K = 8) on the stage-1 model's pixel embeddings, the cluster
   whose area is closest to the prior's expected fraction;
 - vessels only, ``sato``/``frangi`` at each prior's expected fraction and with Otsu's threshold;
+- vessels only, ``Sato-taught network`` (:mod:`localdisc.tasks.self_training`): a U-Net trained
+  on the test images' Sato pseudo-labels at the simulated prior's fraction (transductive, as the
+  refinement), its probability at 0.5, and ``Sato + Sato-taught network (mean rank)``, both
+  ranks averaged and thresholded at that fraction; one per seed;
 - organs only, ``mean shape of PRIOR (no image)``: the prior's average mask thresholded at its
   expected fraction, the same mask for every image: what the prior alone knows.
 
@@ -118,6 +122,7 @@ class ShapeBenchmarkConfig:
     # segment`: the context LD saw, at a fraction of the cost of 512 (where a 3-block network
     # lost the JSRT heart: RESULTS.md).
     refine_size: int | None = None
+    student_steps: int = 1200  # the Sato-taught network (vessels; 0: no such rows)
     kmeans_clusters: int = 8
     max_test: int | None = None
     device: str = "auto"
@@ -130,6 +135,7 @@ def preset(config: ShapeBenchmarkConfig) -> ShapeBenchmarkConfig:
         return replace(
             config, tasks=config.tasks or ["synthetic_fundus"], size=48, pool_size=64,
             eval_size=64, stage1_steps=3, stage2_steps=3, batch=1, refine_steps=2, max_test=2,
+            student_steps=min(config.student_steps, 2),
             device="cpu", pretrain={"val_images": 1, "workers": 1, "prior_count": 8,
                                     **config.pretrain},
         )  # fmt: skip
@@ -207,8 +213,9 @@ def run_shape_benchmark(
         "Segmentation without any label of the target data set. Rows: LD with each shape prior "
         "(outputs A, B and refined; for organs also A and refined held to the prior's number of "
         "pieces, with no holes), k-means on LD embeddings without a prior, and vesselness "
-        "filters given the prior's expected fraction or Otsu's threshold (vessels), or the "
-        "prior's mean shape, which does not look at the image (organs).",
+        "filters given the prior's expected fraction or Otsu's threshold and a network taught "
+        "by Sato on the test images (vessels), or the prior's mean shape, which does not look "
+        "at the image (organs).",
         f"Seeds: {config.seeds}; {_stages(config)} at {config.size}; refinement "
         f"{config.refine_steps} steps at {refine_at}. "
         "Cells: mean +- std over seeds of the mean over test images.",
@@ -281,7 +288,9 @@ def _run_task(
             "metrics": {"target": target, "summary": summary, "per_image": per_image},
         })  # fmt: skip
 
-    fraction = priors.get("simulated", next(iter(priors.values())))[1]
+    # The fraction k-means and the Sato-taught network are given.
+    fraction_from = "simulated" if "simulated" in priors else next(iter(priors))
+    fraction = priors[fraction_from][1]
     # An organ prior's pieces and holes (None for trees): the "+ topology" rows.
     topologies = {label: measure_topology(bank) for label, (_, _, bank) in priors.items()}
     topologies = {label: t if t.solid else None for label, t in topologies.items()}
@@ -335,6 +344,12 @@ def _run_task(
                 rows = _cached(task_dir / _slug(f"{method}-{label}"), _eval_settings(config),
                                _filter_rows, samples, target, method, value, config)  # fmt: skip
                 record(f"{method} @ {label}", 0, rows)
+        for seed in range(config.seeds if config.student_steps else 0):
+            settings = {**_eval_settings(config, "student_steps"), "fraction": fraction}
+            rows = _cached(task_dir / "sato-student" / f"seed-{seed}", settings, _student_rows,
+                           samples, target, fraction, config, seed, log)  # fmt: skip
+            for output, per_image in rows.items():
+                record(f"{output} @ {fraction_from} fraction ({fraction:.3f})", seed, per_image)
     else:  # what the prior alone gives: its mean shape, the same on every image
         for label, (_, f, bank) in priors.items():
             rows = _cached(task_dir / _slug(f"mean-shape-{label}"), _eval_settings(config),
@@ -520,6 +535,41 @@ def _filter_row(
     score, mask = segment_vessels(sample.image, sample.fov, method=method, threshold=threshold)
     prob = calibrate(score, mask)
     return _metrics(prob, sample, target, config.eval_size)
+
+
+def _student_rows(
+    samples: list[Any], target: str, fraction: float, config: ShapeBenchmarkConfig, seed: int,
+    log: Callable[[str], None],
+) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """A network taught by Sato on the test images themselves (no label; transductive, as the
+    refinement): its probability, and its rank averaged with Sato's at ``fraction``."""
+    from localdisc.tasks.self_training import (
+        StudentConfig,
+        mean_rank,
+        student_probability,
+        train_student,
+    )
+    from localdisc.tasks.vesselness import eroded_fov, threshold_fraction, vesselness
+
+    student = StudentConfig(size=config.eval_size, crop=config.eval_size // 2,
+                            steps=config.student_steps, batch=config.batch, seed=seed,
+                            device=config.device)  # fmt: skip
+    sato = [vesselness(s.image, s.fov, method=student.method) for s in samples]
+    model = train_student([s.image for s in samples], [s.fov for s in samples], fraction, student,
+                          teachers=sato, log=log)  # fmt: skip
+    out: dict[str, list[dict[str, Any]]] = {
+        "Sato-taught network": [],
+        "Sato + Sato-taught network (mean rank)": [],
+    }
+    for s, teacher in zip(samples, sato, strict=True):
+        prob = student_probability(model, s.image, s.fov)
+        out["Sato-taught network"].append(_metrics(prob, s, target, config.eval_size))
+        rank = mean_rank([prob, teacher], s.fov, student.erode_fov)
+        mask = threshold_fraction(rank, eroded_fov(s.fov, student.erode_fov), fraction)
+        out["Sato + Sato-taught network (mean rank)"].append(
+            _metrics(calibrate(rank, mask), s, target, config.eval_size)
+        )
+    return out
 
 
 def calibrate(score: np.ndarray, mask: np.ndarray) -> np.ndarray:

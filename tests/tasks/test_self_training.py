@@ -1,0 +1,78 @@
+"""A network taught by a vesselness filter: it must learn, and rank vessels above its teacher."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from localdisc.data.synthetic import synthetic_fundus
+from localdisc.errors import LocaldiscError
+from localdisc.eval.metrics import auc_roc
+from localdisc.tasks.self_training import (
+    StudentConfig,
+    mean_rank,
+    student_probability,
+    train_student,
+)
+from localdisc.tasks.vesselness import eroded_fov, vesselness
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def test_the_student_ranks_an_unseen_image_s_vessels_better_than_its_teacher():
+    eyes = [synthetic_fundus(128, seed=s) for s in range(3)]
+    config = StudentConfig(size=128, crop=64, depth=2, width=8, steps=150, lr=1e-2,
+                           erode_fov=4, device="cpu")  # fmt: skip
+    model = train_student([e.image for e in eyes[:2]], [e.fov for e in eyes[:2]], 0.12, config,
+                          log=quiet)  # fmt: skip
+    unseen = eyes[2]
+    prob = student_probability(model, unseen.image, unseen.fov)
+    teacher = vesselness(unseen.image, unseen.fov, erode_fov=4)
+    student_auc = auc_roc(prob, unseen.vessels, unseen.fov)
+    teacher_auc = auc_roc(teacher, unseen.vessels, unseen.fov)
+    assert student_auc > 0.9 and student_auc > teacher_auc + 0.03
+
+
+def test_student_probability_is_a_map_of_the_image_zero_off_the_fov():
+    eye = synthetic_fundus(96, seed=0)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=2, device="cpu")
+    model = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
+    prob = student_probability(model, eye.image, eye.fov)
+    assert prob.shape == eye.fov.shape and prob.dtype == np.float32
+    assert prob.min() >= 0 and prob.max() <= 1 and not prob[~eye.fov].any()
+    plain = student_probability(model, eye.image, eye.fov, flips=False)
+    assert plain.shape == prob.shape and not np.allclose(plain, prob)
+    # The same seed, the same network.
+    again = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
+    np.testing.assert_array_equal(student_probability(again, eye.image, eye.fov), prob)
+
+
+def test_mean_rank_fuses_scores_of_any_scale_inside_the_eroded_fov():
+    rng = np.random.default_rng(0)
+    fov = np.zeros((40, 40), dtype=bool)
+    fov[5:35, 5:35] = True
+    region = eroded_fov(fov, 2)
+    score = rng.random((40, 40))
+    rank = mean_rank([score], fov, 2)
+    assert not rank[~region].any() and rank[region].min() > 0 and rank[region].max() == 1
+    # Ranks ignore scale: a monotone map of a score changes nothing, nor does averaging it in.
+    np.testing.assert_allclose(mean_rank([score, 100 * score**3], fov, 2), rank)
+    other = rng.random((40, 40))
+    both = mean_rank([score, other], fov, 2)
+    np.testing.assert_allclose(both, (rank + mean_rank([other], fov, 2)) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        mean_rank([], fov)
+
+
+def test_bad_settings_and_inputs_are_refused():
+    with pytest.raises(ValueError, match="crop"):
+        StudentConfig(size=64, crop=128)
+    with pytest.raises(ValueError, match="multiple"):
+        StudentConfig(size=100, crop=64, depth=4)
+    eye = synthetic_fundus(64, seed=0)
+    with pytest.raises(LocaldiscError, match="one FOV per image"):
+        train_student([eye.image, eye.image], [eye.fov], 0.12, StudentConfig(size=64, crop=32))
+    with pytest.raises(LocaldiscError, match="at least one image"):
+        train_student([], [], 0.12)
