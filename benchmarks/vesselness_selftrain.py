@@ -19,7 +19,8 @@ and its labels may choose settings for DRIVE. Printed and written per round, the
 the scored images of the paper's Dice (whole image at 512) and FOV AUC, for:
 
 * ``network``: the network's probability at 0.5, averaged over the four flips (``--no-flips``:
-  the image alone);
+  the image alone) and over ``--ensemble`` networks of consecutive seeds (then also ``first
+  network``, the first seed's alone);
 * ``network @ fraction``: its prior's-fraction most vessel-like pixels of the eroded FOV;
 * ``sato @ fraction``: the filter itself at that fraction (the teacher, the same run);
 * ``mean rank @ fraction``: the mean of the network's and the filter's rank inside the eroded
@@ -63,6 +64,7 @@ def main() -> None:
     p.add_argument("--fraction", type=float, help="the vessel fraction instead of the prior's")
     p.add_argument("--rounds", type=int, default=1, help="2: retrain on round 1's mean rank")
     p.add_argument("--no-flips", action="store_true", help="the network on the image alone")
+    p.add_argument("--ensemble", type=int, default=1, help="N networks (seeds), maps averaged")
     p.add_argument("--out", type=Path)
     defaults = StudentConfig()
     for f in fields(StudentConfig):
@@ -94,11 +96,20 @@ def main() -> None:
     for round_ in range(a.rounds):
         images, fovs = [s.image for s in train], [s.fov for s in train]
         round_config = replace(config, seed=config.seed + round_)
-        model = train_student(images, fovs, fraction, round_config, teachers=teachers)
+        models = [
+            train_student(
+                images, fovs, fraction, replace(round_config, seed=seed), teachers=teachers
+            )
+            for seed in range(round_config.seed, round_config.seed + a.ensemble)
+        ]
         rows: dict[str, list[dict]] = {}
         for s in test:
-            prob = student_probability(model, s.image, s.fov, flips=not a.no_flips)
+            probs = [student_probability(m, s.image, s.fov, flips=not a.no_flips) for m in models]
+            prob = sum(probs) / len(probs)
             rows.setdefault("network", []).append(image_metrics(prob, s, "vessels", 512))
+            if a.ensemble > 1:  # the first network alone, for comparison
+                first = image_metrics(probs[0], s, "vessels", 512)
+                rows.setdefault("first network", []).append(first)
             scores = {"network": [prob], "sato": [sato[s.name]], "mean rank": [prob, sato[s.name]]}
             for name, score in scores.items():
                 rank = mean_rank(score, s.fov, config.erode_fov)
@@ -116,8 +127,9 @@ def main() -> None:
         if round_ + 1 == a.rounds:
             break
         # The next round's teacher: this round's mean rank.
-        teachers = [mean_rank([student_probability(model, s.image, s.fov, flips=not a.no_flips),
-                               sato[s.name]], s.fov, config.erode_fov) for s in train]  # fmt: skip
+        teachers = [mean_rank([sum(student_probability(m, s.image, s.fov, flips=not a.no_flips)
+                                   for m in models) / len(models), sato[s.name]], s.fov,
+                              config.erode_fov) for s in train]  # fmt: skip
 
 
 if __name__ == "__main__":

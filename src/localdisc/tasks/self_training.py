@@ -13,8 +13,9 @@ augmentation (rotations, flips, random crops) as the student's noise.
 Two outputs, neither using a label:
 
 * :func:`student_probability`: the network's probability (averaged over the four flips);
-* :func:`mean_rank`: the mean of the network's and the filter's ranks inside the eroded FOV;
-  teacher and student err in different places, so together they rank best.
+* :func:`mean_rank`: the mean of the network's and the filter's ranks inside the eroded FOV,
+  cut at the prior's fraction: above either after 400 steps, level with the network alone
+  after 1 200 (DRIVE 0.751 against 0.754).
 
 Usage::
 
