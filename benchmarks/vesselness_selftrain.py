@@ -88,7 +88,8 @@ def main() -> None:
         train += test if a.train_on != "train" else []
     else:
         test = train = list(load_data_spec(f"stare:{a.data_root / 'STARE'}", "all"))
-    sato = {s.name: vesselness(s.image, s.fov, method="sato") for s in train + test}
+    unique = {s.name: s for s in train + test}  # STARE's, and DRIVE's with --train-on test|both
+    sato = {name: vesselness(s.image, s.fov, method="sato") for name, s in unique.items()}
     teachers = [sato[s.name] for s in train]
     start = time.time()
     result = {"args": {k: str(v) for k, v in vars(a).items()}, "fraction": fraction,

@@ -345,7 +345,7 @@ def _run_task(
                                _filter_rows, samples, target, method, value, config)  # fmt: skip
                 record(f"{method} @ {label}", 0, rows)
         for seed in range(config.seeds if config.student_steps else 0):
-            settings = {**_eval_settings(config, "student_steps"), "fraction": fraction}
+            settings = {**_eval_settings(config, "student_steps", "batch"), "fraction": fraction}
             rows = _cached(task_dir / "sato-student" / f"seed-{seed}", settings, _student_rows,
                            samples, target, fraction, config, seed, log)  # fmt: skip
             for output, per_image in rows.items():
