@@ -1,10 +1,13 @@
-"""Classical vesselness baselines (Sato, Frangi) on the DRIVE test images, label-free.
+"""Classical vesselness baselines (Sato, Frangi, the line detector) on the DRIVE test images,
+label-free.
 
     python benchmarks/vesselness_drive.py --data-root /work/shared/data/DRIVE --fraction 0.12 \\
         --priors-root /work/shared/data --out /tmp/vesselness_drive.json
 
-For each filter of :data:`localdisc.tasks.vesselness.FILTERS` and each threshold (the
-``--fraction`` most vessel-like pixels of the eroded FOV, or Otsu's), prints the mean +- std
+For each filter of ``--methods`` (default: every one of
+:data:`localdisc.tasks.vesselness.FILTERS`, and ``sato+line``, their mean rank) and each
+threshold (the ``--fraction`` most vessel-like pixels of the eroded FOV, for each fraction
+given, or Otsu's), prints the mean +- std
 (population) over the 20 test images of the paper's Dice (whole image at 512 x 512, per image,
 at 0.5) and the mean ROC AUC inside the official FOV. Two resolutions:
 
@@ -30,14 +33,25 @@ from localdisc.data.datasets import load_dataset
 from localdisc.data.io import is_image_file, read_mask
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.eval.metrics import auc_roc, paper_dice, summarize
-from localdisc.tasks.vesselness import FILTERS, prior_fraction, segment_vessels
+from localdisc.tasks.vesselness import (
+    FILTERS,
+    eroded_fov,
+    prior_fraction,
+    threshold_fraction,
+    threshold_otsu_fov,
+    vesselness,
+)
 
 SIZE = 512
 RESOLUTIONS = ("native", "512")
 
 
 def evaluate_drive(
-    root: Path, fraction: float, resolutions: tuple[str, ...], size: int = SIZE
+    root: Path,
+    fractions: list[float],
+    resolutions: tuple[str, ...],
+    methods: list[str],
+    size: int = SIZE,
 ) -> list[dict]:
     """Per-image rows: image, resolution, method, threshold, dice, auc."""
     dataset = load_dataset("drive", root, "test")
@@ -50,15 +64,21 @@ def evaluate_drive(
             else:
                 image = resize_image(sample.image, size)
                 fov, truth = resize_mask(sample.fov, size), resize_mask(target, size)
-            for method in FILTERS:
-                for threshold in (fraction, "otsu"):
-                    score, mask = segment_vessels(image, fov, method=method, threshold=threshold)
+            for method in methods:
+                score = vesselness(image, fov, method=method)  # once, for every threshold
+                region = eroded_fov(fov, 8)
+                otsu = () if "+" in method else ("otsu",)  # a mean rank is uniform
+                for threshold in (*fractions, *otsu):
+                    if threshold == "otsu":
+                        mask = threshold_otsu_fov(score, region)
+                    else:
+                        mask = threshold_fraction(score, region, threshold)
                     rows.append(
                         {
                             "image": sample.name,
                             "resolution": resolution,
                             "method": method,
-                            "threshold": "otsu" if threshold == "otsu" else f"{fraction:g}",
+                            "threshold": "otsu" if threshold == "otsu" else f"{threshold:g}",
                             "dice": paper_dice(mask, target, size),
                             "auc": auc_roc(score, truth, fov),
                             "predicted_fraction": float(mask[fov].mean()),
@@ -72,7 +92,7 @@ def table(rows: list[dict]) -> tuple[str, list[dict]]:
     keys = list(dict.fromkeys((r["resolution"], r["method"], r["threshold"]) for r in rows))
     records = []
     lines = [
-        f"{'resolution':<10} {'method':<7} {'threshold':<9} {'n':>3} "
+        f"{'resolution':<10} {'method':<9} {'threshold':<9} {'n':>3} "
         f"{'Dice@512 (mean+-std)':>21} {'FOV AUC':>8} {'pred. frac':>10}"
     ]
     for resolution, method, threshold in keys:
@@ -84,7 +104,7 @@ def table(rows: list[dict]) -> tuple[str, list[dict]]:
         s = summarize(group)
         records.append({"resolution": resolution, "method": method, "threshold": threshold, **s})
         lines.append(
-            f"{resolution:<10} {method:<7} {threshold:<9} {s['dice']['n']:>3} "
+            f"{resolution:<10} {method:<9} {threshold:<9} {s['dice']['n']:>3} "
             f"{s['dice']['mean']:>13.3f} +- {s['dice']['std']:.3f} {s['auc']['mean']:>8.3f} "
             f"{s['predicted_fraction']['mean']:>10.3f}"
         )
@@ -122,7 +142,8 @@ def prior_fractions(root: Path) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=Path("/work/shared/data/DRIVE"))
-    parser.add_argument("--fraction", type=float, default=0.12)
+    parser.add_argument("--fraction", type=float, nargs="+", default=[0.12])
+    parser.add_argument("--methods", nargs="+", default=[*FILTERS, "sato+line"])
     parser.add_argument("--resolution", choices=(*RESOLUTIONS, "both"), default="both")
     parser.add_argument(
         "--priors-root", type=Path, default=None, help="shared data folder for prior fractions"
@@ -132,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
     resolutions = RESOLUTIONS if args.resolution == "both" else (args.resolution,)
     start = time.perf_counter()
-    rows = evaluate_drive(args.data_root, args.fraction, resolutions)
+    rows = evaluate_drive(args.data_root, args.fraction, resolutions, args.methods)
     text, records = table(rows)
     print(f"DRIVE test, {len({r['image'] for r in rows})} images, paper Dice at {SIZE} x {SIZE}")
     print(text)

@@ -3,8 +3,9 @@
     python benchmarks/vesselness_selftrain.py --data-root ../shared/data --task drive \\
         --train-on test --out /tmp/selftrain.json
 
-The Sato filter (:func:`~localdisc.tasks.vesselness.vesselness`) scores the training images
-(their labels unused); :func:`~localdisc.tasks.vesselness.vesselness_pseudo_label` turns each
+A filter (``--teacher``, :func:`~localdisc.tasks.vesselness.vesselness`: ``line``, the
+multi-scale line detector, by default; ``sato``; or several joined by ``+``) scores the training
+images (their labels unused); :func:`~localdisc.tasks.vesselness.vesselness_pseudo_label` turns each
 score into pseudo-labels at the prior's expected vessel fraction (the fraction of
 ``benchmark shape-guided``: simulated 0.150, OCTA 0.105), sure at both ends and silent in
 between. A U-Net (:func:`~localdisc.tasks.self_training.train_student`) trains on random
@@ -22,9 +23,9 @@ the scored images of the paper's Dice (whole image at 512) and FOV AUC, for:
   the image alone) and over ``--ensemble`` networks of consecutive seeds (then also ``first
   network``, the first seed's alone);
 * ``network @ fraction``: its prior's-fraction most vessel-like pixels of the eroded FOV;
-* ``sato @ fraction``: the filter itself at that fraction (the teacher, the same run);
+* ``teacher @ fraction``: the filter itself at that fraction (the same run);
 * ``mean rank @ fraction``: the mean of the network's and the filter's rank inside the eroded
-  FOV at that fraction (:func:`~localdisc.tasks.self_training.mean_rank`).
+  FOV at that fraction (:func:`~localdisc.tasks.vesselness.mean_rank`).
 
 Whether a network can learn more than its teacher from the teacher's sure pixels is the
 question; the shape-guided benchmark's filter rows are the bar (``benchmarks/RESULTS.md``).
@@ -44,14 +45,9 @@ from localdisc.data.datasets import load_data_spec
 from localdisc.eval.metrics import auc_roc, summarize
 from localdisc.priors import load_prior
 from localdisc.tasks.benchmark_shape_guided import TASKS, expected_fraction, prior_spec
-from localdisc.tasks.self_training import (
-    StudentConfig,
-    mean_rank,
-    student_probability,
-    train_student,
-)
+from localdisc.tasks.self_training import StudentConfig, student_probability, train_student
 from localdisc.tasks.transfer import image_metrics
-from localdisc.tasks.vesselness import vesselness
+from localdisc.tasks.vesselness import mean_rank, vesselness
 
 
 def main() -> None:
@@ -67,13 +63,14 @@ def main() -> None:
     p.add_argument("--ensemble", type=int, default=1, help="N networks (seeds), maps averaged")
     p.add_argument("--out", type=Path)
     defaults = StudentConfig()
+    p.add_argument("--teacher", dest="method", default=defaults.method,
+                   help="sato, frangi, line, or several joined by '+'")  # fmt: skip
     for f in fields(StudentConfig):
         if f.name != "method":
             p.add_argument(f"--{f.name}", type=type(getattr(defaults, f.name)),
                            default=getattr(defaults, f.name))  # fmt: skip
     a = p.parse_args()
-    config = StudentConfig(**{f.name: getattr(a, f.name) for f in fields(StudentConfig)
-                              if f.name != "method"})  # fmt: skip
+    config = StudentConfig(**{f.name: getattr(a, f.name) for f in fields(StudentConfig)})
     task = TASKS[a.task]
     fraction = a.fraction
     if fraction is None:
@@ -89,8 +86,8 @@ def main() -> None:
     else:
         test = train = list(load_data_spec(f"stare:{a.data_root / 'STARE'}", "all"))
     unique = {s.name: s for s in train + test}  # STARE's, and DRIVE's with --train-on test|both
-    sato = {name: vesselness(s.image, s.fov, method="sato") for name, s in unique.items()}
-    teachers = [sato[s.name] for s in train]
+    teacher = {name: vesselness(s.image, s.fov, method=a.method) for name, s in unique.items()}
+    teachers = [teacher[s.name] for s in train]
     start = time.time()
     result = {"args": {k: str(v) for k, v in vars(a).items()}, "fraction": fraction,
               "rounds": []}  # fmt: skip
@@ -111,7 +108,8 @@ def main() -> None:
             if a.ensemble > 1:  # the first network alone, for comparison
                 first = image_metrics(probs[0], s, "vessels", 512)
                 rows.setdefault("first network", []).append(first)
-            scores = {"network": [prob], "sato": [sato[s.name]], "mean rank": [prob, sato[s.name]]}
+            scores = {"network": [prob], "teacher": [teacher[s.name]],
+                      "mean rank": [prob, teacher[s.name]]}  # fmt: skip
             for name, score in scores.items():
                 rank = mean_rank(score, s.fov, config.erode_fov)
                 metrics = image_metrics((rank > 1 - fraction).astype(np.float32), s, "vessels", 512)
@@ -129,7 +127,7 @@ def main() -> None:
             break
         # The next round's teacher: this round's mean rank.
         teachers = [mean_rank([sum(student_probability(m, s.image, s.fov, flips=not a.no_flips)
-                                   for m in models) / len(models), sato[s.name]], s.fov,
+                                   for m in models) / len(models), teacher[s.name]], s.fov,
                               config.erode_fov) for s in train]  # fmt: skip
 
 

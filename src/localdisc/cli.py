@@ -641,7 +641,10 @@ def benchmark_shape_guided(
         None, help="Side the refinement network sees (default: the LD run's pool size)."
     ),
     student_steps: int = typer.Option(
-        1200, help="Steps of the network taught by Sato (vessels; 0: no such rows)."
+        1200, help="Steps of the network taught by a filter (vessels; 0: no such rows)."
+    ),
+    student_teacher: str = typer.Option(
+        "line", help="Its teacher: sato, frangi, line, or several joined by '+' (mean rank)."
     ),
     max_test: int | None = typer.Option(None, help="Use only the first N test images."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -665,7 +668,7 @@ def benchmark_shape_guided(
         pool_size=pool_size, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch,
         refine_steps=refine_steps, refine_size=refine_size, student_steps=student_steps,
-        max_test=max_test, device=device, quick=quick, pretrain={
+        student_teacher=student_teacher, max_test=max_test, device=device, quick=quick, pretrain={
             "depth": depth, "width": width, "prior_weight": prior_weight, "prior_pose": prior_pose,
             "crop_scale": crop_scale,
         },

@@ -29,13 +29,14 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     rows = set(results["table"]["dice"])
     fraction = next(r for r in rows if r.startswith("sato @ simulated fraction")).split("(")[1][:-1]
     for row in ("LD + simulated (A)", "LD + simulated (B)", "LD + simulated (refined)",
-                "k-means (no prior)", "sato @ Otsu", "frangi @ Otsu"):  # fmt: skip
+                "k-means (no prior)", "sato @ Otsu", "frangi @ Otsu", "line @ Otsu"):  # fmt: skip
         assert row in rows, rows
     assert any(r.startswith("sato @ simulated fraction") for r in rows)
-    taught = {r for r in rows if "Sato-taught network" in r}
+    assert f"sato+line @ simulated fraction ({fraction})" in rows and "sato+line @ Otsu" not in rows
+    taught = {r for r in rows if "taught network" in r}
     assert taught == {
-        f"Sato-taught network @ simulated fraction ({fraction})",
-        f"Sato + Sato-taught network (mean rank) @ simulated fraction ({fraction})",
+        f"line-taught network @ simulated fraction ({fraction})",
+        f"line + line-taught network (mean rank) @ simulated fraction ({fraction})",
     }, rows
     assert not any("topology" in r for r in rows)  # a vessel tree's pieces are not anatomy
     cell = results["table"]["dice"]["LD + simulated (A)"]["synthetic_fundus (no labels)"]
@@ -47,11 +48,18 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert again.exit_code == 0, again.output
     assert "reusing" in again.output
     assert json.loads((out / "results.json").read_text())["table"] == results["table"]
-    # --student-steps 0: no Sato-taught rows, the others as they were.
+    # --student-steps 0: no taught rows, the others as they were.
     untaught = CliRunner().invoke(app, [*args, "--student-steps", "0"])
     assert untaught.exit_code == 0, untaught.output
     table = json.loads((out / "results.json").read_text())["table"]["dice"]
     assert set(table) == rows - taught
+    # Another teacher: rows named after it.
+    joined = CliRunner().invoke(app, [*args, "--student-teacher", "sato+line"])
+    assert joined.exit_code == 0, joined.output
+    table = json.loads((out / "results.json").read_text())["table"]["dice"]
+    assert f"sato+line-taught network @ simulated fraction ({fraction})" in table, set(table)
+    bad = CliRunner().invoke(app, [*args, "--student-teacher", "sato+hessian"])
+    assert bad.exit_code != 0 and "--student-teacher" in str(bad.exception)
 
 
 @pytest.mark.parametrize(

@@ -23,16 +23,18 @@ def quiet(_: str) -> None:
 
 def test_the_student_ranks_an_unseen_image_s_vessels_better_than_its_teacher():
     eyes = [synthetic_fundus(128, seed=s) for s in range(3)]
-    config = StudentConfig(size=128, crop=64, depth=2, width=8, steps=150, lr=1e-2,
-                           erode_fov=4, device="cpu")  # fmt: skip
+    config = StudentConfig(size=128, crop=64, depth=2, width=8, steps=300, lr=1e-2, device="cpu")
     model = train_student([e.image for e in eyes[:2]], [e.fov for e in eyes[:2]], 0.12, config,
                           log=quiet)  # fmt: skip
     unseen = eyes[2]
     prob = student_probability(model, unseen.image, unseen.fov)
-    teacher = vesselness(unseen.image, unseen.fov, erode_fov=4)
+    teacher = vesselness(unseen.image, unseen.fov, method=config.method)
     student_auc = auc_roc(prob, unseen.vessels, unseen.fov)
     teacher_auc = auc_roc(teacher, unseen.vessels, unseen.fov)
-    assert student_auc > 0.9 and student_auc > teacher_auc + 0.03
+    # Over the whole FOV (the benchmark's AUC): the filter is blind on the FOV's rim, the
+    # student is not; inside the eroded FOV it must have learnt vessels, not only the rim.
+    assert student_auc > 0.85 and student_auc > teacher_auc + 0.05
+    assert auc_roc(prob, unseen.vessels, eroded_fov(unseen.fov, config.erode_fov)) > 0.85
 
 
 def test_student_probability_is_a_map_of_the_image_zero_off_the_fov():
@@ -67,6 +69,9 @@ def test_mean_rank_fuses_scores_of_any_scale_inside_the_eroded_fov():
 
 
 def test_bad_settings_and_inputs_are_refused():
+    for teacher in ("hessian", "sato+", "sato+meijering"):
+        with pytest.raises(ValueError, match="unknown vesselness method"):
+            StudentConfig(method=teacher)
     with pytest.raises(ValueError, match="crop"):
         StudentConfig(size=64, crop=128)
     with pytest.raises(ValueError, match="multiple"):

@@ -11,6 +11,8 @@ from localdisc.eval.metrics import auc_roc
 from localdisc.tasks.vesselness import (
     FILTERS,
     eroded_fov,
+    line_detector,
+    mean_rank,
     paper_dice,
     prior_fraction,
     segment_vessels,
@@ -51,13 +53,56 @@ def test_vesselness_peaks_on_dark_lines_and_is_zero_off_the_eroded_fov(method):
     assert region.sum() < fov.sum() and not score[~region].any()
     inside = lines & region
     background = region & ~lines
-    assert score[inside].mean() > 5 * score[background].mean()
+    assert auc_roc(score, lines, region) > 0.97
+    if method != "line":  # Hessian filters are ~0 off a ridge; the line detector is linear
+        assert score[inside].mean() > 5 * score[background].mean()
     peak = np.unravel_index(np.argmax(score), score.shape)
     # The maximum lies on a line (within 2 pixels, city-block).
     assert np.abs(np.array(np.nonzero(lines)) - np.array(peak)[:, None]).sum(0).min() <= 2
     # Green channel of RGB == the single channel of a grey image holding it.
     grey = vesselness(image[..., 1:2], fov, method=method)
     np.testing.assert_allclose(score, grey, atol=1e-6)
+
+
+def test_line_detector_sees_every_orientation_and_ignores_the_outside_of_the_fov():
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    horizontal, diagonal = np.zeros((SIZE, SIZE), bool), np.abs(yy - xx - 20) <= 1
+    horizontal[60:63, 10:86] = True
+    diagonal &= (xx > 10) & (xx < 60)
+    grey = np.where(horizontal | diagonal, 0.4, 0.8)
+    score = line_detector(grey)
+    assert score.shape == grey.shape and abs(score.mean()) < 1e-9  # standardised responses
+    background = ~(horizontal | diagonal)
+    on_h, on_d, off = score[horizontal].mean(), score[diagonal].mean(), score[background].mean()
+    assert min(on_h, on_d) > off + 1.5 and abs(on_h - on_d) < 0.25 * on_h
+    # Outside the FOV is replaced by the FOV's mean: a black or a white surround gives the same.
+    fov = np.hypot(yy - SIZE / 2, xx - SIZE / 2) < 44
+    black, white = np.where(fov, grey, 0.0), np.where(fov, grey, 1.0)
+    np.testing.assert_allclose(line_detector(black, fov), line_detector(white, fov), atol=1e-9)
+    # Without the FOV the black surround dominates the standardisation: the lines fade.
+    masked, unmasked = line_detector(black, fov), line_detector(black)
+    inside, off = horizontal & fov, background & fov
+
+    def contrast(score: np.ndarray) -> float:
+        return score[inside].mean() - score[off].mean()
+
+    assert contrast(masked) > 1.5 * contrast(unmasked)
+    assert not line_detector(np.full((SIZE, SIZE), 0.5)).any()
+    for bad in ({"window": 14}, {"window": 0}, {"orientations": 0}):
+        with pytest.raises(ValueError, match="window|orientations"):
+            line_detector(grey, **bad)
+    with pytest.raises(ValueError, match="fov is empty"):
+        line_detector(grey, np.zeros_like(fov))
+
+
+def test_filters_joined_by_plus_give_their_mean_rank():
+    image, fov, lines = lines_on_disc()
+    sato, line = (vesselness(image, fov, method=m) for m in ("sato", "line"))
+    both = vesselness(image, fov, method="sato+line")
+    np.testing.assert_allclose(both, mean_rank([sato, line], fov))
+    assert auc_roc(both, lines, eroded_fov(fov, 8)) > 0.97
+    _, mask = segment_vessels(image, fov, method="sato+line", threshold=0.1)
+    np.testing.assert_array_equal(mask, threshold_fraction(both, eroded_fov(fov, 8), 0.1))
 
 
 def test_vesselness_without_erosion_and_flat_images():
@@ -73,6 +118,8 @@ def test_bad_arguments_are_refused():
         vesselness(image, fov, method="hessian")
     with pytest.raises(ValueError, match="sato, frangi"):
         segment_vessels(image, fov, method="meijering")
+    with pytest.raises(ValueError, match="joined by"):
+        vesselness(image, fov, method="sato+hessian")
     small = np.zeros_like(fov)
     small[40:50, 40:50] = True
     with pytest.raises(ValueError, match="empty after eroding"):

@@ -18,11 +18,14 @@ match each image). Rows in the same run:
   several ``--model``); one value, not a mean over seeds;
 - ``k-means (no prior)``: k-means (K = 8) on the stage-1 model's pixel embeddings, the cluster
   whose area is closest to the prior's expected fraction;
-- vessels only, ``sato``/``frangi`` at each prior's expected fraction and with Otsu's threshold;
-- vessels only, ``Sato-taught network`` (:mod:`localdisc.tasks.self_training`): a U-Net trained
-  on the test images' Sato pseudo-labels at the simulated prior's fraction (transductive, as the
-  refinement), its probability at 0.5, and ``Sato + Sato-taught network (mean rank)``, both
-  ranks averaged and thresholded at that fraction; one per seed;
+- vessels only, each filter (``sato``, ``frangi``, ``line``: :mod:`localdisc.tasks.vesselness`;
+  ``sato+line``, their mean rank; and the student's teacher) at each prior's expected fraction
+  and, but for mean ranks, with Otsu's threshold;
+- vessels only, ``TEACHER-taught network`` (:mod:`localdisc.tasks.self_training`): a U-Net
+  trained on the test images' pseudo-labels from the teacher filter (``--student-teacher``) at
+  the simulated prior's fraction (transductive, as the refinement), its probability at 0.5, and
+  ``TEACHER + TEACHER-taught network (mean rank)``, both ranks averaged and thresholded at that
+  fraction; one per seed;
 - organs only, ``mean shape of PRIOR (no image)``: the prior's average mask thresholded at its
   expected fraction, the same mask for every image: what the prior alone knows.
 
@@ -55,6 +58,7 @@ from localdisc.models.ld import LDModel
 from localdisc.priors.topology import PriorTopology, enforce_topology, measure_topology
 from localdisc.tasks.predict import mask_png, prob_png
 from localdisc.tasks.presets import pretrain_preset
+from localdisc.tasks.vesselness import FILTERS, check_method
 
 VESSEL_PRIORS = ("octa", "dsa", "other", "simulated")
 
@@ -122,7 +126,8 @@ class ShapeBenchmarkConfig:
     # segment`: the context LD saw, at a fraction of the cost of 512 (where a 3-block network
     # lost the JSRT heart: RESULTS.md).
     refine_size: int | None = None
-    student_steps: int = 1200  # the Sato-taught network (vessels; 0: no such rows)
+    student_steps: int = 1200  # the filter-taught network (vessels; 0: no such rows)
+    student_teacher: str = "line"  # its filter: a vesselness method, or several joined by "+"
     kmeans_clusters: int = 8
     max_test: int | None = None
     device: str = "auto"
@@ -194,6 +199,10 @@ def run_shape_benchmark(
     unknown = [t for t in config.tasks or [] if t not in TASKS]
     if unknown:
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    try:
+        check_method(config.student_teacher)
+    except ValueError as exc:
+        raise LocaldiscError(f"--student-teacher: {exc}") from None
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -288,7 +297,7 @@ def _run_task(
             "metrics": {"target": target, "summary": summary, "per_image": per_image},
         })  # fmt: skip
 
-    # The fraction k-means and the Sato-taught network are given.
+    # The fraction k-means and the filter-taught network are given.
     fraction_from = "simulated" if "simulated" in priors else next(iter(priors))
     fraction = priors[fraction_from][1]
     # An organ prior's pieces and holes (None for trees): the "+ topology" rows.
@@ -339,15 +348,20 @@ def _run_task(
                 record(f"LD + {label} ({output}, {config.seeds} seeds together)", 0, per_image)
     if task.tubular:  # deterministic: one "seed"
         thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f, _) in priors.items()}
-        for method in ("sato", "frangi"):
-            for label, value in {**thresholds, "Otsu": None}.items():
+        # Every filter, Sato and the line detector joined (the best on DRIVE: RESULTS.md) and
+        # the student's teacher: the bar. A mean rank is uniform: Otsu cuts it in half.
+        for method in dict.fromkeys([*FILTERS, "sato+line", config.student_teacher]):
+            otsu = {} if "+" in method else {"Otsu": None}
+            for label, value in {**thresholds, **otsu}.items():
                 rows = _cached(task_dir / _slug(f"{method}-{label}"), _eval_settings(config),
                                _filter_rows, samples, target, method, value, config)  # fmt: skip
                 record(f"{method} @ {label}", 0, rows)
         for seed in range(config.seeds if config.student_steps else 0):
-            settings = {**_eval_settings(config, "student_steps", "batch"), "fraction": fraction}
-            rows = _cached(task_dir / "sato-student" / f"seed-{seed}", settings, _student_rows,
-                           samples, target, fraction, config, seed, log)  # fmt: skip
+            settings = {**_eval_settings(config, "student_steps", "student_teacher", "batch"),
+                        "fraction": fraction}  # fmt: skip
+            folder = task_dir / _slug(f"{config.student_teacher}-student") / f"seed-{seed}"
+            rows = _cached(folder, settings, _student_rows, samples, target, fraction, config,
+                           seed, log)  # fmt: skip
             for output, per_image in rows.items():
                 record(f"{output} @ {fraction_from} fraction ({fraction:.3f})", seed, per_image)
     else:  # what the prior alone gives: its mean shape, the same on every image
@@ -541,35 +555,34 @@ def _student_rows(
     samples: list[Any], target: str, fraction: float, config: ShapeBenchmarkConfig, seed: int,
     log: Callable[[str], None],
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """A network taught by Sato on the test images themselves (no label; transductive, as the
-    refinement): its probability, and its rank averaged with Sato's at ``fraction``."""
-    from localdisc.tasks.self_training import (
-        StudentConfig,
-        mean_rank,
-        student_probability,
-        train_student,
-    )
-    from localdisc.tasks.vesselness import eroded_fov, threshold_fraction, vesselness
+    """A network taught by ``config.student_teacher`` on the test images themselves (no label;
+    transductive, as the refinement): its probability, and its rank averaged with its
+    teacher's at ``fraction``. It sees the images at 3/2 of ``eval_size`` (768 for 512: chosen
+    on STARE, ``benchmarks/RESULTS.md``)."""
+    from localdisc.tasks.self_training import StudentConfig, student_probability, train_student
+    from localdisc.tasks.vesselness import eroded_fov, mean_rank, threshold_fraction, vesselness
 
-    student = StudentConfig(size=config.eval_size, crop=config.eval_size // 2,
-                            steps=config.student_steps, batch=config.batch, seed=seed,
-                            device=config.device)  # fmt: skip
-    sato = [vesselness(s.image, s.fov, method=student.method) for s in samples]
+    student = StudentConfig(method=config.student_teacher, size=_student_size(config.eval_size),
+                            crop=config.eval_size // 2, steps=config.student_steps,
+                            batch=config.batch, seed=seed, device=config.device)  # fmt: skip
+    teachers = [vesselness(s.image, s.fov, method=student.method) for s in samples]
     model = train_student([s.image for s in samples], [s.fov for s in samples], fraction, student,
-                          teachers=sato, log=log)  # fmt: skip
-    out: dict[str, list[dict[str, Any]]] = {
-        "Sato-taught network": [],
-        "Sato + Sato-taught network (mean rank)": [],
-    }
-    for s, teacher in zip(samples, sato, strict=True):
+                          teachers=teachers, log=log)  # fmt: skip
+    network = f"{student.method}-taught network"
+    ranked = f"{student.method} + {network} (mean rank)"
+    out: dict[str, list[dict[str, Any]]] = {network: [], ranked: []}
+    for s, teacher in zip(samples, teachers, strict=True):
         prob = student_probability(model, s.image, s.fov)
-        out["Sato-taught network"].append(_metrics(prob, s, target, config.eval_size))
+        out[network].append(_metrics(prob, s, target, config.eval_size))
         rank = mean_rank([prob, teacher], s.fov, student.erode_fov)
         mask = threshold_fraction(rank, eroded_fov(s.fov, student.erode_fov), fraction)
-        out["Sato + Sato-taught network (mean rank)"].append(
-            _metrics(calibrate(rank, mask), s, target, config.eval_size)
-        )
+        out[ranked].append(_metrics(calibrate(rank, mask), s, target, config.eval_size))
     return out
+
+
+def _student_size(eval_size: int) -> int:
+    """3/2 of ``eval_size``, rounded to the U-Net's multiple of 16."""
+    return max(16, 16 * round(1.5 * eval_size / 16))
 
 
 def calibrate(score: np.ndarray, mask: np.ndarray) -> np.ndarray:
