@@ -7,7 +7,7 @@ label-free.
 For each filter of ``--methods`` (default: every one of
 :data:`localdisc.tasks.vesselness.FILTERS`, and ``sato+line``, their mean rank) and each
 threshold (the ``--fraction`` most vessel-like pixels of the eroded FOV, for each fraction
-given, or Otsu's), prints the mean +- std
+given, or Otsu's, but not for a mean rank, which is uniform), prints the mean +- std
 (population) over the 20 test images of the paper's Dice (whole image at 512 x 512, per image,
 at 0.5) and the mean ROC AUC inside the official FOV. Two resolutions:
 

@@ -223,8 +223,8 @@ def run_shape_benchmark(
         "(outputs A, B and refined; for organs also A and refined held to the prior's number of "
         "pieces, with no holes), k-means on LD embeddings without a prior, and vesselness "
         "filters given the prior's expected fraction or Otsu's threshold and a network taught "
-        "by Sato on the test images (vessels), or the prior's mean shape, which does not look "
-        "at the image (organs).",
+        f"by {config.student_teacher} on the test images (vessels), or the prior's mean shape, "
+        "which does not look at the image (organs).",
         f"Seeds: {config.seeds}; {_stages(config)} at {config.size}; refinement "
         f"{config.refine_steps} steps at {refine_at}. "
         "Cells: mean +- std over seeds of the mean over test images.",
