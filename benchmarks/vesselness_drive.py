@@ -33,14 +33,7 @@ from localdisc.data.datasets import load_dataset
 from localdisc.data.io import is_image_file, read_mask
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.eval.metrics import auc_roc, paper_dice, summarize
-from localdisc.tasks.vesselness import (
-    FILTERS,
-    eroded_fov,
-    prior_fraction,
-    threshold_fraction,
-    threshold_otsu_fov,
-    vesselness,
-)
+from localdisc.tasks.vesselness import FILTERS, prior_fraction, threshold_vessels, vesselness
 
 SIZE = 512
 RESOLUTIONS = ("native", "512")
@@ -66,13 +59,9 @@ def evaluate_drive(
                 fov, truth = resize_mask(sample.fov, size), resize_mask(target, size)
             for method in methods:
                 score = vesselness(image, fov, method=method)  # once, for every threshold
-                region = eroded_fov(fov, 8)
                 otsu = () if "+" in method else ("otsu",)  # a mean rank is uniform
                 for threshold in (*fractions, *otsu):
-                    if threshold == "otsu":
-                        mask = threshold_otsu_fov(score, region)
-                    else:
-                        mask = threshold_fraction(score, region, threshold)
+                    mask = threshold_vessels(score, fov, threshold)
                     rows.append(
                         {
                             "image": sample.name,

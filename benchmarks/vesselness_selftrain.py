@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--task", choices=("drive", "stare"), default="drive")
     p.add_argument("--train-on", choices=("train", "test", "both"), default="train",
                    help="DRIVE's images to train on (STARE: always the scored ones)")  # fmt: skip
-    p.add_argument("--prior", default="simulated", help="simulated, octa or dsa: its fraction")
+    p.add_argument("--prior", default="simulated", help="simulated, octa, dsa or other: its share")
     p.add_argument("--fraction", type=float, help="the vessel fraction instead of the prior's")
     p.add_argument("--rounds", type=int, default=1, help="2: retrain on round 1's mean rank")
     p.add_argument("--no-flips", action="store_true", help="the network on the image alone")
@@ -86,7 +86,8 @@ def main() -> None:
     else:
         test = train = list(load_data_spec(f"stare:{a.data_root / 'STARE'}", "all"))
     unique = {s.name: s for s in train + test}  # STARE's, and DRIVE's with --train-on test|both
-    teacher = {name: vesselness(s.image, s.fov, method=a.method) for name, s in unique.items()}
+    teacher = {name: vesselness(s.image, s.fov, method=a.method, erode_fov=config.erode_fov)
+               for name, s in unique.items()}  # fmt: skip
     teachers = [teacher[s.name] for s in train]
     start = time.time()
     result = {"args": {k: str(v) for k, v in vars(a).items()}, "fraction": fraction,

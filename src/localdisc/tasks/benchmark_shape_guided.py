@@ -39,6 +39,7 @@ fraction). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchm
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -58,7 +59,7 @@ from localdisc.models.ld import LDModel
 from localdisc.priors.topology import PriorTopology, enforce_topology, measure_topology
 from localdisc.tasks.predict import mask_png, prob_png
 from localdisc.tasks.presets import pretrain_preset
-from localdisc.tasks.vesselness import FILTERS, check_method
+from localdisc.tasks.vesselness import FILTERS, check_method, threshold_vessels, vesselness
 
 VESSEL_PRIORS = ("octa", "dsa", "other", "simulated")
 
@@ -348,20 +349,26 @@ def _run_task(
                 record(f"LD + {label} ({output}, {config.seeds} seeds together)", 0, per_image)
     if task.tubular:  # deterministic: one "seed"
         thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f, _) in priors.items()}
+
+        @functools.cache  # a filter once per image for all its rows, when one is not cached
+        def scores(method: str) -> list[np.ndarray]:
+            return [vesselness(s.image, s.fov, method=method) for s in samples]
+
         # Every filter, Sato and the line detector joined (the best on DRIVE: RESULTS.md) and
         # the student's teacher: the bar. A mean rank is uniform: Otsu cuts it in half.
         for method in dict.fromkeys([*FILTERS, "sato+line", config.student_teacher]):
             otsu = {} if "+" in method else {"Otsu": None}
             for label, value in {**thresholds, **otsu}.items():
                 rows = _cached(task_dir / _slug(f"{method}-{label}"), _eval_settings(config),
-                               _filter_rows, samples, target, method, value, config)  # fmt: skip
+                               _filter_rows, samples, target, scores, method, value,
+                               config)  # fmt: skip
                 record(f"{method} @ {label}", 0, rows)
         for seed in range(config.seeds if config.student_steps else 0):
             settings = {**_eval_settings(config, "student_steps", "student_teacher", "batch"),
                         "fraction": fraction}  # fmt: skip
             folder = task_dir / _slug(f"{config.student_teacher}-student") / f"seed-{seed}"
-            rows = _cached(folder, settings, _student_rows, samples, target, fraction, config,
-                           seed, log)  # fmt: skip
+            rows = _cached(folder, settings, _student_rows, samples, target, scores, fraction,
+                           config, seed, log)  # fmt: skip
             for output, per_image in rows.items():
                 record(f"{output} @ {fraction_from} fraction ({fraction:.3f})", seed, per_image)
     else:  # what the prior alone gives: its mean shape, the same on every image
@@ -532,40 +539,35 @@ def _mean_shape_rows(
 
 
 def _filter_rows(
-    samples: list[Any], target: str, method: str, fraction: float | None,
-    config: ShapeBenchmarkConfig,
+    samples: list[Any], target: str, scores: Callable[[str], list[np.ndarray]], method: str,
+    fraction: float | None, config: ShapeBenchmarkConfig,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    return [_filter_row(s, target, method, fraction, config) for s in samples]
-
-
-def _filter_row(
-    sample: Any, target: str, method: str, fraction: float | None, config: ShapeBenchmarkConfig
-) -> dict[str, Any]:
-    """A vesselness filter thresholded at ``fraction`` of the FOV (None: Otsu), as a probability
-    map whose 0.5 level is the threshold (its ranking, hence the AUC, is the filter's)."""
-    from localdisc.tasks.vesselness import segment_vessels
-
+    """A filter's ``scores(method)`` thresholded at ``fraction`` of the FOV (None: Otsu), each
+    as a probability map whose 0.5 level is the threshold (its ranking, hence the AUC, is the
+    filter's)."""
     threshold = "otsu" if fraction is None else fraction
-    score, mask = segment_vessels(sample.image, sample.fov, method=method, threshold=threshold)
-    prob = calibrate(score, mask)
-    return _metrics(prob, sample, target, config.eval_size)
+    return [
+        _metrics(calibrate(score, threshold_vessels(score, s.fov, threshold)), s, target,
+                 config.eval_size)
+        for s, score in zip(samples, scores(method), strict=True)
+    ]  # fmt: skip
 
 
 def _student_rows(
-    samples: list[Any], target: str, fraction: float, config: ShapeBenchmarkConfig, seed: int,
-    log: Callable[[str], None],
+    samples: list[Any], target: str, scores: Callable[[str], list[np.ndarray]], fraction: float,
+    config: ShapeBenchmarkConfig, seed: int, log: Callable[[str], None],
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """A network taught by ``config.student_teacher`` on the test images themselves (no label;
-    transductive, as the refinement): its probability, and its rank averaged with its
-    teacher's at ``fraction``. It sees the images at 3/2 of ``eval_size`` (768 for 512: chosen
-    on STARE, ``benchmarks/RESULTS.md``)."""
+    """A network taught by ``config.student_teacher`` (its ``scores``) on the test images
+    themselves (no label; transductive, as the refinement): its probability, and its rank
+    averaged with its teacher's at ``fraction``. It sees the images at 3/2 of ``eval_size``
+    (768 for 512: chosen on STARE, ``benchmarks/RESULTS.md``)."""
     from localdisc.tasks.self_training import StudentConfig, student_probability, train_student
-    from localdisc.tasks.vesselness import eroded_fov, mean_rank, threshold_fraction, vesselness
+    from localdisc.tasks.vesselness import eroded_fov, mean_rank, threshold_fraction
 
     student = StudentConfig(method=config.student_teacher, size=_student_size(config.eval_size),
                             crop=config.eval_size // 2, steps=config.student_steps,
                             batch=config.batch, seed=seed, device=config.device)  # fmt: skip
-    teachers = [vesselness(s.image, s.fov, method=student.method) for s in samples]
+    teachers = scores(student.method)
     model = train_student([s.image for s in samples], [s.fov for s in samples], fraction, student,
                           teachers=teachers, log=log)  # fmt: skip
     network = f"{student.method}-taught network"

@@ -66,6 +66,7 @@ __all__ = [
     "segment_vessels",
     "threshold_fraction",
     "threshold_otsu_fov",
+    "threshold_vessels",
     "vesselness",
     "vesselness_pseudo_label",
 ]
@@ -230,7 +231,7 @@ def line_detector(
         return (r - r[f].mean()) / std if std > 1e-9 else np.zeros_like(r)
 
     padded = np.pad(inverted, window // 2, mode="reflect")
-    average = ndi.uniform_filter(inverted, size=window, mode="reflect")
+    average = ndi.uniform_filter(inverted, size=window, mode="mirror")  # = np.pad's "reflect"
     total = standardised(inverted)
     for length in range(1, window + 1, 2):
         kernels = _line_kernels(length, orientations, window)
@@ -386,13 +387,22 @@ def segment_vessels(
     Dice at another size, see :func:`paper_dice`).
     """
     score = vesselness(image, fov, method=method, sigmas=sigmas, erode_fov=erode_fov)
-    region = eroded_fov(_fov_or_all(fov, score.shape), erode_fov)
+    return score, threshold_vessels(score, fov, threshold, erode_fov)
+
+
+def threshold_vessels(
+    score: np.ndarray, fov: np.ndarray, threshold: str | float, erode_fov: int = 8
+) -> np.ndarray:
+    """The bool vessel mask of a :func:`vesselness` ``score``: ``threshold`` ``"otsu"``
+    (:func:`threshold_otsu_fov`) or a fraction in ``(0, 1)`` (:func:`threshold_fraction`), both
+    inside the FOV eroded by ``erode_fov`` pixels, where the score is defined."""
+    region = eroded_fov(_fov_or_all(fov, np.shape(score)), erode_fov)
     if isinstance(threshold, str):
         if threshold != "otsu":
             raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1), not {threshold!r}")
-        return score, threshold_otsu_fov(score, region)
+        return threshold_otsu_fov(score, region)
     if isinstance(threshold, bool) or not (
         math.isfinite(float(threshold)) and 0.0 < float(threshold) < 1.0
     ):
         raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1), not {threshold!r}")
-    return score, threshold_fraction(score, region, float(threshold))
+    return threshold_fraction(score, region, float(threshold))
