@@ -28,7 +28,6 @@ Usage::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,13 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from localdisc.data.preprocess import resize_image, resize_mask
-from localdisc.data.views import normalize
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.distributed import resolve_device
-from localdisc.engine.finetune import augment, predict_batch
-from localdisc.engine.precision import bf16_autocast
+from localdisc.engine.finetune import predict_batch
+from localdisc.engine.pseudo_label import fit_pseudo_labels
 from localdisc.errors import LocaldiscError
-from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.models.segmenter import Segmenter
 from localdisc.tasks.vesselness import (
     check_method,
@@ -122,27 +119,9 @@ def train_student(
     xs = torch.from_numpy(np.stack(x)).permute(0, 3, 1, 2).contiguous()
     ys = torch.from_numpy(np.asarray(y, dtype=np.float32))
     model = Segmenter(width=config.width, depth=config.depth, size=config.size).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.steps))
-    gen = torch.Generator().manual_seed(config.seed)
-    start, span = time.time(), config.size - config.crop + 1
-    for step in range(config.steps):
-        idx = torch.randint(len(xs), (config.batch,), generator=gen)
-        i, j = (int(v) for v in torch.randint(span, (2,), generator=gen))
-        window = (slice(None), slice(None), slice(i, i + config.crop), slice(j, j + config.crop))
-        xb, yb = augment(xs[idx][window], ys[idx][window], rotation=180.0, flips=True,
-                         generator=gen)  # fmt: skip
-        xb, yb = xb.to(device), yb.to(device)
-        with bf16_autocast(device, True):
-            logits = model(normalize(xb, "fundus"))
-        loss = pseudo_label_loss(logits.float(), yb[:, :1], yb[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if (step + 1) % max(1, config.steps // 5) == 0:
-            log(f"student step {step + 1}/{config.steps}: loss {loss.item():.4f} "
-                f"({time.time() - start:.0f} s)")  # fmt: skip
+    fit_pseudo_labels(model, xs, ys, steps=config.steps, batch=config.batch, lr=config.lr,
+                      rotation=180.0, flips=True, crop=config.crop, bf16=True, seed=config.seed,
+                      device=device, log=log, name="student step")  # fmt: skip
     recalibrate_batch_norm(model, xs, batch=config.batch)
     return model.eval()
 

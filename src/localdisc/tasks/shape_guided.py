@@ -29,12 +29,11 @@ import torch.nn.functional as F
 
 from localdisc.data.io import read_image, write_png
 from localdisc.data.preprocess import fov_from_image, resize_image, resize_mask, stretch_contrast
-from localdisc.data.views import normalize
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.distributed import resolve_device
-from localdisc.engine.finetune import AUGMENTATION, augment, predict_batch
+from localdisc.engine.finetune import AUGMENTATION, predict_batch
+from localdisc.engine.pseudo_label import fit_pseudo_labels
 from localdisc.errors import LocaldiscError
-from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.losses.region import region_embeddings
 from localdisc.models.ld import LDModel
 from localdisc.models.segmenter import Segmenter
@@ -420,23 +419,9 @@ def refine(
         label, weight = m.pseudo_label()
         targets.append([resize_mask(label, config.size), resize_image(weight, config.size)])
     y = torch.from_numpy(np.asarray(targets, dtype=np.float32))  # [N, 2, S, S]
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = None
-    if config.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.steps))
-    gen = torch.Generator().manual_seed(config.seed)
-    for step in range(config.steps):
-        idx = torch.randint(len(x), (config.batch,), generator=gen)
-        xb, yb = augment(x[idx], y[idx], rotation=rotation, flips=flips, generator=gen)
-        xb, yb = xb.to(device), yb.to(device)
-        loss = pseudo_label_loss(model(normalize(xb, model.config.modality)), yb[:, :1], yb[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if (step + 1) % max(1, config.steps // 5) == 0:
-            log(f"refine step {step + 1}/{config.steps}: loss {loss.item():.4f}")
+    fit_pseudo_labels(model, x, y, steps=config.steps, batch=config.batch, lr=config.lr,
+                      rotation=rotation, flips=flips, cosine=config.schedule == "cosine",
+                      seed=config.seed, device=device, log=log, name="refine step")  # fmt: skip
     if config.recalibrate:
         recalibrate_batch_norm(model, x, batch=8)
     return model.eval()
