@@ -16,6 +16,11 @@ at 0.5) and the mean ROC AUC inside the official FOV. Two resolutions:
 * ``512``: resize the image (area) and FOV (nearest) to 512 x 512 first, filter there; AUC at
   512 inside the resized FOV.
 
+``--remove-specks AREA...`` adds rows with the mask's pieces below ``AREA`` of the FOV dropped
+(:func:`~localdisc.tasks.vesselness.remove_specks`); ``--dataset stare`` scores STARE's 20
+images instead (``--data-root .../STARE``, FOV derived from the image), on which settings may be
+chosen for DRIVE.
+
 With ``--priors-root DIR`` it also prints the vessel fraction inside the FOV that each prior
 carries (:func:`~localdisc.tasks.vesselness.prior_fraction`): ``DIR/priors/octa_vessels``,
 ``DIR/priors/dsa_vessels`` (whole image, no FOV), STARE (``DIR/STARE``, FOV derived from the
@@ -33,21 +38,30 @@ from localdisc.data.datasets import load_dataset
 from localdisc.data.io import is_image_file, read_mask
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.eval.metrics import auc_roc, paper_dice, summarize
-from localdisc.tasks.vesselness import FILTERS, prior_fraction, threshold_vessels, vesselness
+from localdisc.tasks.vesselness import (
+    FILTERS,
+    prior_fraction,
+    remove_specks,
+    threshold_vessels,
+    vesselness,
+)
 
 SIZE = 512
 RESOLUTIONS = ("native", "512")
+SPLITS = {"drive": "test", "stare": "all"}
 
 
-def evaluate_drive(
+def evaluate(
     root: Path,
     fractions: list[float],
     resolutions: tuple[str, ...],
     methods: list[str],
     size: int = SIZE,
+    speck_areas: tuple[float, ...] = (0.0,),
+    dataset_name: str = "drive",
 ) -> list[dict]:
-    """Per-image rows: image, resolution, method, threshold, dice, auc."""
-    dataset = load_dataset("drive", root, "test")
+    """Per-image rows: image, resolution, method, threshold, specks, dice, auc."""
+    dataset = load_dataset(dataset_name, root, SPLITS[dataset_name])
     rows = []
     for sample in dataset:
         target = sample.masks["vessels"]
@@ -60,40 +74,45 @@ def evaluate_drive(
             for method in methods:
                 score = vesselness(image, fov, method=method)  # once, for every threshold
                 otsu = () if "+" in method else ("otsu",)  # a mean rank is uniform
+                auc = auc_roc(score, truth, fov)
                 for threshold in (*fractions, *otsu):
-                    mask = threshold_vessels(score, fov, threshold)
-                    rows.append(
-                        {
-                            "image": sample.name,
-                            "resolution": resolution,
-                            "method": method,
-                            "threshold": "otsu" if threshold == "otsu" else f"{threshold:g}",
-                            "dice": paper_dice(mask, target, size),
-                            "auc": auc_roc(score, truth, fov),
-                            "predicted_fraction": float(mask[fov].mean()),
-                        }
-                    )
+                    for specks in speck_areas:
+                        mask = remove_specks(threshold_vessels(score, fov, threshold), fov, specks)
+                        rows.append(
+                            {
+                                "image": sample.name,
+                                "resolution": resolution,
+                                "method": method,
+                                "threshold": "otsu" if threshold == "otsu" else f"{threshold:g}",
+                                "specks": f"{specks:g}",
+                                "dice": paper_dice(mask, target, size),
+                                "auc": auc,
+                                "predicted_fraction": float(mask[fov].mean()),
+                            }
+                        )
     return rows
 
 
 def table(rows: list[dict]) -> tuple[str, list[dict]]:
     """The summary table as text, and as records."""
-    keys = list(dict.fromkeys((r["resolution"], r["method"], r["threshold"]) for r in rows))
+    fields = ("resolution", "method", "threshold", "specks")
+    keys = list(dict.fromkeys(tuple(r[f] for f in fields) for r in rows))
     records = []
     lines = [
-        f"{'resolution':<10} {'method':<9} {'threshold':<9} {'n':>3} "
+        f"{'resolution':<10} {'method':<9} {'threshold':<9} {'specks':<7} {'n':>3} "
         f"{'Dice@512 (mean+-std)':>21} {'FOV AUC':>8} {'pred. frac':>10}"
     ]
-    for resolution, method, threshold in keys:
+    for key in keys:
         group = [
             {k: r[k] for k in ("dice", "auc", "predicted_fraction")}
             for r in rows
-            if (r["resolution"], r["method"], r["threshold"]) == (resolution, method, threshold)
+            if tuple(r[f] for f in fields) == key
         ]
         s = summarize(group)
-        records.append({"resolution": resolution, "method": method, "threshold": threshold, **s})
+        records.append({**dict(zip(fields, key, strict=True)), **s})
+        resolution, method, threshold, specks = key
         lines.append(
-            f"{resolution:<10} {method:<9} {threshold:<9} {s['dice']['n']:>3} "
+            f"{resolution:<10} {method:<9} {threshold:<9} {specks:<7} {s['dice']['n']:>3} "
             f"{s['dice']['mean']:>13.3f} +- {s['dice']['std']:.3f} {s['auc']['mean']:>8.3f} "
             f"{s['predicted_fraction']['mean']:>10.3f}"
         )
@@ -131,6 +150,10 @@ def prior_fractions(root: Path) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=Path("/work/shared/data/DRIVE"))
+    parser.add_argument("--dataset", choices=tuple(SPLITS), default="drive",
+                        help="stare: its 20 images (--data-root .../STARE)")  # fmt: skip
+    parser.add_argument("--remove-specks", type=float, nargs="+", default=[0.0],
+                        help="also rows without pieces below these shares of the FOV")  # fmt: skip
     parser.add_argument("--fraction", type=float, nargs="+", default=[0.12])
     parser.add_argument("--methods", nargs="+", default=[*FILTERS, "sato+line"])
     parser.add_argument("--resolution", choices=(*RESOLUTIONS, "both"), default="both")
@@ -142,9 +165,11 @@ def main(argv: list[str] | None = None) -> None:
 
     resolutions = RESOLUTIONS if args.resolution == "both" else (args.resolution,)
     start = time.perf_counter()
-    rows = evaluate_drive(args.data_root, args.fraction, resolutions, args.methods)
+    rows = evaluate(args.data_root, args.fraction, resolutions, args.methods,
+                    speck_areas=tuple(args.remove_specks), dataset_name=args.dataset)  # fmt: skip
     text, records = table(rows)
-    print(f"DRIVE test, {len({r['image'] for r in rows})} images, paper Dice at {SIZE} x {SIZE}")
+    images = len({r["image"] for r in rows})
+    print(f"{args.dataset} {SPLITS[args.dataset]}, {images} images, paper Dice at {SIZE} x {SIZE}")
     print(text)
     print(f"({time.perf_counter() - start:.1f} s)")
     priors = None

@@ -25,7 +25,13 @@ the scored images of the paper's Dice (whole image at 512) and FOV AUC, for:
 * ``network @ fraction``: its prior's-fraction most vessel-like pixels of the eroded FOV;
 * ``teacher @ fraction``: the filter itself at that fraction (the same run);
 * ``mean rank @ fraction``: the mean of the network's and the filter's rank inside the eroded
-  FOV at that fraction (:func:`~localdisc.tasks.vesselness.mean_rank`).
+  FOV at that fraction (:func:`~localdisc.tasks.vesselness.mean_rank`);
+* with ``--remove-specks AREA`` (default 6e-4, 0: none), the network at 0.5 and the filter at
+  the fraction again, their pieces smaller than ``AREA`` of the FOV dropped
+  (:func:`~localdisc.tasks.vesselness.remove_specks`): ``..., specks removed``.
+
+The pseudo-labels' own speck filter is ``--speck_area`` (a field of ``StudentConfig``, as every
+``--name`` with an underscore below ``--teacher``).
 
 Whether a network can learn more than its teacher from the teacher's sure pixels is the
 question; the shape-guided benchmark's filter rows are the bar (``benchmarks/RESULTS.md``).
@@ -47,7 +53,7 @@ from localdisc.priors import load_prior
 from localdisc.tasks.benchmark_shape_guided import TASKS, expected_fraction, prior_spec
 from localdisc.tasks.self_training import StudentConfig, student_probability, train_student
 from localdisc.tasks.transfer import image_metrics
-from localdisc.tasks.vesselness import mean_rank, vesselness
+from localdisc.tasks.vesselness import mean_rank, remove_specks, vesselness
 
 
 def main() -> None:
@@ -61,6 +67,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="2: retrain on round 1's mean rank")
     p.add_argument("--no-flips", action="store_true", help="the network on the image alone")
     p.add_argument("--ensemble", type=int, default=1, help="N networks (seeds), maps averaged")
+    p.add_argument("--remove-specks", type=float, default=6e-4,
+                   help="rows without pieces below this share of the FOV (0: none)")  # fmt: skip
     p.add_argument("--out", type=Path)
     defaults = StudentConfig()
     p.add_argument("--teacher", dest="method", default=defaults.method,
@@ -109,18 +117,27 @@ def main() -> None:
             if a.ensemble > 1:  # the first network alone, for comparison
                 first = image_metrics(probs[0], s, "vessels", 512)
                 rows.setdefault("first network", []).append(first)
-            scores = {"network": [prob], "teacher": [teacher[s.name]],
-                      "mean rank": [prob, teacher[s.name]]}  # fmt: skip
-            for name, score in scores.items():
+            # name: (mask, the score ranking it, for the AUC)
+            masks = {"network": (prob >= 0.5, prob)}
+            for name, score in (("network", [prob]), ("teacher", [teacher[s.name]]),
+                                ("mean rank", [prob, teacher[s.name]])):  # fmt: skip
                 rank = mean_rank(score, s.fov, config.erode_fov)
-                metrics = image_metrics((rank > 1 - fraction).astype(np.float32), s, "vessels", 512)
-                metrics["auc"] = auc_roc(rank, s.masks["vessels"], s.fov)
-                rows.setdefault(f"{name} @ {fraction:.3f}", []).append(metrics)
+                masks[f"{name} @ {fraction:.3f}"] = (rank > 1 - fraction, rank)
+            if a.remove_specks:
+                for name in ("network", f"teacher @ {fraction:.3f}"):
+                    mask, score = masks[name]
+                    masks[f"{name}, specks removed"] = (
+                        remove_specks(mask, s.fov, a.remove_specks), score)  # fmt: skip
+            for name, (mask, score) in masks.items():
+                if name != "network":  # its row above: the probability itself
+                    metrics = image_metrics(mask.astype(np.float32), s, "vessels", 512)
+                    metrics["auc"] = auc_roc(score, s.masks["vessels"], s.fov)
+                    rows.setdefault(name, []).append(metrics)
         summary = {k: summarize(v) for k, v in rows.items()}
         result["rounds"].append({"seconds": time.time() - start, "rows": summary})
         for name, row in summary.items():
             dice, auc = row["dice"], row["auc"]
-            print(f"round {round_ + 1} {name:22s} Dice {dice['mean']:.3f} +- {dice['std']:.3f}"
+            print(f"round {round_ + 1} {name:32s} Dice {dice['mean']:.3f} +- {dice['std']:.3f}"
                   f"  AUC {auc['mean']:.3f}")  # fmt: skip
         if a.out:
             a.out.write_text(json.dumps(result, indent=1))

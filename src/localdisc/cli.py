@@ -646,6 +646,9 @@ def benchmark_shape_guided(
     student_teacher: str = typer.Option(
         "line", help="Its teacher: sato, frangi, line, or several joined by '+' (mean rank)."
     ),
+    speck_area: float = typer.Option(
+        6e-4, help="Vessels: rows without mask pieces below this share of the FOV (0: none)."
+    ),
     max_test: int | None = typer.Option(None, help="Use only the first N test images."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     quick: bool = typer.Option(False, "--quick", help="Generated images, tiny sizes (tests)."),
@@ -668,7 +671,8 @@ def benchmark_shape_guided(
         pool_size=pool_size, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch,
         refine_steps=refine_steps, refine_size=refine_size, student_steps=student_steps,
-        student_teacher=student_teacher, max_test=max_test, device=device, quick=quick, pretrain={
+        student_teacher=student_teacher, speck_area=speck_area, max_test=max_test, device=device,
+        quick=quick, pretrain={
             "depth": depth, "width": width, "prior_weight": prior_weight, "prior_pose": prior_pose,
             "crop_scale": crop_scale,
         },

@@ -36,8 +36,13 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     taught = {r for r in rows if "taught network" in r}
     assert taught == {
         f"line-taught network @ simulated fraction ({fraction})",
+        f"line-taught network, specks removed @ simulated fraction ({fraction})",
         f"line + line-taught network (mean rank) @ simulated fraction ({fraction})",
     }, rows
+    # Specks removed from each filter at each fraction, never from Otsu's masks.
+    specks = {r for r in rows if r.endswith("specks removed")}
+    fractions = {r for r in rows if " @ " in r and "fraction (" in r and "taught" not in r}
+    assert specks == {f"{r}, specks removed" for r in fractions - specks}, rows
     assert not any("topology" in r for r in rows)  # a vessel tree's pieces are not anatomy
     cell = results["table"]["dice"]["LD + simulated (A)"]["synthetic_fundus (no labels)"]
     assert cell["n_images"] == 2 and 0 <= cell["mean"] <= 1
@@ -48,11 +53,13 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert again.exit_code == 0, again.output
     assert "reusing" in again.output
     assert json.loads((out / "results.json").read_text())["table"] == results["table"]
-    # --student-steps 0: no taught rows, the others as they were.
-    untaught = CliRunner().invoke(app, [*args, "--student-steps", "0"])
-    assert untaught.exit_code == 0, untaught.output
+    # --student-steps 0, --speck-area 0: neither taught rows nor specks, the others as they were.
+    plain = CliRunner().invoke(app, [*args, "--student-steps", "0", "--speck-area", "0"])
+    assert plain.exit_code == 0, plain.output
     table = json.loads((out / "results.json").read_text())["table"]["dice"]
-    assert set(table) == rows - taught
+    assert set(table) == rows - taught - specks
+    for row in set(table):
+        assert table[row] == results["table"]["dice"][row], row
     # Another teacher: rows named after it.
     joined = CliRunner().invoke(app, [*args, "--student-teacher", "sato+line"])
     assert joined.exit_code == 0, joined.output

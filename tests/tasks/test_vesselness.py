@@ -15,6 +15,7 @@ from localdisc.tasks.vesselness import (
     mean_rank,
     paper_dice,
     prior_fraction,
+    remove_specks,
     segment_vessels,
     threshold_fraction,
     threshold_otsu_fov,
@@ -192,6 +193,43 @@ def test_pseudo_label_is_sure_at_both_ends_and_silent_between():
     assert label.dtype == weight.dtype == np.float32
     with pytest.raises(ValueError, match="sure"):
         vesselness_pseudo_label(score, fov, 0.1, sure=1.5)
+
+
+def test_remove_specks_drops_small_pieces_relative_to_the_fov():
+    mask = np.zeros((50, 50), dtype=bool)
+    mask[5, 5:45] = True  # a vessel: 40 pixels
+    mask[20:23, 20:23] = True  # a speck of 9
+    mask[30, 30] = mask[31, 31] = True  # 2 pixels, joined diagonally (8-connected)
+    fov = np.ones_like(mask)
+    np.testing.assert_array_equal(remove_specks(mask, fov, 0.0), mask)
+    kept = remove_specks(mask, fov, 5 / 2500)  # pieces under 5 pixels go
+    np.testing.assert_array_equal(kept, mask & ~(np.arange(50)[:, None] >= 30))
+    kept = remove_specks(mask, fov, 10 / 2500)  # under 10: the vessel alone stays
+    assert kept.sum() == 40 and kept[5, 5:45].all()
+    half = np.zeros_like(fov)
+    half[:25] = True  # the same share of a smaller FOV is fewer pixels: the 9 stay
+    assert remove_specks(mask, half, 10 / 2500).sum() == 49
+    assert remove_specks(np.zeros_like(mask), fov, 0.1).dtype == bool
+    with pytest.raises(ValueError, match="speck_area"):
+        remove_specks(mask, fov, 1.0)
+
+
+def test_specks_of_the_sure_vessels_are_left_silent_and_dropped_from_the_mask():
+    image, fov, lines = lines_on_disc()
+    rng = np.random.default_rng(0)
+    dots = (rng.random(fov.shape) < 0.01) & eroded_fov(fov, 8) & ~lines
+    image[dots, 1] = 0.3  # dark single pixels: specks, not vessels
+    score = vesselness(image, fov, method="line")
+    plain = vesselness_pseudo_label(score, fov, 0.2)
+    label, weight = vesselness_pseudo_label(score, fov, 0.2, speck_area=3e-3)
+    np.testing.assert_array_equal(label, plain[0])  # the label is the filter's
+    silenced = (plain[1] == 1) & (weight == 0)
+    assert silenced.any() and not (silenced & lines).any()  # only specks fall silent
+    assert (silenced <= (label == 1)).all() and not (weight > plain[1]).any()
+    _, mask = segment_vessels(image, fov, method="line", threshold=0.2)
+    _, clean = segment_vessels(image, fov, method="line", threshold=0.2, speck_area=3e-3)
+    np.testing.assert_array_equal(clean, remove_specks(mask, fov, 3e-3))
+    assert clean.sum() < mask.sum() and (mask & lines).sum() == (clean & lines).sum()
 
 
 def test_prior_fraction_on_known_masks():

@@ -20,21 +20,25 @@ match each image). Rows in the same run:
   whose area is closest to the prior's expected fraction;
 - vessels only, each filter (``sato``, ``frangi``, ``line``: :mod:`localdisc.tasks.vesselness`;
   ``sato+line``, their mean rank; and the student's teacher) at each prior's expected fraction
-  and, but for mean ranks, with Otsu's threshold;
+  and, but for mean ranks, with Otsu's threshold; at each fraction also ``..., specks
+  removed``: the mask's pieces below ``--speck-area`` of the FOV dropped
+  (:func:`~localdisc.tasks.vesselness.remove_specks`: vessels form a tree);
 - vessels only, ``TEACHER-taught network`` (:mod:`localdisc.tasks.self_training`): a U-Net
   trained on the test images' pseudo-labels from the teacher filter (``--student-teacher``) at
-  the simulated prior's fraction (transductive, as the refinement), its probability at 0.5, and
-  ``TEACHER + TEACHER-taught network (mean rank)``, both ranks averaged and thresholded at that
-  fraction; one per seed;
+  the simulated prior's fraction (transductive, as the refinement; the teacher's sure specks
+  left silent), its probability at 0.5, the same with its specks removed, and ``TEACHER +
+  TEACHER-taught network (mean rank)``, both ranks averaged and thresholded at that fraction;
+  one per seed;
 - organs only, ``mean shape of PRIOR (no image)``: the prior's average mask thresholded at its
   expected fraction, the same mask for every image: what the prior alone knows.
 
 No label of the target data set is used to train or to choose anything: hyper-parameters are the
-published ones (K = 8, weight 1, discriminator lr 5e-5) unless given; other choices are made on
-the generated tasks (``synthetic_fundus``, ``synthetic_xray`` for lungs, ``synthetic_heart``,
-and their harder ``synthetic_xray_hard`` and ``synthetic_heart_hard``), whose masks are exact.
-The filters and k-means get the same prior knowledge LD's prior carries (its expected foreground
-fraction). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues.
+published ones (K = 8, weight 1, discriminator lr 5e-5) unless given; other choices are made on the
+generated tasks (``synthetic_fundus``, ``synthetic_xray`` for lungs, ``synthetic_heart``, and their
+harder ``synthetic_xray_hard`` and ``synthetic_heart_hard``), whose masks are exact, or, for the
+vessel filters and their network, on STARE (another data set). The filters and k-means get the same
+prior knowledge LD's prior carries (its expected foreground fraction; the filters also that vessels
+are connected). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues.
 """
 
 from __future__ import annotations
@@ -129,6 +133,9 @@ class ShapeBenchmarkConfig:
     refine_size: int | None = None
     student_steps: int = 1200  # the filter-taught network (vessels; 0: no such rows)
     student_teacher: str = "line"  # its filter: a vesselness method, or several joined by "+"
+    # Vessels: "..., specks removed" rows drop the pieces of a filter's mask at a prior's fraction
+    # or of the network's below this share of the FOV (0: no such rows; chosen on STARE).
+    speck_area: float = 6e-4
     kmeans_clusters: int = 8
     max_test: int | None = None
     device: str = "auto"
@@ -356,16 +363,21 @@ def _run_task(
 
         # Every filter, Sato and the line detector joined (the best on DRIVE: RESULTS.md) and
         # the student's teacher: the bar. A mean rank is uniform: Otsu cuts it in half.
+        # Vessels form a tree: the same rows without specks, where the network has such a row.
+        specks = (0.0, config.speck_area) if config.speck_area else (0.0,)
         for method in dict.fromkeys([*FILTERS, "sato+line", config.student_teacher]):
             otsu = {} if "+" in method else {"Otsu": None}
             for label, value in {**thresholds, **otsu}.items():
-                rows = _cached(task_dir / _slug(f"{method}-{label}"), _eval_settings(config),
-                               _filter_rows, samples, target, scores, method, value,
-                               config)  # fmt: skip
-                record(f"{method} @ {label}", 0, rows)
+                for area in specks if value is not None else (0.0,):
+                    name = f"{method} @ {label}" + (", specks removed" if area else "")
+                    settings = {**_eval_settings(config), "speck_area": area}
+                    rows = _cached(task_dir / _slug(name), settings, _filter_rows, samples,
+                                   target, scores, method, value, area, config)  # fmt: skip
+                    record(name, 0, rows)
         for seed in range(config.seeds if config.student_steps else 0):
-            settings = {**_eval_settings(config, "student_steps", "student_teacher", "batch"),
-                        "fraction": fraction}  # fmt: skip
+            student = asdict(_student_config(config, seed))  # its pseudo-labels' settings too
+            settings = {**_eval_settings(config, "speck_area"), "fraction": fraction,
+                        "student": student}  # fmt: skip
             folder = task_dir / _slug(f"{config.student_teacher}-student") / f"seed-{seed}"
             rows = _cached(folder, settings, _student_rows, samples, target, scores, fraction,
                            config, seed, log)  # fmt: skip
@@ -540,17 +552,27 @@ def _mean_shape_rows(
 
 def _filter_rows(
     samples: list[Any], target: str, scores: Callable[[str], list[np.ndarray]], method: str,
-    fraction: float | None, config: ShapeBenchmarkConfig,
+    fraction: float | None, speck_area: float, config: ShapeBenchmarkConfig,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """A filter's ``scores(method)`` thresholded at ``fraction`` of the FOV (None: Otsu), each
-    as a probability map whose 0.5 level is the threshold (its ranking, hence the AUC, is the
-    filter's)."""
+    """A filter's ``scores(method)`` thresholded at ``fraction`` of the FOV (None: Otsu), its
+    pieces below ``speck_area`` of the FOV dropped, each as a probability map whose 0.5 level is
+    the mask (ranked as the filter ranks pixels inside and outside it)."""
+    from localdisc.tasks.vesselness import remove_specks
+
     threshold = "otsu" if fraction is None else fraction
     return [
-        _metrics(calibrate(score, threshold_vessels(score, s.fov, threshold)), s, target,
-                 config.eval_size)
+        _metrics(calibrate(score, remove_specks(threshold_vessels(score, s.fov, threshold), s.fov,
+                                                speck_area)), s, target, config.eval_size)
         for s, score in zip(samples, scores(method), strict=True)
     ]  # fmt: skip
+
+
+def _student_config(config: ShapeBenchmarkConfig, seed: int) -> Any:
+    from localdisc.tasks.self_training import StudentConfig
+
+    return StudentConfig(method=config.student_teacher, size=_student_size(config.eval_size),
+                         crop=config.eval_size // 2, steps=config.student_steps,
+                         batch=config.batch, seed=seed, device=config.device)  # fmt: skip
 
 
 def _student_rows(
@@ -558,28 +580,31 @@ def _student_rows(
     config: ShapeBenchmarkConfig, seed: int, log: Callable[[str], None],
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """A network taught by ``config.student_teacher`` (its ``scores``) on the test images
-    themselves (no label; transductive, as the refinement): its probability, and its rank
-    averaged with its teacher's at ``fraction``. It sees the images at 3/2 of ``eval_size``
-    (768 for 512: chosen on STARE, ``benchmarks/RESULTS.md``)."""
-    from localdisc.tasks.self_training import StudentConfig, student_probability, train_student
-    from localdisc.tasks.vesselness import eroded_fov, mean_rank, threshold_fraction
+    themselves (no label; transductive, as the refinement): its probability; the same without
+    specks (``config.speck_area``, when not 0); and its rank averaged with its teacher's at
+    ``fraction``. It sees the images at 3/2 of ``eval_size`` (768 for 512: chosen on STARE,
+    ``benchmarks/RESULTS.md``)."""
+    from localdisc.tasks.self_training import student_probability, train_student
+    from localdisc.tasks.vesselness import eroded_fov, mean_rank, remove_specks, threshold_fraction
 
-    student = StudentConfig(method=config.student_teacher, size=_student_size(config.eval_size),
-                            crop=config.eval_size // 2, steps=config.student_steps,
-                            batch=config.batch, seed=seed, device=config.device)  # fmt: skip
+    student = _student_config(config, seed)
     teachers = scores(student.method)
     model = train_student([s.image for s in samples], [s.fov for s in samples], fraction, student,
                           teachers=teachers, log=log)  # fmt: skip
     network = f"{student.method}-taught network"
+    clean = f"{network}, specks removed"
     ranked = f"{student.method} + {network} (mean rank)"
-    out: dict[str, list[dict[str, Any]]] = {network: [], ranked: []}
+    out: dict[str, list[dict[str, Any]]] = {network: [], clean: [], ranked: []}
     for s, teacher in zip(samples, teachers, strict=True):
         prob = student_probability(model, s.image, s.fov)
         out[network].append(_metrics(prob, s, target, config.eval_size))
+        if config.speck_area:
+            mask = remove_specks(prob >= 0.5, s.fov, config.speck_area)
+            out[clean].append(_metrics(calibrate(prob, mask), s, target, config.eval_size))
         rank = mean_rank([prob, teacher], s.fov, student.erode_fov)
         mask = threshold_fraction(rank, eroded_fov(s.fov, student.erode_fov), fraction)
         out[ranked].append(_metrics(calibrate(rank, mask), s, target, config.eval_size))
-    return out
+    return {name: rows for name, rows in out.items() if rows}
 
 
 def _student_size(eval_size: int) -> int:

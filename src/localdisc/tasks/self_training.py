@@ -64,6 +64,7 @@ class StudentConfig:
     method: str = "line"  # the teacher: a vesselness filter, or several joined by "+"
     sure: float = 0.6  # the top sure x fraction of the FOV: vessel
     unsure: float = 2.0  # below the top unsure x fraction: background
+    speck_area: float = 4e-4  # sure-vessel pieces smaller than this share of the FOV: silent
     erode_fov: int = 8  # the filter is undefined on the FOV's rim
     size: int = 768  # images resized to size x size
     crop: int = 256  # random training crops of that
@@ -112,8 +113,9 @@ def train_student(
     x, y = [], []
     for image, fov, score in zip(images, fovs, teachers, strict=True):
         label, weight = vesselness_pseudo_label(
-            score, fov, fraction, sure=config.sure, unsure=config.unsure, erode_fov=config.erode_fov
-        )
+            score, fov, fraction, sure=config.sure, unsure=config.unsure,
+            erode_fov=config.erode_fov, speck_area=config.speck_area,
+        )  # fmt: skip
         x.append(resize_image(image, config.size))
         y.append([resize_mask(label > 0.5, config.size), resize_mask(weight > 0.5, config.size)])
     xs = torch.from_numpy(np.stack(x)).permute(0, 3, 1, 2).contiguous()
