@@ -27,7 +27,8 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     rows = set(results["table"]["dice"])
-    fraction = next(r for r in rows if r.startswith("sato @ simulated fraction")).split("(")[1][:-1]
+    sato = next(r for r in rows if r.startswith("sato @ simulated fraction"))
+    fraction = sato.split("(")[1].split(")")[0]
     for row in ("LD + simulated (A)", "LD + simulated (B)", "LD + simulated (refined)",
                 "k-means (no prior)", "sato @ Otsu", "frangi @ Otsu", "line @ Otsu"):  # fmt: skip
         assert row in rows, rows
@@ -67,6 +68,8 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert f"sato+line-taught network @ simulated fraction ({fraction})" in table, set(table)
     bad = CliRunner().invoke(app, [*args, "--student-teacher", "sato+hessian"])
     assert bad.exit_code != 0 and "--student-teacher" in str(bad.exception)
+    bad = CliRunner().invoke(app, [*args, "--speck-area", "1.5"])
+    assert bad.exit_code != 0 and "--speck-area" in str(bad.exception)
 
 
 @pytest.mark.parametrize(

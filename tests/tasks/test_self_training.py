@@ -76,6 +76,8 @@ def test_bad_settings_and_inputs_are_refused():
         StudentConfig(size=64, crop=128)
     with pytest.raises(ValueError, match="multiple"):
         StudentConfig(size=100, crop=64, depth=4)
+    with pytest.raises(ValueError, match="speck_area"):
+        StudentConfig(speck_area=-1e-4)
     eye = synthetic_fundus(64, seed=0)
     with pytest.raises(LocaldiscError, match="one FOV per image"):
         train_student([eye.image, eye.image], [eye.fov], 0.12, StudentConfig(size=64, crop=32))

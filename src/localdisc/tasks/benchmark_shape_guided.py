@@ -211,6 +211,10 @@ def run_shape_benchmark(
         check_method(config.student_teacher)
     except ValueError as exc:
         raise LocaldiscError(f"--student-teacher: {exc}") from None
+    if not 0.0 <= config.speck_area < 1.0:
+        raise LocaldiscError(
+            f"--speck-area is a share of the FOV in [0, 1), not {config.speck_area}"
+        )
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
