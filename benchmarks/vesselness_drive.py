@@ -76,8 +76,9 @@ def evaluate(
                 otsu = () if "+" in method else ("otsu",)  # a mean rank is uniform
                 auc = auc_roc(score, truth, fov)
                 for threshold in (*fractions, *otsu):
+                    thresholded = threshold_vessels(score, fov, threshold)  # once per cut
                     for specks in speck_areas:
-                        mask = remove_specks(threshold_vessels(score, fov, threshold), fov, specks)
+                        mask = remove_specks(thresholded, fov, specks)
                         rows.append(
                             {
                                 "image": sample.name,

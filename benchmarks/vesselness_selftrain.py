@@ -118,21 +118,22 @@ def main() -> None:
                 first = image_metrics(probs[0], s, "vessels", 512)
                 rows.setdefault("first network", []).append(first)
             # name: (mask, the score ranking it, for the AUC)
-            masks = {"network": (prob >= 0.5, prob)}
+            masks = {}
             for name, score in (("network", [prob]), ("teacher", [teacher[s.name]]),
                                 ("mean rank", [prob, teacher[s.name]])):  # fmt: skip
                 rank = mean_rank(score, s.fov, config.erode_fov)
                 masks[f"{name} @ {fraction:.3f}"] = (rank > 1 - fraction, rank)
             if a.remove_specks:
-                for name in ("network", f"teacher @ {fraction:.3f}"):
-                    mask, score = masks[name]
-                    masks[f"{name}, specks removed"] = (
-                        remove_specks(mask, s.fov, a.remove_specks), score)  # fmt: skip
+                cut = f"teacher @ {fraction:.3f}"
+                mask, rank = masks[cut]
+                masks["network, specks removed"] = (
+                    remove_specks(prob >= 0.5, s.fov, a.remove_specks), prob)  # fmt: skip
+                masks[f"{cut}, specks removed"] = (
+                    remove_specks(mask, s.fov, a.remove_specks), rank)  # fmt: skip
             for name, (mask, score) in masks.items():
-                if name != "network":  # its row above: the probability itself
-                    metrics = image_metrics(mask.astype(np.float32), s, "vessels", 512)
-                    metrics["auc"] = auc_roc(score, s.masks["vessels"], s.fov)
-                    rows.setdefault(name, []).append(metrics)
+                metrics = image_metrics(mask.astype(np.float32), s, "vessels", 512)
+                metrics["auc"] = auc_roc(score, s.masks["vessels"], s.fov)
+                rows.setdefault(name, []).append(metrics)
         summary = {k: summarize(v) for k, v in rows.items()}
         result["rounds"].append({"seconds": time.time() - start, "rows": summary})
         for name, row in summary.items():

@@ -561,12 +561,11 @@ def _filter_rows(
     """A filter's ``scores(method)`` thresholded at ``fraction`` of the FOV (None: Otsu), its
     pieces below ``speck_area`` of the FOV dropped, each as a probability map whose 0.5 level is
     the mask (ranked as the filter ranks pixels inside and outside it)."""
-    from localdisc.tasks.vesselness import remove_specks
-
     threshold = "otsu" if fraction is None else fraction
     return [
-        _metrics(calibrate(score, remove_specks(threshold_vessels(score, s.fov, threshold), s.fov,
-                                                speck_area)), s, target, config.eval_size)
+        _metrics(calibrate(score, threshold_vessels(score, s.fov, threshold,
+                                                    speck_area=speck_area)),
+                 s, target, config.eval_size)
         for s, score in zip(samples, scores(method), strict=True)
     ]  # fmt: skip
 

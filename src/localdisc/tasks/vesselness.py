@@ -395,8 +395,7 @@ def segment_vessels(
     Dice at another size, see :func:`paper_dice`).
     """
     score = vesselness(image, fov, method=method, sigmas=sigmas, erode_fov=erode_fov)
-    mask = threshold_vessels(score, fov, threshold, erode_fov)
-    return score, remove_specks(mask, fov, speck_area)
+    return score, threshold_vessels(score, fov, threshold, erode_fov, speck_area)
 
 
 def remove_specks(mask: np.ndarray, fov: np.ndarray | None, speck_area: float) -> np.ndarray:
@@ -424,18 +423,25 @@ def remove_specks(mask: np.ndarray, fov: np.ndarray | None, speck_area: float) -
 
 
 def threshold_vessels(
-    score: np.ndarray, fov: np.ndarray, threshold: str | float, erode_fov: int = 8
+    score: np.ndarray,
+    fov: np.ndarray,
+    threshold: str | float,
+    erode_fov: int = 8,
+    speck_area: float = 0.0,
 ) -> np.ndarray:
     """The bool vessel mask of a :func:`vesselness` ``score``: ``threshold`` ``"otsu"``
     (:func:`threshold_otsu_fov`) or a fraction in ``(0, 1)`` (:func:`threshold_fraction`), both
-    inside the FOV eroded by ``erode_fov`` pixels, where the score is defined."""
+    inside the FOV eroded by ``erode_fov`` pixels, where the score is defined; then its pieces
+    below ``speck_area`` of the FOV dropped (:func:`remove_specks`)."""
     region = eroded_fov(_fov_or_all(fov, np.shape(score)), erode_fov)
     if isinstance(threshold, str):
         if threshold != "otsu":
             raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1), not {threshold!r}")
-        return threshold_otsu_fov(score, region)
-    if isinstance(threshold, bool) or not (
+        mask = threshold_otsu_fov(score, region)
+    elif isinstance(threshold, bool) or not (
         math.isfinite(float(threshold)) and 0.0 < float(threshold) < 1.0
     ):
         raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1), not {threshold!r}")
-    return threshold_fraction(score, region, float(threshold))
+    else:
+        mask = threshold_fraction(score, region, float(threshold))
+    return remove_specks(mask, fov, speck_area)
