@@ -4,8 +4,11 @@
 
 Writes ``synthetic_gallery.png``: synthetic fundus images and their vessel masks beside a DRIVE
 image and its manual annotation, and synthetic X-rays with lung and heart contours beside a JSRT
-radiograph with its SCR masks. The real images are read from ``<repo>/../shared/data`` (or
-``--data``) when present and left out otherwise. Also prints generation times.
+radiograph with its SCR masks, and (DRIVE present) the DRIVE image with a simulated tree painted
+on per seed (:func:`~localdisc.data.synthetic.paint_vessels`, what the filter-taught network also
+learns from), the last painted tree's mask beside them. The real images are read from
+``<repo>/../shared/data`` (or ``--data``) when present and left out otherwise. Also prints
+generation times.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from localdisc.data.synthetic import synthetic_fundus, synthetic_xray
+from localdisc.data.synthetic import paint_vessels, synthetic_fundus, synthetic_xray
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -30,15 +33,16 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 COLOURS = ("tab:blue", "tab:green", "tab:red")
 
 
-def _real_fundus(data: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """DRIVE training image 21 and its first manual vessel mask, or None when absent."""
+def _real_fundus(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """DRIVE training image 21, its first manual vessel mask and its FOV, or None when absent."""
     image = data / "DRIVE" / "training" / "images" / "21_training.tif"
     manual = data / "DRIVE" / "training" / "1st_manual" / "21_manual1.gif"
-    if not (image.exists() and manual.exists()):
+    fov = data / "DRIVE" / "training" / "mask" / "21_training_mask.gif"
+    if not (image.exists() and manual.exists() and fov.exists()):
         return None
     # PIL rather than tifffile: the DRIVE TIFFs are LZW-compressed.
     rgb = np.asarray(Image.open(image).convert("RGB"))
-    return rgb, np.asarray(Image.open(manual)) > 0
+    return rgb, np.asarray(Image.open(manual)) > 0, np.asarray(Image.open(fov)) > 0
 
 
 def _real_xray(data: Path, name: str = "JPCLN001") -> tuple[np.ndarray, list[np.ndarray]] | None:
@@ -66,8 +70,8 @@ def make_gallery(out: Path, size: int, seeds: list[int], data: Path) -> Path:
     """Render the gallery figure into ``out`` and return the PNG path."""
     drive = _real_fundus(data)
     jsrt = _real_xray(data)
-    cols = len(seeds) + 1
-    fig, axes = plt.subplots(3, cols, figsize=(3.2 * cols, 9.9))
+    cols, rows = len(seeds) + 1, 3 if drive is None else 4
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows))
     for ax in axes.ravel():
         ax.set_axis_off()
 
@@ -94,11 +98,17 @@ def make_gallery(out: Path, size: int, seeds: list[int], data: Path) -> Path:
         axes[2, i].set_title(f"synthetic X-ray {seed}", fontsize=9)
 
     if drive is not None:
-        rgb, manual = drive
+        rgb, manual, fov = drive
         axes[0, -1].imshow(rgb)
         axes[0, -1].set_title("DRIVE 21 (real)", fontsize=9)
         axes[1, -1].imshow(manual, cmap="gray")
         axes[1, -1].set_title("DRIVE 21 manual", fontsize=9)
+        for i, seed in enumerate(seeds):
+            painted, tree = paint_vessels(rgb / 255.0, fov, seed)
+            axes[3, i].imshow(painted)
+            axes[3, i].set_title(f"DRIVE 21, tree {seed} painted on", fontsize=9)
+        axes[3, -1].imshow(tree, cmap="gray")
+        axes[3, -1].set_title(f"painted tree {seeds[-1]}", fontsize=9)
     if jsrt is not None:
         grey, masks = jsrt
         axes[2, -1].imshow(grey, cmap="gray")

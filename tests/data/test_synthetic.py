@@ -17,6 +17,7 @@ from localdisc.data.synthetic import (
     SyntheticXray,
     heart_mask,
     lung_masks,
+    paint_vessels,
     synthetic_fundus,
     synthetic_xray,
     vessel_tree,
@@ -205,6 +206,40 @@ def test_bifurcations_follow_murrays_law() -> None:
         np.testing.assert_allclose(c1.radii[0] ** 3 + c2.radii[0] ** 3, r0**3, rtol=1e-6)
         # Daughters start where the parent ended.
         np.testing.assert_allclose(c1.points[0], parent.points[-1])
+
+
+def test_painted_vessels_darken_their_tree_on_the_image_s_own_fov() -> None:
+    # A flat photograph, wider than tall, its FOV off the image's centre.
+    h, w = 150, 200
+    fov = _disc((h, w), (120, 70), 60)
+    image = np.where(fov[..., None], np.array([0.8, 0.4, 0.2], np.float32), 0.0)
+    painted, tree = paint_vessels(image, fov, 3)
+    assert painted.shape == image.shape and painted.dtype == np.float32
+    assert tree.any() and not tree[~fov].any()
+    # The tree spreads over the FOV where it is (not where a centred one would be).
+    cy, cx = ndi.center_of_mass(tree)
+    assert abs(cx - 120) < 20 and abs(cy - 70) < 20
+    # Darker on the tree, most in green; untouched outside the FOV and away from the tree.
+    loss = 1 - painted[tree] / image[tree]
+    assert loss[:, 1].mean() > 0.05 and loss[:, 1].mean() > 2 * loss[:, 0].mean()
+    far = fov & ~ndi.binary_dilation(tree, iterations=4)
+    np.testing.assert_allclose(painted[far], image[far], atol=1e-6)
+    np.testing.assert_array_equal(painted[~fov], image[~fov])
+    # One seed, one tree; another seed, another tree.
+    again, same = paint_vessels(image, fov, 3)
+    np.testing.assert_array_equal(again, painted)
+    np.testing.assert_array_equal(same, tree)
+    assert (paint_vessels(image, fov, 4)[1] != tree).mean() > 0.01
+
+
+def test_paint_vessels_refuses_what_it_cannot_paint() -> None:
+    fov = _disc((64, 64), (32, 32), 28)
+    with pytest.raises(ValueError, match="H x W x 3"):
+        paint_vessels(np.zeros((64, 64)), fov, 0)
+    with pytest.raises(ValueError, match="H x W x 3"):
+        paint_vessels(np.zeros((64, 60, 3)), fov, 0)
+    with pytest.raises(ValueError, match="FOV is empty"):
+        paint_vessels(np.zeros((64, 64, 3)), np.zeros((64, 64), bool), 0)
 
 
 # ---------------------------------------------------------------------------------------------
