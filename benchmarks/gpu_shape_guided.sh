@@ -5,7 +5,7 @@
 #   (OCTA, simulated, the other data set's masks) stage 2 with the adversarial prior for STAGE2_S
 #   seconds, outputs A and B, a refinement network of REFINE steps; k-means, the filter rows
 #   (Sato, Frangi, the line detector, Sato + line; each at a fraction also without specks) and the
-#   line-taught network in the same run.
+#   line-taught networks (alone, and with simulated trees painted on) in the same run.
 #   B = 4, S = 448 (pool 512), evaluation as in the transfer benchmark (paper Dice at 512).
 # Needs carry/DRIVE, carry/STARE and carry/priors (`bash benchmarks/prepare_carry.sh vessels`; 50 MB);
 # TASK=scr_lung or scr_heart (simulated prior; the prior's mean shape as the baseline row) needs

@@ -9,9 +9,11 @@ images (their labels unused); :func:`~localdisc.tasks.vesselness.vesselness_pseu
 score into pseudo-labels at the prior's expected vessel fraction (the fraction of
 ``benchmark shape-guided``: simulated 0.150, OCTA 0.105), sure at both ends and silent in
 between. A U-Net (:func:`~localdisc.tasks.self_training.train_student`) trains on random
-crops of them, its batch norm is recomputed over the training images, and it segments the
-scored images. ``--rounds 2`` trains a second, fresh network on the pseudo-labels of the first
-round's ``mean rank`` (below).
+crops of them and of ``--painted`` copies of each image with a simulated vessel tree painted on
+(its mask the copy's sure vessels; default 0, none; the benchmark's second network: 2), its
+batch norm is recomputed over what it trained on, and it segments the scored images.
+``--rounds 2`` trains a second, fresh network on the pseudo-labels of the first round's
+``mean rank`` (below).
 
 The training images (``--train-on``): DRIVE's training split (``train``), its test split
 itself (``test``, transductive as the shape-guided refinement: the test labels are never read

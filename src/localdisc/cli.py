@@ -646,6 +646,11 @@ def benchmark_shape_guided(
     student_teacher: str = typer.Option(
         "line", help="Its teacher: sato, frangi, line, or several joined by '+' (mean rank)."
     ),
+    student_painted: int = typer.Option(
+        2,
+        help="Copies of each image with a simulated tree painted on, teaching a second such "
+        "network (0: no such rows).",
+    ),
     speck_area: float = typer.Option(
         6e-4, help="Vessels: rows without mask pieces below this share of the FOV (0: none)."
     ),
@@ -671,7 +676,8 @@ def benchmark_shape_guided(
         pool_size=pool_size, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch,
         refine_steps=refine_steps, refine_size=refine_size, student_steps=student_steps,
-        student_teacher=student_teacher, speck_area=speck_area, max_test=max_test, device=device,
+        student_teacher=student_teacher, student_painted=student_painted, speck_area=speck_area,
+        max_test=max_test, device=device,
         quick=quick, pretrain={
             "depth": depth, "width": width, "prior_weight": prior_weight, "prior_pose": prior_pose,
             "crop_scale": crop_scale,

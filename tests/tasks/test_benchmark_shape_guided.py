@@ -36,10 +36,18 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert f"sato+line @ simulated fraction ({fraction})" in rows and "sato+line @ Otsu" not in rows
     taught = {r for r in rows if "taught network" in r}
     assert taught == {
-        f"line-taught network @ simulated fraction ({fraction})",
-        f"line-taught network, specks removed @ simulated fraction ({fraction})",
-        f"line + line-taught network (mean rank) @ simulated fraction ({fraction})",
+        f"{network} @ simulated fraction ({fraction})"
+        for painted in ("", ", trees painted")
+        for network in (
+            f"line-taught network{painted}",
+            f"line-taught network{painted}, specks removed",
+            f"line + line-taught network{painted} (mean rank)",
+        )
     }, rows
+    painted = json.loads(
+        (out / "runs/synthetic_fundus/line-student-painted-2/seed-0/per_image.json").read_text()
+    )
+    assert painted["settings"]["student"]["painted"] == 2
     # Specks removed from each filter at each fraction, never from Otsu's masks.
     specks = {r for r in rows if r.endswith("specks removed")}
     fractions = {r for r in rows if " @ " in r and "fraction (" in r and "taught" not in r}
@@ -61,6 +69,11 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert set(table) == rows - taught - specks
     for row in set(table):
         assert table[row] == results["table"]["dice"][row], row
+    # --student-painted 0: the painted network's rows alone are gone.
+    unpainted = CliRunner().invoke(app, [*args, "--student-painted", "0"])
+    assert unpainted.exit_code == 0, unpainted.output
+    table = json.loads((out / "results.json").read_text())["table"]["dice"]
+    assert set(table) == {r for r in rows if "trees painted" not in r}
     # Another teacher: rows named after it.
     joined = CliRunner().invoke(app, [*args, "--student-teacher", "sato+line"])
     assert joined.exit_code == 0, joined.output
@@ -68,6 +81,8 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert f"sato+line-taught network @ simulated fraction ({fraction})" in table, set(table)
     bad = CliRunner().invoke(app, [*args, "--student-teacher", "sato+hessian"])
     assert bad.exit_code != 0 and "--student-teacher" in str(bad.exception)
+    bad = CliRunner().invoke(app, [*args, "--student-painted", "-1"])
+    assert bad.exit_code != 0 and "--student-painted" in str(bad.exception)
     bad = CliRunner().invoke(app, [*args, "--speck-area", "1.5"])
     assert bad.exit_code != 0 and "--speck-area" in str(bad.exception)
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
-from localdisc.data.synthetic import synthetic_fundus
+from localdisc.data.synthetic import paint_vessels, synthetic_fundus
 from localdisc.errors import LocaldiscError
 from localdisc.eval.metrics import auc_roc
 from localdisc.tasks.self_training import (
     StudentConfig,
     mean_rank,
     student_probability,
+    student_training_set,
     train_student,
 )
 from localdisc.tasks.vesselness import eroded_fov, vesselness
@@ -49,6 +53,33 @@ def test_student_probability_is_a_map_of_the_image_zero_off_the_fov():
     # The same seed, the same network.
     again = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
     np.testing.assert_array_equal(student_probability(again, eye.image, eye.fov), prob)
+
+
+def test_painted_copies_teach_their_tree_as_sure_vessel_and_the_rest_as_the_teacher_does():
+    eyes = [synthetic_fundus(96, seed=s) for s in range(2)]
+    images, fovs = [e.image for e in eyes], [e.fov for e in eyes]
+    teachers = [vesselness(e.image, e.fov) for e in eyes]
+    plain = StudentConfig(size=96, crop=32, depth=2)
+    xs, ys = student_training_set(images, fovs, teachers, 0.12, plain)
+    assert xs.shape == (2, 3, 96, 96) and ys.shape == (2, 2, 96, 96)
+    xp, yp = student_training_set(images, fovs, teachers, 0.12, replace(plain, painted=2))
+    assert xp.shape == (6, 3, 96, 96) and yp.shape == (6, 2, 96, 96)
+    # Each image first, as without painting, then its two painted copies.
+    np.testing.assert_array_equal(xp[[0, 3]], xs)
+    np.testing.assert_array_equal(yp[[0, 3]], ys)
+    label, weight = ys[0].bool().numpy()
+    for k, copy in enumerate((1, 2)):
+        painted, tree = paint_vessels(eyes[0].image, eyes[0].fov, np.random.default_rng([0, 0, k]))
+        np.testing.assert_array_equal(xp[copy].permute(1, 2, 0).numpy(), painted)
+        got_label, got_weight = yp[copy].bool().numpy()
+        assert got_label[tree].all() and got_weight[tree].all()  # the tree: sure vessel
+        rim = ndi.binary_dilation(tree) & ~tree
+        assert rim.any() and not got_weight[rim].any()  # its blurred rim: silent
+        rest = ~ndi.binary_dilation(tree)
+        np.testing.assert_array_equal(got_label[rest], label[rest])
+        np.testing.assert_array_equal(got_weight[rest], weight[rest])
+    with pytest.raises(ValueError, match="painted"):
+        StudentConfig(painted=-1)
 
 
 def test_mean_rank_fuses_scores_of_any_scale_inside_the_eroded_fov():

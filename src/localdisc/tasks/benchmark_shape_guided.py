@@ -26,9 +26,12 @@ match each image). Rows in the same run:
 - vessels only, ``TEACHER-taught network`` (:mod:`localdisc.tasks.self_training`): a U-Net
   trained on the test images' pseudo-labels from the teacher filter (``--student-teacher``) at
   the simulated prior's fraction (transductive, as the refinement; the teacher's sure specks
-  left silent), its probability at 0.5, the same with its specks removed, and ``TEACHER +
+  left silent): its probability at 0.5, the same with its specks removed, and ``TEACHER +
   TEACHER-taught network (mean rank)``, both ranks averaged and thresholded at that fraction;
-  one per seed;
+  one per seed; and the same three for ``TEACHER-taught network, trees painted``, also taught
+  by ``--student-painted`` copies of each image with a simulated vessel tree painted on, the
+  trees' masks their labels (:func:`~localdisc.data.synthetic.paint_vessels`: the simulated
+  prior's shapes, which no filter can use);
 - organs only, ``mean shape of PRIOR (no image)``: the prior's average mask thresholded at its
   expected fraction, the same mask for every image: what the prior alone knows.
 
@@ -133,6 +136,9 @@ class ShapeBenchmarkConfig:
     refine_size: int | None = None
     student_steps: int = 1200  # the filter-taught network (vessels; 0: no such rows)
     student_teacher: str = "line"  # its filter: a vesselness method, or several joined by "+"
+    # A second such network also taught by this many copies of each image with simulated trees
+    # painted on (0: no such rows).
+    student_painted: int = 2
     # Vessels: "..., specks removed" rows drop the pieces of a filter's mask at a prior's fraction
     # or of the network's below this share of the FOV (0: no such rows; chosen on STARE).
     speck_area: float = 6e-4
@@ -211,6 +217,10 @@ def run_shape_benchmark(
         check_method(config.student_teacher)
     except ValueError as exc:
         raise LocaldiscError(f"--student-teacher: {exc}") from None
+    if config.student_painted < 0:
+        raise LocaldiscError(
+            f"--student-painted is a count of copies, not {config.student_painted}"
+        )
     if not 0.0 <= config.speck_area < 1.0:
         raise LocaldiscError(
             f"--speck-area is a share of the FOV in [0, 1), not {config.speck_area}"
@@ -378,13 +388,17 @@ def _run_task(
                     rows = _cached(task_dir / _slug(name), settings, _filter_rows, samples,
                                    target, scores, method, value, area, config)  # fmt: skip
                     record(name, 0, rows)
-        for seed in range(config.seeds if config.student_steps else 0):
-            student = asdict(_student_config(config, seed))  # its pseudo-labels' settings too
+        students = [(0, seed) for seed in range(config.seeds if config.student_steps else 0)]
+        if config.student_painted:
+            students += [(config.student_painted, seed) for _, seed in students]
+        for painted, seed in students:
+            student = asdict(_student_config(config, seed, painted))  # pseudo-labels' settings too
             settings = {**_eval_settings(config, "speck_area"), "fraction": fraction,
                         "student": student}  # fmt: skip
-            folder = task_dir / _slug(f"{config.student_teacher}-student") / f"seed-{seed}"
+            name = f"{config.student_teacher}-student" + (f"-painted-{painted}" if painted else "")
+            folder = task_dir / _slug(name) / f"seed-{seed}"
             rows = _cached(folder, settings, _student_rows, samples, target, scores, fraction,
-                           config, seed, log)  # fmt: skip
+                           config, seed, painted, log)  # fmt: skip
             for output, per_image in rows.items():
                 record(f"{output} @ {fraction_from} fraction ({fraction:.3f})", seed, per_image)
     else:  # what the prior alone gives: its mean shape, the same on every image
@@ -570,31 +584,33 @@ def _filter_rows(
     ]  # fmt: skip
 
 
-def _student_config(config: ShapeBenchmarkConfig, seed: int) -> Any:
+def _student_config(config: ShapeBenchmarkConfig, seed: int, painted: int = 0) -> Any:
     from localdisc.tasks.self_training import StudentConfig
 
     return StudentConfig(method=config.student_teacher, size=_student_size(config.eval_size),
                          crop=config.eval_size // 2, steps=config.student_steps,
-                         batch=config.batch, seed=seed, device=config.device)  # fmt: skip
+                         batch=config.batch, painted=painted, seed=seed,
+                         device=config.device)  # fmt: skip
 
 
 def _student_rows(
     samples: list[Any], target: str, scores: Callable[[str], list[np.ndarray]], fraction: float,
-    config: ShapeBenchmarkConfig, seed: int, log: Callable[[str], None],
+    config: ShapeBenchmarkConfig, seed: int, painted: int, log: Callable[[str], None],
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """A network taught by ``config.student_teacher`` (its ``scores``) on the test images
-    themselves (no label; transductive, as the refinement): its probability; the same without
-    specks (``config.speck_area``, when not 0); and its rank averaged with its teacher's at
+    themselves (no label; transductive, as the refinement) and, with ``painted``, on that many
+    copies of each with a simulated tree painted on: its probability; the same without specks
+    (``config.speck_area``, when not 0); and its rank averaged with its teacher's at
     ``fraction``. It sees the images at 3/2 of ``eval_size`` (768 for 512: chosen on STARE,
     ``benchmarks/RESULTS.md``)."""
     from localdisc.tasks.self_training import student_probability, train_student
     from localdisc.tasks.vesselness import eroded_fov, mean_rank, remove_specks, threshold_fraction
 
-    student = _student_config(config, seed)
+    student = _student_config(config, seed, painted)
     teachers = scores(student.method)
     model = train_student([s.image for s in samples], [s.fov for s in samples], fraction, student,
                           teachers=teachers, log=log)  # fmt: skip
-    network = f"{student.method}-taught network"
+    network = f"{student.method}-taught network" + (", trees painted" if painted else "")
     clean = f"{network}, specks removed"
     ranked = f"{student.method} + {network} (mean rank)"
     out: dict[str, list[dict[str, Any]]] = {network: [], clean: [], ranked: []}
