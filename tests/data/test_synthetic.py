@@ -230,6 +230,10 @@ def test_painted_vessels_darken_their_tree_on_the_image_s_own_fov() -> None:
     np.testing.assert_array_equal(again, painted)
     np.testing.assert_array_equal(same, tree)
     assert (paint_vessels(image, fov, 4)[1] != tree).mean() > 0.01
+    # strength scales the absorption: none leaves the image as it was, more darkens more.
+    np.testing.assert_allclose(paint_vessels(image, fov, 3, strength=0.0)[0], image, atol=1e-6)
+    darker = paint_vessels(image, fov, 3, strength=2.0)[0]
+    assert darker[tree][:, 1].mean() < painted[tree][:, 1].mean()
 
 
 def test_paint_vessels_refuses_what_it_cannot_paint() -> None:
