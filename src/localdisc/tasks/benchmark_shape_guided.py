@@ -392,13 +392,13 @@ def _run_task(
         if config.student_painted:
             students += [(config.student_painted, seed) for _, seed in students]
         for painted, seed in students:
-            student = asdict(_student_config(config, seed, painted))  # pseudo-labels' settings too
+            student = _student_config(config, seed, painted)  # its pseudo-labels' settings too
             settings = {**_eval_settings(config, "speck_area"), "fraction": fraction,
-                        "student": student}  # fmt: skip
+                        "student": asdict(student)}  # fmt: skip
             name = f"{config.student_teacher}-student" + (f"-painted-{painted}" if painted else "")
             folder = task_dir / _slug(name) / f"seed-{seed}"
             rows = _cached(folder, settings, _student_rows, samples, target, scores, fraction,
-                           config, seed, painted, log)  # fmt: skip
+                           config, student, log)  # fmt: skip
             for output, per_image in rows.items():
                 record(f"{output} @ {fraction_from} fraction ({fraction:.3f})", seed, per_image)
     else:  # what the prior alone gives: its mean shape, the same on every image
@@ -584,7 +584,7 @@ def _filter_rows(
     ]  # fmt: skip
 
 
-def _student_config(config: ShapeBenchmarkConfig, seed: int, painted: int = 0) -> Any:
+def _student_config(config: ShapeBenchmarkConfig, seed: int, painted: int) -> Any:
     from localdisc.tasks.self_training import StudentConfig
 
     return StudentConfig(method=config.student_teacher, size=_student_size(config.eval_size),
@@ -595,22 +595,21 @@ def _student_config(config: ShapeBenchmarkConfig, seed: int, painted: int = 0) -
 
 def _student_rows(
     samples: list[Any], target: str, scores: Callable[[str], list[np.ndarray]], fraction: float,
-    config: ShapeBenchmarkConfig, seed: int, painted: int, log: Callable[[str], None],
+    config: ShapeBenchmarkConfig, student: Any, log: Callable[[str], None],
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """A network taught by ``config.student_teacher`` (its ``scores``) on the test images
-    themselves (no label; transductive, as the refinement) and, with ``painted``, on that many
-    copies of each with a simulated tree painted on: its probability; the same without specks
-    (``config.speck_area``, when not 0); and its rank averaged with its teacher's at
-    ``fraction``. It sees the images at 3/2 of ``eval_size`` (768 for 512: chosen on STARE,
-    ``benchmarks/RESULTS.md``)."""
+    """A network taught as ``student`` (a ``StudentConfig``) by its teacher (its ``scores``) on
+    the test images themselves (no label; transductive, as the refinement) and, with
+    ``student.painted``, on that many copies of each with a simulated tree painted on: its
+    probability; the same without specks (``config.speck_area``, when not 0); and its rank
+    averaged with its teacher's at ``fraction``. It sees the images at 3/2 of ``eval_size`` (768
+    for 512: chosen on STARE, ``benchmarks/RESULTS.md``)."""
     from localdisc.tasks.self_training import student_probability, train_student
     from localdisc.tasks.vesselness import eroded_fov, mean_rank, remove_specks, threshold_fraction
 
-    student = _student_config(config, seed, painted)
     teachers = scores(student.method)
     model = train_student([s.image for s in samples], [s.fov for s in samples], fraction, student,
                           teachers=teachers, log=log)  # fmt: skip
-    network = f"{student.method}-taught network" + (", trees painted" if painted else "")
+    network = f"{student.method}-taught network" + (", trees painted" if student.painted else "")
     clean = f"{network}, specks removed"
     ranked = f"{student.method} + {network} (mean rank)"
     out: dict[str, list[dict[str, Any]]] = {network: [], clean: [], ranked: []}
