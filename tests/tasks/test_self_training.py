@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage as ndi
 
 from localdisc.data.synthetic import paint_vessels, synthetic_fundus
 from localdisc.errors import LocaldiscError
 from localdisc.eval.metrics import auc_roc
+from localdisc.tasks import self_training
 from localdisc.tasks.self_training import (
     StudentConfig,
+    label_shift,
     mean_rank,
     student_probability,
     student_training_set,
@@ -80,6 +84,40 @@ def test_painted_copies_teach_their_tree_as_sure_vessel_and_the_rest_as_the_teac
         np.testing.assert_array_equal(got_weight[rest], weight[rest])
     with pytest.raises(ValueError, match="painted"):
         StudentConfig(painted=-1)
+
+
+def test_label_shift_is_the_log_odds_the_painted_copies_add():
+    # Two images (vessel share 0.1 of their weighted pixels), each with one painted copy
+    # (share 0.3); silent pixels (weight 0) count for nothing.
+    targets = torch.zeros(4, 2, 10, 10)
+    targets[:, 1, :, :5] = 1.0
+    targets[[0, 2], 0, :5, :1] = 1.0  # 5 of 50 weighted pixels
+    targets[[1, 3], 0, :5, :3] = 1.0  # 15 of 50
+    targets[:, 0, :, 9] = 1.0  # vessel, but silent
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    assert label_shift(targets, 1) == pytest.approx(logit(0.2) - logit(0.1))
+    assert label_shift(targets[[0, 2]], 0) == 0.0
+
+
+def test_a_student_with_painted_copies_has_its_head_moved_back_by_the_label_shift(monkeypatch):
+    eye = synthetic_fundus(96, seed=0)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=2, painted=1, device="cpu")
+    shifts: list[float] = []
+
+    def measured(*args: object) -> float:
+        shifts.append(label_shift(*args))
+        return shifts[-1]
+
+    monkeypatch.setattr(self_training, "label_shift", measured)
+    shifted = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
+    (shift,) = shifts
+    assert shift > 0.1  # the tree adds vessel pixels
+    monkeypatch.setattr(self_training, "label_shift", lambda *_: 0.0)
+    raw = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
+    assert float(raw.head.bias - shifted.head.bias) == pytest.approx(shift, abs=1e-6)
+    for name, value in raw.state_dict().items():  # nothing else moves
+        if name != "head.bias":
+            torch.testing.assert_close(value, shifted.state_dict()[name])
 
 
 def test_mean_rank_fuses_scores_of_any_scale_inside_the_eroded_fov():

@@ -38,6 +38,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,7 @@ from localdisc.tasks.vesselness import (
 
 __all__ = [
     "StudentConfig",
+    "label_shift",
     "mean_rank",
     "student_probability",
     "student_training_set",
@@ -143,7 +145,33 @@ def train_student(
                       rotation=180.0, flips=True, crop=config.crop, bf16=True, seed=config.seed,
                       device=device, log=log, name="student step")  # fmt: skip
     recalibrate_batch_norm(model, xs, batch=config.batch)
+    shift = label_shift(ys, config.painted)
+    if shift:
+        log(f"painted trees raised the vessel share trained on: head bias lowered by {shift:.3f}")
+        with torch.no_grad():
+            model.head.bias -= shift
     return model.eval()
+
+
+def label_shift(targets: torch.Tensor, painted: int) -> float:
+    """How much the painted copies raise the log-odds of vessel in what the student trains on.
+
+    ``targets`` ``[N, 2, S, S]`` (label, weight) as :func:`student_training_set` builds them:
+    each image, then ``painted`` copies. The trees add vessel pixels that real images do not
+    have, so a network fitted to the mix marks too much on them. Subtracting this from its
+    logits moves it back to the images' own share (the prior-shift correction of Saerens et al.,
+    "Adjusting the outputs of a classifier to new a priori probabilities", Neural Computation
+    2002; logit adjustment in Menon et al., ICLR 2021). 0 without painted copies.
+    """
+
+    def log_odds(t: torch.Tensor) -> float:
+        share = float((t[:, 0] * t[:, 1]).sum() / t[:, 1].sum().clamp_min(1.0))
+        share = min(max(share, 1e-6), 1 - 1e-6)
+        return math.log(share / (1 - share))
+
+    if not painted:
+        return 0.0
+    return log_odds(targets) - log_odds(targets[:: painted + 1])
 
 
 def student_training_set(
