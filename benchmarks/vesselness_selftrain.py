@@ -11,7 +11,9 @@ score into pseudo-labels at the prior's expected vessel fraction (the fraction o
 between. A U-Net (:func:`~localdisc.tasks.self_training.train_student`) trains on random
 crops of them and of ``--painted`` copies of each image with a simulated vessel tree painted on
 (its mask the copy's sure vessels; default 0, none; the benchmark's second network: 2), its
-batch norm is recomputed over what it trained on, and it segments the scored images.
+batch norm is recomputed over what it trained on, the vessel share the copies add is taken out
+of its head (:func:`~localdisc.tasks.self_training.label_shift`), and it segments the scored
+images.
 ``--rounds 2`` trains a second, fresh network on the pseudo-labels of the first round's
 ``mean rank`` (below).
 
@@ -24,6 +26,8 @@ the scored images of the paper's Dice (whole image at 512) and FOV AUC, for:
 * ``network``: the network's probability at 0.5, averaged over the four flips (``--no-flips``:
   the image alone) and over ``--ensemble`` networks of consecutive seeds (then also ``first
   network``, the first seed's alone);
+* with ``--painted``, ``network, uncorrected``: the same with the label shift left in its head
+  (and ``..., specks removed`` as below);
 * ``network @ fraction``: its prior's-fraction most vessel-like pixels of the eroded FOV;
 * ``teacher @ fraction``: the filter itself at that fraction (the same run);
 * ``mean rank @ fraction``: the mean of the network's and the filter's rank inside the eroded
@@ -42,18 +46,27 @@ question; the shape-guided benchmark's filter rows are the bar (``benchmarks/RES
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from localdisc.data.datasets import load_data_spec
 from localdisc.eval.metrics import auc_roc, summarize
+from localdisc.models.segmenter import Segmenter
 from localdisc.priors import load_prior
 from localdisc.tasks.benchmark_shape_guided import TASKS, expected_fraction, prior_spec
-from localdisc.tasks.self_training import StudentConfig, student_probability, train_student
+from localdisc.tasks.self_training import (
+    StudentConfig,
+    label_shift,
+    student_probability,
+    student_training_set,
+    train_student,
+)
 from localdisc.tasks.transfer import image_metrics
 from localdisc.tasks.vesselness import mean_rank, remove_specks, vesselness
 
@@ -105,17 +118,21 @@ def main() -> None:
     for round_ in range(a.rounds):
         images, fovs = [s.image for s in train], [s.fov for s in train]
         round_config = replace(config, seed=config.seed + round_)
-        models = [
-            train_student(
-                images, fovs, fraction, replace(round_config, seed=seed), teachers=teachers
-            )
-            for seed in range(round_config.seed, round_config.seed + a.ensemble)
-        ]
+        seeds = range(round_config.seed, round_config.seed + a.ensemble)
+        configs = [replace(round_config, seed=seed) for seed in seeds]
+        models = [train_student(images, fovs, fraction, c, teachers=teachers) for c in configs]
+        unshifted = [_unshifted(m, images, fovs, teachers, fraction, c)
+                     for m, c in zip(models, configs, strict=True)]  # fmt: skip
         rows: dict[str, list[dict]] = {}
         for s in test:
             probs = [student_probability(m, s.image, s.fov, flips=not a.no_flips) for m in models]
             prob = sum(probs) / len(probs)
             rows.setdefault("network", []).append(image_metrics(prob, s, "vessels", 512))
+            if config.painted:  # the painted copies' label shift left in, for comparison
+                raw = sum(student_probability(m, s.image, s.fov, flips=not a.no_flips)
+                          for m in unshifted) / len(unshifted)  # fmt: skip
+                rows.setdefault("network, uncorrected", []).append(
+                    image_metrics(raw, s, "vessels", 512))  # fmt: skip
             if a.ensemble > 1:  # the first network alone, for comparison
                 first = image_metrics(probs[0], s, "vessels", 512)
                 rows.setdefault("first network", []).append(first)
@@ -130,6 +147,9 @@ def main() -> None:
                 mask, rank = masks[cut]
                 masks["network, specks removed"] = (
                     remove_specks(prob >= 0.5, s.fov, a.remove_specks), prob)  # fmt: skip
+                if config.painted:
+                    masks["network, uncorrected, specks removed"] = (
+                        remove_specks(raw >= 0.5, s.fov, a.remove_specks), raw)  # fmt: skip
                 masks[f"{cut}, specks removed"] = (
                     remove_specks(mask, s.fov, a.remove_specks), rank)  # fmt: skip
             for name, (mask, score) in masks.items():
@@ -150,6 +170,25 @@ def main() -> None:
         teachers = [mean_rank([sum(student_probability(m, s.image, s.fov, flips=not a.no_flips)
                                    for m in models) / len(models), teacher[s.name]], s.fov,
                               config.erode_fov) for s in train]  # fmt: skip
+
+
+def _unshifted(
+    model: Segmenter,
+    images: list[np.ndarray],
+    fovs: list[np.ndarray],
+    teachers: list[np.ndarray],
+    fraction: float,
+    config: StudentConfig,
+) -> Segmenter:
+    """``model`` with the painted copies' label shift put back into its head (as it was before
+    :func:`train_student` took it out)."""
+    if not config.painted:
+        return model
+    targets = student_training_set(images, fovs, teachers, fraction, config)[1]
+    raw = copy.deepcopy(model)
+    with torch.no_grad():
+        raw.head.bias += label_shift(targets, config.painted)
+    return raw
 
 
 if __name__ == "__main__":
