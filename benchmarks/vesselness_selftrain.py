@@ -160,7 +160,7 @@ def main() -> None:
         result["rounds"].append({"seconds": time.time() - start, "rows": summary})
         for name, row in summary.items():
             dice, auc = row["dice"], row["auc"]
-            print(f"round {round_ + 1} {name:32s} Dice {dice['mean']:.3f} +- {dice['std']:.3f}"
+            print(f"round {round_ + 1} {name:44s} Dice {dice['mean']:.3f} +- {dice['std']:.3f}"
                   f"  AUC {auc['mean']:.3f}")  # fmt: skip
         if a.out:
             a.out.write_text(json.dumps(result, indent=1))
