@@ -31,7 +31,8 @@ match each image). Rows in the same run:
   one per seed; and the same three for ``TEACHER-taught network, trees painted``, also taught
   by ``--student-painted`` copies of each image with a simulated vessel tree painted on, the
   trees' masks their labels (:func:`~localdisc.data.synthetic.paint_vessels`: the simulated
-  prior's shapes, which no filter can use);
+  prior's shapes, which no filter can use), the vessel share they add taken out of its head
+  (:func:`~localdisc.tasks.self_training.label_shift`);
 - organs only, ``mean shape of PRIOR (no image)``: the prior's average mask thresholded at its
   expected fraction, the same mask for every image: what the prior alone knows.
 
