@@ -507,6 +507,47 @@ def shape_guided_segment(
     console.print(f"{len(written)} mask(s) written to [bold]{out}[/]")
 
 
+@shape_app.command("vessels")
+def shape_guided_vessels(
+    images: list[Path] = typer.Option(..., "--images", help="Fundus photographs, or folders."),
+    out: Path = typer.Option(..., "--out", help="Output folder (masks, the network, a figure)."),
+    prior: str = typer.Option(
+        "simulated:vessels",
+        "--prior",
+        help="Vessel masks whose vessel fraction the teacher keeps: a folder, NAME:ROOT:TARGET "
+        "or simulated:vessels.",
+    ),
+    fraction: float | None = typer.Option(
+        None, help="The expected vessel share of the FOV instead of the prior's."
+    ),
+    teacher: str = typer.Option(
+        "line", help="The filter that teaches: line, sato, frangi, or several joined by +."
+    ),
+    painted: int = typer.Option(2, help="Copies of each image with a simulated tree painted on."),
+    steps: int = typer.Option(1200, help="Training steps (about 10 min on 2 CPU cores)."),
+    speck_area: float = typer.Option(
+        6e-4, help="Mask pieces smaller than this share of the FOV are dropped (0: none)."
+    ),
+    max_size: int = typer.Option(768, help="Larger images are shrunk to this longer side."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Segment retinal vessels with no label: a network taught on the images themselves by a
+    filter's sure pixels and by simulated trees painted on them."""
+    from localdisc.tasks.self_training import StudentConfig, segment_vessels_self_trained
+
+    try:
+        config = StudentConfig(
+            method=teacher, painted=painted, steps=steps, seed=seed, device=device
+        )
+    except ValueError as exc:
+        raise LocaldiscError(str(exc)) from None
+    segment_vessels_self_trained(
+        images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
+        max_size=max_size, log=console.print,
+    )  # fmt: skip
+
+
 benchmark_app = typer.Typer(help="Reproducible comparisons with tables and figures.")
 app.add_typer(benchmark_app, name="benchmark")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -9,20 +10,27 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage as ndi
+from typer.testing import CliRunner
 
+from localdisc.cli import app
+from localdisc.data.io import read_image, write_png
+from localdisc.data.preprocess import fov_from_image
 from localdisc.data.synthetic import paint_vessels, synthetic_fundus
 from localdisc.errors import LocaldiscError
 from localdisc.eval.metrics import auc_roc
+from localdisc.models.segmenter import Segmenter
 from localdisc.tasks import self_training
+from localdisc.tasks.predict import predict_images
 from localdisc.tasks.self_training import (
     StudentConfig,
     label_shift,
     mean_rank,
+    segment_vessels_self_trained,
     student_probability,
     student_training_set,
     train_student,
 )
-from localdisc.tasks.vesselness import eroded_fov, vesselness
+from localdisc.tasks.vesselness import eroded_fov, remove_specks, vesselness
 
 
 def quiet(_: str) -> None:
@@ -152,3 +160,90 @@ def test_bad_settings_and_inputs_are_refused():
         train_student([eye.image, eye.image], [eye.fov], 0.12, StudentConfig(size=64, crop=32))
     with pytest.raises(LocaldiscError, match="at least one image"):
         train_student([], [], 0.12)
+
+
+def _photos(folder, sizes=(96, 160)):
+    folder.mkdir()
+    for seed, size in enumerate(sizes):
+        eye = synthetic_fundus(size, seed=seed)
+        write_png(folder / f"eye{seed}.png", np.round(eye.image * 255).astype(np.uint8))
+    return folder
+
+
+def test_segment_vessels_self_trained_writes_masks_at_each_image_s_own_size(tmp_path):
+    photos = _photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=2, painted=1, device="cpu")
+    written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
+                                           max_size=128, log=quiet)  # fmt: skip
+    assert [p.name for p in written] == ["eye0_mask.png", "eye1_mask.png"]
+    for seed, size in enumerate((96, 160)):  # the second was shrunk to 128 to be segmented
+        prob = read_image(out / f"eye{seed}_prob.png")[0][..., 0]
+        mask = read_image(out / f"eye{seed}_mask.png")[0][..., 0] > 0.5
+        assert prob.shape == mask.shape == (size, size)
+        # The mask is the probability's 0.5 level without its specks: a part of it.
+        assert not (mask & (prob < 0.49)).any()
+    assert (out / "figures" / "overlay.png").is_file()
+    # The network is saved with what taught it, and segments further images.
+    saved = Segmenter.from_pretrained(out)
+    assert saved.config.size == 64
+    settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
+    assert settings["fraction"] == 0.12 and settings["student"]["painted"] == 1
+    again = predict_images(out, [photos / "eye0.png"], tmp_path / "again")
+    assert read_image(again[0])[0].shape[:2] == (96, 96)
+
+
+def test_segment_vessels_self_trained_drops_specks_from_the_mask(tmp_path, monkeypatch):
+    photos = _photos(tmp_path / "photos", sizes=(96,))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    noisy = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    monkeypatch.setattr(self_training, "student_probability", lambda model, image, fov: noisy)
+    for area, name in ((0.0, "kept"), (0.05, "dropped")):
+        segment_vessels_self_trained([photos], tmp_path / name, fraction=0.12, config=config,
+                                     speck_area=area, log=quiet)  # fmt: skip
+    kept = read_image(tmp_path / "kept" / "eye0_mask.png")[0][..., 0] > 0.5
+    dropped = read_image(tmp_path / "dropped" / "eye0_mask.png")[0][..., 0] > 0.5
+    np.testing.assert_array_equal(kept, noisy >= 0.5)
+    fov = fov_from_image(read_image(photos / "eye0.png")[0])
+    np.testing.assert_array_equal(dropped, remove_specks(kept, fov, 0.05))
+    assert 0 < dropped.sum() < kept.sum()
+
+
+def test_the_vessels_command_passes_its_settings_and_refuses_bad_ones(tmp_path, monkeypatch):
+    photos = _photos(tmp_path / "photos", sizes=(64,))
+    seen = {}
+
+    def fake(images, out, **kwargs):
+        seen.update(kwargs, images=images, out=out)
+        return []
+
+    monkeypatch.setattr(self_training, "segment_vessels_self_trained", fake)
+    result = CliRunner().invoke(app, [
+        "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
+        "--teacher", "sato", "--painted", "0", "--steps", "30", "--fraction", "0.1",
+        "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == StudentConfig(method="sato", painted=0, steps=30, device="cpu")
+    assert seen["fraction"] == 0.1 and seen["prior"] == "simulated:vessels"
+    assert seen["speck_area"] == 6e-4 and seen["images"] == [photos]
+    result = CliRunner().invoke(app, [
+        "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
+        "--teacher", "hessian",
+    ])  # fmt: skip
+    assert isinstance(result.exception, LocaldiscError)
+    assert "unknown vesselness method" in str(result.exception)
+
+
+def test_segment_vessels_self_trained_refuses_bad_input_before_training(tmp_path):
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(LocaldiscError, match="notes.txt: not an image"):
+        segment_vessels_self_trained([tmp_path / "notes.txt"], tmp_path / "o", config=config)
+    photos = _photos(tmp_path / "photos", sizes=(64,))
+    for kwargs, message in (({"speck_area": 1.0}, "speck_area"), ({"fraction": 0.0}, "fraction"),
+                            ({"prior": str(tmp_path / "none")}, "none")):  # fmt: skip
+        with pytest.raises(LocaldiscError, match=message):
+            segment_vessels_self_trained([photos], tmp_path / "o", config=config, log=quiet,
+                                         **kwargs)  # fmt: skip
+    assert not (tmp_path / "o").exists()
