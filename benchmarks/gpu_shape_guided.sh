@@ -14,11 +14,12 @@
 # DEPTH is the LD encoder's VGG blocks, 5 as published by default).
 # Results go to $OUT (session log, results.json/md, the evaluation's per-image rows).
 # Test it on a CPU first at toy sizes:
-#   DEVICE=cpu STAGE1_S=10 STAGE2_S=10 REFINE=2 SIZE=64 BATCH=1 MAX_TEST=2 OUT=/tmp/gsg bash benchmarks/gpu_shape_guided.sh
+#   DEVICE=cpu STAGE1_S=10 STAGE2_S=10 REFINE=2 STUDENT_STEPS=2 SIZE=64 BATCH=1 MAX_TEST=2 OUT=/tmp/gsg bash benchmarks/gpu_shape_guided.sh
 set -uo pipefail
 export PYTHONPATH=src
 OUT=${OUT:-/tmp/localdisc-gpu-shape}; TASK=${TASK:-drive}; PRIORS=${PRIORS:-octa,simulated,other}
 STAGE1_S=${STAGE1_S:-60}; STAGE2_S=${STAGE2_S:-60}; REFINE=${REFINE:-600}; DEVICE=${DEVICE:-cuda}
+STUDENT_STEPS=${STUDENT_STEPS:-1200}  # the filter-taught networks (vessels)
 SIZE=${SIZE:-448}; BATCH=${BATCH:-4}; MAX_TEST=${MAX_TEST:-}
 PRIOR_WEIGHT=${PRIOR_WEIGHT:-1}; POSE=${POSE:-free}; DEPTH=${DEPTH:-5}
 mkdir -p "$OUT"
@@ -30,6 +31,7 @@ start=$(date +%s)
 python -m localdisc benchmark shape-guided --tasks "$TASK" --priors "$PRIORS" --data-root carry \
     --size "$SIZE" --batch "$BATCH" --stage1-steps 20000 --stage2-steps 80000 \
     --stage1-seconds "$STAGE1_S" --stage2-seconds "$STAGE2_S" --refine-steps "$REFINE" \
+    --student-steps "$STUDENT_STEPS" \
     --prior-weight "$PRIOR_WEIGHT" --prior-pose "$POSE" --depth "$DEPTH" \
     --device "$DEVICE" ${MAX_TEST:+--max-test "$MAX_TEST"} --out "$OUT/shape-$TASK"
 echo "benchmark wall time: $(( $(date +%s) - start )) s"
