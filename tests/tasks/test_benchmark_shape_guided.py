@@ -53,6 +53,10 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     fractions = {r for r in rows if " @ " in r and "fraction (" in r and "taught" not in r}
     assert specks == {f"{r}, specks removed" for r in fractions - specks}, rows
     assert not any("topology" in r for r in rows)  # a vessel tree's pieces are not anatomy
+    # One column, the task's, for every row (a filter's row once named its own column).
+    assert {run["task"] for run in results["runs"]} == {"synthetic_fundus"}
+    columns = {column for cells in results["table"]["dice"].values() for column in cells}
+    assert columns == {"synthetic_fundus (no labels)"}, columns
     cell = results["table"]["dice"]["LD + simulated (A)"]["synthetic_fundus (no labels)"]
     assert cell["n_images"] == 2 and 0 <= cell["mean"] <= 1
     assert "## auc" in (out / "results.md").read_text()

@@ -384,11 +384,11 @@ def _run_task(
             otsu = {} if "+" in method else {"Otsu": None}
             for label, value in {**thresholds, **otsu}.items():
                 for area in specks if value is not None else (0.0,):
-                    name = f"{method} @ {label}" + (", specks removed" if area else "")
+                    row = f"{method} @ {label}" + (", specks removed" if area else "")
                     settings = {**_eval_settings(config), "speck_area": area}
-                    rows = _cached(task_dir / _slug(name), settings, _filter_rows, samples,
+                    rows = _cached(task_dir / _slug(row), settings, _filter_rows, samples,
                                    target, scores, method, value, area, config)  # fmt: skip
-                    record(name, 0, rows)
+                    record(row, 0, rows)
         students = [(0, seed) for seed in range(config.seeds if config.student_steps else 0)]
         if config.student_painted:
             students += [(config.student_painted, seed) for _, seed in students]
@@ -396,8 +396,8 @@ def _run_task(
             student = _student_config(config, seed, painted)  # its pseudo-labels' settings too
             settings = {**_eval_settings(config, "speck_area"), "fraction": fraction,
                         "student": asdict(student)}  # fmt: skip
-            name = f"{config.student_teacher}-student" + (f"-painted-{painted}" if painted else "")
-            folder = task_dir / _slug(name) / f"seed-{seed}"
+            suffix = f"-painted-{painted}" if painted else ""
+            folder = task_dir / _slug(f"{config.student_teacher}-student{suffix}") / f"seed-{seed}"
             rows = _cached(folder, settings, _student_rows, samples, target, scores, fraction,
                            config, student, log)  # fmt: skip
             for output, per_image in rows.items():
