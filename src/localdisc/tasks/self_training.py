@@ -242,10 +242,10 @@ def student_probability(
     return prob[0, 0].clamp(0, 1).numpy() * fov
 
 
-# The painted copies with the masks' specks dropped: on STARE, where the student's settings are
+SPECK_AREA = 6e-4  # the benchmark's, chosen on STARE (:func:`remove_specks`)
+# Painted copies, for masks with their specks dropped: on STARE, where the student's settings are
 # chosen, 0.757 and 0.746 over two seeds against 0.745 and 0.739 without copies
 # (``benchmarks/RESULTS.md``); on DRIVE 0.778 and 0.776, above every filter (0.765).
-SPECK_AREA = 6e-4  # the benchmark's: chosen on STARE (:func:`remove_specks`)
 PAINTED = 2
 
 
