@@ -17,6 +17,7 @@ def test_quick_demo_writes_its_figures_in_seconds(tmp_path):
     assert "demo finished" in result.output
     assert "one-shot localisation (LD" in result.output and "fovea" in result.output
     assert "vessels without labels" in result.output and "Sato" in result.output
+    assert "taught network" in result.output
     assert elapsed < 30
 
 
