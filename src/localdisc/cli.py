@@ -254,7 +254,7 @@ def demo(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Pre-train a small LD model and draw what it learnt (about 4 minutes on 2 CPU cores)."""
+    """Pre-train a small LD model and draw what it learnt (4-6 minutes on 2 CPU cores)."""
     from localdisc.demo import run_demo
 
     written = run_demo(
