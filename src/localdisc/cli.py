@@ -524,7 +524,7 @@ def shape_guided_vessels(
         "line", help="The filter that teaches: line, sato, frangi, or several joined by +."
     ),
     painted: int = typer.Option(2, help="Copies of each image with a simulated tree painted on."),
-    steps: int = typer.Option(1200, help="Training steps (about 10 min on 2 CPU cores)."),
+    steps: int = typer.Option(1200, help="Training steps (1 200: about 6 min on 2 CPU cores)."),
     speck_area: float = typer.Option(
         6e-4, help="Mask pieces smaller than this share of the FOV are dropped (0: none)."
     ),
