@@ -152,6 +152,7 @@ def train_student(
     if not images or len(images) != len(fovs):
         raise LocaldiscError("train_student needs one FOV per image, and at least one image")
     if teachers is None:
+        log(f"the teacher ({config.method}) scores {len(images)} image(s) ...")
         teachers = [
             vesselness(im, f, method=config.method, erode_fov=config.erode_fov)
             for im, f in zip(images, fovs, strict=True)
