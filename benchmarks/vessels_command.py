@@ -56,10 +56,10 @@ def main() -> None:
     seconds = time.time() - start
     fraction = json.loads((a.out / "config.json").read_text())["self_trained_vessels"]["fraction"]
 
-    names = dict(collect_images(files))
+    names = {path: name for name, path in collect_images(files)}  # as the command wrote them
     rows: dict[str, list[dict]] = {}
     for s in samples:
-        name = next(n for n, f in names.items() if f == s.image_path)
+        name = names[s.image_path]
         prob = read_image(a.out / f"{name}_prob.png")[0][..., 0]
         mask = read_image(a.out / f"{name}_mask.png")[0][..., 0] > 0.5
         truth = s.masks["vessels"]

@@ -297,13 +297,12 @@ def segment_vessels_self_trained(
             image = resize_image(image, tuple(max(1, round(n * scale)) for n in image.shape[:2]))
         pictures.append(image)
         fovs.append(fov_from_image(image))
+    source = prior if fraction is None else None  # what set the fraction, for config.json
     if fraction is None:
         from localdisc.priors import load_prior
         from localdisc.tasks.benchmark_shape_guided import expected_fraction
 
         fraction = expected_fraction(load_prior(prior, 128, count=32, seed=0), tubular=True)
-    else:
-        prior = "none: the fraction was given"
     if not 0.0 < fraction < 1.0:
         raise LocaldiscError(f"the vessel fraction must lie in (0, 1), got {fraction!r}")
     log(
@@ -312,7 +311,7 @@ def segment_vessels_self_trained(
     )
     model = train_student(pictures, fovs, fraction, config, log=log)
     out_dir = Path(out_dir)
-    settings = {"student": asdict(config), "prior": prior, "fraction": fraction,
+    settings = {"student": asdict(config), "prior": source, "fraction": fraction,
                 "speck_area": speck_area, "images": [str(path) for _, path in files]}  # fmt: skip
     model.save(out_dir, extra={"self_trained_vessels": settings})
     written, overlays = [], []
