@@ -4,15 +4,18 @@
         --out /tmp/vessels_drive
     python benchmarks/vessels_command.py --data stare:../shared/data/STARE --split all \\
         --out /tmp/vessels_stare
+    python benchmarks/vessels_command.py --data drive:../shared/data/DRIVE --split test \\
+        --out /tmp/vessels_drive_fov --fov-masks ../shared/data/DRIVE/test/mask
 
 The command (:func:`~localdisc.tasks.self_training.segment_vessels_self_trained`, its CLI
-defaults) gets the split's image files and nothing else: it finds each FOV in the image and
-trains on the images themselves. Then, and only then, the data set's labels and official FOVs
-score what it wrote (paper Dice at 512, FOV AUC): its masks (specks dropped) and its
-probabilities at 0.5; beside them, in the same run, the teacher alone (the line detector at the
-prior's fraction of the official FOV, specks dropped: the best kind of filter row of
-``benchmark shape-guided``). ``--steps``, ``--painted`` and ``--seed`` are the command's.
-Results are printed and written to ``OUT/scores.json``.
+defaults) gets the split's image files and nothing else: it finds each FOV in the image (with
+``--fov-masks``, the command's option, it reads them there) and trains on the images themselves.
+Then, and only then, the data set's labels and official FOVs score what it wrote (paper Dice
+at 512, FOV AUC): its masks (specks dropped) and its probabilities at 0.5; beside them, in the
+same run, the teacher alone (the line detector at the prior's fraction of the official FOV,
+specks dropped: the best kind of filter row of ``benchmark shape-guided``). ``--steps``,
+``--painted``, ``--seed`` and ``--fov-masks`` are the command's. Results are printed and written
+to ``OUT/scores.json``.
 """
 
 from __future__ import annotations
@@ -46,13 +49,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=StudentConfig.steps)
     p.add_argument("--painted", type=int, default=PAINTED)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fov-masks", type=Path, help="the command's --fov-masks: a folder")
     a = p.parse_args()
 
     samples = list(load_data_spec(a.data, a.split))
     files = [s.image_path for s in samples]
     config = StudentConfig(painted=a.painted, steps=a.steps, seed=a.seed)
     start = time.time()
-    segment_vessels_self_trained(files, a.out, config=config)
+    segment_vessels_self_trained(files, a.out, config=config, fov_masks=a.fov_masks)
     seconds = time.time() - start
     fraction = json.loads((a.out / "config.json").read_text())["self_trained_vessels"]["fraction"]
 

@@ -529,6 +529,11 @@ def shape_guided_vessels(
         6e-4, help="Mask pieces smaller than this share of the FOV are dropped (0: none)."
     ),
     max_size: int = typer.Option(768, help="Larger images are shrunk to this longer side."),
+    fov_masks: Path | None = typer.Option(
+        None,
+        help="A folder of FOV masks named as the images (01_test.gif or 01_test_mask.gif); "
+        "without it each FOV is found in its image.",
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -544,7 +549,7 @@ def shape_guided_vessels(
         raise LocaldiscError(str(exc)) from None
     segment_vessels_self_trained(
         images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
-        max_size=max_size, log=console.print,
+        max_size=max_size, fov_masks=fov_masks, log=console.print,
     )  # fmt: skip
 
 

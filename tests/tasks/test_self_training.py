@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from localdisc.tasks import self_training
 from localdisc.tasks.predict import predict_images
 from localdisc.tasks.self_training import (
     StudentConfig,
+    fov_mask_files,
     label_shift,
     mean_rank,
     segment_vessels_self_trained,
@@ -122,7 +124,7 @@ def test_a_student_with_painted_copies_has_its_head_moved_back_by_the_label_shif
     assert shift > 0.1  # the tree adds vessel pixels
     monkeypatch.setattr(self_training, "label_shift", lambda *_: 0.0)
     raw = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
-    assert float(raw.head.bias - shifted.head.bias) == pytest.approx(shift, abs=1e-6)
+    assert float((raw.head.bias - shifted.head.bias).detach()) == pytest.approx(shift, abs=1e-6)
     for name, value in raw.state_dict().items():  # nothing else moves
         if name != "head.bias":
             torch.testing.assert_close(value, shifted.state_dict()[name])
@@ -227,6 +229,13 @@ def test_the_vessels_command_passes_its_settings_and_refuses_bad_ones(tmp_path, 
     assert seen["config"] == StudentConfig(method="sato", painted=0, steps=30, device="cpu")
     assert seen["fraction"] == 0.1 and seen["prior"] == "simulated:vessels"
     assert seen["speck_area"] == 6e-4 and seen["images"] == [photos]
+    assert seen["fov_masks"] is None
+    result = CliRunner().invoke(app, [
+        "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
+        "--fov-masks", str(tmp_path / "masks"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["fov_masks"] == tmp_path / "masks"
     result = CliRunner().invoke(app, [
         "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
         "--teacher", "hessian",
@@ -246,4 +255,58 @@ def test_segment_vessels_self_trained_refuses_bad_input_before_training(tmp_path
         with pytest.raises(LocaldiscError, match=message):
             segment_vessels_self_trained([photos], tmp_path / "o", config=config, log=quiet,
                                          **kwargs)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_fov_mask_files_match_each_image_by_its_stem(tmp_path):
+    images = [tmp_path / "images" / n for n in ("01_test.tif", "im0002.ppm.gz", "Eye.png")]
+    masks = tmp_path / "mask"
+    masks.mkdir()
+    for name in ("01_test_mask.gif", "im0002.png", "EYE-FOV.png", "01_test_manual1.gif"):
+        (masks / name).write_bytes(b"")
+    found = fov_mask_files(images, masks)
+    assert [p.name for p in found] == ["01_test_mask.gif", "im0002.png", "EYE-FOV.png"]
+    # Images and masks in one folder: an image is never its own mask.
+    together = tmp_path / "together"
+    together.mkdir()
+    for name in ("a.png", "a_mask.png"):
+        (together / name).write_bytes(b"")
+    assert fov_mask_files([together / "a.png"], together) == [together / "a_mask.png"]
+    with pytest.raises(LocaldiscError, match=r"02_test.tif: no FOV mask in .*02_test_mask"):
+        fov_mask_files([tmp_path / "02_test.tif"], masks)
+    (masks / "01_test_fov.png").write_bytes(b"")
+    with pytest.raises(LocaldiscError, match="01_test.tif: 2 FOV masks"):
+        fov_mask_files(images[:1], masks)
+    with pytest.raises(LocaldiscError, match="no such folder of FOV masks"):
+        fov_mask_files(images, tmp_path / "none")
+
+
+def test_segment_vessels_self_trained_keeps_to_given_fov_masks(tmp_path):
+    photos = _photos(tmp_path / "photos")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    discs = {}
+    for seed, size in enumerate((96, 160)):  # a FOV far smaller than the eye's own
+        yy, xx = np.mgrid[:size, :size]
+        discs[seed] = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2
+        write_png(masks / f"eye{seed}_mask.png", discs[seed].astype(np.uint8) * 255)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=2, device="cpu")
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, max_size=128,
+                                 fov_masks=masks, log=quiet)  # fmt: skip
+    for seed in (0, 1):
+        prob = read_image(out / f"eye{seed}_prob.png")[0][..., 0]
+        outside = ~ndi.binary_dilation(discs[seed], iterations=2)  # the shrunk one's rim blurs
+        assert prob[outside].max() == 0 and prob[discs[seed]].max() > 0
+    settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
+    assert [Path(p).name for p in settings["fov_masks"]] == ["eye0_mask.png", "eye1_mask.png"]
+    # A mask of another size, or an empty one, is refused before any training.
+    write_png(masks / "eye1_mask.png", np.full((100, 100), 255, np.uint8))
+    with pytest.raises(LocaldiscError, match=r"eye1_mask.png: FOV mask is 100x100, .*160x160"):
+        segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                     fov_masks=masks, log=quiet)  # fmt: skip
+    write_png(masks / "eye1_mask.png", np.zeros((160, 160), np.uint8))
+    with pytest.raises(LocaldiscError, match="eye1_mask.png: the FOV mask is empty"):
+        segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                     fov_masks=masks, log=quiet)  # fmt: skip
     assert not (tmp_path / "o").exists()

@@ -55,7 +55,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from localdisc.data.io import read_image, write_png
+from localdisc.data.datasets import image_stem
+from localdisc.data.io import is_image_file, read_image, read_mask, write_png
 from localdisc.data.preprocess import (
     fov_from_image,
     resize_image,
@@ -80,6 +81,7 @@ from localdisc.tasks.vesselness import (
 
 __all__ = [
     "StudentConfig",
+    "fov_mask_files",
     "label_shift",
     "mean_rank",
     "segment_vessels_self_trained",
@@ -259,6 +261,7 @@ def segment_vessels_self_trained(
     config: StudentConfig | None = None,
     speck_area: float = SPECK_AREA,
     max_size: int = 768,
+    fov_masks: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Vessel masks of fundus photographs, no label anywhere (``localdisc shape-guided vessels``).
@@ -266,8 +269,9 @@ def segment_vessels_self_trained(
     A network (:func:`train_student`; ``config`` default :class:`StudentConfig` with
     :data:`PAINTED` copies) is taught on the given images themselves: its teacher's sure pixels
     at ``fraction`` of the FOV (``None``: the vessel fraction ``prior``'s masks imply, inside
-    their convex hulls) and the simulated trees painted on copies. Each image's FOV is found
-    in the image (:func:`~localdisc.data.preprocess.fov_from_image`); images whose longer side
+    their convex hulls) and the simulated trees painted on copies. Each image's FOV is read from
+    ``fov_masks`` (a folder: :func:`fov_mask_files`) or else found in the image
+    (:func:`~localdisc.data.preprocess.fov_from_image`); images whose longer side
     exceeds ``max_size`` are shrunk to it first (the filter's scales are those of DRIVE- and
     STARE-sized photographs, 565-700 pixels wide).
 
@@ -288,15 +292,18 @@ def segment_vessels_self_trained(
     if config.steps < 1:
         raise LocaldiscError(f"the network needs at least one step, got {config.steps}")
     files = collect_images(images)
+    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     pictures, fovs, shapes = [], [], []
-    for _, path in files:
+    for i, (_, path) in enumerate(files):
         image = to_modality_channels(read_image(path)[0], "fundus")
+        fov = None if masks is None else _read_fov(masks[i], image.shape[:2], path)
         shapes.append(image.shape[:2])
         scale = max_size / max(image.shape[:2])
         if scale < 1:
             image = resize_image(image, tuple(max(1, round(n * scale)) for n in image.shape[:2]))
+            fov = None if fov is None else resize_mask(fov, image.shape[:2])
         pictures.append(image)
-        fovs.append(fov_from_image(image))
+        fovs.append(fov_from_image(image) if fov is None else fov)
     source = prior if fraction is None else None  # what set the fraction, for config.json
     if fraction is None:
         from localdisc.priors import load_prior
@@ -312,7 +319,8 @@ def segment_vessels_self_trained(
     model = train_student(pictures, fovs, fraction, config, log=log)
     out_dir = Path(out_dir)
     settings = {"student": asdict(config), "prior": source, "fraction": fraction,
-                "speck_area": speck_area, "images": [str(path) for _, path in files]}  # fmt: skip
+                "speck_area": speck_area, "images": [str(path) for _, path in files],
+                "fov_masks": None if masks is None else [str(m) for m in masks]}  # fmt: skip
     model.save(out_dir, extra={"self_trained_vessels": settings})
     written, overlays = [], []
     for (name, _), image, fov, shape in zip(files, pictures, fovs, shapes, strict=True):
@@ -328,3 +336,47 @@ def segment_vessels_self_trained(
     overlay_figure(overlays, out_dir / "figures" / "overlay.png")
     log(f"{len(written)} mask(s) written to {out_dir}")
     return written
+
+
+# What may follow an image's stem in its FOV mask's name: DRIVE's and HRF's ``01_test_mask.gif``.
+FOV_MASK_ENDINGS = ("", "_mask", "-mask", "_fov", "-fov")
+
+
+def fov_mask_files(images: Sequence[Path], folder: str | Path) -> list[Path]:
+    """Each image's FOV mask in ``folder``: the image file there whose stem is the image's, or
+    the image's followed by one of :data:`FOV_MASK_ENDINGS` (letter case aside; the image itself
+    never, so images and masks may share a folder).
+
+    Raises:
+        LocaldiscError: ``folder`` is missing, or an image has no mask there or several.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise LocaldiscError(f"{folder}: no such folder of FOV masks")
+    by_stem: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and is_image_file(path):
+            by_stem.setdefault(image_stem(path).lower(), []).append(path)
+    found = []
+    for image in images:
+        stem = image_stem(image).lower()
+        matches = [m for end in FOV_MASK_ENDINGS for m in by_stem.get(stem + end, [])]
+        matches = [m for m in matches if m.resolve() != Path(image).resolve()]
+        if len(matches) != 1:
+            problem = "no FOV mask" if not matches else f"{len(matches)} FOV masks"
+            wanted = " or ".join(f"{image_stem(image)}{end}.*" for end in FOV_MASK_ENDINGS)
+            raise LocaldiscError(f"{image}: {problem} in {folder} (looked for {wanted})")
+        found.append(matches[0])
+    return found
+
+
+def _read_fov(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
+    """The FOV mask at ``path``, checked against its image's size."""
+    fov = read_mask(path)
+    if fov.shape != tuple(shape):
+        size = "x".join(map(str, fov.shape[::-1]))
+        raise LocaldiscError(f"{path}: FOV mask is {size}, its image {image} is "
+                             f"{shape[1]}x{shape[0]}")  # fmt: skip
+    if not fov.any():
+        raise LocaldiscError(f"{path}: the FOV mask is empty")
+    return fov
