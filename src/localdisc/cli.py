@@ -314,18 +314,28 @@ def finetune(
 
 @app.command()
 def predict(
-    model: Path = typer.Option(..., "--model", help="A folder written by `localdisc finetune`."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        help="A folder written by `localdisc finetune` or `localdisc shape-guided vessels` "
+        "(which segments as that command did: flips, specks dropped).",
+    ),
     images: list[Path] = typer.Option(
         ..., "--images", help="Image files or folders (recursive); repeatable."
     ),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     threshold: float = typer.Option(0.5, help="Probability above which a pixel is foreground."),
+    fov_masks: Path | None = typer.Option(
+        None, help="A folder of FOV masks named as the images: background outside them."
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Segment new images at their own size: NAME_prob.png and NAME_mask.png per image."""
     from localdisc.tasks.predict import predict_images
 
-    written = predict_images(model, images, out, threshold=threshold, device=device)
+    written = predict_images(
+        model, images, out, threshold=threshold, fov_masks=fov_masks, device=device
+    )
     console.print(f"segmented {len(written)} image(s) into [bold]{out}[/]")
 
 

@@ -6,7 +6,7 @@ from helpers import save
 from localdisc.cli import app
 from localdisc.errors import LocaldiscError
 from localdisc.models.segmenter import Segmenter
-from localdisc.tasks.predict import collect_images
+from localdisc.tasks.predict import collect_images, fov_mask_files, predict_images
 
 
 def test_collect_images_names_outputs_uniquely(tmp_path):
@@ -42,3 +42,44 @@ def test_predict_cli_segments_images_at_their_own_size(tmp_path):
     assert Image.open(tmp_path / "out" / "grey_prob.png").size == (24, 20)
     mask = np.asarray(Image.open(tmp_path / "out" / "eye_mask.png"))
     assert set(np.unique(mask)) <= {0, 255}
+
+
+def test_predict_keeps_to_fov_masks_and_checks_them(tmp_path):
+    Segmenter(modality="fundus", size=32).save(tmp_path / "model")
+    save(tmp_path / "in" / "eye.png", np.full((40, 50, 3), 120, np.uint8))
+    fov = np.zeros((40, 50), np.uint8)
+    fov[10:30, 15:35] = 255
+    save(tmp_path / "fov" / "eye_mask.png", fov)
+    predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out",
+                   fov_masks=tmp_path / "fov", device="cpu")  # fmt: skip
+    from PIL import Image
+
+    prob = np.asarray(Image.open(tmp_path / "out" / "eye_prob.png"))
+    assert prob[fov == 0].max() == 0 and prob[fov > 0].min() > 0
+    save(tmp_path / "fov" / "eye_mask.png", np.full((40, 40), 255, np.uint8))
+    with pytest.raises(LocaldiscError, match=r"eye_mask.png: FOV mask is 40x40, .*50x40"):
+        predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "o",
+                       fov_masks=tmp_path / "fov", device="cpu")  # fmt: skip
+
+
+def test_fov_mask_files_match_each_image_by_its_stem(tmp_path):
+    images = [tmp_path / "images" / n for n in ("01_test.tif", "im0002.ppm.gz", "Eye.png")]
+    masks = tmp_path / "mask"
+    masks.mkdir()
+    for name in ("01_test_mask.gif", "im0002.png", "EYE-FOV.png", "01_test_manual1.gif"):
+        (masks / name).write_bytes(b"")
+    found = fov_mask_files(images, masks)
+    assert [p.name for p in found] == ["01_test_mask.gif", "im0002.png", "EYE-FOV.png"]
+    # Images and masks in one folder: an image is never its own mask.
+    together = tmp_path / "together"
+    together.mkdir()
+    for name in ("a.png", "a_mask.png"):
+        (together / name).write_bytes(b"")
+    assert fov_mask_files([together / "a.png"], together) == [together / "a_mask.png"]
+    with pytest.raises(LocaldiscError, match=r"02_test.tif: no FOV mask in .*02_test_mask"):
+        fov_mask_files([tmp_path / "02_test.tif"], masks)
+    (masks / "01_test_fov.png").write_bytes(b"")
+    with pytest.raises(LocaldiscError, match="01_test.tif: 2 FOV masks"):
+        fov_mask_files(images[:1], masks)
+    with pytest.raises(LocaldiscError, match="no such folder of FOV masks"):
+        fov_mask_files(images, tmp_path / "none")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ from localdisc.tasks import self_training
 from localdisc.tasks.predict import predict_images
 from localdisc.tasks.self_training import (
     StudentConfig,
-    fov_mask_files,
     label_shift,
     mean_rank,
     segment_vessels_self_trained,
@@ -191,8 +189,12 @@ def test_segment_vessels_self_trained_writes_masks_at_each_image_s_own_size(tmp_
     assert saved.config.size == 64
     settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
     assert settings["fraction"] == 0.12 and settings["student"]["painted"] == 1
-    again = predict_images(out, [photos / "eye0.png"], tmp_path / "again")
-    assert read_image(again[0])[0].shape[:2] == (96, 96)
+    # `localdisc predict` on its folder segments as the command did: the same files.
+    again = predict_images(out, [photos], tmp_path / "again", device="cpu")
+    assert [p.name for p in again] == ["eye0_mask.png", "eye1_mask.png"]
+    for name in ("eye0_prob.png", "eye0_mask.png", "eye1_prob.png", "eye1_mask.png"):
+        np.testing.assert_array_equal(read_image(tmp_path / "again" / name)[0],
+                                      read_image(out / name)[0])  # fmt: skip
 
 
 def test_segment_vessels_self_trained_drops_specks_from_the_mask(tmp_path, monkeypatch):
@@ -258,29 +260,6 @@ def test_segment_vessels_self_trained_refuses_bad_input_before_training(tmp_path
     assert not (tmp_path / "o").exists()
 
 
-def test_fov_mask_files_match_each_image_by_its_stem(tmp_path):
-    images = [tmp_path / "images" / n for n in ("01_test.tif", "im0002.ppm.gz", "Eye.png")]
-    masks = tmp_path / "mask"
-    masks.mkdir()
-    for name in ("01_test_mask.gif", "im0002.png", "EYE-FOV.png", "01_test_manual1.gif"):
-        (masks / name).write_bytes(b"")
-    found = fov_mask_files(images, masks)
-    assert [p.name for p in found] == ["01_test_mask.gif", "im0002.png", "EYE-FOV.png"]
-    # Images and masks in one folder: an image is never its own mask.
-    together = tmp_path / "together"
-    together.mkdir()
-    for name in ("a.png", "a_mask.png"):
-        (together / name).write_bytes(b"")
-    assert fov_mask_files([together / "a.png"], together) == [together / "a_mask.png"]
-    with pytest.raises(LocaldiscError, match=r"02_test.tif: no FOV mask in .*02_test_mask"):
-        fov_mask_files([tmp_path / "02_test.tif"], masks)
-    (masks / "01_test_fov.png").write_bytes(b"")
-    with pytest.raises(LocaldiscError, match="01_test.tif: 2 FOV masks"):
-        fov_mask_files(images[:1], masks)
-    with pytest.raises(LocaldiscError, match="no such folder of FOV masks"):
-        fov_mask_files(images, tmp_path / "none")
-
-
 def test_segment_vessels_self_trained_keeps_to_given_fov_masks(tmp_path):
     photos = _photos(tmp_path / "photos")
     masks = tmp_path / "masks"
@@ -299,7 +278,7 @@ def test_segment_vessels_self_trained_keeps_to_given_fov_masks(tmp_path):
         outside = ~ndi.binary_dilation(discs[seed], iterations=2)  # the shrunk one's rim blurs
         assert prob[outside].max() == 0 and prob[discs[seed]].max() > 0
     settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
-    assert [Path(p).name for p in settings["fov_masks"]] == ["eye0_mask.png", "eye1_mask.png"]
+    assert settings["fov_masks"] == str(masks)
     # A mask of another size, or an empty one, is refused before any training.
     write_png(masks / "eye1_mask.png", np.full((100, 100), 255, np.uint8))
     with pytest.raises(LocaldiscError, match=r"eye1_mask.png: FOV mask is 100x100, .*160x160"):

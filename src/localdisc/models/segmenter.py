@@ -64,7 +64,7 @@ class Segmenter(nn.Module):
         from localdisc.engine.checkpoint import load_safetensors
 
         run_dir = Path(run_dir)
-        model_config = _read_config(run_dir).get("model")
+        model_config = read_config(run_dir).get("model")
         if not isinstance(model_config, dict):
             raise CheckpointError(f"{run_dir}/config.json: not an LD pre-training run (no model)")
         config = SegmenterConfig(
@@ -122,7 +122,7 @@ class Segmenter(nn.Module):
         from localdisc.engine.checkpoint import load_safetensors
 
         model_dir = Path(model_dir)
-        raw = _read_config(model_dir).get("segmenter")
+        raw = read_config(model_dir).get("segmenter")
         if not isinstance(raw, dict):
             raise CheckpointError(f"{model_dir}/config.json: not a fine-tuned model (no segmenter)")
         try:
@@ -139,7 +139,9 @@ class Segmenter(nn.Module):
         return model.to(device).eval()
 
 
-def _read_config(folder: Path) -> dict:
+def read_config(folder: str | Path) -> dict:
+    """``config.json`` of a run or model folder, as a dict; a clear error if it is not one."""
+    folder = Path(folder)
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no config.json (not a localdisc run or model folder)")

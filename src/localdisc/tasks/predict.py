@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from localdisc.data.datasets import folder_image_files, image_stem
-from localdisc.data.io import is_image_file, read_image, write_png
+from localdisc.data.io import is_image_file, read_image, read_mask, write_png
 from localdisc.engine.distributed import resolve_device
 from localdisc.errors import LocaldiscError
-from localdisc.models.segmenter import Segmenter
+from localdisc.models.segmenter import Segmenter, read_config
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
@@ -58,14 +58,78 @@ def predict_images(
     out_dir: str | Path,
     *,
     threshold: float = 0.5,
+    fov_masks: str | Path | None = None,
     device: str = "auto",
 ) -> list[Path]:
-    """Write ``NAME_prob.png`` (probability x 255) and ``NAME_mask.png`` (0/255) per image."""
+    """Write ``NAME_prob.png`` (probability x 255) and ``NAME_mask.png`` (0/255) per image.
+
+    ``fov_masks``: a folder of FOV masks named as the images (:func:`fov_mask_files`); the
+    probability is 0 outside them. A network of ``localdisc shape-guided vessels`` segments as
+    that command did (:func:`~localdisc.tasks.self_training.predict_vessels`).
+    """
+    if "self_trained_vessels" in read_config(model_dir):
+        from localdisc.tasks.self_training import predict_vessels
+
+        return predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
+                               threshold=threshold, device=device)  # fmt: skip
     model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
+    files = collect_images(images)
+    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     out_dir = Path(out_dir)
     written = []
-    for name, path in collect_images(images):
-        prob = model.predict(read_image(path)[0])
+    for i, (name, path) in enumerate(files):
+        image = read_image(path)[0]
+        prob = model.predict(image)
+        if masks is not None:
+            prob *= read_fov_mask(masks[i], image.shape[:2], path)
         write_png(out_dir / f"{name}_prob.png", prob_png(prob))
         written.append(write_png(out_dir / f"{name}_mask.png", mask_png(prob, threshold)))
     return written
+
+
+# What may follow an image's stem in its FOV mask's name: DRIVE's and HRF's ``01_test_mask.gif``.
+FOV_MASK_ENDINGS = ("", "_mask", "-mask", "_fov", "-fov")
+
+
+def fov_mask_files(images: Sequence[Path], folder: str | Path) -> list[Path]:
+    """Each image's FOV mask in ``folder``: the image file there whose stem is the image's, or
+    the image's followed by one of :data:`FOV_MASK_ENDINGS` (letter case aside; the image itself
+    never, so images and masks may share a folder).
+
+    Raises:
+        LocaldiscError: ``folder`` is missing, or an image has no mask there or several.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise LocaldiscError(f"{folder}: no such folder of FOV masks")
+    by_stem: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and is_image_file(path):
+            by_stem.setdefault(image_stem(path).lower(), []).append(path)
+    found = []
+    for image in images:
+        stem = image_stem(image).lower()
+        matches = [m for end in FOV_MASK_ENDINGS for m in by_stem.get(stem + end, [])]
+        matches = [m for m in matches if m.resolve() != Path(image).resolve()]
+        if len(matches) != 1:
+            problem = "no FOV mask" if not matches else f"{len(matches)} FOV masks"
+            wanted = " or ".join(f"{image_stem(image)}{end}.*" for end in FOV_MASK_ENDINGS)
+            raise LocaldiscError(f"{image}: {problem} in {folder} (looked for {wanted})")
+        found.append(matches[0])
+    return found
+
+
+def read_fov_mask(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
+    """The FOV mask at ``path``, checked against the size (``shape``) of its ``image``.
+
+    Raises:
+        LocaldiscError: the mask is of another size, or empty.
+    """
+    fov = read_mask(path)
+    if fov.shape != tuple(shape):
+        size = "x".join(map(str, fov.shape[::-1]))
+        raise LocaldiscError(f"{path}: FOV mask is {size}, its image {image} is "
+                             f"{shape[1]}x{shape[0]}")  # fmt: skip
+    if not fov.any():
+        raise LocaldiscError(f"{path}: the FOV mask is empty")
+    return fov

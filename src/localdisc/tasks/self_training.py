@@ -55,8 +55,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from localdisc.data.datasets import image_stem
-from localdisc.data.io import is_image_file, read_image, read_mask, write_png
+from localdisc.data.io import read_image, write_png
 from localdisc.data.preprocess import (
     fov_from_image,
     resize_image,
@@ -69,8 +68,14 @@ from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import predict_batch
 from localdisc.engine.pseudo_label import fit_pseudo_labels
 from localdisc.errors import LocaldiscError
-from localdisc.models.segmenter import Segmenter
-from localdisc.tasks.predict import collect_images, mask_png, prob_png
+from localdisc.models.segmenter import Segmenter, read_config
+from localdisc.tasks.predict import (
+    collect_images,
+    fov_mask_files,
+    mask_png,
+    prob_png,
+    read_fov_mask,
+)
 from localdisc.tasks.vesselness import (
     check_method,
     mean_rank,
@@ -81,9 +86,9 @@ from localdisc.tasks.vesselness import (
 
 __all__ = [
     "StudentConfig",
-    "fov_mask_files",
     "label_shift",
     "mean_rank",
+    "predict_vessels",
     "segment_vessels_self_trained",
     "student_probability",
     "student_training_set",
@@ -278,12 +283,10 @@ def segment_vessels_self_trained(
     Writes, per image at its own size, ``NAME_prob.png`` (probability x 255, the mean over the
     four flips) and ``NAME_mask.png`` (0/255, probability >= 0.5 without the pieces smaller than
     ``speck_area`` of the FOV: :func:`remove_specks`); the network (``model.safetensors`` +
-    ``config.json``, which ``localdisc predict --model OUT_DIR`` takes for further images, there
-    without flips or speck removal); and ``figures/overlay.png`` (the first four masks). Returns
+    ``config.json``, which ``localdisc predict --model OUT_DIR`` takes for further images, as
+    :func:`predict_vessels`); and ``figures/overlay.png`` (the first four masks). Returns
     the masks' paths.
     """
-    from localdisc.eval.figures import overlay_figure
-
     config = config or StudentConfig(painted=PAINTED)
     if max_size < 16:
         raise LocaldiscError(f"max_size must be at least 16 pixels, got {max_size}")
@@ -292,18 +295,7 @@ def segment_vessels_self_trained(
     if config.steps < 1:
         raise LocaldiscError(f"the network needs at least one step, got {config.steps}")
     files = collect_images(images)
-    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
-    pictures, fovs, shapes = [], [], []
-    for i, (_, path) in enumerate(files):
-        image = to_modality_channels(read_image(path)[0], "fundus")
-        fov = None if masks is None else _read_fov(masks[i], image.shape[:2], path)
-        shapes.append(image.shape[:2])
-        scale = max_size / max(image.shape[:2])
-        if scale < 1:
-            image = resize_image(image, tuple(max(1, round(n * scale)) for n in image.shape[:2]))
-            fov = None if fov is None else resize_mask(fov, image.shape[:2])
-        pictures.append(image)
-        fovs.append(fov_from_image(image) if fov is None else fov)
+    pictures, fovs, shapes = _read_photos(files, max_size, fov_masks)
     source = prior if fraction is None else None  # what set the fraction, for config.json
     if fraction is None:
         from localdisc.priors import load_prior
@@ -319,64 +311,81 @@ def segment_vessels_self_trained(
     model = train_student(pictures, fovs, fraction, config, log=log)
     out_dir = Path(out_dir)
     settings = {"student": asdict(config), "prior": source, "fraction": fraction,
-                "speck_area": speck_area, "images": [str(path) for _, path in files],
-                "fov_masks": None if masks is None else [str(m) for m in masks]}  # fmt: skip
+                "speck_area": speck_area, "max_size": max_size,
+                "images": [str(path) for _, path in files],
+                "fov_masks": None if fov_masks is None else str(fov_masks)}  # fmt: skip
     model.save(out_dir, extra={"self_trained_vessels": settings})
+    written = _write_vessels(model, files, pictures, fovs, shapes, out_dir, speck_area)
+    log(f"{len(written)} mask(s) written to {out_dir}")
+    return written
+
+
+def predict_vessels(
+    model_dir: str | Path,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    fov_masks: str | Path | None = None,
+    threshold: float = 0.5,
+    device: str = "auto",
+) -> list[Path]:
+    """Segment further photographs with a network :func:`segment_vessels_self_trained` saved,
+    as it segmented its own (``localdisc predict`` on its folder): FOVs from ``fov_masks`` or
+    found in the images, images shrunk to the same ``max_size``, the mean over the four flips,
+    masks at ``threshold`` without the specks it dropped. Returns the masks' paths."""
+    settings = read_config(model_dir).get("self_trained_vessels")
+    if not isinstance(settings, dict):
+        raise LocaldiscError(f"{model_dir}: not a network of `localdisc shape-guided vessels`")
+    model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
+    files = collect_images(images)
+    pictures, fovs, shapes = _read_photos(files, settings.get("max_size", 768), fov_masks)
+    return _write_vessels(model, files, pictures, fovs, shapes, Path(out_dir),
+                          settings["speck_area"], threshold)  # fmt: skip
+
+
+def _read_photos(
+    files: Sequence[tuple[str, Path]], max_size: int, fov_masks: str | Path | None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]]]:
+    """The photographs, each shrunk to ``max_size`` at most, their FOVs (read from the masks
+    in ``fov_masks``, or found in the image) and their own sizes."""
+    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+    pictures, fovs, shapes = [], [], []
+    for i, (_, path) in enumerate(files):
+        image = to_modality_channels(read_image(path)[0], "fundus")
+        fov = None if masks is None else read_fov_mask(masks[i], image.shape[:2], path)
+        shapes.append(image.shape[:2])
+        scale = max_size / max(image.shape[:2])
+        if scale < 1:
+            image = resize_image(image, tuple(max(1, round(n * scale)) for n in image.shape[:2]))
+            fov = None if fov is None else resize_mask(fov, image.shape[:2])
+        pictures.append(image)
+        fovs.append(fov_from_image(image) if fov is None else fov)
+    return pictures, fovs, shapes
+
+
+def _write_vessels(
+    model: Segmenter,
+    files: Sequence[tuple[str, Path]],
+    pictures: Sequence[np.ndarray],
+    fovs: Sequence[np.ndarray],
+    shapes: Sequence[tuple[int, int]],
+    out_dir: Path,
+    speck_area: float,
+    threshold: float = 0.5,
+) -> list[Path]:
+    """``NAME_prob.png`` and ``NAME_mask.png`` per image at its own size, and the overlays."""
+    from localdisc.eval.figures import overlay_figure
+
     written, overlays = [], []
     for (name, _), image, fov, shape in zip(files, pictures, fovs, shapes, strict=True):
         prob = student_probability(model, image, fov)
         if prob.shape != shape:
             prob = np.clip(resize_image(prob, shape, "bilinear"), 0, 1)
             fov = resize_mask(fov, shape)
-        mask = remove_specks(prob >= 0.5, fov, speck_area)
+        mask = remove_specks(prob >= threshold, fov, speck_area)
         write_png(out_dir / f"{name}_prob.png", prob_png(prob))
         written.append(write_png(out_dir / f"{name}_mask.png", mask_png(mask)))
         if len(overlays) < 4:
             overlays.append((name, image, resize_mask(mask, image.shape[:2]), None))
     overlay_figure(overlays, out_dir / "figures" / "overlay.png")
-    log(f"{len(written)} mask(s) written to {out_dir}")
     return written
-
-
-# What may follow an image's stem in its FOV mask's name: DRIVE's and HRF's ``01_test_mask.gif``.
-FOV_MASK_ENDINGS = ("", "_mask", "-mask", "_fov", "-fov")
-
-
-def fov_mask_files(images: Sequence[Path], folder: str | Path) -> list[Path]:
-    """Each image's FOV mask in ``folder``: the image file there whose stem is the image's, or
-    the image's followed by one of :data:`FOV_MASK_ENDINGS` (letter case aside; the image itself
-    never, so images and masks may share a folder).
-
-    Raises:
-        LocaldiscError: ``folder`` is missing, or an image has no mask there or several.
-    """
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise LocaldiscError(f"{folder}: no such folder of FOV masks")
-    by_stem: dict[str, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and is_image_file(path):
-            by_stem.setdefault(image_stem(path).lower(), []).append(path)
-    found = []
-    for image in images:
-        stem = image_stem(image).lower()
-        matches = [m for end in FOV_MASK_ENDINGS for m in by_stem.get(stem + end, [])]
-        matches = [m for m in matches if m.resolve() != Path(image).resolve()]
-        if len(matches) != 1:
-            problem = "no FOV mask" if not matches else f"{len(matches)} FOV masks"
-            wanted = " or ".join(f"{image_stem(image)}{end}.*" for end in FOV_MASK_ENDINGS)
-            raise LocaldiscError(f"{image}: {problem} in {folder} (looked for {wanted})")
-        found.append(matches[0])
-    return found
-
-
-def _read_fov(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
-    """The FOV mask at ``path``, checked against its image's size."""
-    fov = read_mask(path)
-    if fov.shape != tuple(shape):
-        size = "x".join(map(str, fov.shape[::-1]))
-        raise LocaldiscError(f"{path}: FOV mask is {size}, its image {image} is "
-                             f"{shape[1]}x{shape[0]}")  # fmt: skip
-    if not fov.any():
-        raise LocaldiscError(f"{path}: the FOV mask is empty")
-    return fov
