@@ -544,6 +544,9 @@ def shape_guided_vessels(
         help="A folder of FOV masks named as the images (01_test.gif or 01_test_mask.gif); "
         "without it each FOV is found in its image.",
     ),
+    train_images: int = typer.Option(
+        50, help="Taught on this many of the images at most (seeded draw); all are segmented."
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -559,7 +562,7 @@ def shape_guided_vessels(
         raise LocaldiscError(str(exc)) from None
     segment_vessels_self_trained(
         images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
-        max_size=max_size, fov_masks=fov_masks, log=console.print,
+        max_size=max_size, fov_masks=fov_masks, train_images=train_images, log=console.print,
     )  # fmt: skip
 
 

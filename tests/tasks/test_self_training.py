@@ -231,7 +231,7 @@ def test_the_vessels_command_passes_its_settings_and_refuses_bad_ones(tmp_path, 
     assert seen["config"] == StudentConfig(method="sato", painted=0, steps=30, device="cpu")
     assert seen["fraction"] == 0.1 and seen["prior"] == "simulated:vessels"
     assert seen["speck_area"] == 6e-4 and seen["images"] == [photos]
-    assert seen["fov_masks"] is None
+    assert seen["fov_masks"] is None and seen["train_images"] == 50
     result = CliRunner().invoke(app, [
         "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
         "--fov-masks", str(tmp_path / "masks"),
@@ -289,3 +289,22 @@ def test_segment_vessels_self_trained_keeps_to_given_fov_masks(tmp_path):
         segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
                                      fov_masks=masks, log=quiet)  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out = tmp_path / "out"
+    written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
+                                           train_images=2, log=quiet)  # fmt: skip
+    assert len(written) == 3
+    taught = json.loads((out / "config.json").read_text())["self_trained_vessels"]["images"]
+    assert len(taught) == 2 and set(taught) < {str(p) for p in sorted(photos.iterdir())}
+    # An image that is not taught on is still read before training: a bad one stops it there.
+    (photos / "eye9.png").write_bytes(b"not a png")
+    with pytest.raises(LocaldiscError, match="eye9.png"):
+        segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                     train_images=1, log=quiet)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(LocaldiscError, match="at least one image"):
+        segment_vessels_self_trained([photos], tmp_path / "o", config=config, train_images=0)

@@ -255,6 +255,9 @@ SPECK_AREA = 6e-4  # the benchmark's, chosen on STARE (:func:`remove_specks`)
 # chosen, 0.757 and 0.746 over two seeds against 0.745 and 0.739 without copies
 # (``benchmarks/RESULTS.md``); on DRIVE 0.778 and 0.776, above every filter (0.765).
 PAINTED = 2
+# Images taught on at most: 1 200 steps of 4 crops see each of 50 images about 100 times, and
+# their training copies (three per image at 768 px) take about 1.8 GB.
+TRAIN_IMAGES = 50
 
 
 def segment_vessels_self_trained(
@@ -267,12 +270,14 @@ def segment_vessels_self_trained(
     speck_area: float = SPECK_AREA,
     max_size: int = 768,
     fov_masks: str | Path | None = None,
+    train_images: int = TRAIN_IMAGES,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Vessel masks of fundus photographs, no label anywhere (``localdisc shape-guided vessels``).
 
     A network (:func:`train_student`; ``config`` default :class:`StudentConfig` with
-    :data:`PAINTED` copies) is taught on the given images themselves: its teacher's sure pixels
+    :data:`PAINTED` copies) is taught on the given images themselves (``train_images`` of them at
+    most, drawn with ``config.seed``; memory grows with them): its teacher's sure pixels
     at ``fraction`` of the FOV (``None``: the vessel fraction ``prior``'s masks imply, inside
     their convex hulls) and the simulated trees painted on copies. Each image's FOV is read from
     ``fov_masks`` (a folder: :func:`fov_mask_files`) or else found in the image
@@ -284,8 +289,8 @@ def segment_vessels_self_trained(
     four flips) and ``NAME_mask.png`` (0/255, probability >= 0.5 without the pieces smaller than
     ``speck_area`` of the FOV: :func:`remove_specks`); the network (``model.safetensors`` +
     ``config.json``, which ``localdisc predict --model OUT_DIR`` takes for further images, as
-    :func:`predict_vessels`); and ``figures/overlay.png`` (the first four masks). Returns
-    the masks' paths.
+    :func:`predict_vessels`); and ``figures/overlay.png`` (the first four masks). Every image
+    is read, and checked against its FOV mask, before training starts. Returns the masks' paths.
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < 16:
@@ -294,8 +299,21 @@ def segment_vessels_self_trained(
         raise LocaldiscError(f"speck_area is a share of the FOV in [0, 1), not {speck_area!r}")
     if config.steps < 1:
         raise LocaldiscError(f"the network needs at least one step, got {config.steps}")
+    if train_images < 1:
+        raise LocaldiscError(f"the network needs at least one image to learn from, got "
+                             f"{train_images}")  # fmt: skip
     files = collect_images(images)
-    pictures, fovs, shapes = _read_photos(files, max_size, fov_masks)
+    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+    chosen = set(range(len(files)))
+    if len(files) > train_images:
+        rng = np.random.default_rng(config.seed)
+        chosen = set(rng.choice(len(files), train_images, replace=False).tolist())
+    pictures, fovs = [], []  # of the images taught on; the others only checked for now
+    for i, (_, path) in enumerate(files):
+        image, fov, _ = _read_photo(path, max_size, None if masks is None else masks[i])
+        if i in chosen:
+            pictures.append(image)
+            fovs.append(fov)
     source = prior if fraction is None else None  # what set the fraction, for config.json
     if fraction is None:
         from localdisc.priors import load_prior
@@ -305,19 +323,18 @@ def segment_vessels_self_trained(
     if not 0.0 < fraction < 1.0:
         raise LocaldiscError(f"the vessel fraction must lie in (0, 1), got {fraction!r}")
     log(
-        f"{len(files)} image(s): a network taught by {config.method} at {fraction:.3f} of the "
-        f"FOV and by {config.painted} painted copies per image, {config.steps} steps"
+        f"{len(files)} image(s): a network taught on {len(pictures)} of them by {config.method} "
+        f"at {fraction:.3f} of the FOV and by {config.painted} painted copies per image, "
+        f"{config.steps} steps"
     )
     model = train_student(pictures, fovs, fraction, config, log=log)
     out_dir = Path(out_dir)
     settings = {"student": asdict(config), "prior": source, "fraction": fraction,
                 "speck_area": speck_area, "max_size": max_size,
-                "images": [str(path) for _, path in files],
+                "images": [str(path) for i, (_, path) in enumerate(files) if i in chosen],
                 "fov_masks": None if fov_masks is None else str(fov_masks)}  # fmt: skip
     model.save(out_dir, extra={"self_trained_vessels": settings})
-    written = _write_vessels(model, files, pictures, fovs, shapes, out_dir, speck_area)
-    log(f"{len(written)} mask(s) written to {out_dir}")
-    return written
+    return _write_vessels(model, files, masks, out_dir, max_size, speck_area, log=log)
 
 
 def predict_vessels(
@@ -338,46 +355,43 @@ def predict_vessels(
         raise LocaldiscError(f"{model_dir}: not a network of `localdisc shape-guided vessels`")
     model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
     files = collect_images(images)
-    pictures, fovs, shapes = _read_photos(files, settings.get("max_size", 768), fov_masks)
-    return _write_vessels(model, files, pictures, fovs, shapes, Path(out_dir),
+    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+    return _write_vessels(model, files, masks, Path(out_dir), settings.get("max_size", 768),
                           settings["speck_area"], threshold)  # fmt: skip
 
 
-def _read_photos(
-    files: Sequence[tuple[str, Path]], max_size: int, fov_masks: str | Path | None
-) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]]]:
-    """The photographs, each shrunk to ``max_size`` at most, their FOVs (read from the masks
-    in ``fov_masks``, or found in the image) and their own sizes."""
-    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
-    pictures, fovs, shapes = [], [], []
-    for i, (_, path) in enumerate(files):
-        image = to_modality_channels(read_image(path)[0], "fundus")
-        fov = None if masks is None else read_fov_mask(masks[i], image.shape[:2], path)
-        shapes.append(image.shape[:2])
-        scale = max_size / max(image.shape[:2])
-        if scale < 1:
-            image = resize_image(image, tuple(max(1, round(n * scale)) for n in image.shape[:2]))
-            fov = None if fov is None else resize_mask(fov, image.shape[:2])
-        pictures.append(image)
-        fovs.append(fov_from_image(image) if fov is None else fov)
-    return pictures, fovs, shapes
+def _read_photo(
+    path: Path, max_size: int, fov_mask: Path | None
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """A photograph shrunk to ``max_size`` at most, its FOV (read from ``fov_mask``, or found in
+    the image) and its own size."""
+    image = to_modality_channels(read_image(path)[0], "fundus")
+    shape = image.shape[:2]
+    fov = None if fov_mask is None else read_fov_mask(fov_mask, shape, path)
+    scale = max_size / max(shape)
+    if scale < 1:
+        image = resize_image(image, tuple(max(1, round(n * scale)) for n in shape))
+        fov = None if fov is None else resize_mask(fov, image.shape[:2])
+    return image, fov_from_image(image) if fov is None else fov, shape
 
 
 def _write_vessels(
     model: Segmenter,
     files: Sequence[tuple[str, Path]],
-    pictures: Sequence[np.ndarray],
-    fovs: Sequence[np.ndarray],
-    shapes: Sequence[tuple[int, int]],
+    fov_masks: Sequence[Path] | None,
     out_dir: Path,
+    max_size: int,
     speck_area: float,
     threshold: float = 0.5,
+    log: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """``NAME_prob.png`` and ``NAME_mask.png`` per image at its own size, and the overlays."""
+    """``NAME_prob.png`` and ``NAME_mask.png`` per image at its own size, one image at a time,
+    and the overlays of the first four."""
     from localdisc.eval.figures import overlay_figure
 
     written, overlays = [], []
-    for (name, _), image, fov, shape in zip(files, pictures, fovs, shapes, strict=True):
+    for i, (name, path) in enumerate(files):
+        image, fov, shape = _read_photo(path, max_size, None if fov_masks is None else fov_masks[i])
         prob = student_probability(model, image, fov)
         if prob.shape != shape:
             prob = np.clip(resize_image(prob, shape, "bilinear"), 0, 1)
@@ -387,5 +401,7 @@ def _write_vessels(
         written.append(write_png(out_dir / f"{name}_mask.png", mask_png(mask)))
         if len(overlays) < 4:
             overlays.append((name, image, resize_mask(mask, image.shape[:2]), None))
+        if log is not None and ((i + 1) % max(1, len(files) // 5) == 0 or i + 1 == len(files)):
+            log(f"segmented {i + 1}/{len(files)} into {out_dir}")
     overlay_figure(overlays, out_dir / "figures" / "overlay.png")
     return written
