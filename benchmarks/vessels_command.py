@@ -14,14 +14,16 @@ Then, and only then, the data set's labels and official FOVs score what it wrote
 at 512, FOV AUC): its masks (specks dropped) and its probabilities at 0.5; beside them, in the
 same run, the teacher alone (the line detector at the prior's fraction of the official FOV,
 specks dropped: the best kind of filter row of ``benchmark shape-guided``). ``--steps``,
-``--painted``, ``--seed`` and ``--fov-masks`` are the command's. Results are printed and written
-to ``OUT/scores.json``.
+``--painted``, ``--seed``, ``--fov-masks`` and ``--train-images`` are the command's (with fewer
+images taught on than the split has, the masks of those taught on and of the others are also
+scored apart). Results are printed and written to ``OUT/scores.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from localdisc.tasks.predict import collect_images
 from localdisc.tasks.self_training import (
     PAINTED,
     SPECK_AREA,
+    TRAIN_IMAGES,
     StudentConfig,
     segment_vessels_self_trained,
 )
@@ -50,15 +53,21 @@ def main() -> None:
     p.add_argument("--painted", type=int, default=PAINTED)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fov-masks", type=Path, help="the command's --fov-masks: a folder")
+    p.add_argument("--train-images", type=int, default=TRAIN_IMAGES,
+                   help="the command's: fewer than the split's images scores those taught on "
+                   "and the others apart")  # fmt: skip
     a = p.parse_args()
 
     samples = list(load_data_spec(a.data, a.split))
     files = [s.image_path for s in samples]
     config = StudentConfig(painted=a.painted, steps=a.steps, seed=a.seed)
     start = time.time()
-    segment_vessels_self_trained(files, a.out, config=config, fov_masks=a.fov_masks)
+    segment_vessels_self_trained(files, a.out, config=config, fov_masks=a.fov_masks,
+                                 train_images=a.train_images)  # fmt: skip
     seconds = time.time() - start
-    fraction = json.loads((a.out / "config.json").read_text())["self_trained_vessels"]["fraction"]
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    settings = json.loads((a.out / "config.json").read_text())["self_trained_vessels"]
+    fraction, taught = settings["fraction"], {Path(f) for f in settings["images"]}
 
     names = {path: name for name, path in collect_images(files)}  # as the command wrote them
     rows: dict[str, list[dict]] = {}
@@ -72,6 +81,9 @@ def main() -> None:
         written = image_metrics(mask.astype(np.float32), s, "vessels", 512)
         written["auc"] = auc_roc(prob, truth, s.fov)
         rows.setdefault("command: mask (specks removed)", []).append(written)
+        if len(taught) < len(samples):
+            part = "taught on" if s.image_path in taught else "not taught on"
+            rows.setdefault(f"  ... {part}", []).append(written)
         score = vesselness(s.image, s.fov, method=config.method, erode_fov=config.erode_fov)
         cut = threshold_vessels(score, s.fov, fraction, config.erode_fov, SPECK_AREA)
         teacher = image_metrics(cut.astype(np.float32), s, "vessels", 512)
@@ -82,9 +94,10 @@ def main() -> None:
     for name, row in summary.items():
         dice, auc = row["dice"], row["auc"]
         print(f"{name:36s} Dice {dice['mean']:.3f} +- {dice['std']:.3f}  AUC {auc['mean']:.3f}")
-    print(f"command: {seconds:.0f} s for {len(files)} images")
+    print(f"command: {seconds:.0f} s for {len(files)} images, taught on {len(taught)}; "
+          f"peak memory of the process {peak_gb:.2f} GiB")  # fmt: skip
     result = {"args": {k: str(v) for k, v in vars(a).items()}, "fraction": fraction,
-              "seconds": seconds, "rows": summary}  # fmt: skip
+              "seconds": seconds, "peak_gib": peak_gb, "rows": summary}  # fmt: skip
     (a.out / "scores.json").write_text(json.dumps(result, indent=1))
 
 
