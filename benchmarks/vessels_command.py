@@ -16,7 +16,8 @@ same run, the teacher alone (the line detector at the prior's fraction of the of
 specks dropped: the best kind of filter row of ``benchmark shape-guided``). ``--steps``,
 ``--painted``, ``--seed``, ``--fov-masks`` and ``--train-images`` are the command's (with fewer
 images taught on than the split has, the masks of those taught on and of the others are also
-scored apart). Results are printed and written to ``OUT/scores.json``.
+scored apart). Results are printed and written to ``OUT/scores.json``, with the masks' scores
+per image.
 """
 
 from __future__ import annotations
@@ -70,25 +71,30 @@ def main() -> None:
     fraction, taught = settings["fraction"], {Path(f) for f in settings["images"]}
 
     names = {path: name for name, path in collect_images(files)}  # as the command wrote them
-    rows: dict[str, list[dict]] = {}
+    teacher_row = f"{config.method} @ {fraction:.3f}, specks removed"
+    order = ["command: probability at 0.5", "command: mask (specks removed)"]
+    if len(taught) < len(samples):
+        order += ["  ... taught on", "  ... not taught on"]
+    rows: dict[str, list[dict]] = {k: [] for k in [*order, teacher_row]}
+    per_image: dict[str, dict] = {}
     for s in samples:
         name = names[s.image_path]
         prob = read_image(a.out / f"{name}_prob.png")[0][..., 0]
         mask = read_image(a.out / f"{name}_mask.png")[0][..., 0] > 0.5
         truth = s.masks["vessels"]
-        rows.setdefault("command: probability at 0.5", []).append(
-            image_metrics(prob, s, "vessels", 512))  # fmt: skip
+        rows["command: probability at 0.5"].append(image_metrics(prob, s, "vessels", 512))
         written = image_metrics(mask.astype(np.float32), s, "vessels", 512)
         written["auc"] = auc_roc(prob, truth, s.fov)
-        rows.setdefault("command: mask (specks removed)", []).append(written)
+        rows["command: mask (specks removed)"].append(written)
         if len(taught) < len(samples):
             part = "taught on" if s.image_path in taught else "not taught on"
-            rows.setdefault(f"  ... {part}", []).append(written)
+            rows[f"  ... {part}"].append(written)
+        per_image[name] = {"taught_on": s.image_path in taught, **written}
         score = vesselness(s.image, s.fov, method=config.method, erode_fov=config.erode_fov)
         cut = threshold_vessels(score, s.fov, fraction, config.erode_fov, SPECK_AREA)
         teacher = image_metrics(cut.astype(np.float32), s, "vessels", 512)
         teacher["auc"] = auc_roc(score, truth, s.fov)
-        rows.setdefault(f"{config.method} @ {fraction:.3f}, specks removed", []).append(teacher)
+        rows[teacher_row].append(teacher)
 
     summary = {k: summarize(v) for k, v in rows.items()}
     for name, row in summary.items():
@@ -97,7 +103,8 @@ def main() -> None:
     print(f"command: {seconds:.0f} s for {len(files)} images, taught on {len(taught)}; "
           f"peak memory of the process {peak_gb:.2f} GiB")  # fmt: skip
     result = {"args": {k: str(v) for k, v in vars(a).items()}, "fraction": fraction,
-              "seconds": seconds, "peak_gib": peak_gb, "rows": summary}  # fmt: skip
+              "seconds": seconds, "peak_gib": peak_gb, "rows": summary,
+              "masks_per_image": per_image}  # fmt: skip
     (a.out / "scores.json").write_text(json.dumps(result, indent=1))
 
 
