@@ -255,8 +255,10 @@ SPECK_AREA = 6e-4  # the benchmark's, chosen on STARE (:func:`remove_specks`)
 # chosen, 0.757 and 0.746 over two seeds against 0.745 and 0.739 without copies
 # (``benchmarks/RESULTS.md``); on DRIVE 0.778 and 0.776, above every filter (0.765).
 PAINTED = 2
-# Images taught on at most: 1 200 steps of 4 crops see each of 50 images about 100 times, and
-# their training copies (three per image at 768 px) take about 1.8 GB.
+# Images taught on at most, for memory: the command's peak was 2.03 GiB taught on 10 DRIVE
+# images, 2.46 GiB on 20 (``benchmarks/RESULTS.md``), so about 3.7 GiB on 50. Images not taught
+# on are segmented about as well (DRIVE, taught on 10 of 20: median change -0.004), but for one
+# unlike the others (a tessellated fundus: 0.701 to 0.537).
 TRAIN_IMAGES = 50
 
 
@@ -277,7 +279,8 @@ def segment_vessels_self_trained(
 
     A network (:func:`train_student`; ``config`` default :class:`StudentConfig` with
     :data:`PAINTED` copies) is taught on the given images themselves (``train_images`` of them at
-    most, drawn with ``config.seed``; memory grows with them): its teacher's sure pixels
+    most, drawn with ``config.seed``: memory grows with them, and images unlike any taught on
+    may fare worse, :data:`TRAIN_IMAGES`): its teacher's sure pixels
     at ``fraction`` of the FOV (``None``: the vessel fraction ``prior``'s masks imply, inside
     their convex hulls) and the simulated trees painted on copies. Each image's FOV is read from
     ``fov_masks`` (a folder: :func:`fov_mask_files`) or else found in the image
