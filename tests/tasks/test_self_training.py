@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,9 @@ from localdisc.models.segmenter import Segmenter
 from localdisc.tasks import self_training
 from localdisc.tasks.predict import predict_images
 from localdisc.tasks.self_training import (
+    UNUSUAL_SHARE,
     StudentConfig,
+    _flag_unusual,
     label_shift,
     mean_rank,
     segment_vessels_self_trained,
@@ -298,8 +301,15 @@ def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_pat
     written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
                                            train_images=2, log=quiet)  # fmt: skip
     assert len(written) == 3
-    taught = json.loads((out / "config.json").read_text())["self_trained_vessels"]["images"]
+    settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
+    taught = settings["images"]
     assert len(taught) == 2 and set(taught) < {str(p) for p in sorted(photos.iterdir())}
+    # The yardstick for images not taught on: the median share of the FOV marked on those taught.
+    shares = []
+    for path in taught:
+        mask = read_image(out / f"{Path(path).stem}_mask.png")[0][..., 0] > 0.5
+        shares.append(mask[fov_from_image(read_image(path)[0])].mean())
+    assert settings["vessel_share"] == pytest.approx(np.median(shares))
     # An image that is not taught on is still read before training: a bad one stops it there.
     (photos / "eye9.png").write_bytes(b"not a png")
     with pytest.raises(LocaldiscError, match="eye9.png"):
@@ -308,3 +318,14 @@ def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_pat
     assert not (tmp_path / "o").exists()
     with pytest.raises(LocaldiscError, match="at least one image"):
         segment_vessels_self_trained([photos], tmp_path / "o", config=config, train_images=0)
+
+
+def test_images_far_from_the_share_marked_on_those_taught_on_are_named():
+    heard = []
+    shares = [("usual", 0.12), ("dense", 0.12 * UNUSUAL_SHARE * 1.1), ("empty", 0.01)]
+    _flag_unusual(shares, 0.12, heard.append)
+    assert len(heard) == 1 and "dense (1.65x)" in heard[0] and "empty (0.08x)" in heard[0]
+    assert "usual" not in heard[0]
+    _flag_unusual(shares[:1], 0.12, heard.append)
+    _flag_unusual(shares, 0.0, heard.append)  # nothing marked on the taught images: no yardstick
+    assert len(heard) == 1
