@@ -379,8 +379,9 @@ def predict_vessels(
 
 # An image not taught on whose mask covers more than this many times, or less than its inverse,
 # the share of the FOV the network marks on the images it was taught on is named in the log.
-# From one case: DRIVE's 15_test, a tessellated fundus, untaught marked 1.77 times the share (and
-# lost 0.16 Dice); the other 19 images lay between 0.70 and 1.22 times, taught on or not.
+# From one case: DRIVE's 15_test, a tessellated fundus, not taught on marked 1.74 times the share
+# (and lost 0.16 Dice), and the command named it alone; against their run's median share, the
+# other 19 images lay between 0.70 and 1.22 times, taught on or not (``benchmarks/RESULTS.md``).
 UNUSUAL_SHARE = 1.5
 
 
