@@ -293,7 +293,9 @@ def segment_vessels_self_trained(
     ``speck_area`` of the FOV: :func:`remove_specks`); the network (``model.safetensors`` +
     ``config.json``, which ``localdisc predict --model OUT_DIR`` takes for further images, as
     :func:`predict_vessels`); and ``figures/overlay.png`` (the first four masks). Every image
-    is read, and checked against its FOV mask, before training starts. Returns the masks' paths.
+    is read, and checked against its FOV mask, before training starts; images not taught on
+    whose masks cover an unusual share of the FOV are named in the log (:data:`UNUSUAL_SHARE`).
+    Returns the masks' paths.
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < 16:
@@ -336,7 +338,7 @@ def segment_vessels_self_trained(
                 "speck_area": speck_area, "max_size": max_size,
                 "images": [str(path) for i, (_, path) in enumerate(files) if i in chosen],
                 "fov_masks": None if fov_masks is None else str(fov_masks)}  # fmt: skip
-    model.save(out_dir, extra={"self_trained_vessels": settings})
+    model.save(out_dir, extra={"self_trained_vessels": settings})  # before a long segmentation
     written, shares = _write_vessels(model, files, masks, out_dir, max_size, speck_area, log=log)
     # What the network marks on images it was taught on: the yardstick for the others.
     settings["vessel_share"] = float(np.median([shares[i] for i in sorted(chosen)]))
