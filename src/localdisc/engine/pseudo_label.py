@@ -43,7 +43,8 @@ def fit_pseudo_labels(
     name: str = "step",
 ) -> Segmenter:
     """Train ``model`` in place on ``images`` ``[N, C, S, S]`` (raw intensities in [0, 1]) and
-    ``targets`` ``[N, 2, S, S]`` (label, then weight); returns it, still in training mode.
+    ``targets`` ``[N, 2, S, S]`` (label, then weight; any dtype, made float per batch); returns
+    it, still in training mode.
 
     ``crop``: random ``crop x crop`` windows instead of whole images. ``bf16``: autocast where it
     pays (:func:`~localdisc.engine.precision.bf16_autocast`); the loss stays float32. Batches are
@@ -56,7 +57,7 @@ def fit_pseudo_labels(
     start, size = time.time(), images.shape[-1]
     for step in range(steps):
         idx = torch.randint(len(images), (batch,), generator=gen)
-        xb, yb = images[idx], targets[idx]
+        xb, yb = images[idx], targets[idx].float()  # targets may be stored as bytes
         if crop is not None:
             i, j = (int(v) for v in torch.randint(size - crop + 1, (2,), generator=gen))
             xb, yb = (t[..., i : i + crop, j : j + crop] for t in (xb, yb))

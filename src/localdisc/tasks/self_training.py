@@ -192,6 +192,7 @@ def label_shift(targets: torch.Tensor, painted: int) -> float:
     """
 
     def log_odds(t: torch.Tensor) -> float:
+        t = t.float()
         share = float((t[:, 0] * t[:, 1]).sum() / t[:, 1].sum().clamp_min(1.0))
         share = min(max(share, 1e-6), 1 - 1e-6)
         return math.log(share / (1 - share))
@@ -209,7 +210,7 @@ def student_training_set(
     config: StudentConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the student trains on: images ``[N, 3, S, S]`` and targets ``[N, 2, S, S]`` (label,
-    weight) at ``config.size``.
+    weight; ``uint8`` 0/1) at ``config.size``.
 
     Each image comes with its teacher's pseudo-labels
     (:func:`~localdisc.tasks.vesselness.vesselness_pseudo_label`), then ``config.painted``
@@ -235,7 +236,7 @@ def student_training_set(
             x.append(painted)
             y.append([label | tree, (weight | tree) & ~rim])
     xs = torch.from_numpy(np.stack(x)).permute(0, 3, 1, 2).contiguous()
-    return xs, torch.from_numpy(np.asarray(y, dtype=np.float32))
+    return xs, torch.from_numpy(np.asarray(y, dtype=np.uint8))  # 0/1: a quarter of float32
 
 
 def student_probability(
