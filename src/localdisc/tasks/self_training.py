@@ -256,8 +256,8 @@ SPECK_AREA = 6e-4  # the benchmark's, chosen on STARE (:func:`remove_specks`)
 # chosen, 0.757 and 0.746 over two seeds against 0.745 and 0.739 without copies
 # (``benchmarks/RESULTS.md``); on DRIVE 0.778 and 0.776, above every filter (0.765).
 PAINTED = 2
-# Images taught on at most, for memory: the command's peak was 2.03 GiB taught on 10 DRIVE
-# images, 2.46 GiB on 20 (``benchmarks/RESULTS.md``), so about 3.7 GiB on 50. Images not taught
+# Images taught on at most, for memory: the command's peak was 1.90 GiB taught on 10 DRIVE
+# images, 2.27 GiB on 20 (``benchmarks/RESULTS.md``), so about 3.4 GiB on 50. Images not taught
 # on are segmented about as well (DRIVE, taught on 10 of 20: median change -0.004), but for one
 # unlike the others (a tessellated fundus: 0.701 to 0.537).
 TRAIN_IMAGES = 50
