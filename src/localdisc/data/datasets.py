@@ -87,7 +87,7 @@ def image_stem(path: str | Path) -> str:
     return Path(name).stem
 
 
-def _key(name: str) -> str:
+def name_key(name: str) -> str:
     """Matching key of a file name or stem: lower case and in Unicode normal form NFC, so that
     a name stored decomposed (NFD, as macOS writes it) matches the same name typed elsewhere."""
     return unicodedata.normalize("NFC", name).lower()
@@ -102,7 +102,7 @@ def _index(folder: Path) -> dict[str, Path]:
         return out
     for path in sorted(folder.iterdir()):
         if not path.name.startswith(".") and path.is_file() and is_image_file(path):
-            out.setdefault(_key(image_stem(path)), path)
+            out.setdefault(name_key(image_stem(path)), path)
     return out
 
 
@@ -776,14 +776,14 @@ class FolderDataset(SegmentationDataset):
                     continue
                 path = Path(dirpath) / f
                 rel = path.parent.relative_to(self.mask_dir) / image_stem(path)
-                by_rel.setdefault(_key(rel.as_posix()), path)
-                by_stem.setdefault(_key(image_stem(path)), []).append(path)
+                by_rel.setdefault(name_key(rel.as_posix()), path)
+                by_stem.setdefault(name_key(image_stem(path)), []).append(path)
         items: list[Item] = []
         for image in images:
-            rel = _key((image.parent.relative_to(image_dir) / image_stem(image)).as_posix())
+            rel = name_key((image.parent.relative_to(image_dir) / image_stem(image)).as_posix())
             mask = by_rel.get(rel)
-            if mask is None and len(by_stem.get(_key(image_stem(image)), [])) == 1:
-                mask = by_stem[_key(image_stem(image))][0]
+            if mask is None and len(by_stem.get(name_key(image_stem(image)), [])) == 1:
+                mask = by_stem[name_key(image_stem(image))][0]
             if mask is None:
                 self._problem(image, f"no mask with the same file stem in {self.mask_dir}")
                 continue

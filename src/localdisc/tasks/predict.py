@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from localdisc.data.datasets import folder_image_files, image_stem
+from localdisc.data.datasets import folder_image_files, image_stem, name_key
 from localdisc.data.io import is_image_file, read_image, read_mask, write_png
 from localdisc.engine.distributed import resolve_device
 from localdisc.errors import LocaldiscError
@@ -93,8 +93,9 @@ FOV_MASK_ENDINGS = ("", "_mask", "-mask", "_fov", "-fov")
 
 def fov_mask_files(images: Sequence[Path], folder: str | Path) -> list[Path]:
     """Each image's FOV mask in ``folder``: the image file there whose stem is the image's, or
-    the image's followed by one of :data:`FOV_MASK_ENDINGS` (letter case aside; the image itself
-    never, so images and masks may share a folder).
+    the image's followed by one of :data:`FOV_MASK_ENDINGS` (letter case and Unicode form aside:
+    :func:`~localdisc.data.datasets.name_key`; the image itself never, so images and masks may
+    share a folder).
 
     Raises:
         LocaldiscError: ``folder`` is missing, or an image has no mask there or several.
@@ -105,15 +106,15 @@ def fov_mask_files(images: Sequence[Path], folder: str | Path) -> list[Path]:
     by_stem: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith(".") and is_image_file(path):
-            by_stem.setdefault(image_stem(path).lower(), []).append(path)
+            by_stem.setdefault(name_key(image_stem(path)), []).append(path)
     found = []
     for image in images:
-        stem = image_stem(image).lower()
-        matches = [m for end in FOV_MASK_ENDINGS for m in by_stem.get(stem + end, [])]
+        stem = image_stem(image)
+        matches = [m for end in FOV_MASK_ENDINGS for m in by_stem.get(name_key(stem + end), [])]
         matches = [m for m in matches if m.resolve() != Path(image).resolve()]
         if len(matches) != 1:
             problem = "no FOV mask" if not matches else f"{len(matches)} FOV masks"
-            wanted = " or ".join(f"{image_stem(image)}{end}.*" for end in FOV_MASK_ENDINGS)
+            wanted = " or ".join(f"{stem}{end}.*" for end in FOV_MASK_ENDINGS)
             raise LocaldiscError(f"{image}: {problem} in {folder} (looked for {wanted})")
         found.append(matches[0])
     return found

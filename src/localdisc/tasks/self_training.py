@@ -46,7 +46,7 @@ Usage::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -314,12 +314,16 @@ def segment_vessels_self_trained(
     if len(files) > train_images:
         rng = np.random.default_rng(config.seed)
         chosen = set(rng.choice(len(files), train_images, replace=False).tolist())
-    pictures, fovs = [], []  # of the images taught on; the others only checked for now
+    taught = {}  # index -> (image, FOV, own size); the others are only read, to check them
     for i, (_, path) in enumerate(files):
-        image, fov, _ = _read_photo(path, max_size, None if masks is None else masks[i])
+        mask = None if masks is None else masks[i]
         if i in chosen:
-            pictures.append(image)
-            fovs.append(fov)
+            taught[i] = _read_photo(path, max_size, mask)
+        elif mask is not None:
+            read_fov_mask(mask, read_image(path)[0].shape[:2], path)
+        else:
+            read_image(path)
+    pictures, fovs = [taught[i][0] for i in sorted(taught)], [taught[i][1] for i in sorted(taught)]
     source = prior if fraction is None else None  # what set the fraction, for config.json
     if fraction is None:
         from localdisc.priors import load_prior
@@ -340,7 +344,8 @@ def segment_vessels_self_trained(
                 "images": [str(path) for i, (_, path) in enumerate(files) if i in chosen],
                 "fov_masks": None if fov_masks is None else str(fov_masks)}  # fmt: skip
     model.save(out_dir, extra={"self_trained_vessels": settings})  # before a long segmentation
-    written, shares = _write_vessels(model, files, masks, out_dir, max_size, speck_area, log=log)
+    written, shares = _write_vessels(model, files, masks, out_dir, max_size, speck_area,
+                                     log=log, loaded=taught)  # fmt: skip
     # What the network marks on images it was taught on: the yardstick for the others.
     settings["vessel_share"] = float(np.median([shares[i] for i in sorted(chosen)]))
     model.save(out_dir, extra={"self_trained_vessels": settings})
@@ -427,14 +432,20 @@ def _write_vessels(
     speck_area: float,
     threshold: float = 0.5,
     log: Callable[[str], None] | None = None,
+    loaded: Mapping[int, tuple[np.ndarray, np.ndarray, tuple[int, int]]] | None = None,
 ) -> tuple[list[Path], list[float]]:
     """``NAME_prob.png`` and ``NAME_mask.png`` per image at its own size, one image at a time,
-    and the overlays of the first four; returns the masks' paths and their shares of the FOV."""
+    and the overlays of the first four; returns the masks' paths and their shares of the FOV.
+    ``loaded``: :func:`_read_photo`'s results already at hand, by index in ``files``."""
     from localdisc.eval.figures import overlay_figure
 
     written, shares, overlays = [], [], []
     for i, (name, path) in enumerate(files):
-        image, fov, shape = _read_photo(path, max_size, None if fov_masks is None else fov_masks[i])
+        if loaded is not None and i in loaded:
+            image, fov, shape = loaded[i]
+        else:
+            mask = None if fov_masks is None else fov_masks[i]
+            image, fov, shape = _read_photo(path, max_size, mask)
         prob = student_probability(model, image, fov)
         if prob.shape != shape:
             prob = np.clip(resize_image(prob, shape, "bilinear"), 0, 1)
