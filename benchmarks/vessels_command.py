@@ -68,7 +68,7 @@ def main() -> None:
     seconds = time.time() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     settings = json.loads((a.out / "config.json").read_text())["self_trained_vessels"]
-    fraction, taught = settings["fraction"], {Path(f) for f in settings["images"]}
+    fraction, taught = settings["fraction"], {Path(f).resolve() for f in settings["images"]}
 
     names = {path: name for name, path in collect_images(files)}  # as the command wrote them
     teacher_row = f"{config.method} @ {fraction:.3f}, specks removed"
@@ -87,9 +87,9 @@ def main() -> None:
         written["auc"] = auc_roc(prob, truth, s.fov)
         rows["command: mask (specks removed)"].append(written)
         if len(taught) < len(samples):
-            part = "taught on" if s.image_path in taught else "not taught on"
+            part = "taught on" if s.image_path.resolve() in taught else "not taught on"
             rows[f"  ... {part}"].append(written)
-        per_image[name] = {"taught_on": s.image_path in taught, **written}
+        per_image[name] = {"taught_on": s.image_path.resolve() in taught, **written}
         score = vesselness(s.image, s.fov, method=config.method, erode_fov=config.erode_fov)
         cut = threshold_vessels(score, s.fov, fraction, config.erode_fov, SPECK_AREA)
         teacher = image_metrics(cut.astype(np.float32), s, "vessels", 512)

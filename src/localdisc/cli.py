@@ -520,7 +520,9 @@ def shape_guided_segment(
 @shape_app.command("vessels")
 def shape_guided_vessels(
     images: list[Path] = typer.Option(..., "--images", help="Fundus photographs, or folders."),
-    out: Path = typer.Option(..., "--out", help="Output folder (masks, the network, a figure)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder (masks, the network, vessels.csv, a figure)."
+    ),
     prior: str = typer.Option(
         "simulated:vessels",
         "--prior",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import replace
@@ -26,6 +27,7 @@ from localdisc.tasks.self_training import (
     UNUSUAL_SHARE,
     StudentConfig,
     _flag_unusual,
+    _write_share_table,
     label_shift,
     mean_rank,
     segment_vessels_self_trained,
@@ -310,6 +312,18 @@ def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_pat
         mask = read_image(out / f"{Path(path).stem}_mask.png")[0][..., 0] > 0.5
         shares.append(mask[fov_from_image(read_image(path)[0])].mean())
     assert settings["vessel_share"] == pytest.approx(np.median(shares))
+    # vessels.csv lists every image: taught or not, its share and its ratio to the yardstick.
+    rows = list(csv.DictReader((out / "vessels.csv").open()))
+    assert [r["image"] for r in rows] == ["eye0", "eye1", "eye2"]
+    assert {r["image"] for r in rows if r["taught"] == "true"} == {Path(t).stem for t in taught}
+    for row in rows:
+        mask = read_image(out / f"{row['image']}_mask.png")[0][..., 0] > 0.5
+        share = mask[fov_from_image(read_image(photos / f"{row['image']}.png")[0])].mean()
+        assert float(row["vessel_share"]) == pytest.approx(share, abs=1e-5)
+    # `localdisc predict` lists them the same way, knowing which files were taught on.
+    predict_images(out, [photos], tmp_path / "again", device="cpu")
+    again = list(csv.DictReader((tmp_path / "again" / "vessels.csv").open()))
+    assert [(r["image"], r["taught"]) for r in again] == [(r["image"], r["taught"]) for r in rows]
     # An image that is not taught on is still read before training: a bad one stops it there.
     (photos / "eye9.png").write_bytes(b"not a png")
     with pytest.raises(LocaldiscError, match="eye9.png"):
@@ -329,3 +343,32 @@ def test_images_far_from_the_share_marked_on_those_taught_on_are_named():
     _flag_unusual(shares[:1], 0.12, heard.append)
     _flag_unusual(shares, 0.0, heard.append)  # nothing marked on the taught images: no yardstick
     assert len(heard) == 1
+
+
+def test_the_share_table_judges_only_images_not_taught_on(tmp_path):
+    path = tmp_path / "vessels.csv"
+    names = ["taught, dense", "usual", "dense", "empty"]
+    shares = [0.3, 0.12, 0.12 * UNUSUAL_SHARE * 1.1, 0.01]
+    _write_share_table(path, names, shares, [True, False, False, False], 0.12)
+    rows = list(csv.DictReader(path.open()))
+    assert [r["image"] for r in rows] == names  # a comma in a name stays in its column
+    assert [r["unusual"] for r in rows] == ["", "false", "true", "true"]
+    assert [r["ratio"] for r in rows] == ["2.500", "1.000", "1.650", "0.083"]
+    _write_share_table(path, names, shares, [False] * 4, 0.0)  # no yardstick: not judged
+    assert {(r["ratio"], r["unusual"]) for r in csv.DictReader(path.open())} == {("", "")}
+
+
+def test_images_too_small_to_find_vessels_in_are_refused_before_training(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(96, 40))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    for train_images in (2, 1):  # taught on or only checked
+        with pytest.raises(LocaldiscError, match=r"eye1.png: 40x40 pixels is too small"):
+            segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                         train_images=train_images, log=quiet)  # fmt: skip
+    write_png(tmp_path / "wide.png", np.zeros((96, 192, 3), np.uint8))
+    with pytest.raises(LocaldiscError, match=r"wide.png: 192x96 pixels \(126x63 once shrunk"):
+        segment_vessels_self_trained([tmp_path / "wide.png"], tmp_path / "o", fraction=0.12,
+                                     config=config, max_size=126, log=quiet)  # fmt: skip
+    with pytest.raises(LocaldiscError, match="max_size must be at least 64"):
+        segment_vessels_self_trained([photos], tmp_path / "o", config=config, max_size=32)
+    assert not (tmp_path / "o").exists()

@@ -45,6 +45,7 @@ Usage::
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -295,12 +296,12 @@ def segment_vessels_self_trained(
     ``config.json``, which ``localdisc predict --model OUT_DIR`` takes for further images, as
     :func:`predict_vessels`); and ``figures/overlay.png`` (the first four masks). Every image
     is read, and checked against its FOV mask, before training starts; images not taught on
-    whose masks cover an unusual share of the FOV are named in the log (:data:`UNUSUAL_SHARE`).
-    Returns the masks' paths.
+    whose masks cover an unusual share of the FOV are named in the log (:data:`UNUSUAL_SHARE`),
+    and every image's share is listed in ``vessels.csv``. Returns the masks' paths.
     """
     config = config or StudentConfig(painted=PAINTED)
-    if max_size < 16:
-        raise LocaldiscError(f"max_size must be at least 16 pixels, got {max_size}")
+    if max_size < MIN_SIDE:
+        raise LocaldiscError(f"max_size must be at least {MIN_SIDE} pixels, got {max_size}")
     if not 0.0 <= speck_area < 1.0:
         raise LocaldiscError(f"speck_area is a share of the FOV in [0, 1), not {speck_area!r}")
     if config.steps < 1:
@@ -319,10 +320,10 @@ def segment_vessels_self_trained(
         mask = None if masks is None else masks[i]
         if i in chosen:
             taught[i] = _read_photo(path, max_size, mask)
-        elif mask is not None:
-            read_fov_mask(mask, read_image(path)[0].shape[:2], path)
         else:
-            read_image(path)
+            shape = _check_side(path, read_image(path)[0].shape[:2], max_size)
+            if mask is not None:
+                read_fov_mask(mask, shape, path)
     pictures, fovs = [taught[i][0] for i in sorted(taught)], [taught[i][1] for i in sorted(taught)]
     source = prior if fraction is None else None  # what set the fraction, for config.json
     if fraction is None:
@@ -341,7 +342,7 @@ def segment_vessels_self_trained(
     out_dir = Path(out_dir)
     settings = {"student": asdict(config), "prior": source, "fraction": fraction,
                 "speck_area": speck_area, "max_size": max_size,
-                "images": [str(path) for i, (_, path) in enumerate(files) if i in chosen],
+                "images": [str(path.resolve()) for i, (_, path) in enumerate(files) if i in chosen],
                 "fov_masks": None if fov_masks is None else str(fov_masks)}  # fmt: skip
     model.save(out_dir, extra={"self_trained_vessels": settings})  # before a long segmentation
     written, shares = _write_vessels(model, files, masks, out_dir, max_size, speck_area,
@@ -349,8 +350,8 @@ def segment_vessels_self_trained(
     # What the network marks on images it was taught on: the yardstick for the others.
     settings["vessel_share"] = float(np.median([shares[i] for i in sorted(chosen)]))
     model.save(out_dir, extra={"self_trained_vessels": settings})
-    unseen = [(files[i][0], shares[i]) for i in range(len(files)) if i not in chosen]
-    _flag_unusual(unseen, settings["vessel_share"], log)
+    _report_shares(out_dir, files, shares, [i in chosen for i in range(len(files))],
+                   settings["vessel_share"], log)  # fmt: skip
     return written
 
 
@@ -367,9 +368,10 @@ def predict_vessels(
     """Segment further photographs with a network :func:`segment_vessels_self_trained` saved,
     as it segmented its own (``localdisc predict`` on its folder): FOVs from ``fov_masks`` or
     found in the images, images shrunk to the same ``max_size``, the mean over the four flips,
-    masks at ``threshold`` without the specks it dropped. Images whose masks cover a share of
-    the FOV far from what it marked on those it was taught on are named in the log
-    (:data:`UNUSUAL_SHARE`). Returns the masks' paths."""
+    masks at ``threshold`` without the specks it dropped. Images not taught on whose masks cover
+    a share of the FOV far from what it marked on those it was taught on are named in the log
+    (:data:`UNUSUAL_SHARE`); every image's share is listed in ``vessels.csv``. Returns the
+    masks' paths."""
     settings = read_config(model_dir).get("self_trained_vessels")
     if not isinstance(settings, dict):
         raise LocaldiscError(f"{model_dir}: not a network of `localdisc shape-guided vessels`")
@@ -379,9 +381,9 @@ def predict_vessels(
     written, shares = _write_vessels(model, files, masks, Path(out_dir),
                                      settings.get("max_size", 768), settings["speck_area"],
                                      threshold, log=log)  # fmt: skip
-    if "vessel_share" in settings:
-        _flag_unusual([(name, x) for (name, _), x in zip(files, shares, strict=True)],
-                      settings["vessel_share"], log)  # fmt: skip
+    taught_on = {Path(path) for path in settings.get("images", [])}
+    _report_shares(Path(out_dir), files, shares, [path.resolve() in taught_on for _, path in files],
+                   settings.get("vessel_share", 0.0), log)  # fmt: skip
     return written
 
 
@@ -393,19 +395,74 @@ def predict_vessels(
 UNUSUAL_SHARE = 1.5
 
 
+def _unusual(share: float, reference: float) -> bool:
+    """Whether ``share`` lies outside :data:`UNUSUAL_SHARE` times ``reference`` or its inverse
+    (never, without a yardstick: ``reference`` 0)."""
+    return reference > 0 and not 1 / UNUSUAL_SHARE <= share / reference <= UNUSUAL_SHARE
+
+
 def _flag_unusual(
     shares: Sequence[tuple[str, float]], reference: float, log: Callable[[str], None]
 ) -> None:
     """Log the images whose masks cover a share of their FOV more than :data:`UNUSUAL_SHARE`
     times ``reference`` (what the network marks on the images it was taught on), or less than
     its inverse."""
-    if reference <= 0:
-        return
-    odd = [f"{name} ({x / reference:.2f}x)" for name, x in shares
-           if not 1 / UNUSUAL_SHARE <= x / reference <= UNUSUAL_SHARE]  # fmt: skip
+    odd = [f"{name} ({x / reference:.2f}x)" for name, x in shares if _unusual(x, reference)]
     if odd:
         log(f"masks to look at, of images unlike those taught on? Their vessel share of the FOV "
             f"is far from the {reference:.3f} marked on those: {', '.join(odd)}")  # fmt: skip
+
+
+def _report_shares(
+    out_dir: Path,
+    files: Sequence[tuple[str, Path]],
+    shares: Sequence[float],
+    taught: Sequence[bool],
+    reference: float,
+    log: Callable[[str], None],
+) -> None:
+    """Name the unusual images not taught on in the log and list every image in
+    ``out_dir/vessels.csv`` (:func:`_write_share_table`)."""
+    names = [name for name, _ in files]
+    _flag_unusual([(n, x) for n, x, seen in zip(names, shares, taught, strict=True) if not seen],
+                  reference, log)  # fmt: skip
+    _write_share_table(out_dir / "vessels.csv", names, shares, taught, reference)
+
+
+def _write_share_table(
+    path: Path,
+    names: Sequence[str],
+    shares: Sequence[float],
+    taught: Sequence[bool],
+    reference: float,
+) -> None:
+    """``vessels.csv``: per image whether the network was taught on it, the share of its FOV its
+    mask covers, the ratio of that to ``reference`` (what the network marks on the images taught
+    on) and, for the others, whether the ratio is unusual (:data:`UNUSUAL_SHARE`): what the log
+    names, kept, to sort a large cohort by."""
+    with path.open("w", newline="") as file:
+        table = csv.writer(file)
+        table.writerow(["image", "taught", "vessel_share", "ratio", "unusual"])
+        for name, share, seen in zip(names, shares, taught, strict=True):
+            ratio = f"{share / reference:.3f}" if reference > 0 else ""
+            odd = "" if seen or reference <= 0 else str(_unusual(share, reference)).lower()
+            table.writerow([name, str(seen).lower(), f"{share:.5f}", ratio, odd])
+
+
+# Images smaller than this (a side, once shrunk to max_size) are refused: the filter's lines
+# (15 pixels) and the FOV's 8-pixel erosion leave too little of them to learn from.
+MIN_SIDE = 64
+
+
+def _check_side(path: Path, shape: tuple[int, int], max_size: int) -> tuple[int, int]:
+    """``shape``, once :data:`MIN_SIDE` is checked on the image as it will be segmented."""
+    scale = min(1.0, max_size / max(shape))
+    h, w = (round(n * scale) for n in shape)  # as _read_photo shrinks it
+    if min(h, w) < MIN_SIDE:
+        shrunk = f" ({w}x{h} once shrunk to max_size {max_size})" if scale < 1 else ""
+        raise LocaldiscError(f"{path}: {shape[1]}x{shape[0]} pixels{shrunk} is too small to find "
+                             f"vessels in: at least {MIN_SIDE} a side")  # fmt: skip
+    return shape
 
 
 def _read_photo(
@@ -414,7 +471,7 @@ def _read_photo(
     """A photograph shrunk to ``max_size`` at most, its FOV (read from ``fov_mask``, or found in
     the image) and its own size."""
     image = to_modality_channels(read_image(path)[0], "fundus")
-    shape = image.shape[:2]
+    shape = _check_side(path, image.shape[:2], max_size)
     fov = None if fov_mask is None else read_fov_mask(fov_mask, shape, path)
     scale = max_size / max(shape)
     if scale < 1:
