@@ -27,7 +27,7 @@ from localdisc.tasks.self_training import (
     UNUSUAL_SHARE,
     StudentConfig,
     _flag_unusual,
-    _write_share_table,
+    _report_shares,
     label_shift,
     mean_rank,
     segment_vessels_self_trained,
@@ -345,17 +345,19 @@ def test_images_far_from_the_share_marked_on_those_taught_on_are_named():
     assert len(heard) == 1
 
 
-def test_the_share_table_judges_only_images_not_taught_on(tmp_path):
-    path = tmp_path / "vessels.csv"
+def test_the_share_table_and_the_log_judge_only_images_not_taught_on(tmp_path):
+    path, heard = tmp_path / "vessels.csv", []
     names = ["taught, dense", "usual", "dense", "empty"]
     shares = [0.3, 0.12, 0.12 * UNUSUAL_SHARE * 1.1, 0.01]
-    _write_share_table(path, names, shares, [True, False, False, False], 0.12)
+    _report_shares(tmp_path, names, shares, [True, False, False, False], 0.12, heard.append)
     rows = list(csv.DictReader(path.open()))
     assert [r["image"] for r in rows] == names  # a comma in a name stays in its column
     assert [r["unusual"] for r in rows] == ["", "false", "true", "true"]
     assert [r["ratio"] for r in rows] == ["2.500", "1.000", "1.650", "0.083"]
-    _write_share_table(path, names, shares, [False] * 4, 0.0)  # no yardstick: not judged
+    assert len(heard) == 1 and "dense (1.65x), empty (0.08x)" in heard[0]
+    _report_shares(tmp_path, names, shares, [False] * 4, 0.0, heard.append)  # no yardstick
     assert {(r["ratio"], r["unusual"]) for r in csv.DictReader(path.open())} == {("", "")}
+    assert len(heard) == 1
 
 
 def test_images_too_small_to_find_vessels_in_are_refused_before_training(tmp_path):

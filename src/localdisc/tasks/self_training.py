@@ -350,7 +350,8 @@ def segment_vessels_self_trained(
     # What the network marks on images it was taught on: the yardstick for the others.
     settings["vessel_share"] = float(np.median([shares[i] for i in sorted(chosen)]))
     model.save(out_dir, extra={"self_trained_vessels": settings})
-    _report_shares(out_dir, files, shares, [i in chosen for i in range(len(files))],
+    names = [name for name, _ in files]
+    _report_shares(out_dir, names, shares, [i in chosen for i in range(len(files))],
                    settings["vessel_share"], log)  # fmt: skip
     return written
 
@@ -382,7 +383,8 @@ def predict_vessels(
                                      settings.get("max_size", 768), settings["speck_area"],
                                      threshold, log=log)  # fmt: skip
     taught_on = {Path(path) for path in settings.get("images", [])}
-    _report_shares(Path(out_dir), files, shares, [path.resolve() in taught_on for _, path in files],
+    _report_shares(Path(out_dir), [name for name, _ in files], shares,
+                   [path.resolve() in taught_on for _, path in files],
                    settings.get("vessel_share", 0.0), log)  # fmt: skip
     return written
 
@@ -415,32 +417,20 @@ def _flag_unusual(
 
 def _report_shares(
     out_dir: Path,
-    files: Sequence[tuple[str, Path]],
+    names: Sequence[str],
     shares: Sequence[float],
     taught: Sequence[bool],
     reference: float,
     log: Callable[[str], None],
 ) -> None:
-    """Name the unusual images not taught on in the log and list every image in
-    ``out_dir/vessels.csv`` (:func:`_write_share_table`)."""
-    names = [name for name, _ in files]
+    """Name the unusual images not taught on in the log (:func:`_flag_unusual`) and list every
+    image in ``out_dir/vessels.csv``: whether the network was taught on it, the share of its FOV
+    its mask covers, the ratio of that to ``reference`` (what the network marks on the images
+    taught on) and, for the others, whether it is unusual. The log's names, kept, to sort a
+    large cohort by."""
     _flag_unusual([(n, x) for n, x, seen in zip(names, shares, taught, strict=True) if not seen],
                   reference, log)  # fmt: skip
-    _write_share_table(out_dir / "vessels.csv", names, shares, taught, reference)
-
-
-def _write_share_table(
-    path: Path,
-    names: Sequence[str],
-    shares: Sequence[float],
-    taught: Sequence[bool],
-    reference: float,
-) -> None:
-    """``vessels.csv``: per image whether the network was taught on it, the share of its FOV its
-    mask covers, the ratio of that to ``reference`` (what the network marks on the images taught
-    on) and, for the others, whether the ratio is unusual (:data:`UNUSUAL_SHARE`): what the log
-    names, kept, to sort a large cohort by."""
-    with path.open("w", newline="") as file:
+    with (out_dir / "vessels.csv").open("w", newline="") as file:
         table = csv.writer(file)
         table.writerow(["image", "taught", "vessel_share", "ratio", "unusual"])
         for name, share, seen in zip(names, shares, taught, strict=True):
