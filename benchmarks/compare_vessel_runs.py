@@ -5,23 +5,42 @@
 Reads each run's ``scores.json`` (the masks' scores per image) and prints, for the images the
 second run was taught on and for the others, the mean paper Dice of both runs and the change of
 each image: e.g. a run taught on all 20 DRIVE test images against one taught on 10 of them
-(``--train-images 10``) tells how the network does on photographs it has not seen.
+(``--train-images 10``) tells how the network does on photographs it has not seen. Beside each
+image, from the second run's ``vessels.csv`` (or ``--shares``, e.g. that of `localdisc predict`
+with its network on the same images), the ratio of its mask's share of the FOV to the median
+share marked on the images taught on, ``!`` where the command, as it now judges
+(:func:`~localdisc.tasks.self_training.is_unusual`), names it as unusual: does the flag name the
+images that fail?
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
+
+from localdisc.tasks.self_training import is_unusual, share_yardstick
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("first", type=Path, help="a vessels_command.py --out folder")
     p.add_argument("second", type=Path, help="another, on the same images")
+    p.add_argument("--shares", type=Path, help="a vessels.csv (default: the second run's)")
     a = p.parse_args()
+    table = a.shares or a.second / "vessels.csv"
+    flags = {}
+    if table.is_file():
+        with table.open(newline="") as file:
+            rows = {r["image"]: r for r in csv.DictReader(file)}
+        shares = {n: float(r["vessel_share"]) for n, r in rows.items()}
+        yardstick = share_yardstick([shares[n] for n, r in rows.items() if r["taught"] == "true"])
+        for n, x in shares.items():
+            odd = rows[n]["taught"] != "true" and is_unusual(x, yardstick)
+            flags[n] = f"{x / yardstick[0]:.2f}x{' !' if odd else ''}"
     first, second = (json.loads((d / "scores.json").read_text())["masks_per_image"]
                      for d in (a.first, a.second))  # fmt: skip
     if set(first) != set(second):
@@ -35,7 +54,7 @@ def main() -> None:
               f"Dice {one.mean():.3f} -> {two.mean():.3f} (change {np.mean(two - one):+.3f}, "
               f"median {np.median(two - one):+.3f})")  # fmt: skip
         for n, x, y in zip(names, one, two, strict=True):
-            print(f"  {n:24s} {x:.3f} -> {y:.3f} ({y - x:+.3f})")
+            print(f"  {n:24s} {x:.3f} -> {y:.3f} ({y - x:+.3f})  {flags.get(n, '')}")
 
 
 if __name__ == "__main__":

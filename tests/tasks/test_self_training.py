@@ -26,11 +26,13 @@ from localdisc.tasks.predict import predict_images
 from localdisc.tasks.self_training import (
     UNUSUAL_SHARE,
     StudentConfig,
-    _flag_unusual,
     _report_shares,
+    _saved_yardstick,
+    is_unusual,
     label_shift,
     mean_rank,
     segment_vessels_self_trained,
+    share_yardstick,
     student_probability,
     student_training_set,
     train_student,
@@ -312,6 +314,7 @@ def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_pat
         mask = read_image(out / f"{Path(path).stem}_mask.png")[0][..., 0] > 0.5
         shares.append(mask[fov_from_image(read_image(path)[0])].mean())
     assert settings["vessel_share"] == pytest.approx(np.median(shares))
+    assert settings["vessel_share_range"] == pytest.approx([min(shares), max(shares)])
     # vessels.csv lists every image: taught or not, its share and its ratio to the yardstick.
     rows = list(csv.DictReader((out / "vessels.csv").open()))
     assert [r["image"] for r in rows] == ["eye0", "eye1", "eye2"]
@@ -334,29 +337,36 @@ def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_pat
         segment_vessels_self_trained([photos], tmp_path / "o", config=config, train_images=0)
 
 
-def test_images_far_from_the_share_marked_on_those_taught_on_are_named():
-    heard = []
-    shares = [("usual", 0.12), ("dense", 0.12 * UNUSUAL_SHARE * 1.1), ("empty", 0.01)]
-    _flag_unusual(shares, 0.12, heard.append)
-    assert len(heard) == 1 and "dense (1.65x)" in heard[0] and "empty (0.08x)" in heard[0]
-    assert "usual" not in heard[0]
-    _flag_unusual(shares[:1], 0.12, heard.append)
-    _flag_unusual(shares, 0.0, heard.append)  # nothing marked on the taught images: no yardstick
-    assert len(heard) == 1
+def test_an_image_is_unusual_beyond_both_the_taught_range_and_the_band_around_its_median():
+    yardstick = share_yardstick([0.06, 0.12, 0.12, 0.15])  # median, lowest, highest
+    assert yardstick == (0.12, 0.06, 0.15)
+    # The band, 0.08-0.18, widened below by the taught range to 0.06.
+    for share, unusual in ((0.07, False), (0.05, True), (0.17, False), (0.19, True)):
+        assert is_unusual(share, yardstick) is unusual, share
+    assert not is_unusual(0.9, (0.0, 0.0, 0.0))  # nothing marked on the taught: no yardstick
+    # A network saved before the range was kept holds its median: the band alone.
+    assert _saved_yardstick({"vessel_share": 0.12}) == (0.12, 0.12, 0.12)
+    assert _saved_yardstick({"vessel_share": 0.12, "vessel_share_range": [0.06, 0.15]}) == (
+        0.12, 0.06, 0.15
+    )  # fmt: skip
+    assert _saved_yardstick({}) is None
 
 
 def test_the_share_table_and_the_log_judge_only_images_not_taught_on(tmp_path):
     path, heard = tmp_path / "vessels.csv", []
     names = ["taught, dense", "usual", "dense", "empty"]
     shares = [0.3, 0.12, 0.12 * UNUSUAL_SHARE * 1.1, 0.01]
-    _report_shares(tmp_path, names, shares, [True, False, False, False], 0.12, heard.append)
+    yardstick = (0.12, 0.1, 0.14)
+    _report_shares(tmp_path, names, shares, [True, False, False, False], yardstick, heard.append)
     rows = list(csv.DictReader(path.open()))
     assert [r["image"] for r in rows] == names  # a comma in a name stays in its column
     assert [r["unusual"] for r in rows] == ["", "false", "true", "true"]
     assert [r["ratio"] for r in rows] == ["2.500", "1.000", "1.650", "0.083"]
     assert len(heard) == 1 and "dense (1.65x), empty (0.08x)" in heard[0]
-    _report_shares(tmp_path, names, shares, [False] * 4, 0.0, heard.append)  # no yardstick
-    assert {(r["ratio"], r["unusual"]) for r in csv.DictReader(path.open())} == {("", "")}
+    assert "taught" not in heard[0].split(":")[-1] and "0.83x to 1.17x" in heard[0]
+    for none in ((0.0, 0.0, 0.0), None):  # no yardstick: nothing judged
+        _report_shares(tmp_path, names, shares, [False] * 4, none, heard.append)
+        assert {(r["ratio"], r["unusual"]) for r in csv.DictReader(path.open())} == {("", "")}
     assert len(heard) == 1
 
 
