@@ -296,7 +296,7 @@ def segment_vessels_self_trained(
     ``config.json``, which ``localdisc predict --model OUT_DIR`` takes for further images, as
     :func:`predict_vessels`); and ``figures/overlay.png`` (the first four masks). Every image
     is read, and checked against its FOV mask, before training starts; images not taught on
-    whose masks cover an unusual share of the FOV are named in the log (:data:`UNUSUAL_SHARE`),
+    whose masks cover an unusual share of the FOV are named in the log (:func:`is_unusual`),
     and every image's share is listed in ``vessels.csv``. Returns the masks' paths.
     """
     config = config or StudentConfig(painted=PAINTED)
@@ -372,7 +372,7 @@ def predict_vessels(
     found in the images, images shrunk to the same ``max_size``, the mean over the four flips,
     masks at ``threshold`` without the specks it dropped. Images not taught on whose masks cover
     a share of the FOV far from what it marked on those it was taught on are named in the log
-    (:data:`UNUSUAL_SHARE`); every image's share is listed in ``vessels.csv``. Returns the
+    (:func:`is_unusual`); every image's share is listed in ``vessels.csv``. Returns the
     masks' paths."""
     settings = read_config(model_dir).get("self_trained_vessels")
     if not isinstance(settings, dict):
@@ -443,9 +443,9 @@ def _report_shares(
            if j and is_unusual(x, yardstick)]  # fmt: skip
     if odd:
         low, high = yardstick[1] / median, yardstick[2] / median
+        span = f" ({low:.2f}x to {high:.2f}x)" if low < high else ""  # older networks: no range
         log(f"masks to look at, of images unlike those taught on? Their vessel share of the FOV "
-            f"is far from the {median:.3f} marked on those ({low:.2f}x to {high:.2f}x): "
-            f"{', '.join(odd)}")  # fmt: skip
+            f"is far from the {median:.3f} marked on those{span}: {', '.join(odd)}")  # fmt: skip
     with (out_dir / "vessels.csv").open("w", newline="") as file:
         table = csv.writer(file)
         table.writerow(["image", "taught", "vessel_share", "ratio", "unusual"])
