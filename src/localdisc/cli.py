@@ -549,6 +549,11 @@ def shape_guided_vessels(
     train_images: int = typer.Option(
         50, help="Taught on this many of the images at most (seeded draw); all are segmented."
     ),
+    reteach_unusual: bool = typer.Option(
+        False,
+        help="Images not taught on that the log names as unusual get a run of their own (a "
+        "second network, in OUT/unusual), whose masks replace theirs.",
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -564,7 +569,8 @@ def shape_guided_vessels(
         raise LocaldiscError(str(exc)) from None
     segment_vessels_self_trained(
         images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
-        max_size=max_size, fov_masks=fov_masks, train_images=train_images, log=console.print,
+        max_size=max_size, fov_masks=fov_masks, train_images=train_images,
+        reteach_unusual=reteach_unusual, log=console.print,
     )  # fmt: skip
 
 

@@ -26,8 +26,9 @@ from localdisc.tasks.predict import predict_images
 from localdisc.tasks.self_training import (
     UNUSUAL_SHARE,
     StudentConfig,
-    _report_shares,
+    _name_unusual,
     _saved_yardstick,
+    _write_share_table,
     is_unusual,
     label_shift,
     mean_rank,
@@ -337,6 +338,36 @@ def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_pat
         segment_vessels_self_trained([photos], tmp_path / "o", config=config, train_images=0)
 
 
+def test_unusual_images_can_get_a_run_of_their_own_whose_masks_replace_theirs(
+    tmp_path, monkeypatch
+):
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    # One step marks nothing: a yardstick by hand, and every image beyond it.
+    monkeypatch.setattr(self_training, "share_yardstick", lambda shares: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(self_training, "is_unusual", lambda share, yardstick: True)
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, train_images=2,
+                                 reteach_unusual=True, log=quiet)  # fmt: skip
+    rows = list(csv.DictReader((out / "vessels.csv").open()))
+    odd = [r["image"] for r in rows if r["taught"] == "false"]
+    assert len(odd) == 1 and [r["image"] for r in rows if r["retaught"] == "true"] == odd
+    # The second network is the run a user would give that image: the same files, byte for byte.
+    alone = tmp_path / "alone"
+    segment_vessels_self_trained([photos / f"{odd[0]}.png"], alone, fraction=0.12, config=config,
+                                 train_images=2, log=quiet)  # fmt: skip
+    for name in (f"{odd[0]}_prob.png", f"{odd[0]}_mask.png", "model.safetensors"):
+        assert (out / "unusual" / name).read_bytes() == (alone / name).read_bytes(), name
+    for name in (f"{odd[0]}_prob.png", f"{odd[0]}_mask.png"):  # and replaces its masks
+        assert (out / name).read_bytes() == (alone / name).read_bytes(), name
+    # Without the option nothing is taught again.
+    segment_vessels_self_trained([photos], tmp_path / "once", fraction=0.12, config=config,
+                                 train_images=2, log=quiet)  # fmt: skip
+    assert not (tmp_path / "once" / "unusual").exists()
+    once = list(csv.DictReader((tmp_path / "once" / "vessels.csv").open()))
+    assert {r["retaught"] for r in once} == {"false"}
+
+
 def test_an_image_is_unusual_beyond_both_the_taught_range_and_the_band_around_its_median():
     yardstick = share_yardstick([0.06, 0.12, 0.12, 0.15])  # median, lowest, highest
     assert yardstick == (0.12, 0.06, 0.15)
@@ -356,16 +387,19 @@ def test_the_share_table_and_the_log_judge_only_images_not_taught_on(tmp_path):
     path, heard = tmp_path / "vessels.csv", []
     names = ["taught, dense", "usual", "dense", "empty"]
     shares = [0.3, 0.12, 0.12 * UNUSUAL_SHARE * 1.1, 0.01]
-    yardstick = (0.12, 0.1, 0.14)
-    _report_shares(tmp_path, names, shares, [True, False, False, False], yardstick, heard.append)
+    taught, yardstick = [True, False, False, False], (0.12, 0.1, 0.14)
+    assert _name_unusual(names, shares, taught, yardstick, heard.append) == [2, 3]
+    assert len(heard) == 1 and "dense (1.65x), empty (0.08x)" in heard[0]
+    assert "taught" not in heard[0].split(":")[-1] and "0.83x to 1.17x" in heard[0]
+    _write_share_table(tmp_path, names, shares, taught, yardstick, [False, False, True, False])
     rows = list(csv.DictReader(path.open()))
     assert [r["image"] for r in rows] == names  # a comma in a name stays in its column
     assert [r["unusual"] for r in rows] == ["", "false", "true", "true"]
     assert [r["ratio"] for r in rows] == ["2.500", "1.000", "1.650", "0.083"]
-    assert len(heard) == 1 and "dense (1.65x), empty (0.08x)" in heard[0]
-    assert "taught" not in heard[0].split(":")[-1] and "0.83x to 1.17x" in heard[0]
+    assert [r["retaught"] for r in rows] == ["false", "false", "true", "false"]
     for none in ((0.0, 0.0, 0.0), None):  # no yardstick: nothing judged
-        _report_shares(tmp_path, names, shares, [False] * 4, none, heard.append)
+        assert _name_unusual(names, shares, [False] * 4, none, heard.append) == []
+        _write_share_table(tmp_path, names, shares, [False] * 4, none)
         assert {(r["ratio"], r["unusual"]) for r in csv.DictReader(path.open())} == {("", "")}
     assert len(heard) == 1
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -262,6 +263,7 @@ PAINTED = 2
 # on are segmented about as well (DRIVE, taught on 10 of 20: median change -0.004), but for one
 # unlike the others (a tessellated fundus: 0.701 to 0.537).
 TRAIN_IMAGES = 50
+RETAUGHT = "unusual"  # the folder of the network taught on the unusual images alone
 
 
 def segment_vessels_self_trained(
@@ -275,6 +277,7 @@ def segment_vessels_self_trained(
     max_size: int = 768,
     fov_masks: str | Path | None = None,
     train_images: int = TRAIN_IMAGES,
+    reteach_unusual: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Vessel masks of fundus photographs, no label anywhere (``localdisc shape-guided vessels``).
@@ -297,7 +300,10 @@ def segment_vessels_self_trained(
     :func:`predict_vessels`); and ``figures/overlay.png`` (the first four masks). Every image
     is read, and checked against its FOV mask, before training starts; images not taught on
     whose masks cover an unusual share of the FOV are named in the log (:func:`is_unusual`),
-    and every image's share is listed in ``vessels.csv``. Returns the masks' paths.
+    and every image's share is listed in ``vessels.csv``. With ``reteach_unusual``, those are
+    then given a run of their own, in ``OUT_DIR/unusual`` (a network taught on them alone,
+    as this function would teach it on them), whose masks replace theirs. Returns the masks'
+    paths.
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < MIN_SIDE:
@@ -325,7 +331,7 @@ def segment_vessels_self_trained(
             if mask is not None:
                 read_fov_mask(mask, shape, path)
     pictures, fovs = [taught[i][0] for i in sorted(taught)], [taught[i][1] for i in sorted(taught)]
-    source = prior if fraction is None else None  # what set the fraction, for config.json
+    given_fraction, source = fraction, prior if fraction is None else None  # for config.json
     if fraction is None:
         from localdisc.priors import load_prior
         from localdisc.tasks.benchmark_shape_guided import expected_fraction
@@ -351,9 +357,22 @@ def segment_vessels_self_trained(
     yardstick = share_yardstick([shares[i] for i in sorted(chosen)])
     settings["vessel_share"], settings["vessel_share_range"] = yardstick[0], list(yardstick[1:])
     model.save(out_dir, extra={"self_trained_vessels": settings})
-    names = [name for name, _ in files]
-    _report_shares(out_dir, names, shares, [i in chosen for i in range(len(files))],
-                   yardstick, log)  # fmt: skip
+    names, seen = [name for name, _ in files], [i in chosen for i in range(len(files))]
+    odd = _name_unusual(names, shares, seen, yardstick, log)
+    if reteach_unusual and odd:
+        log(f"a second network, taught on the {len(odd)} unusual image(s) alone, replaces their "
+            f"masks: {out_dir / RETAUGHT}")  # fmt: skip
+        segment_vessels_self_trained([files[i][1] for i in odd], out_dir / RETAUGHT, prior=prior,
+                                     fraction=given_fraction, config=config, speck_area=speck_area,
+                                     max_size=max_size, fov_masks=fov_masks,
+                                     train_images=train_images, log=log)  # fmt: skip
+        again = {path: name for name, path in collect_images([files[i][1] for i in odd])}
+        for i in odd:
+            for kind in ("prob", "mask"):
+                shutil.copyfile(out_dir / RETAUGHT / f"{again[files[i][1]]}_{kind}.png",
+                                out_dir / f"{names[i]}_{kind}.png")  # fmt: skip
+    _write_share_table(out_dir, names, shares, seen, yardstick,
+                       [reteach_unusual and i in odd for i in range(len(files))])  # fmt: skip
     return written
 
 
@@ -384,9 +403,10 @@ def predict_vessels(
                                      settings.get("max_size", 768), settings["speck_area"],
                                      threshold, log=log)  # fmt: skip
     taught_on = {Path(path).resolve() for path in settings.get("images", [])}
-    _report_shares(Path(out_dir), [name for name, _ in files], shares,
-                   [path.resolve() in taught_on for _, path in files],
-                   _saved_yardstick(settings), log)  # fmt: skip
+    names, seen = [name for name, _ in files], [path.resolve() in taught_on for _, path in files]
+    yardstick = _saved_yardstick(settings)
+    _name_unusual(names, shares, seen, yardstick, log)
+    _write_share_table(Path(out_dir), names, shares, seen, yardstick)
     return written
 
 
@@ -425,34 +445,49 @@ def _saved_yardstick(settings: Mapping) -> tuple[float, float, float] | None:
     return median, float(low), float(high)
 
 
-def _report_shares(
-    out_dir: Path,
+def _name_unusual(
     names: Sequence[str],
     shares: Sequence[float],
     taught: Sequence[bool],
     yardstick: Sequence[float] | None,
     log: Callable[[str], None],
-) -> None:
-    """Name the unusual images not taught on in the log (:func:`is_unusual`) and list every
-    image in ``out_dir/vessels.csv``: whether the network was taught on it, the share of its FOV
-    its mask covers, the ratio of that to the median share on the images taught on and, for the
-    others, whether it is unusual. The log's names, kept, to sort a large cohort by."""
-    median = yardstick[0] if yardstick else 0.0
-    judged = [not seen and median > 0 for seen in taught]
-    odd = [f"{n} ({x / median:.2f}x)" for n, x, j in zip(names, shares, judged, strict=True)
-           if j and is_unusual(x, yardstick)]  # fmt: skip
+) -> list[int]:
+    """The indices of the unusual images not taught on (:func:`is_unusual`), named in the log."""
+    if not yardstick or yardstick[0] <= 0:
+        return []
+    median, low, high = yardstick
+    odd = [i for i, (x, seen) in enumerate(zip(shares, taught, strict=True))
+           if not seen and is_unusual(x, yardstick)]  # fmt: skip
     if odd:
-        low, high = yardstick[1] / median, yardstick[2] / median
-        span = f" ({low:.2f}x to {high:.2f}x)" if low < high else ""  # older networks: no range
+        span = f" ({low / median:.2f}x to {high / median:.2f}x)" if low < high else ""
         log(f"masks to look at, of images unlike those taught on? Their vessel share of the FOV "
-            f"is far from the {median:.3f} marked on those{span}: {', '.join(odd)}")  # fmt: skip
+            f"is far from the {median:.3f} marked on those{span}: "
+            + ", ".join(f"{names[i]} ({shares[i] / median:.2f}x)" for i in odd))  # fmt: skip
+    return odd
+
+
+def _write_share_table(
+    out_dir: Path,
+    names: Sequence[str],
+    shares: Sequence[float],
+    taught: Sequence[bool],
+    yardstick: Sequence[float] | None,
+    retaught: Sequence[bool] | None = None,
+) -> None:
+    """``out_dir/vessels.csv``, per image: whether the network was taught on it, the share of
+    its FOV its mask covers, the ratio of that to the median share on the images taught on, for
+    the others whether it is unusual (:func:`is_unusual`: what the log names, kept, to sort a
+    large cohort by), and whether its mask was then replaced by that of a network taught on the
+    unusual images alone (``retaught``; that network's folder lists them again)."""
+    median = yardstick[0] if yardstick else 0.0
+    retaught = retaught or [False] * len(names)
     with (out_dir / "vessels.csv").open("w", newline="") as file:
         table = csv.writer(file)
-        table.writerow(["image", "taught", "vessel_share", "ratio", "unusual"])
-        for name, share, seen, j in zip(names, shares, taught, judged, strict=True):
-            ratio = f"{share / median:.3f}" if median > 0 else ""
-            odd = str(is_unusual(share, yardstick)).lower() if j else ""
-            table.writerow([name, str(seen).lower(), f"{share:.5f}", ratio, odd])
+        table.writerow(["image", "taught", "vessel_share", "ratio", "unusual", "retaught"])
+        for name, x, seen, again in zip(names, shares, taught, retaught, strict=True):
+            ratio = f"{x / median:.3f}" if median > 0 else ""
+            odd = str(is_unusual(x, yardstick)).lower() if median > 0 and not seen else ""
+            table.writerow([name, str(seen).lower(), f"{x:.5f}", ratio, odd, str(again).lower()])
 
 
 # Images smaller than this (a side, once shrunk to max_size) are refused: the filter's lines
