@@ -37,10 +37,12 @@ def main() -> None:
         with table.open(newline="") as file:
             rows = {r["image"]: r for r in csv.DictReader(file)}
         shares = {n: float(r["vessel_share"]) for n, r in rows.items()}
-        yardstick = share_yardstick([shares[n] for n, r in rows.items() if r["taught"] == "true"])
+        taught = [shares[n] for n, r in rows.items() if r["taught"] == "true"]
+        yardstick = share_yardstick(taught) if taught else (0.0, 0.0, 0.0)
         for n, x in shares.items():
             odd = rows[n]["taught"] != "true" and is_unusual(x, yardstick)
-            flags[n] = f"{x / yardstick[0]:.2f}x{' !' if odd else ''}"
+            ratio = f"{x / yardstick[0]:.2f}x" if yardstick[0] > 0 else ""
+            flags[n] = ratio + (" !" if odd else "")
     first, second = (json.loads((d / "scores.json").read_text())["masks_per_image"]
                      for d in (a.first, a.second))  # fmt: skip
     if set(first) != set(second):

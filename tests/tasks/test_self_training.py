@@ -240,12 +240,13 @@ def test_the_vessels_command_passes_its_settings_and_refuses_bad_ones(tmp_path, 
     assert seen["fraction"] == 0.1 and seen["prior"] == "simulated:vessels"
     assert seen["speck_area"] == 6e-4 and seen["images"] == [photos]
     assert seen["fov_masks"] is None and seen["train_images"] == 50
+    assert seen["reteach_unusual"] is False
     result = CliRunner().invoke(app, [
         "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
-        "--fov-masks", str(tmp_path / "masks"),
+        "--fov-masks", str(tmp_path / "masks"), "--reteach-unusual",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert seen["fov_masks"] == tmp_path / "masks"
+    assert seen["fov_masks"] == tmp_path / "masks" and seen["reteach_unusual"] is True
     result = CliRunner().invoke(app, [
         "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
         "--teacher", "hessian",
