@@ -261,8 +261,8 @@ PAINTED = 2
 # Images taught on at most, for memory: the command's peak was 1.90 GiB taught on 10 DRIVE
 # images, 2.27 GiB on 20 (``benchmarks/RESULTS.md``), so about 3.4 GiB on 50. Images not taught
 # on lose a little (taught on 10 of 20: median change -0.004 on DRIVE's test images, -0.015 on
-# its training images, -0.011 on STARE) and a few much (0.70 to 0.54 and twice 0.65 to 0.54 on
-# DRIVE): the log names most such images, and ``reteach_unusual`` teaches a network on them.
+# its training images, -0.011 on STARE) and a few much (0.70 to 0.54, 0.65 to 0.54 and 0.64 to
+# 0.53 on DRIVE): the log names those three, and ``reteach_unusual`` teaches a network on them.
 TRAIN_IMAGES = 50
 RETAUGHT = "unusual"  # the folder of the network taught on the unusual images alone
 
@@ -457,7 +457,7 @@ def _name_unusual(
     log: Callable[[str], None],
 ) -> list[int]:
     """The indices of the unusual images not taught on (:func:`is_unusual`), named in the log."""
-    if not yardstick or yardstick[0] <= 0:
+    if not yardstick:
         return []
     median, low, high = yardstick
     odd = [i for i, (x, seen) in enumerate(zip(shares, taught, strict=True))
