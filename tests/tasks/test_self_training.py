@@ -36,6 +36,7 @@ from localdisc.tasks.self_training import (
     share_yardstick,
     student_probability,
     student_training_set,
+    teacher_disagreement,
     train_student,
 )
 from localdisc.tasks.vesselness import eroded_fov, remove_specks, vesselness
@@ -325,10 +326,25 @@ def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_pat
         mask = read_image(out / f"{row['image']}_mask.png")[0][..., 0] > 0.5
         share = mask[fov_from_image(read_image(photos / f"{row['image']}.png")[0])].mean()
         assert float(row["vessel_share"]) == pytest.approx(share, abs=1e-5)
+    # And how far each mask strays from its teacher, against the median on the images taught on.
+    strays = {}
+    for row in rows:
+        image = read_image(photos / f"{row['image']}.png")[0]
+        fov = fov_from_image(image)
+        mask = read_image(out / f"{row['image']}_mask.png")[0][..., 0] > 0.5
+        score = vesselness(image, fov, method=config.method, erode_fov=config.erode_fov)
+        strays[row["image"]] = teacher_disagreement(mask, score, fov, config.erode_fov)
+        assert float(row["teacher_disagreement"]) == pytest.approx(strays[row["image"]], abs=1e-4)
+    usual = np.median([strays[Path(t).stem] for t in taught])
+    assert settings["teacher_disagreement"] == pytest.approx(usual)
+    for row in rows:
+        assert float(row["disagreement_ratio"]) == pytest.approx(strays[row["image"]] / usual, 1e-3)
     # `localdisc predict` lists them the same way, knowing which files were taught on.
     predict_images(out, [photos], tmp_path / "again", device="cpu")
     again = list(csv.DictReader((tmp_path / "again" / "vessels.csv").open()))
-    assert [(r["image"], r["taught"]) for r in again] == [(r["image"], r["taught"]) for r in rows]
+    assert [(r["image"], r["taught"], r["teacher_disagreement"], r["disagreement_ratio"])
+            for r in again] == [(r["image"], r["taught"], r["teacher_disagreement"],
+                                 r["disagreement_ratio"]) for r in rows]  # fmt: skip
     # An image that is not taught on is still read before training: a bad one stops it there.
     (photos / "eye9.png").write_bytes(b"not a png")
     with pytest.raises(LocaldiscError, match="eye9.png"):
@@ -392,17 +408,45 @@ def test_the_share_table_and_the_log_judge_only_images_not_taught_on(tmp_path):
     assert _name_unusual(names, shares, taught, yardstick, heard.append) == [2, 3]
     assert len(heard) == 1 and "dense (1.65x), empty (0.08x)" in heard[0]
     assert "taught" not in heard[0].split(":")[-1] and "0.83x to 1.17x" in heard[0]
-    _write_share_table(tmp_path, names, shares, taught, yardstick, [False, False, True, False])
+    strays = [0.1, 0.2, 0.3, 1.0]
+    _write_share_table(tmp_path, names, shares, taught, yardstick, strays, 0.2,
+                       [False, False, True, False])  # fmt: skip
     rows = list(csv.DictReader(path.open()))
     assert [r["image"] for r in rows] == names  # a comma in a name stays in its column
     assert [r["unusual"] for r in rows] == ["", "false", "true", "true"]
     assert [r["ratio"] for r in rows] == ["2.500", "1.000", "1.650", "0.083"]
     assert [r["retaught"] for r in rows] == ["false", "false", "true", "false"]
-    for none in ((0.0, 0.0, 0.0), None):  # no yardstick: nothing judged
+    assert [r["teacher_disagreement"] for r in rows] == ["0.1000", "0.2000", "0.3000", "1.0000"]
+    assert [r["disagreement_ratio"] for r in rows] == ["0.500", "1.000", "1.500", "5.000"]
+    for none in ((0.0, 0.0, 0.0), None):  # no yardstick (a network saved before): no ratios
         assert _name_unusual(names, shares, [False] * 4, none, heard.append) == []
-        _write_share_table(tmp_path, names, shares, [False] * 4, none)
-        assert {(r["ratio"], r["unusual"]) for r in csv.DictReader(path.open())} == {("", "")}
+        _write_share_table(tmp_path, names, shares, [False] * 4, none, strays, None)
+        assert {(r["ratio"], r["unusual"], r["disagreement_ratio"])
+                for r in csv.DictReader(path.open())} == {("", "", "")}  # fmt: skip
     assert len(heard) == 1
+
+
+def test_teacher_disagreement_is_the_share_of_the_mask_off_the_teacher_s_top_pixels():
+    fov = np.ones((40, 40), bool)
+    score = np.zeros((40, 40), np.float32)
+    score[10:30, 20] = 1.0  # the teacher's top 20 pixels: a line inside the eroded FOV
+    score[10:30, 21] = 0.5  # then the line beside it
+    line = score == 1.0
+    assert teacher_disagreement(line, score, fov, erode_fov=2) == 0.0
+    # Half the mask on the top pixels, half beside them: the top 40 hold both lines.
+    half = line.copy()
+    half[20:30, 20] = False
+    half[20:30, 10] = True
+    assert teacher_disagreement(half, score, fov, erode_fov=2) == pytest.approx(0.5)
+    both = line | (score == 0.5)
+    assert teacher_disagreement(both, score, fov, erode_fov=2) == 0.0
+    elsewhere = np.roll(line, 10, axis=1)
+    assert teacher_disagreement(elsewhere, score, fov, erode_fov=2) == 1.0
+    # Only the eroded FOV counts: the teacher is undefined on its rim; nothing marked there: 1.
+    rim = np.zeros_like(line)
+    rim[0, :] = True
+    assert teacher_disagreement(rim, score, fov, erode_fov=2) == 1.0
+    assert teacher_disagreement(line | rim, score, fov, erode_fov=2) == 0.0
 
 
 def test_images_too_small_to_find_vessels_in_are_refused_before_training(tmp_path):
