@@ -14,10 +14,10 @@ Then, and only then, the data set's labels and official FOVs score what it wrote
 at 512, FOV AUC): its masks (specks dropped) and its probabilities at 0.5; beside them, in the
 same run, the teacher alone (the line detector at the prior's fraction of the official FOV,
 specks dropped: the best kind of filter row of ``benchmark shape-guided``). ``--steps``,
-``--painted``, ``--seed``, ``--fov-masks``, ``--train-images`` and ``--reteach-unusual`` are the
-command's (with fewer images taught on than the split has, the masks of those taught on and of
-the others are also scored apart). Results are printed and written to ``OUT/scores.json``, with
-the masks' scores per image.
+``--painted``, ``--seed``, ``--fov-masks``, ``--train-images``, ``--reteach-unusual`` and
+``--teach-all`` are the command's (with fewer images taught on than the split has, the masks
+of those taught on and of the others are also scored apart). Results are printed and written to
+``OUT/scores.json``, with the masks' scores per image.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> None:
                    help="the command's: fewer than the split's images scores those taught on "
                    "and the others apart")  # fmt: skip
     p.add_argument("--reteach-unusual", action="store_true", help="the command's")
+    p.add_argument("--teach-all", action="store_true", help="the command's")
     a = p.parse_args()
 
     samples = list(load_data_spec(a.data, a.split))
@@ -66,11 +67,14 @@ def main() -> None:
     start = time.time()
     segment_vessels_self_trained(files, a.out, config=config, fov_masks=a.fov_masks,
                                  train_images=a.train_images,
-                                 reteach_unusual=a.reteach_unusual)  # fmt: skip
+                                 reteach_unusual=a.reteach_unusual,
+                                 teach_all=a.teach_all)  # fmt: skip
     seconds = time.time() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    settings = json.loads((a.out / "config.json").read_text())["self_trained_vessels"]
-    fraction, taught = settings["fraction"], {Path(f).resolve() for f in settings["images"]}
+    networks = [a.out] if (a.out / "config.json").is_file() else sorted(a.out.glob("group-*"))
+    runs = [json.loads((d / "config.json").read_text())["self_trained_vessels"] for d in networks]
+    fraction = runs[0]["fraction"]
+    taught = {Path(f).resolve() for settings in runs for f in settings["images"]}
 
     names = {path: name for name, path in collect_images(files)}  # as the command wrote them
     teacher_row = f"{config.method} @ {fraction:.3f}, specks removed"

@@ -554,6 +554,11 @@ def shape_guided_vessels(
         help="Images not taught on that the log names as unusual get a run of their own (a "
         "second network, in OUT/unusual), whose masks replace theirs.",
     ),
+    teach_all: bool = typer.Option(
+        False,
+        help="Teach on every image: more than --train-images are split into seeded groups of at "
+        "most that many, each with a network of its own (OUT/group-K).",
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -570,7 +575,7 @@ def shape_guided_vessels(
     segment_vessels_self_trained(
         images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
         max_size=max_size, fov_masks=fov_masks, train_images=train_images,
-        reteach_unusual=reteach_unusual, log=console.print,
+        reteach_unusual=reteach_unusual, teach_all=teach_all, log=console.print,
     )  # fmt: skip
 
 

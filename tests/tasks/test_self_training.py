@@ -241,13 +241,14 @@ def test_the_vessels_command_passes_its_settings_and_refuses_bad_ones(tmp_path, 
     assert seen["fraction"] == 0.1 and seen["prior"] == "simulated:vessels"
     assert seen["speck_area"] == 6e-4 and seen["images"] == [photos]
     assert seen["fov_masks"] is None and seen["train_images"] == 50
-    assert seen["reteach_unusual"] is False
+    assert seen["reteach_unusual"] is False and seen["teach_all"] is False
     result = CliRunner().invoke(app, [
         "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
-        "--fov-masks", str(tmp_path / "masks"), "--reteach-unusual",
+        "--fov-masks", str(tmp_path / "masks"), "--reteach-unusual", "--teach-all",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert seen["fov_masks"] == tmp_path / "masks" and seen["reteach_unusual"] is True
+    assert seen["teach_all"] is True
     result = CliRunner().invoke(app, [
         "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
         "--teacher", "hessian",
@@ -383,6 +384,46 @@ def test_unusual_images_can_get_a_run_of_their_own_whose_masks_replace_theirs(
     assert not (tmp_path / "once" / "unusual").exists()
     once = list(csv.DictReader((tmp_path / "once" / "vessels.csv").open()))
     assert {r["retaught"] for r in once} == {"false"}
+
+
+def test_teach_all_gives_each_group_of_images_a_network_of_its_own(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64, 64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out = tmp_path / "out"
+    written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
+                                           train_images=2, teach_all=True, log=quiet)  # fmt: skip
+    assert [p.name for p in written] == [f"eye{i}_mask.png" for i in range(5)]
+    rows = list(csv.DictReader((out / "vessels.csv").open()))
+    assert [r["image"] for r in rows] == [f"eye{i}" for i in range(5)]
+    assert {r["taught"] for r in rows} == {"true"}  # every image, by its own group's network
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row["image"])
+    assert sorted(groups) == ["group-1", "group-2", "group-3"]
+    assert sorted(len(g) for g in groups.values()) == [1, 2, 2]  # 5 in groups of at most 2
+    # Each group's folder is the command run by hand on that group, byte for byte.
+    for group, names in groups.items():
+        alone = tmp_path / group
+        segment_vessels_self_trained([photos / f"{n}.png" for n in names], alone, fraction=0.12,
+                                     config=config, train_images=2, log=quiet)  # fmt: skip
+        for name in [f"{n}_{kind}.png" for n in names for kind in ("prob", "mask")]:
+            assert (out / group / name).read_bytes() == (alone / name).read_bytes(), name
+            assert (out / name).read_bytes() == (alone / name).read_bytes(), name
+        assert (out / group / "model.safetensors").read_bytes() == (
+            alone / "model.safetensors"
+        ).read_bytes()
+    # A bad image stops it before the first group is taught.
+    (photos / "eye9.png").write_bytes(b"not a png")
+    with pytest.raises(LocaldiscError, match="eye9.png"):
+        segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                     train_images=2, teach_all=True, log=quiet)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+    # As many images as train_images or fewer: one network, as without the option.
+    segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", fraction=0.12,
+                                 config=config, train_images=2, teach_all=True,
+                                 log=quiet)  # fmt: skip
+    assert (tmp_path / "one" / "model.safetensors").exists()
+    assert not list((tmp_path / "one").glob("group-*"))
 
 
 def test_an_image_is_unusual_beyond_both_the_taught_range_and_the_band_around_its_median():

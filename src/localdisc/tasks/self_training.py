@@ -50,6 +50,7 @@ import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +282,7 @@ def segment_vessels_self_trained(
     fov_masks: str | Path | None = None,
     train_images: int = TRAIN_IMAGES,
     reteach_unusual: bool = False,
+    teach_all: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Vessel masks of fundus photographs, no label anywhere (``localdisc shape-guided vessels``).
@@ -306,7 +308,10 @@ def segment_vessels_self_trained(
     and every image's share, and how far its mask strays from its teacher
     (:func:`teacher_disagreement`), is listed in ``vessels.csv``. With ``reteach_unusual``,
     those are then given a run of their own, in ``OUT_DIR/unusual`` (a network taught on them
-    alone, as this function would teach it on them), whose masks replace theirs. Returns the
+    alone, as this function would teach it on them), whose masks replace theirs. With
+    ``teach_all``, more images than ``train_images`` are split into seeded groups of at most that
+    many instead, each taught on and segmented by a network of its own, in ``OUT_DIR/group-K``
+    (:func:`_teach_in_groups`): no image is left out, for one training per group. Returns the
     masks' paths.
     """
     config = config or StudentConfig(painted=PAINTED)
@@ -321,6 +326,15 @@ def segment_vessels_self_trained(
                              f"{train_images}")  # fmt: skip
     files = collect_images(images)
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+    if teach_all and len(files) > train_images:
+        for i, (_, path) in enumerate(files):  # every image checked before the first training
+            shape = _check_side(path, read_image(path)[0].shape[:2], max_size)
+            if masks is not None:
+                read_fov_mask(masks[i], shape, path)
+        group_run = partial(segment_vessels_self_trained, prior=prior, fraction=fraction,
+                            config=config, speck_area=speck_area, max_size=max_size,
+                            fov_masks=fov_masks, train_images=train_images, log=log)  # fmt: skip
+        return _teach_in_groups(files, Path(out_dir), train_images, config.seed, group_run, log)
     chosen = set(range(len(files)))
     if len(files) > train_images:
         rng = np.random.default_rng(config.seed)
@@ -538,6 +552,45 @@ def _write_share_table(
             off = f"{stray / usual_stray:.3f}" if usual_stray else ""
             table.writerow([name, str(seen).lower(), f"{x:.5f}", ratio, odd, str(again).lower(),
                             f"{stray:.4f}", off])  # fmt: skip
+
+
+def _teach_in_groups(
+    files: Sequence[tuple[str, Path]],
+    out_dir: Path,
+    size: int,
+    seed: int,
+    run: Callable[[list[Path], Path], list[Path]],
+    log: Callable[[str], None],
+) -> list[Path]:
+    """``files`` split into seeded groups of at most ``size`` (as even as they go), each given
+    to ``run`` (the command on that group alone) in ``out_dir/group-K``; their masks are copied
+    into ``out_dir`` and their ``vessels.csv`` rows listed together in ``out_dir/vessels.csv``,
+    in the files' order, each with its ``group``. Returns the masks' paths in ``out_dir``."""
+    order = np.random.default_rng(seed).permutation(len(files))
+    groups = [sorted(g.tolist()) for g in np.array_split(order, math.ceil(len(files) / size))]
+    log(f"{len(files)} image(s) taught on in {len(groups)} groups of at most {size}, a network "
+        f"each: {out_dir}/group-1 ... group-{len(groups)}")  # fmt: skip
+    rows: dict[int, dict[str, str]] = {}
+    for k, group in enumerate(groups, 1):
+        folder = out_dir / f"group-{k}"
+        log(f"group {k}/{len(groups)}: {len(group)} image(s) into {folder}")
+        run([files[i][1] for i in group], folder)
+        named = {path: name for name, path in collect_images([files[i][1] for i in group])}
+        with (folder / "vessels.csv").open(newline="") as file:
+            table = {row["image"]: row for row in csv.DictReader(file)}
+        for i in group:
+            name = named[files[i][1]]
+            for kind in ("prob", "mask"):
+                shutil.copyfile(
+                    folder / f"{name}_{kind}.png", out_dir / f"{files[i][0]}_{kind}.png"
+                )
+            rows[i] = {**table[name], "image": files[i][0], "group": f"group-{k}"}
+    with (out_dir / "vessels.csv").open("w", newline="") as file:
+        fields = ["image", "group", *(f for f in rows[0] if f not in ("image", "group"))]
+        table = csv.DictWriter(file, fieldnames=fields)
+        table.writeheader()
+        table.writerows(rows[i] for i in range(len(files)))
+    return [out_dir / f"{name}_mask.png" for name, _ in files]
 
 
 # Images smaller than this (a side, once shrunk to max_size) are refused: the filter's lines
