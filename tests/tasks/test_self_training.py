@@ -412,6 +412,9 @@ def test_teach_all_gives_each_group_of_images_a_network_of_its_own(tmp_path):
         assert (out / group / "model.safetensors").read_bytes() == (
             alone / "model.safetensors"
         ).read_bytes()
+    # `localdisc predict` takes one group's network, and says so when given the folder.
+    with pytest.raises(LocaldiscError, match=r"a network per group .* e\.g\. .*group-1"):
+        predict_images(out, [photos], tmp_path / "p", device="cpu")
     # A bad image stops it before the first group is taught.
     (photos / "eye9.png").write_bytes(b"not a png")
     with pytest.raises(LocaldiscError, match="eye9.png"):

@@ -67,6 +67,11 @@ def predict_images(
     probability is 0 outside them. A network of ``localdisc shape-guided vessels`` segments as
     that command did (:func:`~localdisc.tasks.self_training.predict_vessels`).
     """
+    groups = sorted(Path(model_dir).glob("group-*/config.json"))
+    if groups and not (Path(model_dir) / "config.json").is_file():
+        raise LocaldiscError(f"{model_dir}: a network per group of images (`shape-guided "
+                             f"vessels --teach-all`); give one as the model, e.g. "
+                             f"{groups[0].parent}")  # fmt: skip
     if "self_trained_vessels" in read_config(model_dir):
         from localdisc.tasks.self_training import predict_vessels
 
