@@ -313,8 +313,8 @@ def segment_vessels_self_trained(
     alone, as this function would teach it on them), whose masks replace theirs. With
     ``teach_all``, more images than ``train_images`` are split into seeded groups of at most that
     many instead, each taught on and segmented by a network of its own, in ``OUT_DIR/group-K``
-    (:func:`_teach_in_groups`): no image is left out, for one training per group. Returns the
-    masks' paths.
+    (with its figure and table; :func:`_teach_in_groups`): no image is left out, for one
+    training per group. Returns the masks' paths.
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < MIN_SIDE:
