@@ -331,9 +331,7 @@ def segment_vessels_self_trained(
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     if teach_all and len(files) > train_images:
         for i, (_, path) in enumerate(files):  # every image checked before the first training
-            shape = _check_side(path, read_image(path)[0].shape[:2], max_size)
-            if masks is not None:
-                read_fov_mask(masks[i], shape, path)
+            _check_photo(path, max_size, None if masks is None else masks[i])
         group_run = partial(segment_vessels_self_trained, prior=prior, fraction=fraction,
                             config=config, speck_area=speck_area, max_size=max_size,
                             fov_masks=fov_masks, train_images=train_images, log=log)  # fmt: skip
@@ -348,9 +346,7 @@ def segment_vessels_self_trained(
         if i in chosen:
             taught[i] = _read_photo(path, max_size, mask)
         else:
-            shape = _check_side(path, read_image(path)[0].shape[:2], max_size)
-            if mask is not None:
-                read_fov_mask(mask, shape, path)
+            _check_photo(path, max_size, mask)
     pictures, fovs = [taught[i][0] for i in sorted(taught)], [taught[i][1] for i in sorted(taught)]
     given_fraction, source = fraction, prior if fraction is None else None  # for config.json
     if fraction is None:
@@ -392,11 +388,7 @@ def segment_vessels_self_trained(
                                      fraction=given_fraction, config=config, speck_area=speck_area,
                                      max_size=max_size, fov_masks=fov_masks,
                                      train_images=train_images, log=log)  # fmt: skip
-        again = {path: name for name, path in collect_images([files[i][1] for i in odd])}
-        for i in odd:
-            for kind in ("prob", "mask"):
-                shutil.copyfile(out_dir / RETAUGHT / f"{again[files[i][1]]}_{kind}.png",
-                                out_dir / f"{names[i]}_{kind}.png")  # fmt: skip
+        _adopt_masks(files, odd, out_dir / RETAUGHT, out_dir)
     _write_share_table(out_dir, names, shares, seen, yardstick, strays,
                        settings["teacher_disagreement"],
                        [reteach_unusual and i in odd for i in range(len(files))])  # fmt: skip
@@ -578,22 +570,31 @@ def _teach_in_groups(
         folder = out_dir / f"group-{k}"
         log(f"group {k}/{len(groups)}: {len(group)} image(s) into {folder}")
         run([files[i][1] for i in group], folder)
-        named = {path: name for name, path in collect_images([files[i][1] for i in group])}
+        named = _adopt_masks(files, group, folder, out_dir)
         with (folder / "vessels.csv").open(newline="") as file:
             table = {row["image"]: row for row in csv.DictReader(file)}
         for i in group:
-            name = named[files[i][1]]
-            for kind in ("prob", "mask"):
-                shutil.copyfile(
-                    folder / f"{name}_{kind}.png", out_dir / f"{files[i][0]}_{kind}.png"
-                )
-            rows[i] = {**table[name], "image": files[i][0], "group": f"group-{k}"}
+            rows[i] = {**table[named[i]], "image": files[i][0], "group": f"group-{k}"}
     with (out_dir / "vessels.csv").open("w", newline="") as file:
         fields = ["image", "group", *(f for f in rows[0] if f not in ("image", "group"))]
         table = csv.DictWriter(file, fieldnames=fields)
         table.writeheader()
         table.writerows(rows[i] for i in range(len(files)))
     return [out_dir / f"{name}_mask.png" for name, _ in files]
+
+
+def _adopt_masks(
+    files: Sequence[tuple[str, Path]], indices: Sequence[int], folder: Path, out_dir: Path
+) -> dict[int, str]:
+    """Copy the ``prob`` and ``mask`` PNGs a run on ``files[indices]`` alone wrote in ``folder``
+    into ``out_dir``, under the names the files have there; returns each index's name in
+    ``folder`` (:func:`collect_images` names a subset on its own)."""
+    named = {path: name for name, path in collect_images([files[i][1] for i in indices])}
+    for i in indices:
+        for kind in ("prob", "mask"):
+            shutil.copyfile(folder / f"{named[files[i][1]]}_{kind}.png",
+                            out_dir / f"{files[i][0]}_{kind}.png")  # fmt: skip
+    return {i: named[files[i][1]] for i in indices}
 
 
 # Images smaller than this (a side, once shrunk to max_size) are refused: the filter's lines
@@ -610,6 +611,14 @@ def _check_side(path: Path, shape: tuple[int, int], max_size: int) -> tuple[int,
         raise LocaldiscError(f"{path}: {shape[1]}x{shape[0]} pixels{shrunk} is too small to find "
                              f"vessels in: at least {MIN_SIDE} a side")  # fmt: skip
     return shape
+
+
+def _check_photo(path: Path, max_size: int, fov_mask: Path | None) -> None:
+    """Read an image only to refuse it before any training: unreadable, too small
+    (:func:`_check_side`), or with a FOV mask that does not fit."""
+    shape = _check_side(path, read_image(path)[0].shape[:2], max_size)
+    if fov_mask is not None:
+        read_fov_mask(fov_mask, shape, path)
 
 
 def _read_photo(
