@@ -9,7 +9,7 @@ each image: e.g. a run taught on all 20 DRIVE test images against one taught on 
 image, from the second run's ``vessels.csv`` (or ``--shares``, e.g. that of `localdisc predict`
 with its network on the same images), the ratio of its mask's share of the FOV to the median
 share marked on the images taught on, ``!`` where the command, as it now judges
-(:func:`~localdisc.tasks.self_training.is_unusual`), names it as unusual: does the flag name the
+(:func:`~localdisc.tasks.vessels.is_unusual`), names it as unusual: does the flag name the
 images that fail?
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from localdisc.tasks.self_training import is_unusual, share_yardstick
+from localdisc.tasks.vessels import is_unusual, share_yardstick
 
 
 def main() -> None:

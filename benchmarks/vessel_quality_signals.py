@@ -13,7 +13,7 @@ what the network could report of itself beside its mask's share of the FOV:
   1 - |all four| / |any|;
 * ``teacher``: 1 - Dice between the mask and as many of the teacher's highest pixels (the
   filter it was taught by), in the eroded FOV: how far it strays from its teacher
-  (:func:`~localdisc.tasks.self_training.teacher_disagreement`, what ``vessels.csv`` now holds).
+  (:func:`~localdisc.tasks.vessels.teacher_disagreement`, what ``vessels.csv`` now holds).
 
 Each is also given as a ratio to its median over the images taught on. With ``--reference``
 (the same images, all taught on) each image's Dice change is read too. Prints the table and the
@@ -38,8 +38,8 @@ from localdisc.data.preprocess import resize_image
 from localdisc.engine.finetune import predict_batch
 from localdisc.models.segmenter import Segmenter, read_config
 from localdisc.tasks.predict import collect_images, fov_mask_files
-from localdisc.tasks.self_training import _read_photo, teacher_disagreement
 from localdisc.tasks.vesselness import eroded_fov, remove_specks, vesselness
+from localdisc.tasks.vessels import _read_photo, teacher_disagreement
 
 SIGNALS = ("share", "unsure", "flips", "teacher")
 

@@ -7,7 +7,7 @@
     python benchmarks/vessels_command.py --data drive:../shared/data/DRIVE --split test \\
         --out /tmp/vessels_drive_fov --fov-masks ../shared/data/DRIVE/test/mask
 
-The command (:func:`~localdisc.tasks.self_training.segment_vessels_self_trained`, its CLI
+The command (:func:`~localdisc.tasks.vessels.segment_vessels_self_trained`, its CLI
 defaults) gets the split's image files and nothing else: it finds each FOV in the image (with
 ``--fov-masks``, the command's option, it reads them there) and trains on the images themselves.
 Then, and only then, the data set's labels and official FOVs score what it wrote (paper Dice
@@ -34,15 +34,10 @@ from localdisc.data.datasets import load_data_spec
 from localdisc.data.io import read_image
 from localdisc.eval.metrics import auc_roc, summarize
 from localdisc.tasks.predict import collect_images
-from localdisc.tasks.self_training import (
-    PAINTED,
-    SPECK_AREA,
-    TRAIN_IMAGES,
-    StudentConfig,
-    segment_vessels_self_trained,
-)
+from localdisc.tasks.self_training import StudentConfig
 from localdisc.tasks.transfer import image_metrics
 from localdisc.tasks.vesselness import threshold_vessels, vesselness
+from localdisc.tasks.vessels import PAINTED, SPECK_AREA, TRAIN_IMAGES, segment_vessels_self_trained
 
 
 def main() -> None:

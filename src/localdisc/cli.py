@@ -564,7 +564,8 @@ def shape_guided_vessels(
 ) -> None:
     """Segment retinal vessels with no label: a network taught on the images themselves by a
     filter's sure pixels and by simulated trees painted on them."""
-    from localdisc.tasks.self_training import StudentConfig, segment_vessels_self_trained
+    from localdisc.tasks.self_training import StudentConfig
+    from localdisc.tasks.vessels import segment_vessels_self_trained
 
     try:
         config = StudentConfig(

@@ -236,14 +236,10 @@ def demo_vessels(
     from localdisc.models.ld import LDModel
     from localdisc.priors import load_prior
     from localdisc.tasks.benchmark_shape_guided import expected_fraction
-    from localdisc.tasks.self_training import (
-        PAINTED,
-        StudentConfig,
-        student_probability,
-        train_student,
-    )
+    from localdisc.tasks.self_training import StudentConfig, student_probability, train_student
     from localdisc.tasks.shape_guided import segment
     from localdisc.tasks.vesselness import segment_vessels
+    from localdisc.tasks.vessels import PAINTED
 
     shape_dir = run_dir / "shape-guided"
     shape_config = replace(

@@ -65,7 +65,7 @@ def predict_images(
 
     ``fov_masks``: a folder of FOV masks named as the images (:func:`fov_mask_files`); the
     probability is 0 outside them. A network of ``localdisc shape-guided vessels`` segments as
-    that command did (:func:`~localdisc.tasks.self_training.predict_vessels`).
+    that command did (:func:`~localdisc.tasks.vessels.predict_vessels`).
     """
     groups = sorted(Path(model_dir).glob("group-*/config.json"))
     if groups and not (Path(model_dir) / "config.json").is_file():
@@ -73,7 +73,7 @@ def predict_images(
                              f"vessels --teach-all`); give one as the model, e.g. "
                              f"{groups[0].parent}")  # fmt: skip
     if "self_trained_vessels" in read_config(model_dir):
-        from localdisc.tasks.self_training import predict_vessels
+        from localdisc.tasks.vessels import predict_vessels
 
         return predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
                                threshold=threshold, device=device)  # fmt: skip

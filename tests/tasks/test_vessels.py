@@ -1,0 +1,376 @@
+"""`localdisc shape-guided vessels`: masks of every image at its own size, a network saved for
+`localdisc predict`, and a label-free order to review the masks in."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from typer.testing import CliRunner
+
+from localdisc.cli import app
+from localdisc.data.io import read_image, write_png
+from localdisc.data.preprocess import fov_from_image
+from localdisc.data.synthetic import synthetic_fundus
+from localdisc.errors import LocaldiscError
+from localdisc.models.segmenter import Segmenter
+from localdisc.tasks import vessels
+from localdisc.tasks.predict import predict_images
+from localdisc.tasks.self_training import StudentConfig
+from localdisc.tasks.vesselness import remove_specks, vesselness
+from localdisc.tasks.vessels import (
+    UNUSUAL_SHARE,
+    _name_unusual,
+    _saved_yardstick,
+    _write_share_table,
+    is_unusual,
+    segment_vessels_self_trained,
+    share_yardstick,
+    teacher_disagreement,
+)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def _photos(folder, sizes=(96, 160)):
+    folder.mkdir()
+    for seed, size in enumerate(sizes):
+        eye = synthetic_fundus(size, seed=seed)
+        write_png(folder / f"eye{seed}.png", np.round(eye.image * 255).astype(np.uint8))
+    return folder
+
+
+def test_segment_vessels_self_trained_writes_masks_at_each_image_s_own_size(tmp_path):
+    photos = _photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=2, painted=1, device="cpu")
+    written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
+                                           max_size=128, log=quiet)  # fmt: skip
+    assert [p.name for p in written] == ["eye0_mask.png", "eye1_mask.png"]
+    for seed, size in enumerate((96, 160)):  # the second was shrunk to 128 to be segmented
+        prob = read_image(out / f"eye{seed}_prob.png")[0][..., 0]
+        mask = read_image(out / f"eye{seed}_mask.png")[0][..., 0] > 0.5
+        assert prob.shape == mask.shape == (size, size)
+        # The mask is the probability's 0.5 level without its specks: a part of it.
+        assert not (mask & (prob < 0.49)).any()
+    assert (out / "figures" / "overlay.png").is_file()
+    # The network is saved with what taught it, and segments further images.
+    saved = Segmenter.from_pretrained(out)
+    assert saved.config.size == 64
+    settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
+    assert settings["fraction"] == 0.12 and settings["student"]["painted"] == 1
+    # `localdisc predict` on its folder segments as the command did: the same files.
+    again = predict_images(out, [photos], tmp_path / "again", device="cpu")
+    assert [p.name for p in again] == ["eye0_mask.png", "eye1_mask.png"]
+    for name in ("eye0_prob.png", "eye0_mask.png", "eye1_prob.png", "eye1_mask.png"):
+        np.testing.assert_array_equal(read_image(tmp_path / "again" / name)[0],
+                                      read_image(out / name)[0])  # fmt: skip
+
+
+def test_segment_vessels_self_trained_drops_specks_from_the_mask(tmp_path, monkeypatch):
+    photos = _photos(tmp_path / "photos", sizes=(96,))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    noisy = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    monkeypatch.setattr(vessels, "student_probability", lambda model, image, fov: noisy)
+    for area, name in ((0.0, "kept"), (0.05, "dropped")):
+        segment_vessels_self_trained([photos], tmp_path / name, fraction=0.12, config=config,
+                                     speck_area=area, log=quiet)  # fmt: skip
+    kept = read_image(tmp_path / "kept" / "eye0_mask.png")[0][..., 0] > 0.5
+    dropped = read_image(tmp_path / "dropped" / "eye0_mask.png")[0][..., 0] > 0.5
+    np.testing.assert_array_equal(kept, noisy >= 0.5)
+    fov = fov_from_image(read_image(photos / "eye0.png")[0])
+    np.testing.assert_array_equal(dropped, remove_specks(kept, fov, 0.05))
+    assert 0 < dropped.sum() < kept.sum()
+
+
+def test_the_vessels_command_passes_its_settings_and_refuses_bad_ones(tmp_path, monkeypatch):
+    photos = _photos(tmp_path / "photos", sizes=(64,))
+    seen = {}
+
+    def fake(images, out, **kwargs):
+        seen.update(kwargs, images=images, out=out)
+        return []
+
+    monkeypatch.setattr(vessels, "segment_vessels_self_trained", fake)
+    result = CliRunner().invoke(app, [
+        "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
+        "--teacher", "sato", "--painted", "0", "--steps", "30", "--fraction", "0.1",
+        "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == StudentConfig(method="sato", painted=0, steps=30, device="cpu")
+    assert seen["fraction"] == 0.1 and seen["prior"] == "simulated:vessels"
+    assert seen["speck_area"] == 6e-4 and seen["images"] == [photos]
+    assert seen["fov_masks"] is None and seen["train_images"] == 50
+    assert seen["reteach_unusual"] is False and seen["teach_all"] is False
+    result = CliRunner().invoke(app, [
+        "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
+        "--fov-masks", str(tmp_path / "masks"), "--reteach-unusual", "--teach-all",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["fov_masks"] == tmp_path / "masks" and seen["reteach_unusual"] is True
+    assert seen["teach_all"] is True
+    result = CliRunner().invoke(app, [
+        "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
+        "--teacher", "hessian",
+    ])  # fmt: skip
+    assert isinstance(result.exception, LocaldiscError)
+    assert "unknown vesselness method" in str(result.exception)
+
+
+def test_segment_vessels_self_trained_refuses_bad_input_before_training(tmp_path):
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(LocaldiscError, match="notes.txt: not an image"):
+        segment_vessels_self_trained([tmp_path / "notes.txt"], tmp_path / "o", config=config)
+    photos = _photos(tmp_path / "photos", sizes=(64,))
+    for kwargs, message in (({"speck_area": 1.0}, "speck_area"), ({"fraction": 0.0}, "fraction"),
+                            ({"prior": str(tmp_path / "none")}, "none")):  # fmt: skip
+        with pytest.raises(LocaldiscError, match=message):
+            segment_vessels_self_trained([photos], tmp_path / "o", config=config, log=quiet,
+                                         **kwargs)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_vessels_self_trained_keeps_to_given_fov_masks(tmp_path):
+    photos = _photos(tmp_path / "photos")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    discs = {}
+    for seed, size in enumerate((96, 160)):  # a FOV far smaller than the eye's own
+        yy, xx = np.mgrid[:size, :size]
+        discs[seed] = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2
+        write_png(masks / f"eye{seed}_mask.png", discs[seed].astype(np.uint8) * 255)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=2, device="cpu")
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, max_size=128,
+                                 fov_masks=masks, log=quiet)  # fmt: skip
+    for seed in (0, 1):
+        prob = read_image(out / f"eye{seed}_prob.png")[0][..., 0]
+        outside = ~ndi.binary_dilation(discs[seed], iterations=2)  # the shrunk one's rim blurs
+        assert prob[outside].max() == 0 and prob[discs[seed]].max() > 0
+    settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
+    assert settings["fov_masks"] == str(masks)
+    # A mask of another size, or an empty one, is refused before any training.
+    write_png(masks / "eye1_mask.png", np.full((100, 100), 255, np.uint8))
+    with pytest.raises(LocaldiscError, match=r"eye1_mask.png: FOV mask is 100x100, .*160x160"):
+        segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                     fov_masks=masks, log=quiet)  # fmt: skip
+    write_png(masks / "eye1_mask.png", np.zeros((160, 160), np.uint8))
+    with pytest.raises(LocaldiscError, match="eye1_mask.png: the FOV mask is empty"):
+        segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                     fov_masks=masks, log=quiet)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out = tmp_path / "out"
+    written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
+                                           train_images=2, log=quiet)  # fmt: skip
+    assert len(written) == 3
+    settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
+    taught = settings["images"]
+    assert len(taught) == 2 and set(taught) < {str(p) for p in sorted(photos.iterdir())}
+    # The yardstick for images not taught on: the median share of the FOV marked on those taught.
+    shares = []
+    for path in taught:
+        mask = read_image(out / f"{Path(path).stem}_mask.png")[0][..., 0] > 0.5
+        shares.append(mask[fov_from_image(read_image(path)[0])].mean())
+    assert settings["vessel_share"] == pytest.approx(np.median(shares))
+    assert settings["vessel_share_range"] == pytest.approx([min(shares), max(shares)])
+    # vessels.csv lists every image: taught or not, its share and its ratio to the yardstick.
+    rows = list(csv.DictReader((out / "vessels.csv").open()))
+    assert [r["image"] for r in rows] == ["eye0", "eye1", "eye2"]
+    assert {r["image"] for r in rows if r["taught"] == "true"} == {Path(t).stem for t in taught}
+    for row in rows:
+        mask = read_image(out / f"{row['image']}_mask.png")[0][..., 0] > 0.5
+        share = mask[fov_from_image(read_image(photos / f"{row['image']}.png")[0])].mean()
+        assert float(row["vessel_share"]) == pytest.approx(share, abs=1e-5)
+    # And how far each mask strays from its teacher, against the median on the images taught on.
+    strays = {}
+    for row in rows:
+        image = read_image(photos / f"{row['image']}.png")[0]
+        fov = fov_from_image(image)
+        mask = read_image(out / f"{row['image']}_mask.png")[0][..., 0] > 0.5
+        score = vesselness(image, fov, method=config.method, erode_fov=config.erode_fov)
+        strays[row["image"]] = teacher_disagreement(mask, score, fov, config.erode_fov)
+        assert float(row["teacher_disagreement"]) == pytest.approx(strays[row["image"]], abs=1e-4)
+    usual = np.median([strays[Path(t).stem] for t in taught])
+    assert settings["teacher_disagreement"] == pytest.approx(usual)
+    for row in rows:
+        assert float(row["disagreement_ratio"]) == pytest.approx(strays[row["image"]] / usual, 1e-3)
+    # `localdisc predict` lists them the same way, knowing which files were taught on.
+    predict_images(out, [photos], tmp_path / "again", device="cpu")
+    again = list(csv.DictReader((tmp_path / "again" / "vessels.csv").open()))
+    assert [(r["image"], r["taught"], r["teacher_disagreement"], r["disagreement_ratio"])
+            for r in again] == [(r["image"], r["taught"], r["teacher_disagreement"],
+                                 r["disagreement_ratio"]) for r in rows]  # fmt: skip
+    # An image that is not taught on is still read before training: a bad one stops it there.
+    (photos / "eye9.png").write_bytes(b"not a png")
+    with pytest.raises(LocaldiscError, match="eye9.png"):
+        segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                     train_images=1, log=quiet)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(LocaldiscError, match="at least one image"):
+        segment_vessels_self_trained([photos], tmp_path / "o", config=config, train_images=0)
+
+
+def test_unusual_images_can_get_a_run_of_their_own_whose_masks_replace_theirs(
+    tmp_path, monkeypatch
+):
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    # One step marks nothing: a yardstick by hand, and every image beyond it.
+    monkeypatch.setattr(vessels, "share_yardstick", lambda shares: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(vessels, "is_unusual", lambda share, yardstick: True)
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, train_images=2,
+                                 reteach_unusual=True, log=quiet)  # fmt: skip
+    rows = list(csv.DictReader((out / "vessels.csv").open()))
+    odd = [r["image"] for r in rows if r["taught"] == "false"]
+    assert len(odd) == 1 and [r["image"] for r in rows if r["retaught"] == "true"] == odd
+    # The second network is the run a user would give that image: the same files, byte for byte.
+    alone = tmp_path / "alone"
+    segment_vessels_self_trained([photos / f"{odd[0]}.png"], alone, fraction=0.12, config=config,
+                                 train_images=2, log=quiet)  # fmt: skip
+    for name in (f"{odd[0]}_prob.png", f"{odd[0]}_mask.png", "model.safetensors"):
+        assert (out / "unusual" / name).read_bytes() == (alone / name).read_bytes(), name
+    for name in (f"{odd[0]}_prob.png", f"{odd[0]}_mask.png"):  # and replaces its masks
+        assert (out / name).read_bytes() == (alone / name).read_bytes(), name
+    # Without the option nothing is taught again.
+    segment_vessels_self_trained([photos], tmp_path / "once", fraction=0.12, config=config,
+                                 train_images=2, log=quiet)  # fmt: skip
+    assert not (tmp_path / "once" / "unusual").exists()
+    once = list(csv.DictReader((tmp_path / "once" / "vessels.csv").open()))
+    assert {r["retaught"] for r in once} == {"false"}
+
+
+def test_teach_all_gives_each_group_of_images_a_network_of_its_own(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64, 64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out = tmp_path / "out"
+    written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
+                                           train_images=2, teach_all=True, log=quiet)  # fmt: skip
+    assert [p.name for p in written] == [f"eye{i}_mask.png" for i in range(5)]
+    rows = list(csv.DictReader((out / "vessels.csv").open()))
+    assert [r["image"] for r in rows] == [f"eye{i}" for i in range(5)]
+    assert {r["taught"] for r in rows} == {"true"}  # every image, by its own group's network
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row["image"])
+    assert sorted(groups) == ["group-1", "group-2", "group-3"]
+    assert sorted(len(g) for g in groups.values()) == [1, 2, 2]  # 5 in groups of at most 2
+    # Each group's folder is the command run by hand on that group, byte for byte.
+    for group, names in groups.items():
+        alone = tmp_path / group
+        segment_vessels_self_trained([photos / f"{n}.png" for n in names], alone, fraction=0.12,
+                                     config=config, train_images=2, log=quiet)  # fmt: skip
+        for name in [f"{n}_{kind}.png" for n in names for kind in ("prob", "mask")]:
+            assert (out / group / name).read_bytes() == (alone / name).read_bytes(), name
+            assert (out / name).read_bytes() == (alone / name).read_bytes(), name
+        assert (out / group / "model.safetensors").read_bytes() == (
+            alone / "model.safetensors"
+        ).read_bytes()
+    # `localdisc predict` takes one group's network, and says so when given the folder.
+    with pytest.raises(LocaldiscError, match=r"a network per group .* e\.g\. .*group-1"):
+        predict_images(out, [photos], tmp_path / "p", device="cpu")
+    # A bad image stops it before the first group is taught.
+    (photos / "eye9.png").write_bytes(b"not a png")
+    with pytest.raises(LocaldiscError, match="eye9.png"):
+        segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                     train_images=2, teach_all=True, log=quiet)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+    # As many images as train_images or fewer: one network, as without the option.
+    segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", fraction=0.12,
+                                 config=config, train_images=2, teach_all=True,
+                                 log=quiet)  # fmt: skip
+    assert (tmp_path / "one" / "model.safetensors").exists()
+    assert not list((tmp_path / "one").glob("group-*"))
+
+
+def test_an_image_is_unusual_beyond_both_the_taught_range_and_the_band_around_its_median():
+    yardstick = share_yardstick([0.06, 0.12, 0.12, 0.15])  # median, lowest, highest
+    assert yardstick == (0.12, 0.06, 0.15)
+    # The band, 0.08-0.18, widened below by the taught range to 0.06.
+    for share, unusual in ((0.07, False), (0.05, True), (0.17, False), (0.19, True)):
+        assert is_unusual(share, yardstick) is unusual, share
+    assert not is_unusual(0.9, (0.0, 0.0, 0.0))  # nothing marked on the taught: no yardstick
+    # A network saved before the range was kept holds its median: the band alone.
+    assert _saved_yardstick({"vessel_share": 0.12}) == (0.12, 0.12, 0.12)
+    assert _saved_yardstick({"vessel_share": 0.12, "vessel_share_range": [0.06, 0.15]}) == (
+        0.12, 0.06, 0.15
+    )  # fmt: skip
+    assert _saved_yardstick({}) is None
+
+
+def test_the_share_table_and_the_log_judge_only_images_not_taught_on(tmp_path):
+    path, heard = tmp_path / "vessels.csv", []
+    names = ["taught, dense", "usual", "dense", "empty"]
+    shares = [0.3, 0.12, 0.12 * UNUSUAL_SHARE * 1.1, 0.01]
+    taught, yardstick = [True, False, False, False], (0.12, 0.1, 0.14)
+    assert _name_unusual(names, shares, taught, yardstick, heard.append) == [2, 3]
+    assert len(heard) == 1 and "dense (1.65x), empty (0.08x)" in heard[0]
+    assert "taught" not in heard[0].split(":")[-1] and "0.83x to 1.17x" in heard[0]
+    strays = [0.1, 0.2, 0.3, 1.0]
+    _write_share_table(tmp_path, names, shares, taught, yardstick, strays, 0.2,
+                       [False, False, True, False])  # fmt: skip
+    rows = list(csv.DictReader(path.open()))
+    assert [r["image"] for r in rows] == names  # a comma in a name stays in its column
+    assert [r["unusual"] for r in rows] == ["", "false", "true", "true"]
+    assert [r["ratio"] for r in rows] == ["2.500", "1.000", "1.650", "0.083"]
+    assert [r["retaught"] for r in rows] == ["false", "false", "true", "false"]
+    assert [r["teacher_disagreement"] for r in rows] == ["0.1000", "0.2000", "0.3000", "1.0000"]
+    assert [r["disagreement_ratio"] for r in rows] == ["0.500", "1.000", "1.500", "5.000"]
+    for none in ((0.0, 0.0, 0.0), None):  # no yardstick (a network saved before): no ratios
+        assert _name_unusual(names, shares, [False] * 4, none, heard.append) == []
+        _write_share_table(tmp_path, names, shares, [False] * 4, none, strays, None)
+        assert {(r["ratio"], r["unusual"], r["disagreement_ratio"])
+                for r in csv.DictReader(path.open())} == {("", "", "")}  # fmt: skip
+    assert len(heard) == 1
+
+
+def test_teacher_disagreement_is_the_share_of_the_mask_off_the_teacher_s_top_pixels():
+    fov = np.ones((40, 40), bool)
+    score = np.zeros((40, 40), np.float32)
+    score[10:30, 20] = 1.0  # the teacher's top 20 pixels: a line inside the eroded FOV
+    score[10:30, 21] = 0.5  # then the line beside it
+    line = score == 1.0
+    assert teacher_disagreement(line, score, fov, erode_fov=2) == 0.0
+    # Half the mask on the top pixels, half beside them: the top 40 hold both lines.
+    half = line.copy()
+    half[20:30, 20] = False
+    half[20:30, 10] = True
+    assert teacher_disagreement(half, score, fov, erode_fov=2) == pytest.approx(0.5)
+    both = line | (score == 0.5)
+    assert teacher_disagreement(both, score, fov, erode_fov=2) == 0.0
+    elsewhere = np.roll(line, 10, axis=1)
+    assert teacher_disagreement(elsewhere, score, fov, erode_fov=2) == 1.0
+    # Only the eroded FOV counts: the teacher is undefined on its rim; nothing marked there: 1.
+    rim = np.zeros_like(line)
+    rim[0, :] = True
+    assert teacher_disagreement(rim, score, fov, erode_fov=2) == 1.0
+    assert teacher_disagreement(line | rim, score, fov, erode_fov=2) == 0.0
+
+
+def test_images_too_small_to_find_vessels_in_are_refused_before_training(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(96, 40))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    for train_images in (2, 1):  # taught on or only checked
+        with pytest.raises(LocaldiscError, match=r"eye1.png: 40x40 pixels is too small"):
+            segment_vessels_self_trained([photos], tmp_path / "o", fraction=0.12, config=config,
+                                         train_images=train_images, log=quiet)  # fmt: skip
+    write_png(tmp_path / "wide.png", np.zeros((96, 192, 3), np.uint8))
+    with pytest.raises(LocaldiscError, match=r"wide.png: 192x96 pixels \(126x63 once shrunk"):
+        segment_vessels_self_trained([tmp_path / "wide.png"], tmp_path / "o", fraction=0.12,
+                                     config=config, max_size=126, log=quiet)  # fmt: skip
+    with pytest.raises(LocaldiscError, match="max_size must be at least 64"):
+        segment_vessels_self_trained([photos], tmp_path / "o", config=config, max_size=32)
+    assert not (tmp_path / "o").exists()
