@@ -110,3 +110,11 @@ def test_an_epoch_is_one_pass_or_the_asked_number_of_steps():
     assert len(longer) == 7 and all(sorted(b.tolist()) == [0, 1] for b in longer)
     with pytest.raises(LocaldiscError, match="steps_per_epoch"):
         FinetuneConfig(steps_per_epoch=0)
+
+
+def test_the_progress_bar_counts_the_epochs_of_both_phases(capsys):
+    data = squares(4)
+    config = FinetuneConfig(frozen_epochs=2, epochs=1, device="cpu", progress=True)
+    finetune(Segmenter(size=32), data, data, config, pretrained=True, log=lambda _: None)
+    shown = capsys.readouterr().out
+    assert "finetune" in shown and "3/3" in shown and "val Dice" in shown

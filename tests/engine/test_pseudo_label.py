@@ -78,3 +78,12 @@ def test_silent_pixels_teach_nothing_and_a_seed_repeats_the_run():
     first, again = fit(images, targets, steps=5, crop=16), fit(images, targets, steps=5, crop=16)
     for name, value in first.state_dict().items():
         torch.testing.assert_close(again.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_a_progress_bar_counts_the_steps_and_shows_the_loss(capsys):
+    images, targets = bright_spots(n=2, size=16)
+    fit(images, targets, steps=5, name="student step", progress=True)
+    shown = capsys.readouterr().out
+    assert "student step" in shown and "5/5" in shown and "loss" in shown
+    fit(images, targets, steps=5)  # off by default: nothing shown
+    assert capsys.readouterr().out == ""

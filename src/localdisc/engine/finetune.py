@@ -23,6 +23,7 @@ from torch import Tensor
 
 from localdisc.data.views import normalize
 from localdisc.engine.distributed import resolve_device
+from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
 from localdisc.errors import LocaldiscError
 from localdisc.models.segmenter import Segmenter
@@ -243,12 +244,17 @@ def finetune(
     if not plan:
         raise LocaldiscError("nothing to train: every phase has 0 epochs")
 
-    bar, progress = _progress_bar(sum(e for _, e in plan), config.progress)
+    done = 0  # epochs of the phases before
+
+    def progress(name: str, epoch: int, row: dict[str, float]) -> None:
+        bar.update(done + epoch, name, f"loss {row['loss']:.4f} val Dice {row['val_dice']:.4f}")
+
     phases: list[PhaseResult] = []
     frozen_state = None
-    try:
+    with ProgressBar(sum(e for _, e in plan), 0, config.progress, "finetune") as bar:
         for name, epochs in plan:
             state, result = _phase(model, name, epochs, train, val, config, generator, progress)
+            done += epochs
             model.load_state_dict(state)
             phases.append(result)
             if name == "frozen":
@@ -257,31 +263,4 @@ def finetune(
                 f"{name}: best validation Dice {result.best_val_dice:.4f} at epoch "
                 f"{result.best_epoch}/{epochs} ({result.seconds:.0f} s)"
             )
-    finally:
-        if bar is not None:
-            bar.stop()
     return FinetuneResult(model.state_dict(), frozen_state, phases)
-
-
-def _progress_bar(
-    total: int, enabled: bool
-) -> tuple[object | None, Callable[[str, int, dict[str, float]], None]]:
-    if not enabled:
-        return None, lambda name, epoch, row: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn("[bold]finetune[/] {task.fields[phase]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
-    task = bar.add_task("", total=total, phase="", info="")
-    bar.start()
-
-    def progress(name: str, epoch: int, row: dict[str, float]) -> None:
-        info = f"loss {row['loss']:.4f} val Dice {row['val_dice']:.4f}"
-        bar.update(task, advance=1, phase=name, info=info)
-
-    return bar, progress

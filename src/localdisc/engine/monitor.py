@@ -78,9 +78,11 @@ def write_figures(
 
 
 class ProgressBar:
-    """A rich progress bar with the loss terms and images/s (silent when disabled)."""
+    """A rich progress bar of a training loop: ``title`` and the phase (a stage, an epoch's
+    phase), steps done of ``total``, time spent and left, and a line of ``info`` (the losses).
+    Silent when not ``enabled``; a context manager that stops it."""
 
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, title: str = "") -> None:
         self.bar = None
         if not enabled:
             return
@@ -94,22 +96,29 @@ class ProgressBar:
         )
 
         self.bar = Progress(
-            TextColumn("[bold]pretrain[/] stage {task.fields[stage]}"),
+            TextColumn(f"[bold]{title}[/] {{task.fields[phase]}}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
         )
-        self.task = self.bar.add_task("", total=total, completed=start, stage="-", info="")
+        self.task = self.bar.add_task("", total=total, completed=start, phase="", info="")
         self.bar.start()
 
-    def update(self, step: int, stage: int, means: dict[str, float], img_per_s: float) -> None:
+    def update(self, completed: int, phase: str | None = None, info: str | None = None) -> None:
+        """Steps done; ``phase`` and ``info``, when given, replace those shown."""
         if self.bar is None:
             return
-        info = " ".join(f"{k} {v:.3f}" for k, v in means.items()) + f" | {img_per_s:.1f} img/s"
-        self.bar.update(self.task, completed=step, stage=stage, info=info)
+        fields = {k: v for k, v in (("phase", phase), ("info", info)) if v is not None}
+        self.bar.update(self.task, completed=completed, **fields)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

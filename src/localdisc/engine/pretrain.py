@@ -545,7 +545,7 @@ def pretrain(
     steps_done_here = 0
     window_steps = 0
     img_per_s = 0.0
-    progress = ProgressBar(config.total_steps, step, enabled=main and config.progress)
+    progress = ProgressBar(config.total_steps, step, main and config.progress, "pretrain")
     stage_start = time.perf_counter()
     finished = False
     try:
@@ -638,7 +638,8 @@ def pretrain(
                         img_per_s=round(img_per_s, 2),
                         **{k: round(v, 6) for k, v in means.items()},
                     )
-                progress.update(step, stage, means, img_per_s)
+                info = " ".join(f"{k} {v:.3f}" for k, v in means.items())
+                progress.update(step, f"stage {stage}", f"{info} | {img_per_s:.1f} img/s")
                 sums, n_summed = {}, 0
 
             end_of_stage = step == config.total_steps or config.stage_at(step) != stage

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from localdisc.data.views import normalize
 from localdisc.engine.finetune import augment
+from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
 from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.models.segmenter import Segmenter
@@ -41,6 +42,7 @@ def fit_pseudo_labels(
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
     name: str = "step",
+    progress: bool = False,
 ) -> Segmenter:
     """Train ``model`` in place on ``images`` ``[N, C, S, S]`` (raw intensities in [0, 1]) and
     ``targets`` ``[N, 2, S, S]`` (label, then weight; any dtype, made float per batch); returns
@@ -49,28 +51,32 @@ def fit_pseudo_labels(
     ``crop``: random ``crop x crop`` windows instead of whole images. ``bf16``: autocast where it
     pays (:func:`~localdisc.engine.precision.bf16_autocast`); the loss stays float32. Batches are
     drawn from a generator seeded with ``seed``, so a run repeats. ``log`` hears ``name`` and
-    the loss five times over the run.
+    the loss five times over the run; ``progress`` also shows a progress bar.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
     gen = torch.Generator().manual_seed(seed)
     start, size = time.time(), images.shape[-1]
-    for step in range(steps):
-        idx = torch.randint(len(images), (batch,), generator=gen)
-        xb, yb = images[idx], targets[idx].float()  # targets may be stored as bytes
-        if crop is not None:
-            i, j = (int(v) for v in torch.randint(size - crop + 1, (2,), generator=gen))
-            xb, yb = (t[..., i : i + crop, j : j + crop] for t in (xb, yb))
-        xb, yb = augment(xb, yb, rotation=rotation, flips=flips, generator=gen)
-        xb, yb = xb.to(device), yb.to(device)
-        with bf16_autocast(device, bf16):
-            logits = model(normalize(xb, model.config.modality))
-        loss = pseudo_label_loss(logits.float(), yb[:, :1], yb[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if cosine:
-            scheduler.step()
-        if (step + 1) % max(1, steps // 5) == 0:
-            log(f"{name} {step + 1}/{steps}: loss {loss.item():.4f} ({time.time() - start:.0f} s)")
+    with ProgressBar(steps, 0, progress, name) as bar:
+        for step in range(steps):
+            idx = torch.randint(len(images), (batch,), generator=gen)
+            xb, yb = images[idx], targets[idx].float()  # targets may be stored as bytes
+            if crop is not None:
+                i, j = (int(v) for v in torch.randint(size - crop + 1, (2,), generator=gen))
+                xb, yb = (t[..., i : i + crop, j : j + crop] for t in (xb, yb))
+            xb, yb = augment(xb, yb, rotation=rotation, flips=flips, generator=gen)
+            xb, yb = xb.to(device), yb.to(device)
+            with bf16_autocast(device, bf16):
+                logits = model(normalize(xb, model.config.modality))
+            loss = pseudo_label_loss(logits.float(), yb[:, :1], yb[:, 1:])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if cosine:
+                scheduler.step()
+            bar.update(step + 1)
+            if (step + 1) % max(1, steps // 5) == 0:
+                seconds, value = time.time() - start, loss.item()
+                log(f"{name} {step + 1}/{steps}: loss {value:.4f} ({seconds:.0f} s)")
+                bar.update(step + 1, info=f"loss {value:.4f}")
     return model

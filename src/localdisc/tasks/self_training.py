@@ -130,6 +130,7 @@ def train_student(
     *,
     teachers: Sequence[np.ndarray] | None = None,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> Segmenter:
     """A fresh U-Net trained on the pseudo-labels of a filter at ``fraction`` of the FOV.
 
@@ -137,6 +138,7 @@ def train_student(
     teacher's scores when already computed (``None``: ``config.method`` on each image, see
     :func:`~localdisc.tasks.vesselness.vesselness`). No label is read. Batch norm statistics
     are recomputed at the end over what it trained on (:func:`student_training_set`).
+    ``progress`` shows a progress bar of the steps.
     """
     config = config or StudentConfig()
     if not images or len(images) != len(fovs):
@@ -153,7 +155,7 @@ def train_student(
     model = Segmenter(width=config.width, depth=config.depth, size=config.size).to(device)
     fit_pseudo_labels(model, xs, ys, steps=config.steps, batch=config.batch, lr=config.lr,
                       rotation=180.0, flips=True, crop=config.crop, bf16=True, seed=config.seed,
-                      device=device, log=log, name="student step")  # fmt: skip
+                      device=device, log=log, name="student step", progress=progress)  # fmt: skip
     recalibrate_batch_norm(model, xs, batch=config.batch)
     shift = label_shift(ys, config.painted)
     if shift:

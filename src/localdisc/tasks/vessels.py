@@ -100,6 +100,7 @@ def segment_vessels_self_trained(
     reteach_unusual: bool = False,
     teach_all: bool = False,
     log: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> list[Path]:
     """Vessel masks of fundus photographs, no label anywhere (``localdisc shape-guided vessels``).
 
@@ -128,7 +129,8 @@ def segment_vessels_self_trained(
     ``teach_all``, more images than ``train_images`` are split into seeded groups of at most that
     many instead, each taught on and segmented by a network of its own, in ``OUT_DIR/group-K``
     (with its figure and table; :func:`_teach_in_groups`): no image is left out, for one
-    training per group. Returns the masks' paths.
+    training per group. ``progress`` shows a progress bar of each training. Returns the masks'
+    paths.
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < MIN_SIDE:
@@ -147,7 +149,8 @@ def segment_vessels_self_trained(
             _check_photo(path, max_size, None if masks is None else masks[i])
         group_run = partial(segment_vessels_self_trained, prior=prior, fraction=fraction,
                             config=config, speck_area=speck_area, max_size=max_size,
-                            fov_masks=fov_masks, train_images=train_images, log=log)  # fmt: skip
+                            fov_masks=fov_masks, train_images=train_images, log=log,
+                            progress=progress)  # fmt: skip
         return _teach_in_groups(files, Path(out_dir), train_images, config.seed, group_run, log)
     chosen = set(range(len(files)))
     if len(files) > train_images:
@@ -177,7 +180,8 @@ def segment_vessels_self_trained(
     log(f"the teacher ({config.method}) scores {len(pictures)} image(s) ...")
     scores = {i: vesselness(image, fov, method=config.method, erode_fov=config.erode_fov)
               for i, (image, fov, _) in sorted(taught.items())}  # fmt: skip
-    model = train_student(pictures, fovs, fraction, config, teachers=list(scores.values()), log=log)
+    model = train_student(pictures, fovs, fraction, config, teachers=list(scores.values()), log=log,
+                          progress=progress)  # fmt: skip
     out_dir = Path(out_dir)
     settings = {"student": asdict(config), "prior": source, "fraction": fraction,
                 "speck_area": speck_area, "max_size": max_size,
@@ -200,7 +204,8 @@ def segment_vessels_self_trained(
         segment_vessels_self_trained([files[i][1] for i in odd], out_dir / RETAUGHT, prior=prior,
                                      fraction=given_fraction, config=config, speck_area=speck_area,
                                      max_size=max_size, fov_masks=fov_masks,
-                                     train_images=train_images, log=log)  # fmt: skip
+                                     train_images=train_images, log=log,
+                                     progress=progress)  # fmt: skip
         _adopt_masks(files, odd, out_dir / RETAUGHT, out_dir)
     _write_share_table(out_dir, names, shares, seen, yardstick, strays,
                        settings["teacher_disagreement"],
