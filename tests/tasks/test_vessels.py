@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -294,6 +296,42 @@ def test_teach_all_gives_each_group_of_images_a_network_of_its_own(tmp_path):
                                  log=quiet)  # fmt: skip
     assert (tmp_path / "one" / "model.safetensors").exists()
     assert not list((tmp_path / "one").glob("group-*"))
+
+
+def test_a_finished_run_is_kept_and_one_stopped_before_its_end_runs_again(tmp_path, monkeypatch):
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out = tmp_path / "out"
+    run = partial(segment_vessels_self_trained, [photos], out, fraction=0.12, config=config,
+                  train_images=2, teach_all=True, log=quiet)  # fmt: skip
+    run()
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")}
+    trainings, real = [], vessels.train_student
+    monkeypatch.setattr(
+        vessels, "train_student", lambda *a, **k: trainings.append(1) or real(*a, **k)
+    )
+    said = []
+    written = run(log=said.append)
+    assert trainings == [] and sum("kept as it is" in line for line in said) == 2  # both groups
+    assert [p.name for p in written] == ["eye0_mask.png", "eye1_mask.png", "eye2_mask.png"]
+    # A group stopped before its end (vessels.csv is written last) is run again, alone.
+    (out / "group-2" / "vessels.csv").unlink()
+    run()
+    assert len(trainings) == 1
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")} == before
+    # Other settings, or images the run did not segment, run again.
+    run(config=replace(config, steps=2))
+    assert len(trainings) == 3
+    segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", fraction=0.12,
+                                 config=config, log=quiet)  # fmt: skip
+    for changed in ({"fraction": 0.2}, {"reteach_unusual": True}, {"reteach_unusual": True}):
+        segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", config=config,
+                                     log=quiet, **{"fraction": 0.12, **changed})  # fmt: skip
+    assert len(trainings) == 6  # the first two changes train, the third finds the second
+    (tmp_path / "one" / "eye0_prob.png").unlink()
+    segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", fraction=0.12,
+                                 config=config, reteach_unusual=True, log=quiet)  # fmt: skip
+    assert len(trainings) == 7
 
 
 def test_an_image_is_unusual_beyond_both_the_taught_range_and_the_band_around_its_median():

@@ -129,8 +129,10 @@ def segment_vessels_self_trained(
     ``teach_all``, more images than ``train_images`` are split into seeded groups of at most that
     many instead, each taught on and segmented by a network of its own, in ``OUT_DIR/group-K``
     (with its figure and table; :func:`_teach_in_groups`): no image is left out, for one
-    training per group. ``progress`` shows a progress bar of each training. Returns the masks'
-    paths.
+    training per group. A run that already got to its end in ``OUT_DIR`` with the same settings
+    and images is kept as it is (``vessels.csv``, written last, marks it), so a stopped
+    ``teach_all`` run goes on from the group it stopped in. ``progress`` shows a progress bar of
+    each training. Returns the masks' paths.
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < MIN_SIDE:
@@ -156,14 +158,6 @@ def segment_vessels_self_trained(
     if len(files) > train_images:
         rng = np.random.default_rng(config.seed)
         chosen = set(rng.choice(len(files), train_images, replace=False).tolist())
-    taught = {}  # index -> (image, FOV, own size); the others are only read, to check them
-    for i, (_, path) in enumerate(files):
-        mask = None if masks is None else masks[i]
-        if i in chosen:
-            taught[i] = _read_photo(path, max_size, mask)
-        else:
-            _check_photo(path, max_size, mask)
-    pictures, fovs = [taught[i][0] for i in sorted(taught)], [taught[i][1] for i in sorted(taught)]
     given_fraction, source = fraction, prior if fraction is None else None  # for config.json
     if fraction is None:
         from localdisc.priors import load_prior
@@ -172,6 +166,26 @@ def segment_vessels_self_trained(
         fraction = expected_fraction(load_prior(prior, 128, count=32, seed=0), tubular=True)
     if not 0.0 < fraction < 1.0:
         raise LocaldiscError(f"the vessel fraction must lie in (0, 1), got {fraction!r}")
+    out_dir = Path(out_dir)
+    settings = {"student": asdict(config), "prior": source, "fraction": fraction,
+                "speck_area": speck_area, "max_size": max_size,
+                "images": [str(path.resolve()) for i, (_, path) in enumerate(files) if i in chosen],
+                "fov_masks": None if fov_masks is None else str(fov_masks),
+                "reteach_unusual": reteach_unusual}  # fmt: skip
+    names = [name for name, _ in files]
+    if _finished_earlier(out_dir, settings, names):
+        log(f"{out_dir} holds a finished run of these settings on these images: kept as it is "
+            f"(another --out, or deleting it, runs again)")  # fmt: skip
+        return [out_dir / f"{name}_mask.png" for name in names]
+    (out_dir / "vessels.csv").unlink(missing_ok=True)  # written last: marks a finished run
+    taught = {}  # index -> (image, FOV, own size); the others are only read, to check them
+    for i, (_, path) in enumerate(files):
+        mask = None if masks is None else masks[i]
+        if i in chosen:
+            taught[i] = _read_photo(path, max_size, mask)
+        else:
+            _check_photo(path, max_size, mask)
+    pictures, fovs = [taught[i][0] for i in sorted(taught)], [taught[i][1] for i in sorted(taught)]
     log(
         f"{len(files)} image(s): a network taught on {len(pictures)} of them by {config.method} "
         f"at {fraction:.3f} of the FOV and by {config.painted} painted copies per image, "
@@ -182,11 +196,6 @@ def segment_vessels_self_trained(
               for i, (image, fov, _) in sorted(taught.items())}  # fmt: skip
     model = train_student(pictures, fovs, fraction, config, teachers=list(scores.values()), log=log,
                           progress=progress)  # fmt: skip
-    out_dir = Path(out_dir)
-    settings = {"student": asdict(config), "prior": source, "fraction": fraction,
-                "speck_area": speck_area, "max_size": max_size,
-                "images": [str(path.resolve()) for i, (_, path) in enumerate(files) if i in chosen],
-                "fov_masks": None if fov_masks is None else str(fov_masks)}  # fmt: skip
     model.save(out_dir, extra={"self_trained_vessels": settings})  # before a long segmentation
     written, shares, strays = _write_vessels(model, files, masks, out_dir, max_size, speck_area,
                                              (config.method, config.erode_fov), log=log,
@@ -196,7 +205,7 @@ def segment_vessels_self_trained(
     settings["vessel_share"], settings["vessel_share_range"] = yardstick[0], list(yardstick[1:])
     settings["teacher_disagreement"] = float(np.median([strays[i] for i in sorted(chosen)]))
     model.save(out_dir, extra={"self_trained_vessels": settings})
-    names, seen = [name for name, _ in files], [i in chosen for i in range(len(files))]
+    seen = [i in chosen for i in range(len(files))]
     odd = _name_unusual(names, shares, seen, yardstick, log)
     if reteach_unusual and odd:
         log(f"a second network, taught on the {len(odd)} unusual image(s) alone, replaces their "
@@ -302,6 +311,26 @@ def teacher_disagreement(
     top = np.zeros(marked.size, bool)
     top[np.argsort(-score[region], kind="stable")[:k]] = True
     return float(1 - (top & marked).sum() / k)  # both hold k pixels: Dice is the overlap / k
+
+
+def _finished_earlier(out_dir: Path, settings: Mapping, names: Sequence[str]) -> bool:
+    """Whether ``out_dir`` holds a run of ``settings`` that got to its end: ``vessels.csv``
+    (written last, and removed when a run starts) lists ``names``, each with its masks."""
+    table = out_dir / "vessels.csv"
+    if not table.is_file() or not (out_dir / "model.safetensors").is_file():
+        return False
+    try:
+        saved = read_config(out_dir).get("self_trained_vessels")
+        with table.open(newline="") as file:
+            listed = [row["image"] for row in csv.DictReader(file)]
+    except (LocaldiscError, OSError, KeyError, csv.Error):
+        return False
+    return (
+        isinstance(saved, dict)
+        and all(saved.get(key) == value for key, value in settings.items())
+        and listed == list(names)
+        and all((out_dir / f"{n}_{kind}.png").is_file() for n in names for kind in ("prob", "mask"))
+    )
 
 
 def _saved_yardstick(settings: Mapping) -> tuple[float, float, float] | None:
