@@ -6,6 +6,8 @@
         --out /tmp/vessels_stare
     python benchmarks/vessels_command.py --data drive:../shared/data/DRIVE --split test \\
         --out /tmp/vessels_drive_fov --fov-masks ../shared/data/DRIVE/test/mask
+    python benchmarks/vessels_command.py --data drive:../shared/data/DRIVE --split train,test \\
+        --out /tmp/vessels_drive40 --train-images 40     # DRIVE's 40 images as one cohort
 
 The command (:func:`~localdisc.tasks.vessels.segment_vessels_self_trained`, its CLI
 defaults) gets the split's image files and nothing else: it finds each FOV in the image (with
@@ -16,8 +18,8 @@ same run, the teacher alone (the line detector at the prior's fraction of the of
 specks dropped: the best kind of filter row of ``benchmark shape-guided``). ``--steps``,
 ``--painted``, ``--seed``, ``--fov-masks``, ``--train-images``, ``--reteach-unusual`` and
 ``--teach-all`` are the command's (with fewer images taught on than the split has, the masks
-of those taught on and of the others are also scored apart). Results are printed and written to
-``OUT/scores.json``, with the masks' scores per image.
+of those taught on and of the others are also scored apart; with several splits, each split's
+too). Results are printed and written to ``OUT/scores.json``, with the masks' scores per image.
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ from localdisc.tasks.vessels import PAINTED, SPECK_AREA, TRAIN_IMAGES, segment_v
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="NAME:ROOT of a data set with vessel masks")
-    p.add_argument("--split", default="test")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="a split, or several joined by commas as one cohort (drive: train,test)",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=StudentConfig.steps)
     p.add_argument("--painted", type=int, default=PAINTED)
@@ -56,7 +62,9 @@ def main() -> None:
     p.add_argument("--teach-all", action="store_true", help="the command's")
     a = p.parse_args()
 
-    samples = list(load_data_spec(a.data, a.split))
+    splits = a.split.split(",")
+    cohort = [(split, s) for split in splits for s in load_data_spec(a.data, split)]
+    samples = [s for _, s in cohort]
     files = [s.image_path for s in samples]
     config = StudentConfig(painted=a.painted, steps=a.steps, seed=a.seed)
     start = time.time()
@@ -76,9 +84,11 @@ def main() -> None:
     order = ["command: probability at 0.5", "command: mask (specks removed)"]
     if len(taught) < len(samples):
         order += ["  ... taught on", "  ... not taught on"]
+    if len(splits) > 1:
+        order += [f"  ... {split} split" for split in splits]
     rows: dict[str, list[dict]] = {k: [] for k in [*order, teacher_row]}
     per_image: dict[str, dict] = {}
-    for s in samples:
+    for split, s in cohort:
         name = names[s.image_path]
         prob = read_image(a.out / f"{name}_prob.png")[0][..., 0]
         mask = read_image(a.out / f"{name}_mask.png")[0][..., 0] > 0.5
@@ -90,7 +100,9 @@ def main() -> None:
         if len(taught) < len(samples):
             part = "taught on" if s.image_path.resolve() in taught else "not taught on"
             rows[f"  ... {part}"].append(written)
-        per_image[name] = {"taught_on": s.image_path.resolve() in taught, **written}
+        if len(splits) > 1:
+            rows[f"  ... {split} split"].append(written)
+        per_image[name] = {"split": split, "taught_on": s.image_path.resolve() in taught, **written}
         score = vesselness(s.image, s.fov, method=config.method, erode_fov=config.erode_fov)
         cut = threshold_vessels(score, s.fov, fraction, config.erode_fov, SPECK_AREA)
         teacher = image_metrics(cut.astype(np.float32), s, "vessels", 512)
