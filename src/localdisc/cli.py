@@ -334,7 +334,7 @@ def predict(
     from localdisc.tasks.predict import predict_images
 
     written = predict_images(
-        model, images, out, threshold=threshold, fov_masks=fov_masks, device=device
+        model, images, out, threshold=threshold, fov_masks=fov_masks, device=device, progress=True
     )
     console.print(f"segmented {len(written)} image(s) into [bold]{out}[/]")
 

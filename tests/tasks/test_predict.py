@@ -36,6 +36,7 @@ def test_predict_cli_segments_images_at_their_own_size(tmp_path):
          "--out", str(tmp_path / "out"), "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert "predict" in result.output and "2/2" in result.output  # its progress bar
     from PIL import Image
 
     assert Image.open(tmp_path / "out" / "eye_mask.png").size == (51, 37)

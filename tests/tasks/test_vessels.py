@@ -48,12 +48,14 @@ def _photos(folder, sizes=(96, 160)):
     return folder
 
 
-def test_segment_vessels_self_trained_writes_masks_at_each_image_s_own_size(tmp_path):
+def test_segment_vessels_self_trained_writes_masks_at_each_image_s_own_size(tmp_path, capsys):
     photos = _photos(tmp_path / "photos")
     out = tmp_path / "out"
     config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=2, painted=1, device="cpu")
     written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
                                            max_size=128, log=quiet)  # fmt: skip
+    shown = capsys.readouterr().out  # progress bars of the training and of the segmentation
+    assert "student step" in shown and "2/2" in shown and "segment" in shown
     assert [p.name for p in written] == ["eye0_mask.png", "eye1_mask.png"]
     for seed, size in enumerate((96, 160)):  # the second was shrunk to 128 to be segmented
         prob = read_image(out / f"eye{seed}_prob.png")[0][..., 0]

@@ -10,6 +10,7 @@ import numpy as np
 from localdisc.data.datasets import folder_image_files, image_stem, name_key
 from localdisc.data.io import is_image_file, read_image, read_mask, write_png
 from localdisc.engine.distributed import resolve_device
+from localdisc.engine.monitor import ProgressBar
 from localdisc.errors import LocaldiscError
 from localdisc.models.segmenter import Segmenter, read_config
 
@@ -60,12 +61,14 @@ def predict_images(
     threshold: float = 0.5,
     fov_masks: str | Path | None = None,
     device: str = "auto",
+    progress: bool = False,
 ) -> list[Path]:
     """Write ``NAME_prob.png`` (probability x 255) and ``NAME_mask.png`` (0/255) per image.
 
     ``fov_masks``: a folder of FOV masks named as the images (:func:`fov_mask_files`); the
     probability is 0 outside them. A network of ``localdisc shape-guided vessels`` segments as
-    that command did (:func:`~localdisc.tasks.vessels.predict_vessels`).
+    that command did (:func:`~localdisc.tasks.vessels.predict_vessels`). ``progress`` shows a
+    progress bar.
     """
     groups = sorted(Path(model_dir).glob("group-*/config.json"))
     if groups and not (Path(model_dir) / "config.json").is_file():
@@ -76,19 +79,21 @@ def predict_images(
         from localdisc.tasks.vessels import predict_vessels
 
         return predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
-                               threshold=threshold, device=device)  # fmt: skip
+                               threshold=threshold, device=device, progress=progress)  # fmt: skip
     model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
     files = collect_images(images)
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     out_dir = Path(out_dir)
     written = []
-    for i, (name, path) in enumerate(files):
-        image = read_image(path)[0]
-        prob = model.predict(image)
-        if masks is not None:
-            prob *= read_fov_mask(masks[i], image.shape[:2], path)
-        write_png(out_dir / f"{name}_prob.png", prob_png(prob))
-        written.append(write_png(out_dir / f"{name}_mask.png", mask_png(prob, threshold)))
+    with ProgressBar(len(files), 0, progress, "predict") as bar:
+        for i, (name, path) in enumerate(files):
+            image = read_image(path)[0]
+            prob = model.predict(image)
+            if masks is not None:
+                prob *= read_fov_mask(masks[i], image.shape[:2], path)
+            write_png(out_dir / f"{name}_prob.png", prob_png(prob))
+            written.append(write_png(out_dir / f"{name}_mask.png", mask_png(prob, threshold)))
+            bar.update(i + 1)
     return written
 
 

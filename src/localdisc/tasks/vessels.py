@@ -44,6 +44,7 @@ from localdisc.data.preprocess import (
     to_modality_channels,
 )
 from localdisc.engine.distributed import resolve_device
+from localdisc.engine.monitor import ProgressBar
 from localdisc.errors import LocaldiscError
 from localdisc.models.segmenter import Segmenter, read_config
 from localdisc.tasks.predict import (
@@ -199,7 +200,8 @@ def segment_vessels_self_trained(
     model.save(out_dir, extra={"self_trained_vessels": settings})  # before a long segmentation
     written, shares, strays = _write_vessels(model, files, masks, out_dir, max_size, speck_area,
                                              (config.method, config.erode_fov), log=log,
-                                             loaded=taught, scores=scores)  # fmt: skip
+                                             loaded=taught, scores=scores,
+                                             progress=progress)  # fmt: skip
     # What the network marks on images it was taught on: the yardstick for the others.
     yardstick = share_yardstick([shares[i] for i in sorted(chosen)])
     settings["vessel_share"], settings["vessel_share_range"] = yardstick[0], list(yardstick[1:])
@@ -231,6 +233,7 @@ def predict_vessels(
     threshold: float = 0.5,
     device: str = "auto",
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> list[Path]:
     """Segment further photographs with a network :func:`segment_vessels_self_trained` saved,
     as it segmented its own (``localdisc predict`` on its folder): FOVs from ``fov_masks`` or
@@ -238,7 +241,7 @@ def predict_vessels(
     masks at ``threshold`` without the specks it dropped. Images not taught on whose masks cover
     a share of the FOV far from what it marked on those it was taught on are named in the log
     (:func:`is_unusual`); every image's share and :func:`teacher_disagreement` are listed in
-    ``vessels.csv``. Returns the masks' paths."""
+    ``vessels.csv``. ``progress`` shows a progress bar. Returns the masks' paths."""
     settings = read_config(model_dir).get("self_trained_vessels")
     if not isinstance(settings, dict):
         raise LocaldiscError(f"{model_dir}: not a network of `localdisc shape-guided vessels`")
@@ -250,7 +253,7 @@ def predict_vessels(
     written, shares, strays = _write_vessels(model, files, masks, Path(out_dir),
                                              settings.get("max_size", 768),
                                              settings["speck_area"], teacher, threshold,
-                                             log=log)  # fmt: skip
+                                             log=log, progress=progress)  # fmt: skip
     taught_on = {Path(path).resolve() for path in settings.get("images", [])}
     names, seen = [name for name, _ in files], [path.resolve() in taught_on for _, path in files]
     yardstick = _saved_yardstick(settings)
@@ -495,38 +498,41 @@ def _write_vessels(
     log: Callable[[str], None] | None = None,
     loaded: Mapping[int, tuple[np.ndarray, np.ndarray, tuple[int, int]]] | None = None,
     scores: Mapping[int, np.ndarray] | None = None,
+    progress: bool = False,
 ) -> tuple[list[Path], list[float], list[float]]:
     """``NAME_prob.png`` and ``NAME_mask.png`` per image at its own size, one image at a time,
     and the overlays of the first four; returns the masks' paths, their shares of the FOV and
     how far each strays from the ``teacher`` (method, FOV erosion) at the size segmented
     (:func:`teacher_disagreement`). ``loaded`` and ``scores``: :func:`_read_photo`'s results and
-    the teacher's scores already at hand, by index in ``files``."""
+    the teacher's scores already at hand, by index in ``files``; ``progress``: a progress bar."""
     from localdisc.eval.figures import overlay_figure
 
     written, shares, strays, overlays = [], [], [], []
     loaded, scores = loaded or {}, scores or {}
-    for i, (name, path) in enumerate(files):
-        if i in loaded:
-            image, fov, shape = loaded[i]
-        else:
-            mask = None if fov_masks is None else fov_masks[i]
-            image, fov, shape = _read_photo(path, max_size, mask)
-        prob = student_probability(model, image, fov)
-        mask = remove_specks(prob >= threshold, fov, speck_area)
-        score = scores.get(i)
-        if score is None:
-            score = vesselness(image, fov, method=teacher[0], erode_fov=teacher[1])
-        strays.append(teacher_disagreement(mask, score, fov, teacher[1]))
-        if prob.shape != shape:
-            prob = np.clip(resize_image(prob, shape, "bilinear"), 0, 1)
-            fov = resize_mask(fov, shape)
+    with ProgressBar(len(files), 0, progress, "segment") as bar:
+        for i, (name, path) in enumerate(files):
+            if i in loaded:
+                image, fov, shape = loaded[i]
+            else:
+                mask = None if fov_masks is None else fov_masks[i]
+                image, fov, shape = _read_photo(path, max_size, mask)
+            prob = student_probability(model, image, fov)
             mask = remove_specks(prob >= threshold, fov, speck_area)
-        write_png(out_dir / f"{name}_prob.png", prob_png(prob))
-        written.append(write_png(out_dir / f"{name}_mask.png", mask_png(mask)))
-        shares.append(float(mask[fov].mean()) if fov.any() else 0.0)
-        if len(overlays) < 4:
-            overlays.append((name, image, resize_mask(mask, image.shape[:2]), None))
-        if log is not None and ((i + 1) % max(1, len(files) // 5) == 0 or i + 1 == len(files)):
-            log(f"segmented {i + 1}/{len(files)} into {out_dir}")
+            score = scores.get(i)
+            if score is None:
+                score = vesselness(image, fov, method=teacher[0], erode_fov=teacher[1])
+            strays.append(teacher_disagreement(mask, score, fov, teacher[1]))
+            if prob.shape != shape:
+                prob = np.clip(resize_image(prob, shape, "bilinear"), 0, 1)
+                fov = resize_mask(fov, shape)
+                mask = remove_specks(prob >= threshold, fov, speck_area)
+            write_png(out_dir / f"{name}_prob.png", prob_png(prob))
+            written.append(write_png(out_dir / f"{name}_mask.png", mask_png(mask)))
+            shares.append(float(mask[fov].mean()) if fov.any() else 0.0)
+            if len(overlays) < 4:
+                overlays.append((name, image, resize_mask(mask, image.shape[:2]), None))
+            if log is not None and ((i + 1) % max(1, len(files) // 5) == 0 or i + 1 == len(files)):
+                log(f"segmented {i + 1}/{len(files)} into {out_dir}")
+            bar.update(i + 1)
     overlay_figure(overlays, out_dir / "figures" / "overlay.png")
     return written, shares, strays
