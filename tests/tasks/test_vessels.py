@@ -300,7 +300,7 @@ def test_teach_all_gives_each_group_of_images_a_network_of_its_own(tmp_path):
     assert not list((tmp_path / "one").glob("group-*"))
 
 
-def test_a_finished_run_is_kept_and_one_stopped_before_its_end_runs_again(tmp_path, monkeypatch):
+def test_a_finished_run_is_kept_and_a_stopped_one_goes_on(tmp_path, monkeypatch):
     photos = _photos(tmp_path / "photos", sizes=(64, 64, 64))
     config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
     out = tmp_path / "out"
@@ -316,12 +316,19 @@ def test_a_finished_run_is_kept_and_one_stopped_before_its_end_runs_again(tmp_pa
     written = run(log=said.append)
     assert trainings == [] and sum("kept as it is" in line for line in said) == 2  # both groups
     assert [p.name for p in written] == ["eye0_mask.png", "eye1_mask.png", "eye2_mask.png"]
-    # A group stopped before its end (vessels.csv is written last) is run again, alone.
+    # A group stopped while it segmented (vessels.csv is written last) segments again with the
+    # network it saved; one stopped while it trained (no network yet) trains again, alone.
     (out / "group-2" / "vessels.csv").unlink()
+    (out / "group-2" / "eye1_mask.png").unlink()
+    said.clear()
+    run(log=said.append)
+    assert trainings == [] and any("an earlier run of these settings trained" in m for m in said)
+    for name in ("model.safetensors", "config.json", "vessels.csv"):
+        (out / "group-1" / name).unlink()
     run()
     assert len(trainings) == 1
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")} == before
-    # Other settings, or images the run did not segment, run again.
+    # Other settings run again.
     run(config=replace(config, steps=2))
     assert len(trainings) == 3
     segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", fraction=0.12,
@@ -329,11 +336,7 @@ def test_a_finished_run_is_kept_and_one_stopped_before_its_end_runs_again(tmp_pa
     for changed in ({"fraction": 0.2}, {"reteach_unusual": True}, {"reteach_unusual": True}):
         segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", config=config,
                                      log=quiet, **{"fraction": 0.12, **changed})  # fmt: skip
-    assert len(trainings) == 6  # the first two changes train, the third finds the second
-    (tmp_path / "one" / "eye0_prob.png").unlink()
-    segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", fraction=0.12,
-                                 config=config, reteach_unusual=True, log=quiet)  # fmt: skip
-    assert len(trainings) == 7
+    assert len(trainings) == 6  # the first run and two changes train; the third finds the second
 
 
 def test_an_image_is_unusual_beyond_both_the_taught_range_and_the_band_around_its_median():

@@ -130,10 +130,10 @@ def segment_vessels_self_trained(
     ``teach_all``, more images than ``train_images`` are split into seeded groups of at most that
     many instead, each taught on and segmented by a network of its own, in ``OUT_DIR/group-K``
     (with its figure and table; :func:`_teach_in_groups`): no image is left out, for one
-    training per group. A run that already got to its end in ``OUT_DIR`` with the same settings
-    and images is kept as it is (``vessels.csv``, written last, marks it), so a stopped
-    ``teach_all`` run goes on from the group it stopped in. ``progress`` shows a progress bar of
-    each training. Returns the masks' paths.
+    training per group. Run again into ``OUT_DIR`` with the same settings and images, a run that
+    got to its end there is kept as it is (``vessels.csv``, written last, marks it), and one that
+    stopped after its training segments with the network it saved: a stopped ``teach_all`` run
+    goes on from where it stopped. ``progress`` shows progress bars. Returns the masks' paths.
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < MIN_SIDE:
@@ -174,7 +174,8 @@ def segment_vessels_self_trained(
                 "fov_masks": None if fov_masks is None else str(fov_masks),
                 "reteach_unusual": reteach_unusual}  # fmt: skip
     names = [name for name, _ in files]
-    if _finished_earlier(out_dir, settings, names):
+    earlier = _same_settings(out_dir, settings)  # a network of these settings in out_dir
+    if earlier and _finished(out_dir, names):
         log(f"{out_dir} holds a finished run of these settings on these images: kept as it is "
             f"(another --out, or deleting it, runs again)")  # fmt: skip
         return [out_dir / f"{name}_mask.png" for name in names]
@@ -192,12 +193,17 @@ def segment_vessels_self_trained(
         f"at {fraction:.3f} of the FOV and by {config.painted} painted copies per image, "
         f"{config.steps} steps"
     )
-    log(f"the teacher ({config.method}) scores {len(pictures)} image(s) ...")
-    scores = {i: vesselness(image, fov, method=config.method, erode_fov=config.erode_fov)
-              for i, (image, fov, _) in sorted(taught.items())}  # fmt: skip
-    model = train_student(pictures, fovs, fraction, config, teachers=list(scores.values()), log=log,
-                          progress=progress)  # fmt: skip
-    model.save(out_dir, extra={"self_trained_vessels": settings})  # before a long segmentation
+    if earlier:  # stopped after its training: the network it saved segments
+        log(f"the network an earlier run of these settings trained in {out_dir} segments them")
+        device = str(resolve_device(config.device))
+        model, scores = Segmenter.from_pretrained(out_dir, device=device), {}
+    else:
+        log(f"the teacher ({config.method}) scores {len(pictures)} image(s) ...")
+        scores = {i: vesselness(image, fov, method=config.method, erode_fov=config.erode_fov)
+                  for i, (image, fov, _) in sorted(taught.items())}  # fmt: skip
+        model = train_student(pictures, fovs, fraction, config, teachers=list(scores.values()),
+                              log=log, progress=progress)  # fmt: skip
+        model.save(out_dir, extra={"self_trained_vessels": settings})  # before a long segmentation
     written, shares, strays = _write_vessels(model, files, masks, out_dir, max_size, speck_area,
                                              (config.method, config.erode_fov), log=log,
                                              loaded=taught, scores=scores,
@@ -316,23 +322,28 @@ def teacher_disagreement(
     return float(1 - (top & marked).sum() / k)  # both hold k pixels: Dice is the overlap / k
 
 
-def _finished_earlier(out_dir: Path, settings: Mapping, names: Sequence[str]) -> bool:
-    """Whether ``out_dir`` holds a run of ``settings`` that got to its end: ``vessels.csv``
-    (written last, and removed when a run starts) lists ``names``, each with its masks."""
-    table = out_dir / "vessels.csv"
-    if not table.is_file() or not (out_dir / "model.safetensors").is_file():
+def _same_settings(out_dir: Path, settings: Mapping) -> bool:
+    """Whether ``out_dir`` holds a network that a run of ``settings`` trained (it is saved with
+    them, atomically, before the run segments)."""
+    if not (out_dir / "model.safetensors").is_file():
         return False
     try:
         saved = read_config(out_dir).get("self_trained_vessels")
-        with table.open(newline="") as file:
-            listed = [row["image"] for row in csv.DictReader(file)]
-    except (LocaldiscError, OSError, KeyError, csv.Error):
+    except LocaldiscError:
         return False
-    return (
-        isinstance(saved, dict)
-        and all(saved.get(key) == value for key, value in settings.items())
-        and listed == list(names)
-        and all((out_dir / f"{n}_{kind}.png").is_file() for n in names for kind in ("prob", "mask"))
+    return isinstance(saved, dict) and all(saved.get(k) == v for k, v in settings.items())
+
+
+def _finished(out_dir: Path, names: Sequence[str]) -> bool:
+    """Whether the run in ``out_dir`` got to its end: its ``vessels.csv`` (written last, and
+    removed when a run starts) lists ``names``, each with its masks."""
+    try:
+        with (out_dir / "vessels.csv").open(newline="") as file:
+            listed = [row["image"] for row in csv.DictReader(file)]
+    except (OSError, KeyError, csv.Error):
+        return False
+    return listed == list(names) and all(
+        (out_dir / f"{n}_{kind}.png").is_file() for n in names for kind in ("prob", "mask")
     )
 
 
