@@ -76,7 +76,8 @@ SPECK_AREA = 6e-4  # the benchmark's, chosen on STARE (:func:`remove_specks`)
 # (``benchmarks/RESULTS.md``); on DRIVE 0.778 and 0.776, above every filter (0.765).
 PAINTED = 2
 # Images taught on at most, for memory: the command's peak was 1.90 GiB taught on 10 DRIVE
-# images, 2.27 GiB on 20 (``benchmarks/RESULTS.md``), so about 3.4 GiB on 50. Images not taught
+# images, 2.27 GiB on 20 and 3.31 GiB on 40 (``benchmarks/RESULTS.md``), so about 3.8 GiB on 50;
+# one network on DRIVE's 40 did as well as one per split of 20 (0.772 both). Images not taught
 # on lose a little (taught on 10 of 20: median change -0.004 on DRIVE's test images, -0.015 on
 # its training images, -0.011 on STARE) and a few much (0.70 to 0.54, 0.65 to 0.54 and 0.64 to
 # 0.53 on DRIVE): the log names those three, and ``reteach_unusual`` teaches a network on them.
