@@ -26,6 +26,7 @@ from localdisc.tasks.self_training import StudentConfig
 from localdisc.tasks.vesselness import remove_specks, vesselness
 from localdisc.tasks.vessels import (
     UNUSUAL_SHARE,
+    _name_first_to_review,
     _name_unusual,
     _saved_yardstick,
     _write_share_table,
@@ -378,6 +379,22 @@ def test_the_share_table_and_the_log_judge_only_images_not_taught_on(tmp_path):
         assert {(r["ratio"], r["unusual"], r["disagreement_ratio"])
                 for r in csv.DictReader(path.open())} == {("", "", "")}  # fmt: skip
     assert len(heard) == 1
+
+
+def test_the_log_names_the_masks_furthest_from_their_teacher_first(tmp_path):
+    heard, names = [], ["a", "b", "c", "d", "e"]
+    strays, shares = [0.2, 0.5, 0.1, 0.4, 0.3], [0.1] * 5
+    _write_share_table(tmp_path, names, shares, [True] * 5, (0.1, 0.1, 0.1), strays, 0.3)
+    assert _name_first_to_review(tmp_path / "vessels.csv", heard.append) == ["b", "d", "e"]
+    assert "b (1.67x), d (1.33x), e (1.00x)" in heard[-1]
+    # A network saved before the median was kept: the values themselves.
+    _write_share_table(tmp_path, names, shares, [True] * 5, None, strays, None)
+    assert _name_first_to_review(tmp_path / "vessels.csv", heard.append) == ["b", "d", "e"]
+    assert "b (0.50), d (0.40), e (0.30)" in heard[-1]
+    # As many images as it would name, or fewer: nothing to order.
+    _write_share_table(tmp_path, names[:3], shares[:3], [True] * 3, None, strays[:3], None)
+    assert _name_first_to_review(tmp_path / "vessels.csv", heard.append) == []
+    assert len(heard) == 2
 
 
 def test_teacher_disagreement_is_the_share_of_the_mask_off_the_teacher_s_top_pixels():
