@@ -78,7 +78,8 @@ def main() -> None:
     settings = read_config(a.run)["self_trained_vessels"]
     student = settings["student"]
     model = Segmenter.from_pretrained(a.run, device="cpu")
-    samples = [s for split in args["split"].split(",") for s in load_data_spec(args["data"], split)]
+    parts = scores.get("cohort") or [(args["data"], s) for s in args["split"].split(",")]
+    samples = [s for data, split in parts for s in load_data_spec(data, split)]
     files = collect_images([s.image_path for s in samples])
     fov_dir = None if args["fov_masks"] == "None" else args["fov_masks"]
     masks = fov_mask_files([path for _, path in files], fov_dir) if fov_dir else None

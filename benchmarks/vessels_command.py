@@ -8,6 +8,8 @@
         --out /tmp/vessels_drive_fov --fov-masks ../shared/data/DRIVE/test/mask
     python benchmarks/vessels_command.py --data drive:../shared/data/DRIVE --split train,test \\
         --out /tmp/vessels_drive40 --train-images 40     # DRIVE's 40 images as one cohort
+    python benchmarks/vessels_command.py --data drive:../shared/data/DRIVE --split test \\
+        --data stare:../shared/data/STARE --split all --out /tmp/vessels_mixed   # two cameras
 
 The command (:func:`~localdisc.tasks.vessels.segment_vessels_self_trained`, its CLI
 defaults) gets the split's image files and nothing else: it finds each FOV in the image (with
@@ -19,7 +21,8 @@ specks dropped: the best kind of filter row of ``benchmark shape-guided``). ``--
 ``--painted``, ``--seed``, ``--fov-masks``, ``--train-images``, ``--reteach-unusual`` and
 ``--teach-all`` are the command's (with fewer images taught on than the split has, the masks
 of those taught on and of the others are also scored apart; with several splits, each split's
-too). Results are printed and written to ``OUT/scores.json``, with the masks' scores per image.
+too, and each set's when several are given). Results are printed and written to
+``OUT/scores.json``, with the masks' scores per image.
 """
 
 from __future__ import annotations
@@ -44,12 +47,12 @@ from localdisc.tasks.vessels import PAINTED, SPECK_AREA, TRAIN_IMAGES, segment_v
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="NAME:ROOT of a data set with vessel masks")
-    p.add_argument(
-        "--split",
-        default="test",
-        help="a split, or several joined by commas as one cohort (drive: train,test)",
-    )
+    p.add_argument("--data", required=True, action="append",
+                   help="NAME:ROOT of a data set with vessel masks; repeated, the sets make one "
+                   "cohort")  # fmt: skip
+    p.add_argument("--split", action="append",
+                   help="a split, or several joined by commas as one cohort (drive: train,test); "
+                   "one per --data, or one for all [default: test]")  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=StudentConfig.steps)
     p.add_argument("--painted", type=int, default=PAINTED)
@@ -62,8 +65,18 @@ def main() -> None:
     p.add_argument("--teach-all", action="store_true", help="the command's")
     a = p.parse_args()
 
-    splits = a.split.split(",")
-    cohort = [(split, s) for split in splits for s in load_data_spec(a.data, split)]
+    splits = a.split or ["test"]
+    if len(splits) == 1:
+        splits *= len(a.data)
+    if len(splits) != len(a.data):
+        p.error("give one --split per --data, or one for all")
+    pairs = zip(a.data, splits, strict=True)
+    parts = [(data, split) for data, field in pairs for split in field.split(",")]
+    cohort = [
+        (split if len(a.data) == 1 else f"{data.split(':')[0]} {split}", s)
+        for data, split in parts
+        for s in load_data_spec(data, split)
+    ]
     samples = [s for _, s in cohort]
     files = [s.image_path for s in samples]
     config = StudentConfig(painted=a.painted, steps=a.steps, seed=a.seed)
@@ -84,11 +97,12 @@ def main() -> None:
     order = ["command: probability at 0.5", "command: mask (specks removed)"]
     if len(taught) < len(samples):
         order += ["  ... taught on", "  ... not taught on"]
-    if len(splits) > 1:
-        order += [f"  ... {split} split" for split in splits]
+    labels = list(dict.fromkeys(label for label, _ in cohort))
+    if len(labels) > 1:
+        order += [f"  ... {label} split" for label in labels]
     rows: dict[str, list[dict]] = {k: [] for k in [*order, teacher_row]}
     per_image: dict[str, dict] = {}
-    for split, s in cohort:
+    for label, s in cohort:
         name = names[s.image_path]
         prob = read_image(a.out / f"{name}_prob.png")[0][..., 0]
         mask = read_image(a.out / f"{name}_mask.png")[0][..., 0] > 0.5
@@ -100,9 +114,9 @@ def main() -> None:
         if len(taught) < len(samples):
             part = "taught on" if s.image_path.resolve() in taught else "not taught on"
             rows[f"  ... {part}"].append(written)
-        if len(splits) > 1:
-            rows[f"  ... {split} split"].append(written)
-        per_image[name] = {"split": split, "taught_on": s.image_path.resolve() in taught, **written}
+        if len(labels) > 1:
+            rows[f"  ... {label} split"].append(written)
+        per_image[name] = {"split": label, "taught_on": s.image_path.resolve() in taught, **written}
         score = vesselness(s.image, s.fov, method=config.method, erode_fov=config.erode_fov)
         cut = threshold_vessels(score, s.fov, fraction, config.erode_fov, SPECK_AREA)
         teacher = image_metrics(cut.astype(np.float32), s, "vessels", 512)
@@ -115,8 +129,8 @@ def main() -> None:
         print(f"{name:36s} Dice {dice['mean']:.3f} +- {dice['std']:.3f}  AUC {auc['mean']:.3f}")
     print(f"command: {seconds:.0f} s for {len(files)} images, taught on {len(taught)}; "
           f"peak memory of the process {peak_gb:.2f} GiB")  # fmt: skip
-    result = {"args": {k: str(v) for k, v in vars(a).items()}, "fraction": fraction,
-              "seconds": seconds, "peak_gib": peak_gb, "rows": summary,
+    result = {"args": {k: str(v) for k, v in vars(a).items()}, "cohort": parts,
+              "fraction": fraction, "seconds": seconds, "peak_gib": peak_gb, "rows": summary,
               "masks_per_image": per_image}  # fmt: skip
     (a.out / "scores.json").write_text(json.dumps(result, indent=1))
 
