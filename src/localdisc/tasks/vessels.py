@@ -179,6 +179,7 @@ def segment_vessels_self_trained(
     if earlier and _finished(out_dir, names):
         log(f"{out_dir} holds a finished run of these settings on these images: kept as it is "
             f"(another --out, or deleting it, runs again)")  # fmt: skip
+        _name_first_to_review(out_dir / "vessels.csv", log)
         return [out_dir / f"{name}_mask.png" for name in names]
     (out_dir / "vessels.csv").unlink(missing_ok=True)  # written last: marks a finished run
     taught = {}  # index -> (image, FOV, own size); the others are only read, to check them
