@@ -397,6 +397,16 @@ def test_the_log_names_the_masks_furthest_from_their_teacher_first(tmp_path):
     assert len(heard) == 2
 
 
+def test_a_cohort_taught_in_groups_gets_one_review_order_not_one_per_group(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(64,) * 8)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    said = []
+    segment_vessels_self_trained([photos], tmp_path / "out", fraction=0.12, config=config,
+                                 train_images=4, teach_all=True, log=said.append)  # fmt: skip
+    review = [line for line in said if line.startswith("masks to look at first")]
+    assert len(review) == 1 and str(tmp_path / "out" / "vessels.csv") in review[0]
+
+
 def test_teacher_disagreement_is_the_share_of_the_mask_off_the_teacher_s_top_pixels():
     fov = np.ones((40, 40), bool)
     score = np.zeros((40, 40), np.float32)

@@ -147,15 +147,46 @@ def segment_vessels_self_trained(
         raise LocaldiscError(f"the network needs at least one image to learn from, got "
                              f"{train_images}")  # fmt: skip
     files = collect_images(images)
-    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     if teach_all and len(files) > train_images:
+        masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
         for i, (_, path) in enumerate(files):  # every image checked before the first training
             _check_photo(path, max_size, None if masks is None else masks[i])
-        group_run = partial(segment_vessels_self_trained, prior=prior, fraction=fraction,
-                            config=config, speck_area=speck_area, max_size=max_size,
-                            fov_masks=fov_masks, train_images=train_images, log=log,
+        group_run = partial(_self_train, prior=prior, fraction=fraction, config=config,
+                            speck_area=speck_area, max_size=max_size, fov_masks=fov_masks,
+                            train_images=train_images, reteach_unusual=False, log=log,
                             progress=progress)  # fmt: skip
-        return _teach_in_groups(files, Path(out_dir), train_images, config.seed, group_run, log)
+        written = _teach_in_groups(files, Path(out_dir), train_images, config.seed, group_run, log)
+    else:
+        written = _self_train(images, Path(out_dir), prior=prior, fraction=fraction,
+                              config=config, speck_area=speck_area, max_size=max_size,
+                              fov_masks=fov_masks, train_images=train_images,
+                              reteach_unusual=reteach_unusual, log=log,
+                              progress=progress)  # fmt: skip
+    # Once per command: not for each group, nor for the run of the unusual images.
+    _name_first_to_review(Path(out_dir) / "vessels.csv", log)
+    return written
+
+
+def _self_train(
+    images: Sequence[str | Path],
+    out_dir: Path,
+    *,
+    prior: str,
+    fraction: float | None,
+    config: StudentConfig,
+    speck_area: float,
+    max_size: int,
+    fov_masks: str | Path | None,
+    train_images: int,
+    reteach_unusual: bool,
+    log: Callable[[str], None],
+    progress: bool,
+) -> list[Path]:
+    """One network's run of :func:`segment_vessels_self_trained` on ``images`` (checked
+    settings), into ``out_dir``: kept when finished there, else taught (or taken from a stopped
+    run) and segmenting every image; ``vessels.csv`` last."""
+    files = collect_images(images)
+    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     chosen = set(range(len(files)))
     if len(files) > train_images:
         rng = np.random.default_rng(config.seed)
@@ -168,7 +199,6 @@ def segment_vessels_self_trained(
         fraction = expected_fraction(load_prior(prior, 128, count=32, seed=0), tubular=True)
     if not 0.0 < fraction < 1.0:
         raise LocaldiscError(f"the vessel fraction must lie in (0, 1), got {fraction!r}")
-    out_dir = Path(out_dir)
     settings = {"student": asdict(config), "prior": source, "fraction": fraction,
                 "speck_area": speck_area, "max_size": max_size,
                 "images": [str(path.resolve()) for i, (_, path) in enumerate(files) if i in chosen],
@@ -179,7 +209,6 @@ def segment_vessels_self_trained(
     if earlier and _finished(out_dir, names):
         log(f"{out_dir} holds a finished run of these settings on these images: kept as it is "
             f"(another --out, or deleting it, runs again)")  # fmt: skip
-        _name_first_to_review(out_dir / "vessels.csv", log)
         return [out_dir / f"{name}_mask.png" for name in names]
     (out_dir / "vessels.csv").unlink(missing_ok=True)  # written last: marks a finished run
     taught = {}  # index -> (image, FOV, own size); the others are only read, to check them
@@ -220,16 +249,14 @@ def segment_vessels_self_trained(
     if reteach_unusual and odd:
         log(f"a second network, taught on the {len(odd)} unusual image(s) alone, replaces their "
             f"masks: {out_dir / RETAUGHT}")  # fmt: skip
-        segment_vessels_self_trained([files[i][1] for i in odd], out_dir / RETAUGHT, prior=prior,
-                                     fraction=given_fraction, config=config, speck_area=speck_area,
-                                     max_size=max_size, fov_masks=fov_masks,
-                                     train_images=train_images, log=log,
-                                     progress=progress)  # fmt: skip
+        _self_train([files[i][1] for i in odd], out_dir / RETAUGHT, prior=prior,
+                    fraction=given_fraction, config=config, speck_area=speck_area,
+                    max_size=max_size, fov_masks=fov_masks, train_images=train_images,
+                    reteach_unusual=False, log=log, progress=progress)  # fmt: skip
         _adopt_masks(files, odd, out_dir / RETAUGHT, out_dir)
     _write_share_table(out_dir, names, shares, seen, yardstick, strays,
                        settings["teacher_disagreement"],
                        [reteach_unusual and i in odd for i in range(len(files))])  # fmt: skip
-    _name_first_to_review(out_dir / "vessels.csv", log)
     return written
 
 
@@ -468,7 +495,6 @@ def _teach_in_groups(
         table = csv.DictWriter(file, fieldnames=fields)
         table.writeheader()
         table.writerows(rows[i] for i in range(len(files)))
-    _name_first_to_review(out_dir / "vessels.csv", log)
     return [out_dir / f"{name}_mask.png" for name, _ in files]
 
 
