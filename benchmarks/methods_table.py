@@ -1,0 +1,75 @@
+"""Pool runs of `benchmark pretrain-methods` (e.g. one per pre-training seed) into one table.
+
+Each run's ``results.json`` holds, per metric, init row and task, the fine-tuning seeds' values
+(the mean over test images of each). This prints, per task, each row's values run by run, their
+mean +- std over every (run, seed) pair (the population std, as the benchmark's tables), and how
+often the reference init (default ``ld``) is ahead of it, like with like (its fine-tuned row
+against fine-tuned rows, its frozen row against frozen ones, recalibrated against recalibrated),
+with the same labelled images (the same fine-tuning seed) and in the same run:
+
+    python benchmarks/methods_table.py /tmp/s32/cm/methods /tmp/s32/cm1/methods
+    python benchmarks/methods_table.py RUN... --metric auc --reference pixpro
+
+A row missing from a run (or a task) is left out of that run's cells, never filled in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load(run: Path, metric: str) -> dict[str, dict[str, list[float]]]:
+    """``{row: {task: [value per fine-tuning seed]}}`` of one run's ``results.json``."""
+    path = run / "results.json" if run.is_dir() else run
+    table = json.loads(path.read_text())["transfer"][metric]
+    return {
+        row: {task: cell["seeds"] for task, cell in cells.items()} for row, cells in table.items()
+    }
+
+
+def pooled_table(runs: list[dict[str, dict[str, list[float]]]], task: str, reference: str) -> str:
+    rows = [row for row in runs[0] if any(task in run.get(row, {}) for run in runs)]
+    lines = [
+        f"| init ({task}) | per run: seeds | mean +- std | {reference} ahead |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        init, kind = row.split(" (", 1) if " (" in row else (row, "")
+        counterpart = f"{reference} ({kind}" if kind else reference  # like with like
+        cells, pooled, ahead, pairs = [], [], 0, 0
+        for run in runs:
+            values = run.get(row, {}).get(task)
+            if values is None:
+                cells.append("-")
+                continue
+            cells.append(", ".join(f"{v:.3f}" for v in values))
+            pooled += values
+            ref = run.get(counterpart, {}).get(task)
+            if ref is not None and init != reference:
+                ahead += sum(r > v for r, v in zip(ref, values, strict=True))
+                pairs += len(values)
+        mean, std = float(np.mean(pooled)), float(np.std(pooled))
+        wins = f"{ahead} of {pairs}" if pairs else ""
+        lines.append(f"| {row} | {' / '.join(cells)} | {mean:.3f} +- {std:.3f} | {wins} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="folders holding results.json")
+    parser.add_argument("--metric", default="dice", help="dice, f1, auc, cldice, ...")
+    parser.add_argument("--reference", default="ld", help="the row counted against the others")
+    args = parser.parse_args()
+    runs = [load(run, args.metric) for run in args.runs]
+    tasks = list(dict.fromkeys(task for run in runs for cells in run.values() for task in cells))
+    print(f"{args.metric}; runs: {', '.join(str(run) for run in args.runs)}\n")
+    for task in tasks:
+        print(pooled_table(runs, task, args.reference) + "\n")
+
+
+if __name__ == "__main__":
+    main()
