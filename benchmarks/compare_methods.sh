@@ -7,6 +7,10 @@
 # CPU scale (2 cores; the transfer protocol of `benchmark transfer --cpu-scale`):
 #   DEVICE=cpu SIZE=128 BATCH=2 WORKERS=2 BUDGET_S=240 LABELS=2 TRANSFER_SIZE=256 OUT=/tmp/cm bash benchmarks/compare_methods.sh
 #   (STEPS_PER_EPOCH=5 for the longer epochs of `benchmark transfer --cpu-scale --steps-per-epoch 5`)
+#   TASKS=drive,stare adds STARE's 2-label task (carry/STARE; on a device STARE does not fit
+#   carry beside the pool and DRIVE: a second call carries it with carry/methods-pretrain).
+#   Another pre-training draw of every method: PRETRAIN='{"seed": 1}' and another OUT; then
+#   `python benchmarks/methods_table.py OUT1/methods OUT2/methods` pools the runs' tables.
 # Five methods x 200 s do not fit one 15-minute device session with the transfer runs: run a
 # subset of METHODS per session and carry the finished pre-training runs ($OUT/methods/pretrain,
 # a few MB of weights) into the next one as carry/methods-pretrain; finished runs are reused.
