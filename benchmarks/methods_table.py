@@ -32,7 +32,7 @@ def load(run: Path, metric: str) -> dict[str, dict[str, list[float]]]:
 
 
 def pooled_table(runs: list[dict[str, dict[str, list[float]]]], task: str, reference: str) -> str:
-    rows = [row for row in runs[0] if any(task in run.get(row, {}) for run in runs)]
+    rows = list(dict.fromkeys(row for run in runs for row, cells in run.items() if task in cells))
     lines = [
         f"| init ({task}) | per run: seeds | mean +- std | {reference} ahead |",
         "|---|---|---|---|",
