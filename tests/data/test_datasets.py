@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -197,11 +198,35 @@ def test_drive_missing_fov_file_and_missing_folder(tmp_path: Path) -> None:
     (root / "test" / "mask" / "02_test_mask.gif").unlink()
     with pytest.raises(DatasetError, match=r"02_test\.tif.*02_test_mask"):
         load_dataset("drive", root, "test")
-    for path in (root / "training" / "1st_manual").iterdir():
-        path.unlink()
-    (root / "training" / "1st_manual").rmdir()
-    with pytest.raises(DatasetError, match=r"1st_manual: missing folder"):
+    # The images folder is the layout; a missing 1st_manual is an unlabelled split (below).
+    shutil.rmtree(root / "training" / "images")
+    with pytest.raises(DatasetError, match=r"training.images: missing folder"):
         load_dataset("drive", root, "train")
+
+
+def test_drive_test_split_without_1st_manual_is_unlabelled(tmp_path: Path) -> None:
+    # DRIVE from grand-challenge.org / Kaggle: test/ has images/ and mask/, no tracings.
+    root = make_drive(tmp_path / "DRIVE")
+    shutil.rmtree(root / "test" / "1st_manual")
+    shutil.rmtree(root / "test" / "2nd_manual")
+    test = load_dataset("drive", root, "test")
+    assert len(test) == 2 and test.targets == () and test.default_target is None
+    assert "test/1st_manual: no such folder" in test.missing_labels["vessels"]
+    sample = test[0]
+    assert sample.masks == {} and np.array_equal(sample.fov, as_bool(rect_fov()))
+    assert test.fov_source == "official mask files"
+    train = load_dataset("drive", root, "train")
+    assert train.targets == ("vessels",) and train.missing_labels == {}
+    # "all" (pre-training pools, shape priors): labelled where the files are, never a KeyError.
+    both = load_dataset("drive", root, "all")
+    assert both.targets == ("vessels",) and len(both) == 4
+    assert [sorted(s.masks) for s in both] == [["vessels"]] * 2 + [[]] * 2
+    assert len(pool_image_paths(f"drive:{root}")) == 4
+    # A 1st_manual folder that is there but lacks a file is still a broken download.
+    (root / "test" / "1st_manual").mkdir()
+    save(root / "test" / "1st_manual" / "01_manual1.gif", vessels())
+    with pytest.raises(DatasetError, match=r"02_test\.tif: its mask .*02_manual1"):
+        load_dataset("drive", root, "test")
 
 
 def test_drive_without_mask_folder_derives_fov(tmp_path: Path) -> None:
@@ -401,6 +426,62 @@ def test_folder_image_without_partner(tmp_path: Path) -> None:
         load_dataset("folder", root)
     ds = load_dataset("folder", root, skip_bad=True)
     assert len(ds) == 2 and ds.skipped[0][0] == lonely
+
+
+def test_folder_stem_fallback_never_takes_another_subfolders_mask(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    save(root / "images" / "train" / "001.png", fundus(seed=1))
+    val = save(root / "images" / "val" / "001.png", fundus(seed=2))
+    save(root / "masks" / "train" / "001.png", vessels())  # val/001 has no mask
+    with pytest.raises(DatasetError, match=r"val.001\.png: no mask at the same relative path"):
+        load_dataset("folder", root)
+    ds = load_dataset("folder", root, skip_bad=True)
+    assert [it.name for it in ds.items] == ["train/001"]
+    assert ds.skipped[0][0] == val and "is the mask of" in ds.skipped[0][1]
+    # The mask matched by path to no image, but two images share its stem: neither gets it.
+    shutil.move(root / "masks" / "train", root / "masks" / "other")
+    with pytest.raises(DatasetError, match=r"train.001\.png: .*other.001\.png .*so do 2 images"):
+        load_dataset("folder", root)
+
+
+def test_folder_stem_fallback_for_a_unique_stem(tmp_path: Path) -> None:
+    # Masks kept flat while images sit in sub-folders: the unique stem still pairs them.
+    root = tmp_path / "set"
+    save(root / "images" / "a" / "x.png", fundus(seed=1))
+    save(root / "images" / "b" / "y.png", fundus(seed=2))
+    save(root / "masks" / "x.png", vessels())
+    save(root / "masks" / "y.png", vessels(period=3))
+    ds = load_dataset("folder", root)
+    assert [it.masks["mask"][0].name for it in ds.items] == ["x.png", "y.png"]
+    assert np.array_equal(ds[1].masks["mask"], as_bool(vessels(period=3)))
+
+
+@pytest.mark.parametrize("masks_name", ["Masks", "GT", "LABELS", "Mask"])
+def test_folder_mask_folder_found_in_any_letter_case(tmp_path: Path, masks_name: str) -> None:
+    root = tmp_path / "set"
+    save(root / "images" / "a.png", fundus(seed=1))
+    save(root / masks_name / "a.png", vessels())
+    ds = load_dataset("folder", root)
+    assert ds.targets == ("mask",) and ds.mask_dir == root / masks_name
+    assert np.array_equal(ds[0].masks["mask"], as_bool(vessels()))
+    assert pool_image_paths(str(root)) == [root / "images" / "a.png"]
+
+
+def test_folder_mask_folders_differing_only_in_case_are_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    save(root / "images" / "a.png", fundus(seed=1))
+    save(root / "masks" / "a.png", vessels())
+    save(root / "Masks" / "a.png", vessels(period=3))
+    if len(list(root.iterdir())) < 3:
+        pytest.skip("case-insensitive file system: masks and Masks are one folder")
+    with pytest.raises(DatasetError, match=r"two mask folders, Masks and masks"):
+        load_dataset("folder", root)
+    # Pre-training needs no labels: the pool is still listed.
+    assert pool_image_paths(str(root)) == [root / "images" / "a.png"]
+    # Different names keep their order of preference (masks before gt), as before.
+    shutil.rmtree(root / "Masks")
+    save(root / "GT" / "a.png", vessels(period=3))
+    assert load_dataset("folder", root).mask_dir == root / "masks"
 
 
 def test_folder_unlabelled_grey_is_xray(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,22 @@ def test_inspect_reports_counts_sizes_coverage(tmp_path: Path) -> None:
     assert train["sizes"] == {"30x26": 2}
     assert train["coverage"]["vessels"] == pytest.approx(5 / 30, abs=1e-4)
     assert train["fov_source"] == "official mask files" and train["fov_fraction"] == 1.0
+
+
+def test_inspect_reports_drive_public_test_split_as_unlabelled(tmp_path: Path) -> None:
+    # DRIVE as downloaded from grand-challenge.org / Kaggle: no test tracings.
+    root = make_drive(tmp_path / "DRIVE")
+    for folder in ("1st_manual", "2nd_manual"):
+        shutil.rmtree(root / "test" / folder)
+    report = inspect_dataset("drive", root, progress=False)
+    train, test = report["splits"]["train"], report["splits"]["test"]
+    assert train["labelled"] and train["masks"] == {"vessels": 2}
+    assert train["missing_labels"] == {}
+    assert not test["labelled"] and test["images"] == 2 and test["fov"] == 2
+    assert test["masks"] == {} and test["coverage"] == {} and test["default_target"] is None
+    assert "test/1st_manual: no such folder" in test["missing_labels"]["vessels"]
+    out = write_preview("drive", tmp_path / "test.png", root=root, split="test")
+    assert out.stat().st_size > 0
 
 
 def test_inspect_unsplit_folder_reports_all(tmp_path: Path) -> None:

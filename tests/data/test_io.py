@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,32 @@ def test_png_16bit_keeps_range(tmp_path: Path) -> None:
     _check_image(img, (2, 3, 1))
     np.testing.assert_allclose(img[..., 0], arr / 65535.0, rtol=1e-6)
     assert meta.bit_depth == 16 and meta.format == "png"
+
+
+def test_png_16bit_colour_is_read_at_8_bits_as_documented(tmp_path: Path) -> None:
+    # Pillow, our only PNG decoder, reduces 16-bit RGB to 8 bits; the module doc says so. If
+    # this fails, a decoder keeps 16 bits now: update the module doc and this test.
+    arr = np.array([[[0, 257, 65535], [1000, 2000, 3000]]], dtype=np.uint16)
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+    img, meta = read_image(path)
+    _check_image(img, (1, 2, 3))
+    np.testing.assert_allclose(img, (arr >> 8) / 255.0, atol=1e-6)
+    assert meta.bit_depth == 8 and meta.channels == 3
+    assert "16-bit *colour* PNGs" in (lio.__doc__ or "")
 
 
 def test_jpeg_round_trip_within_tolerance(tmp_path: Path) -> None:
@@ -584,6 +612,38 @@ def test_masks_grey_and_rgb(tmp_path: Path) -> None:
     big[8:24, 8:24] = 255
     _save(big, tmp_path / "m.jpg", quality=75)
     assert (read_mask(tmp_path / "m.jpg") == big.astype(bool)).mean() > 0.98
+
+
+def test_masks_grey_label_maps_read_as_non_zero(tmp_path: Path) -> None:
+    # Class indices 0/1/2 stored as grey: nothing reaches half scale, yet the mask is not empty.
+    labels = np.array([[0, 1, 1, 0], [0, 2, 2, 2]], dtype=np.uint8)
+    ref = labels != 0
+    for name, arr in {
+        "l8.png": labels,
+        "l16.png": labels.astype(np.uint16),  # Pillow mode I;16
+        "l16.tif": labels.astype(np.uint16),
+        "rgb.png": np.stack([labels, np.zeros_like(labels), labels * 3], axis=-1),
+        "many.png": np.where(ref, np.arange(8, dtype=np.uint8).reshape(2, 4) * 16, 0),
+    }.items():
+        path = tmp_path / name
+        tifffile.imwrite(path, arr) if name.endswith(".tif") else _save(arr, path)
+        np.testing.assert_array_equal(read_mask(path), ref, err_msg=name)
+    # The same labels as a palette image agree.
+    pal = Image.fromarray(labels, mode="P")
+    pal.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0])
+    pal.save(tmp_path / "pal.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "pal.png"), ref)
+    # Not label maps, so half scale decides as before: a value above it (soft masks), more
+    # than 16 levels, or no background level.
+    soft = np.array([[0, 1, 2, 200]], dtype=np.uint8)
+    np.testing.assert_array_equal(read_mask(_save(soft, tmp_path / "soft.png")), [[0, 0, 0, 1]])
+    ramp = np.arange(20, dtype=np.uint8)[None]
+    assert not read_mask(_save(ramp, tmp_path / "ramp.png")).any()
+    no_zero = np.array([[1, 2, 3]], dtype=np.uint8)
+    assert not read_mask(_save(no_zero, tmp_path / "nz.png")).any()
+    # 16-bit: labels above 255 are not small class indices.
+    wide = np.array([[0, 300, 600]], dtype=np.uint16)
+    assert not read_mask(_save(wide, tmp_path / "wide.png")).any()
 
 
 def test_masks_palette(tmp_path: Path) -> None:

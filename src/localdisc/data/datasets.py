@@ -110,7 +110,9 @@ class SegmentationDataset(Sequence[Sample]):
     """Base class: a list of :class:`Item` read lazily into :class:`Sample`.
 
     Attributes: ``name``, ``root``, ``split``, ``modality``, ``targets`` (target names of this
-    split), ``default_target``, ``items``, ``image_paths``, ``skipped`` (``(path, reason)``).
+    split), ``default_target``, ``items``, ``image_paths``, ``skipped`` (``(path, reason)``),
+    ``missing_labels`` (target -> why its label folder is absent; an item without a target's
+    file has no such key in ``Sample.masks``, so consumers check ``target in sample.masks``).
     Subclasses set the class variables and implement :meth:`_list_items`.
     """
 
@@ -142,6 +144,9 @@ class SegmentationDataset(Sequence[Sample]):
         self.skip_bad = skip_bad
         self.skipped: list[tuple[Path, str]] = []
         self.targets: tuple[str, ...] = ()
+        #: Targets of :attr:`all_targets` whose label folder is absent, for some or all items of
+        #: this split, with the reason (DRIVE's test tracings are withheld from the download).
+        self.missing_labels: dict[str, str] = {}
         self.fov_source = "derived from the image"
         self._modality = self.default_modality or "fundus"
         if self.requires_root:
@@ -356,12 +361,16 @@ class DriveDataset(SegmentationDataset):
 
     Targets: ``vessels`` (1st_manual) and, where a ``2nd_manual`` folder exists (test half),
     ``vessels_2nd``. FOV: the official ``mask`` folder, derived from the image if it is absent.
+    A split without a ``1st_manual`` folder is unlabelled: its samples have no ``vessels``
+    mask, and ``missing_labels`` says why. DRIVE as downloaded from grand-challenge.org or
+    Kaggle is like that: its ``test`` folder holds only ``images`` and ``mask``.
     """
 
     name = "drive"
     layout = (
         "training/images/21_training.tif, training/1st_manual/21_manual1.gif, "
-        "training/mask/21_training_mask.gif; test/... likewise (+ test/2nd_manual/01_manual2.gif)"
+        "training/mask/21_training_mask.gif; test/... likewise (+ test/2nd_manual/01_manual2.gif; "
+        "test/1st_manual may be absent: the test split is then unlabelled)"
     )
     url = "https://drive.grand-challenge.org/"
     citation = "Staal et al., IEEE TMI 23(4):501-509, 2004"
@@ -371,21 +380,33 @@ class DriveDataset(SegmentationDataset):
     def _list_items(self) -> list[Item]:
         assert self.root is not None
         items: list[Item] = []
-        targets = {"vessels"}
+        targets: set[str] = set()
         fov_files = True
         for split in ("train", "test") if self.split == "all" else (self.split,):
             base = self.root / self._folders[split]
             images = _index(self._require_dir(base / "images"))
-            manual1 = _index(self._require_dir(base / "1st_manual"))
+            # The public download withholds the test tracings: no 1st_manual is an unlabelled
+            # split (as HRF without manual1), not a broken layout.
+            manual1 = _index(base / "1st_manual") if (base / "1st_manual").is_dir() else None
             manual2 = _index(base / "2nd_manual") if (base / "2nd_manual").is_dir() else None
             fovs = _index(base / "mask") if (base / "mask").is_dir() else None
             fov_files &= fovs is not None
+            if manual1 is not None:
+                targets.add("vessels")
+            else:
+                why = " (the public DRIVE download withholds them)" if split == "test" else ""
+                self.missing_labels["vessels"] = (
+                    f"{base / '1st_manual'}: no such folder, so the {split} images have no "
+                    f"vessels masks{why}"
+                )
             if manual2 is not None:
                 targets.add("vessels_2nd")
             for key, image in images.items():
                 ident = key.split("_")[0]  # "21_training" -> "21"
                 masks: dict[str, tuple[Path, ...]] = {}
-                wanted = [("vessels", manual1, "1st_manual", f"{ident}_manual1")]
+                wanted: list[tuple[str, dict[str, Path], str, str]] = []
+                if manual1 is not None:
+                    wanted.append(("vessels", manual1, "1st_manual", f"{ident}_manual1"))
                 if manual2 is not None:
                     wanted.append(("vessels_2nd", manual2, "2nd_manual", f"{ident}_manual2"))
                 if fovs is not None:
@@ -534,6 +555,10 @@ class HrfDataset(SegmentationDataset):
                     continue
             items.append(Item(stem, image, masks, fov))
         self.targets = ("vessels",) if manual is not None else ()
+        if manual is None:
+            self.missing_labels["vessels"] = (
+                f"{self.root / 'manual1'}: no such folder, so the images have no vessels masks"
+            )
         if fovs is not None:
             self.fov_source = "official mask files"
         return items
@@ -665,7 +690,7 @@ MASK_DIR_NAMES = frozenset(
         *SCR_ORGANS.values(),
     }
 )
-#: Where ``folder`` looks for masks next to ``images/``, in this order.
+#: Where ``folder`` looks for masks next to ``images/``, in this order (any letter case).
 FOLDER_MASK_DIRS = ("masks", "mask", "labels", "label", "manual", "gt")
 #: File-name endings of mask partners (``21_training_mask``, ``Image_01L_1stHO``, ``im0001.ah``).
 PARTNER_SUFFIXES = (
@@ -693,6 +718,40 @@ def walk(root: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
             continue
         seen.add((info.st_dev, info.st_ino))
         yield dirpath, dirnames, filenames
+
+
+def _mask_dir_candidates(root: Path) -> list[list[Path]]:
+    """Folders directly in ``root`` named like :data:`FOLDER_MASK_DIRS` in any letter case
+    (``Masks``, ``GT``), grouped by name in that order of preference; hidden ones skipped."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(root.iterdir()):
+        name = path.name.lower()
+        # Name first: is_dir() is a stat, and ROOT may hold thousands of image files.
+        if not path.name.startswith(".") and name in FOLDER_MASK_DIRS and path.is_dir():
+            found.setdefault(name, []).append(path)
+    return [found[name] for name in FOLDER_MASK_DIRS if name in found]
+
+
+def find_folder_mask_dir(root: Path) -> Path | None:
+    """The mask folder of a ``folder`` data set at ``root``, or ``None``.
+
+    Names are compared case-insensitively, because images are told from masks that way too
+    (:func:`folder_image_files`): a ``Masks`` folder is never pooled, so it must not be missed
+    as the labels either. The first name of :data:`FOLDER_MASK_DIRS` present wins; two
+    folders differing only in case (``masks`` and ``Masks``, on a case-sensitive file system)
+    raise :class:`DatasetError`, since either could hold the labels.
+    """
+    groups = _mask_dir_candidates(root)
+    if not groups:
+        return None
+    first = groups[0]
+    if len(first) > 1:
+        names = " and ".join(p.name for p in first)
+        raise DatasetError(
+            f"{root}: two mask folders, {names}, differ only in letter case; keep one so that "
+            "it is clear which holds the masks"
+        )
+    return first[0]
 
 
 def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]:
@@ -728,10 +787,13 @@ class FolderDataset(SegmentationDataset):
     """Any folder of images, optionally with masks matched by file stem; one split, ``all``.
 
     Layouts: ``ROOT/images/`` with a mask folder beside it (``masks/``, ``mask/``, ``labels/``,
-    ``label/``, ``manual/`` or ``gt/``), or images directly in ROOT with such a folder inside,
-    give the target ``mask``: each image needs a mask with the same relative path and stem
-    (any image suffix; a unique equal stem anywhere in the mask folder also matches). Without a
-    mask folder the set is unlabelled. Images are found recursively. The FOV is derived from the
+    ``label/``, ``manual/`` or ``gt/``, in any letter case, the first of these present), or
+    images directly in ROOT with such a folder inside, give the target ``mask``: each image needs
+    a mask with the same relative path and stem (any image suffix). Failing that, a mask
+    anywhere in the mask folder with the same stem matches when that stem is unique among the
+    masks and among the images and the mask is not another image's by relative path
+    (``images/val/001.png`` never gets ``masks/train/001.png``). Without a mask folder the set is
+    unlabelled. Images are found recursively. The FOV is derived from the
     image; the modality is guessed from the first readable image (grey: ``xray``; blank RGB
     images are passed over) unless given.
     """
@@ -760,9 +822,7 @@ class FolderDataset(SegmentationDataset):
     def _list_items(self) -> list[Item]:
         assert self.root is not None
         image_dir = self.root / "images" if (self.root / "images").is_dir() else self.root
-        self.mask_dir = next(
-            (self.root / d for d in FOLDER_MASK_DIRS if (self.root / d).is_dir()), None
-        )
+        self.mask_dir = find_folder_mask_dir(self.root)
         images = folder_image_files(image_dir, exclude=self.mask_dir)
         if self.mask_dir is None:
             self.targets = ()
@@ -778,18 +838,56 @@ class FolderDataset(SegmentationDataset):
                 rel = path.parent.relative_to(self.mask_dir) / image_stem(path)
                 by_rel.setdefault(name_key(rel.as_posix()), path)
                 by_stem.setdefault(name_key(image_stem(path)), []).append(path)
+        rels = {
+            image: name_key((image.parent.relative_to(image_dir) / image_stem(image)).as_posix())
+            for image in images
+        }
+        owner = {by_rel[rel]: image for image, rel in rels.items() if rel in by_rel}
+        image_stems: dict[str, int] = {}
+        for image in images:
+            key = name_key(image_stem(image))
+            image_stems[key] = image_stems.get(key, 0) + 1
         items: list[Item] = []
         for image in images:
-            rel = name_key((image.parent.relative_to(image_dir) / image_stem(image)).as_posix())
-            mask = by_rel.get(rel)
-            if mask is None and len(by_stem.get(name_key(image_stem(image)), [])) == 1:
-                mask = by_stem[name_key(image_stem(image))][0]
+            mask = by_rel.get(rels[image])
             if mask is None:
-                self._problem(image, f"no mask with the same file stem in {self.mask_dir}")
-                continue
+                mask, reason = self._stem_fallback(image, by_stem, owner, image_stems)
+                if mask is None:
+                    self._problem(image, reason)
+                    continue
             items.append(Item(self._name(image, image_dir), image, {"mask": (mask,)}))
         self.targets = ("mask",)
         return items
+
+    def _stem_fallback(
+        self,
+        image: Path,
+        by_stem: dict[str, list[Path]],
+        owner: dict[Path, Path],
+        image_stems: dict[str, int],
+    ) -> tuple[Path | None, str]:
+        """The mask of ``image`` by stem alone, or ``None`` and why not.
+
+        Only a match that cannot belong to another image counts: one mask with the stem, one
+        image with it, and that mask not matched to another image by relative path; otherwise
+        ``images/val/001.png`` would get ``masks/train/001.png``.
+        """
+        key = name_key(image_stem(image))
+        candidates = by_stem.get(key, [])
+        if not candidates:
+            return None, f"no mask with the same file stem in {self.mask_dir}"
+        no_rel = f"no mask at the same relative path in {self.mask_dir}"
+        if len(candidates) > 1:
+            return None, f"{no_rel}, and {len(candidates)} masks elsewhere have its stem"
+        mask = candidates[0]
+        if mask in owner:
+            return None, f"{no_rel}; {mask} has its stem but is the mask of {owner[mask]}"
+        if image_stems[key] > 1:
+            return None, (
+                f"{no_rel}; {mask} has its stem, but so do {image_stems[key]} images, so it "
+                "cannot be told whose mask it is"
+            )
+        return mask, ""
 
     @staticmethod
     def _name(path: Path, base: Path) -> str:
@@ -827,8 +925,9 @@ class FolderDataset(SegmentationDataset):
         if not root.is_dir():
             raise DatasetError(f"{root}: no such folder; expected a folder of images")
         image_dir = root / "images" if (root / "images").is_dir() else root
-        exclude = next((root / d for d in FOLDER_MASK_DIRS if (root / d).is_dir()), None)
-        paths = folder_image_files(image_dir, exclude=exclude)
+        # Pre-training needs no labels: every mask-named folder is left out, none is an error.
+        groups = _mask_dir_candidates(root)
+        paths = folder_image_files(image_dir, exclude=groups[0][0] if groups else None)
         if not paths:
             raise DatasetError(f"{root}: no image files found; expected {cls.layout}")
         return paths

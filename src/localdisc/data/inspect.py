@@ -83,6 +83,9 @@ class _SplitStats:
             "coverage": {t: round(float(np.mean(v)), 4) for t, v in self.coverage.items()},
             "targets": list(dataset.targets),
             "default_target": dataset.default_target,
+            # An unlabelled split (DRIVE's public test half) is reported, not an error.
+            "labelled": bool(dataset.targets),
+            "missing_labels": dict(dataset.missing_labels),
             "low_contrast": self.low_contrast,
         }
 
@@ -99,9 +102,12 @@ def inspect_dataset(
 
     Returns ``{"name", "root", "modality", "splits": {split: {"images", "masks": {target: n},
     "fov", "fov_source", "fov_fraction", "sizes": {"HxW": n}, "coverage": {target: mean
-    fraction of the FOV}, "targets", "default_target", "low_contrast": [names of images whose
-    intensities span less than LOW_CONTRAST_SPAN]}}, "skipped": [{"path", "reason"}]}``.
-    Split sets report ``train`` and ``test``, unsplit ones ``all``. A bad file raises
+    fraction of the FOV}, "targets", "default_target", "labelled": whether the split has any
+    target, "missing_labels": {target: why its label folder is absent}, "low_contrast": [names
+    of images whose intensities span less than LOW_CONTRAST_SPAN]}}, "skipped": [{"path",
+    "reason"}]}``. Split sets report ``train`` and ``test``, unsplit ones ``all``; a split
+    without labels (DRIVE's ``test`` as publicly downloaded) reports ``"labelled": false``
+    and empty ``masks``. A bad file raises
     (:class:`~localdisc.errors.DatasetError` / :class:`~localdisc.errors.ImageReadError`), or
     with ``skip_bad`` is listed under ``skipped``. ``progress`` draws a bar on stderr.
     """

@@ -19,7 +19,11 @@ Value conventions:
 
 * unsigned integer samples are divided by their full-scale value: ``2**bits - 1`` where the true
   bit depth is known (12-bit JSRT: 4095; a 16-bit PGM with maxval 4095: 4095), otherwise the
-  dtype maximum (16-bit PNG/TIFF: 65535), so 16-bit range is preserved;
+  dtype maximum (16-bit PNG/TIFF: 65535), so 16-bit range is preserved for grey PNGs, 16-bit
+  TIFFs (any channel count), 16-bit PGM/PPM and DICOM. Exception: 16-bit *colour* PNGs (RGB or
+  RGBA) are reduced to 8 bits per sample by Pillow, the only PNG decoder among the
+  dependencies, and their :class:`ImageMeta` says ``bit_depth=8``; save such images as 16-bit
+  TIFF to keep their precision;
 * signed integers without negative values are divided by the dtype maximum; with negative values
   they are min-max scaled;
 * floats must be finite; they are kept when inside [0, 1] and min-max scaled otherwise
@@ -180,8 +184,11 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     Foreground is decided so that the usual encodings all come out right:
 
     * grey or RGB (RGB: the brightest channel counts): values in {0, 1} -> value 1;
-      exactly two values, one of them 0 (0/255, 0/k) -> non-zero; otherwise (anti-aliased or
-      JPEG-compressed masks, two non-zero levels) -> above half of full scale;
+      exactly two values, one of them 0 (0/255, 0/k) -> non-zero; a label map (integer
+      samples, 0 and at most ``_MAX_LABEL_LEVELS - 1`` other values, none above half of full
+      scale nor above 255: 0/1/2 class indices) -> non-zero, as for label palettes;
+      otherwise (anti-aliased or JPEG-compressed masks, two non-zero levels) -> above half of
+      full scale;
     * palette images (GIF/PNG "P"): a grey palette is read as grey (above); with a single
       colour used, or exactly two of which one is dark and one bright, the bright colour
       (brightest channel > 127; DRIVE's second-observer GIFs use near-black (4, 2, 4) and
@@ -917,14 +924,37 @@ def _to_float_image(path: Path, d: _Decoded) -> np.ndarray:
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
+#: Most distinct values (background included) a grey mask may hold to be read as a label map.
+_MAX_LABEL_LEVELS = 16
+
+
 def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
-    """Grey values -> foreground; see :func:`read_mask` for the rules."""
+    """Grey values -> foreground, in this order (see also :func:`read_mask`):
+
+    1. only 0 and 1 -> value 1;
+    2. exactly two values, the lower 0 (0/255, 0/k) -> non-zero;
+    3. a label map -> non-zero: integer samples with at most :data:`_MAX_LABEL_LEVELS` distinct
+       values, 0 among them, none above half of full scale and none above 255 (0/1/2 class
+       indices stored as grey ``L`` or ``I;16``; the half-scale rule would make them empty);
+    4. otherwise above half of full scale (``scale``; for floats 0.5, or half the maximum when
+       values exceed 1): anti-aliased and JPEG masks, which have values above half scale.
+    """
     if values.dtype.kind == "b":
         return values
     levels = _levels(values)
     if levels.size <= 2 and np.isin(levels, (0, 1)).all():
         return values == 1
     if levels.size == 2 and levels[0] == 0:
+        return values != 0
+    if (
+        values.dtype.kind in "iu"
+        and scale is not None
+        and 1 < levels.size <= _MAX_LABEL_LEVELS
+        and levels[0] == 0
+        and levels[-1] <= min(scale / 2, 255)
+    ):
+        # Nothing reaches half scale, so the threshold below would give an empty mask: small
+        # integer levels are class indices (0 background), as in label palettes.
         return values != 0
     if scale is None:  # floats: 0.5 for probabilities, half the maximum otherwise
         top = float(levels[-1])

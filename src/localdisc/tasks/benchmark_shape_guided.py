@@ -60,7 +60,7 @@ import torch
 from localdisc.data.datasets import SegmentationDataset, dataset_class, load_data_spec
 from localdisc.data.io import write_png
 from localdisc.engine.checkpoint import atomic_write_text
-from localdisc.errors import LocaldiscError
+from localdisc.errors import DatasetError, LocaldiscError
 from localdisc.eval.metrics import summarize
 from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDModel
@@ -234,6 +234,9 @@ def run_shape_benchmark(
         try:
             spec = _spec(task, data_root, config.quick)
             test = _test_set(spec)
+            if task.target not in test.targets:  # e.g. DRIVE's public test split, no tracings
+                why = test.missing_labels.get(task.target, f"available: {test.targets}")
+                raise DatasetError(f"{spec}: no {task.target} masks to score with ({why})")
         except LocaldiscError as exc:
             log(f"[yellow]skipped {name}[/]: {exc}")
             skipped.append({"task": name, "init": "all", "reason": str(exc)})
