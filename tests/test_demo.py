@@ -1,5 +1,6 @@
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from localdisc.cli import app
@@ -19,6 +20,26 @@ def test_quick_demo_writes_its_figures_in_seconds(tmp_path):
     assert "vessels without labels" in result.output and "Sato" in result.output
     assert "taught network" in result.output
     assert elapsed < 30
+
+    # Again into the same folder: its finished runs are reused, not refused or trained again.
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    assert "reusing the demo's finished pre-training" in again.output
+    assert (tmp_path / "model.safetensors").read_bytes() == weights
+
+
+def test_demo_into_a_folder_holding_another_run_is_refused(tmp_path):
+    from helpers import tiny_pretrain_config
+    from localdisc.demo import run_demo
+    from localdisc.engine.pretrain import pretrain
+    from localdisc.errors import CheckpointError
+
+    pretrain(tiny_pretrain_config(data=["synthetic_fundus:4"]), tmp_path, log=lambda m: None)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(CheckpointError, match="other settings than this demo's"):
+        run_demo(tmp_path, quick=True, device="cpu", progress=False, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 def test_demo_queries_find_vessel_disc_and_background():

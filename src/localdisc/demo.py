@@ -18,7 +18,14 @@ import numpy as np
 from scipy import ndimage
 
 from localdisc.data.preprocess import resize_image, roi_crop
-from localdisc.engine.pretrain import PretrainConfig, PretrainResult, pretrain
+from localdisc.engine.pretrain import (
+    PretrainConfig,
+    PretrainResult,
+    holds_run_of,
+    pretrain,
+    refuse_used_run_dir,
+)
+from localdisc.errors import CheckpointError
 from localdisc.eval.figures import Query, cluster_figure, similarity_figure
 
 if TYPE_CHECKING:
@@ -133,6 +140,21 @@ def demo_queries(image: np.ndarray) -> list[Query]:
     ]
 
 
+def _own_run(run_dir: Path, config: PretrainConfig) -> bool:
+    """Whether ``run_dir`` holds this demo's run already: then it continues (or, finished, is
+    reused) as with ``--resume``. A folder holding another run is refused, nothing deleted."""
+    if holds_run_of(run_dir, config):
+        return True
+    try:
+        refuse_used_run_dir(run_dir)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{run_dir}: holds a run with other settings than this demo's; choose another --out "
+            "(nothing was deleted)"
+        ) from exc
+    return False
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -168,12 +190,15 @@ def run_demo(
         progress=progress,
     )
     t0 = time.perf_counter()
-    result: PretrainResult = pretrain(config, out, log=log)
+    result: PretrainResult = pretrain(config, out, resume=_own_run(out, config), log=log)
     elapsed = time.perf_counter() - t0
-    log(
-        f"pre-trained {result.steps} steps in {elapsed:.0f} s ({result.images_per_s:.1f} images/s),"
-        f" final loss {result.final_loss:.3f}"
-    )
+    if result.already_finished:
+        log(f"reusing the demo's finished pre-training in {out} ({result.steps} steps)")
+    else:
+        log(
+            f"pre-trained {result.steps} steps in {elapsed:.0f} s "
+            f"({result.images_per_s:.1f} images/s), final loss {result.final_loss:.3f}"
+        )
 
     from localdisc.models.ld import LDModel
 
@@ -246,7 +271,7 @@ def demo_vessels(
         config, stage1_steps=0, stage2_steps=steps, clusters=8, prior="simulated:vessels",
         prior_count=16, init_from=str(run_dir / start), val_images=0,
     )  # fmt: skip
-    pretrain(shape_config, shape_dir, log=log)
+    pretrain(shape_config, shape_dir, resume=_own_run(shape_dir, shape_config), log=log)
     model = LDModel.from_pretrained(shape_dir)
     size = config.resolved_pool_size
     fraction = expected_fraction(load_prior("simulated:vessels", size, count=8), tubular=True)

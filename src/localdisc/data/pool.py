@@ -77,6 +77,8 @@ def synthetic_pool(
 
     from localdisc.data import synthetic
 
+    if n < 1:
+        raise DatasetError(f"synthetic_{modality}: a generated pool needs n >= 1 images, not {n}")
     if modality == "fundus":
         make = synthetic.synthetic_fundus
     else:
@@ -121,8 +123,11 @@ def resolve_pool(
                 raise DatasetError(
                     f"{spec}: expected synthetic_{modality}[:N] for a {modality} run"
                 )
+            count = int(arg or 32)
+            if count < 1:  # np.stack of no images would fail without naming the spec
+                raise DatasetError(f"{spec}: a generated pool needs N >= 1 images, not {count}")
             hard = name.endswith("_hard")
-            parts.append(synthetic_pool(int(arg or 32), modality, size, seed=seed, hard=hard))
+            parts.append(synthetic_pool(count, modality, size, seed=seed, hard=hard))
         elif spec == "skimage:retina":
             if retina is None:  # decoded once however often the spec repeats
                 import skimage.data

@@ -4,7 +4,9 @@ discrimination and entropy), as in METHOD.md sections 2-3.
 One function, :func:`pretrain`, runs both stages on one device or under ``torchrun`` on many. The
 pool is decoded once into memory (see :mod:`localdisc.data.pool`); each step samples ``B`` image
 pairs, builds the ``5B`` views on the training device and takes one Adam step. Checkpoints are
-atomic and hold every RNG state, so ``resume=True`` continues exactly where a run stopped.
+atomic and hold every RNG state, so ``resume=True`` continues exactly where a run stopped (with
+the run's saved settings and number of processes; a finished run is left as it is). A fresh run
+refuses a folder that holds a run: the two would mix.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from localdisc.engine import distributed
 from localdisc.engine.checkpoint import (
     atomic_save_safetensors,
     atomic_write_text,
+    list_checkpoints,
     load_latest_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
@@ -134,8 +137,9 @@ class PretrainConfig:
         if self.stage1_steps < 0 or self.stage2_steps < 0:
             problems.append("step counts must be >= 0")
         for budget in (self.stage1_seconds, self.stage2_seconds):
-            if budget is not None and budget <= 0:
-                problems.append("stage time budgets must be > 0 seconds")
+            # not (> 0) also catches NaN, which compares False to everything
+            if budget is not None and not (0 < budget < math.inf):
+                problems.append(f"stage time budgets must be > 0 seconds and finite, not {budget}")
         if self.stage1_steps + self.stage2_steps == 0:
             problems.append("at least one training step is needed")
         if self.batch < 1:
@@ -146,6 +150,8 @@ class PretrainConfig:
             problems.append(f"pool_size must be >= 1, not {self.pool_size}")
         if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             problems.append(f"crop_scale must be 0 < min <= max <= 1, not {self.crop_scale}")
+        if self.width < 1:
+            problems.append(f"width must be >= 1, not {self.width}")
         if not 2 <= self.depth <= 5:
             problems.append(f"depth must be 2 to 5 encoder blocks, not {self.depth}")
         if self.padding not in ("zeros", "circular", "reflect", "replicate"):
@@ -158,8 +164,10 @@ class PretrainConfig:
             problems.append(f"clusters must be >= 2, not {self.clusters}")
         if self.dim < 2:
             problems.append(f"dim must be >= 2, not {self.dim}")
-        if self.lr <= 0:
-            problems.append("lr must be > 0")
+        if not 0 < self.lr < math.inf:  # NaN fails this too; it would train to NaN silently
+            problems.append(f"lr must be > 0 and finite, not {self.lr}")
+        if self.max_images is not None and self.max_images < 1:
+            problems.append(f"max_images must be >= 1, not {self.max_images}")
         if self.prior is not None and self.stage2_steps == 0:
             problems.append("a shape prior acts in stage 2: give stage 2 some steps")
         if self.prior_weight < 0 or self.disc_lr <= 0 or self.prior_count < 1:
@@ -275,6 +283,63 @@ class PretrainResult:
     skipped_steps: int
     trained_steps: int = 0  # optimizer steps taken (a time budget can skip step numbers)
     images: int = 0  # images fed through the network in those steps
+    # a resume of a run that had finished: nothing was trained (the counts are the run's)
+    already_finished: bool = False
+
+
+#: Weights a finished run ends with; with ``model_best`` and ``stage1`` they mark a used folder.
+FINAL_WEIGHTS = ("model.safetensors", "encoder.safetensors")
+RUN_WEIGHTS = (*FINAL_WEIGHTS, "model_best.safetensors", "stage1.safetensors")
+
+
+def refuse_used_run_dir(run_dir: Path) -> None:
+    """Raise :class:`CheckpointError` if ``run_dir`` holds a run (checkpoints or weights).
+
+    A fresh run there would mix with it: the old run's later checkpoints survive pruning and a
+    later ``--resume`` continues the old run; its ``model_best`` survives. Nothing is deleted.
+    """
+    found = [name for name in RUN_WEIGHTS if (run_dir / name).is_file()]
+    if list_checkpoints(run_dir / "checkpoints"):
+        found.insert(0, "checkpoints/")
+    if found:
+        raise CheckpointError(
+            f"{run_dir}: holds a run already ({', '.join(found)}); pass --resume to continue "
+            "it, or choose another --out for a new run (nothing was deleted)"
+        )
+
+
+def holds_run_of(run_dir: Path, config: PretrainConfig) -> bool:
+    """Whether ``run_dir`` holds a run started with ``config``'s settings (runtime fields aside):
+    one that ``--resume`` continues, or leaves as it is once finished."""
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text())["pretrain"]
+        saved.update({k: getattr(config, k) for k in RUNTIME_FIELDS})
+        return not _changed_settings(config, PretrainConfig.from_dict(saved))
+    except (OSError, KeyError, TypeError, ValueError, LocaldiscError):
+        return False
+
+
+def _changed_settings(given: PretrainConfig, saved: PretrainConfig) -> list[str]:
+    """``field saved (given value)`` for each non-runtime setting that differs."""
+    # Through JSON: config.json holds lists where the given config holds tuples.
+    a, b = (json.loads(json.dumps(asdict(c))) for c in (given, saved))
+    return [f"{k} {b[k]!r} (given {a[k]!r})" for k in a if k not in RUNTIME_FIELDS and a[k] != b[k]]
+
+
+def _world_size_problem(run_dir: Path, trained_with: int, now: int) -> str:
+    how = "without torchrun" if trained_with == 1 else f"with {trained_with} processes in all"
+    return (
+        f"{run_dir / 'checkpoints'}: the run was trained with {trained_with} process(es) and "
+        f"resumes only with as many (each has its own sampler state), not {now}: run it {how}"
+    )
+
+
+def _save_final_weights(model: LDModel, run_dir: Path) -> None:
+    """``model.safetensors``, ``encoder.safetensors``, and ``model_best`` if validation wrote
+    none."""
+    model.save(run_dir)
+    if not (run_dir / "model_best.safetensors").exists():
+        atomic_save_safetensors(model.state_dict(), run_dir / "model_best.safetensors")
 
 
 def _budget_spent(start: float, budget: float, ctx: distributed.DistContext) -> bool:
@@ -383,11 +448,15 @@ def pretrain(
     Args:
         config: the run's configuration; on resume the saved one is used (runtime fields aside).
         run_dir: output folder.
-        resume: continue from the newest valid checkpoint in ``run_dir/checkpoints``.
+        resume: continue from the newest valid checkpoint in ``run_dir/checkpoints`` (a run
+            that finished, by its steps or its time budget, is left as it is). Without it,
+            a ``run_dir`` that holds a run (checkpoints or weights) raises CheckpointError.
         pool: pre-decoded uint8 pool ``[N, C, P, P]``; default: read ``config.data``.
         stop_at_step: stop after this global step, as an interruption would (for tests).
     """
     run_dir = Path(run_dir)
+    if not resume:  # before anything is written (or a process group is joined)
+        refuse_used_run_dir(run_dir)
     ctx = distributed.setup(config.device)
     config_path = run_dir / "config.json"
     if resume:
@@ -395,7 +464,13 @@ def pretrain(
             raise CheckpointError(f"{run_dir}: nothing to resume (no config.json)")
         saved = json.loads(config_path.read_text())["pretrain"]
         saved.update({k: getattr(config, k) for k in RUNTIME_FIELDS})
-        config = PretrainConfig.from_dict(saved)
+        given, config = config, PretrainConfig.from_dict(saved)
+        changed = _changed_settings(given, config)
+        if changed and ctx.is_main:  # the saved settings win; say so rather than silently
+            log(
+                f"{config_path}: resuming with the run's saved settings, not the given ones: "
+                + ", ".join(changed)
+            )
     device = ctx.device
     main = ctx.is_main
 
@@ -473,10 +548,17 @@ def pretrain(
     loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log) if resume else None
     if resume and loaded is None:  # stopped before its first checkpoint: nothing to keep
         log(f"{run_dir}: no checkpoint yet, starting from step 0")
+    already_finished = False
     if loaded is not None:
         state, tensors = loaded
+        # ended by its step count, or by a time budget (recorded: it has steps left)
+        already_finished = bool(state.get("finished")) or state["step"] >= config.total_steps
+        trained_with = state.get("world_size")  # None: a checkpoint from before it was stored
+        if not already_finished and trained_with not in (None, ctx.world_size):
+            raise CheckpointError(_world_size_problem(run_dir, trained_with, ctx.world_size))
         model.load_state_dict(tensors["model"])
-        gen.set_state(tensors["rng"][f"sampler_{ctx.rank}"])
+        if not already_finished:  # a finished run samples no more (and may have other ranks)
+            gen.set_state(tensors["rng"][f"sampler_{ctx.rank}"])
         step = state["step"]
         # A checkpoint at the end of stage 1 holds stage 1's optimizer: resume in stage 1 and
         # let the loop switch, as an uninterrupted run does.
@@ -491,7 +573,8 @@ def pretrain(
             objective.load_state_dict({**model_state, **tensors["objective"]})
         if adversary is not None:
             adversary.load_state(tensors, state)
-        log(f"resumed from step {step}")
+        if not already_finished:
+            log(f"resumed from step {step}")
     elif main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         meta = {"pretrain": asdict(config), "model": asdict(model.config)}
@@ -499,6 +582,21 @@ def pretrain(
         if skipped_files:
             meta["skipped_files"] = [[str(p), r] for p, r in skipped_files]
         atomic_write_text(config_path, json.dumps(meta, indent=2))
+
+    b = config.batch
+    images_per_step = (objective.images_per_step(b) if objective else 5 * b) * ctx.world_size
+    if already_finished:  # resuming a finished run trains nothing and rewrites nothing
+        assert loaded is not None
+        if main:
+            log(f"{run_dir}: the run finished at step {step} already; nothing to do")
+            if not all((run_dir / name).is_file() for name in FINAL_WEIGHTS):
+                _save_final_weights(model, run_dir)  # it was stopped before writing them
+        distributed.barrier()
+        return PretrainResult(
+            run_dir, step, 0.0, float(loaded[0].get("last_loss", math.nan)),
+            None if math.isinf(best_val) else best_val, skipped_steps, trained_steps,
+            trained_steps * images_per_step, already_finished=True,
+        )  # fmt: skip
 
     ddp_model = _prepare_model(model, stage, ctx, config.compile)
     optimizer = _new_optimizer(model, config.lr_at(step), objective)
@@ -524,6 +622,11 @@ def pretrain(
             "trained_steps": trained_steps,
             "nonfinite_in_row": nonfinite_in_row,
             "optimizer": opt_meta,
+            # resume needs as many processes: each has its own sampler RNG state
+            "world_size": ctx.world_size,
+            # a run ended by its time budget has steps left: this tells --resume it is done
+            "finished": finished or step >= config.total_steps,
+            "last_loss": last_loss,
         }
         if objective is not None:  # momentum encoders, queues (the model is saved above)
             tensors["objective"] = {
@@ -535,8 +638,6 @@ def pretrain(
             meta.update(adv_meta)
         save_checkpoint(run_dir / "checkpoints", step, tensors, meta)
 
-    b = config.batch
-    images_per_step = (objective.images_per_step(b) if objective else 5 * b) * ctx.world_size
     sums: dict[str, Tensor] = {}
     n_summed = 0
     last_loss = math.nan
@@ -607,24 +708,28 @@ def pretrain(
                         f"{nonfinite_in_row} non-finite losses in a row at step {step}; stopped. "
                         f"The last good checkpoint is in {run_dir / 'checkpoints'}"
                     )
+                # No `continue`: a skipped step still logs, validates and checkpoints where it
+                # is due, or a skip at the last step would leave the run without its final
+                # checkpoint (and --resume would redo finished steps).
                 step += 1
-                continue
-            nonfinite_in_row = 0
-            total.backward()
-            optimizer.step()
-            if objective is not None:
-                objective.after_step()
-            if adversary is not None and assignments is not None:
-                logged["disc"] = adversary.discriminator_step(assignments[:, :1], gen)
-            step += 1
-            trained_steps += 1
-            steps_done_here += 1
-            window_steps += 1
+            else:
+                nonfinite_in_row = 0
+                total.backward()
+                optimizer.step()
+                if objective is not None:
+                    objective.after_step()
+                if adversary is not None and assignments is not None:
+                    logged["disc"] = adversary.discriminator_step(assignments[:, :1], gen)
+                step += 1
+                trained_steps += 1
+                steps_done_here += 1
+                window_steps += 1
+                for k, val in logged.items():
+                    sums[k] = sums.get(k, 0) + val.detach()
+                n_summed += 1
 
-            for k, val in logged.items():
-                sums[k] = sums.get(k, 0) + val.detach()
-            n_summed += 1
-            if step % config.log_every == 0 or step == config.total_steps:
+            # n_summed: a window of skipped steps only has no means to log
+            if n_summed and (step % config.log_every == 0 or step == config.total_steps):
                 means = {k: (v / n_summed).item() for k, v in sums.items()}
                 now = time.perf_counter()
                 img_per_s = window_steps * images_per_step / max(now - t_window, 1e-9)
@@ -677,9 +782,7 @@ def pretrain(
                           run_dir / "figures", step, clusters=stage == 2)  # fmt: skip
     finished = finished or step == config.total_steps
     if main and finished:
-        model.save(run_dir)
-        if not (run_dir / "model_best.safetensors").exists():
-            atomic_save_safetensors(model.state_dict(), run_dir / "model_best.safetensors")
+        _save_final_weights(model, run_dir)
     # No rank may leave (and tear down gloo/NCCL) while rank 0 is still writing.
     distributed.barrier()
     elapsed = time.perf_counter() - t_start

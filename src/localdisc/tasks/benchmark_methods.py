@@ -92,7 +92,8 @@ def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None
         return json.loads(record.read_text())
     config = PretrainConfig(**settings)
     t0 = time.perf_counter()
-    result = pretrain(config, run_dir, resume=(run_dir / "checkpoints").is_dir(), log=log)
+    # config.json: a run started here (stopped before its first checkpoint or not) continues
+    result = pretrain(config, run_dir, resume=(run_dir / "config.json").is_file(), log=log)
     reached = {
         "steps": result.trained_steps,
         "images": result.images,

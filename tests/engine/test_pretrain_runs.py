@@ -1,0 +1,281 @@
+"""What ``pretrain`` does with a run folder that already holds a run: fresh runs refuse it,
+``--resume`` continues it (or does nothing when it finished), under the settings it was saved with
+and with the number of processes it was trained with."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import tiny_pretrain_config
+from localdisc.engine.checkpoint import list_checkpoints, load_safetensors
+from localdisc.engine.pretrain import pretrain
+from localdisc.errors import CheckpointError, LocaldiscError
+
+
+@pytest.fixture(scope="module")
+def pool() -> torch.Tensor:
+    from localdisc.data.pool import synthetic_pool
+
+    return synthetic_pool(6, "fundus", 48)
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    """Every file of the run, by relative path, with its bytes."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+# -- a fresh run into a used folder ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop_at", [None, 3], ids=["finished", "interrupted"])
+def test_a_fresh_run_into_a_used_folder_is_refused_and_nothing_is_deleted(
+    tmp_path: Path, pool: torch.Tensor, stop_at: int | None
+) -> None:
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain_config(seed=0), run, pool=pool, stop_at_step=stop_at, log=quiet)
+    before = _snapshot(run)
+    with pytest.raises(CheckpointError) as info:
+        pretrain(tiny_pretrain_config(seed=1), run, pool=pool, log=quiet)
+    message = str(info.value)
+    assert message.startswith(f"{run}: holds a run already")
+    assert "--resume" in message and "--out" in message and "checkpoints/" in message
+    assert _snapshot(run) == before  # nothing deleted, nothing written
+
+
+def test_weights_alone_mark_a_used_folder(tmp_path: Path, pool: torch.Tensor) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_best.safetensors").write_bytes(b"old")
+    with pytest.raises(CheckpointError, match="model_best.safetensors"):
+        pretrain(tiny_pretrain_config(), run, pool=pool, log=quiet)
+    assert (run / "model_best.safetensors").read_bytes() == b"old"
+
+
+def test_a_folder_without_checkpoints_or_weights_takes_a_fresh_run(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    """An empty folder, or one whose run was stopped before its first checkpoint (only its
+    config.json and logs): nothing there to mix with."""
+    run = tmp_path / "run"
+    (run / "figures").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    result = pretrain(tiny_pretrain_config(), run, pool=pool, log=quiet)
+    assert result.steps == 6 and (run / "model.safetensors").is_file()
+
+
+# -- --resume of a finished run -------------------------------------------------------------------
+
+
+def test_resume_of_a_run_finished_by_its_time_budget_does_nothing(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    run = tmp_path / "run"
+    config = tiny_pretrain_config(stage1_steps=100_000, stage2_steps=0, stage1_seconds=0.3,
+                                  checkpoint_every=100_000, val_every=100_000)  # fmt: skip
+    first = pretrain(config, run, pool=pool, log=quiet)
+    assert first.steps < config.total_steps  # ended by the budget, with steps left
+    before = _snapshot(run)
+    messages: list[str] = []
+    again = pretrain(config, run, pool=pool, resume=True, log=messages.append)
+    assert _snapshot(run) == before  # nothing trained, nothing overwritten
+    assert again.already_finished and not first.already_finished
+    assert (again.steps, again.trained_steps, again.skipped_steps) == (
+        first.steps,
+        first.trained_steps,
+        first.skipped_steps,
+    )
+    assert again.images == first.images and again.final_loss == pytest.approx(first.final_loss)
+    assert messages == [f"{run}: the run finished at step {first.steps} already; nothing to do"]
+
+
+def test_resume_of_a_run_finished_by_its_step_count_does_nothing(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    run = tmp_path / "run"
+    config = tiny_pretrain_config()
+    first = pretrain(config, run, pool=pool, log=quiet)
+    before = _snapshot(run)
+    messages: list[str] = []
+    again = pretrain(config, run, pool=pool, resume=True, log=messages.append)
+    assert _snapshot(run) == before
+    assert again.already_finished and again.steps == first.steps == 6
+    assert messages == [f"{run}: the run finished at step 6 already; nothing to do"]
+
+
+def test_resume_of_a_finished_run_stopped_before_its_weights_writes_them(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    """Killed between its final checkpoint and model.safetensors: resume writes the weights of
+    that checkpoint, and trains nothing."""
+    run = tmp_path / "run"
+    config = tiny_pretrain_config()
+    pretrain(config, run, pool=pool, log=quiet)
+    final = load_safetensors(run / "model.safetensors")
+    (run / "model.safetensors").unlink()
+    (run / "encoder.safetensors").unlink()
+    rows = (run / "log.csv").read_text()
+    result = pretrain(config, run, pool=pool, resume=True, log=quiet)
+    assert result.already_finished
+    assert (run / "log.csv").read_text() == rows
+    again = load_safetensors(run / "model.safetensors")
+    assert (run / "encoder.safetensors").is_file()
+    for k in final:
+        torch.testing.assert_close(again[k], final[k], rtol=0, atol=0, msg=k)
+
+
+def test_checkpoints_record_whether_the_run_finished(tmp_path: Path, pool: torch.Tensor) -> None:
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain_config(checkpoint_every=2), run, pool=pool, log=quiet)
+    states = {
+        int(p.name.removeprefix("step_")): json.loads((p / "state.json").read_text())
+        for p in list_checkpoints(run / "checkpoints")
+    }
+    assert {s: state["finished"] for s, state in states.items()} == {4: False, 6: True}
+    assert all(state["world_size"] == 1 for state in states.values())
+    assert math.isfinite(states[6]["last_loss"])
+
+
+# -- --resume with another number of processes -----------------------------------------------------
+
+
+def _set_state(run: Path, **changes: object) -> None:
+    """Edit the newest checkpoint's state.json (not checksummed: only the tensor files are)."""
+    path = list_checkpoints(run / "checkpoints")[-1] / "state.json"
+    state = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+    path.write_text(json.dumps(state))
+
+
+def test_resume_with_another_world_size_is_a_clear_error(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    run = tmp_path / "run"
+    config = tiny_pretrain_config()
+    pretrain(config, run, pool=pool, stop_at_step=2, log=quiet)
+    _set_state(run, world_size=2)  # as a run trained by 2 processes under torchrun
+    with pytest.raises(CheckpointError) as info:
+        pretrain(config, run, pool=pool, resume=True, log=quiet)
+    message = str(info.value)
+    assert str(run / "checkpoints") in message
+    assert "trained with 2 process(es)" in message and "not 1" in message
+    assert "with 2 processes in all" in message
+
+
+def test_a_finished_run_resumed_with_another_world_size_is_left_as_it_is(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    run = tmp_path / "run"
+    config = tiny_pretrain_config()
+    pretrain(config, run, pool=pool, log=quiet)
+    _set_state(run, world_size=2)
+    before = _snapshot(run)
+    result = pretrain(config, run, pool=pool, resume=True, log=quiet)
+    assert result.already_finished and _snapshot(run) == before
+
+
+def test_a_checkpoint_without_the_world_size_resumes_as_before(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    run = tmp_path / "run"
+    config = tiny_pretrain_config()
+    pretrain(config, run, pool=pool, stop_at_step=2, log=quiet)
+    _set_state(run, world_size=None, finished=None, last_loss=None)  # an older checkpoint
+    result = pretrain(config, run, pool=pool, resume=True, log=quiet)
+    assert result.steps == 6 and not result.already_finished
+
+
+# -- --resume with other settings ------------------------------------------------------------------
+
+
+def test_resume_names_each_changed_setting_and_keeps_the_saved_one(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain_config(), run, pool=pool, stop_at_step=2, log=quiet)
+    messages: list[str] = []
+    # device/workers/progress are runtime settings: free to change, not reported
+    changed = tiny_pretrain_config(stage2_steps=10, lr=1e-4, workers=1, crop_scale=(0.9, 1.0))
+    result = pretrain(changed, run, pool=pool, resume=True, log=messages.append)
+    assert result.steps == 6  # the saved 3 + 3 steps
+    notes = [m for m in messages if "saved settings" in m]
+    assert notes == [
+        f"{run / 'config.json'}: resuming with the run's saved settings, not the given ones: "
+        "stage2_steps 3 (given 10), lr 0.001 (given 0.0001)"
+    ]
+    rows = [r for r in csv.DictReader((run / "log.csv").read_text().splitlines()) if r["lr"]]
+    assert float(rows[-1]["lr"]) == 1e-3
+
+
+def test_resume_with_the_same_settings_reports_none(tmp_path: Path, pool: torch.Tensor) -> None:
+    run = tmp_path / "run"
+    config = tiny_pretrain_config()
+    pretrain(config, run, pool=pool, stop_at_step=2, log=quiet)
+    messages: list[str] = []
+    pretrain(config, run, pool=pool, resume=True, log=messages.append)
+    assert not [m for m in messages if "saved settings" in m]
+
+
+# -- a non-finite loss at the last step ------------------------------------------------------------
+
+
+def test_a_skipped_last_step_still_checkpoints_and_validates(
+    tmp_path: Path, pool: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import localdisc.engine.pretrain as engine
+
+    real = engine.ld_losses
+    training_calls = []
+
+    def nan_at_the_last_step(model, batch, stage, config, **kwargs):
+        terms = real(model, batch, stage, config, **kwargs)
+        if model.training:
+            training_calls.append(stage)
+            if len(training_calls) == config.total_steps:
+                terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(engine, "ld_losses", nan_at_the_last_step)
+    run = tmp_path / "run"
+    config = tiny_pretrain_config(checkpoint_every=4, val_every=100)
+    result = pretrain(config, run, pool=pool, log=quiet)
+    assert (result.steps, result.trained_steps, result.skipped_steps) == (6, 5, 1)
+    assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "step_00000006"
+    rows = list(csv.DictReader((run / "log.csv").read_text().splitlines()))
+    assert any(r["step"] == "6" and r["val_loss"] for r in rows)  # the end-of-run validation
+    monkeypatch.setattr(engine, "ld_losses", real)
+    again = pretrain(config, run, pool=pool, resume=True, log=quiet)
+    assert again.already_finished and again.trained_steps == 5
+
+
+# -- settings that cannot train --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("width", 0, "width must be >= 1, not 0"),
+        ("lr", float("nan"), "lr must be > 0 and finite, not nan"),
+        ("lr", float("inf"), "lr must be > 0 and finite"),
+        ("lr", 0.0, "lr must be > 0"),
+        ("max_images", 0, "max_images must be >= 1, not 0"),
+        ("max_images", -1, "max_images must be >= 1, not -1"),
+        ("stage1_seconds", float("nan"), "time budgets must be > 0 seconds and finite, not nan"),
+        ("stage2_seconds", float("inf"), "time budgets must be > 0 seconds and finite, not inf"),
+        ("stage1_seconds", -1.0, "time budgets must be > 0"),
+    ],
+)
+def test_config_rejects_settings_that_cannot_train(field: str, value: object, message: str) -> None:
+    with pytest.raises(LocaldiscError, match=message):
+        tiny_pretrain_config(**{field: value})
