@@ -118,3 +118,9 @@ def test_the_progress_bar_counts_the_epochs_of_both_phases(capsys):
     finetune(Segmenter(size=32), data, data, config, pretrained=True, log=lambda _: None)
     shown = capsys.readouterr().out
     assert "finetune" in shown and "3/3" in shown and "val Dice" in shown
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan"), float("inf"), float("-inf")])
+def test_a_learning_rate_that_is_not_finite_and_positive_is_refused(lr):
+    with pytest.raises(LocaldiscError, match=f"lr must be > 0 and finite, not {lr}"):
+        FinetuneConfig(lr=lr)

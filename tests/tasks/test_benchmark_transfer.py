@@ -72,3 +72,31 @@ def test_cpu_scale_preset_pretrains_at_native_scale_and_keeps_explicit_choices()
     PretrainConfig(**p)  # a valid pre-training config
     mine = preset(BenchmarkConfig(cpu_scale=True, pretrain={"pool_size": 144}, seeds=1))
     assert mine.pretrain["pool_size"] == 144 and mine.seeds == 1
+
+
+def test_bad_seeds_sizes_and_schedules_are_refused_before_any_work(tmp_path):
+    """--seeds 0 is an error (not the default 3), and a size the network cannot take fails at
+    once, as in `finetune`, not after the LD pre-training."""
+    import pytest
+
+    from localdisc.errors import LocaldiscError
+    from localdisc.tasks.benchmark_transfer import BenchmarkConfig, preset, run_benchmark
+
+    with pytest.raises(LocaldiscError, match="--seeds must be at least 1, not 0"):
+        BenchmarkConfig(seeds=0)
+    assert preset(BenchmarkConfig(seeds=None)).seeds == 3  # not given: the mode's default
+    assert preset(BenchmarkConfig(seeds=2)).seeds == 2
+    for size in (16, 40):
+        with pytest.raises(LocaldiscError, match=f"multiple of 16, at least 32, not {size}"):
+            BenchmarkConfig(size=size)
+    with pytest.raises(LocaldiscError, match="epoch counts must be >= 0"):
+        BenchmarkConfig(epochs=-1)
+    # Through the command: one line, nothing written (no pre-training started).
+    args = ["benchmark", "transfer", "--tasks", "synthetic_fundus", "--inits", "random",
+            "--seeds", "1", "--size", "40", "--device", "cpu",
+            "--out", str(tmp_path / "b")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "at least 32, not 40" in str(result.exception)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(LocaldiscError, match="--seeds must be at least 1"):
+        run_benchmark(BenchmarkConfig(quick=True, seeds=0), tmp_path / "c")

@@ -84,3 +84,21 @@ def test_fov_mask_files_match_each_image_by_its_stem(tmp_path):
         fov_mask_files(images[:1], masks)
     with pytest.raises(LocaldiscError, match="no such folder of FOV masks"):
         fov_mask_files(images, tmp_path / "none")
+
+
+def test_outputs_written_among_the_images_are_not_segmented_again(tmp_path, monkeypatch):
+    Segmenter(modality="fundus", size=32).save(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)  # --out relative, --images absolute: the same folder still
+    # --out inside the images folder, and the images folder itself.
+    for images, out in ((tmp_path / "one", "one/pred"), (tmp_path / "two", "two")):
+        for name in ("a", "b"):
+            save(images / f"{name}.png", np.full((20, 24, 3), 120, np.uint8))
+        for _ in range(2):  # the second run must see the same two images
+            written = predict_images("model", [images], out, device="cpu")
+            assert sorted(p.name for p in written) == ["a_mask.png", "b_mask.png"]
+        produced = sorted(p.name for p in (tmp_path / out).iterdir() if p.is_file())
+        assert [p for p in produced if p.count("_") > 1] == []  # no a_prob_prob.png
+    # An image that merely ends in _prob, with no image of that name, is still an input.
+    save(tmp_path / "two" / "c_prob.png", np.full((20, 24, 3), 120, np.uint8))
+    found = collect_images([tmp_path / "two"], out_dir=tmp_path / "two")
+    assert [name for name, _ in found] == ["a", "b", "c_prob"]

@@ -154,3 +154,89 @@ def test_cli_finetune_saves_the_recalibrated_model_on_request(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["transfer"]["recalibrate_bn"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["recalibrated_bn"] and "dice" in metrics["as_trained"]["summary"]
+
+
+def test_test_evaluation_is_what_predict_outputs_in_float32(tmp_path, monkeypatch):
+    """metrics.json and predictions/ describe the saved model as `localdisc predict` runs it:
+    float32, even where training uses bf16 autocast (forced here, as on a bf16 CPU or a GPU),
+    and so do the frozen and batch-norm-recalibrated evaluations."""
+    import torch
+    from PIL import Image
+
+    from localdisc.data.datasets import load_data_spec
+    from localdisc.eval.metrics import summarize
+    from localdisc.models import LDConfig, LDModel
+    from localdisc.models.segmenter import Segmenter
+    from localdisc.tasks import transfer
+    from localdisc.tasks.predict import mask_png, prob_png
+
+    monkeypatch.setattr("localdisc.engine.precision.cpu_has_native_bf16", lambda: True)
+    evaluating, autocast_seen = [False], []
+    forward = Segmenter.forward
+
+    def spy_forward(self, x):
+        if evaluating[0]:
+            autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, x)
+
+    def spy_evaluate(*args, **kwargs):
+        evaluating[0] = True
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            evaluating[0] = False
+
+    evaluate = transfer.evaluate
+    monkeypatch.setattr(Segmenter, "forward", spy_forward)
+    monkeypatch.setattr(transfer, "evaluate", spy_evaluate)
+    LDModel(LDConfig("fundus")).save(tmp_path / "ld")
+    config = tiny("synthetic_fundus:4", init=str(tmp_path / "ld"))
+    metrics = run_transfer(config, tmp_path / "run", log=lambda m: None)
+    # Test, frozen and recalibrated evaluations: 2 images each, none under autocast.
+    assert autocast_seen == [False] * 6
+
+    model = Segmenter.from_pretrained(tmp_path / "run")
+    test = load_data_spec("synthetic_fundus:4", "test")
+    rows = []
+    for i, row in enumerate(metrics["per_image"]):
+        sample = test[i]
+        assert row["image"] == sample.name
+        prob = model.predict(sample.image)
+        saved = tmp_path / "run" / "predictions" / f"{sample.name}"
+        np.testing.assert_array_equal(read_mask(f"{saved}_mask.png"), mask_png(prob) > 0)
+        np.testing.assert_array_equal(np.asarray(Image.open(f"{saved}_prob.png")), prob_png(prob))
+        small, _ = model.predict_maps(sample.image)
+        expected = transfer.image_metrics(prob, sample, "vessels", 32, prob_at_size=small)
+        assert {k: v for k, v in row.items() if k != "image"} == expected
+        rows.append(expected)
+    assert metrics["summary"] == summarize(rows)
+
+
+@pytest.mark.parametrize("size", [0, 16, 40, 100, -32])
+def test_a_size_the_network_cannot_take_is_refused_at_once(size):
+    with pytest.raises(LocaldiscError, match=f"multiple of 16, at least 32, not {size}"):
+        TransferConfig("synthetic_fundus:4", size=size)
+    TransferConfig("synthetic_fundus:4", size=32)  # the smallest accepted
+
+
+def test_a_test_split_without_labels_is_named_before_any_training(tmp_path):
+    """DRIVE as downloaded from grand-challenge.org: test/ holds images and FOV masks only."""
+    from helpers import save
+    from localdisc.tasks.transfer import check_task_data
+
+    rng = np.random.default_rng(0)
+    for folder, kind, ids in (("training", "training", ("21", "22")), ("test", "test", ("01",))):
+        for ident in ids:
+            save(
+                tmp_path / folder / "images" / f"{ident}_{kind}.tif",
+                rng.integers(0, 255, (32, 32, 3), np.uint8),
+            )
+            if folder == "training":
+                vessels = (rng.random((32, 32)) > 0.8).astype(np.uint8) * 255
+                save(tmp_path / folder / "1st_manual" / f"{ident}_manual1.gif", vessels)
+    spec = f"drive:{tmp_path}"
+    with pytest.raises(DatasetError, match="test/1st_manual: no such folder"):
+        check_task_data(spec, None)
+    with pytest.raises(DatasetError, match="test split.*1st_manual"):
+        run_transfer(tiny(spec), tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -30,17 +30,38 @@ class DistContext:
         return self.world_size > 1
 
 
+#: What ``--device`` takes (``cuda:N`` too), as error messages list it.
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` under torchrun takes the local rank's GPU."""
+    """``auto`` picks CUDA when available; ``cuda`` under torchrun takes the local rank's GPU.
+
+    Raises:
+        LocaldiscError: ``device`` is not one of :data:`DEVICE_CHOICES` (torch would raise a
+            RuntimeError deep in a traceback for a typo such as ``gpu``).
+    """
+    from localdisc.errors import LocaldiscError
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            from localdisc.errors import LocaldiscError
-
             raise LocaldiscError("--device cuda was asked for but no CUDA GPU is available")
         return torch.device("cuda", local_rank)
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
+        raise LocaldiscError(f"unknown device {device!r} ({DEVICE_CHOICES})")
+    if resolved.type == "cuda" and resolved.index is not None:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if resolved.index >= count:
+            raise LocaldiscError(f"--device {device} was asked for but {count} CUDA GPU(s) exist")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise LocaldiscError("--device mps was asked for but MPS is not available")
+    return resolved
 
 
 def setup(device: str = "auto") -> DistContext:

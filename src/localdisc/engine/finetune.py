@@ -58,8 +58,9 @@ class FinetuneConfig:
             problems.append("batch must be >= 1")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             problems.append("steps_per_epoch must be >= 1")
-        if self.lr <= 0:
-            problems.append("lr must be > 0")
+        # NaN passes `lr <= 0` and inf too: both diverge, then evaluation fails far from here.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be > 0 and finite, not {self.lr}")
         if problems:
             raise LocaldiscError("invalid fine-tuning config: " + "; ".join(problems))
 

@@ -92,6 +92,16 @@ class Segmenter(nn.Module):
         The image is resized to the training size, as in training, and the probabilities are
         resized back (bilinear) to the image's own size.
         """
+        return self.predict_maps(image)[1]
+
+    @torch.no_grad()
+    def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probability maps of one raw image at the training size (``size x size``) and at the
+        image's own size (what :meth:`predict` returns), from one float32 forward pass.
+
+        Test evaluation (:func:`~localdisc.tasks.transfer.evaluate`) scores these very maps, so
+        that ``metrics.json`` describes what ``localdisc predict`` outputs (no autocast here).
+        """
         from localdisc.data.views import normalize
 
         h, w = image.shape[:2]
@@ -100,10 +110,10 @@ class Segmenter(nn.Module):
         x = normalize(x, self.config.modality).to(next(self.parameters()).device)
         was_training = self.training
         self.eval()
-        prob = torch.sigmoid(self(x).float())
+        prob_small = torch.sigmoid(self(x).float())
         self.train(was_training)
-        prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
-        return prob[0, 0].clamp(0, 1).cpu().numpy()
+        prob = F.interpolate(prob_small, size=(h, w), mode="bilinear", align_corners=False)
+        return prob_small[0, 0].cpu().numpy(), prob[0, 0].clamp(0, 1).cpu().numpy()
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict | None = None) -> None:

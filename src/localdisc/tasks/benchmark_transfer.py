@@ -20,7 +20,13 @@ from typing import Any
 from localdisc.engine.finetune import FinetuneConfig
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
-from localdisc.tasks.transfer import TransferConfig, check_task_data, init_modality, run_transfer
+from localdisc.tasks.transfer import (
+    TransferConfig,
+    check_size,
+    check_task_data,
+    init_modality,
+    run_transfer,
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,21 @@ class BenchmarkConfig:
     # LD pre-training run for the init "ld" (PretrainConfig fields).
     pretrain: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Checked here, not when the first run starts: that may be after an LD pre-training.
+        if self.seeds is not None and self.seeds < 1:  # None: the mode's default, 0 is a mistake
+            raise LocaldiscError(f"--seeds must be at least 1, not {self.seeds}")
+        check_size(self.size)
+        self.finetune_config(seed=0)  # the schedule's own checks (epochs, batch, steps)
+
+    def finetune_config(self, seed: int) -> FinetuneConfig:
+        """The fine-tuning schedule of every run, with the run's ``seed``."""
+        return FinetuneConfig(
+            frozen_epochs=self.frozen_epochs, epochs=self.epochs, batch=self.batch,
+            steps_per_epoch=self.steps_per_epoch, seed=seed, device=self.device,
+            progress=not self.quick,
+        )  # fmt: skip
+
 
 PAPER_TASKS = ["drive", "stare", "chase_db1", "hrf", "scr_lung", "scr_heart", "scr_clavicle"]
 #: Default (inits, tasks, labels, seeds) per mode.
@@ -104,7 +125,7 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
         inits=config.inits or inits,
         tasks=config.tasks or tasks,
         labels=config.labels or labels,
-        seeds=config.seeds or seeds,
+        seeds=seeds if config.seeds is None else config.seeds,
     )
     if config.quick:
         return replace(
@@ -193,14 +214,10 @@ def _run_one(
     run_dir: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    train = FinetuneConfig(
-        frozen_epochs=config.frozen_epochs, epochs=config.epochs, batch=config.batch,
-        steps_per_epoch=config.steps_per_epoch, seed=seed, device=config.device,
-        progress=not config.quick,
-    )  # fmt: skip
     transfer = TransferConfig(
-        spec, task.target, init, labels, config.size, max_test=config.max_test, train=train
-    )
+        spec, task.target, init, labels, config.size, max_test=config.max_test,
+        train=config.finetune_config(seed),
+    )  # fmt: skip
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         saved = json.loads((run_dir / "config.json").read_text())["transfer"]

@@ -15,19 +15,30 @@ from localdisc.errors import LocaldiscError
 from localdisc.models.segmenter import Segmenter, read_config
 
 
-def collect_images(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
+def collect_images(
+    paths: Sequence[str | Path], *, out_dir: str | Path | None = None
+) -> list[tuple[str, Path]]:
     """``(output name, file)`` for every image file given or found under a given folder.
 
     Names are file stems; files found in sub-folders are prefixed by their relative folder
     (``a/b/x.png`` -> ``a_b_x``) so that outputs never overwrite each other.
+
+    ``out_dir``: where the outputs go. Found in a given folder, it is skipped, and when it is
+    the given folder itself, the ``NAME_prob`` and ``NAME_mask`` files of its images are: else a
+    second run would segment the first run's outputs (``x_prob_prob.png``, ...).
     """
+    out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found: list[tuple[str, Path]] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            for file in folder_image_files(path):
+            here: list[tuple[str, Path]] = []
+            for file in folder_image_files(path, exclude=_below(out, path)):
                 parts = [*file.relative_to(path).parent.parts, image_stem(file)]
-                found.append(("_".join(parts), file))
+                here.append(("_".join(parts), file))
+            if out is not None and path.resolve() == out:
+                here = _without_outputs(here, path)
+            found.extend(here)
         elif path.is_file():
             if not is_image_file(path):
                 raise LocaldiscError(f"{path}: not an image file this reader takes")
@@ -41,6 +52,37 @@ def collect_images(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
     if not found:
         raise LocaldiscError("no image files in " + ", ".join(str(p) for p in paths))
     return found
+
+
+def _below(out: Path | None, folder: Path) -> Path | None:
+    """``out`` spelt from ``folder`` as the folder walk spells its sub-folders, if it is one of
+    them (strictly below ``folder``); else ``None``. Resolved first: ``--out`` may be given
+    relative to the working directory and ``--images`` absolute, or through a link."""
+    if out is None:
+        return None
+    try:
+        relative = out.relative_to(folder.resolve())
+    except ValueError:
+        return None
+    return folder / relative if relative.parts else None
+
+
+#: What :func:`predict_images` appends to an image's name.
+OUTPUT_SUFFIXES = ("_prob", "_mask")
+
+
+def _without_outputs(found: list[tuple[str, Path]], folder: Path) -> list[tuple[str, Path]]:
+    """``found`` (the images of ``folder``, also the output folder) less the outputs written
+    there for them: ``NAME_prob`` and ``NAME_mask`` directly in ``folder``, NAME one of them."""
+    names = {name for name, _ in found}
+    return [
+        (name, file)
+        for name, file in found
+        if not (
+            file.parent == folder
+            and any(name.endswith(s) and name[: -len(s)] in names for s in OUTPUT_SUFFIXES)
+        )
+    ]
 
 
 def prob_png(prob: np.ndarray) -> np.ndarray:
@@ -81,7 +123,7 @@ def predict_images(
         return predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
                                threshold=threshold, device=device, progress=progress)  # fmt: skip
     model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
-    files = collect_images(images)
+    files = collect_images(images, out_dir=out_dir)
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     out_dir = Path(out_dir)
     written = []

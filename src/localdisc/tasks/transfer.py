@@ -15,7 +15,9 @@ of 2 images. ``recalibrate_bn`` chooses which of the two models is saved; ``metr
 both (``recalibrated`` or ``as_trained`` for the other one).
 
 Its output folder holds ``model.safetensors`` + ``config.json`` (loadable by ``localdisc
-predict``), ``metrics.json``, ``history.csv``, ``predictions/`` and ``figures/overlay.png``.
+predict``), ``metrics.json``, ``history.csv``, ``predictions/`` and ``figures/overlay.png``. The
+test images are segmented in float32 exactly as ``localdisc predict`` segments them (training and
+validation may run in bf16 autocast), so ``metrics.json`` describes what that command outputs.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from localdisc.data.io import write_png
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.checkpoint import atomic_write_text
-from localdisc.engine.finetune import FinetuneConfig, finetune, predict_batch
+from localdisc.engine.finetune import FinetuneConfig, finetune
 from localdisc.errors import DatasetError, LocaldiscError
 from localdisc.eval.metrics import dice_score, paper_dice, segmentation_metrics, summarize
 from localdisc.eval.report import jsonable
@@ -55,6 +57,21 @@ from localdisc.tasks.predict import mask_png, prob_png
 TUBULAR_TARGETS = frozenset({"vessels"})
 #: Fewer labelled images than this: validate on the training images (as the paper's 2-label runs).
 MIN_LABELS_FOR_HOLDOUT = 5
+#: The U-Net pools four times: sides must divide by 16. At 16 px the bottleneck is 1 x 1, and
+#: batch norm cannot train on a batch of one such image, hence at least 32.
+SIZE_MULTIPLE, MIN_SIZE = 16, 32
+
+
+def check_size(size: int) -> None:
+    """Raise unless ``size`` is a side the segmenter trains at (a multiple of 16, >= 32).
+
+    Shared by ``finetune``, ``benchmark transfer`` and the Python API, so that a bad size fails
+    at once with this message, not deep in the network (after a pre-training, even).
+    """
+    if not isinstance(size, int) or size < MIN_SIZE or size % SIZE_MULTIPLE:
+        raise LocaldiscError(
+            f"--size must be a multiple of {SIZE_MULTIPLE}, at least {MIN_SIZE}, not {size!r}"
+        )
 
 
 @dataclass
@@ -73,6 +90,9 @@ class TransferConfig:
     # the paper's protocol, which keeps those of training; both are evaluated either way).
     recalibrate_bn: bool = False
     train: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        check_size(self.size)
 
 
 def labelled_count(labels: str | int | float, available: int) -> int:
@@ -149,16 +169,21 @@ def _resolve_target(dataset: SegmentationDataset, target: str | None) -> str:
     target = target or dataset.default_target
     if target is None or target not in dataset.targets:
         available = ", ".join(dataset.targets) or "none"
+        why = dataset.missing_labels.get(target or "")
         raise DatasetError(
-            f"{dataset.root or dataset.name}: no masks for target {target!r} "
-            f"(available: {available})"
+            f"{dataset.root or dataset.name} ({dataset.split} split): no masks for target "
+            f"{target!r} (available: {available})" + (f"; {why}" if why else "")
         )
     return target
 
 
 def check_task_data(spec: str, target: str | None) -> None:
-    """Raise (naming the folder and the problem) unless ``spec`` has labelled ``target`` masks."""
-    _resolve_target(load_data_spec(spec, "train" if "train" in _splits(spec) else None), target)
+    """Raise (naming the folder and the problem) unless ``spec`` has labelled ``target`` masks,
+    in its test split too where it has one (DRIVE's public download has no test tracings)."""
+    splits = _splits(spec)
+    target = _resolve_target(load_data_spec(spec, "train" if "train" in splits else None), target)
+    if "test" in splits:
+        _resolve_target(load_data_spec(spec, "test"), target)
 
 
 def init_modality(init: str) -> str | None:
@@ -212,22 +237,19 @@ def evaluate(
     indices: list[int],
     target: str,
     *,
-    batch: int = 2,
     on_prediction: Callable[[Sample, np.ndarray], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-image metrics of ``model`` on ``dataset[indices]`` (see the module docstring)."""
+    """Per-image metrics of ``model`` on ``dataset[indices]`` (see the module docstring).
+
+    The maps are :meth:`Segmenter.predict_maps`'s: float32, the very path of ``localdisc
+    predict``, so the metrics and saved predictions are those of the saved model as users run it
+    (not of the bf16 autocast that training may use for speed).
+    """
     size = model.config.size
     rows = []
     for i in indices:
         sample = dataset[i]
-        mask = sample.masks[target]
-        x = torch.from_numpy(resize_image(sample.image, size)).permute(2, 0, 1)[None]
-        prob_small = predict_batch(model, x, batch)[0, 0]
-        # Back to the image's own size for the field's metrics (bilinear, as Segmenter.predict).
-        prob = torch.nn.functional.interpolate(
-            prob_small[None, None], size=mask.shape, mode="bilinear", align_corners=False
-        )[0, 0].clamp(0, 1)
-        prob_small, prob = prob_small.numpy(), prob.numpy()
+        prob_small, prob = model.predict_maps(sample.image)
         metrics = image_metrics(prob, sample, target, size, prob_at_size=prob_small)
         rows.append({"image": sample.name, **metrics})
         if on_prediction is not None:
@@ -275,6 +297,8 @@ def run_transfer(
     t0 = time.perf_counter()
     train_set, test_set, self_split = _open_splits(config)
     target = _resolve_target(train_set, config.target)
+    if not self_split:
+        _resolve_target(test_set, target)
     seed = config.train.seed
     train_idx, val_idx, val_note = split_labelled(
         len(train_set), config.labels, seed, config.val_fraction
@@ -300,6 +324,9 @@ def run_transfer(
     train = _tensors(train_set, train_idx, target, config.size)
     val = _tensors(train_set, val_idx, target, config.size)
     result = finetune(model, train, val, config.train, pretrained=pretrained, log=log)
+    # Back to the layout a loaded model has, so that evaluating here computes exactly what
+    # `localdisc predict` will with the saved weights (channels_last may round differently).
+    model.to(memory_format=torch.contiguous_format)
 
     # Batch-norm statistics over the training split's images (labels unused). Without an official
     # test split the other images are the test images, so only the labelled ones count then.
