@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from localdisc.errors import LocaldiscError
 
@@ -22,11 +23,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _path(path: str | Path) -> str:
+    """A path for a Rich markup string: ``[...]`` in a file name is text, not markup."""
+    return escape(str(path))
+
+
 # --- datasets ----------------------------------------------------------------------------------
 @datasets_app.command("list")
 def datasets_list() -> None:
     """List the supported data sets: modality, layout, targets, splits, source and citation."""
-    from rich.markup import escape
     from rich.table import Table
 
     from localdisc.data.datasets import DATASETS
@@ -89,11 +94,10 @@ def datasets_inspect(
 
 def _print_inspection(report: dict) -> None:
     """The report of ``datasets inspect`` as rich tables."""
-    from rich.markup import escape
     from rich.table import Table
 
     console.print(
-        f"[bold]{report['name']}[/] at {escape(report['root'] or '(generated)')}, "
+        f"[bold]{escape(report['name'])}[/] at {escape(report['root'] or '(generated)')}, "
         f"modality {report['modality']}",
         highlight=False,
     )
@@ -122,13 +126,15 @@ def _print_inspection(report: dict) -> None:
             )
     if report["skipped"]:
         root = report["root"]
-        skipped = Table(title=f"skipped ({len(report['skipped'])}), paths under {root or '.'}")
+        skipped = Table(
+            title=f"skipped ({len(report['skipped'])}), paths under {_path(root or '.')}"
+        )
         skipped.add_column("file", overflow="fold")
         skipped.add_column("reason", overflow="fold")
         for entry in report["skipped"]:
             path = Path(entry["path"])
             shown = path.relative_to(root) if root and path.is_relative_to(root) else path
-            skipped.add_row(escape(str(shown)), escape(entry["reason"]))
+            skipped.add_row(_path(shown), escape(entry["reason"]))
         console.print(skipped)
 
 
@@ -139,7 +145,10 @@ def main() -> None:
     try:
         app()
     except LocaldiscError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # Messages name files and flags: a path with [...] in it is text, not Rich markup.
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except OSError as exc:
         # A full disk can also strike a log row or a figure, outside the checkpoint writers.
@@ -147,8 +156,9 @@ def main() -> None:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         err_console.print(
-            f"[bold red]error:[/] {where}disk full ({exc.strerror}); checkpoints already "
-            "written are intact. Free some space and run again (--resume continues).",
+            f"[bold red]error:[/] {escape(where)}disk full ({escape(str(exc.strerror))}); "
+            "checkpoints already written are intact. Free some space and run again "
+            "(--resume continues).",
             highlight=False,
             soft_wrap=True,
         )
@@ -186,12 +196,18 @@ def pretrain(
     dim: int = typer.Option(32, help="Embedding dimension D."),
     width: int = typer.Option(16, help="Channels of the first VGG block (16: published)."),
     lr: float = typer.Option(1e-3, help="Adam learning rate (halved every 10 000 steps)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     workers: int = typer.Option(4, help="Threads decoding the pool."),
     max_images: int | None = typer.Option(None, help="Use only the first N pool images."),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
     seed: int = typer.Option(0),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from the last checkpoint, with the run's saved settings and number of "
+        "processes; a finished run is left as it is. Without it, an --out holding a run is "
+        "refused.",
+    ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable pool images."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across processes."),
     compile_model: bool = typer.Option(
@@ -237,9 +253,12 @@ def pretrain(
     if distributed.is_main_process():
         # A time budget that ends stage 1 early skips step numbers: say how many steps ran.
         numbering = "" if result.trained_steps == result.steps else f" (last step {result.steps})"
+        speed = (
+            "finished before" if result.already_finished else f"{result.images_per_s:.1f} images/s"
+        )
         console.print(
-            f"done: {result.trained_steps} steps{numbering}, {result.images_per_s:.1f} images/s, "
-            f"final loss {result.final_loss:.4f}; outputs in [bold]{out}[/]"
+            f"done: {result.trained_steps} steps{numbering}, {speed}, "
+            f"final loss {result.final_loss:.4f}; outputs in [bold]{_path(out)}[/]"
         )
 
 
@@ -251,7 +270,7 @@ def demo(
         None, "--data", help="Your own images (folder or NAME:ROOT) instead of the built-in ones."
     ),
     modality: str = typer.Option("fundus", help="fundus or xray."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     seed: int = typer.Option(0),
 ) -> None:
     """Pre-train a small LD model and draw what it learnt (4-6 minutes on 2 CPU cores)."""
@@ -263,7 +282,7 @@ def demo(
     )  # fmt: skip
     console.print("[bold green]demo finished.[/] Outputs:")
     for name, path in written.items():
-        console.print(f"  {name:>10}: {path}")
+        console.print(f"  {name:>10}: {_path(path)}")
 
 
 # --- transfer ----------------------------------------------------------------------------------
@@ -276,14 +295,14 @@ def finetune(
     labels: str = typer.Option("all", help="Labelled images: N, a fraction in (0, 1), or all."),
     frozen_epochs: int = typer.Option(100, help="Epochs with the pre-trained encoder frozen."),
     epochs: int = typer.Option(100, help="Epochs of full fine-tuning (or from scratch)."),
-    size: int = typer.Option(512, help="Images are resized to SIZE x SIZE (multiple of 16)."),
+    size: int = typer.Option(512, help="Resize to SIZE x SIZE (a multiple of 16, at least 32)."),
     batch: int = typer.Option(2),
     steps_per_epoch: int | None = typer.Option(
         None, help="Steps per epoch (default: one pass over the labelled images, as published)."
     ),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     seed: int = typer.Option(0, help="Picks the labelled images and seeds training."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     recalibrate_bn: bool = typer.Option(
         False,
         help="Save the model with batch-norm statistics recomputed over every training-split "
@@ -294,8 +313,6 @@ def finetune(
     from localdisc.engine.finetune import FinetuneConfig
     from localdisc.tasks.transfer import TransferConfig, run_transfer
 
-    if size < 16 or size % 16:
-        raise LocaldiscError(f"--size must be a positive multiple of 16, not {size}")
     train = FinetuneConfig(
         frozen_epochs=frozen_epochs, epochs=epochs, batch=batch, steps_per_epoch=steps_per_epoch,
         lr=lr, seed=seed, device=device,
@@ -309,7 +326,7 @@ def finetune(
         f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items() if v["n"]
     )
     console.print(f"[bold green]test[/] ({summary['dice']['n']} images): {shown}")
-    console.print(f"outputs in [bold]{out}[/] (metrics.json, predictions/, figures/)")
+    console.print(f"outputs in [bold]{_path(out)}[/] (metrics.json, predictions/, figures/)")
 
 
 @app.command()
@@ -328,7 +345,7 @@ def predict(
     fov_masks: Path | None = typer.Option(
         None, help="A folder of FOV masks named as the images: background outside them."
     ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Segment new images at their own size: NAME_prob.png and NAME_mask.png per image."""
     from localdisc.tasks.predict import predict_images
@@ -336,56 +353,69 @@ def predict(
     written = predict_images(
         model, images, out, threshold=threshold, fov_masks=fov_masks, device=device, progress=True
     )
-    console.print(f"segmented {len(written)} image(s) into [bold]{out}[/]")
+    console.print(f"segmented {len(written)} image(s) into [bold]{_path(out)}[/]")
 
 
 # --- similarity and landmarks ------------------------------------------------------------------
 @app.command()
 def similarity(
-    model: Path = typer.Option(..., "--model", help="An LD run directory."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        help="An LD run directory, or one of its weight files (RUN/stage1.safetensors).",
+    ),
     image: Path = typer.Option(..., "--image", help="The query image."),
     point: list[str] = typer.Option(..., "--point", help="Query point X,Y in pixels; repeatable."),
     targets: list[Path] = typer.Option([], "--targets", help="Other images; repeatable."),
     out: Path = typer.Option(Path("similarity.png"), "--out", help="Figure to write."),
     level: str = typer.Option("pixel", help="pixel, or patch (pooled as in pre-training)."),
     size: int | None = typer.Option(None, help="Resize images to this longer side first."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Cosine-similarity maps of query points on their image and on other images."""
     from localdisc.engine.distributed import resolve_device
     from localdisc.tasks.similarity import (
         as_image,
+        check_size,
+        figure_path,
         load_model,
         parse_point,
         similarity_figure,
     )
     from localdisc.tasks.similarity import similarity as similarity_maps
 
+    # Checked before the work: a bad size or figure suffix would otherwise fail at the end.
+    check_size(size, "--size")
+    out = figure_path(out)
     loaded = load_model(model, device=str(resolve_device(device)))
     query, others = as_image(image), [as_image(t) for t in targets]
     points = [parse_point(p) for p in point]
     result = similarity_maps(loaded, query, points, others, level=level, size=size)
     names = [image.name, *(t.name for t in targets)]
-    similarity_figure(result, query, others, out, names)
+    written = similarity_figure(result, query, others, out, names)
     for p, (x, y) in enumerate(points):
         best = ", ".join(
-            f"{t.name} ({bx:.0f}, {by:.0f})" for t, b in zip(targets, result.best, strict=True)
-            for bx, by in [b[p]]
+            f"{_path(t.name)} ({bx:.0f}, {by:.0f})"
+            for t, b in zip(targets, result.best, strict=True) for bx, by in [b[p]]
         )  # fmt: skip
         console.print(f"point ({x:g}, {y:g}): best match {best or '-'}")
-    console.print(f"figure: [bold]{out}[/]")
+    console.print(f"figure: [bold]{_path(written)}[/]")
 
 
 @app.command()
 def localize(
-    model: Path = typer.Option(..., "--model", help="An LD run directory."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        help="An LD run directory, or one of its weight files (RUN/stage1.safetensors).",
+    ),
     template: Path = typer.Option(..., "--template", help="The annotated template image."),
     landmarks: Path = typer.Option(..., "--landmarks", help='JSON {"name": [x, y], ...}.'),
     images: list[Path] = typer.Option(..., "--images", help="Images or folders; repeatable."),
     out: Path = typer.Option(Path("predictions.json"), "--out", help="Predictions (JSON)."),
     overlay: Path | None = typer.Option(None, "--overlay", help="Folder for overlay figures."),
     size: int | None = typer.Option(None, help="Working size (default: the pre-training size)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """One-shot landmark localisation: find the template's landmarks in new images."""
     import json
@@ -394,15 +424,22 @@ def localize(
     from localdisc.engine.distributed import resolve_device
     from localdisc.tasks.localize import SearchConfig, localize_images, read_landmarks
     from localdisc.tasks.predict import collect_images
-    from localdisc.tasks.similarity import load_model
+    from localdisc.tasks.similarity import check_size, load_model
 
+    # Checked before the work, which a bad size or output would otherwise waste.
+    check_size(size, "--size")
+    if out.is_dir():
+        raise LocaldiscError(f"--out {out} is a folder; give the predictions' JSON file")
+    if overlay is not None and overlay.exists() and not overlay.is_dir():
+        raise LocaldiscError(f"--overlay {overlay} is a file; give a folder for the figures")
+    spots = read_landmarks(landmarks)
     loaded = load_model(model, device=str(resolve_device(device)))
     results = localize_images(
-        loaded, template, read_landmarks(landmarks), collect_images(images),
+        loaded, template, spots, collect_images(images),
         config=SearchConfig(size=size), overlay_dir=overlay,
     )  # fmt: skip
     atomic_write_text(out, json.dumps(results, indent=2))
-    console.print(f"localised {len(results)} image(s): [bold]{out}[/]")
+    console.print(f"localised {len(results)} image(s): [bold]{_path(out)}[/]")
 
 
 # --- benchmarks --------------------------------------------------------------------------------
@@ -460,9 +497,15 @@ def shape_guided_train(
         help="free: reference masks at any angle (published, vessels); kept: prior and views "
         "keep the pose and the discriminator sees positions (organs of PA radiographs).",
     ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     seed: int = typer.Option(0),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from the last checkpoint, with the run's saved settings and number of "
+        "processes; a finished run is left as it is. Without it, an --out holding a run is "
+        "refused.",
+    ),
 ) -> None:
     """Train LD with an adversarial shape prior on cluster 0 (METHOD.md section 5)."""
     from localdisc.engine import distributed
@@ -485,7 +528,7 @@ def shape_guided_train(
     result = run_pretrain(config, out, resume=resume, log=console.print)
     distributed.cleanup()
     if distributed.is_main_process():
-        console.print(f"done: {result.steps} steps; model in [bold]{out}[/]")
+        console.print(f"done: {result.steps} steps; model in [bold]{_path(out)}[/]")
 
 
 @shape_app.command("segment")
@@ -505,7 +548,7 @@ def shape_guided_segment(
     topology: bool = typer.Option(
         True, help="Hold A and refined to an organ prior's pieces, with no holes."
     ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Write outputs A (cluster 0) and B (region similarity) per image, and refined masks."""
     from localdisc.tasks.shape_guided import segment_images
@@ -514,7 +557,7 @@ def shape_guided_segment(
         model, images, out, size=size, refine_steps=refine_steps, topology=topology,
         device=device, log=console.print,
     )  # fmt: skip
-    console.print(f"{len(written)} mask(s) written to [bold]{out}[/]")
+    console.print(f"{len(written)} mask(s) written to [bold]{_path(out)}[/]")
 
 
 @shape_app.command("vessels")
@@ -559,7 +602,7 @@ def shape_guided_vessels(
         help="Teach on every image: more than --train-images are split into seeded groups of at "
         "most that many, each with a network of its own (OUT/group-K).",
     ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     seed: int = typer.Option(0),
 ) -> None:
     """Segment retinal vessels with no label: a network taught on the images themselves by a
@@ -611,13 +654,13 @@ def benchmark_transfer(
         None, help="Folder laid out like shared/data (default: $LOCALDISC_DATA)."
     ),
     out: Path = typer.Option(..., "--out", help="Output folder (results.json, results.md)."),
-    size: int = typer.Option(512, help="Image size."),
+    size: int = typer.Option(512, help="Image size (a multiple of 16, at least 32)."),
     frozen_epochs: int = typer.Option(100),
     epochs: int = typer.Option(100),
     steps_per_epoch: int | None = typer.Option(
         None, help="Steps per epoch (default: one pass over the labelled images)."
     ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes, 2 epochs, CPU (tests)."),
     cpu_scale: bool = typer.Option(
         False,
@@ -641,7 +684,8 @@ def benchmark_transfer(
     results = run_benchmark(config, out, log=console.print)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(
-        f"{len(results['runs'])} run(s), {len(results['skipped'])} skipped; see [bold]{out}[/]"
+        f"{len(results['runs'])} run(s), {len(results['skipped'])} skipped; "
+        f"see [bold]{_path(out)}[/]"
     )
 
 
@@ -660,7 +704,7 @@ def benchmark_localize(
     size: int | None = typer.Option(None, help="Working size (default: each model's own)."),
     max_test: int | None = typer.Option(None, help="Use only the first N test images."),
     seeds: int = typer.Option(1, help="Templates: seed 0 the documented one, more are random."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quick: bool = typer.Option(False, "--quick", help="Generated images, tiny model (tests)."),
 ) -> None:
     """One-shot landmark localisation: LD models against template matching."""
@@ -674,7 +718,7 @@ def benchmark_localize(
     )  # fmt: skip
     run_localize_benchmark(config, out, log=console.print)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"see [bold]{out}[/]")
+    console.print(f"see [bold]{_path(out)}[/]")
 
 
 @benchmark_app.command("shape-guided")
@@ -728,7 +772,7 @@ def benchmark_shape_guided(
         6e-4, help="Vessels: rows without mask pieces below this share of the FOV (0: none)."
     ),
     max_test: int | None = typer.Option(None, help="Use only the first N test images."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quick: bool = typer.Option(False, "--quick", help="Generated images, tiny sizes (tests)."),
     depth: int = typer.Option(5, help="VGG blocks of the LD encoder (5: published)."),
     width: int = typer.Option(16, help="Channels of its first block (16: published)."),
@@ -758,7 +802,7 @@ def benchmark_shape_guided(
     )  # fmt: skip
     run_shape_benchmark(config, out, log=console.print)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"see [bold]{out}[/]")
+    console.print(f"see [bold]{_path(out)}[/]")
 
 
 @benchmark_app.command("pretrain-methods")
@@ -783,7 +827,7 @@ def benchmark_pretrain_methods(
     out: Path = typer.Option(..., "--out", help="Output folder (results.json, results.md)."),
     size: int = typer.Option(448, help="Pre-training crop size."),
     batch: int = typer.Option(4, help="Pre-training items per step."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quick: bool = typer.Option(False, "--quick", help="Generated images, a few steps (tests)."),
 ) -> None:
     """Pre-train LD and peer methods for the same budget, then one transfer table."""
@@ -798,7 +842,7 @@ def benchmark_pretrain_methods(
     )  # fmt: skip
     run_methods_benchmark(config, out, log=console.print)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"see [bold]{out}[/]")
+    console.print(f"see [bold]{_path(out)}[/]")
 
 
 # --- viewer ------------------------------------------------------------------------------------
@@ -816,7 +860,7 @@ def view(
     size: int | None = typer.Option(
         None, help="Shrink images to this longer side (default: the model's pool size)."
     ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Explore a model in the browser: clusters, similarity maps, segmentation."""
     from localdisc.engine.distributed import resolve_device

@@ -1,13 +1,18 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from helpers import shared
 from localdisc.cli import app
+from localdisc.errors import LocaldiscError
 from localdisc.tasks.benchmark_localize import (
+    LocalizeBenchmarkConfig,
+    _task,
     drive_optic_discs,
     radial_summary,
+    run_localize_benchmark,
     scr_landmarks,
 )
 
@@ -57,3 +62,28 @@ def test_drive_optic_discs_cover_every_image_and_jsrt_landmarks_fall_on_organs()
     assert len(landmarks) == 5
     x, y = landmarks["heart"]
     assert sample.masks["heart"][round(y), round(x)]
+
+
+def test_a_bad_model_is_an_error_not_a_skipped_task(tmp_path):
+    config = LocalizeBenchmarkConfig(
+        models=[str(tmp_path / "nowhere")], tasks=["synthetic_fundus"], device="cpu"
+    )
+    with pytest.raises(LocaldiscError, match="nowhere"):
+        run_localize_benchmark(config, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_max_test_limits_the_synthetic_task_too():
+    task = _task("synthetic_fundus", LocalizeBenchmarkConfig(max_test=2, quick=True), 0)
+    assert task.count == 2 and len(list(task.tests())) == 2
+    task = _task("synthetic_fundus", LocalizeBenchmarkConfig(quick=True), 0)
+    assert task.count == 3  # the default without --max-test
+
+
+@pytest.mark.parametrize(
+    "change,message", [({"max_test": 0}, "--max-test must be at least 1"), ({"size": 4}, "--size")]
+)
+def test_bad_limits_are_refused_before_any_work(tmp_path, change, message):
+    config = LocalizeBenchmarkConfig(models=[str(tmp_path / "nowhere")], **change)
+    with pytest.raises(LocaldiscError, match=message):
+        run_localize_benchmark(config, tmp_path / "out", log=lambda m: None)

@@ -114,3 +114,46 @@ def test_a_mirrored_template_finds_the_mirror_image_landmark():
     assert found.confidence >= plain(target)["mark"].confidence
     ncc = ncc_localize(template, {"mark": (20, 40)}, target, patch=30, mirror=True)["mark"]
     assert abs(ncc.x - 75) <= 1 and abs(ncc.y - 40) <= 1
+
+
+@pytest.mark.parametrize(
+    "value", ['"34"', "[1, 2, 3]", "[1]", "[true, 2]", '["1", 2]', '{"x": 1, "y": 2}', "[NaN, 2]"]
+)
+def test_a_landmark_must_be_exactly_two_numbers(tmp_path, value):
+    path = tmp_path / "l.json"
+    path.write_text(f'{{"heart": [1, 2], "od": {value}}}')
+    with pytest.raises(LocaldiscError, match=r"JSON object .*; landmark 'od' is") as info:
+        read_landmarks(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_working_size_below_16_is_refused():
+    for size in (0, -1):
+        with pytest.raises(LocaldiscError, match="size must be at least 16 pixels"):
+            SearchConfig(size=size)
+
+
+def test_localize_cli_takes_a_weight_file_and_refuses_a_folder_as_out(tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+    from localdisc.models import LDConfig, LDModel
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    shutil.copy(tmp_path / "run" / "model.safetensors", tmp_path / "run" / "stage1.safetensors")
+    save(tmp_path / "t.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    (tmp_path / "t.json").write_text(json.dumps({"mark": [30, 40]}))
+    base = ["localize", "--model", str(tmp_path / "run" / "stage1.safetensors"),
+            "--template", str(tmp_path / "t.png"), "--landmarks", str(tmp_path / "t.json"),
+            "--images", str(tmp_path / "t.png"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path)])
+    assert isinstance(result.exception, LocaldiscError)
+    assert f"--out {tmp_path} is a folder" in str(result.exception)
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.json"), "--size", "-4"])
+    assert "--size must be at least 16 pixels, not -4" in str(result.exception)
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((tmp_path / "p.json").read_text())["t"]) == {"mark"}

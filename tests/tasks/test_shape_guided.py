@@ -17,7 +17,9 @@ from localdisc.priors.atlas import fuse_atlases, intensity_posterior
 from localdisc.tasks.shape_guided import (
     RefineConfig,
     ShapeGuidedMaps,
+    _refine_network,
     refine,
+    refine_size,
     refined_probability,
     run_size,
     segment,
@@ -323,3 +325,36 @@ def test_segment_with_several_runs_writes_each_and_their_mean(tmp_path, monkeypa
     # (0.45, 0.35) does not.
     assert (read(out / "eye_A_mask.png") > 0.5).sum() == 16 * 16
     assert (out / "eye_uncertainty.png").is_file()
+
+
+def test_refine_size_rounds_up_to_the_segmenters_multiple():
+    assert refine_size(74, 3) == 76 and refine_size(64, 3) == 64
+    assert refine_size(40, 5) == 48 and refine_size(1, 5) == 16
+
+
+def test_refinement_of_a_weight_file_takes_its_encoder_at_a_size_the_network_takes(run):
+    weights = run / "stage1.safetensors"
+    logs: list[str] = []
+    network = _refine_network(weights, 40, logs.append)
+    assert network.config.size == 48 and "refinement at 48 px, not 40" in logs[0]
+    expected = LDModel.from_pretrained(weights).encoder.state_dict()
+    assert all(torch.equal(v, network.encoder.state_dict()[k]) for k, v in expected.items())
+    assert not all(torch.equal(v, load_encoder(run)[k]) for k, v in expected.items())
+
+
+def test_segment_takes_a_weight_file_and_any_working_size(tmp_path, run):
+    from localdisc.tasks.shape_guided import segment_images
+
+    image = (synthetic_fundus(40, seed=1).image * 255).astype("uint8")
+    Image.fromarray(image).save(tmp_path / "eye.png")
+    out = tmp_path / "masks"
+    logs: list[str] = []
+    # 40 is no multiple of 16: the refinement network works at 48 (it used to crash).
+    segment_images(run / "model_best.safetensors", [tmp_path / "eye.png"], out, size=40,
+                   refine_steps=1, device="cpu", log=logs.append)  # fmt: skip
+    assert any("refinement at 48 px" in line for line in logs)
+    mask = np.asarray(Image.open(out / "eye_refined_mask.png"))
+    assert mask.shape == (40, 40)
+    for size in (0, -8):
+        with pytest.raises(LocaldiscError, match="--size must be at least 16 pixels"):
+            segment_images(run, [tmp_path / "eye.png"], out, size=size, log=logs.append)

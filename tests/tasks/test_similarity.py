@@ -79,3 +79,50 @@ def test_similarity_cli_writes_the_figure_and_prints_best_matches(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sim.png").stat().st_size > 5_000
     assert result.output.count("best match b.png") == 2
+
+
+def test_a_weight_file_of_a_run_loads_as_the_run(tmp_path):
+    import shutil
+
+    from localdisc.tasks.similarity import load_model
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    shutil.copy(tmp_path / "run" / "model.safetensors", tmp_path / "run" / "stage1.safetensors")
+    loaded = load_model(tmp_path / "run" / "stage1.safetensors")
+    assert loaded.run_dir == tmp_path / "run" and loaded.model.config.dim == 8
+
+
+def test_a_working_size_below_16_is_refused(loaded):
+    image = np.zeros((20, 20, 3), np.float32)
+    for size in (0, -5, 8):
+        with pytest.raises(LocaldiscError, match="size must be at least 16 pixels"):
+            similarity(loaded, image, [(1, 1)], size=size)
+
+
+def test_similarity_cli_checks_size_and_figure_suffix_first_and_prints_the_file_written(
+    tmp_path,
+):
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+
+    save(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
+    base = ["similarity", "--model", str(tmp_path / "no-run"), "--image", str(tmp_path / "a.png"),
+            "--point", "3,4", "--device", "cpu"]  # fmt: skip
+    # Refused before the (here missing) model is read: no work is wasted.
+    for extra, message in (
+        (["--size", "0"], "--size must be at least 16 pixels, not 0"),
+        (["--out", str(tmp_path / "sim.txt")], "cannot write a figure as .txt"),
+    ):
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert isinstance(result.exception, LocaldiscError), result.output
+        assert message in str(result.exception)
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    base[2] = str(tmp_path / "run" / "model.safetensors")  # a weight file works as the run
+    # No suffix: matplotlib writes PNG, and the name printed is that of the file written; a
+    # [...] in it is a name, not Rich markup.
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "sim[v2]")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sim[v2].png").is_file()
+    assert f"figure: {tmp_path / 'sim[v2].png'}" in "".join(result.output.split("\n"))

@@ -42,7 +42,7 @@ from localdisc.tasks.localize import (
     ncc_localize,
 )
 from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
-from localdisc.tasks.similarity import Point, load_model
+from localdisc.tasks.similarity import LoadedModel, Point, check_size, load_model
 
 #: JSRT pixel spacing at the original 2048 x 2048 (mm).
 JSRT_SPACING_2048 = 0.175
@@ -162,7 +162,9 @@ class LocalizeBenchmarkConfig:
 
 def _task(name: str, config: LocalizeBenchmarkConfig, seed: int) -> LandmarkTask:
     if name == "synthetic_fundus":
-        return _synthetic(64 if config.quick else 256, 3 if config.quick else 20, seed)
+        count = 3 if config.quick else 20
+        count = count if config.max_test is None else min(config.max_test, count)
+        return _synthetic(64 if config.quick else 256, count, seed)
     if config.data_root is None:
         raise LocaldiscError("no data root: pass --data-root or set LOCALDISC_DATA")
     root = Path(config.data_root).expanduser()
@@ -201,6 +203,9 @@ def run_localize_benchmark(
     from localdisc.engine.distributed import resolve_device
 
     out_dir = Path(out_dir)
+    check_size(config.size, "--size")
+    if config.max_test is not None and config.max_test < 1:
+        raise LocaldiscError(f"--max-test must be at least 1, not {config.max_test}")
     device = "cpu" if config.quick else str(resolve_device(config.device))
     tasks = config.tasks or (["synthetic_fundus"] if config.quick else ["jsrt", "drive"])
     models = list(config.models) or (["ld"] if config.quick else [])
@@ -211,6 +216,8 @@ def run_localize_benchmark(
             raise LocaldiscError("the model 'ld' (pre-trained here) is only for --quick")
         settings = {**QUICK_PRETRAIN, "center_sigma": 0.25, "progress": False, "device": device}
         models[models.index("ld")] = str(pretrain_preset(settings, out_dir / "pretrain", log))
+    # Every model once, before any task: a bad --models path is an error, not a skipped task.
+    loaded = {run: load_model(run, device=device) for run in models}
 
     results: dict[str, Any] = {"config": asdict(config), "tasks": {}, "skipped": []}
     for task_name in tasks:
@@ -222,7 +229,7 @@ def run_localize_benchmark(
             for seed in range(config.seeds):
                 task = _task(task_name, config, seed)
                 templates.append(task.template.name)
-                methods = _methods(task, models, config, device)
+                methods = _methods(task, loaded, config)
                 for case in task.tests():
                     count += 1
                     spacing.append(case.spacing)
@@ -263,16 +270,15 @@ def run_localize_benchmark(
 
 
 def _methods(
-    task: LandmarkTask, models: list[str], config: LocalizeBenchmarkConfig, device: str
+    task: LandmarkTask, models: dict[str, LoadedModel], config: LocalizeBenchmarkConfig
 ) -> dict[str, Callable[[np.ndarray], dict[str, Prediction]]]:
     template, landmarks = task.template.image, task.template.landmarks
     methods: dict[str, Callable[[np.ndarray], dict[str, Prediction]]] = {}
-    for run in models:
-        loaded = load_model(run, device=device)
+    for run, loaded in models.items():
         if loaded.model.config.modality != task.modality:
             continue  # an X-ray model has nothing to say about fundus images
         search = SearchConfig(size=config.size, mirror=task.mirror)
-        label = run_label(run, models)
+        label = run_label(run, list(models))
         if loaded.kernel.center_sigma is not None:
             methods[f"LD {label} (center-sensitive)"] = Localizer(
                 loaded, template, landmarks, search

@@ -18,6 +18,7 @@ The confidence is the fine cosine similarity at the prediction (1: identical emb
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from localdisc.tasks.similarity import (
     PatchKernel,
     Point,
     as_image,
+    check_size,
     dense_patch_embeddings,
     load_model,
     resized,
@@ -58,22 +60,41 @@ class SearchConfig:
     # images of each other (a one-shot fundus template is one of the two).
     mirror: bool = False
 
+    def __post_init__(self) -> None:
+        check_size(self.size)
+
 
 def read_landmarks(path: str | Path) -> dict[str, Point]:
     """``{"name": [x, y], ...}`` (pixels of the template image) from a JSON file."""
     path = Path(path)
+    shape = 'landmarks must be a JSON object {"name": [x, y], ...}'
     try:
         raw = json.loads(path.read_text())
-        landmarks = {str(k): (float(v[0]), float(v[1])) for k, v in raw.items()}
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LocaldiscError(f"{path}: cannot read landmarks ({exc})") from exc
-    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
-        raise LocaldiscError(
-            f'{path}: landmarks must be a JSON object {{"name": [x, y], ...}}'
-        ) from None
+    if not isinstance(raw, dict):
+        raise LocaldiscError(f"{path}: {shape}")
+    landmarks = {}
+    for name, value in raw.items():
+        # Exactly two numbers: indexing would take "34" as (3, 4) and drop a third value.
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+            found = json.dumps(value)
+            found = found if len(found) <= 40 else found[:37] + "..."
+            raise LocaldiscError(f"{path}: {shape}; landmark {name!r} is {found}")
+        landmarks[str(name)] = (float(value[0]), float(value[1]))
     if not landmarks:
         raise LocaldiscError(f"{path}: no landmarks")
     return landmarks
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (bool is an int in Python, but true is no coordinate)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 class Localizer:

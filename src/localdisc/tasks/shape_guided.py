@@ -19,7 +19,7 @@ pieces, no holes: :mod:`localdisc.priors.topology`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from localdisc.engine.finetune import AUGMENTATION, predict_batch
 from localdisc.engine.pseudo_label import fit_pseudo_labels
 from localdisc.errors import LocaldiscError
 from localdisc.losses.region import region_embeddings
-from localdisc.models.ld import LDModel
+from localdisc.models.ld import LDModel, split_weights_path
 from localdisc.models.segmenter import Segmenter
 from localdisc.priors.atlas import (
     fuse_atlases,
@@ -46,6 +46,7 @@ from localdisc.priors.atlas import (
 from localdisc.priors.sources import prior_masks
 from localdisc.priors.topology import PriorTopology, enforce_topology, prior_topology
 from localdisc.tasks.predict import collect_images, mask_png, prob_png
+from localdisc.tasks.similarity import check_size
 
 
 @dataclass
@@ -196,10 +197,12 @@ def atlas_votes(
 
 
 def _pretrain_settings(run_dir: str | Path) -> dict[str, Any]:
-    """The ``pretrain`` section of a run's ``config.json`` ({} when it has none)."""
+    """The ``pretrain`` section of a run's ``config.json`` ({} when it has none); ``run_dir``
+    may also name one of the run's weight files, as :meth:`LDModel.from_pretrained` takes it."""
     import json
 
-    return json.loads((Path(run_dir) / "config.json").read_text()).get("pretrain") or {}
+    folder, _ = split_weights_path(run_dir)
+    return json.loads((folder / "config.json").read_text()).get("pretrain") or {}
 
 
 def run_size(run_dir: str | Path) -> int | None:
@@ -268,6 +271,7 @@ def segment_images(
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
         raise LocaldiscError("segment_images needs at least one run")
+    check_size(size, "--size")
     if len(runs) == 1:
         return _segment_run(runs[0], images, Path(out_dir), size, refine_steps, topology, device,
                             log)  # fmt: skip
@@ -406,7 +410,9 @@ def refine(
         raise LocaldiscError("refine needs one map per image, and at least one image")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model = Segmenter.from_ld_run(run_dir, size=config.size).to(device).train()
+    model = _refine_network(run_dir, config.size, log)
+    config = replace(config, size=model.config.size)
+    model = model.to(device).train()
     modality = model.config.modality
     rotation, flips = AUGMENTATION[modality]
     rotation = rotation if config.rotation is None else config.rotation
@@ -425,6 +431,35 @@ def refine(
     if config.recalibrate:
         recalibrate_batch_norm(model, x, batch=8)
     return model.eval()
+
+
+def refine_size(size: int, depth: int) -> int:
+    """``size`` rounded up to what a segmenter of ``depth`` blocks takes: each block below the
+    first halves the image and the decoder doubles it back, so a multiple of 2^(depth-1)."""
+    unit = 2 ** (depth - 1)
+    return max(unit, -(-size // unit) * unit)
+
+
+def _refine_network(
+    run_dir: str | Path, size: int, log: Callable[[str], None] = print
+) -> Segmenter:
+    """The segmenter that :func:`refine` trains: the encoder of ``run_dir`` (a run folder, or one
+    of its weight files, whose encoder is then the one taken), at ``size`` rounded up to
+    :func:`refine_size` (said in ``log``)."""
+    from localdisc.models.ld import LDConfig
+
+    folder, weights = split_weights_path(run_dir)
+    depth = LDConfig.from_run(folder).depth
+    side = refine_size(size, depth)
+    if side != size:
+        log(
+            f"refinement at {side} px, not {size}: the network of depth {depth} needs a "
+            f"multiple of {2 ** (depth - 1)}"
+        )
+    model = Segmenter.from_ld_run(folder, size=side)
+    if weights != "model.safetensors":  # encoder.safetensors is model.safetensors' encoder
+        model.encoder.load_state_dict(LDModel.from_pretrained(run_dir).encoder.state_dict())
+    return model
 
 
 def _refine_input(image: np.ndarray, modality: str, stretch: bool) -> np.ndarray:

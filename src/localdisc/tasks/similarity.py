@@ -21,10 +21,21 @@ from torch import Tensor
 from localdisc.data.io import read_image
 from localdisc.data.preprocess import resize_image
 from localdisc.errors import LocaldiscError
-from localdisc.models.ld import LDModel
+from localdisc.models.ld import LDModel, split_weights_path
 
 #: Points are (x, y) = (column, row) in pixels of the image as given.
 Point = tuple[float, float]
+
+#: The smallest working size (longer side, pixels): the network's multiple of 16.
+MIN_SIZE = 16
+
+
+def check_size(size: int | None, name: str = "size") -> None:
+    """Refuse a working size below :data:`MIN_SIZE` (``name``: how the caller calls it, e.g.
+    ``--size``); ``None`` (the model's own size) passes."""
+    # bool is an int: True would otherwise pass as a size of 1 and fail far inside.
+    if size is not None and (isinstance(size, bool) or size < MIN_SIZE):
+        raise LocaldiscError(f"{name} must be at least {MIN_SIZE} pixels, not {size}")
 
 
 @dataclass(frozen=True)
@@ -57,15 +68,20 @@ class LoadedModel:
 
 
 def load_model(run_dir: str | Path, *, device: str = "cpu") -> LoadedModel:
-    """Load an LD run and the patch kernel it was trained with (cell side = crop size / 8)."""
+    """Load an LD run and the patch kernel it was trained with (cell side = crop size / 8).
+
+    ``run_dir`` may also name one of the run's weight files (``RUN/stage1.safetensors``,
+    ``RUN/model_best.safetensors``), as :meth:`LDModel.from_pretrained` takes it.
+    """
     from localdisc.engine.pretrain import PretrainConfig
 
-    run_dir = Path(run_dir)
     model = LDModel.from_pretrained(run_dir, device=device)
-    raw = json.loads((run_dir / "config.json").read_text()).get("pretrain")
+    # A weight file's settings are those of the run folder it lies in.
+    folder, _ = split_weights_path(run_dir)
+    raw = json.loads((folder / "config.json").read_text()).get("pretrain")
     pretrain = PretrainConfig.from_dict(raw) if raw else PretrainConfig()
     kernel = PatchKernel(max(1, pretrain.size // 8), pretrain.center_sigma)
-    return LoadedModel(model, kernel, pretrain.resolved_pool_size, run_dir)
+    return LoadedModel(model, kernel, pretrain.resolved_pool_size, folder)
 
 
 def dense_patch_embeddings(v: Tensor, kernel: PatchKernel, scale: float = 1.0) -> Tensor:
@@ -136,6 +152,7 @@ def similarity(
         size: resize every image to this longer side first (``None``: own sizes), e.g. the
             size the model was pre-trained at; maps and points stay in the images' own pixels.
     """
+    check_size(size)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     raw = as_image(image)
     h, w = raw.shape[:2]
@@ -179,9 +196,11 @@ def similarity_figure(
     names: list[str] | None = None,
 ) -> Path:
     """One row per query point: heatmaps over the query image and each target, best match
-    marked (cyan circle), the query as a white cross."""
+    marked (cyan circle), the query as a white cross. Returns the file written (``.png``
+    added to a path without a suffix, see :func:`figure_path`)."""
     from localdisc.eval.figures import _plt, _save
 
+    path = figure_path(path)
     plt = _plt()
     images = [image, *targets]
     names = names or ["query", *(f"target {i + 1}" for i in range(len(targets)))]
@@ -200,6 +219,24 @@ def similarity_figure(
             ax.set_title(f"{names[j]}: point {p + 1}" if rows > 1 else names[j], fontsize=9)
             ax.set_axis_off()
     return _save(fig, path)
+
+
+def figure_path(path: str | Path) -> Path:
+    """``path`` as a figure file: ``.png`` added when it has no suffix (matplotlib would add it
+    too, unseen by the caller), refused when matplotlib cannot write its suffix. Check it before
+    the work, not after."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise LocaldiscError(
+            f"{path}: cannot write a figure as {path.suffix}; use one of "
+            f"{', '.join('.' + f for f in sorted(formats))}"
+        )
+    return path
 
 
 def parse_point(text: str) -> Point:
