@@ -166,6 +166,15 @@ def main() -> None:
 
 
 # --- pre-training ------------------------------------------------------------------------------
+#: `pretrain` and `shape-guided train` continue a run the same way.
+RESUME_OPTION = typer.Option(
+    False,
+    "--resume",
+    help="Continue from the last checkpoint, with the run's saved settings and number of "
+    "processes; a finished run is left as it is. Without it, an --out holding a run is refused.",
+)
+
+
 @app.command()
 def pretrain(
     data: list[str] = typer.Option(
@@ -201,13 +210,7 @@ def pretrain(
     max_images: int | None = typer.Option(None, help="Use only the first N pool images."),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
     seed: int = typer.Option(0),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue from the last checkpoint, with the run's saved settings and number of "
-        "processes; a finished run is left as it is. Without it, an --out holding a run is "
-        "refused.",
-    ),
+    resume: bool = RESUME_OPTION,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable pool images."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across processes."),
     compile_model: bool = typer.Option(
@@ -499,13 +502,7 @@ def shape_guided_train(
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     seed: int = typer.Option(0),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue from the last checkpoint, with the run's saved settings and number of "
-        "processes; a finished run is left as it is. Without it, an --out holding a run is "
-        "refused.",
-    ),
+    resume: bool = RESUME_OPTION,
 ) -> None:
     """Train LD with an adversarial shape prior on cluster 0 (METHOD.md section 5)."""
     from localdisc.engine import distributed
