@@ -257,7 +257,7 @@ def pretrain(
         # A time budget that ends stage 1 early skips step numbers: say how many steps ran.
         numbering = "" if result.trained_steps == result.steps else f" (last step {result.steps})"
         speed = (
-            "finished before" if result.already_finished else f"{result.images_per_s:.1f} images/s"
+            "already finished" if result.already_finished else f"{result.images_per_s:.1f} images/s"
         )
         console.print(
             f"done: {result.trained_steps} steps{numbering}, {speed}, "

@@ -44,3 +44,13 @@ def test_a_pool_is_required_outside_quick(tmp_path):
     assert result.exit_code != 0
     with pytest.raises(Exception, match="pool"):
         raise result.exception
+
+
+def test_bad_transfer_settings_are_refused_before_any_pretraining(tmp_path):
+    from localdisc.errors import LocaldiscError
+    from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
+
+    config = MethodsBenchmarkConfig(methods=["ld"], quick=True, transfer={"size": 40})
+    with pytest.raises(LocaldiscError, match="multiple of 16"):
+        run_methods_benchmark(config, tmp_path, log=lambda m: None)
+    assert not (tmp_path / "pretrain").exists()

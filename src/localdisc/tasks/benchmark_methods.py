@@ -115,6 +115,12 @@ def run_methods_benchmark(
     if unknown:
         raise LocaldiscError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     pools = dict(parse_pool(p) for p in config.pools)
+    # The transfer settings are checked now (sizes, seeds, schedule), not after the pre-trainings.
+    transfer = BenchmarkConfig(
+        inits=["random"], tasks=config.tasks, labels=config.labels, seeds=config.seeds,
+        data_root=config.data_root, device=config.device, quick=config.quick,
+        **config.transfer,
+    )  # fmt: skip
     needed = {TASKS[t].modality for t in config.tasks or [] if t in TASKS}
     reached: dict[str, dict[str, Any]] = {}
     inits = ["random"]
@@ -128,12 +134,7 @@ def run_methods_benchmark(
             settings = _settings(config, method, modality, spec)
             reached[f"{method} ({modality})"] = _pretrain(settings, run_dir, log)
             inits.append(str(run_dir))
-    transfer = BenchmarkConfig(
-        inits=inits, tasks=config.tasks, labels=config.labels, seeds=config.seeds,
-        data_root=config.data_root, device=config.device, quick=config.quick,
-        **config.transfer,
-    )  # fmt: skip
-    results = run_benchmark(transfer, out_dir / "transfer", log=log)
+    results = run_benchmark(replace(transfer, inits=inits), out_dir / "transfer", log=log)
     summary = {"config": asdict(config), "pretraining": reached, "transfer": collect(results)}
     atomic_write_text(out_dir / "results.json", json.dumps(jsonable(summary), indent=2))
     lines = [
