@@ -553,8 +553,11 @@ def pretrain(
         state, tensors = loaded
         # ended by its step count, or by a time budget (recorded: it has steps left)
         already_finished = bool(state.get("finished")) or state["step"] >= config.total_steps
-        trained_with = state.get("world_size")  # None: a checkpoint from before it was stored
-        if not already_finished and trained_with not in (None, ctx.world_size):
+        # Older checkpoints do not record it: they hold one sampler state per process.
+        trained_with = state.get("world_size") or sum(
+            key.startswith("sampler_") for key in tensors["rng"]
+        )
+        if not already_finished and trained_with != ctx.world_size:
             raise CheckpointError(_world_size_problem(run_dir, trained_with, ctx.world_size))
         model.load_state_dict(tensors["model"])
         if not already_finished:  # a finished run samples no more (and may have other ranks)
