@@ -199,7 +199,7 @@ def pretrain(
         None, help="Side of the pool images, cropped to S (default S x 8/7: 512 for 448)."
     ),
     crop_scale: tuple[float, float] = typer.Option(
-        (0.9, 1.0), help="Area fraction of the random resized crop: MIN MAX."
+        (0.9, 1.0), help="Area fraction of LD's random resized crop: MIN MAX (peers keep theirs)."
     ),
     clusters: int = typer.Option(16, help="Clusters K."),
     dim: int = typer.Option(32, help="Embedding dimension D."),

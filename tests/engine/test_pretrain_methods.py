@@ -41,3 +41,11 @@ def test_unknown_methods_and_priors_on_peers_are_refused():
         tiny_pretrain_config(method="simclr", prior="simulated:vessels")
     with pytest.raises(LocaldiscError, match="--compile is for --method ld"):
         tiny_pretrain_config(method="simclr", compile=True)
+
+
+def test_a_peer_method_says_that_crop_scale_is_lds(tmp_path, pool):
+    lines: list[str] = []
+    config = tiny_pretrain_config(method="simclr", stage1_steps=1, stage2_steps=0,
+                                  crop_scale=(0.3, 0.4), val_images=0)  # fmt: skip
+    pretrain(config, tmp_path, pool=pool, log=lines.append)
+    assert any("crop_scale (0.3, 0.4) is LD's: simclr keeps" in line for line in lines)

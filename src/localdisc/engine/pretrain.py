@@ -522,6 +522,11 @@ def pretrain(
                 f"--method {config.method} runs in one process, not under torchrun"
             )
         objective = build_objective(config, model).to(device)
+        if tuple(config.crop_scale) != PretrainConfig.crop_scale and ctx.is_main:
+            log(
+                f"crop_scale {tuple(config.crop_scale)} is LD's: {config.method} keeps the crops "
+                "of its paper"
+            )
     stage1_views = LDViews(config.size, config.modality, crop_scale=tuple(config.crop_scale))
     stage2_views = stage1_views
     gen = torch.Generator().manual_seed(config.seed * 1009 + ctx.rank)
