@@ -18,6 +18,7 @@
 # issue's SCR clavicle task is a second call (both data sets exceed carry's 64 MiB), with the
 # X-ray pool and JSRT/SCR (`bash benchmarks/prepare_carry.sh clavicle`):
 #   POOLS=xray=carry/CXR_Kermany/train/NORMAL TASKS=scr_clavicle bash benchmarks/compare_methods.sh
+#   (TASKS=scr_clavicle,scr_lung,scr_heart fine-tunes the same pre-trainings on SCR's organs too)
 # Test it on a CPU first at toy sizes:
 #   DEVICE=cpu BUDGET_S=4 SIZE=64 METHODS=ld,simclr EPOCHS=1 SEEDS=1 LABELS=2 OUT=/tmp/gm bash benchmarks/compare_methods.sh
 set -uo pipefail

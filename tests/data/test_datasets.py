@@ -669,3 +669,12 @@ def test_generated_pools_follow_their_data_set() -> None:
     assert pool.shape == plain.shape == (2, 1, 64, 64) and not torch.equal(pool, plain)
     with pytest.raises(DatasetError, match="expected synthetic_fundus"):
         resolve_pool(["synthetic_xray_hard:2"], "fundus", 64, log=lambda m: None)
+
+
+def test_folder_images_folder_found_in_any_letter_case(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    save(root / "Images" / "a.png", fundus(seed=1))
+    save(root / "Masks" / "a.png", vessels())
+    ds = load_dataset("folder", root)
+    assert [s.name for s in ds] == ["a"] and ds.targets == ("mask",)
+    assert pool_image_paths(str(root)) == [root / "Images" / "a.png"]

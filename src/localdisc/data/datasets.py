@@ -754,6 +754,16 @@ def find_folder_mask_dir(root: Path) -> Path | None:
     return first[0]
 
 
+def folder_image_dir(root: Path) -> Path:
+    """The ``images`` folder of a ``folder`` data set at ``root`` (any letter case: ``Images``),
+    else ``root`` itself. Two differing only in case are an error, as for mask folders."""
+    found = [p for p in sorted(root.iterdir()) if p.name.lower() == "images" and p.is_dir()]
+    if len(found) > 1:
+        names = " and ".join(p.name for p in found)
+        raise DatasetError(f"{root}: two image folders, {names}, differ only in letter case")
+    return found[0] if found else root
+
+
 def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]:
     """Image files under ``root`` (recursive, sorted by path) that are not masks.
 
@@ -821,7 +831,7 @@ class FolderDataset(SegmentationDataset):
 
     def _list_items(self) -> list[Item]:
         assert self.root is not None
-        image_dir = self.root / "images" if (self.root / "images").is_dir() else self.root
+        image_dir = folder_image_dir(self.root)
         self.mask_dir = find_folder_mask_dir(self.root)
         images = folder_image_files(image_dir, exclude=self.mask_dir)
         if self.mask_dir is None:
@@ -924,7 +934,7 @@ class FolderDataset(SegmentationDataset):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DatasetError(f"{root}: no such folder; expected a folder of images")
-        image_dir = root / "images" if (root / "images").is_dir() else root
+        image_dir = folder_image_dir(root)
         # Pre-training needs no labels: every mask-named folder is left out, none is an error.
         groups = _mask_dir_candidates(root)
         paths = folder_image_files(image_dir, exclude=groups[0][0] if groups else None)
