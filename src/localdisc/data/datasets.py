@@ -797,7 +797,7 @@ class FolderDataset(SegmentationDataset):
     """Any folder of images, optionally with masks matched by file stem; one split, ``all``.
 
     Layouts: ``ROOT/images/`` with a mask folder beside it (``masks/``, ``mask/``, ``labels/``,
-    ``label/``, ``manual/`` or ``gt/``, in any letter case, the first of these present), or
+    ``label/``, ``manual/`` or ``gt/``; folder names in any letter case, the first present), or
     images directly in ROOT with such a folder inside, give the target ``mask``: each image needs
     a mask with the same relative path and stem (any image suffix). Failing that, a mask
     anywhere in the mask folder with the same stem matches when that stem is unique among the
