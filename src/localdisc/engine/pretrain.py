@@ -308,13 +308,18 @@ def refuse_used_run_dir(run_dir: Path) -> None:
         )
 
 
+def _saved_config(run_dir: Path, given: PretrainConfig) -> PretrainConfig:
+    """The settings saved in ``run_dir/config.json``, with ``given``'s runtime fields."""
+    saved = json.loads((Path(run_dir) / "config.json").read_text())["pretrain"]
+    saved.update({k: getattr(given, k) for k in RUNTIME_FIELDS})
+    return PretrainConfig.from_dict(saved)
+
+
 def holds_run_of(run_dir: Path, config: PretrainConfig) -> bool:
     """Whether ``run_dir`` holds a run started with ``config``'s settings (runtime fields aside):
     one that ``--resume`` continues, or leaves as it is once finished."""
     try:
-        saved = json.loads((Path(run_dir) / "config.json").read_text())["pretrain"]
-        saved.update({k: getattr(config, k) for k in RUNTIME_FIELDS})
-        return not _changed_settings(config, PretrainConfig.from_dict(saved))
+        return not _changed_settings(config, _saved_config(run_dir, config))
     except (OSError, KeyError, TypeError, ValueError, LocaldiscError):
         return False
 
@@ -462,9 +467,7 @@ def pretrain(
     if resume:
         if not config_path.is_file():
             raise CheckpointError(f"{run_dir}: nothing to resume (no config.json)")
-        saved = json.loads(config_path.read_text())["pretrain"]
-        saved.update({k: getattr(config, k) for k in RUNTIME_FIELDS})
-        given, config = config, PretrainConfig.from_dict(saved)
+        given, config = config, _saved_config(run_dir, config)
         changed = _changed_settings(given, config)
         if changed and ctx.is_main:  # the saved settings win; say so rather than silently
             log(
@@ -594,14 +597,13 @@ def pretrain(
     b = config.batch
     images_per_step = (objective.images_per_step(b) if objective else 5 * b) * ctx.world_size
     if already_finished:  # resuming a finished run trains nothing and rewrites nothing
-        assert loaded is not None
         if main:
             log(f"{run_dir}: the run finished at step {step} already; nothing to do")
             if not all((run_dir / name).is_file() for name in FINAL_WEIGHTS):
                 _save_final_weights(model, run_dir)  # it was stopped before writing them
         distributed.barrier()
         return PretrainResult(
-            run_dir, step, 0.0, float(loaded[0].get("last_loss", math.nan)),
+            run_dir, step, 0.0, float(state.get("last_loss", math.nan)),
             None if math.isinf(best_val) else best_val, skipped_steps, trained_steps,
             trained_steps * images_per_step, already_finished=True,
         )  # fmt: skip
