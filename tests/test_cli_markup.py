@@ -43,3 +43,30 @@ def test_paths_in_result_lines_are_printed_as_they_are():
     with cli.console.capture() as captured:
         cli.console.print(f"see [bold]{cli._path('out[bold]/[v2]')}[/]")
     assert captured.get().strip() == "see out[bold]/[v2]"
+
+
+def test_library_messages_are_printed_as_they_are():
+    # Library code logs plain text through cli._log: a run folder named "runs[/x]" used to
+    # crash Rich, and "[v2]" vanished.
+    for message in ("runs[/x]: no checkpoint yet, starting from step 0", "skipped sim[v2]: x"):
+        with cli.console.capture() as captured:
+            cli._log(message)
+        assert captured.get().strip() == message
+
+
+def test_library_messages_carry_no_markup():
+    # The library's default logger is print, so markup would reach API users as raw tags.
+    import pathlib
+    import re
+
+    import localdisc
+
+    package = pathlib.Path(localdisc.__file__).parent
+    tagged = [
+        f"{path.name}: {line.strip()}"
+        for path in package.rglob("*.py")
+        if path.name != "cli.py"
+        for line in path.read_text().splitlines()
+        if re.search(r"\blog\(f?\"\[(bold|yellow|red|green|dim)", line)
+    ]
+    assert not tagged

@@ -23,6 +23,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _log(text: str) -> None:
+    """Print a library progress message: plain text, so paths and ``[...]`` print as they are."""
+    console.print(text, markup=False)
+
+
 def _path(path: str | Path) -> str:
     """A path for a Rich markup string: ``[...]`` in a file name is text, not markup."""
     return escape(str(path))
@@ -251,7 +256,7 @@ def pretrain(
     )  # fmt: skip
     from localdisc.engine import distributed
 
-    result = run_pretrain(config, out, resume=resume, log=console.print)
+    result = run_pretrain(config, out, resume=resume, log=_log)
     distributed.cleanup()
     if distributed.is_main_process():
         # A time budget that ends stage 1 early skips step numbers: say how many steps ran.
@@ -281,7 +286,7 @@ def demo(
 
     written = run_demo(
         out, quick=quick, data=data or None, modality=modality, device=device, seed=seed,
-        log=console.print,
+        log=_log,
     )  # fmt: skip
     console.print("[bold green]demo finished.[/] Outputs:")
     for name, path in written.items():
@@ -323,7 +328,7 @@ def finetune(
     config = TransferConfig(
         dataset, target, init, labels, size, train=train, recalibrate_bn=recalibrate_bn
     )
-    metrics = run_transfer(config, out, log=console.print)
+    metrics = run_transfer(config, out, log=_log)
     summary = metrics["summary"]
     shown = ", ".join(
         f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items() if v["n"]
@@ -522,7 +527,7 @@ def shape_guided_train(
         prior=prior, prior_weight=prior_weight, prior_pose=prior_pose,
         init_from=str(init) if init else None, **architecture,
     )  # fmt: skip
-    result = run_pretrain(config, out, resume=resume, log=console.print)
+    result = run_pretrain(config, out, resume=resume, log=_log)
     distributed.cleanup()
     if distributed.is_main_process():
         console.print(f"done: {result.steps} steps; model in [bold]{_path(out)}[/]")
@@ -552,7 +557,7 @@ def shape_guided_segment(
 
     written = segment_images(
         model, images, out, size=size, refine_steps=refine_steps, topology=topology,
-        device=device, log=console.print,
+        device=device, log=_log,
     )  # fmt: skip
     console.print(f"{len(written)} mask(s) written to [bold]{_path(out)}[/]")
 
@@ -616,7 +621,7 @@ def shape_guided_vessels(
     segment_vessels_self_trained(
         images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
         max_size=max_size, fov_masks=fov_masks, train_images=train_images,
-        reteach_unusual=reteach_unusual, teach_all=teach_all, log=console.print,
+        reteach_unusual=reteach_unusual, teach_all=teach_all, log=_log,
     )  # fmt: skip
 
 
@@ -678,7 +683,7 @@ def benchmark_transfer(
         epochs=epochs, steps_per_epoch=steps_per_epoch, device=device, quick=quick,
         cpu_scale=cpu_scale,
     )  # fmt: skip
-    results = run_benchmark(config, out, log=console.print)
+    results = run_benchmark(config, out, log=_log)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"{len(results['runs'])} run(s), {len(results['skipped'])} skipped; "
@@ -713,7 +718,7 @@ def benchmark_localize(
         data_root=data_root or default_data_root(), size=size, max_test=max_test, device=device,
         quick=quick, seeds=seeds,
     )  # fmt: skip
-    run_localize_benchmark(config, out, log=console.print)
+    run_localize_benchmark(config, out, log=_log)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"see [bold]{_path(out)}[/]")
 
@@ -797,7 +802,7 @@ def benchmark_shape_guided(
             "crop_scale": crop_scale,
         },
     )  # fmt: skip
-    run_shape_benchmark(config, out, log=console.print)
+    run_shape_benchmark(config, out, log=_log)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"see [bold]{_path(out)}[/]")
 
@@ -837,7 +842,7 @@ def benchmark_pretrain_methods(
         data_root=data_root or default_data_root(), size=size, batch=batch, device=device,
         quick=quick,
     )  # fmt: skip
-    run_methods_benchmark(config, out, log=console.print)
+    run_methods_benchmark(config, out, log=_log)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"see [bold]{_path(out)}[/]")
 
@@ -865,5 +870,5 @@ def view(
 
     serve(
         model, images, segmenter=segmenter, host=host, port=port, size=size,
-        device=str(resolve_device(device)), log=lambda text: console.print(text, markup=False),
+        device=str(resolve_device(device)), log=_log,
     )  # fmt: skip

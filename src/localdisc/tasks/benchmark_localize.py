@@ -249,7 +249,7 @@ def run_localize_benchmark(
         except LocaldiscError as exc:
             if count:  # a failure after some images is an error, not missing data
                 raise
-            log(f"[yellow]skipped {task_name}[/]: {exc}")
+            log(f"skipped {task_name}: {exc}")
             results["skipped"].append({"task": task_name, "reason": str(exc)})
             continue
         results["tasks"][task_name] = {

@@ -126,7 +126,7 @@ def run_methods_benchmark(
     inits = ["random"]
     for modality, spec in pools.items():
         if modality not in needed:
-            log(f"[yellow]no task needs the {modality} pool {spec}; not pre-training on it[/]")
+            log(f"no task needs the {modality} pool {spec}; not pre-training on it")
             continue
         for method in config.methods:
             run_dir = out_dir / "pretrain" / modality / method

@@ -238,7 +238,7 @@ def run_shape_benchmark(
                 why = test.missing_labels.get(task.target, f"available: {test.targets}")
                 raise DatasetError(f"{spec}: no {task.target} masks to score with ({why})")
         except LocaldiscError as exc:
-            log(f"[yellow]skipped {name}[/]: {exc}")
+            log(f"skipped {name}: {exc}")
             skipped.append({"task": name, "init": "all", "reason": str(exc)})
             continue
         runs += _run_task(config, name, task, spec, test, data_root, out_dir, skipped, log)
@@ -307,7 +307,7 @@ def _run_task(
             prior_path = prior_spec(prior, task, data_root)
             bank = load_prior(prior_path, 128, count=32, seed=0)
         except LocaldiscError as exc:
-            log(f"[yellow]skipped prior {prior} for {name}[/]: {exc}")
+            log(f"skipped prior {prior} for {name}: {exc}")
             skipped.append({"task": name, "init": prior, "reason": str(exc)})
             continue
         priors[prior_label(prior, task)] = (prior_path, expected_fraction(bank, task.tubular), bank)

@@ -176,7 +176,7 @@ def run_benchmark(
             spec = task.spec(data_root, config.quick)
             check_task_data(spec, task.target)
         except LocaldiscError as exc:
-            log(f"[yellow]skipped {task_name}[/]: {exc}")
+            log(f"skipped {task_name}: {exc}")
             skipped.append({"task": task_name, "init": "all", "reason": str(exc)})
             continue
         for label, init in inits.items():

@@ -222,7 +222,7 @@ def run_topology(run_dir: str | Path, log: Callable[[str], None] = print) -> Pri
     try:
         topology = prior_topology(config["prior"])
     except LocaldiscError as exc:
-        log(f"[yellow]prior topology not applied[/]: {exc}")
+        log(f"prior topology not applied: {exc}")
         return None
     return topology if topology.solid else None
 
@@ -238,7 +238,7 @@ def run_prior_masks(run_dir: str | Path, log: Callable[[str], None] = print) -> 
     try:
         return prior_masks(config["prior"], run_size(run_dir) or 512)
     except LocaldiscError as exc:
-        log(f"[yellow]prior masks not used in the pseudo-labels[/]: {exc}")
+        log(f"prior masks not used in the pseudo-labels: {exc}")
         return None
 
 
