@@ -70,3 +70,20 @@ def test_library_messages_carry_no_markup():
         if re.search(r"\blog\(f?\"\[(bold|yellow|red|green|dim)", line)
     ]
     assert not tagged
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (["benchmark", "pretrain-methods"], "[fundus=|xray=]SPEC"),
+        (["benchmark", "pretrain-methods"], "[drive,scr_clavicle; --quick: synthetic]"),
+        (["localize"], '{"name": [x, y], ...}'),
+    ],
+)
+def test_help_texts_keep_their_brackets(command, shown):
+    # As Rich markup, "[fundus=|xray=]" and "[default: ...]" vanished from --help.
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli.app, [*command, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert shown in " ".join(result.output.split())

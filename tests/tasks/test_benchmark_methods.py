@@ -54,3 +54,43 @@ def test_bad_transfer_settings_are_refused_before_any_pretraining(tmp_path):
     with pytest.raises(LocaldiscError, match="multiple of 16"):
         run_methods_benchmark(config, tmp_path, log=lambda m: None)
     assert not (tmp_path / "pretrain").exists()
+
+
+def test_cpu_scale_is_the_recorded_cpu_comparison():
+    from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, _settings, preset
+
+    config = preset(MethodsBenchmarkConfig(cpu_scale=True, data_root="/d", tasks=["drive"]))
+    # Only the pool of the tasks' modality, under --data-root (compare_methods.sh's pools).
+    assert config.pools == ["fundus=/d/KaggleDR/images"]
+    assert (config.budget_seconds, config.size, config.batch, config.labels) == (240, 128, 2, ["2"])
+    assert config.transfer["size"] == 256 and config.device == "cpu"
+    fundus = _settings(config, "ld", "fundus", "/d/KaggleDR/images")
+    assert fundus["stage1_seconds"] == 48 and fundus["stage2_seconds"] == 192
+    assert fundus["max_images"] == 1000 and fundus["crop_scale"] == (0.2, 0.35)
+    both = preset(MethodsBenchmarkConfig(cpu_scale=True, data_root="/d"))
+    assert both.pools == ["fundus=/d/KaggleDR/images", "xray=/d/CXR_Kermany/train/NORMAL"]
+    assert "crop_scale" not in _settings(both, "ld", "xray", both.pools[1])
+    # Explicit choices stay.
+    mine = preset(MethodsBenchmarkConfig(cpu_scale=True, budget_seconds=60, size=96, labels=["4"]))
+    assert (mine.budget_seconds, mine.size, mine.labels) == (60, 96, ["4"])
+
+
+def test_quick_and_cpu_scale_are_exclusive(tmp_path):
+    args = ["benchmark", "pretrain-methods", "--quick", "--cpu-scale", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "exclusive" in str(result.exception)
+
+
+def test_a_pretraining_with_other_settings_is_refused_not_reused(tmp_path):
+    from localdisc.errors import LocaldiscError
+    from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
+
+    def config(seed: int) -> MethodsBenchmarkConfig:
+        return MethodsBenchmarkConfig(methods=["simclr"], quick=True, pretrain={"seed": seed})
+
+    run_methods_benchmark(config(0), tmp_path, log=lambda m: None)
+    before = (tmp_path / "results.json").read_text()
+    # Another draw into the same --out used to reuse the first draw's encoder without a word.
+    with pytest.raises(LocaldiscError, match=r"other settings \(seed 0 \(given 1\)\)"):
+        run_methods_benchmark(config(1), tmp_path, log=lambda m: None)
+    assert (tmp_path / "results.json").read_text() == before

@@ -315,13 +315,19 @@ def _saved_config(run_dir: Path, given: PretrainConfig) -> PretrainConfig:
     return PretrainConfig.from_dict(saved)
 
 
+def settings_differences(run_dir: Path, config: PretrainConfig) -> list[str] | None:
+    """``field saved (given value)`` for each setting (runtime fields aside) in which the run of
+    ``run_dir`` differs from ``config``; ``None`` when ``run_dir`` holds no readable run."""
+    try:
+        return _changed_settings(config, _saved_config(run_dir, config))
+    except (OSError, KeyError, TypeError, ValueError, LocaldiscError):
+        return None
+
+
 def holds_run_of(run_dir: Path, config: PretrainConfig) -> bool:
     """Whether ``run_dir`` holds a run started with ``config``'s settings (runtime fields aside):
     one that ``--resume`` continues, or leaves as it is once finished."""
-    try:
-        return not _changed_settings(config, _saved_config(run_dir, config))
-    except (OSError, KeyError, TypeError, ValueError, LocaldiscError):
-        return False
+    return settings_differences(run_dir, config) == []
 
 
 def _changed_settings(given: PretrainConfig, saved: PretrainConfig) -> list[str]:

@@ -9,7 +9,13 @@ init as the floor and every method's encoder, into one table.
 
 A pool is ``MODALITY=SPEC`` (``fundus=KaggleDR/images``, ``xray=jsrt_scr:/data``) or a bare spec
 (fundus, unless it names an X-ray data set); each method pre-trains once per pool, and each task
-uses the pool of its modality. Finished pre-training runs are reused.
+uses the pool of its modality. Finished pre-training runs are reused; a folder holding a run with
+other settings is refused, not reused.
+
+``--cpu-scale`` is the comparison of ``benchmarks/RESULTS.md`` on 2 CPU cores: 240 s per method
+at 128 x 128 with 2 items per step on the first 1 000 images of ``KaggleDR/images`` (fundus) and
+``CXR_Kermany/train/NORMAL`` (X-ray) under ``--data-root``, then the transfer protocol of
+``benchmark transfer --cpu-scale`` (256 x 256, 2 labels, 3 seeds).
 """
 
 from __future__ import annotations
@@ -34,15 +40,16 @@ XRAY_SETS = ("jsrt_scr", "synthetic_xray")
 class MethodsBenchmarkConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     pools: list[str] = field(default_factory=list)
-    budget_seconds: float = 200.0
+    budget_seconds: float | None = None  # None: 200 (--cpu-scale: 240)
     tasks: list[str] | None = None  # None: drive, scr_clavicle (quick: synthetic_fundus)
     labels: list[str] | None = None  # None: 2, all
     seeds: int | None = None
     data_root: str | None = None
-    size: int = 448  # pre-training crop (the transfer's size is transfer.size)
-    batch: int = 4
+    size: int | None = None  # pre-training crop [448; --cpu-scale 128] (transfer: transfer.size)
+    batch: int | None = None  # pre-training items per step [4; --cpu-scale 2]
     device: str = "auto"
     quick: bool = False
+    cpu_scale: bool = False
     pretrain: dict[str, Any] = field(default_factory=dict)  # extra PretrainConfig fields
     transfer: dict[str, Any] = field(default_factory=dict)  # extra BenchmarkConfig fields
 
@@ -56,22 +63,54 @@ def parse_pool(spec: str) -> tuple[str, str]:
     return ("xray" if name in XRAY_SETS else "fundus"), spec
 
 
+#: ``--cpu-scale`` pools under ``--data-root`` (those of benchmarks/compare_methods.sh).
+CPU_SCALE_POOLS = {"fundus": "KaggleDR/images", "xray": "CXR_Kermany/train/NORMAL"}
+#: ``--cpu-scale`` fundus pools: LD's native-scale crops of ``benchmark transfer --cpu-scale``
+#: (vessels as wide as in DRIVE at 256); the peers keep their papers' crops.
+CPU_SCALE_FUNDUS = {"pool_size": 256, "crop_scale": (0.2, 0.35)}
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def preset(config: MethodsBenchmarkConfig) -> MethodsBenchmarkConfig:
+    """Apply ``--quick`` / ``--cpu-scale`` over the defaults (explicit choices stay)."""
+    if config.quick and config.cpu_scale:
+        raise LocaldiscError("--quick and --cpu-scale are exclusive")
     if config.quick:
         return replace(
             config, pools=config.pools or ["synthetic_fundus:8"],
             tasks=config.tasks or ["synthetic_fundus"], labels=config.labels or ["2"],
-            seeds=config.seeds or 1, size=48, batch=1, device="cpu",
+            seeds=config.seeds or 1, size=48, batch=1, device="cpu", budget_seconds=None,
             pretrain={"stage1_steps": 2, "stage2_steps": 2, "pool_size": 64, "val_images": 1,
                       "workers": 1, **config.pretrain},
         )  # fmt: skip
+    tasks = config.tasks or ["drive", "scr_clavicle"]
+    if config.cpu_scale:
+        root = Path(config.data_root or ".")
+        # Only the pools of the tasks' modalities: a missing X-ray pool must not stop DRIVE.
+        needed = {TASKS[t].modality for t in tasks if t in TASKS}
+        pools = config.pools or [f"{m}={root / CPU_SCALE_POOLS[m]}" for m in sorted(needed)]
+        return replace(
+            config, pools=pools, tasks=tasks, labels=config.labels or ["2"],
+            budget_seconds=_given(config.budget_seconds, 240.0), size=_given(config.size, 128),
+            batch=_given(config.batch, 2), device="cpu",
+            # checkpoint_every: a 4-minute run is cheaper to rerun than to checkpoint in its budget
+            pretrain={"max_images": 1000, "workers": 2, "checkpoint_every": 100_000,
+                      **config.pretrain},
+            transfer={"size": 256, **config.transfer},
+        )  # fmt: skip
     if not config.pools:
         raise LocaldiscError("give the pre-training pool(s): --pool fundus=KaggleDR/images ...")
-    return replace(config, tasks=config.tasks or ["drive", "scr_clavicle"])
+    return replace(
+        config, tasks=tasks, budget_seconds=_given(config.budget_seconds, 200.0),
+        size=_given(config.size, 448), batch=_given(config.batch, 4),
+    )  # fmt: skip
 
 
 def _settings(config: MethodsBenchmarkConfig, method: str, modality: str, spec: str) -> dict:
-    budget = None if config.quick else config.budget_seconds
+    budget = config.budget_seconds  # None: --quick's fixed steps
     settings: dict[str, Any] = {
         "data": [spec], "modality": modality, "method": method, "size": config.size,
         "batch": config.batch, "device": config.device, "progress": not config.quick,
@@ -79,18 +118,26 @@ def _settings(config: MethodsBenchmarkConfig, method: str, modality: str, spec: 
     if budget is not None:  # step counts as published, the budget ends the stages
         settings.update(stage1_steps=20_000, stage2_steps=80_000,
                         stage1_seconds=budget / 5, stage2_seconds=budget * 4 / 5)  # fmt: skip
+    if config.cpu_scale and modality == "fundus":
+        settings.update(CPU_SCALE_FUNDUS)
     return {**settings, **config.pretrain}
 
 
 def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> dict:
     """Pre-train (or reuse) one method; returns what it reached."""
-    from localdisc.engine.pretrain import PretrainConfig, pretrain
+    from localdisc.engine.pretrain import PretrainConfig, pretrain, settings_differences
 
+    config = PretrainConfig(**settings)
+    differences = settings_differences(run_dir, config)
+    if differences:  # reusing it would put another experiment's encoder in this table
+        raise LocaldiscError(
+            f"{run_dir}: holds a pre-training with other settings ({', '.join(differences)}); "
+            "give another --out, or the settings it was run with"
+        )
     record = run_dir / "reached.json"
     if record.is_file() and (run_dir / "encoder.safetensors").is_file():
         log(f"reusing {run_dir}")
         return json.loads(record.read_text())
-    config = PretrainConfig(**settings)
     t0 = time.perf_counter()
     # config.json: a run started here (stopped before its first checkpoint or not) continues
     result = pretrain(config, run_dir, resume=(run_dir / "config.json").is_file(), log=log)
@@ -140,8 +187,11 @@ def run_methods_benchmark(
     lines = [
         "# Pre-training methods: same network, pool, budget and transfer protocol",
         "",
-        f"Budget per method: {config.budget_seconds:.0f} s of pre-training"
-        + (" (--quick: fixed steps instead)" if config.quick else "")
+        (
+            "Budget per method: --quick, fixed steps"
+            if config.budget_seconds is None
+            else f"Budget per method: {config.budget_seconds:.0f} s of pre-training"
+        )
         + "; LD: 1:4 between its stages. Rows of the transfer tables are named by the method's run "
         "folder (its name is the method).",
         "",
