@@ -6,7 +6,8 @@
 #   init as the floor.
 # CPU scale (2 cores; the transfer protocol of `benchmark transfer --cpu-scale`):
 #   DEVICE=cpu SIZE=128 BATCH=2 WORKERS=2 BUDGET_S=240 LABELS=2 TRANSFER_SIZE=256 OUT=/tmp/cm bash benchmarks/compare_methods.sh
-#   (the same settings as `localdisc benchmark pretrain-methods --cpu-scale --data-root DIR`)
+#   (`localdisc benchmark pretrain-methods --cpu-scale --data-root DIR` runs these settings, with
+#   PRETRAIN='{"pool_size": 256, "crop_scale": [0.2, 0.35]}' for the fundus pool, as recorded)
 #   (STEPS_PER_EPOCH=5 for the longer epochs of `benchmark transfer --cpu-scale --steps-per-epoch 5`)
 #   TASKS=drive,stare adds STARE's 2-label task (carry/STARE; on a device STARE does not fit
 #   carry beside the pool and DRIVE: a second call carries it with carry/methods-pretrain).
