@@ -132,6 +132,20 @@ def test_disc_mask_covers_the_bright_disc(fundi: list[SyntheticFundus]) -> None:
         assert lum[f.disc].mean() > lum[ring].mean() + 0.05
 
 
+def test_disc_mask_is_as_tall_as_the_drawn_disc(fundi: list[SyntheticFundus]) -> None:
+    # The disc is drawn 3-12 % taller than wide; a circular mask missed its top and bottom.
+    outside = bright_total = 0
+    for f in fundi:
+        near = _disc(f.fov.shape, f.optic_disc, 2.5 * f.disc_radius)
+        img = ndi.median_filter(f.image, size=(5, 5, 1))  # vessels out
+        ratio = img[..., 2] / np.maximum(img[..., 0], 1e-3)  # the rim is pale yellow: blue/red
+        inside, ring = np.median(ratio[f.disc]), np.median(ratio[near & ~f.disc & f.fov])
+        bright = near & (ratio > 0.5 * (inside + ring))
+        outside += int((bright & ~f.disc).sum())
+        bright_total += int(bright.sum())
+    assert outside < 0.03 * bright_total  # a circle of disc_radius left 5.5 % out
+
+
 def test_fundus_background_is_orange_red(fundi: list[SyntheticFundus]) -> None:
     for f in fundi:
         r, g, b = (f.image[..., c][f.fov & ~f.vessels].mean() for c in range(3))

@@ -30,6 +30,34 @@ def prepare_pool_image(image: np.ndarray, modality: str, pool_size: int) -> np.n
     return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8).transpose(2, 0, 1)
 
 
+def _decode(
+    paths: Sequence[Path],
+    modality: str,
+    pool_size: int,
+    *,
+    workers: int,
+    skip_bad: bool,
+    progress: Callable[[int], None] | None = None,
+) -> list[np.ndarray | str]:
+    """Per path, in order: its pool array, or (``skip_bad``) the reason it could not be read."""
+
+    def one(path: Path) -> np.ndarray | str:
+        try:
+            return prepare_pool_image(read_image(path)[0], modality, pool_size)
+        except ImageReadError as exc:
+            if not skip_bad:
+                raise
+            return exc.reason
+
+    results: list[np.ndarray | str] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for result in pool.map(one, paths):
+            results.append(result)
+            if progress is not None:
+                progress(1)
+    return results
+
+
 def load_pool(
     paths: Sequence[Path],
     modality: str,
@@ -44,25 +72,11 @@ def load_pool(
     Returns the tensor and the list of skipped ``(path, reason)`` (empty unless ``skip_bad``).
     An unreadable file raises :class:`ImageReadError` naming it, unless ``skip_bad``.
     """
-
-    def one(path: Path) -> np.ndarray | str:
-        try:
-            return prepare_pool_image(read_image(path)[0], modality, pool_size)
-        except ImageReadError as exc:
-            if not skip_bad:
-                raise
-            return exc.reason
-
-    arrays: list[np.ndarray] = []
-    skipped: list[tuple[Path, str]] = []
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for path, result in zip(paths, pool.map(one, paths), strict=True):
-            if isinstance(result, str):
-                skipped.append((path, result))
-            else:
-                arrays.append(result)
-            if progress is not None:
-                progress(1)
+    results = _decode(
+        paths, modality, pool_size, workers=workers, skip_bad=skip_bad, progress=progress
+    )
+    arrays = [r for r in results if not isinstance(r, str)]
+    skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
     if not arrays:
         raise ImageReadError(paths[0] if paths else Path("."), "no readable image in the pool")
     return torch.from_numpy(np.stack(arrays)), skipped
@@ -79,6 +93,8 @@ def synthetic_pool(
 
     if n < 1:
         raise DatasetError(f"synthetic_{modality}: a generated pool needs n >= 1 images, not {n}")
+    if seed < 0:  # numpy's SeedSequence would fail with a bare ValueError deep in a traceback
+        raise DatasetError(f"synthetic_{modality}: generated images need a seed >= 0, not {seed}")
     if modality == "fundus":
         make = synthetic.synthetic_fundus
     else:
@@ -105,13 +121,21 @@ def resolve_pool(
     A spec is a folder of images, ``NAME:ROOT`` for a known data set (labels unused),
     ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` / ``synthetic_xray_hard[:N]`` for generated
     images, or ``skimage:retina`` for the fundus photograph that scikit-image ships.
+    The pool holds the specs' images in the order given (a folder's sorted by path);
+    ``max_images`` keeps the first N of them, whatever their kind of spec.
     """
     from localdisc.data.datasets import pool_image_paths
 
     size = pool_size
-    parts: list[torch.Tensor] = []
-    skipped: list[tuple[Path, str]] = []
+    # In the order of ``specs``; a slice stands for files of ``paths``, all decoded at once below.
+    parts: list[torch.Tensor | slice] = []
     paths: list[Path] = []
+    taken = 0  # images in the pool so far: ``max_images`` counts every kind of spec
+
+    def room(n: int) -> int:
+        """How many of ``n`` more images fit under ``max_images``."""
+        return n if max_images is None else max(0, min(n, max_images - taken))
+
     if not specs:
         raise DatasetError("no pre-training data: give --data FOLDER or NAME:ROOT")
     retina: torch.Tensor | None = None
@@ -126,23 +150,42 @@ def resolve_pool(
             count = int(arg or 32)
             if count < 1:  # np.stack of no images would fail without naming the spec
                 raise DatasetError(f"{spec}: a generated pool needs N >= 1 images, not {count}")
-            hard = name.endswith("_hard")
-            parts.append(synthetic_pool(count, modality, size, seed=seed, hard=hard))
+            count = room(count)
+            if count:
+                hard = name.endswith("_hard")
+                parts.append(synthetic_pool(count, modality, size, seed=seed, hard=hard))
+                taken += count
         elif spec == "skimage:retina":
-            if retina is None:  # decoded once however often the spec repeats
-                import skimage.data
+            if room(1):
+                if retina is None:  # decoded once however often the spec repeats
+                    import skimage.data
 
-                image = skimage.data.retina().astype(np.float32) / 255.0
-                retina = torch.from_numpy(prepare_pool_image(image, modality, size))[None]
-            parts.append(retina)
+                    image = skimage.data.retina().astype(np.float32) / 255.0
+                    retina = torch.from_numpy(prepare_pool_image(image, modality, size))[None]
+                parts.append(retina)
+                taken += 1
         else:
-            paths.extend(pool_image_paths(spec))
-    if max_images is not None:
-        paths = paths[:max_images]
+            found = pool_image_paths(spec)  # listed even when none fits: checks the spec
+            found = found[: room(len(found))]
+            if found:
+                parts.append(slice(len(paths), len(paths) + len(found)))
+                paths.extend(found)
+                taken += len(found)
+    results: list[np.ndarray | str] = []
     if paths:
         log(f"decoding {len(paths)} pool images at {size} x {size} ...")
-        images, skipped = load_pool(paths, modality, size, workers=workers, skip_bad=skip_bad)
-        parts.append(images)
-    if not parts:
+        results = _decode(paths, modality, size, workers=workers, skip_bad=skip_bad)
+        if all(isinstance(r, str) for r in results):
+            raise ImageReadError(paths[0], "no readable image in the pool")
+    skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
+    tensors: list[torch.Tensor] = []
+    for part in parts:
+        if isinstance(part, slice):
+            arrays = [r for r in results[part] if not isinstance(r, str)]
+            if arrays:
+                tensors.append(torch.from_numpy(np.stack(arrays)))
+        else:
+            tensors.append(part)
+    if not tensors:
         raise DatasetError(f"no images found in {', '.join(specs)}")
-    return torch.cat(parts), skipped
+    return torch.cat(tensors), skipped

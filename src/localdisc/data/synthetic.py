@@ -553,15 +553,18 @@ class SyntheticFundus:
     fov: np.ndarray  # bool H x W, circular field of view
     optic_disc: tuple[float, float]  # (x, y) pixel centre
     fovea: tuple[float, float]  # (x, y)
-    disc_radius: float  # pixels
+    disc_radius: float  # pixels: the disc's horizontal semi-axis
+    disc_height: float | None = None  # vertical semi-axis in pixels; None: ``disc_radius``
 
     @property
     def disc(self) -> np.ndarray:
-        """The optic disc as a bool H x W mask (a disc of ``disc_radius`` at ``optic_disc``)."""
+        """The optic disc as a bool H x W mask: the ellipse the image draws it as, semi-axes
+        ``disc_radius`` (horizontal) and ``disc_height`` (vertical) at ``optic_disc``."""
         h, w = self.fov.shape
         yy, xx = np.mgrid[:h, :w]
         x, y = self.optic_disc
-        return np.hypot(xx - x, yy - y) <= self.disc_radius
+        height = self.disc_radius if self.disc_height is None else self.disc_height
+        return np.hypot((xx - x) / self.disc_radius, (yy - y) / height) <= 1.0
 
 
 def _soft_step(x: np.ndarray, width: float) -> np.ndarray:
@@ -658,7 +661,8 @@ def synthetic_fundus(size: int = 256, seed: int = 0) -> SyntheticFundus:
 
     # Optic disc: slightly tall ellipse, yellowish rim, pale cup off-centre temporally.
     ex = (xx - eye.disc[0]) / eye.disc_radius
-    ey = (yy - eye.disc[1]) / (eye.disc_radius * rng.uniform(1.03, 1.12))
+    disc_height = eye.disc_radius * rng.uniform(1.03, 1.12)  # kept: the mask must be as tall
+    ey = (yy - eye.disc[1]) / disc_height
     disc = _soft_step(1.0 - np.hypot(ex, ey), 0.08)
     towards_fovea = np.sign(eye.fovea[0] - eye.disc[0])
     cup_r = rng.uniform(0.3, 0.5)
@@ -687,6 +691,7 @@ def synthetic_fundus(size: int = 256, seed: int = 0) -> SyntheticFundus:
         optic_disc=(float(eye.disc[0]), float(eye.disc[1])),
         fovea=(float(eye.fovea[0]), float(eye.fovea[1])),
         disc_radius=float(eye.disc_radius),
+        disc_height=float(disc_height),
     )
 
 
