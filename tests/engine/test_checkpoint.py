@@ -1,10 +1,13 @@
+import os
 import pickle
+import stat
 
 import pytest
 import torch
 
 from localdisc.engine.checkpoint import (
     atomic_save_safetensors,
+    atomic_write_text,
     list_checkpoints,
     load_latest_checkpoint,
     load_weights,
@@ -50,6 +53,21 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     state, tensors = load_latest_checkpoint(tmp_path, warn=warnings.append)
     assert state["step"] == 1 and tensors["model"]["w"][0] == 1
     assert "checksum" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"\x93\xff\x00garbage", b"[1, 2]", b'{"step": 2}', b'{"checksums": 3}'],
+    ids=["not-utf8", "not-an-object", "no-checksums", "bad-checksums"],
+)
+def test_a_damaged_state_file_falls_back_to_the_previous_checkpoint(tmp_path, damage):
+    save_checkpoint(tmp_path, 1, _tensors(1), {})
+    newest = save_checkpoint(tmp_path, 2, _tensors(2), {})
+    (newest / "state.json").write_bytes(damage)
+    warnings = []
+    state, tensors = load_latest_checkpoint(tmp_path, warn=warnings.append)
+    assert state["step"] == 1 and tensors["model"]["w"][0] == 1
+    assert "step_00000002" in warnings[0] and "state.json" in warnings[0]
 
 
 def test_no_valid_checkpoint_is_an_error(tmp_path):
@@ -101,3 +119,20 @@ def test_pickled_weights_are_refused(tmp_path):
     assert load_weights(good)["w"].sum() == 2
     atomic_save_safetensors({"w": torch.ones(2)}, tmp_path / "w.safetensors")
     assert load_weights(tmp_path / "w.safetensors")["w"].sum() == 2
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    # mkstemp/mkdtemp create 0600/0700: renamed into place, others could not read a run.
+    old_umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "config.json", "{}")
+        atomic_save_safetensors({"w": torch.ones(2)}, tmp_path / "model.safetensors")
+        folder = save_checkpoint(tmp_path / "checkpoints", 1, _tensors(1), {})
+        os.chmod(tmp_path / "config.json", 0o640)
+        atomic_write_text(tmp_path / "config.json", "{}")  # a rewrite keeps the file's mode
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == 0o640

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (only readable by setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_mode(path: Path, directory: bool = False) -> int:
+    """Permissions for ``path`` written through a temporary: the mode of the file it replaces,
+    else what ``open`` or ``mkdir`` would give. ``mkstemp``/``mkdtemp`` create their files
+    ``0600``/``0700``, which the rename would keep: runs that others on the machine cannot read.
+    """
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return (0o777 if directory else 0o666) & ~_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the mode of the file it replaces, or the usual one for a new file.
+    """
     path = Path(path)
     kept = "the previous version of the file, if any, is unchanged"
     try:
@@ -86,6 +108,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise full from exc
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, _new_mode(path))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -206,6 +229,7 @@ def save_checkpoint(
         for stale in checkpoint_dir.glob(".tmp-*"):  # left by a process killed mid-write
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=checkpoint_dir, prefix=".tmp-"))
+        os.chmod(tmp, _new_mode(final, directory=True))  # not mkdtemp's 0700
     except OSError as exc:
         full = _disk_full(final, exc, kept)
         if full is None:
@@ -262,9 +286,12 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     state_path = path / "state.json"
     try:
         state = json.loads(state_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, and bytes that are not UTF-8
         raise CheckpointError(f"{state_path}: unreadable ({exc})") from exc
-    for name, digest in state.get("checksums", {}).items():
+    # state.json has no checksum of its own: a damaged one may still parse.
+    if not isinstance(state, dict) or not isinstance(state.get("checksums"), dict):
+        raise CheckpointError(f"{state_path}: corrupt (not a checkpoint state with checksums)")
+    for name, digest in state["checksums"].items():
         f = path / name
         if not f.is_file() or sha256(f) != digest:
             raise CheckpointError(f"{f}: missing or corrupt (checksum mismatch)")
