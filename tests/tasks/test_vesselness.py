@@ -106,6 +106,17 @@ def test_filters_joined_by_plus_give_their_mean_rank():
     np.testing.assert_array_equal(mask, threshold_fraction(both, eroded_fov(fov, 8), 0.1))
 
 
+def test_filters_joined_by_plus_take_no_fov_as_the_whole_image():
+    image, _, lines = lines_on_disc()
+    whole = np.ones((SIZE, SIZE), bool)
+    for method in ("sato", "line", "sato+line"):  # a joined one raised a RuntimeError
+        np.testing.assert_array_equal(
+            vesselness(image, None, method=method), vesselness(image, whole, method=method)
+        )
+    _, mask = segment_vessels(image, None, method="sato+line", threshold=0.1)
+    assert mask.any() and not mask[~eroded_fov(whole, 8)].any()
+
+
 def test_vesselness_without_erosion_and_flat_images():
     image, fov, _ = lines_on_disc()
     assert vesselness(image, fov, erode_fov=0)[fov & ~eroded_fov(fov, 8)].any()

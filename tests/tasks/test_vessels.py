@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -340,6 +341,27 @@ def test_a_finished_run_is_kept_and_a_stopped_one_goes_on(tmp_path, monkeypatch)
     assert len(trainings) == 6  # the first run and two changes train; the third finds the second
 
 
+def test_a_run_stopped_on_one_device_goes_on_on_another_without_training_again(
+    tmp_path, monkeypatch
+):
+    photos = _photos(tmp_path / "photos", sizes=(64,))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, log=quiet)
+    (out / "vessels.csv").unlink()  # stopped while it segmented
+    trainings, real = [], vessels.train_student
+    monkeypatch.setattr(
+        vessels, "train_student", lambda *a, **k: trainings.append(1) or real(*a, **k)
+    )
+    said = []
+    elsewhere = replace(config, device="auto")
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=elsewhere, log=said.append)
+    assert trainings == [] and any("an earlier run of these settings trained" in m for m in said)
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=replace(config, seed=1),
+                                 log=quiet)  # fmt: skip
+    assert trainings == [1]  # a setting that changes what it learns still trains again
+
+
 def test_an_image_is_unusual_beyond_both_the_taught_range_and_the_band_around_its_median():
     yardstick = share_yardstick([0.06, 0.12, 0.12, 0.15])  # median, lowest, highest
     assert yardstick == (0.12, 0.06, 0.15)
@@ -405,6 +427,57 @@ def test_a_cohort_taught_in_groups_gets_one_review_order_not_one_per_group(tmp_p
                                  train_images=4, teach_all=True, log=said.append)  # fmt: skip
     review = [line for line in said if line.startswith("masks to look at first")]
     assert len(review) == 1 and str(tmp_path / "out" / "vessels.csv") in review[0]
+
+
+def test_an_output_folder_inside_the_images_folder_is_not_read_as_images(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out, said = photos / "vessels", []
+    names = ["eye0_mask.png", "eye1_mask.png"]
+    for log in (quiet, said.append):  # the second run found the first's masks and taught on them
+        written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
+                                               log=log)  # fmt: skip
+        assert [p.name for p in written] == names
+    assert any("kept as it is" in line for line in said)
+    # `localdisc predict` with its network, into the images' folder too.
+    shutil.move(out, tmp_path / "net")
+    for _ in range(2):
+        again = predict_images(tmp_path / "net", [photos], photos / "again", device="cpu")
+        assert [p.name for p in again] == names
+
+
+def test_images_of_one_name_in_several_folders_are_taught_in_groups_and_again(
+    tmp_path, monkeypatch
+):
+    cohort = tmp_path / "cohort"  # one folder per patient, each photograph named alike
+    for seed in range(3):
+        eye = synthetic_fundus(64, seed=seed)
+        (cohort / f"p{seed}").mkdir(parents=True)
+        write_png(cohort / f"p{seed}" / "OD.png", np.round(eye.image * 255).astype(np.uint8))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    names = ["p0_OD", "p1_OD", "p2_OD"]
+    written = segment_vessels_self_trained([cohort], tmp_path / "all", fraction=0.12,
+                                           config=config, train_images=2, teach_all=True,
+                                           log=quiet)  # fmt: skip
+    assert [p.name for p in written] == [f"{n}_mask.png" for n in names]
+    rows = list(csv.DictReader((tmp_path / "all" / "vessels.csv").open()))
+    assert [r["image"] for r in rows] == names
+    for row in rows:  # each group's masks, copied under the names the command gave
+        assert (tmp_path / "all" / row["group"] / f"{row['image']}_mask.png").read_bytes() == (
+            tmp_path / "all" / f"{row['image']}_mask.png"
+        ).read_bytes()
+    # Two unusual images of one name: a second network on both.
+    monkeypatch.setattr(vessels, "share_yardstick", lambda shares: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(vessels, "is_unusual", lambda share, yardstick: True)
+    segment_vessels_self_trained([cohort], tmp_path / "odd", fraction=0.12, config=config,
+                                 train_images=1, reteach_unusual=True, log=quiet)  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "odd" / "vessels.csv").open()))
+    assert sum(r["retaught"] == "true" for r in rows) == 2
+    for row in rows:
+        if row["retaught"] == "true":
+            assert (tmp_path / "odd" / "unusual" / f"{row['image']}_mask.png").read_bytes() == (
+                tmp_path / "odd" / f"{row['image']}_mask.png"
+            ).read_bytes()
 
 
 def test_teacher_disagreement_is_the_share_of_the_mask_off_the_teacher_s_top_pixels():

@@ -17,9 +17,17 @@ QUICK_PRETRAIN: dict[str, Any] = {
 
 def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> Path:
     """Pre-train with ``settings`` (PretrainConfig fields) into ``run_dir``, or reuse a finished
-    run there; an interrupted one is resumed."""
-    from localdisc.engine.pretrain import PretrainConfig, pretrain
+    run there; an interrupted one is resumed. A run there of other settings (runtime fields
+    aside) is refused, naming them: reused or resumed, it would stand in for these."""
+    from localdisc.engine.pretrain import PretrainConfig, pretrain, settings_differences
 
+    if (run_dir / "config.json").is_file() and settings.get("data"):
+        changed = settings_differences(run_dir, PretrainConfig(**settings))
+        if changed:
+            raise LocaldiscError(
+                f"{run_dir} holds an LD pre-training of other settings: {', '.join(changed)}; "
+                "give another --out, or delete that folder to pre-train again"
+            )
     if (run_dir / "encoder.safetensors").is_file():
         log(f"reusing the LD pre-training in {run_dir}")
         return run_dir

@@ -136,7 +136,7 @@ def eroded_fov(fov: np.ndarray, erode_fov: int = 8) -> np.ndarray:
 
 def vesselness(
     image: np.ndarray,
-    fov: np.ndarray,
+    fov: np.ndarray | None,
     *,
     method: str = "sato",
     sigmas: Sequence[float] = (1, 2, 3),
@@ -146,12 +146,12 @@ def vesselness(
 
     ``image``: float ``H x W x C`` in ``[0, 1]`` (RGB fundus: the green channel is filtered;
     one channel: that channel; a plain ``H x W`` array is accepted too). ``fov``: bool
-    ``H x W``. ``method``: ``"sato"`` (Sato et al., MedIA 1998) or ``"frangi"`` (Frangi et al.,
-    MICCAI 1998), both scikit-image's implementations (:func:`skimage.filters.sato`,
-    :func:`skimage.filters.frangi`) with ``black_ridges=True`` and scales ``sigmas`` (pixels);
-    or ``"line"``, the multi-scale line detector (:func:`line_detector`, which ignores
-    ``sigmas``), shifted to 0 at its minimum inside the eroded FOV. Several joined by ``+``
-    (``"sato+line"``): their :func:`mean_rank`.
+    ``H x W`` (``None``: the whole image). ``method``: ``"sato"`` (Sato et al., MedIA 1998) or
+    ``"frangi"`` (Frangi et al., MICCAI 1998), both scikit-image's implementations
+    (:func:`skimage.filters.sato`, :func:`skimage.filters.frangi`) with ``black_ridges=True`` and
+    scales ``sigmas`` (pixels); or ``"line"``, the multi-scale line detector
+    (:func:`line_detector`, which ignores ``sigmas``), shifted to 0 at its minimum inside the
+    eroded FOV. Several joined by ``+`` (``"sato+line"``): their :func:`mean_rank`.
 
     Returns ``float32`` ``H x W``: the filter response divided by its maximum inside the FOV
     eroded by ``erode_fov`` pixels (:func:`eroded_fov`), and 0 outside that eroded FOV (the FOV
@@ -163,7 +163,8 @@ def vesselness(
     """
     check_method(method)
     grey = _channel(image)
-    region = eroded_fov(_fov_or_all(fov, grey.shape), erode_fov)
+    fov = _fov_or_all(fov, grey.shape)  # None: the whole image, for each filter and their ranks
+    region = eroded_fov(fov, erode_fov)
     if not region.any():
         raise ValueError(
             f"the FOV is empty after eroding it by {erode_fov} pixels; "
@@ -177,7 +178,7 @@ def vesselness(
                  for m in method.split("+")]  # fmt: skip
         return mean_rank(parts, fov, erode_fov)
     if method == "line":
-        response = line_detector(grey, _fov_or_all(fov, grey.shape))
+        response = line_detector(grey, fov)
         response = np.where(region, response - response[region].min(), 0.0)
     else:
         filt = sato if method == "sato" else frangi

@@ -146,7 +146,8 @@ def segment_vessels_self_trained(
     if train_images < 1:
         raise LocaldiscError(f"the network needs at least one image to learn from, got "
                              f"{train_images}")  # fmt: skip
-    files = collect_images(images)
+    # out_dir may lie in an images folder: its masks are not images to segment on a second run.
+    files = collect_images(images, out_dir=out_dir)
     if teach_all and len(files) > train_images:
         masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
         for i, (_, path) in enumerate(files):  # every image checked before the first training
@@ -157,7 +158,7 @@ def segment_vessels_self_trained(
                             progress=progress)  # fmt: skip
         written = _teach_in_groups(files, Path(out_dir), train_images, config.seed, group_run, log)
     else:
-        written = _self_train(images, Path(out_dir), prior=prior, fraction=fraction,
+        written = _self_train(files, Path(out_dir), prior=prior, fraction=fraction,
                               config=config, speck_area=speck_area, max_size=max_size,
                               fov_masks=fov_masks, train_images=train_images,
                               reteach_unusual=reteach_unusual, log=log,
@@ -168,7 +169,7 @@ def segment_vessels_self_trained(
 
 
 def _self_train(
-    images: Sequence[str | Path],
+    files: Sequence[tuple[str, Path]],
     out_dir: Path,
     *,
     prior: str,
@@ -182,10 +183,11 @@ def _self_train(
     log: Callable[[str], None],
     progress: bool,
 ) -> list[Path]:
-    """One network's run of :func:`segment_vessels_self_trained` on ``images`` (checked
-    settings), into ``out_dir``: kept when finished there, else taught (or taken from a stopped
-    run) and segmenting every image; ``vessels.csv`` last."""
-    files = collect_images(images)
+    """One network's run of :func:`segment_vessels_self_trained` on ``files`` (``(name, path)``
+    as :func:`collect_images` named them for the whole command: a subset named on its own could
+    clash, ``a/x.png`` and ``b/x.png`` both ``x``; checked settings), into ``out_dir``: kept when
+    finished there, else taught (or taken from a stopped run) and segmenting every image;
+    ``vessels.csv`` last."""
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     chosen = set(range(len(files)))
     if len(files) > train_images:
@@ -249,7 +251,7 @@ def _self_train(
     if reteach_unusual and odd:
         log(f"a second network, taught on the {len(odd)} unusual image(s) alone, replaces their "
             f"masks: {out_dir / RETAUGHT}")  # fmt: skip
-        _self_train([files[i][1] for i in odd], out_dir / RETAUGHT, prior=prior,
+        _self_train([files[i] for i in odd], out_dir / RETAUGHT, prior=prior,
                     fraction=given_fraction, config=config, speck_area=speck_area,
                     max_size=max_size, fov_masks=fov_masks, train_images=train_images,
                     reteach_unusual=False, log=log, progress=progress)  # fmt: skip
@@ -282,7 +284,7 @@ def predict_vessels(
     if not isinstance(settings, dict):
         raise LocaldiscError(f"{model_dir}: not a network of `localdisc shape-guided vessels`")
     model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
-    files = collect_images(images)
+    files = collect_images(images, out_dir=out_dir)  # not the masks of a run before into it
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     student = settings.get("student", {})
     teacher = student.get("method", "line"), student.get("erode_fov", 8)
@@ -355,14 +357,21 @@ def teacher_disagreement(
 
 def _same_settings(out_dir: Path, settings: Mapping) -> bool:
     """Whether ``out_dir`` holds a network that a run of ``settings`` trained (it is saved with
-    them, atomically, before the run segments)."""
+    them, atomically, before the run segments). The student's ``device`` aside: where it trained
+    does not change what it learnt, and a run stopped on one device goes on on another."""
     if not (out_dir / "model.safetensors").is_file():
         return False
     try:
         saved = read_config(out_dir).get("self_trained_vessels")
     except LocaldiscError:
         return False
-    return isinstance(saved, dict) and all(saved.get(k) == v for k, v in settings.items())
+
+    def same(key: str, value: object) -> bool:
+        if key == "student" and isinstance(value, dict) and isinstance(saved.get(key), dict):
+            return {**saved[key], "device": None} == {**value, "device": None}
+        return saved.get(key) == value
+
+    return isinstance(saved, dict) and all(same(k, v) for k, v in settings.items())
 
 
 def _finished(out_dir: Path, names: Sequence[str]) -> bool:
@@ -469,13 +478,14 @@ def _teach_in_groups(
     out_dir: Path,
     size: int,
     seed: int,
-    run: Callable[[list[Path], Path], list[Path]],
+    run: Callable[[list[tuple[str, Path]], Path], list[Path]],
     log: Callable[[str], None],
 ) -> list[Path]:
     """``files`` split into seeded groups of at most ``size`` (as even as they go), each given
-    to ``run`` (the command on that group alone) in ``out_dir/group-K``; their masks are copied
-    into ``out_dir`` and their ``vessels.csv`` rows listed together in ``out_dir/vessels.csv``,
-    in the files' order, each with its ``group``. Returns the masks' paths in ``out_dir``."""
+    to ``run`` (the command on that group alone, its images named as here) in
+    ``out_dir/group-K``; their masks are copied into ``out_dir`` and their ``vessels.csv`` rows
+    listed together in ``out_dir/vessels.csv``, in the files' order, each with its ``group``.
+    Returns the masks' paths in ``out_dir``."""
     order = np.random.default_rng(seed).permutation(len(files))
     groups = [sorted(g.tolist()) for g in np.array_split(order, math.ceil(len(files) / size))]
     log(f"{len(files)} image(s) taught on in {len(groups)} groups of at most {size}, a network "
@@ -484,12 +494,12 @@ def _teach_in_groups(
     for k, group in enumerate(groups, 1):
         folder = out_dir / f"group-{k}"
         log(f"group {k}/{len(groups)}: {len(group)} image(s) into {folder}")
-        run([files[i][1] for i in group], folder)
-        named = _adopt_masks(files, group, folder, out_dir)
+        run([files[i] for i in group], folder)
+        _adopt_masks(files, group, folder, out_dir)
         with (folder / "vessels.csv").open(newline="") as file:
             table = {row["image"]: row for row in csv.DictReader(file)}
         for i in group:
-            rows[i] = {**table[named[i]], "image": files[i][0], "group": f"group-{k}"}
+            rows[i] = {**table[files[i][0]], "group": f"group-{k}"}
     with (out_dir / "vessels.csv").open("w", newline="") as file:
         fields = ["image", "group", *(f for f in rows[0] if f not in ("image", "group"))]
         table = csv.DictWriter(file, fieldnames=fields)
@@ -500,16 +510,13 @@ def _teach_in_groups(
 
 def _adopt_masks(
     files: Sequence[tuple[str, Path]], indices: Sequence[int], folder: Path, out_dir: Path
-) -> dict[int, str]:
+) -> None:
     """Copy the ``prob`` and ``mask`` PNGs a run on ``files[indices]`` alone wrote in ``folder``
-    into ``out_dir``, under the names the files have there; returns each index's name in
-    ``folder`` (:func:`collect_images` names a subset on its own)."""
-    named = {path: name for name, path in collect_images([files[i][1] for i in indices])}
+    (under the same names, :func:`_self_train`) into ``out_dir``."""
     for i in indices:
         for kind in ("prob", "mask"):
-            shutil.copyfile(folder / f"{named[files[i][1]]}_{kind}.png",
-                            out_dir / f"{files[i][0]}_{kind}.png")  # fmt: skip
-    return {i: named[files[i][1]] for i in indices}
+            name = f"{files[i][0]}_{kind}.png"
+            shutil.copyfile(folder / name, out_dir / name)
 
 
 # Images smaller than this (a side, once shrunk to max_size) are refused: the filter's lines

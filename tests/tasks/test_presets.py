@@ -1,0 +1,26 @@
+"""LD pre-training runs that benchmarks make themselves: reused only when of their settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from localdisc.errors import LocaldiscError
+from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset
+
+
+def test_a_pre_training_of_other_settings_is_refused_not_reused(tmp_path):
+    run_dir, said = tmp_path / "pretrain", []
+    settings = {**QUICK_PRETRAIN, "stage1_steps": 1, "stage2_steps": 1, "device": "cpu",
+                "progress": False}  # fmt: skip
+    pretrain_preset(settings, run_dir, said.append)
+    # The same settings (runtime fields aside) reuse it.
+    assert pretrain_preset({**settings, "progress": True}, run_dir, said.append) == run_dir
+    assert said[-1] == f"reusing the LD pre-training in {run_dir}"
+    # Others, e.g. a longer preset given the same folder, would have been handed this one.
+    with pytest.raises(LocaldiscError, match=r"pretrain holds .* other settings: stage1_steps 1 "
+                                             r"\(given 5\)"):  # fmt: skip
+        pretrain_preset({**settings, "stage1_steps": 5}, run_dir, said.append)
+    # An interrupted run of other settings too: resumed, it would keep its own.
+    (run_dir / "encoder.safetensors").unlink()
+    with pytest.raises(LocaldiscError, match="size 64 \\(given 32\\)"):
+        pretrain_preset({**settings, "size": 32}, run_dir, said.append)
