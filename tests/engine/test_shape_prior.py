@@ -141,3 +141,19 @@ def test_stage_two_can_start_from_the_stage_one_weights_of_a_run(tmp_path, pool)
 def test_a_prior_needs_stage_two():
     with pytest.raises(LocaldiscError, match="acts in stage 2"):
         tiny_pretrain_config(stage2_steps=0, prior="simulated:vessels")
+
+
+@pytest.mark.parametrize("coords", [False, True])
+def test_the_discriminator_takes_masks_smaller_than_its_strides(coords):
+    """A 16-pixel crop (a legal --size) used to crash stage 2: five strided convolutions leave
+    the last one a map smaller than its kernel."""
+    torch.manual_seed(0)
+    d = MaskDiscriminator(coords=coords)
+    for h, w in ((16, 16), (24, 40), (1, 1)):
+        assert d(torch.rand(4, 1, h, w)).shape == (4,)
+    prior = AdversarialPrior("simulated:vessels", 16, torch.device("cpu"), count=2,
+                             log=lambda m: None)  # fmt: skip
+    maps = torch.rand(4, 1, 16, 16, requires_grad=True)
+    prior.generator_loss(maps).backward()
+    assert maps.grad.abs().sum() > 0
+    assert torch.isfinite(prior.discriminator_step(maps, torch.Generator().manual_seed(0)))

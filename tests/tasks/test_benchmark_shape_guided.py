@@ -253,3 +253,44 @@ def test_kmeans_embeds_at_the_scale_the_model_was_trained_at(tmp_path):
     row = _kmeans_row(model, sample, "lung", config, fraction=0.4, seed=0, size=48)
     assert model.sizes == [(48, 48)]  # the run's pool size, not eval_size or the image's
     assert row["dice"] > 0.95
+
+
+def test_kmeans_is_evaluated_again_at_another_prior_fraction(tmp_path, monkeypatch):
+    """The k-means row picks the cluster nearest the priors' fraction: a rerun whose priors give
+    another fraction used to report the cached row of the old one."""
+    import localdisc.tasks.benchmark_shape_guided as bench
+
+    seen = []
+
+    def spy(model, samples, target, config, fraction, seed, size):
+        seen.append(fraction)
+        return [{"image": s.name, "dice": fraction} for s in samples]
+
+    monkeypatch.setattr(bench, "_kmeans_rows", spy)
+    config = ShapeBenchmarkConfig(quick=True, refine_steps=0, student_steps=0,
+                                  student_painted=0, speck_area=0)  # fmt: skip
+    rows = {}
+    for fraction in (0.05, 0.3):
+        monkeypatch.setattr(bench, "expected_fraction", lambda bank, tubular, f=fraction: f)
+        results = bench.run_shape_benchmark(config, tmp_path / "out", log=lambda m: None)
+        rows[fraction] = next(r for r in results["runs"] if r["init"] == "k-means (no prior)")
+    assert seen == [0.05, 0.3]
+    assert rows[0.3]["metrics"]["per_image"][0]["dice"] == 0.3
+
+
+def test_a_prior_that_no_task_has_is_named_not_left_out(tmp_path):
+    """A misspelt --priors, or one no task asked for has, used to give an empty table and exit
+    0, with no word of why."""
+    from localdisc.errors import LocaldiscError
+    from localdisc.tasks.benchmark_shape_guided import run_shape_benchmark
+
+    with pytest.raises(LocaldiscError, match="unknown prior.*simulted.*known: octa"):
+        run_shape_benchmark(ShapeBenchmarkConfig(quick=True, priors=["simulted"]), tmp_path)
+    config = ShapeBenchmarkConfig(quick=True, priors=["octa"])  # synthetic_fundus: simulated
+    results = run_shape_benchmark(config, tmp_path, log=lambda m: None)
+    assert not results["runs"]
+    assert results["skipped"] == [{
+        "task": "synthetic_fundus", "init": "all",
+        "reason": "no prior of octa fits it; its priors: simulated",
+    }]  # fmt: skip
+    assert "no prior of octa fits it" in (tmp_path / "results.md").read_text()

@@ -358,3 +358,38 @@ def test_segment_takes_a_weight_file_and_any_working_size(tmp_path, run):
     for size in (0, -8):
         with pytest.raises(LocaldiscError, match="--size must be at least 16 pixels"):
             segment_images(run, [tmp_path / "eye.png"], out, size=size, log=logs.append)
+
+
+@pytest.mark.parametrize("inside", [True, False])
+def test_segment_into_the_image_folder_leaves_its_outputs_alone(tmp_path, run, inside):
+    """An output folder in (or equal to) the image folder: a second call, and each run of an
+    ensemble after the first, used to take the outputs for images (an ensemble crashed)."""
+    from localdisc.tasks.shape_guided import segment_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        image = (synthetic_fundus(32, seed=i).image * 255).astype("uint8")
+        Image.fromarray(image).save(folder / f"eye{i}.png")
+    out = folder / "seg" if inside else folder
+    for runs in ([run], [run, run], [run]):
+        written = segment_images(runs, [folder], out, device="cpu", log=lambda m: None)
+        assert sorted(p.name for p in written) == [
+            f"eye{i}_{o}_mask.png" for i in range(2) for o in "AB"
+        ]
+    assert not list(folder.rglob("*_A_prob_A_prob.png"))
+
+
+def test_refinement_takes_images_of_any_channel_count(run):
+    """LD segments a grey fundus photograph (repeated to RGB); the refinement used to crash on
+    it, or on a mix of grey and colour images."""
+    model = LDModel.from_pretrained(run)
+    colour = synthetic_fundus(48, seed=0).image
+    grey = colour.mean(-1, keepdims=True)
+    images = [colour, grey, grey[..., 0]]
+    maps = [segment(model, im) for im in images]
+    config = RefineConfig(steps=1, size=32, device="cpu")
+    network = refine(run, images, maps, config, log=lambda m: None)
+    probs = [refined_probability(network, im, m.fov) for im, m in zip(images, maps, strict=True)]
+    assert all(p.shape == (48, 48) for p in probs)
+    np.testing.assert_allclose(probs[1], probs[2], atol=1e-6)

@@ -11,6 +11,7 @@ what makes it real.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -19,7 +20,8 @@ class MaskDiscriminator(nn.Module):
 
     Strided 4x4 convolutions halve the resolution ``depth`` times (a receptive field wide enough
     to see branching, not only edges); a global average turns the last map into one logit, so
-    any input size works. ``coords`` adds two input channels, x and y in ``[-1, 1]``.
+    any input size works (a side below ``2 ** depth`` is first scaled up to it). ``coords`` adds
+    two input channels, x and y in ``[-1, 1]``.
     """
 
     def __init__(
@@ -27,6 +29,7 @@ class MaskDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         self.coords = coords
+        self.depth = depth
         layers: list[nn.Module] = []
         channels = 3 if coords else 1
         for i in range(depth):
@@ -42,6 +45,12 @@ class MaskDiscriminator(nn.Module):
     def forward(self, mask: Tensor) -> Tensor:
         if mask.dim() != 4 or mask.shape[1] != 1:
             raise ValueError(f"expected masks [N, 1, H, W], got {tuple(mask.shape)}")
+        # Each convolution floors the side to half: below 2^depth (a training crop of 16) the
+        # last one would get a 1-pixel map, smaller than its kernel. Scaled up, the shape stays.
+        least = 2**self.depth
+        if min(mask.shape[-2:]) < least:
+            side = (max(mask.shape[-2], least), max(mask.shape[-1], least))
+            mask = F.interpolate(mask, size=side, mode="bilinear", align_corners=False)
         if self.coords:
             n, _, h, w = mask.shape
             y = torch.linspace(-1.0, 1.0, h, device=mask.device, dtype=mask.dtype)

@@ -214,6 +214,11 @@ def run_shape_benchmark(
     unknown = [t for t in config.tasks or [] if t not in TASKS]
     if unknown:
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    # A task leaves out the priors that do not fit it: a misspelt one would leave out all.
+    known = list(dict.fromkeys(p for task in TASKS.values() for p in task.priors))
+    unknown = [p for p in config.priors or [] if p not in known]
+    if unknown:
+        raise LocaldiscError(f"unknown prior(s) {', '.join(unknown)}; known: {', '.join(known)}")
     try:
         check_method(config.student_teacher)
     except ValueError as exc:
@@ -300,7 +305,13 @@ def _run_task(
     target = task.target
     task_dir = out_dir / "runs" / name
     priors: dict[str, tuple[str, float, torch.Tensor]] = {}
-    for prior in config.priors or task.priors:
+    asked = config.priors or task.priors
+    if not any(prior in task.priors for prior in asked):  # said, not an empty column
+        reason = f"no prior of {', '.join(asked)} fits it; its priors: {', '.join(task.priors)}"
+        log(f"skipped {name}: {reason}")
+        skipped.append({"task": name, "init": "all", "reason": reason})
+        return []
+    for prior in asked:
         if prior not in task.priors:
             continue
         try:
@@ -348,7 +359,10 @@ def _run_task(
             settings.pop("stage2_seconds")
             stage1 = str(pretrain_preset(settings, task_dir / f"stage1-seed-{seed}", log))
         base = LDModel.from_pretrained(stage1, device=_device(config.device))
-        kmeans = _eval_settings(config, "kmeans_clusters")
+        # Its cluster is the one nearest the fraction, which comes from the priors asked for
+        # (simulated, else the first): a rerun with other --priors or --from recomputes.
+        kmeans = {**_eval_settings(config, "kmeans_clusters"), "fraction": fraction,
+                  "stage1": stage1}  # fmt: skip
         rows = _cached(task_dir / "kmeans" / f"seed-{seed}", kmeans, _kmeans_rows, base, samples,
                        target, config, fraction, seed, run_size(stage1))  # fmt: skip
         record("k-means (no prior)", seed, rows)

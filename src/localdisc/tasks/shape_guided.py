@@ -27,8 +27,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from localdisc.data.datasets import image_stem
 from localdisc.data.io import read_image, write_png
-from localdisc.data.preprocess import fov_from_image, resize_image, resize_mask, stretch_contrast
+from localdisc.data.preprocess import (
+    fov_from_image,
+    resize_image,
+    resize_mask,
+    stretch_contrast,
+    to_modality_channels,
+)
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, predict_batch
@@ -272,8 +279,12 @@ def segment_images(
     if not runs:
         raise LocaldiscError("segment_images needs at least one run")
     check_size(size, "--size")
+    out_dir = Path(out_dir)
+    # Listed once, before anything is written: each run of an ensemble writes into OUT/run-K,
+    # which a later listing of an image folder holding OUT would take for more images.
+    files = _inputs(images, out_dir)
     if len(runs) == 1:
-        return _segment_run(runs[0], images, Path(out_dir), size, refine_steps, topology, device,
+        return _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
                             log)  # fmt: skip
     shapes = {str(r): run_topology(r, log) if topology else None for r in runs}
     if len(set(shapes.values())) > 1:
@@ -281,16 +292,15 @@ def segment_images(
         raise LocaldiscError(f"the runs' priors have different topologies ({found})")
     prior_shape = next(iter(shapes.values()))
     atlases = run_prior_masks(runs[0], log)
-    out_dir = Path(out_dir)
     parts = [out_dir / f"run-{i}" for i in range(len(runs))]
     for run, part in zip(runs, parts, strict=True):
         log(f"segmenting with {run} -> {part}")
-        _segment_run(run, images, part, size, refine_steps, False, device, log)
+        _segment_run(run, files, part, size, refine_steps, False, device, log)
     if prior_shape is not None:
         log(f"prior topology applied to the mean A and refined: {prior_shape.components} piece(s)")
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
     written = []
-    for name, path in collect_images(images):
+    for name, path in files:
         mean = {o: mean_probability([p / f"{name}_{o}_prob.png" for p in parts]) for o in outputs}
         for output, prob in mean.items():
             if output != "B" and prior_shape is not None:
@@ -308,6 +318,32 @@ def segment_images(
     return written
 
 
+#: What :func:`segment_images` appends to an image's name.
+OUTPUT_SUFFIXES = ("_A_prob", "_A_mask", "_B_prob", "_B_mask", "_uncertainty", "_refined_prob",
+                   "_refined_mask")  # fmt: skip
+
+
+def _inputs(images: Sequence[str | Path], out_dir: Path) -> list[tuple[str, Path]]:
+    """``(output name, file)`` of the images to segment (:func:`collect_images`), less this
+    function's own outputs when ``out_dir`` is one of the image folders: files in it (or in its
+    ``run-K``) named ``NAME`` + one of :data:`OUTPUT_SUFFIXES`, ``NAME`` an input's name.
+    Otherwise a second call would segment the first one's outputs as images."""
+    found = collect_images(images, out_dir=out_dir)
+    names = {name for name, _ in found}
+    out = out_dir.expanduser().resolve()
+
+    def output(file: Path) -> bool:
+        stem = image_stem(file)
+        return file.resolve().is_relative_to(out) and any(
+            stem.endswith(s) and stem[: -len(s)] in names for s in OUTPUT_SUFFIXES
+        )
+
+    kept = [(name, file) for name, file in found if not output(file)]
+    if not kept:
+        raise LocaldiscError("no image files in " + ", ".join(str(p) for p in images))
+    return kept
+
+
 def mean_probability(files: Sequence[Path]) -> np.ndarray:
     """The mean of probability maps written as PNGs (:func:`prob_png`): an ensemble's map."""
     return np.mean([read_image(f)[0][..., 0] for f in files], axis=0)
@@ -315,7 +351,7 @@ def mean_probability(files: Sequence[Path]) -> np.ndarray:
 
 def _segment_run(
     run_dir: str | Path,
-    images: Sequence[str | Path],
+    files: Sequence[tuple[str, Path]],
     out_dir: Path,
     size: int | None,
     refine_steps: int,
@@ -323,7 +359,7 @@ def _segment_run(
     device: str,
     log: Callable[[str], None],
 ) -> list[Path]:
-    """:func:`segment_images` with one run."""
+    """:func:`segment_images` with one run, of ``files`` (:func:`_inputs`)."""
     device = str(resolve_device(device))
     model = LDModel.from_pretrained(run_dir, device=device)
     size = size or run_size(run_dir)
@@ -341,7 +377,7 @@ def _segment_run(
             "and an intensity posterior are votes in the pseudo-labels"
         )
     written = []
-    names, paths = zip(*collect_images(images), strict=True)
+    names, paths = zip(*files, strict=True)
     arrays = [read_image(path)[0] for path in paths]
     all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log)
     for name, maps in zip(names, all_maps, strict=True):
@@ -463,6 +499,9 @@ def _refine_network(
 
 
 def _refine_input(image: np.ndarray, modality: str, stretch: bool) -> np.ndarray:
+    # The network's channels, as LDModel gives them to LD: a grey fundus photograph or an RGB
+    # radiograph is segmented by LD, and must be refined too (and stacked with the others).
+    image = to_modality_channels(image, modality)
     return stretch_contrast(image) if stretch and modality == "xray" else image
 
 
