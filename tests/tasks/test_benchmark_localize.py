@@ -10,6 +10,7 @@ from localdisc.errors import LocaldiscError
 from localdisc.tasks.benchmark_localize import (
     LocalizeBenchmarkConfig,
     _task,
+    _template_index,
     drive_optic_discs,
     radial_summary,
     run_localize_benchmark,
@@ -81,9 +82,41 @@ def test_max_test_limits_the_synthetic_task_too():
 
 
 @pytest.mark.parametrize(
-    "change,message", [({"max_test": 0}, "--max-test must be at least 1"), ({"size": 4}, "--size")]
+    "change,message",
+    [
+        ({"max_test": 0}, "--max-test must be at least 1"),
+        ({"size": 4}, "--size"),
+        ({"seeds": 0}, "--seeds must be at least 1, not 0"),
+        ({"seeds": -2}, "--seeds must be at least 1, not -2"),
+    ],
 )
 def test_bad_limits_are_refused_before_any_work(tmp_path, change, message):
     config = LocalizeBenchmarkConfig(models=[str(tmp_path / "nowhere")], **change)
     with pytest.raises(LocaldiscError, match=message):
         run_localize_benchmark(config, tmp_path / "out", log=lambda m: None)
+
+
+def test_each_seed_draws_a_different_template():
+    """--seeds N scores N distinct templates: independent draws repeated one (DRIVE's 20
+    training images: seeds 2 and 3 both drew index 16) and counted it twice."""
+    names = [f"{i + 21}_training" for i in range(20)]
+    drawn = [_template_index(names, "21_training", seed) for seed in range(20)]
+    assert drawn[0] == 0 and sorted(drawn) == list(range(20))
+    assert drawn == [_template_index(names, "21_training", seed) for seed in range(20)]
+    with pytest.raises(LocaldiscError, match="only 20 training images"):
+        _template_index(names, "21_training", 20)
+
+
+def test_more_seeds_than_drive_templates_is_found_before_any_work(tmp_path):
+    root = shared("DRIVE").parent
+    from localdisc.models import LDConfig, LDModel
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    config = LocalizeBenchmarkConfig(
+        models=[str(tmp_path / "run")], tasks=["drive"], data_root=str(root), seeds=21,
+        device="cpu", max_test=1,
+    )  # fmt: skip
+    results = run_localize_benchmark(config, tmp_path / "out", log=lambda m: None)
+    assert results["tasks"] == {}
+    assert "--seeds 21 needs 21 templates" in results["skipped"][0]["reason"]
+    assert not (tmp_path / "out" / "figures").exists()  # no image was localised

@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -292,3 +293,38 @@ def test_binds_to_localhost_by_default_and_warns_otherwise(setup, monkeypatch):
 def test_serve_refuses_when_no_image_is_readable(setup):
     with pytest.raises(LocaldiscError, match="none of the images"):
         serve(setup["root"] / "run", [setup["root"] / "images" / "broken.png"], port=0)
+
+
+def test_a_bad_port_or_size_is_a_clear_error(setup):
+    # bind() raises OverflowError (a traceback) for such ports; serve refuses them before the
+    # model and images load, which may take minutes.
+    for port in (-1, 70000):
+        with pytest.raises(LocaldiscError, match=f"--port must be 0 to 65535.*not {port}$"):
+            create_server(setup["viewer"], port=port, log=lambda _: None)
+    root = setup["root"]
+    with pytest.raises(LocaldiscError, match="--port must be 0 to 65535"):
+        serve(root / "no model here", [root / "images"], port=80800)
+    # --size 0 was silently taken as "the model's size".
+    files = collect_images([root / "images"])
+    with pytest.raises(LocaldiscError, match="--size must be at least 16, not 0"):
+        Viewer(setup["loaded"], files, size=0)
+
+
+def test_download_keeps_a_non_latin_image_name(setup, tmp_path):
+    # The ASCII-only filename made both of these "___01_prob.png".
+    for name in ("肺部_01", "心脏_01"):
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / f"{name}.png")
+    viewer = Viewer(setup["loaded"], collect_images([tmp_path]), segmenter=FakeSegmenter())
+    server = create_server(viewer, port=0, log=lambda _: None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for entry in viewer.entries:
+            url = f"{server.url}api/segmentation/{entry.id}/prob.png"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                disposition = response.headers["Content-Disposition"]
+            encoded = urllib.parse.quote(f"{entry.name}_prob.png")
+            assert disposition.endswith(f"; filename*=UTF-8''{encoded}"), disposition
+            assert 'filename="___01_prob.png"' in disposition  # the ASCII fallback stays
+    finally:
+        server.shutdown()
+        server.server_close()

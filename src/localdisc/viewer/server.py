@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import numpy as np
 import torch
@@ -143,7 +143,8 @@ class Viewer:
     ) -> None:
         self.loaded = loaded
         self.segmenter = segmenter
-        self.size = int(size or loaded.pool_size)
+        # Only None means the model's size: 0 must be refused below, not silently replaced.
+        self.size = int(loaded.pool_size if size is None else size)
         if self.size < 16:
             raise LocaldiscError(f"--size must be at least 16, not {self.size}")
         self.entries: list[Entry] = []
@@ -639,8 +640,15 @@ class ViewerHandler(BaseHTTPRequestHandler):
     def _r_segmentation_download(self, head: bool, query: dict, image_id: str) -> None:
         entry = self.viewer.entry(int(image_id))
         body = self.viewer.segmentation_download(int(image_id))
-        filename = re.sub(r"[^A-Za-z0-9_.-]", "_", entry.name)[:100] + "_prob.png"
-        self._png(body, head, Content_Disposition=f'attachment; filename="{filename}"')
+        name = entry.name[:100] + "_prob.png"
+        fallback = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        # Headers are Latin-1: the ASCII fallback alone turns every non-Latin name into
+        # underscores (two CJK names into the same file), so the UTF-8 name goes in filename*
+        # (RFC 6266), which browsers prefer.
+        disposition = (
+            f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+        )
+        self._png(body, head, Content_Disposition=disposition)
 
 
 # --- query values ----------------------------------------------------------------------------
@@ -697,6 +705,12 @@ def host_warning(host: str) -> str | None:
     )
 
 
+def check_port(port: int) -> None:
+    """Refuse a port outside 0-65535, for which ``bind`` raises OverflowError (no OSError)."""
+    if isinstance(port, bool) or not 0 <= port <= 65535:
+        raise LocaldiscError(f"--port must be 0 to 65535 (0: any free port), not {port}")
+
+
 def create_server(
     viewer: Viewer,
     host: str = "127.0.0.1",
@@ -706,6 +720,7 @@ def create_server(
     quiet: bool = True,
 ) -> ViewerServer:
     """Bind the viewer's HTTP server (``port`` 0: a free one); call ``serve_forever`` on it."""
+    check_port(port)
     warning = host_warning(host)
     if warning:
         log(warning)
@@ -730,6 +745,7 @@ def serve(
     from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import load_model
 
+    check_port(port)  # before the model and images, which may take minutes to load
     files = collect_images(images)
     loaded = load_model(model, device=device)
     seg = None
