@@ -217,7 +217,11 @@ def pretrain(
     lr: float = typer.Option(1e-3, help="Adam learning rate (halved every 10 000 steps)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     workers: int = typer.Option(4, help="Threads decoding the pool."),
-    max_images: int | None = typer.Option(None, help="Use only the first N pool images."),
+    max_images: int | None = typer.Option(
+        None,
+        help="Use only the first N pool images, in the order of the --data sources (a folder's "
+        "files sorted by path), generated images included.",
+    ),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
     seed: int = typer.Option(0),
     resume: bool = RESUME_OPTION,
@@ -711,7 +715,9 @@ def benchmark_localize(
     out: Path = typer.Option(..., "--out", help="Output folder (results.json, results.md)."),
     size: int | None = typer.Option(None, help="Working size (default: each model's own)."),
     max_test: int | None = typer.Option(None, help="Use only the first N test images."),
-    seeds: int = typer.Option(1, help="Templates: seed 0 the documented one, more are random."),
+    seeds: int = typer.Option(
+        1, help="Templates: seed 0 the documented one, the others distinct random training images."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quick: bool = typer.Option(False, "--quick", help="Generated images, tiny model (tests)."),
 ) -> None:

@@ -102,3 +102,15 @@ def test_outputs_written_among_the_images_are_not_segmented_again(tmp_path, monk
     save(tmp_path / "two" / "c_prob.png", np.full((20, 24, 3), 120, np.uint8))
     found = collect_images([tmp_path / "two"], out_dir=tmp_path / "two")
     assert [name for name, _ in found] == ["a", "b", "c_prob"]
+
+
+def test_an_output_folder_that_is_the_images_folder_hides_every_output(tmp_path):
+    # What the vessels and shape-guided commands write besides NAME_prob: sub-folders of
+    # outputs (group-K/, run-K/) and figures/. A second run used to read them as images.
+    image = np.full((20, 24, 3), 120, np.uint8)
+    for name in ("a", "sub/b", "a_prob", "figures/overlay", "group-1/a_mask", "run-0/sub_b_A_prob"):
+        save(tmp_path / f"{name}.png", image)
+    found = collect_images([tmp_path], out_dir=tmp_path, suffixes=("_prob", "_mask", "_A_prob"))
+    assert [name for name, _ in found] == ["a", "sub_b"]
+    # Only the output folder's own: the same folder read for another --out keeps them all.
+    assert len(collect_images([tmp_path], out_dir=tmp_path / "elsewhere")) == 6

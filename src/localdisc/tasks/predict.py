@@ -16,16 +16,20 @@ from localdisc.models.segmenter import Segmenter, read_config
 
 
 def collect_images(
-    paths: Sequence[str | Path], *, out_dir: str | Path | None = None
+    paths: Sequence[str | Path],
+    *,
+    out_dir: str | Path | None = None,
+    suffixes: Sequence[str] = ("_prob", "_mask"),
 ) -> list[tuple[str, Path]]:
     """``(output name, file)`` for every image file given or found under a given folder.
 
     Names are file stems; files found in sub-folders are prefixed by their relative folder
     (``a/b/x.png`` -> ``a_b_x``) so that outputs never overwrite each other.
 
-    ``out_dir``: where the outputs go. Found in a given folder, it is skipped, and when it is
-    the given folder itself, the ``NAME_prob`` and ``NAME_mask`` files of its images are: else a
-    second run would segment the first run's outputs (``x_prob_prob.png``, ...).
+    ``out_dir``: where the outputs go. Found in a given folder, it is skipped; when it is the
+    given folder itself, what a command wrote there is (:func:`_without_outputs`: files named
+    ``NAME`` + one of the command's ``suffixes``, and ``figures/``): else a second run would
+    segment the first run's outputs (``x_prob_prob.png``, ...).
     """
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found: list[tuple[str, Path]] = []
@@ -37,7 +41,7 @@ def collect_images(
                 parts = [*file.relative_to(path).parent.parts, image_stem(file)]
                 here.append(("_".join(parts), file))
             if out is not None and path.resolve() == out:
-                here = _without_outputs(here, path)
+                here = _without_outputs(here, path, suffixes)
             found.extend(here)
         elif path.is_file():
             if not is_image_file(path):
@@ -67,22 +71,23 @@ def _below(out: Path | None, folder: Path) -> Path | None:
     return folder / relative if relative.parts else None
 
 
-#: What :func:`predict_images` appends to an image's name.
-OUTPUT_SUFFIXES = ("_prob", "_mask")
-
-
-def _without_outputs(found: list[tuple[str, Path]], folder: Path) -> list[tuple[str, Path]]:
+def _without_outputs(
+    found: list[tuple[str, Path]], folder: Path, suffixes: Sequence[str]
+) -> list[tuple[str, Path]]:
     """``found`` (the images of ``folder``, also the output folder) less the outputs written
-    there for them: ``NAME_prob`` and ``NAME_mask`` directly in ``folder``, NAME one of them."""
+    there for them: files named ``NAME`` + one of ``suffixes`` (NAME one of them), in ``folder``
+    or in a sub-folder a command writes (``group-K/``, ``run-K/``, ``unusual/``), and the
+    figures in ``figures/``."""
     names = {name for name, _ in found}
-    return [
-        (name, file)
-        for name, file in found
-        if not (
-            file.parent == folder
-            and any(name.endswith(s) and name[: -len(s)] in names for s in OUTPUT_SUFFIXES)
+
+    def output(file: Path) -> bool:
+        relative = file.relative_to(folder).parts
+        stem = image_stem(file)
+        return (len(relative) > 1 and relative[0] == "figures") or any(
+            stem.endswith(s) and stem[: -len(s)] in names for s in suffixes
         )
-    ]
+
+    return [(name, file) for name, file in found if not output(file)]
 
 
 def prob_png(prob: np.ndarray) -> np.ndarray:

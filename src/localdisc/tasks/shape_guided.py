@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from localdisc.data.datasets import image_stem
 from localdisc.data.io import read_image, write_png
 from localdisc.data.preprocess import (
     fov_from_image,
@@ -282,7 +281,7 @@ def segment_images(
     out_dir = Path(out_dir)
     # Listed once, before anything is written: each run of an ensemble writes into OUT/run-K,
     # which a later listing of an image folder holding OUT would take for more images.
-    files = _inputs(images, out_dir)
+    files = collect_images(images, out_dir=out_dir, suffixes=OUTPUT_SUFFIXES)
     if len(runs) == 1:
         return _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
                             log)  # fmt: skip
@@ -323,27 +322,6 @@ OUTPUT_SUFFIXES = ("_A_prob", "_A_mask", "_B_prob", "_B_mask", "_uncertainty", "
                    "_refined_mask")  # fmt: skip
 
 
-def _inputs(images: Sequence[str | Path], out_dir: Path) -> list[tuple[str, Path]]:
-    """``(output name, file)`` of the images to segment (:func:`collect_images`), less this
-    function's own outputs when ``out_dir`` is one of the image folders: files in it (or in its
-    ``run-K``) named ``NAME`` + one of :data:`OUTPUT_SUFFIXES`, ``NAME`` an input's name.
-    Otherwise a second call would segment the first one's outputs as images."""
-    found = collect_images(images, out_dir=out_dir)
-    names = {name for name, _ in found}
-    out = out_dir.expanduser().resolve()
-
-    def output(file: Path) -> bool:
-        stem = image_stem(file)
-        return file.resolve().is_relative_to(out) and any(
-            stem.endswith(s) and stem[: -len(s)] in names for s in OUTPUT_SUFFIXES
-        )
-
-    kept = [(name, file) for name, file in found if not output(file)]
-    if not kept:
-        raise LocaldiscError("no image files in " + ", ".join(str(p) for p in images))
-    return kept
-
-
 def mean_probability(files: Sequence[Path]) -> np.ndarray:
     """The mean of probability maps written as PNGs (:func:`prob_png`): an ensemble's map."""
     return np.mean([read_image(f)[0][..., 0] for f in files], axis=0)
@@ -359,7 +337,7 @@ def _segment_run(
     device: str,
     log: Callable[[str], None],
 ) -> list[Path]:
-    """:func:`segment_images` with one run, of ``files`` (:func:`_inputs`)."""
+    """:func:`segment_images` with one run, of ``files`` (:func:`collect_images`)."""
     device = str(resolve_device(device))
     model = LDModel.from_pretrained(run_dir, device=device)
     size = size or run_size(run_dir)
