@@ -48,6 +48,12 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     if device == "cuda":
         if not torch.cuda.is_available():
             raise LocaldiscError("--device cuda was asked for but no CUDA GPU is available")
+        count = torch.cuda.device_count()
+        if local_rank >= count:  # torchrun started more processes per node than GPUs
+            raise LocaldiscError(
+                f"process {local_rank} of this machine has no GPU of its own ({count} visible): "
+                f"give torchrun --nproc-per-node {count} at most"
+            )
         return torch.device("cuda", local_rank)
     try:
         resolved = torch.device(device)
@@ -70,6 +76,14 @@ def setup(device: str = "auto") -> DistContext:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
+    if world_size > 1 and dev.type == "cuda" and device not in ("auto", "cuda"):
+        # Every process would take the same GPU, which NCCL refuses (or share it, slowly).
+        from localdisc.errors import LocaldiscError
+
+        raise LocaldiscError(
+            f"--device {device} under torchrun: each process takes its local rank's GPU; give "
+            "--device cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)"
+        )
     if world_size > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
