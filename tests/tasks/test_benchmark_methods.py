@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -53,6 +54,9 @@ def test_bad_transfer_settings_are_refused_before_any_pretraining(tmp_path):
     config = MethodsBenchmarkConfig(methods=["ld"], quick=True, transfer={"size": 40})
     with pytest.raises(LocaldiscError, match="multiple of 16"):
         run_methods_benchmark(config, tmp_path, log=lambda m: None)
+    # --seeds 0 with --quick used to become 1 without a word.
+    with pytest.raises(LocaldiscError, match="at least 1, not 0"):
+        run_methods_benchmark(replace(config, transfer={}, seeds=0), tmp_path, log=lambda m: None)
     assert not (tmp_path / "pretrain").exists()
 
 

@@ -82,7 +82,7 @@ def preset(config: MethodsBenchmarkConfig) -> MethodsBenchmarkConfig:
         return replace(
             config, pools=config.pools or ["synthetic_fundus:8"],
             tasks=config.tasks or ["synthetic_fundus"], labels=config.labels or ["2"],
-            seeds=config.seeds or 1, size=48, batch=1, device="cpu", budget_seconds=None,
+            seeds=_given(config.seeds, 1), size=48, batch=1, device="cpu", budget_seconds=None,
             pretrain={"stage1_steps": 2, "stage2_steps": 2, "pool_size": 64, "val_images": 1,
                       "workers": 1, **config.pretrain},
         )  # fmt: skip
