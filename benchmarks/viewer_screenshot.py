@@ -80,8 +80,10 @@ def main() -> None:
     else:  # the optic disc, a landmark every fundus photograph has
         w, h = first.original
         px, py = drive_optic_discs().get(first.name, (w * 0.5, h * 0.5))
-    scale = first.shape[1] / first.original[0]
-    x, y = int(px * scale), int(py * scale)
+    # The display pixel whose centre is nearest the point (a scale per axis: Entry.file_point).
+    (w, h), (dh, dw) = first.original, first.shape
+    x = min(max(round((px + 0.5) * dw / w - 0.5), 0), dw - 1)
+    y = min(max(round((py + 0.5) * dh / h - 0.5), 0), dh - 1)
 
     server = create_server(viewer, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()

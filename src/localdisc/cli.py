@@ -382,7 +382,9 @@ def similarity(
         help="An LD run directory, or one of its weight files (RUN/stage1.safetensors).",
     ),
     image: Path = typer.Option(..., "--image", help="The query image."),
-    point: list[str] = typer.Option(..., "--point", help="Query point X,Y in pixels; repeatable."),
+    point: list[str] = typer.Option(
+        ..., "--point", help="Query point X,Y in pixels of --image (x: column, y: row); repeatable."
+    ),
     targets: list[Path] = typer.Option([], "--targets", help="Other images; repeatable."),
     out: Path = typer.Option(Path("similarity.png"), "--out", help="Figure to write."),
     level: str = typer.Option("pixel", help="pixel, or patch (pooled as in pre-training)."),
@@ -427,7 +429,9 @@ def localize(
         help="An LD run directory, or one of its weight files (RUN/stage1.safetensors).",
     ),
     template: Path = typer.Option(..., "--template", help="The annotated template image."),
-    landmarks: Path = typer.Option(..., "--landmarks", help='JSON {"name": [x, y], ...}.'),
+    landmarks: Path = typer.Option(
+        ..., "--landmarks", help='JSON {"name": [x, y], ...} in the template file\'s pixels.'
+    ),
     images: list[Path] = typer.Option(..., "--images", help="Images or folders; repeatable."),
     out: Path = typer.Option(Path("predictions.json"), "--out", help="Predictions (JSON)."),
     overlay: Path | None = typer.Option(None, "--overlay", help="Folder for overlay figures."),

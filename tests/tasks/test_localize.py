@@ -157,3 +157,32 @@ def test_localize_cli_takes_a_weight_file_and_refuses_a_folder_as_out(tmp_path):
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
     assert set(json.loads((tmp_path / "p.json").read_text())["t"]) == {"mark"}
+
+
+def sphere_field(h: int, w: int) -> np.ndarray:
+    """Colours that are unit vectors varying smoothly and one-to-one with (x / w, y / h): the
+    same scene at any size."""
+    phi = 0.2 + (np.arange(w)[None, :] + 0.5) / w
+    theta = 0.3 + (np.arange(h)[:, None] + 0.5) / h
+    phi, theta = np.broadcast_arrays(phi, theta)
+    xyz = [np.cos(phi) * np.sin(theta), np.sin(phi) * np.sin(theta), np.cos(theta)]
+    return np.stack(xyz, -1).astype(np.float32)
+
+
+def test_landmarks_near_the_far_edge_of_non_square_images_map_back_to_their_pixels():
+    # At size 64 the 97 x 203 template is 31 x 64 pixels (rows scale by 31 / 97, not 64 / 203)
+    # and the 91 x 191 image of the same scene 30 x 64: with one scale for both axes the rows
+    # found were 1.4 to 4.4 template pixels too high, -2.9 on average.
+    loaded = LoadedModel(Identity(), PatchKernel(8), 64)  # type: ignore[arg-type]
+    landmarks = {f"y{y}": (100.0, float(y)) for y in range(80, 97)}
+    localizer = Localizer(loaded, sphere_field(97, 203), landmarks, SearchConfig(size=64, stride=2))
+    found = localizer(sphere_field(91, 191))
+    errors = []
+    for name, (x, y) in landmarks.items():
+        p = found[name]
+        # The same place of the scene, in template pixels.
+        errors.append(((p.x + 0.5) * 203 / 191 - 0.5 - x, (p.y + 0.5) * 97 / 91 - 0.5 - y))
+    errors = np.array(errors)
+    pixel = 203 / 64  # a working pixel in template pixels: the search's resolution
+    assert np.abs(errors).max() < pixel, errors
+    assert np.abs(errors.mean(0)).max() < 1, errors.mean(0)

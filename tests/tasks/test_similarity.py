@@ -126,3 +126,32 @@ def test_similarity_cli_checks_size_and_figure_suffix_first_and_prints_the_file_
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sim[v2].png").is_file()
     assert f"figure: {tmp_path / 'sim[v2].png'}" in "".join(result.output.split("\n"))
+
+
+class Identity(torch.nn.Module):
+    """A stand-in 'model' whose pixel embedding is the pixel's (unit) colour."""
+
+    def embed(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        return torch.nn.functional.normalize(x, dim=0)
+
+
+def sphere_field(h: int, w: int) -> np.ndarray:
+    """Colours that are unit vectors varying smoothly and one-to-one with (x / w, y / h)."""
+    phi = 0.2 + (np.arange(w)[None, :] + 0.5) / w
+    theta = 0.3 + (np.arange(h)[:, None] + 0.5) / h
+    phi, theta = np.broadcast_arrays(phi, theta)
+    xyz = [np.cos(phi) * np.sin(theta), np.sin(phi) * np.sin(theta), np.cos(theta)]
+    return np.stack(xyz, -1).astype(np.float32)
+
+
+def test_points_near_the_far_edge_of_a_non_square_image_find_themselves():
+    # 97 x 203 at size 64 is 31 x 64 pixels: rows scale by 31 / 97, not 64 / 203. With one scale
+    # for both axes the query took a pixel up to a whole working row above (row 95 -> 92).
+    loaded = LoadedModel(Identity(), PatchKernel(8), 64)  # type: ignore[arg-type]
+    image = sphere_field(97, 203)
+    points = [(100.0, float(y)) for y in range(90, 97)]
+    result = similarity(loaded, image, points, [image], size=64)
+    half = 203 / 64 / 2  # half a working pixel, in the image's pixels
+    for (x, y), (bx, by) in zip(points, result.best[0], strict=True):
+        assert abs(bx - x) <= half and abs(by - y) <= half, ((x, y), (bx, by))

@@ -180,3 +180,34 @@ def test_cluster_overlay_toggles(page):
     src = wait_for(driver, "const s = document.getElementById('cluster-overlay').src;"
                            "return s.includes('hide=2') && s")  # fmt: skip
     assert src.endswith("hide=2")
+
+
+def test_the_page_gives_the_clicked_point_in_the_files_pixels(page):
+    """Shrunk images: the page's pixels are display pixels; a landmark file for `localize
+    --landmarks` needs the file's, which the page shows too (they were missing)."""
+    driver, root = page["driver"], page["root"]
+    (root / "large").mkdir()
+    image = np.round(synthetic_fundus(203, seed=3).image[:97] * 255).astype(np.uint8)
+    Image.fromarray(image).save(root / "large" / "wide.png")  # 203 x 97: shown at 64 x 31
+    viewer = Viewer(page["loaded"], collect_images([root / "large"]), size=64)
+    server = create_server(viewer, port=0, log=lambda _: None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        driver.get(server.url)
+        wait_for(driver, "return document.getElementById('main-image').naturalWidth > 0")
+        click_image(driver, 0.7, 0.9)
+        wait_for(driver, "return document.getElementById('results').dataset.state === 'ready'")
+        r = driver.execute_script("return {...document.getElementById('results').dataset}")
+        x, y = int(r["x"]), int(r["y"])
+        assert abs(x - 0.7 * 64) <= 1.5 and abs(y - 0.9 * 31) <= 1.5
+        # The centre of the clicked display pixel, each axis at its own scale.
+        fx, fy = round((x + 0.5) * 203 / 64 - 0.5, 1), round((y + 0.5) * 97 / 31 - 0.5, 1)
+        assert (float(r["fileX"]), float(r["fileY"])) == (fx, fy)
+        shown = driver.find_element("id", "query-file").text
+        assert "file pixels" in shown and "localize --landmarks" in shown
+        assert f"[{fx:g}, {fy:g}]" in shown, shown
+        card = driver.find_element("css selector", "#matches .match.self .file-point").text
+        assert f"[{fx:g}, {fy:g}]" in card
+    finally:
+        server.shutdown()
+        server.server_close()

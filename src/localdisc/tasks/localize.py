@@ -33,11 +33,15 @@ from localdisc.tasks.similarity import (
     LoadedModel,
     PatchKernel,
     Point,
+    Scale,
     as_image,
     check_size,
     dense_patch_embeddings,
+    from_resized,
     load_model,
+    nearest_pixel,
     resized,
+    to_resized,
 )
 
 
@@ -137,16 +141,17 @@ class Localizer:
         for variant, points in variants:
             coarse, fine, scale = self._maps(variant)
             for name, (x, y) in points.items():
-                # Pixel centres sit at integer coordinates: (x + 0.5) * scale - 0.5 maps sizes.
-                xs, ys = (x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5
+                xs, ys = to_resized((x, y), scale)
                 # Coarse cell c averages pixels c*s .. c*s+s-1: its centre is c*s + (s-1)/2.
-                yc = _index((ys - (s - 1) / 2) / s, coarse.shape[-2])
-                xc = _index((xs - (s - 1) / 2) / s, coarse.shape[-1])
-                fine_vector = fine[:, _index(ys, fine.shape[1]), _index(xs, fine.shape[2])]
+                yc = nearest_pixel((ys - (s - 1) / 2) / s, coarse.shape[-2])
+                xc = nearest_pixel((xs - (s - 1) / 2) / s, coarse.shape[-1])
+                yf, xf = nearest_pixel(ys, fine.shape[1]), nearest_pixel(xs, fine.shape[2])
+                fine_vector = fine[:, yf, xf]
                 self.descriptors[name].append((coarse[:, :, yc, xc], fine_vector))
 
-    def _maps(self, image: np.ndarray) -> tuple[Tensor, Tensor, float]:
-        """Coarse maps ``[2, D, H/s, W/s]`` (patch, context), fine map ``[D, H, W]``, scale."""
+    def _maps(self, image: np.ndarray) -> tuple[Tensor, Tensor, Scale]:
+        """Coarse maps ``[2, D, H/s, W/s]`` (patch, context), fine map ``[D, H, W]``, (x, y)
+        scale."""
         small, scale = resized(image, self.size)
         v = self.loaded.model.embed(small)
         s = self.config.stride
@@ -180,18 +185,11 @@ class Localizer:
                 window = ((yy - cy).abs() <= radius) & ((xx - cx).abs() <= radius)
                 sim = torch.where(window, sim, torch.tensor(-2.0, device=sim.device))
                 y, x = divmod(int(torch.argmax(sim)), w)
-                found = Prediction(
-                    (x + 0.5) / scale - 0.5, (y + 0.5) / scale - 0.5, float(sim[y, x])
-                )
+                found = Prediction(*from_resized((x, y), scale), float(sim[y, x]))
                 if best is None or found.confidence > best.confidence:
                     best = found
             out[name] = best
         return out
-
-
-def _index(coordinate: float, length: int) -> int:
-    """The pixel whose centre is nearest ``coordinate``, inside ``[0, length)``."""
-    return min(max(round(coordinate), 0), length - 1)
 
 
 def _grey(image: np.ndarray) -> np.ndarray:

@@ -102,15 +102,41 @@ def as_image(image: np.ndarray | str | Path) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-def resized(image: np.ndarray, size: int | None) -> tuple[np.ndarray, float]:
-    """``image`` with its longer side ``size`` (``None``: as is) and the scale applied."""
+#: Scale factors (x, y) from an image's pixels to its resized pixels.
+Scale = tuple[float, float]
+
+
+def resized(image: np.ndarray, size: int | None) -> tuple[np.ndarray, Scale]:
+    """``image`` with its longer side ``size`` (``None``: as is) and the (x, y) scale applied.
+
+    Each side is rounded to whole pixels on its own, so the shorter side's scale differs from
+    the longer side's (97 x 203 at 64: 31 / 97 = 0.3196 vs 64 / 203 = 0.3153): one scale for both
+    would misplace points near the far edge of the shorter side by up to half a resized pixel.
+    """
     if size is None:
-        return image, 1.0
+        return image, (1.0, 1.0)
     h, w = image.shape[:2]
     scale = size / max(h, w)
     if scale == 1.0:
-        return image, 1.0
-    return resize_image(image, (round(h * scale), round(w * scale))), scale
+        return image, (1.0, 1.0)
+    rh, rw = round(h * scale), round(w * scale)
+    return resize_image(image, (rh, rw)), (rw / w, rh / h)
+
+
+def to_resized(point: Point, scale: Scale) -> Point:
+    """(x, y) in an image's pixels -> the same place in its resized pixels (pixel centres at
+    integer coordinates in both, as in ``resize_image`` and bilinear ``align_corners=False``)."""
+    return (point[0] + 0.5) * scale[0] - 0.5, (point[1] + 0.5) * scale[1] - 0.5
+
+
+def from_resized(point: Point, scale: Scale) -> Point:
+    """The inverse of :func:`to_resized`."""
+    return (point[0] + 0.5) / scale[0] - 0.5, (point[1] + 0.5) / scale[1] - 0.5
+
+
+def nearest_pixel(coordinate: float, length: int) -> int:
+    """The pixel whose centre is nearest ``coordinate``, inside ``[0, length)``."""
+    return min(max(round(coordinate), 0), length - 1)
 
 
 def embedding_map(loaded: LoadedModel, image: np.ndarray, level: str = "pixel") -> Tensor:
@@ -161,9 +187,12 @@ def similarity(
             raise LocaldiscError(f"query point ({x}, {y}) is outside the {w} x {h} image")
     small, scale = resized(raw, size)
     v = embedding_map(loaded, small, level)
+    # The resized pixel nearest the point, the one the maps below (interpolated back with the
+    # same pixel-centre convention) peak at.
+    resized_points = [to_resized(point, scale) for point in points]
     queries = torch.stack(
-        [v[:, min(int(y * scale), v.shape[1] - 1), min(int(x * scale), v.shape[2] - 1)]
-         for x, y in points]
+        [v[:, nearest_pixel(y, v.shape[1]), nearest_pixel(x, v.shape[2])]
+         for x, y in resized_points]
     )  # fmt: skip
 
     def maps(vectors: Tensor, shape: tuple[int, int]) -> Tensor:

@@ -7,7 +7,9 @@ refuses long URLs (414), request bodies (413) and foreign ``Host`` headers when 
 loopback interface (a DNS-rebinding web page could otherwise read the images).
 
 All coordinates are pixels of the *display* image: the input resized so that its longer side is
-at most ``size`` (default: the model's pre-training pool size, the scale it knows).
+at most ``size`` (default: the model's pre-training pool size, the scale it knows). The
+similarity answer also gives the query point and best matches in pixels of the image *file*
+(``file``, ``best_file``: [x, y]), as ``localdisc localize --landmarks`` takes them.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ class Entry:
     @property
     def shape(self) -> tuple[int, int]:
         return self.image.shape[0], self.image.shape[1]
+
+    def file_point(self, x: int, y: int) -> list[float]:
+        """Display pixel (x, y) -> the centre of the area it shows, as [x, y] in the file's
+        pixels. Each axis has its own scale: both sides were rounded to whole pixels."""
+        (w, h), (dh, dw) = self.original, self.shape
+        return [round((x + 0.5) * w / dw - 0.5, 1), round((y + 0.5) * h / dh - 0.5, 1)]
 
 
 @dataclass
@@ -386,12 +394,16 @@ class Viewer:
             return {
                 "id": m.id, "name": self.entries[m.id].name, "max": m.max, "min": m.min,
                 "mean": m.mean, "best": list(m.best),
+                "best_file": self.entries[m.id].file_point(*m.best),
                 "heatmap": f"/api/heatmap/{m.id}.png?{q}", "values": f"/api/simmap/{m.id}.npy?{q}",
             }  # fmt: skip
 
         others = sorted((m for m in matches if m.id != image_id), key=lambda m: (-m.max, m.id))
+        # x, y are display pixels (what the page clicks); "file" is the same point in the file's
+        # pixels, which is what a landmark file for `localize --landmarks` needs.
+        file = self.entries[image_id].file_point(x, y)
         return {
-            "query": {"image": image_id, "x": x, "y": y, "level": level},
+            "query": {"image": image_id, "x": x, "y": y, "level": level, "file": file},
             "scale": {"low": result.low, "high": result.high},
             "self": describe(matches[image_id]),
             "matches": [describe(m) for m in others],
@@ -671,7 +683,8 @@ def _int(query: dict, key: str) -> int:
 
 
 def _coordinate(query: dict, key: str, limit: int) -> int:
-    """A pixel coordinate in ``[0, limit)``; fractions are floored, as in ``similarity``."""
+    """A pixel coordinate in ``[0, limit)``; fractions are floored (the pixel a click at that
+    distance from the image's corner falls in, as the page computes it)."""
     text = _one(query, key)
     try:
         value = float(text[:32])

@@ -39,6 +39,8 @@ function showMessage(text) {
 
 const imageInfo = (id) => state.info.images[id];
 const fmt = (value) => value.toFixed(3);
+// A point in the file's pixels as JSON [x, y]: what a `localize --landmarks` file takes.
+const filePoint = ([x, y]) => `[${x}, ${y}]`;
 
 // Markers are placed in percent of the image so that they follow any display size.
 function marker(kind, x, y, w, h, title) {
@@ -172,8 +174,13 @@ function card(m, rank, query) {
     el("span", {
       className: "value",
       text: isSelf
-        ? `point (${query.x}, ${query.y})`
-        : `best ${fmt(m.max)} at (${m.best[0]}, ${m.best[1]})`,
+        ? `point (${query.x}, ${query.y}) shown`
+        : `best ${fmt(m.max)} at (${m.best[0]}, ${m.best[1]}) shown`,
+    }),
+    el("span", {
+      className: "value file-point",
+      title: "x, y in the image file's pixels, as localize --landmarks takes them",
+      text: `file px ${filePoint(isSelf ? query.file : m.best_file)}`,
     }),
   ]);
   const figure = el(
@@ -183,7 +190,7 @@ function card(m, rank, query) {
       title: "Show on the large view",
       dataset: {
         imageId: m.id, rank, max: m.max, min: m.min, mean: m.mean,
-        bestX: m.best[0], bestY: m.best[1],
+        bestX: m.best[0], bestY: m.best[1], bestFileX: m.best_file[0], bestFileY: m.best_file[1],
       },
     },
     [mini, caption],
@@ -197,9 +204,16 @@ function renderResults() {
   const results = $("results");
   Object.assign(results.dataset, {
     image: query.image, x: query.x, y: query.y, level: query.level,
+    fileX: query.file[0], fileY: query.file[1],
   });
   $("results-title").textContent =
     `Point (${query.x}, ${query.y}) of ${imageInfo(query.image).name} — ${query.level} level`;
+  // The page's pixels are those of the shrunk display image; a landmark file needs the file's.
+  const info = imageInfo(query.image);
+  $("query-file").hidden = false;
+  $("query-file").textContent =
+    `In file pixels (x, y), as localize --landmarks takes them: ${filePoint(query.file)}. ` +
+    `(${query.x}, ${query.y}) are pixels of the ${info.width} × ${info.height} display image.`;
   $("results-help").textContent = matches.length
     ? "Other images ranked by best match (highest similarity first). Click one to view it large."
     : "Only one image is loaded.";
