@@ -70,3 +70,18 @@ def test_demo_needs_no_network(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "figures" / "demo_similarity.png").is_file()
+
+
+def test_demo_on_grey_fundus_photographs(tmp_path):
+    # Red-free fundus photographs are grey: the similarity figure's queries need RGB.
+    import numpy as np
+
+    from helpers import save
+    from localdisc.demo import run_demo
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        save(tmp_path / "photos" / f"redfree{i}.png", rng.integers(0, 255, (40, 48), np.uint8))
+    written = run_demo(tmp_path / "out", quick=True, data=[str(tmp_path / "photos")],
+                       device="cpu", progress=False, log=lambda m: None)  # fmt: skip
+    assert written["similarity"].stat().st_size > 0

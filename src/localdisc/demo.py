@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from localdisc.data.preprocess import resize_image, roi_crop
+from localdisc.data.preprocess import resize_image, roi_crop, to_modality_channels
 from localdisc.engine.pretrain import (
     PretrainConfig,
     PretrainResult,
@@ -210,7 +210,12 @@ def run_demo(
         from localdisc.data.io import read_image
 
         paths = [p for spec in data for p in pool_image_paths(spec)][:3]
-        figure_images = [resize_image(read_image(p)[0], (size, size)) for p in paths]
+        # In the modality's channels, as the pool has them: a grey (red-free) fundus photograph
+        # becomes RGB, which demo_queries' green channel needs.
+        figure_images = [
+            to_modality_channels(resize_image(read_image(p)[0], (size, size)), modality)
+            for p in paths
+        ]
     else:
         figure_images = demo_figure_images(modality, size, seed)
     figures = out / "figures"

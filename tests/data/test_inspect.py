@@ -139,3 +139,10 @@ def test_inspect_real_stare() -> None:
     for s in splits.values():
         assert s["fov_source"] == "derived from the image"
         assert 0.5 < s["fov_fraction"] < 0.9
+
+
+def test_write_preview_draws_file_names_with_dollar_signs(tmp_path: Path) -> None:
+    # Matplotlib reads text between two $ as mathtext ("Double subscript" here).
+    save(tmp_path / "pool" / "scan_$a_b_c$.png", np.full((8, 9, 3), 90, np.uint8))
+    out = write_preview("folder", tmp_path / "preview.png", root=tmp_path / "pool")
+    assert out.stat().st_size > 0

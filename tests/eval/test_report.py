@@ -53,3 +53,18 @@ def test_missing_cells_and_nan_values_show_as_dashes():
     text = markdown_table(collect(results)["dice"])
     assert "| random | - | - |" in text
     assert "| ld | - | **0.500 +- 0.000** |" in text
+
+
+def test_cells_that_print_the_same_are_both_bold():
+    results = {"runs": [run("drive", "a", 0, [0.9004]), run("drive", "b", 0, [0.9001])]}
+    text = markdown_table(collect(results)["dice"])
+    assert "| a | **0.900 +- 0.000** |" in text and "| b | **0.900 +- 0.000** |" in text
+
+
+def test_bar_chart_draws_names_with_dollar_signs(tmp_path):
+    # Matplotlib reads text between two $ as mathtext: a run folder named so must not break it.
+    from localdisc.eval.report import dice_bars
+
+    results = {"runs": [run("drive", "ld_$a_b_c$", 0, [0.5]), run("drive", "random", 0, [0.6])]}
+    path = dice_bars(collect(results)["dice"], tmp_path / "bars.png")
+    assert path.stat().st_size > 0

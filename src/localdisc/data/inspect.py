@@ -191,6 +191,8 @@ def write_preview(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from localdisc.eval.figures import plain
+
     dataset = (
         source
         if isinstance(source, SegmentationDataset)
@@ -228,11 +230,11 @@ def write_preview(
         ax.imshow(rgb, interpolation="nearest")
         if not fov.all():
             ax.contour(fov.astype(float), levels=[0.5], colors=["yellow"], linewidths=0.8)
-        ax.set_title(sample.name, fontsize=8)
+        ax.set_title(plain(sample.name), fontsize=8)
         ax.set_axis_off()
     legend = ", ".join(f"{t} {c[0]}" for c, t in zip(_COLOURS, targets, strict=False))
     title = f"{dataset.name} {dataset.split}: {legend or 'no masks'}; FOV outline yellow"
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(plain(title), fontsize=9)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

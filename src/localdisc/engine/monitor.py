@@ -84,6 +84,7 @@ class ProgressBar:
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, title: str = "") -> None:
         self.bar = None
+        self.phase = ""
         if not enabled:
             return
         from rich.progress import (
@@ -107,11 +108,19 @@ class ProgressBar:
         self.bar.start()
 
     def update(self, completed: int, phase: str | None = None, info: str | None = None) -> None:
-        """Steps done; ``phase`` and ``info``, when given, replace those shown."""
+        """Steps done; ``phase`` and ``info``, when given, replace those shown (a new phase
+        restarts the estimate of the time left, and the time shown as elapsed)."""
         if self.bar is None:
             return
         fields = {k: v for k, v in (("phase", phase), ("info", info)) if v is not None}
-        self.bar.update(self.task, completed=completed, **fields)
+        if phase is not None and phase != self.phase:
+            # A new phase has its own pace, and a stage ended by its time budget jumps over its
+            # remaining steps, which would count as steps done at once (time left near zero).
+            self.phase = phase
+            shown = next(t.fields for t in self.bar.tasks if t.id == self.task)
+            self.bar.reset(self.task, completed=completed, **{**shown, **fields})
+        else:
+            self.bar.update(self.task, completed=completed, **fields)
 
     def close(self) -> None:
         if self.bar is not None:

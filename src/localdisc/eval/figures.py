@@ -30,6 +30,12 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def plain(text: object) -> str:
+    """``text`` for a title, label or legend, drawn as it is: matplotlib would read the part
+    between two ``$`` as mathtext, and fail on a file name such as ``scan_$a_b_c$``."""
+    return str(text).replace("$", r"\$")
+
+
 def _show(ax, image: np.ndarray) -> None:
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
     ax.set_axis_off()
@@ -94,7 +100,7 @@ def similarity_figure(
         q = embeddings[i][:, y, x]
         _show(row[0], images[i])
         row[0].plot([x], [y], "wx", markersize=10, markeredgewidth=2)
-        row[0].set_title(f"query: {label}", fontsize=9)
+        row[0].set_title(plain(f"query: {label}"), fontsize=9)
         for j, (ax, v) in enumerate(zip(row[1:], embeddings, strict=True)):
             sim = torch.einsum("d,dhw->hw", q, v).cpu().numpy()
             ax.imshow(sim, cmap="magma", vmin=-1, vmax=1)
@@ -122,7 +128,7 @@ def overlay_figure(
     for row, (name, image, pred, ref) in zip(axes, rows, strict=False):
         rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, -1)
         _show(row[0], image)
-        row[0].set_title(name, fontsize=9)
+        row[0].set_title(plain(name), fontsize=9)
         colours = np.zeros_like(rgb)
         alpha = pred.astype(np.float32)
         if ref is None:
@@ -158,10 +164,10 @@ def mask_grid(
                              squeeze=False)  # fmt: skip
     for row, (name, image, maps) in zip(axes, rows, strict=True):
         _show(row[0], image)
-        row[0].set_title(name, fontsize=8)
+        row[0].set_title(plain(name), fontsize=8)
         for ax, (title, values) in zip(row[1:], maps.items(), strict=False):
             ax.imshow(values, cmap="gray", vmin=0, vmax=1)
-            ax.set_title(title, fontsize=8)
+            ax.set_title(plain(title), fontsize=8)
         for ax in row[1:]:
             ax.set_axis_off()
     return _save(fig, path)

@@ -89,7 +89,8 @@ def markdown_table(
     key, spread = ("image_mean", "image_std") if pooled else ("mean", "std")
     best = {}
     for c in columns:
-        values = [r[c][key] for r in rows.values() if c in r and math.isfinite(r[c][key])]
+        # As printed: two cells that read the same are both the best, or neither is.
+        values = [round(r[c][key], 3) for r in rows.values() if c in r and math.isfinite(r[c][key])]
         best[c] = max(values) if values else None
     lines = [f"| {row_header} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in rows.items():
@@ -100,7 +101,7 @@ def markdown_table(
                 cells.append("-")
                 continue
             text = f"{cell[key]:.3f} +- {cell[spread]:.3f}"
-            cells.append(f"**{text}**" if cell[key] == best[c] else text)
+            cells.append(f"**{text}**" if round(cell[key], 3) == best[c] else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -174,7 +175,7 @@ def write_report(
 
 def dice_bars(rows: dict[str, dict[str, Any]], path: Path) -> Path:
     """Grouped bar chart: one group per column, one bar per init, seed std as error bars."""
-    from localdisc.eval.figures import _plt, _save
+    from localdisc.eval.figures import _plt, _save, plain
 
     plt = _plt()
     columns = _columns(rows)
@@ -185,9 +186,14 @@ def dice_bars(rows: dict[str, dict[str, Any]], path: Path) -> Path:
         means = [row[c]["mean"] if c in row else np.nan for c in columns]
         stds = [row[c]["std"] if c in row else np.nan for c in columns]
         ax.bar(
-            x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, label=name, capsize=3
+            x + (i - (len(rows) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            label=plain(name),
+            capsize=3,
         )
-    ax.set_xticks(x, columns, rotation=20, ha="right")
+    ax.set_xticks(x, [plain(c) for c in columns], rotation=20, ha="right")
     ax.set_ylabel("Dice (paper)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
@@ -199,7 +205,7 @@ def prediction_grid(runs: list[dict[str, Any]], path: Path) -> Path | None:
     from PIL import Image
 
     from localdisc.data.datasets import dataset_class, load_data_spec, parse_data_spec
-    from localdisc.eval.figures import _plt, _save, _show
+    from localdisc.eval.figures import _plt, _save, _show, plain
 
     firsts: dict[str, dict[str, Path]] = {}
     specs: dict[str, tuple[str, str, str]] = {}
@@ -224,12 +230,12 @@ def prediction_grid(runs: list[dict[str, Any]], path: Path) -> Path | None:
         test = load_data_spec(spec, split)
         sample = next(test[i] for i in range(len(test)) if test.items[i].name == name)
         _show(row[0], sample.image)
-        row[0].set_title(f"{task}: {name}", fontsize=8)
+        row[0].set_title(plain(f"{task}: {name}"), fontsize=8)
         row[1].imshow(sample.masks[target], cmap="gray")
         row[1].set_title("reference", fontsize=8)
         for ax, (init, mask) in zip(row[2:], masks.items(), strict=False):
             ax.imshow(np.asarray(Image.open(mask)), cmap="gray")
-            ax.set_title(init, fontsize=8)
+            ax.set_title(plain(init), fontsize=8)
         for ax in row[1:]:
             ax.set_axis_off()
     return _save(fig, path)
