@@ -87,3 +87,17 @@ def test_help_texts_keep_their_brackets(command, shown):
     result = CliRunner().invoke(cli.app, [*command, "--help"], env={"COLUMNS": "400"})
     assert result.exit_code == 0
     assert shown in " ".join(result.output.split())
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    # `pretrain --out FILE` (and every command that makes its --out) ended in a traceback.
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    monkeypatch.setattr(
+        "sys.argv", ["localdisc", "pretrain", "--data", "synthetic_fundus:2", "--out", str(afile)]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {afile}: File exists (a file where a folder is needed)" in err

@@ -161,17 +161,19 @@ def main() -> None:
         )
         sys.exit(2)
     except OSError as exc:
-        # A full disk can also strike a log row or a figure, outside the checkpoint writers.
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
         where = f"{exc.filename}: " if exc.filename else ""
-        err_console.print(
-            f"[bold red]error:[/] {escape(where)}disk full ({escape(str(exc.strerror))}); "
-            "checkpoints already written are intact. Free some space and run again "
-            "(--resume continues).",
-            highlight=False,
-            soft_wrap=True,
-        )
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # A full disk can also strike a log row or a figure, outside the checkpoint writers.
+            message = (
+                f"{where}disk full ({exc.strerror}); checkpoints already written are intact. "
+                "Free some space and run again (--resume continues)."
+            )
+        elif exc.filename:  # a path the user gave or can fix: --out a file, no permission, ...
+            hint = " (a file where a folder is needed)" if exc.errno == errno.EEXIST else ""
+            message = f"{where}{exc.strerror}{hint}"
+        else:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
