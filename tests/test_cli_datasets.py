@@ -121,6 +121,17 @@ def test_inspect_skip_bad_lists_the_file(tmp_path: Path) -> None:
     assert "01_manual1" in report["skipped"][0]["reason"]
 
 
+def test_inspect_says_why_a_split_has_no_masks(tmp_path: Path) -> None:
+    # DRIVE as grand-challenge.org ships it has no test/1st_manual: the table showed "-" only.
+    root = make_drive(tmp_path / "DRIVE")
+    for file in (root / "test" / "1st_manual").iterdir():
+        file.unlink()
+    (root / "test" / "1st_manual").rmdir()
+    result = runner.invoke(app, ["datasets", "inspect", f"drive:{root}"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert f"no masks in test: {root / 'test' / '1st_manual'}" in result.stdout
+
+
 def test_bad_root_is_one_error_line_exit_2(tmp_path: Path) -> None:
     missing = tmp_path / "no_such_drive"
     result = run_cli("datasets", "inspect", "drive", str(missing))

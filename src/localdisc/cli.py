@@ -126,6 +126,13 @@ def _print_inspection(report: dict) -> None:
             "\n".join(f"{t}: {c:.1%}" for t, c in s["coverage"].items()) or "-",
         )
     console.print(table)
+    # Why a mask column is empty (HRF without manual1/, ...): once per reason, with its splits.
+    missing: dict[str, list[str]] = {}
+    for split, s in report["splits"].items():
+        for why in s.get("missing_labels", {}).values():
+            missing.setdefault(why, []).append(split)
+    for why, splits in missing.items():
+        console.print(f"no masks in {', '.join(splits)}: {why}", markup=False, highlight=False)
     for split, s in report["splits"].items():
         if s["low_contrast"]:
             names = ", ".join(s["low_contrast"])
