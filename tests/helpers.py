@@ -62,3 +62,13 @@ def generator(seed: int):
     import torch
 
     return torch.Generator().manual_seed(seed)
+
+
+def sphere_field(h: int, w: int) -> np.ndarray:
+    """Colours that are unit vectors varying smoothly and one-to-one with (x / w, y / h): the
+    same scene at any size (for coordinate tests with a colour-as-embedding model)."""
+    phi = 0.2 + (np.arange(w)[None, :] + 0.5) / w
+    theta = 0.3 + (np.arange(h)[:, None] + 0.5) / h
+    phi, theta = np.broadcast_arrays(phi, theta)
+    xyz = [np.cos(phi) * np.sin(theta), np.sin(phi) * np.sin(theta), np.cos(theta)]
+    return np.stack(xyz, -1).astype(np.float32)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import sphere_field
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.localize import Localizer, SearchConfig, ncc_localize, read_landmarks
 from localdisc.tasks.similarity import LoadedModel, PatchKernel
@@ -157,16 +158,6 @@ def test_localize_cli_takes_a_weight_file_and_refuses_a_folder_as_out(tmp_path):
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
     assert set(json.loads((tmp_path / "p.json").read_text())["t"]) == {"mark"}
-
-
-def sphere_field(h: int, w: int) -> np.ndarray:
-    """Colours that are unit vectors varying smoothly and one-to-one with (x / w, y / h): the
-    same scene at any size."""
-    phi = 0.2 + (np.arange(w)[None, :] + 0.5) / w
-    theta = 0.3 + (np.arange(h)[:, None] + 0.5) / h
-    phi, theta = np.broadcast_arrays(phi, theta)
-    xyz = [np.cos(phi) * np.sin(theta), np.sin(phi) * np.sin(theta), np.cos(theta)]
-    return np.stack(xyz, -1).astype(np.float32)
 
 
 def test_landmarks_near_the_far_edge_of_non_square_images_map_back_to_their_pixels():

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import sphere_field
 from localdisc.errors import LocaldiscError
 from localdisc.models import LDConfig, LDModel
 from localdisc.tasks.similarity import (
@@ -134,15 +135,6 @@ class Identity(torch.nn.Module):
     def embed(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
         return torch.nn.functional.normalize(x, dim=0)
-
-
-def sphere_field(h: int, w: int) -> np.ndarray:
-    """Colours that are unit vectors varying smoothly and one-to-one with (x / w, y / h)."""
-    phi = 0.2 + (np.arange(w)[None, :] + 0.5) / w
-    theta = 0.3 + (np.arange(h)[:, None] + 0.5) / h
-    phi, theta = np.broadcast_arrays(phi, theta)
-    xyz = [np.cos(phi) * np.sin(theta), np.sin(phi) * np.sin(theta), np.cos(theta)]
-    return np.stack(xyz, -1).astype(np.float32)
 
 
 def test_points_near_the_far_edge_of_a_non_square_image_find_themselves():
