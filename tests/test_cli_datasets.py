@@ -90,9 +90,14 @@ def test_inspect_json_prints_only_json(tmp_path: Path) -> None:
 def test_inspect_tables_spec_and_preview(tmp_path: Path) -> None:
     root = make_drive(tmp_path / "DRIVE")
     preview = tmp_path / "preview.png"
-    result = runner.invoke(app, ["datasets", "inspect", f"drive:{root}", "--preview", str(preview)])
+    result = runner.invoke(
+        app,
+        ["datasets", "inspect", f"drive:{root}", "--preview", str(preview)],
+        env={"COLUMNS": "400"},
+    )
     assert result.exit_code == 0, result.output
     assert "vessels: 1" in result.stdout and "24x20: 1" in result.stdout
+    assert "sizes (HxW)" in result.stdout  # 24 high, 20 wide: not the usual W x H
     with Image.open(preview) as im:
         assert im.format == "PNG"
 

@@ -100,4 +100,31 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
         cli.main()
     assert exit_info.value.code == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert f"error: {afile}: File exists (a file where a folder is needed)" in err
+    assert f"error: {afile}: a file, not a folder; choose another --out" in err
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (FileExistsError, "File exists (a file where a folder is needed)"),
+        (NotADirectoryError, "Not a directory (a file where a folder is needed)"),
+    ],
+)
+def test_a_file_where_a_folder_is_needed_is_named_so(tmp_path, monkeypatch, capsys, error, shown):
+    # `benchmark transfer --out FILE` wrote FILE/pretrain: "Not a directory" alone.
+    import errno
+    import os
+
+    code = errno.EEXIST if error is FileExistsError else errno.ENOTDIR
+    where = tmp_path / "notes.txt" / "pretrain"
+
+    def fail(*args, **kwargs):
+        raise error(code, os.strerror(code), str(where))
+
+    monkeypatch.setattr("localdisc.tasks.benchmark_transfer.run_benchmark", fail)
+    monkeypatch.setattr("sys.argv", ["localdisc", "benchmark", "transfer", "--out", str(where)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {where}: {shown}" in err

@@ -112,7 +112,8 @@ def _print_inspection(report: dict) -> None:
         highlight=False,
     )
     table = Table(show_lines=True)
-    for column in ("split", "images", "masks", "FOV", "sizes", "coverage"):
+    # Height first (DRIVE's 565-wide photographs are 584x565), as the JSON report's "HxW".
+    for column in ("split", "images", "masks", "FOV", "sizes (HxW)", "coverage"):
         table.add_column(column, overflow="fold")
     for split, s in report["splits"].items():
         fov = f"{s['fov']} ({s['fov_source']}"
@@ -176,7 +177,8 @@ def main() -> None:
                 "Free some space and run again (--resume continues)."
             )
         elif exc.filename:  # a path the user gave or can fix: --out a file, no permission, ...
-            hint = " (a file where a folder is needed)" if exc.errno == errno.EEXIST else ""
+            folder = exc.errno in (errno.EEXIST, errno.ENOTDIR)  # --out FILE, or FILE/...
+            hint = " (a file where a folder is needed)" if folder else ""
             message = f"{where}{exc.strerror}{hint}"
         else:
             raise

@@ -552,6 +552,14 @@ def test_missing_empty_and_unknown_roots(tmp_path: Path) -> None:
         load_dataset("hrf", None)
     with pytest.raises(DatasetError, match="unknown data set 'kaggle'"):
         load_dataset("kaggle", tmp_path)
+    # A mistyped NAME in NAME:ROOT reads as a folder path: the missing folder names the typo.
+    typo = "'drvie' is not a known data set; known: drive, stare"
+    with pytest.raises(DatasetError, match=rf"drvie:{tmp_path}: no such folder \({typo}"):
+        load_data_spec(f"drvie:{tmp_path}")
+    with pytest.raises(DatasetError, match=rf"no such folder \({typo}"):
+        pool_image_paths(f"drvie:{tmp_path}")
+    with pytest.raises(DatasetError, match=r"no such folder; expected a folder of images"):
+        pool_image_paths(str(tmp_path / "nope"))  # no colon, no hint
     with pytest.raises(DatasetError, match=r"no split 'val'; its splits are: train, test, all"):
         load_dataset("drive", tmp_path, "val")
     (tmp_path / "other").mkdir()

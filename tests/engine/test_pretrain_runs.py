@@ -50,6 +50,22 @@ def test_a_fresh_run_into_a_used_folder_is_refused_and_nothing_is_deleted(
     assert _snapshot(run) == before  # nothing deleted, nothing written
 
 
+def test_an_out_that_is_a_file_is_refused_before_the_pool_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import localdisc.engine.pretrain as engine
+
+    def decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the pool was decoded before --out was checked")
+
+    monkeypatch.setattr(engine, "resolve_pool", decode)
+    run = tmp_path / "notes.txt"
+    run.write_text("mine")
+    with pytest.raises(CheckpointError, match=r"notes.txt: a file, not a folder; .*--out"):
+        pretrain(tiny_pretrain_config(), run, log=quiet)
+    assert run.read_text() == "mine"
+
+
 def test_weights_alone_mark_a_used_folder(tmp_path: Path, pool: torch.Tensor) -> None:
     run = tmp_path / "run"
     run.mkdir()

@@ -138,6 +138,20 @@ def test_stage_two_can_start_from_the_stage_one_weights_of_a_run(tmp_path, pool)
         init_from_run(model, tmp_path / "run" / "stage9.safetensors")
 
 
+def test_a_mistyped_prior_is_named_before_the_pool_is_decoded(tmp_path, monkeypatch):
+    import localdisc.engine.pretrain as engine
+    from localdisc.errors import DatasetError
+
+    def decode(*args, **kwargs):
+        raise AssertionError("the pool was decoded before the prior was checked")
+
+    monkeypatch.setattr(engine, "resolve_pool", decode)
+    with pytest.raises(DatasetError, match="unknown simulator 'vesels'"):
+        pretrain(tiny_pretrain_config(prior="simulated:vesels"), tmp_path / "run", log=print)
+    with pytest.raises(DatasetError, match="no such folder for the shape prior"):
+        pretrain(tiny_pretrain_config(prior=str(tmp_path / "octa")), tmp_path / "run", log=print)
+
+
 def test_a_prior_needs_stage_two():
     with pytest.raises(LocaldiscError, match="acts in stage 2"):
         tiny_pretrain_config(stage2_steps=0, prior="simulated:vessels")

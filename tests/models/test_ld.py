@@ -91,6 +91,17 @@ def test_from_pretrained_errors_name_the_problem(tmp_path):
         LDModel.from_pretrained(tmp_path)
 
 
+def test_a_segmentation_model_given_as_an_ld_run_is_named_so(tmp_path):
+    # `similarity`, `view` and `shape-guided segment --model FINETUNED` said "unreadable model
+    # config ('model')".
+    (tmp_path / "config.json").write_text('{"transfer": {}, "segmenter": {"in_channels": 3}}')
+    with pytest.raises(CheckpointError, match=r"a segmentation model, not an LD run .*predict"):
+        LDConfig.from_run(tmp_path)
+    (tmp_path / "config.json").write_text('{"pretrain": {}}')
+    with pytest.raises(CheckpointError, match="unreadable model config"):
+        LDConfig.from_run(tmp_path)
+
+
 def test_circular_padding_removes_the_image_border():
     # With circular padding the network is translation-equivariant up to the clamped edges of
     # bilinear upsampling; with zero padding the border tells every pixel where it is.

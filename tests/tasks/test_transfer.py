@@ -212,6 +212,20 @@ def test_test_evaluation_is_what_predict_outputs_in_float32(tmp_path, monkeypatc
     assert metrics["summary"] == summarize(rows)
 
 
+def test_an_out_that_is_a_file_is_refused_before_any_training(tmp_path, monkeypatch):
+    import localdisc.tasks.transfer as transfer
+
+    def train(*args, **kwargs):
+        raise AssertionError("trained before --out was checked")
+
+    monkeypatch.setattr(transfer, "finetune", train)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(LocaldiscError, match=r"notes.txt: a file, not a folder; .*--out"):
+        run_transfer(tiny("synthetic_fundus:4"), afile, log=lambda m: None)
+    assert afile.read_text() == "mine"
+
+
 @pytest.mark.parametrize("size", [0, 16, 40, 100, -32])
 def test_a_size_the_network_cannot_take_is_refused_at_once(size):
     with pytest.raises(LocaldiscError, match=f"multiple of 16, at least 32, not {size}"):

@@ -182,7 +182,8 @@ class SegmentationDataset(Sequence[Sample]):
         if self.root is None:
             raise DatasetError(f"{self.name} needs a ROOT folder ({self.name}:ROOT); {expected}")
         if not self.root.exists():
-            raise DatasetError(f"{self.root}: no such folder; {expected}")
+            hint = _unknown_name_hint(self.root) if self.name == "folder" else ""
+            raise DatasetError(f"{self.root}: no such folder{hint}; {expected}")
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: not a folder; {expected}")
         if not any(self.root.iterdir()):
@@ -933,7 +934,8 @@ class FolderDataset(SegmentationDataset):
             raise DatasetError(f"folder needs a ROOT folder; expected {cls.layout}")
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise DatasetError(f"{root}: no such folder; expected a folder of images")
+            hint = _unknown_name_hint(root)
+            raise DatasetError(f"{root}: no such folder{hint}; expected a folder of images")
         image_dir = folder_image_dir(root)
         # Pre-training needs no labels: every mask-named folder is left out, none is an error.
         groups = _mask_dir_candidates(root)
@@ -1095,6 +1097,15 @@ def load_dataset(
     go to the loader (``folder`` takes ``modality``).
     """
     return dataset_class(name)(root, split, skip_bad=skip_bad, **options)
+
+
+def _unknown_name_hint(root: Path) -> str:
+    """For a missing folder that reads as ``NAME:ROOT`` (``drvie:/data/DRIVE``): the name is
+    no data set's, the likelier mistake than a folder whose name holds a colon."""
+    prefix, sep, _ = str(root).partition(":")
+    if sep and len(prefix) > 1 and "/" not in prefix and "\\" not in prefix:
+        return f" ({prefix!r} is not a known data set; known: {', '.join(DATASETS)})"
+    return ""
 
 
 def parse_data_spec(spec: str) -> tuple[str, Path | None]:

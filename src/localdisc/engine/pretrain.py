@@ -48,6 +48,7 @@ from localdisc.losses import (
 )
 from localdisc.methods.base import PretrainObjective
 from localdisc.models.ld import BACKBONE_FIELDS, LDConfig, LDModel
+from localdisc.priors.sources import describe_prior
 
 # Fields that may differ when a run is resumed (they do not change what is computed).
 RUNTIME_FIELDS = {"device", "workers", "progress", "compile"}
@@ -293,11 +294,14 @@ RUN_WEIGHTS = (*FINAL_WEIGHTS, "model_best.safetensors", "stage1.safetensors")
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:
-    """Raise :class:`CheckpointError` if ``run_dir`` holds a run (checkpoints or weights).
+    """Raise :class:`CheckpointError` if ``run_dir`` holds a run (checkpoints or weights), or
+    is a file.
 
     A fresh run there would mix with it: the old run's later checkpoints survive pruning and a
     later ``--resume`` continues the old run; its ``model_best`` survives. Nothing is deleted.
     """
+    if run_dir.exists() and not run_dir.is_dir():  # said now, not after decoding the pool
+        raise CheckpointError(f"{run_dir}: a file, not a folder; choose another --out for the run")
     found = [name for name in RUN_WEIGHTS if (run_dir / name).is_file()]
     if list_checkpoints(run_dir / "checkpoints"):
         found.insert(0, "checkpoints/")
@@ -482,6 +486,8 @@ def pretrain(
             )
     device = ctx.device
     main = ctx.is_main
+    if config.prior:  # a mistyped prior is named before a large pool is decoded
+        describe_prior(config.prior)
 
     skipped_files: list[tuple[Path, str]] = []
     if pool is None:

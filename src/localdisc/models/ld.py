@@ -41,7 +41,13 @@ class LDConfig:
         if not config_path.is_file():
             raise CheckpointError(f"{run_dir}: not a localdisc run directory (no config.json)")
         try:
-            return cls(**json.loads(config_path.read_text())["model"])
+            saved = json.loads(config_path.read_text())
+            if isinstance(saved, dict) and "model" not in saved and "segmenter" in saved:
+                raise CheckpointError(
+                    f"{config_path}: a segmentation model, not an LD run (no model); "
+                    "`localdisc predict` takes it"
+                )
+            return cls(**saved["model"])
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{config_path}: unreadable model config ({exc})") from exc
 

@@ -294,6 +294,8 @@ def run_transfer(
 ) -> dict[str, Any]:
     """Fine-tune and evaluate as described in the module docstring; returns ``metrics.json``."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # said now, not after the training
+        raise LocaldiscError(f"{out_dir}: a file, not a folder; choose another --out")
     t0 = time.perf_counter()
     train_set, test_set, self_split = _open_splits(config)
     target = _resolve_target(train_set, config.target)
