@@ -17,8 +17,8 @@ def test_a_pre_training_of_other_settings_is_refused_not_reused(tmp_path):
     assert pretrain_preset({**settings, "progress": True}, run_dir, said.append) == run_dir
     assert said[-1] == f"reusing the LD pre-training in {run_dir}"
     # Others, e.g. a longer preset given the same folder, would have been handed this one.
-    with pytest.raises(LocaldiscError, match=r"pretrain holds .* other settings: stage1_steps 1 "
-                                             r"\(given 5\)"):  # fmt: skip
+    with pytest.raises(LocaldiscError, match=r"pretrain: holds a pre-training with other "
+                                             r"settings \(stage1_steps 1 \(given 5\)"):  # fmt: skip
         pretrain_preset({**settings, "stage1_steps": 5}, run_dir, said.append)
     # An interrupted run of other settings too: resumed, it would keep its own.
     (run_dir / "encoder.safetensors").unlink()

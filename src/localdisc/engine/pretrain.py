@@ -328,6 +328,18 @@ def settings_differences(run_dir: Path, config: PretrainConfig) -> list[str] | N
         return None
 
 
+def refuse_other_settings(run_dir: Path, config: PretrainConfig) -> None:
+    """Raise :class:`CheckpointError` if ``run_dir`` holds a run of other settings than
+    ``config``'s (runtime fields aside), naming them: reused or resumed, it would stand in for a
+    run of ``config``. A folder without a readable run passes."""
+    differences = settings_differences(run_dir, config)
+    if differences:
+        raise CheckpointError(
+            f"{run_dir}: holds a pre-training with other settings ({', '.join(differences)}); "
+            "give another --out, or the settings it was run with"
+        )
+
+
 def holds_run_of(run_dir: Path, config: PretrainConfig) -> bool:
     """Whether ``run_dir`` holds a run started with ``config``'s settings (runtime fields aside):
     one that ``--resume`` continues, or leaves as it is once finished."""

@@ -125,15 +125,10 @@ def _settings(config: MethodsBenchmarkConfig, method: str, modality: str, spec: 
 
 def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> dict:
     """Pre-train (or reuse) one method; returns what it reached."""
-    from localdisc.engine.pretrain import PretrainConfig, pretrain, settings_differences
+    from localdisc.engine.pretrain import PretrainConfig, pretrain, refuse_other_settings
 
     config = PretrainConfig(**settings)
-    differences = settings_differences(run_dir, config)
-    if differences:  # reusing it would put another experiment's encoder in this table
-        raise LocaldiscError(
-            f"{run_dir}: holds a pre-training with other settings ({', '.join(differences)}); "
-            "give another --out, or the settings it was run with"
-        )
+    refuse_other_settings(run_dir, config)  # reused, another experiment's encoder in the table
     record = run_dir / "reached.json"
     if record.is_file() and (run_dir / "encoder.safetensors").is_file():
         log(f"reusing {run_dir}")

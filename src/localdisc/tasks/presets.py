@@ -19,15 +19,10 @@ def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str]
     """Pre-train with ``settings`` (PretrainConfig fields) into ``run_dir``, or reuse a finished
     run there; an interrupted one is resumed. A run there of other settings (runtime fields
     aside) is refused, naming them: reused or resumed, it would stand in for these."""
-    from localdisc.engine.pretrain import PretrainConfig, pretrain, settings_differences
+    from localdisc.engine.pretrain import PretrainConfig, pretrain, refuse_other_settings
 
-    if (run_dir / "config.json").is_file() and settings.get("data"):
-        changed = settings_differences(run_dir, PretrainConfig(**settings))
-        if changed:
-            raise LocaldiscError(
-                f"{run_dir} holds an LD pre-training of other settings: {', '.join(changed)}; "
-                "give another --out, or delete that folder to pre-train again"
-            )
+    if settings.get("data"):
+        refuse_other_settings(run_dir, PretrainConfig(**settings))
     if (run_dir / "encoder.safetensors").is_file():
         log(f"reusing the LD pre-training in {run_dir}")
         return run_dir
