@@ -22,7 +22,7 @@ from PIL import Image
 
 from localdisc.tasks.benchmark_localize import drive_optic_discs
 from localdisc.tasks.predict import collect_images
-from localdisc.tasks.similarity import load_model, parse_point
+from localdisc.tasks.similarity import load_model, nearest_pixel, parse_point, to_resized
 from localdisc.viewer.server import Viewer, create_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +82,8 @@ def main() -> None:
         px, py = drive_optic_discs().get(first.name, (w * 0.5, h * 0.5))
     # The display pixel whose centre is nearest the point (a scale per axis: Entry.file_point).
     (w, h), (dh, dw) = first.original, first.shape
-    x = min(max(round((px + 0.5) * dw / w - 0.5), 0), dw - 1)
-    y = min(max(round((py + 0.5) * dh / h - 0.5), 0), dh - 1)
+    sx, sy = to_resized((px, py), (dw / w, dh / h))
+    x, y = nearest_pixel(sx, dw), nearest_pixel(sy, dh)
 
     server = create_server(viewer, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -36,7 +36,7 @@ from PIL import Image
 from localdisc.data.io import read_image
 from localdisc.data.preprocess import resize_image
 from localdisc.errors import LocaldiscError
-from localdisc.tasks.similarity import LoadedModel, dense_patch_embeddings
+from localdisc.tasks.similarity import LoadedModel, dense_patch_embeddings, from_resized
 
 LEVELS = ("pixel", "patch")
 MAX_URL = 2048  # bytes of the request target; every real URL of the page is far shorter
@@ -79,7 +79,8 @@ class Entry:
         """Display pixel (x, y) -> the centre of the area it shows, as [x, y] in the file's
         pixels. Each axis has its own scale: both sides were rounded to whole pixels."""
         (w, h), (dh, dw) = self.original, self.shape
-        return [round((x + 0.5) * w / dw - 0.5, 1), round((y + 0.5) * h / dh - 0.5, 1)]
+        fx, fy = from_resized((x, y), (dw / w, dh / h))
+        return [round(fx, 1), round(fy, 1)]
 
 
 @dataclass
