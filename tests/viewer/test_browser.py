@@ -211,3 +211,29 @@ def test_the_page_gives_the_clicked_point_in_the_files_pixels(page):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_progress_ends_when_the_cache_holds_fewer_images_than_the_folder(page):
+    """The page took "fewer cached pixel embeddings than images" for a warm-up still running:
+    with a cache too small for the folder its progress bar never went away."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, root = page["driver"], page["root"]
+    one = 8 * 72 * 72 * 4  # the largest image's pixel embeddings (dim 8)
+    viewer = Viewer(page["loaded"], collect_images([root / "images"]), cache_mb=one / 2**20)
+    server = create_server(viewer, port=0, log=lambda _: None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        viewer.warm_up().join(WAIT)
+        assert viewer.progress()["embeddings"]["pixel"] < 3
+        driver.get(server.url)
+        wait_for(driver, "return document.getElementById('main-image').naturalWidth > 0")
+        click_image(driver, 0.5, 0.5)  # shows the progress while the query runs
+        wait_for(driver, "return document.getElementById('results').dataset.state === 'ready'")
+        WebDriverWait(driver, 10).until(
+            lambda d: d.execute_script("return document.getElementById('progress').hidden")
+        )
+        check_against_library(page, results(driver))  # the values with a small cache too
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -22,7 +22,7 @@ from localdisc.errors import LocaldiscError
 from localdisc.models import LDConfig, LDModel
 from localdisc.tasks.predict import collect_images
 from localdisc.tasks.similarity import load_model, resized, similarity
-from localdisc.viewer.server import Viewer, create_server, serve
+from localdisc.viewer.server import ByteLRU, Viewer, create_server, serve
 
 SIZE = 64  # display size: the 96 x 80 image shrinks to 64 x 53, the others stay
 
@@ -357,3 +357,93 @@ def test_download_keeps_a_non_latin_image_name(setup, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_byte_lru_evicts_the_least_recently_used_but_never_the_newest():
+    cache = ByteLRU(100)
+    for key in "abc":
+        cache.put(key, key.upper(), 40)
+    assert cache.snapshot() == ["b", "c"] and cache.bytes == 80  # "a" went to make room
+    assert cache.get("b") == "B"  # now the most recently used: "c" goes next
+    cache.put("d", "D", 40)
+    assert cache.snapshot() == ["b", "d"] and cache.get("c") is None
+    assert "b" in cache and cache.snapshot() == ["b", "d"]  # a look is no use
+    cache.put("big", "BIG", 500)  # over the limit alone: kept until the next, the rest goes
+    assert cache.snapshot() == ["big"] and cache.bytes == 500
+    cache.put("e", "E", 10)
+    assert cache.snapshot() == ["e"] and cache.bytes == 10
+
+
+class CountingModel:
+    """Wraps a model and counts its embedding calls."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def embed(self, image):
+        self.calls += 1
+        return self.model.embed(image)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_embeddings_stay_within_the_cache_and_values_do_not_change(setup):
+    # Every image's embeddings were kept for ever: 32 MiB per image and level at 512 px.
+    from dataclasses import replace
+
+    loaded = setup["loaded"]
+    counting = CountingModel(loaded.model)
+    files = collect_images([setup["root"] / "images"])
+    one = 8 * 64 * 64 * 4  # an image's embeddings at one level (dim 8, 64 x 64)
+    # Three quarters of the cache for embeddings: two 64 x 64 maps fit, not three.
+    viewer = Viewer(replace(loaded, model=counting), files, size=SIZE, cache_mb=3 * one / 2**20)
+    assert viewer.progress()["cache_mb"]["limit"] == pytest.approx(3 * one / 2**20, abs=1e-5)
+    limit = viewer._embeddings.limit
+    assert 2 * one <= limit < 3 * one
+    reference = setup["viewer"]  # the default cache holds everything
+    for image, x, y, level in [(0, 20, 41, "pixel"), (2, 45, 12, "patch"), (1, 3, 7, "pixel"),
+                               (0, 5, 5, "patch"), (2, 1, 60, "pixel")]:  # fmt: skip
+        result = viewer.query(image, x, y, level)
+        expected = reference.query(image, x, y, level)
+        for got, want in zip(result.matches, expected.matches, strict=True):
+            np.testing.assert_allclose(got.sim, want.sim, atol=1e-6)
+            assert got.best == want.best
+        assert viewer._embeddings.bytes <= limit
+        assert (
+            viewer._queries.bytes <= viewer._queries.limit or len(viewer._queries.snapshot()) == 1
+        )
+    # The image being looked at stays fast: another point of the last query's image and level
+    # needs no model call (its embeddings and one other image's are cached).
+    calls = counting.calls
+    viewer.query(2, 30, 30, "pixel")
+    assert counting.calls == calls + 1  # only the image that did not fit
+    assert viewer.query(2, 30, 30, "pixel") is viewer.query(2, 30, 30, "pixel")  # heatmaps
+    assert counting.calls == calls + 1
+
+
+def test_warm_up_embeds_only_what_the_cache_holds_and_then_says_it_is_done(setup):
+    # Beyond the cache the warm-up only evicted its own earlier work; and the page took "fewer
+    # cached embeddings than images" for a warm-up still running, showing it for ever.
+    files = collect_images([setup["root"] / "images"])
+    one = 8 * 64 * 64 * 4
+    viewer = Viewer(setup["loaded"], files, size=SIZE, cache_mb=3 * one / 2**20)
+    assert viewer.progress()["warming"] is False and viewer.progress()["query"] is None
+    thread = viewer.warm_up()
+    assert viewer.progress()["warming"] is True
+    thread.join(60)
+    status = viewer.progress()
+    assert status["warming"] is False and status["warmed"] == 3 and status["clusters"] == 3
+    assert status["embeddings"] == {"pixel": 2, "patch": 0}
+    assert viewer._embeddings.snapshot() == [("pixel", 0), ("pixel", 1)]
+    assert viewer.labels(0).dtype == np.uint8  # a byte per pixel for 4 clusters, kept per image
+
+
+def test_a_bad_cache_size_is_a_clear_error(setup):
+    files = collect_images([setup["root"] / "images"])
+    for value in (-1, float("nan"), float("inf"), True):
+        with pytest.raises(LocaldiscError, match="--cache-mb must be a number of MiB, at least 0"):
+            Viewer(setup["loaded"], files, cache_mb=value)
+    # Before the model and images load.
+    with pytest.raises(LocaldiscError, match="--cache-mb"):
+        serve(setup["root"] / "no model here", [setup["root"] / "images"], port=0, cache_mb=-5)

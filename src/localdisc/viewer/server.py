@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -50,6 +50,10 @@ STATIC = {
 }
 # The page loads nothing from elsewhere; inline scripts and foreign origins are refused.
 CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'"
+#: What the viewer keeps of embeddings and similarity maps (MiB). One image's pixel embeddings
+#: are dim x H x W float32: 32 MiB at 512 x 512 and the default 32 dimensions, as many again at
+#: patch level, so 2 GiB keeps about 48 images' pixel embeddings and the recent similarity maps.
+DEFAULT_CACHE_MB = 2048
 
 
 class HTTPError(Exception):
@@ -104,6 +108,62 @@ class QueryResult:
     high: float
 
 
+class ByteLRU:
+    """A least-recently-used cache bounded by the bytes of its values (thread-safe).
+
+    Putting a value evicts the least recently used ones until the total is within ``limit``,
+    but never the value just put: one larger than the limit stays until the next comes, so
+    the caller's latest result is always there to be asked for again.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> object | None:
+        """The value (now the most recently used), or ``None``."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items  # a look, not a use: the order stays
+
+    def put(self, key: Hashable, value: object, size: int) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self._items[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.limit and len(self._items) > 1:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self.bytes -= evicted
+
+    def free(self) -> int:
+        """Bytes that can still be put without evicting anything."""
+        with self._lock:
+            return self.limit - self.bytes
+
+    def snapshot(self) -> list[Hashable]:
+        """The keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+
+def check_cache_mb(cache_mb: float) -> None:
+    """Refuse a cache size that is not a number of MiB >= 0."""
+    number = isinstance(cache_mb, int | float) and not isinstance(cache_mb, bool)
+    if not (number and math.isfinite(cache_mb) and cache_mb >= 0):
+        raise LocaldiscError(f"--cache-mb must be a number of MiB, at least 0, not {cache_mb}")
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     """``uint8`` H x W (x 3/4) array -> PNG file content."""
     buffer = io.BytesIO()
@@ -137,9 +197,15 @@ def _colormap(name: str) -> np.ndarray:
 class Viewer:
     """Images, model and in-memory caches behind the page.
 
-    Embeddings are computed once per image and level (patch embeddings are pooled from the
-    cached pixel ones) and kept in memory; one lock serialises model calls so that concurrent
-    requests neither duplicate work nor oversubscribe the CPU.
+    Embeddings are computed per image and level (patch embeddings are pooled from the pixel
+    ones) and kept in a least-recently-used cache of at most ``cache_mb`` MiB, three quarters
+    for embeddings and a quarter for recent similarity maps (a folder of hundreds of images
+    would otherwise need tens of GiB; see :data:`DEFAULT_CACHE_MB`). Images beyond it cost a
+    model call again when a query reaches them. One lock serialises model calls so that
+    concurrent requests neither duplicate work nor oversubscribe the CPU.
+
+    The patch kernel is the model's (``loaded.kernel``) at any ``size``, as in
+    :func:`~localdisc.tasks.similarity.similarity` and the localiser, so values agree with them.
     """
 
     def __init__(
@@ -149,7 +215,9 @@ class Viewer:
         *,
         segmenter: object | None = None,
         size: int | None = None,
+        cache_mb: float = DEFAULT_CACHE_MB,
     ) -> None:
+        check_cache_mb(cache_mb)
         self.loaded = loaded
         self.segmenter = segmenter
         # Only None means the model's size: 0 must be refused below, not silently replaced.
@@ -174,12 +242,16 @@ class Viewer:
         self.colours = np.round(colours * 255).astype(np.uint8)
         self._magma = _colormap("magma")
         self._lock = threading.RLock()
-        self._embeddings: dict[tuple[int, str], torch.Tensor] = {}
+        limit = int(cache_mb * 2**20)
+        self._embeddings = ByteLRU(limit - limit // 4)  # ("pixel" | "patch", image id) keys
+        self._queries = ByteLRU(limit // 4)  # the page asks for the latest query's heatmaps
         self._labels: dict[int, np.ndarray] = {}
         self._segmentation: dict[int, np.ndarray] = {}
         self._png: dict[tuple, bytes] = {}
-        self._queries: OrderedDict[tuple, QueryResult] = OrderedDict()
         self.working: str | None = None  # what the model computes now, for the progress bar
+        self.scan: dict | None = None  # the running query's progress over the images
+        self.warming = False
+        self.warmed = 0  # images the warm-up has done
         self._stop = threading.Event()
 
     # --- model outputs, cached ---------------------------------------------------------------
@@ -190,24 +262,32 @@ class Viewer:
 
     def embeddings(self, image_id: int, level: str) -> torch.Tensor:
         """``[D, H, W]`` unit vectors of one image (as ``similarity.embedding_map``)."""
-        key = (image_id, level)
+        key = (level, image_id)
         cached = self._embeddings.get(key)
         if cached is not None:
-            return cached
+            return cached  # type: ignore[return-value]
         with self._lock:
-            if key not in self._embeddings:
-                entry = self.entry(image_id)
-                self.working = f"{level} embeddings of {entry.name}"
-                try:
-                    if level == "pixel":
-                        v = self.loaded.model.embed(entry.image)
-                    else:
-                        pixel = self.embeddings(image_id, "pixel")
-                        v = dense_patch_embeddings(pixel, self.loaded.kernel)
-                    self._embeddings[key] = v.cpu()
-                finally:
-                    self.working = None
-            return self._embeddings[key]
+            cached = self._embeddings.get(key)  # another request may have made it meanwhile
+            if cached is not None:
+                return cached  # type: ignore[return-value]
+            entry = self.entry(image_id)
+            pixel = self.embeddings(image_id, "pixel") if level == "patch" else None
+            self.working = f"{level} embeddings of {entry.name}"
+            try:
+                if pixel is None:
+                    v = self.loaded.model.embed(entry.image)
+                else:
+                    v = dense_patch_embeddings(pixel, self.loaded.kernel)
+                v = v.cpu()
+                self._embeddings.put(key, v, v.element_size() * v.nelement())
+                return v
+            finally:
+                self.working = None
+
+    def embedding_bytes(self, image_id: int) -> int:
+        """The bytes of one image's embeddings at one level (float32)."""
+        h, w = self.entry(image_id).shape
+        return self.loaded.model.config.dim * h * w * 4
 
     def labels(self, image_id: int) -> np.ndarray:
         """H x W arg-max cluster of every pixel."""
@@ -218,7 +298,9 @@ class Viewer:
                     self.working = f"clusters of {entry.name}"
                     try:
                         a = self.loaded.model.cluster(entry.image)
-                        self._labels[image_id] = a.argmax(0).cpu().numpy().astype(np.int32)
+                        # Kept for every image: a byte per pixel, not the int64 of argmax.
+                        dtype = np.uint8 if self.clusters <= 256 else np.int32
+                        self._labels[image_id] = a.argmax(0).cpu().numpy().astype(dtype)
                     finally:
                         self.working = None
         return self._labels[image_id]
@@ -246,21 +328,31 @@ class Viewer:
 
     def _query(self, image_id: int, x: int, y: int, level: str) -> QueryResult:
         key = (image_id, x, y, level)
-        if key in self._queries:
-            self._queries.move_to_end(key)
-            return self._queries[key]
-        v = self.embeddings(image_id, level)
-        queries = v[:, y, x][None]
-        matches = []
-        for entry in self.entries:
-            # Same operations as tasks.similarity.similarity, so values agree to rounding.
-            sim = torch.einsum("pd,dhw->phw", queries, self.embeddings(entry.id, level))
-            sim = sim.clamp(-1, 1)[0].numpy()
-            by, bx = np.unravel_index(int(np.argmax(sim)), sim.shape)
-            matches.append(
-                Match(entry.id, sim, (int(bx), int(by)), float(sim.max()), float(sim.min()),
-                      float(sim.mean()))
-            )  # fmt: skip
+        cached = self._queries.get(key)
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        own = self.embeddings(image_id, level)
+        queries = own[:, y, x][None]
+        # The cached images first: computing the others evicts the least recently used, which
+        # would otherwise be images of this very query not reached yet, computed twice.
+        order = sorted(self.entries, key=lambda e: ((level, e.id) not in self._embeddings, e.id))
+        found: dict[int, Match] = {}
+        self.scan = {"level": level, "done": 0, "total": len(order)}
+        try:
+            for entry in order:
+                v = own if entry.id == image_id else self.embeddings(entry.id, level)
+                # Same operations as tasks.similarity.similarity, so values agree to rounding.
+                sim = torch.einsum("pd,dhw->phw", queries, v).clamp(-1, 1)[0].numpy()
+                by, bx = np.unravel_index(int(np.argmax(sim)), sim.shape)
+                found[entry.id] = Match(entry.id, sim, (int(bx), int(by)), float(sim.max()),
+                                        float(sim.min()), float(sim.mean()))  # fmt: skip
+                self.scan["done"] += 1
+        finally:
+            self.scan = None
+        # The query's image is the one being looked at, and the next click is likely on it: keep
+        # its embeddings (the scan may have evicted them, the least recently used).
+        self._embeddings.put((level, image_id), own, own.element_size() * own.nelement())
+        matches = [found[entry.id] for entry in self.entries]  # by id, as the routes index them
         # One colour range for all the query's heatmaps keeps them comparable; starting it at the
         # median (rather than -1) makes the similar half stand out, since trained embeddings
         # mostly have cosines well above 0 with each other.
@@ -268,37 +360,51 @@ class Viewer:
         high = max(m.max for m in matches)
         low = min(float(np.median(sample)), high - 1e-3)
         result = QueryResult(matches, low, high)
-        self._queries[key] = result
-        while len(self._queries) > 8:  # a few recent queries: the page asks for their heatmaps
-            self._queries.popitem(last=False)
+        self._queries.put(key, result, sum(m.sim.nbytes for m in matches))
         return result
 
     def progress(self) -> dict:
-        """How many images have each cached output, and what is being computed."""
+        """How many images have each cached output, what is being computed, and how far the
+        warm-up and the running query are."""
         counts = {level: 0 for level in LEVELS}
-        for _, level in list(self._embeddings):
+        for level, _ in self._embeddings.snapshot():
             counts[level] += 1
+        scan = self.scan
         return {
             "total": len(self.entries),
             "embeddings": counts,
             "clusters": len(self._labels),
             "working": self.working,
+            "warming": self.warming,
+            "warmed": self.warmed,
+            "query": dict(scan) if scan else None,
+            "cache_mb": {
+                "used": (self._embeddings.bytes + self._queries.bytes) / 2**20,
+                "limit": (self._embeddings.limit + self._queries.limit) / 2**20,
+            },
         }
 
     def warm_up(self) -> threading.Thread:
-        """Compute pixel embeddings and clusters of every image in a background thread, so that
-        the first click is fast; the page shows the progress."""
+        """Compute clusters and pixel embeddings of every image in a background thread, so that
+        the first click is fast; the page shows the progress. Embeddings only while they fit
+        in the cache: beyond it each would evict an earlier image's, all for nothing."""
 
         def run() -> None:
-            for entry in self.entries:
-                if self._stop.is_set():
-                    return
-                try:
-                    self.labels(entry.id)
-                    self.embeddings(entry.id, "pixel")
-                except Exception:  # noqa: BLE001 - a request will report it with its message
-                    continue
+            try:
+                for entry in self.entries:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        self.labels(entry.id)
+                        if self._embeddings.free() >= self.embedding_bytes(entry.id):
+                            self.embeddings(entry.id, "pixel")
+                    except Exception:  # noqa: BLE001 - a request will report it with its message
+                        pass
+                    self.warmed += 1
+            finally:
+                self.warming = False
 
+        self.warming = True
         thread = threading.Thread(target=run, name="localdisc-viewer-warmup", daemon=True)
         thread.start()
         return thread
@@ -754,12 +860,14 @@ def serve(
     size: int | None = None,
     device: str = "cpu",
     log: Callable[[str], object] = print,
+    cache_mb: float = DEFAULT_CACHE_MB,
 ) -> None:
     """Load the model and images and serve the viewer until interrupted (Ctrl+C)."""
     from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import load_model
 
     check_port(port)  # before the model and images, which may take minutes to load
+    check_cache_mb(cache_mb)
     files = collect_images(images)
     loaded = load_model(model, device=device)
     seg = None
@@ -767,7 +875,7 @@ def serve(
         from localdisc.models.segmenter import Segmenter
 
         seg = Segmenter.from_pretrained(segmenter, device=device)
-    viewer = Viewer(loaded, files, segmenter=seg, size=size)
+    viewer = Viewer(loaded, files, segmenter=seg, size=size, cache_mb=cache_mb)
     if not viewer.entries:
         raise LocaldiscError("none of the images could be read: " + "; ".join(
             f"{e['file']}: {e['error']}" for e in viewer.errors[:3]))  # fmt: skip

@@ -232,17 +232,19 @@ async function pollStatus() {
   let busy = state.pending > 0;
   try {
     const s = await getJSON("/api/status");
-    // Pixel embeddings and clusters are computed in the background from the start; patch
-    // embeddings at the first patch-level click.
-    const warming = s.embeddings.pixel < s.total || s.clusters < s.total;
-    busy = busy || warming || s.working !== null;
+    // Clusters and pixel embeddings are computed in the background from the start (the
+    // embeddings as far as the server's cache holds them); a query then goes over every image.
+    // Cached counts are no measure of progress: a bounded cache may never hold them all.
+    busy = busy || s.warming || s.query !== null || s.working !== null;
     $("progress").hidden = !busy;
     if (busy) {
-      const count = state.level === "patch" ? s.embeddings.patch : Math.min(s.embeddings.pixel, s.clusters);
+      const [count, what] = s.query
+        ? [s.query.done, `${s.query.level} similarity`]
+        : [s.warmed, "clusters and pixel embeddings"];
       $("progress-bar").max = Math.max(1, s.total);
       $("progress-bar").value = count;
       $("progress-text").textContent =
-        `${state.level} embeddings ${count}/${s.total}` + (s.working ? ` — ${s.working}` : "");
+        `${what} ${count}/${s.total}` + (s.working ? ` — ${s.working}` : "");
     }
   } catch (error) {
     busy = true; // the server may be busy: try again soon
