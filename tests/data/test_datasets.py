@@ -392,9 +392,42 @@ def test_jsrt_scr_missing_organ(tmp_path: Path, jsrt_root: Path) -> None:
         assert len(ds) == 122 and ds.skipped[0][0].name == f"{stem}.png"
     finally:
         mask.write_bytes(backup)
-    save(tmp_path / "JSRT" / "images" / "JPCLN001.png", np.zeros((8, 8), np.uint8))
-    with pytest.raises(DatasetError, match="no SCR masks found"):
-        load_dataset("jsrt_scr", tmp_path, "train")
+
+
+def make_jsrt_images_only(root: Path) -> Path:
+    """The 247 JSRT cases as 16-pixel PNGs, without the SCR folder."""
+    table = paper_splits()["SCR"]
+    for i, stem in enumerate(table["train"] + table["test"]):
+        save(root / "JSRT" / "images" / f"{stem}.png", np.full((16, 16), i, np.uint8))
+    return root
+
+
+def test_jsrt_without_scr_masks_is_an_unlabelled_set(tmp_path: Path) -> None:
+    root = make_jsrt_images_only(tmp_path / "data")
+    train = load_dataset("jsrt_scr", root, "train")
+    assert len(train) == 124 and train.targets == () and train.default_target is None
+    assert train[0].masks == {} and train[0].image.shape == (16, 16, 1)
+    assert set(train.missing_labels) == set(train.all_targets)
+    assert "no SCR masks found" in train.missing_labels["lung"]
+
+
+def test_jsrt_pool_needs_no_scr_mask(tmp_path: Path, jsrt_root: Path) -> None:
+    from localdisc.data.pool import resolve_pool
+
+    root = make_jsrt_images_only(tmp_path / "data")
+    paths = pool_image_paths(f"jsrt_scr:{root}")
+    assert len(paths) == 247 and paths[0].name == "JPCLN001.png"
+    pool, _ = resolve_pool([f"jsrt_scr:{root}"], "xray", 8, log=lambda m: None)
+    assert pool.shape == (247, 1, 8, 8)
+    # With the SCR masks, a missing one does not keep its image from the pool either.
+    stem = paper_splits()["SCR"]["test"][5]
+    mask = jsrt_root / "SCR" / "masks" / "heart" / f"{stem}.gif"
+    backup = mask.read_bytes()
+    mask.unlink()
+    try:
+        assert len(pool_image_paths(f"jsrt_scr:{jsrt_root}")) == 247
+    finally:
+        mask.write_bytes(backup)
 
 
 # -- folder ----------------------------------------------------------------------------------

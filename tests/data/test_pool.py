@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from localdisc.data.pool import resolve_pool, synthetic_pool
-from localdisc.errors import DatasetError
+from localdisc.errors import DatasetError, ImageReadError
 
 
 @pytest.mark.parametrize("spec", ["synthetic_fundus:0", "synthetic_fundus:00"])
@@ -69,3 +69,86 @@ def test_skipped_files_keep_the_order_of_the_others(tmp_path: Path) -> None:
 def test_a_negative_seed_for_generated_images_is_a_clear_error() -> None:
     with pytest.raises(DatasetError, match="synthetic_fundus: generated images need a seed >= 0"):
         resolve_pool(["synthetic_fundus:1"], "fundus", 16, seed=-1, log=lambda m: None)
+
+
+# -- repeated sources: each image enters the pool once -------------------------------------------
+
+
+def test_a_generated_spec_given_twice_adds_its_images_once() -> None:
+    lines: list[str] = []
+    pool, _ = resolve_pool(["synthetic_xray:3", "synthetic_xray:3"], "xray", 8, log=lines.append)
+    assert torch.equal(pool, synthetic_pool(3, "xray", 8))
+    assert lines == ["synthetic_xray:3: given more than once; its images are used once"]
+
+
+def test_overlapping_generated_specs_add_the_seeds_not_yet_made() -> None:
+    lines: list[str] = []
+    specs = ["synthetic_xray:2", "synthetic_xray:4", "synthetic_xray:3"]
+    pool, _ = resolve_pool(specs, "xray", 8, log=lines.append)
+    assert torch.equal(pool, synthetic_pool(4, "xray", 8))  # seeds 0-3, each once
+    assert lines == [
+        "synthetic_xray:4: 2 of the 4 images are in the pool already, from synthetic_xray:2; "
+        "each image is used once",
+        "synthetic_xray:3: all 3 images are in the pool already, from synthetic_xray:2, "
+        "synthetic_xray:4; each image is used once",
+    ]
+    # Another generator's images are other images.
+    pool, _ = resolve_pool(
+        ["synthetic_xray:2", "synthetic_xray_hard:2"], "xray", 8, log=lambda m: None
+    )
+    assert pool.shape[0] == 4
+
+
+def test_a_folder_given_twice_or_with_a_sub_folder_adds_each_file_once(tmp_path: Path) -> None:
+    folder = _grey_folder(tmp_path / "pool", {"a.png": 10, "b.png": 20})
+    sub = _grey_folder(folder / "sub", {"c.png": 30})
+    for specs, order in [
+        ([str(folder), str(folder)], [10, 20, 30]),
+        ([str(folder), str(sub)], [10, 20, 30]),
+        ([str(sub), str(folder)], [30, 10, 20]),  # first come, first placed
+    ]:
+        lines: list[str] = []
+        pool, _ = resolve_pool(specs, "xray", 8, log=lines.append)
+        assert [int(pool[i].float().mean()) for i in range(pool.shape[0])] == order
+        repeated = [line for line in lines if "once" in line]
+        assert len(repeated) == 1 and repeated[0].startswith(f"{specs[1]}: ")
+    assert repeated == [
+        f"{folder}: 1 of the 3 images is in the pool already, from {sub}; each image is used once"
+    ]
+
+
+def test_a_folder_linked_in_twice_adds_each_file_once(tmp_path: Path) -> None:
+    folder = _grey_folder(tmp_path / "pool", {"a.png": 10, "b.png": 20})
+    link = tmp_path / "link"
+    link.symlink_to(folder, target_is_directory=True)
+    lines: list[str] = []
+    pool, _ = resolve_pool([str(folder), str(link)], "xray", 8, log=lines.append)
+    assert pool.shape[0] == 2
+    assert f"{link}: all 2 images are in the pool already, from {folder}" in lines[0]
+
+
+def test_max_images_counts_each_repeated_image_once(tmp_path: Path) -> None:
+    folder = _grey_folder(tmp_path / "pool", {"a.png": 10, "b.png": 20})
+    specs = [str(folder), str(folder), "synthetic_xray:2"]
+    pool, _ = resolve_pool(specs, "xray", 8, max_images=3, log=lambda m: None)
+    assert [int(pool[i].float().mean()) for i in (0, 1)] == [10, 20]
+    assert torch.equal(pool[2], synthetic_pool(1, "xray", 8)[0])
+
+
+def test_a_pool_of_unreadable_files_says_why(tmp_path: Path) -> None:
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(b"not a png")
+    with pytest.raises(ImageReadError) as caught:
+        resolve_pool([str(folder)], "xray", 8, skip_bad=True, log=lambda m: None)
+    assert str(caught.value) == (
+        f"{folder / 'a.png'}: content is not a PNG, JPEG, BMP, GIF, PPM/PGM/PBM or TIFF image; "
+        "no readable image in the pool (all 2 files skipped)"
+    )
+
+
+def test_generated_specs_are_named_in_any_letter_case() -> None:
+    # As data set names everywhere: Synthetic_Fundus:2 is no folder of files.
+    pool, _ = resolve_pool(["Synthetic_Fundus:2"], "fundus", 16, log=lambda m: None)
+    assert torch.equal(pool, synthetic_pool(2, "fundus", 16))

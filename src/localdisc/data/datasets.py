@@ -587,6 +587,9 @@ class JsrtScrDataset(SegmentationDataset):
     official download folders side by side work. Masks of another size are resized (nearest)
     to the image. When a file name occurs twice, the first in sorted path order is used.
     Targets: ``heart``, ``lung`` (both lungs), ``clavicle`` (both), and each organ alone.
+    The masks are optional: JSRT images without any SCR mask under ROOT are an unlabelled set
+    (no targets; ``missing_labels`` says why), enough for pre-training and for inspection.
+    ``masks=False`` lists the images without looking at the masks at all (pre-training pools).
     """
 
     name = "jsrt_scr"
@@ -594,7 +597,7 @@ class JsrtScrDataset(SegmentationDataset):
     layout = (
         "JSRT images JPCLN001.IMG (or .png) and SCR masks "
         "masks/{heart,left lung,right lung,left clavicle,right clavicle}/JPCLN001.gif "
-        "anywhere under ROOT"
+        "anywhere under ROOT (without the masks: unlabelled, for pre-training)"
     )
     url = "http://db.jsrt.or.jp/eng.php ; https://www.isi.uu.nl/Research/Databases/SCR/"
     citation = "Shiraishi et al., AJR 174:71-74, 2000; van Ginneken et al., MedIA 10(1):19-40, 2006"
@@ -610,6 +613,22 @@ class JsrtScrDataset(SegmentationDataset):
     preferred_target = "lung"
     preview_targets = ("lung", "heart", "clavicle")
     resize_masks = True
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str | None = None,
+        *,
+        skip_bad: bool = False,
+        masks: bool = True,
+    ) -> None:
+        self._with_masks = masks
+        super().__init__(root, split, skip_bad=skip_bad)
+
+    @classmethod
+    def pool_paths(cls, root: str | Path | None) -> list[Path]:
+        """The JSRT images of every split: pre-training needs no SCR mask, so none is read."""
+        return cls(root, "all", masks=False).image_paths
 
     def _scan(self) -> tuple[dict[str, Path], dict[str, dict[str, Path]]]:
         """One directory walk: JSRT-named image files, split into images and organ masks."""
@@ -635,8 +654,14 @@ class JsrtScrDataset(SegmentationDataset):
         images, organ_masks = self._scan()
         if not images:
             raise DatasetError(f"{self.root}: no JSRT images found; expected {self.layout}")
-        if not any(organ_masks.values()):
-            raise DatasetError(f"{self.root}: no SCR masks found; expected {self.layout}")
+        labelled = self._with_masks and any(organ_masks.values())
+        if self._with_masks and not labelled:  # JSRT alone: unlabelled, as HRF without manual1
+            # One reason for every target: `datasets inspect` prints it once.
+            why = (
+                f"{self.root}: no SCR masks found (masks/<organ>/JPCLN001.gif), so the images "
+                "have no organ masks"
+            )
+            self.missing_labels = dict.fromkeys(self.all_targets, why)
         items: list[Item] = []
         for stem in self._stems("SCR"):
             image = images.get(stem.upper())
@@ -646,6 +671,9 @@ class JsrtScrDataset(SegmentationDataset):
                     f"no JSRT image {stem} (.IMG or .png) of the paper's SCR {self.split} split "
                     f"under {self.root}",
                 )
+                continue
+            if not labelled:
+                items.append(Item(stem, image))
                 continue
             organs: dict[str, Path] = {}
             for folder, organ in SCR_ORGANS.items():
@@ -662,7 +690,7 @@ class JsrtScrDataset(SegmentationDataset):
                     **{organ: (path,) for organ, path in organs.items() if organ != "heart"},
                 }
                 items.append(Item(stem, image, masks))
-        self.targets = self.all_targets
+        self.targets = self.all_targets if labelled else ()
         self.fov_source = "whole image"
         return items
 

@@ -123,6 +123,15 @@ def resolve_pool(
     images, or ``skimage:retina`` for the fundus photograph that scikit-image ships.
     The pool holds the specs' images in the order given (a folder's sorted by path);
     ``max_images`` keeps the first N of them, whatever their kind of spec.
+
+    Each image enters the pool once: a file that an earlier spec already brought in (the same
+    spec twice, a folder and a sub-folder of it, a folder linked in twice; compared by resolved
+    path) and a generated image already there (``synthetic_xray:4`` after ``synthetic_xray:8``:
+    same seeds) are left out, and one line per such spec says so through ``log``. Silently
+    doubled images would weigh twice in sampling; an error would refuse overlapping sources
+    that are fine once read once, and the runs saved with them could not be resumed.
+    ``skimage:retina`` is the exception: each repeat adds a copy of that one photograph (the
+    demo weights it so).
     """
     from localdisc.data.datasets import pool_image_paths
 
@@ -139,8 +148,29 @@ def resolve_pool(
     if not specs:
         raise DatasetError("no pre-training data: give --data FOLDER or NAME:ROOT")
     retina: torch.Tensor | None = None
+    owner: dict[Path, str] = {}  # resolved file -> the spec that brought it into the pool
+    generated: dict[str, tuple[int, list[str]]] = {}  # generator -> images made, by which specs
+
+    def say_repeated(spec: str, repeated: int, total: int, earlier: Sequence[str]) -> None:
+        """One line for a spec whose images, some or all, are in the pool already."""
+        sources = list(dict.fromkeys(earlier))
+        if sources == [spec] and repeated == total:
+            log(f"{spec}: given more than once; its images are used once")
+            return
+        if total == 1:
+            which = "its image is"
+        elif repeated == total:
+            which = f"all {total} images are"
+        else:
+            which = f"{repeated} of the {total} images {'is' if repeated == 1 else 'are'}"
+        log(
+            f"{spec}: {which} in the pool already, from {', '.join(sources)}; "
+            "each image is used once"
+        )
+
     for spec in specs:
         name, _, arg = spec.partition(":")
+        name = name.lower()  # as data set names everywhere (parse_data_spec)
         if name in ("synthetic_fundus", "synthetic_xray", "synthetic_xray_hard"):
             kind = name.split("_")[1]
             if kind != modality or not (arg or "32").isdigit():
@@ -150,12 +180,17 @@ def resolve_pool(
             count = int(arg or 32)
             if count < 1:  # np.stack of no images would fail without naming the spec
                 raise DatasetError(f"{spec}: a generated pool needs N >= 1 images, not {count}")
-            count = room(count)
-            if count:
+            # Image i has seed ``seed + i``: the images made so far are a prefix of this spec's.
+            made, by = generated.get(name, (0, []))
+            if made:
+                say_repeated(spec, min(made, count), count, by)
+            new = room(max(0, count - made))
+            if new:
                 hard = name.endswith("_hard")
-                parts.append(synthetic_pool(count, modality, size, seed=seed, hard=hard))
-                taken += count
-        elif spec == "skimage:retina":
+                parts.append(synthetic_pool(new, modality, size, seed=seed + made, hard=hard))
+                taken += new
+                generated[name] = (made + new, [*by, spec])
+        elif spec.lower() == "skimage:retina":
             if room(1):
                 if retina is None:  # decoded once however often the spec repeats
                     import skimage.data
@@ -165,8 +200,20 @@ def resolve_pool(
                 parts.append(retina)
                 taken += 1
         else:
-            found = pool_image_paths(spec)  # listed even when none fits: checks the spec
-            found = found[: room(len(found))]
+            listed = pool_image_paths(spec)  # listed even when none fits: checks the spec
+            fresh: dict[Path, Path] = {}  # resolved -> as listed, for files not in the pool
+            earlier = []
+            for path in listed:
+                key = path.resolve()
+                if key in owner or key in fresh:  # in fresh: a file linked twice under it
+                    earlier.append(owner.get(key, spec))
+                else:
+                    fresh[key] = path
+            if earlier:
+                say_repeated(spec, len(earlier), len(listed), earlier)
+            kept = list(fresh.items())[: room(len(fresh))]
+            owner.update((key, spec) for key, _ in kept)
+            found = [path for _, path in kept]
             if found:
                 parts.append(slice(len(paths), len(paths) + len(found)))
                 paths.extend(found)
@@ -175,8 +222,11 @@ def resolve_pool(
     if paths:
         log(f"decoding {len(paths)} pool images at {size} x {size} ...")
         results = _decode(paths, modality, size, workers=workers, skip_bad=skip_bad)
-        if all(isinstance(r, str) for r in results):
-            raise ImageReadError(paths[0], "no readable image in the pool")
+        if all(isinstance(r, str) for r in results):  # --skip-bad left no file: say why
+            which = f"all {len(paths)} files" if len(paths) > 1 else "its only file"
+            raise ImageReadError(
+                paths[0], f"{results[0]}; no readable image in the pool ({which} skipped)"
+            )
     skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
     tensors: list[torch.Tensor] = []
     for part in parts:
