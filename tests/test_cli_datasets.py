@@ -119,11 +119,48 @@ def test_inspect_skip_bad_lists_the_file(tmp_path: Path) -> None:
     assert isinstance(result.exception, DatasetError)
     assert "01_manual1" in str(result.exception)
     result = runner.invoke(app, ["datasets", "inspect", "drive", str(root), "--skip-bad", "--json"])
-    assert result.exit_code == 0, result.output
+    # Exit 1: a script tells a download with bad files from a clean one; the report is whole.
+    assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
     assert report["splits"]["test"]["images"] == 1
     assert report["skipped"][0]["path"].endswith("01_test.tif")
     assert "01_manual1" in report["skipped"][0]["reason"]
+    assert "1 bad item(s) skipped; exit code 1" in result.stderr
+    tables = runner.invoke(
+        app, ["datasets", "inspect", "drive", str(root), "--skip-bad"], env={"COLUMNS": "400"}
+    )
+    assert tables.exit_code == 1 and "01_test.tif" in tables.stdout
+    # Nothing bad: exit 0, with or without --skip-bad.
+    clean = make_drive(tmp_path / "clean")
+    result = runner.invoke(
+        app, ["datasets", "inspect", "drive", str(clean), "--skip-bad", "--json"]
+    )
+    assert result.exit_code == 0 and json.loads(result.stdout)["skipped"] == []
+
+
+def test_inspect_help_documents_the_exit_codes() -> None:
+    result = runner.invoke(app, ["datasets", "inspect", "--help"])
+    text = " ".join(result.stdout.split())  # as wrapped at any width
+    assert "the exit code is 1 if any item was skipped" in text
+    assert "Exit codes: 0 every item read; 1 with --skip-bad, some items were bad" in text
+
+
+def test_inspect_jsrt_without_scr_masks(tmp_path: Path) -> None:
+    from localdisc.data.datasets import paper_splits
+
+    table = paper_splits()["SCR"]
+    for stem in table["train"] + table["test"]:
+        save(tmp_path / "JSRT" / "images" / f"{stem}.png", np.full((16, 16), 9, np.uint8))
+    result = runner.invoke(
+        app, ["datasets", "inspect", f"jsrt_scr:{tmp_path}"], env={"COLUMNS": "400"}
+    )
+    assert result.exit_code == 0, result.output
+    # One line for the seven targets that share the reason, each split named once.
+    lines = [line for line in result.stdout.splitlines() if line.startswith("no masks in")]
+    assert lines == [
+        f"no masks in train, test: {tmp_path}: no SCR masks found (masks/<organ>/JPCLN001.gif), "
+        "so the images have no organ masks"
+    ]
 
 
 def test_inspect_says_why_a_split_has_no_masks(tmp_path: Path) -> None:

@@ -76,3 +76,24 @@ def test_resume_of_a_missing_run_is_one_line(tmp_path):
            "--out", str(tmp_path / "absent"), "--resume", *TINY]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+
+
+def test_pretrain_on_jsrt_images_without_scr_masks(tmp_path):
+    # Pre-training reads images only: the SCR masks of jsrt_scr are not needed for it.
+    import numpy as np
+    from PIL import Image
+
+    from localdisc.data.datasets import paper_splits
+
+    table = paper_splits()["SCR"]
+    (tmp_path / "JSRT" / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for stem in table["train"] + table["test"]:
+        image = rng.integers(0, 256, (40, 40), np.uint8)
+        Image.fromarray(image).save(tmp_path / "JSRT" / "images" / f"{stem}.png")
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", f"jsrt_scr:{tmp_path}", "--out", str(out), "--modality", "xray",
+            "--depth", "2", "--width", "8", "--pool-size", "32", *TINY]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["pool"]["images"] == 247

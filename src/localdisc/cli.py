@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -80,10 +83,17 @@ def datasets_inspect(
         None, "--preview", help="Also save a PNG grid of images with masks and FOV outline."
     ),
     skip_bad: bool = typer.Option(
-        False, "--skip-bad", help="Skip and list bad items instead of stopping at the first."
+        False,
+        "--skip-bad",
+        help="Skip and list bad items instead of stopping at the first; the report is printed "
+        "in full and the exit code is 1 if any item was skipped.",
     ),
 ) -> None:
-    """Read every image and mask of a data set and report counts, sizes and mask coverage."""
+    """Read every image and mask of a data set and report counts, sizes and mask coverage.
+
+    Exit codes: 0 every item read; 1 with --skip-bad, some items were bad (listed, and under
+    "skipped" in the JSON); 2 an error stopped the inspection (without --skip-bad, the first
+    bad item)."""
     import json
 
     from localdisc.data.datasets import parse_data_spec
@@ -98,8 +108,15 @@ def datasets_inspect(
         (err_console if json_out else console).print(f"preview: {written}", markup=False)
     if json_out:
         typer.echo(json.dumps(report, indent=2))
-        return
-    _print_inspection(report)
+    else:
+        _print_inspection(report)
+    if report["skipped"]:
+        # A script must tell a clean download from one with bad files without parsing the report.
+        count = len(report["skipped"])
+        err_console.print(
+            f"{count} bad item(s) skipped; exit code 1", markup=False, highlight=False
+        )
+        raise typer.Exit(1)
 
 
 def _print_inspection(report: dict) -> None:
@@ -131,7 +148,9 @@ def _print_inspection(report: dict) -> None:
     missing: dict[str, list[str]] = {}
     for split, s in report["splits"].items():
         for why in s.get("missing_labels", {}).values():
-            missing.setdefault(why, []).append(split)
+            splits = missing.setdefault(why, [])
+            if split not in splits:  # several targets may share a reason (JSRT without SCR)
+                splits.append(split)
     for why, splits in missing.items():
         console.print(f"no masks in {', '.join(splits)}: {why}", markup=False, highlight=False)
     for split, s in report["splits"].items():
@@ -186,6 +205,44 @@ def main() -> None:
         sys.exit(2)
 
 
+@contextmanager
+def _on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C in a long run: one line on what is kept and how to go on, and exit code 130
+    (128 + SIGINT, as shells report it) instead of a silent stop. ``hint`` is called then, so
+    that it can look at what the run left on disk."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
+            err_console.print(
+                f"interrupted: {hint()}", markup=False, highlight=False, soft_wrap=True
+            )
+        raise typer.Exit(130) from None
+
+
+def _resume_hint(out: Path) -> str:
+    """How a `pretrain` or `shape-guided train` stopped in ``out`` goes on: --resume continues
+    from its last checkpoint, once config.json is written (before that nothing is kept)."""
+    from localdisc.engine.checkpoint import CHECKPOINT_PREFIX, list_checkpoints
+
+    if not (out / "config.json").is_file():  # stopped while reading the pool, say
+        return (
+            f"the run had not started ({out / 'config.json'} not written); run the same "
+            "command again"
+        )
+    kept = list_checkpoints(out / "checkpoints")
+    if not kept:
+        return (
+            f"no checkpoint of the run in {out} yet; the same command with --resume starts it "
+            "again from step 0"
+        )
+    step = int(kept[-1].name.removeprefix(CHECKPOINT_PREFIX))
+    return (
+        f"the last checkpoint (step {step}, {kept[-1]}) is kept; continue with the same command "
+        "and --resume"
+    )
+
+
 # --- pre-training ------------------------------------------------------------------------------
 #: `pretrain` and `shape-guided train` continue a run the same way.
 RESUME_OPTION = typer.Option(
@@ -199,7 +256,10 @@ RESUME_OPTION = typer.Option(
 @app.command()
 def pretrain(
     data: list[str] = typer.Option(
-        ..., "--data", help="A folder of images (recursive) or NAME:ROOT; repeatable."
+        ...,
+        "--data",
+        help="A folder of images (recursive) or NAME:ROOT; repeatable (an image that two "
+        "sources share, as a folder and its sub-folder, is used once).",
     ),
     out: Path = typer.Option(..., "--out", help="Run directory."),
     modality: str = typer.Option("fundus", help="fundus (3 channels) or xray (1 channel)."),
@@ -276,7 +336,8 @@ def pretrain(
     )  # fmt: skip
     from localdisc.engine import distributed
 
-    result = run_pretrain(config, out, resume=resume, log=_log)
+    with _on_interrupt(lambda: _resume_hint(out)):
+        result = run_pretrain(config, out, resume=resume, log=_log)
     distributed.cleanup()
     if distributed.is_main_process():
         # A time budget that ends stage 1 early skips step numbers: say how many steps ran.
@@ -304,10 +365,15 @@ def demo(
     """Pre-train a small LD model and draw what it learnt (4-6 minutes on 2 CPU cores)."""
     from localdisc.demo import run_demo
 
-    written = run_demo(
-        out, quick=quick, data=data or None, modality=modality, device=device, seed=seed,
-        log=_log,
-    )  # fmt: skip
+    # The demo continues its own pre-training in --out when run again (no --resume needed).
+    hint = (
+        f"run the same command again: the pre-training in {out} continues from its last checkpoint"
+    )
+    with _on_interrupt(lambda: hint):
+        written = run_demo(
+            out, quick=quick, data=data or None, modality=modality, device=device, seed=seed,
+            log=_log,
+        )  # fmt: skip
     console.print("[bold green]demo finished.[/] Outputs:")
     for name, path in written.items():
         console.print(f"  {name:>10}: {_path(path)}")
@@ -348,7 +414,10 @@ def finetune(
     config = TransferConfig(
         dataset, target, init, labels, size, train=train, recalibrate_bn=recalibrate_bn
     )
-    metrics = run_transfer(config, out, log=_log)
+    # Fine-tuning writes its outputs at the end and keeps no checkpoint: there is no --resume.
+    hint = "fine-tuning keeps no checkpoint, so nothing is kept; run the same command again"
+    with _on_interrupt(lambda: hint):
+        metrics = run_transfer(config, out, log=_log)
     summary = metrics["summary"]
     shown = ", ".join(
         f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items() if v["n"]
@@ -552,7 +621,8 @@ def shape_guided_train(
         prior=prior, prior_weight=prior_weight, prior_pose=prior_pose,
         init_from=str(init) if init else None, **architecture,
     )  # fmt: skip
-    result = run_pretrain(config, out, resume=resume, log=_log)
+    with _on_interrupt(lambda: _resume_hint(out)):
+        result = run_pretrain(config, out, resume=resume, log=_log)
     distributed.cleanup()
     if distributed.is_main_process():
         console.print(f"done: {result.steps} steps; model in [bold]{_path(out)}[/]")
@@ -643,11 +713,17 @@ def shape_guided_vessels(
         )
     except ValueError as exc:
         raise LocaldiscError(str(exc)) from None
-    segment_vessels_self_trained(
-        images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
-        max_size=max_size, fov_masks=fov_masks, train_images=train_images,
-        reteach_unusual=reteach_unusual, teach_all=teach_all, log=_log,
-    )  # fmt: skip
+    # A network saved in --out is reused by the same command; one stopped mid-training is not.
+    hint = (
+        f"a network already saved in {out} is kept; run the same command again (same --out): it "
+        "segments with that network, or teaches one again"
+    )
+    with _on_interrupt(lambda: hint):
+        segment_vessels_self_trained(
+            images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
+            max_size=max_size, fov_masks=fov_masks, train_images=train_images,
+            reteach_unusual=reteach_unusual, teach_all=teach_all, log=_log,
+        )  # fmt: skip
 
 
 benchmark_app = typer.Typer(help="Reproducible comparisons with tables and figures.", **PLAIN)
@@ -708,7 +784,13 @@ def benchmark_transfer(
         epochs=epochs, steps_per_epoch=steps_per_epoch, device=device, quick=quick,
         cpu_scale=cpu_scale,
     )  # fmt: skip
-    results = run_benchmark(config, out, log=_log)
+    hint = (
+        f"finished fine-tunings in {out} are kept; run the same command again (same --out) to "
+        "reuse them: the interrupted one starts over, an interrupted pre-training (ld) continues "
+        "from its last checkpoint"
+    )
+    with _on_interrupt(lambda: hint):
+        results = run_benchmark(config, out, log=_log)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"{len(results['runs'])} run(s), {len(results['skipped'])} skipped; "
@@ -745,7 +827,11 @@ def benchmark_localize(
         data_root=data_root or default_data_root(), size=size, max_test=max_test, device=device,
         quick=quick, seeds=seeds,
     )  # fmt: skip
-    run_localize_benchmark(config, out, log=_log)
+    # Results are written at the end; only the --quick pre-training is kept (and reused).
+    kept = f"the --quick pre-training in {out / 'pretrain'} is kept (reused or continued)"
+    hint = f"{kept if quick else 'nothing is kept'}; run the same command again"
+    with _on_interrupt(lambda: hint):
+        run_localize_benchmark(config, out, log=_log)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"see [bold]{_path(out)}[/]")
 
@@ -829,7 +915,12 @@ def benchmark_shape_guided(
             "crop_scale": crop_scale,
         },
     )  # fmt: skip
-    run_shape_benchmark(config, out, log=_log)
+    hint = (
+        f"finished trainings and evaluations in {out} are kept; run the same command again "
+        "(same --out) to reuse them: an interrupted training continues from its last checkpoint"
+    )
+    with _on_interrupt(lambda: hint):
+        run_shape_benchmark(config, out, log=_log)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"see [bold]{_path(out)}[/]")
 
@@ -880,7 +971,13 @@ def benchmark_pretrain_methods(
         data_root=data_root or default_data_root(), size=size, batch=batch, device=device,
         quick=quick, cpu_scale=cpu_scale, pretrain={"seed": pretrain_seed},
     )  # fmt: skip
-    run_methods_benchmark(config, out, log=_log)
+    hint = (
+        f"finished pre-trainings and fine-tunings in {out} are kept; run the same command again "
+        "(same --out) to reuse them: an interrupted pre-training continues from its last "
+        "checkpoint, an interrupted fine-tuning starts over"
+    )
+    with _on_interrupt(lambda: hint):
+        run_methods_benchmark(config, out, log=_log)
     console.print((out / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"see [bold]{_path(out)}[/]")
 
@@ -901,6 +998,11 @@ def view(
         None, help="Shrink images to this longer side (default: the model's pool size)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    cache_mb: float = typer.Option(
+        2048,
+        "--cache-mb",
+        help="MiB of embeddings and similarity maps kept in memory (least recently used go).",
+    ),  # fmt: skip
 ) -> None:
     """Explore a model in the browser: clusters, similarity maps, segmentation."""
     from localdisc.engine.distributed import resolve_device
@@ -908,5 +1010,5 @@ def view(
 
     serve(
         model, images, segmenter=segmenter, host=host, port=port, size=size,
-        device=str(resolve_device(device)), log=_log,
+        device=str(resolve_device(device)), log=_log, cache_mb=cache_mb,
     )  # fmt: skip

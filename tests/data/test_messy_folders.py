@@ -278,7 +278,7 @@ def test_cli_inspect_messy_folder_report(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["datasets", "inspect", "folder", str(root), "--skip-bad", "--json"]
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # bad items were skipped (the report is whole)
     report = json.loads(result.stdout)
     split = report["splits"]["all"]
     assert report["name"] == "folder" and report["modality"] == "fundus"
@@ -289,7 +289,7 @@ def test_cli_inspect_messy_folder_report(tmp_path: Path) -> None:
     assert all(skipped.values())
 
     result = runner.invoke(app, ["datasets", "inspect", "folder", str(root), "--skip-bad"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     flat = "".join(ch for ch in result.stdout if ch not in " \n│┃┆")
     assert "skipped(3)" in flat
     for name in ("enomask.png", "fcorrupt.png", "gwrongsize.png", "24x20:4", "32x28:1"):

@@ -155,3 +155,78 @@ def test_a_compiled_network_trains_like_the_plain_one(tmp_path, pool, monkeypatc
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_the_time_left_of_a_budget_is_the_budget_less_the_time_spent():
+    from localdisc.engine.pretrain import budget_time_left
+
+    def left(step, stage, seconds, steps, **budgets):
+        config = tiny_pretrain_config(stage1_steps=20_000, stage2_steps=80_000, **budgets)
+        return budget_time_left(config, step, stage, seconds, steps)
+
+    assert left(100, 1, 10.0, 100) is None  # no budget: the bar counts steps
+    # 10 steps a second would take 10 000 s; the budgets end the stages sooner.
+    # Stage 2 without a budget ends at its last step, at the pace so far.
+    assert left(100, 1, 10.0, 100, stage1_seconds=60.0) == pytest.approx(50 + 8000)
+    assert left(0, 1, 0.5, 0, stage1_seconds=60.0) is None  # no pace yet: unknown
+    both = {"stage1_seconds": 60.0, "stage2_seconds": 240.0}
+    assert left(100, 1, 10.0, 100, **both) == pytest.approx(50 + 240)
+    assert left(20_100, 2, 10.0, 100, **both) == pytest.approx(230)
+    assert left(20_100, 2, 300.0, 100, **both) == 0.0  # spent: the loop ends at the next step
+    # Steps that end before the budget: the pace says when.
+    assert left(19_900, 1, 10.0, 100, **both) == pytest.approx(10 + 240)
+    assert left(99_950, 2, 10.0, 100, stage2_seconds=600.0) == pytest.approx(5.0)
+    # No step yet: the budgets bound the time left.
+    assert left(0, 1, 0.5, 0, **both) == pytest.approx(59.5 + 240)
+
+
+def test_a_budgeted_run_gives_the_progress_bar_its_time_left(tmp_path, pool, monitor_bar):
+    # A million steps at a few a second, but 3 s of budget: the bar must not say days.
+    config = tiny_pretrain_config(stage1_steps=10**6, stage2_steps=0, stage1_seconds=3.0,
+                                  checkpoint_every=10**6, val_every=10**6)  # fmt: skip
+    pretrain(config, tmp_path, pool=pool)
+    shown = [kwargs.get("time_left") for kwargs in monitor_bar]
+    assert shown and all(t is not None and 0.0 <= t <= 3.0 for t in shown)
+
+
+@pytest.fixture
+def monitor_bar(monkeypatch):
+    """The keyword arguments of every progress-bar update of a pre-training."""
+    import localdisc.engine.pretrain as engine
+
+    updates: list[dict] = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def update(self, completed, phase=None, info=None, **kwargs):
+            updates.append(kwargs)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(engine, "ProgressBar", Recorder)
+    return updates
+
+
+def test_skipped_pool_files_are_said_not_only_written(tmp_path):
+    from PIL import Image
+
+    from localdisc.data.synthetic import synthetic_fundus
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i in range(4):
+        image = (synthetic_fundus(48, seed=i).image * 255).astype("uint8")
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / "bad.png").write_bytes(b"not a png")
+    lines: list[str] = []
+    config = tiny_pretrain_config(data=[str(folder)], skip_bad=True, stage1_steps=1,
+                                  stage2_steps=1, val_images=0)  # fmt: skip
+    pretrain(config, tmp_path / "run", log=lines.append)
+    said = [line for line in lines if line.startswith("skipped 1 unreadable pool image file(s)")]
+    assert len(said) == 1 and f"{folder / 'bad.png'} (content is not a PNG" in said[0]
+    assert f"listed under skipped_files in {tmp_path / 'run' / 'config.json'}" in said[0]
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert meta["skipped_files"][0][0] == str(folder / "bad.png")

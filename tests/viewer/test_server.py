@@ -317,6 +317,9 @@ def test_binds_to_localhost_by_default_and_warns_otherwise(setup, monkeypatch):
     result = CliRunner().invoke(app, [*args, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8765 and seen["size"] is None
+    assert seen["cache_mb"] == server_module.DEFAULT_CACHE_MB
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", "--cache-mb", "64"])
+    assert result.exit_code == 0 and seen["cache_mb"] == 64, result.output
 
 
 def test_serve_refuses_when_no_image_is_readable(setup):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,30 @@ def write_figures(
     similarity_figure(model, arrays, folder / f"similarity_{step:08d}.png")
 
 
+def time_left(task: Any) -> float | None:
+    """Seconds a rich progress ``task`` has left: the ``time_left`` its loop gave at the time
+    ``time_left_at``, counted down since, else rich's estimate from the pace of its steps."""
+    given = task.fields.get("time_left")
+    if given is None:
+        return task.time_remaining
+    return max(0.0, given - (task.get_time() - task.fields["time_left_at"]))
+
+
 class ProgressBar:
     """A rich progress bar of a training loop: ``title`` and the phase (a stage, an epoch's
     phase), steps done of ``total``, time spent and left, and a line of ``info`` (the losses).
-    Silent when not ``enabled``; a context manager that stops it."""
+    Silent when not ``enabled``; a context manager that stops it. ``clock``: seconds, for the
+    times shown (default: rich's monotonic clock; tests give their own)."""
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, title: str = "") -> None:
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        enabled: bool = True,
+        title: str = "",
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.bar = None
         self.phase = ""
         if not enabled:
@@ -91,28 +110,63 @@ class ProgressBar:
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            ProgressColumn,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
+        from rich.text import Text
+
+        class TimeLeftColumn(ProgressColumn):
+            """rich's TimeRemainingColumn, but of :func:`time_left`."""
+
+            def render(self, task: Any) -> Text:
+                seconds = time_left(task)
+                if seconds is None:
+                    return Text("-:--:--", style="progress.remaining")
+                minutes, secs = divmod(int(seconds), 60)
+                hours, minutes = divmod(minutes, 60)
+                return Text(f"{hours}:{minutes:02d}:{secs:02d}", style="progress.remaining")
 
         self.bar = Progress(
             TextColumn(f"[bold]{title}[/] {{task.fields[phase]}}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TimeLeftColumn(),
             TextColumn("{task.fields[info]}"),
+            get_time=clock,
         )
-        self.task = self.bar.add_task("", total=total, completed=start, phase="", info="")
+        self.task = self.bar.add_task(
+            "", total=total, completed=start, phase="", info="", time_left=None, time_left_at=0.0
+        )
         self.bar.start()
 
-    def update(self, completed: int, phase: str | None = None, info: str | None = None) -> None:
+    def time_left(self) -> float | None:
+        """Seconds left as the bar shows them (``None``: unknown, or no bar)."""
+        if self.bar is None:
+            return None
+        return time_left(next(t for t in self.bar.tasks if t.id == self.task))
+
+    def update(
+        self,
+        completed: int,
+        phase: str | None = None,
+        info: str | None = None,
+        *,
+        time_left: float | None = None,
+    ) -> None:
         """Steps done; ``phase`` and ``info``, when given, replace those shown (a new phase
-        restarts the estimate of the time left, and the time shown as elapsed)."""
+        restarts the estimate of the time left, and the time shown as elapsed).
+
+        ``time_left``: the seconds left when the loop knows better than the pace of its steps
+        (a wall-clock budget ends it sooner); the bar counts them down until the next update.
+        ``None``: estimated from the pace of the steps."""
         if self.bar is None:
             return
-        fields = {k: v for k, v in (("phase", phase), ("info", info)) if v is not None}
+        fields: dict[str, Any] = {
+            k: v for k, v in (("phase", phase), ("info", info)) if v is not None
+        }
+        fields.update(time_left=time_left, time_left_at=self.bar.get_time())  # the tasks' clock
         if phase is not None and phase != self.phase:
             # A new phase has its own pace, and a stage ended by its time budget jumps over its
             # remaining steps, which would count as steps done at once (time left near zero).

@@ -379,6 +379,34 @@ def _budget_spent(start: float, budget: float, ctx: distributed.DistContext) -> 
     return bool(flag.item())
 
 
+def budget_time_left(
+    config: PretrainConfig, step: int, stage: int, stage_seconds: float, stage_steps: int
+) -> float | None:
+    """Seconds the run has left when a wall-clock budget bounds a stage; ``None`` without
+    budgets (the progress bar then estimates from the pace of the steps).
+
+    Each stage left ends at its last step or at its budget, whichever comes first: its steps
+    take the pace of the current stage so far (``stage_steps`` steps in ``stage_seconds``); the
+    current stage's budget has ``stage_seconds`` spent, the next one's is whole. Counting the
+    steps alone would promise hours to a run that its budget ends in minutes."""
+    budgets = {1: config.stage1_seconds, 2: config.stage2_seconds}
+    if budgets[1] is None and budgets[2] is None:
+        return None
+    pace = stage_seconds / stage_steps if stage_steps else None
+    ends = {1: config.stage1_steps, 2: config.total_steps}
+    left = 0.0
+    for s in range(stage, 3):
+        steps = ends[s] - max(step, config.stage1_steps if s == 2 else 0)
+        if steps <= 0:
+            continue
+        budget = budgets[s]
+        seconds = math.inf if budget is None else budget - (stage_seconds if s == stage else 0.0)
+        if pace is not None:
+            seconds = min(seconds, steps * pace)
+        left += max(seconds, 0.0)
+    return None if math.isinf(left) else left
+
+
 def _prepare_model(
     model: LDModel, stage: int, ctx: distributed.DistContext, compile_model: bool = False
 ) -> nn.Module:
@@ -512,6 +540,14 @@ def pretrain(
             max_images=config.max_images,
             skip_bad=config.skip_bad,
             log=log if main else lambda message: None,
+        )
+    if skipped_files and main:  # --skip-bad: said, not only written into config.json
+        first, why = skipped_files[0]
+        more = f", and {len(skipped_files) - 1} more" if len(skipped_files) > 1 else ""
+        listed = "" if resume else f"; all are listed under skipped_files in {config_path}"
+        log(
+            f"skipped {len(skipped_files)} unreadable pool image file(s) (--skip-bad): "
+            f"{first} ({why}){more}{listed}"
         )
     pool_channels = MODALITY_CHANNELS[config.modality]
     if pool.shape[1] != pool_channels:
@@ -682,6 +718,7 @@ def pretrain(
     img_per_s = 0.0
     progress = ProgressBar(config.total_steps, step, main and config.progress, "pretrain")
     stage_start = time.perf_counter()
+    stage_first = step  # the step at stage_start: the pace behind a budget's time left
     finished = False
     try:
         while step < config.total_steps:
@@ -704,6 +741,7 @@ def pretrain(
                     atomic_save_safetensors(model.state_dict(), run_dir / "stage1.safetensors")
                 stage = 2
                 stage_start = time.perf_counter()
+                stage_first = step
                 best_val = math.inf
                 ddp_model = _prepare_model(model, stage, ctx, config.compile)
                 optimizer = _new_optimizer(model, config.lr_at(step))
@@ -778,7 +816,10 @@ def pretrain(
                         **{k: round(v, 6) for k, v in means.items()},
                     )
                 info = " ".join(f"{k} {v:.3f}" for k, v in means.items())
-                progress.update(step, f"stage {stage}", f"{info} | {img_per_s:.1f} img/s")
+                left = budget_time_left(config, step, stage, now - stage_start, step - stage_first)
+                progress.update(
+                    step, f"stage {stage}", f"{info} | {img_per_s:.1f} img/s", time_left=left
+                )
                 sums, n_summed = {}, 0
 
             end_of_stage = step == config.total_steps or config.stage_at(step) != stage

@@ -1,0 +1,114 @@
+"""Ctrl-C in a long command: one line on what is kept and how to go on, and exit code 130."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from localdisc.cli import app
+
+runner = CliRunner()
+
+
+def interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+def pretrain_stopped_at(step: int | None):
+    """A stand-in for the pre-training that leaves config.json (and a checkpoint of ``step``)
+    in its run folder, then is interrupted."""
+
+    def run(config: object, out: Path, **kwargs: object) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"pretrain": {}}))
+        if step is not None:
+            (out / "checkpoints" / f"step_{step:08d}").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    return run
+
+
+def one_line(result) -> str:
+    assert result.exit_code == 130, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["shape-guided", "train", "--prior", "x"]])
+def test_an_interrupted_pretraining_says_how_to_resume(tmp_path, monkeypatch, command) -> None:
+    import localdisc.engine.pretrain as engine
+
+    out = tmp_path / "run"
+    args = [*command, "--data", "synthetic_fundus:2", "--out", str(out)]
+    monkeypatch.setattr(engine, "pretrain", pretrain_stopped_at(3000))
+    line = one_line(runner.invoke(app, args))
+    assert "the last checkpoint (step 3000" in line
+    assert "continue with the same command and --resume" in line
+
+    monkeypatch.setattr(engine, "pretrain", pretrain_stopped_at(None))
+    line = one_line(runner.invoke(app, [*args[:-1], str(tmp_path / "early")]))
+    assert "no checkpoint of the run" in line and "--resume starts it again from step 0" in line
+
+    monkeypatch.setattr(engine, "pretrain", interrupt)  # before config.json: nothing to resume
+    line = one_line(runner.invoke(app, [*args[:-1], str(tmp_path / "none")]))
+    assert "run the same command again" in line and "--resume" not in line
+
+
+def test_an_interrupted_finetuning_does_not_claim_a_resume(tmp_path, monkeypatch) -> None:
+    import localdisc.tasks.transfer as transfer
+
+    monkeypatch.setattr(transfer, "run_transfer", interrupt)
+    args = ["finetune", "--dataset", "synthetic_fundus:4", "--out", str(tmp_path / "ft")]
+    line = one_line(runner.invoke(app, args))
+    assert "keeps no checkpoint" in line and "run the same command again" in line
+    assert "--resume" not in line
+
+
+@pytest.mark.parametrize(
+    "command,module,function,shown",
+    [
+        (["benchmark", "transfer"], "benchmark_transfer", "run_benchmark", "finished fine-tunings"),
+        (["benchmark", "localize", "--quick"], "benchmark_localize", "run_localize_benchmark",
+         "the --quick pre-training"),
+        (["benchmark", "shape-guided"], "benchmark_shape_guided", "run_shape_benchmark",
+         "finished trainings and evaluations"),
+        (["benchmark", "pretrain-methods"], "benchmark_methods", "run_methods_benchmark",
+         "finished pre-trainings and fine-tunings"),
+    ],
+)  # fmt: skip
+def test_an_interrupted_benchmark_says_a_rerun_reuses_its_runs(
+    tmp_path, monkeypatch, command, module, function, shown
+) -> None:
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(f"localdisc.tasks.{module}"), function, interrupt)
+    line = one_line(runner.invoke(app, [*command, "--out", str(tmp_path / "bench")]))
+    assert shown in line and "run the same command again" in line and "--resume" not in line
+
+
+def test_an_interrupted_demo_says_a_rerun_continues(tmp_path, monkeypatch) -> None:
+    import localdisc.demo as demo
+
+    monkeypatch.setattr(demo, "run_demo", interrupt)
+    line = one_line(runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")]))
+    assert "run the same command again" in line and "continues from its last checkpoint" in line
+
+
+def test_an_interrupted_label_free_vessel_run_says_a_saved_network_is_reused(
+    tmp_path, monkeypatch
+) -> None:
+    import localdisc.tasks.vessels as vessels
+
+    monkeypatch.setattr(vessels, "segment_vessels_self_trained", interrupt)
+    images = tmp_path / "images"
+    images.mkdir()
+    line = one_line(
+        runner.invoke(
+            app, ["shape-guided", "vessels", "--images", str(images), "--out", str(tmp_path / "v")]
+        )
+    )
+    assert "a network already saved" in line and "run the same command again" in line
