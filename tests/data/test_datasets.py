@@ -719,3 +719,9 @@ def test_folder_images_folder_found_in_any_letter_case(tmp_path: Path) -> None:
     ds = load_dataset("folder", root)
     assert [s.name for s in ds] == ["a"] and ds.targets == ("mask",)
     assert pool_image_paths(str(root)) == [root / "Images" / "a.png"]
+
+
+def test_generated_sets_open_without_a_root():
+    assert len(load_dataset("synthetic_fundus")) > 0
+    with pytest.raises(DatasetError, match="drive needs a ROOT folder"):
+        load_dataset("drive")

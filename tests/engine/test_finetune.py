@@ -124,3 +124,29 @@ def test_the_progress_bar_counts_the_epochs_of_both_phases(capsys):
 def test_a_learning_rate_that_is_not_finite_and_positive_is_refused(lr):
     with pytest.raises(LocaldiscError, match=f"lr must be > 0 and finite, not {lr}"):
         FinetuneConfig(lr=lr)
+
+
+def test_uint8_images_and_bool_masks_train_as_their_float_form():
+    # grid_sample has no bool or uint8 kernel: such inputs failed deep inside augmentation.
+    def run(images, masks):
+        torch.manual_seed(0)
+        model = Segmenter(size=32)
+        config = FinetuneConfig(frozen_epochs=1, epochs=1, device="cpu", progress=False)
+        result = finetune(model, (images, masks), (images, masks), config, pretrained=True)
+        return result.state
+
+    images, masks = squares(2)
+    as_bytes = (images * 255).round().to(torch.uint8)
+    expected = run(as_bytes.float() / 255, masks)
+    got = run(as_bytes, masks.bool())
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]), key
+
+
+def test_training_tensors_of_the_wrong_shape_are_named():
+    images, masks = squares(2)
+    model, config = Segmenter(size=32), FinetuneConfig(epochs=1, progress=False)
+    with pytest.raises(LocaldiscError, match=r"fine-tuning train: images must be \[N, C, S, S\]"):
+        finetune(model, (images[0], masks), (images, masks), config, pretrained=False)
+    with pytest.raises(LocaldiscError, match="fine-tuning val: .* differ in number or size"):
+        finetune(model, (images, masks), (images, masks[:1]), config, pretrained=False)

@@ -230,3 +230,16 @@ def test_skipped_pool_files_are_said_not_only_written(tmp_path):
     assert f"listed under skipped_files in {tmp_path / 'run' / 'config.json'}" in said[0]
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
     assert meta["skipped_files"][0][0] == str(folder / "bad.png")
+
+
+def test_paths_in_the_config_are_kept_as_text(tmp_path):
+    # Path objects failed in the spec parser ("no attribute 'partition'") and in config.json,
+    # and one folder given as a str was read letter by letter.
+    config = PretrainConfig(data=tmp_path, init_from=tmp_path / "run", prior=tmp_path / "masks")
+    assert config.data == [str(tmp_path)]
+    assert (config.init_from, config.prior) == (str(tmp_path / "run"), str(tmp_path / "masks"))
+    assert PretrainConfig(data="synthetic_fundus:2").data == ["synthetic_fundus:2"]
+    assert PretrainConfig(data=[tmp_path, "synthetic_fundus:2"]).data == [
+        str(tmp_path), "synthetic_fundus:2"
+    ]  # fmt: skip
+    json.dumps(config.__dict__)

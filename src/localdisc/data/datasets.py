@@ -1112,13 +1112,14 @@ def dataset_class(name: str) -> type[SegmentationDataset]:
 
 def load_dataset(
     name: str,
-    root: str | Path | None,
+    root: str | Path | None = None,
     split: str | None = None,
     *,
     skip_bad: bool = False,
     **options: Any,
 ) -> SegmentationDataset:
-    """Open the data set ``name`` at ``root`` (listing only; samples are read on access).
+    """Open the data set ``name`` at ``root`` (listing only; samples are read on access;
+    generated sets such as ``synthetic_fundus`` take no ``root``).
 
     ``split`` is ``"train"``, ``"test"`` or ``"all"``; sets without a split (``folder``) only
     have ``"all"``, and ``None`` picks ``"train"`` where it exists, else ``"all"``. ``options``

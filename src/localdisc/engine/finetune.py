@@ -217,6 +217,30 @@ def _phase(
     return best_state, result
 
 
+def _training_pair(pair: tuple[Tensor, Tensor], name: str) -> tuple[Tensor, Tensor]:
+    """``(images, masks)`` as the loop needs them: ``float32`` ``[N, C, S, S]`` in [0, 1] and
+    ``[N, 1, S, S]``. Integer images are scaled (``uint8`` / 255, as files are read) and boolean
+    or integer masks made float; other shapes are refused here, naming ``name``, rather than
+    deep inside augmentation (grid_sample has no kernel for bool or uint8)."""
+    images, masks = pair
+    if images.ndim != 4 or masks.ndim != 4 or masks.shape[1] != 1:
+        raise LocaldiscError(
+            f"fine-tuning {name}: images must be [N, C, S, S] and masks [N, 1, S, S], not "
+            f"{list(images.shape)} and {list(masks.shape)}"
+        )
+    if images.shape[0] != masks.shape[0] or images.shape[2:] != masks.shape[2:]:
+        raise LocaldiscError(
+            f"fine-tuning {name}: {list(images.shape)} images and {list(masks.shape)} masks "
+            "differ in number or size"
+        )
+    if not images.is_floating_point():
+        if images.dtype not in (torch.uint8, torch.uint16, torch.int16, torch.int32):
+            raise LocaldiscError(f"fine-tuning {name}: images of type {images.dtype}")
+        top = 255.0 if images.dtype == torch.uint8 else 65535.0
+        images = images.float() / top
+    return images.float(), masks.float()
+
+
 def finetune(
     model: Segmenter,
     train: tuple[Tensor, Tensor],
@@ -232,6 +256,7 @@ def finetune(
     model; otherwise one ``scratch`` phase of ``config.epochs``. ``model`` ends holding the best
     weights, which are also returned.
     """
+    train, val = _training_pair(train, "train"), _training_pair(val, "val")
     if train[0].shape[0] == 0 or val[0].shape[0] == 0:
         raise LocaldiscError("fine-tuning needs at least one training and one validation image")
     device = resolve_device(config.device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -119,6 +120,14 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         from localdisc.methods import PEER_METHODS
 
+        # Paths as well as str (a notebook's Path objects are not JSON for config.json, and the
+        # specs are parsed as text); one source alone is a source, not a list of its letters.
+        if isinstance(self.data, str | os.PathLike):
+            self.data = [self.data]
+        self.data = [os.fspath(spec) for spec in self.data]
+        for name in ("init_from", "prior"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         problems = []
         if self.method != "ld" and self.method not in PEER_METHODS:
             problems.append(f"unknown method {self.method!r}; known: ld, {', '.join(PEER_METHODS)}")
