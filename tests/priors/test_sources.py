@@ -155,3 +155,26 @@ def test_real_octa_prior() -> None:
     fractions = bank.float().mean(dim=(1, 2, 3))
     assert bool(((fractions > 0.03) & (fractions < 0.25)).all()), fractions  # ~9% vessels
     assert describe_prior(str(folder)) == f"10 masks from {folder}"
+
+
+def test_prior_masks_are_cached_per_bank(tmp_path: Path) -> None:
+    """A simulated prior's count and seed pick its masks: the cache used to key on the spec and
+    size only, with load_prior's default bank for every run."""
+    from localdisc.priors import prior_frequency, prior_masks
+
+    small = prior_masks("simulated:heart", 32, count=3, seed=4)
+    np.testing.assert_array_equal(small, load_prior("simulated:heart", 32, count=3, seed=4)[:, 0])
+    assert small.shape == (3, 32, 32) and not small.flags.writeable
+    assert prior_masks("simulated:heart", 32, count=3, seed=4) is small
+    np.testing.assert_array_equal(prior_masks("simulated:heart", 32, count=3, seed=5)[0], small[1])
+    assert len(prior_masks("simulated:heart", 32)) == 200  # load_prior's defaults
+    np.testing.assert_allclose(prior_frequency("simulated:heart", 32, count=3, seed=4),
+                               small.mean(0))  # fmt: skip
+    # Other specs have no count or seed: any given share one bank.
+    folder = tmp_path / "masks"
+    for i in range(2):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4 + i : 10, 4:10] = 255
+        save(folder / f"{i}.png", mask)
+    bank = prior_masks(str(folder), 16, count=1, seed=7)
+    assert bank.shape == (2, 16, 16) and prior_masks(str(folder), 16) is bank

@@ -48,3 +48,17 @@ def test_enforce_keeps_the_largest_pieces_and_fills_holes() -> None:
     one = enforce_topology(prob, PriorTopology(1, True)) > 0.5
     assert one.sum() == (right & ~hole).sum()
     assert not enforce_topology(np.zeros((8, 8)), PriorTopology(1, False)).any()
+
+
+def test_enforce_counts_one_half_as_the_written_masks_do() -> None:
+    """Two runs' mean is exactly 0.5 where one says 1 and the other 0: such a piece is in the
+    written mask (``>= 0.5``), so it must go when it is one piece too many (it used to stay)."""
+    from scipy import ndimage
+
+    from localdisc.tasks.predict import mask_png
+
+    heart, speck = _disc(32, 12, 12, 6), _disc(32, 26, 26, 2)
+    prob = np.where(heart, 1.0, 0.0).astype(np.float32)
+    prob[speck] = 0.5
+    written = mask_png(enforce_topology(prob, PriorTopology(1, False))) > 0
+    assert ndimage.label(written)[1] == 1 and (written == heart).all()

@@ -294,3 +294,37 @@ def test_a_prior_that_no_task_has_is_named_not_left_out(tmp_path):
         "reason": "no prior of octa fits it; its priors: simulated",
     }]  # fmt: skip
     assert "no prior of octa fits it" in (tmp_path / "results.md").read_text()
+
+
+def test_a_runs_own_prior_bank_is_in_the_evaluation_cache_key(tmp_path):
+    """Segmentation now votes with the masks a kept-pose run trained against (its prior count
+    and seed): evaluations cached when every run voted with 200 masks from seed 0 are computed
+    again where that differs, and kept where it does not."""
+    from localdisc.tasks.benchmark_shape_guided import _prior_bank_key
+
+    def run(name, **pretrain):
+        folder = tmp_path / name
+        folder.mkdir()
+        settings = {"prior": "simulated:lungs", "prior_pose": "kept", "seed": 0, **pretrain}
+        (folder / "config.json").write_text(json.dumps({"pretrain": settings}))
+        return folder
+
+    assert _prior_bank_key(run("seed0")) == {}
+    assert _prior_bank_key(run("seed1", seed=1)) == {"prior_bank": {"count": 200, "seed": 1}}
+    assert _prior_bank_key(run("small", prior_count=8)) == {"prior_bank": {"count": 8, "seed": 0}}
+    assert _prior_bank_key(run("free", seed=1, prior_pose="free")) == {}  # no votes
+    assert _prior_bank_key(run("folder", seed=1, prior=str(tmp_path))) == {}  # no seed to pick
+
+
+def test_negative_step_counts_and_no_seed_are_refused(tmp_path):
+    """A negative --refine-steps or --student-steps gave rows of networks that never trained."""
+    from localdisc.errors import LocaldiscError
+    from localdisc.tasks.benchmark_shape_guided import run_shape_benchmark
+
+    for option, overrides in (("--refine-steps", {"refine_steps": -1}),
+                              ("--student-steps", {"student_steps": -5}),
+                              ("--seeds", {"seeds": 0})):  # fmt: skip
+        config = ShapeBenchmarkConfig(tasks=["synthetic_fundus"], **overrides)
+        with pytest.raises(LocaldiscError, match=f"{option} must be at least"):
+            run_shape_benchmark(config, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()

@@ -152,3 +152,19 @@ def test_bad_settings_and_inputs_are_refused():
         train_student([eye.image, eye.image], [eye.fov], 0.12, StudentConfig(size=64, crop=32))
     with pytest.raises(LocaldiscError, match="at least one image"):
         train_student([], [], 0.12)
+
+
+def test_a_grey_photograph_is_taught_on_and_segmented_as_rgb():
+    """A grey (red-free) photograph among colour ones used to crash the training set's stack,
+    and alone the student's forward pass."""
+    eye = synthetic_fundus(64, seed=0)
+    grey = eye.image.mean(-1)
+    config = StudentConfig(size=64, crop=32, depth=2, width=8, steps=1, batch=1, device="cpu")
+    teachers = [vesselness(im, eye.fov, method=config.method) for im in (eye.image, grey)]
+    xs, _ = student_training_set([eye.image, grey], [eye.fov] * 2, teachers, 0.12, config)
+    assert xs.shape == (2, 3, 64, 64)
+    np.testing.assert_allclose(xs[1, 0], xs[1, 2])  # the grey level in every channel
+    model = train_student([eye.image, grey], [eye.fov] * 2, 0.12, config, log=quiet)
+    prob = student_probability(model, grey, eye.fov)
+    np.testing.assert_allclose(prob, student_probability(model, grey[..., None], eye.fov))
+    assert prob.shape == (64, 64)

@@ -94,7 +94,9 @@ def test_prior_masks_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
     assert run_prior_masks(lung_run("free", prior_pose="free")) is None
     masks = run_prior_masks(lung_run("kept", prior_pose="kept"))
     assert masks.shape == (200, 48, 48) and masks.dtype == bool  # at the run's pool size
-    np.testing.assert_array_equal(masks, load_prior("simulated:lungs", 48)[:, 0].numpy())
+    # The bank it trained against: 200 masks from its seed (3), not from seed 0.
+    bank = load_prior("simulated:lungs", 48, count=200, seed=3)[:, 0].numpy()
+    np.testing.assert_array_equal(masks, bank)
     frequency = masks.mean(0)
     assert frequency[24, 12] > 0.9 and frequency[24, 38] > 0.9  # inside both lungs, nearly always
     assert frequency[2, 2] == 0 and frequency[24, 24] < 0.1  # a corner, the mediastinum
@@ -115,6 +117,52 @@ def test_prior_masks_only_for_a_prior_that_keeps_its_pose(tmp_path, run):
         maps.intensity, intensity_posterior(image, expected) * fov, atol=1e-6
     )
     assert maps.prior.max() > 0.9 and not (maps.prior[~fov].any() or maps.intensity[~fov].any())
+
+
+def test_prior_masks_are_the_bank_the_run_trained_against(tmp_path):
+    """``--prior-count 16`` (the demo's) and the run's seed pick a simulated prior's masks:
+    segmentation used to vote with load_prior's default 200 from seed 0 whatever the run
+    trained with."""
+    from dataclasses import asdict
+
+    from localdisc.priors import load_prior
+    from localdisc.tasks.shape_guided import run_prior_bank, run_prior_masks
+
+    def lung_run(name, drop=(), **overrides):
+        config = asdict(tiny_pretrain_config(prior="simulated:lungs", modality="xray",
+                                             prior_pose="kept", **overrides))  # fmt: skip
+        for key in drop:  # a config.json written before the setting existed
+            del config[key]
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"pretrain": config}))
+        return folder
+
+    small = lung_run("small", prior_count=16, seed=5)
+    assert run_prior_bank(small) == {"count": 16, "seed": 5}
+    masks = run_prior_masks(small)
+    trained = load_prior("simulated:lungs", 48, count=16, seed=5)[:, 0].numpy()
+    assert masks.shape == (16, 48, 48)
+    np.testing.assert_array_equal(masks, trained)
+    # The cache keeps the banks apart: another seed of the same prior and size is another bank.
+    other = run_prior_masks(lung_run("other", prior_count=16, seed=6))
+    np.testing.assert_array_equal(other[:-1], masks[1:])  # masks 6..21 against 5..20
+    assert not np.array_equal(other, masks)
+    # A run whose config lacks the settings: PretrainConfig's defaults (200 from seed 0).
+    old = lung_run("old", drop=("prior_count", "seed"))
+    assert run_prior_bank(old) == {"count": 200, "seed": 0}
+    np.testing.assert_array_equal(
+        run_prior_masks(old), load_prior("simulated:lungs", 48)[:, 0].numpy()
+    )
+
+
+def test_masks_of_both_outputs_count_one_half_as_the_written_masks_do():
+    from localdisc.tasks.predict import mask_png
+
+    prob = np.array([[0.2, 0.5, 0.8]], dtype=np.float32)
+    maps = ShapeGuidedMaps(prob, prob, np.ones((1, 3), bool))
+    written = mask_png(prob) > 0
+    assert maps.mask_a.tolist() == maps.mask_b.tolist() == written.tolist() == [[0, 1, 1]]
 
 
 def test_segment_all_moves_a_kept_pose_run_sideways_before_the_votes(run, monkeypatch):
@@ -393,3 +441,108 @@ def test_refinement_takes_images_of_any_channel_count(run):
     probs = [refined_probability(network, im, m.fov) for im, m in zip(images, maps, strict=True)]
     assert all(p.shape == (48, 48) for p in probs)
     np.testing.assert_allclose(probs[1], probs[2], atol=1e-6)
+
+
+def test_segment_refuses_a_negative_refinement_and_checks_every_run_first(tmp_path, run):
+    """A negative --refine-steps used to write "refined" masks of a network that never
+    trained; an ensemble's mistyped last run failed only after the others had segmented."""
+    from localdisc.errors import CheckpointError
+    from localdisc.tasks.shape_guided import segment_images
+
+    Image.fromarray((synthetic_fundus(32, seed=0).image * 255).astype("uint8")).save(
+        tmp_path / "eye.png"
+    )
+    out = tmp_path / "masks"
+    with pytest.raises(LocaldiscError, match="--refine-steps must be 0"):
+        segment_images(run, [tmp_path / "eye.png"], out, refine_steps=-3, log=lambda m: None)
+    for later in (tmp_path / "no-run", run / "no-such.safetensors"):
+        with pytest.raises(CheckpointError, match="no config.json|no no-such.safetensors"):
+            segment_images([run, later], [tmp_path / "eye.png"], out, topology=False,
+                           device="cpu", log=lambda m: None)  # fmt: skip
+    assert not out.exists()  # refused before anything was written
+
+
+def test_segment_says_when_a_run_has_no_shape_prior(tmp_path, run):
+    from localdisc.tasks.shape_guided import segment_images
+
+    Image.fromarray((synthetic_fundus(32, seed=0).image * 255).astype("uint8")).save(
+        tmp_path / "eye.png"
+    )
+    plain = tmp_path / "plain"  # the shape-guided run's weights, its config without the prior
+    plain.mkdir()
+    config = json.loads((run / "config.json").read_text())
+    config["pretrain"] = {**config["pretrain"], "prior": None}
+    (plain / "config.json").write_text(json.dumps(config))
+    (plain / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    for folder, warned in ((plain, True), (run, False)):
+        logs: list[str] = []
+        segment_images(folder, [tmp_path / "eye.png"], tmp_path / folder.name, device="cpu",
+                       log=logs.append)  # fmt: skip
+        assert any("without a shape prior" in line for line in logs) == warned, logs
+
+
+def test_ensemble_uncertainty_is_zero_outside_the_fov(tmp_path, monkeypatch):
+    """An ensemble of kept-pose fundus runs (an optic disc prior) gave its mean maps the prior's
+    votes outside the FOV too, so its uncertainty was not 0 there as one run's is."""
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.data.pool import synthetic_pool
+    from localdisc.data.preprocess import fov_from_image
+    from localdisc.tasks.shape_guided import segment_images
+
+    disc = tmp_path / "disc"
+    config = tiny_pretrain_config(prior="simulated:optic_disc", prior_pose="kept", prior_count=4)
+    pretrain(config, disc, pool=synthetic_pool(4, "fundus", 48), log=lambda m: None)
+    image = synthetic_fundus(48, seed=2).image
+    Image.fromarray((image * 255).astype("uint8")).save(tmp_path / "eye.png")
+    fov = fov_from_image(np.asarray(Image.open(tmp_path / "eye.png")) / 255.0)
+    assert 0.3 < fov.mean() < 0.95
+    # LD's maps: unsure everywhere inside the FOV, 0 outside it (as segment() gives them).
+    prob = np.where(fov, 0.4, 0.0).astype(np.float32)
+    monkeypatch.setattr(shape_guided, "segment", lambda *a, **k: ShapeGuidedMaps(prob, prob, fov))
+    for runs, out in (([disc], tmp_path / "one"), ([disc, disc], tmp_path / "two")):
+        segment_images(runs, [tmp_path / "eye.png"], out, device="cpu", log=lambda m: None)
+        uncertainty = np.asarray(Image.open(out / "eye_uncertainty.png"))
+        assert not uncertainty[~fov].any(), out.name
+        assert uncertainty[fov].mean() > 50
+
+
+def test_a_stopped_ensemble_goes_on_from_the_run_it_stopped_in(tmp_path, monkeypatch, run):
+    """Each run of an ensemble (with its refinement) used to segment every image again on every
+    call; a finished run's outputs are kept while its run, images and settings are the same."""
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.tasks.shape_guided import segment_images
+
+    def save_eye(seed):
+        image = (synthetic_fundus(32, seed=seed).image * 255).astype("uint8")
+        Image.fromarray(image).save(tmp_path / "eye.png")
+
+    save_eye(0)
+    real, segmented = shape_guided._segment_run, []
+
+    def spy(run_dir, files, out_dir, *args):
+        segmented.append(out_dir.name)
+        if out_dir.name == "run-1" and len(segmented) == 2:
+            raise KeyboardInterrupt  # stopped in the second run
+        return real(run_dir, files, out_dir, *args)
+
+    monkeypatch.setattr(shape_guided, "_segment_run", spy)
+    out = tmp_path / "ensemble"
+
+    def ensemble(**kw):
+        return segment_images([run, run], [tmp_path / "eye.png"], out, device="cpu",
+                              log=lambda m: None, **kw)  # fmt: skip
+
+    with pytest.raises(KeyboardInterrupt):
+        ensemble()
+    assert (out / "run-0" / "segment.json").is_file()
+    assert not (out / "run-1" / "segment.json").exists()
+    ensemble()
+    assert segmented == ["run-0", "run-1", "run-1"]  # run-0 kept, run-1 done
+    assert (out / "eye_A_mask.png").is_file()
+    ensemble()
+    assert segmented[3:] == []  # both kept
+    ensemble(size=32)
+    assert segmented[3:] == ["run-0", "run-1"]  # another working size
+    save_eye(1)  # the image changed
+    ensemble(size=32)
+    assert segmented[5:] == ["run-0", "run-1"]

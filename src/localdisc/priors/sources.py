@@ -253,20 +253,32 @@ def load_prior(spec: str, size: int, *, count: int = 200, seed: int = 0) -> torc
     return torch.from_numpy(np.stack(kept)[:, None])
 
 
+def prior_masks(spec: str, size: int, *, count: int = 200, seed: int = 0) -> np.ndarray:
+    """A prior's masks (:func:`load_prior` with ``count`` and ``seed``) as ``bool``
+    ``N x size x size`` (200 at 512 px: 52 MB). Cached and read-only, since every image of a run
+    (and every run of one prior bank) shares them.
+
+    ``count`` and ``seed`` must be the ones the run was trained with: they pick a simulated
+    prior's masks. For other specs they change nothing, so they do not split the cache.
+    """
+    if _parse(spec).kind != "simulated":
+        count, seed = 200, 0
+    return _prior_masks(spec, size, count, seed)
+
+
 @lru_cache(maxsize=4)
-def prior_masks(spec: str, size: int) -> np.ndarray:
-    """A prior's masks (:func:`load_prior` with its defaults) as ``bool`` ``N x size x size``
-    (200 at 512 px: 52 MB). Cached and read-only, since every run and image of one prior shares
-    them."""
-    masks = load_prior(spec, size)[:, 0].numpy()
+def _prior_masks(spec: str, size: int, count: int, seed: int) -> np.ndarray:
+    # Keyed on every argument of load_prior: two runs of one simulator with other counts or
+    # seeds were trained against other masks.
+    masks = load_prior(spec, size, count=count, seed=seed)[:, 0].numpy()
     masks.setflags(write=False)
     return masks
 
 
-def prior_frequency(spec: str, size: int) -> np.ndarray:
+def prior_frequency(spec: str, size: int, *, count: int = 200, seed: int = 0) -> np.ndarray:
     """How often each pixel is foreground in a prior's masks (:func:`prior_masks`): ``float32``
     ``size x size`` in [0, 1]."""
-    return prior_masks(spec, size).mean(0, dtype=np.float32)
+    return prior_masks(spec, size, count=count, seed=seed).mean(0, dtype=np.float32)
 
 
 def describe_prior(spec: str) -> str:

@@ -64,13 +64,15 @@ def measure_topology(masks: torch.Tensor | np.ndarray) -> PriorTopology:
 def enforce_topology(
     prob: np.ndarray, topology: PriorTopology, threshold: float = 0.5
 ) -> np.ndarray:
-    """``prob`` (H x W in [0, 1]) with its mask (``> threshold``) made to obey ``topology``.
+    """``prob`` (H x W in [0, 1]) with its mask (``>= threshold``) made to obey ``topology``.
 
     Pieces beyond the ``topology.components`` largest go to 0, holes (unless the prior has them)
     to 1; every other pixel keeps its value, so the ranking inside the kept pieces stays the
     network's.
     """
-    mask = prob > threshold
+    # At or above, as the written masks (predict.mask_png) and the metrics count foreground: a
+    # piece exactly at 0.5 (two runs' mean where one says 1 and the other 0) is in the mask.
+    mask = prob >= threshold
     labels, n = ndimage.label(mask)
     out = np.array(prob, dtype=np.float32, copy=True)
     if n > topology.components:

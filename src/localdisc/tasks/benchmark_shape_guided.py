@@ -231,6 +231,12 @@ def run_shape_benchmark(
         raise LocaldiscError(
             f"--speck-area is a share of the FOV in [0, 1), not {config.speck_area}"
         )
+    # A negative count used to give rows of networks that never trained; no seed, no LD rows.
+    for option, value, least in (("--refine-steps", config.refine_steps, 0),
+                                 ("--student-steps", config.student_steps, 0),
+                                 ("--seeds", config.seeds, 1)):  # fmt: skip
+        if value < least:
+            raise LocaldiscError(f"{option} must be at least {least}, not {value}")
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -373,8 +379,9 @@ def _run_task(
             }  # fmt: skip
             run_dir = pretrain_preset(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
             topology = topologies[label]
-            outputs = _cached(run_dir / "eval", refinement(topology), _ld_rows, run_dir, samples,
-                              target, config, topology, log)  # fmt: skip
+            key = {**refinement(topology), **_prior_bank_key(run_dir)}
+            outputs = _cached(run_dir / "eval", key, _ld_rows, run_dir, samples, target, config,
+                              topology, log)  # fmt: skip
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
             ensembles.setdefault(label, []).append(run_dir)
@@ -382,6 +389,11 @@ def _run_task(
         for label, run_dirs in ensembles.items():
             topology = topologies[label]
             settings = {**refinement(topology), "seeds": config.seeds}
+            banks = [_prior_bank_key(d) for d in run_dirs]
+            if any(banks):  # the seeds' maps, which it averages, are the banks' too
+                settings["prior_banks"] = banks
+            if topology is not None:  # mean maps exactly at 0.5 (2 seeds) are in the mask
+                settings["topology_mask"] = ">= 0.5"
             outputs = _cached(task_dir / f"ld-{label}" / "ensemble", settings, _ensemble_rows,
                               run_dirs, samples, target, config, topology)  # fmt: skip
             for output, per_image in outputs.items():
@@ -435,6 +447,21 @@ def _device(device: str) -> str:
 
 def _slug(method: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in method).strip("_")
+
+
+def _prior_bank_key(run_dir: Path) -> dict[str, Any]:
+    """What a run's pseudo-labels depend on beyond :func:`_run_task`'s ``refinement`` key: the
+    masks a kept-pose simulated prior votes with (:func:`~localdisc.tasks.shape_guided.
+    run_prior_bank`), when they are not the 200 from seed 0 that every run voted with before
+    segmentation took the run's own ({} then: evaluations cached before stay valid)."""
+    from localdisc.tasks.shape_guided import run_prior_bank
+
+    config = json.loads((run_dir / "config.json").read_text()).get("pretrain") or {}
+    simulated = str(config.get("prior") or "").lower().startswith("simulated:")
+    if config.get("prior_pose") != "kept" or not simulated:
+        return {}
+    bank = run_prior_bank(run_dir)
+    return {} if bank == {"count": 200, "seed": 0} else {"prior_bank": bank}
 
 
 def _eval_settings(config: ShapeBenchmarkConfig, *fields: str) -> dict[str, Any]:
@@ -649,7 +676,8 @@ def _student_size(eval_size: int) -> int:
 
 
 def calibrate(score: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """A monotone map of ``score`` to [0, 1] with ``mask`` exactly where it is > 0.5."""
+    """A monotone map of ``score`` to [0, 1] with ``mask`` exactly where it is >= 0.5 (at least
+    0.501, the rest at most 0.499)."""
     inside, outside = score[mask], score[~mask]
     t_low = float(outside.max()) if outside.size else 0.0
     t_high = float(inside.min()) if inside.size else 1.0

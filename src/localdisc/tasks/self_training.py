@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from localdisc.data.preprocess import resize_image, resize_mask
+from localdisc.data.preprocess import resize_image, resize_mask, to_modality_channels
 from localdisc.data.synthetic import paint_vessels
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.distributed import resolve_device
@@ -210,7 +210,8 @@ def student_training_set(
             score, fov, fraction, sure=config.sure, unsure=config.unsure,
             erode_fov=config.erode_fov, speck_area=config.speck_area,
         )  # fmt: skip
-        image = resize_image(image, config.size)
+        # RGB, as the network takes it: a grey (red-free) photograph used to crash the stack.
+        image = resize_image(to_modality_channels(image, "fundus"), config.size)
         fov = resize_mask(fov, config.size)
         label, weight = (resize_mask(m > 0.5, config.size) for m in (label, weight))
         x.append(image)
@@ -228,8 +229,10 @@ def student_probability(
     model: Segmenter, image: np.ndarray, fov: np.ndarray, *, flips: bool = True
 ) -> np.ndarray:
     """The student's vessel probability at the image's own size, 0 outside ``fov``; with
-    ``flips`` the mean over the image as it is and flipped along each axis and both."""
-    x = torch.from_numpy(resize_image(image, model.config.size)).permute(2, 0, 1)[None]
+    ``flips`` the mean over the image as it is and flipped along each axis and both. A grey
+    image is repeated to RGB, as :func:`student_training_set` takes it."""
+    image = resize_image(to_modality_channels(image, "fundus"), model.config.size)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
     dims = [(), (2,), (3,), (2, 3)] if flips else [()]
     prob = sum(predict_batch(model, x.flip(d), 1).flip(d) for d in dims) / len(dims)
     prob = F.interpolate(prob, size=fov.shape, mode="bilinear", align_corners=False)

@@ -18,6 +18,7 @@ pieces, no holes: :mod:`localdisc.priors.topology`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,12 +37,13 @@ from localdisc.data.preprocess import (
     to_modality_channels,
 )
 from localdisc.engine.batch_norm import recalibrate_batch_norm
+from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, predict_batch
 from localdisc.engine.pseudo_label import fit_pseudo_labels
-from localdisc.errors import LocaldiscError
+from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.losses.region import region_embeddings
-from localdisc.models.ld import LDModel, split_weights_path
+from localdisc.models.ld import LDConfig, LDModel, split_weights_path
 from localdisc.models.segmenter import Segmenter
 from localdisc.priors.atlas import (
     fuse_atlases,
@@ -69,13 +71,15 @@ class ShapeGuidedMaps:
     # P(inside | grey level) with that prior as the mixing weight (:func:`atlas_votes`).
     intensity: np.ndarray | None = None
 
+    # At or above 0.5, as the masks written to disk (:func:`mask_png`) and every metric
+    # (:mod:`localdisc.eval.metrics`) count it.
     @property
     def mask_a(self) -> np.ndarray:
-        return self.prob_a > 0.5
+        return self.prob_a >= 0.5
 
     @property
     def mask_b(self) -> np.ndarray:
-        return self.prob_b > 0.5
+        return self.prob_b >= 0.5
 
     def pseudo_label(self) -> tuple[np.ndarray, np.ndarray]:
         """``(label, weight)`` for refinement: the mean of A and B thresholded at 0.5, weighted by
@@ -205,8 +209,6 @@ def atlas_votes(
 def _pretrain_settings(run_dir: str | Path) -> dict[str, Any]:
     """The ``pretrain`` section of a run's ``config.json`` ({} when it has none); ``run_dir``
     may also name one of the run's weight files, as :meth:`LDModel.from_pretrained` takes it."""
-    import json
-
     folder, _ = split_weights_path(run_dir)
     return json.loads((folder / "config.json").read_text()).get("pretrain") or {}
 
@@ -233,16 +235,29 @@ def run_topology(run_dir: str | Path, log: Callable[[str], None] = print) -> Pri
     return topology if topology.solid else None
 
 
+def run_prior_bank(run_dir: str | Path) -> dict[str, int]:
+    """``count`` and ``seed`` of :func:`~localdisc.priors.load_prior` as the run trained its
+    prior with them (``PretrainConfig.prior_count`` and ``seed``; their defaults where the
+    run's ``config.json`` lacks them): they pick a simulated prior's masks."""
+    from localdisc.engine.pretrain import PretrainConfig
+
+    config = _pretrain_settings(run_dir)
+    return {
+        "count": config.get("prior_count", PretrainConfig.prior_count),
+        "seed": config.get("seed", PretrainConfig.seed),
+    }
+
+
 def run_prior_masks(run_dir: str | Path, log: Callable[[str], None] = print) -> np.ndarray | None:
-    """A run's prior masks (``bool`` N x S x S at the run's size: :func:`prior_masks`) when
-    the prior keeps its pose (``prior_pose="kept"``: it says where the structure lies), else
-    None (no prior, a prior free of pose, or one that cannot be read any more: said in
-    ``log``)."""
+    """A run's prior masks (``bool`` N x S x S at the run's size: :func:`prior_masks`, the bank
+    it was trained against: :func:`run_prior_bank`) when the prior keeps its pose
+    (``prior_pose="kept"``: it says where the structure lies), else None (no prior, a prior
+    free of pose, or one that cannot be read any more: said in ``log``)."""
     config = _pretrain_settings(run_dir)
     if not config.get("prior") or config.get("prior_pose") != "kept":
         return None
     try:
-        return prior_masks(config["prior"], run_size(run_dir) or 512)
+        return prior_masks(config["prior"], run_size(run_dir) or 512, **run_prior_bank(run_dir))
     except LocaldiscError as exc:
         log(f"prior masks not used in the pseudo-labels: {exc}")
         return None
@@ -272,12 +287,22 @@ def segment_images(
 
     Several runs (e.g. the seeds of one recipe) segment as an ensemble: each run's outputs go to
     ``OUT/run-0``, ``OUT/run-1``, ... as they come, and their mean probability maps (held to the
-    topology after averaging) to ``OUT``.
+    topology after averaging) to ``OUT``. Run again into ``OUT`` with the same runs, images and
+    settings, a run that got to its end there (``OUT/run-K/segment.json``, written last, marks
+    it) is kept as it is: a stopped ensemble goes on from the run it stopped in.
     """
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
         raise LocaldiscError("segment_images needs at least one run")
     check_size(size, "--size")
+    if isinstance(refine_steps, bool) or int(refine_steps) != refine_steps or refine_steps < 0:
+        # A negative count used to write "refined" masks of a network that never trained.
+        raise LocaldiscError(f"--refine-steps must be 0 (no refinement) or more, not "
+                             f"{refine_steps!r}")  # fmt: skip
+    # Every run is read before the first is used: an ensemble's mistyped last run used to fail
+    # only after the others had segmented (and refined) every image.
+    for run in runs:
+        _check_run(run, log)
     out_dir = Path(out_dir)
     # Listed once, before anything is written: each run of an ensemble writes into OUT/run-K,
     # which a later listing of an image folder holding OUT would take for more images.
@@ -291,10 +316,19 @@ def segment_images(
         raise LocaldiscError(f"the runs' priors have different topologies ({found})")
     prior_shape = next(iter(shapes.values()))
     atlases = run_prior_masks(runs[0], log)
+    modality = LDConfig.from_run(runs[0]).modality
     parts = [out_dir / f"run-{i}" for i in range(len(runs))]
     for run, part in zip(runs, parts, strict=True):
+        # Each run's outputs, its refinement's above all, take long: a finished one is kept.
+        marker, settings = part / "segment.json", _part_settings(run, files, size, refine_steps)
+        if marker.is_file() and json.loads(marker.read_text()) == settings:
+            log(f"{part} holds {run}'s outputs of these images: kept as they are (deleting "
+                "it segments again)")  # fmt: skip
+            continue
+        marker.unlink(missing_ok=True)
         log(f"segmenting with {run} -> {part}")
         _segment_run(run, files, part, size, refine_steps, False, device, log)
+        atomic_write_text(marker, json.dumps(settings, indent=1))
     if prior_shape is not None:
         log(f"prior topology applied to the mean A and refined: {prior_shape.components} piece(s)")
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
@@ -307,14 +341,49 @@ def segment_images(
             write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
             written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob)))
         # The uncertainty of the mean maps as they come, as for one run.
-        fov = np.ones(mean["A"].shape, bool)
-        if atlases is None:  # no votes of a prior: the image is not needed
+        if atlases is None:  # no votes of a prior: the image is not needed (A, B: 0 off FOV)
+            fov = np.ones(mean["A"].shape, bool)
             maps = ShapeGuidedMaps(mean["A"], mean["B"], fov)
-        else:
-            maps = atlas_votes(read_image(path)[0], mean["A"], mean["B"], fov, atlases)
+        else:  # the prior's votes inside the FOV only, as each run's (they were not, off it)
+            image = read_image(path)[0]
+            fov = _fov(image, None, modality)
+            maps = atlas_votes(image, mean["A"], mean["B"], fov, atlases)
         _, weight = maps.pseudo_label()
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     return written
+
+
+def _part_settings(
+    run_dir: str | Path, files: Sequence[tuple[str, Path]], size: int | None, refine_steps: int
+) -> dict[str, Any]:
+    """What one run's outputs in an ensemble depend on (JSON as written): the run's weights and
+    config, the images (each by path, size and time of change) and the settings."""
+
+    def stamp(path: Path) -> list[Any]:
+        info = path.stat()
+        return [str(path.resolve()), info.st_size, info.st_mtime_ns]
+
+    folder, weights = split_weights_path(run_dir)
+    return {
+        "run": stamp(folder / weights), "config": stamp(folder / "config.json"),
+        "images": [[name, *stamp(Path(path))] for name, path in files], "size": size,
+        "refine_steps": refine_steps,
+    }  # fmt: skip
+
+
+def _check_run(run_dir: str | Path, log: Callable[[str], None]) -> None:
+    """Raise :class:`~localdisc.errors.CheckpointError` when ``run_dir`` is no LD run with its
+    weights; say in ``log`` when it was trained without a shape prior (cluster 0, output A, then
+    marks nothing in particular)."""
+    folder, weights = split_weights_path(run_dir)
+    LDConfig.from_run(folder)  # names a folder that is no run
+    if not (folder / weights).is_file():
+        raise CheckpointError(f"{folder}: no {weights} in this run (has it finished training?)")
+    if not _pretrain_settings(run_dir).get("prior"):
+        log(
+            f"warning: {folder} was trained without a shape prior (`localdisc shape-guided "
+            "train`): its cluster 0, output A, is not guided to any structure"
+        )
 
 
 #: What :func:`segment_images` appends to an image's name.
@@ -460,8 +529,6 @@ def _refine_network(
     """The segmenter that :func:`refine` trains: the encoder of ``run_dir`` (a run folder, or one
     of its weight files, whose encoder is then the one taken), at ``size`` rounded up to
     :func:`refine_size` (said in ``log``)."""
-    from localdisc.models.ld import LDConfig
-
     folder, weights = split_weights_path(run_dir)
     depth = LDConfig.from_run(folder).depth
     side = refine_size(size, depth)
