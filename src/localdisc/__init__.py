@@ -19,10 +19,12 @@ The Python API in one namespace (README, "Python"); the command line is ``locald
 - :class:`LocaldiscError`, the base of the errors raised for bad input.
 
 Conventions: images are numpy ``float32`` ``H x W x C`` (or ``H x W``) in [0, 1], as
-:func:`read_image` returns them; masks ``bool`` ``H x W``; points ``(x, y)`` in pixels. Functions
-take run and model folders as ``str`` or ``Path``; the configs' fields (``PretrainConfig.data``,
-``TransferConfig.init``, ...) as ``str``. :meth:`LDModel.embed` and :meth:`LDModel.cluster` return
-torch tensors ``[D, H, W]`` and ``[K, H, W]``; the other functions above numpy arrays.
+:func:`read_image` returns them (in memory also ``uint8``/``uint16`` arrays and ``[C, H, W]``
+tensors: :func:`localdisc.data.preprocess.as_raw_image`); masks ``bool`` ``H x W``; points
+``(x, y)`` in pixels. Run and model folders, and the configs' path fields
+(``PretrainConfig.data``, ``TransferConfig.init``, ...), are ``str`` or ``Path``.
+:meth:`LDModel.embed` and :meth:`LDModel.cluster` return torch tensors ``[D, H, W]`` and
+``[K, H, W]``; the other functions above numpy arrays.
 """
 
 from typing import TYPE_CHECKING

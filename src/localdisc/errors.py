@@ -22,5 +22,10 @@ class DatasetError(LocaldiscError, ValueError):
     """A data set folder is incomplete or inconsistent (missing mask, unknown layout, ...)."""
 
 
+class InputError(LocaldiscError, ValueError):
+    """An argument of the Python API is not one the function takes: an image's shape, type or
+    range, a config value, a metric's array. A ``ValueError`` too, as it was before."""
+
+
 class CheckpointError(LocaldiscError):
     """A run directory or checkpoint is missing, corrupt or incompatible."""

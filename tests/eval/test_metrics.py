@@ -279,6 +279,27 @@ def test_segmentation_metrics_validation():
         segmentation_metrics(prob, target * 0.5)
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p, t, f: segmentation_metrics(p[:, :5], t),
+        lambda p, t, f: vessel_metrics(p * 2, t, f),
+        lambda p, t, f: dice_score(p, t * 0.5),
+        lambda p, t, f: segmentation_metrics(p, t, np.zeros_like(f)),
+        lambda p, t, f: dice_score(p, t, threshold=float("nan")),
+        lambda p, t, f: cldice(t.ravel(), t.ravel()),
+    ],
+)
+def test_bad_input_is_a_localdisc_error_that_is_still_a_value_error(call):
+    # A plain ValueError: the CLI printed a traceback, and `except LocaldiscError` missed it.
+    from localdisc.errors import InputError, LocaldiscError
+
+    prob, target, fov = _vessel_example()
+    with pytest.raises(InputError) as caught:
+        call(prob, target, fov)
+    assert isinstance(caught.value, LocaldiscError) and isinstance(caught.value, ValueError)
+
+
 # ----------------------------------------------------------------------------------- summarize
 
 

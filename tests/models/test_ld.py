@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from localdisc.errors import CheckpointError
+from localdisc.errors import CheckpointError, InputError, LocaldiscError
 from localdisc.models.ld import LDConfig, LDModel
 from localdisc.models.vgg_unet import VGGEncoder, VGGUNet
 
@@ -114,3 +114,81 @@ def test_circular_padding_removes_the_image_border():
         v, v_shifted = model(x)[0], model(shifted)[0]
         error[padding] = (torch.roll(v, (16, 16), (2, 3)) - v_shifted).abs().mean().item()
     assert error["circular"] < 0.02 * error["zeros"]
+
+
+def tiny_model(**kwargs: object) -> LDModel:
+    torch.manual_seed(0)
+    return LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2, **kwargs)).eval()  # type: ignore[arg-type]
+
+
+def test_integer_images_are_scaled_as_read_image_scales_their_files(tmp_path):
+    # np.asarray(PIL.Image.open(...)) is uint8: it was embedded as 0-255 floats, 255 times too
+    # bright, without a word.
+    from PIL import Image
+
+    from localdisc.data.io import read_image
+
+    model = tiny_model()
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    expected = model.embed(read_image(tmp_path / "a.png")[0])
+    torch.testing.assert_close(model.embed(np.asarray(Image.open(tmp_path / "a.png"))), expected)
+    torch.testing.assert_close(model.cluster(rgb), model.cluster(rgb / np.float32(255)))
+    grey16 = np.random.default_rng(1).integers(0, 65536, (20, 24), dtype=np.uint16)
+    torch.testing.assert_close(model.embed(grey16), model.embed(grey16 / np.float32(65535)))
+
+
+@pytest.mark.parametrize(
+    "image,message",
+    [
+        (np.full((20, 24, 3), 200.0, np.float32), r"values in \[200, 200\].*/ 255"),
+        (np.full((20, 24), -3.0), r"values in \[-3, -3\], not intensities in \[0, 1\]"),
+        (np.full((20, 24), np.nan, np.float32), "NaN"),
+        (np.zeros((20, 24), np.int32), "int32, whose full scale is unknown"),
+    ],
+)
+def test_images_outside_0_1_and_integers_of_unknown_scale_are_refused(image, message):
+    with pytest.raises(InputError, match=message) as caught:
+        tiny_model().embed(image)
+    assert isinstance(caught.value, LocaldiscError) and isinstance(caught.value, ValueError)
+
+
+def test_one_layout_rule_for_arrays_and_tensors_and_batches_are_sent_to_forward():
+    from localdisc.data.preprocess import as_raw_image
+
+    rng = np.random.default_rng(0)
+    hwc = rng.random((20, 24, 3), dtype=np.float32)
+    chw = torch.from_numpy(hwc).permute(2, 0, 1)
+    for same in (chw, torch.from_numpy(hwc), np.ascontiguousarray(hwc.transpose(2, 0, 1))):
+        np.testing.assert_array_equal(as_raw_image(same), hwc)
+    grey = hwc[..., :1]
+    for same in (
+        grey[..., 0],
+        torch.from_numpy(grey[..., 0]),
+        torch.from_numpy(grey[..., 0])[None],
+    ):
+        np.testing.assert_array_equal(as_raw_image(same), grey)
+    rgba = np.concatenate([hwc, np.ones_like(grey)], axis=2)
+    np.testing.assert_array_equal(as_raw_image(rgba), hwc)  # alpha dropped
+    model = tiny_model()
+    torch.testing.assert_close(model.embed(chw), model.embed(hwc))
+    # A batch gave "permute(sparse_coo): number of dimensions ... does not match".
+    with pytest.raises(InputError, match=r"1 x 3 x 20 x 24, a batch.*model\(normalize\(x"):
+        model.embed(chw[None])
+    with pytest.raises(InputError, match="which axis holds the channels"):
+        as_raw_image(np.zeros((20, 24, 7), np.float32))
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("modality", "ct", "modality must be one of fundus, xray, not 'ct'"),
+        ("padding", "mirror", "padding must be one of zeros, circular"),  # failed at forward
+        ("depth", 6, "depth must be 2 to 5, not 6"),
+        ("dim", 0, "dim must be a positive integer"),
+    ],
+)
+def test_a_bad_architecture_is_a_localdisc_error_that_is_still_a_value_error(field, value, message):
+    with pytest.raises(InputError, match=message) as caught:
+        LDModel(**{field: value})
+    assert isinstance(caught.value, LocaldiscError) and isinstance(caught.value, ValueError)

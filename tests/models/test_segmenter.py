@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from localdisc.errors import CheckpointError
+from localdisc.errors import CheckpointError, InputError, LocaldiscError
 from localdisc.models import LDConfig, LDModel
 from localdisc.models.segmenter import Segmenter, SegmenterConfig
 
@@ -63,3 +63,58 @@ def test_predict_returns_probabilities_at_the_image_size():
     prob = model.predict(image)
     assert prob.shape == (45, 61) and prob.dtype == np.float32
     assert prob.min() >= 0 and prob.max() <= 1
+
+
+def test_predict_takes_images_as_the_ld_model_does():
+    # uint8 was read as 0-255 floats, and a [C, H, W] tensor as a 48-channel image.
+    torch.manual_seed(0)
+    model = Segmenter(modality="fundus", size=32, width=4, depth=2).eval()
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    expected = model.predict(rgb / np.float32(255))
+    np.testing.assert_allclose(model.predict(rgb), expected, atol=1e-6)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    np.testing.assert_allclose(model.predict(chw), expected, atol=1e-6)
+    np.testing.assert_allclose(model.predict_maps(chw)[1], expected, atol=1e-6)
+    with pytest.raises(InputError, match=r"a batch.*model\(normalize"):
+        model.predict(chw[None])
+    with pytest.raises(InputError, match="/ 255"):
+        model.predict(rgb.astype(np.float32))
+
+
+def test_from_ld_run_takes_a_weight_file_of_the_run(tmp_path):
+    # "no config.json", though LDModel.from_pretrained and similarity take RUN/stage1.safetensors.
+    from localdisc.engine.checkpoint import atomic_save_safetensors
+
+    torch.manual_seed(0)
+    LDModel(LDConfig(width=4, depth=2)).save(tmp_path)
+    stage1 = LDModel(LDConfig(width=4, depth=2))  # other weights, as at the end of stage 1
+    atomic_save_safetensors(stage1.state_dict(), tmp_path / "stage1.safetensors")
+    model = Segmenter.from_ld_run(tmp_path / "stage1.safetensors", size=32)
+    for key, value in stage1.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+    final = Segmenter.from_ld_run(str(tmp_path / "encoder.safetensors"), size=32)
+    assert any(not torch.equal(final.encoder.state_dict()[k], v)
+               for k, v in stage1.encoder.state_dict().items())  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(modality="ct"), "modality must be one of fundus, xray"),
+        (dict(size=50), "size must be a positive multiple of 16"),  # failed deep in the decoder
+        (dict(padding="mirror"), "padding must be one of"),
+    ],
+)
+def test_a_bad_config_is_a_localdisc_error_that_is_still_a_value_error(kwargs, message):
+    with pytest.raises(InputError, match=message) as caught:
+        Segmenter(**kwargs)
+    assert isinstance(caught.value, LocaldiscError) and isinstance(caught.value, ValueError)
+
+
+def test_a_config_that_cannot_be_saved_leaves_no_weights_behind(tmp_path):
+    # The weights were written first: a Path in the extra config ("not JSON serializable") left
+    # a folder of weights without config.json, which nothing could load.
+    model = Segmenter(modality="fundus", size=32, width=4, depth=2)
+    with pytest.raises(InputError, match="not JSON"):
+        model.save(tmp_path / "m", {"transfer": {"init": tmp_path}})
+    assert not (tmp_path / "m" / "model.safetensors").exists()

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from helpers import sphere_field
+from localdisc.data.preprocess import resize_image
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.localize import Localizer, SearchConfig, ncc_localize, read_landmarks
-from localdisc.tasks.similarity import LoadedModel, PatchKernel
+from localdisc.tasks.similarity import LoadedModel, PatchKernel, to_resized
 
 
 class Identity(torch.nn.Module):
@@ -59,6 +60,44 @@ def test_template_matching_baseline_finds_the_pattern():
     corner = planted(0, (8, 88))
     edge = ncc_localize(corner, {"mark": (8, 88)}, planted(2, (50, 50)), patch=40)["mark"]
     assert (edge.x, edge.y) == (50, 50)
+
+
+def smooth_scene(seed: int = 0, size: int = 192) -> np.ndarray:
+    """Grey smooth noise: every patch differs, so template matching has one right answer."""
+    from scipy import ndimage
+
+    scene = ndimage.gaussian_filter(np.random.default_rng(seed).random((size, size)), 3)
+    scene = (scene - scene.min()) / np.ptp(scene)
+    return np.repeat(scene[..., None], 3, -1).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(64, 128), (128, 64), (48, 96)])
+def test_template_matching_scales_each_axis_to_the_image(shape):
+    # The template was scaled by the widths' ratio on both axes: on the same scene resized to
+    # another aspect ratio the patch's rows had the wrong scale and the matches were 5 to 30
+    # pixels off along both axes.
+    scene = smooth_scene()
+    template, image = resize_image(scene, (96, 96)), resize_image(scene, shape)
+    landmarks = {"a": (30.0, 40.0), "b": (70.0, 20.0), "c": (50.0, 80.0)}
+    found = ncc_localize(template, landmarks, image, patch=24)
+    scale = (shape[1] / 96, shape[0] / 96)
+    for name, point in landmarks.items():
+        tx, ty = to_resized(point, scale)
+        p = found[name]
+        assert abs(p.x - tx) <= 1 and abs(p.y - ty) <= 1, (name, p, (tx, ty))
+        assert p.confidence > 0.99
+
+
+def test_template_matching_takes_a_patch_taller_than_the_image():
+    # A 40 px patch of a square template in a 20 px high image: "Image must be larger than
+    # template" (ValueError) from skimage.
+    scene = smooth_scene()
+    template, image = resize_image(scene, (96, 96)), resize_image(scene, (20, 96))
+    found = ncc_localize(template, {"a": (48.0, 48.0)}, image, patch=40)["a"]
+    tx, ty = to_resized((48.0, 48.0), (1.0, 20 / 96))
+    assert abs(found.x - tx) <= 1 and abs(found.y - ty) <= 1
+    with pytest.raises(LocaldiscError, match=r"landmark a \(96.0, 5.0\) is outside the 96 x 96"):
+        ncc_localize(template, {"a": (96.0, 5.0)}, image, patch=40)
 
 
 def test_landmark_files_and_points_are_checked(tmp_path):
@@ -177,3 +216,40 @@ def test_landmarks_near_the_far_edge_of_non_square_images_map_back_to_their_pixe
     pixel = 203 / 64  # a working pixel in template pixels: the search's resolution
     assert np.abs(errors).max() < pixel, errors
     assert np.abs(errors.mean(0)).max() < 1, errors.mean(0)
+
+
+def test_predictions_stay_inside_an_image_smaller_than_the_working_size():
+    # Worked on at 64 px, a 40 px image's corner pixel mapped back to (-0.19, -0.19).
+    loaded = LoadedModel(Identity(), PatchKernel(6), 96)  # type: ignore[arg-type]
+    image = planted(0, (6, 6), size=40)
+    for corner in ((0, 0), (39, 0), (0, 39), (39, 39)):
+        localizer = Localizer(loaded, image, {"m": corner}, SearchConfig(size=64, stride=2))
+        found = localizer(image)["m"]
+        assert 0 <= found.x <= 39 and 0 <= found.y <= 39, (corner, found)
+        assert abs(found.x - corner[0]) <= 1 and abs(found.y - corner[1]) <= 1, (corner, found)
+
+
+def test_an_ld_model_or_a_run_on_a_device_is_taken(tmp_path, monkeypatch):
+    # "expected str, bytes or os.PathLike object, not LDModel"; and no device for a run's path.
+    import localdisc.tasks.similarity as similarity_module
+    from localdisc.models import LDConfig, LDModel
+
+    torch.manual_seed(0)
+    LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)).save(tmp_path / "run")
+    model = LDModel.from_pretrained(tmp_path / "run")
+    image = np.random.default_rng(0).random((24, 24, 3), dtype=np.float32)
+    config = SearchConfig(size=32)
+    by_model = Localizer(model, image, {"a": (5, 7)}, config)
+    assert by_model.loaded.model is model
+    devices = []
+    real = similarity_module.load_model
+
+    def spy(run_dir, *, device="cpu"):
+        devices.append(device)
+        return real(run_dir, device="cpu")  # the test machine may have no GPU
+
+    monkeypatch.setattr(similarity_module, "load_model", spy)
+    by_path = Localizer(tmp_path / "run", image, {"a": (5, 7)}, config, device="cuda:1")
+    assert devices == ["cuda:1"]
+    uint8 = (image * 255).round().astype(np.uint8)  # scaled as a float image, not 255 x brighter
+    assert by_model(uint8) == by_path(uint8 / np.float32(255))

@@ -114,3 +114,12 @@ def test_an_output_folder_that_is_the_images_folder_hides_every_output(tmp_path)
     assert [name for name, _ in found] == ["a", "sub_b"]
     # Only the output folder's own: the same folder read for another --out keeps them all.
     assert len(collect_images([tmp_path], out_dir=tmp_path / "elsewhere")) == 6
+
+
+def test_predict_images_returns_the_masks_and_the_probability_maps_lie_beside_them(tmp_path):
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    for name in ("b", "a"):
+        save(tmp_path / "in" / f"{name}.png", np.full((20, 24, 3), 120, np.uint8))
+    written = predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out", device="cpu")
+    assert written == [tmp_path / "out" / "a_mask.png", tmp_path / "out" / "b_mask.png"]
+    assert all(path.with_name(path.name.replace("_mask", "_prob")).is_file() for path in written)

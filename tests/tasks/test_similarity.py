@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from helpers import sphere_field
-from localdisc.errors import LocaldiscError
+from localdisc.errors import InputError, LocaldiscError
 from localdisc.models import LDConfig, LDModel
 from localdisc.tasks.similarity import (
     LoadedModel,
@@ -147,3 +147,81 @@ def test_points_near_the_far_edge_of_a_non_square_image_find_themselves():
     half = 203 / 64 / 2  # half a working pixel, in the image's pixels
     for (x, y), (bx, by) in zip(points, result.best[0], strict=True):
         assert abs(bx - x) <= half and abs(by - y) <= half, ((x, y), (bx, by))
+
+
+def tiny_run(folder, pretrain: dict | None = None):
+    """A small LD run saved in ``folder`` (with ``pretrain`` settings in its config.json)."""
+    import json
+
+    torch.manual_seed(0)
+    LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)).save(folder)
+    if pretrain is not None:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "pretrain": pretrain}))
+    return folder
+
+
+def test_images_in_memory_follow_one_rule_uint8_scaled_and_tensors_channels_first(loaded):
+    # uint8 was taken as 0-255 floats, and a [C, H, W] tensor as an image 3 pixels high ("query
+    # point (3, 4) is outside the 40 x 3 image").
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    expected = similarity(loaded, rgb / np.float32(255), [(3, 4)]).query
+    assert np.array_equal(similarity(loaded, rgb, [(3, 4)]).query, expected)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    result = similarity(loaded, chw, [(3, 4)], [chw])
+    assert np.array_equal(result.query, expected) and np.array_equal(result.targets[0], expected)
+    with pytest.raises(InputError, match=r"target 1 holds values in \[0, 255\]"):
+        similarity(loaded, rgb, [(3, 4)], [rgb.astype(np.float32)])
+
+
+def test_one_point_may_be_given_alone(loaded):
+    # "cannot unpack non-iterable int object".
+    image = np.random.default_rng(0).random((20, 24, 3), dtype=np.float32)
+    one = similarity(loaded, image, (10, 12))
+    assert one.points == [(10.0, 12.0)] and one.query.shape == (1, 20, 24)
+    assert np.array_equal(one.query, similarity(loaded, image, [(10, 12)]).query)
+    assert similarity(loaded, image, np.array([[1, 2], [3, 4]])).points == [(1, 2), (3, 4)]
+    for bad in ([], [(1, 2, 3)], "1,2", [(1, float("nan"))]):
+        with pytest.raises(InputError, match="points must be"):
+            similarity(loaded, image, bad)
+
+
+def test_an_ld_model_is_taken_with_the_settings_of_its_run(tmp_path):
+    # "expected str, bytes or os.PathLike object, not LDModel".
+    from localdisc.tasks.similarity import load_model, resolve_model
+
+    run = tiny_run(tmp_path / "run", {"size": 48, "pool_size": 64, "center_sigma": 0.25})
+    model = LDModel.from_pretrained(run)
+    resolved, loaded = resolve_model(model), load_model(run)
+    assert resolved.model is model
+    assert (resolved.kernel, resolved.pool_size) == (loaded.kernel, loaded.pool_size)
+    assert resolved.kernel == PatchKernel(6, 0.25) and resolved.pool_size == 64
+    image = np.random.default_rng(0).random((20, 24, 3), dtype=np.float32)
+    by_model = similarity(model, image, [(3, 4)], level="patch").query
+    assert np.array_equal(by_model, similarity(run, image, [(3, 4)], level="patch").query)
+    # Built in memory, without a run: the settings of a default pre-training.
+    from localdisc.engine.pretrain import PretrainConfig
+
+    fresh = resolve_model(LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)))
+    assert fresh.kernel.side == PretrainConfig().size // 8 and fresh.run_dir is None
+    with pytest.raises(InputError, match="not int"):
+        resolve_model(3)  # type: ignore[arg-type]
+
+
+def test_a_run_given_as_a_path_is_loaded_on_the_device_asked_for(tmp_path, monkeypatch):
+    # similarity() had no device: a run given as a path always ran on the CPU.
+    import localdisc.tasks.similarity as module
+
+    run = tiny_run(tmp_path / "run")
+    devices = []
+    real = module.load_model
+
+    def spy(run_dir, *, device="cpu"):
+        devices.append(device)
+        return real(run_dir, device="cpu")  # the test machine may have no GPU
+
+    monkeypatch.setattr(module, "load_model", spy)
+    image = np.zeros((16, 16, 3), np.float32)
+    similarity(run, image, (1, 1), device="cuda:1")
+    similarity(str(run), image, (1, 1))
+    assert devices == ["cuda:1", "cpu"]

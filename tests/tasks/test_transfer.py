@@ -254,3 +254,24 @@ def test_a_test_split_without_labels_is_named_before_any_training(tmp_path):
     with pytest.raises(DatasetError, match="test split.*1st_manual"):
         run_transfer(tiny(spec), tmp_path / "out", log=lambda m: None)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_paths_are_taken_as_str_and_init_may_be_a_weight_file_of_the_run(tmp_path):
+    # TransferConfig(init=Path(...)) failed after the training ("PosixPath is not JSON
+    # serializable"), leaving weights without config.json; and RUN/stage1.safetensors as init
+    # said "no config.json", where LDModel.from_pretrained and similarity take it.
+    import shutil
+    from pathlib import Path
+
+    from localdisc.models import LDConfig, LDModel
+    from localdisc.tasks.transfer import init_modality
+
+    LDModel(LDConfig("xray", width=4, depth=2)).save(tmp_path / "ld")
+    shutil.copy(tmp_path / "ld" / "model.safetensors", tmp_path / "ld" / "stage1.safetensors")
+    stage1 = tmp_path / "ld" / "stage1.safetensors"
+    assert init_modality(stage1) == "xray"
+    config = tiny(Path("synthetic_xray:4"), init=stage1, frozen_epochs=0)  # type: ignore[arg-type]
+    assert (config.init, config.dataset) == (str(stage1), "synthetic_xray:4")
+    metrics = run_transfer(config, tmp_path / "ft", log=lambda m: None)
+    saved = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert saved["transfer"]["init"] == str(stage1) and metrics["init"] == str(stage1)

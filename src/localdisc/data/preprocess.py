@@ -6,11 +6,17 @@ Images are ``float32`` arrays ``H x W x C`` with values in ``[0, 1]`` (as return
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import ndimage, sparse
 from skimage.filters import threshold_otsu
+
+from localdisc.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Channels the models see for each modality: colour fundus photographs are RGB, X-rays grey.
 MODALITY_CHANNELS: dict[str, int] = {"fundus": 3, "xray": 1}
@@ -300,3 +306,99 @@ def normalize(image: np.ndarray, modality: str) -> np.ndarray:
     arr = to_modality_channels(image, modality)
     mean, std = (np.asarray(m, dtype=np.float32) for m in MODALITY_STATS[modality])
     return ((arr - mean) / std).astype(np.float32)
+
+
+# --- raw images ----------------------------------------------------------------------------------
+#: Channel counts of a raw image: grey, grey + alpha, RGB, RGBA (alpha is dropped).
+IMAGE_CHANNELS = (1, 2, 3, 4)
+#: Float images are intensities in [0, 1]. Up to this far outside (resampling overshoots) they
+#: pass as they are; further out they are refused: 0-255 values stored as floats, or a
+#: standardised image, gave embeddings and masks of nonsense without a word.
+FLOAT_SLACK = 0.5
+#: Integer types scaled by their maximum, as :func:`~localdisc.data.io.read_image` scales 8- and
+#: 16-bit files. Wider or signed integers have no known full scale (Pillow's 32-bit "I" mode
+#: holds 12- or 16-bit data), so they are refused rather than guessed.
+SCALED_INTEGERS = (np.uint8, np.uint16)
+
+
+def as_raw_image(image: np.ndarray | torch.Tensor, name: str = "image") -> np.ndarray:
+    """One raw image as ``float32`` ``H x W x C`` (C = 1 or 3) in [0, 1]: the one rule of every
+    function that takes an image in memory (:meth:`LDModel.embed`, :meth:`LDModel.cluster`,
+    :meth:`~localdisc.models.segmenter.Segmenter.predict`,
+    :func:`~localdisc.tasks.similarity.similarity`, :class:`~localdisc.tasks.localize.Localizer`).
+
+    - Layout: ``H x W``, ``H x W x C`` or ``C x H x W``, C = 1 to 4 (alpha dropped), as a numpy
+      array (or anything ``np.asarray`` takes, a PIL image too) or a torch tensor. The channel
+      axis is the one of size 1 to 4; when both ends are, the last for numpy and the first for
+      tensors (the layouts of Pillow and of torchvision). A batch ``[N, C, H, W]`` is refused:
+      the network itself takes batches (``model(normalize(x, modality))``).
+    - Values: ``uint8`` are divided by 255 and ``uint16`` by 65535 (as ``read_image`` reads such
+      files), ``bool`` give 0 and 1, floats are kept as they are (within :data:`FLOAT_SLACK` of
+      [0, 1]). Other integer types are refused: their full scale is unknown.
+
+    ``name`` names the image in errors (:class:`~localdisc.errors.InputError`).
+    """
+    import torch  # here: reading data sets needs no torch
+
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.float()  # bfloat16 and half have no numpy counterpart here
+        try:
+            arr = tensor.numpy()
+        except TypeError as exc:
+            raise InputError(f"{name}: a {tensor.dtype} tensor cannot be read; give uint8, uint16 "
+                             "or float values") from exc  # fmt: skip
+        channels_first = True
+    else:
+        arr = np.asarray(image)
+        channels_first = False
+    arr = _channels_last(arr, name, channels_first)
+    if arr.shape[2] in (2, 4):
+        arr = arr[..., :-1]  # alpha
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype in SCALED_INTEGERS:
+        return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+    if arr.dtype.kind in "iu":
+        raise InputError(
+            f"{name} is {arr.dtype}, whose full scale is unknown: give uint8 (0-255), uint16 "
+            "(0-65535) or floats in [0, 1] (e.g. image / 4095 for 12-bit values)"
+        )
+    if arr.dtype.kind != "f":
+        raise InputError(f"{name} is {arr.dtype}, not an image of numbers")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"{name} contains NaN or infinite values")
+    if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+        raise InputError(
+            f"{name} holds values in [{lo:g}, {hi:g}], not intensities in [0, 1]: scale it first "
+            "(8-bit values: / 255; 16-bit: / 65535), or pass the uint8 or uint16 array itself"
+        )
+    return arr
+
+
+def _channels_last(arr: np.ndarray, name: str, channels_first: bool) -> np.ndarray:
+    """``arr`` as ``H x W x C`` (see :func:`as_raw_image` for which axis holds the channels)."""
+    shape = " x ".join(map(str, arr.shape)) or "a scalar"
+    if arr.ndim == 4:
+        raise InputError(
+            f"{name} is {shape}, a batch: this takes one image at a time (H x W, H x W x C or "
+            "C x H x W). For a batch call the network itself: model(normalize(x, modality)), "
+            "normalize from localdisc.data.views, sides a multiple of 16"
+        )
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    elif arr.ndim == 3:
+        first, last = arr.shape[0] in IMAGE_CHANNELS, arr.shape[2] in IMAGE_CHANNELS
+        if first and (channels_first or not last):
+            arr = arr.transpose(1, 2, 0)
+        elif not last:
+            raise InputError(f"{name} is {shape}: which axis holds the channels? Expected "
+                             "H x W x C or C x H x W with C = 1, 3 or 4")  # fmt: skip
+    else:
+        raise InputError(f"{name} is {shape}: expected one image, H x W, H x W x C or C x H x W")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{name} is {shape}: an image without pixels")
+    return arr

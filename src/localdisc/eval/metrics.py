@@ -35,6 +35,8 @@ from numpy.typing import ArrayLike
 from scipy.stats import rankdata
 from skimage.morphology import skeletonize
 
+from localdisc.errors import InputError
+
 __all__ = [
     "auc_roc",
     "cldice",
@@ -57,7 +59,7 @@ def _as_bool(x: ArrayLike, name: str) -> np.ndarray:
     if a.dtype == np.bool_:
         return a
     if not np.all((a == 0) | (a == 1)):
-        raise ValueError(f"{name} must be boolean or contain only 0 and 1")
+        raise InputError(f"{name} must be boolean or contain only 0 and 1")
     return a.astype(bool)
 
 
@@ -65,28 +67,28 @@ def _check_shapes(**arrays: np.ndarray | None) -> None:
     shapes = {name: a.shape for name, a in arrays.items() if a is not None}
     if len(set(shapes.values())) > 1:
         detail = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
-        raise ValueError(f"shapes differ: {detail}")
+        raise InputError(f"shapes differ: {detail}")
 
 
 def _as_prob(prob: ArrayLike) -> np.ndarray:
     """``prob`` as a float array, checked to be free of NaN and inside [0, 1] (up to PROB_EPS)."""
     p = np.asarray(prob)
     if p.dtype == np.bool_ or not np.issubdtype(p.dtype, np.number):
-        raise ValueError(f"prob must be a numeric array of probabilities, got dtype {p.dtype}")
+        raise InputError(f"prob must be a numeric array of probabilities, got dtype {p.dtype}")
     p = p.astype(np.float64, copy=False) if not np.issubdtype(p.dtype, np.floating) else p
     if p.size == 0:
-        raise ValueError("prob is empty")
+        raise InputError("prob is empty")
     if np.isnan(p).any():
-        raise ValueError("prob contains NaN")
+        raise InputError("prob contains NaN")
     lo, hi = float(p.min()), float(p.max())
     if lo < -PROB_EPS or hi > 1 + PROB_EPS:
-        raise ValueError(f"prob must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+        raise InputError(f"prob must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
     return p
 
 
 def _binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
     if not math.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold}")
+        raise InputError(f"threshold must be finite, got {threshold}")
     return prob >= threshold
 
 
@@ -134,7 +136,7 @@ def auc_roc(prob: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None) -
         s, t = s[m], t[m]
     s, t = s.ravel(), t.ravel()
     if np.isnan(s).any():
-        raise ValueError("prob contains NaN")
+        raise InputError("prob contains NaN")
     n_pos = int(np.count_nonzero(t))
     n_neg = t.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -173,7 +175,7 @@ def cldice(pred_bool: ArrayLike, target: ArrayLike) -> float:
     t = _as_bool(target, "target")
     _check_shapes(pred_bool=p, target=t)
     if p.ndim not in (2, 3):
-        raise ValueError(f"cldice needs 2-D or 3-D masks, got {p.ndim}-D")
+        raise InputError(f"cldice needs 2-D or 3-D masks, got {p.ndim}-D")
     sp = skeletonize(p) if p.any() else p
     st = skeletonize(t) if t.any() else t
     n_sp, n_st = int(np.count_nonzero(sp)), int(np.count_nonzero(st))
@@ -195,7 +197,7 @@ def _fov_metrics(
     pred = _binarize(p, threshold)
     tp, fp, tn, fn = confusion_counts(pred, t, fov)
     if tp + fp + tn + fn == 0:
-        raise ValueError("fov is empty: no pixel to evaluate")
+        raise InputError("fov is empty: no pixel to evaluate")
     out = {
         "f1": _overlap(tp, fp, fn),
         "auc": auc_roc(p, t, fov),
@@ -237,7 +239,8 @@ def vessel_metrics(
     * ``cldice``: :func:`cldice` of the binarised prediction and the target, both set to False
       outside the FOV.
 
-    Raises ``ValueError`` on mismatched shapes, invalid probabilities or an empty FOV.
+    Raises :class:`~localdisc.errors.InputError` (a ``ValueError``) on mismatched shapes,
+    invalid probabilities or an empty FOV.
     """
     p, t, f = _validate(prob, target, fov)
     return _fov_metrics(p, t, f, threshold, topology=True)
@@ -257,8 +260,9 @@ def segmentation_metrics(
     ``auc``, ``accuracy``, ``sensitivity``, ``specificity`` inside the FOV (as in
     :func:`vessel_metrics`), plus ``cldice`` when ``topology`` is True (tubular structures).
 
-    Raises ``ValueError`` when shapes differ, ``prob`` contains NaN or values outside [0, 1]
-    (beyond a tolerance of ``PROB_EPS``), ``target``/``fov`` are not binary, or the FOV is empty.
+    Raises :class:`~localdisc.errors.InputError` (a ``ValueError``) when shapes differ, ``prob``
+    contains NaN or values outside [0, 1] (beyond a tolerance of ``PROB_EPS``), ``target``/``fov``
+    are not binary, or the FOV is empty.
     """
     p, t, f = _validate(prob, target, fov)
     pred = _binarize(p, threshold)
@@ -318,7 +322,7 @@ def best_cluster_dice(
     maps = [np.asarray(m) for m in cluster_maps]
     masks = [_as_bool(r, "region") for r in regions]
     if not maps or len(maps) != len(masks):
-        raise ValueError("need one region mask per cluster map, and at least one of each")
+        raise InputError("need one region mask per cluster map, and at least one of each")
     for m, r in zip(maps, masks, strict=True):
         _check_shapes(cluster_map=m, region=r)
     scores = {}

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from localdisc.data.preprocess import MODALITY_CHANNELS
-from localdisc.errors import CheckpointError
+from localdisc.data.preprocess import MODALITY_CHANNELS, as_raw_image
+from localdisc.errors import CheckpointError, InputError
 from localdisc.models.normalize import l2_normalize
 from localdisc.models.vgg_unet import VGGUNet, conv_bn_relu
 
@@ -27,6 +27,18 @@ class LDConfig:
     clusters: int = 16
     padding: str = "zeros"  # or "circular" / "reflect" / "replicate" for every 3x3 convolution
     depth: int = 5  # VGG16 blocks in the encoder (5: the paper's)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`~localdisc.errors.InputError` naming every field out of range."""
+        problems = architecture_problems(self.modality, self.width, self.padding, self.depth)
+        for key in ("dim", "clusters"):
+            if not is_positive_int(getattr(self, key)):
+                problems.append(f"{key} must be a positive integer, not {getattr(self, key)!r}")
+        if problems:
+            raise InputError("invalid LD model config: " + "; ".join(problems))
 
     @property
     def in_channels(self) -> int:
@@ -48,13 +60,39 @@ class LDConfig:
                     "`localdisc predict` takes it"
                 )
             return cls(**saved["model"])
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # JSONDecodeError, InputError too
             raise CheckpointError(f"{config_path}: unreadable model config ({exc})") from exc
 
 
 # What a run shares with the run whose weights it starts from: everything but the clustering
 # head's K, which stage 2 may change (shape-guided segmentation uses K = 8).
 BACKBONE_FIELDS = ("modality", "width", "dim", "padding", "depth")
+
+
+#: The padding modes of every 3x3 convolution (``nn.Conv2d``'s).
+PADDINGS = ("zeros", "circular", "reflect", "replicate")
+#: VGG16 blocks an encoder may have (:class:`~localdisc.models.vgg_unet.VGGEncoder`).
+DEPTHS = range(2, 6)
+
+
+def is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def architecture_problems(modality: str, width: int, padding: str, depth: int) -> list[str]:
+    """What is wrong with the fields an LD model and a segmenter share: checked when the config
+    is made, not deep in the network (an unknown padding failed at the first forward pass)."""
+    problems = []
+    if modality not in MODALITY_CHANNELS:
+        known = ", ".join(sorted(MODALITY_CHANNELS))
+        problems.append(f"modality must be one of {known}, not {modality!r}")
+    if not is_positive_int(width):
+        problems.append(f"width must be a positive integer, not {width!r}")
+    if padding not in PADDINGS:
+        problems.append(f"padding must be one of {', '.join(PADDINGS)}, not {padding!r}")
+    if not (is_positive_int(depth) and depth in DEPTHS):
+        problems.append(f"depth must be {DEPTHS[0]} to {DEPTHS[-1]}, not {depth!r}")
+    return problems
 
 
 def split_weights_path(path: str | Path, weights: str = "model.safetensors") -> tuple[Path, str]:
@@ -85,8 +123,10 @@ class LDModel(nn.Module):
     def __init__(self, config: LDConfig | None = None, **kwargs: object) -> None:
         super().__init__()
         self.config = config or LDConfig(**kwargs)  # type: ignore[arg-type]
-        if self.config.modality not in MODALITY_CHANNELS:
-            raise ValueError(f"modality must be one of {sorted(MODALITY_CHANNELS)}")
+        self.config.validate()  # again: its fields may have changed since it was made
+        #: The run folder :meth:`from_pretrained` loaded this model from (its settings, e.g.
+        #: the patch size of pre-training, are read from there by the similarity tools).
+        self.run_dir: Path | None = None
         self.backbone = VGGUNet(self.config.in_channels, self.config.width, self.config.depth)
         c = self.backbone.out_channels
         self.embedding_head = head(c, self.config.dim)
@@ -121,13 +161,12 @@ class LDModel(nn.Module):
 
     # --- inference on raw images -------------------------------------------------------------
     def _prepare(self, image: np.ndarray | Tensor) -> tuple[Tensor, int, int]:
-        """Raw image (H x W x C array in [0, 1], or [C, H, W] tensor) -> padded normalised batch."""
+        """Raw image (as :func:`as_raw_image` takes it) -> padded normalised batch."""
         from localdisc.data.preprocess import to_modality_channels
         from localdisc.data.views import normalize
 
-        if isinstance(image, Tensor):
-            image = image.detach().cpu().permute(1, 2, 0).numpy()
-        arr = to_modality_channels(image, self.config.modality)  # RGB X-ray -> luminance, ...
+        # RGB X-ray -> luminance, grey fundus -> three channels.
+        arr = to_modality_channels(as_raw_image(image), self.config.modality)
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
         h, w = x.shape[-2:]
         # The network needs multiples of 16; replicate-pad and crop the outputs back.
@@ -148,7 +187,10 @@ class LDModel(nn.Module):
         return v[0, :, :h, :w], a[0, :, :h, :w]
 
     def embed(self, image: np.ndarray | Tensor) -> Tensor:
-        """Per-pixel embeddings of one raw image: a [D, H, W] tensor of unit vectors."""
+        """Per-pixel embeddings of one raw image: a [D, H, W] tensor of unit vectors.
+
+        ``image``: one image as :func:`as_raw_image` takes it (``H x W (x C)`` floats in [0, 1],
+        ``uint8``/``uint16``, or a ``[C, H, W]`` tensor); a batch goes to :meth:`forward`."""
         return self._infer(image, with_clusters=False)[0]
 
     def cluster(self, image: np.ndarray | Tensor) -> Tensor:
@@ -191,4 +233,5 @@ class LDModel(nn.Module):
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointError(f"{run_dir / weights}: weights do not match the config") from exc
+        model.run_dir = run_dir
         return model.to(device).eval()

@@ -15,8 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from localdisc.data.preprocess import MODALITY_CHANNELS, resize_image, to_modality_channels
-from localdisc.errors import CheckpointError
+from localdisc.data.preprocess import (
+    MODALITY_CHANNELS,
+    as_raw_image,
+    resize_image,
+    to_modality_channels,
+)
+from localdisc.errors import CheckpointError, InputError
+from localdisc.models.ld import LDModel, architecture_problems, is_positive_int, split_weights_path
 from localdisc.models.vgg_unet import UNetDecoder, VGGEncoder
 
 
@@ -29,6 +35,21 @@ class SegmenterConfig:
     padding: str = "zeros"
     size: int = 512  # images are resized to size x size, as in training
     depth: int = 5  # encoder blocks, as the LD run it starts from
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`~localdisc.errors.InputError` naming every field out of range."""
+        problems = architecture_problems(self.modality, self.width, self.padding, self.depth)
+        if not problems:  # the size's unit depends on a valid depth
+            # Each block below the first halves the image and the decoder doubles it back.
+            unit = 2 ** (self.depth - 1)
+            if not (is_positive_int(self.size) and self.size % unit == 0):
+                problems.append(f"size must be a positive multiple of {unit} (a network of depth "
+                                f"{self.depth}), not {self.size!r}")  # fmt: skip
+        if problems:
+            raise InputError("invalid segmenter config: " + "; ".join(problems))
 
     @property
     def in_channels(self) -> int:
@@ -45,8 +66,7 @@ class Segmenter(nn.Module):
     def __init__(self, config: SegmenterConfig | None = None, **kwargs: object) -> None:
         super().__init__()
         self.config = config or SegmenterConfig(**kwargs)  # type: ignore[arg-type]
-        if self.config.modality not in MODALITY_CHANNELS:
-            raise ValueError(f"modality must be one of {sorted(MODALITY_CHANNELS)}")
+        self.config.validate()  # again: its fields may have changed since it was made
         self.encoder = VGGEncoder(self.config.in_channels, self.config.width, self.config.depth)
         self.decoder = UNetDecoder(self.encoder.channels)
         self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
@@ -60,10 +80,15 @@ class Segmenter(nn.Module):
 
     @classmethod
     def from_ld_run(cls, run_dir: str | Path, *, size: int = 512) -> Segmenter:
-        """A segmenter whose encoder is that of an LD pre-training run (``encoder.safetensors``)."""
+        """A segmenter whose encoder is that of an LD pre-training run (``encoder.safetensors``).
+
+        ``run_dir`` may name one of the run's weight files instead, as
+        :meth:`LDModel.from_pretrained` takes it (``RUN/stage1.safetensors``: the encoder at
+        the end of stage 1).
+        """
         from localdisc.engine.checkpoint import load_safetensors
 
-        run_dir = Path(run_dir)
+        run_dir, weights = split_weights_path(run_dir, "encoder.safetensors")
         model_config = read_config(run_dir).get("model")
         if not isinstance(model_config, dict):
             raise CheckpointError(f"{run_dir}/config.json: not an LD pre-training run (no model)")
@@ -75,19 +100,22 @@ class Segmenter(nn.Module):
             size=size,
         )
         model = cls(config)
-        state = load_safetensors(run_dir / "encoder.safetensors")
+        if weights == "encoder.safetensors":
+            state = load_safetensors(run_dir / weights)
+        else:  # a whole LD model's weights (model, model_best, stage1): its encoder's part
+            state = LDModel.from_pretrained(run_dir / weights).encoder.state_dict()
         try:
             model.encoder.load_state_dict(state)
         except RuntimeError as exc:
-            raise CheckpointError(
-                f"{run_dir / 'encoder.safetensors'}: weights do not match the config"
-            ) from exc
+            raise CheckpointError(f"{run_dir / weights}: weights do not match the config") from exc
         return model
 
     # --- inference on raw images -------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """Probability map (``float32`` H x W) of one raw ``H x W (x C)`` image in [0, 1].
+    def predict(self, image: np.ndarray | Tensor) -> np.ndarray:
+        """Probability map (``float32`` H x W) of one raw image: ``H x W (x C)`` floats in [0, 1],
+        ``uint8``/``uint16`` or a ``[C, H, W]`` tensor
+        (:func:`~localdisc.data.preprocess.as_raw_image`).
 
         The image is resized to the training size, as in training, and the probabilities are
         resized back (bilinear) to the image's own size.
@@ -95,7 +123,7 @@ class Segmenter(nn.Module):
         return self.predict_maps(image)[1]
 
     @torch.no_grad()
-    def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_maps(self, image: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Probability maps of one raw image at the training size (``size x size``) and at the
         image's own size (what :meth:`predict` returns), from one float32 forward pass.
 
@@ -104,6 +132,7 @@ class Segmenter(nn.Module):
         """
         from localdisc.data.views import normalize
 
+        image = as_raw_image(image)
         h, w = image.shape[:2]
         arr = resize_image(to_modality_channels(image, self.config.modality), self.config.size)
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
@@ -117,14 +146,23 @@ class Segmenter(nn.Module):
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict | None = None) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (segmenter + extra), atomically."""
+        """Write ``config.json`` (segmenter + extra) and ``model.safetensors``, each atomically.
+
+        The config is made into JSON before anything is written, and written first: a config
+        that cannot be saved (a ``Path`` in ``extra``) left weights without a config, a folder
+        that no command could load.
+        """
         from localdisc.engine.checkpoint import atomic_save_safetensors, atomic_write_text
 
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save_safetensors(self.state_dict(), out_dir / "model.safetensors")
         config = {**(extra or {}), "segmenter": asdict(self.config)}
-        atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2))
+        try:
+            text = json.dumps(config, indent=2)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{out_dir}: the model's config is not JSON ({exc})") from exc
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.json", text)
+        atomic_save_safetensors(self.state_dict(), out_dir / "model.safetensors")
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, device: str = "cpu") -> Segmenter:

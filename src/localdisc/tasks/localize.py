@@ -30,7 +30,7 @@ from torch import Tensor
 from localdisc.data.preprocess import LUMA
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.similarity import (
-    LoadedModel,
+    ModelLike,
     PatchKernel,
     Point,
     Scale,
@@ -38,9 +38,9 @@ from localdisc.tasks.similarity import (
     check_size,
     dense_patch_embeddings,
     from_resized,
-    load_model,
     nearest_pixel,
     resized,
+    resolve_model,
     to_resized,
 )
 
@@ -105,25 +105,32 @@ class Localizer:
     """Match a template's landmarks in new images (see the module docstring).
 
     Args:
-        model: an LD run directory or :func:`~localdisc.tasks.similarity.load_model`'s result.
-        template: the template image (array in [0, 1] or file).
+        model: an LD run directory (or one of its weight files), an
+            :class:`~localdisc.models.ld.LDModel`, or
+            :func:`~localdisc.tasks.similarity.load_model`'s result.
+        template: the template image: a file, or in memory as
+            :func:`~localdisc.tasks.similarity.as_image` takes it.
         landmarks: name -> (x, y) in the template's pixels.
         config: search settings.
+        device: where the network runs (``None``: the CPU for a run given as a path, else
+            where the model is).
     """
 
     def __init__(
         self,
-        model: LoadedModel | str | Path,
-        template: np.ndarray | str | Path,
+        model: ModelLike,
+        template: np.ndarray | Tensor | str | Path,
         landmarks: dict[str, Point],
         config: SearchConfig | None = None,
+        *,
+        device: str | None = None,
     ) -> None:
-        self.loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        self.loaded = resolve_model(model, device)
         self.config = config or SearchConfig()
         kernel = self.loaded.kernel
         self.kernel = PatchKernel(kernel.side) if self.config.uniform else kernel
         self.size = self.config.size or self.loaded.pool_size
-        image = as_image(template)
+        image = as_image(template, "the template")
         h, w = image.shape[:2]
         for name, (x, y) in landmarks.items():
             if not (0 <= x < w and 0 <= y < h):
@@ -165,9 +172,10 @@ class Localizer:
         return coarse, dense_patch_embeddings(v, self.kernel), scale
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray | str | Path) -> dict[str, Prediction]:
+    def __call__(self, image: np.ndarray | Tensor | str | Path) -> dict[str, Prediction]:
         """Each landmark's predicted (x, y) in the image's own pixels, with a confidence."""
         image = as_image(image)
+        height, width = image.shape[:2]
         coarse, fine, scale = self._maps(image)
         s = self.config.stride
         radius = self.kernel.side
@@ -185,7 +193,11 @@ class Localizer:
                 window = ((yy - cy).abs() <= radius) & ((xx - cx).abs() <= radius)
                 sim = torch.where(window, sim, torch.tensor(-2.0, device=sim.device))
                 y, x = divmod(int(torch.argmax(sim)), w)
-                found = Prediction(*from_resized((x, y), scale), float(sim[y, x]))
+                # Worked on larger than the image, an edge pixel's centre maps back to just
+                # outside it (-0.1 at a scale of 1.25): keep to the image's pixels.
+                px, py = from_resized((x, y), scale)
+                px, py = min(max(px, 0.0), width - 1.0), min(max(py, 0.0), height - 1.0)
+                found = Prediction(px, py, float(sim[y, x]))
                 if best is None or found.confidence > best.confidence:
                     best = found
             out[name] = best
@@ -211,12 +223,18 @@ def ncc_localize(
     """Baseline: normalised cross-correlation of the ``patch`` x ``patch`` template patch around
     each landmark (clipped at the border) with the image (``skimage.feature.match_template``).
 
-    Both images are used at their own sizes; the patch is scaled by the ratio of their widths.
-    With ``mirror`` the mirrored template is tried too and the higher correlation kept.
+    The template is resized to the image's shape, a scale per axis (as the LD localiser maps
+    points with :func:`~localdisc.tasks.similarity.to_resized`); ``patch`` is in template pixels
+    and scales with it. With ``mirror`` the mirrored template is tried too and the higher
+    correlation kept.
     """
+    template, image = as_image(template, "the template"), as_image(image)
+    th, tw = template.shape[:2]
+    for name, (x, y) in landmarks.items():
+        if not (0 <= x < tw and 0 <= y < th):
+            raise LocaldiscError(f"landmark {name} ({x}, {y}) is outside the {tw} x {th} template")
     if mirror:
-        w = template.shape[1]
-        flipped = {k: (w - 1 - x, y) for k, (x, y) in landmarks.items()}
+        flipped = {k: (tw - 1 - x, y) for k, (x, y) in landmarks.items()}
         a = ncc_localize(template, landmarks, image, patch)
         b = ncc_localize(np.ascontiguousarray(template[:, ::-1]), flipped, image, patch)
         return {k: a[k] if a[k].confidence >= b[k].confidence else b[k] for k in a}
@@ -224,16 +242,21 @@ def ncc_localize(
     from skimage.transform import resize
 
     t_grey, i_grey = _grey(template), _grey(image)
-    ratio = i_grey.shape[1] / t_grey.shape[1]
-    if ratio != 1:
-        shape = (round(t_grey.shape[0] * ratio), i_grey.shape[1])
-        t_grey = resize(t_grey, shape, order=1, anti_aliasing=ratio < 1)
-    half = max(1, round(patch * ratio) // 2)
+    ih, iw = i_grey.shape
+    # One ratio (the widths') for both axes put the template's rows at another scale than the
+    # image's when their aspect ratios differ, and a patch taller than a wide image crashed.
+    scale = (iw / tw, ih / th)
+    if scale != (1.0, 1.0):
+        t_grey = resize(t_grey, (ih, iw), order=1, anti_aliasing=min(scale) < 1)
+    half_x = max(1, round(patch * scale[0]) // 2)
+    half_y = max(1, round(patch * scale[1]) // 2)
     out = {}
-    for name, (x, y) in landmarks.items():
-        xs, ys = round(x * ratio), round(y * ratio)
-        y0, y1 = max(0, ys - half), min(t_grey.shape[0], ys + half)
-        x0, x1 = max(0, xs - half), min(t_grey.shape[1], xs + half)
+    for name, point in landmarks.items():
+        # Same shape: the landmark's own pixel, exactly as before (no float round trip).
+        x, y = point if scale == (1.0, 1.0) else to_resized(point, scale)
+        xs, ys = nearest_pixel(x, iw), nearest_pixel(y, ih)
+        y0, y1 = max(0, ys - half_y), min(ih, ys + half_y)
+        x0, x1 = max(0, xs - half_x), min(iw, xs + half_x)
         response = match_template(i_grey, t_grey[y0:y1, x0:x1])
         r, c = np.unravel_index(int(np.argmax(response)), response.shape)
         out[name] = Prediction(float(c + xs - x0), float(r + ys - y0), float(response[r, c]))
@@ -241,17 +264,19 @@ def ncc_localize(
 
 
 def localize_images(
-    model: LoadedModel | str | Path,
+    model: ModelLike,
     template: str | Path,
     landmarks: dict[str, Point],
     images: list[tuple[str, Path]],
     *,
     config: SearchConfig | None = None,
     overlay_dir: Path | None = None,
+    device: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{image name: {landmark: {x, y, confidence}}}`` for the CLI, with optional overlays."""
+    """``{image name: {landmark: {x, y, confidence}}}`` for the CLI, with optional overlays;
+    ``model`` and ``device`` as :class:`Localizer` takes them."""
     template_image = as_image(template)
-    localizer = Localizer(model, template_image, landmarks, config)
+    localizer = Localizer(model, template_image, landmarks, config, device=device)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, path in images:
         image = as_image(path)

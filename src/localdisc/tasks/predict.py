@@ -110,12 +110,17 @@ def predict_images(
     device: str = "auto",
     progress: bool = False,
 ) -> list[Path]:
-    """Write ``NAME_prob.png`` (probability x 255) and ``NAME_mask.png`` (0/255) per image.
+    """Segment every image (:func:`collect_images`) into ``out_dir``, at its own size.
+
+    Writes two files per image: ``NAME_prob.png``, the probability map (probability x 255),
+    and ``NAME_mask.png``, the mask (0/255, ``prob >= threshold``). Returns the masks' paths
+    only, in the order of the images; each probability map lies beside its mask
+    (``NAME_prob.png`` for ``NAME_mask.png``).
 
     ``fov_masks``: a folder of FOV masks named as the images (:func:`fov_mask_files`); the
     probability is 0 outside them. A network of ``localdisc shape-guided vessels`` segments as
-    that command did (:func:`~localdisc.tasks.vessels.predict_vessels`). ``progress`` shows a
-    progress bar.
+    that command did (:func:`~localdisc.tasks.vessels.predict_vessels`, which also writes
+    ``vessels.csv``). ``progress`` shows a progress bar.
     """
     groups = sorted(Path(model_dir).glob("group-*/config.json"))
     if groups and not (Path(model_dir) / "config.json").is_file():

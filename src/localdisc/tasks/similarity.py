@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from localdisc.data.io import read_image
-from localdisc.data.preprocess import resize_image
-from localdisc.errors import LocaldiscError
+from localdisc.data.preprocess import as_raw_image, resize_image
+from localdisc.errors import InputError, LocaldiscError
 from localdisc.models.ld import LDModel, split_weights_path
 
 #: Points are (x, y) = (column, row) in pixels of the image as given.
@@ -73,15 +73,43 @@ def load_model(run_dir: str | Path, *, device: str = "cpu") -> LoadedModel:
     ``run_dir`` may also name one of the run's weight files (``RUN/stage1.safetensors``,
     ``RUN/model_best.safetensors``), as :meth:`LDModel.from_pretrained` takes it.
     """
-    from localdisc.engine.pretrain import PretrainConfig
-
     model = LDModel.from_pretrained(run_dir, device=device)
     # A weight file's settings are those of the run folder it lies in.
     folder, _ = split_weights_path(run_dir)
-    raw = json.loads((folder / "config.json").read_text()).get("pretrain")
+    return _with_run_settings(model, folder)
+
+
+def _with_run_settings(model: LDModel, folder: Path | None) -> LoadedModel:
+    """``model`` with the patch kernel and pool size of its run's pre-training (``folder``'s
+    ``config.json``), or of the default pre-training settings without a run."""
+    from localdisc.engine.pretrain import PretrainConfig
+
+    raw = json.loads((folder / "config.json").read_text()).get("pretrain") if folder else None
     pretrain = PretrainConfig.from_dict(raw) if raw else PretrainConfig()
     kernel = PatchKernel(max(1, pretrain.size // 8), pretrain.center_sigma)
     return LoadedModel(model, kernel, pretrain.resolved_pool_size, folder)
+
+
+#: What the similarity tools take as a model.
+ModelLike = LoadedModel | LDModel | str | Path
+
+
+def resolve_model(model: ModelLike, device: str | None = None) -> LoadedModel:
+    """``model`` as a :class:`LoadedModel`: a run folder or weight file is loaded
+    (:func:`load_model`) on ``device`` (``None``: the CPU, as :func:`load_model`); an
+    :class:`LDModel` gets the settings of the run it was loaded from (the defaults of
+    pre-training if it was built in memory). A model given in memory is moved to ``device``
+    when one is given, else used where it is."""
+    if isinstance(model, str | Path):
+        return load_model(model, device=device or "cpu")
+    if isinstance(model, LDModel):
+        model = _with_run_settings(model, model.run_dir)
+    if not isinstance(model, LoadedModel):
+        raise InputError(f"model must be an LD run folder, one of its weight files, an LDModel "
+                         f"or load_model's result, not {type(model).__name__}")  # fmt: skip
+    if device is not None:
+        model.model.to(device)
+    return model
 
 
 def dense_patch_embeddings(v: Tensor, kernel: PatchKernel, scale: float = 1.0) -> Tensor:
@@ -95,11 +123,31 @@ def dense_patch_embeddings(v: Tensor, kernel: PatchKernel, scale: float = 1.0) -
     return F.normalize(x[0], dim=0)
 
 
-def as_image(image: np.ndarray | str | Path) -> np.ndarray:
-    """A raw ``H x W x C`` image in [0, 1] from an array or a file."""
+def as_image(image: np.ndarray | Tensor | str | Path, name: str = "image") -> np.ndarray:
+    """A raw ``H x W x C`` image in [0, 1] from a file (:func:`~localdisc.data.io.read_image`)
+    or from memory (:func:`~localdisc.data.preprocess.as_raw_image`: ``uint8`` and ``uint16`` are
+    scaled, ``[C, H, W]`` tensors taken; ``name`` names it in errors)."""
     if isinstance(image, str | Path):
         return read_image(image)[0]
-    return np.asarray(image, dtype=np.float32)
+    return as_raw_image(image, name)
+
+
+def as_points(points: object) -> list[Point]:
+    """Query points as ``[(x, y), ...]`` floats: from a list of pairs, an ``N x 2`` array or a
+    single ``(x, y)`` pair."""
+    try:
+        arr = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.empty(0)
+    if arr.ndim == 1 and arr.size == 2:  # one point
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 2 or not len(arr):
+        raise InputError(
+            f"points must be (x, y) pixels, one pair or a list of them, not {points!r}"
+        )
+    if not np.isfinite(arr).all():
+        raise InputError(f"points must be finite, not {points!r}")
+    return [(float(x), float(y)) for x, y in arr]
 
 
 #: Scale factors (x, y) from an image's pixels to its resized pixels.
@@ -159,28 +207,33 @@ class SimilarityMaps:
 
 
 def similarity(
-    model: LoadedModel | str | Path,
-    image: np.ndarray | str | Path,
-    points: list[Point],
-    targets: list[np.ndarray | str | Path] | tuple = (),
+    model: ModelLike,
+    image: np.ndarray | Tensor | str | Path,
+    points: list[Point] | Point | np.ndarray,
+    targets: list[np.ndarray | Tensor | str | Path] | tuple = (),
     *,
     level: str = "pixel",
     size: int | None = None,
+    device: str | None = None,
 ) -> SimilarityMaps:
     """Cosine-similarity maps of each query point of ``image`` on ``image`` and on ``targets``.
 
     Args:
-        model: an LD run directory or :func:`load_model`'s result.
-        image: the query image (array in [0, 1] or file).
-        points: query points as (x, y) pixels of ``image``.
-        targets: other images (arrays or files); their maps are at their own sizes.
+        model: an LD run directory (or one of its weight files), an :class:`LDModel`, or
+            :func:`load_model`'s result (:func:`resolve_model`).
+        image: the query image: a file, or in memory as :func:`as_image` takes it.
+        points: query points as (x, y) pixels of ``image``: a list of pairs or one pair.
+        targets: other images (in memory or files); their maps are at their own sizes.
         level: ``pixel`` or ``patch`` (see the module docstring).
         size: resize every image to this longer side first (``None``: own sizes), e.g. the
             size the model was pre-trained at; maps and points stay in the images' own pixels.
+        device: where the network runs (``None``: the CPU for a run given as a path, else
+            where the model is).
     """
     check_size(size)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    raw = as_image(image)
+    points = as_points(points)
+    loaded = resolve_model(model, device)
+    raw = as_image(image, "the query image")
     h, w = raw.shape[:2]
     for x, y in points:
         if not (0 <= x < w and 0 <= y < h):
@@ -203,13 +256,13 @@ def similarity(
 
     query_maps = maps(v, (h, w)).cpu().numpy()
     target_maps, best = [], []
-    for target in targets:
-        t_raw = as_image(target)
+    for i, target in enumerate(targets):
+        t_raw = as_image(target, f"target {i + 1}")
         t_small, _ = resized(t_raw, size)
         sim = maps(embedding_map(loaded, t_small, level), t_raw.shape[:2]).cpu().numpy()
         target_maps.append(sim)
         best.append([_argmax_xy(m) for m in sim])
-    return SimilarityMaps(list(points), query_maps, target_maps, best)
+    return SimilarityMaps(points, query_maps, target_maps, best)
 
 
 def _argmax_xy(sim: np.ndarray) -> Point:

@@ -50,6 +50,7 @@ from localdisc.engine.finetune import FinetuneConfig, finetune
 from localdisc.errors import DatasetError, LocaldiscError
 from localdisc.eval.metrics import dice_score, paper_dice, segmentation_metrics, summarize
 from localdisc.eval.report import jsonable
+from localdisc.models.ld import LDConfig
 from localdisc.models.segmenter import Segmenter
 from localdisc.tasks.predict import mask_png, prob_png
 
@@ -78,9 +79,9 @@ def check_size(size: int) -> None:
 class TransferConfig:
     """One fine-tuning run: data, target, initialisation, label budget, size and schedule."""
 
-    dataset: str  # NAME:ROOT or a folder
+    dataset: str  # NAME:ROOT or a folder (a Path is taken too)
     target: str | None = None  # None: the data set's default target
-    init: str = "random"  # "random" or an LD run directory
+    init: str = "random"  # "random", an LD run directory or one of its weight files
     labels: str = "all"  # N images, a fraction in (0, 1), or "all"
     size: int = 512
     val_fraction: float = 0.2
@@ -92,6 +93,9 @@ class TransferConfig:
     train: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
+        # Paths as str: the config is saved as JSON in config.json, after the training, where a
+        # Path failed ("not JSON serializable") and left the weights without their config.
+        self.dataset, self.init = str(self.dataset), str(self.init)
         check_size(self.size)
 
 
@@ -186,20 +190,19 @@ def check_task_data(spec: str, target: str | None) -> None:
         _resolve_target(load_data_spec(spec, "test"), target)
 
 
-def init_modality(init: str) -> str | None:
-    """The modality an LD run was pre-trained on (``None`` for ``random``)."""
-    if init == "random":
+def init_modality(init: str | Path) -> str | None:
+    """The modality an LD run (or one of its weight files) was pre-trained on (``None`` for
+    ``random``)."""
+    if str(init) == "random":
         return None
-    config_path = Path(init) / "config.json"
-    try:
-        return json.loads(config_path.read_text())["model"]["modality"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise LocaldiscError(f"{init}: not an LD pre-training run ({exc})") from exc
+    return LDConfig.from_run(init).modality
 
 
-def build_model(init: str, modality: str, size: int) -> tuple[Segmenter, bool]:
-    """A segmenter from an LD run's encoder, or randomly initialised; and whether pre-trained."""
-    if init == "random":
+def build_model(init: str | Path, modality: str, size: int) -> tuple[Segmenter, bool]:
+    """A segmenter from the encoder of an LD run (or of one of its weight files, as
+    :meth:`Segmenter.from_ld_run` takes them), or randomly initialised; and whether
+    pre-trained."""
+    if str(init) == "random":
         return Segmenter(modality=modality, size=size), False
     model = Segmenter.from_ld_run(init, size=size)
     if model.config.modality != modality:
