@@ -385,7 +385,9 @@ def finetune(
     dataset: str = typer.Option(..., "--dataset", help="Labelled data: NAME:ROOT or a folder."),
     out: Path = typer.Option(..., "--out", help="Output folder (model, metrics, predictions)."),
     target: str | None = typer.Option(None, help="Mask to learn (default: the set's default)."),
-    init: str = typer.Option("random", help="An LD run directory, or random."),
+    init: str = typer.Option(
+        "random", help="An LD run directory (or one of its weight files), or random."
+    ),
     labels: str = typer.Option("all", help="Labelled images: N, a fraction in (0, 1), or all."),
     frozen_epochs: int = typer.Option(100, help="Epochs with the pre-trained encoder frozen."),
     epochs: int = typer.Option(100, help="Epochs of full fine-tuning (or from scratch)."),
@@ -594,6 +596,9 @@ def shape_guided_train(
         16, help="Channels of the first VGG block (16: published); with --from, the run's."
     ),
     prior_weight: float = typer.Option(1.0, help="Weight of the adversarial shape term."),
+    prior_count: int = typer.Option(
+        200, help="Masks drawn from a simulated prior (segment votes with the same bank)."
+    ),
     prior_pose: str = typer.Option(
         "free",
         help="free: reference masks at any angle (published, vessels); kept: prior and views "
@@ -618,7 +623,7 @@ def shape_guided_train(
         data=list(data), stage1_steps=0 if init else stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch, size=size,
         pool_size=pool_size, crop_scale=crop_scale, clusters=clusters, device=device, seed=seed,
-        prior=prior, prior_weight=prior_weight, prior_pose=prior_pose,
+        prior=prior, prior_weight=prior_weight, prior_count=prior_count, prior_pose=prior_pose,
         init_from=str(init) if init else None, **architecture,
     )  # fmt: skip
     with _on_interrupt(lambda: _resume_hint(out)):
@@ -707,12 +712,7 @@ def shape_guided_vessels(
     from localdisc.tasks.self_training import StudentConfig
     from localdisc.tasks.vessels import segment_vessels_self_trained
 
-    try:
-        config = StudentConfig(
-            method=teacher, painted=painted, steps=steps, seed=seed, device=device
-        )
-    except ValueError as exc:
-        raise LocaldiscError(str(exc)) from None
+    config = StudentConfig(method=teacher, painted=painted, steps=steps, seed=seed, device=device)
     # A network saved in --out is reused by the same command; one stopped mid-training is not.
     hint = (
         f"a network already saved in {out} is kept; run the same command again (same --out): it "

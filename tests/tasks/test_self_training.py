@@ -11,7 +11,7 @@ import torch
 from scipy import ndimage as ndi
 
 from localdisc.data.synthetic import paint_vessels, synthetic_fundus
-from localdisc.errors import LocaldiscError
+from localdisc.errors import InputError, LocaldiscError
 from localdisc.eval.metrics import auc_roc
 from localdisc.tasks import self_training
 from localdisc.tasks.self_training import (
@@ -147,6 +147,10 @@ def test_bad_settings_and_inputs_are_refused():
         StudentConfig(size=100, crop=64, depth=4)
     with pytest.raises(ValueError, match="speck_area"):
         StudentConfig(speck_area=-1e-4)
+    # Zero steps or batch trained nothing (or failed deep in the loop) before.
+    for bad in ({"steps": 0}, {"batch": 0}, {"lr": float("nan")}):
+        with pytest.raises(InputError, match="invalid student config"):
+            StudentConfig(**bad)
     eye = synthetic_fundus(64, seed=0)
     with pytest.raises(LocaldiscError, match="one FOV per image"):
         train_student([eye.image, eye.image], [eye.fov], 0.12, StudentConfig(size=64, crop=32))

@@ -11,7 +11,7 @@ from localdisc.cli import app
 from localdisc.data.preprocess import resize_image
 from localdisc.data.synthetic import synthetic_fundus
 from localdisc.engine.pretrain import pretrain
-from localdisc.errors import LocaldiscError
+from localdisc.errors import InputError, LocaldiscError
 from localdisc.models.ld import LDModel
 from localdisc.priors.atlas import fuse_atlases, intensity_posterior
 from localdisc.tasks.shape_guided import (
@@ -238,9 +238,12 @@ def test_refinement_sees_a_washed_out_radiograph_as_the_original(tmp_path):
     assert np.abs(on_washed_out - on_image).max() > 0.1
 
 
-def test_refine_config_rejects_an_unknown_schedule():
+def test_refine_config_rejects_an_unknown_schedule_and_counts_below_one():
     with pytest.raises(ValueError, match="schedule"):
         RefineConfig(schedule="step")
+    for bad in ({"steps": -1}, {"batch": 0}, {"lr": 0.0}, {"size": 3}):
+        with pytest.raises(InputError, match="invalid refinement config"):
+            RefineConfig(**bad)
 
 
 def load_encoder(run):
@@ -273,6 +276,13 @@ def test_cli_trains_from_a_stage_one_run_and_segments(tmp_path, run):
         assert f"eye0_{suffix}.png" in names
     mask = np.asarray(Image.open(segmented / "eye1_A_mask.png"))
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    # Again without refinement: the first call's refined maps do not stay as if they were its own.
+    result = CliRunner().invoke(app, [
+        "shape-guided", "segment", "--model", str(out), "--images", str(folder),
+        "--out", str(segmented), "--refine-steps", "0", "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not list(segmented.glob("*_refined_*")) and (segmented / "eye0_A_mask.png").is_file()
 
 
 def test_cli_trains_a_small_network_at_the_scale_it_is_given(tmp_path):
@@ -281,11 +291,12 @@ def test_cli_trains_a_small_network_at_the_scale_it_is_given(tmp_path):
         "shape-guided", "train", "--data", "synthetic_fundus:2", "--prior", "simulated:vessels",
         "--out", str(out), "--stage1-steps", "1", "--stage2-steps", "1", "--size", "32",
         "--pool-size", "48", "--crop-scale", "0.5", "1.0", "--depth", "2", "--width", "8",
-        "--batch", "1", "--device", "cpu",
+        "--batch", "1", "--device", "cpu", "--prior-count", "12",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())["pretrain"]
     assert config["pool_size"] == 48 and config["crop_scale"] == [0.5, 1.0]
+    assert config["prior_count"] == 12
     model = LDModel.from_pretrained(out)
     assert (model.config.depth, model.config.width) == (2, 8)
 

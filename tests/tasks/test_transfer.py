@@ -85,7 +85,9 @@ def test_modality_and_target_problems_are_named(tmp_path):
         run_transfer(tiny("synthetic_xray:4", init=str(tmp_path / "ld")), tmp_path / "a")
     config = tiny("synthetic_xray:4")
     config.target = "vessels"
-    with pytest.raises(DatasetError, match="no masks for target 'vessels'"):
+    # A generated set is named as such, not by its count ("4 (train split): ...").
+    named = r"^synthetic_xray \(generated\) \(train split\): no masks for target 'vessels'"
+    with pytest.raises(DatasetError, match=named):
         run_transfer(config, tmp_path / "b")
 
 

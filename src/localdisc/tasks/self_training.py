@@ -60,7 +60,7 @@ from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import predict_batch
 from localdisc.engine.pseudo_label import fit_pseudo_labels
-from localdisc.errors import LocaldiscError
+from localdisc.errors import InputError, LocaldiscError
 from localdisc.models.segmenter import Segmenter
 from localdisc.tasks.vesselness import (
     check_method,
@@ -112,14 +112,21 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         check_method(self.method)
+        problems = []
         if not 0.0 <= self.speck_area < 1.0:
-            raise ValueError(f"speck_area must lie in [0, 1), got {self.speck_area!r}")
+            problems.append(f"speck_area must lie in [0, 1), not {self.speck_area!r}")
         if self.painted < 0:
-            raise ValueError(f"painted must be >= 0, got {self.painted!r}")
+            problems.append(f"painted must be >= 0, not {self.painted!r}")
+        if self.steps < 1 or self.batch < 1:
+            problems.append(f"steps and batch must be >= 1, not {self.steps} and {self.batch}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be > 0 and finite, not {self.lr}")
         if not 0 < self.crop <= self.size:
-            raise ValueError(f"need 0 < crop <= size, got crop={self.crop}, size={self.size}")
-        if self.size % 2**self.depth:
-            raise ValueError(f"size {self.size} is not a multiple of 2**depth ({2**self.depth})")
+            problems.append(f"need 0 < crop <= size, not crop={self.crop}, size={self.size}")
+        elif self.size % 2**self.depth:
+            problems.append(f"size {self.size} is not a multiple of 2**depth ({2**self.depth})")
+        if problems:
+            raise InputError("invalid student config: " + "; ".join(problems))
 
 
 def train_student(

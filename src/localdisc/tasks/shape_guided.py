@@ -19,6 +19,7 @@ pieces, no holes: :mod:`localdisc.priors.topology`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,7 +42,7 @@ from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, predict_batch
 from localdisc.engine.pseudo_label import fit_pseudo_labels
-from localdisc.errors import CheckpointError, LocaldiscError
+from localdisc.errors import CheckpointError, InputError, LocaldiscError
 from localdisc.losses.region import region_embeddings
 from localdisc.models.ld import LDConfig, LDModel, split_weights_path
 from localdisc.models.segmenter import Segmenter
@@ -332,6 +333,8 @@ def segment_images(
     if prior_shape is not None:
         log(f"prior topology applied to the mean A and refined: {prior_shape.components} piece(s)")
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
+    if not refine_steps:
+        drop_refined(out_dir, [name for name, _ in files])
     written = []
     for name, path in files:
         mean = {o: mean_probability([p / f"{name}_{o}_prob.png" for p in parts]) for o in outputs}
@@ -442,7 +445,17 @@ def _segment_run(
             )
             write_png(out_dir / f"{name}_refined_prob.png", prob_png(prob))
             written.append(write_png(out_dir / f"{name}_refined_mask.png", mask_png(prob, 0.5)))
+    else:
+        drop_refined(out_dir, names)
     return written
+
+
+def drop_refined(out_dir: Path, names: Sequence[str]) -> None:
+    """Delete refined maps an earlier call left in ``out_dir`` for ``names``: without refinement
+    they would sit beside this call's A and B as if they were its own."""
+    for name in names:
+        for kind in ("prob", "mask"):
+            (out_dir / f"{name}_refined_{kind}.png").unlink(missing_ok=True)
 
 
 # --- refinement ----------------------------------------------------------------------------
@@ -472,8 +485,17 @@ class RefineConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        problems = []
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+            problems.append(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
+        if self.steps < 1 or self.batch < 1:
+            problems.append(f"steps and batch must be >= 1, not {self.steps} and {self.batch}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be > 0 and finite, not {self.lr}")
+        if self.size < 16:
+            problems.append(f"size must be at least 16 pixels, not {self.size}")
+        if problems:
+            raise InputError("invalid refinement config: " + "; ".join(problems))
 
 
 def refine(
@@ -529,7 +551,7 @@ def _refine_network(
     """The segmenter that :func:`refine` trains: the encoder of ``run_dir`` (a run folder, or one
     of its weight files, whose encoder is then the one taken), at ``size`` rounded up to
     :func:`refine_size` (said in ``log``)."""
-    folder, weights = split_weights_path(run_dir)
+    folder, _ = split_weights_path(run_dir)
     depth = LDConfig.from_run(folder).depth
     side = refine_size(size, depth)
     if side != size:
@@ -537,10 +559,7 @@ def _refine_network(
             f"refinement at {side} px, not {size}: the network of depth {depth} needs a "
             f"multiple of {2 ** (depth - 1)}"
         )
-    model = Segmenter.from_ld_run(folder, size=side)
-    if weights != "model.safetensors":  # encoder.safetensors is model.safetensors' encoder
-        model.encoder.load_state_dict(LDModel.from_pretrained(run_dir).encoder.state_dict())
-    return model
+    return Segmenter.from_ld_run(run_dir, size=side)
 
 
 def _refine_input(image: np.ndarray, modality: str, stretch: bool) -> np.ndarray:

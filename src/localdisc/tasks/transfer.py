@@ -170,13 +170,15 @@ def _splits(spec: str) -> tuple[str, ...]:
 
 
 def _resolve_target(dataset: SegmentationDataset, target: str | None) -> str:
-    target = target or dataset.default_target
-    if target is None or target not in dataset.targets:
+    # An unlabelled set has no default target: name the one it usually has, and why it is absent.
+    target = target or dataset.default_target or dataset.preferred_target
+    if target not in dataset.targets:
         available = ", ".join(dataset.targets) or "none"
-        why = dataset.missing_labels.get(target or "")
+        why = dataset.missing_labels.get(target)
+        where = dataset.root if dataset.requires_root else f"{dataset.name} (generated)"
         raise DatasetError(
-            f"{dataset.root or dataset.name} ({dataset.split} split): no masks for target "
-            f"{target!r} (available: {available})" + (f"; {why}" if why else "")
+            f"{where} ({dataset.split} split): no masks for target {target!r} (available: "
+            f"{available})" + (f"; {why}" if why else "")
         )
     return target
 

@@ -55,6 +55,7 @@ from skimage.draw import line as draw_line
 from skimage.filters import frangi, sato, threshold_otsu
 from skimage.morphology import disk
 
+from localdisc.errors import InputError
 from localdisc.eval.metrics import paper_dice
 
 __all__ = [
@@ -82,10 +83,10 @@ GREEN = 1
 
 
 def check_method(method: str) -> None:
-    """Raise ``ValueError`` unless ``method`` is one of :data:`FILTERS` or several joined by
-    ``+``."""
+    """Raise :class:`~localdisc.errors.InputError` (a ``ValueError``) unless ``method`` is one of
+    :data:`FILTERS` or several joined by ``+``."""
     if any(m not in FILTERS for m in method.split("+")):
-        raise ValueError(
+        raise InputError(
             f"unknown vesselness method {method!r}; known: {', '.join(FILTERS)}, "
             "or several joined by '+' (their mean rank)"
         )
