@@ -72,3 +72,19 @@ def sphere_field(h: int, w: int) -> np.ndarray:
     phi, theta = np.broadcast_arrays(phi, theta)
     xyz = [np.cos(phi) * np.sin(theta), np.sin(phi) * np.sin(theta), np.cos(theta)]
     return np.stack(xyz, -1).astype(np.float32)
+
+
+def spy_load_model(monkeypatch) -> list[str]:
+    """The devices :func:`localdisc.tasks.similarity.load_model` is asked for from now on (each
+    load still runs on the CPU: the test machine may have no GPU)."""
+    import localdisc.tasks.similarity as module
+
+    devices: list[str] = []
+    real = module.load_model
+
+    def spy(run_dir, *, device="cpu"):
+        devices.append(device)
+        return real(run_dir, device="cpu")
+
+    monkeypatch.setattr(module, "load_model", spy)
+    return devices

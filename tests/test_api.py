@@ -158,13 +158,18 @@ def test_top_level_names_resolve_and_complete():
         localdisc.LDmodel  # noqa: B018
 
 
-def test_import_localdisc_stays_light():
-    code = (
-        "import sys, localdisc; dir(localdisc); localdisc.__all__; "
-        "heavy = [m for m in ('torch', 'numpy', 'scipy') if m in sys.modules]; "
+@pytest.mark.parametrize(
+    "code, heavy",
+    [
+        ("import localdisc; dir(localdisc); localdisc.__all__", ("torch", "numpy", "scipy")),
+        ("import localdisc.cli", ("torch", "matplotlib", "monai")),  # `localdisc --help` is fast
+    ],
+)
+def test_imports_stay_light(code, heavy):
+    check = f"import sys; {code}; heavy = [m for m in {heavy!r} if m in sys.modules]; " + (
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -66,16 +66,6 @@ def test_list_in_a_real_subprocess() -> None:
     assert "jsrt_scr" in result.stdout and "Staal et al." in result.stdout
 
 
-def test_cli_import_stays_light() -> None:
-    code = (
-        "import sys, localdisc.cli; "
-        "heavy = [m for m in ('torch', 'matplotlib', 'monai') if m in sys.modules]; "
-        "print(heavy); sys.exit(1 if heavy else 0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_inspect_json_prints_only_json(tmp_path: Path) -> None:
     root = make_drive(tmp_path / "DRIVE")
     result = runner.invoke(app, ["datasets", "inspect", "drive", str(root), "--json"])

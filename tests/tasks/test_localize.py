@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import sphere_field
+from helpers import sphere_field, spy_load_model
 from localdisc.data.preprocess import resize_image
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.localize import Localizer, SearchConfig, ncc_localize, read_landmarks
@@ -231,7 +231,6 @@ def test_predictions_stay_inside_an_image_smaller_than_the_working_size():
 
 def test_an_ld_model_or_a_run_on_a_device_is_taken(tmp_path, monkeypatch):
     # "expected str, bytes or os.PathLike object, not LDModel"; and no device for a run's path.
-    import localdisc.tasks.similarity as similarity_module
     from localdisc.models import LDConfig, LDModel
 
     torch.manual_seed(0)
@@ -241,14 +240,7 @@ def test_an_ld_model_or_a_run_on_a_device_is_taken(tmp_path, monkeypatch):
     config = SearchConfig(size=32)
     by_model = Localizer(model, image, {"a": (5, 7)}, config)
     assert by_model.loaded.model is model
-    devices = []
-    real = similarity_module.load_model
-
-    def spy(run_dir, *, device="cpu"):
-        devices.append(device)
-        return real(run_dir, device="cpu")  # the test machine may have no GPU
-
-    monkeypatch.setattr(similarity_module, "load_model", spy)
+    devices = spy_load_model(monkeypatch)
     by_path = Localizer(tmp_path / "run", image, {"a": (5, 7)}, config, device="cuda:1")
     assert devices == ["cuda:1"]
     uint8 = (image * 255).round().astype(np.uint8)  # scaled as a float image, not 255 x brighter

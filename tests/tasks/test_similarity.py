@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import sphere_field
+from helpers import sphere_field, spy_load_model
 from localdisc.errors import InputError, LocaldiscError
 from localdisc.models import LDConfig, LDModel
 from localdisc.tasks.similarity import (
@@ -210,17 +210,8 @@ def test_an_ld_model_is_taken_with_the_settings_of_its_run(tmp_path):
 
 def test_a_run_given_as_a_path_is_loaded_on_the_device_asked_for(tmp_path, monkeypatch):
     # similarity() had no device: a run given as a path always ran on the CPU.
-    import localdisc.tasks.similarity as module
-
     run = tiny_run(tmp_path / "run")
-    devices = []
-    real = module.load_model
-
-    def spy(run_dir, *, device="cpu"):
-        devices.append(device)
-        return real(run_dir, device="cpu")  # the test machine may have no GPU
-
-    monkeypatch.setattr(module, "load_model", spy)
+    devices = spy_load_model(monkeypatch)
     image = np.zeros((16, 16, 3), np.float32)
     similarity(run, image, (1, 1), device="cuda:1")
     similarity(str(run), image, (1, 1))
