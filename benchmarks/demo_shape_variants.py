@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from localdisc.demo import demo_vessels
 from localdisc.engine.pretrain import PretrainConfig
@@ -33,8 +34,8 @@ def _discriminator_without_batch_norm() -> None:
     from localdisc.engine import shape_prior
 
     class NoBatchNorm(shape_prior.MaskDiscriminator):
-        def __init__(self) -> None:
-            super().__init__()
+        def __init__(self, *args: Any, **kwargs: Any) -> None:  # coords=: the engine's pose
+            super().__init__(*args, **kwargs)
             kept = [m for m in self.features if not isinstance(m, nn.BatchNorm2d)]
             self.features = nn.Sequential(*kept)
 

@@ -18,13 +18,16 @@ exec > >(tee "$OUT/session.log") 2>&1
 date -u; git rev-parse --short HEAD 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 
+# A fresh folder each call: pretrain refuses a folder that holds a run, and the benchmark would
+# then silently measure older runs left in /tmp (an earlier call, another toy test).
+runs=$(mktemp -d)
 s1=$(python -c "print($PRETRAIN_S / 5)"); s2=$(python -c "print($PRETRAIN_S * 4 / 5)")
 for variant in uniform center; do
   extra=""; [ "$variant" = center ] && extra="--center-sensitive"
-  python -m localdisc pretrain --data "$CARRY/pool" --modality xray --out "/tmp/ld_xray_$variant" \
+  python -m localdisc pretrain --data "$CARRY/pool" --modality xray --out "$runs/ld_xray_$variant" \
       --device $DEVICE --size $PSIZE --batch 4 --stage1-steps 20000 --stage2-steps 80000 \
       --stage1-seconds "$s1" --stage2-seconds "$s2" --checkpoint-every 100000 --workers 16 $extra
-  cp "/tmp/ld_xray_$variant/log.csv" "$OUT/log_$variant.csv"
+  cp "$runs/ld_xray_$variant/log.csv" "$OUT/log_$variant.csv"
 done
-python -m localdisc benchmark localize --models /tmp/ld_xray_uniform,/tmp/ld_xray_center \
+python -m localdisc benchmark localize --models "$runs/ld_xray_uniform,$runs/ld_xray_center" \
     --tasks jsrt --data-root "$CARRY" --device $DEVICE --out "$OUT/localize"

@@ -18,7 +18,9 @@ exec > >(tee "$OUT/session.log") 2>&1
 date -u; git rev-parse --short HEAD 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 
-run=/tmp/ld_kaggle_${PRETRAIN_S}s
+# A fresh folder each call: pretrain refuses a folder that holds a run, and the transfer would
+# then silently fine-tune an older run left in /tmp (an earlier call, another toy test).
+run=$(mktemp -d)/ld_kaggle_${PRETRAIN_S}s
 s1=$(python -c "print($PRETRAIN_S / 5)"); s2=$(python -c "print($PRETRAIN_S * 4 / 5)")
 start=$(date +%s)
 python -m localdisc pretrain --data carry/KaggleDR/images --max-images 1000 --out "$run" \
