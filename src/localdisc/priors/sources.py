@@ -261,9 +261,15 @@ def prior_masks(spec: str, size: int, *, count: int = 200, seed: int = 0) -> np.
     ``count`` and ``seed`` must be the ones the run was trained with: they pick a simulated
     prior's masks. For other specs they change nothing, so they do not split the cache.
     """
-    if _parse(spec).kind != "simulated":
+    if not is_simulated(spec):
         count, seed = 200, 0
     return _prior_masks(spec, size, count, seed)
+
+
+def is_simulated(spec: str) -> bool:
+    """Whether ``spec`` names a simulator (``simulated:NAME``), whose masks ``count`` and
+    ``seed`` pick; raises as :func:`load_prior` does for a spec that cannot be parsed."""
+    return _parse(spec).kind == "simulated"
 
 
 @lru_cache(maxsize=4)

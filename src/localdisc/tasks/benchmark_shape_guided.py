@@ -454,11 +454,12 @@ def _prior_bank_key(run_dir: Path) -> dict[str, Any]:
     masks a kept-pose simulated prior votes with (:func:`~localdisc.tasks.shape_guided.
     run_prior_bank`), when they are not the 200 from seed 0 that every run voted with before
     segmentation took the run's own ({} then: evaluations cached before stay valid)."""
-    from localdisc.tasks.shape_guided import run_prior_bank
+    from localdisc.priors.sources import is_simulated
+    from localdisc.tasks.shape_guided import pretrain_settings, run_prior_bank
 
-    config = json.loads((run_dir / "config.json").read_text()).get("pretrain") or {}
-    simulated = str(config.get("prior") or "").lower().startswith("simulated:")
-    if config.get("prior_pose") != "kept" or not simulated:
+    config = pretrain_settings(run_dir)
+    prior = config.get("prior")
+    if config.get("prior_pose") != "kept" or not prior or not is_simulated(prior):
         return {}
     bank = run_prior_bank(run_dir)
     return {} if bank == {"count": 200, "seed": 0} else {"prior_bank": bank}

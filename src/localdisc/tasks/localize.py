@@ -131,19 +131,15 @@ class Localizer:
         self.kernel = PatchKernel(kernel.side) if self.config.uniform else kernel
         self.size = self.config.size or self.loaded.pool_size
         image = as_image(template, "the template")
-        h, w = image.shape[:2]
-        for name, (x, y) in landmarks.items():
-            if not (0 <= x < w and 0 <= y < h):
-                raise LocaldiscError(
-                    f"landmark {name} ({x}, {y}) is outside the {w} x {h} template"
-                )
+        check_landmarks(landmarks, image)
         self.landmarks = dict(landmarks)
         # Per landmark, one (coarse [2, D], fine [D]) descriptor per template variant.
         self.descriptors: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in landmarks}
         variants = [(image, landmarks)]
         if self.config.mirror:
-            mirrored = {k: (w - 1 - x, y) for k, (x, y) in landmarks.items()}
-            variants.append((np.ascontiguousarray(image[:, ::-1]), mirrored))
+            variants.append(
+                (np.ascontiguousarray(image[:, ::-1]), mirrored(landmarks, image.shape[1]))
+            )
         s = self.config.stride
         for variant, points in variants:
             coarse, fine, scale = self._maps(variant)
@@ -212,6 +208,19 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return np.tensordot(image[..., :3], np.asarray(LUMA, np.float32), axes=([2], [0]))
 
 
+def check_landmarks(landmarks: dict[str, Point], template: np.ndarray) -> None:
+    """Raise :class:`~localdisc.errors.LocaldiscError` naming a landmark outside ``template``."""
+    h, w = template.shape[:2]
+    for name, (x, y) in landmarks.items():
+        if not (0 <= x < w and 0 <= y < h):
+            raise LocaldiscError(f"landmark {name} ({x}, {y}) is outside the {w} x {h} template")
+
+
+def mirrored(landmarks: dict[str, Point], width: int) -> dict[str, Point]:
+    """``landmarks`` on the image flipped left-right (``width`` pixels wide)."""
+    return {k: (width - 1 - x, y) for k, (x, y) in landmarks.items()}
+
+
 def ncc_localize(
     template: np.ndarray,
     landmarks: dict[str, Point],
@@ -229,14 +238,13 @@ def ncc_localize(
     correlation kept.
     """
     template, image = as_image(template, "the template"), as_image(image)
+    check_landmarks(landmarks, template)
     th, tw = template.shape[:2]
-    for name, (x, y) in landmarks.items():
-        if not (0 <= x < tw and 0 <= y < th):
-            raise LocaldiscError(f"landmark {name} ({x}, {y}) is outside the {tw} x {th} template")
     if mirror:
-        flipped = {k: (tw - 1 - x, y) for k, (x, y) in landmarks.items()}
         a = ncc_localize(template, landmarks, image, patch)
-        b = ncc_localize(np.ascontiguousarray(template[:, ::-1]), flipped, image, patch)
+        b = ncc_localize(
+            np.ascontiguousarray(template[:, ::-1]), mirrored(landmarks, tw), image, patch
+        )
         return {k: a[k] if a[k].confidence >= b[k].confidence else b[k] for k in a}
     from skimage.feature import match_template
     from skimage.transform import resize
@@ -252,8 +260,7 @@ def ncc_localize(
     half_y = max(1, round(patch * scale[1]) // 2)
     out = {}
     for name, point in landmarks.items():
-        # Same shape: the landmark's own pixel, exactly as before (no float round trip).
-        x, y = point if scale == (1.0, 1.0) else to_resized(point, scale)
+        x, y = to_resized(point, scale)
         xs, ys = nearest_pixel(x, iw), nearest_pixel(y, ih)
         y0, y1 = max(0, ys - half_y), min(ih, ys + half_y)
         x0, x1 = max(0, xs - half_x), min(iw, xs + half_x)

@@ -207,7 +207,7 @@ def atlas_votes(
     return ShapeGuidedMaps(prob_a, prob_b, fov, prior, intensity)
 
 
-def _pretrain_settings(run_dir: str | Path) -> dict[str, Any]:
+def pretrain_settings(run_dir: str | Path) -> dict[str, Any]:
     """The ``pretrain`` section of a run's ``config.json`` ({} when it has none); ``run_dir``
     may also name one of the run's weight files, as :meth:`LDModel.from_pretrained` takes it."""
     folder, _ = split_weights_path(run_dir)
@@ -218,14 +218,14 @@ def run_size(run_dir: str | Path) -> int | None:
     """The pool side a run trained at (its images' scale), from its ``config.json``."""
     from localdisc.engine.pretrain import PretrainConfig
 
-    config = _pretrain_settings(run_dir)
+    config = pretrain_settings(run_dir)
     return PretrainConfig.from_dict(config).resolved_pool_size if config else None
 
 
 def run_topology(run_dir: str | Path, log: Callable[[str], None] = print) -> PriorTopology | None:
     """The topology of a run's shape prior when it is solid (an organ), else None (no prior, a
     tree prior, or a prior that cannot be read any more: said in ``log``)."""
-    config = _pretrain_settings(run_dir)
+    config = pretrain_settings(run_dir)
     if not config.get("prior"):
         return None
     try:
@@ -242,7 +242,7 @@ def run_prior_bank(run_dir: str | Path) -> dict[str, int]:
     run's ``config.json`` lacks them): they pick a simulated prior's masks."""
     from localdisc.engine.pretrain import PretrainConfig
 
-    config = _pretrain_settings(run_dir)
+    config = pretrain_settings(run_dir)
     return {
         "count": config.get("prior_count", PretrainConfig.prior_count),
         "seed": config.get("seed", PretrainConfig.seed),
@@ -254,7 +254,7 @@ def run_prior_masks(run_dir: str | Path, log: Callable[[str], None] = print) -> 
     it was trained against: :func:`run_prior_bank`) when the prior keeps its pose
     (``prior_pose="kept"``: it says where the structure lies), else None (no prior, a prior
     free of pose, or one that cannot be read any more: said in ``log``)."""
-    config = _pretrain_settings(run_dir)
+    config = pretrain_settings(run_dir)
     if not config.get("prior") or config.get("prior_pose") != "kept":
         return None
     try:
@@ -382,7 +382,7 @@ def _check_run(run_dir: str | Path, log: Callable[[str], None]) -> None:
     LDConfig.from_run(folder)  # names a folder that is no run
     if not (folder / weights).is_file():
         raise CheckpointError(f"{folder}: no {weights} in this run (has it finished training?)")
-    if not _pretrain_settings(run_dir).get("prior"):
+    if not pretrain_settings(run_dir).get("prior"):
         log(
             f"warning: {folder} was trained without a shape prior (`localdisc shape-guided "
             "train`): its cluster 0, output A, is not guided to any structure"
