@@ -98,7 +98,7 @@ def test_a_segmentation_model_given_as_an_ld_run_is_named_so(tmp_path):
     with pytest.raises(CheckpointError, match=r"a segmentation model, not an LD run .*predict"):
         LDConfig.from_run(tmp_path)
     (tmp_path / "config.json").write_text('{"pretrain": {}}')
-    with pytest.raises(CheckpointError, match="unreadable model config"):
+    with pytest.raises(CheckpointError, match=r"not an LD pre-training run \(no model\)"):
         LDConfig.from_run(tmp_path)
 
 

@@ -41,8 +41,42 @@ def test_from_ld_run_names_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         Segmenter.from_ld_run(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"segmenter": {}}))
-    with pytest.raises(CheckpointError, match="not an LD pre-training run"):
+    with pytest.raises(CheckpointError, match=r"a segmentation model, not an LD run .*predict"):
         Segmenter.from_ld_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "model_config,message",
+    [
+        ({"width": "16"}, "width must be a positive integer"),  # was an InputError, no file named
+        ({"depth": 9}, "depth must be 2 to 5"),
+        ({"dim": "32"}, "dim must be a positive integer"),  # was ignored: a broken run loaded
+        ({"modality": "fundus", "future": 1}, "unexpected keyword argument 'future'"),
+    ],
+)
+def test_from_ld_run_reads_the_run_config_as_ld_model_from_pretrained_does(
+    tmp_path, model_config, message
+):
+    # from_ld_run read config.json by hand: a field of the wrong type gave an InputError that
+    # named no file, or was not checked at all, where LDModel.from_pretrained named config.json.
+    (tmp_path / "config.json").write_text(json.dumps({"model": model_config}))
+    with pytest.raises(CheckpointError, match=message) as from_pretrained:
+        LDModel.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=message) as from_ld_run:
+        Segmenter.from_ld_run(tmp_path)
+    assert str(from_ld_run.value) == str(from_pretrained.value)
+    assert "config.json" in str(from_ld_run.value)
+
+
+def test_from_ld_run_loads_an_old_run_without_padding_or_depth(tmp_path):
+    # Runs saved before the padding and depth fields: the defaults, as LDConfig gives them.
+    ld = LDModel(LDConfig("xray", width=8))
+    ld.save(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["model"] = {"modality": "xray", "width": 8, "dim": 32, "clusters": 16}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    model = Segmenter.from_ld_run(tmp_path, size=32)
+    assert model.config == SegmenterConfig("xray", 8, "zeros", 32, 5)
 
 
 def test_save_and_load_round_trip_without_pickle(tmp_path):

@@ -59,6 +59,8 @@ class LDConfig:
                     f"{config_path}: a segmentation model, not an LD run (no model); "
                     "`localdisc predict` takes it"
                 )
+            if isinstance(saved, dict) and "model" not in saved:
+                raise CheckpointError(f"{config_path}: not an LD pre-training run (no model)")
             return cls(**saved["model"])
         except (KeyError, TypeError, ValueError) as exc:  # JSONDecodeError, InputError too
             raise CheckpointError(f"{config_path}: unreadable model config ({exc})") from exc

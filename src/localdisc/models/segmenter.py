@@ -22,7 +22,13 @@ from localdisc.data.preprocess import (
     to_modality_channels,
 )
 from localdisc.errors import CheckpointError, InputError
-from localdisc.models.ld import LDModel, architecture_problems, is_positive_int, split_weights_path
+from localdisc.models.ld import (
+    LDConfig,
+    LDModel,
+    architecture_problems,
+    is_positive_int,
+    split_weights_path,
+)
 from localdisc.models.vgg_unet import UNetDecoder, VGGEncoder
 
 
@@ -84,20 +90,15 @@ class Segmenter(nn.Module):
 
         ``run_dir`` may name one of the run's weight files instead, as
         :meth:`LDModel.from_pretrained` takes it (``RUN/stage1.safetensors``: the encoder at
-        the end of stage 1).
+        the end of stage 1). The run's ``config.json`` is read by :meth:`LDConfig.from_run`, as
+        :meth:`LDModel.from_pretrained` reads it: the same defaults and the same errors.
         """
         from localdisc.engine.checkpoint import load_safetensors
 
         run_dir, weights = split_weights_path(run_dir, "encoder.safetensors")
-        model_config = read_config(run_dir).get("model")
-        if not isinstance(model_config, dict):
-            raise CheckpointError(f"{run_dir}/config.json: not an LD pre-training run (no model)")
+        ld = LDConfig.from_run(run_dir)
         config = SegmenterConfig(
-            modality=model_config.get("modality", "fundus"),
-            width=model_config.get("width", 16),
-            padding=model_config.get("padding", "zeros"),
-            depth=model_config.get("depth", 5),
-            size=size,
+            modality=ld.modality, width=ld.width, padding=ld.padding, depth=ld.depth, size=size
         )
         model = cls(config)
         if weights == "encoder.safetensors":
