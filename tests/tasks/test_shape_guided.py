@@ -557,3 +557,76 @@ def test_a_stopped_ensemble_goes_on_from_the_run_it_stopped_in(tmp_path, monkeyp
     save_eye(1)  # the image changed
     ensemble(size=32)
     assert segmented[5:] == ["run-0", "run-1"]
+
+
+def test_ensemble_uncertainty_votes_with_the_prior_masks_of_every_run(tmp_path, monkeypatch, run):
+    """An ensemble's mean maps voted with the first run's prior masks only, though runs of other
+    seeds (or counts) trained against other masks (:func:`run_prior_bank`)."""
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.data.io import read_image
+    from localdisc.data.preprocess import fov_from_image
+    from localdisc.priors import load_prior
+    from localdisc.tasks.predict import prob_png
+    from localdisc.tasks.shape_guided import (
+        atlas_votes,
+        ensemble_prior_masks,
+        mean_probability,
+        run_prior_masks,
+        segment_images,
+    )
+
+    def disc_run(name, **settings):
+        """The vessel run's weights, its config with a kept-pose optic disc prior."""
+        folder = tmp_path / name
+        folder.mkdir()
+        config = json.loads((run / "config.json").read_text())
+        config["pretrain"] = {**config["pretrain"], "prior": "simulated:optic_disc",
+                              "prior_pose": "kept", **settings}  # fmt: skip
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+        return folder
+
+    def bank(count, seed):
+        return load_prior("simulated:optic_disc", 48, count=count, seed=seed)[:, 0].numpy()
+
+    first, second = disc_run("first", seed=0, prior_count=2), disc_run("second", seed=10,
+                                                                       prior_count=3)  # fmt: skip
+    both = np.concatenate([bank(2, 0), bank(3, 10)])
+    image = synthetic_fundus(48, seed=2).image
+    Image.fromarray((image * 255).astype("uint8")).save(tmp_path / "eye.png")
+    fov = fov_from_image(np.asarray(Image.open(tmp_path / "eye.png")) / 255.0)
+    yy, xx = np.mgrid[:48, :48]
+    prob = np.where((yy - 24) ** 2 + (xx - 30) ** 2 <= 6**2, 0.7, 0.3) * fov
+    prob = prob.astype(np.float32)
+    monkeypatch.setattr(shape_guided, "segment", lambda *a, **k: ShapeGuidedMaps(prob, prob, fov))
+    out = tmp_path / "ensemble"
+    logs: list[str] = []
+    segment_images([first, second], [tmp_path / "eye.png"], out, device="cpu", log=logs.append)
+    # The uncertainty of the mean maps as they were averaged, with the votes of both banks.
+    mean = [mean_probability([out / f"run-{k}" / f"eye_{o}_prob.png" for k in range(2)])
+            for o in "AB"]  # fmt: skip
+    grey = read_image(tmp_path / "eye.png")[0]
+
+    def uncertainty(masks):
+        maps = atlas_votes(grey, *mean, fov, masks)
+        return prob_png(1 - maps.pseudo_label()[1])
+
+    written = np.asarray(Image.open(out / "eye_uncertainty.png"))
+    assert not np.array_equal(uncertainty(both), uncertainty(bank(2, 0)))  # the banks differ
+    np.testing.assert_array_equal(written, uncertainty(both))
+    assert any("prior masks of 2 runs together: 5 masks" in line for line in logs), logs
+
+    # Runs that share a bank vote with that bank, the same array as one run's.
+    same = disc_run("same", seed=0, prior_count=2)
+    assert ensemble_prior_masks([first, same], log=lambda m: None) is run_prior_masks(first)
+    # Banks of nearby seeds overlap (masks 0..1 and 1..3): each mask once, the first's first.
+    near = disc_run("near", seed=1, prior_count=3)
+    np.testing.assert_array_equal(ensemble_prior_masks([first, near], log=lambda m: None),
+                                  bank(4, 0))  # fmt: skip
+    # A run free of pose (or without a prior) adds no masks, wherever it stands; none: no votes.
+    free = disc_run("free", seed=20, prior_count=2, prior_pose="free")
+    np.testing.assert_array_equal(ensemble_prior_masks([free, first, second]), both)
+    assert ensemble_prior_masks([free, run], log=lambda m: None) is None
+    # A run trained at another scale: its bank at the first's size.
+    big = disc_run("big", seed=10, prior_count=3, pool_size=64)
+    np.testing.assert_array_equal(ensemble_prior_masks([first, big], log=lambda m: None), both)

@@ -249,19 +249,52 @@ def run_prior_bank(run_dir: str | Path) -> dict[str, int]:
     }
 
 
-def run_prior_masks(run_dir: str | Path, log: Callable[[str], None] = print) -> np.ndarray | None:
-    """A run's prior masks (``bool`` N x S x S at the run's size: :func:`prior_masks`, the bank
-    it was trained against: :func:`run_prior_bank`) when the prior keeps its pose
-    (``prior_pose="kept"``: it says where the structure lies), else None (no prior, a prior
-    free of pose, or one that cannot be read any more: said in ``log``)."""
+def run_prior_masks(
+    run_dir: str | Path, log: Callable[[str], None] = print, *, size: int | None = None
+) -> np.ndarray | None:
+    """A run's prior masks (``bool`` N x S x S at the run's size, or at ``size``:
+    :func:`prior_masks`, the bank it was trained against: :func:`run_prior_bank`) when the prior
+    keeps its pose (``prior_pose="kept"``: it says where the structure lies), else None (no
+    prior, a prior free of pose, or one that cannot be read any more: said in ``log``)."""
     config = pretrain_settings(run_dir)
     if not config.get("prior") or config.get("prior_pose") != "kept":
         return None
     try:
-        return prior_masks(config["prior"], run_size(run_dir) or 512, **run_prior_bank(run_dir))
+        side = size or run_size(run_dir) or 512
+        return prior_masks(config["prior"], side, **run_prior_bank(run_dir))
     except LocaldiscError as exc:
         log(f"prior masks not used in the pseudo-labels: {exc}")
         return None
+
+
+def ensemble_prior_masks(
+    runs: Sequence[str | Path], log: Callable[[str], None] = print
+) -> np.ndarray | None:
+    """The prior masks an ensemble's mean maps vote with (:func:`atlas_votes`): the banks of all
+    ``runs`` whose prior keeps its pose (:func:`run_prior_masks`, each at the first one's size)
+    together, each mask once and in the order they come; None where no run's prior keeps its
+    pose.
+
+    Runs of one recipe usually differ in seed, and a simulated prior's seed and count pick the
+    masks a run trained against (:func:`run_prior_bank`): the mean of the runs' maps is held
+    against every mask one of them was trained with, not the first run's alone. One run, or runs
+    that share a bank, vote with that bank as it is.
+    """
+    banks: list[np.ndarray] = []
+    for run in runs:
+        bank = run_prior_masks(run, log, size=banks[0].shape[-1] if banks else None)
+        if bank is not None and not any(bank is seen for seen in banks):  # cached: the same
+            banks.append(bank)
+    if len(banks) <= 1:
+        return banks[0] if banks else None
+    masks = np.concatenate(banks)
+    # Banks of nearby seeds overlap (masks seed ... seed + count - 1): each mask votes once.
+    packed = np.packbits(masks.reshape(len(masks), -1), axis=1)
+    _, first = np.unique(packed, axis=0, return_index=True)
+    masks = masks[np.sort(first)]
+    log(f"the mean maps vote with the prior masks of {len(runs)} runs together: "
+        f"{len(masks)} masks")  # fmt: skip
+    return masks
 
 
 def segment_images(
@@ -288,9 +321,11 @@ def segment_images(
 
     Several runs (e.g. the seeds of one recipe) segment as an ensemble: each run's outputs go to
     ``OUT/run-0``, ``OUT/run-1``, ... as they come, and their mean probability maps (held to the
-    topology after averaging) to ``OUT``. Run again into ``OUT`` with the same runs, images and
-    settings, a run that got to its end there (``OUT/run-K/segment.json``, written last, marks
-    it) is kept as it is: a stopped ensemble goes on from the run it stopped in.
+    topology after averaging) to ``OUT``, whose uncertainty has the votes of every run's prior
+    masks that keep their pose, together (:func:`ensemble_prior_masks`). Run again into ``OUT``
+    with the same runs, images and settings, a run that got to its end there
+    (``OUT/run-K/segment.json``, written last, marks it) is kept as it is: a stopped ensemble
+    goes on from the run it stopped in.
     """
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
@@ -316,7 +351,7 @@ def segment_images(
         found = "; ".join(f"{r}: {t}" for r, t in shapes.items())
         raise LocaldiscError(f"the runs' priors have different topologies ({found})")
     prior_shape = next(iter(shapes.values()))
-    atlases = run_prior_masks(runs[0], log)
+    atlases = ensemble_prior_masks(runs, log)
     modality = LDConfig.from_run(runs[0]).modality
     parts = [out_dir / f"run-{i}" for i in range(len(runs))]
     for run, part in zip(runs, parts, strict=True):
