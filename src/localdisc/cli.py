@@ -1001,7 +1001,7 @@ def view(
     cache_mb: float = typer.Option(
         2048,
         "--cache-mb",
-        help="MiB of embeddings and similarity maps kept in memory (least recently used go).",
+        help="MiB kept in memory: embeddings, similarity maps, images (least recently used go).",
     ),  # fmt: skip
 ) -> None:
     """Explore a model in the browser: clusters, similarity maps, segmentation."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from localdisc.data.io import read_image
@@ -439,7 +440,7 @@ def test_warm_up_embeds_only_what_the_cache_holds_and_then_says_it_is_done(setup
     assert status["warming"] is False and status["warmed"] == 3 and status["clusters"] == 3
     assert status["embeddings"] == {"pixel": 2, "patch": 0}
     assert viewer._embeddings.snapshot() == [("pixel", 0), ("pixel", 1)]
-    assert viewer.labels(0).dtype == np.uint8  # a byte per pixel for 4 clusters, kept per image
+    assert viewer.labels(0).dtype == np.uint8  # a byte per pixel for 4 clusters
 
 
 def test_a_bad_cache_size_is_a_clear_error(setup):
@@ -450,3 +451,113 @@ def test_a_bad_cache_size_is_a_clear_error(setup):
     # Before the model and images load.
     with pytest.raises(LocaldiscError, match="--cache-mb"):
         serve(setup["root"] / "no model here", [setup["root"] / "images"], port=0, cache_mb=-5)
+
+
+def write_noise_images(folder: Path, count: int, size: int = 48) -> list[tuple[str, Path]]:
+    """``count`` RGB noise images (they compress badly, as photographs do)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(count)
+    for i in range(count):
+        image = rng.integers(0, 256, (size, size, 3), np.uint8)
+        Image.fromarray(image).save(folder / f"noise{i:03d}.png")
+    return collect_images([folder])
+
+
+class QuickClusters:
+    """Wraps a model: soft clusters from the image's brightness, without a forward pass."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def cluster(self, image):
+        k = self.model.config.clusters
+        grey = torch.from_numpy(np.ascontiguousarray(image.mean(-1)))
+        return torch.nn.functional.one_hot((grey * (k - 1)).round().long(), k).permute(2, 0, 1)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_what_is_kept_per_image_stays_within_the_cache(setup, tmp_path):
+    # The display image of every image (3 MiB at 512 px), its PNGs, clusters and segmentation
+    # were kept for ever, whatever --cache-mb said: a folder of thousands grew without bound.
+    import gc
+    import tracemalloc
+    from dataclasses import replace
+
+    # Clusters of the right shape without the network: the model under tracemalloc is slow.
+    loaded = replace(setup["loaded"], model=QuickClusters(setup["loaded"].model))
+
+    def held(files) -> tuple[int, Viewer]:
+        """Bytes the viewer holds once the page asked for everything each image shows."""
+        gc.collect()
+        start = tracemalloc.get_traced_memory()[0]
+        viewer = Viewer(loaded, files, segmenter=FakeSegmenter(), size=48, cache_mb=0.25)
+        for entry in viewer.entries:
+            viewer.thumb_png(entry.id)
+            viewer.image_png(entry.id)
+            viewer.clusters_png(entry.id)
+            viewer.segmentation_png(entry.id)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - start, viewer
+
+    few, many = write_noise_images(tmp_path / "few", 10), write_noise_images(tmp_path / "many", 60)
+    tracemalloc.start()
+    try:
+        held(few)  # imports and one-time allocations
+        small, _ = held(few)
+        large, viewer = held(many)
+    finally:
+        tracemalloc.stop()
+    status = viewer.progress()["cache_mb"]
+    assert status["limit"] == pytest.approx(0.25)
+    # Each cache may go over its share by the one value just put, never by more.
+    assert status["used"] <= 0.25 + 4 * 48 * 48 * 3 * 4 / 2**20
+    # 50 more images: a name, a path and sizes each (about 1 KiB), not their pixels (27 KiB
+    # as display image alone, over 50 KiB in all before).
+    assert large - small < 2**20 / 2, f"{(large - small) / 50 / 1024:.1f} KiB per image"
+
+
+def test_an_evicted_image_is_read_again_unchanged_and_a_changed_file_is_refused(setup, tmp_path):
+    # With nothing but the newest value kept, every request reads its image again: the same
+    # pixels, the same PNG; cache hits are the very bytes kept.
+    import shutil
+
+    shutil.copytree(setup["root"] / "images", tmp_path / "images")
+    files = collect_images([tmp_path / "images"])
+    viewer = Viewer(setup["loaded"], files, segmenter=FakeSegmenter(), size=SIZE, cache_mb=0)
+    reference = setup["viewer"]
+    first = viewer.image_png(2)
+    assert viewer.image_png(2) is first  # a hit: no file read, no PNG encoding
+    for image_id in (0, 1, 2, 0):
+        assert viewer.image_png(image_id) == reference.image_png(image_id)
+        assert viewer.thumb_png(image_id) == reference.thumb_png(image_id)
+        np.testing.assert_array_equal(viewer.labels(image_id), reference.labels(image_id))
+        np.testing.assert_array_equal(viewer.image(image_id), reference.image(image_id))
+    assert viewer.image_png(2) == first
+    result = viewer.query(2, 45, 12, "patch")
+    for got, want in zip(result.matches, reference.query(2, 45, 12, "patch").matches, strict=True):
+        np.testing.assert_allclose(got.sim, want.sim, atol=1e-6)
+
+    # A file replaced or removed since the start: a clear error naming the file (not its path,
+    # which the page never sees), not maps that no longer match the image shown.
+    viewer.image(2)  # the one display image kept: 0 and 1 are read again when asked for
+    server = create_server(viewer, port=0, log=lambda _: None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "images" / "eye1.png")
+        (tmp_path / "images" / "eye0.png").unlink()
+        setup = {**setup, "url": server.url.rstrip("/")}
+        for path, message in [
+            ("/api/image/1.png", "eye1.png changed since the viewer started"),
+            ("/api/clusters/1.png", "eye1.png changed since the viewer started"),
+            ("/api/segmentation/0.png", "cannot read eye0.png again: file not found"),
+            ("/api/similarity?image=2&x=1&y=1&level=pixel", "cannot read eye0.png again"),
+        ]:
+            status, data = get_json(setup, path)
+            assert status == 422 and data["error"].startswith(message), (path, data)
+            assert str(tmp_path) not in data["error"]
+        assert get(setup, "/api/image/2.png")[0] == 200  # the others keep working
+    finally:
+        server.shutdown()
+        server.server_close()

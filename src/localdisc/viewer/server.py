@@ -1,4 +1,4 @@
-"""The viewer's state (images, cached embeddings) and its small JSON/PNG HTTP server.
+"""The viewer's state (images, cached model outputs) and its small JSON/PNG HTTP server.
 
 Security model: the server is meant for one user on their own machine. It binds to 127.0.0.1
 by default, answers only GET/HEAD, serves only the images it was started with (addressed by
@@ -15,6 +15,7 @@ similarity answer also gives the query point and best matches in pixels of the i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -50,9 +51,10 @@ STATIC = {
 }
 # The page loads nothing from elsewhere; inline scripts and foreign origins are refused.
 CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'"
-#: What the viewer keeps of embeddings and similarity maps (MiB). One image's pixel embeddings
-#: are dim x H x W float32: 32 MiB at 512 x 512 and the default 32 dimensions, as many again at
-#: patch level, so 2 GiB keeps about 48 images' pixel embeddings and the recent similarity maps.
+#: What the viewer keeps of each image (MiB): embeddings, similarity maps, display images, PNGs,
+#: clusters and segmentations. One image's pixel embeddings are dim x H x W float32: 32 MiB at
+#: 512 x 512 and the default 32 dimensions, as many again at patch level, so 2 GiB keeps about 48
+#: images' pixel embeddings, the recent similarity maps and what the page shows of many images.
 DEFAULT_CACHE_MB = 2048
 
 
@@ -67,17 +69,15 @@ class HTTPError(Exception):
 
 @dataclass
 class Entry:
-    """One readable image: ``image`` is the display-size float H x W x C array in [0, 1]."""
+    """One readable image: where it is and its sizes. Its pixels are not kept here (a folder of
+    thousands would not fit in memory): :meth:`Viewer.image` reads them again when needed."""
 
     id: int
     name: str
     path: Path
-    image: np.ndarray
+    shape: tuple[int, int]  # (height, width) of the display image
     original: tuple[int, int]  # (width, height) of the file
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.image.shape[0], self.image.shape[1]
+    digest: bytes  # of the display image, to notice a file changed since the viewer started
 
     def file_point(self, x: int, y: int) -> list[float]:
         """Display pixel (x, y) -> the centre of the area it shows, as [x, y] in the file's
@@ -177,6 +177,13 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
+def image_digest(image: np.ndarray) -> bytes:
+    """A hash of an array's shape and values (to tell whether a file still holds the same image)."""
+    h = hashlib.blake2b(repr(image.shape).encode(), digest_size=16)
+    h.update(np.ascontiguousarray(image).data)
+    return h.digest()
+
+
 def display_image(image: np.ndarray, size: int) -> np.ndarray:
     """``image`` with its longer side at most ``size``: large images shrink, small ones stay."""
     h, w = image.shape[:2]
@@ -197,11 +204,14 @@ def _colormap(name: str) -> np.ndarray:
 class Viewer:
     """Images, model and in-memory caches behind the page.
 
-    Embeddings are computed per image and level (patch embeddings are pooled from the pixel
-    ones) and kept in a least-recently-used cache of at most ``cache_mb`` MiB, three quarters
-    for embeddings and a quarter for recent similarity maps (a folder of hundreds of images
-    would otherwise need tens of GiB; see :data:`DEFAULT_CACHE_MB`). Images beyond it cost a
-    model call again when a query reaches them. One lock serialises model calls so that
+    Everything kept per image is in least-recently-used caches of at most ``cache_mb`` MiB in
+    all (a folder of hundreds of images would otherwise need tens of GiB; see
+    :data:`DEFAULT_CACHE_MB`): three quarters for embeddings (computed per image and level;
+    patch embeddings are pooled from the pixel ones), an eighth for recent similarity maps, a
+    sixteenth for display images (read again from their files on a miss) and a sixteenth for
+    what the page shows of each image (PNGs, thumbnails, clusters, segmentations). Only names,
+    paths and sizes are kept for every image. What was evicted costs a file read, a PNG
+    encoding or a model call again when asked for. One lock serialises model calls so that
     concurrent requests neither duplicate work nor oversubscribe the CPU.
 
     The patch kernel is the model's (``loaded.kernel``) at any ``size``, as in
@@ -224,6 +234,14 @@ class Viewer:
         self.size = int(loaded.pool_size if size is None else size)
         if self.size < 16:
             raise LocaldiscError(f"--size must be at least 16, not {self.size}")
+        limit = int(cache_mb * 2**20)
+        quarter = limit // 4
+        self._embeddings = ByteLRU(limit - quarter)  # ("pixel" | "patch", image id) keys
+        self._images = ByteLRU(quarter // 4)  # display images by image id
+        # ("image" | "thumb" | "clusters" | "segmentation", image id): a cache of its own, so
+        # that a query's scan, which reads many images, does not push out what the page shows.
+        self._renders = ByteLRU(quarter // 4)
+        self._queries = ByteLRU(quarter - 2 * (quarter // 4))  # the latest query's heatmaps
         self.entries: list[Entry] = []
         self.errors: list[dict[str, str]] = []
         for name, path in files:
@@ -234,20 +252,16 @@ class Viewer:
                 self.errors.append({"name": name, "file": Path(path).name, "error": _reason(exc)})
                 continue
             image = display_image(raw, self.size)
-            self.entries.append(
-                Entry(len(self.entries), name, Path(path), image, (raw.shape[1], raw.shape[0]))
-            )
+            entry = Entry(len(self.entries), name, Path(path), image.shape[:2],
+                          (raw.shape[1], raw.shape[0]), image_digest(image))  # fmt: skip
+            self.entries.append(entry)
+            if self._images.free() >= image.nbytes:  # the first ones, which are shown first
+                self._images.put(entry.id, image, image.nbytes)
         self.clusters = loaded.model.config.clusters
         colours = _cluster_colours(self.clusters)
         self.colours = np.round(colours * 255).astype(np.uint8)
         self._magma = _colormap("magma")
         self._lock = threading.RLock()
-        limit = int(cache_mb * 2**20)
-        self._embeddings = ByteLRU(limit - limit // 4)  # ("pixel" | "patch", image id) keys
-        self._queries = ByteLRU(limit // 4)  # the page asks for the latest query's heatmaps
-        self._labels: dict[int, np.ndarray] = {}
-        self._segmentation: dict[int, np.ndarray] = {}
-        self._png: dict[tuple, bytes] = {}
         self.working: str | None = None  # what the model computes now, for the progress bar
         self.scan: dict | None = None  # the running query's progress over the images
         self.warming = False
@@ -259,6 +273,30 @@ class Viewer:
         if not 0 <= image_id < len(self.entries):
             raise HTTPError(404, f"no image {image_id}")
         return self.entries[image_id]
+
+    def image(self, image_id: int) -> np.ndarray:
+        """The display image (float H x W x C in [0, 1]): cached, or read again from its file.
+
+        Raises:
+            LocaldiscError: the file can no longer be read, or holds another image than when
+                the viewer started (its maps and sizes would no longer match).
+        """
+        entry = self.entry(image_id)
+        cached = self._images.get(image_id)
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        try:
+            raw, _ = read_image(entry.path)
+            image = display_image(raw, self.size)
+        except (LocaldiscError, OSError, ValueError, MemoryError) as exc:
+            # The file name only: messages go to the page, which never sees server paths.
+            raise LocaldiscError(f"cannot read {entry.path.name} again: {_reason(exc)}") from exc
+        if image_digest(image) != entry.digest:
+            raise LocaldiscError(
+                f"{entry.path.name} changed since the viewer started: restart the viewer to show it"
+            )
+        self._images.put(image_id, image, image.nbytes)
+        return image
 
     def embeddings(self, image_id: int, level: str) -> torch.Tensor:
         """``[D, H, W]`` unit vectors of one image (as ``similarity.embedding_map``)."""
@@ -275,7 +313,7 @@ class Viewer:
             self.working = f"{level} embeddings of {entry.name}"
             try:
                 if pixel is None:
-                    v = self.loaded.model.embed(entry.image)
+                    v = self.loaded.model.embed(self.image(image_id))
                 else:
                     v = dense_patch_embeddings(pixel, self.loaded.kernel)
                 v = v.cpu()
@@ -289,37 +327,48 @@ class Viewer:
         h, w = self.entry(image_id).shape
         return self.loaded.model.config.dim * h * w * 4
 
+    def _rendered(
+        self, key: tuple[str, int], what: str, make: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """A model output kept in the page's cache, made under the model lock on a miss."""
+        cached = self._renders.get(key)
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        with self._lock:
+            cached = self._renders.get(key)  # another request may have made it meanwhile
+            if cached is not None:
+                return cached  # type: ignore[return-value]
+            self.working = f"{what} of {self.entry(key[1]).name}"
+            try:
+                value = make()
+            finally:
+                self.working = None
+            self._renders.put(key, value, value.nbytes)
+            return value
+
+    def _labels_dtype(self) -> type[np.integer]:
+        """A byte per pixel, not the int64 of argmax, where the clusters allow it."""
+        return np.uint8 if self.clusters <= 256 else np.int32
+
     def labels(self, image_id: int) -> np.ndarray:
         """H x W arg-max cluster of every pixel."""
-        if image_id not in self._labels:
-            with self._lock:
-                if image_id not in self._labels:
-                    entry = self.entry(image_id)
-                    self.working = f"clusters of {entry.name}"
-                    try:
-                        a = self.loaded.model.cluster(entry.image)
-                        # Kept for every image: a byte per pixel, not the int64 of argmax.
-                        dtype = np.uint8 if self.clusters <= 256 else np.int32
-                        self._labels[image_id] = a.argmax(0).cpu().numpy().astype(dtype)
-                    finally:
-                        self.working = None
-        return self._labels[image_id]
+
+        def make() -> np.ndarray:
+            a = self.loaded.model.cluster(self.image(image_id))
+            return a.argmax(0).cpu().numpy().astype(self._labels_dtype())
+
+        return self._rendered(("clusters", image_id), "clusters", make)
 
     def segmentation(self, image_id: int) -> np.ndarray:
         """H x W foreground probability of the display image (needs a segmenter)."""
         if self.segmenter is None:
             raise HTTPError(404, "no segmentation model: start the viewer with --segmenter")
-        if image_id not in self._segmentation:
-            with self._lock:
-                if image_id not in self._segmentation:
-                    entry = self.entry(image_id)
-                    self.working = f"segmentation of {entry.name}"
-                    try:
-                        prob = self.segmenter.predict(entry.image)  # type: ignore[attr-defined]
-                        self._segmentation[image_id] = np.asarray(prob, dtype=np.float32)
-                    finally:
-                        self.working = None
-        return self._segmentation[image_id]
+
+        def make() -> np.ndarray:
+            prob = self.segmenter.predict(self.image(image_id))  # type: ignore[union-attr]
+            return np.asarray(prob, dtype=np.float32)
+
+        return self._rendered(("segmentation", image_id), "segmentation", make)
 
     def query(self, image_id: int, x: int, y: int, level: str) -> QueryResult:
         """Similarity of pixel (x, y) of an image with every pixel of every image, by image id."""
@@ -370,24 +419,25 @@ class Viewer:
         for level, _ in self._embeddings.snapshot():
             counts[level] += 1
         scan = self.scan
+        caches = (self._embeddings, self._queries, self._images, self._renders)
         return {
             "total": len(self.entries),
             "embeddings": counts,
-            "clusters": len(self._labels),
+            "clusters": sum(kind == "clusters" for kind, _ in self._renders.snapshot()),
             "working": self.working,
             "warming": self.warming,
             "warmed": self.warmed,
             "query": dict(scan) if scan else None,
             "cache_mb": {
-                "used": (self._embeddings.bytes + self._queries.bytes) / 2**20,
-                "limit": (self._embeddings.limit + self._queries.limit) / 2**20,
+                "used": sum(cache.bytes for cache in caches) / 2**20,
+                "limit": sum(cache.limit for cache in caches) / 2**20,
             },
         }
 
     def warm_up(self) -> threading.Thread:
         """Compute clusters and pixel embeddings of every image in a background thread, so that
-        the first click is fast; the page shows the progress. Embeddings only while they fit
-        in the cache: beyond it each would evict an earlier image's, all for nothing."""
+        the first click is fast; the page shows the progress. Each only while it fits in its
+        cache: beyond it each would evict an earlier image's, all for nothing."""
 
         def run() -> None:
             try:
@@ -395,7 +445,10 @@ class Viewer:
                     if self._stop.is_set():
                         return
                     try:
-                        self.labels(entry.id)
+                        h, w = entry.shape
+                        label_bytes = h * w * np.dtype(self._labels_dtype()).itemsize
+                        if self._renders.free() >= label_bytes:
+                            self.labels(entry.id)
                         if self._embeddings.free() >= self.embedding_bytes(entry.id):
                             self.embeddings(entry.id, "pixel")
                     except Exception:  # noqa: BLE001 - a request will report it with its message
@@ -413,20 +466,20 @@ class Viewer:
         self._stop.set()
 
     # --- PNG renderings ----------------------------------------------------------------------
-    def _cached_png(self, key: tuple, make: Callable[[], np.ndarray]) -> bytes:
-        if key not in self._png:
-            self._png[key] = png_bytes(make())
-        return self._png[key]
+    def _cached_png(self, key: tuple[str, int], make: Callable[[], np.ndarray]) -> bytes:
+        self.entry(key[1])  # 404 for an unknown id
+        cached = self._renders.get(key)
+        if cached is None:  # no lock: two requests may both encode it, neither waits for a model
+            cached = png_bytes(make())
+            self._renders.put(key, cached, len(cached))
+        return cached  # type: ignore[return-value]
 
     def image_png(self, image_id: int) -> bytes:
-        entry = self.entry(image_id)
-        return self._cached_png(("image", image_id), lambda: to_uint8(entry.image))
+        return self._cached_png(("image", image_id), lambda: to_uint8(self.image(image_id)))
 
     def thumb_png(self, image_id: int) -> bytes:
-        entry = self.entry(image_id)
-
         def make() -> np.ndarray:
-            thumb = Image.fromarray(to_uint8(entry.image))
+            thumb = Image.fromarray(to_uint8(self.image(image_id)))
             thumb.thumbnail((THUMB, THUMB))
             return np.asarray(thumb)
 
