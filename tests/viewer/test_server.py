@@ -23,7 +23,16 @@ from localdisc.errors import LocaldiscError
 from localdisc.models import LDConfig, LDModel
 from localdisc.tasks.predict import collect_images
 from localdisc.tasks.similarity import load_model, resized, similarity
-from localdisc.viewer.server import ByteLRU, Viewer, create_server, serve
+from localdisc.viewer.server import (
+    BINS,
+    MATCH_BYTES,
+    ByteLRU,
+    Viewer,
+    add_to_histogram,
+    create_server,
+    histogram_median,
+    serve,
+)
 
 SIZE = 64  # display size: the 96 x 80 image shrinks to 64 x 53, the others stay
 
@@ -411,7 +420,11 @@ def test_embeddings_stay_within_the_cache_and_values_do_not_change(setup):
         result = viewer.query(image, x, y, level)
         expected = reference.query(image, x, y, level)
         for got, want in zip(result.matches, expected.matches, strict=True):
-            np.testing.assert_allclose(got.sim, want.sim, atol=1e-6)
+            np.testing.assert_allclose(
+                viewer.similarity_map(result, got.id),
+                reference.similarity_map(expected, want.id),
+                atol=1e-6,
+            )
             assert got.best == want.best
         assert viewer._embeddings.bytes <= limit
         assert (
@@ -535,9 +548,13 @@ def test_an_evicted_image_is_read_again_unchanged_and_a_changed_file_is_refused(
         np.testing.assert_array_equal(viewer.labels(image_id), reference.labels(image_id))
         np.testing.assert_array_equal(viewer.image(image_id), reference.image(image_id))
     assert viewer.image_png(2) == first
-    result = viewer.query(2, 45, 12, "patch")
-    for got, want in zip(result.matches, reference.query(2, 45, 12, "patch").matches, strict=True):
-        np.testing.assert_allclose(got.sim, want.sim, atol=1e-6)
+    result, expected = viewer.query(2, 45, 12, "patch"), reference.query(2, 45, 12, "patch")
+    for image_id in (0, 1, 2):
+        np.testing.assert_allclose(
+            viewer.similarity_map(result, image_id),
+            reference.similarity_map(expected, image_id),
+            atol=1e-6,
+        )
 
     # A file replaced or removed since the start: a clear error naming the file (not its path,
     # which the page never sees), not maps that no longer match the image shown.
@@ -561,3 +578,150 @@ def test_an_evicted_image_is_read_again_unchanged_and_a_changed_file_is_refused(
     finally:
         server.shutdown()
         server.server_close()
+
+
+class QuickEmbed:
+    """Wraps a model: unit vectors from a fixed projection of the pixels, without a forward
+    pass (the network under tracemalloc is slow)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.weights = torch.randn(model.config.dim, 3, generator=torch.Generator().manual_seed(0))
+
+    def embed(self, image):
+        x = torch.from_numpy(np.ascontiguousarray(image, np.float32)).permute(2, 0, 1) - 0.5
+        v = torch.einsum("dc,chw->dhw", self.weights, x)
+        return v / v.norm(dim=0, keepdim=True).clamp_min(1e-6)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def held_bytes(*roots: object) -> int:
+    """Bytes of the arrays, tensors and byte strings reachable from ``roots``, each counted once
+    (tracemalloc does not see torch's allocations, and similarity maps are torch's)."""
+    import gc
+    import types
+
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+    seen: set[int] = set()
+    storages: set[int] = set()
+    total, stack = 0, list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, skip):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            if storage.data_ptr() not in storages:
+                storages.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(obj, np.ndarray):
+            if obj.base is None:
+                total += obj.nbytes
+            else:
+                stack.append(obj.base)  # a view, or a tensor's memory: counted once, there
+        elif isinstance(obj, bytes):
+            total += len(obj)
+        else:
+            stack.extend(gc.get_referents(obj))
+    return total
+
+
+def test_a_query_keeps_its_maps_within_the_cache(setup, tmp_path):
+    # A query held a full-size float map of every image whatever --cache-mb said (1 MiB each at
+    # 512 px: 5 GiB for 5000 images), and joined a quarter of each for the colour range's median.
+    import gc
+    import tracemalloc
+    from dataclasses import replace
+
+    loaded = replace(setup["loaded"], model=QuickEmbed(setup["loaded"].model))
+
+    def query_peak(files) -> tuple[int, Viewer]:
+        """Bytes (numpy's) that a query allocates at most on top of what was there."""
+        viewer = Viewer(loaded, files, size=64, cache_mb=0.25)
+        viewer.query(0, 1, 1, "pixel")  # one-time allocations; its summaries stay meanwhile
+        gc.collect()
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        viewer.query(1, 20, 30, "pixel")
+        return tracemalloc.get_traced_memory()[1] - start, viewer
+
+    few = write_noise_images(tmp_path / "few", 10, size=64)
+    many = write_noise_images(tmp_path / "many", 90, size=64)
+    tracemalloc.start()
+    try:
+        small, _ = query_peak(few)
+        large, viewer = query_peak(many)
+    finally:
+        tracemalloc.stop()
+    one = 64 * 64 * 4  # a similarity map
+    # A few numbers per image (the ranking, the page's JSON), not a quarter of its map (twice).
+    assert (large - small) / 80 < one / 8, f"{(large - small) / 80 / 1024:.1f} KiB per image"
+    caches = (viewer._embeddings, viewer._queries, viewer._images, viewer._renders)
+    # Over their shares by the one value each just put, never by more: here one display image.
+    bound = sum(cache.limit for cache in caches) + 64 * 64 * 3 * 4
+    assert viewer._queries.bytes <= viewer._queries.limit
+    assert held_bytes(*caches, viewer._latest) <= bound, held_bytes(*caches, viewer._latest)
+    # The page then asks for every heatmap: maps not kept are computed again, within the cache.
+    result = viewer.query(1, 20, 30, "pixel")
+    for entry in viewer.entries:
+        assert viewer.heatmap_png(result, entry.id)
+    assert viewer.query(1, 20, 30, "pixel") is result  # no second scan
+    assert held_bytes(*caches, viewer._latest) <= bound + one
+
+
+def test_an_evicted_similarity_map_is_computed_again_to_the_same_heatmap(setup):
+    files = collect_images([setup["root"] / "images"])
+    query = (2, 45, 12, "patch")
+    # Every map fits: they are all kept. Dropped, each is computed again to the same bytes.
+    viewer = Viewer(setup["loaded"], files, size=SIZE)
+    result = viewer.query(*query)
+    first = [viewer.heatmap_png(result, i) for i in range(3)]
+    maps = [k for k in viewer._queries.snapshot() if k[0] == "map"]
+    assert sorted(k[2] for k in maps) == [0, 1, 2]
+    for key in maps:
+        viewer._queries.discard(key)
+    assert [viewer.heatmap_png(result, i) for i in range(3)] == first
+    assert viewer.similarity_json(*query) == setup["viewer"].similarity_json(*query)
+
+    # Room for the query's own map (64 x 53) and its best match's, not the third: the same
+    # answers, the map not kept computed again when the page asks for it.
+    small = Viewer(setup["loaded"], files, size=SIZE, cache_mb=0.28125)
+    assert (
+        64 * 53 * 4 + 64 * 64 * 4
+        < small._queries.limit - 3 * MATCH_BYTES
+        < 64 * 53 * 4 + 2 * 64 * 64 * 4
+    )
+    data = small.similarity_json(*query)
+    assert data == viewer.similarity_json(*query)
+    kept = {k[2] for k in small._queries.snapshot() if k[0] == "map"}
+    assert kept == {2, data["matches"][0]["id"]}
+    result_small = small.query(*query)
+    own = small.heatmap_png(result_small, 2)
+    worst = data["matches"][1]["id"]
+    for i in (worst, data["matches"][0]["id"]):  # computed again, it evicts the least recent
+        assert small.heatmap_png(result_small, i) == first[i]
+        np.testing.assert_array_equal(
+            small.similarity_map(result_small, i), viewer.similarity_map(result, i)
+        )
+    assert ("map", query, 2) not in small._queries
+    assert small.heatmap_png(result_small, 2) == own == first[2]  # computed again: the same
+
+
+def test_the_median_from_a_histogram_is_within_a_bin():
+    rng = np.random.default_rng(0)
+    maps = [np.clip(rng.normal(0.3, 0.4, (9, 7)), -1, 1).astype(np.float32) for _ in range(5)]
+    maps[1][:] = 0.25  # ties
+    maps[2][0, :3] = [-0.0, 0.0, -1.0]
+    maps[3][0, :2] = [1.0, np.float32(1e-30)]
+    for count in range(1, 6):  # odd and even numbers of values
+        samples = [m[::2, ::2] for m in maps[:count]]  # strided views, as the viewer passes them
+        for group in (samples, [s[:1, :1] for s in samples]):
+            joined = np.concatenate([s.ravel() for s in group])
+            counts = np.zeros(BINS, np.int64)
+            for s in group:
+                add_to_histogram(counts, s)
+            assert counts.sum() == joined.size
+            assert abs(histogram_median(counts) - float(np.median(joined))) <= 2 / BINS

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import io
 import json
 import math
@@ -56,6 +57,11 @@ CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancest
 #: 512 x 512 and the default 32 dimensions, as many again at patch level, so 2 GiB keeps about 48
 #: images' pixel embeddings, the recent similarity maps and what the page shows of many images.
 DEFAULT_CACHE_MB = 2048
+#: Bins of the histogram of similarities in [-1, 1] that gives a query's median in constant memory
+#: (the maps need not all be kept): within a bin (2 / BINS, 3e-5) of the exact one.
+BINS = 2**16
+#: What a query keeps per image besides its map (:class:`Match`), in bytes: an upper bound.
+MATCH_BYTES = 320
 
 
 class HTTPError(Exception):
@@ -87,12 +93,12 @@ class Entry:
         return [round(fx, 1), round(fy, 1)]
 
 
-@dataclass
+@dataclass(slots=True)
 class Match:
-    """The similarity of one query pixel on one image."""
+    """What the ranking and the page need of one query pixel's similarity map on one image (the
+    map itself is in the viewer's cache, or computed again: :meth:`Viewer.similarity_map`)."""
 
     id: int
-    sim: np.ndarray  # H x W cosine similarity in [-1, 1]
     best: tuple[int, int]  # (x, y) of the maximum
     max: float
     min: float
@@ -101,8 +107,11 @@ class Match:
 
 @dataclass
 class QueryResult:
-    """One query's maps on every image (by id) and the shared heatmap colour range."""
+    """One query: its point, its embedding, a :class:`Match` per image (by id) and the shared
+    heatmap colour range."""
 
+    key: tuple[int, int, int, str]  # (image id, x, y, level)
+    vector: torch.Tensor  # [1, D] the query pixel's embedding (a copy, not a view of its image's)
     matches: list[Match]
     low: float  # the median similarity over all images: below it the heatmap is transparent
     high: float
@@ -145,6 +154,13 @@ class ByteLRU:
             while self.bytes > self.limit and len(self._items) > 1:
                 _, (_, evicted) = self._items.popitem(last=False)
                 self.bytes -= evicted
+
+    def discard(self, key: Hashable) -> None:
+        """Remove a value if it is there."""
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
 
     def free(self) -> int:
         """Bytes that can still be put without evicting anything."""
@@ -201,18 +217,60 @@ def _colormap(name: str) -> np.ndarray:
     )
 
 
+def similarity_map(vector: torch.Tensor, embeddings: torch.Tensor) -> np.ndarray:
+    """H x W cosine similarity in [-1, 1] of a ``[1, D]`` query vector with ``[D, H, W]`` unit
+    vectors: the same operations as :func:`localdisc.tasks.similarity.similarity`, so values
+    agree with it to rounding, and the same inputs give the same bits (a map the viewer evicted
+    is computed again to the very same heatmap)."""
+    return torch.einsum("pd,dhw->phw", vector, embeddings).clamp(-1, 1)[0].numpy()
+
+
+def _middle_ranks(n: int) -> list[int]:
+    """The 0-based ranks whose mean is the median of ``n`` sorted values (as ``np.median``)."""
+    return [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+
+
+def add_to_histogram(counts: np.ndarray, values: np.ndarray) -> None:
+    """Count ``values`` into ``counts``: :data:`BINS` equal bins of [-1, 1] (the last holds 1)."""
+    bins = ((values.astype(np.float64) + 1) * (BINS / 2)).astype(np.int64)
+    bins = np.clip(bins, 0, BINS - 1).ravel()
+    if bins.size:
+        first = int(bins.min())  # counts over the values' span only, not all the bins
+        span = np.bincount(bins - first)
+        counts[first : first + span.size] += span
+
+
+def histogram_median(counts: np.ndarray) -> float:
+    """The median of the values counted by :func:`add_to_histogram`: each middle value is
+    placed in its bin as if the bin's values were spread evenly, so the estimate is within a
+    bin width (2 / BINS) of ``np.median`` of the values."""
+    cumulative = np.cumsum(counts)
+    n = int(cumulative[-1])
+    if n == 0:
+        return math.nan
+    width = 2 / BINS
+    values = []
+    for rank in _middle_ranks(n):
+        b = int(np.searchsorted(cumulative, rank, side="right"))
+        before = int(cumulative[b - 1]) if b else 0
+        values.append(-1 + (b + (rank - before + 0.5) / int(counts[b])) * width)
+    return float(np.mean(values))
+
+
 class Viewer:
     """Images, model and in-memory caches behind the page.
 
     Everything kept per image is in least-recently-used caches of at most ``cache_mb`` MiB in
     all (a folder of hundreds of images would otherwise need tens of GiB; see
     :data:`DEFAULT_CACHE_MB`): three quarters for embeddings (computed per image and level;
-    patch embeddings are pooled from the pixel ones), an eighth for recent similarity maps, a
-    sixteenth for display images (read again from their files on a miss) and a sixteenth for
-    what the page shows of each image (PNGs, thumbnails, clusters, segmentations). Only names,
-    paths and sizes are kept for every image. What was evicted costs a file read, a PNG
-    encoding or a model call again when asked for. One lock serialises model calls so that
-    concurrent requests neither duplicate work nor oversubscribe the CPU.
+    patch embeddings are pooled from the pixel ones), an eighth for recent queries (a few numbers
+    per image, and as many similarity maps as fit, the query's own image and best matches
+    first), a sixteenth for display images (read again from their files on a miss) and a
+    sixteenth for what the page shows of each image (PNGs, thumbnails, clusters,
+    segmentations). Only names, paths and sizes are kept for every image. What was evicted
+    costs a file read, a PNG encoding or a model call again when asked for (a similarity map:
+    its image's embeddings and the query vector, which the query keeps). One lock serialises
+    model calls so that concurrent requests neither duplicate work nor oversubscribe the CPU.
 
     The patch kernel is the model's (``loaded.kernel``) at any ``size``, as in
     :func:`~localdisc.tasks.similarity.similarity` and the localiser, so values agree with them.
@@ -241,7 +299,9 @@ class Viewer:
         # ("image" | "thumb" | "clusters" | "segmentation", image id): a cache of its own, so
         # that a query's scan, which reads many images, does not push out what the page shows.
         self._renders = ByteLRU(quarter // 4)
-        self._queries = ByteLRU(quarter - 2 * (quarter // 4))  # the latest query's heatmaps
+        # ("result", query) -> QueryResult and ("map", query, image id) -> its similarity map.
+        self._queries = ByteLRU(quarter - 2 * (quarter // 4))
+        self._latest: QueryResult | None = None  # kept even when maps recomputed push it out
         self.entries: list[Entry] = []
         self.errors: list[dict[str, str]] = []
         for name, path in files:
@@ -377,24 +437,44 @@ class Viewer:
 
     def _query(self, image_id: int, x: int, y: int, level: str) -> QueryResult:
         key = (image_id, x, y, level)
-        cached = self._queries.get(key)
+        cached = self._queries.get(("result", key))
         if cached is not None:
             return cached  # type: ignore[return-value]
+        if self._latest is not None and self._latest.key == key:
+            return self._latest
         own = self.embeddings(image_id, level)
-        queries = own[:, y, x][None]
+        vector = own[:, y, x][None].clone()  # a view would keep all of `own` with the result
         # The cached images first: computing the others evicts the least recently used, which
         # would otherwise be images of this very query not reached yet, computed twice.
         order = sorted(self.entries, key=lambda e: ((level, e.id) not in self._embeddings, e.id))
+        result_bytes = MATCH_BYTES * len(self.entries)
+        budget = self._queries.limit - result_bytes  # for this query's maps
+        # As many maps as fit are kept, the best first (the rest is computed again when the page
+        # asks for it); a histogram of the values gives the median in constant memory.
+        counts = np.zeros(BINS, np.int64)
+        kept: list[tuple[tuple[float, int], int]] = []  # heap of (priority, size), worst first
+        kept_bytes = 0
         found: dict[int, Match] = {}
         self.scan = {"level": level, "done": 0, "total": len(order)}
         try:
             for entry in order:
                 v = own if entry.id == image_id else self.embeddings(entry.id, level)
-                # Same operations as tasks.similarity.similarity, so values agree to rounding.
-                sim = torch.einsum("pd,dhw->phw", queries, v).clamp(-1, 1)[0].numpy()
+                sim = similarity_map(vector, v)
                 by, bx = np.unravel_index(int(np.argmax(sim)), sim.shape)
-                found[entry.id] = Match(entry.id, sim, (int(bx), int(by)), float(sim.max()),
-                                        float(sim.min()), float(sim.mean()))  # fmt: skip
+                match = Match(entry.id, (int(bx), int(by)), float(sim.max()), float(sim.min()),
+                              float(sim.mean()))  # fmt: skip
+                found[entry.id] = match
+                add_to_histogram(counts, sim[::2, ::2])  # a quarter of the work, the same median
+                # The query's own image first, then the best matches, as the page ranks them.
+                priority = (math.inf if entry.id == image_id else match.max, -entry.id)
+                while kept and kept_bytes + sim.nbytes > budget and kept[0][0] < priority:
+                    (_, worst), size = heapq.heappop(kept)
+                    self._queries.discard(("map", key, -worst))
+                    kept_bytes -= size
+                if kept_bytes + sim.nbytes <= budget:
+                    heapq.heappush(kept, (priority, sim.nbytes))
+                    kept_bytes += sim.nbytes
+                    self._queries.put(("map", key, entry.id), sim, sim.nbytes)
                 self.scan["done"] += 1
         finally:
             self.scan = None
@@ -405,12 +485,24 @@ class Viewer:
         # One colour range for all the query's heatmaps keeps them comparable; starting it at the
         # median (rather than -1) makes the similar half stand out, since trained embeddings
         # mostly have cosines well above 0 with each other.
-        sample = np.concatenate([m.sim[::2, ::2].ravel() for m in matches])
         high = max(m.max for m in matches)
-        low = min(float(np.median(sample)), high - 1e-3)
-        result = QueryResult(matches, low, high)
-        self._queries.put(key, result, sum(m.sim.nbytes for m in matches))
+        low = min(histogram_median(counts), high - 1e-3)
+        result = QueryResult(key, vector, matches, low, high)
+        self._latest = result
+        self._queries.put(("result", key), result, result_bytes)
         return result
+
+    def similarity_map(self, result: QueryResult, target: int) -> np.ndarray:
+        """A query's H x W similarity map on one image: kept by the query, or computed again
+        from the image's (cached or recomputed) embeddings, to the same values."""
+        self.entry(target)
+        key = ("map", result.key, target)
+        cached = self._queries.get(key)
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        sim = similarity_map(result.vector, self.embeddings(target, result.key[3]))
+        self._queries.put(key, sim, sim.nbytes)
+        return sim
 
     def progress(self) -> dict:
         """How many images have each cached output, what is being computed, and how far the
@@ -496,7 +588,8 @@ class Viewer:
     def heatmap_png(self, result: QueryResult, target: int) -> bytes:
         """RGBA: the similarity map in the magma colour map from ``low`` (dark, transparent) to
         ``high`` (light yellow, opaque), so that the image shows through where it is unlike."""
-        t = np.clip((result.matches[target].sim - result.low) / (result.high - result.low), 0, 1)
+        sim = self.similarity_map(result, target)
+        t = np.clip((sim - result.low) / (result.high - result.low), 0, 1)
         rgba = np.empty((*t.shape, 4), np.uint8)
         rgba[..., :3] = self._magma[np.round(t * 255).astype(np.intp)]
         rgba[..., 3] = np.round(t**1.5 * 255).astype(np.uint8)  # the most similar stand out
@@ -801,7 +894,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self._png(self.viewer.heatmap_png(self._result(query, target), int(target)), head)
 
     def _r_simmap(self, head: bool, query: dict, target: str) -> None:
-        sim = self._result(query, target).matches[int(target)].sim
+        sim = self.viewer.similarity_map(self._result(query, target), int(target))
         buffer = io.BytesIO()
         np.save(buffer, sim.astype(np.float32), allow_pickle=False)
         self._send(200, buffer.getvalue(), "application/octet-stream", head)
