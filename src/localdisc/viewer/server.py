@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import numpy as np
@@ -360,50 +361,46 @@ class Viewer:
 
     def embeddings(self, image_id: int, level: str) -> torch.Tensor:
         """``[D, H, W]`` unit vectors of one image (as ``similarity.embedding_map``)."""
-        key = (level, image_id)
-        cached = self._embeddings.get(key)
-        if cached is not None:
-            return cached  # type: ignore[return-value]
-        with self._lock:
-            cached = self._embeddings.get(key)  # another request may have made it meanwhile
-            if cached is not None:
-                return cached  # type: ignore[return-value]
-            entry = self.entry(image_id)
-            pixel = self.embeddings(image_id, "pixel") if level == "patch" else None
-            self.working = f"{level} embeddings of {entry.name}"
-            try:
-                if pixel is None:
-                    v = self.loaded.model.embed(self.image(image_id))
-                else:
-                    v = dense_patch_embeddings(pixel, self.loaded.kernel)
-                v = v.cpu()
-                self._embeddings.put(key, v, v.element_size() * v.nelement())
-                return v
-            finally:
-                self.working = None
+        name = self.entry(image_id).name
+
+        def make() -> torch.Tensor:
+            if level == "pixel":
+                return self.loaded.model.embed(self.image(image_id)).cpu()
+            pixel = self.embeddings(image_id, "pixel")
+            self.working = f"patch embeddings of {name}"
+            return dense_patch_embeddings(pixel, self.loaded.kernel).cpu()
+
+        return self._computed(self._embeddings, (level, image_id), f"{level} embeddings of {name}",
+                              make, lambda v: v.element_size() * v.nelement())  # fmt: skip
 
     def embedding_bytes(self, image_id: int) -> int:
         """The bytes of one image's embeddings at one level (float32)."""
         h, w = self.entry(image_id).shape
         return self.loaded.model.config.dim * h * w * 4
 
-    def _rendered(
-        self, key: tuple[str, int], what: str, make: Callable[[], np.ndarray]
-    ) -> np.ndarray:
-        """A model output kept in the page's cache, made under the model lock on a miss."""
-        cached = self._renders.get(key)
+    def _computed(
+        self,
+        cache: ByteLRU,
+        key: Hashable,
+        what: str,
+        make: Callable[[], Any],
+        nbytes: Callable[[Any], int] = lambda value: value.nbytes,
+    ) -> Any:
+        """A model output kept in ``cache``, made under the model lock on a miss (``what`` it
+        computes shows in the page's progress)."""
+        cached = cache.get(key)
         if cached is not None:
-            return cached  # type: ignore[return-value]
+            return cached
         with self._lock:
-            cached = self._renders.get(key)  # another request may have made it meanwhile
+            cached = cache.get(key)  # another request may have made it meanwhile
             if cached is not None:
-                return cached  # type: ignore[return-value]
-            self.working = f"{what} of {self.entry(key[1]).name}"
+                return cached
+            self.working = what
             try:
                 value = make()
             finally:
                 self.working = None
-            self._renders.put(key, value, value.nbytes)
+            cache.put(key, value, nbytes(value))
             return value
 
     def _labels_dtype(self) -> type[np.integer]:
@@ -417,7 +414,8 @@ class Viewer:
             a = self.loaded.model.cluster(self.image(image_id))
             return a.argmax(0).cpu().numpy().astype(self._labels_dtype())
 
-        return self._rendered(("clusters", image_id), "clusters", make)
+        name = self.entry(image_id).name
+        return self._computed(self._renders, ("clusters", image_id), f"clusters of {name}", make)
 
     def segmentation(self, image_id: int) -> np.ndarray:
         """H x W foreground probability of the display image (needs a segmenter)."""
@@ -428,7 +426,8 @@ class Viewer:
             prob = self.segmenter.predict(self.image(image_id))  # type: ignore[union-attr]
             return np.asarray(prob, dtype=np.float32)
 
-        return self._rendered(("segmentation", image_id), "segmentation", make)
+        key, name = ("segmentation", image_id), self.entry(image_id).name
+        return self._computed(self._renders, key, f"segmentation of {name}", make)
 
     def query(self, image_id: int, x: int, y: int, level: str) -> QueryResult:
         """Similarity of pixel (x, y) of an image with every pixel of every image, by image id."""
