@@ -28,6 +28,8 @@ datasets_app = typer.Typer(
 app.add_typer(datasets_app, name="datasets")
 
 console = Console()
+# Not a terminal (a log file, a pipe): long lines stay whole for grep, not wrapped at 80 columns.
+console.soft_wrap = not console.is_terminal
 err_console = Console(stderr=True)
 
 

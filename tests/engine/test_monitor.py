@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from rich.console import Console
 
 from localdisc.engine.monitor import ProgressBar
 
@@ -46,3 +49,64 @@ def test_a_disabled_bar_knows_no_time_left() -> None:
     bar = ProgressBar(10, 0, False)
     bar.update(3, "stage 1", time_left=5.0)
     assert bar.time_left() is None
+
+
+def _file_console(terminal: bool) -> tuple[Console, io.StringIO]:
+    """A rich console writing to a string, 80 columns wide, a terminal or not (a log file)."""
+    out = io.StringIO()
+    return Console(file=out, width=80, force_terminal=terminal, color_system=None), out
+
+
+def test_not_a_terminal_prints_whole_plain_lines_at_each_tenth_and_the_last_step() -> None:
+    # A run whose output is a log file: the live bar showed nothing until the end, and then one
+    # line cut at 80 columns ("pretrain stage 1 ━━━━━ 400… 0:07… 0:0… loss 6.712 ...").
+    console, out = _file_console(terminal=False)
+    clock = [0.0]
+    info = "loss 6.712 pd 5.836 mix 4.993 rd 0.343 ent 0.750 adv 0.603 disc 0.700 | 159.1 img/s"
+    with ProgressBar(1000, 0, True, "pretrain", clock=lambda: clock[0], console=console) as bar:
+        assert not bar.bar.live.is_started  # nothing of rich's live display
+        for step in range(10, 1010, 10):  # 10 steps a second: a tenth every 10 s, not 30 s
+            clock[0] += 1
+            bar.update(step, "stage 1" if step <= 500 else "stage 2", f"{info} {step}")
+    lines = out.getvalue().splitlines()
+    steps = [int(line.split("step ")[1].split("/")[0]) for line in lines]
+    # Each phase's first update, each tenth of the steps, the last step; nothing twice.
+    assert steps == [10, 100, 200, 300, 400, 500, 510, 600, 700, 800, 900, 1000]
+    # Whole (longer than the console's 80 columns): elapsed in the phase, left at its pace.
+    assert lines[2] == (
+        f"pretrain stage 1: step 200/1000 (20%), 0:00:19 elapsed, 0:01:20 left, {info} 200"
+    )
+    assert all(line.endswith(f"{info} {n}") for line, n in zip(lines, steps, strict=True))
+    assert lines[-1].startswith("pretrain stage 2: step 1000/1000 (100%), 0:00:49 elapsed")
+    assert "━" not in out.getvalue()
+
+
+def test_not_a_terminal_prints_a_line_every_interval_of_a_slow_run() -> None:
+    console, out = _file_console(terminal=False)
+    clock = [0.0]
+    with ProgressBar(100, 0, True, "finetune", clock=lambda: clock[0], console=console) as bar:
+        for step in range(1, 8):  # 10 s a step: a tenth of the steps every 100 s
+            clock[0] += 10
+            bar.update(step, info=f"loss {1 / step:.4f}")
+    assert out.getvalue().splitlines() == [
+        "finetune: step 3/100 (3%), 0:00:30 elapsed, 0:16:10 left, loss 0.3333",
+        "finetune: step 6/100 (6%), 0:01:00 elapsed, 0:15:40 left, loss 0.1667",
+        "finetune: step 7/100 (7%), 0:01:10 elapsed, 0:15:30 left, loss 0.1429",  # at close
+    ]
+
+
+def test_a_disabled_bar_prints_nothing_on_a_file() -> None:
+    console, out = _file_console(terminal=False)
+    with ProgressBar(10, 0, False, "pretrain", console=console) as bar:
+        bar.update(10, "stage 1", "loss 1.0")
+    assert out.getvalue() == ""
+
+
+def test_a_terminal_keeps_the_rich_bar() -> None:
+    console, out = _file_console(terminal=True)
+    with ProgressBar(10, 0, True, "pretrain", console=console) as bar:
+        assert bar.bar.live.is_started
+        for step in range(1, 11):
+            bar.update(step, "stage 1", "loss 1.0")
+    assert "━" in out.getvalue()
+    assert "step 10/10" not in out.getvalue()

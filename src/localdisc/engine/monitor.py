@@ -6,12 +6,15 @@ import csv
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.models.ld import LDModel
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class TrainingLog:
@@ -87,11 +90,28 @@ def time_left(task: Any) -> float | None:
     return max(0.0, given - (task.get_time() - task.fields["time_left_at"]))
 
 
+def clock_text(seconds: float | None) -> str:
+    """``seconds`` as ``H:MM:SS`` (``-:--:--`` when unknown), as rich's time columns show them."""
+    if seconds is None:
+        return "-:--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class ProgressBar:
-    """A rich progress bar of a training loop: ``title`` and the phase (a stage, an epoch's
+    """The progress display of a training loop: ``title`` and the phase (a stage, an epoch's
     phase), steps done of ``total``, time spent and left, and a line of ``info`` (the losses).
-    Silent when not ``enabled``; a context manager that stops it. ``clock``: seconds, for the
-    times shown (default: rich's monotonic clock; tests give their own)."""
+
+    On a terminal, a rich progress bar. When ``console`` (default: rich's, on stdout) is not
+    one (a log file, a pipe, nohup, a cluster job's output), a live bar would show nothing until
+    the end, and then only cut to 80 columns: plain lines instead, each whole, at the first
+    update of each phase, every ``interval`` seconds, at each tenth of the steps, and at the last
+    step. Silent when not ``enabled``; a context manager that stops it. ``clock``: seconds, for
+    the times shown (default: rich's monotonic clock; tests give their own)."""
+
+    #: Plain lines at every 1/LINES of the steps (besides every ``interval`` seconds).
+    LINES = 10
 
     def __init__(
         self,
@@ -101,11 +121,16 @@ class ProgressBar:
         title: str = "",
         *,
         clock: Callable[[], float] | None = None,
+        console: Console | None = None,
+        interval: float = 30.0,
     ) -> None:
         self.bar = None
         self.phase = ""
+        self.title = title
+        self.interval = interval
         if not enabled:
             return
+        from rich import get_console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -120,13 +145,13 @@ class ProgressBar:
             """rich's TimeRemainingColumn, but of :func:`time_left`."""
 
             def render(self, task: Any) -> Text:
-                seconds = time_left(task)
-                if seconds is None:
-                    return Text("-:--:--", style="progress.remaining")
-                minutes, secs = divmod(int(seconds), 60)
-                hours, minutes = divmod(minutes, 60)
-                return Text(f"{hours}:{minutes:02d}:{secs:02d}", style="progress.remaining")
+                return Text(clock_text(time_left(task)), style="progress.remaining")
 
+        console = console or get_console()
+        # A dumb terminal, like a file, shows a live display only once it stops.
+        self.live = console.is_jupyter or (console.is_terminal and not console.is_dumb_terminal)
+        self.console = console
+        # Plain lines or not, the rich task keeps the counts and the times (never drawn then).
         self.bar = Progress(
             TextColumn(f"[bold]{title}[/] {{task.fields[phase]}}"),
             BarColumn(),
@@ -134,18 +159,41 @@ class ProgressBar:
             TimeElapsedColumn(),
             TimeLeftColumn(),
             TextColumn("{task.fields[info]}"),
+            console=console,
             get_time=clock,
         )
         self.task = self.bar.add_task(
             "", total=total, completed=start, phase="", info="", time_left=None, time_left_at=0.0
         )
-        self.bar.start()
+        # The last plain line: its step and time; a phase starts with one.
+        self.printed_step, self.printed_at = start, self.bar.get_time()
+        if self.live:
+            self.bar.start()
+
+    def _task(self) -> Any:
+        return next(t for t in self.bar.tasks if t.id == self.task)
 
     def time_left(self) -> float | None:
         """Seconds left as the bar shows them (``None``: unknown, or no bar)."""
         if self.bar is None:
             return None
-        return time_left(next(t for t in self.bar.tasks if t.id == self.task))
+        return time_left(self._task())
+
+    def line(self) -> str:
+        """The state as one plain line: title and phase, steps, elapsed, left, info (empty when
+        not ``enabled``)."""
+        if self.bar is None:
+            return ""
+        task = self._task()
+        total = max(1, int(task.total or 0))
+        done = int(task.completed)
+        head = " ".join(p for p in (self.title, task.fields["phase"]) if p)
+        text = (
+            f"{head}: step {done}/{total} ({done / total:.0%}), "
+            f"{clock_text(task.elapsed)} elapsed, {clock_text(time_left(task))} left"
+        )
+        info = task.fields["info"]
+        return f"{text}, {info}" if info else text
 
     def update(
         self,
@@ -163,22 +211,43 @@ class ProgressBar:
         ``None``: estimated from the pace of the steps."""
         if self.bar is None:
             return
+        now = self.bar.get_time()  # the tasks' clock
         fields: dict[str, Any] = {
             k: v for k, v in (("phase", phase), ("info", info)) if v is not None
         }
-        fields.update(time_left=time_left, time_left_at=self.bar.get_time())  # the tasks' clock
-        if phase is not None and phase != self.phase:
+        fields.update(time_left=time_left, time_left_at=now)
+        new_phase = phase is not None and phase != self.phase
+        if new_phase:
             # A new phase has its own pace, and a stage ended by its time budget jumps over its
             # remaining steps, which would count as steps done at once (time left near zero).
             self.phase = phase
-            shown = next(t.fields for t in self.bar.tasks if t.id == self.task)
+            shown = self._task().fields
             self.bar.reset(self.task, completed=completed, **{**shown, **fields})
         else:
             self.bar.update(self.task, completed=completed, **fields)
+        if self.live:
+            return
+        total = max(1, int(self._task().total or 0))
+        due = (
+            new_phase
+            or now - self.printed_at >= self.interval
+            or completed * self.LINES // total > self.printed_step * self.LINES // total
+            or (completed >= total > self.printed_step)
+        )
+        if due:
+            self.console.out(self.line(), highlight=False)  # no markup, wrapping or cropping
+            self.printed_step, self.printed_at = completed, now
 
     def close(self) -> None:
-        if self.bar is not None:
+        """Stops the bar; plain lines end with the last step done, if not printed yet (a loop
+        stopped early, or a last update that was not due)."""
+        if self.bar is None:
+            return
+        if self.live:
             self.bar.stop()
+        elif self._task().completed > self.printed_step:
+            self.console.out(self.line(), highlight=False)
+            self.printed_step = int(self._task().completed)
 
     def __enter__(self) -> ProgressBar:
         return self
