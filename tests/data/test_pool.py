@@ -152,3 +152,12 @@ def test_generated_specs_are_named_in_any_letter_case() -> None:
     # As data set names everywhere: Synthetic_Fundus:2 is no folder of files.
     pool, _ = resolve_pool(["Synthetic_Fundus:2"], "fundus", 16, log=lambda m: None)
     assert torch.equal(pool, synthetic_pool(2, "fundus", 16))
+
+
+def test_decoding_a_pool_shows_its_progress(tmp_path: Path, capsys) -> None:
+    # A pool of thousands of files took minutes with nothing shown but "decoding N ...".
+    folder = _grey_folder(tmp_path / "pool", {f"{i}.png": 10 * i for i in range(3)})
+    resolve_pool([str(folder)], "xray", 8, log=lambda m: None, progress=True)
+    assert "decoding: image 3/3 (100%)" in capsys.readouterr().out  # not a terminal: lines
+    resolve_pool([str(folder)], "xray", 8, log=lambda m: None)
+    assert capsys.readouterr().out == ""

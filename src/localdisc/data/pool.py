@@ -115,8 +115,10 @@ def resolve_pool(
     max_images: int | None = None,
     skip_bad: bool = False,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, list[tuple[Path, str]]]:
-    """Decode every image named by ``specs`` into one uint8 pool tensor.
+    """Decode every image named by ``specs`` into one uint8 pool tensor (with a progress bar
+    of the files decoded where ``progress``: a large pool takes minutes).
 
     A spec is a folder of images, ``NAME:ROOT`` for a known data set (labels unused),
     ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` / ``synthetic_xray_hard[:N]`` for generated
@@ -220,8 +222,19 @@ def resolve_pool(
                 taken += len(found)
     results: list[np.ndarray | str] = []
     if paths:
+        from localdisc.engine.monitor import ProgressBar  # here: the engine builds on data
+
         log(f"decoding {len(paths)} pool images at {size} x {size} ...")
-        results = _decode(paths, modality, size, workers=workers, skip_bad=skip_bad)
+        with ProgressBar(len(paths), enabled=progress, title="decoding", unit="image") as bar:
+            done = 0
+
+            def decoded(count: int) -> None:
+                nonlocal done
+                done += count
+                bar.update(done)
+
+            results = _decode(paths, modality, size, workers=workers, skip_bad=skip_bad,
+                              progress=decoded)  # fmt: skip
         if all(isinstance(r, str) for r in results):  # --skip-bad left no file: say why
             which = f"all {len(paths)} files" if len(paths) > 1 else "its only file"
             raise ImageReadError(

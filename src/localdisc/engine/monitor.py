@@ -108,7 +108,8 @@ class ProgressBar:
     the end, and then only cut to 80 columns: plain lines instead, each whole, at the first
     update of each phase, every ``interval`` seconds, at each tenth of the steps, and at the last
     step. Silent when not ``enabled``; a context manager that stops it. ``clock``: seconds, for
-    the times shown (default: rich's monotonic clock; tests give their own)."""
+    the times shown (default: rich's monotonic clock; tests give their own); ``unit``: what
+    the plain lines count."""
 
     #: Plain lines at every 1/LINES of the steps (besides every ``interval`` seconds).
     LINES = 10
@@ -123,10 +124,12 @@ class ProgressBar:
         clock: Callable[[], float] | None = None,
         console: Console | None = None,
         interval: float = 30.0,
+        unit: str = "step",
     ) -> None:
         self.bar = None
         self.phase = ""
         self.title = title
+        self.unit = unit
         self.interval = interval
         if not enabled:
             return
@@ -189,7 +192,7 @@ class ProgressBar:
         done = int(task.completed)
         head = " ".join(p for p in (self.title, task.fields["phase"]) if p)
         text = (
-            f"{head}: step {done}/{total} ({done / total:.0%}), "
+            f"{head}: {self.unit} {done}/{total} ({done / total:.0%}), "
             f"{clock_text(task.elapsed)} elapsed, {clock_text(time_left(task))} left"
         )
         info = task.fields["info"]

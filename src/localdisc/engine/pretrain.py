@@ -549,6 +549,7 @@ def pretrain(
             max_images=config.max_images,
             skip_bad=config.skip_bad,
             log=log if main else lambda message: None,
+            progress=main and config.progress,
         )
     if skipped_files and main:  # --skip-bad: said, not only written into config.json
         first, why = skipped_files[0]
