@@ -489,6 +489,82 @@ def test_folder_stem_fallback_for_a_unique_stem(tmp_path: Path) -> None:
     assert np.array_equal(ds[1].masks["mask"], as_bool(vessels(period=3)))
 
 
+def test_folder_masks_named_with_a_mask_ending(tmp_path: Path) -> None:
+    # masks/case01_mask.png for images/case01.png was refused as "no mask with the same stem".
+    root = tmp_path / "set"
+    endings = ["_mask", "-seg", "_Label", "_labels", "-GT", "_manual1", "_segmentation"]
+    for i, ending in enumerate(endings):
+        save(root / "images" / f"case{i}.png", fundus(seed=i))
+        save(root / "masks" / f"case{i}{ending}.gif", vessels(period=3 + i))
+    ds = load_dataset("folder", root)
+    assert [it.masks["mask"][0].name for it in ds.items] == [
+        f"case{i}{ending}.gif" for i, ending in enumerate(endings)
+    ]
+    assert np.array_equal(ds[2].masks["mask"], as_bool(vessels(period=5)))
+    # The exact stem wins over a suffixed name, and sub-folders pair as with exact stems.
+    save(root / "masks" / "case0.png", vessels(period=9))
+    save(root / "images" / "sub" / "x.png", fundus(seed=9))
+    save(root / "masks" / "sub" / "x_mask.png", vessels(period=4))
+    ds = load_dataset("folder", root)
+    assert ds.items[0].masks["mask"][0].name == "case0.png"
+    assert ds.items[-1].masks["mask"][0] == root / "masks" / "sub" / "x_mask.png"
+
+
+def test_folder_suffixed_masks_are_never_guessed(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    save(root / "images" / "a.png", fundus(seed=1))
+    save(root / "masks" / "a_mask.png", vessels())
+    save(root / "masks" / "a_gt.png", vessels(period=3))
+    with pytest.raises(DatasetError, match=r"a\.png: 2 masks .*a_gt\.png, a_mask\.png.*keep one"):
+        load_dataset("folder", root)
+    # images/val/001.png does not get masks/train/001_mask.png: two images have the stem.
+    root = tmp_path / "split"
+    save(root / "images" / "train" / "001.png", fundus(seed=1))
+    save(root / "images" / "val" / "001.png", fundus(seed=2))
+    save(root / "masks" / "train" / "001_mask.png", vessels())
+    ds = load_dataset("folder", root, skip_bad=True)
+    assert [it.name for it in ds.items] == ["train/001"]
+    assert ds.skipped[0][0] == root / "images" / "val" / "001.png"
+    assert "so do 2 images" in ds.skipped[0][1]
+    # A mask whose whole stem is an image's belongs to that image, not to a shorter stem.
+    root = tmp_path / "nested"
+    save(root / "images" / "a.png", fundus(seed=1))
+    save(root / "images" / "other" / "a_gt.png", fundus(seed=2))
+    save(root / "masks" / "other" / "a_gt.png", vessels())
+    ds = load_dataset("folder", root, skip_bad=True)
+    assert [it.name for it in ds.items] == ["other/a_gt"]
+    assert ds.skipped[0][0] == root / "images" / "a.png"
+    # DRIVE's training folder as a folder set: mask/ holds fields of view, the labels are in
+    # 1st_manual/; it stays refused rather than training on the FOVs.
+    root = tmp_path / "DRIVE" / "training"
+    save(root / "images" / "21_training.png", fundus(seed=1))
+    save(root / "mask" / "21_training_mask.gif", vessels())
+    save(root / "1st_manual" / "21_manual1.gif", vessels(period=3))
+    with pytest.raises(DatasetError, match=r"21_training_mask\.gif .* not taken.*1st_manual"):
+        load_dataset("folder", root)
+
+
+def test_folder_without_a_matching_mask_says_what_the_mask_folder_holds(tmp_path: Path) -> None:
+    # It stopped at the first image with "no mask with the same file stem in .../masks" alone.
+    root = tmp_path / "set"
+    for i in range(1, 9):
+        save(root / "images" / f"case0{i}.png", fundus(seed=i))
+        save(root / "masks" / f"mask_case0{9 - i}.png", vessels())
+    with pytest.raises(DatasetError) as info:
+        load_dataset("folder", root)
+    message = str(info.value)
+    assert message.startswith(f"{root / 'images' / 'case01.png'}: no mask with the same file stem")
+    assert "it holds 8 mask files: mask_case01.png, " in message and "and 5 more" in message
+    assert "a mask needs the image's stem (case01, " in message
+    assert "_mask, _seg, _label, _labels, _gt, _manual1, _segmentation" in message
+    # Masks in a format that is not read are named as what the folder holds.
+    shutil.rmtree(root / "masks")
+    (root / "masks").mkdir()
+    (root / "masks" / "case01.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match=r"holds no image files, only case01\.txt"):
+        load_dataset("folder", root)
+
+
 @pytest.mark.parametrize("masks_name", ["Masks", "GT", "LABELS", "Mask"])
 def test_folder_mask_folder_found_in_any_letter_case(tmp_path: Path, masks_name: str) -> None:
     root = tmp_path / "set"

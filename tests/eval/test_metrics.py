@@ -279,6 +279,40 @@ def test_segmentation_metrics_validation():
         segmentation_metrics(prob, target * 0.5)
 
 
+def test_segmentation_metrics_takes_one_channel_arrays_as_h_x_w(tmp_path):
+    # read_image gives a grey mask file as H x W x 1 floats 0.0/1.0; it was refused as
+    # "shapes differ: prob (2, 10), target (2, 10, 1)".
+    from localdisc import read_image, read_mask
+    from localdisc.data.io import write_png
+
+    prob, target, fov = _vessel_example()
+    path = write_png(tmp_path / "mask.png", target.astype(np.uint8) * 255)
+    image, _ = read_image(path)
+    assert image.shape == (*target.shape, 1)
+    expected = segmentation_metrics(prob, target, fov)
+    assert segmentation_metrics(prob, image, fov) == expected
+    assert segmentation_metrics(prob[..., None], target, fov[..., None]) == expected
+    assert vessel_metrics(prob, image, fov) == vessel_metrics(prob, target, fov)
+    # The advice in the 0/255 message is right: read_mask gives the mask as bool H x W.
+    assert segmentation_metrics(prob, read_mask(path), fov) == expected
+    # Only a one-channel axis is dropped: an RGB mask is still a shape error.
+    with pytest.raises(ValueError, match="shapes differ"):
+        segmentation_metrics(prob, np.repeat(target[..., None], 3, axis=2))
+
+
+def test_a_0_255_mask_is_refused_with_the_way_to_read_it():
+    # Not converted silently (0..255 could be an image given by mistake), but the message says
+    # how to fix it; it only said "target must be boolean or contain only 0 and 1".
+    prob, target, fov = _vessel_example()
+    with pytest.raises(ValueError, match="target must be boolean") as caught:
+        segmentation_metrics(prob, target.astype(np.uint8) * 255, fov)
+    message = str(caught.value)
+    assert "got values 0, 255 (uint8)" in message
+    assert "localdisc.read_mask(path)" in message and "target > 0" in message
+    with pytest.raises(ValueError, match=r"fov must be .*fov > 0"):
+        segmentation_metrics(prob, target, fov.astype(np.uint8) * 255)
+
+
 @pytest.mark.parametrize(
     "call",
     [

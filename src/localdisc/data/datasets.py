@@ -733,6 +733,67 @@ PARTNER_SUFFIXES = (
     "_label",
     "_gt",
 )
+#: Endings a ``folder`` mask may add to its image's stem (``case01_mask.png`` for
+#: ``case01.png``), after ``_`` or ``-``, in any letter case.
+FOLDER_MASK_SUFFIXES = ("mask", "seg", "label", "labels", "gt", "manual1", "segmentation")
+_MASK_SUFFIX = re.compile(rf"[_-](?:{'|'.join(FOLDER_MASK_SUFFIXES)})$", re.IGNORECASE)
+
+
+def mask_suffix_base(stem: str) -> str | None:
+    """``stem`` without a mask ending of :data:`FOLDER_MASK_SUFFIXES` (``case01_Mask`` ->
+    ``case01``), or ``None`` when it has none."""
+    match = _MASK_SUFFIX.search(stem)
+    return stem[: match.start()] if match and match.start() > 0 else None
+
+
+@dataclass
+class _MaskIndex:
+    """The image files of a ``folder`` mask folder, keyed for matching (:func:`name_key`).
+
+    ``by_rel``/``by_stem``: by relative path without suffix and by stem; ``suffixed_rel``/
+    ``suffixed``: the same for masks named with a mask ending, keyed without it; ``names``:
+    every mask's relative path; ``others``: files there that are not images, for messages;
+    ``siblings``: other mask-like folders beside it (DRIVE's ``1st_manual`` beside ``mask``).
+    """
+
+    root: Path
+    by_rel: dict[str, Path] = field(default_factory=dict)
+    by_stem: dict[str, list[Path]] = field(default_factory=dict)
+    suffixed_rel: dict[str, list[Path]] = field(default_factory=dict)
+    suffixed: dict[str, list[Path]] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)
+    siblings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, mask_dir: Path) -> _MaskIndex:
+        index = cls(mask_dir)
+        index.siblings = [
+            p.name
+            for p in sorted(mask_dir.parent.iterdir())
+            if p != mask_dir and p.name.lower() in MASK_DIR_NAMES and p.is_dir()
+        ]
+        for dirpath, dirnames, filenames in walk(mask_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if f.startswith("."):
+                    continue
+                path = Path(dirpath) / f
+                if not is_image_file(f):
+                    index.others.append(path.relative_to(mask_dir).as_posix())
+                    continue
+                index.names.append(path.relative_to(mask_dir).as_posix())
+                stem = image_stem(path)
+                folder = path.parent.relative_to(mask_dir)
+                index.by_rel.setdefault(name_key((folder / stem).as_posix()), path)
+                index.by_stem.setdefault(name_key(stem), []).append(path)
+                base = mask_suffix_base(stem)
+                if base is not None:
+                    index.suffixed_rel.setdefault(name_key((folder / base).as_posix()), []).append(
+                        path
+                    )
+                    index.suffixed.setdefault(name_key(base), []).append(path)
+        return index
 
 
 def walk(root: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -831,15 +892,23 @@ class FolderDataset(SegmentationDataset):
     a mask with the same relative path and stem (any image suffix). Failing that, a mask
     anywhere in the mask folder with the same stem matches when that stem is unique among the
     masks and among the images and the mask is not another image's by relative path
-    (``images/val/001.png`` never gets ``masks/train/001.png``). Without a mask folder the set is
-    unlabelled. Images are found recursively. The FOV is derived from the
-    image; the modality is guessed from the first readable image (grey: ``xray``; blank RGB
-    images are passed over) unless given.
+    (``images/val/001.png`` never gets ``masks/train/001.png``). When no mask has the stem, one
+    named with the stem plus a mask ending (:data:`FOLDER_MASK_SUFFIXES` after ``_`` or ``-``,
+    any letter case: ``case01_mask.png``, ``case01-GT.tif``) matches by the same rules: the one
+    at the same relative path, else the only one anywhere for a stem no other image has; two
+    candidates are an error, not a guess, and so is any when another mask-like folder sits
+    beside the mask folder (DRIVE's ``mask/21_training_mask.gif`` is a field of view, its label
+    is in ``1st_manual/``). Without a mask folder the set is unlabelled. Images
+    are found recursively. The FOV is derived from the image; the modality is guessed from the
+    first readable image (grey: ``xray``; blank RGB images are passed over) unless given.
     """
 
     name = "folder"
     default_modality = None
-    layout = "ROOT/images/*.png + ROOT/masks/*.png (same stems), or a folder of images alone"
+    layout = (
+        "ROOT/images/*.png + ROOT/masks/*.png (same stems, or stem_mask/_seg/_label/_gt...), "
+        "or a folder of images alone"
+    )
     splits = ("all",)
     all_targets = ("mask",)
     preferred_target = "mask"
@@ -866,31 +935,21 @@ class FolderDataset(SegmentationDataset):
         if self.mask_dir is None:
             self.targets = ()
             return [Item(self._name(p, image_dir), p) for p in images]
-        by_rel: dict[str, Path] = {}
-        by_stem: dict[str, list[Path]] = {}
-        for dirpath, dirnames, filenames in walk(self.mask_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for f in sorted(filenames):
-                if f.startswith(".") or not is_image_file(f):
-                    continue
-                path = Path(dirpath) / f
-                rel = path.parent.relative_to(self.mask_dir) / image_stem(path)
-                by_rel.setdefault(name_key(rel.as_posix()), path)
-                by_stem.setdefault(name_key(image_stem(path)), []).append(path)
+        index = _MaskIndex.build(self.mask_dir)
         rels = {
             image: name_key((image.parent.relative_to(image_dir) / image_stem(image)).as_posix())
             for image in images
         }
-        owner = {by_rel[rel]: image for image, rel in rels.items() if rel in by_rel}
+        owner = {index.by_rel[rel]: image for image, rel in rels.items() if rel in index.by_rel}
         image_stems: dict[str, int] = {}
         for image in images:
             key = name_key(image_stem(image))
             image_stems[key] = image_stems.get(key, 0) + 1
         items: list[Item] = []
         for image in images:
-            mask = by_rel.get(rels[image])
+            mask = index.by_rel.get(rels[image])
             if mask is None:
-                mask, reason = self._stem_fallback(image, by_stem, owner, image_stems)
+                mask, reason = self._stem_fallback(image, rels[image], index, owner, image_stems)
                 if mask is None:
                     self._problem(image, reason)
                     continue
@@ -901,7 +960,8 @@ class FolderDataset(SegmentationDataset):
     def _stem_fallback(
         self,
         image: Path,
-        by_stem: dict[str, list[Path]],
+        rel: str,
+        index: _MaskIndex,
         owner: dict[Path, Path],
         image_stems: dict[str, int],
     ) -> tuple[Path | None, str]:
@@ -909,12 +969,13 @@ class FolderDataset(SegmentationDataset):
 
         Only a match that cannot belong to another image counts: one mask with the stem, one
         image with it, and that mask not matched to another image by relative path; otherwise
-        ``images/val/001.png`` would get ``masks/train/001.png``.
+        ``images/val/001.png`` would get ``masks/train/001.png``. Without any mask of that stem,
+        a mask named with the stem plus a mask ending (:meth:`_suffix_fallback`).
         """
         key = name_key(image_stem(image))
-        candidates = by_stem.get(key, [])
+        candidates = index.by_stem.get(key, [])
         if not candidates:
-            return None, f"no mask with the same file stem in {self.mask_dir}"
+            return self._suffix_fallback(image, rel, index, image_stems)
         no_rel = f"no mask at the same relative path in {self.mask_dir}"
         if len(candidates) > 1:
             return None, f"{no_rel}, and {len(candidates)} masks elsewhere have its stem"
@@ -927,6 +988,76 @@ class FolderDataset(SegmentationDataset):
                 "cannot be told whose mask it is"
             )
         return mask, ""
+
+    def _suffix_fallback(
+        self, image: Path, rel: str, index: _MaskIndex, image_stems: dict[str, int]
+    ) -> tuple[Path | None, str]:
+        """The mask named with ``image``'s stem plus a mask ending (``case01_mask.png``), or
+        ``None`` and why not: the one at the same relative path, else the only one anywhere when
+        no other image has the stem. A mask whose whole stem is an image's is that image's."""
+        key = name_key(image_stem(image))
+
+        def free(paths: list[Path]) -> list[Path]:
+            return [m for m in paths if name_key(image_stem(m)) not in image_stems]
+
+        def several(paths: list[Path]) -> str:
+            names = ", ".join(m.relative_to(index.root).as_posix() for m in paths[:4])
+            return (
+                f"{len(paths)} masks in {index.root} have its stem plus a mask ending "
+                f"({names}), so it cannot be told which is its mask; keep one"
+            )
+
+        here = free(index.suffixed_rel.get(rel, []))
+        found = here or free(index.suffixed.get(key, []))
+        if found and index.siblings:
+            # DRIVE's and HRF's mask/ hold fields of view (21_training_mask.gif) beside the
+            # labels in 1st_manual/ or manual1/: with another label folder there, an ending
+            # may name another kind of mask, so none is taken.
+            return None, (
+                f"no mask with the same file stem in {index.root}; {found[0].name} has its stem "
+                f"plus a mask ending but is not taken, because {index.root.parent} also holds "
+                f"{', '.join(index.siblings)} (as in DRIVE and HRF, whose {index.root.name} "
+                "folder holds fields of view): use the data set's loader (drive:ROOT, "
+                "hrf:ROOT), or keep one mask folder"
+            )
+        if len(here) == 1:
+            return here[0], ""
+        if here:
+            return None, several(here)
+        anywhere = free(index.suffixed.get(key, []))
+        if len(anywhere) > 1:
+            return None, several(anywhere)
+        if anywhere and image_stems[key] > 1:
+            return None, (
+                f"no mask at the same relative path in {index.root}; {anywhere[0]} has its "
+                f"stem plus a mask ending, but so do {image_stems[key]} images, so it cannot be "
+                "told whose mask it is"
+            )
+        if anywhere:
+            return anywhere[0], ""
+        return None, self._no_mask_reason(image, index)
+
+    def _no_mask_reason(self, image: Path, index: _MaskIndex) -> str:
+        """Why no mask matched, with what the mask folder holds, so that a naming scheme this
+        loader does not know (``mask_case01.png``) shows at the first image."""
+        stem = image_stem(image)
+        reason = f"no mask with the same file stem in {index.root}"
+        if index.names:
+            # Names holding the image's stem first: most likely the mask meant for it.
+            names = sorted(index.names, key=lambda n: name_key(stem) not in name_key(n))
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            files = "1 mask file" if len(names) == 1 else f"{len(names)} mask files"
+            found = f"it holds {files}: {', '.join(names[:3])}{more}"
+        elif index.others:
+            more = f" and {len(index.others) - 3} more" if len(index.others) > 3 else ""
+            found = f"it holds no image files, only {', '.join(index.others[:3])}{more}"
+        else:
+            found = "it holds no files"
+        endings = ", ".join(f"_{s}" for s in FOLDER_MASK_SUFFIXES)
+        return (
+            f"{reason} ({found}); a mask needs the image's stem ({stem}, any image suffix), or "
+            f"that stem plus one of these suffixes: {endings} (or with -, any letter case)"
+        )
 
     @staticmethod
     def _name(path: Path, base: Path) -> str:

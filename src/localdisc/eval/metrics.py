@@ -59,7 +59,14 @@ def _as_bool(x: ArrayLike, name: str) -> np.ndarray:
     if a.dtype == np.bool_:
         return a
     if not np.all((a == 0) | (a == 1)):
-        raise InputError(f"{name} must be boolean or contain only 0 and 1")
+        # Not converted silently: 0/255 is a mask, but 0..255 could be an image passed by mistake.
+        values = np.unique(a).tolist()
+        shown = ", ".join(map(str, values[:4])) + (", ..." if len(values) > 4 else "")
+        raise InputError(
+            f"{name} must be boolean or contain only 0 and 1, got values {shown} ({a.dtype}); "
+            "read a mask file with localdisc.read_mask(path) (bool H x W), or pass "
+            f"{name} > 0 for a 0/255 mask"
+        )
     return a.astype(bool)
 
 
@@ -212,12 +219,19 @@ def _fov_metrics(
     return out
 
 
+def _drop_channel(x: ArrayLike) -> np.ndarray:
+    """``x`` as an array, an H x W x 1 one as H x W (``read_image`` gives grey masks that way)."""
+    a = np.asarray(x)
+    return a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a
+
+
 def _validate(
     prob: ArrayLike, target: ArrayLike, fov: ArrayLike | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    p = _as_prob(prob)
-    t = _as_bool(target, "target")
-    f = None if fov is None else _as_bool(fov, "fov")
+    """Checked arrays of one image; H x W x 1 inputs are taken as H x W."""
+    p = _as_prob(_drop_channel(prob))
+    t = _as_bool(_drop_channel(target), "target")
+    f = None if fov is None else _as_bool(_drop_channel(fov), "fov")
     _check_shapes(prob=p, target=t, fov=f)
     return p, t, f
 
@@ -239,8 +253,9 @@ def vessel_metrics(
     * ``cldice``: :func:`cldice` of the binarised prediction and the target, both set to False
       outside the FOV.
 
-    Raises :class:`~localdisc.errors.InputError` (a ``ValueError``) on mismatched shapes,
-    invalid probabilities or an empty FOV.
+    Arrays are H x W, or H x W x 1 taken as H x W (as in :func:`segmentation_metrics`). Raises
+    :class:`~localdisc.errors.InputError` (a ``ValueError``) on mismatched shapes, invalid
+    probabilities, non-binary masks or an empty FOV.
     """
     p, t, f = _validate(prob, target, fov)
     return _fov_metrics(p, t, f, threshold, topology=True)
@@ -260,9 +275,12 @@ def segmentation_metrics(
     ``auc``, ``accuracy``, ``sensitivity``, ``specificity`` inside the FOV (as in
     :func:`vessel_metrics`), plus ``cldice`` when ``topology`` is True (tubular structures).
 
-    Raises :class:`~localdisc.errors.InputError` (a ``ValueError``) when shapes differ, ``prob``
-    contains NaN or values outside [0, 1] (beyond a tolerance of ``PROB_EPS``), ``target``/``fov``
-    are not binary, or the FOV is empty.
+    Each array is H x W, or H x W x 1 (as :func:`~localdisc.data.io.read_image` returns a grey
+    file), taken as H x W. Raises :class:`~localdisc.errors.InputError` (a ``ValueError``) when
+    shapes differ, ``prob`` contains NaN or values outside [0, 1] (beyond a tolerance of
+    ``PROB_EPS``), ``target``/``fov`` are not binary (a 0/255 mask is refused rather than
+    guessed: read it with :func:`~localdisc.data.io.read_mask`, or pass ``mask > 0``), or the FOV
+    is empty.
     """
     p, t, f = _validate(prob, target, fov)
     pred = _binarize(p, threshold)
