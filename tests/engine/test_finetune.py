@@ -120,6 +120,28 @@ def test_the_progress_bar_counts_the_epochs_of_both_phases(capsys):
     assert "finetune" in shown and "3/3" in shown and "val Dice" in shown
 
 
+def test_the_progress_lines_name_the_phases_and_show_the_soft_dice(capsys):
+    # A log file read "finetune finetune: step 4/6 ..., loss -0.1412 val Dice 0.1830": the phase
+    # named as the title, epochs called steps, and a loss that is minus the soft Dice.
+    data = squares(4)
+    config = FinetuneConfig(frozen_epochs=1, epochs=1, device="cpu", progress=True)
+    logged: list[str] = []
+    result = finetune(Segmenter(size=32), data, data, config, pretrained=True, log=logged.append)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "finetune frozen encoder",
+        "finetune whole network",
+    ]
+    row = result.phases[1].history[0]
+    assert row["loss"] < 0  # history.csv keeps the paper's loss, minus the soft Dice
+    assert lines[1].startswith("finetune whole network: epoch 2/2 (100%)")
+    assert lines[1].endswith(f"train soft Dice {-row['loss']:.4f}, val Dice {row['val_dice']:.4f}")
+    assert logged[1].startswith("whole network: best validation Dice")
+    config = FinetuneConfig(epochs=1, device="cpu", progress=True)
+    finetune(Segmenter(size=32), data, data, config, pretrained=False, log=logged.append)
+    assert capsys.readouterr().out.startswith("finetune from scratch: epoch 1/1 (100%)")
+
+
 @pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan"), float("inf"), float("-inf")])
 def test_a_learning_rate_that_is_not_finite_and_positive_is_refused(lr):
     with pytest.raises(LocaldiscError, match=f"lr must be > 0 and finite, not {lr}"):

@@ -11,9 +11,8 @@ from localdisc.engine.monitor import ProgressBar
 
 
 def test_time_left_ignores_the_steps_a_time_budget_skipped() -> None:
-    with ProgressBar(2000, 0, True, "pretrain") as bar:
-        clock = [0.0]
-        bar.bar.get_time = lambda: clock[0]
+    clock = [0.0]
+    with ProgressBar(2000, 0, True, "pretrain", clock=lambda: clock[0]) as bar:
         for step in range(10, 110, 10):  # 10 steps a second
             clock[0] += 1
             bar.update(step, "stage 1")
@@ -21,8 +20,54 @@ def test_time_left_ignores_the_steps_a_time_budget_skipped() -> None:
         for step in range(1010, 1060, 10):
             clock[0] += 1
             bar.update(step, "stage 2")
-        task = bar.bar.tasks[0]
-        assert task.time_remaining == pytest.approx((2000 - 1050) / 10, rel=0.05)
+        assert bar.time_left() == pytest.approx((2000 - 1050) / 10, rel=0.05)
+
+
+def test_elapsed_counts_from_the_start_of_the_phase_and_the_first_lines_know_the_time_left():
+    # A run output to a file said "0:00:00 elapsed, -:--:-- left" at step 10 after 10 s, and
+    # again at step 30: a phase's first update restarted rich's task, so its first 10 steps
+    # were not counted. Here 40 steps of 1 s, a line every 10 (log_every), stage 1 to step 20.
+    console, out = _file_console(terminal=False)
+    clock = [0.0]
+    with ProgressBar(40, 0, True, "pretrain", clock=lambda: clock[0], console=console) as bar:
+        for step in range(10, 41, 10):
+            clock[0] += 10
+            bar.update(step, "stage 1" if step <= 20 else "stage 2", "loss 1.0")
+    assert out.getvalue().splitlines() == [
+        "pretrain stage 1: step 10/40 (25%), 0:00:10 elapsed, 0:00:30 left, loss 1.0",
+        "pretrain stage 1: step 20/40 (50%), 0:00:20 elapsed, 0:00:20 left, loss 1.0",
+        "pretrain stage 2: step 30/40 (75%), 0:00:10 elapsed, 0:00:10 left, loss 1.0",
+        "pretrain stage 2: step 40/40 (100%), 0:00:20 elapsed, 0:00:00 left, loss 1.0",
+    ]
+
+
+def test_the_terminal_bar_shows_the_same_elapsed_time_and_stops_it_when_done():
+    console, _ = _file_console(terminal=True)
+    clock = [0.0]
+    with ProgressBar(40, 0, True, "pretrain", clock=lambda: clock[0], console=console) as bar:
+        elapsed_column = bar.bar.columns[3]
+        for step in (10, 20, 30):
+            clock[0] += 10
+            bar.update(step, "stage 1" if step <= 20 else "stage 2")
+        clock[0] += 5
+        assert elapsed_column.render(bar.bar.tasks[0]).plain == "0:00:15"  # stage 2 from 20 s
+        clock[0] += 5
+        bar.update(40)
+        clock[0] += 60  # finished: the time stays that of the last step
+        assert elapsed_column.render(bar.bar.tasks[0]).plain == "0:00:20"
+
+
+def test_a_loop_slower_than_30_s_between_updates_has_a_time_left() -> None:
+    # rich estimates the pace from the updates of the last 30 s: with one a minute, it had none.
+    console, out = _file_console(terminal=False)
+    clock = [0.0]
+    with ProgressBar(100, 0, True, "finetune", clock=lambda: clock[0], console=console) as bar:
+        for step in range(10, 101, 10):
+            clock[0] += 60
+            bar.update(step)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "finetune: step 10/100 (10%), 0:01:00 elapsed, 0:09:00 left"
+    assert lines[4] == "finetune: step 50/100 (50%), 0:05:00 elapsed, 0:05:00 left"
 
 
 def test_a_time_left_given_by_the_loop_is_shown_and_counted_down() -> None:
@@ -74,10 +119,10 @@ def test_not_a_terminal_prints_whole_plain_lines_at_each_tenth_and_the_last_step
     assert steps == [10, 100, 200, 300, 400, 500, 510, 600, 700, 800, 900, 1000]
     # Whole (longer than the console's 80 columns): elapsed in the phase, left at its pace.
     assert lines[2] == (
-        f"pretrain stage 1: step 200/1000 (20%), 0:00:19 elapsed, 0:01:20 left, {info} 200"
+        f"pretrain stage 1: step 200/1000 (20%), 0:00:20 elapsed, 0:01:20 left, {info} 200"
     )
     assert all(line.endswith(f"{info} {n}") for line, n in zip(lines, steps, strict=True))
-    assert lines[-1].startswith("pretrain stage 2: step 1000/1000 (100%), 0:00:49 elapsed")
+    assert lines[-1].startswith("pretrain stage 2: step 1000/1000 (100%), 0:00:50 elapsed")
     assert "━" not in out.getvalue()
 
 

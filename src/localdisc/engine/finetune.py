@@ -28,6 +28,10 @@ from localdisc.engine.precision import bf16_autocast
 from localdisc.errors import LocaldiscError
 from localdisc.models.segmenter import Segmenter
 
+#: A phase as the progress bar and the log name it (``PhaseResult.name``, history.csv's phase,
+#: is the key): "finetune finetune: ..." said the same word twice and not what trains.
+PHASE_LABELS = {"frozen": "frozen encoder", "finetune": "whole network", "scratch": "from scratch"}
+
 #: Rotation range (degrees, U(-r, r)) and flips of the paper's augmentation per modality.
 AUGMENTATION = {"fundus": (180.0, True), "xray": (30.0, False)}
 
@@ -273,11 +277,14 @@ def finetune(
     done = 0  # epochs of the phases before
 
     def progress(name: str, epoch: int, row: dict[str, float]) -> None:
-        bar.update(done + epoch, name, f"loss {row['loss']:.4f} val Dice {row['val_dice']:.4f}")
+        # The loss is minus the soft Dice (METHOD.md 4): shown as the soft Dice, not "loss -0.14".
+        shown = f"train soft Dice {-row['loss']:.4f}, val Dice {row['val_dice']:.4f}"
+        bar.update(done + epoch, PHASE_LABELS[name], shown)
 
     phases: list[PhaseResult] = []
     frozen_state = None
-    with ProgressBar(sum(e for _, e in plan), 0, config.progress, "finetune") as bar:
+    epochs_in_all = sum(e for _, e in plan)
+    with ProgressBar(epochs_in_all, 0, config.progress, "finetune", unit="epoch") as bar:
         for name, epochs in plan:
             state, result = _phase(model, name, epochs, train, val, config, generator, progress)
             done += epochs
@@ -286,7 +293,7 @@ def finetune(
             if name == "frozen":
                 frozen_state = state
             log(
-                f"{name}: best validation Dice {result.best_val_dice:.4f} at epoch "
+                f"{PHASE_LABELS[name]}: best validation Dice {result.best_val_dice:.4f} at epoch "
                 f"{result.best_epoch}/{epochs} ({result.seconds:.0f} s)"
             )
     return FinetuneResult(model.state_dict(), frozen_state, phases)

@@ -82,12 +82,20 @@ def write_figures(
 
 
 def time_left(task: Any) -> float | None:
-    """Seconds a rich progress ``task`` has left: the ``time_left`` its loop gave at the time
-    ``time_left_at``, counted down since, else rich's estimate from the pace of its steps."""
+    """Seconds a rich progress ``task`` of a :class:`ProgressBar` has left: the ``time_left`` of
+    its last update (given by its loop, or estimated from the pace of the steps) at the time
+    ``time_left_at``, counted down since (``None``: unknown)."""
     given = task.fields.get("time_left")
     if given is None:
-        return task.time_remaining
+        return None
     return max(0.0, given - (task.get_time() - task.fields["time_left_at"]))
+
+
+def elapsed(task: Any) -> float:
+    """Seconds since the start of the phase of a rich progress ``task`` of a
+    :class:`ProgressBar` (its field ``phase_at``), up to its last update once it is finished."""
+    end = task.fields["updated_at"] if task.finished else task.get_time()
+    return max(0.0, end - task.fields["phase_at"])
 
 
 def clock_text(seconds: float | None) -> str:
@@ -140,7 +148,6 @@ class ProgressBar:
             Progress,
             ProgressColumn,
             TextColumn,
-            TimeElapsedColumn,
         )
         from rich.text import Text
 
@@ -149,6 +156,12 @@ class ProgressBar:
 
             def render(self, task: Any) -> Text:
                 return Text(clock_text(time_left(task)), style="progress.remaining")
+
+        class ElapsedColumn(ProgressColumn):
+            """rich's TimeElapsedColumn, but of :func:`elapsed` (the phase's time)."""
+
+            def render(self, task: Any) -> Text:
+                return Text(clock_text(elapsed(task)), style="progress.elapsed")
 
         console = console or get_console()
         # A dumb terminal, like a file, shows a live display only once it stops.
@@ -159,17 +172,32 @@ class ProgressBar:
             TextColumn(f"[bold]{title}[/] {{task.fields[phase]}}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TimeElapsedColumn(),
+            ElapsedColumn(),
             TimeLeftColumn(),
             TextColumn("{task.fields[info]}"),
             console=console,
             get_time=clock,
         )
+        # Times are kept here, not by rich: its elapsed time restarts at a task's reset (the
+        # first update of a phase, not the phase's start), and its pace needs two updates
+        # within 30 s (so a slow loop never had one).
+        now = self.bar.get_time()
+        self.phase_at = now  # the phase's start: the bar's, or the last update of the phase before
+        self.last_step, self.last_at = start, now  # the last update
+        self.pace_step, self.pace_at = start, now  # the phase's first update: its pace since
         self.task = self.bar.add_task(
-            "", total=total, completed=start, phase="", info="", time_left=None, time_left_at=0.0
+            "",
+            total=total,
+            completed=start,
+            phase="",
+            info="",
+            time_left=None,
+            time_left_at=now,
+            phase_at=now,
+            updated_at=now,
         )
         # The last plain line: its step and time; a phase starts with one.
-        self.printed_step, self.printed_at = start, self.bar.get_time()
+        self.printed_step, self.printed_at = start, now
         if self.live:
             self.bar.start()
 
@@ -193,7 +221,7 @@ class ProgressBar:
         head = " ".join(p for p in (self.title, task.fields["phase"]) if p)
         text = (
             f"{head}: {self.unit} {done}/{total} ({done / total:.0%}), "
-            f"{clock_text(task.elapsed)} elapsed, {clock_text(time_left(task))} left"
+            f"{clock_text(elapsed(task))} elapsed, {clock_text(time_left(task))} left"
         )
         info = task.fields["info"]
         return f"{text}, {info}" if info else text
@@ -206,28 +234,34 @@ class ProgressBar:
         *,
         time_left: float | None = None,
     ) -> None:
-        """Steps done; ``phase`` and ``info``, when given, replace those shown (a new phase
-        restarts the estimate of the time left, and the time shown as elapsed).
+        """Steps done; ``phase`` and ``info``, when given, replace those shown. A new phase's
+        time shown as elapsed starts at the update before it (or the bar's start), when its
+        first step started; its time left is estimated from its own pace: that of its steps
+        since its first update (at that update, that of the steps since the update before).
 
         ``time_left``: the seconds left when the loop knows better than the pace of its steps
-        (a wall-clock budget ends it sooner); the bar counts them down until the next update.
-        ``None``: estimated from the pace of the steps."""
+        (a wall-clock budget ends it sooner, or jumps over a stage's remaining steps, which the
+        pace would count as steps done at once); the bar counts them down until the next
+        update. ``None``: estimated from the pace of the steps."""
         if self.bar is None:
             return
         now = self.bar.get_time()  # the tasks' clock
+        new_phase = phase is not None and phase != self.phase
+        if new_phase:
+            self.phase, self.phase_at = phase, self.last_at
+            since_step, since_at = self.last_step, self.last_at
+        else:
+            since_step, since_at = self.pace_step, self.pace_at
+        if time_left is None:
+            time_left = self._estimate(completed, completed - since_step, now - since_at)
         fields: dict[str, Any] = {
             k: v for k, v in (("phase", phase), ("info", info)) if v is not None
         }
-        fields.update(time_left=time_left, time_left_at=now)
-        new_phase = phase is not None and phase != self.phase
-        if new_phase:
-            # A new phase has its own pace, and a stage ended by its time budget jumps over its
-            # remaining steps, which would count as steps done at once (time left near zero).
-            self.phase = phase
-            shown = self._task().fields
-            self.bar.reset(self.task, completed=completed, **{**shown, **fields})
-        else:
-            self.bar.update(self.task, completed=completed, **fields)
+        fields.update(time_left=time_left, time_left_at=now, phase_at=self.phase_at, updated_at=now)
+        self.bar.update(self.task, completed=completed, **fields)
+        if new_phase:  # later updates: the pace since this one, of this phase's steps only
+            self.pace_step, self.pace_at = completed, now
+        self.last_step, self.last_at = completed, now
         if self.live:
             return
         total = max(1, int(self._task().total or 0))
@@ -240,6 +274,15 @@ class ProgressBar:
         if due:
             self.console.out(self.line(), highlight=False)  # no markup, wrapping or cropping
             self.printed_step, self.printed_at = completed, now
+
+    def _estimate(self, completed: int, steps: int, seconds: float) -> float | None:
+        """Seconds left after ``completed`` steps at the pace of ``steps`` in ``seconds``."""
+        left = int(self._task().total or 0) - completed
+        if left <= 0:
+            return 0.0
+        if steps <= 0 or seconds <= 0:
+            return None
+        return left * seconds / steps
 
     def close(self) -> None:
         """Stops the bar; plain lines end with the last step done, if not printed yet (a loop
