@@ -112,3 +112,54 @@ def test_an_interrupted_label_free_vessel_run_says_a_saved_network_is_reused(
         )
     )
     assert "a network already saved" in line and "run the same command again" in line
+
+
+@pytest.fixture
+def sigterm_handler():
+    """The CLI's SIGTERM handler, as `main` installs it; the test process's own restored."""
+    import signal
+
+    import localdisc.cli as cli
+
+    kept = signal.getsignal(signal.SIGTERM)
+    cli.install_signal_handlers()
+    yield
+    signal.signal(signal.SIGTERM, kept)
+    cli._stopped_by = None
+
+
+def test_sigterm_stops_a_pretraining_as_ctrl_c_does_with_exit_code_143(
+    tmp_path, monkeypatch, sigterm_handler
+) -> None:
+    # A scheduler's time limit (SLURM) or `kill` used to end the run with no word at all.
+    import os
+    import signal
+
+    import localdisc.engine.pretrain as engine
+
+    def terminated(config: object, out: Path, **kwargs: object) -> None:
+        out.mkdir(parents=True)
+        (out / "config.json").write_text(json.dumps({"pretrain": {}}))
+        (out / "checkpoints" / "step_00000040").mkdir(parents=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(engine, "pretrain", terminated)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "--data", "synthetic_fundus:2", "--out", str(out)])
+    assert result.exit_code == 143, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGTERM: "), result.stderr
+    assert "the last checkpoint (step 40" in lines[0] and "--resume" in lines[0]
+
+
+def test_the_sigterm_handler_is_only_installed_in_the_main_thread() -> None:
+    import signal
+    import threading
+
+    import localdisc.cli as cli
+
+    kept = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=cli.install_signal_handlers)
+    thread.start()
+    thread.join()
+    assert signal.getsignal(signal.SIGTERM) is kept

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,12 +179,62 @@ def _print_inspection(report: dict) -> None:
         console.print(skipped)
 
 
+#: The signal that stopped the command (set by :func:`_stop_on_signal`), else ``None``: Ctrl-C.
+_stopped_by: int | None = None
+#: The process whose main thread installed :func:`_stop_on_signal`.
+_handler_pid: int | None = None
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's time limit, ``kill``) stops a command as Ctrl-C does: it raises
+    KeyboardInterrupt, so that every command's cleanup and :func:`_on_interrupt`'s hint run,
+    instead of the silent death of the default action."""
+    global _stopped_by
+    if os.getpid() != _handler_pid:  # a forked child inherited the handler: die as before
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if _stopped_by is not None:
+        # A second one while the first is handled (under srun, torchrun's workers get SLURM's
+        # and torchrun's): the cleanup goes on; SIGKILL remains for a process that hangs.
+        return
+    _stopped_by = signum
+    raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """Have SIGTERM take Ctrl-C's path (:func:`_stop_on_signal`). Only the main thread may
+    install a handler, and only the CLI's process wants it (not a library user's)."""
+    global _handler_pid, _stopped_by
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _handler_pid, _stopped_by = os.getpid(), None
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+
+
+def _interrupt_exit_code() -> int:
+    """128 + the signal's number, as shells report a process it killed: 130 for Ctrl-C
+    (SIGINT), 143 for SIGTERM, which schedulers and scripts check for."""
+    return 128 + (_stopped_by or signal.SIGINT)
+
+
 def main() -> None:
-    """Entry point: known errors become one red line and exit code 2, not a traceback."""
+    """Entry point: known errors become one red line and exit code 2, not a traceback; SIGTERM
+    stops a command as Ctrl-C does (:func:`install_signal_handlers`)."""
     import errno
 
+    install_signal_handlers()
     try:
         app()
+    except SystemExit as exc:
+        # Stopped outside _on_interrupt (a short command, or while starting): Typer ends a
+        # KeyboardInterrupt with exit code 130 and no word (older versions: "Aborted!", 1).
+        if _stopped_by is not None and exc.code in (1, 130):
+            if os.environ.get("RANK", "0") == "0":
+                name = signal.Signals(_stopped_by).name
+                err_console.print(f"interrupted by {name}", markup=False, highlight=False)
+            sys.exit(_interrupt_exit_code())
+        raise
     except LocaldiscError as exc:
         # Messages name files and flags: a path with [...] in it is text, not Rich markup.
         err_console.print(
@@ -210,16 +262,18 @@ def main() -> None:
 @contextmanager
 def _on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
     """Ctrl-C in a long run: one line on what is kept and how to go on, and exit code 130
-    (128 + SIGINT, as shells report it) instead of a silent stop. ``hint`` is called then, so
-    that it can look at what the run left on disk."""
+    (128 + SIGINT, as shells report it) instead of a silent stop; SIGTERM, turned into
+    KeyboardInterrupt by :func:`_stop_on_signal`, the same with exit code 143. ``hint`` is
+    called then, so that it can look at what the run left on disk."""
     try:
         yield
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
+            how = "" if _stopped_by is None else f" by {signal.Signals(_stopped_by).name}"
             err_console.print(
-                f"interrupted: {hint()}", markup=False, highlight=False, soft_wrap=True
+                f"interrupted{how}: {hint()}", markup=False, highlight=False, soft_wrap=True
             )
-        raise typer.Exit(130) from None
+        raise typer.Exit(_interrupt_exit_code()) from None
 
 
 def _resume_hint(out: Path) -> str:
@@ -446,15 +500,35 @@ def predict(
     fov_masks: Path | None = typer.Option(
         None, help="A folder of FOV masks named as the images: background outside them."
     ),
+    masks: Path | None = typer.Option(
+        None,
+        "--masks",
+        help="A folder of true masks named as the images (as the folder data set matches them): "
+        "score the outputs against them into OUT/metrics.json, as `finetune` does; images "
+        "without one are named and not scored.",
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
-    """Segment new images at their own size: NAME_prob.png and NAME_mask.png per image."""
+    """Segment new images at their own size: NAME_prob.png and NAME_mask.png per image, and
+    predict.json (what produced them)."""
+    import json
+
     from localdisc.tasks.predict import predict_images
 
     written = predict_images(
-        model, images, out, threshold=threshold, fov_masks=fov_masks, device=device, progress=True
-    )
+        model, images, out, threshold=threshold, fov_masks=fov_masks, masks=masks,
+        device=device, progress=True, log=_log,
+    )  # fmt: skip
     console.print(f"segmented {len(written)} image(s) into [bold]{_path(out)}[/]")
+    if masks is not None:
+        metrics = json.loads((out / "metrics.json").read_text())
+        shown = ", ".join(
+            f"{k} {v['mean']:.4f} +- {v['std']:.4f}"
+            for k, v in metrics["summary"].items()
+            if v["n"]
+        )
+        console.print(f"[bold green]scored[/] ({len(metrics['per_image'])} images): {shown}")
+        console.print(f"per image in [bold]{_path(out / 'metrics.json')}[/]")
 
 
 # --- similarity and landmarks ------------------------------------------------------------------

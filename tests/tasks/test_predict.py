@@ -123,3 +123,61 @@ def test_predict_images_returns_the_masks_and_the_probability_maps_lie_beside_th
     written = predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out", device="cpu")
     assert written == [tmp_path / "out" / "a_mask.png", tmp_path / "out" / "b_mask.png"]
     assert all(path.with_name(path.name.replace("_mask", "_prob")).is_file() for path in written)
+
+
+def test_predict_scores_against_masks_matched_by_stem_as_finetune_does(tmp_path):
+    from localdisc.eval.metrics import segmentation_metrics
+
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for name in ("sub/a", "b", "c"):
+        save(tmp_path / "in" / f"{name}.png", rng.integers(0, 255, (20, 24, 3), np.uint8))
+    target = np.zeros((20, 24), np.uint8)
+    target[5:15, 6:18] = 255
+    save(tmp_path / "gt" / "sub" / "a.png", target)  # the same relative path
+    save(tmp_path / "gt" / "B.gif", target)  # a unique stem anywhere, any case and suffix
+    args = [
+        "predict",
+        "--model",
+        str(tmp_path / "model"),
+        "--images",
+        str(tmp_path / "in"),
+        "--masks",
+        str(tmp_path / "gt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(app, args)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1 image(s) without a mask" in result.output and "c.png" in result.output
+    assert "scored (2 images): dice" in result.output
+    import json
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [row["image"] for row in metrics["per_image"]] == ["b", "sub_a"]
+    assert metrics["unscored"] == [str(tmp_path / "in" / "c.png")]
+    assert set(metrics["summary"]["f1"]) == {"mean", "std", "n"}  # finetune's form
+    from PIL import Image
+
+    prob = np.asarray(Image.open(tmp_path / "out" / "b_prob.png")) / 255
+    f1 = segmentation_metrics(prob, target > 0)["f1"]  # the FOV of a noise image is all of it
+    assert metrics["per_image"][0]["f1"] == pytest.approx(f1, abs=0.02)
+    record = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert record["threshold"] == 0.5 and record["model"] == str((tmp_path / "model").resolve())
+    assert [i["name"] for i in record["images"]] == ["b", "c", "sub_a"]
+
+    empty = tmp_path / "none"
+    save(empty / "z.png", target)
+    result = CliRunner().invoke(app, [*args[:5], "--masks", str(empty), *args[7:]])
+    assert result.exit_code != 0 and "no image has a mask there" in str(result.exception)
+
+
+def test_predict_refuses_a_mask_of_another_size(tmp_path):
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    save(tmp_path / "gt" / "a.png", np.zeros((20, 20), np.uint8))
+    with pytest.raises(LocaldiscError, match=r"a.png: mask is 20x20, its image .*a.png is 24x20"):
+        predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out",
+                       masks=tmp_path / "gt", device="cpu")  # fmt: skip

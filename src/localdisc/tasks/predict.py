@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from localdisc.data.datasets import folder_image_files, image_stem, name_key
+from localdisc.data.datasets import folder_image_files, image_stem, name_key, walk
 from localdisc.data.io import is_image_file, read_image, read_mask, write_png
+from localdisc.data.preprocess import fov_from_image, resize_mask, to_modality_channels
+from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.errors import LocaldiscError
@@ -107,46 +111,255 @@ def predict_images(
     *,
     threshold: float = 0.5,
     fov_masks: str | Path | None = None,
+    masks: str | Path | None = None,
     device: str = "auto",
     progress: bool = False,
+    log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Segment every image (:func:`collect_images`) into ``out_dir``, at its own size.
 
     Writes two files per image: ``NAME_prob.png``, the probability map (probability x 255),
-    and ``NAME_mask.png``, the mask (0/255, ``prob >= threshold``). Returns the masks' paths
-    only, in the order of the images; each probability map lies beside its mask
-    (``NAME_prob.png`` for ``NAME_mask.png``).
+    and ``NAME_mask.png``, the mask (0/255, ``prob >= threshold``), and ``predict.json``, what
+    produced them (the model folder, the threshold, the FOV and target mask folders, each
+    image's file). Returns the masks' paths only, in the order of the images; each probability
+    map lies beside its mask (``NAME_prob.png`` for ``NAME_mask.png``).
 
     ``fov_masks``: a folder of FOV masks named as the images (:func:`fov_mask_files`); the
     probability is 0 outside them. A network of ``localdisc shape-guided vessels`` segments as
     that command did (:func:`~localdisc.tasks.vessels.predict_vessels`, which also writes
     ``vessels.csv``). ``progress`` shows a progress bar.
+
+    ``masks``: a folder of true masks (:func:`target_mask_files`) to score the outputs against:
+    ``metrics.json`` in ``out_dir`` then holds ``summary`` and ``per_image`` as ``localdisc
+    finetune`` writes them (:func:`score_prediction`); images without a mask are named through
+    ``log`` and listed under ``unscored``.
+
+    Raises:
+        LocaldiscError: no image has a mask in ``masks``, or a mask's size is not its image's.
     """
     groups = sorted(Path(model_dir).glob("group-*/config.json"))
     if groups and not (Path(model_dir) / "config.json").is_file():
         raise LocaldiscError(f"{model_dir}: a network per group of images (`shape-guided "
                              f"vessels --teach-all`); give one as the model, e.g. "
                              f"{groups[0].parent}")  # fmt: skip
-    if "self_trained_vessels" in read_config(model_dir):
+    config = read_config(model_dir)
+    files = collect_images(images, out_dir=out_dir)
+    targets = target_mask_files(files, images, masks) if masks is not None else None
+    fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+    out_dir = Path(out_dir)
+    scores: dict[str, dict[str, float]] = {}
+    if "self_trained_vessels" in config:
         from localdisc.tasks.vessels import predict_vessels
 
-        return predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
-                               threshold=threshold, device=device, progress=progress)  # fmt: skip
-    model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
-    files = collect_images(images, out_dir=out_dir)
-    masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
-    out_dir = Path(out_dir)
-    written = []
-    with ProgressBar(len(files), 0, progress, "predict") as bar:
-        for i, (name, path) in enumerate(files):
-            image = read_image(path)[0]
-            prob = model.predict(image)
-            if masks is not None:
-                prob *= read_fov_mask(masks[i], image.shape[:2], path)
-            write_png(out_dir / f"{name}_prob.png", prob_png(prob))
-            written.append(write_png(out_dir / f"{name}_mask.png", mask_png(prob, threshold)))
-            bar.update(i + 1)
+        written = predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
+                                  threshold=threshold, device=device, log=log,
+                                  progress=progress)  # fmt: skip
+        if targets is not None:  # scored from its files: masks without the dropped specks
+            for i, (name, path) in enumerate(files):
+                if name in targets:
+                    prob = read_image(out_dir / f"{name}_prob.png")[0][..., 0]
+                    mask = read_mask(out_dir / f"{name}_mask.png")
+                    scores[name] = score_prediction(
+                        prob, _image_mask(targets[name], path), _fov(path, fovs, i, "fundus"),
+                        threshold=threshold, topology=True, binary=mask,
+                    )  # fmt: skip
+    else:
+        from localdisc.tasks.transfer import TUBULAR_TARGETS  # it imports this module
+
+        model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
+        target_name = config.get("data", {}).get("target")
+        written = []
+        with ProgressBar(len(files), 0, progress, "predict") as bar:
+            for i, (name, path) in enumerate(files):
+                image = read_image(path)[0]
+                prob_small, prob = model.predict_maps(image)
+                if fovs is not None:
+                    prob *= read_fov_mask(fovs[i], image.shape[:2], path)
+                    prob_small = None  # not held to the FOV: the paper's Dice from `prob`
+                write_png(out_dir / f"{name}_prob.png", prob_png(prob))
+                written.append(write_png(out_dir / f"{name}_mask.png", mask_png(prob, threshold)))
+                if targets is not None and name in targets:
+                    fov = _fov(path, fovs, i, model.config.modality, image)
+                    scores[name] = score_prediction(
+                        prob, _image_mask(targets[name], path), fov, threshold=threshold,
+                        topology=target_name in TUBULAR_TARGETS, prob_at_size=prob_small,
+                        size=model.config.size,
+                    )  # fmt: skip
+                bar.update(i + 1)
+    record: dict[str, Any] = {
+        "model": str(Path(model_dir).expanduser().resolve()),
+        "threshold": threshold,
+        "fov_masks": str(Path(fov_masks).resolve()) if fov_masks else None,
+        "masks": str(Path(masks).resolve()) if masks is not None else None,
+        "images": [{"name": name, "image": str(path.resolve())} for name, path in files],
+    }
+    atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=2))
+    if targets is not None:
+        _write_metrics(out_dir, record, files, targets, scores, log)
     return written
+
+
+def score_prediction(
+    prob: np.ndarray,
+    target: np.ndarray,
+    fov: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    topology: bool = False,
+    prob_at_size: np.ndarray | None = None,
+    size: int | None = None,
+    binary: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The metrics of one prediction, as ``localdisc finetune`` scores its test images
+    (:func:`~localdisc.tasks.transfer.image_metrics`, here at ``threshold``):
+    :func:`~localdisc.eval.metrics.segmentation_metrics` at the image's own size inside
+    ``fov``, and ``dice``, the paper's, at the model's ``size`` (``prob_at_size`` when the
+    model predicted at that size, else the mask resized there); without ``size``, ``dice`` is
+    at the image's size.
+
+    ``binary``: the mask written, when it is not ``prob >= threshold`` (specks dropped); the
+    binary metrics are its, ``auc`` is ``prob``'s.
+    """
+    from localdisc.eval.metrics import auc_roc, dice_score, paper_dice, segmentation_metrics
+
+    if binary is None:
+        metrics = segmentation_metrics(prob, target, fov, threshold=threshold, topology=topology)
+    else:
+        metrics = segmentation_metrics(binary.astype(np.float32), target, fov, topology=topology)
+        metrics["auc"] = auc_roc(prob, target, fov)
+    pred = prob >= threshold if binary is None else binary
+    if prob_at_size is not None and size is not None:
+        metrics["dice"] = dice_score(prob_at_size, resize_mask(target, size), threshold)
+    elif size is not None:
+        metrics["dice"] = paper_dice(pred, target, size)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _image_mask(path: Path, image: Path) -> np.ndarray:
+    """The true mask at ``path`` as a bool array, checked against its image's size."""
+    from PIL import Image
+
+    mask = np.asarray(read_mask(path), dtype=bool)
+    width, height = _image_size(image, Image)
+    if mask.shape != (height, width):
+        raise LocaldiscError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image "
+                             f"{image} is {width}x{height}")  # fmt: skip
+    return mask
+
+
+def _image_size(image: Path, pil: Any) -> tuple[int, int]:
+    """Width and height of ``image`` (decoded when PIL cannot read its header)."""
+    try:
+        with pil.open(image) as opened:
+            return opened.size
+    except Exception:  # noqa: BLE001 - .ppm.gz, 16-bit TIFFs: read it as the model did
+        array = read_image(image)[0]
+        return array.shape[1], array.shape[0]
+
+
+def _fov(
+    path: Path,
+    fovs: Sequence[Path] | None,
+    index: int,
+    modality: str,
+    image: np.ndarray | None = None,
+) -> np.ndarray:
+    """The FOV an image is scored in: its FOV mask, else found in the image as the ``folder``
+    data set finds it (so that scores match ``localdisc finetune``'s)."""
+    if image is None:
+        image = read_image(path)[0]
+    if fovs is not None:
+        return read_fov_mask(fovs[index], image.shape[:2], path)
+    return fov_from_image(to_modality_channels(image, modality), modality=modality)
+
+
+def _write_metrics(
+    out_dir: Path,
+    record: dict[str, Any],
+    files: Sequence[tuple[str, Path]],
+    targets: dict[str, Path],
+    scores: dict[str, dict[str, float]],
+    log: Callable[[str], None],
+) -> None:
+    """``metrics.json``: the ``summary`` and ``per_image`` of ``localdisc finetune``'s, the
+    images without a mask under ``unscored``."""
+    from localdisc.eval.metrics import summarize
+    from localdisc.eval.report import jsonable
+
+    rows = [{"image": name, **scores[name]} for name, _ in files if name in scores]
+    unscored = [str(path) for name, path in files if name not in targets]
+    if unscored:
+        log(f"{len(unscored)} image(s) without a mask in {record['masks']}, not scored: "
+            + ", ".join(unscored))  # fmt: skip
+    metrics = {
+        "model": record["model"],
+        "masks": record["masks"],
+        "threshold": record["threshold"],
+        "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in rows]),
+        "per_image": rows,
+        "masks_used": {name: str(Path(targets[name]).resolve()) for name, _ in files
+                       if name in targets},
+        "unscored": unscored,
+    }  # fmt: skip
+    atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
+
+
+def target_mask_files(
+    files: Sequence[tuple[str, Path]], images: Sequence[str | Path], folder: str | Path
+) -> dict[str, Path]:
+    """The true mask in ``folder`` of each image of ``files`` (:func:`collect_images`), by name,
+    matched as the ``folder`` data set matches them: the mask at the image's path relative to
+    the folder it was found in (``--images``), any image suffix; failing that, the one mask
+    anywhere under ``folder`` with the image's stem, when no other image has that stem and that
+    mask is not another image's by relative path. Letter case and Unicode form aside
+    (:func:`~localdisc.data.datasets.name_key`). Images without a mask are left out.
+
+    Raises:
+        LocaldiscError: ``folder`` is missing, or no image has a mask there.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise LocaldiscError(f"{folder}: no such folder of masks")
+    roots = [Path(p).expanduser() for p in images if Path(p).expanduser().is_dir()]
+    by_rel: dict[str, Path] = {}
+    by_stem: dict[str, list[Path]] = {}
+    for dirpath, dirnames, filenames in walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.startswith(".") or not is_image_file(f):
+                continue
+            path = Path(dirpath) / f
+            rel = path.parent.relative_to(folder) / image_stem(path)
+            by_rel.setdefault(name_key(rel.as_posix()), path)
+            by_stem.setdefault(name_key(image_stem(path)), []).append(path)
+    rels = {name: name_key(_relative_stem(path, roots)) for name, path in files}
+    owner = {by_rel[rel]: name for name, rel in rels.items() if rel in by_rel}
+    stems = [name_key(image_stem(path)) for _, path in files]
+    found: dict[str, Path] = {}
+    for (name, path), stem in zip(files, stems, strict=True):
+        mask = by_rel.get(rels[name])
+        candidates = by_stem.get(stem, [])
+        if mask is None and len(candidates) == 1 and stems.count(stem) == 1:
+            mask = candidates[0] if candidates[0] not in owner else None
+        if mask is not None and mask.resolve() != path.resolve():
+            found[name] = mask
+    if not found:
+        raise LocaldiscError(
+            f"{folder}: no image has a mask there (a mask is named as its image, any image "
+            "suffix: images/a/x.png gets a/x.* or a unique x.* there)"
+        )
+    return found
+
+
+def _relative_stem(path: Path, roots: Sequence[Path]) -> str:
+    """``path``'s stem, after its folders below the given folder it was found in, if any."""
+    for root in roots:
+        try:
+            relative = path.relative_to(root)
+        except ValueError:
+            continue
+        return (relative.parent / image_stem(path)).as_posix()
+    return image_stem(path)
 
 
 # What may follow an image's stem in its FOV mask's name: DRIVE's and HRF's ``01_test_mask.gif``.
