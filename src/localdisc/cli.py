@@ -438,13 +438,28 @@ def demo(
 # --- transfer ----------------------------------------------------------------------------------
 @app.command()
 def finetune(
-    dataset: str = typer.Option(..., "--dataset", help="Labelled data: NAME:ROOT or a folder."),
-    out: Path = typer.Option(..., "--out", help="Output folder (model, metrics, predictions)."),
+    dataset: str = typer.Option(
+        ...,
+        "--dataset",
+        help="Labelled data: NAME:ROOT or a folder (a folder has no test split: 20% of its "
+        "images, chosen by file name, are held out for testing, the same for every --labels and "
+        "--seed).",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output folder (model, metrics, predictions); one that holds another fine-tuning "
+        "is refused.",
+    ),
     target: str | None = typer.Option(None, help="Mask to learn (default: the set's default)."),
     init: str = typer.Option(
         "random", help="An LD run directory (or one of its weight files), or random."
     ),
-    labels: str = typer.Option("all", help="Labelled images: N, a fraction in (0, 1), or all."),
+    labels: str = typer.Option(
+        "all",
+        help="Labelled images: N, a fraction in (0, 1), or all, of the training split (of a "
+        "folder: the images not held out for testing).",
+    ),
     frozen_epochs: int = typer.Option(100, help="Epochs with the pre-trained encoder frozen."),
     epochs: int = typer.Option(100, help="Epochs of full fine-tuning (or from scratch)."),
     size: int = typer.Option(512, help="Resize to SIZE x SIZE (a multiple of 16, at least 32)."),

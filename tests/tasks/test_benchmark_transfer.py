@@ -100,3 +100,28 @@ def test_bad_seeds_sizes_and_schedules_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "b").exists()
     with pytest.raises(LocaldiscError, match="--seeds must be at least 1"):
         run_benchmark(BenchmarkConfig(quick=True, seeds=0), tmp_path / "c")
+
+
+def test_runs_are_reused_with_relative_paths_and_an_interrupted_one_is_redone(
+    tmp_path, monkeypatch
+):
+    """config.json saves the init and data absolute (run_transfer): a benchmark given relative
+    ones still reuses its finished runs, and one interrupted before metrics.json (which
+    run_transfer refuses for other settings) is run again, not refused."""
+    from localdisc.models import LDConfig, LDModel
+    from localdisc.tasks.benchmark_transfer import BenchmarkConfig, run_benchmark
+
+    monkeypatch.chdir(tmp_path)
+    LDModel(LDConfig("fundus", width=4, depth=2)).save("myld")
+    config = BenchmarkConfig(quick=True, inits=["myld"], tasks=["synthetic_fundus"])
+    logged: list[str] = []
+    run_benchmark(config, "bench", log=logged.append)
+    run = tmp_path / "bench" / "runs" / "synthetic_fundus" / "myld" / "labels-2" / "seed-0"
+    saved = json.loads((run / "config.json").read_text())["transfer"]
+    assert saved["init"] == str(tmp_path / "myld")
+    run_benchmark(config, "bench", log=logged.append)
+    assert sum("reusing" in m for m in logged) == 1
+    (run / "metrics.json").unlink()
+    results = run_benchmark(config, "bench", log=logged.append)
+    assert any("interrupted fine-tuning with the same settings" in m for m in logged)
+    assert (run / "metrics.json").is_file() and len(results["runs"]) == 1

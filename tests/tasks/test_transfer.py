@@ -91,20 +91,78 @@ def test_modality_and_target_problems_are_named(tmp_path):
         run_transfer(config, tmp_path / "b")
 
 
-def test_a_folder_without_a_split_tests_on_the_unlabelled_images(tmp_path):
+def folder_set(root, n: int = 8):
+    """A folder set of ``n`` 64 x 64 synthetic X-rays with lung masks (no split)."""
     from helpers import save
     from localdisc.data.synthetic import synthetic_xray
 
-    for i in range(4):
+    for i in range(n):
         s = synthetic_xray(64, seed=i)
-        save(tmp_path / "data" / f"case{i}.png", (s.image[..., 0] * 255).astype(np.uint8))
-        save(tmp_path / "data" / "masks" / f"case{i}.png", (s.lungs * 255).astype(np.uint8))
-    metrics = run_transfer(tiny(str(tmp_path / "data")), tmp_path / "out", log=lambda m: None)
-    tested = {row["image"] for row in metrics["per_image"]}
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    trained = set(config["data"]["train_images"])
-    assert len(tested) == 2 and not tested & trained
-    assert metrics["bn_images"] == 2  # batch norm may not see the test images either
+        save(root / f"case{i}.png", (s.image[..., 0] * 255).astype(np.uint8))
+        save(root / "masks" / f"case{i}.png", (s.lungs * 255).astype(np.uint8))
+    return root
+
+
+def test_a_folder_is_tested_on_the_same_held_out_images_for_every_label_budget(tmp_path):
+    """A folder has no test split: it used to test on the images left unlabelled, so --labels 2
+    and 4 were scored on different images, --labels all failed ("no unlabelled images left"),
+    and batch norm was recalibrated over the labelled images only."""
+    data = folder_set(tmp_path / "data")
+    tested, runs = [], {}
+    for labels, seed in (("2", 0), ("4", 0), ("all", 0), ("2", 1)):
+        config = tiny(str(data), frozen_epochs=0, seed=seed)
+        config.labels, config.max_test = labels, None
+        out = tmp_path / f"out-{labels}-{seed}"
+        runs[labels, seed] = metrics = run_transfer(config, out, log=lambda m: None)
+        tested.append([row["image"] for row in metrics["per_image"]])
+        saved = json.loads((out / "config.json").read_text())["data"]
+        trained = set(saved["train_images"]) | set(saved["val_images"])
+        assert not trained & set(tested[-1]), "a test image was labelled"
+        assert metrics["bn_images"] == 6  # the 6 images of the training part, labels unused
+        assert "2 of its 8 images held out" in metrics["test_split"] == saved["test_split"]
+    assert tested[0] == tested[1] == tested[2] == tested[3] and len(tested[0]) == 2
+    assert runs["4", 0]["labels"] == 4 and runs["all", 0]["labels"] == 6
+
+
+def test_a_folder_label_budget_beyond_its_training_part_says_where_the_images_went(tmp_path):
+    data = folder_set(tmp_path / "data")
+    config = tiny(str(data))
+    config.labels = "8"
+    with pytest.raises(LocaldiscError, match=r"only 6 labelled training images .* 2 of its 8"):
+        run_transfer(config, tmp_path / "out", log=lambda m: None)
+    one = folder_set(tmp_path / "one", n=1)
+    with pytest.raises(LocaldiscError, match=r"one.*: 1 labelled image.*at least 2"):
+        run_transfer(tiny(str(one)), tmp_path / "out", log=lambda m: None)
+
+
+def test_held_out_test_images_depend_on_the_names_alone():
+    from localdisc.tasks.transfer import held_out_test
+
+    names = [f"case{i:02d}" for i in range(20)]
+    test = held_out_test(names)
+    assert len(test) == 4 and test == sorted(test)
+    # Another listing order holds out the same images.
+    assert {names[::-1][i] for i in held_out_test(names[::-1])} == {names[i] for i in test}
+    # One image more changes at most one test image (and adds one at 5% steps).
+    more = held_out_test([*names, "case20"])
+    assert len({names[i] for i in test} - {([*names, "case20"])[i] for i in more}) <= 1
+    assert [len(held_out_test(names[:n])) for n in (2, 3, 7, 8)] == [1, 1, 1, 2]
+    with pytest.raises(LocaldiscError, match="at least 2"):
+        held_out_test(names[:1])
+
+
+def test_the_paper_split_of_a_split_set_is_unchanged(tmp_path):
+    """Official and generated sets keep their own test split: every test image, and batch norm
+    over the whole training split."""
+    config = tiny("synthetic_fundus:6", frozen_epochs=0)
+    config.max_test = None
+    metrics = run_transfer(config, tmp_path, log=lambda m: None)
+    expected = [f"synthetic_fundus_test_{i:03d}" for i in range(3)]
+    assert [row["image"] for row in metrics["per_image"]] == expected
+    assert metrics["bn_images"] == 6 and "test_split" not in metrics
+    train = json.loads((tmp_path / "config.json").read_text())["data"]["train_images"]
+    order = split_labelled(6, "2", seed=0)[0]
+    assert train == [f"synthetic_fundus_train_{i:03d}" for i in order]
 
 
 def test_drive_is_evaluated_in_the_fov_at_the_original_resolution(tmp_path):
@@ -277,3 +335,94 @@ def test_paths_are_taken_as_str_and_init_may_be_a_weight_file_of_the_run(tmp_pat
     metrics = run_transfer(config, tmp_path / "ft", log=lambda m: None)
     saved = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert saved["transfer"]["init"] == str(stage1) and metrics["init"] == str(stage1)
+
+
+def test_an_out_holding_a_finished_run_is_refused_before_any_training(tmp_path, monkeypatch):
+    """A second run into the same --out wrote over the first, leaving its predictions of images
+    the second did not test beside the new metrics.json."""
+    import localdisc.tasks.transfer as transfer
+
+    out = tmp_path / "ft"
+    run_transfer(tiny("synthetic_fundus:4"), out, log=lambda m: None)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    def train(*args, **kwargs):
+        raise AssertionError("trained before --out was checked")
+
+    monkeypatch.setattr(transfer, "finetune", train)
+    config = tiny("synthetic_fundus:4")
+    config.labels = "3"
+    for again in (config, tiny("synthetic_fundus:4")):  # other settings, or the same
+        with pytest.raises(
+            LocaldiscError, match=r"ft: holds a finished fine-tuning .*another --out"
+        ):
+            run_transfer(again, out, log=lambda m: None)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_an_interrupted_run_is_redone_by_its_own_command_only(tmp_path):
+    """Fine-tuning keeps no checkpoint: the CLI says to run the same command again after an
+    interruption (and `benchmark transfer` redoes a run without metrics.json), so an
+    interrupted run with the same settings is replaced; with other settings it is refused."""
+    out = tmp_path / "ft"
+    run_transfer(tiny("synthetic_fundus:4"), out, log=lambda m: None)
+    (out / "metrics.json").unlink()  # interrupted while predicting
+    stale = out / "predictions" / "other_image_mask.png"
+    stale.write_bytes(b"not of this run")
+    (out / "notes.txt").write_text("mine")
+    config = tiny("synthetic_fundus:4")
+    config.labels = "3"
+    with pytest.raises(LocaldiscError, match=r"interrupted .*labels: '2' there, '3' now"):
+        run_transfer(config, out, log=lambda m: None)
+    assert stale.exists()
+    # Another device is the same run; a relative record (as saved before) is the same too.
+    saved = json.loads((out / "config.json").read_text())
+    saved["transfer"]["train"]["device"] = "cuda"
+    (out / "config.json").write_text(json.dumps(saved))
+    logged: list[str] = []
+    metrics = run_transfer(tiny("synthetic_fundus:4"), out, log=logged.append)
+    assert any("interrupted fine-tuning with the same settings" in m for m in logged)
+    assert (out / "metrics.json").is_file() and not stale.exists()
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own outputs go
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == sorted(
+        f"{row['image']}_{kind}.png" for row in metrics["per_image"] for kind in ("mask", "prob")
+    )
+
+
+def test_an_ld_run_is_not_written_over(tmp_path):
+    """--out at the init's own folder replaced the LD run's model.safetensors and config.json."""
+    from localdisc.models import LDConfig, LDModel
+
+    LDModel(LDConfig("fundus", width=4, depth=2)).save(tmp_path / "ld")
+    before = (tmp_path / "ld" / "config.json").read_text()
+    config = tiny("synthetic_fundus:4", init=str(tmp_path / "ld"))
+    with pytest.raises(LocaldiscError, match=r"ld: holds config.json.*not of a fine-tuning"):
+        run_transfer(config, tmp_path / "ld", log=lambda m: None)
+    assert (tmp_path / "ld" / "config.json").read_text() == before
+
+
+def test_saved_paths_are_absolute_so_the_record_works_from_elsewhere(tmp_path, monkeypatch):
+    """config.json kept "init": "ld" and the data folder as typed, relative to a working
+    directory it does not name."""
+    from localdisc.models import LDConfig, LDModel
+    from localdisc.tasks.transfer import protocol
+
+    work = tmp_path / "work"
+    folder_set(work / "data", n=4)
+    LDModel(LDConfig("xray", width=4, depth=2)).save(work / "ld")
+    monkeypatch.chdir(work)
+    config = tiny("data", init="ld", frozen_epochs=0)
+    assert (config.dataset, config.init) == (str(work / "data"), str(work / "ld"))
+    run_transfer(config, "ft", log=lambda m: None)
+    saved = json.loads((work / "ft" / "config.json").read_text())["transfer"]
+    assert (saved["dataset"], saved["init"]) == (str(work / "data"), str(work / "ld"))
+    # NAME:ROOT keeps its name; generated sets, random and missing paths stay as typed.
+    assert TransferConfig("folder:data").dataset == f"folder:{work / 'data'}"
+    assert TransferConfig("synthetic_xray:4").dataset == "synthetic_xray:4"
+    assert TransferConfig("drvie:/nowhere", init="nothing").init == "nothing"
+    assert TransferConfig("drvie:/nowhere").dataset == "drvie:/nowhere"
+    # A record with the relative paths that were saved before compares equal from here.
+    old = {**saved, "dataset": "data", "init": "ld", "train": {**saved["train"], "device": "x"}}
+    assert protocol(old) == protocol(saved)
+    monkeypatch.chdir(tmp_path)
+    assert protocol(old) != protocol(saved)  # from elsewhere, "ld" is another (missing) folder

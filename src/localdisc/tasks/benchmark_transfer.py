@@ -25,6 +25,7 @@ from localdisc.tasks.transfer import (
     check_size,
     check_task_data,
     init_modality,
+    protocol,
     run_transfer,
 )
 
@@ -221,16 +222,10 @@ def _run_one(
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         saved = json.loads((run_dir / "config.json").read_text())["transfer"]
-        if _protocol(saved) != _protocol(asdict(transfer)):
+        if protocol(saved) != protocol(asdict(transfer)):
             raise LocaldiscError(
                 f"{run_dir} holds a finished run with other settings; use another --out"
             )
         log(f"reusing {metrics_path}")
         return json.loads(metrics_path.read_text())
     return run_transfer(transfer, run_dir, log=log)
-
-
-def _protocol(transfer: dict[str, Any]) -> dict[str, Any]:
-    """What defines a run's result (not where or how visibly it ran)."""
-    train = {k: v for k, v in transfer["train"].items() if k not in ("device", "progress")}
-    return {**transfer, "train": train}

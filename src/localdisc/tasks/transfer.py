@@ -14,18 +14,28 @@ of the training split, labelled or not (no label is used; "precise BN" as in
 of 2 images. ``recalibrate_bn`` chooses which of the two models is saved; ``metrics.json`` holds
 both (``recalibrated`` or ``as_trained`` for the other one).
 
+A set without a test split (a ``folder``) is split here: :func:`held_out_test` keeps 20% of its
+labelled images (at least one) for testing, chosen by file name alone, so that every ``labels``,
+seed and init is scored on the same test images; the rest are its training split (labels drawn
+from them, batch norm recalibrated over them).
+
 Its output folder holds ``model.safetensors`` + ``config.json`` (loadable by ``localdisc
 predict``), ``metrics.json``, ``history.csv``, ``predictions/`` and ``figures/overlay.png``. The
 test images are segmented in float32 exactly as ``localdisc predict`` segments them (training and
 validation may run in bf16 autocast), so ``metrics.json`` describes what that command outputs.
+A folder that holds another run's outputs is refused (nothing is deleted), except an interrupted
+run with the same settings (``config.json`` without ``metrics.json``): fine-tuning keeps no
+checkpoint, so running the same command again redoes it, replacing its outputs.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -58,6 +68,14 @@ from localdisc.tasks.predict import mask_png, prob_png
 TUBULAR_TARGETS = frozenset({"vessels"})
 #: Fewer labelled images than this: validate on the training images (as the paper's 2-label runs).
 MIN_LABELS_FOR_HOLDOUT = 5
+#: The fraction of a split-less set's (a folder's) labelled images held out for testing.
+FOLDER_TEST_FRACTION = 0.2
+#: What :func:`run_transfer` writes in its output folder (``config.json`` first, ``metrics.json``
+#: last: a folder with the first and without the last holds an interrupted run).
+OUTPUTS = (
+    "config.json", "model.safetensors", "history.csv", "predictions", "metrics.json",
+    "figures/overlay.png",
+)  # fmt: skip
 #: The U-Net pools four times: sides must divide by 16. At 16 px the bottleneck is 1 x 1, and
 #: batch norm cannot train on a batch of one such image, hence at least 32.
 SIZE_MULTIPLE, MIN_SIZE = 16, 32
@@ -94,9 +112,56 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         # Paths as str: the config is saved as JSON in config.json, after the training, where a
-        # Path failed ("not JSON serializable") and left the weights without their config.
-        self.dataset, self.init = str(self.dataset), str(self.init)
+        # Path failed ("not JSON serializable") and left the weights without their config. And
+        # absolute, so that config.json names the data and init from any working directory.
+        self.dataset = absolute_spec(str(self.dataset))
+        self.init = absolute_init(str(self.init))
         check_size(self.size)
+
+
+def _absolute(path: Path) -> Path | None:
+    """``path`` made absolute (``~`` expanded, links resolved) where it exists, else ``None``:
+    a missing one stays as typed, for the error that names it (``drvie:/data`` gets its
+    "not a known data set" hint only as typed)."""
+    path = path.expanduser()
+    return path.resolve() if path.exists() else None
+
+
+def absolute_spec(spec: str) -> str:
+    """A data spec with its folder absolute (``drive:DRIVE`` -> ``drive:/data/DRIVE``, ``mine``
+    -> ``/data/mine``); generated sets (``synthetic_fundus:40``) and missing folders unchanged."""
+    name, root = parse_data_spec(spec)
+    if root is None or not dataset_class(name).requires_root:
+        return spec
+    absolute = _absolute(root)
+    if absolute is None:
+        return spec
+    # A bare folder stays bare: "folder:" before an absolute path reads the same, but is not
+    # what a user types.
+    return str(absolute) if spec.partition(":")[0].lower() != name else f"{name}:{absolute}"
+
+
+def absolute_init(init: str) -> str:
+    """``random``, or the LD run (or weight file) ``init`` as an absolute path where it exists."""
+    if init == "random":
+        return init
+    absolute = _absolute(Path(init))
+    return init if absolute is None else str(absolute)
+
+
+def protocol(transfer: dict[str, Any]) -> dict[str, Any]:
+    """What defines a run's result, from a ``config.json``'s ``transfer`` section (or
+    :func:`dataclasses.asdict` of a :class:`TransferConfig`): not where or how visibly it ran
+    (``device``, ``progress``), and paths made absolute as :class:`TransferConfig` makes them,
+    so a record written with relative paths (before they were saved absolute) still compares
+    equal from the working directory it ran in."""
+    train = {k: v for k, v in transfer.get("train", {}).items() if k not in ("device", "progress")}
+    out = {**transfer, "train": train}
+    if isinstance(out.get("dataset"), str):
+        out["dataset"] = absolute_spec(out["dataset"])
+    if isinstance(out.get("init"), str):
+        out["init"] = absolute_init(out["init"])
+    return out
 
 
 def labelled_count(labels: str | int | float, available: int) -> int:
@@ -140,6 +205,25 @@ def split_labelled(
         return chosen, chosen, note
     n_val = max(1, round(val_fraction * n))
     return chosen[n_val:], chosen[:n_val], f"{n - n_val} train + {n_val} validation images"
+
+
+def held_out_test(names: list[str], fraction: float = FOLDER_TEST_FRACTION) -> list[int]:
+    """Indices (in order) of the test images of a set without a test split, by image name.
+
+    The ``round(fraction * n)`` images (at least 1, at most ``n - 1``) whose names hash lowest:
+    fixed by the names alone, not by ``--labels``, ``--seed`` or the listing order, so every run
+    on the folder is scored on the same images; an image added to the folder changes at most
+    one of them. Fewer than 2 images cannot be split.
+    """
+    n = len(names)
+    if n < 2:
+        raise LocaldiscError(
+            f"{n} labelled image(s): a set without a test split needs at least 2, one of them "
+            "held out for testing"
+        )
+    k = min(n - 1, max(1, round(fraction * n)))
+    rank = sorted(range(n), key=lambda i: (hashlib.sha256(names[i].encode()).hexdigest(), i))
+    return sorted(rank[:k])
 
 
 def _tensors(
@@ -294,36 +378,117 @@ def _history_csv(phases: list) -> str:
     return buffer.getvalue()
 
 
+def _differences(saved: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"KEY: SAVED there, GIVEN now"`` for each setting that differs (nested ``train``)."""
+    out = []
+    for key in sorted(set(saved) | set(given)):
+        a, b = saved.get(key), given.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} there, {b!r} now")
+    return out
+
+
+def _check_out_dir(out_dir: Path, config: TransferConfig) -> bool:
+    """Raise unless ``out_dir`` is free for this run; ``True`` when it holds an interrupted run
+    with the same settings, whose outputs the run replaces (running the same command again is
+    how an interrupted fine-tuning is redone: it keeps no checkpoint to resume from).
+
+    A finished run (``metrics.json``), an interrupted one with other settings and another
+    command's outputs (an LD run's ``model.safetensors``) are refused, nothing deleted: writing
+    over them mixed two runs (the first run's predictions of images the second did not test).
+    """
+    if out_dir.exists() and not out_dir.is_dir():  # said now, not after the training
+        raise LocaldiscError(f"{out_dir}: a file, not a folder; choose another --out")
+    found = [name for name in OUTPUTS if (out_dir / name).exists()]
+    if not found:
+        return False
+    advice = "choose another --out, or delete the folder to run here (nothing was deleted)"
+    if "metrics.json" in found:
+        raise LocaldiscError(
+            f"{out_dir}: holds a finished fine-tuning ({', '.join(found)}); {advice}"
+        )
+    try:
+        saved = json.loads((out_dir / "config.json").read_text())["transfer"]
+        if not isinstance(saved, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        # Another command's folder (an LD run's weights): not to be deleted for this, either.
+        raise LocaldiscError(
+            f"{out_dir}: holds {', '.join(found)}, not of a fine-tuning (no 'transfer' settings "
+            "in config.json); choose another --out (nothing was deleted)"
+        ) from None
+    differences = _differences(protocol(saved), protocol(asdict(config)))
+    if differences:
+        raise LocaldiscError(
+            f"{out_dir}: holds an interrupted fine-tuning (config.json, no metrics.json) with "
+            f"other settings ({'; '.join(differences)}); run its own command again to redo it, "
+            f"or {advice}"
+        )
+    return True
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """Delete what :func:`run_transfer` writes (:data:`OUTPUTS`), nothing else of the folder."""
+    for name in OUTPUTS:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def run_transfer(
     config: TransferConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Fine-tune and evaluate as described in the module docstring; returns ``metrics.json``."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # said now, not after the training
-        raise LocaldiscError(f"{out_dir}: a file, not a folder; choose another --out")
+    redo = _check_out_dir(out_dir, config)
+    if redo:
+        log(f"{out_dir}: an interrupted fine-tuning with the same settings; running it again")
     t0 = time.perf_counter()
     train_set, test_set, self_split = _open_splits(config)
     target = _resolve_target(train_set, config.target)
     if not self_split:
         _resolve_target(test_set, target)
     seed = config.train.seed
-    train_idx, val_idx, val_note = split_labelled(
-        len(train_set), config.labels, seed, config.val_fraction
-    )
-    if self_split:  # no official test split: test on every image that is not labelled
-        used = set(train_idx) | set(val_idx)
-        test_idx = [i for i in range(len(test_set)) if i not in used]
-        if not test_idx:
-            raise LocaldiscError(
-                f"{config.dataset}: no test split and no unlabelled images left to test on"
+    if self_split:
+        # No official test split: a fixed part of the images is the test split, the rest the
+        # training split, whatever --labels and --seed (see held_out_test).
+        try:
+            test_idx = held_out_test([item.name for item in train_set.items])
+        except LocaldiscError as exc:
+            raise LocaldiscError(f"{config.dataset}: {exc}") from None
+        held_out = set(test_idx)
+        pool = [i for i in range(len(train_set)) if i not in held_out]
+        split_note = (
+            f"no test split: {len(test_idx)} of its {len(train_set)} images held out for "
+            "testing (by file name, the same for every --labels and --seed)"
+        )
+        try:
+            picked, picked_val, val_note = split_labelled(
+                len(pool), config.labels, seed, config.val_fraction
             )
+        except LocaldiscError as exc:  # "only 6 exist" of 8 images: say where the 2 went
+            raise LocaldiscError(
+                f"{exc}: {config.dataset} has no test split, so {len(test_idx)} of its "
+                f"{len(train_set)} images are held out for testing (--labels all takes the rest)"
+            ) from None
+        train_idx, val_idx = [pool[i] for i in picked], [pool[i] for i in picked_val]
     else:
+        train_idx, val_idx, val_note = split_labelled(
+            len(train_set), config.labels, seed, config.val_fraction
+        )
         test_idx = list(range(len(test_set)))
+        pool, split_note = list(range(len(train_set))), None
     if config.max_test is not None:
         test_idx = test_idx[: config.max_test]
     log(
-        f"{train_set.name} {target}: {val_note}; {len(test_idx)} test images; "
-        f"init {config.init}; {config.size}x{config.size}"
+        f"{train_set.name} {target}: "
+        + (f"{split_note}; " if split_note else "")
+        + f"{val_note}; {len(test_idx)} test images; init {config.init}; "
+        f"{config.size}x{config.size}"
     )
 
     torch.manual_seed(seed)  # the new decoder's initial weights
@@ -335,9 +500,9 @@ def run_transfer(
     # `localdisc predict` will with the saved weights (channels_last may round differently).
     model.to(memory_format=torch.contiguous_format)
 
-    # Batch-norm statistics over the training split's images (labels unused). Without an official
-    # test split the other images are the test images, so only the labelled ones count then.
-    bn_idx = sorted(set(train_idx) | set(val_idx)) if self_split else list(range(len(train_set)))
+    # Batch-norm statistics over the training split's images (labels unused); a folder's held-out
+    # test images are not among them.
+    bn_idx = pool
     trained = copy.deepcopy(model.state_dict())
     recalibrate_batch_norm(model, _tensors(train_set, bn_idx, None, config.size)[0])
     recalibrated = copy.deepcopy(model.state_dict())
@@ -356,8 +521,11 @@ def run_transfer(
             "val_images": [train_set.items[i].name for i in val_idx],
             "validation": val_note,
             "bn_images": len(bn_idx),
+            **({"test_split": split_note} if split_note else {}),
         },
     }
+    if redo:  # the interrupted run's outputs, predictions of other images among them maybe
+        _clear_outputs(out_dir)
     model.save(out_dir, meta)
     atomic_write_text(out_dir / "history.csv", _history_csv(result.phases))
 
@@ -380,6 +548,7 @@ def run_transfer(
         "seed": seed,
         "size": config.size,
         "validation": val_note,
+        **({"test_split": split_note} if split_note else {}),
         "recalibrated_bn": config.recalibrate_bn,
         "bn_images": len(bn_idx),
         "summary": _summary(per_image),
@@ -396,9 +565,14 @@ def run_transfer(
 
     overlay_figure(overlays, out_dir / "figures" / "overlay.png")
     dice, other = metrics["summary"]["dice"], metrics[other_key]["summary"]["dice"]["mean"]
-    other_name = {"recalibrated": "batch norm recalibrated", "as_trained": "training's batch norm"}
+    recalibrated = f"batch norm recalibrated over {len(bn_idx)} training images"
+    saved, other_name = (
+        ("", recalibrated)
+        if other_key == "recalibrated"
+        else (f", {recalibrated}", "training's batch norm")
+    )
     log(
-        f"test Dice {dice['mean']:.4f} +- {dice['std']:.4f} over {dice['n']} images "
-        f"({other_name[other_key]}: {other:.4f}) -> {out_dir}"
+        f"test Dice {dice['mean']:.4f} +- {dice['std']:.4f} over {dice['n']} images{saved} "
+        f"({other_name}: {other:.4f}) -> {out_dir}"
     )
     return metrics
