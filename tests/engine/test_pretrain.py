@@ -1,6 +1,7 @@
 import csv
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,3 +244,123 @@ def test_paths_in_the_config_are_kept_as_text(tmp_path):
         str(tmp_path), "synthetic_fundus:2"
     ]  # fmt: skip
     json.dumps(config.__dict__)
+
+
+def _image_folder(folder, n=6):
+    """A folder of ``n`` small synthetic fundus photographs."""
+    from PIL import Image
+
+    from localdisc.data.synthetic import synthetic_fundus
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        image = (synthetic_fundus(48, seed=i).image * 255).astype("uint8")
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return folder
+
+
+def test_a_run_resumes_from_another_directory(tmp_path, monkeypatch):
+    # config.json saved --data as typed ("mydata"), and the saved settings win on --resume: a
+    # job started in another directory failed ("mydata: no such folder"), even given the
+    # folder's absolute path, which was called "other settings".
+    data = _image_folder(tmp_path / "start" / "mydata")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    config = tiny_pretrain_config(data=["mydata"], stage1_steps=2, stage2_steps=1)
+    pretrain(config, tmp_path / "run", stop_at_step=2)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["pretrain"]
+    assert saved["data"] == [str(data.resolve())]
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    lines: list[str] = []
+    result = pretrain(replace(config, data=[str(data)]), tmp_path / "run", resume=True,
+                      log=lines.append)  # fmt: skip
+    assert result.steps == 3
+    assert not [line for line in lines if "not the given ones" in line]  # the same folder
+
+
+def test_the_same_folder_given_relatively_or_absolutely_is_the_same_setting(
+    tmp_path, pool, monkeypatch
+):
+    from localdisc.engine.pretrain import holds_run_of, settings_differences
+
+    _image_folder(tmp_path / "mydata", n=1)
+    monkeypatch.chdir(tmp_path)
+    config = tiny_pretrain_config(data=[str(tmp_path / "mydata")], stage1_steps=1,
+                                  stage2_steps=1)  # fmt: skip
+    pretrain(config, tmp_path / "run", pool=pool)
+    assert settings_differences(tmp_path / "run", replace(config, data=["mydata"])) == []
+    assert settings_differences(tmp_path / "run", replace(config, data=["./mydata/"])) == []
+    assert holds_run_of(tmp_path / "run", replace(config, data=["mydata"]))
+    other = settings_differences(tmp_path / "run", replace(config, data=["elsewhere"]))
+    assert other and other[0].startswith("data [")
+
+
+def test_config_json_saves_paths_absolute_and_generated_specs_as_given(tmp_path, pool, monkeypatch):
+    from localdisc.engine.pretrain import _with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DRIVE").mkdir()
+    here = tmp_path.resolve()
+    data = ["mydata", "synthetic_fundus:24", "skimage:retina", "drive:DRIVE", "folder:x",
+            "synthetic_fundus", "~/pool"]  # fmt: skip
+    config = tiny_pretrain_config(data=data, stage1_steps=1, stage2_steps=1)
+    pretrain(config, tmp_path / "run", pool=pool)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["pretrain"]
+    assert saved["data"] == [
+        f"{here}/mydata", "synthetic_fundus:24", "skimage:retina", f"drive:{here}/DRIVE",
+        f"folder:{here}/x", "synthetic_fundus", str(Path("~/pool").expanduser().resolve()),
+    ]  # fmt: skip
+    # A prior's ROOT and its :TARGET (kept), the run to start from; simulators, generated sets.
+    for prior, absolute in [
+        ("masks", f"{here}/masks"),
+        ("jsrt_scr:JSRT:heart", f"jsrt_scr:{here}/JSRT:heart"),
+        ("simulated:vessels", "simulated:vessels"),
+        ("synthetic_xray:heart", "synthetic_xray:heart"),
+        ("synthetic_xray:40", "synthetic_xray:40"),
+    ]:
+        assert _with_absolute_paths(replace(config, prior=prior))["prior"] == absolute
+    paths = _with_absolute_paths(replace(config, init_from="runs/a/stage1.safetensors"))
+    assert paths["init_from"] == f"{here}/runs/a/stage1.safetensors"
+    assert _with_absolute_paths(config)["prior"] is None
+
+
+def _as_an_older_version_saved_it(run_dir, **fields):
+    """Rewrite ``run_dir/config.json`` with ``fields`` as typed (older versions saved paths
+    relative to the directory a run was started in)."""
+    meta = json.loads((run_dir / "config.json").read_text())
+    meta["pretrain"].update(fields)
+    (run_dir / "config.json").write_text(json.dumps(meta))
+
+
+def test_an_older_run_with_relative_paths_still_resumes(tmp_path, monkeypatch):
+    data = _image_folder(tmp_path / "start" / "mydata")
+    monkeypatch.chdir(tmp_path / "start")
+    config = tiny_pretrain_config(data=["mydata"], stage1_steps=3, stage2_steps=1)
+    pretrain(config, tmp_path / "run", stop_at_step=1)
+    _as_an_older_version_saved_it(tmp_path / "run", data=["mydata"])
+    # From the directory it was started in, as it always did.
+    assert pretrain(config, tmp_path / "run", resume=True, stop_at_step=2).steps == 2
+    assert data.is_dir()
+
+
+@pytest.mark.parametrize(
+    "n,val_images,reason",
+    [(6, None, "pool of 6 < 20"), (6, 0, "val_images 0"), (1, None, "a pool of 1 image")],
+)
+def test_a_run_without_validation_images_says_model_best_is_the_last(
+    tmp_path, pool, n, val_images, reason
+):
+    # best_val stayed Infinity and model_best was the last model, and nothing said so.
+    lines: list[str] = []
+    config = tiny_pretrain_config(val_images=val_images, stage1_steps=1, stage2_steps=1)
+    pretrain(config, tmp_path, pool=pool[:n], log=lines.append)
+    said = [line for line in lines if line.startswith("no validation images")]
+    assert len(said) == 1 and reason in said[0]
+    assert "model_best.safetensors is the last model" in said[0]
+
+
+def test_a_run_with_validation_images_says_nothing_of_them(tmp_path, pool):
+    lines: list[str] = []
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=1)  # val_images=2
+    pretrain(config, tmp_path, pool=pool, log=lines.append)
+    assert not [line for line in lines if "validation" in line]

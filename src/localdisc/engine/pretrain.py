@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from localdisc.data.datasets import DATASETS, dataset_class
 from localdisc.data.pool import resolve_pool
 from localdisc.data.preprocess import MODALITY_CHANNELS
 from localdisc.data.views import LDViews, ViewBatch, undo_view2
@@ -283,6 +284,15 @@ def _split_pool(pool: Tensor, config: PretrainConfig) -> tuple[Tensor, Tensor]:
     return pool[order[n_val:]], pool[order[:n_val]]
 
 
+def _no_validation_reason(n: int, config: PretrainConfig) -> str:
+    """Why :func:`_split_pool` held out no validation image from a pool of ``n``."""
+    if config.val_images == 0:
+        return "no validation images (val_images 0)"
+    if n < 2:
+        return f"no validation images (a pool of {n} image keeps it for training)"
+    return f"no validation images (pool of {n} < 20: 5% of it is under one image)"
+
+
 @dataclass
 class PretrainResult:
     run_dir: Path
@@ -328,6 +338,65 @@ def _saved_config(run_dir: Path, given: PretrainConfig) -> PretrainConfig:
     return PretrainConfig.from_dict(saved)
 
 
+def _path_part(spec: str, kind: str) -> tuple[str, str] | None:
+    """``(prefix, path)`` of a spec that names a place on disk, ``None`` for one that does not.
+
+    ``kind`` is ``"data"`` (a data spec: a folder, ``NAME:ROOT``, generated ``synthetic_*[:N]``,
+    ``skimage:retina``; as :func:`~localdisc.data.datasets.parse_data_spec` and
+    :func:`~localdisc.data.pool.resolve_pool` read them), ``"prior"`` (a folder of masks,
+    ``NAME:ROOT[:TARGET]``, ``simulated:NAME``; as :mod:`localdisc.priors.sources` reads them;
+    the path keeps a ``:TARGET``, which stays the same with a directory put before it) or
+    ``"run"`` (``init_from``: a run folder or a weight file in one).
+    """
+    if kind == "run":
+        return "", spec
+    prefix, sep, rest = spec.partition(":")
+    name = prefix.lower()
+    if kind == "data" and spec.lower() == "skimage:retina":
+        return None
+    if kind == "prior" and sep and name == "simulated":
+        return None
+    if sep and name in DATASETS:
+        # generated sets take an image count (or a target) for ROOT, no path
+        if not rest or not dataset_class(name).requires_root:
+            return None
+        return prefix + ":", rest
+    if kind == "data" and name in DATASETS:  # a bare known name: a data set without ROOT
+        return None
+    return "", spec
+
+
+def _absolute_spec(spec: str, kind: str) -> str:
+    """``spec`` with its path made absolute (symbolic links resolved, ``~`` expanded; against
+    the current directory), so that it names the same place from any directory; specs that
+    name no path are returned as they are."""
+    part = _path_part(spec, kind)
+    if part is None:
+        return spec
+    prefix, path = part
+    try:
+        return prefix + str(Path(path).expanduser().resolve())
+    except RuntimeError:  # ~user of no user: left for the readers to name
+        return spec
+
+
+#: The fields of :class:`PretrainConfig` that hold specs with paths, and their kind of spec.
+PATH_FIELDS = {"data": "data", "prior": "prior", "init_from": "run"}
+
+
+def _with_absolute_paths(config: PretrainConfig) -> dict[str, Any]:
+    """``asdict(config)`` with every path in it absolute: what ``config.json`` saves, so that
+    ``--resume`` (and the tools that read a run's prior or data) work from any directory."""
+    d = asdict(config)
+    for name, kind in PATH_FIELDS.items():
+        value = d[name]
+        if isinstance(value, list):
+            d[name] = [_absolute_spec(spec, kind) for spec in value]
+        elif value is not None:
+            d[name] = _absolute_spec(value, kind)
+    return d
+
+
 def settings_differences(run_dir: Path, config: PretrainConfig) -> list[str] | None:
     """``field saved (given value)`` for each setting (runtime fields aside) in which the run of
     ``run_dir`` differs from ``config``; ``None`` when ``run_dir`` holds no readable run."""
@@ -356,10 +425,18 @@ def holds_run_of(run_dir: Path, config: PretrainConfig) -> bool:
 
 
 def _changed_settings(given: PretrainConfig, saved: PretrainConfig) -> list[str]:
-    """``field saved (given value)`` for each non-runtime setting that differs."""
+    """``field saved (given value)`` for each non-runtime setting that differs; paths are
+    compared made absolute, so that a folder given relatively or absolutely is the same."""
     # Through JSON: config.json holds lists where the given config holds tuples.
     a, b = (json.loads(json.dumps(asdict(c))) for c in (given, saved))
-    return [f"{k} {b[k]!r} (given {a[k]!r})" for k in a if k not in RUNTIME_FIELDS and a[k] != b[k]]
+    a_paths, b_paths = (_with_absolute_paths(c) for c in (given, saved))
+
+    def differs(k: str) -> bool:
+        if k in PATH_FIELDS:
+            return a_paths[k] != b_paths[k]
+        return a[k] != b[k]
+
+    return [f"{k} {b[k]!r} (given {a[k]!r})" for k in a if k not in RUNTIME_FIELDS and differs(k)]
 
 
 def _world_size_problem(run_dir: Path, trained_with: int, now: int) -> str:
@@ -565,6 +642,11 @@ def pretrain(
             f"pool has {pool.shape[1]} channels, {config.modality} needs {pool_channels}"
         )
     train_pool, val_pool = _split_pool(pool, config)
+    if val_pool.shape[0] == 0 and main:  # else it is only seen as best_val Infinity
+        log(
+            f"{_no_validation_reason(pool.shape[0], config)}: model_best.safetensors is the "
+            "last model, not the best by validation loss"
+        )
     if ctx.distributed:  # each rank samples from its own shard
         train_pool = train_pool[ctx.rank :: ctx.world_size]
     if train_pool.shape[0] == 0:
@@ -658,7 +740,7 @@ def pretrain(
             log(f"resumed from step {step}")
     elif main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"pretrain": asdict(config), "model": asdict(model.config)}
+        meta = {"pretrain": _with_absolute_paths(config), "model": asdict(model.config)}
         meta["pool"] = {"images": int(pool.shape[0]), "val_images": int(val_pool.shape[0])}
         if skipped_files:
             meta["skipped_files"] = [[str(p), r] for p, r in skipped_files]
