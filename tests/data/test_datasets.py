@@ -21,6 +21,7 @@ from localdisc.data.datasets import (
     image_stem,
     load_data_spec,
     load_dataset,
+    match_masks,
     paper_splits,
     parse_data_spec,
     pool_image_paths,
@@ -563,6 +564,24 @@ def test_folder_without_a_matching_mask_says_what_the_mask_folder_holds(tmp_path
     (root / "masks" / "case01.txt").write_text("not an image")
     with pytest.raises(DatasetError, match=r"holds no image files, only case01\.txt"):
         load_dataset("folder", root)
+
+
+def test_match_masks_outside_a_data_set(tmp_path: Path) -> None:
+    # The folder set's rule for any images: a file below none of image_dirs has its stem alone
+    # as its relative path, and an image in the mask folder is never its own mask.
+    shared_dir = tmp_path / "shared"
+    inside = save(shared_dir / "case01.png", fundus(seed=1))
+    own = save(shared_dir / "case01_mask.png", vessels())
+    sub = save(tmp_path / "in" / "sub" / "b.png", fundus(seed=2))
+    mask_b = save(shared_dir / "sub" / "b.png", vessels())
+    alone = save(tmp_path / "c.png", fundus(seed=3))
+    matches = match_masks([inside, sub, alone], shared_dir, image_dirs=[tmp_path / "in"])
+    assert [(m.image, m.mask) for m in matches] == [(inside, own), (sub, mask_b), (alone, None)]
+    assert matches[2].reason.startswith(f"no mask with the same file stem in {shared_dir}")
+    only_images = match_masks([inside], tmp_path / "shared" / ".." / "shared")
+    assert only_images[0].mask.name == own.name  # not the image itself, however spelt
+    (own.unlink(), mask_b.unlink())
+    assert "it holds only the images themselves" in match_masks([inside], shared_dir)[0].reason
 
 
 @pytest.mark.parametrize("masks_name", ["Masks", "GT", "LABELS", "Mask"])

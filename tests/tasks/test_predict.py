@@ -174,6 +174,48 @@ def test_predict_scores_against_masks_matched_by_stem_as_finetune_does(tmp_path)
     assert result.exit_code != 0 and "no image has a mask there" in str(result.exception)
 
 
+def test_predict_scores_masks_named_with_a_mask_ending(tmp_path):
+    # masks/case01_mask.png for case01.png: the folder data set took it, predict left it unscored.
+    import json
+
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for name in ("case01", "case02"):
+        save(tmp_path / "in" / f"{name}.png", rng.integers(0, 255, (20, 24, 3), np.uint8))
+    target = np.zeros((20, 24), np.uint8)
+    target[5:15, 6:18] = 255
+    mask = save(tmp_path / "masks" / "case01_mask.png", target)
+    lines: list[str] = []
+    predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out",
+                   masks=tmp_path / "masks", device="cpu", log=lines.append)  # fmt: skip
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [row["image"] for row in metrics["per_image"]] == ["case01"]
+    assert metrics["masks_used"] == {"case01": str(mask.resolve())}
+    assert metrics["unscored"] == [str(tmp_path / "in" / "case02.png")]
+    # Why it has none, with what the folder holds, as the folder data set says it.
+    assert "(case02.png: no mask with the same file stem" in lines[0]
+    assert "it holds 1 mask file: case01_mask.png" in lines[0]
+
+
+def test_predict_scores_masks_that_share_the_images_folder(tmp_path):
+    # --images D --masks D: each image matched itself by path and nothing was scored.
+    from localdisc.tasks.predict import collect_images, target_mask_files
+
+    rgb = np.zeros((20, 24, 3), np.uint8)
+    for name in ("case01.png", "case01_mask.png", "case02.png", "case02_gt.gif"):
+        save(tmp_path / "d" / name, rgb)
+    files = collect_images([tmp_path / "d"])
+    assert [name for name, _ in files] == ["case01", "case02"]  # the masks are not inputs
+    found = target_mask_files(files, [tmp_path / "d"], tmp_path / "d")
+    assert {name: m.mask.name for name, m in found.items()} == {
+        "case01": "case01_mask.png",
+        "case02": "case02_gt.gif",
+    }
+    with pytest.raises(LocaldiscError, match=r"no image has a mask there; .*c\.png: no mask"):
+        target_mask_files([("c", save(tmp_path / "e" / "c.png", rgb))], [tmp_path / "e"],
+                          tmp_path / "e")  # fmt: skip
+
+
 def test_predict_refuses_a_mask_of_another_size(tmp_path):
     Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
     save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))

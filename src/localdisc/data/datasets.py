@@ -21,12 +21,13 @@ import json
 import os
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, overload
+from typing import Any, ClassVar, NamedTuple, overload
 
 import numpy as np
 
@@ -748,12 +749,13 @@ def mask_suffix_base(stem: str) -> str | None:
 
 @dataclass
 class _MaskIndex:
-    """The image files of a ``folder`` mask folder, keyed for matching (:func:`name_key`).
+    """The image files of a mask folder, keyed for matching (:func:`name_key`).
 
     ``by_rel``/``by_stem``: by relative path without suffix and by stem; ``suffixed_rel``/
     ``suffixed``: the same for masks named with a mask ending, keyed without it; ``names``:
     every mask's relative path; ``others``: files there that are not images, for messages;
-    ``siblings``: other mask-like folders beside it (DRIVE's ``1st_manual`` beside ``mask``).
+    ``siblings``: other mask-like folders beside it (DRIVE's ``1st_manual`` beside ``mask``);
+    ``own``: how many of its files are the images being matched, which are never masks.
     """
 
     root: Path
@@ -764,19 +766,35 @@ class _MaskIndex:
     names: list[str] = field(default_factory=list)
     others: list[str] = field(default_factory=list)
     siblings: list[str] = field(default_factory=list)
+    own: int = 0
 
     @classmethod
-    def build(cls, mask_dir: Path) -> _MaskIndex:
+    def build(cls, mask_dir: Path, images: Sequence[Path] = ()) -> _MaskIndex:
         index = cls(mask_dir)
-        index.siblings = [
-            p.name
-            for p in sorted(mask_dir.parent.iterdir())
-            if p != mask_dir and p.name.lower() in MASK_DIR_NAMES and p.is_dir()
-        ]
+        try:
+            index.siblings = [
+                p.name
+                for p in sorted(mask_dir.parent.iterdir())
+                if p != mask_dir and p.name.lower() in MASK_DIR_NAMES and p.is_dir()
+            ]
+        except OSError:  # a parent that cannot be listed holds no sibling we could know of
+            index.siblings = []
+        # Images and masks may share a folder (predict --images D --masks D): by resolved folder
+        # and name, one resolve per folder rather than per file.
+        image_names: dict[Path, set[str]] = {}
+        parents: dict[Path, Path] = {}
+        for image in images:
+            if image.parent not in parents:
+                parents[image.parent] = image.parent.resolve()
+            image_names.setdefault(parents[image.parent], set()).add(image.name)
         for dirpath, dirnames, filenames in walk(mask_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            own = image_names.get(Path(dirpath).resolve(), set()) if image_names else set()
             for f in sorted(filenames):
                 if f.startswith("."):
+                    continue
+                if f in own:
+                    index.own += 1
                     continue
                 path = Path(dirpath) / f
                 if not is_image_file(f):
@@ -794,6 +812,164 @@ class _MaskIndex:
                     )
                     index.suffixed.setdefault(name_key(base), []).append(path)
         return index
+
+
+class MaskMatch(NamedTuple):
+    """One image's mask (:func:`match_masks`): ``mask`` is ``None`` when it has none, and
+    ``reason`` then says why, naming the mask folder and what it holds."""
+
+    image: Path
+    mask: Path | None
+    reason: str = ""
+
+
+def match_masks(
+    images: Sequence[Path], mask_dir: Path, *, image_dirs: Sequence[Path] = ()
+) -> list[MaskMatch]:
+    """The mask in ``mask_dir`` of each of ``images``, in their order, matched by file name as
+    the ``folder`` data set matches them (:class:`FolderDataset`).
+
+    An image's *relative path* is its path below the first of ``image_dirs`` that holds it,
+    without suffix (``images/val/001.png`` -> ``val/001``), else its stem alone (a file given
+    by itself). Its mask is, in this order: the mask at the same relative path below
+    ``mask_dir`` (any image suffix); the one mask anywhere there with its stem, when no other
+    image has that stem and that mask is not another image's by relative path; when no mask
+    has the stem, one named with the stem plus a mask ending (:data:`FOLDER_MASK_SUFFIXES` after
+    ``_`` or ``-``: ``case01_mask.png``), by the same rules. Two candidates are no match, and
+    neither is a mask ending when another mask-like folder sits beside ``mask_dir`` (DRIVE's
+    ``mask/`` holds fields of view beside its labels in ``1st_manual/``). Letter case and
+    Unicode form aside (:func:`name_key`). The images themselves are never masks, so images
+    and masks may share a folder. ``mask_dir`` must be a folder.
+    """
+    index = _MaskIndex.build(mask_dir, images)
+    rels = [(image, name_key(_relative_stem(image, image_dirs))) for image in images]
+    owner = {index.by_rel[rel]: image for image, rel in rels if rel in index.by_rel}
+    image_stems = Counter(name_key(image_stem(image)) for image in images)
+    matches = []
+    for image, rel in rels:
+        mask = index.by_rel.get(rel)
+        if mask is not None:
+            matches.append(MaskMatch(image, mask))
+        else:
+            matches.append(MaskMatch(image, *_stem_fallback(image, rel, index, owner, image_stems)))
+    return matches
+
+
+def _relative_stem(path: Path, folders: Sequence[Path]) -> str:
+    """``path``'s stem after its folders below the first of ``folders`` holding it, if any."""
+    for folder in folders:
+        try:
+            relative = path.relative_to(folder)
+        except ValueError:
+            continue
+        return (relative.parent / image_stem(path)).as_posix()
+    return image_stem(path)
+
+
+def _stem_fallback(
+    image: Path,
+    rel: str,
+    index: _MaskIndex,
+    owner: dict[Path, Path],
+    image_stems: Counter[str],
+) -> tuple[Path | None, str]:
+    """The mask of ``image`` by stem alone, or ``None`` and why not.
+
+    Only a match that cannot belong to another image counts: one mask with the stem, one
+    image with it, and that mask not matched to another image by relative path; otherwise
+    ``images/val/001.png`` would get ``masks/train/001.png``. Without any mask of that stem,
+    a mask named with the stem plus a mask ending (:func:`_suffix_fallback`).
+    """
+    key = name_key(image_stem(image))
+    candidates = index.by_stem.get(key, [])
+    if not candidates:
+        return _suffix_fallback(image, rel, index, image_stems)
+    no_rel = f"no mask at the same relative path in {index.root}"
+    if len(candidates) > 1:
+        return None, f"{no_rel}, and {len(candidates)} masks elsewhere have its stem"
+    mask = candidates[0]
+    if mask in owner:
+        return None, f"{no_rel}; {mask} has its stem but is the mask of {owner[mask]}"
+    if image_stems[key] > 1:
+        return None, (
+            f"{no_rel}; {mask} has its stem, but so do {image_stems[key]} images, so it "
+            "cannot be told whose mask it is"
+        )
+    return mask, ""
+
+
+def _suffix_fallback(
+    image: Path, rel: str, index: _MaskIndex, image_stems: Counter[str]
+) -> tuple[Path | None, str]:
+    """The mask named with ``image``'s stem plus a mask ending (``case01_mask.png``), or
+    ``None`` and why not: the one at the same relative path, else the only one anywhere when
+    no other image has the stem. A mask whose whole stem is an image's is that image's."""
+    key = name_key(image_stem(image))
+
+    def free(paths: list[Path]) -> list[Path]:
+        return [m for m in paths if name_key(image_stem(m)) not in image_stems]
+
+    def several(paths: list[Path]) -> str:
+        names = ", ".join(m.relative_to(index.root).as_posix() for m in paths[:4])
+        return (
+            f"{len(paths)} masks in {index.root} have its stem plus a mask ending "
+            f"({names}), so it cannot be told which is its mask; keep one"
+        )
+
+    here = free(index.suffixed_rel.get(rel, []))
+    found = here or free(index.suffixed.get(key, []))
+    if found and index.siblings:
+        # DRIVE's and HRF's mask/ hold fields of view (21_training_mask.gif) beside the
+        # labels in 1st_manual/ or manual1/: with another label folder there, an ending
+        # may name another kind of mask, so none is taken.
+        return None, (
+            f"no mask with the same file stem in {index.root}; {found[0].name} has its stem "
+            f"plus a mask ending but is not taken, because {index.root.parent} also holds "
+            f"{', '.join(index.siblings)} (as in DRIVE and HRF, whose {index.root.name} "
+            "folder holds fields of view): use the data set's loader (drive:ROOT, "
+            "hrf:ROOT), or keep one mask folder"
+        )
+    if len(here) == 1:
+        return here[0], ""
+    if here:
+        return None, several(here)
+    anywhere = free(index.suffixed.get(key, []))
+    if len(anywhere) > 1:
+        return None, several(anywhere)
+    if anywhere and image_stems[key] > 1:
+        return None, (
+            f"no mask at the same relative path in {index.root}; {anywhere[0]} has its "
+            f"stem plus a mask ending, but so do {image_stems[key]} images, so it cannot be "
+            "told whose mask it is"
+        )
+    if anywhere:
+        return anywhere[0], ""
+    return None, _no_mask_reason(image, index)
+
+
+def _no_mask_reason(image: Path, index: _MaskIndex) -> str:
+    """Why no mask matched, with what the mask folder holds, so that a naming scheme this
+    matcher does not know (``mask_case01.png``) shows at the first image."""
+    stem = image_stem(image)
+    reason = f"no mask with the same file stem in {index.root}"
+    if index.names:
+        # Names holding the image's stem first: most likely the mask meant for it.
+        names = sorted(index.names, key=lambda n: name_key(stem) not in name_key(n))
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        files = "1 mask file" if len(names) == 1 else f"{len(names)} mask files"
+        found = f"it holds {files}: {', '.join(names[:3])}{more}"
+    elif index.others:
+        more = f" and {len(index.others) - 3} more" if len(index.others) > 3 else ""
+        found = f"it holds no image files, only {', '.join(index.others[:3])}{more}"
+    elif index.own:
+        found = "it holds only the images themselves"
+    else:
+        found = "it holds no files"
+    endings = ", ".join(f"_{s}" for s in FOLDER_MASK_SUFFIXES)
+    return (
+        f"{reason} ({found}); a mask needs the image's stem ({stem}, any image suffix), or "
+        f"that stem plus one of these suffixes: {endings} (or with -, any letter case)"
+    )
 
 
 def walk(root: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -884,7 +1060,8 @@ def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]
 
 
 class FolderDataset(SegmentationDataset):
-    """Any folder of images, optionally with masks matched by file stem; one split, ``all``.
+    """Any folder of images, optionally with masks matched by file stem (:func:`match_masks`);
+    one split, ``all``.
 
     Layouts: ``ROOT/images/`` with a mask folder beside it (``masks/``, ``mask/``, ``labels/``,
     ``label/``, ``manual/`` or ``gt/``; folder names in any letter case, the first present), or
@@ -935,129 +1112,14 @@ class FolderDataset(SegmentationDataset):
         if self.mask_dir is None:
             self.targets = ()
             return [Item(self._name(p, image_dir), p) for p in images]
-        index = _MaskIndex.build(self.mask_dir)
-        rels = {
-            image: name_key((image.parent.relative_to(image_dir) / image_stem(image)).as_posix())
-            for image in images
-        }
-        owner = {index.by_rel[rel]: image for image, rel in rels.items() if rel in index.by_rel}
-        image_stems: dict[str, int] = {}
-        for image in images:
-            key = name_key(image_stem(image))
-            image_stems[key] = image_stems.get(key, 0) + 1
         items: list[Item] = []
-        for image in images:
-            mask = index.by_rel.get(rels[image])
+        for image, mask, reason in match_masks(images, self.mask_dir, image_dirs=[image_dir]):
             if mask is None:
-                mask, reason = self._stem_fallback(image, rels[image], index, owner, image_stems)
-                if mask is None:
-                    self._problem(image, reason)
-                    continue
+                self._problem(image, reason)
+                continue
             items.append(Item(self._name(image, image_dir), image, {"mask": (mask,)}))
         self.targets = ("mask",)
         return items
-
-    def _stem_fallback(
-        self,
-        image: Path,
-        rel: str,
-        index: _MaskIndex,
-        owner: dict[Path, Path],
-        image_stems: dict[str, int],
-    ) -> tuple[Path | None, str]:
-        """The mask of ``image`` by stem alone, or ``None`` and why not.
-
-        Only a match that cannot belong to another image counts: one mask with the stem, one
-        image with it, and that mask not matched to another image by relative path; otherwise
-        ``images/val/001.png`` would get ``masks/train/001.png``. Without any mask of that stem,
-        a mask named with the stem plus a mask ending (:meth:`_suffix_fallback`).
-        """
-        key = name_key(image_stem(image))
-        candidates = index.by_stem.get(key, [])
-        if not candidates:
-            return self._suffix_fallback(image, rel, index, image_stems)
-        no_rel = f"no mask at the same relative path in {self.mask_dir}"
-        if len(candidates) > 1:
-            return None, f"{no_rel}, and {len(candidates)} masks elsewhere have its stem"
-        mask = candidates[0]
-        if mask in owner:
-            return None, f"{no_rel}; {mask} has its stem but is the mask of {owner[mask]}"
-        if image_stems[key] > 1:
-            return None, (
-                f"{no_rel}; {mask} has its stem, but so do {image_stems[key]} images, so it "
-                "cannot be told whose mask it is"
-            )
-        return mask, ""
-
-    def _suffix_fallback(
-        self, image: Path, rel: str, index: _MaskIndex, image_stems: dict[str, int]
-    ) -> tuple[Path | None, str]:
-        """The mask named with ``image``'s stem plus a mask ending (``case01_mask.png``), or
-        ``None`` and why not: the one at the same relative path, else the only one anywhere when
-        no other image has the stem. A mask whose whole stem is an image's is that image's."""
-        key = name_key(image_stem(image))
-
-        def free(paths: list[Path]) -> list[Path]:
-            return [m for m in paths if name_key(image_stem(m)) not in image_stems]
-
-        def several(paths: list[Path]) -> str:
-            names = ", ".join(m.relative_to(index.root).as_posix() for m in paths[:4])
-            return (
-                f"{len(paths)} masks in {index.root} have its stem plus a mask ending "
-                f"({names}), so it cannot be told which is its mask; keep one"
-            )
-
-        here = free(index.suffixed_rel.get(rel, []))
-        found = here or free(index.suffixed.get(key, []))
-        if found and index.siblings:
-            # DRIVE's and HRF's mask/ hold fields of view (21_training_mask.gif) beside the
-            # labels in 1st_manual/ or manual1/: with another label folder there, an ending
-            # may name another kind of mask, so none is taken.
-            return None, (
-                f"no mask with the same file stem in {index.root}; {found[0].name} has its stem "
-                f"plus a mask ending but is not taken, because {index.root.parent} also holds "
-                f"{', '.join(index.siblings)} (as in DRIVE and HRF, whose {index.root.name} "
-                "folder holds fields of view): use the data set's loader (drive:ROOT, "
-                "hrf:ROOT), or keep one mask folder"
-            )
-        if len(here) == 1:
-            return here[0], ""
-        if here:
-            return None, several(here)
-        anywhere = free(index.suffixed.get(key, []))
-        if len(anywhere) > 1:
-            return None, several(anywhere)
-        if anywhere and image_stems[key] > 1:
-            return None, (
-                f"no mask at the same relative path in {index.root}; {anywhere[0]} has its "
-                f"stem plus a mask ending, but so do {image_stems[key]} images, so it cannot be "
-                "told whose mask it is"
-            )
-        if anywhere:
-            return anywhere[0], ""
-        return None, self._no_mask_reason(image, index)
-
-    def _no_mask_reason(self, image: Path, index: _MaskIndex) -> str:
-        """Why no mask matched, with what the mask folder holds, so that a naming scheme this
-        loader does not know (``mask_case01.png``) shows at the first image."""
-        stem = image_stem(image)
-        reason = f"no mask with the same file stem in {index.root}"
-        if index.names:
-            # Names holding the image's stem first: most likely the mask meant for it.
-            names = sorted(index.names, key=lambda n: name_key(stem) not in name_key(n))
-            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-            files = "1 mask file" if len(names) == 1 else f"{len(names)} mask files"
-            found = f"it holds {files}: {', '.join(names[:3])}{more}"
-        elif index.others:
-            more = f" and {len(index.others) - 3} more" if len(index.others) > 3 else ""
-            found = f"it holds no image files, only {', '.join(index.others[:3])}{more}"
-        else:
-            found = "it holds no files"
-        endings = ", ".join(f"_{s}" for s in FOLDER_MASK_SUFFIXES)
-        return (
-            f"{reason} ({found}); a mask needs the image's stem ({stem}, any image suffix), or "
-            f"that stem plus one of these suffixes: {endings} (or with -, any letter case)"
-        )
 
     @staticmethod
     def _name(path: Path, base: Path) -> str:

@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from localdisc.data.datasets import folder_image_files, image_stem, name_key, walk
+from localdisc.data.datasets import (
+    MaskMatch,
+    folder_image_files,
+    image_stem,
+    match_masks,
+    name_key,
+)
 from localdisc.data.io import is_image_file, read_image, read_mask, write_png
 from localdisc.data.preprocess import fov_from_image, resize_mask, to_modality_channels
 from localdisc.engine.checkpoint import atomic_write_text
@@ -144,7 +150,10 @@ def predict_images(
                              f"{groups[0].parent}")  # fmt: skip
     config = read_config(model_dir)
     files = collect_images(images, out_dir=out_dir)
-    targets = target_mask_files(files, images, masks) if masks is not None else None
+    matched = target_mask_files(files, images, masks) if masks is not None else None
+    targets = None
+    if matched is not None:
+        targets = {name: m.mask for name, m in matched.items() if m.mask is not None}
     fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     out_dir = Path(out_dir)
     scores: dict[str, dict[str, float]] = {}
@@ -194,8 +203,8 @@ def predict_images(
         "images": [{"name": name, "image": str(path.resolve())} for name, path in files],
     }
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=2))
-    if targets is not None:
-        _write_metrics(out_dir, record, files, targets, scores, log)
+    if matched is not None:
+        _write_metrics(out_dir, record, files, matched, scores, log)
     return written
 
 
@@ -277,28 +286,29 @@ def _write_metrics(
     out_dir: Path,
     record: dict[str, Any],
     files: Sequence[tuple[str, Path]],
-    targets: dict[str, Path],
+    matched: dict[str, MaskMatch],
     scores: dict[str, dict[str, float]],
     log: Callable[[str], None],
 ) -> None:
     """``metrics.json``: the ``summary`` and ``per_image`` of ``localdisc finetune``'s, the
-    images without a mask under ``unscored``."""
+    images without a mask under ``unscored`` (the first one's reason logged)."""
     from localdisc.eval.metrics import summarize
     from localdisc.eval.report import jsonable
 
     rows = [{"image": name, **scores[name]} for name, _ in files if name in scores]
-    unscored = [str(path) for name, path in files if name not in targets]
-    if unscored:
+    missing = [matched[name] for name, _ in files if matched[name].mask is None]
+    unscored = [str(match.image) for match in missing]
+    if missing:
         log(f"{len(unscored)} image(s) without a mask in {record['masks']}, not scored: "
-            + ", ".join(unscored))  # fmt: skip
+            + ", ".join(unscored) + f" ({missing[0].image.name}: {missing[0].reason})")  # fmt: skip
     metrics = {
         "model": record["model"],
         "masks": record["masks"],
         "threshold": record["threshold"],
         "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in rows]),
         "per_image": rows,
-        "masks_used": {name: str(Path(targets[name]).resolve()) for name, _ in files
-                       if name in targets},
+        "masks_used": {name: str(Path(mask).resolve()) for name, _ in files
+                       if (mask := matched[name].mask) is not None},
         "unscored": unscored,
     }  # fmt: skip
     atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
@@ -306,13 +316,13 @@ def _write_metrics(
 
 def target_mask_files(
     files: Sequence[tuple[str, Path]], images: Sequence[str | Path], folder: str | Path
-) -> dict[str, Path]:
-    """The true mask in ``folder`` of each image of ``files`` (:func:`collect_images`), by name,
-    matched as the ``folder`` data set matches them: the mask at the image's path relative to
-    the folder it was found in (``--images``), any image suffix; failing that, the one mask
-    anywhere under ``folder`` with the image's stem, when no other image has that stem and that
-    mask is not another image's by relative path. Letter case and Unicode form aside
-    (:func:`~localdisc.data.datasets.name_key`). Images without a mask are left out.
+) -> dict[str, MaskMatch]:
+    """Each image of ``files`` (:func:`collect_images`) by name, with its true mask in ``folder``
+    or why it has none, matched as the ``folder`` data set matches them
+    (:func:`~localdisc.data.datasets.match_masks`: the same relative path, else a unique stem,
+    else the stem plus a mask ending such as ``case01_mask.png``). An image's relative path is
+    the one below the folder of ``images`` (``--images``) it was found in; a file given by
+    itself has its stem alone. Images and masks may share a folder.
 
     Raises:
         LocaldiscError: ``folder`` is missing, or no image has a mask there.
@@ -321,45 +331,11 @@ def target_mask_files(
     if not folder.is_dir():
         raise LocaldiscError(f"{folder}: no such folder of masks")
     roots = [Path(p).expanduser() for p in images if Path(p).expanduser().is_dir()]
-    by_rel: dict[str, Path] = {}
-    by_stem: dict[str, list[Path]] = {}
-    for dirpath, dirnames, filenames in walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if f.startswith(".") or not is_image_file(f):
-                continue
-            path = Path(dirpath) / f
-            rel = path.parent.relative_to(folder) / image_stem(path)
-            by_rel.setdefault(name_key(rel.as_posix()), path)
-            by_stem.setdefault(name_key(image_stem(path)), []).append(path)
-    rels = {name: name_key(_relative_stem(path, roots)) for name, path in files}
-    owner = {by_rel[rel]: name for name, rel in rels.items() if rel in by_rel}
-    stems = [name_key(image_stem(path)) for _, path in files]
-    found: dict[str, Path] = {}
-    for (name, path), stem in zip(files, stems, strict=True):
-        mask = by_rel.get(rels[name])
-        candidates = by_stem.get(stem, [])
-        if mask is None and len(candidates) == 1 and stems.count(stem) == 1:
-            mask = candidates[0] if candidates[0] not in owner else None
-        if mask is not None and mask.resolve() != path.resolve():
-            found[name] = mask
-    if not found:
-        raise LocaldiscError(
-            f"{folder}: no image has a mask there (a mask is named as its image, any image "
-            "suffix: images/a/x.png gets a/x.* or a unique x.* there)"
-        )
-    return found
-
-
-def _relative_stem(path: Path, roots: Sequence[Path]) -> str:
-    """``path``'s stem, after its folders below the given folder it was found in, if any."""
-    for root in roots:
-        try:
-            relative = path.relative_to(root)
-        except ValueError:
-            continue
-        return (relative.parent / image_stem(path)).as_posix()
-    return image_stem(path)
+    matches = match_masks([path for _, path in files], folder, image_dirs=roots)
+    if all(match.mask is None for match in matches):
+        first = matches[0]  # its reason says what the folder holds and how masks are named
+        raise LocaldiscError(f"{folder}: no image has a mask there; {first.image}: {first.reason}")
+    return {name: match for (name, _), match in zip(files, matches, strict=True)}
 
 
 # What may follow an image's stem in its FOV mask's name: DRIVE's and HRF's ``01_test_mask.gif``.
