@@ -149,6 +149,7 @@ def predict_images(
                              f"vessels --teach-all`); give one as the model, e.g. "
                              f"{groups[0].parent}")  # fmt: skip
     config = read_config(model_dir)
+    device = str(resolve_device(device))  # a misspelt device is named before any work
     files = collect_images(images, out_dir=out_dir)
     matched = target_mask_files(files, images, masks) if masks is not None else None
     targets = None
@@ -175,10 +176,10 @@ def predict_images(
     else:
         from localdisc.tasks.transfer import TUBULAR_TARGETS  # it imports this module
 
-        model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
+        model = Segmenter.from_pretrained(model_dir, device=device)
         target_name = config.get("data", {}).get("target")
         written = []
-        with ProgressBar(len(files), 0, progress, "predict") as bar:
+        with ProgressBar(len(files), 0, progress, "predict", unit="image") as bar:
             for i, (name, path) in enumerate(files):
                 image = read_image(path)[0]
                 prob_small, prob = model.predict_maps(image)

@@ -581,7 +581,7 @@ def _write_vessels(
 
     written, shares, strays, overlays = [], [], [], []
     loaded, scores = loaded or {}, scores or {}
-    with ProgressBar(len(files), 0, progress, "segment") as bar:
+    with ProgressBar(len(files), 0, progress, "segment", unit="image") as bar:
         for i, (name, path) in enumerate(files):
             if i in loaded:
                 image, fov, shape = loaded[i]
