@@ -40,6 +40,7 @@ from localdisc.engine.checkpoint import (
 from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
 from localdisc.engine.precision import bf16_autocast
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
+from localdisc.engine.stop import GracefulStop
 from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.losses import (
     entropy_loss,
@@ -812,7 +813,11 @@ def pretrain(
     stage_start = time.perf_counter()
     stage_first = step  # the step at stage_start: the pace behind a budget's time left
     finished = False
+    # Ctrl-C or SIGTERM in the loop ends the step, writes a checkpoint there and then stops
+    # (engine/stop.py); a second one stops at once.
+    stopper = GracefulStop()
     try:
+        stopper.install()
         while step < config.total_steps:
             budget = config.stage1_seconds if stage == 1 else config.stage2_seconds
             if budget is not None and _budget_spent(stage_start, budget, ctx):
@@ -933,11 +938,21 @@ def pretrain(
                     step,
                     clusters=config.stage_at(step - 1) == 2,
                 )
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
+            checkpointed = step % config.checkpoint_every == 0 or step == config.total_steps
+            if checkpointed:
                 checkpoint()
+            # Alone: every step. Under torchrun the ranks agree by an all_reduce, at the log
+            # steps only (each is a host sync); the last step finishes the run instead.
+            if step < config.total_steps and (not ctx.distributed or step % config.log_every == 0):
+                signum = stopper.agreed(ctx.distributed, device)
+                if signum:
+                    if not checkpointed:
+                        checkpoint()
+                    stopper.stop(signum)
             if stop_at_step is not None and step >= stop_at_step:
                 break
     finally:
+        stopper.restore()
         progress.close()
         if csv_log:
             csv_log.close()
