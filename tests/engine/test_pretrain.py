@@ -364,3 +364,18 @@ def test_a_run_with_validation_images_says_nothing_of_them(tmp_path, pool):
     config = tiny_pretrain_config(stage1_steps=1, stage2_steps=1)  # val_images=2
     pretrain(config, tmp_path, pool=pool, log=lines.append)
     assert not [line for line in lines if "validation" in line]
+
+
+def test_the_log_says_where_and_in_what_precision_it_trains(tmp_path, pool):
+    # A cluster job's log file did not say which device, precision or number of processes ran.
+    from localdisc.engine.precision import bf16_autocast_pays
+
+    lines: list[str] = []
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=1, amp=False)
+    pretrain(config, tmp_path / "f32", pool=pool, log=lines.append)
+    assert "training on cpu in float32, 1 process(es)" in "\n".join(lines)
+    lines.clear()
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=1, amp=True)
+    pretrain(config, tmp_path / "amp", pool=pool, log=lines.append)
+    precision = "bf16 autocast" if bf16_autocast_pays("cpu") else "float32"
+    assert f"training on cpu in {precision}, 1 process(es)" in "\n".join(lines)

@@ -38,7 +38,7 @@ from localdisc.engine.checkpoint import (
     save_checkpoint,
 )
 from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
-from localdisc.engine.precision import bf16_autocast
+from localdisc.engine.precision import bf16_autocast, bf16_autocast_pays
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.engine.stop import GracefulStop
 from localdisc.errors import CheckpointError, LocaldiscError
@@ -283,6 +283,13 @@ def _split_pool(pool: Tensor, config: PretrainConfig) -> tuple[Tensor, Tensor]:
     n_val = min(n_val, n - 1)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
     return pool[order[n_val:]], pool[order[:n_val]]
+
+
+def _device_text(device: torch.device) -> str:
+    """``device``, with the GPU's model where it is one (``cuda:0 (NVIDIA H100 ...)``)."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _no_validation_reason(n: int, config: PretrainConfig) -> str:
@@ -809,6 +816,10 @@ def pretrain(
     steps_done_here = 0
     window_steps = 0
     img_per_s = 0.0
+    if main:  # what a log file of a cluster job cannot tell otherwise
+        log(f"training on {_device_text(device)} in "
+            f"{'bf16 autocast' if config.amp and bf16_autocast_pays(device) else 'float32'}, "
+            f"{ctx.world_size} process(es), {images_per_step} images per step")  # fmt: skip
     progress = ProgressBar(config.total_steps, step, main and config.progress, "pretrain")
     stage_start = time.perf_counter()
     stage_first = step  # the step at stage_start: the pace behind a budget's time left
