@@ -299,7 +299,10 @@ def test_config_json_saves_paths_absolute_and_generated_specs_as_given(tmp_path,
     from localdisc.engine.pretrain import _with_absolute_paths
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "DRIVE").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for folder in ("DRIVE", "mydata", "x", "home/pool", "masks", "JSRT", "runs/a"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "runs/a/stage1.safetensors").touch()
     here = tmp_path.resolve()
     data = ["mydata", "synthetic_fundus:24", "skimage:retina", "drive:DRIVE", "folder:x",
             "synthetic_fundus", "~/pool"]  # fmt: skip

@@ -1345,6 +1345,30 @@ def parse_data_spec(spec: str) -> tuple[str, Path | None]:
     return "folder", Path(spec).expanduser()
 
 
+def absolute_path(text: str) -> str:
+    """``text`` as an absolute path (``~`` expanded, links resolved) where it names something
+    that exists, so that a saved config names it from any directory; else as typed, for the
+    error that names it."""
+    try:
+        path = Path(text).expanduser()
+        return str(path.resolve()) if path.exists() else text
+    except RuntimeError:  # ~user of no user
+        return text
+
+
+def absolute_data_spec(spec: str) -> str:
+    """A data spec with its folder absolute (:func:`absolute_path`: ``drive:DRIVE`` ->
+    ``drive:/data/DRIVE``, ``mine`` -> ``/data/mine``); generated sets (``synthetic_fundus:40``),
+    bare names and missing folders unchanged (``drvie:/data`` keeps its "not a known data set"
+    hint only as typed)."""
+    name, root = parse_data_spec(spec)
+    if root is None or not dataset_class(name).requires_root or not root.exists():
+        return spec
+    absolute = absolute_path(str(root))
+    # A bare folder stays bare: "folder:" before it reads the same, but is not what was typed.
+    return f"{name}:{absolute}" if spec.partition(":")[0].lower() == name else absolute
+
+
 def load_data_spec(
     spec: str, split: str | None = None, *, skip_bad: bool = False
 ) -> SegmentationDataset:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from localdisc.data.datasets import DATASETS, dataset_class
+from localdisc.data.datasets import absolute_data_spec, absolute_path
 from localdisc.data.pool import resolve_pool
 from localdisc.data.preprocess import MODALITY_CHANNELS
 from localdisc.data.views import LDViews, ViewBatch, undo_view2
@@ -51,7 +51,7 @@ from localdisc.losses import (
 )
 from localdisc.methods.base import PretrainObjective
 from localdisc.models.ld import BACKBONE_FIELDS, LDConfig, LDModel
-from localdisc.priors.sources import describe_prior
+from localdisc.priors.sources import absolute_prior_spec, describe_prior
 
 # Fields that may differ when a run is resumed (they do not change what is computed).
 RUNTIME_FIELDS = {"device", "workers", "progress", "compile"}
@@ -346,62 +346,24 @@ def _saved_config(run_dir: Path, given: PretrainConfig) -> PretrainConfig:
     return PretrainConfig.from_dict(saved)
 
 
-def _path_part(spec: str, kind: str) -> tuple[str, str] | None:
-    """``(prefix, path)`` of a spec that names a place on disk, ``None`` for one that does not.
-
-    ``kind`` is ``"data"`` (a data spec: a folder, ``NAME:ROOT``, generated ``synthetic_*[:N]``,
-    ``skimage:retina``; as :func:`~localdisc.data.datasets.parse_data_spec` and
-    :func:`~localdisc.data.pool.resolve_pool` read them), ``"prior"`` (a folder of masks,
-    ``NAME:ROOT[:TARGET]``, ``simulated:NAME``; as :mod:`localdisc.priors.sources` reads them;
-    the path keeps a ``:TARGET``, which stays the same with a directory put before it) or
-    ``"run"`` (``init_from``: a run folder or a weight file in one).
-    """
-    if kind == "run":
-        return "", spec
-    prefix, sep, rest = spec.partition(":")
-    name = prefix.lower()
-    if kind == "data" and spec.lower() == "skimage:retina":
-        return None
-    if kind == "prior" and sep and name == "simulated":
-        return None
-    if sep and name in DATASETS:
-        # generated sets take an image count (or a target) for ROOT, no path
-        if not rest or not dataset_class(name).requires_root:
-            return None
-        return prefix + ":", rest
-    if kind == "data" and name in DATASETS:  # a bare known name: a data set without ROOT
-        return None
-    return "", spec
-
-
-def _absolute_spec(spec: str, kind: str) -> str:
-    """``spec`` with its path made absolute (symbolic links resolved, ``~`` expanded; against
-    the current directory), so that it names the same place from any directory; specs that
-    name no path are returned as they are."""
-    part = _path_part(spec, kind)
-    if part is None:
-        return spec
-    prefix, path = part
-    try:
-        return prefix + str(Path(path).expanduser().resolve())
-    except RuntimeError:  # ~user of no user: left for the readers to name
-        return spec
-
-
-#: The fields of :class:`PretrainConfig` that hold specs with paths, and their kind of spec.
-PATH_FIELDS = {"data": "data", "prior": "prior", "init_from": "run"}
+#: The fields of :class:`PretrainConfig` that hold paths, and how each is made absolute.
+PATH_FIELDS: dict[str, Callable[[str], str]] = {
+    "data": absolute_data_spec,
+    "prior": absolute_prior_spec,
+    "init_from": absolute_path,
+}
 
 
 def _with_absolute_paths(config: PretrainConfig) -> dict[str, Any]:
     """``asdict(config)`` with every path in it absolute: what ``config.json`` saves, so that
     ``--resume`` (and the tools that read a run's prior or data) work from any directory."""
     d = asdict(config)
-    for name, kind in PATH_FIELDS.items():
+    for name, absolute in PATH_FIELDS.items():
         value = d[name]
         if isinstance(value, list):
-            d[name] = [_absolute_spec(spec, kind) for spec in value]
+            d[name] = [absolute(spec) for spec in value]
         elif value is not None:
-            d[name] = _absolute_spec(value, kind)
+            d[name] = absolute(value)
     return d
 
 

@@ -29,6 +29,7 @@ from localdisc.data.datasets import (
     DATASETS,
     Item,
     SegmentationDataset,
+    absolute_path,
     dataset_class,
     load_dataset,
     walk,
@@ -99,6 +100,23 @@ def _parse_dataset(spec: str, name: str, rest: str) -> _Spec:
             f"its targets are: {', '.join(cls.all_targets)}"
         )
     return _Spec("dataset", name, _root(rest), None)
+
+
+def absolute_prior_spec(spec: str) -> str:
+    """A prior spec with its folder or ROOT absolute (:func:`absolute_path`; a ``:TARGET``
+    kept); simulators, generated sets and specs that name nothing that exists unchanged."""
+    try:
+        p = _parse(spec)
+    except DatasetError:  # left for the prior's reader to name
+        return spec
+    if p.root is None or not p.root.exists():
+        return spec
+    if p.kind == "dataset" and not dataset_class(p.name).requires_root:
+        return spec  # synthetic_xray:40: a count, not a folder
+    root = absolute_path(str(p.root))
+    if p.kind == "folder":
+        return root
+    return f"{p.name}:{root}" + (f":{p.target}" if p.target else "")
 
 
 def _root(text: str) -> Path | None:

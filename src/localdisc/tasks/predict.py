@@ -221,7 +221,7 @@ def score_prediction(
     binary: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The metrics of one prediction, as ``localdisc finetune`` scores its test images
-    (:func:`~localdisc.tasks.transfer.image_metrics`, here at ``threshold``):
+    (:func:`~localdisc.tasks.transfer.image_metrics` at threshold 0.5 calls it):
     :func:`~localdisc.eval.metrics.segmentation_metrics` at the image's own size inside
     ``fov``, and ``dice``, the paper's, at the model's ``size`` (``prob_at_size`` when the
     model predicted at that size, else the mask resized there); without ``size``, ``dice`` is
@@ -247,20 +247,20 @@ def score_prediction(
 
 def _image_mask(path: Path, image: Path) -> np.ndarray:
     """The true mask at ``path`` as a bool array, checked against its image's size."""
-    from PIL import Image
-
     mask = np.asarray(read_mask(path), dtype=bool)
-    width, height = _image_size(image, Image)
+    width, height = _image_size(image)
     if mask.shape != (height, width):
         raise LocaldiscError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image "
                              f"{image} is {width}x{height}")  # fmt: skip
     return mask
 
 
-def _image_size(image: Path, pil: Any) -> tuple[int, int]:
+def _image_size(image: Path) -> tuple[int, int]:
     """Width and height of ``image`` (decoded when PIL cannot read its header)."""
+    from PIL import Image
+
     try:
-        with pil.open(image) as opened:
+        with Image.open(image) as opened:
             return opened.size
     except Exception:  # noqa: BLE001 - .ppm.gz, 16-bit TIFFs: read it as the model did
         array = read_image(image)[0]

@@ -48,6 +48,8 @@ import torch
 from localdisc.data.datasets import (
     Sample,
     SegmentationDataset,
+    absolute_data_spec,
+    absolute_path,
     dataset_class,
     load_data_spec,
     parse_data_spec,
@@ -58,11 +60,11 @@ from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.finetune import FinetuneConfig, finetune
 from localdisc.errors import DatasetError, LocaldiscError
-from localdisc.eval.metrics import dice_score, paper_dice, segmentation_metrics, summarize
+from localdisc.eval.metrics import summarize
 from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDConfig
 from localdisc.models.segmenter import Segmenter
-from localdisc.tasks.predict import mask_png, prob_png
+from localdisc.tasks.predict import mask_png, prob_png, score_prediction
 
 #: Targets evaluated with topology (clDice).
 TUBULAR_TARGETS = frozenset({"vessels"})
@@ -114,39 +116,14 @@ class TransferConfig:
         # Paths as str: the config is saved as JSON in config.json, after the training, where a
         # Path failed ("not JSON serializable") and left the weights without their config. And
         # absolute, so that config.json names the data and init from any working directory.
-        self.dataset = absolute_spec(str(self.dataset))
+        self.dataset = absolute_data_spec(str(self.dataset))
         self.init = absolute_init(str(self.init))
         check_size(self.size)
 
 
-def _absolute(path: Path) -> Path | None:
-    """``path`` made absolute (``~`` expanded, links resolved) where it exists, else ``None``:
-    a missing one stays as typed, for the error that names it (``drvie:/data`` gets its
-    "not a known data set" hint only as typed)."""
-    path = path.expanduser()
-    return path.resolve() if path.exists() else None
-
-
-def absolute_spec(spec: str) -> str:
-    """A data spec with its folder absolute (``drive:DRIVE`` -> ``drive:/data/DRIVE``, ``mine``
-    -> ``/data/mine``); generated sets (``synthetic_fundus:40``) and missing folders unchanged."""
-    name, root = parse_data_spec(spec)
-    if root is None or not dataset_class(name).requires_root:
-        return spec
-    absolute = _absolute(root)
-    if absolute is None:
-        return spec
-    # A bare folder stays bare: "folder:" before an absolute path reads the same, but is not
-    # what a user types.
-    return str(absolute) if spec.partition(":")[0].lower() != name else f"{name}:{absolute}"
-
-
 def absolute_init(init: str) -> str:
     """``random``, or the LD run (or weight file) ``init`` as an absolute path where it exists."""
-    if init == "random":
-        return init
-    absolute = _absolute(Path(init))
-    return init if absolute is None else str(absolute)
+    return init if init == "random" else absolute_path(init)
 
 
 def protocol(transfer: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +135,7 @@ def protocol(transfer: dict[str, Any]) -> dict[str, Any]:
     train = {k: v for k, v in transfer.get("train", {}).items() if k not in ("device", "progress")}
     out = {**transfer, "train": train}
     if isinstance(out.get("dataset"), str):
-        out["dataset"] = absolute_spec(out["dataset"])
+        out["dataset"] = absolute_data_spec(out["dataset"])
     if isinstance(out.get("init"), str):
         out["init"] = absolute_init(out["init"])
     return out
@@ -311,13 +288,9 @@ def image_metrics(
     The paper's ``dice`` compares at ``size x size``: ``prob_at_size`` when the model predicted
     at that size, else :func:`~localdisc.eval.metrics.paper_dice` of ``prob >= 0.5``.
     """
-    mask = sample.masks[target]
-    metrics = segmentation_metrics(prob, mask, sample.fov, topology=target in TUBULAR_TARGETS)
-    if prob_at_size is None:
-        metrics["dice"] = paper_dice(prob >= 0.5, mask, size)
-    else:
-        metrics["dice"] = dice_score(prob_at_size, resize_mask(mask, size))
-    return {k: float(v) for k, v in metrics.items()}
+    return score_prediction(prob, sample.masks[target], sample.fov,
+                            topology=target in TUBULAR_TARGETS, prob_at_size=prob_at_size,
+                            size=size)  # fmt: skip
 
 
 def evaluate(
