@@ -15,6 +15,7 @@ from PIL import Image
 from helpers import save, shared
 from localdisc.data.datasets import (
     DATASETS,
+    FOLDER_MASK_SUFFIXES,
     FolderDataset,
     SegmentationDataset,
     folder_image_files,
@@ -648,6 +649,26 @@ def test_pool_image_paths_exclude_masks(tmp_path: Path) -> None:
         pool_image_paths("synthetic_fundus:4")
     with pytest.raises(DatasetError, match="no such folder"):
         pool_image_paths(str(tmp_path / "nowhere"))
+
+
+def test_pools_leave_out_every_mask_ending_a_folder_matches(tmp_path: Path) -> None:
+    # A folder takes case01_seg.png as case01.png's mask (match_masks), so a pool of that
+    # folder must not take it as an image: every FOLDER_MASK_SUFFIXES ending, either separator.
+    flat = tmp_path / "flat"
+    images = []
+    for k, ending in enumerate(FOLDER_MASK_SUFFIXES):
+        for stem, sep in ((f"a{k}", "_"), (f"b{k}", "-")):
+            images.append(save(flat / f"{stem}.png", fundus(seed=k)))
+            save(flat / f"{stem}{sep}{ending.title()}.png", vessels())  # a0_Mask.png, b0-Mask.png
+    lonely = save(flat / "lonely_seg.png", fundus())  # no image "lonely": a picture, kept
+    elsewhere = save(flat / "sub" / "a0_seg.png", vessels())  # its image is not beside it: kept
+    expected = sorted([*images, lonely, elsewhere])
+    assert pool_image_paths(str(flat)) == expected
+    assert [it.image for it in load_dataset("folder", flat).items] == expected
+    # The data sets' own tracings stay partners beside their images (CHASE_DB1, STARE).
+    save(flat / "a0.ah.png", vessels())
+    save(flat / "a0_2ndHO.png", vessels())
+    assert pool_image_paths(str(flat)) == expected
 
 
 # -- names, specs, errors --------------------------------------------------------------------

@@ -722,21 +722,21 @@ MASK_DIR_NAMES = frozenset(
 )
 #: Where ``folder`` looks for masks next to ``images/``, in this order (any letter case).
 FOLDER_MASK_DIRS = ("masks", "mask", "labels", "label", "manual", "gt")
-#: File-name endings of mask partners (``21_training_mask``, ``Image_01L_1stHO``, ``im0001.ah``).
+#: Endings a ``folder`` mask may add to its image's stem (``case01_mask.png`` for
+#: ``case01.png``), after ``_`` or ``-``, in any letter case.
+FOLDER_MASK_SUFFIXES = ("mask", "seg", "label", "labels", "gt", "manual1", "segmentation")
+#: File-name endings of mask partners, lower case: every ``folder`` mask ending (so that a
+#: folder never pools a file it would take as a mask) plus the data sets' own tracings
+#: (DRIVE's second observer ``01_manual2``, CHASE_DB1's ``Image_01L_1stHO``, STARE's
+#: ``im0001.ah``).
 PARTNER_SUFFIXES = (
-    "_mask",
-    "_manual1",
+    *(f"{sep}{s}" for s in FOLDER_MASK_SUFFIXES for sep in "_-"),
     "_manual2",
     "_1stho",
     "_2ndho",
     ".ah",
     ".vk",
-    "_label",
-    "_gt",
 )
-#: Endings a ``folder`` mask may add to its image's stem (``case01_mask.png`` for
-#: ``case01.png``), after ``_`` or ``-``, in any letter case.
-FOLDER_MASK_SUFFIXES = ("mask", "seg", "label", "labels", "gt", "manual1", "segmentation")
 _MASK_SUFFIX = re.compile(rf"[_-](?:{'|'.join(FOLDER_MASK_SUFFIXES)})$", re.IGNORECASE)
 
 
@@ -1034,8 +1034,10 @@ def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]
     """Image files under ``root`` (recursive, sorted by path) that are not masks.
 
     Skips hidden entries, folders named like mask folders (:data:`MASK_DIR_NAMES`), ``exclude``,
-    and files whose stem is another image's stem plus a partner ending (:data:`PARTNER_SUFFIXES`,
-    e.g. CHASE_DB1's ``Image_01L_1stHO.png`` next to ``Image_01L.jpg``).
+    and files whose stem is another image's stem in the same folder plus a partner ending
+    (:data:`PARTNER_SUFFIXES`, any letter case: CHASE_DB1's ``Image_01L_1stHO.png`` next to
+    ``Image_01L.jpg``, ``case01_seg.png`` or ``case01-mask.png`` next to ``case01.png``). A
+    file with such an ending but no image of the base stem beside it is an image.
     """
     found: list[Path] = []
     for dirpath, dirnames, filenames in walk(root):
@@ -1048,10 +1050,11 @@ def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]
             and (exclude is None or here / d != exclude)
         )
         found.extend(here / f for f in filenames if not f.startswith(".") and is_image_file(f))
-    stems = {(p.parent, image_stem(p).lower()) for p in found}
+    # name_key, as match_masks compares names: letter case and Unicode form aside.
+    stems = {(p.parent, name_key(image_stem(p))) for p in found}
 
     def is_partner(path: Path) -> bool:
-        stem = image_stem(path).lower()
+        stem = name_key(image_stem(path))
         return any(
             stem.endswith(s) and (path.parent, stem[: -len(s)]) in stems for s in PARTNER_SUFFIXES
         )
