@@ -127,7 +127,8 @@ def test_the_progress_lines_name_the_phases_and_show_the_soft_dice(capsys):
     config = FinetuneConfig(frozen_epochs=1, epochs=1, device="cpu", progress=True)
     logged: list[str] = []
     result = finetune(Segmenter(size=32), data, data, config, pretrained=True, log=logged.append)
-    lines = capsys.readouterr().out.splitlines()
+    # Each plain line starts with the date and time ("2026-12-05 14:20:31 "): 20 characters.
+    lines = [line[20:] for line in capsys.readouterr().out.splitlines()]
     assert [line.split(":")[0] for line in lines] == [
         "finetune frozen encoder",
         "finetune whole network",
@@ -139,7 +140,7 @@ def test_the_progress_lines_name_the_phases_and_show_the_soft_dice(capsys):
     assert logged[1].startswith("whole network: best validation Dice")
     config = FinetuneConfig(epochs=1, device="cpu", progress=True)
     finetune(Segmenter(size=32), data, data, config, pretrained=False, log=logged.append)
-    assert capsys.readouterr().out.startswith("finetune from scratch: epoch 1/1 (100%)")
+    assert capsys.readouterr().out[20:].startswith("finetune from scratch: epoch 1/1 (100%)")
 
 
 @pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan"), float("inf"), float("-inf")])

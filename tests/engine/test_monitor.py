@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import io
+import re
+from datetime import datetime, timedelta
 
 import pytest
 from rich.console import Console
 
 from localdisc.engine.monitor import ProgressBar
+
+#: The wall-clock time of the plain lines in these tests, and how they start with it.
+WALL = datetime(2024, 5, 1, 14, 20, 0)
+STAMP = "2024-05-01 14:20:00 "
 
 
 def test_time_left_ignores_the_steps_a_time_budget_skipped() -> None:
@@ -29,15 +35,20 @@ def test_elapsed_counts_from_the_start_of_the_phase_and_the_first_lines_know_the
     # were not counted. Here 40 steps of 1 s, a line every 10 (log_every), stage 1 to step 20.
     console, out = _file_console(terminal=False)
     clock = [0.0]
-    with ProgressBar(40, 0, True, "pretrain", clock=lambda: clock[0], console=console) as bar:
+    with ProgressBar(40, 0, True, "pretrain", clock=lambda: clock[0], console=console,
+                     now=lambda: WALL + timedelta(seconds=clock[0])) as bar:  # fmt: skip
         for step in range(10, 41, 10):
             clock[0] += 10
             bar.update(step, "stage 1" if step <= 20 else "stage 2", "loss 1.0")
     assert out.getvalue().splitlines() == [
-        "pretrain stage 1: step 10/40 (25%), 0:00:10 elapsed, 0:00:30 left, loss 1.0",
-        "pretrain stage 1: step 20/40 (50%), 0:00:20 elapsed, 0:00:20 left, loss 1.0",
-        "pretrain stage 2: step 30/40 (75%), 0:00:10 elapsed, 0:00:10 left, loss 1.0",
-        "pretrain stage 2: step 40/40 (100%), 0:00:20 elapsed, 0:00:00 left, loss 1.0",
+        "2024-05-01 14:20:10 pretrain stage 1: step 10/40 (25%), 0:00:10 elapsed, 0:00:30 left, "
+        "loss 1.0",
+        "2024-05-01 14:20:20 pretrain stage 1: step 20/40 (50%), 0:00:20 elapsed, 0:00:20 left, "
+        "loss 1.0",
+        "2024-05-01 14:20:30 pretrain stage 2: step 30/40 (75%), 0:00:10 elapsed, 0:00:10 left, "
+        "loss 1.0",
+        "2024-05-01 14:20:40 pretrain stage 2: step 40/40 (100%), 0:00:20 elapsed, 0:00:00 left, "
+        "loss 1.0",
     ]
 
 
@@ -61,13 +72,14 @@ def test_a_loop_slower_than_30_s_between_updates_has_a_time_left() -> None:
     # rich estimates the pace from the updates of the last 30 s: with one a minute, it had none.
     console, out = _file_console(terminal=False)
     clock = [0.0]
-    with ProgressBar(100, 0, True, "finetune", clock=lambda: clock[0], console=console) as bar:
+    with ProgressBar(100, 0, True, "finetune", clock=lambda: clock[0], console=console,
+                     now=lambda: WALL) as bar:  # fmt: skip
         for step in range(10, 101, 10):
             clock[0] += 60
             bar.update(step)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "finetune: step 10/100 (10%), 0:01:00 elapsed, 0:09:00 left"
-    assert lines[4] == "finetune: step 50/100 (50%), 0:05:00 elapsed, 0:05:00 left"
+    assert lines[0] == STAMP + "finetune: step 10/100 (10%), 0:01:00 elapsed, 0:09:00 left"
+    assert lines[4] == STAMP + "finetune: step 50/100 (50%), 0:05:00 elapsed, 0:05:00 left"
 
 
 def test_a_time_left_given_by_the_loop_is_shown_and_counted_down() -> None:
@@ -108,12 +120,15 @@ def test_not_a_terminal_prints_whole_plain_lines_at_each_tenth_and_the_last_step
     console, out = _file_console(terminal=False)
     clock = [0.0]
     info = "loss 6.712 pd 5.836 mix 4.993 rd 0.343 ent 0.750 adv 0.603 disc 0.700 | 159.1 img/s"
-    with ProgressBar(1000, 0, True, "pretrain", clock=lambda: clock[0], console=console) as bar:
+    with ProgressBar(1000, 0, True, "pretrain", clock=lambda: clock[0], console=console,
+                     now=lambda: WALL) as bar:  # fmt: skip
         assert not bar.bar.live.is_started  # nothing of rich's live display
         for step in range(10, 1010, 10):  # 10 steps a second: a tenth every 10 s, not 30 s
             clock[0] += 1
             bar.update(step, "stage 1" if step <= 500 else "stage 2", f"{info} {step}")
-    lines = out.getvalue().splitlines()
+    stamped = out.getvalue().splitlines()
+    assert all(line.startswith(STAMP + "pretrain stage ") for line in stamped)
+    lines = [line.removeprefix(STAMP) for line in stamped]
     steps = [int(line.split("step ")[1].split("/")[0]) for line in lines]
     # Each phase's first update, each tenth of the steps, the last step; nothing twice.
     assert steps == [10, 100, 200, 300, 400, 500, 510, 600, 700, 800, 900, 1000]
@@ -129,14 +144,16 @@ def test_not_a_terminal_prints_whole_plain_lines_at_each_tenth_and_the_last_step
 def test_not_a_terminal_prints_a_line_every_interval_of_a_slow_run() -> None:
     console, out = _file_console(terminal=False)
     clock = [0.0]
-    with ProgressBar(100, 0, True, "finetune", clock=lambda: clock[0], console=console) as bar:
+    with ProgressBar(100, 0, True, "finetune", clock=lambda: clock[0], console=console,
+                     now=lambda: WALL + timedelta(seconds=clock[0])) as bar:  # fmt: skip
         for step in range(1, 8):  # 10 s a step: a tenth of the steps every 100 s
             clock[0] += 10
             bar.update(step, info=f"loss {1 / step:.4f}")
     assert out.getvalue().splitlines() == [
-        "finetune: step 3/100 (3%), 0:00:30 elapsed, 0:16:10 left, loss 0.3333",
-        "finetune: step 6/100 (6%), 0:01:00 elapsed, 0:15:40 left, loss 0.1667",
-        "finetune: step 7/100 (7%), 0:01:10 elapsed, 0:15:30 left, loss 0.1429",  # at close
+        "2024-05-01 14:20:30 finetune: step 3/100 (3%), 0:00:30 elapsed, 0:16:10 left, loss 0.3333",
+        "2024-05-01 14:21:00 finetune: step 6/100 (6%), 0:01:00 elapsed, 0:15:40 left, loss 0.1667",
+        "2024-05-01 14:21:10 finetune: step 7/100 (7%), 0:01:10 elapsed, 0:15:30 left, "
+        "loss 0.1429",  # at close
     ]
 
 
@@ -155,3 +172,36 @@ def test_a_terminal_keeps_the_rich_bar() -> None:
             bar.update(step, "stage 1", "loss 1.0")
     assert "━" in out.getvalue()
     assert "step 10/10" not in out.getvalue()
+
+
+def test_plain_lines_start_with_the_wall_clock_time_and_date() -> None:
+    # A cluster job's output said how long a run had taken, never when: it could not be lined
+    # up with the cluster's logs, or with log.csv's times. A job of days: the date too.
+    console, out = _file_console(terminal=False)
+    clock = [0.0]
+
+    def now() -> datetime:  # the last minute of a day, then the next day
+        return datetime(2024, 5, 1, 23, 59, 0) + timedelta(seconds=clock[0])
+
+    with ProgressBar(3, 0, True, "pretrain", clock=lambda: clock[0], console=console, now=now,
+                     interval=0) as bar:  # fmt: skip
+        for step in (1, 2, 3):
+            clock[0] += 40
+            bar.update(step, "stage 1")
+    stamps = [line[:20] for line in out.getvalue().splitlines()]
+    assert stamps == ["2024-05-01 23:59:40 ", "2024-05-02 00:00:20 ", "2024-05-02 00:01:00 "]
+    # Not the bar's clock (seconds from any origin): the wall clock, by default the real one.
+    console, out = _file_console(terminal=False)
+    before = datetime.now().replace(microsecond=0)
+    with ProgressBar(1, 0, True, "pretrain", clock=lambda: 0.0, console=console) as bar:
+        bar.update(1, "stage 1")
+    line = out.getvalue()
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d pretrain stage 1: step 1/1 ", line), line
+    assert before <= datetime.fromisoformat(line[:19]) <= datetime.now()
+
+
+def test_the_terminal_bar_shows_no_wall_clock_time() -> None:
+    console, out = _file_console(terminal=True)
+    with ProgressBar(10, 0, True, "pretrain", console=console, now=lambda: WALL) as bar:
+        bar.update(10, "stage 1", "loss 1.0")
+    assert "━" in out.getvalue() and "2024-05-01" not in out.getvalue()

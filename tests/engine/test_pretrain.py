@@ -1,6 +1,8 @@
 import csv
 import json
+import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 
 from helpers import tiny_pretrain_config
 from localdisc.engine.checkpoint import load_safetensors
+from localdisc.engine.monitor import TrainingLog
 from localdisc.engine.pretrain import PretrainConfig, pretrain
 from localdisc.errors import CheckpointError, LocaldiscError
 
@@ -55,10 +58,20 @@ def test_resume_ends_with_the_same_weights(tmp_path, pool, stop_at, stage1_steps
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    log_a = (tmp_path / "straight" / "log.csv").read_text().splitlines()
-    log_b = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
-    # The same rows (up to the images/s column, which measures time).
-    assert [r.rsplit(",", 1)[0] for r in log_a] == [r.rsplit(",", 1)[0] for r in log_b]
+    # The same rows (but for the columns of times: images/s and the time of the row).
+    assert untimed_rows(tmp_path / "straight") == untimed_rows(tmp_path / "resumed")
+
+
+def log_rows(run_dir):
+    """The rows of ``run_dir``'s log.csv."""
+    return list(csv.DictReader((run_dir / "log.csv").read_text().splitlines()))
+
+
+def untimed_rows(run_dir):
+    """The rows of ``run_dir``'s log.csv without its columns of times."""
+    return [
+        {k: v for k, v in r.items() if k not in ("img_per_s", "time")} for r in log_rows(run_dir)
+    ]
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path, pool):
@@ -382,3 +395,74 @@ def test_the_log_says_where_and_in_what_precision_it_trains(tmp_path, pool):
     pretrain(config, tmp_path / "amp", pool=pool, log=lines.append)
     precision = "bf16 autocast" if bf16_autocast_pays("cpu") else "float32"
     assert f"training on cpu in {precision}, 1 process(es)" in "\n".join(lines)
+
+
+def test_the_logged_images_per_s_leave_out_validation_figures_and_checkpoints(
+    tmp_path, pool, monkeypatch
+):
+    # A window of steps with a validation, figures or a checkpoint in it logged a dip in img/s.
+    # Each of those takes 1 000 s here, on the loop's clock (the steps take a few ms).
+    import types
+
+    import localdisc.engine.pretrain as engine
+
+    lost = [0.0]
+    real_clock = time.perf_counter
+    monkeypatch.setattr(
+        engine, "time", types.SimpleNamespace(perf_counter=lambda: real_clock() + lost[0])
+    )
+
+    def slow(function):
+        def wrapped(*args, **kwargs):
+            lost[0] += 1000.0
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    for name in ("validation_loss", "write_figures", "save_checkpoint"):
+        monkeypatch.setattr(engine, name, slow(getattr(engine, name)))
+    # log every step; checkpoints and figures at 2, 4, 6, validations at 3, 6
+    config = tiny_pretrain_config(figure_every=2)
+    result = pretrain(config, tmp_path, pool=pool, log=lambda m: None)
+    assert lost[0] >= 7000.0
+    speeds = [float(r["img_per_s"]) for r in log_rows(tmp_path) if r["loss"]]
+    assert len(speeds) == 6 and min(speeds) > 0.05  # 5 images in under 100 s, not 1 000
+    assert result.images_per_s < 0.1  # the run's own: wall-clock, everything included
+
+
+def test_each_log_row_says_when_it_was_written_and_an_older_log_still_resumes(tmp_path, pool):
+    start = datetime.now().astimezone().replace(microsecond=0)
+    config = tiny_pretrain_config()  # checkpoints at 2, 4, 6
+    pretrain(config, tmp_path, pool=pool, stop_at_step=4, log=lambda m: None)
+    rows = log_rows(tmp_path)
+    end = datetime.now().astimezone()
+    for row in rows:
+        written = datetime.fromisoformat(row["time"])
+        assert written.utcoffset() is not None  # comparable with another time zone's
+        assert start <= written <= end and row["time"] == written.isoformat(timespec="seconds")
+    # A log.csv written before the column: resumed, its rows are kept (without a time).
+    older = [c for c in TrainingLog.COLUMNS if c != "time"]
+    with open(tmp_path / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, older, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    pretrain(config, tmp_path, pool=pool, resume=True, log=lambda m: None)
+    resumed = log_rows(tmp_path)
+    kept = [{**r, "time": ""} for r in rows]
+    assert resumed[: len(rows)] == kept
+    assert resumed[len(rows) :] and all(r["time"] for r in resumed[len(rows) :])
+
+
+@pytest.mark.parametrize("val_images", [2, 0])
+def test_the_figures_name_the_images_they_show(tmp_path, pool, monkeypatch, val_images):
+    import localdisc.engine.pretrain as engine
+
+    shown = []
+    monkeypatch.setattr(engine, "write_figures", lambda *a, **k: shown.append(k["names"]))
+    config = tiny_pretrain_config(figure_every=6, val_images=val_images)
+    pretrain(config, tmp_path, pool=pool, log=lambda m: None)
+    names = shown[-1]
+    if val_images:
+        assert names == ["validation image 1 of 2", "validation image 2 of 2"]
+    else:
+        assert names == [f"training image {i}" for i in (1, 2, 3, 4)]

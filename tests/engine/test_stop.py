@@ -144,16 +144,92 @@ def test_sigterm_in_the_cli_keeps_the_step_and_exits_143(tmp_path, monkeypatch):
     assert lines[-1].startswith("interrupted by SIGTERM: the last checkpoint (step 10"), lines
 
 
-def test_ranks_agree_on_the_signal_by_an_all_reduce(tmp_path):
-    # One process in a gloo group: the all_reduce path runs (a torchrun test would be minutes).
+def test_ranks_agree_on_finite_and_the_signal_in_one_all_reduce(tmp_path, monkeypatch):
+    # One process in a gloo group: the all_reduce path runs (two processes: the test below).
     import torch.distributed as dist
 
+    calls = []
+    real = dist.all_reduce
+    monkeypatch.setattr(dist, "all_reduce", lambda t, **kw: calls.append(t.shape) or real(t, **kw))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
                             world_size=1)  # fmt: skip
     try:
         stop = GracefulStop()
-        assert stop.agreed(True) == 0
+        assert stop.agree(torch.tensor(1.0), True) == (True, 0)
+        assert stop.agree(torch.tensor(0.0), True) == (False, 0)
         stop.signum = signal.SIGTERM
-        assert stop.agreed(True) == signal.SIGTERM
+        assert stop.agree(torch.tensor(1.0), True) == (True, signal.SIGTERM)
     finally:
         dist.destroy_process_group()
+    assert calls == [torch.Size([2])] * 3  # one collective a step, for both
+    assert stop.agree(torch.tensor(0.0)) == (False, signal.SIGTERM)  # alone: no collective
+    assert len(calls) == 3
+
+
+RANK = """
+import os, signal, sys
+import torch.distributed as dist
+from helpers import tiny_pretrain_config
+import localdisc.engine.pretrain as engine
+from localdisc.data.pool import synthetic_pool
+
+rank, store, run_dir, signal_at = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+real, calls = engine.ld_losses, []
+
+def ld_losses(model, *args, **kwargs):  # rank 1 alone gets a SIGINT in step signal_at
+    if model.training:
+        calls.append(1)
+        if rank == 1 and len(calls) == signal_at:
+            os.kill(os.getpid(), signal.SIGINT)
+    return real(model, *args, **kwargs)
+
+engine.ld_losses = ld_losses
+# log_every 100: the steps where the ranks agreed on a signal before
+config = tiny_pretrain_config(stage1_steps=6, stage2_steps=0, log_every=100, checkpoint_every=100,
+                              val_every=100)
+try:
+    engine.pretrain(config, run_dir, pool=synthetic_pool(6, "fundus", 48), log=lambda m: None)
+except KeyboardInterrupt:
+    print(f"stopped after step {len(calls)}")
+else:
+    print("finished")
+finally:
+    dist.destroy_process_group()
+"""
+
+
+def test_under_torchrun_a_signal_to_one_rank_stops_all_at_the_end_of_that_step(tmp_path):
+    # torchrun sends SIGTERM to every rank, but a rank may get it a step later than another, and
+    # a Ctrl-C reaches the foreground processes only: the ranks agree at every step, in the
+    # collective of the finite check, not at the log steps (every 10: SIGKILL might come first).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "rank.py"
+    script.write_text(RANK)
+    tests = str(Path(__file__).resolve().parents[1])  # helpers
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    args = [str(tmp_path / "store"), str(tmp_path / "run"), "2"]
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [rank.communicate(timeout=120) for rank in ranks]
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:  # a rank that waits for the other in vain
+                rank.kill()
+    assert [out.strip() for out, _ in outputs] == ["stopped after step 2"] * 2, outputs
+    assert last_checkpoint(tmp_path / "run") == 2
+    assert len(list_checkpoints(tmp_path / "run" / "checkpoints")) == 1

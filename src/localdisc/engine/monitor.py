@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +19,16 @@ if TYPE_CHECKING:
 
 
 class TrainingLog:
-    """``log.csv`` (one row per logged step or validation) and TensorBoard when installed."""
+    """``log.csv`` (one row per logged step or validation) and TensorBoard when installed.
+
+    Each row's ``time`` is the wall-clock time it was written (ISO 8601, to the second, with the
+    UTC offset), to line a run's log up with a cluster's or another run's; rows of a log written
+    before that column have it empty."""
 
     COLUMNS = (
         "step", "stage", "lr", "loss", "pd", "mix", "rd", "ent", "adv", "disc",  # LD
         "nt_xent", "global", "dense", "pixpro", "positives", "restoration",  # peer methods
-        "val_loss", "img_per_s",
+        "val_loss", "img_per_s", "time",
     )  # fmt: skip
 
     def __init__(self, run_dir: Path, resume_step: int) -> None:
@@ -56,11 +61,13 @@ class TrainingLog:
             pass
 
     def write(self, **row: Any) -> None:
+        """Append a row (its ``time`` is now); columns not given are left empty."""
+        row.setdefault("time", datetime.now().astimezone().isoformat(timespec="seconds"))
         self.writer.writerow({k: row.get(k, "") for k in self.COLUMNS})
         self.file.flush()
-        if self.tensorboard is not None:
+        if self.tensorboard is not None:  # which keeps its own wall time
             for key, value in row.items():
-                if key not in ("step", "stage") and value != "":
+                if key not in ("step", "stage", "time") and value != "":
                     self.tensorboard.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
@@ -70,15 +77,24 @@ class TrainingLog:
 
 
 def write_figures(
-    model: LDModel, images: Tensor, folder: Path, step: int, *, clusters: bool
+    model: LDModel,
+    images: Tensor,
+    folder: Path,
+    step: int,
+    *,
+    clusters: bool,
+    names: list[str] | None = None,
 ) -> None:
-    """Pixel-similarity maps (and cluster maps when ``clusters``) on a few uint8 pool images."""
+    """Pixel-similarity maps (and cluster maps when ``clusters``) on the first four of a few
+    uint8 pool images, titled with the step and ``names`` (one per image; default
+    ``image 0`` ...)."""
     from localdisc.eval.figures import cluster_figure, similarity_figure
 
     arrays = [im.permute(1, 2, 0).float().cpu().numpy() / 255.0 for im in images[:4]]
+    shown = None if names is None else names[:4]
     if clusters:
-        cluster_figure(model, arrays, folder / f"clusters_{step:08d}.png")
-    similarity_figure(model, arrays, folder / f"similarity_{step:08d}.png")
+        cluster_figure(model, arrays, folder / f"clusters_{step:08d}.png", names=shown, step=step)
+    similarity_figure(model, arrays, folder / f"similarity_{step:08d}.png", names=shown, step=step)
 
 
 def time_left(task: Any) -> float | None:
@@ -115,9 +131,12 @@ class ProgressBar:
     one (a log file, a pipe, nohup, a cluster job's output), a live bar would show nothing until
     the end, and then only cut to 80 columns: plain lines instead, each whole, at the first
     update of each phase, every ``interval`` seconds, at each tenth of the steps, and at the last
-    step. Silent when not ``enabled``; a context manager that stops it. ``clock``: seconds, for
-    the times shown (default: rich's monotonic clock; tests give their own); ``unit``: what
-    the plain lines count."""
+    step, each starting with the wall-clock time it was written, date included (``YYYY-MM-DD
+    HH:MM:SS``, local time): a job runs for days, and a line read alone (grep, tail) still says
+    when. Silent when not ``enabled``; a context manager that stops it. ``clock``: seconds, for
+    the times shown (default: rich's monotonic clock; tests give their own); ``now``: the wall
+    clock of the plain lines (default: ``datetime.now``); ``unit``: what the plain lines count.
+    """
 
     #: Plain lines at every 1/LINES of the steps (besides every ``interval`` seconds).
     LINES = 10
@@ -130,6 +149,7 @@ class ProgressBar:
         title: str = "",
         *,
         clock: Callable[[], float] | None = None,
+        now: Callable[[], datetime] = datetime.now,
         console: Console | None = None,
         interval: float = 30.0,
         unit: str = "step",
@@ -139,6 +159,7 @@ class ProgressBar:
         self.title = title
         self.unit = unit
         self.interval = interval
+        self.now = now
         if not enabled:
             return
         from rich import get_console
@@ -272,8 +293,13 @@ class ProgressBar:
             or (completed >= total > self.printed_step)
         )
         if due:
-            self.console.out(self.line(), highlight=False)  # no markup, wrapping or cropping
+            self._print_line()
             self.printed_step, self.printed_at = completed, now
+
+    def _print_line(self) -> None:
+        """:meth:`line` as a plain line, after the wall-clock time."""
+        stamp = self.now().strftime("%Y-%m-%d %H:%M:%S")
+        self.console.out(f"{stamp} {self.line()}", highlight=False)  # no markup, wrapping, cropping
 
     def _estimate(self, completed: int, steps: int, seconds: float) -> float | None:
         """Seconds left after ``completed`` steps at the pace of ``steps`` in ``seconds``."""
@@ -292,7 +318,7 @@ class ProgressBar:
         if self.live:
             self.bar.stop()
         elif self._task().completed > self.printed_step:
-            self.console.out(self.line(), highlight=False)
+            self._print_line()
             self.printed_step = int(self._task().completed)
 
     def __enter__(self) -> ProgressBar:

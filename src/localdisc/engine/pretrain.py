@@ -303,8 +303,12 @@ def _no_validation_reason(n: int, config: PretrainConfig) -> str:
 
 @dataclass
 class PretrainResult:
+    """What a call of :func:`pretrain` reached."""
+
     run_dir: Path
     steps: int
+    # Images trained on in this call per second of its training loop's wall-clock time, with
+    # its validation, figures and checkpoints (log.csv's img_per_s leaves those out).
     images_per_s: float
     final_loss: float
     best_val: float | None
@@ -629,6 +633,13 @@ def pretrain(
         else:
             train_pool = train_pool.pin_memory()
     val_pool = val_pool.to(device)
+    # The figures show the validation images, else (none) the first training images.
+    n_val = val_pool.shape[0]
+    figure_pool = val_pool[:4] if n_val else train_pool[:4]
+    figure_names = [
+        f"validation image {i + 1} of {n_val}" if n_val else f"training image {i + 1}"
+        for i in range(figure_pool.shape[0])
+    ]
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     backbone = {k: getattr(config, k) for k in BACKBONE_FIELDS}
@@ -838,10 +849,12 @@ def pretrain(
                     terms.total = terms.total + config.prior_weight * terms.adv
                 total, logged = terms.total, terms.as_dict()
             optimizer.zero_grad(set_to_none=True)
-            finite = torch.isfinite(total.detach()).float()
-            if ctx.distributed:  # all ranks must agree, or the gradient all-reduce hangs
-                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-            if not finite.item():
+            # All ranks agree on a finite loss (or the gradient all-reduce hangs) and on a stop,
+            # in one all_reduce and one host sync.
+            finite, agreed_signum = stopper.agree(
+                torch.isfinite(total.detach()).float(), ctx.distributed
+            )
+            if not finite:
                 skipped_steps += 1
                 nonfinite_in_row += 1
                 log(f"step {step}: non-finite loss, step skipped ({nonfinite_in_row} in a row)")
@@ -892,6 +905,9 @@ def pretrain(
                 )
                 sums, n_summed = {}, 0
 
+            # Validation, figures and checkpoints are left out of the logged images/s: the
+            # window after them would understate the training speed.
+            aside_start = time.perf_counter()
             end_of_stage = step == config.total_steps or config.stage_at(step) != stage
             if main and (step % config.val_every == 0 or end_of_stage):
                 val = validation_loss(model, val_pool, views, config, stage, objective)
@@ -906,22 +922,24 @@ def pretrain(
             if figures and (step % config.figure_every == 0 or step == config.total_steps):
                 write_figures(
                     model,
-                    val_pool if val_pool.shape[0] else train_pool[:4],
+                    figure_pool,
                     run_dir / "figures",
                     step,
                     clusters=config.stage_at(step - 1) == 2,
+                    names=figure_names,
                 )
             checkpointed = step % config.checkpoint_every == 0 or step == config.total_steps
             if checkpointed:
                 checkpoint()
-            # Alone: every step. Under torchrun the ranks agree by an all_reduce, at the log
-            # steps only (each is a host sync); the last step finishes the run instead.
-            if step < config.total_steps and (not ctx.distributed or step % config.log_every == 0):
-                signum = stopper.agreed(ctx.distributed, device)
-                if signum:
-                    if not checkpointed:
-                        checkpoint()
-                    stopper.stop(signum)
+            t_window += time.perf_counter() - aside_start
+            # Alone, the signal as it is now; under torchrun the one agreed on at this step's
+            # finite check (a signal after it is agreed on at the next step). The last step
+            # finishes the run instead.
+            signum = agreed_signum if ctx.distributed else stopper.signum
+            if signum and step < config.total_steps:
+                if not checkpointed:
+                    checkpoint()
+                stopper.stop(signum)
             if stop_at_step is not None and step >= stop_at_step:
                 break
     finally:
@@ -933,8 +951,8 @@ def pretrain(
     if finished:  # ended by a time budget: the outputs a full run ends with
         checkpoint()
         if main and objective is None:
-            write_figures(model, val_pool if val_pool.shape[0] else train_pool[:4],
-                          run_dir / "figures", step, clusters=stage == 2)  # fmt: skip
+            write_figures(model, figure_pool, run_dir / "figures", step, clusters=stage == 2,
+                          names=figure_names)  # fmt: skip
     finished = finished or step == config.total_steps
     if main and finished:
         _save_final_weights(model, run_dir)

@@ -1,10 +1,11 @@
 """A graceful stop for a training loop: the first SIGINT or SIGTERM only asks the loop to stop.
 
 Inside ``with GracefulStop() as stop:`` the first of those signals sets :attr:`GracefulStop.signum`
-and nothing else; the loop looks at it after a whole step (:meth:`GracefulStop.agreed`), writes
-its checkpoint and calls :meth:`GracefulStop.stop`, which hands the signal to the handler it had
-deferred (Python's raises KeyboardInterrupt; the CLI's SIGTERM handler also records the signal
-for the exit code). A second signal goes to that handler at once, as without a graceful stop.
+and nothing else; the loop looks at it after a whole step (under torch.distributed the ranks agree
+on it in :meth:`GracefulStop.agree`), writes its checkpoint and calls :meth:`GracefulStop.stop`,
+which hands the signal to the handler it had deferred (Python's raises KeyboardInterrupt; the
+CLI's SIGTERM handler also records the signal for the exit code). A second signal goes to that
+handler at once, as without a graceful stop.
 
 Only signals whose handler is a Python function are deferred: an ignored signal stays ignored
 and a default action (SIGTERM outside the CLI ends the process) stays as it was. The handlers are
@@ -21,6 +22,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import torch
+from torch import Tensor
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -66,16 +68,24 @@ class GracefulStop:
             return
         self.signum = signum
 
-    def agreed(self, distributed: bool = False, device: torch.device | str = "cpu") -> int:
-        """The signal asking to stop (0: none). Under torch.distributed every rank must call it
-        at the same step: the ranks' signals are combined (all_reduce MAX; SIGTERM wins over
-        SIGINT), so that all stop at the same step, even those the signal did not reach."""
+    def agree(self, finite: Tensor, distributed: bool = False) -> tuple[bool, int]:
+        """Whether a step's loss is finite on every rank, and the signal asking to stop (0:
+        none). ``finite``: this rank's flag (1. or 0., a tensor on the training device).
+
+        Alone: the flag and the signal as it is now. Under torch.distributed every rank must
+        call it at every step: both ride on the all_reduce the finite check needs anyway (MAX
+        of ``[1 - finite, signal]``: one non-finite rank skips the step everywhere, or the
+        gradient all-reduce hangs; SIGTERM wins over SIGINT), and on its one host sync, so that
+        all ranks stop at the same step, even those the signal did not reach, at no extra cost.
+        """
         signum = self.signum or 0
         if not distributed:
-            return signum
-        flag = torch.tensor([float(signum)], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
+            return bool(finite.item()), signum
+        # A fill, not a copy of a Python number to the device (no host sync on a GPU).
+        flags = torch.cat([1 - finite.reshape(1), finite.new_full((1,), float(signum))])
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        not_finite, agreed = flags.tolist()
+        return not not_finite, int(agreed)
 
     def stop(self, signum: int) -> NoReturn:
         """Hand ``signum`` to the handler it had deferred, then raise KeyboardInterrupt (if that

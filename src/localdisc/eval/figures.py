@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # (image index, row, column, label)
 Query = tuple[int, int, int, str]
@@ -41,6 +45,19 @@ def _show(ax, image: np.ndarray) -> None:
     ax.set_axis_off()
 
 
+def _panel_names(names: Sequence[str] | None, n: int) -> list[str]:
+    """Titles of ``n`` images: ``names`` as given (one per image), else ``image 0`` ..."""
+    if names is None:
+        return [f"image {i}" for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} names for {n} images")
+    return [plain(name) for name in names]
+
+
+def _at_step(step: int | None) -> str:
+    return "" if step is None else f", step {step}"
+
+
 def cluster_colours(k: int) -> np.ndarray:
     """``k`` distinct RGB colours in [0, 1] (tab20, then hsv beyond 20)."""
     plt = _plt()
@@ -54,36 +71,75 @@ def cluster_map_rgb(assignments: torch.Tensor) -> np.ndarray:
     return cluster_colours(assignments.shape[0])[labels]
 
 
-def cluster_figure(model, images: Sequence[np.ndarray], path: str | Path) -> Path:
-    """For each image: the image, its arg-max cluster map, and the two blended."""
+def cluster_plot(
+    model,
+    images: Sequence[np.ndarray],
+    *,
+    names: Sequence[str] | None = None,
+    step: int | None = None,
+) -> Figure:
+    """The figure of :func:`cluster_figure`, unsaved (a matplotlib ``Figure``)."""
     plt = _plt()
-    fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
-    for row, image in zip(axes, images, strict=True):
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    names = _panel_names(names, len(images))
+    k = model.config.clusters
+    fig = plt.figure(figsize=(9, 3 * len(images) + 0.9))
+    # A last, thin row for the colour key (a cell of the grid, so that tight_layout places it).
+    grid = fig.add_gridspec(len(images) + 1, 3, height_ratios=[1] * len(images) + [0.07])
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(3)] for r in range(len(images))])
+    fig.add_subplot(grid[-1, 0]).set_axis_off()
+    for row, image, name in zip(axes, images, names, strict=True):
         colours = cluster_map_rgb(model.cluster(image))
         rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, -1)
         _show(row[0], image)
+        row[0].set_title(name, fontsize=9)
         row[1].imshow(colours)
         row[1].set_axis_off()
         row[2].imshow(0.5 * rgb + 0.5 * colours)
         row[2].set_axis_off()
-    axes[0, 0].set_title("image")
-    axes[0, 1].set_title(f"clusters (K={model.config.clusters})")
-    axes[0, 2].set_title("overlay")
-    return _save(fig, path)
+    axes[0, 1].set_title("clusters", fontsize=9)
+    axes[0, 2].set_title("clusters over the image", fontsize=9)
+    fig.suptitle(f"Most likely cluster of each pixel (K={k}){_at_step(step)}", fontsize=10)
+    # The colour of each cluster index; an index means the same cluster in every image.
+    legend = ScalarMappable(
+        BoundaryNorm(np.arange(k + 1) - 0.5, k), ListedColormap(cluster_colours(k))
+    )
+    bar = fig.colorbar(
+        legend, cax=fig.add_subplot(grid[-1, 1:]), orientation="horizontal",
+        ticks=range(0, k, max(1, -(-k // 16))),
+    )  # fmt: skip
+    bar.set_label("cluster (the same colour is the same cluster in every image)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return fig
 
 
-def similarity_figure(
+def cluster_figure(
     model,
     images: Sequence[np.ndarray],
     path: str | Path,
-    queries: Sequence[Query] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    step: int | None = None,
 ) -> Path:
-    """One row per query pixel: its cosine-similarity map on every image, best match marked.
+    """For each image: the image, its arg-max cluster map, and the two blended, with a colour
+    key of the clusters. ``names`` title the images (default ``image 0`` ...); ``step`` is the
+    training step, said in the title."""
+    return _save(cluster_plot(model, images, names=names, step=step), path)
 
-    The query's own image shows the query as a white cross; the other images show their most
-    similar pixel as a cyan circle.
-    """
+
+def similarity_plot(
+    model,
+    images: Sequence[np.ndarray],
+    queries: Sequence[Query] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    step: int | None = None,
+) -> Figure:
+    """The figure of :func:`similarity_figure`, unsaved (a matplotlib ``Figure``)."""
     plt = _plt()
+    names = _panel_names(names, len(images))
     embeddings = [model.embed(image) for image in images]
     if queries is None:
         h, w = images[0].shape[:2]
@@ -93,25 +149,55 @@ def similarity_figure(
             (0, 2 * h // 3, 2 * w // 3, "lower right"),
         ]
     n = len(images)
-    fig, axes = plt.subplots(
-        len(queries), n + 1, figsize=(2.6 * (n + 1), 2.6 * len(queries)), squeeze=False
-    )
+    rows = len(queries)
+    fig = plt.figure(figsize=(2.6 * (n + 1) + 0.8, 2.6 * rows + 0.6))
+    # A last, thin column for the colour bar (a cell of the grid, so that tight_layout places it).
+    grid = fig.add_gridspec(rows, n + 2, width_ratios=[1] * (n + 1) + [0.07])
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(n + 1)] for r in range(rows)])
+    shown = None
     for row, (i, y, x, label) in zip(axes, queries, strict=True):
         q = embeddings[i][:, y, x]
         _show(row[0], images[i])
         row[0].plot([x], [y], "wx", markersize=10, markeredgewidth=2)
-        row[0].set_title(plain(f"query: {label}"), fontsize=9)
+        row[0].set_title(f"{names[i]}\nquery: {plain(label)}", fontsize=9)
         for j, (ax, v) in enumerate(zip(row[1:], embeddings, strict=True)):
             sim = torch.einsum("d,dhw->hw", q, v).cpu().numpy()
-            ax.imshow(sim, cmap="magma", vmin=-1, vmax=1)
+            shown = ax.imshow(sim, cmap="magma", vmin=-1, vmax=1)
             if j == i:
                 ax.plot([x], [y], "wx", markersize=8, markeredgewidth=2)
             else:
                 by, bx = np.unravel_index(np.argmax(sim), sim.shape)
                 ax.plot([bx], [by], "o", mfc="none", mec="cyan", markersize=10, mew=2)
             ax.set_axis_off()
-            ax.set_title(f"image {j}", fontsize=9)
-    return _save(fig, path)
+            ax.set_title(names[j], fontsize=9)
+    fig.suptitle(
+        f"Cosine similarity of each pixel to the query pixel (white x){_at_step(step)}\n"
+        "cyan circle: the most similar pixel of another image",
+        fontsize=10,
+    )
+    bar = fig.colorbar(shown, cax=fig.add_subplot(grid[:, -1]))
+    bar.set_label("cosine similarity (1: same embedding)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def similarity_figure(
+    model,
+    images: Sequence[np.ndarray],
+    path: str | Path,
+    queries: Sequence[Query] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    step: int | None = None,
+) -> Path:
+    """One row per query pixel: its cosine-similarity map on every image, best match marked,
+    with a colour bar of the similarity (-1 to 1).
+
+    The query's own image shows the query as a white cross; the other images show their most
+    similar pixel as a cyan circle. ``names`` title the images (default ``image 0`` ...);
+    ``step`` is the training step, said in the title.
+    """
+    return _save(similarity_plot(model, images, queries, names=names, step=step), path)
 
 
 def overlay_figure(

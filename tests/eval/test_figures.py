@@ -1,0 +1,84 @@
+"""Tests for localdisc.eval.figures: what the pre-training figures say (titles, colour keys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from localdisc.engine.monitor import write_figures
+from localdisc.eval.figures import (
+    cluster_figure,
+    cluster_plot,
+    similarity_figure,
+    similarity_plot,
+)
+from localdisc.models.ld import LDConfig, LDModel
+
+
+@pytest.fixture(scope="module")
+def model() -> LDModel:
+    torch.manual_seed(0)
+    return LDModel(LDConfig(width=4, depth=2, dim=8, clusters=5)).eval()
+
+
+def images(n: int = 2, size: int = 32) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.random((size, size, 3)).astype(np.float32) for _ in range(n)]
+
+
+def titles(fig) -> list[str]:
+    return [ax.get_title() for ax in fig.axes]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """The ``*_plot`` functions return open figures; close them as a caller would."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_similarity_plot_says_what_it_shows_with_a_colour_bar(model: LDModel) -> None:
+    fig = similarity_plot(model, images(), names=["val 1 of 9", "val 2 of 9"], step=1200)
+    heading = fig.get_suptitle()
+    assert "cosine similarity" in heading.lower() and "step 1200" in heading
+    assert "val 1 of 9\nquery: centre" in titles(fig)
+    assert titles(fig).count("val 2 of 9") == 3  # one per query row
+    # The colour bar: labelled, over the whole range of a cosine.
+    (bar,) = [ax for ax in fig.axes if "cosine similarity" in ax.get_ylabel()]
+    assert bar.get_ylim() == pytest.approx((-1, 1))
+
+
+def test_similarity_figure_defaults_and_file(model: LDModel, tmp_path: Path) -> None:
+    fig = similarity_plot(model, images())
+    assert "image 1" in titles(fig) and "step" not in fig.get_suptitle()
+    path = similarity_figure(model, images(), tmp_path / "figs" / "sim.png", names=["a$b$", "c"])
+    assert path.is_file() and path.stat().st_size > 0  # a $ is no mathtext error
+    with pytest.raises(ValueError, match="1 names for 2 images"):
+        similarity_plot(model, images(), names=["only one"])
+
+
+def test_cluster_plot_names_each_row_and_keys_the_colours(model: LDModel) -> None:
+    fig = cluster_plot(model, images(3), names=["x", "y", "z"], step=7)
+    assert "cluster" in fig.get_suptitle() and "K=5" in fig.get_suptitle()
+    assert "step 7" in fig.get_suptitle()
+    assert {"x", "y", "z"} <= set(titles(fig))
+    (key,) = [ax for ax in fig.axes if ax.get_xlabel().startswith("cluster")]
+    assert [t.get_text() for t in key.get_xticklabels()] == ["0", "1", "2", "3", "4"]
+
+
+def test_pretraining_figures_carry_the_step_and_names(model: LDModel, tmp_path: Path) -> None:
+    pool = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    names = [f"validation image {i + 1}" for i in range(5)]
+    write_figures(model, pool, tmp_path, 40, clusters=True, names=names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clusters_00000040.png",
+        "similarity_00000040.png",
+    ]
+    write_figures(model, pool[:2], tmp_path, 41, clusters=False)  # names are optional
+    assert (tmp_path / "similarity_00000041.png").is_file()
+    assert cluster_figure(model, images(1), tmp_path / "c.png").is_file()
