@@ -58,13 +58,15 @@ def test_an_interrupted_pretraining_says_how_to_resume(tmp_path, monkeypatch, co
     assert "run the same command again" in line and "--resume" not in line
 
 
-def test_an_interrupted_finetuning_does_not_claim_a_resume(tmp_path, monkeypatch) -> None:
+def test_a_finetuning_interrupted_before_its_first_checkpoint_says_it_is_redone(
+    tmp_path, monkeypatch
+) -> None:
     import localdisc.tasks.transfer as transfer
 
     monkeypatch.setattr(transfer, "run_transfer", interrupt)
     args = ["finetune", "--dataset", "synthetic_fundus:4", "--out", str(tmp_path / "ft")]
     line = one_line(runner.invoke(app, args))
-    assert "keeps no checkpoint" in line and "run the same command again" in line
+    assert "no checkpoint of the fine-tuning yet; run the same command again to redo it" in line
     assert "--resume" not in line
 
 
@@ -163,3 +165,49 @@ def test_the_sigterm_handler_is_only_installed_in_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert signal.getsignal(signal.SIGTERM) is kept
+
+
+def test_sigterm_in_a_finetuning_keeps_the_step_and_the_same_command_continues(
+    tmp_path, monkeypatch, sigterm_handler
+) -> None:
+    """A scheduler's time limit ended a fine-tuning with "nothing is kept": the step goes on, a
+    checkpoint is written there, and the same command continues from it."""
+    import os
+    import signal
+
+    import localdisc.engine.finetune as engine
+
+    real, taken = engine.augment, []
+
+    def augment(*args, **kwargs):
+        taken.append(1)
+        if len(taken) == 3:  # epoch 2, step 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    import numpy as np
+
+    from helpers import save
+    from localdisc.data.synthetic import synthetic_xray
+
+    for i in range(3):  # a folder set: 2 to train on, 1 held out for testing, 64 x 64
+        sample = synthetic_xray(64, seed=i)
+        save(tmp_path / "data" / f"case{i}.png", (sample.image[..., 0] * 255).astype(np.uint8))
+        save(tmp_path / "data" / "masks" / f"case{i}.png", (sample.lungs * 255).astype(np.uint8))
+    monkeypatch.setattr(engine, "augment", augment)
+    out = tmp_path / "ft"
+    args = ["finetune", "--dataset", str(tmp_path / "data"), "--out", str(out), "--size", "32",
+            "--epochs", "3", "--steps-per-epoch", "2", "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 143, result.output
+    assert len(taken) == 3  # the step went on, no other began
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"interrupted by SIGTERM: its checkpoint is kept in {out / 'checkpoint'}; run the same "
+        "command again to continue from there (from scratch epoch 2/3, step 2/2)"
+    ]
+    monkeypatch.undo()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "continuing the interrupted fine-tuning from its checkpoint" in result.output
+    assert (out / "metrics.json").is_file() and not (out / "checkpoint").exists()

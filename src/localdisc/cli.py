@@ -436,6 +436,23 @@ def demo(
 
 
 # --- transfer ----------------------------------------------------------------------------------
+def _finetune_hint(out: Path) -> str:
+    """How a `finetune` stopped in ``out`` goes on: the same command continues from the
+    checkpoint the run wrote (at the signal, or its last one), else redoes it."""
+    from localdisc.engine.finetune import checkpoint_position
+    from localdisc.tasks.transfer import CHECKPOINT
+
+    if (out / "metrics.json").is_file():  # stopped while drawing its figure
+        return f"the fine-tuning had finished ({out / 'metrics.json'} is written)"
+    where = checkpoint_position(out / CHECKPOINT)
+    if where is None:
+        return "no checkpoint of the fine-tuning yet; run the same command again to redo it"
+    return (
+        f"its checkpoint is kept in {out / CHECKPOINT}; run the same command again to continue "
+        f"from there ({where})"
+    )
+
+
 @app.command()
 def finetune(
     dataset: str = typer.Option(
@@ -448,8 +465,9 @@ def finetune(
     out: Path = typer.Option(
         ...,
         "--out",
-        help="Output folder (model, metrics, predictions); one that holds another fine-tuning "
-        "is refused.",
+        help="Output folder (model, metrics, predictions); an interrupted run of the same "
+        "settings there continues from its checkpoint, one that holds another fine-tuning is "
+        "refused.",
     ),
     target: str | None = typer.Option(None, help="Mask to learn (default: the set's default)."),
     init: str = typer.Option(
@@ -487,9 +505,8 @@ def finetune(
     config = TransferConfig(
         dataset, target, init, labels, size, train=train, recalibrate_bn=recalibrate_bn
     )
-    # Fine-tuning writes its outputs at the end and keeps no checkpoint: there is no --resume.
-    hint = "fine-tuning keeps no checkpoint, so nothing is kept; run the same command again"
-    with _on_interrupt(lambda: hint):
+    # No --resume: the same command continues an interrupted run (its settings are checked).
+    with _on_interrupt(lambda: _finetune_hint(out)):
         metrics = run_transfer(config, out, log=_log)
     summary = metrics["summary"]
     shown = ", ".join(
@@ -877,8 +894,8 @@ def benchmark_transfer(
     )  # fmt: skip
     hint = (
         f"finished fine-tunings in {out} are kept; run the same command again (same --out) to "
-        "reuse them: the interrupted one starts over, an interrupted pre-training (ld) continues "
-        "from its last checkpoint"
+        "reuse them: an interrupted fine-tuning or pre-training (ld) continues from its last "
+        "checkpoint"
     )
     with _on_interrupt(lambda: hint):
         results = run_benchmark(config, out, log=_log)
@@ -1064,8 +1081,8 @@ def benchmark_pretrain_methods(
     )  # fmt: skip
     hint = (
         f"finished pre-trainings and fine-tunings in {out} are kept; run the same command again "
-        "(same --out) to reuse them: an interrupted pre-training continues from its last "
-        "checkpoint, an interrupted fine-tuning starts over"
+        "(same --out) to reuse them: an interrupted pre-training or fine-tuning continues from "
+        "its last checkpoint"
     )
     with _on_interrupt(lambda: hint):
         run_methods_benchmark(config, out, log=_log)

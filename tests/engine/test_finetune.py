@@ -173,3 +173,167 @@ def test_training_tensors_of_the_wrong_shape_are_named():
         finetune(model, (images[0], masks), (images, masks), config, pretrained=False)
     with pytest.raises(LocaldiscError, match="fine-tuning val: .* differ in number or size"):
         finetune(model, (images, masks), (images, masks[:1]), config, pretrained=False)
+
+
+# --- checkpoints: stopped by a signal, continued by the same call -----------------------------
+#: frozen 1 + whole network 2 epochs of 2 steps: 6 steps in all.
+RESUMABLE = dict(frozen_epochs=1, epochs=2, steps_per_epoch=2, device="cpu", progress=False)
+
+
+def resumable_run(folder=None, log=None, **changes):
+    """A tiny pre-trained fine-tuning (the same model each time) into ``folder``'s checkpoints."""
+    torch.manual_seed(0)
+    model = Segmenter(size=32)
+    config = FinetuneConfig(**{**RESUMABLE, **changes})
+    train, val = squares(4, seed=1), squares(2, seed=2)
+    return finetune(model, train, val, config, pretrained=True, log=log or (lambda m: None),
+                    checkpoint_dir=folder)  # fmt: skip
+
+
+def signal_at_step(monkeypatch, step: int, signals: list[int]) -> list[int]:
+    """Send ``signals`` to this process in training step ``step`` (counted from 1 over the
+    phases), before its forward pass; returns the steps taken, growing as they run."""
+    import os
+
+    import localdisc.engine.finetune as engine
+
+    real, taken = engine.augment, []
+
+    def augment(*args, **kwargs):
+        taken.append(len(taken) + 1)
+        if taken[-1] == step:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "augment", augment)
+    return taken
+
+
+def same_results(a, b) -> None:
+    for key, value in a.state.items():
+        torch.testing.assert_close(b.state[key], value, rtol=0, atol=0, msg=key)
+    for key, value in a.frozen_state.items():
+        torch.testing.assert_close(b.frozen_state[key], value, rtol=0, atol=0, msg=key)
+    drop = lambda p: {**p.__dict__, "seconds": None}  # noqa: E731
+    assert [drop(p) for p in b.phases] == [drop(p) for p in a.phases]
+
+
+@pytest.fixture(scope="module")
+def straight():
+    return resumable_run()
+
+
+@pytest.mark.parametrize(
+    "step,continues_at",
+    [
+        (1, "frozen encoder epoch 1/1, step 2/2"),  # inside an epoch of the frozen phase
+        (5, "whole network epoch 2/2, step 2/2"),  # inside a later epoch of the next phase
+        (2, "whole network epoch 1/2"),  # the frozen phase's last step: its epoch ends first
+    ],
+)
+def test_a_signal_ends_the_step_checkpoints_it_and_the_same_call_continues_exactly(
+    tmp_path, monkeypatch, straight, step, continues_at
+):
+    import signal
+
+    from localdisc.engine.finetune import checkpoint_position
+
+    taken = signal_at_step(monkeypatch, step, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(tmp_path, checkpoint_seconds=float("inf"))  # checkpoints at a signal only
+    assert len(taken) == step  # the step went on, the next one did not start
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert checkpoint_position(tmp_path) == continues_at
+    monkeypatch.undo()
+    taken = signal_at_step(monkeypatch, 0, [])
+    logged: list[str] = []
+    again = resumable_run(tmp_path, log=logged.append)
+    assert len(taken) == 6 - step  # nothing redone
+    assert logged[0].startswith("continuing the interrupted fine-tuning from its checkpoint")
+    assert logged[0].endswith(continues_at)
+    same_results(straight, again)
+    assert again.earlier_seconds > 0
+
+
+def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
+    import signal
+
+    taken = signal_at_step(monkeypatch, 2, [signal.SIGINT, signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(tmp_path, checkpoint_seconds=float("inf"))
+    assert len(taken) == 2 and not list(tmp_path.iterdir())  # stopped inside step 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_without_a_checkpoint_folder_a_signal_stops_at_once(monkeypatch):
+    import signal
+
+    taken = signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run()
+    assert len(taken) == 2
+
+
+def test_checkpoints_are_written_atomically_every_so_often_and_continued_from(
+    tmp_path, monkeypatch, straight
+):
+    """A write that fails (a full disk, a kill) leaves the previous checkpoint, which the same
+    call continues from; a killed write's temporary folder is ignored."""
+    import localdisc.engine.checkpoint as checkpoint
+    from localdisc.engine.checkpoint import list_checkpoints, verify_checkpoint
+
+    real, written = checkpoint._write_file, []
+
+    def write_file(path, data):
+        written.append(path.name)
+        if written.count("model.safetensors") == 3 and path.name == "optimizer.safetensors":
+            raise OSError("the disk failed")  # in the third checkpoint, after its weights
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_file", write_file)
+    with pytest.raises(OSError, match="the disk failed"):
+        resumable_run(tmp_path, checkpoint_seconds=0)  # at every epoch's end
+    kept = list_checkpoints(tmp_path)
+    assert [p.name for p in kept] == ["step_00000004"]  # the second epoch's, whole
+    verify_checkpoint(kept[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004"]
+    (tmp_path / ".tmp-killed").mkdir()  # what a SIGKILL in a write leaves
+    (tmp_path / ".tmp-killed" / "model.safetensors").write_bytes(b"half")
+    monkeypatch.undo()
+    logged: list[str] = []
+    again = resumable_run(tmp_path, log=logged.append)
+    assert logged[0].endswith("whole network epoch 2/2")
+    same_results(straight, again)
+    # The last epoch's checkpoint, though less than checkpoint_seconds after the one before: a
+    # stop while the caller evaluates the model then retrains nothing.
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000006"]
+    logged.clear()
+    resumable_run(tmp_path, log=logged.append)
+    assert logged[0].endswith("the end of the training")
+
+
+def test_a_checkpoint_of_other_images_or_settings_is_refused_and_a_corrupt_one_redone(
+    tmp_path, monkeypatch, straight
+):
+    import signal
+
+    from localdisc.engine.checkpoint import list_checkpoints
+    from localdisc.errors import CheckpointError
+
+    signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"another fine-tuning \(its settings differ"):
+        resumable_run(tmp_path, lr=2e-3)
+    model, config = Segmenter(size=32), FinetuneConfig(**RESUMABLE)
+    with pytest.raises(CheckpointError, match="its images differ.*delete the folder"):
+        finetune(model, squares(4, seed=3), squares(2, seed=2), config, pretrained=True,
+                 checkpoint_dir=tmp_path)  # fmt: skip
+    # The refusals deleted nothing; a damaged checkpoint is said, dropped and the run redone.
+    assert len(list_checkpoints(tmp_path)) == 1
+    (list_checkpoints(tmp_path)[0] / "model.safetensors").write_bytes(b"damaged")
+    logged: list[str] = []
+    same_results(straight, resumable_run(tmp_path, log=logged.append))
+    assert any("starting the fine-tuning over" in m for m in logged)

@@ -361,12 +361,14 @@ def test_an_out_holding_a_finished_run_is_refused_before_any_training(tmp_path, 
 
 
 def test_an_interrupted_run_is_redone_by_its_own_command_only(tmp_path):
-    """Fine-tuning keeps no checkpoint: the CLI says to run the same command again after an
-    interruption (and `benchmark transfer` redoes a run without metrics.json), so an
-    interrupted run with the same settings is replaced; with other settings it is refused."""
+    """The CLI says to run the same command again after an interruption (and `benchmark
+    transfer` reruns a run without metrics.json): an interrupted run with the same settings
+    and no checkpoint (stopped before its first one, or by an older version) is redone,
+    replacing its outputs; with other settings it is refused."""
     out = tmp_path / "ft"
     run_transfer(tiny("synthetic_fundus:4"), out, log=lambda m: None)
-    (out / "metrics.json").unlink()  # interrupted while predicting
+    assert not (out / "checkpoint").exists()  # deleted once metrics.json is written
+    (out / "metrics.json").unlink()  # interrupted while predicting, before checkpoints were kept
     stale = out / "predictions" / "other_image_mask.png"
     stale.write_bytes(b"not of this run")
     (out / "notes.txt").write_text("mine")
@@ -378,15 +380,68 @@ def test_an_interrupted_run_is_redone_by_its_own_command_only(tmp_path):
     # Another device is the same run; a relative record (as saved before) is the same too.
     saved = json.loads((out / "config.json").read_text())
     saved["transfer"]["train"]["device"] = "cuda"
+    del saved["transfer"]["train"]["checkpoint_seconds"]  # as an older version wrote it
     (out / "config.json").write_text(json.dumps(saved))
     logged: list[str] = []
     metrics = run_transfer(tiny("synthetic_fundus:4"), out, log=logged.append)
-    assert any("interrupted fine-tuning with the same settings" in m for m in logged)
+    assert any(
+        "interrupted fine-tuning with the same settings; it kept no checkpoint: redoing it" in m
+        for m in logged
+    )
     assert (out / "metrics.json").is_file() and not stale.exists()
     assert (out / "notes.txt").read_text() == "mine"  # only the run's own outputs go
     assert sorted(p.name for p in (out / "predictions").iterdir()) == sorted(
         f"{row['image']}_{kind}.png" for row in metrics["per_image"] for kind in ("mask", "prob")
     )
+
+
+def test_an_interrupted_finetuning_continues_from_its_checkpoint_to_the_same_results(
+    tmp_path, monkeypatch
+):
+    """A stopped fine-tuning was redone from epoch 1 by the same command (hours at 512 px on a
+    CPU): it now continues from the checkpoint written at the signal, to the same results."""
+    import os
+    import signal
+
+    import localdisc.engine.finetune as engine
+
+    data = str(folder_set(tmp_path / "data", n=4))  # 64 x 64 files: quicker than generated
+    config = tiny(data, frozen_epochs=0, epochs=3, steps_per_epoch=2)
+    straight = run_transfer(config, tmp_path / "straight", log=lambda m: None)
+    real, taken = engine.augment, []
+
+    def augment(*args, **kwargs):
+        taken.append(1)
+        if len(taken) == 3:  # epoch 2, step 1: a Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "augment", augment)
+    out = tmp_path / "ft"
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(config, out, log=lambda m: None)
+    assert len(taken) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json"]
+    monkeypatch.undo()
+    other = tiny(data, frozen_epochs=0, epochs=4, steps_per_epoch=2)
+    with pytest.raises(LocaldiscError, match=r"interrupted .*train.epochs: 3 there, 4 now"):
+        run_transfer(other, out, log=lambda m: None)
+    logged: list[str] = []
+    metrics = run_transfer(config, out, log=logged.append)
+    assert "interrupted fine-tuning with the same settings" in logged[0]
+    assert any(
+        m.startswith("continuing the interrupted fine-tuning from its checkpoint")
+        and m.endswith(": from scratch epoch 2/3, step 2/2")
+        for m in logged
+    )
+    assert not (out / "checkpoint").exists()
+    drop = lambda m: {k: v for k, v in m.items() if k not in ("seconds", "phases")}  # noqa: E731
+    assert drop(metrics) == drop(straight)
+    assert [{**p, "seconds": 0} for p in metrics["phases"]] == [
+        {**p, "seconds": 0} for p in straight["phases"]
+    ]
+    for name in ("model.safetensors", "history.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
 
 
 def test_an_ld_run_is_not_written_over(tmp_path):

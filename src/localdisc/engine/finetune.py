@@ -6,15 +6,27 @@ pre-trained encoder, ``frozen_epochs`` with the encoder frozen (its batch norm i
 training. After every epoch the model is scored on the validation images (mean per-image Dice at
 0.5) and the best one is kept. Images and masks live in memory as tensors; augmentation (flips,
 rotation) runs on the training device.
+
+Given a ``checkpoint_dir``, :func:`finetune` can be stopped and continued exactly: at the end of
+an epoch, at most every ``checkpoint_seconds`` (and after the last one), it writes a checkpoint
+there (engine.checkpoint's format, the newest only: weights, best weights, Adam's state, the
+sampler's state, the phases so far); the first SIGINT or SIGTERM ends the step, writes one at that
+step and stops (engine.stop); and a call with the same settings and images continues from the
+newest one, ending with the weights and histories of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +34,18 @@ from monai.losses import DiceLoss
 from torch import Tensor
 
 from localdisc.data.views import normalize
+from localdisc.engine.checkpoint import (
+    list_checkpoints,
+    load_latest_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+)
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
-from localdisc.errors import LocaldiscError
+from localdisc.engine.stop import GracefulStop
+from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.models.segmenter import Segmenter
 
 #: A phase as the progress bar and the log name it (``PhaseResult.name``, history.csv's phase,
@@ -34,6 +54,10 @@ PHASE_LABELS = {"frozen": "frozen encoder", "finetune": "whole network", "scratc
 
 #: Rotation range (degrees, U(-r, r)) and flips of the paper's augmentation per modality.
 AUGMENTATION = {"fundus": (180.0, True), "xray": (30.0, False)}
+
+#: :class:`FinetuneConfig` fields that change how a run goes, not its result: not among the
+#: settings a checkpoint (or ``localdisc finetune``'s record, tasks.transfer.protocol) must match.
+RUNTIME_FIELDS = ("device", "progress", "checkpoint_seconds")
 
 
 @dataclass
@@ -53,6 +77,11 @@ class FinetuneConfig:
     amp: bool = True  # bf16 autocast where it pays: CUDA, CPUs with bf16 (engine.precision)
     device: str = "auto"
     progress: bool = True
+    # With a checkpoint folder: seconds between checkpoints, written at the end of an epoch.
+    # A checkpoint is about 5 copies of the weights (some 25 MB, well under a second to write):
+    # every minute costs nothing measurable, while fast (GPU) epochs do not write each time, and
+    # a SIGKILL or a crash, which no checkpoint follows, loses about a minute and one epoch.
+    checkpoint_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +94,8 @@ class FinetuneConfig:
         # NaN passes `lr <= 0` and inf too: both diverge, then evaluation fails far from here.
         if not (math.isfinite(self.lr) and self.lr > 0):
             problems.append(f"lr must be > 0 and finite, not {self.lr}")
+        if not self.checkpoint_seconds >= 0:  # NaN too
+            problems.append(f"checkpoint_seconds must be >= 0, not {self.checkpoint_seconds}")
         if problems:
             raise LocaldiscError("invalid fine-tuning config: " + "; ".join(problems))
 
@@ -88,6 +119,9 @@ class FinetuneResult:
     state: dict[str, Tensor]
     frozen_state: dict[str, Tensor] | None
     phases: list[PhaseResult]
+    # Seconds that interrupted runs spent on this fine-tuning before the checkpoint it continued
+    # from (0 without one); the phases' ``seconds`` include them.
+    earlier_seconds: float = 0.0
 
 
 def augment(
@@ -161,21 +195,153 @@ def _epoch_batches(n: int, config: FinetuneConfig, generator: torch.Generator) -
     return list(torch.cat(passes)[:need].split(config.batch))
 
 
-def _phase(
-    model: Segmenter,
-    name: str,
-    epochs: int,
+@dataclass
+class _Start:
+    """Where a phase starts: epoch and step, and what a checkpoint kept of the phase so far."""
+
+    epoch: int = 1
+    step: int = 0  # steps of ``epoch`` done
+    batches: list[Tensor] = field(default_factory=list)  # ``epoch``'s, when ``step`` > 0
+    losses: list[float] = field(default_factory=list)  # of its steps done
+    best: dict[str, Tensor] | None = None
+    optimizer: dict[str, Any] | None = None
+    result: PhaseResult | None = None
+
+
+@dataclass
+class _Run:
+    """What a fine-tuning keeps across its phases, and its checkpoints (without a ``folder``,
+    none: :meth:`save` does nothing and no signal is deferred)."""
+
+    model: Segmenter
+    train: tuple[Tensor, Tensor]
+    val: tuple[Tensor, Tensor]
+    config: FinetuneConfig
+    generator: torch.Generator
+    plan: list[tuple[str, int]]
+    folder: Path | None
+    # What a checkpoint must match to be continued: settings, phases, images (:func:`_record`).
+    record: dict[str, Any] = field(default_factory=dict)
+    phase: int = 0  # the plan's phase in progress
+    phases: list[PhaseResult] = field(default_factory=list)  # the finished ones
+    frozen_state: dict[str, Tensor] | None = None
+    stop: GracefulStop = field(default_factory=GracefulStop)
+    last_save: float = field(default_factory=time.monotonic)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.config.steps_per_epoch or -(-self.train[0].shape[0] // self.config.batch)
+
+    def due(self) -> bool:
+        """Whether an epoch's end should write a checkpoint (``checkpoint_seconds`` passed)."""
+        return time.monotonic() - self.last_save >= self.config.checkpoint_seconds
+
+    def save(
+        self,
+        epoch: int,
+        step: int,
+        batches: list[Tensor],
+        losses: list[float],
+        best: dict[str, Tensor],
+        optimizer: torch.optim.Optimizer,
+        result: PhaseResult,
+    ) -> None:
+        """Checkpoint the phase in progress, to continue at ``step`` of ``epoch``."""
+        if self.folder is None:
+            return
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+        tensors = {
+            "model": self.model.state_dict(), "best": best, "optimizer": opt_tensors,
+            "rng": {"generator": self.generator.get_state()},
+        }  # fmt: skip
+        if self.frozen_state is not None:
+            tensors["frozen"] = self.frozen_state
+        state = {
+            # save_checkpoint adds "step", the steps taken in all (the folder's name).
+            "finetune": self.record, "phase": self.phase, "epoch": epoch, "epoch_step": step,
+            "steps_per_epoch": self.steps_per_epoch, "batches": [b.tolist() for b in batches],
+            "losses": losses, "optimizer": opt_meta, "current": asdict(result),
+            "phases": [asdict(p) for p in self.phases],
+        }  # fmt: skip
+        # Named by the steps taken, so that the newest is the last (save_checkpoint keeps it).
+        epochs_before = sum(e for _, e in self.plan[: self.phase])
+        steps = (epochs_before + epoch - 1) * self.steps_per_epoch + step
+        save_checkpoint(self.folder, steps, tensors, state, keep=1)
+        self.last_save = time.monotonic()
+
+    def load(self, log: Callable[[str], None]) -> _Start | None:
+        """Restore the newest checkpoint; the phase to continue starts where it says (None
+        without one: a corrupt one is said and removed, and the fine-tuning starts over)."""
+        if self.folder is None:
+            return None
+        try:
+            loaded = load_latest_checkpoint(self.folder, warn=log)
+        except CheckpointError as exc:  # every one corrupt: nothing to continue from
+            log(f"{exc}; starting the fine-tuning over")
+            loaded = None
+        if loaded is None:
+            for stale in list_checkpoints(self.folder):  # or it would stay "the newest"
+                shutil.rmtree(stale, ignore_errors=True)
+            return None
+        state, tensors = loaded
+        saved = state.get("finetune") or {}
+        differ = [k for k in self.record if saved.get(k) != self.record[k]]
+        if differ:
+            raise CheckpointError(
+                f"{self.folder}: a checkpoint of another fine-tuning (its "
+                f"{' and '.join(differ)} differ from this one's); delete the folder to start over"
+            )
+        log(f"continuing the interrupted fine-tuning from its checkpoint ({self.folder}): "
+            f"{_position(state)}")  # fmt: skip
+        self.model.load_state_dict(tensors["model"])
+        self.generator.set_state(tensors["rng"]["generator"])
+        self.frozen_state = tensors.get("frozen")
+        self.phases = [PhaseResult(**p) for p in state["phases"]]
+        self.phase = state["phase"]
+        return _Start(
+            epoch=state["epoch"],
+            step=state["epoch_step"],
+            batches=[torch.tensor(b, dtype=torch.long) for b in state["batches"]],
+            losses=state["losses"],
+            best=tensors["best"],
+            optimizer=optimizer_from_flat(tensors["optimizer"], state["optimizer"]),
+            result=PhaseResult(**state["current"]),
+        )
+
+
+def _record(
+    config: FinetuneConfig,
+    plan: list[tuple[str, int]],
     train: tuple[Tensor, Tensor],
     val: tuple[Tensor, Tensor],
-    config: FinetuneConfig,
-    generator: torch.Generator,
+) -> dict[str, Any]:
+    """What a checkpoint must match to be continued, as JSON reads it back: the settings that
+    change the result, the phases and a hash of the training and validation tensors."""
+    digest = hashlib.sha256()
+    for tensor in (*train, *val):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy())
+    settings = {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS}
+    record = {"settings": settings, "phases": plan, "images": digest.hexdigest()}
+    return json.loads(json.dumps(record))
+
+
+def _phase(
+    run: _Run,
+    name: str,
+    epochs: int,
     progress: Callable[[str, int, dict[str, float]], None],
+    start: _Start | None = None,
 ) -> tuple[dict[str, Tensor], PhaseResult]:
+    model, config, generator = run.model, run.config, run.generator
+    start = start or _Start()
     device = next(model.parameters()).device
     frozen = name == "frozen"
     model.encoder.requires_grad_(not frozen)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
+    if start.optimizer is not None:
+        optimizer.load_state_dict(start.optimizer)
     # Soft Dice of METHOD.md 4, -2 sum(y p) / (sum y + sum p + 1), over the whole batch: MONAI's
     # DiceLoss with these smoothing terms is 1 plus it (same gradient).
     loss_fn = DiceLoss(sigmoid=True, batch=True, smooth_nr=0.0, smooth_dr=1.0)
@@ -184,17 +350,27 @@ def _phase(
     rotation = rotation if config.rotation is None else config.rotation
     flips = flips if config.flips is None else config.flips
 
-    images, masks = train
+    images, masks = run.train
     n = images.shape[0]
-    best_state = copy.deepcopy(model.state_dict())
-    result = PhaseResult(name, epochs, 0, -1.0, 0.0)
+    best_state = copy.deepcopy(model.state_dict()) if start.best is None else start.best
+    result = start.result or PhaseResult(name, epochs, 0, -1.0, 0.0)
+    seconds_before = result.seconds  # spent on the phase by interrupted runs
     t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+
+    def save(epoch: int, step: int, batches: list[Tensor], losses: list[float]) -> None:
+        result.seconds = seconds_before + time.perf_counter() - t0
+        run.save(epoch, step, batches, losses, best_state, optimizer, result)
+
+    last_phase = run.phase == len(run.plan) - 1
+    for epoch in range(start.epoch, epochs + 1):
         model.train()
         if frozen:  # frozen encoder: its batch-norm statistics stay those of pre-training
             model.encoder.eval()
-        losses = []
-        for idx in _epoch_batches(n, config, generator):
+        resumed = epoch == start.epoch and start.step > 0  # inside the epoch it stopped in
+        batches = start.batches if resumed else _epoch_batches(n, config, generator)
+        losses = list(start.losses) if resumed else []
+        for step in range(start.step if resumed else 0, len(batches)):
+            idx = batches[step]
             x, y = augment(
                 images[idx].to(device),
                 masks[idx].to(device),
@@ -209,14 +385,25 @@ def _phase(
             loss.backward()
             optimizer.step()
             losses.append(loss.item() - 1.0)  # report the paper's value
-        val_dice = mean_dice(predict_batch(model, val[0], config.batch, config.amp), val[1])
+            # A signal: stop after this step (an epoch at 512 px on a CPU takes minutes). After
+            # the epoch's last step, its validation and checkpoint come first, below.
+            if run.stop.signum is not None and step + 1 < len(batches):
+                save(epoch, step + 1, batches, losses)
+                run.stop.stop(run.stop.signum)
+        val_dice = mean_dice(predict_batch(model, run.val[0], config.batch, config.amp), run.val[1])
         row = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_dice": val_dice}
         result.history.append(row)
         if val_dice > result.best_val_dice:
             result.best_val_dice, result.best_epoch = val_dice, epoch
             best_state = copy.deepcopy(model.state_dict())
         progress(name, epoch, row)
-    result.seconds = time.perf_counter() - t0
+        signum = run.stop.signum
+        # After the last epoch too: stopped while the caller evaluates, nothing is retrained.
+        if signum is not None or run.due() or (last_phase and epoch == epochs):
+            save(epoch + 1, 0, [], [])
+        if signum is not None:
+            run.stop.stop(signum)
+    result.seconds = seconds_before + time.perf_counter() - t0
     model.encoder.requires_grad_(True)
     return best_state, result
 
@@ -245,6 +432,43 @@ def _training_pair(pair: tuple[Tensor, Tensor], name: str) -> tuple[Tensor, Tens
     return images.float(), masks.float()
 
 
+def training_plan(config: FinetuneConfig, pretrained: bool) -> list[tuple[str, int]]:
+    """The phases and their epochs: ``frozen`` then ``finetune`` from a pre-trained encoder,
+    else ``scratch``; phases of 0 epochs left out, and none at all refused."""
+    plan = [("frozen", config.frozen_epochs), ("finetune", config.epochs)]
+    if not pretrained:
+        plan = [("scratch", config.epochs)]
+    plan = [(name, epochs) for name, epochs in plan if epochs > 0]
+    if not plan:
+        raise LocaldiscError("nothing to train: every phase has 0 epochs")
+    return plan
+
+
+def _position(state: dict[str, Any]) -> str:
+    """Where the fine-tuning of a checkpoint's ``state`` continues, in words."""
+    plan = state["finetune"]["phases"]
+    phase, epoch, step = state["phase"], state["epoch"], state["epoch_step"]
+    name, epochs = plan[phase]
+    if epoch > epochs:  # the phase is done: on to the next one, if any
+        if phase + 1 == len(plan):
+            return "the end of the training"
+        (name, epochs), epoch = plan[phase + 1], 1
+    text = f"{PHASE_LABELS[name]} epoch {epoch}/{epochs}"
+    return text + (f", step {step + 1}/{state['steps_per_epoch']}" if step else "")
+
+
+def checkpoint_position(checkpoint_dir: str | Path) -> str | None:
+    """Where a fine-tuning continues from the newest checkpoint in ``checkpoint_dir`` ("whole
+    network epoch 37/100"), or None where there is none (or it cannot be read)."""
+    kept = list_checkpoints(checkpoint_dir)
+    if not kept:
+        return None
+    try:
+        return _position(json.loads((kept[-1] / "state.json").read_text()))
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
+
+
 def finetune(
     model: Segmenter,
     train: tuple[Tensor, Tensor],
@@ -253,47 +477,65 @@ def finetune(
     *,
     pretrained: bool,
     log: Callable[[str], None] = print,
+    checkpoint_dir: str | Path | None = None,
 ) -> FinetuneResult:
     """Train ``model`` on ``train`` = (images ``[N, C, S, S]`` in [0, 1], masks ``[N, 1, S, S]``).
 
     With ``pretrained`` the frozen phase runs first and the fine-tuning phase starts from its best
     model; otherwise one ``scratch`` phase of ``config.epochs``. ``model`` ends holding the best
     weights, which are also returned.
+
+    With ``checkpoint_dir`` (see the module docstring) the run continues from the newest
+    checkpoint there, if any, and the first SIGINT/SIGTERM writes one and raises
+    KeyboardInterrupt (a second one stops at once). A checkpoint of other settings or images
+    raises :class:`~localdisc.errors.CheckpointError`; ``model`` must be built as before (its
+    weights are the checkpoint's).
     """
     train, val = _training_pair(train, "train"), _training_pair(val, "val")
     if train[0].shape[0] == 0 or val[0].shape[0] == 0:
         raise LocaldiscError("fine-tuning needs at least one training and one validation image")
+    plan = training_plan(config, pretrained)
     device = resolve_device(config.device)
     model.to(device)
     model.to(memory_format=torch.channels_last)  # faster on GPUs and oneDNN CPUs
     generator = torch.Generator().manual_seed(config.seed)
-    plan = [("frozen", config.frozen_epochs), ("finetune", config.epochs)]
-    if not pretrained:
-        plan = [("scratch", config.epochs)]
-    plan = [(name, epochs) for name, epochs in plan if epochs > 0]
-    if not plan:
-        raise LocaldiscError("nothing to train: every phase has 0 epochs")
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+    run = _Run(model, train, val, config, generator, plan, folder)
+    if folder is not None:
+        run.record = _record(config, plan, train, val)
+    start = run.load(log)
+    current = start.result if start is not None else None  # the phase stopped in, as far as done
+    earlier = sum(p.seconds for p in run.phases) + (current.seconds if current else 0.0)
 
-    done = 0  # epochs of the phases before
+    done = sum(e for _, e in plan[: run.phase])  # epochs of the phases before
 
     def progress(name: str, epoch: int, row: dict[str, float]) -> None:
         # The loss is minus the soft Dice (METHOD.md 4): shown as the soft Dice, not "loss -0.14".
         shown = f"train soft Dice {-row['loss']:.4f}, val Dice {row['val_dice']:.4f}"
         bar.update(done + epoch, PHASE_LABELS[name], shown)
 
-    phases: list[PhaseResult] = []
-    frozen_state = None
     epochs_in_all = sum(e for _, e in plan)
-    with ProgressBar(epochs_in_all, 0, config.progress, "finetune", unit="epoch") as bar:
-        for name, epochs in plan:
-            state, result = _phase(model, name, epochs, train, val, config, generator, progress)
-            done += epochs
-            model.load_state_dict(state)
-            phases.append(result)
-            if name == "frozen":
-                frozen_state = state
-            log(
-                f"{PHASE_LABELS[name]}: best validation Dice {result.best_val_dice:.4f} at epoch "
-                f"{result.best_epoch}/{epochs} ({result.seconds:.0f} s)"
-            )
-    return FinetuneResult(model.state_dict(), frozen_state, phases)
+    first = done + (start.epoch - 1 if start else 0)
+    with ProgressBar(epochs_in_all, first, config.progress, "finetune", unit="epoch") as bar:
+        if folder is not None:  # a stop then writes a checkpoint first (engine/stop.py)
+            run.stop.install()
+        try:
+            for index in range(run.phase, len(plan)):
+                name, epochs = plan[index]
+                run.phase = index
+                state, result = _phase(run, name, epochs, progress, start)
+                start = None
+                done += epochs
+                model.load_state_dict(state)
+                run.phases.append(result)
+                if name == "frozen":
+                    run.frozen_state = state
+                log(
+                    f"{PHASE_LABELS[name]}: best validation Dice {result.best_val_dice:.4f} at "
+                    f"epoch {result.best_epoch}/{epochs} ({result.seconds:.0f} s)"
+                )
+            if run.stop.signum is not None:  # after the last check: the checkpoint is written
+                run.stop.stop(run.stop.signum)
+        finally:
+            run.stop.restore()
+    return FinetuneResult(model.state_dict(), run.frozen_state, run.phases, earlier)

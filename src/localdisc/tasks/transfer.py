@@ -23,9 +23,11 @@ Its output folder holds ``model.safetensors`` + ``config.json`` (loadable by ``l
 predict``), ``metrics.json``, ``history.csv``, ``predictions/`` and ``figures/overlay.png``. The
 test images are segmented in float32 exactly as ``localdisc predict`` segments them (training and
 validation may run in bf16 autocast), so ``metrics.json`` describes what that command outputs.
-A folder that holds another run's outputs is refused (nothing is deleted), except an interrupted
-run with the same settings (``config.json`` without ``metrics.json``): fine-tuning keeps no
-checkpoint, so running the same command again redoes it, replacing its outputs.
+``config.json`` is written before the training, and ``checkpoint/`` during it (see
+:mod:`localdisc.engine.finetune`; deleted once ``metrics.json`` is written). A folder that holds
+another run's outputs is refused (nothing is deleted), except an interrupted run with the same
+settings (``config.json`` without ``metrics.json``): running the same command again continues it
+from its checkpoint, or redoes it where it has none, replacing its outputs.
 """
 
 from __future__ import annotations
@@ -58,7 +60,13 @@ from localdisc.data.io import write_png
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.checkpoint import atomic_write_text
-from localdisc.engine.finetune import FinetuneConfig, finetune
+from localdisc.engine.finetune import (
+    RUNTIME_FIELDS,
+    FinetuneConfig,
+    checkpoint_position,
+    finetune,
+    training_plan,
+)
 from localdisc.errors import DatasetError, LocaldiscError
 from localdisc.eval.metrics import summarize
 from localdisc.eval.report import jsonable
@@ -72,10 +80,12 @@ TUBULAR_TARGETS = frozenset({"vessels"})
 MIN_LABELS_FOR_HOLDOUT = 5
 #: The fraction of a split-less set's (a folder's) labelled images held out for testing.
 FOLDER_TEST_FRACTION = 0.2
+#: The fine-tuning's checkpoint folder in an output folder, while the run is unfinished.
+CHECKPOINT = "checkpoint"
 #: What :func:`run_transfer` writes in its output folder (``config.json`` first, ``metrics.json``
 #: last: a folder with the first and without the last holds an interrupted run).
 OUTPUTS = (
-    "config.json", "model.safetensors", "history.csv", "predictions", "metrics.json",
+    "config.json", CHECKPOINT, "model.safetensors", "history.csv", "predictions", "metrics.json",
     "figures/overlay.png",
 )  # fmt: skip
 #: The U-Net pools four times: sides must divide by 16. At 16 px the bottleneck is 1 x 1, and
@@ -129,10 +139,11 @@ def absolute_init(init: str) -> str:
 def protocol(transfer: dict[str, Any]) -> dict[str, Any]:
     """What defines a run's result, from a ``config.json``'s ``transfer`` section (or
     :func:`dataclasses.asdict` of a :class:`TransferConfig`): not where or how visibly it ran
-    (``device``, ``progress``), and paths made absolute as :class:`TransferConfig` makes them,
+    (``device``, ``progress``, ``checkpoint_seconds``: finetune.RUNTIME_FIELDS, absent from older
+    records), and paths made absolute as :class:`TransferConfig` makes them,
     so a record written with relative paths (before they were saved absolute) still compares
     equal from the working directory it ran in."""
-    train = {k: v for k, v in transfer.get("train", {}).items() if k not in ("device", "progress")}
+    train = {k: v for k, v in transfer.get("train", {}).items() if k not in RUNTIME_FIELDS}
     out = {**transfer, "train": train}
     if isinstance(out.get("dataset"), str):
         out["dataset"] = absolute_data_spec(out["dataset"])
@@ -365,8 +376,9 @@ def _differences(saved: dict[str, Any], given: dict[str, Any], prefix: str = "")
 
 def _check_out_dir(out_dir: Path, config: TransferConfig) -> bool:
     """Raise unless ``out_dir`` is free for this run; ``True`` when it holds an interrupted run
-    with the same settings, whose outputs the run replaces (running the same command again is
-    how an interrupted fine-tuning is redone: it keeps no checkpoint to resume from).
+    with the same settings, which the run continues from its checkpoint (or redoes without one),
+    replacing its outputs: running the same command again is how an interrupted fine-tuning
+    goes on.
 
     A finished run (``metrics.json``), an interrupted one with other settings and another
     command's outputs (an LD run's ``model.safetensors``) are refused, nothing deleted: writing
@@ -402,10 +414,13 @@ def _check_out_dir(out_dir: Path, config: TransferConfig) -> bool:
     return True
 
 
-def _clear_outputs(out_dir: Path) -> None:
-    """Delete what :func:`run_transfer` writes (:data:`OUTPUTS`), nothing else of the folder."""
+def _clear_outputs(out_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete what :func:`run_transfer` writes (:data:`OUTPUTS`) but ``keep``, nothing else of
+    the folder."""
     for name in OUTPUTS:
         path = out_dir / name
+        if name in keep:
+            continue
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -417,9 +432,11 @@ def run_transfer(
 ) -> dict[str, Any]:
     """Fine-tune and evaluate as described in the module docstring; returns ``metrics.json``."""
     out_dir = Path(out_dir)
-    redo = _check_out_dir(out_dir, config)
-    if redo:
-        log(f"{out_dir}: an interrupted fine-tuning with the same settings; running it again")
+    interrupted = _check_out_dir(out_dir, config)
+    checkpoint_dir = out_dir / CHECKPOINT
+    if interrupted:  # with a checkpoint, finetune() says where it continues
+        redo = "" if checkpoint_position(checkpoint_dir) else "; it kept no checkpoint: redoing it"
+        log(f"{out_dir}: an interrupted fine-tuning with the same settings{redo}")
     t0 = time.perf_counter()
     train_set, test_set, self_split = _open_splits(config)
     target = _resolve_target(train_set, config.target)
@@ -468,22 +485,8 @@ def run_transfer(
     model, pretrained = build_model(config.init, train_set.modality, config.size)
     train = _tensors(train_set, train_idx, target, config.size)
     val = _tensors(train_set, val_idx, target, config.size)
-    result = finetune(model, train, val, config.train, pretrained=pretrained, log=log)
-    # Back to the layout a loaded model has, so that evaluating here computes exactly what
-    # `localdisc predict` will with the saved weights (channels_last may round differently).
-    model.to(memory_format=torch.contiguous_format)
-
-    # Batch-norm statistics over the training split's images (labels unused); a folder's held-out
-    # test images are not among them.
-    bn_idx = pool
-    trained = copy.deepcopy(model.state_dict())
-    recalibrate_batch_norm(model, _tensors(train_set, bn_idx, None, config.size)[0])
-    recalibrated = copy.deepcopy(model.state_dict())
-    kept, other_key, other_state = (trained, "recalibrated", recalibrated)
-    if config.recalibrate_bn:
-        kept, other_key, other_state = (recalibrated, "as_trained", trained)
-    model.load_state_dict(kept)
-
+    training_plan(config.train, pretrained)  # "nothing to train" before config.json is written
+    bn_idx = pool  # batch norm is recalibrated over the training split (see below)
     meta = {
         "transfer": asdict(config),
         "data": {
@@ -497,8 +500,30 @@ def run_transfer(
             **({"test_split": split_note} if split_note else {}),
         },
     }
-    if redo:  # the interrupted run's outputs, predictions of other images among them maybe
-        _clear_outputs(out_dir)
+    if interrupted:  # its outputs (predictions of other images maybe) but what goes on from
+        _clear_outputs(out_dir, keep=("config.json", CHECKPOINT))
+    # Written first, as the record of the run in progress (the model's config, for `predict`,
+    # once model.safetensors is there): an interrupted run is recognised by its settings.
+    record = json.dumps({**meta, "segmenter": asdict(model.config)}, indent=2)
+    atomic_write_text(out_dir / "config.json", record)
+    result = finetune(
+        model, train, val, config.train, pretrained=pretrained, log=log,
+        checkpoint_dir=checkpoint_dir,
+    )  # fmt: skip
+    # Back to the layout a loaded model has, so that evaluating here computes exactly what
+    # `localdisc predict` will with the saved weights (channels_last may round differently).
+    model.to(memory_format=torch.contiguous_format)
+
+    # Batch-norm statistics over the training split's images (labels unused); a folder's held-out
+    # test images are not among them.
+    trained = copy.deepcopy(model.state_dict())
+    recalibrate_batch_norm(model, _tensors(train_set, bn_idx, None, config.size)[0])
+    recalibrated = copy.deepcopy(model.state_dict())
+    kept, other_key, other_state = (trained, "recalibrated", recalibrated)
+    if config.recalibrate_bn:
+        kept, other_key, other_state = (recalibrated, "as_trained", trained)
+    model.load_state_dict(kept)
+
     model.save(out_dir, meta)
     atomic_write_text(out_dir / "history.csv", _history_csv(result.phases))
 
@@ -531,8 +556,12 @@ def run_transfer(
     if result.frozen_state is not None:  # the frozen-encoder model, as the paper also reports
         metrics["frozen"] = _evaluate_state(model, result.frozen_state, test_set, test_idx, target)
     metrics[other_key] = _evaluate_state(model, other_state, test_set, test_idx, target)
-    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    # With the time interrupted runs spent on the fine-tuning (their data loading aside).
+    metrics["seconds"] = round(time.perf_counter() - t0 + result.earlier_seconds, 1)
     atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
+    # Finished: model.safetensors is the result, and a checkpoint (some 5 copies of the weights,
+    # per run of a benchmark) could only continue a run that metrics.json marks as done.
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     from localdisc.eval.figures import overlay_figure
 
