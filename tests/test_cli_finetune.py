@@ -29,3 +29,57 @@ def test_finetuning_on_jsrt_without_scr_masks_says_they_are_needed(tmp_path: Pat
         assert "no masks for target 'lung' (available: none)" in message
         assert "no SCR masks found" in message
         assert not (tmp_path / "ft").exists()
+
+
+def _folder(root: Path, n: int) -> Path:
+    """``n`` 64 x 64 synthetic X-rays with lung masks in masks/ (a folder set: no test split)."""
+    from localdisc.data.synthetic import synthetic_xray
+
+    for i in range(n):
+        s = synthetic_xray(64, seed=i)
+        save(root / f"case{i}.png", (s.image[..., 0] * 255).astype(np.uint8))
+        save(root / "masks" / f"case{i}.png", (s.lungs * 255).astype(np.uint8))
+    return root
+
+
+def test_finetune_with_test_fraction_0_trains_on_every_image_for_predict(tmp_path: Path) -> None:
+    """12 labelled images and a model wanted for new ones: 20% were always held out."""
+    import json
+
+    data = _folder(tmp_path / "data", 6)
+    out = tmp_path / "ft"
+    args = ["finetune", "--dataset", f"folder:{data}", "--test-fraction", "0", "--epochs", "1",
+            "--size", "32", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert (
+        "no test split (--test-fraction 0): 6 labelled image(s) trained on, none tested" in output
+    )
+    assert "validation Dice" in output and "localdisc predict --model" in output
+    saved = json.loads((out / "config.json").read_text())["data"]
+    assert set(saved["train_images"]) | set(saved["val_images"]) == {f"case{i}" for i in range(6)}
+    assert "summary" not in json.loads((out / "metrics.json").read_text())
+
+    new = save(tmp_path / "new" / "unlabelled.png", np.full((48, 40), 90, np.uint8))
+    args = ["predict", "--model", str(out), "--images", str(new.parent),
+            "--out", str(tmp_path / "pred"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pred" / "unlabelled_mask.png").is_file()
+
+
+def test_finetune_test_fraction_is_refused_for_a_set_with_its_own_test_split(
+    tmp_path: Path,
+) -> None:
+    from localdisc.errors import LocaldiscError
+
+    args = ["finetune", "--dataset", "synthetic_fundus:4", "--test-fraction", "0.3",
+            "--size", "32", "--device", "cpu", "--out", str(tmp_path / "ft")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, LocaldiscError)
+    assert "synthetic_fundus:4 has its own test split" in str(result.exception)
+    assert "--test-fraction 0.3 is only for a set without one" in str(result.exception)
+    assert not (tmp_path / "ft").exists()
+    result = CliRunner().invoke(app, [*args[:4], "1", *args[5:]])
+    assert "--test-fraction must be in [0, 1)" in str(result.exception)

@@ -458,9 +458,9 @@ def finetune(
     dataset: str = typer.Option(
         ...,
         "--dataset",
-        help="Labelled data: NAME:ROOT or a folder (a folder has no test split: 20% of its "
-        "images, chosen by file name, are held out for testing, the same for every --labels and "
-        "--seed).",
+        help="Labelled data: NAME:ROOT or a folder (a folder has no test split: --test-fraction "
+        "of its images, chosen by file name, are held out for testing, the same for every "
+        "--labels and --seed).",
     ),
     out: Path = typer.Option(
         ...,
@@ -477,6 +477,12 @@ def finetune(
         "all",
         help="Labelled images: N, a fraction in (0, 1), or all, of the training split (of a "
         "folder: the images not held out for testing).",
+    ),
+    test_fraction: float = typer.Option(
+        0.2,
+        help="Of a set without a test split (a folder): the fraction of its images held out for "
+        "testing, in [0, 1); 0 holds out none, to train on every labelled image (no test "
+        "metrics then). A set with its own test split refuses another value.",
     ),
     frozen_epochs: int = typer.Option(100, help="Epochs with the pre-trained encoder frozen."),
     epochs: int = typer.Option(100, help="Epochs of full fine-tuning (or from scratch)."),
@@ -503,11 +509,23 @@ def finetune(
         lr=lr, seed=seed, device=device,
     )  # fmt: skip
     config = TransferConfig(
-        dataset, target, init, labels, size, train=train, recalibrate_bn=recalibrate_bn
-    )
+        dataset, target, init, labels, size, train=train, recalibrate_bn=recalibrate_bn,
+        test_fraction=test_fraction,
+    )  # fmt: skip
     # No --resume: the same command continues an interrupted run (its settings are checked).
     with _on_interrupt(lambda: _finetune_hint(out)):
         metrics = run_transfer(config, out, log=_log)
+    if "summary" not in metrics:  # --test-fraction 0: trained on every image, nothing tested
+        dice, validation = metrics["phases"][-1]["best_val_dice"], metrics["validation"]
+        console.print(
+            f"[bold green]no test split[/] (--test-fraction 0): {metrics['labels']} labelled "
+            f"image(s) trained on, none tested; validation Dice {dice:.4f} ({validation})"
+        )
+        console.print(
+            f"model in [bold]{_path(out)}[/] (segment new images with `localdisc predict --model "
+            f"{_path(out)}`; metrics.json, history.csv)"
+        )
+        return
     summary = metrics["summary"]
     shown = ", ".join(
         f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items() if v["n"]

@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -43,9 +44,11 @@ def test_split_is_seeded_nested_and_holds_out_a_fifth():
     assert set(two) <= set(train + val)
 
 
-def tiny(dataset: str, init: str = "random", **train) -> TransferConfig:
+def tiny(dataset: str, init: str = "random", test_fraction: float = 0.2, **train) -> TransferConfig:
     schedule = FinetuneConfig(**{"frozen_epochs": 1, "epochs": 1, **QUIET, **train})
-    return TransferConfig(dataset, None, init, "2", 32, max_test=2, train=schedule)
+    return TransferConfig(
+        dataset, None, init, "2", 32, max_test=2, test_fraction=test_fraction, train=schedule
+    )
 
 
 def test_run_transfer_writes_model_metrics_predictions_and_figure(tmp_path):
@@ -481,3 +484,124 @@ def test_saved_paths_are_absolute_so_the_record_works_from_elsewhere(tmp_path, m
     assert protocol(old) == protocol(saved)
     monkeypatch.chdir(tmp_path)
     assert protocol(old) != protocol(saved)  # from elsewhere, "ld" is another (missing) folder
+
+
+def test_test_fraction_0_trains_on_every_image_of_a_folder_and_tests_none(tmp_path):
+    """A folder always held out 20% of its images for testing: with 12 labelled images, no
+    model could be trained on all of them (--labels all took the other 80%)."""
+    from localdisc.tasks.predict import predict_images
+
+    data = folder_set(tmp_path / "data", n=12)
+    config = tiny(str(data), frozen_epochs=0, test_fraction=0)
+    config.labels, config.max_test = "all", None
+    logged: list[str] = []
+    metrics = run_transfer(config, tmp_path / "ft", log=logged.append)
+    saved = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert saved["transfer"]["test_fraction"] == 0
+    trained = set(saved["data"]["train_images"]) | set(saved["data"]["val_images"])
+    assert trained == {f"case{i}" for i in range(12)}
+    assert metrics["labels"] == 12 and metrics["bn_images"] == 12
+    # No test split: said so, and no test metrics, predictions or overlay of test images.
+    assert "no test split" in metrics["test_split"] and "all 12 images" in metrics["test_split"]
+    assert metrics["test_images"] == 0
+    for key in ("summary", "per_image", "frozen", "recalibrated", "as_trained"):
+        assert key not in metrics, key
+    assert metrics["phases"][0]["best_val_dice"] >= 0  # the validation Dice is there
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text()) == metrics
+    assert not (tmp_path / "ft" / "predictions").exists()
+    assert not (tmp_path / "ft" / "figures" / "overlay.png").exists()
+    assert not (tmp_path / "ft" / "checkpoint").exists()
+    assert "no test split" in logged[-1] and "validation Dice" in logged[-1], logged[-1]
+    # The model segments new images.
+    written = predict_images(tmp_path / "ft", [data / "case0.png"], tmp_path / "pred", log=print)
+    assert read_mask(written[0]).shape == (64, 64)
+
+
+def test_a_test_fraction_holds_out_the_images_held_out_test_picks(tmp_path):
+    from localdisc.tasks.transfer import held_out_test
+
+    data = folder_set(tmp_path / "data", n=8)
+    names = [f"case{i}" for i in range(8)]
+    expected = [names[i] for i in held_out_test(names, 0.5)]
+    assert len(expected) == 4
+    tested = []
+    for labels, seed in (("2", 0), ("all", 1)):  # whatever --labels and --seed
+        config = tiny(str(data), frozen_epochs=0, seed=seed, test_fraction=0.5)
+        config.labels, config.max_test = labels, None
+        out = tmp_path / f"out-{labels}"
+        metrics = run_transfer(config, out, log=lambda m: None)
+        tested.append(sorted(row["image"] for row in metrics["per_image"]))
+        saved = json.loads((out / "config.json").read_text())["data"]
+        assert not (set(saved["train_images"]) | set(saved["val_images"])) & set(expected)
+        assert "4 of its 8 images held out" in metrics["test_split"]
+        assert metrics["test_images"] == 4
+    assert tested == [sorted(expected)] * 2
+    assert metrics["labels"] == 4
+
+
+def test_held_out_test_at_the_default_fraction_is_unchanged():
+    """--test-fraction 0.2 (the default) holds out the images it always did."""
+    from localdisc.tasks.transfer import held_out_test
+
+    names = [f"case{i:02d}" for i in range(20)]
+    assert held_out_test(names) == held_out_test(names, 0.2) == [9, 10, 14, 18]
+    assert held_out_test(names, 0) == []
+    assert held_out_test(names[:1], 0) == []  # nothing to hold out of one image
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1, 1.5, float("nan"), "half"])
+def test_a_test_fraction_outside_0_1_is_refused(fraction):
+    with pytest.raises(LocaldiscError, match=r"--test-fraction must be in \[0, 1\)"):
+        TransferConfig("folder:data", test_fraction=fraction)
+
+
+def test_a_test_fraction_that_leaves_no_training_image_is_refused(tmp_path):
+    from localdisc.tasks.transfer import held_out_test
+
+    with pytest.raises(LocaldiscError, match=r"--test-fraction 0.9 holds out 4 of 4 image"):
+        held_out_test([f"case{i}" for i in range(4)], 0.9)
+    data = folder_set(tmp_path / "data", n=4)
+    config = tiny(str(data), test_fraction=0.9)
+    with pytest.raises(LocaldiscError, match=r"data: --test-fraction 0.9 .*no training image"):
+        run_transfer(config, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_test_fraction_for_a_set_with_its_own_test_split_is_refused(tmp_path, monkeypatch):
+    import localdisc.tasks.transfer as transfer
+
+    def train(*args, **kwargs):
+        raise AssertionError("trained with a --test-fraction that the set cannot take")
+
+    monkeypatch.setattr(transfer, "finetune", train)
+    for fraction in (0, 0.5):
+        config = tiny("synthetic_fundus:4", test_fraction=fraction)
+        with pytest.raises(
+            LocaldiscError, match=r"synthetic_fundus:4 has its own test split.*--test-fraction"
+        ):
+            run_transfer(config, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_record_without_test_fraction_compares_as_the_default(tmp_path):
+    """config.json files written before --test-fraction: their runs held out 0.2, so an
+    interrupted one continues (and `benchmark transfer` reuses a finished one)."""
+    from localdisc.tasks.transfer import protocol
+
+    data = folder_set(tmp_path / "data", n=4)
+    out = tmp_path / "ft"
+    run_transfer(tiny(str(data), frozen_epochs=0), out, log=lambda m: None)
+    (out / "metrics.json").unlink()  # interrupted
+    saved = json.loads((out / "config.json").read_text())
+    del saved["transfer"]["test_fraction"]  # as an older version wrote it
+    (out / "config.json").write_text(json.dumps(saved))
+    assert protocol(saved["transfer"]) == protocol(asdict(tiny(str(data), frozen_epochs=0)))
+    assert protocol(saved["transfer"]) != protocol(
+        asdict(tiny(str(data), frozen_epochs=0, test_fraction=0))
+    )
+    with pytest.raises(LocaldiscError, match=r"test_fraction: 0.2 there, 0.5 now"):
+        run_transfer(tiny(str(data), test_fraction=0.5), out, log=lambda m: None)
+    logged: list[str] = []
+    run_transfer(tiny(str(data), frozen_epochs=0), out, log=logged.append)
+    assert "interrupted fine-tuning with the same settings" in logged[0]
+    assert (out / "metrics.json").is_file()

@@ -14,10 +14,14 @@ of the training split, labelled or not (no label is used; "precise BN" as in
 of 2 images. ``recalibrate_bn`` chooses which of the two models is saved; ``metrics.json`` holds
 both (``recalibrated`` or ``as_trained`` for the other one).
 
-A set without a test split (a ``folder``) is split here: :func:`held_out_test` keeps 20% of its
-labelled images (at least one) for testing, chosen by file name alone, so that every ``labels``,
-seed and init is scored on the same test images; the rest are its training split (labels drawn
-from them, batch norm recalibrated over them).
+A set without a test split (a ``folder``) is split here: :func:`held_out_test` keeps
+``test_fraction`` (20%) of its labelled images (at least one) for testing, chosen by file name
+alone, so that every ``labels``, seed and init is scored on the same test images; the rest are its
+training split (labels drawn from them, batch norm recalibrated over them). ``test_fraction`` 0
+holds out none: the model is trained (and validated) on every labelled image, to segment new ones
+with ``localdisc predict``, and ``metrics.json`` says there was no test split (``test_images``
+0; no ``summary``, ``per_image`` or other test evaluation; the validation Dice is in ``phases``);
+no ``predictions/`` or ``figures/overlay.png`` either, both being of test images.
 
 Its output folder holds ``model.safetensors`` + ``config.json`` (loadable by ``localdisc
 predict``), ``metrics.json``, ``history.csv``, ``predictions/`` and ``figures/overlay.png``. The
@@ -78,7 +82,8 @@ from localdisc.tasks.predict import mask_png, prob_png, score_prediction
 TUBULAR_TARGETS = frozenset({"vessels"})
 #: Fewer labelled images than this: validate on the training images (as the paper's 2-label runs).
 MIN_LABELS_FOR_HOLDOUT = 5
-#: The fraction of a split-less set's (a folder's) labelled images held out for testing.
+#: The fraction of a split-less set's (a folder's) labelled images held out for testing, by
+#: default (``TransferConfig.test_fraction``, ``--test-fraction``).
 FOLDER_TEST_FRACTION = 0.2
 #: The fine-tuning's checkpoint folder in an output folder, while the run is unfinished.
 CHECKPOINT = "checkpoint"
@@ -115,6 +120,9 @@ class TransferConfig:
     labels: str = "all"  # N images, a fraction in (0, 1), or "all"
     size: int = 512
     val_fraction: float = 0.2
+    # A set without a test split (a folder): the fraction of its images held out for testing, in
+    # [0, 1); 0 trains on all of them and tests none. A set with its own split takes only this.
+    test_fraction: float = FOLDER_TEST_FRACTION
     max_test: int | None = None  # evaluate on the first N test images only (quick runs)
     predictions: bool = True  # write probability maps and masks of the test images
     # Save the model with batch-norm statistics recomputed over the training split's images (not
@@ -129,6 +137,16 @@ class TransferConfig:
         self.dataset = absolute_data_spec(str(self.dataset))
         self.init = absolute_init(str(self.init))
         check_size(self.size)
+        check_test_fraction(self.test_fraction)
+
+
+def check_test_fraction(fraction: object) -> None:
+    """Raise unless ``fraction`` is a fraction of images to hold out for testing: in [0, 1)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise LocaldiscError(
+            f"--test-fraction must be in [0, 1) (0: no test split, every labelled image for "
+            f"training), not {fraction!r}"
+        )
 
 
 def absolute_init(init: str) -> str:
@@ -142,9 +160,10 @@ def protocol(transfer: dict[str, Any]) -> dict[str, Any]:
     (``device``, ``progress``, ``checkpoint_seconds``: finetune.RUNTIME_FIELDS, absent from older
     records), and paths made absolute as :class:`TransferConfig` makes them,
     so a record written with relative paths (before they were saved absolute) still compares
-    equal from the working directory it ran in."""
+    equal from the working directory it ran in. A record without ``test_fraction`` (written
+    before it was a setting) held out :data:`FOLDER_TEST_FRACTION`."""
     train = {k: v for k, v in transfer.get("train", {}).items() if k not in RUNTIME_FIELDS}
-    out = {**transfer, "train": train}
+    out = {"test_fraction": FOLDER_TEST_FRACTION, **transfer, "train": train}
     if isinstance(out.get("dataset"), str):
         out["dataset"] = absolute_data_spec(out["dataset"])
     if isinstance(out.get("init"), str):
@@ -198,18 +217,26 @@ def split_labelled(
 def held_out_test(names: list[str], fraction: float = FOLDER_TEST_FRACTION) -> list[int]:
     """Indices (in order) of the test images of a set without a test split, by image name.
 
-    The ``round(fraction * n)`` images (at least 1, at most ``n - 1``) whose names hash lowest:
-    fixed by the names alone, not by ``--labels``, ``--seed`` or the listing order, so every run
-    on the folder is scored on the same images; an image added to the folder changes at most
-    one of them. Fewer than 2 images cannot be split.
+    The ``round(fraction * n)`` images (at least 1) whose names hash lowest: fixed by the names
+    alone, not by ``--labels``, ``--seed`` or the listing order, so every run on the folder is
+    scored on the same images; an image added to the folder changes at most one of them.
+    ``fraction`` 0 holds out none. Fewer than 2 images cannot be split, nor can all be held out.
     """
+    check_test_fraction(fraction)
     n = len(names)
+    if fraction == 0:
+        return []
     if n < 2:
         raise LocaldiscError(
             f"{n} labelled image(s): a set without a test split needs at least 2, one of them "
-            "held out for testing"
+            "held out for testing (--test-fraction 0: none held out)"
         )
-    k = min(n - 1, max(1, round(fraction * n)))
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise LocaldiscError(
+            f"--test-fraction {fraction:g} holds out {k} of {n} images for testing: no training "
+            "image is left; choose a smaller fraction"
+        )
     rank = sorted(range(n), key=lambda i: (hashlib.sha256(names[i].encode()).hexdigest(), i))
     return sorted(rank[:k])
 
@@ -439,6 +466,11 @@ def run_transfer(
         log(f"{out_dir}: an interrupted fine-tuning with the same settings{redo}")
     t0 = time.perf_counter()
     train_set, test_set, self_split = _open_splits(config)
+    if not self_split and config.test_fraction != FOLDER_TEST_FRACTION:
+        raise LocaldiscError(
+            f"{config.dataset} has its own test split ({len(test_set)} images): --test-fraction "
+            f"{config.test_fraction:g} is only for a set without one (a folder); leave it out"
+        )
     target = _resolve_target(train_set, config.target)
     if not self_split:
         _resolve_target(test_set, target)
@@ -447,7 +479,7 @@ def run_transfer(
         # No official test split: a fixed part of the images is the test split, the rest the
         # training split, whatever --labels and --seed (see held_out_test).
         try:
-            test_idx = held_out_test([item.name for item in train_set.items])
+            test_idx = held_out_test([item.name for item in train_set.items], config.test_fraction)
         except LocaldiscError as exc:
             raise LocaldiscError(f"{config.dataset}: {exc}") from None
         held_out = set(test_idx)
@@ -455,15 +487,21 @@ def run_transfer(
         split_note = (
             f"no test split: {len(test_idx)} of its {len(train_set)} images held out for "
             "testing (by file name, the same for every --labels and --seed)"
+            if test_idx
+            else f"no test split: all {len(train_set)} images for training and validation, "
+            "none held out for testing (--test-fraction 0)"
         )
         try:
             picked, picked_val, val_note = split_labelled(
                 len(pool), config.labels, seed, config.val_fraction
             )
         except LocaldiscError as exc:  # "only 6 exist" of 8 images: say where the 2 went
+            if not test_idx:
+                raise
             raise LocaldiscError(
                 f"{exc}: {config.dataset} has no test split, so {len(test_idx)} of its "
-                f"{len(train_set)} images are held out for testing (--labels all takes the rest)"
+                f"{len(train_set)} images are held out for testing (--labels all takes the rest; "
+                "--test-fraction sets how many)"
             ) from None
         train_idx, val_idx = [pool[i] for i in picked], [pool[i] for i in picked_val]
     else:
@@ -537,7 +575,6 @@ def run_transfer(
         if len(overlays) < 4:
             overlays.append((sample.name, sample.image, prob >= 0.5, sample.masks[target]))
 
-    per_image = evaluate(model, test_set, test_idx, target, on_prediction=keep)
     metrics: dict[str, Any] = {
         "dataset": train_set.name,
         "target": target,
@@ -547,21 +584,34 @@ def run_transfer(
         "size": config.size,
         "validation": val_note,
         **({"test_split": split_note} if split_note else {}),
+        "test_images": len(test_idx),
         "recalibrated_bn": config.recalibrate_bn,
         "bn_images": len(bn_idx),
-        "summary": _summary(per_image),
-        "per_image": per_image,
-        "phases": [{k: v for k, v in asdict(p).items() if k != "history"} for p in result.phases],
     }
-    if result.frozen_state is not None:  # the frozen-encoder model, as the paper also reports
-        metrics["frozen"] = _evaluate_state(model, result.frozen_state, test_set, test_idx, target)
-    metrics[other_key] = _evaluate_state(model, other_state, test_set, test_idx, target)
+    metrics["phases"] = [
+        {k: v for k, v in asdict(p).items() if k != "history"} for p in result.phases
+    ]
+    if test_idx:  # --test-fraction 0 (a folder's images all trained on): nothing to test
+        per_image = evaluate(model, test_set, test_idx, target, on_prediction=keep)
+        metrics["summary"], metrics["per_image"] = _summary(per_image), per_image
+        if result.frozen_state is not None:  # the frozen-encoder model, as the paper reports
+            metrics["frozen"] = _evaluate_state(
+                model, result.frozen_state, test_set, test_idx, target
+            )
+        metrics[other_key] = _evaluate_state(model, other_state, test_set, test_idx, target)
     # With the time interrupted runs spent on the fine-tuning (their data loading aside).
     metrics["seconds"] = round(time.perf_counter() - t0 + result.earlier_seconds, 1)
     atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     # Finished: model.safetensors is the result, and a checkpoint (some 5 copies of the weights,
     # per run of a benchmark) could only continue a run that metrics.json marks as done.
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if not test_idx:
+        # The saved model is the last phase's best one (engine.finetune).
+        log(
+            f"no test split (--test-fraction 0): none of the {len(train_set)} images held out; "
+            f"validation Dice {result.phases[-1].best_val_dice:.4f} ({val_note}) -> {out_dir}"
+        )
+        return metrics
 
     from localdisc.eval.figures import overlay_figure
 
