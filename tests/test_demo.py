@@ -72,16 +72,44 @@ def test_demo_needs_no_network(tmp_path, monkeypatch):
     assert (tmp_path / "figures" / "demo_similarity.png").is_file()
 
 
-def test_demo_on_grey_fundus_photographs(tmp_path):
+def test_demo_on_grey_fundus_photographs(tmp_path, monkeypatch):
     # Red-free fundus photographs are grey: the similarity figure's queries need RGB.
     import numpy as np
 
+    import localdisc.demo
     from helpers import save
     from localdisc.demo import run_demo
 
     rng = np.random.default_rng(0)
     for i in range(3):
         save(tmp_path / "photos" / f"redfree{i}.png", rng.integers(0, 255, (40, 48), np.uint8))
+    named = spy_figure_names(monkeypatch, localdisc.demo)
     written = run_demo(tmp_path / "out", quick=True, data=[str(tmp_path / "photos")],
                        device="cpu", progress=False, log=lambda m: None)  # fmt: skip
     assert written["similarity"].stat().st_size > 0
+    # The panels are titled by the files' names, not "image 0".
+    files = ["redfree0.png", "redfree1.png", "redfree2.png"]
+    assert named == {"cluster_figure": files, "similarity_figure": files}
+
+
+def spy_figure_names(monkeypatch, module) -> dict[str, list[str]]:
+    """The ``names`` that ``module`` passes to its cluster and similarity figures, by function."""
+    named: dict[str, list[str]] = {}
+    for function in ("cluster_figure", "similarity_figure"):
+        original = getattr(module, function)
+
+        def spy(*args, _name=function, _original=original, **kwargs):
+            named[_name] = list(kwargs.get("names") or [])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, function, spy)
+    return named
+
+
+def test_demo_names_the_images_of_its_figures():
+    from localdisc.demo import demo_figure_images, demo_figure_names
+
+    for modality in ("fundus", "xray"):
+        names = demo_figure_names(modality)
+        assert len(names) == len(demo_figure_images(modality, 32)) == len(set(names))
+    assert demo_figure_names("fundus")[1] == "generated eye 1"

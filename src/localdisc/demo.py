@@ -89,6 +89,13 @@ def demo_figure_images(modality: str, size: int, seed: int = 0) -> list[np.ndarr
     return [synthetic.synthetic_xray(size, 10_000 + seed + i).image for i in range(3)]
 
 
+def demo_figure_names(modality: str) -> list[str]:
+    """The titles of :func:`demo_figure_images`' images, in their order."""
+    if modality == "fundus":
+        return ["retina photograph (scikit-image)", "generated eye 1", "generated eye 2"]
+    return [f"generated X-ray {i + 1}" for i in range(3)]
+
+
 def anatomy_scores(model: LDModel, size: int, seed: int = 0, count: int = 4) -> dict[str, float]:
     """How well single clusters follow anatomy on ``count`` generated eyes not in the pool.
 
@@ -216,16 +223,21 @@ def run_demo(
             to_modality_channels(resize_image(read_image(p)[0], (size, size)), modality)
             for p in paths
         ]
+        names = [p.name for p in paths]
     else:
         figure_images = demo_figure_images(modality, size, seed)
+        names = demo_figure_names(modality)
     figures = out / "figures"
     written = {
-        "clusters": cluster_figure(model, figure_images, figures / "demo_clusters.png"),
+        "clusters": cluster_figure(
+            model, figure_images, figures / "demo_clusters.png", names=names
+        ),
         "similarity": similarity_figure(
             model,
             figure_images,
             figures / "demo_similarity.png",
             demo_queries(figure_images[0]) if modality == "fundus" else None,
+            names=names,
         ),
         "model": out / "model.safetensors",
         "log": out / "log.csv",

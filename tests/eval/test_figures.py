@@ -10,6 +10,7 @@ import torch
 
 from localdisc.engine.monitor import write_figures
 from localdisc.eval.figures import (
+    cluster_colours,
     cluster_figure,
     cluster_plot,
     similarity_figure,
@@ -82,3 +83,38 @@ def test_pretraining_figures_carry_the_step_and_names(model: LDModel, tmp_path: 
     write_figures(model, pool[:2], tmp_path, 41, clusters=False)  # names are optional
     assert (tmp_path / "similarity_00000041.png").is_file()
     assert cluster_figure(model, images(1), tmp_path / "c.png").is_file()
+
+
+def test_cluster_colours_stay_apart_for_many_clusters() -> None:
+    # hsv beyond 20 clusters wrapped round: cluster 0 and 31 were the same red (0.09 apart in
+    # RGB), and neighbours were 0.13 apart.
+    colours = cluster_colours(32)
+    assert colours.shape == (32, 3) and colours.min() >= 0 and colours.max() <= 1
+    apart = np.linalg.norm(colours[:, None] - colours[None], axis=-1)
+    np.fill_diagonal(apart, np.inf)
+    assert apart.min() > 0.15  # every pair, neighbours included
+    assert np.linalg.norm(colours[0] - colours[-1]) > 0.3
+    # A cluster keeps its colour whatever K is (tab20 below 21 clusters, hsv above, did not).
+    np.testing.assert_array_equal(cluster_colours(16), colours[:16])
+    assert len(np.unique(cluster_colours(64), axis=0)) == 64
+
+
+def test_row_titles_clear_the_panel_above(model: LDModel) -> None:
+    # One tight_layout pass left the second row's title over the first row's image.
+    from localdisc.eval.figures import _layout
+
+    fig = cluster_plot(model, images(2, 64), names=["first", "second"])
+    _layout(fig)
+    fig.canvas.draw()  # places the titles and fits the images' aspect
+    renderer = fig.canvas.get_renderer()
+    above, below = fig.axes[0], fig.axes[3]
+    assert below.get_title() == "second"
+    title = below.title.get_window_extent(renderer)
+    assert title.y1 <= above.get_window_extent(renderer).y0
+
+
+def test_similarity_plot_labels_the_query_on_its_image(model: LDModel) -> None:
+    fig = similarity_plot(model, images(), [(1, 4, 5, "vessel")], names=["a", "b"])
+    image_panel = fig.axes[0]
+    assert image_panel.get_title() == "b\nquery: vessel"
+    assert [t.get_text() for t in image_panel.texts] == ["vessel"]

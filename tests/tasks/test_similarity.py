@@ -216,3 +216,34 @@ def test_a_run_given_as_a_path_is_loaded_on_the_device_asked_for(tmp_path, monke
     similarity(run, image, (1, 1), device="cuda:1")
     similarity(str(run), image, (1, 1))
     assert devices == ["cuda:1", "cpu"]
+
+
+def test_the_similarity_figure_says_what_it_shows(loaded, tmp_path):
+    # The figure had no colour bar and no title: a reader could not tell what the colours meant.
+    import matplotlib.pyplot as plt
+
+    from localdisc.tasks.similarity import similarity_figure, similarity_plot
+
+    rng = np.random.default_rng(0)
+    image = rng.random((30, 40, 3)).astype(np.float32)
+    target = rng.random((36, 28, 3)).astype(np.float32)
+    result = similarity(loaded, image, [(5, 7), (20.5, 10)], [target], level="patch")
+    fig = similarity_plot(result, image, [target], ["a.png", "b.png"])
+    heading = fig.get_suptitle().lower()
+    assert "cosine similarity" in heading and "patch" in heading and "cyan circle" in heading
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "a.png\nquery: point 1 (5, 7)" in titles and "a.png\nquery: point 2 (20.5, 10)" in titles
+    assert titles.count("b.png") == 2  # each point's map on the target, named by its file
+    # The point is marked and labelled on its image.
+    assert [t.get_text() for t in fig.axes[0].texts] == ["point 1 (5, 7)"]
+    (bar,) = [ax for ax in fig.axes if "cosine similarity" in ax.get_ylabel()]
+    assert bar.get_ylim() == pytest.approx((-1, 1))  # the colour range the maps are drawn in
+    plt.close(fig)
+    # Without names, the images are "query" and "target 1"; no targets, no cyan circles.
+    alone = similarity(loaded, image, [(5, 7)])
+    fig = similarity_plot(alone, image, [])
+    assert "query\nquery: point 1 (5, 7)" in [ax.get_title() for ax in fig.axes]
+    assert "pixel" in fig.get_suptitle() and "cyan" not in fig.get_suptitle()
+    plt.close(fig)
+    written = similarity_figure(result, image, [target], tmp_path / "sim")
+    assert written == tmp_path / "sim.png" and written.stat().st_size > 0

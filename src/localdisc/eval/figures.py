@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,19 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def _layout(fig) -> None:
+    """Space the panels so that no title overlaps the panel above it.
+
+    One pass of ``tight_layout`` sets the gaps between rows as fractions of the panels' height
+    before a suptitle or colour bar shrinks the panels, leaving too little room for a row's
+    titles; the second pass, on the shrunk panels, gets it right.
+    """
     fig.tight_layout()
+    fig.tight_layout()
+
+
+def _save(fig, path: str | Path) -> Path:
+    _layout(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
@@ -59,10 +71,38 @@ def _at_step(step: int | None) -> str:
 
 
 def cluster_colours(k: int) -> np.ndarray:
-    """``k`` distinct RGB colours in [0, 1] (tab20, then hsv beyond 20)."""
-    plt = _plt()
-    cmap = plt.get_cmap("tab20" if k <= 20 else "hsv")
-    return np.array([cmap(i / max(k - 1, 1) if k > 20 else i)[:3] for i in range(k)])
+    """``k`` distinct RGB colours in [0, 1], one per cluster index.
+
+    matplotlib's tab10, then colours picked as Glasbey et al. do ("Colour displays for
+    categorical images", Color Research & Application 32(4), 2007): each the one of a grid of
+    candidates farthest in CIELAB from all colours before it. So neighbouring indices, and the
+    first and last, never look alike (a cyclic map such as hsv gave cluster 0 and K-1 nearly
+    the same red), and cluster ``i`` has the same colour whatever ``k`` is.
+    """
+    return _glasbey_colours(k).copy()
+
+
+@lru_cache(maxsize=8)
+def _glasbey_colours(k: int) -> np.ndarray:
+    from skimage.color import rgb2lab
+
+    chosen = [np.array(c, dtype=np.float64) for c in _plt().get_cmap("tab10").colors]
+    if k <= len(chosen):
+        return np.array(chosen[:k]).reshape(k, 3)
+    axis = np.linspace(0, 1, 16)
+    candidates = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    lab = rgb2lab(candidates[None])[0]
+    # Neither near black nor near white: the colours must stand out on dark and bright tissue.
+    keep = (lab[:, 0] > 35) & (lab[:, 0] < 90)
+    candidates, lab = candidates[keep], lab[keep]
+    # Distance of each candidate to its nearest chosen colour.
+    chosen_lab = rgb2lab(np.array(chosen)[None])[0]
+    nearest = np.linalg.norm(lab[:, None] - chosen_lab[None], axis=-1).min(1)
+    while len(chosen) < k:
+        best = int(np.argmax(nearest))
+        chosen.append(candidates[best])
+        nearest = np.minimum(nearest, np.linalg.norm(lab - lab[best], axis=1))
+    return np.array(chosen)
 
 
 def cluster_map_rgb(assignments: torch.Tensor) -> np.ndarray:
@@ -138,8 +178,6 @@ def similarity_plot(
     step: int | None = None,
 ) -> Figure:
     """The figure of :func:`similarity_figure`, unsaved (a matplotlib ``Figure``)."""
-    plt = _plt()
-    names = _panel_names(names, len(images))
     embeddings = [model.embed(image) for image in images]
     if queries is None:
         h, w = images[0].shape[:2]
@@ -148,20 +186,56 @@ def similarity_plot(
             (0, h // 3, w // 3, "upper left"),
             (0, 2 * h // 3, 2 * w // 3, "lower right"),
         ]
-    n = len(images)
-    rows = len(queries)
+    maps = [
+        [torch.einsum("d,dhw->hw", embeddings[i][:, y, x], v).cpu().numpy() for v in embeddings]
+        for i, y, x, _ in queries
+    ]
+    return similarity_maps_plot(
+        images,
+        queries,
+        maps,
+        names=names,
+        title=f"Cosine similarity of each pixel to the query pixel (white x){_at_step(step)}",
+    )
+
+
+def similarity_maps_plot(
+    images: Sequence[np.ndarray],
+    queries: Sequence[tuple[int, float, float, str]],
+    maps: Sequence[Sequence[np.ndarray]],
+    *,
+    names: Sequence[str] | None = None,
+    title: str,
+) -> Figure:
+    """One row per query ``(image index, row, column, label)``: its image with the query marked
+    and labelled, then ``maps[row][j]``, its cosine-similarity map on image ``j`` (the image's
+    shape), under one colour bar from -1 to 1; ``title`` heads the figure.
+
+    The query's own map marks the query (white x), the others their most similar pixel (cyan
+    circle). :func:`similarity_plot` and ``localdisc similarity`` draw their maps with it.
+    """
+    plt = _plt()
+    import matplotlib.patheffects as effects
+
+    names = _panel_names(names, len(images))
+    n, rows = len(images), len(queries)
     fig = plt.figure(figsize=(2.6 * (n + 1) + 0.8, 2.6 * rows + 0.6))
     # A last, thin column for the colour bar (a cell of the grid, so that tight_layout places it).
     grid = fig.add_gridspec(rows, n + 2, width_ratios=[1] * (n + 1) + [0.07])
     axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(n + 1)] for r in range(rows)])
+    # A dark outline keeps the white label readable on a bright image.
+    outline = [effects.withStroke(linewidth=2, foreground="black")]
     shown = None
-    for row, (i, y, x, label) in zip(axes, queries, strict=True):
-        q = embeddings[i][:, y, x]
+    for row, (i, y, x, label), sims in zip(axes, queries, maps, strict=True):
         _show(row[0], images[i])
         row[0].plot([x], [y], "wx", markersize=10, markeredgewidth=2)
+        # The label on the side of the point with the more room, inside the image.
+        left = x > images[i].shape[1] / 2
+        row[0].annotate(plain(label), (x, y), xytext=(-6 if left else 6, 6),
+                        textcoords="offset points", ha="right" if left else "left",
+                        color="white", fontsize=8, path_effects=outline)  # fmt: skip
         row[0].set_title(f"{names[i]}\nquery: {plain(label)}", fontsize=9)
-        for j, (ax, v) in enumerate(zip(row[1:], embeddings, strict=True)):
-            sim = torch.einsum("d,dhw->hw", q, v).cpu().numpy()
+        for j, (ax, sim) in enumerate(zip(row[1:], sims, strict=True)):
             shown = ax.imshow(sim, cmap="magma", vmin=-1, vmax=1)
             if j == i:
                 ax.plot([x], [y], "wx", markersize=8, markeredgewidth=2)
@@ -170,13 +244,10 @@ def similarity_plot(
                 ax.plot([bx], [by], "o", mfc="none", mec="cyan", markersize=10, mew=2)
             ax.set_axis_off()
             ax.set_title(names[j], fontsize=9)
-    fig.suptitle(
-        f"Cosine similarity of each pixel to the query pixel (white x){_at_step(step)}\n"
-        "cyan circle: the most similar pixel of another image",
-        fontsize=10,
-    )
+    others = "\ncyan circle: the most similar pixel of another image" if n > 1 else ""
+    fig.suptitle(title + others, fontsize=10)
     bar = fig.colorbar(shown, cax=fig.add_subplot(grid[:, -1]))
-    bar.set_label("cosine similarity (1: same embedding)", fontsize=8)
+    bar.set_label("cosine similarity\n(1: same embedding)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return fig
 

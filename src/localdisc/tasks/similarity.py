@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from localdisc.data.io import read_image
 from localdisc.data.preprocess import as_raw_image, resize_image
 from localdisc.errors import InputError, LocaldiscError
 from localdisc.models.ld import LDModel, split_weights_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Points are (x, y) = (column, row) in pixels of the image as given.
 Point = tuple[float, float]
@@ -198,12 +202,14 @@ def embedding_map(loaded: LoadedModel, image: np.ndarray, level: str = "pixel") 
 @dataclass
 class SimilarityMaps:
     """``query``: ``[P, H, W]`` maps on the query image, one per point; ``targets``: the same on
-    each target image; ``best``: per target, the (x, y) best match of each point."""
+    each target image; ``best``: per target, the (x, y) best match of each point; ``level``:
+    ``pixel`` or ``patch``, the embeddings compared."""
 
     points: list[Point]
     query: np.ndarray
     targets: list[np.ndarray]
     best: list[list[Point]]
+    level: str = "pixel"
 
 
 def similarity(
@@ -262,12 +268,37 @@ def similarity(
         sim = maps(embedding_map(loaded, t_small, level), t_raw.shape[:2]).cpu().numpy()
         target_maps.append(sim)
         best.append([_argmax_xy(m) for m in sim])
-    return SimilarityMaps(points, query_maps, target_maps, best)
+    return SimilarityMaps(points, query_maps, target_maps, best, level)
 
 
 def _argmax_xy(sim: np.ndarray) -> Point:
     y, x = np.unravel_index(int(np.argmax(sim)), sim.shape)
     return float(x), float(y)
+
+
+def similarity_plot(
+    result: SimilarityMaps,
+    image: np.ndarray,
+    targets: list[np.ndarray],
+    names: list[str] | None = None,
+) -> Figure:
+    """The figure of :func:`similarity_figure`, unsaved (a matplotlib ``Figure``)."""
+    from localdisc.eval.figures import similarity_maps_plot
+
+    queries = [(0, y, x, f"point {p + 1} ({x:g}, {y:g})") for p, (x, y) in enumerate(result.points)]
+    maps = [[result.query[p], *(t[p] for t in result.targets)] for p in range(len(queries))]
+    embeddings = (
+        "patch embeddings (pooled as in pre-training)"
+        if result.level == "patch"
+        else "pixel embeddings"
+    )
+    return similarity_maps_plot(
+        [image, *targets],
+        queries,
+        maps,
+        names=names or ["query", *(f"target {i + 1}" for i in range(len(targets)))],
+        title=f"Cosine similarity of each pixel to the query point (white x), {embeddings}",
+    )
 
 
 def similarity_figure(
@@ -277,30 +308,16 @@ def similarity_figure(
     path: str | Path,
     names: list[str] | None = None,
 ) -> Path:
-    """One row per query point: heatmaps over the query image and each target, best match
-    marked (cyan circle), the query as a white cross. Returns the file written (``.png``
-    added to a path without a suffix, see :func:`figure_path`)."""
-    from localdisc.eval.figures import _plt, _save
+    """One row per query point: the query image with the point marked, then the point's
+    similarity map on the query image and on each target (best match marked: cyan circle), with
+    a colour bar from -1 to 1, as pre-training's similarity figures
+    (:func:`~localdisc.eval.figures.similarity_maps_plot`). ``names`` title the images (the
+    command gives their file names; default ``query``, ``target 1`` ...). Returns the file
+    written (``.png`` added to a path without a suffix, see :func:`figure_path`)."""
+    from localdisc.eval.figures import _save
 
     path = figure_path(path)
-    plt = _plt()
-    images = [image, *targets]
-    names = names or ["query", *(f"target {i + 1}" for i in range(len(targets)))]
-    rows, cols = len(result.points), len(images)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-    for p, ((x, y), row) in enumerate(zip(result.points, axes, strict=True)):
-        for j, (ax, im) in enumerate(zip(row, images, strict=True)):
-            sim = result.query[p] if j == 0 else result.targets[j - 1][p]
-            ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray")
-            ax.imshow(sim, cmap="magma", vmin=-1, vmax=1, alpha=0.6)
-            if j == 0:
-                ax.plot([x], [y], "wx", markersize=10, markeredgewidth=2)
-            else:
-                bx, by = result.best[j - 1][p]
-                ax.plot([bx], [by], "o", mfc="none", mec="cyan", markersize=12, mew=2)
-            ax.set_title(f"{names[j]}: point {p + 1}" if rows > 1 else names[j], fontsize=9)
-            ax.set_axis_off()
-    return _save(fig, path)
+    return _save(similarity_plot(result, image, targets, names), path)
 
 
 def figure_path(path: str | Path) -> Path:
