@@ -599,7 +599,9 @@ def similarity(
     size: int | None = typer.Option(None, help="Resize images to this longer side first."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
-    """Cosine-similarity maps of query points on their image and on other images."""
+    """Cosine-similarity maps of query points on their image and on other images: each point's
+    best match in every target, and a figure (a row per point: the image with the point, then its
+    map on each image, best match circled, a colour bar from -1 to 1)."""
     from localdisc.engine.distributed import resolve_device
     from localdisc.tasks.similarity import (
         as_image,

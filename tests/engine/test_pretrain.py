@@ -466,3 +466,22 @@ def test_the_figures_name_the_images_they_show(tmp_path, pool, monkeypatch, val_
         assert names == ["validation image 1 of 2", "validation image 2 of 2"]
     else:
         assert names == [f"training image {i}" for i in (1, 2, 3, 4)]
+
+
+def test_config_json_records_the_environment_and_each_resume_adds_its_own(tmp_path, pool):
+    from localdisc.eval.provenance import environment
+
+    config = tiny_pretrain_config()
+    pretrain(config, tmp_path, pool=pool, stop_at_step=2, log=lambda m: None)
+    first = json.loads((tmp_path / "config.json").read_text())
+    env = first["environment"]
+    assert env["device"] == "cpu" and env["processes"] == 1
+    assert set(env) == set(environment("cpu")) and "resumed" not in first
+    result = pretrain(config, tmp_path, pool=pool, resume=True, log=lambda m: None)
+    assert result.steps == 6  # the environment takes no part in the resume's comparison
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["environment"] == env and meta["pretrain"] == first["pretrain"]
+    assert [r["step"] for r in meta["resumed"]] == [2]
+    assert meta["resumed"][0]["started"] >= env["started"]
+    pretrain(config, tmp_path, pool=pool, resume=True, log=lambda m: None)  # finished already
+    assert json.loads((tmp_path / "config.json").read_text()) == meta

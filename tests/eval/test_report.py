@@ -68,3 +68,17 @@ def test_bar_chart_draws_names_with_dollar_signs(tmp_path):
     results = {"runs": [run("drive", "ld_$a_b_c$", 0, [0.5]), run("drive", "random", 0, [0.6])]}
     path = dice_bars(collect(results)["dice"], tmp_path / "bars.png")
     assert path.stat().st_size > 0
+
+
+def test_the_report_ends_with_the_environment_it_ran_in(tmp_path):
+    import json
+
+    from localdisc.eval.provenance import environment, environment_line
+    from localdisc.eval.report import write_report
+
+    env = environment("cpu")
+    write_report({"runs": [], "skipped": [], "environment": env}, tmp_path)
+    assert (tmp_path / "results.md").read_text().rstrip().splitlines()[-1] == (
+        f"Environment: {environment_line(env)}"
+    )
+    assert json.loads((tmp_path / "results.json").read_text())["environment"] == env

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from helpers import shared
 from localdisc.cli import app
 from localdisc.errors import LocaldiscError
+from localdisc.eval.provenance import environment_line
 from localdisc.tasks.benchmark_localize import (
     LocalizeBenchmarkConfig,
     _task,
@@ -35,6 +36,8 @@ def test_quick_benchmark_compares_ld_and_template_matching(tmp_path):
         assert m["landmarks"]["fovea"]["n"] == 3
     assert results["skipped"][0]["task"] == "jsrt"
     assert "| optic_disc |" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert report.rstrip().endswith(environment_line(results["environment"]))
     assert list((out / "figures").glob("synthetic_fundus_*.png"))
 
 

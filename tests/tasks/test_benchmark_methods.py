@@ -5,6 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from localdisc.cli import app
+from localdisc.eval.provenance import environment_line
 from localdisc.tasks.benchmark_methods import parse_pool
 
 
@@ -24,6 +25,9 @@ def test_quick_comparison_pretrains_every_method_and_tabulates(tmp_path):
     assert {"ld (frozen)", "genesis (frozen)"} <= rows
     report = (out / "results.md").read_text()
     assert "| simclr (fundus) | 4 |" in report and "# Transfer benchmark" in report
+    assert report.rstrip().endswith(environment_line(summary["environment"]))
+    pretrained = json.loads((out / "pretrain" / "fundus" / "ld" / "config.json").read_text())
+    assert pretrained["environment"]["processes"] == 1
     again = CliRunner().invoke(app, args)  # everything is reused
     assert again.exit_code == 0 and again.output.count("reusing") >= 5 + 6
 

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from localdisc.cli import app
 from localdisc.data.datasets import Sample
+from localdisc.eval.provenance import environment_line
 from localdisc.tasks.benchmark_shape_guided import (
     TASKS,
     ShapeBenchmarkConfig,
@@ -61,6 +62,8 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert cell["n_images"] == 2 and 0 <= cell["mean"] <= 1
     assert "## auc" in (out / "results.md").read_text()
     assert "stage 1 3 steps, stage 2 3 steps at 48" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert report.rstrip().endswith(environment_line(results["environment"]))
     # A second call reuses every run and evaluation.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output

@@ -5,6 +5,7 @@ import sys
 from typer.testing import CliRunner
 
 from localdisc.cli import app
+from localdisc.eval.provenance import environment_line
 
 
 def test_quick_benchmark_runs_the_whole_pipeline_and_resumes(tmp_path):
@@ -25,6 +26,8 @@ def test_quick_benchmark_runs_the_whole_pipeline_and_resumes(tmp_path):
     table = (out / "results.md").read_text()
     assert "| ld (frozen) |" in table and "**" in table and "## Skipped" in table
     assert "| ld (BN recalibrated) |" in table and "| random (BN recalibrated) |" in table
+    assert results["environment"]["device"] == "cpu"  # where and when: see test_provenance
+    assert table.rstrip().endswith(environment_line(results["environment"]))
     assert (out / "figures" / "dice_bars.png").is_file()
     assert (out / "figures" / "predictions.png").is_file()
     dice = results["table"]["dice"]["ld"]["synthetic_fundus (2)"]

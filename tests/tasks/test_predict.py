@@ -167,6 +167,8 @@ def test_predict_scores_against_masks_matched_by_stem_as_finetune_does(tmp_path)
     record = json.loads((tmp_path / "out" / "predict.json").read_text())
     assert record["threshold"] == 0.5 and record["model"] == str((tmp_path / "model").resolve())
     assert [i["name"] for i in record["images"]] == ["b", "c", "sub_a"]
+    assert record["environment"]["device"] == "cpu"  # where and when: see test_provenance
+    assert metrics["environment"] == record["environment"]
 
     empty = tmp_path / "none"
     save(empty / "z.png", target)

@@ -547,6 +547,8 @@ def test_a_stopped_ensemble_goes_on_from_the_run_it_stopped_in(tmp_path, monkeyp
         ensemble()
     assert (out / "run-0" / "segment.json").is_file()
     assert not (out / "run-1" / "segment.json").exists()
+    # Where and when it was made, which the check of the settings leaves aside (kept below).
+    assert json.loads((out / "run-0" / "segment.json").read_text())["environment"]["device"]
     ensemble()
     assert segmented == ["run-0", "run-1", "run-1"]  # run-0 kept, run-1 done
     assert (out / "eye_A_mask.png").is_file()

@@ -3,6 +3,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import shared
 from localdisc.data.io import read_mask
@@ -438,7 +439,13 @@ def test_an_interrupted_finetuning_continues_from_its_checkpoint_to_the_same_res
         for m in logged
     )
     assert not (out / "checkpoint").exists()
-    drop = lambda m: {k: v for k, v in m.items() if k not in ("seconds", "phases")}  # noqa: E731
+    # Where and when it ran: the first start's environment, the continuation's in "resumed".
+    first = json.loads((out / "config.json").read_text())
+    assert first["environment"]["started"] <= first["resumed"][0]["started"]
+    assert metrics["environment"] == first["environment"] and len(metrics["resumed"]) == 1
+    assert "resumed" not in straight and straight["environment"]["torch"] == torch.__version__
+    unrecorded = ("seconds", "phases", "environment", "resumed")
+    drop = lambda m: {k: v for k, v in m.items() if k not in unrecorded}  # noqa: E731
     assert drop(metrics) == drop(straight)
     assert [{**p, "seconds": 0} for p in metrics["phases"]] == [
         {**p, "seconds": 0} for p in straight["phases"]

@@ -69,8 +69,10 @@ def test_segment_vessels_self_trained_writes_masks_at_each_image_s_own_size(tmp_
     # The network is saved with what taught it, and segments further images.
     saved = Segmenter.from_pretrained(out)
     assert saved.config.size == 64
-    settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
+    saved = json.loads((out / "config.json").read_text())
+    settings = saved["self_trained_vessels"]
     assert settings["fraction"] == 0.12 and settings["student"]["painted"] == 1
+    assert saved["environment"]["device"] == "cpu"  # where and when: see test_provenance
     # `localdisc predict` on its folder segments as the command did: the same files.
     again = predict_images(out, [photos], tmp_path / "again", device="cpu")
     assert [p.name for p in again] == ["eye0_mask.png", "eye1_mask.png"]
@@ -355,8 +357,11 @@ def test_a_run_stopped_on_one_device_goes_on_on_another_without_training_again(
     )
     said = []
     elsewhere = replace(config, device="auto")
+    first = json.loads((out / "config.json").read_text())["environment"]
     segment_vessels_self_trained([photos], out, fraction=0.12, config=elsewhere, log=said.append)
     assert trainings == [] and any("an earlier run of these settings trained" in m for m in said)
+    saved = json.loads((out / "config.json").read_text())  # the environment it was taught in
+    assert saved["environment"] == first and len(saved["resumed"]) == 1
     segment_vessels_self_trained([photos], out, fraction=0.12, config=replace(config, seed=1),
                                  log=quiet)  # fmt: skip
     assert trainings == [1]  # a setting that changes what it learns still trains again

@@ -42,6 +42,7 @@ from localdisc.engine.precision import bf16_autocast, bf16_autocast_pays
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.engine.stop import GracefulStop
 from localdisc.errors import CheckpointError, LocaldiscError
+from localdisc.eval.provenance import environment, with_resumed
 from localdisc.losses import (
     entropy_loss,
     hypersphere_mixup_loss,
@@ -586,6 +587,8 @@ def pretrain(
             )
     device = ctx.device
     main = ctx.is_main
+    # Where and when it ran, for config.json: taken now, the start, before the pool is read.
+    env = environment(device, ctx.world_size) if main else None
     if config.prior:  # a mistyped prior is named before a large pool is decoded
         describe_prior(config.prior)
 
@@ -725,6 +728,10 @@ def pretrain(
         meta["pool"] = {"images": int(pool.shape[0]), "val_images": int(val_pool.shape[0])}
         if skipped_files:
             meta["skipped_files"] = [[str(p), r] for p, r in skipped_files]
+        meta["environment"] = env  # outside "pretrain": a resume does not compare it
+        atomic_write_text(config_path, json.dumps(meta, indent=2))
+    if main and resume and not already_finished:  # the first start's environment stays
+        meta = with_resumed(json.loads(config_path.read_text()), env, step=step)
         atomic_write_text(config_path, json.dumps(meta, indent=2))
 
     b = config.batch

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.eval.provenance import environment_line
 
 #: Metrics in table order, with what they mean.
 METRICS = {
@@ -117,6 +118,11 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def environment_markdown(env: dict[str, Any]) -> str:
+    """The last line of a benchmark's ``results.md``: its :func:`environment_line`."""
+    return f"Environment: {environment_line(env)}"
+
+
 def write_report(
     results: dict[str, Any],
     out_dir: str | Path,
@@ -127,7 +133,9 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``results.json``, ``results.md``, ``figures/dice_bars.png`` and predictions.
 
-    ``intro`` replaces the transfer benchmark's explanation under the ``title``.
+    ``results["environment"]`` (:func:`~localdisc.eval.provenance.environment`, taken when the
+    benchmark started) ends ``results.md`` as one line. ``intro`` replaces the transfer
+    benchmark's explanation under the ``title``.
     """
     out_dir = Path(out_dir)
     table = collect(results)
@@ -164,6 +172,8 @@ def write_report(
             f"- {s['task']} ({s.get('init', 'all')}): {s['reason']}" for s in results["skipped"]
         ]
         lines.append("")
+    if results.get("environment"):  # where and when the numbers were made
+        lines += [environment_markdown(results["environment"]), ""]
     atomic_write_text(written["markdown"], "\n".join(lines))
     if "dice" in table:
         written["bars"] = dice_bars(table["dice"], out_dir / "figures" / "dice_bars.png")

@@ -34,6 +34,7 @@ import numpy as np
 
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import LocaldiscError
+from localdisc.eval.report import environment_markdown
 from localdisc.tasks.localize import (
     Localizer,
     Prediction,
@@ -210,6 +211,7 @@ def run_localize_benchmark(
 ) -> dict[str, Any]:
     """Run every task with data for every method; write results.json, results.md, figures."""
     from localdisc.engine.distributed import resolve_device
+    from localdisc.eval.provenance import environment
 
     out_dir = Path(out_dir)
     check_size(config.size, "--size")
@@ -218,6 +220,7 @@ def run_localize_benchmark(
     if config.seeds < 1:  # no template: nothing to score (0 also divided by zero below)
         raise LocaldiscError(f"--seeds must be at least 1, not {config.seeds}")
     device = "cpu" if config.quick else str(resolve_device(config.device))
+    env = environment(device)  # at the start, before any pre-training
     tasks = config.tasks or (["synthetic_fundus"] if config.quick else ["jsrt", "drive"])
     models = list(config.models) or (["ld"] if config.quick else [])
     if not models:
@@ -230,7 +233,9 @@ def run_localize_benchmark(
     # Every model once, before any task: a bad --models path is an error, not a skipped task.
     loaded = {run: load_model(run, device=device) for run in models}
 
-    results: dict[str, Any] = {"config": asdict(config), "tasks": {}, "skipped": []}
+    results: dict[str, Any] = {
+        "config": asdict(config), "environment": env, "tasks": {}, "skipped": []
+    }  # fmt: skip
     for task_name in tasks:
         errors: dict[str, dict[str, list[float]]] = {}
         seconds: dict[str, float] = {}
@@ -343,4 +348,7 @@ def localize_markdown(results: dict[str, Any]) -> str:
         ]
     if results["skipped"]:
         lines += ["## Skipped", ""] + [f"- {s['task']}: {s['reason']}" for s in results["skipped"]]
+        lines.append("")
+    if results.get("environment"):
+        lines.append(environment_markdown(results["environment"]))
     return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ from typing import Any
 
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import LocaldiscError
-from localdisc.eval.report import collect, jsonable
+from localdisc.eval.report import collect, environment_markdown, jsonable
 from localdisc.tasks.benchmark_transfer import TASKS, BenchmarkConfig, run_benchmark
 
 METHODS = ("ld", "simclr", "densecl", "pixpro", "genesis")
@@ -151,8 +151,12 @@ def run_methods_benchmark(
     config: MethodsBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Pre-train every method on every pool, then one transfer table; write the report."""
+    from localdisc.engine.distributed import resolve_device
+    from localdisc.eval.provenance import environment
+
     config = preset(config)
     out_dir = Path(out_dir)
+    env = environment(resolve_device(config.device))  # at the start, before any pre-training
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise LocaldiscError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -177,7 +181,8 @@ def run_methods_benchmark(
             reached[f"{method} ({modality})"] = _pretrain(settings, run_dir, log)
             inits.append(str(run_dir))
     results = run_benchmark(replace(transfer, inits=inits), out_dir / "transfer", log=log)
-    summary = {"config": asdict(config), "pretraining": reached, "transfer": collect(results)}
+    summary = {"config": asdict(config), "environment": env, "pretraining": reached,
+               "transfer": collect(results)}  # fmt: skip
     atomic_write_text(out_dir / "results.json", json.dumps(jsonable(summary), indent=2))
     lines = [
         "# Pre-training methods: same network, pool, budget and transfer protocol",
@@ -198,6 +203,7 @@ def run_methods_benchmark(
             f"| {name} | {r['steps']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | "
             f"{r['final_loss']:.4f} |"
         )
-    lines += ["", (out_dir / "transfer" / "results.md").read_text()]
+    # The transfer report ends with the environment of its part; this one, of the whole.
+    lines += ["", (out_dir / "transfer" / "results.md").read_text(), environment_markdown(env), ""]
     atomic_write_text(out_dir / "results.md", "\n".join(lines))
     return summary

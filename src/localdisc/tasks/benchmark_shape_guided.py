@@ -207,10 +207,13 @@ def run_shape_benchmark(
     config: ShapeBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run every task, prior, seed and baseline; write ``results.json`` and ``results.md``."""
+    from localdisc.engine.distributed import resolve_device
+    from localdisc.eval.provenance import environment
     from localdisc.eval.report import write_report
 
     config = preset(config)
     out_dir = Path(out_dir)
+    env = environment(resolve_device(config.device))  # at the start, before any training
     unknown = [t for t in config.tasks or [] if t not in TASKS]
     if unknown:
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
@@ -253,7 +256,7 @@ def run_shape_benchmark(
             skipped.append({"task": name, "init": "all", "reason": str(exc)})
             continue
         runs += _run_task(config, name, task, spec, test, data_root, out_dir, skipped, log)
-    results = {"config": asdict(config), "runs": runs, "skipped": skipped}
+    results = {"config": asdict(config), "environment": env, "runs": runs, "skipped": skipped}
     refine_at = config.refine_size or "the LD run's pool size"
     intro = [
         "Segmentation without any label of the target data set. Rows: LD with each shape prior "

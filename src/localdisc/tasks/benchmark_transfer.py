@@ -156,10 +156,13 @@ def run_benchmark(
     config: BenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run the grid, write ``results.json``, ``results.md`` and figures; return the results."""
+    from localdisc.engine.distributed import resolve_device
+    from localdisc.eval.provenance import environment
     from localdisc.eval.report import write_report
 
     config = preset(config)
     out_dir = Path(out_dir)
+    env = environment(resolve_device(config.device))  # at the start, before any training
     unknown = [t for t in config.tasks if t not in TASKS]
     if unknown:
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
@@ -200,7 +203,7 @@ def run_benchmark(
                             "run_dir": str(run_dir), "metrics": metrics,
                         }
                     )  # fmt: skip
-    results = {"config": asdict(config), "runs": runs, "skipped": skipped}
+    results = {"config": asdict(config), "environment": env, "runs": runs, "skipped": skipped}
     write_report(results, out_dir)
     return results
 

@@ -22,6 +22,7 @@ from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.errors import LocaldiscError
+from localdisc.eval.provenance import environment
 from localdisc.models.segmenter import Segmenter, read_config
 
 
@@ -127,8 +128,9 @@ def predict_images(
     Writes two files per image: ``NAME_prob.png``, the probability map (probability x 255),
     and ``NAME_mask.png``, the mask (0/255, ``prob >= threshold``), and ``predict.json``, what
     produced them (the model folder, the threshold, the FOV and target mask folders, each
-    image's file). Returns the masks' paths only, in the order of the images; each probability
-    map lies beside its mask (``NAME_prob.png`` for ``NAME_mask.png``).
+    image's file; where and when: :func:`~localdisc.eval.provenance.environment`). Returns the
+    masks' paths only, in the order of the images; each probability map lies beside its mask
+    (``NAME_prob.png`` for ``NAME_mask.png``).
 
     ``fov_masks``: a folder of FOV masks named as the images (:func:`fov_mask_files`); the
     probability is 0 outside them. A network of ``localdisc shape-guided vessels`` segments as
@@ -150,6 +152,7 @@ def predict_images(
                              f"{groups[0].parent}")  # fmt: skip
     config = read_config(model_dir)
     device = str(resolve_device(device))  # a misspelt device is named before any work
+    env = environment(device)  # at the start: where and when these outputs were made
     files = collect_images(images, out_dir=out_dir)
     matched = target_mask_files(files, images, masks) if masks is not None else None
     targets = None
@@ -202,6 +205,7 @@ def predict_images(
         "fov_masks": str(Path(fov_masks).resolve()) if fov_masks else None,
         "masks": str(Path(masks).resolve()) if masks is not None else None,
         "images": [{"name": name, "image": str(path.resolve())} for name, path in files],
+        "environment": env,
     }
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=2))
     if matched is not None:
@@ -311,6 +315,7 @@ def _write_metrics(
         "masks_used": {name: str(Path(mask).resolve()) for name, _ in files
                        if (mask := matched[name].mask) is not None},
         "unscored": unscored,
+        "environment": record["environment"],
     }  # fmt: skip
     atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
 

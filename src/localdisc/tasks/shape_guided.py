@@ -43,6 +43,7 @@ from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, predict_batch
 from localdisc.engine.pseudo_label import fit_pseudo_labels
 from localdisc.errors import CheckpointError, InputError, LocaldiscError
+from localdisc.eval.provenance import environment
 from localdisc.losses.region import region_embeddings
 from localdisc.models.ld import LDConfig, LDModel, split_weights_path
 from localdisc.models.segmenter import Segmenter
@@ -324,8 +325,8 @@ def segment_images(
     topology after averaging) to ``OUT``, whose uncertainty has the votes of every run's prior
     masks that keep their pose, together (:func:`ensemble_prior_masks`). Run again into ``OUT``
     with the same runs, images and settings, a run that got to its end there
-    (``OUT/run-K/segment.json``, written last, marks it) is kept as it is: a stopped ensemble
-    goes on from the run it stopped in.
+    (``OUT/run-K/segment.json``, written last with the settings and the environment, marks it)
+    is kept as it is: a stopped ensemble goes on from the run it stopped in.
     """
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
@@ -357,14 +358,15 @@ def segment_images(
     for run, part in zip(runs, parts, strict=True):
         # Each run's outputs, its refinement's above all, take long: a finished one is kept.
         marker, settings = part / "segment.json", _part_settings(run, files, size, refine_steps)
-        if marker.is_file() and json.loads(marker.read_text()) == settings:
+        if marker.is_file() and _without_environment(json.loads(marker.read_text())) == settings:
             log(f"{part} holds {run}'s outputs of these images: kept as they are (deleting "
                 "it segments again)")  # fmt: skip
             continue
         marker.unlink(missing_ok=True)
         log(f"segmenting with {run} -> {part}")
+        env = environment(device)  # where and when this run's outputs were made
         _segment_run(run, files, part, size, refine_steps, False, device, log)
-        atomic_write_text(marker, json.dumps(settings, indent=1))
+        atomic_write_text(marker, json.dumps({**settings, "environment": env}, indent=1))
     if prior_shape is not None:
         log(f"prior topology applied to the mean A and refined: {prior_shape.components} piece(s)")
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
@@ -407,6 +409,16 @@ def _part_settings(
         "images": [[name, *stamp(Path(path))] for name, path in files], "size": size,
         "refine_steps": refine_steps,
     }  # fmt: skip
+
+
+def _without_environment(marker: Any) -> Any:
+    """A ``segment.json`` as :func:`_part_settings` made it: the ``environment`` it also records
+    (:func:`~localdisc.eval.provenance.environment`) is no setting."""
+    return (
+        {k: v for k, v in marker.items() if k != "environment"}
+        if isinstance(marker, dict)
+        else marker
+    )
 
 
 def _check_run(run_dir: str | Path, log: Callable[[str], None]) -> None:

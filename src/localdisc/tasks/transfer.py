@@ -73,6 +73,7 @@ from localdisc.engine.finetune import (
 )
 from localdisc.errors import DatasetError, LocaldiscError
 from localdisc.eval.metrics import summarize
+from localdisc.eval.provenance import environment, with_resumed
 from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDConfig
 from localdisc.models.segmenter import Segmenter
@@ -465,6 +466,7 @@ def run_transfer(
         redo = "" if checkpoint_position(checkpoint_dir) else "; it kept no checkpoint: redoing it"
         log(f"{out_dir}: an interrupted fine-tuning with the same settings{redo}")
     t0 = time.perf_counter()
+    env = environment(config.train.device)  # where and when; outside "transfer": never compared
     train_set, test_set, self_split = _open_splits(config)
     if not self_split and config.test_fraction != FOLDER_TEST_FRACTION:
         raise LocaldiscError(
@@ -537,8 +539,14 @@ def run_transfer(
             "bn_images": len(bn_idx),
             **({"test_split": split_note} if split_note else {}),
         },
+        "environment": env,
     }
     if interrupted:  # its outputs (predictions of other images maybe) but what goes on from
+        # The first start's environment stays; this one is added to "resumed".
+        saved = json.loads((out_dir / "config.json").read_text())
+        meta = with_resumed(
+            {**meta, **{k: saved[k] for k in ("environment", "resumed") if k in saved}}, env
+        )
         _clear_outputs(out_dir, keep=("config.json", CHECKPOINT))
     # Written first, as the record of the run in progress (the model's config, for `predict`,
     # once model.safetensors is there): an interrupted run is recognised by its settings.
@@ -587,6 +595,8 @@ def run_transfer(
         "test_images": len(test_idx),
         "recalibrated_bn": config.recalibrate_bn,
         "bn_images": len(bn_idx),
+        "environment": meta["environment"],
+        **({"resumed": meta["resumed"]} if "resumed" in meta else {}),
     }
     metrics["phases"] = [
         {k: v for k, v in asdict(p).items() if k != "history"} for p in result.phases

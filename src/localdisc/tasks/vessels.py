@@ -46,6 +46,7 @@ from localdisc.data.preprocess import (
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.errors import LocaldiscError
+from localdisc.eval.provenance import environment, with_resumed
 from localdisc.models.segmenter import Segmenter, read_config
 from localdisc.tasks.predict import (
     collect_images,
@@ -135,6 +136,8 @@ def segment_vessels_self_trained(
     got to its end there is kept as it is (``vessels.csv``, written last, marks it), and one that
     stopped after its training segments with the network it saved: a stopped ``teach_all`` run
     goes on from where it stopped. ``progress`` shows progress bars. Returns the masks' paths.
+    The network's ``config.json`` also records the ``environment`` it was taught in
+    (:func:`~localdisc.eval.provenance.environment`).
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < MIN_SIDE:
@@ -212,6 +215,13 @@ def _self_train(
         log(f"{out_dir} holds a finished run of these settings on these images: kept as it is "
             f"(another --out, or deleting it, runs again)")  # fmt: skip
         return [out_dir / f"{name}_mask.png" for name in names]
+    # Where and when, in config.json beside the settings (not among them: _same_settings
+    # compares those); a stopped run's network keeps the environment it was trained in.
+    provenance: dict = {"environment": environment(config.device)}
+    if earlier:
+        saved = read_config(out_dir)
+        kept = {k: saved[k] for k in ("environment", "resumed") if k in saved}
+        provenance = with_resumed(kept, provenance["environment"])
     (out_dir / "vessels.csv").unlink(missing_ok=True)  # written last: marks a finished run
     taught = {}  # index -> (image, FOV, own size); the others are only read, to check them
     for i, (_, path) in enumerate(files):
@@ -236,7 +246,8 @@ def _self_train(
                   for i, (image, fov, _) in sorted(taught.items())}  # fmt: skip
         model = train_student(pictures, fovs, fraction, config, teachers=list(scores.values()),
                               log=log, progress=progress)  # fmt: skip
-        model.save(out_dir, extra={"self_trained_vessels": settings})  # before a long segmentation
+        # before a long segmentation
+        model.save(out_dir, extra={"self_trained_vessels": settings, **provenance})
     written, shares, strays = _write_vessels(model, files, masks, out_dir, max_size, speck_area,
                                              (config.method, config.erode_fov), log=log,
                                              loaded=taught, scores=scores,
@@ -245,7 +256,7 @@ def _self_train(
     yardstick = share_yardstick([shares[i] for i in sorted(chosen)])
     settings["vessel_share"], settings["vessel_share_range"] = yardstick[0], list(yardstick[1:])
     settings["teacher_disagreement"] = float(np.median([strays[i] for i in sorted(chosen)]))
-    model.save(out_dir, extra={"self_trained_vessels": settings})
+    model.save(out_dir, extra={"self_trained_vessels": settings, **provenance})
     seen = [i in chosen for i in range(len(files))]
     odd = _name_unusual(names, shares, seen, yardstick, log)
     if reteach_unusual and odd:

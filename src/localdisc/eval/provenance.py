@@ -1,0 +1,175 @@
+"""Where a result came from: the environment a run, benchmark or prediction ran in.
+
+:func:`environment` is written into the outputs' JSON records (a pre-training's ``config.json``,
+a benchmark's ``results.json``, ``predict.json``, ...) and :func:`environment_line` ends a
+benchmark's ``results.md``, so that every number says its localdisc version and commit, library
+versions, machine, number of processes, date and command without being copied by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping
+from datetime import datetime
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+#: Seconds each git command may take before the commit is left out (a hung network drive).
+GIT_TIMEOUT = 5.0
+
+
+def _git(*args: str, cwd: Path) -> str | None:
+    """``git ARGS`` in ``cwd``: its stdout stripped, or ``None`` when git is missing or fails."""
+    # GIT_OPTIONAL_LOCKS=0: `git status` would else refresh the index under its lock, and a
+    # user's own git command in the checkout at that moment could fail on the lock.
+    quiet = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, env=quiet, capture_output=True, text=True,
+            timeout=GIT_TIMEOUT, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@cache
+def git_state() -> dict[str, Any]:
+    """``{"commit": SHA, "dirty": bool}`` of the source tree localdisc runs from, ``{}`` when it
+    runs from no git checkout (an installed wheel) or git is missing.
+
+    Only a checkout that tracks this package's own files counts: a wheel installed in a virtual
+    environment inside some other repository must not report that repository's commit. ``dirty``:
+    ``git status --porcelain`` lists changed or untracked files. Once per process (three git calls,
+    some milliseconds).
+    """
+    import localdisc
+
+    package = Path(localdisc.__file__).resolve().parent
+    if _git("ls-files", "--error-unmatch", "__init__.py", cwd=package) is None:
+        return {}
+    commit = _git("rev-parse", "HEAD", cwd=package)
+    if not commit:
+        return {}
+    status = _git("status", "--porcelain", cwd=package)
+    return {"commit": commit, "dirty": bool(status)} if status is not None else {"commit": commit}
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@cache
+def _installed() -> dict[str, Any]:
+    """What does not change while a process runs: versions, commit, OS and CPU (once)."""
+    import torch
+
+    env: dict[str, Any] = {"localdisc": _version("localdisc"), **git_state()}
+    env.update(python=platform.python_version(), torch=torch.__version__)
+    if torch.version.cuda:
+        env["cuda"] = torch.version.cuda
+    if torch.cuda.is_available() and torch.backends.cudnn.is_available():
+        env["cudnn"] = torch.backends.cudnn.version()
+    env.update(monai=_version("monai"), numpy=_version("numpy"), os=platform.platform())
+    env.update(cpu=cpu_model(), cpu_cores=os.cpu_count())
+    return env
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def environment(device: str | torch.device | None = None, processes: int = 1) -> dict[str, Any]:
+    """The environment of a run starting now, as JSON-ready values.
+
+    Args:
+        device: the device it computes on (``"auto"`` is resolved); for a CUDA device the GPU's
+            model is recorded (with several processes, that of this process's GPU).
+        processes: how many processes take part (the world size under torchrun).
+
+    Keys: ``localdisc``; ``commit`` and ``dirty`` when it runs from a git checkout
+    (:func:`git_state`); ``python``, ``torch``, ``cuda`` and ``cudnn`` where torch has them,
+    ``monai``, ``numpy``; ``os``; ``cpu`` and ``cpu_cores``; ``device`` and ``gpu``;
+    ``processes``; ``started`` (ISO 8601 with the UTC offset); ``argv`` (the command line).
+    """
+    import torch
+
+    env = dict(_installed())
+    if device is not None:
+        if isinstance(device, str):
+            from localdisc.engine.distributed import resolve_device
+
+            device = resolve_device(device)
+        env["device"] = str(device)
+        if device.type == "cuda":
+            env["gpu"] = torch.cuda.get_device_name(device)
+    env["processes"] = int(processes)
+    env["started"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    env["argv"] = list(sys.argv)
+    return env
+
+
+def command_text(argv: list[str]) -> str:
+    """``argv`` as it would be typed: ``python -m localdisc`` or the program's name, then the
+    arguments, quoted for a shell."""
+    if not argv:
+        return ""
+    program = Path(argv[0])
+    # python -m PACKAGE runs PACKAGE/__main__.py
+    first = f"python -m {program.parent.name}" if program.name == "__main__.py" else program.name
+    return " ".join([first, *(shlex.quote(a) for a in argv[1:])])
+
+
+def environment_line(env: Mapping[str, Any]) -> str:
+    """One line of :func:`environment` for a Markdown report, e.g. ``localdisc 0.1.0 (commit
+    abc1234, modified), torch 2.13.0+cpu, Intel(R) Xeon(R) Processor (2 cores), 2026-12-05
+    14:20 +00:00, `localdisc benchmark transfer --quick```: the GPU instead of the CPU on CUDA,
+    the number of processes when more than one."""
+    version = f"localdisc {env.get('localdisc') or '?'}"
+    if env.get("commit"):
+        version += f" (commit {env['commit'][:7]}{', modified' if env.get('dirty') else ''})"
+    library = f"torch {env.get('torch', '?')}"
+    if env.get("gpu"):
+        library += f" (CUDA {env['cuda']})" if env.get("cuda") else ""
+        machine = env["gpu"]
+    else:
+        cores = f" ({env['cpu_cores']} cores)" if env.get("cpu_cores") else ""
+        machine = f"{env.get('cpu', 'unknown CPU')}{cores}"
+    parts = [version, library, machine]
+    if env.get("processes", 1) > 1:
+        parts.append(f"{env['processes']} processes")
+    if env.get("started"):
+        started = datetime.fromisoformat(env["started"])
+        offset = started.strftime("%z")  # +0100 -> +01:00, as ISO 8601 writes it
+        offset = f" {offset[:3]}:{offset[3:5]}" if offset else ""
+        parts.append(started.strftime("%Y-%m-%d %H:%M") + offset)
+    if env.get("argv"):
+        parts.append(f"`{command_text(env['argv'])}`")
+    return ", ".join(parts)
+
+
+def with_resumed(record: Mapping[str, Any], env: Mapping[str, Any], **details: Any) -> dict:
+    """``record`` (a saved JSON record) with ``env`` and ``details`` (e.g. the step it resumed
+    from) added to its ``resumed`` list: its ``environment``, the first start's, stays."""
+    return {**record, "resumed": [*record.get("resumed", []), {**details, **env}]}

@@ -1,0 +1,126 @@
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+import localdisc
+from localdisc.eval import provenance
+from localdisc.eval.provenance import (
+    command_text,
+    environment,
+    environment_line,
+    git_state,
+    with_resumed,
+)
+
+FIELDS = {"localdisc", "python", "torch", "monai", "numpy", "os", "cpu", "cpu_cores", "device",
+          "processes", "started", "argv"}  # fmt: skip
+PACKAGE = Path(localdisc.__file__).resolve().parent
+
+
+def _git(*args):
+    try:
+        done = subprocess.run(["git", *args], cwd=PACKAGE, capture_output=True, text=True)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_the_environment_has_every_field_and_is_json():
+    env = environment("cpu", processes=3)
+    assert set(env) >= FIELDS, FIELDS - set(env)
+    assert env == json.loads(json.dumps(env))  # JSON-ready as it is, no str() fallbacks
+    assert env["localdisc"] == localdisc.__version__ and env["device"] == "cpu"
+    assert env["processes"] == 3 and env["argv"] == sys.argv and "gpu" not in env
+    started = datetime.fromisoformat(env["started"])
+    assert started.utcoffset() is not None  # with its offset, not a bare local time
+    assert abs((datetime.now().astimezone() - started).total_seconds()) < 60
+    assert env["cpu"] and env["cpu_cores"] >= 1
+    assert "device" not in environment()  # no device given, none claimed
+
+
+def test_the_commit_is_the_checkout_s_and_says_whether_it_was_modified():
+    head = _git("rev-parse", "HEAD")
+    if head is None or _git("ls-files", "--error-unmatch", "__init__.py") is None:
+        pytest.skip("localdisc does not run from a git checkout here")
+    env = environment()
+    assert env["commit"] == head
+    assert env["dirty"] == bool(_git("status", "--porcelain"))
+
+
+def test_no_git_or_no_checkout_leaves_the_commit_out_quietly(monkeypatch):
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    git_state.cache_clear()
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    try:
+        assert git_state() == {}
+    finally:
+        git_state.cache_clear()
+    provenance._installed.cache_clear()
+    monkeypatch.setattr(provenance, "git_state", dict)
+    try:
+        env = environment("cpu")
+    finally:
+        provenance._installed.cache_clear()
+    assert "commit" not in env and "dirty" not in env
+    assert "commit" not in environment_line(env)
+
+
+def test_a_second_call_is_fast():
+    environment("cpu")  # versions, git and the CPU are looked up once per process
+    t0 = time.perf_counter()
+    for _ in range(10):
+        environment("cpu")
+    assert (time.perf_counter() - t0) / 10 < 0.005
+
+
+def test_the_line_names_version_commit_torch_machine_and_date():
+    env = {
+        "localdisc": "0.1.0", "commit": "abc1234def", "dirty": True, "torch": "2.13.0+cpu",
+        "cpu": "Intel(R) Xeon(R) Processor", "cpu_cores": 2, "device": "cpu", "processes": 1,
+        "started": "2026-12-05T14:20:07+00:00",
+        "argv": ["/x/src/localdisc/__main__.py", "benchmark", "transfer", "--out", "a b"],
+    }  # fmt: skip
+    assert environment_line(env) == (
+        "localdisc 0.1.0 (commit abc1234, modified), torch 2.13.0+cpu, Intel(R) Xeon(R) "
+        "Processor (2 cores), 2026-12-05 14:20 +00:00, "
+        "`python -m localdisc benchmark transfer --out 'a b'`"
+    )
+    gpu = {**env, "dirty": False, "gpu": "NVIDIA H100 80GB HBM3", "cuda": "12.4",
+           "processes": 4, "started": "2026-12-05T15:20:07+01:00"}  # fmt: skip
+    assert environment_line(gpu).startswith(
+        "localdisc 0.1.0 (commit abc1234), torch 2.13.0+cpu (CUDA 12.4), NVIDIA H100 80GB "
+        "HBM3, 4 processes, 2026-12-05 15:20 +01:00, "
+    )
+    assert "\n" not in environment_line(environment("cpu"))
+
+
+def test_the_command_reads_as_typed():
+    assert command_text(["/venv/bin/localdisc", "predict", "--out", "x"]) == (
+        "localdisc predict --out x"
+    )
+    assert command_text([]) == ""
+
+
+def test_a_resume_keeps_the_first_environment_and_lists_the_others():
+    record = {"pretrain": {}, "environment": {"started": "1"}}
+    once = with_resumed(record, {"started": "2"}, step=4)
+    twice = with_resumed(once, {"started": "3"}, step=6)
+    assert twice["environment"] == {"started": "1"} and "resumed" not in record
+    assert twice["resumed"] == [{"step": 4, "started": "2"}, {"step": 6, "started": "3"}]
+
+
+def test_a_cuda_device_records_its_gpu_model(monkeypatch):
+    # No GPU here: the name torch would give is stood in for.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"Test GPU ({device})")
+    env = environment(torch.device("cuda", 1), processes=2)
+    assert env["device"] == "cuda:1" and env["gpu"] == "Test GPU (cuda:1)"
+    assert "Test GPU (cuda:1), 2 processes" in environment_line(env)
