@@ -144,7 +144,7 @@ def test_sigterm_in_the_cli_keeps_the_step_and_exits_143(tmp_path, monkeypatch):
     assert lines[-1].startswith("interrupted by SIGTERM: the last checkpoint (step 10"), lines
 
 
-def test_ranks_agree_on_finite_and_the_signal_in_one_all_reduce(tmp_path, monkeypatch):
+def test_ranks_agree_on_finite_the_signal_and_the_budget_in_one_all_reduce(tmp_path, monkeypatch):
     # One process in a gloo group: the all_reduce path runs (two processes: the test below).
     import torch.distributed as dist
 
@@ -155,15 +155,54 @@ def test_ranks_agree_on_finite_and_the_signal_in_one_all_reduce(tmp_path, monkey
                             world_size=1)  # fmt: skip
     try:
         stop = GracefulStop()
-        assert stop.agree(torch.tensor(1.0), True) == (True, 0)
-        assert stop.agree(torch.tensor(0.0), True) == (False, 0)
+        assert stop.agree(torch.tensor(1.0), True) == (True, 0, False)
+        assert stop.agree(torch.tensor(0.0), True) == (False, 0, False)
+        assert stop.agree(torch.tensor(1.0), True, True) == (True, 0, True)
         stop.signum = signal.SIGTERM
-        assert stop.agree(torch.tensor(1.0), True) == (True, signal.SIGTERM)
+        assert stop.agree(torch.tensor(1.0), True) == (True, signal.SIGTERM, False)
     finally:
         dist.destroy_process_group()
-    assert calls == [torch.Size([2])] * 3  # one collective a step, for both
-    assert stop.agree(torch.tensor(0.0)) == (False, signal.SIGTERM)  # alone: no collective
-    assert len(calls) == 3
+    assert calls == [torch.Size([3])] * 4  # one collective a step, for all three
+    # alone: no collective
+    assert stop.agree(torch.tensor(0.0), budget_spent=True) == (False, signal.SIGTERM, True)
+    assert len(calls) == 4
+
+
+def run_two_ranks(tmp_path, source: str, *args: str) -> list[tuple[str, str]]:
+    """Run ``source`` as ranks 0 and 1 of a gloo group (argv: rank, store, run folder,
+    ``args``), as torchrun would; their (stdout, stderr)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "rank.py"
+    script.write_text(source)
+    tests = str(Path(__file__).resolve().parents[1])  # helpers
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    ranks = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(rank),
+                str(tmp_path / "store"),
+                str(tmp_path / "run"),
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    try:
+        return [rank.communicate(timeout=120) for rank in ranks]
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:  # a rank that waits for the other in vain
+                rank.kill()
 
 
 RANK = """
@@ -204,32 +243,69 @@ def test_under_torchrun_a_signal_to_one_rank_stops_all_at_the_end_of_that_step(t
     # torchrun sends SIGTERM to every rank, but a rank may get it a step later than another, and
     # a Ctrl-C reaches the foreground processes only: the ranks agree at every step, in the
     # collective of the finite check, not at the log steps (every 10: SIGKILL might come first).
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = tmp_path / "rank.py"
-    script.write_text(RANK)
-    tests = str(Path(__file__).resolve().parents[1])  # helpers
-    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path}
-    args = [str(tmp_path / "store"), str(tmp_path / "run"), "2"]
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for rank in (0, 1)
-    ]
-    try:
-        outputs = [rank.communicate(timeout=120) for rank in ranks]
-    finally:
-        for rank in ranks:
-            if rank.poll() is None:  # a rank that waits for the other in vain
-                rank.kill()
+    outputs = run_two_ranks(tmp_path, RANK, "2")
     assert [out.strip() for out, _ in outputs] == ["stopped after step 2"] * 2, outputs
     assert last_checkpoint(tmp_path / "run") == 2
     assert len(list_checkpoints(tmp_path / "run" / "checkpoints")) == 1
+
+
+BUDGET_RANK = """
+import os, sys, time, types
+import torch.distributed as dist
+from helpers import tiny_pretrain_config
+import localdisc.engine.pretrain as engine
+from localdisc.data.pool import synthetic_pool
+
+rank, store, run_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+# Rank 0's clock jumps past stage 1's budget in its third step; rank 1's never reaches it.
+offset, steps, loop_calls = [0.0], [], []
+engine.time = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0])
+real_losses = engine.ld_losses
+
+def ld_losses(model, *args, **kwargs):
+    if model.training:
+        steps.append(1)
+        if rank == 0 and len(steps) == 3:
+            offset[0] += 1000.0
+    return real_losses(model, *args, **kwargs)
+
+engine.ld_losses = ld_losses
+
+def counted(name):  # the collectives of the loop itself (the losses' own are not counted)
+    real = getattr(dist, name)
+
+    def call(*args, **kwargs):
+        if sys._getframe(1).f_globals["__name__"].startswith("localdisc.engine."):
+            loop_calls.append(name)
+        return real(*args, **kwargs)
+
+    setattr(dist, name, call)
+
+counted("all_reduce")
+counted("broadcast")
+# stage 2's budget: its clock restarts at the switch (rank 0's is 1000 s ahead by then)
+config = tiny_pretrain_config(stage1_steps=100, stage2_steps=2, stage1_seconds=100.0,
+                              stage2_seconds=100.0,
+                              log_every=100, checkpoint_every=1000, val_every=1000)
+messages = []
+try:
+    result = engine.pretrain(config, run_dir, pool=synthetic_pool(6, "fundus", 48),
+                             log=messages.append)
+    budget = [m for m in messages if "time budget" in m]
+    print(result.steps, result.trained_steps, len(steps), len(loop_calls), budget)
+finally:
+    dist.destroy_process_group()
+"""
+
+
+def test_under_torchrun_rank_0s_budget_ends_stage_1_on_all_ranks_in_the_step_collective(tmp_path):
+    # The budget flag rides on the finite check's all_reduce: rank 0's clock, spent in step 2,
+    # ends stage 1 on both ranks at the top of step 3; stage 2 still runs its 2 steps.
+    outputs = run_two_ranks(tmp_path, BUDGET_RANK)
+    spent = "stage 1: time budget of 100 s spent after 3 steps of the stage (global step 3)"
+    expected = f"102 5 5 5 {[spent]}"  # one loop collective per step
+    assert [out.strip() for out, _ in outputs] == [expected] * 2, outputs
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "stage1.safetensors").is_file()

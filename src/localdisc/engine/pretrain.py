@@ -430,14 +430,10 @@ def _save_final_weights(model: LDModel, run_dir: Path) -> None:
         atomic_save_safetensors(model.state_dict(), run_dir / "model_best.safetensors")
 
 
-def _budget_spent(start: float, budget: float, ctx: distributed.DistContext) -> bool:
-    """Whether ``budget`` seconds have passed since ``start`` (rank 0's clock decides for all)."""
-    spent = time.perf_counter() - start >= budget
-    if not ctx.distributed:
-        return spent
-    flag = torch.tensor([float(spent)], device=ctx.device)
-    torch.distributed.broadcast(flag, 0)
-    return bool(flag.item())
+def _budget_spent(start: float, budget: float | None) -> bool:
+    """Whether ``budget`` seconds (``None``: no budget) have passed since ``start`` on this
+    process's clock (under torchrun rank 0's decides for all, in ``GracefulStop.agree``)."""
+    return budget is not None and time.perf_counter() - start >= budget
 
 
 def budget_time_left(
@@ -804,6 +800,9 @@ def pretrain(
     stage_start = time.perf_counter()
     stage_first = step  # the step at stage_start: the pace behind a budget's time left
     finished = False
+    # Under torchrun: rank 0's clock past the stage's budget, agreed on at the last step's finite
+    # check (no collective of its own); the stage ends at the top of the next step.
+    budget_agreed = False
     # Ctrl-C or SIGTERM in the loop ends the step, writes a checkpoint there and then stops
     # (engine/stop.py); a second one stops at once.
     stopper = GracefulStop()
@@ -811,7 +810,8 @@ def pretrain(
         stopper.install()
         while step < config.total_steps:
             budget = config.stage1_seconds if stage == 1 else config.stage2_seconds
-            if budget is not None and _budget_spent(stage_start, budget, ctx):
+            # Under torchrun, rank 0's clock at the last step's finite check; alone, the clock now.
+            if budget_agreed if ctx.distributed else _budget_spent(stage_start, budget):
                 done = step - (config.stage1_steps if stage == 2 else 0)
                 log(
                     f"stage {stage}: time budget of {budget:.0f} s spent after {done} steps of "
@@ -828,6 +828,8 @@ def pretrain(
                 if main:
                     atomic_save_safetensors(model.state_dict(), run_dir / "stage1.safetensors")
                 stage = 2
+                budget = config.stage2_seconds
+                budget_agreed = False  # stage 1's, read at the top of this step
                 stage_start = time.perf_counter()
                 stage_first = step
                 best_val = math.inf
@@ -856,10 +858,12 @@ def pretrain(
                     terms.total = terms.total + config.prior_weight * terms.adv
                 total, logged = terms.total, terms.as_dict()
             optimizer.zero_grad(set_to_none=True)
-            # All ranks agree on a finite loss (or the gradient all-reduce hangs) and on a stop,
-            # in one all_reduce and one host sync.
-            finite, agreed_signum = stopper.agree(
-                torch.isfinite(total.detach()).float(), ctx.distributed
+            # All ranks agree on a finite loss (or the gradient all-reduce hangs), on a stop and
+            # on rank 0's budget, in one all_reduce and one host sync.
+            finite, agreed_signum, budget_agreed = stopper.agree(
+                torch.isfinite(total.detach()).float(),
+                ctx.distributed,
+                ctx.distributed and main and _budget_spent(stage_start, budget),
             )
             if not finite:
                 skipped_steps += 1

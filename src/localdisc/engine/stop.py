@@ -2,10 +2,10 @@
 
 Inside ``with GracefulStop() as stop:`` the first of those signals sets :attr:`GracefulStop.signum`
 and nothing else; the loop looks at it after a whole step (under torch.distributed the ranks agree
-on it in :meth:`GracefulStop.agree`), writes its checkpoint and calls :meth:`GracefulStop.stop`,
-which hands the signal to the handler it had deferred (Python's raises KeyboardInterrupt; the
-CLI's SIGTERM handler also records the signal for the exit code). A second signal goes to that
-handler at once, as without a graceful stop.
+on it, and on a time budget, in :meth:`GracefulStop.agree`), writes its checkpoint and calls
+:meth:`GracefulStop.stop`, which hands the signal to the handler it had deferred (Python's raises
+KeyboardInterrupt; the CLI's SIGTERM handler also records the signal for the exit code). A second
+signal goes to that handler at once, as without a graceful stop.
 
 Only signals whose handler is a Python function are deferred: an ignored signal stays ignored
 and a default action (SIGTERM outside the CLI ends the process) stays as it was. The handlers are
@@ -68,24 +68,34 @@ class GracefulStop:
             return
         self.signum = signum
 
-    def agree(self, finite: Tensor, distributed: bool = False) -> tuple[bool, int]:
-        """Whether a step's loss is finite on every rank, and the signal asking to stop (0:
-        none). ``finite``: this rank's flag (1. or 0., a tensor on the training device).
+    def agree(
+        self, finite: Tensor, distributed: bool = False, budget_spent: bool = False
+    ) -> tuple[bool, int, bool]:
+        """Whether a step's loss is finite on every rank, the signal asking to stop (0: none),
+        and whether the stage's time budget is spent. ``finite``: this rank's flag (1. or 0., a
+        tensor on the training device); ``budget_spent``: rank 0's clock (other ranks: False).
 
-        Alone: the flag and the signal as it is now. Under torch.distributed every rank must
-        call it at every step: both ride on the all_reduce the finite check needs anyway (MAX
-        of ``[1 - finite, signal]``: one non-finite rank skips the step everywhere, or the
-        gradient all-reduce hangs; SIGTERM wins over SIGINT), and on its one host sync, so that
-        all ranks stop at the same step, even those the signal did not reach, at no extra cost.
+        Alone: the flags and the signal as they are now. Under torchrun every rank must call it
+        at every step: all three ride on the all_reduce the finite check needs anyway (MAX of
+        ``[1 - finite, signal, budget_spent]``: one non-finite rank skips the step everywhere,
+        or the gradient all-reduce hangs; SIGTERM wins over SIGINT; rank 0's clock ends the
+        stage for all), and on its one host sync, so that all ranks stop, or end a stage, at
+        the same step, even those the signal did not reach, at no extra cost.
         """
         signum = self.signum or 0
         if not distributed:
-            return bool(finite.item()), signum
-        # A fill, not a copy of a Python number to the device (no host sync on a GPU).
-        flags = torch.cat([1 - finite.reshape(1), finite.new_full((1,), float(signum))])
+            return bool(finite.item()), signum, budget_spent
+        # Fills, not copies of Python numbers to the device (no host sync on a GPU).
+        flags = torch.cat(
+            [
+                1 - finite.reshape(1),
+                finite.new_full((1,), float(signum)),
+                finite.new_full((1,), float(budget_spent)),
+            ]
+        )
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        not_finite, agreed = flags.tolist()
-        return not not_finite, int(agreed)
+        not_finite, agreed, spent = flags.tolist()
+        return not not_finite, int(agreed), bool(spent)
 
     def stop(self, signum: int) -> NoReturn:
         """Hand ``signum`` to the handler it had deferred, then raise KeyboardInterrupt (if that
