@@ -53,10 +53,13 @@ def test_finetune_with_test_fraction_0_trains_on_every_image_for_predict(tmp_pat
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
+    # 5 trained on and 1 validating: not "6 labelled image(s) trained on"
+    assert "trained on" not in output
     assert (
-        "no test split (--test-fraction 0): 6 labelled image(s) trained on, none tested" in output
+        "no test split (--test-fraction 0): no image tested; validation Dice" in output
+        and "(5 train + 1 validation images)" in output
     )
-    assert "validation Dice" in output and "localdisc predict --model" in output
+    assert "localdisc predict --model" in output
     saved = json.loads((out / "config.json").read_text())["data"]
     assert set(saved["train_images"]) | set(saved["val_images"]) == {f"case{i}" for i in range(6)}
     assert "summary" not in json.loads((out / "metrics.json").read_text())

@@ -442,7 +442,7 @@ def _finetune_hint(out: Path) -> str:
     from localdisc.engine.finetune import checkpoint_position
     from localdisc.tasks.transfer import CHECKPOINT
 
-    if (out / "metrics.json").is_file():  # stopped while drawing its figure
+    if (out / "metrics.json").is_file():  # stopped after its last output
         return f"the fine-tuning had finished ({out / 'metrics.json'} is written)"
     where = checkpoint_position(out / CHECKPOINT)
     if where is None:
@@ -481,8 +481,9 @@ def finetune(
     test_fraction: float = typer.Option(
         0.2,
         help="Of a set without a test split (a folder): the fraction of its images held out for "
-        "testing, in [0, 1); 0 holds out none, to train on every labelled image (no test "
-        "metrics then). A set with its own test split refuses another value.",
+        "testing, in [0, 1); 0 holds out none: every labelled image is for training and "
+        "validation (no test metrics then). A set with its own test split refuses another "
+        "value.",
     ),
     frozen_epochs: int = typer.Option(100, help="Epochs with the pre-trained encoder frozen."),
     epochs: int = typer.Option(100, help="Epochs of full fine-tuning (or from scratch)."),
@@ -515,11 +516,12 @@ def finetune(
     # No --resume: the same command continues an interrupted run (its settings are checked).
     with _on_interrupt(lambda: _finetune_hint(out)):
         metrics = run_transfer(config, out, log=_log)
-    if "summary" not in metrics:  # --test-fraction 0: trained on every image, nothing tested
+    if "summary" not in metrics:  # --test-fraction 0: no image held out, nothing tested
         dice, validation = metrics["phases"][-1]["best_val_dice"], metrics["validation"]
+        # Not "N labelled image(s) trained on": a fifth of them validate (the validation note).
         console.print(
-            f"[bold green]no test split[/] (--test-fraction 0): {metrics['labels']} labelled "
-            f"image(s) trained on, none tested; validation Dice {dice:.4f} ({validation})"
+            f"[bold green]no test split[/] (--test-fraction 0): no image tested; validation "
+            f"Dice {dice:.4f} ({escape(validation)})"
         )
         console.print(
             f"model in [bold]{_path(out)}[/] (segment new images with `localdisc predict --model "
@@ -643,7 +645,12 @@ def localize(
         ..., "--landmarks", help='JSON {"name": [x, y], ...} in the template file\'s pixels.'
     ),
     images: list[Path] = typer.Option(..., "--images", help="Images or folders; repeatable."),
-    out: Path = typer.Option(Path("predictions.json"), "--out", help="Predictions (JSON)."),
+    out: Path = typer.Option(
+        Path("predictions.json"),
+        "--out",
+        help='Predictions (JSON): {"images": {NAME: {LANDMARK: {x, y, confidence}}}, '
+        '"environment": where and when they were made}.',
+    ),
     overlay: Path | None = typer.Option(None, "--overlay", help="Folder for overlay figures."),
     size: int | None = typer.Option(None, help="Working size (default: the pre-training size)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
@@ -653,6 +660,7 @@ def localize(
 
     from localdisc.engine.checkpoint import atomic_write_text
     from localdisc.engine.distributed import resolve_device
+    from localdisc.eval.provenance import environment
     from localdisc.tasks.localize import SearchConfig, localize_images, read_landmarks
     from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import check_size, load_model
@@ -664,12 +672,15 @@ def localize(
     if overlay is not None and overlay.exists() and not overlay.is_dir():
         raise LocaldiscError(f"--overlay {overlay} is a file; give a folder for the figures")
     spots = read_landmarks(landmarks)
-    loaded = load_model(model, device=str(resolve_device(device)))
+    resolved = resolve_device(device)
+    env = environment(resolved)  # at the start: where and when the predictions were made
+    loaded = load_model(model, device=str(resolved))
     results = localize_images(
         loaded, template, spots, collect_images(images),
         config=SearchConfig(size=size), overlay_dir=overlay,
     )  # fmt: skip
-    atomic_write_text(out, json.dumps(results, indent=2))
+    # The images under a key of their own: an image named "environment" cannot clash.
+    atomic_write_text(out, json.dumps({"images": results, "environment": env}, indent=2))
     console.print(f"localised {len(results)} image(s): [bold]{_path(out)}[/]")
 
 

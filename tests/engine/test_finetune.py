@@ -227,9 +227,12 @@ def straight():
 @pytest.mark.parametrize(
     "step,continues_at",
     [
-        (1, "frozen encoder epoch 1/1, step 2/2"),  # inside an epoch of the frozen phase
-        (5, "whole network epoch 2/2, step 2/2"),  # inside a later epoch of the next phase
-        (2, "whole network epoch 1/2"),  # the frozen phase's last step: its epoch ends first
+        # inside an epoch of the frozen phase
+        (1, "frozen encoder epoch 1/1 (epoch 1/3 in all), step 2/2"),
+        # inside a later epoch of the next phase
+        (5, "whole network epoch 2/2 (epoch 3/3 in all), step 2/2"),
+        # the frozen phase's last step: its epoch ends first
+        (2, "whole network epoch 1/2 (epoch 2/3 in all)"),
     ],
 )
 def test_a_signal_ends_the_step_checkpoints_it_and_the_same_call_continues_exactly(
@@ -303,7 +306,7 @@ def test_checkpoints_are_written_atomically_every_so_often_and_continued_from(
     monkeypatch.undo()
     logged: list[str] = []
     again = resumable_run(tmp_path, log=logged.append)
-    assert logged[0].endswith("whole network epoch 2/2")
+    assert logged[0].endswith("whole network epoch 2/2 (epoch 3/3 in all)")
     same_results(straight, again)
     # The last epoch's checkpoint, though less than checkpoint_seconds after the one before: a
     # stop while the caller evaluates the model then retrains nothing.
@@ -337,3 +340,21 @@ def test_a_checkpoint_of_other_images_or_settings_is_refused_and_a_corrupt_one_r
     logged: list[str] = []
     same_results(straight, resumable_run(tmp_path, log=logged.append))
     assert any("starting the fine-tuning over" in m for m in logged)
+
+
+def test_where_a_fine_tuning_continues_counts_the_epochs_as_its_progress_lines_do():
+    """Progress lines count the epochs of both phases ("whole network: epoch 4/5"); stopped
+    there, the run said it continues at "whole network epoch 2/3", as if it had gone back."""
+    from localdisc.engine.finetune import _position
+
+    two = {"finetune": {"phases": [["frozen", 2], ["finetune", 3]]}, "steps_per_epoch": 30}
+    state = {**two, "phase": 1, "epoch": 2, "epoch_step": 25}
+    assert _position(state) == "whole network epoch 2/3 (epoch 4/5 in all), step 26/30"
+    assert _position({**two, "phase": 0, "epoch": 3, "epoch_step": 0}) == (
+        "whole network epoch 1/3 (epoch 3/5 in all)"
+    )
+    assert _position({**two, "phase": 1, "epoch": 4, "epoch_step": 0}) == "the end of the training"
+    one = {"finetune": {"phases": [["scratch", 4]]}, "steps_per_epoch": 30}
+    assert _position({**one, "phase": 0, "epoch": 3, "epoch_step": 25}) == (
+        "from scratch epoch 3/4, step 26/30"
+    )

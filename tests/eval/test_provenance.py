@@ -124,3 +124,14 @@ def test_a_cuda_device_records_its_gpu_model(monkeypatch):
     env = environment(torch.device("cuda", 1), processes=2)
     assert env["device"] == "cuda:1" and env["gpu"] == "Test GPU (cuda:1)"
     assert "Test GPU (cuda:1), 2 processes" in environment_line(env)
+
+
+def test_the_eval_package_names_every_submodule():
+    import pkgutil
+
+    import localdisc.eval
+
+    names = [m.name for m in pkgutil.iter_modules(localdisc.eval.__path__)]
+    assert "provenance" in names
+    for name in names:
+        assert f":mod:`~localdisc.eval.{name}`" in (localdisc.eval.__doc__ or ""), name

@@ -133,7 +133,10 @@ def test_localize_cli_writes_predictions_and_overlays(tmp_path):
             "--device", "cpu"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    predictions = json.loads((tmp_path / "p.json").read_text())
+    record = json.loads((tmp_path / "p.json").read_text())
+    assert set(record) == {"images", "environment"}
+    assert record["environment"]["device"] == "cpu"  # where and when: see test_provenance
+    predictions = record["images"]
     assert set(predictions) == {"n0", "n1"}
     assert set(predictions["n0"]) == {"mark", "corner"}
     assert {"x", "y", "confidence"} == set(predictions["n0"]["mark"])
@@ -196,7 +199,7 @@ def test_localize_cli_takes_a_weight_file_and_refuses_a_folder_as_out(tmp_path):
     assert "--size must be at least 16 pixels, not -4" in str(result.exception)
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
-    assert set(json.loads((tmp_path / "p.json").read_text())["t"]) == {"mark"}
+    assert set(json.loads((tmp_path / "p.json").read_text())["images"]["t"]) == {"mark"}
 
 
 def test_landmarks_near_the_far_edge_of_non_square_images_map_back_to_their_pixels():

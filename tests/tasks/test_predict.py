@@ -225,3 +225,60 @@ def test_predict_refuses_a_mask_of_another_size(tmp_path):
     with pytest.raises(LocaldiscError, match=r"a.png: mask is 20x20, its image .*a.png is 24x20"):
         predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out",
                        masks=tmp_path / "gt", device="cpu")  # fmt: skip
+
+
+def test_predict_never_writes_over_a_finetunings_metrics(tmp_path):
+    """`predict --model ft --out ft --masks gt` replaced the fine-tuning's metrics.json (its
+    test results and record) with the scores of the new images, and said nothing."""
+    import json
+
+    model = tmp_path / "ft"
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(model, {"transfer": {}})
+    (model / "metrics.json").write_text(json.dumps({"summary": {}, "phases": []}))
+    before = (model / "metrics.json").read_text()
+    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    save(tmp_path / "gt" / "a.png", np.zeros((20, 24), np.uint8))
+    with pytest.raises(LocaldiscError, match=r"ft: holds metrics.json, not one `predict` wrote"):
+        predict_images(model, [tmp_path / "in"], model, masks=tmp_path / "gt", device="cpu")
+    assert (model / "metrics.json").read_text() == before
+    assert not (model / "a_mask.png").exists()  # refused before any work
+    # Without --masks nothing is scored and the fine-tuning's metrics.json stays as it was.
+    predict_images(model, [tmp_path / "in"], model, device="cpu")
+    assert (model / "metrics.json").read_text() == before
+
+
+def test_predict_again_without_masks_drops_the_scores_of_the_outputs_it_replaces(tmp_path):
+    """A second predict into the same --out, without --masks, left the first one's metrics.json
+    beside the new predict.json: scores of masks since replaced, of another FOV, say."""
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    save(tmp_path / "gt" / "a.png", np.zeros((20, 24), np.uint8))
+    out = tmp_path / "out"
+    predict_images(tmp_path / "model", [tmp_path / "in"], out, masks=tmp_path / "gt",
+                   device="cpu")  # fmt: skip
+    assert (out / "metrics.json").is_file()
+    logged: list[str] = []
+    predict_images(tmp_path / "model", [tmp_path / "in"], out, device="cpu", log=logged.append)
+    assert not (out / "metrics.json").exists()
+    assert any("metrics.json" in line and "removed" in line for line in logged), logged
+
+
+def test_predict_with_an_unfinished_finetuning_says_to_finish_it(tmp_path):
+    """An interrupted fine-tuning's folder (config.json, checkpoint/, no weights yet) said only
+    "model.safetensors: weights file not found"."""
+    import json
+
+    model = tmp_path / "ft"
+    segmenter = Segmenter(modality="fundus", size=32, width=4, depth=2)
+    argv = ["/x/src/localdisc/__main__.py", "finetune", "--dataset", "my data", "--out", "ft"]
+    segmenter.save(model, {"transfer": {}, "environment": {"argv": argv}})
+    (model / "model.safetensors").unlink()
+    (model / "checkpoint").mkdir()
+    assert "segmenter" in json.loads((model / "config.json").read_text())
+    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    with pytest.raises(LocaldiscError) as error:
+        predict_images(model, [tmp_path / "in"], tmp_path / "out", device="cpu")
+    message = str(error.value)
+    assert "ft: an unfinished fine-tuning (no model.safetensors yet)" in message
+    assert "python -m localdisc finetune --dataset 'my data' --out ft" in message
+    assert not (tmp_path / "out").exists()

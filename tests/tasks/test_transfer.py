@@ -393,6 +393,7 @@ def test_an_interrupted_run_is_redone_by_its_own_command_only(tmp_path):
         for m in logged
     )
     assert (out / "metrics.json").is_file() and not stale.exists()
+    assert metrics["resumed"][0]["continued_from"] == "the start (no checkpoint kept)"
     assert (out / "notes.txt").read_text() == "mine"  # only the run's own outputs go
     assert sorted(p.name for p in (out / "predictions").iterdir()) == sorted(
         f"{row['image']}_{kind}.png" for row in metrics["per_image"] for kind in ("mask", "prob")
@@ -443,6 +444,8 @@ def test_an_interrupted_finetuning_continues_from_its_checkpoint_to_the_same_res
     first = json.loads((out / "config.json").read_text())
     assert first["environment"]["started"] <= first["resumed"][0]["started"]
     assert metrics["environment"] == first["environment"] and len(metrics["resumed"]) == 1
+    # ... and where it went on from (it said only when, not from which epoch or from scratch)
+    assert metrics["resumed"][0]["continued_from"] == "from scratch epoch 2/3, step 2/2"
     assert "resumed" not in straight and straight["environment"]["torch"] == torch.__version__
     unrecorded = ("seconds", "phases", "environment", "resumed")
     drop = lambda m: {k: v for k, v in m.items() if k not in unrecorded}  # noqa: E731
@@ -509,7 +512,7 @@ def test_test_fraction_0_trains_on_every_image_of_a_folder_and_tests_none(tmp_pa
     assert trained == {f"case{i}" for i in range(12)}
     assert metrics["labels"] == 12 and metrics["bn_images"] == 12
     # No test split: said so, and no test metrics, predictions or overlay of test images.
-    assert "no test split" in metrics["test_split"] and "all 12 images" in metrics["test_split"]
+    assert "no test split" in metrics["test_split"] and "none of its 12" in metrics["test_split"]
     assert metrics["test_images"] == 0
     for key in ("summary", "per_image", "frozen", "recalibrated", "as_trained"):
         assert key not in metrics, key
@@ -612,3 +615,95 @@ def test_a_record_without_test_fraction_compares_as_the_default(tmp_path):
     run_transfer(tiny(str(data), frozen_epochs=0), out, log=logged.append)
     assert "interrupted fine-tuning with the same settings" in logged[0]
     assert (out / "metrics.json").is_file()
+
+
+def test_an_out_holding_a_predict_is_not_called_a_finished_fine_tuning(tmp_path):
+    """`finetune --out P` where `predict --masks` had written P/metrics.json: "P: holds a
+    finished fine-tuning (metrics.json)"."""
+    out = tmp_path / "P"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"summary": {}, "masks_used": {}}))
+    (out / "predict.json").write_text("{}")
+    with pytest.raises(LocaldiscError) as error:
+        run_transfer(tiny("synthetic_fundus:4"), out, log=lambda m: None)
+    message = str(error.value)
+    assert "finished fine-tuning" not in message
+    assert "P: holds metrics.json, not of a fine-tuning" in message
+
+
+def test_an_interrupted_run_with_other_settings_says_its_command_would_continue_it(
+    tmp_path, monkeypatch
+):
+    """The refusal said "run its own command again to redo it" of a run whose checkpoint that
+    command continues from."""
+    import os
+    import signal
+
+    import localdisc.engine.finetune as engine
+
+    data = str(folder_set(tmp_path / "data", n=4))
+    config = tiny(data, frozen_epochs=0, epochs=2, steps_per_epoch=2)
+    real, taken = engine.augment, []
+
+    def augment(*args, **kwargs):
+        taken.append(1)
+        if len(taken) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "augment", augment)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(config, tmp_path / "ft", log=lambda m: None)
+    monkeypatch.undo()
+    other = tiny(data, frozen_epochs=0, epochs=3, steps_per_epoch=2)
+    with pytest.raises(LocaldiscError) as error:
+        run_transfer(other, tmp_path / "ft", log=lambda m: None)
+    message = str(error.value)
+    assert "run its own command again to continue it from its checkpoint" in message
+    assert "redo" not in message
+    # Without a checkpoint its command redoes it, and says so.
+    import shutil
+
+    shutil.rmtree(tmp_path / "ft" / "checkpoint")
+    with pytest.raises(LocaldiscError, match="run its own command again to redo it"):
+        run_transfer(other, tmp_path / "ft", log=lambda m: None)
+
+
+def test_test_fraction_0_with_a_few_labels_does_not_say_every_image_is_trained_on(tmp_path):
+    """--labels 2 --test-fraction 0 logged "all 8 images for training and validation"."""
+    data = folder_set(tmp_path / "data", n=8)
+    config = tiny(str(data), frozen_epochs=0, test_fraction=0)
+    logged: list[str] = []
+    metrics = run_transfer(config, tmp_path / "ft", log=logged.append)
+    assert metrics["labels"] == 2
+    assert "all 8 images" not in metrics["test_split"]
+    assert metrics["test_split"] == (
+        "no test split: none of its 8 images held out for testing (--test-fraction 0)"
+    )
+    assert "none of the 8 images held out for testing" in logged[-1], logged[-1]
+
+
+def test_a_stop_while_drawing_the_overlay_leaves_a_run_that_the_same_command_ends(
+    tmp_path, monkeypatch
+):
+    """metrics.json was written before figures/overlay.png: a stop while drawing it left a run
+    called finished, refused by the same command, without its figure for good."""
+    import localdisc.eval.figures as figures
+
+    config = tiny("synthetic_fundus:4", frozen_epochs=0)
+    out = tmp_path / "ft"
+    real = figures.overlay_figure
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(figures, "overlay_figure", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(config, out, log=lambda m: None)
+    assert not (out / "metrics.json").exists()  # not finished: its command ends it
+    monkeypatch.setattr(figures, "overlay_figure", real)
+    logged: list[str] = []
+    run_transfer(config, out, log=logged.append)
+    assert "interrupted fine-tuning with the same settings" in logged[0]
+    assert any(m.endswith(": the end of the training") for m in logged), logged
+    assert (out / "figures" / "overlay.png").is_file() and (out / "metrics.json").is_file()

@@ -445,15 +445,20 @@ def training_plan(config: FinetuneConfig, pretrained: bool) -> list[tuple[str, i
 
 
 def _position(state: dict[str, Any]) -> str:
-    """Where the fine-tuning of a checkpoint's ``state`` continues, in words."""
+    """Where the fine-tuning of a checkpoint's ``state`` continues, in words: the phase's
+    epoch, and with two phases the epoch in all too, as the progress lines count them
+    ("whole network: epoch 4/5"), or "whole network epoch 2/3" read as going back."""
     plan = state["finetune"]["phases"]
     phase, epoch, step = state["phase"], state["epoch"], state["epoch_step"]
     name, epochs = plan[phase]
     if epoch > epochs:  # the phase is done: on to the next one, if any
         if phase + 1 == len(plan):
             return "the end of the training"
-        (name, epochs), epoch = plan[phase + 1], 1
+        phase, (name, epochs), epoch = phase + 1, plan[phase + 1], 1
     text = f"{PHASE_LABELS[name]} epoch {epoch}/{epochs}"
+    if len(plan) > 1:
+        before = sum(e for _, e in plan[:phase])
+        text += f" (epoch {before + epoch}/{sum(e for _, e in plan)} in all)"
     return text + (f", step {step + 1}/{state['steps_per_epoch']}" if step else "")
 
 

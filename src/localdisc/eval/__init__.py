@@ -1,4 +1,4 @@
-"""Evaluation: segmentation metrics, benchmark reports and figures.
+"""Evaluation: segmentation metrics, benchmark reports, figures and provenance.
 
 - :mod:`~localdisc.eval.metrics`: :func:`segmentation_metrics` (all metrics of one image:
   the paper's whole-image ``dice``; ``f1``, ``auc``, ``accuracy``, ``sensitivity``,
@@ -8,6 +8,9 @@
   ``(prob, target, fov)``: numpy arrays (or anything ``np.asarray`` takes) of one shape.
 - :mod:`~localdisc.eval.report`: the benchmarks' ``results.json`` and ``results.md``.
 - :mod:`~localdisc.eval.figures`: cluster and similarity maps of an LD model.
+- :mod:`~localdisc.eval.provenance`: :func:`~localdisc.eval.provenance.environment`, where and
+  when an output was made (versions, commit, machine, processes, start time, command), as the
+  outputs' JSON records it.
 """
 
 from typing import TYPE_CHECKING

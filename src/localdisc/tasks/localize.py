@@ -280,8 +280,9 @@ def localize_images(
     overlay_dir: Path | None = None,
     device: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{image name: {landmark: {x, y, confidence}}}`` for the CLI, with optional overlays;
-    ``model`` and ``device`` as :class:`Localizer` takes them."""
+    """``{image name: {landmark: {x, y, confidence}}}`` (the ``images`` of ``localdisc
+    localize``'s JSON), with optional overlays; ``model`` and ``device`` as :class:`Localizer`
+    takes them."""
     template_image = as_image(template)
     localizer = Localizer(model, template_image, landmarks, config, device=device)
     results: dict[str, dict[str, dict[str, float]]] = {}

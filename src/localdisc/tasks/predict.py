@@ -151,9 +151,11 @@ def predict_images(
                              f"vessels --teach-all`); give one as the model, e.g. "
                              f"{groups[0].parent}")  # fmt: skip
     config = read_config(model_dir)
+    _check_finished(Path(model_dir), config)
     device = str(resolve_device(device))  # a misspelt device is named before any work
     env = environment(device)  # at the start: where and when these outputs were made
     files = collect_images(images, out_dir=out_dir)
+    _check_metrics(Path(out_dir), masks is not None, log)
     matched = target_mask_files(files, images, masks) if masks is not None else None
     targets = None
     if matched is not None:
@@ -211,6 +213,52 @@ def predict_images(
     if matched is not None:
         _write_metrics(out_dir, record, files, matched, scores, log)
     return written
+
+
+def _check_finished(model_dir: Path, config: dict[str, Any]) -> None:
+    """Raise, saying how to finish it, where ``model_dir`` holds a fine-tuning that has not
+    finished: its config.json is written first, model.safetensors at the end (it said only
+    "model.safetensors: weights file not found")."""
+    if "transfer" not in config or (model_dir / "model.safetensors").is_file():
+        return
+    from localdisc.eval.provenance import command_text
+
+    argv = config.get("environment", {}).get("argv")
+    command = f" (`{command_text(argv)}`)" if isinstance(argv, list) and argv else ""
+    raise LocaldiscError(
+        f"{model_dir}: an unfinished fine-tuning (no model.safetensors yet): interrupted, or "
+        f"still running; run its command{command} again to finish it, then predict"
+    )
+
+
+def _is_predict_metrics(path: Path) -> bool:
+    """Whether ``path`` is a ``metrics.json`` that :func:`_write_metrics` wrote."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and "masks_used" in saved and "unscored" in saved
+
+
+def _check_metrics(out_dir: Path, scoring: bool, log: Callable[[str], None]) -> None:
+    """Before any work: refuse to score (``scoring``: ``--masks``) into an ``out_dir`` whose
+    ``metrics.json`` another command wrote (a fine-tuning's test results: ``--out`` its own
+    model folder replaced them); without scoring, remove an earlier predict's, which scored
+    outputs this run replaces (it stayed beside the new predict.json)."""
+    path = out_dir / "metrics.json"
+    if not path.is_file():
+        return
+    if not _is_predict_metrics(path):
+        if scoring:
+            raise LocaldiscError(
+                f"{out_dir}: holds metrics.json, not one `predict` wrote (a fine-tuning's "
+                "test results?), which --masks would replace; choose another --out (nothing "
+                "was written)"
+            )
+        return
+    if not scoring:
+        path.unlink()
+        log(f"removed {path}: an earlier predict's scores, not of the outputs this one writes")
 
 
 def score_prediction(

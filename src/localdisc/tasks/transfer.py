@@ -91,8 +91,8 @@ CHECKPOINT = "checkpoint"
 #: What :func:`run_transfer` writes in its output folder (``config.json`` first, ``metrics.json``
 #: last: a folder with the first and without the last holds an interrupted run).
 OUTPUTS = (
-    "config.json", CHECKPOINT, "model.safetensors", "history.csv", "predictions", "metrics.json",
-    "figures/overlay.png",
+    "config.json", CHECKPOINT, "model.safetensors", "history.csv", "predictions",
+    "figures/overlay.png", "metrics.json",
 )  # fmt: skip
 #: The U-Net pools four times: sides must divide by 16. At 16 px the bottleneck is 1 x 1, and
 #: batch norm cannot train on a batch of one such image, hence at least 32.
@@ -418,26 +418,33 @@ def _check_out_dir(out_dir: Path, config: TransferConfig) -> bool:
     if not found:
         return False
     advice = "choose another --out, or delete the folder to run here (nothing was deleted)"
-    if "metrics.json" in found:
-        raise LocaldiscError(
-            f"{out_dir}: holds a finished fine-tuning ({', '.join(found)}); {advice}"
-        )
     try:
         saved = json.loads((out_dir / "config.json").read_text())["transfer"]
         if not isinstance(saved, dict):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
-        # Another command's folder (an LD run's weights): not to be deleted for this, either.
+        # Another command's folder (an LD run's weights, predict's metrics.json): not to be
+        # deleted for this, either, nor called a finished fine-tuning.
         raise LocaldiscError(
             f"{out_dir}: holds {', '.join(found)}, not of a fine-tuning (no 'transfer' settings "
             "in config.json); choose another --out (nothing was deleted)"
         ) from None
+    if "metrics.json" in found:
+        raise LocaldiscError(
+            f"{out_dir}: holds a finished fine-tuning ({', '.join(found)}); {advice}"
+        )
     differences = _differences(protocol(saved), protocol(asdict(config)))
     if differences:
+        # Its command continues it from its checkpoint, where it has one.
+        goes_on = (
+            "continue it from its checkpoint"
+            if checkpoint_position(out_dir / CHECKPOINT)
+            else "redo it"
+        )
         raise LocaldiscError(
             f"{out_dir}: holds an interrupted fine-tuning (config.json, no metrics.json) with "
-            f"other settings ({'; '.join(differences)}); run its own command again to redo it, "
-            f"or {advice}"
+            f"other settings ({'; '.join(differences)}); run its own command again to "
+            f"{goes_on}, or {advice}"
         )
     return True
 
@@ -462,8 +469,9 @@ def run_transfer(
     out_dir = Path(out_dir)
     interrupted = _check_out_dir(out_dir, config)
     checkpoint_dir = out_dir / CHECKPOINT
+    where = checkpoint_position(checkpoint_dir) if interrupted else None
     if interrupted:  # with a checkpoint, finetune() says where it continues
-        redo = "" if checkpoint_position(checkpoint_dir) else "; it kept no checkpoint: redoing it"
+        redo = "" if where else "; it kept no checkpoint: redoing it"
         log(f"{out_dir}: an interrupted fine-tuning with the same settings{redo}")
     t0 = time.perf_counter()
     env = environment(config.train.device)  # where and when; outside "transfer": never compared
@@ -490,8 +498,9 @@ def run_transfer(
             f"no test split: {len(test_idx)} of its {len(train_set)} images held out for "
             "testing (by file name, the same for every --labels and --seed)"
             if test_idx
-            else f"no test split: all {len(train_set)} images for training and validation, "
-            "none held out for testing (--test-fraction 0)"
+            # Not "all N for training": --labels may take fewer of them.
+            else f"no test split: none of its {len(train_set)} images held out for testing "
+            "(--test-fraction 0)"
         )
         try:
             picked, picked_val, val_note = split_labelled(
@@ -542,11 +551,13 @@ def run_transfer(
         "environment": env,
     }
     if interrupted:  # its outputs (predictions of other images maybe) but what goes on from
-        # The first start's environment stays; this one is added to "resumed".
+        # The first start's environment stays; this one is added to "resumed", with where it
+        # went on from (as pre-training's says its step).
         saved = json.loads((out_dir / "config.json").read_text())
         meta = with_resumed(
-            {**meta, **{k: saved[k] for k in ("environment", "resumed") if k in saved}}, env
-        )
+            {**meta, **{k: saved[k] for k in ("environment", "resumed") if k in saved}}, env,
+            continued_from=where or "the start (no checkpoint kept)",
+        )  # fmt: skip
         _clear_outputs(out_dir, keep=("config.json", CHECKPOINT))
     # Written first, as the record of the run in progress (the model's config, for `predict`,
     # once model.safetensors is there): an interrupted run is recognised by its settings.
@@ -609,6 +620,11 @@ def run_transfer(
                 model, result.frozen_state, test_set, test_idx, target
             )
         metrics[other_key] = _evaluate_state(model, other_state, test_set, test_idx, target)
+        # Before metrics.json, the last output (OUTPUTS): a stop while drawing left a run
+        # called finished, without its figure, that the same command refused.
+        from localdisc.eval.figures import overlay_figure
+
+        overlay_figure(overlays, out_dir / "figures" / "overlay.png")
     # With the time interrupted runs spent on the fine-tuning (their data loading aside).
     metrics["seconds"] = round(time.perf_counter() - t0 + result.earlier_seconds, 1)
     atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
@@ -618,14 +634,12 @@ def run_transfer(
     if not test_idx:
         # The saved model is the last phase's best one (engine.finetune).
         log(
-            f"no test split (--test-fraction 0): none of the {len(train_set)} images held out; "
-            f"validation Dice {result.phases[-1].best_val_dice:.4f} ({val_note}) -> {out_dir}"
+            f"no test split (--test-fraction 0): none of the {len(train_set)} images held out "
+            f"for testing; validation Dice {result.phases[-1].best_val_dice:.4f} ({val_note}) "
+            f"-> {out_dir}"
         )
         return metrics
 
-    from localdisc.eval.figures import overlay_figure
-
-    overlay_figure(overlays, out_dir / "figures" / "overlay.png")
     dice, other = metrics["summary"]["dice"], metrics[other_key]["summary"]["dice"]["mean"]
     recalibrated = f"batch norm recalibrated over {len(bn_idx)} training images"
     saved, other_name = (
