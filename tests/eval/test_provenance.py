@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from localdisc.eval.provenance import (
 )
 
 FIELDS = {"localdisc", "python", "torch", "monai", "numpy", "os", "cpu", "cpu_cores", "device",
-          "processes", "started", "argv"}  # fmt: skip
+          "processes", "started", "argv", "cwd"}  # fmt: skip
 PACKAGE = Path(localdisc.__file__).resolve().parent
 
 
@@ -36,6 +37,7 @@ def test_the_environment_has_every_field_and_is_json():
     assert env == json.loads(json.dumps(env))  # JSON-ready as it is, no str() fallbacks
     assert env["localdisc"] == localdisc.__version__ and env["device"] == "cpu"
     assert env["processes"] == 3 and env["argv"] == sys.argv and "gpu" not in env
+    assert env["cwd"] == os.getcwd()  # argv's relative paths are relative to it
     started = datetime.fromisoformat(env["started"])
     assert started.utcoffset() is not None  # with its offset, not a bare local time
     assert abs((datetime.now().astimezone() - started).total_seconds()) < 60

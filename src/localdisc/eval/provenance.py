@@ -111,7 +111,8 @@ def environment(device: str | torch.device | None = None, processes: int = 1) ->
     Keys: ``localdisc``; ``commit`` and ``dirty`` when it runs from a git checkout
     (:func:`git_state`); ``python``, ``torch``, ``cuda`` and ``cudnn`` where torch has them,
     ``monai``, ``numpy``; ``os``; ``cpu`` and ``cpu_cores``; ``device`` and ``gpu``;
-    ``processes``; ``started`` (ISO 8601 with the UTC offset); ``argv`` (the command line).
+    ``processes``; ``started`` (ISO 8601 with the UTC offset); ``argv`` (the command line) and
+    ``cwd`` (where it ran: relative paths in ``argv`` are relative to it).
     """
     import torch
 
@@ -127,6 +128,7 @@ def environment(device: str | torch.device | None = None, processes: int = 1) ->
     env["processes"] = int(processes)
     env["started"] = datetime.now().astimezone().isoformat(timespec="seconds")
     env["argv"] = list(sys.argv)
+    env["cwd"] = os.getcwd()
     return env
 
 
