@@ -205,3 +205,17 @@ def test_the_terminal_bar_shows_no_wall_clock_time() -> None:
     with ProgressBar(10, 0, True, "pretrain", console=console, now=lambda: WALL) as bar:
         bar.update(10, "stage 1", "loss 1.0")
     assert "━" in out.getvalue() and "2024-05-01" not in out.getvalue()
+
+
+def test_a_phase_of_seconds_prints_no_line_per_tenth() -> None:
+    # Decoding 20 images in a second printed ten lines (one per tenth) within that second; now
+    # its last (a named phase would also print its first).
+    console, out = _file_console(terminal=False)
+    clock = [0.0]
+    with ProgressBar(20, 0, True, "decoding", clock=lambda: clock[0], console=console,
+                     now=lambda: WALL, unit="image") as bar:  # fmt: skip
+        for step in range(1, 21):
+            clock[0] += 0.05
+            bar.update(step)
+    lines = [line.removeprefix(STAMP) for line in out.getvalue().splitlines()]
+    assert [line.split(",")[0] for line in lines] == ["decoding: image 20/20 (100%)"]

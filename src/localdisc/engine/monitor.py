@@ -130,16 +130,20 @@ class ProgressBar:
     On a terminal, a rich progress bar. When ``console`` (default: rich's, on stdout) is not
     one (a log file, a pipe, nohup, a cluster job's output), a live bar would show nothing until
     the end, and then only cut to 80 columns: plain lines instead, each whole, at the first
-    update of each phase, every ``interval`` seconds, at each tenth of the steps, and at the last
-    step, each starting with the wall-clock time it was written, date included (``YYYY-MM-DD
-    HH:MM:SS``, local time): a job runs for days, and a line read alone (grep, tail) still says
-    when. Silent when not ``enabled``; a context manager that stops it. ``clock``: seconds, for
-    the times shown (default: rich's monotonic clock; tests give their own); ``now``: the wall
-    clock of the plain lines (default: ``datetime.now``); ``unit``: what the plain lines count.
+    update of each phase, every ``interval`` seconds, at each tenth of the steps (5 s apart at
+    least), and at the last step, each starting with the wall-clock time it was written, date
+    included (``YYYY-MM-DD HH:MM:SS``, local time): a job runs for days, and a line read alone
+    (grep, tail) still says when. Silent when not ``enabled``; a context manager that stops it.
+    ``clock``: seconds, for the times shown (default: rich's monotonic clock; tests give their
+    own); ``now``: the wall clock of the plain lines (default: ``datetime.now``); ``unit``: what
+    the plain lines count.
     """
 
-    #: Plain lines at every 1/LINES of the steps (besides every ``interval`` seconds).
+    #: Plain lines at every 1/LINES of the steps (besides every ``interval`` seconds)...
     LINES = 10
+    #: ... when at least this many seconds have passed since the last line: a phase of seconds
+    #: (decoding 20 images) printed ten lines within one.
+    TENTH_GAP = 5.0
 
     def __init__(
         self,
@@ -289,7 +293,10 @@ class ProgressBar:
         due = (
             new_phase
             or now - self.printed_at >= self.interval
-            or completed * self.LINES // total > self.printed_step * self.LINES // total
+            or (
+                completed * self.LINES // total > self.printed_step * self.LINES // total
+                and now - self.printed_at >= self.TENTH_GAP
+            )
             or (completed >= total > self.printed_step)
         )
         if due:
