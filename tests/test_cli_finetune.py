@@ -86,3 +86,32 @@ def test_finetune_test_fraction_is_refused_for_a_set_with_its_own_test_split(
     assert not (tmp_path / "ft").exists()
     result = CliRunner().invoke(app, [*args[:4], "1", *args[5:]])
     assert "--test-fraction must be in [0, 1)" in str(result.exception)
+
+
+def test_finetune_again_on_a_finished_run_succeeds_and_other_settings_name_the_flag(
+    tmp_path: Path,
+) -> None:
+    """A cluster job requeued after its fine-tuning finished exited 2 ("holds a finished
+    fine-tuning"), where `pretrain --resume` has nothing to do; and a refusal named
+    `train.epochs`, a field, where the user typed --epochs."""
+    out = tmp_path / "ft"
+    args = ["finetune", "--dataset", "synthetic_fundus:4", "--labels", "2", "--epochs", "1",
+            "--frozen-epochs", "1", "--size", "32", "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    output = " ".join(again.output.split())
+    assert "finished already, with the same settings; nothing to do" in output
+    assert "test (" in output and "dice" in output  # the usual summary, from metrics.json
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights
+    from localdisc.errors import LocaldiscError
+
+    other = CliRunner().invoke(app, [*args[:6], "2", *args[7:]])  # `main` exits 2 with it
+    assert isinstance(other.exception, LocaldiscError)
+    message = str(other.exception)
+    assert "holds a finished fine-tuning with other settings" in message
+    assert "--epochs (train.epochs): 1 there, 2 now" in message
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights

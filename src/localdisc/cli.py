@@ -466,8 +466,8 @@ def finetune(
         ...,
         "--out",
         help="Output folder (model, metrics, predictions); an interrupted run of the same "
-        "settings there continues from its checkpoint, one that holds another fine-tuning is "
-        "refused.",
+        "settings there continues from its checkpoint, a finished one is left as it is (its "
+        "metrics shown), one with other settings is refused.",
     ),
     target: str | None = typer.Option(None, help="Mask to learn (default: the set's default)."),
     init: str = typer.Option(

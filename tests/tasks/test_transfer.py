@@ -341,9 +341,11 @@ def test_paths_are_taken_as_str_and_init_may_be_a_weight_file_of_the_run(tmp_pat
     assert saved["transfer"]["init"] == str(stage1) and metrics["init"] == str(stage1)
 
 
-def test_an_out_holding_a_finished_run_is_refused_before_any_training(tmp_path, monkeypatch):
+def test_a_finished_run_is_left_as_it_is_and_one_with_other_settings_refused(tmp_path, monkeypatch):
     """A second run into the same --out wrote over the first, leaving its predictions of images
-    the second did not test beside the new metrics.json."""
+    the second did not test beside the new metrics.json. The same command again (a cluster job
+    requeued after it finished) was refused too, where `pretrain --resume` has nothing to do:
+    it returns the saved metrics, nothing trained or written."""
     import localdisc.tasks.transfer as transfer
 
     out = tmp_path / "ft"
@@ -356,12 +358,38 @@ def test_an_out_holding_a_finished_run_is_refused_before_any_training(tmp_path, 
     monkeypatch.setattr(transfer, "finetune", train)
     config = tiny("synthetic_fundus:4")
     config.labels = "3"
-    for again in (config, tiny("synthetic_fundus:4")):  # other settings, or the same
-        with pytest.raises(
-            LocaldiscError, match=r"ft: holds a finished fine-tuning .*another --out"
-        ):
-            run_transfer(again, out, log=lambda m: None)
+    with pytest.raises(
+        LocaldiscError,
+        match=r"ft: holds a finished fine-tuning with other settings "
+        r"\(--labels \(labels\): '2' there, '3' now\); choose another --out",
+    ):
+        run_transfer(config, out, log=lambda m: None)
+    logged: list[str] = []
+    again = run_transfer(tiny("synthetic_fundus:4"), out, log=logged.append)
+    assert again == json.loads((out / "metrics.json").read_text())
+    assert logged == [f"{out}: finished already, with the same settings; nothing to do "
+                      f"(its metrics: {out / 'metrics.json'})"]  # fmt: skip
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_frozen_epochs_are_not_compared_for_a_random_init(tmp_path):
+    """--init random trains one phase of --epochs: --frozen-epochs 100 there and 5 now refused
+    a continuation it made no difference to. For an LD init it still counts."""
+    from localdisc.tasks.transfer import protocol
+
+    out = tmp_path / "ft"
+    run_transfer(tiny("synthetic_fundus:4", frozen_epochs=3), out, log=lambda m: None)
+    (out / "metrics.json").unlink()  # interrupted
+    logged: list[str] = []
+    run_transfer(tiny("synthetic_fundus:4", frozen_epochs=5), out, log=logged.append)
+    assert "interrupted fine-tuning with the same settings" in logged[0]
+    assert (out / "metrics.json").is_file()
+    ld = str(tmp_path / "ld")
+    assert protocol(asdict(tiny("synthetic_fundus:4", ld, frozen_epochs=3))) != protocol(
+        asdict(tiny("synthetic_fundus:4", ld, frozen_epochs=5))
+    )
+    with pytest.raises(LocaldiscError, match=r"--epochs \(train.epochs\): 1 there, 2 now"):
+        run_transfer(tiny("synthetic_fundus:4", epochs=2), out, log=lambda m: None)
 
 
 def test_an_interrupted_run_is_redone_by_its_own_command_only(tmp_path):
@@ -378,7 +406,9 @@ def test_an_interrupted_run_is_redone_by_its_own_command_only(tmp_path):
     (out / "notes.txt").write_text("mine")
     config = tiny("synthetic_fundus:4")
     config.labels = "3"
-    with pytest.raises(LocaldiscError, match=r"interrupted .*labels: '2' there, '3' now"):
+    with pytest.raises(
+        LocaldiscError, match=r"interrupted .*--labels \(labels\): '2' there, '3' now"
+    ):
         run_transfer(config, out, log=lambda m: None)
     assert stale.exists()
     # Another device is the same run; a relative record (as saved before) is the same too.
@@ -429,7 +459,9 @@ def test_an_interrupted_finetuning_continues_from_its_checkpoint_to_the_same_res
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json"]
     monkeypatch.undo()
     other = tiny(data, frozen_epochs=0, epochs=4, steps_per_epoch=2)
-    with pytest.raises(LocaldiscError, match=r"interrupted .*train.epochs: 3 there, 4 now"):
+    with pytest.raises(
+        LocaldiscError, match=r"interrupted .*--epochs \(train.epochs\): 3 there, 4 now"
+    ):
         run_transfer(other, out, log=lambda m: None)
     logged: list[str] = []
     metrics = run_transfer(config, out, log=logged.append)
@@ -609,7 +641,9 @@ def test_a_record_without_test_fraction_compares_as_the_default(tmp_path):
     assert protocol(saved["transfer"]) != protocol(
         asdict(tiny(str(data), frozen_epochs=0, test_fraction=0))
     )
-    with pytest.raises(LocaldiscError, match=r"test_fraction: 0.2 there, 0.5 now"):
+    with pytest.raises(
+        LocaldiscError, match=r"--test-fraction \(test_fraction\): 0.2 there, 0.5 now"
+    ):
         run_transfer(tiny(str(data), test_fraction=0.5), out, log=lambda m: None)
     logged: list[str] = []
     run_transfer(tiny(str(data), frozen_epochs=0), out, log=logged.append)

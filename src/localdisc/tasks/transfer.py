@@ -29,9 +29,10 @@ test images are segmented in float32 exactly as ``localdisc predict`` segments t
 validation may run in bf16 autocast), so ``metrics.json`` describes what that command outputs.
 ``config.json`` is written before the training, and ``checkpoint/`` during it (see
 :mod:`localdisc.engine.finetune`; deleted once ``metrics.json`` is written). A folder that holds
-another run's outputs is refused (nothing is deleted), except an interrupted run with the same
-settings (``config.json`` without ``metrics.json``): running the same command again continues it
-from its checkpoint, or redoes it where it has none, replacing its outputs.
+another run's outputs is refused (nothing is deleted), except a run with the same settings: running
+the same command again continues an interrupted one (``config.json`` without ``metrics.json``)
+from its checkpoint, or redoes it where it has none, replacing its outputs; a finished one is left
+as it is, its ``metrics.json`` returned (a job requeued after it finished has nothing to do).
 """
 
 from __future__ import annotations
@@ -162,13 +163,16 @@ def protocol(transfer: dict[str, Any]) -> dict[str, Any]:
     records), and paths made absolute as :class:`TransferConfig` makes them,
     so a record written with relative paths (before they were saved absolute) still compares
     equal from the working directory it ran in. A record without ``test_fraction`` (written
-    before it was a setting) held out :data:`FOLDER_TEST_FRACTION`."""
+    before it was a setting) held out :data:`FOLDER_TEST_FRACTION`. With ``init`` random,
+    ``train.frozen_epochs`` is left out: there is no encoder to freeze (one phase of ``epochs``)."""
     train = {k: v for k, v in transfer.get("train", {}).items() if k not in RUNTIME_FIELDS}
     out = {"test_fraction": FOLDER_TEST_FRACTION, **transfer, "train": train}
     if isinstance(out.get("dataset"), str):
         out["dataset"] = absolute_data_spec(out["dataset"])
     if isinstance(out.get("init"), str):
         out["init"] = absolute_init(out["init"])
+    if out.get("init") == "random":
+        train.pop("frozen_epochs", None)
     return out
 
 
@@ -390,33 +394,47 @@ def _history_csv(phases: list) -> str:
     return buffer.getvalue()
 
 
+#: ``localdisc finetune``'s flag for each setting it sets: a refusal names what users typed.
+FLAGS = {
+    "dataset": "--dataset", "target": "--target", "init": "--init", "labels": "--labels",
+    "test_fraction": "--test-fraction", "size": "--size", "recalibrate_bn": "--recalibrate-bn",
+    "train.frozen_epochs": "--frozen-epochs", "train.epochs": "--epochs", "train.batch": "--batch",
+    "train.steps_per_epoch": "--steps-per-epoch", "train.lr": "--lr", "train.seed": "--seed",
+}  # fmt: skip
+
+
 def _differences(saved: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
-    """``"KEY: SAVED there, GIVEN now"`` for each setting that differs (nested ``train``)."""
+    """``"[FLAG (]KEY[)]: SAVED there, GIVEN now"`` for each setting that differs (nested
+    ``train``), with its :data:`FLAGS` flag where it has one."""
     out = []
     for key in sorted(set(saved) | set(given)):
         a, b = saved.get(key), given.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}: {a!r} there, {b!r} now")
+            name = f"{prefix}{key}"
+            name = f"{FLAGS[name]} ({name})" if name in FLAGS else name
+            out.append(f"{name}: {a!r} there, {b!r} now")
     return out
 
 
-def _check_out_dir(out_dir: Path, config: TransferConfig) -> bool:
-    """Raise unless ``out_dir`` is free for this run; ``True`` when it holds an interrupted run
-    with the same settings, which the run continues from its checkpoint (or redoes without one),
-    replacing its outputs: running the same command again is how an interrupted fine-tuning
-    goes on.
+def _check_out_dir(out_dir: Path, config: TransferConfig) -> str | None:
+    """Raise unless ``out_dir`` is free for this run or holds this run: ``None`` when free,
+    ``"interrupted"`` for an interrupted run with the same settings, which the run continues
+    from its checkpoint (or redoes without one), replacing its outputs, and ``"finished"`` for a
+    finished one (``metrics.json``) with the same settings, left as it is: running the same
+    command again is how an interrupted fine-tuning goes on, and does nothing after it finished
+    (as ``pretrain --resume``).
 
-    A finished run (``metrics.json``), an interrupted one with other settings and another
-    command's outputs (an LD run's ``model.safetensors``) are refused, nothing deleted: writing
-    over them mixed two runs (the first run's predictions of images the second did not test).
+    A run with other settings and another command's outputs (an LD run's
+    ``model.safetensors``) are refused, nothing deleted: writing over them mixed two runs (the
+    first run's predictions of images the second did not test).
     """
     if out_dir.exists() and not out_dir.is_dir():  # said now, not after the training
         raise LocaldiscError(f"{out_dir}: a file, not a folder; choose another --out")
     found = [name for name in OUTPUTS if (out_dir / name).exists()]
     if not found:
-        return False
+        return None
     advice = "choose another --out, or delete the folder to run here (nothing was deleted)"
     try:
         saved = json.loads((out_dir / "config.json").read_text())["transfer"]
@@ -429,11 +447,14 @@ def _check_out_dir(out_dir: Path, config: TransferConfig) -> bool:
             f"{out_dir}: holds {', '.join(found)}, not of a fine-tuning (no 'transfer' settings "
             "in config.json); choose another --out (nothing was deleted)"
         ) from None
-    if "metrics.json" in found:
-        raise LocaldiscError(
-            f"{out_dir}: holds a finished fine-tuning ({', '.join(found)}); {advice}"
-        )
     differences = _differences(protocol(saved), protocol(asdict(config)))
+    if "metrics.json" in found:
+        if differences:
+            raise LocaldiscError(
+                f"{out_dir}: holds a finished fine-tuning with other settings "
+                f"({'; '.join(differences)}); {advice}"
+            )
+        return "finished"
     if differences:
         # Its command continues it from its checkpoint, where it has one.
         goes_on = (
@@ -446,7 +467,7 @@ def _check_out_dir(out_dir: Path, config: TransferConfig) -> bool:
             f"other settings ({'; '.join(differences)}); run its own command again to "
             f"{goes_on}, or {advice}"
         )
-    return True
+    return "interrupted"
 
 
 def _clear_outputs(out_dir: Path, keep: tuple[str, ...] = ()) -> None:
@@ -467,7 +488,19 @@ def run_transfer(
 ) -> dict[str, Any]:
     """Fine-tune and evaluate as described in the module docstring; returns ``metrics.json``."""
     out_dir = Path(out_dir)
-    interrupted = _check_out_dir(out_dir, config)
+    state = _check_out_dir(out_dir, config)
+    if state == "finished":
+        metrics_path = out_dir / "metrics.json"
+        log(f"{out_dir}: finished already, with the same settings; nothing to do (its metrics: "
+            f"{metrics_path})")  # fmt: skip
+        try:
+            return json.loads(metrics_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise LocaldiscError(
+                f"{metrics_path}: unreadable ({exc}); choose another --out, or delete the "
+                "folder to run here again"
+            ) from None
+    interrupted = state == "interrupted"
     checkpoint_dir = out_dir / CHECKPOINT
     where = checkpoint_position(checkpoint_dir) if interrupted else None
     if interrupted:  # with a checkpoint, finetune() says where it continues
