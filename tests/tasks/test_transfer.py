@@ -367,8 +367,8 @@ def test_a_finished_run_is_left_as_it_is_and_one_with_other_settings_refused(tmp
     logged: list[str] = []
     again = run_transfer(tiny("synthetic_fundus:4"), out, log=logged.append)
     assert again == json.loads((out / "metrics.json").read_text())
-    assert logged == [f"{out}: finished already, with the same settings; nothing to do "
-                      f"(its metrics: {out / 'metrics.json'})"]  # fmt: skip
+    assert logged == [f"reusing {out / 'metrics.json'}: finished already, with the same "
+                      "settings; nothing to do"]  # fmt: skip
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 

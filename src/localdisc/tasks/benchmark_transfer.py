@@ -10,7 +10,6 @@ that a whole comparison is one command.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -25,7 +24,6 @@ from localdisc.tasks.transfer import (
     check_size,
     check_task_data,
     init_modality,
-    protocol,
     run_transfer,
 )
 
@@ -222,13 +220,5 @@ def _run_one(
         spec, task.target, init, labels, config.size, max_test=config.max_test,
         train=config.finetune_config(seed),
     )  # fmt: skip
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        saved = json.loads((run_dir / "config.json").read_text())["transfer"]
-        if protocol(saved) != protocol(asdict(transfer)):
-            raise LocaldiscError(
-                f"{run_dir} holds a finished run with other settings; use another --out"
-            )
-        log(f"reusing {metrics_path}")
-        return json.loads(metrics_path.read_text())
+    # A finished run with these settings is reused; one with others is refused, naming them.
     return run_transfer(transfer, run_dir, log=log)

@@ -491,8 +491,7 @@ def run_transfer(
     state = _check_out_dir(out_dir, config)
     if state == "finished":
         metrics_path = out_dir / "metrics.json"
-        log(f"{out_dir}: finished already, with the same settings; nothing to do (its metrics: "
-            f"{metrics_path})")  # fmt: skip
+        log(f"reusing {metrics_path}: finished already, with the same settings; nothing to do")
         try:
             return json.loads(metrics_path.read_text())
         except (OSError, ValueError) as exc:
