@@ -152,3 +152,14 @@ def test_a_config_that_cannot_be_saved_leaves_no_weights_behind(tmp_path):
     with pytest.raises(InputError, match="not JSON"):
         model.save(tmp_path / "m", {"transfer": {"init": tmp_path}})
     assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_from_pretrained_of_a_pretraining_run_says_what_to_do_with_it(tmp_path):
+    # It said only "not a fine-tuned model (no segmenter)", for a pre-training run as for any.
+    (tmp_path / "config.json").write_text(json.dumps({"other": {}}))
+    with pytest.raises(CheckpointError) as error:
+        Segmenter.from_pretrained(tmp_path)
+    assert str(error.value) == f"{tmp_path}/config.json: not a fine-tuned model (no segmenter)"
+    LDModel(LDConfig(width=4, depth=2)).save(tmp_path)
+    with pytest.raises(CheckpointError, match=r"an LD pre-training run: fine-tune it first"):
+        Segmenter.from_pretrained(tmp_path)

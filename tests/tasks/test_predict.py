@@ -282,3 +282,57 @@ def test_predict_with_an_unfinished_finetuning_says_to_finish_it(tmp_path):
     assert "ft: an unfinished fine-tuning (no model.safetensors yet)" in message
     assert "python -m localdisc finetune --dataset 'my data' --out ft" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_again_of_fewer_images_removes_the_earlier_runs_other_outputs(tmp_path):
+    """A second predict into the same --out of fewer images left the first one's outputs of the
+    others (02_test_*.png), which the new predict.json does not list: two runs mixed."""
+    import json
+
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    for name in ("01_test", "02_test"):
+        save(tmp_path / "in" / f"{name}.png", np.full((20, 24, 3), 120, np.uint8))
+    out = tmp_path / "out"
+    predict_images(tmp_path / "model", [tmp_path / "in"], out, device="cpu")
+    (out / "notes.txt").write_text("mine")  # not predict's: stays
+    save(out / "03_test_mask.png", np.zeros((20, 24), np.uint8))  # not listed: stays
+    logged: list[str] = []
+    predict_images(tmp_path / "model", [tmp_path / "in" / "01_test.png"], out, device="cpu",
+                   log=logged.append)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "01_test_mask.png", "01_test_prob.png", "03_test_mask.png", "notes.txt", "predict.json"
+    ]  # fmt: skip
+    assert [e["name"] for e in json.loads((out / "predict.json").read_text())["images"]] == [
+        "01_test"
+    ]
+    assert [line for line in logged if "removed" in line] == [
+        f"removed 2 file(s) of an earlier predict from {out}: outputs of images this one does "
+        "not segment"
+    ]
+
+
+def test_predict_with_a_pretraining_run_says_to_fine_tune_it(tmp_path):
+    """An LD pre-training run as --model said only "not a fine-tuned model (no segmenter)"."""
+    import json
+
+    from localdisc.models import LDConfig, LDModel
+
+    run = tmp_path / "run"
+    LDModel(LDConfig("fundus", width=4, depth=2)).save(run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({"pretrain": {}, **config}))
+    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predict.json").write_text(json.dumps({"images": [{"name": "b", "image": "b.png"}]}))
+    save(out / "b_mask.png", np.zeros((20, 24), np.uint8))
+    with pytest.raises(LocaldiscError) as error:
+        predict_images(run, [tmp_path / "in"], out, device="cpu")
+    message = str(error.value)
+    assert (
+        "run/config.json: not a fine-tuned model (no segmenter); it is an LD pre-training run"
+        in message
+    )
+    assert f"`localdisc finetune --init {run} ...`" in message
+    assert "`localdisc similarity`, `localize` or `view`" in message
+    assert (out / "b_mask.png").is_file()  # refused before anything was removed

@@ -171,9 +171,17 @@ class Segmenter(nn.Module):
         from localdisc.engine.checkpoint import load_safetensors
 
         model_dir = Path(model_dir)
-        raw = read_config(model_dir).get("segmenter")
+        config = read_config(model_dir)
+        raw = config.get("segmenter")
         if not isinstance(raw, dict):
-            raise CheckpointError(f"{model_dir}/config.json: not a fine-tuned model (no segmenter)")
+            problem = f"{model_dir}/config.json: not a fine-tuned model (no segmenter)"
+            if "pretrain" in config or "model" in config:  # said only the line above
+                problem += (
+                    f"; it is an LD pre-training run: fine-tune it first (`localdisc finetune "
+                    f"--init {model_dir} ...`), or give it to `localdisc similarity`, "
+                    "`localize` or `view`"
+                )
+            raise CheckpointError(problem)
         try:
             model = cls(SegmenterConfig(**raw))
         except (TypeError, ValueError) as exc:

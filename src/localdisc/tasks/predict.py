@@ -162,8 +162,12 @@ def predict_images(
         targets = {name: m.mask for name, m in matched.items() if m.mask is not None}
     fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     out_dir = Path(out_dir)
+    model = None  # loaded before anything is removed: a pre-training run fails here
+    if "self_trained_vessels" not in config:
+        model = Segmenter.from_pretrained(model_dir, device=device)
+    _remove_earlier_outputs(out_dir, files, log)
     scores: dict[str, dict[str, float]] = {}
-    if "self_trained_vessels" in config:
+    if model is None:
         from localdisc.tasks.vessels import predict_vessels
 
         written = predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
@@ -181,7 +185,6 @@ def predict_images(
     else:
         from localdisc.tasks.transfer import TUBULAR_TARGETS  # it imports this module
 
-        model = Segmenter.from_pretrained(model_dir, device=device)
         target_name = config.get("data", {}).get("target")
         written = []
         with ProgressBar(len(files), 0, progress, "predict", unit="image") as bar:
@@ -259,6 +262,34 @@ def _check_metrics(out_dir: Path, scoring: bool, log: Callable[[str], None]) -> 
     if not scoring:
         path.unlink()
         log(f"removed {path}: an earlier predict's scores, not of the outputs this one writes")
+
+
+def _remove_earlier_outputs(
+    out_dir: Path, files: Sequence[tuple[str, Path]], log: Callable[[str], None]
+) -> None:
+    """Remove the ``NAME_prob.png``/``NAME_mask.png`` that an earlier predict's ``predict.json``
+    in ``out_dir`` lists and this run does not write again: they stayed beside the new
+    predict.json, which does not list them, mixing two runs. Only those files: names that are
+    not a plain file name, and this run's own images, are left alone."""
+    try:
+        record = json.loads((out_dir / "predict.json").read_text())
+        listed = [entry["name"] for entry in record["images"]]
+    except (OSError, ValueError, TypeError, KeyError):
+        return  # no predict.json, or not one predict wrote
+    keep = {name for name, _ in files}
+    inputs = {path.resolve() for _, path in files}
+    removed = 0
+    for name in listed:
+        if not isinstance(name, str) or name in keep or Path(name).name != name:
+            continue
+        for suffix in ("_prob", "_mask"):
+            path = out_dir / f"{name}{suffix}.png"
+            if path.is_file() and path.resolve() not in inputs:
+                path.unlink()
+                removed += 1
+    if removed:
+        log(f"removed {removed} file(s) of an earlier predict from {out_dir}: outputs of "
+            "images this one does not segment")  # fmt: skip
 
 
 def score_prediction(
