@@ -15,7 +15,7 @@ from localdisc.eval.provenance import (
     environment,
     environment_line,
     git_state,
-    with_resumed,
+    resumed,
 )
 
 FIELDS = {"localdisc", "python", "torch", "monai", "numpy", "os", "cpu", "cpu_cores", "device",
@@ -112,8 +112,8 @@ def test_the_command_reads_as_typed():
 
 def test_a_resume_keeps_the_first_environment_and_lists_the_others():
     record = {"pretrain": {}, "environment": {"started": "1"}}
-    once = with_resumed(record, {"started": "2"}, step=4)
-    twice = with_resumed(once, {"started": "3"}, step=6)
+    once = {**record, **resumed(record, {"started": "2"}, step=4)}
+    twice = {**once, **resumed(once, {"started": "3"}, step=6)}
     assert twice["environment"] == {"started": "1"} and "resumed" not in record
     assert twice["resumed"] == [{"step": 4, "started": "2"}, {"step": 6, "started": "3"}]
 

@@ -42,7 +42,7 @@ from localdisc.engine.precision import bf16_autocast, bf16_autocast_pays
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.engine.stop import GracefulStop
 from localdisc.errors import CheckpointError, LocaldiscError
-from localdisc.eval.provenance import environment, with_resumed
+from localdisc.eval.provenance import environment, resumed
 from localdisc.losses import (
     entropy_loss,
     hypersphere_mixup_loss,
@@ -727,7 +727,8 @@ def pretrain(
         meta["environment"] = env  # outside "pretrain": a resume does not compare it
         atomic_write_text(config_path, json.dumps(meta, indent=2))
     if main and resume and not already_finished:  # the first start's environment stays
-        meta = with_resumed(json.loads(config_path.read_text()), env, step=step)
+        saved = json.loads(config_path.read_text())
+        meta = {**saved, **resumed(saved, env, step=step)}
         atomic_write_text(config_path, json.dumps(meta, indent=2))
 
     b = config.batch

@@ -171,7 +171,9 @@ def environment_line(env: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def with_resumed(record: Mapping[str, Any], env: Mapping[str, Any], **details: Any) -> dict:
-    """``record`` (a saved JSON record) with ``env`` and ``details`` (e.g. the step it resumed
-    from) added to its ``resumed`` list: its ``environment``, the first start's, stays."""
-    return {**record, "resumed": [*record.get("resumed", []), {**details, **env}]}
+def resumed(saved: Mapping[str, Any], env: Mapping[str, Any], **details: Any) -> dict:
+    """The provenance of a record continued now: ``saved``'s ``environment`` (the first
+    start's, where it has one) and its ``resumed`` list with ``env`` and ``details`` (e.g. the
+    step it resumed from) added."""
+    first = {"environment": saved["environment"]} if "environment" in saved else {}
+    return {**first, "resumed": [*saved.get("resumed", []), {**details, **env}]}

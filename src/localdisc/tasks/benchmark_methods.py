@@ -151,12 +151,11 @@ def run_methods_benchmark(
     config: MethodsBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Pre-train every method on every pool, then one transfer table; write the report."""
-    from localdisc.engine.distributed import resolve_device
     from localdisc.eval.provenance import environment
 
     config = preset(config)
     out_dir = Path(out_dir)
-    env = environment(resolve_device(config.device))  # at the start, before any pre-training
+    env = environment(config.device)  # at the start, before any pre-training
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise LocaldiscError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")

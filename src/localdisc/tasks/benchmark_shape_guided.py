@@ -207,13 +207,12 @@ def run_shape_benchmark(
     config: ShapeBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run every task, prior, seed and baseline; write ``results.json`` and ``results.md``."""
-    from localdisc.engine.distributed import resolve_device
     from localdisc.eval.provenance import environment
     from localdisc.eval.report import write_report
 
     config = preset(config)
     out_dir = Path(out_dir)
-    env = environment(resolve_device(config.device))  # at the start, before any training
+    env = environment(config.device)  # at the start, before any training
     unknown = [t for t in config.tasks or [] if t not in TASKS]
     if unknown:
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")

@@ -154,13 +154,12 @@ def run_benchmark(
     config: BenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run the grid, write ``results.json``, ``results.md`` and figures; return the results."""
-    from localdisc.engine.distributed import resolve_device
     from localdisc.eval.provenance import environment
     from localdisc.eval.report import write_report
 
     config = preset(config)
     out_dir = Path(out_dir)
-    env = environment(resolve_device(config.device))  # at the start, before any training
+    env = environment(config.device)  # at the start, before any training
     unknown = [t for t in config.tasks if t not in TASKS]
     if unknown:
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")

@@ -74,7 +74,7 @@ from localdisc.engine.finetune import (
 )
 from localdisc.errors import DatasetError, LocaldiscError
 from localdisc.eval.metrics import summarize
-from localdisc.eval.provenance import environment, with_resumed
+from localdisc.eval.provenance import environment, resumed
 from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDConfig
 from localdisc.models.segmenter import Segmenter
@@ -586,10 +586,7 @@ def run_transfer(
         # The first start's environment stays; this one is added to "resumed", with where it
         # went on from (as pre-training's says its step).
         saved = json.loads((out_dir / "config.json").read_text())
-        meta = with_resumed(
-            {**meta, **{k: saved[k] for k in ("environment", "resumed") if k in saved}}, env,
-            continued_from=where or "the start (no checkpoint kept)",
-        )  # fmt: skip
+        meta.update(resumed(saved, env, continued_from=where or "the start (no checkpoint kept)"))
         _clear_outputs(out_dir, keep=("config.json", CHECKPOINT))
     # Written first, as the record of the run in progress (the model's config, for `predict`,
     # once model.safetensors is there): an interrupted run is recognised by its settings.

@@ -46,7 +46,7 @@ from localdisc.data.preprocess import (
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.errors import LocaldiscError
-from localdisc.eval.provenance import environment, with_resumed
+from localdisc.eval.provenance import environment, resumed
 from localdisc.models.segmenter import Segmenter, read_config
 from localdisc.tasks.predict import (
     collect_images,
@@ -217,11 +217,8 @@ def _self_train(
         return [out_dir / f"{name}_mask.png" for name in names]
     # Where and when, in config.json beside the settings (not among them: _same_settings
     # compares those); a stopped run's network keeps the environment it was trained in.
-    provenance: dict = {"environment": environment(config.device)}
-    if earlier:
-        saved = read_config(out_dir)
-        kept = {k: saved[k] for k in ("environment", "resumed") if k in saved}
-        provenance = with_resumed(kept, provenance["environment"])
+    env = environment(config.device)
+    provenance = resumed(read_config(out_dir), env) if earlier else {"environment": env}
     (out_dir / "vessels.csv").unlink(missing_ok=True)  # written last: marks a finished run
     taught = {}  # index -> (image, FOV, own size); the others are only read, to check them
     for i, (_, path) in enumerate(files):
