@@ -598,7 +598,11 @@ def similarity(
     targets: list[Path] = typer.Option([], "--targets", help="Other images; repeatable."),
     out: Path = typer.Option(Path("similarity.png"), "--out", help="Figure to write."),
     level: str = typer.Option("pixel", help="pixel, or patch (pooled as in pre-training)."),
-    size: int | None = typer.Option(None, help="Resize images to this longer side first."),
+    size: int | None = typer.Option(
+        None,
+        help="Resize images to this longer side first (default: the model's pre-training pool "
+        "size, as localize and view).",
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Cosine-similarity maps of query points on their image and on other images: each point's
@@ -607,6 +611,7 @@ def similarity(
     from localdisc.engine.distributed import resolve_device
     from localdisc.tasks.similarity import (
         as_image,
+        check_inside,
         check_size,
         figure_path,
         load_model,
@@ -615,19 +620,26 @@ def similarity(
     )
     from localdisc.tasks.similarity import similarity as similarity_maps
 
-    # Checked before the work: a bad size or figure suffix would otherwise fail at the end.
+    # Checked before the work: a bad size, figure suffix or point would otherwise fail later.
     check_size(size, "--size")
     out = figure_path(out)
-    loaded = load_model(model, device=str(resolve_device(device)))
     query, others = as_image(image), [as_image(t) for t in targets]
     points = [parse_point(p) for p in point]
+    for xy in points:
+        check_inside("--point", xy, query.shape, str(image))
+    loaded = load_model(model, device=str(resolve_device(device)))
     result = similarity_maps(loaded, query, points, others, level=level, size=size)
     names = [image.name, *(t.name for t in targets)]
     written = similarity_figure(result, query, others, out, names)
+    console.print(
+        "points and best matches: (x, y) = (column, row) in each file's pixels; cosine "
+        f"similarity of {level} embeddings at the match (1: the same)"
+    )
     for p, (x, y) in enumerate(points):
         best = ", ".join(
-            f"{_path(t.name)} ({bx:.0f}, {by:.0f})"
-            for t, b in zip(targets, result.best, strict=True) for bx, by in [b[p]]
+            f"{_path(t.name)} ({bx:.0f}, {by:.0f}) cosine {sim[p][int(by), int(bx)]:.3f}"
+            for t, b, sim in zip(targets, result.best, result.targets, strict=True)
+            for bx, by in [b[p]]
         )  # fmt: skip
         console.print(f"point ({x:g}, {y:g}): best match {best or '-'}")
     console.print(f"figure: [bold]{_path(written)}[/]")
@@ -642,17 +654,25 @@ def localize(
     ),
     template: Path = typer.Option(..., "--template", help="The annotated template image."),
     landmarks: Path = typer.Option(
-        ..., "--landmarks", help='JSON {"name": [x, y], ...} in the template file\'s pixels.'
+        ...,
+        "--landmarks",
+        help='JSON {"name": [x, y], ...}: x the column, y the row, in the template file\'s pixels.',
     ),
     images: list[Path] = typer.Option(..., "--images", help="Images or folders; repeatable."),
     out: Path = typer.Option(
         Path("predictions.json"),
         "--out",
-        help='Predictions (JSON): {"images": {NAME: {LANDMARK: {x, y, confidence}}}, '
-        '"environment": where and when they were made}.',
+        help='Predictions (JSON): {"images": {NAME: {LANDMARK: {x, y, confidence}}}, "files": '
+        '{NAME: file}, "coordinates": x column, y row in each file\'s pixels, the template, '
+        'landmarks, model, size and mirror used, "environment": where and when}.',
     ),
-    overlay: Path | None = typer.Option(None, "--overlay", help="Folder for overlay figures."),
+    overlay: Path | None = typer.Option(
+        None, "--overlay", help="Folder of its own for overlay figures (NAME.png)."
+    ),
     size: int | None = typer.Option(None, help="Working size (default: the pre-training size)."),
+    mirror: bool = typer.Option(
+        False, "--mirror", help="Also try the template mirrored left-right (left and right eyes)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """One-shot landmark localisation: find the template's landmarks in new images."""
@@ -661,7 +681,12 @@ def localize(
     from localdisc.engine.checkpoint import atomic_write_text
     from localdisc.engine.distributed import resolve_device
     from localdisc.eval.provenance import environment
-    from localdisc.tasks.localize import SearchConfig, localize_images, read_landmarks
+    from localdisc.tasks.localize import (
+        COORDINATES,
+        SearchConfig,
+        localize_images,
+        read_landmarks,
+    )
     from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import check_size, load_model
 
@@ -671,16 +696,31 @@ def localize(
         raise LocaldiscError(f"--out {out} is a folder; give the predictions' JSON file")
     if overlay is not None and overlay.exists() and not overlay.is_dir():
         raise LocaldiscError(f"--overlay {overlay} is a file; give a folder for the figures")
+    if (
+        overlay is not None
+        and overlay.is_dir()
+        and any(p.is_dir() and p.samefile(overlay) for p in images)
+    ):
+        raise LocaldiscError(f"--overlay {overlay} is an --images folder; give a folder of its own")
     spots = read_landmarks(landmarks)
+    # Overlays in a sub-folder of an --images folder are not images to localise on a rerun.
+    found = collect_images(images, out_dir=overlay, suffixes=())
     resolved = resolve_device(device)
     env = environment(resolved)  # at the start: where and when the predictions were made
     loaded = load_model(model, device=str(resolved))
     results = localize_images(
-        loaded, template, spots, collect_images(images),
-        config=SearchConfig(size=size), overlay_dir=overlay,
+        loaded, template, spots, found, config=SearchConfig(size=size, mirror=mirror),
+        overlay_dir=overlay,
     )  # fmt: skip
-    # The images under a key of their own: an image named "environment" cannot clash.
-    atomic_write_text(out, json.dumps({"images": results, "environment": env}, indent=2))
+    record = {
+        # The images under a key of their own: an image named "environment" cannot clash.
+        "images": results, "coordinates": COORDINATES,
+        "files": {name: str(path.absolute()) for name, path in found},
+        "template": str(template.absolute()),
+        "landmarks": {k: list(v) for k, v in spots.items()}, "model": str(model.absolute()),
+        "size": size or loaded.pool_size, "mirror": mirror, "environment": env,
+    }  # fmt: skip
+    atomic_write_text(out, json.dumps(record, indent=2))
     console.print(f"localised {len(results)} image(s): [bold]{_path(out)}[/]")
 
 

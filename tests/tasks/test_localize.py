@@ -96,7 +96,8 @@ def test_template_matching_takes_a_patch_taller_than_the_image():
     found = ncc_localize(template, {"a": (48.0, 48.0)}, image, patch=40)["a"]
     tx, ty = to_resized((48.0, 48.0), (1.0, 20 / 96))
     assert abs(found.x - tx) <= 1 and abs(found.y - ty) <= 1
-    with pytest.raises(LocaldiscError, match=r"landmark a \(96.0, 5.0\) is outside the 96 x 96"):
+    message = r"landmark 'a' \(96, 5\) is outside the template \(96 wide, 96 high\)"
+    with pytest.raises(LocaldiscError, match=message):
         ncc_localize(template, {"a": (96.0, 5.0)}, image, patch=40)
 
 
@@ -134,7 +135,7 @@ def test_localize_cli_writes_predictions_and_overlays(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "p.json").read_text())
-    assert set(record) == {"images", "environment"}
+    assert {"images", "environment", "coordinates", "files"} <= set(record)
     assert record["environment"]["device"] == "cpu"  # where and when: see test_provenance
     predictions = record["images"]
     assert set(predictions) == {"n0", "n1"}
@@ -250,3 +251,163 @@ def test_an_ld_model_or_a_run_on_a_device_is_taken(tmp_path, monkeypatch):
     assert devices == ["cuda:1"]
     uint8 = (image * 255).round().astype(np.uint8)  # scaled as a float image, not 255 x brighter
     assert by_model(uint8) == by_path(uint8 / np.float32(255))
+
+
+def _cli_setup(tmp_path, images=2):
+    """A run, a template ``t.png`` with ``t.json`` and ``images`` targets in ``new/``; the
+    arguments of ``localdisc localize`` without ``--images``, ``--out`` and ``--overlay``."""
+    from helpers import save
+    from localdisc.models import LDConfig, LDModel
+
+    torch.manual_seed(0)
+    LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)).save(tmp_path / "run")
+    save(tmp_path / "t.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    for i in range(images):
+        save(tmp_path / "new" / f"n{i}.png", (planted(i + 1, (70, 20)) * 255).astype(np.uint8))
+    (tmp_path / "t.json").write_text(json.dumps({"mark": [30, 40]}))
+    return ["localize", "--model", str(tmp_path / "run"), "--template", str(tmp_path / "t.png"),
+            "--landmarks", str(tmp_path / "t.json"), "--size", "32",
+            "--device", "cpu"]  # fmt: skip
+
+
+def test_overlays_never_overwrite_an_input_image(tmp_path):
+    # --overlay naming the images' folder replaced every PNG there by its overlay figure.
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path)
+    before = {p: p.read_bytes() for p in (tmp_path / "new").iterdir()}
+    for overlay, message in (
+        (tmp_path / "new", "is an --images folder"),
+        (tmp_path, f"its figure t.png would overwrite the input image {tmp_path / 't.png'}"),
+    ):
+        result = CliRunner().invoke(
+            app, [*base, "--images", str(tmp_path / "new"), "--images", str(tmp_path / "t.png"),
+                  "--out", str(tmp_path / "p.json"), "--overlay", str(overlay)]
+        )  # fmt: skip
+        assert isinstance(result.exception, LocaldiscError), result.output
+        assert message in str(result.exception)
+    assert {p: p.read_bytes() for p in (tmp_path / "new").iterdir()} == before
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_overlays_inside_the_images_folder_are_not_localised_on_a_rerun(tmp_path):
+    # The second run of the same command took the first run's overlays for new images.
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path)
+    args = [*base, "--images", str(tmp_path / "new"), "--out", str(tmp_path / "p.json"),
+            "--overlay", str(tmp_path / "new" / "overlays")]  # fmt: skip
+    for _ in range(2):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert set(json.loads((tmp_path / "p.json").read_text())["images"]) == {"n0", "n1"}
+    assert sorted(p.name for p in (tmp_path / "new" / "overlays").iterdir()) == [
+        "n0.png", "n1.png"
+    ]  # fmt: skip
+
+
+def test_an_overlay_folder_holding_other_figures_is_refused_not_mixed(tmp_path):
+    # A rerun on fewer images left the first run's overlays beside the new ones, unsaid.
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path)
+    overlay = ["--out", str(tmp_path / "p.json"), "--overlay", str(tmp_path / "ov")]
+    for _ in range(2):  # the same images again: their overlays are replaced
+        result = CliRunner().invoke(app, [*base, "--images", str(tmp_path / "new"), *overlay])
+        assert result.exit_code == 0, result.output
+    one = str(tmp_path / "new" / "n0.png")
+    result = CliRunner().invoke(app, [*base, "--images", one, *overlay])
+    assert isinstance(result.exception, LocaldiscError), result.output
+    message = str(result.exception)
+    assert f"overlay folder {tmp_path / 'ov'} holds 1 PNG" in message and "n1.png" in message
+    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["n0.png", "n1.png"]
+
+
+def test_predictions_say_their_coordinates_inputs_and_working_size(tmp_path):
+    # predictions.json said neither what x and y are nor which template, landmarks, model and
+    # working size made them, nor which file each name is.
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path)
+    result = CliRunner().invoke(
+        app, [*base, "--images", str(tmp_path / "new"), "--out", str(tmp_path / "p.json")]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "p.json").read_text())
+    assert "x: column, y: row" in record["coordinates"]
+    assert record["template"] == str(tmp_path / "t.png")
+    assert record["landmarks"] == {"mark": [30.0, 40.0]}
+    assert record["model"] == str(tmp_path / "run")
+    assert (record["size"], record["mirror"]) == (32, False)
+    assert record["files"] == {f"n{i}": str(tmp_path / "new" / f"n{i}.png") for i in range(2)}
+    assert set(record["images"]) == {"n0", "n1"} and "device" in record["environment"]
+
+
+def test_localize_cli_mirrors_the_template_on_request(tmp_path):
+    # The Python API's SearchConfig(mirror=True) (left and right eyes) had no flag.
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path, images=0)
+    template = (planted(0, (30, 40)) * 255).astype(np.uint8)
+    save(tmp_path / "new" / "flipped.png", np.ascontiguousarray(template[:, ::-1]))
+    args = [*base, "--images", str(tmp_path / "new"), "--out", str(tmp_path / "p.json"),
+            "--mirror"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "p.json").read_text())
+    found = record["images"]["flipped"]["mark"]
+    assert record["mirror"] is True
+    assert found["confidence"] > 0.99  # the mirrored template matches exactly
+
+
+def test_a_landmark_outside_the_template_names_it_and_the_xy_order(tmp_path):
+    # "landmark heart (600.0, 330.0) is outside the 512 x 512 template": which file, and is
+    # [row, column] the mistake?
+    from helpers import save
+
+    loaded = LoadedModel(Identity(), PatchKernel(8), 32)  # type: ignore[arg-type]
+    save(tmp_path / "t.png", (planted(0, (30, 40), size=96)[:60] * 255).astype(np.uint8))
+    with pytest.raises(LocaldiscError) as info:
+        Localizer(loaded, tmp_path / "t.png", {"heart": (10, 70)})
+    message = str(info.value)
+    assert str(tmp_path / "t.png") in message and "96 wide, 60 high" in message
+    assert "x is the column, y the row" in message and "(70, 10) would be inside" in message
+    with pytest.raises(LocaldiscError) as info:
+        Localizer(loaded, tmp_path / "t.png", {"heart": (100, 70)})
+    assert "(row, column)" not in str(info.value)  # swapped it is outside too
+    # As the command gives it: the file is named.
+    from localdisc.tasks.localize import localize_images
+
+    with pytest.raises(LocaldiscError, match=f"outside {tmp_path / 't.png'}"):
+        localize_images(loaded, tmp_path / "t.png", {"heart": (10, 70)}, [])
+
+
+def test_overlay_figures_name_the_template_and_the_image(tmp_path, monkeypatch):
+    # The panels were titled "template" and "predictions": which files?
+    import localdisc.eval.figures as figures
+    from localdisc.tasks.localize import localize_images
+
+    titles = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: titles.append(
+        [ax.get_title() for ax in fig.axes if ax.get_title()]))  # fmt: skip
+    loaded = LoadedModel(Identity(), PatchKernel(8), 32)  # type: ignore[arg-type]
+    from helpers import save
+
+    save(tmp_path / "t.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    save(tmp_path / "scan_$1$.png", (planted(1, (70, 20)) * 255).astype(np.uint8))
+    localize_images(
+        loaded, tmp_path / "t.png", {"mark": (30, 40)}, [("a", tmp_path / "scan_$1$.png")],
+        overlay_dir=tmp_path / "ov",
+    )  # fmt: skip
+    assert titles == [["template t.png", r"scan_\$1\$.png: predictions"]]

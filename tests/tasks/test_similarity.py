@@ -25,13 +25,28 @@ def test_a_point_matches_itself_best_and_identical_images_give_identical_maps(lo
     image = rng.random((48, 40, 3)).astype(np.float32)
     points = [(5.0, 7.0), (30.0, 40.0)]
     for level in ("pixel", "patch"):
-        result = similarity(loaded, image, points, [image, image.copy()], level=level)
+        # At the image's own size: the query pixel's own embedding, no interpolation between.
+        result = similarity(loaded, image, points, [image, image.copy()], level=level, size=48)
         assert result.query.shape == (2, 48, 40)
         for p, (x, y) in enumerate(points):
             assert result.query[p, int(y), int(x)] == pytest.approx(1.0, abs=1e-5)
             assert result.query[p].max() <= 1.0
         np.testing.assert_array_equal(result.targets[0], result.targets[1])
         np.testing.assert_allclose(result.targets[0], result.query, atol=1e-6)
+
+
+def test_images_are_resized_to_the_pool_size_by_default(loaded):
+    # As localize and the viewer: embeddings are not scale-invariant, so a large target at its
+    # own size is compared at another scale than the query (a 2048-pixel radiograph's heart
+    # matched 400 pixels off a 512-pixel query's).
+    rng = np.random.default_rng(2)
+    image = rng.random((48, 40, 3)).astype(np.float32)
+    target = rng.random((100, 90, 3)).astype(np.float32)
+    default = similarity(loaded, image, [(5, 7)], [target])
+    at_pool = similarity(loaded, image, [(5, 7)], [target], size=loaded.pool_size)
+    at_own = similarity(loaded, image, [(5, 7)], [target], size=48)
+    np.testing.assert_array_equal(default.targets[0], at_pool.targets[0])
+    assert not np.allclose(default.targets[0], at_own.targets[0])
 
 
 def test_maps_are_at_each_targets_own_size_even_when_resized(loaded):
@@ -247,3 +262,54 @@ def test_the_similarity_figure_says_what_it_shows(loaded, tmp_path):
     plt.close(fig)
     written = similarity_figure(result, image, [target], tmp_path / "sim")
     assert written == tmp_path / "sim.png" and written.stat().st_size > 0
+
+
+def test_a_query_point_outside_names_the_file_and_the_xy_order(loaded, tmp_path):
+    # "query point (10.0, 70.0) is outside the 96 x 60 image": which image, and were the
+    # numbers given as (row, column)?
+    from helpers import save
+
+    save(tmp_path / "a.png", np.zeros((60, 96, 3), np.uint8))
+    with pytest.raises(LocaldiscError) as info:
+        similarity(loaded, tmp_path / "a.png", [(10, 70)])
+    message = str(info.value)
+    assert f"query point (10, 70) is outside {tmp_path / 'a.png'} (96 wide, 60 high)" in message
+    assert "x is the column, y the row" in message and "(70, 10) would be inside" in message
+
+
+def test_similarity_cli_prints_how_similar_each_best_match_is(tmp_path):
+    # It printed where each point's best match was but not how similar: no number to measure.
+    import re
+
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+    from localdisc.tasks.similarity import load_model
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        save(tmp_path / name, (rng.random((40, 48, 3)) * 255).astype(np.uint8))
+    base = ["similarity", "--model", str(tmp_path / "run"), "--image", str(tmp_path / "a.png"),
+            "--targets", str(tmp_path / "b.png"), "--out", str(tmp_path / "sim.png"),
+            "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, [*base, "--point", "10,20"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "(x, y) = (column, row)" in output
+    found = re.search(r"point \(10, 20\): best match b.png \((\d+), (\d+)\) cosine (-?\d\.\d{3})",
+                      output)  # fmt: skip
+    assert found, output
+    maps = similarity(load_model(tmp_path / "run"), tmp_path / "a.png", [(10, 20)],
+                      [tmp_path / "b.png"])  # fmt: skip
+    bx, by = maps.best[0][0]
+    assert (int(found[1]), int(found[2])) == (bx, by)
+    assert float(found[3]) == pytest.approx(maps.targets[0][0][int(by), int(bx)], abs=1e-3)
+    # A point outside the query image is refused naming the file, before the model is read.
+    result = CliRunner().invoke(app, [*base, "--point", "20,45", "--model", str(tmp_path)])
+    assert isinstance(result.exception, LocaldiscError), result.output
+    assert f"--point (20, 45) is outside {tmp_path / 'a.png'} (48 wide, 40 high)" in str(
+        result.exception
+    )
+    assert "(45, 20) would be inside" in str(result.exception)

@@ -35,6 +35,7 @@ from localdisc.tasks.similarity import (
     Point,
     Scale,
     as_image,
+    check_inside,
     check_size,
     dense_patch_embeddings,
     from_resized,
@@ -131,7 +132,8 @@ class Localizer:
         self.kernel = PatchKernel(kernel.side) if self.config.uniform else kernel
         self.size = self.config.size or self.loaded.pool_size
         image = as_image(template, "the template")
-        check_landmarks(landmarks, image)
+        source = str(template) if isinstance(template, str | Path) else "the template"
+        check_landmarks(landmarks, image, source)
         self.landmarks = dict(landmarks)
         # Per landmark, one (coarse [2, D], fine [D]) descriptor per template variant.
         self.descriptors: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in landmarks}
@@ -208,12 +210,14 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return np.tensordot(image[..., :3], np.asarray(LUMA, np.float32), axes=([2], [0]))
 
 
-def check_landmarks(landmarks: dict[str, Point], template: np.ndarray) -> None:
-    """Raise :class:`~localdisc.errors.LocaldiscError` naming a landmark outside ``template``."""
-    h, w = template.shape[:2]
-    for name, (x, y) in landmarks.items():
-        if not (0 <= x < w and 0 <= y < h):
-            raise LocaldiscError(f"landmark {name} ({x}, {y}) is outside the {w} x {h} template")
+def check_landmarks(
+    landmarks: dict[str, Point], template: np.ndarray, source: str = "the template"
+) -> None:
+    """Raise :class:`~localdisc.errors.LocaldiscError` naming a landmark outside ``template``
+    (``source``: how the message names it, e.g. its file; see
+    :func:`~localdisc.tasks.similarity.check_inside`)."""
+    for name, point in landmarks.items():
+        check_inside(f"landmark {name!r}", point, template.shape, source)
 
 
 def mirrored(landmarks: dict[str, Point], width: int) -> dict[str, Point]:
@@ -270,6 +274,13 @@ def ncc_localize(
     return out
 
 
+#: What the x and y of ``localdisc localize``'s predictions are (written into its JSON).
+COORDINATES = (
+    "x: column, y: row, in pixels of each image file as read (0, 0: the centre of the top-left "
+    "pixel); the landmarks likewise in the template file's pixels"
+)
+
+
 def localize_images(
     model: ModelLike,
     template: str | Path,
@@ -281,10 +292,14 @@ def localize_images(
     device: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{image name: {landmark: {x, y, confidence}}}`` (the ``images`` of ``localdisc
-    localize``'s JSON), with optional overlays; ``model`` and ``device`` as :class:`Localizer`
-    takes them."""
+    localize``'s JSON), with optional overlays ``overlay_dir/NAME.png`` (checked first,
+    :func:`check_overlay_dir`); ``model`` and ``device`` as :class:`Localizer` takes them."""
+    if overlay_dir is not None:
+        check_overlay_dir(overlay_dir, images, template)
     template_image = as_image(template)
+    check_landmarks(landmarks, template_image, str(template))  # naming the file
     localizer = Localizer(model, template_image, landmarks, config, device=device)
+    template_name = Path(template).name
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, path in images:
         image = as_image(path)
@@ -294,9 +309,33 @@ def localize_images(
         }
         if overlay_dir is not None:
             landmark_figure(
-                template_image, landmarks, image, {"LD": found}, overlay_dir / f"{name}.png"
-            )
+                template_image, landmarks, image, {"LD": found}, overlay_dir / f"{name}.png",
+                names=(template_name, path.name),
+            )  # fmt: skip
     return results
+
+
+def check_overlay_dir(folder: Path, images: list[tuple[str, Path]], template: str | Path) -> None:
+    """Refuse an overlay folder where a figure ``NAME.png`` would overwrite an input (an image or
+    the template: the folder of PNG inputs given as the overlay folder lost them all), or that
+    holds PNGs other than this run's (a rerun on other images would mix two runs' figures)."""
+    folder = Path(folder)
+    inputs = {Path(template).resolve(), *(path.resolve() for _, path in images)}
+    for name, _ in images:
+        figure = folder / f"{name}.png"
+        if figure.resolve() in inputs:
+            raise LocaldiscError(
+                f"overlay folder {folder}: its figure {figure.name} would overwrite the input "
+                f"image {figure}; give a folder of its own"
+            )
+    written = {f"{name}.png" for name, _ in images}
+    others = sorted(p.name for p in folder.glob("*.png") if p.name not in written)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise LocaldiscError(
+            f"overlay folder {folder} holds {len(others)} PNG(s) that are not overlays of these "
+            f"images ({shown}): figures of another run? Give a new or empty folder, or remove them"
+        )
 
 
 def landmark_figure(
@@ -306,21 +345,28 @@ def landmark_figure(
     predictions: dict[str, dict[str, Prediction]],
     path: str | Path,
     truth: dict[str, Point] | None = None,
+    names: tuple[str, str] | None = None,
 ) -> Path:
-    """Template with its landmarks, and the image with each method's predictions (and truth)."""
-    from localdisc.eval.figures import _plt, _save, _show
+    """Template with its landmarks, and the image with each method's predictions (and truth);
+    ``names``: the template's and the image's file names, for the panels' titles."""
+    from localdisc.eval.figures import _plt, _save, _show, plain
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
     _show(axes[0], template)
-    axes[0].set_title("template", fontsize=9)
+    template_title, image_title = (
+        (f"template {plain(names[0])}", f"{plain(names[1])}: predictions")
+        if names
+        else ("template", "predictions")
+    )
+    axes[0].set_title(template_title, fontsize=9)
     colours = {name: f"C{i % 10}" for i, name in enumerate(landmarks)}
     for name, (x, y) in landmarks.items():
         axes[0].plot([x], [y], "+", color=colours[name], markersize=12, mew=2)
         axes[0].annotate(name, (x, y), color=colours[name], fontsize=7, xytext=(4, 4),
                          textcoords="offset points")  # fmt: skip
     _show(axes[1], image)
-    axes[1].set_title("predictions", fontsize=9)
+    axes[1].set_title(image_title, fontsize=9)
     # One marker shape per method, one colour per landmark (as in the template's labels).
     markers = ["o", "s", "^", "D"]
     for i, (method, found) in enumerate(predictions.items()):

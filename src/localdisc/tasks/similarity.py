@@ -186,6 +186,24 @@ def from_resized(point: Point, scale: Scale) -> Point:
     return (point[0] + 0.5) / scale[0] - 0.5, (point[1] + 0.5) / scale[1] - 0.5
 
 
+def check_inside(what: str, point: Point, shape: tuple[int, ...], source: str) -> None:
+    """Raise :class:`~localdisc.errors.LocaldiscError` when ``point`` (x, y) is outside an image
+    of ``shape`` (``what``: the point as the message names it, e.g. ``landmark 'heart'``;
+    ``source``: the image, e.g. its file), saying the (x, y) order; where the point's numbers
+    swapped would be inside, it asks whether they are (row, column), the order of numpy indices
+    and of many annotation tools."""
+    h, w = shape[:2]
+    x, y = point
+    if 0 <= x < w and 0 <= y < h:
+        return
+    swapped = 0 <= y < w and 0 <= x < h
+    hint = f"; ({y:g}, {x:g}) would be inside: given as (row, column)?" if swapped else ""
+    raise LocaldiscError(
+        f"{what} ({x:g}, {y:g}) is outside {source} ({w} wide, {h} high): x is the column, y "
+        f"the row, in its pixels{hint}"
+    )
+
+
 def nearest_pixel(coordinate: float, length: int) -> int:
     """The pixel whose centre is nearest ``coordinate``, inside ``[0, length)``."""
     return min(max(round(coordinate), 0), length - 1)
@@ -231,19 +249,23 @@ def similarity(
         points: query points as (x, y) pixels of ``image``: a list of pairs or one pair.
         targets: other images (in memory or files); their maps are at their own sizes.
         level: ``pixel`` or ``patch`` (see the module docstring).
-        size: resize every image to this longer side first (``None``: own sizes), e.g. the
-            size the model was pre-trained at; maps and points stay in the images' own pixels.
+        size: resize every image to this longer side first (``None``: the size of the
+            model's pre-training pool, as :mod:`localdisc.tasks.localize` and the viewer do:
+            embeddings are not scale-invariant, and a 2048-pixel target of a 512-pixel query
+            at their own sizes matched 400 pixels off); maps and points stay in the images'
+            own pixels.
         device: where the network runs (``None``: the CPU for a run given as a path, else
             where the model is).
     """
     check_size(size)
     points = as_points(points)
     loaded = resolve_model(model, device)
+    size = size or loaded.pool_size
     raw = as_image(image, "the query image")
     h, w = raw.shape[:2]
-    for x, y in points:
-        if not (0 <= x < w and 0 <= y < h):
-            raise LocaldiscError(f"query point ({x}, {y}) is outside the {w} x {h} image")
+    source = str(image) if isinstance(image, str | Path) else "the query image"
+    for point in points:
+        check_inside("query point", point, raw.shape, source)
     small, scale = resized(raw, size)
     v = embedding_map(loaded, small, level)
     # The resized pixel nearest the point, the one the maps below (interpolated back with the
