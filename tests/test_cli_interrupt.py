@@ -167,6 +167,22 @@ def test_the_sigterm_handler_is_only_installed_in_the_main_thread() -> None:
     assert signal.getsignal(signal.SIGTERM) is kept
 
 
+def finetune_args(tmp_path: Path, out: Path) -> list[str]:
+    """`finetune` of 3 epochs of 2 steps at 32 x 32 into ``out``, on a folder set of 3 X-rays
+    (2 to train on, 1 held out for testing) written under ``tmp_path``."""
+    import numpy as np
+
+    from helpers import save
+    from localdisc.data.synthetic import synthetic_xray
+
+    for i in range(3):
+        sample = synthetic_xray(64, seed=i)
+        save(tmp_path / "data" / f"case{i}.png", (sample.image[..., 0] * 255).astype(np.uint8))
+        save(tmp_path / "data" / "masks" / f"case{i}.png", (sample.lungs * 255).astype(np.uint8))
+    return ["finetune", "--dataset", str(tmp_path / "data"), "--out", str(out), "--size", "32",
+            "--epochs", "3", "--steps-per-epoch", "2", "--device", "cpu"]  # fmt: skip
+
+
 def test_sigterm_in_a_finetuning_keeps_the_step_and_the_same_command_continues(
     tmp_path, monkeypatch, sigterm_handler
 ) -> None:
@@ -185,19 +201,9 @@ def test_sigterm_in_a_finetuning_keeps_the_step_and_the_same_command_continues(
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    import numpy as np
-
-    from helpers import save
-    from localdisc.data.synthetic import synthetic_xray
-
-    for i in range(3):  # a folder set: 2 to train on, 1 held out for testing, 64 x 64
-        sample = synthetic_xray(64, seed=i)
-        save(tmp_path / "data" / f"case{i}.png", (sample.image[..., 0] * 255).astype(np.uint8))
-        save(tmp_path / "data" / "masks" / f"case{i}.png", (sample.lungs * 255).astype(np.uint8))
     monkeypatch.setattr(engine, "augment", augment)
     out = tmp_path / "ft"
-    args = ["finetune", "--dataset", str(tmp_path / "data"), "--out", str(out), "--size", "32",
-            "--epochs", "3", "--steps-per-epoch", "2", "--device", "cpu"]  # fmt: skip
+    args = finetune_args(tmp_path, out)
     result = runner.invoke(app, args)
     assert result.exit_code == 143, result.output
     assert len(taken) == 3  # the step went on, no other began
@@ -211,3 +217,43 @@ def test_sigterm_in_a_finetuning_keeps_the_step_and_the_same_command_continues(
     assert result.exit_code == 0, result.output
     assert "continuing the interrupted fine-tuning from its checkpoint" in result.output
     assert (out / "metrics.json").is_file() and not (out / "checkpoint").exists()
+
+
+def test_a_second_sigterm_while_a_finetuning_writes_its_checkpoint_waits_for_it(
+    tmp_path, monkeypatch, sigterm_handler
+) -> None:
+    """Two SIGTERMs (a scheduler's, then the user's `kill`): the second one, in the checkpoint
+    the first asked for, cut its write and left OUT/checkpoint/ empty ("no checkpoint ...
+    yet"). The write now ends, and then the command stops, saying where it continues."""
+    import os
+    import signal
+
+    import localdisc.engine.checkpoint as checkpoint
+    import localdisc.engine.finetune as engine
+
+    real_augment, taken = engine.augment, []
+    real_write, written = checkpoint._write_file, []
+
+    def augment(*args, **kwargs):
+        taken.append(1)
+        if len(taken) == 3:  # epoch 2, step 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_augment(*args, **kwargs)
+
+    def write_file(path, data):
+        written.append(path.name)
+        if len(written) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_write(path, data)
+
+    monkeypatch.setattr(engine, "augment", augment)
+    monkeypatch.setattr(checkpoint, "_write_file", write_file)
+    out = tmp_path / "ft"
+    result = runner.invoke(app, finetune_args(tmp_path, out))
+    assert result.exit_code == 143, result.output
+    assert "state.json" in written
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"interrupted by SIGTERM: its checkpoint is kept in {out / 'checkpoint'}; run the same "
+        "command again to continue from there (from scratch epoch 2/3, step 2/2)"
+    ]

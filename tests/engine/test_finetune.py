@@ -358,3 +358,84 @@ def test_where_a_fine_tuning_continues_counts_the_epochs_as_its_progress_lines_d
     assert _position({**one, "phase": 0, "epoch": 3, "epoch_step": 25}) == (
         "from scratch epoch 3/4, step 26/30"
     )
+
+
+def signal_in_checkpoint_writes(monkeypatch, signals: list[int], nth: int = 1) -> list[str]:
+    """Send ``signals`` to this process as the ``nth`` checkpoint starts being written (its
+    first file); returns the files written."""
+    import os
+
+    import localdisc.engine.checkpoint as checkpoint
+
+    real, written = checkpoint._write_file, []
+
+    def write_file(path, data):
+        written.append(path.name)
+        if path.name == "model.safetensors" and written.count(path.name) == nth:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_file", write_file)
+    return written
+
+
+def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_for_it(
+    tmp_path, monkeypatch, straight
+):
+    """A second Ctrl-C in the checkpoint the first asked for cut its write: the folder was left
+    empty, and the same call redid the whole fine-tuning. The write now ends first."""
+    import signal
+
+    from localdisc.engine.finetune import checkpoint_position
+
+    signal_at_step(monkeypatch, 5, [signal.SIGINT])
+    written = signal_in_checkpoint_writes(monkeypatch, [signal.SIGINT])
+    logged: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(tmp_path, log=logged.append, checkpoint_seconds=float("inf"))
+    assert "state.json" in written  # the write went on to its end
+    assert not [m for m in logged if "not written" in m]
+    assert checkpoint_position(tmp_path) == "whole network epoch 2/2 (epoch 3/3 in all), step 2/2"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    taken = signal_at_step(monkeypatch, 0, [])
+    same_results(straight, resumable_run(tmp_path))
+    assert len(taken) == 1  # nothing redone
+
+
+def test_a_third_signal_drops_that_checkpoint_keeps_the_one_before_and_says_so(
+    tmp_path, monkeypatch, straight
+):
+    """A write that hangs can still be stopped: a third signal drops it, whole, and says what
+    is kept; the same call continues from that."""
+    import signal
+
+    from localdisc.engine.checkpoint import list_checkpoints
+
+    logged: list[str] = []
+    thrice = [signal.SIGINT, signal.SIGINT]
+    signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    signal_in_checkpoint_writes(monkeypatch, thrice)
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(tmp_path / "a", log=logged.append, checkpoint_seconds=float("inf"))
+    assert logged[-1] == (
+        f"{tmp_path / 'a'}: the checkpoint of whole network epoch 1/2 (epoch 2/3 in all) was not "
+        "written (stopped again while writing it); none is kept"
+    )
+    assert not list_checkpoints(tmp_path / "a")
+    monkeypatch.undo()
+    # Every epoch's end checkpointed (step 2), then a stop at step 3 whose write is dropped.
+    signal_at_step(monkeypatch, 3, [signal.SIGINT])
+    signal_in_checkpoint_writes(monkeypatch, thrice, nth=2)
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(tmp_path / "b", log=logged.append, checkpoint_seconds=0)
+    assert logged[-1].endswith(
+        "the checkpoint of whole network epoch 1/2 (epoch 2/3 in all), step 2/2 was not written "
+        "(stopped again while writing it); the one before is kept (whole network epoch 1/2 "
+        "(epoch 2/3 in all))"
+    )
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_00000002"]
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["step_00000002"]
+    monkeypatch.undo()
+    same_results(straight, resumable_run(tmp_path / "b"))

@@ -128,3 +128,33 @@ def test_runs_are_reused_with_relative_paths_and_an_interrupted_one_is_redone(
     results = run_benchmark(config, "bench", log=logged.append)
     assert any("interrupted fine-tuning with the same settings" in m for m in logged)
     assert (run / "metrics.json").is_file() and len(results["runs"]) == 1
+
+
+def test_a_run_with_other_settings_is_refused_naming_this_commands_flags(tmp_path):
+    """The refusal named `finetune`'s flags ("--batch (train.batch)"), some of which
+    `benchmark transfer` has not: its own are named, other settings alone."""
+    from dataclasses import asdict, replace
+
+    from localdisc.tasks.benchmark_transfer import TASKS, BenchmarkConfig, preset
+    from localdisc.tasks.transfer import TransferConfig
+
+    out = tmp_path / "bench"
+    args = ["benchmark", "transfer", "--quick", "--inits", "random", "--tasks",
+            "synthetic_fundus", "--out", str(out)]  # fmt: skip
+    # A finished run of the same cell with a batch of 4 and 3 steps per epoch (the Python API).
+    config = preset(BenchmarkConfig(quick=True, batch=4, steps_per_epoch=3))
+    train = replace(config.finetune_config(seed=0), progress=True)
+    saved = TransferConfig(TASKS["synthetic_fundus"].spec(None, True), "vessels", "random", "2",
+                           config.size, max_test=config.max_test, train=train)  # fmt: skip
+    run = out / "runs" / "synthetic_fundus" / "random" / "labels-2" / "seed-0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"transfer": asdict(saved)}))
+    (run / "metrics.json").write_text("{}")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert (
+        f"{run}: holds a finished fine-tuning with other settings (train.batch: 4 there, 2 "
+        "now; --steps-per-epoch (train.steps_per_epoch): 3 there, None now); choose another "
+        "--out, or delete the folder to run here (nothing was deleted)"
+    ) == message

@@ -336,3 +336,24 @@ def test_predict_with_a_pretraining_run_says_to_fine_tune_it(tmp_path):
     assert f"`localdisc finetune --init {run} ...`" in message
     assert "`localdisc similarity`, `localize` or `view`" in message
     assert (out / "b_mask.png").is_file()  # refused before anything was removed
+
+
+def test_a_predict_that_fails_at_its_model_or_inputs_keeps_the_earlier_runs_outputs(tmp_path):
+    """A predict into the --out of an earlier one removed that one's metrics.json before it
+    loaded the model or found the FOV masks: failing there, it lost the scores for nothing."""
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    save(tmp_path / "gt" / "a.png", np.zeros((20, 24), np.uint8))
+    out = tmp_path / "out"
+    predict_images(tmp_path / "model", [tmp_path / "in"], out, masks=tmp_path / "gt",
+                   device="cpu")  # fmt: skip
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "metrics.json" in before
+    with pytest.raises(LocaldiscError, match="no such folder of FOV masks"):
+        predict_images(tmp_path / "model", [tmp_path / "in"], out, device="cpu",
+                       fov_masks=tmp_path / "fov")  # fmt: skip
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(LocaldiscError, match="model.safetensors: not a valid safetensors file"):
+        predict_images(tmp_path / "model", [tmp_path / "in"], out, device="cpu")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -11,8 +11,9 @@ Given a ``checkpoint_dir``, :func:`finetune` can be stopped and continued exactl
 an epoch, at most every ``checkpoint_seconds`` (and after the last one), it writes a checkpoint
 there (engine.checkpoint's format, the newest only: weights, best weights, Adam's state, the
 sampler's state, the phases so far); the first SIGINT or SIGTERM ends the step, writes one at that
-step and stops (engine.stop); and a call with the same settings and images continues from the
-newest one, ending with the weights and histories of an uninterrupted run.
+step and stops (engine.stop; a second signal during that write waits for it to end); and a call
+with the same settings and images continues from the newest one, ending with the weights and
+histories of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -227,6 +228,7 @@ class _Run:
     frozen_state: dict[str, Tensor] | None = None
     stop: GracefulStop = field(default_factory=GracefulStop)
     last_save: float = field(default_factory=time.monotonic)
+    log: Callable[[str], None] = print
 
     @property
     def steps_per_epoch(self) -> int:
@@ -266,7 +268,19 @@ class _Run:
         # Named by the steps taken, so that the newest is the last (save_checkpoint keeps it).
         epochs_before = sum(e for _, e in self.plan[: self.phase])
         steps = (epochs_before + epoch - 1) * self.steps_per_epoch + step
-        save_checkpoint(self.folder, steps, tensors, state, keep=1)
+        # A second signal waits for the write (a fraction of a second), then acts: it cut the
+        # write the first one asked for, which left the checkpoint before it, or none.
+        with self.stop.deferring():
+            try:
+                save_checkpoint(self.folder, steps, tensors, state, keep=1)
+            except KeyboardInterrupt:  # a third one: save_checkpoint removed what it wrote
+                before = checkpoint_position(self.folder)
+                kept = f"the one before is kept ({before})" if before else "none is kept"
+                self.log(
+                    f"{self.folder}: the checkpoint of {_position(state)} was not written "
+                    f"(stopped again while writing it); {kept}"
+                )
+                raise
         self.last_save = time.monotonic()
 
     def load(self, log: Callable[[str], None]) -> _Start | None:
@@ -492,9 +506,10 @@ def finetune(
 
     With ``checkpoint_dir`` (see the module docstring) the run continues from the newest
     checkpoint there, if any, and the first SIGINT/SIGTERM writes one and raises
-    KeyboardInterrupt (a second one stops at once). A checkpoint of other settings or images
-    raises :class:`~localdisc.errors.CheckpointError`; ``model`` must be built as before (its
-    weights are the checkpoint's).
+    KeyboardInterrupt (a second one stops at once, or, during that checkpoint's write, once it
+    is written; a third one then stops at once, keeping the checkpoint before). A checkpoint of
+    other settings or images raises :class:`~localdisc.errors.CheckpointError`; ``model`` must
+    be built as before (its weights are the checkpoint's).
     """
     train, val = _training_pair(train, "train"), _training_pair(val, "val")
     if train[0].shape[0] == 0 or val[0].shape[0] == 0:
@@ -505,7 +520,7 @@ def finetune(
     model.to(memory_format=torch.channels_last)  # faster on GPUs and oneDNN CPUs
     generator = torch.Generator().manual_seed(config.seed)
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
-    run = _Run(model, train, val, config, generator, plan, folder)
+    run = _Run(model, train, val, config, generator, plan, folder, log=log)
     if folder is not None:
         run.record = _record(config, plan, train, val)
     start = run.load(log)

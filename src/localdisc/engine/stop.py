@@ -5,7 +5,9 @@ and nothing else; the loop looks at it after a whole step (under torch.distribut
 on it, and on a time budget, in :meth:`GracefulStop.agree`), writes its checkpoint and calls
 :meth:`GracefulStop.stop`, which hands the signal to the handler it had deferred (Python's raises
 KeyboardInterrupt; the CLI's SIGTERM handler also records the signal for the exit code). A second
-signal goes to that handler at once, as without a graceful stop.
+signal goes to that handler at once, as without a graceful stop, except inside
+:meth:`GracefulStop.deferring` (the checkpoint of the stop being written), where it waits for the
+write to end: a second Ctrl-C there lost the checkpoint the first one asked for.
 
 Only signals whose handler is a Python function are deferred: an ignored signal stays ignored
 and a default action (SIGTERM outside the CLI ends the process) stays as it was. The handlers are
@@ -17,7 +19,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -35,6 +38,8 @@ class GracefulStop:
         self.signum: int | None = None
         self._previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
         self._pid: int | None = None
+        self._deferring = False
+        self._held: int | None = None  # a second signal held by :meth:`deferring`
 
     def install(self) -> None:
         """Defer SIGINT and SIGTERM (from the main thread; elsewhere nothing changes)."""
@@ -64,9 +69,26 @@ class GracefulStop:
         # A forked child inherited the handler (it trains no loop), or a second signal: the
         # deferred handler acts at once, as it would have without this.
         if os.getpid() != self._pid or self.signum is not None:
+            if os.getpid() == self._pid and self._deferring and self._held is None:
+                self._held = signum  # handed on once the write ends; a third one acts now
+                return
             self._previous[signum](signum, frame)
             return
         self.signum = signum
+
+    @contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Hold a second signal until the block ends, then hand it on: a short write that must
+        not be cut (the checkpoint the first signal asked for). A third one acts at once, for a
+        write that hangs; that one leaves the block by its KeyboardInterrupt."""
+        self._deferring, self._held = True, None
+        try:
+            yield
+        finally:
+            self._deferring = False
+        held, self._held = self._held, None
+        if held is not None:
+            self._previous[held](held, None)
 
     def agree(
         self, finite: Tensor, distributed: bool = False, budget_spent: bool = False

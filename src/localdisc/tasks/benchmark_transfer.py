@@ -27,6 +27,16 @@ from localdisc.tasks.transfer import (
     run_transfer,
 )
 
+#: This command's flag for each run setting it sets, named when a run folder holds a run with
+#: other settings (tasks.transfer.FLAGS are ``finetune``'s: ``--batch`` or ``--lr``, which this
+#: command has not). The rest (the batch, a --quick run's max_test, the data set's folder) are
+#: named as settings: to run with other ones, use another --out or delete the run folder.
+FLAGS = {
+    "init": "--inits", "labels": "--labels", "size": "--size",
+    "train.frozen_epochs": "--frozen-epochs", "train.epochs": "--epochs",
+    "train.steps_per_epoch": "--steps-per-epoch",
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Task:
@@ -219,5 +229,6 @@ def _run_one(
         spec, task.target, init, labels, config.size, max_test=config.max_test,
         train=config.finetune_config(seed),
     )  # fmt: skip
-    # A finished run with these settings is reused; one with others is refused, naming them.
-    return run_transfer(transfer, run_dir, log=log)
+    # A finished run with these settings is reused; one with others is refused, naming them
+    # by this command's flags.
+    return run_transfer(transfer, run_dir, log=log, flags=FLAGS)

@@ -155,19 +155,21 @@ def predict_images(
     device = str(resolve_device(device))  # a misspelt device is named before any work
     env = environment(device)  # at the start: where and when these outputs were made
     files = collect_images(images, out_dir=out_dir)
-    _check_metrics(Path(out_dir), masks is not None, log)
+    scoring = masks is not None
+    _check_metrics(Path(out_dir), scoring)
     matched = target_mask_files(files, images, masks) if masks is not None else None
     targets = None
     if matched is not None:
         targets = {name: m.mask for name, m in matched.items() if m.mask is not None}
     fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     out_dir = Path(out_dir)
-    model = None  # loaded before anything is removed: a pre-training run fails here
-    if "self_trained_vessels" not in config:
-        model = Segmenter.from_pretrained(model_dir, device=device)
-    _remove_earlier_outputs(out_dir, files, log)
+    # Loaded before anything in --out is removed: damaged weights fail here and an earlier
+    # predict's outputs stay. A vessels network is loaded again by predict_vessels (a second
+    # load costs little next to segmenting).
+    model = Segmenter.from_pretrained(model_dir, device=device)
+    _remove_earlier_outputs(out_dir, files, scoring, log)
     scores: dict[str, dict[str, float]] = {}
-    if model is None:
+    if "self_trained_vessels" in config:
         from localdisc.tasks.vessels import predict_vessels
 
         written = predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
@@ -243,34 +245,31 @@ def _is_predict_metrics(path: Path) -> bool:
     return isinstance(saved, dict) and "masks_used" in saved and "unscored" in saved
 
 
-def _check_metrics(out_dir: Path, scoring: bool, log: Callable[[str], None]) -> None:
+def _check_metrics(out_dir: Path, scoring: bool) -> None:
     """Before any work: refuse to score (``scoring``: ``--masks``) into an ``out_dir`` whose
     ``metrics.json`` another command wrote (a fine-tuning's test results: ``--out`` its own
-    model folder replaced them); without scoring, remove an earlier predict's, which scored
-    outputs this run replaces (it stayed beside the new predict.json)."""
+    model folder replaced them)."""
     path = out_dir / "metrics.json"
-    if not path.is_file():
-        return
-    if not _is_predict_metrics(path):
-        if scoring:
-            raise LocaldiscError(
-                f"{out_dir}: holds metrics.json, not one `predict` wrote (a fine-tuning's "
-                "test results?), which --masks would replace; choose another --out (nothing "
-                "was written)"
-            )
-        return
-    if not scoring:
-        path.unlink()
-        log(f"removed {path}: an earlier predict's scores, not of the outputs this one writes")
+    if scoring and path.is_file() and not _is_predict_metrics(path):
+        raise LocaldiscError(
+            f"{out_dir}: holds metrics.json, not one `predict` wrote (a fine-tuning's test "
+            "results?), which --masks would replace; choose another --out (nothing was written)"
+        )
 
 
 def _remove_earlier_outputs(
-    out_dir: Path, files: Sequence[tuple[str, Path]], log: Callable[[str], None]
+    out_dir: Path, files: Sequence[tuple[str, Path]], scoring: bool, log: Callable[[str], None]
 ) -> None:
-    """Remove the ``NAME_prob.png``/``NAME_mask.png`` that an earlier predict's ``predict.json``
-    in ``out_dir`` lists and this run does not write again: they stayed beside the new
-    predict.json, which does not list them, mixing two runs. Only those files: names that are
-    not a plain file name, and this run's own images, are left alone."""
+    """Remove what an earlier predict wrote in ``out_dir`` that would stay beside this run's
+    outputs, mixing two runs: without ``scoring`` its ``metrics.json`` (scores of the outputs
+    this run replaces), and the ``NAME_prob.png``/``NAME_mask.png`` its ``predict.json`` lists
+    and this run does not write again. Only those files: names that are not a plain file name,
+    and this run's own images, are left alone. Called once the model is loaded and the inputs
+    are found, so that a run that fails at those removes nothing."""
+    metrics = out_dir / "metrics.json"
+    if not scoring and metrics.is_file() and _is_predict_metrics(metrics):
+        metrics.unlink()
+        log(f"removed {metrics}: an earlier predict's scores, not of the outputs this one writes")
     try:
         record = json.loads((out_dir / "predict.json").read_text())
         listed = [entry["name"] for entry in record["images"]]

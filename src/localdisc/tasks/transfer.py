@@ -394,7 +394,8 @@ def _history_csv(phases: list) -> str:
     return buffer.getvalue()
 
 
-#: ``localdisc finetune``'s flag for each setting it sets: a refusal names what users typed.
+#: ``localdisc finetune``'s flag for each setting it sets: a refusal names what users typed
+#: (another command passes its own to :func:`run_transfer`).
 FLAGS = {
     "dataset": "--dataset", "target": "--target", "init": "--init", "labels": "--labels",
     "test_fraction": "--test-fraction", "size": "--size", "recalibrate_bn": "--recalibrate-bn",
@@ -403,22 +404,26 @@ FLAGS = {
 }  # fmt: skip
 
 
-def _differences(saved: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
+def _differences(
+    saved: dict[str, Any], given: dict[str, Any], flags: dict[str, str], prefix: str = ""
+) -> list[str]:
     """``"[FLAG (]KEY[)]: SAVED there, GIVEN now"`` for each setting that differs (nested
-    ``train``), with its :data:`FLAGS` flag where it has one."""
+    ``train``), with its flag in ``flags`` where the command has one."""
     out = []
     for key in sorted(set(saved) | set(given)):
         a, b = saved.get(key), given.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += _differences(a, b, flags, f"{prefix}{key}.")
         elif a != b:
             name = f"{prefix}{key}"
-            name = f"{FLAGS[name]} ({name})" if name in FLAGS else name
+            name = f"{flags[name]} ({name})" if name in flags else name
             out.append(f"{name}: {a!r} there, {b!r} now")
     return out
 
 
-def _check_out_dir(out_dir: Path, config: TransferConfig) -> str | None:
+def _check_out_dir(
+    out_dir: Path, config: TransferConfig, flags: dict[str, str] = FLAGS
+) -> str | None:
     """Raise unless ``out_dir`` is free for this run or holds this run: ``None`` when free,
     ``"interrupted"`` for an interrupted run with the same settings, which the run continues
     from its checkpoint (or redoes without one), replacing its outputs, and ``"finished"`` for a
@@ -447,7 +452,7 @@ def _check_out_dir(out_dir: Path, config: TransferConfig) -> str | None:
             f"{out_dir}: holds {', '.join(found)}, not of a fine-tuning (no 'transfer' settings "
             "in config.json); choose another --out (nothing was deleted)"
         ) from None
-    differences = _differences(protocol(saved), protocol(asdict(config)))
+    differences = _differences(protocol(saved), protocol(asdict(config)), flags)
     if "metrics.json" in found:
         if differences:
             raise LocaldiscError(
@@ -484,11 +489,19 @@ def _clear_outputs(out_dir: Path, keep: tuple[str, ...] = ()) -> None:
 
 
 def run_transfer(
-    config: TransferConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
+    config: TransferConfig,
+    out_dir: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    flags: dict[str, str] = FLAGS,
 ) -> dict[str, Any]:
-    """Fine-tune and evaluate as described in the module docstring; returns ``metrics.json``."""
+    """Fine-tune and evaluate as described in the module docstring; returns ``metrics.json``.
+
+    ``flags``: the calling command's flag for each setting (``"train.epochs"``: ``"--epochs"``),
+    which a refusal of ``out_dir`` names; a setting without one is named alone (default: those
+    of ``localdisc finetune``, :data:`FLAGS`)."""
     out_dir = Path(out_dir)
-    state = _check_out_dir(out_dir, config)
+    state = _check_out_dir(out_dir, config, flags)
     if state == "finished":
         metrics_path = out_dir / "metrics.json"
         log(f"reusing {metrics_path}: finished already, with the same settings; nothing to do")
