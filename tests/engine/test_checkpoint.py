@@ -1,4 +1,5 @@
 import os
+import pathlib
 import pickle
 import stat
 
@@ -42,6 +43,31 @@ def test_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     save_checkpoint(tmp_path, 3, _tensors(3), {"stage": 1}, keep=1)  # cleans the leftover
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003"]
+
+
+def test_a_step_saved_again_is_never_left_half_deleted(tmp_path, monkeypatch):
+    import shutil
+
+    from localdisc.engine import checkpoint
+
+    save_checkpoint(tmp_path, 5, _tensors(1), {"stage": 1}, keep=1)
+    rmtree = shutil.rmtree
+
+    def killed_while_deleting(path, ignore_errors=False):
+        files = sorted(p for p in pathlib.Path(path).glob("*") if p.is_file())
+        if not files:
+            return rmtree(path, ignore_errors=ignore_errors)
+        files[0].unlink()  # one file gone, then the kill
+        raise KeyboardInterrupt
+
+    # Step 5 again (fine-tuning's stop after an epoch's checkpoint at the same step): the old
+    # folder was deleted in place, so a kill mid-delete left a broken step_5, the only one.
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 5, _tensors(2), {"stage": 1}, keep=1)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", rmtree)
+    state, tensors = load_latest_checkpoint(tmp_path)
+    assert state["step"] == 5 and tensors["model"]["w"][0] == 2
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):

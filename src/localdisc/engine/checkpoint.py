@@ -249,9 +249,16 @@ def save_checkpoint(
         writing = final / "state.json"
         _write_file(tmp / writing.name, json.dumps(state, indent=1).encode())
         writing = final
+        replaced = None
         if final.exists():
-            shutil.rmtree(final)
+            # Renamed aside, not deleted first: a kill while deleting a step of this name (with
+            # keep=1, the only one) left no checkpoint; now only between two renames.
+            replaced = final.with_name(f".tmp-old-{final.name}")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(tmp, final)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         full = _disk_full(writing, exc, kept)
