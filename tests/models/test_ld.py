@@ -192,3 +192,89 @@ def test_a_bad_architecture_is_a_localdisc_error_that_is_still_a_value_error(fie
     with pytest.raises(InputError, match=message) as caught:
         LDModel(**{field: value})
     assert isinstance(caught.value, LocaldiscError) and isinstance(caught.value, ValueError)
+
+
+def test_an_unfinished_pretraining_run_says_how_to_finish_it(tmp_path):
+    """A run stopped before model.safetensors (in stage 1 or 2) said only "weights file not
+    found"; it is named as unfinished, with `pretrain --resume` and the weight files it has."""
+    import json
+
+    from helpers import tiny_pretrain_config
+    from localdisc.data.pool import synthetic_pool
+    from localdisc.engine.pretrain import pretrain
+    from localdisc.models.segmenter import Segmenter
+
+    pool = synthetic_pool(4, "fundus", 48)
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain_config(), run, pool=pool, stop_at_step=4, log=lambda m: None)
+    assert not (run / "model.safetensors").exists() and (run / "stage1.safetensors").is_file()
+    with pytest.raises(CheckpointError) as error:
+        LDModel.from_pretrained(run)
+    message = str(error.value)
+    assert f"{run}: an unfinished pre-training run (no model.safetensors yet; its last " in message
+    assert f"localdisc pretrain --data ... --out {run} --resume" in message
+    assert f"or give {run / 'stage1.safetensors'} (the weights at the end of stage 1)" in message
+    assert LDModel.from_pretrained(run / "stage1.safetensors").run_dir == run  # as it says
+    # Started by the CLI: its own command, with --resume; `finetune --init RUN` says the same.
+    config = json.loads((run / "config.json").read_text())
+    config["environment"]["argv"] = ["/x/localdisc/__main__.py", "pretrain", "--data", "my eyes",
+                                     "--out", "run"]  # fmt: skip
+    (run / "config.json").write_text(json.dumps(config))
+    command = "`python -m localdisc pretrain --data 'my eyes' --out run --resume`"
+    for load in (LDModel.from_pretrained, Segmenter.from_ld_run):
+        with pytest.raises(CheckpointError, match="an unfinished pre-training run") as error:
+            load(run)
+        assert command in str(error.value)
+
+    early = tmp_path / "early"  # stopped in stage 1, before any weight file
+    pretrain(tiny_pretrain_config(), early, pool=pool, stop_at_step=1, log=lambda m: None)
+    with pytest.raises(
+        CheckpointError, match=r"run \(no model.safetensors yet; no checkpoint yet\).*apply\)$"
+    ):
+        LDModel.from_pretrained(early)
+
+
+def test_an_encoder_file_given_as_the_whole_model_says_which_file_to_give(tmp_path):
+    # `similarity --model RUN/encoder.safetensors` said "weights do not match the config".
+    LDModel(dim=8, clusters=4).save(tmp_path)
+    with pytest.raises(CheckpointError) as error:
+        LDModel.from_pretrained(tmp_path / "encoder.safetensors")
+    assert str(error.value) == (
+        f"{tmp_path / 'encoder.safetensors'}: the encoder alone (what `localdisc finetune "
+        f"--init` reads), not a whole LD model; give the run folder {tmp_path} instead (its "
+        "model.safetensors)"
+    )
+
+
+def test_weights_that_do_not_match_name_a_few_keys(tmp_path):
+    """A weights file of another model said "weights do not match the config" (torch's message,
+    every key, was only the cause): the file and a short summary of the keys."""
+    import json
+
+    from safetensors.torch import save_file
+
+    LDModel(dim=8, clusters=4).save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"]["clusters"] = 6  # the config edited after the weights were saved
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as error:
+        LDModel.from_pretrained(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / 'model.safetensors'}: weights do not match the model of its config.json "
+        "(7 of another shape: cluster_head.0.0.weight ([4, 32, 3, 3] in the file, "
+        "[6, 32, 3, 3] in the model), cluster_head.0.1.weight, cluster_head.0.1.bias, ... "
+        "(4 more))"
+    )
+    save_file({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        LDModel.from_pretrained(tmp_path / "other.safetensors")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'other.safetensors'}: weights do not match")
+    assert "weights do not match the model of its config.json (130 missing: backbone." in message
+    assert "more); 1 unexpected: fc.weight)" in message and len(message) < 400
+
+
+def test_a_file_given_as_a_run_folder_is_named_a_file(tmp_path):
+    LDModel(dim=8, clusters=4).save(tmp_path)
+    with pytest.raises(CheckpointError, match="config.json: a file, not a run folder; give an LD"):
+        LDModel.from_pretrained(tmp_path / "config.json")

@@ -163,3 +163,21 @@ def test_from_pretrained_of_a_pretraining_run_says_what_to_do_with_it(tmp_path):
     LDModel(LDConfig(width=4, depth=2)).save(tmp_path)
     with pytest.raises(CheckpointError, match=r"an LD pre-training run: fine-tune it first"):
         Segmenter.from_pretrained(tmp_path)
+
+
+def test_weights_that_do_not_match_name_the_file_and_a_few_keys(tmp_path):
+    # Said "weights do not match the config", with torch's list of every key only as the cause.
+    from safetensors.torch import save_file
+
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "ft")
+    save_file({"fc.weight": torch.zeros(2)}, tmp_path / "ft" / "model.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        Segmenter.from_pretrained(tmp_path / "ft")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'ft' / 'model.safetensors'}: weights do not match")
+    assert "missing: encoder.blocks.0.0.0.weight, " in message
+    assert message.endswith("more); 1 unexpected: fc.weight)") and len(message) < 400
+    LDModel(LDConfig(width=8, depth=2)).save(tmp_path / "run")
+    save_file({"fc.weight": torch.zeros(2)}, tmp_path / "run" / "encoder.safetensors")
+    with pytest.raises(CheckpointError, match=r"encoder.safetensors: weights do not match .*fc"):
+        Segmenter.from_ld_run(tmp_path / "run")

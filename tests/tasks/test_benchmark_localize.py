@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -123,3 +124,26 @@ def test_more_seeds_than_drive_templates_is_found_before_any_work(tmp_path):
     assert results["tasks"] == {}
     assert "--seeds 21 needs 21 templates" in results["skipped"][0]["reason"]
     assert not (tmp_path / "out" / "figures").exists()  # no image was localised
+
+
+def test_a_rerun_into_the_same_out_keeps_only_its_own_figures(tmp_path):
+    """results.json was replaced whole but figures/ kept an earlier run's figures (of tasks or
+    test images not localised again) beside this run's; files the benchmark did not write stay."""
+    from localdisc.models import LDConfig, LDModel
+
+    LDModel(LDConfig(dim=8, clusters=4, width=4, depth=2)).save(tmp_path / "run")
+    out = tmp_path / "out"
+    config = LocalizeBenchmarkConfig(models=[str(tmp_path / "run")], size=64, quick=True)
+    run_localize_benchmark(config, out, log=lambda m: None)
+    first = sorted(p.name for p in (out / "figures").iterdir())
+    assert len(first) == 3
+    (out / "figures" / "notes.png").write_bytes(b"mine")  # the user's: not listed, kept
+    logged: list[str] = []
+    run_localize_benchmark(replace(config, max_test=1), out, log=logged.append)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["notes.png", first[0]]
+    assert any("removed 2 figure(s) of an earlier run" in line for line in logged), logged
+    results = json.loads((out / "results.json").read_text())  # what the next run removes
+    assert results["tasks"]["synthetic_fundus"]["figures"] == [first[0]]
+    config = replace(config, tasks=["drive"], data_root=str(tmp_path / "none"))
+    results = run_localize_benchmark(config, out, log=lambda m: None)  # drive skipped: no data
+    assert results["tasks"] == {} and [p.name for p in (out / "figures").iterdir()] == ["notes.png"]

@@ -50,6 +50,11 @@ class LDConfig:
         name one of the run's weight files, e.g. ``RUN/stage1.safetensors``)."""
         run_dir, _ = split_weights_path(run_dir)
         config_path = run_dir / "config.json"
+        if run_dir.is_file():  # RUN/config.json, a .pt file: named as a file, not a folder
+            raise CheckpointError(
+                f"{run_dir}: a file, not a run folder; give an LD run folder (the --out of "
+                "`localdisc pretrain`) or one of its .safetensors weight files"
+            )
         if not config_path.is_file():
             raise CheckpointError(f"{run_dir}: not a localdisc run directory (no config.json)")
         try:
@@ -104,6 +109,87 @@ def split_weights_path(path: str | Path, weights: str = "model.safetensors") -> 
     if path.suffix == ".safetensors":
         return path.parent, path.name
     return path, weights
+
+
+#: A pre-training run's weight files that hold the whole LD model (``engine/pretrain.py``).
+WHOLE_MODEL_WEIGHTS = {
+    "model.safetensors": "the final weights",
+    "stage1.safetensors": "the weights at the end of stage 1",
+    "model_best.safetensors": "the lowest validation loss",
+}
+
+
+def check_weights_file(run_dir: Path, weights: str) -> None:
+    """Raise :class:`CheckpointError` if the run folder ``run_dir`` (whose ``config.json`` was
+    read) lacks ``weights``: an unfinished pre-training run is named as one, with how to finish
+    it and which of its weight files there are already (it said only "weights file not found")."""
+    if (run_dir / weights).is_file():
+        return
+    from localdisc.engine.checkpoint import CHECKPOINT_PREFIX, list_checkpoints
+    from localdisc.eval.provenance import command_text
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    others = [n for n in WHOLE_MODEL_WEIGHTS if n != weights and (run_dir / n).is_file()]
+    instead = " or ".join(f"{run_dir / n} ({WHOLE_MODEL_WEIGHTS[n]})" for n in others)
+    pretrain = saved.get("pretrain")
+    if not isinstance(pretrain, dict) or (run_dir / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"{run_dir / weights}: weights file not found"
+            + (f"; give {instead}" if instead else "")
+        )
+    kept = list_checkpoints(run_dir / "checkpoints")
+    stopped = (
+        f"its last checkpoint is step {int(kept[-1].name.removeprefix(CHECKPOINT_PREFIX))}"
+        if kept
+        else "no checkpoint yet"
+    )
+    argv = (saved.get("environment") or {}).get("argv")
+    program = Path(str(argv[0])) if isinstance(argv, list) and argv else Path()
+    if "localdisc" not in (program.name, program.parent.name):  # `localdisc`, `python -m`
+        argv = None  # started from Python, or an older run: the command's shape instead
+    if argv and argv[1:2] in (["pretrain"], ["shape-guided"]):
+        resume = "" if "--resume" in argv else " --resume"
+        how = f"its command and --resume (`{command_text(argv)}{resume}`; the saved settings apply)"
+    elif argv:  # `demo`, a benchmark's preset: the same command resumes its own run
+        how = f"its command again (`{command_text(argv)}`)"
+    else:
+        name = "shape-guided train" if pretrain.get("prior") else "pretrain"
+        how = f"`localdisc {name} --data ... --out {run_dir} --resume` (the saved settings apply)"
+    raise CheckpointError(
+        f"{run_dir}: an unfinished pre-training run (no {weights} yet; {stopped}): interrupted, "
+        f"or still running; finish it with {how}" + (f", or give {instead}" if instead else "")
+    )
+
+
+def weights_mismatch(module: nn.Module, state: dict[str, Tensor]) -> str:
+    """What keeps ``state`` from loading into ``module``, in short (a few names of the keys
+    missing, unexpected, or of another shape), or ``""``; torch's message lists every key."""
+
+    def few(names: list[str]) -> str:
+        more = f", ... ({len(names) - 3} more)" if len(names) > 3 else ""
+        return ", ".join(names[:3]) + more
+
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if shapes:  # the first one's shapes say which setting differs
+        first = shapes[0]
+        shape, wanted = list(state[first].shape), list(expected[first].shape)
+        shapes[0] = f"{first} ({shape} in the file, {wanted} in the model)"
+    found = [("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)]
+    return "; ".join(f"{len(keys)} {label}: {few(keys)}" for label, keys in found if keys)
+
+
+def load_matching_weights(module: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """``module.load_state_dict(state)``; weights that do not fit raise
+    :class:`CheckpointError` naming ``path`` and, in short, the keys that differ."""
+    problems = weights_mismatch(module, state)
+    if problems:
+        raise CheckpointError(
+            f"{path}: weights do not match the model of its config.json ({problems})"
+        )
+    module.load_state_dict(state)
 
 
 def head(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -230,10 +316,14 @@ class LDModel(nn.Module):
 
         run_dir, weights = split_weights_path(run_dir, weights)
         model = cls(LDConfig.from_run(run_dir))
+        check_weights_file(run_dir, weights)
         state = load_safetensors(run_dir / weights)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{run_dir / weights}: weights do not match the config") from exc
+        if state.keys() == model.encoder.state_dict().keys():  # "backbone.encoder." stripped
+            raise CheckpointError(
+                f"{run_dir / weights}: the encoder alone (what `localdisc finetune --init` "
+                f"reads), not a whole LD model; give the run folder {run_dir} instead (its "
+                "model.safetensors)"
+            )
+        load_matching_weights(model, state, run_dir / weights)
         model.run_dir = run_dir
         return model.to(device).eval()

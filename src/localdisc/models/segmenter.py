@@ -26,7 +26,9 @@ from localdisc.models.ld import (
     LDConfig,
     LDModel,
     architecture_problems,
+    check_weights_file,
     is_positive_int,
+    load_matching_weights,
     split_weights_path,
 )
 from localdisc.models.vgg_unet import UNetDecoder, VGGEncoder
@@ -102,13 +104,11 @@ class Segmenter(nn.Module):
         )
         model = cls(config)
         if weights == "encoder.safetensors":
+            check_weights_file(run_dir, weights)  # an unfinished run has none yet
             state = load_safetensors(run_dir / weights)
         else:  # a whole LD model's weights (model, model_best, stage1): its encoder's part
             state = LDModel.from_pretrained(run_dir / weights).encoder.state_dict()
-        try:
-            model.encoder.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{run_dir / weights}: weights do not match the config") from exc
+        load_matching_weights(model.encoder, state, run_dir / weights)
         return model
 
     # --- inference on raw images -------------------------------------------------------------
@@ -187,12 +187,7 @@ class Segmenter(nn.Module):
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{model_dir}/config.json: bad segmenter config ({exc})") from exc
         state = load_safetensors(model_dir / "model.safetensors")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{model_dir / 'model.safetensors'}: weights do not match the config"
-            ) from exc
+        load_matching_weights(model, state, model_dir / "model.safetensors")
         return model.to(device).eval()
 
 

@@ -241,6 +241,7 @@ def run_localize_benchmark(
         seconds: dict[str, float] = {}
         spacing: list[float | None] = []
         templates, count = [], 0
+        figures: list[str] = []  # in out_dir/figures, listed in results.json
         try:
             # Every seed's template first: too many seeds for the training images is then
             # found before any work, not after the other seeds' (which it would throw away).
@@ -260,9 +261,10 @@ def run_localize_benchmark(
                             p = found[method][name]
                             per_landmark.setdefault(name, []).append(math.hypot(p.x - x, p.y - y))
                     if count <= 3:
-                        path = out_dir / "figures" / f"{task_name}_{case.name}.png"
+                        figures.append(f"{task_name}_{case.name}.png")
                         landmark_figure(task.template.image, task.template.landmarks, case.image,
-                                        found, path, truth=case.landmarks)  # fmt: skip
+                                        found, out_dir / "figures" / figures[-1],
+                                        truth=case.landmarks)  # fmt: skip
         except LocaldiscError as exc:
             if count:  # a failure after some images is an error, not missing data
                 raise
@@ -272,6 +274,7 @@ def run_localize_benchmark(
         results["tasks"][task_name] = {
             "templates": templates,
             "test_images": count // config.seeds,
+            "figures": figures,
             "methods": {
                 m: {
                     "seconds_per_image": seconds[m] / count,
@@ -281,9 +284,40 @@ def run_localize_benchmark(
             },
         }
         log(f"{task_name}: {count} localisations per method, {len(errors)} methods")
+    earlier = _listed_figures(out_dir / "results.json")  # before it is replaced
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out_dir / "results.md", localize_markdown(results))
+    _remove_earlier_figures(out_dir / "figures", earlier, _listed_figures(results), log)
     return results
+
+
+def _listed_figures(results: Path | dict[str, Any]) -> set[str]:
+    """The figure file names a benchmark's ``results.json`` (a path, or the results) lists;
+    none for a missing file, or one this benchmark did not write."""
+    try:
+        if isinstance(results, Path):
+            results = json.loads(results.read_text())
+        names = {n for task in results["tasks"].values() for n in task.get("figures", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return set()
+    # Plain PNG file names only: a listed path elsewhere is never removed.
+    return {n for n in names if isinstance(n, str) and Path(n).name == n and n.endswith(".png")}
+
+
+def _remove_earlier_figures(
+    folder: Path, earlier: set[str], keep: set[str], log: Callable[[str], None]
+) -> None:
+    """Remove the figures an earlier run in the same ``--out`` listed and this one did not
+    write again (of tasks not run, or of other test images): the folder mixed two runs. Only
+    those: other files of the folder are left alone."""
+    removed = 0
+    for name in sorted(earlier - keep):
+        path = folder / name
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    if removed:
+        log(f"removed {removed} figure(s) of an earlier run from {folder}: not of this run")
 
 
 def _methods(
