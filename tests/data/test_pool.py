@@ -161,3 +161,24 @@ def test_decoding_a_pool_shows_its_progress(tmp_path: Path, capsys) -> None:
     assert "decoding: image 3/3 (100%)" in capsys.readouterr().out  # not a terminal: lines
     resolve_pool([str(folder)], "xray", 8, log=lambda m: None)
     assert capsys.readouterr().out == ""
+
+
+def test_the_pool_names_each_image_by_its_source(tmp_path: Path, monkeypatch) -> None:
+    # Figures of a pre-training titled "validation image 1 of 3": the tensor carried no paths.
+    folder = _grey_folder(tmp_path / "pool", {"a.png": 10})
+    (folder / "sub").mkdir()
+    Image.fromarray(np.full((12, 12), 20, np.uint8)).save(folder / "sub" / "b.png")
+    (folder / "bad.png").write_bytes(b"not a png")  # skipped: no name either
+    monkeypatch.chdir(tmp_path)  # a folder given relatively is named relative to it too
+    names: list[str] = []
+    specs = ["pool", "synthetic_xray:2", str(folder / "sub"), "synthetic_xray:3"]
+    pool, skipped = resolve_pool(specs, "xray", 8, skip_bad=True, names=names, log=lambda m: None)
+    assert [p.name for p, _ in skipped] == ["bad.png"]
+    # pool/sub is in the pool already; synthetic_xray:3 adds its image of seed 2 only
+    generated = [f"synthetic_xray {i}" for i in range(3)]
+    assert names == ["a.png", "sub/b.png", *generated]
+    assert len(names) == pool.shape[0]
+    assert torch.equal(pool[4], synthetic_pool(3, "xray", 8)[2])
+    names.clear()
+    resolve_pool(specs, "xray", 8, max_images=1, skip_bad=True, names=names, log=lambda m: None)
+    assert names == ["a.png"]

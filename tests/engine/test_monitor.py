@@ -29,10 +29,12 @@ def test_time_left_ignores_the_steps_a_time_budget_skipped() -> None:
         assert bar.time_left() == pytest.approx((2000 - 1050) / 10, rel=0.05)
 
 
-def test_elapsed_counts_from_the_start_of_the_phase_and_the_first_lines_know_the_time_left():
+def test_elapsed_counts_the_whole_run_and_the_first_lines_know_the_time_left():
     # A run output to a file said "0:00:00 elapsed, -:--:-- left" at step 10 after 10 s, and
     # again at step 30: a phase's first update restarted rich's task, so its first 10 steps
-    # were not counted. Here 40 steps of 1 s, a line every 10 (log_every), stage 1 to step 20.
+    # were not counted. Then stage 2 said "step 30/40, 0:00:10 elapsed" 30 s into the run: the
+    # steps counted both stages, the elapsed time stage 2 alone. Here 40 steps of 1 s, a line
+    # every 10 (log_every), stage 1 to step 20.
     console, out = _file_console(terminal=False)
     clock = [0.0]
     with ProgressBar(40, 0, True, "pretrain", clock=lambda: clock[0], console=console,
@@ -45,9 +47,9 @@ def test_elapsed_counts_from_the_start_of_the_phase_and_the_first_lines_know_the
         "loss 1.0",
         "2024-05-01 14:20:20 pretrain stage 1: step 20/40 (50%), 0:00:20 elapsed, 0:00:20 left, "
         "loss 1.0",
-        "2024-05-01 14:20:30 pretrain stage 2: step 30/40 (75%), 0:00:10 elapsed, 0:00:10 left, "
+        "2024-05-01 14:20:30 pretrain stage 2: step 30/40 (75%), 0:00:30 elapsed, 0:00:10 left, "
         "loss 1.0",
-        "2024-05-01 14:20:40 pretrain stage 2: step 40/40 (100%), 0:00:20 elapsed, 0:00:00 left, "
+        "2024-05-01 14:20:40 pretrain stage 2: step 40/40 (100%), 0:00:40 elapsed, 0:00:00 left, "
         "loss 1.0",
     ]
 
@@ -61,11 +63,25 @@ def test_the_terminal_bar_shows_the_same_elapsed_time_and_stops_it_when_done():
             clock[0] += 10
             bar.update(step, "stage 1" if step <= 20 else "stage 2")
         clock[0] += 5
-        assert elapsed_column.render(bar.bar.tasks[0]).plain == "0:00:15"  # stage 2 from 20 s
+        assert elapsed_column.render(bar.bar.tasks[0]).plain == "0:00:35"  # both stages
         clock[0] += 5
         bar.update(40)
         clock[0] += 60  # finished: the time stays that of the last step
-        assert elapsed_column.render(bar.bar.tasks[0]).plain == "0:00:20"
+        assert elapsed_column.render(bar.bar.tasks[0]).plain == "0:00:40"
+
+
+def test_a_resumed_loop_counts_the_time_before_it_as_it_counts_the_steps() -> None:
+    # Resumed at step 500 of 1000 after 50 s: "step 510/1000, 0:00:01 elapsed" read as a clock
+    # restarted; the steps and the time both count the earlier start.
+    console, out = _file_console(terminal=False)
+    clock = [0.0]
+    with ProgressBar(1000, 500, True, "pretrain", clock=lambda: clock[0], console=console,
+                     now=lambda: WALL, before=50.0) as bar:  # fmt: skip
+        clock[0] += 1
+        bar.update(510, "stage 2")
+    assert out.getvalue().splitlines() == [
+        STAMP + "pretrain stage 2: step 510/1000 (51%), 0:00:51 elapsed, 0:00:49 left"
+    ]
 
 
 def test_a_loop_slower_than_30_s_between_updates_has_a_time_left() -> None:
@@ -132,12 +148,12 @@ def test_not_a_terminal_prints_whole_plain_lines_at_each_tenth_and_the_last_step
     steps = [int(line.split("step ")[1].split("/")[0]) for line in lines]
     # Each phase's first update, each tenth of the steps, the last step; nothing twice.
     assert steps == [10, 100, 200, 300, 400, 500, 510, 600, 700, 800, 900, 1000]
-    # Whole (longer than the console's 80 columns): elapsed in the phase, left at its pace.
+    # Whole (longer than the console's 80 columns): elapsed in all, left at the phase's pace.
     assert lines[2] == (
         f"pretrain stage 1: step 200/1000 (20%), 0:00:20 elapsed, 0:01:20 left, {info} 200"
     )
     assert all(line.endswith(f"{info} {n}") for line, n in zip(lines, steps, strict=True))
-    assert lines[-1].startswith("pretrain stage 2: step 1000/1000 (100%), 0:00:50 elapsed")
+    assert lines[-1].startswith("pretrain stage 2: step 1000/1000 (100%), 0:01:40 elapsed")
     assert "━" not in out.getvalue()
 
 

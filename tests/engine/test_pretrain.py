@@ -11,7 +11,7 @@ import torch
 from helpers import tiny_pretrain_config
 from localdisc.engine.checkpoint import load_safetensors
 from localdisc.engine.monitor import TrainingLog
-from localdisc.engine.pretrain import PretrainConfig, pretrain
+from localdisc.engine.pretrain import PretrainConfig, _split_pool, pretrain
 from localdisc.errors import CheckpointError, LocaldiscError
 
 
@@ -69,9 +69,8 @@ def log_rows(run_dir):
 
 def untimed_rows(run_dir):
     """The rows of ``run_dir``'s log.csv without its columns of times."""
-    return [
-        {k: v for k, v in r.items() if k not in ("img_per_s", "time")} for r in log_rows(run_dir)
-    ]
+    timed = ("img_per_s", "time", "elapsed")
+    return [{k: v for k, v in r.items() if k not in timed} for r in log_rows(run_dir)]
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path, pool):
@@ -455,17 +454,42 @@ def test_each_log_row_says_when_it_was_written_and_an_older_log_still_resumes(tm
 
 @pytest.mark.parametrize("val_images", [2, 0])
 def test_the_figures_name_the_images_they_show(tmp_path, pool, monkeypatch, val_images):
+    # They said "validation image 1 of 2": which image of the pool was that?
     import localdisc.engine.pretrain as engine
 
     shown = []
-    monkeypatch.setattr(engine, "write_figures", lambda *a, **k: shown.append(k["names"]))
+    monkeypatch.setattr(engine, "write_figures", lambda *a, **k: shown.append((a[1], k["names"])))
     config = tiny_pretrain_config(figure_every=6, val_images=val_images)
-    pretrain(config, tmp_path, pool=pool, log=lambda m: None)
-    names = shown[-1]
-    if val_images:
-        assert names == ["validation image 1 of 2", "validation image 2 of 2"]
-    else:
-        assert names == [f"training image {i}" for i in (1, 2, 3, 4)]
+    names = [f"eye_{i}.png" for i in range(6)]
+    pretrain(config, tmp_path, pool=pool, pool_names=names, log=lambda m: None)
+    train, val = engine._split_pool(6, config)
+    which = (val or train)[:4]  # the validation images, else the first training images
+    images, titles = shown[-1]
+    assert titles == [names[i] for i in which] and torch.equal(images, pool[which])
+    # config.json says which images validate and which the figures show
+    saved = json.loads((tmp_path / "config.json").read_text())["pool"]
+    assert saved["val_names"] == [names[i] for i in val] and len(val) == val_images
+    assert saved["figure_names"] == titles
+
+
+def test_the_figures_name_the_files_of_a_folder_and_a_given_pool_by_index(tmp_path, pool):
+    from PIL import Image
+
+    folder = tmp_path / "eyes"
+    (folder / "left").mkdir(parents=True)
+    files = [f"{i}.png" for i in range(3)] + [f"left/{i}.png" for i in range(3)]
+    for name, image in zip(files, pool, strict=True):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / name)
+    config = tiny_pretrain_config(data=[str(folder)], figure_every=6, workers=1)
+    pretrain(config, tmp_path / "run", log=lambda m: None)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["pool"]
+    _, val = _split_pool(6, config)
+    assert saved["val_names"] == [files[i] for i in val] == saved["figure_names"]
+    pretrain(config, tmp_path / "given", pool=pool, log=lambda m: None)
+    saved = json.loads((tmp_path / "given" / "config.json").read_text())["pool"]
+    assert saved["val_names"] == [f"pool image {i}" for i in val]
+    with pytest.raises(LocaldiscError, match="2 pool_names for a pool of 6 images"):
+        pretrain(config, tmp_path / "short", pool=pool, pool_names=["a", "b"], log=print)
 
 
 def test_config_json_records_the_environment_and_each_resume_adds_its_own(tmp_path, pool):
@@ -485,3 +509,77 @@ def test_config_json_records_the_environment_and_each_resume_adds_its_own(tmp_pa
     assert meta["resumed"][0]["started"] >= env["started"]
     pretrain(config, tmp_path, pool=pool, resume=True, log=lambda m: None)  # finished already
     assert json.loads((tmp_path / "config.json").read_text()) == meta
+
+
+def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one(tmp_path, pool):
+    # Logged every 4 steps, stopped at the checkpoint of step 3: resumed, the row of step 4
+    # averaged step 4 alone, where the uninterrupted run's averaged steps 1 to 4.
+    config = tiny_pretrain_config(stage1_steps=4, stage2_steps=4, log_every=4, checkpoint_every=3)
+    pretrain(config, tmp_path / "straight", pool=pool, log=lambda m: None)
+    pretrain(config, tmp_path / "resumed", pool=pool, stop_at_step=3, log=lambda m: None)
+    pretrain(config, tmp_path / "resumed", pool=pool, resume=True, log=lambda m: None)
+    rows = untimed_rows(tmp_path / "straight")
+    assert [r["step"] for r in rows if r["loss"]] == ["4", "8"]
+    assert untimed_rows(tmp_path / "resumed") == rows
+
+
+def _as_an_older_run(run_dir):
+    """Strip what runs wrote before the log window, elapsed time and pool names were saved."""
+    from localdisc.engine.checkpoint import list_checkpoints
+
+    for folder in list_checkpoints(run_dir / "checkpoints"):
+        state = json.loads((folder / "state.json").read_text())
+        del state["log_window"], state["elapsed"], state["checksums"]["log_window.safetensors"]
+        (folder / "log_window.safetensors").unlink()
+        (folder / "state.json").write_text(json.dumps(state))
+    meta = json.loads((run_dir / "config.json").read_text())
+    del meta["pool"]["val_names"], meta["pool"]["figure_names"]
+    (run_dir / "config.json").write_text(json.dumps(meta))
+
+
+def test_an_older_checkpoint_without_the_log_window_still_resumes(tmp_path, pool, monkeypatch):
+    import localdisc.engine.pretrain as engine
+
+    shown = []
+    monkeypatch.setattr(engine, "write_figures", lambda *a, **k: shown.append(k["names"]))
+    config = tiny_pretrain_config(stage1_steps=4, stage2_steps=4, log_every=4, checkpoint_every=3,
+                                  figure_every=8)  # fmt: skip
+    pretrain(config, tmp_path, pool=pool, stop_at_step=3, log=lambda m: None)
+    _as_an_older_run(tmp_path)
+    result = pretrain(config, tmp_path, pool=pool, resume=True, log=lambda m: None)
+    _, val = _split_pool(6, config)
+    assert result.steps == 8 and shown == [[f"pool image {i}" for i in val]]
+    # as before: the first row averages the steps since the resume, its elapsed time restarts
+    rows = [r for r in log_rows(tmp_path) if r["loss"]]
+    assert [r["step"] for r in rows] == ["4", "8"] and float(rows[0]["elapsed"]) < 60
+
+
+def test_the_elapsed_time_counts_both_stages_and_the_starts_before_a_resume(
+    tmp_path, pool, monkeypatch
+):
+    # The progress lines said "step 70/120, 0:00:03 elapsed" in stage 2: the steps counted
+    # both stages, the time stage 2 alone (and a resume restarted it too). log.csv had no
+    # elapsed time at all.
+    import localdisc.engine.pretrain as engine
+    from localdisc.engine.checkpoint import list_checkpoints
+
+    config = tiny_pretrain_config()  # stage 2 from step 3; checkpoints at 2, 4, 6
+    pretrain(config, tmp_path, pool=pool, stop_at_step=4, log=lambda m: None)
+    first = log_rows(tmp_path)
+    state = json.loads((list_checkpoints(tmp_path / "checkpoints")[-1] / "state.json").read_text())
+    # (log.csv rounds to 0.1 s)
+    assert state["step"] == 4 and state["elapsed"] >= float(first[-1]["elapsed"]) - 0.05 > 0
+    before = []  # the time before it that each progress bar was given
+    real = engine.ProgressBar
+
+    def spy(*args, **kwargs):
+        before.append(kwargs.get("before", 0.0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "ProgressBar", spy)
+    pretrain(config, tmp_path, pool=pool, resume=True, log=lambda m: None)
+    assert before == [state["elapsed"]]
+    rows = log_rows(tmp_path)
+    elapsed = [float(r["elapsed"]) for r in rows]
+    assert elapsed == sorted(elapsed) and {r["stage"] for r in rows} == {"1", "2"}
+    assert elapsed[len(first)] >= state["elapsed"] - 0.05  # the first row after the resume

@@ -105,6 +105,18 @@ def synthetic_pool(
     return torch.from_numpy(np.stack(arrays))
 
 
+def _source_name(path: Path, root: Path | None) -> str:
+    """``path`` relative to ``root`` (its folder or data set root) where it lies under it, else
+    whole: the name by which a figure or a run's record names a pool image."""
+    if root is not None:
+        for base in (root, root.resolve()):
+            try:
+                return path.relative_to(base).as_posix()
+            except ValueError:
+                continue
+    return str(path)
+
+
 def resolve_pool(
     specs: Sequence[str],
     modality: str,
@@ -116,9 +128,15 @@ def resolve_pool(
     skip_bad: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    names: list[str] | None = None,
 ) -> tuple[torch.Tensor, list[tuple[Path, str]]]:
     """Decode every image named by ``specs`` into one uint8 pool tensor (with a progress bar
     of the files decoded where ``progress``: a large pool takes minutes).
+
+    ``names``, when given, is filled with the source of each pool image, in the pool's order:
+    a file's path relative to its folder or data set root (``sub/a.png``), ``synthetic_fundus 3``
+    for the generated image of seed ``seed + 3``, ``skimage retina``. Figures name the images
+    they show by it; a list of strings, as the tensor carries no paths.
 
     A spec is a folder of images, ``NAME:ROOT`` for a known data set (labels unused),
     ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` / ``synthetic_xray_hard[:N]`` for generated
@@ -135,12 +153,14 @@ def resolve_pool(
     ``skimage:retina`` is the exception: each repeat adds a copy of that one photograph (the
     demo weights it so).
     """
-    from localdisc.data.datasets import pool_image_paths
+    from localdisc.data.datasets import parse_data_spec, pool_image_paths
 
     size = pool_size
     # In the order of ``specs``; a slice stands for files of ``paths``, all decoded at once below.
     parts: list[torch.Tensor | slice] = []
+    part_names: list[list[str]] = []  # for a tensor of ``parts``, its images' names
     paths: list[Path] = []
+    path_names: list[str] = []  # of each of ``paths``
     taken = 0  # images in the pool so far: ``max_images`` counts every kind of spec
 
     def room(n: int) -> int:
@@ -190,6 +210,7 @@ def resolve_pool(
             if new:
                 hard = name.endswith("_hard")
                 parts.append(synthetic_pool(new, modality, size, seed=seed + made, hard=hard))
+                part_names.append([f"{name} {made + i}" for i in range(new)])
                 taken += new
                 generated[name] = (made + new, [*by, spec])
         elif spec.lower() == "skimage:retina":
@@ -200,6 +221,7 @@ def resolve_pool(
                     image = skimage.data.retina().astype(np.float32) / 255.0
                     retina = torch.from_numpy(prepare_pool_image(image, modality, size))[None]
                 parts.append(retina)
+                part_names.append(["skimage retina"])
                 taken += 1
         else:
             listed = pool_image_paths(spec)  # listed even when none fits: checks the spec
@@ -218,7 +240,10 @@ def resolve_pool(
             found = [path for _, path in kept]
             if found:
                 parts.append(slice(len(paths), len(paths) + len(found)))
+                part_names.append([])
                 paths.extend(found)
+                root = parse_data_spec(spec)[1]
+                path_names.extend(_source_name(path, root) for path in found)
                 taken += len(found)
     results: list[np.ndarray | str] = []
     if paths:
@@ -242,13 +267,17 @@ def resolve_pool(
             )
     skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
     tensors: list[torch.Tensor] = []
-    for part in parts:
+    for part, made in zip(parts, part_names, strict=True):
         if isinstance(part, slice):
-            arrays = [r for r in results[part] if not isinstance(r, str)]
-            if arrays:
-                tensors.append(torch.from_numpy(np.stack(arrays)))
+            read = [i for i in range(part.start, part.stop) if not isinstance(results[i], str)]
+            if read:
+                tensors.append(torch.from_numpy(np.stack([results[i] for i in read])))
+                if names is not None:
+                    names.extend(path_names[i] for i in read)
         else:
             tensors.append(part)
+            if names is not None:
+                names.extend(made)
     if not tensors:
         raise DatasetError(f"no images found in {', '.join(specs)}")
     return torch.cat(tensors), skipped

@@ -22,13 +22,15 @@ class TrainingLog:
     """``log.csv`` (one row per logged step or validation) and TensorBoard when installed.
 
     Each row's ``time`` is the wall-clock time it was written (ISO 8601, to the second, with the
-    UTC offset), to line a run's log up with a cluster's or another run's; rows of a log written
-    before that column have it empty."""
+    UTC offset), to line a run's log up with a cluster's or another run's; its ``elapsed`` the
+    seconds the run had trained by then, in all its starts (as the progress lines' elapsed time,
+    and like ``step`` counted over both stages). Rows of a log written before a column have it
+    empty; new columns go last, so that the older ones keep their places."""
 
     COLUMNS = (
         "step", "stage", "lr", "loss", "pd", "mix", "rd", "ent", "adv", "disc",  # LD
         "nt_xent", "global", "dense", "pixpro", "positives", "restoration",  # peer methods
-        "val_loss", "img_per_s", "time",
+        "val_loss", "img_per_s", "time", "elapsed",
     )  # fmt: skip
 
     def __init__(self, run_dir: Path, resume_step: int) -> None:
@@ -67,7 +69,7 @@ class TrainingLog:
         self.file.flush()
         if self.tensorboard is not None:  # which keeps its own wall time
             for key, value in row.items():
-                if key not in ("step", "stage", "time") and value != "":
+                if key not in ("step", "stage", "time", "elapsed") and value != "":
                     self.tensorboard.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
@@ -108,10 +110,11 @@ def time_left(task: Any) -> float | None:
 
 
 def elapsed(task: Any) -> float:
-    """Seconds since the start of the phase of a rich progress ``task`` of a
-    :class:`ProgressBar` (its field ``phase_at``), up to its last update once it is finished."""
+    """Seconds of the work of a rich progress ``task`` of a :class:`ProgressBar`: since the bar
+    started (its field ``started_at``), up to its last update once it is finished, plus those
+    spent before it (its field ``before``: the earlier starts of a resumed run)."""
     end = task.fields["updated_at"] if task.finished else task.get_time()
-    return max(0.0, end - task.fields["phase_at"])
+    return task.fields["before"] + max(0.0, end - task.fields["started_at"])
 
 
 def clock_text(seconds: float | None) -> str:
@@ -126,6 +129,11 @@ def clock_text(seconds: float | None) -> str:
 class ProgressBar:
     """The progress display of a training loop: ``title`` and the phase (a stage, an epoch's
     phase), steps done of ``total``, time spent and left, and a line of ``info`` (the losses).
+
+    Steps, time spent (elapsed) and time left are all of the whole loop, every phase of it:
+    ``step 30/40, 0:00:30 elapsed`` in stage 2 (an elapsed time of stage 2 alone beside a step
+    count of both stages read as a clock restarted). ``start`` steps and ``before`` seconds were
+    done before this bar (by the earlier starts of a resumed run; ``before`` 0 when unknown).
 
     On a terminal, a rich progress bar. When ``console`` (default: rich's, on stdout) is not
     one (a log file, a pipe, nohup, a cluster job's output), a live bar would show nothing until
@@ -157,6 +165,7 @@ class ProgressBar:
         console: Console | None = None,
         interval: float = 30.0,
         unit: str = "step",
+        before: float = 0.0,
     ) -> None:
         self.bar = None
         self.phase = ""
@@ -183,7 +192,7 @@ class ProgressBar:
                 return Text(clock_text(time_left(task)), style="progress.remaining")
 
         class ElapsedColumn(ProgressColumn):
-            """rich's TimeElapsedColumn, but of :func:`elapsed` (the phase's time)."""
+            """rich's TimeElapsedColumn, but of :func:`elapsed` (with the time before)."""
 
             def render(self, task: Any) -> Text:
                 return Text(clock_text(elapsed(task)), style="progress.elapsed")
@@ -204,10 +213,9 @@ class ProgressBar:
             get_time=clock,
         )
         # Times are kept here, not by rich: its elapsed time restarts at a task's reset (the
-        # first update of a phase, not the phase's start), and its pace needs two updates
-        # within 30 s (so a slow loop never had one).
+        # first update of a phase), and its pace needs two updates within 30 s (so a slow loop
+        # never had one).
         now = self.bar.get_time()
-        self.phase_at = now  # the phase's start: the bar's, or the last update of the phase before
         self.last_step, self.last_at = start, now  # the last update
         self.pace_step, self.pace_at = start, now  # the phase's first update: its pace since
         self.task = self.bar.add_task(
@@ -218,7 +226,8 @@ class ProgressBar:
             info="",
             time_left=None,
             time_left_at=now,
-            phase_at=now,
+            started_at=now,
+            before=before,
             updated_at=now,
         )
         # The last plain line: its step and time; a phase starts with one.
@@ -260,9 +269,8 @@ class ProgressBar:
         time_left: float | None = None,
     ) -> None:
         """Steps done; ``phase`` and ``info``, when given, replace those shown. A new phase's
-        time shown as elapsed starts at the update before it (or the bar's start), when its
-        first step started; its time left is estimated from its own pace: that of its steps
-        since its first update (at that update, that of the steps since the update before).
+        time left is estimated from its own pace: that of its steps since its first update (at
+        that update, that of the steps since the update before, when its first step started).
 
         ``time_left``: the seconds left when the loop knows better than the pace of its steps
         (a wall-clock budget ends it sooner, or jumps over a stage's remaining steps, which the
@@ -273,7 +281,7 @@ class ProgressBar:
         now = self.bar.get_time()  # the tasks' clock
         new_phase = phase is not None and phase != self.phase
         if new_phase:
-            self.phase, self.phase_at = phase, self.last_at
+            self.phase = phase
             since_step, since_at = self.last_step, self.last_at
         else:
             since_step, since_at = self.pace_step, self.pace_at
@@ -282,7 +290,7 @@ class ProgressBar:
         fields: dict[str, Any] = {
             k: v for k, v in (("phase", phase), ("info", info)) if v is not None
         }
-        fields.update(time_left=time_left, time_left_at=now, phase_at=self.phase_at, updated_at=now)
+        fields.update(time_left=time_left, time_left_at=now, updated_at=now)
         self.bar.update(self.task, completed=completed, **fields)
         if new_phase:  # later updates: the pace since this one, of this phase's steps only
             self.pace_step, self.pace_at = completed, now

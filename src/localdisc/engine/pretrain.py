@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -275,15 +275,15 @@ def ld_losses(
     return LossTerms(total, pd, mix, rd, ent, assignments=a)
 
 
-def _split_pool(pool: Tensor, config: PretrainConfig) -> tuple[Tensor, Tensor]:
-    """Seeded hold-out of validation images (5% of the pool, at most 50, none for tiny pools)."""
-    n = pool.shape[0]
+def _split_pool(n: int, config: PretrainConfig) -> tuple[list[int], list[int]]:
+    """Seeded hold-out of validation images (5% of the pool, at most 50, none for tiny pools):
+    the indices of the training and of the validation images in a pool of ``n``."""
     n_val = config.val_images
     if n_val is None:
         n_val = min(50, n // 20)
     n_val = min(n_val, n - 1)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
-    return pool[order[n_val:]], pool[order[:n_val]]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).tolist()
+    return order[n_val:], order[:n_val]
 
 
 def _device_text(device: torch.device) -> str:
@@ -552,6 +552,7 @@ def pretrain(
     *,
     resume: bool = False,
     pool: Tensor | None = None,
+    pool_names: Sequence[str] | None = None,
     stop_at_step: int | None = None,
     log: Callable[[str], None] = print,
 ) -> PretrainResult:
@@ -564,6 +565,8 @@ def pretrain(
             that finished, by its steps or its time budget, is left as it is). Without it,
             a ``run_dir`` that holds a run (checkpoints or weights) raises CheckpointError.
         pool: pre-decoded uint8 pool ``[N, C, P, P]``; default: read ``config.data``.
+        pool_names: the source of each image of ``pool``, which figures and ``config.json``
+            name them by (default ``pool image 0`` ...; read with the pool from ``config.data``).
         stop_at_step: stop after this global step, as an interruption would (for tests).
     """
     run_dir = Path(run_dir)
@@ -590,6 +593,7 @@ def pretrain(
 
     skipped_files: list[tuple[Path, str]] = []
     if pool is None:
+        pool_names = []
         pool, skipped_files = resolve_pool(
             config.data,
             config.modality,
@@ -600,7 +604,12 @@ def pretrain(
             skip_bad=config.skip_bad,
             log=log if main else lambda message: None,
             progress=main and config.progress,
+            names=pool_names,
         )
+    if pool_names is None:
+        pool_names = [f"pool image {i}" for i in range(pool.shape[0])]
+    if len(pool_names) != pool.shape[0]:
+        raise LocaldiscError(f"{len(pool_names)} pool_names for a pool of {pool.shape[0]} images")
     if skipped_files and main:  # --skip-bad: said, not only written into config.json
         first, why = skipped_files[0]
         more = f", and {len(skipped_files) - 1} more" if len(skipped_files) > 1 else ""
@@ -614,7 +623,8 @@ def pretrain(
         raise LocaldiscError(
             f"pool has {pool.shape[1]} channels, {config.modality} needs {pool_channels}"
         )
-    train_pool, val_pool = _split_pool(pool, config)
+    train_idx, val_idx = _split_pool(pool.shape[0], config)
+    train_pool, val_pool = pool[train_idx], pool[val_idx]
     if val_pool.shape[0] == 0 and main:  # else it is only seen as best_val Infinity
         log(
             f"{_no_validation_reason(pool.shape[0], config)}: model_best.safetensors is the "
@@ -622,6 +632,7 @@ def pretrain(
         )
     if ctx.distributed:  # each rank samples from its own shard
         train_pool = train_pool[ctx.rank :: ctx.world_size]
+        train_idx = train_idx[ctx.rank :: ctx.world_size]
     if train_pool.shape[0] == 0:
         raise LocaldiscError("the pool is too small to train on")
     # On GPU keep the pool there when it is small against the card (the common case).
@@ -632,13 +643,10 @@ def pretrain(
         else:
             train_pool = train_pool.pin_memory()
     val_pool = val_pool.to(device)
-    # The figures show the validation images, else (none) the first training images.
-    n_val = val_pool.shape[0]
-    figure_pool = val_pool[:4] if n_val else train_pool[:4]
-    figure_names = [
-        f"validation image {i + 1} of {n_val}" if n_val else f"training image {i + 1}"
-        for i in range(figure_pool.shape[0])
-    ]
+    # The figures show the validation images, else (none) the first training images, each
+    # named by its source (a file relative to its folder): which image a panel shows.
+    figure_pool = val_pool[:4] if val_idx else train_pool[:4]
+    figure_names = [pool_names[i] for i in (val_idx or train_idx)[:4]]
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     backbone = {k: getattr(config, k) for k in BACKBONE_FIELDS}
@@ -685,6 +693,10 @@ def pretrain(
     trained_steps = 0
     nonfinite_in_row = 0
     opt_state: dict | None = None
+    seconds_before = 0.0  # trained by the run's earlier starts (older checkpoints: unknown, 0)
+    # The steps since the last log row, as a checkpoint in between saved them: a resumed run's
+    # first row then averages the same steps as an uninterrupted run's (older ones: none).
+    window: tuple[dict[str, Tensor], dict[str, Any]] | None = None
     loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log) if resume else None
     if resume and loaded is None:  # stopped before its first checkpoint: nothing to keep
         log(f"{run_dir}: no checkpoint yet, starting from step 0")
@@ -710,6 +722,9 @@ def pretrain(
         skipped_steps = state["skipped_steps"]
         trained_steps = state.get("trained_steps", step)
         nonfinite_in_row = state["nonfinite_in_row"]
+        seconds_before = state.get("elapsed", 0.0)
+        if "log_window" in state and "log_window" in tensors:
+            window = tensors["log_window"], state["log_window"]
         opt_state = optimizer_from_flat(tensors["optimizer"], state["optimizer"])
         if objective is not None:
             model_state = {f"model.{k}": v for k, v in tensors["model"].items()}
@@ -721,7 +736,13 @@ def pretrain(
     elif main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         meta = {"pretrain": _with_absolute_paths(config), "model": asdict(model.config)}
-        meta["pool"] = {"images": int(pool.shape[0]), "val_images": int(val_pool.shape[0])}
+        meta["pool"] = {
+            "images": int(pool.shape[0]),
+            "val_images": int(val_pool.shape[0]),
+            # which images validate, and which the figures show (on a resume: the same)
+            "val_names": [pool_names[i] for i in val_idx],
+            "figure_names": figure_names,
+        }
         if skipped_files:
             meta["skipped_files"] = [[str(p), r] for p, r in skipped_files]
         meta["environment"] = env  # outside "pretrain": a resume does not compare it
@@ -761,7 +782,12 @@ def pretrain(
         if not main:
             return
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-        tensors = {"model": model.state_dict(), "optimizer": opt_tensors, "rng": rng_states}
+        tensors = {
+            "model": model.state_dict(),
+            "optimizer": opt_tensors,
+            "rng": rng_states,
+            "log_window": sums,
+        }
         meta = {
             "stage": stage,
             "best_val": best_val,
@@ -774,6 +800,9 @@ def pretrain(
             # a run ended by its time budget has steps left: this tells --resume it is done
             "finished": finished or step >= config.total_steps,
             "last_loss": last_loss,
+            "elapsed": run_seconds(),
+            # the log window's steps (summed in the tensors) and their seconds so far
+            "log_window": {"steps": n_summed, "seconds": time.perf_counter() - t_window},
         }
         if objective is not None:  # momentum encoders, queues (the model is saved above)
             tensors["objective"] = {
@@ -792,12 +821,23 @@ def pretrain(
     t_window = t_start
     steps_done_here = 0
     window_steps = 0
+    if window is not None:
+        sums = {k: v.to(device) for k, v in window[0].items()}
+        n_summed = window_steps = int(window[1]["steps"])
+        t_window -= window[1]["seconds"]
     img_per_s = 0.0
+
+    def run_seconds() -> float:
+        """Seconds the run has trained, in this start and the earlier ones."""
+        return seconds_before + time.perf_counter() - t_start
+
     if main:  # what a log file of a cluster job cannot tell otherwise
         log(f"training on {_device_text(device)} in "
             f"{'bf16 autocast' if config.amp and bf16_autocast_pays(device) else 'float32'}, "
             f"{ctx.world_size} process(es), {images_per_step} images per step")  # fmt: skip
-    progress = ProgressBar(config.total_steps, step, main and config.progress, "pretrain")
+    progress = ProgressBar(
+        config.total_steps, step, main and config.progress, "pretrain", before=seconds_before
+    )
     stage_start = time.perf_counter()
     stage_first = step  # the step at stage_start: the pace behind a budget's time left
     finished = False
@@ -909,6 +949,7 @@ def pretrain(
                         lr=config.lr_at(step - 1),
                         img_per_s=round(img_per_s, 2),
                         **{k: round(v, 6) for k, v in means.items()},
+                        elapsed=round(run_seconds(), 1),
                     )
                 info = " ".join(f"{k} {v:.3f}" for k, v in means.items())
                 left = budget_time_left(config, step, stage, now - stage_start, step - stage_first)
@@ -924,7 +965,10 @@ def pretrain(
             if main and (step % config.val_every == 0 or end_of_stage):
                 val = validation_loss(model, val_pool, views, config, stage, objective)
                 if csv_log and not math.isnan(val):
-                    csv_log.write(step=step, stage=stage, val_loss=round(val, 6))
+                    csv_log.write(
+                        step=step, stage=stage, val_loss=round(val, 6),
+                        elapsed=round(run_seconds(), 1),
+                    )  # fmt: skip
                     if val < best_val:
                         best_val = val
                         atomic_save_safetensors(
