@@ -250,9 +250,20 @@ def test_a_signal_ends_the_step_checkpoints_it_and_the_same_call_continues_exact
     assert checkpoint_position(tmp_path) == continues_at
     monkeypatch.undo()
     taken = signal_at_step(monkeypatch, 0, [])
+    import localdisc.engine.finetune as engine
+
+    bars: list[float] = []  # the time before, as each progress bar was given it
+    real_bar = engine.ProgressBar
+    monkeypatch.setattr(
+        engine,
+        "ProgressBar",
+        lambda *a, **k: bars.append(k.get("before", 0.0)) or real_bar(*a, **k),
+    )
     logged: list[str] = []
     again = resumable_run(tmp_path, log=logged.append)
     assert len(taken) == 6 - step  # nothing redone
+    # Elapsed counts the time before the stop, as the epochs count those before it.
+    assert bars == [again.earlier_seconds]
     assert logged[0].startswith("continuing the interrupted fine-tuning from its checkpoint")
     assert logged[0].endswith(continues_at)
     same_results(straight, again)

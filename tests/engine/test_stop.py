@@ -79,6 +79,32 @@ def test_a_second_signal_stops_at_once(tmp_path, pool, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_for_it(
+    tmp_path, pool, monkeypatch
+):
+    """A second Ctrl-C in the checkpoint the first one asked for cut its write, and --resume
+    went back to the checkpoint before; the write now ends first, then the second one acts."""
+    from localdisc.engine import pretrain as module
+
+    reached: list[int] = []
+    signal_at(monkeypatch, 3, [signal.SIGINT], reached)
+    real = module.save_checkpoint
+    written: list[int] = []
+
+    def save_checkpoint(folder, step, tensors, meta, *args, **kwargs):
+        if step == 3:  # the stop's checkpoint: a second Ctrl-C while it is written
+            os.kill(os.getpid(), signal.SIGINT)
+        real(folder, step, tensors, meta, *args, **kwargs)
+        written.append(step)
+
+    monkeypatch.setattr(module, "save_checkpoint", save_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_pretrain_config(), tmp_path, pool=pool)
+    assert written == [2, 3]  # the stop's checkpoint was written whole
+    assert last_checkpoint(tmp_path) == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_handlers_are_restored_and_an_ignored_signal_stays_ignored(tmp_path, pool, monkeypatch):
     def mine(signum, frame):
         raise KeyboardInterrupt

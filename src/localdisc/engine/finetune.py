@@ -536,7 +536,9 @@ def finetune(
 
     epochs_in_all = sum(e for _, e in plan)
     first = done + (start.epoch - 1 if start else 0)
-    with ProgressBar(epochs_in_all, first, config.progress, "finetune", unit="epoch") as bar:
+    with ProgressBar(
+        epochs_in_all, first, config.progress, "finetune", unit="epoch", before=earlier
+    ) as bar:  # elapsed from the run's start, as the epochs are counted
         if folder is not None:  # a stop then writes a checkpoint first (engine/stop.py)
             run.stop.install()
         try:

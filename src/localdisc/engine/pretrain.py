@@ -812,7 +812,10 @@ def pretrain(
             adv_tensors, adv_meta = adversary.state_tensors()
             tensors.update(adv_tensors)
             meta.update(adv_meta)
-        save_checkpoint(run_dir / "checkpoints", step, tensors, meta)
+        # After a first signal, a second one waits for the write (a fraction of a second): it
+        # cut the checkpoint of the stop, and --resume went back to the one before.
+        with stopper.deferring():
+            save_checkpoint(run_dir / "checkpoints", step, tensors, meta)
 
     sums: dict[str, Tensor] = {}
     n_summed = 0
