@@ -798,6 +798,11 @@ def shape_guided_train(
 
         source = LDConfig.from_run(init)
         architecture = {k: getattr(source, k) for k in BACKBONE_FIELDS}
+        # The log said nothing of it: which weights, that stage 1 is skipped, and that the
+        # network is the run's whatever --modality, --depth or --width said.
+        taken = ", ".join(f"{k} {v}" for k, v in architecture.items())
+        _log(f"stage 2 from the weights of {init} (stage 1 skipped); the network is "
+             f"that run's: {taken}")  # fmt: skip
     config = PretrainConfig(
         data=list(data), stage1_steps=0 if init else stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch, size=size,

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 import torch
@@ -107,6 +108,27 @@ def test_a_kept_pose_trains_a_discriminator_that_sees_positions(tmp_path, pool):
     assert prior.augment.max_crop == pytest.approx((1 - 0.9**0.5) / 2)
     with pytest.raises(LocaldiscError, match="prior_pose"):
         tiny_pretrain_config(prior="simulated:lungs", prior_pose="upright")
+
+
+def test_a_kept_pose_prior_trains_against_masks_stretched_as_the_images(tmp_path):
+    """Its masks not square were padded while the pool stretches the images: the discriminator
+    and segment's votes had the organs inwards of where the images do."""
+    import numpy as np
+
+    from helpers import save
+    from localdisc.tasks.shape_guided import run_prior_masks
+
+    wide = np.zeros((20, 40), np.uint8)
+    wide[:, :10] = 255  # the left quarter of a 2:1 image
+    save(tmp_path / "masks" / "wide.png", wide)
+    prior = AdversarialPrior(str(tmp_path / "masks"), 16, torch.device("cpu"), pose="kept",
+                             log=lambda m: None)  # fmt: skip
+    assert prior.bank[0, 0, :, :4].all() and not prior.bank[0, 0, :, 4:].any()
+    run = tmp_path / "run"  # a kept-pose run's config: segment votes with the same masks
+    run.mkdir()
+    config = {"pretrain": {"prior": str(tmp_path / "masks"), "prior_pose": "kept"}}
+    (run / "config.json").write_text(json.dumps(config))
+    assert (run_prior_masks(run, size=16) == prior.bank[:, 0].numpy()).all()
 
 
 def test_stage_two_starts_from_another_run_without_its_clustering_head(tmp_path, pool):

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers import SHARED, save
 from localdisc.data.preprocess import resize_mask
 from localdisc.data.synthetic import synthetic_fundus
 from localdisc.errors import DatasetError
-from localdisc.priors import describe_prior, load_prior, simulate_masks
+from localdisc.priors import describe_prior, load_prior, prior_masks, simulate_masks
 from localdisc.priors.sources import _parse
 
 
@@ -82,6 +83,40 @@ def test_empty_and_missing_folders(tmp_path: Path) -> None:
     # An unknown data set name reads as a folder: the message says which names are known.
     with pytest.raises(DatasetError, match="'scr' is not a known data set.*jsrt_scr"):
         load_prior("scr:/no/such/SCR:lung", 32)
+
+
+def test_a_kept_pose_stretches_masks_as_the_images_are(tmp_path: Path) -> None:
+    """Radiographs that are not square are stretched to the square (pool, segment); their
+    masks were padded, so a kept-pose prior had the organs inwards of where the images did."""
+    wide = np.zeros((20, 40), np.uint8)
+    wide[:, 30:] = 255  # the right quarter, as in a 2:1 image
+    save(tmp_path / "m" / "wide.png", wide)
+    kept = load_prior(str(tmp_path / "m"), 16, pose="kept")[0, 0].numpy()
+    expected = np.zeros((16, 16), bool)
+    expected[:, 12:] = True
+    np.testing.assert_array_equal(kept, expected)
+    free = load_prior(str(tmp_path / "m"), 16)[0, 0].numpy()  # shapes keep their proportions
+    assert free[:4].sum() == 0 and free[4:12, 12:].all()
+    assert prior_masks(str(tmp_path / "m"), 16, pose="kept")[0].tolist() == kept.tolist()
+    with pytest.raises(ValueError, match="pose"):
+        load_prior(str(tmp_path / "m"), 16, pose="upright")
+
+
+def test_a_folder_of_photographs_is_no_prior(tmp_path: Path) -> None:
+    """The image folder given as --prior (or a photograph among the masks) was thresholded at
+    half scale and trained against as reference shapes, without a word."""
+    eye = (synthetic_fundus(64, seed=0).image * 255).astype(np.uint8)
+    save(tmp_path / "photos" / "eye.png", eye)
+    with pytest.raises(DatasetError, match=r"eye\.png: not a mask: \d+% of its pixels are grey"):
+        load_prior(str(tmp_path / "photos"), 32)
+    # Masks of any two levels, label maps and anti-aliased masks are masks.
+    disc = np.zeros((64, 64), np.uint8)
+    disc[16:48, 16:48] = 128
+    save(tmp_path / "masks" / "half.png", disc)
+    save(tmp_path / "masks" / "labels.png", (disc > 0).astype(np.uint8) * 2)
+    soft = np.asarray(Image.fromarray(disc * 2 - (disc > 0)).resize((24, 24), Image.BILINEAR))
+    save(tmp_path / "masks" / "soft.png", soft)
+    assert load_prior(str(tmp_path / "masks"), 32).shape == (3, 1, 32, 32)
 
 
 def test_all_empty_masks_raise(tmp_path: Path) -> None:

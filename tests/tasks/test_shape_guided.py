@@ -265,6 +265,9 @@ def test_cli_trains_from_a_stage_one_run_and_segments(tmp_path, run):
         "--batch", "1", "--device", "cpu",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
+    # The log says which weights it started from and that the network is that run's.
+    assert f"stage 2 from the weights of {run} (stage 1 skipped)" in result.output
+    assert "modality fundus" in result.output and "depth 5" in result.output
     segmented = tmp_path / "masks"
     result = CliRunner().invoke(app, [
         "shape-guided", "segment", "--model", str(out), "--images", str(folder),
@@ -471,6 +474,9 @@ def test_segment_refuses_a_negative_refinement_and_checks_every_run_first(tmp_pa
             segment_images([run, later], [tmp_path / "eye.png"], out, topology=False,
                            device="cpu", log=lambda m: None)  # fmt: skip
     assert not out.exists()  # refused before anything was written
+    out.write_text("a file")  # it used to fail at the first write, after LD had segmented
+    with pytest.raises(LocaldiscError, match="a file, not a folder"):
+        segment_images(run, [tmp_path / "eye.png"], out, log=lambda m: None)
 
 
 def test_segment_says_when_a_run_has_no_shape_prior(tmp_path, run):
@@ -632,3 +638,38 @@ def test_ensemble_uncertainty_votes_with_the_prior_masks_of_every_run(tmp_path, 
     # A run trained at another scale: its bank at the first's size.
     big = disc_run("big", seed=10, prior_count=3, pool_size=64)
     np.testing.assert_array_equal(ensemble_prior_masks([first, big], log=lambda m: None), both)
+
+
+def test_segment_again_into_an_out_removes_the_earlier_calls_other_outputs(tmp_path, run):
+    """A second `shape-guided segment` into the same --out, of fewer images or with fewer runs,
+    left the first call's outputs of the other images (and an ensemble's run-K folders) beside
+    its own, nothing saying which were whose; nothing recorded what made the outputs."""
+    from localdisc.tasks.shape_guided import segment_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        image = (synthetic_fundus(32, seed=i).image * 255).astype("uint8")
+        Image.fromarray(image).save(folder / f"eye{i}.png")
+    out, logs = tmp_path / "out", []
+    segment_images(run, [folder], out, refine_steps=1, device="cpu", log=logs.append)
+    (out / "mine_A_prob.png").write_bytes(b"")  # a user's, listed by no call: left alone
+    record = json.loads((out / "segment.json").read_text())
+    assert [e["name"] for e in record["images"]] == ["eye0", "eye1"]
+    assert record["runs"][0]["run"] == str(run.resolve())
+    assert record["runs"][0]["prior"] == "simulated:vessels" and record["refine_steps"] == 1
+    assert "NAME_refined_mask.png" in record["outputs"] and record["environment"]["device"]
+    assert any("segment.json" in line for line in logs)
+
+    segment_images([run, run], [folder / "eye0.png"], out, device="cpu", log=logs.append)
+    assert sorted(p.name for p in out.glob("eye1_*")) == []  # the first call's, removed
+    assert (out / "run-1" / "eye0_A_mask.png").is_file()
+    assert json.loads((out / "segment.json").read_text())["parts"] == ["run-0", "run-1"]
+
+    segment_images(run, [folder / "eye0.png"], out, device="cpu", log=logs.append)
+    assert not (out / "run-0").exists() and not (out / "run-1").exists()  # the ensemble's
+    assert sorted(p.name for p in out.iterdir()) == [
+        "eye0_A_mask.png", "eye0_A_prob.png", "eye0_B_mask.png", "eye0_B_prob.png",
+        "eye0_uncertainty.png", "mine_A_prob.png", "segment.json",
+    ]  # fmt: skip
+    assert any("removed" in line and "earlier segment" in line for line in logs)

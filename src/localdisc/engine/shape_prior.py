@@ -59,7 +59,7 @@ class AdversarialPrior:
     ) -> None:
         if pose not in PRIOR_POSES:
             raise ValueError(f"pose must be one of {', '.join(PRIOR_POSES)}, not {pose!r}")
-        self.bank = load_prior(spec, size, count=count, seed=seed).to(device)
+        self.bank = load_prior(spec, size, count=count, seed=seed, pose=pose).to(device)
         log(f"shape prior: {describe_prior(spec)}, pose {pose}")
         kept = pose == "kept"
         if kept:  # each side cropped by U(0, c): the side shrinks to 1 - 2c at most

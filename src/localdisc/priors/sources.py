@@ -9,7 +9,9 @@ A *prior spec* is one of
 * ``simulated:NAME`` with ``NAME`` one of :data:`~localdisc.priors.simulate.SIMULATORS`.
 
 Masks are padded to a square (centred, background) so that shapes keep their proportions, then
-resized to the requested size by nearest neighbour. Nearest keeps thin vessels' area and
+resized to the requested size by nearest neighbour; for a prior that keeps its pose
+(``pose="kept"``) they are stretched to the square instead, as the images are, so that a mask
+lies where the structure lies in an image of the same shape. Nearest keeps thin vessels' area and
 connectivity: with area averaging thresholded at 0.5, DRIVE, OCTA and DSA masks at 256 px lose
 4-14% of their vessel pixels and DSA trees break into up to 7 times as many pieces, while
 nearest keeps the vessel fraction within 1%. The augmentation smooths the steps anyway.
@@ -34,7 +36,7 @@ from localdisc.data.datasets import (
     load_dataset,
     walk,
 )
-from localdisc.data.io import read_mask
+from localdisc.data.io import read_image, read_mask
 from localdisc.data.preprocess import resize_mask
 from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
 from localdisc.priors.simulate import SIMULATORS, simulate_mask
@@ -160,11 +162,12 @@ def _mask_files(folder: Path, spec: str) -> list[Path]:
     return sorted(found)
 
 
-def _square(mask: np.ndarray, size: int) -> np.ndarray:
-    """Pad to a centred square, then nearest-neighbour resize to ``size x size``."""
+def _square(mask: np.ndarray, size: int, stretch: bool = False) -> np.ndarray:
+    """Pad to a centred square (``stretch``: not), then nearest-neighbour resize to
+    ``size x size``."""
     h, w = mask.shape
     side = max(h, w)
-    if h != w:
+    if h != w and not stretch:
         padded = np.zeros((side, side), dtype=bool)
         top, left = (side - h) // 2, (side - w) // 2
         padded[top : top + h, left : left + w] = mask
@@ -172,15 +175,42 @@ def _square(mask: np.ndarray, size: int) -> np.ndarray:
     return resize_mask(mask, size)
 
 
+#: A mask file with more than this share of its pixels :data:`GREY_MARGIN` or more of full
+#: scale away from both its darkest and its brightest level is no mask but a photograph:
+#: radiographs and fundus photographs measured 0.17-0.88 (most above 0.38), masks 0 (blurred or
+#: downsampled vessel masks up to 0.22, JPEG-compressed ones 0.01).
+GREY_SHARE = 0.3
+GREY_MARGIN = 0.15
+
+
+def grey_share(image: np.ndarray) -> float:
+    """The share of the pixels of ``image`` (``read_image``'s, in [0, 1]; colour: the
+    brightest channel, as :func:`read_mask` takes it) at grey levels :data:`GREY_MARGIN` or more
+    away from both its darkest and its brightest level: 0 for a mask of any two levels, a few
+    per cent on the edges of an anti-aliased one, most of a photograph."""
+    values = image.max(axis=2) if image.ndim == 3 else image
+    low, high = values.min(), values.max()
+    return float(((values - low >= GREY_MARGIN) & (high - values >= GREY_MARGIN)).mean())
+
+
 def _folder_masks(folder: Path, spec: str) -> list[tuple[str, np.ndarray]]:
     out = []
     for path in _mask_files(folder, spec):
         try:
             mask = read_mask(path)
+            share = grey_share(read_image(path)[0])
         except ImageReadError as exc:
             raise DatasetError(f"{path}: cannot read this shape prior mask: {exc.reason}") from exc
         except (OSError, ValueError) as exc:  # a decoder error that io did not wrap
             raise DatasetError(f"{path}: cannot read this shape prior mask: {exc}") from exc
+        if share > GREY_SHARE:
+            # read_mask would threshold it at half scale, and the discriminator would learn the
+            # bright parts of photographs (the image folder given as the prior, say) as shapes.
+            raise DatasetError(
+                f"{path}: not a mask: {share:.0%} of its pixels are grey levels between its "
+                f"darkest and brightest (a photograph? {folder} given as the prior?); a shape "
+                "prior folder holds binary masks, foreground bright (or non-zero) on black"
+            )
         out.append((str(path), mask))
     return out
 
@@ -226,8 +256,15 @@ def _dataset_masks(p: _Spec, spec: str) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def load_prior(spec: str, size: int, *, count: int = 200, seed: int = 0) -> torch.Tensor:
+def load_prior(
+    spec: str, size: int, *, count: int = 200, seed: int = 0, pose: str = "free"
+) -> torch.Tensor:
     """Reference masks of a prior spec as a ``bool`` tensor ``[N, 1, size, size]``.
+
+    ``pose="kept"`` (organs in a standard pose): masks that are not square are stretched to
+    the square, as the pool and ``segment`` stretch the images, not padded (which keeps a free
+    shape's proportions but moved a kept pose's organs inwards from where images of that shape
+    have them).
 
     Folders are read recursively (:data:`MASK_SUFFIXES`). Foreground follows
     :func:`localdisc.data.io.read_mask`: masks of 0/1 -> 1, of exactly two levels with 0 (0/255,
@@ -260,7 +297,10 @@ def load_prior(spec: str, size: int, *, count: int = 200, seed: int = 0) -> torc
         assert p.root is not None
         named = _folder_masks(p.root, spec)
 
-    kept = [m for m in (_square(mask, size) for _, mask in named) if m.any()]
+    if pose not in ("free", "kept"):
+        raise ValueError(f"prior pose must be 'free' or 'kept', got {pose!r}")
+    stretch = pose == "kept"
+    kept = [m for m in (_square(mask, size, stretch) for _, mask in named) if m.any()]
     if not kept:
         raw_empty = all(not mask.any() for _, mask in named)
         why = "every mask is empty" if raw_empty else f"every mask is empty at {size} x {size}"
@@ -271,8 +311,10 @@ def load_prior(spec: str, size: int, *, count: int = 200, seed: int = 0) -> torc
     return torch.from_numpy(np.stack(kept)[:, None])
 
 
-def prior_masks(spec: str, size: int, *, count: int = 200, seed: int = 0) -> np.ndarray:
-    """A prior's masks (:func:`load_prior` with ``count`` and ``seed``) as ``bool``
+def prior_masks(
+    spec: str, size: int, *, count: int = 200, seed: int = 0, pose: str = "free"
+) -> np.ndarray:
+    """A prior's masks (:func:`load_prior` with ``count``, ``seed`` and ``pose``) as ``bool``
     ``N x size x size`` (200 at 512 px: 52 MB). Cached and read-only, since every image of a run
     (and every run of one prior bank) shares them.
 
@@ -281,7 +323,7 @@ def prior_masks(spec: str, size: int, *, count: int = 200, seed: int = 0) -> np.
     """
     if not is_simulated(spec):
         count, seed = 200, 0
-    return _prior_masks(spec, size, count, seed)
+    return _prior_masks(spec, size, count, seed, pose)
 
 
 def is_simulated(spec: str) -> bool:
@@ -291,10 +333,10 @@ def is_simulated(spec: str) -> bool:
 
 
 @lru_cache(maxsize=4)
-def _prior_masks(spec: str, size: int, count: int, seed: int) -> np.ndarray:
+def _prior_masks(spec: str, size: int, count: int, seed: int, pose: str) -> np.ndarray:
     # Keyed on every argument of load_prior: two runs of one simulator with other counts or
     # seeds were trained against other masks.
-    masks = load_prior(spec, size, count=count, seed=seed)[:, 0].numpy()
+    masks = load_prior(spec, size, count=count, seed=seed, pose=pose)[:, 0].numpy()
     masks.setflags(write=False)
     return masks
 

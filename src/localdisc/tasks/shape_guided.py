@@ -18,6 +18,7 @@ pieces, no holes: :mod:`localdisc.priors.topology`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -262,7 +263,7 @@ def run_prior_masks(
         return None
     try:
         side = size or run_size(run_dir) or 512
-        return prior_masks(config["prior"], side, **run_prior_bank(run_dir))
+        return prior_masks(config["prior"], side, pose="kept", **run_prior_bank(run_dir))
     except LocaldiscError as exc:
         log(f"prior masks not used in the pseudo-labels: {exc}")
         return None
@@ -327,6 +328,12 @@ def segment_images(
     with the same runs, images and settings, a run that got to its end there
     (``OUT/run-K/segment.json``, written last with the settings and the environment, marks it)
     is kept as it is: a stopped ensemble goes on from the run it stopped in.
+
+    ``OUT/segment.json``, written last, records what made the outputs in ``OUT`` (each run with
+    its prior, each image's file, the settings, the files written per image, the environment).
+    Run again into that ``OUT``, the outputs of the images it lists and this call does not
+    segment, and the ``run-K`` parts this call does not have, are removed first
+    (:func:`_remove_earlier_outputs`): they would sit beside this call's as if of one run.
     """
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
@@ -341,23 +348,60 @@ def segment_images(
     for run in runs:
         _check_run(run, log)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # it failed at the first write, after LD ran
+        raise LocaldiscError(f"{out_dir}: a file, not a folder; --out names the output folder")
     # Listed once, before anything is written: each run of an ensemble writes into OUT/run-K,
     # which a later listing of an image folder holding OUT would take for more images.
     files = collect_images(images, out_dir=out_dir, suffixes=OUTPUT_SUFFIXES)
-    if len(runs) == 1:
-        return _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
-                            log)  # fmt: skip
-    shapes = {str(r): run_topology(r, log) if topology else None for r in runs}
+    env = environment(device)  # at the start: where and when these outputs were made
+    # An ensemble's runs are held to one topology (one run's is its own: _segment_run).
+    ensemble = runs if len(runs) > 1 else []
+    shapes = {str(r): run_topology(r, log) if topology else None for r in ensemble}
     if len(set(shapes.values())) > 1:
         found = "; ".join(f"{r}: {t}" for r, t in shapes.items())
         raise LocaldiscError(f"the runs' priors have different topologies ({found})")
-    prior_shape = next(iter(shapes.values()))
+    parts = [out_dir / f"run-{i}" for i in range(len(runs))] if len(runs) > 1 else []
+    _remove_earlier_outputs(out_dir, files, len(parts), log)
+    if not parts:
+        written = _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
+                               log)  # fmt: skip
+    else:
+        written = _segment_ensemble(runs, files, out_dir, parts, shapes[str(runs[0])], size,
+                                    refine_steps, device, log)  # fmt: skip
+    outputs = [s for s in OUTPUT_SUFFIXES if refine_steps or "_refined" not in s]
+    record = {
+        "runs": [{"run": str(Path(r).expanduser().resolve()),
+                  "prior": pretrain_settings(r).get("prior"),
+                  "prior_pose": pretrain_settings(r).get("prior_pose"),
+                  "size": size or run_size(r)} for r in runs],
+        "parts": [p.name for p in parts],
+        "images": [{"name": name, "image": str(path.resolve())} for name, path in files],
+        "outputs": [f"NAME{s}.png" for s in outputs],
+        "size": size, "refine_steps": refine_steps, "topology": topology, "environment": env,
+    }  # fmt: skip
+    atomic_write_text(out_dir / SEGMENT_RECORD, json.dumps(record, indent=1))
+    log(f"{len(files)} image(s) segmented into {out_dir}: {', '.join(record['outputs'])} "
+        f"per image; what made them in {out_dir / SEGMENT_RECORD}")  # fmt: skip
+    return written
+
+
+def _segment_ensemble(
+    runs: Sequence[str | Path],
+    files: Sequence[tuple[str, Path]],
+    out_dir: Path,
+    parts: Sequence[Path],
+    prior_shape: PriorTopology | None,
+    size: int | None,
+    refine_steps: int,
+    device: str,
+    log: Callable[[str], None],
+) -> list[Path]:
+    """:func:`segment_images` with several runs, each into its part of ``parts``."""
     atlases = ensemble_prior_masks(runs, log)
     modality = LDConfig.from_run(runs[0]).modality
-    parts = [out_dir / f"run-{i}" for i in range(len(runs))]
     for run, part in zip(runs, parts, strict=True):
         # Each run's outputs, its refinement's above all, take long: a finished one is kept.
-        marker, settings = part / "segment.json", _part_settings(run, files, size, refine_steps)
+        marker, settings = part / SEGMENT_RECORD, _part_settings(run, files, size, refine_steps)
         if marker.is_file() and _without_environment(json.loads(marker.read_text())) == settings:
             log(f"{part} holds {run}'s outputs of these images: kept as they are (deleting "
                 "it segments again)")  # fmt: skip
@@ -391,6 +435,49 @@ def segment_images(
         _, weight = maps.pseudo_label()
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     return written
+
+
+#: The record of what made the outputs of :func:`segment_images` in its ``OUT``.
+SEGMENT_RECORD = "segment.json"
+
+
+def _remove_earlier_outputs(
+    out_dir: Path, files: Sequence[tuple[str, Path]], parts: int, log: Callable[[str], None]
+) -> None:
+    """Remove what an earlier :func:`segment_images` into ``out_dir`` (its ``segment.json``)
+    wrote and this call, of ``files`` with ``parts`` ``run-K`` folders (0: one run), does not
+    write again: the outputs of images it listed and this call does not segment, in ``out_dir``
+    and in its parts, and whole parts beyond ``parts`` (an ensemble of more runs, or any, where
+    one run now writes to ``out_dir`` itself). Left beside this call's outputs, they mixed two
+    calls. Only files named as outputs of listed images; this call's inputs are left alone."""
+    record_path = out_dir / SEGMENT_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+        listed = [entry["name"] for entry in record["images"]]
+        earlier = [p for p in record["parts"] if isinstance(p, str) and p.startswith("run-")]
+    except (OSError, ValueError, TypeError, KeyError):
+        return  # none, or not one segment_images wrote (an ensemble's part marker, say)
+    keep = {name for name, _ in files}
+    inputs = {path.resolve() for _, path in files}
+    own = {f"run-{k}" for k in range(parts)}
+    removed = 0
+    for folder, whole in [(out_dir, False)] + [(out_dir / p, p not in own) for p in earlier]:
+        for name in listed:
+            if not isinstance(name, str) or Path(name).name != name or (name in keep and not whole):
+                continue
+            for suffix in OUTPUT_SUFFIXES:
+                path = folder / f"{name}{suffix}.png"
+                if path.is_file() and path.resolve() not in inputs:
+                    path.unlink()
+                    removed += 1
+        if whole:  # a part this call has not: its marker too, and the folder once empty
+            (folder / SEGMENT_RECORD).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    record_path.unlink()  # written again at the end, for this call's outputs
+    if removed:
+        log(f"removed {removed} file(s) of an earlier segment from {out_dir}: outputs of images, "
+            "or runs of an ensemble, that this one does not have")  # fmt: skip
 
 
 def _part_settings(
