@@ -247,15 +247,22 @@ def test_predict_never_writes_over_a_finetunings_metrics(tmp_path):
     assert (model / "metrics.json").read_text() == before
 
 
-def test_predict_again_without_masks_drops_the_scores_of_the_outputs_it_replaces(tmp_path):
-    """A second predict into the same --out, without --masks, left the first one's metrics.json
-    beside the new predict.json: scores of masks since replaced, of another FOV, say."""
+def scored_predict(tmp_path):
+    """A predict of tmp_path/in/a.png by tmp_path/model, scored against tmp_path/gt, into
+    tmp_path/out (returned)."""
     Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
     save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
     save(tmp_path / "gt" / "a.png", np.zeros((20, 24), np.uint8))
     out = tmp_path / "out"
     predict_images(tmp_path / "model", [tmp_path / "in"], out, masks=tmp_path / "gt",
                    device="cpu")  # fmt: skip
+    return out
+
+
+def test_predict_again_without_masks_drops_the_scores_of_the_outputs_it_replaces(tmp_path):
+    """A second predict into the same --out, without --masks, left the first one's metrics.json
+    beside the new predict.json: scores of masks since replaced, of another FOV, say."""
+    out = scored_predict(tmp_path)
     assert (out / "metrics.json").is_file()
     logged: list[str] = []
     predict_images(tmp_path / "model", [tmp_path / "in"], out, device="cpu", log=logged.append)
@@ -341,12 +348,7 @@ def test_predict_with_a_pretraining_run_says_to_fine_tune_it(tmp_path):
 def test_a_predict_that_fails_at_its_model_or_inputs_keeps_the_earlier_runs_outputs(tmp_path):
     """A predict into the --out of an earlier one removed that one's metrics.json before it
     loaded the model or found the FOV masks: failing there, it lost the scores for nothing."""
-    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
-    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
-    save(tmp_path / "gt" / "a.png", np.zeros((20, 24), np.uint8))
-    out = tmp_path / "out"
-    predict_images(tmp_path / "model", [tmp_path / "in"], out, masks=tmp_path / "gt",
-                   device="cpu")  # fmt: skip
+    out = scored_predict(tmp_path)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert "metrics.json" in before
     with pytest.raises(LocaldiscError, match="no such folder of FOV masks"):
