@@ -841,7 +841,7 @@ def shape_guided_segment(
 
     written = segment_images(
         model, images, out, size=size, refine_steps=refine_steps, topology=topology,
-        device=device, log=_log,
+        device=device, log=_log, progress=True,
     )  # fmt: skip
     console.print(f"{len(written)} mask(s) written to [bold]{_path(out)}[/]")
 

@@ -85,6 +85,10 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
 def test_from_pretrained_errors_name_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         LDModel.from_pretrained(tmp_path)
+    # A path that is not there is named so (it said "no config.json", as if a folder were).
+    for missing in (tmp_path / "no-run", tmp_path / "no-run" / "stage1.safetensors"):
+        with pytest.raises(CheckpointError, match=r"no-run: no such folder$"):
+            LDConfig.from_run(missing)
     LDModel(dim=8, clusters=4).save(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="model.safetensors"):

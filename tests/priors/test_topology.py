@@ -62,3 +62,10 @@ def test_enforce_counts_one_half_as_the_written_masks_do() -> None:
     prob[speck] = 0.5
     written = mask_png(enforce_topology(prob, PriorTopology(1, False))) > 0
     assert ndimage.label(written)[1] == 1 and (written == heart).all()
+
+
+def test_a_topology_reads_plainly_in_messages() -> None:
+    # An ensemble of runs with different priors printed PriorTopology(components=2, holes=False).
+    assert str(PriorTopology(2, False)) == "2 pieces, no holes"
+    assert str(PriorTopology(1, True)) == "1 piece, with holes"
+    assert f"{PriorTopology(1, False)}" == "1 piece, no holes"

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -25,6 +26,9 @@ from localdisc.tasks.shape_guided import (
     segment,
     segment_all,
 )
+
+# The wall-clock time that starts each plain progress line (ProgressBar, not on a terminal).
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +169,7 @@ def test_masks_of_both_outputs_count_one_half_as_the_written_masks_do():
     assert maps.mask_a.tolist() == maps.mask_b.tolist() == written.tolist() == [[0, 1, 1]]
 
 
-def test_segment_all_moves_a_kept_pose_run_sideways_before_the_votes(run, monkeypatch):
+def test_segment_all_moves_a_kept_pose_run_sideways_before_the_votes(run, monkeypatch, capsys):
     import localdisc.tasks.shape_guided as shape_guided
     from localdisc.priors import load_prior
     from localdisc.priors.atlas import shift_sideways
@@ -184,7 +188,12 @@ def test_segment_all_moves_a_kept_pose_run_sideways_before_the_votes(run, monkey
         return 0.1  # right by 8 of 80 pixels
 
     monkeypatch.setattr(shape_guided, "sideways_offset", offset)
-    moved = segment_all(model, images, size=48, prior=masks, log=lambda m: None)
+    moved = segment_all(model, images, size=48, prior=masks, log=lambda m: None, progress=True,
+                        run_name="run-1")  # fmt: skip
+    # A bar for each pass over the images, each whole line stamped (a log file showed none).
+    printed = capsys.readouterr().out
+    for title in ("segment run-1", "prior votes run-1"):
+        assert re.search(rf"^{STAMP} {title}: image 2/2 \(100%\)", printed, re.M), printed
     np.testing.assert_allclose(seen[0][1], alone[1].consensus)  # estimated on LD's own maps
     for got, want, image in zip(moved, alone, images, strict=True):
         for prob, before in ((got.prob_a, want.prob_a), (got.prob_b, want.prob_b)):
@@ -341,15 +350,26 @@ def test_segment_holds_outputs_to_an_organ_prior_topology(tmp_path, monkeypatch,
         return np.asarray(Image.open(out / "cxr_A_mask.png")) > 0, " ".join(logs)
 
     held, log = a_mask(heart, tmp_path / "held", refine_steps=1)
-    assert (held == big).all() and "1 piece(s), no holes" in log
+    assert (held == big).all() and "applied to A and refined: 1 piece, no holes" in log
     assert (tmp_path / "held" / "cxr_refined_mask.png").is_file()
+    # Without refinement the log says only what was done (it said "A and refined" regardless).
+    held, log = a_mask(heart, tmp_path / "plain")
+    assert (held == big).all() and "applied to A: 1 piece, no holes" in log
+    assert "and refined" not in log
+    held, log = a_mask([heart, heart], tmp_path / "mean")
+    assert (held == big).all() and "applied to the mean A: 1 piece, no holes" in log
+    assert "and refined" not in log
     assert (a_mask(heart, tmp_path / "raw", topology=False)[0] == (prob > 0.5)).all()
     # A vessel prior (a tree, with loops) is left as it is.
     vessels, log = a_mask(run, tmp_path / "tree")
     assert (vessels == (prob > 0.5)).all() and "topology" not in log
-    # An ensemble of a heart run and a vessel run would hold A to no one prior: refused.
-    with pytest.raises(LocaldiscError, match="different topologies"):
+    # An ensemble of a heart run and a vessel run would hold A to no one prior: refused, each
+    # run's topology read plainly (it printed PriorTopology(components=1, holes=False)).
+    with pytest.raises(LocaldiscError, match="different topologies") as refused:
         a_mask([heart, run], tmp_path / "mixed")
+    message = str(refused.value)
+    assert f"{heart}: 1 piece, no holes; {run}: none held (no organ prior)" in message
+    assert "PriorTopology" not in message and "--no-topology" in message
 
 
 def test_segment_with_several_runs_writes_each_and_their_mean(tmp_path, monkeypatch, run):
@@ -470,7 +490,7 @@ def test_segment_refuses_a_negative_refinement_and_checks_every_run_first(tmp_pa
     with pytest.raises(LocaldiscError, match="--refine-steps must be 0"):
         segment_images(run, [tmp_path / "eye.png"], out, refine_steps=-3, log=lambda m: None)
     for later in (tmp_path / "no-run", run / "no-such.safetensors"):
-        with pytest.raises(CheckpointError, match="no config.json|no no-such.safetensors"):
+        with pytest.raises(CheckpointError, match="no-run: no such folder|no no-such.safetensors"):
             segment_images([run, later], [tmp_path / "eye.png"], out, topology=False,
                            device="cpu", log=lambda m: None)  # fmt: skip
     assert not out.exists()  # refused before anything was written
@@ -536,11 +556,11 @@ def test_a_stopped_ensemble_goes_on_from_the_run_it_stopped_in(tmp_path, monkeyp
     save_eye(0)
     real, segmented = shape_guided._segment_run, []
 
-    def spy(run_dir, files, out_dir, *args):
+    def spy(run_dir, files, out_dir, *args, **kwargs):
         segmented.append(out_dir.name)
         if out_dir.name == "run-1" and len(segmented) == 2:
             raise KeyboardInterrupt  # stopped in the second run
-        return real(run_dir, files, out_dir, *args)
+        return real(run_dir, files, out_dir, *args, **kwargs)
 
     monkeypatch.setattr(shape_guided, "_segment_run", spy)
     out = tmp_path / "ensemble"
@@ -673,3 +693,28 @@ def test_segment_again_into_an_out_removes_the_earlier_calls_other_outputs(tmp_p
         "eye0_uncertainty.png", "mine_A_prob.png", "segment.json",
     ]  # fmt: skip
     assert any("removed" in line and "earlier segment" in line for line in logs)
+
+
+def test_cli_segment_shows_progress_lines_in_a_log_file(tmp_path, run):
+    """`shape-guided segment > log` printed no progress at all, where `predict` prints whole
+    lines with the date and time: each run's images, the refinement's steps and the refined
+    maps, and the ensemble's mean maps now have a bar (plain lines when not a terminal)."""
+    for i in range(2):
+        image = (synthetic_fundus(32, seed=i).image * 255).astype("uint8")
+        Image.fromarray(image).save(tmp_path / f"eye{i}.png")
+    result = CliRunner().invoke(app, [
+        "shape-guided", "segment", "--model", str(run), "--model", str(run),
+        "--images", str(tmp_path / "eye0.png"), "--images", str(tmp_path / "eye1.png"),
+        "--out", str(tmp_path / "out"), "--refine-steps", "1", "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for line in ("segment run-0: image 2/2", "refine step: step 1/1", "refined run-0: image 2/2",
+                 "segment run-1: image 2/2", "refined run-1: image 2/2",
+                 "ensemble mean: image 2/2"):  # fmt: skip
+        assert re.search(rf"^{STAMP} {line} \(100%\)", result.output, re.M), result.output
+    result = CliRunner().invoke(app, [
+        "shape-guided", "segment", "--model", str(run), "--images", str(tmp_path / "eye0.png"),
+        "--out", str(tmp_path / "one"), "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"^{STAMP} segment: image 1/1 \(100%\)", result.output, re.M)

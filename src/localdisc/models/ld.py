@@ -55,6 +55,8 @@ class LDConfig:
                 f"{run_dir}: a file, not a run folder; give an LD run folder (the --out of "
                 "`localdisc pretrain`) or one of its .safetensors weight files"
             )
+        if not run_dir.exists():  # a mistyped --model or --from: not "no config.json"
+            raise CheckpointError(f"{run_dir}: no such folder")
         if not config_path.is_file():
             raise CheckpointError(f"{run_dir}: not a localdisc run directory (no config.json)")
         try:

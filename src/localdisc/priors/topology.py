@@ -33,6 +33,11 @@ class PriorTopology:
         """Whether the prior is made of solid shapes (organs), the ones to enforce it on."""
         return not self.holes
 
+    def __str__(self) -> str:
+        """As a message says it, e.g. ``2 pieces, no holes`` (the repr read as code)."""
+        pieces = "1 piece" if self.components == 1 else f"{self.components} pieces"
+        return f"{pieces}, {'with holes' if self.holes else 'no holes'}"
+
 
 def _pieces(mask: np.ndarray) -> int:
     labels, n = ndimage.label(mask)

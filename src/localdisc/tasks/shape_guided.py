@@ -42,6 +42,7 @@ from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, predict_batch
+from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.pseudo_label import fit_pseudo_labels
 from localdisc.errors import CheckpointError, InputError, LocaldiscError
 from localdisc.eval.provenance import environment
@@ -163,6 +164,8 @@ def segment_all(
     prior: np.ndarray | None = None,
     offset: float | None = None,
     log: Callable[[str], None] = print,
+    progress: bool = False,
+    run_name: str = "",
 ) -> list[ShapeGuidedMaps]:
     """:func:`segment` of each of ``images`` (with its FOV of ``fovs``, or derived).
 
@@ -171,22 +174,37 @@ def segment_all(
     prior's votes: LD's organ maps sit a few pixels to one side, the same for a whole run
     (benchmarks/RESULTS.md, "One sideways shift per run"). ``offset`` (a fraction of the width,
     positive: right) replaces that estimate, e.g. 0 to compare with the maps where they are.
+
+    ``progress``: a progress bar of the images for each pass (LD's maps, the prior's votes),
+    titled with ``run_name`` (which run, e.g. ``run-0``) too.
     """
     fovs = [None] * len(images) if fovs is None else fovs
-    maps = [
-        segment(model, im, fov, size=size, tau=tau) for im, fov in zip(images, fovs, strict=True)
-    ]
+    maps = []
+    with ProgressBar(len(images), 0, progress, _title("segment", run_name), unit="image") as bar:
+        for im, fov in zip(images, fovs, strict=True):
+            maps.append(segment(model, im, fov, size=size, tau=tau))
+            bar.update(len(maps))
     if prior is None or not maps:
         return maps
     if offset is None:
         offset = sideways_offset(images, [m.consensus for m in maps])
         log(f"the run's maps moved sideways by {offset:+.1%} of the width (grey-level likelihood)")
     moved = []
-    for image, m in zip(images, maps, strict=True):
-        pixels = round(offset * image.shape[1])
-        a, b = (shift_sideways(p, pixels) * m.fov for p in (m.prob_a, m.prob_b))
-        moved.append(atlas_votes(image, a, b, m.fov, prior))
+    with ProgressBar(
+        len(images), 0, progress, _title("prior votes", run_name), unit="image"
+    ) as bar:
+        for image, m in zip(images, maps, strict=True):
+            pixels = round(offset * image.shape[1])
+            a, b = (shift_sideways(p, pixels) * m.fov for p in (m.prob_a, m.prob_b))
+            moved.append(atlas_votes(image, a, b, m.fov, prior))
+            bar.update(len(moved))
     return moved
+
+
+def _title(what: str, run_name: str) -> str:
+    """A progress bar's title: ``what`` is done, and of which run (``run_name``, when given): a
+    plain line read alone in an ensemble's log still says which."""
+    return f"{what} {run_name}" if run_name else what
 
 
 def atlas_votes(
@@ -309,6 +327,7 @@ def segment_images(
     topology: bool = True,
     device: str = "auto",
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> list[Path]:
     """Write ``NAME_{A,B}_prob.png``, ``NAME_{A,B}_mask.png`` and ``NAME_uncertainty.png``; with
     ``refine_steps`` also ``NAME_refined_{prob,mask}.png`` of a network trained on the
@@ -334,6 +353,9 @@ def segment_images(
     Run again into that ``OUT``, the outputs of the images it lists and this call does not
     segment, and the ``run-K`` parts this call does not have, are removed first
     (:func:`_remove_earlier_outputs`): they would sit beside this call's as if of one run.
+
+    ``progress``: progress bars (as ``predict``'s) of each run's images, its refinement's
+    steps, and the ensemble's mean maps.
     """
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
@@ -358,16 +380,18 @@ def segment_images(
     ensemble = runs if len(runs) > 1 else []
     shapes = {str(r): run_topology(r, log) if topology else None for r in ensemble}
     if len(set(shapes.values())) > 1:
-        found = "; ".join(f"{r}: {t}" for r, t in shapes.items())
-        raise LocaldiscError(f"the runs' priors have different topologies ({found})")
+        found = "; ".join(f"{r}: {t or 'none held (no organ prior)'}" for r, t in shapes.items())
+        raise LocaldiscError(f"the runs' priors have different topologies ({found}); the "
+                             "ensemble's mean is held to one: give runs of one prior, or "
+                             "--no-topology")  # fmt: skip
     parts = [out_dir / f"run-{i}" for i in range(len(runs))] if len(runs) > 1 else []
     _remove_earlier_outputs(out_dir, files, len(parts), log)
     if not parts:
         written = _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
-                               log)  # fmt: skip
+                               log, progress=progress)  # fmt: skip
     else:
         written = _segment_ensemble(runs, files, out_dir, parts, shapes[str(runs[0])], size,
-                                    refine_steps, device, log)  # fmt: skip
+                                    refine_steps, device, log, progress)  # fmt: skip
     outputs = [s for s in OUTPUT_SUFFIXES if refine_steps or "_refined" not in s]
     record = {
         "runs": [{"run": str(Path(r).expanduser().resolve()),
@@ -395,6 +419,7 @@ def _segment_ensemble(
     refine_steps: int,
     device: str,
     log: Callable[[str], None],
+    progress: bool = False,
 ) -> list[Path]:
     """:func:`segment_images` with several runs, each into its part of ``parts``."""
     atlases = ensemble_prior_masks(runs, log)
@@ -409,31 +434,37 @@ def _segment_ensemble(
         marker.unlink(missing_ok=True)
         log(f"segmenting with {run} -> {part}")
         env = environment(device)  # where and when this run's outputs were made
-        _segment_run(run, files, part, size, refine_steps, False, device, log)
+        _segment_run(run, files, part, size, refine_steps, False, device, log,
+                     progress=progress, run_name=part.name)  # fmt: skip
         atomic_write_text(marker, json.dumps({**settings, "environment": env}, indent=1))
-    if prior_shape is not None:
-        log(f"prior topology applied to the mean A and refined: {prior_shape.components} piece(s)")
+    if prior_shape is not None:  # refined only when there is a refinement
+        held = "the mean A and refined" if refine_steps else "the mean A"
+        log(f"prior topology applied to {held}: {prior_shape}")
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
     if not refine_steps:
         drop_refined(out_dir, [name for name, _ in files])
     written = []
-    for name, path in files:
-        mean = {o: mean_probability([p / f"{name}_{o}_prob.png" for p in parts]) for o in outputs}
-        for output, prob in mean.items():
-            if output != "B" and prior_shape is not None:
-                prob = enforce_topology(prob, prior_shape)
-            write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
-            written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob)))
-        # The uncertainty of the mean maps as they come, as for one run.
-        if atlases is None:  # no votes of a prior: the image is not needed (A, B: 0 off FOV)
-            fov = np.ones(mean["A"].shape, bool)
-            maps = ShapeGuidedMaps(mean["A"], mean["B"], fov)
-        else:  # the prior's votes inside the FOV only, as each run's (they were not, off it)
-            image = read_image(path)[0]
-            fov = _fov(image, None, modality)
-            maps = atlas_votes(image, mean["A"], mean["B"], fov, atlases)
-        _, weight = maps.pseudo_label()
-        write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
+    with ProgressBar(len(files), 0, progress, "ensemble mean", unit="image") as bar:
+        for done, (name, path) in enumerate(files, 1):
+            mean = {
+                o: mean_probability([p / f"{name}_{o}_prob.png" for p in parts]) for o in outputs
+            }
+            for output, prob in mean.items():
+                if output != "B" and prior_shape is not None:
+                    prob = enforce_topology(prob, prior_shape)
+                write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
+                written.append(write_png(out_dir / f"{name}_{output}_mask.png", mask_png(prob)))
+            # The uncertainty of the mean maps as they come, as for one run.
+            if atlases is None:  # no votes of a prior: the image is not needed (A, B: 0 off FOV)
+                fov = np.ones(mean["A"].shape, bool)
+                maps = ShapeGuidedMaps(mean["A"], mean["B"], fov)
+            else:  # the prior's votes inside the FOV only, as each run's (they were not, off it)
+                image = read_image(path)[0]
+                fov = _fov(image, None, modality)
+                maps = atlas_votes(image, mean["A"], mean["B"], fov, atlases)
+            _, weight = maps.pseudo_label()
+            write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
+            bar.update(done)
     return written
 
 
@@ -542,14 +573,18 @@ def _segment_run(
     topology: bool,
     device: str,
     log: Callable[[str], None],
+    *,
+    progress: bool = False,
+    run_name: str = "",
 ) -> list[Path]:
-    """:func:`segment_images` with one run, of ``files`` (:func:`collect_images`)."""
+    """:func:`segment_images` with one run, of ``files`` (:func:`collect_images`); ``progress``
+    bars titled with ``run_name`` (which run of an ensemble) too."""
     device = str(resolve_device(device))
     model = LDModel.from_pretrained(run_dir, device=device)
     size = size or run_size(run_dir)
     prior_shape = run_topology(run_dir, log) if topology else None
-    if prior_shape is not None:
-        log(f"prior topology applied to A and refined: {prior_shape.components} piece(s), no holes")
+    if prior_shape is not None:  # refined only when there is a refinement
+        log(f"prior topology applied to {'A and refined' if refine_steps else 'A'}: {prior_shape}")
 
     def held(prob: np.ndarray) -> np.ndarray:
         return prob if prior_shape is None else enforce_topology(prob, prior_shape)
@@ -563,7 +598,8 @@ def _segment_run(
     written = []
     names, paths = zip(*files, strict=True)
     arrays = [read_image(path)[0] for path in paths]
-    all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log)
+    all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log, progress=progress,
+                           run_name=run_name)  # fmt: skip
     for name, maps in zip(names, all_maps, strict=True):
         for output, prob in (("A", held(maps.prob_a)), ("B", maps.prob_b)):
             write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
@@ -572,13 +608,16 @@ def _segment_run(
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     if refine_steps:
         config = RefineConfig(steps=refine_steps, size=size or 512, device=device)
-        network = refine(run_dir, arrays, all_maps, config, log=log)
-        for name, image, maps in zip(names, arrays, all_maps, strict=True):
-            prob = held(
-                refined_probability(network, image, maps.fov, stretch=config.stretch_contrast)
-            )
-            write_png(out_dir / f"{name}_refined_prob.png", prob_png(prob))
-            written.append(write_png(out_dir / f"{name}_refined_mask.png", mask_png(prob, 0.5)))
+        network = refine(run_dir, arrays, all_maps, config, log=log, progress=progress)
+        title = _title("refined", run_name)
+        with ProgressBar(len(names), 0, progress, title, unit="image") as bar:
+            for i, (name, image, maps) in enumerate(zip(names, arrays, all_maps, strict=True)):
+                prob = held(
+                    refined_probability(network, image, maps.fov, stretch=config.stretch_contrast)
+                )
+                write_png(out_dir / f"{name}_refined_prob.png", prob_png(prob))
+                written.append(write_png(out_dir / f"{name}_refined_mask.png", mask_png(prob)))
+                bar.update(i + 1)
     else:
         drop_refined(out_dir, names)
     return written
@@ -639,10 +678,12 @@ def refine(
     config: RefineConfig | None = None,
     *,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> Segmenter:
     """Train a segmenter (encoder from ``run_dir``) on the pseudo-labels of ``maps``.
 
     No label is used: the targets are what the LD model itself found in ``images``.
+    ``progress``: a progress bar of the steps.
     """
     config = config or RefineConfig()
     if len(images) != len(maps) or not images:
@@ -666,7 +707,8 @@ def refine(
     y = torch.from_numpy(np.asarray(targets, dtype=np.float32))  # [N, 2, S, S]
     fit_pseudo_labels(model, x, y, steps=config.steps, batch=config.batch, lr=config.lr,
                       rotation=rotation, flips=flips, cosine=config.schedule == "cosine",
-                      seed=config.seed, device=device, log=log, name="refine step")  # fmt: skip
+                      seed=config.seed, device=device, log=log, name="refine step",
+                      progress=progress)  # fmt: skip
     if config.recalibrate:
         recalibrate_batch_norm(model, x, batch=8)
     return model.eval()
