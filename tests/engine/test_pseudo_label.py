@@ -3,6 +3,8 @@ ignore the silent ones, and repeat with its seed."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from localdisc.data.views import normalize
@@ -82,8 +84,13 @@ def test_silent_pixels_teach_nothing_and_a_seed_repeats_the_run():
 
 def test_a_progress_bar_counts_the_steps_and_shows_the_loss(capsys):
     images, targets = bright_spots(n=2, size=16)
-    fit(images, targets, steps=5, name="student step", progress=True)
+    logged: list[str] = []
+    fit(images, targets, steps=5, name="student step", progress=True, log=logged.append)
     shown = capsys.readouterr().out
-    assert "student step" in shown and "5/5" in shown and "loss" in shown
+    assert "student: step 5/5" in shown and "loss" in shown  # not "student step: step"
+    # Not a terminal: the last plain line shows the last step's loss, as its log line does (it
+    # showed the loss of the log point before).
+    loss = re.search(r"student step 5/5: loss (\S+)", logged[-1]).group(1)
+    assert re.search(rf"student: step 5/5 .*loss {loss}$", shown, re.M), shown
     fit(images, targets, steps=5)  # off by default: nothing shown
     assert capsys.readouterr().out == ""

@@ -708,7 +708,7 @@ def test_cli_segment_shows_progress_lines_in_a_log_file(tmp_path, run):
         "--out", str(tmp_path / "out"), "--refine-steps", "1", "--device", "cpu",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    for line in ("segment run-0: image 2/2", "refine step: step 1/1", "refined run-0: image 2/2",
+    for line in ("segment run-0: image 2/2", "refine: step 1/1", "refined run-0: image 2/2",
                  "segment run-1: image 2/2", "refined run-1: image 2/2",
                  "ensemble mean: image 2/2"):  # fmt: skip
         assert re.search(rf"^{STAMP} {line} \(100%\)", result.output, re.M), result.output

@@ -57,7 +57,8 @@ def fit_pseudo_labels(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
     gen = torch.Generator().manual_seed(seed)
     start, size = time.time(), images.shape[-1]
-    with ProgressBar(steps, 0, progress, name) as bar:
+    # The bar says "step" itself: titled "refine", not "refine step: step 3/5".
+    with ProgressBar(steps, 0, progress, name.removesuffix(" step")) as bar:
         for step in range(steps):
             idx = torch.randint(len(images), (batch,), generator=gen)
             xb, yb = images[idx], targets[idx].float()  # targets may be stored as bytes
@@ -74,9 +75,12 @@ def fit_pseudo_labels(
             optimizer.step()
             if cosine:
                 scheduler.step()
-            bar.update(step + 1)
+            info = None
             if (step + 1) % max(1, steps // 5) == 0:
                 seconds, value = time.time() - start, loss.item()
                 log(f"{name} {step + 1}/{steps}: loss {value:.4f} ({seconds:.0f} s)")
-                bar.update(step + 1, info=f"loss {value:.4f}")
+                info = f"loss {value:.4f}"
+            # One update with this step's loss: a plain line printed by an update before it
+            # showed the loss of the log point before.
+            bar.update(step + 1, info=info)
     return model
