@@ -57,7 +57,7 @@ def test_segment_vessels_self_trained_writes_masks_at_each_image_s_own_size(tmp_
     written = segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
                                            max_size=128, log=quiet)  # fmt: skip
     shown = capsys.readouterr().out  # progress bars of the training and of the segmentation
-    assert "student step" in shown and "2/2" in shown and "segment" in shown
+    assert "student: step" in shown and "2/2" in shown and "segment" in shown
     assert [p.name for p in written] == ["eye0_mask.png", "eye1_mask.png"]
     for seed, size in enumerate((96, 160)):  # the second was shrunk to 128 to be segmented
         prob = read_image(out / f"eye{seed}_prob.png")[0][..., 0]
