@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -25,6 +26,7 @@ def test_quick_comparison_pretrains_every_method_and_tabulates(tmp_path):
     assert {"ld (frozen)", "genesis (frozen)"} <= rows
     report = (out / "results.md").read_text()
     assert "| simclr (fundus) | 4 |" in report and "# Transfer benchmark" in report
+    assert "`random` is the floor: no pre-training" in report
     assert report.rstrip().endswith(environment_line(summary["environment"]))
     pretrained = json.loads((out / "pretrain" / "fundus" / "ld" / "config.json").read_text())
     assert pretrained["environment"]["processes"] == 1
@@ -102,3 +104,29 @@ def test_a_pretraining_with_other_settings_is_refused_not_reused(tmp_path):
     with pytest.raises(LocaldiscError, match=r"other settings \(seed 0 \(given 1\)\)"):
         run_methods_benchmark(config(1), tmp_path, log=lambda m: None)
     assert (tmp_path / "results.json").read_text() == before
+
+
+def test_an_interrupted_run_gets_no_more_than_its_time_budget(tmp_path, monkeypatch):
+    """Each method pre-trains for the same wall-clock budget: a run stopped and resumed used to
+    get its stage's whole budget again at the resume (fake clock: 0.1 s per reading)."""
+    from types import SimpleNamespace
+
+    import localdisc.engine.pretrain as engine
+    from helpers import tiny_pretrain_config, torch_threads
+    from localdisc.data.pool import synthetic_pool
+
+    clock = iter(range(10**9))
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 10))
+    pool, quiet = synthetic_pool(4, "fundus", 48), {"log": lambda m: None}
+    config = tiny_pretrain_config(method="simclr", stage1_steps=10_000, stage2_steps=0,
+                                  stage1_seconds=13.0, val_images=0, checkpoint_every=25,
+                                  log_every=25)  # fmt: skip
+    with torch_threads(1):
+        straight = engine.pretrain(config, tmp_path / "straight", pool=pool, **quiet).steps
+        assert 25 < straight < 50  # ended by its budget, between the log rows of 25 and 50
+        # stopped at its checkpoint of step 25, as a signal stops it
+        engine.pretrain(config, tmp_path / "resumed", pool=pool, stop_at_step=25, **quiet)
+        resumed = engine.pretrain(config, tmp_path / "resumed", pool=pool, resume=True, **quiet)
+    assert resumed.steps <= straight + 3  # a checkpoint's readings of the clock; not + 25
+    # no log row since the resume: the final loss is that of step 25's row, not NaN
+    assert math.isfinite(resumed.final_loss)

@@ -339,6 +339,17 @@ def test_paths_are_taken_as_str_and_init_may_be_a_weight_file_of_the_run(tmp_pat
     metrics = run_transfer(config, tmp_path / "ft", log=lambda m: None)
     saved = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert saved["transfer"]["init"] == str(stage1) and metrics["init"] == str(stage1)
+    # Which pre-training made the encoder (a run that names no method is LD's); a random init
+    # has none.
+    assert metrics["init_method"] == "ld"
+    run_config = json.loads((tmp_path / "ld" / "config.json").read_text())
+    run_config["pretrain"] = {**run_config.get("pretrain", {}), "method": "pixpro"}
+    (tmp_path / "ld" / "config.json").write_text(json.dumps(run_config))
+    metrics = run_transfer(config, tmp_path / "ft-pixpro", log=lambda m: None)
+    assert metrics["init_method"] == "pixpro"
+    random = run_transfer(tiny(Path("synthetic_xray:4"), frozen_epochs=0), tmp_path / "ft-random",
+                          log=lambda m: None)  # fmt: skip
+    assert "init_method" not in random
 
 
 def test_a_finished_run_is_left_as_it_is_and_one_with_other_settings_refused(tmp_path, monkeypatch):

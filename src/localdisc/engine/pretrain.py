@@ -51,7 +51,7 @@ from localdisc.losses import (
     region_discrimination_loss,
 )
 from localdisc.methods.base import PretrainObjective
-from localdisc.models.ld import BACKBONE_FIELDS, LDConfig, LDModel
+from localdisc.models.ld import BACKBONE_FIELDS, LDConfig, LDModel, refuse_peer_run
 from localdisc.priors.sources import absolute_prior_spec, describe_prior
 
 # Fields that may differ when a run is resumed (they do not change what is computed).
@@ -70,7 +70,8 @@ class PretrainConfig:
     stage1_steps: int = 20_000
     stage2_steps: int = 80_000
     # Wall-clock budgets per stage (seconds; None: none): a stage ends at its step count or its
-    # budget, whichever comes first. For fixed-time comparisons; a resumed run restarts the clock.
+    # budget, whichever comes first. For fixed-time comparisons; a resumed run's stage counts
+    # the seconds it trained before the stop.
     stage1_seconds: float | None = None
     stage2_seconds: float | None = None
     batch: int = 4
@@ -578,6 +579,12 @@ def pretrain(
         if not config_path.is_file():
             raise CheckpointError(f"{run_dir}: nothing to resume (no config.json)")
         given, config = config, _saved_config(run_dir, config)
+        if given.method != config.method:  # another method's run, not a setting of this one
+            raise CheckpointError(
+                f"{run_dir}: holds a --method {config.method} run, which --resume continues only "
+                f"as {config.method}, not as --method {given.method}: give --method "
+                f"{config.method}, or another --out for the {given.method} run"
+            )
         changed = _changed_settings(given, config)
         if changed and ctx.is_main:  # the saved settings win; say so rather than silently
             log(
@@ -590,6 +597,8 @@ def pretrain(
     env = environment(device, ctx.world_size) if main else None
     if config.prior:  # a mistyped prior is named before a large pool is decoded
         describe_prior(config.prior)
+    if config.init_from:  # a peer method's run has no trained embedding head to start from
+        refuse_peer_run(config.init_from)
 
     skipped_files: list[tuple[Path, str]] = []
     if pool is None:
@@ -694,6 +703,7 @@ def pretrain(
     nonfinite_in_row = 0
     opt_state: dict | None = None
     seconds_before = 0.0  # trained by the run's earlier starts (older checkpoints: unknown, 0)
+    stage_before = 0.0  # of those, in the checkpoint's stage: its time budget counts them
     # The steps since the last log row, as a checkpoint in between saved them: a resumed run's
     # first row then averages the same steps as an uninterrupted run's (older ones: none).
     window: tuple[dict[str, Tensor], dict[str, Any]] | None = None
@@ -723,6 +733,7 @@ def pretrain(
         trained_steps = state.get("trained_steps", step)
         nonfinite_in_row = state["nonfinite_in_row"]
         seconds_before = state.get("elapsed", 0.0)
+        stage_before = state.get("stage_elapsed", 0.0)
         if "log_window" in state and "log_window" in tensors:
             window = tensors["log_window"], state["log_window"]
         opt_state = optimizer_from_flat(tensors["optimizer"], state["optimizer"])
@@ -801,6 +812,8 @@ def pretrain(
             "finished": finished or step >= config.total_steps,
             "last_loss": last_loss,
             "elapsed": run_seconds(),
+            # the current stage's share: a resumed stage's time budget goes on from it
+            "stage_elapsed": time.perf_counter() - stage_start,
             # the log window's steps (summed in the tensors) and their seconds so far
             "log_window": {"steps": n_summed, "seconds": time.perf_counter() - t_window},
         }
@@ -819,7 +832,9 @@ def pretrain(
 
     sums: dict[str, Tensor] = {}
     n_summed = 0
-    last_loss = math.nan
+    # the loss of the last log row, before the stop too: a budget may end the resumed run
+    # before its first row ("final loss nan" in the methods benchmark's table)
+    last_loss = float(state.get("last_loss", math.nan)) if loaded is not None else math.nan
     t_start = time.perf_counter()
     t_window = t_start
     steps_done_here = 0
@@ -837,12 +852,17 @@ def pretrain(
     if main:  # what a log file of a cluster job cannot tell otherwise
         log(f"training on {_device_text(device)} in "
             f"{'bf16 autocast' if config.amp and bf16_autocast_pays(device) else 'float32'}, "
-            f"{ctx.world_size} process(es), {images_per_step} images per step")  # fmt: skip
+            f"{ctx.world_size} process(es), {images_per_step} images per step"
+            # a peer's log names it: its progress lines say "stage 1", as LD's do
+            + (f", --method {config.method}: one stage" if objective else ""))  # fmt: skip
     progress = ProgressBar(
         config.total_steps, step, main and config.progress, "pretrain", before=seconds_before
     )
-    stage_start = time.perf_counter()
-    stage_first = step  # the step at stage_start: the pace behind a budget's time left
+    # A resumed stage's clock goes on from its stop: else each resume gave the stage its whole
+    # budget again, and an interrupted run of a fixed-time comparison trained longer.
+    stage_start = time.perf_counter() - stage_before
+    # the step at stage_start: the pace behind a budget's time left
+    stage_first = step if not stage_before else (config.stage1_steps if stage == 2 else 0)
     finished = False
     # Under torchrun: rank 0's clock past the stage's budget, agreed on at the last step's finite
     # check (no collective of its own); the stage ends at the top of the next step.

@@ -163,6 +163,34 @@ def check_weights_file(run_dir: Path, weights: str) -> None:
     )
 
 
+def run_method(run_dir: str | Path) -> str:
+    """The ``--method`` the pre-training run in ``run_dir`` used: ``"ld"``, or a peer method of
+    :mod:`localdisc.methods` (``"ld"`` where ``config.json`` names none, as in runs made before
+    peer methods existed)."""
+    try:
+        method = json.loads((Path(run_dir) / "config.json").read_text())["pretrain"]["method"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "ld"
+    return method if isinstance(method, str) else "ld"
+
+
+def refuse_peer_run(path: str | Path, method: str | None = None) -> None:
+    """Raise :class:`CheckpointError` if ``path`` (a run folder or one of its weight files) holds
+    a peer method's run (``method``: the run's, if known): its encoder is trained, but LD's
+    embedding and clustering heads are as initialised, so embeddings and clusters from it would
+    be noise that looks like a result."""
+    run_dir, _ = split_weights_path(path)
+    method = method or run_method(run_dir)
+    if method != "ld":
+        raise CheckpointError(
+            f"{path}: a `localdisc pretrain --method {method}` run, not an LD one: {method} does "
+            "not train LD's embedding and clustering heads, so the run has no embeddings or "
+            "clusters to use (similarity, localize, view, shape-guided need an LD run); it is a "
+            f"pre-trained encoder for `localdisc finetune --init {run_dir}` and `localdisc "
+            "benchmark transfer --inits`"
+        )
+
+
 def weights_mismatch(module: nn.Module, state: dict[str, Tensor]) -> str:
     """What keeps ``state`` from loading into ``module``, in short (a few names of the keys
     missing, unexpected, or of another shape), or ``""``; torch's message lists every key."""
@@ -217,6 +245,8 @@ class LDModel(nn.Module):
         #: The run folder :meth:`from_pretrained` loaded this model from (its settings, e.g.
         #: the patch size of pre-training, are read from there by the similarity tools).
         self.run_dir: Path | None = None
+        #: The ``--method`` of that run: a peer method's (not ``"ld"``) has untrained heads.
+        self.method = "ld"
         self.backbone = VGGUNet(self.config.in_channels, self.config.width, self.config.depth)
         c = self.backbone.out_channels
         self.embedding_head = head(c, self.config.dim)
@@ -268,6 +298,8 @@ class LDModel(nn.Module):
     @torch.no_grad()
     def _infer(self, image: np.ndarray | Tensor, with_clusters: bool) -> tuple[Tensor, Tensor]:
         """``(v, a)`` of one raw image cropped to its size (``a`` empty without clusters)."""
+        if self.method != "ld":
+            refuse_peer_run(self.run_dir or Path("this model"), self.method)
         x, h, w = self._prepare(image)
         was_training = self.training
         self.eval()
@@ -312,7 +344,9 @@ class LDModel(nn.Module):
         """Load a model from a run directory (``config.json`` + safetensors weights, no pickle).
 
         ``run_dir`` may name a weight file of the run instead, e.g. ``RUN/stage1.safetensors``
-        (the weights at the end of stage 1); ``weights`` is then ignored.
+        (the weights at the end of stage 1); ``weights`` is then ignored. A peer method's run
+        (``pretrain --method simclr`` ...) loads for its encoder, but its :meth:`embed` and
+        :meth:`cluster` refuse: it did not train their heads.
         """
         from localdisc.engine.checkpoint import load_safetensors
 
@@ -328,4 +362,5 @@ class LDModel(nn.Module):
             )
         load_matching_weights(model, state, run_dir / weights)
         model.run_dir = run_dir
+        model.method = run_method(run_dir)
         return model.to(device).eval()

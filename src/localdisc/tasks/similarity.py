@@ -22,7 +22,7 @@ from torch import Tensor
 from localdisc.data.io import read_image
 from localdisc.data.preprocess import as_raw_image, resize_image
 from localdisc.errors import InputError, LocaldiscError
-from localdisc.models.ld import LDModel, split_weights_path
+from localdisc.models.ld import LDModel, refuse_peer_run, split_weights_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -77,6 +77,7 @@ def load_model(run_dir: str | Path, *, device: str = "cpu") -> LoadedModel:
     ``run_dir`` may also name one of the run's weight files (``RUN/stage1.safetensors``,
     ``RUN/model_best.safetensors``), as :meth:`LDModel.from_pretrained` takes it.
     """
+    refuse_peer_run(run_dir)  # said now, not at the first image (the viewer's: in the page)
     model = LDModel.from_pretrained(run_dir, device=device)
     # A weight file's settings are those of the run folder it lies in.
     folder, _ = split_weights_path(run_dir)

@@ -76,7 +76,7 @@ from localdisc.errors import DatasetError, LocaldiscError
 from localdisc.eval.metrics import summarize
 from localdisc.eval.provenance import environment, resumed
 from localdisc.eval.report import jsonable
-from localdisc.models.ld import LDConfig
+from localdisc.models.ld import LDConfig, run_method, split_weights_path
 from localdisc.models.segmenter import Segmenter
 from localdisc.tasks.predict import mask_png, prob_png, score_prediction
 
@@ -640,6 +640,8 @@ def run_transfer(
         "dataset": train_set.name,
         "target": target,
         "init": config.init,
+        # which pre-training made the encoder: "ld", or a peer method of `pretrain --method`
+        **({"init_method": run_method(split_weights_path(config.init)[0])} if pretrained else {}),
         "labels": len(train_idx) + (len(val_idx) if val_idx != train_idx else 0),
         "seed": seed,
         "size": config.size,
