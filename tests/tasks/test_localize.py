@@ -411,3 +411,22 @@ def test_overlay_figures_name_the_template_and_the_image(tmp_path, monkeypatch):
         overlay_dir=tmp_path / "ov",
     )  # fmt: skip
     assert titles == [["template t.png", r"scan_\$1\$.png: predictions"]]
+
+
+def test_a_fundus_landmark_is_found_alike_on_a_photograph_with_wide_black_borders():
+    # Pre-training crops fundus photographs to their FOV (data.pool); resized whole, a 3:2
+    # camera frame put the retina at another scale than the template's and the model's.
+    from localdisc.data.synthetic import synthetic_fundus
+    from localdisc.models import LDConfig, LDModel
+
+    torch.manual_seed(0)
+    model = LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)).eval()
+    loaded = LoadedModel(model, PatchKernel(8), 64)
+    fundus = synthetic_fundus(64, seed=3)
+    plain = np.pad(fundus.image, ((16, 16), (16, 16), (0, 0)))
+    wide = np.pad(fundus.image, ((16, 16), (40, 40), (0, 0)))  # 96 x 144: 3:2
+    x, y = fundus.optic_disc
+    localizer = Localizer(loaded, plain, {"disc": (x + 16, y + 16)}, SearchConfig(stride=2))
+    a, b = localizer(plain)["disc"], localizer(wide)["disc"]
+    assert (b.x, b.y) == pytest.approx((a.x + 24, a.y), abs=1e-6)
+    assert b.confidence == pytest.approx(a.confidence, abs=1e-5)

@@ -313,3 +313,70 @@ def test_similarity_cli_prints_how_similar_each_best_match_is(tmp_path):
         result.exception
     )
     assert "(45, 20) would be inside" in str(result.exception)
+
+
+def fundus_on_black(border: int) -> np.ndarray:
+    """A generated 64 x 64 fundus photograph on black, 16 pixels above and below it and
+    ``16 + border`` left and right (``border`` 24: a 3:2 camera frame, 96 x 144)."""
+    from localdisc.data.synthetic import synthetic_fundus
+
+    image = synthetic_fundus(64, seed=3).image
+    return np.pad(image, ((16, 16), (16 + border, 16 + border), (0, 0)))
+
+
+def test_points_round_trip_through_a_crop_and_resize_exactly(loaded):
+    from localdisc.data.preprocess import roi_crop
+    from localdisc.tasks.similarity import from_resized, resized, to_resized, working_image
+
+    image = fundus_on_black(40)  # 96 x 176: the FOV with its margin is x 42 to 133, y 2 to 93
+    small, framing = working_image(loaded, image, 64)
+    y0, y1, x0, x1 = framing.box
+    assert (y0, y1, x0, x1) == (2, 94, 42, 134)
+    # The crop pre-training's pool takes (data.pool: roi_crop), resized.
+    np.testing.assert_array_equal(small, resized(roi_crop(image)[0], 64)[0])
+    for point in [(x0, y0), (x1 - 1, y1 - 1), (70.3, 50.7), (0.0, 0.0), (175.0, 95.0)]:
+        assert framing.from_working(framing.to_working(point)) == pytest.approx(point, abs=1e-9)
+        assert from_resized(to_resized(point, (0.3, 0.7), (5, 9)), (0.3, 0.7), (5, 9)) == (
+            pytest.approx(point, abs=1e-9)
+        )
+    # Pixel centres at integer coordinates: the crop's outer corners are the working image's.
+    assert framing.to_working((x0 - 0.5, y0 - 0.5)) == pytest.approx((-0.5, -0.5))
+    h, w = small.shape[:2]
+    assert framing.to_working((x1 - 0.5, y1 - 0.5)) == pytest.approx((w - 0.5, h - 0.5))
+
+
+def test_a_fundus_photograph_on_wide_black_borders_matches_as_without_them(loaded):
+    # Pre-training crops every fundus photograph to its FOV before resizing (data.pool); a 3:2
+    # frame resized whole put the retina at another scale than the model knows (a template
+    # padded 256 px wider was localised 80-300 px off). Framed alike, both give one crop.
+    plain, wide = fundus_on_black(0), fundus_on_black(24)
+    points = [(30.0, 40.0), (60.0, 50.0), (48.0, 20.0)]
+    a = similarity(loaded, plain, points, [plain, wide])
+    b = similarity(loaded, wide, [(x + 24, y) for x, y in points], [plain, wide])
+    for p in range(len(points)):
+        bx, by = a.best[0][p]
+        assert a.best[1][p] == (bx + 24, by)
+        assert b.best[0][p] == (bx, by) and b.best[1][p] == (bx + 24, by)
+    np.testing.assert_allclose(a.targets[1][..., 24:120], a.targets[0], atol=1e-5)
+    np.testing.assert_allclose(b.query[..., 24:120], a.query, atol=1e-5)
+    # Outside the crop, the nearest value (the black margin's).
+    np.testing.assert_array_equal(a.targets[1][..., :25], a.targets[1][..., 25:26].repeat(25, -1))
+    # frame_fundus=False resizes them whole, as before (benchmarks/fundus_framing.py's baseline).
+    import dataclasses
+
+    whole = dataclasses.replace(loaded, frame_fundus=False)
+    assert loaded.frames_fov and not whole.frames_fov
+    c = similarity(whole, plain, points, [plain, wide])
+    assert any(c.best[1][p] != (x + 24, y) for p, (x, y) in enumerate(c.best[0]))
+
+
+def test_radiographs_are_resized_whole_not_framed():
+    from localdisc.tasks.similarity import resized, working_image
+
+    torch.manual_seed(0)
+    xray = LDModel(LDConfig(modality="xray", width=4, dim=8, clusters=4, depth=2)).eval()
+    loaded = LoadedModel(xray, PatchKernel(8), 64)
+    image = np.pad(np.random.default_rng(0).random((48, 40, 1)), ((0, 0), (30, 30), (0, 0)))
+    small, framing = working_image(loaded, image, 64)
+    assert framing.box == (0, 48, 0, 100)
+    np.testing.assert_array_equal(small, resized(image, 64)[0])

@@ -20,7 +20,7 @@ from localdisc.data.synthetic import synthetic_fundus
 from localdisc.models import LDConfig, LDModel
 from localdisc.tasks.predict import collect_images
 from localdisc.tasks.similarity import load_model
-from localdisc.viewer.server import Viewer, create_server
+from localdisc.viewer.server import Viewer, create_server, display_image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -43,6 +43,9 @@ def _driver():
     return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
 
 
+SIZE = 64  # the viewer's and the library's working size
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     driver = _driver()
@@ -54,7 +57,8 @@ def page(tmp_path_factory):
         Image.fromarray(image).save(root / "images" / f"eye{i}.png")
     (root / "images" / "broken.png").write_bytes(b"not an image at all")
     loaded = load_model(root / "run")
-    viewer = Viewer(loaded, collect_images([root / "images"]))
+    # At 64 px: the 72 px image shrinks, none is enlarged, as the library's reference (SIZE).
+    viewer = Viewer(loaded, collect_images([root / "images"]), size=SIZE)
     server = create_server(viewer, port=0, log=lambda _: None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     viewer.warm_up()
@@ -105,11 +109,14 @@ def results(driver) -> dict:
 
 def check_against_library(page, shown: dict) -> None:
     names = ["eye0", "eye1", "eye2"]
-    images = [read_image(page["root"] / "images" / f"{n}.png")[0] for n in names]
+    # As the page shows them (display pixels): the 72 px image shrunk to SIZE.
+    files = [read_image(page["root"] / "images" / f"{n}.png")[0] for n in names]
+    images = [display_image(image, SIZE) for image in files]
     query = images[shown["image"]]
     ref = localdisc.similarity(
-        page["loaded"], query, [(shown["x"], shown["y"])], images, level=shown["level"]
-    )
+        page["loaded"], query, [(shown["x"], shown["y"])], images, level=shown["level"],
+        size=SIZE,
+    )  # fmt: skip
     cards = shown["cards"]
     assert [c["id"] for c in cards][0] == shown["image"] and cards[0]["rank"] == 0
     assert sorted(c["id"] for c in cards) == [0, 1, 2]
@@ -219,8 +226,10 @@ def test_progress_ends_when_the_cache_holds_fewer_images_than_the_folder(page):
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver, root = page["driver"], page["root"]
-    one = 8 * 72 * 72 * 4  # the largest image's pixel embeddings (dim 8)
-    viewer = Viewer(page["loaded"], collect_images([root / "images"]), cache_mb=one / 2**20)
+    one = 8 * 64 * 64 * 4  # the largest display image's pixel embeddings (dim 8)
+    viewer = Viewer(
+        page["loaded"], collect_images([root / "images"]), size=SIZE, cache_mb=one / 2**20
+    )
     server = create_server(viewer, port=0, log=lambda _: None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import sphere_field
 from localdisc.data.io import read_image
 from localdisc.data.synthetic import synthetic_fundus
 from localdisc.errors import LocaldiscError
@@ -164,7 +165,7 @@ def test_similarity_values_equal_the_library_and_are_ranked(setup, level, image,
     assert data["query"].items() >= {"image": image, "x": x, "y": y, "level": level}.items()
     ref = similarity(
         setup["loaded"], display(setup, names[image]), [(x, y)],
-        [display(setup, n) for n in names], level=level,
+        [display(setup, n) for n in names], level=level, size=SIZE,
     )  # fmt: skip
     by_id = {m["id"]: m for m in [data["self"], *data["matches"]]}
     assert sorted(by_id) == [0, 1, 2] and data["self"]["id"] == image
@@ -725,3 +726,35 @@ def test_the_median_from_a_histogram_is_within_a_bin():
                 add_to_histogram(counts, s)
             assert counts.sum() == joined.size
             assert abs(histogram_median(counts) - float(np.median(joined))) <= 2 / BINS
+
+
+class WhereInView(torch.nn.Module):
+    """A stand-in fundus model that embeds each pixel as where it lies in the image it is shown
+    (colours of ``sphere_field``): a match then tells what the model was shown."""
+
+    config = LDConfig(width=4, dim=3, clusters=4, depth=2)
+
+    def embed(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(sphere_field(*image.shape[:2])).permute(2, 0, 1)
+
+
+def test_a_fundus_photograph_on_a_wide_black_frame_is_seen_as_its_field_of_view(tmp_path):
+    # Pre-training crops fundus photographs to their FOV (data.pool); the viewer embedded the
+    # display image whole, so a 3:2 camera frame showed the model the retina at another scale
+    # and place than a photograph without the frame: points matched 6-9 pixels off here.
+    from localdisc.tasks.similarity import LoadedModel, PatchKernel
+
+    image = synthetic_fundus(64, seed=3).image
+    files = []
+    for name, border in (("plain", 16), ("wide", 40)):  # 96 x 96 and 96 x 144
+        padded = np.pad(image, ((16, 16), (border, border), (0, 0)))
+        files.append((name, tmp_path / f"{name}.png"))
+        Image.fromarray(np.round(padded * 255).astype(np.uint8)).save(files[-1][1])
+    viewer = Viewer(LoadedModel(WhereInView(), PatchKernel(8), 96), files, size=96)  # type: ignore[arg-type]
+    assert viewer.entries[1].shape == (64, 96)  # shown at 2/3 of the file's size
+    for level in ("pixel", "patch"):
+        for x, y in ((30, 40), (60, 50), (48, 20), (70, 70)):
+            wide = viewer.query(0, x, y, level).matches[1]  # its best match on the wide frame
+            fx, fy = viewer.entries[1].file_point(*wide.best)
+            # Within a display pixel (1.5 file pixels) of the same place of the photograph.
+            assert abs(fx - 24 - x) <= 1.5 and abs(fy - y) <= 1.5, (level, (x, y), (fx, fy))

@@ -12,6 +12,10 @@ searched coarse to fine:
    similarity at the patch scale.
 
 The confidence is the fine cosine similarity at the prediction (1: identical embeddings).
+Template and images are worked on as the model saw its pre-training pool: a fundus photograph
+cut to its field of view, then resized to the working size
+(:func:`~localdisc.tasks.similarity.working_image`; a camera's wide black frame no longer
+changes the retina's scale); predictions are in each image's own pixels.
 :func:`ncc_localize` is the classical baseline, normalised cross-correlation template matching.
 """
 
@@ -30,19 +34,18 @@ from torch import Tensor
 from localdisc.data.preprocess import LUMA
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.similarity import (
+    Framing,
     ModelLike,
     PatchKernel,
     Point,
-    Scale,
     as_image,
     check_inside,
     check_size,
     dense_patch_embeddings,
-    from_resized,
     nearest_pixel,
-    resized,
     resolve_model,
     to_resized,
+    working_image,
 )
 
 
@@ -144,9 +147,9 @@ class Localizer:
             )
         s = self.config.stride
         for variant, points in variants:
-            coarse, fine, scale = self._maps(variant)
+            coarse, fine, framing = self._maps(variant)
             for name, (x, y) in points.items():
-                xs, ys = to_resized((x, y), scale)
+                xs, ys = framing.to_working((x, y))
                 # Coarse cell c averages pixels c*s .. c*s+s-1: its centre is c*s + (s-1)/2.
                 yc = nearest_pixel((ys - (s - 1) / 2) / s, coarse.shape[-2])
                 xc = nearest_pixel((xs - (s - 1) / 2) / s, coarse.shape[-1])
@@ -154,10 +157,11 @@ class Localizer:
                 fine_vector = fine[:, yf, xf]
                 self.descriptors[name].append((coarse[:, :, yc, xc], fine_vector))
 
-    def _maps(self, image: np.ndarray) -> tuple[Tensor, Tensor, Scale]:
-        """Coarse maps ``[2, D, H/s, W/s]`` (patch, context), fine map ``[D, H, W]``, (x, y)
-        scale."""
-        small, scale = resized(image, self.size)
+    def _maps(self, image: np.ndarray) -> tuple[Tensor, Tensor, Framing]:
+        """Coarse maps ``[2, D, H/s, W/s]`` (patch, context), fine map ``[D, H, W]`` of the
+        working image (a fundus photograph's field of view, resized:
+        :func:`~localdisc.tasks.similarity.working_image`), and how it was framed."""
+        small, framing = working_image(self.loaded, image, self.size)
         v = self.loaded.model.embed(small)
         s = self.config.stride
         vc = F.normalize(F.avg_pool2d(v[None], s, ceil_mode=True)[0], dim=0)
@@ -167,14 +171,14 @@ class Localizer:
                 dense_patch_embeddings(vc, self.kernel, self.config.context / s),
             ]
         )
-        return coarse, dense_patch_embeddings(v, self.kernel), scale
+        return coarse, dense_patch_embeddings(v, self.kernel), framing
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray | Tensor | str | Path) -> dict[str, Prediction]:
         """Each landmark's predicted (x, y) in the image's own pixels, with a confidence."""
         image = as_image(image)
         height, width = image.shape[:2]
-        coarse, fine, scale = self._maps(image)
+        coarse, fine, framing = self._maps(image)
         s = self.config.stride
         radius = self.kernel.side
         h, w = fine.shape[1:]
@@ -193,7 +197,7 @@ class Localizer:
                 y, x = divmod(int(torch.argmax(sim)), w)
                 # Worked on larger than the image, an edge pixel's centre maps back to just
                 # outside it (-0.1 at a scale of 1.25): keep to the image's pixels.
-                px, py = from_resized((x, y), scale)
+                px, py = framing.from_working((x, y))
                 px, py = min(max(px, 0.0), width - 1.0), min(max(py, 0.0), height - 1.0)
                 found = Prediction(px, py, float(sim[y, x]))
                 if best is None or found.confidence > best.confidence:

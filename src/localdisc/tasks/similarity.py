@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from localdisc.data.io import read_image
-from localdisc.data.preprocess import as_raw_image, resize_image
+from localdisc.data.preprocess import as_raw_image, resize_image, roi_box
 from localdisc.errors import InputError, LocaldiscError
 from localdisc.models.ld import LDModel, refuse_peer_run, split_weights_path
 
@@ -69,6 +69,16 @@ class LoadedModel:
     kernel: PatchKernel
     pool_size: int = 512  # the size pool images had in pre-training: the scale it knows
     run_dir: Path | None = None
+    #: Crop a fundus model's images to their field of view first (False: resize them whole,
+    #: e.g. the baseline of ``benchmarks/fundus_framing.py``).
+    frame_fundus: bool = True
+
+    @property
+    def frames_fov(self) -> bool:
+        """Whether images are cropped to their field of view before resizing, as pre-training
+        cropped its pool (:func:`~localdisc.data.pool.prepare_pool_image`): fundus models."""
+        config = getattr(self.model, "config", None)  # stand-in models in tests may have none
+        return self.frame_fundus and getattr(config, "modality", None) == "fundus"
 
 
 def load_model(run_dir: str | Path, *, device: str = "cpu") -> LoadedModel:
@@ -176,15 +186,79 @@ def resized(image: np.ndarray, size: int | None) -> tuple[np.ndarray, Scale]:
     return resize_image(image, (rh, rw)), (rw / w, rh / h)
 
 
-def to_resized(point: Point, scale: Scale) -> Point:
+#: The top-left pixel (x, y) of a crop, in the pixels of the image it was cut from.
+Offset = tuple[int, int]
+
+
+def to_resized(point: Point, scale: Scale, offset: Offset = (0, 0)) -> Point:
     """(x, y) in an image's pixels -> the same place in its resized pixels (pixel centres at
-    integer coordinates in both, as in ``resize_image`` and bilinear ``align_corners=False``)."""
-    return (point[0] + 0.5) * scale[0] - 0.5, (point[1] + 0.5) * scale[1] - 0.5
+    integer coordinates in both, as in ``resize_image`` and bilinear ``align_corners=False``);
+    ``offset``: the image resized is a crop of it from that pixel on."""
+    x, y = point[0] - offset[0], point[1] - offset[1]
+    return (x + 0.5) * scale[0] - 0.5, (y + 0.5) * scale[1] - 0.5
 
 
-def from_resized(point: Point, scale: Scale) -> Point:
+def from_resized(point: Point, scale: Scale, offset: Offset = (0, 0)) -> Point:
     """The inverse of :func:`to_resized`."""
-    return (point[0] + 0.5) / scale[0] - 0.5, (point[1] + 0.5) / scale[1] - 0.5
+    x, y = (point[0] + 0.5) / scale[0] - 0.5, (point[1] + 0.5) / scale[1] - 0.5
+    return x + offset[0], y + offset[1]
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a working image was made from an image: cut to ``box`` (``y0, y1, x0, x1``,
+    half-open, in the image's pixels), then resized by ``scale`` (x, y)."""
+
+    box: tuple[int, int, int, int]
+    scale: Scale
+
+    @property
+    def offset(self) -> Offset:
+        return self.box[2], self.box[0]
+
+    def to_working(self, point: Point) -> Point:
+        """(x, y) in the image's pixels -> the working image's (:func:`to_resized`)."""
+        return to_resized(point, self.scale, self.offset)
+
+    def from_working(self, point: Point) -> Point:
+        """(x, y) in the working image's pixels -> the image's (:func:`from_resized`)."""
+        return from_resized(point, self.scale, self.offset)
+
+    def to_image(self, maps: Tensor, shape: tuple[int, int]) -> Tensor:
+        """``[P, h, w]`` maps on the working image -> ``[P, H, W]`` on the image of ``shape``:
+        interpolated back to the crop (bilinear, the pixel-centre convention of
+        :func:`to_resized`); outside the crop, the nearest crop pixel's value (the black margin
+        :func:`~localdisc.data.preprocess.roi_box` keeps around the FOV, for a fundus image)."""
+        y0, y1, x0, x1 = self.box
+        if maps.shape[-2:] != (y1 - y0, x1 - x0):
+            maps = F.interpolate(maps[None], size=(y1 - y0, x1 - x0), mode="bilinear",
+                                 align_corners=False)[0]  # fmt: skip
+        pad = (x0, shape[1] - x1, y0, shape[0] - y1)
+        return F.pad(maps[None], pad, mode="replicate")[0] if any(pad) else maps
+
+
+def working_image(
+    loaded: LoadedModel, image: np.ndarray, size: int | None, *, shrink_only: bool = False
+) -> tuple[np.ndarray, Framing]:
+    """``image`` as the model is shown it, with its :class:`Framing`: for a fundus model cut to
+    its field of view first (:func:`~localdisc.data.preprocess.roi_box`, as pre-training's
+    pool), then resized to the longer side ``size`` (:func:`resized`; ``shrink_only``: a
+    smaller crop is kept as it is, as the viewer shows small images).
+
+    Why: the pool's photographs were cropped to the FOV before resizing, and embeddings are
+    not scale-invariant: a camera's 3:2 frame with wide black borders, resized whole, showed
+    the retina smaller than in pre-training (DRIVE photographs padded to 3:2 had their optic
+    discs localised 161 px off, median, against 18 unpadded). Radiographs are resized whole,
+    as in pre-training.
+    """
+    h, w = image.shape[:2]
+    box = roi_box(image) if loaded.frames_fov else (0, h, 0, w)
+    y0, y1, x0, x1 = box
+    crop = image if box == (0, h, 0, w) else image[y0:y1, x0:x1]
+    if shrink_only and size is not None and max(crop.shape[:2]) <= size:
+        size = None
+    small, scale = resized(crop, size)
+    return small, Framing(box, scale)
 
 
 def check_inside(what: str, point: Point, shape: tuple[int, ...], source: str) -> None:
@@ -216,6 +290,34 @@ def embedding_map(loaded: LoadedModel, image: np.ndarray, level: str = "pixel") 
         raise LocaldiscError(f"level must be pixel or patch, not {level!r}")
     v = loaded.model.embed(image)
     return v if level == "pixel" else dense_patch_embeddings(v, loaded.kernel)
+
+
+def pixel_embeddings_on(
+    loaded: LoadedModel, image: np.ndarray, size: int | None, shape: tuple[int, int]
+) -> tuple[Tensor, float]:
+    """``[D, *shape]`` pixel embeddings of ``image`` as the viewer's model sees it
+    (:func:`working_image`, shrunk to ``size`` but not enlarged, as the viewer's display images)
+    on a grid of ``shape`` over the whole image (the viewer's display image), and the size of a
+    working pixel in grid pixels (to pool patches on the grid at the model's scale:
+    :func:`dense_patch_embeddings`'s ``scale``). Where the working image is that grid, its
+    embeddings as they are; else sampled bilinearly at the grid's pixel centres, the nearest
+    crop pixel's outside the crop, and normalised again."""
+    small, framing = working_image(loaded, image, size, shrink_only=True)
+    v = loaded.model.embed(small)
+    h, w = image.shape[:2]
+    if framing.box == (0, h, 0, w) and tuple(v.shape[1:]) == tuple(shape):
+        return v, 1.0
+    grid_scale = (shape[1] / w, shape[0] / h)
+    xs, _ = framing.to_working(from_resized((np.arange(shape[1]), 0.0), grid_scale))
+    _, ys = framing.to_working(from_resized((0.0, np.arange(shape[0])), grid_scale))
+    # grid_sample's coordinates (align_corners=False): -1 and 1 are the outer pixel edges.
+    u = torch.as_tensor((np.asarray(xs) + 0.5) / v.shape[2] * 2 - 1, dtype=v.dtype)
+    t = torch.as_tensor((np.asarray(ys) + 0.5) / v.shape[1] * 2 - 1, dtype=v.dtype)
+    grid = torch.stack(torch.meshgrid(u, t, indexing="xy"), -1)[None].to(v.device)
+    sampled = F.grid_sample(v[None], grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)[0]  # fmt: skip
+    working_px = (grid_scale[0] / framing.scale[0] + grid_scale[1] / framing.scale[1]) / 2
+    return F.normalize(sampled, dim=0), working_px
 
 
 @dataclass
@@ -250,7 +352,8 @@ def similarity(
         points: query points as (x, y) pixels of ``image``: a list of pairs or one pair.
         targets: other images (in memory or files); their maps are at their own sizes.
         level: ``pixel`` or ``patch`` (see the module docstring).
-        size: resize every image to this longer side first (``None``: the size of the
+        size: resize every image (for a fundus model: its field of view,
+            :func:`working_image`) to this longer side first (``None``: the size of the
             model's pre-training pool, as :mod:`localdisc.tasks.localize` and the viewer do:
             embeddings are not scale-invariant, and a 2048-pixel target of a 512-pixel query
             at their own sizes matched 400 pixels off); maps and points stay in the images'
@@ -267,28 +370,27 @@ def similarity(
     source = str(image) if isinstance(image, str | Path) else "the query image"
     for point in points:
         check_inside("query point", point, raw.shape, source)
-    small, scale = resized(raw, size)
+    small, framing = working_image(loaded, raw, size)
     v = embedding_map(loaded, small, level)
     # The resized pixel nearest the point, the one the maps below (interpolated back with the
     # same pixel-centre convention) peak at.
-    resized_points = [to_resized(point, scale) for point in points]
+    resized_points = [framing.to_working(point) for point in points]
     queries = torch.stack(
         [v[:, nearest_pixel(y, v.shape[1]), nearest_pixel(x, v.shape[2])]
          for x, y in resized_points]
     )  # fmt: skip
 
-    def maps(vectors: Tensor, shape: tuple[int, int]) -> Tensor:
+    def maps(vectors: Tensor, framing: Framing, shape: tuple[int, int]) -> Tensor:
         sim = torch.einsum("pd,dhw->phw", queries, vectors)
-        if sim.shape[-2:] != shape:
-            sim = F.interpolate(sim[None], size=shape, mode="bilinear", align_corners=False)[0]
-        return sim.clamp(-1, 1)
+        return framing.to_image(sim, shape).clamp(-1, 1)
 
-    query_maps = maps(v, (h, w)).cpu().numpy()
+    query_maps = maps(v, framing, (h, w)).cpu().numpy()
     target_maps, best = [], []
     for i, target in enumerate(targets):
         t_raw = as_image(target, f"target {i + 1}")
-        t_small, _ = resized(t_raw, size)
-        sim = maps(embedding_map(loaded, t_small, level), t_raw.shape[:2]).cpu().numpy()
+        t_small, t_framing = working_image(loaded, t_raw, size)
+        sim = embedding_map(loaded, t_small, level)
+        sim = maps(sim, t_framing, t_raw.shape[:2]).cpu().numpy()
         target_maps.append(sim)
         best.append([_argmax_xy(m) for m in sim])
     return SimilarityMaps(points, query_maps, target_maps, best, level)

@@ -39,7 +39,12 @@ from PIL import Image
 from localdisc.data.io import read_image
 from localdisc.data.preprocess import resize_image
 from localdisc.errors import LocaldiscError
-from localdisc.tasks.similarity import LoadedModel, dense_patch_embeddings, from_resized
+from localdisc.tasks.similarity import (
+    LoadedModel,
+    dense_patch_embeddings,
+    from_resized,
+    pixel_embeddings_on,
+)
 
 LEVELS = ("pixel", "patch")
 MAX_URL = 2048  # bytes of the request target; every real URL of the page is far shorter
@@ -303,6 +308,8 @@ class Viewer:
         # ("result", query) -> QueryResult and ("map", query, image id) -> its similarity map.
         self._queries = ByteLRU(quarter - 2 * (quarter // 4))
         self._latest: QueryResult | None = None  # kept even when maps recomputed push it out
+        # A working pixel in display pixels, per image id (fundus: its FOV at the working size).
+        self._working_px: dict[int, float] = {}
         self.entries: list[Entry] = []
         self.errors: list[dict[str, str]] = []
         for name, path in files:
@@ -342,10 +349,18 @@ class Viewer:
             LocaldiscError: the file can no longer be read, or holds another image than when
                 the viewer started (its maps and sizes would no longer match).
         """
-        entry = self.entry(image_id)
         cached = self._images.get(image_id)
         if cached is not None:
             return cached  # type: ignore[return-value]
+        return self._read(image_id)[1]
+
+    def _read(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The image as its file holds it and its display image (cached), read again.
+
+        Raises:
+            LocaldiscError: as :meth:`image`.
+        """
+        entry = self.entry(image_id)
         try:
             raw, _ = read_image(entry.path)
             image = display_image(raw, self.size)
@@ -357,18 +372,30 @@ class Viewer:
                 f"{entry.path.name} changed since the viewer started: restart the viewer to show it"
             )
         self._images.put(image_id, image, image.nbytes)
-        return image
+        return raw, image
 
     def embeddings(self, image_id: int, level: str) -> torch.Tensor:
-        """``[D, H, W]`` unit vectors of one image (as ``similarity.embedding_map``)."""
-        name = self.entry(image_id).name
+        """``[D, H, W]`` unit vectors of one image on its display pixels (as
+        ``similarity.embedding_map``). A fundus model sees the file's field of view at the
+        working size, as in pre-training and ``similarity``
+        (:func:`~localdisc.tasks.similarity.pixel_embeddings_on`): on a camera's wide black
+        frame the display image shows the retina smaller than that; patches are then pooled on
+        the display pixels with the kernel scaled alike."""
+        entry = self.entry(image_id)
+        name = entry.name
 
         def make() -> torch.Tensor:
             if level == "pixel":
-                return self.loaded.model.embed(self.image(image_id)).cpu()
+                if not self.loaded.frames_fov:
+                    return self.loaded.model.embed(self.image(image_id)).cpu()
+                raw, _ = self._read(image_id)
+                v, working_px = pixel_embeddings_on(self.loaded, raw, self.size, entry.shape)
+                self._working_px[image_id] = working_px
+                return v.cpu()
             pixel = self.embeddings(image_id, "pixel")
             self.working = f"patch embeddings of {name}"
-            return dense_patch_embeddings(pixel, self.loaded.kernel).cpu()
+            scale = self._working_px.get(image_id, 1.0)
+            return dense_patch_embeddings(pixel, self.loaded.kernel, scale).cpu()
 
         return self._computed(self._embeddings, (level, image_id), f"{level} embeddings of {name}",
                               make, lambda v: v.element_size() * v.nelement())  # fmt: skip
