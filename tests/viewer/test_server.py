@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from helpers import sphere_field
@@ -737,6 +738,15 @@ class WhereInView(torch.nn.Module):
     def embed(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(sphere_field(*image.shape[:2])).permute(2, 0, 1)
 
+    def cluster(self, image: np.ndarray) -> torch.Tensor:
+        """One-hot clusters by which third of the image's width and height a pixel lies in
+        (``(column + 2 * row) % 4``: neighbouring thirds differ)."""
+        h, w = image.shape[:2]
+        cols = np.arange(w) * 3 // w
+        rows = np.arange(h) * 3 // h
+        labels = torch.from_numpy((cols[None, :] + 2 * rows[:, None]) % 4)
+        return F.one_hot(labels, 4).permute(2, 0, 1).float()
+
 
 def test_a_fundus_photograph_on_a_wide_black_frame_is_seen_as_its_field_of_view(tmp_path):
     # Pre-training crops fundus photographs to their FOV (data.pool); the viewer embedded the
@@ -758,3 +768,34 @@ def test_a_fundus_photograph_on_a_wide_black_frame_is_seen_as_its_field_of_view(
             fx, fy = viewer.entries[1].file_point(*wide.best)
             # Within a display pixel (1.5 file pixels) of the same place of the photograph.
             assert abs(fx - 24 - x) <= 1.5 and abs(fy - y) <= 1.5, (level, (x, y), (fx, fy))
+
+
+def test_a_fundus_photograph_on_a_wide_black_frame_is_clustered_as_its_field_of_view(tmp_path):
+    # The cluster overlay ran the model on the whole display image: on a 3:2 camera frame the
+    # retina was clustered at another scale than in pre-training and than the similarity maps
+    # (here the clusters' borders lay 8 file pixels off those of the unframed photograph).
+    from localdisc.tasks.similarity import LoadedModel, PatchKernel
+
+    image = synthetic_fundus(64, seed=3).image
+    files = []
+    for name, border in (("plain", 16), ("wide", 40)):  # 96 x 96 and 96 x 144
+        padded = np.pad(image, ((16, 16), (border, border), (0, 0)))
+        files.append((name, tmp_path / f"{name}.png"))
+        Image.fromarray(np.round(padded * 255).astype(np.uint8)).save(files[-1][1])
+    loaded = LoadedModel(WhereInView(), PatchKernel(8), 96)  # type: ignore[arg-type]
+    viewer = Viewer(loaded, files, size=96)
+    plain, wide = viewer.labels(0), viewer.labels(1)
+    assert plain.shape == (96, 96) and wide.shape == (64, 96)  # the wide one at 2/3
+    for y in range(64):
+        for x in range(96):
+            fx, fy = viewer.entries[1].file_point(x, y)
+            # The same place of the photograph (nearest-neighbour labels: within a file pixel);
+            # beyond the crop, the nearest crop pixel's, as the similarity maps there.
+            px = min(max(round(fx - 24), 0), 95)
+            near = plain[max(round(fy) - 1, 0) : round(fy) + 2, max(px - 1, 0) : px + 2]
+            assert wide[y, x] in near, ((x, y), wide[y, x], near)
+    # A model that is not framed (a radiograph's) still clusters the display image whole.
+    loaded.frame_fundus = False
+    whole = Viewer(loaded, files[1:], size=96)
+    expected = WhereInView().cluster(whole.image(0)).argmax(0).numpy()
+    np.testing.assert_array_equal(whole.labels(0), expected)

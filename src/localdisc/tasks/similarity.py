@@ -224,6 +224,19 @@ class Framing:
         """(x, y) in the working image's pixels -> the image's (:func:`from_resized`)."""
         return from_resized(point, self.scale, self.offset)
 
+    def grid_to_working(
+        self, image_shape: tuple[int, int], grid_shape: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where the pixel centres of a grid of ``grid_shape`` laid over the whole image of
+        ``image_shape`` (e.g. the viewer's display image) lie in the working image: its x per
+        grid column and y per grid row, in working pixels (outside ``[0, w)`` beyond the
+        crop)."""
+        h, w = image_shape
+        grid_scale = (grid_shape[1] / w, grid_shape[0] / h)
+        xs, _ = self.to_working(from_resized((np.arange(grid_shape[1]), 0.0), grid_scale))
+        _, ys = self.to_working(from_resized((0.0, np.arange(grid_shape[0])), grid_scale))
+        return np.asarray(xs), np.asarray(ys)
+
     def to_image(self, maps: Tensor, shape: tuple[int, int]) -> Tensor:
         """``[P, h, w]`` maps on the working image -> ``[P, H, W]`` on the image of ``shape``:
         interpolated back to the crop (bilinear, the pixel-centre convention of
@@ -307,15 +320,14 @@ def pixel_embeddings_on(
     h, w = image.shape[:2]
     if framing.box == (0, h, 0, w) and tuple(v.shape[1:]) == tuple(shape):
         return v, 1.0
-    grid_scale = (shape[1] / w, shape[0] / h)
-    xs, _ = framing.to_working(from_resized((np.arange(shape[1]), 0.0), grid_scale))
-    _, ys = framing.to_working(from_resized((0.0, np.arange(shape[0])), grid_scale))
+    xs, ys = framing.grid_to_working((h, w), shape)
     # grid_sample's coordinates (align_corners=False): -1 and 1 are the outer pixel edges.
-    u = torch.as_tensor((np.asarray(xs) + 0.5) / v.shape[2] * 2 - 1, dtype=v.dtype)
-    t = torch.as_tensor((np.asarray(ys) + 0.5) / v.shape[1] * 2 - 1, dtype=v.dtype)
+    u = torch.as_tensor((xs + 0.5) / v.shape[2] * 2 - 1, dtype=v.dtype)
+    t = torch.as_tensor((ys + 0.5) / v.shape[1] * 2 - 1, dtype=v.dtype)
     grid = torch.stack(torch.meshgrid(u, t, indexing="xy"), -1)[None].to(v.device)
     sampled = F.grid_sample(v[None], grid, mode="bilinear", padding_mode="border",
                             align_corners=False)[0]  # fmt: skip
+    grid_scale = (shape[1] / w, shape[0] / h)
     working_px = (grid_scale[0] / framing.scale[0] + grid_scale[1] / framing.scale[1]) / 2
     return F.normalize(sampled, dim=0), working_px
 

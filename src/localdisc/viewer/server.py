@@ -44,6 +44,7 @@ from localdisc.tasks.similarity import (
     dense_patch_embeddings,
     from_resized,
     pixel_embeddings_on,
+    working_image,
 )
 
 LEVELS = ("pixel", "patch")
@@ -435,13 +436,28 @@ class Viewer:
         return np.uint8 if self.clusters <= 256 else np.int32
 
     def labels(self, image_id: int) -> np.ndarray:
-        """H x W arg-max cluster of every pixel."""
+        """H x W arg-max cluster of every display pixel. A fundus model clusters the file's
+        field of view at the working size, as its embeddings (:meth:`embeddings`) and as in
+        pre-training; each display pixel takes the label of the nearest working pixel (labels
+        are not interpolated), beyond the crop the nearest crop pixel's, as the similarity maps
+        there (:meth:`~localdisc.tasks.similarity.Framing.to_image`)."""
+        entry = self.entry(image_id)
 
         def make() -> np.ndarray:
+            if self.loaded.frames_fov:
+                raw, _ = self._read(image_id)
+                small, framing = working_image(self.loaded, raw, self.size, shrink_only=True)
+                if framing.box != (0, raw.shape[0], 0, raw.shape[1]):
+                    a = self.loaded.model.cluster(small).argmax(0).cpu().numpy()
+                    xs, ys = framing.grid_to_working(raw.shape[:2], entry.shape)
+                    cols = np.clip(np.round(xs), 0, a.shape[1] - 1).astype(np.intp)
+                    rows = np.clip(np.round(ys), 0, a.shape[0] - 1).astype(np.intp)
+                    return a[np.ix_(rows, cols)].astype(self._labels_dtype())
+            # Radiographs, and an FOV that fills the file: the display image is the working one.
             a = self.loaded.model.cluster(self.image(image_id))
             return a.argmax(0).cpu().numpy().astype(self._labels_dtype())
 
-        name = self.entry(image_id).name
+        name = entry.name
         return self._computed(self._renders, ("clusters", image_id), f"clusters of {name}", make)
 
     def segmentation(self, image_id: int) -> np.ndarray:
