@@ -130,3 +130,42 @@ def test_an_interrupted_run_gets_no_more_than_its_time_budget(tmp_path, monkeypa
     assert resumed.steps <= straight + 3  # a checkpoint's readings of the clock; not + 25
     # no log row since the resume: the final loss is that of step 25's row, not NaN
     assert math.isfinite(resumed.final_loss)
+
+
+def _interrupted_simclr_run(run_dir):
+    """The settings of a tiny simclr run, and the state.json of its checkpoint at its stop."""
+    from localdisc.engine.checkpoint import list_checkpoints
+    from localdisc.engine.pretrain import PretrainConfig, pretrain
+
+    settings = dict(data=["synthetic_fundus:4"], method="simclr", stage1_steps=6, stage2_steps=0,
+                    size=32, pool_size=48, batch=1, val_images=0, checkpoint_every=3,
+                    device="cpu", progress=False, workers=1)  # fmt: skip
+    pretrain(PretrainConfig(**settings), run_dir, stop_at_step=3, log=lambda m: None)
+    return settings, list_checkpoints(run_dir / "checkpoints")[-1] / "state.json"
+
+
+def test_a_resumed_run_reports_the_seconds_of_all_its_starts(tmp_path):
+    # Its steps and images were the run's, its seconds and images/s those of the resumed part.
+    from localdisc.tasks.benchmark_methods import _pretrain, reached_row
+
+    settings, state_file = _interrupted_simclr_run(tmp_path)
+    state = json.loads(state_file.read_text())
+    state["elapsed"] = 1000.0  # a long first start
+    state_file.write_text(json.dumps(state))
+    reached = _pretrain(settings, tmp_path, lambda m: None)
+    assert reached["steps"] == 6 and reached["images"] == 6 * 4
+    assert 1000 < reached["seconds"] < 1100
+    assert reached["images_per_s"] == round(24 / reached["seconds"], 2)
+    assert reached_row("simclr", reached).startswith(f"| simclr | 6 | 24 | {reached['seconds']} |")
+
+
+def test_a_run_resumed_from_an_older_checkpoint_says_its_time_is_unknown(tmp_path):
+    from localdisc.tasks.benchmark_methods import UNKNOWN_TIME, _pretrain, reached_row
+
+    settings, state_file = _interrupted_simclr_run(tmp_path)
+    state = json.loads(state_file.read_text())
+    del state["elapsed"]  # as versions before it wrote
+    state_file.write_text(json.dumps(state))
+    reached = _pretrain(settings, tmp_path, lambda m: None)
+    assert reached["steps"] == 6 and reached["seconds"] is None is reached["images_per_s"]
+    assert f"| 24 | {UNKNOWN_TIME} | {UNKNOWN_TIME} |" in reached_row("simclr", reached)

@@ -319,6 +319,9 @@ class PretrainResult:
     images: int = 0  # images fed through the network in those steps
     # a resume of a run that had finished: nothing was trained (the counts are the run's)
     already_finished: bool = False
+    # Seconds of training over all the run's starts, as ``steps`` and ``images`` count them;
+    # None where an earlier start's checkpoint (older versions) did not record its seconds.
+    elapsed: float | None = None
 
 
 #: Weights a finished run ends with; with ``model_best`` and ``stage1`` they mark a used folder.
@@ -703,6 +706,7 @@ def pretrain(
     nonfinite_in_row = 0
     opt_state: dict | None = None
     seconds_before = 0.0  # trained by the run's earlier starts (older checkpoints: unknown, 0)
+    seconds_known = True  # False: seconds_before leaves out an older checkpoint's starts
     stage_before = 0.0  # of those, in the checkpoint's stage: its time budget counts them
     # The steps since the last log row, as a checkpoint in between saved them: a resumed run's
     # first row then averages the same steps as an uninterrupted run's (older ones: none).
@@ -733,6 +737,7 @@ def pretrain(
         trained_steps = state.get("trained_steps", step)
         nonfinite_in_row = state["nonfinite_in_row"]
         seconds_before = state.get("elapsed", 0.0)
+        seconds_known = "elapsed" in state and not state.get("elapsed_partial", False)
         stage_before = state.get("stage_elapsed", 0.0)
         if "log_window" in state and "log_window" in tensors:
             window = tensors["log_window"], state["log_window"]
@@ -775,6 +780,7 @@ def pretrain(
             run_dir, step, 0.0, float(state.get("last_loss", math.nan)),
             None if math.isinf(best_val) else best_val, skipped_steps, trained_steps,
             trained_steps * images_per_step, already_finished=True,
+            elapsed=seconds_before if seconds_known else None,
         )  # fmt: skip
 
     ddp_model = _prepare_model(model, stage, ctx, config.compile)
@@ -782,7 +788,8 @@ def pretrain(
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     csv_log = TrainingLog(run_dir, step) if main else None
-    (run_dir / "figures").mkdir(exist_ok=True, parents=True)
+    if objective is None:  # a peer draws no figures (its embedding head is not trained)
+        (run_dir / "figures").mkdir(exist_ok=True, parents=True)
 
     def checkpoint() -> None:
         rng_states = {f"sampler_{ctx.rank}": gen.get_state()}
@@ -812,6 +819,8 @@ def pretrain(
             "finished": finished or step >= config.total_steps,
             "last_loss": last_loss,
             "elapsed": run_seconds(),
+            # an older checkpoint's starts are not in it: the run's total time is unknown
+            "elapsed_partial": not seconds_known,
             # the current stage's share: a resumed stage's time budget goes on from it
             "stage_elapsed": time.perf_counter() - stage_start,
             # the log window's steps (summed in the tensors) and their seconds so far
@@ -849,6 +858,30 @@ def pretrain(
         """Seconds the run has trained, in this start and the earlier ones."""
         return seconds_before + time.perf_counter() - t_start
 
+    def log_row() -> None:
+        """Write the log window's means (log.csv, progress bar) and start a new window."""
+        nonlocal sums, n_summed, t_window, window_steps, last_loss, img_per_s
+        if not n_summed:  # a window of skipped steps only has no means to log
+            return
+        means = {k: (v / n_summed).item() for k, v in sums.items()}
+        now = time.perf_counter()
+        img_per_s = window_steps * images_per_step / max(now - t_window, 1e-9)
+        t_window, window_steps = now, 0
+        last_loss = means["loss"]
+        if csv_log:
+            csv_log.write(
+                step=step,
+                stage=stage,
+                lr=config.lr_at(step - 1),
+                img_per_s=round(img_per_s, 2),
+                **{k: round(v, 6) for k, v in means.items()},
+                elapsed=round(run_seconds(), 1),
+            )
+        info = " ".join(f"{k} {v:.3f}" for k, v in means.items())
+        left = budget_time_left(config, step, stage, now - stage_start, step - stage_first)
+        progress.update(step, f"stage {stage}", f"{info} | {img_per_s:.1f} img/s", time_left=left)
+        sums, n_summed = {}, 0
+
     if main:  # what a log file of a cluster job cannot tell otherwise
         log(f"training on {_device_text(device)} in "
             f"{'bf16 autocast' if config.amp and bf16_autocast_pays(device) else 'float32'}, "
@@ -881,6 +914,7 @@ def pretrain(
                     f"stage {stage}: time budget of {budget:.0f} s spent after {done} steps of "
                     f"the stage (global step {step})"
                 )
+                log_row()  # the steps since the last row, as at the stage's last step
                 if stage == 2 or config.stage2_steps == 0:
                     finished = True
                     break
@@ -958,33 +992,15 @@ def pretrain(
                     sums[k] = sums.get(k, 0) + val.detach()
                 n_summed += 1
 
-            # n_summed: a window of skipped steps only has no means to log
-            if n_summed and (step % config.log_every == 0 or step == config.total_steps):
-                means = {k: (v / n_summed).item() for k, v in sums.items()}
-                now = time.perf_counter()
-                img_per_s = window_steps * images_per_step / max(now - t_window, 1e-9)
-                t_window, window_steps = now, 0
-                last_loss = means["loss"]
-                if csv_log:
-                    csv_log.write(
-                        step=step,
-                        stage=stage,
-                        lr=config.lr_at(step - 1),
-                        img_per_s=round(img_per_s, 2),
-                        **{k: round(v, 6) for k, v in means.items()},
-                        elapsed=round(run_seconds(), 1),
-                    )
-                info = " ".join(f"{k} {v:.3f}" for k, v in means.items())
-                left = budget_time_left(config, step, stage, now - stage_start, step - stage_first)
-                progress.update(
-                    step, f"stage {stage}", f"{info} | {img_per_s:.1f} img/s", time_left=left
-                )
-                sums, n_summed = {}, 0
+            # A stage's last steps are logged as a shorter row: carried on, they were averaged
+            # with the next stage's (whose terms differ) or, at the run's end, never written.
+            end_of_stage = step == config.total_steps or config.stage_at(step) != stage
+            if step % config.log_every == 0 or end_of_stage:
+                log_row()
 
             # Validation, figures and checkpoints are left out of the logged images/s: the
             # window after them would understate the training speed.
             aside_start = time.perf_counter()
-            end_of_stage = step == config.total_steps or config.stage_at(step) != stage
             if main and (step % config.val_every == 0 or end_of_stage):
                 val = validation_loss(model, val_pool, views, config, stage, objective)
                 if csv_log and not math.isnan(val):
@@ -1042,4 +1058,5 @@ def pretrain(
     return PretrainResult(
         run_dir, step, overall, last_loss, None if math.isinf(best_val) else best_val,
         skipped_steps, trained_steps, trained_steps * images_per_step,
+        elapsed=run_seconds() if seconds_known else None,
     )  # fmt: skip

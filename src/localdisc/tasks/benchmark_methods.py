@@ -21,7 +21,6 @@ at 128 x 128 with 2 items per step on the first 1 000 images of ``KaggleDR/image
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -133,18 +132,37 @@ def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None
     if record.is_file() and (run_dir / "encoder.safetensors").is_file():
         log(f"reusing {run_dir}")
         return json.loads(record.read_text())
-    t0 = time.perf_counter()
     # config.json: a run started here (stopped before its first checkpoint or not) continues
     result = pretrain(config, run_dir, resume=(run_dir / "config.json").is_file(), log=log)
+    # Over all the run's starts, as its steps and images: a resumed run's own result counts
+    # the seconds and images/s of its last start. None: an older checkpoint did not say.
+    seconds = result.elapsed
     reached = {
         "steps": result.trained_steps,
         "images": result.images,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "images_per_s": round(result.images_per_s, 2),
+        "seconds": None if seconds is None else round(seconds, 1),
+        "images_per_s": None if seconds is None else round(result.images / max(seconds, 1e-9), 2),
         "final_loss": result.final_loss,
     }
     atomic_write_text(record, json.dumps(jsonable(reached), indent=2))
     return reached
+
+
+#: The table's seconds and images/s of a run resumed from a checkpoint without its time.
+UNKNOWN_TIME = "unknown (resumed from an older checkpoint)"
+
+
+def reached_row(name: str, reached: dict[str, Any]) -> str:
+    """The row of the pre-training table for one method's run (``_pretrain``'s record)."""
+    seconds, rate = (
+        (UNKNOWN_TIME, UNKNOWN_TIME)
+        if reached["seconds"] is None
+        else (reached["seconds"], reached["images_per_s"])
+    )
+    return (
+        f"| {name} | {reached['steps']} | {reached['images']} | {seconds} | {rate} | "
+        f"{reached['final_loss']:.4f} |"
+    )
 
 
 def run_methods_benchmark(
@@ -198,11 +216,7 @@ def run_methods_benchmark(
         "| method (pool) | steps | images | seconds | images/s | final loss |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r in reached.items():
-        lines.append(
-            f"| {name} | {r['steps']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | "
-            f"{r['final_loss']:.4f} |"
-        )
+    lines += [reached_row(name, r) for name, r in reached.items()]
     # The transfer report ends with the environment of its part; this one, of the whole.
     lines += ["", (out_dir / "transfer" / "results.md").read_text(), environment_markdown(env), ""]
     atomic_write_text(out_dir / "results.md", "\n".join(lines))
