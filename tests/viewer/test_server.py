@@ -748,18 +748,25 @@ class WhereInView(torch.nn.Module):
         return F.one_hot(labels, 4).permute(2, 0, 1).float()
 
 
+def framed_photographs(folder: Path) -> list[tuple[str, Path]]:
+    """One fundus photograph on a narrow black frame (96 x 96) and on a wide 3:2 one (96 x
+    144), as ``(name, file)``: the retina 24 file pixels further right on the wide one."""
+    image = synthetic_fundus(64, seed=3).image
+    files = []
+    for name, border in (("plain", 16), ("wide", 40)):
+        padded = np.pad(image, ((16, 16), (border, border), (0, 0)))
+        files.append((name, folder / f"{name}.png"))
+        Image.fromarray(np.round(padded * 255).astype(np.uint8)).save(files[-1][1])
+    return files
+
+
 def test_a_fundus_photograph_on_a_wide_black_frame_is_seen_as_its_field_of_view(tmp_path):
     # Pre-training crops fundus photographs to their FOV (data.pool); the viewer embedded the
     # display image whole, so a 3:2 camera frame showed the model the retina at another scale
     # and place than a photograph without the frame: points matched 6-9 pixels off here.
     from localdisc.tasks.similarity import LoadedModel, PatchKernel
 
-    image = synthetic_fundus(64, seed=3).image
-    files = []
-    for name, border in (("plain", 16), ("wide", 40)):  # 96 x 96 and 96 x 144
-        padded = np.pad(image, ((16, 16), (border, border), (0, 0)))
-        files.append((name, tmp_path / f"{name}.png"))
-        Image.fromarray(np.round(padded * 255).astype(np.uint8)).save(files[-1][1])
+    files = framed_photographs(tmp_path)
     viewer = Viewer(LoadedModel(WhereInView(), PatchKernel(8), 96), files, size=96)  # type: ignore[arg-type]
     assert viewer.entries[1].shape == (64, 96)  # shown at 2/3 of the file's size
     for level in ("pixel", "patch"):
@@ -776,12 +783,7 @@ def test_a_fundus_photograph_on_a_wide_black_frame_is_clustered_as_its_field_of_
     # (here the clusters' borders lay 8 file pixels off those of the unframed photograph).
     from localdisc.tasks.similarity import LoadedModel, PatchKernel
 
-    image = synthetic_fundus(64, seed=3).image
-    files = []
-    for name, border in (("plain", 16), ("wide", 40)):  # 96 x 96 and 96 x 144
-        padded = np.pad(image, ((16, 16), (border, border), (0, 0)))
-        files.append((name, tmp_path / f"{name}.png"))
-        Image.fromarray(np.round(padded * 255).astype(np.uint8)).save(files[-1][1])
+    files = framed_photographs(tmp_path)
     loaded = LoadedModel(WhereInView(), PatchKernel(8), 96)  # type: ignore[arg-type]
     viewer = Viewer(loaded, files, size=96)
     plain, wide = viewer.labels(0), viewer.labels(1)
