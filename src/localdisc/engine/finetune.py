@@ -283,15 +283,15 @@ class _Run:
                 raise
         self.last_save = time.monotonic()
 
-    def load(self, log: Callable[[str], None]) -> _Start | None:
+    def load(self) -> _Start | None:
         """Restore the newest checkpoint; the phase to continue starts where it says (None
         without one: a corrupt one is said and removed, and the fine-tuning starts over)."""
         if self.folder is None:
             return None
         try:
-            loaded = load_latest_checkpoint(self.folder, warn=log)
+            loaded = load_latest_checkpoint(self.folder, warn=self.log)
         except CheckpointError as exc:  # every one corrupt: nothing to continue from
-            log(f"{exc}; starting the fine-tuning over")
+            self.log(f"{exc}; starting the fine-tuning over")
             loaded = None
         if loaded is None:
             for stale in list_checkpoints(self.folder):  # or it would stay "the newest"
@@ -305,7 +305,7 @@ class _Run:
                 f"{self.folder}: a checkpoint of another fine-tuning (its "
                 f"{' and '.join(differ)} differ from this one's); delete the folder to start over"
             )
-        log(f"continuing the interrupted fine-tuning from its checkpoint ({self.folder}): "
+        self.log(f"continuing the interrupted fine-tuning from its checkpoint ({self.folder}): "
             f"{_position(state)}")  # fmt: skip
         self.model.load_state_dict(tensors["model"])
         self.generator.set_state(tensors["rng"]["generator"])
@@ -523,7 +523,7 @@ def finetune(
     run = _Run(model, train, val, config, generator, plan, folder, log=log)
     if folder is not None:
         run.record = _record(config, plan, train, val)
-    start = run.load(log)
+    start = run.load()
     current = start.result if start is not None else None  # the phase stopped in, as far as done
     earlier = sum(p.seconds for p in run.phases) + (current.seconds if current else 0.0)
 

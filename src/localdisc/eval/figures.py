@@ -57,6 +57,13 @@ def _show(ax, image: np.ndarray) -> None:
     ax.set_axis_off()
 
 
+def _colour_bar(fig, mappable, cax, label: str, **options) -> None:
+    """A colour bar of ``mappable`` in the axes ``cax``, labelled in the figures' small type."""
+    bar = fig.colorbar(mappable, cax=cax, **options)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
 def _panel_names(names: Sequence[str] | None, n: int) -> list[str]:
     """Titles of ``n`` images: ``names`` as given (one per image), else ``image 0`` ..."""
     if names is None:
@@ -146,12 +153,11 @@ def cluster_plot(
     legend = ScalarMappable(
         BoundaryNorm(np.arange(k + 1) - 0.5, k), ListedColormap(cluster_colours(k))
     )
-    bar = fig.colorbar(
-        legend, cax=fig.add_subplot(grid[-1, 1:]), orientation="horizontal",
-        ticks=range(0, k, max(1, -(-k // 16))),
+    _colour_bar(
+        fig, legend, fig.add_subplot(grid[-1, 1:]),
+        "cluster (the same colour is the same cluster in every image)",
+        orientation="horizontal", ticks=range(0, k, max(1, -(-k // 16))),
     )  # fmt: skip
-    bar.set_label("cluster (the same colour is the same cluster in every image)", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
     return fig
 
 
@@ -246,9 +252,7 @@ def similarity_maps_plot(
             ax.set_title(names[j], fontsize=9)
     others = "\ncyan circle: the most similar pixel of another image" if n > 1 else ""
     fig.suptitle(title + others, fontsize=10)
-    bar = fig.colorbar(shown, cax=fig.add_subplot(grid[:, -1]))
-    bar.set_label("cosine similarity\n(1: same embedding)", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
+    _colour_bar(fig, shown, fig.add_subplot(grid[:, -1]), "cosine similarity\n(1: same embedding)")
     return fig
 
 

@@ -164,8 +164,7 @@ def predict_images(
     fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     out_dir = Path(out_dir)
     # Loaded before anything in --out is removed: damaged weights fail here and an earlier
-    # predict's outputs stay. A vessels network is loaded again by predict_vessels (a second
-    # load costs little next to segmenting).
+    # predict's outputs stay.
     model = Segmenter.from_pretrained(model_dir, device=device)
     _remove_earlier_outputs(out_dir, files, scoring, log)
     scores: dict[str, dict[str, float]] = {}
@@ -174,7 +173,7 @@ def predict_images(
 
         written = predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
                                   threshold=threshold, device=device, log=log,
-                                  progress=progress)  # fmt: skip
+                                  progress=progress, model=model)  # fmt: skip
         if targets is not None:  # scored from its files: masks without the dropped specks
             for i, (name, path) in enumerate(files):
                 if name in targets:

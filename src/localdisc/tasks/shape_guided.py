@@ -395,9 +395,9 @@ def segment_images(
     outputs = [s for s in OUTPUT_SUFFIXES if refine_steps or "_refined" not in s]
     record = {
         "runs": [{"run": str(Path(r).expanduser().resolve()),
-                  "prior": pretrain_settings(r).get("prior"),
-                  "prior_pose": pretrain_settings(r).get("prior_pose"),
-                  "size": size or run_size(r)} for r in runs],
+                  **{k: settings.get(k) for k in ("prior", "prior_pose")},
+                  "size": size or run_size(r)}
+                 for r in runs for settings in [pretrain_settings(r)]],
         "parts": [p.name for p in parts],
         "images": [{"name": name, "image": str(path.resolve())} for name, path in files],
         "outputs": [f"NAME{s}.png" for s in outputs],

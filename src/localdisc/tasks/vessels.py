@@ -280,6 +280,7 @@ def predict_vessels(
     device: str = "auto",
     log: Callable[[str], None] = print,
     progress: bool = False,
+    model: Segmenter | None = None,
 ) -> list[Path]:
     """Segment further photographs with a network :func:`segment_vessels_self_trained` saved,
     as it segmented its own (``localdisc predict`` on its folder): FOVs from ``fov_masks`` or
@@ -287,11 +288,13 @@ def predict_vessels(
     masks at ``threshold`` without the specks it dropped. Images not taught on whose masks cover
     a share of the FOV far from what it marked on those it was taught on are named in the log
     (:func:`is_unusual`); every image's share and :func:`teacher_disagreement` are listed in
-    ``vessels.csv``. ``progress`` shows a progress bar. Returns the masks' paths."""
+    ``vessels.csv``. ``progress`` shows a progress bar; ``model``: the network of ``model_dir``
+    when the caller loaded it already. Returns the masks' paths."""
     settings = read_config(model_dir).get("self_trained_vessels")
     if not isinstance(settings, dict):
         raise LocaldiscError(f"{model_dir}: not a network of `localdisc shape-guided vessels`")
-    model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
+    if model is None:
+        model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
     files = collect_images(images, out_dir=out_dir)  # not the masks of a run before into it
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     student = settings.get("student", {})
