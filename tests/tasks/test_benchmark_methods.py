@@ -169,3 +169,22 @@ def test_a_run_resumed_from_an_older_checkpoint_says_its_time_is_unknown(tmp_pat
     reached = _pretrain(settings, tmp_path, lambda m: None)
     assert reached["steps"] == 6 and reached["seconds"] is None is reached["images_per_s"]
     assert f"| 24 | {UNKNOWN_TIME} | {UNKNOWN_TIME} |" in reached_row("simclr", reached)
+
+
+def test_an_older_record_of_a_resumed_run_says_its_time_is_unknown(tmp_path):
+    # reached.json written before its seconds covered all starts: the last start's seconds.
+    from localdisc.tasks.benchmark_methods import _pretrain
+
+    settings, _ = _interrupted_simclr_run(tmp_path / "resumed")
+    _pretrain(settings, tmp_path / "resumed", lambda m: None)  # resumed, then finished
+    _pretrain(settings, tmp_path / "straight", lambda m: None)
+    for name in ("resumed", "straight"):
+        record = tmp_path / name / "reached.json"
+        older = json.loads(record.read_text())
+        del older["seconds_of"]
+        record.write_text(json.dumps(older))
+    messages = []
+    reused = _pretrain(settings, tmp_path / "resumed", messages.append)
+    assert reused["seconds"] is None is reused["images_per_s"] and reused["steps"] == 6
+    assert any("older version" in m for m in messages)
+    assert _pretrain(settings, tmp_path / "straight", lambda m: None)["seconds"] is not None

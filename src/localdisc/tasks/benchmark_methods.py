@@ -131,7 +131,7 @@ def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None
     record = run_dir / "reached.json"
     if record.is_file() and (run_dir / "encoder.safetensors").is_file():
         log(f"reusing {run_dir}")
-        return json.loads(record.read_text())
+        return _reused(json.loads(record.read_text()), run_dir, log)
     # config.json: a run started here (stopped before its first checkpoint or not) continues
     result = pretrain(config, run_dir, resume=(run_dir / "config.json").is_file(), log=log)
     # Over all the run's starts, as its steps and images: a resumed run's own result counts
@@ -143,8 +143,25 @@ def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None
         "seconds": None if seconds is None else round(seconds, 1),
         "images_per_s": None if seconds is None else round(result.images / max(seconds, 1e-9), 2),
         "final_loss": result.final_loss,
+        "seconds_of": ALL_STARTS,
     }
     atomic_write_text(record, json.dumps(jsonable(reached), indent=2))
+    return reached
+
+
+#: What ``reached.json``'s seconds cover since they cover all of a run's starts.
+ALL_STARTS = "all starts"
+
+
+def _reused(reached: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> dict:
+    """A ``reached.json`` read back. One written before its seconds covered all of a run's
+    starts (no ``seconds_of``) has the last start's: for a resumed run they are not the run's."""
+    if reached.get("seconds_of") != ALL_STARTS and reached.get("seconds") is not None:
+        config = run_dir / "config.json"
+        if config.is_file() and json.loads(config.read_text()).get("resumed"):
+            log(f"{run_dir / 'reached.json'}: written by an older version, its seconds are the "
+                "last start's of a resumed run: reported as unknown")  # fmt: skip
+            reached = {**reached, "seconds": None, "images_per_s": None}
     return reached
 
 
