@@ -393,6 +393,23 @@ def test_a_landmark_outside_the_template_names_it_and_the_xy_order(tmp_path):
         localize_images(loaded, tmp_path / "t.png", {"heart": (10, 70)}, [])
 
 
+def test_localize_images_checks_the_landmarks_once_before_the_model_loads(tmp_path, monkeypatch):
+    # localize_images checked them, naming the file, and the Localizer it made checked again.
+    import localdisc.tasks.localize as localize
+    from helpers import save
+
+    save(tmp_path / "t.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    calls = []
+    check = localize.check_landmarks
+    monkeypatch.setattr(localize, "check_landmarks", lambda *a: (calls.append(a), check(*a))[1])
+    loaded = LoadedModel(Identity(), PatchKernel(8), 32)  # type: ignore[arg-type]
+    localize.localize_images(loaded, tmp_path / "t.png", {"mark": (30, 40)}, [])
+    assert [a[2] for a in calls] == [str(tmp_path / "t.png")]
+    # Refused before a run is looked for (none is here).
+    with pytest.raises(LocaldiscError, match="is outside"):
+        localize.localize_images(tmp_path / "no_run", tmp_path / "t.png", {"m": (500, 5)}, [])
+
+
 def test_overlay_figures_name_the_template_and_the_image(tmp_path, monkeypatch):
     # The panels were titled "template" and "predictions": which files?
     import localdisc.eval.figures as figures

@@ -129,14 +129,17 @@ class Localizer:
         *,
         device: str | None = None,
     ) -> None:
+        # Template and landmarks first: a landmark outside it is refused before a model loads.
+        image = as_image(template, "the template")
+        source = str(template) if isinstance(template, str | Path) else "the template"
+        check_landmarks(landmarks, image, source)
+        #: The template image as read (H x W x C in [0, 1]).
+        self.template = image
         self.loaded = resolve_model(model, device)
         self.config = config or SearchConfig()
         kernel = self.loaded.kernel
         self.kernel = PatchKernel(kernel.side) if self.config.uniform else kernel
         self.size = self.config.size or self.loaded.pool_size
-        image = as_image(template, "the template")
-        source = str(template) if isinstance(template, str | Path) else "the template"
-        check_landmarks(landmarks, image, source)
         self.landmarks = dict(landmarks)
         # Per landmark, one (coarse [2, D], fine [D]) descriptor per template variant.
         self.descriptors: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in landmarks}
@@ -300,9 +303,9 @@ def localize_images(
     :func:`check_overlay_dir`); ``model`` and ``device`` as :class:`Localizer` takes them."""
     if overlay_dir is not None:
         check_overlay_dir(overlay_dir, images, template)
-    template_image = as_image(template)
-    check_landmarks(landmarks, template_image, str(template))  # naming the file
-    localizer = Localizer(model, template_image, landmarks, config, device=device)
+    # Given the file, the localiser reads it once and names it in a landmark's error.
+    localizer = Localizer(model, template, landmarks, config, device=device)
+    template_image = localizer.template
     template_name = Path(template).name
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, path in images:
