@@ -213,3 +213,15 @@ def test_prior_masks_are_cached_per_bank(tmp_path: Path) -> None:
         save(folder / f"{i}.png", mask)
     bank = prior_masks(str(folder), 16, count=1, seed=7)
     assert bank.shape == (2, 16, 16) and prior_masks(str(folder), 16) is bank
+
+
+def test_prior_frequency_of_a_kept_pose_stretches_masks_that_are_not_square(tmp_path: Path) -> None:
+    # It padded them, while the run's masks (pose kept) are stretched as the images are.
+    from localdisc.priors import prior_frequency
+
+    mask = np.zeros((16, 32), np.uint8)
+    mask[:, :8] = 255  # the left quarter, every row
+    save(tmp_path / "wide" / "0.png", mask)
+    kept = prior_frequency(str(tmp_path / "wide"), 16, pose="kept")
+    np.testing.assert_array_equal(kept, prior_masks(str(tmp_path / "wide"), 16, pose="kept")[0])
+    assert kept[:, 0].all() and not kept[:, -1].any()  # every row, as in the file

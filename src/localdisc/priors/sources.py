@@ -341,10 +341,13 @@ def _prior_masks(spec: str, size: int, count: int, seed: int, pose: str) -> np.n
     return masks
 
 
-def prior_frequency(spec: str, size: int, *, count: int = 200, seed: int = 0) -> np.ndarray:
-    """How often each pixel is foreground in a prior's masks (:func:`prior_masks`): ``float32``
+def prior_frequency(
+    spec: str, size: int, *, count: int = 200, seed: int = 0, pose: str = "free"
+) -> np.ndarray:
+    """How often each pixel is foreground in a prior's masks (:func:`prior_masks`, ``pose``
+    as there: ``"kept"`` stretches masks that are not square as the images are): ``float32``
     ``size x size`` in [0, 1]."""
-    return prior_masks(spec, size, count=count, seed=seed).mean(0, dtype=np.float32)
+    return prior_masks(spec, size, count=count, seed=seed, pose=pose).mean(0, dtype=np.float32)
 
 
 def describe_prior(spec: str) -> str:
