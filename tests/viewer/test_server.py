@@ -24,7 +24,7 @@ from localdisc.data.synthetic import synthetic_fundus
 from localdisc.errors import LocaldiscError
 from localdisc.models import LDConfig, LDModel
 from localdisc.tasks.predict import collect_images
-from localdisc.tasks.similarity import load_model, resized, similarity
+from localdisc.tasks.similarity import from_resized, load_model, resized, similarity
 from localdisc.viewer.server import (
     BINS,
     MATCH_BYTES,
@@ -801,3 +801,48 @@ def test_a_fundus_photograph_on_a_wide_black_frame_is_clustered_as_its_field_of_
     whole = Viewer(loaded, files[1:], size=96)
     expected = WhereInView().cluster(whole.image(0)).argmax(0).numpy()
     np.testing.assert_array_equal(whole.labels(0), expected)
+
+
+def on_display(sim: np.ndarray, entry) -> np.ndarray:
+    """A map on the file's pixels sampled bilinearly at the display pixels' centres (the
+    nearest file pixel's beyond the file): one axis, then the other."""
+    (w, h), (dh, dw) = entry.original, entry.shape
+    cols, rows = from_resized((np.arange(dw), np.arange(dh)), (dw / w, dh / h))
+    across = np.stack([np.interp(cols, np.arange(w), row) for row in sim.astype(np.float64)])
+    return np.stack([np.interp(rows, np.arange(h), col) for col in across.T], axis=1)
+
+
+@pytest.mark.parametrize("level", ["pixel", "patch"])
+def test_a_framed_fundus_images_maps_are_the_librarys(tmp_path, level):
+    # The viewer pooled a fundus model's patches on the display pixels with the kernel rescaled,
+    # sampled its pixel embeddings there (normalised again) and took the query's vector there:
+    # its cosines differed from `similarity`'s by up to 0.03 here, its best matches moved.
+    from localdisc.tasks.similarity import LoadedModel, PatchKernel
+
+    torch.manual_seed(0)
+    model = LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)).eval()
+    loaded = LoadedModel(model, PatchKernel(8), 96)
+    files = framed_photographs(tmp_path)  # shown at the file's size and at 2/3 of it
+    viewer = Viewer(loaded, files, size=96)
+    raws = [read_image(path)[0] for _, path in files]
+    # Both fields of view are 92 px: `similarity` at 92 keeps them as they are, as the viewer.
+    for image, x, y in [(0, 30, 40), (1, 60, 50), (1, 4, 61)]:
+        entry = viewer.entries[image]
+        (w, h), (dh, dw) = entry.original, entry.shape
+        point = from_resized((x, y), (dw / w, dh / h))
+        ref = similarity(loaded, raws[image], [point], raws, level=level, size=92)
+        result = viewer.query(image, x, y, level)
+        for target, maps in enumerate(ref.targets):
+            expected = on_display(maps[0], viewer.entries[target])
+            got = viewer.similarity_map(result, target)
+            np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{(image, x, y)}")
+            bx, by = result.matches[target].best
+            assert expected[by, bx] >= expected.max() - 1e-5
+    # A model that is not framed (a radiograph's) sees the display images, as before.
+    loaded.frame_fundus = False
+    whole = Viewer(loaded, files, size=96)
+    displays = [whole.image(0), whole.image(1)]
+    ref = similarity(loaded, displays[1], [(60, 50)], displays, level=level, size=96)
+    result = whole.query(1, 60, 50, level)
+    for target, maps in enumerate(ref.targets):
+        np.testing.assert_allclose(whole.similarity_map(result, target), maps[0], atol=1e-6)

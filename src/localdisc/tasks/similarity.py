@@ -237,6 +237,23 @@ class Framing:
         _, ys = self.to_working(from_resized((0.0, np.arange(grid_shape[0])), grid_scale))
         return np.asarray(xs), np.asarray(ys)
 
+    def to_grid(
+        self, maps: Tensor, image_shape: tuple[int, int], grid_shape: tuple[int, int]
+    ) -> Tensor:
+        """``[P, h, w]`` maps on the working image -> ``[P, *grid_shape]`` on a grid laid over the
+        whole image of ``image_shape`` (the viewer's display image): bilinear at the grid's
+        pixel centres (:meth:`grid_to_working`), beyond the crop the nearest crop pixel's. Where
+        the working image is no larger than the crop, on the image's own grid this is
+        :meth:`to_image` (to rounding); on a smaller grid, the same map sampled there."""
+        xs, ys = self.grid_to_working(image_shape, grid_shape)
+        h, w = maps.shape[-2:]
+        # grid_sample's coordinates (align_corners=False): -1 and 1 are the outer pixel edges.
+        u = torch.as_tensor((xs + 0.5) / w * 2 - 1, dtype=maps.dtype)
+        t = torch.as_tensor((ys + 0.5) / h * 2 - 1, dtype=maps.dtype)
+        grid = torch.stack(torch.meshgrid(u, t, indexing="xy"), -1)[None].to(maps.device)
+        return F.grid_sample(maps[None], grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)[0]  # fmt: skip
+
     def to_image(self, maps: Tensor, shape: tuple[int, int]) -> Tensor:
         """``[P, h, w]`` maps on the working image -> ``[P, H, W]`` on the image of ``shape``:
         interpolated back to the crop (bilinear, the pixel-centre convention of
@@ -303,33 +320,6 @@ def embedding_map(loaded: LoadedModel, image: np.ndarray, level: str = "pixel") 
         raise LocaldiscError(f"level must be pixel or patch, not {level!r}")
     v = loaded.model.embed(image)
     return v if level == "pixel" else dense_patch_embeddings(v, loaded.kernel)
-
-
-def pixel_embeddings_on(
-    loaded: LoadedModel, image: np.ndarray, size: int | None, shape: tuple[int, int]
-) -> tuple[Tensor, float]:
-    """``[D, *shape]`` pixel embeddings of ``image`` as the viewer's model sees it
-    (:func:`working_image`, shrunk to ``size`` but not enlarged, as the viewer's display images)
-    on a grid of ``shape`` over the whole image (the viewer's display image), and the size of a
-    working pixel in grid pixels (to pool patches on the grid at the model's scale:
-    :func:`dense_patch_embeddings`'s ``scale``). Where the working image is that grid, its
-    embeddings as they are; else sampled bilinearly at the grid's pixel centres, the nearest
-    crop pixel's outside the crop, and normalised again."""
-    small, framing = working_image(loaded, image, size, shrink_only=True)
-    v = loaded.model.embed(small)
-    h, w = image.shape[:2]
-    if framing.box == (0, h, 0, w) and tuple(v.shape[1:]) == tuple(shape):
-        return v, 1.0
-    xs, ys = framing.grid_to_working((h, w), shape)
-    # grid_sample's coordinates (align_corners=False): -1 and 1 are the outer pixel edges.
-    u = torch.as_tensor((xs + 0.5) / v.shape[2] * 2 - 1, dtype=v.dtype)
-    t = torch.as_tensor((ys + 0.5) / v.shape[1] * 2 - 1, dtype=v.dtype)
-    grid = torch.stack(torch.meshgrid(u, t, indexing="xy"), -1)[None].to(v.device)
-    sampled = F.grid_sample(v[None], grid, mode="bilinear", padding_mode="border",
-                            align_corners=False)[0]  # fmt: skip
-    grid_scale = (shape[1] / w, shape[0] / h)
-    working_px = (grid_scale[0] / framing.scale[0] + grid_scale[1] / framing.scale[1]) / 2
-    return F.normalize(sampled, dim=0), working_px
 
 
 @dataclass

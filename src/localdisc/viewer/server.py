@@ -40,10 +40,11 @@ from localdisc.data.io import read_image
 from localdisc.data.preprocess import resize_image
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.similarity import (
+    Framing,
     LoadedModel,
     dense_patch_embeddings,
     from_resized,
-    pixel_embeddings_on,
+    nearest_pixel,
     working_image,
 )
 
@@ -224,12 +225,23 @@ def _colormap(name: str) -> np.ndarray:
     )
 
 
-def similarity_map(vector: torch.Tensor, embeddings: torch.Tensor) -> np.ndarray:
-    """H x W cosine similarity in [-1, 1] of a ``[1, D]`` query vector with ``[D, H, W]`` unit
-    vectors: the same operations as :func:`localdisc.tasks.similarity.similarity`, so values
-    agree with it to rounding, and the same inputs give the same bits (a map the viewer evicted
-    is computed again to the very same heatmap)."""
-    return torch.einsum("pd,dhw->phw", vector, embeddings).clamp(-1, 1)[0].numpy()
+def similarity_map(
+    vector: torch.Tensor,
+    embeddings: torch.Tensor,
+    framing: Framing | None = None,
+    entry: Entry | None = None,
+) -> np.ndarray:
+    """Cosine similarity in [-1, 1] of a ``[1, D]`` query vector with ``[D, h, w]`` unit vectors
+    on the display pixels: computed on the working image, then, where ``framing`` says how that
+    was made from ``entry``'s file (a fundus image's field of view), sampled at the display
+    pixels, as :func:`localdisc.tasks.similarity.similarity` interpolates its maps to the
+    file's. The same operations as ``similarity``, so values agree with it to rounding, and the
+    same inputs give the same bits (a map the viewer evicted is computed again to the very same
+    heatmap)."""
+    sim = torch.einsum("pd,dhw->phw", vector, embeddings)
+    if framing is not None and entry is not None:
+        sim = framing.to_grid(sim, entry.original[::-1], entry.shape)
+    return sim.clamp(-1, 1)[0].numpy()
 
 
 def _middle_ranks(n: int) -> list[int]:
@@ -274,13 +286,18 @@ class Viewer:
     per image, and as many similarity maps as fit, the query's own image and best matches
     first), a sixteenth for display images (read again from their files on a miss) and a
     sixteenth for what the page shows of each image (PNGs, thumbnails, clusters,
-    segmentations). Only names, paths and sizes are kept for every image. What was evicted
-    costs a file read, a PNG encoding or a model call again when asked for (a similarity map:
-    its image's embeddings and the query vector, which the query keeps). One lock serialises
-    model calls so that concurrent requests neither duplicate work nor oversubscribe the CPU.
+    segmentations). Only names, paths and sizes (and a fundus image's field of view) are kept
+    for every image. What was evicted costs a file read, a PNG encoding or a model call again
+    when asked for (a similarity map: its image's embeddings and the query vector, which the
+    query keeps). One lock serialises model calls so that concurrent requests neither duplicate
+    work nor oversubscribe the CPU.
 
     The patch kernel is the model's (``loaded.kernel``) at any ``size``, as in
     :func:`~localdisc.tasks.similarity.similarity` and the localiser, so values agree with them.
+    A fundus model sees each file's field of view at the working size, as in pre-training and
+    ``similarity``; its embeddings are kept on that working image (at most ``size`` pixels on a
+    side, as a display image's longer side) and each similarity map is computed there, then
+    sampled at the display pixels, so the maps are ``similarity``'s.
     """
 
     def __init__(
@@ -309,8 +326,9 @@ class Viewer:
         # ("result", query) -> QueryResult and ("map", query, image id) -> its similarity map.
         self._queries = ByteLRU(quarter - 2 * (quarter // 4))
         self._latest: QueryResult | None = None  # kept even when maps recomputed push it out
-        # A working pixel in display pixels, per image id (fundus: its FOV at the working size).
-        self._working_px: dict[int, float] = {}
+        # How each fundus image's working image (its FOV at the working size) was cut and
+        # resized, by image id, where it is not the display image: a few numbers per image.
+        self._framings: dict[int, Framing] = {}
         self.entries: list[Entry] = []
         self.errors: list[dict[str, str]] = []
         for name, path in files:
@@ -376,12 +394,14 @@ class Viewer:
         return raw, image
 
     def embeddings(self, image_id: int, level: str) -> torch.Tensor:
-        """``[D, H, W]`` unit vectors of one image on its display pixels (as
-        ``similarity.embedding_map``). A fundus model sees the file's field of view at the
-        working size, as in pre-training and ``similarity``
-        (:func:`~localdisc.tasks.similarity.pixel_embeddings_on`): on a camera's wide black
-        frame the display image shows the retina smaller than that; patches are then pooled on
-        the display pixels with the kernel scaled alike."""
+        """``[D, h, w]`` unit vectors of one image as the model sees it, computed as
+        ``similarity.embedding_map``: on the display image, or for a fundus model on the file's
+        field of view at the working size
+        (:func:`~localdisc.tasks.similarity.working_image`, as in pre-training and
+        ``similarity``: on a camera's wide black frame the display image shows the retina
+        smaller than that). Patches are pooled there with the model's kernel, as
+        ``similarity`` pools them; :meth:`similarity_map` maps the cosines to the display
+        pixels (:meth:`framing`)."""
         entry = self.entry(image_id)
         name = entry.name
 
@@ -390,21 +410,50 @@ class Viewer:
                 if not self.loaded.frames_fov:
                     return self.loaded.model.embed(self.image(image_id)).cpu()
                 raw, _ = self._read(image_id)
-                v, working_px = pixel_embeddings_on(self.loaded, raw, self.size, entry.shape)
-                self._working_px[image_id] = working_px
-                return v.cpu()
+                small, framing = working_image(self.loaded, raw, self.size, shrink_only=True)
+                if framing.box != (0, raw.shape[0], 0, raw.shape[1]) or (
+                    small.shape[:2] != entry.shape
+                ):
+                    self._framings[image_id] = framing
+                return self.loaded.model.embed(small).cpu()
             pixel = self.embeddings(image_id, "pixel")
             self.working = f"patch embeddings of {name}"
-            scale = self._working_px.get(image_id, 1.0)
-            return dense_patch_embeddings(pixel, self.loaded.kernel, scale).cpu()
+            return dense_patch_embeddings(pixel, self.loaded.kernel).cpu()
 
         return self._computed(self._embeddings, (level, image_id), f"{level} embeddings of {name}",
                               make, lambda v: v.element_size() * v.nelement())  # fmt: skip
 
     def embedding_bytes(self, image_id: int) -> int:
-        """The bytes of one image's embeddings at one level (float32)."""
+        """The bytes of one image's embeddings at one level (float32), at most: a fundus
+        model's working image is known only once made (its field of view in the file), and is
+        at most the display image's longer side on each side."""
         h, w = self.entry(image_id).shape
+        if self.loaded.frames_fov:
+            h = w = max(h, w)
         return self.loaded.model.config.dim * h * w * 4
+
+    def framing(self, image_id: int) -> Framing | None:
+        """How the image's embeddings were made from its file, where they are not on its
+        display pixels (a fundus image cut to its field of view), else ``None``; known once
+        its pixel embeddings were made (:meth:`embeddings`)."""
+        return self._framings.get(image_id)
+
+    def working_pixel(
+        self, image_id: int, x: int, y: int, shape: tuple[int, ...]
+    ) -> tuple[int, int]:
+        """(column, row) of the image's embeddings (``shape``: theirs) for display pixel
+        (x, y): the working pixel nearest the same place of the file, as ``similarity`` takes
+        a query point's."""
+        framing = self.framing(image_id)
+        if framing is None:
+            return x, y
+        entry = self.entry(image_id)
+        xs, ys = framing.grid_to_working(entry.original[::-1], entry.shape)
+        return nearest_pixel(float(xs[x]), shape[-1]), nearest_pixel(float(ys[y]), shape[-2])
+
+    def _map(self, vector: torch.Tensor, image_id: int, embeddings: torch.Tensor) -> np.ndarray:
+        """:func:`similarity_map` of a query vector on one image's display pixels."""
+        return similarity_map(vector, embeddings, self.framing(image_id), self.entry(image_id))
 
     def _computed(
         self,
@@ -485,7 +534,8 @@ class Viewer:
         if self._latest is not None and self._latest.key == key:
             return self._latest
         own = self.embeddings(image_id, level)
-        vector = own[:, y, x][None].clone()  # a view would keep all of `own` with the result
+        col, row = self.working_pixel(image_id, x, y, own.shape)
+        vector = own[:, row, col][None].clone()  # a view would keep all of `own` with the result
         # The cached images first: computing the others evicts the least recently used, which
         # would otherwise be images of this very query not reached yet, computed twice.
         order = sorted(self.entries, key=lambda e: ((level, e.id) not in self._embeddings, e.id))
@@ -501,7 +551,7 @@ class Viewer:
         try:
             for entry in order:
                 v = own if entry.id == image_id else self.embeddings(entry.id, level)
-                sim = similarity_map(vector, v)
+                sim = self._map(vector, entry.id, v)
                 by, bx = np.unravel_index(int(np.argmax(sim)), sim.shape)
                 match = Match(entry.id, (int(bx), int(by)), float(sim.max()), float(sim.min()),
                               float(sim.mean()))  # fmt: skip
@@ -542,7 +592,7 @@ class Viewer:
         cached = self._queries.get(key)
         if cached is not None:
             return cached  # type: ignore[return-value]
-        sim = similarity_map(result.vector, self.embeddings(target, result.key[3]))
+        sim = self._map(result.vector, target, self.embeddings(target, result.key[3]))
         self._queries.put(key, sim, sim.nbytes)
         return sim
 
