@@ -929,7 +929,11 @@ def benchmark_transfer(
         None,
         help="Comma-separated: drive, stare, chase_db1, hrf, scr_lung, scr_heart, scr_clavicle, "
         "synthetic_fundus, synthetic_xray [default: the paper's seven; --quick: the synthetic "
-        "two; --cpu-scale: drive].",
+        "two; --cpu-scale: drive]; or data sets of your own, as finetune --dataset takes them: "
+        "a folder (images + masks; labelled by its name, with its parent's where two share one) "
+        "or NAME:ROOT[:TARGET] (jsrt_scr:/data/JSRT:heart). One of those that does not exist "
+        "or has no masks is refused before any training; a paper task without data under "
+        "--data-root is skipped.",
     ),
     labels: str | None = typer.Option(
         None, help="Comma-separated label budgets: N, fraction or all [default: 2,all; presets: 2]."
@@ -946,6 +950,12 @@ def benchmark_transfer(
     epochs: int = typer.Option(100),
     steps_per_epoch: int | None = typer.Option(
         None, help="Steps per epoch (default: one pass over the labelled images)."
+    ),
+    test_fraction: float = typer.Option(
+        0.2,
+        help="Of a task without a test split (a folder of yours): the fraction of its images "
+        "held out for testing, in (0, 1), chosen by file name: the same for every init, "
+        "--labels and seed.",
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes, 2 epochs, CPU (tests)."),
@@ -966,7 +976,7 @@ def benchmark_transfer(
         inits=_csv(inits or ""), tasks=_csv(tasks or ""), labels=_csv(labels or ""), seeds=seeds,
         data_root=data_root or default_data_root(), size=size, frozen_epochs=frozen_epochs,
         epochs=epochs, steps_per_epoch=steps_per_epoch, device=device, quick=quick,
-        cpu_scale=cpu_scale,
+        cpu_scale=cpu_scale, test_fraction=test_fraction,
     )  # fmt: skip
     hint = (
         f"finished fine-tunings in {out} are kept; run the same command again (same --out) to "

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -158,3 +159,120 @@ def test_a_run_with_other_settings_is_refused_naming_this_commands_flags(tmp_pat
         "now; --steps-per-epoch (train.steps_per_epoch): 3 there, None now); choose another "
         "--out, or delete the folder to run here (nothing was deleted)"
     ) == message
+
+
+def own_folder(root, n: int = 6, *, modality: str = "fundus"):
+    """A folder set of your own: ``n`` 48 x 48 synthetic images in images/ and their masks in
+    masks/ (fundus: colour photographs and vessels; xray: grey and lungs)."""
+    import numpy as np
+
+    from helpers import save
+    from localdisc.data.synthetic import synthetic_fundus, synthetic_xray
+
+    for i in range(n):
+        if modality == "fundus":
+            s = synthetic_fundus(48, seed=i)
+            image, mask = s.image, s.vessels
+        else:
+            s = synthetic_xray(48, seed=i)
+            image, mask = s.image[..., 0], s.lungs
+        save(root / "images" / f"case{i}.png", (image * 255).astype(np.uint8))
+        save(root / "masks" / f"case{i}.png", (mask * 255).astype(np.uint8))
+    return root
+
+
+def test_folders_of_your_own_are_tasks_labelled_by_name_and_reused(tmp_path):
+    """`--tasks` took only the paper's names ("unknown task(s) /data/mine"): a folder of one's
+    own is a task too, for random init and a tiny LD run, labelled by its name (two of one name
+    by their parents'), tested on the same held-out images by every run, skipped for an init of
+    another modality, listed in results.md and reused when run again."""
+    fundus = own_folder(tmp_path / "a" / "mine")
+    xray = own_folder(tmp_path / "b" / "mine", modality="xray")
+    out = tmp_path / "bench"
+    args = ["benchmark", "transfer", "--quick", "--tasks", f"{fundus},{xray}",
+            "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["task"], r["init"]) for r in results["runs"]] == [
+        ("a/mine", "random"), ("a/mine", "ld"), ("b/mine", "random"),
+    ]  # fmt: skip
+    # The quick LD run is of fundus images: not one for the grey (X-ray) folder.
+    assert results["skipped"] == [
+        {"task": "b/mine", "init": "ld",
+         "reason": f"{out / 'pretrain'} was pre-trained on fundus images, b/mine is xray"},
+    ]  # fmt: skip
+    assert (out / "runs" / "a" / "mine" / "ld" / "labels-2" / "seed-0" / "metrics.json").is_file()
+    # 1 of 6 images held out (--test-fraction 0.2), chosen by name: the same for every init.
+    tested = {r["init"]: [p["image"] for p in r["metrics"]["per_image"]]
+              for r in results["runs"] if r["task"] == "a/mine"}  # fmt: skip
+    assert tested["random"] == tested["ld"] and len(tested["ld"]) == 1
+    table = (out / "results.md").read_text()
+    assert "| init | a/mine (2) | b/mine (2) |" in table
+    assert (
+        f"- a/mine: {fundus}, target mask, fundus (guessed from its images); no test split: 1 of "
+        "its 6 images held out for testing" in table
+    )
+    assert f"- b/mine: {xray}, target mask, xray (guessed from its images)" in table
+    assert (out / "figures" / "predictions.png").is_file()
+    # Again: the three fine-tunings and the pre-training are reused, nothing recomputed.
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("reusing") == 4, again.output
+    # Another test split would mix protocols in one folder: refused, naming the flag.
+    other = CliRunner().invoke(app, [*args, "--test-fraction", "0.4"])
+    assert "--test-fraction (test_fraction): 0.2 there, 0.4 now" in str(other.exception)
+
+
+def test_a_folder_of_your_own_that_cannot_run_is_refused_before_any_work(tmp_path):
+    """Named explicitly, a folder without data is an error naming it (a paper task without
+    data under --data-root is skipped): said before the LD pre-training, nothing written."""
+    mine = own_folder(tmp_path / "mine")
+    unlabelled = tmp_path / "photos"
+    own_folder(unlabelled)
+    shutil.rmtree(unlabelled / "masks")
+    out = tmp_path / "bench"
+    cases = {
+        str(tmp_path / "nothere"): f"--tasks: {tmp_path / 'nothere'}: no such folder",
+        str(unlabelled): f"--tasks: {unlabelled}: no masks; put them in a folder beside the "
+        "images named masks, mask, labels",
+        f"drive,{mine},{mine}/../mine": f"--tasks: {mine} and {mine}/../mine would be "
+        f"labelled '{str(mine).lstrip('/')}' (one folder named twice?)",
+        f"jsrt_scr:{tmp_path}:hart": f"--tasks jsrt_scr:{tmp_path}:hart: jsrt_scr has no "
+        "target 'hart'",
+    }
+    for tasks, message in cases.items():
+        args = ["benchmark", "transfer", "--quick", "--tasks", tasks, "--data-root",
+                str(tmp_path), "--out", str(out)]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code != 0 and message in str(result.exception), result.output
+        assert not out.exists()
+    # 6 images, 1 held out: 10 labels cannot be had, said before the 2-label runs.
+    labels = ["benchmark", "transfer", "--quick", "--tasks", str(mine), "--labels", "2,10",
+              "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, labels)
+    assert str(result.exception) == (
+        f"--tasks {mine}: --labels 10: only 5 labelled training images exist (1 of its 6 images "
+        "held out for testing; --test-fraction sets how many)"
+    )
+    zero = CliRunner().invoke(app, [*labels[:-4], "--test-fraction", "0", "--out", str(out)])
+    assert "--test-fraction 0 holds out no test image" in str(zero.exception)
+    assert not out.exists()
+
+
+def test_own_sets_take_a_target_and_keep_clear_of_task_names():
+    """NAME:ROOT[:TARGET] as prior specs write it; labels never a task's name (in any case), with
+    parent folders added until unique, as run_label does for inits."""
+    from localdisc.tasks.benchmark_transfer import own_set, task_labels
+
+    assert own_set("jsrt_scr:/data/JSRT:heart") == ("jsrt_scr:/data/JSRT", "heart")
+    assert own_set("synthetic_xray:4:heart") == ("synthetic_xray:4", "heart")
+    assert own_set("synthetic_xray:heart") == ("synthetic_xray", "heart")
+    assert own_set("drive:/data/run:2") == ("drive:/data/run:2", None)  # a colon in ROOT
+    assert own_set("/data/mine") == ("/data/mine", None)
+    entries = ["drive", "drive:/d/DRIVE", "/a/x/mine", "/b/x/mine", "/c/other",
+               "jsrt_scr:/d/JSRT:heart", "synthetic_xray:4:heart"]  # fmt: skip
+    labels = task_labels(entries, {e: own_set(e) for e in entries if e != "drive"})
+    assert list(labels.values()) == [
+        "drive", "d/DRIVE", "a/x/mine", "b/x/mine", "other", "JSRT-heart",
+        "synthetic_xray-4-heart",
+    ]  # fmt: skip

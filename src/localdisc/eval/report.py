@@ -134,8 +134,9 @@ def write_report(
     """Write ``results.json``, ``results.md``, ``figures/dice_bars.png`` and predictions.
 
     ``results["environment"]`` (:func:`~localdisc.eval.provenance.environment`, taken when the
-    benchmark started) ends ``results.md`` as one line. ``intro`` replaces the transfer
-    benchmark's explanation under the ``title``.
+    benchmark started) ends ``results.md`` as one line; ``results["own_tasks"]`` (a task label ->
+    its data set, target and test split), where given, is listed before the tables. ``intro``
+    replaces the transfer benchmark's explanation under the ``title``.
     """
     out_dir = Path(out_dir)
     table = collect(results)
@@ -155,6 +156,10 @@ def write_report(
             "over the training split's images, labels unused (not the paper's protocol).",
         ]
     lines = [f"# {title}", "", *intro, ""]
+    if results.get("own_tasks"):  # the columns' labels of data sets named by their folders
+        lines += ["## Data sets of your own", ""]
+        lines += [f"- {label}: {about}" for label, about in results["own_tasks"].items()]
+        lines.append("")
     for metric, rows in table.items():
         lines += [
             f"## {metric}: {METRICS[metric]}", "", markdown_table(rows, row_header=row_header), "",

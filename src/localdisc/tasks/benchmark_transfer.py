@@ -6,24 +6,48 @@ interrupted benchmark continues where it stopped. Tasks whose data are missing a
 skipped with the reason. The init ``ld`` pre-trains an LD model first with the preset of the mode
 (``--quick``: a few steps on synthetic images; ``--cpu-scale``: 4 + 4 minutes on KaggleDR), so
 that a whole comparison is one command.
+
+A task may also be a data set of the user's own (:func:`own_set`): a folder of images and masks
+(as ``finetune --dataset`` takes it) or ``NAME:ROOT[:TARGET]`` of a known set, the target
+written as prior specs write it. It is named in run folders and tables by its folder's name
+(:func:`task_labels`), is tested on :func:`~localdisc.tasks.transfer.held_out_test`'s images where
+it has no test split of its own (``test_fraction`` of them, by file name: the same for every init,
+label budget and seed), and has the modality its loader gives ``finetune`` (a folder's: guessed
+from its images). Named explicitly, it is checked before any work and refused with the problem
+(no such folder, no masks, a label budget beyond its images), where a paper task without data
+under the data root is skipped: that one is a default, this one the user's typing.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from localdisc.data.datasets import (
+    DATASETS,
+    FOLDER_MASK_DIRS,
+    absolute_data_spec,
+    absolute_path,
+    dataset_class,
+    load_data_spec,
+    parse_data_spec,
+)
 from localdisc.engine.finetune import FinetuneConfig
-from localdisc.errors import LocaldiscError
+from localdisc.errors import DatasetError, LocaldiscError
 from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
 from localdisc.tasks.transfer import (
+    FOLDER_TEST_FRACTION,
     TransferConfig,
     check_size,
     check_task_data,
+    check_test_fraction,
+    held_out_test,
     init_modality,
+    labelled_count,
     run_transfer,
 )
 
@@ -32,7 +56,7 @@ from localdisc.tasks.transfer import (
 #: command has not). The rest (the batch, a --quick run's max_test, the data set's folder) are
 #: named as settings: to run with other ones, use another --out or delete the run folder.
 FLAGS = {
-    "init": "--inits", "labels": "--labels", "size": "--size",
+    "init": "--inits", "labels": "--labels", "size": "--size", "test_fraction": "--test-fraction",
     "train.frozen_epochs": "--frozen-epochs", "train.epochs": "--epochs",
     "train.steps_per_epoch": "--steps-per-epoch",
 }  # fmt: skip
@@ -78,6 +102,7 @@ class BenchmarkConfig:
     """
 
     inits: list[str] | None = None
+    # Names of TASKS, or data sets of one's own: folders or NAME:ROOT[:TARGET] (own_set).
     tasks: list[str] | None = None
     labels: list[str] | None = None
     seeds: int | None = None
@@ -89,6 +114,8 @@ class BenchmarkConfig:
     steps_per_epoch: int | None = None  # None: one pass over the labelled images per epoch
     device: str = "auto"
     max_test: int | None = None
+    # Of a task without a test split (a folder): the fraction of its images held out for testing.
+    test_fraction: float = FOLDER_TEST_FRACTION
     quick: bool = False
     cpu_scale: bool = False
     # LD pre-training run for the init "ld" (PretrainConfig fields).
@@ -99,6 +126,12 @@ class BenchmarkConfig:
         if self.seeds is not None and self.seeds < 1:  # None: the mode's default, 0 is a mistake
             raise LocaldiscError(f"--seeds must be at least 1, not {self.seeds}")
         check_size(self.size)
+        check_test_fraction(self.test_fraction)
+        if self.test_fraction == 0:  # finetune's "train on all": no test score to tabulate
+            raise LocaldiscError(
+                "--test-fraction 0 holds out no test image, and a benchmark compares test "
+                "scores: give a fraction in (0, 1)"
+            )
         self.finetune_config(seed=0)  # the schedule's own checks (epochs, batch, steps)
 
     def finetune_config(self, seed: int) -> FinetuneConfig:
@@ -170,55 +203,226 @@ def run_benchmark(
     config = preset(config)
     out_dir = Path(out_dir)
     env = environment(config.device)  # at the start, before any training
-    unknown = [t for t in config.tasks if t not in TASKS]
-    if unknown:
-        raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     data_root = Path(config.data_root).expanduser() if config.data_root else None
+    # Before the LD pre-training: a mistyped folder is said at once, not an hour later.
+    tasks, skipped, own = plan_tasks(config, data_root, log)
     inits = {run_label(i, config.inits): i for i in config.inits}
     if inits.get("ld") == "ld":  # not a run folder that happens to be called ld
         settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
         inits["ld"] = str(pretrain_preset(settings, out_dir / "pretrain", log))
 
     runs: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    for task_name in config.tasks:
-        task = TASKS[task_name]
-        try:
-            spec = task.spec(data_root, config.quick)
-            check_task_data(spec, task.target)
-        except LocaldiscError as exc:
-            log(f"skipped {task_name}: {exc}")
-            skipped.append({"task": task_name, "init": "all", "reason": str(exc)})
-            continue
+    for task in tasks:
         for label, init in inits.items():
             modality = init_modality(init)
             if modality not in (None, task.modality):
                 reason = (
-                    f"{init} was pre-trained on {modality} images, {task_name} is {task.modality}"
+                    f"{init} was pre-trained on {modality} images, {task.label} is {task.modality}"
                 )
-                skipped.append({"task": task_name, "init": label, "reason": reason})
+                skipped.append({"task": task.label, "init": label, "reason": reason})
                 continue
             for labels in config.labels:
                 for seed in range(config.seeds):
                     run_dir = (
-                        out_dir / "runs" / task_name / label / f"labels-{labels}" / f"seed-{seed}"
+                        out_dir / "runs" / task.label / label / f"labels-{labels}" / f"seed-{seed}"
                     )
-                    metrics = _run_one(config, task, spec, init, labels, seed, run_dir, log)
+                    metrics = _run_one(config, task, init, labels, seed, run_dir, log)
                     runs.append(
                         {
-                            "task": task_name, "init": label, "labels": labels, "seed": seed,
+                            "task": task.label, "init": label, "labels": labels, "seed": seed,
                             "run_dir": str(run_dir), "metrics": metrics,
                         }
                     )  # fmt: skip
     results = {"config": asdict(config), "environment": env, "runs": runs, "skipped": skipped}
+    if own:  # what each own set's label stands for, in results.md too
+        results["own_tasks"] = own
     write_report(results, out_dir)
     return results
 
 
+@dataclass(frozen=True)
+class PlannedTask:
+    """A task of a benchmark with its data: ``label`` names its run folders and table columns."""
+
+    label: str
+    spec: str
+    target: str
+    modality: str
+    test_fraction: float = FOLDER_TEST_FRACTION  # taken by a set without a test split only
+
+
+#: The forms of a data set of one's own in ``--tasks``.
+OWN_FORMS = "a folder (images and masks, as finetune --dataset takes it) or NAME:ROOT[:TARGET]"
+
+
+def own_set(entry: str) -> tuple[str, str | None]:
+    """``(data spec, target)`` of a ``--tasks`` entry naming a data set of one's own.
+
+    A folder (colons and all) has one target. ``NAME:ROOT[:TARGET]`` is a known set, its target
+    written as prior specs write it (:mod:`localdisc.priors.sources`): the tail after the last
+    colon is a target only when it names one of the set's, since ROOT may contain colons;
+    ``None``: the set's default.
+    """
+    prefix, sep, rest = entry.partition(":")
+    if not sep or prefix.lower() not in DATASETS:
+        return entry, None
+    name, cls = prefix.lower(), dataset_class(prefix)
+    if not cls.requires_root and rest in cls.all_targets:  # synthetic_xray:heart
+        return name, rest
+    head, sep, tail = rest.rpartition(":")
+    if sep and tail in cls.all_targets:
+        return f"{name}:{head}", tail
+    if sep and tail and Path(head).expanduser().exists() and not Path(rest).expanduser().exists():
+        raise DatasetError(
+            f"--tasks {entry}: {name} has no target {tail!r}; its targets are: "
+            f"{', '.join(cls.all_targets)}"
+        )
+    return entry, None
+
+
+def _is_bare_word(entry: str) -> bool:
+    """Whether ``entry`` reads as a name rather than a path (no folder separator, no ``~`` or
+    ``.`` start): one that is no task and no folder is a mistyped task name."""
+    return not any(c in entry for c in "/\\") and not entry.startswith(("~", "."))
+
+
+def _label_parts(spec: str, target: str | None) -> tuple[list[str], str]:
+    """The folders of an own set's ROOT, last one last (a generated set: its spec), and the
+    suffix its label takes (``-TARGET`` when one was given)."""
+    name, root = parse_data_spec(spec)
+    suffix = f"-{target}" if target else ""
+    if root is None or not dataset_class(name).requires_root:
+        return [spec.replace(":", "-")], suffix  # synthetic_xray:40: synthetic_xray-40
+    path = Path(absolute_path(str(root)))
+    return list(path.parts[1:] if path.is_absolute() else path.parts) or [str(root)], suffix
+
+
+def task_labels(entries: list[str], own: dict[str, tuple[str, str | None]]) -> dict[str, str]:
+    """Each ``--tasks`` entry's label: a task's name, or an own set's folder name (with
+    ``-TARGET`` when a target is given). As :func:`~localdisc.tasks.presets.run_label` names
+    inits, parent folders are added while two own sets would share a label, or one would take a
+    task's name (whose runs another benchmark into this ``--out`` may have left). Entries that
+    still share a label name one folder twice, and are refused."""
+    parts = {e: _label_parts(*own[e]) for e in own}
+    depth = dict.fromkeys(own, 1)
+    while True:
+        labels = {
+            e: "/".join(parts[e][0][-depth[e] :]) + parts[e][1] if e in own else e for e in entries
+        }
+        # In any letter case: runs/DRIVE and runs/drive are one folder on macOS and Windows.
+        count = Counter(label.lower() for label in labels.values())
+        clash = [e for e in own if count[labels[e].lower()] > 1 or labels[e].lower() in TASKS]
+        deeper = [e for e in clash if depth[e] < len(parts[e][0])]
+        if not deeper:
+            break
+        for e in deeper:
+            depth[e] += 1
+    for e in clash:
+        same = [other for other in entries if labels[other].lower() == labels[e].lower()]
+        why = "a task's name" if len(same) == 1 else "one folder named twice?"
+        raise LocaldiscError(
+            f"--tasks: {' and '.join(same)} would be labelled {labels[e]!r} ({why}); list each "
+            "data set once, or link it under another folder name"
+        )
+    return labels
+
+
+def plan_tasks(
+    config: BenchmarkConfig, data_root: Path | None, log: Callable[[str], None]
+) -> tuple[list[PlannedTask], list[dict[str, str]], dict[str, str]]:
+    """The tasks to run, in ``config.tasks`` order; the paper tasks skipped for want of data
+    under ``data_root``, with the reason; and what each own set's label stands for.
+
+    An own set is checked first and refused with the problem (no such folder, no masks, a
+    ``--labels`` budget beyond its training images, too few images to hold some out): the user
+    named it, so leaving it out of the table would hide a typing error.
+    """
+    entries = list(dict.fromkeys(config.tasks or []))
+    own = {e: own_set(e) for e in entries if e not in TASKS}
+    unknown = [
+        e
+        for e, (spec, _) in own.items()
+        if parse_data_spec(spec)[0] == "folder" and _is_bare_word(e) and not Path(e).exists()
+    ]
+    if unknown:
+        raise LocaldiscError(
+            f"unknown task(s) {', '.join(unknown)}: no task and no folder of that name; known "
+            f"tasks: {', '.join(TASKS)}; a data set of your own is {OWN_FORMS}"
+        )
+    checked = {e: _check_own(e, spec, target, config) for e, (spec, target) in own.items()}
+    labels = task_labels(entries, own)
+
+    tasks: list[PlannedTask] = []
+    skipped: list[dict[str, str]] = []
+    about: dict[str, str] = {}
+    for entry in entries:
+        label = labels[entry]
+        if entry in checked:
+            task, about[label] = checked[entry]
+            tasks.append(replace(task, label=label))
+            continue
+        paper = TASKS[entry]
+        try:
+            spec = paper.spec(data_root, config.quick)
+            check_task_data(spec, paper.target)
+        except LocaldiscError as exc:
+            log(f"skipped {entry}: {exc}")
+            skipped.append({"task": entry, "init": "all", "reason": str(exc)})
+            continue
+        tasks.append(PlannedTask(entry, spec, paper.target, paper.modality))
+    return tasks, skipped, about
+
+
+def _check_own(
+    entry: str, spec: str, target: str | None, config: BenchmarkConfig
+) -> tuple[PlannedTask, str]:
+    """An own set as a task (labelled later) and a line on it, or the error naming it."""
+    name = parse_data_spec(spec)[0]
+    splits = dataset_class(name).splits
+    try:
+        train = load_data_spec(spec, "train" if "train" in splits else None)
+        if name == "folder" and not train.targets:  # images alone: fine to pre-train on
+            raise DatasetError(
+                f"{train.root}: no masks; put them in a folder beside the images named "
+                f"{', '.join(FOLDER_MASK_DIRS)}, with the images' file names"
+            )
+        check_task_data(spec, target)
+    except LocaldiscError as exc:  # names the folder and the problem
+        raise DatasetError(f"--tasks: {exc}") from None
+    target = target or train.default_target
+    assert target is not None  # check_task_data found one
+    n, held = len(train), ""
+    if "test" in splits:
+        fraction, pool = FOLDER_TEST_FRACTION, n
+        split = f"its own test split ({len(load_data_spec(spec, 'test'))} images)"
+    else:
+        fraction = config.test_fraction
+        try:
+            k = len(held_out_test([item.name for item in train.items], fraction))
+        except LocaldiscError as exc:
+            raise LocaldiscError(f"--tasks {entry}: {exc}") from None
+        pool = n - k
+        held = f" ({k} of its {n} images held out for testing; --test-fraction sets how many)"
+        split = (
+            f"no test split: {k} of its {n} images held out for testing, chosen by file name "
+            "(the same for every init, label budget and seed)"
+        )
+    for labels in config.labels or []:
+        try:
+            labelled_count(labels, pool)
+        except LocaldiscError as exc:
+            raise LocaldiscError(f"--tasks {entry}: {exc}{held}") from None
+    # The modality the segmenter is built for, as finetune builds it (a folder's: guessed from
+    # its images, grey ones being X-rays), so an init of another is skipped, not refused mid-run.
+    modality = train.modality
+    guessed = " (guessed from its images)" if name == "folder" else ""
+    line = f"{absolute_data_spec(spec)}, target {target}, {modality}{guessed}; {split}"
+    return PlannedTask(entry, spec, target, modality, fraction), line
+
+
 def _run_one(
     config: BenchmarkConfig,
-    task: Task,
-    spec: str,
+    task: PlannedTask,
     init: str,
     labels: str,
     seed: int,
@@ -226,8 +430,8 @@ def _run_one(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     transfer = TransferConfig(
-        spec, task.target, init, labels, config.size, max_test=config.max_test,
-        train=config.finetune_config(seed),
+        task.spec, task.target, init, labels, config.size, max_test=config.max_test,
+        test_fraction=task.test_fraction, train=config.finetune_config(seed),
     )  # fmt: skip
     # A finished run with these settings is reused; one with others is refused, naming them
     # by this command's flags.
