@@ -100,7 +100,7 @@ def test_an_interrupted_demo_says_a_rerun_continues(tmp_path, monkeypatch) -> No
     assert "run the same command again" in line and "continues from its last checkpoint" in line
 
 
-def test_an_interrupted_label_free_vessel_run_says_a_saved_network_is_reused(
+def test_an_interrupted_label_free_vessel_run_says_what_a_rerun_takes_up(
     tmp_path, monkeypatch
 ) -> None:
     import localdisc.tasks.vessels as vessels
@@ -113,7 +113,16 @@ def test_an_interrupted_label_free_vessel_run_says_a_saved_network_is_reused(
             app, ["shape-guided", "vessels", "--images", str(images), "--out", str(tmp_path / "v")]
         )
     )
-    assert "a network already saved" in line and "run the same command again" in line
+    assert "no network was saved yet" in line and "run the same command again" in line
+    # One that was saved is named (a --teach-all group's, here), as kept.
+    (tmp_path / "v" / "group-1").mkdir(parents=True)
+    (tmp_path / "v" / "group-1" / "model.safetensors").touch()
+    line = one_line(
+        runner.invoke(
+            app, ["shape-guided", "vessels", "--images", str(images), "--out", str(tmp_path / "v")]
+        )
+    )
+    assert f"the network(s) saved in {tmp_path / 'v' / 'group-1'} are kept" in line
 
 
 @pytest.fixture

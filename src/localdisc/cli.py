@@ -837,12 +837,26 @@ def shape_guided_segment(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Write outputs A (cluster 0) and B (region similarity) per image, and refined masks."""
-    from localdisc.tasks.shape_guided import segment_images
+    from localdisc.engine.pseudo_label import kept_checkpoints
+    from localdisc.tasks.shape_guided import REFINE_CHECKPOINT, segment_images
 
-    written = segment_images(
-        model, images, out, size=size, refine_steps=refine_steps, topology=topology,
-        device=device, log=_log, progress=True,
-    )  # fmt: skip
+    def hint() -> str:  # a stopped refinement continues from its checkpoint
+        kept = kept_checkpoints(out, REFINE_CHECKPOINT)
+        if not kept:
+            return (
+                "run the same command again (same --out): it segments again (an ensemble "
+                "keeps the runs it finished)"
+            )
+        return (
+            f"the refinement's checkpoint is kept in {'; '.join(kept)}; run the same command "
+            "again (same --out) to continue from there"
+        )
+
+    with _on_interrupt(hint):
+        written = segment_images(
+            model, images, out, size=size, refine_steps=refine_steps, topology=topology,
+            device=device, log=_log, progress=True,
+        )  # fmt: skip
     console.print(f"{len(written)} mask(s) written to [bold]{_path(out)}[/]")
 
 
@@ -893,16 +907,31 @@ def shape_guided_vessels(
 ) -> None:
     """Segment retinal vessels with no label: a network taught on the images themselves by a
     filter's sure pixels and by simulated trees painted on them."""
-    from localdisc.tasks.self_training import StudentConfig
+    from localdisc.engine.pseudo_label import kept_checkpoints
+    from localdisc.tasks.self_training import STUDENT_CHECKPOINT, StudentConfig
     from localdisc.tasks.vessels import segment_vessels_self_trained
 
     config = StudentConfig(method=teacher, painted=painted, steps=steps, seed=seed, device=device)
-    # A network saved in --out is reused by the same command; one stopped mid-training is not.
-    hint = (
-        f"a network already saved in {out} is kept; run the same command again (same --out): it "
-        "segments with that network, or teaches one again"
-    )
-    with _on_interrupt(lambda: hint):
+
+    def hint() -> str:  # what a rerun takes up: saved networks, a training's checkpoint
+        networks = [out / "model.safetensors", *sorted(out.glob("*/model.safetensors"))]
+        saved = [str(path.parent) for path in networks if path.is_file()]
+        kept = kept_checkpoints(out, STUDENT_CHECKPOINT)
+        said = [f"the network(s) saved in {', '.join(saved)} are kept"] if saved else []
+        if kept:
+            said.append(f"the checkpoint of the network in training in {'; '.join(kept)}")
+        if not said:
+            return (
+                "no network was saved yet; run the same command again (same --out): it teaches "
+                "the network again"
+            )
+        return (
+            f"{', and '.join(said)}; run the same command again (same --out): it segments with "
+            "a saved network of the same settings"
+            + (", and continues the training from its checkpoint" if kept else "")
+        )
+
+    with _on_interrupt(hint):
         segment_vessels_self_trained(
             images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
             max_size=max_size, fov_masks=fov_masks, train_images=train_images,

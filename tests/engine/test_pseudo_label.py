@@ -3,8 +3,11 @@ ignore the silent ones, and repeat with its seed."""
 
 from __future__ import annotations
 
+import math
 import re
+import shutil
 
+import pytest
 import torch
 
 from localdisc.data.views import normalize
@@ -30,9 +33,9 @@ def bright_spots(n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor
     return images, torch.cat([label, torch.ones_like(label)], 1)
 
 
-def fit(images, targets, **kwargs) -> Segmenter:
+def fit(images, targets, width: int = 4, **kwargs) -> Segmenter:
     torch.manual_seed(0)
-    model = Segmenter(width=4, depth=2, size=images.shape[-1])
+    model = Segmenter(width=width, depth=2, size=images.shape[-1])
     options = dict(steps=60, batch=2, lr=1e-2, rotation=0.0, flips=True, log=quiet) | kwargs
     return fit_pseudo_labels(model, images, targets, **options)
 
@@ -94,3 +97,176 @@ def test_a_progress_bar_counts_the_steps_and_shows_the_loss(capsys):
     assert re.search(rf"student: step 5/5 .*loss {loss}$", shown, re.M), shown
     fit(images, targets, steps=5)  # off by default: nothing shown
     assert capsys.readouterr().out == ""
+
+
+# --- checkpoints: stopped by a signal, continued by the same call -----------------------------
+#: 6 steps of crops, rotations and flips, the learning rate decaying: every state there is.
+RESUMABLE = dict(steps=6, crop=16, rotation=30.0, name="refine step")
+
+
+def signal_at_step(monkeypatch, step: int, signals: list[int]) -> list[int]:
+    """Send ``signals`` to this process in training step ``step`` (counted from 1), before its
+    forward pass; returns the steps taken, growing as they run."""
+    import os
+
+    real, taken = pseudo_label.augment, []
+
+    def augment(*args, **kwargs):
+        taken.append(len(taken) + 1)
+        if taken[-1] == step:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pseudo_label, "augment", augment)
+    return taken
+
+
+def same_weights(a: Segmenter, b: Segmenter) -> None:
+    """Bit for bit, batch-norm statistics (and their step counts) included."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key, value in sa.items():
+        assert torch.equal(sb[key], value), key
+
+
+def test_a_signal_ends_the_step_checkpoints_it_and_the_same_call_continues_exactly(
+    tmp_path, monkeypatch
+):
+    import signal
+
+    from localdisc.engine.checkpoint import list_checkpoints
+
+    images, targets = bright_spots()
+    straight = fit(images, targets, **RESUMABLE)
+    taken = signal_at_step(monkeypatch, 4, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt, match=r"after refine step 4/6.*same call continues"):
+        # checkpoints at the signal only
+        fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path, checkpoint_seconds=math.inf)
+    assert taken == [1, 2, 3, 4]  # the step went on, the next one did not start
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
+    assert pseudo_label.checkpoint_position(tmp_path) == "after refine step 4/6"
+    monkeypatch.undo()
+    taken = signal_at_step(monkeypatch, 0, [])
+    bars: list[tuple] = []  # the step and the time before, as each progress bar was given them
+    real_bar = pseudo_label.ProgressBar
+
+    def bar(*args, **kwargs):
+        bars.append((args[1], kwargs["before"]))
+        return real_bar(*args, **kwargs)
+
+    monkeypatch.setattr(pseudo_label, "ProgressBar", bar)
+    logged: list[str] = []
+    torch.manual_seed(1)  # other first weights: the checkpoint's replace them
+    model = Segmenter(width=4, depth=2, size=32)
+    options = dict(batch=2, lr=1e-2, flips=True, log=logged.append, **RESUMABLE)
+    again = fit_pseudo_labels(model, images, targets, checkpoint_dir=tmp_path, **options)
+    assert taken == [1, 2]  # steps 5 and 6, nothing redone
+    same_weights(straight, again)
+    assert logged[0] == (f"continuing the interrupted training from its checkpoint ({tmp_path}): "
+                         "after refine step 4/6")  # fmt: skip
+    assert logged[-1].startswith("refine step 6/6: loss")
+    assert bars[0][0] == 4 and bars[0][1] > 0  # the bar goes on from step 4, and its time
+
+
+def test_a_checkpoint_is_written_every_so_often_and_after_the_last_step(tmp_path, monkeypatch):
+    """The last step's checkpoint too: a stop while the caller uses the network (refinement's
+    maps of many images) trains nothing again."""
+    from localdisc.engine import checkpoint
+    from localdisc.engine.checkpoint import list_checkpoints
+
+    images, targets = bright_spots()
+    saved: list[int] = []
+    real = checkpoint.save_checkpoint
+
+    def save_checkpoint(folder, step, *args, **kwargs):
+        saved.append(step)
+        return real(folder, step, *args, **kwargs)
+
+    monkeypatch.setattr(pseudo_label, "save_checkpoint", save_checkpoint)
+    straight = fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path, checkpoint_seconds=0)
+    assert saved == [1, 2, 3, 4, 5, 6]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000006"]  # the newest only
+    saved.clear()
+    taken = signal_at_step(monkeypatch, 0, [])
+    logged: list[str] = []
+    again = fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path, log=logged.append)
+    assert taken == [] and saved == [] and logged[0].endswith("after refine step 6/6")
+    same_weights(straight, again)
+    # 60 s apart by default: a short run writes only its last step's.
+    fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path / "other")
+    assert saved == [6]
+
+
+def test_a_checkpoint_of_other_settings_images_or_labels_is_said_removed_and_redone(
+    tmp_path, monkeypatch
+):
+    import signal
+
+    from localdisc.engine.checkpoint import list_checkpoints
+
+    images, targets = bright_spots()
+    other_targets = targets.clone()
+    other_targets[0, 1, :4] = 0
+    for changed, differ in (
+        ({"lr": 2e-2}, "settings"),
+        ({"crop": None}, "settings"),
+        ({"images": images.flip(-1)}, "images"),
+        ({"targets": other_targets}, "pseudo-labels"),
+        ({"width": 8}, "layers"),
+    ):
+        signal_at_step(monkeypatch, 2, [signal.SIGINT])
+        with pytest.raises(KeyboardInterrupt):
+            fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path)
+        monkeypatch.undo()
+        assert len(list_checkpoints(tmp_path)) == 1
+        options = {"images": images, "targets": targets, **RESUMABLE, **changed}
+        logged: list[str] = []
+        redone = fit(**options, checkpoint_dir=tmp_path, log=logged.append)
+        assert logged[0] == (f"{tmp_path}: its checkpoint is of another training (its {differ} "
+                             "differ from this one's): starting over")  # fmt: skip
+        same_weights(fit(**options), redone)
+        assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000006"]
+        for stale in list_checkpoints(tmp_path):
+            shutil.rmtree(stale)
+    # A damaged one is said, dropped and the training redone.
+    signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path)
+    monkeypatch.undo()
+    (list_checkpoints(tmp_path)[0] / "model.safetensors").write_bytes(b"damaged")
+    logged = []
+    redone = fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path, log=logged.append)
+    same_weights(fit(images, targets, **RESUMABLE), redone)
+    assert any("starting the training over" in m for m in logged), logged
+
+
+def test_without_a_checkpoint_folder_a_signal_stops_at_once(monkeypatch):
+    import signal
+
+    images, targets = bright_spots()
+    taken = signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        fit(images, targets, **RESUMABLE)
+    assert taken == [1, 2] and str(stopped.value) == ""  # in step 2, before its forward pass
+
+
+def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
+    import signal
+
+    images, targets = bright_spots()
+    taken = signal_at_step(monkeypatch, 2, [signal.SIGINT, signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path)
+    assert taken == [1, 2] and not list(tmp_path.iterdir())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert pseudo_label.checkpoint_position(tmp_path) is None
+
+
+def test_a_bad_checkpoint_interval_is_refused(tmp_path):
+    from localdisc.errors import LocaldiscError
+
+    images, targets = bright_spots()
+    with pytest.raises(LocaldiscError, match="checkpoint_seconds must be >= 0"):
+        fit(images, targets, steps=1, checkpoint_dir=tmp_path, checkpoint_seconds=math.nan)

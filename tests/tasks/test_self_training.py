@@ -172,3 +172,34 @@ def test_a_grey_photograph_is_taught_on_and_segmented_as_rgb():
     prob = student_probability(model, grey, eye.fov)
     np.testing.assert_allclose(prob, student_probability(model, grey[..., None], eye.fov))
     assert prob.shape == (64, 64)
+
+
+def test_a_stopped_student_continues_from_its_checkpoint_to_the_same_network(tmp_path, monkeypatch):
+    """A SIGINT (or SIGTERM) in the student's training ends the step, writes a checkpoint and
+    stops; the same call goes on from it to the network of an uninterrupted one, bit for bit."""
+    import os
+    import signal
+
+    from localdisc.engine import pseudo_label
+
+    eye = synthetic_fundus(96, seed=0)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=4, painted=1, device="cpu")
+    straight = train_student([eye.image], [eye.fov], 0.12, config, log=quiet).state_dict()
+    real, taken = pseudo_label.augment, []
+
+    def augment(*args, **kwargs):
+        taken.append(1)
+        if len(taken) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pseudo_label, "augment", augment)
+    folder = tmp_path / "checkpoint"
+    with pytest.raises(KeyboardInterrupt, match="after student step 3/4"):
+        train_student([eye.image], [eye.fov], 0.12, config, log=quiet, checkpoint_dir=folder)
+    said: list[str] = []
+    again = train_student([eye.image], [eye.fov], 0.12, config, log=said.append,
+                          checkpoint_dir=folder).state_dict()  # fmt: skip
+    assert len(taken) == 4 and any("after student step 3/4" in line for line in said)
+    for key, value in straight.items():  # the head's label shift and batch norm too
+        assert torch.equal(again[key], value), key

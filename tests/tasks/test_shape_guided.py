@@ -718,3 +718,124 @@ def test_cli_segment_shows_progress_lines_in_a_log_file(tmp_path, run):
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert re.search(rf"^{STAMP} segment: image 1/1 \(100%\)", result.output, re.M)
+
+
+# --- the refinement's checkpoint: a stopped call continues it -----------------------------------
+def signal_in_step(monkeypatch, step: int, signum: int) -> list[int]:
+    """Send ``signum`` to this process in refinement step ``step`` (counted from 1 over the
+    call, every run's refinement), before its forward pass; returns the steps taken."""
+    import os
+
+    from localdisc.engine import pseudo_label
+
+    real, taken = pseudo_label.augment, []
+
+    def augment(*args, **kwargs):
+        taken.append(len(taken) + 1)
+        if taken[-1] == step:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pseudo_label, "augment", augment)
+    return taken
+
+
+def test_a_stopped_refinement_continues_from_its_checkpoint_to_the_same_network(
+    tmp_path, monkeypatch, run
+):
+    import signal
+
+    model = LDModel.from_pretrained(run)
+    images = [synthetic_fundus(48, seed=s).image for s in range(2)]
+    maps = [segment(model, im) for im in images]
+    config = RefineConfig(steps=4, size=32, device="cpu")
+    straight = refine(run, images, maps, config, log=lambda m: None).state_dict()
+    taken = signal_in_step(monkeypatch, 2, signal.SIGINT)
+    folder = tmp_path / "checkpoint"
+    with pytest.raises(KeyboardInterrupt, match="after refine step 2/4"):
+        refine(run, images, maps, config, log=lambda m: None, checkpoint_dir=folder)
+    logs: list[str] = []
+    again = refine(run, images, maps, config, log=logs.append, checkpoint_dir=folder)
+    assert taken == [1, 2, 3, 4]  # 2 before the stop, 2 after
+    assert f"from its checkpoint ({folder}): after refine step 2/4" in logs[0]
+    for key, value in straight.items():  # batch-norm statistics too
+        assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_segment_keeps_a_stopped_refinement_s_checkpoint_until_its_maps_are_written(
+    tmp_path, monkeypatch, run
+):
+    """A stopped `shape-guided segment --refine-steps N` refined from step 0 again; now it goes
+    on from OUT/refine-checkpoint (an ensemble's run: OUT/run-K/refine-checkpoint) to the maps
+    of an uninterrupted call, and the folder is gone once they are written."""
+    import signal
+
+    from localdisc.tasks.shape_guided import segment_images
+
+    image = (synthetic_fundus(32, seed=0).image * 255).astype("uint8")
+    Image.fromarray(image).save(tmp_path / "eye.png")
+    # No topology: reading the prior's takes seconds, and it has nothing to do with checkpoints.
+    options = dict(refine_steps=3, topology=False, device="cpu", log=lambda m: None)
+
+    def outputs(out):
+        return {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")}
+
+    segment_images(run, [tmp_path / "eye.png"], tmp_path / "straight", **options)
+    # One run stopped in its step 2 of 3; an ensemble in its second run's (step 5 of the call).
+    for runs, stop_at, kept in ((run, 2, "refine-checkpoint"),
+                                ([run, run], 5, "run-1/refine-checkpoint")):  # fmt: skip
+        out = tmp_path / kept.replace("/", "-")
+        taken = signal_in_step(monkeypatch, stop_at, signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt, match="after refine step 2/3"):
+            segment_images(runs, [tmp_path / "eye.png"], out, **options)
+        assert [p.relative_to(out).as_posix() for p in out.rglob("refine-checkpoint")] == [kept]
+        taken.clear()
+        logs: list[str] = []
+        segment_images(runs, [tmp_path / "eye.png"], out, **{**options, "log": logs.append})
+        assert len(taken) == 1  # the step after the stop, none again (nor an ensemble's run-0)
+        assert any("continuing the interrupted training" in line for line in logs)
+        assert not list(out.rglob("refine-checkpoint"))
+        monkeypatch.undo()
+    assert outputs(tmp_path / "refine-checkpoint") == outputs(tmp_path / "straight")
+
+
+@pytest.fixture
+def sigterm_handler():
+    """The CLI's SIGTERM handler, as `main` installs it; the test process's own restored."""
+    import signal
+
+    import localdisc.cli as cli
+
+    kept = signal.getsignal(signal.SIGTERM)
+    cli.install_signal_handlers()
+    yield
+    signal.signal(signal.SIGTERM, kept)
+    cli._stopped_by = None
+
+
+def test_cli_segment_stopped_by_sigterm_in_its_refinement_continues_with_the_same_command(
+    tmp_path, monkeypatch, run, sigterm_handler
+):
+    import signal
+
+    image = (synthetic_fundus(32, seed=0).image * 255).astype("uint8")
+    Image.fromarray(image).save(tmp_path / "eye.png")
+    out = tmp_path / "out"
+    args = ["shape-guided", "segment", "--model", str(run), "--images", str(tmp_path / "eye.png"),
+            "--out", str(out), "--refine-steps", "3", "--device", "cpu",
+            "--no-topology"]  # fmt: skip
+    taken = signal_in_step(monkeypatch, 2, signal.SIGTERM)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 143, result.output
+    assert taken == [1, 2]  # the step went on, no other began
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"interrupted by SIGTERM: the refinement's checkpoint is kept in "
+        f"{out / 'refine-checkpoint'} (after refine step 2/3); run the same command again (same "
+        "--out) to continue from there"
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "continuing the interrupted training from its checkpoint" in result.output
+    assert taken == [1, 2, 3] and (out / "eye_refined_mask.png").is_file()
+    assert not (out / "refine-checkpoint").exists()

@@ -182,6 +182,16 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors' shapes and bytes: what a checkpoint records of the data it was
+    trained on, so that one of other data is not continued."""
+    h = hashlib.sha256()
+    for tensor in tensors:
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer state dict into flat tensors (for safetensors) and a JSON part."""
     state = optimizer.state_dict()

@@ -19,7 +19,6 @@ histories of an uninterrupted run.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import shutil
@@ -41,6 +40,7 @@ from localdisc.engine.checkpoint import (
     optimizer_from_flat,
     optimizer_to_flat,
     save_checkpoint,
+    tensor_digest,
 )
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
@@ -331,12 +331,8 @@ def _record(
 ) -> dict[str, Any]:
     """What a checkpoint must match to be continued, as JSON reads it back: the settings that
     change the result, the phases and a hash of the training and validation tensors."""
-    digest = hashlib.sha256()
-    for tensor in (*train, *val):
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy())
     settings = {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS}
-    record = {"settings": settings, "phases": plan, "images": digest.hexdigest()}
+    record = {"settings": settings, "phases": plan, "images": tensor_digest(*train, *val)}
     return json.loads(json.dumps(record))
 
 

@@ -34,7 +34,10 @@ Two outputs, neither using a label:
 
 :func:`~localdisc.tasks.vessels.segment_vessels_self_trained` does it all for files
 (``localdisc shape-guided vessels``): it teaches a network on the given photographs, with trees
-painted, and writes their masks with specks dropped.
+painted, and writes their masks with specks dropped. Its training keeps a checkpoint in
+``OUT/student-checkpoint`` (:data:`STUDENT_CHECKPOINT`; each group's and the unusual images'
+network in its own folder's), which a stopped command run again continues from
+(:func:`~localdisc.engine.pseudo_label.fit_pseudo_labels`), removed once the network is saved.
 
 Usage::
 
@@ -48,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,6 +74,7 @@ from localdisc.tasks.vesselness import (
 )
 
 __all__ = [
+    "STUDENT_CHECKPOINT",
     "StudentConfig",
     "label_shift",
     "mean_rank",
@@ -77,6 +82,10 @@ __all__ = [
     "student_training_set",
     "train_student",
 ]
+
+#: The student's checkpoint folder in an output folder of ``localdisc shape-guided vessels``,
+#: while it trains (:func:`train_student`'s ``checkpoint_dir``).
+STUDENT_CHECKPOINT = "student-checkpoint"
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,7 @@ def train_student(
     teachers: Sequence[np.ndarray] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    checkpoint_dir: str | Path | None = None,
 ) -> Segmenter:
     """A fresh U-Net trained on the pseudo-labels of a filter at ``fraction`` of the FOV.
 
@@ -145,7 +155,10 @@ def train_student(
     teacher's scores when already computed (``None``: ``config.method`` on each image, see
     :func:`~localdisc.tasks.vesselness.vesselness`). No label is read. Batch norm statistics
     are recomputed at the end over what it trained on (:func:`student_training_set`).
-    ``progress`` shows a progress bar of the steps.
+    ``progress`` shows a progress bar of the steps. ``checkpoint_dir``: where the training keeps
+    a checkpoint, continued by a call of the same images, teachers and config
+    (:func:`~localdisc.engine.pseudo_label.fit_pseudo_labels`; its first SIGINT/SIGTERM writes
+    one and raises KeyboardInterrupt); the caller removes it once the network is saved.
     """
     config = config or StudentConfig()
     if not images or len(images) != len(fovs):
@@ -162,7 +175,8 @@ def train_student(
     model = Segmenter(width=config.width, depth=config.depth, size=config.size).to(device)
     fit_pseudo_labels(model, xs, ys, steps=config.steps, batch=config.batch, lr=config.lr,
                       rotation=180.0, flips=True, crop=config.crop, bf16=True, seed=config.seed,
-                      device=device, log=log, name="student step", progress=progress)  # fmt: skip
+                      device=device, log=log, name="student step", progress=progress,
+                      checkpoint_dir=checkpoint_dir)  # fmt: skip
     recalibrate_batch_norm(model, xs, batch=config.batch)
     shift = label_shift(ys, config.painted)
     if shift:

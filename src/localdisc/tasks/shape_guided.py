@@ -14,6 +14,13 @@ its pose (organs) adds two votes, its masks that best match the image moved onto
 averaged, and the intensity posterior they guide (:func:`atlas_votes`). For an organ prior,
 :func:`segment_images` holds output A and the refined masks to the prior's topology (its number of
 pieces, no holes: :mod:`localdisc.priors.topology`).
+
+The refinement trains for long (thousands of steps, hours on a CPU), so :func:`segment_images`
+keeps a checkpoint of it in ``OUT/refine-checkpoint`` (an ensemble's run in
+``OUT/run-K/refine-checkpoint``; :func:`~localdisc.engine.pseudo_label.fit_pseudo_labels`): a
+stopped call (Ctrl-C, SIGTERM, a crash) run again continues the refinement from there, to the
+network an uninterrupted one trains, and the folder is removed once the refined maps are
+written.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -346,7 +354,9 @@ def segment_images(
     masks that keep their pose, together (:func:`ensemble_prior_masks`). Run again into ``OUT``
     with the same runs, images and settings, a run that got to its end there
     (``OUT/run-K/segment.json``, written last with the settings and the environment, marks it)
-    is kept as it is: a stopped ensemble goes on from the run it stopped in.
+    is kept as it is: a stopped ensemble goes on from the run it stopped in. A refinement
+    stopped midway continues from its checkpoint, ``OUT/refine-checkpoint`` (an ensemble's
+    run: ``OUT/run-K/refine-checkpoint``), removed once the refined maps are written.
 
     ``OUT/segment.json``, written last, records what made the outputs in ``OUT`` (each run with
     its prior, each image's file, the settings, the files written per image, the environment).
@@ -404,6 +414,8 @@ def segment_images(
         "size": size, "refine_steps": refine_steps, "topology": topology, "environment": env,
     }  # fmt: skip
     atomic_write_text(out_dir / SEGMENT_RECORD, json.dumps(record, indent=1))
+    # One a stopped call of one run left, where an ensemble now wrote (each run's is its own).
+    shutil.rmtree(out_dir / REFINE_CHECKPOINT, ignore_errors=True)
     log(f"{len(files)} image(s) segmented into {out_dir}: {', '.join(record['outputs'])} "
         f"per image; what made them in {out_dir / SEGMENT_RECORD}")  # fmt: skip
     return written
@@ -470,6 +482,8 @@ def _segment_ensemble(
 
 #: The record of what made the outputs of :func:`segment_images` in its ``OUT``.
 SEGMENT_RECORD = "segment.json"
+#: The refinement's checkpoint folder in an output folder (an ensemble's part), while it trains.
+REFINE_CHECKPOINT = "refine-checkpoint"
 
 
 def _remove_earlier_outputs(
@@ -501,8 +515,9 @@ def _remove_earlier_outputs(
                 if path.is_file() and path.resolve() not in inputs:
                     path.unlink()
                     removed += 1
-        if whole:  # a part this call has not: its marker too, and the folder once empty
+        if whole:  # a part this call has not: its marker and checkpoint too, and the folder
             (folder / SEGMENT_RECORD).unlink(missing_ok=True)
+            shutil.rmtree(folder / REFINE_CHECKPOINT, ignore_errors=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
     record_path.unlink()  # written again at the end, for this call's outputs
@@ -608,7 +623,9 @@ def _segment_run(
         write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
     if refine_steps:
         config = RefineConfig(steps=refine_steps, size=size or 512, device=device)
-        network = refine(run_dir, arrays, all_maps, config, log=log, progress=progress)
+        checkpoint = out_dir / REFINE_CHECKPOINT  # a stopped call's refinement continues there
+        network = refine(run_dir, arrays, all_maps, config, log=log, progress=progress,
+                         checkpoint_dir=checkpoint)  # fmt: skip
         title = _title("refined", run_name)
         with ProgressBar(len(names), 0, progress, title, unit="image") as bar:
             for i, (name, image, maps) in enumerate(zip(names, arrays, all_maps, strict=True)):
@@ -618,6 +635,7 @@ def _segment_run(
                 write_png(out_dir / f"{name}_refined_prob.png", prob_png(prob))
                 written.append(write_png(out_dir / f"{name}_refined_mask.png", mask_png(prob)))
                 bar.update(i + 1)
+        shutil.rmtree(checkpoint, ignore_errors=True)  # the refined maps are written
     else:
         drop_refined(out_dir, names)
     return written
@@ -625,7 +643,9 @@ def _segment_run(
 
 def drop_refined(out_dir: Path, names: Sequence[str]) -> None:
     """Delete refined maps an earlier call left in ``out_dir`` for ``names``: without refinement
-    they would sit beside this call's A and B as if they were its own."""
+    they would sit beside this call's A and B as if they were its own; and the checkpoint of a
+    refinement an earlier call stopped in."""
+    shutil.rmtree(out_dir / REFINE_CHECKPOINT, ignore_errors=True)
     for name in names:
         for kind in ("prob", "mask"):
             (out_dir / f"{name}_refined_{kind}.png").unlink(missing_ok=True)
@@ -679,11 +699,15 @@ def refine(
     *,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    checkpoint_dir: str | Path | None = None,
 ) -> Segmenter:
     """Train a segmenter (encoder from ``run_dir``) on the pseudo-labels of ``maps``.
 
     No label is used: the targets are what the LD model itself found in ``images``.
-    ``progress``: a progress bar of the steps.
+    ``progress``: a progress bar of the steps. ``checkpoint_dir``: where the training keeps a
+    checkpoint, continued by a call of the same run, images, maps and config
+    (:func:`~localdisc.engine.pseudo_label.fit_pseudo_labels`; its first SIGINT/SIGTERM writes
+    one and raises KeyboardInterrupt); the caller removes it once the network's maps are written.
     """
     config = config or RefineConfig()
     if len(images) != len(maps) or not images:
@@ -708,7 +732,7 @@ def refine(
     fit_pseudo_labels(model, x, y, steps=config.steps, batch=config.batch, lr=config.lr,
                       rotation=rotation, flips=flips, cosine=config.schedule == "cosine",
                       seed=config.seed, device=device, log=log, name="refine step",
-                      progress=progress)  # fmt: skip
+                      progress=progress, checkpoint_dir=checkpoint_dir)  # fmt: skip
     if config.recalibrate:
         recalibrate_batch_norm(model, x, batch=8)
     return model.eval()
