@@ -567,10 +567,17 @@ def predict(
 
     from localdisc.tasks.predict import predict_images
 
-    written = predict_images(
-        model, images, out, threshold=threshold, fov_masks=fov_masks, masks=masks,
-        device=device, progress=True, log=_log,
-    )  # fmt: skip
+    def hint() -> str:  # outputs are written one image at a time; predict.json lists them all
+        return (
+            f"the images segmented so far are in {out} (its predict.json says finished: false); "
+            "run the same command again to segment them all"
+        )
+
+    with _on_interrupt(hint):
+        written = predict_images(
+            model, images, out, threshold=threshold, fov_masks=fov_masks, masks=masks,
+            device=device, progress=True, log=_log,
+        )  # fmt: skip
     console.print(f"segmented {len(written)} image(s) into [bold]{_path(out)}[/]")
     if masks is not None:
         metrics = json.loads((out / "metrics.json").read_text())

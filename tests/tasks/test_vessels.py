@@ -324,9 +324,12 @@ def test_a_finished_run_is_kept_and_a_stopped_one_goes_on(tmp_path, monkeypatch)
     # network it saved; one stopped while it trained (no network yet) trains again, alone.
     (out / "group-2" / "vessels.csv").unlink()
     (out / "group-2" / "eye1_mask.png").unlink()
+    # killed between saving its network and removing its checkpoint: that goes now
+    (out / "group-2" / "student-checkpoint" / "step_00000001").mkdir(parents=True)
     said.clear()
     run(log=said.append)
     assert trainings == [] and any("an earlier run of these settings trained" in m for m in said)
+    assert not (out / "group-2" / "student-checkpoint").exists()
     for name in ("model.safetensors", "config.json", "vessels.csv"):
         (out / "group-1" / name).unlink()
     run()
@@ -522,3 +525,72 @@ def test_images_too_small_to_find_vessels_in_are_refused_before_training(tmp_pat
     with pytest.raises(LocaldiscError, match="max_size must be at least 64"):
         segment_vessels_self_trained([photos], tmp_path / "o", config=config, max_size=32)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_training_stopped_by_a_signal_continues_from_its_group_s_checkpoint(
+    tmp_path, monkeypatch
+):
+    """`shape-guided vessels` stopped while a network trained taught it again from step 0; now
+    the first SIGINT/SIGTERM keeps a checkpoint in that group's folder (OUT/group-K/
+    student-checkpoint), the same command goes on from it to the masks of an uninterrupted run,
+    and the folder is gone once the network is saved."""
+    import os
+    import signal
+
+    from localdisc.engine import pseudo_label
+
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=3, device="cpu")
+
+    def run(out, log=quiet):
+        segment_vessels_self_trained([photos], out, fraction=0.12, config=config,
+                                     train_images=2, teach_all=True, log=log)  # fmt: skip
+        return {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")}
+
+    straight = run(tmp_path / "straight")
+    assert not list((tmp_path / "straight").rglob("student-checkpoint"))
+    real, taken = pseudo_label.augment, []
+
+    def augment(*args, **kwargs):
+        taken.append(1)
+        if len(taken) == 5:  # group 2's step 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pseudo_label, "augment", augment)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt, match="after student step 2/3"):
+        run(out)
+    assert [p.relative_to(out).as_posix() for p in out.rglob("student-checkpoint")] == [
+        "group-2/student-checkpoint"
+    ]
+    said: list[str] = []
+    assert run(out, log=said.append) == straight
+    assert len(taken) == 6  # group 2's last step, nothing again
+    assert any("continuing the interrupted training" in line for line in said)
+    assert not list(out.rglob("student-checkpoint"))
+
+
+def test_the_vessels_command_stopped_in_a_training_says_where_it_continues(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+
+    def stopped(images, out_dir, **kwargs):
+        step = out_dir / "group-2" / "student-checkpoint" / "step_00000340"
+        step.mkdir(parents=True)
+        (step / "state.json").write_text(
+            json.dumps({"name": "student step", "step": 340, "steps": 1200})
+        )
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vessels, "segment_vessels_self_trained", stopped)
+    result = CliRunner().invoke(
+        app, ["shape-guided", "vessels", "--images", str(tmp_path), "--out", str(out)]
+    )
+    assert result.exit_code == 130, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"interrupted: the checkpoint of the network in training in "
+        f"{out / 'group-2' / 'student-checkpoint'} (after student step 340/1200); run the same "
+        "command again (same --out): it segments with a saved network of the same settings, and "
+        "continues the training from its checkpoint"
+    ]

@@ -181,7 +181,8 @@ class SegmentationDataset(Sequence[Sample]):
     def _check_root(self) -> None:
         expected = f"expected the {self.name} layout: {self.layout}"
         if self.root is None:
-            raise DatasetError(f"{self.name} needs a ROOT folder ({self.name}:ROOT); {expected}")
+            raise DatasetError(f"{self.name} needs a ROOT folder ({self.name}:ROOT)"
+                               f"{_folder_here_hint(self.name)}; {expected}")  # fmt: skip
         if not self.root.exists():
             hint = _unknown_name_hint(self.root) if self.name == "folder" else ""
             raise DatasetError(f"{self.root}: no such folder{hint}; {expected}")
@@ -1331,6 +1332,20 @@ def _unknown_name_hint(root: Path) -> str:
     if sep and len(prefix) > 1 and "/" not in prefix and "\\" not in prefix:
         return f" ({prefix!r} is not a known data set; known: {', '.join(DATASETS)})"
     return ""
+
+
+def _folder_here_hint(name: str) -> str:
+    """Where the working directory holds a folder named as the data set ``name`` (any letter
+    case: ``DRIVE/``), how to give it: the bare name reads as the set, without its folder."""
+    try:
+        here = sorted(p.name for p in Path.cwd().iterdir() if p.is_dir() and p.name.lower() == name)
+    except OSError:
+        return ""
+    if not here:
+        return ""
+    folder = here[0]
+    return (f" (the folder {folder} here: {name}:{folder} reads it in the {name} layout, "
+            f"./{folder} reads it as a folder of your own)")  # fmt: skip
 
 
 def parse_data_spec(spec: str) -> tuple[str, Path | None]:

@@ -128,9 +128,11 @@ def predict_images(
     Writes two files per image: ``NAME_prob.png``, the probability map (probability x 255),
     and ``NAME_mask.png``, the mask (0/255, ``prob >= threshold``), and ``predict.json``, what
     produced them (the model folder, the threshold, the FOV and target mask folders, each
-    image's file; where and when: :func:`~localdisc.eval.provenance.environment`). Returns the
-    masks' paths only, in the order of the images; each probability map lies beside its mask
-    (``NAME_prob.png`` for ``NAME_mask.png``).
+    image's file; where and when: :func:`~localdisc.eval.provenance.environment`; ``finished``:
+    false until every image is written, as it is written first). Returns the masks' paths only,
+    in the order of the images; each probability map lies beside its mask (``NAME_prob.png``
+    for ``NAME_mask.png``). An ``out_dir`` holding a ``localdisc shape-guided vessels`` run is
+    refused (:func:`_check_not_a_run`).
 
     ``fov_masks``: a folder of FOV masks named as the images (:func:`fov_mask_files`); the
     probability is 0 outside them. A network of ``localdisc shape-guided vessels`` segments as
@@ -157,6 +159,7 @@ def predict_images(
     files = collect_images(images, out_dir=out_dir)
     scoring = masks is not None
     _check_metrics(Path(out_dir), scoring)
+    _check_not_a_run(Path(out_dir), "self_trained_vessels" in config)
     matched = target_mask_files(files, images, masks) if masks is not None else None
     targets = None
     if matched is not None:
@@ -167,6 +170,18 @@ def predict_images(
     # predict's outputs stay.
     model = Segmenter.from_pretrained(model_dir, device=device)
     _remove_earlier_outputs(out_dir, files, scoring, log)
+    record: dict[str, Any] = {
+        "model": str(Path(model_dir).expanduser().resolve()),
+        "threshold": threshold,
+        "fov_masks": str(Path(fov_masks).resolve()) if fov_masks else None,
+        "masks": str(Path(masks).resolve()) if masks is not None else None,
+        "images": [{"name": name, "image": str(path.resolve())} for name, path in files],
+        "environment": env,
+        "finished": False,
+    }
+    # Before the first output, and again at the end: a predict stopped midway has its outputs
+    # listed, so that the next one into out_dir removes those it does not write again.
+    atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=2))
     scores: dict[str, dict[str, float]] = {}
     if "self_trained_vessels" in config:
         from localdisc.tasks.vessels import predict_vessels
@@ -205,14 +220,7 @@ def predict_images(
                         size=model.config.size,
                     )  # fmt: skip
                 bar.update(i + 1)
-    record: dict[str, Any] = {
-        "model": str(Path(model_dir).expanduser().resolve()),
-        "threshold": threshold,
-        "fov_masks": str(Path(fov_masks).resolve()) if fov_masks else None,
-        "masks": str(Path(masks).resolve()) if masks is not None else None,
-        "images": [{"name": name, "image": str(path.resolve())} for name, path in files],
-        "environment": env,
-    }
+    record["finished"] = True
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=2))
     if matched is not None:
         _write_metrics(out_dir, record, files, matched, scores, log)
@@ -256,6 +264,40 @@ def _check_metrics(out_dir: Path, scoring: bool) -> None:
         )
 
 
+def _holds_vessels_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``localdisc shape-guided vessels`` run: its network's
+    ``config.json``, or those of its groups (``--teach-all``: ``group-K/``)."""
+    for path in (folder / "config.json", *sorted(folder.glob("group-*/config.json"))):
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict) and "self_trained_vessels" in saved:
+            return True
+    return False
+
+
+def _check_not_a_run(out_dir: Path, vessels_model: bool) -> None:
+    """Before any work: refuse an ``out_dir`` where this predict would write over another
+    command's outputs. A ``shape-guided vessels`` run's folder holds masks named as predict's
+    and its ``vessels.csv`` and ``figures/overlay.png`` (what it was taught on, which
+    ``vessels_model``, a network of that command, writes again); a fine-tuning's holds its
+    ``figures/overlay.png``. (A fine-tuned model may predict into its own folder: its
+    predictions lie in ``predictions/``, and :func:`_check_metrics` keeps its metrics.)"""
+    if _holds_vessels_run(out_dir):
+        raise LocaldiscError(
+            f"{out_dir}: holds a `shape-guided vessels` run, whose masks, vessels.csv and "
+            "figures/overlay.png this predict would write over or mix with; choose another "
+            "--out (nothing was written)"
+        )
+    if vessels_model and (out_dir / "config.json").is_file():
+        raise LocaldiscError(
+            f"{out_dir}: holds the run of another command (config.json), whose "
+            "figures/overlay.png this network's predict would replace; choose another --out "
+            "(nothing was written)"
+        )
+
+
 def _remove_earlier_outputs(
     out_dir: Path, files: Sequence[tuple[str, Path]], scoring: bool, log: Callable[[str], None]
 ) -> None:
@@ -274,6 +316,19 @@ def _remove_earlier_outputs(
         listed = [entry["name"] for entry in record["images"]]
     except (OSError, ValueError, TypeError, KeyError):
         return  # no predict.json, or not one predict wrote
+    removed = remove_outputs(out_dir, listed, files)
+    if removed:
+        log(f"removed {removed} file(s) of an earlier predict from {out_dir}: outputs of "
+            "images this one does not segment")  # fmt: skip
+
+
+def remove_outputs(
+    out_dir: Path, listed: Sequence[object], files: Sequence[tuple[str, Path]]
+) -> int:
+    """Remove the ``NAME_prob.png`` and ``NAME_mask.png`` in ``out_dir`` of each name of
+    ``listed`` (an earlier run's images) that this run's ``files`` (:func:`collect_images`) do
+    not write again, so that two runs' outputs do not mix. Names that are not a plain file
+    name, and this run's input files, are left alone. Returns how many files were removed."""
     keep = {name for name, _ in files}
     inputs = {path.resolve() for _, path in files}
     removed = 0
@@ -285,9 +340,7 @@ def _remove_earlier_outputs(
             if path.is_file() and path.resolve() not in inputs:
                 path.unlink()
                 removed += 1
-    if removed:
-        log(f"removed {removed} file(s) of an earlier predict from {out_dir}: outputs of "
-            "images this one does not segment")  # fmt: skip
+    return removed
 
 
 def score_prediction(

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from localdisc.data.datasets import absolute_path
 from localdisc.data.io import read_image, write_png
 from localdisc.data.preprocess import (
     fov_from_image,
@@ -54,8 +55,14 @@ from localdisc.tasks.predict import (
     mask_png,
     prob_png,
     read_fov_mask,
+    remove_outputs,
 )
-from localdisc.tasks.self_training import StudentConfig, student_probability, train_student
+from localdisc.tasks.self_training import (
+    STUDENT_CHECKPOINT,
+    StudentConfig,
+    student_probability,
+    train_student,
+)
 from localdisc.tasks.vesselness import eroded_fov, remove_specks, vesselness
 
 __all__ = [
@@ -149,12 +156,15 @@ def segment_vessels_self_trained(
     if train_images < 1:
         raise LocaldiscError(f"the network needs at least one image to learn from, got "
                              f"{train_images}")  # fmt: skip
+    _check_out_dir(Path(out_dir))
     # out_dir may lie in an images folder: its masks are not images to segment on a second run.
     files = collect_images(images, out_dir=out_dir)
-    if teach_all and len(files) > train_images:
+    grouped = teach_all and len(files) > train_images
+    if grouped:
         masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
         for i, (_, path) in enumerate(files):  # every image checked before the first training
             _check_photo(path, max_size, None if masks is None else masks[i])
+        _clear_earlier_run(Path(out_dir), files, log)  # each group clears its own folder
         group_run = partial(_self_train, prior=prior, fraction=fraction, config=config,
                             speck_area=speck_area, max_size=max_size, fov_masks=fov_masks,
                             train_images=train_images, reteach_unusual=False, log=log,
@@ -168,6 +178,13 @@ def segment_vessels_self_trained(
                               progress=progress)  # fmt: skip
     # Once per command: not for each group, nor for the run of the unusual images.
     _name_first_to_review(Path(out_dir) / "vessels.csv", log)
+    # The command's last word: where everything is (it ended on the review order, or on a
+    # progress line), and how to segment further photographs.
+    network = Path(out_dir) / "group-K" if grouped else out_dir
+    log(
+        f"{len(written)} mask(s) in {out_dir} (NAME_mask.png, NAME_prob.png; vessels.csv; "
+        f"figures/overlay.png); further photographs: localdisc predict --model {network}"
+    )
     return written
 
 
@@ -207,7 +224,7 @@ def _self_train(
     settings = {"student": asdict(config), "prior": source, "fraction": fraction,
                 "speck_area": speck_area, "max_size": max_size,
                 "images": [str(path.resolve()) for i, (_, path) in enumerate(files) if i in chosen],
-                "fov_masks": None if fov_masks is None else str(fov_masks),
+                "fov_masks": None if fov_masks is None else absolute_path(str(fov_masks)),
                 "reteach_unusual": reteach_unusual}  # fmt: skip
     names = [name for name, _ in files]
     earlier = _same_settings(out_dir, settings)  # a network of these settings in out_dir
@@ -219,7 +236,6 @@ def _self_train(
     # compares those); a stopped run's network keeps the environment it was trained in.
     env = environment(config.device)
     provenance = resumed(read_config(out_dir), env) if earlier else {"environment": env}
-    (out_dir / "vessels.csv").unlink(missing_ok=True)  # written last: marks a finished run
     taught = {}  # index -> (image, FOV, own size); the others are only read, to check them
     for i, (_, path) in enumerate(files):
         mask = None if masks is None else masks[i]
@@ -227,12 +243,16 @@ def _self_train(
             taught[i] = _read_photo(path, max_size, mask)
         else:
             _check_photo(path, max_size, mask)
+    _clear_earlier_run(out_dir, files, log)  # once every image is read: a bad one removes nothing
     pictures, fovs = [taught[i][0] for i in sorted(taught)], [taught[i][1] for i in sorted(taught)]
     log(
         f"{len(files)} image(s): a network taught on {len(pictures)} of them by {config.method} "
         f"at {fraction:.3f} of the FOV and by {config.painted} painted copies per image, "
         f"{config.steps} steps"
     )
+    # A stopped training continues from its checkpoint there, removed once the network is saved
+    # (a run stopped after that segments with the network).
+    checkpoint = out_dir / STUDENT_CHECKPOINT
     if earlier:  # stopped after its training: the network it saved segments
         log(f"the network an earlier run of these settings trained in {out_dir} segments them")
         device = str(resolve_device(config.device))
@@ -242,9 +262,10 @@ def _self_train(
         scores = {i: vesselness(image, fov, method=config.method, erode_fov=config.erode_fov)
                   for i, (image, fov, _) in sorted(taught.items())}  # fmt: skip
         model = train_student(pictures, fovs, fraction, config, teachers=list(scores.values()),
-                              log=log, progress=progress)  # fmt: skip
+                              log=log, progress=progress, checkpoint_dir=checkpoint)  # fmt: skip
         # before a long segmentation
         model.save(out_dir, extra={"self_trained_vessels": settings, **provenance})
+    shutil.rmtree(checkpoint, ignore_errors=True)  # (one a kill just after the save left, too)
     written, shares, strays = _write_vessels(model, files, masks, out_dir, max_size, speck_area,
                                              (config.method, config.erode_fov), log=log,
                                              loaded=taught, scores=scores,
@@ -385,17 +406,52 @@ def _same_settings(out_dir: Path, settings: Mapping) -> bool:
     return isinstance(saved, dict) and all(same(k, v) for k, v in settings.items())
 
 
+def _listed(out_dir: Path) -> list[str] | None:
+    """The images ``out_dir/vessels.csv`` lists (a run's of this command, or a ``predict``'s
+    with its network), or ``None`` where there is none that reads."""
+    try:
+        with (out_dir / "vessels.csv").open(newline="") as file:
+            return [row["image"] for row in csv.DictReader(file)]
+    except (OSError, KeyError, csv.Error):
+        return None
+
+
 def _finished(out_dir: Path, names: Sequence[str]) -> bool:
     """Whether the run in ``out_dir`` got to its end: its ``vessels.csv`` (written last, and
     removed when a run starts) lists ``names``, each with its masks."""
-    try:
-        with (out_dir / "vessels.csv").open(newline="") as file:
-            listed = [row["image"] for row in csv.DictReader(file)]
-    except (OSError, KeyError, csv.Error):
-        return False
-    return listed == list(names) and all(
+    return _listed(out_dir) == list(names) and all(
         (out_dir / f"{n}_{kind}.png").is_file() for n in names for kind in ("prob", "mask")
     )
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse, before any work, an ``out_dir`` holding another command's run (a fine-tuning,
+    a pre-training: a ``config.json`` that is not this command's network's), whose network and
+    config this run would save over."""
+    if not (out_dir / "config.json").is_file():
+        return
+    try:
+        saved = read_config(out_dir)
+    except LocaldiscError:
+        return  # unreadable: as before, a network is taught and saved over it
+    if "self_trained_vessels" not in saved:
+        raise LocaldiscError(
+            f"{out_dir}: holds the run of another command (config.json), whose network this "
+            "one would replace; choose another --out (nothing was written)"
+        )
+
+
+def _clear_earlier_run(
+    out_dir: Path, files: Sequence[tuple[str, Path]], log: Callable[[str], None]
+) -> None:
+    """Before a run writes into ``out_dir``: remove the masks an earlier run there (its
+    ``vessels.csv``) wrote of images this one does not segment (:func:`remove_outputs`), else
+    the two runs' masks lie mixed; then that ``vessels.csv``, which marks a finished run."""
+    removed = remove_outputs(out_dir, _listed(out_dir) or [], files)
+    if removed:
+        log(f"removed {removed} file(s) of an earlier run from {out_dir}: masks of images this "
+            "one does not segment")  # fmt: skip
+    (out_dir / "vessels.csv").unlink(missing_ok=True)  # written last: marks a finished run
 
 
 def _saved_yardstick(settings: Mapping) -> tuple[float, float, float] | None:

@@ -1,0 +1,115 @@
+"""`localdisc shape-guided vessels` into a folder that already holds outputs: another command's
+run, or its own of other images or settings."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from helpers import save
+from localdisc.data.synthetic import synthetic_fundus
+from localdisc.errors import LocaldiscError
+from localdisc.models.segmenter import Segmenter
+from localdisc.tasks.self_training import StudentConfig
+from localdisc.tasks.vessels import segment_vessels_self_trained
+
+CONFIG = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, painted=1, device="cpu")
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def _photos(folder, names):
+    for seed, name in enumerate(names):
+        eye = synthetic_fundus(64, seed=seed)
+        save(folder / f"{name}.png", np.round(eye.image * 255).astype(np.uint8))
+    return folder
+
+
+def _digest(folder):
+    return {p.relative_to(folder): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}  # fmt: skip
+
+
+def test_a_fine_tuning_s_folder_as_out_is_refused_before_any_work(tmp_path):
+    """`shape-guided vessels --out ft/` on a fine-tuning's folder trained its network and
+    saved it over the fine-tuned model.safetensors and config.json."""
+    ft = tmp_path / "ft"
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(ft, {"transfer": {}})
+    before = _digest(ft)
+    photos = _photos(tmp_path / "photos", ["a"])
+    with pytest.raises(LocaldiscError, match=r"ft: holds the run of another command"):
+        segment_vessels_self_trained([photos], ft, fraction=0.12, config=CONFIG, log=quiet,
+                                     progress=False)  # fmt: skip
+    assert _digest(ft) == before
+
+
+@pytest.mark.parametrize("teach_all", [False, True])
+def test_a_run_of_other_images_into_the_same_out_leaves_none_of_the_earlier_masks(
+    tmp_path, teach_all
+):
+    """A second run into the same --out of other images (or other settings) taught a network
+    again and wrote its masks, but left the first run's masks of the images it did not segment
+    beside them, listed nowhere: two runs mixed. A run that fails at a bad image removes
+    nothing."""
+    photos = _photos(tmp_path / "photos", ["a", "b", "c"])
+    out = tmp_path / "out"
+    run = {"fraction": 0.12, "config": CONFIG, "train_images": 2, "teach_all": teach_all,
+           "progress": False}  # fmt: skip
+    segment_vessels_self_trained([photos], out, log=quiet, **run)
+    assert (out / "c_mask.png").is_file()
+    bad = tmp_path / "bad"
+    _photos(bad, ["a"])
+    (bad / "broken.png").write_bytes(b"not a png")
+    before = _digest(out)
+    with pytest.raises(LocaldiscError, match="broken.png"):
+        segment_vessels_self_trained([bad], out, log=quiet, **run)
+    assert _digest(out) == before  # the earlier run stays whole, and finished
+    said: list[str] = []
+    other = _photos(tmp_path / "other", ["d"])
+    segment_vessels_self_trained([photos / "a.png", photos / "b.png", other], out,
+                                 log=said.append, **run)  # fmt: skip
+    masks = sorted(p.name for p in out.glob("*.png"))
+    assert masks == [f"{n}_{kind}.png" for n in "abd" for kind in ("mask", "prob")]
+    assert any(f"removed 2 file(s) of an earlier run from {out}:" in line for line in said), said
+
+
+def test_the_same_fov_masks_folder_spelt_otherwise_is_the_same_run(tmp_path, monkeypatch):
+    """config.json saved --fov-masks as typed: the same command from another directory, or
+    with the folder spelt absolute, taught the network again instead of keeping the run."""
+    from localdisc.tasks import vessels
+
+    photos = _photos(tmp_path / "photos", ["a"])
+    fov = np.zeros((64, 64), np.uint8)
+    fov[4:60, 4:60] = 255
+    save(tmp_path / "fov" / "a_mask.png", fov)
+    monkeypatch.chdir(tmp_path)
+    run = {"fraction": 0.12, "config": CONFIG, "progress": False, "log": quiet}
+    segment_vessels_self_trained([photos], tmp_path / "out", fov_masks="fov", **run)
+    trainings, real = [], vessels.train_student
+    monkeypatch.setattr(
+        vessels, "train_student", lambda *a, **k: trainings.append(1) or real(*a, **k)
+    )
+    said: list[str] = []
+    segment_vessels_self_trained([photos], tmp_path / "out", fov_masks=tmp_path / "fov",
+                                 **{**run, "log": said.append})  # fmt: skip
+    assert trainings == [] and any("kept as it is" in line for line in said), said
+
+
+def test_the_command_ends_saying_where_its_outputs_are(tmp_path):
+    """The command's last line was the review order of its masks (or, for three images or
+    fewer, a progress line): nothing said where the masks, the table and the network were."""
+    photos = _photos(tmp_path / "photos", ["a", "b", "c"])
+    run = {"fraction": 0.12, "config": CONFIG, "progress": False, "train_images": 2}
+    for teach_all, network in ((False, "out"), (True, "out/group-K")):
+        said: list[str] = []
+        segment_vessels_self_trained([photos], tmp_path / "out", teach_all=teach_all,
+                                     log=said.append, **run)  # fmt: skip
+        assert said[-1] == (
+            f"3 mask(s) in {tmp_path / 'out'} (NAME_mask.png, NAME_prob.png; vessels.csv; "
+            f"figures/overlay.png); further photographs: localdisc predict --model "
+            f"{tmp_path / network}"
+        )
