@@ -1169,7 +1169,12 @@ def benchmark_pretrain_methods(
         None, help="Pre-training seconds per method [200; --cpu-scale: 240]."
     ),
     tasks: str | None = typer.Option(
-        None, help="Transfer tasks, comma-separated [drive,scr_clavicle; --quick: synthetic]."
+        None,
+        help="Transfer tasks, comma-separated [drive,scr_clavicle; --quick: synthetic]; or data "
+        "sets of your own, as benchmark transfer --tasks takes them (a folder of images + masks, "
+        "or NAME:ROOT[:TARGET]): each uses the pool of its modality (a folder's guessed from its "
+        "images). One that cannot run, or a --labels budget beyond a task's images, is refused "
+        "before any pre-training.",
     ),
     labels: str | None = typer.Option(None, help="Label budgets [2,all; --quick, --cpu-scale: 2]."),
     seeds: int | None = typer.Option(None, help="Seeds per setting [3; --quick: 1]."),

@@ -26,6 +26,7 @@ from localdisc.data.datasets import (
     paper_splits,
     parse_data_spec,
     pool_image_paths,
+    split_target,
 )
 from localdisc.data.synthetic import synthetic_xray
 from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
@@ -688,6 +689,31 @@ def test_registry_and_data_specs(tmp_path: Path) -> None:
     assert image_stem("a/im0001.ah.ppm.gz") == "im0001.ah" and image_stem("x.JPG") == "x"
     root = make_drive(tmp_path / "DRIVE")
     assert len(load_data_spec(f"drive:{root}", "test")) == 2
+
+
+def test_split_target_takes_a_tail_naming_a_target_and_names_a_mistyped_one(
+    tmp_path: Path,
+) -> None:
+    """One parse of NAME:ROOT[:TARGET] for shape priors and benchmark tasks (each said it): the
+    tail is a target only when it names one of the set's, since ROOT may contain colons."""
+    run = tmp_path / "run:2"
+    run.mkdir()
+    assert split_target(f"JSRT_SCR:{tmp_path}:heart") == (f"jsrt_scr:{tmp_path}", "heart")
+    assert split_target("synthetic_xray:heart") == ("synthetic_xray", "heart")
+    assert split_target("synthetic_xray:4:heart") == ("synthetic_xray:4", "heart")
+    assert split_target(f"drive:{run}") == (f"drive:{run}", None)  # a colon in ROOT
+    assert split_target(f"drive:{run}:vessels") == (f"drive:{run}", "vessels")
+    assert split_target(f"{run}:vessels") == (f"{run}:vessels", None)  # a folder's path
+    assert split_target("drive:/nowhere:hart") == ("drive:/nowhere:hart", None)  # no root
+    # ROOT exists without the tail and not with it: the tail is a mistyped target.
+    for spec, name in [
+        (f"jsrt_scr:{tmp_path}:hart", "jsrt_scr"),
+        ("synthetic_xray:4:hart", "synthetic_xray"),
+    ]:
+        with pytest.raises(DatasetError) as caught:
+            split_target(spec)
+        targets = ", ".join(DATASETS[name].all_targets)
+        assert str(caught.value) == f"{name} has no target 'hart'; its targets are: {targets}"
 
 
 def test_missing_empty_and_unknown_roots(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -67,19 +68,32 @@ def test_bad_transfer_settings_are_refused_before_any_pretraining(tmp_path):
 
 
 def test_cpu_scale_is_the_recorded_cpu_comparison():
-    from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, _settings, preset
+    from localdisc.tasks.benchmark_methods import (
+        MethodsBenchmarkConfig,
+        _settings,
+        cpu_scale_pools,
+        preset,
+        task_modalities,
+    )
+    from localdisc.tasks.benchmark_transfer import BenchmarkConfig
 
     config = preset(MethodsBenchmarkConfig(cpu_scale=True, data_root="/d", tasks=["drive"]))
-    # Only the pool of the tasks' modality, under --data-root (compare_methods.sh's pools).
-    assert config.pools == ["fundus=/d/KaggleDR/images"]
+    # Only the pool of the tasks' modality, under --data-root (compare_methods.sh's pools);
+    # chosen once the tasks are checked (a paper task without data needs none: it is skipped).
+    assert config.pools == []
+    assert task_modalities(BenchmarkConfig(tasks=["drive"]), lambda m: None) == set()
+    generated = BenchmarkConfig(tasks=["synthetic_fundus", "synthetic_xray"])
+    assert task_modalities(generated, lambda m: None) == {"fundus", "xray"}
+    assert cpu_scale_pools("/d", {"fundus"}) == ["fundus=/d/KaggleDR/images"]
     assert (config.budget_seconds, config.size, config.batch, config.labels) == (240, 128, 2, ["2"])
     assert config.transfer["size"] == 256 and config.device == "cpu"
     fundus = _settings(config, "ld", "fundus", "/d/KaggleDR/images")
     assert fundus["stage1_seconds"] == 48 and fundus["stage2_seconds"] == 192
     assert fundus["max_images"] == 1000 and fundus["crop_scale"] == (0.2, 0.35)
     both = preset(MethodsBenchmarkConfig(cpu_scale=True, data_root="/d"))
-    assert both.pools == ["fundus=/d/KaggleDR/images", "xray=/d/CXR_Kermany/train/NORMAL"]
-    assert "crop_scale" not in _settings(both, "ld", "xray", both.pools[1])
+    pools = cpu_scale_pools("/d", {"fundus", "xray"})
+    assert pools == ["fundus=/d/KaggleDR/images", "xray=/d/CXR_Kermany/train/NORMAL"]
+    assert "crop_scale" not in _settings(both, "ld", "xray", pools[1])
     # Explicit choices stay.
     mine = preset(MethodsBenchmarkConfig(cpu_scale=True, budget_seconds=60, size=96, labels=["4"]))
     assert (mine.budget_seconds, mine.size, mine.labels) == (60, 96, ["4"])
@@ -188,3 +202,97 @@ def test_an_older_record_of_a_resumed_run_says_its_time_is_unknown(tmp_path):
     assert reused["seconds"] is None is reused["images_per_s"] and reused["steps"] == 6
     assert any("older version" in m for m in messages)
     assert _pretrain(settings, tmp_path / "straight", lambda m: None)["seconds"] is not None
+
+
+def _xray_folder(root, n: int = 6):
+    """A folder set of one's own: ``n`` grey 48 x 48 synthetic radiographs and their lungs."""
+    import numpy as np
+
+    from helpers import save
+    from localdisc.data.synthetic import synthetic_xray
+
+    for i in range(n):
+        s = synthetic_xray(48, seed=i)
+        save(root / "images" / f"case{i}.png", (s.image[..., 0] * 255).astype(np.uint8))
+        save(root / "masks" / f"case{i}.png", (s.lungs * 255).astype(np.uint8))
+    return root
+
+
+def _no_pretraining(*args, **kwargs):
+    raise AssertionError("pre-trained before the tasks were checked")
+
+
+def test_tasks_that_cannot_run_are_refused_before_any_pretraining(tmp_path, monkeypatch):
+    """A bad own set in --tasks, or a --labels budget beyond a task's images, was refused by the
+    transfer benchmark only after every method's (long) pre-training."""
+    import localdisc.tasks.benchmark_methods as methods
+    from localdisc.errors import LocaldiscError
+
+    monkeypatch.setattr(methods, "_pretrain", _no_pretraining)
+    mine = _xray_folder(tmp_path / "mine")
+    base = methods.MethodsBenchmarkConfig(methods=["simclr"], quick=True)
+    cases = {
+        ("synthetic_fundus", str(tmp_path / "nothere")): (["2"], "no such folder"),
+        ("synthetic_fundus", str(mine)): (["2", "10"], f"--tasks {mine}: --labels 10: only 5"),
+        ("synthetic_fundus",): (["2", "7"], "task synthetic_fundus: --labels 7: only 6"),
+    }
+    for tasks, (labels, message) in cases.items():
+        config = replace(base, tasks=list(tasks), labels=labels)
+        with pytest.raises(LocaldiscError, match=message):
+            methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_own_xray_set_has_the_xray_pool_pretrained(tmp_path, monkeypatch):
+    """The pools were chosen by the paper tasks' modalities alone: an own X-ray folder had no
+    pool pre-trained for it ("no task needs the xray pool"), only random init."""
+    import localdisc.tasks.benchmark_methods as methods
+
+    pretrained: list[tuple[str, list[str], Path]] = []
+    inits: list[list[str]] = []
+
+    def pretrain(settings, run_dir, log):
+        pretrained.append((settings["modality"], settings["data"], run_dir))
+        return {}
+
+    def transfer(config, out_dir, log):
+        inits.append(config.inits)
+        raise KeyboardInterrupt  # stop here: what runs is chosen
+
+    monkeypatch.setattr(methods, "_pretrain", pretrain)
+    monkeypatch.setattr(methods, "run_benchmark", transfer)
+    mine = _xray_folder(tmp_path / "mine")
+    config = methods.MethodsBenchmarkConfig(
+        methods=["simclr"], pools=["synthetic_fundus:8", "xray=synthetic_xray:8"],
+        tasks=[str(mine)], quick=True,
+    )  # fmt: skip
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        methods.run_methods_benchmark(config, tmp_path / "out", log=said.append)
+    run_dir = tmp_path / "out" / "pretrain" / "xray" / "simclr"
+    assert pretrained == [("xray", ["synthetic_xray:8"], run_dir)]
+    assert inits == [["random", str(run_dir)]]
+    assert any("no task needs the fundus pool" in m for m in said)
+
+
+def test_cpu_scale_pretrains_the_pool_of_an_own_sets_modality(tmp_path, monkeypatch):
+    """--cpu-scale's pools are those of the tasks' modalities, an own set's included."""
+    import localdisc.tasks.benchmark_methods as methods
+
+    started: list[dict] = []
+
+    def first_pretraining(settings, run_dir, log):
+        started.append(settings)
+        raise KeyboardInterrupt  # stop here: the pool is chosen
+
+    monkeypatch.setattr(methods, "_pretrain", first_pretraining)
+    monkeypatch.setattr(methods, "run_benchmark", _no_pretraining)
+    mine = _xray_folder(tmp_path / "mine")
+    config = methods.MethodsBenchmarkConfig(
+        methods=["ld"], tasks=[str(mine)], cpu_scale=True, data_root=str(tmp_path)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
+    assert [(s["modality"], s["data"]) for s in started] == [
+        ("xray", [str(tmp_path / "CXR_Kermany" / "train" / "NORMAL")])
+    ]

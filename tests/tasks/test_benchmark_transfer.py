@@ -1,7 +1,9 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 from typer.testing import CliRunner
 
@@ -269,6 +271,13 @@ def test_own_sets_take_a_target_and_keep_clear_of_task_names():
     assert own_set("synthetic_xray:heart") == ("synthetic_xray", "heart")
     assert own_set("drive:/data/run:2") == ("drive:/data/run:2", None)  # a colon in ROOT
     assert own_set("/data/mine") == ("/data/mine", None)
+    # A generated set's ROOT is a count: its tail after one is a mistyped target, as in priors.
+    import pytest
+
+    from localdisc.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="--tasks synthetic_xray:4:hart: synthetic_xray has no"):
+        own_set("synthetic_xray:4:hart")
     entries = ["drive", "drive:/d/DRIVE", "/a/x/mine", "/b/x/mine", "/c/other",
                "jsrt_scr:/d/JSRT:heart", "synthetic_xray:4:heart"]  # fmt: skip
     labels = task_labels(entries, {e: own_set(e) for e in entries if e != "drive"})
@@ -276,3 +285,22 @@ def test_own_sets_take_a_target_and_keep_clear_of_task_names():
         "drive", "d/DRIVE", "a/x/mine", "b/x/mine", "other", "JSRT-heart",
         "synthetic_xray-4-heart",
     ]  # fmt: skip
+
+
+def test_a_label_budget_beyond_a_paper_tasks_images_is_refused_before_any_work(tmp_path):
+    """Own sets were checked up front, paper tasks not: --labels 2,7 on synthetic_fundus (6
+    training images with --quick) ran the 2-label runs, then failed."""
+    import pytest
+
+    from localdisc.errors import LocaldiscError
+    from localdisc.tasks.benchmark_transfer import TASKS, BenchmarkConfig, run_benchmark
+
+    assert TASKS["synthetic_fundus"].spec(None, quick=True) == "synthetic_fundus:6"
+    config = BenchmarkConfig(quick=True, inits=["random"], tasks=["synthetic_fundus"])
+    for labels, message in {
+        "7": "task synthetic_fundus: --labels 7: only 6 labelled training images exist",
+        "two": "task synthetic_fundus: --labels must be a count, a fraction in (0, 1) or 'all'",
+    }.items():
+        with pytest.raises(LocaldiscError, match=re.escape(message)):
+            run_benchmark(replace(config, labels=["2", labels]), tmp_path / "b", log=print)
+    assert not (tmp_path / "b").exists()

@@ -1363,6 +1363,42 @@ def parse_data_spec(spec: str) -> tuple[str, Path | None]:
     return "folder", Path(spec).expanduser()
 
 
+def split_target(spec: str) -> tuple[str, str | None]:
+    """``(data spec, target)`` of ``NAME:ROOT[:TARGET]`` (``jsrt_scr:/data:heart`` ->
+    ``("jsrt_scr:/data", "heart")``, ``synthetic_xray:heart`` -> ``("synthetic_xray",
+    "heart")``); a spec without a target, or not of a known set (a folder, colons and all),
+    unchanged with ``None``: the set's default.
+
+    The tail after the last colon is a target only when it names one of the set's targets,
+    since ROOT may contain colons (``/data/run:2``). Where ROOT without the tail is a root and
+    with it is none, the tail is a mistyped target: :class:`DatasetError` naming the set and its
+    targets, for the caller to say where the spec came from.
+    """
+    prefix, sep, rest = spec.partition(":")
+    if not sep or prefix.lower() not in DATASETS:
+        return spec, None
+    name = prefix.lower()
+    cls = dataset_class(name)
+    if not cls.requires_root and rest in cls.all_targets:  # synthetic_xray:heart
+        return name, rest
+    head, sep, tail = rest.rpartition(":")
+    if sep and tail in cls.all_targets:
+        return f"{name}:{head}", tail
+    if sep and tail and _can_be_root(cls, head) and not _can_be_root(cls, rest):
+        raise DatasetError(
+            f"{name} has no target {tail!r}; its targets are: {', '.join(cls.all_targets)}"
+        )
+    return spec, None
+
+
+def _can_be_root(cls: type[SegmentationDataset], text: str) -> bool:
+    """Whether ``text`` can be the ROOT of ``cls``: an existing path, or for the generated
+    sets nothing or an image count."""
+    if not cls.requires_root:
+        return text == "" or text.isdigit()
+    return bool(text) and Path(text).expanduser().exists()
+
+
 def absolute_path(text: str) -> str:
     """``text`` as an absolute path (``~`` expanded, links resolved) where it names something
     that exists, so that a saved config names it from any directory; else as typed, for the

@@ -34,6 +34,8 @@ from localdisc.data.datasets import (
     absolute_path,
     dataset_class,
     load_dataset,
+    parse_data_spec,
+    split_target,
     walk,
 )
 from localdisc.data.io import read_image, read_mask
@@ -82,26 +84,13 @@ def _parse(spec: str) -> _Spec:
             )
         return _Spec("simulated", name)
     if sep and prefix.lower() in DATASETS:
-        return _parse_dataset(spec, prefix.lower(), rest)
+        try:
+            data, target = split_target(spec)
+        except DatasetError as exc:  # a mistyped target
+            raise DatasetError(f"shape prior {spec!r}: {exc}") from None
+        name, root = parse_data_spec(data)
+        return _Spec("dataset", name, root, target)
     return _Spec("folder", root=Path(spec).expanduser())
-
-
-def _parse_dataset(spec: str, name: str, rest: str) -> _Spec:
-    """``ROOT[:TARGET]``: the tail after the last colon is a target only when it names one of
-    the set's targets, since ROOT itself may contain colons (``/data/run:2``)."""
-    cls = dataset_class(name)
-    if not cls.requires_root and rest in cls.all_targets:  # synthetic_xray:heart
-        return _Spec("dataset", name, None, rest)
-    head, sep, tail = rest.rpartition(":")
-    if sep and tail in cls.all_targets:
-        return _Spec("dataset", name, _root(head), tail)
-    if sep and tail and _root_ok(cls, head) and not _root_ok(cls, rest):
-        # The whole of ``rest`` is no root but its head is: the tail is a mistyped target.
-        raise DatasetError(
-            f"shape prior {spec!r}: {name} has no target {tail!r}; "
-            f"its targets are: {', '.join(cls.all_targets)}"
-        )
-    return _Spec("dataset", name, _root(rest), None)
 
 
 def absolute_prior_spec(spec: str) -> str:
@@ -119,18 +108,6 @@ def absolute_prior_spec(spec: str) -> str:
     if p.kind == "folder":
         return root
     return f"{p.name}:{root}" + (f":{p.target}" if p.target else "")
-
-
-def _root(text: str) -> Path | None:
-    return Path(text).expanduser() if text else None
-
-
-def _root_ok(cls: type[SegmentationDataset], text: str) -> bool:
-    """Whether ``text`` can be the ROOT of ``cls``: an existing path, or for the generated
-    sets nothing or an image count."""
-    if not cls.requires_root:
-        return text == "" or text.isdigit()
-    return bool(text) and Path(text).expanduser().exists()
 
 
 def _is_mask_file(name: str) -> bool:

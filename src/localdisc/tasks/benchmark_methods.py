@@ -9,8 +9,10 @@ init as the floor and every method's encoder, into one table.
 
 A pool is ``MODALITY=SPEC`` (``fundus=KaggleDR/images``, ``xray=jsrt_scr:/data``) or a bare spec
 (fundus, unless it names an X-ray data set); each method pre-trains once per pool, and each task
-uses the pool of its modality. Finished pre-training runs are reused; a folder holding a run with
-other settings is refused, not reused.
+uses the pool of its modality: a data set of one's own in ``--tasks`` has the one its loader
+gives (a folder's: guessed from its images), the tasks being checked as the transfer benchmark
+checks them before any pre-training. Finished pre-training runs are reused; a folder holding a
+run with other settings is refused, not reused.
 
 ``--cpu-scale`` is the comparison of ``benchmarks/RESULTS.md`` on 2 CPU cores: 240 s per method
 at 128 x 128 with 2 items per step on the first 1 000 images of ``KaggleDR/images`` (fundus) and
@@ -29,7 +31,8 @@ from typing import Any
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import LocaldiscError
 from localdisc.eval.report import collect, environment_markdown, jsonable
-from localdisc.tasks.benchmark_transfer import TASKS, BenchmarkConfig, run_benchmark
+from localdisc.tasks.benchmark_transfer import BenchmarkConfig, plan_tasks, run_benchmark
+from localdisc.tasks.benchmark_transfer import preset as transfer_preset
 
 METHODS = ("ld", "simclr", "densecl", "pixpro", "genesis")
 XRAY_SETS = ("jsrt_scr", "synthetic_xray")
@@ -40,7 +43,8 @@ class MethodsBenchmarkConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     pools: list[str] = field(default_factory=list)
     budget_seconds: float | None = None  # None: 200 (--cpu-scale: 240)
-    tasks: list[str] | None = None  # None: drive, scr_clavicle (quick: synthetic_fundus)
+    # None: drive, scr_clavicle (quick: synthetic_fundus); own data sets as benchmark transfer's
+    tasks: list[str] | None = None
     labels: list[str] | None = None  # None: 2, all
     seeds: int | None = None
     data_root: str | None = None
@@ -69,6 +73,13 @@ CPU_SCALE_POOLS = {"fundus": "KaggleDR/images", "xray": "CXR_Kermany/train/NORMA
 CPU_SCALE_FUNDUS = {"pool_size": 256, "crop_scale": (0.2, 0.35)}
 
 
+def cpu_scale_pools(data_root: str | None, modalities: set[str]) -> list[str]:
+    """``--cpu-scale``'s pools under ``data_root`` for the tasks' ``modalities`` only: a missing
+    X-ray pool must not stop DRIVE."""
+    root = Path(data_root or ".")
+    return [f"{m}={root / CPU_SCALE_POOLS[m]}" for m in sorted(modalities)]
+
+
 def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
@@ -87,12 +98,10 @@ def preset(config: MethodsBenchmarkConfig) -> MethodsBenchmarkConfig:
         )  # fmt: skip
     tasks = config.tasks or ["drive", "scr_clavicle"]
     if config.cpu_scale:
-        root = Path(config.data_root or ".")
-        # Only the pools of the tasks' modalities: a missing X-ray pool must not stop DRIVE.
-        needed = {TASKS[t].modality for t in tasks if t in TASKS}
-        pools = config.pools or [f"{m}={root / CPU_SCALE_POOLS[m]}" for m in sorted(needed)]
+        # pools: given ones, or those of the tasks' modalities (cpu_scale_pools), chosen by
+        # run_methods_benchmark once the tasks are read (an own set's modality is its data's).
         return replace(
-            config, pools=pools, tasks=tasks, labels=config.labels or ["2"],
+            config, tasks=tasks, labels=config.labels or ["2"],
             budget_seconds=_given(config.budget_seconds, 240.0), size=_given(config.size, 128),
             batch=_given(config.batch, 2), device="cpu",
             # checkpoint_every: a 4-minute run is cheaper to rerun than to checkpoint in its budget
@@ -182,6 +191,21 @@ def reached_row(name: str, reached: dict[str, Any]) -> str:
     )
 
 
+def task_modalities(transfer: BenchmarkConfig, log: Callable[[str], None]) -> set[str]:
+    """The modalities of the transfer benchmark's tasks, whose pools are pre-trained on.
+
+    The tasks are planned as the transfer benchmark plans them (:func:`plan_tasks`), so that
+    one it would refuse (a data set of one's own that cannot run, a ``--labels`` budget beyond
+    a task's images) is refused before the pre-trainings, not after them; an own set's modality
+    is the one its loader gives (a folder's: guessed from its images). A paper task without
+    data needs no pool: the transfer benchmark skips it (and says so).
+    """
+    config = transfer_preset(transfer)
+    data_root = Path(config.data_root).expanduser() if config.data_root else None
+    tasks, _, _ = plan_tasks(config, data_root, lambda message: None)
+    return {t.modality for t in tasks}
+
+
 def run_methods_benchmark(
     config: MethodsBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -194,14 +218,16 @@ def run_methods_benchmark(
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise LocaldiscError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    pools = dict(parse_pool(p) for p in config.pools)
     # The transfer settings are checked now (sizes, seeds, schedule), not after the pre-trainings.
     transfer = BenchmarkConfig(
         inits=["random"], tasks=config.tasks, labels=config.labels, seeds=config.seeds,
         data_root=config.data_root, device=config.device, quick=config.quick,
         **config.transfer,
     )  # fmt: skip
-    needed = {TASKS[t].modality for t in config.tasks or [] if t in TASKS}
+    needed = task_modalities(transfer, log)
+    if config.cpu_scale and not config.pools:
+        config = replace(config, pools=cpu_scale_pools(config.data_root, needed))
+    pools = dict(parse_pool(p) for p in config.pools)
     reached: dict[str, dict[str, Any]] = {}
     inits = ["random"]
     for modality, spec in pools.items():

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from localdisc.data.datasets import (
-    DATASETS,
     FOLDER_MASK_DIRS,
+    SegmentationDataset,
     absolute_data_spec,
     absolute_path,
     dataset_class,
     load_data_spec,
     parse_data_spec,
+    split_target,
 )
 from localdisc.engine.finetune import FinetuneConfig
 from localdisc.errors import DatasetError, LocaldiscError
@@ -259,25 +260,13 @@ def own_set(entry: str) -> tuple[str, str | None]:
     """``(data spec, target)`` of a ``--tasks`` entry naming a data set of one's own.
 
     A folder (colons and all) has one target. ``NAME:ROOT[:TARGET]`` is a known set, its target
-    written as prior specs write it (:mod:`localdisc.priors.sources`): the tail after the last
-    colon is a target only when it names one of the set's, since ROOT may contain colons;
-    ``None``: the set's default.
+    written as prior specs write it (:func:`~localdisc.data.datasets.split_target`); ``None``:
+    the set's default.
     """
-    prefix, sep, rest = entry.partition(":")
-    if not sep or prefix.lower() not in DATASETS:
-        return entry, None
-    name, cls = prefix.lower(), dataset_class(prefix)
-    if not cls.requires_root and rest in cls.all_targets:  # synthetic_xray:heart
-        return name, rest
-    head, sep, tail = rest.rpartition(":")
-    if sep and tail in cls.all_targets:
-        return f"{name}:{head}", tail
-    if sep and tail and Path(head).expanduser().exists() and not Path(rest).expanduser().exists():
-        raise DatasetError(
-            f"--tasks {entry}: {name} has no target {tail!r}; its targets are: "
-            f"{', '.join(cls.all_targets)}"
-        )
-    return entry, None
+    try:
+        return split_target(entry)
+    except DatasetError as exc:  # a mistyped target
+        raise DatasetError(f"--tasks {entry}: {exc}") from None
 
 
 def _is_bare_word(entry: str) -> bool:
@@ -335,7 +324,9 @@ def plan_tasks(
 
     An own set is checked first and refused with the problem (no such folder, no masks, a
     ``--labels`` budget beyond its training images, too few images to hold some out): the user
-    named it, so leaving it out of the table would hide a typing error.
+    named it, so leaving it out of the table would hide a typing error. A paper task with data
+    is refused for a ``--labels`` budget beyond its training split too, before any work: its
+    runs would fail at that budget, after those of the budgets before it.
     """
     entries = list(dict.fromkeys(config.tasks or []))
     own = {e: own_set(e) for e in entries if e not in TASKS}
@@ -369,7 +360,10 @@ def plan_tasks(
             log(f"skipped {entry}: {exc}")
             skipped.append({"task": entry, "init": "all", "reason": str(exc)})
             continue
-        tasks.append(PlannedTask(entry, spec, paper.target, paper.modality))
+        task = PlannedTask(entry, spec, paper.target, paper.modality)
+        pool, _ = _training_images(load_data_spec(spec, "train"), task.test_fraction)
+        _check_labels(f"task {entry}", config.labels or [], pool)
+        tasks.append(task)
     return tasks, skipped, about
 
 
@@ -391,33 +385,47 @@ def _check_own(
         raise DatasetError(f"--tasks: {exc}") from None
     target = target or train.default_target
     assert target is not None  # check_task_data found one
+    fraction = FOLDER_TEST_FRACTION if "test" in splits else config.test_fraction
+    try:
+        pool, k = _training_images(train, fraction)
+    except LocaldiscError as exc:
+        raise LocaldiscError(f"--tasks {entry}: {exc}") from None
     n, held = len(train), ""
-    if "test" in splits:
-        fraction, pool = FOLDER_TEST_FRACTION, n
+    if k is None:
         split = f"its own test split ({len(load_data_spec(spec, 'test'))} images)"
     else:
-        fraction = config.test_fraction
-        try:
-            k = len(held_out_test([item.name for item in train.items], fraction))
-        except LocaldiscError as exc:
-            raise LocaldiscError(f"--tasks {entry}: {exc}") from None
-        pool = n - k
         held = f" ({k} of its {n} images held out for testing; --test-fraction sets how many)"
         split = (
             f"no test split: {k} of its {n} images held out for testing, chosen by file name "
             "(the same for every init, label budget and seed)"
         )
-    for labels in config.labels or []:
-        try:
-            labelled_count(labels, pool)
-        except LocaldiscError as exc:
-            raise LocaldiscError(f"--tasks {entry}: {exc}{held}") from None
+    _check_labels(f"--tasks {entry}", config.labels or [], pool, held)
     # The modality the segmenter is built for, as finetune builds it (a folder's: guessed from
     # its images, grey ones being X-rays), so an init of another is skipped, not refused mid-run.
     modality = train.modality
     guessed = " (guessed from its images)" if name == "folder" else ""
     line = f"{absolute_data_spec(spec)}, target {target}, {modality}{guessed}; {split}"
     return PlannedTask(entry, spec, target, modality, fraction), line
+
+
+def _training_images(train: SegmentationDataset, fraction: float) -> tuple[int, int | None]:
+    """How many images of a task's training split ``train`` its runs may label, and how many
+    of them are held out for testing (``None``: the set has a test split of its own), as
+    :func:`~localdisc.tasks.transfer.run_transfer` splits them."""
+    if "test" in train.splits:
+        return len(train), None
+    k = len(held_out_test([item.name for item in train.items], fraction))
+    return len(train) - k, k
+
+
+def _check_labels(task: str, labels: list[str], available: int, why: str = "") -> None:
+    """Refuse, naming ``task``, a ``--labels`` budget that its ``available`` training images
+    cannot give (``why``: what left them so few): said now, not when its runs come."""
+    for budget in labels:
+        try:
+            labelled_count(budget, available)
+        except LocaldiscError as exc:
+            raise LocaldiscError(f"{task}: {exc}{why}") from None
 
 
 def _run_one(
