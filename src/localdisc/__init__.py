@@ -12,7 +12,7 @@ The Python API in one namespace (README, "Python"); the command line is ``locald
   (``localdisc predict``);
 - evaluation: :func:`segmentation_metrics` (Dice, F1, AUC, ..., clDice of one image);
 - local similarity: :func:`similarity` (maps) and :class:`Localizer` with :class:`SearchConfig`
-  (one-shot landmarks);
+  (one-shot landmarks), scored against true landmarks by :func:`score_predictions`;
 - segmentation without labels: :func:`segment_vessels_self_trained` (``localdisc shape-guided
   vessels``); shape-guided clustering is :mod:`localdisc.tasks.shape_guided` and its shape
   priors :mod:`localdisc.priors`;
@@ -50,7 +50,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "tasks.predict": ["predict_images"],
         "eval.metrics": ["segmentation_metrics"],
         "tasks.similarity": ["similarity"],
-        "tasks.localize": ["Localizer", "SearchConfig"],
+        "tasks.localize": ["Localizer", "SearchConfig", "score_predictions"],
         "tasks.vessels": ["segment_vessels_self_trained"],
         "errors": ["LocaldiscError"],
     },
@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from localdisc.eval.metrics import segmentation_metrics
     from localdisc.models.ld import LDConfig, LDModel
     from localdisc.models.segmenter import Segmenter, SegmenterConfig
-    from localdisc.tasks.localize import Localizer, SearchConfig
+    from localdisc.tasks.localize import Localizer, SearchConfig, score_predictions
     from localdisc.tasks.predict import predict_images
     from localdisc.tasks.similarity import similarity
     from localdisc.tasks.transfer import TransferConfig, run_transfer

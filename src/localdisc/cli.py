@@ -681,6 +681,16 @@ def localize(
         False, "--mirror", help="Also try the template mirrored left-right (left and right eyes)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    truth: Path | None = typer.Option(
+        None,
+        "--truth",
+        help='True landmarks to score against, JSON {IMAGE: {"name": [x, y], ...}, ...} in each '
+        "file's pixels; IMAGE: the image's name in the predictions, or its file name (x.png). "
+        'Adds "errors" and "summary" to --out; images without truth are not scored.',
+    ),
+    pixel_spacing: float | None = typer.Option(
+        None, "--pixel-spacing", help="With --truth: mm per pixel of every image, for mm errors."
+    ),
 ) -> None:
     """One-shot landmark localisation: find the template's landmarks in new images."""
     import json
@@ -691,14 +701,21 @@ def localize(
     from localdisc.tasks.localize import (
         COORDINATES,
         SearchConfig,
+        check_pixel_spacing,
         localize_images,
         read_landmarks,
+        read_truth,
+        score_predictions,
+        score_table,
     )
     from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import check_size, load_model
 
     # Checked before the work, which a bad size or output would otherwise waste.
     check_size(size, "--size")
+    check_pixel_spacing(pixel_spacing, "--pixel-spacing")
+    if pixel_spacing is not None and truth is None:
+        raise LocaldiscError("--pixel-spacing gives the errors in mm: it needs --truth")
     if out.is_dir():
         raise LocaldiscError(f"--out {out} is a folder; give the predictions' JSON file")
     if overlay is not None and overlay.exists() and not overlay.is_dir():
@@ -712,13 +729,16 @@ def localize(
     spots = read_landmarks(landmarks)
     # Overlays in a sub-folder of an --images folder are not images to localise on a rerun.
     found = collect_images(images, out_dir=overlay, suffixes=())
+    # Before the model: an unknown image or landmark, or a point outside its image, is refused.
+    true = read_truth(truth, found, spots) if truth is not None else None
     resolved = resolve_device(device)
     env = environment(resolved)  # at the start: where and when the predictions were made
     loaded = load_model(model, device=str(resolved))
     results = localize_images(
         loaded, template, spots, found, config=SearchConfig(size=size, mirror=mirror),
-        overlay_dir=overlay,
+        overlay_dir=overlay, truth=true,
     )  # fmt: skip
+    scores = score_predictions(results, true, pixel_spacing) if true is not None else {}
     record = {
         # The images under a key of their own: an image named "environment" cannot clash.
         "images": results, "coordinates": COORDINATES,
@@ -727,8 +747,18 @@ def localize(
         "landmarks": {k: list(v) for k, v in spots.items()}, "model": str(model.absolute()),
         "size": size or loaded.pool_size, "mirror": mirror, "environment": env,
     }  # fmt: skip
+    if truth is not None:
+        record.update(truth=str(truth.absolute()), **scores)
     atomic_write_text(out, json.dumps(record, indent=2))
     console.print(f"localised {len(results)} image(s): [bold]{_path(out)}[/]")
+    if scores:
+        unscored = len(results) - scores["summary"]["images"]
+        _log(
+            f"scored {scores['summary']['images']} image(s) against {truth}"
+            + (f" ({unscored} without truth: not scored)" if unscored else "")
+            + "; radial errors:"
+        )
+        _log(score_table(scores["summary"]))
 
 
 # --- benchmarks --------------------------------------------------------------------------------

@@ -49,6 +49,15 @@ def test_radial_summary_by_hand():
     assert "mean_mm" not in radial_summary([1.0], [None])
 
 
+def test_the_benchmark_scores_as_localize_truth_does():
+    # One radial error and one summary for `benchmark localize` and `localize --truth`.
+    from localdisc.tasks import benchmark_localize, localize
+
+    assert benchmark_localize.radial_summary is localize.radial_summary
+    assert benchmark_localize.radial_error is localize.radial_error
+    assert localize.radial_error((13.0, 24.0), (10.0, 20.0)) == 5.0
+
+
 def test_scr_landmarks_are_mask_centroids():
     masks = {name: np.zeros((10, 10), bool) for name in
              ("heart", "left_lung", "right_lung", "left_clavicle", "right_clavicle")}  # fmt: skip

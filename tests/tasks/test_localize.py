@@ -447,3 +447,207 @@ def test_a_fundus_landmark_is_found_alike_on_a_photograph_with_wide_black_border
     a, b = localizer(plain)["disc"], localizer(wide)["disc"]
     assert (b.x, b.y) == pytest.approx((a.x + 24, a.y), abs=1e-6)
     assert b.confidence == pytest.approx(a.confidence, abs=1e-5)
+
+
+# --- scoring against true landmarks (--truth) --------------------------------------------------
+
+
+def test_scores_are_the_distances_to_the_truth_by_hand():
+    from localdisc.tasks.localize import Prediction, score_predictions
+
+    predictions = {
+        "a": {"heart": {"x": 13.0, "y": 24.0, "confidence": 0.9}, "apex": {"x": 0, "y": 0}},
+        "b": {"heart": Prediction(10.0, 20.0, 0.5), "apex": Prediction(6.0, 8.0, 0.7)},
+        "c": {"heart": {"x": 1.0, "y": 1.0}, "apex": {"x": 1.0, "y": 1.0}},  # no truth
+    }
+    truth = {"a": {"heart": (10, 20)}, "b": {"heart": (10, 20), "apex": (0, 0)}}
+    scores = score_predictions(predictions, truth)
+    # a's heart: (3, 4) away; b's heart exact, its apex (6, 8) away; a's apex has no truth.
+    assert scores["errors"] == {
+        "a": {"heart": {"px": 5.0}},
+        "b": {"heart": {"px": 0.0}, "apex": {"px": 10.0}},
+    }
+    summary = scores["summary"]
+    assert summary["images"] == 2 and summary["pixel_spacing"] is None
+    assert list(summary["landmarks"]) == ["heart", "apex"]  # the predictions' order
+    heart = summary["landmarks"]["heart"]
+    assert (heart["n"], heart["mean_px"], heart["median_px"], heart["std_px"]) == (2, 2.5, 2.5, 2.5)
+    assert "mean_mm" not in heart
+    every = summary["all"]
+    assert every["n"] == 3 and every["mean_px"] == 5.0 and every["median_px"] == 5.0
+    # With a pixel spacing, in mm too (and the fractions within 5 and 10 mm).
+    mm = score_predictions(predictions, truth, pixel_spacing=0.5)
+    assert mm["errors"]["b"]["apex"] == {"px": 10.0, "mm": 5.0}
+    assert mm["summary"]["pixel_spacing"] == 0.5
+    assert mm["summary"]["all"]["mean_mm"] == 2.5 and mm["summary"]["all"]["within_5mm"] == 1.0
+    assert mm["summary"]["landmarks"]["heart"]["median_mm"] == 1.25
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(LocaldiscError, match="positive number of mm per pixel"):
+            score_predictions(predictions, truth, pixel_spacing=bad)
+    with pytest.raises(LocaldiscError, match=r"without predictions: 'z'"):
+        score_predictions(predictions, {"z": {"heart": (1, 1)}})
+    with pytest.raises(LocaldiscError, match=r"image 'a' has landmark 'lung', not predicted"):
+        score_predictions(predictions, {"a": {"lung": (1, 1)}})
+
+
+def test_score_table_lists_each_landmark_and_all():
+    from localdisc.tasks.localize import score_predictions, score_table
+
+    predictions = {"a": {"heart": {"x": 13.0, "y": 24.0}, "left_clavicle": {"x": 0, "y": 0}}}
+    truth = {"a": {"heart": (10, 20), "left_clavicle": (0, 2)}}
+    table = score_table(score_predictions(predictions, truth)["summary"]).splitlines()
+    assert table[0].split() == ["landmark", "n", "mean", "px", "median", "px"]
+    assert table[1].split() == ["heart", "1", "5.00", "5.00"]
+    assert table[3].split() == ["all", "landmarks", "2", "3.50", "3.50"]
+    with_mm = score_table(score_predictions(predictions, truth, 0.1)["summary"]).splitlines()
+    assert with_mm[0].split()[-4:] == ["mean", "mm", "median", "mm"]
+    assert with_mm[1].split() == ["heart", "1", "5.00", "5.00", "0.50", "0.50"]
+
+
+def _truth_setup(tmp_path):
+    """Images ``new/n0.png`` and ``new/sub/n1.png`` (96 x 60), as collect_images names them."""
+    from helpers import save
+    from localdisc.tasks.predict import collect_images
+
+    for file in ("n0.png", "sub/n1.png"):
+        save(tmp_path / "new" / file, (planted(0, (30, 40))[:60] * 255).astype(np.uint8))
+    return collect_images([tmp_path / "new"])
+
+
+def test_truth_is_matched_by_image_name_or_file_name(tmp_path):
+    from localdisc.tasks.localize import read_truth
+
+    images = _truth_setup(tmp_path)
+    assert [name for name, _ in images] == ["n0", "sub_n1"]
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps({"n0": {"mark": [1, 2]}, "n1.png": {"mark": [3, 4.5]}}))
+    truth = read_truth(path, images, ["mark", "corner"])
+    assert truth == {"n0": {"mark": (1.0, 2.0)}, "sub_n1": {"mark": (3.0, 4.5)}}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"n0": {"mark": [1, 2]}, "n7": {"mark": [1, 2]}, "n1": {"mark": [1, 2]}},
+         r"2 image\(s\) match none of the 2 images given \('n7', 'n1'\)"),
+        ({"n0": {"mark": [1, 2], "lung": [3, 4]}},
+         r"image 'n0' has landmark\(s\) 'lung' that the template has not \(it has 'mark'\)"),
+        ({"n0": {"mark": [1, 2, 3]}}, r"JSON object .*; image 'n0' landmark 'mark' is \[1, 2, 3\]"),
+        ({"n0": [1, 2]}, r"JSON object .*; image 'n0' is \[1, 2\]"),
+        ({"n0": {}}, "image 'n0' has no landmarks"),
+        ({"n0": {"mark": [1, 2]}, "n0.png": {"mark": [1, 2]}},
+         r"images 'n0' and 'n0.png' are both .*n0.png; keep one"),
+        ({}, "no images"),
+        ([["n0", 1, 2]], "JSON object"),
+        # 96 wide, 60 high: (50, 90) is outside, (90, 50) would be inside.
+        ({"n0": {"mark": [50, 90]}},
+         r"image 'n0' landmark 'mark' \(50, 90\) is outside .*n0.png \(96 wide, 60 high\): x is "
+         r"the column, y the row, in its pixels; \(90, 50\) would be inside"),
+    ],
+)  # fmt: skip
+def test_a_bad_truth_file_is_refused_naming_it_and_the_entry(tmp_path, content, message):
+    from localdisc.tasks.localize import read_truth
+
+    images = _truth_setup(tmp_path)
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(LocaldiscError, match=message) as info:
+        read_truth(path, images, ["mark"])
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_truth_naming_a_file_name_of_two_images_is_refused(tmp_path):
+    from localdisc.tasks.localize import read_truth
+
+    images = _truth_setup(tmp_path)
+    images = [*images, ("sub_n0", tmp_path / "new" / "sub" / "n0.png")]
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps({"n0.png": {"mark": [1, 2]}}))
+    with pytest.raises(LocaldiscError, match=r"'n0.png' is the file name of 2 images .* give its "
+                       r"name instead \(n0, sub_n0\)"):  # fmt: skip
+        read_truth(path, images, ["mark"])
+    path.write_text("{")
+    with pytest.raises(LocaldiscError, match=f"{path}: cannot read truth"):
+        read_truth(path, images, ["mark"])
+
+
+def test_localize_cli_scores_the_predictions_against_the_truth(tmp_path):
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+    from localdisc.tasks.localize import radial_error
+
+    base = _cli_setup(tmp_path, images=3)
+    (tmp_path / "truth.json").write_text(
+        json.dumps({"n0": {"mark": [70, 20]}, "n1.png": {"mark": [60, 30]}})  # n2: no truth
+    )
+    args = [*base, "--images", str(tmp_path / "new"), "--out", str(tmp_path / "p.json"),
+            "--truth", str(tmp_path / "truth.json"), "--pixel-spacing", "0.2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "p.json").read_text())
+    assert record["truth"] == str(tmp_path / "truth.json")
+    assert set(record["images"]) == {"n0", "n1", "n2"} and set(record["errors"]) == {"n0", "n1"}
+    for name, true in (("n0", (70, 20)), ("n1", (60, 30))):
+        p = record["images"][name]["mark"]
+        px = radial_error((p["x"], p["y"]), true)
+        assert record["errors"][name]["mark"] == pytest.approx({"px": px, "mm": 0.2 * px})
+    summary = record["summary"]
+    assert summary["images"] == 2 and summary["pixel_spacing"] == 0.2
+    assert summary["landmarks"]["mark"]["n"] == 2 == summary["all"]["n"]
+    assert {"mean_px", "median_px", "std_px", "mean_mm", "within_5mm"} <= set(summary["all"])
+    output = " ".join(result.output.split())
+    assert "scored 2 image(s) against" in output and "(1 without truth: not scored)" in output
+    assert "landmark n mean px median px mean mm median mm" in output
+    mean = summary["landmarks"]["mark"]["mean_px"]
+    assert f"mark 2 {mean:.2f}" in output
+    # Without --truth, no scores.
+    result = CliRunner().invoke(app, args[:-4])
+    assert result.exit_code == 0, result.output
+    assert not {"errors", "summary", "truth"} & set(json.loads((tmp_path / "p.json").read_text()))
+
+
+def test_localize_cli_refuses_bad_truth_and_spacing_before_the_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path, images=1)
+    base[base.index("--model") + 1] = str(tmp_path / "no_run")  # refused before it is looked for
+    args = [*base, "--images", str(tmp_path / "new"), "--out", str(tmp_path / "p.json")]
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"n9": {"mark": [1, 2]}}))
+    for extra, message in (
+        (["--truth", str(truth)], f"{truth}: 1 image(s) match none of the 1 images given"),
+        (["--truth", str(truth), "--pixel-spacing", "-0.1"],
+         "--pixel-spacing must be a positive number of mm per pixel, not -0.1"),
+        (["--pixel-spacing", "0.1"], "--pixel-spacing gives the errors in mm: it needs --truth"),
+    ):  # fmt: skip
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert isinstance(result.exception, LocaldiscError), result.output
+        assert message in str(result.exception)
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_score_predictions_is_public():
+    import localdisc
+    from localdisc.tasks.localize import score_predictions
+
+    assert localdisc.score_predictions is score_predictions
+
+
+def test_overlays_show_the_truth(tmp_path, monkeypatch):
+    import localdisc.tasks.localize as localize
+    from helpers import save
+
+    drawn = []
+    monkeypatch.setattr(localize, "landmark_figure", lambda *a, **k: drawn.append(k["truth"]))
+    save(tmp_path / "t.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    images = [(f"n{i}", save(tmp_path / f"n{i}.png", (planted(i, (70, 20)) * 255).astype(np.uint8)))
+              for i in range(2)]  # fmt: skip
+    loaded = LoadedModel(Identity(), PatchKernel(8), 32)  # type: ignore[arg-type]
+    localize.localize_images(
+        loaded, tmp_path / "t.png", {"mark": (30, 40)}, images, overlay_dir=tmp_path / "ov",
+        truth={"n1": {"mark": (70, 20)}},
+    )  # fmt: skip
+    assert drawn == [{}, {"mark": (70, 20)}]  # n0 has no truth

@@ -21,7 +21,6 @@ images) and keeps its better match.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -41,6 +40,8 @@ from localdisc.tasks.localize import (
     SearchConfig,
     landmark_figure,
     ncc_localize,
+    radial_error,
+    radial_summary,
 )
 from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
 from localdisc.tasks.similarity import LoadedModel, Point, check_size, load_model
@@ -185,27 +186,6 @@ def _task(name: str, config: LocalizeBenchmarkConfig, seed: int) -> LandmarkTask
     raise LocaldiscError(f"unknown task {name!r}; known: jsrt, drive, synthetic_fundus")
 
 
-def radial_summary(errors: list[float], spacing: list[float | None]) -> dict[str, float | None]:
-    """Mean, median and std of radial errors in pixels; in mm and within 5 / 10 mm if known."""
-    px = np.asarray(errors, dtype=float)
-    out: dict[str, float | None] = {
-        "n": len(px),
-        "mean_px": float(px.mean()),
-        "median_px": float(np.median(px)),
-        "std_px": float(px.std()),
-    }
-    if spacing and all(s is not None for s in spacing):
-        mm = px * np.asarray(spacing, dtype=float)
-        out.update(
-            mean_mm=float(mm.mean()),
-            median_mm=float(np.median(mm)),
-            std_mm=float(mm.std()),
-            within_5mm=float((mm <= 5).mean()),
-            within_10mm=float((mm <= 10).mean()),
-        )
-    return out
-
-
 def run_localize_benchmark(
     config: LocalizeBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -257,9 +237,9 @@ def run_localize_benchmark(
                         found[method] = locate(case.image)
                         seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
                         per_landmark = errors.setdefault(method, {})
-                        for name, (x, y) in case.landmarks.items():
+                        for name, true in case.landmarks.items():
                             p = found[method][name]
-                            per_landmark.setdefault(name, []).append(math.hypot(p.x - x, p.y - y))
+                            per_landmark.setdefault(name, []).append(radial_error((p.x, p.y), true))
                     if count <= 3:
                         figures.append(f"{task_name}_{case.name}.png")
                         landmark_figure(task.template.image, task.template.landmarks, case.image,

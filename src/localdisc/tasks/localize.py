@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,23 +78,39 @@ def read_landmarks(path: str | Path) -> dict[str, Point]:
     """``{"name": [x, y], ...}`` (pixels of the template image) from a JSON file."""
     path = Path(path)
     shape = 'landmarks must be a JSON object {"name": [x, y], ...}'
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LocaldiscError(f"{path}: cannot read landmarks ({exc})") from exc
+    raw = _read_json(path, "landmarks")
     if not isinstance(raw, dict):
         raise LocaldiscError(f"{path}: {shape}")
-    landmarks = {}
+    return _points(raw, path, shape)
+
+
+def _read_json(path: Path, what: str) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LocaldiscError(f"{path}: cannot read {what} ({exc})") from exc
+
+
+def _points(raw: dict, path: Path, shape: str, entry: str = "") -> dict[str, Point]:
+    """``name -> (x, y)`` from a JSON object of ``[x, y]`` pairs; errors name ``path``, the
+    expected ``shape`` and ``entry`` (e.g. ``"image 'a' "``: where in the file the object is)."""
+    points = {}
     for name, value in raw.items():
         # Exactly two numbers: indexing would take "34" as (3, 4) and drop a third value.
         if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
-            found = json.dumps(value)
-            found = found if len(found) <= 40 else found[:37] + "..."
-            raise LocaldiscError(f"{path}: {shape}; landmark {name!r} is {found}")
-        landmarks[str(name)] = (float(value[0]), float(value[1]))
-    if not landmarks:
-        raise LocaldiscError(f"{path}: no landmarks")
-    return landmarks
+            raise LocaldiscError(f"{path}: {shape}; {entry}landmark {name!r} is {_shown(value)}")
+        points[str(name)] = (float(value[0]), float(value[1]))
+    if not points:
+        raise LocaldiscError(
+            f"{path}: {entry}has no landmarks" if entry else f"{path}: no landmarks"
+        )
+    return points
+
+
+def _shown(value: object) -> str:
+    """A JSON value as an error message quotes it (at most 40 characters)."""
+    found = json.dumps(value)
+    return found if len(found) <= 40 else found[:37] + "..."
 
 
 def _is_number(value: object) -> bool:
@@ -297,10 +315,13 @@ def localize_images(
     config: SearchConfig | None = None,
     overlay_dir: Path | None = None,
     device: str | None = None,
+    truth: Mapping[str, Mapping[str, Point]] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{image name: {landmark: {x, y, confidence}}}`` (the ``images`` of ``localdisc
     localize``'s JSON), with optional overlays ``overlay_dir/NAME.png`` (checked first,
-    :func:`check_overlay_dir`); ``model`` and ``device`` as :class:`Localizer` takes them."""
+    :func:`check_overlay_dir`; ``truth``, ``{image name: {landmark: (x, y)}}``, drawn on them
+    too: :func:`score_predictions` scores it); ``model`` and ``device`` as :class:`Localizer`
+    takes them."""
     if overlay_dir is not None:
         check_overlay_dir(overlay_dir, images, template)
     # Given the file, the localiser reads it once and names it in a landmark's error.
@@ -317,9 +338,202 @@ def localize_images(
         if overlay_dir is not None:
             landmark_figure(
                 template_image, landmarks, image, {"LD": found}, overlay_dir / f"{name}.png",
-                names=(template_name, path.name),
+                truth=dict((truth or {}).get(name, {})), names=(template_name, path.name),
             )  # fmt: skip
     return results
+
+
+# --- scoring against true landmarks ------------------------------------------------------------
+#: What a truth file holds (``localdisc localize --truth``; its refusals quote it).
+TRUTH_SHAPE = 'truth must be a JSON object {"IMAGE": {"LANDMARK": [x, y], ...}, ...}'
+
+
+def read_truth(
+    path: str | Path, images: list[tuple[str, Path]], landmarks: Iterable[str]
+) -> dict[str, dict[str, Point]]:
+    """The true landmarks of a truth file (``localdisc localize --truth``), by image name.
+
+    The file is ``{IMAGE: {LANDMARK: [x, y], ...}, ...}`` in each image file's pixels (x the
+    column, y the row, as the template's landmarks). IMAGE is an image's name as the predictions
+    give it (``images``' names: :func:`~localdisc.tasks.predict.collect_images`) or, where no
+    name is that, the file name with its extension of one of ``images``. An image without an
+    entry is not scored. Refused, naming the file: entries that match no image (or an image
+    another entry matched, or several files of that name), landmarks that ``landmarks`` (the
+    template's) do not have, and points outside their image (each annotated image is read once
+    here for its size, so that a (row, column) mix-up stops the command before any model work).
+    """
+    path = Path(path)
+    raw = _read_json(path, "truth")
+    if not isinstance(raw, dict):
+        raise LocaldiscError(f"{path}: {TRUTH_SHAPE}")
+    if not raw:
+        raise LocaldiscError(f"{path}: no images")
+    files = dict(images)
+    by_file: dict[str, list[str]] = {}
+    for name, file in images:
+        by_file.setdefault(file.name, []).append(name)
+    truth: dict[str, dict[str, Point]] = {}
+    entry: dict[str, str] = {}  # image name -> the file's key for it
+    unknown = []
+    for key, value in raw.items():
+        if not isinstance(value, dict):
+            raise LocaldiscError(f"{path}: {TRUTH_SHAPE}; image {key!r} is {_shown(value)}")
+        points = _points(value, path, TRUTH_SHAPE, f"image {key!r} ")
+        if key in files:
+            name = key
+        elif len(by_file.get(key, [])) == 1:
+            name = by_file[key][0]
+        elif key in by_file:
+            raise LocaldiscError(
+                f"{path}: image {key!r} is the file name of {len(by_file[key])} images "
+                f"({', '.join(str(files[n]) for n in by_file[key])}); give its name instead "
+                f"({', '.join(by_file[key])})"
+            )
+        else:
+            unknown.append(key)
+            continue
+        if name in entry:
+            raise LocaldiscError(
+                f"{path}: images {entry[name]!r} and {key!r} are both {files[name]}; keep one"
+            )
+        entry[name], truth[name] = key, points
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise LocaldiscError(
+            f"{path}: {len(unknown)} image(s) match none of the {len(images)} images given "
+            f"({shown}): name an image as the predictions do (its file name without extension; "
+            "found in a sub-folder of a folder given, the sub-folders and it joined by _: a_b_x "
+            "for a/b/x.png) or by its file name (x.png)"
+        )
+    known = list(landmarks)
+    for name, points in truth.items():
+        other = [k for k in points if k not in known]
+        if other:
+            raise LocaldiscError(
+                f"{path}: image {entry[name]!r} has landmark(s) "
+                f"{', '.join(repr(k) for k in other)} that the template has not "
+                f"(it has {', '.join(repr(k) for k in known)})"
+            )
+    for name, points in truth.items():
+        shape = as_image(files[name]).shape
+        for k, point in points.items():
+            check_inside(f"{path}: image {entry[name]!r} landmark {k!r}", point, shape,
+                         str(files[name]))  # fmt: skip
+    return truth
+
+
+def check_pixel_spacing(spacing: float | None, name: str = "pixel_spacing") -> None:
+    """Refuse a pixel spacing (mm per pixel) that is not a positive finite number (``name``: how
+    the caller calls it, e.g. ``--pixel-spacing``); ``None`` (pixels only) passes."""
+    if spacing is not None and not (_is_number(spacing) and spacing > 0):
+        raise LocaldiscError(f"{name} must be a positive number of mm per pixel, not {spacing}")
+
+
+def radial_error(found: Point, true: Point) -> float:
+    """The distance in pixels between a predicted and a true (x, y)."""
+    return math.hypot(found[0] - true[0], found[1] - true[1])
+
+
+def radial_summary(errors: list[float], spacing: list[float | None]) -> dict[str, float | None]:
+    """Mean, median and std of radial errors in pixels; in mm and within 5 / 10 mm if known."""
+    px = np.asarray(errors, dtype=float)
+    out: dict[str, float | None] = {
+        "n": len(px),
+        "mean_px": float(px.mean()),
+        "median_px": float(np.median(px)),
+        "std_px": float(px.std()),
+    }
+    if spacing and all(s is not None for s in spacing):
+        mm = px * np.asarray(spacing, dtype=float)
+        out.update(
+            mean_mm=float(mm.mean()),
+            median_mm=float(np.median(mm)),
+            std_mm=float(mm.std()),
+            within_5mm=float((mm <= 5).mean()),
+            within_10mm=float((mm <= 10).mean()),
+        )
+    return out
+
+
+def score_predictions(
+    predictions: Mapping[str, Mapping[str, Prediction | Mapping[str, float]]],
+    truth: Mapping[str, Mapping[str, Point]],
+    pixel_spacing: float | None = None,
+) -> dict[str, Any]:
+    """Radial errors of one-shot landmark predictions against true landmarks.
+
+    Args:
+        predictions: ``{image: {landmark: prediction}}``, as :func:`localize_images` returns
+            them (``{x, y, confidence}``) or a :class:`Localizer` finds them
+            (:class:`Prediction`).
+        truth: ``{image: {landmark: (x, y)}}`` in the same pixels (:func:`read_truth` reads a
+            file of them). An image or landmark without truth is not scored; truth for one
+            without a prediction is refused.
+        pixel_spacing: mm per pixel of every image, to give the errors in mm too.
+
+    Returns:
+        ``{"errors": {image: {landmark: {"px": error, "mm": error}}}, "summary": {"images":
+        scored images, "pixel_spacing": ..., "landmarks": {landmark: summary}, "all": summary
+        over every landmark}}``, a summary being :func:`radial_summary`'s (``n``, mean, median
+        and std in px; with a spacing in mm too, and the fractions within 5 and 10 mm).
+    """
+    check_pixel_spacing(pixel_spacing)
+    missing = [name for name in truth if name not in predictions]
+    if missing:
+        raise LocaldiscError(
+            f"truth for {len(missing)} image(s) without predictions: "
+            + ", ".join(repr(n) for n in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        )  # fmt: skip
+    errors: dict[str, dict[str, dict[str, float]]] = {}
+    by_landmark: dict[str, list[float]] = {}
+    for name, found in predictions.items():
+        for landmark, point in truth.get(name, {}).items():
+            if landmark not in found:
+                raise LocaldiscError(
+                    f"truth of image {name!r} has landmark {landmark!r}, not predicted (predicted: "
+                    f"{', '.join(repr(k) for k in found)})"
+                )
+            p = found[landmark]
+            xy = (p.x, p.y) if isinstance(p, Prediction) else (p["x"], p["y"])
+            px = radial_error(xy, point)
+            errors.setdefault(name, {})[landmark] = {"px": px}
+            if pixel_spacing is not None:
+                errors[name][landmark]["mm"] = px * pixel_spacing
+            by_landmark.setdefault(landmark, []).append(px)
+    if not errors:
+        raise LocaldiscError("no truth to score: no image has a true landmark")
+    # In the predictions' landmark order (the template's), as predictions.json lists them.
+    order = list(dict.fromkeys(k for found in predictions.values() for k in found))
+    by_landmark = {k: by_landmark[k] for k in order if k in by_landmark}
+    every = [e for values in by_landmark.values() for e in values]
+
+    def summary(values: list[float]) -> dict[str, float | None]:
+        return radial_summary(values, [pixel_spacing] * len(values))
+
+    return {
+        "errors": errors,
+        "summary": {
+            "images": len(errors),
+            "pixel_spacing": pixel_spacing,
+            "landmarks": {k: summary(v) for k, v in by_landmark.items()},
+            "all": summary(every),
+        },
+    }
+
+
+def score_table(summary: Mapping[str, Any]) -> str:
+    """:func:`score_predictions`' ``summary`` as a plain-text table: per landmark and over all,
+    n, mean and median error in px (and in mm where there is a pixel spacing)."""
+    rows = {**summary["landmarks"], "all landmarks": summary["all"]}
+    mm = summary["pixel_spacing"] is not None
+    keys = ["mean_px", "median_px"] + (["mean_mm", "median_mm"] if mm else [])
+    width = max(len("landmark"), *(len(k) for k in rows))
+    lines = [
+        f"{'landmark':<{width}} {'n':>5} " + " ".join(f"{k.replace('_', ' '):>9}" for k in keys)
+    ]
+    for name, s in rows.items():
+        lines.append(f"{name:<{width}} {s['n']:>5} " + " ".join(f"{s[k]:>9.2f}" for k in keys))
+    return "\n".join(lines)
 
 
 def check_overlay_dir(folder: Path, images: list[tuple[str, Path]], template: str | Path) -> None:
