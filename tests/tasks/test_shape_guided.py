@@ -220,6 +220,20 @@ def test_refinement_trains_on_pseudo_labels(run):
     assert any(not torch.equal(v, network.encoder.state_dict()[k]) for k, v in encoder.items())
 
 
+def test_the_refinement_s_batch_norm_recalibration_is_logged(run):
+    """The batch-norm recalibration after the last refinement step, a pass over every image,
+    said nothing."""
+    model = LDModel.from_pretrained(run)
+    images = [synthetic_fundus(48, seed=s).image for s in range(2)]
+    maps = [segment(model, im) for im in images]
+    for recalibrate, lines in ((True, 1), (False, 0)):
+        said: list[str] = []
+        config = RefineConfig(steps=1, size=32, device="cpu", recalibrate=recalibrate)
+        refine(run, images, maps, config, log=said.append)
+        line = "recalibrating batch norm over the 2 image(s) trained on ..."
+        assert said.count(line) == lines, said
+
+
 def test_refinement_sees_a_washed_out_radiograph_as_the_original(tmp_path):
     from localdisc.data.pool import synthetic_pool
     from localdisc.data.synthetic import synthetic_xray

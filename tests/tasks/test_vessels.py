@@ -427,13 +427,45 @@ def test_the_log_names_the_masks_furthest_from_their_teacher_first(tmp_path):
     assert len(heard) == 2
 
 
+def test_masks_that_mark_nothing_are_said_and_not_ordered_among_the_first_to_review(tmp_path):
+    """Every mask of a 5-step run was empty, each teacher_disagreement 1.0, and the log still
+    named three arbitrary images as the masks to look at first (1.00x), saying nothing of it."""
+    heard, table = [], tmp_path / "vessels.csv"
+    names = list("abcde")
+    _write_share_table(tmp_path, names, [0.0] * 5, [True] * 5, (0.0, 0.0, 0.0), [1.0] * 5, 1.0)
+    assert _name_first_to_review(table, heard.append) == []
+    assert heard == [f"all 5 mask(s) mark nothing (vessel_share 0 in {table}): no vessel found in "
+                     "any image; a network taught for too few --steps does that"]  # fmt: skip
+    # Some: said first, apart (three named), and the order is of the others.
+    heard.clear()
+    names = list("abcdefghi")
+    shares = [0.1, 0.0, 0.1, 0.0, 0.0, 0.1, 0.0, 0.0, 0.1]
+    strays = [0.2, 1.0, 0.5, 1.0, 1.0, 0.4, 1.0, 1.0, 0.1]
+    _write_share_table(tmp_path, names, shares, [True] * 9, (0.1, 0.1, 0.1), strays, 0.2)
+    assert _name_first_to_review(table, heard.append) == ["c", "f", "a"]
+    assert heard[0] == (f"5 of 9 mask(s) mark nothing, to look at first (vessel_share 0 in "
+                        f"{table}): b, d, e and 2 more")  # fmt: skip
+    assert heard[1].startswith("masks to look at first, furthest from their teacher among those "
+                               "that mark vessels")  # fmt: skip
+    assert heard[1].endswith("c (2.50x), f (2.00x), a (1.00x)") and len(heard) == 2
+    # Too few to order: an empty mask is still said.
+    heard.clear()
+    _write_share_table(tmp_path, ["a", "b"], [0.1, 0.0], [True] * 2, None, [0.3, 1.0], None)
+    assert _name_first_to_review(table, heard.append) == []
+    assert heard == [
+        f"1 of 2 mask(s) mark nothing, to look at first (vessel_share 0 in {table}): b"
+    ]
+
+
 def test_a_cohort_taught_in_groups_gets_one_review_order_not_one_per_group(tmp_path):
     photos = _photos(tmp_path / "photos", sizes=(64,) * 8)
     config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
     said = []
     segment_vessels_self_trained([photos], tmp_path / "out", fraction=0.12, config=config,
                                  train_images=4, teach_all=True, log=said.append)  # fmt: skip
-    review = [line for line in said if line.startswith("masks to look at first")]
+    # (one step marks nothing: the review order is then the line saying so)
+    review = [line for line in said if line.startswith("masks to look at first")
+              or "mask(s) mark nothing" in line]  # fmt: skip
     assert len(review) == 1 and str(tmp_path / "out" / "vessels.csv") in review[0]
 
 

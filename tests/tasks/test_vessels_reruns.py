@@ -4,6 +4,8 @@ run, or its own of other images or settings."""
 from __future__ import annotations
 
 import hashlib
+import shutil
+from functools import partial
 
 import numpy as np
 import pytest
@@ -62,7 +64,7 @@ def test_a_run_of_other_images_into_the_same_out_leaves_none_of_the_earlier_mask
     segment_vessels_self_trained([photos], out, log=quiet, **run)
     assert (out / "c_mask.png").is_file()
     bad = tmp_path / "bad"
-    _photos(bad, ["a"])
+    _photos(bad, ["a", "e"])  # three files: laid out as the earlier run (_check_layout)
     (bad / "broken.png").write_bytes(b"not a png")
     before = _digest(out)
     with pytest.raises(LocaldiscError, match="broken.png"):
@@ -104,12 +106,60 @@ def test_the_command_ends_saying_where_its_outputs_are(tmp_path):
     fewer, a progress line): nothing said where the masks, the table and the network were."""
     photos = _photos(tmp_path / "photos", ["a", "b", "c"])
     run = {"fraction": 0.12, "config": CONFIG, "progress": False, "train_images": 2}
-    for teach_all, network in ((False, "out"), (True, "out/group-K")):
+    # (one --out each: a grouped run into a single run's is refused, _check_layout)
+    for teach_all, out, network in ((False, "one", "one"), (True, "all", "all/group-K")):
         said: list[str] = []
-        segment_vessels_self_trained([photos], tmp_path / "out", teach_all=teach_all,
+        segment_vessels_self_trained([photos], tmp_path / out, teach_all=teach_all,
                                      log=said.append, **run)  # fmt: skip
         assert said[-1] == (
-            f"3 mask(s) in {tmp_path / 'out'} (NAME_mask.png, NAME_prob.png; vessels.csv; "
+            f"3 mask(s) in {tmp_path / out} (NAME_mask.png, NAME_prob.png; vessels.csv; "
             f"figures/overlay.png); further photographs: localdisc predict --model "
             f"{tmp_path / network}"
         )
+
+
+def test_a_run_laid_out_otherwise_than_the_earlier_one_in_out_is_refused_before_any_work(
+    tmp_path,
+):
+    """A --teach-all run into a single run's --out left its config.json and model.safetensors,
+    which `localdisc predict --model OUT` then took, stale; group-K/ beyond the new groups, or an
+    unusual/ the run would not write, stayed too, as did group-K/ under a single run. Refused,
+    naming them, nothing written; a run laid out as the earlier one goes on."""
+    photos = _photos(tmp_path / "photos", ["a", "b", "c"])
+    run = partial(segment_vessels_self_trained, [photos], fraction=0.12, config=CONFIG,
+                  log=quiet, progress=False)  # fmt: skip
+    one, groups, stopped = tmp_path / "one", tmp_path / "groups", tmp_path / "stopped"
+    run(one)
+    run(groups, teach_all=True, train_images=1)  # group-1 ... group-3
+    (stopped / "student-checkpoint" / "step_00000001").mkdir(parents=True)  # a stopped training
+    grouped = {"teach_all": True, "train_images": 2}
+    for out, this, named in (
+        (one, grouped, r"one network for all its images \(config\.json, model\.safetensors\)"),
+        (stopped, grouped, r"one network for all its images \(student-checkpoint\)"),
+        (groups, {}, r"a network per group \(group-1, group-2, group-3\)"),
+        (groups, grouped, r"networks of groups beyond its 2 \(group-3\)"),
+    ):
+        before = _digest(out)
+        with pytest.raises(LocaldiscError, match=rf"{out.name}: holds networks of an earlier run "
+                           rf"that this one \(.*\) would not replace: {named}; .* another --out, "
+                           r"or delete those"):  # fmt: skip
+            run(out, **this)
+        assert _digest(out) == before, (out, this)
+    # An earlier unusual/ (--reteach-unusual): refused where this run cannot write one.
+    (one / "unusual").mkdir()
+    (one / "unusual" / "model.safetensors").write_bytes(b"an earlier network")
+    before = _digest(one)
+    for this in ({}, grouped):
+        with pytest.raises(LocaldiscError, match=r"a network of its unusual images \(unusual/\)"):
+            run(one, **this)
+        assert _digest(one) == before
+    # With --reteach-unusual it would write one: it runs, and says when it finds none unusual.
+    said: list[str] = []
+    run(one, reteach_unusual=True, log=said.append)  # one step marks nothing: none unusual
+    note = f"{one / 'unusual'}: an earlier run's network of its unusual images; none is unusual"
+    assert any(line.startswith(note) for line in said), said
+    assert (one / "unusual" / "model.safetensors").read_bytes() == b"an earlier network"
+    # Fewer group-K/ than this run's groups: a stopped run's, which goes on.
+    shutil.rmtree(groups / "group-3")
+    run(groups, teach_all=True, train_images=1)
+    assert (groups / "group-3" / "model.safetensors").is_file()

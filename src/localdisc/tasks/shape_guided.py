@@ -734,6 +734,7 @@ def refine(
                       seed=config.seed, device=device, log=log, name="refine step",
                       progress=progress, checkpoint_dir=checkpoint_dir)  # fmt: skip
     if config.recalibrate:
+        log(f"recalibrating batch norm over the {len(x)} image(s) trained on ...")  # else silent
         recalibrate_batch_norm(model, x, batch=8)
     return model.eval()
 

@@ -142,7 +142,10 @@ def segment_vessels_self_trained(
     training per group. Run again into ``OUT_DIR`` with the same settings and images, a run that
     got to its end there is kept as it is (``vessels.csv``, written last, marks it), and one that
     stopped after its training segments with the network it saved: a stopped ``teach_all`` run
-    goes on from where it stopped. ``progress`` shows progress bars. Returns the masks' paths.
+    goes on from where it stopped; one laid out otherwise than the run there (one network or a
+    network per group, ``group-K/`` beyond its groups, an ``unusual/`` it would not write) is
+    refused before any work (:func:`_check_layout`). ``progress`` shows progress bars. Returns
+    the masks' paths.
     The network's ``config.json`` also records the ``environment`` it was taught in
     (:func:`~localdisc.eval.provenance.environment`).
     """
@@ -160,6 +163,8 @@ def segment_vessels_self_trained(
     # out_dir may lie in an images folder: its masks are not images to segment on a second run.
     files = collect_images(images, out_dir=out_dir)
     grouped = teach_all and len(files) > train_images
+    groups = math.ceil(len(files) / train_images) if grouped else 0  # as _teach_in_groups splits
+    _check_layout(Path(out_dir), groups, reteach_unusual)
     if grouped:
         masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
         for i, (_, path) in enumerate(files):  # every image checked before the first training
@@ -277,6 +282,11 @@ def _self_train(
     model.save(out_dir, extra={"self_trained_vessels": settings, **provenance})
     seen = [i in chosen for i in range(len(files))]
     odd = _name_unusual(names, shares, seen, yardstick, log)
+    if reteach_unusual and not odd and (out_dir / RETAUGHT).is_dir():  # (_check_layout)
+        log(
+            f"{out_dir / RETAUGHT}: an earlier run's network of its unusual images; none "
+            "is unusual in this run, so none of its masks is used (delete it, or move it)"
+        )
     if reteach_unusual and odd:
         log(f"a second network, taught on the {len(odd)} unusual image(s) alone, replaces their "
             f"masks: {out_dir / RETAUGHT}")  # fmt: skip
@@ -441,6 +451,43 @@ def _check_out_dir(out_dir: Path) -> None:
         )
 
 
+def _check_layout(out_dir: Path, groups: int, reteach_unusual: bool) -> None:
+    """Refuse, before any work, an ``out_dir`` holding networks of an earlier run that this one
+    (``groups`` of them in ``group-K/``, or 0: one in ``out_dir``, and one in ``unusual/`` with
+    ``reteach_unusual``) would not save over: a single run's ``config.json``, ``model.safetensors``
+    or stopped training under a grouped run, ``group-K/`` beyond its groups, an ``unusual/``
+    without ``reteach_unusual`` or under a grouped run. Left there they are stale beside its
+    outputs (``localdisc predict --model OUT_DIR`` took a single run's network after a grouped
+    run); removing them, hours of training, is the user's call. A run laid out as the earlier
+    one goes on as any rerun: fewer ``group-K/`` than its groups are a stopped run's, and an
+    ``unusual/`` with ``reteach_unusual`` is written again where images are unusual (else
+    :func:`_self_train` says it is not used)."""
+    found = []
+    single = [n for n in ("config.json", "model.safetensors", STUDENT_CHECKPOINT)
+              if (out_dir / n).exists()]  # fmt: skip
+    if groups and single:
+        found.append(f"one network for all its images ({', '.join(single)})")
+    numbered = sorted((int(p.name[6:]), p.name) for p in out_dir.glob("group-*")
+                      if p.is_dir() and p.name[6:].isdigit())  # fmt: skip
+    beyond = [name for k, name in numbered if not 1 <= k <= groups]
+    if beyond:
+        kind = f"networks of groups beyond its {groups}" if groups else "a network per group"
+        found.append(f"{kind} ({', '.join(beyond)})")
+    if (out_dir / RETAUGHT).is_dir() and (groups or not reteach_unusual):
+        found.append(f"a network of its unusual images ({RETAUGHT}/)")
+    if not found:
+        return
+    this = f"a network per group, in group-1 ... group-{groups}" if groups else "one network"
+    if not groups and not reteach_unusual and (out_dir / RETAUGHT).is_dir():
+        this += ", no unusual/ without --reteach-unusual"
+    raise LocaldiscError(
+        f"{out_dir}: holds networks of an earlier run that this one ({this}) would not replace: "
+        f"{'; '.join(found)}; they would stay beside its outputs, stale, and `localdisc predict "
+        "--model` take them for this run's. Choose another --out, or delete those first "
+        "(nothing was written)"
+    )
+
+
 def _clear_earlier_run(
     out_dir: Path, files: Sequence[tuple[str, Path]], log: Callable[[str], None]
 ) -> None:
@@ -526,16 +573,30 @@ def _name_first_to_review(table: Path, log: Callable[[str], None]) -> list[str]:
     furthest from their teacher (:func:`teacher_disagreement`, as a ratio to the median on the
     images taught on where there is one), named in the log: an order to look at masks in, not
     a verdict (it ranks poor masks, Spearman's rho with their Dice -0.57 to -0.72 on cohorts of
-    20, ``benchmarks/RESULTS.md``; a student that goes beyond its teacher strays too)."""
+    20, ``benchmarks/RESULTS.md``; a student that goes beyond its teacher strays too). Masks
+    that mark nothing are said first, apart: each strays the most, 1, so an order of them is
+    arbitrary (a network taught for a few steps marks nothing at all: no order then).
+    Returns the images it names as the first to look at, those that mark nothing aside."""
     with table.open(newline="") as file:
         rows = list(csv.DictReader(file))
+    empty = [row["image"] for row in rows if float(row["vessel_share"]) == 0.0]
+    if empty and len(empty) == len(rows):
+        log(f"all {len(rows)} mask(s) mark nothing (vessel_share 0 in {table}): no vessel "
+            "found in any image; a network taught for too few --steps does that")  # fmt: skip
+        return []
+    if empty:
+        more = f" and {len(empty) - FIRST_TO_REVIEW} more" if len(empty) > FIRST_TO_REVIEW else ""
+        log(f"{len(empty)} of {len(rows)} mask(s) mark nothing, to look at first (vessel_share 0 "
+            f"in {table}): {', '.join(empty[:FIRST_TO_REVIEW])}{more}")  # fmt: skip
+        rows = [row for row in rows if float(row["vessel_share"]) > 0.0]
     if len(rows) <= FIRST_TO_REVIEW:
         return []
     ratio = all(row["disagreement_ratio"] for row in rows)
     key = "disagreement_ratio" if ratio else "teacher_disagreement"
     first = sorted(rows, key=lambda row: -float(row[key]))[:FIRST_TO_REVIEW]
     unit = "x" if ratio else ""
-    log(f"masks to look at first, furthest from their teacher ({key} in {table}): "
+    among = " among those that mark vessels" if empty else ""
+    log(f"masks to look at first, furthest from their teacher{among} ({key} in {table}): "
         + ", ".join(f"{row['image']} ({float(row[key]):.2f}{unit})" for row in first))  # fmt: skip
     return [row["image"] for row in first]
 
