@@ -686,10 +686,14 @@ def localize(
         "--truth",
         help='True landmarks to score against, JSON {IMAGE: {"name": [x, y], ...}, ...} in each '
         "file's pixels; IMAGE: the image's name in the predictions, or its file name (x.png). "
-        'Adds "errors" and "summary" to --out; images without truth are not scored.',
+        'Adds "errors" and "summary" to --out; images without truth are not scored. In mm too '
+        "where every scored image's file gives its pixel spacing (DICOM PixelSpacing, JSRT .IMG).",
     ),
     pixel_spacing: float | None = typer.Option(
-        None, "--pixel-spacing", help="With --truth: mm per pixel of every image, for mm errors."
+        None,
+        "--pixel-spacing",
+        help="With --truth: mm per pixel of every image, for mm errors, instead of the spacing "
+        "the image files give.",
     ),
 ) -> None:
     """One-shot landmark localisation: find the template's landmarks in new images."""
@@ -707,6 +711,7 @@ def localize(
         read_truth,
         score_predictions,
         score_table,
+        spacing_note,
     )
     from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import check_size, load_model
@@ -738,7 +743,11 @@ def localize(
         loaded, template, spots, found, config=SearchConfig(size=size, mirror=mirror),
         overlay_dir=overlay, truth=true,
     )  # fmt: skip
-    scores = score_predictions(results, true, pixel_spacing) if true is not None else {}
+    # mm at --pixel-spacing for every image, else at each one's own (its file's) where all have one.
+    own = true.spacings if true is not None and pixel_spacing is None else None
+    scores = (
+        score_predictions(results, true, pixel_spacing, spacings=own) if true is not None else {}
+    )
     record = {
         # The images under a key of their own: an image named "environment" cannot clash.
         "images": results, "coordinates": COORDINATES,
@@ -751,12 +760,12 @@ def localize(
         record.update(truth=str(truth.absolute()), **scores)
     atomic_write_text(out, json.dumps(record, indent=2))
     console.print(f"localised {len(results)} image(s): [bold]{_path(out)}[/]")
-    if scores:
+    if scores and true is not None:
         unscored = len(results) - scores["summary"]["images"]
         _log(
             f"scored {scores['summary']['images']} image(s) against {truth}"
             + (f" ({unscored} without truth: not scored)" if unscored else "")
-            + "; radial errors:"
+            + f"; radial errors {spacing_note(scores['summary'], true.metas)}:"
         )
         _log(score_table(scores["summary"]))
 

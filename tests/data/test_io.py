@@ -367,7 +367,9 @@ def test_jsrt_img(tmp_path: Path, rng: np.random.Generator) -> None:
     # High raw values are dark on film: flipped so that bones come out bright.
     np.testing.assert_allclose(img[..., 0], (4095 - raw) / 4095.0, rtol=1e-6)
     assert img[0, 0, 0] == 1.0 and img[0, 1, 0] == 0.0
-    assert meta == ImageMeta(tmp_path / "JPCLN001.IMG", "jsrt_img", 12, 2048, 2048, 1)
+    assert meta == ImageMeta(
+        tmp_path / "JPCLN001.IMG", "jsrt_img", 12, 2048, 2048, 1, spacing=(0.175, 0.175)
+    )
 
 
 def test_jsrt_bad_size_and_values(tmp_path: Path) -> None:
@@ -560,6 +562,52 @@ def test_dicom_voi_lut_rgb_and_frames(tmp_path: Path) -> None:
     expected = np.full((3, 3), 1.0)
     expected[0, 0] = 0.0
     np.testing.assert_allclose(img[..., 0], expected)
+
+
+def test_dicom_pixel_spacing(tmp_path: Path) -> None:
+    # (row, column) mm per pixel from PixelSpacing, else ImagerPixelSpacing (radiographs).
+    pytest.importorskip("pydicom")
+    raw = np.zeros((4, 6), dtype=np.uint16)
+
+    def spacing(name: str, **attrs) -> tuple[float, float] | None:
+        return read_image(_write_dicom(tmp_path / name, raw, **attrs))[1].spacing
+
+    assert spacing("ps.dcm", PixelSpacing=[0.2, 0.1]) == (0.2, 0.1)
+    found = spacing("both.dcm", PixelSpacing=[0.14, 0.14], ImagerPixelSpacing=[0.16, 0.15])
+    assert found == (0.14, 0.14) and all(type(v) is float for v in found)
+    assert spacing("imager.dcm", ImagerPixelSpacing=[0.16, 0.15]) == (0.16, 0.15)
+    assert spacing("none.dcm") is None
+    # A zero PixelSpacing is no spacing: ImagerPixelSpacing is then taken.
+    zero = spacing("zero.dcm", PixelSpacing=[0, 0.1], ImagerPixelSpacing=[0.16, 0.15])
+    assert zero == (0.16, 0.15)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"abc\\def ", b"12      ", b"0.2     ", b"0\\0.1   ", b"-1\\1    ", b"2\\1\\0.3 ",
+     b"nan\\1   ", b"1e400\\1 ", b"0.2\\    ", b"        "],
+)  # fmt: skip
+def test_dicom_malformed_pixel_spacing_is_ignored(tmp_path: Path, value: bytes) -> None:
+    # Not two positive finite numbers: no spacing, and the image is still read. A lone "12"
+    # must not become (1, 2), its characters.
+    pytest.importorskip("pydicom")
+    path = _write_dicom(tmp_path / "a.dcm", np.zeros((4, 6), np.uint16), PixelSpacing="1.0\\2.0")
+    data = path.read_bytes()
+    assert data.count(b"1.0\\2.0 ") == 1  # the value, padded to an even length
+    path.write_bytes(data.replace(b"1.0\\2.0 ", value))
+    img, meta = read_image(path)
+    assert img.shape == (4, 6, 1) and meta.spacing is None
+
+
+def test_print_resolution_is_no_pixel_spacing(tmp_path: Path) -> None:
+    # PNG pHYs and TIFF resolution are DPI for printing, not the anatomy's mm per pixel.
+    grey = np.zeros((4, 6), np.uint8)
+    Image.fromarray(grey).save(tmp_path / "a.png", dpi=(300, 300))
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.info.get("dpi")
+    tifffile.imwrite(tmp_path / "a.tif", grey, resolution=(300, 300))
+    assert read_image(tmp_path / "a.png")[1].spacing is None
+    assert read_image(tmp_path / "a.tif")[1].spacing is None
 
 
 def test_dicom_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -627,6 +628,151 @@ def test_localize_cli_refuses_bad_truth_and_spacing_before_the_model(tmp_path):
         assert isinstance(result.exception, LocaldiscError), result.output
         assert message in str(result.exception)
     assert not (tmp_path / "p.json").exists()
+
+
+def test_mm_errors_per_image_and_axis_by_hand():
+    # Anisotropic pixels: x steps by the column spacing, y by the row spacing (DICOM's
+    # PixelSpacing is (row, column)); one spacing times the px error is wrong for both.
+    from localdisc.tasks.localize import radial_error, score_predictions, score_table
+
+    predictions = {
+        "a": {"heart": {"x": 13.0, "y": 24.0}, "apex": {"x": 0.0, "y": 0.0}},
+        "b": {"heart": {"x": 10.0, "y": 26.0}, "apex": {"x": 6.0, "y": 0.0}},
+        "c": {"heart": {"x": 1.0, "y": 1.0}, "apex": {"x": 1.0, "y": 1.0}},  # no truth
+    }
+    truth = {"a": {"heart": (10, 20)}, "b": {"heart": (10, 20), "apex": (0, 0)}}
+    # a's heart is 3 columns of 0.2 mm and 4 rows of 0.5 mm away.
+    assert radial_error((13, 24), (10, 20), (0.5, 0.2)) == pytest.approx(math.hypot(0.6, 2.0))
+    # c has no truth: its lacking spacing does not matter.
+    scores = score_predictions(predictions, truth, spacings={"a": (0.5, 0.2), "b": (0.1, 0.3),
+                                                             "c": None})  # fmt: skip
+    errors = scores["errors"]
+    assert errors["a"] == {"heart": pytest.approx({"px": 5.0, "mm": math.hypot(0.6, 2.0)})}
+    assert errors["b"] == {"heart": pytest.approx({"px": 6.0, "mm": 0.6}),
+                           "apex": pytest.approx({"px": 6.0, "mm": 1.8})}  # fmt: skip
+    summary = scores["summary"]
+    assert summary["spacings"] == {"a": [0.5, 0.2], "b": [0.1, 0.3]}
+    assert summary["pixel_spacing"] is None and summary["without_spacing"] == []
+    heart, every = summary["landmarks"]["heart"], summary["all"]
+    assert heart["mean_mm"] == pytest.approx((math.hypot(0.6, 2.0) + 0.6) / 2)
+    assert every["median_mm"] == pytest.approx(1.8) and every["within_5mm"] == 1.0
+    assert every["mean_px"] == pytest.approx(17 / 3)  # px as without spacings
+    assert "mean mm" in score_table(summary)
+    # One scored image without a spacing: px only, naming it (mm over a subset would mislead).
+    for spacings in ({"a": (0.5, 0.2)}, {"a": (0.5, 0.2), "b": None}):
+        mixed = score_predictions(predictions, truth, spacings=spacings)
+        assert mixed["errors"]["a"]["heart"] == {"px": 5.0}
+        assert mixed["summary"]["without_spacing"] == ["b"]
+        assert mixed["summary"]["spacings"] is None and "mean_mm" not in mixed["summary"]["all"]
+        assert "mm" not in score_table(mixed["summary"])
+    with pytest.raises(LocaldiscError, match="pixel_spacing .* or spacings .*, not both"):
+        score_predictions(predictions, truth, 0.1, spacings={"a": (0.5, 0.2), "b": (0.1, 0.1)})
+    for bad, message in (
+        ((0, 0.1), "must be a positive number of mm per pixel, not 0"),
+        ((0.1,), r"must be \(row, column\) mm per pixel, not \(0.1,\)"),
+    ):
+        with pytest.raises(LocaldiscError, match=f"the spacing of image 'b' {message}"):
+            score_predictions(predictions, truth, spacings={"a": (0.5, 0.2), "b": bad})
+
+
+def test_radial_summary_of_given_mm_errors():
+    from localdisc.tasks.localize import radial_summary
+
+    s = radial_summary([3.0, 4.0], mm=[6.0, 2.0])  # each error's own mm (anisotropic pixels)
+    assert s["mean_px"] == 3.5 and s["mean_mm"] == 4.0 and s["within_5mm"] == 0.5
+    assert radial_summary([1.0], [None], mm=[2.0])["median_mm"] == 2.0
+
+
+def test_truth_keeps_each_images_meta_read_once(tmp_path, monkeypatch):
+    import localdisc.tasks.localize as localize
+
+    images = _truth_setup(tmp_path)
+    read = []
+    real = localize.read_image
+    monkeypatch.setattr(localize, "read_image", lambda path: read.append(path) or real(path))
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps({"n0": {"mark": [1, 2]}}))  # sub_n1 not annotated: not read
+    truth = localize.read_truth(path, images, ["mark"])
+    assert read == [images[0][1]]
+    assert truth.metas["n0"].width == 96 and truth.spacings == {"n0": None}  # a PNG: none
+
+
+def _write_dicom(path, image, **attrs):
+    """``image`` (H x W x C in [0, 1]) as a grey 12-bit DICOM with ``attrs`` (PixelSpacing...)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    pixels = (image.mean(axis=2) * 4095).astype("<u2")
+    ds.Modality, ds.Rows, ds.Columns = "OT", *pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_localize_cli_gives_mm_from_the_images_own_pixel_spacing(tmp_path):
+    pytest.importorskip("pydicom")
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path, images=0)
+    for i in range(2):  # pixels 0.2 mm high and 0.1 mm wide
+        _write_dicom(tmp_path / "new" / f"n{i}.dcm", planted(i + 1, (70, 20)),
+                     PixelSpacing=[0.2, 0.1])  # fmt: skip
+    truth = {"n0": {"mark": [64, 27]}, "n1.dcm": {"mark": [60, 30]}}
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    args = [*base, "--images", str(tmp_path / "new"), "--out", str(tmp_path / "p.json"),
+            "--truth", str(tmp_path / "truth.json")]  # fmt: skip
+
+    def run(*extra):
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / "p.json").read_text()), " ".join(result.output.split())
+
+    def offsets(record):  # (dx, dy) px of each annotated image's prediction
+        return {name: (record["images"][name]["mark"]["x"] - x,
+                       record["images"][name]["mark"]["y"] - y)
+                for name, (x, y) in (("n0", (64, 27)), ("n1", (60, 30)))}  # fmt: skip
+
+    record, output = run()
+    for name, (dx, dy) in offsets(record).items():
+        assert record["errors"][name]["mark"] == pytest.approx(
+            {"px": math.hypot(dx, dy), "mm": math.hypot(dx * 0.1, dy * 0.2)}
+        )
+    assert record["summary"]["spacings"] == {"n0": [0.2, 0.1], "n1": [0.2, 0.1]}
+    assert record["summary"]["pixel_spacing"] is None
+    assert (
+        "radial errors in px and in mm from the images' own pixel spacing (DICOM PixelSpacing, "
+        "or ImagerPixelSpacing where it has none; 0.2 x 0.1 mm, row x column):" in output
+    )
+    assert "mean mm median mm" in output
+    # --pixel-spacing overrides the files' spacing for every image (square pixels).
+    record, output = run("--pixel-spacing", "0.5")
+    for name, (dx, dy) in offsets(record).items():
+        assert record["errors"][name]["mark"]["mm"] == pytest.approx(0.5 * math.hypot(dx, dy))
+    assert record["summary"]["pixel_spacing"] == 0.5 and record["summary"]["spacings"] is None
+    assert "radial errors in px and in mm at --pixel-spacing 0.5 mm:" in output
+    # One scored image without a spacing (a PNG): px only, saying which.
+    save(tmp_path / "new" / "n2.png", (planted(3, (70, 20)) * 255).astype(np.uint8))
+    (tmp_path / "truth.json").write_text(json.dumps({**truth, "n2": {"mark": [70, 20]}}))
+    record, output = run()
+    assert all(set(e["mark"]) == {"px"} for e in record["errors"].values())
+    assert record["summary"]["without_spacing"] == ["n2"]
+    assert "mean_mm" not in record["summary"]["all"] and "mean mm" not in output
+    assert (
+        "radial errors in px only: 1 image(s) have no pixel spacing in their files (n2); "
+        "--pixel-spacing MM gives one for every image:" in output
+    )
 
 
 def test_score_predictions_is_public():

@@ -38,7 +38,7 @@ import gzip
 import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +87,8 @@ MAX_PIXELS_ENV = "LOCALDISC_MAX_PIXELS"
 
 JSRT_SIZE = 2048
 JSRT_BITS = 12
+#: JSRT's pixel spacing (mm, rows and columns) at its 2048 x 2048: the raw files have no header.
+JSRT_SPACING = 0.175
 
 _GZ_SUFFIXES = (".ppm.gz", ".pgm.gz")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -123,6 +125,16 @@ class ImageMeta:
         height: rows.
         width: columns.
         channels: samples per pixel as stored, alpha included (1, 2, 3 or 4).
+        spacing: (row, column) mm per pixel of the file as read (row: between the centres of
+            adjacent rows, i.e. along y; column: along x), where the file says it: DICOM's
+            PixelSpacing (0028,0030), else ImagerPixelSpacing (0018,1164), the spacing at the
+            detector that projection radiographs without a calibrated PixelSpacing carry (it
+            includes the X-ray magnification: anatomy measures a few per cent smaller), and
+            JSRT's raw ``.IMG`` (0.175, 0.175). A value that is not two positive finite
+            numbers (one number, text, zero) is ignored, as if absent, so that a malformed
+            header never stops the image being read. ``None`` otherwise: PNG's pHYs and TIFF's
+            resolution are dots per inch for printing or display, which screenshots and
+            converters set at will, not the size of the anatomy in a pixel.
     """
 
     path: Path
@@ -131,6 +143,7 @@ class ImageMeta:
     height: int
     width: int
     channels: int
+    spacing: tuple[float, float] | None = None
 
 
 @dataclass
@@ -702,7 +715,9 @@ def _decode_jsrt(path: Path, head: bytes, limit: int) -> _Decoded:
             f"value {top} exceeds 12 bits: not a JSRT image (or not big-endian as JSRT stores it)",
         )
     pixels = (full - raw.astype(np.uint16)).reshape(JSRT_SIZE, JSRT_SIZE)
-    meta = ImageMeta(path, "jsrt_img", JSRT_BITS, JSRT_SIZE, JSRT_SIZE, 1)
+    meta = ImageMeta(
+        path, "jsrt_img", JSRT_BITS, JSRT_SIZE, JSRT_SIZE, 1, (JSRT_SPACING, JSRT_SPACING)
+    )
     return _Decoded(pixels, float(full), meta)
 
 
@@ -810,8 +825,25 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
             path, f"unsupported DICOM photometric interpretation {photometric!r} ({spp} samples)"
         )
     out = np.clip(out, 0.0, 1.0)
-    meta = ImageMeta(path, "dicom", bits, height, width, spp)
+    meta = ImageMeta(path, "dicom", bits, height, width, spp, _dicom_spacing(ds))
     return _Decoded(np.ascontiguousarray(out, dtype=np.float32), 1.0, meta)
+
+
+def _dicom_spacing(ds: Any) -> tuple[float, float] | None:
+    """(row, column) mm per pixel: PixelSpacing, else ImagerPixelSpacing; ``None`` where neither
+    holds two positive finite numbers (:class:`ImageMeta`'s ``spacing``)."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = ds.get(keyword)
+            # Two values (VM 2); a lone "12" would otherwise be read as its characters 1 and 2.
+            if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+                continue
+            spacing = tuple(float(v) for v in value)
+        except Exception:  # whatever a malformed value raises (text, overflow): ignored
+            continue
+        if len(spacing) == 2 and all(np.isfinite(v) and v > 0 for v in spacing):
+            return spacing[0], spacing[1]
+    return None
 
 
 class _ClampedReader(io.BufferedReader):

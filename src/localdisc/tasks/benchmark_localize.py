@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from localdisc.data.io import JSRT_SPACING
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import LocaldiscError
 from localdisc.eval.report import environment_markdown
@@ -46,8 +47,8 @@ from localdisc.tasks.localize import (
 from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
 from localdisc.tasks.similarity import LoadedModel, Point, check_size, load_model
 
-#: JSRT pixel spacing at the original 2048 x 2048 (mm).
-JSRT_SPACING_2048 = 0.175
+#: JSRT pixel spacing at the original 2048 x 2048 (mm): the raw .IMG files'.
+JSRT_SPACING_2048 = JSRT_SPACING
 SCR_LANDMARKS = ("heart", "left_lung", "right_lung", "left_clavicle", "right_clavicle")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from localdisc.data.io import ImageMeta, read_image
 from localdisc.data.preprocess import LUMA
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.similarity import (
@@ -348,9 +349,26 @@ def localize_images(
 TRUTH_SHAPE = 'truth must be a JSON object {"IMAGE": {"LANDMARK": [x, y], ...}, ...}'
 
 
-def read_truth(
-    path: str | Path, images: list[tuple[str, Path]], landmarks: Iterable[str]
-) -> dict[str, dict[str, Point]]:
+class Truth(dict[str, dict[str, Point]]):
+    """:func:`read_truth`'s true landmarks, ``{image name: {landmark: (x, y)}}``, and in
+    ``metas`` each annotated image's :class:`~localdisc.data.io.ImageMeta` (read with it once:
+    its size checks the points, its pixel spacing gives the errors in mm)."""
+
+    def __init__(
+        self, points: Mapping[str, dict[str, Point]], metas: Mapping[str, ImageMeta]
+    ) -> None:
+        super().__init__(points)
+        self.metas = dict(metas)
+
+    @property
+    def spacings(self) -> dict[str, tuple[float, float] | None]:
+        """Each annotated image's (row, column) mm per pixel from its file (DICOM PixelSpacing,
+        JSRT ``.IMG``: :class:`~localdisc.data.io.ImageMeta`), ``None`` where it has none: the
+        ``spacings`` of :func:`score_predictions`."""
+        return {name: meta.spacing for name, meta in self.metas.items()}
+
+
+def read_truth(path: str | Path, images: list[tuple[str, Path]], landmarks: Iterable[str]) -> Truth:
     """The true landmarks of a truth file (``localdisc localize --truth``), by image name.
 
     The file is ``{IMAGE: {LANDMARK: [x, y], ...}, ...}`` in each image file's pixels (x the
@@ -360,7 +378,8 @@ def read_truth(
     entry is not scored. Refused, naming the file: entries that match no image (or an image
     another entry matched, or several files of that name), landmarks that ``landmarks`` (the
     template's) do not have, and points outside their image (each annotated image is read once
-    here for its size, so that a (row, column) mix-up stops the command before any model work).
+    here for its size, so that a (row, column) mix-up stops the command before any model work,
+    and for its pixel spacing: :attr:`Truth.spacings`).
     """
     path = Path(path)
     raw = _read_json(path, "truth")
@@ -414,12 +433,13 @@ def read_truth(
                 f"{', '.join(repr(k) for k in other)} that the template has not "
                 f"(it has {', '.join(repr(k) for k in known)})"
             )
+    metas = {}
     for name, points in truth.items():
-        shape = as_image(files[name]).shape
+        image, metas[name] = read_image(files[name])
         for k, point in points.items():
-            check_inside(f"{path}: image {entry[name]!r} landmark {k!r}", point, shape,
+            check_inside(f"{path}: image {entry[name]!r} landmark {k!r}", point, image.shape,
                          str(files[name]))  # fmt: skip
-    return truth
+    return Truth(truth, metas)
 
 
 def check_pixel_spacing(spacing: float | None, name: str = "pixel_spacing") -> None:
@@ -429,13 +449,38 @@ def check_pixel_spacing(spacing: float | None, name: str = "pixel_spacing") -> N
         raise LocaldiscError(f"{name} must be a positive number of mm per pixel, not {spacing}")
 
 
-def radial_error(found: Point, true: Point) -> float:
-    """The distance in pixels between a predicted and a true (x, y)."""
-    return math.hypot(found[0] - true[0], found[1] - true[1])
+def _spacing_pair(value: object, name: str) -> tuple[float, float]:
+    """An image's (row, column) mm per pixel, checked (``name``: the image, for the error)."""
+    what = f"the spacing of image {name!r}"
+    if not (isinstance(value, tuple | list) and len(value) == 2):
+        raise LocaldiscError(f"{what} must be (row, column) mm per pixel, not {value!r}")
+    for v in value:
+        check_pixel_spacing(v, what)
+    return float(value[0]), float(value[1])
 
 
-def radial_summary(errors: list[float], spacing: list[float | None]) -> dict[str, float | None]:
-    """Mean, median and std of radial errors in pixels; in mm and within 5 / 10 mm if known."""
+def radial_error(found: Point, true: Point, spacing: tuple[float, float] | None = None) -> float:
+    """The distance between a predicted and a true (x, y): in pixels, or given the image's
+    ``spacing``, (row, column) mm per pixel, in mm. x steps from column to column, so its pixels
+    are the column spacing apart, y's the row spacing: ``hypot(dx * column, dy * row)``, right
+    for anisotropic pixels too."""
+    dx, dy = found[0] - true[0], found[1] - true[1]
+    if spacing is None:
+        return math.hypot(dx, dy)
+    row, column = spacing
+    return math.hypot(dx * column, dy * row)
+
+
+def radial_summary(
+    errors: Sequence[float],
+    spacing: Sequence[float | None] = (),
+    *,
+    mm: Sequence[float] | None = None,
+) -> dict[str, float | None]:
+    """Mean, median and std of radial errors in pixels; in mm and within 5 / 10 mm if known:
+    ``mm``, the same errors in mm (:func:`radial_error` with each image's (row, column) spacing),
+    or else ``errors`` times ``spacing``, one mm per pixel per error (square pixels), where every
+    one is known."""
     px = np.asarray(errors, dtype=float)
     out: dict[str, float | None] = {
         "n": len(px),
@@ -443,15 +488,19 @@ def radial_summary(errors: list[float], spacing: list[float | None]) -> dict[str
         "median_px": float(np.median(px)),
         "std_px": float(px.std()),
     }
-    if spacing and all(s is not None for s in spacing):
-        mm = px * np.asarray(spacing, dtype=float)
-        out.update(
-            mean_mm=float(mm.mean()),
-            median_mm=float(np.median(mm)),
-            std_mm=float(mm.std()),
-            within_5mm=float((mm <= 5).mean()),
-            within_10mm=float((mm <= 10).mean()),
-        )
+    if mm is not None:
+        in_mm = np.asarray(mm, dtype=float)
+    elif spacing and all(s is not None for s in spacing):
+        in_mm = px * np.asarray(spacing, dtype=float)
+    else:
+        return out
+    out.update(
+        mean_mm=float(in_mm.mean()),
+        median_mm=float(np.median(in_mm)),
+        std_mm=float(in_mm.std()),
+        within_5mm=float((in_mm <= 5).mean()),
+        within_10mm=float((in_mm <= 10).mean()),
+    )
     return out
 
 
@@ -459,6 +508,8 @@ def score_predictions(
     predictions: Mapping[str, Mapping[str, Prediction | Mapping[str, float]]],
     truth: Mapping[str, Mapping[str, Point]],
     pixel_spacing: float | None = None,
+    *,
+    spacings: Mapping[str, tuple[float, float] | None] | None = None,
 ) -> dict[str, Any]:
     """Radial errors of one-shot landmark predictions against true landmarks.
 
@@ -469,23 +520,46 @@ def score_predictions(
         truth: ``{image: {landmark: (x, y)}}`` in the same pixels (:func:`read_truth` reads a
             file of them). An image or landmark without truth is not scored; truth for one
             without a prediction is refused.
-        pixel_spacing: mm per pixel of every image, to give the errors in mm too.
+        pixel_spacing: mm per pixel of every image (rows and columns), to give the errors in mm
+            too.
+        spacings: instead, each image's own (row, column) mm per pixel, ``None`` where unknown
+            (:attr:`Truth.spacings`: from the files' headers): mm errors are
+            ``hypot(dx * column spacing, dy * row spacing)``. They are given only where every
+            scored image has a spacing, so that the mm summaries cover the same errors as the
+            px ones; otherwise px only, and ``summary["without_spacing"]`` names the scored
+            images without one.
 
     Returns:
         ``{"errors": {image: {landmark: {"px": error, "mm": error}}}, "summary": {"images":
-        scored images, "pixel_spacing": ..., "landmarks": {landmark: summary}, "all": summary
-        over every landmark}}``, a summary being :func:`radial_summary`'s (``n``, mean, median
-        and std in px; with a spacing in mm too, and the fractions within 5 and 10 mm).
+        scored images, "pixel_spacing": ..., "spacings": {image: [row, column]} where the mm
+        come from ``spacings`` (else None), "without_spacing": [image, ...], "landmarks":
+        {landmark: summary}, "all": summary over every landmark}}``, a summary being
+        :func:`radial_summary`'s (``n``, mean, median and std in px; with spacings in mm too,
+        and the fractions within 5 and 10 mm).
     """
     check_pixel_spacing(pixel_spacing)
+    if pixel_spacing is not None and spacings is not None:
+        raise LocaldiscError(
+            "give pixel_spacing (one for every image) or spacings (each image's own), not both"
+        )
     missing = [name for name in truth if name not in predictions]
     if missing:
         raise LocaldiscError(
             f"truth for {len(missing)} image(s) without predictions: "
             + ", ".join(repr(n) for n in missing[:5]) + (", ..." if len(missing) > 5 else "")
         )  # fmt: skip
+    scored = [name for name in predictions if truth.get(name)]
+    per_image: dict[str, tuple[float, float]] = {}  # (row, column) mm per pixel of a scored image
+    without: list[str] = []
+    if pixel_spacing is not None:
+        per_image = dict.fromkeys(scored, (pixel_spacing, pixel_spacing))
+    elif spacings is not None:
+        without = [name for name in scored if spacings.get(name) is None]
+        if not without:
+            per_image = {name: _spacing_pair(spacings[name], name) for name in scored}
     errors: dict[str, dict[str, dict[str, float]]] = {}
     by_landmark: dict[str, list[float]] = {}
+    mm_by_landmark: dict[str, list[float]] = {}
     for name, found in predictions.items():
         for landmark, point in truth.get(name, {}).items():
             if landmark not in found:
@@ -497,35 +571,71 @@ def score_predictions(
             xy = (p.x, p.y) if isinstance(p, Prediction) else (p["x"], p["y"])
             px = radial_error(xy, point)
             errors.setdefault(name, {})[landmark] = {"px": px}
-            if pixel_spacing is not None:
-                errors[name][landmark]["mm"] = px * pixel_spacing
             by_landmark.setdefault(landmark, []).append(px)
+            if per_image:
+                mm = radial_error(xy, point, per_image[name])
+                errors[name][landmark]["mm"] = mm
+                mm_by_landmark.setdefault(landmark, []).append(mm)
     if not errors:
         raise LocaldiscError("no truth to score: no image has a true landmark")
     # In the predictions' landmark order (the template's), as predictions.json lists them.
-    order = list(dict.fromkeys(k for found in predictions.values() for k in found))
-    by_landmark = {k: by_landmark[k] for k in order if k in by_landmark}
-    every = [e for values in by_landmark.values() for e in values]
+    every = dict.fromkeys(k for found in predictions.values() for k in found)
+    order = [k for k in every if k in by_landmark]
 
-    def summary(values: list[float]) -> dict[str, float | None]:
-        return radial_summary(values, [pixel_spacing] * len(values))
+    def summary(keys: list[str]) -> dict[str, float | None]:
+        px = [e for k in keys for e in by_landmark[k]]
+        mm = [e for k in keys for e in mm_by_landmark[k]] if per_image else None
+        return radial_summary(px, mm=mm)
 
+    from_files = spacings is not None and bool(per_image)
     return {
         "errors": errors,
         "summary": {
             "images": len(errors),
             "pixel_spacing": pixel_spacing,
-            "landmarks": {k: summary(v) for k, v in by_landmark.items()},
-            "all": summary(every),
+            "spacings": {n: list(per_image[n]) for n in scored} if from_files else None,
+            "without_spacing": without,
+            "landmarks": {k: summary([k]) for k in order},
+            "all": summary(order),
         },
     }
 
 
+def spacing_note(summary: Mapping[str, Any], metas: Mapping[str, ImageMeta] | None = None) -> str:
+    """How :func:`score_predictions`' ``summary`` gives the errors, for ``localdisc localize``'s
+    log: in mm at ``--pixel-spacing``, in mm from the images' own spacing (where the files hold
+    it: ``metas``, :attr:`Truth.metas`), or in px only (naming images without a spacing)."""
+    if summary["pixel_spacing"] is not None:
+        return f"in px and in mm at --pixel-spacing {summary['pixel_spacing']:g} mm"
+    if summary["spacings"]:
+        sources = {
+            "dicom": "DICOM PixelSpacing, or ImagerPixelSpacing where it has none",
+            "jsrt_img": "JSRT .IMG",
+        }
+        metas = metas or {}
+        formats = dict.fromkeys(metas[n].format for n in summary["spacings"] if n in metas)
+        found = [sources.get(f, f) for f in formats]
+        values = {tuple(s) for s in summary["spacings"].values()}
+        if len(values) == 1:  # one spacing for all: say it
+            row, column = values.pop()
+            found.append(f"{row:g} x {column:g} mm, row x column")
+        where = f" ({'; '.join(found)})" if found else ""
+        return f"in px and in mm from the images' own pixel spacing{where}"
+    without = summary["without_spacing"]
+    if without:
+        shown = ", ".join(without[:3]) + (", ..." if len(without) > 3 else "")
+        return (
+            f"in px only: {len(without)} image(s) have no pixel spacing in their files ({shown}); "
+            "--pixel-spacing MM gives one for every image"
+        )
+    return "in px"
+
+
 def score_table(summary: Mapping[str, Any]) -> str:
     """:func:`score_predictions`' ``summary`` as a plain-text table: per landmark and over all,
-    n, mean and median error in px (and in mm where there is a pixel spacing)."""
+    n, mean and median error in px (and in mm where the summary has them)."""
     rows = {**summary["landmarks"], "all landmarks": summary["all"]}
-    mm = summary["pixel_spacing"] is not None
+    mm = "mean_mm" in summary["all"]
     keys = ["mean_px", "median_px"] + (["mean_mm", "median_mm"] if mm else [])
     width = max(len("landmark"), *(len(k) for k in rows))
     lines = [
