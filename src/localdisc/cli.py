@@ -881,6 +881,13 @@ def shape_guided_segment(
         True, help="Hold A and refined to an organ prior's pieces, with no holes."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    masks: Path | None = typer.Option(
+        None,
+        "--masks",
+        help="A folder of true masks named as the images (matched as `predict --masks` matches "
+        "them): score every output in OUT against them into OUT/metrics.json and the log; "
+        "images without one are named and not scored.",
+    ),
 ) -> None:
     """Write outputs A (cluster 0) and B (region similarity) per image, and refined masks."""
     from localdisc.engine.pseudo_label import kept_checkpoints
@@ -901,7 +908,7 @@ def shape_guided_segment(
     with _on_interrupt(hint):
         written = segment_images(
             model, images, out, size=size, refine_steps=refine_steps, topology=topology,
-            device=device, log=_log, progress=True,
+            device=device, log=_log, progress=True, masks=masks,
         )  # fmt: skip
     console.print(f"{len(written)} mask(s) written to [bold]{_path(out)}[/]")
 

@@ -247,6 +247,27 @@ def test_predict_never_writes_over_a_finetunings_metrics(tmp_path):
     assert (model / "metrics.json").read_text() == before
 
 
+def test_predict_keeps_the_scores_of_a_shape_guided_segment(tmp_path):
+    """`shape-guided segment --masks` writes a metrics.json with masks_used and unscored too,
+    which predict took for its own: replaced with --masks, removed without."""
+    import json
+
+    segment = {"command": "shape-guided segment", "summary": {}, "masks_used": {},
+               "unscored": []}  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps(segment))
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    save(tmp_path / "gt" / "a.png", np.zeros((20, 24), np.uint8))
+    refused = r"out: holds metrics.json, not one `predict` wrote \(`shape-guided segment`'s"
+    with pytest.raises(LocaldiscError, match=refused):
+        predict_images(tmp_path / "model", [tmp_path / "in"], out, masks=tmp_path / "gt",
+                       device="cpu")  # fmt: skip
+    predict_images(tmp_path / "model", [tmp_path / "in"], out, device="cpu")
+    assert json.loads((out / "metrics.json").read_text()) == segment
+
+
 def scored_predict(tmp_path):
     """A predict of tmp_path/in/a.png by tmp_path/model, scored against tmp_path/gt, into
     tmp_path/out (returned)."""

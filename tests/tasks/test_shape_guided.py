@@ -853,3 +853,144 @@ def test_cli_segment_stopped_by_sigterm_in_its_refinement_continues_with_the_sam
     assert "continuing the interrupted training from its checkpoint" in result.output
     assert taken == [1, 2, 3] and (out / "eye_refined_mask.png").is_file()
     assert not (out / "refine-checkpoint").exists()
+
+
+# --- scores against a researcher's own true masks (--masks) ------------------------------------
+def eyes_with_masks(tmp_path, count: int = 3, masked=(0, 1)):
+    """``count`` photographs ``eyeK.png`` in ``images/`` and the true vessels of those ``masked``
+    in ``truth/`` (0/255, named as the images)."""
+    folder, truth = tmp_path / "images", tmp_path / "truth"
+    folder.mkdir()
+    truth.mkdir()
+    for i in range(count):
+        fundus = synthetic_fundus(32, seed=i)
+        Image.fromarray((fundus.image * 255).astype("uint8")).save(folder / f"eye{i}.png")
+        if i in masked:
+            Image.fromarray((fundus.vessels * 255).astype("uint8")).save(truth / f"eye{i}.png")
+    return folder, truth
+
+
+def scores_by_hand(out, folder, truth, name: str, output: str) -> dict[str, float]:
+    """:func:`segmentation_metrics` of the written ``NAME_OUTPUT`` maps inside the FOV found in
+    the photograph, clDice too (the fixture's prior is a tree)."""
+    from localdisc.data.io import read_image, read_mask
+    from localdisc.data.preprocess import fov_from_image
+    from localdisc.eval.metrics import segmentation_metrics
+
+    prob = read_image(out / f"{name}_{output}_prob.png")[0][..., 0]
+    mask = read_mask(out / f"{name}_{output}_mask.png")
+    assert np.array_equal(mask, prob >= 0.5)  # the mask written is its probability map's
+    fov = fov_from_image(read_image(folder / f"{name}.png")[0], modality="fundus")
+    return segmentation_metrics(prob, read_mask(truth / f"{name}.png"), fov, topology=True)
+
+
+def test_segment_scores_every_output_against_true_masks(tmp_path, run):
+    """A researcher with true masks for some images had no way to score `shape-guided segment`
+    on them (only `benchmark shape-guided`, on built-in sets): `masks` scores A, B and refined
+    into metrics.json as `predict --masks` does, images without a mask named, not scored."""
+    from localdisc.tasks.shape_guided import segment_images
+
+    folder, truth = eyes_with_masks(tmp_path)
+    out, logs = tmp_path / "out", []
+    segment_images(run, [folder], out, refine_steps=1, topology=False, device="cpu",
+                   log=logs.append, masks=truth)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["command"] == "shape-guided segment" and metrics["masks"] == str(truth)
+    assert metrics["runs"] == [str(run.resolve())] and metrics["fov"] == "found in each image"
+    assert list(metrics["per_image"]) == list(metrics["summary"]) == ["A", "B", "refined"]
+    for output, rows in metrics["per_image"].items():
+        assert [row["image"] for row in rows] == ["eye0", "eye1"]
+        for row in rows:
+            expected = scores_by_hand(out, folder, truth, row.pop("image"), output)
+            assert row == pytest.approx(expected, nan_ok=True)
+        dice = [row["dice"] for row in rows]
+        assert metrics["summary"][output]["dice"] == pytest.approx(
+            {"mean": np.mean(dice), "std": np.std(dice), "n": 2}
+        )
+        assert set(metrics["summary"][output]) >= {"f1", "auc", "sensitivity", "cldice"}
+    assert metrics["unscored"] == [str(folder / "eye2.png")]
+    assert metrics["masks_used"] == {f"eye{i}": str(truth / f"eye{i}.png") for i in (0, 1)}
+    assert any("1 image(s) without a mask" in line and "eye2.png" in line for line in logs)
+    table = next(line for line in logs if line.startswith("output")).splitlines()
+    assert table[0].split() == ["output", "n", "dice", "auc", "sensitivity", "cldice"]
+    dice = metrics["summary"]["refined"]["dice"]
+    assert table[3].split()[:4] == ["refined", "2", f"{dice['mean']:.4f}", "+-"]
+    record = json.loads((out / "segment.json").read_text())
+    assert record["masks"] == str(truth)
+
+
+def test_segment_checks_the_true_masks_before_any_work(tmp_path, run):
+    from localdisc.tasks.shape_guided import segment_images
+
+    folder, truth = eyes_with_masks(tmp_path, masked=())
+    out = tmp_path / "out"
+
+    def segment(masks):
+        segment_images(run, [folder], out, topology=False, device="cpu", log=lambda m: None,
+                       masks=masks)  # fmt: skip
+
+    with pytest.raises(LocaldiscError, match=r"missing: no such folder of masks"):
+        segment(tmp_path / "missing")
+    with pytest.raises(LocaldiscError, match=r"truth: no image has a mask there"):
+        segment(truth)
+    Image.fromarray(np.zeros((20, 32), np.uint8)).save(truth / "eye1.png")
+    with pytest.raises(LocaldiscError, match=r"eye1.png: mask is 32x20, its image .* is 32x32"):
+        segment(truth)
+    assert not out.exists()  # nothing was segmented, nor written
+    (out / "metrics.json").parent.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"summary": {}, "phases": []}))
+    with pytest.raises(LocaldiscError, match=r"out: holds metrics.json, not one `shape-guided"):
+        segment(truth)
+
+
+def test_segment_again_without_masks_removes_the_earlier_scores(tmp_path, run):
+    """Scores left in OUT by an earlier call would sit beside outputs they are not of; a call
+    that fails before it segments (its masks, its model's weights) keeps them."""
+    import shutil
+
+    from localdisc.tasks.shape_guided import segment_images
+
+    folder, truth = eyes_with_masks(tmp_path, count=2, masked=(0,))
+    out, logs = tmp_path / "out", []
+    segment_images(run, [folder], out, topology=False, device="cpu", log=logs.append,
+                   masks=truth)  # fmt: skip
+    before = (out / "metrics.json").read_text()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    (damaged / "model.safetensors").write_bytes(b"\0" * 64)
+    for model, masks in ((run, tmp_path / "missing"), (damaged, None), (damaged, truth)):
+        with pytest.raises(LocaldiscError):
+            segment_images(model, [folder], out, topology=False, device="cpu",
+                           log=logs.append, masks=masks)  # fmt: skip
+        assert (out / "metrics.json").read_text() == before
+    segment_images(run, [folder], out, topology=False, device="cpu", log=logs.append)
+    assert not (out / "metrics.json").exists()
+    assert json.loads((out / "segment.json").read_text())["masks"] is None
+    assert any(f"removed {out / 'metrics.json'}" in line for line in logs), logs
+    other = {"summary": {}, "phases": []}  # another command's: left alone without --masks
+    (out / "metrics.json").write_text(json.dumps(other))
+    segment_images(run, [folder], out, topology=False, device="cpu", log=logs.append)
+    assert json.loads((out / "metrics.json").read_text()) == other
+
+
+def test_cli_segment_with_masks_scores_the_ensemble_mean_and_prints_a_table(tmp_path, run):
+    """`--masks` scores the outputs in OUT (an ensemble's mean maps) and prints the summary."""
+    folder, truth = eyes_with_masks(tmp_path, count=2, masked=(0, 1))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "shape-guided", "segment", "--model", str(run), "--model", str(run),
+        "--images", str(folder), "--out", str(out), "--masks", str(truth), "--device", "cpu",
+        "--no-topology",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["summary"]) == ["A", "B"]
+    row = metrics["per_image"]["B"][1]
+    assert row.pop("image") == "eye1"
+    assert row == pytest.approx(scores_by_hand(out, folder, truth, "eye1", "B"), nan_ok=True)
+    summary = metrics["summary"]
+    for output in ("A", "B"):
+        dice, auc = summary[output]["dice"], summary[output]["auc"]
+        assert re.search(rf"^{output} +2 +{dice['mean']:.4f} \+- {dice['std']:.4f} +"
+                         rf"{auc['mean']:.4f} ", result.output, re.M), result.output  # fmt: skip
+    assert f"per image in {out / 'metrics.json'}" in result.output

@@ -158,7 +158,7 @@ def predict_images(
     env = environment(device)  # at the start: where and when these outputs were made
     files = collect_images(images, out_dir=out_dir)
     scoring = masks is not None
-    _check_metrics(Path(out_dir), scoring)
+    check_metrics(Path(out_dir), scoring)
     _check_not_a_run(Path(out_dir), "self_trained_vessels" in config)
     matched = target_mask_files(files, images, masks) if masks is not None else None
     targets = None
@@ -195,7 +195,7 @@ def predict_images(
                     prob = read_image(out_dir / f"{name}_prob.png")[0][..., 0]
                     mask = read_mask(out_dir / f"{name}_mask.png")
                     scores[name] = score_prediction(
-                        prob, _image_mask(targets[name], path), _fov(path, fovs, i, "fundus"),
+                        prob, image_mask(targets[name], path), _fov(path, fovs, i, "fundus"),
                         threshold=threshold, topology=True, binary=mask,
                     )  # fmt: skip
     else:
@@ -215,7 +215,7 @@ def predict_images(
                 if targets is not None and name in targets:
                     fov = _fov(path, fovs, i, model.config.modality, image)
                     scores[name] = score_prediction(
-                        prob, _image_mask(targets[name], path), fov, threshold=threshold,
+                        prob, image_mask(targets[name], path), fov, threshold=threshold,
                         topology=target_name in TUBULAR_TARGETS, prob_at_size=prob_small,
                         size=model.config.size,
                     )  # fmt: skip
@@ -243,24 +243,32 @@ def _check_finished(model_dir: Path, config: dict[str, Any]) -> None:
     )
 
 
-def _is_predict_metrics(path: Path) -> bool:
-    """Whether ``path`` is a ``metrics.json`` that :func:`_write_metrics` wrote."""
+def metrics_command(path: Path) -> str | None:
+    """The command whose ``--masks`` scores the ``metrics.json`` at ``path`` are (they list
+    ``masks_used`` and ``unscored``): its ``command`` (``shape-guided segment``), ``predict``
+    where it names none (:func:`_write_metrics`); None for any other file (a fine-tuning's
+    test results) or none."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and "masks_used" in saved and "unscored" in saved
+        return None
+    if not (isinstance(saved, dict) and "masks_used" in saved and "unscored" in saved):
+        return None
+    command = saved.get("command", "predict")
+    return command if isinstance(command, str) else None
 
 
-def _check_metrics(out_dir: Path, scoring: bool) -> None:
+def check_metrics(out_dir: Path, scoring: bool, command: str = "predict") -> None:
     """Before any work: refuse to score (``scoring``: ``--masks``) into an ``out_dir`` whose
-    ``metrics.json`` another command wrote (a fine-tuning's test results: ``--out`` its own
-    model folder replaced them)."""
+    ``metrics.json`` another command than ``command`` wrote (a fine-tuning's test results:
+    ``--out`` its own model folder replaced them)."""
     path = out_dir / "metrics.json"
-    if scoring and path.is_file() and not _is_predict_metrics(path):
+    other = metrics_command(path) if scoring and path.is_file() else command
+    if other != command:
+        whose = f"`{other}`'s scores" if other else "a fine-tuning's test results?"
         raise LocaldiscError(
-            f"{out_dir}: holds metrics.json, not one `predict` wrote (a fine-tuning's test "
-            "results?), which --masks would replace; choose another --out (nothing was written)"
+            f"{out_dir}: holds metrics.json, not one `{command}` wrote ({whose}), which --masks "
+            "would replace; choose another --out (nothing was written)"
         )
 
 
@@ -283,7 +291,7 @@ def _check_not_a_run(out_dir: Path, vessels_model: bool) -> None:
     and its ``vessels.csv`` and ``figures/overlay.png`` (what it was taught on, which
     ``vessels_model``, a network of that command, writes again); a fine-tuning's holds its
     ``figures/overlay.png``. (A fine-tuned model may predict into its own folder: its
-    predictions lie in ``predictions/``, and :func:`_check_metrics` keeps its metrics.)"""
+    predictions lie in ``predictions/``, and :func:`check_metrics` keeps its metrics.)"""
     if _holds_vessels_run(out_dir):
         raise LocaldiscError(
             f"{out_dir}: holds a `shape-guided vessels` run, whose masks, vessels.csv and "
@@ -308,7 +316,7 @@ def _remove_earlier_outputs(
     and this run's own images, are left alone. Called once the model is loaded and the inputs
     are found, so that a run that fails at those removes nothing."""
     metrics = out_dir / "metrics.json"
-    if not scoring and metrics.is_file() and _is_predict_metrics(metrics):
+    if not scoring and metrics.is_file() and metrics_command(metrics) == "predict":
         metrics.unlink()
         log(f"removed {metrics}: an earlier predict's scores, not of the outputs this one writes")
     try:
@@ -379,7 +387,7 @@ def score_prediction(
     return {k: float(v) for k, v in metrics.items()}
 
 
-def _image_mask(path: Path, image: Path) -> np.ndarray:
+def image_mask(path: Path, image: Path) -> np.ndarray:
     """The true mask at ``path`` as a bool array, checked against its image's size."""
     mask = np.asarray(read_mask(path), dtype=bool)
     width, height = _image_size(image)
@@ -425,29 +433,43 @@ def _write_metrics(
     scores: dict[str, dict[str, float]],
     log: Callable[[str], None],
 ) -> None:
-    """``metrics.json``: the ``summary`` and ``per_image`` of ``localdisc finetune``'s, the
-    images without a mask under ``unscored`` (the first one's reason logged)."""
+    """``metrics.json``: the ``summary`` and ``per_image`` of ``localdisc finetune``'s, and
+    :func:`masks_used`."""
     from localdisc.eval.metrics import summarize
     from localdisc.eval.report import jsonable
 
     rows = [{"image": name, **scores[name]} for name, _ in files if name in scores]
-    missing = [matched[name] for name, _ in files if matched[name].mask is None]
-    unscored = [str(match.image) for match in missing]
-    if missing:
-        log(f"{len(unscored)} image(s) without a mask in {record['masks']}, not scored: "
-            + ", ".join(unscored) + f" ({missing[0].image.name}: {missing[0].reason})")  # fmt: skip
     metrics = {
         "model": record["model"],
         "masks": record["masks"],
         "threshold": record["threshold"],
         "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in rows]),
         "per_image": rows,
+        **masks_used(files, matched, record["masks"], log),
+        "environment": record["environment"],
+    }
+    atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
+
+
+def masks_used(
+    files: Sequence[tuple[str, Path]],
+    matched: dict[str, MaskMatch],
+    masks: str | Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """What a ``metrics.json`` says of the true masks of ``files`` (:func:`target_mask_files`'
+    ``matched`` in ``masks``): ``masks_used``, each scored image's mask by name, and
+    ``unscored``, the images without one (named in ``log``, the first one's reason too)."""
+    missing = [matched[name] for name, _ in files if matched[name].mask is None]
+    unscored = [str(match.image) for match in missing]
+    if missing:
+        log(f"{len(unscored)} image(s) without a mask in {masks}, not scored: "
+            + ", ".join(unscored) + f" ({missing[0].image.name}: {missing[0].reason})")  # fmt: skip
+    return {
         "masks_used": {name: str(Path(mask).resolve()) for name, _ in files
                        if (mask := matched[name].mask) is not None},
         "unscored": unscored,
-        "environment": record["environment"],
     }  # fmt: skip
-    atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
 
 
 def target_mask_files(

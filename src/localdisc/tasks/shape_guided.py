@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from localdisc.data.datasets import MaskMatch
 from localdisc.data.io import read_image, write_png
 from localdisc.data.preprocess import (
     fov_from_image,
@@ -65,7 +66,17 @@ from localdisc.priors.atlas import (
 )
 from localdisc.priors.sources import prior_masks
 from localdisc.priors.topology import PriorTopology, enforce_topology, prior_topology
-from localdisc.tasks.predict import collect_images, mask_png, prob_png
+from localdisc.tasks.predict import (
+    check_metrics,
+    collect_images,
+    image_mask,
+    mask_png,
+    masks_used,
+    metrics_command,
+    prob_png,
+    score_prediction,
+    target_mask_files,
+)
 from localdisc.tasks.similarity import check_size
 
 
@@ -336,6 +347,7 @@ def segment_images(
     device: str = "auto",
     log: Callable[[str], None] = print,
     progress: bool = False,
+    masks: str | Path | None = None,
 ) -> list[Path]:
     """Write ``NAME_{A,B}_prob.png``, ``NAME_{A,B}_mask.png`` and ``NAME_uncertainty.png``; with
     ``refine_steps`` also ``NAME_refined_{prob,mask}.png`` of a network trained on the
@@ -366,6 +378,18 @@ def segment_images(
 
     ``progress``: progress bars (as ``predict``'s) of each run's images, its refinement's
     steps, and the ensemble's mean maps.
+
+    ``masks``: a folder of true masks named as the images, matched as ``predict --masks``
+    matches them (:func:`~localdisc.tasks.predict.target_mask_files`), each read and checked
+    against its image's size before any work. Every output written to ``OUT`` (A, B, refined;
+    an ensemble's mean maps, not each run's) is scored against them into ``OUT/metrics.json``
+    and the log (:func:`_score_outputs`); images without a mask are named and not scored, as
+    ``predict`` does. An earlier call's ``metrics.json`` is removed once this call's first model
+    has loaded (:func:`_remove_earlier_metrics`): a call that fails before that keeps it.
+
+    Raises:
+        LocaldiscError: ``masks`` is missing, no image has a mask there, a mask cannot be read or
+            is not its image's size, or ``OUT/metrics.json`` is not one this command wrote.
     """
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
@@ -385,6 +409,8 @@ def segment_images(
     # Listed once, before anything is written: each run of an ensemble writes into OUT/run-K,
     # which a later listing of an image folder holding OUT would take for more images.
     files = collect_images(images, out_dir=out_dir, suffixes=OUTPUT_SUFFIXES)
+    check_metrics(out_dir, masks is not None, SEGMENT_COMMAND)
+    matched = _true_masks(files, images, masks) if masks is not None else None
     env = environment(device)  # at the start: where and when these outputs were made
     # An ensemble's runs are held to one topology (one run's is its own: _segment_run).
     ensemble = runs if len(runs) > 1 else []
@@ -396,12 +422,16 @@ def segment_images(
                              "--no-topology")  # fmt: skip
     parts = [out_dir / f"run-{i}" for i in range(len(runs))] if len(runs) > 1 else []
     _remove_earlier_outputs(out_dir, files, len(parts), log)
+
+    def loaded() -> None:  # damaged weights fail before: the earlier scores stay
+        _remove_earlier_metrics(out_dir, log)
+
     if not parts:
         written = _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
-                               log, progress=progress)  # fmt: skip
+                               log, progress=progress, loaded=loaded)  # fmt: skip
     else:
         written = _segment_ensemble(runs, files, out_dir, parts, shapes[str(runs[0])], size,
-                                    refine_steps, device, log, progress)  # fmt: skip
+                                    refine_steps, device, log, progress, loaded)  # fmt: skip
     outputs = [s for s in OUTPUT_SUFFIXES if refine_steps or "_refined" not in s]
     record = {
         "runs": [{"run": str(Path(r).expanduser().resolve()),
@@ -411,8 +441,13 @@ def segment_images(
         "parts": [p.name for p in parts],
         "images": [{"name": name, "image": str(path.resolve())} for name, path in files],
         "outputs": [f"NAME{s}.png" for s in outputs],
-        "size": size, "refine_steps": refine_steps, "topology": topology, "environment": env,
+        "size": size, "refine_steps": refine_steps, "topology": topology,
+        "masks": str(Path(masks).expanduser().resolve()) if masks is not None else None,
+        "environment": env,
     }  # fmt: skip
+    if matched is not None:  # before segment.json, written last
+        scored = ("A", "B", "refined") if refine_steps else ("A", "B")
+        _score_outputs(runs, files, out_dir, matched, scored, record, log, progress)
     atomic_write_text(out_dir / SEGMENT_RECORD, json.dumps(record, indent=1))
     # One a stopped call of one run left, where an ensemble now wrote (each run's is its own).
     shutil.rmtree(out_dir / REFINE_CHECKPOINT, ignore_errors=True)
@@ -432,8 +467,10 @@ def _segment_ensemble(
     device: str,
     log: Callable[[str], None],
     progress: bool = False,
+    loaded: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """:func:`segment_images` with several runs, each into its part of ``parts``."""
+    """:func:`segment_images` with several runs, each into its part of ``parts``; ``loaded``
+    called once a run's model has loaded, and before the mean maps are written."""
     atlases = ensemble_prior_masks(runs, log)
     modality = LDConfig.from_run(runs[0]).modality
     for run, part in zip(runs, parts, strict=True):
@@ -447,12 +484,14 @@ def _segment_ensemble(
         log(f"segmenting with {run} -> {part}")
         env = environment(device)  # where and when this run's outputs were made
         _segment_run(run, files, part, size, refine_steps, False, device, log,
-                     progress=progress, run_name=part.name)  # fmt: skip
+                     progress=progress, run_name=part.name, loaded=loaded)  # fmt: skip
         atomic_write_text(marker, json.dumps({**settings, "environment": env}, indent=1))
     if prior_shape is not None:  # refined only when there is a refinement
         held = "the mean A and refined" if refine_steps else "the mean A"
         log(f"prior topology applied to {held}: {prior_shape}")
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
+    if loaded is not None:  # every run's outputs were kept: no model loaded
+        loaded()
     if not refine_steps:
         drop_refined(out_dir, [name for name, _ in files])
     written = []
@@ -526,6 +565,132 @@ def _remove_earlier_outputs(
             "or runs of an ensemble, that this one does not have")  # fmt: skip
 
 
+#: The command named in the ``metrics.json`` :func:`segment_images` writes with ``masks``
+#: (:func:`~localdisc.tasks.predict.metrics_command`: another command's is not replaced).
+SEGMENT_COMMAND = "shape-guided segment"
+#: The scores of :func:`segment_images` with ``masks``, in its ``OUT``.
+SEGMENT_METRICS = "metrics.json"
+#: The metrics :func:`score_table` shows, after ``n``; ``cldice`` where it was scored.
+TABLE_METRICS = ("dice", "auc", "sensitivity", "cldice")
+
+
+def _true_masks(
+    files: Sequence[tuple[str, Path]], images: Sequence[str | Path], masks: str | Path
+) -> dict[str, MaskMatch]:
+    """Each of ``files``' true mask in ``masks`` or why it has none
+    (:func:`~localdisc.tasks.predict.target_mask_files`), every mask found read and checked
+    against its image's size now: a wrong one is named before any work, not after hours of
+    refinement."""
+    matched = target_mask_files(files, images, masks)
+    for match in matched.values():
+        if match.mask is not None:
+            image_mask(match.mask, match.image)
+    return matched
+
+
+def _remove_earlier_metrics(out_dir: Path, log: Callable[[str], None]) -> None:
+    """Remove the ``metrics.json`` an earlier :func:`segment_images` wrote in ``out_dir``: the
+    scores of the outputs this call replaces (another command's is left alone). Called once a
+    model has loaded, just before the first output is written."""
+    path = out_dir / SEGMENT_METRICS
+    if path.is_file() and metrics_command(path) == SEGMENT_COMMAND:
+        path.unlink()
+        log(f"removed {path}: an earlier segment's scores, of the outputs this one replaces")
+
+
+def _tubular(run_dir: str | Path, log: Callable[[str], None]) -> bool:
+    """Whether a run's prior is a tree (vessels: its masks have holes, :func:`prior_topology`),
+    whose outputs clDice scores too, as ``finetune`` scores vessels; said in ``log`` when the
+    prior cannot be read any more."""
+    spec = pretrain_settings(run_dir).get("prior")
+    if not spec:
+        return False
+    try:
+        return not prior_topology(spec).solid
+    except LocaldiscError as exc:
+        log(f"no clDice in the scores: {exc}")
+        return False
+
+
+def _score_outputs(
+    runs: Sequence[str | Path],
+    files: Sequence[tuple[str, Path]],
+    out_dir: Path,
+    matched: dict[str, MaskMatch],
+    outputs: Sequence[str],
+    record: dict[str, Any],
+    log: Callable[[str], None],
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score each of ``outputs`` (``A``, ``B``, ``refined``) of the images with a true mask in
+    ``matched``, as written in ``out_dir``, and write ``OUT/metrics.json``; returns what it
+    holds.
+
+    Each output is scored from its files at the image's own size
+    (:func:`~localdisc.tasks.predict.score_prediction`: the binary metrics of the mask written,
+    ``auc`` of the probability map; ``dice`` over the whole image, the others inside the FOV the
+    outputs were held to: found in a fundus photograph, all of a radiograph), with ``cldice``
+    where the first run's prior is a tree (:func:`_tubular`). ``metrics.json`` holds per output
+    ``summary`` (mean, std and n of each metric, as ``predict``'s) and ``per_image`` rows, and
+    ``masks_used`` and ``unscored`` as ``predict``'s (:func:`~localdisc.tasks.predict.masks_used`);
+    the summary is logged as :func:`score_table`.
+    """
+    from localdisc.eval.metrics import summarize
+    from localdisc.eval.report import jsonable
+
+    modality = LDConfig.from_run(runs[0]).modality
+    topology = _tubular(runs[0], log)
+    rows: dict[str, list[dict[str, Any]]] = {output: [] for output in outputs}
+    targets = [(name, path, mask) for name, path in files
+               if (mask := matched[name].mask) is not None]  # fmt: skip
+    with ProgressBar(len(targets), 0, progress, "score", unit="image") as bar:
+        for done, (name, path, mask) in enumerate(targets, 1):
+            image = read_image(path)[0]
+            target, fov = image_mask(mask, path), _fov(image, None, modality)
+            for output in outputs:
+                prob = read_image(out_dir / f"{name}_{output}_prob.png")[0][..., 0]
+                binary = read_image(out_dir / f"{name}_{output}_mask.png")[0][..., 0] > 0.5
+                scores = score_prediction(prob, target, fov, topology=topology, binary=binary)
+                rows[output].append({"image": name, **scores})
+            bar.update(done)
+    metrics = {
+        "command": SEGMENT_COMMAND,
+        "runs": [entry["run"] for entry in record["runs"]],
+        "masks": record["masks"],
+        "threshold": 0.5,
+        "fov": "found in each image" if modality == "fundus" else "the whole image",
+        "summary": {
+            output: summarize([{k: v for k, v in r.items() if k != "image"} for r in found])
+            for output, found in rows.items()
+        },
+        "per_image": rows,
+        **masks_used(files, matched, record["masks"], log),
+        "environment": record["environment"],
+    }
+    atomic_write_text(out_dir / SEGMENT_METRICS, json.dumps(jsonable(metrics), indent=2))
+    log(f"scores against {record['masks']} (per image in {out_dir / SEGMENT_METRICS}):")
+    log(score_table(metrics["summary"]))
+    return metrics
+
+
+def score_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The ``summary`` of :func:`_score_outputs` as a plain-text table: per output, ``n`` and
+    the mean of :data:`TABLE_METRICS` (``dice`` with its std), those scored."""
+    keys = [k for k in TABLE_METRICS if any(k in s for s in summary.values())]
+    width = max(len("output"), *(len(output) for output in summary))
+    heads = [f"{'dice':>16}" if k == "dice" else f"{k:>11}" for k in keys]
+    lines = [f"{'output':<{width}} {'n':>4} " + " ".join(heads)]
+    for output, s in summary.items():
+        n = s["dice"]["n"] if "dice" in s else 0  # finite for every image scored
+        cells = []
+        for k in keys:
+            v = s.get(k, {"mean": float("nan"), "std": float("nan")})
+            text = f"{v['mean']:.4f} +- {v['std']:.4f}" if k == "dice" else f"{v['mean']:.4f}"
+            cells.append(f"{text:>16}" if k == "dice" else f"{text:>11}")
+        lines.append(f"{output:<{width}} {n:>4} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def _part_settings(
     run_dir: str | Path, files: Sequence[tuple[str, Path]], size: int | None, refine_steps: int
 ) -> dict[str, Any]:
@@ -591,11 +756,15 @@ def _segment_run(
     *,
     progress: bool = False,
     run_name: str = "",
+    loaded: Callable[[], None] | None = None,
 ) -> list[Path]:
     """:func:`segment_images` with one run, of ``files`` (:func:`collect_images`); ``progress``
-    bars titled with ``run_name`` (which run of an ensemble) too."""
+    bars titled with ``run_name`` (which run of an ensemble) too; ``loaded`` called once the
+    model has loaded."""
     device = str(resolve_device(device))
     model = LDModel.from_pretrained(run_dir, device=device)
+    if loaded is not None:
+        loaded()
     size = size or run_size(run_dir)
     prior_shape = run_topology(run_dir, log) if topology else None
     if prior_shape is not None:  # refined only when there is a refinement
