@@ -227,6 +227,37 @@ def test_predict_refuses_a_mask_of_another_size(tmp_path):
                        masks=tmp_path / "gt", device="cpu")  # fmt: skip
 
 
+def test_predict_checks_every_true_mask_before_any_work(tmp_path, monkeypatch):
+    """The masks' sizes were checked only while scoring, after the outputs were written: a mask
+    of the wrong size (or one that cannot be read) failed the command at its end, with the
+    earlier predict's outputs in --out already replaced. Every matched mask is read and checked
+    against its image's size before the model loads."""
+    out = scored_predict(tmp_path)  # an earlier predict's outputs and scores, to keep
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    save(tmp_path / "in" / "b.png", np.full((20, 24, 3), 120, np.uint8))
+    save(tmp_path / "gt" / "b.png", np.zeros((24, 20), np.uint8))  # the last image's: wrong
+    loads: list[object] = []
+    real = Segmenter.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        loads.append(args)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "from_pretrained", classmethod(spy))
+
+    def predict():
+        predict_images(tmp_path / "model", [tmp_path / "in"], out, masks=tmp_path / "gt",
+                       device="cpu", log=lambda m: None)  # fmt: skip
+
+    wrong = r"gt/b.png: mask is 20x24, its image .*in/b.png is 24x20"
+    with pytest.raises(LocaldiscError, match=wrong):
+        predict()
+    (tmp_path / "gt" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not a whole file")
+    with pytest.raises(LocaldiscError, match=r"gt/b.png"):
+        predict()
+    assert loads == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_predict_never_writes_over_a_finetunings_metrics(tmp_path):
     """`predict --model ft --out ft --masks gt` replaced the fine-tuning's metrics.json (its
     test results and record) with the scores of the new images, and said nothing."""

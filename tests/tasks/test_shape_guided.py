@@ -709,6 +709,44 @@ def test_segment_again_into_an_out_removes_the_earlier_calls_other_outputs(tmp_p
     assert any("removed" in line and "earlier segment" in line for line in logs)
 
 
+def test_a_segment_that_fails_keeps_the_earlier_calls_record_and_outputs(tmp_path, run):
+    """The earlier call's segment.json and its outputs of images this call does not segment were
+    removed before the model loaded: a call on fewer images with damaged weights, or a peer
+    method's run (refused at its first image), lost them and then failed. They are removed once
+    the model has loaded and its images are segmented, just before the first output is written."""
+    import shutil
+
+    from localdisc.tasks.shape_guided import segment_images
+
+    folder, _ = eyes_with_masks(tmp_path, count=2, masked=())
+    out, logs = tmp_path / "out", []
+
+    def segment(model, images):
+        segment_images(model, images, out, topology=False, device="cpu", log=logs.append)
+
+    def files():
+        return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    damaged, peer = tmp_path / "damaged", tmp_path / "peer"
+    shutil.copytree(run, damaged)
+    (damaged / "model.safetensors").write_bytes(b"\0" * 64)
+    shutil.copytree(run, peer)
+    config = json.loads((peer / "config.json").read_text())
+    config["pretrain"]["method"] = "simclr"
+    (peer / "config.json").write_text(json.dumps(config))
+    for earlier in ([run], [run, run]):  # one run into OUT, an ensemble's parts too
+        segment(earlier, [folder])
+        before = files()
+        for model in ([damaged], [peer], [damaged, run], [run, peer]):
+            with pytest.raises(LocaldiscError, match=r"(damaged|peer)"):
+                segment(model, [folder / "eye0.png"])
+            assert files() == before, model
+    segment([run], [folder / "eye0.png"])  # a good call removes them, as before
+    assert not list(out.glob("eye1_*")) and not (out / "run-0").exists()
+    assert [e["name"] for e in json.loads((out / "segment.json").read_text())["images"]] == ["eye0"]
+    assert any("removed" in line and "earlier segment" in line for line in logs)
+
+
 def test_cli_segment_shows_progress_lines_in_a_log_file(tmp_path, run):
     """`shape-guided segment > log` printed no progress at all, where `predict` prints whole
     lines with the date and time: each run's images, the refinement's steps and the refined

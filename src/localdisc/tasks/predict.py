@@ -142,10 +142,12 @@ def predict_images(
     ``masks``: a folder of true masks (:func:`target_mask_files`) to score the outputs against:
     ``metrics.json`` in ``out_dir`` then holds ``summary`` and ``per_image`` as ``localdisc
     finetune`` writes them (:func:`score_prediction`); images without a mask are named through
-    ``log`` and listed under ``unscored``.
+    ``log`` and listed under ``unscored``. Every mask is read and checked against its image's
+    size before the model loads (:func:`true_masks`).
 
     Raises:
-        LocaldiscError: no image has a mask in ``masks``, or a mask's size is not its image's.
+        LocaldiscError: no image has a mask in ``masks``, or a mask cannot be read or its size
+            is not its image's.
     """
     groups = sorted(Path(model_dir).glob("group-*/config.json"))
     if groups and not (Path(model_dir) / "config.json").is_file():
@@ -160,7 +162,7 @@ def predict_images(
     scoring = masks is not None
     check_metrics(Path(out_dir), scoring)
     _check_not_a_run(Path(out_dir), "self_trained_vessels" in config)
-    matched = target_mask_files(files, images, masks) if masks is not None else None
+    matched = true_masks(files, images, masks) if masks is not None else None
     targets = None
     if matched is not None:
         targets = {name: m.mask for name, m in matched.items() if m.mask is not None}
@@ -192,11 +194,13 @@ def predict_images(
         if targets is not None:  # scored from its files: masks without the dropped specks
             for i, (name, path) in enumerate(files):
                 if name in targets:
+                    image = read_image(path)[0]
                     prob = read_image(out_dir / f"{name}_prob.png")[0][..., 0]
                     mask = read_mask(out_dir / f"{name}_mask.png")
                     scores[name] = score_prediction(
-                        prob, image_mask(targets[name], path), _fov(path, fovs, i, "fundus"),
-                        threshold=threshold, topology=True, binary=mask,
+                        prob, _sized_mask(targets[name], path, image.shape),
+                        _fov(path, fovs, i, "fundus", image), threshold=threshold,
+                        topology=True, binary=mask,
                     )  # fmt: skip
     else:
         from localdisc.tasks.transfer import TUBULAR_TARGETS  # it imports this module
@@ -215,7 +219,8 @@ def predict_images(
                 if targets is not None and name in targets:
                     fov = _fov(path, fovs, i, model.config.modality, image)
                     scores[name] = score_prediction(
-                        prob, image_mask(targets[name], path), fov, threshold=threshold,
+                        prob, _sized_mask(targets[name], path, image.shape), fov,
+                        threshold=threshold,
                         topology=target_name in TUBULAR_TARGETS, prob_at_size=prob_small,
                         size=model.config.size,
                     )  # fmt: skip
@@ -388,13 +393,41 @@ def score_prediction(
 
 
 def image_mask(path: Path, image: Path) -> np.ndarray:
-    """The true mask at ``path`` as a bool array, checked against its image's size."""
-    mask = np.asarray(read_mask(path), dtype=bool)
+    """The true mask at ``path`` as a bool array, checked against its image's size (read from
+    its header where PIL can: :func:`_image_size`)."""
     width, height = _image_size(image)
+    return _sized_mask(path, image, (height, width))
+
+
+def _sized_mask(path: Path, image: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The true mask at ``path`` as a bool array, checked against the ``shape`` (height, width,
+    ...) of its ``image``, already decoded (not read again)."""
+    mask = np.asarray(read_mask(path), dtype=bool)
+    height, width = shape[:2]
     if mask.shape != (height, width):
         raise LocaldiscError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image "
                              f"{image} is {width}x{height}")  # fmt: skip
     return mask
+
+
+def true_masks(
+    files: Sequence[tuple[str, Path]], images: Sequence[str | Path], masks: str | Path
+) -> dict[str, MaskMatch]:
+    """Each of ``files``' true mask in ``masks`` or why it has none (:func:`target_mask_files`),
+    every mask found read and checked against its image's size now (:func:`image_mask`): a
+    wrong one is named, with both sizes, before any work, not after the outputs are written
+    (or hours of refinement). Each mask is read again when scored: masks are small to decode,
+    and holding them all could take more memory than the images.
+
+    Raises:
+        LocaldiscError: as :func:`target_mask_files`, or a mask cannot be read (naming it) or
+            is not its image's size.
+    """
+    matched = target_mask_files(files, images, masks)
+    for match in matched.values():
+        if match.mask is not None:
+            image_mask(match.mask, match.image)
+    return matched
 
 
 def _image_size(image: Path) -> tuple[int, int]:

@@ -56,7 +56,7 @@ from localdisc.engine.pseudo_label import fit_pseudo_labels
 from localdisc.errors import CheckpointError, InputError, LocaldiscError
 from localdisc.eval.provenance import environment
 from localdisc.losses.region import region_embeddings
-from localdisc.models.ld import LDConfig, LDModel, split_weights_path
+from localdisc.models.ld import LDConfig, LDModel, refuse_peer_run, split_weights_path
 from localdisc.models.segmenter import Segmenter
 from localdisc.priors.atlas import (
     fuse_atlases,
@@ -75,7 +75,7 @@ from localdisc.tasks.predict import (
     metrics_command,
     prob_png,
     score_prediction,
-    target_mask_files,
+    true_masks,
 )
 from localdisc.tasks.similarity import check_size
 
@@ -373,19 +373,23 @@ def segment_images(
     ``OUT/segment.json``, written last, records what made the outputs in ``OUT`` (each run with
     its prior, each image's file, the settings, the files written per image, the environment).
     Run again into that ``OUT``, the outputs of the images it lists and this call does not
-    segment, and the ``run-K`` parts this call does not have, are removed first
-    (:func:`_remove_earlier_outputs`): they would sit beside this call's as if of one run.
+    segment, and the ``run-K`` parts this call does not have, are removed
+    (:func:`_remove_earlier_outputs`): they would sit beside this call's as if of one run. Not
+    before this call's first model has loaded and segmented the images, just before its first
+    output is written (an ensemble whose runs are all kept: before its mean maps), so that a call
+    that fails before (damaged weights, an image that cannot be read) keeps them and the record.
 
     ``progress``: progress bars (as ``predict``'s) of each run's images, its refinement's
     steps, and the ensemble's mean maps.
 
     ``masks``: a folder of true masks named as the images, matched as ``predict --masks``
     matches them (:func:`~localdisc.tasks.predict.target_mask_files`), each read and checked
-    against its image's size before any work. Every output written to ``OUT`` (A, B, refined;
-    an ensemble's mean maps, not each run's) is scored against them into ``OUT/metrics.json``
-    and the log (:func:`_score_outputs`); images without a mask are named and not scored, as
-    ``predict`` does. An earlier call's ``metrics.json`` is removed once this call's first model
-    has loaded (:func:`_remove_earlier_metrics`): a call that fails before that keeps it.
+    against its image's size before any work (:func:`~localdisc.tasks.predict.true_masks`).
+    Every output written to ``OUT`` (A, B, refined; an ensemble's mean maps, not each run's) is
+    scored against them into ``OUT/metrics.json`` and the log (:func:`_score_outputs`); images
+    without a mask are named and not scored, as ``predict`` does. An earlier call's
+    ``metrics.json`` is removed with its outputs, as above (:func:`_remove_earlier_metrics`): a
+    call that fails before that keeps it.
 
     Raises:
         LocaldiscError: ``masks`` is missing, no image has a mask there, a mask cannot be read or
@@ -410,7 +414,7 @@ def segment_images(
     # which a later listing of an image folder holding OUT would take for more images.
     files = collect_images(images, out_dir=out_dir, suffixes=OUTPUT_SUFFIXES)
     check_metrics(out_dir, masks is not None, SEGMENT_COMMAND)
-    matched = _true_masks(files, images, masks) if masks is not None else None
+    matched = true_masks(files, images, masks) if masks is not None else None
     env = environment(device)  # at the start: where and when these outputs were made
     # An ensemble's runs are held to one topology (one run's is its own: _segment_run).
     ensemble = runs if len(runs) > 1 else []
@@ -421,17 +425,18 @@ def segment_images(
                              "ensemble's mean is held to one: give runs of one prior, or "
                              "--no-topology")  # fmt: skip
     parts = [out_dir / f"run-{i}" for i in range(len(runs))] if len(runs) > 1 else []
-    _remove_earlier_outputs(out_dir, files, len(parts), log)
 
-    def loaded() -> None:  # damaged weights fail before: the earlier scores stay
+    def before_writing() -> None:  # damaged weights fail before: the earlier call's files stay
+        _remove_earlier_outputs(out_dir, files, len(parts), log)
         _remove_earlier_metrics(out_dir, log)
 
     if not parts:
         written = _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
-                               log, progress=progress, loaded=loaded)  # fmt: skip
+                               log, progress=progress, before_writing=before_writing)  # fmt: skip
     else:
         written = _segment_ensemble(runs, files, out_dir, parts, shapes[str(runs[0])], size,
-                                    refine_steps, device, log, progress, loaded)  # fmt: skip
+                                    refine_steps, device, log, progress,
+                                    before_writing)  # fmt: skip
     outputs = [s for s in OUTPUT_SUFFIXES if refine_steps or "_refined" not in s]
     record = {
         "runs": [{"run": str(Path(r).expanduser().resolve()),
@@ -467,10 +472,11 @@ def _segment_ensemble(
     device: str,
     log: Callable[[str], None],
     progress: bool = False,
-    loaded: Callable[[], None] | None = None,
+    before_writing: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """:func:`segment_images` with several runs, each into its part of ``parts``; ``loaded``
-    called once a run's model has loaded, and before the mean maps are written."""
+    """:func:`segment_images` with several runs, each into its part of ``parts``;
+    ``before_writing`` called before a run writes its first output, and before the mean maps
+    are written."""
     atlases = ensemble_prior_masks(runs, log)
     modality = LDConfig.from_run(runs[0]).modality
     for run, part in zip(runs, parts, strict=True):
@@ -480,18 +486,23 @@ def _segment_ensemble(
             log(f"{part} holds {run}'s outputs of these images: kept as they are (deleting "
                 "it segments again)")  # fmt: skip
             continue
-        marker.unlink(missing_ok=True)
         log(f"segmenting with {run} -> {part}")
         env = environment(device)  # where and when this run's outputs were made
+
+        def start(marker: Path = marker) -> None:  # one that fails before writing keeps it
+            marker.unlink(missing_ok=True)
+            if before_writing is not None:
+                before_writing()
+
         _segment_run(run, files, part, size, refine_steps, False, device, log,
-                     progress=progress, run_name=part.name, loaded=loaded)  # fmt: skip
+                     progress=progress, run_name=part.name, before_writing=start)  # fmt: skip
         atomic_write_text(marker, json.dumps({**settings, "environment": env}, indent=1))
     if prior_shape is not None:  # refined only when there is a refinement
         held = "the mean A and refined" if refine_steps else "the mean A"
         log(f"prior topology applied to {held}: {prior_shape}")
     outputs = ("A", "B", "refined") if refine_steps else ("A", "B")
-    if loaded is not None:  # every run's outputs were kept: no model loaded
-        loaded()
+    if before_writing is not None:  # every run's outputs kept: not called yet
+        before_writing()
     if not refine_steps:
         drop_refined(out_dir, [name for name, _ in files])
     written = []
@@ -533,7 +544,10 @@ def _remove_earlier_outputs(
     write again: the outputs of images it listed and this call does not segment, in ``out_dir``
     and in its parts, and whole parts beyond ``parts`` (an ensemble of more runs, or any, where
     one run now writes to ``out_dir`` itself). Left beside this call's outputs, they mixed two
-    calls. Only files named as outputs of listed images; this call's inputs are left alone."""
+    calls. Only files named as outputs of listed images; this call's inputs are left alone.
+    Called just before this call's first output is written, so that a call that fails before
+    (damaged weights, an image that cannot be read) loses nothing; called again, it finds no
+    record."""
     record_path = out_dir / SEGMENT_RECORD
     try:
         record = json.loads(record_path.read_text())
@@ -572,20 +586,6 @@ SEGMENT_COMMAND = "shape-guided segment"
 SEGMENT_METRICS = "metrics.json"
 #: The metrics :func:`score_table` shows, after ``n``; ``cldice`` where it was scored.
 TABLE_METRICS = ("dice", "auc", "sensitivity", "cldice")
-
-
-def _true_masks(
-    files: Sequence[tuple[str, Path]], images: Sequence[str | Path], masks: str | Path
-) -> dict[str, MaskMatch]:
-    """Each of ``files``' true mask in ``masks`` or why it has none
-    (:func:`~localdisc.tasks.predict.target_mask_files`), every mask found read and checked
-    against its image's size now: a wrong one is named before any work, not after hours of
-    refinement."""
-    matched = target_mask_files(files, images, masks)
-    for match in matched.values():
-        if match.mask is not None:
-            image_mask(match.mask, match.image)
-    return matched
 
 
 def _remove_earlier_metrics(out_dir: Path, log: Callable[[str], None]) -> None:
@@ -721,10 +721,12 @@ def _without_environment(marker: Any) -> Any:
 
 def _check_run(run_dir: str | Path, log: Callable[[str], None]) -> None:
     """Raise :class:`~localdisc.errors.CheckpointError` when ``run_dir`` is no LD run with its
-    weights; say in ``log`` when it was trained without a shape prior (cluster 0, output A, then
-    marks nothing in particular)."""
+    weights (a peer method's run too: refused now, not at its first image, after an ensemble's
+    other runs); say in ``log`` when it was trained without a shape prior (cluster 0, output A,
+    then marks nothing in particular)."""
     folder, weights = split_weights_path(run_dir)
     LDConfig.from_run(folder)  # names a folder that is no run
+    refuse_peer_run(run_dir)
     if not (folder / weights).is_file():
         raise CheckpointError(f"{folder}: no {weights} in this run (has it finished training?)")
     if not pretrain_settings(run_dir).get("prior"):
@@ -756,15 +758,14 @@ def _segment_run(
     *,
     progress: bool = False,
     run_name: str = "",
-    loaded: Callable[[], None] | None = None,
+    before_writing: Callable[[], None] | None = None,
 ) -> list[Path]:
     """:func:`segment_images` with one run, of ``files`` (:func:`collect_images`); ``progress``
-    bars titled with ``run_name`` (which run of an ensemble) too; ``loaded`` called once the
-    model has loaded."""
+    bars titled with ``run_name`` (which run of an ensemble) too; ``before_writing`` called
+    once the model has loaded and segmented every image, just before the first output is
+    written."""
     device = str(resolve_device(device))
     model = LDModel.from_pretrained(run_dir, device=device)
-    if loaded is not None:
-        loaded()
     size = size or run_size(run_dir)
     prior_shape = run_topology(run_dir, log) if topology else None
     if prior_shape is not None:  # refined only when there is a refinement
@@ -784,6 +785,8 @@ def _segment_run(
     arrays = [read_image(path)[0] for path in paths]
     all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log, progress=progress,
                            run_name=run_name)  # fmt: skip
+    if before_writing is not None:
+        before_writing()
     for name, maps in zip(names, all_maps, strict=True):
         for output, prob in (("A", held(maps.prob_a)), ("B", maps.prob_b)):
             write_png(out_dir / f"{name}_{output}_prob.png", prob_png(prob))
