@@ -957,6 +957,14 @@ def shape_guided_vessels(
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     seed: int = typer.Option(0),
+    masks: Path | None = typer.Option(
+        None,
+        "--masks",
+        help="A folder of true vessel masks named as the images (matched as `predict --masks` "
+        "matches them): score the masks written against them into OUT/metrics.json and the "
+        "log; images without one are named and not scored. Not a training setting: a finished "
+        "run is kept and scored.",
+    ),
 ) -> None:
     """Segment retinal vessels with no label: a network taught on the images themselves by a
     filter's sure pixels and by simulated trees painted on them."""
@@ -988,7 +996,7 @@ def shape_guided_vessels(
         segment_vessels_self_trained(
             images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
             max_size=max_size, fov_masks=fov_masks, train_images=train_images,
-            reteach_unusual=reteach_unusual, teach_all=teach_all, log=_log,
+            reteach_unusual=reteach_unusual, teach_all=teach_all, masks=masks, log=_log,
         )  # fmt: skip
 
 

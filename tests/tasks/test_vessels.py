@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from dataclasses import replace
 from functools import partial
@@ -117,12 +118,15 @@ def test_the_vessels_command_passes_its_settings_and_refuses_bad_ones(tmp_path, 
     assert seen["speck_area"] == 6e-4 and seen["images"] == [photos]
     assert seen["fov_masks"] is None and seen["train_images"] == 50
     assert seen["reteach_unusual"] is False and seen["teach_all"] is False
+    assert seen["masks"] is None
     result = CliRunner().invoke(app, [
         "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
         "--fov-masks", str(tmp_path / "masks"), "--reteach-unusual", "--teach-all",
+        "--masks", str(tmp_path / "truth"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert seen["fov_masks"] == tmp_path / "masks" and seen["reteach_unusual"] is True
+    assert seen["masks"] == tmp_path / "truth"
     assert seen["teach_all"] is True
     result = CliRunner().invoke(app, [
         "shape-guided", "vessels", "--images", str(photos), "--out", str(tmp_path / "o"),
@@ -626,3 +630,179 @@ def test_the_vessels_command_stopped_in_a_training_says_where_it_continues(tmp_p
         "command again (same --out): it segments with a saved network of the same settings, and "
         "continues the training from its checkpoint"
     ]
+
+
+# --- scores against a researcher's own true vessel tracings (--masks) --------------------------
+def _tracings(photos, folder, names):
+    """The true vessels of each of ``names`` (an ``eyeK.png`` of :func:`_photos`, its size read
+    back) in ``folder``, 0/255, named as the images."""
+    folder.mkdir()
+    for name in names:
+        size = read_image(photos / f"{name}.png")[0].shape[0]
+        vessels_ = synthetic_fundus(size, seed=int(name[3:])).vessels
+        write_png(folder / f"{name}.png", (vessels_ > 0).astype(np.uint8) * 255)
+    return folder
+
+
+def _scores_by_hand(out, photo, truth, max_size=768, fov_mask=None):
+    """:func:`segmentation_metrics` of the mask written (specks dropped) against ``truth``
+    inside the FOV it was written in (found in the photograph as shrunk to ``max_size``, or
+    read from ``fov_mask``, at the photograph's own size), ``auc`` of the probability map, and
+    clDice."""
+    from localdisc.data.io import read_mask
+    from localdisc.data.preprocess import resize_image, resize_mask, to_modality_channels
+    from localdisc.eval.metrics import segmentation_metrics
+
+    name = photo.stem
+    prob = read_image(out / f"{name}_prob.png")[0][..., 0]
+    mask = read_mask(out / f"{name}_mask.png")
+    image = to_modality_channels(read_image(photo)[0], "fundus")
+    shape = image.shape[:2]
+    if fov_mask is not None:
+        fov = read_mask(fov_mask)
+    elif max(shape) > max_size:
+        small = resize_image(image, tuple(round(n * max_size / max(shape)) for n in shape))
+        fov = resize_mask(fov_from_image(small), shape)
+    else:
+        fov = fov_from_image(image)
+    target = read_mask(truth)
+    scores = segmentation_metrics(mask.astype(np.float32), target, fov, topology=True)
+    scores["auc"] = segmentation_metrics(prob, target, fov)["auc"]
+    return scores
+
+
+def test_masks_scores_each_written_mask_inside_the_fov_it_was_written_in(tmp_path):
+    """A researcher with true tracings for some images had no way to score the command on them
+    in the same call: `masks` scores each mask as written (specks dropped) and its probability
+    map inside the FOV the run held it to (eye1 was shrunk to max_size to be segmented), with
+    clDice, into metrics.json and a table in the log; an image without a tracing is named, not
+    scored."""
+    photos = _photos(tmp_path / "photos", sizes=(96, 160, 96))
+    truth = _tracings(photos, tmp_path / "truth", ["eye0", "eye1"])
+    out, said = tmp_path / "out", []
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, max_size=128,
+                                 masks=truth, log=said.append, progress=False)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["command"] == "shape-guided vessels" and metrics["masks"] == str(truth)
+    assert metrics["fov"] == "found in each image" and metrics["threshold"] == 0.5
+    assert [row["image"] for row in metrics["per_image"]] == ["eye0", "eye1"]
+    for row in metrics["per_image"]:
+        name = row.pop("image")
+        expected = _scores_by_hand(out, photos / f"{name}.png", truth / f"{name}.png", 128)
+        assert row == pytest.approx(expected, nan_ok=True), name
+        assert set(row) >= {"dice", "f1", "auc", "sensitivity", "cldice"}
+    dice = [row["dice"] for row in metrics["per_image"]]
+    assert metrics["summary"]["dice"] == pytest.approx(
+        {"mean": np.mean(dice), "std": np.std(dice), "n": 2}
+    )
+    assert metrics["unscored"] == [str(photos / "eye2.png")]
+    assert metrics["masks_used"] == {n: str(truth / f"{n}.png") for n in ("eye0", "eye1")}
+    assert metrics["environment"]["device"] == "cpu"
+    assert any("1 image(s) without a mask" in line and "eye2.png" in line for line in said)
+    table = next(line for line in said if line.startswith("output")).splitlines()
+    assert table[0].split() == ["output", "n", "dice", "auc", "sensitivity", "cldice"]
+    mean, std = metrics["summary"]["dice"]["mean"], metrics["summary"]["dice"]["std"]
+    assert table[1].split()[:5] == ["vessels", "2", f"{mean:.4f}", "+-", f"{std:.4f}"]
+    assert said[-1].startswith(f"3 mask(s) in {out} (NAME_mask.png, NAME_prob.png; vessels.csv; "
+                               "figures/overlay.png; metrics.json)")  # fmt: skip
+    # Scoring is no training setting: the network's config.json does not hold it.
+    assert "masks" not in json.loads((out / "config.json").read_text())["self_trained_vessels"]
+
+
+def test_masks_are_scored_inside_given_fov_masks(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(96,))
+    truth = _tracings(photos, tmp_path / "truth", ["eye0"])
+    yy, xx = np.mgrid[:96, :96]
+    disc = (yy - 48) ** 2 + (xx - 48) ** 2 < 30**2  # far smaller than the eye's own
+    write_png(tmp_path / "fov" / "eye0_mask.png", disc.astype(np.uint8) * 255)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, masks=truth,
+                                 fov_masks=tmp_path / "fov", log=quiet,
+                                 progress=False)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fov"] == f"the FOV masks in {tmp_path / 'fov'}"
+    row = metrics["per_image"][0]
+    assert row.pop("image") == "eye0"
+    expected = _scores_by_hand(out, photos / "eye0.png", truth / "eye0.png",
+                               fov_mask=tmp_path / "fov" / "eye0_mask.png")  # fmt: skip
+    assert row == pytest.approx(expected, nan_ok=True)
+    # As `localdisc predict --masks` with its network scores the same files (not shrunk).
+    predict_images(out, [photos], tmp_path / "again", fov_masks=tmp_path / "fov", masks=truth,
+                   device="cpu", log=quiet)  # fmt: skip
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["per_image"] == [{"image": "eye0", **row}]
+
+
+def test_true_masks_are_checked_before_any_training(tmp_path, monkeypatch):
+    """A folder where no image has a tracing, a tracing not its image's size, or an OUT whose
+    metrics.json another command wrote: refused before the network is taught, nothing
+    written."""
+    photos = _photos(tmp_path / "photos", sizes=(64, 64))
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    trainings = []
+    monkeypatch.setattr(vessels, "train_student", lambda *a, **k: trainings.append(1))
+    out = tmp_path / "out"
+    run = partial(segment_vessels_self_trained, [photos], out, fraction=0.12, log=quiet,
+                  config=StudentConfig(size=64, crop=32, depth=2, width=4, steps=1,
+                                       device="cpu"), progress=False)  # fmt: skip
+    with pytest.raises(LocaldiscError, match=r"missing: no such folder of masks"):
+        run(masks=tmp_path / "missing")
+    with pytest.raises(LocaldiscError, match=r"truth: no image has a mask there"):
+        run(masks=truth)
+    write_png(truth / "eye1.png", np.zeros((40, 64), np.uint8))
+    with pytest.raises(LocaldiscError, match=r"eye1.png: mask is 64x40, its image .* is 64x64"):
+        run(masks=truth)
+    assert not out.exists()
+    write_png(truth / "eye1.png", np.zeros((64, 64), np.uint8))
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"summary": {}, "phases": []}))
+    with pytest.raises(LocaldiscError, match=r"out: holds metrics.json, not one `shape-guided "
+                       r"vessels` wrote \(a fine-tuning's test results\?\)"):  # fmt: skip
+        run(masks=truth)
+    (out / "metrics.json").write_text(json.dumps({"command": "shape-guided segment",
+                                                  "masks_used": {}, "unscored": []}))  # fmt: skip
+    with pytest.raises(LocaldiscError, match=r"\(`shape-guided segment`'s scores\)"):
+        run(masks=truth)
+    assert trainings == [] and [p.name for p in out.iterdir()] == ["metrics.json"]
+
+
+def test_teach_all_scores_every_group_s_images_in_one_metrics_json(tmp_path):
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64))
+    truth = _tracings(photos, tmp_path / "truth", ["eye0", "eye1", "eye2"])
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, train_images=2,
+                                 teach_all=True, masks=truth, log=quiet,
+                                 progress=False)  # fmt: skip
+    assert sorted(p.name for p in out.glob("group-*")) == ["group-1", "group-2"]
+    assert not list(out.glob("group-*/metrics.json"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [row["image"] for row in metrics["per_image"]] == ["eye0", "eye1", "eye2"]
+    assert metrics["summary"]["dice"]["n"] == 3 and metrics["unscored"] == []
+    for row in metrics["per_image"]:
+        name = row.pop("image")
+        expected = _scores_by_hand(out, photos / f"{name}.png", truth / f"{name}.png")
+        assert row == pytest.approx(expected, nan_ok=True), name
+
+
+def test_the_vessels_command_scores_against_masks_and_prints_the_table(tmp_path, monkeypatch):
+    from localdisc.tasks import self_training
+
+    photos = _photos(tmp_path / "photos", sizes=(64,))
+    truth = _tracings(photos, tmp_path / "truth", ["eye0"])
+    tiny = partial(StudentConfig, size=64, crop=32, depth=2, width=4)  # the command's, smaller
+    monkeypatch.setattr(self_training, "StudentConfig", tiny)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "shape-guided", "vessels", "--images", str(photos), "--out", str(out), "--masks",
+        str(truth), "--steps", "1", "--fraction", "0.12", "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    dice, auc = summary["dice"], summary["auc"]
+    assert re.search(rf"^vessels +1 +{dice['mean']:.4f} \+- {dice['std']:.4f} +"
+                     rf"{auc['mean']:.4f} ", result.output, re.M), result.output  # fmt: skip
+    assert f"per image in {out / 'metrics.json'}" in result.output

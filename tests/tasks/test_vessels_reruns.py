@@ -4,6 +4,7 @@ run, or its own of other images or settings."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from functools import partial
 
@@ -163,3 +164,61 @@ def test_a_run_laid_out_otherwise_than_the_earlier_one_in_out_is_refused_before_
     shutil.rmtree(groups / "group-3")
     run(groups, teach_all=True, train_images=1)
     assert (groups / "group-3" / "model.safetensors").is_file()
+
+
+def test_a_finished_run_given_masks_is_scored_without_training_again(tmp_path, monkeypatch):
+    """Scoring is no training setting: a finished run rerun with --masks (a researcher who got
+    the tracings after) is kept as it is and scored, its network untouched; an earlier call's
+    scores stay through a call that fails on its inputs, and go with a call without --masks
+    (another command's metrics.json is left alone)."""
+    from localdisc.tasks import vessels
+
+    photos = _photos(tmp_path / "photos", ["a", "b"])
+    truth = tmp_path / "truth"
+    save(truth / "a.png", (synthetic_fundus(64, seed=0).vessels > 0).astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    run = partial(segment_vessels_self_trained, [photos], out, fraction=0.12, config=CONFIG,
+                  progress=False)  # fmt: skip
+    run(log=quiet)
+    network = (out / "config.json").read_bytes(), (out / "model.safetensors").read_bytes()
+    trainings, real = [], vessels.train_student
+    monkeypatch.setattr(
+        vessels, "train_student", lambda *a, **k: trainings.append(1) or real(*a, **k)
+    )
+    said: list[str] = []
+    run(masks=truth, log=said.append)
+    assert trainings == [] and any("kept as it is" in line for line in said), said
+    assert ((out / "config.json").read_bytes(), (out / "model.safetensors").read_bytes()) == network
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [row["image"] for row in metrics["per_image"]] == ["a"]
+    assert metrics["unscored"] == [str(photos / "b.png")]
+    scored = (out / "metrics.json").read_text()
+    (photos / "broken.png").write_bytes(b"not a png")  # other images: it would teach again
+    for masks in (tmp_path / "missing", truth, None):
+        with pytest.raises(LocaldiscError):
+            run(masks=masks, log=quiet)
+        assert (out / "metrics.json").read_text() == scored
+    (photos / "broken.png").unlink()
+    said.clear()
+    run(log=said.append)  # kept as it is, not scored: the earlier scores go
+    assert trainings == [] and not (out / "metrics.json").exists()
+    assert any(f"removed {out / 'metrics.json'}" in line for line in said), said
+    other = {"summary": {}, "phases": []}  # another command's: left alone without --masks
+    (out / "metrics.json").write_text(json.dumps(other))
+    run(log=quiet, fraction=0.2)  # taught again
+    assert len(trainings) == 1 and json.loads((out / "metrics.json").read_text()) == other
+
+
+def test_a_run_that_teaches_again_removes_the_earlier_scores_once_its_images_are_read(tmp_path):
+    """Scores of an earlier call beside masks this one replaces would be of other masks."""
+    photos = _photos(tmp_path / "photos", ["a"])
+    truth = tmp_path / "truth"
+    save(truth / "a.png", (synthetic_fundus(64, seed=0).vessels > 0).astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    run = partial(segment_vessels_self_trained, [photos], out, config=CONFIG, progress=False)
+    run(fraction=0.12, masks=truth, log=quiet)
+    assert (out / "metrics.json").is_file()
+    said: list[str] = []
+    run(fraction=0.2, log=said.append)  # other settings: taught again, not scored
+    assert not (out / "metrics.json").exists()
+    assert any(f"removed {out / 'metrics.json'}" in line for line in said), said

@@ -4,9 +4,9 @@
 (:func:`~localdisc.tasks.self_training.train_student`: a filter's sure pixels at the prior's
 vessel fraction, and simulated trees painted on copies) and writes their masks with specks
 dropped; :func:`predict_vessels` segments further photographs with the network it saved
-(``localdisc predict --model OUT_DIR``). Nothing here reads a label, so nothing here scores
-a mask either; what it gives instead is an order to look at them in, per image in
-``vessels.csv``:
+(``localdisc predict --model OUT_DIR``). Nothing here learns from a label (with ``masks``,
+true tracings of some images, it scores the masks written against them: :func:`_score_vessels`);
+what it gives without them is an order to look at the masks in, per image in ``vessels.csv``:
 
 * the share of the FOV a mask covers, held against the shares on the images taught on
   (:func:`share_yardstick`, :func:`is_unusual`): a network that marks far too much or too little
@@ -27,35 +27,44 @@ Usage::
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from localdisc.data.datasets import absolute_path
-from localdisc.data.io import read_image, write_png
+from localdisc.data.datasets import MaskMatch, absolute_path
+from localdisc.data.io import read_image, read_mask, write_png
 from localdisc.data.preprocess import (
     fov_from_image,
     resize_image,
     resize_mask,
     to_modality_channels,
 )
+from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.errors import LocaldiscError
 from localdisc.eval.provenance import environment, resumed
 from localdisc.models.segmenter import Segmenter, read_config
 from localdisc.tasks.predict import (
+    check_metrics,
     collect_images,
     fov_mask_files,
+    image_mask,
     mask_png,
+    masks_used,
+    metrics_command,
     prob_png,
     read_fov_mask,
     remove_outputs,
+    score_prediction,
+    true_masks,
 )
 from localdisc.tasks.self_training import (
     STUDENT_CHECKPOINT,
@@ -109,6 +118,7 @@ def segment_vessels_self_trained(
     train_images: int = TRAIN_IMAGES,
     reteach_unusual: bool = False,
     teach_all: bool = False,
+    masks: str | Path | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> list[Path]:
@@ -148,6 +158,21 @@ def segment_vessels_self_trained(
     the masks' paths.
     The network's ``config.json`` also records the ``environment`` it was taught in
     (:func:`~localdisc.eval.provenance.environment`).
+
+    ``masks``: a folder of true vessel masks named as the images, matched as ``predict --masks``
+    matches them, each read and checked against its image's size before any training
+    (:func:`~localdisc.tasks.predict.true_masks`); images without one are named and not scored.
+    Once every mask is written (those of all groups with ``teach_all``), each is scored against
+    its true mask as written (specks dropped) inside the FOV it was written in, its probability
+    map for ``auc``, with clDice (:func:`_score_vessels`), into ``OUT_DIR/metrics.json`` and a
+    table in the log. Scoring is no training setting: a finished run is kept and scored. An
+    earlier call's ``metrics.json`` is removed once this call has read its inputs; another
+    command's is left alone, and refused with ``masks``.
+
+    Raises:
+        LocaldiscError: besides bad settings and images: ``masks`` is missing, no image has a
+            mask there, a mask cannot be read or is not its image's size, or ``OUT_DIR`` holds a
+            ``metrics.json`` this command did not write.
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < MIN_SIDE:
@@ -165,10 +190,13 @@ def segment_vessels_self_trained(
     grouped = teach_all and len(files) > train_images
     groups = math.ceil(len(files) / train_images) if grouped else 0  # as _teach_in_groups splits
     _check_layout(Path(out_dir), groups, reteach_unusual)
+    check_metrics(Path(out_dir), masks is not None, VESSELS_COMMAND)
+    matched = true_masks(files, images, masks) if masks is not None else None
+    env = environment(config.device) if masks is not None else None  # where and when scored
     if grouped:
-        masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+        fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
         for i, (_, path) in enumerate(files):  # every image checked before the first training
-            _check_photo(path, max_size, None if masks is None else masks[i])
+            _check_photo(path, max_size, None if fovs is None else fovs[i])
         _clear_earlier_run(Path(out_dir), files, log)  # each group clears its own folder
         group_run = partial(_self_train, prior=prior, fraction=fraction, config=config,
                             speck_area=speck_area, max_size=max_size, fov_masks=fov_masks,
@@ -183,12 +211,17 @@ def segment_vessels_self_trained(
                               progress=progress)  # fmt: skip
     # Once per command: not for each group, nor for the run of the unusual images.
     _name_first_to_review(Path(out_dir) / "vessels.csv", log)
+    if matched is not None:  # all groups' masks together, in the top out_dir
+        _score_vessels(files, Path(out_dir), matched, masks, fov_masks=fov_masks,
+                       max_size=max_size, env=env, log=log,
+                       progress=progress)  # fmt: skip
     # The command's last word: where everything is (it ended on the review order, or on a
-    # progress line), and how to segment further photographs.
+    # progress line, or the scores), and how to segment further photographs.
     network = Path(out_dir) / "group-K" if grouped else out_dir
+    scores = f"; {VESSELS_METRICS}" if matched is not None else ""
     log(
         f"{len(written)} mask(s) in {out_dir} (NAME_mask.png, NAME_prob.png; vessels.csv; "
-        f"figures/overlay.png); further photographs: localdisc predict --model {network}"
+        f"figures/overlay.png{scores}); further photographs: localdisc predict --model {network}"
     )
     return written
 
@@ -236,6 +269,7 @@ def _self_train(
     if earlier and _finished(out_dir, names):
         log(f"{out_dir} holds a finished run of these settings on these images: kept as it is "
             f"(another --out, or deleting it, runs again)")  # fmt: skip
+        _remove_earlier_metrics(out_dir, log)  # this call's scores, if any, replace them
         return [out_dir / f"{name}_mask.png" for name in names]
     # Where and when, in config.json beside the settings (not among them: _same_settings
     # compares those); a stopped run's network keeps the environment it was trained in.
@@ -493,12 +527,99 @@ def _clear_earlier_run(
 ) -> None:
     """Before a run writes into ``out_dir``: remove the masks an earlier run there (its
     ``vessels.csv``) wrote of images this one does not segment (:func:`remove_outputs`), else
-    the two runs' masks lie mixed; then that ``vessels.csv``, which marks a finished run."""
+    the two runs' masks lie mixed; then that ``vessels.csv``, which marks a finished run, and
+    the scores of an earlier call (:func:`_remove_earlier_metrics`)."""
     removed = remove_outputs(out_dir, _listed(out_dir) or [], files)
     if removed:
         log(f"removed {removed} file(s) of an earlier run from {out_dir}: masks of images this "
             "one does not segment")  # fmt: skip
     (out_dir / "vessels.csv").unlink(missing_ok=True)  # written last: marks a finished run
+    _remove_earlier_metrics(out_dir, log)
+
+
+#: The command named in the ``metrics.json`` :func:`segment_vessels_self_trained` writes with
+#: ``masks`` (:func:`~localdisc.tasks.predict.metrics_command`: another command's is not
+#: replaced).
+VESSELS_COMMAND = "shape-guided vessels"
+#: The scores of :func:`segment_vessels_self_trained` with ``masks``, in its ``OUT_DIR``.
+VESSELS_METRICS = "metrics.json"
+
+
+def _remove_earlier_metrics(out_dir: Path, log: Callable[[str], None]) -> None:
+    """Remove the ``metrics.json`` an earlier call of this command wrote in ``out_dir`` (another
+    command's is left alone): scores of masks this call writes again, or of another folder of
+    true masks. Called once this call has read its inputs, so that one that fails at them
+    loses nothing."""
+    path = out_dir / VESSELS_METRICS
+    if path.is_file() and metrics_command(path) == VESSELS_COMMAND:
+        path.unlink()
+        log(f"removed {path}: an earlier call's scores")
+
+
+def _written_fov(path: Path, max_size: int, fov_mask: Path | None) -> np.ndarray:
+    """The FOV an image's masks were written in, at its own size, as :func:`_write_vessels`
+    held them: read from ``fov_mask`` or found in the image, once shrunk to ``max_size``."""
+    _, fov, shape = _read_photo(path, max_size, fov_mask)
+    return fov if fov.shape == shape else resize_mask(fov, shape)
+
+
+def _score_vessels(
+    files: Sequence[tuple[str, Path]],
+    out_dir: Path,
+    matched: dict[str, MaskMatch],
+    masks: str | Path,
+    *,
+    fov_masks: str | Path | None,
+    max_size: int,
+    env: dict[str, Any] | None,
+    log: Callable[[str], None],
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score the masks written in ``out_dir`` of the images with a true mask in ``matched``
+    (:func:`~localdisc.tasks.predict.true_masks` of ``masks``), write ``OUT_DIR/metrics.json``
+    and log its summary as a table (:func:`~localdisc.tasks.shape_guided.score_table`); returns
+    what it holds.
+
+    Each image is scored from its files at its own size, as ``predict --masks`` scores a network
+    of this command (:func:`~localdisc.tasks.predict.score_prediction`): the binary metrics of
+    ``NAME_mask.png`` as written (specks dropped), ``auc`` of ``NAME_prob.png``, ``cldice``
+    (vessels are trees); ``dice`` over the whole image, the others inside the FOV the masks
+    were written in (:func:`_written_fov`). ``metrics.json`` holds the ``summary`` (mean, std
+    and n of each metric) and ``per_image`` rows of ``predict``'s, and its ``masks_used`` and
+    ``unscored`` (:func:`~localdisc.tasks.predict.masks_used`)."""
+    from localdisc.eval.metrics import summarize
+    from localdisc.eval.report import jsonable
+    from localdisc.tasks.shape_guided import score_table
+
+    fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+    where = str(Path(masks).expanduser().resolve())
+    rows = []
+    targets = [(i, name, path, match.mask) for i, (name, path) in enumerate(files)
+               if (match := matched[name]).mask is not None]  # fmt: skip
+    with ProgressBar(len(targets), 0, progress, "score", unit="image") as bar:
+        for done, (i, name, path, mask) in enumerate(targets, 1):
+            fov = _written_fov(path, max_size, None if fovs is None else fovs[i])
+            prob = read_image(out_dir / f"{name}_prob.png")[0][..., 0]
+            binary = read_mask(out_dir / f"{name}_mask.png")
+            scores = score_prediction(prob, image_mask(mask, path), fov, topology=True,
+                                      binary=binary)  # fmt: skip
+            rows.append({"image": name, **scores})
+            bar.update(done)
+    metrics = {
+        "command": VESSELS_COMMAND,
+        "masks": where,
+        "threshold": 0.5,
+        "fov": f"the FOV masks in {absolute_path(str(fov_masks))}" if fov_masks
+        else "found in each image",
+        "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in rows]),
+        "per_image": rows,
+        **masks_used(files, matched, where, log),
+        "environment": env,
+    }  # fmt: skip
+    atomic_write_text(out_dir / VESSELS_METRICS, json.dumps(jsonable(metrics), indent=2))
+    log(f"scores against {where} (per image in {out_dir / VESSELS_METRICS}):")
+    log(score_table({"vessels": metrics["summary"]}))
+    return metrics
 
 
 def _saved_yardstick(settings: Mapping) -> tuple[float, float, float] | None:
