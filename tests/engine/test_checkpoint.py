@@ -162,3 +162,19 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == 0o640
+
+
+def test_check_safetensors_reads_the_header_only_and_names_a_damaged_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from localdisc.engine.checkpoint import check_safetensors
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.rand(64, 64)}, str(path))
+    check_safetensors(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: not a valid safetensors file"):
+        check_safetensors(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        check_safetensors(tmp_path / "none.safetensors")

@@ -737,7 +737,8 @@ def test_a_segment_that_fails_keeps_the_earlier_calls_record_and_outputs(tmp_pat
     for earlier in ([run], [run, run]):  # one run into OUT, an ensemble's parts too
         segment(earlier, [folder])
         before = files()
-        for model in ([damaged], [peer], [damaged, run], [run, peer]):
+        # [run, damaged]: its weights are checked before run-0 segments (they were not)
+        for model in ([damaged], [peer], [damaged, run], [run, peer], [run, damaged]):
             with pytest.raises(LocaldiscError, match=r"(damaged|peer)"):
                 segment(model, [folder / "eye0.png"])
             assert files() == before, model

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from localdisc.errors import CheckpointError
@@ -144,6 +144,20 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: weights file not found")
     try:
         return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from exc
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Raise :class:`CheckpointError` as :func:`load_safetensors` would for a missing or
+    corrupt file, reading only its header (safetensors checks that the header's tensors cover
+    the file exactly): cheap enough to check many runs' weights before loading any."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), "pt"):
+            pass
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from exc
 

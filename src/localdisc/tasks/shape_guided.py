@@ -48,7 +48,7 @@ from localdisc.data.preprocess import (
     to_modality_channels,
 )
 from localdisc.engine.batch_norm import recalibrate_batch_norm
-from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.engine.checkpoint import atomic_write_text, check_safetensors
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, predict_batch
 from localdisc.engine.monitor import ProgressBar
@@ -721,14 +721,16 @@ def _without_environment(marker: Any) -> Any:
 
 def _check_run(run_dir: str | Path, log: Callable[[str], None]) -> None:
     """Raise :class:`~localdisc.errors.CheckpointError` when ``run_dir`` is no LD run with its
-    weights (a peer method's run too: refused now, not at its first image, after an ensemble's
-    other runs); say in ``log`` when it was trained without a shape prior (cluster 0, output A,
-    then marks nothing in particular)."""
+    weights, or with damaged ones (a peer method's run too: refused now, not at its first image,
+    after an ensemble's other runs); say in ``log`` when it was trained without a shape prior
+    (cluster 0, output A, then marks nothing in particular)."""
     folder, weights = split_weights_path(run_dir)
     LDConfig.from_run(folder)  # names a folder that is no run
     refuse_peer_run(run_dir)
     if not (folder / weights).is_file():
         raise CheckpointError(f"{folder}: no {weights} in this run (has it finished training?)")
+    # A damaged file too, before any run segments: an ensemble's earlier runs are work lost.
+    check_safetensors(folder / weights)
     if not pretrain_settings(run_dir).get("prior"):
         log(
             f"warning: {folder} was trained without a shape prior (`localdisc shape-guided "
