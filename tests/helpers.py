@@ -88,3 +88,20 @@ def spy_load_model(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(module, "load_model", spy)
     return devices
+
+
+def own_folder(root: Path, n: int = 6, *, modality: str = "fundus") -> Path:
+    """A folder set of one's own: ``n`` 48 x 48 synthetic images in images/ and their masks in
+    masks/ (fundus: colour photographs and vessels; xray: grey radiographs and lungs)."""
+    from localdisc.data.synthetic import synthetic_fundus, synthetic_xray
+
+    for i in range(n):
+        if modality == "fundus":
+            s = synthetic_fundus(48, seed=i)
+            image, mask = s.image, s.vessels
+        else:
+            x = synthetic_xray(48, seed=i)
+            image, mask = x.image[..., 0], x.lungs
+        save(root / "images" / f"case{i}.png", (image * 255).astype(np.uint8))
+        save(root / "masks" / f"case{i}.png", (mask * 255).astype(np.uint8))
+    return root

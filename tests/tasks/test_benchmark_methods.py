@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import own_folder
 from localdisc.cli import app
 from localdisc.eval.provenance import environment_line
 from localdisc.tasks.benchmark_methods import parse_pool
@@ -204,20 +205,6 @@ def test_an_older_record_of_a_resumed_run_says_its_time_is_unknown(tmp_path):
     assert _pretrain(settings, tmp_path / "straight", lambda m: None)["seconds"] is not None
 
 
-def _xray_folder(root, n: int = 6):
-    """A folder set of one's own: ``n`` grey 48 x 48 synthetic radiographs and their lungs."""
-    import numpy as np
-
-    from helpers import save
-    from localdisc.data.synthetic import synthetic_xray
-
-    for i in range(n):
-        s = synthetic_xray(48, seed=i)
-        save(root / "images" / f"case{i}.png", (s.image[..., 0] * 255).astype(np.uint8))
-        save(root / "masks" / f"case{i}.png", (s.lungs * 255).astype(np.uint8))
-    return root
-
-
 def _no_pretraining(*args, **kwargs):
     raise AssertionError("pre-trained before the tasks were checked")
 
@@ -229,7 +216,7 @@ def test_tasks_that_cannot_run_are_refused_before_any_pretraining(tmp_path, monk
     from localdisc.errors import LocaldiscError
 
     monkeypatch.setattr(methods, "_pretrain", _no_pretraining)
-    mine = _xray_folder(tmp_path / "mine")
+    mine = own_folder(tmp_path / "mine", modality="xray")
     base = methods.MethodsBenchmarkConfig(methods=["simclr"], quick=True)
     cases = {
         ("synthetic_fundus", str(tmp_path / "nothere")): (["2"], "no such folder"),
@@ -261,7 +248,7 @@ def test_an_own_xray_set_has_the_xray_pool_pretrained(tmp_path, monkeypatch):
 
     monkeypatch.setattr(methods, "_pretrain", pretrain)
     monkeypatch.setattr(methods, "run_benchmark", transfer)
-    mine = _xray_folder(tmp_path / "mine")
+    mine = own_folder(tmp_path / "mine", modality="xray")
     config = methods.MethodsBenchmarkConfig(
         methods=["simclr"], pools=["synthetic_fundus:8", "xray=synthetic_xray:8"],
         tasks=[str(mine)], quick=True,
@@ -287,7 +274,7 @@ def test_cpu_scale_pretrains_the_pool_of_an_own_sets_modality(tmp_path, monkeypa
 
     monkeypatch.setattr(methods, "_pretrain", first_pretraining)
     monkeypatch.setattr(methods, "run_benchmark", _no_pretraining)
-    mine = _xray_folder(tmp_path / "mine")
+    mine = own_folder(tmp_path / "mine", modality="xray")
     config = methods.MethodsBenchmarkConfig(
         methods=["ld"], tasks=[str(mine)], cpu_scale=True, data_root=str(tmp_path)
     )

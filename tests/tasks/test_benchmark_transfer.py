@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from typer.testing import CliRunner
 
+from helpers import own_folder
 from localdisc.cli import app
 from localdisc.eval.provenance import environment_line
 
@@ -161,26 +162,6 @@ def test_a_run_with_other_settings_is_refused_naming_this_commands_flags(tmp_pat
         "now; --steps-per-epoch (train.steps_per_epoch): 3 there, None now); choose another "
         "--out, or delete the folder to run here (nothing was deleted)"
     ) == message
-
-
-def own_folder(root, n: int = 6, *, modality: str = "fundus"):
-    """A folder set of your own: ``n`` 48 x 48 synthetic images in images/ and their masks in
-    masks/ (fundus: colour photographs and vessels; xray: grey and lungs)."""
-    import numpy as np
-
-    from helpers import save
-    from localdisc.data.synthetic import synthetic_fundus, synthetic_xray
-
-    for i in range(n):
-        if modality == "fundus":
-            s = synthetic_fundus(48, seed=i)
-            image, mask = s.image, s.vessels
-        else:
-            s = synthetic_xray(48, seed=i)
-            image, mask = s.image[..., 0], s.lungs
-        save(root / "images" / f"case{i}.png", (image * 255).astype(np.uint8))
-        save(root / "masks" / f"case{i}.png", (mask * 255).astype(np.uint8))
-    return root
 
 
 def test_folders_of_your_own_are_tasks_labelled_by_name_and_reused(tmp_path):
