@@ -312,6 +312,20 @@ def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
     )
 
 
+def newest_state(checkpoint_dir: str | Path) -> dict[str, Any] | None:
+    """The ``state.json`` of the newest checkpoint in ``checkpoint_dir`` as written (unverified:
+    for saying where a training would continue), or None where there is none or it cannot be
+    read."""
+    kept = list_checkpoints(checkpoint_dir)
+    if not kept:
+        return None
+    try:
+        state = json.loads((kept[-1] / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def verify_checkpoint(path: Path) -> dict[str, Any]:
     """Return the checkpoint's state if every file matches its checksum, else raise."""
     state_path = path / "state.json"
