@@ -622,6 +622,90 @@ def test_dicom_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _expect_error(path, "pip install localdisc[dicom]")
 
 
+def test_dicom_without_suffix_as_pacs_exports_name_it(tmp_path: Path) -> None:
+    # PACS exports name files by their UID (1.2.840....4711: ".4711" is no suffix) or IM0001,
+    # without .dcm: found by their content (DICM at byte 128), whole names kept as stems.
+    pytest.importorskip("pydicom")
+    from localdisc.data.datasets import image_stem
+
+    raw = np.array([[0, 4095], [1000, 2000]], dtype=np.uint16)
+    uid = tmp_path / "1.2.840.113619.2.55.3.4711"
+    for path in (_write_dicom(uid, raw, bits_stored=12), _write_dicom(tmp_path / "IM0001", raw)):
+        assert is_image_file(path), path
+        img, meta = read_image(path)
+        assert meta.format == "dicom" and img.shape == (2, 2, 1)
+    assert image_stem(uid) == uid.name and image_stem(tmp_path / "IM0001") == "IM0001"
+    # Siemens scanners export DICOM as NAME.IMA: read by its suffix, named without it.
+    ima = _write_dicom(tmp_path / "ser.0001.IMA", raw)
+    assert is_image_file(ima) and read_image(ima)[1].format == "dicom"
+    assert image_stem(ima) == "ser.0001"
+    # Not DICOM, or the index of a DICOM medium: no image, and a message that says why.
+    (tmp_path / "README").write_text("not an image")
+    (tmp_path / "notes.2024").write_bytes(b"\0" * 200)
+    for name in ("README", "notes.2024"):
+        assert not is_image_file(tmp_path / name)
+        _expect_error(tmp_path / name, "only when they hold DICOM")
+    _write_dicom(tmp_path / "DICOMDIR", raw)
+    assert not is_image_file(tmp_path / "DICOMDIR")
+    _expect_error(tmp_path / "DICOMDIR", "the index of a DICOM medium, not an image")
+    assert not is_image_file(tmp_path / "a.txt") and not is_image_file(tmp_path / "missing")
+
+
+def test_dicom_without_suffix_in_folders(tmp_path: Path) -> None:
+    # A PACS export: patient/study folders of files named by their UID, with a DICOMDIR and
+    # PNG masks named UID.png. Every image is found, each under its whole UID, with its mask.
+    pytest.importorskip("pydicom")
+    from localdisc.data.datasets import FolderDataset
+
+    raw = np.zeros((4, 6), dtype=np.uint16)
+    raw[1:3, 2:5] = 4095
+    names = ["P1/s1/1.2.840.99.7", "P1/s1/1.2.840.99.8", "P2/s1/1.2.840.99.9.dcm"]
+    for name in names:
+        (tmp_path / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        _write_dicom(tmp_path / "images" / name, raw, bits_stored=12)
+        mask = tmp_path / "masks" / f"{name.removesuffix('.dcm')}.png"
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((raw > 0).astype(np.uint8) * 255).save(mask)
+    _write_dicom(tmp_path / "images" / "DICOMDIR", raw)
+    (tmp_path / "images" / "P1" / "s1" / "1.2.840.99.10").write_text("a text file, no DICOM")
+
+    data = FolderDataset(tmp_path, skip_bad=True)
+    assert [item.name for item in data.items] == [n.removesuffix(".dcm") for n in names]
+    assert not data.skipped
+    sample = data[0]
+    assert sample.image.shape == (4, 6, 1) and (sample.masks["mask"] == (raw > 0)).all()
+    assert len(FolderDataset.pool_paths(tmp_path / "images")) == 3
+
+
+def test_dicom_without_pixel_data_or_decoder_says_what_it_is(tmp_path: Path) -> None:
+    # A structured report or RT structure set beside the images, or a compressed transfer
+    # syntax without its decoder: the message says which and what to install.
+    pytest.importorskip("pydicom")
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLossless
+
+    path = _write_dicom(tmp_path / "sr.dcm", np.zeros((2, 2), np.uint16))
+    ds = dcmread(path)
+    del ds.PixelData
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.Modality = "SR"
+    ds.save_as(path)
+    _expect_error(path, "no pixel data: a Basic Text SR Storage object (modality SR), not an image")
+
+    ds = dcmread(_write_dicom(tmp_path / "jl.dcm", np.zeros((2, 2), np.uint16)))
+    ds.file_meta.TransferSyntaxUID = JPEGLossless
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + bytes(16) + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "jl.dcm")
+    from pydicom.pixels import get_decoder
+
+    if not get_decoder(JPEGLossless).is_available:
+        error = _expect_error(tmp_path / "jl.dcm", "compressed as JPEG Lossless")
+        assert "pip install python-gdcm" in str(error)
+        assert "\n" not in str(error)
+
+
 # ----------------------------------------------------------------------------- masks
 
 

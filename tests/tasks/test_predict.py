@@ -26,6 +26,24 @@ def test_collect_images_names_outputs_uniquely(tmp_path):
         collect_images([tmp_path / "notes.txt"])
 
 
+def test_collect_images_takes_dicom_named_by_uid(tmp_path):
+    # PACS exports: files named by their UID, no .dcm (".8" is no suffix), in patient/study
+    # folders. Found by content (DICM at byte 128), named by the whole UID: two of a series
+    # differ in the last part only. A DICOMDIR and text without a suffix are no inputs.
+    dicom = bytes(128) + b"DICM" + bytes(64)
+    for name in ("P1/s1/1.2.840.99.7", "P1/s1/1.2.840.99.8", "P2/s1/IM0001", "DICOMDIR"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(dicom)
+    (tmp_path / "P2" / "s1" / "README").write_text("exported by PACS")
+    found = collect_images([tmp_path, tmp_path / "P1" / "s1" / "1.2.840.99.7"])
+    assert [name for name, _ in found[:3]] == [
+        "P1_s1_1.2.840.99.7", "P1_s1_1.2.840.99.8", "P2_s1_IM0001"
+    ]  # fmt: skip
+    assert found[3] == ("1.2.840.99.7", tmp_path / "P1" / "s1" / "1.2.840.99.7")
+    with pytest.raises(LocaldiscError, match="README: not an image"):
+        collect_images([tmp_path / "P2" / "s1" / "README"])
+
+
 def test_predict_cli_segments_images_at_their_own_size(tmp_path):
     Segmenter(modality="fundus", size=32).save(tmp_path / "model")
     save(tmp_path / "in" / "eye.png", np.full((37, 51, 3), 120, np.uint8))

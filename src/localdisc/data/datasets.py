@@ -79,13 +79,16 @@ def paper_splits() -> dict[str, dict[str, list[str]]]:
 
 
 def image_stem(path: str | Path) -> str:
-    """File name without its image suffix, compound suffixes included (``im0001.ppm.gz``)."""
+    """File name without its image suffix, compound suffixes included (``im0001.ppm.gz``).
+    A name without one is kept whole: a DICOM file named by its UID
+    (``1.2.840.113619.2.55.3.4711``) would otherwise lose its last part, and two files of a
+    series would share a name."""
     name = Path(path).name
     lower = name.lower()
     for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
         if lower.endswith(suffix.lower()):
             return name[: len(name) - len(suffix)]
-    return Path(name).stem
+    return name
 
 
 def name_key(name: str) -> str:
@@ -798,7 +801,7 @@ class _MaskIndex:
                     index.own += 1
                     continue
                 path = Path(dirpath) / f
-                if not is_image_file(f):
+                if not is_image_file(path):
                     index.others.append(path.relative_to(mask_dir).as_posix())
                     continue
                 index.names.append(path.relative_to(mask_dir).as_posix())
@@ -1050,7 +1053,10 @@ def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]
             and d.lower() not in MASK_DIR_NAMES
             and (exclude is None or here / d != exclude)
         )
-        found.extend(here / f for f in filenames if not f.startswith(".") and is_image_file(f))
+        # The whole path: a DICOM file named without a suffix is known by its content.
+        found.extend(
+            here / f for f in filenames if not f.startswith(".") and is_image_file(here / f)
+        )
     # name_key, as match_masks compares names: letter case and Unicode form aside.
     stems = {(p.parent, name_key(image_stem(p))) for p in found}
 

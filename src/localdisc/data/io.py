@@ -8,7 +8,10 @@ every failure is an :class:`~localdisc.errors.ImageReadError` naming the file.
 
 Supported: PNG, JPEG, BMP, GIF (first frame), PPM/PGM/PBM (8 and 16 bit; also gzipped as
 ``.ppm.gz``/``.pgm.gz``, as STARE ships them), TIFF (first page; tifffile, falling back to
-Pillow), DICOM (needs the optional ``pydicom``), JSRT raw ``.IMG`` and NumPy ``.npy``.
+Pillow), DICOM (needs the optional ``pydicom``), JSRT raw ``.IMG`` and NumPy ``.npy``. DICOM
+files named without a suffix, as PACS exports name them (``IM0001``, or their UID
+``1.2.840.113619.2.55.3.4711``, whose last part is no suffix), are taken by their content
+(``DICM`` at byte 128).
 
 Size guard: images with more than ``max_pixels`` pixels (H x W) are refused from the header,
 before any pixel is decoded. The limit is, in order of precedence, the ``max_pixels`` argument,
@@ -75,6 +78,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
     ".pgm.gz",
     ".dcm",
     ".dicom",
+    ".ima",
     ".img",
     ".npy",
 )
@@ -91,7 +95,10 @@ JSRT_BITS = 12
 JSRT_SPACING = 0.175
 
 _GZ_SUFFIXES = (".ppm.gz", ".pgm.gz")
-_DICOM_SUFFIXES = (".dcm", ".dicom")
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")  # .ima: Siemens exports
+# The index file of a DICOM medium (PS3.10): DICOM content, but no image.
+_DICOMDIR = "dicomdir"
+_DICM_OFFSET = 128
 # Enough to hold any sane netpbm header (comments included) and the DICOM preamble.
 _HEAD_BYTES = 65536
 # Slack for headers and comments when bounding gzip output.
@@ -172,8 +179,21 @@ def set_max_pixels(n: int | None) -> None:
 
 
 def is_image_file(path: str | Path) -> bool:
-    """Whether ``path`` has a suffix :func:`read_image` accepts (case-insensitive)."""
-    return _matching_suffix(Path(path)) is not None
+    """Whether :func:`read_image` takes ``path``: a suffix it accepts (case-insensitive), or an
+    existing file named without a suffix (or with a number as its last part: a UID) that holds
+    DICOM (``DICM`` at byte 128; not a ``DICOMDIR``). Only such names are opened, so that
+    listing a folder does not read every other file in it."""
+    path = Path(path)
+    if _matching_suffix(path) is not None:
+        return True
+    # Regular files only: opening a named pipe would block.
+    if not _may_be_unnamed_dicom(path) or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return _is_dicom_head(f.read(_DICM_OFFSET + 4))
+    except OSError:  # missing, a folder, unreadable: not an image file
+        return False
 
 
 def read_image(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.ndarray, ImageMeta]:
@@ -236,6 +256,22 @@ def write_png(path: str | Path, array: np.ndarray) -> Path:
     return Path(path)
 
 
+def _may_be_unnamed_dicom(path: Path) -> bool:
+    """A name PACS exports give DICOM files: no suffix (``IM0001``), or a UID whose last part
+    reads as one (``1.2.840.113619.2.55.3.4711``); not hidden, not a ``DICOMDIR``."""
+    name = path.name
+    suffix = path.suffix[1:]
+    return (
+        not name.startswith(".")
+        and name.lower() != _DICOMDIR
+        and (suffix == "" or suffix.isdigit())
+    )
+
+
+def _is_dicom_head(head: bytes) -> bool:
+    return head[_DICM_OFFSET : _DICM_OFFSET + 4] == b"DICM"
+
+
 def _matching_suffix(path: Path) -> str | None:
     name = path.name.lower()
     # Longest first so that ".ppm.gz" wins over a hypothetical ".gz".
@@ -295,18 +331,27 @@ def _decode(path: Path, max_pixels: int | None) -> _Decoded:
     if not path.is_file():
         raise ImageReadError(path, "not a regular file")
     suffix = _matching_suffix(path)
-    if suffix is None:
+    unnamed = suffix is None and _may_be_unnamed_dicom(path)
+    if suffix is None and not unnamed:
+        if path.name.lower() == _DICOMDIR:
+            raise ImageReadError(path, "a DICOMDIR is the index of a DICOM medium, not an image")
         shown = "".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix
         raise ImageReadError(
-            path,
-            f"unsupported file type {shown or '(no suffix)'!r}; supported: "
-            + ", ".join(sorted(IMAGE_SUFFIXES)),
+            path, f"unsupported file type {shown or '(no suffix)'!r}; {_SUPPORTED}"
         )
     try:
         with open(path, "rb") as f:
             head = f.read(_HEAD_BYTES)
     except OSError as exc:
         raise ImageReadError(path, f"cannot open: {_describe(exc)}") from exc
+    if unnamed and not _is_dicom_head(head):
+        shown = path.suffix or "(no suffix)"
+        raise ImageReadError(
+            path,
+            f"unsupported file type {shown!r}: files named without a suffix (or with a "
+            "number as its last part) are read only when they hold DICOM (DICM at byte 128); "
+            + _SUPPORTED,
+        )
     if not head:
         raise ImageReadError(path, "file is empty (0 bytes)")
 
@@ -327,7 +372,10 @@ def _decode(path: Path, max_pixels: int | None) -> _Decoded:
     return decoded
 
 
-def _choose_decoder(path: Path, suffix: str, head: bytes) -> tuple[str, Any]:
+_SUPPORTED = "supported: " + ", ".join(sorted(IMAGE_SUFFIXES))
+
+
+def _choose_decoder(path: Path, suffix: str | None, head: bytes) -> tuple[str, Any]:
     if suffix in _GZ_SUFFIXES:
         if not head.startswith(b"\x1f\x8b"):
             raise ImageReadError(path, f"not gzip data although the name ends in {suffix!r}")
@@ -338,7 +386,7 @@ def _choose_decoder(path: Path, suffix: str, head: bytes) -> tuple[str, Any]:
         )
     if head.startswith(b"\x93NUMPY"):
         return "npy", _decode_npy
-    if head[128:132] == b"DICM":
+    if _is_dicom_head(head):
         return "DICOM", _decode_dicom
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "TIFF", _decode_tiff
@@ -783,11 +831,10 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     except ImportError:  # pydicom 2.x
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
 
-    has_preamble = head[128:132] == b"DICM"
     with _ClampedReader(path) as f:
-        ds = pydicom.dcmread(f, force=not has_preamble)
+        ds = pydicom.dcmread(f, force=not _is_dicom_head(head))
     if "PixelData" not in ds:
-        raise ImageReadError(path, "no pixel data (not a DICOM image, or float pixel data)")
+        raise ImageReadError(path, _no_pixel_data(ds))
     for tag in ("Rows", "Columns", "BitsStored", "PhotometricInterpretation"):
         if tag not in ds:
             raise ImageReadError(path, f"DICOM attribute {tag} is missing")
@@ -797,6 +844,7 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    _check_decoder(path, ds)
 
     try:
         from pydicom.pixels import pixel_array
@@ -827,6 +875,48 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     out = np.clip(out, 0.0, 1.0)
     meta = ImageMeta(path, "dicom", bits, height, width, spp, _dicom_spacing(ds))
     return _Decoded(np.ascontiguousarray(out, dtype=np.float32), 1.0, meta)
+
+
+def _no_pixel_data(ds: Any) -> str:
+    """Why a DICOM file without pixel data is no image, naming what it is (a structured
+    report, an RT structure set, a presentation state: PACS exports hold them beside the
+    images)."""
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return "float pixel data (FloatPixelData) is not supported"
+    sop = ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", None)
+    name = getattr(sop, "name", None) or (str(sop) if sop else "")
+    what = f"a {name} object" if name else "a DICOM object"
+    modality = str(ds.get("Modality", "") or "").strip()
+    return f"no pixel data: {what}{f' (modality {modality})' if modality else ''}, not an image"
+
+
+def _check_decoder(path: Path, ds: Any) -> None:
+    """Refuse compressed pixel data that no installed plugin decodes, naming the compression
+    and what to install (pydicom's own message is several lines naming its plugins, and its
+    gdcm plugin's package is ``python-gdcm``, not ``gdcm``)."""
+    syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
+    try:
+        if syntax is None or not syntax.is_compressed:
+            return
+    except ValueError:  # a UID that is no transfer syntax: pydicom's decoding says so
+        return
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2.x: its own error says it
+        return
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise ImageReadError(
+            path, f"pixel data compressed as {syntax.name} ({syntax}), which pydicom cannot decode"
+        ) from None
+    if not decoder.is_available:
+        raise ImageReadError(
+            path,
+            f"pixel data compressed as {syntax.name} ({syntax}) and no decoder for it is "
+            "installed: pip install python-gdcm (what localdisc's [dicom] extra installs), or "
+            "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg",
+        )
 
 
 def _dicom_spacing(ds: Any) -> tuple[float, float] | None:
