@@ -459,8 +459,9 @@ def finetune(
         ...,
         "--dataset",
         help="Labelled data: NAME:ROOT or a folder (a folder has no test split: --test-fraction "
-        "of its images, chosen by file name, are held out for testing, the same for every "
-        "--labels and --seed).",
+        "of its labelled images, chosen by file name, are held out for testing, the same for "
+        "every --labels and --seed; its images without a mask are unlabelled: never tested or "
+        "trained on, but in the batch-norm recalibration, and listed in metrics.json).",
     ),
     out: Path = typer.Option(
         ...,
@@ -476,12 +477,12 @@ def finetune(
     labels: str = typer.Option(
         "all",
         help="Labelled images: N, a fraction in (0, 1), or all, of the training split (of a "
-        "folder: the images not held out for testing).",
+        "folder: the images with a mask not held out for testing).",
     ),
     test_fraction: float = typer.Option(
         0.2,
-        help="Of a set without a test split (a folder): the fraction of its images held out for "
-        "testing, in [0, 1); 0 holds out none: every labelled image is for training and "
+        help="Of a set without a test split (a folder): the fraction of its labelled images held "
+        "out for testing, in [0, 1); 0 holds out none: every labelled image is for training and "
         "validation (no test metrics then). A set with its own test split refuses another "
         "value.",
     ),

@@ -455,13 +455,19 @@ def test_folder_images_and_masks_by_stem(tmp_path: Path) -> None:
         load_dataset("folder", root, "train")
 
 
-def test_folder_image_without_partner(tmp_path: Path) -> None:
+def test_folder_image_without_partner_is_unlabelled(tmp_path: Path) -> None:
+    # It was an error ("no mask with the same file stem"): a researcher labels a few images.
     root = make_folder(tmp_path / "set")
-    lonely = save(root / "images" / "c.png", fundus(seed=3))
-    with pytest.raises(DatasetError, match=r"c\.png: no mask with the same file stem"):
-        load_dataset("folder", root)
-    ds = load_dataset("folder", root, skip_bad=True)
-    assert len(ds) == 2 and ds.skipped[0][0] == lonely
+    save(root / "images" / "c.png", fundus(seed=3))
+    ds = load_dataset("folder", root)
+    assert [it.name for it in ds.items] == ["a", "c", "sub/b"] and ds.targets == ("mask",)
+    assert ds.items[1].masks == {} and "mask" not in ds[1].masks and "mask" in ds[2].masks
+    assert ds.skipped == []
+    why = ds.missing_labels["mask"]
+    assert why.startswith(
+        f"1 of the 3 images have no mask in {root / 'masks'}, so are unlabelled: c"
+    )
+    assert "(c.png: no mask with the same file stem" in why
 
 
 def test_folder_stem_fallback_never_takes_another_subfolders_mask(tmp_path: Path) -> None:
@@ -469,11 +475,9 @@ def test_folder_stem_fallback_never_takes_another_subfolders_mask(tmp_path: Path
     save(root / "images" / "train" / "001.png", fundus(seed=1))
     val = save(root / "images" / "val" / "001.png", fundus(seed=2))
     save(root / "masks" / "train" / "001.png", vessels())  # val/001 has no mask
-    with pytest.raises(DatasetError, match=r"val.001\.png: no mask at the same relative path"):
-        load_dataset("folder", root)
-    ds = load_dataset("folder", root, skip_bad=True)
-    assert [it.name for it in ds.items] == ["train/001"]
-    assert ds.skipped[0][0] == val and "is the mask of" in ds.skipped[0][1]
+    ds = load_dataset("folder", root)  # unlabelled (it was an error), never given train's mask
+    assert [(it.name, it.image, dict(it.masks)) for it in ds.items][1] == ("val/001", val, {})
+    assert "is the mask of" in ds.missing_labels["mask"]
     # The mask matched by path to no image, but two images share its stem: neither gets it.
     shutil.move(root / "masks" / "train", root / "masks" / "other")
     with pytest.raises(DatasetError, match=r"train.001\.png: .*other.001\.png .*so do 2 images"):
@@ -525,18 +529,27 @@ def test_folder_suffixed_masks_are_never_guessed(tmp_path: Path) -> None:
     save(root / "images" / "train" / "001.png", fundus(seed=1))
     save(root / "images" / "val" / "001.png", fundus(seed=2))
     save(root / "masks" / "train" / "001_mask.png", vessels())
-    ds = load_dataset("folder", root, skip_bad=True)
-    assert [it.name for it in ds.items] == ["train/001"]
-    assert ds.skipped[0][0] == root / "images" / "val" / "001.png"
-    assert "so do 2 images" in ds.skipped[0][1]
+    ds = load_dataset("folder", root)  # val/001: unlabelled, train/001_mask being train/001's
+    assert [(it.name, "mask" in it.masks) for it in ds.items] == [
+        ("train/001", True), ("val/001", False),
+    ]  # fmt: skip
+    assert (
+        "001_mask.png has its stem plus a mask ending but is the mask of"
+        in (ds.missing_labels["mask"])
+    )
+    # Not at either image's relative path: whose it is cannot be told, an error as before.
+    shutil.move(root / "masks" / "train", root / "masks" / "other")
+    with pytest.raises(DatasetError, match=r"train.001\.png: .*so do 2 images"):
+        load_dataset("folder", root)
     # A mask whose whole stem is an image's belongs to that image, not to a shorter stem.
     root = tmp_path / "nested"
     save(root / "images" / "a.png", fundus(seed=1))
     save(root / "images" / "other" / "a_gt.png", fundus(seed=2))
     save(root / "masks" / "other" / "a_gt.png", vessels())
-    ds = load_dataset("folder", root, skip_bad=True)
-    assert [it.name for it in ds.items] == ["other/a_gt"]
-    assert ds.skipped[0][0] == root / "images" / "a.png"
+    ds = load_dataset("folder", root)
+    assert [(it.name, "mask" in it.masks) for it in ds.items] == [
+        ("a", False), ("other/a_gt", True),
+    ]  # fmt: skip
     # DRIVE's training folder as a folder set: mask/ holds fields of view, the labels are in
     # 1st_manual/; it stays refused rather than training on the FOVs.
     root = tmp_path / "DRIVE" / "training"
@@ -565,6 +578,42 @@ def test_folder_without_a_matching_mask_says_what_the_mask_folder_holds(tmp_path
     (root / "masks").mkdir()
     (root / "masks" / "case01.txt").write_text("not an image")
     with pytest.raises(DatasetError, match=r"holds no image files, only case01\.txt"):
+        load_dataset("folder", root)
+
+
+def test_folder_with_masks_for_some_images(tmp_path: Path) -> None:
+    """A researcher labels a few images: the others are unlabelled images of the set (no
+    ``mask`` in their samples), named in ``missing_labels`` and counted by ``datasets
+    inspect``; they were refused at the first one, with no word on what to do."""
+    from helpers import own_folder
+    from localdisc.data.inspect import inspect_dataset
+
+    root = own_folder(tmp_path / "mine", 8)
+    for i in (1, 4, 6):
+        (root / "masks" / f"case{i}.png").unlink()
+    ds = load_dataset("folder", root)
+    assert len(ds) == 8 and ds.targets == ("mask",) and ds.default_target == "mask"
+    labelled = [it.name for it in ds.items if "mask" in it.masks]
+    assert labelled == ["case0", "case2", "case3", "case5", "case7"]
+    assert [sorted(s.masks) for s in ds[:2]] == [["mask"], []]
+    assert ds.missing_labels["mask"].startswith(
+        f"3 of the 8 images have no mask in {root / 'masks'}, so are unlabelled: case1, case4, "
+        "case6 (case1.png: no mask with the same file stem"
+    )
+    # datasets inspect: 8 images, 5 of them with a mask, and why the others have none.
+    report = inspect_dataset("folder", root, progress=False)["splits"]["all"]
+    assert (report["images"], report["masks"], report["labelled"]) == (8, {"mask": 5}, True)
+    assert "3 of the 8 images have no mask" in report["missing_labels"]["mask"]
+    # Two candidates for one image stay an error, even beside labelled images: a naming
+    # problem, not an unlabelled image.
+    save(root / "masks" / "case1_mask.png", vessels(48, 48))
+    save(root / "masks" / "case1_gt.png", vessels(48, 48))
+    with pytest.raises(DatasetError, match=r"case1\.png: 2 masks .*keep one"):
+        load_dataset("folder", root)
+    # Not one image with a mask: masks named in a way the matcher does not know, refused.
+    shutil.rmtree(root / "masks")
+    save(root / "masks" / "mask_case0.png", vessels(48, 48))
+    with pytest.raises(DatasetError, match=r"case0\.png: no mask with the same file stem"):
         load_dataset("folder", root)
 
 

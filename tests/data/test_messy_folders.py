@@ -106,31 +106,33 @@ def by_name(dataset) -> dict:  # type: ignore[no-untyped-def]
 
 
 def test_folder_listing_names_the_image_without_mask(tmp_path: Path) -> None:
+    # An image without a mask is unlabelled (few are labelled, as a rule), not a bad item.
     root = make_messy_folder(tmp_path / "set")
-    with pytest.raises(DatasetError) as info:
-        load_dataset("folder", root)
-    assert str(root / "images" / "e no mask.png") in str(info.value)
-    assert "no mask with the same file stem" in str(info.value)
+    ds = load_dataset("folder", root)
+    assert [dict(item.masks) for item in ds.items if item.name == "e no mask"] == [{}]
+    why = ds.missing_labels["mask"]
+    assert why.startswith(f"1 of the 8 images have no mask in {root / 'masks'}, so are unlabelled")
+    assert "e no mask.png: no mask with the same file stem" in why
 
 
 def test_folder_skip_bad_lists_each_bad_item_with_its_reason(tmp_path: Path) -> None:
     root = make_messy_folder(tmp_path / "set")
     ds = load_dataset("folder", root, skip_bad=True)
-    # Listing: junk, hidden files and the orphan mask are ignored, the unpaired image skipped.
+    # Listing: junk, hidden files and the orphan mask are ignored; the unpaired image is an
+    # unlabelled one, not skipped.
     names = sorted(nfc(item.name) for item in ds.items)
     assert names == sorted(
-        ["a", "b big", "c grey", "d zero", nfc(UNICODE), "f corrupt", "g wrong size"]
+        ["a", "b big", "c grey", "d zero", nfc(UNICODE), "e no mask", "f corrupt", "g wrong size"]
     )
-    assert ds.skipped == [(root / "images" / "e no mask.png", ds.skipped[0][1])]
-    assert "no mask" in ds.skipped[0][1]
+    assert ds.skipped == []
 
     ds.verify()
     skipped = {path.name: reason for path, reason in ds.skipped}
-    assert set(skipped) == {"e no mask.png", "f corrupt.png", "g wrong size.png"}
+    assert set(skipped) == {"f corrupt.png", "g wrong size.png"}
     assert "PNG" in skipped["f corrupt.png"]  # "content is not a PNG, JPEG, ... image"
     reason = skipped["g wrong size.png"]
     assert str(root / "masks" / "g wrong size.png") in reason and "20x24" in reason
-    assert len(ds) == 5
+    assert len(ds) == 6
 
 
 def test_folder_samples_grey_zero_binary_masks_unicode(tmp_path: Path) -> None:
@@ -139,7 +141,8 @@ def test_folder_samples_grey_zero_binary_masks_unicode(tmp_path: Path) -> None:
     ds.verify()
     assert ds.modality == "fundus"  # the colour images decide
     samples = by_name(ds)
-    assert set(samples) == {"a", "b big", "c grey", "d zero", nfc(UNICODE)}
+    assert set(samples) == {"a", "b big", "c grey", "d zero", nfc(UNICODE), "e no mask"}
+    assert samples.pop("e no mask").masks == {}  # unlabelled
     for name, s in samples.items():
         assert s.image.dtype == np.float32 and s.image.shape[2] == 3, name
         assert np.isfinite(s.image).all() and 0.0 <= s.image.min() <= s.image.max() <= 1.0
@@ -272,8 +275,8 @@ runner = CliRunner()
 def test_cli_inspect_messy_folder_report(tmp_path: Path) -> None:
     root = make_messy_folder(tmp_path / "set")
     result = runner.invoke(app, ["datasets", "inspect", "folder", str(root)])
-    assert isinstance(result.exception, DatasetError)
-    assert "e no mask.png" in str(result.exception)
+    assert isinstance(result.exception, ImageReadError)
+    assert "f corrupt.png" in str(result.exception)
 
     result = runner.invoke(
         app, ["datasets", "inspect", "folder", str(root), "--skip-bad", "--json"]
@@ -282,17 +285,18 @@ def test_cli_inspect_messy_folder_report(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     split = report["splits"]["all"]
     assert report["name"] == "folder" and report["modality"] == "fundus"
-    assert split["images"] == 5 and split["masks"] == {"mask": 5}
-    assert split["sizes"] == {"24x20": 4, "32x28": 1}
+    assert split["images"] == 6 and split["masks"] == {"mask": 5}  # "e no mask": unlabelled
+    assert "e no mask" in split["missing_labels"]["mask"]
+    assert split["sizes"] == {"24x20": 5, "32x28": 1}
     skipped = {Path(e["path"]).name: e["reason"] for e in report["skipped"]}
-    assert set(skipped) == {"e no mask.png", "f corrupt.png", "g wrong size.png"}
+    assert set(skipped) == {"f corrupt.png", "g wrong size.png"}
     assert all(skipped.values())
 
     result = runner.invoke(app, ["datasets", "inspect", "folder", str(root), "--skip-bad"])
     assert result.exit_code == 1, result.output
     flat = "".join(ch for ch in result.stdout if ch not in " \n│┃┆")
-    assert "skipped(3)" in flat
-    for name in ("enomask.png", "fcorrupt.png", "gwrongsize.png", "24x20:4", "32x28:1"):
+    assert "skipped(2)" in flat and "1ofthe8imageshavenomask" in flat
+    for name in ("fcorrupt.png", "gwrongsize.png", "24x20:5", "32x28:1"):
         assert name in flat, name
 
 
@@ -311,4 +315,4 @@ def test_cli_inspect_messy_folder_error_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "e no mask.png" in lines[0] and "no mask" in lines[0]
+    assert "f corrupt.png" in lines[0] and "not a PNG" in lines[0]

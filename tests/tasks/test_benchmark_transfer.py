@@ -242,6 +242,37 @@ def test_a_folder_of_your_own_that_cannot_run_is_refused_before_any_work(tmp_pat
     assert not out.exists()
 
 
+def test_a_folder_of_your_own_with_masks_for_some_images_runs_on_those(tmp_path):
+    """A folder with masks for some of its images is a task (it was refused at the first image
+    without one): tested on labelled images only, its label budgets checked against them."""
+    from localdisc.tasks.transfer import held_out_test
+
+    mine = own_folder(tmp_path / "mine", 8)
+    for i in (1, 4, 6):
+        (mine / "masks" / f"case{i}.png").unlink()
+    out = tmp_path / "bench"
+    args = ["benchmark", "transfer", "--quick", "--inits", "random", "--tasks", str(mine),
+            "--out", str(out)]  # fmt: skip
+    # 5 labelled images, 1 held out: 5 labels cannot be had, said before any run.
+    result = CliRunner().invoke(app, [*args, "--labels", "2,5"])
+    assert str(result.exception) == (
+        f"--tasks {mine}: --labels 5: only 4 labelled training images exist (1 of its 5 labelled "
+        "images held out for testing; 3 of its 8 have no mask; --test-fraction sets how many)"
+    )
+    assert not out.exists()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert run["metrics"]["unlabelled"] == ["case1", "case4", "case6"]
+    labelled = ["case0", "case2", "case3", "case5", "case7"]  # tested as finetune tests them
+    assert [row["image"] for row in run["metrics"]["per_image"]] == [
+        labelled[i] for i in held_out_test(labelled)
+    ]
+    table = (out / "results.md").read_text()
+    assert "no test split: 1 of its 5 labelled images held out for testing" in table
+    assert "3 of its 8 images have no mask: unlabelled, never tested or trained on" in table
+
+
 def test_own_sets_take_a_target_and_keep_clear_of_task_names():
     """NAME:ROOT[:TARGET] as prior specs write it; labels never a task's name (in any case), with
     parent folders added until unique, as run_label does for inits."""

@@ -139,6 +139,80 @@ def test_a_folder_label_budget_beyond_its_training_part_says_where_the_images_we
         run_transfer(tiny(str(one)), tmp_path / "out", log=lambda m: None)
 
 
+def test_a_folder_with_masks_for_some_images_learns_from_those_and_lists_the_others(
+    tmp_path, monkeypatch
+):
+    """A researcher labels a few of a folder's images: finetune was refused at the first image
+    without a mask. Now those are unlabelled: never tested or trained on, left out of the test
+    split's draw (the same for every --labels and --seed), listed in metrics.json and the log,
+    and among the images batch norm is recalibrated over (labels unused)."""
+    from typer.testing import CliRunner
+
+    import localdisc.tasks.transfer as transfer
+    from localdisc.cli import app
+
+    data = folder_set(tmp_path / "data")
+    for i in (1, 4, 6):
+        (data / "masks" / f"case{i}.png").unlink()
+    unlabelled = ["case1", "case4", "case6"]
+    labelled = ["case0", "case2", "case3", "case5", "case7"]
+    # The test split of the labelled images alone: unlabelled images do not move it.
+    expected_test = [labelled[i] for i in transfer.held_out_test(labelled)]
+    recalibrated: list[int] = []
+    real = transfer.recalibrate_batch_norm
+
+    def spy(model, images):
+        recalibrated.append(images.shape[0])
+        return real(model, images)
+
+    monkeypatch.setattr(transfer, "recalibrate_batch_norm", spy)
+    # The command as typed, --labels all: it ran into the first unlabelled image (exit 2).
+    out = tmp_path / "out-all-0"
+    args = ["finetune", "--dataset", str(data), "--out", str(out), "--epochs", "1",
+            "--frozen-epochs", "0", "--size", "64", "--labels", "all",
+            "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 of the 8 images have no mask" in result.output
+    assert "batch norm is recalibrated over them" in result.output
+    runs = {("all", 0): json.loads((out / "metrics.json").read_text())}
+    for labels, seed in (("2", 0), ("2", 1)):
+        config = tiny(str(data), frozen_epochs=0, seed=seed)
+        config.labels, config.max_test = labels, None
+        out = tmp_path / f"out-{labels}-{seed}"
+        runs[labels, seed] = run_transfer(config, out, log=lambda m: None)
+    for (labels, seed), metrics in runs.items():
+        out = tmp_path / f"out-{labels}-{seed}"
+        saved = json.loads((out / "config.json").read_text())["data"]
+        assert metrics["unlabelled"] == saved["unlabelled"] == unlabelled
+        tested = [row["image"] for row in metrics["per_image"]]
+        assert tested == expected_test and len(tested) == 1
+        trained = set(saved["train_images"]) | set(saved["val_images"])
+        assert trained <= set(labelled) - set(tested), "an unlabelled or test image trained on"
+        # 4 labelled training images and the 3 unlabelled: the training split, test one aside.
+        assert metrics["bn_images"] == saved["bn_images"] == 7
+        assert "1 of its 5 labelled images held out" in metrics["test_split"]
+    assert recalibrated == [7, 7, 7]
+    assert runs["all", 0]["labels"] == 4 and runs["2", 0]["labels"] == 2
+    # A budget beyond the labelled images is refused, saying where the others went.
+    config = tiny(str(data))
+    config.labels = "5"
+    with pytest.raises(LocaldiscError) as info:
+        run_transfer(config, tmp_path / "out-5", log=lambda m: None)
+    assert str(info.value) == (
+        f"--labels 5: only 4 labelled training images exist: {data}: 3 of its 8 images have no "
+        "mask (unlabelled), and it has no test split, so 1 of its 5 labelled images are held "
+        "out for testing (--labels all takes the rest; --test-fraction sets how many)"
+    )
+    # Thousands of unlabelled images would not fit in memory: at most UNLABELLED_BN, spread.
+    monkeypatch.setattr(transfer, "UNLABELLED_BN", 2)
+    config = tiny(str(data), frozen_epochs=0)
+    config.labels = "all"
+    capped = run_transfer(config, tmp_path / "out-capped", log=lambda m: None)
+    assert capped["bn_images"] == 4 + 2 and recalibrated[-1] == 6
+    assert capped["unlabelled"] == unlabelled  # all listed, as ever
+
+
 def test_held_out_test_images_depend_on_the_names_alone():
     from localdisc.tasks.transfer import held_out_test
 

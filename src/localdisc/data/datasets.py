@@ -845,17 +845,29 @@ def match_masks(
     Unicode form aside (:func:`name_key`). The images themselves are never masks, so images
     and masks may share a folder. ``mask_dir`` must be a folder.
     """
+    return [match for match, _ in _match_masks(images, mask_dir, image_dirs)]
+
+
+def _match_masks(
+    images: Sequence[Path], mask_dir: Path, image_dirs: Sequence[Path]
+) -> list[tuple[MaskMatch, bool]]:
+    """:func:`match_masks`, each match with whether its image has no mask at all: no candidate
+    with its stem (or with it plus a mask ending) but those of other images, rather than two
+    candidates, so that a partly labelled folder tells an unlabelled image from an ambiguous
+    one (:class:`FolderDataset`)."""
     index = _MaskIndex.build(mask_dir, images)
     rels = [(image, name_key(_relative_stem(image, image_dirs))) for image in images]
     owner = {index.by_rel[rel]: image for image, rel in rels if rel in index.by_rel}
+    image_rels = {rel: image for image, rel in rels}
     image_stems = Counter(name_key(image_stem(image)) for image in images)
     matches = []
     for image, rel in rels:
         mask = index.by_rel.get(rel)
         if mask is not None:
-            matches.append(MaskMatch(image, mask))
+            matches.append((MaskMatch(image, mask), False))
         else:
-            matches.append(MaskMatch(image, *_stem_fallback(image, rel, index, owner, image_stems)))
+            mask, reason, absent = _stem_fallback(image, rel, index, owner, image_stems, image_rels)
+            matches.append((MaskMatch(image, mask, reason), absent))
     return matches
 
 
@@ -876,8 +888,10 @@ def _stem_fallback(
     index: _MaskIndex,
     owner: dict[Path, Path],
     image_stems: Counter[str],
-) -> tuple[Path | None, str]:
-    """The mask of ``image`` by stem alone, or ``None`` and why not.
+    image_rels: dict[str, Path],
+) -> tuple[Path | None, str, bool]:
+    """The mask of ``image`` by stem alone, or ``None`` and why not, and whether it has none
+    at all (every candidate another image's: no doubt, unlike two candidates).
 
     Only a match that cannot belong to another image counts: one mask with the stem, one
     image with it, and that mask not matched to another image by relative path; otherwise
@@ -887,27 +901,30 @@ def _stem_fallback(
     key = name_key(image_stem(image))
     candidates = index.by_stem.get(key, [])
     if not candidates:
-        return _suffix_fallback(image, rel, index, image_stems)
+        return _suffix_fallback(image, rel, index, image_stems, image_rels)
     no_rel = f"no mask at the same relative path in {index.root}"
     if len(candidates) > 1:
-        return None, f"{no_rel}, and {len(candidates)} masks elsewhere have its stem"
+        absent = all(m in owner for m in candidates)
+        return None, f"{no_rel}, and {len(candidates)} masks elsewhere have its stem", absent
     mask = candidates[0]
     if mask in owner:
-        return None, f"{no_rel}; {mask} has its stem but is the mask of {owner[mask]}"
+        return None, f"{no_rel}; {mask} has its stem but is the mask of {owner[mask]}", True
     if image_stems[key] > 1:
-        return None, (
+        why = (
             f"{no_rel}; {mask} has its stem, but so do {image_stems[key]} images, so it "
             "cannot be told whose mask it is"
         )
-    return mask, ""
+        return None, why, False
+    return mask, "", False
 
 
 def _suffix_fallback(
-    image: Path, rel: str, index: _MaskIndex, image_stems: Counter[str]
-) -> tuple[Path | None, str]:
+    image: Path, rel: str, index: _MaskIndex, image_stems: Counter[str], image_rels: dict[str, Path]
+) -> tuple[Path | None, str, bool]:
     """The mask named with ``image``'s stem plus a mask ending (``case01_mask.png``), or
     ``None`` and why not: the one at the same relative path, else the only one anywhere when
-    no other image has the stem. A mask whose whole stem is an image's is that image's."""
+    no other image has the stem. A mask whose whole stem is an image's is that image's. Last,
+    whether there is no candidate at all (as :func:`_stem_fallback`)."""
     key = name_key(image_stem(image))
 
     def free(paths: list[Path]) -> list[Path]:
@@ -926,29 +943,42 @@ def _suffix_fallback(
         # DRIVE's and HRF's mask/ hold fields of view (21_training_mask.gif) beside the
         # labels in 1st_manual/ or manual1/: with another label folder there, an ending
         # may name another kind of mask, so none is taken.
-        return None, (
+        why = (
             f"no mask with the same file stem in {index.root}; {found[0].name} has its stem "
             f"plus a mask ending but is not taken, because {index.root.parent} also holds "
             f"{', '.join(index.siblings)} (as in DRIVE and HRF, whose {index.root.name} "
             "folder holds fields of view): use the data set's loader (drive:ROOT, "
             "hrf:ROOT), or keep one mask folder"
         )
+        return None, why, False
     if len(here) == 1:
-        return here[0], ""
+        return here[0], "", False
     if here:
-        return None, several(here)
+        return None, several(here), False
     anywhere = free(index.suffixed.get(key, []))
     if len(anywhere) > 1:
-        return None, several(anywhere)
+        return None, several(anywhere), False
     if anywhere and image_stems[key] > 1:
-        return None, (
-            f"no mask at the same relative path in {index.root}; {anywhere[0]} has its "
-            f"stem plus a mask ending, but so do {image_stems[key]} images, so it cannot be "
-            "told whose mask it is"
+        no_rel = f"no mask at the same relative path in {index.root}; {anywhere[0]} has its stem"
+        other = image_rels.get(_suffixed_rel(anywhere[0], index.root))
+        if other is not None:
+            # At another image's relative path (train/001_mask for train/001): that one's.
+            return None, f"{no_rel} plus a mask ending but is the mask of {other}", True
+        why = (
+            f"{no_rel} plus a mask ending, but so do {image_stems[key]} images, so it cannot "
+            "be told whose mask it is"
         )
+        return None, why, False
     if anywhere:
-        return anywhere[0], ""
-    return None, _no_mask_reason(image, index)
+        return anywhere[0], "", False
+    return None, _no_mask_reason(image, index), True
+
+
+def _suffixed_rel(mask: Path, root: Path) -> str:
+    """The relative path key (:func:`name_key`) of the image a mask named with a mask ending
+    sits beside: ``train/001_mask.png`` -> ``train/001``."""
+    base = mask_suffix_base(image_stem(mask)) or image_stem(mask)
+    return name_key((mask.parent.relative_to(root) / base).as_posix())
 
 
 def _no_mask_reason(image: Path, index: _MaskIndex) -> str:
@@ -1085,7 +1115,10 @@ class FolderDataset(SegmentationDataset):
     at the same relative path, else the only one anywhere for a stem no other image has; two
     candidates are an error, not a guess, and so is any when another mask-like folder sits
     beside the mask folder (DRIVE's ``mask/21_training_mask.gif`` is a field of view, its label
-    is in ``1st_manual/``). Without a mask folder the set is unlabelled. Images
+    is in ``1st_manual/``). Images without a mask are unlabelled (few are labelled, as a
+    rule): their samples have no ``mask``, and ``missing_labels`` names them; but a mask folder
+    that gives no image a mask is an error naming the first image and why (masks named in a
+    way this matcher does not know). Without a mask folder the set is unlabelled. Images
     are found recursively. The FOV is derived from the image; the modality is guessed from the
     first readable image (grey: ``xray``; blank RGB images are passed over) unless given.
     """
@@ -1122,12 +1155,35 @@ class FolderDataset(SegmentationDataset):
         if self.mask_dir is None:
             self.targets = ()
             return [Item(self._name(p, image_dir), p) for p in images]
+        matches = _match_masks(images, self.mask_dir, [image_dir])
+        if all(match.mask is None for match, _ in matches):
+            # Not one match: the masks are named in a way the matcher does not know, which the
+            # first image's reason shows (what the mask folder holds).
+            for match, _ in matches:
+                self._problem(match.image, match.reason)
+            return []
         items: list[Item] = []
-        for image, mask, reason in match_masks(images, self.mask_dir, image_dirs=[image_dir]):
-            if mask is None:
-                self._problem(image, reason)
+        unlabelled: list[MaskMatch] = []
+        for match, absent in matches:
+            if match.mask is None and not absent:
+                # Two candidates (or a mask ending beside DRIVE's mask/ folders): a naming
+                # problem, not an image left unlabelled.
+                self._problem(match.image, match.reason)
                 continue
-            items.append(Item(self._name(image, image_dir), image, {"mask": (mask,)}))
+            if match.mask is None:
+                unlabelled.append(match)
+            masks = {"mask": (match.mask,)} if match.mask is not None else {}
+            items.append(Item(self._name(match.image, image_dir), match.image, masks))
+        if unlabelled:
+            # A few labelled, as is usual: the others are unlabelled images, not bad items;
+            # the first one's reason shows what the mask folder holds.
+            names = [self._name(m.image, image_dir) for m in unlabelled]
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            self.missing_labels["mask"] = (
+                f"{len(names)} of the {len(items)} images have no mask in {self.mask_dir}, so "
+                f"are unlabelled: {', '.join(names[:5])}{more} ({unlabelled[0].image.name}: "
+                f"{unlabelled[0].reason})"
+            )
         self.targets = ("mask",)
         return items
 

@@ -46,6 +46,7 @@ from localdisc.tasks.transfer import (
     check_size,
     check_task_data,
     check_test_fraction,
+    held_out_split,
     held_out_test,
     init_modality,
     labelled_count,
@@ -386,18 +387,32 @@ def _check_own(
     target = target or train.default_target
     assert target is not None  # check_task_data found one
     fraction = FOLDER_TEST_FRACTION if "test" in splits else config.test_fraction
+    unlabelled = 0
     try:
-        pool, k = _training_images(train, fraction)
+        if "test" in splits:
+            pool, k = _training_images(train, fraction)
+        else:  # as run_transfer splits it: a folder's images without a mask are unlabelled
+            pool_idx, test_idx, unlabelled_idx = held_out_split(train, target, fraction)
+            pool, k, unlabelled = len(pool_idx), len(test_idx), len(unlabelled_idx)
     except LocaldiscError as exc:
         raise LocaldiscError(f"--tasks {entry}: {exc}") from None
-    n, held = len(train), ""
+    held = ""
+    images = f"{pool + (k or 0)}{' labelled' if unlabelled else ''} images"
     if k is None:
         split = f"its own test split ({len(load_data_spec(spec, 'test'))} images)"
     else:
-        held = f" ({k} of its {n} images held out for testing; --test-fraction sets how many)"
+        without = f"; {unlabelled} of its {len(train)} have no mask" if unlabelled else ""
+        held = (
+            f" ({k} of its {images} held out for testing{without}; --test-fraction sets how many)"
+        )
         split = (
-            f"no test split: {k} of its {n} images held out for testing, chosen by file name "
+            f"no test split: {k} of its {images} held out for testing, chosen by file name "
             "(the same for every init, label budget and seed)"
+        )
+    if unlabelled:
+        split += (
+            f"; {unlabelled} of its {len(train)} images have no mask: unlabelled, never tested "
+            "or trained on (batch norm is recalibrated over them)"
         )
     _check_labels(f"--tasks {entry}", config.labels or [], pool, held)
     # The modality the segmenter is built for, as finetune builds it (a folder's: guessed from

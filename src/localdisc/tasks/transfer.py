@@ -17,7 +17,10 @@ both (``recalibrated`` or ``as_trained`` for the other one).
 A set without a test split (a ``folder``) is split here: :func:`held_out_test` keeps
 ``test_fraction`` (20%) of its labelled images (at least one) for testing, chosen by file name
 alone, so that every ``labels``, seed and init is scored on the same test images; the rest are its
-training split (labels drawn from them, batch norm recalibrated over them). ``test_fraction`` 0
+training split (labels drawn from them, batch norm recalibrated over them). Its images without a
+mask (a few labelled, as is usual) are unlabelled: never tested or trained on, and not in the
+test split's draw, but in the batch-norm recalibration, which uses no label; ``metrics.json``
+lists them (``unlabelled``) and the log says how many. ``test_fraction`` 0
 holds out none: the model is trained (and validated) on every labelled image, to segment new ones
 with ``localdisc predict``, and ``metrics.json`` says there was no test split (``test_images``
 0; no ``summary``, ``per_image`` or other test evaluation; the validation Dice is in ``phases``);
@@ -87,6 +90,8 @@ MIN_LABELS_FOR_HOLDOUT = 5
 #: The fraction of a split-less set's (a folder's) labelled images held out for testing, by
 #: default (``TransferConfig.test_fraction``, ``--test-fraction``).
 FOLDER_TEST_FRACTION = 0.2
+#: At most this many of a folder's unlabelled images join the batch-norm recalibration.
+UNLABELLED_BN = 100
 #: The fine-tuning's checkpoint folder in an output folder, while the run is unfinished.
 CHECKPOINT = "checkpoint"
 #: What :func:`run_transfer` writes in its output folder (``config.json`` first, ``metrics.json``
@@ -244,6 +249,35 @@ def held_out_test(names: list[str], fraction: float = FOLDER_TEST_FRACTION) -> l
         )
     rank = sorted(range(n), key=lambda i: (hashlib.sha256(names[i].encode()).hexdigest(), i))
     return sorted(rank[:k])
+
+
+def labelled_indices(dataset: SegmentationDataset, target: str) -> list[int]:
+    """Indices of the items of ``dataset`` with a ``target`` mask. A folder's images without a
+    mask are unlabelled: their items name no mask file (a generated set's name none either, but
+    give every target)."""
+    if not dataset.requires_root:
+        return list(range(len(dataset)))
+    return [i for i, item in enumerate(dataset.items) if target in item.masks]
+
+
+def held_out_split(
+    dataset: SegmentationDataset, target: str, fraction: float = FOLDER_TEST_FRACTION
+) -> tuple[list[int], list[int], list[int]]:
+    """Indices of the training pool, the test images and the unlabelled images of a set without
+    a test split (a folder), as :func:`run_transfer` splits it.
+
+    The test images are :func:`held_out_test`'s of the labelled images (those with a ``target``
+    mask), by name; the pool is the other labelled images. Unlabelled images are never tested
+    or trained on, and do not move the test split; the training split's batch-norm statistics
+    are recomputed over them too, since that uses no label.
+    """
+    labelled = labelled_indices(dataset, target)
+    names = [dataset.items[i].name for i in labelled]
+    test = [labelled[i] for i in held_out_test(names, fraction)]
+    held = set(test)
+    pool = [i for i in labelled if i not in held]
+    unlabelled = sorted(set(range(len(dataset))).difference(labelled))
+    return pool, test, unlabelled
 
 
 def _tensors(
@@ -530,35 +564,44 @@ def run_transfer(
     if not self_split:
         _resolve_target(test_set, target)
     seed = config.train.seed
+    unlabelled: list[int] = []
+    images = f"{len(train_set)} images"
     if self_split:
-        # No official test split: a fixed part of the images is the test split, the rest the
-        # training split, whatever --labels and --seed (see held_out_test).
+        # No official test split: a fixed part of the labelled images is the test split, the
+        # rest the training split, whatever --labels and --seed (see held_out_split).
         try:
-            test_idx = held_out_test([item.name for item in train_set.items], config.test_fraction)
+            pool, test_idx, unlabelled = held_out_split(train_set, target, config.test_fraction)
         except LocaldiscError as exc:
             raise LocaldiscError(f"{config.dataset}: {exc}") from None
-        held_out = set(test_idx)
-        pool = [i for i in range(len(train_set)) if i not in held_out]
+        # "labelled" only where some are not, so that the note reads as before otherwise.
+        images = f"{len(pool) + len(test_idx)}{' labelled' if unlabelled else ''} images"
         split_note = (
-            f"no test split: {len(test_idx)} of its {len(train_set)} images held out for "
-            "testing (by file name, the same for every --labels and --seed)"
+            f"no test split: {len(test_idx)} of its {images} held out for testing (by file "
+            "name, the same for every --labels and --seed)"
             if test_idx
             # Not "all N for training": --labels may take fewer of them.
-            else f"no test split: none of its {len(train_set)} images held out for testing "
-            "(--test-fraction 0)"
+            else f"no test split: none of its {images} held out for testing (--test-fraction 0)"
         )
         try:
             picked, picked_val, val_note = split_labelled(
                 len(pool), config.labels, seed, config.val_fraction
             )
         except LocaldiscError as exc:  # "only 6 exist" of 8 images: say where the 2 went
-            if not test_idx:
+            if not test_idx and not unlabelled:
                 raise
-            raise LocaldiscError(
-                f"{exc}: {config.dataset} has no test split, so {len(test_idx)} of its "
-                f"{len(train_set)} images are held out for testing (--labels all takes the rest; "
-                "--test-fraction sets how many)"
-            ) from None
+            why = []
+            if unlabelled:
+                why.append(
+                    f"{len(unlabelled)} of its {len(train_set)} images have no mask (unlabelled)"
+                )
+            if test_idx:
+                why.append(
+                    f"{'it' if unlabelled else config.dataset} has no test split, so "
+                    f"{len(test_idx)} of its {images} are held out for testing (--labels all "
+                    "takes the rest; --test-fraction sets how many)"
+                )
+            where = f"{config.dataset}: " if unlabelled else ""
+            raise LocaldiscError(f"{exc}: {where}{', and '.join(why)}") from None
         train_idx, val_idx = [pool[i] for i in picked], [pool[i] for i in picked_val]
     else:
         train_idx, val_idx, val_note = split_labelled(
@@ -566,6 +609,20 @@ def run_transfer(
         )
         test_idx = list(range(len(test_set)))
         pool, split_note = list(range(len(train_set))), None
+    unlabelled_names = [train_set.items[i].name for i in unlabelled]
+    if unlabelled:
+        # The folder set's reason names them and what its mask folder holds: a misnamed mask
+        # shows here.
+        more = f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else ""
+        reason = train_set.missing_labels.get(target) or (
+            f"{len(unlabelled)} of its {len(train_set)} images have no mask, so are unlabelled: "
+            f"{', '.join(unlabelled_names[:5])}{more}"
+        )
+        log(
+            f"{train_set.name} {target}: {reason}; they are never tested or trained on, and batch "
+            f"norm is recalibrated over them (at most {UNLABELLED_BN}, spread by name) with the "
+            "training images"
+        )
     if config.max_test is not None:
         test_idx = test_idx[: config.max_test]
     log(
@@ -580,7 +637,12 @@ def run_transfer(
     train = _tensors(train_set, train_idx, target, config.size)
     val = _tensors(train_set, val_idx, target, config.size)
     training_plan(config.train, pretrained)  # "nothing to train" before config.json is written
-    bn_idx = pool  # batch norm is recalibrated over the training split (see below)
+    # Batch norm is recalibrated over the training split, unlabelled images too (see below), at
+    # most UNLABELLED_BN of them spread by name: a folder of thousands, stacked in memory, does not
+    # fit, and a hundred give stable statistics.
+    step = max(1, -(-len(unlabelled) // UNLABELLED_BN))
+    bn_unlabelled = unlabelled[::step]
+    bn_idx = sorted(pool + bn_unlabelled)
     meta = {
         "transfer": asdict(config),
         "data": {
@@ -592,6 +654,7 @@ def run_transfer(
             "validation": val_note,
             "bn_images": len(bn_idx),
             **({"test_split": split_note} if split_note else {}),
+            **({"unlabelled": unlabelled_names} if unlabelled else {}),
         },
         "environment": env,
     }
@@ -650,6 +713,8 @@ def run_transfer(
         "test_images": len(test_idx),
         "recalibrated_bn": config.recalibrate_bn,
         "bn_images": len(bn_idx),
+        # A folder's images without a mask: never tested or trained on, in bn_images.
+        **({"unlabelled": unlabelled_names} if unlabelled else {}),
         "environment": meta["environment"],
         **({"resumed": meta["resumed"]} if "resumed" in meta else {}),
     }
@@ -678,14 +743,15 @@ def run_transfer(
     if not test_idx:
         # The saved model is the last phase's best one (engine.finetune).
         log(
-            f"no test split (--test-fraction 0): none of the {len(train_set)} images held out "
-            f"for testing; validation Dice {result.phases[-1].best_val_dice:.4f} ({val_note}) "
-            f"-> {out_dir}"
+            f"no test split (--test-fraction 0): none of the {images} held out for testing; "
+            f"validation Dice {result.phases[-1].best_val_dice:.4f} ({val_note}) -> {out_dir}"
         )
         return metrics
 
     dice, other = metrics["summary"]["dice"], metrics[other_key]["summary"]["dice"]["mean"]
-    recalibrated = f"batch norm recalibrated over {len(bn_idx)} training images"
+    recalibrated = f"batch norm recalibrated over {len(bn_idx)} training images" + (
+        f" ({len(bn_unlabelled)} unlabelled)" if unlabelled else ""
+    )
     saved, other_name = (
         ("", recalibrated)
         if other_key == "recalibrated"
