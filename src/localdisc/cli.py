@@ -561,12 +561,19 @@ def predict(
         "without one are named and not scored.",
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Skip unreadable images (DICOM without pixel data such as structured reports, "
+        'truncated files), each named in the log and listed under "skipped" in predict.json, '
+        "instead of stopping at the first; the exit code stays 0.",
+    ),
 ) -> None:
     """Segment new images at their own size: NAME_prob.png and NAME_mask.png per image, and
     predict.json (what produced them)."""
     import json
 
-    from localdisc.tasks.predict import predict_images
+    from localdisc.tasks.predict import predict_images, skipped_clause
 
     def hint() -> str:  # outputs are written one image at a time; predict.json lists them all
         return (
@@ -577,9 +584,13 @@ def predict(
     with _on_interrupt(hint):
         written = predict_images(
             model, images, out, threshold=threshold, fov_masks=fov_masks, masks=masks,
-            device=device, progress=True, log=_log,
+            device=device, progress=True, log=_log, skip_bad=skip_bad,
         )  # fmt: skip
-    console.print(f"segmented {len(written)} image(s) into [bold]{_path(out)}[/]")
+    skipped = json.loads((out / "predict.json").read_text()).get("skipped", [])
+    console.print(
+        f"segmented {len(written)} image(s) into [bold]{_path(out)}[/]"
+        + escape(skipped_clause(len(skipped), out / "predict.json"))
+    )
     if masks is not None:
         metrics = json.loads((out / "metrics.json").read_text())
         shown = ", ".join(
@@ -696,6 +707,13 @@ def localize(
         help="With --truth: mm per pixel of every image, for mm errors, instead of the spacing "
         "the image files give.",
     ),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Skip unreadable images (DICOM without pixel data such as structured reports, "
+        'truncated files), each named in the log and listed under "skipped" in --out, instead '
+        "of stopping at the first; the exit code stays 0. Never the template.",
+    ),
 ) -> None:
     """One-shot landmark localisation: find the template's landmarks in new images."""
     import json
@@ -714,7 +732,7 @@ def localize(
         score_table,
         spacing_note,
     )
-    from localdisc.tasks.predict import collect_images
+    from localdisc.tasks.predict import SkippedImages, collect_images, skipped_clause
     from localdisc.tasks.similarity import check_size, load_model
 
     # Checked before the work, which a bad size or output would otherwise waste.
@@ -735,15 +753,18 @@ def localize(
     spots = read_landmarks(landmarks)
     # Overlays in a sub-folder of an --images folder are not images to localise on a rerun.
     found = collect_images(images, out_dir=overlay, suffixes=())
+    skips = SkippedImages(skip_bad, _log, len(found))
     # Before the model: an unknown image or landmark, or a point outside its image, is refused.
-    true = read_truth(truth, found, spots) if truth is not None else None
+    true = read_truth(truth, found, spots, skips) if truth is not None else None
+    skips.kept(found)  # every image skipped reading the truth: refused before the model
     resolved = resolve_device(device)
     env = environment(resolved)  # at the start: where and when the predictions were made
     loaded = load_model(model, device=str(resolved))
     results = localize_images(
         loaded, template, spots, found, config=SearchConfig(size=size, mirror=mirror),
-        overlay_dir=overlay, truth=true,
+        overlay_dir=overlay, truth=true, skips=skips,
     )  # fmt: skip
+    found = skips.kept(found)
     # mm at --pixel-spacing for every image, else at each one's own (its file's) where all have one.
     own = true.spacings if true is not None and pixel_spacing is None else None
     scores = (
@@ -756,11 +777,15 @@ def localize(
         "template": str(template.absolute()),
         "landmarks": {k: list(v) for k, v in spots.items()}, "model": str(model.absolute()),
         "size": size or loaded.pool_size, "mirror": mirror, "environment": env,
+        "skipped": skips.record(),
     }  # fmt: skip
     if truth is not None:
         record.update(truth=str(truth.absolute()), **scores)
     atomic_write_text(out, json.dumps(record, indent=2))
-    console.print(f"localised {len(results)} image(s): [bold]{_path(out)}[/]")
+    console.print(
+        f"localised {len(results)} image(s): [bold]{_path(out)}[/]"
+        + escape(skipped_clause(len(skips.skipped), out))
+    )
     if scores and true is not None:
         unscored = len(results) - scores["summary"]["images"]
         _log(
@@ -889,10 +914,20 @@ def shape_guided_segment(
         "them): score every output in OUT against them into OUT/metrics.json and the log; "
         "images without one are named and not scored.",
     ),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Skip unreadable images (DICOM without pixel data such as structured reports, "
+        'truncated files), each named in the log and listed under "skipped" in '
+        "OUT/segment.json, instead of stopping at the first; the exit code stays 0.",
+    ),
 ) -> None:
     """Write outputs A (cluster 0) and B (region similarity) per image, and refined masks."""
+    import json
+
     from localdisc.engine.pseudo_label import kept_checkpoints
-    from localdisc.tasks.shape_guided import REFINE_CHECKPOINT, segment_images
+    from localdisc.tasks.predict import skipped_clause
+    from localdisc.tasks.shape_guided import REFINE_CHECKPOINT, SEGMENT_RECORD, segment_images
 
     def hint() -> str:  # a stopped refinement continues from its checkpoint
         kept = kept_checkpoints(out, REFINE_CHECKPOINT)
@@ -909,9 +944,13 @@ def shape_guided_segment(
     with _on_interrupt(hint):
         written = segment_images(
             model, images, out, size=size, refine_steps=refine_steps, topology=topology,
-            device=device, log=_log, progress=True, masks=masks,
+            device=device, log=_log, progress=True, masks=masks, skip_bad=skip_bad,
         )  # fmt: skip
-    console.print(f"{len(written)} mask(s) written to [bold]{_path(out)}[/]")
+    skipped = json.loads((out / SEGMENT_RECORD).read_text()).get("skipped", [])
+    console.print(
+        f"{len(written)} mask(s) written to [bold]{_path(out)}[/]"
+        + escape(skipped_clause(len(skipped), out / SEGMENT_RECORD))
+    )
 
 
 @shape_app.command("vessels")
@@ -966,6 +1005,14 @@ def shape_guided_vessels(
         "log; images without one are named and not scored. Not a training setting: a finished "
         "run is kept and scored.",
     ),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Skip unreadable images (DICOM without pixel data such as structured reports, "
+        'truncated files), each named in the log and listed under "skipped" in the network\'s '
+        "OUT/config.json (OUT/group-K/config.json with --teach-all), instead of stopping at the "
+        "first; the exit code stays 0.",
+    ),
 ) -> None:
     """Segment retinal vessels with no label: a network taught on the images themselves by a
     filter's sure pixels and by simulated trees painted on them."""
@@ -998,6 +1045,7 @@ def shape_guided_vessels(
             images, out, prior=prior, fraction=fraction, config=config, speck_area=speck_area,
             max_size=max_size, fov_masks=fov_masks, train_images=train_images,
             reteach_unusual=reteach_unusual, teach_all=teach_all, masks=masks, log=_log,
+            skip_bad=skip_bad,
         )  # fmt: skip
 
 

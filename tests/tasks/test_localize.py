@@ -797,3 +797,73 @@ def test_overlays_show_the_truth(tmp_path, monkeypatch):
         truth={"n1": {"mark": (70, 20)}},
     )  # fmt: skip
     assert drawn == [{}, {"mark": (70, 20)}]  # n0 has no truth
+
+
+def _write_sr(path):
+    """A DICOM structured report beside the images: no pixel data."""
+    from pydicom import dcmread
+
+    _write_dicom(path, np.zeros((4, 4, 3), np.float32))
+    ds = dcmread(path)
+    del ds.PixelData
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.Modality = "SR"
+    ds.save_as(path)
+    return path
+
+
+def test_localize_cli_skips_unreadable_images_on_request_never_the_template(tmp_path):
+    """A structured report or a truncated file among the images stopped `localize` with no way
+    to go on; --skip-bad skips them (an annotated one read for --truth too), lists them in
+    --out, and removes their overlays of an earlier call. The template is never skipped."""
+    pytest.importorskip("pydicom")
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path, images=2)
+    new, out, overlay = tmp_path / "new", tmp_path / "p.json", tmp_path / "ov"
+    args = [*base, "--images", str(new), "--out", str(out), "--overlay", str(overlay)]
+    (new / "n9.png").write_bytes((new / "n0.png").read_bytes())
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (overlay / "n9.png").is_file()
+    (new / "n9.png").write_bytes((new / "n0.png").read_bytes()[:120])  # truncated
+    _write_sr(new / "report.dcm")
+    (tmp_path / "truth.json").write_text(json.dumps({"n0": {"mark": [70, 20]},
+                                                     "report.dcm": {"mark": [1, 1]}}))  # fmt: skip
+    truth = ["--truth", str(tmp_path / "truth.json")]
+    for extra, bad in (([], "n9.png: cannot decode as image"), (truth, "report.dcm: no pixel")):
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert isinstance(result.exception, LocaldiscError), result.output
+        message = str(result.exception)
+        assert bad in message and message.endswith("; --skip-bad skips unreadable images")
+    result = CliRunner().invoke(app, [*args, *truth, "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert set(record["images"]) == set(record["files"]) == {"n0", "n1"}
+    assert [(e["name"], e["path"]) for e in record["skipped"]] == [
+        ("report", str((new / "report.dcm").resolve())), ("n9", str((new / "n9.png").resolve()))
+    ]  # fmt: skip
+    assert record["skipped"][0]["reason"] == (
+        "no pixel data: a Basic Text SR Storage object (modality SR), not an image"
+    )
+    assert set(record["errors"]) == {"n0"}
+    assert sorted(p.name for p in overlay.iterdir()) == ["n0.png", "n1.png"]
+    output = " ".join(result.output.split())
+    assert f"skipped {new / 'n9.png'}: cannot decode as image" in output
+    assert f"localised 2 image(s): {out}; 2 unreadable image(s) skipped, listed under " in output
+    # Every image unreadable: refused, before any output.
+    out.unlink()
+    bad = ["--images", str(new / "n9.png"), "--images", str(new / "report.dcm")]
+    result = CliRunner().invoke(app, [*base, *bad, "--out", str(out), "--skip-bad"])
+    assert "every image was skipped as unreadable (2; first: " in str(result.exception)
+    assert not out.exists()
+    # An unreadable template stops the command, skip or not.
+    at = base.index("--template") + 1
+    broken = [*base[:at], str(new / "n9.png"), *base[at + 1 :]]
+    result = CliRunner().invoke(app, [*broken, *args[-6:-4], "--out", str(out), "--skip-bad"])
+    assert isinstance(result.exception, LocaldiscError), result.output
+    assert str(result.exception) == (
+        f"{new / 'n9.png'}: cannot decode as image: OSError: image file is truncated"
+    )
+    assert not out.exists()

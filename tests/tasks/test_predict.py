@@ -429,3 +429,133 @@ def test_a_predict_that_fails_at_its_model_or_inputs_keeps_the_earlier_runs_outp
     with pytest.raises(LocaldiscError, match="model.safetensors: not a valid safetensors file"):
         predict_images(tmp_path / "model", [tmp_path / "in"], out, device="cpu")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# --- --skip-bad: unreadable images among the inputs ---------------------------------------------
+def write_sr(path):
+    """A DICOM structured report, no pixel data, as PACS exports hold beside the images."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality = "SR"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def bad_inputs(folder):
+    """Beside the images of ``folder``: a truncated PNG, text named .png, and a structured
+    report; returns the reasons the reader gives for them, by name."""
+    noise = np.random.default_rng(0).integers(0, 255, (20, 24, 3), np.uint8)
+    broken = save(folder / "broken.png", noise)
+    broken.write_bytes(broken.read_bytes()[:100])
+    (folder / "notes.png").write_text("exported by PACS")
+    write_sr(folder / "report.dcm")
+    return {
+        "broken": "cannot decode as image: OSError: image file is truncated",
+        "notes": "content is not a PNG, JPEG, BMP, GIF, PPM/PGM/PBM or TIFF image",
+        "report": "no pixel data: a Basic Text SR Storage object (modality SR), not an image",
+    }
+
+
+def test_predict_skip_bad_segments_the_readable_images_and_lists_the_others(tmp_path):
+    """An unreadable file among the images (a structured report, a truncated PNG) stopped
+    predict after it had written some images, with no way to go on."""
+    import json
+
+    pytest.importorskip("pydicom")
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    images, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a", "b", "broken"):
+        save(images / f"{name}.png", np.full((20, 24, 3), 120, np.uint8))
+    predict_images(tmp_path / "model", [images], out, device="cpu")  # broken.png read then
+    reasons = bad_inputs(images)
+    with pytest.raises(LocaldiscError) as error:
+        predict_images(tmp_path / "model", [images], out, device="cpu")
+    assert str(error.value) == (
+        f"{images / 'broken.png'}: {reasons['broken']}; --skip-bad skips unreadable images"
+    )
+    logged: list[str] = []
+    written = predict_images(tmp_path / "model", [images], out, device="cpu", skip_bad=True,
+                             log=logged.append)  # fmt: skip
+    assert [p.name for p in written] == ["a_mask.png", "b_mask.png"]
+    # The earlier predict's outputs of broken.png are gone: it is not segmented again.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_mask.png", "a_prob.png", "b_mask.png", "b_prob.png", "predict.json"
+    ]  # fmt: skip
+    record = json.loads((out / "predict.json").read_text())
+    assert record["finished"] is True and [e["name"] for e in record["images"]] == ["a", "b"]
+    assert record["skipped"] == [
+        {"name": name, "path": str((images / file).resolve()), "reason": reasons[name]}
+        for name, file in (("broken", "broken.png"), ("notes", "notes.png"),
+                           ("report", "report.dcm"))
+    ]  # fmt: skip
+    for name, file in (("broken", "broken.png"), ("notes", "notes.png"), ("report", "report.dcm")):
+        assert f"skipped {images / file}: {reasons[name]}" in logged
+    # Every image unreadable: refused, naming the first.
+    every = r"every image was skipped as unreadable \(2; first: .*broken.png: cannot decode"
+    bad = [images / "broken.png", images / "notes.png"]
+    with pytest.raises(LocaldiscError, match=every):
+        predict_images(tmp_path / "model", bad, tmp_path / "none", device="cpu", skip_bad=True,
+                       log=logged.append)  # fmt: skip
+    # One image only: skipping it would not help, and the error does not say so.
+    with pytest.raises(LocaldiscError) as error:
+        predict_images(tmp_path / "model", [images / "notes.png"], tmp_path / "o", device="cpu")
+    assert "--skip-bad" not in str(error.value)
+
+
+def test_predict_skip_bad_with_masks_skips_an_image_whose_size_cannot_be_read(tmp_path):
+    # --masks reads each image's size before any work: a structured report fails there.
+    import json
+
+    pytest.importorskip("pydicom")
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    images = tmp_path / "in"
+    target = np.zeros((20, 24), np.uint8)
+    target[5:15, 6:18] = 255
+    for name in ("a", "report", "broken"):
+        save(tmp_path / "gt" / f"{name}.png", target)
+    save(images / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    reasons = bad_inputs(images)
+    (images / "notes.png").unlink()
+    args = dict(masks=tmp_path / "gt", device="cpu", log=lambda m: None)
+    with pytest.raises(LocaldiscError, match=r"report.dcm: no pixel data.*; --skip-bad skips"):
+        predict_images(tmp_path / "model", [images], tmp_path / "out", **args)
+    predict_images(tmp_path / "model", [images], tmp_path / "out", skip_bad=True, **args)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [row["image"] for row in metrics["per_image"]] == ["a"]
+    assert list(metrics["masks_used"]) == ["a"] and metrics["unscored"] == []
+    record = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert [(e["name"], e["reason"]) for e in record["skipped"]] == [
+        ("report", reasons["report"]), ("broken", reasons["broken"])
+    ]  # fmt: skip
+
+
+def test_predict_cli_skip_bad_says_what_it_skipped(tmp_path):
+    import json
+
+    pytest.importorskip("pydicom")
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    save(tmp_path / "in" / "eye.png", np.full((20, 24, 3), 120, np.uint8))
+    reasons = bad_inputs(tmp_path / "in")
+    args = ["predict", "--model", str(tmp_path / "model"), "--images", str(tmp_path / "in"),
+            "--out", str(tmp_path / "out"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, LocaldiscError), result.output
+    assert "broken.png: cannot decode" in str(result.exception)
+    assert str(result.exception).endswith("; --skip-bad skips unreadable images")
+    result = CliRunner().invoke(app, [*args, "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert f"skipped {tmp_path / 'in' / 'report.dcm'}: {reasons['report']}" in output
+    assert (
+        f"segmented 1 image(s) into {tmp_path / 'out'}; 3 unreadable image(s) skipped, listed "
+        f"under skipped in {tmp_path / 'out' / 'predict.json'}" in output
+    )
+    record = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert [e["name"] for e in record["skipped"]] == ["broken", "notes", "report"]

@@ -111,3 +111,34 @@ def test_an_interrupted_predict_says_what_it_leaves_and_how_to_go_on(tmp_path, m
         f"interrupted: the images segmented so far are in {out} (its predict.json says "
         "finished: false); run the same command again to segment them all"
     )
+
+
+def test_predict_with_a_vessels_network_skips_unreadable_images_on_request(tmp_path):
+    """A vessels network segments as its command did, one image at a time: an unreadable image
+    stopped it midway; with skip_bad it is skipped, and left out of vessels.csv."""
+    import csv
+
+    out, photos = _vessels_run(tmp_path)
+    new, more = tmp_path / "new", tmp_path / "more"
+    for seed, name in ((2, "a"), (3, "broken")):
+        eye = synthetic_fundus(80, seed=seed)
+        save(new / f"{name}.png", np.round(eye.image * 255).astype(np.uint8))
+    predict_images(out, [new], more, device="cpu", log=quiet)
+    broken = new / "broken.png"
+    broken.write_bytes(broken.read_bytes()[:200])
+    (new / "notes.png").write_text("not an image")
+    with pytest.raises(LocaldiscError, match=r"broken.png: cannot decode .*; --skip-bad skips"):
+        predict_images(out, [new], more, device="cpu", log=quiet)
+    logged: list[str] = []
+    written = predict_images(out, [new], more, device="cpu", log=logged.append, skip_bad=True)
+    assert [p.name for p in written] == ["a_mask.png"]
+    assert not list(more.glob("broken_*")) and not list(more.glob("notes_*"))
+    with (more / "vessels.csv").open() as file:
+        assert [row["image"] for row in csv.DictReader(file)] == ["a"]
+    record = json.loads((more / "predict.json").read_text())
+    assert [e["name"] for e in record["images"]] == ["a"]
+    assert [e["name"] for e in record["skipped"]] == ["broken", "notes"]
+    assert sum(line.startswith("skipped ") for line in logged) == 2
+    with pytest.raises(LocaldiscError, match="every image was skipped as unreadable"):
+        predict_images(out, [broken], tmp_path / "none", device="cpu", log=quiet, skip_bad=True)
+    assert not (tmp_path / "none" / "figures").exists()

@@ -1033,3 +1033,70 @@ def test_cli_segment_with_masks_scores_the_ensemble_mean_and_prints_a_table(tmp_
         assert re.search(rf"^{output} +2 +{dice['mean']:.4f} \+- {dice['std']:.4f} +"
                          rf"{auc['mean']:.4f} ", result.output, re.M), result.output  # fmt: skip
     assert f"per image in {out / 'metrics.json'}" in result.output
+
+
+# --- --skip-bad: unreadable images among the inputs ---------------------------------------------
+def test_segment_skips_unreadable_images_on_request_and_removes_their_earlier_outputs(
+    tmp_path, run
+):
+    """A truncated PNG or text named .png among the images stopped `shape-guided segment`, with
+    no way to go on; skip_bad leaves them out, listed in segment.json, with an earlier call's
+    outputs of them (in OUT and an ensemble's run-K) removed."""
+    from localdisc.tasks.shape_guided import segment_images
+
+    folder, _ = eyes_with_masks(tmp_path, count=3, masked=())
+    out, logs = tmp_path / "out", []
+
+    def segment(models, **kw):
+        return segment_images(models, [folder], out, topology=False, device="cpu",
+                              log=logs.append, **kw)  # fmt: skip
+
+    segment([run, run])
+    assert (out / "run-1" / "eye2_A_mask.png").is_file()
+    broken = folder / "eye2.png"
+    broken.write_bytes(broken.read_bytes()[:120])
+    (folder / "notes.png").write_text("not an image")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(LocaldiscError) as error:
+        segment([run, run])
+    assert str(error.value) == (
+        f"{broken}: cannot decode as image: OSError: image file is truncated; --skip-bad skips "
+        "unreadable images"
+    )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    written = segment([run, run], skip_bad=True)
+    assert sorted({p.name.split("_")[0] for p in written}) == ["eye0", "eye1"]
+    assert not list(out.rglob("eye2_*")) and not list(out.rglob("notes_*"))
+    record = json.loads((out / "segment.json").read_text())
+    assert [e["name"] for e in record["images"]] == ["eye0", "eye1"]
+    assert [(e["name"], e["path"]) for e in record["skipped"]] == [
+        ("eye2", str(broken.resolve())), ("notes", str((folder / "notes.png").resolve()))
+    ]  # fmt: skip
+    assert f"skipped {broken}: cannot decode as image: OSError: image file is truncated" in logs
+    assert logs[-1].endswith(
+        f"; 2 unreadable image(s) skipped, listed under skipped in {out / 'segment.json'}"
+    )
+    # Run again: the ensemble's runs are kept (the same images read), and so are the outputs.
+    logs.clear()
+    segment([run, run], skip_bad=True)
+    assert sum("kept as they are" in line for line in logs) == 2
+    # Every image unreadable: refused before any model.
+    with pytest.raises(LocaldiscError, match=r"every image was skipped as unreadable \(2; "):
+        segment_images(run, [broken, folder / "notes.png"], tmp_path / "none", skip_bad=True,
+                       log=logs.append)  # fmt: skip
+    assert not (tmp_path / "none").exists()
+
+
+def test_cli_segment_skip_bad_says_how_many_it_skipped(tmp_path, run):
+    folder, _ = eyes_with_masks(tmp_path, count=1, masked=())
+    (folder / "notes.png").write_text("not an image")
+    args = ["shape-guided", "segment", "--model", str(run), "--images", str(folder),
+            "--out", str(tmp_path / "out"), "--device", "cpu", "--skip-bad"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert f"skipped {folder / 'notes.png'}: content is not a PNG" in output
+    assert (
+        f"2 mask(s) written to {tmp_path / 'out'}; 1 unreadable image(s) skipped, listed under "
+        f"skipped in {tmp_path / 'out' / 'segment.json'}" in output
+    )

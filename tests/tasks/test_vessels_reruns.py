@@ -3,6 +3,7 @@ run, or its own of other images or settings."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -222,3 +223,59 @@ def test_a_run_that_teaches_again_removes_the_earlier_scores_once_its_images_are
     run(fraction=0.2, log=said.append)  # other settings: taught again, not scored
     assert not (out / "metrics.json").exists()
     assert any(f"removed {out / 'metrics.json'}" in line for line in said), said
+
+
+@pytest.mark.parametrize("teach_all", [False, True])
+def test_skip_bad_leaves_unreadable_images_out_as_if_not_given(tmp_path, teach_all):
+    """A truncated PNG or text named .png among the photographs stopped the command before any
+    training, with no way to go on. skip_bad reads every image first: the others are drawn,
+    grouped and taught on as if the bad ones were not given (the same run), an earlier run's
+    masks of them are removed, and each network's config.json lists them; a finished run of
+    the same images is kept on a rerun."""
+    photos = _photos(tmp_path / "photos", ["a", "b", "c", "d"])
+    out = tmp_path / "out"
+    run = {"fraction": 0.12, "config": CONFIG, "train_images": 2, "teach_all": teach_all,
+           "progress": False}  # fmt: skip
+    segment_vessels_self_trained([photos], out, log=quiet, **run)
+    assert (out / "d_mask.png").is_file()
+    broken = photos / "d.png"
+    broken.write_bytes(broken.read_bytes()[:150])
+    (photos / "notes.png").write_text("not an image")
+    with pytest.raises(LocaldiscError) as error:
+        segment_vessels_self_trained([photos], out, log=quiet, **run)
+    assert str(error.value) == (
+        f"{broken}: cannot decode as image: OSError: image file is truncated; --skip-bad skips "
+        "unreadable images"
+    )
+    said: list[str] = []
+    written = segment_vessels_self_trained([photos], out, log=said.append, skip_bad=True, **run)
+    assert [p.name for p in written] == ["a_mask.png", "b_mask.png", "c_mask.png"]
+    assert not list(out.glob("d_*")) and not list(out.glob("notes_*"))
+    with (out / "vessels.csv").open() as file:
+        assert [row["image"] for row in csv.DictReader(file)] == ["a", "b", "c"]
+    assert f"skipped {broken}: cannot decode as image: OSError: image file is truncated" in said
+    networks = sorted(out.glob("group-*")) if teach_all else [out]
+    assert len(networks) == (2 if teach_all else 1)  # three images in groups of at most two
+    for folder in networks:
+        record = json.loads((folder / "config.json").read_text())["skipped"]
+        assert [(e["name"], e["path"]) for e in record] == [
+            ("d", str(broken.resolve())), ("notes", str((photos / "notes.png").resolve()))
+        ]  # fmt: skip
+    network = out / "group-K" if teach_all else out
+    assert said[-1].endswith(
+        f"; 2 unreadable image(s) skipped, listed under skipped in {network / 'config.json'}"
+    )
+    # The same as a run on the readable images alone, byte for byte.
+    alone = tmp_path / "alone"
+    segment_vessels_self_trained([photos / f"{n}.png" for n in "abc"], alone, log=quiet, **run)
+    for name in ("a_mask.png", "b_prob.png", "c_mask.png"):
+        assert (out / name).read_bytes() == (alone / name).read_bytes(), name
+    # A rerun finds the run finished, the same images skipped: kept as it is.
+    before = _digest(out)
+    said.clear()
+    segment_vessels_self_trained([photos], out, log=said.append, skip_bad=True, **run)
+    assert any("kept as it is" in line for line in said) and _digest(out) == before
+    with pytest.raises(LocaldiscError, match=r"every image was skipped as unreadable \(2; first"):
+        segment_vessels_self_trained([broken, photos / "notes.png"], tmp_path / "none",
+                                     log=quiet, skip_bad=True, **run)  # fmt: skip
+    assert not (tmp_path / "none").exists()

@@ -35,7 +35,8 @@ from torch import Tensor
 
 from localdisc.data.io import ImageMeta, read_image
 from localdisc.data.preprocess import LUMA
-from localdisc.errors import LocaldiscError
+from localdisc.errors import ImageReadError, LocaldiscError
+from localdisc.tasks.predict import SkippedImages
 from localdisc.tasks.similarity import (
     Framing,
     ModelLike,
@@ -317,12 +318,19 @@ def localize_images(
     overlay_dir: Path | None = None,
     device: str | None = None,
     truth: Mapping[str, Mapping[str, Point]] | None = None,
+    skips: SkippedImages | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{image name: {landmark: {x, y, confidence}}}`` (the ``images`` of ``localdisc
     localize``'s JSON), with optional overlays ``overlay_dir/NAME.png`` (checked first,
     :func:`check_overlay_dir`; ``truth``, ``{image name: {landmark: (x, y)}}``, drawn on them
     too: :func:`score_predictions` scores it); ``model`` and ``device`` as :class:`Localizer`
-    takes them."""
+    takes them.
+
+    ``skips``: what becomes of an image that cannot be read
+    (:class:`~localdisc.tasks.predict.SkippedImages`; default: it stops the call). One it
+    skips, where it is read or before (:func:`read_truth`), has no predictions, and its
+    overlay of an earlier call is removed; the template is never skipped."""
+    skips = skips or SkippedImages(count=len(images))
     if overlay_dir is not None:
         check_overlay_dir(overlay_dir, images, template)
     # Given the file, the localiser reads it once and names it in a landmark's error.
@@ -330,8 +338,14 @@ def localize_images(
     template_image = localizer.template
     template_name = Path(template).name
     results: dict[str, dict[str, dict[str, float]]] = {}
+    earlier = skips.names  # read_truth's: not read again
     for name, path in images:
-        image = as_image(path)
+        read = None if name in earlier else skips.read(name, path)
+        if read is None:  # no figure of it: an earlier call's is not of this one
+            if overlay_dir is not None:
+                (Path(overlay_dir) / f"{name}.png").unlink(missing_ok=True)
+            continue
+        image = read[0]
         found = localizer(image)
         results[name] = {
             k: {"x": p.x, "y": p.y, "confidence": p.confidence} for k, p in found.items()
@@ -341,6 +355,7 @@ def localize_images(
                 template_image, landmarks, image, {"LD": found}, overlay_dir / f"{name}.png",
                 truth=dict((truth or {}).get(name, {})), names=(template_name, path.name),
             )  # fmt: skip
+    skips.kept(images)  # refused when none could be read
     return results
 
 
@@ -368,7 +383,12 @@ class Truth(dict[str, dict[str, Point]]):
         return {name: meta.spacing for name, meta in self.metas.items()}
 
 
-def read_truth(path: str | Path, images: list[tuple[str, Path]], landmarks: Iterable[str]) -> Truth:
+def read_truth(
+    path: str | Path,
+    images: list[tuple[str, Path]],
+    landmarks: Iterable[str],
+    skips: SkippedImages | None = None,
+) -> Truth:
     """The true landmarks of a truth file (``localdisc localize --truth``), by image name.
 
     The file is ``{IMAGE: {LANDMARK: [x, y], ...}, ...}`` in each image file's pixels (x the
@@ -379,8 +399,11 @@ def read_truth(path: str | Path, images: list[tuple[str, Path]], landmarks: Iter
     another entry matched, or several files of that name), landmarks that ``landmarks`` (the
     template's) do not have, and points outside their image (each annotated image is read once
     here for its size, so that a (row, column) mix-up stops the command before any model work,
-    and for its pixel spacing: :attr:`Truth.spacings`).
+    and for its pixel spacing: :attr:`Truth.spacings`). ``skips``: what becomes of an annotated
+    image that cannot be read (:class:`~localdisc.tasks.predict.SkippedImages`: skipped, its
+    truth left out; default: its error is raised).
     """
+    skips = skips or SkippedImages(count=len(images))
     path = Path(path)
     raw = _read_json(path, "truth")
     if not isinstance(raw, dict):
@@ -434,8 +457,13 @@ def read_truth(path: str | Path, images: list[tuple[str, Path]], landmarks: Iter
                 f"(it has {', '.join(repr(k) for k in known)})"
             )
     metas = {}
-    for name, points in truth.items():
-        image, metas[name] = read_image(files[name])
+    for name, points in list(truth.items()):
+        try:
+            image, metas[name] = read_image(files[name])
+        except ImageReadError as exc:
+            skips.unreadable(name, files[name], exc)  # raised unless it is skipped
+            del truth[name]
+            continue
         for k, point in points.items():
             check_inside(f"{path}: image {entry[name]!r} landmark {k!r}", point, image.shape,
                          str(files[name]))  # fmt: skip

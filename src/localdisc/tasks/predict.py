@@ -16,12 +16,12 @@ from localdisc.data.datasets import (
     match_masks,
     name_key,
 )
-from localdisc.data.io import is_image_file, read_image, read_mask, write_png
+from localdisc.data.io import ImageMeta, is_image_file, read_image, read_mask, write_png
 from localdisc.data.preprocess import fov_from_image, resize_mask, to_modality_channels
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
-from localdisc.errors import LocaldiscError
+from localdisc.errors import ImageReadError, LocaldiscError
 from localdisc.eval.provenance import environment
 from localdisc.models.segmenter import Segmenter, read_config
 
@@ -67,6 +67,97 @@ def collect_images(
     if not found:
         raise LocaldiscError("no image files in " + ", ".join(str(p) for p in paths))
     return found
+
+
+#: What the error of an unreadable image adds where the command has other images to go on with.
+SKIP_BAD_HINT = "--skip-bad skips unreadable images"
+
+
+class SkippedImages:
+    """The unreadable images among a command's inputs (``--skip-bad``).
+
+    With ``enabled``, an image the reader refuses (:class:`~localdisc.errors.ImageReadError`
+    naming it: a DICOM structured report or RT structure set, a truncated file) is recorded
+    with the reader's reason and named in ``log``, and the command goes on without it; without,
+    the reader's error is raised, ending with :data:`SKIP_BAD_HINT` where the command has other
+    images (``count``) it could go on with. Only an image's own read counts: an unreadable or
+    ill-sized mask, or an image too small, still stops the command.
+    """
+
+    def __init__(
+        self, enabled: bool = False, log: Callable[[str], None] = print, count: int = 2
+    ) -> None:
+        self.enabled = enabled
+        self.log = log
+        self.count = count
+        #: ``(name, file, reason)`` of each image skipped, in the order met.
+        self.skipped: list[tuple[str, Path, str]] = []
+
+    def unreadable(self, name: str, path: Path, error: ImageReadError) -> None:
+        """Record ``error``, raised reading image ``path`` (named ``name``), or raise it
+        (:meth:`hinted`: not ``enabled``, or an error of another file)."""
+        if not self.enabled or Path(error.path) != Path(path):
+            raise self.hinted(path, error)
+        self.skipped.append((name, Path(path), error.reason))
+        self.log(f"skipped {path}: {error.reason}")
+
+    def hinted(self, path: Path, error: ImageReadError) -> ImageReadError:
+        """What to raise for ``error``, raised reading image ``path``: with
+        :data:`SKIP_BAD_HINT` where skipping it would let the command go on (not ``enabled``,
+        other images, and the image's own error, not its mask's); else ``error`` itself."""
+        if self.enabled or self.count < 2 or Path(error.path) != Path(path):
+            return error
+        hinted = ImageReadError(error.path, f"{error.reason}; {SKIP_BAD_HINT}")
+        hinted.__cause__ = error
+        return hinted
+
+    @property
+    def names(self) -> set[str]:
+        """The names of the images skipped."""
+        return {name for name, _, _ in self.skipped}
+
+    def read(self, name: str, path: Path) -> tuple[np.ndarray, ImageMeta] | None:
+        """:func:`~localdisc.data.io.read_image` of ``path``, or ``None`` where it is skipped."""
+        try:
+            return read_image(path)
+        except ImageReadError as exc:
+            self.unreadable(name, path, exc)
+            return None
+
+    def kept(self, files: Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:
+        """``files`` (:func:`collect_images`) less those skipped; refused when none is left."""
+        skipped = self.names
+        kept = [(name, path) for name, path in files if name not in skipped]
+        if not kept and self.skipped:
+            _, path, reason = self.skipped[0]
+            raise LocaldiscError(f"every image was skipped as unreadable ({len(self.skipped)}; "
+                                 f"first: {path}: {reason})")  # fmt: skip
+        return kept
+
+    def readable(self, files: Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:
+        """``files`` whose images read, each decoded once to know (only when ``enabled``:
+        without, the command's own read of each image raises)."""
+        if self.enabled:
+            for name, path in files:
+                self.read(name, path)
+        return self.kept(files)
+
+    def record(self) -> list[dict[str, str]]:
+        """What a command's record lists under ``skipped``: each image's name, file and reason."""
+        return [{"name": name, "path": str(path.resolve()), "reason": reason}
+                for name, path, reason in self.skipped]  # fmt: skip
+
+    def summary(self, where: str | Path) -> str:
+        """:func:`skipped_clause` of the images skipped, listed in ``where``."""
+        return skipped_clause(len(self.skipped), where)
+
+
+def skipped_clause(count: int, where: str | Path) -> str:
+    """What a command's last line adds where it skipped ``count`` unreadable images (listed in
+    ``where``, its record); empty where it skipped none."""
+    if not count:
+        return ""
+    return f"; {count} unreadable image(s) skipped, listed under skipped in {where}"
 
 
 def _below(out: Path | None, folder: Path) -> Path | None:
@@ -122,6 +213,7 @@ def predict_images(
     device: str = "auto",
     progress: bool = False,
     log: Callable[[str], None] = print,
+    skip_bad: bool = False,
 ) -> list[Path]:
     """Segment every image (:func:`collect_images`) into ``out_dir``, at its own size.
 
@@ -145,9 +237,15 @@ def predict_images(
     ``log`` and listed under ``unscored``. Every mask is read and checked against its image's
     size before the model loads (:func:`true_masks`).
 
+    ``skip_bad``: an image the reader refuses (a DICOM structured report, a truncated file:
+    :class:`SkippedImages`) is skipped where it is read, before anything is written for it,
+    named in ``log`` and listed under ``skipped`` (name, file, reason) in ``predict.json``;
+    an earlier predict's outputs of it are removed, as those of any image not segmented again.
+    Without it, such an image stops the command there (the images before it are written).
+
     Raises:
         LocaldiscError: no image has a mask in ``masks``, or a mask cannot be read or its size
-            is not its image's.
+            is not its image's; an image cannot be read (without ``skip_bad``), or none can.
     """
     groups = sorted(Path(model_dir).glob("group-*/config.json"))
     if groups and not (Path(model_dir) / "config.json").is_file():
@@ -159,10 +257,12 @@ def predict_images(
     device = str(resolve_device(device))  # a misspelt device is named before any work
     env = environment(device)  # at the start: where and when these outputs were made
     files = collect_images(images, out_dir=out_dir)
+    skips = SkippedImages(skip_bad, log, len(files))
     scoring = masks is not None
     check_metrics(Path(out_dir), scoring)
     _check_not_a_run(Path(out_dir), "self_trained_vessels" in config)
-    matched = true_masks(files, images, masks) if masks is not None else None
+    matched = true_masks(files, images, masks, skips) if masks is not None else None
+    files = skips.kept(files)  # those whose size could not be read for their masks
     targets = None
     if matched is not None:
         targets = {name: m.mask for name, m in matched.items() if m.mask is not None}
@@ -190,10 +290,11 @@ def predict_images(
 
         written = predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
                                   threshold=threshold, device=device, log=log,
-                                  progress=progress, model=model)  # fmt: skip
+                                  progress=progress, model=model, files=files,
+                                  skips=skips)  # fmt: skip
         if targets is not None:  # scored from its files: masks without the dropped specks
             for i, (name, path) in enumerate(files):
-                if name in targets:
+                if name in targets and name not in skips.names:
                     image = read_image(path)[0]
                     prob = read_image(out_dir / f"{name}_prob.png")[0][..., 0]
                     mask = read_mask(out_dir / f"{name}_mask.png")
@@ -209,7 +310,12 @@ def predict_images(
         written = []
         with ProgressBar(len(files), 0, progress, "predict", unit="image") as bar:
             for i, (name, path) in enumerate(files):
-                image = read_image(path)[0]
+                read = skips.read(name, path)  # before anything is written for it
+                if read is None:  # an earlier predict's outputs of it are not this one's
+                    remove_outputs(out_dir, [name], [f for f in files if f[0] != name])
+                    bar.update(i + 1)
+                    continue
+                image = read[0]
                 prob_small, prob = model.predict_maps(image)
                 if fovs is not None:
                     prob *= read_fov_mask(fovs[i], image.shape[:2], path)
@@ -225,6 +331,9 @@ def predict_images(
                         size=model.config.size,
                     )  # fmt: skip
                 bar.update(i + 1)
+    files = skips.kept(files)  # refused when none was read: predict.json says unfinished
+    record["images"] = [{"name": name, "image": str(path.resolve())} for name, path in files]
+    record["skipped"] = skips.record()
     record["finished"] = True
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=2))
     if matched is not None:
@@ -411,7 +520,10 @@ def _sized_mask(path: Path, image: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def true_masks(
-    files: Sequence[tuple[str, Path]], images: Sequence[str | Path], masks: str | Path
+    files: Sequence[tuple[str, Path]],
+    images: Sequence[str | Path],
+    masks: str | Path,
+    skips: SkippedImages | None = None,
 ) -> dict[str, MaskMatch]:
     """Each of ``files``' true mask in ``masks`` or why it has none (:func:`target_mask_files`),
     every mask found read and checked against its image's size now (:func:`image_mask`): a
@@ -419,14 +531,21 @@ def true_masks(
     (or hours of refinement). Each mask is read again when scored: masks are small to decode,
     and holding them all could take more memory than the images.
 
+    ``skips``: what becomes of an image whose size cannot be read (:class:`SkippedImages`;
+    default: its error is raised, saying ``--skip-bad`` exists).
+
     Raises:
         LocaldiscError: as :func:`target_mask_files`, or a mask cannot be read (naming it) or
             is not its image's size.
     """
+    skips = skips or SkippedImages(count=len(files))
     matched = target_mask_files(files, images, masks)
-    for match in matched.values():
+    for name, match in matched.items():
         if match.mask is not None:
-            image_mask(match.mask, match.image)
+            try:
+                image_mask(match.mask, match.image)
+            except ImageReadError as exc:  # the image's own (a mask's is raised on)
+                skips.unreadable(name, match.image, exc)
     return matched
 
 

@@ -67,6 +67,7 @@ from localdisc.priors.atlas import (
 from localdisc.priors.sources import prior_masks
 from localdisc.priors.topology import PriorTopology, enforce_topology, prior_topology
 from localdisc.tasks.predict import (
+    SkippedImages,
     check_metrics,
     collect_images,
     image_mask,
@@ -348,6 +349,7 @@ def segment_images(
     log: Callable[[str], None] = print,
     progress: bool = False,
     masks: str | Path | None = None,
+    skip_bad: bool = False,
 ) -> list[Path]:
     """Write ``NAME_{A,B}_prob.png``, ``NAME_{A,B}_mask.png`` and ``NAME_uncertainty.png``; with
     ``refine_steps`` also ``NAME_refined_{prob,mask}.png`` of a network trained on the
@@ -391,9 +393,16 @@ def segment_images(
     ``metrics.json`` is removed with its outputs, as above (:func:`_remove_earlier_metrics`): a
     call that fails before that keeps it.
 
+    Every image is read once, before any model loads (the runs of an ensemble segment the same
+    arrays). ``skip_bad``: an image the reader refuses there (a DICOM structured report, a
+    truncated file: :class:`~localdisc.tasks.predict.SkippedImages`) is left out of the call,
+    named in ``log`` and listed under ``skipped`` (name, file, reason) in ``OUT/segment.json``;
+    an earlier call's outputs of it are removed as those of any image not segmented again.
+
     Raises:
         LocaldiscError: ``masks`` is missing, no image has a mask there, a mask cannot be read or
-            is not its image's size, or ``OUT/metrics.json`` is not one this command wrote.
+            is not its image's size, or ``OUT/metrics.json`` is not one this command wrote; an
+            image cannot be read (without ``skip_bad``), or none can.
     """
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
@@ -414,6 +423,9 @@ def segment_images(
     # which a later listing of an image folder holding OUT would take for more images.
     files = collect_images(images, out_dir=out_dir, suffixes=OUTPUT_SUFFIXES)
     check_metrics(out_dir, masks is not None, SEGMENT_COMMAND)
+    skips = SkippedImages(skip_bad, log, len(files))
+    arrays = [read[0] for name, path in files if (read := skips.read(name, path)) is not None]
+    files = skips.kept(files)
     matched = true_masks(files, images, masks) if masks is not None else None
     env = environment(device)  # at the start: where and when these outputs were made
     # An ensemble's runs are held to one topology (one run's is its own: _segment_run).
@@ -432,11 +444,13 @@ def segment_images(
 
     if not parts:
         written = _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
-                               log, progress=progress, before_writing=before_writing)  # fmt: skip
+                               log, progress=progress, before_writing=before_writing,
+                               arrays=arrays)  # fmt: skip
     else:
         written = _segment_ensemble(runs, files, out_dir, parts, shapes[str(runs[0])], size,
-                                    refine_steps, device, log, progress,
-                                    before_writing)  # fmt: skip
+                                    refine_steps, device, log, progress, before_writing,
+                                    arrays)  # fmt: skip
+    del arrays  # scored from the files, one image at a time
     outputs = [s for s in OUTPUT_SUFFIXES if refine_steps or "_refined" not in s]
     record = {
         "runs": [{"run": str(Path(r).expanduser().resolve()),
@@ -448,7 +462,7 @@ def segment_images(
         "outputs": [f"NAME{s}.png" for s in outputs],
         "size": size, "refine_steps": refine_steps, "topology": topology,
         "masks": str(Path(masks).expanduser().resolve()) if masks is not None else None,
-        "environment": env,
+        "environment": env, "skipped": skips.record(),
     }  # fmt: skip
     if matched is not None:  # before segment.json, written last
         scored = ("A", "B", "refined") if refine_steps else ("A", "B")
@@ -457,7 +471,8 @@ def segment_images(
     # One a stopped call of one run left, where an ensemble now wrote (each run's is its own).
     shutil.rmtree(out_dir / REFINE_CHECKPOINT, ignore_errors=True)
     log(f"{len(files)} image(s) segmented into {out_dir}: {', '.join(record['outputs'])} "
-        f"per image; what made them in {out_dir / SEGMENT_RECORD}")  # fmt: skip
+        f"per image; what made them in {out_dir / SEGMENT_RECORD}"
+        + skips.summary(out_dir / SEGMENT_RECORD))  # fmt: skip
     return written
 
 
@@ -471,12 +486,13 @@ def _segment_ensemble(
     refine_steps: int,
     device: str,
     log: Callable[[str], None],
-    progress: bool = False,
-    before_writing: Callable[[], None] | None = None,
+    progress: bool,
+    before_writing: Callable[[], None] | None,
+    arrays: Sequence[np.ndarray],
 ) -> list[Path]:
     """:func:`segment_images` with several runs, each into its part of ``parts``;
     ``before_writing`` called before a run writes its first output, and before the mean maps
-    are written."""
+    are written; ``arrays``: the images of ``files``, as read."""
     atlases = ensemble_prior_masks(runs, log)
     modality = LDConfig.from_run(runs[0]).modality
     for run, part in zip(runs, parts, strict=True):
@@ -495,7 +511,8 @@ def _segment_ensemble(
                 before_writing()
 
         _segment_run(run, files, part, size, refine_steps, False, device, log,
-                     progress=progress, run_name=part.name, before_writing=start)  # fmt: skip
+                     progress=progress, run_name=part.name, before_writing=start,
+                     arrays=arrays)  # fmt: skip
         atomic_write_text(marker, json.dumps({**settings, "environment": env}, indent=1))
     if prior_shape is not None:  # refined only when there is a refinement
         held = "the mean A and refined" if refine_steps else "the mean A"
@@ -507,7 +524,7 @@ def _segment_ensemble(
         drop_refined(out_dir, [name for name, _ in files])
     written = []
     with ProgressBar(len(files), 0, progress, "ensemble mean", unit="image") as bar:
-        for done, (name, path) in enumerate(files, 1):
+        for done, (name, image) in enumerate(zip([n for n, _ in files], arrays, strict=True), 1):
             mean = {
                 o: mean_probability([p / f"{name}_{o}_prob.png" for p in parts]) for o in outputs
             }
@@ -521,7 +538,6 @@ def _segment_ensemble(
                 fov = np.ones(mean["A"].shape, bool)
                 maps = ShapeGuidedMaps(mean["A"], mean["B"], fov)
             else:  # the prior's votes inside the FOV only, as each run's (they were not, off it)
-                image = read_image(path)[0]
                 fov = _fov(image, None, modality)
                 maps = atlas_votes(image, mean["A"], mean["B"], fov, atlases)
             _, weight = maps.pseudo_label()
@@ -761,11 +777,12 @@ def _segment_run(
     progress: bool = False,
     run_name: str = "",
     before_writing: Callable[[], None] | None = None,
+    arrays: Sequence[np.ndarray],
 ) -> list[Path]:
-    """:func:`segment_images` with one run, of ``files`` (:func:`collect_images`); ``progress``
-    bars titled with ``run_name`` (which run of an ensemble) too; ``before_writing`` called
-    once the model has loaded and segmented every image, just before the first output is
-    written."""
+    """:func:`segment_images` with one run, of ``files`` (:func:`collect_images`) read as
+    ``arrays``; ``progress`` bars titled with ``run_name`` (which run of an ensemble) too;
+    ``before_writing`` called once the model has loaded and segmented every image, just before
+    the first output is written."""
     device = str(resolve_device(device))
     model = LDModel.from_pretrained(run_dir, device=device)
     size = size or run_size(run_dir)
@@ -783,8 +800,7 @@ def _segment_run(
             "and an intensity posterior are votes in the pseudo-labels"
         )
     written = []
-    names, paths = zip(*files, strict=True)
-    arrays = [read_image(path)[0] for path in paths]
+    names = [name for name, _ in files]
     all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log, progress=progress,
                            run_name=run_name)  # fmt: skip
     if before_writing is not None:

@@ -49,10 +49,11 @@ from localdisc.data.preprocess import (
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
-from localdisc.errors import LocaldiscError
+from localdisc.errors import ImageReadError, LocaldiscError
 from localdisc.eval.provenance import environment, resumed
 from localdisc.models.segmenter import Segmenter, read_config
 from localdisc.tasks.predict import (
+    SkippedImages,
     check_metrics,
     collect_images,
     fov_mask_files,
@@ -121,6 +122,7 @@ def segment_vessels_self_trained(
     masks: str | Path | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> list[Path]:
     """Vessel masks of fundus photographs, no label anywhere (``localdisc shape-guided vessels``).
 
@@ -169,10 +171,18 @@ def segment_vessels_self_trained(
     earlier call's ``metrics.json`` is removed once this call has read its inputs; another
     command's is left alone, and refused with ``masks``.
 
+    ``skip_bad``: every image is read once first, and one the reader refuses (a DICOM structured
+    report, a truncated file: :class:`~localdisc.tasks.predict.SkippedImages`) is left out of
+    the call, as if not given: named in ``log`` and listed under ``skipped`` (name, file,
+    reason) in the ``config.json`` of the network that segments the others (each group's, with
+    ``teach_all``). An earlier run's masks of it are removed, as those of any image not
+    segmented again. Without it, such an image stops the command before any training.
+
     Raises:
         LocaldiscError: besides bad settings and images: ``masks`` is missing, no image has a
             mask there, a mask cannot be read or is not its image's size, or ``OUT_DIR`` holds a
-            ``metrics.json`` this command did not write.
+            ``metrics.json`` this command did not write; an image cannot be read (without
+            ``skip_bad``), or none can.
     """
     config = config or StudentConfig(painted=PAINTED)
     if max_size < MIN_SIDE:
@@ -187,28 +197,39 @@ def segment_vessels_self_trained(
     _check_out_dir(Path(out_dir))
     # out_dir may lie in an images folder: its masks are not images to segment on a second run.
     files = collect_images(images, out_dir=out_dir)
+    skips = SkippedImages(skip_bad, log, len(files))
+    # The unreadable ones known before the images are drawn, grouped, or found to be those of a
+    # finished run: a decoding more of each image (without skip_bad, a read below stops there).
+    files = skips.readable(files)
     grouped = teach_all and len(files) > train_images
     groups = math.ceil(len(files) / train_images) if grouped else 0  # as _teach_in_groups splits
     _check_layout(Path(out_dir), groups, reteach_unusual)
     check_metrics(Path(out_dir), masks is not None, VESSELS_COMMAND)
-    matched = true_masks(files, images, masks) if masks is not None else None
+    matched = true_masks(files, images, masks, skips) if masks is not None else None
     env = environment(config.device) if masks is not None else None  # where and when scored
     if grouped:
         fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
         for i, (_, path) in enumerate(files):  # every image checked before the first training
-            _check_photo(path, max_size, None if fovs is None else fovs[i])
+            try:
+                _check_photo(path, max_size, None if fovs is None else fovs[i])
+            except ImageReadError as exc:
+                raise skips.hinted(path, exc)  # noqa: B904 - the hinted error holds its cause
         _clear_earlier_run(Path(out_dir), files, log)  # each group clears its own folder
         group_run = partial(_self_train, prior=prior, fraction=fraction, config=config,
                             speck_area=speck_area, max_size=max_size, fov_masks=fov_masks,
                             train_images=train_images, reteach_unusual=False, log=log,
-                            progress=progress)  # fmt: skip
+                            progress=progress, skips=skips)  # fmt: skip
         written = _teach_in_groups(files, Path(out_dir), train_images, config.seed, group_run, log)
+        networks = sorted(Path(out_dir).glob("group-*/config.json"))
     else:
         written = _self_train(files, Path(out_dir), prior=prior, fraction=fraction,
                               config=config, speck_area=speck_area, max_size=max_size,
                               fov_masks=fov_masks, train_images=train_images,
                               reteach_unusual=reteach_unusual, log=log,
-                              progress=progress)  # fmt: skip
+                              progress=progress, skips=skips)  # fmt: skip
+        networks = [Path(out_dir) / "config.json"]
+    for path in networks:  # what this call skipped, beside what taught each network
+        _record_skipped(path, skips.record())
     # Once per command: not for each group, nor for the run of the unusual images.
     _name_first_to_review(Path(out_dir) / "vessels.csv", log)
     if matched is not None:  # all groups' masks together, in the top out_dir
@@ -222,8 +243,20 @@ def segment_vessels_self_trained(
     log(
         f"{len(written)} mask(s) in {out_dir} (NAME_mask.png, NAME_prob.png; vessels.csv; "
         f"figures/overlay.png{scores}); further photographs: localdisc predict --model {network}"
+        + skips.summary(Path(network) / "config.json")
     )
     return written
+
+
+def _record_skipped(path: Path, skipped: list[dict[str, str]]) -> None:
+    """Write ``skipped`` (:meth:`~localdisc.tasks.predict.SkippedImages.record`) into the
+    network's ``config.json`` at ``path``, where it differs from what an earlier call wrote
+    there (none written: none skipped). Not a setting (:func:`_same_settings` compares
+    ``self_trained_vessels``): a finished run is kept whatever an earlier call skipped."""
+    saved = read_config(path.parent)
+    if saved.get("skipped", []) != skipped:
+        saved["skipped"] = skipped
+        atomic_write_text(path, json.dumps(saved, indent=2))
 
 
 def _self_train(
@@ -240,12 +273,15 @@ def _self_train(
     reteach_unusual: bool,
     log: Callable[[str], None],
     progress: bool,
+    skips: SkippedImages | None = None,
 ) -> list[Path]:
     """One network's run of :func:`segment_vessels_self_trained` on ``files`` (``(name, path)``
     as :func:`collect_images` named them for the whole command: a subset named on its own could
     clash, ``a/x.png`` and ``b/x.png`` both ``x``; checked settings), into ``out_dir``: kept when
     finished there, else taught (or taken from a stopped run) and segmenting every image;
-    ``vessels.csv`` last."""
+    ``vessels.csv`` last. ``skips``: what an image that cannot be read raises
+    (:meth:`~localdisc.tasks.predict.SkippedImages.hinted`)."""
+    skips = skips or SkippedImages(count=len(files))
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     chosen = set(range(len(files)))
     if len(files) > train_images:
@@ -278,10 +314,13 @@ def _self_train(
     taught = {}  # index -> (image, FOV, own size); the others are only read, to check them
     for i, (_, path) in enumerate(files):
         mask = None if masks is None else masks[i]
-        if i in chosen:
-            taught[i] = _read_photo(path, max_size, mask)
-        else:
-            _check_photo(path, max_size, mask)
+        try:
+            if i in chosen:
+                taught[i] = _read_photo(path, max_size, mask)
+            else:
+                _check_photo(path, max_size, mask)
+        except ImageReadError as exc:
+            raise skips.hinted(path, exc)  # noqa: B904 - the hinted error holds its cause
     _clear_earlier_run(out_dir, files, log)  # once every image is read: a bad one removes nothing
     pictures, fovs = [taught[i][0] for i in sorted(taught)], [taught[i][1] for i in sorted(taught)]
     log(
@@ -346,6 +385,8 @@ def predict_vessels(
     log: Callable[[str], None] = print,
     progress: bool = False,
     model: Segmenter | None = None,
+    files: Sequence[tuple[str, Path]] | None = None,
+    skips: SkippedImages | None = None,
 ) -> list[Path]:
     """Segment further photographs with a network :func:`segment_vessels_self_trained` saved,
     as it segmented its own (``localdisc predict`` on its folder): FOVs from ``fov_masks`` or
@@ -354,20 +395,29 @@ def predict_vessels(
     a share of the FOV far from what it marked on those it was taught on are named in the log
     (:func:`is_unusual`); every image's share and :func:`teacher_disagreement` are listed in
     ``vessels.csv``. ``progress`` shows a progress bar; ``model``: the network of ``model_dir``
-    when the caller loaded it already. Returns the masks' paths."""
+    when the caller loaded it already; ``files``: ``images`` as
+    :func:`~localdisc.tasks.predict.collect_images` listed them, when the caller did already.
+    ``skips``: what becomes of an image that cannot be read
+    (:class:`~localdisc.tasks.predict.SkippedImages`: skipped where it is read, before anything
+    is written for it, with ``SkippedImages(True)``; default: it stops the command). Returns the
+    masks' paths."""
     settings = read_config(model_dir).get("self_trained_vessels")
     if not isinstance(settings, dict):
         raise LocaldiscError(f"{model_dir}: not a network of `localdisc shape-guided vessels`")
     if model is None:
         model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
-    files = collect_images(images, out_dir=out_dir)  # not the masks of a run before into it
+    if files is None:
+        files = collect_images(images, out_dir=out_dir)  # not the masks of a run before into it
+    skips = skips or SkippedImages(count=len(files))
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     student = settings.get("student", {})
     teacher = student.get("method", "line"), student.get("erode_fov", 8)
     written, shares, strays = _write_vessels(model, files, masks, Path(out_dir),
                                              settings.get("max_size", 768),
                                              settings["speck_area"], teacher, threshold,
-                                             log=log, progress=progress)  # fmt: skip
+                                             log=log, progress=progress,
+                                             skips=skips)  # fmt: skip
+    files = skips.kept(files)
     taught_on = {Path(path).resolve() for path in settings.get("images", [])}
     names, seen = [name for name, _ in files], [path.resolve() in taught_on for _, path in files]
     yardstick = _saved_yardstick(settings)
@@ -820,12 +870,15 @@ def _write_vessels(
     loaded: Mapping[int, tuple[np.ndarray, np.ndarray, tuple[int, int]]] | None = None,
     scores: Mapping[int, np.ndarray] | None = None,
     progress: bool = False,
+    skips: SkippedImages | None = None,
 ) -> tuple[list[Path], list[float], list[float]]:
     """``NAME_prob.png`` and ``NAME_mask.png`` per image at its own size, one image at a time,
     and the overlays of the first four; returns the masks' paths, their shares of the FOV and
     how far each strays from the ``teacher`` (method, FOV erosion) at the size segmented
     (:func:`teacher_disagreement`). ``loaded`` and ``scores``: :func:`_read_photo`'s results and
-    the teacher's scores already at hand, by index in ``files``; ``progress``: a progress bar."""
+    the teacher's scores already at hand, by index in ``files``; ``progress``: a progress bar.
+    ``skips``: an image that cannot be read is skipped there (nothing returned for it, and an
+    earlier run's masks of it removed) where it allows it, else raised."""
     from localdisc.eval.figures import overlay_figure
 
     written, shares, strays, overlays = [], [], [], []
@@ -836,7 +889,15 @@ def _write_vessels(
                 image, fov, shape = loaded[i]
             else:
                 mask = None if fov_masks is None else fov_masks[i]
-                image, fov, shape = _read_photo(path, max_size, mask)
+                try:
+                    image, fov, shape = _read_photo(path, max_size, mask)
+                except ImageReadError as exc:
+                    if skips is None:
+                        raise
+                    skips.unreadable(name, path, exc)  # raised unless it is skipped
+                    remove_outputs(out_dir, [name], [f for f in files if f[0] != name])
+                    bar.update(i + 1)
+                    continue
             prob = student_probability(model, image, fov)
             mask = remove_specks(prob >= threshold, fov, speck_area)
             score = scores.get(i)
@@ -855,5 +916,7 @@ def _write_vessels(
             if log is not None and ((i + 1) % max(1, len(files) // 5) == 0 or i + 1 == len(files)):
                 log(f"segmented {i + 1}/{len(files)} into {out_dir}")
             bar.update(i + 1)
+    if skips is not None:
+        skips.kept(files)  # refused when none could be read: no figure then
     overlay_figure(overlays, out_dir / "figures" / "overlay.png")
     return written, shares, strays
