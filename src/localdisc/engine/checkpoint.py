@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,18 @@ def newest_state(checkpoint_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
+
+
+def newest_position(
+    checkpoint_dir: str | Path, describe: Callable[[dict[str, Any]], str]
+) -> str | None:
+    """Where a training continues from the newest checkpoint in ``checkpoint_dir``: ``describe``
+    of its state (:func:`newest_state`), or None where there is none or it is of another shape."""
+    state = newest_state(checkpoint_dir)
+    try:
+        return None if state is None else describe(state)
+    except (LookupError, TypeError, ValueError):
+        return None
 
 
 def verify_checkpoint(path: Path) -> dict[str, Any]:

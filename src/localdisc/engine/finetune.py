@@ -37,7 +37,7 @@ from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
     list_checkpoints,
     load_latest_checkpoint,
-    newest_state,
+    newest_position,
     optimizer_from_flat,
     optimizer_to_flat,
     save_checkpoint,
@@ -476,11 +476,7 @@ def _position(state: dict[str, Any]) -> str:
 def checkpoint_position(checkpoint_dir: str | Path) -> str | None:
     """Where a fine-tuning continues from the newest checkpoint in ``checkpoint_dir`` ("whole
     network epoch 37/100"), or None where there is none (or it cannot be read)."""
-    state = newest_state(checkpoint_dir)
-    try:
-        return None if state is None else _position(state)
-    except (LookupError, TypeError, ValueError):  # a state of another shape
-        return None
+    return newest_position(checkpoint_dir, _position)
 
 
 def finetune(

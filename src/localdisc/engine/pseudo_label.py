@@ -40,7 +40,7 @@ from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
     list_checkpoints,
     load_latest_checkpoint,
-    newest_state,
+    newest_position,
     optimizer_from_flat,
     optimizer_to_flat,
     save_checkpoint,
@@ -237,11 +237,7 @@ def _position(state: dict[str, Any]) -> str:
 def checkpoint_position(checkpoint_dir: str | Path) -> str | None:
     """Where a training continues from the newest checkpoint in ``checkpoint_dir`` ("after
     refine step 340/2000"), or None where there is none (or it cannot be read)."""
-    state = newest_state(checkpoint_dir)
-    try:
-        return None if state is None else _position(state)
-    except (LookupError, TypeError, ValueError):  # a state of another shape
-        return None
+    return newest_position(checkpoint_dir, _position)
 
 
 def kept_checkpoints(out_dir: str | Path, folder: str) -> list[str]:
