@@ -82,9 +82,9 @@ def test_cpu_scale_is_the_recorded_cpu_comparison():
     # Only the pool of the tasks' modality, under --data-root (compare_methods.sh's pools);
     # chosen once the tasks are checked (a paper task without data needs none: it is skipped).
     assert config.pools == []
-    assert task_modalities(BenchmarkConfig(tasks=["drive"]), lambda m: None) == set()
+    assert task_modalities(BenchmarkConfig(tasks=["drive"])) == set()
     generated = BenchmarkConfig(tasks=["synthetic_fundus", "synthetic_xray"])
-    assert task_modalities(generated, lambda m: None) == {"fundus", "xray"}
+    assert task_modalities(generated) == {"fundus", "xray"}
     assert cpu_scale_pools("/d", {"fundus"}) == ["fundus=/d/KaggleDR/images"]
     assert (config.budget_seconds, config.size, config.batch, config.labels) == (240, 128, 2, ["2"])
     assert config.transfer["size"] == 256 and config.device == "cpu"

@@ -233,6 +233,10 @@ def _dataset_masks(p: _Spec, spec: str) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+#: How a prior treats pose (engine.shape_prior says what each means).
+PRIOR_POSES = ("free", "kept")
+
+
 def load_prior(
     spec: str, size: int, *, count: int = 200, seed: int = 0, pose: str = "free"
 ) -> torch.Tensor:
@@ -255,6 +259,8 @@ def load_prior(
     """
     if isinstance(size, bool) or int(size) != size or size < 8:
         raise ValueError(f"prior mask size must be an integer >= 8, got {size!r}")
+    if pose not in PRIOR_POSES:  # before any mask is read
+        raise ValueError(f"prior pose must be 'free' or 'kept', got {pose!r}")
     size = int(size)
     p = _parse(spec)
     if p.kind == "simulated":
@@ -274,8 +280,6 @@ def load_prior(
         assert p.root is not None
         named = _folder_masks(p.root, spec)
 
-    if pose not in ("free", "kept"):
-        raise ValueError(f"prior pose must be 'free' or 'kept', got {pose!r}")
     stretch = pose == "kept"
     kept = [m for m in (_square(mask, size, stretch) for _, mask in named) if m.any()]
     if not kept:

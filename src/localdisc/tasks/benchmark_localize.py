@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from localdisc.data.io import JSRT_SPACING
+from localdisc.data.io import JSRT_SIZE, JSRT_SPACING
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import LocaldiscError
 from localdisc.eval.report import environment_markdown
@@ -47,8 +47,6 @@ from localdisc.tasks.localize import (
 from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
 from localdisc.tasks.similarity import LoadedModel, Point, check_size, load_model
 
-#: JSRT pixel spacing at the original 2048 x 2048 (mm): the raw .IMG files'.
-JSRT_SPACING_2048 = JSRT_SPACING
 SCR_LANDMARKS = ("heart", "left_lung", "right_lung", "left_clavicle", "right_clavicle")
 
 
@@ -121,7 +119,7 @@ def _jsrt(root: Path, max_test: int | None, seed: int) -> LandmarkTask:
             raise LocaldiscError(f"{root}: no SCR {target} masks for the JSRT landmarks")
 
     def case(sample: Any) -> Case:
-        spacing = JSRT_SPACING_2048 * 2048 / sample.image.shape[1]
+        spacing = JSRT_SPACING * JSRT_SIZE / sample.image.shape[1]  # the raw files' at this size
         return Case(sample.name, sample.image, scr_landmarks(sample.masks), spacing)
 
     names = [item.name for item in train.items]

@@ -191,7 +191,7 @@ def reached_row(name: str, reached: dict[str, Any]) -> str:
     )
 
 
-def task_modalities(transfer: BenchmarkConfig, log: Callable[[str], None]) -> set[str]:
+def task_modalities(transfer: BenchmarkConfig) -> set[str]:
     """The modalities of the transfer benchmark's tasks, whose pools are pre-trained on.
 
     The tasks are planned as the transfer benchmark plans them (:func:`plan_tasks`), so that
@@ -224,7 +224,7 @@ def run_methods_benchmark(
         data_root=config.data_root, device=config.device, quick=config.quick,
         **config.transfer,
     )  # fmt: skip
-    needed = task_modalities(transfer, log)
+    needed = task_modalities(transfer)
     if config.cpu_scale and not config.pools:
         config = replace(config, pools=cpu_scale_pools(config.data_root, needed))
     pools = dict(parse_pool(p) for p in config.pools)

@@ -29,7 +29,6 @@ from typing import Any
 
 from localdisc.data.datasets import (
     FOLDER_MASK_DIRS,
-    SegmentationDataset,
     absolute_data_spec,
     absolute_path,
     dataset_class,
@@ -47,7 +46,6 @@ from localdisc.tasks.transfer import (
     check_task_data,
     check_test_fraction,
     held_out_split,
-    held_out_test,
     init_modality,
     labelled_count,
     run_transfer,
@@ -362,8 +360,8 @@ def plan_tasks(
             skipped.append({"task": entry, "init": "all", "reason": str(exc)})
             continue
         task = PlannedTask(entry, spec, paper.target, paper.modality)
-        pool, _ = _training_images(load_data_spec(spec, "train"), task.test_fraction)
-        _check_labels(f"task {entry}", config.labels or [], pool)
+        # Every paper task has a test split: all its training images may be labelled.
+        _check_labels(f"task {entry}", config.labels or [], len(load_data_spec(spec, "train")))
         tasks.append(task)
     return tasks, skipped, about
 
@@ -390,7 +388,7 @@ def _check_own(
     unlabelled = 0
     try:
         if "test" in splits:
-            pool, k = _training_images(train, fraction)
+            pool, k = len(train), None
         else:  # as run_transfer splits it: a folder's images without a mask are unlabelled
             pool_idx, test_idx, unlabelled_idx = held_out_split(train, target, fraction)
             pool, k, unlabelled = len(pool_idx), len(test_idx), len(unlabelled_idx)
@@ -421,16 +419,6 @@ def _check_own(
     guessed = " (guessed from its images)" if name == "folder" else ""
     line = f"{absolute_data_spec(spec)}, target {target}, {modality}{guessed}; {split}"
     return PlannedTask(entry, spec, target, modality, fraction), line
-
-
-def _training_images(train: SegmentationDataset, fraction: float) -> tuple[int, int | None]:
-    """How many images of a task's training split ``train`` its runs may label, and how many
-    of them are held out for testing (``None``: the set has a test split of its own), as
-    :func:`~localdisc.tasks.transfer.run_transfer` splits them."""
-    if "test" in train.splits:
-        return len(train), None
-    k = len(held_out_test([item.name for item in train.items], fraction))
-    return len(train) - k, k
 
 
 def _check_labels(task: str, labels: list[str], available: int, why: str = "") -> None:
