@@ -20,12 +20,12 @@ from localdisc.priors import PriorAugment, describe_prior, load_prior, sample_pr
 from localdisc.priors.sources import PRIOR_POSES
 
 # How the prior treats pose (PRIOR_POSES). "free" (METHOD.md 5, made for vessels): reference
-# masks turned by any angle and flipped, a discriminator blind to position. "kept", for anatomy imaged in a
-# standard pose (the lungs and heart of a PA radiograph): the reference masks and the stage-2
-# views turn by at most KEPT_POSE_ROTATION degrees and are never flipped, the masks are cropped
-# as little as the views are (so that the organs have the same size and place in both), and the
-# discriminator sees pixel coordinates, so that a cluster in the right shape but the wrong place
-# looks fake.
+# masks turned by any angle and flipped, a discriminator blind to position. "kept", for anatomy
+# imaged in a standard pose (the lungs and heart of a PA radiograph): the reference masks and the
+# stage-2 views turn by at most KEPT_POSE_ROTATION degrees and are never flipped, the masks are
+# cropped as little as the views are (so that the organs have the same size and place in both),
+# and the discriminator sees pixel coordinates, so that a cluster in the right shape but the
+# wrong place looks fake.
 KEPT_POSE_ROTATION = 10.0
 
 
