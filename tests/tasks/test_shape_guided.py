@@ -504,7 +504,8 @@ def test_segment_refuses_a_negative_refinement_and_checks_every_run_first(tmp_pa
     with pytest.raises(LocaldiscError, match="--refine-steps must be 0"):
         segment_images(run, [tmp_path / "eye.png"], out, refine_steps=-3, log=lambda m: None)
     for later in (tmp_path / "no-run", run / "no-such.safetensors"):
-        with pytest.raises(CheckpointError, match="no-run: no such folder|no no-such.safetensors"):
+        missing = "no-run: no such folder|no-such.safetensors: weights file not found"
+        with pytest.raises(CheckpointError, match=missing):
             segment_images([run, later], [tmp_path / "eye.png"], out, topology=False,
                            device="cpu", log=lambda m: None)  # fmt: skip
     assert not out.exists()  # refused before anything was written

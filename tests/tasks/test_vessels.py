@@ -735,6 +735,24 @@ def test_masks_are_scored_inside_given_fov_masks(tmp_path):
     assert again["per_image"] == [{"image": "eye0", **row}]
 
 
+def test_predict_scores_a_network_s_masks_as_it_scored_them_without_fov_masks(tmp_path):
+    """Without FOV masks, an image shrunk to max_size to be segmented is scored inside the FOV
+    found at that size by both commands (not the one found in the full-size image)."""
+    photos = _photos(tmp_path / "photos", sizes=(160,))
+    truth = _tracings(photos, tmp_path / "truth", ["eye0"])
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, masks=truth,
+                                 max_size=64, log=quiet, progress=False)  # fmt: skip
+    row = json.loads((out / "metrics.json").read_text())["per_image"][0]
+    assert row.pop("image") == "eye0"
+    expected = _scores_by_hand(out, photos / "eye0.png", truth / "eye0.png", max_size=64)
+    assert row == pytest.approx(expected, nan_ok=True)
+    predict_images(out, [photos], tmp_path / "again", masks=truth, device="cpu", log=quiet)
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["per_image"] == [{"image": "eye0", **row}]
+
+
 def test_true_masks_are_checked_before_any_training(tmp_path, monkeypatch):
     """A folder where no image has a tracing, a tracing not its image's size, or an OUT whose
     metrics.json another command wrote: refused before the network is taught, nothing

@@ -279,3 +279,34 @@ def test_skip_bad_leaves_unreadable_images_out_as_if_not_given(tmp_path, teach_a
         segment_vessels_self_trained([broken, photos / "notes.png"], tmp_path / "none",
                                      log=quiet, skip_bad=True, **run)  # fmt: skip
     assert not (tmp_path / "none").exists()
+
+
+def test_skip_bad_checks_each_image_once_before_a_grouped_run(tmp_path, monkeypatch):
+    """With skip_bad and teach_all, each image is decoded once to find the unreadable ones and
+    check it before any training (not once for skip_bad and again for the groups)."""
+    from localdisc.tasks import predict, vessels
+
+    photos = _photos(tmp_path / "photos", ["a", "b", "c"])
+    (photos / "notes.png").write_text("not an image")
+    checked: list[str] = []
+    check, read = vessels._check_photo, predict.read_image
+
+    def checking(path, *args):
+        checked.append(path.name)
+        return check(path, *args)
+
+    def reading(path, *args, **kwargs):
+        checked.append(path.name)
+        return read(path, *args, **kwargs)
+
+    def teach(*args):
+        raise RuntimeError("checked")  # the checks alone, before any training
+
+    monkeypatch.setattr(vessels, "_check_photo", checking)
+    monkeypatch.setattr(predict, "read_image", reading)
+    monkeypatch.setattr(vessels, "_teach_in_groups", teach)
+    with pytest.raises(RuntimeError, match="checked"):
+        segment_vessels_self_trained([photos], tmp_path / "out", fraction=0.12, config=CONFIG,
+                                     train_images=2, teach_all=True, skip_bad=True, log=quiet,
+                                     progress=False)  # fmt: skip
+    assert sorted(checked) == ["a.png", "b.png", "c.png", "notes.png"]

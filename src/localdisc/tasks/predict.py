@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -286,23 +286,17 @@ def predict_images(
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=2))
     scores: dict[str, dict[str, float]] = {}
     if "self_trained_vessels" in config:
-        from localdisc.tasks.vessels import predict_vessels
+        from localdisc.tasks.vessels import predict_vessels, score_vessel_files
 
         written = predict_vessels(model_dir, images, out_dir, fov_masks=fov_masks,
                                   threshold=threshold, device=device, log=log,
                                   progress=progress, model=model, files=files,
                                   skips=skips)  # fmt: skip
-        if targets is not None:  # scored from its files: masks without the dropped specks
-            for i, (name, path) in enumerate(files):
-                if name in targets and name not in skips.names:
-                    image = read_image(path)[0]
-                    prob = read_image(out_dir / f"{name}_prob.png")[0][..., 0]
-                    mask = read_mask(out_dir / f"{name}_mask.png")
-                    scores[name] = score_prediction(
-                        prob, _sized_mask(targets[name], path, image.shape),
-                        _fov(path, fovs, i, "fundus", image), threshold=threshold,
-                        topology=True, binary=mask,
-                    )  # fmt: skip
+        if targets is not None:  # as `shape-guided vessels --masks` scored them: the same
+            max_size = config["self_trained_vessels"].get("max_size", 768)  # its own
+            scores = score_vessel_files(skips.kept(files), out_dir, targets,
+                                        fov_masks=fov_masks, max_size=max_size,
+                                        threshold=threshold)  # fmt: skip
     else:
         from localdisc.tasks.transfer import TUBULAR_TARGETS  # it imports this module
 
@@ -325,7 +319,7 @@ def predict_images(
                 if targets is not None and name in targets:
                     fov = _fov(path, fovs, i, model.config.modality, image)
                     scores[name] = score_prediction(
-                        prob, _sized_mask(targets[name], path, image.shape), fov,
+                        prob, sized_mask(targets[name], path, image.shape), fov,
                         threshold=threshold,
                         topology=target_name in TUBULAR_TARGETS, prob_at_size=prob_small,
                         size=model.config.size,
@@ -372,11 +366,15 @@ def metrics_command(path: Path) -> str | None:
     return command if isinstance(command, str) else None
 
 
+#: The scores a command writes with ``--masks`` in its output folder (:func:`metrics_command`).
+METRICS = "metrics.json"
+
+
 def check_metrics(out_dir: Path, scoring: bool, command: str = "predict") -> None:
     """Before any work: refuse to score (``scoring``: ``--masks``) into an ``out_dir`` whose
     ``metrics.json`` another command than ``command`` wrote (a fine-tuning's test results:
     ``--out`` its own model folder replaced them)."""
-    path = out_dir / "metrics.json"
+    path = out_dir / METRICS
     other = metrics_command(path) if scoring and path.is_file() else command
     if other != command:
         whose = f"`{other}`'s scores" if other else "a fine-tuning's test results?"
@@ -384,6 +382,16 @@ def check_metrics(out_dir: Path, scoring: bool, command: str = "predict") -> Non
             f"{out_dir}: holds metrics.json, not one `{command}` wrote ({whose}), which --masks "
             "would replace; choose another --out (nothing was written)"
         )
+
+
+def remove_metrics(out_dir: Path, command: str, why: str, log: Callable[[str], None]) -> None:
+    """Remove the ``metrics.json`` in ``out_dir`` that an earlier call of ``command`` wrote
+    (:func:`metrics_command`; another command's is left alone): scores of outputs this call
+    replaces. Logged as ``removed PATH: why``."""
+    path = out_dir / METRICS
+    if path.is_file() and metrics_command(path) == command:
+        path.unlink()
+        log(f"removed {path}: {why}")
 
 
 def _holds_vessels_run(folder: Path) -> bool:
@@ -429,10 +437,10 @@ def _remove_earlier_outputs(
     and this run does not write again. Only those files: names that are not a plain file name,
     and this run's own images, are left alone. Called once the model is loaded and the inputs
     are found, so that a run that fails at those removes nothing."""
-    metrics = out_dir / "metrics.json"
-    if not scoring and metrics.is_file() and metrics_command(metrics) == "predict":
-        metrics.unlink()
-        log(f"removed {metrics}: an earlier predict's scores, not of the outputs this one writes")
+    if not scoring:
+        remove_metrics(out_dir, "predict",
+                       "an earlier predict's scores, not of the outputs this one writes",
+                       log)  # fmt: skip
     try:
         record = json.loads((out_dir / "predict.json").read_text())
         listed = [entry["name"] for entry in record["images"]]
@@ -445,19 +453,26 @@ def _remove_earlier_outputs(
 
 
 def remove_outputs(
-    out_dir: Path, listed: Sequence[object], files: Sequence[tuple[str, Path]]
+    out_dir: Path,
+    listed: Sequence[object],
+    files: Sequence[tuple[str, Path]],
+    suffixes: Sequence[str] = ("_prob", "_mask"),
+    *,
+    every: bool = False,
 ) -> int:
-    """Remove the ``NAME_prob.png`` and ``NAME_mask.png`` in ``out_dir`` of each name of
-    ``listed`` (an earlier run's images) that this run's ``files`` (:func:`collect_images`) do
-    not write again, so that two runs' outputs do not mix. Names that are not a plain file
-    name, and this run's input files, are left alone. Returns how many files were removed."""
-    keep = {name for name, _ in files}
+    """Remove the ``NAME{suffix}.png`` (``NAME_prob.png`` and ``NAME_mask.png``) in ``out_dir``
+    of each name of ``listed`` (an earlier run's images) that this run's ``files``
+    (:func:`collect_images`) do not write again, so that two runs' outputs do not mix; with
+    ``every``, those of this run's images too (a folder it does not write to). Names that are
+    not a plain file name, and this run's input files, are left alone. Returns how many files
+    were removed."""
+    keep = set() if every else {name for name, _ in files}
     inputs = {path.resolve() for _, path in files}
     removed = 0
     for name in listed:
         if not isinstance(name, str) or name in keep or Path(name).name != name:
             continue
-        for suffix in ("_prob", "_mask"):
+        for suffix in suffixes:
             path = out_dir / f"{name}{suffix}.png"
             if path.is_file() and path.resolve() not in inputs:
                 path.unlink()
@@ -505,10 +520,10 @@ def image_mask(path: Path, image: Path) -> np.ndarray:
     """The true mask at ``path`` as a bool array, checked against its image's size (read from
     its header where PIL can: :func:`_image_size`)."""
     width, height = _image_size(image)
-    return _sized_mask(path, image, (height, width))
+    return sized_mask(path, image, (height, width))
 
 
-def _sized_mask(path: Path, image: Path, shape: tuple[int, ...]) -> np.ndarray:
+def sized_mask(path: Path, image: Path, shape: tuple[int, ...]) -> np.ndarray:
     """The true mask at ``path`` as a bool array, checked against the ``shape`` (height, width,
     ...) of its ``image``, already decoded (not read again)."""
     mask = np.asarray(read_mask(path), dtype=bool)
@@ -524,6 +539,7 @@ def true_masks(
     images: Sequence[str | Path],
     masks: str | Path,
     skips: SkippedImages | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, MaskMatch]:
     """Each of ``files``' true mask in ``masks`` or why it has none (:func:`target_mask_files`),
     every mask found read and checked against its image's size now (:func:`image_mask`): a
@@ -532,7 +548,8 @@ def true_masks(
     and holding them all could take more memory than the images.
 
     ``skips``: what becomes of an image whose size cannot be read (:class:`SkippedImages`;
-    default: its error is raised, saying ``--skip-bad`` exists).
+    default: its error is raised, saying ``--skip-bad`` exists). ``shapes``: each name's image
+    shape, where the images are already decoded (:func:`sized_mask`: not opened again).
 
     Raises:
         LocaldiscError: as :func:`target_mask_files`, or a mask cannot be read (naming it) or
@@ -543,7 +560,10 @@ def true_masks(
     for name, match in matched.items():
         if match.mask is not None:
             try:
-                image_mask(match.mask, match.image)
+                if shapes is not None:
+                    sized_mask(match.mask, match.image, shapes[name])
+                else:
+                    image_mask(match.mask, match.image)
             except ImageReadError as exc:  # the image's own (a mask's is raised on)
                 skips.unreadable(name, match.image, exc)
     return matched
@@ -600,7 +620,7 @@ def _write_metrics(
         **masks_used(files, matched, record["masks"], log),
         "environment": record["environment"],
     }
-    atomic_write_text(out_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2))
+    atomic_write_text(out_dir / METRICS, json.dumps(jsonable(metrics), indent=2))
 
 
 def masks_used(

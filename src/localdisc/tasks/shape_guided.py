@@ -53,10 +53,16 @@ from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, predict_batch
 from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.pseudo_label import fit_pseudo_labels
-from localdisc.errors import CheckpointError, InputError, LocaldiscError
+from localdisc.errors import InputError, LocaldiscError
 from localdisc.eval.provenance import environment
 from localdisc.losses.region import region_embeddings
-from localdisc.models.ld import LDConfig, LDModel, refuse_peer_run, split_weights_path
+from localdisc.models.ld import (
+    LDConfig,
+    LDModel,
+    check_weights_file,
+    refuse_peer_run,
+    split_weights_path,
+)
 from localdisc.models.segmenter import Segmenter
 from localdisc.priors.atlas import (
     fuse_atlases,
@@ -67,15 +73,17 @@ from localdisc.priors.atlas import (
 from localdisc.priors.sources import prior_masks
 from localdisc.priors.topology import PriorTopology, enforce_topology, prior_topology
 from localdisc.tasks.predict import (
+    METRICS,
     SkippedImages,
     check_metrics,
     collect_images,
-    image_mask,
     mask_png,
     masks_used,
-    metrics_command,
     prob_png,
+    remove_metrics,
+    remove_outputs,
     score_prediction,
+    sized_mask,
     true_masks,
 )
 from localdisc.tasks.similarity import check_size
@@ -390,7 +398,8 @@ def segment_images(
     Every output written to ``OUT`` (A, B, refined; an ensemble's mean maps, not each run's) is
     scored against them into ``OUT/metrics.json`` and the log (:func:`_score_outputs`); images
     without a mask are named and not scored, as ``predict`` does. An earlier call's
-    ``metrics.json`` is removed with its outputs, as above (:func:`_remove_earlier_metrics`): a
+    ``metrics.json`` is removed with its outputs, as above
+    (:func:`~localdisc.tasks.predict.remove_metrics`): a
     call that fails before that keeps it.
 
     Every image is read once, before any model loads (the runs of an ensemble segment the same
@@ -426,7 +435,8 @@ def segment_images(
     skips = SkippedImages(skip_bad, log, len(files))
     arrays = [read[0] for name, path in files if (read := skips.read(name, path)) is not None]
     files = skips.kept(files)
-    matched = true_masks(files, images, masks) if masks is not None else None
+    shapes = {name: array.shape for (name, _), array in zip(files, arrays, strict=True)}
+    matched = true_masks(files, images, masks, shapes=shapes) if masks is not None else None
     env = environment(device)  # at the start: where and when these outputs were made
     # An ensemble's runs are held to one topology (one run's is its own: _segment_run).
     ensemble = runs if len(runs) > 1 else []
@@ -440,7 +450,9 @@ def segment_images(
 
     def before_writing() -> None:  # damaged weights fail before: the earlier call's files stay
         _remove_earlier_outputs(out_dir, files, len(parts), log)
-        _remove_earlier_metrics(out_dir, log)
+        remove_metrics(out_dir, SEGMENT_COMMAND,
+                       "an earlier segment's scores, of the outputs this one replaces",
+                       log)  # fmt: skip
 
     if not parts:
         written = _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
@@ -450,7 +462,6 @@ def segment_images(
         written = _segment_ensemble(runs, files, out_dir, parts, shapes[str(runs[0])], size,
                                     refine_steps, device, log, progress, before_writing,
                                     arrays)  # fmt: skip
-    del arrays  # scored from the files, one image at a time
     outputs = [s for s in OUTPUT_SUFFIXES if refine_steps or "_refined" not in s]
     record = {
         "runs": [{"run": str(Path(r).expanduser().resolve()),
@@ -466,7 +477,7 @@ def segment_images(
     }  # fmt: skip
     if matched is not None:  # before segment.json, written last
         scored = ("A", "B", "refined") if refine_steps else ("A", "B")
-        _score_outputs(runs, files, out_dir, matched, scored, record, log, progress)
+        _score_outputs(runs, files, arrays, out_dir, matched, scored, record, log, progress)
     atomic_write_text(out_dir / SEGMENT_RECORD, json.dumps(record, indent=1))
     # One a stopped call of one run left, where an ensemble now wrote (each run's is its own).
     shutil.rmtree(out_dir / REFINE_CHECKPOINT, ignore_errors=True)
@@ -571,19 +582,10 @@ def _remove_earlier_outputs(
         earlier = [p for p in record["parts"] if isinstance(p, str) and p.startswith("run-")]
     except (OSError, ValueError, TypeError, KeyError):
         return  # none, or not one segment_images wrote (an ensemble's part marker, say)
-    keep = {name for name, _ in files}
-    inputs = {path.resolve() for _, path in files}
     own = {f"run-{k}" for k in range(parts)}
     removed = 0
     for folder, whole in [(out_dir, False)] + [(out_dir / p, p not in own) for p in earlier]:
-        for name in listed:
-            if not isinstance(name, str) or Path(name).name != name or (name in keep and not whole):
-                continue
-            for suffix in OUTPUT_SUFFIXES:
-                path = folder / f"{name}{suffix}.png"
-                if path.is_file() and path.resolve() not in inputs:
-                    path.unlink()
-                    removed += 1
+        removed += remove_outputs(folder, listed, files, OUTPUT_SUFFIXES, every=whole)
         if whole:  # a part this call has not: its marker and checkpoint too, and the folder
             (folder / SEGMENT_RECORD).unlink(missing_ok=True)
             shutil.rmtree(folder / REFINE_CHECKPOINT, ignore_errors=True)
@@ -598,20 +600,8 @@ def _remove_earlier_outputs(
 #: The command named in the ``metrics.json`` :func:`segment_images` writes with ``masks``
 #: (:func:`~localdisc.tasks.predict.metrics_command`: another command's is not replaced).
 SEGMENT_COMMAND = "shape-guided segment"
-#: The scores of :func:`segment_images` with ``masks``, in its ``OUT``.
-SEGMENT_METRICS = "metrics.json"
 #: The metrics :func:`score_table` shows, after ``n``; ``cldice`` where it was scored.
 TABLE_METRICS = ("dice", "auc", "sensitivity", "cldice")
-
-
-def _remove_earlier_metrics(out_dir: Path, log: Callable[[str], None]) -> None:
-    """Remove the ``metrics.json`` an earlier :func:`segment_images` wrote in ``out_dir``: the
-    scores of the outputs this call replaces (another command's is left alone). Called once a
-    model has loaded, just before the first output is written."""
-    path = out_dir / SEGMENT_METRICS
-    if path.is_file() and metrics_command(path) == SEGMENT_COMMAND:
-        path.unlink()
-        log(f"removed {path}: an earlier segment's scores, of the outputs this one replaces")
 
 
 def _tubular(run_dir: str | Path, log: Callable[[str], None]) -> bool:
@@ -631,6 +621,7 @@ def _tubular(run_dir: str | Path, log: Callable[[str], None]) -> bool:
 def _score_outputs(
     runs: Sequence[str | Path],
     files: Sequence[tuple[str, Path]],
+    arrays: Sequence[np.ndarray],
     out_dir: Path,
     matched: dict[str, MaskMatch],
     outputs: Sequence[str],
@@ -640,7 +631,7 @@ def _score_outputs(
 ) -> dict[str, Any]:
     """Score each of ``outputs`` (``A``, ``B``, ``refined``) of the images with a true mask in
     ``matched``, as written in ``out_dir``, and write ``OUT/metrics.json``; returns what it
-    holds.
+    holds. ``arrays``: the images of ``files``, as read (not decoded again).
 
     Each output is scored from its files at the image's own size
     (:func:`~localdisc.tasks.predict.score_prediction`: the binary metrics of the mask written,
@@ -657,12 +648,11 @@ def _score_outputs(
     modality = LDConfig.from_run(runs[0]).modality
     topology = _tubular(runs[0], log)
     rows: dict[str, list[dict[str, Any]]] = {output: [] for output in outputs}
-    targets = [(name, path, mask) for name, path in files
+    targets = [(name, path, image, mask) for (name, path), image in zip(files, arrays, strict=True)
                if (mask := matched[name].mask) is not None]  # fmt: skip
     with ProgressBar(len(targets), 0, progress, "score", unit="image") as bar:
-        for done, (name, path, mask) in enumerate(targets, 1):
-            image = read_image(path)[0]
-            target, fov = image_mask(mask, path), _fov(image, None, modality)
+        for done, (name, path, image, mask) in enumerate(targets, 1):
+            target, fov = sized_mask(mask, path, image.shape), _fov(image, None, modality)
             for output in outputs:
                 prob = read_image(out_dir / f"{name}_{output}_prob.png")[0][..., 0]
                 binary = read_image(out_dir / f"{name}_{output}_mask.png")[0][..., 0] > 0.5
@@ -683,8 +673,8 @@ def _score_outputs(
         **masks_used(files, matched, record["masks"], log),
         "environment": record["environment"],
     }
-    atomic_write_text(out_dir / SEGMENT_METRICS, json.dumps(jsonable(metrics), indent=2))
-    log(f"scores against {record['masks']} (per image in {out_dir / SEGMENT_METRICS}):")
+    atomic_write_text(out_dir / METRICS, json.dumps(jsonable(metrics), indent=2))
+    log(f"scores against {record['masks']} (per image in {out_dir / METRICS}):")
     log(score_table(metrics["summary"]))
     return metrics
 
@@ -743,8 +733,7 @@ def _check_run(run_dir: str | Path, log: Callable[[str], None]) -> None:
     folder, weights = split_weights_path(run_dir)
     LDConfig.from_run(folder)  # names a folder that is no run
     refuse_peer_run(run_dir)
-    if not (folder / weights).is_file():
-        raise CheckpointError(f"{folder}: no {weights} in this run (has it finished training?)")
+    check_weights_file(folder, weights)  # an unfinished run is named, with how to finish it
     # A damaged file too, before any run segments: an ensemble's earlier runs are work lost.
     check_safetensors(folder / weights)
     if not pretrain_settings(run_dir).get("prior"):

@@ -53,6 +53,7 @@ from localdisc.errors import ImageReadError, LocaldiscError
 from localdisc.eval.provenance import environment, resumed
 from localdisc.models.segmenter import Segmenter, read_config
 from localdisc.tasks.predict import (
+    METRICS,
     SkippedImages,
     check_metrics,
     collect_images,
@@ -60,9 +61,9 @@ from localdisc.tasks.predict import (
     image_mask,
     mask_png,
     masks_used,
-    metrics_command,
     prob_png,
     read_fov_mask,
+    remove_metrics,
     remove_outputs,
     score_prediction,
     true_masks,
@@ -199,8 +200,19 @@ def segment_vessels_self_trained(
     files = collect_images(images, out_dir=out_dir)
     skips = SkippedImages(skip_bad, log, len(files))
     # The unreadable ones known before the images are drawn, grouped, or found to be those of a
-    # finished run: a decoding more of each image (without skip_bad, a read below stops there).
-    files = skips.readable(files)
+    # finished run (without skip_bad, a read below stops there). Where the images may be
+    # grouped, each is checked once here, as the grouped run checks them all before training.
+    checked = skip_bad and teach_all and len(files) > train_images
+    if checked:
+        fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+        for i, (name, path) in enumerate(files):
+            try:
+                _check_photo(path, max_size, None if fovs is None else fovs[i])
+            except ImageReadError as exc:
+                skips.unreadable(name, path, exc)  # raised where it is another file's
+        files = skips.kept(files)
+    else:  # a decoding more of each image, only with skip_bad
+        files = skips.readable(files)
     grouped = teach_all and len(files) > train_images
     groups = math.ceil(len(files) / train_images) if grouped else 0  # as _teach_in_groups splits
     _check_layout(Path(out_dir), groups, reteach_unusual)
@@ -210,6 +222,8 @@ def segment_vessels_self_trained(
     if grouped:
         fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
         for i, (_, path) in enumerate(files):  # every image checked before the first training
+            if checked:
+                break  # each checked above already
             try:
                 _check_photo(path, max_size, None if fovs is None else fovs[i])
             except ImageReadError as exc:
@@ -239,7 +253,7 @@ def segment_vessels_self_trained(
     # The command's last word: where everything is (it ended on the review order, or on a
     # progress line, or the scores), and how to segment further photographs.
     network = Path(out_dir) / "group-K" if grouped else out_dir
-    scores = f"; {VESSELS_METRICS}" if matched is not None else ""
+    scores = f"; {METRICS}" if matched is not None else ""
     log(
         f"{len(written)} mask(s) in {out_dir} (NAME_mask.png, NAME_prob.png; vessels.csv; "
         f"figures/overlay.png{scores}); further photographs: localdisc predict --model {network}"
@@ -305,7 +319,8 @@ def _self_train(
     if earlier and _finished(out_dir, names):
         log(f"{out_dir} holds a finished run of these settings on these images: kept as it is "
             f"(another --out, or deleting it, runs again)")  # fmt: skip
-        _remove_earlier_metrics(out_dir, log)  # this call's scores, if any, replace them
+        # This call's scores, if any, replace them.
+        remove_metrics(out_dir, VESSELS_COMMAND, EARLIER_SCORES, log)
         return [out_dir / f"{name}_mask.png" for name in names]
     # Where and when, in config.json beside the settings (not among them: _same_settings
     # compares those); a stopped run's network keeps the environment it was trained in.
@@ -578,32 +593,22 @@ def _clear_earlier_run(
     """Before a run writes into ``out_dir``: remove the masks an earlier run there (its
     ``vessels.csv``) wrote of images this one does not segment (:func:`remove_outputs`), else
     the two runs' masks lie mixed; then that ``vessels.csv``, which marks a finished run, and
-    the scores of an earlier call (:func:`_remove_earlier_metrics`)."""
+    the scores of an earlier call (:func:`~localdisc.tasks.predict.remove_metrics`)."""
     removed = remove_outputs(out_dir, _listed(out_dir) or [], files)
     if removed:
         log(f"removed {removed} file(s) of an earlier run from {out_dir}: masks of images this "
             "one does not segment")  # fmt: skip
     (out_dir / "vessels.csv").unlink(missing_ok=True)  # written last: marks a finished run
-    _remove_earlier_metrics(out_dir, log)
+    remove_metrics(out_dir, VESSELS_COMMAND, EARLIER_SCORES, log)
 
 
 #: The command named in the ``metrics.json`` :func:`segment_vessels_self_trained` writes with
 #: ``masks`` (:func:`~localdisc.tasks.predict.metrics_command`: another command's is not
 #: replaced).
 VESSELS_COMMAND = "shape-guided vessels"
-#: The scores of :func:`segment_vessels_self_trained` with ``masks``, in its ``OUT_DIR``.
-VESSELS_METRICS = "metrics.json"
-
-
-def _remove_earlier_metrics(out_dir: Path, log: Callable[[str], None]) -> None:
-    """Remove the ``metrics.json`` an earlier call of this command wrote in ``out_dir`` (another
-    command's is left alone): scores of masks this call writes again, or of another folder of
-    true masks. Called once this call has read its inputs, so that one that fails at them
-    loses nothing."""
-    path = out_dir / VESSELS_METRICS
-    if path.is_file() and metrics_command(path) == VESSELS_COMMAND:
-        path.unlink()
-        log(f"removed {path}: an earlier call's scores")
+#: Why an earlier call's ``metrics.json`` is removed (``remove_metrics``, once this call has read
+#: its inputs): scores of masks this call writes again, or of another folder of true masks.
+EARLIER_SCORES = "an earlier call's scores"
 
 
 def _written_fov(path: Path, max_size: int, fov_mask: Path | None) -> np.ndarray:
@@ -611,6 +616,38 @@ def _written_fov(path: Path, max_size: int, fov_mask: Path | None) -> np.ndarray
     held them: read from ``fov_mask`` or found in the image, once shrunk to ``max_size``."""
     _, fov, shape = _read_photo(path, max_size, fov_mask)
     return fov if fov.shape == shape else resize_mask(fov, shape)
+
+
+def score_vessel_files(
+    files: Sequence[tuple[str, Path]],
+    out_dir: Path,
+    targets: Mapping[str, Path],
+    *,
+    fov_masks: str | Path | None,
+    max_size: int,
+    threshold: float = 0.5,
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """The scores, by name, of the masks a network of this command wrote in ``out_dir`` of each
+    image of ``files`` with a true mask in ``targets`` (name -> its file), as both
+    :func:`_score_vessels` and ``predict --masks`` score them, so that the two agree: from the
+    files at the image's own size (:func:`~localdisc.tasks.predict.score_prediction`), the
+    binary metrics of ``NAME_mask.png`` as written (specks dropped), ``auc`` of
+    ``NAME_prob.png``, ``cldice`` (vessels are trees), inside the FOV the masks were written in
+    at the network's ``max_size`` (:func:`_written_fov`, from ``fov_masks`` where given)."""
+    fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+    todo = [(i, name, path) for i, (name, path) in enumerate(files) if name in targets]
+    scores = {}
+    with ProgressBar(len(todo), 0, progress, "score", unit="image") as bar:
+        for done, (i, name, path) in enumerate(todo, 1):
+            fov = _written_fov(path, max_size, None if fovs is None else fovs[i])
+            prob = read_image(out_dir / f"{name}_prob.png")[0][..., 0]
+            binary = read_mask(out_dir / f"{name}_mask.png")
+            scores[name] = score_prediction(prob, image_mask(targets[name], path), fov,
+                                            threshold=threshold, topology=True,
+                                            binary=binary)  # fmt: skip
+            bar.update(done)
+    return scores
 
 
 def _score_vessels(
@@ -641,20 +678,11 @@ def _score_vessels(
     from localdisc.eval.report import jsonable
     from localdisc.tasks.shape_guided import score_table
 
-    fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     where = str(Path(masks).expanduser().resolve())
-    rows = []
-    targets = [(i, name, path, match.mask) for i, (name, path) in enumerate(files)
-               if (match := matched[name]).mask is not None]  # fmt: skip
-    with ProgressBar(len(targets), 0, progress, "score", unit="image") as bar:
-        for done, (i, name, path, mask) in enumerate(targets, 1):
-            fov = _written_fov(path, max_size, None if fovs is None else fovs[i])
-            prob = read_image(out_dir / f"{name}_prob.png")[0][..., 0]
-            binary = read_mask(out_dir / f"{name}_mask.png")
-            scores = score_prediction(prob, image_mask(mask, path), fov, topology=True,
-                                      binary=binary)  # fmt: skip
-            rows.append({"image": name, **scores})
-            bar.update(done)
+    targets = {name: m.mask for name, m in matched.items() if m.mask is not None}
+    scores = score_vessel_files(files, out_dir, targets, fov_masks=fov_masks,
+                                max_size=max_size, progress=progress)  # fmt: skip
+    rows = [{"image": name, **scores[name]} for name, _ in files if name in scores]
     metrics = {
         "command": VESSELS_COMMAND,
         "masks": where,
@@ -666,8 +694,8 @@ def _score_vessels(
         **masks_used(files, matched, where, log),
         "environment": env,
     }  # fmt: skip
-    atomic_write_text(out_dir / VESSELS_METRICS, json.dumps(jsonable(metrics), indent=2))
-    log(f"scores against {where} (per image in {out_dir / VESSELS_METRICS}):")
+    atomic_write_text(out_dir / METRICS, json.dumps(jsonable(metrics), indent=2))
+    log(f"scores against {where} (per image in {out_dir / METRICS}):")
     log(score_table({"vessels": metrics["summary"]}))
     return metrics
 
