@@ -18,6 +18,13 @@ class ImageReadError(LocaldiscError, ValueError):
         super().__init__(f"{path}: {reason}")
 
 
+class ReaderSetupError(ImageReadError):
+    """An image could not be read for a reason of this installation or its settings, not of
+    the file: pydicom, or a decoder for the file's compression, is not installed; the pixel
+    limit is set to no positive integer. ``--skip-bad`` does not skip it: every such file of
+    a cohort would be dropped, when installing what the message names reads them all."""
+
+
 class DatasetError(LocaldiscError, ValueError):
     """A data set folder is incomplete or inconsistent (missing mask, unknown layout, ...)."""
 

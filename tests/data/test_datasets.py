@@ -272,6 +272,24 @@ def test_unreadable_image_raises_image_read_error(tmp_path: Path) -> None:
     assert ds.skipped == [(bad, ds.skipped[0][1])] and ds.skipped[0][1]
 
 
+def test_skip_bad_does_not_skip_an_error_of_the_installation(tmp_path: Path, monkeypatch) -> None:
+    """``datasets inspect --skip-bad`` would list every DICOM of a cohort as bad, when one
+    install reads them all: a :class:`ReaderSetupError` stops it instead."""
+    import localdisc.data.datasets as datasets
+    from localdisc.errors import ReaderSetupError
+
+    root = make_drive(tmp_path / "DRIVE")
+
+    def no_pydicom(path, **kwargs):
+        raise ReaderSetupError(path, "pydicom is not installed")
+
+    monkeypatch.setattr(datasets, "read_image", no_pydicom)
+    ds = load_dataset("drive", root, "train", skip_bad=True)
+    with pytest.raises(ReaderSetupError, match="pydicom is not installed"):
+        ds.verify()
+    assert ds.skipped == []
+
+
 # -- STARE, CHASE_DB1, HRF -------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ from localdisc.data.io import (
     read_mask,
     set_max_pixels,
 )
-from localdisc.errors import ImageReadError
+from localdisc.errors import ImageReadError, ReaderSetupError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -368,8 +368,9 @@ def test_jsrt_img(tmp_path: Path, rng: np.random.Generator) -> None:
     np.testing.assert_allclose(img[..., 0], (4095 - raw) / 4095.0, rtol=1e-6)
     assert img[0, 0, 0] == 1.0 and img[0, 1, 0] == 0.0
     assert meta == ImageMeta(
-        tmp_path / "JPCLN001.IMG", "jsrt_img", 12, 2048, 2048, 1, spacing=(0.175, 0.175)
-    )
+        tmp_path / "JPCLN001.IMG", "jsrt_img", 12, 2048, 2048, 1, spacing=(0.175, 0.175),
+        spacing_source="JSRT",
+    )  # fmt: skip
 
 
 def test_jsrt_bad_size_and_values(tmp_path: Path) -> None:
@@ -582,6 +583,56 @@ def test_dicom_pixel_spacing(tmp_path: Path) -> None:
     assert zero == (0.16, 0.15)
 
 
+def test_dicom_pixel_spacing_source_magnification_and_functional_groups(tmp_path: Path) -> None:
+    # ImagerPixelSpacing is the detector's: with EstimatedRadiographicMagnificationFactor
+    # (SID / SOD) the spacing at the patient is it divided by the factor (PS3.3 C.8.11.7).
+    # Enhanced multi-frame files hold PixelSpacing in a Pixel Measures functional group.
+    # ImageMeta.spacing_source says which gave the spacing.
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    raw = np.zeros((4, 6), dtype=np.uint16)
+
+    def read(name: str, **attrs) -> tuple[tuple[float, float] | None, str | None]:
+        meta = read_image(_write_dicom(tmp_path / name, raw, **attrs))[1]
+        assert meta.spacing_source is None or meta.spacing_source in lio.SPACING_SOURCES
+        return meta.spacing, meta.spacing_source
+
+    def groups(row: float, column: float) -> DicomSequence:
+        measures = Dataset()
+        measures.PixelSpacing = [row, column]
+        item = Dataset()
+        item.PixelMeasuresSequence = DicomSequence([measures])
+        return DicomSequence([item])
+
+    imager = dict(ImagerPixelSpacing=[0.16, 0.15])
+    spacing, source = read("ermf.dcm", EstimatedRadiographicMagnificationFactor=1.25, **imager)
+    assert spacing == pytest.approx((0.128, 0.12))
+    assert source == "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor"
+    for bad in ("0", "-1.1"):  # no factor: the detector's spacing, said so
+        assert read(f"bad{bad}.dcm", EstimatedRadiographicMagnificationFactor=bad, **imager) == (
+            (0.16, 0.15), "ImagerPixelSpacing"
+        )  # fmt: skip
+    # A calibrated PixelSpacing is already at the patient: the factor is not applied.
+    assert read("ps.dcm", PixelSpacing=[0.2, 0.1], EstimatedRadiographicMagnificationFactor=2,
+                **imager) == ((0.2, 0.1), "PixelSpacing")  # fmt: skip
+    assert read("none.dcm", EstimatedRadiographicMagnificationFactor=1.25) == (None, None)
+
+    shared = dict(SharedFunctionalGroupsSequence=groups(0.3, 0.25))
+    assert read("shared.dcm", **shared, **imager) == (
+        (0.3, 0.25), "SharedFunctionalGroupsSequence PixelSpacing"
+    )  # fmt: skip
+    assert read("frame.dcm", PerFrameFunctionalGroupsSequence=groups(0.5, 0.4)) == (
+        (0.5, 0.4), "PerFrameFunctionalGroupsSequence PixelSpacing"
+    )  # fmt: skip
+    assert read("top.dcm", PixelSpacing=[0.2, 0.1], **shared)[1] == "PixelSpacing"
+    # A malformed group is as if absent.
+    assert read("bad_group.dcm", SharedFunctionalGroupsSequence=groups(0, 0.25), **imager) == (
+        (0.16, 0.15), "ImagerPixelSpacing"
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "value",
     [b"abc\\def ", b"12      ", b"0.2     ", b"0\\0.1   ", b"-1\\1    ", b"2\\1\\0.3 ",
@@ -704,6 +755,57 @@ def test_dicom_without_pixel_data_or_decoder_says_what_it_is(tmp_path: Path) -> 
         error = _expect_error(tmp_path / "jl.dcm", "compressed as JPEG Lossless")
         assert "pip install python-gdcm" in str(error)
         assert "\n" not in str(error)
+
+
+def _write_jpeg_lossless_dicom(path: Path) -> Path:
+    """A DICOM whose pixel data are compressed as JPEG Lossless (not decodable: only its
+    transfer syntax matters)."""
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLossless
+
+    ds = dcmread(_write_dicom(path, np.zeros((2, 2), np.uint16)))
+    ds.file_meta.TransferSyntaxUID = JPEGLossless
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + bytes(16) + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path)
+    return path
+
+
+def test_errors_of_the_installation_are_reader_setup_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pydicom or a decoder plugin missing, a bad pixel-limit setting: not the file's fault,
+    # so --skip-bad must not skip them (a ReaderSetupError); still ImageReadErrors for callers.
+    pytest.importorskip("pydicom")
+    import pydicom.pixels
+
+    class _Missing:
+        is_available = False
+
+    plain = _write_dicom(tmp_path / "plain.dcm", np.zeros((4, 4), np.uint16))
+    compressed = _write_jpeg_lossless_dicom(tmp_path / "jl.dcm")
+    with monkeypatch.context() as patch:
+        patch.setattr(pydicom.pixels, "get_decoder", lambda uid: _Missing())
+        error = _expect_error(compressed, "no decoder for it is installed: pip install")
+        assert isinstance(error, ReaderSetupError)
+    with monkeypatch.context() as patch:
+        patch.setenv(lio.MAX_PIXELS_ENV, "lots")
+        assert isinstance(_expect_error(plain, lio.MAX_PIXELS_ENV), ReaderSetupError)
+    assert isinstance(_expect_error(plain, "max_pixels", max_pixels=0), ReaderSetupError)
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # makes `import pydicom` fail
+    assert isinstance(_expect_error(plain, "pip install localdisc[dicom]"), ReaderSetupError)
+
+
+def test_errors_of_the_file_are_no_reader_setup_errors(tmp_path: Path) -> None:
+    # Truncated, over the pixel limit, not an image: the file's own, skippable.
+    noise = np.random.default_rng(0).integers(0, 255, (20, 24, 3), np.uint8)
+    png = _save(noise, tmp_path / "a.png")
+    assert not isinstance(_expect_error(png, "limit", max_pixels=10), ReaderSetupError)
+    png.write_bytes(png.read_bytes()[:100])
+    assert not isinstance(_expect_error(png), ReaderSetupError)
+    (tmp_path / "notes.png").write_text("not an image")
+    assert not isinstance(_expect_error(tmp_path / "notes.png"), ReaderSetupError)
 
 
 # ----------------------------------------------------------------------------- masks

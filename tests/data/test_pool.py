@@ -182,3 +182,22 @@ def test_the_pool_names_each_image_by_its_source(tmp_path: Path, monkeypatch) ->
     names.clear()
     resolve_pool(specs, "xray", 8, max_images=1, skip_bad=True, names=names, log=lambda m: None)
     assert names == ["a.png"]
+
+
+def test_skip_bad_stops_at_an_error_of_the_installation(tmp_path: Path, monkeypatch) -> None:
+    """A missing DICOM decoder fails every file of its kind: skipped, it would empty the pool of
+    them one by one; it stops the pre-training with what to install instead."""
+    import localdisc.data.pool as pool_module
+    from localdisc.errors import ReaderSetupError
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((8, 8), 100, np.uint8)).save(folder / name)
+
+    def no_decoder(path, **kwargs):
+        raise ReaderSetupError(path, "no decoder installed: pip install python-gdcm")
+
+    monkeypatch.setattr(pool_module, "read_image", no_decoder)
+    with pytest.raises(ReaderSetupError, match="pip install python-gdcm"):
+        resolve_pool([str(folder)], "xray", 8, skip_bad=True, log=lambda m: None)

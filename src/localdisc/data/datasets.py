@@ -33,7 +33,7 @@ import numpy as np
 
 from localdisc.data.io import IMAGE_SUFFIXES, is_image_file, read_image, read_mask
 from localdisc.data.preprocess import fov_from_image, resize_mask, to_modality_channels
-from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
+from localdisc.errors import DatasetError, ImageReadError, LocaldiscError, ReaderSetupError
 
 #: Splits of the data sets that have a train/test split; ``all`` is their union.
 SPLITS = ("train", "test", "all")
@@ -309,7 +309,7 @@ class SegmentationDataset(Sequence[Sample]):
             try:
                 sample = self.load(item)
             except LocaldiscError as exc:
-                if not self.skip_bad:
+                if not self.skip_bad or isinstance(exc, ReaderSetupError):  # not the file's
                     raise
                 path = exc.path if isinstance(exc, ImageReadError) else item.image
                 reason = exc.reason if isinstance(exc, ImageReadError) else str(exc)

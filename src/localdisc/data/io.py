@@ -50,11 +50,12 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from localdisc.errors import ImageReadError
+from localdisc.errors import ImageReadError, ReaderSetupError
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
+    "SPACING_SOURCES",
     "ImageMeta",
     "is_image_file",
     "read_image",
@@ -93,6 +94,19 @@ JSRT_SIZE = 2048
 JSRT_BITS = 12
 #: JSRT's pixel spacing (mm, rows and columns) at its 2048 x 2048: the raw files have no header.
 JSRT_SPACING = 0.175
+
+#: :attr:`ImageMeta.spacing_source`'s values: DICOM's top-level PixelSpacing; that of an
+#: enhanced multi-frame file's Pixel Measures functional group, shared by its frames or its
+#: first frame's; ImagerPixelSpacing divided by the magnification factor (at the patient), or
+#: alone (at the detector); JSRT's published spacing.
+SPACING_SOURCES: tuple[str, ...] = (
+    "PixelSpacing",
+    "SharedFunctionalGroupsSequence PixelSpacing",
+    "PerFrameFunctionalGroupsSequence PixelSpacing",
+    "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor",
+    "ImagerPixelSpacing",
+    "JSRT",
+)
 
 _GZ_SUFFIXES = (".ppm.gz", ".pgm.gz")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")  # .ima: Siemens exports
@@ -134,14 +148,24 @@ class ImageMeta:
         channels: samples per pixel as stored, alpha included (1, 2, 3 or 4).
         spacing: (row, column) mm per pixel of the file as read (row: between the centres of
             adjacent rows, i.e. along y; column: along x), where the file says it: DICOM's
-            PixelSpacing (0028,0030), else ImagerPixelSpacing (0018,1164), the spacing at the
-            detector that projection radiographs without a calibrated PixelSpacing carry (it
-            includes the X-ray magnification: anatomy measures a few per cent smaller), and
-            JSRT's raw ``.IMG`` (0.175, 0.175). A value that is not two positive finite
-            numbers (one number, text, zero) is ignored, as if absent, so that a malformed
-            header never stops the image being read. ``None`` otherwise: PNG's pHYs and TIFF's
-            resolution are dots per inch for printing or display, which screenshots and
-            converters set at will, not the size of the anatomy in a pixel.
+            PixelSpacing (0028,0030); else, in an enhanced multi-frame file, the PixelSpacing
+            of its Pixel Measures functional group (shared, else the first frame's); else
+            ImagerPixelSpacing (0018,1164), the spacing at the detector that projection
+            radiographs without a calibrated PixelSpacing carry, divided by the
+            EstimatedRadiographicMagnificationFactor (0018,1114, source-to-detector over
+            source-to-patient distance) where the file gives one above 0: the spacing at the
+            patient (DICOM PS3.3 C.8.11.7); without it, the detector's (which includes the
+            X-ray magnification: anatomy measures a few per cent smaller); and JSRT's raw
+            ``.IMG`` (0.175, 0.175). A value that is not two positive finite numbers (one
+            number, text, zero) is ignored, as if absent, as is a factor that is not one
+            positive finite number, so that a malformed header never stops the image being
+            read. ``None`` otherwise: PNG's pHYs and TIFF's resolution are dots per inch for
+            printing or display, which screenshots and converters set at will, not the size
+            of the anatomy in a pixel.
+        spacing_source: where ``spacing`` came from, to say it beside a measure: one of
+            :data:`SPACING_SOURCES` (``"PixelSpacing"``, ``"ImagerPixelSpacing /
+            EstimatedRadiographicMagnificationFactor"``, ``"JSRT"``, ...); ``None`` where
+            ``spacing`` is.
     """
 
     path: Path
@@ -151,6 +175,7 @@ class ImageMeta:
     width: int
     channels: int
     spacing: tuple[float, float] | None = None
+    spacing_source: str | None = None
 
 
 @dataclass
@@ -204,7 +229,11 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.n
         max_pixels: refuse images with more than this many pixels (H x W); see the module doc.
 
     Raises:
-        ImageReadError: the file is missing, unsupported, corrupt, truncated or too large.
+        ImageReadError: the file is missing, unsupported, corrupt, truncated or too large;
+            its subclass :class:`~localdisc.errors.ReaderSetupError` where this installation
+            or its settings cannot read it (pydicom, or a decoder for the DICOM file's
+            compression, is not installed; ``max_pixels`` or ``LOCALDISC_MAX_PIXELS`` is no
+            positive integer), whatever the file holds.
     """
     path = Path(path)
     decoded = _decode(path, max_pixels)
@@ -284,7 +313,9 @@ def _matching_suffix(path: Path) -> str | None:
 def _resolve_limit(path: Path, max_pixels: int | None) -> int:
     if max_pixels is not None:
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
-            raise ImageReadError(path, f"max_pixels must be a positive integer, got {max_pixels!r}")
+            raise ReaderSetupError(
+                path, f"max_pixels must be a positive integer, got {max_pixels!r}"
+            )
         return max_pixels
     if _max_pixels_override is not None:
         return _max_pixels_override
@@ -295,7 +326,7 @@ def _resolve_limit(path: Path, max_pixels: int | None) -> int:
         except ValueError:
             value = 0
         if value <= 0:
-            raise ImageReadError(
+            raise ReaderSetupError(
                 path, f"environment variable {MAX_PIXELS_ENV}={env!r} is not a positive integer"
             )
         return value
@@ -763,9 +794,8 @@ def _decode_jsrt(path: Path, head: bytes, limit: int) -> _Decoded:
             f"value {top} exceeds 12 bits: not a JSRT image (or not big-endian as JSRT stores it)",
         )
     pixels = (full - raw.astype(np.uint16)).reshape(JSRT_SIZE, JSRT_SIZE)
-    meta = ImageMeta(
-        path, "jsrt_img", JSRT_BITS, JSRT_SIZE, JSRT_SIZE, 1, (JSRT_SPACING, JSRT_SPACING)
-    )
+    spacing = (JSRT_SPACING, JSRT_SPACING)
+    meta = ImageMeta(path, "jsrt_img", JSRT_BITS, JSRT_SIZE, JSRT_SIZE, 1, spacing, "JSRT")
     return _Decoded(pixels, float(full), meta)
 
 
@@ -823,7 +853,7 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     try:
         import pydicom
     except ImportError as exc:
-        raise ImageReadError(
+        raise ReaderSetupError(
             path, "reading DICOM needs pydicom: pip install localdisc[dicom]"
         ) from exc
     try:
@@ -873,7 +903,7 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
             path, f"unsupported DICOM photometric interpretation {photometric!r} ({spp} samples)"
         )
     out = np.clip(out, 0.0, 1.0)
-    meta = ImageMeta(path, "dicom", bits, height, width, spp, _dicom_spacing(ds))
+    meta = ImageMeta(path, "dicom", bits, height, width, spp, *_dicom_spacing(ds))
     return _Decoded(np.ascontiguousarray(out, dtype=np.float32), 1.0, meta)
 
 
@@ -893,7 +923,9 @@ def _no_pixel_data(ds: Any) -> str:
 def _check_decoder(path: Path, ds: Any) -> None:
     """Refuse compressed pixel data that no installed plugin decodes, naming the compression
     and what to install (pydicom's own message is several lines naming its plugins, and its
-    gdcm plugin's package is ``python-gdcm``, not ``gdcm``)."""
+    gdcm plugin's package is ``python-gdcm``, not ``gdcm``): a :class:`ReaderSetupError`, as
+    installing it reads the file. A compression pydicom has no plugin for at all is the file's
+    (nothing to install): a plain :class:`ImageReadError`."""
     syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
     try:
         if syntax is None or not syntax.is_compressed:
@@ -911,7 +943,7 @@ def _check_decoder(path: Path, ds: Any) -> None:
             path, f"pixel data compressed as {syntax.name} ({syntax}), which pydicom cannot decode"
         ) from None
     if not decoder.is_available:
-        raise ImageReadError(
+        raise ReaderSetupError(
             path,
             f"pixel data compressed as {syntax.name} ({syntax}) and no decoder for it is "
             "installed: pip install python-gdcm (what localdisc's [dicom] extra installs), or "
@@ -919,20 +951,57 @@ def _check_decoder(path: Path, ds: Any) -> None:
         )
 
 
-def _dicom_spacing(ds: Any) -> tuple[float, float] | None:
-    """(row, column) mm per pixel: PixelSpacing, else ImagerPixelSpacing; ``None`` where neither
-    holds two positive finite numbers (:class:`ImageMeta`'s ``spacing``)."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        try:
-            value = ds.get(keyword)
-            # Two values (VM 2); a lone "12" would otherwise be read as its characters 1 and 2.
-            if not isinstance(value, Sequence) or isinstance(value, str | bytes):
-                continue
-            spacing = tuple(float(v) for v in value)
-        except Exception:  # whatever a malformed value raises (text, overflow): ignored
-            continue
-        if len(spacing) == 2 and all(np.isfinite(v) and v > 0 for v in spacing):
-            return spacing[0], spacing[1]
+def _dicom_spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) mm per pixel and where it came from (:class:`ImageMeta`'s ``spacing`` and
+    ``spacing_source``): the first of PixelSpacing, the enhanced multi-frame Pixel Measures
+    group's (shared, else the first frame's: the frame read), and ImagerPixelSpacing (divided
+    by EstimatedRadiographicMagnificationFactor where it is one positive finite number) that
+    holds two positive finite numbers; ``(None, None)`` where none does."""
+    spacing = _spacing_value(ds, "PixelSpacing")
+    if spacing is not None:
+        return (spacing[0], spacing[1]), "PixelSpacing"
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        measures = _first_item(_first_item(ds, groups), "PixelMeasuresSequence")
+        spacing = _spacing_value(measures, "PixelSpacing")
+        if spacing is not None:
+            return (spacing[0], spacing[1]), f"{groups} PixelSpacing"
+    spacing = _spacing_value(ds, "ImagerPixelSpacing")
+    if spacing is None:
+        return None, None
+    factor = _spacing_value(ds, "EstimatedRadiographicMagnificationFactor", count=1)
+    if factor is None:
+        return (spacing[0], spacing[1]), "ImagerPixelSpacing"
+    at_patient = (spacing[0] / factor[0], spacing[1] / factor[0])
+    return at_patient, "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor"
+
+
+def _first_item(ds: Any, keyword: str) -> Any:
+    """The first item of sequence ``keyword`` of ``ds`` (``None`` where ``ds`` is ``None``, or
+    the sequence is absent, empty or malformed)."""
+    try:
+        value = None if ds is None else ds.get(keyword)
+        return value[0] if value else None
+    except Exception:  # a malformed sequence: as if absent
+        return None
+
+
+def _spacing_value(ds: Any, keyword: str, count: int = 2) -> tuple[float, ...] | None:
+    """``count`` positive finite numbers in ``ds``'s ``keyword``, or ``None`` (absent, or any
+    other value: one number where two are due, text, zero)."""
+    try:
+        value = None if ds is None else ds.get(keyword)
+        if value is None:
+            return None
+        if count == 1 and not isinstance(value, Sequence | str | bytes):
+            value = [value]  # a single-valued DS reads as one number
+        # Two values (VM 2); a lone "12" would otherwise be read as its characters 1 and 2.
+        if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+            return None
+        numbers = tuple(float(v) for v in value)
+    except Exception:  # whatever a malformed value raises (text, overflow): ignored
+        return None
+    if len(numbers) == count and all(np.isfinite(v) and v > 0 for v in numbers):
+        return numbers
     return None
 
 

@@ -18,7 +18,7 @@ import torch
 
 from localdisc.data.io import read_image
 from localdisc.data.preprocess import resize_image, roi_crop, to_modality_channels
-from localdisc.errors import DatasetError, ImageReadError
+from localdisc.errors import DatasetError, ImageReadError, ReaderSetupError
 
 
 def prepare_pool_image(image: np.ndarray, modality: str, pool_size: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def _decode(
         try:
             return prepare_pool_image(read_image(path)[0], modality, pool_size)
         except ImageReadError as exc:
-            if not skip_bad:
+            if not skip_bad or isinstance(exc, ReaderSetupError):  # the installation's: all fail
                 raise
             return exc.reason
 

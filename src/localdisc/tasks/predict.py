@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from localdisc.data.preprocess import fov_from_image, resize_mask, to_modality_c
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
-from localdisc.errors import ImageReadError, LocaldiscError
+from localdisc.errors import ImageReadError, LocaldiscError, ReaderSetupError
 from localdisc.eval.provenance import environment
 from localdisc.models.segmenter import Segmenter, read_config
 
@@ -72,6 +72,8 @@ def collect_images(
 #: What the error of an unreadable image adds where the command has other images to go on with.
 SKIP_BAD_HINT = "--skip-bad skips unreadable images"
 
+_Read = TypeVar("_Read")
+
 
 class SkippedImages:
     """The unreadable images among a command's inputs (``--skip-bad``).
@@ -81,7 +83,10 @@ class SkippedImages:
     with the reader's reason and named in ``log``, and the command goes on without it; without,
     the reader's error is raised, ending with :data:`SKIP_BAD_HINT` where the command has other
     images (``count``) it could go on with. Only an image's own read counts: an unreadable or
-    ill-sized mask, or an image too small, still stops the command.
+    ill-sized mask, or an image too small, still stops the command; so does a
+    :class:`~localdisc.errors.ReaderSetupError` (pydicom or a DICOM decoder not installed, a
+    bad pixel limit), this installation's and not the file's: skipped, it would drop every
+    file of its kind, when its message says what to install to read them all.
     """
 
     def __init__(
@@ -95,8 +100,9 @@ class SkippedImages:
 
     def unreadable(self, name: str, path: Path, error: ImageReadError) -> None:
         """Record ``error``, raised reading image ``path`` (named ``name``), or raise it
-        (:meth:`hinted`: not ``enabled``, or an error of another file)."""
-        if not self.enabled or Path(error.path) != Path(path):
+        (:meth:`hinted`: not ``enabled``, an error of another file, or a
+        :class:`~localdisc.errors.ReaderSetupError`)."""
+        if not self.enabled or not self._skippable(path, error):
             raise self.hinted(path, error)
         self.skipped.append((name, Path(path), error.reason))
         self.log(f"skipped {path}: {error.reason}")
@@ -104,12 +110,19 @@ class SkippedImages:
     def hinted(self, path: Path, error: ImageReadError) -> ImageReadError:
         """What to raise for ``error``, raised reading image ``path``: with
         :data:`SKIP_BAD_HINT` where skipping it would let the command go on (not ``enabled``,
-        other images, and the image's own error, not its mask's); else ``error`` itself."""
-        if self.enabled or self.count < 2 or Path(error.path) != Path(path):
+        other images, and the image's own error, not its mask's nor the installation's); else
+        ``error`` itself."""
+        if self.enabled or self.count < 2 or not self._skippable(path, error):
             return error
         hinted = ImageReadError(error.path, f"{error.reason}; {SKIP_BAD_HINT}")
         hinted.__cause__ = error
         return hinted
+
+    @staticmethod
+    def _skippable(path: Path, error: ImageReadError) -> bool:
+        """Whether ``error``, raised reading image ``path``, is the image's own: of that file,
+        and not a :class:`~localdisc.errors.ReaderSetupError`."""
+        return Path(error.path) == Path(path) and not isinstance(error, ReaderSetupError)
 
     @property
     def names(self) -> set[str]:
@@ -122,6 +135,25 @@ class SkippedImages:
             return read_image(path)
         except ImageReadError as exc:
             self.unreadable(name, path, exc)
+            return None
+
+    def read_replacing(
+        self,
+        name: str,
+        path: Path,
+        out_dir: Path,
+        files: Sequence[tuple[str, Path]],
+        reader: Callable[[Path], _Read],
+    ) -> _Read | None:
+        """``reader(path)`` (image ``path``, named ``name``, among ``files``), read before
+        anything is written for it into ``out_dir``; ``None`` where it is skipped
+        (:meth:`unreadable`), the outputs an earlier run wrote of it there then removed
+        (:func:`remove_outputs`): they are not this run's."""
+        try:
+            return reader(path)
+        except ImageReadError as exc:
+            self.unreadable(name, path, exc)
+            remove_outputs(out_dir, [name], [f for f in files if f[0] != name])
             return None
 
     def kept(self, files: Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:
@@ -304,9 +336,8 @@ def predict_images(
         written = []
         with ProgressBar(len(files), 0, progress, "predict", unit="image") as bar:
             for i, (name, path) in enumerate(files):
-                read = skips.read(name, path)  # before anything is written for it
-                if read is None:  # an earlier predict's outputs of it are not this one's
-                    remove_outputs(out_dir, [name], [f for f in files if f[0] != name])
+                read = skips.read_replacing(name, path, out_dir, files, read_image)
+                if read is None:
                     bar.update(i + 1)
                     continue
                 image = read[0]

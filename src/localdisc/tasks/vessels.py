@@ -917,15 +917,15 @@ def _write_vessels(
                 image, fov, shape = loaded[i]
             else:
                 mask = None if fov_masks is None else fov_masks[i]
-                try:
-                    image, fov, shape = _read_photo(path, max_size, mask)
-                except ImageReadError as exc:
-                    if skips is None:
-                        raise
-                    skips.unreadable(name, path, exc)  # raised unless it is skipped
-                    remove_outputs(out_dir, [name], [f for f in files if f[0] != name])
+                reader = partial(_read_photo, max_size=max_size, fov_mask=mask)
+                # Without skips, an unreadable image's error is raised as it is (count=1).
+                read = (skips or SkippedImages(count=1)).read_replacing(
+                    name, path, out_dir, files, reader
+                )
+                if read is None:
                     bar.update(i + 1)
                     continue
+                image, fov, shape = read
             prob = student_probability(model, image, fov)
             mask = remove_specks(prob >= threshold, fov, speck_area)
             score = scores.get(i)
