@@ -653,6 +653,28 @@ def test_match_masks_outside_a_data_set(tmp_path: Path) -> None:
     assert "it holds only the images themselves" in match_masks([inside], shared_dir)[0].reason
 
 
+def test_match_masks_says_which_images_have_no_mask_at_all(tmp_path: Path) -> None:
+    # absent was a flag beside each match, from a private twin of match_masks: now a field, so
+    # callers tell an unlabelled image (absent) from an ambiguous one (two candidates).
+    from localdisc.data.datasets import _MaskIndex
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    train = save(images / "train" / "001.png", fundus(seed=1))
+    val = save(images / "val" / "001.png", fundus(seed=2))
+    bare = save(images / "c.png", fundus(seed=3))
+    two = save(images / "a.png", fundus(seed=4))
+    beside = save(masks / "train" / "001_mask.png", vessels())
+    save(masks / "a_mask.png", vessels())
+    save(masks / "a_gt.png", vessels(period=3))
+    matches = match_masks([train, val, bare, two], masks, image_dirs=[images])
+    assert [(m.mask, m.absent) for m in matches] == [
+        (beside, False), (None, True), (None, True), (None, False),
+    ]  # fmt: skip
+    assert "is the mask of" in matches[1].reason and "keep one" in matches[3].reason
+    # The image a suffixed mask sits beside is keyed once, as the index files it.
+    assert _MaskIndex.build(masks).suffixed_key[beside] == "train/001"
+
+
 @pytest.mark.parametrize("masks_name", ["Masks", "GT", "LABELS", "Mask"])
 def test_folder_mask_folder_found_in_any_letter_case(tmp_path: Path, masks_name: str) -> None:
     root = tmp_path / "set"

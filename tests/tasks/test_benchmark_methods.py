@@ -73,8 +73,8 @@ def test_cpu_scale_is_the_recorded_cpu_comparison():
         MethodsBenchmarkConfig,
         _settings,
         cpu_scale_pools,
+        plan_transfer,
         preset,
-        task_modalities,
     )
     from localdisc.tasks.benchmark_transfer import BenchmarkConfig
 
@@ -82,9 +82,14 @@ def test_cpu_scale_is_the_recorded_cpu_comparison():
     # Only the pool of the tasks' modality, under --data-root (compare_methods.sh's pools);
     # chosen once the tasks are checked (a paper task without data needs none: it is skipped).
     assert config.pools == []
-    assert task_modalities(BenchmarkConfig(tasks=["drive"])) == set()
-    generated = BenchmarkConfig(tasks=["synthetic_fundus", "synthetic_xray"])
-    assert task_modalities(generated) == {"fundus", "xray"}
+
+    def modalities(config: BenchmarkConfig) -> set[str]:
+        return {task.modality for task in plan_transfer(config, lambda m: None)[0]}
+
+    assert modalities(BenchmarkConfig(tasks=["drive"])) == set()
+    assert modalities(BenchmarkConfig(tasks=["synthetic_fundus", "synthetic_xray"])) == {
+        "fundus", "xray",
+    }  # fmt: skip
     assert cpu_scale_pools("/d", {"fundus"}) == ["fundus=/d/KaggleDR/images"]
     assert (config.budget_seconds, config.size, config.batch, config.labels) == (240, 128, 2, ["2"])
     assert config.transfer["size"] == 256 and config.device == "cpu"
@@ -242,7 +247,7 @@ def test_an_own_xray_set_has_the_xray_pool_pretrained(tmp_path, monkeypatch):
         pretrained.append((settings["modality"], settings["data"], run_dir))
         return {}
 
-    def transfer(config, out_dir, log):
+    def transfer(config, out_dir, log, plan):
         inits.append(config.inits)
         raise KeyboardInterrupt  # stop here: what runs is chosen
 
@@ -283,3 +288,63 @@ def test_cpu_scale_pretrains_the_pool_of_an_own_sets_modality(tmp_path, monkeypa
     assert [(s["modality"], s["data"]) for s in started] == [
         ("xray", [str(tmp_path / "CXR_Kermany" / "train" / "NORMAL")])
     ]
+
+
+def test_the_tasks_are_planned_once(tmp_path, monkeypatch):
+    """The tasks were planned to choose the pools, then again by the transfer benchmark: each
+    split read twice more, and an own folder's images guessed at twice."""
+    import localdisc.tasks.benchmark_methods as methods
+    import localdisc.tasks.benchmark_transfer as bench
+
+    plans: list[list[str]] = []
+    plan_tasks = bench.plan_tasks
+
+    def counted(config, data_root, log):
+        plans.append(config.tasks)
+        return plan_tasks(config, data_root, log)
+
+    def first_run(*args, **kwargs):
+        raise KeyboardInterrupt  # the tasks are planned by now
+
+    for module in (bench, methods):
+        monkeypatch.setattr(module, "plan_tasks", counted, raising=False)
+    monkeypatch.setattr(bench, "_run_one", first_run)
+    config = methods.MethodsBenchmarkConfig(
+        methods=[], tasks=["synthetic_fundus", "drive"], quick=True, data_root=str(tmp_path)
+    )
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        methods.run_methods_benchmark(config, tmp_path / "out", log=said.append)
+    assert plans == [["synthetic_fundus", "drive"]]
+    assert len([m for m in said if m.startswith("skipped drive: ")]) == 1
+
+
+def test_quick_pretrains_a_generated_xray_pool_for_an_xray_task(tmp_path, monkeypatch):
+    """--quick had a fundus pool only: an X-ray task (or an own X-ray folder) got no method
+    pre-trained for it ("no task needs the fundus pool"), only random init."""
+    import localdisc.tasks.benchmark_methods as methods
+
+    pretrained: list[tuple[str, list[str]]] = []
+
+    def pretrain(settings, run_dir, log):
+        pretrained.append((settings["modality"], settings["data"]))
+        return {}
+
+    def transfer(config, out_dir, log, plan):
+        raise KeyboardInterrupt  # stop here: the pools are chosen
+
+    monkeypatch.setattr(methods, "_pretrain", pretrain)
+    monkeypatch.setattr(methods, "run_benchmark", transfer)
+    mine = str(own_folder(tmp_path / "mine", modality="xray"))
+    for tasks, pools in {
+        ("synthetic_xray",): [("xray", ["synthetic_xray:8"])],
+        (mine,): [("xray", ["synthetic_xray:8"])],
+        ("synthetic_fundus", "synthetic_xray"): [
+            ("fundus", ["synthetic_fundus:8"]), ("xray", ["synthetic_xray:8"]),
+        ],
+    }.items():  # fmt: skip
+        pretrained.clear()
+        config = methods.MethodsBenchmarkConfig(methods=["simclr"], tasks=list(tasks), quick=True)
+        with pytest.raises(KeyboardInterrupt):
+            methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
+        assert pretrained == pools, tasks

@@ -316,3 +316,38 @@ def test_a_label_budget_beyond_a_paper_tasks_images_is_refused_before_any_work(t
         with pytest.raises(LocaldiscError, match=re.escape(message)):
             run_benchmark(replace(config, labels=["2", labels]), tmp_path / "b", log=print)
     assert not (tmp_path / "b").exists()
+
+
+def _count_loads(monkeypatch) -> list[tuple[str, str | None]]:
+    """Every (spec, split) loaded by the benchmark's planning, as it loads them."""
+    import localdisc.tasks.benchmark_transfer as bench
+    import localdisc.tasks.transfer as transfer
+    from localdisc.data.datasets import load_data_spec
+
+    loads: list[tuple[str, str | None]] = []
+
+    def counted(spec, split=None, **kwargs):
+        loads.append((spec, split))
+        return load_data_spec(spec, split, **kwargs)
+
+    for module in (bench, transfer):
+        monkeypatch.setattr(module, "load_data_spec", counted, raising=False)
+    return loads
+
+
+def test_planning_loads_each_split_of_a_task_once(tmp_path, monkeypatch):
+    """A paper task's train split was loaded twice (checked, then counted for --labels), an own
+    set's train and test splits twice each (checked, then counted for its line)."""
+    from localdisc.tasks.benchmark_transfer import BenchmarkConfig, plan_tasks, preset
+
+    loads = _count_loads(monkeypatch)
+    mine = str(own_folder(tmp_path / "mine"))
+    tasks = ["synthetic_fundus", "synthetic_xray:6", mine]
+    config = preset(BenchmarkConfig(quick=True, tasks=tasks, labels=["2"]))
+    planned, skipped, about = plan_tasks(config, None, lambda m: None)
+    assert [t.label for t in planned] == ["synthetic_fundus", "synthetic_xray-6", "mine"]
+    assert sorted(loads) == sorted(
+        [("synthetic_fundus:6", "train"), ("synthetic_fundus:6", "test"),
+         ("synthetic_xray:6", "train"), ("synthetic_xray:6", "test"), (mine, None)]
+    )  # fmt: skip
+    assert about["synthetic_xray-6"].endswith("its own test split (3 images)")

@@ -374,7 +374,7 @@ def test_a_size_the_network_cannot_take_is_refused_at_once(size):
 def test_a_test_split_without_labels_is_named_before_any_training(tmp_path):
     """DRIVE as downloaded from grand-challenge.org: test/ holds images and FOV masks only."""
     from helpers import save
-    from localdisc.tasks.transfer import check_task_data
+    from localdisc.tasks.transfer import load_task_data
 
     rng = np.random.default_rng(0)
     for folder, kind, ids in (("training", "training", ("21", "22")), ("test", "test", ("01",))):
@@ -388,7 +388,7 @@ def test_a_test_split_without_labels_is_named_before_any_training(tmp_path):
                 save(tmp_path / folder / "1st_manual" / f"{ident}_manual1.gif", vessels)
     spec = f"drive:{tmp_path}"
     with pytest.raises(DatasetError, match="test/1st_manual: no such folder"):
-        check_task_data(spec, None)
+        load_task_data(spec, None)
     with pytest.raises(DatasetError, match="test split.*1st_manual"):
         run_transfer(tiny(spec), tmp_path / "out", log=lambda m: None)
     assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -756,7 +756,8 @@ class _MaskIndex:
     """The image files of a mask folder, keyed for matching (:func:`name_key`).
 
     ``by_rel``/``by_stem``: by relative path without suffix and by stem; ``suffixed_rel``/
-    ``suffixed``: the same for masks named with a mask ending, keyed without it; ``names``:
+    ``suffixed``: the same for masks named with a mask ending, keyed without it, and
+    ``suffixed_key``: each such mask's ``suffixed_rel`` key (the image it sits beside); ``names``:
     every mask's relative path; ``others``: files there that are not images, for messages;
     ``siblings``: other mask-like folders beside it (DRIVE's ``1st_manual`` beside ``mask``);
     ``own``: how many of its files are the images being matched, which are never masks.
@@ -767,6 +768,7 @@ class _MaskIndex:
     by_stem: dict[str, list[Path]] = field(default_factory=dict)
     suffixed_rel: dict[str, list[Path]] = field(default_factory=dict)
     suffixed: dict[str, list[Path]] = field(default_factory=dict)
+    suffixed_key: dict[Path, str] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
     others: list[str] = field(default_factory=list)
     siblings: list[str] = field(default_factory=list)
@@ -811,20 +813,24 @@ class _MaskIndex:
                 index.by_stem.setdefault(name_key(stem), []).append(path)
                 base = mask_suffix_base(stem)
                 if base is not None:
-                    index.suffixed_rel.setdefault(name_key((folder / base).as_posix()), []).append(
-                        path
-                    )
+                    key = name_key((folder / base).as_posix())
+                    index.suffixed_key[path] = key
+                    index.suffixed_rel.setdefault(key, []).append(path)
                     index.suffixed.setdefault(name_key(base), []).append(path)
         return index
 
 
 class MaskMatch(NamedTuple):
     """One image's mask (:func:`match_masks`): ``mask`` is ``None`` when it has none, and
-    ``reason`` then says why, naming the mask folder and what it holds."""
+    ``reason`` then says why, naming the mask folder and what it holds. ``absent``: no mask at
+    all, no candidate with its stem (or with it plus a mask ending) but those of other images,
+    rather than two candidates, so that a partly labelled folder tells an unlabelled image from
+    an ambiguous one (:class:`FolderDataset`)."""
 
     image: Path
     mask: Path | None
     reason: str = ""
+    absent: bool = False
 
 
 def match_masks(
@@ -845,16 +851,6 @@ def match_masks(
     Unicode form aside (:func:`name_key`). The images themselves are never masks, so images
     and masks may share a folder. ``mask_dir`` must be a folder.
     """
-    return [match for match, _ in _match_masks(images, mask_dir, image_dirs)]
-
-
-def _match_masks(
-    images: Sequence[Path], mask_dir: Path, image_dirs: Sequence[Path]
-) -> list[tuple[MaskMatch, bool]]:
-    """:func:`match_masks`, each match with whether its image has no mask at all: no candidate
-    with its stem (or with it plus a mask ending) but those of other images, rather than two
-    candidates, so that a partly labelled folder tells an unlabelled image from an ambiguous
-    one (:class:`FolderDataset`)."""
     index = _MaskIndex.build(mask_dir, images)
     rels = [(image, name_key(_relative_stem(image, image_dirs))) for image in images]
     owner = {index.by_rel[rel]: image for image, rel in rels if rel in index.by_rel}
@@ -864,10 +860,10 @@ def _match_masks(
     for image, rel in rels:
         mask = index.by_rel.get(rel)
         if mask is not None:
-            matches.append((MaskMatch(image, mask), False))
+            matches.append(MaskMatch(image, mask))
         else:
             mask, reason, absent = _stem_fallback(image, rel, index, owner, image_stems, image_rels)
-            matches.append((MaskMatch(image, mask, reason), absent))
+            matches.append(MaskMatch(image, mask, reason, absent))
     return matches
 
 
@@ -960,7 +956,7 @@ def _suffix_fallback(
         return None, several(anywhere), False
     if anywhere and image_stems[key] > 1:
         no_rel = f"no mask at the same relative path in {index.root}; {anywhere[0]} has its stem"
-        other = image_rels.get(_suffixed_rel(anywhere[0], index.root))
+        other = image_rels.get(index.suffixed_key[anywhere[0]])
         if other is not None:
             # At another image's relative path (train/001_mask for train/001): that one's.
             return None, f"{no_rel} plus a mask ending but is the mask of {other}", True
@@ -972,13 +968,6 @@ def _suffix_fallback(
     if anywhere:
         return anywhere[0], "", False
     return None, _no_mask_reason(image, index), True
-
-
-def _suffixed_rel(mask: Path, root: Path) -> str:
-    """The relative path key (:func:`name_key`) of the image a mask named with a mask ending
-    sits beside: ``train/001_mask.png`` -> ``train/001``."""
-    base = mask_suffix_base(image_stem(mask)) or image_stem(mask)
-    return name_key((mask.parent.relative_to(root) / base).as_posix())
 
 
 def _no_mask_reason(image: Path, index: _MaskIndex) -> str:
@@ -1155,17 +1144,17 @@ class FolderDataset(SegmentationDataset):
         if self.mask_dir is None:
             self.targets = ()
             return [Item(self._name(p, image_dir), p) for p in images]
-        matches = _match_masks(images, self.mask_dir, [image_dir])
-        if all(match.mask is None for match, _ in matches):
+        matches = match_masks(images, self.mask_dir, image_dirs=[image_dir])
+        if all(match.mask is None for match in matches):
             # Not one match: the masks are named in a way the matcher does not know, which the
             # first image's reason shows (what the mask folder holds).
-            for match, _ in matches:
+            for match in matches:
                 self._problem(match.image, match.reason)
             return []
         items: list[Item] = []
         unlabelled: list[MaskMatch] = []
-        for match, absent in matches:
-            if match.mask is None and not absent:
+        for match in matches:
+            if match.mask is None and not match.absent:
                 # Two candidates (or a mask ending beside DRIVE's mask/ folders): a naming
                 # problem, not an image left unlabelled.
                 self._problem(match.image, match.reason)

@@ -9,10 +9,11 @@ init as the floor and every method's encoder, into one table.
 
 A pool is ``MODALITY=SPEC`` (``fundus=KaggleDR/images``, ``xray=jsrt_scr:/data``) or a bare spec
 (fundus, unless it names an X-ray data set); each method pre-trains once per pool, and each task
-uses the pool of its modality: a data set of one's own in ``--tasks`` has the one its loader
-gives (a folder's: guessed from its images), the tasks being checked as the transfer benchmark
-checks them before any pre-training. Finished pre-training runs are reused; a folder holding a
-run with other settings is refused, not reused.
+uses the pool of its modality (``--quick``: 8 generated images of each modality a task has): a
+data set of one's own in ``--tasks`` has the one its loader gives (a folder's: guessed from its
+images), the tasks being planned once, as the transfer benchmark plans them, before any
+pre-training. Finished pre-training runs are reused; a folder holding a run with other
+settings is refused, not reused.
 
 ``--cpu-scale`` is the comparison of ``benchmarks/RESULTS.md`` on 2 CPU cores: 240 s per method
 at 128 x 128 with 2 items per step on the first 1 000 images of ``KaggleDR/images`` (fundus) and
@@ -31,7 +32,12 @@ from typing import Any
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import LocaldiscError
 from localdisc.eval.report import collect, environment_markdown, jsonable
-from localdisc.tasks.benchmark_transfer import BenchmarkConfig, plan_tasks, run_benchmark
+from localdisc.tasks.benchmark_transfer import (
+    BenchmarkConfig,
+    TaskPlan,
+    plan_tasks,
+    run_benchmark,
+)
 from localdisc.tasks.benchmark_transfer import preset as transfer_preset
 
 METHODS = ("ld", "simclr", "densecl", "pixpro", "genesis")
@@ -80,6 +86,12 @@ def cpu_scale_pools(data_root: str | None, modalities: set[str]) -> list[str]:
     return [f"{m}={root / CPU_SCALE_POOLS[m]}" for m in sorted(modalities)]
 
 
+#: ``--quick`` pools, a few generated images each (:func:`parse_pool` reads their modality from
+#: their names): for the tasks' modalities only, as ``--cpu-scale``'s, so that an X-ray task has
+#: its methods pre-trained too.
+QUICK_POOLS = {"fundus": "synthetic_fundus:8", "xray": "synthetic_xray:8"}
+
+
 def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
@@ -90,8 +102,8 @@ def preset(config: MethodsBenchmarkConfig) -> MethodsBenchmarkConfig:
         raise LocaldiscError("--quick and --cpu-scale are exclusive")
     if config.quick:
         return replace(
-            config, pools=config.pools or ["synthetic_fundus:8"],
-            tasks=config.tasks or ["synthetic_fundus"], labels=config.labels or ["2"],
+            # pools: given ones, or QUICK_POOLS of the tasks' modalities (as --cpu-scale's)
+            config, tasks=config.tasks or ["synthetic_fundus"], labels=config.labels or ["2"],
             seeds=_given(config.seeds, 1), size=48, batch=1, device="cpu", budget_seconds=None,
             pretrain={"stage1_steps": 2, "stage2_steps": 2, "pool_size": 64, "val_images": 1,
                       "workers": 1, **config.pretrain},
@@ -191,19 +203,18 @@ def reached_row(name: str, reached: dict[str, Any]) -> str:
     )
 
 
-def task_modalities(transfer: BenchmarkConfig) -> set[str]:
-    """The modalities of the transfer benchmark's tasks, whose pools are pre-trained on.
+def plan_transfer(transfer: BenchmarkConfig, log: Callable[[str], None]) -> TaskPlan:
+    """The transfer benchmark's tasks, planned once as it plans them (:func:`plan_tasks`): their
+    modalities choose the pools to pre-train on, and the plan goes to the transfer benchmark.
 
-    The tasks are planned as the transfer benchmark plans them (:func:`plan_tasks`), so that
-    one it would refuse (a data set of one's own that cannot run, a ``--labels`` budget beyond
-    a task's images) is refused before the pre-trainings, not after them; an own set's modality
-    is the one its loader gives (a folder's: guessed from its images). A paper task without
-    data needs no pool: the transfer benchmark skips it (and says so).
+    Planned before the pre-trainings, so that a task it would refuse (a data set of one's own
+    that cannot run, a ``--labels`` budget beyond a task's images) is refused before them, not
+    after; an own set's modality is the one its loader gives (a folder's: guessed from its
+    images). A paper task without data needs no pool: it is skipped (and said so, now).
     """
     config = transfer_preset(transfer)
     data_root = Path(config.data_root).expanduser() if config.data_root else None
-    tasks, _, _ = plan_tasks(config, data_root, lambda message: None)
-    return {t.modality for t in tasks}
+    return plan_tasks(config, data_root, log)
 
 
 def run_methods_benchmark(
@@ -224,9 +235,12 @@ def run_methods_benchmark(
         data_root=config.data_root, device=config.device, quick=config.quick,
         **config.transfer,
     )  # fmt: skip
-    needed = task_modalities(transfer)
+    plan = plan_transfer(transfer, log)
+    needed = {task.modality for task in plan[0]}
     if config.cpu_scale and not config.pools:
         config = replace(config, pools=cpu_scale_pools(config.data_root, needed))
+    if config.quick and not config.pools:
+        config = replace(config, pools=[QUICK_POOLS[m] for m in sorted(needed)])
     pools = dict(parse_pool(p) for p in config.pools)
     reached: dict[str, dict[str, Any]] = {}
     inits = ["random"]
@@ -240,7 +254,9 @@ def run_methods_benchmark(
             settings = _settings(config, method, modality, spec)
             reached[f"{method} ({modality})"] = _pretrain(settings, run_dir, log)
             inits.append(str(run_dir))
-    results = run_benchmark(replace(transfer, inits=inits), out_dir / "transfer", log=log)
+    results = run_benchmark(
+        replace(transfer, inits=inits), out_dir / "transfer", log=log, plan=plan
+    )
     summary = {"config": asdict(config), "environment": env, "pretraining": reached,
                "transfer": collect(results)}  # fmt: skip
     atomic_write_text(out_dir / "results.json", json.dumps(jsonable(summary), indent=2))

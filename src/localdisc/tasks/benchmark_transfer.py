@@ -28,11 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from localdisc.data.datasets import (
-    FOLDER_MASK_DIRS,
     absolute_data_spec,
     absolute_path,
     dataset_class,
-    load_data_spec,
     parse_data_spec,
     split_target,
 )
@@ -43,11 +41,11 @@ from localdisc.tasks.transfer import (
     FOLDER_TEST_FRACTION,
     TransferConfig,
     check_size,
-    check_task_data,
     check_test_fraction,
     held_out_split,
     init_modality,
     labelled_count,
+    load_task_data,
     run_transfer,
 )
 
@@ -194,9 +192,16 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
 
 
 def run_benchmark(
-    config: BenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
+    config: BenchmarkConfig,
+    out_dir: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    plan: TaskPlan | None = None,
 ) -> dict[str, Any]:
-    """Run the grid, write ``results.json``, ``results.md`` and figures; return the results."""
+    """Run the grid, write ``results.json``, ``results.md`` and figures; return the results.
+
+    ``plan``: :func:`plan_tasks`'s for this config, when the caller has planned already
+    (``benchmark pretrain-methods``, to choose its pools): the tasks are not read again."""
     from localdisc.eval.provenance import environment
     from localdisc.eval.report import write_report
 
@@ -205,7 +210,8 @@ def run_benchmark(
     env = environment(config.device)  # at the start, before any training
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     # Before the LD pre-training: a mistyped folder is said at once, not an hour later.
-    tasks, skipped, own = plan_tasks(config, data_root, log)
+    tasks, skipped, own = plan if plan is not None else plan_tasks(config, data_root, log)
+    skipped = list(skipped)  # the runs' skips are added: the caller's plan stays as planned
     inits = {run_label(i, config.inits): i for i in config.inits}
     if inits.get("ld") == "ld":  # not a run folder that happens to be called ld
         settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
@@ -315,9 +321,14 @@ def task_labels(entries: list[str], own: dict[str, tuple[str, str | None]]) -> d
     return labels
 
 
+#: :func:`plan_tasks`'s answer: the tasks to run, the paper tasks skipped (with why), and what
+#: each own set's label stands for.
+TaskPlan = tuple[list[PlannedTask], list[dict[str, str]], dict[str, str]]
+
+
 def plan_tasks(
     config: BenchmarkConfig, data_root: Path | None, log: Callable[[str], None]
-) -> tuple[list[PlannedTask], list[dict[str, str]], dict[str, str]]:
+) -> TaskPlan:
     """The tasks to run, in ``config.tasks`` order; the paper tasks skipped for want of data
     under ``data_root``, with the reason; and what each own set's label stands for.
 
@@ -354,14 +365,14 @@ def plan_tasks(
         paper = TASKS[entry]
         try:
             spec = paper.spec(data_root, config.quick)
-            check_task_data(spec, paper.target)
+            train, _, _ = load_task_data(spec, paper.target)
         except LocaldiscError as exc:
             log(f"skipped {entry}: {exc}")
             skipped.append({"task": entry, "init": "all", "reason": str(exc)})
             continue
         task = PlannedTask(entry, spec, paper.target, paper.modality)
         # Every paper task has a test split: all its training images may be labelled.
-        _check_labels(f"task {entry}", config.labels or [], len(load_data_spec(spec, "train")))
+        _check_labels(f"task {entry}", config.labels or [], len(train))
         tasks.append(task)
     return tasks, skipped, about
 
@@ -371,23 +382,14 @@ def _check_own(
 ) -> tuple[PlannedTask, str]:
     """An own set as a task (labelled later) and a line on it, or the error naming it."""
     name = parse_data_spec(spec)[0]
-    splits = dataset_class(name).splits
     try:
-        train = load_data_spec(spec, "train" if "train" in splits else None)
-        if name == "folder" and not train.targets:  # images alone: fine to pre-train on
-            raise DatasetError(
-                f"{train.root}: no masks; put them in a folder beside the images named "
-                f"{', '.join(FOLDER_MASK_DIRS)}, with the images' file names"
-            )
-        check_task_data(spec, target)
+        train, test, target = load_task_data(spec, target)
     except LocaldiscError as exc:  # names the folder and the problem
         raise DatasetError(f"--tasks: {exc}") from None
-    target = target or train.default_target
-    assert target is not None  # check_task_data found one
-    fraction = FOLDER_TEST_FRACTION if "test" in splits else config.test_fraction
+    fraction = FOLDER_TEST_FRACTION if test is not None else config.test_fraction
     unlabelled = 0
     try:
-        if "test" in splits:
+        if test is not None:
             pool, k = len(train), None
         else:  # as run_transfer splits it: a folder's images without a mask are unlabelled
             pool_idx, test_idx, unlabelled_idx = held_out_split(train, target, fraction)
@@ -396,8 +398,8 @@ def _check_own(
         raise LocaldiscError(f"--tasks {entry}: {exc}") from None
     held = ""
     images = f"{pool + (k or 0)}{' labelled' if unlabelled else ''} images"
-    if k is None:
-        split = f"its own test split ({len(load_data_spec(spec, 'test'))} images)"
+    if test is not None:
+        split = f"its own test split ({len(test)} images)"
     else:
         without = f"; {unlabelled} of its {len(train)} have no mask" if unlabelled else ""
         held = (

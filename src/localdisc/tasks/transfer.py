@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from localdisc.data.datasets import (
+    FOLDER_MASK_DIRS,
     Sample,
     SegmentationDataset,
     absolute_data_spec,
@@ -321,13 +322,27 @@ def _resolve_target(dataset: SegmentationDataset, target: str | None) -> str:
     return target
 
 
-def check_task_data(spec: str, target: str | None) -> None:
-    """Raise (naming the folder and the problem) unless ``spec`` has labelled ``target`` masks,
-    in its test split too where it has one (DRIVE's public download has no test tracings)."""
+def load_task_data(
+    spec: str, target: str | None
+) -> tuple[SegmentationDataset, SegmentationDataset | None, str]:
+    """A task's training images (all of a set without splits) and its test split (``None``:
+    it has none), each loaded once, and its target; or the error naming the folder and the
+    problem: no masks, none of ``target`` (in the test split too where there is one: DRIVE's
+    public download has no test tracings): what a benchmark checks before any training, its
+    plan then counting the images."""
+    name = parse_data_spec(spec)[0]
     splits = _splits(spec)
-    target = _resolve_target(load_data_spec(spec, "train" if "train" in splits else None), target)
-    if "test" in splits:
-        _resolve_target(load_data_spec(spec, "test"), target)
+    train = load_data_spec(spec, "train" if "train" in splits else None)
+    if name == "folder" and not train.targets:  # images alone: fine to pre-train on
+        raise DatasetError(
+            f"{train.root}: no masks; put them in a folder beside the images named "
+            f"{', '.join(FOLDER_MASK_DIRS)}, with the images' file names"
+        )
+    target = _resolve_target(train, target)
+    test = load_data_spec(spec, "test") if "test" in splits else None
+    if test is not None:
+        _resolve_target(test, target)
+    return train, test, target
 
 
 def init_modality(init: str | Path) -> str | None:
