@@ -780,6 +780,10 @@ def localize(
         "skipped": skips.record(),
     }  # fmt: skip
     if truth is not None:
+        if scores["summary"]["spacings"]:  # which header tag gave each image's mm
+            scores["summary"]["spacing_sources"] = {
+                n: true.metas[n].spacing_source for n in scores["summary"]["spacings"]
+            }
         record.update(truth=str(truth.absolute()), **scores)
     atomic_write_text(out, json.dumps(record, indent=2))
     console.print(

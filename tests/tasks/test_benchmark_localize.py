@@ -43,10 +43,60 @@ def test_quick_benchmark_compares_ld_and_template_matching(tmp_path):
 
 
 def test_radial_summary_by_hand():
-    s = radial_summary([3.0, 4.0, 20.0], [0.5, 0.5, 0.5])
+    s = radial_summary([3.0, 4.0, 20.0], mm=[1.5, 2.0, 10.0])
     assert s["mean_px"] == 9.0 and s["median_px"] == 4.0
     assert s["mean_mm"] == 4.5 and s["within_5mm"] == 2 / 3 and s["within_10mm"] == 1.0
-    assert "mean_mm" not in radial_summary([1.0], [None])
+    assert "mean_mm" not in radial_summary([1.0])
+
+
+def test_mm_errors_are_each_images_px_times_its_spacing(tmp_path, monkeypatch):
+    """The mm summaries are of each error times its image's spacing (JSRT's square pixels). A
+    test image without one landmark (JSRT: an empty SCR mask) put one spacing per image beside
+    fewer errors: a broadcasting error, or mm of other images' errors."""
+    from localdisc.tasks import benchmark_localize
+
+    real = benchmark_localize._synthetic
+
+    def spaced(size, count, seed):
+        task = real(size, count, seed)
+        cases = task.tests
+
+        def tests():
+            for i, case in enumerate(cases()):
+                marks = {k: v for k, v in case.landmarks.items() if (i, k) != (0, "fovea")}
+                yield replace(case, landmarks=marks, spacing=0.25 + 0.5 * i)
+
+        return replace(task, tests=tests)
+
+    monkeypatch.setattr(benchmark_localize, "_synthetic", spaced)
+    monkeypatch.setattr(benchmark_localize, "landmark_figure", lambda *a, **k: None)
+    from localdisc.models import LDConfig, LDModel
+
+    # An X-ray model has no say on fundus images: NCC only, fast.
+    LDModel(LDConfig(modality="xray", dim=8, clusters=4, width=4, depth=2)).save(tmp_path / "run")
+    config = LocalizeBenchmarkConfig(
+        models=[str(tmp_path / "run")],
+        tasks=["synthetic_fundus"],
+        quick=True,  # 3 at 64 px
+    )
+    results = run_localize_benchmark(config, tmp_path / "out", log=lambda m: None)
+    methods = results["tasks"]["synthetic_fundus"]["methods"]
+    assert list(methods) == ["NCC template matching (16 px patch)"]
+    # The errors themselves, from NCC again (deterministic), each image's px and mm.
+    task = spaced(64, 3, 0)
+    by_landmark: dict[str, list[tuple[float, float]]] = {}
+    for case in task.tests():
+        found = benchmark_localize.ncc_localize(
+            task.template.image, task.template.landmarks, case.image, 16, mirror=True
+        )
+        for k, true in case.landmarks.items():
+            px = benchmark_localize.radial_error((found[k].x, found[k].y), true)
+            by_landmark.setdefault(k, []).append((px, px * case.spacing))
+    landmarks = methods["NCC template matching (16 px patch)"]["landmarks"]
+    assert landmarks["fovea"]["n"] == 2 and landmarks["optic_disc"]["n"] == 3
+    for k, errors in by_landmark.items():
+        px, mm = zip(*errors, strict=True)
+        assert landmarks[k] == radial_summary(px, mm=mm)
 
 
 def test_the_benchmark_scores_as_localize_truth_does():

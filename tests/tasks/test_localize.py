@@ -680,7 +680,9 @@ def test_radial_summary_of_given_mm_errors():
 
     s = radial_summary([3.0, 4.0], mm=[6.0, 2.0])  # each error's own mm (anisotropic pixels)
     assert s["mean_px"] == 3.5 and s["mean_mm"] == 4.0 and s["within_5mm"] == 0.5
-    assert radial_summary([1.0], [None], mm=[2.0])["median_mm"] == 2.0
+    assert "mean_mm" not in radial_summary([1.0])
+    with pytest.raises(ValueError, match="1 errors in mm for 2 in px"):
+        radial_summary([1.0, 2.0], mm=[0.5])
 
 
 def test_truth_keeps_each_images_meta_read_once(tmp_path, monkeypatch):
@@ -750,10 +752,11 @@ def test_localize_cli_gives_mm_from_the_images_own_pixel_spacing(tmp_path):
             {"px": math.hypot(dx, dy), "mm": math.hypot(dx * 0.1, dy * 0.2)}
         )
     assert record["summary"]["spacings"] == {"n0": [0.2, 0.1], "n1": [0.2, 0.1]}
+    assert record["summary"]["spacing_sources"] == {"n0": "PixelSpacing", "n1": "PixelSpacing"}
     assert record["summary"]["pixel_spacing"] is None
     assert (
-        "radial errors in px and in mm from the images' own pixel spacing (DICOM PixelSpacing, "
-        "or ImagerPixelSpacing where it has none; 0.2 x 0.1 mm, row x column):" in output
+        "radial errors in px and in mm from the images' own pixel spacing (PixelSpacing; "
+        "0.2 x 0.1 mm, row x column):" in output
     )
     assert "mean mm median mm" in output
     # --pixel-spacing overrides the files' spacing for every image (square pixels).

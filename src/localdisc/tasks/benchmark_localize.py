@@ -52,7 +52,8 @@ SCR_LANDMARKS = ("heart", "left_lung", "right_lung", "left_clavicle", "right_cla
 
 @dataclass
 class Case:
-    """One image with its true landmarks (x, y pixels) and pixel spacing (mm, if known)."""
+    """One image with its true landmarks (x, y pixels) and pixel spacing (mm per pixel, square
+    pixels, if known)."""
 
     name: str
     image: np.ndarray
@@ -216,9 +217,9 @@ def run_localize_benchmark(
         "config": asdict(config), "environment": env, "tasks": {}, "skipped": []
     }  # fmt: skip
     for task_name in tasks:
-        errors: dict[str, dict[str, list[float]]] = {}
+        # method -> landmark -> each test image's (px, mm) error; mm None without a spacing.
+        errors: dict[str, dict[str, list[tuple[float, float | None]]]] = {}
         seconds: dict[str, float] = {}
-        spacing: list[float | None] = []
         templates, count = [], 0
         figures: list[str] = []  # in out_dir/figures, listed in results.json
         try:
@@ -229,7 +230,6 @@ def run_localize_benchmark(
                 methods = _methods(task, loaded, config)
                 for case in task.tests():
                     count += 1
-                    spacing.append(case.spacing)
                     found = {}
                     for method, locate in methods.items():
                         t0 = time.perf_counter()
@@ -238,7 +238,10 @@ def run_localize_benchmark(
                         per_landmark = errors.setdefault(method, {})
                         for name, true in case.landmarks.items():
                             p = found[method][name]
-                            per_landmark.setdefault(name, []).append(radial_error((p.x, p.y), true))
+                            px = radial_error((p.x, p.y), true)
+                            # Square pixels (JSRT): mm are px times the spacing.
+                            mm = None if case.spacing is None else px * case.spacing
+                            per_landmark.setdefault(name, []).append((px, mm))
                     if count <= 3:
                         figures.append(f"{task_name}_{case.name}.png")
                         landmark_figure(task.template.image, task.template.landmarks, case.image,
@@ -257,7 +260,7 @@ def run_localize_benchmark(
             "methods": {
                 m: {
                     "seconds_per_image": seconds[m] / count,
-                    "landmarks": {k: radial_summary(v, spacing) for k, v in errors[m].items()},
+                    "landmarks": {k: _summary(v) for k, v in errors[m].items()},
                 }
                 for m in errors
             },
@@ -268,6 +271,13 @@ def run_localize_benchmark(
     atomic_write_text(out_dir / "results.md", localize_markdown(results))
     _remove_earlier_figures(out_dir / "figures", earlier, _listed_figures(results), log)
     return results
+
+
+def _summary(errors: list[tuple[float, float | None]]) -> dict[str, float | None]:
+    """:func:`~localdisc.tasks.localize.radial_summary` of (px, mm) errors: in mm too where
+    every image has a pixel spacing."""
+    px, mm = zip(*errors, strict=True)
+    return radial_summary(px, mm=None if None in mm else mm)
 
 
 def _listed_figures(results: Path | dict[str, Any]) -> set[str]:

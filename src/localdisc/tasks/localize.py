@@ -115,6 +115,11 @@ def _shown(value: object) -> str:
     return found if len(found) <= 40 else found[:37] + "..."
 
 
+def _first(items: Sequence[str], n: int) -> str:
+    """The first ``n`` of ``items`` as an error message lists them, with ", ..." for more."""
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
 def _is_number(value: object) -> bool:
     """A finite JSON number (bool is an int in Python, but true is no coordinate)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -440,12 +445,11 @@ def read_truth(
             )
         entry[name], truth[name] = key, points
     if unknown:
-        shown = ", ".join(repr(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise LocaldiscError(
             f"{path}: {len(unknown)} image(s) match none of the {len(images)} images given "
-            f"({shown}): name an image as the predictions do (its file name without extension; "
-            "found in a sub-folder of a folder given, the sub-folders and it joined by _: a_b_x "
-            "for a/b/x.png) or by its file name (x.png)"
+            f"({_first([repr(k) for k in unknown], 5)}): name an image as the predictions do "
+            "(its file name without extension; found in a sub-folder of a folder given, the "
+            "sub-folders and it joined by _: a_b_x for a/b/x.png) or by its file name (x.png)"
         )
     known = list(landmarks)
     for name, points in truth.items():
@@ -500,15 +504,11 @@ def radial_error(found: Point, true: Point, spacing: tuple[float, float] | None 
 
 
 def radial_summary(
-    errors: Sequence[float],
-    spacing: Sequence[float | None] = (),
-    *,
-    mm: Sequence[float] | None = None,
+    errors: Sequence[float], *, mm: Sequence[float] | None = None
 ) -> dict[str, float | None]:
-    """Mean, median and std of radial errors in pixels; in mm and within 5 / 10 mm if known:
-    ``mm``, the same errors in mm (:func:`radial_error` with each image's (row, column) spacing),
-    or else ``errors`` times ``spacing``, one mm per pixel per error (square pixels), where every
-    one is known."""
+    """Mean, median and std of radial errors in pixels; given ``mm``, the same errors in mm
+    (:func:`radial_error` with each image's spacing), their mean, median and std and the
+    fractions within 5 and 10 mm too."""
     px = np.asarray(errors, dtype=float)
     out: dict[str, float | None] = {
         "n": len(px),
@@ -516,12 +516,11 @@ def radial_summary(
         "median_px": float(np.median(px)),
         "std_px": float(px.std()),
     }
-    if mm is not None:
-        in_mm = np.asarray(mm, dtype=float)
-    elif spacing and all(s is not None for s in spacing):
-        in_mm = px * np.asarray(spacing, dtype=float)
-    else:
+    if mm is None:
         return out
+    in_mm = np.asarray(mm, dtype=float)
+    if in_mm.shape != px.shape:  # one mm error per px error, else the two summaries differ
+        raise ValueError(f"{len(in_mm)} errors in mm for {len(px)} in px")
     out.update(
         mean_mm=float(in_mm.mean()),
         median_mm=float(np.median(in_mm)),
@@ -574,8 +573,8 @@ def score_predictions(
     if missing:
         raise LocaldiscError(
             f"truth for {len(missing)} image(s) without predictions: "
-            + ", ".join(repr(n) for n in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        )  # fmt: skip
+            + _first([repr(n) for n in missing], 5)
+        )
     scored = [name for name in predictions if truth.get(name)]
     per_image: dict[str, tuple[float, float]] = {}  # (row, column) mm per pixel of a scored image
     without: list[str] = []
@@ -636,13 +635,12 @@ def spacing_note(summary: Mapping[str, Any], metas: Mapping[str, ImageMeta] | No
     if summary["pixel_spacing"] is not None:
         return f"in px and in mm at --pixel-spacing {summary['pixel_spacing']:g} mm"
     if summary["spacings"]:
-        sources = {
-            "dicom": "DICOM PixelSpacing, or ImagerPixelSpacing where it has none",
-            "jsrt_img": "JSRT .IMG",
-        }
         metas = metas or {}
-        formats = dict.fromkeys(metas[n].format for n in summary["spacings"] if n in metas)
-        found = [sources.get(f, f) for f in formats]
+        # The tags that gave them (ImageMeta.spacing_source), each once.
+        found = list(dict.fromkeys(
+            metas[n].spacing_source for n in summary["spacings"] if n in metas
+            and metas[n].spacing_source
+        ))  # fmt: skip
         values = {tuple(s) for s in summary["spacings"].values()}
         if len(values) == 1:  # one spacing for all: say it
             row, column = values.pop()
@@ -651,9 +649,9 @@ def spacing_note(summary: Mapping[str, Any], metas: Mapping[str, ImageMeta] | No
         return f"in px and in mm from the images' own pixel spacing{where}"
     without = summary["without_spacing"]
     if without:
-        shown = ", ".join(without[:3]) + (", ..." if len(without) > 3 else "")
         return (
-            f"in px only: {len(without)} image(s) have no pixel spacing in their files ({shown}); "
+            f"in px only: {len(without)} image(s) have no pixel spacing in their files "
+            f"({_first(without, 3)}); "
             "--pixel-spacing MM gives one for every image"
         )
     return "in px"
@@ -690,10 +688,10 @@ def check_overlay_dir(folder: Path, images: list[tuple[str, Path]], template: st
     written = {f"{name}.png" for name, _ in images}
     others = sorted(p.name for p in folder.glob("*.png") if p.name not in written)
     if others:
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise LocaldiscError(
             f"overlay folder {folder} holds {len(others)} PNG(s) that are not overlays of these "
-            f"images ({shown}): figures of another run? Give a new or empty folder, or remove them"
+            f"images ({_first(others, 3)}): figures of another run? Give a new or empty "
+            "folder, or remove them"
         )
 
 
