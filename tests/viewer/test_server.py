@@ -24,7 +24,14 @@ from localdisc.data.synthetic import synthetic_fundus
 from localdisc.errors import LocaldiscError
 from localdisc.models import LDConfig, LDModel
 from localdisc.tasks.predict import collect_images
-from localdisc.tasks.similarity import from_resized, load_model, resized, similarity
+from localdisc.tasks.similarity import (
+    LoadedModel,
+    PatchKernel,
+    from_resized,
+    load_model,
+    resized,
+    similarity,
+)
 from localdisc.viewer.server import (
     BINS,
     MATCH_BYTES,
@@ -846,3 +853,86 @@ def test_a_framed_fundus_images_maps_are_the_librarys(tmp_path, level):
     result = whole.query(1, 60, 50, level)
     for target, maps in enumerate(ref.targets):
         np.testing.assert_allclose(whole.similarity_map(result, target), maps[0], atol=1e-6)
+
+
+def load_model_in_memory(model: LDModel) -> LoadedModel:
+    """``model`` as a run's (kernel 8, pool 96), without a run folder."""
+    return LoadedModel(model.eval(), PatchKernel(8), 96)
+
+
+def test_each_file_is_decoded_once_at_the_start_and_framed_then(tmp_path, monkeypatch):
+    # A fundus image's framing was worked out when its embeddings were first made, by decoding
+    # its file again (and once more for its clusters): until then embedding_bytes could only
+    # guess the embeddings' size, and the warm-up decoded each file twice more.
+    import localdisc.viewer.server as server
+
+    decoded: list[str] = []
+
+    def counting(path, *args, **kwargs):
+        decoded.append(Path(path).name)
+        return read_image(path, *args, **kwargs)
+
+    monkeypatch.setattr(server, "read_image", counting)
+    files = framed_photographs(tmp_path)
+    torch.manual_seed(0)
+    loaded = load_model_in_memory(LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)))
+    viewer = Viewer(loaded, files, size=64)
+    assert sorted(decoded) == ["plain.png", "wide.png"]
+    for entry in viewer.entries:  # known from the start, with no file decoded again
+        assert viewer.framing(entry.id) is not None and viewer.embedding_bytes(entry.id)
+        assert viewer.working_pixel(entry.id, 30, 20, (8, *entry.grid))
+    assert sorted(decoded) == ["plain.png", "wide.png"]
+    # The working images are made when the model needs them: once for clusters and embeddings.
+    viewer.warm_up().join(60)
+    status = viewer.progress()
+    assert status["embeddings"]["pixel"] == 2 and status["clusters"] == 2
+    viewer.query(1, 10, 20, "patch")
+    assert sorted(decoded) == ["plain.png", "plain.png", "wide.png", "wide.png"]
+
+
+def test_the_framing_at_the_start_is_the_working_images(tmp_path):
+    # The viewer frames each image at the start without resizing it (most images of a large
+    # folder are embedded long after); the box and sizes must be those of the working image
+    # the model is then shown, or the maps would be sampled at the wrong places.
+    from localdisc.tasks.similarity import working_image
+
+    rng = np.random.default_rng(0)
+    files = []
+    # Fields of view larger and smaller than the working size, odd sides, and one that fills
+    # its file (framed only where its working image is not the display image).
+    for i, (h, w, top, left) in enumerate([(97, 203, 3, 40), (70, 50, 20, 18), (61, 61, 0, 0)]):
+        image = rng.integers(60, 256, (h, w, 3), np.uint8)
+        image[:top], image[h - top :], image[:, :left], image[:, w - left :] = 0, 0, 0, 0
+        files.append((f"eye{i}", tmp_path / f"eye{i}.png"))
+        Image.fromarray(image).save(files[-1][1])
+    framed = 0
+    for size in (64, 16, 200):
+        loaded = load_model_in_memory(LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)))
+        viewer = Viewer(loaded, files, size=size)
+        for entry in viewer.entries:
+            raw = read_image(entry.path)[0]
+            small, framing = working_image(loaded, raw, size, shrink_only=True)
+            assert entry.grid == small.shape[:2], (size, entry.name)
+            if entry.framing is None:  # the model sees the display image
+                assert framing.box == (0, raw.shape[0], 0, raw.shape[1])
+                np.testing.assert_array_equal(small, viewer.image(entry.id))
+            else:
+                assert entry.framing == framing, (size, entry.name)
+                framed += 1
+    assert framed == 2 * 3  # two of the three at every size
+
+
+@pytest.mark.parametrize("modality", ["fundus", "xray"])
+def test_embedding_bytes_are_those_of_the_embeddings_kept(tmp_path, modality):
+    # A fundus image's working grid (its field of view at the working size) was unknown until
+    # its embeddings were made: embedding_bytes guessed a square of the display image's longer
+    # side (9 % over here), so the warm-up's cache budget was wrong.
+    torch.manual_seed(0)
+    config = LDConfig(width=4, dim=8, clusters=4, depth=2, modality=modality)
+    viewer = Viewer(load_model_in_memory(LDModel(config)), framed_photographs(tmp_path), size=96)
+    for entry in viewer.entries:
+        expected = viewer.embedding_bytes(entry.id)
+        for level in ("pixel", "patch"):
+            assert viewer.embeddings(entry.id, level).nbytes == expected, (entry.name, level)
+    if modality == "fundus":  # the 92 px field of view, not the 96 px display image
+        assert viewer.embeddings(0, "pixel").shape[1:] == (92, 92)

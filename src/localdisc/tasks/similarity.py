@@ -176,14 +176,18 @@ def resized(image: np.ndarray, size: int | None) -> tuple[np.ndarray, Scale]:
     the longer side's (97 x 203 at 64: 31 / 97 = 0.3196 vs 64 / 203 = 0.3153): one scale for both
     would misplace points near the far edge of the shorter side by up to half a resized pixel.
     """
-    if size is None:
-        return image, (1.0, 1.0)
-    h, w = image.shape[:2]
+    shape, scale = resized_shape(image.shape, size)
+    return (image if scale == (1.0, 1.0) else resize_image(image, shape)), scale
+
+
+def resized_shape(shape: tuple[int, ...], size: int | None) -> tuple[tuple[int, int], Scale]:
+    """The (height, width) and (x, y) scale :func:`resized` gives an image of ``shape``."""
+    h, w = shape[:2]
+    if size is None or size == max(h, w):
+        return (h, w), (1.0, 1.0)
     scale = size / max(h, w)
-    if scale == 1.0:
-        return image, (1.0, 1.0)
     rh, rw = round(h * scale), round(w * scale)
-    return resize_image(image, (rh, rw)), (rw / w, rh / h)
+    return (rh, rw), (rw / w, rh / h)
 
 
 #: The top-left pixel (x, y) of a crop, in the pixels of the image it was cut from.
@@ -282,13 +286,25 @@ def working_image(
     as in pre-training.
     """
     h, w = image.shape[:2]
+    framing, shape = working_framing(loaded, image, size, shrink_only=shrink_only)
+    y0, y1, x0, x1 = framing.box
+    crop = image if framing.box == (0, h, 0, w) else image[y0:y1, x0:x1]
+    small = crop if framing.scale == (1.0, 1.0) else resize_image(crop, shape)
+    return small, framing
+
+
+def working_framing(
+    loaded: LoadedModel, image: np.ndarray, size: int | None, *, shrink_only: bool = False
+) -> tuple[Framing, tuple[int, int]]:
+    """The :class:`Framing` and (height, width) of :func:`working_image`'s image, without
+    resizing (the viewer sizes its caches with it before any image is embedded)."""
+    h, w = image.shape[:2]
     box = roi_box(image) if loaded.frames_fov else (0, h, 0, w)
     y0, y1, x0, x1 = box
-    crop = image if box == (0, h, 0, w) else image[y0:y1, x0:x1]
-    if shrink_only and size is not None and max(crop.shape[:2]) <= size:
+    if shrink_only and size is not None and max(y1 - y0, x1 - x0) <= size:
         size = None
-    small, scale = resized(crop, size)
-    return small, Framing(box, scale)
+    shape, scale = resized_shape((y1 - y0, x1 - x0), size)
+    return Framing(box, scale), shape
 
 
 def check_inside(what: str, point: Point, shape: tuple[int, ...], source: str) -> None:

@@ -45,6 +45,7 @@ from localdisc.tasks.similarity import (
     dense_patch_embeddings,
     from_resized,
     nearest_pixel,
+    working_framing,
     working_image,
 )
 
@@ -83,8 +84,9 @@ class HTTPError(Exception):
 
 @dataclass
 class Entry:
-    """One readable image: where it is and its sizes. Its pixels are not kept here (a folder of
-    thousands would not fit in memory): :meth:`Viewer.image` reads them again when needed."""
+    """One readable image: where it is, its sizes and how the model sees it. Its pixels are not
+    kept here (a folder of thousands would not fit in memory): :meth:`Viewer.image` reads them
+    again when needed."""
 
     id: int
     name: str
@@ -92,6 +94,10 @@ class Entry:
     shape: tuple[int, int]  # (height, width) of the display image
     original: tuple[int, int]  # (width, height) of the file
     digest: bytes  # of the display image, to notice a file changed since the viewer started
+    grid: tuple[int, int]  # (height, width) of the working image: that of its embeddings
+    #: How the working image was cut and resized from the file, where it is not the display
+    #: image (a fundus image's field of view), else ``None``.
+    framing: Framing | None = None
 
     def file_point(self, x: int, y: int) -> list[float]:
         """Display pixel (x, y) -> the centre of the area it shows, as [x, y] in the file's
@@ -286,7 +292,8 @@ class Viewer:
     per image, and as many similarity maps as fit, the query's own image and best matches
     first), a sixteenth for display images (read again from their files on a miss) and a
     sixteenth for what the page shows of each image (PNGs, thumbnails, clusters,
-    segmentations). Only names, paths and sizes (and a fundus image's field of view) are kept
+    segmentations; a fundus image's field of view at the working size shares the display
+    images' sixteenth). Only names, paths and sizes (and a fundus image's field of view) are kept
     for every image. What was evicted costs a file read, a PNG encoding or a model call again
     when asked for (a similarity map: its image's embeddings and the query vector, which the
     query keeps). One lock serialises model calls so that concurrent requests neither duplicate
@@ -319,16 +326,14 @@ class Viewer:
         limit = int(cache_mb * 2**20)
         quarter = limit // 4
         self._embeddings = ByteLRU(limit - quarter)  # ("pixel" | "patch", image id) keys
-        self._images = ByteLRU(quarter // 4)  # display images by image id
+        # Display images by image id, a fundus model's working images by ("working", image id).
+        self._images = ByteLRU(quarter // 4)
         # ("image" | "thumb" | "clusters" | "segmentation", image id): a cache of its own, so
         # that a query's scan, which reads many images, does not push out what the page shows.
         self._renders = ByteLRU(quarter // 4)
         # ("result", query) -> QueryResult and ("map", query, image id) -> its similarity map.
         self._queries = ByteLRU(quarter - 2 * (quarter // 4))
         self._latest: QueryResult | None = None  # kept even when maps recomputed push it out
-        # How each fundus image's working image (its FOV at the working size) was cut and
-        # resized, by image id, where it is not the display image: a few numbers per image.
-        self._framings: dict[int, Framing] = {}
         self.entries: list[Entry] = []
         self.errors: list[dict[str, str]] = []
         for name, path in files:
@@ -339,8 +344,12 @@ class Viewer:
                 self.errors.append({"name": name, "file": Path(path).name, "error": _reason(exc)})
                 continue
             image = display_image(raw, self.size)
+            # Framed now, from the pixels at hand: the embeddings' size is then known before
+            # they are made (embedding_bytes), and no file is decoded again just to frame it.
+            framing, grid = self._framing(raw, image)
             entry = Entry(len(self.entries), name, Path(path), image.shape[:2],
-                          (raw.shape[1], raw.shape[0]), image_digest(image))  # fmt: skip
+                          (raw.shape[1], raw.shape[0]), image_digest(image), grid,
+                          framing)  # fmt: skip
             self.entries.append(entry)
             if self._images.free() >= image.nbytes:  # the first ones, which are shown first
                 self._images.put(entry.id, image, image.nbytes)
@@ -393,6 +402,44 @@ class Viewer:
         self._images.put(image_id, image, image.nbytes)
         return raw, image
 
+    def _framing(
+        self, raw: np.ndarray, image: np.ndarray
+    ) -> tuple[Framing | None, tuple[int, int]]:
+        """How the model sees an image (its file's pixels ``raw``, its display image
+        ``image``): the :class:`Framing` of a fundus model's working image, its field of view at
+        the working size (:func:`~localdisc.tasks.similarity.working_image`, as in pre-training
+        and ``similarity``), and that image's (height, width); ``None`` and the display image's
+        size where the model sees the display image (radiographs, a field of view that fills
+        the file). Only the box and sizes: the resize itself waits for the model
+        (:meth:`model_image`), which gets to most images of a large folder long after the start
+        (made now, most would be evicted before then)."""
+        if not self.loaded.frames_fov:
+            return None, image.shape[:2]
+        h, w = raw.shape[:2]
+        framing, grid = working_framing(self.loaded, raw, self.size, shrink_only=True)
+        if framing.box == (0, h, 0, w) and grid == image.shape[:2]:
+            return None, grid  # the display image: the same resize of the same pixels
+        return framing, grid
+
+    def model_image(self, image_id: int) -> np.ndarray:
+        """The image as the model sees it (:meth:`_framing`): the display image, or a fundus
+        image's working image, cached or made again from its file.
+
+        Raises:
+            LocaldiscError: as :meth:`image`.
+        """
+        entry = self.entry(image_id)
+        if entry.framing is None:
+            return self.image(image_id)
+        key = ("working", image_id)
+        cached = self._images.get(key)
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        raw, _ = self._read(image_id)
+        small, _ = working_image(self.loaded, raw, self.size, shrink_only=True)
+        self._images.put(key, small, small.nbytes)
+        return small
+
     def embeddings(self, image_id: int, level: str) -> torch.Tensor:
         """``[D, h, w]`` unit vectors of one image as the model sees it, computed as
         ``similarity.embedding_map``: on the display image, or for a fundus model on the file's
@@ -407,15 +454,7 @@ class Viewer:
 
         def make() -> torch.Tensor:
             if level == "pixel":
-                if not self.loaded.frames_fov:
-                    return self.loaded.model.embed(self.image(image_id)).cpu()
-                raw, _ = self._read(image_id)
-                small, framing = working_image(self.loaded, raw, self.size, shrink_only=True)
-                if framing.box != (0, raw.shape[0], 0, raw.shape[1]) or (
-                    small.shape[:2] != entry.shape
-                ):
-                    self._framings[image_id] = framing
-                return self.loaded.model.embed(small).cpu()
+                return self.loaded.model.embed(self.model_image(image_id)).cpu()
             pixel = self.embeddings(image_id, "pixel")
             self.working = f"patch embeddings of {name}"
             return dense_patch_embeddings(pixel, self.loaded.kernel).cpu()
@@ -424,19 +463,16 @@ class Viewer:
                               make, lambda v: v.element_size() * v.nelement())  # fmt: skip
 
     def embedding_bytes(self, image_id: int) -> int:
-        """The bytes of one image's embeddings at one level (float32), at most: a fundus
-        model's working image is known only once made (its field of view in the file), and is
-        at most the display image's longer side on each side."""
-        h, w = self.entry(image_id).shape
-        if self.loaded.frames_fov:
-            h = w = max(h, w)
+        """The bytes of one image's embeddings at one level: ``dim`` float32 values (the
+        model's output, kept on the CPU) per pixel of its working image, known from the start
+        (:class:`Entry`), so that the warm-up embeds only what the cache holds."""
+        h, w = self.entry(image_id).grid
         return self.loaded.model.config.dim * h * w * 4
 
     def framing(self, image_id: int) -> Framing | None:
         """How the image's embeddings were made from its file, where they are not on its
-        display pixels (a fundus image cut to its field of view), else ``None``; known once
-        its pixel embeddings were made (:meth:`embeddings`)."""
-        return self._framings.get(image_id)
+        display pixels (a fundus image cut to its field of view), else ``None``."""
+        return self.entry(image_id).framing
 
     def working_pixel(
         self, image_id: int, x: int, y: int, shape: tuple[int, ...]
@@ -493,18 +529,13 @@ class Viewer:
         entry = self.entry(image_id)
 
         def make() -> np.ndarray:
-            if self.loaded.frames_fov:
-                raw, _ = self._read(image_id)
-                small, framing = working_image(self.loaded, raw, self.size, shrink_only=True)
-                if framing.box != (0, raw.shape[0], 0, raw.shape[1]):
-                    a = self.loaded.model.cluster(small).argmax(0).cpu().numpy()
-                    xs, ys = framing.grid_to_working(raw.shape[:2], entry.shape)
-                    cols = np.clip(np.round(xs), 0, a.shape[1] - 1).astype(np.intp)
-                    rows = np.clip(np.round(ys), 0, a.shape[0] - 1).astype(np.intp)
-                    return a[np.ix_(rows, cols)].astype(self._labels_dtype())
-            # Radiographs, and an FOV that fills the file: the display image is the working one.
-            a = self.loaded.model.cluster(self.image(image_id))
-            return a.argmax(0).cpu().numpy().astype(self._labels_dtype())
+            a = self.loaded.model.cluster(self.model_image(image_id)).argmax(0).cpu().numpy()
+            if entry.framing is not None:
+                xs, ys = entry.framing.grid_to_working(entry.original[::-1], entry.shape)
+                cols = np.clip(np.round(xs), 0, a.shape[1] - 1).astype(np.intp)
+                rows = np.clip(np.round(ys), 0, a.shape[0] - 1).astype(np.intp)
+                a = a[np.ix_(rows, cols)]
+            return a.astype(self._labels_dtype())
 
         name = entry.name
         return self._computed(self._renders, ("clusters", image_id), f"clusters of {name}", make)
