@@ -856,10 +856,7 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
         raise ReaderSetupError(
             path, "reading DICOM needs pydicom: pip install localdisc[dicom]"
         ) from exc
-    try:
-        from pydicom.pixels import apply_modality_lut, apply_voi
-    except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
+    from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array  # pydicom 3
 
     with _ClampedReader(path) as f:
         ds = pydicom.dcmread(f, force=not _is_dicom_head(head))
@@ -873,17 +870,9 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     bits = int(ds.BitsStored)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     _check_decoder(path, ds)
 
-    try:
-        from pydicom.pixels import pixel_array
-
-        pixels = pixel_array(ds, index=0)  # first frame only: no need to decode the rest
-    except ImportError:  # pydicom 2.x
-        pixels = ds.pixel_array
-        if frames > 1:
-            pixels = pixels[0]
+    pixels = pixel_array(ds, index=0)  # first frame only: no need to decode the rest
 
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         if pixels.ndim != 2:
@@ -932,10 +921,8 @@ def _check_decoder(path: Path, ds: Any) -> None:
             return
     except ValueError:  # a UID that is no transfer syntax: pydicom's decoding says so
         return
-    try:
-        from pydicom.pixels import get_decoder
-    except ImportError:  # pydicom 2.x: its own error says it
-        return
+    from pydicom.pixels import get_decoder  # pydicom 3
+
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
