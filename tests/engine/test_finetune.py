@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from monai.losses import DiceLoss
@@ -450,3 +452,23 @@ def test_a_third_signal_drops_that_checkpoint_keeps_the_one_before_and_says_so(
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["step_00000002"]
     monkeypatch.undo()
     same_results(straight, resumable_run(tmp_path / "b"))
+
+
+def test_a_stop_says_where_the_same_call_continues_as_the_pseudo_label_loop_does(
+    tmp_path, monkeypatch
+):
+    """The first signal's stop, and a second one's held until the checkpoint is written, both
+    name the checkpoint and where it continues (the KeyboardInterrupt said nothing)."""
+    import signal
+
+    def where(folder) -> str:
+        return (rf"in {re.escape(str(folder))} \(whole network epoch 2/2 \(epoch 3/3 in all\), "
+                r"step 2/2\): the same call continues from there")  # fmt: skip
+
+    signal_at_step(monkeypatch, 5, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt, match=where(tmp_path / "a")):
+        resumable_run(tmp_path / "a", checkpoint_seconds=float("inf"))
+    signal_at_step(monkeypatch, 5, [signal.SIGINT])
+    signal_in_checkpoint_writes(monkeypatch, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt, match=where(tmp_path / "b")):
+        resumable_run(tmp_path / "b", checkpoint_seconds=float("inf"))

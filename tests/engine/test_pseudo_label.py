@@ -184,7 +184,7 @@ def test_a_checkpoint_is_written_every_so_often_and_after_the_last_step(tmp_path
         saved.append(step)
         return real(folder, step, *args, **kwargs)
 
-    monkeypatch.setattr(pseudo_label, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_checkpoint)  # save_resumable's
     straight = fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path, checkpoint_seconds=0)
     assert saved == [1, 2, 3, 4, 5, 6]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000006"]  # the newest only
@@ -270,3 +270,100 @@ def test_a_bad_checkpoint_interval_is_refused(tmp_path):
     images, targets = bright_spots()
     with pytest.raises(LocaldiscError, match="checkpoint_seconds must be >= 0"):
         fit(images, targets, steps=1, checkpoint_dir=tmp_path, checkpoint_seconds=math.nan)
+
+
+def signal_in_checkpoint_writes(monkeypatch, signals: list[int], nth: int = 1) -> list[str]:
+    """Send ``signals`` to this process as the ``nth`` checkpoint starts being written (its
+    first file); returns the files written."""
+    import os
+
+    import localdisc.engine.checkpoint as checkpoint
+
+    real, written = checkpoint._write_file, []
+
+    def write_file(path, data):
+        written.append(path.name)
+        if path.name == "model.safetensors" and written.count(path.name) == nth:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_file", write_file)
+    return written
+
+
+def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_and_says_where(
+    tmp_path, monkeypatch
+):
+    """As the first signal does, and as fine-tuning's: the KeyboardInterrupt of the held second
+    one said nothing of the checkpoint it had waited for."""
+    import signal
+
+    images, targets = bright_spots()
+    straight = fit(images, targets, **RESUMABLE)
+    signal_at_step(monkeypatch, 4, [signal.SIGINT])
+    written = signal_in_checkpoint_writes(monkeypatch, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt, match=r"after refine step 4/6.*same call continues"):
+        fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path, checkpoint_seconds=math.inf)
+    assert "state.json" in written  # the write went on to its end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert pseudo_label.checkpoint_position(tmp_path) == "after refine step 4/6"
+    monkeypatch.undo()
+    taken = signal_at_step(monkeypatch, 0, [])
+    same_weights(straight, fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path))
+    assert taken == [1, 2]  # nothing redone
+
+
+def test_a_third_signal_drops_that_checkpoint_keeps_the_one_before_and_says_so(
+    tmp_path, monkeypatch
+):
+    """As fine-tuning says it: nothing was logged, and the checkpoint seemed written."""
+    import signal
+
+    from localdisc.engine.checkpoint import list_checkpoints
+
+    images, targets = bright_spots()
+    thrice, logged = [signal.SIGINT, signal.SIGINT], []
+    signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    signal_in_checkpoint_writes(monkeypatch, thrice)
+    with pytest.raises(KeyboardInterrupt):
+        fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path / "a", log=logged.append,
+            checkpoint_seconds=math.inf)  # fmt: skip
+    assert logged[-1] == (
+        f"{tmp_path / 'a'}: the checkpoint of refine step 2/6 was not written (stopped again "
+        "while writing it); none is kept"
+    )
+    assert not list_checkpoints(tmp_path / "a")
+    monkeypatch.undo()
+    # Every step checkpointed, then a stop at step 3 whose write is dropped.
+    signal_at_step(monkeypatch, 3, [signal.SIGINT])
+    signal_in_checkpoint_writes(monkeypatch, thrice, nth=3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path / "b", log=logged.append,
+            checkpoint_seconds=0)  # fmt: skip
+    assert logged[-1] == (
+        f"{tmp_path / 'b'}: the checkpoint of refine step 3/6 was not written (stopped again "
+        "while writing it); the one before is kept (after refine step 2/6)"
+    )
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["step_00000002"]
+    monkeypatch.undo()
+    same_weights(fit(images, targets, **RESUMABLE),
+                 fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path / "b"))  # fmt: skip
+
+
+def test_deterministic_cudnn_sets_the_flags_and_restores_them_even_on_an_error():
+    """cuDNN may pick a non-deterministic algorithm: pseudo-labels a bit off on a rerun did not
+    match the checkpoint's hash, and a GPU's refinement started over."""
+    from torch.backends import cudnn
+
+    from localdisc.engine.pseudo_label import deterministic_cudnn
+
+    kept = cudnn.deterministic, cudnn.benchmark
+    try:
+        cudnn.deterministic, cudnn.benchmark = False, True
+        with pytest.raises(ValueError), deterministic_cudnn():
+            assert (cudnn.deterministic, cudnn.benchmark) == (True, False)
+            raise ValueError
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+    finally:
+        cudnn.deterministic, cudnn.benchmark = kept

@@ -331,3 +331,63 @@ def test_negative_step_counts_and_no_seed_are_refused(tmp_path):
         with pytest.raises(LocaldiscError, match=f"{option} must be at least"):
             run_shape_benchmark(config, tmp_path / "out", log=lambda m: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stopped_refinement_continues_from_its_checkpoint_in_the_run(tmp_path, monkeypatch):
+    """`benchmark shape-guided` refined without a checkpoint: stopped in its refinement, the
+    rerun trained it from step 0. It now keeps one in RUN/eval/refine-checkpoint, as
+    `shape-guided segment` does, continued by the rerun and removed once the maps are written."""
+    import os
+    import signal
+
+    import localdisc.tasks.benchmark_shape_guided as bench
+    from localdisc.engine import pseudo_label
+    from localdisc.tasks.benchmark_shape_guided import run_shape_benchmark
+
+    real, taken, stop_at = pseudo_label.augment, [], [1]
+
+    def augment(*args, **kwargs):
+        taken.append(len(taken) + 1)
+        if taken[-1] == stop_at[0]:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    # Quick: 2 refinement steps. An organ: no filters' rows, which take a while.
+    config = ShapeBenchmarkConfig(quick=True, tasks=["synthetic_heart"])
+    from torch.backends import cudnn
+
+    from localdisc.tasks import shape_guided
+
+    real_segment, flags = shape_guided.segment, set()
+
+    def segment(*args, **kwargs):  # the maps, whose pseudo-labels the checkpoint hashes
+        flags.add((cudnn.deterministic, cudnn.benchmark))
+        return real_segment(*args, **kwargs)
+
+    monkeypatch.setattr(shape_guided, "segment", segment)
+    out, logs = tmp_path / "out", []
+    monkeypatch.setattr(pseudo_label, "augment", augment)
+    with pytest.raises(KeyboardInterrupt, match="after refine step 1/2"):
+        run_shape_benchmark(config, out, log=logs.append)
+    kept = [p.relative_to(out).as_posix() for p in out.rglob("refine-checkpoint")]
+    assert kept == ["runs/synthetic_heart/ld-simulated/seed-0/eval/refine-checkpoint"]
+    taken.clear()
+    stop_at[0] = 0  # no signal now
+    run_shape_benchmark(config, out, log=logs.append)
+    assert taken == [1]  # step 2 only
+    assert any("continuing the interrupted training" in line for line in logs)
+    assert not list(out.rglob("refine-checkpoint"))
+    # The same maps as a refinement never stopped (the evaluation computed again).
+    eval_dir = out / kept[0].removesuffix("/refine-checkpoint")
+    maps = {p.name: p.read_bytes() for p in eval_dir.glob("*_refined_prob.png")}
+    (eval_dir / "per_image.json").unlink()
+    run_shape_benchmark(config, out, log=logs.append)
+    assert maps and maps == {p.name: p.read_bytes() for p in eval_dir.glob("*_refined_prob.png")}
+    assert flags == {(True, False)}  # deterministic cuDNN (on a GPU)
+    # Evaluated again without a refinement: a stopped one's checkpoint is no use now, and goes.
+    (eval_dir / "refine-checkpoint" / "step_00000001").mkdir(parents=True)
+    task = TASKS["synthetic_heart"]
+    test = bench._test_set(bench._spec(task, None, quick=True))
+    no_refinement = bench.replace(bench.preset(config), refine_steps=0)
+    rows = bench._ld_rows(eval_dir.parent, [test[0]], "heart", no_refinement, None, logs.append)
+    assert "refined" not in rows and not (eval_dir / "refine-checkpoint").exists()

@@ -853,6 +853,29 @@ def test_segment_keeps_a_stopped_refinement_s_checkpoint_until_its_maps_are_writ
     assert outputs(tmp_path / "refine-checkpoint") == outputs(tmp_path / "straight")
 
 
+def test_segment_s_maps_for_a_refinement_come_from_deterministic_cudnn(tmp_path, monkeypatch, run):
+    """The pseudo-labels a refinement's checkpoint hashes are computed again by a rerun: on a
+    GPU, a non-deterministic cuDNN algorithm could change them and start the training over."""
+    from torch.backends import cudnn
+
+    from localdisc.tasks import shape_guided
+
+    image = (synthetic_fundus(32, seed=0).image * 255).astype("uint8")
+    Image.fromarray(image).save(tmp_path / "eye.png")
+    real, seen = shape_guided.segment, []
+
+    def segment(*args, **kwargs):
+        seen.append((cudnn.deterministic, cudnn.benchmark))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shape_guided, "segment", segment)
+    kept = cudnn.deterministic, cudnn.benchmark
+    shape_guided.segment_images(run, [tmp_path / "eye.png"], tmp_path / "out", refine_steps=1,
+                                topology=False, device="cpu", log=lambda m: None)  # fmt: skip
+    assert seen == [(True, False)]
+    assert (cudnn.deterministic, cudnn.benchmark) == kept
+
+
 @pytest.fixture
 def sigterm_handler():
     """The CLI's SIGTERM handler, as `main` installs it; the test process's own restored."""

@@ -22,13 +22,16 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from localdisc.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from localdisc.engine.stop import GracefulStop
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -379,3 +382,109 @@ def load_latest_checkpoint(
     if candidates:
         raise CheckpointError(f"{checkpoint_dir}: no valid checkpoint among {len(candidates)}")
     return None
+
+
+# --- checkpoints of a training that a signal stops and the same call continues ---------------
+# The pattern of engine.finetune and engine.pseudo_label: the newest checkpoint only, whose state
+# holds under ``key`` a record of what it must match (settings, data hashes); ``describe`` of a
+# state says where the training continues from it ("after refine step 4/6").
+
+
+def remove_checkpoints(checkpoint_dir: str | Path) -> None:
+    """Delete the checkpoints in ``checkpoint_dir`` (the folder stays): one that is not
+    continued (damaged, or of another training) would otherwise stay "the newest"."""
+    for stale in list_checkpoints(checkpoint_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_resumable(
+    checkpoint_dir: str | Path,
+    key: str,
+    record: dict[str, Any],
+    *,
+    training: str,
+    describe: Callable[[dict[str, Any]], str],
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], list[str]] | None:
+    """The newest valid checkpoint in ``checkpoint_dir`` as ``(state, tensors, differ)``:
+    ``differ``, the keys of ``record`` that its ``state[key]`` does not match (none: it is of
+    this training, and ``log`` hears that the ``training`` continues, and from where; else the
+    caller says what happens). None where there is none valid: damaged ones are said in ``log``
+    and removed (:func:`remove_checkpoints`), and the training starts over."""
+    try:
+        loaded = load_latest_checkpoint(checkpoint_dir, warn=log)
+    except CheckpointError as exc:  # every one damaged: nothing to continue from
+        log(f"{exc}; starting the {training} over")
+        loaded = None
+    if loaded is None:
+        remove_checkpoints(checkpoint_dir)
+        return None
+    state, tensors = loaded
+    saved = state.get(key)
+    saved = saved if isinstance(saved, dict) else {}
+    differ = [k for k in record if saved.get(k) != record[k]]
+    if not differ:
+        log(f"continuing the interrupted {training} from its checkpoint ({checkpoint_dir}): "
+            f"{describe(state)}")  # fmt: skip
+    return state, tensors, differ
+
+
+def save_resumable(
+    stop: GracefulStop,
+    checkpoint_dir: str | Path,
+    step: int,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    state: dict[str, Any],
+    *,
+    what: str,
+    describe: Callable[[dict[str, Any]], str],
+    log: Callable[[str], None],
+) -> None:
+    """Write the checkpoint of ``what`` ("refine step 4/6") in place of the one before
+    (:func:`save_checkpoint`, ``keep=1``) while ``stop`` defers SIGINT/SIGTERM.
+
+    A second signal waits for the write (a fraction of a second; it cut the write the first one
+    asked for), then stops as :func:`stop_at_checkpoint` does. A third one acts at once, for a
+    write that hangs: the write is dropped whole, and ``log`` hears that and what is kept."""
+    written = False
+    try:
+        with stop.deferring():
+            try:
+                save_checkpoint(checkpoint_dir, step, tensors, state, keep=1)
+            except KeyboardInterrupt:  # a third one: save_checkpoint removed what it wrote
+                before = newest_position(checkpoint_dir, describe)
+                kept = f"the one before is kept ({before})" if before else "none is kept"
+                log(f"{checkpoint_dir}: the checkpoint of {what} was not written (stopped again "
+                    f"while writing it); {kept}")  # fmt: skip
+                raise
+            written = True
+    except KeyboardInterrupt:
+        if not written:
+            raise
+        raise _stopped(checkpoint_dir, describe) from None  # the held second signal's
+
+
+def stop_at_checkpoint(
+    stop: GracefulStop,
+    signum: int,
+    checkpoint_dir: str | Path,
+    describe: Callable[[dict[str, Any]], str],
+) -> NoReturn:
+    """Hand ``signum`` on (:meth:`GracefulStop.stop`) once its checkpoint is written in
+    ``checkpoint_dir``: the KeyboardInterrupt says where the same call continues."""
+    try:
+        stop.stop(signum)
+    except KeyboardInterrupt:
+        raise _stopped(checkpoint_dir, describe) from None
+
+
+def _stopped(
+    checkpoint_dir: str | Path, describe: Callable[[dict[str, Any]], str]
+) -> KeyboardInterrupt:
+    """The KeyboardInterrupt of a training stopped at its newest checkpoint."""
+    where = newest_position(checkpoint_dir, describe)
+    where = f" ({where})" if where else ""
+    return KeyboardInterrupt(
+        f"stopped with its checkpoint in {checkpoint_dir}{where}: the same call continues "
+        "from there"
+    )

@@ -11,9 +11,11 @@ Given a ``checkpoint_dir``, :func:`finetune` can be stopped and continued exactl
 an epoch, at most every ``checkpoint_seconds`` (and after the last one), it writes a checkpoint
 there (engine.checkpoint's format, the newest only: weights, best weights, Adam's state, the
 sampler's state, the phases so far); the first SIGINT or SIGTERM ends the step, writes one at that
-step and stops (engine.stop; a second signal during that write waits for it to end); and a call
-with the same settings and images continues from the newest one, ending with the weights and
-histories of an uninterrupted run.
+step and raises KeyboardInterrupt saying where the training continues (engine.stop; a second
+signal during that write waits for it to end, then does the same; a third one drops the write,
+saying so and what is kept in ``log``: :func:`~localdisc.engine.checkpoint.save_resumable`, as
+the pseudo-label loop's); and a call with the same settings and images continues from the
+newest one, ending with the weights and histories of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,12 +36,12 @@ from torch import Tensor
 
 from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
-    list_checkpoints,
-    load_latest_checkpoint,
+    load_resumable,
     newest_position,
     optimizer_from_flat,
     optimizer_to_flat,
-    save_checkpoint,
+    save_resumable,
+    stop_at_checkpoint,
     tensor_digest,
 )
 from localdisc.engine.distributed import resolve_device
@@ -269,45 +270,31 @@ class _Run:
         # Named by the steps taken, so that the newest is the last (save_checkpoint keeps it).
         epochs_before = sum(e for _, e in self.plan[: self.phase])
         steps = (epochs_before + epoch - 1) * self.steps_per_epoch + step
-        # A second signal waits for the write (a fraction of a second), then acts: it cut the
-        # write the first one asked for, which left the checkpoint before it, or none.
-        with self.stop.deferring():
-            try:
-                save_checkpoint(self.folder, steps, tensors, state, keep=1)
-            except KeyboardInterrupt:  # a third one: save_checkpoint removed what it wrote
-                before = checkpoint_position(self.folder)
-                kept = f"the one before is kept ({before})" if before else "none is kept"
-                self.log(
-                    f"{self.folder}: the checkpoint of {_position(state)} was not written "
-                    f"(stopped again while writing it); {kept}"
-                )
-                raise
+        # A second signal waits for the write, a third one drops it (engine.checkpoint).
+        save_resumable(self.stop, self.folder, steps, tensors, state, what=_position(state),
+                       describe=_position, log=self.log)  # fmt: skip
         self.last_save = time.monotonic()
+
+    def halt(self, signum: int) -> None:
+        """Hand the signal on (engine.stop) once its checkpoint is written, saying where the
+        fine-tuning continues."""
+        stop_at_checkpoint(self.stop, signum, self.folder, _position)
 
     def load(self) -> _Start | None:
         """Restore the newest checkpoint; the phase to continue starts where it says (None
         without one: a corrupt one is said and removed, and the fine-tuning starts over)."""
         if self.folder is None:
             return None
-        try:
-            loaded = load_latest_checkpoint(self.folder, warn=self.log)
-        except CheckpointError as exc:  # every one corrupt: nothing to continue from
-            self.log(f"{exc}; starting the fine-tuning over")
-            loaded = None
+        loaded = load_resumable(self.folder, "finetune", self.record, training="fine-tuning",
+                                describe=_position, log=self.log)  # fmt: skip
         if loaded is None:
-            for stale in list_checkpoints(self.folder):  # or it would stay "the newest"
-                shutil.rmtree(stale, ignore_errors=True)
             return None
-        state, tensors = loaded
-        saved = state.get("finetune") or {}
-        differ = [k for k in self.record if saved.get(k) != self.record[k]]
+        state, tensors, differ = loaded
         if differ:
             raise CheckpointError(
                 f"{self.folder}: a checkpoint of another fine-tuning (its "
                 f"{' and '.join(differ)} differ from this one's); delete the folder to start over"
             )
-        self.log(f"continuing the interrupted fine-tuning from its checkpoint ({self.folder}): "
-            f"{_position(state)}")  # fmt: skip
         self.model.load_state_dict(tensors["model"])
         self.generator.set_state(tensors["rng"]["generator"])
         self.frozen_state = tensors.get("frozen")
@@ -400,7 +387,7 @@ def _phase(
             # the epoch's last step, its validation and checkpoint come first, below.
             if run.stop.signum is not None and step + 1 < len(batches):
                 save(epoch, step + 1, batches, losses)
-                run.stop.stop(run.stop.signum)
+                run.halt(run.stop.signum)
         val_dice = mean_dice(predict_batch(model, run.val[0], config.batch, config.amp), run.val[1])
         row = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_dice": val_dice}
         result.history.append(row)
@@ -413,7 +400,7 @@ def _phase(
         if signum is not None or run.due() or (last_phase and epoch == epochs):
             save(epoch + 1, 0, [], [])
         if signum is not None:
-            run.stop.stop(signum)
+            run.halt(signum)
     result.seconds = seconds_before + time.perf_counter() - t0
     model.encoder.requires_grad_(True)
     return best_state, result
@@ -548,7 +535,7 @@ def finetune(
                     f"epoch {result.best_epoch}/{epochs} ({result.seconds:.0f} s)"
                 )
             if run.stop.signum is not None:  # after the last check: the checkpoint is written
-                run.stop.stop(run.stop.signum)
+                run.halt(run.stop.signum)
         finally:
             run.stop.restore()
     return FinetuneResult(model.state_dict(), run.frozen_state, run.phases, earlier)

@@ -13,10 +13,12 @@ format, the newest only: the weights with their batch-norm statistics, Adam's st
 learning-rate schedule's, the batch generator's, the step and the seconds spent); the first
 SIGINT or SIGTERM ends the step, writes one at that step and raises KeyboardInterrupt saying
 where the training continues (engine.stop; a second signal during that write waits for it to
-end); and a call with the same settings, images, pseudo-labels and network continues from the
-newest one, ending with the weights of an uninterrupted run (bit for bit on a CPU). The batch
-generator is all the randomness the loop draws (the augmentation draws from it; the networks
-have no dropout), so its state is all there is to keep. A checkpoint of anything else (or a
+end, then does the same; a third one drops the write, saying so and what is kept in ``log``:
+:func:`~localdisc.engine.checkpoint.save_resumable`, as fine-tuning's); and a call with the
+same settings, images, pseudo-labels and network continues from the newest one, ending with the
+weights of an uninterrupted run (bit for bit on a CPU). The batch generator is all the
+randomness the loop draws (the augmentation draws from it; the networks have no dropout), so
+its state is all there is to keep. A checkpoint of anything else (or a
 damaged one) is said in ``log``, removed, and the training starts over: the folder holds
 nothing but a way to save time. The caller removes it once what the network makes is written
 (``OUT/refine-checkpoint`` of ``localdisc shape-guided segment``, ``OUT/student-checkpoint``
@@ -27,9 +29,9 @@ the training at once, as ever.
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +40,39 @@ from torch import Tensor
 
 from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
-    list_checkpoints,
-    load_latest_checkpoint,
+    load_resumable,
     newest_position,
     optimizer_from_flat,
     optimizer_to_flat,
-    save_checkpoint,
+    remove_checkpoints,
+    save_resumable,
+    stop_at_checkpoint,
     tensor_digest,
 )
 from localdisc.engine.finetune import augment
 from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import CheckpointError, LocaldiscError
+from localdisc.errors import LocaldiscError
 from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.models.segmenter import Segmenter
 
-__all__ = ["checkpoint_position", "fit_pseudo_labels", "kept_checkpoints"]
+__all__ = ["checkpoint_position", "deterministic_cudnn", "fit_pseudo_labels", "kept_checkpoints"]
+
+
+@contextmanager
+def deterministic_cudnn() -> Iterator[None]:
+    """cuDNN's deterministic algorithms, and no benchmarking of them, inside the block; its
+    settings as they were after it. For the inference that makes pseudo-labels: a rerun computes
+    them again, and a checkpoint continues only with a hash of the same ones (bit for bit), so
+    an algorithm that differs in the last bit started the training over. No effect on a CPU."""
+    cudnn = torch.backends.cudnn
+    kept = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = kept
 
 
 def fit_pseudo_labels(
@@ -126,20 +144,9 @@ def fit_pseudo_labels(
         state = {"pseudo_label": record, "name": name, "steps": steps, "optimizer": opt_meta,
                  "scheduler": scheduler.state_dict(),
                  "seconds": earlier + time.monotonic() - start}  # fmt: skip
-        # A second signal waits for the write (a fraction of a second), then acts: it cut the
-        # write the first one asked for. A third one acts at once, keeping the one before.
-        with stop.deferring():
-            save_checkpoint(folder, done, tensors, state, keep=1)
-
-    def halt(signum: int, done: int) -> None:
-        """Hand the signal on (engine.stop), saying where the training continues."""
-        try:
-            stop.stop(signum)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(
-                f"stopped after {name} {done}/{steps}; its checkpoint is in {folder}: the same "
-                "call continues from there"
-            ) from None
+        # A second signal waits for the write, a third one drops it (engine.checkpoint).
+        save_resumable(stop, folder, done, tensors, state, what=f"{name} {done}/{steps}",
+                       describe=_position, log=log)  # fmt: skip
 
     if folder is not None:  # a stop then writes a checkpoint first (engine/stop.py)
         stop.install()
@@ -181,10 +188,10 @@ def fit_pseudo_labels(
                 if signum is not None or due or step + 1 == steps:
                     save(step + 1)
                     last_save = time.monotonic()
-                if signum is not None:
-                    halt(signum, step + 1)
+                if signum is not None:  # said: where the training continues
+                    stop_at_checkpoint(stop, signum, folder, _position)
         if stop.signum is not None:  # after the last check: the last step's checkpoint is written
-            halt(stop.signum, steps)
+            stop_at_checkpoint(stop, stop.signum, folder, _position)
     finally:
         stop.restore()
     return model
@@ -208,23 +215,16 @@ def _load(
     """The newest checkpoint in ``folder`` when it is of the training ``record`` describes (said
     in ``log``); else None, the folder's checkpoints removed (one of another training, or
     damaged, is said), so that the training starts over."""
-    try:
-        loaded = load_latest_checkpoint(folder, warn=log)
-    except CheckpointError as exc:  # every one damaged: nothing to continue from
-        log(f"{exc}; starting the training over")
-        loaded = None
-    if loaded is not None:
-        state, _ = loaded
-        saved = state.get("pseudo_label") or {}
-        differ = [k for k in record if saved.get(k) != record[k]]
-        if not differ:
-            log(f"continuing the interrupted training from its checkpoint ({folder}): "
-                f"{_position(state)}")  # fmt: skip
-            return loaded
-        log(f"{folder}: its checkpoint is of another training (its {' and '.join(differ)} "
-            "differ from this one's): starting over")  # fmt: skip
-    for stale in list_checkpoints(folder):  # or it would stay "the newest"
-        shutil.rmtree(stale, ignore_errors=True)
+    loaded = load_resumable(folder, "pseudo_label", record, training="training",
+                            describe=_position, log=log)  # fmt: skip
+    if loaded is None:
+        return None
+    state, tensors, differ = loaded
+    if not differ:
+        return state, tensors
+    log(f"{folder}: its checkpoint is of another training (its {' and '.join(differ)} "
+        "differ from this one's): starting over")  # fmt: skip
+    remove_checkpoints(folder)  # or it would stay "the newest"
     return None
 
 

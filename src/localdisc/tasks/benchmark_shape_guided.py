@@ -42,13 +42,15 @@ generated tasks (``synthetic_fundus``, ``synthetic_xray`` for lungs, ``synthetic
 harder ``synthetic_xray_hard`` and ``synthetic_heart_hard``), whose masks are exact, or, for the
 vessel filters and their network, on STARE (another data set). The filters and k-means get the same
 prior knowledge LD's prior carries (its expected foreground fraction; the filters also that vessels
-are connected). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues.
+are connected). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues;
+a refinement from its checkpoint in ``RUN/eval/refine-checkpoint``, as ``shape-guided segment``'s.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -502,8 +504,11 @@ def _ld_rows(
 ) -> dict[str, list[dict[str, Any]]]:
     """Outputs A, B and refined of a shape-guided run; with an organ prior's ``topology`` also A
     and refined held to it (the maps and masks written to ``RUN/eval`` are the outputs as they
-    come)."""
+    come). The refinement keeps a checkpoint in ``RUN/eval/refine-checkpoint``, continued by a
+    rerun and removed once the refined maps are written."""
+    from localdisc.engine.pseudo_label import deterministic_cudnn
     from localdisc.tasks.shape_guided import (
+        REFINE_CHECKPOINT,
         RefineConfig,
         refine,
         refined_probability,
@@ -515,8 +520,11 @@ def _ld_rows(
     model = LDModel.from_pretrained(run_dir, device=_device(config.device))
     size = run_size(run_dir)
     prior = run_prior_masks(run_dir, log)
-    maps = segment_all(model, [s.image for s in samples], [s.fov for s in samples], size=size,
-                       prior=prior, log=log)  # fmt: skip
+    # The same maps on a rerun, bit for bit: the refinement's checkpoint continues only with the
+    # same pseudo-labels.
+    with deterministic_cudnn():
+        maps = segment_all(model, [s.image for s in samples], [s.fov for s in samples],
+                           size=size, prior=prior, log=log)  # fmt: skip
     out: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "refined": []}
     if topology is not None:
         out |= {"A + topology": [], "refined + topology": []}
@@ -530,11 +538,14 @@ def _ld_rows(
         for output, prob in (("A", m.prob_a), ("B", m.prob_b)):
             write_png(predictions / f"{s.name}_{output}_prob.png", prob_png(prob))
             write_png(predictions / f"{s.name}_{output}_mask.png", mask_png(prob, 0.5))
+    # A stopped benchmark's refinement continues there (the same run, images and config).
+    checkpoint = predictions / REFINE_CHECKPOINT
     if config.refine_steps:
         refine_size = config.refine_size or size or config.eval_size
         refine_config = RefineConfig(steps=config.refine_steps, size=refine_size,
                                      device=config.device)  # fmt: skip
-        network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log)
+        network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log,
+                         checkpoint_dir=checkpoint)  # fmt: skip
         stretch = refine_config.stretch_contrast
         for s, m in zip(samples, maps, strict=True):
             prob = refined_probability(network, s.image, m.fov, stretch=stretch)
@@ -544,6 +555,8 @@ def _ld_rows(
             if topology is not None:
                 held = enforce_topology(prob, topology)
                 out["refined + topology"].append(_metrics(held, s, target, config.eval_size))
+    # The refined maps are written (or none are wanted now: a stopped one's checkpoint goes too).
+    shutil.rmtree(checkpoint, ignore_errors=True)
     return {k: v for k, v in out.items() if v}
 
 

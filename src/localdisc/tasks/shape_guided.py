@@ -52,7 +52,7 @@ from localdisc.engine.checkpoint import atomic_write_text, check_safetensors
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, predict_batch
 from localdisc.engine.monitor import ProgressBar
-from localdisc.engine.pseudo_label import fit_pseudo_labels
+from localdisc.engine.pseudo_label import deterministic_cudnn, fit_pseudo_labels
 from localdisc.errors import InputError, LocaldiscError
 from localdisc.eval.provenance import environment
 from localdisc.losses.region import region_embeddings
@@ -790,8 +790,11 @@ def _segment_run(
         )
     written = []
     names = [name for name, _ in files]
-    all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log, progress=progress,
-                           run_name=run_name)  # fmt: skip
+    # The same maps on a rerun, bit for bit: a refinement's checkpoint continues only with the
+    # same pseudo-labels.
+    with deterministic_cudnn():
+        all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log,
+                               progress=progress, run_name=run_name)  # fmt: skip
     if before_writing is not None:
         before_writing()
     for name, maps in zip(names, all_maps, strict=True):
