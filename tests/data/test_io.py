@@ -610,7 +610,7 @@ def test_dicom_pixel_spacing_source_magnification_and_functional_groups(tmp_path
     spacing, source = read("ermf.dcm", EstimatedRadiographicMagnificationFactor=1.25, **imager)
     assert spacing == pytest.approx((0.128, 0.12))
     assert source == "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor"
-    for bad in ("0", "-1.1"):  # no factor: the detector's spacing, said so
+    for bad in ("0", "-1.1", "0.5"):  # none (SID / SOD is at least 1): the detector's, said so
         assert read(f"bad{bad}.dcm", EstimatedRadiographicMagnificationFactor=bad, **imager) == (
             (0.16, 0.15), "ImagerPixelSpacing"
         )  # fmt: skip
@@ -669,8 +669,12 @@ def test_dicom_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "text.dcm").write_text("hello, not DICOM\n")
     _expect_error(tmp_path / "text.dcm")
 
+    with monkeypatch.context() as patch:  # pydicom 2.x has no pydicom.pixels
+        patch.setitem(sys.modules, "pydicom.pixels", None)
+        error = _expect_error(path, "needs pydicom 3 or newer (found ")
+        assert isinstance(error, ReaderSetupError)  # not skipped: every DICOM would be
     monkeypatch.setitem(sys.modules, "pydicom", None)  # makes `import pydicom` fail
-    _expect_error(path, "pip install localdisc[dicom]")
+    _expect_error(path, "needs pydicom 3 or newer: pip install -U pydicom python-gdcm")
 
 
 def test_dicom_without_suffix_as_pacs_exports_name_it(tmp_path: Path) -> None:
@@ -794,7 +798,7 @@ def test_errors_of_the_installation_are_reader_setup_errors(
         assert isinstance(_expect_error(plain, lio.MAX_PIXELS_ENV), ReaderSetupError)
     assert isinstance(_expect_error(plain, "max_pixels", max_pixels=0), ReaderSetupError)
     monkeypatch.setitem(sys.modules, "pydicom", None)  # makes `import pydicom` fail
-    assert isinstance(_expect_error(plain, "pip install localdisc[dicom]"), ReaderSetupError)
+    assert isinstance(_expect_error(plain, "pip install -U pydicom"), ReaderSetupError)
 
 
 def test_errors_of_the_file_are_no_reader_setup_errors(tmp_path: Path) -> None:

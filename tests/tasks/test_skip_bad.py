@@ -71,7 +71,8 @@ def test_predict_skip_bad_stops_at_a_missing_pydicom(tmp_path, monkeypatch):
         with pytest.raises(ReaderSetupError) as error:
             predict_images(tmp_path / "model", [images], tmp_path / "out", **args)
     assert str(error.value) == (
-        f"{images / 'c.dcm'}: reading DICOM needs pydicom: pip install localdisc[dicom]"
+        f"{images / 'c.dcm'}: reading DICOM needs pydicom 3 or newer: pip install -U pydicom "
+        "python-gdcm (localdisc's [dicom] extra)"
     )
     written = predict_images(tmp_path / "model", [images], tmp_path / "out", **args)
     assert [p.name for p in written] == ["a_mask.png", "c_mask.png"]  # b.png skipped

@@ -20,7 +20,7 @@ from localdisc.data.datasets import (
     load_dataset,
 )
 from localdisc.data.preprocess import resize_image, resize_mask
-from localdisc.errors import DatasetError, LocaldiscError
+from localdisc.errors import DatasetError, LocaldiscError, ReaderSetupError
 
 
 def report_splits(cls: type[SegmentationDataset]) -> tuple[str, ...]:
@@ -209,8 +209,8 @@ def write_preview(
     for index in np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)):
         try:
             samples.append(dataset[int(index)])
-        except LocaldiscError:
-            if not skip_bad:
+        except LocaldiscError as exc:
+            if not skip_bad or isinstance(exc, ReaderSetupError):  # the installation's
                 raise
     if not samples:
         raise DatasetError(f"{dataset.root}: no sample of {dataset.name} could be read")

@@ -40,6 +40,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -153,12 +154,12 @@ class ImageMeta:
             ImagerPixelSpacing (0018,1164), the spacing at the detector that projection
             radiographs without a calibrated PixelSpacing carry, divided by the
             EstimatedRadiographicMagnificationFactor (0018,1114, source-to-detector over
-            source-to-patient distance) where the file gives one above 0: the spacing at the
+            source-to-patient distance) where the file gives one of 1 or more: the spacing at the
             patient (DICOM PS3.3 C.8.11.7); without it, the detector's (which includes the
             X-ray magnification: anatomy measures a few per cent smaller); and JSRT's raw
             ``.IMG`` (0.175, 0.175). A value that is not two positive finite numbers (one
             number, text, zero) is ignored, as if absent, as is a factor that is not one
-            positive finite number, so that a malformed header never stops the image being
+            finite number of 1 or more, so that a malformed header never stops the image being
             read. ``None`` otherwise: PNG's pHYs and TIFF's resolution are dots per inch for
             printing or display, which screenshots and converters set at will, not the size
             of the anatomy in a pixel.
@@ -852,11 +853,15 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     """
     try:
         import pydicom
-    except ImportError as exc:
+        from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array  # pydicom 3
+    except ImportError as exc:  # pydicom absent, or 2.x (another package's, say)
+        found = getattr(sys.modules.get("pydicom"), "__version__", None)
         raise ReaderSetupError(
-            path, "reading DICOM needs pydicom: pip install localdisc[dicom]"
+            path,
+            "reading DICOM needs pydicom 3 or newer"
+            + (f" (found {found})" if found else "")
+            + ": pip install -U pydicom python-gdcm (localdisc's [dicom] extra)",
         ) from exc
-    from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array  # pydicom 3
 
     with _ClampedReader(path) as f:
         ds = pydicom.dcmread(f, force=not _is_dicom_head(head))
@@ -942,7 +947,7 @@ def _dicom_spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
     """(row, column) mm per pixel and where it came from (:class:`ImageMeta`'s ``spacing`` and
     ``spacing_source``): the first of PixelSpacing, the enhanced multi-frame Pixel Measures
     group's (shared, else the first frame's: the frame read), and ImagerPixelSpacing (divided
-    by EstimatedRadiographicMagnificationFactor where it is one positive finite number) that
+    by EstimatedRadiographicMagnificationFactor where it is one finite number of 1 or more) that
     holds two positive finite numbers; ``(None, None)`` where none does."""
     spacing = _spacing_value(ds, "PixelSpacing")
     if spacing is not None:
@@ -956,7 +961,7 @@ def _dicom_spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
     if spacing is None:
         return None, None
     factor = _spacing_value(ds, "EstimatedRadiographicMagnificationFactor", count=1)
-    if factor is None:
+    if factor is None or factor[0] < 1:  # SID / SOD: at least 1, else malformed
         return (spacing[0], spacing[1]), "ImagerPixelSpacing"
     at_patient = (spacing[0] / factor[0], spacing[1] / factor[0])
     return at_patient, "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor"
@@ -981,7 +986,8 @@ def _spacing_value(ds: Any, keyword: str, count: int = 2) -> tuple[float, ...] |
             return None
         if count == 1 and not isinstance(value, Sequence | str | bytes):
             value = [value]  # a single-valued DS reads as one number
-        # Two values (VM 2); a lone "12" would otherwise be read as its characters 1 and 2.
+        # A sequence of values (PixelSpacing's VM 2); a lone "12" would otherwise be read as
+        # its characters 1 and 2.
         if not isinstance(value, Sequence) or isinstance(value, str | bytes):
             return None
         numbers = tuple(float(v) for v in value)
