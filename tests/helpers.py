@@ -105,3 +105,43 @@ def own_folder(root: Path, n: int = 6, *, modality: str = "fundus") -> Path:
         save(root / "images" / f"case{i}.png", (image * 255).astype(np.uint8))
         save(root / "masks" / f"case{i}.png", (mask * 255).astype(np.uint8))
     return root
+
+
+def signal_at_step(monkeypatch, engine, step: int, signals: list[int]) -> list[int]:
+    """Send ``signals`` to this process in training step ``step`` (counted from 1, over the
+    phases of a fine-tuning) of the loop in module ``engine`` (engine.finetune or
+    engine.pseudo_label: each step augments its batch once), before its forward pass; returns
+    the steps taken, growing as they run."""
+    import os
+
+    real, taken = engine.augment, []
+
+    def augment(*args, **kwargs):
+        taken.append(len(taken) + 1)
+        if taken[-1] == step:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "augment", augment)
+    return taken
+
+
+def signal_in_checkpoint_writes(monkeypatch, signals: list[int], nth: int = 1) -> list[str]:
+    """Send ``signals`` to this process as the ``nth`` checkpoint starts being written (its
+    first file); returns the files written."""
+    import os
+
+    import localdisc.engine.checkpoint as checkpoint
+
+    real, written = checkpoint._write_file, []
+
+    def write_file(path, data):
+        written.append(path.name)
+        if path.name == "model.safetensors" and written.count(path.name) == nth:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_file", write_file)
+    return written

@@ -178,3 +178,22 @@ def test_check_safetensors_reads_the_header_only_and_names_a_damaged_file(tmp_pa
         check_safetensors(path)
     with pytest.raises(CheckpointError, match="not found"):
         check_safetensors(tmp_path / "none.safetensors")
+
+
+def test_a_third_signal_after_the_rename_says_the_checkpoint_is_written(tmp_path, monkeypatch):
+    """A third signal in save_checkpoint's tail (the fsync after the rename) was said as "not
+    written; the one before is kept (step 3)", naming the new checkpoint as the one before."""
+    import localdisc.engine.checkpoint as checkpoint
+    from localdisc.engine.stop import GracefulStop
+
+    def interrupted(folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "_fsync_dir", interrupted)
+    logged: list[str] = []
+    with pytest.raises(KeyboardInterrupt, match=r"stopped with its checkpoint in .* \(step 3\)"):
+        checkpoint.save_resumable(GracefulStop(), tmp_path, 3, {"model": {"w": torch.zeros(1)}},
+                                  {}, what="step 3", describe=lambda s: f"step {s['step']}",
+                                  log=logged.append)  # fmt: skip
+    assert logged == []
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000003"]

@@ -4,6 +4,8 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
+import localdisc.engine.finetune as finetune_engine
+from helpers import signal_at_step, signal_in_checkpoint_writes
 from localdisc.engine.finetune import FinetuneConfig, augment, finetune, mean_dice
 from localdisc.errors import LocaldiscError
 from localdisc.models.segmenter import Segmenter
@@ -192,26 +194,6 @@ def resumable_run(folder=None, log=None, **changes):
                     checkpoint_dir=folder)  # fmt: skip
 
 
-def signal_at_step(monkeypatch, step: int, signals: list[int]) -> list[int]:
-    """Send ``signals`` to this process in training step ``step`` (counted from 1 over the
-    phases), before its forward pass; returns the steps taken, growing as they run."""
-    import os
-
-    import localdisc.engine.finetune as engine
-
-    real, taken = engine.augment, []
-
-    def augment(*args, **kwargs):
-        taken.append(len(taken) + 1)
-        if taken[-1] == step:
-            for signum in signals:
-                os.kill(os.getpid(), signum)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "augment", augment)
-    return taken
-
-
 def same_results(a, b) -> None:
     for key, value in a.state.items():
         torch.testing.assert_close(b.state[key], value, rtol=0, atol=0, msg=key)
@@ -244,20 +226,19 @@ def test_a_signal_ends_the_step_checkpoints_it_and_the_same_call_continues_exact
 
     from localdisc.engine.finetune import checkpoint_position
 
-    taken = signal_at_step(monkeypatch, step, [signal.SIGINT])
+    taken = signal_at_step(monkeypatch, finetune_engine, step, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt):
         resumable_run(tmp_path, checkpoint_seconds=float("inf"))  # checkpoints at a signal only
     assert len(taken) == step  # the step went on, the next one did not start
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert checkpoint_position(tmp_path) == continues_at
     monkeypatch.undo()
-    taken = signal_at_step(monkeypatch, 0, [])
-    import localdisc.engine.finetune as engine
+    taken = signal_at_step(monkeypatch, finetune_engine, 0, [])
 
     bars: list[float] = []  # the time before, as each progress bar was given it
-    real_bar = engine.ProgressBar
+    real_bar = finetune_engine.ProgressBar
     monkeypatch.setattr(
-        engine,
+        finetune_engine,
         "ProgressBar",
         lambda *a, **k: bars.append(k.get("before", 0.0)) or real_bar(*a, **k),
     )
@@ -275,7 +256,7 @@ def test_a_signal_ends_the_step_checkpoints_it_and_the_same_call_continues_exact
 def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
     import signal
 
-    taken = signal_at_step(monkeypatch, 2, [signal.SIGINT, signal.SIGINT])
+    taken = signal_at_step(monkeypatch, finetune_engine, 2, [signal.SIGINT, signal.SIGINT])
     with pytest.raises(KeyboardInterrupt):
         resumable_run(tmp_path, checkpoint_seconds=float("inf"))
     assert len(taken) == 2 and not list(tmp_path.iterdir())  # stopped inside step 2
@@ -285,7 +266,7 @@ def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatc
 def test_without_a_checkpoint_folder_a_signal_stops_at_once(monkeypatch):
     import signal
 
-    taken = signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    taken = signal_at_step(monkeypatch, finetune_engine, 2, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt):
         resumable_run()
     assert len(taken) == 2
@@ -337,7 +318,7 @@ def test_a_checkpoint_of_other_images_or_settings_is_refused_and_a_corrupt_one_r
     from localdisc.engine.checkpoint import list_checkpoints
     from localdisc.errors import CheckpointError
 
-    signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    signal_at_step(monkeypatch, finetune_engine, 2, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt):
         resumable_run(tmp_path)
     monkeypatch.undo()
@@ -373,26 +354,6 @@ def test_where_a_fine_tuning_continues_counts_the_epochs_as_its_progress_lines_d
     )
 
 
-def signal_in_checkpoint_writes(monkeypatch, signals: list[int], nth: int = 1) -> list[str]:
-    """Send ``signals`` to this process as the ``nth`` checkpoint starts being written (its
-    first file); returns the files written."""
-    import os
-
-    import localdisc.engine.checkpoint as checkpoint
-
-    real, written = checkpoint._write_file, []
-
-    def write_file(path, data):
-        written.append(path.name)
-        if path.name == "model.safetensors" and written.count(path.name) == nth:
-            for signum in signals:
-                os.kill(os.getpid(), signum)
-        real(path, data)
-
-    monkeypatch.setattr(checkpoint, "_write_file", write_file)
-    return written
-
-
 def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_for_it(
     tmp_path, monkeypatch, straight
 ):
@@ -402,7 +363,7 @@ def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_for_it(
 
     from localdisc.engine.finetune import checkpoint_position
 
-    signal_at_step(monkeypatch, 5, [signal.SIGINT])
+    signal_at_step(monkeypatch, finetune_engine, 5, [signal.SIGINT])
     written = signal_in_checkpoint_writes(monkeypatch, [signal.SIGINT])
     logged: list[str] = []
     with pytest.raises(KeyboardInterrupt):
@@ -412,7 +373,7 @@ def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_for_it(
     assert checkpoint_position(tmp_path) == "whole network epoch 2/2 (epoch 3/3 in all), step 2/2"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     monkeypatch.undo()
-    taken = signal_at_step(monkeypatch, 0, [])
+    taken = signal_at_step(monkeypatch, finetune_engine, 0, [])
     same_results(straight, resumable_run(tmp_path))
     assert len(taken) == 1  # nothing redone
 
@@ -428,7 +389,7 @@ def test_a_third_signal_drops_that_checkpoint_keeps_the_one_before_and_says_so(
 
     logged: list[str] = []
     thrice = [signal.SIGINT, signal.SIGINT]
-    signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    signal_at_step(monkeypatch, finetune_engine, 2, [signal.SIGINT])
     signal_in_checkpoint_writes(monkeypatch, thrice)
     with pytest.raises(KeyboardInterrupt):
         resumable_run(tmp_path / "a", log=logged.append, checkpoint_seconds=float("inf"))
@@ -439,7 +400,7 @@ def test_a_third_signal_drops_that_checkpoint_keeps_the_one_before_and_says_so(
     assert not list_checkpoints(tmp_path / "a")
     monkeypatch.undo()
     # Every epoch's end checkpointed (step 2), then a stop at step 3 whose write is dropped.
-    signal_at_step(monkeypatch, 3, [signal.SIGINT])
+    signal_at_step(monkeypatch, finetune_engine, 3, [signal.SIGINT])
     signal_in_checkpoint_writes(monkeypatch, thrice, nth=2)
     with pytest.raises(KeyboardInterrupt):
         resumable_run(tmp_path / "b", log=logged.append, checkpoint_seconds=0)
@@ -465,10 +426,11 @@ def test_a_stop_says_where_the_same_call_continues_as_the_pseudo_label_loop_does
         return (rf"in {re.escape(str(folder))} \(whole network epoch 2/2 \(epoch 3/3 in all\), "
                 r"step 2/2\): the same call continues from there")  # fmt: skip
 
-    signal_at_step(monkeypatch, 5, [signal.SIGINT])
+    signal_at_step(monkeypatch, finetune_engine, 5, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt, match=where(tmp_path / "a")):
         resumable_run(tmp_path / "a", checkpoint_seconds=float("inf"))
-    signal_at_step(monkeypatch, 5, [signal.SIGINT])
+    monkeypatch.undo()
+    signal_at_step(monkeypatch, finetune_engine, 5, [signal.SIGINT])
     signal_in_checkpoint_writes(monkeypatch, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt, match=where(tmp_path / "b")):
         resumable_run(tmp_path / "b", checkpoint_seconds=float("inf"))

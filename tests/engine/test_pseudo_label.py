@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 
+from helpers import signal_at_step, signal_in_checkpoint_writes
 from localdisc.data.views import normalize
 from localdisc.engine import pseudo_label
 from localdisc.engine.batch_norm import recalibrate_batch_norm
@@ -104,24 +105,6 @@ def test_a_progress_bar_counts_the_steps_and_shows_the_loss(capsys):
 RESUMABLE = dict(steps=6, crop=16, rotation=30.0, name="refine step")
 
 
-def signal_at_step(monkeypatch, step: int, signals: list[int]) -> list[int]:
-    """Send ``signals`` to this process in training step ``step`` (counted from 1), before its
-    forward pass; returns the steps taken, growing as they run."""
-    import os
-
-    real, taken = pseudo_label.augment, []
-
-    def augment(*args, **kwargs):
-        taken.append(len(taken) + 1)
-        if taken[-1] == step:
-            for signum in signals:
-                os.kill(os.getpid(), signum)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pseudo_label, "augment", augment)
-    return taken
-
-
 def same_weights(a: Segmenter, b: Segmenter) -> None:
     """Bit for bit, batch-norm statistics (and their step counts) included."""
     sa, sb = a.state_dict(), b.state_dict()
@@ -139,7 +122,7 @@ def test_a_signal_ends_the_step_checkpoints_it_and_the_same_call_continues_exact
 
     images, targets = bright_spots()
     straight = fit(images, targets, **RESUMABLE)
-    taken = signal_at_step(monkeypatch, 4, [signal.SIGINT])
+    taken = signal_at_step(monkeypatch, pseudo_label, 4, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt, match=r"after refine step 4/6.*same call continues"):
         # checkpoints at the signal only
         fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path, checkpoint_seconds=math.inf)
@@ -148,7 +131,7 @@ def test_a_signal_ends_the_step_checkpoints_it_and_the_same_call_continues_exact
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
     assert pseudo_label.checkpoint_position(tmp_path) == "after refine step 4/6"
     monkeypatch.undo()
-    taken = signal_at_step(monkeypatch, 0, [])
+    taken = signal_at_step(monkeypatch, pseudo_label, 0, [])
     bars: list[tuple] = []  # the step and the time before, as each progress bar was given them
     real_bar = pseudo_label.ProgressBar
 
@@ -189,7 +172,7 @@ def test_a_checkpoint_is_written_every_so_often_and_after_the_last_step(tmp_path
     assert saved == [1, 2, 3, 4, 5, 6]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000006"]  # the newest only
     saved.clear()
-    taken = signal_at_step(monkeypatch, 0, [])
+    taken = signal_at_step(monkeypatch, pseudo_label, 0, [])
     logged: list[str] = []
     again = fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path, log=logged.append)
     assert taken == [] and saved == [] and logged[0].endswith("after refine step 6/6")
@@ -216,7 +199,7 @@ def test_a_checkpoint_of_other_settings_images_or_labels_is_said_removed_and_red
         ({"targets": other_targets}, "pseudo-labels"),
         ({"width": 8}, "layers"),
     ):
-        signal_at_step(monkeypatch, 2, [signal.SIGINT])
+        signal_at_step(monkeypatch, pseudo_label, 2, [signal.SIGINT])
         with pytest.raises(KeyboardInterrupt):
             fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path)
         monkeypatch.undo()
@@ -231,7 +214,7 @@ def test_a_checkpoint_of_other_settings_images_or_labels_is_said_removed_and_red
         for stale in list_checkpoints(tmp_path):
             shutil.rmtree(stale)
     # A damaged one is said, dropped and the training redone.
-    signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    signal_at_step(monkeypatch, pseudo_label, 2, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt):
         fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path)
     monkeypatch.undo()
@@ -246,7 +229,7 @@ def test_without_a_checkpoint_folder_a_signal_stops_at_once(monkeypatch):
     import signal
 
     images, targets = bright_spots()
-    taken = signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    taken = signal_at_step(monkeypatch, pseudo_label, 2, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt) as stopped:
         fit(images, targets, **RESUMABLE)
     assert taken == [1, 2] and str(stopped.value) == ""  # in step 2, before its forward pass
@@ -256,7 +239,7 @@ def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatc
     import signal
 
     images, targets = bright_spots()
-    taken = signal_at_step(monkeypatch, 2, [signal.SIGINT, signal.SIGINT])
+    taken = signal_at_step(monkeypatch, pseudo_label, 2, [signal.SIGINT, signal.SIGINT])
     with pytest.raises(KeyboardInterrupt):
         fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path)
     assert taken == [1, 2] and not list(tmp_path.iterdir())
@@ -272,26 +255,6 @@ def test_a_bad_checkpoint_interval_is_refused(tmp_path):
         fit(images, targets, steps=1, checkpoint_dir=tmp_path, checkpoint_seconds=math.nan)
 
 
-def signal_in_checkpoint_writes(monkeypatch, signals: list[int], nth: int = 1) -> list[str]:
-    """Send ``signals`` to this process as the ``nth`` checkpoint starts being written (its
-    first file); returns the files written."""
-    import os
-
-    import localdisc.engine.checkpoint as checkpoint
-
-    real, written = checkpoint._write_file, []
-
-    def write_file(path, data):
-        written.append(path.name)
-        if path.name == "model.safetensors" and written.count(path.name) == nth:
-            for signum in signals:
-                os.kill(os.getpid(), signum)
-        real(path, data)
-
-    monkeypatch.setattr(checkpoint, "_write_file", write_file)
-    return written
-
-
 def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_and_says_where(
     tmp_path, monkeypatch
 ):
@@ -301,7 +264,7 @@ def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_and_says_wh
 
     images, targets = bright_spots()
     straight = fit(images, targets, **RESUMABLE)
-    signal_at_step(monkeypatch, 4, [signal.SIGINT])
+    signal_at_step(monkeypatch, pseudo_label, 4, [signal.SIGINT])
     written = signal_in_checkpoint_writes(monkeypatch, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt, match=r"after refine step 4/6.*same call continues"):
         fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path, checkpoint_seconds=math.inf)
@@ -309,7 +272,7 @@ def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_and_says_wh
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert pseudo_label.checkpoint_position(tmp_path) == "after refine step 4/6"
     monkeypatch.undo()
-    taken = signal_at_step(monkeypatch, 0, [])
+    taken = signal_at_step(monkeypatch, pseudo_label, 0, [])
     same_weights(straight, fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path))
     assert taken == [1, 2]  # nothing redone
 
@@ -324,7 +287,7 @@ def test_a_third_signal_drops_that_checkpoint_keeps_the_one_before_and_says_so(
 
     images, targets = bright_spots()
     thrice, logged = [signal.SIGINT, signal.SIGINT], []
-    signal_at_step(monkeypatch, 2, [signal.SIGINT])
+    signal_at_step(monkeypatch, pseudo_label, 2, [signal.SIGINT])
     signal_in_checkpoint_writes(monkeypatch, thrice)
     with pytest.raises(KeyboardInterrupt):
         fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path / "a", log=logged.append,
@@ -336,7 +299,7 @@ def test_a_third_signal_drops_that_checkpoint_keeps_the_one_before_and_says_so(
     assert not list_checkpoints(tmp_path / "a")
     monkeypatch.undo()
     # Every step checkpointed, then a stop at step 3 whose write is dropped.
-    signal_at_step(monkeypatch, 3, [signal.SIGINT])
+    signal_at_step(monkeypatch, pseudo_label, 3, [signal.SIGINT])
     signal_in_checkpoint_writes(monkeypatch, thrice, nth=3)
     with pytest.raises(KeyboardInterrupt):
         fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path / "b", log=logged.append,

@@ -451,7 +451,12 @@ def save_resumable(
         with stop.deferring():
             try:
                 save_checkpoint(checkpoint_dir, step, tensors, state, keep=1)
-            except KeyboardInterrupt:  # a third one: save_checkpoint removed what it wrote
+            except KeyboardInterrupt:  # a third one
+                newest = list_checkpoints(checkpoint_dir)
+                if newest and newest[-1].name == f"{CHECKPOINT_PREFIX}{step:08d}":
+                    # In save_checkpoint's tail (after the rename): written all the same.
+                    raise _stopped(checkpoint_dir, describe) from None
+                # Before it: save_checkpoint removed what it wrote.
                 before = newest_position(checkpoint_dir, describe)
                 kept = f"the one before is kept ({before})" if before else "none is kept"
                 log(f"{checkpoint_dir}: the checkpoint of {what} was not written (stopped again "
