@@ -31,6 +31,21 @@ def test_finetuning_on_jsrt_without_scr_masks_says_they_are_needed(tmp_path: Pat
         assert not (tmp_path / "ft").exists()
 
 
+def test_finetuning_on_a_folder_of_images_alone_says_where_masks_go(tmp_path: Path) -> None:
+    """It said "no masks for target None" for a folder without a mask folder beside it: now
+    where masks are looked for, as the transfer benchmark says it (transfer.load_task_data)."""
+    for i in range(3):
+        save(tmp_path / "photos" / f"p{i}.png", np.full((16, 16), 7 * i, np.uint8))
+    args = ["finetune", "--dataset", str(tmp_path / "photos"), "--out", str(tmp_path / "ft"),
+            "--size", "32", "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, DatasetError)
+    assert f"{tmp_path / 'photos'}: no masks; put them in a folder beside the images named" in (
+        str(result.exception)
+    )
+    assert not (tmp_path / "ft").exists()
+
+
 def _folder(root: Path, n: int) -> Path:
     """``n`` 64 x 64 synthetic X-rays with lung masks in masks/ (a folder set: no test split)."""
     from localdisc.data.synthetic import synthetic_xray

@@ -296,14 +296,6 @@ def _tensors(
     return x, y
 
 
-def _open_splits(config: TransferConfig) -> tuple[SegmentationDataset, SegmentationDataset, bool]:
-    """Training and test sets; a set without a split is split here (labelled vs. the rest)."""
-    train = load_data_spec(config.dataset, "train" if "train" in _splits(config.dataset) else None)
-    if "test" in train.splits:
-        return train, load_data_spec(config.dataset, "test"), False
-    return train, train, True
-
-
 def _splits(spec: str) -> tuple[str, ...]:
     return dataset_class(parse_data_spec(spec)[0]).splits
 
@@ -569,15 +561,14 @@ def run_transfer(
         log(f"{out_dir}: an interrupted fine-tuning with the same settings{redo}")
     t0 = time.perf_counter()
     env = environment(config.train.device)  # where and when; outside "transfer": never compared
-    train_set, test_set, self_split = _open_splits(config)
+    train_set, test, target = load_task_data(config.dataset, config.target)
+    self_split = test is None  # a set without a test split is split here
+    test_set = train_set if test is None else test
     if not self_split and config.test_fraction != FOLDER_TEST_FRACTION:
         raise LocaldiscError(
             f"{config.dataset} has its own test split ({len(test_set)} images): --test-fraction "
             f"{config.test_fraction:g} is only for a set without one (a folder); leave it out"
         )
-    target = _resolve_target(train_set, config.target)
-    if not self_split:
-        _resolve_target(test_set, target)
     seed = config.train.seed
     unlabelled: list[int] = []
     images = f"{len(train_set)} images"
