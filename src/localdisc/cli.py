@@ -688,7 +688,9 @@ def localize(
     overlay: Path | None = typer.Option(
         None, "--overlay", help="Folder of its own for overlay figures (NAME.png)."
     ),
-    size: int | None = typer.Option(None, help="Working size (default: the pre-training size)."),
+    size: int | None = typer.Option(
+        None, help="Working size (default: the pre-training pool size)."
+    ),
     mirror: bool = typer.Option(
         False, "--mirror", help="Also try the template mirrored left-right (left and right eyes)."
     ),
@@ -863,7 +865,7 @@ def shape_guided_train(
     seed: int = typer.Option(0),
     resume: bool = RESUME_OPTION,
 ) -> None:
-    """Train LD with an adversarial shape prior on cluster 0 (METHOD.md section 5)."""
+    """Train LD with an adversarial shape prior on cluster 0 (shape-guided clustering)."""
     from localdisc.engine import distributed
     from localdisc.engine.pretrain import PretrainConfig
     from localdisc.engine.pretrain import pretrain as run_pretrain

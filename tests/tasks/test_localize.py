@@ -870,3 +870,19 @@ def test_localize_cli_skips_unreadable_images_on_request_never_the_template(tmp_
         f"{new / 'n9.png'}: cannot decode as image: OSError: image file is truncated"
     )
     assert not out.exists()
+
+
+def test_the_log_says_a_detectors_spacing_is_the_detectors():
+    """ImagerPixelSpacing without a magnification factor measures anatomy a few per cent large:
+    the log named it like a calibrated spacing."""
+    from pathlib import Path
+
+    from localdisc.data.io import ImageMeta
+    from localdisc.tasks.localize import spacing_note
+
+    meta = ImageMeta(Path("a.dcm"), "dicom", 12, 4, 4, 1, (0.15, 0.15), "ImagerPixelSpacing")
+    summary = {"pixel_spacing": None, "spacings": {"a": [0.15, 0.15]}, "without_spacing": []}
+    assert spacing_note(summary, {"a": meta}) == (
+        "in px and in mm from the images' own pixel spacing (ImagerPixelSpacing (at the "
+        "detector: errors a few per cent high); 0.15 x 0.15 mm, row x column)"
+    )

@@ -382,9 +382,10 @@ class Truth(dict[str, dict[str, Point]]):
 
     @property
     def spacings(self) -> dict[str, tuple[float, float] | None]:
-        """Each annotated image's (row, column) mm per pixel from its file (DICOM PixelSpacing,
-        JSRT ``.IMG``: :class:`~localdisc.data.io.ImageMeta`), ``None`` where it has none: the
-        ``spacings`` of :func:`score_predictions`."""
+        """Each annotated image's (row, column) mm per pixel from its file
+        (:class:`~localdisc.data.io.ImageMeta`'s ``spacing``; its ``spacing_source`` says which
+        header gave it), ``None`` where it has none: the ``spacings`` of
+        :func:`score_predictions`."""
         return {name: meta.spacing for name, meta in self.metas.items()}
 
 
@@ -636,11 +637,16 @@ def spacing_note(summary: Mapping[str, Any], metas: Mapping[str, ImageMeta] | No
         return f"in px and in mm at --pixel-spacing {summary['pixel_spacing']:g} mm"
     if summary["spacings"]:
         metas = metas or {}
-        # The tags that gave them (ImageMeta.spacing_source), each once.
-        found = list(dict.fromkeys(
-            metas[n].spacing_source for n in summary["spacings"] if n in metas
-            and metas[n].spacing_source
-        ))  # fmt: skip
+        # The tags that gave them (ImageMeta.spacing_source), each once; the detector's spacing
+        # measures anatomy a few per cent large (X-ray magnification): said.
+        found = [
+            f"{source} (at the detector: errors a few per cent high)"
+            if source == "ImagerPixelSpacing" else source
+            for source in dict.fromkeys(
+                metas[n].spacing_source for n in summary["spacings"] if n in metas
+            )
+            if source
+        ]  # fmt: skip
         values = {tuple(s) for s in summary["spacings"].values()}
         if len(values) == 1:  # one spacing for all: say it
             row, column = values.pop()

@@ -339,14 +339,15 @@ class Viewer:
         for name, path in files:
             try:
                 raw, _ = read_image(path)
+                image = display_image(raw, self.size)
+                # Framed now, from the pixels at hand: the embeddings' size is then known before
+                # they are made (embedding_bytes), and no file is decoded again just to frame
+                # it (a field of view found on a 3000 x 2000 photograph: about 0.1 s).
+                framing, grid = self._framing(raw, image)
             except (LocaldiscError, OSError, ValueError, MemoryError) as exc:
                 # A bad file is listed on the page; the others keep working.
                 self.errors.append({"name": name, "file": Path(path).name, "error": _reason(exc)})
                 continue
-            image = display_image(raw, self.size)
-            # Framed now, from the pixels at hand: the embeddings' size is then known before
-            # they are made (embedding_bytes), and no file is decoded again just to frame it.
-            framing, grid = self._framing(raw, image)
             entry = Entry(len(self.entries), name, Path(path), image.shape[:2],
                           (raw.shape[1], raw.shape[0]), image_digest(image), grid,
                           framing)  # fmt: skip
