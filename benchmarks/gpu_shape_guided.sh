@@ -22,6 +22,14 @@ STAGE1_S=${STAGE1_S:-60}; STAGE2_S=${STAGE2_S:-60}; REFINE=${REFINE:-600}; DEVIC
 STUDENT_STEPS=${STUDENT_STEPS:-1200}  # the filter-taught networks (vessels)
 SIZE=${SIZE:-448}; BATCH=${BATCH:-4}; MAX_TEST=${MAX_TEST:-}
 PRIOR_WEIGHT=${PRIOR_WEIGHT:-1}; POSE=${POSE:-free}; DEPTH=${DEPTH:-5}
+# Before any device time: a task without its data is skipped by the benchmark (an empty table).
+case "$TASK" in
+    drive|stare) needs="DRIVE STARE priors"; kind=vessels ;;
+    *) needs="JSRT SCR"; kind=organs ;;
+esac
+for need in $needs; do
+    [ -d "carry/$need" ] || { echo "no carry/$need: bash benchmarks/prepare_carry.sh $kind" >&2; exit 2; }
+done
 mkdir -p "$OUT"
 exec > >(tee "$OUT/session-$TASK.log") 2>&1
 date -u; git rev-parse --short HEAD 2>/dev/null

@@ -13,6 +13,9 @@ export PYTHONPATH=src
 OUT=${OUT:-/tmp/localdisc-gpu-transfer}
 PRETRAIN_S=${PRETRAIN_S:-200}; DEVICE=${DEVICE:-cuda}; PSIZE=${PSIZE:-448}; SIZE=${SIZE:-512}
 EPOCHS=${EPOCHS:-100}; SEEDS=${SEEDS:-3}; LABELS=${LABELS:-2,all}
+for need in carry/KaggleDR/images carry/DRIVE; do  # before any device time
+    [ -d "$need" ] || { echo "no $need: bash benchmarks/prepare_carry.sh transfer" >&2; exit 2; }
+done
 mkdir -p "$OUT"
 exec > >(tee "$OUT/session.log") 2>&1
 date -u; git rev-parse --short HEAD 2>/dev/null
@@ -25,7 +28,8 @@ s1=$(python -c "print($PRETRAIN_S / 5)"); s2=$(python -c "print($PRETRAIN_S * 4 
 start=$(date +%s)
 python -m localdisc pretrain --data carry/KaggleDR/images --max-images 1000 --out "$run" \
     --device $DEVICE --size $PSIZE --batch 4 --stage1-steps 20000 --stage2-steps 80000 \
-    --stage1-seconds "$s1" --stage2-seconds "$s2" --checkpoint-every 100000 --workers 16
+    --stage1-seconds "$s1" --stage2-seconds "$s2" --checkpoint-every 100000 --workers 16 \
+    || { echo "pre-training failed (above): no transfer without it" >&2; exit 1; }
 echo "pre-training wall time: $(( $(date +%s) - start )) s (pool decoding included)"
 cp "$run/log.csv" "$run/config.json" "$OUT/"
 
