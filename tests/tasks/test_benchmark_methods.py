@@ -296,12 +296,12 @@ def test_the_tasks_are_planned_once(tmp_path, monkeypatch):
     import localdisc.tasks.benchmark_methods as methods
     import localdisc.tasks.benchmark_transfer as bench
 
-    plans: list[list[str]] = []
+    plans: list[tuple[list[str], Path | None]] = []
     plan_tasks = bench.plan_tasks
 
-    def counted(config, data_root, log):
-        plans.append(config.tasks)
-        return plan_tasks(config, data_root, log)
+    def counted(config, data_root, log, out_dir=None):
+        plans.append((config.tasks, out_dir))
+        return plan_tasks(config, data_root, log, out_dir)
 
     def first_run(*args, **kwargs):
         raise KeyboardInterrupt  # the tasks are planned by now
@@ -315,7 +315,8 @@ def test_the_tasks_are_planned_once(tmp_path, monkeypatch):
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         methods.run_methods_benchmark(config, tmp_path / "out", log=said.append)
-    assert plans == [["synthetic_fundus", "drive"]]
+    # In the transfer benchmark's folder: its earlier runs keep their own sets' labels.
+    assert plans == [(["synthetic_fundus", "drive"], tmp_path / "out" / "transfer")]
     assert len([m for m in said if m.startswith("skipped drive: ")]) == 1
 
 

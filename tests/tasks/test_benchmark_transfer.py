@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -351,3 +352,57 @@ def test_planning_loads_each_split_of_a_task_once(tmp_path, monkeypatch):
          ("synthetic_xray:6", "train"), ("synthetic_xray:6", "test"), (mine, None)]
     )  # fmt: skip
     assert about["synthetic_xray-6"].endswith("its own test split (3 images)")
+
+
+def test_an_own_sets_label_stays_when_another_of_its_name_is_added_later(tmp_path):
+    """Labels were made for each call alone: run on /a/lungs ("lungs"), then add /b/lungs, and
+    both became a/lungs and b/lungs, the first set's finished runs redone under its new label.
+    A set whose runs the --out holds keeps their label; only a new one takes a longer label,
+    also where the set of that label is not named this time."""
+    a = own_folder(tmp_path / "a" / "lungs")
+    b = own_folder(tmp_path / "b" / "lungs")
+    c = own_folder(tmp_path / "c" / "lungs")
+    out = tmp_path / "bench"
+
+    def bench(*tasks):
+        args = ["benchmark", "transfer", "--quick", "--inits", "random", "--tasks",
+                ",".join(map(str, tasks)), "--out", str(out)]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        results = json.loads((out / "results.json").read_text())
+        return [r["task"] for r in results["runs"]], result.output.count("reusing")
+
+    assert bench(a) == (["lungs"], 0)
+    assert bench(a, b) == (["lungs", "b/lungs"], 1)  # a's run reused, under its label
+    assert bench(b) == (["b/lungs"], 1)
+    assert bench(c) == (["c/lungs"], 0)  # runs/lungs holds a's runs: not c's label
+    assert bench(c, a) == (["c/lungs", "lungs"], 2)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["b", "c", "lungs"]
+
+
+def test_own_labels_fall_back_to_a_new_outs_where_earlier_runs_do_not_say_one(tmp_path):
+    """The label a set's runs have is kept; where their records cannot be read, or two sets'
+    runs share a label, labels are made as for a new --out (longer ones, as before)."""
+    from localdisc.tasks.benchmark_transfer import own_set, task_labels
+
+    a, b = (str(tmp_path / d / "lungs") for d in ("a", "b"))
+    for folder in (a, b):
+        Path(folder).mkdir(parents=True)
+    runs = tmp_path / "runs"
+
+    def labels(*entries: str) -> list[str]:
+        return list(task_labels(list(entries), {e: own_set(e) for e in entries}, runs).values())
+
+    def record(init: str, text: str) -> None:
+        path = runs / "lungs" / init / "labels-2" / "seed-0" / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    assert labels(a, b) == ["a/lungs", "b/lungs"]  # no runs
+    record("random", "{")
+    assert labels(a, b) == ["a/lungs", "b/lungs"]
+    record("random", json.dumps({"transfer": {"dataset": a}}))
+    assert labels(a, b) == ["lungs", "b/lungs"]
+    assert labels(b) == ["b/lungs"]  # lungs is a's
+    record("ld", json.dumps({"transfer": {"dataset": b}}))
+    assert labels(a, b) == ["a/lungs", "b/lungs"]

@@ -203,7 +203,9 @@ def reached_row(name: str, reached: dict[str, Any]) -> str:
     )
 
 
-def plan_transfer(transfer: BenchmarkConfig, log: Callable[[str], None]) -> TaskPlan:
+def plan_transfer(
+    transfer: BenchmarkConfig, log: Callable[[str], None], out_dir: Path | None = None
+) -> TaskPlan:
     """The transfer benchmark's tasks, planned once as it plans them (:func:`plan_tasks`): their
     modalities choose the pools to pre-train on, and the plan goes to the transfer benchmark.
 
@@ -211,10 +213,11 @@ def plan_transfer(transfer: BenchmarkConfig, log: Callable[[str], None]) -> Task
     that cannot run, a ``--labels`` budget beyond a task's images) is refused before them, not
     after; an own set's modality is the one its loader gives (a folder's: guessed from its
     images). A paper task without data needs no pool: it is skipped (and said so, now).
+    ``out_dir``: the transfer benchmark's, whose earlier runs keep their own sets' labels.
     """
     config = transfer_preset(transfer)
     data_root = Path(config.data_root).expanduser() if config.data_root else None
-    return plan_tasks(config, data_root, log)
+    return plan_tasks(config, data_root, log, out_dir)
 
 
 def run_methods_benchmark(
@@ -235,7 +238,7 @@ def run_methods_benchmark(
         data_root=config.data_root, device=config.device, quick=config.quick,
         **config.transfer,
     )  # fmt: skip
-    plan = plan_transfer(transfer, log)
+    plan = plan_transfer(transfer, log, out_dir / "transfer")
     needed = {task.modality for task in plan[0]}
     if config.cpu_scale and not config.pools:
         config = replace(config, pools=cpu_scale_pools(config.data_root, needed))

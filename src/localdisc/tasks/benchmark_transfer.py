@@ -15,15 +15,18 @@ it has no test split of its own (``test_fraction`` of them, by file name: the sa
 label budget and seed), and has the modality its loader gives ``finetune`` (a folder's: guessed
 from its images). Named explicitly, it is checked before any work and refused with the problem
 (no such folder, no masks, a label budget beyond its images), where a paper task without data
-under the data root is skipped: that one is a default, this one the user's typing.
+under the data root is skipped: that one is a default, this one the user's typing. A set with runs
+in ``OUT`` from an earlier call keeps their label, so a table can grow without redoing them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +213,7 @@ def run_benchmark(
     env = environment(config.device)  # at the start, before any training
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     # Before the LD pre-training: a mistyped folder is said at once, not an hour later.
-    tasks, skipped, own = plan if plan is not None else plan_tasks(config, data_root, log)
+    tasks, skipped, own = plan if plan is not None else plan_tasks(config, data_root, log, out_dir)
     skipped = list(skipped)  # the runs' skips are added: the caller's plan stays as planned
     inits = {run_label(i, config.inits): i for i in config.inits}
     if inits.get("ld") == "ld":  # not a run folder that happens to be called ld
@@ -291,22 +294,50 @@ def _label_parts(spec: str, target: str | None) -> tuple[list[str], str]:
     return list(path.parts[1:] if path.is_absolute() else path.parts) or [str(root)], suffix
 
 
-def task_labels(entries: list[str], own: dict[str, tuple[str, str | None]]) -> dict[str, str]:
+def task_labels(
+    entries: list[str], own: dict[str, tuple[str, str | None]], runs: Path | None = None
+) -> dict[str, str]:
     """Each ``--tasks`` entry's label: a task's name, or an own set's folder name (with
     ``-TARGET`` when a target is given). As :func:`~localdisc.tasks.presets.run_label` names
     inits, parent folders are added while two own sets would share a label, or one would take a
     task's name (whose runs another benchmark into this ``--out`` may have left). Entries that
-    still share a label name one folder twice, and are refused."""
+    still share a label name one folder twice, and are refused.
+
+    ``runs``: the ``OUT/runs`` of earlier calls. A set with runs there keeps their label, the
+    shortest where it has several: labels stay as a table grows (a second ``lungs`` folder added
+    later relabelled the first ``a/lungs``, and its finished runs were redone). A new set takes
+    no label that has runs there. Where two sets' runs are under one label, neither keeps it.
+    """
     parts = {e: _label_parts(*own[e]) for e in own}
-    depth = dict.fromkeys(own, 1)
+
+    def label_at(e: str, depth: int) -> str:
+        return "/".join(parts[e][0][-depth:]) + parts[e][1]
+
+    @cache
+    def ran(label: str) -> set[str]:  # the data sets with runs under this label
+        return _data_run_under(runs / label) if runs else set()
+
+    def earlier(e: str) -> int | None:  # the depth of the label of this set's runs, if any
+        data = absolute_data_spec(own[e][0])
+        for d in range(1, len(parts[e][0]) + 1):
+            if label_at(e, d).lower() not in TASKS and data in ran(label_at(e, d)):
+                return d
+        return None
+
+    found = {e: d for e in own if (d := earlier(e))}
+    once = Counter(label_at(e, d).lower() for e, d in found.items())
+    kept = {e: d for e, d in found.items() if once[label_at(e, d).lower()] == 1}
+    depth = {e: kept.get(e, 1) for e in own}
     while True:
-        labels = {
-            e: "/".join(parts[e][0][-depth[e] :]) + parts[e][1] if e in own else e for e in entries
-        }
+        labels = {e: label_at(e, depth[e]) if e in own else e for e in entries}
         # In any letter case: runs/DRIVE and runs/drive are one folder on macOS and Windows.
         count = Counter(label.lower() for label in labels.values())
         clash = [e for e in own if count[labels[e].lower()] > 1 or labels[e].lower() in TASKS]
-        deeper = [e for e in clash if depth[e] < len(parts[e][0])]
+        deeper = [
+            e
+            for e in own
+            if e not in kept and (e in clash or ran(labels[e])) and depth[e] < len(parts[e][0])
+        ]
         if not deeper:
             break
         for e in deeper:
@@ -321,16 +352,33 @@ def task_labels(entries: list[str], own: dict[str, tuple[str, str | None]]) -> d
     return labels
 
 
+def _data_run_under(folder: Path) -> set[str]:
+    """The data sets of the fine-tunings in ``folder`` (``OUT/runs/LABEL``), as their
+    ``config.json`` names them (absolute, as :class:`~localdisc.tasks.transfer.TransferConfig`
+    saves them). A record that cannot be read is no set's."""
+    data = set()
+    for record in folder.glob("**/labels-*/seed-*/config.json"):
+        try:
+            data.add(absolute_data_spec(json.loads(record.read_text())["transfer"]["dataset"]))
+        except (OSError, ValueError, KeyError, TypeError, LocaldiscError):
+            continue
+    return data
+
+
 #: :func:`plan_tasks`'s answer: the tasks to run, the paper tasks skipped (with why), and what
 #: each own set's label stands for.
 TaskPlan = tuple[list[PlannedTask], list[dict[str, str]], dict[str, str]]
 
 
 def plan_tasks(
-    config: BenchmarkConfig, data_root: Path | None, log: Callable[[str], None]
+    config: BenchmarkConfig,
+    data_root: Path | None,
+    log: Callable[[str], None],
+    out_dir: Path | None = None,
 ) -> TaskPlan:
     """The tasks to run, in ``config.tasks`` order; the paper tasks skipped for want of data
-    under ``data_root``, with the reason; and what each own set's label stands for.
+    under ``data_root``, with the reason; and what each own set's label stands for (one with
+    runs in ``out_dir`` keeps their label: :func:`task_labels`).
 
     An own set is checked first and refused with the problem (no such folder, no masks, a
     ``--labels`` budget beyond its training images, too few images to hold some out): the user
@@ -351,7 +399,7 @@ def plan_tasks(
             f"tasks: {', '.join(TASKS)}; a data set of your own is {OWN_FORMS}"
         )
     checked = {e: _check_own(e, spec, target, config) for e, (spec, target) in own.items()}
-    labels = task_labels(entries, own)
+    labels = task_labels(entries, own, out_dir / "runs" if out_dir else None)
 
     tasks: list[PlannedTask] = []
     skipped: list[dict[str, str]] = []
