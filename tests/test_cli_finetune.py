@@ -130,3 +130,32 @@ def test_finetune_again_on_a_finished_run_succeeds_and_other_settings_name_the_f
     assert "holds a finished fine-tuning with other settings" in message
     assert "--epochs (train.epochs): 1 there, 2 now" in message
     assert (out / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_finetune_skip_bad_goes_on_without_a_truncated_image(tmp_path: Path) -> None:
+    """A truncated image stopped `finetune` with no way on, where predict, localize and
+    pretrain have --skip-bad: the error now names the flag, which leaves the image out (named,
+    listed in metrics.json, counted in the last line)."""
+    import json
+
+    from helpers import own_folder
+    from localdisc.errors import ImageReadError
+
+    data = own_folder(tmp_path / "data")
+    bad = data / "images" / "case3.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = tmp_path / "ft"
+    args = ["finetune", "--dataset", str(data), "--out", str(out), "--size", "32",
+            "--device", "cpu", "--frozen-epochs", "1", "--epochs", "1"]  # fmt: skip
+    plain = CliRunner().invoke(app, args)
+    assert isinstance(plain.exception, ImageReadError)
+    assert str(plain.exception).endswith("; --skip-bad skips unreadable images")
+    result = CliRunner().invoke(app, [*args, "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert f"skipped {bad}: cannot decode as image" in output
+    assert output.endswith(
+        f"; 1 unreadable image(s) skipped, listed under skipped in {out / 'metrics.json'}"
+    )
+    skipped = json.loads((out / "metrics.json").read_text())["skipped"]
+    assert [(s["name"], s["path"]) for s in skipped] == [("case3", str(bad))]

@@ -501,9 +501,18 @@ def finetune(
         help="Save the model with batch-norm statistics recomputed over every training-split "
         "image, labels unused (the paper keeps training's; metrics.json reports both).",
     ),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Read every image first and leave out the unreadable ones (truncated files, DICOM "
+        "without pixel data) before the split is drawn, each named in the log and listed under "
+        '"skipped" in metrics.json, instead of stopping at the first; an unreadable mask still '
+        "stops the run.",
+    ),
 ) -> None:
     """Fine-tune a segmentation model with few labels (the paper's protocol) and evaluate it."""
     from localdisc.engine.finetune import FinetuneConfig
+    from localdisc.tasks.predict import skipped_clause
     from localdisc.tasks.transfer import TransferConfig, run_transfer
 
     train = FinetuneConfig(
@@ -512,11 +521,13 @@ def finetune(
     )  # fmt: skip
     config = TransferConfig(
         dataset, target, init, labels, size, train=train, recalibrate_bn=recalibrate_bn,
-        test_fraction=test_fraction,
+        test_fraction=test_fraction, skip_bad=skip_bad,
     )  # fmt: skip
     # No --resume: the same command continues an interrupted run (its settings are checked).
     with _on_interrupt(lambda: _finetune_hint(out)):
         metrics = run_transfer(config, out, log=_log)
+    # The images --skip-bad left out (a run reused as finished: those it left out).
+    skipped = escape(skipped_clause(len(metrics.get("skipped", [])), out / "metrics.json"))
     if "summary" not in metrics:  # --test-fraction 0: no image held out, nothing tested
         dice, validation = metrics["phases"][-1]["best_val_dice"], metrics["validation"]
         # Not "N labelled image(s) trained on": a fifth of them validate (the validation note).
@@ -526,7 +537,7 @@ def finetune(
         )
         console.print(
             f"model in [bold]{_path(out)}[/] (segment new images with `localdisc predict --model "
-            f"{_path(out)}`; metrics.json, history.csv)"
+            f"{_path(out)}`; metrics.json, history.csv){skipped}"
         )
         return
     summary = metrics["summary"]
@@ -534,7 +545,9 @@ def finetune(
         f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items() if v["n"]
     )
     console.print(f"[bold green]test[/] ({summary['dice']['n']} images): {shown}")
-    console.print(f"outputs in [bold]{_path(out)}[/] (metrics.json, predictions/, figures/)")
+    console.print(
+        f"outputs in [bold]{_path(out)}[/] (metrics.json, predictions/, figures/){skipped}"
+    )
 
 
 @app.command()

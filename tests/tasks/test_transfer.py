@@ -1,5 +1,5 @@
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -826,3 +826,127 @@ def test_a_stop_while_drawing_the_overlay_leaves_a_run_that_the_same_command_end
     assert "interrupted fine-tuning with the same settings" in logged[0]
     assert any(m.endswith(": the end of the training") for m in logged), logged
     assert (out / "figures" / "overlay.png").is_file() and (out / "metrics.json").is_file()
+
+
+def _truncate(path):
+    """Cut an image file short, as an interrupted copy leaves it."""
+    path.write_bytes(path.read_bytes()[:200])
+    return path
+
+
+def test_skip_bad_leaves_an_unreadable_image_out_before_the_split(tmp_path):
+    """finetune had no --skip-bad: a truncated image stopped it (for a test image, after the
+    training), with no way on. With it, the image is named, left out before the test split is
+    drawn and listed in metrics.json; without it, the error says the flag exists."""
+    from localdisc.errors import ImageReadError
+    from localdisc.tasks.predict import SKIP_BAD_HINT
+    from localdisc.tasks.transfer import held_out_test
+
+    data = folder_set(tmp_path / "data", n=6)
+    bad = _truncate(data / "case3.png")
+    config = tiny(str(data), frozen_epochs=0)
+    with pytest.raises(ImageReadError, match=f"^{bad}: cannot decode .*; {SKIP_BAD_HINT}$"):
+        run_transfer(config, tmp_path / "plain", log=lambda m: None)
+    config = replace(config, skip_bad=True)
+    logged: list[str] = []
+    metrics = run_transfer(config, tmp_path / "ft", log=logged.append)
+    assert logged[0].startswith(f"skipped {bad}: cannot decode as image")
+    reason = logged[0].removeprefix(f"skipped {bad}: ")
+    assert metrics["skipped"] == [{"name": "case3", "path": str(bad), "reason": reason}]
+    assert (
+        json.loads((tmp_path / "ft" / "metrics.json").read_text())["skipped"]
+        == (metrics["skipped"])
+    )
+    names = [f"case{i}" for i in (0, 1, 2, 4, 5)]  # the split of the readable images alone
+    tested = [names[i] for i in held_out_test(names)]
+    assert [row["image"] for row in metrics["per_image"]] == tested
+    record = json.loads((tmp_path / "ft" / "config.json").read_text())
+    used = record["data"]["train_images"] + record["data"]["val_images"]
+    assert "case3" not in used and not set(used) & set(tested)
+    assert record["data"]["skipped"] == metrics["skipped"]
+
+
+def test_skip_bad_still_stops_at_a_bad_mask_before_any_training(tmp_path, monkeypatch):
+    """Only an image's own read error is skipped (as in predict): an unreadable mask, or one
+    of another size than its image, stops the run, before the training, without the hint."""
+    import localdisc.tasks.transfer as transfer
+    from helpers import save
+    from localdisc.errors import ImageReadError
+    from localdisc.tasks.predict import SKIP_BAD_HINT
+
+    def train(*args, **kwargs):
+        raise AssertionError("trained before the masks were read")
+
+    monkeypatch.setattr(transfer, "finetune", train)
+    data = folder_set(tmp_path / "data", n=4)
+    mask = _truncate(data / "masks" / "case2.png")
+    config = replace(tiny(str(data), frozen_epochs=0), skip_bad=True)
+    with pytest.raises(ImageReadError) as error:
+        run_transfer(config, tmp_path / "ft", log=lambda m: None)
+    assert error.value.path == mask and SKIP_BAD_HINT not in str(error.value)
+    save(mask, np.zeros((32, 32), np.uint8))
+    with pytest.raises(DatasetError, match=r"case2.png: mask is 32x32 but its image"):
+        run_transfer(config, tmp_path / "ft", log=lambda m: None)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_skip_bad_refuses_a_set_whose_images_are_all_unreadable(tmp_path):
+    data = folder_set(tmp_path / "data", n=3)
+    for i in range(3):
+        _truncate(data / f"case{i}.png")
+    config = replace(tiny(str(data), frozen_epochs=0), skip_bad=True)
+    with pytest.raises(
+        LocaldiscError,
+        match=rf"^{data} \(all split\): every image was skipped as unreadable \(3; first: "
+        rf"{data / 'case0.png'}: cannot decode",
+    ):
+        run_transfer(config, tmp_path / "ft", log=lambda m: None)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_skip_bad_does_not_skip_an_error_of_the_installation(tmp_path, monkeypatch):
+    """pydicom or a DICOM decoder missing (ReaderSetupError) would drop every DICOM of a
+    cohort: it stops the run, flag or not, with no --skip-bad hint."""
+    import localdisc.data.datasets as datasets
+    from localdisc.errors import ReaderSetupError
+
+    data = folder_set(tmp_path / "data", n=4)
+    real = datasets.read_image
+
+    def read_image(path, *args, **kwargs):
+        if path.name == "case1.png":
+            raise ReaderSetupError(path, "reading DICOM needs pydicom")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "read_image", read_image)
+    for skip_bad in (True, False):
+        config = replace(tiny(str(data), frozen_epochs=0), skip_bad=skip_bad)
+        with pytest.raises(ReaderSetupError) as error:
+            run_transfer(config, tmp_path / f"ft{skip_bad}", log=lambda m: None)
+        assert str(error.value) == f"{data / 'case1.png'}: reading DICOM needs pydicom"
+
+
+def test_a_run_recorded_before_skip_bad_is_reused_with_or_without_it(tmp_path):
+    """skip_bad is not compared (transfer.protocol): a config.json written before the setting
+    existed is the same run, finished (reused) or interrupted (continued)."""
+    from localdisc.tasks.transfer import protocol
+
+    data = folder_set(tmp_path / "data", n=4)
+    out = tmp_path / "ft"
+    run_transfer(tiny(str(data), frozen_epochs=0), out, log=lambda m: None)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["transfer"]["skip_bad"] is False
+    del saved["transfer"]["skip_bad"]  # as an older version wrote it
+    (out / "config.json").write_text(json.dumps(saved))
+    assert protocol(saved["transfer"]) == protocol(asdict(tiny(str(data), frozen_epochs=0)))
+    flagged = replace(tiny(str(data), frozen_epochs=0), skip_bad=True)
+    for config in (tiny(str(data), frozen_epochs=0), flagged):
+        logged: list[str] = []
+        run_transfer(config, out, log=logged.append)
+        assert logged == [f"reusing {out / 'metrics.json'}: finished already, with the same "
+                          "settings; nothing to do"]  # fmt: skip
+    (out / "metrics.json").unlink()  # interrupted
+    logged = []
+    metrics = run_transfer(tiny(str(data), frozen_epochs=0), out, log=logged.append)
+    assert "interrupted fine-tuning with the same settings" in logged[0]
+    assert "skipped" not in metrics  # nothing was read first, nothing skipped

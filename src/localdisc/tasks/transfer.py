@@ -76,13 +76,13 @@ from localdisc.engine.finetune import (
     finetune,
     training_plan,
 )
-from localdisc.errors import DatasetError, LocaldiscError
+from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
 from localdisc.eval.metrics import summarize
 from localdisc.eval.provenance import environment, resumed
 from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDConfig, run_method, split_weights_path
 from localdisc.models.segmenter import Segmenter
-from localdisc.tasks.predict import mask_png, prob_png, score_prediction
+from localdisc.tasks.predict import SkippedImages, mask_png, prob_png, score_prediction
 
 #: Targets evaluated with topology (clDice).
 TUBULAR_TARGETS = frozenset({"vessels"})
@@ -136,6 +136,10 @@ class TransferConfig:
     # Save the model with batch-norm statistics recomputed over the training split's images (not
     # the paper's protocol, which keeps those of training; both are evaluated either way).
     recalibrate_bn: bool = False
+    # Leave out each image that cannot be read (a truncated file, a DICOM without pixel data),
+    # every image read once first, before the split is drawn; listed under "skipped" in
+    # metrics.json. Without, the first one stops the run. Not compared on a rerun (protocol).
+    skip_bad: bool = False
     train: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
@@ -170,9 +174,15 @@ def protocol(transfer: dict[str, Any]) -> dict[str, Any]:
     so a record written with relative paths (before they were saved absolute) still compares
     equal from the working directory it ran in. A record without ``test_fraction`` (written
     before it was a setting) held out :data:`FOLDER_TEST_FRACTION`. With ``init`` random,
-    ``train.frozen_epochs`` is left out: there is no encoder to freeze (one phase of ``epochs``)."""
+    ``train.frozen_epochs`` is left out: there is no encoder to freeze (one phase of ``epochs``).
+    ``skip_bad`` is left out too: where every image reads it changes nothing, and a run without
+    it cannot finish past an unreadable one; an interrupted run's checkpoint is continued only
+    on the same training and validation images (it holds their hash: engine.finetune), and a
+    finished run's ``metrics.json`` lists what it skipped. So a run written before the setting
+    existed, or with the other value, is reused as it is."""
     train = {k: v for k, v in transfer.get("train", {}).items() if k not in RUNTIME_FIELDS}
     out = {"test_fraction": FOLDER_TEST_FRACTION, **transfer, "train": train}
+    out.pop("skip_bad", None)
     if isinstance(out.get("dataset"), str):
         out["dataset"] = absolute_data_spec(out["dataset"])
     if isinstance(out.get("init"), str):
@@ -540,7 +550,14 @@ def run_transfer(
 
     ``flags``: the calling command's flag for each setting (``"train.epochs"``: ``"--epochs"``),
     which a refusal of ``out_dir`` names; a setting without one is named alone (default: those
-    of ``localdisc finetune``, :data:`FLAGS`)."""
+    of ``localdisc finetune``, :data:`FLAGS`).
+
+    ``config.skip_bad``: every image is read first, and one that cannot be read (its own error:
+    :class:`~localdisc.tasks.predict.SkippedImages`) is named in ``log`` and left out before the
+    split is drawn, listed under ``skipped`` in ``metrics.json``; an unreadable or ill-sized
+    mask, a :class:`~localdisc.errors.ReaderSetupError`, or no readable image left, still stops
+    the run. Without it, an image's read error stops the run, saying that ``--skip-bad`` skips
+    it (:data:`~localdisc.tasks.predict.SKIP_BAD_HINT`)."""
     out_dir = Path(out_dir)
     state = _check_out_dir(out_dir, config, flags)
     if state == "finished":
@@ -562,13 +579,67 @@ def run_transfer(
     t0 = time.perf_counter()
     env = environment(config.train.device)  # where and when; outside "transfer": never compared
     train_set, test, target = load_task_data(config.dataset, config.target)
-    self_split = test is None  # a set without a test split is split here
-    test_set = train_set if test is None else test
-    if not self_split and config.test_fraction != FOLDER_TEST_FRACTION:
+    if test is not None and config.test_fraction != FOLDER_TEST_FRACTION:
         raise LocaldiscError(
-            f"{config.dataset} has its own test split ({len(test_set)} images): --test-fraction "
+            f"{config.dataset} has its own test split ({len(test)} images): --test-fraction "
             f"{config.test_fraction:g} is only for a set without one (a folder); leave it out"
         )
+    sets = [train_set] if test is None else [train_set, test]
+    skips = SkippedImages(config.skip_bad, log, sum(len(s) for s in sets))
+    if config.skip_bad:  # without, each image is read where it is used (a test image: at the end)
+        for dataset in sets:
+            _leave_out_unreadable(dataset, skips)
+    try:
+        return _transfer(config, out_dir, log, (train_set, test, target), skips,
+                         interrupted=interrupted, where=where, t0=t0, env=env)  # fmt: skip
+    except ImageReadError as exc:  # an image's own error says --skip-bad skips it; a mask's not
+        image = any(Path(exc.path) == item.image for s in sets for item in s.items)
+        hinted = skips.hinted(Path(exc.path), exc) if image else exc
+        if hinted is exc:
+            raise
+        raise hinted from exc
+
+
+def _leave_out_unreadable(dataset: SegmentationDataset, skips: SkippedImages) -> None:
+    """Read every item of ``dataset`` and leave out of its ``items`` those whose image cannot be
+    read, recorded in ``skips`` (enabled) and named in its log; raise for any other problem (a
+    mask's, the installation's: :meth:`SkippedImages.unreadable`), and where none is left."""
+    kept = []
+    for item in dataset.items:
+        try:
+            dataset.load(item)  # the masks too: a bad one stops the run now, not after training
+        except ImageReadError as exc:
+            skips.unreadable(item.name, item.image, exc)
+        else:
+            kept.append(item)
+    if not kept:
+        _, path, reason = skips.skipped[-len(dataset.items)]  # this set's first
+        raise LocaldiscError(
+            f"{dataset.root or dataset.name} ({dataset.split} split): every image was skipped as "
+            f"unreadable ({len(dataset.items)}; first: {path}: {reason})"
+        )
+    dataset.items = kept
+
+
+def _transfer(
+    config: TransferConfig,
+    out_dir: Path,
+    log: Callable[[str], None],
+    data: tuple[SegmentationDataset, SegmentationDataset | None, str],
+    skips: SkippedImages,
+    *,
+    interrupted: bool,
+    where: str | None,
+    t0: float,
+    env: dict[str, Any],
+) -> dict[str, Any]:
+    """:func:`run_transfer` once ``out_dir`` is checked and the data loaded (``data``: the
+    training set, the test set or ``None``, the target; unreadable images left out where
+    ``skips`` is enabled): split, fine-tune, evaluate and write the outputs."""
+    train_set, test, target = data
+    checkpoint_dir = out_dir / CHECKPOINT
+    self_split = test is None  # a set without a test split is split here
+    test_set = train_set if test is None else test
     seed = config.train.seed
     unlabelled: list[int] = []
     images = f"{len(train_set)} images"
@@ -661,6 +732,7 @@ def run_transfer(
             "bn_images": len(bn_idx),
             **({"test_split": split_note} if split_note else {}),
             **({"unlabelled": unlabelled_names} if unlabelled else {}),
+            **({"skipped": skips.record()} if skips.enabled else {}),
         },
         "environment": env,
     }
@@ -721,6 +793,8 @@ def run_transfer(
         "bn_images": len(bn_idx),
         # A folder's images without a mask: never tested or trained on, in bn_images.
         **({"unlabelled": unlabelled_names} if unlabelled else {}),
+        # --skip-bad: the images left out as unreadable (name, file, reason); [] where none was.
+        **({"skipped": skips.record()} if skips.enabled else {}),
         "environment": meta["environment"],
         **({"resumed": meta["resumed"]} if "resumed" in meta else {}),
     }
