@@ -44,6 +44,7 @@ import copy
 import csv
 import hashlib
 import io
+import itertools
 import json
 import shutil
 import time
@@ -76,6 +77,7 @@ from localdisc.engine.finetune import (
     finetune,
     training_plan,
 )
+from localdisc.engine.monitor import ProgressBar
 from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
 from localdisc.eval.metrics import summarize
 from localdisc.eval.provenance import environment, resumed
@@ -587,8 +589,12 @@ def run_transfer(
     sets = [train_set] if test is None else [train_set, test]
     skips = SkippedImages(config.skip_bad, log, sum(len(s) for s in sets))
     if config.skip_bad:  # without, each image is read where it is used (a test image: at the end)
-        for dataset in sets:
-            _leave_out_unreadable(dataset, skips)
+        # Every image decoded first: minutes for a large folder, shown.
+        total = sum(len(s) for s in sets)
+        with ProgressBar(total, 0, config.train.progress, "check images", unit="image") as bar:
+            read = itertools.count(1)
+            for dataset in sets:
+                _leave_out_unreadable(dataset, skips, lambda: bar.update(next(read)))
     try:
         return _transfer(config, out_dir, log, (train_set, test, target), skips,
                          interrupted=interrupted, where=where, t0=t0, env=env)  # fmt: skip
@@ -600,10 +606,13 @@ def run_transfer(
         raise hinted from exc
 
 
-def _leave_out_unreadable(dataset: SegmentationDataset, skips: SkippedImages) -> None:
+def _leave_out_unreadable(
+    dataset: SegmentationDataset, skips: SkippedImages, on_read: Callable[[], None]
+) -> None:
     """Read every item of ``dataset`` and leave out of its ``items`` those whose image cannot be
     read, recorded in ``skips`` (enabled) and named in its log; raise for any other problem (a
-    mask's, the installation's: :meth:`SkippedImages.unreadable`), and where none is left."""
+    mask's, the installation's: :meth:`SkippedImages.unreadable`), and where none is left.
+    ``on_read`` is called after each item (a progress bar)."""
     kept = []
     for item in dataset.items:
         try:
@@ -612,6 +621,7 @@ def _leave_out_unreadable(dataset: SegmentationDataset, skips: SkippedImages) ->
             skips.unreadable(item.name, item.image, exc)
         else:
             kept.append(item)
+        on_read()
     if not kept:
         _, path, reason = skips.skipped[-len(dataset.items)]  # this set's first
         raise LocaldiscError(
