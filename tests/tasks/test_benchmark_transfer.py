@@ -406,3 +406,76 @@ def test_own_labels_fall_back_to_a_new_outs_where_earlier_runs_do_not_say_one(tm
     assert labels(b) == ["b/lungs"]  # lungs is a's
     record("ld", json.dumps({"transfer": {"dataset": b}}))
     assert labels(a, b) == ["a/lungs", "b/lungs"]
+
+
+def test_an_inits_label_stays_when_another_of_its_name_is_added_later(tmp_path):
+    """Init labels were made for each call alone: run with x/myld ("myld"), then add y/myld, and
+    both became x/myld and y/myld, the first init's finished runs redone under its new label.
+    An init whose runs the --out holds keeps their label; a new one takes a label without runs."""
+    from localdisc.models import LDConfig, LDModel
+
+    for folder in ("x", "y", "z"):
+        LDModel(LDConfig("fundus", width=4, depth=2)).save(tmp_path / folder / "myld")
+    out = tmp_path / "bench"
+
+    def bench(*inits: str) -> tuple[list[str], int]:
+        args = ["benchmark", "transfer", "--quick", "--tasks", "synthetic_fundus", "--inits",
+                ",".join(i if i == "random" else str(tmp_path / i) for i in inits),
+                "--out", str(out)]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        results = json.loads((out / "results.json").read_text())
+        return [r["init"] for r in results["runs"]], result.output.count("reusing")
+
+    assert bench("random", "x/myld") == (["random", "myld"], 0)
+    assert bench("random", "x/myld", "y/myld") == (["random", "myld", "y/myld"], 2)
+    assert bench("y/myld") == (["y/myld"], 1)
+    assert bench("z/myld", "x/myld") == (["z/myld", "myld"], 1)  # myld has x's runs
+    runs = out / "runs" / "synthetic_fundus"
+    assert sorted(p.name for p in runs.iterdir()) == ["myld", "random", "y", "z"]
+
+
+def test_init_labels_keep_those_of_earlier_runs(tmp_path):
+    """As run_label on a new --out; after runs, an init keeps the label they are under (read
+    longest first: runs of x/myld are under "myld" too, as of a task ending in x), a new one
+    takes none with runs, and the built-in names stay theirs."""
+    from localdisc.tasks.benchmark_transfer import init_labels
+
+    root = tmp_path.resolve()
+    x, y, z, w = (str(root / d / "myld") for d in ("x", "y", "z", "w"))
+    fundus, xray = (str(root / "out" / "pretrain" / m / "ld") for m in ("fundus", "xray"))
+    for folder in (x, y, z, w, fundus, xray):
+        Path(folder).mkdir(parents=True)
+    runs = root / "runs"
+
+    def labels(*inits: str) -> list[str]:
+        return list(init_labels(list(inits), runs))
+
+    def record(where: str, init: str | None, seed: int = 0) -> None:
+        path = runs / "synthetic_fundus" / where / "labels-2" / f"seed-{seed}" / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{" if init is None else json.dumps({"transfer": {"init": init}}))
+
+    assert labels("random", x, y, "ld", f"{x}/") == ["random", "x/myld", "y/myld", "ld"]
+    named = ["random", "/a/pretrain", "/b/pretrain", "/c/ld-xray"]  # run_label's test
+    assert labels(*named) == ["random", "a/pretrain", "b/pretrain", "ld-xray"]
+    record("x/myld", x)
+    assert labels(x) == ["x/myld"]  # not "myld" of a task synthetic_fundus/x
+    record("myld", y)
+    assert labels(y, x) == ["myld", "x/myld"]
+    assert labels(z) == ["z/myld"]
+    record("myld", None, seed=1)  # unreadable: no init's
+    assert labels(y) == ["myld"]
+    # Two inits' runs under one label (as labelled before): neither keeps it.
+    record("myld", w, seed=2)
+    assert labels(y, w) == ["y/myld", "w/myld"]
+    # benchmark pretrain-methods: a second pool no longer renames the first pool's methods.
+    record("ld", fundus)
+    assert labels("random", fundus, xray) == ["random", "ld", "xray/ld"]
+    assert labels("ld", fundus) == ["ld", "fundus/ld"]  # the built-in keeps its name
+    import pytest
+
+    from localdisc.errors import LocaldiscError
+
+    with pytest.raises(LocaldiscError, match="--inits: ld and /ld would share the label 'ld'"):
+        init_labels(["ld", "/ld"])  # nothing tells them apart

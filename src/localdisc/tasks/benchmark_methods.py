@@ -272,7 +272,8 @@ def run_methods_benchmark(
             else f"Budget per method: {config.budget_seconds:.0f} s of pre-training"
         )
         + "; LD: 1:4 between its stages. Rows of the transfer tables are named by the method's run "
-        "folder (its name is the method; MODALITY/METHOD with two pools); `random` is the floor: "
+        "folder (its name is the method; MODALITY/METHOD with two pools, but a method that has "
+        "runs under its name from an earlier call keeps it); `random` is the floor: "
         "no pre-training, the network trained from scratch.",
         "",
         "| method (pool) | steps | images | seconds | images/s | final loss |",

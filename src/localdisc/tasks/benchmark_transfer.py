@@ -15,8 +15,9 @@ it has no test split of its own (``test_fraction`` of them, by file name: the sa
 label budget and seed), and has the modality its loader gives ``finetune`` (a folder's: guessed
 from its images). Named explicitly, it is checked before any work and refused with the problem
 (no such folder, no masks, a label budget beyond its images), where a paper task without data
-under the data root is skipped: that one is a default, this one the user's typing. A set with runs
-in ``OUT`` from an earlier call keeps their label, so a table can grow without redoing them.
+under the data root is skipped: that one is a default, this one the user's typing. A set or an
+init with runs in ``OUT`` from an earlier call keeps their label, so a table can grow without
+redoing them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -39,10 +40,11 @@ from localdisc.data.datasets import (
 )
 from localdisc.engine.finetune import FinetuneConfig
 from localdisc.errors import DatasetError, LocaldiscError
-from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
+from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset
 from localdisc.tasks.transfer import (
     FOLDER_TEST_FRACTION,
     TransferConfig,
+    absolute_init,
     check_size,
     check_test_fraction,
     held_out_split,
@@ -144,6 +146,9 @@ class BenchmarkConfig:
         )  # fmt: skip
 
 
+#: The inits named as they are: no pre-training, and the LD run the benchmark makes itself.
+BUILT_IN_INITS = ("random", "ld")
+
 PAPER_TASKS = ["drive", "stare", "chase_db1", "hrf", "scr_lung", "scr_heart", "scr_clavicle"]
 #: Default (inits, tasks, labels, seeds) per mode.
 PRESET_GRIDS = {
@@ -215,7 +220,7 @@ def run_benchmark(
     # Before the LD pre-training: a mistyped folder is said at once, not an hour later.
     tasks, skipped, own = plan if plan is not None else plan_tasks(config, data_root, log, out_dir)
     skipped = list(skipped)  # the runs' skips are added: the caller's plan stays as planned
-    inits = {run_label(i, config.inits): i for i in config.inits}
+    inits = init_labels(config.inits, out_dir / "runs")
     if inits.get("ld") == "ld":  # not a run folder that happens to be called ld
         settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
         inits["ld"] = str(pretrain_preset(settings, out_dir / "pretrain", log))
@@ -294,14 +299,59 @@ def _label_parts(spec: str, target: str | None) -> tuple[list[str], str]:
     return list(path.parts[1:] if path.is_absolute() else path.parts) or [str(root)], suffix
 
 
+def stable_labels(
+    entries: list[str],
+    candidates: dict[str, list[str]],
+    found: dict[str, int],
+    taken: Callable[[str], bool],
+    reserved: Collection[str] = (),
+) -> tuple[dict[str, str], list[str]]:
+    """Labels that stay as an ``--out`` grows (:func:`task_labels`, :func:`init_labels`).
+
+    An entry without ``candidates`` is labelled by itself (a task's name, ``random``). One with
+    them (shortest first: a folder's name, then with its parents) takes the first that no other
+    entry takes, that is not ``reserved`` (lower case) and that has no earlier runs (``taken``);
+    but one whose earlier runs are under its candidate ``found[entry]`` keeps that, so that its
+    runs are reused, unless another entry's runs are there too or it is an entry's own name.
+    Labels are compared in any letter case: runs/DRIVE and runs/drive are one folder on macOS
+    and Windows. Returns the labels, in ``entries`` order, and the entries that still share a
+    label or have a reserved one (out of candidates), for the caller to refuse.
+    """
+    once = Counter(candidates[e][d].lower() for e, d in found.items())
+    names = {e.lower() for e in entries if e not in candidates} | set(reserved)
+    kept = {
+        e: d
+        for e, d in found.items()
+        if once[label := candidates[e][d].lower()] == 1 and label not in names
+    }
+    depth = {e: kept.get(e, 0) for e in candidates}
+    while True:
+        labels = {e: candidates[e][depth[e]] if e in candidates else e for e in entries}
+        count = Counter(label.lower() for label in labels.values())
+        clash = [
+            e for e in candidates if count[labels[e].lower()] > 1 or labels[e].lower() in reserved
+        ]
+        deeper = [
+            e
+            for e in candidates
+            if e not in kept
+            and (e in clash or taken(labels[e]))
+            and depth[e] < len(candidates[e]) - 1
+        ]
+        if not deeper:
+            return labels, clash
+        for e in deeper:
+            depth[e] += 1
+
+
 def task_labels(
     entries: list[str], own: dict[str, tuple[str, str | None]], runs: Path | None = None
 ) -> dict[str, str]:
     """Each ``--tasks`` entry's label: a task's name, or an own set's folder name (with
-    ``-TARGET`` when a target is given). As :func:`~localdisc.tasks.presets.run_label` names
-    inits, parent folders are added while two own sets would share a label, or one would take a
-    task's name (whose runs another benchmark into this ``--out`` may have left). Entries that
-    still share a label name one folder twice, and are refused.
+    ``-TARGET`` when a target is given). As :func:`init_labels` names inits, parent folders are
+    added while two own sets would share a label, or one would take a task's name (whose runs
+    another benchmark into this ``--out`` may have left). Entries that still share a label name
+    one folder twice, and are refused.
 
     ``runs``: the ``OUT/runs`` of earlier calls. A set with runs there keeps their label, the
     shortest where it has several: labels stay as a table grows (a second ``lungs`` folder added
@@ -309,39 +359,24 @@ def task_labels(
     no label that has runs there. Where two sets' runs are under one label, neither keeps it.
     """
     parts = {e: _label_parts(*own[e]) for e in own}
-
-    def label_at(e: str, depth: int) -> str:
-        return "/".join(parts[e][0][-depth:]) + parts[e][1]
+    candidates = {
+        e: ["/".join(folders[-d:]) + suffix for d in range(1, len(folders) + 1)]
+        for e, (folders, suffix) in parts.items()
+    }
 
     @cache
     def ran(label: str) -> set[str]:  # the data sets with runs under this label
         return _data_run_under(runs / label) if runs else set()
 
-    def earlier(e: str) -> int | None:  # the depth of the label of this set's runs, if any
+    def earlier(e: str) -> int | None:  # the candidate of this set's runs' label, if any
         data = absolute_data_spec(own[e][0])
-        for d in range(1, len(parts[e][0]) + 1):
-            if label_at(e, d).lower() not in TASKS and data in ran(label_at(e, d)):
+        for d, label in enumerate(candidates[e]):
+            if label.lower() not in TASKS and data in ran(label):
                 return d
         return None
 
-    found = {e: d for e in own if (d := earlier(e))}
-    once = Counter(label_at(e, d).lower() for e, d in found.items())
-    kept = {e: d for e, d in found.items() if once[label_at(e, d).lower()] == 1}
-    depth = {e: kept.get(e, 1) for e in own}
-    while True:
-        labels = {e: label_at(e, depth[e]) if e in own else e for e in entries}
-        # In any letter case: runs/DRIVE and runs/drive are one folder on macOS and Windows.
-        count = Counter(label.lower() for label in labels.values())
-        clash = [e for e in own if count[labels[e].lower()] > 1 or labels[e].lower() in TASKS]
-        deeper = [
-            e
-            for e in own
-            if e not in kept and (e in clash or ran(labels[e])) and depth[e] < len(parts[e][0])
-        ]
-        if not deeper:
-            break
-        for e in deeper:
-            depth[e] += 1
+    found = {e: d for e in own if (d := earlier(e)) is not None}
+    labels, clash = stable_labels(entries, candidates, found, lambda label: bool(ran(label)), TASKS)
     for e in clash:
         same = [other for other in entries if labels[other].lower() == labels[e].lower()]
         why = "a task's name" if len(same) == 1 else "one folder named twice?"
@@ -363,6 +398,74 @@ def _data_run_under(folder: Path) -> set[str]:
         except (OSError, ValueError, KeyError, TypeError, LocaldiscError):
             continue
     return data
+
+
+def init_labels(inits: list[str], runs: Path | None = None) -> dict[str, str]:
+    """Each init by its label, as run folders and tables name it: ``random`` and ``ld`` as they
+    are, an LD run (or weight file) by its folder's name, with parent folders added while two
+    would share a label (where one parent tells them apart, the names of
+    :func:`~localdisc.tasks.presets.run_label`). One init named twice (two spellings of one
+    path) is run once.
+
+    ``runs``: the ``OUT/runs`` of earlier calls. An init with runs there (of any task) keeps
+    their label: labels stay as a table grows (a second ``myld`` run added later relabelled the
+    first ``x/myld``, and its finished runs were redone). A new init takes no label that has
+    runs there. Where two inits' runs are under one label, neither keeps it.
+    """
+    unique: dict[str, str] = {}  # each init once, by its absolute path, as config.json names it
+    for init in inits:
+        unique.setdefault(init if init in BUILT_IN_INITS else absolute_init(init), init)
+    entries = list(unique.values())
+    candidates = {}
+    for init in entries:
+        if init not in BUILT_IN_INITS:
+            # As typed (links kept: runs/latest is "latest"), made absolute for its parents.
+            path = Path(os.path.abspath(Path(init).expanduser()))
+            folders = path.parts[1:] or (str(path),)
+            candidates[init] = ["/".join(folders[-d:]) for d in range(1, len(folders) + 1)]
+    records = _inits_run_under(runs) if runs else []
+
+    @cache
+    def ran(label: str) -> set[str]:  # the inits with runs under this label, after a task's
+        tail = tuple(label.split("/"))
+        return {
+            i
+            for folders, i in records
+            if len(folders) > len(tail) and folders[-len(tail) :] == tail
+        }
+
+    def earlier(init: str) -> int | None:  # the candidate of this init's runs' label, if any
+        # Longest first: runs of x/myld are also under "myld" read as of a task ending in x.
+        mine = absolute_init(init)
+        for d in reversed(range(len(candidates[init]))):
+            if mine in ran(candidates[init][d]):
+                return d
+        return None
+
+    found = {i: d for i in candidates if (d := earlier(i)) is not None}
+    labels, clash = stable_labels(entries, candidates, found, lambda label: bool(ran(label)))
+    if clash:
+        same = [i for i in entries if labels[i].lower() == labels[clash[0]].lower()]
+        raise LocaldiscError(
+            f"--inits: {' and '.join(same)} would share the label {labels[clash[0]]!r}; link one "
+            "under another folder name"
+        )
+    return {labels[i]: i for i in entries}
+
+
+def _inits_run_under(runs: Path) -> list[tuple[tuple[str, ...], str]]:
+    """Each fine-tuning in ``runs`` (``OUT/runs``): the folders of its ``TASK/INIT`` labels and
+    the init its ``config.json`` names (absolute, as
+    :class:`~localdisc.tasks.transfer.TransferConfig` saves it). A record that cannot be read
+    is none."""
+    found = []
+    for record in runs.glob("**/labels-*/seed-*/config.json"):
+        try:
+            init = absolute_init(json.loads(record.read_text())["transfer"]["init"])
+        except (OSError, ValueError, KeyError, TypeError, LocaldiscError):
+            continue
+        found.append((record.parents[2].relative_to(runs).parts, init))
+    return found
 
 
 #: :func:`plan_tasks`'s answer: the tasks to run, the paper tasks skipped (with why), and what
