@@ -1122,6 +1122,12 @@ def benchmark_transfer(
         "--cpu-scale",
         help="The 2-core CPU comparison: pre-train 4 + 4 min on KaggleDR, DRIVE at 256.",
     ),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Each fine-tuning leaves out the images it cannot read, as finetune --skip-bad "
+        "does (listed in its metrics.json), instead of stopping at the first.",
+    ),
 ) -> None:
     """Fine-tune every (task, init, labels, seed) that has data; write the comparison table."""
     from localdisc.tasks.benchmark_transfer import (
@@ -1134,7 +1140,7 @@ def benchmark_transfer(
         inits=_csv(inits or ""), tasks=_csv(tasks or ""), labels=_csv(labels or ""), seeds=seeds,
         data_root=data_root or default_data_root(), size=size, frozen_epochs=frozen_epochs,
         epochs=epochs, steps_per_epoch=steps_per_epoch, device=device, quick=quick,
-        cpu_scale=cpu_scale, test_fraction=test_fraction,
+        cpu_scale=cpu_scale, test_fraction=test_fraction, skip_bad=skip_bad,
     )  # fmt: skip
     hint = (
         f"finished fine-tunings in {out} are kept; run the same command again (same --out) to "
@@ -1317,6 +1323,12 @@ def benchmark_pretrain_methods(
         help="The 2-core CPU comparison: 240 s per method at 128 px on the first 1 000 images of "
         "KaggleDR/images and CXR_Kermany/train/NORMAL under --data-root, then 2 labels at 256 px.",
     ),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Each fine-tuning leaves out the task images it cannot read, as benchmark transfer "
+        "--skip-bad does (the pools' images are not skipped).",
+    ),
 ) -> None:
     """Pre-train LD and peer methods for the same budget, then one transfer table."""
     from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
@@ -1327,6 +1339,7 @@ def benchmark_pretrain_methods(
         tasks=_csv(tasks or "") or None, labels=_csv(labels or "") or None, seeds=seeds,
         data_root=data_root or default_data_root(), size=size, batch=batch, device=device,
         quick=quick, cpu_scale=cpu_scale, pretrain={"seed": pretrain_seed},
+        transfer={"skip_bad": True} if skip_bad else {},
     )  # fmt: skip
     hint = (
         f"finished pre-trainings and fine-tunings in {out} are kept; run the same command again "

@@ -349,3 +349,26 @@ def test_quick_pretrains_a_generated_xray_pool_for_an_xray_task(tmp_path, monkey
         with pytest.raises(KeyboardInterrupt):
             methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
         assert pretrained == pools, tasks
+
+
+def test_skip_bad_reaches_each_fine_tuning(tmp_path, monkeypatch):
+    """A task image finetune cannot read said "--skip-bad skips unreadable images", which
+    pretrain-methods did not take: it now passes it on to the transfer benchmark."""
+    from typer.testing import CliRunner
+
+    import localdisc.tasks.benchmark_methods as methods
+    from localdisc.cli import app
+
+    given: list[bool] = []
+
+    def transfer(config, out_dir, log, plan):
+        given.append(config.skip_bad)
+        raise KeyboardInterrupt  # stop here: the setting is passed
+
+    monkeypatch.setattr(methods, "_pretrain", lambda settings, run_dir, log: {})
+    monkeypatch.setattr(methods, "run_benchmark", transfer)
+    for flag in ([], ["--skip-bad"]):
+        args = ["benchmark", "pretrain-methods", "--quick", "--methods", "simclr", "--out",
+                str(tmp_path / "out"), *flag]  # fmt: skip
+        CliRunner().invoke(app, args)
+    assert given == [False, True]

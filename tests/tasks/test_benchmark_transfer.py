@@ -479,3 +479,21 @@ def test_init_labels_keep_those_of_earlier_runs(tmp_path):
 
     with pytest.raises(LocaldiscError, match="--inits: ld and /ld would share the label 'ld'"):
         init_labels(["ld", "/ld"])  # nothing tells them apart
+
+
+def test_skip_bad_lets_an_own_folder_with_a_truncated_image_through(tmp_path):
+    """finetune's error said "--skip-bad skips unreadable images", which benchmark transfer,
+    running the same fine-tunings, did not take: it now passes it to each of them."""
+    mine = own_folder(tmp_path / "mine", 8)
+    bad = mine / "images" / "case2.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    args = ["benchmark", "transfer", "--quick", "--inits", "random", "--tasks", str(mine),
+            "--out", str(tmp_path / "bench")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "--skip-bad skips unreadable images" in str(result.exception)
+    result = CliRunner().invoke(app, [*args, "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "bench" / "results.json").read_text())["runs"][0]
+    metrics = next((tmp_path / "bench" / "runs").rglob("metrics.json"))
+    assert run["task"] == "mine"
+    assert [s["name"] for s in json.loads(metrics.read_text())["skipped"]] == ["case2"]

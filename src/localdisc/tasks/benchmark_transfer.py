@@ -119,6 +119,9 @@ class BenchmarkConfig:
     max_test: int | None = None
     # Of a task without a test split (a folder): the fraction of its images held out for testing.
     test_fraction: float = FOLDER_TEST_FRACTION
+    # Each fine-tuning leaves out the images it cannot read (finetune --skip-bad; listed in its
+    # metrics.json), instead of stopping the benchmark at the first.
+    skip_bad: bool = False
     quick: bool = False
     cpu_scale: bool = False
     # LD pre-training run for the init "ld" (PretrainConfig fields).
@@ -595,7 +598,8 @@ def _run_one(
 ) -> dict[str, Any]:
     transfer = TransferConfig(
         task.spec, task.target, init, labels, config.size, max_test=config.max_test,
-        test_fraction=task.test_fraction, train=config.finetune_config(seed),
+        test_fraction=task.test_fraction, skip_bad=config.skip_bad,
+        train=config.finetune_config(seed),
     )  # fmt: skip
     # A finished run with these settings is reused; one with others is refused, naming them
     # by this command's flags.
