@@ -587,10 +587,10 @@ def run_transfer(
             f"{config.test_fraction:g} is only for a set without one (a folder); leave it out"
         )
     sets = [train_set] if test is None else [train_set, test]
-    skips = SkippedImages(config.skip_bad, log, sum(len(s) for s in sets))
+    total = sum(len(s) for s in sets)
+    skips = SkippedImages(config.skip_bad, log, total)
     if config.skip_bad:  # without, each image is read where it is used (a test image: at the end)
         # Every image decoded first: minutes for a large folder, shown.
-        total = sum(len(s) for s in sets)
         with ProgressBar(total, 0, config.train.progress, "check images", unit="image") as bar:
             read = itertools.count(1)
             for dataset in sets:
