@@ -125,20 +125,6 @@ def test_an_interrupted_label_free_vessel_run_says_what_a_rerun_takes_up(
     assert f"the network(s) saved in {tmp_path / 'v' / 'group-1'} are kept" in line
 
 
-@pytest.fixture
-def sigterm_handler():
-    """The CLI's SIGTERM handler, as `main` installs it; the test process's own restored."""
-    import signal
-
-    import localdisc.cli as cli
-
-    kept = signal.getsignal(signal.SIGTERM)
-    cli.install_signal_handlers()
-    yield
-    signal.signal(signal.SIGTERM, kept)
-    cli._stopped_by = None
-
-
 def test_sigterm_stops_a_pretraining_as_ctrl_c_does_with_exit_code_143(
     tmp_path, monkeypatch, sigterm_handler
 ) -> None:

@@ -876,20 +876,6 @@ def test_segment_s_maps_for_a_refinement_come_from_deterministic_cudnn(tmp_path,
     assert (cudnn.deterministic, cudnn.benchmark) == kept
 
 
-@pytest.fixture
-def sigterm_handler():
-    """The CLI's SIGTERM handler, as `main` installs it; the test process's own restored."""
-    import signal
-
-    import localdisc.cli as cli
-
-    kept = signal.getsignal(signal.SIGTERM)
-    cli.install_signal_handlers()
-    yield
-    signal.signal(signal.SIGTERM, kept)
-    cli._stopped_by = None
-
-
 def test_cli_segment_stopped_by_sigterm_in_its_refinement_continues_with_the_same_command(
     tmp_path, monkeypatch, run, sigterm_handler
 ):
