@@ -145,3 +145,13 @@ def signal_in_checkpoint_writes(monkeypatch, signals: list[int], nth: int = 1) -
 
     monkeypatch.setattr(checkpoint, "_write_file", write_file)
     return written
+
+
+def resized(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` with its longer side ``size``, each side rounded on its own (as the model's
+    working images are made: :func:`~localdisc.tasks.similarity.resized_shape`)."""
+    from localdisc.data.preprocess import resize_image
+    from localdisc.tasks.similarity import resized_shape
+
+    shape, scale = resized_shape(image.shape, size)
+    return image if scale == (1.0, 1.0) else resize_image(image, shape)

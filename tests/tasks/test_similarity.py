@@ -325,15 +325,16 @@ def fundus_on_black(border: int) -> np.ndarray:
 
 
 def test_points_round_trip_through_a_crop_and_resize_exactly(loaded):
+    from helpers import resized
     from localdisc.data.preprocess import roi_crop
-    from localdisc.tasks.similarity import from_resized, resized, to_resized, working_image
+    from localdisc.tasks.similarity import from_resized, to_resized, working_image
 
     image = fundus_on_black(40)  # 96 x 176: the FOV with its margin is x 42 to 133, y 2 to 93
     small, framing = working_image(loaded, image, 64)
     y0, y1, x0, x1 = framing.box
     assert (y0, y1, x0, x1) == (2, 94, 42, 134)
     # The crop pre-training's pool takes (data.pool: roi_crop), resized.
-    np.testing.assert_array_equal(small, resized(roi_crop(image)[0], 64)[0])
+    np.testing.assert_array_equal(small, resized(roi_crop(image)[0], 64))
     for point in [(x0, y0), (x1 - 1, y1 - 1), (70.3, 50.7), (0.0, 0.0), (175.0, 95.0)]:
         assert framing.from_working(framing.to_working(point)) == pytest.approx(point, abs=1e-9)
         assert from_resized(to_resized(point, (0.3, 0.7), (5, 9)), (0.3, 0.7), (5, 9)) == (
@@ -371,7 +372,8 @@ def test_a_fundus_photograph_on_wide_black_borders_matches_as_without_them(loade
 
 
 def test_radiographs_are_resized_whole_not_framed():
-    from localdisc.tasks.similarity import resized, working_image
+    from helpers import resized
+    from localdisc.tasks.similarity import working_image
 
     torch.manual_seed(0)
     xray = LDModel(LDConfig(modality="xray", width=4, dim=8, clusters=4, depth=2)).eval()
@@ -379,4 +381,4 @@ def test_radiographs_are_resized_whole_not_framed():
     image = np.pad(np.random.default_rng(0).random((48, 40, 1)), ((0, 0), (30, 30), (0, 0)))
     small, framing = working_image(loaded, image, 64)
     assert framing.box == (0, 48, 0, 100)
-    np.testing.assert_array_equal(small, resized(image, 64)[0])
+    np.testing.assert_array_equal(small, resized(image, 64))

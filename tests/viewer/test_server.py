@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import sphere_field
+from helpers import resized, sphere_field
 from localdisc.data.io import read_image
 from localdisc.data.synthetic import synthetic_fundus
 from localdisc.errors import LocaldiscError
@@ -29,7 +29,6 @@ from localdisc.tasks.similarity import (
     PatchKernel,
     from_resized,
     load_model,
-    resized,
     similarity,
 )
 from localdisc.viewer.server import (
@@ -116,7 +115,7 @@ def png(body: bytes) -> Image.Image:
 def display(setup, name: str) -> np.ndarray:
     """The image as the reference sees it: ``similarity``'s own resize to SIZE."""
     image = read_image(setup["root"] / "images" / f"{name}.png")[0]
-    return resized(image, SIZE)[0] if max(image.shape[:2]) > SIZE else image
+    return resized(image, SIZE) if max(image.shape[:2]) > SIZE else image
 
 
 def test_info_lists_the_images_and_reports_the_bad_one(setup):

@@ -169,19 +169,14 @@ def as_points(points: object) -> list[Point]:
 Scale = tuple[float, float]
 
 
-def resized(image: np.ndarray, size: int | None) -> tuple[np.ndarray, Scale]:
-    """``image`` with its longer side ``size`` (``None``: as is) and the (x, y) scale applied.
+def resized_shape(shape: tuple[int, ...], size: int | None) -> tuple[tuple[int, int], Scale]:
+    """The (height, width) of an image of ``shape`` with its longer side ``size`` (``None``: as
+    is), and the (x, y) scale from its pixels to those.
 
     Each side is rounded to whole pixels on its own, so the shorter side's scale differs from
     the longer side's (97 x 203 at 64: 31 / 97 = 0.3196 vs 64 / 203 = 0.3153): one scale for both
     would misplace points near the far edge of the shorter side by up to half a resized pixel.
     """
-    shape, scale = resized_shape(image.shape, size)
-    return (image if scale == (1.0, 1.0) else resize_image(image, shape)), scale
-
-
-def resized_shape(shape: tuple[int, ...], size: int | None) -> tuple[tuple[int, int], Scale]:
-    """The (height, width) and (x, y) scale :func:`resized` gives an image of ``shape``."""
     h, w = shape[:2]
     if size is None or size == max(h, w):
         return (h, w), (1.0, 1.0)
@@ -219,6 +214,14 @@ class Framing:
     @property
     def offset(self) -> Offset:
         return self.box[2], self.box[0]
+
+    def apply(self, image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The working image of ``image``: cut to ``box``, resized to ``shape`` (its size,
+        :func:`working_framing`'s) unless the scale is 1."""
+        h, w = image.shape[:2]
+        y0, y1, x0, x1 = self.box
+        crop = image if self.box == (0, h, 0, w) else image[y0:y1, x0:x1]
+        return crop if self.scale == (1.0, 1.0) else resize_image(crop, shape)
 
     def to_working(self, point: Point) -> Point:
         """(x, y) in the image's pixels -> the working image's (:func:`to_resized`)."""
@@ -276,7 +279,7 @@ def working_image(
 ) -> tuple[np.ndarray, Framing]:
     """``image`` as the model is shown it, with its :class:`Framing`: for a fundus model cut to
     its field of view first (:func:`~localdisc.data.preprocess.roi_box`, as pre-training's
-    pool), then resized to the longer side ``size`` (:func:`resized`; ``shrink_only``: a
+    pool), then resized to the longer side ``size`` (:func:`resized_shape`; ``shrink_only``: a
     smaller crop is kept as it is, as the viewer shows small images).
 
     Why: the pool's photographs were cropped to the FOV before resizing, and embeddings are
@@ -285,12 +288,8 @@ def working_image(
     discs localised 161 px off, median, against 18 unpadded). Radiographs are resized whole,
     as in pre-training.
     """
-    h, w = image.shape[:2]
     framing, shape = working_framing(loaded, image, size, shrink_only=shrink_only)
-    y0, y1, x0, x1 = framing.box
-    crop = image if framing.box == (0, h, 0, w) else image[y0:y1, x0:x1]
-    small = crop if framing.scale == (1.0, 1.0) else resize_image(crop, shape)
-    return small, framing
+    return framing.apply(image, shape), framing
 
 
 def working_framing(

@@ -46,7 +46,6 @@ from localdisc.tasks.similarity import (
     from_resized,
     nearest_pixel,
     working_framing,
-    working_image,
 )
 
 LEVELS = ("pixel", "patch")
@@ -437,7 +436,7 @@ class Viewer:
         if cached is not None:
             return cached  # type: ignore[return-value]
         raw, _ = self._read(image_id)
-        small, _ = working_image(self.loaded, raw, self.size, shrink_only=True)
+        small = entry.framing.apply(raw, entry.grid)  # the field of view found at the start
         self._images.put(key, small, small.nbytes)
         return small
 
