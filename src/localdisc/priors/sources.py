@@ -260,7 +260,7 @@ def load_prior(
     if isinstance(size, bool) or int(size) != size or size < 8:
         raise ValueError(f"prior mask size must be an integer >= 8, got {size!r}")
     if pose not in PRIOR_POSES:  # before any mask is read
-        raise ValueError(f"prior pose must be 'free' or 'kept', got {pose!r}")
+        raise ValueError(f"prior pose must be {' or '.join(map(repr, PRIOR_POSES))}, got {pose!r}")
     size = int(size)
     p = _parse(spec)
     if p.kind == "simulated":

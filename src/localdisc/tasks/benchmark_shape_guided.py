@@ -506,7 +506,6 @@ def _ld_rows(
     and refined held to it (the maps and masks written to ``RUN/eval`` are the outputs as they
     come). The refinement keeps a checkpoint in ``RUN/eval/refine-checkpoint``, continued by a
     rerun and removed once the refined maps are written."""
-    from localdisc.engine.pseudo_label import deterministic_cudnn
     from localdisc.tasks.shape_guided import (
         REFINE_CHECKPOINT,
         RefineConfig,
@@ -520,11 +519,8 @@ def _ld_rows(
     model = LDModel.from_pretrained(run_dir, device=_device(config.device))
     size = run_size(run_dir)
     prior = run_prior_masks(run_dir, log)
-    # The same maps on a rerun, bit for bit: the refinement's checkpoint continues only with the
-    # same pseudo-labels.
-    with deterministic_cudnn():
-        maps = segment_all(model, [s.image for s in samples], [s.fov for s in samples],
-                           size=size, prior=prior, log=log)  # fmt: skip
+    maps = segment_all(model, [s.image for s in samples], [s.fov for s in samples], size=size,
+                       prior=prior, log=log)  # fmt: skip
     out: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "refined": []}
     if topology is not None:
         out |= {"A + topology": [], "refined + topology": []}

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from localdisc.data.datasets import MaskMatch
-from localdisc.data.io import read_image, write_png
+from localdisc.data.io import read_image, read_mask, write_png
 from localdisc.data.preprocess import (
     fov_from_image,
     resize_image,
@@ -208,7 +208,10 @@ def segment_all(
     """
     fovs = [None] * len(images) if fovs is None else fovs
     maps = []
-    with ProgressBar(len(images), 0, progress, _title("segment", run_name), unit="image") as bar:
+    # The same maps on a rerun, bit for bit (deterministic cuDNN on a GPU): a refinement's
+    # checkpoint continues only with the same pseudo-labels.
+    title = _title("segment", run_name)
+    with deterministic_cudnn(), ProgressBar(len(images), 0, progress, title, unit="image") as bar:
         for im, fov in zip(images, fovs, strict=True):
             maps.append(segment(model, im, fov, size=size, tau=tau))
             bar.update(len(maps))
@@ -432,20 +435,23 @@ def segment_images(
     # which a later listing of an image folder holding OUT would take for more images.
     files = collect_images(images, out_dir=out_dir, suffixes=OUTPUT_SUFFIXES)
     check_metrics(out_dir, masks is not None, SEGMENT_COMMAND)
+    # An ensemble's runs are held to one topology (one run's is its own: _segment_run); said
+    # before any image is decoded.
+    ensemble = runs if len(runs) > 1 else []
+    topologies = {str(r): run_topology(r, log) if topology else None for r in ensemble}
+    if len(set(topologies.values())) > 1:
+        found = "; ".join(
+            f"{r}: {t or 'none held (no organ prior)'}" for r, t in topologies.items()
+        )
+        raise LocaldiscError(f"the runs' priors have different topologies ({found}); the "
+                             "ensemble's mean is held to one: give runs of one prior, or "
+                             "--no-topology")  # fmt: skip
     skips = SkippedImages(skip_bad, log, len(files))
     arrays = [read[0] for name, path in files if (read := skips.read(name, path)) is not None]
     files = skips.kept(files)
     shapes = {name: array.shape for (name, _), array in zip(files, arrays, strict=True)}
     matched = true_masks(files, images, masks, shapes=shapes) if masks is not None else None
     env = environment(device)  # at the start: where and when these outputs were made
-    # An ensemble's runs are held to one topology (one run's is its own: _segment_run).
-    ensemble = runs if len(runs) > 1 else []
-    shapes = {str(r): run_topology(r, log) if topology else None for r in ensemble}
-    if len(set(shapes.values())) > 1:
-        found = "; ".join(f"{r}: {t or 'none held (no organ prior)'}" for r, t in shapes.items())
-        raise LocaldiscError(f"the runs' priors have different topologies ({found}); the "
-                             "ensemble's mean is held to one: give runs of one prior, or "
-                             "--no-topology")  # fmt: skip
     parts = [out_dir / f"run-{i}" for i in range(len(runs))] if len(runs) > 1 else []
 
     def before_writing() -> None:  # damaged weights fail before: the earlier call's files stay
@@ -459,7 +465,7 @@ def segment_images(
                                log, progress=progress, before_writing=before_writing,
                                arrays=arrays)  # fmt: skip
     else:
-        written = _segment_ensemble(runs, files, out_dir, parts, shapes[str(runs[0])], size,
+        written = _segment_ensemble(runs, files, out_dir, parts, topologies[str(runs[0])], size,
                                     refine_steps, device, log, progress, before_writing,
                                     arrays)  # fmt: skip
     outputs = [s for s in OUTPUT_SUFFIXES if refine_steps or "_refined" not in s]
@@ -655,7 +661,7 @@ def _score_outputs(
             target, fov = sized_mask(mask, path, image.shape), _fov(image, None, modality)
             for output in outputs:
                 prob = read_image(out_dir / f"{name}_{output}_prob.png")[0][..., 0]
-                binary = read_image(out_dir / f"{name}_{output}_mask.png")[0][..., 0] > 0.5
+                binary = read_mask(out_dir / f"{name}_{output}_mask.png")
                 scores = score_prediction(prob, target, fov, topology=topology, binary=binary)
                 rows[output].append({"image": name, **scores})
             bar.update(done)
@@ -790,11 +796,8 @@ def _segment_run(
         )
     written = []
     names = [name for name, _ in files]
-    # The same maps on a rerun, bit for bit: a refinement's checkpoint continues only with the
-    # same pseudo-labels.
-    with deterministic_cudnn():
-        all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log,
-                               progress=progress, run_name=run_name)  # fmt: skip
+    all_maps = segment_all(model, arrays, size=size, prior=atlases, log=log, progress=progress,
+                           run_name=run_name)  # fmt: skip
     if before_writing is not None:
         before_writing()
     for name, maps in zip(names, all_maps, strict=True):

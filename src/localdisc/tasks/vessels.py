@@ -58,7 +58,6 @@ from localdisc.tasks.predict import (
     check_metrics,
     collect_images,
     fov_mask_files,
-    image_mask,
     mask_png,
     masks_used,
     prob_png,
@@ -66,6 +65,7 @@ from localdisc.tasks.predict import (
     remove_metrics,
     remove_outputs,
     score_prediction,
+    sized_mask,
     true_masks,
 )
 from localdisc.tasks.self_training import (
@@ -220,14 +220,13 @@ def segment_vessels_self_trained(
     matched = true_masks(files, images, masks, skips) if masks is not None else None
     env = environment(config.device) if masks is not None else None  # where and when scored
     if grouped:
-        fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
-        for i, (_, path) in enumerate(files):  # every image checked before the first training
-            if checked:
-                break  # each checked above already
-            try:
-                _check_photo(path, max_size, None if fovs is None else fovs[i])
-            except ImageReadError as exc:
-                raise skips.hinted(path, exc)  # noqa: B904 - the hinted error holds its cause
+        if not checked:  # every image checked before the first training (above, with skip_bad)
+            fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
+            for i, (_, path) in enumerate(files):
+                try:
+                    _check_photo(path, max_size, None if fovs is None else fovs[i])
+                except ImageReadError as exc:
+                    raise skips.hinted(path, exc)  # noqa: B904 - the hinted error holds its cause
         _clear_earlier_run(Path(out_dir), files, log)  # each group clears its own folder
         group_run = partial(_self_train, prior=prior, fraction=fraction, config=config,
                             speck_area=speck_area, max_size=max_size, fov_masks=fov_masks,
@@ -643,7 +642,9 @@ def score_vessel_files(
             fov = _written_fov(path, max_size, None if fovs is None else fovs[i])
             prob = read_image(out_dir / f"{name}_prob.png")[0][..., 0]
             binary = read_mask(out_dir / f"{name}_mask.png")
-            scores[name] = score_prediction(prob, image_mask(targets[name], path), fov,
+            # The FOV is at the image's own size: its shape checks the mask (no decode more).
+            truth = sized_mask(targets[name], path, fov.shape)
+            scores[name] = score_prediction(prob, truth, fov,
                                             threshold=threshold, topology=True,
                                             binary=binary)  # fmt: skip
             bar.update(done)
