@@ -367,9 +367,12 @@ def task_labels(
         for e, (folders, suffix) in parts.items()
     }
 
+    records = _earlier_runs(runs, "dataset", absolute_data_spec) if runs else []
+
     @cache
     def ran(label: str) -> set[str]:  # the data sets with runs under this label
-        return _data_run_under(runs / label) if runs else set()
+        head = tuple(label.split("/"))
+        return {data for folders, data in records if folders[: len(head)] == head}
 
     def earlier(e: str) -> int | None:  # the candidate of this set's runs' label, if any
         data = absolute_data_spec(own[e][0])
@@ -388,19 +391,6 @@ def task_labels(
             "data set once, or link it under another folder name"
         )
     return labels
-
-
-def _data_run_under(folder: Path) -> set[str]:
-    """The data sets of the fine-tunings in ``folder`` (``OUT/runs/LABEL``), as their
-    ``config.json`` names them (absolute, as :class:`~localdisc.tasks.transfer.TransferConfig`
-    saves them). A record that cannot be read is no set's."""
-    data = set()
-    for record in folder.glob("**/labels-*/seed-*/config.json"):
-        try:
-            data.add(absolute_data_spec(json.loads(record.read_text())["transfer"]["dataset"]))
-        except (OSError, ValueError, KeyError, TypeError, LocaldiscError):
-            continue
-    return data
 
 
 def init_labels(inits: list[str], runs: Path | None = None) -> dict[str, str]:
@@ -426,7 +416,7 @@ def init_labels(inits: list[str], runs: Path | None = None) -> dict[str, str]:
             path = Path(os.path.abspath(Path(init).expanduser()))
             folders = path.parts[1:] or (str(path),)
             candidates[init] = ["/".join(folders[-d:]) for d in range(1, len(folders) + 1)]
-    records = _inits_run_under(runs) if runs else []
+    records = _earlier_runs(runs, "init", absolute_init) if runs else []
 
     @cache
     def ran(label: str) -> set[str]:  # the inits with runs under this label, after a task's
@@ -456,18 +446,20 @@ def init_labels(inits: list[str], runs: Path | None = None) -> dict[str, str]:
     return {labels[i]: i for i in entries}
 
 
-def _inits_run_under(runs: Path) -> list[tuple[tuple[str, ...], str]]:
+def _earlier_runs(
+    runs: Path, key: str, absolute: Callable[[str], str]
+) -> list[tuple[tuple[str, ...], str]]:
     """Each fine-tuning in ``runs`` (``OUT/runs``): the folders of its ``TASK/INIT`` labels and
-    the init its ``config.json`` names (absolute, as
+    the ``key`` (``dataset``, ``init``) its ``config.json`` names, made ``absolute`` (as
     :class:`~localdisc.tasks.transfer.TransferConfig` saves it). A record that cannot be read
     is none."""
     found = []
     for record in runs.glob("**/labels-*/seed-*/config.json"):
         try:
-            init = absolute_init(json.loads(record.read_text())["transfer"]["init"])
+            value = absolute(json.loads(record.read_text())["transfer"][key])
         except (OSError, ValueError, KeyError, TypeError, LocaldiscError):
             continue
-        found.append((record.parents[2].relative_to(runs).parts, init))
+        found.append((record.parents[2].relative_to(runs).parts, value))
     return found
 
 
@@ -541,20 +533,17 @@ def _check_own(
     except LocaldiscError as exc:  # names the folder and the problem
         raise DatasetError(f"--tasks: {exc}") from None
     fraction = FOLDER_TEST_FRACTION if test is not None else config.test_fraction
-    unlabelled = 0
-    try:
-        if test is not None:
-            pool, k = len(train), None
-        else:  # as run_transfer splits it: a folder's images without a mask are unlabelled
-            pool_idx, test_idx, unlabelled_idx = held_out_split(train, target, fraction)
-            pool, k, unlabelled = len(pool_idx), len(test_idx), len(unlabelled_idx)
-    except LocaldiscError as exc:
-        raise LocaldiscError(f"--tasks {entry}: {exc}") from None
-    held = ""
-    images = f"{pool + (k or 0)}{' labelled' if unlabelled else ''} images"
+    unlabelled, held = 0, ""
     if test is not None:
+        pool = len(train)
         split = f"its own test split ({len(test)} images)"
-    else:
+    else:  # as run_transfer splits it: a folder's images without a mask are unlabelled
+        try:
+            pool_idx, test_idx, unlabelled_idx = held_out_split(train, target, fraction)
+        except LocaldiscError as exc:
+            raise LocaldiscError(f"--tasks {entry}: {exc}") from None
+        pool, k, unlabelled = len(pool_idx), len(test_idx), len(unlabelled_idx)
+        images = f"{pool + k}{' labelled' if unlabelled else ''} images"
         without = f"; {unlabelled} of its {len(train)} have no mask" if unlabelled else ""
         held = (
             f" ({k} of its {images} held out for testing{without}; --test-fraction sets how many)"

@@ -687,8 +687,8 @@ def _transfer(
                     f"{len(test_idx)} of its {images} are held out for testing (--labels all "
                     "takes the rest; --test-fraction sets how many)"
                 )
-            where = f"{config.dataset}: " if unlabelled else ""
-            raise LocaldiscError(f"{exc}: {where}{', and '.join(why)}") from None
+            prefix = f"{config.dataset}: " if unlabelled else ""
+            raise LocaldiscError(f"{exc}: {prefix}{', and '.join(why)}") from None
         train_idx, val_idx = [pool[i] for i in picked], [pool[i] for i in picked_val]
     else:
         train_idx, val_idx, val_note = split_labelled(
