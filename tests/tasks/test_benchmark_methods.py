@@ -299,9 +299,9 @@ def test_the_tasks_are_planned_once(tmp_path, monkeypatch):
     plans: list[tuple[list[str], Path | None]] = []
     plan_tasks = bench.plan_tasks
 
-    def counted(config, data_root, log, out_dir=None):
+    def counted(config, log, out_dir=None):
         plans.append((config.tasks, out_dir))
-        return plan_tasks(config, data_root, log, out_dir)
+        return plan_tasks(config, log, out_dir)
 
     def first_run(*args, **kwargs):
         raise KeyboardInterrupt  # the tasks are planned by now

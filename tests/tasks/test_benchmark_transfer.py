@@ -3,6 +3,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -345,7 +346,7 @@ def test_planning_loads_each_split_of_a_task_once(tmp_path, monkeypatch):
     mine = str(own_folder(tmp_path / "mine"))
     tasks = ["synthetic_fundus", "synthetic_xray:6", mine]
     config = preset(BenchmarkConfig(quick=True, tasks=tasks, labels=["2"]))
-    planned, skipped, about = plan_tasks(config, None, lambda m: None)
+    planned, skipped, about = plan_tasks(config, lambda m: None)
     assert [t.label for t in planned] == ["synthetic_fundus", "synthetic_xray-6", "mine"]
     assert sorted(loads) == sorted(
         [("synthetic_fundus:6", "train"), ("synthetic_fundus:6", "test"),
@@ -497,3 +498,31 @@ def test_skip_bad_lets_an_own_folder_with_a_truncated_image_through(tmp_path):
     metrics = next((tmp_path / "bench" / "runs").rglob("metrics.json"))
     assert run["task"] == "mine"
     assert [s["name"] for s in json.loads(metrics.read_text())["skipped"]] == ["case2"]
+
+
+def test_skip_bad_reads_a_tasks_images_once_for_all_its_runs(tmp_path, monkeypatch):
+    """With --skip-bad, each fine-tuning read every image of the task first to find the
+    unreadable ones: the same ones, found again by each (init, label budget, seed) run. They are
+    now found once per data set in a benchmark call, said once, and each run leaves them out."""
+    import localdisc.data.datasets as datasets
+
+    real, reads = datasets.read_image, Counter()
+
+    def counted(path, *args, **kwargs):
+        reads[Path(path).name] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "read_image", counted)
+    mine = own_folder(tmp_path / "mine", 8)
+    bad = mine / "images" / "case2.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = tmp_path / "bench"
+    args = ["benchmark", "transfer", "--quick", "--inits", "random", "--tasks", str(mine),
+            "--seeds", "2", "--skip-bad", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert reads["case2.png"] == 1, reads  # was once per run
+    assert result.output.count(f"skipped {bad.resolve()}: ") == 1
+    for metrics in sorted((out / "runs").rglob("metrics.json")):  # both seeds' runs
+        skipped = json.loads(metrics.read_text())["skipped"]
+        assert [(s["name"], s["path"]) for s in skipped] == [("case2", str(bad.resolve()))]

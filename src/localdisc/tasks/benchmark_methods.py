@@ -215,9 +215,7 @@ def plan_transfer(
     images). A paper task without data needs no pool: it is skipped (and said so, now).
     ``out_dir``: the transfer benchmark's, whose earlier runs keep their own sets' labels.
     """
-    config = transfer_preset(transfer)
-    data_root = Path(config.data_root).expanduser() if config.data_root else None
-    return plan_tasks(config, data_root, log, out_dir)
+    return plan_tasks(transfer_preset(transfer), log, out_dir)
 
 
 def run_methods_benchmark(

@@ -219,9 +219,8 @@ def run_benchmark(
     config = preset(config)
     out_dir = Path(out_dir)
     env = environment(config.device)  # at the start, before any training
-    data_root = Path(config.data_root).expanduser() if config.data_root else None
     # Before the LD pre-training: a mistyped folder is said at once, not an hour later.
-    tasks, skipped, own = plan if plan is not None else plan_tasks(config, data_root, log, out_dir)
+    tasks, skipped, own = plan if plan is not None else plan_tasks(config, log, out_dir)
     skipped = list(skipped)  # the runs' skips are added: the caller's plan stays as planned
     inits = init_labels(config.inits, out_dir / "runs")
     if inits.get("ld") == "ld":  # not a run folder that happens to be called ld
@@ -229,6 +228,9 @@ def run_benchmark(
         inits["ld"] = str(pretrain_preset(settings, out_dir / "pretrain", log))
 
     runs: list[dict[str, Any]] = []
+    # With --skip-bad, each data set's unreadable images, found by its first run (not one reused):
+    # its other runs leave them out without reading every image again (run_transfer).
+    unreadable: dict[str, list[tuple[str, Path, str]]] = {}
     for task in tasks:
         for label, init in inits.items():
             modality = init_modality(init)
@@ -243,7 +245,7 @@ def run_benchmark(
                     run_dir = (
                         out_dir / "runs" / task.label / label / f"labels-{labels}" / f"seed-{seed}"
                     )
-                    metrics = _run_one(config, task, init, labels, seed, run_dir, log)
+                    metrics = _run_one(config, task, init, labels, seed, run_dir, log, unreadable)
                     runs.append(
                         {
                             "task": task.label, "init": label, "labels": labels, "seed": seed,
@@ -469,13 +471,10 @@ TaskPlan = tuple[list[PlannedTask], list[dict[str, str]], dict[str, str]]
 
 
 def plan_tasks(
-    config: BenchmarkConfig,
-    data_root: Path | None,
-    log: Callable[[str], None],
-    out_dir: Path | None = None,
+    config: BenchmarkConfig, log: Callable[[str], None], out_dir: Path | None = None
 ) -> TaskPlan:
     """The tasks to run, in ``config.tasks`` order; the paper tasks skipped for want of data
-    under ``data_root``, with the reason; and what each own set's label stands for (one with
+    under ``config.data_root``, with the reason; and what each own set's label stands for (one with
     runs in ``out_dir`` keeps their label: :func:`task_labels`).
 
     An own set is checked first and refused with the problem (no such folder, no masks, a
@@ -497,6 +496,7 @@ def plan_tasks(
             f"tasks: {', '.join(TASKS)}; a data set of your own is {OWN_FORMS}"
         )
     checked = {e: _check_own(e, spec, target, config) for e, (spec, target) in own.items()}
+    data_root = Path(config.data_root).expanduser() if config.data_root else None
     labels = task_labels(entries, own, out_dir / "runs" if out_dir else None)
 
     tasks: list[PlannedTask] = []
@@ -584,6 +584,7 @@ def _run_one(
     seed: int,
     run_dir: Path,
     log: Callable[[str], None],
+    unreadable: dict[str, list[tuple[str, Path, str]]] | None = None,
 ) -> dict[str, Any]:
     transfer = TransferConfig(
         task.spec, task.target, init, labels, config.size, max_test=config.max_test,
@@ -592,4 +593,4 @@ def _run_one(
     )  # fmt: skip
     # A finished run with these settings is reused; one with others is refused, naming them
     # by this command's flags.
-    return run_transfer(transfer, run_dir, log=log, flags=FLAGS)
+    return run_transfer(transfer, run_dir, log=log, flags=FLAGS, unreadable=unreadable)

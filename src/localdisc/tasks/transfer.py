@@ -547,6 +547,7 @@ def run_transfer(
     *,
     log: Callable[[str], None] = print,
     flags: dict[str, str] = FLAGS,
+    unreadable: dict[str, list[tuple[str, Path, str]]] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune and evaluate as described in the module docstring; returns ``metrics.json``.
 
@@ -559,7 +560,13 @@ def run_transfer(
     split is drawn, listed under ``skipped`` in ``metrics.json``; an unreadable or ill-sized
     mask, a :class:`~localdisc.errors.ReaderSetupError`, or no readable image left, still stops
     the run. Without it, an image's read error stops the run, saying that ``--skip-bad`` skips
-    it (:data:`~localdisc.tasks.predict.SKIP_BAD_HINT`)."""
+    it (:data:`~localdisc.tasks.predict.SKIP_BAD_HINT`).
+
+    ``unreadable``: with ``config.skip_bad``, the unreadable images found by earlier runs on
+    the same data, by ``config.dataset`` (``(name, file, reason)`` as
+    :attr:`SkippedImages.skipped`; a benchmark passes one dict to all its runs): a data set
+    found there is not read first again, its images listed there left out without a word
+    (said by the run that found them); one not there is read as above and its finds added."""
     out_dir = Path(out_dir)
     state = _check_out_dir(out_dir, config, flags)
     if state == "finished":
@@ -589,12 +596,20 @@ def run_transfer(
     sets = [train_set] if test is None else [train_set, test]
     total = sum(len(s) for s in sets)
     skips = SkippedImages(config.skip_bad, log, total)
-    if config.skip_bad:  # without, each image is read where it is used (a test image: at the end)
+    known = unreadable.get(config.dataset) if unreadable is not None else None
+    if config.skip_bad and known is not None:  # found by an earlier run: the same images
+        skips.skipped = list(known)
+        left_out = {path for _, path, _ in known}
+        for dataset in sets:
+            dataset.items = [item for item in dataset.items if item.image not in left_out]
+    elif config.skip_bad:  # without, each image is read where it is used (a test image: at the end)
         # Every image decoded first: minutes for a large folder, shown.
         with ProgressBar(total, 0, config.train.progress, "check images", unit="image") as bar:
             read = itertools.count(1)
             for dataset in sets:
                 _leave_out_unreadable(dataset, skips, lambda: bar.update(next(read)))
+        if unreadable is not None:  # and no bad mask (that stops the run): for the next runs
+            unreadable[config.dataset] = list(skips.skipped)
     try:
         return _transfer(config, out_dir, log, (train_set, test, target), skips,
                          interrupted=interrupted, where=where, t0=t0, env=env)  # fmt: skip
