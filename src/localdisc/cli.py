@@ -584,8 +584,6 @@ def predict(
 ) -> None:
     """Segment new images at their own size: NAME_prob.png and NAME_mask.png per image, and
     predict.json (what produced them)."""
-    import json
-
     from localdisc.tasks.predict import predict_images, skipped_clause
 
     def hint() -> str:  # outputs are written one image at a time; predict.json lists them all
@@ -599,13 +597,11 @@ def predict(
             model, images, out, threshold=threshold, fov_masks=fov_masks, masks=masks,
             device=device, progress=True, log=_log, skip_bad=skip_bad,
         )  # fmt: skip
-    skipped = json.loads((out / "predict.json").read_text()).get("skipped", [])
     console.print(
         f"segmented {len(written)} image(s) into [bold]{_path(out)}[/]"
-        + escape(skipped_clause(len(skipped), out / "predict.json"))
+        + escape(skipped_clause(len(written.skipped), out / "predict.json"))
     )
-    if masks is not None:
-        metrics = json.loads((out / "metrics.json").read_text())
+    if (metrics := written.metrics) is not None:
         shown = ", ".join(
             f"{k} {v['mean']:.4f} +- {v['std']:.4f}"
             for k, v in metrics["summary"].items()
@@ -942,8 +938,6 @@ def shape_guided_segment(
     ),
 ) -> None:
     """Write outputs A (cluster 0) and B (region similarity) per image, and refined masks."""
-    import json
-
     from localdisc.engine.pseudo_label import kept_checkpoints
     from localdisc.tasks.predict import skipped_clause
     from localdisc.tasks.shape_guided import REFINE_CHECKPOINT, SEGMENT_RECORD, segment_images
@@ -965,10 +959,9 @@ def shape_guided_segment(
             model, images, out, size=size, refine_steps=refine_steps, topology=topology,
             device=device, log=_log, progress=True, masks=masks, skip_bad=skip_bad,
         )  # fmt: skip
-    skipped = json.loads((out / SEGMENT_RECORD).read_text()).get("skipped", [])
     console.print(
         f"{len(written)} mask(s) written to [bold]{_path(out)}[/]"
-        + escape(skipped_clause(len(skipped), out / SEGMENT_RECORD))
+        + escape(skipped_clause(len(written.skipped), out / SEGMENT_RECORD))
     )
 
 

@@ -5,6 +5,7 @@ from typer.testing import CliRunner
 from helpers import save
 from localdisc.cli import app
 from localdisc.errors import LocaldiscError
+from localdisc.eval.report import jsonable
 from localdisc.models.segmenter import Segmenter
 from localdisc.tasks.predict import collect_images, fov_mask_files, predict_images
 
@@ -173,7 +174,11 @@ def test_predict_scores_against_masks_matched_by_stem_as_finetune_does(tmp_path)
     assert "scored (2 images): dice" in result.output
     import json
 
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    text = (tmp_path / "out" / "metrics.json").read_text()
+    metrics = json.loads(text)
+    assert text == json.dumps(metrics, indent=2)  # the format written, keys in this order:
+    assert list(metrics) == ["model", "masks", "threshold", "summary", "per_image", "masks_used",
+                             "unscored", "environment"]  # fmt: skip
     assert [row["image"] for row in metrics["per_image"]] == ["b", "sub_a"]
     assert metrics["unscored"] == [str(tmp_path / "in" / "c.png")]
     assert set(metrics["summary"]["f1"]) == {"mean", "std", "n"}  # finetune's form
@@ -526,14 +531,16 @@ def test_predict_skip_bad_with_masks_skips_an_image_whose_size_cannot_be_read(tm
     args = dict(masks=tmp_path / "gt", device="cpu", log=lambda m: None)
     with pytest.raises(LocaldiscError, match=r"report.dcm: no pixel data.*; --skip-bad skips"):
         predict_images(tmp_path / "model", [images], tmp_path / "out", **args)
-    predict_images(tmp_path / "model", [images], tmp_path / "out", skip_bad=True, **args)
+    written = predict_images(tmp_path / "model", [images], tmp_path / "out", skip_bad=True, **args)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert jsonable(written.metrics) == metrics  # returned as written: not to be read back
     assert [row["image"] for row in metrics["per_image"]] == ["a"]
     assert list(metrics["masks_used"]) == ["a"] and metrics["unscored"] == []
     record = json.loads((tmp_path / "out" / "predict.json").read_text())
     assert [(e["name"], e["reason"]) for e in record["skipped"]] == [
         ("report", reasons["report"]), ("broken", reasons["broken"])
     ]  # fmt: skip
+    assert written.skipped == record["skipped"]
 
 
 def test_predict_cli_skip_bad_says_what_it_skipped(tmp_path):
@@ -559,3 +566,25 @@ def test_predict_cli_skip_bad_says_what_it_skipped(tmp_path):
     )
     record = json.loads((tmp_path / "out" / "predict.json").read_text())
     assert [e["name"] for e in record["skipped"]] == ["broken", "notes", "report"]
+
+
+def test_predict_cli_says_what_predict_images_returned(tmp_path, monkeypatch):
+    """The command's last lines came from predict.json and metrics.json read back from --out:
+    they say what predict_images returned (with no file to read, as here)."""
+    from localdisc.tasks import predict
+
+    nan = float("nan")
+    summary = {"dice": {"mean": 0.5, "std": 0.25, "n": 2}, "auc": {"mean": nan, "std": nan, "n": 0}}
+    written = predict.Written([tmp_path / "a_mask.png"], [{"name": "b"}, {"name": "c"}],
+                              {"summary": summary, "per_image": [{}, {}]})  # fmt: skip
+    monkeypatch.setattr(predict, "predict_images", lambda *args, **kw: written)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), "--images",
+                                      str(tmp_path), "--out", str(out), "--masks",
+                                      str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.output.split()) == (
+        f"segmented 1 image(s) into {out}; 2 unreadable image(s) skipped, listed under skipped "
+        f"in {out / 'predict.json'} scored (2 images): dice 0.5000 +- 0.2500 per image in "
+        f"{out / 'metrics.json'}"
+    )

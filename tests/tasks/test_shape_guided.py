@@ -943,7 +943,11 @@ def test_segment_scores_every_output_against_true_masks(tmp_path, run):
     out, logs = tmp_path / "out", []
     segment_images(run, [folder], out, refine_steps=1, topology=False, device="cpu",
                    log=logs.append, masks=truth)  # fmt: skip
-    metrics = json.loads((out / "metrics.json").read_text())
+    text = (out / "metrics.json").read_text()
+    metrics = json.loads(text)
+    assert text == json.dumps(metrics, indent=2)  # the format written, keys in this order:
+    assert list(metrics) == ["command", "runs", "masks", "threshold", "fov", "summary",
+                             "per_image", "masks_used", "unscored", "environment"]  # fmt: skip
     assert metrics["command"] == "shape-guided segment" and metrics["masks"] == str(truth)
     assert metrics["runs"] == [str(run.resolve())] and metrics["fov"] == "found in each image"
     assert list(metrics["per_image"]) == list(metrics["summary"]) == ["A", "B", "refined"]
@@ -1082,6 +1086,7 @@ def test_segment_skips_unreadable_images_on_request_and_removes_their_earlier_ou
     assert [(e["name"], e["path"]) for e in record["skipped"]] == [
         ("eye2", str(broken.resolve())), ("notes", str((folder / "notes.png").resolve()))
     ]  # fmt: skip
+    assert written.skipped == record["skipped"]  # returned: the CLI need not read it back
     assert f"skipped {broken}: cannot decode as image: OSError: image file is truncated" in logs
     assert logs[-1].endswith(
         f"; 2 unreadable image(s) skipped, listed under skipped in {out / 'segment.json'}"
@@ -1109,4 +1114,22 @@ def test_cli_segment_skip_bad_says_how_many_it_skipped(tmp_path, run):
     assert (
         f"2 mask(s) written to {tmp_path / 'out'}; 1 unreadable image(s) skipped, listed under "
         f"skipped in {tmp_path / 'out' / 'segment.json'}" in output
+    )
+
+
+def test_cli_segment_says_what_segment_images_returned(tmp_path, monkeypatch):
+    """The command's last line counted the images skipped in segment.json read back from
+    --out: it says what segment_images returned (with no file to read, as here)."""
+    from localdisc.tasks import shape_guided
+    from localdisc.tasks.predict import Written
+
+    written = Written([tmp_path / "a_A_mask.png", tmp_path / "a_B_mask.png"], [{"name": "b"}])
+    monkeypatch.setattr(shape_guided, "segment_images", lambda *args, **kw: written)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["shape-guided", "segment", "--model", str(tmp_path),
+                                      "--images", str(tmp_path), "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.output.split()) == (
+        f"2 mask(s) written to {out}; 1 unreadable image(s) skipped, listed under skipped in "
+        f"{out / 'segment.json'}"
     )

@@ -683,7 +683,11 @@ def test_masks_scores_each_written_mask_inside_the_fov_it_was_written_in(tmp_pat
     config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
     segment_vessels_self_trained([photos], out, fraction=0.12, config=config, max_size=128,
                                  masks=truth, log=said.append, progress=False)  # fmt: skip
-    metrics = json.loads((out / "metrics.json").read_text())
+    text = (out / "metrics.json").read_text()
+    metrics = json.loads(text)
+    assert text == json.dumps(metrics, indent=2)  # the format written, keys in this order:
+    assert list(metrics) == ["command", "masks", "threshold", "fov", "summary", "per_image",
+                             "masks_used", "unscored", "environment"]  # fmt: skip
     assert metrics["command"] == "shape-guided vessels" and metrics["masks"] == str(truth)
     assert metrics["fov"] == "found in each image" and metrics["threshold"] == 0.5
     assert [row["image"] for row in metrics["per_image"]] == ["eye0", "eye1"]

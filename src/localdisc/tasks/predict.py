@@ -192,6 +192,18 @@ def skipped_clause(count: int, where: str | Path) -> str:
     return f"; {count} unreadable image(s) skipped, listed under skipped in {where}"
 
 
+class Written(list[Path]):
+    """The masks a command wrote, and what its last words say of them, so that they are not
+    read back from its files: ``skipped``, its record's (:meth:`SkippedImages.record`), and
+    ``metrics``, what :func:`write_scores` wrote (``None`` without ``--masks``)."""
+
+    def __init__(
+        self, paths: Sequence[Path], skipped: list[dict[str, str]], metrics: dict | None = None
+    ) -> None:
+        super().__init__(paths)
+        self.skipped, self.metrics = skipped, metrics
+
+
 def _below(out: Path | None, folder: Path) -> Path | None:
     """``out`` spelt from ``folder`` as the folder walk spells its sub-folders, if it is one of
     them (strictly below ``folder``); else ``None``. Resolved first: ``--out`` may be given
@@ -246,7 +258,7 @@ def predict_images(
     progress: bool = False,
     log: Callable[[str], None] = print,
     skip_bad: bool = False,
-) -> list[Path]:
+) -> Written:
     """Segment every image (:func:`collect_images`) into ``out_dir``, at its own size.
 
     Writes two files per image: ``NAME_prob.png``, the probability map (probability x 255),
@@ -254,9 +266,10 @@ def predict_images(
     produced them (the model folder, the threshold, the FOV and target mask folders, each
     image's file; where and when: :func:`~localdisc.eval.provenance.environment`; ``finished``:
     false until every image is written, as it is written first). Returns the masks' paths only,
-    in the order of the images; each probability map lies beside its mask (``NAME_prob.png``
-    for ``NAME_mask.png``). An ``out_dir`` holding a ``localdisc shape-guided vessels`` run is
-    refused (:func:`_check_not_a_run`).
+    in the order of the images (:class:`Written`, with what was skipped and scored); each
+    probability map lies beside its mask (``NAME_prob.png`` for ``NAME_mask.png``). An
+    ``out_dir`` holding a ``localdisc shape-guided vessels`` run is refused
+    (:func:`_check_not_a_run`).
 
     ``fov_masks``: a folder of FOV masks named as the images (:func:`fov_mask_files`); the
     probability is 0 outside them. A network of ``localdisc shape-guided vessels`` segments as
@@ -361,9 +374,12 @@ def predict_images(
     record["skipped"] = skips.record()
     record["finished"] = True
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=2))
+    metrics = None
     if matched is not None:
-        _write_metrics(out_dir, record, files, matched, scores, log)
-    return written
+        rows = [{"image": name, **scores[name]} for name, _ in files if name in scores]
+        header = {k: record[k] for k in ("model", "masks", "threshold")}
+        metrics = write_scores(out_dir, header, rows, files, matched, record["environment"], log)
+    return Written(written, record["skipped"], metrics)
 
 
 def _check_finished(model_dir: Path, config: dict[str, Any]) -> None:
@@ -385,7 +401,7 @@ def _check_finished(model_dir: Path, config: dict[str, Any]) -> None:
 def metrics_command(path: Path) -> str | None:
     """The command whose ``--masks`` scores the ``metrics.json`` at ``path`` are (they list
     ``masks_used`` and ``unscored``): its ``command`` (``shape-guided segment``), ``predict``
-    where it names none (:func:`_write_metrics`); None for any other file (a fine-tuning's
+    where it names none (:func:`write_scores`); None for any other file (a fine-tuning's
     test results) or none."""
     try:
         saved = json.loads(path.read_text())
@@ -628,30 +644,35 @@ def _fov(
     return fov_from_image(to_modality_channels(image, modality), modality=modality)
 
 
-def _write_metrics(
+def write_scores(
     out_dir: Path,
-    record: dict[str, Any],
+    header: dict[str, Any],
+    rows: list[dict[str, Any]] | dict[str, list[dict[str, Any]]],
     files: Sequence[tuple[str, Path]],
     matched: dict[str, MaskMatch],
-    scores: dict[str, dict[str, float]],
+    env: dict[str, Any] | None,
     log: Callable[[str], None],
-) -> None:
-    """``metrics.json``: the ``summary`` and ``per_image`` of ``localdisc finetune``'s, and
-    :func:`masks_used`."""
+) -> dict[str, Any]:
+    """Write ``out_dir/metrics.json``, every command's ``--masks`` scores in one form: ``header``
+    (its ``masks``: the true masks' folder), ``summary`` (as ``localdisc finetune``'s) of
+    ``per_image`` (``rows``, ``{"image": name, **scores}``; by output where a command scores
+    several), :func:`masks_used` and ``environment``. Returns it (NaN where the file has null)."""
     from localdisc.eval.metrics import summarize
     from localdisc.eval.report import jsonable
 
-    rows = [{"image": name, **scores[name]} for name, _ in files if name in scores]
+    def summary(found: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        return summarize([{k: v for k, v in r.items() if k != "image"} for r in found])
+
     metrics = {
-        "model": record["model"],
-        "masks": record["masks"],
-        "threshold": record["threshold"],
-        "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in rows]),
+        **header,
+        "summary": {k: summary(v) for k, v in rows.items()} if isinstance(rows, dict)
+        else summary(rows),
         "per_image": rows,
-        **masks_used(files, matched, record["masks"], log),
-        "environment": record["environment"],
-    }
+        **masks_used(files, matched, header["masks"], log),
+        "environment": env,
+    }  # fmt: skip
     atomic_write_text(out_dir / METRICS, json.dumps(jsonable(metrics), indent=2))
+    return metrics
 
 
 def masks_used(

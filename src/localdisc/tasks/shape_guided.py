@@ -75,16 +75,17 @@ from localdisc.priors.topology import PriorTopology, enforce_topology, prior_top
 from localdisc.tasks.predict import (
     METRICS,
     SkippedImages,
+    Written,
     check_metrics,
     collect_images,
     mask_png,
-    masks_used,
     prob_png,
     remove_metrics,
     remove_outputs,
     score_prediction,
     sized_mask,
     true_masks,
+    write_scores,
 )
 from localdisc.tasks.similarity import check_size
 
@@ -361,10 +362,11 @@ def segment_images(
     progress: bool = False,
     masks: str | Path | None = None,
     skip_bad: bool = False,
-) -> list[Path]:
+) -> Written:
     """Write ``NAME_{A,B}_prob.png``, ``NAME_{A,B}_mask.png`` and ``NAME_uncertainty.png``; with
     ``refine_steps`` also ``NAME_refined_{prob,mask}.png`` of a network trained on the
-    pseudo-labels of all the given images.
+    pseudo-labels of all the given images. Returns the masks' paths
+    (:class:`~localdisc.tasks.predict.Written`, with what was skipped and scored).
 
     The uncertainty is ``1 - weight`` of :meth:`ShapeGuidedMaps.pseudo_label` (x 255), whose
     pseudo-labels are A's and B's, with the prior's votes when it keeps its pose
@@ -481,16 +483,18 @@ def segment_images(
         "masks": str(Path(masks).expanduser().resolve()) if masks is not None else None,
         "environment": env, "skipped": skips.record(),
     }  # fmt: skip
+    metrics = None
     if matched is not None:  # before segment.json, written last
         scored = ("A", "B", "refined") if refine_steps else ("A", "B")
-        _score_outputs(runs, files, arrays, out_dir, matched, scored, record, log, progress)
+        metrics = _score_outputs(runs, files, arrays, out_dir, matched, scored, record, log,
+                                 progress)  # fmt: skip
     atomic_write_text(out_dir / SEGMENT_RECORD, json.dumps(record, indent=1))
     # One a stopped call of one run left, where an ensemble now wrote (each run's is its own).
     shutil.rmtree(out_dir / REFINE_CHECKPOINT, ignore_errors=True)
     log(f"{len(files)} image(s) segmented into {out_dir}: {', '.join(record['outputs'])} "
         f"per image; what made them in {out_dir / SEGMENT_RECORD}"
         + skips.summary(out_dir / SEGMENT_RECORD))  # fmt: skip
-    return written
+    return Written(written, record["skipped"], metrics)
 
 
 def _segment_ensemble(
@@ -643,14 +647,9 @@ def _score_outputs(
     (:func:`~localdisc.tasks.predict.score_prediction`: the binary metrics of the mask written,
     ``auc`` of the probability map; ``dice`` over the whole image, the others inside the FOV the
     outputs were held to: found in a fundus photograph, all of a radiograph), with ``cldice``
-    where the first run's prior is a tree (:func:`_tubular`). ``metrics.json`` holds per output
-    ``summary`` (mean, std and n of each metric, as ``predict``'s) and ``per_image`` rows, and
-    ``masks_used`` and ``unscored`` as ``predict``'s (:func:`~localdisc.tasks.predict.masks_used`);
-    the summary is logged as :func:`score_table`.
-    """
-    from localdisc.eval.metrics import summarize
-    from localdisc.eval.report import jsonable
-
+    where the first run's prior is a tree (:func:`_tubular`). ``metrics.json``: ``predict``'s
+    (:func:`~localdisc.tasks.predict.write_scores`), per output; its summary is logged as
+    :func:`score_table`."""
     modality = LDConfig.from_run(runs[0]).modality
     topology = _tubular(runs[0], log)
     rows: dict[str, list[dict[str, Any]]] = {output: [] for output in outputs}
@@ -665,21 +664,14 @@ def _score_outputs(
                 scores = score_prediction(prob, target, fov, topology=topology, binary=binary)
                 rows[output].append({"image": name, **scores})
             bar.update(done)
-    metrics = {
+    header = {
         "command": SEGMENT_COMMAND,
         "runs": [entry["run"] for entry in record["runs"]],
         "masks": record["masks"],
         "threshold": 0.5,
         "fov": "found in each image" if modality == "fundus" else "the whole image",
-        "summary": {
-            output: summarize([{k: v for k, v in r.items() if k != "image"} for r in found])
-            for output, found in rows.items()
-        },
-        "per_image": rows,
-        **masks_used(files, matched, record["masks"], log),
-        "environment": record["environment"],
     }
-    atomic_write_text(out_dir / METRICS, json.dumps(jsonable(metrics), indent=2))
+    metrics = write_scores(out_dir, header, rows, files, matched, record["environment"], log)
     log(f"scores against {record['masks']} (per image in {out_dir / METRICS}):")
     log(score_table(metrics["summary"]))
     return metrics

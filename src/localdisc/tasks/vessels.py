@@ -59,7 +59,6 @@ from localdisc.tasks.predict import (
     collect_images,
     fov_mask_files,
     mask_png,
-    masks_used,
     prob_png,
     read_fov_mask,
     remove_metrics,
@@ -67,6 +66,7 @@ from localdisc.tasks.predict import (
     score_prediction,
     sized_mask,
     true_masks,
+    write_scores,
 )
 from localdisc.tasks.self_training import (
     STUDENT_CHECKPOINT,
@@ -672,11 +672,8 @@ def _score_vessels(
     of this command (:func:`~localdisc.tasks.predict.score_prediction`): the binary metrics of
     ``NAME_mask.png`` as written (specks dropped), ``auc`` of ``NAME_prob.png``, ``cldice``
     (vessels are trees); ``dice`` over the whole image, the others inside the FOV the masks
-    were written in (:func:`_written_fov`). ``metrics.json`` holds the ``summary`` (mean, std
-    and n of each metric) and ``per_image`` rows of ``predict``'s, and its ``masks_used`` and
-    ``unscored`` (:func:`~localdisc.tasks.predict.masks_used`)."""
-    from localdisc.eval.metrics import summarize
-    from localdisc.eval.report import jsonable
+    were written in (:func:`_written_fov`). ``metrics.json``: ``predict``'s
+    (:func:`~localdisc.tasks.predict.write_scores`)."""
     from localdisc.tasks.shape_guided import score_table
 
     where = str(Path(masks).expanduser().resolve())
@@ -684,18 +681,14 @@ def _score_vessels(
     scores = score_vessel_files(files, out_dir, targets, fov_masks=fov_masks,
                                 max_size=max_size, progress=progress)  # fmt: skip
     rows = [{"image": name, **scores[name]} for name, _ in files if name in scores]
-    metrics = {
+    header = {
         "command": VESSELS_COMMAND,
         "masks": where,
         "threshold": 0.5,
         "fov": f"the FOV masks in {absolute_path(str(fov_masks))}" if fov_masks
         else "found in each image",
-        "summary": summarize([{k: v for k, v in r.items() if k != "image"} for r in rows]),
-        "per_image": rows,
-        **masks_used(files, matched, where, log),
-        "environment": env,
     }  # fmt: skip
-    atomic_write_text(out_dir / METRICS, json.dumps(jsonable(metrics), indent=2))
+    metrics = write_scores(out_dir, header, rows, files, matched, env, log)
     log(f"scores against {where} (per image in {out_dir / METRICS}):")
     log(score_table({"vessels": metrics["summary"]}))
     return metrics
