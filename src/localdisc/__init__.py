@@ -40,7 +40,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "data.datasets": ["load_dataset"],
-        "data.io": ["read_image", "read_mask"],
+        "data.io": ["read_image", "read_image_meta", "read_mask"],
         "data.synthetic": ["synthetic_fundus", "synthetic_xray"],
         "models.ld": ["LDConfig", "LDModel"],
         "models.segmenter": ["Segmenter", "SegmenterConfig"],

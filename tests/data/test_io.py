@@ -24,6 +24,7 @@ from localdisc.data.io import (
     ImageMeta,
     is_image_file,
     read_image,
+    read_image_meta,
     read_mask,
     set_max_pixels,
 )
@@ -44,6 +45,30 @@ def _default_limit(monkeypatch: pytest.MonkeyPatch):
     set_max_pixels(None)
     yield
     set_max_pixels(None)
+
+
+@pytest.fixture(autouse=True)
+def _header_agrees(monkeypatch: pytest.MonkeyPatch):
+    """Every file a test here reads, read_image_meta reads alike: the meta read_image (or
+    read_mask) finds, the array's height and width, or where it reads the header alone and
+    refuses the file, the decoder's very error."""
+    decode = lio._decode
+
+    def checked(path: Path, max_pixels: int | None) -> lio._Decoded:
+        try:
+            decoded = decode(path, max_pixels)
+        except ImageReadError as exc:
+            try:
+                read_image_meta(path, max_pixels=max_pixels)
+            except ImageReadError as refused:  # else: the pixels are what is wrong
+                assert (type(refused), str(refused)) == (type(exc), str(exc))
+            raise
+        meta = read_image_meta(path, max_pixels=max_pixels)
+        assert meta == decoded.meta
+        assert decoded.pixels.shape[:2] == (meta.height, meta.width)
+        return decoded
+
+    monkeypatch.setattr(lio, "_decode", checked)
 
 
 def _save(arr: np.ndarray, path: Path, mode: str | None = None, **kwargs) -> Path:
@@ -264,6 +289,72 @@ def test_exif_orientation_ignored(tmp_path: Path) -> None:
     Image.fromarray(arr).save(tmp_path / "r.png", exif=exif)
     img, _ = read_image(tmp_path / "r.png")
     assert img.shape == (4, 6, 1) and img[0, 0, 0] == 1.0
+
+
+def test_read_image_meta_reads_headers_not_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking the size and pixel spacing of large images (`localize --truth`) decoded each
+    one. read_image_meta gives read_image's meta from the header of PNG, JPEG (EXIF rotation
+    ignored, as read_image does), BMP, TIFF, 16-bit PGM, DICOM and JSRT .IMG; palette images
+    and gzipped netpbm, whose meta the pixels decide, are decoded."""
+    pytest.importorskip("pydicom")
+    import pydicom.pixels
+
+    grey = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90"
+    pgm = tmp_path / "g16.pgm"
+    pgm.write_bytes(b"P5\n6 4\n4095\n" + (grey.astype(np.uint16) * 100).astype(">u2").tobytes())
+    headers = [
+        _save(grey, tmp_path / "g.png"),
+        _save(np.stack([grey] * 3, axis=-1), tmp_path / "r.jpg", exif=exif),
+        _save(grey, tmp_path / "g.bmp"),
+        _save(grey.astype(np.uint16) * 200, tmp_path / "g16.png"),
+        tifffile.imwrite(tmp_path / "t.tif", grey) or tmp_path / "t.tif",
+        pgm,
+        _write_dicom(
+            tmp_path / "d.dcm",
+            grey.astype(np.uint16),
+            bits_stored=12,
+            ImagerPixelSpacing=[0.2, 0.1],
+            EstimatedRadiographicMagnificationFactor=2,
+        ),
+        _write_jsrt(tmp_path / "j.IMG", np.zeros((2048, 2048), np.uint16)),
+    ]
+    palette = tmp_path / "p.png"
+    Image.fromarray(grey).convert("P").save(palette)
+    packed = tmp_path / "g.pgm.gz"
+    packed.write_bytes(gzip.compress(b"P5\n6 4\n255\n" + grey.tobytes()))
+    expected = {path: read_image(path)[1] for path in [*headers, palette, packed]}
+    assert expected[headers[1]].height == 4 and expected[headers[-2]].spacing == (0.1, 0.05)
+
+    decoded: list[str] = []
+
+    def counted(real, name: str):
+        def call(*args, **kwargs):
+            decoded.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    for owner, name in (
+        (lio, "_pil_load"),
+        (lio, "_decode_netpbm16"),
+        (lio.np, "fromfile"),  # JSRT
+        (tifffile.TiffPage, "asarray"),
+        (pydicom.pixels, "pixel_array"),
+    ):
+        monkeypatch.setattr(owner, name, counted(getattr(owner, name), name))
+    for path in headers:
+        assert read_image_meta(path) == expected[path], path
+    assert decoded == []
+    for path in (palette, packed):
+        assert read_image_meta(path) == expected[path]
+    assert decoded == ["_pil_load", "_pil_load"]
+    # Refused from the header as read_image refuses it.
+    with pytest.raises(ImageReadError, match="over the limit of 20 pixels"):
+        read_image_meta(headers[0], max_pixels=20)
 
 
 # ----------------------------------------------------------------------------- TIFF

@@ -14,10 +14,10 @@ from localdisc.tasks.benchmark_localize import (
     _task,
     _template_index,
     drive_optic_discs,
-    radial_summary,
     run_localize_benchmark,
     scr_landmarks,
 )
+from localdisc.tasks.localize import radial_error, radial_summary
 
 
 def test_quick_benchmark_compares_ld_and_template_matching(tmp_path):
@@ -90,22 +90,13 @@ def test_mm_errors_are_each_images_px_times_its_spacing(tmp_path, monkeypatch):
             task.template.image, task.template.landmarks, case.image, 16, mirror=True
         )
         for k, true in case.landmarks.items():
-            px = benchmark_localize.radial_error((found[k].x, found[k].y), true)
+            px = radial_error((found[k].x, found[k].y), true)
             by_landmark.setdefault(k, []).append((px, px * case.spacing))
     landmarks = methods["NCC template matching (16 px patch)"]["landmarks"]
     assert landmarks["fovea"]["n"] == 2 and landmarks["optic_disc"]["n"] == 3
     for k, errors in by_landmark.items():
         px, mm = zip(*errors, strict=True)
-        assert landmarks[k] == radial_summary(px, mm=mm)
-
-
-def test_the_benchmark_scores_as_localize_truth_does():
-    # One radial error and one summary for `benchmark localize` and `localize --truth`.
-    from localdisc.tasks import benchmark_localize, localize
-
-    assert benchmark_localize.radial_summary is localize.radial_summary
-    assert benchmark_localize.radial_error is localize.radial_error
-    assert localize.radial_error((13.0, 24.0), (10.0, 20.0)) == 5.0
+        assert landmarks[k] == pytest.approx(radial_summary(px, mm=mm))
 
 
 def test_scr_landmarks_are_mask_centroids():
@@ -206,3 +197,16 @@ def test_a_rerun_into_the_same_out_keeps_only_its_own_figures(tmp_path):
     config = replace(config, tasks=["drive"], data_root=str(tmp_path / "none"))
     results = run_localize_benchmark(config, out, log=lambda m: None)  # drive skipped: no data
     assert results["tasks"] == {} and [p.name for p in (out / "figures").iterdir()] == ["notes.png"]
+
+
+def test_the_benchmark_scores_as_localize_truth_does():
+    """One scoring for `benchmark localize` and `localize --truth`: score_predictions."""
+    from localdisc.tasks import benchmark_localize, localize
+
+    assert benchmark_localize.score_predictions is localize.score_predictions
+    assert radial_error((13.0, 24.0), (10.0, 20.0)) == 5.0
+    found, true = (-36.21, 12.7), (0.0, 0.0)
+    px = radial_error(found, true)
+    prediction = {"x": found[0], "y": found[1], "confidence": 1.0}
+    scores = localize.score_predictions({"a": {"m": prediction}}, {"a": {"m": true}}, 0.175)
+    assert scores["errors"]["a"]["m"] == pytest.approx({"px": px, "mm": px * 0.175})

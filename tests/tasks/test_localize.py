@@ -685,18 +685,61 @@ def test_radial_summary_of_given_mm_errors():
         radial_summary([1.0, 2.0], mm=[0.5])
 
 
-def test_truth_keeps_each_images_meta_read_once(tmp_path, monkeypatch):
+def test_truth_reads_each_annotated_images_header_not_its_pixels(tmp_path, monkeypatch):
+    """read_truth decoded every annotated image (once for it, again to localise it): it reads
+    their headers, a PNG's and a DICOM's pixels never decoded; the meta is read_image's."""
+    pytest.importorskip("pydicom")
+    import pydicom.pixels
+
+    import localdisc.data.io as lio
     import localdisc.tasks.localize as localize
 
     images = _truth_setup(tmp_path)
-    read = []
-    real = localize.read_image
-    monkeypatch.setattr(localize, "read_image", lambda path: read.append(path) or real(path))
+    _write_dicom(tmp_path / "new" / "d.dcm", planted(1, (30, 40))[:60], PixelSpacing=[0.2, 0.1])
+    images.append(("d", tmp_path / "new" / "d.dcm"))
+    expected = {name: lio.read_image(file)[1] for name, file in images}
+    read, decoded = [], []
+    real = localize.read_image_meta
+    monkeypatch.setattr(localize, "read_image_meta", lambda path: read.append(path) or real(path))
+    monkeypatch.setattr(lio, "_pil_load", lambda im: decoded.append(im))
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda *a, **k: decoded.append(a))
     path = tmp_path / "truth.json"
-    path.write_text(json.dumps({"n0": {"mark": [1, 2]}}))  # sub_n1 not annotated: not read
-    truth = localize.read_truth(path, images, ["mark"])
-    assert read == [images[0][1]]
-    assert truth.metas["n0"].width == 96 and truth.spacings == {"n0": None}  # a PNG: none
+    path.write_text(json.dumps({"n0": {"mark": [1, 2]}, "d": {"mark": [95, 59]}}))
+    truth = localize.read_truth(path, images, ["mark"])  # sub_n1 not annotated: not read
+    assert read == [images[0][1], images[2][1]] and decoded == []
+    assert truth.metas == {"n0": expected["n0"], "d": expected["d"]}
+    assert truth.metas["n0"].width == 96
+    assert truth.spacings == {"n0": None, "d": (0.2, 0.1)}  # a PNG: none
+    # Points are checked against the size in the header.
+    path.write_text(json.dumps({"d": {"mark": [59, 95]}}))
+    with pytest.raises(LocaldiscError, match=r"'mark' \(59, 95\) is outside .*d\.dcm \(96 wide"):
+        localize.read_truth(path, images, ["mark"])
+
+
+def test_an_annotated_image_unreadable_past_its_header_is_skipped_with_its_truth(tmp_path):
+    """read_truth reads headers: a PNG cut short after its header passes it and fails when it is
+    localised. Skipped there (--skip-bad), its truth goes too, so that the others are scored
+    (scoring refuses truth without predictions)."""
+    from helpers import save
+    from localdisc.tasks import localize
+    from localdisc.tasks.predict import SkippedImages
+
+    save(tmp_path / "t.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    images = [(f"n{i}", save(tmp_path / f"n{i}.png", (planted(i, (70, 20)) * 255).astype(np.uint8)))
+              for i in range(2)]  # fmt: skip
+    (tmp_path / "n1.png").write_bytes((tmp_path / "n1.png").read_bytes()[:120])
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps({"n0": {"mark": [70, 20]}, "n1": {"mark": [70, 20]}}))
+    skips = SkippedImages(True, log=lambda message: None, count=2)
+    truth = localize.read_truth(path, images, ["mark"], skips)
+    assert set(truth) == {"n0", "n1"} and not skips.skipped  # n1's header is whole
+    loaded = LoadedModel(Identity(), PatchKernel(8), 32)  # type: ignore[arg-type]
+    results = localize.localize_images(
+        loaded, tmp_path / "t.png", {"mark": (30, 40)}, images, truth=truth, skips=skips
+    )
+    assert set(results) == {"n0"} and skips.names == {"n1"}
+    assert set(truth) == set(truth.metas) == {"n0"}
+    assert set(localize.score_predictions(results, truth)["errors"]) == {"n0"}
 
 
 def _write_dicom(path, image, **attrs):

@@ -1,9 +1,11 @@
 """Reading images and masks from every file format medical-imaging users hand us.
 
 :func:`read_image` returns a float32 array in [0, 1] of shape H x W x C (C = 1 or 3) plus an
-:class:`ImageMeta`; :func:`read_mask` returns a bool H x W array. Both decide the decoder by the
-file's content where it can be sniffed (a JPEG named ``.png`` is read as a JPEG) and by suffix
-where it cannot (headerless JSRT ``.IMG``). Bad input never escapes as a raw library exception:
+:class:`ImageMeta`; :func:`read_mask` returns a bool H x W array; :func:`read_image_meta` the
+:class:`ImageMeta` alone, from the file's header where its format allows (the size and pixel
+spacing of large images without decoding them). They decide the decoder by the file's content
+where it can be sniffed (a JPEG named ``.png`` is read as a JPEG) and by suffix where it cannot
+(headerless JSRT ``.IMG``). Bad input never escapes as a raw library exception:
 every failure is an :class:`~localdisc.errors.ImageReadError` naming the file.
 
 Supported: PNG, JPEG, BMP, GIF (first frame), PPM/PGM/PBM (8 and 16 bit; also gzipped as
@@ -60,6 +62,7 @@ __all__ = [
     "ImageMeta",
     "is_image_file",
     "read_image",
+    "read_image_meta",
     "read_mask",
     "set_max_pixels",
 ]
@@ -273,6 +276,33 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(mask, dtype=bool)
 
 
+def read_image_meta(path: str | Path, *, max_pixels: int | None = None) -> ImageMeta:
+    """The :class:`ImageMeta` that :func:`read_image` returns for ``path`` (its height and width
+    are those of the array), read from the header alone where the format allows, so that
+    checking the size or the pixel spacing of many large images decodes none of them.
+
+    From the header: DICOM (its pixel data skipped over, not read; the spacing as
+    :func:`read_image` finds it), JSRT ``.IMG`` (its size is fixed), TIFF that tifffile reads,
+    and what Pillow opens (PNG, JPEG, BMP, GIF, PPM/PGM/PBM) but palette and 32-bit ``"I"``
+    images, whose channels and bit depth the pixels decide. Decoded: those, gzipped netpbm,
+    ``.npy`` and TIFF layouts that tifffile leaves to Pillow.
+
+    Raises:
+        ImageReadError: as :func:`read_image` for whatever the header shows (a missing or
+            unsupported file, DICOM without pixel data, an image too large ...); damaged pixel
+            data may pass here and fail only in :func:`read_image`.
+    """
+    path = Path(path)
+    limit, head, kind, decoder = _sniff(path, max_pixels)
+    header = _HEADER_READERS.get(decoder)
+    meta = None if header is None else _guarded(path, kind, header, head, limit)
+    if meta is None:  # the format (or this file's layout) needs its pixels
+        decoded = _guarded(path, kind, decoder, head, limit)
+        _validate(path, decoded, limit)
+        meta = decoded.meta
+    return meta
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -355,6 +385,15 @@ def _describe(exc: BaseException) -> str:
 
 def _decode(path: Path, max_pixels: int | None) -> _Decoded:
     """Check the path, sniff the content and run the right decoder."""
+    limit, head, kind, decoder = _sniff(path, max_pixels)
+    decoded = _guarded(path, kind, decoder, head, limit)
+    _validate(path, decoded, limit)
+    return decoded
+
+
+def _sniff(path: Path, max_pixels: int | None) -> tuple[int, bytes, str, Any]:
+    """Check the path and read its head: the pixel limit, the head, and the format's name and
+    decoder (:func:`_choose_decoder`)."""
     limit = _resolve_limit(path, max_pixels)
     if not path.exists():
         raise ImageReadError(path, "file not found")
@@ -386,10 +425,15 @@ def _decode(path: Path, max_pixels: int | None) -> _Decoded:
         )
     if not head:
         raise ImageReadError(path, "file is empty (0 bytes)")
-
     kind, decoder = _choose_decoder(path, suffix, head)
+    return limit, head, kind, decoder
+
+
+def _guarded(path: Path, kind: str, reader: Any, head: bytes, limit: int) -> Any:
+    """``reader(path, head, limit)`` (a decoder, or a header reader), whatever it raises on bad
+    input turned into an :class:`ImageReadError` naming ``path``."""
     try:
-        decoded = decoder(path, head, limit)
+        return reader(path, head, limit)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
@@ -400,8 +444,6 @@ def _decode(path: Path, max_pixels: int | None) -> _Decoded:
         ) from exc
     except Exception as exc:  # decoders raise anything from OSError to struct.error on bad input
         raise ImageReadError(path, f"cannot decode as {kind}: {_describe(exc)}") from exc
-    _validate(path, decoded, limit)
-    return decoded
 
 
 _SUPPORTED = "supported: " + ", ".join(sorted(IMAGE_SUFFIXES))
@@ -495,34 +537,79 @@ def _decode_pil_file(path: Path, head: bytes, limit: int) -> _Decoded:
     return _decode_pil(path, path, limit, _PIL_FORMATS)
 
 
-def _decode_pil(
+def _header_pil_file(path: Path, head: bytes, limit: int) -> ImageMeta | None:
+    """:func:`_decode_pil_file`'s meta from the header (``None``: the pixels decide it)."""
+    if head[:2] in (b"P5", b"P6"):
+        header = _parse_netpbm_header(head)
+        if header[3] > 255:
+            return _netpbm16_meta(path, header, limit)
+    with _open_pil(path, path, limit, _PIL_FORMATS) as im:
+        layout = _pil_layout(im)
+        return None if layout is None else _pil_meta(path, im, *layout)
+
+
+@contextmanager
+def _open_pil(
     path: Path, source: Path | BinaryIO, limit: int, formats: tuple[str, ...]
-) -> _Decoded:
+) -> Iterator[Image.Image]:
+    """A Pillow image of ``source`` opened (its header read, no pixels) and its size checked."""
     with _pil_settings(no_pixel_limit=True):
         im = Image.open(source, formats=list(formats))
     try:
         width, height = im.size
         _check_pixels(path, width, height, limit)
-        _pil_load(im)
-        return _from_pil(path, im)
+        yield im
     finally:
         im.close()
+
+
+def _decode_pil(
+    path: Path, source: Path | BinaryIO, limit: int, formats: tuple[str, ...]
+) -> _Decoded:
+    with _open_pil(path, source, limit, formats) as im:
+        _pil_load(im)
+        return _from_pil(path, im)
+
+
+def _pil_layout(im: Image.Image) -> tuple[int, int] | None:
+    """(bits per sample, channels) of an opened Pillow image as :class:`ImageMeta` gives them,
+    from its mode alone; ``None`` where the pixels decide them (a palette: grey or colour by the
+    colours used; ``"I"``: 16 or 32 bit by the values)."""
+    mode = im.mode
+    if mode in ("P", "PA", "I"):
+        return None
+    if mode == "1":
+        return 1, 1
+    if mode.startswith("I;16"):
+        return 16, 1
+    if mode == "F":
+        return 32, 1
+    return 8, len(im.getbands())  # L, LA, RGB, RGBA (alpha counted), CMYK, YCbCr ...
+
+
+def _pil_meta(path: Path, im: Image.Image, bits: int, channels: int) -> ImageMeta:
+    fmt = im.format or "?"
+    if fmt == "PPM":
+        name = {"1": "pbm", "F": "pfm"}.get(im.mode, "ppm" if channels >= 3 else "pgm")
+    else:
+        name = _PIL_FORMAT_NAMES.get(fmt, fmt.lower())
+    width, height = im.size
+    return ImageMeta(path, name, bits, height, width, channels)
 
 
 def _from_pil(path: Path, im: Image.Image) -> _Decoded:
     """Map a loaded Pillow image to samples, full scale and metadata."""
     mode = im.mode
-    fmt = im.format or "?"
-    width, height = im.size
     palette = None
     scale: float | None = 255.0
-    bits = 8
+    # Palette and "I" images: set below, from the pixels.
+    bits, channels = _pil_layout(im) or (8, 1)
     if mode == "1":
-        pixels, scale, bits, channels = np.asarray(im, dtype=np.uint8), 1.0, 1, 1
+        pixels, scale = np.asarray(im, dtype=np.uint8), 1.0
     elif mode == "L":
-        pixels, channels = np.asarray(im), 1
+        pixels = np.asarray(im)
     elif mode == "LA":
-        pixels, channels = np.asarray(im)[..., 0], 2
+        pixels = np.asarray(im)[..., 0]
     elif mode in ("P", "PA"):
         index = np.asarray(im)
         pixels = index if index.ndim == 2 else index[..., 0]
@@ -530,28 +617,23 @@ def _from_pil(path: Path, im: Image.Image) -> _Decoded:
         used = palette[np.flatnonzero(np.bincount(pixels.ravel(), minlength=256))]
         channels = 1 if _is_grey(used) else 3
     elif mode == "RGB":
-        pixels, channels = np.asarray(im), 3
+        pixels = np.asarray(im)
     elif mode in ("RGBA", "RGBX", "RGBa"):
-        pixels, channels = np.asarray(im)[..., :3], 4
+        pixels = np.asarray(im)[..., :3]
     elif mode.startswith("I;16"):
-        pixels, scale, bits, channels = np.asarray(im).astype(np.uint16), 65535.0, 16, 1
+        pixels, scale = np.asarray(im).astype(np.uint16), 65535.0
     elif mode == "I":
-        pixels, channels = np.asarray(im), 1
+        pixels = np.asarray(im)
         # Pillow widens 16-bit data to 32-bit "I" in places; treat in-range data as 16 bit.
         if pixels.size and pixels.min() >= 0 and pixels.max() <= 65535:
             pixels, scale, bits = pixels.astype(np.uint16), 65535.0, 16
         else:
             scale, bits = float(np.iinfo(np.int32).max), 32
     elif mode == "F":
-        pixels, scale, bits, channels = np.asarray(im), None, 32, 1
+        pixels, scale = np.asarray(im), None
     else:  # CMYK, YCbCr, LAB, HSV, packed 16-bit RGB variants: let Pillow convert
-        channels = len(im.getbands())
         pixels = np.asarray(im.convert("RGB"))
-    if fmt == "PPM":
-        name = {"1": "pbm", "F": "pfm"}.get(mode, "ppm" if channels >= 3 else "pgm")
-    else:
-        name = _PIL_FORMAT_NAMES.get(fmt, fmt.lower())
-    meta = ImageMeta(path, name, bits, height, width, channels)
+    meta = _pil_meta(path, im, bits, channels)
     return _Decoded(np.ascontiguousarray(pixels), scale, meta, palette=palette)
 
 
@@ -610,9 +692,9 @@ def _decode_netpbm16(
 ) -> _Decoded:
     """Binary PGM/PPM with maxval > 255: Pillow would drop colour data to 8 bits, so read it
     directly and scale by maxval, the true full-scale value."""
-    magic, width, height, maxval, offset = header
-    _check_pixels(path, width, height, limit)
-    channels = 1 if magic == b"P5" else 3
+    meta = _netpbm16_meta(path, header, limit)
+    maxval, offset = header[3], header[4]
+    width, height, channels = meta.width, meta.height, meta.channels
     count = width * height * channels
     # Check the length first: read(n) allocates n bytes even when the file holds fewer.
     available = source.seek(0, os.SEEK_END) - offset
@@ -631,9 +713,17 @@ def _decode_netpbm16(
     pixels = pixels.astype(np.uint16)
     if channels == 1:
         pixels = pixels[..., 0]
-    name = "pgm" if channels == 1 else "ppm"
-    meta = ImageMeta(path, name, maxval.bit_length(), height, width, channels)
     return _Decoded(np.ascontiguousarray(pixels), float(maxval), meta)
+
+
+def _netpbm16_meta(path: Path, header: tuple[bytes, int, int, int, int], limit: int) -> ImageMeta:
+    """The meta of a binary PGM/PPM with maxval > 255 (:func:`_decode_netpbm16`), its size
+    checked."""
+    magic, width, height, maxval, _ = header
+    _check_pixels(path, width, height, limit)
+    channels = 1 if magic == b"P5" else 3
+    name = "pgm" if channels == 1 else "ppm"
+    return ImageMeta(path, name, maxval.bit_length(), height, width, channels)
 
 
 def _decode_gzip_netpbm(path: Path, head: bytes, limit: int) -> _Decoded:
@@ -698,58 +788,83 @@ def _decode_tiff(path: Path, head: bytes, limit: int) -> _Decoded:
             ) from second
 
 
+def _header_tiff(path: Path, head: bytes, limit: int) -> ImageMeta | None:
+    """:func:`_decode_tiff`'s meta from the header where tifffile reads the file (``None``:
+    Pillow's layouts, or a file tifffile cannot open, which decoding tells)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return _tiff_page(tf, path, limit)[1]
+    except ImageReadError:
+        raise
+    except Exception:  # _TiffUnsupported, damage: _decode_tiff's fallback to Pillow decides
+        return None
+
+
 def _decode_tifffile(path: Path, limit: int) -> _Decoded:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
-        if not tf.pages:
-            raise _TiffUnsupported("no pages")
-        page = tf.pages[0]
-        if not isinstance(page, tifffile.TiffPage):
-            raise _TiffUnsupported("first page is not a plain image page")
-        height, width = int(page.imagelength), int(page.imagewidth)
-        _check_pixels(path, width, height, limit)
-        # tifffile allocates what the header claims before reading it, so a corrupt byte count
-        # or size in a tiny file would cost gigabytes: check the claims against the file first.
-        size = tf.filehandle.size
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
-            if offset + count > size:
-                raise ImageReadError(
-                    path,
-                    f"truncated or corrupt: image data at bytes {offset:,} to {offset + count:,} "
-                    f"lie beyond the end of the file ({size:,} bytes)",
-                )
-        bits, spp = int(page.bitspersample), int(page.samplesperpixel)
-        raw = (width * bits + 7) // 8 * height * spp
-        if int(page.compression) == 1 and raw > size:
-            raise ImageReadError(
-                path,
-                f"truncated: an uncompressed {width}x{height} image needs {raw:,} bytes, "
-                f"the file has {size:,}",
-            )
-        photometric = int(page.photometric)
-        # 0 MINISWHITE, 1 MINISBLACK, 2 RGB; palette, CMYK, YCbCr ... go to Pillow.
-        if photometric not in (0, 1, 2) or page.imagedepth > 1:
-            raise _TiffUnsupported(f"photometric {photometric}")
-        pixels = page.asarray()
+        page, meta, photometric = _tiff_page(tf, path, limit)
         axes = page.axes
+        pixels = page.asarray()
 
     if axes == "SYX":
         pixels = np.moveaxis(pixels, 0, -1)
-    elif axes not in ("YX", "YXS"):
-        raise _TiffUnsupported(f"axes {axes}")
-    if pixels.shape[:2] != (height, width):
+    if pixels.shape[:2] != (meta.height, meta.width):
         raise _TiffUnsupported(f"decoded shape {pixels.shape} does not match header")
     if pixels.ndim == 3:
         keep = 3 if photometric == 2 else 1  # drop alpha and other extra samples
-        if pixels.shape[2] < keep:
-            raise _TiffUnsupported(f"{pixels.shape[2]} samples for photometric {photometric}")
         pixels = pixels[..., :keep]
         if keep == 1:
             pixels = pixels[..., 0]
-    scale = _integer_scale(pixels.dtype, bits)
-    meta = ImageMeta(path, "tiff", bits, height, width, spp)
+    scale = _integer_scale(pixels.dtype, meta.bit_depth)
     return _Decoded(np.ascontiguousarray(pixels), scale, meta, invert=photometric == 0)
+
+
+def _tiff_page(tf: Any, path: Path, limit: int) -> tuple[Any, ImageMeta, int]:
+    """The first page of an open ``tifffile.TiffFile``, its meta and photometric, where we
+    interpret its layout (else :class:`_TiffUnsupported`: Pillow is to read it), its size and
+    data extents checked against the limit and the file."""
+    import tifffile
+
+    if not tf.pages:
+        raise _TiffUnsupported("no pages")
+    page = tf.pages[0]
+    if not isinstance(page, tifffile.TiffPage):
+        raise _TiffUnsupported("first page is not a plain image page")
+    height, width = int(page.imagelength), int(page.imagewidth)
+    _check_pixels(path, width, height, limit)
+    # tifffile allocates what the header claims before reading it, so a corrupt byte count
+    # or size in a tiny file would cost gigabytes: check the claims against the file first.
+    size = tf.filehandle.size
+    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+        if offset + count > size:
+            raise ImageReadError(
+                path,
+                f"truncated or corrupt: image data at bytes {offset:,} to {offset + count:,} "
+                f"lie beyond the end of the file ({size:,} bytes)",
+            )
+    bits, spp = int(page.bitspersample), int(page.samplesperpixel)
+    raw = (width * bits + 7) // 8 * height * spp
+    if int(page.compression) == 1 and raw > size:
+        raise ImageReadError(
+            path,
+            f"truncated: an uncompressed {width}x{height} image needs {raw:,} bytes, "
+            f"the file has {size:,}",
+        )
+    photometric = int(page.photometric)
+    # 0 MINISWHITE, 1 MINISBLACK, 2 RGB; palette, CMYK, YCbCr ... go to Pillow.
+    if photometric not in (0, 1, 2) or page.imagedepth > 1:
+        raise _TiffUnsupported(f"photometric {photometric}")
+    axes = page.axes
+    if axes not in ("YX", "YXS", "SYX"):
+        raise _TiffUnsupported(f"axes {axes}")
+    samples = 1 if axes == "YX" else int(page.shape[0 if axes == "SYX" else 2])
+    if photometric == 2 and samples < 3 and axes != "YX":  # RGB of fewer samples
+        raise _TiffUnsupported(f"{samples} samples for photometric {photometric}")
+    return page, ImageMeta(path, "tiff", bits, height, width, spp), photometric
 
 
 def _integer_scale(dtype: np.dtype, bits: int) -> float | None:
@@ -774,16 +889,8 @@ def _decode_jsrt(path: Path, head: bytes, limit: int) -> _Decoded:
     The raw values are film-density-like (high = dark), so they are flipped to 4095 - raw:
     bones come out bright, as in the PNG conversions everyone uses.
     """
+    meta = _header_jsrt(path, head, limit)
     expected = JSRT_SIZE * JSRT_SIZE * 2
-    actual = path.stat().st_size
-    if actual != expected:
-        raise ImageReadError(
-            path,
-            f"a JSRT .IMG file must be exactly {expected:,} bytes (2048x2048 big-endian 16-bit "
-            f"words, no header) but this one is {actual:,} bytes; other raw .img formats "
-            "(e.g. Analyze) are not supported",
-        )
-    _check_pixels(path, JSRT_SIZE, JSRT_SIZE, limit)
     raw = np.fromfile(path, dtype=">u2")
     if raw.size != JSRT_SIZE * JSRT_SIZE:
         raise ImageReadError(path, f"read {raw.size * 2} bytes, expected {expected}")
@@ -795,9 +902,23 @@ def _decode_jsrt(path: Path, head: bytes, limit: int) -> _Decoded:
             f"value {top} exceeds 12 bits: not a JSRT image (or not big-endian as JSRT stores it)",
         )
     pixels = (full - raw.astype(np.uint16)).reshape(JSRT_SIZE, JSRT_SIZE)
-    spacing = (JSRT_SPACING, JSRT_SPACING)
-    meta = ImageMeta(path, "jsrt_img", JSRT_BITS, JSRT_SIZE, JSRT_SIZE, 1, spacing, "JSRT")
     return _Decoded(pixels, float(full), meta)
+
+
+def _header_jsrt(path: Path, head: bytes, limit: int) -> ImageMeta:
+    """A JSRT ``.IMG``'s meta: its size is fixed, so the file's length is its only header."""
+    expected = JSRT_SIZE * JSRT_SIZE * 2
+    actual = path.stat().st_size
+    if actual != expected:
+        raise ImageReadError(
+            path,
+            f"a JSRT .IMG file must be exactly {expected:,} bytes (2048x2048 big-endian 16-bit "
+            f"words, no header) but this one is {actual:,} bytes; other raw .img formats "
+            "(e.g. Analyze) are not supported",
+        )
+    _check_pixels(path, JSRT_SIZE, JSRT_SIZE, limit)
+    spacing = (JSRT_SPACING, JSRT_SPACING)
+    return ImageMeta(path, "jsrt_img", JSRT_BITS, JSRT_SIZE, JSRT_SIZE, 1, spacing, "JSRT")
 
 
 # --------------------------------------------------------------------------- npy
@@ -851,31 +972,11 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     with pydicom's ``apply_windowing`` because that maps into a bit-depth-dependent output range
     we would have to reconstruct; the formulas are those of DICOM PS3.3 C.11.2.1.2.
     """
-    try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array  # pydicom 3
-    except ImportError as exc:  # pydicom absent, or 2.x (another package's, say)
-        found = getattr(sys.modules.get("pydicom"), "__version__", None)
-        raise ReaderSetupError(
-            path,
-            "reading DICOM needs pydicom 3 or newer"
-            + (f" (found {found})" if found else "")
-            + ": pip install -U pydicom python-gdcm (localdisc's [dicom] extra)",
-        ) from exc
+    ds, meta = _dicom_dataset(path, head, limit, pixels=True)
+    from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array  # pydicom 3
 
-    with _ClampedReader(path) as f:
-        ds = pydicom.dcmread(f, force=not _is_dicom_head(head))
-    if "PixelData" not in ds:
-        raise ImageReadError(path, _no_pixel_data(ds))
-    for tag in ("Rows", "Columns", "BitsStored", "PhotometricInterpretation"):
-        if tag not in ds:
-            raise ImageReadError(path, f"DICOM attribute {tag} is missing")
-    height, width = int(ds.Rows), int(ds.Columns)
-    _check_pixels(path, width, height, limit)
-    bits = int(ds.BitsStored)
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
-    _check_decoder(path, ds)
+    bits = meta.bit_depth
 
     pixels = pixel_array(ds, index=0)  # first frame only: no need to decode the rest
 
@@ -887,18 +988,61 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
         if photometric == "MONOCHROME1":  # low values are white
             values = 1.0 - values
         out = values
-    elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") and spp == 3:
-        # pydicom converts YBR to RGB when decoding.
+    else:  # colour (_dicom_dataset refused the rest); pydicom converts YBR to RGB
         if pixels.ndim != 3 or pixels.shape[2] != 3:
             raise ImageReadError(path, f"colour DICOM decoded to shape {pixels.shape}")
         out = pixels.astype(np.float64) / float(2**bits - 1)
-    else:
+    out = np.clip(out, 0.0, 1.0)
+    return _Decoded(np.ascontiguousarray(out, dtype=np.float32), 1.0, meta)
+
+
+def _header_dicom(path: Path, head: bytes, limit: int) -> ImageMeta:
+    """:func:`_decode_dicom`'s meta, its pixel data skipped over, not read."""
+    return _dicom_dataset(path, head, limit, pixels=False)[1]
+
+
+#: Values longer than this are skipped over when a DICOM file is read for its header.
+_DICOM_HEADER_DEFER = 1 << 16
+
+
+def _dicom_dataset(path: Path, head: bytes, limit: int, *, pixels: bool) -> tuple[Any, ImageMeta]:
+    """A DICOM file as pydicom reads it, and its :class:`ImageMeta`, after every check that
+    needs no pixel: pixel data present, the attributes needed, the size, the photometric
+    interpretation, a decoder for its compression. ``pixels=False``: long values (the pixel
+    data) are skipped over, not read; ``stop_before_pixels`` would hide whether there are
+    any."""
+    try:
+        # pydicom.pixels (decoding's) is new in pydicom 3: a 2.x is refused for a header too.
+        import pydicom.pixels
+    except ImportError as exc:  # pydicom absent, or 2.x (another package's, say)
+        found = getattr(sys.modules.get("pydicom"), "__version__", None)
+        raise ReaderSetupError(
+            path,
+            "reading DICOM needs pydicom 3 or newer"
+            + (f" (found {found})" if found else "")
+            + ": pip install -U pydicom python-gdcm (localdisc's [dicom] extra)",
+        ) from exc
+
+    defer = None if pixels else _DICOM_HEADER_DEFER
+    with _ClampedReader(path) as f:
+        ds = pydicom.dcmread(f, force=not _is_dicom_head(head), defer_size=defer)
+    if "PixelData" not in ds:
+        raise ImageReadError(path, _no_pixel_data(ds))
+    for tag in ("Rows", "Columns", "BitsStored", "PhotometricInterpretation"):
+        if tag not in ds:
+            raise ImageReadError(path, f"DICOM attribute {tag} is missing")
+    height, width = int(ds.Rows), int(ds.Columns)
+    _check_pixels(path, width, height, limit)
+    bits = int(ds.BitsStored)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    colour = photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") and spp == 3
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") and not colour:
         raise ImageReadError(
             path, f"unsupported DICOM photometric interpretation {photometric!r} ({spp} samples)"
         )
-    out = np.clip(out, 0.0, 1.0)
-    meta = ImageMeta(path, "dicom", bits, height, width, spp, *_dicom_spacing(ds))
-    return _Decoded(np.ascontiguousarray(out, dtype=np.float32), 1.0, meta)
+    _check_decoder(path, ds)
+    return ds, ImageMeta(path, "dicom", bits, height, width, spp, *_dicom_spacing(ds))
 
 
 def _no_pixel_data(ds: Any) -> str:
@@ -1165,3 +1309,14 @@ def _palette_mask(index: np.ndarray, palette: np.ndarray) -> np.ndarray:
     if used.size == 1 or (used.size == 2 and dark.any() and not dark.all()):
         return brightness[index] > 127
     return index != 0
+
+
+#: The header readers of :func:`read_image_meta`, by the decoder :func:`_choose_decoder` picks
+#: (one not here: the file is decoded). A reader returns the decoder's :class:`ImageMeta`, or
+#: ``None`` where this file's pixels decide it.
+_HEADER_READERS: dict[Any, Any] = {
+    _decode_pil_file: _header_pil_file,
+    _decode_tiff: _header_tiff,
+    _decode_jsrt: _header_jsrt,
+    _decode_dicom: _header_dicom,
+}

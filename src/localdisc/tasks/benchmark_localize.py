@@ -41,8 +41,7 @@ from localdisc.tasks.localize import (
     SearchConfig,
     landmark_figure,
     ncc_localize,
-    radial_error,
-    radial_summary,
+    score_predictions,
 )
 from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
 from localdisc.tasks.similarity import LoadedModel, Point, check_size, load_model
@@ -217,31 +216,30 @@ def run_localize_benchmark(
         "config": asdict(config), "environment": env, "tasks": {}, "skipped": []
     }  # fmt: skip
     for task_name in tasks:
-        # method -> landmark -> each test image's (px, mm) error; mm None without a spacing.
-        errors: dict[str, dict[str, list[tuple[float, float | None]]]] = {}
+        # method -> {seed and test image: predictions}; their truth and (row, column) spacing.
+        predictions: dict[str, dict[str, dict[str, Prediction]]] = {}
+        truth: dict[str, dict[str, Point]] = {}
+        spacings: dict[str, tuple[float, float] | None] = {}
         seconds: dict[str, float] = {}
         templates, count = [], 0
         figures: list[str] = []  # in out_dir/figures, listed in results.json
         try:
             # Every seed's template first: too many seeds for the training images is then
             # found before any work, not after the other seeds' (which it would throw away).
-            for task in [_task(task_name, config, seed) for seed in range(config.seeds)]:
+            for seed, task in enumerate([_task(task_name, config, s) for s in range(config.seeds)]):
                 templates.append(task.template.name)
                 methods = _methods(task, loaded, config)
                 for case in task.tests():
                     count += 1
+                    key = f"{seed} {case.name}"  # each test image once per seed's template
+                    truth[key] = case.landmarks
+                    spacings[key] = None if case.spacing is None else (case.spacing,) * 2
                     found = {}
                     for method, locate in methods.items():
                         t0 = time.perf_counter()
                         found[method] = locate(case.image)
                         seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
-                        per_landmark = errors.setdefault(method, {})
-                        for name, true in case.landmarks.items():
-                            p = found[method][name]
-                            px = radial_error((p.x, p.y), true)
-                            # Square pixels (JSRT): mm are px times the spacing.
-                            mm = None if case.spacing is None else px * case.spacing
-                            per_landmark.setdefault(name, []).append((px, mm))
+                        predictions.setdefault(method, {})[key] = found[method]
                     if count <= 3:
                         figures.append(f"{task_name}_{case.name}.png")
                         landmark_figure(task.template.image, task.template.landmarks, case.image,
@@ -260,24 +258,20 @@ def run_localize_benchmark(
             "methods": {
                 m: {
                     "seconds_per_image": seconds[m] / count,
-                    "landmarks": {k: _summary(v) for k, v in errors[m].items()},
+                    # In mm too where every test image has a spacing (JSRT's square pixels).
+                    "landmarks": score_predictions(by_image, truth, spacings=spacings)["summary"][
+                        "landmarks"
+                    ],
                 }
-                for m in errors
+                for m, by_image in predictions.items()
             },
         }
-        log(f"{task_name}: {count} localisations per method, {len(errors)} methods")
+        log(f"{task_name}: {count} localisations per method, {len(predictions)} methods")
     earlier = _listed_figures(out_dir / "results.json")  # before it is replaced
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out_dir / "results.md", localize_markdown(results))
     _remove_earlier_figures(out_dir / "figures", earlier, _listed_figures(results), log)
     return results
-
-
-def _summary(errors: list[tuple[float, float | None]]) -> dict[str, float | None]:
-    """:func:`~localdisc.tasks.localize.radial_summary` of (px, mm) errors: in mm too where
-    every image has a pixel spacing."""
-    px, mm = zip(*errors, strict=True)
-    return radial_summary(px, mm=None if None in mm else mm)
 
 
 def _listed_figures(results: Path | dict[str, Any]) -> set[str]:

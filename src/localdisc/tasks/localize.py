@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localdisc.data.io import ImageMeta, read_image
+from localdisc.data.io import ImageMeta, read_image_meta
 from localdisc.data.preprocess import LUMA
 from localdisc.errors import ImageReadError, LocaldiscError
 from localdisc.tasks.predict import SkippedImages
@@ -334,7 +334,8 @@ def localize_images(
     ``skips``: what becomes of an image that cannot be read
     (:class:`~localdisc.tasks.predict.SkippedImages`; default: it stops the call). One it
     skips, where it is read or before (:func:`read_truth`), has no predictions, and its
-    overlay of an earlier call is removed; the template is never skipped."""
+    overlay of an earlier call is removed (and its truth, where ``truth`` is a :class:`Truth`:
+    read_truth checked its header alone); the template is never skipped."""
     skips = skips or SkippedImages(count=len(images))
     if overlay_dir is not None:
         check_overlay_dir(overlay_dir, images, template)
@@ -349,6 +350,9 @@ def localize_images(
         if read is None:  # no figure of it: an earlier call's is not of this one
             if overlay_dir is not None:
                 (Path(overlay_dir) / f"{name}.png").unlink(missing_ok=True)
+            if isinstance(truth, Truth):
+                # Unreadable past the header read_truth checked: left out, not scored.
+                truth.drop(name)
             continue
         image = read[0]
         found = localizer(image)
@@ -371,8 +375,9 @@ TRUTH_SHAPE = 'truth must be a JSON object {"IMAGE": {"LANDMARK": [x, y], ...}, 
 
 class Truth(dict[str, dict[str, Point]]):
     """:func:`read_truth`'s true landmarks, ``{image name: {landmark: (x, y)}}``, and in
-    ``metas`` each annotated image's :class:`~localdisc.data.io.ImageMeta` (read with it once:
-    its size checks the points, its pixel spacing gives the errors in mm)."""
+    ``metas`` each annotated image's :class:`~localdisc.data.io.ImageMeta` (from its header,
+    :func:`~localdisc.data.io.read_image_meta`: its size checks the points, its pixel spacing
+    gives the errors in mm)."""
 
     def __init__(
         self, points: Mapping[str, dict[str, Point]], metas: Mapping[str, ImageMeta]
@@ -387,6 +392,11 @@ class Truth(dict[str, dict[str, Point]]):
         header gave it), ``None`` where it has none: the ``spacings`` of
         :func:`score_predictions`."""
         return {name: meta.spacing for name, meta in self.metas.items()}
+
+    def drop(self, name: str) -> None:
+        """Leave out image ``name`` (skipped as unreadable when localised)."""
+        self.pop(name, None)
+        self.metas.pop(name, None)
 
 
 def read_truth(
@@ -403,11 +413,13 @@ def read_truth(
     name is that, the file name with its extension of one of ``images``. An image without an
     entry is not scored. Refused, naming the file: entries that match no image (or an image
     another entry matched, or several files of that name), landmarks that ``landmarks`` (the
-    template's) do not have, and points outside their image (each annotated image is read once
-    here for its size, so that a (row, column) mix-up stops the command before any model work,
-    and for its pixel spacing: :attr:`Truth.spacings`). ``skips``: what becomes of an annotated
-    image that cannot be read (:class:`~localdisc.tasks.predict.SkippedImages`: skipped, its
-    truth left out; default: its error is raised).
+    template's) do not have, and points outside their image (each annotated image's header is
+    read here, :func:`~localdisc.data.io.read_image_meta`, no pixel decoded where its format
+    allows: for its size, so that a (row, column) mix-up stops the command before any model
+    work, and for its pixel spacing: :attr:`Truth.spacings`). ``skips``: what becomes of an
+    annotated image that cannot be read (:class:`~localdisc.tasks.predict.SkippedImages`:
+    skipped, its truth left out; default: its error is raised); one whose pixels alone are
+    damaged is found when :func:`localize_images` reads it.
     """
     skips = skips or SkippedImages(count=len(images))
     path = Path(path)
@@ -464,14 +476,14 @@ def read_truth(
     metas = {}
     for name, points in list(truth.items()):
         try:
-            image, metas[name] = read_image(files[name])
+            meta = metas[name] = read_image_meta(files[name])
         except ImageReadError as exc:
             skips.unreadable(name, files[name], exc)  # raised unless it is skipped
             del truth[name]
             continue
         for k, point in points.items():
-            check_inside(f"{path}: image {entry[name]!r} landmark {k!r}", point, image.shape,
-                         str(files[name]))  # fmt: skip
+            check_inside(f"{path}: image {entry[name]!r} landmark {k!r}", point,
+                         (meta.height, meta.width), str(files[name]))  # fmt: skip
     return Truth(truth, metas)
 
 

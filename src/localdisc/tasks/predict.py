@@ -16,7 +16,14 @@ from localdisc.data.datasets import (
     match_masks,
     name_key,
 )
-from localdisc.data.io import ImageMeta, is_image_file, read_image, read_mask, write_png
+from localdisc.data.io import (
+    ImageMeta,
+    is_image_file,
+    read_image,
+    read_image_meta,
+    read_mask,
+    write_png,
+)
 from localdisc.data.preprocess import fov_from_image, resize_mask, to_modality_channels
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
@@ -565,9 +572,9 @@ def score_prediction(
 
 def image_mask(path: Path, image: Path) -> np.ndarray:
     """The true mask at ``path`` as a bool array, checked against its image's size (read from
-    its header where PIL can: :func:`_image_size`)."""
-    width, height = _image_size(image)
-    return sized_mask(path, image, (height, width))
+    its header where the format allows: :func:`~localdisc.data.io.read_image_meta`)."""
+    meta = read_image_meta(image)
+    return sized_mask(path, image, (meta.height, meta.width))
 
 
 def sized_mask(path: Path, image: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -614,18 +621,6 @@ def true_masks(
             except ImageReadError as exc:  # the image's own (a mask's is raised on)
                 skips.unreadable(name, match.image, exc)
     return matched
-
-
-def _image_size(image: Path) -> tuple[int, int]:
-    """Width and height of ``image`` (decoded when PIL cannot read its header)."""
-    from PIL import Image
-
-    try:
-        with Image.open(image) as opened:
-            return opened.size
-    except Exception:  # noqa: BLE001 - .ppm.gz, 16-bit TIFFs: read it as the model did
-        array = read_image(image)[0]
-        return array.shape[1], array.shape[0]
 
 
 def _fov(
