@@ -88,6 +88,8 @@ def test_inspect_tables_spec_and_preview(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "vessels: 1" in result.stdout and "24x20: 1" in result.stdout
     assert "sizes (HxW)" in result.stdout  # 24 high, 20 wide: not the usual W x H
+    # The vessels' share is of the FOV (the image less a 3-pixel border), not of the image.
+    assert "coverage (of FOV)" in result.stdout
     with Image.open(preview) as im:
         assert im.format == "PNG"
 

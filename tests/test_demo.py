@@ -1,3 +1,4 @@
+import re
 import time
 
 import pytest
@@ -19,6 +20,10 @@ def test_quick_demo_writes_its_figures_in_seconds(tmp_path):
     assert "one-shot localisation (LD" in result.output and "fovea" in result.output
     assert "vessels without labels" in result.output and "Sato" in result.output
     assert "taught network" in result.output
+    # The taught network's steps have the progress bar of every other long phase: not a
+    # terminal here, so its timestamped plain lines (they were missing), its log lines kept.
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d student: step 2/2 ", result.output, re.M)
+    assert "student step 2/2: loss" in result.output
     # Seconds on an idle 2-core CPU; the loose bound catches a quick mode grown tenfold, not the
     # noise of a loaded machine (74 s there while four other jobs ran).
     assert elapsed < 120

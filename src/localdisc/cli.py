@@ -127,6 +127,8 @@ def _print_inspection(report: dict) -> None:
     """The report of ``datasets inspect`` as rich tables."""
     from rich.table import Table
 
+    from localdisc.data.inspect import coverage_header
+
     console.print(
         f"[bold]{escape(report['name'])}[/] at {escape(report['root'] or '(generated)')}, "
         f"modality {report['modality']}",
@@ -134,7 +136,8 @@ def _print_inspection(report: dict) -> None:
     )
     table = Table(show_lines=True)
     # Height first (DRIVE's 565-wide photographs are 584x565), as the JSON report's "HxW".
-    for column in ("split", "images", "masks", "FOV", "sizes (HxW)", "coverage"):
+    # The coverage is of the FOV (DRIVE), beside the FOV's share of the image: say which.
+    for column in ("split", "images", "masks", "FOV", "sizes (HxW)", coverage_header(report)):
         table.add_column(column, overflow="fold")
     for split, s in report["splits"].items():
         fov = f"{s['fov']} ({s['fov_source']}"
@@ -562,7 +565,9 @@ def predict(
         ..., "--images", help="Image files or folders (recursive); repeatable."
     ),
     out: Path = typer.Option(..., "--out", help="Output folder."),
-    threshold: float = typer.Option(0.5, help="Probability above which a pixel is foreground."),
+    threshold: float = typer.Option(
+        0.5, min=0.0, max=1.0, help="Probability at or above which a pixel is foreground."
+    ),
     fov_masks: Path | None = typer.Option(
         None, help="A folder of FOV masks named as the images: background outside them."
     ),

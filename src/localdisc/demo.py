@@ -305,8 +305,9 @@ def demo_vessels(
         side = 16 * max(1, size // 16)  # the U-Net's multiple
         settings = StudentConfig(size=side, crop=side // 2, steps=student_steps, painted=PAINTED,
                                  seed=config.seed, device=config.device)  # fmt: skip
+        # With the bar (timestamped lines when not a terminal) every other long phase shows.
         student = train_student([c[1] for c in cases], [c[3] for c in cases], fraction, settings,
-                                log=log)  # fmt: skip
+                                log=log, progress=config.progress)  # fmt: skip
     for name, image, truth, fov in cases:
         maps = segment(model, image, fov)
         _, sato = segment_vessels(image, fov, threshold=fraction, erode_fov=2)

@@ -53,6 +53,25 @@ def test_inspect_reports_counts_sizes_coverage(tmp_path: Path) -> None:
     assert train["fov_source"] == "official mask files" and train["fov_fraction"] == 1.0
 
 
+def test_inspect_says_whether_coverage_is_of_the_fov_or_the_image(tmp_path: Path) -> None:
+    # The CLI's "coverage" column stood beside "FOV ... % of image" but is a share of the FOV.
+    from localdisc.data.inspect import coverage_header
+
+    root = make_drive(tmp_path / "DRIVE")  # FOV files covering the whole image, as JSRT's
+    report = inspect_dataset("drive", root, progress=False)
+    assert {s["coverage_of"] for s in report["splits"].values()} == {"image"}
+    assert coverage_header(report) == "coverage (of image)"
+    fov = np.zeros((H, W), np.uint8)
+    fov[:, : W // 2] = 255  # the left half: vessels (rows 10-14) cover 5 of 30 rows of it
+    for path in root.glob("*/mask/*_mask.gif"):
+        save(path, fov)
+    report = inspect_dataset("drive", root, progress=False)
+    train = report["splits"]["train"]
+    assert train["coverage_of"] == "FOV" and train["fov_fraction"] == 0.5
+    assert train["coverage"]["vessels"] == pytest.approx(5 / 30, abs=1e-4)  # not 5 / 60
+    assert coverage_header(report) == "coverage (of FOV)"
+
+
 def test_inspect_reports_drive_public_test_split_as_unlabelled(tmp_path: Path) -> None:
     # DRIVE as downloaded from grand-challenge.org / Kaggle: no test tracings.
     root = make_drive(tmp_path / "DRIVE")

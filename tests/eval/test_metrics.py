@@ -372,3 +372,55 @@ def test_best_cluster_dice_wants_one_cluster_for_all_images():
         best_cluster_dice([first], [region, region])
     with pytest.raises(ValueError, match="shapes differ"):
         best_cluster_dice([first], [region[:3]])
+
+
+# ------------------------------------------------------------- input checks shared by all metrics
+
+
+def test_paper_dice_refuses_a_probability_map_and_takes_one_channel_masks():
+    # A 0.3 probability map was cast to bool (all foreground): Dice 0.0 against an empty target,
+    # where dice_score at 0.5 gives 1.0. It is now refused as the other binary metrics refuse it.
+    from localdisc.errors import InputError
+    from localdisc.eval.metrics import paper_dice
+
+    prob = np.full((8, 8), 0.3, dtype=np.float32)
+    empty = np.zeros((8, 8), dtype=bool)
+    with pytest.raises(InputError, match=r"mask must be boolean .*got values 0\.3"):
+        paper_dice(prob, empty, size=8)
+    with pytest.raises(InputError, match="target must be boolean"):
+        paper_dice(empty, (~empty).astype(np.uint8) * 255, size=8)
+    assert paper_dice(prob >= 0.5, empty, size=8) == dice_score(prob, empty) == 1.0
+    # H x W x 1 (read_image's grey masks) is taken as H x W; it was "shapes differ".
+    bar = _bar(3)
+    assert paper_dice(bar[..., None], bar, size=16) == 1.0
+    assert paper_dice(bar.astype(np.uint8), bar[..., None].astype(np.float32), size=16) == 1.0
+
+
+def test_auc_roc_takes_one_channel_arrays_as_h_x_w():
+    # segmentation_metrics took H x W x 1 while auc_roc said "shapes differ".
+    prob, target, fov = _vessel_example()
+    expected = auc_roc(prob, target, fov)
+    assert auc_roc(prob[..., None], target, fov) == expected
+    assert auc_roc(prob, target[..., None].astype(np.float32), fov[..., None]) == expected
+    with pytest.raises(ValueError, match="shapes differ"):
+        auc_roc(np.repeat(prob[..., None], 3, axis=2), target)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p, t, f, th: vessel_metrics(p, t, f, threshold=th),
+        lambda p, t, f, th: segmentation_metrics(p, t, f, threshold=th),
+        lambda p, t, f, th: dice_score(p, t, threshold=th),
+    ],
+)
+def test_a_threshold_outside_0_1_is_refused(call):
+    # threshold=128 (a 0-255 habit) gave sensitivity 0 silently.
+    from localdisc.errors import InputError
+
+    prob, target, fov = _vessel_example()
+    for bad in (128, -0.1, 1.5):
+        with pytest.raises(InputError, match=rf"threshold must be in \[0, 1\].*got {bad:g}"):
+            call(prob, target, fov, bad)
+    for edge in (0.0, 1.0):  # the ends are valid: all foreground, only certain pixels
+        call(prob, target, fov, edge)

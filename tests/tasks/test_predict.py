@@ -588,3 +588,18 @@ def test_predict_cli_says_what_predict_images_returned(tmp_path, monkeypatch):
         f"in {out / 'predict.json'} scored (2 images): dice 0.5000 +- 0.2500 per image in "
         f"{out / 'metrics.json'}"
     )
+
+
+def test_predict_threshold_is_a_probability_at_or_above_which_a_pixel_counts(tmp_path):
+    # The help said "above which" (the mask is prob >= threshold), and a 0-255 threshold such
+    # as 128 wrote empty masks without a word.
+    from localdisc.tasks.predict import mask_png
+
+    assert mask_png(np.array([[0.5, 0.49]], dtype=np.float32), 0.5).tolist() == [[255, 0]]
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "400"})
+    assert "Probability at or above which a pixel is foreground." in " ".join(result.output.split())
+    result = runner.invoke(app, ["predict", "--model", str(tmp_path), "--images", str(tmp_path),
+                                 "--out", str(tmp_path / "out"), "--threshold", "128"])  # fmt: skip
+    assert result.exit_code == 2 and "--threshold" in result.output
+    assert not (tmp_path / "out").exists()

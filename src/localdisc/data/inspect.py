@@ -52,6 +52,7 @@ class _SplitStats:
         self.sizes: Counter[str] = Counter()
         self.coverage: dict[str, list[float]] = {}
         self.fov_fraction: list[float] = []
+        self.partial_fov = False
         self.low_contrast: list[str] = []
 
     def add(self, sample: Sample) -> None:
@@ -62,6 +63,7 @@ class _SplitStats:
         if fov.any():
             self.fov += 1
             self.fov_fraction.append(float(fov.mean()))
+        self.partial_fov = self.partial_fov or not fov.all()
         inside = max(int(fov.sum()), 1)
         for target, mask in sample.masks.items():
             self.masks[target] += 1
@@ -81,6 +83,9 @@ class _SplitStats:
             else None,
             "sizes": dict(sorted(self.sizes.items())),
             "coverage": {t: round(float(np.mean(v)), 4) for t, v in self.coverage.items()},
+            # Said, because beside "FOV ... % of image" a share of the FOV reads as one of the
+            # image; where every FOV is the whole image (JSRT/SCR) the two are the same.
+            "coverage_of": "FOV" if self.partial_fov else "image",
             "targets": list(dataset.targets),
             "default_target": dataset.default_target,
             # An unlabelled split (DRIVE's public test half) is reported, not an error.
@@ -102,7 +107,8 @@ def inspect_dataset(
 
     Returns ``{"name", "root", "modality", "splits": {split: {"images", "masks": {target: n},
     "fov", "fov_source", "fov_fraction", "sizes": {"HxW": n}, "coverage": {target: mean
-    fraction of the FOV}, "targets", "default_target", "labelled": whether the split has any
+    fraction of the FOV}, "coverage_of": "FOV", or "image" where every image's FOV is the whole
+    image, "targets", "default_target", "labelled": whether the split has any
     target, "missing_labels": {target: why its label folder is absent}, "low_contrast": [names
     of images whose intensities span less than LOW_CONTRAST_SPAN]}}, "skipped": [{"path",
     "reason"}]}``. Split sets report ``train`` and ``test``, unsplit ones ``all``; a split
@@ -159,6 +165,13 @@ def inspect_dataset(
         "splits": {d.split: s.report(d) for d, s in zip(datasets, stats, strict=True)},
         "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
     }
+
+
+def coverage_header(report: dict[str, Any]) -> str:
+    """The heading of an :func:`inspect_dataset` report's coverage column: the share is of the
+    FOV where some image's FOV is smaller than the image (DRIVE), else of the whole image."""
+    of_fov = any(s.get("coverage_of") == "FOV" for s in report["splits"].values())
+    return f"coverage (of {'FOV' if of_fov else 'image'})"
 
 
 #: Overlay colours for the targets of a preview, in order: (name for the title, RGB).

@@ -6,7 +6,7 @@ Conventions used throughout:
   ground-truth mask (bool, or 0/1); ``fov``/``mask`` is an optional bool field of view, ``None``
   meaning the whole image.
 * A pixel is predicted foreground when ``prob >= threshold`` (so exactly 0.5 counts as
-  foreground at the default threshold 0.5).
+  foreground at the default threshold 0.5); ``threshold`` must lie in [0, 1].
 * Ratios whose denominator is zero are NaN (sensitivity without positives, specificity without
   negatives, AUC with a single class), except overlap scores (Dice/F1, clDice), which follow the
   usual convention (e.g. MONAI's ``ignore_empty=False``): prediction and target both empty gives
@@ -94,8 +94,15 @@ def _as_prob(prob: ArrayLike) -> np.ndarray:
 
 
 def _binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """``prob >= threshold``, the one place the metrics binarise, so the check is everywhere."""
     if not math.isfinite(threshold):
         raise InputError(f"threshold must be finite, got {threshold}")
+    if not 0.0 <= threshold <= 1.0:
+        # A 0-255 threshold (e.g. 128) on probabilities would silently predict nothing.
+        raise InputError(
+            f"threshold must be in [0, 1] (a probability), got {threshold:g}; "
+            "a 0-255 threshold such as 128 would mark no pixel as foreground"
+        )
     return prob >= threshold
 
 
@@ -131,13 +138,14 @@ def auc_roc(prob: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None) -
     AUC = (R+ - n+ (n+ + 1) / 2) / (n+ n-), with R+ the sum of the ranks of the positive pixels
     and tied scores given their average rank, which is exactly the trapezoidal ROC AUC (as in
     scikit-learn's ``roc_auc_score``). ``prob`` may be any real score (only its order matters).
-    Returns NaN when the pixels inside the mask hold only one class.
+    Returns NaN when the pixels inside the mask hold only one class. Arrays are H x W, or
+    H x W x 1 taken as H x W (as in :func:`segmentation_metrics`).
     """
     # Not monai.metrics.compute_roc_auc: it walks the sorted scores in a Python loop (~5x slower
     # at 10^6 pixels, and float32-rounded); rankdata is one vectorised sort.
-    s = np.asarray(prob)
-    t = _as_bool(target, "target")
-    m = None if mask is None else _as_bool(mask, "mask")
+    s = _drop_channel(prob)
+    t = _as_bool(_drop_channel(target), "target")
+    m = None if mask is None else _as_bool(_drop_channel(mask), "mask")
     _check_shapes(prob=s, target=t, mask=m)
     if m is not None:
         s, t = s[m], t[m]
@@ -319,11 +327,16 @@ def paper_dice(mask: ArrayLike, target: ArrayLike, size: int = 512) -> float:
     and the reference both resized to ``size x size`` (nearest neighbour), then :func:`dice_score`.
 
     Resizing probabilities instead would thin vessels of a pixel or two below 0.5.
+
+    ``mask`` and ``target`` must be binary (bool, or 0/1), H x W or H x W x 1: a probability
+    map is refused rather than cast (any value above 0 would count as foreground); pass
+    ``prob >= 0.5``.
     """
     from localdisc.data.preprocess import resize_mask
 
-    pred = resize_mask(np.asarray(mask, dtype=bool), size).astype(np.float32)
-    return dice_score(pred, resize_mask(np.asarray(target, dtype=bool), size))
+    m = _as_bool(_drop_channel(mask), "mask")
+    t = _as_bool(_drop_channel(target), "target")
+    return dice_score(resize_mask(m, size).astype(np.float32), resize_mask(t, size))
 
 
 def best_cluster_dice(
