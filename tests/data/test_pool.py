@@ -201,3 +201,30 @@ def test_skip_bad_stops_at_an_error_of_the_installation(tmp_path: Path, monkeypa
     monkeypatch.setattr(pool_module, "read_image", no_decoder)
     with pytest.raises(ReaderSetupError, match="pip install python-gdcm"):
         resolve_pool([str(folder)], "xray", 8, skip_bad=True, log=lambda m: None)
+
+
+def test_images_that_use_a_small_part_of_the_range_are_named(tmp_path: Path) -> None:
+    # A 12-bit radiograph in a 16-bit PNG reads as 0 to 1/16 (16-bit files are scaled by
+    # 65535): its pool copy keeps 17 grey levels, and the pool was built without a word.
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    ramp = np.add.outer(np.arange(32), np.arange(32)) / 62
+    Image.fromarray((ramp * 4095).astype(np.uint16)).save(folder / "xray12.png")
+    Image.fromarray((ramp * 255).astype(np.uint8)).save(folder / "xray8.png")
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(folder / "xray16.png")
+    lines: list[str] = []
+    pool, _ = resolve_pool([str(folder)], "xray", 32, workers=1, log=lines.append)
+    said = [line for line in lines if "1/8 of the intensity range" in line]
+    assert said == [
+        "1 pool image(s) use under 1/8 of the intensity range (xray12.png): 12-bit data in "
+        "16-bit files? their pool copies keep 17 grey levels or fewer; rescale them to the full "
+        "range"
+    ]
+    assert int(pool[0].max()) == 16  # the intensities are kept (fine-tuning reads them so)
+
+
+def test_full_range_pools_say_nothing_of_the_range(tmp_path: Path) -> None:
+    folder = _grey_folder(tmp_path / "pool", {"a.png": 200, "b.png": 32})
+    lines: list[str] = []
+    resolve_pool([str(folder), "synthetic_xray:2"], "xray", 8, log=lines.append)
+    assert not any("intensity range" in line for line in lines)

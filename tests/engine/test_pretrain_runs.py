@@ -287,6 +287,7 @@ def test_a_skipped_last_step_still_checkpoints_and_validates(
         ("lr", 0.0, "lr must be > 0"),
         ("max_images", 0, "max_images must be >= 1, not 0"),
         ("max_images", -1, "max_images must be >= 1, not -1"),
+        ("val_images", -2, "val_images must be >= 0, not -2"),  # it flipped the split
         ("stage1_seconds", float("nan"), "time budgets must be > 0 seconds and finite, not nan"),
         ("stage2_seconds", float("inf"), "time budgets must be > 0 seconds and finite, not inf"),
         ("stage1_seconds", -1.0, "time budgets must be > 0"),
@@ -295,3 +296,14 @@ def test_a_skipped_last_step_still_checkpoints_and_validates(
 def test_config_rejects_settings_that_cannot_train(field: str, value: object, message: str) -> None:
     with pytest.raises(LocaldiscError, match=message):
         tiny_pretrain_config(**{field: value})
+
+
+def test_reflect_padding_needs_views_that_keep_2_x_2_pixels_in_the_deepest_block() -> None:
+    # A 16-px view is 1 x 1 after four poolings, which torch cannot reflect-pad: it failed at
+    # the first step with a bare RuntimeError.
+    message = r"padding reflect needs size >= 32 with depth 5 \(2 x 2 pixels"
+    with pytest.raises(LocaldiscError, match=message):
+        tiny_pretrain_config(padding="reflect", size=16)
+    tiny_pretrain_config(padding="reflect", size=32)
+    tiny_pretrain_config(padding="reflect", size=16, depth=4)
+    tiny_pretrain_config(padding="circular", size=16)

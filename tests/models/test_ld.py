@@ -72,6 +72,16 @@ def test_embed_and_cluster_take_raw_images_of_any_size():
     assert xray.embed(image).shape == (8, 37, 50)  # RGB X-ray reduced to luminance
 
 
+def test_reflect_padding_takes_images_of_16_pixels_and_fewer():
+    # Padded to 16 only, a 16-px image reached the fifth block as 1 x 1, which torch cannot
+    # reflect-pad: a bare RuntimeError from deep in the network.
+    model = LDModel(LDConfig(padding="reflect", dim=8, clusters=4))
+    for side in (16, 12, 1):
+        image = np.random.default_rng(side).random((side, side + 3, 3), dtype=np.float32)
+        v, a = model.embed_and_cluster(image)
+        assert v.shape == (8, side, side + 3) and a.shape == (4, side, side + 3)
+
+
 def test_save_and_from_pretrained_round_trip(tmp_path):
     model = LDModel(dim=8, clusters=4).eval()
     model.save(tmp_path)

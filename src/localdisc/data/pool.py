@@ -105,6 +105,36 @@ def synthetic_pool(
     return torch.from_numpy(np.stack(arrays))
 
 
+#: A pool image (uint8) whose brightest pixel is below this uses under 1/8 of the range.
+DIM_BELOW = 32
+
+
+def _say_dim_images(
+    results: Sequence[np.ndarray | str], names: Sequence[str], log: Callable[[str], None]
+) -> None:
+    """One line through ``log`` naming the decoded pool images (``results``, as
+    :func:`_decode` gives them) that use under 1/8 of the intensity range.
+
+    A 12-bit radiograph in a 16-bit file reads as 0 to 1/16 (16-bit is scaled by 65535, as
+    fine-tuning reads it too, so the pool keeps those intensities) and its uint8 pool copy keeps
+    17 grey levels: the network would train on near-black images without a word. Checked on the
+    arrays already decoded (a second read of a large pool would take minutes)."""
+    dim = [
+        (name, int(r.max()))
+        for name, r in zip(names, results, strict=True)
+        if not isinstance(r, str) and r.max() < DIM_BELOW
+    ]
+    if not dim:
+        return
+    shown = ", ".join(name for name, _ in dim[:3]) + (", ..." if len(dim) > 3 else "")
+    levels = max(top for _, top in dim) + 1
+    log(
+        f"{len(dim)} pool image(s) use under 1/8 of the intensity range ({shown}): 12-bit data "
+        f"in 16-bit files? their pool copies keep {levels} grey levels or fewer; rescale them "
+        "to the full range"
+    )
+
+
 def _source_name(path: Path, root: Path | None) -> str:
     """``path`` relative to ``root`` (its folder or data set root) where it lies under it, else
     whole: the name by which a figure or a run's record names a pool image."""
@@ -152,6 +182,9 @@ def resolve_pool(
     that are fine once read once, and the runs saved with them could not be resumed.
     ``skimage:retina`` is the exception: each repeat adds a copy of that one photograph (the
     demo weights it so).
+
+    Files whose images use under 1/8 of the intensity range (12-bit data in 16-bit files) are
+    named in one line through ``log``; their intensities are kept, as fine-tuning reads them.
     """
     from localdisc.data.datasets import parse_data_spec, pool_image_paths
 
@@ -265,6 +298,7 @@ def resolve_pool(
             raise ImageReadError(
                 paths[0], f"{results[0]}; no readable image in the pool ({which} skipped)"
             )
+        _say_dim_images(results, path_names, log)
     skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
     tensors: list[torch.Tensor] = []
     for part, made in zip(parts, part_names, strict=True):

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,13 @@ from localdisc.losses import (
     region_discrimination_loss,
 )
 from localdisc.methods.base import PretrainObjective
-from localdisc.models.ld import BACKBONE_FIELDS, LDConfig, LDModel, refuse_peer_run
+from localdisc.models.ld import (
+    BACKBONE_FIELDS,
+    LDConfig,
+    LDModel,
+    refuse_peer_run,
+    smallest_side,
+)
 from localdisc.priors.sources import absolute_prior_spec, describe_prior
 
 # Fields that may differ when a run is resumed (they do not change what is computed).
@@ -172,6 +179,12 @@ class PretrainConfig:
             problems.append(
                 f"padding must be zeros, circular, reflect or replicate, not {self.padding!r}"
             )
+        elif 2 <= self.depth <= 5 and self.size < smallest_side(self.padding, self.depth):
+            # torch cannot reflect-pad the 1 x 1 maps a 16-px view has after 4 poolings
+            problems.append(
+                f"padding reflect needs size >= {smallest_side(self.padding, self.depth)} with "
+                f"depth {self.depth} (2 x 2 pixels in the deepest block), not {self.size}"
+            )
         if self.center_sigma is not None and self.center_sigma <= 0:
             problems.append(f"center_sigma must be > 0, not {self.center_sigma}")
         if self.clusters < 2:
@@ -182,6 +195,8 @@ class PretrainConfig:
             problems.append(f"lr must be > 0 and finite, not {self.lr}")
         if self.max_images is not None and self.max_images < 1:
             problems.append(f"max_images must be >= 1, not {self.max_images}")
+        if self.val_images is not None and self.val_images < 0:  # it would flip the split
+            problems.append(f"val_images must be >= 0, not {self.val_images}")
         if self.prior is not None and self.stage2_steps == 0:
             problems.append("a shape prior acts in stage 2: give stage 2 some steps")
         if self.prior_weight < 0 or self.disc_lr <= 0 or self.prior_count < 1:
@@ -418,6 +433,35 @@ def _changed_settings(given: PretrainConfig, saved: PretrainConfig) -> list[str]
     return [f"{k} {b[k]!r} (given {a[k]!r})" for k in a if k not in RUNTIME_FIELDS and differs(k)]
 
 
+def refuse_changed_pool(
+    run_dir: Path, config: PretrainConfig, saved: dict[str, Any] | None, now: dict[str, Any]
+) -> None:
+    """Raise :class:`CheckpointError` if the pool read for a resume (``now``: its record) differs
+    from the one the run started with (``saved``: config.json's ``pool``; older runs have none)
+    in its number of images or its validation images: the resumed run would train and validate
+    on other images than its checkpoint's, and config.json would name the wrong ones."""
+    if not isinstance(saved, dict):
+        return
+    changes = []
+    if saved.get("images") != now["images"]:
+        changes.append(f"{now['images']} images now, {saved.get('images')} at the first start")
+    old = saved.get("val_names")
+    if isinstance(old, list) and old != now["val_names"]:
+        pairs = [(a, b) for a, b in zip_longest(old, now["val_names"]) if a != b]
+        shown = ", ".join(f"{a!r} -> {b!r}" for a, b in pairs[:3])
+        more = f", ... ({len(pairs) - 3} more)" if len(pairs) > 3 else ""
+        changes.append(f"other validation images (first start -> now: {shown}{more})")
+    if not changes:
+        return
+    skip = "; with --skip-bad, the same files must be unreadable" if config.skip_bad else ""
+    raise CheckpointError(
+        f"{run_dir}: the pool differs from the one the run started with ({'; '.join(changes)}): "
+        "resumed, it would train and validate on other images than its checkpoints. Restore "
+        f"the data ({', '.join(config.data)}) as it was at the first start{skip}, or start a new "
+        "run with another --out (nothing was changed)"
+    )
+
+
 def _world_size_problem(run_dir: Path, trained_with: int, now: int) -> str:
     how = "without torchrun" if trained_with == 1 else f"with {trained_with} processes in all"
     return (
@@ -600,7 +644,9 @@ def pretrain(
     env = environment(device, ctx.world_size) if main else None
     if config.prior:  # a mistyped prior is named before a large pool is decoded
         describe_prior(config.prior)
-    if config.init_from:  # a peer method's run has no trained embedding head to start from
+    # A resumed checkpoint holds every weight: the init_from run is not read, and may be gone.
+    from_checkpoint = resume and bool(list_checkpoints(run_dir / "checkpoints"))
+    if config.init_from and not from_checkpoint:  # a peer's run has no trained embedding head
         refuse_peer_run(config.init_from)
 
     skipped_files: list[tuple[Path, str]] = []
@@ -659,7 +705,18 @@ def pretrain(
     # named by its source (a file relative to its folder): which image a panel shows.
     figure_pool = val_pool[:4] if val_idx else train_pool[:4]
     figure_names = [pool_names[i] for i in (val_idx or train_idx)[:4]]
+    pool_record = {
+        "images": int(pool.shape[0]),
+        "val_images": int(val_pool.shape[0]),
+        # which images validate, and which the figures show (on a resume: the same)
+        "val_names": [pool_names[i] for i in val_idx],
+        "figure_names": figure_names,
+    }
 
+    # Read before the model is made: a resumed checkpoint's weights replace init_from's.
+    loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log) if resume else None
+    if resume and loaded is None:  # stopped before its first checkpoint: nothing to keep
+        log(f"{run_dir}: no checkpoint yet, starting from step 0")
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     backbone = {k: getattr(config, k) for k in BACKBONE_FIELDS}
     model = LDModel(LDConfig(**backbone, clusters=config.clusters))
@@ -668,7 +725,8 @@ def pretrain(
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if config.init_from:
+    if config.init_from and loaded is None:
+        refuse_peer_run(config.init_from)  # again: listed checkpoints may all be unreadable
         init_from_run(model, config.init_from)
     objective = None
     if config.method != "ld":
@@ -711,9 +769,6 @@ def pretrain(
     # The steps since the last log row, as a checkpoint in between saved them: a resumed run's
     # first row then averages the same steps as an uninterrupted run's (older ones: none).
     window: tuple[dict[str, Tensor], dict[str, Any]] | None = None
-    loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log) if resume else None
-    if resume and loaded is None:  # stopped before its first checkpoint: nothing to keep
-        log(f"{run_dir}: no checkpoint yet, starting from step 0")
     already_finished = False
     if loaded is not None:
         state, tensors = loaded
@@ -725,6 +780,9 @@ def pretrain(
         )
         if not already_finished and trained_with != ctx.world_size:
             raise CheckpointError(_world_size_problem(run_dir, trained_with, ctx.world_size))
+        if not already_finished:
+            saved_pool = json.loads(config_path.read_text()).get("pool")
+            refuse_changed_pool(run_dir, config, saved_pool, pool_record)
         model.load_state_dict(tensors["model"])
         if not already_finished:  # a finished run samples no more (and may have other ranks)
             gen.set_state(tensors["rng"][f"sampler_{ctx.rank}"])
@@ -752,19 +810,18 @@ def pretrain(
     elif main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         meta = {"pretrain": _with_absolute_paths(config), "model": asdict(model.config)}
-        meta["pool"] = {
-            "images": int(pool.shape[0]),
-            "val_images": int(val_pool.shape[0]),
-            # which images validate, and which the figures show (on a resume: the same)
-            "val_names": [pool_names[i] for i in val_idx],
-            "figure_names": figure_names,
-        }
+        meta["pool"] = pool_record
         if skipped_files:
             meta["skipped_files"] = [[str(p), r] for p, r in skipped_files]
         meta["environment"] = env  # outside "pretrain": a resume does not compare it
         atomic_write_text(config_path, json.dumps(meta, indent=2))
     if main and resume and not already_finished:  # the first start's environment stays
         saved = json.loads(config_path.read_text())
+        if loaded is None:  # starting over: on the pool as it is now, which the record says
+            saved["pool"] = pool_record
+            saved.pop("skipped_files", None)
+            if skipped_files:
+                saved["skipped_files"] = [[str(p), r] for p, r in skipped_files]
         meta = {**saved, **resumed(saved, env, step=step)}
         atomic_write_text(config_path, json.dumps(meta, indent=2))
 

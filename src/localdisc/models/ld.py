@@ -84,6 +84,13 @@ PADDINGS = ("zeros", "circular", "reflect", "replicate")
 DEPTHS = range(2, 6)
 
 
+def smallest_side(padding: str, depth: int) -> int:
+    """The smallest image side an LD network of ``padding`` and ``depth`` takes: 16 (its sides
+    are multiples of 16), or ``2 ** depth`` with reflect padding, which torch refuses on the
+    1 x 1 maps that a 16-px image has in the fifth block (2 x 2 are needed)."""
+    return max(16, 2**depth) if padding == "reflect" else 16
+
+
 def is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -289,10 +296,11 @@ class LDModel(nn.Module):
         arr = to_modality_channels(as_raw_image(image), self.config.modality)
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
         h, w = x.shape[-2:]
-        # The network needs multiples of 16; replicate-pad and crop the outputs back.
-        x = F.pad(
-            normalize(x, self.config.modality), (0, (-w) % 16, 0, (-h) % 16), mode="replicate"
-        )
+        # The network needs multiples of 16 (and, reflect-padded, at least smallest_side);
+        # replicate-pad and crop the outputs back.
+        least = smallest_side(self.config.padding, self.config.depth)
+        pad_h, pad_w = (max(least, side + (-side) % 16) - side for side in (h, w))
+        x = F.pad(normalize(x, self.config.modality), (0, pad_w, 0, pad_h), mode="replicate")
         return x.to(next(self.parameters()).device), h, w
 
     @torch.no_grad()

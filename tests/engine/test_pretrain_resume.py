@@ -1,0 +1,100 @@
+"""A resume continues the run it was started as: on the same pool, without its init_from run."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from helpers import tiny_pretrain_config, torch_threads
+from localdisc.data.pool import synthetic_pool
+from localdisc.engine.checkpoint import load_safetensors
+from localdisc.engine.pretrain import pretrain
+from localdisc.errors import CheckpointError
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with torch_threads(1):  # tiny tensors: fastest on one, and no stall on busy cores
+        yield
+
+
+@pytest.fixture(scope="module")
+def images():
+    return synthetic_pool(9, "fundus", 48)
+
+
+def save_images(folder: Path, images, indices) -> None:
+    folder.mkdir(exist_ok=True)
+    for i in indices:
+        Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"img{i}.png")
+
+
+def test_a_resume_on_a_changed_pool_is_refused(tmp_path, images):
+    # An image added to the folder between the stop and the resume: the split was drawn again
+    # over the new pool, silently, while config.json kept naming the old validation images.
+    data, run = tmp_path / "data", tmp_path / "run"
+    save_images(data, images, range(8))
+    config = tiny_pretrain_config(data=[str(data)], workers=1)
+    pretrain(config, run, stop_at_step=2, log=quiet)
+    save_images(data, images, [8])
+    with pytest.raises(CheckpointError) as caught:
+        pretrain(config, run, resume=True, log=quiet)
+    message = str(caught.value)
+    assert message.startswith(f"{run}: the pool differs from the one the run started with")
+    assert "9 images now, 8 at the first start" in message
+    assert "other validation images (first start -> now: 'img" in message
+    assert f"Restore the data ({data}) as it was at the first start" in message
+    assert "start a new run with another --out" in message
+    (data / "img8.png").unlink()  # restored: the resume goes on
+    assert pretrain(config, run, resume=True, log=quiet).steps == config.total_steps
+
+
+def test_a_resume_passes_when_max_images_and_skip_bad_give_the_same_pool(tmp_path, images):
+    # The same unreadable file skipped again, and an image added beyond --max-images, leave
+    # the pool as it was: no reason to refuse.
+    data, run = tmp_path / "data", tmp_path / "run"
+    save_images(data, images, range(6))
+    (data / "img3.png").write_bytes(b"not a png")
+    config = tiny_pretrain_config(data=[str(data)], skip_bad=True, max_images=5, workers=1)
+    pretrain(config, run, stop_at_step=2, log=quiet)
+    save_images(data, images, [8])  # img8.png sorts after the five kept
+    assert pretrain(config, run, resume=True, log=quiet).steps == config.total_steps
+    assert json.loads((run / "config.json").read_text())["pool"]["images"] == 4
+
+
+def test_a_resume_before_the_first_checkpoint_records_the_pool_it_trains_on(tmp_path, images):
+    # Without a checkpoint the resume starts over on the pool as it is now; config.json kept
+    # the old pool's record, and a later resume would have compared with it.
+    data, run = tmp_path / "data", tmp_path / "run"
+    save_images(data, images, range(8))
+    config = tiny_pretrain_config(data=[str(data)], workers=1)
+    pretrain(config, run, stop_at_step=1, log=quiet)  # checkpoints come every 2 steps
+    save_images(data, images, [8])
+    pretrain(config, run, resume=True, stop_at_step=4, log=quiet)
+    assert json.loads((run / "config.json").read_text())["pool"]["images"] == 9
+    assert pretrain(config, run, resume=True, log=quiet).steps == config.total_steps
+
+
+def test_a_resume_does_not_need_the_init_from_run(tmp_path, images):
+    # Its checkpoint holds every weight; the resume failed on the stage-1 run moved away.
+    pool = images[:6]
+    pretrain(tiny_pretrain_config(stage2_steps=0), tmp_path / "stage1", pool=pool, log=quiet)
+    config = tiny_pretrain_config(stage1_steps=0, stage2_steps=4,
+                                  init_from=str(tmp_path / "stage1"))  # fmt: skip
+    pretrain(config, tmp_path / "straight", pool=pool, log=quiet)
+    pretrain(config, tmp_path / "resumed", pool=pool, stop_at_step=2, log=quiet)
+    shutil.move(tmp_path / "stage1", tmp_path / "archived")
+    assert pretrain(config, tmp_path / "resumed", pool=pool, resume=True, log=quiet).steps == 4
+    a = load_safetensors(tmp_path / "straight" / "model.safetensors")
+    b = load_safetensors(tmp_path / "resumed" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(CheckpointError, match="stage1: no such folder"):  # a fresh start needs it
+        pretrain(config, tmp_path / "fresh", pool=pool, log=quiet)
