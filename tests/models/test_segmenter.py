@@ -137,6 +137,8 @@ def test_from_ld_run_takes_a_weight_file_of_the_run(tmp_path):
         (dict(modality="ct"), "modality must be one of fundus, xray"),
         (dict(size=50), "size must be a positive multiple of 16"),  # failed deep in the decoder
         (dict(padding="mirror"), "padding must be one of"),
+        # torch's bare "Padding size should be less than ..." at the first step
+        (dict(size=16, padding="reflect"), "padding reflect needs size >= 32 with depth 5"),
     ],
 )
 def test_a_bad_config_is_a_localdisc_error_that_is_still_a_value_error(kwargs, message):

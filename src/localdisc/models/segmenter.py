@@ -29,6 +29,7 @@ from localdisc.models.ld import (
     check_weights_file,
     is_positive_int,
     load_matching_weights,
+    smallest_side,
     split_weights_path,
 )
 from localdisc.models.vgg_unet import UNetDecoder, VGGEncoder
@@ -56,6 +57,11 @@ class SegmenterConfig:
             if not (is_positive_int(self.size) and self.size % unit == 0):
                 problems.append(f"size must be a positive multiple of {unit} (a network of depth "
                                 f"{self.depth}), not {self.size!r}")  # fmt: skip
+            elif self.size < (least := smallest_side(self.padding, self.depth)):
+                # torch cannot reflect-pad the 1 x 1 maps of the deepest block
+                problems.append(f"padding reflect needs size >= {least} with depth "
+                                f"{self.depth} (2 x 2 pixels in the deepest block), "
+                                f"not {self.size}")  # fmt: skip
         if problems:
             raise InputError("invalid segmenter config: " + "; ".join(problems))
 
