@@ -15,6 +15,9 @@ def test_simulated_organs_and_vessels() -> None:
     assert measure_topology(load_prior("simulated:lungs", 64, count=8)) == PriorTopology(2, False)
     assert measure_topology(load_prior("simulated:heart", 64, count=8)) == PriorTopology(1, False)
     vessels = measure_topology(load_prior("simulated:vessels", 128, count=4))
+    assert vessels.thin and not vessels.solid
+    for organ in ("optic_disc", "fovea"):  # the smallest organs: still solid at 128 px
+        assert measure_topology(load_prior(f"simulated:{organ}", 128, count=8)).solid
     assert vessels.holes  # arcades and crossings close loops
 
 
@@ -69,3 +72,16 @@ def test_a_topology_reads_plainly_in_messages() -> None:
     assert str(PriorTopology(2, False)) == "2 pieces, no holes"
     assert str(PriorTopology(1, True)) == "1 piece, with holes"
     assert f"{PriorTopology(1, False)}" == "1 piece, no holes"
+
+
+def test_a_tree_without_loops_is_no_organ() -> None:
+    # Vessel masks whose branches never cross have no holes: taken for an organ, output A of a
+    # vessel run had its loops filled and every piece but the largest removed, and no clDice.
+    tree = np.zeros((128, 128), bool)
+    tree[20:120, 63:66] = True  # a trunk 3 px wide, two branches, one branch of a branch
+    tree[60:63, 30:66] = tree[40:43, 63:100] = tree[20:60, 30:33] = True
+    topology = measure_topology(np.stack([tree, np.roll(tree, 9, axis=1)]))
+    assert topology == PriorTopology(1, False, thin=True) and not topology.solid
+    assert str(topology) == "1 piece, no holes, thin (a tree)"
+    # An organ as large in area as the tree is not thin.
+    assert not measure_topology(_disc(128, 64, 64, 11)[None]).thin
