@@ -1324,8 +1324,8 @@ def benchmark_pretrain_methods(
     skip_bad: bool = typer.Option(
         False,
         "--skip-bad",
-        help="Each fine-tuning leaves out the task images it cannot read, as benchmark transfer "
-        "--skip-bad does (the pools' images are not skipped).",
+        help="Each pre-training leaves out the pool images it cannot read, and each fine-tuning "
+        "the task images, as pretrain and benchmark transfer --skip-bad do.",
     ),
 ) -> None:
     """Pre-train LD and peer methods for the same budget, then one transfer table."""
@@ -1336,8 +1336,8 @@ def benchmark_pretrain_methods(
         methods=_csv(methods), pools=list(pool or []), budget_seconds=budget_seconds,
         tasks=_csv(tasks or "") or None, labels=_csv(labels or "") or None, seeds=seeds,
         data_root=data_root or default_data_root(), size=size, batch=batch, device=device,
-        quick=quick, cpu_scale=cpu_scale, pretrain={"seed": pretrain_seed},
-        transfer={"skip_bad": True} if skip_bad else {},
+        quick=quick, cpu_scale=cpu_scale, pretrain={"seed": pretrain_seed, "skip_bad": skip_bad},
+        transfer={"skip_bad": skip_bad},
     )  # fmt: skip
     hint = (
         f"finished pre-trainings and fine-tunings in {out} are kept; run the same command again "

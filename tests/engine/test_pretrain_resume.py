@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from helpers import tiny_pretrain_config, torch_threads
 from localdisc.data.pool import synthetic_pool
 from localdisc.engine.checkpoint import load_safetensors
-from localdisc.engine.pretrain import pretrain
+from localdisc.engine.pretrain import pretrain, refuse_other_settings
 from localdisc.errors import CheckpointError
 
 
@@ -98,3 +99,18 @@ def test_a_resume_does_not_need_the_init_from_run(tmp_path, images):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     with pytest.raises(CheckpointError, match="stage1: no such folder"):  # a fresh start needs it
         pretrain(config, tmp_path / "fresh", pool=pool, log=quiet)
+
+
+def test_skip_bad_is_no_setting_a_resume_compares(tmp_path, images):
+    # A run started without --skip-bad (every file read) resumed with it, or the other way
+    # round, reads the same pool: it was refused as "other settings (skip_bad ...)", so that
+    # benchmark pretrain-methods --skip-bad could not pass the flag to its pre-trainings.
+    data, run = tmp_path / "data", tmp_path / "run"
+    save_images(data, images, range(6))
+    config = tiny_pretrain_config(data=[str(data)], workers=1)
+    pretrain(config, run, stop_at_step=2, log=quiet)
+    flagged, said = replace(config, skip_bad=True), []
+    refuse_other_settings(run, flagged)  # raised: "other settings (skip_bad False (given True))"
+    assert pretrain(flagged, run, resume=True, log=said.append).steps == config.total_steps
+    assert not [m for m in said if "saved settings" in m]  # the given flag is used
+    refuse_other_settings(run, config)  # finished: reused with or without it

@@ -351,24 +351,30 @@ def test_quick_pretrains_a_generated_xray_pool_for_an_xray_task(tmp_path, monkey
         assert pretrained == pools, tasks
 
 
-def test_skip_bad_reaches_each_fine_tuning(tmp_path, monkeypatch):
+def test_skip_bad_reaches_each_pre_training_and_fine_tuning(tmp_path, monkeypatch):
     """A task image finetune cannot read said "--skip-bad skips unreadable images", which
-    pretrain-methods did not take: it now passes it on to the transfer benchmark."""
+    pretrain-methods did not take: it now passes it on to the transfer benchmark, and to the
+    pre-trainings (a pool image they cannot read stopped them)."""
     from typer.testing import CliRunner
 
     import localdisc.tasks.benchmark_methods as methods
     from localdisc.cli import app
 
     given: list[bool] = []
+    pretrained: list[bool] = []
 
     def transfer(config, out_dir, log, plan):
         given.append(config.skip_bad)
         raise KeyboardInterrupt  # stop here: the setting is passed
 
-    monkeypatch.setattr(methods, "_pretrain", lambda settings, run_dir, log: {})
+    def pretrain(settings, run_dir, log):
+        pretrained.append(settings["skip_bad"])
+        return {}
+
+    monkeypatch.setattr(methods, "_pretrain", pretrain)
     monkeypatch.setattr(methods, "run_benchmark", transfer)
     for flag in ([], ["--skip-bad"]):
         args = ["benchmark", "pretrain-methods", "--quick", "--methods", "simclr", "--out",
                 str(tmp_path / "out"), *flag]  # fmt: skip
         CliRunner().invoke(app, args)
-    assert given == [False, True]
+    assert given == [False, True] and pretrained == [False, True]

@@ -61,8 +61,9 @@ from localdisc.models.ld import (
 )
 from localdisc.priors.sources import absolute_prior_spec, describe_prior
 
-# Fields that may differ when a run is resumed (they do not change what is computed).
-RUNTIME_FIELDS = {"device", "workers", "progress", "compile"}
+# Fields that may differ when a run is resumed (they do not change what is computed). skip_bad
+# changes which files are read, not how: a resume compares the pool itself (refuse_changed_pool).
+RUNTIME_FIELDS = {"device", "workers", "progress", "compile", "skip_bad"}
 
 
 @dataclass
