@@ -434,3 +434,126 @@ def test_a_stop_says_where_the_same_call_continues_as_the_pseudo_label_loop_does
     signal_in_checkpoint_writes(monkeypatch, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt, match=where(tmp_path / "b")):
         resumable_run(tmp_path / "b", checkpoint_seconds=float("inf"))
+
+
+def test_a_random_init_stopped_by_a_signal_continues_with_other_frozen_epochs(
+    tmp_path, monkeypatch
+):
+    """--init random trains one phase of --epochs, so tasks.transfer takes a run folder stopped
+    with --frozen-epochs 100 as "the same settings" with 5; its checkpoint was refused (another
+    fine-tuning: delete the folder). It is continued now, to the weights of an uninterrupted run;
+    with a frozen phase, other frozen_epochs are still another fine-tuning."""
+    import signal
+
+    from localdisc.errors import CheckpointError
+
+    def scratch_run(folder=None, log=None, **changes):
+        torch.manual_seed(0)
+        model = Segmenter(size=32)
+        config = FinetuneConfig(**{**RESUMABLE, "epochs": 2, **changes})
+        train, val = squares(4, seed=1), squares(2, seed=2)
+        return finetune(model, train, val, config, pretrained=False,
+                        log=log or (lambda m: None), checkpoint_dir=folder)  # fmt: skip
+
+    straight = scratch_run(frozen_epochs=7)
+    signal_at_step(monkeypatch, finetune_engine, 3, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        scratch_run(tmp_path, frozen_epochs=100, checkpoint_seconds=float("inf"))
+    monkeypatch.undo()
+    taken = signal_at_step(monkeypatch, finetune_engine, 0, [])
+    logged: list[str] = []
+    again = scratch_run(tmp_path, log=logged.append, frozen_epochs=5)
+    assert logged[0].startswith("continuing the interrupted fine-tuning from its checkpoint")
+    assert logged[0].endswith("from scratch epoch 2/2, step 2/2")
+    assert len(taken) == 1  # nothing redone
+    for key, value in straight.state.items():
+        torch.testing.assert_close(again.state[key], value, rtol=0, atol=0, msg=key)
+    drop = lambda p: {**p.__dict__, "seconds": None}  # noqa: E731
+    assert [drop(p) for p in again.phases] == [drop(p) for p in straight.phases]
+    # Continued again (finished: nothing to train), with yet another value.
+    logged.clear()
+    scratch_run(tmp_path, log=logged.append, frozen_epochs=0)
+    assert logged[0].endswith("the end of the training")
+
+    pretrained = tmp_path / "pretrained"
+    signal_at_step(monkeypatch, finetune_engine, 2, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(pretrained)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"another fine-tuning \(its settings and phases"):
+        resumable_run(pretrained, frozen_epochs=2)
+
+
+@pytest.mark.parametrize(
+    "which,masks,shown",
+    [
+        ("train", (squares(2)[1] * 255).to(torch.uint8), r"0, 255 \(torch.uint8\)"),
+        ("val", squares(2)[1] * 255, r"0, 255 \(torch.float32\)"),
+        ("train", squares(2)[1] * 0.5, r"0, 0.5 \(torch.float32\)"),
+        ("val", torch.full((2, 1, 32, 32), float("nan")), r"nan \(torch.float32\)"),
+    ],
+)
+def test_masks_other_than_0_and_1_are_refused_naming_them(which, masks, shown):
+    """A 0/255 mask (a PNG as PIL or numpy reads it) was only made float: the soft Dice loss
+    took 255 as its target (a train soft Dice of 1.86 logged)."""
+    from localdisc.errors import InputError
+
+    images, good = squares(2)
+    pairs = {"train": (images, good), "val": (images, good), which: (images, masks)}
+    config = FinetuneConfig(epochs=1, device="cpu", progress=False)
+    with pytest.raises(InputError, match=rf"fine-tuning's {which} masks .* values {shown}: pass "
+                       r"masks > 0 for 0/255 masks"):  # fmt: skip
+        finetune(Segmenter(size=32), pairs["train"], pairs["val"], config, pretrained=False)
+
+
+def test_masks_of_0_and_1_of_any_type_train_as_bool_masks():
+    from localdisc.engine.finetune import _training_pair
+
+    images, masks = squares(2)
+    for dtype in (torch.bool, torch.uint8, torch.int64, torch.float16, torch.float64):
+        got = _training_pair((images, masks.to(dtype)), "train")[1]
+        assert got.dtype == torch.float32 and torch.equal(got, masks), dtype
+
+
+@pytest.mark.parametrize(
+    "which,images,problem",
+    [
+        ("train", torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.int32), "is int32, whose full"),
+        ("val", torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.int16), "is int16, whose full"),
+        ("train", torch.randint(0, 256, (2, 3, 32, 32)).float(), r"holds values in \[0, 255\]"),
+        # standardised (ImageNet statistics)
+        ("val", (squares(2)[0] - 0.45) / 0.226, r"holds values in \[-[\d.]+, [\d.]+\], not"),
+        ("train", torch.full((2, 3, 32, 32), float("nan")), "contains NaN"),
+    ],
+)
+def test_images_are_taken_as_prediction_takes_them_or_refused_naming_them(which, images, problem):
+    """int16 and int32 images were divided by 65535 and floats of any range trained on, where
+    Segmenter.predict (data.preprocess.as_raw_image) refuses them: a model could train on
+    other intensities than it is given later."""
+    from localdisc.errors import InputError
+
+    data = squares(2)
+    pairs = {"train": data, "val": data, which: (images, data[1])}
+    config = FinetuneConfig(epochs=1, device="cpu", progress=False)
+    with pytest.raises(InputError, match=rf"fine-tuning's {which} images tensor {problem}"):
+        finetune(Segmenter(size=32), pairs["train"], pairs["val"], config, pretrained=False)
+
+
+def test_training_images_have_the_values_prediction_gives_them():
+    from localdisc.data.preprocess import as_raw_image
+    from localdisc.engine.finetune import _training_pair
+
+    g = torch.Generator().manual_seed(0)
+    masks = squares(2)[1]
+    for images in (
+        torch.randint(0, 256, (2, 3, 32, 32), generator=g).to(torch.uint8),
+        torch.randint(0, 65536, (2, 3, 32, 32), generator=g).to(torch.uint16),
+        torch.rand(2, 3, 32, 32, generator=g) > 0.5,
+        torch.rand(2, 3, 32, 32, generator=g) * 1.2 - 0.1,  # resampling's overshoot
+        torch.rand(2, 3, 32, 32, generator=g).to(torch.bfloat16),
+    ):
+        got = _training_pair((images, masks), "train")[0]
+        assert got.dtype == torch.float32 and got.shape == images.shape
+        for image, trained in zip(images, got, strict=True):
+            expected = torch.from_numpy(as_raw_image(image)).permute(2, 0, 1)
+            assert torch.equal(trained, expected), images.dtype

@@ -340,22 +340,23 @@ def as_raw_image(image: np.ndarray | torch.Tensor, name: str = "image") -> np.nd
     """
     import torch  # here: reading data sets needs no torch
 
-    if isinstance(image, torch.Tensor):
-        tensor = image.detach().cpu()
-        if tensor.is_floating_point():
-            tensor = tensor.float()  # bfloat16 and half have no numpy counterpart here
-        try:
-            arr = tensor.numpy()
-        except TypeError as exc:
-            raise InputError(f"{name}: a {tensor.dtype} tensor cannot be read; give uint8, uint16 "
-                             "or float values") from exc  # fmt: skip
-        channels_first = True
-    else:
-        arr = np.asarray(image)
-        channels_first = False
+    channels_first = isinstance(image, torch.Tensor)
+    arr = _tensor_values(image, name) if channels_first else np.asarray(image)
     arr = _channels_last(arr, name, channels_first)
     if arr.shape[2] in (2, 4):
         arr = arr[..., :-1]  # alpha
+    return raw_intensities(arr, name)
+
+
+def raw_intensities(values: np.ndarray | torch.Tensor, name: str = "image") -> np.ndarray:
+    """Pixel values, of any shape, as ``float32`` intensities in [0, 1] by :func:`as_raw_image`'s
+    rule (``uint8`` / 255, ``uint16`` / 65535, ``bool`` 0 and 1, floats within
+    :data:`FLOAT_SLACK` of [0, 1]; the rest refused, naming ``name``): its one statement, which
+    fine-tuning's image batches (engine.finetune) share, so that a model trains on the
+    intensities that prediction later gives it."""
+    import torch  # here: reading data sets needs no torch
+
+    arr = _tensor_values(values, name) if isinstance(values, torch.Tensor) else np.asarray(values)
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if arr.dtype in SCALED_INTEGERS:
@@ -377,6 +378,18 @@ def as_raw_image(image: np.ndarray | torch.Tensor, name: str = "image") -> np.nd
             "(8-bit values: / 255; 16-bit: / 65535), or pass the uint8 or uint16 array itself"
         )
     return arr
+
+
+def _tensor_values(tensor: torch.Tensor, name: str) -> np.ndarray:
+    """A tensor's values as a numpy array (on the CPU)."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point():
+        tensor = tensor.float()  # bfloat16 and half have no numpy counterpart here
+    try:
+        return tensor.numpy()
+    except TypeError as exc:
+        raise InputError(f"{name}: a {tensor.dtype} tensor cannot be read; give uint8, uint16 "
+                         "or float values") from exc  # fmt: skip
 
 
 def _channels_last(arr: np.ndarray, name: str, channels_first: bool) -> np.ndarray:

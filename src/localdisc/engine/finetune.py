@@ -29,15 +29,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import Tensor
 
+from localdisc.data.preprocess import raw_intensities
 from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
     load_resumable,
     newest_position,
+    newest_state,
     optimizer_from_flat,
     optimizer_to_flat,
     save_resumable,
@@ -48,7 +51,7 @@ from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import CheckpointError, LocaldiscError
+from localdisc.errors import CheckpointError, InputError, LocaldiscError
 from localdisc.models.segmenter import Segmenter
 
 #: A phase as the progress bar and the log name it (``PhaseResult.name``, history.csv's phase,
@@ -280,12 +283,28 @@ class _Run:
         fine-tuning continues."""
         stop_at_checkpoint(self.stop, signum, self.folder, _position)
 
+    def _compared(self) -> dict[str, Any]:
+        """The record a checkpoint must match: :attr:`record`, except that a plan without a
+        frozen phase takes the checkpoint's own ``frozen_epochs``: it changes nothing there
+        (where it does, the phases compared differ too). tasks.transfer.protocol leaves it out
+        the same way, so a run folder stopped with ``--init random --frozen-epochs 100`` is "the
+        same settings" with 5, and its checkpoint is continued. The record written stays whole,
+        as the checkpoints already written hold it."""
+        if any(name == "frozen" for name, _ in self.plan):
+            return self.record
+        state = newest_state(self.folder) if self.folder is not None else None
+        try:
+            saved = state["finetune"]["settings"]["frozen_epochs"]  # type: ignore[index]
+        except (LookupError, TypeError):  # none, or not of this shape: compared as it is
+            return self.record
+        return {**self.record, "settings": {**self.record["settings"], "frozen_epochs": saved}}
+
     def load(self) -> _Start | None:
         """Restore the newest checkpoint; the phase to continue starts where it says (None
         without one: a corrupt one is said and removed, and the fine-tuning starts over)."""
         if self.folder is None:
             return None
-        loaded = load_resumable(self.folder, "finetune", self.record, training="fine-tuning",
+        loaded = load_resumable(self.folder, "finetune", self._compared(), training="fine-tuning",
                                 describe=_position, log=self.log)  # fmt: skip
         if loaded is None:
             return None
@@ -408,9 +427,12 @@ def _phase(
 
 def _training_pair(pair: tuple[Tensor, Tensor], name: str) -> tuple[Tensor, Tensor]:
     """``(images, masks)`` as the loop needs them: ``float32`` ``[N, C, S, S]`` in [0, 1] and
-    ``[N, 1, S, S]``. Integer images are scaled (``uint8`` / 255, as files are read) and boolean
-    or integer masks made float; other shapes are refused here, naming ``name``, rather than
-    deep inside augmentation (grid_sample has no kernel for bool or uint8)."""
+    ``[N, 1, S, S]`` of 0 and 1. Images take the values that prediction takes
+    (:func:`~localdisc.data.preprocess.raw_intensities`: ``uint8`` / 255, ``uint16`` / 65535,
+    floats in [0, 1]), so that the model learns the intensities it is later given; masks are
+    boolean or 0/1 of any type. Anything else is refused here, naming ``name``, rather than
+    deep inside augmentation (grid_sample has no kernel for bool or uint8) or trained on (a
+    0/255 mask entered the soft Dice as 255)."""
     images, masks = pair
     if images.ndim != 4 or masks.ndim != 4 or masks.shape[1] != 1:
         raise LocaldiscError(
@@ -422,12 +444,17 @@ def _training_pair(pair: tuple[Tensor, Tensor], name: str) -> tuple[Tensor, Tens
             f"fine-tuning {name}: {list(images.shape)} images and {list(masks.shape)} masks "
             "differ in number or size"
         )
-    if not images.is_floating_point():
-        if images.dtype not in (torch.uint8, torch.uint16, torch.int16, torch.int32):
-            raise LocaldiscError(f"fine-tuning {name}: images of type {images.dtype}")
-        top = 255.0 if images.dtype == torch.uint8 else 65535.0
-        images = images.float() / top
-    return images.float(), masks.float()
+    values = raw_intensities(images, f"the fine-tuning's {name} images tensor")
+    images = torch.from_numpy(values).to(images.device)
+    if masks.dtype != torch.bool and not ((masks == 0) | (masks == 1)).all():
+        # Not made 0/1 here: 0/255 is a mask, but 0..255 could be an image passed by mistake.
+        found = np.unique(masks.detach().float().cpu().numpy()).tolist()  # one NaN, not each
+        shown = ", ".join(f"{v:g}" for v in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise InputError(
+            f"the fine-tuning's {name} masks must be boolean or hold only 0 and 1, not values "
+            f"{shown} ({masks.dtype}): pass masks > 0 for 0/255 masks"
+        )
+    return images, masks.float()
 
 
 def training_plan(config: FinetuneConfig, pretrained: bool) -> list[tuple[str, int]]:
