@@ -578,6 +578,49 @@ def test_folder_suffixed_masks_are_never_guessed(tmp_path: Path) -> None:
         load_dataset("folder", root)
 
 
+def test_folder_mixed_naming_takes_the_suffixed_mask_at_the_image_path(tmp_path: Path) -> None:
+    # images/p2/X beside masks/p1/X.png (p1/X's) and masks/p2/X_mask.png: p2/X was left
+    # unlabelled, the same-stem mask being p1/X's and the suffixed one never tried.
+    root = tmp_path / "set"
+    for part in ("p1", "p2"):
+        save(root / "images" / part / "X.png", fundus(seed=len(part)))
+    save(root / "masks" / "p1" / "X.png", vessels(period=3))
+    save(root / "masks" / "p2" / "X_mask.png", vessels(period=4))
+    ds = load_dataset("folder", root)
+    assert ds.missing_labels == {}
+    assert [it.masks["mask"][0].relative_to(root).as_posix() for it in ds.items] == [
+        "masks/p1/X.png",
+        "masks/p2/X_mask.png",
+    ]
+    assert np.array_equal(ds[1].masks["mask"], as_bool(vessels(period=4)))
+    # Elsewhere than at p2/X's own path, the suffixed mask is still not guessed.
+    shutil.move(root / "masks" / "p2", root / "masks" / "p3")
+    ds = load_dataset("folder", root)
+    assert [(it.name, "mask" in it.masks) for it in ds.items] == [
+        ("p1/X", True), ("p2/X", False),
+    ]  # fmt: skip
+
+
+def test_montgomery_lung_mask_folders_are_not_images(tmp_path: Path) -> None:
+    # Montgomery County: CXR_png/ beside ManualMask/{leftMask,rightMask}/ with the same file
+    # names; the lung masks were pooled as X-rays and listed as images of the folder set.
+    root = tmp_path / "montgomery"
+    for i in (1, 2):
+        name = f"MCUCXR_000{i}_0.png"
+        save(root / "CXR_png" / name, fundus(seed=i)[:, :, 0])
+        for side in ("leftMask", "rightMask"):
+            save(root / "ManualMask" / side / name, vessels(period=3 + i))
+    expected = [root / "CXR_png" / f"MCUCXR_000{i}_0.png" for i in (1, 2)]
+    assert pool_image_paths(str(root)) == expected
+    assert folder_image_files(root) == expected
+    assert [it.name for it in load_dataset("folder", root).items] == [
+        "CXR_png/MCUCXR_0001_0",
+        "CXR_png/MCUCXR_0002_0",
+    ]
+    # The side folders are mask folders wherever they sit.
+    assert folder_image_files(root / "ManualMask") == []
+
+
 def test_folder_without_a_matching_mask_says_what_the_mask_folder_holds(tmp_path: Path) -> None:
     # It stopped at the first image with "no mask with the same file stem in .../masks" alone.
     root = tmp_path / "set"

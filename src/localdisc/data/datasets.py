@@ -720,6 +720,11 @@ MASK_DIR_NAMES = frozenset(
         "groundtruth",
         "ground_truth",
         "annotations",
+        # Montgomery County chest X-rays: CXR_png/ beside ManualMask/{leftMask,rightMask}/,
+        # lung masks named as their X-rays.
+        "manualmask",
+        "leftmask",
+        "rightmask",
         *SCR_ORGANS,
         *SCR_ORGANS.values(),
     }
@@ -845,7 +850,8 @@ def match_masks(
     ``mask_dir`` (any image suffix); the one mask anywhere there with its stem, when no other
     image has that stem and that mask is not another image's by relative path; when no mask
     has the stem, one named with the stem plus a mask ending (:data:`FOLDER_MASK_SUFFIXES` after
-    ``_`` or ``-``: ``case01_mask.png``), by the same rules. Two candidates are no match, and
+    ``_`` or ``-``: ``case01_mask.png``), by the same rules; when the masks with its stem are
+    not surely its own, such a one at its own relative path. Two candidates are no match, and
     neither is a mask ending when another mask-like folder sits beside ``mask_dir`` (DRIVE's
     ``mask/`` holds fields of view beside its labels in ``1st_manual/``). Letter case and
     Unicode form aside (:func:`name_key`). The images themselves are never masks, so images
@@ -892,17 +898,25 @@ def _stem_fallback(
     Only a match that cannot belong to another image counts: one mask with the stem, one
     image with it, and that mask not matched to another image by relative path; otherwise
     ``images/val/001.png`` would get ``masks/train/001.png``. Without any mask of that stem,
-    a mask named with the stem plus a mask ending (:func:`_suffix_fallback`).
+    a mask named with the stem plus a mask ending (:func:`_suffix_fallback`); with masks of that
+    stem that cannot be told to be its own, one named so at its own relative path (mixed
+    naming: ``masks/p2/X_mask.png`` for ``images/p2/X.dcm`` beside ``masks/p1/X.png``).
     """
     key = name_key(image_stem(image))
     candidates = index.by_stem.get(key, [])
     if not candidates:
         return _suffix_fallback(image, rel, index, image_stems, image_rels)
+    mask = candidates[0]
+    if len(candidates) > 1 or mask in owner or image_stems[key] > 1:
+        # None of them is surely its own: one named with a mask ending at its own relative
+        # path is.
+        suffixed, _, _ = _suffix_fallback(image, rel, index, image_stems, image_rels)
+        if suffixed is not None and index.suffixed_key.get(suffixed) == rel:
+            return suffixed, "", False
     no_rel = f"no mask at the same relative path in {index.root}"
     if len(candidates) > 1:
         absent = all(m in owner for m in candidates)
         return None, f"{no_rel}, and {len(candidates)} masks elsewhere have its stem", absent
-    mask = candidates[0]
     if mask in owner:
         return None, f"{no_rel}; {mask} has its stem but is the mask of {owner[mask]}", True
     if image_stems[key] > 1:

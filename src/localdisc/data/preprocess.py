@@ -77,9 +77,56 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+#: Radius of the opening that cuts speckle off the foreground, as a fraction of the short side.
+_OPENING_FRACTION = 0.01
+
+#: Opening radius (pixels) at which :func:`_open_thin_parts` works on a reduced mask instead.
+_OPENING_REDUCED_RADIUS = 3
+
+
+def _open_thin_parts(mask: np.ndarray) -> np.ndarray:
+    """Binary opening of ``mask`` by a disc of radius ~1 % of its short side.
+
+    It cuts the thin 8-connected chains of bright speckle by which the black surround of some
+    fundus photographs (about 4 % of EyePACS) touches the disc, which otherwise join the
+    "largest component" and spread the FOV over the surround. A disc that large costs seconds on
+    a 3000 x 2000 mask, so past a radius of ``_OPENING_REDUCED_RADIUS`` pixels the mask is
+    reduced by a factor ``f`` (strict majority of each ``f x f`` block: speckle of 50 % drops
+    out) and opened there by a disc of that radius; the opening's largest component grown by one
+    block then selects the full-size pixels, so that the boundary stays at full resolution. A
+    mask that the opening would empty is kept as it is.
+    """
+    h, w = mask.shape
+    radius = max(1, round(_OPENING_FRACTION * min(h, w)))
+    factor = max(1, radius // _OPENING_REDUCED_RADIUS)
+    small = mask
+    if factor > 1:
+        hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
+        padded = np.ones((hp, wp), dtype=np.uint8)  # outside is foreground, as below
+        padded[:h, :w] = mask
+        counts = np.zeros((hp // factor, wp // factor), dtype=np.int32)
+        for dy in range(factor):  # strided sums: much faster than a reshape-and-sum
+            for dx in range(factor):
+                counts += padded[dy::factor, dx::factor]
+        small = counts * 2 > factor * factor
+    r = round(radius / factor)
+    yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+    disc = xx * xx + yy * yy <= r * r
+    # Outside the image counts as foreground when eroding: a FOV cut by the frame keeps its
+    # corners, and an image bright everywhere stays whole.
+    opened = ndimage.binary_dilation(ndimage.binary_erosion(small, disc, border_value=1), disc)
+    if not opened.any():
+        return mask
+    if factor == 1:
+        return opened
+    core = ndimage.binary_dilation(largest_component(opened), np.ones((3, 3), dtype=bool))
+    return mask & np.repeat(np.repeat(core, factor, axis=0), factor, axis=1)[:h, :w]
+
+
 def foreground(image: np.ndarray, threshold: float = FOV_THRESHOLD) -> np.ndarray:
-    """Largest connected region of pixels brighter than ``threshold`` in any channel."""
-    return largest_component((_as_hwc(image) > threshold).any(axis=2))
+    """Largest connected region of pixels brighter than ``threshold`` in any channel, after a
+    binary opening (:func:`_open_thin_parts`) that cuts bright speckle in the surround off it."""
+    return largest_component(_open_thin_parts((_as_hwc(image) > threshold).any(axis=2)))
 
 
 def background_level(image: np.ndarray) -> float:
@@ -115,10 +162,11 @@ def fov_from_image(
     """Derive a field-of-view mask from an image.
 
     Fundus: pixels brighter than ``threshold`` in any channel (default :func:`fov_threshold`:
-    the paper's 20/255 above the background level), the largest connected component, holes
-    filled (dark vessels or lesions inside the disc belong to the FOV). If nothing passes the
-    threshold the whole image is returned, so that a black or odd image never yields an empty
-    FOV. X-ray: the whole image (radiographs have no circular aperture).
+    the paper's 20/255 above the background level), opened by a disc of 1 % of the short side
+    so that bright speckle in the surround cannot join the disc, the largest connected
+    component, holes filled (dark vessels or lesions inside the disc belong to the FOV). If
+    nothing passes the threshold the whole image is returned, so that a black or odd image
+    never yields an empty FOV. X-ray: the whole image (radiographs have no circular aperture).
     """
     _check_modality(modality)
     image = _as_hwc(image)
@@ -139,8 +187,9 @@ def roi_box(
     """The paper's fundus ROI: bounding box ``(y0, y1, x0, x1)`` (half-open) of the foreground.
 
     Foreground is the largest connected component of pixels brighter than ``threshold`` in any
-    channel; the box is grown by ``margin`` pixels on every side and clipped to the image. An
-    image with no foreground gives the whole image.
+    channel, after the opening of :func:`foreground` against speckle; the box is grown by
+    ``margin`` pixels on every side and clipped to the image. An image with no foreground gives
+    the whole image.
     """
     image = _as_hwc(image)
     h, w = image.shape[:2]
