@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -155,3 +158,36 @@ def resized(image: np.ndarray, size: int) -> np.ndarray:
 
     shape, scale = resized_shape(image.shape, size)
     return image if scale == (1.0, 1.0) else resize_image(image, shape)
+
+
+def run_two_ranks(tmp_path, source: str, *args: str) -> list[tuple[str, str]]:
+    """Run ``source`` as ranks 0 and 1 of a gloo group (argv: rank, store, run folder,
+    ``args``), as torchrun would; their (stdout, stderr)."""
+    script = tmp_path / "rank.py"
+    script.write_text(source)
+    tests = str(Path(__file__).resolve().parent)  # helpers
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    ranks = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(rank),
+                str(tmp_path / "store"),
+                str(tmp_path / "run"),
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    try:
+        return [rank.communicate(timeout=120) for rank in ranks]
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:  # a rank that waits for the other in vain
+                rank.kill()

@@ -1,9 +1,13 @@
-"""Device names: what resolve_device takes, and a clear error for what it does not."""
+"""Device names: what resolve_device takes, and a clear error for what it does not; the
+logged terms under torchrun."""
+
+import csv
 
 import pytest
 import torch
 
-from localdisc.engine.distributed import resolve_device
+from helpers import run_two_ranks
+from localdisc.engine.distributed import mean_over_ranks, resolve_device
 from localdisc.errors import LocaldiscError
 
 
@@ -56,3 +60,50 @@ def test_one_named_gpu_for_every_torchrun_process_is_refused(two_gpus, monkeypat
     with pytest.raises(LocaldiscError, match="CUDA_VISIBLE_DEVICES"):
         distributed.setup("cuda:0")
     assert not torch.distributed.is_initialized()
+
+
+MEAN_RANK = """
+import os, sys
+import torch
+import torch.distributed as dist
+from helpers import tiny_pretrain_config
+import localdisc.engine.pretrain as engine
+from localdisc.data.pool import synthetic_pool
+
+rank, store, run_dir, start = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+real = engine.ld_losses
+
+def ld_losses(model, *args, **kwargs):  # each rank logs its own pd: 1 on rank 0, 3 on rank 1
+    terms = real(model, *args, **kwargs)
+    terms.pd = torch.tensor(1.0 + 2 * rank)
+    return terms
+
+engine.ld_losses = ld_losses
+# one log row, at step 4; a checkpoint (with the log window) at step 2
+config = tiny_pretrain_config(stage1_steps=4, stage2_steps=0, log_every=4, checkpoint_every=2,
+                              val_every=100)
+try:
+    engine.pretrain(config, run_dir, resume=start == "resume",
+                    pool=synthetic_pool(6, "fundus", 48),
+                    stop_at_step=2 if start == "stop" else None, log=lambda m: None)
+finally:
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("starts", [["full"], ["stop", "resume"]])
+def test_under_torchrun_the_log_shows_the_mean_over_ranks(tmp_path, starts):
+    # It showed rank 0's terms; after a resume, where every rank starts from the window saved
+    # by rank 0, the row that window belongs to is the mean too.
+    for start in starts:
+        outputs = run_two_ranks(tmp_path, MEAN_RANK, start)
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").read_text().splitlines()))
+    logged = [(row["step"], float(row["pd"])) for row in rows if row["pd"]]
+    assert logged == [("4", 2.0)], outputs
+
+
+def test_mean_over_ranks_alone_returns_the_values():
+    values = {"loss": torch.tensor(2.0), "pd": torch.tensor(1.0)}
+    assert mean_over_ranks(values) is values

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import tiny_pretrain_config
+from helpers import run_two_ranks, tiny_pretrain_config
 from localdisc.engine.checkpoint import CHECKPOINT_PREFIX, list_checkpoints, load_safetensors
 from localdisc.engine.monitor import TrainingLog
 from localdisc.engine.pretrain import pretrain
@@ -194,43 +194,6 @@ def test_ranks_agree_on_finite_the_signal_and_the_budget_in_one_all_reduce(tmp_p
     assert len(calls) == 4
 
 
-def run_two_ranks(tmp_path, source: str, *args: str) -> list[tuple[str, str]]:
-    """Run ``source`` as ranks 0 and 1 of a gloo group (argv: rank, store, run folder,
-    ``args``), as torchrun would; their (stdout, stderr)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = tmp_path / "rank.py"
-    script.write_text(source)
-    tests = str(Path(__file__).resolve().parents[1])  # helpers
-    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path}
-    ranks = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                str(rank),
-                str(tmp_path / "store"),
-                str(tmp_path / "run"),
-                *args,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for rank in (0, 1)
-    ]
-    try:
-        return [rank.communicate(timeout=120) for rank in ranks]
-    finally:
-        for rank in ranks:
-            if rank.poll() is None:  # a rank that waits for the other in vain
-                rank.kill()
-
-
 RANK = """
 import os, signal, sys
 import torch.distributed as dist
@@ -331,7 +294,9 @@ def test_under_torchrun_rank_0s_budget_ends_stage_1_on_all_ranks_in_the_step_col
     # ends stage 1 on both ranks at the top of step 3; stage 2 still runs its 2 steps.
     outputs = run_two_ranks(tmp_path, BUDGET_RANK)
     spent = "stage 1: time budget of 100 s spent after 3 steps of the stage (global step 3)"
-    expected = f"102 5 5 5 {[spent]}"  # one loop collective per step
+    # one loop collective per step, and one per log row (the mean over ranks: at stage 1's end
+    # by its budget, and at the run's end)
+    expected = f"102 5 5 7 {[spent]}"
     assert [out.strip() for out, _ in outputs] == [expected] * 2, outputs
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "stage1.safetensors").is_file()

@@ -104,3 +104,17 @@ def cleanup() -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``values`` averaged over the ranks under torchrun (one all_reduce), as they are alone.
+
+    Every rank must call it at the same point with the same keys in the same order (same
+    shapes): a collective that one rank skips hangs the others.
+    """
+    if not values or not (dist.is_available() and dist.is_initialized()):
+        return values
+    stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+    dist.all_reduce(stacked)
+    stacked /= dist.get_world_size()
+    return dict(zip(values, stacked.unbind(), strict=True))

@@ -855,6 +855,9 @@ def pretrain(
             gathered: list[Any] = [None] * ctx.world_size
             torch.distributed.all_gather_object(gathered, gen.get_state())
             rng_states = {f"sampler_{r}": s for r, s in enumerate(gathered)}
+        # The window so far as the next row will log it (the mean over the ranks), so that after
+        # a resume, where every rank starts from it, that row's mean is the same.
+        window_sums = distributed.mean_over_ranks(sums)
         if not main:
             return
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
@@ -862,7 +865,7 @@ def pretrain(
             "model": model.state_dict(),
             "optimizer": opt_tensors,
             "rng": rng_states,
-            "log_window": sums,
+            "log_window": window_sums,
         }
         meta = {
             "stage": stage,
@@ -921,6 +924,9 @@ def pretrain(
         nonlocal sums, n_summed, t_window, window_steps, last_loss, img_per_s
         if not n_summed:  # a window of skipped steps only has no means to log
             return
+        # Under torchrun the mean over the ranks: every rank gets here at the same step (they
+        # agree on each step's skip, and on stops and budgets) with the same terms.
+        sums = distributed.mean_over_ranks(sums)
         means = {k: (v / n_summed).item() for k, v in sums.items()}
         now = time.perf_counter()
         img_per_s = window_steps * images_per_step / max(now - t_window, 1e-9)
