@@ -84,10 +84,12 @@ engine.ld_losses = ld_losses
 # one log row, at step 4; a checkpoint (with the log window) at step 2
 config = tiny_pretrain_config(stage1_steps=4, stage2_steps=0, log_every=4, checkpoint_every=2,
                               val_every=100)
+messages = []
 try:
     engine.pretrain(config, run_dir, resume=start == "resume",
                     pool=synthetic_pool(6, "fundus", 48),
-                    stop_at_step=2 if start == "stop" else None, log=lambda m: None)
+                    stop_at_step=2 if start == "stop" else None, log=messages.append)
+    print(messages)
 finally:
     dist.destroy_process_group()
 """
@@ -102,6 +104,27 @@ def test_under_torchrun_the_log_shows_the_mean_over_ranks(tmp_path, starts):
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").read_text().splitlines()))
     logged = [(row["step"], float(row["pd"])) for row in rows if row["pd"]]
     assert logged == [("4", 2.0)], outputs
+    # the first process speaks for all ("resumed from step 2" was said by each)
+    said = [eval(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert said[1] == [] and any(m.startswith("training on") for m in said[0]), outputs
+    assert ("resumed from step 2" in said[0]) == (starts[-1] == "resume"), outputs
+
+
+def test_sync_bn_without_cuda_under_torchrun_is_refused_before_the_pool_is_read(
+    tmp_path, monkeypatch
+):
+    # torch's SyncBatchNorm raised "only work with GPU modules" in every process, after the
+    # pool was read and config.json written (and again on --resume, which keeps the setting).
+    from helpers import tiny_pretrain_config
+    from localdisc.engine import distributed, pretrain
+
+    monkeypatch.setattr(
+        distributed, "setup", lambda device: distributed.DistContext(0, 2, 0, torch.device("cpu"))
+    )
+    config = tiny_pretrain_config(sync_bn=True, data=[str(tmp_path / "missing")])
+    with pytest.raises(LocaldiscError, match="--sync-bn on cpu: torch's SyncBatchNorm runs on"):
+        pretrain.pretrain(config, tmp_path / "run", log=lambda m: None)
+    assert not (tmp_path / "run").exists()
 
 
 def test_mean_over_ranks_alone_returns_the_values():

@@ -78,6 +78,14 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path, pool):
         pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True)
 
 
+@pytest.mark.parametrize("text", ['{"pretrain": {"stage1_st', "[]", "\xff"])
+def test_resume_with_a_damaged_config_json_names_it(tmp_path, pool, text):
+    # It raised json's bare JSONDecodeError (or KeyError), naming no file.
+    (tmp_path / "config.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(CheckpointError, match=r"config\.json: cannot read this run's settings"):
+        pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True)
+
+
 def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypatch):
     import localdisc.engine.pretrain as engine
 

@@ -364,9 +364,20 @@ def refuse_used_run_dir(run_dir: Path) -> None:
         )
 
 
+def _silent(message: str) -> None:
+    """The log of the processes other than the first under torchrun."""
+
+
 def _saved_config(run_dir: Path, given: PretrainConfig) -> PretrainConfig:
     """The settings saved in ``run_dir/config.json``, with ``given``'s runtime fields."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())["pretrain"]
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text())["pretrain"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot read this run's settings ({type(exc).__name__}: {exc}); the file is "
+            "damaged: restore it, or start the run again in a new --out"
+        ) from exc
     saved.update({k: getattr(given, k) for k in RUNTIME_FIELDS})
     return PretrainConfig.from_dict(saved)
 
@@ -622,6 +633,8 @@ def pretrain(
     if not resume:  # before anything is written (or a process group is joined)
         refuse_used_run_dir(run_dir)
     ctx = distributed.setup(config.device)
+    if not ctx.is_main:  # under torchrun the first process speaks for all
+        log = _silent
     config_path = run_dir / "config.json"
     if resume:
         if not config_path.is_file():
@@ -634,13 +647,19 @@ def pretrain(
                 f"{config.method}, or another --out for the {given.method} run"
             )
         changed = _changed_settings(given, config)
-        if changed and ctx.is_main:  # the saved settings win; say so rather than silently
+        if changed:  # the saved settings win; say so rather than silently
             log(
                 f"{config_path}: resuming with the run's saved settings, not the given ones: "
                 + ", ".join(changed)
             )
     device = ctx.device
     main = ctx.is_main
+    if config.sync_bn and ctx.distributed and device.type != "cuda":  # before the pool is read
+        raise LocaldiscError(
+            f"--sync-bn on {device.type}: torch's SyncBatchNorm runs on CUDA GPUs only; "
+            "run without --sync-bn (each process then normalises its own batch; a run saved "
+            "with it resumes on GPUs only)"
+        )
     # Where and when it ran, for config.json: taken now, the start, before the pool is read.
     env = environment(device, ctx.world_size) if main else None
     if config.prior:  # a mistyped prior is named before a large pool is decoded
@@ -661,7 +680,7 @@ def pretrain(
             workers=config.workers,
             max_images=config.max_images,
             skip_bad=config.skip_bad,
-            log=log if main else lambda message: None,
+            log=log,
             progress=main and config.progress,
             names=pool_names,
         )
@@ -669,7 +688,7 @@ def pretrain(
         pool_names = [f"pool image {i}" for i in range(pool.shape[0])]
     if len(pool_names) != pool.shape[0]:
         raise LocaldiscError(f"{len(pool_names)} pool_names for a pool of {pool.shape[0]} images")
-    if skipped_files and main:  # --skip-bad: said, not only written into config.json
+    if skipped_files:  # --skip-bad: said, not only written into config.json
         first, why = skipped_files[0]
         more = f", and {len(skipped_files) - 1} more" if len(skipped_files) > 1 else ""
         listed = "" if resume else f"; all are listed under skipped_files in {config_path}"
@@ -684,7 +703,7 @@ def pretrain(
         )
     train_idx, val_idx = _split_pool(pool.shape[0], config)
     train_pool, val_pool = pool[train_idx], pool[val_idx]
-    if val_pool.shape[0] == 0 and main:  # else it is only seen as best_val Infinity
+    if val_pool.shape[0] == 0:  # else it is only seen as best_val Infinity
         log(
             f"{_no_validation_reason(pool.shape[0], config)}: model_best.safetensors is the "
             "last model, not the best by validation loss"
@@ -749,7 +768,7 @@ def pretrain(
         adversary = AdversarialPrior(
             config.prior, config.size, device, count=config.prior_count, lr=config.disc_lr,
             seed=config.seed, pose=config.prior_pose, view_area=config.crop_scale[0],
-            log=log if main else lambda message: None,
+            log=log,
         )  # fmt: skip
         if config.prior_pose == "kept":  # cluster 0 in the pose of the reference masks
             stage2_views = LDViews(
