@@ -356,7 +356,9 @@ def pretrain(
     seed: int = typer.Option(0),
     resume: bool = RESUME_OPTION,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable pool images."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across processes."),
+    sync_bn: bool = typer.Option(
+        False, "--sync-bn", help="SyncBatchNorm across torchrun processes (CUDA GPUs only)."
+    ),
     compile_model: bool = typer.Option(
         False, "--compile", help="torch.compile the network (GPU; compiles in the first steps)."
     ),
