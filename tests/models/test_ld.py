@@ -72,6 +72,21 @@ def test_embed_and_cluster_take_raw_images_of_any_size():
     assert xray.embed(image).shape == (8, 37, 50)  # RGB X-ray reduced to luminance
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_model_cast_to_half_precision_takes_float32_raw_images(dtype):
+    # The input followed the weights' device but not their dtype: "expected scalar type Float
+    # but found BFloat16" from the first conv.
+    torch.manual_seed(0)
+    model = LDModel(width=4, depth=3, dim=8, clusters=4)
+    image = np.random.default_rng(0).random((20, 30, 3), dtype=np.float32)
+    v32, a32 = model.embed_and_cluster(image)
+    v, a = model.to(dtype).embed_and_cluster(image)
+    assert v.shape == (8, 20, 30) and a.shape == (4, 20, 30)
+    assert v.dtype == a.dtype == torch.float32  # the heads' outputs are cast back
+    assert (v * v32).sum(0).mean() > 0.95  # the same embeddings, to half precision
+    torch.testing.assert_close(a, a32, atol=0.05, rtol=0)
+
+
 def test_reflect_padding_takes_images_of_16_pixels_and_fewer():
     # Padded to 16 only, a 16-px image reached the fifth block as 1 x 1, which torch cannot
     # reflect-pad: a bare RuntimeError from deep in the network.

@@ -12,3 +12,18 @@ def test_matches_f_normalize_in_value_and_gradient():
     torch.testing.assert_close(l2_normalize(x), F.normalize(x, dim=1))
     torch.testing.assert_close(ga, gb)
     assert torch.autograd.gradcheck(lambda t: l2_normalize(t, 1), (x,))
+
+
+def test_second_derivatives_match_f_normalize():
+    # The saved norm was a constant to autograd: a create_graph backward missed its dependence
+    # on x and gave wrong second derivatives (gradgradcheck failed), silently.
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda t: l2_normalize(t, 1), (x,))
+    hessian_vectors = []
+    for normalise in (l2_normalize, lambda t: F.normalize(t, dim=1)):
+        # x ** 3 gives the gradient a graph even where dy does not need one.
+        (g,) = torch.autograd.grad((normalise(x) * w).sum() + (x**3).sum(), x, create_graph=True)
+        hessian_vectors.append(torch.autograd.grad((g**2).sum(), x)[0])
+    torch.testing.assert_close(*hessian_vectors)

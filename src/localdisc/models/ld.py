@@ -301,7 +301,9 @@ class LDModel(nn.Module):
         least = smallest_side(self.config.padding, self.config.depth)
         pad_h, pad_w = (max(least, side + (-side) % 16) - side for side in (h, w))
         x = F.pad(normalize(x, self.config.modality), (0, pad_w, 0, pad_h), mode="replicate")
-        return x.to(next(self.parameters()).device), h, w
+        # The weights' dtype too: a model cast with .to(torch.bfloat16) takes raw float32 images.
+        weight = next(self.parameters())
+        return x.to(device=weight.device, dtype=weight.dtype), h, w
 
     @torch.no_grad()
     def _infer(self, image: np.ndarray | Tensor, with_clusters: bool) -> tuple[Tensor, Tensor]:
