@@ -809,8 +809,8 @@ def test_pools_leave_out_every_mask_ending_a_folder_matches(tmp_path: Path) -> N
 
 def test_registry_and_data_specs(tmp_path: Path) -> None:
     assert set(DATASETS) == {
-        "drive", "stare", "chase_db1", "hrf", "jsrt_scr", "folder", "synthetic_fundus",
-        "synthetic_xray", "synthetic_xray_hard",
+        "drive", "stare", "chase_db1", "hrf", "jsrt_scr", "montgomery", "folder",
+        "synthetic_fundus", "synthetic_xray", "synthetic_xray_hard",
     }  # fmt: skip
     assert parse_data_spec("drive:/data/DRIVE") == ("drive", Path("/data/DRIVE"))
     assert parse_data_spec("DRIVE:/data/DRIVE") == ("drive", Path("/data/DRIVE"))

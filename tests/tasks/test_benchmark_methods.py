@@ -39,6 +39,10 @@ def test_quick_comparison_pretrains_every_method_and_tabulates(tmp_path):
 def test_pools_name_their_modality():
     assert parse_pool("xray=/data/cxr") == ("xray", "/data/cxr")
     assert parse_pool("jsrt_scr:/data") == ("xray", "jsrt_scr:/data")
+    # every X-ray set by its own modality (synthetic_xray_hard was taken as fundus)
+    for name in ("montgomery", "synthetic_xray", "synthetic_xray_hard"):
+        assert parse_pool(f"{name}:8") == ("xray", f"{name}:8")
+    assert parse_pool("drive:/data") == ("fundus", "drive:/data")
     assert parse_pool("KaggleDR/images") == ("fundus", "KaggleDR/images")
 
 

@@ -11,8 +11,9 @@ any other size), which are resized by nearest neighbour: a vessel tracing of ano
 its photograph belongs to another image or another crop, so it is an error, not a resize.
 
 Known names (:data:`DATASETS`): ``drive``, ``stare``, ``chase_db1``, ``hrf``, ``jsrt_scr``,
-``folder``, ``synthetic_fundus``, ``synthetic_xray``, ``synthetic_xray_hard``. A *data spec* is
-``NAME:ROOT`` for a known name or a plain folder path (see :func:`parse_data_spec`).
+``montgomery``, ``folder``, ``synthetic_fundus``, ``synthetic_xray``, ``synthetic_xray_hard``.
+A *data spec* is ``NAME:ROOT`` for a known name or a plain folder path (see
+:func:`parse_data_spec`).
 """
 
 from __future__ import annotations
@@ -700,6 +701,121 @@ class JsrtScrDataset(SegmentationDataset):
         return items
 
 
+#: Montgomery lung target -> its mask folder in ``ManualMask/``.
+MONTGOMERY_SIDES = {"left_lung": "leftMask", "right_lung": "rightMask"}
+_MONTGOMERY_STEM = re.compile(r"^MCUCXR_\d{4}_[01]$", re.IGNORECASE)
+
+
+class MontgomeryDataset(SegmentationDataset):
+    """Montgomery County chest X-rays (Jaeger et al. 2014) with lung masks (Candemir et al. 2014).
+
+    138 radiographs of about 4020x4892 pixels in ``CXR_png/`` (``MCUCXR_0001_0.png``: ``_0``
+    normal, ``_1`` tuberculosis; the label and ``ClinicalReadings/`` are not read) and a mask of
+    each lung in ``ManualMask/leftMask/`` and ``ManualMask/rightMask/``, named and sized as its
+    X-ray. ROOT is the ``MontgomerySet`` folder or a folder above it, searched for the one
+    ``CXR_png`` folder holding these X-rays (two such folders are an error: point ROOT at one).
+    Targets: ``lung`` (both masks), ``left_lung`` (``leftMask``) and ``right_lung``
+    (``rightMask``), named as the distribution's folders. The FOV is the whole image. Without
+    ``ManualMask/`` the X-rays are an unlabelled set (``missing_labels`` says why), enough for
+    pre-training; an X-ray without either of its lung masks is a bad item.
+
+    The set has no official train/test split, so it has one split, ``all``, as ``folder`` has:
+    transfer holds out a fixed part of it for testing, chosen by file name
+    (:func:`localdisc.tasks.transfer.held_out_test`).
+    """
+
+    name = "montgomery"
+    default_modality = "xray"
+    layout = (
+        "MontgomerySet/CXR_png/MCUCXR_0001_0.png, "
+        "MontgomerySet/ManualMask/{leftMask,rightMask}/MCUCXR_0001_0.png "
+        "(without ManualMask: unlabelled, for pre-training)"
+    )
+    url = "https://lhncbc.nlm.nih.gov/LHC-downloads/downloads.html#tuberculosis-image-data-sets"
+    citation = (
+        "Jaeger et al., Quant Imaging Med Surg 4(6):475-477, 2014; "
+        "Candemir et al., IEEE TMI 33(2):577-590, 2014"
+    )
+    splits = ("all",)
+    all_targets = ("lung", "left_lung", "right_lung")
+    preferred_target = "lung"
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str | None = None,
+        *,
+        skip_bad: bool = False,
+        masks: bool = True,
+    ) -> None:
+        self._with_masks = masks
+        super().__init__(root, split, skip_bad=skip_bad)
+
+    @classmethod
+    def pool_paths(cls, root: str | Path | None) -> list[Path]:
+        """The X-rays: pre-training needs no lung mask, so none is read."""
+        return cls(root, "all", masks=False).image_paths
+
+    def _find_images(self) -> tuple[Path, dict[str, Path]]:
+        """The set's folder (``CXR_png``'s parent) and its X-rays keyed by :func:`name_key`."""
+        assert self.root is not None
+        found: dict[Path, dict[str, Path]] = {}
+        for dirpath, dirnames, _ in walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            if Path(dirpath).name == "CXR_png":
+                dirnames[:] = []
+                index = _index(Path(dirpath))
+                # Only folders with the set's X-rays: a zip's __MACOSX/ copy holds "._" files.
+                images = {k: p for k, p in index.items() if _MONTGOMERY_STEM.match(k)}
+                if images:
+                    found[Path(dirpath)] = images
+        if not found:
+            raise DatasetError(
+                f"{self.root}: no CXR_png folder with Montgomery X-rays (MCUCXR_0001_0.png) "
+                f"found; expected the {self.name} layout: {self.layout}"
+            )
+        if len(found) > 1:
+            raise DatasetError(
+                f"{self.root}: {len(found)} CXR_png folders with Montgomery X-rays "
+                f"({', '.join(map(str, found))}); give the MontgomerySet folder to read as ROOT"
+            )
+        folder, images = next(iter(found.items()))
+        return folder.parent, images
+
+    def _list_items(self) -> list[Item]:
+        base, images = self._find_images()
+        manual = base / "ManualMask"
+        labelled = self._with_masks and manual.is_dir()
+        if self._with_masks and not labelled:  # X-rays alone: unlabelled, as JSRT without SCR
+            why = f"{manual}: no such folder, so the X-rays have no lung masks"
+            self.missing_labels = dict.fromkeys(self.all_targets, why)
+        sides = {
+            target: _index(self._require_dir(manual / folder))
+            for target, folder in (MONTGOMERY_SIDES.items() if labelled else ())
+        }
+        items: list[Item] = []
+        for key, image in images.items():
+            if not labelled:
+                items.append(Item(image_stem(image), image))
+                continue
+            lungs: dict[str, Path] = {}
+            for target, folder in MONTGOMERY_SIDES.items():
+                path = sides[target].get(key)
+                if path is None:
+                    self._problem(image, f"its lung mask {manual / folder / image.name} is missing")
+                    break
+                lungs[target] = path
+            else:
+                masks = {
+                    "lung": (lungs["left_lung"], lungs["right_lung"]),
+                    **{target: (path,) for target, path in lungs.items()},
+                }
+                items.append(Item(image_stem(image), image, masks))
+        self.targets = self.all_targets if labelled else ()
+        self.fov_source = "whole image"
+        return items
+
+
 # -- any folder --------------------------------------------------------------------------
 
 #: Folders holding masks (never pool images) in the layouts this package knows.
@@ -1356,6 +1472,7 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
         ChaseDb1Dataset,
         HrfDataset,
         JsrtScrDataset,
+        MontgomeryDataset,
         FolderDataset,
         SyntheticFundusDataset,
         SyntheticXrayDataset,

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from localdisc.data.datasets import DATASETS
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import LocaldiscError
 from localdisc.eval.report import collect, environment_markdown, jsonable
@@ -41,7 +42,6 @@ from localdisc.tasks.benchmark_transfer import (
 from localdisc.tasks.benchmark_transfer import preset as transfer_preset
 
 METHODS = ("ld", "simclr", "densecl", "pixpro", "genesis")
-XRAY_SETS = ("jsrt_scr", "synthetic_xray")
 
 
 @dataclass
@@ -68,8 +68,8 @@ def parse_pool(spec: str) -> tuple[str, str]:
     prefix, sep, rest = spec.partition("=")
     if sep and prefix in ("fundus", "xray"):
         return prefix, rest
-    name = spec.partition(":")[0].lower()
-    return ("xray" if name in XRAY_SETS else "fundus"), spec
+    known = DATASETS.get(spec.partition(":")[0].lower())  # its own modality; a folder: fundus
+    return (known.default_modality if known and known.default_modality else "fundus"), spec
 
 
 #: ``--cpu-scale`` pools under ``--data-root`` (those of benchmarks/compare_methods.sh).
