@@ -13,6 +13,9 @@ from localdisc.methods import (
     PixProObjective,
     PretrainObjective,
 )
+from localdisc.methods import densecl as densecl_module
+from localdisc.methods.base import shuffle_bn_permutation
+from localdisc.methods.densecl import QUEUE_SIZE, queue_size_for
 from localdisc.models.ld import LDModel
 
 SIZE, BATCH, POOL = 32, 2, 40
@@ -171,3 +174,121 @@ def test_peer_views_are_independent_per_view():
     assert not torch.allclose(batch.theta[:BATCH], batch.theta[BATCH:])
     again = views(x, 2, gen(0))
     assert torch.equal(again.images, batch.images)
+
+
+def test_densecl_queue_size_follows_the_training_pool():
+    # The methods benchmark's 950 training images: a 4096 queue held ~4 keys of every image.
+    assert queue_size_for(950, 4) == 950 // 8 == 118
+    assert queue_size_for(950, 8) == 118
+    assert queue_size_for(32_768, 8) == QUEUE_SIZE == 4096
+    assert queue_size_for(1_000_000, 8) == QUEUE_SIZE
+    assert queue_size_for(32_767, 8) < QUEUE_SIZE
+    assert queue_size_for(20, 8) == 8  # never below the keys a step enqueues
+    assert queue_size_for(1, 2) == 2
+    with pytest.raises(ValueError, match="train_images"):
+        queue_size_for(0, 4)
+
+
+def test_densecl_resumes_a_checkpoint_with_another_queue_length():
+    # A run saved with a 12-key queue resumes exactly in an objective built with another length
+    # (older runs hold 4096 keys; the engine now sizes new queues from the pool).
+    obj = build("densecl")
+    x1, x2 = pool_pair(3, seed=3)
+    for _ in range(2):
+        obj(x1, x2, gen(0))
+        obj.after_step()
+    torch.manual_seed(0)
+    fresh = DenseCLObjective(LDModel(dim=8, clusters=4), size=SIZE, modality="fundus", queue_size=4)
+    fresh.load_state_dict(obj.state_dict())
+    assert fresh.global_queue.shape == fresh.dense_queue.shape == (12, 128)
+    assert torch.equal(fresh.global_queue, obj.global_queue)
+    assert torch.equal(fresh(x1, x2, gen(1))["loss"], obj(x1, x2, gen(1))["loss"])
+    fresh.after_step()
+    obj.after_step()
+    assert int(fresh.queue_ptr) == int(obj.queue_ptr) == (3 * 2 * BATCH) % 12
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", range(1, 11))
+def test_shuffle_bn_permutation_mixes_the_query_chunks(n, groups):
+    # Every key chunk of 2+ rows holds rows of 2+ query chunks (grouped_forward's chunks).
+    query_chunks = torch.arange(n).chunk(max(1, min(groups, n)))
+    owner = torch.cat([torch.full((len(c),), i) for i, c in enumerate(query_chunks)])
+    drawn = set()
+    for seed in range(20):
+        perm = shuffle_bn_permutation(n, groups, gen(seed))
+        assert sorted(perm.tolist()) == list(range(n))
+        drawn.add(tuple(perm.tolist()))
+        for chunk in perm.chunk(len(query_chunks)):
+            if len(query_chunks) > 1 and len(chunk) > 1:
+                assert len(set(owner[chunk].tolist())) > 1, (perm, chunk)
+    if max(map(len, query_chunks)) > 1:  # random, drawn from the generator
+        assert len(drawn) > 1
+        again = shuffle_bn_permutation(n, groups, gen(7))
+        assert torch.equal(again, shuffle_bn_permutation(n, groups, gen(7)))
+
+
+def test_densecl_shuffled_bn_key_chunks_mix_query_chunks(monkeypatch):
+    # At B = 2 (4 instances, 2 chunks) a uniform permutation gave the key chunks the query
+    # chunks' own image sets in 1/3 of the steps: no shuffling at all then.
+    perms = []
+
+    def recording(fn, x, groups, perm=None):
+        if perm is not None:
+            perms.append(perm.clone())
+        return grouped_forward(fn, x, groups, perm)
+
+    grouped_forward = densecl_module.grouped_forward
+    monkeypatch.setattr(densecl_module, "grouped_forward", recording)
+    obj = build("densecl")
+    x1, x2 = pool_pair(3, seed=4)
+    with torch.no_grad():
+        for seed in range(12):
+            obj(x1, x2, gen(seed))
+    assert len(perms) == 12
+    for perm in perms:
+        assert sorted(perm.tolist()) == list(range(2 * BATCH))
+        for chunk in perm.chunk(2):  # query chunks: instances {0, 1} and {2, 3}
+            assert len({int(i) // BATCH for i in chunk}) == 2, perm
+
+
+def test_every_objective_takes_the_run_progress():
+    for name in sorted(PEER_METHODS):
+        modality = "xray" if name == "genesis" else "fundus"
+        obj = build(name, modality)
+        x1, x2 = pool_pair(1 if modality == "xray" else 3, seed=1)
+        obj(x1, x2, gen(0))
+        obj.after_step(progress=0.25)
+        obj.after_step(None)
+
+
+def test_pixpro_momentum_follows_the_run_progress():
+    # Under a time budget the step count K is a cap the run never reaches: the schedule must
+    # follow the fraction of the run done that the engine passes, not k / K.
+    obj = build("pixpro")
+    obj.momentum_steps = 100_000
+    assert obj.momentum_at(0.0) == pytest.approx(0.99)
+    assert obj.momentum_at(0.5) == pytest.approx(0.995)
+    assert obj.momentum_at(1.0) == pytest.approx(1.0)
+    assert obj.momentum_at(1.5) == obj.momentum_at(1.0) and obj.momentum_at(-1) == 0.99
+    x1, x2 = pool_pair(3, seed=1)
+    obj(x1, x2, gen(0))["loss"].backward()
+    torch.optim.Adam(obj.trainable_parameters(), lr=1e-2).step()
+    online = [p.detach().clone() for p in obj.model.encoder.parameters()]
+    target = [p.detach().clone() for p in obj.momentum_encoder.parameters()]
+    state = {k: v.clone() for k, v in obj.state_dict().items()}
+    obj.after_step(progress=0.5)
+    for t_new, t_old, o in zip(obj.momentum_encoder.parameters(), target, online, strict=True):
+        torch.testing.assert_close(t_new, 0.995 * t_old + 0.005 * o)
+    assert int(obj.step) == 1
+    # Without progress: the step count, as before.
+    assert obj.momentum == pytest.approx(obj.momentum_at(1 / 100_000))
+    # Resume: the saved state and the same progress give the same update.
+    fresh = build("pixpro", seed=5)
+    fresh.momentum_steps = 100_000
+    fresh.load_state_dict(state)
+    fresh.after_step(progress=0.5)
+    for a, b in zip(
+        fresh.momentum_encoder.parameters(), obj.momentum_encoder.parameters(), strict=True
+    ):
+        assert torch.equal(a, b)

@@ -563,15 +563,33 @@ def _new_optimizer(
     return torch.optim.Adam(params, lr=lr)
 
 
-def build_objective(config: PretrainConfig, model: LDModel) -> PretrainObjective:
-    """The peer method's objective around ``model`` (``config.method`` other than ``ld``)."""
+def build_objective(
+    config: PretrainConfig, model: LDModel, train_images: int | None = None
+) -> PretrainObjective:
+    """The peer method's objective around ``model`` (``config.method`` other than ``ld``), for
+    a run on ``train_images`` training images (``None``: unknown, DenseCL's default queue)."""
     from localdisc.methods import PEER_METHODS
+    from localdisc.methods.densecl import queue_size_for
 
     options: dict[str, Any] = {"amp": config.amp}
-    if config.method == "pixpro":  # its momentum rises to 1 over the run
+    if config.method == "pixpro":  # its momentum rises to 1 over the run (run_progress)
         options["momentum_steps"] = config.total_steps
+    if config.method == "densecl" and train_images is not None:  # negatives: other images
+        options["queue_size"] = queue_size_for(train_images, 2 * config.batch)
+    if config.method == "genesis":  # LD's crop geometry at the run's crop scale
+        options["crop_scale"] = tuple(config.crop_scale)
     cls = PEER_METHODS[config.method]
     return cls(model, size=config.size, modality=config.modality, **options)
+
+
+def run_progress(config: PretrainConfig, step: int, stage_seconds: float) -> float:
+    """The fraction of a peer's run done at ``step`` (its one stage, ``stage_seconds`` in):
+    the steps', or under a time budget the larger of that and the budget's fraction spent
+    (a budget ends the run long before its step count). For schedules over the run."""
+    progress = step / config.total_steps if config.total_steps else 1.0
+    if config.stage1_seconds is not None:  # a peer's budgets are folded into stage 1
+        progress = max(progress, stage_seconds / config.stage1_seconds)
+    return min(progress, 1.0)
 
 
 @torch.no_grad()
@@ -754,8 +772,9 @@ def pretrain(
             raise LocaldiscError(
                 f"--method {config.method} runs in one process, not under torchrun"
             )
-        objective = build_objective(config, model).to(device)
-        if tuple(config.crop_scale) != PretrainConfig.crop_scale and ctx.is_main:
+        objective = build_objective(config, model, train_images=train_pool.shape[0]).to(device)
+        default_crop = tuple(config.crop_scale) == PretrainConfig.crop_scale
+        if config.method != "genesis" and not default_crop and ctx.is_main:
             log(
                 f"crop_scale {tuple(config.crop_scale)} is LD's: {config.method} keeps the crops "
                 "of its paper"
@@ -1059,8 +1078,10 @@ def pretrain(
                 nonfinite_in_row = 0
                 total.backward()
                 optimizer.step()
-                if objective is not None:
-                    objective.after_step()
+                if objective is not None:  # the progress before this step, as its momentum
+                    objective.after_step(
+                        run_progress(config, step, time.perf_counter() - stage_start)
+                    )
                 if adversary is not None and assignments is not None:
                     logged["disc"] = adversary.discriminator_step(assignments[:, :1], gen)
                 step += 1

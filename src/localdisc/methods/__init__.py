@@ -17,7 +17,7 @@ Engine contract, per step (see :class:`PretrainObjective`)::
     optimizer = torch.optim.Adam(objective.trainable_parameters(), lr=...)
     terms = objective(x1, x2, generator)     # uint8 [B, C, P, P] pairs -> {"loss": ..., ...}
     terms["loss"].backward(); optimizer.step()
-    objective.after_step()                   # momentum encoders, queues
+    objective.after_step(progress)           # momentum encoders, queues (progress: run done, 0..1)
     # checkpoint: objective.state_dict() (all state); transfer: objective.model
 """
 

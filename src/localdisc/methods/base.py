@@ -7,7 +7,11 @@ encoders, queues. The training engine calls, per step::
 
     terms = objective(x1, x2, generator)      # {"loss": total, ...named scalar terms}
     terms["loss"].backward(); optimizer.step()  # optimizer over objective.trainable_parameters()
-    objective.after_step()                    # momentum update, queue update
+    objective.after_step(progress)            # momentum update, queue update
+
+``progress`` is the fraction of the run done (0..1): the step over the run's steps, or, under a
+wall-clock budget, the larger of that and the budget's fraction spent; ``None`` lets an objective
+fall back on its own step count.
 
 ``x1, x2`` are the uint8 ``[B, C, P, P]`` pool images the LD engine samples (LD feeds the pairs
 to :class:`~localdisc.data.views.LDViews`). The peers have no use for LD's pairing: every
@@ -38,7 +42,13 @@ from localdisc.data.views import LDViews, _uniform, color_jitter, normalize
 from localdisc.engine.precision import bf16_autocast
 from localdisc.models.ld import LDModel
 
-__all__ = ["PeerViewBatch", "PeerViews", "PretrainObjective", "momentum_update"]
+__all__ = [
+    "PeerViewBatch",
+    "PeerViews",
+    "PretrainObjective",
+    "momentum_update",
+    "shuffle_bn_permutation",
+]
 
 
 @dataclass
@@ -173,9 +183,9 @@ def grouped_forward(
 
     ``fn`` returns a tuple of per-row tensors; each is concatenated over the chunks. With
     ``perm`` the rows are permuted before chunking and the outputs permuted back: MoCo's
-    "shuffling BN" (He et al., CVPR 2020, Sec. 3.3) emulated on one device. Query and key
-    sub-batches then hold different sets of images, so batch statistics cannot leak which key is
-    the positive.
+    "shuffling BN" (He et al., CVPR 2020, Sec. 3.3) emulated on one device. With a
+    :func:`shuffle_bn_permutation` and chunks of 2+ rows, every key chunk mixes rows of different
+    query chunks, so its batch statistics differ from those of its positives' query chunks.
     """
     n = x.shape[0]
     groups = max(1, min(groups, n))
@@ -188,6 +198,25 @@ def grouped_forward(
         inverse[perm] = torch.arange(n)
         out = tuple(o[inverse.to(o.device)] for o in out)
     return out
+
+
+def shuffle_bn_permutation(n: int, groups: int, generator: torch.Generator) -> Tensor:
+    """A random permutation of ``n`` rows for :func:`grouped_forward`'s shuffled batch norm.
+
+    The rows of each query chunk (``torch.arange(n).chunk(groups)``, as grouped_forward cuts)
+    are shuffled, then dealt out in turn, one from each chunk per round. No two neighbours then
+    come from the same query chunk, so every key chunk of 2+ rows holds rows of at least two
+    query chunks: its statistics are never exactly a query chunk's (a uniform permutation gives
+    the query chunks' own sets in 1/3 of the steps at 4 rows in 2 chunks). With one row per
+    chunk no permutation can mix anything: each chunk's statistics are its one image's.
+    """
+    chunks = torch.arange(n).chunk(max(1, min(groups, n)))
+    shuffled = torch.cat([c[torch.randperm(len(c), generator=generator)] for c in chunks])
+    # Round r holds the r-th (shuffled) row of every chunk that has one, in chunk order; only
+    # the last chunk can be shorter (by at most one row where there are two chunks).
+    rank = torch.cat([torch.arange(len(c)) for c in chunks])
+    chunk = torch.cat([torch.full((len(c),), i) for i, c in enumerate(chunks)])
+    return shuffled[torch.argsort(rank * len(chunks) + chunk)]
 
 
 class PretrainObjective(nn.Module):
@@ -230,8 +259,12 @@ class PretrainObjective(nn.Module):
     ) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def after_step(self) -> None:
-        """Momentum-encoder and queue updates after ``optimizer.step()``; no-op by default."""
+    def after_step(self, progress: float | None = None) -> None:
+        """Momentum-encoder and queue updates after ``optimizer.step()``; no-op by default.
+
+        ``progress``: the fraction of the run done (see the module docstring), for objectives
+        whose schedules follow the run; ``None``: their own step count.
+        """
 
     def online_modules(self) -> list[nn.Module]:
         """The modules the optimiser trains (default: the model's encoder)."""

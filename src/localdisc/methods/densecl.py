@@ -15,18 +15,26 @@ published S = 448; the paper's is ResNet C5, 7 x 7 at 224).
 
 Adaptations:
 
-- Queue length 4096 for both queues (the paper: 65 536). Queued keys are only useful while the
-  key encoder that produced them is close to the current one; with momentum 0.999 the key encoder
-  forgets on a scale of ~1000 steps. A medical step has ``2B = 8`` instances at the published
-  ``B = 4`` (MoCo: 256), so 65 536 keys would reach back 8192 steps, far beyond that horizon
-  (stale, inconsistent negatives), and would exceed the 30 000-image Kaggle DR pool twice over,
-  filling the queue with many copies of every image. 4096 keys span 512 steps and about 14% of
-  the smallest published pool.
+- Queue length 4096 for both queues (the paper: 65 536), or less on a small pool. Queued keys are
+  only useful while the key encoder that produced them is close to the current one; with
+  momentum 0.999 the key encoder forgets on a scale of ~1000 steps. A medical step has ``2B = 8``
+  instances at the published ``B = 4`` (MoCo: 256), so 65 536 keys would reach back 8192 steps,
+  far beyond that horizon (stale, inconsistent negatives). MoCo's negatives are also other
+  images: a queue as long as the pool holds about one key of every image, so each query would
+  meet its own image among its negatives. The engine therefore sizes the queue from the
+  training pool with :func:`queue_size_for`: at most an eighth of the training images (about
+  1/8 of a copy of the query's own image among the negatives; 118 keys for the 950 training
+  images of the methods benchmark, about 3740 for the whole 30 000-image Kaggle DR pool), never
+  fewer than one step's keys, and 4096 (512 steps at ``B = 4``) from 32 768 training images on.
+  A resumed run keeps its checkpoint's queue length.
 - Shuffled batch norm: MoCo shuffles the key batch across GPUs so that a query and its positive
   key never share batch statistics (which otherwise leak the positive). On one device we forward
-  queries in ``shuffle_bn_groups`` contiguous chunks and keys in as many chunks of a random
-  permutation (drawn from the step's generator), which is the same computation MoCo does with
-  that many GPUs. ``shuffle_bn_groups=1`` disables it.
+  queries in ``shuffle_bn_groups`` contiguous chunks and keys in as many chunks of a permutation
+  drawn from the step's generator (:func:`~localdisc.methods.base.shuffle_bn_permutation`) such
+  that every key chunk mixes images of different query chunks (MoCo's random shuffle leaves a
+  GPU its own images by chance). This needs 2+ images per chunk: with one (``B = 1`` and two
+  chunks) each chunk's statistics are its one image's, in the query and the key forward alike,
+  and no permutation helps. ``shuffle_bn_groups=1`` disables it.
 - Instances: the ``2B`` pool images of a step; views from :class:`PeerViews` (LD family,
   independent geometry per view, crop scale 0.2-1 as in MoCo v2; no blur, see
   :mod:`localdisc.methods.simclr`).
@@ -52,14 +60,30 @@ from localdisc.methods.base import (
     frozen_copy,
     grouped_forward,
     momentum_update,
+    shuffle_bn_permutation,
 )
 from localdisc.models.ld import LDModel
 from localdisc.models.projection import DenseProjectionHead, ProjectionHead
 
-__all__ = ["DenseCLObjective"]
+__all__ = ["QUEUE_SIZE", "DenseCLObjective", "queue_size_for"]
 
 #: Default length of the global and dense negative queues (see the module docstring).
 QUEUE_SIZE = 4096
+#: The queue holds at most 1 / this of the training images (see the module docstring).
+QUEUE_POOL_DIVISOR = 8
+
+
+def queue_size_for(train_images: int, instances_per_step: int) -> int:
+    """The queue length for a run on ``train_images`` training images with
+    ``instances_per_step`` (``2B``) keys enqueued per step: ``QUEUE_SIZE`` capped at an eighth of
+    the training images, so that a query rarely meets its own image among the negatives, but
+    never below one step's keys (which a step enqueues at once)."""
+    if train_images < 1 or instances_per_step < 1:
+        raise ValueError(
+            f"train_images and instances_per_step must be >= 1, got {train_images} and "
+            f"{instances_per_step}"
+        )
+    return max(instances_per_step, min(QUEUE_SIZE, train_images // QUEUE_POOL_DIVISOR))
 
 
 class DenseCLObjective(PretrainObjective):
@@ -67,7 +91,8 @@ class DenseCLObjective(PretrainObjective):
 
     Options:
         tau: temperature (0.2). dense_weight: lambda (0.5). momentum: key-encoder EMA (0.999).
-        queue_size: length of both queues (4096). hidden_dim, out_dim: head widths (128, 128).
+        queue_size: length of both queues (4096; the engine passes :func:`queue_size_for` the
+            training pool). hidden_dim, out_dim: head widths (128, 128).
         crop_scale: area range of each view's crop ((0.2, 1.0)).
         shuffle_bn_groups: chunks for MoCo's shuffled batch norm on one device (2; 1 = off).
         amp: bf16 autocast of the networks where it pays (CUDA, CPUs with bf16).
@@ -138,8 +163,8 @@ class DenseCLObjective(PretrainObjective):
         x = self._instances(x1, x2)
         n = x.shape[0]
         batch = self.views(x, 2, generator)
-        perm = torch.randperm(n, generator=generator)
         groups = self.shuffle_bn_groups
+        perm = shuffle_bn_permutation(n, groups, generator)
         query_img, key_img = batch.images[:n], batch.images[n:]
         with self._autocast(x.device):
             fq, q, r = grouped_forward(self._query, query_img, groups)
@@ -157,9 +182,19 @@ class DenseCLObjective(PretrainObjective):
             "dense": terms.dense.detach(),
         }
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # A checkpoint's queues keep their length (a run saved with another length, e.g. 4096
+        # before the queue followed the pool, resumes exactly rather than failing on the shape).
+        for name in ("global_queue", "dense_queue"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, getattr(self, name).new_empty(saved.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
-    def after_step(self) -> None:
-        """EMA of the key network, then enqueue the last training forward's keys."""
+    def after_step(self, progress: float | None = None) -> None:
+        """EMA of the key network, then enqueue the last training forward's keys (the momentum
+        is constant: ``progress`` is not used)."""
         momentum_update(self.model.encoder, self.momentum_encoder, self.momentum)
         momentum_update(self.global_head, self.momentum_global_head, self.momentum)
         momentum_update(self.dense_head, self.momentum_dense_head, self.momentum)

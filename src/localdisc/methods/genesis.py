@@ -14,11 +14,14 @@ corrupted image is normalised per modality like every network input of the harne
 is the uncorrupted view in [0, 1]. Transfer takes the encoder (and may take the decoder); the head
 is discarded, as are LD's embedding and clustering heads, which this objective does not train.
 
-Views: one view per instance (the ``2B`` pool images of a step): LD's geometry (flips, rotation
-U(-180, 180), random resized crop at LD's scale 0.9-1, small rotation) and LD's colour jitter and
-grayscale, so that the image distribution matches LD's and the other peers'; the jittered view is
-the restoration target, the Genesis corruptions act on top of it. Models Genesis' own
-input/target flips (flip_rate 0.4 in the public code) are subsumed by the geometry.
+Views: one view per instance (the ``2B`` pool images of a step) with LD's geometry (flips,
+rotation U(-180, 180), a random resized crop, small rotation) at the run's crop scale (the
+engine passes LD's ``crop_scale``; default 0.9-1, LD's default) and LD's colour jitter and
+grayscale, so that the views match LD's at the same setting; the jittered view is the
+restoration target, the Genesis corruptions act on top of it. This is the harness's choice, not
+the papers': Models Genesis restores sub-volumes cut at native resolution, without resized
+crops. Its own input/target flips (flip_rate 0.4 in the public code) are subsumed by the
+geometry.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ class GenesisObjective(PretrainObjective):
     Options:
         shuffle_p, nonlinear_p, paint_p, outpaint_p: corruption probabilities (0.5, 0.9, 0.9,
             0.8; see :class:`~localdisc.data.genesis.GenesisCorruption`).
-        crop_scale: area range of the view's crop ((0.9, 1.0), LD's).
+        crop_scale: area range of the view's crop ((0.9, 1.0), LD's default; the engine
+            passes the run's).
         jitter: LD's colour jitter + grayscale on the view before corruption (True).
         amp: bf16 autocast of the network where it pays (CUDA, CPUs with bf16).
     """

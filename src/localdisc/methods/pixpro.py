@@ -11,9 +11,13 @@ the symmetric pixel-to-propagation consistency ``-cos(y_i, x'_j) - cos(y_j, x'_i
 
 Hyper-parameters (paper): PPM ``gamma = 2``, one linear layer in the transform ``g``, ``T = 0.7``,
 momentum increased from 0.99 to 1 with a cosine schedule (BYOL's ``m = 1 - (1 - m0) (cos(pi k /
-K) + 1) / 2``). The schedule needs the run's length ``K``: pass ``momentum_steps``; without it the
-momentum stays at 0.99 (the schedule's start, and the value it keeps for most of a short run).
-The step counter is a buffer, so a resumed run continues the schedule. Projection head 128 -> 256
+K) + 1) / 2``). The schedule follows the fraction of the run done, ``k / K``: the engine passes
+it to :meth:`~PixProObjective.after_step` as ``progress``, which under a wall-clock budget is the
+larger of the step fraction and the budget's fraction spent (a budget ends the run long before
+its step count, where ``k / K`` alone would leave the momentum at 0.99). Without ``progress`` the
+objective counts its own steps against ``momentum_steps``; without either the momentum stays at
+0.99. Neither needs state of its own on resume: the engine restores its step and clock, and the
+step counter is a buffer (in ``state_dict()``). Projection head 128 -> 256
 -> 128 (the paper's BYOL-style head doubles the width in the hidden layer, 2048 -> 4096 -> 256;
 we keep the output at 128 like the other peers, as 256 would exceed the 128-channel encoder).
 The paper's optional instance-level branch (PixPro + "instance") is not used.
@@ -54,7 +58,7 @@ class PixProObjective(PretrainObjective):
         gamma: PPM sharpness (2). transform_layers: layers of the PPM's ``g`` (1).
         threshold: positive-pair distance in bin diagonals (0.7).
         momentum: base EMA momentum (0.99). momentum_steps: length of the cosine schedule to 1
-            (``None``: constant momentum).
+            where :meth:`after_step` gets no ``progress`` (``None``: constant momentum then).
         hidden_dim, out_dim: projection head widths (256, 128).
         crop_scale: area range of each view's crop ((0.2, 1.0)).
         amp: bf16 autocast of the networks where it pays (CUDA, CPUs with bf16).
@@ -104,12 +108,19 @@ class PixProObjective(PretrainObjective):
 
     @property
     def momentum(self) -> float:
-        """The EMA momentum of the next :meth:`after_step` (cosine schedule from the base)."""
-        if self.momentum_steps is None:
-            return self.base_momentum
-        k = min(int(self.step), self.momentum_steps)
-        progress = (math.cos(math.pi * k / self.momentum_steps) + 1) / 2
-        return 1.0 - (1.0 - self.base_momentum) * progress
+        """The EMA momentum of the next :meth:`after_step` without ``progress`` (the cosine
+        schedule over ``momentum_steps`` steps, else the base)."""
+        return self.momentum_at(None)
+
+    def momentum_at(self, progress: float | None) -> float:
+        """The cosine schedule's momentum at ``progress`` (the fraction of the run done, clamped
+        to 0..1); ``None``: at this objective's step count over ``momentum_steps``."""
+        if progress is None:
+            if self.momentum_steps is None:
+                return self.base_momentum
+            progress = min(int(self.step), self.momentum_steps) / self.momentum_steps
+        progress = min(max(float(progress), 0.0), 1.0)
+        return 1.0 - (1.0 - self.base_momentum) * (math.cos(math.pi * progress) + 1) / 2
 
     def forward(  # type: ignore[override]
         self, x1: Tensor, x2: Tensor, generator: torch.Generator
@@ -135,9 +146,11 @@ class PixProObjective(PretrainObjective):
         }
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        """EMA of the momentum encoder and projector, then advance the schedule."""
-        m = self.momentum
+    def after_step(self, progress: float | None = None) -> None:
+        """EMA of the momentum encoder and projector at the schedule's momentum for
+        ``progress`` (the fraction of the run done before this step; ``None``: the step
+        count), then advance the step count."""
+        m = self.momentum_at(progress)
         momentum_update(self.model.encoder, self.momentum_encoder, m)
         momentum_update(self.projector, self.momentum_projector, m)
         self.step += 1
