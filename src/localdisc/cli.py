@@ -1365,7 +1365,10 @@ def view(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (default: this machine)."),
     port: int = typer.Option(8765, help="Port to listen on (0: any free port)."),
     size: int | None = typer.Option(
-        None, help="Shrink images to this longer side (default: the model's pool size)."
+        None,
+        help="Working size: the model sees every image at this longer side (smaller ones "
+        "enlarged, as similarity and localize); larger images are shown shrunk to it "
+        "(default: the model's pool size).",
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     cache_mb: float = typer.Option(

@@ -382,3 +382,16 @@ def test_radiographs_are_resized_whole_not_framed():
     small, framing = working_image(loaded, image, 64)
     assert framing.box == (0, 48, 0, 100)
     np.testing.assert_array_equal(small, resized(image, 64))
+
+
+def test_a_strip_thinner_than_a_working_pixel_keeps_one(loaded):
+    # A 2 x 300 strip at 64 px rounded its short side to 0 pixels: the resize failed (ValueError
+    # "output size must be positive"); the viewer, which shows it 1 px high, then failed on it
+    # too once it embedded every image at the working size, as `similarity` does.
+    from localdisc.tasks.similarity import resized_shape
+
+    assert resized_shape((2, 300), 64) == ((1, 64), (64 / 300, 1 / 2))
+    strip = np.random.default_rng(0).random((2, 300, 3)).astype(np.float32)
+    result = similarity(loaded, strip, [(150, 1)], [strip])
+    assert result.query.shape == result.targets[0].shape == (1, 2, 300)
+    assert abs(result.best[0][0][0] - 150) <= 300 / 64  # within a working pixel

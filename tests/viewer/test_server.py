@@ -828,11 +828,11 @@ def test_a_framed_fundus_images_maps_are_the_librarys(tmp_path, level):
     torch.manual_seed(0)
     model = LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)).eval()
     loaded = LoadedModel(model, PatchKernel(8), 96)
-    files = framed_photographs(tmp_path)  # shown at the file's size and at 2/3 of it
-    viewer = Viewer(loaded, files, size=96)
+    files = framed_photographs(tmp_path)  # shown at 92/96 and 92/144 of the files' sizes
+    viewer = Viewer(loaded, files, size=92)
     raws = [read_image(path)[0] for _, path in files]
     # Both fields of view are 92 px: `similarity` at 92 keeps them as they are, as the viewer.
-    for image, x, y in [(0, 30, 40), (1, 60, 50), (1, 4, 61)]:
+    for image, x, y in [(0, 30, 40), (1, 60, 50), (1, 4, 60)]:
         entry = viewer.entries[image]
         (w, h), (dh, dw) = entry.original, entry.shape
         point = from_resized((x, y), (dw / w, dh / h))
@@ -844,6 +844,20 @@ def test_a_framed_fundus_images_maps_are_the_librarys(tmp_path, level):
             np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{(image, x, y)}")
             bx, by = result.matches[target].best
             assert expected[by, bx] >= expected.max() - 1e-5
+    # At 96 both enlarge the fields of view (the viewer kept them at 92: 0.06 off). Where the
+    # display image is the file (the plain one), the maps agree on the field of view; beyond
+    # it each repeats its edge, sampled from the working pixels or the file's.
+    viewer = Viewer(loaded, files, size=96)
+    y0, y1, x0, x1 = viewer.framing(0).box
+    for image, x, y in [(0, 30, 40), (1, 60, 50)]:
+        entry = viewer.entries[image]
+        (w, h), (dh, dw) = entry.original, entry.shape
+        point = from_resized((x, y), (dw / w, dh / h))
+        ref = similarity(loaded, raws[image], [point], raws[:1], level=level, size=96)
+        got = viewer.similarity_map(viewer.query(image, x, y, level), 0)
+        np.testing.assert_allclose(
+            got[y0:y1, x0:x1], ref.targets[0][0][y0:y1, x0:x1], atol=1e-5, err_msg=f"{image}"
+        )
     # A model that is not framed (a radiograph's) sees the display images, as before.
     loaded.frame_fundus = False
     whole = Viewer(loaded, files, size=96)
@@ -898,7 +912,8 @@ def test_the_framing_at_the_start_is_the_working_images(tmp_path):
     rng = np.random.default_rng(0)
     files = []
     # Fields of view larger and smaller than the working size, odd sides, and one that fills
-    # its file (framed only where its working image is not the display image).
+    # its file (framed only where its working image is not the display image: where it is
+    # enlarged, at 64 and 200).
     for i, (h, w, top, left) in enumerate([(97, 203, 3, 40), (70, 50, 20, 18), (61, 61, 0, 0)]):
         image = rng.integers(60, 256, (h, w, 3), np.uint8)
         image[:top], image[h - top :], image[:, :left], image[:, w - left :] = 0, 0, 0, 0
@@ -910,7 +925,7 @@ def test_the_framing_at_the_start_is_the_working_images(tmp_path):
         viewer = Viewer(loaded, files, size=size)
         for entry in viewer.entries:
             raw = read_image(entry.path)[0]
-            small, framing = working_image(loaded, raw, size, shrink_only=True)
+            small, framing = working_image(loaded, raw, size)
             assert entry.grid == small.shape[:2], (size, entry.name)
             if entry.framing is None:  # the model sees the display image
                 assert framing.box == (0, raw.shape[0], 0, raw.shape[1])
@@ -918,7 +933,7 @@ def test_the_framing_at_the_start_is_the_working_images(tmp_path):
             else:
                 assert entry.framing == framing, (size, entry.name)
                 framed += 1
-    assert framed == 2 * 3  # two of the three at every size
+    assert framed == 3 + 2 + 3  # at 16 the one that fills its file is the display image
 
 
 @pytest.mark.parametrize("modality", ["fundus", "xray"])
@@ -933,5 +948,71 @@ def test_embedding_bytes_are_those_of_the_embeddings_kept(tmp_path, modality):
         expected = viewer.embedding_bytes(entry.id)
         for level in ("pixel", "patch"):
             assert viewer.embeddings(entry.id, level).nbytes == expected, (entry.name, level)
-    if modality == "fundus":  # the 92 px field of view, not the 96 px display image
-        assert viewer.embeddings(0, "pixel").shape[1:] == (92, 92)
+    if modality == "fundus":  # the 92 px field of view enlarged, not the 96 px display image
+        assert viewer.embeddings(0, "pixel").shape[1:] == (96, 96)
+        assert viewer.framing(0) is not None
+
+
+@pytest.mark.parametrize("level", ["pixel", "patch"])
+def test_an_image_smaller_than_the_working_size_is_embedded_at_it(tmp_path, level):
+    # `similarity` and `localize` enlarge an image smaller than the working size to it (the
+    # scale of pre-training's pool); the viewer embedded it at its own size, so its maps
+    # differed from theirs by up to 0.1 here and its best matches moved.
+    torch.manual_seed(0)
+    loaded = load_model_in_memory(LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)))
+    rng = np.random.default_rng(2)
+    files = []
+    for i, (h, w) in enumerate([(37, 48), (41, 29)]):  # both smaller than the pool's 96
+        image = F.avg_pool2d(torch.from_numpy(rng.random((3, h + 4, w + 4))), 5, 1)
+        image = (image - image.min()) / (image.max() - image.min())
+        files.append((f"small{i}", tmp_path / f"small{i}.png"))
+        Image.fromarray(np.round(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(
+            files[-1][1]
+        )
+    viewer = Viewer(loaded, files)  # the default working size: the pool's, as `similarity`'s
+    raws = [read_image(path)[0] for _, path in files]
+    for image, x, y in [(0, 20, 11), (1, 3, 38), (0, 47, 0)]:
+        ref = similarity(loaded, raws[image], [(x, y)], raws, level=level)
+        result = viewer.query(image, x, y, level)
+        assert viewer.entries[image].file_point(x, y) == [x, y]
+        for target, maps in enumerate(ref.targets):
+            got = viewer.similarity_map(result, target)
+            # A random model's cosines are all near 1: equal to float rounding, well within their
+            # spread (1e-4 here), and the best match is the library's maximum (ties aside).
+            np.testing.assert_allclose(got, maps[0], atol=1e-6, err_msg=f"{(image, x, y)}")
+            bx, by = result.matches[target].best
+            assert maps[0][by, bx] >= maps[0].max() - 1e-6, (image, x, y, target)
+    for entry, raw in zip(viewer.entries, raws, strict=True):
+        assert entry.shape == raw.shape[:2]  # shown at its own size, never enlarged
+        assert max(entry.grid) == 96  # embedded at the working size
+        assert viewer.embedding_bytes(entry.id) == viewer.embeddings(entry.id, level).nbytes
+
+
+def test_a_coordinate_is_a_plain_decimal_number_never_cut_short(setup):
+    # x was read from its first 32 characters: a longer spelling of 12 was queried as pixel 0,
+    # answered 200; Python's float syntax also let 1_0 and exponents through.
+    refused = ["0" * 32 + "12", "12." + "0" * 40, "1.0e1", "1e1", "1_0", "0x1", " 12", "12 ",
+               "\u0661\u0662", "+", ".", "1.2.3", "--1", "inf", "nan"]  # fmt: skip
+    for x in refused:
+        status, data = get_json(setup, f"/api/similarity?image=0&x={urllib.parse.quote(x)}&y=5")
+        assert status == 400 and "x must be" in data["error"], x
+    # The longest accepted is 32 characters; fractions are floored, as before.
+    for x, expected in [("12", 12), ("12." + "0" * 29, 12), ("+3.9", 3), ("7.", 7), (".5", 0),
+                        ("-0", 0), ("0" * 30 + "12", 12)]:  # fmt: skip
+        status, data = get_json(setup, f"/api/similarity?image=0&x={urllib.parse.quote(x)}&y=5")
+        assert status == 200 and data["query"]["x"] == expected, x
+
+
+def test_a_strip_thinner_than_a_working_pixel_is_still_shown_and_queried(tmp_path):
+    # Shown 1 px high, as always; embedded at the working size (where `similarity` made it 0 px
+    # high and failed), it must keep that one pixel rather than fail on every query.
+    loaded = load_model_in_memory(LDModel(LDConfig(width=4, dim=8, clusters=4, depth=2)))
+    files = [("strip", tmp_path / "strip.png")]
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (2, 300, 3), np.uint8)).save(
+        files[0][1]
+    )
+    viewer = Viewer(loaded, files)
+    assert viewer.entries[0].shape == viewer.entries[0].grid == (1, 96)
+    result = viewer.query(0, 40, 0, "patch")
+    assert viewer.similarity_map(result, 0).shape == (1, 96)
+    assert viewer.labels(0).shape == (1, 96)

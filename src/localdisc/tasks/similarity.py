@@ -176,12 +176,13 @@ def resized_shape(shape: tuple[int, ...], size: int | None) -> tuple[tuple[int, 
     Each side is rounded to whole pixels on its own, so the shorter side's scale differs from
     the longer side's (97 x 203 at 64: 31 / 97 = 0.3196 vs 64 / 203 = 0.3153): one scale for both
     would misplace points near the far edge of the shorter side by up to half a resized pixel.
+    No side rounds to nothing: a strip thinner than ``max(h, w) / size / 2`` keeps one pixel.
     """
     h, w = shape[:2]
     if size is None or size == max(h, w):
         return (h, w), (1.0, 1.0)
     scale = size / max(h, w)
-    rh, rw = round(h * scale), round(w * scale)
+    rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
     return (rh, rw), (rw / w, rh / h)
 
 
@@ -275,12 +276,12 @@ class Framing:
 
 
 def working_image(
-    loaded: LoadedModel, image: np.ndarray, size: int | None, *, shrink_only: bool = False
+    loaded: LoadedModel, image: np.ndarray, size: int | None
 ) -> tuple[np.ndarray, Framing]:
     """``image`` as the model is shown it, with its :class:`Framing`: for a fundus model cut to
     its field of view first (:func:`~localdisc.data.preprocess.roi_box`, as pre-training's
-    pool), then resized to the longer side ``size`` (:func:`resized_shape`; ``shrink_only``: a
-    smaller crop is kept as it is, as the viewer shows small images).
+    pool), then resized to the longer side ``size``, a smaller crop enlarged
+    (:func:`resized_shape`).
 
     Why: the pool's photographs were cropped to the FOV before resizing, and embeddings are
     not scale-invariant: a camera's 3:2 frame with wide black borders, resized whole, showed
@@ -288,20 +289,18 @@ def working_image(
     discs localised 161 px off, median, against 18 unpadded). Radiographs are resized whole,
     as in pre-training.
     """
-    framing, shape = working_framing(loaded, image, size, shrink_only=shrink_only)
+    framing, shape = working_framing(loaded, image, size)
     return framing.apply(image, shape), framing
 
 
 def working_framing(
-    loaded: LoadedModel, image: np.ndarray, size: int | None, *, shrink_only: bool = False
+    loaded: LoadedModel, image: np.ndarray, size: int | None
 ) -> tuple[Framing, tuple[int, int]]:
     """The :class:`Framing` and (height, width) of :func:`working_image`'s image, without
     resizing (the viewer sizes its caches with it before any image is embedded)."""
     h, w = image.shape[:2]
     box = roi_box(image) if loaded.frames_fov else (0, h, 0, w)
     y0, y1, x0, x1 = box
-    if shrink_only and size is not None and max(y1 - y0, x1 - x0) <= size:
-        size = None
     shape, scale = resized_shape((y1 - y0, x1 - x0), size)
     return Framing(box, scale), shape
 

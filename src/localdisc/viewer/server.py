@@ -7,9 +7,12 @@ refuses long URLs (414), request bodies (413) and foreign ``Host`` headers when 
 loopback interface (a DNS-rebinding web page could otherwise read the images).
 
 All coordinates are pixels of the *display* image: the input resized so that its longer side is
-at most ``size`` (default: the model's pre-training pool size, the scale it knows). The
-similarity answer also gives the query point and best matches in pixels of the image *file*
-(``file``, ``best_file``: [x, y]), as ``localdisc localize --landmarks`` takes them.
+at most ``size`` (default: the model's pre-training pool size, the scale it knows). The model
+sees every image at ``size`` (smaller ones enlarged, a fundus model's cut to their field of
+view first), as ``localdisc similarity`` and ``localize`` do, and its maps are sampled at the
+display pixels. The similarity answer also gives the query point and best matches in pixels of
+the image *file* (``file``, ``best_file``: [x, y]), as ``localdisc localize --landmarks`` takes
+them.
 """
 
 from __future__ import annotations
@@ -45,12 +48,15 @@ from localdisc.tasks.similarity import (
     dense_patch_embeddings,
     from_resized,
     nearest_pixel,
+    resized_shape,
     working_framing,
 )
 
 LEVELS = ("pixel", "patch")
 MAX_URL = 2048  # bytes of the request target; every real URL of the page is far shorter
 MAX_BODY = 1024  # only GET is served: no request needs a body
+MAX_NUMBER = 32  # characters of a coordinate: any pixel, with decimals to spare
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")  # ASCII digits, no exponent
 THUMB = 160  # longer side of thumbnails
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = {
@@ -95,7 +101,8 @@ class Entry:
     digest: bytes  # of the display image, to notice a file changed since the viewer started
     grid: tuple[int, int]  # (height, width) of the working image: that of its embeddings
     #: How the working image was cut and resized from the file, where it is not the display
-    #: image (a fundus image's field of view), else ``None``.
+    #: image (a fundus image's field of view, an image smaller than the working size), else
+    #: ``None``.
     framing: Framing | None = None
 
     def file_point(self, x: int, y: int) -> list[float]:
@@ -214,12 +221,13 @@ def image_digest(image: np.ndarray) -> bytes:
 
 
 def display_image(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` with its longer side at most ``size``: large images shrink, small ones stay."""
+    """``image`` with its longer side at most ``size``: large images shrink, small ones stay
+    (the model sees them enlarged: :meth:`Viewer.model_image`). Shrunk, it is the working image
+    of ``similarity`` at ``size`` (the same :func:`resized_shape`)."""
     h, w = image.shape[:2]
     if max(h, w) <= size:
         return np.asarray(image, dtype=np.float32)
-    scale = size / max(h, w)
-    return resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return resize_image(image, resized_shape((h, w), size)[0])
 
 
 def _colormap(name: str) -> np.ndarray:
@@ -238,11 +246,11 @@ def similarity_map(
 ) -> np.ndarray:
     """Cosine similarity in [-1, 1] of a ``[1, D]`` query vector with ``[D, h, w]`` unit vectors
     on the display pixels: computed on the working image, then, where ``framing`` says how that
-    was made from ``entry``'s file (a fundus image's field of view), sampled at the display
-    pixels, as :func:`localdisc.tasks.similarity.similarity` interpolates its maps to the
-    file's. The same operations as ``similarity``, so values agree with it to rounding, and the
-    same inputs give the same bits (a map the viewer evicted is computed again to the very same
-    heatmap)."""
+    was made from ``entry``'s file (a fundus image's field of view, a small image enlarged),
+    sampled at the display pixels, as :func:`localdisc.tasks.similarity.similarity`
+    interpolates its maps to the file's. The same operations as ``similarity``, so values agree
+    with it to rounding, and the same inputs give the same bits (a map the viewer evicted is
+    computed again to the very same heatmap)."""
     sim = torch.einsum("pd,dhw->phw", vector, embeddings)
     if framing is not None and entry is not None:
         sim = framing.to_grid(sim, entry.original[::-1], entry.shape)
@@ -291,19 +299,20 @@ class Viewer:
     per image, and as many similarity maps as fit, the query's own image and best matches
     first), a sixteenth for display images (read again from their files on a miss) and a
     sixteenth for what the page shows of each image (PNGs, thumbnails, clusters,
-    segmentations; a fundus image's field of view at the working size shares the display
-    images' sixteenth). Only names, paths and sizes (and a fundus image's field of view) are kept
-    for every image. What was evicted costs a file read, a PNG encoding or a model call again
+    segmentations; a working image that is not the display image shares the display images'
+    sixteenth). Only names, paths and sizes (and a fundus image's field of view) are kept for
+    every image. What was evicted costs a file read, a PNG encoding or a model call again
     when asked for (a similarity map: its image's embeddings and the query vector, which the
     query keeps). One lock serialises model calls so that concurrent requests neither duplicate
     work nor oversubscribe the CPU.
 
     The patch kernel is the model's (``loaded.kernel``) at any ``size``, as in
     :func:`~localdisc.tasks.similarity.similarity` and the localiser, so values agree with them.
-    A fundus model sees each file's field of view at the working size, as in pre-training and
-    ``similarity``; its embeddings are kept on that working image (at most ``size`` pixels on a
-    side, as a display image's longer side) and each similarity map is computed there, then
-    sampled at the display pixels, so the maps are ``similarity``'s.
+    The model sees each file at the working size ``size`` on its longer side (smaller ones
+    enlarged: embeddings are not scale-invariant), a fundus model its field of view, as in
+    pre-training, ``similarity`` and ``localize``; the embeddings are kept on that working image
+    and each similarity map is computed there, then sampled at the display pixels, so the maps
+    are ``similarity``'s.
     """
 
     def __init__(
@@ -325,7 +334,7 @@ class Viewer:
         limit = int(cache_mb * 2**20)
         quarter = limit // 4
         self._embeddings = ByteLRU(limit - quarter)  # ("pixel" | "patch", image id) keys
-        # Display images by image id, a fundus model's working images by ("working", image id).
+        # Display images by image id, working images that differ by ("working", image id).
         self._images = ByteLRU(quarter // 4)
         # ("image" | "thumb" | "clusters" | "segmentation", image id): a cache of its own, so
         # that a query's scan, which reads many images, does not push out what the page shows.
@@ -406,24 +415,23 @@ class Viewer:
         self, raw: np.ndarray, image: np.ndarray
     ) -> tuple[Framing | None, tuple[int, int]]:
         """How the model sees an image (its file's pixels ``raw``, its display image
-        ``image``): the :class:`Framing` of a fundus model's working image, its field of view at
-        the working size (:func:`~localdisc.tasks.similarity.working_image`, as in pre-training
-        and ``similarity``), and that image's (height, width); ``None`` and the display image's
-        size where the model sees the display image (radiographs, a field of view that fills
-        the file). Only the box and sizes: the resize itself waits for the model
-        (:meth:`model_image`), which gets to most images of a large folder long after the start
-        (made now, most would be evicted before then)."""
-        if not self.loaded.frames_fov:
-            return None, image.shape[:2]
+        ``image``): the :class:`Framing` of its working image, the file (a fundus model: its
+        field of view) resized to the working size, smaller ones enlarged
+        (:func:`~localdisc.tasks.similarity.working_image`, as ``similarity`` and ``localize``),
+        and that image's (height, width); ``None`` and the display image's size where the
+        working image is the display image (a file at least ``size`` pixels long, whole).
+        Only the box and sizes: the resize itself waits for the model (:meth:`model_image`),
+        which gets to most images of a large folder long after the start (made now, most would
+        be evicted before then)."""
         h, w = raw.shape[:2]
-        framing, grid = working_framing(self.loaded, raw, self.size, shrink_only=True)
+        framing, grid = working_framing(self.loaded, raw, self.size)
         if framing.box == (0, h, 0, w) and grid == image.shape[:2]:
             return None, grid  # the display image: the same resize of the same pixels
         return framing, grid
 
     def model_image(self, image_id: int) -> np.ndarray:
-        """The image as the model sees it (:meth:`_framing`): the display image, or a fundus
-        image's working image, cached or made again from its file.
+        """The image as the model sees it (:meth:`_framing`): the display image, or a working
+        image that differs from it, cached or made again from its file.
 
         Raises:
             LocaldiscError: as :meth:`image`.
@@ -436,17 +444,17 @@ class Viewer:
         if cached is not None:
             return cached  # type: ignore[return-value]
         raw, _ = self._read(image_id)
-        small = entry.framing.apply(raw, entry.grid)  # the field of view found at the start
+        small = entry.framing.apply(raw, entry.grid)  # the framing found at the start
         self._images.put(key, small, small.nbytes)
         return small
 
     def embeddings(self, image_id: int, level: str) -> torch.Tensor:
         """``[D, h, w]`` unit vectors of one image as the model sees it, computed as
-        ``similarity.embedding_map``: on the display image, or for a fundus model on the file's
-        field of view at the working size
-        (:func:`~localdisc.tasks.similarity.working_image`, as in pre-training and
-        ``similarity``: on a camera's wide black frame the display image shows the retina
-        smaller than that). Patches are pooled there with the model's kernel, as
+        ``similarity.embedding_map``: on the file at the working size, for a fundus model its
+        field of view (:func:`~localdisc.tasks.similarity.working_image`, as in pre-training and
+        ``similarity``: a small image shown at its own size, or a camera's wide black frame,
+        shows the model its content smaller than that); that is the display image where it is
+        the same. Patches are pooled there with the model's kernel, as
         ``similarity`` pools them; :meth:`similarity_map` maps the cosines to the display
         pixels (:meth:`framing`)."""
         entry = self.entry(image_id)
@@ -471,7 +479,8 @@ class Viewer:
 
     def framing(self, image_id: int) -> Framing | None:
         """How the image's embeddings were made from its file, where they are not on its
-        display pixels (a fundus image cut to its field of view), else ``None``."""
+        display pixels (a fundus image cut to its field of view, a small image enlarged), else
+        ``None``."""
         return self.entry(image_id).framing
 
     def working_pixel(
@@ -521,11 +530,12 @@ class Viewer:
         return np.uint8 if self.clusters <= 256 else np.int32
 
     def labels(self, image_id: int) -> np.ndarray:
-        """H x W arg-max cluster of every display pixel. A fundus model clusters the file's
-        field of view at the working size, as its embeddings (:meth:`embeddings`) and as in
-        pre-training; each display pixel takes the label of the nearest working pixel (labels
-        are not interpolated), beyond the crop the nearest crop pixel's, as the similarity maps
-        there (:meth:`~localdisc.tasks.similarity.Framing.to_image`)."""
+        """H x W arg-max cluster of every display pixel. The model clusters the working image
+        (for a fundus model the file's field of view at the working size), as its embeddings
+        (:meth:`embeddings`) and as in pre-training; each display pixel takes the label of the
+        nearest working pixel (labels are not interpolated), beyond the crop the nearest crop
+        pixel's, as the similarity maps there
+        (:meth:`~localdisc.tasks.similarity.Framing.to_image`)."""
         entry = self.entry(image_id)
 
         def make() -> np.ndarray:
@@ -1060,13 +1070,16 @@ def _int(query: dict, key: str) -> int:
 
 def _coordinate(query: dict, key: str, limit: int) -> int:
     """A pixel coordinate in ``[0, limit)``; fractions are floored (the pixel a click at that
-    distance from the image's corner falls in, as the page computes it)."""
+    distance from the image's corner falls in, as the page computes it). Only a plain decimal
+    number of at most :data:`MAX_NUMBER` characters: a longer one is refused, not cut (which
+    queried another pixel), and so are what ``float`` reads besides (``1_0``, ``1e1``, ``inf``,
+    other scripts' digits)."""
     text = _one(query, key)
-    try:
-        value = float(text[:32])
-    except ValueError:
-        raise HTTPError(400, f"{key} must be a number") from None
-    if not math.isfinite(value) or not 0 <= value < limit:
+    if len(text) > MAX_NUMBER or not DECIMAL.fullmatch(text):
+        limit_text = f"at most {MAX_NUMBER} characters"
+        raise HTTPError(400, f"{key} must be a decimal number (e.g. 120 or 120.5), {limit_text}")
+    value = float(text)
+    if not 0 <= value < limit:
         raise HTTPError(400, f"{key} must be in [0, {limit})")
     return int(value)
 
