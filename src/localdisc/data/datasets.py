@@ -584,7 +584,28 @@ SCR_ORGANS = {
 _JSRT_STEM = re.compile(r"^JPC(LN|NN)\d{3}$", re.IGNORECASE)
 
 
-class JsrtScrDataset(SegmentationDataset):
+class _MasksOptional(SegmentationDataset):
+    """A set whose masks are optional: ``masks=False`` lists the images without looking at the
+    masks at all, as pre-training pools need (:meth:`pool_paths`)."""
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str | None = None,
+        *,
+        skip_bad: bool = False,
+        masks: bool = True,
+    ) -> None:
+        self._with_masks = masks
+        super().__init__(root, split, skip_bad=skip_bad)
+
+    @classmethod
+    def pool_paths(cls, root: str | Path | None) -> list[Path]:
+        """The images of every split: pre-training needs no mask, so none is read."""
+        return cls(root, "all", masks=False).image_paths
+
+
+class JsrtScrDataset(_MasksOptional):
     """JSRT radiographs with SCR organ masks (van Ginneken et al. 2006), split 124/123.
 
     ROOT is searched recursively: JSRT images (raw ``.IMG`` or converted, any size) and SCR
@@ -619,22 +640,6 @@ class JsrtScrDataset(SegmentationDataset):
     preferred_target = "lung"
     preview_targets = ("lung", "heart", "clavicle")
     resize_masks = True
-
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        split: str | None = None,
-        *,
-        skip_bad: bool = False,
-        masks: bool = True,
-    ) -> None:
-        self._with_masks = masks
-        super().__init__(root, split, skip_bad=skip_bad)
-
-    @classmethod
-    def pool_paths(cls, root: str | Path | None) -> list[Path]:
-        """The JSRT images of every split: pre-training needs no SCR mask, so none is read."""
-        return cls(root, "all", masks=False).image_paths
 
     def _scan(self) -> tuple[dict[str, Path], dict[str, dict[str, Path]]]:
         """One directory walk: JSRT-named image files, split into images and organ masks."""
@@ -706,7 +711,7 @@ MONTGOMERY_SIDES = {"left_lung": "leftMask", "right_lung": "rightMask"}
 _MONTGOMERY_STEM = re.compile(r"^MCUCXR_\d{4}_[01]$", re.IGNORECASE)
 
 
-class MontgomeryDataset(SegmentationDataset):
+class MontgomeryDataset(_MasksOptional):
     """Montgomery County chest X-rays (Jaeger et al. 2014) with lung masks (Candemir et al. 2014).
 
     138 radiographs of about 4020x4892 pixels in ``CXR_png/`` (``MCUCXR_0001_0.png``: ``_0``
@@ -739,22 +744,6 @@ class MontgomeryDataset(SegmentationDataset):
     splits = ("all",)
     all_targets = ("lung", "left_lung", "right_lung")
     preferred_target = "lung"
-
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        split: str | None = None,
-        *,
-        skip_bad: bool = False,
-        masks: bool = True,
-    ) -> None:
-        self._with_masks = masks
-        super().__init__(root, split, skip_bad=skip_bad)
-
-    @classmethod
-    def pool_paths(cls, root: str | Path | None) -> list[Path]:
-        """The X-rays: pre-training needs no lung mask, so none is read."""
-        return cls(root, "all", masks=False).image_paths
 
     def _find_images(self) -> tuple[Path, dict[str, Path]]:
         """The set's folder (``CXR_png``'s parent) and its X-rays keyed by :func:`name_key`."""
