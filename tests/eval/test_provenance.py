@@ -137,3 +137,21 @@ def test_the_eval_package_names_every_submodule():
     assert "provenance" in names
     for name in names:
         assert f":mod:`~localdisc.eval.{name}`" in (localdisc.eval.__doc__ or ""), name
+
+
+def test_a_tree_whose_status_failed_is_not_called_clean(monkeypatch):
+    """`git status` timing out (a slow drive) left the commit without `dirty`, and the line read
+    exactly as a known-clean tree's."""
+
+    def status_fails(*args, cwd):
+        return None if args[0] == "status" else ("abc1234def" if args[0] == "rev-parse" else "")
+
+    git_state.cache_clear()
+    monkeypatch.setattr(provenance, "_git", status_fails)
+    try:
+        assert git_state() == {"commit": "abc1234def"}
+    finally:
+        git_state.cache_clear()
+    env = {"localdisc": "0.1.0", "commit": "abc1234def", "torch": "2.5"}
+    assert environment_line(env).startswith("localdisc 0.1.0 (commit abc1234, tree state unknown)")
+    assert environment_line({**env, "dirty": False}).startswith("localdisc 0.1.0 (commit abc1234)")

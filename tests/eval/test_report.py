@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 from localdisc.eval.report import collect, markdown_table
 
 
@@ -82,3 +84,99 @@ def test_the_report_ends_with_the_environment_it_ran_in(tmp_path):
         f"Environment: {environment_line(env)}"
     )
     assert json.loads((tmp_path / "results.json").read_text())["environment"] == env
+
+
+def test_a_cell_over_fewer_seeds_says_so_and_is_not_bold_beside_whole_ones():
+    """A seed with NaN, or a reused older metrics.json without the metric, was left out of the
+    cell's mean silently (the header still saying every seed) and could be bold."""
+    older = run("drive", "ld", 2, [0.99])
+    del older["metrics"]["summary"]["dice"]  # written before the metric existed
+    for lost in (run("drive", "ld", 2, [float("nan")]), older):
+        results = {
+            "runs": [run("drive", "random", s, [d]) for s, d in enumerate([0.70, 0.71, 0.72])]
+            + [run("drive", "ld", 0, [0.80]), run("drive", "ld", 1, [0.79]), lost]
+        }
+        cell = collect(results)["dice"]["ld"]["drive (2)"]
+        assert (cell["n_seeds"], cell["n_runs"]) == (2, 3)
+        for pooled in (False, True):
+            text = markdown_table(collect(results)["dice"], pooled=pooled)
+            assert "| ld | 0.795 +- 0.005 (n=2) |" in text, text
+            assert "| random | **0.710 +- 0.008** |" in text
+    # Alone in its column, a partial cell is the best there is (and still says n).
+    only = collect({"runs": [run("drive", "ld", 0, [0.5]), run("drive", "ld", 1, [float("nan")])]})
+    assert "| ld | **0.500 +- 0.000** (n=1) |" in markdown_table(only["dice"])
+    # A cell of an older results.json (no n_runs) prints as it did.
+    old_cell = {k: v for k, v in cell.items() if k != "n_runs"}
+    assert markdown_table({"ld": {"drive (2)": old_cell}}).endswith("| **0.795 +- 0.005** |")
+
+
+def _env(commit, dirty):
+    return {"localdisc": "0.1.0", "commit": commit, "dirty": dirty, "torch": "2.5.0"}
+
+
+def test_reused_runs_made_at_other_commits_are_named(tmp_path):
+    """results.md named only this call's commit, clean, beside numbers reused from runs made at
+    another commit on a modified tree."""
+    from localdisc.eval.report import write_report
+
+    def made(seed, env=None, **more):
+        one = {**run("drive", "ld", seed, [0.8]), "run_dir": str(tmp_path / "none")}
+        one["metrics"].update({"environment": env} if env else {}, **more)
+        return one
+
+    old, now = _env("a" * 40, True), _env("b" * 40, False)
+    resumed = made(2, old, resumed=[{**now, "continued_from": "epoch 3"}])
+    runs = [made(0, old), made(1, now), resumed, made(3, now)]
+    write_report({"runs": runs, "environment": now}, tmp_path)
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    assert (
+        "Runs made at: commit aaaaaaa, modified (1 run); commit bbbbbbb (2 runs); commit "
+        "aaaaaaa, modified then commit bbbbbbb (1 run). Earlier calls' runs are reused; the "
+        "environment is this call's."
+    ) in lines
+    assert lines[-1].startswith("Environment: localdisc 0.1.0 (commit bbbbbbb), torch")
+    # All made as this call, or none recording where (the shape-guided rows): no such line.
+    for runs in ([made(0, now), made(1, now)], [made(0)]):
+        write_report({"runs": runs, "environment": now}, tmp_path)
+        assert "made at" not in (tmp_path / "results.md").read_text()
+
+
+def test_the_prediction_figure_has_a_row_per_label_budget(tmp_path, monkeypatch):
+    """Masks were keyed by task only: with labels 2 and all, the labels-2 masks were drawn
+    alone, titled by the init, the budget named nowhere."""
+    import json
+
+    from PIL import Image
+
+    from localdisc.data.datasets import load_data_spec
+    from localdisc.eval import figures
+    from localdisc.eval.report import prediction_grid
+
+    spec = "synthetic_fundus:6"
+    test = load_data_spec(spec, "test")
+    name, (h, w) = test.items[0].name, test[0].image.shape[:2]
+    runs = []
+    for labels, value in (("2", 0), ("all", 255)):  # each budget's masks by their grey
+        for init in ("random", "ld"):
+            run_dir = tmp_path / init / f"labels-{labels}"
+            (run_dir / "predictions").mkdir(parents=True)
+            mask = np.full((h, w), value, np.uint8)
+            Image.fromarray(mask).save(run_dir / "predictions" / f"{name}_mask.png")
+            (run_dir / "config.json").write_text(json.dumps({"transfer": {"dataset": spec}}))
+            metrics = {"target": "vessels", "per_image": [{"image": name, "dice": 0.5}]}
+            runs.append({"task": "synthetic_fundus", "init": init, "labels": labels, "seed": 0,
+                         "run_dir": str(run_dir), "metrics": metrics})  # fmt: skip
+    drawn, real_save = {}, figures._save
+
+    def save(fig, path):
+        drawn["titles"] = [ax.get_title() for ax in fig.axes]
+        drawn["greys"] = [float(im.get_array().mean()) for ax in fig.axes for im in ax.images]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", save)
+    prediction_grid(runs, tmp_path / "predictions.png")
+    assert drawn["titles"] == [
+        f"synthetic_fundus, labels 2: {name}", "reference", "random", "ld",
+        f"synthetic_fundus, labels all: {name}", "reference", "random", "ld",
+    ]  # fmt: skip
+    assert drawn["greys"][2:4] == [0.0, 0.0] and drawn["greys"][6:8] == [255.0, 255.0]

@@ -382,3 +382,56 @@ def test_skip_bad_reaches_each_pre_training_and_fine_tuning(tmp_path, monkeypatc
                 str(tmp_path / "out"), *flag]  # fmt: skip
         CliRunner().invoke(app, args)
     assert given == [False, True] and pretrained == [False, True]
+
+
+def test_a_null_final_loss_of_a_reused_run_prints_as_nan():
+    """reached.json stores a NaN final loss (a budget that ended a resumed run before its first
+    log row) as null: the next call, reusing the run, crashed on it after its whole benchmark."""
+    from localdisc.eval.report import jsonable
+    from localdisc.tasks.benchmark_methods import reached_row
+
+    reached = {"steps": 7, "images": 70, "seconds": 240.0, "images_per_s": 0.29,
+               "final_loss": math.nan}  # fmt: skip
+    read_back = json.loads(json.dumps(jsonable(reached)))
+    assert read_back["final_loss"] is None
+    assert (
+        reached_row("ld", read_back)
+        == reached_row("ld", reached)
+        == ("| ld | 7 | 70 | 240.0 | 0.29 | nan |")
+    )
+
+
+def test_two_pools_of_one_modality_are_refused(tmp_path, monkeypatch):
+    """The last --pool of a modality silently replaced the others: only it was pre-trained on."""
+    import localdisc.tasks.benchmark_methods as methods
+    from localdisc.errors import LocaldiscError
+
+    monkeypatch.setattr(methods, "_pretrain", _no_pretraining)
+    pools = ["fundus=synthetic_fundus:8", "synthetic_fundus:16"]
+    config = methods.MethodsBenchmarkConfig(methods=["ld"], pools=pools, quick=True)
+    message = "--pool fundus=synthetic_fundus:8 and --pool synthetic_fundus:16 are both fundus"
+    with pytest.raises(LocaldiscError, match=message):
+        methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
+
+
+def test_reused_pretraining_runs_of_other_commits_are_named(tmp_path, monkeypatch):
+    """results.md named only this call's commit beside pre-training runs reused from others."""
+    import localdisc.tasks.benchmark_methods as methods
+
+    def pretrain(settings, run_dir, log):  # an earlier call's run, at another commit, modified
+        run_dir.mkdir(parents=True)
+        old = {"localdisc": "0.1.0", "commit": "a" * 40, "dirty": True}
+        (run_dir / "config.json").write_text(json.dumps({"environment": old}))
+        return {"steps": 4, "images": 8, "seconds": 1.0, "images_per_s": 8.0, "final_loss": 1.0}
+
+    def transfer(config, out_dir, log, plan):
+        out_dir.mkdir(parents=True)
+        (out_dir / "results.md").write_text("# Transfer benchmark\n")
+        return {"runs": []}
+
+    monkeypatch.setattr(methods, "_pretrain", pretrain)
+    monkeypatch.setattr(methods, "run_benchmark", transfer)
+    config = methods.MethodsBenchmarkConfig(methods=["ld", "simclr"], quick=True)
+    methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "Pre-training runs made at: commit aaaaaaa, modified (2 runs)." in report

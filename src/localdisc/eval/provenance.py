@@ -49,7 +49,8 @@ def git_state() -> dict[str, Any]:
 
     Only a checkout that tracks this package's own files counts: a wheel installed in a virtual
     environment inside some other repository must not report that repository's commit. ``dirty``:
-    ``git status --porcelain`` lists changed or untracked files. Once per process (three git calls,
+    ``git status --porcelain`` lists changed or untracked files; left out where that call failed
+    or timed out (the state is unknown, :func:`commit_text`). Once per process (three git calls,
     some milliseconds).
     """
     import localdisc
@@ -143,14 +144,24 @@ def command_text(argv: list[str]) -> str:
     return " ".join([first, *(shlex.quote(a) for a in argv[1:])])
 
 
+def commit_text(env: Mapping[str, Any]) -> str | None:
+    """``env``'s commit as a report says it: ``commit abc1234``, with ``, modified`` where files
+    were changed and ``, tree state unknown`` where ``git status`` failed or timed out (no
+    ``dirty``: the tree was not checked, which must not read as clean); ``None`` without one."""
+    if not env.get("commit"):
+        return None
+    state = {True: ", modified", False: ""}.get(env.get("dirty"), ", tree state unknown")
+    return f"commit {env['commit'][:7]}{state}"
+
+
 def environment_line(env: Mapping[str, Any]) -> str:
     """One line of :func:`environment` for a Markdown report, e.g. ``localdisc 0.1.0 (commit
     abc1234, modified), torch 2.13.0+cpu, Intel(R) Xeon(R) Processor (2 cores), 2026-12-05
     14:20 +00:00, `localdisc benchmark transfer --quick```: the GPU instead of the CPU on CUDA,
-    the number of processes when more than one."""
+    the number of processes when more than one; the commit as :func:`commit_text` says it."""
     version = f"localdisc {env.get('localdisc') or '?'}"
     if env.get("commit"):
-        version += f" (commit {env['commit'][:7]}{', modified' if env.get('dirty') else ''})"
+        version += f" ({commit_text(env)})"
     library = f"torch {env.get('torch', '?')}"
     if env.get("gpu"):
         library += f" (CUDA {env['cuda']})" if env.get("cuda") else ""

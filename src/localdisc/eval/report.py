@@ -2,20 +2,24 @@
 
 Rows are initialisations (a pre-trained init gives two: its frozen-encoder model and the
 fine-tuned one), columns are ``task (labels)``; a cell is the mean +- standard deviation over
-seeds of the mean over test images, the best of each column in bold.
+seeds of the mean over test images, the best of each column in bold. A cell over fewer seeds than
+its runs (a seed without the metric or with NaN) says ``(n=K)`` and is bold only where no cell of
+its column has all its seeds.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from localdisc.engine.checkpoint import atomic_write_text
-from localdisc.eval.provenance import environment_line
+from localdisc.eval.provenance import commit_text, environment_line
 
 #: Metrics in table order, with what they mean.
 METRICS = {
@@ -50,11 +54,17 @@ def _finite(values: list[float | None]) -> list[float]:
 
 
 def collect(results: dict[str, Any]) -> dict[str, Any]:
-    """Per metric, row and column: seed means, their mean and std, and images pooled."""
+    """Per metric, row and column: seed means, their mean and std, and images pooled.
+
+    ``n_seeds`` counts the seeds with a finite mean, ``n_runs`` the runs of the row and column
+    (with the metric or not): fewer seeds than runs is a partial cell, which says so.
+    """
     table: dict[str, dict[str, dict[str, dict[str, Any]]]] = {m: {} for m in METRICS}
+    n_runs: Counter[tuple[str, str]] = Counter()
     for run in results["runs"]:
         column = f"{run['task']} ({run['labels']})"
         for row, metrics in _rows_of(run):
+            n_runs[row, column] += 1
             for metric in METRICS:
                 if metric not in metrics["summary"]:
                     continue
@@ -66,12 +76,13 @@ def collect(results: dict[str, Any]) -> dict[str, Any]:
                 cell["seeds"].append(metrics["summary"][metric]["mean"])
                 cell["images"].extend(r.get(metric) for r in metrics["per_image"])
     for rows in table.values():
-        for columns in rows.values():
-            for cell in columns.values():
+        for row, columns in rows.items():
+            for column, cell in columns.items():
                 seeds, images = _finite(cell["seeds"]), _finite(cell["images"])
                 cell["mean"] = float(np.mean(seeds)) if seeds else math.nan
                 cell["std"] = float(np.std(seeds)) if seeds else math.nan
                 cell["n_seeds"] = len(seeds)
+                cell["n_runs"] = n_runs[row, column]
                 cell["image_mean"] = float(np.mean(images)) if images else math.nan
                 cell["image_std"] = float(np.std(images)) if images else math.nan
                 cell["n_images"] = len(images)
@@ -82,16 +93,26 @@ def _columns(rows: dict[str, dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(c for columns in rows.values() for c in columns))
 
 
+def partial(cell: Mapping[str, Any]) -> bool:
+    """Whether ``cell``'s mean is over fewer seeds than it has runs (a cell of an older
+    ``results.json``, without ``n_runs``, is taken as whole)."""
+    return cell["n_seeds"] < cell.get("n_runs", cell["n_seeds"])
+
+
 def markdown_table(
     rows: dict[str, dict[str, Any]], *, pooled: bool = False, row_header: str = "init"
 ) -> str:
-    """One metric's table; the best mean of each column in bold."""
+    """One metric's table; the best mean of each column in bold, a partial cell marked."""
     columns = _columns(rows)
     key, spread = ("image_mean", "image_std") if pooled else ("mean", "std")
-    best = {}
+    best, whole = {}, {}
     for c in columns:
+        finite = [r[c] for r in rows.values() if c in r and math.isfinite(r[c][key])]
+        # A mean over fewer seeds is not compared with whole ones: its missing seeds might have
+        # been its worst. Only a column without a whole cell compares partial ones.
+        whole[c] = [cell for cell in finite if not partial(cell)]
         # As printed: two cells that read the same are both the best, or neither is.
-        values = [round(r[c][key], 3) for r in rows.values() if c in r and math.isfinite(r[c][key])]
+        values = [round(cell[key], 3) for cell in whole[c] or finite]
         best[c] = max(values) if values else None
     lines = [f"| {row_header} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in rows.items():
@@ -102,7 +123,9 @@ def markdown_table(
                 cells.append("-")
                 continue
             text = f"{cell[key]:.3f} +- {cell[spread]:.3f}"
-            cells.append(f"**{text}**" if round(cell[key], 3) == best[c] else text)
+            bold = round(cell[key], 3) == best[c] and not (partial(cell) and whole[c])
+            text = f"**{text}**" if bold else text
+            cells.append(f"{text} (n={cell['n_seeds']})" if partial(cell) else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -123,6 +146,35 @@ def environment_markdown(env: dict[str, Any]) -> str:
     return f"Environment: {environment_line(env)}"
 
 
+def _made_at(env: Mapping[str, Any] | None) -> str:
+    if not env:
+        return "not recorded"
+    return commit_text(env) or f"localdisc {env.get('localdisc') or '?'}, no git checkout"
+
+
+def runs_made_at(
+    records: list[Mapping[str, Any]], current: Mapping[str, Any] | None, what: str = "Runs"
+) -> str | None:
+    """A line of ``results.md`` naming the commits (modified or not) that ``records`` (a run's
+    metrics or ``config.json``: ``environment`` and ``resumed``) were made at, with counts, where
+    any differs from the ``current`` call's: reused runs of earlier calls are not this call's.
+
+    ``None`` where all were made as ``current`` or none records its environment (the shape-guided
+    benchmark's rows). A resumed run's starts are joined with "then"."""
+    if not any(r.get("environment") for r in records):
+        return None
+    states = Counter(
+        " then ".join(dict.fromkeys(map(_made_at, [r.get("environment"), *r.get("resumed", [])])))
+        for r in records
+    )
+    if set(states) == {_made_at(current)}:
+        return None
+    counts = "; ".join(f"{state} ({n} run{'s' * (n != 1)})" for state, n in states.items())
+    return (
+        f"{what} made at: {counts}. Earlier calls' runs are reused; the environment is this call's."
+    )
+
+
 def write_report(
     results: dict[str, Any],
     out_dir: str | Path,
@@ -134,7 +186,8 @@ def write_report(
     """Write ``results.json``, ``results.md``, ``figures/dice_bars.png`` and predictions.
 
     ``results["environment"]`` (:func:`~localdisc.eval.provenance.environment`, taken when the
-    benchmark started) ends ``results.md`` as one line; ``results["own_tasks"]`` (a task label ->
+    benchmark started) ends ``results.md`` as one line, after the runs' commits where they are
+    not all its own (:func:`runs_made_at`); ``results["own_tasks"]`` (a task label ->
     its data set, target and test split), where given, is listed before the tables. ``intro``
     replaces the transfer benchmark's explanation under the ``title``.
     """
@@ -171,13 +224,22 @@ def write_report(
             markdown_table(table["dice"], pooled=True, row_header=row_header),
             "",
         ]
+    if any(partial(cell) for rows in table.values() for r in rows.values() for cell in r.values()):
+        lines += [
+            "(n=K): that cell's mean is over K of its seeds (the others lack the metric or "
+            "gave NaN); it is bold only where no cell of its column has all its seeds.",
+            "",
+        ]
     if results.get("skipped"):
         lines += ["## Skipped", ""]
         lines += [
             f"- {s['task']} ({s.get('init', 'all')}): {s['reason']}" for s in results["skipped"]
         ]
         lines.append("")
-    if results.get("environment"):  # where and when the numbers were made
+    made_at = runs_made_at([run["metrics"] for run in results["runs"]], results.get("environment"))
+    if made_at:  # reused runs of earlier calls: their commits, not only this call's
+        lines += [made_at, ""]
+    if results.get("environment"):  # where and when this call ran
         lines += [environment_markdown(results["environment"]), ""]
     atomic_write_text(written["markdown"], "\n".join(lines))
     if "dice" in table:
@@ -216,36 +278,38 @@ def dice_bars(rows: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def prediction_grid(runs: list[dict[str, Any]], path: Path) -> Path | None:
-    """Per task: the first test image, its reference, and each init's predicted mask (seed 0)."""
+    """Per task and label budget (a table's column): the first test image, its reference, and
+    each init's predicted mask (seed 0); the row's first title names both."""
     from PIL import Image
 
     from localdisc.data.datasets import dataset_class, load_data_spec, parse_data_spec
     from localdisc.eval.figures import _plt, _save, _show, plain
 
-    firsts: dict[str, dict[str, Path]] = {}
-    specs: dict[str, tuple[str, str, str]] = {}
+    firsts: dict[tuple[str, str], dict[str, Path]] = {}
+    specs: dict[tuple[str, str], tuple[str, str, str]] = {}
     for run in runs:
         if run["seed"] != 0 or not run["metrics"].get("per_image"):
             continue
         name = run["metrics"]["per_image"][0]["image"]
         mask = Path(run["run_dir"]) / "predictions" / f"{name}_mask.png"
         if mask.is_file():
-            firsts.setdefault(run["task"], {}).setdefault(run["init"], mask)
+            column = (run["task"], str(run["labels"]))  # each budget's masks, not the first's
+            firsts.setdefault(column, {}).setdefault(run["init"], mask)
             transfer = json.loads((Path(run["run_dir"]) / "config.json").read_text())["transfer"]
-            specs[run["task"]] = (transfer["dataset"], run["metrics"]["target"], name)
+            specs[column] = (transfer["dataset"], run["metrics"]["target"], name)
     if not firsts:
         return None
     plt = _plt()
     n_cols = 2 + max(len(v) for v in firsts.values())
     fig, axes = plt.subplots(len(firsts), n_cols, figsize=(2.6 * n_cols, 2.8 * len(firsts)))
     axes = np.atleast_2d(axes)
-    for row, (task, masks) in zip(axes, firsts.items(), strict=True):
-        spec, target, name = specs[task]
+    for row, ((task, labels), masks) in zip(axes, firsts.items(), strict=True):
+        spec, target, name = specs[task, labels]
         split = "test" if "test" in dataset_class(parse_data_spec(spec)[0]).splits else None
         test = load_data_spec(spec, split)
         sample = next(test[i] for i in range(len(test)) if test.items[i].name == name)
         _show(row[0], sample.image)
-        row[0].set_title(plain(f"{task}: {name}"), fontsize=8)
+        row[0].set_title(plain(f"{task}, labels {labels}: {name}"), fontsize=8)
         row[1].imshow(sample.masks[target], cmap="gray")
         row[1].set_title("reference", fontsize=8)
         for ax, (init, mask) in zip(row[2:], masks.items(), strict=False):

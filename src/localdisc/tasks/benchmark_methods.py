@@ -8,12 +8,12 @@ are reported beside the table. Then the transfer benchmark
 init as the floor and every method's encoder, into one table.
 
 A pool is ``MODALITY=SPEC`` (``fundus=KaggleDR/images``, ``xray=jsrt_scr:/data``) or a bare spec
-(fundus, unless it names an X-ray data set); each method pre-trains once per pool, and each task
-uses the pool of its modality (``--quick``: 8 generated images of each modality a task has): a
-data set of one's own in ``--tasks`` has the one its loader gives (a folder's: guessed from its
-images), the tasks being planned once, as the transfer benchmark plans them, before any
-pre-training. Finished pre-training runs are reused; a folder holding a run with other
-settings is refused, not reused.
+(fundus, unless it names an X-ray data set), one per modality; each method pre-trains once per
+pool, and each task uses the pool of its modality (``--quick``: 8 generated images of each
+modality a task has): a data set of one's own in ``--tasks`` has the one its loader gives (a
+folder's: guessed from its images), the tasks being planned once, as the transfer benchmark
+plans them, before any pre-training. Finished pre-training runs are reused; a folder holding a
+run with other settings is refused, not reused.
 
 ``--cpu-scale`` is the comparison of ``benchmarks/RESULTS.md`` on 2 CPU cores: 240 s per method
 at 128 x 128 with 2 items per step on the first 1 000 images of ``KaggleDR/images`` (fundus) and
@@ -24,6 +24,7 @@ at 128 x 128 with 2 items per step on the first 1 000 images of ``KaggleDR/image
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 from localdisc.data.datasets import DATASETS
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import LocaldiscError
-from localdisc.eval.report import collect, environment_markdown, jsonable
+from localdisc.eval.report import collect, environment_markdown, jsonable, runs_made_at
 from localdisc.tasks.benchmark_transfer import (
     BenchmarkConfig,
     TaskPlan,
@@ -197,10 +198,28 @@ def reached_row(name: str, reached: dict[str, Any]) -> str:
         if reached["seconds"] is None
         else (reached["seconds"], reached["images_per_s"])
     )
+    # A NaN loss (a budget that ended a resumed run before its first log row) is saved as null.
+    loss = reached["final_loss"]
     return (
         f"| {name} | {reached['steps']} | {reached['images']} | {seconds} | {rate} | "
-        f"{reached['final_loss']:.4f} |"
+        f"{math.nan if loss is None else loss:.4f} |"
     )
+
+
+def pools_by_modality(specs: list[str]) -> dict[str, str]:
+    """``--pool``s by their modality (:func:`parse_pool`); two of one modality are refused,
+    where the last silently replaced the first."""
+    pools: dict[str, str] = {}
+    given: dict[str, str] = {}
+    for spec in specs:
+        modality, data = parse_pool(spec)
+        if modality in pools:
+            raise LocaldiscError(
+                f"--pool {given[modality]} and --pool {spec} are both {modality} pools: each "
+                "method pre-trains on one pool per modality; give one"
+            )
+        pools[modality], given[modality] = data, spec
+    return pools
 
 
 def plan_transfer(
@@ -242,8 +261,9 @@ def run_methods_benchmark(
         config = replace(config, pools=cpu_scale_pools(config.data_root, needed))
     if config.quick and not config.pools:
         config = replace(config, pools=[QUICK_POOLS[m] for m in sorted(needed)])
-    pools = dict(parse_pool(p) for p in config.pools)
+    pools = pools_by_modality(config.pools)
     reached: dict[str, dict[str, Any]] = {}
+    records: list[dict[str, Any]] = []  # the runs' config.json: where they were made
     inits = ["random"]
     for modality, spec in pools.items():
         if modality not in needed:
@@ -254,6 +274,8 @@ def run_methods_benchmark(
             log(f"pre-training {method} on {spec} ({modality})")
             settings = _settings(config, method, modality, spec)
             reached[f"{method} ({modality})"] = _pretrain(settings, run_dir, log)
+            if (run_dir / "config.json").is_file():
+                records.append(json.loads((run_dir / "config.json").read_text()))
             inits.append(str(run_dir))
     results = run_benchmark(
         replace(transfer, inits=inits), out_dir / "transfer", log=log, plan=plan
@@ -278,6 +300,9 @@ def run_methods_benchmark(
         "|---|---|---|---|---|---|",
     ]
     lines += [reached_row(name, r) for name, r in reached.items()]
+    made_at = runs_made_at(records, env, what="Pre-training runs")
+    if made_at:  # reused runs of earlier calls: their commits, not only this call's
+        lines += ["", made_at]
     # The transfer report ends with the environment of its part; this one, of the whole.
     lines += ["", (out_dir / "transfer" / "results.md").read_text(), environment_markdown(env), ""]
     atomic_write_text(out_dir / "results.md", "\n".join(lines))
