@@ -173,14 +173,6 @@ class SkippedImages:
                                  f"first: {path}: {reason})")  # fmt: skip
         return kept
 
-    def readable(self, files: Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:
-        """``files`` whose images read, each decoded once to know (only when ``enabled``:
-        without, the command's own read of each image raises)."""
-        if self.enabled:
-            for name, path in files:
-                self.read(name, path)
-        return self.kept(files)
-
     def record(self) -> list[dict[str, str]]:
         """What a command's record lists under ``skipped``: each image's name, file and reason."""
         return [{"name": name, "path": str(path.resolve()), "reason": reason}

@@ -173,8 +173,9 @@ def segment_vessels_self_trained(
     command's is left alone, and refused with ``masks``.
 
     ``skip_bad``: every image is read once first, and one the reader refuses (a DICOM structured
-    report, a truncated file: :class:`~localdisc.tasks.predict.SkippedImages`) is left out of
-    the call, as if not given: named in ``log`` and listed under ``skipped`` (name, file,
+    report, a truncated file: :class:`~localdisc.tasks.predict.SkippedImages`), or whose FOV
+    the teacher's erosion leaves empty (:func:`_read_photo`), is left out of the call, as if
+    not given: named in ``log`` and listed under ``skipped`` (name, file,
     reason) in the ``config.json`` of the network that segments the others (each group's, with
     ``teach_all``). An earlier run's masks of it are removed, as those of any image not
     segmented again. Without it, such an image stops the command before any training.
@@ -199,20 +200,18 @@ def segment_vessels_self_trained(
     # out_dir may lie in an images folder: its masks are not images to segment on a second run.
     files = collect_images(images, out_dir=out_dir)
     skips = SkippedImages(skip_bad, log, len(files))
-    # The unreadable ones known before the images are drawn, grouped, or found to be those of a
-    # finished run (without skip_bad, a read below stops there). Where the images may be
-    # grouped, each is checked once here, as the grouped run checks them all before training.
-    checked = skip_bad and teach_all and len(files) > train_images
-    if checked:
+    # The unreadable ones (and those with no FOV left to segment: _read_photo) known before the
+    # images are drawn, grouped, or found to be those of a finished run (without skip_bad, a
+    # check below stops there). A grouped run checks each once, here; a single network's run
+    # reads each again, once drawn (a read more of each image, only with skip_bad).
+    if skip_bad:
         fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
         for i, (name, path) in enumerate(files):
             try:
-                _check_photo(path, max_size, None if fovs is None else fovs[i])
+                _check_photo(path, max_size, None if fovs is None else fovs[i], config.erode_fov)
             except ImageReadError as exc:
                 skips.unreadable(name, path, exc)  # raised where it is another file's
         files = skips.kept(files)
-    else:  # a decoding more of each image, only with skip_bad
-        files = skips.readable(files)
     grouped = teach_all and len(files) > train_images
     groups = math.ceil(len(files) / train_images) if grouped else 0  # as _teach_in_groups splits
     _check_layout(Path(out_dir), groups, reteach_unusual)
@@ -220,11 +219,12 @@ def segment_vessels_self_trained(
     matched = true_masks(files, images, masks, skips) if masks is not None else None
     env = environment(config.device) if masks is not None else None  # where and when scored
     if grouped:
-        if not checked:  # every image checked before the first training (above, with skip_bad)
+        if not skip_bad:  # every image checked before the first training (above, with it)
             fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
             for i, (_, path) in enumerate(files):
                 try:
-                    _check_photo(path, max_size, None if fovs is None else fovs[i])
+                    _check_photo(path, max_size, None if fovs is None else fovs[i],
+                                 config.erode_fov)  # fmt: skip
                 except ImageReadError as exc:
                     raise skips.hinted(path, exc)  # noqa: B904 - the hinted error holds its cause
         _clear_earlier_run(Path(out_dir), files, log)  # each group clears its own folder
@@ -252,10 +252,11 @@ def segment_vessels_self_trained(
     # The command's last word: where everything is (it ended on the review order, or on a
     # progress line, or the scores), and how to segment further photographs.
     network = Path(out_dir) / "group-K" if grouped else out_dir
+    figure = "group-K/figures/overlay.png" if grouped else "figures/overlay.png"  # each group's
     scores = f"; {METRICS}" if matched is not None else ""
     log(
         f"{len(written)} mask(s) in {out_dir} (NAME_mask.png, NAME_prob.png; vessels.csv; "
-        f"figures/overlay.png{scores}); further photographs: localdisc predict --model {network}"
+        f"{figure}{scores}); further photographs: localdisc predict --model {network}"
         + skips.summary(Path(network) / "config.json")
     )
     return written
@@ -330,9 +331,9 @@ def _self_train(
         mask = None if masks is None else masks[i]
         try:
             if i in chosen:
-                taught[i] = _read_photo(path, max_size, mask)
+                taught[i] = _read_photo(path, max_size, mask, config.erode_fov)
             else:
-                _check_photo(path, max_size, mask)
+                _check_photo(path, max_size, mask, config.erode_fov)
         except ImageReadError as exc:
             raise skips.hinted(path, exc)  # noqa: B904 - the hinted error holds its cause
     _clear_earlier_run(out_dir, files, log)  # once every image is read: a bad one removes nothing
@@ -408,9 +409,12 @@ def predict_vessels(
     masks at ``threshold`` without the specks it dropped. Images not taught on whose masks cover
     a share of the FOV far from what it marked on those it was taught on are named in the log
     (:func:`is_unusual`); every image's share and :func:`teacher_disagreement` are listed in
-    ``vessels.csv``. ``progress`` shows a progress bar; ``model``: the network of ``model_dir``
-    when the caller loaded it already; ``files``: ``images`` as
-    :func:`~localdisc.tasks.predict.collect_images` listed them, when the caller did already.
+    ``vessels.csv``. Both are held against the network's only at :data:`YARDSTICK_THRESHOLD`,
+    the threshold of the masks they were measured on: at another, none is named and the
+    table's ratios are left empty (the log says why). ``progress`` shows a progress bar;
+    ``model``: the network of ``model_dir`` when the caller loaded it already; ``files``:
+    ``images`` as :func:`~localdisc.tasks.predict.collect_images` listed them, when the caller
+    did already.
     ``skips``: what becomes of an image that cannot be read
     (:class:`~localdisc.tasks.predict.SkippedImages`: skipped where it is read, before anything
     is written for it, with ``SkippedImages(True)``; default: it stops the command). Returns the
@@ -434,13 +438,26 @@ def predict_vessels(
     files = skips.kept(files)
     taught_on = {Path(path).resolve() for path in settings.get("images", [])}
     names, seen = [name for name, _ in files], [path.resolve() in taught_on for _, path in files]
-    yardstick = _saved_yardstick(settings)
+    yardstick, usual_stray = _saved_yardstick(settings), settings.get("teacher_disagreement")
+    if threshold != YARDSTICK_THRESHOLD and (yardstick or usual_stray):
+        # Shares and strays move with the threshold: held against those of masks at another,
+        # every image would look unusual, or none, for the threshold alone.
+        log(f"masks at threshold {threshold:g}, not the {YARDSTICK_THRESHOLD:g} the network's "
+            "vessel share and teacher disagreement were measured at on the images it was taught "
+            "on: no image is judged unusual (ratio, unusual and disagreement_ratio left empty "
+            f"in {Path(out_dir) / 'vessels.csv'})")  # fmt: skip
+        yardstick, usual_stray = None, None
     _name_unusual(names, shares, seen, yardstick, log)
     _write_share_table(Path(out_dir), names, shares, seen, yardstick, strays,
-                       settings.get("teacher_disagreement"))  # fmt: skip
+                       usual_stray)  # fmt: skip
     _name_first_to_review(Path(out_dir) / "vessels.csv", log)
     return written
 
+
+# The threshold of the masks a network's yardstick (:func:`share_yardstick`) and usual teacher
+# disagreement are measured on (:func:`_self_train`'s, ``_write_vessels``' default):
+# :func:`predict_vessels` holds masks at another threshold against neither.
+YARDSTICK_THRESHOLD = 0.5
 
 # An image not taught on is named in the log as unusual when its mask covers a share of its FOV
 # beyond both the shares marked on the images taught on and this many times their median (or its
@@ -856,19 +873,21 @@ def _check_side(path: Path, shape: tuple[int, int], max_size: int) -> tuple[int,
     return shape
 
 
-def _check_photo(path: Path, max_size: int, fov_mask: Path | None) -> None:
-    """Read an image only to refuse it before any training: unreadable, too small
-    (:func:`_check_side`), or with a FOV mask that does not fit."""
-    shape = _check_side(path, read_image(path)[0].shape[:2], max_size)
-    if fov_mask is not None:
-        read_fov_mask(fov_mask, shape, path)
+def _check_photo(path: Path, max_size: int, fov_mask: Path | None, erode_fov: int) -> None:
+    """Read an image only to refuse it before any training (:func:`_read_photo`): unreadable,
+    too small (:func:`_check_side`), with a FOV mask that does not fit, or no FOV left once
+    eroded by ``erode_fov`` pixels."""
+    _read_photo(path, max_size, fov_mask, erode_fov)
 
 
 def _read_photo(
-    path: Path, max_size: int, fov_mask: Path | None
+    path: Path, max_size: int, fov_mask: Path | None, erode_fov: int = 0
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """A photograph shrunk to ``max_size`` at most, its FOV (read from ``fov_mask``, or found in
-    the image) and its own size."""
+    the image) and its own size. A FOV that eroding by ``erode_fov`` pixels (the teacher's, as
+    :func:`~localdisc.tasks.vesselness.vesselness` and :func:`teacher_disagreement` erode it)
+    leaves empty is refused as the image's :class:`~localdisc.errors.ImageReadError`, which
+    ``skip_bad`` skips: the teacher has nothing there to score."""
     image = to_modality_channels(read_image(path)[0], "fundus")
     shape = _check_side(path, image.shape[:2], max_size)
     fov = None if fov_mask is None else read_fov_mask(fov_mask, shape, path)
@@ -876,7 +895,14 @@ def _read_photo(
     if scale < 1:
         image = resize_image(image, tuple(max(1, round(n * scale)) for n in shape))
         fov = None if fov is None else resize_mask(fov, image.shape[:2])
-    return image, fov_from_image(image) if fov is None else fov, shape
+    fov = fov_from_image(image) if fov is None else fov
+    if not eroded_fov(fov, erode_fov).any():
+        where = f"its FOV mask {fov_mask}" if fov_mask is not None else "found in the image"
+        size = f" at {image.shape[1]}x{image.shape[0]} pixels" if scale < 1 else ""
+        raise ImageReadError(path, f"its field of view ({where}, {int(fov.sum())} pixels{size}) "
+                                   f"is empty once its rim of {erode_fov} pixels is dropped: "
+                                   "no vessels to find in it")  # fmt: skip
+    return image, fov, shape
 
 
 def _write_vessels(
@@ -887,7 +913,7 @@ def _write_vessels(
     max_size: int,
     speck_area: float,
     teacher: tuple[str, int],
-    threshold: float = 0.5,
+    threshold: float = YARDSTICK_THRESHOLD,
     log: Callable[[str], None] | None = None,
     loaded: Mapping[int, tuple[np.ndarray, np.ndarray, tuple[int, int]]] | None = None,
     scores: Mapping[int, np.ndarray] | None = None,
@@ -911,7 +937,8 @@ def _write_vessels(
                 image, fov, shape = loaded[i]
             else:
                 mask = None if fov_masks is None else fov_masks[i]
-                reader = partial(_read_photo, max_size=max_size, fov_mask=mask)
+                reader = partial(_read_photo, max_size=max_size, fov_mask=mask,
+                                 erode_fov=teacher[1])  # fmt: skip
                 # Without skips, an unreadable image's error is raised as it is (count=1).
                 read = (skips or SkippedImages(count=1)).read_replacing(
                     name, path, out_dir, files, reader
@@ -927,9 +954,11 @@ def _write_vessels(
                 score = vesselness(image, fov, method=teacher[0], erode_fov=teacher[1])
             strays.append(teacher_disagreement(mask, score, fov, teacher[1]))
             if prob.shape != shape:
-                prob = np.clip(resize_image(prob, shape, "bilinear"), 0, 1)
+                # 0 outside the FOV it is written in, as at the size segmented: the bilinear
+                # resize spreads the map past the FOV's nearest-neighbour one.
                 fov = resize_mask(fov, shape)
-                mask = remove_specks(prob >= threshold, fov, speck_area)
+                prob = np.clip(resize_image(prob, shape, "bilinear"), 0, 1) * fov
+                mask = remove_specks((prob >= threshold) & fov, fov, speck_area)
             write_png(out_dir / f"{name}_prob.png", prob_png(prob))
             written.append(write_png(out_dir / f"{name}_mask.png", mask_png(mask)))
             shares.append(float(mask[fov].mean()) if fov.any() else 0.0)
