@@ -109,14 +109,15 @@ def test_the_command_ends_saying_where_its_outputs_are(tmp_path):
     photos = _photos(tmp_path / "photos", ["a", "b", "c"])
     run = {"fraction": 0.12, "config": CONFIG, "progress": False, "train_images": 2}
     # (one --out each: a grouped run into a single run's is refused, _check_layout)
-    for teach_all, out, network in ((False, "one", "one"), (True, "all", "all/group-K")):
+    # (a grouped run's figures are each group's: group-K/figures/overlay.png)
+    for teach_all, out, group in ((False, "one", ""), (True, "all", "group-K/")):
         said: list[str] = []
         segment_vessels_self_trained([photos], tmp_path / out, teach_all=teach_all,
                                      log=said.append, **run)  # fmt: skip
         assert said[-1] == (
             f"3 mask(s) in {tmp_path / out} (NAME_mask.png, NAME_prob.png; vessels.csv; "
-            f"figures/overlay.png); further photographs: localdisc predict --model "
-            f"{tmp_path / network}"
+            f"{group}figures/overlay.png); further photographs: localdisc predict --model "
+            f"{tmp_path / out / group}"
         )
 
 
