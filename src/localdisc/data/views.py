@@ -389,15 +389,6 @@ class LDViews:
         lin = lin.repeat(2, 1, 1) @ _rotation(-phi)  # views share geometry, not phi
         return torch.cat([lin, shift.repeat(2, 1, 1)], -1)
 
-    def geometry(
-        self, n: int, height: int, width: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Affine maps ``[n, 2, 3]`` (float64, CPU; ``affine_grid``'s convention) of view 1 of
-        ``n`` images of ``height x width``: flips, rotation, random resized crop and the small
-        view rotation, drawn as the views draw them, for what must be placed as the views
-        place the images (a kept-pose shape prior's reference masks)."""
-        return self._thetas(n, height, width, generator)[:n]
-
     def __call__(
         self, x1: Tensor, x2: Tensor, generator: torch.Generator | None = None
     ) -> ViewBatch:

@@ -40,7 +40,7 @@ from localdisc.engine.checkpoint import (
 )
 from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
 from localdisc.engine.precision import bf16_autocast, bf16_autocast_pays
-from localdisc.engine.shape_prior import PRIOR_POSES, AdversarialPrior, kept_pose_views
+from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.engine.stop import GracefulStop
 from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.eval.provenance import environment, resumed
@@ -784,12 +784,16 @@ def pretrain(
     gen = torch.Generator().manual_seed(config.seed * 1009 + ctx.rank)
     adversary = None
     if config.prior:
-        if config.prior_pose == "kept":  # cluster 0 in the pose of the reference masks
-            stage2_views = kept_pose_views(config.size, config.modality, config.crop_scale)
         adversary = AdversarialPrior(
             config.prior, config.size, device, count=config.prior_count, lr=config.disc_lr,
-            seed=config.seed, pose=config.prior_pose, views=stage2_views, log=log,
+            seed=config.seed, pose=config.prior_pose, view_area=config.crop_scale[0],
+            log=log,
         )  # fmt: skip
+        if config.prior_pose == "kept":  # cluster 0 in the pose of the reference masks
+            stage2_views = LDViews(
+                config.size, config.modality, crop_scale=tuple(config.crop_scale),
+                rotation=KEPT_POSE_ROTATION, flip_p=0.0, view2_flip_p=0.0, view2_rot90=False,
+            )  # fmt: skip
 
     step = 0
     stage = config.stage_at(0)

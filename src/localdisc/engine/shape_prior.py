@@ -7,13 +7,12 @@ model's step, calls :meth:`discriminator_step` on the detached cluster-0 maps (M
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from localdisc.data.views import LDViews
 from localdisc.engine.checkpoint import optimizer_from_flat, optimizer_to_flat
 from localdisc.losses.adversarial import discriminator_loss, generator_loss
 from localdisc.models.discriminator import MaskDiscriminator
@@ -24,44 +23,10 @@ from localdisc.priors.sources import PRIOR_POSES
 # masks turned by any angle and flipped, a discriminator blind to position. "kept", for anatomy
 # imaged in a standard pose (the lungs and heart of a PA radiograph): the reference masks and the
 # stage-2 views turn by at most KEPT_POSE_ROTATION degrees and are never flipped, the masks are
-# cropped, turned and placed by the views' own geometry (so that the organs have the same size
-# and place in both), and the discriminator sees pixel coordinates, so that a cluster in the
-# right shape but the wrong place looks fake.
+# cropped as little as the views are (so that the organs have the same size and place in both),
+# and the discriminator sees pixel coordinates, so that a cluster in the right shape but the
+# wrong place looks fake.
 KEPT_POSE_ROTATION = 10.0
-
-
-def kept_pose_views(size: int, modality: str, crop_scale: Sequence[float]) -> LDViews:
-    """The stage-2 views of a kept pose: turned by at most :data:`KEPT_POSE_ROTATION` degrees
-    (and the small view rotation), never flipped, view 2 neither."""
-    return LDViews(
-        size, modality, crop_scale=(crop_scale[0], crop_scale[1]), rotation=KEPT_POSE_ROTATION,
-        flip_p=0.0, view2_flip_p=0.0, view2_rot90=False,
-    )  # fmt: skip
-
-
-class ViewPoseAugment:
-    """Reference masks placed as ``views`` place the images (:meth:`LDViews.geometry`: the same
-    crop area, aspect ratio, position and rotations), resampled to the views' size and
-    binarised at ``threshold`` as :class:`~localdisc.priors.PriorAugment` does.
-
-    With a kept pose the discriminator sees where a mask lies: reference masks cropped less,
-    or placed otherwise, than the views would let it call a map fake for its place alone
-    (cropping each side by at most half the views' crop left 14 % of the views' simulated
-    hearts centred where no reference mask was).
-    """
-
-    def __init__(self, views: LDViews, threshold: float = 0.1) -> None:
-        self.views = views
-        self.size = views.size
-        self.threshold = threshold
-
-    def __call__(self, masks: Tensor, generator: torch.Generator) -> Tensor:
-        """``masks`` [B, 1, H, W] in {0, 1} -> ``float32`` [B, 1, size, size] in {0, 1}."""
-        b, _, h, w = masks.shape
-        theta = self.views.geometry(b, h, w, generator).to(masks.device, torch.float32)
-        grid = F.affine_grid(theta, [b, 1, self.size, self.size], align_corners=False)
-        out = F.grid_sample(masks.float(), grid, mode="bilinear", align_corners=False)
-        return (out > self.threshold).to(torch.float32)
 
 
 class AdversarialPrior:
@@ -75,8 +40,8 @@ class AdversarialPrior:
         lr: the discriminator's learning rate.
         seed: seeds the simulator and the discriminator's initial weights.
         pose: ``"free"`` (published) or ``"kept"`` (see ``PRIOR_POSES``).
-        views: with a kept pose, the stage-2 views, whose geometry places the masks
-            (:class:`ViewPoseAugment`; default: :func:`kept_pose_views` at LD's crop).
+        view_area: the smallest area fraction of the views' random resized crop; with a kept
+            pose the masks are cropped to sides of at least its square root, as the views are.
     """
 
     def __init__(
@@ -89,7 +54,7 @@ class AdversarialPrior:
         lr: float = 5e-5,
         seed: int = 0,
         pose: str = "free",
-        views: LDViews | None = None,
+        view_area: float = 0.9,
         log: Callable[[str], None] = print,
     ) -> None:
         if pose not in PRIOR_POSES:
@@ -97,10 +62,13 @@ class AdversarialPrior:
         self.bank = load_prior(spec, size, count=count, seed=seed, pose=pose).to(device)
         log(f"shape prior: {describe_prior(spec)}, pose {pose}")
         kept = pose == "kept"
-        self.augment: PriorAugment | ViewPoseAugment = PriorAugment(size)
-        if kept:
-            views = views or kept_pose_views(size, "xray", (0.9, 1.0))
-            self.augment = ViewPoseAugment(views, self.augment.threshold)
+        if kept:  # each side cropped by U(0, c): the side shrinks to 1 - 2c at most
+            crop = (1.0 - math.sqrt(view_area)) / 2.0
+            self.augment = PriorAugment(
+                size, max_crop=crop, max_rotation=KEPT_POSE_ROTATION, flips=False
+            )
+        else:
+            self.augment = PriorAugment(size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 4099)
             self.discriminator = MaskDiscriminator(coords=kept).to(device)
