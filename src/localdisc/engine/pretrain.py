@@ -368,16 +368,27 @@ def _silent(message: str) -> None:
     """The log of the processes other than the first under torchrun."""
 
 
-def _saved_config(run_dir: Path, given: PretrainConfig) -> PretrainConfig:
-    """The settings saved in ``run_dir/config.json``, with ``given``'s runtime fields."""
+def _run_record(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/config.json``: the run's settings (``pretrain``), pool and environment."""
     path = Path(run_dir) / "config.json"
     try:
-        saved = json.loads(path.read_text())["pretrain"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        record = json.loads(path.read_text())
+        if not isinstance(record.get("pretrain"), dict):
+            raise ValueError("no 'pretrain' settings in it")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
         raise CheckpointError(
             f"{path}: cannot read this run's settings ({type(exc).__name__}: {exc}); the file is "
             "damaged: restore it, or start the run again in a new --out"
         ) from exc
+    return record
+
+
+def _saved_config(
+    run_dir: Path, given: PretrainConfig, record: dict[str, Any] | None = None
+) -> PretrainConfig:
+    """The settings saved in ``run_dir/config.json`` (``record``: that file, read already),
+    with ``given``'s runtime fields."""
+    saved = dict((record or _run_record(run_dir))["pretrain"])
     saved.update({k: getattr(given, k) for k in RUNTIME_FIELDS})
     return PretrainConfig.from_dict(saved)
 
@@ -571,9 +582,8 @@ def build_objective(
     from localdisc.methods import PEER_METHODS
     from localdisc.methods.densecl import queue_size_for
 
+    # (PixPro's momentum follows the run_progress each step is given)
     options: dict[str, Any] = {"amp": config.amp}
-    if config.method == "pixpro":  # its momentum rises to 1 over the run (run_progress)
-        options["momentum_steps"] = config.total_steps
     if config.method == "densecl" and train_images is not None:  # negatives: other images
         options["queue_size"] = queue_size_for(train_images, 2 * config.batch)
     if config.method == "genesis":  # LD's crop geometry at the run's crop scale
@@ -657,7 +667,8 @@ def pretrain(
     if resume:
         if not config_path.is_file():
             raise CheckpointError(f"{run_dir}: nothing to resume (no config.json)")
-        given, config = config, _saved_config(run_dir, config)
+        saved_meta = _run_record(run_dir)  # read once: the settings, the pool, the environment
+        given, config = config, _saved_config(run_dir, config, saved_meta)
         if given.method != config.method:  # another method's run, not a setting of this one
             raise CheckpointError(
                 f"{run_dir}: holds a --method {config.method} run, which --resume continues only "
@@ -774,7 +785,7 @@ def pretrain(
             )
         objective = build_objective(config, model, train_images=train_pool.shape[0]).to(device)
         default_crop = tuple(config.crop_scale) == PretrainConfig.crop_scale
-        if config.method != "genesis" and not default_crop and ctx.is_main:
+        if config.method != "genesis" and not default_crop:
             log(
                 f"crop_scale {tuple(config.crop_scale)} is LD's: {config.method} keeps the crops "
                 "of its paper"
@@ -820,8 +831,7 @@ def pretrain(
         if not already_finished and trained_with != ctx.world_size:
             raise CheckpointError(_world_size_problem(run_dir, trained_with, ctx.world_size))
         if not already_finished:
-            saved_pool = json.loads(config_path.read_text()).get("pool")
-            refuse_changed_pool(run_dir, config, saved_pool, pool_record)
+            refuse_changed_pool(run_dir, config, saved_meta.get("pool"), pool_record)
         model.load_state_dict(tensors["model"])
         if not already_finished:  # a finished run samples no more (and may have other ranks)
             gen.set_state(tensors["rng"][f"sampler_{ctx.rank}"])
@@ -855,7 +865,7 @@ def pretrain(
         meta["environment"] = env  # outside "pretrain": a resume does not compare it
         atomic_write_text(config_path, json.dumps(meta, indent=2))
     if main and resume and not already_finished:  # the first start's environment stays
-        saved = json.loads(config_path.read_text())
+        saved = saved_meta
         if loaded is None:  # starting over: on the pool as it is now, which the record says
             saved["pool"] = pool_record
             saved.pop("skipped_files", None)
@@ -984,12 +994,12 @@ def pretrain(
         progress.update(step, f"stage {stage}", f"{info} | {img_per_s:.1f} img/s", time_left=left)
         sums, n_summed = {}, 0
 
-    if main:  # what a log file of a cluster job cannot tell otherwise
-        log(f"training on {_device_text(device)} in "
-            f"{'bf16 autocast' if config.amp and bf16_autocast_pays(device) else 'float32'}, "
-            f"{ctx.world_size} process(es), {images_per_step} images per step"
-            # a peer's log names it: its progress lines say "stage 1", as LD's do
-            + (f", --method {config.method}: one stage" if objective else ""))  # fmt: skip
+    # what a log file of a cluster job cannot tell otherwise
+    log(f"training on {_device_text(device)} in "
+        f"{'bf16 autocast' if config.amp and bf16_autocast_pays(device) else 'float32'}, "
+        f"{ctx.world_size} process(es), {images_per_step} images per step"
+        # a peer's log names it: its progress lines say "stage 1", as LD's do
+        + (f", --method {config.method}: one stage" if objective else ""))  # fmt: skip
     progress = ProgressBar(
         config.total_steps, step, main and config.progress, "pretrain", before=seconds_before
     )

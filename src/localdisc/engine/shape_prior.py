@@ -25,9 +25,10 @@ from localdisc.priors.sources import PRIOR_POSES
 # stage-2 views turn by at most KEPT_POSE_ROTATION degrees and are never flipped, the masks are
 # cropped by at most (1 - sqrt(view_area)) / 2 of a side from each side (2.6 % at LD's crop), and
 # the discriminator sees pixel coordinates, so that a cluster in the right shape but the wrong
-# place looks fake. The views spread the organs' sizes and places about twice as widely (their
-# crops are not square); placing the masks by the views' own geometry instead measured 0.908
-# against 0.919 on JSRT's lungs, seed 0 (benchmarks/RESULTS.md), so the masks keep this crop.
+# place looks fake. The views spread the organs' sizes and places more widely (their crops are
+# not square: standard deviations of area and centre 1.3 to 1.9 times the masks'); placing the
+# masks by the views' own geometry instead measured 0.908 against 0.919 on JSRT's lungs, seed 0
+# (benchmarks/RESULTS.md), so the masks keep this crop.
 KEPT_POSE_ROTATION = 10.0
 
 
