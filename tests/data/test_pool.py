@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from localdisc.data.pool import resolve_pool, synthetic_pool
+from localdisc.data.pool import load_pool, resolve_pool, synthetic_pool
 from localdisc.errors import DatasetError, ImageReadError
 
 
@@ -228,3 +228,81 @@ def test_full_range_pools_say_nothing_of_the_range(tmp_path: Path) -> None:
     lines: list[str] = []
     resolve_pool([str(folder), "synthetic_xray:2"], "xray", 8, log=lines.append)
     assert not any("intensity range" in line for line in lines)
+
+
+def _means(pool: torch.Tensor) -> list[int]:
+    """The mean grey value of each pool image (the images of ``_grey_folder`` are flat)."""
+    return [int(image.float().mean()) for image in pool]
+
+
+def test_skip_bad_keeps_generated_images_beside_a_folder_of_unreadable_files(
+    tmp_path: Path,
+) -> None:
+    # The pool held 4 generated images, yet "no readable image in the pool" was raised.
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    pool, skipped = resolve_pool(
+        ["synthetic_fundus:4", str(folder)], "fundus", 16, skip_bad=True, log=lambda m: None
+    )
+    assert torch.equal(pool, synthetic_pool(4, "fundus", 16))
+    assert [p.name for p, _ in skipped] == ["a.png"]
+
+
+def test_skip_bad_fills_max_images_from_the_files_left_out(tmp_path: Path) -> None:
+    # Each skipped file cost a place: max_images=2 with 1 bad and 3 good files gave 1 image.
+    folder = _grey_folder(tmp_path / "pool", {"b.png": 20, "c.png": 30, "d.png": 40})
+    (folder / "a.png").write_bytes(b"not a png")
+    names: list[str] = []
+    pool, skipped = resolve_pool(
+        [str(folder)], "xray", 8, max_images=2, skip_bad=True, names=names, log=lambda m: None
+    )
+    assert _means(pool) == [20, 30] and names == ["b.png", "c.png"]
+    assert [p.name for p, _ in skipped] == ["a.png"]
+    # In listing order across the specs, each file once, up to the files that run out.
+    other = _grey_folder(tmp_path / "other", {"e.png": 50})
+    (other / "f.png").write_bytes(b"not a png")
+    specs = [str(other), str(folder), str(folder)]
+    pool, skipped = resolve_pool(specs, "xray", 8, max_images=3, skip_bad=True, log=lambda m: None)
+    assert _means(pool) == [50, 20, 30]
+    assert [p.name for p, _ in skipped] == ["f.png", "a.png"]
+    pool, _ = resolve_pool(specs, "xray", 8, max_images=9, skip_bad=True, log=lambda m: None)
+    assert _means(pool) == [50, 20, 30, 40]
+
+
+def test_skip_bad_without_bad_files_keeps_the_first_max_images_files(tmp_path: Path) -> None:
+    folder = _grey_folder(tmp_path / "pool", {"a.png": 10, "b.png": 20, "c.png": 30})
+    specs = [str(folder), "synthetic_xray:2"]
+    for skip_bad in (False, True):
+        pool, skipped = resolve_pool(
+            specs, "xray", 8, max_images=2, skip_bad=skip_bad, log=lambda m: None
+        )
+        assert _means(pool) == [10, 20] and skipped == []
+
+
+def test_max_images_of_unreadable_files_only_says_why(tmp_path: Path) -> None:
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (folder / name).write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match=r"no readable image in the pool \(all 3 files"):
+        resolve_pool([str(folder)], "xray", 8, max_images=2, skip_bad=True, log=lambda m: None)
+
+
+def test_load_pool_of_no_paths_is_a_clear_error() -> None:
+    # It named the path "." as unreadable.
+    with pytest.raises(DatasetError, match="no image paths given"):
+        load_pool([], "xray", 8)
+
+
+def test_load_pool_of_unreadable_files_says_why(tmp_path: Path) -> None:
+    # It named the first file but not why it was skipped.
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in paths:
+        path.write_bytes(b"not a png")
+    with pytest.raises(ImageReadError) as caught:
+        load_pool(paths, "xray", 8, skip_bad=True)
+    assert str(caught.value) == (
+        f"{paths[0]}: content is not a PNG, JPEG, BMP, GIF, PPM/PGM/PBM or TIFF image; "
+        "no readable image in the pool (all 2 files skipped)"
+    )

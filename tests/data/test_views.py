@@ -18,6 +18,7 @@ from localdisc.data.views import (
     normalize,
     undo_view2,
 )
+from localdisc.errors import InputError
 
 # Settings that switch every photometric change off.
 NO_JITTER = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=0.0)
@@ -441,6 +442,47 @@ def test_normalisation_constants() -> None:
         normalize(x, "xray")
     with pytest.raises(ValueError):
         normalize(x, "ct")
+
+
+def test_normalize_scales_integer_images_as_the_package_reads_them() -> None:
+    # A uint8 batch (as the batch error of as_raw_image sends users to normalize) came out in
+    # [-2.1, 1136]: it was never divided by 255.
+    x = (blobs(2, 3, 8, 0) * 255).round().to(torch.uint8)
+    expected = normalize(x.float() / 255, "fundus")
+    torch.testing.assert_close(normalize(x, "fundus"), expected)
+    wide = x.to(torch.int32) * 257  # uint16: / 65535, as read_image and raw_intensities scale it
+    torch.testing.assert_close(normalize(wide.to(torch.uint16), "fundus"), expected)
+    for dtype in (torch.int64, torch.int16, torch.int32):
+        with pytest.raises(InputError, match=f"images is {str(dtype)[6:]}, whose full scale"):
+            normalize(x.to(dtype), "fundus")
+
+
+def test_views_take_uint16_and_refuse_images_of_unknown_scale() -> None:
+    # uint16, other integers and floats of 0..255 all clipped to 1: every view constant white.
+    x1 = (blobs(2, 1, 40, 0) * 255).round().to(torch.uint8)
+    x2 = (blobs(2, 1, 40, 1) * 255).round().to(torch.uint8)
+    from_u8 = LDViews(32, "xray")(x1, x2, gen(1))
+    as_u16 = [(x.to(torch.int32) * 257).to(torch.uint16) for x in (x1, x2)]
+    from_u16 = LDViews(32, "xray")(*as_u16, gen(1))
+    torch.testing.assert_close(from_u16.images, from_u8.images, atol=1e-5, rtol=0)
+    for dtype in (torch.int64, torch.int16):
+        with pytest.raises(InputError, match=f"x1 is {str(dtype)[6:]}, whose full scale"):
+            LDViews(32, "xray")(x1.to(dtype), x2.to(dtype), gen(1))
+    with pytest.raises(InputError, match=r"x1 holds values in \[\d+, 255\], not intensities"):
+        LDViews(32, "xray")(x1.float(), x2.float(), gen(1))
+    with pytest.raises(ValueError, match="different dtypes"):
+        LDViews(32, "xray")(x1, x2.float() / 255, gen(1))
+
+
+def test_check_intensities_follows_the_rule_of_raw_images() -> None:
+    from localdisc.data.views import check_intensities
+
+    check_intensities(torch.tensor([-0.2, 1.3]))  # resampling overshoot passes
+    check_intensities(torch.tensor([0, 255], dtype=torch.uint8))  # integers are scaled
+    with pytest.raises(InputError, match=r"images holds values in \[0, 2\]"):
+        check_intensities(torch.tensor([0.0, 2.0]))
+    with pytest.raises(InputError, match="NaN or infinite"):
+        check_intensities(torch.tensor([0.0, float("nan")]))
 
 
 def test_xray_single_channel() -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import generator, torch_threads
+from localdisc.errors import InputError
 from localdisc.methods import (
     PEER_METHODS,
     DenseCLObjective,
@@ -174,6 +175,17 @@ def test_peer_views_are_independent_per_view():
     assert not torch.allclose(batch.theta[:BATCH], batch.theta[BATCH:])
     again = views(x, 2, gen(0))
     assert torch.equal(again.images, batch.images)
+
+
+def test_peer_views_scale_uint16_as_uint8_and_refuse_unknown_scales():
+    # uint16 was taken as floats and every view clipped to white.
+    views = PeerViews(SIZE, "fundus")
+    x = pool_pair(3, seed=6)[0]
+    wide = x.to(torch.int32).mul(257).to(torch.uint16)  # 255 -> 65535: the same intensities
+    a, b = views(x, 2, gen(0)), views(wide, 2, gen(0))
+    assert torch.allclose(a.raw, b.raw, atol=1e-5) and b.raw.std() > 0.01
+    with pytest.raises(InputError, match="int64"):
+        views(x.long(), 2, gen(0))
 
 
 def test_densecl_queue_size_follows_the_training_pool():

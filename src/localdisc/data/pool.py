@@ -70,16 +70,28 @@ def load_pool(
     """Decode ``paths`` into a uint8 tensor ``[N, C, P, P]``.
 
     Returns the tensor and the list of skipped ``(path, reason)`` (empty unless ``skip_bad``).
-    An unreadable file raises :class:`ImageReadError` naming it, unless ``skip_bad``.
+    An unreadable file raises :class:`ImageReadError` naming it, unless ``skip_bad``; so does a
+    pool of which no file could be read. No paths at all raise :class:`DatasetError`.
     """
+    if not paths:
+        raise DatasetError("no image paths given: a pool needs at least one image file")
     results = _decode(
         paths, modality, pool_size, workers=workers, skip_bad=skip_bad, progress=progress
     )
     arrays = [r for r in results if not isinstance(r, str)]
     skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
     if not arrays:
-        raise ImageReadError(paths[0] if paths else Path("."), "no readable image in the pool")
+        raise _none_readable(paths, results)
     return torch.from_numpy(np.stack(arrays)), skipped
+
+
+def _none_readable(paths: Sequence[Path], results: Sequence[np.ndarray | str]) -> ImageReadError:
+    """The error for a pool of which ``skip_bad`` skipped every file (``results`` as
+    :func:`_decode` gives them, all reasons): it names the first file and why it was skipped."""
+    which = f"all {len(paths)} files" if len(paths) > 1 else "its only file"
+    return ImageReadError(
+        paths[0], f"{results[0]}; no readable image in the pool ({which} skipped)"
+    )
 
 
 def synthetic_pool(
@@ -172,7 +184,9 @@ def resolve_pool(
     ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` / ``synthetic_xray_hard[:N]`` for generated
     images, or ``skimage:retina`` for the fundus photograph that scikit-image ships.
     The pool holds the specs' images in the order given (a folder's sorted by path);
-    ``max_images`` keeps the first N of them, whatever their kind of spec.
+    ``max_images`` keeps the first N of them, whatever their kind of spec; with ``skip_bad``,
+    files it left out take the places of skipped files, in the same order, until N images are
+    read or the files run out; skipped files are an error only when no image at all is left.
 
     Each image enters the pool once: a file that an earlier spec already brought in (the same
     spec twice, a folder and a sub-folder of it, a folder linked in twice; compared by resolved
@@ -189,11 +203,15 @@ def resolve_pool(
     from localdisc.data.datasets import parse_data_spec, pool_image_paths
 
     size = pool_size
-    # In the order of ``specs``; a slice stands for files of ``paths``, all decoded at once below.
-    parts: list[torch.Tensor | slice] = []
+    # In the order of ``specs``; a list of indices stands for files of ``paths``, all decoded
+    # at once below.
+    parts: list[torch.Tensor | list[int]] = []
     part_names: list[list[str]] = []  # for a tensor of ``parts``, its images' names
     paths: list[Path] = []
     path_names: list[str] = []  # of each of ``paths``
+    # Files that ``max_images`` left out, in listing order, with their spec's part and root:
+    # with ``skip_bad`` they take the places of skipped files (below).
+    spare: list[tuple[list[int], Path, Path, Path | None]] = []  # part, resolved, listed, root
     taken = 0  # images in the pool so far: ``max_images`` counts every kind of spec
 
     def room(n: int) -> int:
@@ -268,16 +286,19 @@ def resolve_pool(
                     fresh[key] = path
             if earlier:
                 say_repeated(spec, len(earlier), len(listed), earlier)
-            kept = list(fresh.items())[: room(len(fresh))]
-            owner.update((key, spec) for key, _ in kept)
-            found = [path for _, path in kept]
-            if found:
-                parts.append(slice(len(paths), len(paths) + len(found)))
-                part_names.append([])
-                paths.extend(found)
+            items = list(fresh.items())
+            count = room(len(items))
+            owner.update((key, spec) for key, _ in items[:count])
+            if count or (skip_bad and items):
                 root = parse_data_spec(spec)[1]
-                path_names.extend(_source_name(path, root) for path in found)
-                taken += len(found)
+                indices = list(range(len(paths), len(paths) + count))
+                parts.append(indices)
+                part_names.append([])
+                paths.extend(path for _, path in items[:count])
+                path_names.extend(_source_name(path, root) for _, path in items[:count])
+                taken += count
+                if skip_bad:
+                    spare.extend((indices, key, path, root) for key, path in items[count:])
     results: list[np.ndarray | str] = []
     if paths:
         from localdisc.engine.monitor import ProgressBar  # here: the engine builds on data
@@ -293,17 +314,37 @@ def resolve_pool(
 
             results = _decode(paths, modality, size, workers=workers, skip_bad=skip_bad,
                               progress=decoded)  # fmt: skip
-        if all(isinstance(r, str) for r in results):  # --skip-bad left no file: say why
-            which = f"all {len(paths)} files" if len(paths) > 1 else "its only file"
-            raise ImageReadError(
-                paths[0], f"{results[0]}; no readable image in the pool ({which} skipped)"
-            )
+        # --skip-bad: files left out by max_images, in listing order, take the skipped files'
+        # places until max_images images are read or the files run out (no file is skipped
+        # without --skip-bad, so the pool is then the same as ever).
+        seen = set(owner)  # a file listed by two specs is one candidate, at its first place
+        unique = []
+        for candidate in spare:
+            if candidate[1] not in seen:
+                seen.add(candidate[1])
+                unique.append(candidate)
+        spare = unique
+        while spare and max_images is not None:
+            need = max_images - taken + sum(isinstance(r, str) for r in results)
+            if need <= 0:
+                break
+            more, spare = spare[:need], spare[need:]
+            for indices, _, path, root in more:
+                indices.append(len(paths))  # after the spec's other files: listing order
+                paths.append(path)
+                path_names.append(_source_name(path, root))
+            taken += len(more)
+            results += _decode([m[2] for m in more], modality, size, workers=workers,
+                               skip_bad=skip_bad)  # fmt: skip
+        tensor_parts = any(isinstance(part, torch.Tensor) for part in parts)
+        if not tensor_parts and all(isinstance(r, str) for r in results):
+            raise _none_readable(paths, results)  # --skip-bad left nothing at all: say why
         _say_dim_images(results, path_names, log)
     skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
     tensors: list[torch.Tensor] = []
     for part, made in zip(parts, part_names, strict=True):
-        if isinstance(part, slice):
-            read = [i for i in range(part.start, part.stop) if not isinstance(results[i], str)]
+        if isinstance(part, list):
+            read = [i for i in part if not isinstance(results[i], str)]
             if read:
                 tensors.append(torch.from_numpy(np.stack([results[i] for i in read])))
                 if names is not None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localdisc.data.preprocess import LUMA, MODALITY_STATS
+from localdisc.data.preprocess import LUMA, MODALITY_STATS, SCALED_INTEGERS, raw_intensities
 
 Modality = Literal["fundus", "xray"]
 
@@ -58,11 +58,58 @@ def _mean_std(x: Tensor, modality: str) -> tuple[Tensor, Tensor]:
     )
 
 
+#: Integer tensors taken as images and scaled by their maximum: the types of
+#: :data:`~localdisc.data.preprocess.SCALED_INTEGERS` (uint8 / 255, uint16 / 65535).
+_SCALED_DTYPES = frozenset(getattr(torch, t.__name__) for t in SCALED_INTEGERS)
+
+
+def intensities(x: Tensor, name: str = "images") -> Tensor:
+    """``x`` as intensities in [0, 1], on its device, by the package's one rule
+    (:func:`~localdisc.data.preprocess.raw_intensities`): ``uint8`` / 255 and ``uint16`` / 65535
+    (float32), ``bool`` 0 and 1, floats as they are; other dtypes raise
+    :class:`~localdisc.errors.InputError` naming ``name``.
+
+    Decided by the dtype alone, with no pass over the values, as it runs at every training
+    step: floats are NOT checked here (0-255 values stored as floats pass); see
+    :func:`check_intensities`.
+    """
+    if x.is_floating_point():
+        return x
+    if x.dtype == torch.bool:
+        return x.float()
+    if x.dtype in _SCALED_DTYPES:
+        return x.float().div_(torch.iinfo(x.dtype).max)
+    # raw_intensities refuses every other dtype by its type alone, in the package's words: one
+    # value is all it needs to see (no copy of the batch to the CPU).
+    raw_intensities(x.reshape(-1)[:1], name)
+    raise AssertionError(f"raw_intensities took a {x.dtype} tensor")  # it raises above
+
+
+def check_intensities(x: Tensor, name: str = "images") -> None:
+    """Raise :class:`~localdisc.errors.InputError` naming ``name`` if float ``x`` holds values
+    that are not intensities in [0, 1] (by :func:`~localdisc.data.preprocess.raw_intensities`'s
+    rule: finite, within its slack of [0, 1]), such as 0-255 values stored as floats.
+
+    One pass over ``x`` and a wait for the device (two numbers come back): for a first batch,
+    not for every training step. Integer and bool tensors pass (see :func:`intensities`).
+    """
+    if x.is_floating_point() and x.numel() > 0:
+        lo, hi = torch.aminmax(x.detach())
+        raw_intensities(torch.stack([lo, hi]), name)
+
+
 def normalize(x: Tensor, modality: str) -> Tensor:
-    """Map ``[..., C, H, W]`` intensities in [0, 1] to the network's input normalisation.
+    """Map ``[..., C, H, W]`` intensities to the network's input normalisation.
+
+    ``x``: ``uint8`` (0..255) or ``uint16`` (0..65535), scaled to [0, 1] as
+    :func:`intensities` does, or float intensities in [0, 1]. Floats are not checked (that would
+    be a pass over every training batch): 0-255 values stored as floats give inputs in the
+    hundreds; :func:`check_intensities` checks them. Other integer types raise
+    :class:`~localdisc.errors.InputError`: their full scale is unknown.
 
     Fundus: ImageNet mean/std per RGB channel; X-ray: ``(x - 0.5) / 0.5``.
     """
+    x = intensities(x)
     mean, std = _mean_std(x, modality)
     return (x - mean) / std
 
@@ -354,6 +401,8 @@ class LDViews:
         self.view2_rot90 = view2_rot90
         self.keep_raw = keep_raw
         self.padding_mode = "zeros" if modality == "fundus" else "border"
+        # The first float batch's range is checked (see __call__), not every step's.
+        self._floats_checked = False
 
     def _thetas(self, n: int, height: int, width: int, g: torch.Generator | None) -> Tensor:
         """Affine matrices ``[2n, 2, 3]`` (float64, CPU) for view 1 then view 2 of ``n`` images.
@@ -395,8 +444,13 @@ class LDViews:
         """Generate the ``5B`` images of one step from two ``[B, C, P, P]`` batches.
 
         Args:
-            x1, x2: the images ``I1`` and ``I2`` of each item, uint8 in 0..255 or float in
-                [0, 1], on any device (the work happens there).
+            x1, x2: the images ``I1`` and ``I2`` of each item, of one dtype: uint8 (0..255),
+                uint16 (0..65535) or float in [0, 1] (see :func:`intensities`; other integer
+                types raise :class:`~localdisc.errors.InputError`), on any device (the work
+                happens there). The first float batch an instance sees is checked to hold
+                intensities in [0, 1] (:func:`check_intensities`: 0-255 values stored as floats
+                would all clip to white); later ones are not, as that costs a wait for the
+                device at every step.
             generator: CPU generator for all random draws; ``None`` uses torch's global RNG.
         """
         if x1.shape != x2.shape or x1.dim() != 4:
@@ -406,6 +460,12 @@ class LDViews:
             )
         if x1.device != x2.device:
             raise ValueError(f"x1 and x2 are on different devices: {x1.device}, {x2.device}")
+        if x1.dtype != x2.dtype:  # concatenated, uint8 and float would mix 0..255 with [0, 1]
+            raise ValueError(f"x1 and x2 have different dtypes: {x1.dtype}, {x2.dtype}")
+        if x1.is_floating_point() and not self._floats_checked:
+            check_intensities(x1, "x1")
+            check_intensities(x2, "x2")
+            self._floats_checked = True
         b, c, height, width = x1.shape
         if c != self.channels:
             raise ValueError(f"{self.modality} needs {self.channels} channel(s), got {c}")
@@ -429,8 +489,7 @@ class LDViews:
         lam = _uniform(b, *self.lam_range, g).float()
 
         # --- geometry: one bilinear resampling for all 4B views ------------------------------
-        x = torch.cat([x1, x2])
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = intensities(torch.cat([x1, x2]), "x1").float()
         grid = F.affine_grid(
             theta.to(device=device, dtype=torch.float32, non_blocking=True),
             [nv, c, s, s],

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from localdisc.data.views import LDViews, _uniform, color_jitter, normalize
+from localdisc.data.views import LDViews, _uniform, color_jitter, intensities, normalize
 from localdisc.engine.precision import bf16_autocast
 from localdisc.models.ld import LDModel
 
@@ -105,7 +105,8 @@ class PeerViews:
         """``views`` independently augmented views of each of the ``N`` images ``x``.
 
         Args:
-            x: ``[N, C, P, P]`` uint8 (0..255) or float in [0, 1], on any device.
+            x: ``[N, C, P, P]`` uint8 (0..255), uint16 (0..65535) or float in [0, 1], on any
+                device (:func:`~localdisc.data.views.intensities`).
             views: views per image.
             generator: CPU generator for every random draw (fixed order, device independent).
         """
@@ -127,7 +128,7 @@ class PeerViews:
         hue = _uniform(m, -ld.hue, ld.hue, g)
         gray = torch.rand(m, generator=g) < ld.grayscale_p
 
-        src = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        src = intensities(x, "x").float()
         grid = F.affine_grid(
             theta.to(device=device, dtype=torch.float32), [m, c, s, s], align_corners=False
         )
