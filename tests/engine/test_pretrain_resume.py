@@ -58,8 +58,8 @@ def test_a_resume_on_a_changed_pool_is_refused(tmp_path, images):
 
 
 def test_a_resume_passes_when_max_images_and_skip_bad_give_the_same_pool(tmp_path, images):
-    # The same unreadable file skipped again, and an image added beyond --max-images, leave
-    # the pool as it was: no reason to refuse.
+    # The same unreadable file skipped again (img5 takes its place), and an image added beyond
+    # --max-images, leave the pool as it was: no reason to refuse.
     data, run = tmp_path / "data", tmp_path / "run"
     save_images(data, images, range(6))
     (data / "img3.png").write_bytes(b"not a png")
@@ -67,7 +67,7 @@ def test_a_resume_passes_when_max_images_and_skip_bad_give_the_same_pool(tmp_pat
     pretrain(config, run, stop_at_step=2, log=quiet)
     save_images(data, images, [8])  # img8.png sorts after the five kept
     assert pretrain(config, run, resume=True, log=quiet).steps == config.total_steps
-    assert json.loads((run / "config.json").read_text())["pool"]["images"] == 4
+    assert json.loads((run / "config.json").read_text())["pool"]["images"] == 5
 
 
 def test_a_resume_before_the_first_checkpoint_records_the_pool_it_trains_on(tmp_path, images):

@@ -307,3 +307,22 @@ def test_a_file_given_as_a_run_folder_is_named_a_file(tmp_path):
     LDModel(dim=8, clusters=4).save(tmp_path)
     with pytest.raises(CheckpointError, match="config.json: a file, not a run folder; give an LD"):
         LDModel.from_pretrained(tmp_path / "config.json")
+
+
+def test_weights_holding_nan_or_inf_are_refused(tmp_path):
+    # A diverged run's weights (or a damaged file with an intact header) loaded silently:
+    # NaN embeddings, and similarity/localize answers from them.
+    from safetensors.torch import save_file
+
+    model = LDModel(LDConfig("xray", width=4, depth=2, dim=8, clusters=4))
+    model.save(tmp_path)
+    state = model.state_dict()
+    state["embedding_head.1.bias"] = torch.tensor([1.0, float("inf")] + [0.0] * 6)
+    state["cluster_head.1.weight"] = torch.full_like(state["cluster_head.1.weight"], float("nan"))
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        LDModel.from_pretrained(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / 'model.safetensors'}: weights hold NaN or inf values (in 2 tensors: "
+        "cluster_head.1.weight, embedding_head.1.bias); a damaged file or diverged training"
+    )

@@ -183,3 +183,72 @@ def test_weights_that_do_not_match_name_the_file_and_a_few_keys(tmp_path):
     save_file({"fc.weight": torch.zeros(2)}, tmp_path / "run" / "encoder.safetensors")
     with pytest.raises(CheckpointError, match=r"encoder.safetensors: weights do not match .*fc"):
         Segmenter.from_ld_run(tmp_path / "run")
+
+
+def damage_first_tensor(path):
+    """Overwrite the start of a safetensors file's data with 0xff bytes (NaN as float32), its
+    header intact: what damage on disk or in transfer leaves."""
+    raw = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")
+    raw[start : start + 64] = b"\xff" * 64
+    path.write_bytes(bytes(raw))
+
+
+def test_weights_holding_nan_are_refused_naming_the_file_and_tensor(tmp_path):
+    # They loaded silently, and `localdisc predict` wrote all-background masks with exit 0.
+    Segmenter(modality="xray", size=32, width=4, depth=2).save(tmp_path / "ft")
+    damage_first_tensor(tmp_path / "ft" / "model.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        Segmenter.from_pretrained(tmp_path / "ft")
+    assert str(error.value) == (
+        f"{tmp_path / 'ft' / 'model.safetensors'}: weights hold NaN or inf values (in 1 tensor: "
+        "encoder.blocks.0.0.0.weight); a damaged file or diverged training"
+    )
+    # A fine-tuning init: the encoder of an LD run.
+    LDModel(LDConfig("xray", width=4, depth=2, dim=8, clusters=4)).save(tmp_path / "run")
+    damage_first_tensor(tmp_path / "run" / "encoder.safetensors")
+    with pytest.raises(CheckpointError, match=r"encoder.safetensors: weights hold NaN or inf"):
+        Segmenter.from_ld_run(tmp_path / "run", size=32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_segmenter_cast_to_another_dtype_takes_float32_raw_images(dtype):
+    # The input followed the weights' device but not their dtype: "expected scalar type Float
+    # but found BFloat16" from the first conv.
+    torch.manual_seed(0)
+    model = Segmenter(modality="xray", size=32, width=4, depth=2)
+    image = np.random.default_rng(0).random((20, 30), dtype=np.float32)
+    small32, prob32 = model.predict_maps(image)
+    small, prob = model.to(dtype).predict_maps(image)
+    assert small.shape == (32, 32) and prob.shape == (20, 30)
+    assert small.dtype == prob.dtype == np.float32  # float32 maps, as before
+    np.testing.assert_allclose(prob, prob32, atol=0.02)
+    assert model.predict(image).dtype == np.float32
+
+
+def test_an_integer_weights_file_is_of_another_dtype(tmp_path):
+    # Tensors of the right shapes but int16 loaded (cast into floats) as a broken model.
+    from safetensors.torch import save_file
+
+    model = Segmenter(modality="xray", size=32, width=4, depth=2)
+    model.save(tmp_path)
+    state = model.state_dict()
+    as_int = {
+        k: (v * 1000).to(torch.int16) if v.is_floating_point() else v for k, v in state.items()
+    }
+    save_file(as_int, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        Segmenter.from_pretrained(tmp_path)
+    message = str(error.value)
+    assert message.startswith(
+        f"{tmp_path / 'model.safetensors'}: weights do not match the model of its config.json "
+        f"({sum(v.is_floating_point() for v in state.values())} of another dtype: "
+        "encoder.blocks.0.0.0.weight (int16 in the file, float32 in the model), "
+    )
+    assert message.endswith("more))") and len(message) < 400
+    # Floats of another precision are cast, as before.
+    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()},
+              tmp_path / "model.safetensors")  # fmt: skip
+    loaded = Segmenter.from_pretrained(tmp_path)
+    assert loaded.head.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.head.weight, state["head.weight"], atol=1e-3, rtol=1e-3)

@@ -198,14 +198,18 @@ def refuse_peer_run(path: str | Path, method: str | None = None) -> None:
         )
 
 
+def few_names(names: list[str]) -> str:
+    """The first three of ``names`` and how many more: a short list for an error message."""
+    more = f", ... ({len(names) - 3} more)" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
 def weights_mismatch(module: nn.Module, state: dict[str, Tensor]) -> str:
     """What keeps ``state`` from loading into ``module``, in short (a few names of the keys
-    missing, unexpected, or of another shape), or ``""``; torch's message lists every key."""
-
-    def few(names: list[str]) -> str:
-        more = f", ... ({len(names) - 3} more)" if len(names) > 3 else ""
-        return ", ".join(names[:3]) + more
-
+    missing, unexpected, of another shape, or of another dtype), or ``""``; torch's message
+    lists every key. A non-floating tensor (an integer file's) for a floating one of the model is
+    of another dtype: ``load_state_dict`` would cast it into a broken model. Floats of another
+    precision (float16, bfloat16, float64) are cast, as torch does."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -214,17 +218,43 @@ def weights_mismatch(module: nn.Module, state: dict[str, Tensor]) -> str:
         first = shapes[0]
         shape, wanted = list(state[first].shape), list(expected[first].shape)
         shapes[0] = f"{first} ({shape} in the file, {wanted} in the model)"
-    found = [("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)]
-    return "; ".join(f"{len(keys)} {label}: {few(keys)}" for label, keys in found if keys)
+    dtypes = [
+        k
+        for k, v in expected.items()
+        if k in state and v.is_floating_point() and not state[k].is_floating_point()
+    ]
+    if dtypes:
+        first = dtypes[0]
+        dtype, wanted = str(state[first].dtype), str(expected[first].dtype)
+        dtypes[0] = f"{first} ({dtype.removeprefix('torch.')} in the file, "
+        dtypes[0] += f"{wanted.removeprefix('torch.')} in the model)"
+    found = [
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("of another shape", shapes),
+        ("of another dtype", dtypes),
+    ]
+    return "; ".join(f"{len(keys)} {label}: {few_names(keys)}" for label, keys in found if keys)
 
 
 def load_matching_weights(module: nn.Module, state: dict[str, Tensor], path: Path) -> None:
     """``module.load_state_dict(state)``; weights that do not fit raise
-    :class:`CheckpointError` naming ``path`` and, in short, the keys that differ."""
+    :class:`CheckpointError` naming ``path`` and, in short, the keys that differ, and so do
+    weights holding NaN or inf: a file damaged past its (intact) header, or a diverged
+    training, which loaded silently and predicted nothing (all-background masks)."""
     problems = weights_mismatch(module, state)
     if problems:
         raise CheckpointError(
             f"{path}: weights do not match the model of its config.json ({problems})"
+        )
+    nonfinite = [
+        k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if nonfinite:
+        raise CheckpointError(
+            f"{path}: weights hold NaN or inf values (in {len(nonfinite)} "
+            f"tensor{'s' if len(nonfinite) > 1 else ''}: {few_names(nonfinite)}); "
+            "a damaged file or diverged training"
         )
     module.load_state_dict(state)
 

@@ -132,7 +132,8 @@ class Segmenter(nn.Module):
     @torch.no_grad()
     def predict_maps(self, image: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Probability maps of one raw image at the training size (``size x size``) and at the
-        image's own size (what :meth:`predict` returns), from one float32 forward pass.
+        image's own size (what :meth:`predict` returns), from one forward pass in the weights'
+        dtype (float32 for a model as trained; the maps are float32 whatever the dtype).
 
         Test evaluation (:func:`~localdisc.tasks.transfer.evaluate`) scores these very maps, so
         that ``metrics.json`` describes what ``localdisc predict`` outputs (no autocast here).
@@ -143,7 +144,9 @@ class Segmenter(nn.Module):
         h, w = image.shape[:2]
         arr = resize_image(to_modality_channels(image, self.config.modality), self.config.size)
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
-        x = normalize(x, self.config.modality).to(next(self.parameters()).device)
+        # The weights' dtype too: a model cast with .to(torch.bfloat16) takes raw float32 images.
+        weight = next(self.parameters())
+        x = normalize(x, self.config.modality).to(device=weight.device, dtype=weight.dtype)
         was_training = self.training
         self.eval()
         prob_small = torch.sigmoid(self(x).float())
