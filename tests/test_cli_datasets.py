@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from helpers import save
 from localdisc.cli import app
-from localdisc.errors import DatasetError
+from localdisc.errors import DatasetError, LocaldiscError
 
 runner = CliRunner()
 H, W = 24, 20
@@ -175,3 +175,31 @@ def test_bad_root_is_one_error_line_exit_2(tmp_path: Path) -> None:
     assert "training/images" in result.stderr.replace("\n", "")
     result = run_cli("datasets", "inspect", "nosuchset", str(tmp_path))
     assert result.returncode == 2 and "unknown data set 'nosuchset'" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_a_bad_preview_path_is_refused_before_the_data_set_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """--preview to a folder, or under a file, failed only after every image was read, with an
+    error that did not name --preview."""
+    import localdisc.data.inspect
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data set was read before --preview was checked")
+
+    monkeypatch.setattr(localdisc.data.inspect, "inspect_dataset", no_work)
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "afile.txt").write_text("x")
+    preview = tmp_path / "figs" if where == "folder" else tmp_path / "afile.txt" / "sub" / "p.png"
+    root = make_drive(tmp_path / "DRIVE")
+    result = runner.invoke(
+        app, ["datasets", "inspect", "drive", str(root), "--preview", str(preview)]
+    )
+    assert isinstance(result.exception, LocaldiscError), result.output
+    expected = (
+        f"--preview {preview} is a folder; give the preview's PNG file name"
+        if where == "folder"
+        else f"--preview {preview}: {tmp_path / 'afile.txt'} is a file, not a folder"
+    )
+    assert str(result.exception) == expected

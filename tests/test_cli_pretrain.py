@@ -97,3 +97,10 @@ def test_pretrain_on_jsrt_images_without_scr_masks(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "config.json").read_text())["pool"]["images"] == 247
+
+
+def test_max_images_help_says_what_skip_bad_does_to_it():
+    """resolve_pool fills the places of skipped files with the files after the first N."""
+    result = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "400"})
+    text = " ".join(result.stdout.replace("│", " ").split())  # as wrapped at any width
+    assert "With --skip-bad, the files after the first N take the places of skipped ones." in text

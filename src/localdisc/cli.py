@@ -103,6 +103,14 @@ def datasets_inspect(
     from localdisc.data.datasets import parse_data_spec
     from localdisc.data.inspect import inspect_dataset, write_preview
 
+    if preview is not None:  # checked before the data set, which may take minutes to read
+        if preview.is_dir():
+            raise LocaldiscError(
+                f"--preview {preview} is a folder; give the preview's PNG file name"
+            )
+        above = next(p for p in preview.absolute().parents if p.exists())
+        if not above.is_dir():
+            raise LocaldiscError(f"--preview {preview}: {above} is a file, not a folder")
     if root is None:
         name, root = parse_data_spec(name)
     report = inspect_dataset(name, root, skip_bad=skip_bad, progress=err_console.is_terminal)
@@ -350,7 +358,8 @@ def pretrain(
     max_images: int | None = typer.Option(
         None,
         help="Use only the first N pool images, in the order of the --data sources (a folder's "
-        "files sorted by path), generated images included.",
+        "files sorted by path), generated images included. With --skip-bad, the files after the "
+        "first N take the places of skipped ones.",
     ),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
     seed: int = typer.Option(0),

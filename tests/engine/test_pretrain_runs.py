@@ -307,3 +307,14 @@ def test_reflect_padding_needs_views_that_keep_2_x_2_pixels_in_the_deepest_block
     tiny_pretrain_config(padding="reflect", size=32)
     tiny_pretrain_config(padding="reflect", size=16, depth=4)
     tiny_pretrain_config(padding="circular", size=16)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+@pytest.mark.parametrize("size", [0, -16, 8])
+def test_an_invalid_size_is_reported_once_without_the_reflect_clause(padding, size) -> None:
+    """``--size 0`` blamed "padding reflect" with the default zero padding: the reflect clause is
+    for a reflect-padded size that is otherwise valid, not on top of the size's own problem."""
+    with pytest.raises(LocaldiscError) as caught:
+        tiny_pretrain_config(padding=padding, size=size)
+    assert f"size must be a positive multiple of 16, not {size}" in str(caught.value)
+    assert "padding reflect" not in str(caught.value)

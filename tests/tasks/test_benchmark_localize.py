@@ -150,6 +150,30 @@ def test_bad_limits_are_refused_before_any_work(tmp_path, change, message):
         run_localize_benchmark(config, tmp_path / "out", log=lambda m: None)
 
 
+@pytest.mark.parametrize("quick", [True, False])
+def test_unknown_tasks_are_refused_before_any_work(tmp_path, monkeypatch, quick):
+    """A misspelt --tasks name was caught per task as missing data: listed as skipped, exit 0,
+    after the --quick pre-training. It is refused first, as `benchmark transfer` refuses it."""
+    import localdisc.tasks.benchmark_localize as benchmark_localize
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the tasks were checked")
+
+    monkeypatch.setattr(benchmark_localize, "pretrain_preset", no_work)
+    monkeypatch.setattr(benchmark_localize, "load_model", no_work)
+    models = ["--quick"] if quick else ["--models", str(tmp_path / "run")]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["benchmark", "localize", *models, "--tasks", "jsrt,drvie,synthetic_fundus,foo",
+              "--data-root", str(tmp_path / "none"), "--device", "cpu", "--out", str(out)],
+    )  # fmt: skip
+    assert isinstance(result.exception, LocaldiscError), result.output
+    assert str(result.exception) == (
+        "unknown task(s) drvie, foo; known: jsrt, drive, synthetic_fundus"
+    )
+    assert not out.exists()
+
+
 def test_each_seed_draws_a_different_template():
     """--seeds N scores N distinct templates: independent draws repeated one (DRIVE's 20
     training images: seeds 2 and 3 both drew index 16) and counted it twice."""

@@ -144,6 +144,33 @@ def test_similarity_cli_checks_size_and_figure_suffix_first_and_prints_the_file_
     assert f"figure: {tmp_path / 'sim[v2].png'}" in "".join(result.output.split("\n"))
 
 
+def test_an_existing_folder_as_out_is_refused_before_any_work(tmp_path):
+    """``--out FOLDER`` wrote FOLDER.png beside the folder and exited 0: it is refused, as
+    ``localize`` refuses a folder --out; so is a suffix-less name whose .png is a folder."""
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+    from localdisc.tasks.similarity import figure_path
+
+    save(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "figs").mkdir()
+    result = CliRunner().invoke(
+        app, ["similarity", "--model", str(tmp_path / "no-run"), "--image",
+              str(tmp_path / "a.png"), "--point", "3,4", "--device", "cpu",
+              "--out", str(tmp_path / "figs")],
+    )  # fmt: skip
+    assert isinstance(result.exception, LocaldiscError), result.output
+    assert str(result.exception) == (
+        f"--out {tmp_path / 'figs'} is a folder; give the figure's file name"
+    )
+    assert not (tmp_path / "figs.png").exists()
+    (tmp_path / "b.png").mkdir()
+    with pytest.raises(LocaldiscError, match="b.png is a folder; give the figure's file name"):
+        figure_path(tmp_path / "b")
+    assert figure_path(tmp_path / "c") == tmp_path / "c.png"
+
+
 class Identity(torch.nn.Module):
     """A stand-in 'model' whose pixel embedding is the pixel's (unit) colour."""
 

@@ -166,7 +166,8 @@ class PretrainConfig:
             problems.append("at least one training step is needed")
         if self.batch < 1:
             problems.append("batch must be >= 1")
-        if self.size < 16 or self.size % 16:
+        size_ok = self.size >= 16 and self.size % 16 == 0
+        if not size_ok:
             problems.append(f"size must be a positive multiple of 16, not {self.size}")
         if self.pool_size is not None and self.pool_size < 1:
             problems.append(f"pool_size must be >= 1, not {self.pool_size}")
@@ -180,8 +181,13 @@ class PretrainConfig:
             problems.append(
                 f"padding must be zeros, circular, reflect or replicate, not {self.padding!r}"
             )
-        elif 2 <= self.depth <= 5 and self.size < smallest_side(self.padding, self.depth):
-            # torch cannot reflect-pad the 1 x 1 maps a 16-px view has after 4 poolings
+        elif (
+            size_ok  # an invalid size is reported once, above, whatever the padding
+            and 2 <= self.depth <= 5
+            and self.size < smallest_side(self.padding, self.depth)
+        ):
+            # torch cannot reflect-pad the 1 x 1 maps a 16-px view has after 4 poolings (a
+            # valid size is below smallest_side only with reflect padding)
             problems.append(
                 f"padding reflect needs size >= {smallest_side(self.padding, self.depth)} with "
                 f"depth {self.depth} (2 x 2 pixels in the deepest block), not {self.size}"

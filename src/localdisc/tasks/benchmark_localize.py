@@ -47,6 +47,7 @@ from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset, run_label
 from localdisc.tasks.similarity import LoadedModel, Point, check_size, load_model
 
 SCR_LANDMARKS = ("heart", "left_lung", "right_lung", "left_clavicle", "right_clavicle")
+TASKS = ("jsrt", "drive", "synthetic_fundus")
 
 
 @dataclass
@@ -182,7 +183,7 @@ def _task(name: str, config: LocalizeBenchmarkConfig, seed: int) -> LandmarkTask
         return _jsrt(root, config.max_test, seed)
     if name == "drive":
         return _drive(root / "DRIVE", config.max_test, seed)
-    raise LocaldiscError(f"unknown task {name!r}; known: jsrt, drive, synthetic_fundus")
+    raise LocaldiscError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
 
 
 def run_localize_benchmark(
@@ -198,6 +199,10 @@ def run_localize_benchmark(
         raise LocaldiscError(f"--max-test must be at least 1, not {config.max_test}")
     if config.seeds < 1:  # no template: nothing to score (0 also divided by zero below)
         raise LocaldiscError(f"--seeds must be at least 1, not {config.seeds}")
+    # Before any pre-training or model: a misspelt task is an error, not a task without data.
+    unknown = [t for t in dict.fromkeys(config.tasks or []) if t not in TASKS]
+    if unknown:
+        raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     device = "cpu" if config.quick else str(resolve_device(config.device))
     env = environment(device)  # at the start, before any pre-training
     tasks = config.tasks or (["synthetic_fundus"] if config.quick else ["jsrt", "drive"])

@@ -463,13 +463,15 @@ def similarity_figure(
 
 def figure_path(path: str | Path) -> Path:
     """``path`` as a figure file: ``.png`` added when it has no suffix (matplotlib would add it
-    too, unseen by the caller), refused when matplotlib cannot write its suffix. Check it before
-    the work, not after."""
+    too, unseen by the caller), refused when matplotlib cannot write its suffix or when it is a
+    folder (``FOLDER.png`` was written beside it). Check it before the work, not after."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     path = Path(path)
-    if not path.suffix:
-        return path.with_name(path.name + ".png")
+    if not path.suffix and not path.is_dir():
+        path = path.with_name(path.name + ".png")
+    if path.is_dir():
+        raise LocaldiscError(f"--out {path} is a folder; give the figure's file name")
     formats = FigureCanvasBase.get_supported_filetypes()
     if path.suffix[1:].lower() not in formats:
         raise LocaldiscError(
