@@ -1089,8 +1089,9 @@ def _csv(text: str) -> list[str]:
 def benchmark_transfer(
     inits: str | None = typer.Option(
         None,
-        help="Comma-separated: random, LD run folders, or ld (pre-train with the preset) "
-        "[default: random; --quick and --cpu-scale: random,ld].",
+        help="Comma-separated: random, LD run folders, or ld (pre-trained here with the --quick "
+        "or --cpu-scale preset; refused without one) [default: random; --quick and --cpu-scale: "
+        "random,ld].",
     ),
     tasks: str | None = typer.Option(
         None,

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,18 +110,37 @@ def test_cpu_scale_is_the_recorded_cpu_comparison():
     assert (mine.budget_seconds, mine.size, mine.labels) == (60, 96, ["4"])
 
 
+def test_quick_keeps_an_explicit_size_and_batch_and_refuses_what_it_cannot_honour():
+    # --quick replaced --size and --batch and dropped --budget-seconds (even -1), unseen.
+    from localdisc.errors import LocaldiscError
+    from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, preset
+
+    mine = preset(MethodsBenchmarkConfig(quick=True, size=64, batch=2))
+    assert (mine.size, mine.batch, mine.budget_seconds, mine.device) == (64, 2, None, "cpu")
+    assert (preset(MethodsBenchmarkConfig(quick=True)).size, mine.seeds) == (48, 1)
+    refused = {
+        "fixed steps": {"quick": True, "budget_seconds": 30},
+        "positive": {"cpu_scale": True, "budget_seconds": -1},
+        "runs on the CPU: --device cuda": {"cpu_scale": True, "device": "cuda"},
+    }
+    for message, fields in refused.items():
+        with pytest.raises(LocaldiscError, match=message):
+            preset(MethodsBenchmarkConfig(**fields))
+
+
 def test_quick_and_cpu_scale_are_exclusive(tmp_path):
     args = ["benchmark", "pretrain-methods", "--quick", "--cpu-scale", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and "exclusive" in str(result.exception)
 
 
-def test_a_pretraining_with_other_settings_is_refused_not_reused(tmp_path):
+def test_a_pretraining_with_other_settings_is_refused_not_reused(tmp_path, monkeypatch):
+    import localdisc.tasks.benchmark_methods as methods
     from localdisc.errors import LocaldiscError
     from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
 
-    def config(seed: int) -> MethodsBenchmarkConfig:
-        return MethodsBenchmarkConfig(methods=["simclr"], quick=True, pretrain={"seed": seed})
+    def config(seed: int, names: tuple[str, ...] = ("simclr",)) -> MethodsBenchmarkConfig:
+        return MethodsBenchmarkConfig(methods=list(names), quick=True, pretrain={"seed": seed})
 
     run_methods_benchmark(config(0), tmp_path, log=lambda m: None)
     before = (tmp_path / "results.json").read_text()
@@ -128,6 +148,10 @@ def test_a_pretraining_with_other_settings_is_refused_not_reused(tmp_path):
     with pytest.raises(LocaldiscError, match=r"other settings \(seed 0 \(given 1\)\)"):
         run_methods_benchmark(config(1), tmp_path, log=lambda m: None)
     assert (tmp_path / "results.json").read_text() == before
+    # ... and before any method pre-trains: ld, listed first, trained before simclr's refusal.
+    monkeypatch.setattr(methods, "_pretrain", _no_pretraining)
+    with pytest.raises(LocaldiscError, match=r"simclr: holds a pre-training with other"):
+        run_methods_benchmark(config(1, ("ld", "simclr")), tmp_path, log=lambda m: None)
 
 
 def test_an_interrupted_run_gets_no_more_than_its_time_budget(tmp_path, monkeypatch):
@@ -283,6 +307,7 @@ def test_cpu_scale_pretrains_the_pool_of_an_own_sets_modality(tmp_path, monkeypa
 
     monkeypatch.setattr(methods, "_pretrain", first_pretraining)
     monkeypatch.setattr(methods, "run_benchmark", _no_pretraining)
+    monkeypatch.setattr(methods, "_check_pool", lambda settings: None)  # chosen, not there
     mine = own_folder(tmp_path / "mine", modality="xray")
     config = methods.MethodsBenchmarkConfig(
         methods=["ld"], tasks=[str(mine)], cpu_scale=True, data_root=str(tmp_path)
@@ -435,3 +460,43 @@ def test_reused_pretraining_runs_of_other_commits_are_named(tmp_path, monkeypatc
     methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
     report = (tmp_path / "out" / "results.md").read_text()
     assert "Pre-training runs made at: commit aaaaaaa, modified (2 runs)." in report
+
+
+def test_two_pools_of_one_modality_are_refused_before_the_tasks_are_read(tmp_path, monkeypatch):
+    """The refusal came after the tasks were planned (own folders read, paper tasks loaded)."""
+    import localdisc.tasks.benchmark_methods as methods
+    from localdisc.errors import LocaldiscError
+
+    monkeypatch.setattr(methods, "plan_transfer", _no_pretraining)
+    pools = ["fundus=synthetic_fundus:8", "synthetic_fundus:16"]
+    config = methods.MethodsBenchmarkConfig(methods=["ld"], pools=pools, quick=True)
+    with pytest.raises(LocaldiscError, match="are both fundus pools"):
+        methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
+
+
+def test_a_pool_that_cannot_be_read_is_refused_before_any_pretraining(tmp_path, monkeypatch):
+    """A mistyped second pool was found after every method had pre-trained on the first (at
+    --cpu-scale, 240 s each); a pool whose runs are all finished is not read, as before."""
+    import localdisc.tasks.benchmark_methods as methods
+    from localdisc.errors import DatasetError
+
+    monkeypatch.setattr(methods, "_pretrain", _no_pretraining)
+    typo = tmp_path / "no-such-pool"
+    config = methods.MethodsBenchmarkConfig(
+        methods=["ld", "simclr"], tasks=["synthetic_fundus", "synthetic_xray"], quick=True,
+        pools=["fundus=synthetic_fundus:8", f"xray={typo}"],
+    )  # fmt: skip
+    with pytest.raises(DatasetError, match=re.escape(f"{typo}: no such folder")):
+        methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
+    wrong = replace(config, pools=["fundus=synthetic_fundus:8", "xray=synthetic_fundus:8"])
+    with pytest.raises(DatasetError, match="expected synthetic_xray"):
+        methods.run_methods_benchmark(wrong, tmp_path / "out", log=lambda m: None)
+    checked: list[dict] = []
+    monkeypatch.setattr(methods, "_check_pool", checked.append)
+    for method in ("ld", "simclr"):  # the X-ray runs finished (their pool since moved)
+        (tmp_path / "out" / "pretrain" / "xray" / method).mkdir(parents=True)
+        for name in ("reached.json", "encoder.safetensors"):
+            (tmp_path / "out" / "pretrain" / "xray" / method / name).write_text("{}")
+    with pytest.raises(AssertionError, match="pre-trained"):
+        methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
+    assert [c["modality"] for c in checked] == ["fundus"]

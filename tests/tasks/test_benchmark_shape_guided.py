@@ -1,4 +1,6 @@
 import json
+import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -391,3 +393,26 @@ def test_a_stopped_refinement_continues_from_its_checkpoint_in_the_run(tmp_path,
     no_refinement = bench.replace(bench.preset(config), refine_steps=0)
     rows = bench._ld_rows(eval_dir.parent, [test[0]], "heart", no_refinement, None, logs.append)
     assert "refined" not in rows and not (eval_dir / "refine-checkpoint").exists()
+
+
+def test_from_is_checked_against_every_task_before_the_first(tmp_path, monkeypatch):
+    """--from a fundus run with a fundus and an X-ray task: the X-ray task's refusal came after
+    the whole fundus task (stage 2, evaluation, k-means, filters, student networks)."""
+    import localdisc.tasks.benchmark_shape_guided as shape
+    from localdisc.errors import LocaldiscError
+    from localdisc.models import LDConfig, LDModel
+
+    def no_task(*args, **kwargs):
+        raise AssertionError("a task ran before --from was checked against every task")
+
+    monkeypatch.setattr(shape, "_run_task", no_task)
+    run = tmp_path / "fundus-run"
+    LDModel(LDConfig("fundus")).save(run)
+    tasks = ["synthetic_fundus", "synthetic_xray"]
+    config = ShapeBenchmarkConfig(quick=True, tasks=tasks, init=str(run))
+    message = f"--from {run}: task synthetic_xray cannot start from this run: its modality is "
+    with pytest.raises(LocaldiscError, match=re.escape(f"{message}'fundus', not 'xray'")):
+        shape.run_shape_benchmark(config, tmp_path / "out", log=lambda m: None)
+    typo = replace(config, init=str(tmp_path / "no-such-run"))
+    with pytest.raises(LocaldiscError, match="no-such-run: no such folder"):
+        shape.run_shape_benchmark(typo, tmp_path / "out", log=lambda m: None)

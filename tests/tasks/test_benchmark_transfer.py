@@ -4,7 +4,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -38,9 +38,21 @@ def test_quick_benchmark_runs_the_whole_pipeline_and_resumes(tmp_path):
     assert (out / "figures" / "predictions.png").is_file()
     dice = results["table"]["dice"]["ld"]["synthetic_fundus (2)"]
     assert dice["n_seeds"] == 1 and 0 <= dice["mean"] <= 1
-    # Run again: finished runs are reused, not recomputed.
+    # Run again: finished runs are reused, not recomputed. The LD pre-training, made at another
+    # commit (an earlier call's), is named as such: only this call's was.
+    record = out / "pretrain" / "config.json"
+    made = json.loads(record.read_text())
+    made["environment"] |= {"commit": "1" * 40, "dirty": False}
+    record.write_text(json.dumps(made))
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output.count("reusing") == 3
+    report = (out / "results.md").read_text()
+    assert "The LD pre-training (init ld) made at: commit 1111111 (1 run)." in report
+    assert report.rstrip().splitlines()[-1].startswith("Environment: ")  # still the last line
+    assert (
+        json.loads((out / "results.json").read_text())["ld_pretrain"]["environment"]["commit"]
+        == "1" * 40
+    )
     # Other settings in the same folder would mix protocols: refused.
     changed = CliRunner().invoke(app, [*args, "--steps-per-epoch", "3"])
     assert changed.exit_code != 0 and "other settings" in str(changed.exception)
@@ -526,3 +538,78 @@ def test_skip_bad_reads_a_tasks_images_once_for_all_its_runs(tmp_path, monkeypat
     for metrics in sorted((out / "runs").rglob("metrics.json")):  # both seeds' runs
         skipped = json.loads(metrics.read_text())["skipped"]
         assert [(s["name"], s["path"]) for s in skipped] == [("case2", str(bad.resolve()))]
+
+
+def _no_pretraining(*args, **kwargs):
+    raise AssertionError("pre-trained before the grid was checked")
+
+
+def test_a_run_folder_of_other_settings_is_refused_before_the_ld_pre_training(
+    tmp_path, monkeypatch
+):
+    """A run folder of other settings was refused only when the grid reached it: after the LD
+    pre-training and every new fine-tuning before it, which the advice (another --out) lost."""
+    import pytest
+
+    import localdisc.tasks.benchmark_transfer as bench
+    from localdisc.errors import LocaldiscError
+
+    out = tmp_path / "bench"
+    run = out / "runs" / "synthetic_fundus" / "random" / "labels-2" / "seed-0"
+    run.mkdir(parents=True)  # a finished run of 3 steps per epoch (the reviewer's second call)
+    config = bench.preset(bench.BenchmarkConfig(quick=True, steps_per_epoch=3))
+    saved = bench.TransferConfig(bench.TASKS["synthetic_fundus"].spec(None, True), "vessels",
+                                 "random", "2", config.size, max_test=config.max_test,
+                                 train=config.finetune_config(0))  # fmt: skip
+    (run / "config.json").write_text(json.dumps({"transfer": asdict(saved)}))
+    (run / "metrics.json").write_text("{}")
+    monkeypatch.setattr(bench, "pretrain_preset", _no_pretraining)
+    monkeypatch.setattr(bench, "run_transfer", _no_pretraining)  # nor any fine-tuning
+    given = bench.BenchmarkConfig(quick=True, inits=["ld", "random"], tasks=["synthetic_fundus"])
+    with pytest.raises(
+        LocaldiscError, match=re.escape(f"{run}: holds a finished fine-tuning with other")
+    ):
+        bench.run_benchmark(given, out, log=lambda m: None)
+
+
+def test_a_mistyped_init_is_refused_before_the_ld_pre_training(tmp_path, monkeypatch):
+    """A mistyped --inits path was found when the task loop reached it: after the LD
+    pre-training and the fine-tunings of the inits before it."""
+    import pytest
+
+    import localdisc.tasks.benchmark_transfer as bench
+    from localdisc.errors import LocaldiscError
+
+    monkeypatch.setattr(bench, "pretrain_preset", _no_pretraining)
+    typo = tmp_path / "no-such-run"
+    config = bench.BenchmarkConfig(quick=True, inits=["ld", str(typo)], tasks=["synthetic_fundus"])
+    with pytest.raises(LocaldiscError, match=re.escape(f"{typo}: no such folder")):
+        bench.run_benchmark(config, tmp_path / "bench", log=lambda m: None)
+
+
+def test_ld_is_not_pre_trained_where_no_task_to_run_can_use_it(tmp_path, monkeypatch):
+    """Every task skipped for want of data, or of another modality than the LD pre-training's
+    (fundus): it ran anyway (8 minutes at --cpu-scale), for an empty table."""
+    import localdisc.tasks.benchmark_transfer as bench
+
+    monkeypatch.setattr(bench, "pretrain_preset", _no_pretraining)
+    for tasks in (["drive"], ["synthetic_xray"]):
+        logged: list[str] = []
+        config = bench.BenchmarkConfig(
+            quick=True, inits=["ld"], tasks=tasks, data_root=str(tmp_path / "no-data")
+        )
+        results = bench.run_benchmark(config, tmp_path / tasks[0], log=logged.append)
+        assert results["runs"] == [] and "no task to run is fundus; not pre-training" in (
+            "\n".join(logged)
+        )
+        assert not (tmp_path / tasks[0] / "pretrain").exists()
+    assert results["skipped"][0]["init"] == "ld"  # synthetic_xray: of another modality
+
+
+def test_a_label_budget_given_twice_is_run_once():
+    """--labels 2,2 listed each run twice and counted it as two seeds (n_seeds 4 for --seeds 2);
+    "all" and "ALL" are one budget to labelled_count."""
+    from localdisc.tasks.benchmark_transfer import BenchmarkConfig, preset
+
+    given = BenchmarkConfig(labels=["2", "all", "2", "ALL", "0.5"])
+    assert preset(given).labels == ["2", "all", "0.5"]

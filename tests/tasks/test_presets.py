@@ -24,3 +24,13 @@ def test_a_pre_training_of_other_settings_is_refused_not_reused(tmp_path):
     (run_dir / "encoder.safetensors").unlink()
     with pytest.raises(LocaldiscError, match="size 64 \\(given 32\\)"):
         pretrain_preset({**settings, "size": 32}, run_dir, said.append)
+
+
+def test_ld_without_a_preset_is_refused_whatever_its_folder_holds(tmp_path):
+    """Without a preset's data there are no settings to check a run against: whatever the
+    folder held (another call's --quick model of 6 steps) was reused unchecked."""
+    run_dir = tmp_path / "pretrain"
+    run_dir.mkdir()
+    (run_dir / "encoder.safetensors").write_bytes(b"")  # a finished run, of settings unknown
+    with pytest.raises(LocaldiscError, match="the model 'ld' pre-trains with the --quick or"):
+        pretrain_preset({"device": "cpu", "progress": True}, run_dir, print)

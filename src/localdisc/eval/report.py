@@ -187,9 +187,10 @@ def write_report(
 
     ``results["environment"]`` (:func:`~localdisc.eval.provenance.environment`, taken when the
     benchmark started) ends ``results.md`` as one line, after the runs' commits where they are
-    not all its own (:func:`runs_made_at`); ``results["own_tasks"]`` (a task label ->
-    its data set, target and test split), where given, is listed before the tables. ``intro``
-    replaces the transfer benchmark's explanation under the ``title``.
+    not all its own (:func:`runs_made_at`), and the init ``ld``'s pre-training's
+    (``results["ld_pretrain"]``: its ``environment`` and ``resumed``); ``results["own_tasks"]``
+    (a task label -> its data set, target and test split), where given, is listed before the
+    tables. ``intro`` replaces the transfer benchmark's explanation under the ``title``.
     """
     out_dir = Path(out_dir)
     table = collect(results)
@@ -236,11 +237,16 @@ def write_report(
             f"- {s['task']} ({s.get('init', 'all')}): {s['reason']}" for s in results["skipped"]
         ]
         lines.append("")
-    made_at = runs_made_at([run["metrics"] for run in results["runs"]], results.get("environment"))
+    env = results.get("environment")
+    made_at = runs_made_at([run["metrics"] for run in results["runs"]], env)
     if made_at:  # reused runs of earlier calls: their commits, not only this call's
         lines += [made_at, ""]
-    if results.get("environment"):  # where and when this call ran
-        lines += [environment_markdown(results["environment"]), ""]
+    if results.get("ld_pretrain"):  # the init ld's pre-training, perhaps an earlier call's
+        made_at = runs_made_at([results["ld_pretrain"]], env, what="The LD pre-training (init ld)")
+        if made_at:
+            lines += [made_at, ""]
+    if env:  # where and when this call ran
+        lines += [environment_markdown(env), ""]
     atomic_write_text(written["markdown"], "\n".join(lines))
     if "dice" in table:
         written["bars"] = dice_bars(table["dice"], out_dir / "figures" / "dice_bars.png")

@@ -98,14 +98,23 @@ def _given(value: Any, default: Any) -> Any:
 
 
 def preset(config: MethodsBenchmarkConfig) -> MethodsBenchmarkConfig:
-    """Apply ``--quick`` / ``--cpu-scale`` over the defaults (explicit choices stay)."""
+    """Apply ``--quick`` / ``--cpu-scale`` over the defaults (explicit choices stay; both run on
+    the CPU, so another ``--device`` is refused)."""
     if config.quick and config.cpu_scale:
         raise LocaldiscError("--quick and --cpu-scale are exclusive")
+    if config.budget_seconds is not None and not config.budget_seconds > 0:
+        raise LocaldiscError(f"--budget-seconds must be positive, not {config.budget_seconds}")
+    if config.quick and config.budget_seconds is not None:
+        raise LocaldiscError("--quick pre-trains a few fixed steps: --budget-seconds is not for it")
+    if (config.quick or config.cpu_scale) and config.device not in ("auto", "cpu"):
+        mode = "--quick" if config.quick else "--cpu-scale"
+        raise LocaldiscError(f"{mode} runs on the CPU: --device {config.device} is not for it")
     if config.quick:
         return replace(
             # pools: given ones, or QUICK_POOLS of the tasks' modalities (as --cpu-scale's)
             config, tasks=config.tasks or ["synthetic_fundus"], labels=config.labels or ["2"],
-            seeds=_given(config.seeds, 1), size=48, batch=1, device="cpu", budget_seconds=None,
+            seeds=_given(config.seeds, 1), size=_given(config.size, 48),
+            batch=_given(config.batch, 1), device="cpu", budget_seconds=None,
             pretrain={"stage1_steps": 2, "stage2_steps": 2, "pool_size": 64, "val_images": 1,
                       "workers": 1, **config.pretrain},
         )  # fmt: skip
@@ -151,7 +160,7 @@ def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None
     config = PretrainConfig(**settings)
     refuse_other_settings(run_dir, config)  # reused, another experiment's encoder in the table
     record = run_dir / "reached.json"
-    if record.is_file() and (run_dir / "encoder.safetensors").is_file():
+    if _finished(run_dir):
         log(f"reusing {run_dir}")
         return _reused(json.loads(record.read_text()), run_dir, log)
     # config.json: a run started here (stopped before its first checkpoint or not) continues
@@ -169,6 +178,24 @@ def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None
     }
     atomic_write_text(record, json.dumps(jsonable(reached), indent=2))
     return reached
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished pre-training of :func:`_pretrain` (reused as it is)."""
+    return (run_dir / "reached.json").is_file() and (run_dir / "encoder.safetensors").is_file()
+
+
+def _check_pool(settings: dict[str, Any]) -> None:
+    """Refuse a pool that a pre-training of ``settings`` could not read (no such folder, no
+    image, a generated set of the other modality), as its run would: its files are listed and
+    one image decoded, not all of them twice."""
+    from localdisc.data.pool import resolve_pool
+    from localdisc.engine.pretrain import PretrainConfig
+
+    config = PretrainConfig(**settings)
+    resolve_pool(config.data, config.modality, config.resolved_pool_size, seed=config.seed,
+                 workers=1, max_images=1, skip_bad=config.skip_bad,
+                 log=lambda _: None)  # fmt: skip
 
 
 #: What ``reached.json``'s seconds cover since they cover all of a run's starts.
@@ -241,6 +268,7 @@ def run_methods_benchmark(
     config: MethodsBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Pre-train every method on every pool, then one transfer table; write the report."""
+    from localdisc.engine.pretrain import PretrainConfig, refuse_other_settings
     from localdisc.eval.provenance import environment
 
     config = preset(config)
@@ -255,6 +283,7 @@ def run_methods_benchmark(
         data_root=config.data_root, device=config.device, quick=config.quick,
         **config.transfer,
     )  # fmt: skip
+    pools_by_modality(config.pools)  # two of one modality: refused before the tasks are read
     plan = plan_transfer(transfer, log, out_dir / "transfer")
     needed = {task.modality for task in plan[0]}
     if config.cpu_scale and not config.pools:
@@ -262,6 +291,21 @@ def run_methods_benchmark(
     if config.quick and not config.pools:
         config = replace(config, pools=[QUICK_POOLS[m] for m in sorted(needed)])
     pools = pools_by_modality(config.pools)
+    # Before any pre-training, each run folder holding another experiment's run, and each pool
+    # a run still has to read: they were found only after the methods before them had trained.
+    for modality, spec in pools.items():
+        if modality not in needed:
+            continue
+        for method in config.methods:
+            settings = _settings(config, method, modality, spec)
+            refuse_other_settings(
+                out_dir / "pretrain" / modality / method, PretrainConfig(**settings)
+            )
+        unfinished = [
+            m for m in config.methods if not _finished(out_dir / "pretrain" / modality / m)
+        ]
+        if unfinished:
+            _check_pool(_settings(config, unfinished[0], modality, spec))
     reached: dict[str, dict[str, Any]] = {}
     records: list[dict[str, Any]] = []  # the runs' config.json: where they were made
     inits = ["random"]

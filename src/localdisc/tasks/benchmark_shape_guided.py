@@ -244,6 +244,7 @@ def run_shape_benchmark(
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    planned: list[tuple[str, ShapeTask, str, SegmentationDataset]] = []
     for name in config.tasks or []:
         task = TASKS[name]
         try:
@@ -256,6 +257,10 @@ def run_shape_benchmark(
             log(f"skipped {name}: {exc}")
             skipped.append({"task": name, "init": "all", "reason": str(exc)})
             continue
+        planned.append((name, task, spec, test))
+    if config.init is not None:  # against every task, before the first one's training
+        _check_from(config, planned)
+    for name, task, spec, test in planned:
         runs += _run_task(config, name, task, spec, test, data_root, out_dir, skipped, log)
     results = {"config": asdict(config), "environment": env, "runs": runs, "skipped": skipped}
     refine_at = config.refine_size or "the LD run's pool size"
@@ -284,6 +289,29 @@ def _stages(config: ShapeBenchmarkConfig) -> str:
     stage1 = length(config.stage1_steps, config.stage1_seconds)
     stage1 = f"stage 1 {stage1}" if config.init is None else f"stage 1 from {config.init}"
     return f"{stage1}, stage 2 {length(config.stage2_steps, config.stage2_seconds)}"
+
+
+def _check_from(
+    config: ShapeBenchmarkConfig, planned: list[tuple[str, ShapeTask, str, SegmentationDataset]]
+) -> None:
+    """Refuse ``--from`` where a task to run cannot start from it (a peer method's run; another
+    modality, width, depth ...: what pretrain's ``init_from`` refuses), before any training:
+    pretrain said it only when that task's stage 2 began, after the whole of the tasks before
+    it."""
+    from localdisc.engine.pretrain import PretrainConfig
+    from localdisc.models.ld import BACKBONE_FIELDS, LDConfig, refuse_peer_run
+
+    saved = LDConfig.from_run(config.init)  # first: a mistyped path is "no such folder"
+    refuse_peer_run(config.init)
+    for name, task, spec, _ in planned:
+        given = PretrainConfig(**_settings(config, task, spec, seed=0))
+        mismatch = [k for k in BACKBONE_FIELDS if getattr(saved, k) != getattr(given, k)]
+        if mismatch:
+            raise LocaldiscError(
+                f"--from {config.init}: task {name} cannot start from this run: its "
+                + ", ".join(f"{k} is {getattr(saved, k)!r}, not {getattr(given, k)!r}"
+                            for k in mismatch)
+            )  # fmt: skip
 
 
 def _settings(config: ShapeBenchmarkConfig, task: ShapeTask, spec: str, seed: int) -> dict:

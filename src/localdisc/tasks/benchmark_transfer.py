@@ -5,7 +5,8 @@ Each run is a :func:`~localdisc.tasks.transfer.run_transfer` into
 interrupted benchmark continues where it stopped. Tasks whose data are missing are reported as
 skipped with the reason. The init ``ld`` pre-trains an LD model first with the preset of the mode
 (``--quick``: a few steps on synthetic images; ``--cpu-scale``: 4 + 4 minutes on KaggleDR), so
-that a whole comparison is one command.
+that a whole comparison is one command; where no task to run is of its modality (fundus), it is
+not pre-trained. Every init and run folder is checked before any training.
 
 A task may also be a data set of the user's own (:func:`own_set`): a folder of images and masks
 (as ``finetune --dataset`` takes it) or ``NAME:ROOT[:TARGET]`` of a known set, the target
@@ -40,10 +41,11 @@ from localdisc.data.datasets import (
 )
 from localdisc.engine.finetune import FinetuneConfig
 from localdisc.errors import DatasetError, LocaldiscError
-from localdisc.tasks.presets import QUICK_PRETRAIN, pretrain_preset
+from localdisc.tasks.presets import QUICK_PRETRAIN, check_preset, pretrain_preset
 from localdisc.tasks.transfer import (
     FOLDER_TEST_FRACTION,
     TransferConfig,
+    _check_out_dir,
     absolute_init,
     check_size,
     check_test_fraction,
@@ -171,11 +173,16 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
         raise LocaldiscError("--quick and --cpu-scale are exclusive")
     mode = "quick" if config.quick else "cpu_scale" if config.cpu_scale else "full"
     inits, tasks, labels, seeds = PRESET_GRIDS[mode]
+    # One budget given twice ("2,2", "all,ALL": one to labelled_count) would list each run twice
+    # and count it as two seeds: kept once, as first spelt.
+    once: dict[str, str] = {}
+    for budget in config.labels or labels:
+        once.setdefault(str(budget).strip().lower(), budget)
     config = replace(
         config,
         inits=config.inits or inits,
         tasks=config.tasks or tasks,
-        labels=config.labels or labels,
+        labels=list(once.values()),
         seeds=seeds if config.seeds is None else config.seeds,
     )
     if config.quick:
@@ -223,20 +230,26 @@ def run_benchmark(
     tasks, skipped, own = plan if plan is not None else plan_tasks(config, log, out_dir)
     skipped = list(skipped)  # the runs' skips are added: the caller's plan stays as planned
     inits = init_labels(config.inits, out_dir / "runs")
-    if inits.get("ld") == "ld":  # not a run folder that happens to be called ld
-        settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
-        inits["ld"] = str(pretrain_preset(settings, out_dir / "pretrain", log))
+    pretrain_dir = out_dir / "pretrain"
+    ld = inits.get("ld") == "ld"  # not a run folder that happens to be called ld
+    settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
+    # Each init's modality, now: a mistyped path (or "ld" without a preset) is said before any
+    # training, not after the LD pre-training and the runs of the inits before it.
+    modalities = {
+        label: init_modality(init) for label, init in inits.items() if not (ld and label == "ld")
+    }
+    if ld:
+        modalities["ld"] = check_preset(settings, pretrain_dir).modality
+        # As its runs' config.json names it once it is made (TransferConfig: absolute).
+        inits["ld"] = str(pretrain_dir.resolve())
 
-    runs: list[dict[str, Any]] = []
-    # With --skip-bad, each data set's unreadable images, found by its first run (not one reused):
-    # its other runs leave them out without reading every image again (run_transfer).
-    unreadable: dict[str, list[tuple[str, Path, str]]] = {}
+    grid: list[tuple[PlannedTask, str, str, str, int, Path]] = []
     for task in tasks:
         for label, init in inits.items():
-            modality = init_modality(init)
-            if modality not in (None, task.modality):
+            if modalities[label] not in (None, task.modality):
                 reason = (
-                    f"{init} was pre-trained on {modality} images, {task.label} is {task.modality}"
+                    f"{init} was pre-trained on {modalities[label]} images, {task.label} is "
+                    f"{task.modality}"
                 )
                 skipped.append({"task": task.label, "init": label, "reason": reason})
                 continue
@@ -245,16 +258,39 @@ def run_benchmark(
                     run_dir = (
                         out_dir / "runs" / task.label / label / f"labels-{labels}" / f"seed-{seed}"
                     )
-                    metrics = _run_one(config, task, init, labels, seed, run_dir, log, unreadable)
-                    runs.append(
-                        {
-                            "task": task.label, "init": label, "labels": labels, "seed": seed,
-                            "run_dir": str(run_dir), "metrics": metrics,
-                        }
-                    )  # fmt: skip
+                    grid.append((task, label, init, labels, seed, run_dir))
+    # Every run folder, now: one holding a run of other settings is refused before the LD
+    # pre-training and the fine-tunings before it, which its advice (another --out) discards.
+    for task, _, init, labels, seed, run_dir in grid:
+        _check_out_dir(run_dir, _transfer_config(config, task, init, labels, seed), FLAGS)
+    pretrained = None  # the LD pre-training's config.json: where it was made
+    if any(label == "ld" for _, label, *_ in grid):
+        pretrain_preset(settings, pretrain_dir, log)
+        if (pretrain_dir / "config.json").is_file():
+            pretrained = json.loads((pretrain_dir / "config.json").read_text())
+    elif ld:  # all tasks skipped for want of data, or of another modality: minutes for nothing
+        log(f"no task to run is {modalities['ld']}; not pre-training the init ld")
+
+    runs: list[dict[str, Any]] = []
+    # With --skip-bad, each data set's unreadable images, found by its first run (not one reused):
+    # its other runs leave them out without reading every image again (run_transfer).
+    unreadable: dict[str, list[tuple[str, Path, str]]] = {}
+    for task, label, init, labels, seed, run_dir in grid:
+        metrics = _run_one(config, task, init, labels, seed, run_dir, log, unreadable)
+        runs.append(
+            {
+                "task": task.label, "init": label, "labels": labels, "seed": seed,
+                "run_dir": str(run_dir), "metrics": metrics,
+            }
+        )  # fmt: skip
     results = {"config": asdict(config), "environment": env, "runs": runs, "skipped": skipped}
     if own:  # what each own set's label stands for, in results.md too
         results["own_tasks"] = own
+    if pretrained is not None:  # a reused one may be an earlier call's, at another commit
+        results["ld_pretrain"] = {
+            "run_dir": str(pretrain_dir), "environment": pretrained.get("environment"),
+            "resumed": pretrained.get("resumed", []),
+        }  # fmt: skip
     write_report(results, out_dir)
     return results
 
@@ -586,11 +622,18 @@ def _run_one(
     log: Callable[[str], None],
     unreadable: dict[str, list[tuple[str, Path, str]]] | None = None,
 ) -> dict[str, Any]:
-    transfer = TransferConfig(
+    transfer = _transfer_config(config, task, init, labels, seed)
+    # A finished run with these settings is reused; one with others is refused, naming them
+    # by this command's flags.
+    return run_transfer(transfer, run_dir, log=log, flags=FLAGS, unreadable=unreadable)
+
+
+def _transfer_config(
+    config: BenchmarkConfig, task: PlannedTask, init: str, labels: str, seed: int
+) -> TransferConfig:
+    """The fine-tuning of one cell of the grid (its run folder is checked against it first)."""
+    return TransferConfig(
         task.spec, task.target, init, labels, config.size, max_test=config.max_test,
         test_fraction=task.test_fraction, skip_bad=config.skip_bad,
         train=config.finetune_config(seed),
     )  # fmt: skip
-    # A finished run with these settings is reused; one with others is refused, naming them
-    # by this command's flags.
-    return run_transfer(transfer, run_dir, log=log, flags=FLAGS, unreadable=unreadable)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localdisc.errors import LocaldiscError
+
+if TYPE_CHECKING:
+    from localdisc.engine.pretrain import PretrainConfig
 
 #: A few steps on generated fundus images at 64 x 64: what ``--quick`` benchmarks pre-train.
 QUICK_PRETRAIN: dict[str, Any] = {
@@ -15,24 +18,35 @@ QUICK_PRETRAIN: dict[str, Any] = {
 }  # fmt: skip
 
 
-def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> Path:
-    """Pre-train with ``settings`` (PretrainConfig fields) into ``run_dir``, or reuse a finished
-    run there; an interrupted one is resumed. A run there of other settings (runtime fields
-    aside) is refused, naming them: reused or resumed, it would stand in for these."""
-    from localdisc.engine.pretrain import PretrainConfig, pretrain, refuse_other_settings
+def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
+    """``settings`` (PretrainConfig fields) as the config :func:`pretrain_preset` runs, checked
+    before any work: refused without a preset's data (no settings to check a run in ``run_dir``
+    against: whatever it holds, another call's few-step model or another data set's, would be
+    reused unchecked), and where ``run_dir`` holds a run of other settings (runtime fields
+    aside), naming them: reused or resumed, it would stand in for these."""
+    from localdisc.engine.pretrain import PretrainConfig, refuse_other_settings
 
-    if settings.get("data"):
-        refuse_other_settings(run_dir, PretrainConfig(**settings))
-    if (run_dir / "encoder.safetensors").is_file():
-        log(f"reusing the LD pre-training in {run_dir}")
-        return run_dir
     if not settings.get("data"):
         raise LocaldiscError(
             "the model 'ld' pre-trains with the --quick or --cpu-scale preset; otherwise give an "
             "LD run directory (from `localdisc pretrain`)"
         )
+    config = PretrainConfig(**settings)
+    refuse_other_settings(run_dir, config)
+    return config
+
+
+def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> Path:
+    """Pre-train with ``settings`` (PretrainConfig fields) into ``run_dir``, or reuse a finished
+    run there; an interrupted one is resumed. Refused as :func:`check_preset` refuses."""
+    from localdisc.engine.pretrain import pretrain
+
+    config = check_preset(settings, run_dir)
+    if (run_dir / "encoder.safetensors").is_file():
+        log(f"reusing the LD pre-training in {run_dir}")
+        return run_dir
     resume = (run_dir / "config.json").is_file()
-    result = pretrain(PretrainConfig(**settings), run_dir, resume=resume, log=log)
+    result = pretrain(config, run_dir, resume=resume, log=log)
     log(f"LD pre-training: {result.steps} steps, {result.images_per_s:.1f} images/s")
     return run_dir
 
