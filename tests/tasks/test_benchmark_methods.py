@@ -33,6 +33,7 @@ def test_quick_comparison_pretrains_every_method_and_tabulates(tmp_path):
     assert report.rstrip().endswith(environment_line(summary["environment"]))
     pretrained = json.loads((out / "pretrain" / "fundus" / "ld" / "config.json").read_text())
     assert pretrained["environment"]["processes"] == 1
+    assert not (out / "transfer" / "pretrain").exists()  # its LD run is the method's, not another
     again = CliRunner().invoke(app, args)  # everything is reused
     assert again.exit_code == 0 and again.output.count("reusing") >= 5 + 6
 

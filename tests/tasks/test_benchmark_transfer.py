@@ -613,3 +613,31 @@ def test_a_label_budget_given_twice_is_run_once():
 
     given = BenchmarkConfig(labels=["2", "all", "2", "ALL", "0.5"])
     assert preset(given).labels == ["2", "all", "0.5"]
+
+
+def test_an_ld_run_folder_named_ld_is_an_init_not_the_built_in_ld(tmp_path, monkeypatch):
+    """A run folder called ``ld`` (each ``benchmark pretrain-methods`` LD run is) has the table
+    label ``ld``: it was taken for the built-in init, so the benchmark pre-trained one of its own
+    (--quick: a wasted run in OUT/pretrain) or, without a preset (--cpu-scale's transfer), was
+    refused after every method had pre-trained."""
+    import localdisc.tasks.benchmark_transfer as bench
+    from localdisc.models.ld import LDConfig
+
+    run = tmp_path / "pretrain" / "fundus" / "ld"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": asdict(LDConfig(modality="fundus"))}))
+    used: list[str] = []
+    monkeypatch.setattr(bench, "pretrain_preset", _no_pretraining)
+    monkeypatch.setattr(bench, "_run_one", lambda config, task, init, *a: used.append(init) or {})
+    monkeypatch.setattr("localdisc.eval.report.write_report", lambda results, out_dir: None)
+    for quick in (True, False):
+        used.clear()
+        config = bench.BenchmarkConfig(
+            quick=quick, inits=["random", str(run)], tasks=["synthetic_fundus"], labels=["2"],
+            seeds=1,
+        )  # fmt: skip
+        out = tmp_path / f"bench-{quick}"
+        results = bench.run_benchmark(config, out, log=lambda m: None)
+        assert used == ["random", str(run)]
+        assert [r["init"] for r in results["runs"]] == ["random", "ld"]
+        assert "ld_pretrain" not in results and not (out / "pretrain").exists()

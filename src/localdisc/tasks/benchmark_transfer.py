@@ -264,7 +264,8 @@ def run_benchmark(
     for task, _, init, labels, seed, run_dir in grid:
         _check_out_dir(run_dir, _transfer_config(config, task, init, labels, seed), FLAGS)
     pretrained = None  # the LD pre-training's config.json: where it was made
-    if any(label == "ld" for _, label, *_ in grid):
+    # The built-in init only: a run folder named ld (pretrain-methods' LD run) is made already.
+    if ld and any(label == "ld" for _, label, *_ in grid):
         pretrain_preset(settings, pretrain_dir, log)
         if (pretrain_dir / "config.json").is_file():
             pretrained = json.loads((pretrain_dir / "config.json").read_text())
