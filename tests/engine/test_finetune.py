@@ -336,6 +336,38 @@ def test_a_checkpoint_of_other_images_or_settings_is_refused_and_a_corrupt_one_r
     assert any("starting the fine-tuning over" in m for m in logged)
 
 
+def test_a_checkpoint_of_a_diverged_fine_tuning_is_refused(tmp_path, monkeypatch):
+    """NaN weights that a diverging training checkpointed (with valid checksums) were continued
+    silently: the epochs after scored 0 and the best model was quietly the one before."""
+    import signal
+
+    from localdisc.engine.checkpoint import load_latest_checkpoint, save_checkpoint
+    from localdisc.errors import CheckpointError
+
+    signal_at_step(monkeypatch, finetune_engine, 2, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(tmp_path, checkpoint_seconds=float("inf"))
+    monkeypatch.undo()
+    state, tensors = load_latest_checkpoint(tmp_path)
+    model = dict(tensors["model"])
+    key = next(k for k, v in model.items() if v.is_floating_point())
+    tensors["model"][key] = torch.full_like(model[key], float("nan"))
+    save_checkpoint(tmp_path, state["step"], tensors, state)
+    with pytest.raises(CheckpointError) as caught:
+        resumable_run(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'step_00000002' / 'model.safetensors'}: weights hold NaN or inf values (in "
+        f"1 tensor: {key}); the training diverged before this checkpoint was written; delete "
+        f"{tmp_path} to start the fine-tuning over (a lower learning rate may keep it from "
+        "diverging again)"
+    )
+    # The best weights too: they are the result.
+    tensors["model"], tensors["best"][key] = model, torch.full_like(model[key], float("inf"))
+    save_checkpoint(tmp_path, state["step"], tensors, state)
+    with pytest.raises(CheckpointError, match=r"best.safetensors: weights hold NaN or inf"):
+        resumable_run(tmp_path)
+
+
 def test_where_a_fine_tuning_continues_counts_the_epochs_as_its_progress_lines_do():
     """Progress lines count the epochs of both phases ("whole network: epoch 4/5"); stopped
     there, the run said it continues at "whole network epoch 2/3", as if it had gone back."""

@@ -11,7 +11,7 @@ from PIL import Image
 
 from helpers import tiny_pretrain_config, torch_threads
 from localdisc.data.pool import synthetic_pool
-from localdisc.engine.checkpoint import load_safetensors
+from localdisc.engine.checkpoint import load_latest_checkpoint, load_safetensors, save_checkpoint
 from localdisc.engine.pretrain import pretrain, refuse_other_settings
 from localdisc.errors import CheckpointError
 
@@ -99,6 +99,27 @@ def test_a_resume_does_not_need_the_init_from_run(tmp_path, images):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     with pytest.raises(CheckpointError, match="stage1: no such folder"):  # a fresh start needs it
         pretrain(config, tmp_path / "fresh", pool=pool, log=quiet)
+
+
+def test_a_resume_from_a_checkpoint_of_a_diverged_run_is_refused(tmp_path, images):
+    # Its NaN weights (with valid checksums) were resumed silently: every loss non-finite.
+    run, config = tmp_path / "run", tiny_pretrain_config()
+    pretrain(config, run, pool=images[:6], stop_at_step=4, log=quiet)  # checkpoints 2 and 4
+    state, tensors = load_latest_checkpoint(run / "checkpoints")
+    key = next(k for k, v in tensors["model"].items() if v.is_floating_point())
+    tensors["model"][key] = torch.full_like(tensors["model"][key], float("nan"))
+    save_checkpoint(run / "checkpoints", state["step"], tensors, state)
+    with pytest.raises(CheckpointError) as caught:
+        pretrain(config, run, pool=images[:6], resume=True, log=quiet)
+    newest = run / "checkpoints" / "step_00000004"
+    assert str(caught.value) == (
+        f"{newest / 'model.safetensors'}: weights hold NaN or inf values (in 1 tensor: {key}); "
+        f"the training diverged before this checkpoint was written; delete {newest} to "
+        "continue from the one before (step_00000002), or start over in another --out (a "
+        "lower learning rate may keep it from diverging)"
+    )
+    shutil.rmtree(newest)  # as it says
+    assert pretrain(config, run, pool=images[:6], resume=True, log=quiet).steps == 6
 
 
 def test_skip_bad_is_no_setting_a_resume_compares(tmp_path, images):

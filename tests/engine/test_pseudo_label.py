@@ -225,6 +225,37 @@ def test_a_checkpoint_of_other_settings_images_or_labels_is_said_removed_and_red
     assert any("starting the training over" in m for m in logged), logged
 
 
+def test_a_checkpoint_of_a_diverged_training_is_refused_not_continued(tmp_path):
+    """NaN weights that a diverging training checkpointed (with valid checksums) were continued
+    silently, and the network made nothing of the images."""
+    from localdisc.engine.checkpoint import (
+        list_checkpoints,
+        load_latest_checkpoint,
+        save_checkpoint,
+    )
+    from localdisc.errors import CheckpointError
+
+    images, targets = bright_spots()
+    fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path)  # its last step's checkpoint
+    state, tensors = load_latest_checkpoint(tmp_path)
+    for key, value in (("encoder.blocks.0.0.0.weight", math.nan), ("head.bias", math.inf)):
+        tensors["model"][key] = torch.full_like(tensors["model"][key], value)
+    save_checkpoint(tmp_path, state["step"], tensors, state)
+    with pytest.raises(CheckpointError) as caught:
+        fit(images, targets, **RESUMABLE, checkpoint_dir=tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'step_00000006' / 'model.safetensors'}: weights hold NaN or inf values (in "
+        "2 tensors: encoder.blocks.0.0.0.weight, head.bias); the training diverged before this "
+        f"checkpoint was written; delete {tmp_path} to start the training over (a lower "
+        "learning rate may keep it from diverging again)"
+    )
+    assert len(list_checkpoints(tmp_path)) == 1  # kept, as it was
+    # Other settings start over, as ever.
+    logged: list[str] = []
+    fit(images, targets, **{**RESUMABLE, "lr": 1e-3}, checkpoint_dir=tmp_path, log=logged.append)
+    assert logged[0].endswith("differ from this one's): starting over")
+
+
 def test_without_a_checkpoint_folder_a_signal_stops_at_once(monkeypatch):
     import signal
 

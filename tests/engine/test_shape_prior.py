@@ -94,6 +94,26 @@ def test_training_with_a_prior_logs_both_terms_and_resumes_exactly(tmp_path, poo
         torch.testing.assert_close(da[k], db[k], rtol=0, atol=0, msg=k)
 
 
+def test_a_resume_from_a_diverged_discriminator_is_refused(tmp_path, pool):
+    # Its NaN weights (with valid checksums) were resumed silently: an adversarial term of NaN.
+    from localdisc.engine.checkpoint import load_latest_checkpoint, save_checkpoint
+
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=2, prior="simulated:vessels",
+                                  prior_count=4)  # fmt: skip
+    pretrain(config, tmp_path / "run", pool=pool, stop_at_step=2, log=lambda m: None)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    state, tensors = load_latest_checkpoint(checkpoints)
+    bias = tensors["discriminator"]["features.0.bias"]
+    tensors["discriminator"]["features.0.bias"] = torch.full_like(bias, float("nan"))
+    save_checkpoint(checkpoints, state["step"], tensors, state)
+    with pytest.raises(CheckpointError) as caught:
+        pretrain(config, tmp_path / "run", pool=pool, resume=True, log=lambda m: None)
+    assert str(caught.value).startswith(
+        f"{checkpoints / 'step_00000002' / 'discriminator.safetensors'}: weights hold NaN or inf "
+        "values (in 1 tensor: features.0.bias); the training diverged"
+    )
+
+
 def test_a_kept_pose_trains_a_discriminator_that_sees_positions(tmp_path, pool):
     config = tiny_pretrain_config(stage1_steps=1, stage2_steps=2, prior="simulated:lungs",
                                   prior_count=4, prior_pose="kept", checkpoint_every=3)  # fmt: skip

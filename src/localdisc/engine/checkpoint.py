@@ -4,7 +4,9 @@ A checkpoint is a folder ``checkpoints/step_00001000/`` holding ``model.safetens
 ``optimizer.safetensors`` (the optimizer's tensors, flattened) and ``state.json`` (step, stage, RNG
 states, optimizer hyper-parameters and the SHA-256 of each tensor file). It is written into a
 temporary folder and renamed into place, so a crash never leaves a half-written checkpoint under
-its final name; a corrupt one is detected by its checksums and skipped on resume.
+its final name; a corrupt one is detected by its checksums and skipped on resume. One whose
+weights hold NaN or inf (a diverged training's, its checksums valid) is refused where a training
+loads it (:func:`refuse_diverged`).
 
 A full disk (or exhausted quota) while writing raises :class:`DiskFullError` naming the file;
 the temporary file or folder is removed and whatever was there before (the previous
@@ -20,7 +22,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -190,6 +192,47 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: expected a dict of tensors")
         return state
     return load_safetensors(path)
+
+
+def few_names(names: list[str]) -> str:
+    """The first three of ``names`` and how many more: a short list for an error message."""
+    more = f", ... ({len(names) - 3} more)" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
+def refuse_nonfinite(tensors: dict[str, torch.Tensor], path: str | Path, why: str) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` and a few of ``tensors`` holding NaN or
+    inf, then ``why``: weights that loaded silently and trained or predicted nothing. One pass
+    of ``isfinite`` over the floating tensors (integer ones, step counts, cannot be NaN)."""
+    nonfinite = [
+        k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if nonfinite:
+        raise CheckpointError(
+            f"{path}: weights hold NaN or inf values (in {len(nonfinite)} "
+            f"tensor{'s' if len(nonfinite) > 1 else ''}: {few_names(nonfinite)}); {why}"
+        )
+
+
+def refuse_diverged(
+    checkpoint_dir: str | Path,
+    state: dict[str, Any],
+    tensors: dict[str, dict[str, torch.Tensor]],
+    groups: Sequence[str],
+    remedy: str,
+) -> None:
+    """Refuse to continue a loaded checkpoint (``state`` and ``tensors`` of the newest one in
+    ``checkpoint_dir``) whose weights, the tensor groups ``groups`` it holds, have NaN or inf
+    (:func:`refuse_nonfinite`): a training that diverged wrote them, with valid checksums, and
+    went on from them silently. ``remedy`` says what to do instead, after the checkpoint before
+    it, where ``checkpoint_dir`` keeps one."""
+    folder = Path(checkpoint_dir) / f"{CHECKPOINT_PREFIX}{state['step']:08d}"  # save_checkpoint's
+    before = [p.name for p in list_checkpoints(checkpoint_dir) if p.name < folder.name]
+    back = f"delete {folder} to continue from the one before ({before[-1]}), or " if before else ""
+    why = f"the training diverged before this checkpoint was written; {back}{remedy}"
+    for group in groups:
+        if group in tensors:
+            refuse_nonfinite(tensors[group], folder / f"{group}.safetensors", why)
 
 
 def sha256(path: Path) -> str:
@@ -405,12 +448,15 @@ def load_resumable(
     training: str,
     describe: Callable[[dict[str, Any]], str],
     log: Callable[[str], None],
+    weights: Sequence[str] = ("model",),
 ) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], list[str]] | None:
     """The newest valid checkpoint in ``checkpoint_dir`` as ``(state, tensors, differ)``:
     ``differ``, the keys of ``record`` that its ``state[key]`` does not match (none: it is of
     this training, and ``log`` hears that the ``training`` continues, and from where; else the
     caller says what happens). None where there is none valid: damaged ones are said in ``log``
-    and removed (:func:`remove_checkpoints`), and the training starts over."""
+    and removed (:func:`remove_checkpoints`), and the training starts over. One of this
+    training whose ``weights`` (tensor groups) hold NaN or inf raises :class:`CheckpointError`
+    (:func:`refuse_diverged`) rather than starting over: the same settings may diverge again."""
     try:
         loaded = load_latest_checkpoint(checkpoint_dir, warn=log)
     except CheckpointError as exc:  # every one damaged: nothing to continue from
@@ -424,6 +470,9 @@ def load_resumable(
     saved = saved if isinstance(saved, dict) else {}
     differ = [k for k in record if saved.get(k) != record[k]]
     if not differ:
+        refuse_diverged(checkpoint_dir, state, tensors, weights,
+                        f"delete {checkpoint_dir} to start the {training} over (a lower "
+                        "learning rate may keep it from diverging again)")  # fmt: skip
         log(f"continuing the interrupted {training} from its checkpoint ({checkpoint_dir}): "
             f"{describe(state)}")  # fmt: skip
     return state, tensors, differ

@@ -304,8 +304,10 @@ class _Run:
         without one: a corrupt one is said and removed, and the fine-tuning starts over)."""
         if self.folder is None:
             return None
+        # The best weights too: the result, whatever the phases still to come train.
         loaded = load_resumable(self.folder, "finetune", self._compared(), training="fine-tuning",
-                                describe=_position, log=self.log)  # fmt: skip
+                                describe=_position, log=self.log,
+                                weights=("model", "best", "frozen"))  # fmt: skip
         if loaded is None:
             return None
         state, tensors, differ = loaded

@@ -36,6 +36,7 @@ from localdisc.engine.checkpoint import (
     load_latest_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
+    refuse_diverged,
     save_checkpoint,
 )
 from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
@@ -770,6 +771,10 @@ def pretrain(
 
     # Read before the model is made: a resumed checkpoint's weights replace init_from's.
     loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log) if resume else None
+    if loaded is not None:  # a diverged run's NaN weights were resumed silently
+        refuse_diverged(run_dir / "checkpoints", *loaded, ("model", "objective", "discriminator"),
+                        "start over in another --out (a lower learning rate may keep it from "
+                        "diverging)")  # fmt: skip
     if resume and loaded is None:  # stopped before its first checkpoint: nothing to keep
         log(f"{run_dir}: no checkpoint yet, starting from step 0")
     torch.manual_seed(config.seed)  # identical initial weights on every rank

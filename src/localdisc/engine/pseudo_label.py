@@ -20,10 +20,11 @@ weights of an uninterrupted run (bit for bit on a CPU). The batch generator is a
 randomness the loop draws (the augmentation draws from it; the networks have no dropout), so
 its state is all there is to keep. A checkpoint of anything else (or a
 damaged one) is said in ``log``, removed, and the training starts over: the folder holds
-nothing but a way to save time. The caller removes it once what the network makes is written
-(``OUT/refine-checkpoint`` of ``localdisc shape-guided segment``, ``OUT/student-checkpoint``
-of ``localdisc shape-guided vessels``). Without a folder nothing is written and a signal stops
-the training at once, as ever.
+nothing but a way to save time. One of this training whose weights hold NaN or inf (it
+diverged) raises :class:`~localdisc.errors.CheckpointError` saying so. The caller removes the
+folder once what the network makes is written (``OUT/refine-checkpoint`` of ``localdisc
+shape-guided segment``, ``OUT/student-checkpoint`` of ``localdisc shape-guided vessels``).
+Without a folder nothing is written and a signal stops the training at once, as ever.
 """
 
 from __future__ import annotations

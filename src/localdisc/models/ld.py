@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from localdisc.data.preprocess import MODALITY_CHANNELS, as_raw_image
+from localdisc.engine.checkpoint import few_names, refuse_nonfinite
 from localdisc.errors import CheckpointError, InputError
 from localdisc.models.normalize import l2_normalize
 from localdisc.models.vgg_unet import VGGUNet, conv_bn_relu
@@ -198,12 +199,6 @@ def refuse_peer_run(path: str | Path, method: str | None = None) -> None:
         )
 
 
-def few_names(names: list[str]) -> str:
-    """The first three of ``names`` and how many more: a short list for an error message."""
-    more = f", ... ({len(names) - 3} more)" if len(names) > 3 else ""
-    return ", ".join(names[:3]) + more
-
-
 def weights_mismatch(module: nn.Module, state: dict[str, Tensor]) -> str:
     """What keeps ``state`` from loading into ``module``, in short (a few names of the keys
     missing, unexpected, of another shape, or of another dtype), or ``""``; torch's message
@@ -247,15 +242,7 @@ def load_matching_weights(module: nn.Module, state: dict[str, Tensor], path: Pat
         raise CheckpointError(
             f"{path}: weights do not match the model of its config.json ({problems})"
         )
-    nonfinite = [
-        k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()
-    ]
-    if nonfinite:
-        raise CheckpointError(
-            f"{path}: weights hold NaN or inf values (in {len(nonfinite)} "
-            f"tensor{'s' if len(nonfinite) > 1 else ''}: {few_names(nonfinite)}); "
-            "a damaged file or diverged training"
-        )
+    refuse_nonfinite(state, path, "a damaged file or diverged training")
     module.load_state_dict(state)
 
 
