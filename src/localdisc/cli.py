@@ -45,6 +45,14 @@ def _path(path: str | Path) -> str:
     return escape(str(path))
 
 
+def _check_parent(option: str, path: Path) -> None:
+    """Refuse an output file under a file (``--out A_FILE/x.png``) before the work: its folder
+    cannot be made, which was found only when the output was written, after the work."""
+    above = next(p for p in path.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise LocaldiscError(f"{option} {path}: {above} is a file, not a folder")
+
+
 # --- datasets ----------------------------------------------------------------------------------
 @datasets_app.command("list")
 def datasets_list() -> None:
@@ -108,9 +116,7 @@ def datasets_inspect(
             raise LocaldiscError(
                 f"--preview {preview} is a folder; give the preview's PNG file name"
             )
-        above = next(p for p in preview.absolute().parents if p.exists())
-        if not above.is_dir():
-            raise LocaldiscError(f"--preview {preview}: {above} is a file, not a folder")
+        _check_parent("--preview", preview)
     if root is None:
         name, root = parse_data_spec(name)
     report = inspect_dataset(name, root, skip_bad=skip_bad, progress=err_console.is_terminal)
@@ -664,9 +670,11 @@ def similarity(
     )
     from localdisc.tasks.similarity import similarity as similarity_maps
 
-    # Checked before the work: a bad size, figure suffix or point would otherwise fail later.
+    # Checked before the work: a bad size, figure suffix, --out under a file or point would
+    # otherwise fail later.
     check_size(size, "--size")
     out = figure_path(out)
+    _check_parent("--out", out)
     query, others = as_image(image), [as_image(t) for t in targets]
     points = [parse_point(p) for p in point]
     for xy in points:
@@ -769,8 +777,11 @@ def localize(
         raise LocaldiscError("--pixel-spacing gives the errors in mm: it needs --truth")
     if out.is_dir():
         raise LocaldiscError(f"--out {out} is a folder; give the predictions' JSON file")
+    _check_parent("--out", out)
     if overlay is not None and overlay.exists() and not overlay.is_dir():
         raise LocaldiscError(f"--overlay {overlay} is a file; give a folder for the figures")
+    if overlay is not None:
+        _check_parent("--overlay", overlay)
     if (
         overlay is not None
         and overlay.is_dir()
@@ -1113,9 +1124,17 @@ def benchmark_transfer(
         None, help="Folder laid out like shared/data (default: $LOCALDISC_DATA)."
     ),
     out: Path = typer.Option(..., "--out", help="Output folder (results.json, results.md)."),
-    size: int = typer.Option(512, help="Image size (a multiple of 16, at least 32)."),
-    frozen_epochs: int = typer.Option(100),
-    epochs: int = typer.Option(100),
+    size: int | None = typer.Option(
+        None,
+        help="Image size (a multiple of 16, at least 32) [default: 512; --quick: 64; "
+        "--cpu-scale: 256].",
+    ),
+    frozen_epochs: int | None = typer.Option(
+        None, help="Epochs with the encoder frozen [default: 100; --quick: 2]."
+    ),
+    epochs: int | None = typer.Option(
+        None, help="Epochs of full fine-tuning [default: 100; --quick: 2]."
+    ),
     steps_per_epoch: int | None = typer.Option(
         None, help="Steps per epoch (default: one pass over the labelled images)."
     ),
@@ -1125,7 +1144,9 @@ def benchmark_transfer(
         "held out for testing, in (0, 1), chosen by file name: the same for every init, "
         "--labels and seed.",
     ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option(
+        "auto", help="auto, cpu, cuda, cuda:N or mps (--quick and --cpu-scale run on the CPU)."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes, 2 epochs, CPU (tests)."),
     cpu_scale: bool = typer.Option(
         False,
@@ -1224,24 +1245,34 @@ def benchmark_shape_guided(
     init: Path | None = typer.Option(
         None, "--from", help="A pre-training run to start stage 2 from (skips stage 1)."
     ),
-    size: int = typer.Option(448, help="Training crop size."),
+    size: int | None = typer.Option(None, help="Training crop size [default: 448; --quick: 48]."),
     pool_size: int | None = typer.Option(
-        None, help="Side the images are read at, cropped to --size (default size x 8/7)."
+        None,
+        help="Side the images are read at, cropped to --size [default: size x 8/7; --quick "
+        "without --size: 64].",
     ),
     crop_scale: tuple[float, float] = typer.Option(
         (0.9, 1.0), help="Area fraction of the training views' random resized crop: MIN MAX."
     ),
-    stage1_steps: int = typer.Option(2_000),
-    stage2_steps: int = typer.Option(4_000),
+    stage1_steps: int | None = typer.Option(
+        None, help="Stage 1 steps [default: 2000; --quick: 3]."
+    ),
+    stage2_steps: int | None = typer.Option(
+        None, help="Steps of each stage 2 [default: 4000; --quick: 3]."
+    ),
     stage1_seconds: float | None = typer.Option(None, help="Time budget of stage 1."),
     stage2_seconds: float | None = typer.Option(None, help="Time budget of each stage 2."),
-    batch: int = typer.Option(4, help="Items per step."),
-    refine_steps: int = typer.Option(600, help="Refinement network steps (0: no refinement)."),
+    batch: int | None = typer.Option(None, help="Items per step [default: 4; --quick: 1]."),
+    refine_steps: int | None = typer.Option(
+        None, help="Refinement network steps (0: no refinement) [default: 600; --quick: 2]."
+    ),
     refine_size: int | None = typer.Option(
         None, help="Side the refinement network sees (default: the LD run's pool size)."
     ),
-    student_steps: int = typer.Option(
-        1200, help="Steps of the network taught by a filter (vessels; 0: no such rows)."
+    student_steps: int | None = typer.Option(
+        None,
+        help="Steps of the network taught by a filter (vessels; 0: no such rows) [default: "
+        "1200; --quick: 2].",
     ),
     student_teacher: str = typer.Option(
         "line", help="Its teacher: sato, frangi, line, or several joined by '+' (mean rank)."
@@ -1254,8 +1285,12 @@ def benchmark_shape_guided(
     speck_area: float = typer.Option(
         6e-4, help="Vessels: rows without mask pieces below this share of the FOV (0: none)."
     ),
-    max_test: int | None = typer.Option(None, help="Use only the first N test images."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    max_test: int | None = typer.Option(
+        None, help="Use only the first N test images [default: all; --quick: 2]."
+    ),
+    device: str = typer.Option(
+        "auto", help="auto, cpu, cuda, cuda:N or mps (--quick runs on the CPU)."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Generated images, tiny sizes (tests)."),
     depth: int = typer.Option(5, help="VGG blocks of the LD encoder (5: published)."),
     width: int = typer.Option(16, help="Channels of its first block (16: published)."),

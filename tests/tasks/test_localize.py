@@ -199,6 +199,14 @@ def test_localize_cli_takes_a_weight_file_and_refuses_a_folder_as_out(tmp_path):
     assert f"--out {tmp_path} is a folder" in str(result.exception)
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.json"), "--size", "-4"])
     assert "--size must be at least 16 pixels, not -4" in str(result.exception)
+    # An output under a file was found only when written, after the model ran.
+    a_file = tmp_path / "t.json"
+    result = CliRunner().invoke(app, [*base, "--out", str(a_file / "p.json")])
+    assert f"--out {a_file / 'p.json'}: {a_file} is a file, not a folder" in str(result.exception)
+    args = [*base, "--out", str(tmp_path / "p.json"), "--overlay", str(a_file / "figs")]
+    result = CliRunner().invoke(app, args)
+    assert f"--overlay {a_file / 'figs'}: {a_file} is a file" in str(result.exception)
+    assert not (tmp_path / "p.json").exists()
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
     assert set(json.loads((tmp_path / "p.json").read_text())["images"]["t"]) == {"mark"}

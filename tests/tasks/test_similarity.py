@@ -171,6 +171,28 @@ def test_an_existing_folder_as_out_is_refused_before_any_work(tmp_path):
     assert figure_path(tmp_path / "c") == tmp_path / "c.png"
 
 
+def test_an_out_under_a_file_is_refused_before_any_work(tmp_path):
+    """``--out A_FILE/x.png`` failed only when the figure was written, after the model ran: it
+    is refused first, in one line naming --out (exit code 2, as the other bad values)."""
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+
+    save(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "afile").write_text("not a folder")
+    base = ["similarity", "--model", str(tmp_path / "no-run"), "--image", str(tmp_path / "a.png"),
+            "--point", "3,4", "--device", "cpu"]  # fmt: skip
+    for out in (tmp_path / "afile" / "x.png", tmp_path / "afile" / "sub" / "x"):
+        result = CliRunner().invoke(app, [*base, "--out", str(out)])
+        # Not the missing model's error: --out is checked before the model is read.
+        assert isinstance(result.exception, LocaldiscError), result.output
+        shown = out if out.suffix else out.with_name("x.png")
+        assert str(result.exception) == (
+            f"--out {shown}: {tmp_path / 'afile'} is a file, not a folder"
+        )
+
+
 class Identity(torch.nn.Module):
     """A stand-in 'model' whose pixel embedding is the pixel's (unit) colour."""
 
