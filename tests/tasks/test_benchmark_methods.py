@@ -501,3 +501,52 @@ def test_a_pool_that_cannot_be_read_is_refused_before_any_pretraining(tmp_path, 
     with pytest.raises(AssertionError, match="pre-trained"):
         methods.run_methods_benchmark(config, tmp_path / "out", log=lambda m: None)
     assert [c["modality"] for c in checked] == ["fundus"]
+
+
+def _pretrained_too_soon(*args, **kwargs):
+    raise AssertionError("pre-trained before the grid was checked")
+
+
+def _finished_transfer_run(run_dir: Path, init: Path, **settings) -> None:
+    """A finished fine-tuning of --quick's synthetic_fundus, 2 labels, seed 0 from ``init``
+    (as TransferConfig saves it: the folder absolute, once made), with ``settings`` changed."""
+    from dataclasses import asdict
+
+    import localdisc.tasks.benchmark_transfer as bench
+
+    config = bench.preset(bench.BenchmarkConfig(quick=True, **settings))
+    saved = bench.TransferConfig(bench.TASKS["synthetic_fundus"].spec(None, True), "vessels",
+                                 "random", "2", config.size, max_test=config.max_test,
+                                 train=config.finetune_config(0))  # fmt: skip
+    run_dir.mkdir(parents=True)
+    saved = {**asdict(saved), "init": str(init.resolve())}
+    (run_dir / "config.json").write_text(json.dumps({"transfer": saved}))
+    (run_dir / "metrics.json").write_text("{}")
+
+
+def test_a_transfer_run_folder_of_other_settings_is_refused_before_any_pretraining(
+    tmp_path, monkeypatch
+):
+    """The transfer benchmark checks its run folders before it trains, but pretrain-methods calls
+    it after every method has pre-trained (minutes each): a run of an earlier call's other
+    settings (here 3 steps per epoch) was refused then, and its advice (another --out) lost them.
+    A method's run folder does not exist before its pre-training: its fine-tunings are labelled
+    and compared as they will be once it is made (with --out relative too), so that one of this
+    call's settings is not refused."""
+    import localdisc.tasks.benchmark_methods as methods
+    from localdisc.errors import LocaldiscError
+
+    monkeypatch.setattr(methods, "_pretrain", _pretrained_too_soon)
+    monkeypatch.chdir(tmp_path)
+    config = methods.MethodsBenchmarkConfig(methods=["ld", "simclr"], quick=True)
+    for out, steps in ((Path("same"), None), (Path("other"), 3)):
+        run = out / "transfer" / "runs" / "synthetic_fundus" / "simclr" / "labels-2" / "seed-0"
+        _finished_transfer_run(run, out / "pretrain" / "fundus" / "simclr", steps_per_epoch=steps)
+        if steps is None:  # this call's settings: its runs go on to the pre-trainings
+            with pytest.raises(AssertionError, match="pre-trained before the grid was checked"):
+                methods.run_methods_benchmark(config, out, log=lambda m: None)
+            continue
+        message = f"{run}: holds a finished fine-tuning with other settings (--steps-per-epoch"
+        with pytest.raises(LocaldiscError, match=re.escape(message)):
+            methods.run_methods_benchmark(config, out, log=lambda m: None)
+        assert not (out / "pretrain").exists()

@@ -18,6 +18,7 @@ from localdisc.tasks.benchmark_shape_guided import (
     _stages,
     calibrate,
     expected_fraction,
+    preset,
     prior_spec,
 )
 
@@ -174,13 +175,61 @@ def test_refinement_sees_the_ld_run_scale_and_a_new_size_is_evaluated_again(tmp_
 
 
 def test_the_report_says_how_long_each_stage_ran():
-    budget = ShapeBenchmarkConfig(stage1_seconds=60, stage2_seconds=240.5, stage2_steps=80_000)
+    # The report is of a preset config: stage 1's steps not given are the mode's (2000).
+    budget = preset(
+        ShapeBenchmarkConfig(stage1_seconds=60, stage2_seconds=240.5, stage2_steps=80_000)
+    )
     assert (
         _stages(budget)
         == "stage 1 60 s (at most 2000 steps), stage 2 240.5 s (at most 80000 steps)"
     )
-    given = ShapeBenchmarkConfig(init="runs/stage1", stage2_steps=600)
+    given = preset(ShapeBenchmarkConfig(init="runs/stage1", stage2_steps=600))
     assert _stages(given) == "stage 1 from runs/stage1, stage 2 600 steps"
+
+
+def test_quick_keeps_explicit_settings_and_refuses_what_it_cannot_honour(monkeypatch):
+    """--quick replaced --max-test, --size, the step counts (all but a lower --student-steps)
+    and --device whatever was typed: the settings given stay, those left out are the mode's, and
+    a device other than the CPU is refused, not replaced unseen."""
+    import localdisc.tasks.benchmark_shape_guided as bench
+    from localdisc.errors import LocaldiscError
+
+    names = ("size", "pool_size", "eval_size", "stage1_steps", "stage2_steps", "batch",
+             "refine_steps", "student_steps", "max_test")  # fmt: skip
+
+    def settings(config: ShapeBenchmarkConfig) -> tuple:
+        return tuple(getattr(config, name) for name in names)
+
+    # The defaults are those of old: the full protocol's and --quick's.
+    assert settings(preset(ShapeBenchmarkConfig())) == (
+        448, None, 512, 2000, 4000, 4, 600, 1200, None
+    )  # fmt: skip
+    quick = preset(ShapeBenchmarkConfig(quick=True))
+    assert settings(quick) == (48, 64, 64, 3, 3, 1, 2, 2, 2) and quick.device == "cpu"
+    assert quick.tasks == ["synthetic_fundus"] and preset(quick) == quick  # applied once or twice
+    mine = preset(ShapeBenchmarkConfig(
+        quick=True, size=64, eval_size=96, stage1_steps=4, stage2_steps=5, batch=2,
+        refine_steps=6, student_steps=7, max_test=3, device="cpu",
+    ))  # fmt: skip
+    # A crop of one's own is read from images of its own x 8/7, as pre-training's (None).
+    assert settings(mine) == (64, None, 96, 4, 5, 2, 6, 7, 3)
+    assert preset(ShapeBenchmarkConfig(quick=True, pool_size=80)).pool_size == 80
+    assert preset(ShapeBenchmarkConfig(size=224, batch=2)).batch == 2  # and without --quick
+    with pytest.raises(LocaldiscError, match="--quick runs on the CPU: --device cuda is not"):
+        preset(ShapeBenchmarkConfig(quick=True, device="cuda"))
+    # Through the command: `--quick --max-test 3` tests 3 images, not 2.
+    seen: list[ShapeBenchmarkConfig] = []
+
+    def spy(config, out_dir, log):
+        seen.append(preset(config))
+        raise LocaldiscError("spied")
+
+    monkeypatch.setattr(bench, "run_shape_benchmark", spy)
+    args = ["benchmark", "shape-guided", "--quick", "--max-test", "3", "--stage2-steps", "4",
+            "--out", "unused"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert str(result.exception) == "spied"
+    assert (seen[0].max_test, seen[0].stage2_steps, seen[0].stage1_steps) == (3, 4, 3)
 
 
 def test_missing_data_is_skipped_with_the_reason(tmp_path):

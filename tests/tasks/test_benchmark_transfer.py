@@ -95,6 +95,55 @@ def test_cpu_scale_preset_pretrains_at_native_scale_and_keeps_explicit_choices()
     assert mine.pretrain["pool_size"] == 144 and mine.seeds == 1
 
 
+def test_presets_keep_an_explicit_size_and_schedule(monkeypatch):
+    """--cpu-scale --size 384 ran at 256 and --quick --epochs 5 ran 2 epochs: the presets
+    replaced what was typed. Settings given stay, those left out are the mode's (the full
+    protocol's as before), and each is checked when the config is made, given or not."""
+    import pytest
+
+    import localdisc.tasks.benchmark_transfer as bench
+    from localdisc.errors import LocaldiscError
+    from localdisc.tasks.benchmark_transfer import BenchmarkConfig, preset
+
+    def settings(config: BenchmarkConfig) -> tuple:
+        return config.size, config.frozen_epochs, config.epochs, config.max_test
+
+    assert settings(preset(BenchmarkConfig())) == (512, 100, 100, None)
+    assert settings(preset(BenchmarkConfig(quick=True))) == (64, 2, 2, 2)
+    assert settings(preset(BenchmarkConfig(cpu_scale=True))) == (256, 100, 100, None)
+    assert preset(BenchmarkConfig(cpu_scale=True, size=384)).size == 384
+    mine = preset(BenchmarkConfig(quick=True, size=96, frozen_epochs=0, epochs=5, max_test=3))
+    assert settings(mine) == (96, 0, 5, 3) and mine.device == "cpu"
+    assert preset(mine) == mine  # applied again (benchmark pretrain-methods): the same
+    assert settings(preset(BenchmarkConfig(epochs=7))) == (512, 100, 7, None)
+    # The schedule of a config not yet preset is the mode's too.
+    assert BenchmarkConfig(quick=True, frozen_epochs=3).finetune_config(0).epochs == 2
+    with pytest.raises(LocaldiscError, match="at least 32, not 40"):
+        BenchmarkConfig(quick=True, size=40)
+    with pytest.raises(LocaldiscError, match="epoch counts must be >= 0"):
+        BenchmarkConfig(cpu_scale=True, frozen_epochs=-1)
+    # Both presets run on the CPU: another device is refused, not replaced unseen.
+    for mode, flag in (("quick", "--quick"), ("cpu_scale", "--cpu-scale")):
+        with pytest.raises(LocaldiscError, match=f"{flag} runs on the CPU: --device cuda is not"):
+            preset(BenchmarkConfig(device="cuda", **{mode: True}))
+        assert preset(BenchmarkConfig(device="cpu", **{mode: True})).device == "cpu"
+    assert preset(BenchmarkConfig(device="cuda")).device == "cuda"
+    # Through the command.
+    seen: list[BenchmarkConfig] = []
+
+    def spy(config, out_dir, log):
+        seen.append(preset(config))
+        raise LocaldiscError("spied")
+
+    monkeypatch.setattr(bench, "run_benchmark", spy)
+    for args in (["--cpu-scale", "--size", "384"], ["--quick", "--epochs", "5"], []):
+        result = CliRunner().invoke(app, ["benchmark", "transfer", *args, "--out", "unused"])
+        assert str(result.exception) == "spied"
+    assert [settings(config) for config in seen] == [
+        (384, 100, 100, None), (64, 2, 5, 2), (512, 100, 100, None),
+    ]  # fmt: skip
+
+
 def test_bad_seeds_sizes_and_schedules_are_refused_before_any_work(tmp_path):
     """--seeds 0 is an error (not the default 3), and a size the network cannot take fails at
     once, as in `finetune`, not after the LD pre-training."""

@@ -13,7 +13,8 @@ pool, and each task uses the pool of its modality (``--quick``: 8 generated imag
 modality a task has): a data set of one's own in ``--tasks`` has the one its loader gives (a
 folder's: guessed from its images), the tasks being planned once, as the transfer benchmark
 plans them, before any pre-training. Finished pre-training runs are reused; a folder holding a
-run with other settings is refused, not reused.
+run with other settings (a pre-training's, or a fine-tuning's of the transfer grid) is refused,
+not reused, before the first pre-training.
 
 ``--cpu-scale`` is the comparison of ``benchmarks/RESULTS.md`` on 2 CPU cores: 240 s per method
 at 128 x 128 with 2 items per step on the first 1 000 images of ``KaggleDR/images`` (fundus) and
@@ -37,6 +38,8 @@ from localdisc.eval.report import collect, environment_markdown, jsonable, runs_
 from localdisc.tasks.benchmark_transfer import (
     BenchmarkConfig,
     TaskPlan,
+    init_labels,
+    plan_grid,
     plan_tasks,
     run_benchmark,
 )
@@ -264,6 +267,34 @@ def plan_transfer(
     return plan_tasks(transfer_preset(transfer), log, out_dir)
 
 
+def check_transfer_grid(
+    config: MethodsBenchmarkConfig,
+    transfer: BenchmarkConfig,
+    plan: TaskPlan,
+    pools: dict[str, str],
+    out_dir: Path,
+) -> list[str]:
+    """The pre-training runs to make, as inits of the transfer benchmark (in run order), once
+    its run folders are checked (:func:`plan_grid`): one holding a run of other settings (an
+    earlier call's ``--labels``, ``--size``, schedule) was refused by it after every method had
+    pre-trained. The runs are not made yet: each is named as its fine-tunings' config.json will
+    name it (absolute, links resolved; the same name is passed on, so its label is the same)
+    and has its pool's modality."""
+    needed = {task.modality for task in plan[0]}
+    runs = {
+        str((out_dir / "pretrain" / modality / method).resolve()): modality
+        for modality in pools
+        if modality in needed
+        for method in config.methods
+    }
+    # The config the transfer benchmark will run (preset), with these inits.
+    grid_config = transfer_preset(replace(transfer, inits=["random", *runs]))
+    inits = init_labels(grid_config.inits or [], out_dir / "transfer" / "runs")
+    modalities = {label: runs.get(init) for label, init in inits.items()}  # random: None
+    plan_grid(grid_config, plan[0], inits, modalities, out_dir / "transfer")
+    return list(runs)
+
+
 def run_methods_benchmark(
     config: MethodsBenchmarkConfig, out_dir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -306,9 +337,9 @@ def run_methods_benchmark(
         ]
         if unfinished:
             _check_pool(_settings(config, unfinished[0], modality, spec))
+    inits = ["random", *check_transfer_grid(config, transfer, plan, pools, out_dir)]
     reached: dict[str, dict[str, Any]] = {}
     records: list[dict[str, Any]] = []  # the runs' config.json: where they were made
-    inits = ["random"]
     for modality, spec in pools.items():
         if modality not in needed:
             log(f"no task needs the {modality} pool {spec}; not pre-training on it")
@@ -320,7 +351,6 @@ def run_methods_benchmark(
             reached[f"{method} ({modality})"] = _pretrain(settings, run_dir, log)
             if (run_dir / "config.json").is_file():
                 records.append(json.loads((run_dir / "config.json").read_text()))
-            inits.append(str(run_dir))
     results = run_benchmark(
         replace(transfer, inits=inits), out_dir / "transfer", log=log, plan=plan
     )

@@ -117,27 +117,47 @@ TASKS: dict[str, ShapeTask] = {
 DATA_FOLDERS = {"drive": "DRIVE", "stare": "STARE", "chase_db1": "CHASE_DB1"}
 
 
+#: Each mode's settings, taken where a :class:`ShapeBenchmarkConfig` leaves them ``None``
+#: (:func:`preset`). ``pool_size`` ``None``: size x 8/7, as pre-training (``--quick`` reads its
+#: 48-pixel crops from 64-pixel images, a ``size`` of one's own as pre-training would);
+#: ``max_test`` ``None``: every test image.
+RUN_DEFAULTS: dict[str, dict[str, int | None]] = {
+    "full": {
+        "size": 448, "pool_size": None, "eval_size": 512, "stage1_steps": 2_000,
+        "stage2_steps": 4_000, "batch": 4, "refine_steps": 600, "student_steps": 1200,
+        "max_test": None,
+    },
+    "quick": {
+        "size": 48, "pool_size": 64, "eval_size": 64, "stage1_steps": 3, "stage2_steps": 3,
+        "batch": 1, "refine_steps": 2, "student_steps": 2, "max_test": 2,
+    },
+}  # fmt: skip
+
+
 @dataclass
 class ShapeBenchmarkConfig:
+    """What to run; ``quick`` is a preset applied by :func:`preset`: settings left ``None`` take
+    the mode's defaults (:data:`RUN_DEFAULTS`), given ones stay."""
+
     tasks: list[str] | None = None  # None: drive, stare, scr_lung, scr_heart (quick: synthetic)
     priors: list[str] | None = None  # None: every prior a task has
     seeds: int = 1
     data_root: str | None = None
     init: str | None = None  # a pre-training run to start stage 2 from (skips stage 1)
-    size: int = 448  # training crop
-    pool_size: int | None = None  # None: size * 8/7, as pre-training
-    eval_size: int = 512  # the paper's Dice at 512 x 512
-    stage1_steps: int = 2_000
-    stage2_steps: int = 4_000
+    size: int | None = None  # training crop
+    pool_size: int | None = None  # None: size * 8/7, as pre-training (--quick: 64, see above)
+    eval_size: int | None = None  # the paper's Dice at 512 x 512
+    stage1_steps: int | None = None
+    stage2_steps: int | None = None
     stage1_seconds: float | None = None
     stage2_seconds: float | None = None
-    batch: int = 4
-    refine_steps: int = 600
+    batch: int | None = None
+    refine_steps: int | None = None
     # The side the refinement network sees; None: the LD run's pool size, as `shape-guided
     # segment`: the context LD saw, at a fraction of the cost of 512 (where a 3-block network
     # lost the JSRT heart: RESULTS.md).
     refine_size: int | None = None
-    student_steps: int = 1200  # the filter-taught network (vessels; 0: no such rows)
+    student_steps: int | None = None  # the filter-taught network (vessels; 0: no such rows)
     student_teacher: str = "line"  # its filter: a vesselness method, or several joined by "+"
     # A second such network also taught by this many copies of each image with simulated trees
     # painted on (0: no such rows).
@@ -153,15 +173,26 @@ class ShapeBenchmarkConfig:
 
 
 def preset(config: ShapeBenchmarkConfig) -> ShapeBenchmarkConfig:
+    """Apply ``--quick`` over the defaults (explicit choices stay; it runs on the CPU, so another
+    ``--device`` is refused)."""
+    if config.quick and config.device not in ("auto", "cpu"):
+        raise LocaldiscError(f"--quick runs on the CPU: --device {config.device} is not for it")
+    defaults = dict(RUN_DEFAULTS["quick" if config.quick else "full"])
+    if config.size is not None:  # a crop of one's own: its pool as pre-training's
+        defaults["pool_size"] = None
+    given = {
+        name: value if getattr(config, name) is None else getattr(config, name)
+        for name, value in defaults.items()
+    }
     if config.quick:
         return replace(
-            config, tasks=config.tasks or ["synthetic_fundus"], size=48, pool_size=64,
-            eval_size=64, stage1_steps=3, stage2_steps=3, batch=1, refine_steps=2, max_test=2,
-            student_steps=min(config.student_steps, 2),
-            device="cpu", pretrain={"val_images": 1, "workers": 1, "prior_count": 8,
-                                    **config.pretrain},
+            config, tasks=config.tasks or ["synthetic_fundus"], device="cpu",
+            pretrain={"val_images": 1, "workers": 1, "prior_count": 8, **config.pretrain},
+            **given,
         )  # fmt: skip
-    return replace(config, tasks=config.tasks or ["drive", "stare", "scr_lung", "scr_heart"])
+    return replace(
+        config, tasks=config.tasks or ["drive", "stare", "scr_lung", "scr_heart"], **given
+    )
 
 
 def prior_spec(name: str, task: ShapeTask, data_root: Path | None) -> str:

@@ -99,11 +99,21 @@ TASKS: dict[str, Task] = {
 }
 
 
+#: Each mode's fine-tuning settings, taken where a :class:`BenchmarkConfig` leaves them ``None``
+#: (:func:`preset`); ``max_test`` ``None``: every test image.
+RUN_DEFAULTS: dict[str, dict[str, int | None]] = {
+    "full": {"size": 512, "frozen_epochs": 100, "epochs": 100, "max_test": None},
+    "quick": {"size": 64, "frozen_epochs": 2, "epochs": 2, "max_test": 2},
+    "cpu_scale": {"size": 256, "frozen_epochs": 100, "epochs": 100, "max_test": None},
+}
+
+
 @dataclass
 class BenchmarkConfig:
     """What to run; ``quick`` and ``cpu_scale`` are presets applied by :func:`preset`.
 
-    ``None`` lists take the mode's defaults (see :data:`PRESET_GRIDS`).
+    ``None`` lists take the mode's defaults (see :data:`PRESET_GRIDS`), and so do ``None``
+    sizes, epochs and ``max_test`` (:data:`RUN_DEFAULTS`); given ones stay.
     """
 
     inits: list[str] | None = None
@@ -112,9 +122,10 @@ class BenchmarkConfig:
     labels: list[str] | None = None
     seeds: int | None = None
     data_root: str | None = None
-    size: int = 512
-    frozen_epochs: int = 100
-    epochs: int = 100
+    # None: the mode's (RUN_DEFAULTS), as for frozen_epochs, epochs and max_test.
+    size: int | None = None
+    frozen_epochs: int | None = None
+    epochs: int | None = None
     batch: int = 2
     steps_per_epoch: int | None = None  # None: one pass over the labelled images per epoch
     device: str = "auto"
@@ -133,7 +144,8 @@ class BenchmarkConfig:
         # Checked here, not when the first run starts: that may be after an LD pre-training.
         if self.seeds is not None and self.seeds < 1:  # None: the mode's default, 0 is a mistake
             raise LocaldiscError(f"--seeds must be at least 1, not {self.seeds}")
-        check_size(self.size)
+        # A setting left to the mode is checked as it will run.
+        check_size(self.run_setting("size"))
         check_test_fraction(self.test_fraction)
         if self.test_fraction == 0:  # finetune's "train on all": no test score to tabulate
             raise LocaldiscError(
@@ -142,11 +154,22 @@ class BenchmarkConfig:
             )
         self.finetune_config(seed=0)  # the schedule's own checks (epochs, batch, steps)
 
+    @property
+    def mode(self) -> str:
+        """The preset whose defaults fill the settings left ``None``: quick, cpu_scale or full."""
+        return "quick" if self.quick else "cpu_scale" if self.cpu_scale else "full"
+
+    def run_setting(self, name: str) -> Any:
+        """The setting ``name`` of :data:`RUN_DEFAULTS` as the runs take it: as given, else
+        the mode's."""
+        value = getattr(self, name)
+        return RUN_DEFAULTS[self.mode][name] if value is None else value
+
     def finetune_config(self, seed: int) -> FinetuneConfig:
         """The fine-tuning schedule of every run, with the run's ``seed``."""
         return FinetuneConfig(
-            frozen_epochs=self.frozen_epochs, epochs=self.epochs, batch=self.batch,
-            steps_per_epoch=self.steps_per_epoch, seed=seed, device=self.device,
+            frozen_epochs=self.run_setting("frozen_epochs"), epochs=self.run_setting("epochs"),
+            batch=self.batch, steps_per_epoch=self.steps_per_epoch, seed=seed, device=self.device,
             progress=not self.quick,
         )  # fmt: skip
 
@@ -168,10 +191,14 @@ def default_data_root() -> str | None:
 
 
 def preset(config: BenchmarkConfig) -> BenchmarkConfig:
-    """Apply ``--quick`` / ``--cpu-scale`` over the defaults (explicit choices stay)."""
+    """Apply ``--quick`` / ``--cpu-scale`` over the defaults (explicit choices stay; both run on
+    the CPU, so another ``--device`` is refused)."""
     if config.quick and config.cpu_scale:
         raise LocaldiscError("--quick and --cpu-scale are exclusive")
-    mode = "quick" if config.quick else "cpu_scale" if config.cpu_scale else "full"
+    mode = config.mode
+    if mode != "full" and config.device not in ("auto", "cpu"):
+        flag = "--quick" if config.quick else "--cpu-scale"
+        raise LocaldiscError(f"{flag} runs on the CPU: --device {config.device} is not for it")
     inits, tasks, labels, seeds = PRESET_GRIDS[mode]
     # One budget given twice ("2,2", "all,ALL": one to labelled_count) would list each run twice
     # and count it as two seeds: kept once, as first spelt.
@@ -184,12 +211,10 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
         tasks=config.tasks or tasks,
         labels=list(once.values()),
         seeds=seeds if config.seeds is None else config.seeds,
+        **{name: config.run_setting(name) for name in RUN_DEFAULTS[mode]},
     )
     if config.quick:
-        return replace(
-            config, size=64, frozen_epochs=2, epochs=2, max_test=2, device="cpu",
-            pretrain={**QUICK_PRETRAIN, **config.pretrain},
-        )  # fmt: skip
+        return replace(config, device="cpu", pretrain={**QUICK_PRETRAIN, **config.pretrain})
     if config.cpu_scale:
         # The issue's CPU-scale comparison: 4 + 4 minutes of LD pre-training at 128 x 128 with 2
         # items per step on the first 1 000 KaggleDR images, then DRIVE at 256 x 256. The crops
@@ -198,7 +223,7 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
         # the CPU-scale transfer runs of benchmarks/RESULTS.md.
         kaggle = Path(config.data_root or ".") / "KaggleDR" / "images"
         return replace(
-            config, size=256, device="cpu",
+            config, device="cpu",
             pretrain={
                 "data": [str(kaggle)], "max_images": 1000, "stage1_steps": 20_000,
                 "stage2_steps": 80_000, "stage1_seconds": 240.0, "stage2_seconds": 240.0,
@@ -242,27 +267,9 @@ def run_benchmark(
         modalities["ld"] = check_preset(settings, pretrain_dir).modality
         # As its runs' config.json names it once it is made (TransferConfig: absolute).
         inits["ld"] = str(pretrain_dir.resolve())
-
-    grid: list[tuple[PlannedTask, str, str, str, int, Path]] = []
-    for task in tasks:
-        for label, init in inits.items():
-            if modalities[label] not in (None, task.modality):
-                reason = (
-                    f"{init} was pre-trained on {modalities[label]} images, {task.label} is "
-                    f"{task.modality}"
-                )
-                skipped.append({"task": task.label, "init": label, "reason": reason})
-                continue
-            for labels in config.labels:
-                for seed in range(config.seeds):
-                    run_dir = (
-                        out_dir / "runs" / task.label / label / f"labels-{labels}" / f"seed-{seed}"
-                    )
-                    grid.append((task, label, init, labels, seed, run_dir))
-    # Every run folder, now: one holding a run of other settings is refused before the LD
-    # pre-training and the fine-tunings before it, which its advice (another --out) discards.
-    for task, _, init, labels, seed, run_dir in grid:
-        _check_out_dir(run_dir, _transfer_config(config, task, init, labels, seed), FLAGS)
+    # Every run folder, now: before the LD pre-training and the fine-tunings before it.
+    grid, mismatched = plan_grid(config, tasks, inits, modalities, out_dir)
+    skipped += mismatched
     pretrained = None  # the LD pre-training's config.json: where it was made
     # The built-in init only: a run folder named ld (pretrain-methods' LD run) is made already.
     if ld and any(label == "ld" for _, label, *_ in grid):
@@ -294,6 +301,45 @@ def run_benchmark(
         }  # fmt: skip
     write_report(results, out_dir)
     return results
+
+
+def plan_grid(
+    config: BenchmarkConfig,
+    tasks: list[PlannedTask],
+    inits: dict[str, str],
+    modalities: dict[str, str | None],
+    out_dir: Path,
+) -> tuple[list[tuple[PlannedTask, str, str, str, int, Path]], list[dict[str, str]]]:
+    """The runs of ``config`` (preset) into ``out_dir``, in run order: each (task, init label,
+    init, labels, seed, run folder); and the (task, init) pairs skipped, with why: an init
+    pre-trained on another modality than the task's.
+
+    ``inits``: by label (:func:`init_labels`); ``modalities``: each label's (``None``: random).
+    Every run folder is checked first: one holding a run of other settings is refused before any
+    training (an LD pre-training, the fine-tunings before it), which its advice (another --out)
+    would discard. An init still to be made is named as its runs' config.json will name it
+    (absolute, links resolved), its modality given: ``benchmark pretrain-methods`` checks its
+    grid before its pre-trainings."""
+    grid: list[tuple[PlannedTask, str, str, str, int, Path]] = []
+    skipped: list[dict[str, str]] = []
+    for task in tasks:
+        for label, init in inits.items():
+            if modalities[label] not in (None, task.modality):
+                reason = (
+                    f"{init} was pre-trained on {modalities[label]} images, {task.label} is "
+                    f"{task.modality}"
+                )
+                skipped.append({"task": task.label, "init": label, "reason": reason})
+                continue
+            for labels in config.labels:
+                for seed in range(config.seeds):
+                    run_dir = (
+                        out_dir / "runs" / task.label / label / f"labels-{labels}" / f"seed-{seed}"
+                    )
+                    grid.append((task, label, init, labels, seed, run_dir))
+    for task, _, init, labels, seed, run_dir in grid:
+        _check_out_dir(run_dir, _transfer_config(config, task, init, labels, seed), FLAGS)
+    return grid, skipped
 
 
 @dataclass(frozen=True)
