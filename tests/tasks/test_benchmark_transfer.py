@@ -690,3 +690,77 @@ def test_an_ld_run_folder_named_ld_is_an_init_not_the_built_in_ld(tmp_path, monk
         assert used == ["random", str(run)]
         assert [r["init"] for r in results["runs"]] == ["random", "ld"]
         assert "ld_pretrain" not in results and not (out / "pretrain").exists()
+
+
+def test_runs_of_an_init_whose_weights_changed_are_not_reused(tmp_path, monkeypatch):
+    """An init is recorded by its path: pre-trained again under the same folder (another draw,
+    other settings), its old fine-tunings were reused silently and tabulated as the new
+    weights'. Each run records the SHA-256 of the weights it loaded; a run of other weights is
+    refused as a run of other settings is, before any training, and a run recorded before the
+    fingerprint existed is still reused."""
+    import pytest
+    import torch
+
+    import localdisc.tasks.benchmark_transfer as bench
+    from localdisc.errors import LocaldiscError
+    from localdisc.models import LDConfig, LDModel
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    LDModel(LDConfig("fundus", width=4, depth=2)).save("myld")
+    config = bench.BenchmarkConfig(quick=True, inits=["myld"], tasks=["synthetic_fundus"])
+    logged: list[str] = []
+    bench.run_benchmark(config, "bench", log=logged.append)
+    run = tmp_path / "bench" / "runs" / "synthetic_fundus" / "myld" / "labels-2" / "seed-0"
+    record = json.loads((run / "config.json").read_text())
+    weights = tmp_path / "myld" / "encoder.safetensors"
+    assert record["init_weights"]["file"] == str(weights)
+    bench.run_benchmark(config, "bench", log=logged.append)
+    assert sum("reusing" in m for m in logged) == 1  # the same weights: reused
+    torch.manual_seed(1)  # pre-trained again: other weights under the same path
+    LDModel(LDConfig("fundus", width=4, depth=2)).save("myld")
+    with monkeypatch.context() as patch, pytest.raises(LocaldiscError) as refused:
+        patch.setattr(bench, "run_transfer", _no_pretraining)  # refused before any training
+        bench.run_benchmark(config, "bench", log=logged.append)
+    message = str(refused.value)
+    assert message.startswith(
+        f"{run.relative_to(tmp_path)}: holds a finished fine-tuning of other init weights: "
+        f"those of --inits {tmp_path / 'myld'} ({weights}) have changed since that fine-tuning"
+    )
+    assert "choose another --out, or delete the folder" in message
+    # Recorded before runs recorded their init's weights: reused as it is, as before.
+    del record["init_weights"]
+    (run / "config.json").write_text(json.dumps(record))
+    logged.clear()
+    bench.run_benchmark(config, "bench", log=logged.append)
+    assert sum("reusing" in m for m in logged) == 1
+
+
+def test_runs_of_a_built_in_ld_pre_trained_again_are_refused_before_any_fine_tuning(
+    tmp_path, monkeypatch
+):
+    """OUT/pretrain deleted and made again: its weights do not exist when the grid is checked,
+    so its old runs were refused only when the loop reached them, after the runs before."""
+    import pytest
+    import torch
+
+    import localdisc.tasks.benchmark_transfer as bench
+    from localdisc.errors import LocaldiscError
+    from localdisc.models import LDConfig, LDModel
+
+    config = bench.BenchmarkConfig(quick=True, inits=["random", "ld"], tasks=["synthetic_fundus"])
+    out = tmp_path / "bench"
+    bench.run_benchmark(config, out, log=lambda m: None)
+    shutil.rmtree(out / "pretrain")
+    made = bench.pretrain_preset
+
+    def made_again(settings, run_dir, log):  # another draw: other weights
+        made(settings, run_dir, log)
+        torch.manual_seed(7)
+        LDModel(LDConfig.from_run(run_dir)).save(run_dir)
+        return run_dir
+
+    monkeypatch.setattr(bench, "pretrain_preset", made_again)
+    monkeypatch.setattr(bench, "run_transfer", _no_pretraining)  # nor the reused random run
+    with pytest.raises(LocaldiscError, match="holds a finished fine-tuning of other init weights"):
+        bench.run_benchmark(config, out, log=lambda m: None)

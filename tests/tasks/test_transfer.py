@@ -1,4 +1,5 @@
 import json
+import re
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -950,3 +951,65 @@ def test_a_run_recorded_before_skip_bad_is_reused_with_or_without_it(tmp_path):
     metrics = run_transfer(tiny(str(data), frozen_epochs=0), out, log=logged.append)
     assert "interrupted fine-tuning with the same settings" in logged[0]
     assert "skipped" not in metrics  # nothing was read first, nothing skipped
+
+
+def test_a_run_of_other_init_weights_under_the_same_path_is_not_reused(tmp_path, monkeypatch):
+    """finetune --out of a finished run with the same settings returned its metrics, and an
+    interrupted one was continued, though the init's weights had changed under its path (the
+    LD run trained again): the run records the SHA-256 of the weight file it loaded, and a
+    run of other weights is refused, finished or interrupted, nothing deleted. A random init
+    records none; a record without one (written before) is reused as it is."""
+    import localdisc.tasks.transfer as transfer
+    from localdisc.models import LDConfig, LDModel
+
+    def pretrain(seed: int) -> None:
+        torch.manual_seed(seed)
+        LDModel(LDConfig("xray", width=4, depth=2)).save(tmp_path / "ld")
+
+    pretrain(0)
+    weights = tmp_path / "ld" / "encoder.safetensors"
+    config = tiny("synthetic_xray:4", init=str(tmp_path / "ld"), frozen_epochs=0)
+    out = tmp_path / "ft"
+    run_transfer(config, out, log=lambda m: None)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["init_weights"] == {"file": str(weights), "sha256": transfer.sha256(weights)}
+    random = tiny("synthetic_xray:4", frozen_epochs=0)
+    run_transfer(random, tmp_path / "random", log=lambda m: None)
+    assert "init_weights" not in json.loads((tmp_path / "random" / "config.json").read_text())
+    pretrain(1)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    def train(*args, **kwargs):
+        raise AssertionError("trained before --out was checked")
+
+    monkeypatch.setattr(transfer, "finetune", train)
+    changed = (
+        rf" of other init weights: those of --init {re.escape(config.init)} "
+        rf"\({re.escape(str(weights))}\) have changed since that fine-tuning started \(SHA-256 "
+        r"\w{12}\.\.\. there, \w{12}\.\.\. now: trained again\?\); choose another --out, or "
+        r"delete the folder \(and any other run of the old weights\) to run here"
+    )
+    with pytest.raises(
+        LocaldiscError, match=rf"^{re.escape(str(out))}: holds a finished fine-tuning{changed}"
+    ):
+        run_transfer(config, out, log=lambda m: None)
+    (out / "metrics.json").unlink()  # interrupted: not continued with other weights either
+    interrupted = r" holds an interrupted fine-tuning \(config.json, no metrics.json\)"
+    with pytest.raises(LocaldiscError, match=rf"^{re.escape(str(out))}:{interrupted}{changed}"):
+        run_transfer(config, out, log=lambda m: None)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == {
+        p: t for p, t in before.items() if p.name != "metrics.json"
+    }
+    # The same weights as that run's (a weight file named instead of the run): the same run.
+    monkeypatch.undo()
+    pretrain(0)
+    logged: list[str] = []
+    run_transfer(config, out, log=logged.append)
+    assert "interrupted fine-tuning with the same settings" in logged[0]
+    # A record written before the fingerprint existed: reused, whatever the weights now.
+    pretrain(1)
+    del saved["init_weights"]
+    (out / "config.json").write_text(json.dumps(saved))
+    logged.clear()
+    run_transfer(config, out, log=logged.append)
+    assert logged[0].startswith("reusing")

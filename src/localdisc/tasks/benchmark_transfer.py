@@ -274,6 +274,11 @@ def run_benchmark(
     # The built-in init only: a run folder named ld (pretrain-methods' LD run) is made already.
     if ld and any(label == "ld" for _, label, *_ in grid):
         pretrain_preset(settings, pretrain_dir, log)
+        # Its weights exist now: runs of an earlier pre-training in this folder (deleted and
+        # made again) are refused before the first fine-tuning, not when the loop reaches them.
+        for task, label, init, labels, seed, run_dir in grid:
+            if label == "ld":
+                _check_out_dir(run_dir, _transfer_config(config, task, init, labels, seed), FLAGS)
         if (pretrain_dir / "config.json").is_file():
             pretrained = json.loads((pretrain_dir / "config.json").read_text())
     elif ld:  # all tasks skipped for want of data, or of another modality: minutes for nothing

@@ -36,12 +36,16 @@ another run's outputs is refused (nothing is deleted), except a run with the sam
 the same command again continues an interrupted one (``config.json`` without ``metrics.json``)
 from its checkpoint, or redoes it where it has none, replacing its outputs; a finished one is left
 as it is, its ``metrics.json`` returned (a job requeued after it finished has nothing to do).
+The init counts as a setting by its weights too: ``config.json`` records the SHA-256 of the
+weight file loaded (``init_weights``), and a run of an init trained again under the same path is
+refused, finished or interrupted (one recorded before this has none, and is taken as it is).
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import functools
 import hashlib
 import io
 import itertools
@@ -69,7 +73,7 @@ from localdisc.data.datasets import (
 from localdisc.data.io import write_png
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.batch_norm import recalibrate_batch_norm
-from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.engine.checkpoint import atomic_write_text, sha256
 from localdisc.engine.finetune import (
     RUNTIME_FIELDS,
     FinetuneConfig,
@@ -371,6 +375,41 @@ def build_model(init: str | Path, modality: str, size: int) -> tuple[Segmenter, 
     return model, True
 
 
+def init_weights_file(init: str | Path) -> Path | None:
+    """The weight file :func:`build_model` loads for ``init`` (as :meth:`Segmenter.from_ld_run`
+    resolves it): an LD run's ``encoder.safetensors``, or the weight file named; ``None`` for
+    ``random``."""
+    if str(init) == "random":
+        return None
+    run_dir, weights = split_weights_path(init, "encoder.safetensors")
+    return run_dir / weights
+
+
+def init_fingerprint(init: str | Path) -> dict[str, str] | None:
+    """``{"file", "sha256"}`` of the weights a fine-tuning from ``init`` loads, recorded in its
+    ``config.json``: an init is named by its path, and a run folder of an init trained again
+    under that path holds a fine-tuning of other weights (:func:`_check_out_dir`). ``None`` for
+    ``random``, and where the file is not there (yet: a benchmark's LD init before its
+    pre-training)."""
+    path = init_weights_file(init)
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return {"file": str(path), "sha256": _file_sha256(str(path), stamp)}
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, stamp: tuple[int, ...]) -> str:
+    """:func:`sha256` of ``path``, once while its ``stamp`` (device, inode, size, times) stays:
+    a benchmark checks every run folder of an init twice (plan, run), and a file written again
+    has another stamp."""
+    return sha256(Path(path))
+
+
 def image_metrics(
     prob: np.ndarray,
     sample: Sample,
@@ -506,7 +545,10 @@ def _check_out_dir(
             "in config.json); choose another --out (nothing was deleted)"
         ) from None
     differences = _differences(protocol(saved), protocol(asdict(config)), flags)
-    if "metrics.json" in found:
+    state = "finished" if "metrics.json" in found else "interrupted"
+    if not differences:
+        _check_init_weights(out_dir, config, state, flags)
+    if state == "finished":
         if differences:
             raise LocaldiscError(
                 f"{out_dir}: holds a finished fine-tuning with other settings "
@@ -526,6 +568,37 @@ def _check_out_dir(
             f"{goes_on}, or {advice}"
         )
     return "interrupted"
+
+
+def _check_init_weights(
+    out_dir: Path, config: TransferConfig, state: str, flags: dict[str, str]
+) -> None:
+    """Raise where the run in ``out_dir`` (``state``: finished or interrupted), of the same
+    settings as ``config``, loaded other weights than ``config.init``'s file holds now (its
+    ``config.json``'s ``init_weights``): the init trained again under the same path. Its
+    results (or checkpoint) are of the old weights, so it is refused as a run of other settings
+    is. A run recorded before ``init_weights`` existed, and an init whose file is not there
+    (yet), are not compared."""
+    try:
+        saved = json.loads((out_dir / "config.json").read_text()).get("init_weights")
+        old = saved["sha256"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return
+    now = init_fingerprint(config.init)
+    if now is None or now["sha256"] == old:
+        return
+    what = (
+        "a finished fine-tuning"
+        if state == "finished"
+        else "an interrupted fine-tuning (config.json, no metrics.json)"
+    )
+    raise LocaldiscError(
+        f"{out_dir}: holds {what} of other init weights: those of {flags.get('init', 'init')} "
+        f"{config.init} ({now['file']}) have changed since that fine-tuning started (SHA-256 "
+        f"{str(old)[:12]}... there, {now['sha256'][:12]}... now: trained again?); choose "
+        "another --out, or delete the folder (and any other run of the old weights) to run "
+        "here (nothing was deleted)"
+    )
 
 
 def _clear_outputs(out_dir: Path, keep: tuple[str, ...] = ()) -> None:
@@ -735,6 +808,8 @@ def _transfer(
     )
 
     torch.manual_seed(seed)  # the new decoder's initial weights
+    # The init's weights as loaded, for a later call into this folder (_check_init_weights).
+    init_weights = init_fingerprint(config.init)
     model, pretrained = build_model(config.init, train_set.modality, config.size)
     train = _tensors(train_set, train_idx, target, config.size)
     val = _tensors(train_set, val_idx, target, config.size)
@@ -747,6 +822,7 @@ def _transfer(
     bn_idx = sorted(pool + bn_unlabelled)
     meta = {
         "transfer": asdict(config),
+        **({"init_weights": init_weights} if init_weights else {}),
         "data": {
             "dataset": train_set.name,
             "target": target,
