@@ -589,3 +589,22 @@ def test_training_images_have_the_values_prediction_gives_them():
         for image, trained in zip(images, got, strict=True):
             expected = torch.from_numpy(as_raw_image(image)).permute(2, 0, 1)
             assert torch.equal(trained, expected), images.dtype
+
+
+def test_a_fine_tuning_that_diverges_stops_saying_so():
+    """At a learning rate too high the loss and weights turned NaN: the epochs went on scoring a
+    validation Dice of 0, and the NaN model was returned (its test scoring failed later with
+    "prob contains NaN")."""
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32), (torch.rand(4, 1, 32, 32) > 0.7).float()
+    config = FinetuneConfig(frozen_epochs=0, epochs=3, lr=1e30, batch=2, device="cpu",
+                            progress=False)  # fmt: skip
+    model = Segmenter(modality="fundus", size=32)
+    with pytest.raises(LocaldiscError) as caught:
+        finetune(model, (x, y), (x, y), config, pretrained=False, log=lambda m: None)
+    assert re.match(
+        r"the fine-tuning diverged \(from scratch, epoch 1\): its weights hold NaN or inf \(in "
+        r"\d+ tensors: encoder\.blocks\.0\.0\.0\.weight, .*; loss NaN\); a lower --lr than "
+        r"1e\+30 may keep it from diverging$",
+        str(caught.value),
+    )

@@ -38,6 +38,7 @@ from torch import Tensor
 from localdisc.data.preprocess import raw_intensities
 from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
+    few_names,
     load_resumable,
     newest_position,
     newest_state,
@@ -409,6 +410,7 @@ def _phase(
             if run.stop.signum is not None and step + 1 < len(batches):
                 save(epoch, step + 1, batches, losses)
                 run.halt(run.stop.signum)
+        _refuse_diverged(model, name, epoch, losses, config.lr)
         val_dice = mean_dice(predict_batch(model, run.val[0], config.batch, config.amp), run.val[1])
         row = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_dice": val_dice}
         result.history.append(row)
@@ -425,6 +427,25 @@ def _phase(
     result.seconds = seconds_before + time.perf_counter() - t0
     model.encoder.requires_grad_(True)
     return best_state, result
+
+
+def _refuse_diverged(
+    model: Segmenter, phase: str, epoch: int, losses: list[float], lr: float
+) -> None:
+    """Stop a fine-tuning whose weights (batch-norm statistics included) hold NaN or inf after
+    an epoch: it went on, scoring a validation Dice of 0 per epoch, and its result failed far
+    from here ("prob contains NaN", when the test images were scored) or predicted nothing. One
+    pass of ``isfinite`` per epoch."""
+    bad = [
+        k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:
+        loss = "NaN" if any(math.isnan(v) for v in losses) else "finite"
+        raise LocaldiscError(
+            f"the fine-tuning diverged ({PHASE_LABELS[phase]}, epoch {epoch}): its weights hold "
+            f"NaN or inf (in {len(bad)} tensor{'s' if len(bad) > 1 else ''}: {few_names(bad)}; "
+            f"loss {loss}); a lower --lr than {lr:g} may keep it from diverging"
+        )
 
 
 def _training_pair(pair: tuple[Tensor, Tensor], name: str) -> tuple[Tensor, Tensor]:
