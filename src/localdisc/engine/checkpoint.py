@@ -200,13 +200,17 @@ def few_names(names: list[str]) -> str:
     return ", ".join(names[:3]) + more
 
 
+def nonfinite_names(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of ``tensors`` holding NaN or inf: one pass of ``isfinite`` over the floating
+    ones (integer ones, step counts, cannot be NaN)."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+
+
 def refuse_nonfinite(tensors: dict[str, torch.Tensor], path: str | Path, why: str) -> None:
     """Raise :class:`CheckpointError` naming ``path`` and a few of ``tensors`` holding NaN or
-    inf, then ``why``: weights that loaded silently and trained or predicted nothing. One pass
-    of ``isfinite`` over the floating tensors (integer ones, step counts, cannot be NaN)."""
-    nonfinite = [
-        k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()
-    ]
+    inf (:func:`nonfinite_names`), then ``why``: weights that loaded silently and trained or
+    predicted nothing."""
+    nonfinite = nonfinite_names(tensors)
     if nonfinite:
         raise CheckpointError(
             f"{path}: weights hold NaN or inf values (in {len(nonfinite)} "

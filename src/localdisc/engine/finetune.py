@@ -42,6 +42,7 @@ from localdisc.engine.checkpoint import (
     load_resumable,
     newest_position,
     newest_state,
+    nonfinite_names,
     optimizer_from_flat,
     optimizer_to_flat,
     save_resumable,
@@ -436,9 +437,7 @@ def _refuse_diverged(
     an epoch: it went on, scoring a validation Dice of 0 per epoch, and its result failed far
     from here ("prob contains NaN", when the test images were scored) or predicted nothing. One
     pass of ``isfinite`` per epoch."""
-    bad = [
-        k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()
-    ]
+    bad = nonfinite_names(model.state_dict())
     if bad:
         loss = "NaN" if any(math.isnan(v) for v in losses) else "finite"
         raise LocaldiscError(
