@@ -44,6 +44,7 @@ from localdisc.tasks.benchmark_transfer import (
     run_benchmark,
 )
 from localdisc.tasks.benchmark_transfer import preset as transfer_preset
+from localdisc.tasks.presets import refuse_device
 
 METHODS = ("ld", "simclr", "densecl", "pixpro", "genesis")
 
@@ -109,9 +110,7 @@ def preset(config: MethodsBenchmarkConfig) -> MethodsBenchmarkConfig:
         raise LocaldiscError(f"--budget-seconds must be positive, not {config.budget_seconds}")
     if config.quick and config.budget_seconds is not None:
         raise LocaldiscError("--quick pre-trains a few fixed steps: --budget-seconds is not for it")
-    if (config.quick or config.cpu_scale) and config.device not in ("auto", "cpu"):
-        mode = "--quick" if config.quick else "--cpu-scale"
-        raise LocaldiscError(f"{mode} runs on the CPU: --device {config.device} is not for it")
+    refuse_device(config.quick, config.cpu_scale, config.device)
     if config.quick:
         return replace(
             # pools: given ones, or QUICK_POOLS of the tasks' modalities (as --cpu-scale's)

@@ -68,7 +68,7 @@ from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDModel
 from localdisc.priors.topology import PriorTopology, enforce_topology, measure_topology
 from localdisc.tasks.predict import mask_png, prob_png
-from localdisc.tasks.presets import pretrain_preset
+from localdisc.tasks.presets import pretrain_preset, refuse_device
 from localdisc.tasks.vesselness import FILTERS, check_method, threshold_vessels, vesselness
 
 VESSEL_PRIORS = ("octa", "dsa", "other", "simulated")
@@ -175,8 +175,7 @@ class ShapeBenchmarkConfig:
 def preset(config: ShapeBenchmarkConfig) -> ShapeBenchmarkConfig:
     """Apply ``--quick`` over the defaults (explicit choices stay; it runs on the CPU, so another
     ``--device`` is refused)."""
-    if config.quick and config.device not in ("auto", "cpu"):
-        raise LocaldiscError(f"--quick runs on the CPU: --device {config.device} is not for it")
+    refuse_device(config.quick, False, config.device)
     defaults = dict(RUN_DEFAULTS["quick" if config.quick else "full"])
     if config.size is not None:  # a crop of one's own: its pool as pre-training's
         defaults["pool_size"] = None

@@ -41,7 +41,7 @@ from localdisc.data.datasets import (
 )
 from localdisc.engine.finetune import FinetuneConfig
 from localdisc.errors import DatasetError, LocaldiscError
-from localdisc.tasks.presets import QUICK_PRETRAIN, check_preset, pretrain_preset
+from localdisc.tasks.presets import QUICK_PRETRAIN, check_preset, pretrain_preset, refuse_device
 from localdisc.tasks.transfer import (
     FOLDER_TEST_FRACTION,
     TransferConfig,
@@ -195,10 +195,8 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
     the CPU, so another ``--device`` is refused)."""
     if config.quick and config.cpu_scale:
         raise LocaldiscError("--quick and --cpu-scale are exclusive")
+    refuse_device(config.quick, config.cpu_scale, config.device)
     mode = config.mode
-    if mode != "full" and config.device not in ("auto", "cpu"):
-        flag = "--quick" if config.quick else "--cpu-scale"
-        raise LocaldiscError(f"{flag} runs on the CPU: --device {config.device} is not for it")
     inits, tasks, labels, seeds = PRESET_GRIDS[mode]
     # One budget given twice ("2,2", "all,ALL": one to labelled_count) would list each run twice
     # and count it as two seeds: kept once, as first spelt.

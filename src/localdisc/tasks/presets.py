@@ -18,6 +18,14 @@ QUICK_PRETRAIN: dict[str, Any] = {
 }  # fmt: skip
 
 
+def refuse_device(quick: bool, cpu_scale: bool, device: str) -> None:
+    """``--quick`` and ``--cpu-scale`` run on the CPU: another ``--device`` is refused, not
+    replaced unseen."""
+    if (quick or cpu_scale) and device not in ("auto", "cpu"):
+        flag = "--quick" if quick else "--cpu-scale"
+        raise LocaldiscError(f"{flag} runs on the CPU: --device {device} is not for it")
+
+
 def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
     """``settings`` (PretrainConfig fields) as the config :func:`pretrain_preset` runs, checked
     before any work: refused without a preset's data (no settings to check a run in ``run_dir``
