@@ -36,3 +36,9 @@ class InputError(LocaldiscError, ValueError):
 
 class CheckpointError(LocaldiscError):
     """A run directory or checkpoint is missing, corrupt or incompatible."""
+
+
+class DivergedError(CheckpointError):
+    """A training diverged: its weights (in training, or in the checkpoint it would continue
+    from) hold NaN or inf. Its run directory cannot go on at these settings, which would diverge
+    again; a benchmark lists such a run as skipped and goes on with the others."""

@@ -708,32 +708,40 @@ def test_runs_of_an_init_whose_weights_changed_are_not_reused(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     LDModel(LDConfig("fundus", width=4, depth=2)).save("myld")
-    config = bench.BenchmarkConfig(quick=True, inits=["myld"], tasks=["synthetic_fundus"])
+    config = bench.BenchmarkConfig(quick=True, inits=["myld"], tasks=["synthetic_fundus"], seeds=2)
     logged: list[str] = []
-    bench.run_benchmark(config, "bench", log=logged.append)
-    run = tmp_path / "bench" / "runs" / "synthetic_fundus" / "myld" / "labels-2" / "seed-0"
-    record = json.loads((run / "config.json").read_text())
+    results = bench.run_benchmark(config, "bench", log=logged.append)
+    runs = tmp_path / "bench" / "runs" / "synthetic_fundus" / "myld" / "labels-2"
+    record = json.loads((runs / "seed-0" / "config.json").read_text())
     weights = tmp_path / "myld" / "encoder.safetensors"
     assert record["init_weights"]["file"] == str(weights)
+    # In the results too: which weights the numbers are of.
+    assert results["runs"][0]["metrics"]["init_weights"] == record["init_weights"]
     bench.run_benchmark(config, "bench", log=logged.append)
-    assert sum("reusing" in m for m in logged) == 1  # the same weights: reused
+    assert sum("reusing" in m for m in logged) == 2  # the same weights: reused
     torch.manual_seed(1)  # pre-trained again: other weights under the same path
     LDModel(LDConfig("fundus", width=4, depth=2)).save("myld")
     with monkeypatch.context() as patch, pytest.raises(LocaldiscError) as refused:
         patch.setattr(bench, "run_transfer", _no_pretraining)  # refused before any training
         bench.run_benchmark(config, "bench", log=logged.append)
-    message = str(refused.value)
-    assert message.startswith(
-        f"{run.relative_to(tmp_path)}: holds a finished fine-tuning of other init weights: "
-        f"those of --inits {tmp_path / 'myld'} ({weights}) have changed since that fine-tuning"
-    )
-    assert "choose another --out, or delete the folder" in message
+    # Every run of the old weights at once, not one per call.
+    first, *others = str(refused.value).split("\n- ")
+    assert first == "2 run folders cannot be used:" and len(others) == 2
+    for seed, message in enumerate(others):
+        assert message.startswith(
+            f"{runs.relative_to(tmp_path) / f'seed-{seed}'}: holds a finished fine-tuning of "
+            f"other init weights: those of --inits {tmp_path / 'myld'} ({weights}) have changed "
+            "since that fine-tuning"
+        )
+        assert "choose another --out, or delete the folder" in message
     # Recorded before runs recorded their init's weights: reused as it is, as before.
-    del record["init_weights"]
-    (run / "config.json").write_text(json.dumps(record))
+    for seed in (0, 1):
+        record = json.loads((runs / f"seed-{seed}" / "config.json").read_text())
+        del record["init_weights"]
+        (runs / f"seed-{seed}" / "config.json").write_text(json.dumps(record))
     logged.clear()
     bench.run_benchmark(config, "bench", log=logged.append)
-    assert sum("reusing" in m for m in logged) == 1
+    assert sum("reusing" in m for m in logged) == 2
 
 
 def test_runs_of_a_built_in_ld_pre_trained_again_are_refused_before_any_fine_tuning(
@@ -764,3 +772,40 @@ def test_runs_of_a_built_in_ld_pre_trained_again_are_refused_before_any_fine_tun
     monkeypatch.setattr(bench, "run_transfer", _no_pretraining)  # nor the reused random run
     with pytest.raises(LocaldiscError, match="holds a finished fine-tuning of other init weights"):
         bench.run_benchmark(config, out, log=lambda m: None)
+
+
+def test_a_run_that_diverges_is_skipped_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """A fine-tuning that diverged stopped the whole benchmark, every run after it lost (and no
+    table written). It is listed as skipped, with its seed and why; its cell is over the seeds
+    that finished, and says so."""
+    import localdisc.tasks.benchmark_transfer as bench
+
+    made = bench.BenchmarkConfig.finetune_config
+
+    def seed_1_diverges(self, seed):  # a learning rate no training survives, for seed 1 only
+        config = made(self, seed)
+        return replace(config, lr=1e30) if seed == 1 else config
+
+    monkeypatch.setattr(bench.BenchmarkConfig, "finetune_config", seed_1_diverges)
+    config = bench.BenchmarkConfig(
+        quick=True, inits=["random"], tasks=["synthetic_fundus"], seeds=3
+    )
+    logged: list[str] = []
+    results = bench.run_benchmark(config, tmp_path, log=logged.append)
+    assert [r["seed"] for r in results["runs"]] == [0, 2]  # the seed after it ran too
+    (skip,) = results["skipped"]
+    assert {k: skip[k] for k in ("task", "init", "labels", "seed")} == {
+        "task": "synthetic_fundus", "init": "random", "labels": "2", "seed": 1
+    }  # fmt: skip
+    assert skip["reason"].startswith("the fine-tuning diverged (from scratch, epoch ")
+    assert any(m.startswith("skipped synthetic_fundus random labels-2 seed-1: the") for m in logged)
+    table = json.loads((tmp_path / "results.json").read_text())["table"]
+    cell = table["dice"]["random"]["synthetic_fundus (2)"]
+    assert (cell["n_seeds"], cell["n_runs"]) == (2, 3)
+    report = (tmp_path / "results.md").read_text()
+    assert " (n=2) |" in report and "diverged: see Skipped" in report
+    assert "- synthetic_fundus (random, labels 2, seed 1): the fine-tuning diverged" in report
+    # Run again: the finished seeds are reused, the diverged one tried again and skipped again.
+    logged.clear()
+    again = bench.run_benchmark(config, tmp_path, log=logged.append)
+    assert sum("reusing" in m for m in logged) == 2 and again["skipped"][0]["seed"] == 1

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from localdisc.errors import CheckpointError
+from localdisc.errors import CheckpointError, DivergedError
 
 if TYPE_CHECKING:
     from localdisc.engine.stop import GracefulStop
@@ -206,13 +206,18 @@ def nonfinite_names(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
 
 
-def refuse_nonfinite(tensors: dict[str, torch.Tensor], path: str | Path, why: str) -> None:
-    """Raise :class:`CheckpointError` naming ``path`` and a few of ``tensors`` holding NaN or
-    inf (:func:`nonfinite_names`), then ``why``: weights that loaded silently and trained or
+def refuse_nonfinite(
+    tensors: dict[str, torch.Tensor],
+    path: str | Path,
+    why: str,
+    error: type[CheckpointError] = CheckpointError,
+) -> None:
+    """Raise ``error`` naming ``path`` and a few of ``tensors`` holding NaN or inf
+    (:func:`nonfinite_names`), then ``why``: weights that loaded silently and trained or
     predicted nothing."""
     nonfinite = nonfinite_names(tensors)
     if nonfinite:
-        raise CheckpointError(
+        raise error(
             f"{path}: weights hold NaN or inf values (in {len(nonfinite)} "
             f"tensor{'s' if len(nonfinite) > 1 else ''}: {few_names(nonfinite)}); {why}"
         )
@@ -227,16 +232,16 @@ def refuse_diverged(
 ) -> None:
     """Refuse to continue a loaded checkpoint (``state`` and ``tensors`` of the newest one in
     ``checkpoint_dir``) whose weights, the tensor groups ``groups`` it holds, have NaN or inf
-    (:func:`refuse_nonfinite`): a training that diverged wrote them, with valid checksums, and
-    went on from them silently. ``remedy`` says what to do instead, after the checkpoint before
-    it, where ``checkpoint_dir`` keeps one."""
+    (:func:`refuse_nonfinite`, raising :class:`DivergedError`): a training that diverged wrote
+    them, with valid checksums, and went on from them silently. ``remedy`` says what to do
+    instead, after the checkpoint before it, where ``checkpoint_dir`` keeps one."""
     folder = Path(checkpoint_dir) / f"{CHECKPOINT_PREFIX}{state['step']:08d}"  # save_checkpoint's
     before = [p.name for p in list_checkpoints(checkpoint_dir) if p.name < folder.name]
     back = f"delete {folder} to continue from the one before ({before[-1]}), or " if before else ""
     why = f"the training diverged before this checkpoint was written; {back}{remedy}"
     for group in groups:
         if group in tensors:
-            refuse_nonfinite(tensors[group], folder / f"{group}.safetensors", why)
+            refuse_nonfinite(tensors[group], folder / f"{group}.safetensors", why, DivergedError)
 
 
 def sha256(path: Path) -> str:
@@ -459,7 +464,7 @@ def load_resumable(
     this training, and ``log`` hears that the ``training`` continues, and from where; else the
     caller says what happens). None where there is none valid: damaged ones are said in ``log``
     and removed (:func:`remove_checkpoints`), and the training starts over. One of this
-    training whose ``weights`` (tensor groups) hold NaN or inf raises :class:`CheckpointError`
+    training whose ``weights`` (tensor groups) hold NaN or inf raises :class:`DivergedError`
     (:func:`refuse_diverged`) rather than starting over: the same settings may diverge again."""
     try:
         loaded = load_latest_checkpoint(checkpoint_dir, warn=log)

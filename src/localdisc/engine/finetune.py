@@ -53,7 +53,7 @@ from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import CheckpointError, InputError, LocaldiscError
+from localdisc.errors import CheckpointError, DivergedError, InputError, LocaldiscError
 from localdisc.models.segmenter import Segmenter
 
 #: A phase as the progress bar and the log name it (``PhaseResult.name``, history.csv's phase,
@@ -433,14 +433,14 @@ def _phase(
 def _refuse_diverged(
     model: Segmenter, phase: str, epoch: int, losses: list[float], lr: float
 ) -> None:
-    """Stop a fine-tuning whose weights (batch-norm statistics included) hold NaN or inf after
-    an epoch: it went on, scoring a validation Dice of 0 per epoch, and its result failed far
-    from here ("prob contains NaN", when the test images were scored) or predicted nothing. One
-    pass of ``isfinite`` per epoch."""
+    """Stop a fine-tuning (:class:`DivergedError`) whose weights (batch-norm statistics
+    included) hold NaN or inf after an epoch: it went on, scoring a validation Dice of 0 per
+    epoch, and its result failed far from here ("prob contains NaN", when the test images were
+    scored) or predicted nothing. One pass of ``isfinite`` per epoch."""
     bad = nonfinite_names(model.state_dict())
     if bad:
         loss = "NaN" if any(math.isnan(v) for v in losses) else "finite"
-        raise LocaldiscError(
+        raise DivergedError(
             f"the fine-tuning diverged ({PHASE_LABELS[phase]}, epoch {epoch}): its weights hold "
             f"NaN or inf (in {len(bad)} tensor{'s' if len(bad) > 1 else ''}: {few_names(bad)}; "
             f"loss {loss}); a lower --lr than {lr:g} may keep it from diverging"

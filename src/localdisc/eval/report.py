@@ -57,7 +57,8 @@ def collect(results: dict[str, Any]) -> dict[str, Any]:
     """Per metric, row and column: seed means, their mean and std, and images pooled.
 
     ``n_seeds`` counts the seeds with a finite mean, ``n_runs`` the runs of the row and column
-    (with the metric or not): fewer seeds than runs is a partial cell, which says so.
+    (with the metric or not, or skipped as diverged): fewer seeds than runs is a partial cell,
+    which says so.
     """
     table: dict[str, dict[str, dict[str, dict[str, Any]]]] = {m: {} for m in METRICS}
     n_runs: Counter[tuple[str, str]] = Counter()
@@ -75,6 +76,13 @@ def collect(results: dict[str, Any]) -> dict[str, Any]:
                 )
                 cell["seeds"].append(metrics["summary"][metric]["mean"])
                 cell["images"].extend(r.get(metric) for r in metrics["per_image"])
+    # A seed that diverged (skipped, with its seed) is a run of its init's rows too.
+    for s in results.get("skipped", []):
+        if "seed" in s:
+            column = f"{s['task']} ({s['labels']})"
+            for row in (s["init"], f"{s['init']} (frozen)", f"{s['init']} (BN recalibrated)"):
+                if (row, column) in n_runs:
+                    n_runs[row, column] += 1
     for rows in table.values():
         for row, columns in rows.items():
             for column, cell in columns.items():
@@ -227,14 +235,18 @@ def write_report(
         ]
     if any(partial(cell) for rows in table.values() for r in rows.values() for cell in r.values()):
         lines += [
-            "(n=K): that cell's mean is over K of its seeds (the others lack the metric or "
-            "gave NaN); it is bold only where no cell of its column has all its seeds.",
+            "(n=K): that cell's mean is over K of its seeds (the others lack the metric, gave "
+            "NaN or diverged: see Skipped); it is bold only where no cell of its column has all "
+            "its seeds.",
             "",
         ]
     if results.get("skipped"):
         lines += ["## Skipped", ""]
         lines += [
-            f"- {s['task']} ({s.get('init', 'all')}): {s['reason']}" for s in results["skipped"]
+            f"- {s['task']} ({s.get('init', 'all')}"
+            + (f", labels {s['labels']}, seed {s['seed']}" if "seed" in s else "")
+            + f"): {s['reason']}"
+            for s in results["skipped"]
         ]
         lines.append("")
     env = results.get("environment")

@@ -3,10 +3,11 @@
 Each run is a :func:`~localdisc.tasks.transfer.run_transfer` into
 ``OUT/runs/TASK/INIT/labels-L/seed-S``; a run whose ``metrics.json`` exists is reused, so an
 interrupted benchmark continues where it stopped. Tasks whose data are missing are reported as
-skipped with the reason. The init ``ld`` pre-trains an LD model first with the preset of the mode
-(``--quick``: a few steps on synthetic images; ``--cpu-scale``: 4 + 4 minutes on KaggleDR), so
-that a whole comparison is one command; where no task to run is of its modality (fundus), it is
-not pre-trained. Every init and run folder is checked before any training.
+skipped with the reason, as is a run that diverged (its cell is then over fewer seeds, and says
+so), the grid's other runs going on. The init ``ld`` pre-trains an LD model first with the
+preset of the mode (``--quick``: a few steps on synthetic images; ``--cpu-scale``: 4 + 4 minutes
+on KaggleDR), so that a whole comparison is one command; where no task to run is of its modality
+(fundus), it is not pre-trained. Every init and run folder is checked before any training.
 
 A task may also be a data set of the user's own (:func:`own_set`): a folder of images and masks
 (as ``finetune --dataset`` takes it) or ``NAME:ROOT[:TARGET]`` of a known set, the target
@@ -40,7 +41,7 @@ from localdisc.data.datasets import (
     split_target,
 )
 from localdisc.engine.finetune import FinetuneConfig
-from localdisc.errors import DatasetError, LocaldiscError
+from localdisc.errors import DatasetError, DivergedError, LocaldiscError
 from localdisc.tasks.presets import QUICK_PRETRAIN, check_preset, pretrain_preset, refuse_device
 from localdisc.tasks.transfer import (
     FOLDER_TEST_FRACTION,
@@ -274,9 +275,7 @@ def run_benchmark(
         pretrain_preset(settings, pretrain_dir, log)
         # Its weights exist now: runs of an earlier pre-training in this folder (deleted and
         # made again) are refused before the first fine-tuning, not when the loop reaches them.
-        for task, label, init, labels, seed, run_dir in grid:
-            if label == "ld":
-                _check_out_dir(run_dir, _transfer_config(config, task, init, labels, seed), FLAGS)
+        _check_run_folders(config, [run for run in grid if run[1] == "ld"])
         if (pretrain_dir / "config.json").is_file():
             pretrained = json.loads((pretrain_dir / "config.json").read_text())
     elif ld:  # all tasks skipped for want of data, or of another modality: minutes for nothing
@@ -287,7 +286,17 @@ def run_benchmark(
     # its other runs leave them out without reading every image again (run_transfer).
     unreadable: dict[str, list[tuple[str, Path, str]]] = {}
     for task, label, init, labels, seed, run_dir in grid:
-        metrics = _run_one(config, task, init, labels, seed, run_dir, log, unreadable)
+        try:
+            metrics = _run_one(config, task, init, labels, seed, run_dir, log, unreadable)
+        except DivergedError as exc:  # one seed's: the grid's other runs are not lost to it
+            log(f"skipped {task.label} {label} labels-{labels} seed-{seed}: {exc}")
+            skipped.append(
+                {
+                    "task": task.label, "init": label, "labels": labels, "seed": seed,
+                    "run_dir": str(run_dir), "reason": str(exc),
+                }
+            )  # fmt: skip
+            continue
         runs.append(
             {
                 "task": task.label, "init": label, "labels": labels, "seed": seed,
@@ -340,9 +349,28 @@ def plan_grid(
                         out_dir / "runs" / task.label / label / f"labels-{labels}" / f"seed-{seed}"
                     )
                     grid.append((task, label, init, labels, seed, run_dir))
-    for task, _, init, labels, seed, run_dir in grid:
-        _check_out_dir(run_dir, _transfer_config(config, task, init, labels, seed), FLAGS)
+    _check_run_folders(config, grid)
     return grid, skipped
+
+
+def _check_run_folders(
+    config: BenchmarkConfig, runs: list[tuple[PlannedTask, str, str, str, int, Path]]
+) -> None:
+    """Raise unless each of ``runs`` (:func:`plan_grid`'s) is free for its fine-tuning or holds
+    it (:func:`~localdisc.tasks.transfer._check_out_dir`), naming every folder refused at once:
+    an init trained again refuses all its runs, which were named one per call."""
+    refused = []
+    for task, _, init, labels, seed, run_dir in runs:
+        try:
+            _check_out_dir(run_dir, _transfer_config(config, task, init, labels, seed), FLAGS)
+        except LocaldiscError as exc:
+            refused.append(str(exc))
+    if len(refused) > 1:
+        raise LocaldiscError(
+            f"{len(refused)} run folders cannot be used:\n" + "\n".join(f"- {r}" for r in refused)
+        )
+    if refused:
+        raise LocaldiscError(refused[0])
 
 
 @dataclass(frozen=True)

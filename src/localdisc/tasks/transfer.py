@@ -36,9 +36,10 @@ another run's outputs is refused (nothing is deleted), except a run with the sam
 the same command again continues an interrupted one (``config.json`` without ``metrics.json``)
 from its checkpoint, or redoes it where it has none, replacing its outputs; a finished one is left
 as it is, its ``metrics.json`` returned (a job requeued after it finished has nothing to do).
-The init counts as a setting by its weights too: ``config.json`` records the SHA-256 of the
-weight file loaded (``init_weights``), and a run of an init trained again under the same path is
-refused, finished or interrupted (one recorded before this has none, and is taken as it is).
+The init counts as a setting by its weights too: ``config.json`` (and ``metrics.json``) record
+the SHA-256 of the weight file loaded (``init_weights``), and a run of an init trained again
+under the same path is refused, finished or interrupted (one recorded before this has none, and
+is taken as it is).
 """
 
 from __future__ import annotations
@@ -884,6 +885,8 @@ def _transfer(
         "init": config.init,
         # which pre-training made the encoder: "ld", or a peer method of `pretrain --method`
         **({"init_method": run_method(split_weights_path(config.init)[0])} if pretrained else {}),
+        # its file and SHA-256, as config.json has them: which weights these results are of
+        **({"init_weights": init_weights} if init_weights else {}),
         "labels": len(train_idx) + (len(val_idx) if val_idx != train_idx else 0),
         "seed": seed,
         "size": config.size,
