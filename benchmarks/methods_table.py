@@ -10,7 +10,8 @@ with the same labelled images (the same fine-tuning seed) and in the same run:
     python benchmarks/methods_table.py /tmp/s32/cm/methods /tmp/s32/cm1/methods
     python benchmarks/methods_table.py RUN... --metric auc --reference pixpro
 
-A row missing from a run (or a task) is left out of that run's cells, never filled in.
+A row missing from a run (or a task) is left out of that run's cells, never filled in, and so
+is a seed missing from a row (a fine-tuning that diverged): pairs are of the seeds both rows have.
 """
 
 from __future__ import annotations
@@ -22,16 +23,22 @@ from pathlib import Path
 import numpy as np
 
 
-def load(run: Path, metric: str) -> dict[str, dict[str, list[float]]]:
-    """``{row: {task: [value per fine-tuning seed]}}`` of one run's ``results.json``."""
+def load(run: Path, metric: str) -> dict[str, dict[str, dict[int, float]]]:
+    """``{row: {task: {fine-tuning seed: value}}}`` of one run's ``results.json`` (one written
+    before cells named their seeds has them in order, from 0)."""
     path = run / "results.json" if run.is_dir() else run
     table = json.loads(path.read_text())["transfer"][metric]
-    return {
-        row: {task: cell["seeds"] for task, cell in cells.items()} for row, cells in table.items()
-    }
+
+    def by_seed(cell: dict) -> dict[int, float]:
+        seeds = cell.get("seed_ids", range(len(cell["seeds"])))
+        return dict(zip(seeds, cell["seeds"], strict=True))
+
+    return {row: {task: by_seed(c) for task, c in cells.items()} for row, cells in table.items()}
 
 
-def pooled_table(runs: list[dict[str, dict[str, list[float]]]], task: str, reference: str) -> str:
+def pooled_table(
+    runs: list[dict[str, dict[str, dict[int, float]]]], task: str, reference: str
+) -> str:
     rows = list(dict.fromkeys(row for run in runs for row, cells in run.items() if task in cells))
     lines = [
         f"| init ({task}) | per run: seeds | mean +- std | {reference} ahead |",
@@ -46,12 +53,13 @@ def pooled_table(runs: list[dict[str, dict[str, list[float]]]], task: str, refer
             if values is None:
                 cells.append("-")
                 continue
-            cells.append(", ".join(f"{v:.3f}" for v in values))
-            pooled += values
+            cells.append(", ".join(f"{v:.3f}" for v in values.values()))
+            pooled += values.values()
             ref = run.get(counterpart, {}).get(task)
             if ref is not None and init != reference:
-                ahead += sum(r > v for r, v in zip(ref, values, strict=True))
-                pairs += len(values)
+                paired = [seed for seed in values if seed in ref]  # the same labelled images
+                ahead += sum(ref[seed] > values[seed] for seed in paired)
+                pairs += len(paired)
         mean, std = float(np.mean(pooled)), float(np.std(pooled))
         wins = f"{ahead} of {pairs}" if pairs else ""
         lines.append(f"| {row} | {' / '.join(cells)} | {mean:.3f} +- {std:.3f} | {wins} |")

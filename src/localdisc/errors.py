@@ -40,5 +40,6 @@ class CheckpointError(LocaldiscError):
 
 class DivergedError(CheckpointError):
     """A training diverged: its weights (in training, or in the checkpoint it would continue
-    from) hold NaN or inf. Its run directory cannot go on at these settings, which would diverge
-    again; a benchmark lists such a run as skipped and goes on with the others."""
+    from) hold NaN or inf, or its loss stayed so. Its run directory cannot go on at these
+    settings, which would diverge again; a benchmark lists such a run as skipped and goes on
+    with the others."""

@@ -12,7 +12,7 @@ from helpers import tiny_pretrain_config
 from localdisc.engine.checkpoint import load_safetensors
 from localdisc.engine.monitor import TrainingLog
 from localdisc.engine.pretrain import PretrainConfig, _split_pool, pretrain
-from localdisc.errors import CheckpointError, LocaldiscError
+from localdisc.errors import CheckpointError, DivergedError, LocaldiscError
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,8 @@ def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypa
         return terms
 
     monkeypatch.setattr(engine, "ld_losses", poisoned)
-    with pytest.raises(LocaldiscError, match="3 non-finite losses in a row"):
+    # DivergedError: benchmark pretrain-methods leaves such a method out and goes on.
+    with pytest.raises(DivergedError, match="3 non-finite losses in a row"):
         pretrain(tiny_pretrain_config(max_nonfinite=3), tmp_path, pool=pool)
 
 

@@ -550,3 +550,35 @@ def test_a_transfer_run_folder_of_other_settings_is_refused_before_any_pretraini
         with pytest.raises(LocaldiscError, match=re.escape(message)):
             methods.run_methods_benchmark(config, out, log=lambda m: None)
         assert not (out / "pretrain").exists()
+
+
+def test_a_method_whose_pre_training_diverges_is_left_out_and_the_others_go_on(
+    tmp_path, monkeypatch
+):
+    """A peer's pre-training that diverged stopped the whole comparison after the methods
+    before it had trained, and no table was written: it is left out of the tables, listed with
+    why, and the other methods are fine-tuned and tabulated."""
+    import localdisc.tasks.benchmark_methods as methods
+    from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
+
+    made = methods._pretrain
+
+    def simclr_diverges(settings, run_dir, log):  # a learning rate no training survives
+        if run_dir.name == "simclr":
+            settings = {**settings, "lr": 1e30, "max_nonfinite": 1}
+        return made(settings, run_dir, log)
+
+    monkeypatch.setattr(methods, "_pretrain", simclr_diverges)
+    config = MethodsBenchmarkConfig(methods=["simclr", "ld"], quick=True)
+    logged: list[str] = []
+    summary = run_methods_benchmark(config, tmp_path, log=logged.append)
+    assert set(summary["pretraining"]) == {"ld (fundus)"}  # pre-trained after it, too
+    assert list(summary["diverged"]) == ["simclr (fundus)"]
+    assert "non-finite losses in a row" in summary["diverged"]["simclr (fundus)"]
+    assert set(summary["transfer"]["dice"]) == {"random", "ld", "ld (frozen)",
+                                                "random (BN recalibrated)",
+                                                "ld (BN recalibrated)"}  # fmt: skip
+    assert any(m.startswith("leaving simclr (fundus) out of the tables: ") for m in logged)
+    report = (tmp_path / "results.md").read_text()
+    assert "Diverged, not in the tables" in report
+    assert "- simclr (fundus): 1 non-finite losses in a row at step" in report

@@ -43,7 +43,7 @@ from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
 from localdisc.engine.precision import bf16_autocast, bf16_autocast_pays
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import CheckpointError, LocaldiscError
+from localdisc.errors import CheckpointError, DivergedError, LocaldiscError
 from localdisc.eval.provenance import environment, resumed
 from localdisc.losses import (
     entropy_loss,
@@ -1091,7 +1091,7 @@ def pretrain(
                 nonfinite_in_row += 1
                 log(f"step {step}: non-finite loss, step skipped ({nonfinite_in_row} in a row)")
                 if nonfinite_in_row >= config.max_nonfinite:
-                    raise LocaldiscError(
+                    raise DivergedError(
                         f"{nonfinite_in_row} non-finite losses in a row at step {step}; stopped. "
                         f"The last good checkpoint is in {run_dir / 'checkpoints'}"
                     )

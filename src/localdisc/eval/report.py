@@ -54,7 +54,8 @@ def _finite(values: list[float | None]) -> list[float]:
 
 
 def collect(results: dict[str, Any]) -> dict[str, Any]:
-    """Per metric, row and column: seed means, their mean and std, and images pooled.
+    """Per metric, row and column: seed means (``seeds``, of the fine-tuning seeds
+    ``seed_ids``), their mean and std, and images pooled.
 
     ``n_seeds`` counts the seeds with a finite mean, ``n_runs`` the runs of the row and column
     (with the metric or not, or skipped as diverged): fewer seeds than runs is a partial cell,
@@ -72,9 +73,10 @@ def collect(results: dict[str, Any]) -> dict[str, Any]:
                 cell = (
                     table[metric]
                     .setdefault(row, {})
-                    .setdefault(column, {"seeds": [], "images": []})
+                    .setdefault(column, {"seeds": [], "seed_ids": [], "images": []})
                 )
                 cell["seeds"].append(metrics["summary"][metric]["mean"])
+                cell["seed_ids"].append(run["seed"])  # which: a diverged seed leaves a gap
                 cell["images"].extend(r.get(metric) for r in metrics["per_image"])
     # A seed that diverged (skipped, with its seed) is a run of its init's rows too.
     for s in results.get("skipped", []):

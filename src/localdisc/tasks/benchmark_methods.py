@@ -14,7 +14,8 @@ modality a task has): a data set of one's own in ``--tasks`` has the one its loa
 folder's: guessed from its images), the tasks being planned once, as the transfer benchmark
 plans them, before any pre-training. Finished pre-training runs are reused; a folder holding a
 run with other settings (a pre-training's, or a fine-tuning's of the transfer grid) is refused,
-not reused, before the first pre-training.
+not reused, before the first pre-training. A method whose pre-training diverges is left out of
+the tables and listed, with why; the others go on.
 
 ``--cpu-scale`` is the comparison of ``benchmarks/RESULTS.md`` on 2 CPU cores: 240 s per method
 at 128 x 128 with 2 items per step on the first 1 000 images of ``KaggleDR/images`` (fundus) and
@@ -33,7 +34,7 @@ from typing import Any
 
 from localdisc.data.datasets import DATASETS
 from localdisc.engine.checkpoint import atomic_write_text
-from localdisc.errors import LocaldiscError
+from localdisc.errors import DivergedError, LocaldiscError
 from localdisc.eval.report import collect, environment_markdown, jsonable, runs_made_at
 from localdisc.tasks.benchmark_transfer import (
     BenchmarkConfig,
@@ -338,6 +339,7 @@ def run_methods_benchmark(
             _check_pool(_settings(config, unfinished[0], modality, spec))
     inits = ["random", *check_transfer_grid(config, transfer, plan, pools, out_dir)]
     reached: dict[str, dict[str, Any]] = {}
+    diverged: dict[str, str] = {}  # the methods left out of the tables, and why
     records: list[dict[str, Any]] = []  # the runs' config.json: where they were made
     for modality, spec in pools.items():
         if modality not in needed:
@@ -347,14 +349,20 @@ def run_methods_benchmark(
             run_dir = out_dir / "pretrain" / modality / method
             log(f"pre-training {method} on {spec} ({modality})")
             settings = _settings(config, method, modality, spec)
-            reached[f"{method} ({modality})"] = _pretrain(settings, run_dir, log)
+            try:
+                reached[f"{method} ({modality})"] = _pretrain(settings, run_dir, log)
+            except DivergedError as exc:  # one method's: the others' tables are not lost to it
+                log(f"leaving {method} ({modality}) out of the tables: {exc}")
+                diverged[f"{method} ({modality})"] = str(exc)
+                inits.remove(str(run_dir.resolve()))  # as check_transfer_grid named it
+                continue
             if (run_dir / "config.json").is_file():
                 records.append(json.loads((run_dir / "config.json").read_text()))
     results = run_benchmark(
         replace(transfer, inits=inits), out_dir / "transfer", log=log, plan=plan
     )
     summary = {"config": asdict(config), "environment": env, "pretraining": reached,
-               "transfer": collect(results)}  # fmt: skip
+               "diverged": diverged, "transfer": collect(results)}  # fmt: skip
     atomic_write_text(out_dir / "results.json", json.dumps(jsonable(summary), indent=2))
     lines = [
         "# Pre-training methods: same network, pool, budget and transfer protocol",
@@ -373,6 +381,10 @@ def run_methods_benchmark(
         "|---|---|---|---|---|---|",
     ]
     lines += [reached_row(name, r) for name, r in reached.items()]
+    if diverged:
+        lines += ["", "Diverged, not in the tables (leave it out with --methods, or try another "
+                  "--pretrain-seed and --out):", ""]  # fmt: skip
+        lines += [f"- {name}: {why}" for name, why in diverged.items()]
     made_at = runs_made_at(records, env, what="Pre-training runs")
     if made_at:  # reused runs of earlier calls: their commits, not only this call's
         lines += ["", made_at]

@@ -1,0 +1,52 @@
+"""``benchmarks/methods_table.py``: pooling runs of ``benchmark pretrain-methods``."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from localdisc.eval.report import collect
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "methods_table.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("methods_table_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(init: str, seed: int, dice: float) -> dict:
+    metrics = {"summary": {"dice": {"mean": dice}}, "per_image": [{"dice": dice}]}
+    return {"task": "drive", "init": init, "labels": "2", "seed": seed, "metrics": metrics}
+
+
+def test_pairs_are_of_the_same_seed_where_a_seed_diverged(tmp_path):
+    """Seeds were paired by their place in a cell: with seed 1 of a peer diverged (skipped), its
+    seed 2 was paired with LD's seed 1, or zip refused the pair of lists."""
+    results = {
+        "runs": [
+            _run("ld", 0, 0.5), _run("ld", 1, 0.2), _run("ld", 2, 0.9),
+            _run("pixpro", 0, 0.4), _run("pixpro", 2, 0.8),
+        ],
+        "skipped": [{"task": "drive", "init": "pixpro", "labels": "2", "seed": 1,
+                     "reason": "the fine-tuning diverged"}],
+    }  # fmt: skip
+    table = collect(results)
+    cell = table["dice"]["pixpro"]["drive (2)"]
+    assert cell["seed_ids"] == [0, 2] and (cell["n_seeds"], cell["n_runs"]) == (2, 3)
+    (tmp_path / "results.json").write_text(json.dumps({"transfer": table}))
+    script = _script()
+    runs = [script.load(tmp_path, "dice")]
+    assert runs[0]["pixpro"]["drive (2)"] == {0: 0.4, 2: 0.8}
+    pixpro = next(
+        line for line in script.pooled_table(runs, "drive (2)", "ld").splitlines()
+        if line.startswith("| pixpro |")
+    )  # fmt: skip
+    # LD ahead with seed 0 (0.5 > 0.4) and seed 2 (0.9 > 0.8); its seed 1 has no pair.
+    assert pixpro == "| pixpro | 0.400, 0.800 | 0.600 +- 0.200 | 2 of 2 |"
+    # A results.json of before: its seeds in order from 0.
+    del table["dice"]["pixpro"]["drive (2)"]["seed_ids"]
+    (tmp_path / "results.json").write_text(json.dumps({"transfer": table}))
+    assert script.load(tmp_path, "dice")["pixpro"]["drive (2)"] == {0: 0.4, 1: 0.8}
