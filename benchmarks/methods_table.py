@@ -11,7 +11,8 @@ with the same labelled images (the same fine-tuning seed) and in the same run:
     python benchmarks/methods_table.py RUN... --metric auc --reference pixpro
 
 A row missing from a run (or a task) is left out of that run's cells, never filled in, and so
-is a seed missing from a row (a fine-tuning that diverged): pairs are of the seeds both rows have.
+is a seed missing from a row (a fine-tuning that diverged) or without a value (NaN): pairs are of
+the seeds both rows have.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def load(run: Path, metric: str) -> dict[str, dict[str, dict[int, float]]]:
     path = run / "results.json" if run.is_dir() else run
     table = json.loads(path.read_text())["transfer"][metric]
 
-    def by_seed(cell: dict) -> dict[int, float]:
+    def by_seed(cell: dict) -> dict[int, float]:  # a NaN mean (null in the file) left out
         seeds = cell.get("seed_ids", range(len(cell["seeds"])))
-        return dict(zip(seeds, cell["seeds"], strict=True))
+        return {s: v for s, v in zip(seeds, cell["seeds"], strict=True) if v is not None}
 
     return {row: {task: by_seed(c) for task, c in cells.items()} for row, cells in table.items()}
 

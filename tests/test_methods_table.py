@@ -50,3 +50,9 @@ def test_pairs_are_of_the_same_seed_where_a_seed_diverged(tmp_path):
     del table["dice"]["pixpro"]["drive (2)"]["seed_ids"]
     (tmp_path / "results.json").write_text(json.dumps({"transfer": table}))
     assert script.load(tmp_path, "dice")["pixpro"]["drive (2)"] == {0: 0.4, 1: 0.8}
+    # A NaN mean (null in results.json) is no value: left out, not formatted or compared.
+    table["dice"]["ld"]["drive (2)"]["seeds"][1] = None
+    (tmp_path / "results.json").write_text(json.dumps({"transfer": table}))
+    runs = [script.load(tmp_path, "dice")]
+    assert runs[0]["ld"]["drive (2)"] == {0: 0.5, 2: 0.9}
+    assert "| ld | 0.500, 0.900 |" in script.pooled_table(runs, "drive (2)", "ld")

@@ -605,7 +605,7 @@ def test_a_fine_tuning_that_diverges_stops_saying_so():
         finetune(model, (x, y), (x, y), config, pretrained=False, log=lambda m: None)
     assert re.match(
         r"the fine-tuning diverged \(from scratch, epoch 1\): its weights hold NaN or inf \(in "
-        r"\d+ tensors: encoder\.blocks\.0\.0\.0\.weight, .*; loss NaN\); a lower --lr than "
-        r"1e\+30 may keep it from diverging$",
+        r"\d+ tensors: encoder\.blocks\.0\.0\.0\.weight, .*; loss NaN\); a learning rate lower "
+        r"than 1e\+30 \(finetune --lr\) may keep it from diverging$",
         str(caught.value),
     )

@@ -443,7 +443,8 @@ def _refuse_diverged(
         raise DivergedError(
             f"the fine-tuning diverged ({PHASE_LABELS[phase]}, epoch {epoch}): its weights hold "
             f"NaN or inf (in {len(bad)} tensor{'s' if len(bad) > 1 else ''}: {few_names(bad)}; "
-            f"loss {loss}); a lower --lr than {lr:g} may keep it from diverging"
+            f"loss {loss}); a learning rate lower than {lr:g} (finetune --lr) may keep it from "
+            "diverging"
         )
 
 

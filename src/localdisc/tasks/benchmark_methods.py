@@ -303,6 +303,7 @@ def run_methods_benchmark(
     from localdisc.eval.provenance import environment
 
     config = preset(config)
+    config = replace(config, methods=list(dict.fromkeys(config.methods)))  # each once
     out_dir = Path(out_dir)
     env = environment(config.device)  # at the start, before any pre-training
     unknown = [m for m in config.methods if m not in METHODS]
@@ -340,6 +341,7 @@ def run_methods_benchmark(
     inits = ["random", *check_transfer_grid(config, transfer, plan, pools, out_dir)]
     reached: dict[str, dict[str, Any]] = {}
     diverged: dict[str, str] = {}  # the methods left out of the tables, and why
+    left_out: list[str] = []  # their inits
     records: list[dict[str, Any]] = []  # the runs' config.json: where they were made
     for modality, spec in pools.items():
         if modality not in needed:
@@ -354,13 +356,14 @@ def run_methods_benchmark(
             except DivergedError as exc:  # one method's: the others' tables are not lost to it
                 log(f"leaving {method} ({modality}) out of the tables: {exc}")
                 diverged[f"{method} ({modality})"] = str(exc)
-                inits.remove(str(run_dir.resolve()))  # as check_transfer_grid named it
+                left_out.append(str(run_dir.resolve()))  # as check_transfer_grid named it
                 continue
             if (run_dir / "config.json").is_file():
                 records.append(json.loads((run_dir / "config.json").read_text()))
     results = run_benchmark(
-        replace(transfer, inits=inits), out_dir / "transfer", log=log, plan=plan
-    )
+        replace(transfer, inits=inits), out_dir / "transfer", log=log, plan=plan,
+        left_out=left_out,
+    )  # fmt: skip
     summary = {"config": asdict(config), "environment": env, "pretraining": reached,
                "diverged": diverged, "transfer": collect(results)}  # fmt: skip
     atomic_write_text(out_dir / "results.json", json.dumps(jsonable(summary), indent=2))

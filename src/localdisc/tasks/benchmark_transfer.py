@@ -239,11 +239,15 @@ def run_benchmark(
     *,
     log: Callable[[str], None] = print,
     plan: TaskPlan | None = None,
+    left_out: Collection[str] = (),
 ) -> dict[str, Any]:
     """Run the grid, write ``results.json``, ``results.md`` and figures; return the results.
 
     ``plan``: :func:`plan_tasks`'s for this config, when the caller has planned already
-    (``benchmark pretrain-methods``, to choose its pools): the tasks are not read again."""
+    (``benchmark pretrain-methods``, to choose its pools): the tasks are not read again.
+    ``left_out``: inits of ``config.inits`` not to run (``benchmark pretrain-methods``'s methods
+    whose pre-training diverged), labelled with the others all the same: the others' labels,
+    and so their run folders, stay those the caller checked."""
     from localdisc.eval.provenance import environment
     from localdisc.eval.report import write_report
 
@@ -254,6 +258,7 @@ def run_benchmark(
     tasks, skipped, own = plan if plan is not None else plan_tasks(config, log, out_dir)
     skipped = list(skipped)  # the runs' skips are added: the caller's plan stays as planned
     inits = init_labels(config.inits, out_dir / "runs")
+    inits = {label: init for label, init in inits.items() if init not in left_out}
     pretrain_dir = out_dir / "pretrain"
     ld = inits.get("ld") == "ld"  # not a run folder that happens to be called ld
     settings = {"device": config.device, "progress": not config.quick, **config.pretrain}
