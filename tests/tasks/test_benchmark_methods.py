@@ -276,7 +276,7 @@ def test_an_own_xray_set_has_the_xray_pool_pretrained(tmp_path, monkeypatch):
         pretrained.append((settings["modality"], settings["data"], run_dir))
         return {}
 
-    def transfer(config, out_dir, log, plan):
+    def transfer(config, out_dir, log, plan, left_out):
         inits.append(config.inits)
         raise KeyboardInterrupt  # stop here: what runs is chosen
 
@@ -361,7 +361,7 @@ def test_quick_pretrains_a_generated_xray_pool_for_an_xray_task(tmp_path, monkey
         pretrained.append((settings["modality"], settings["data"]))
         return {}
 
-    def transfer(config, out_dir, log, plan):
+    def transfer(config, out_dir, log, plan, left_out):
         raise KeyboardInterrupt  # stop here: the pools are chosen
 
     monkeypatch.setattr(methods, "_pretrain", pretrain)
@@ -393,7 +393,7 @@ def test_skip_bad_reaches_each_pre_training_and_fine_tuning(tmp_path, monkeypatc
     given: list[bool] = []
     pretrained: list[bool] = []
 
-    def transfer(config, out_dir, log, plan):
+    def transfer(config, out_dir, log, plan, left_out):
         given.append(config.skip_bad)
         raise KeyboardInterrupt  # stop here: the setting is passed
 
@@ -450,7 +450,7 @@ def test_reused_pretraining_runs_of_other_commits_are_named(tmp_path, monkeypatc
         (run_dir / "config.json").write_text(json.dumps({"environment": old}))
         return {"steps": 4, "images": 8, "seconds": 1.0, "images_per_s": 8.0, "final_loss": 1.0}
 
-    def transfer(config, out_dir, log, plan):
+    def transfer(config, out_dir, log, plan, left_out):
         out_dir.mkdir(parents=True)
         (out_dir / "results.md").write_text("# Transfer benchmark\n")
         return {"runs": []}
