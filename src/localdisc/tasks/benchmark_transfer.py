@@ -364,18 +364,18 @@ def _check_run_folders(
     """Raise unless each of ``runs`` (:func:`plan_grid`'s) is free for its fine-tuning or holds
     it (:func:`~localdisc.tasks.transfer._check_out_dir`), naming every folder refused at once:
     an init trained again refuses all its runs, which were named one per call."""
-    refused = []
+    refused: list[LocaldiscError] = []
     for task, _, init, labels, seed, run_dir in runs:
         try:
             _check_out_dir(run_dir, _transfer_config(config, task, init, labels, seed), FLAGS)
         except LocaldiscError as exc:
-            refused.append(str(exc))
-    if len(refused) > 1:
+            refused.append(exc)
+    if len(refused) == 1:
+        raise refused[0]
+    if refused:
         raise LocaldiscError(
             f"{len(refused)} run folders cannot be used:\n" + "\n".join(f"- {r}" for r in refused)
         )
-    if refused:
-        raise LocaldiscError(refused[0])
 
 
 @dataclass(frozen=True)
