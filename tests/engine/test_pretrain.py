@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -86,7 +87,14 @@ def test_resume_with_a_damaged_config_json_names_it(tmp_path, pool, text):
         pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True)
 
 
-def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypatch):
+@pytest.mark.parametrize(
+    "limit,hint",
+    [
+        (3, r"The newest checkpoint is \S+step_0*2\b.*--resume"),  # written at step 2
+        (1, r"No checkpoint was written before it .*lower than 0\.001 \(pretrain --lr\)"),
+    ],
+)
+def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypatch, limit, hint):
     import localdisc.engine.pretrain as engine
 
     real = engine.ld_losses
@@ -98,8 +106,10 @@ def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypa
 
     monkeypatch.setattr(engine, "ld_losses", poisoned)
     # DivergedError: benchmark pretrain-methods leaves such a method out and goes on.
-    with pytest.raises(DivergedError, match="3 non-finite losses in a row"):
-        pretrain(tiny_pretrain_config(max_nonfinite=3), tmp_path, pool=pool)
+    # Its hint names a checkpoint only where one was written (it named an empty folder).
+    with pytest.raises(DivergedError, match=f"{limit} non-finite losses in a row") as raised:
+        pretrain(tiny_pretrain_config(max_nonfinite=limit), tmp_path, pool=pool)
+    assert re.search(hint, str(raised.value)), str(raised.value)
 
 
 @pytest.mark.parametrize(

@@ -641,6 +641,22 @@ def validation_loss(
     return torch.stack(losses).mean().item()
 
 
+def _diverged_hint(checkpoint_dir: Path, config: PretrainConfig) -> str:
+    """What a diverged run leaves to continue from: it may have stopped before its first
+    checkpoint, and then only a fresh start with a lower learning rate helps."""
+    saved = list_checkpoints(checkpoint_dir)
+    if not saved:
+        return (
+            f"No checkpoint was written before it (one every {config.checkpoint_every} steps): "
+            f"start over with a learning rate lower than {config.lr:g} (pretrain --lr)."
+        )
+    return (
+        f"The newest checkpoint is {saved[-1]} (--resume continues from it; it is refused if "
+        f"its weights are already non-finite), or start over with a learning rate lower than "
+        f"{config.lr:g} (pretrain --lr)."
+    )
+
+
 def pretrain(
     config: PretrainConfig,
     run_dir: str | Path,
@@ -1093,7 +1109,7 @@ def pretrain(
                 if nonfinite_in_row >= config.max_nonfinite:
                     raise DivergedError(
                         f"{nonfinite_in_row} non-finite losses in a row at step {step}; stopped. "
-                        f"The last good checkpoint is in {run_dir / 'checkpoints'}"
+                        + _diverged_hint(run_dir / "checkpoints", config)
                     )
                 # No `continue`: a skipped step still logs, validates and checkpoints where it
                 # is due, or a skip at the last step would leave the run without its final
