@@ -465,3 +465,65 @@ def test_from_is_checked_against_every_task_before_the_first(tmp_path, monkeypat
     typo = replace(config, init=str(tmp_path / "no-such-run"))
     with pytest.raises(LocaldiscError, match="no-such-run: no such folder"):
         shape.run_shape_benchmark(typo, tmp_path / "out", log=lambda m: None)
+
+
+def test_a_seed_whose_pre_training_diverges_is_left_out_and_listed(tmp_path, monkeypatch):
+    import localdisc.tasks.benchmark_shape_guided as bench
+    from localdisc.errors import DivergedError
+
+    real = bench.pretrain_preset
+    diverging: set[str] = set()
+
+    def pretrain_preset(settings, run_dir, log):
+        if run_dir.relative_to(out / "runs" / "synthetic_heart").as_posix() in diverging:
+            raise DivergedError(f"3 non-finite losses in a row at step 2; stopped ({run_dir})")
+        return real(settings, run_dir, log)
+
+    monkeypatch.setattr(bench, "pretrain_preset", pretrain_preset)
+    out = tmp_path / "sg"
+    args = ["benchmark", "shape-guided", "--quick", "--tasks", "synthetic_heart", "--seeds", "3",
+            "--out", str(out), "--data-root", str(tmp_path / "none")]  # fmt: skip
+    column = "synthetic_heart (no labels)"
+
+    def run() -> tuple[dict, str]:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output  # it stopped the whole benchmark
+        return json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
+
+    # Seed 1's stage 2 diverges: its rows' cells hold 2 of 3 seeds, the ensemble is of those 2.
+    diverging.add("ld-simulated/seed-1")
+    results, report = run()
+    table = results["table"]["dice"]
+    cell = table["LD + simulated (A)"][column]
+    assert (cell["n_seeds"], cell["n_runs"], cell["seed_ids"]) == (2, 3, [0, 2])
+    assert table["k-means (no prior)"][column]["n_seeds"] == 3
+    assert table["LD + simulated (A + topology)"][column]["n_runs"] == 3
+    assert "LD + simulated (A, 2 seeds together)" in table
+    assert not any("3 seeds together" in row for row in table)
+    ensemble = json.loads((out / "runs/synthetic_heart/ld-simulated/ensemble/per_image.json")
+                          .read_text())["settings"]  # fmt: skip
+    assert ensemble["seeds"] == 2 and ensemble["seed_dirs"] == ["seed-0", "seed-2"]
+    [skip] = results["skipped"]
+    assert (skip["init"], skip["seed"]) == ("LD + simulated", 1)
+    assert "LD + simulated (A)" in skip["rows"] and "k-means (no prior)" not in skip["rows"]
+    assert "- synthetic_heart (LD + simulated, seed 1): 3 non-finite losses" in report
+    assert "(n=2)" in report
+    # Seed 2's stage 1 diverges too: no k-means of it, no prior's run, and one seed is no ensemble.
+    diverging.add("stage1-seed-2")
+    results, report = run()
+    table = results["table"]["dice"]
+    assert table["k-means (no prior)"][column]["seed_ids"] == [0, 1]
+    assert table["k-means (no prior)"][column]["n_runs"] == 3
+    cell = table["LD + simulated (A)"][column]
+    assert (cell["n_seeds"], cell["n_runs"]) == (1, 3)
+    assert not any("seeds together" in row for row in table)
+    assert [(s["init"], s["seed"]) for s in results["skipped"]] == [
+        ("LD + simulated", 1),
+        ("LD stage 1", 2),
+    ]
+    # A seed back to health is run and tabulated: the whole table again.
+    diverging.clear()
+    results, _ = run()
+    assert not results["skipped"]
+    assert results["table"]["dice"]["LD + simulated (A)"][column]["n_seeds"] == 3
+    assert "LD + simulated (A, 3 seeds together)" in results["table"]["dice"]

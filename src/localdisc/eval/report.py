@@ -78,11 +78,13 @@ def collect(results: dict[str, Any]) -> dict[str, Any]:
                 cell["seeds"].append(metrics["summary"][metric]["mean"])
                 cell["seed_ids"].append(run["seed"])  # which: a diverged seed leaves a gap
                 cell["images"].extend(r.get(metric) for r in metrics["per_image"])
-    # A seed that diverged (skipped, with its seed) is a run of its init's rows too.
+    # A seed that diverged (skipped, with its seed) is a run of its init's rows too (or of the
+    # rows it names: the shape-guided benchmark's).
     for s in results.get("skipped", []):
         if "seed" in s:
             column = f"{s['task']} ({s['labels']})"
-            for row in (s["init"], f"{s['init']} (frozen)", f"{s['init']} (BN recalibrated)"):
+            init = s["init"]
+            for row in s.get("rows", (init, f"{init} (frozen)", f"{init} (BN recalibrated)")):
                 if (row, column) in n_runs:
                     n_runs[row, column] += 1
     for rows in table.values():
@@ -246,7 +248,8 @@ def write_report(
         lines += ["## Skipped", ""]
         lines += [
             f"- {s['task']} ({s.get('init', 'all')}"
-            + (f", labels {s['labels']}, seed {s['seed']}" if "seed" in s else "")
+            + (f", labels {s['labels']}" if s.get("labels", "no labels") != "no labels" else "")
+            + (f", seed {s['seed']}" if "seed" in s else "")
             + f"): {s['reason']}"
             for s in results["skipped"]
         ]

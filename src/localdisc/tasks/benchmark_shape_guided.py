@@ -44,6 +44,8 @@ vessel filters and their network, on STARE (another data set). The filters and k
 prior knowledge LD's prior carries (its expected foreground fraction; the filters also that vessels
 are connected). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues;
 a refinement from its checkpoint in ``RUN/eval/refine-checkpoint``, as ``shape-guided segment``'s.
+A seed whose pre-training diverges (stage 1, or stage 2 with a prior) is left out of its rows,
+listed under Skipped (those cells say ``(n=K)``), and the other seeds go on.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ import torch
 from localdisc.data.datasets import SegmentationDataset, dataset_class, load_data_spec
 from localdisc.data.io import write_png
 from localdisc.engine.checkpoint import atomic_write_text
-from localdisc.errors import DatasetError, LocaldiscError
+from localdisc.errors import DatasetError, DivergedError, LocaldiscError
 from localdisc.eval.metrics import summarize
 from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDModel
@@ -273,7 +275,7 @@ def run_shape_benchmark(
             raise LocaldiscError(f"{option} must be at least {least}, not {value}")
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     runs: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, Any]] = []
     planned: list[tuple[str, ShapeTask, str, SegmentationDataset]] = []
     for name in config.tasks or []:
         task = TASKS[name]
@@ -362,7 +364,7 @@ def _run_task(
     test: SegmentationDataset,
     data_root: Path | None,
     out_dir: Path,
-    skipped: list[dict[str, str]],
+    skipped: list[dict[str, Any]],
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     from localdisc.priors import load_prior
@@ -422,13 +424,31 @@ def _run_task(
                 "topology": held, "prob_png": True,
                 "prior_vote": "atlases", "sideways": "likelihood"}  # fmt: skip
 
+    # A pre-training that diverges leaves its seed's rows out, listed, and the others go on.
+    diverged: list[tuple[dict[str, Any], Callable[[str], bool]]] = []
+
+    def skip(seed: int, what: str, exc: DivergedError, fills: Callable[[str], bool]) -> None:
+        log(f"skipped {name} {what}, seed {seed}: {exc}")
+        entry = {"task": name, "init": what, "labels": "no labels", "seed": seed,
+                 "reason": str(exc)}  # fmt: skip
+        skipped.append(entry)
+        diverged.append((entry, fills))
+
+    def per_seed(row: str) -> bool:  # a row of one seed's run, not of the seeds together
+        return "seeds together)" not in row
+
     ensembles: dict[str, list[Path]] = {}
     for seed in range(config.seeds):
         stage1 = config.init
         if stage1 is None:
             settings = {**_settings(config, task, spec, seed), "stage2_steps": 0}
             settings.pop("stage2_seconds")
-            stage1 = str(pretrain_preset(settings, task_dir / f"stage1-seed-{seed}", log))
+            try:
+                stage1 = str(pretrain_preset(settings, task_dir / f"stage1-seed-{seed}", log))
+            except DivergedError as exc:  # no k-means and no prior's run for this seed
+                skip(seed, "LD stage 1", exc, lambda row: per_seed(row) and (
+                    row == "k-means (no prior)" or row.startswith("LD + ")))  # fmt: skip
+                continue
         base = LDModel.from_pretrained(stage1, device=_device(config.device))
         # Its cluster is the one nearest the fraction, which comes from the priors asked for
         # (simulated, else the first): a rerun with other --priors or --from recomputes.
@@ -442,7 +462,13 @@ def _run_task(
                 **_settings(config, task, spec, seed), "stage1_steps": 0, "prior": prior_path,
                 "init_from": stage1,
             }  # fmt: skip
-            run_dir = pretrain_preset(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
+            try:
+                run_dir = pretrain_preset(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
+            except DivergedError as exc:
+                rows_of = f"LD + {label} ("
+                skip(seed, f"LD + {label}", exc,
+                     lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
+                continue
             topology = topologies[label]
             key = {**refinement(topology), **_prior_bank_key(run_dir)}
             outputs = _cached(run_dir / "eval", key, _ld_rows, run_dir, samples, target, config,
@@ -450,19 +476,22 @@ def _run_task(
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
             ensembles.setdefault(label, []).append(run_dir)
-    if config.seeds > 1:
-        for label, run_dirs in ensembles.items():
-            topology = topologies[label]
-            settings = {**refinement(topology), "seeds": config.seeds}
-            banks = [_prior_bank_key(d) for d in run_dirs]
-            if any(banks):  # the seeds' maps, which it averages, are the banks' too
-                settings["prior_banks"] = banks
-            if topology is not None:  # mean maps exactly at 0.5 (2 seeds) are in the mask
-                settings["topology_mask"] = ">= 0.5"
-            outputs = _cached(task_dir / f"ld-{label}" / "ensemble", settings, _ensemble_rows,
-                              run_dirs, samples, target, config, topology)  # fmt: skip
-            for output, per_image in outputs.items():
-                record(f"LD + {label} ({output}, {config.seeds} seeds together)", 0, per_image)
+    for label, run_dirs in ensembles.items():
+        if len(run_dirs) < 2:  # one seed (asked, or the others diverged): no ensemble
+            continue
+        topology = topologies[label]
+        settings = {**refinement(topology), "seeds": len(run_dirs)}
+        if len(run_dirs) < config.seeds:  # which ones, as the diverged seeds may change
+            settings["seed_dirs"] = [d.name for d in run_dirs]
+        banks = [_prior_bank_key(d) for d in run_dirs]
+        if any(banks):  # the seeds' maps, which it averages, are the banks' too
+            settings["prior_banks"] = banks
+        if topology is not None:  # mean maps exactly at 0.5 (2 seeds) are in the mask
+            settings["topology_mask"] = ">= 0.5"
+        outputs = _cached(task_dir / f"ld-{label}" / "ensemble", settings, _ensemble_rows,
+                          run_dirs, samples, target, config, topology)  # fmt: skip
+        for output, per_image in outputs.items():
+            record(f"LD + {label} ({output}, {len(run_dirs)} seeds together)", 0, per_image)
     if task.tubular:  # deterministic: one "seed"
         thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f, _) in priors.items()}
 
@@ -501,6 +530,9 @@ def _run_task(
             rows = _cached(task_dir / _slug(f"mean-shape-{label}"), _eval_settings(config),
                            _mean_shape_rows, samples, target, bank, f, config)  # fmt: skip
             record(f"mean shape of {label} (no image)", 0, rows)
+    # The rows a diverged seed would have filled: their cells say (n=K) (report.collect).
+    for entry, fills in diverged:
+        entry["rows"] = sorted({run["init"] for run in runs if fills(run["init"])})
     return runs
 
 
