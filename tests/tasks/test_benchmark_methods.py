@@ -562,14 +562,15 @@ def test_a_method_whose_pre_training_diverges_is_left_out_and_the_others_go_on(
     import localdisc.tasks.benchmark_methods as methods
     from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
 
-    made = methods._pretrain
+    made = methods._settings
 
-    def simclr_diverges(settings, run_dir, log):  # a learning rate no training survives
-        if run_dir.name == "simclr" and run_dir.parent.name == "fundus":
+    def simclr_diverges(config, method, modality, spec):  # a learning rate no training survives
+        settings = made(config, method, modality, spec)
+        if (method, modality) == ("simclr", "fundus"):
             settings = {**settings, "lr": 1e30, "max_nonfinite": 1}
-        return made(settings, run_dir, log)
+        return settings
 
-    monkeypatch.setattr(methods, "_pretrain", simclr_diverges)
+    monkeypatch.setattr(methods, "_settings", simclr_diverges)
     config = MethodsBenchmarkConfig(  # simclr named twice: run, and left out, once
         methods=["simclr", "ld", "simclr"], quick=True,
         tasks=["synthetic_fundus", "synthetic_xray"],
@@ -586,3 +587,11 @@ def test_a_method_whose_pre_training_diverges_is_left_out_and_the_others_go_on(
     report = (tmp_path / "results.md").read_text()
     assert "Diverged, not in the tables" in report
     assert "- simclr (fundus): 1 non-finite losses in a row at step" in report
+    # A rerun reuses the others and leaves simclr (fundus) out from its record, untrained.
+    trained: list[str] = []
+    monkeypatch.setattr(
+        "localdisc.engine.pretrain.pretrain", lambda config, run_dir, **kw: trained.append(run_dir)
+    )
+    summary = run_methods_benchmark(config, tmp_path, log=logged.append)
+    assert trained == [] and list(summary["diverged"]) == ["simclr (fundus)"]
+    assert "[recorded by an earlier call in " in summary["diverged"]["simclr (fundus)"]

@@ -805,7 +805,26 @@ def test_a_run_that_diverges_is_skipped_and_the_grid_goes_on(tmp_path, monkeypat
     report = (tmp_path / "results.md").read_text()
     assert " (n=2) |" in report and "diverged: see Skipped" in report
     assert "- synthetic_fundus (random, labels 2, seed 1): the fine-tuning diverged" in report
-    # Run again: the finished seeds are reused, the diverged one tried again and skipped again.
+    # Run again: the finished seeds are reused, the diverged one skipped again from its record,
+    # not trained again (it took a whole fine-tuning to diverge once more).
+    marker = Path(skip["run_dir"]) / "diverged.json"
+    assert json.loads(marker.read_text())["reason"] == skip["reason"]
+    trained: list[int] = []
+    made_run = bench.run_transfer
+
+    def counted(transfer, run_dir, **kwargs):
+        trained.append(transfer.train.seed)
+        return made_run(transfer, run_dir, **kwargs)
+
+    monkeypatch.setattr(bench, "run_transfer", counted)
     logged.clear()
     again = bench.run_benchmark(config, tmp_path, log=logged.append)
     assert sum("reusing" in m for m in logged) == 2 and again["skipped"][0]["seed"] == 1
+    assert trained == [0, 2]  # the finished ones, read back; seed 1 not at all
+    assert again["skipped"][0]["reason"].startswith(skip["reason"] + " [recorded by an earlier")
+    assert "delete that file to train this run again" in again["skipped"][0]["reason"]
+    # The file deleted: trained again (and, at the same learning rate, diverged again).
+    marker.unlink()
+    trained.clear()
+    bench.run_benchmark(config, tmp_path, log=logged.append)
+    assert trained == [0, 1, 2] and marker.is_file()

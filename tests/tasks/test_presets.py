@@ -34,3 +34,35 @@ def test_ld_without_a_preset_is_refused_whatever_its_folder_holds(tmp_path):
     (run_dir / "encoder.safetensors").write_bytes(b"")  # a finished run, of settings unknown
     with pytest.raises(LocaldiscError, match="the model 'ld' pre-trains with the --quick or"):
         pretrain_preset({"device": "cpu", "progress": True}, run_dir, print)
+
+
+def test_a_divergence_is_recorded_and_raised_again_without_training(tmp_path):
+    from localdisc.errors import DivergedError
+    from localdisc.tasks.presets import DIVERGED_FILE, unless_diverged
+
+    calls: list[str] = []
+
+    def diverges() -> None:
+        calls.append("trained")
+        raise DivergedError("the fine-tuning diverged (epoch 3)")
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(DivergedError, match=r"^the fine-tuning diverged \(epoch 3\)$"):
+        unless_diverged(run_dir, diverges)
+    with pytest.raises(DivergedError, match=r"diverged \(epoch 3\) \[recorded by an earlier call"):
+        unless_diverged(run_dir, diverges)
+    assert calls == ["trained"]
+    # A damaged record still stops it, naming the file to delete.
+    (run_dir / DIVERGED_FILE).write_text("{")
+    with pytest.raises(DivergedError, match=f"it diverged .*{DIVERGED_FILE}; delete that file"):
+        unless_diverged(run_dir, diverges)
+    # Other errors are not recorded; deleted, the run trains again.
+    (run_dir / DIVERGED_FILE).unlink()
+    assert unless_diverged(run_dir, lambda: 7) == 7
+
+    def fails() -> None:
+        raise LocaldiscError("no such data set")
+
+    with pytest.raises(LocaldiscError, match="no such data set"):
+        unless_diverged(run_dir, fails)
+    assert not (run_dir / DIVERGED_FILE).exists()

@@ -45,7 +45,7 @@ from localdisc.tasks.benchmark_transfer import (
     run_benchmark,
 )
 from localdisc.tasks.benchmark_transfer import preset as transfer_preset
-from localdisc.tasks.presets import refuse_device
+from localdisc.tasks.presets import refuse_device, unless_diverged
 
 METHODS = ("ld", "simclr", "densecl", "pixpro", "genesis")
 
@@ -167,7 +167,8 @@ def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None
         log(f"reusing {run_dir}")
         return _reused(json.loads(record.read_text()), run_dir, log)
     # config.json: a run started here (stopped before its first checkpoint or not) continues
-    result = pretrain(config, run_dir, resume=(run_dir / "config.json").is_file(), log=log)
+    resume = (run_dir / "config.json").is_file()
+    result = unless_diverged(run_dir, lambda: pretrain(config, run_dir, resume=resume, log=log))
     # Over all the run's starts, as its steps and images: a resumed run's own result counts
     # the seconds and images/s of its last start. None: an older checkpoint did not say.
     seconds = result.elapsed

@@ -42,7 +42,13 @@ from localdisc.data.datasets import (
 )
 from localdisc.engine.finetune import FinetuneConfig
 from localdisc.errors import DatasetError, DivergedError, LocaldiscError
-from localdisc.tasks.presets import QUICK_PRETRAIN, check_preset, pretrain_preset, refuse_device
+from localdisc.tasks.presets import (
+    QUICK_PRETRAIN,
+    check_preset,
+    pretrain_preset,
+    refuse_device,
+    unless_diverged,
+)
 from localdisc.tasks.transfer import (
     FOLDER_TEST_FRACTION,
     TransferConfig,
@@ -708,7 +714,10 @@ def _run_one(
     transfer = _transfer_config(config, task, init, labels, seed)
     # A finished run with these settings is reused; one with others is refused, naming them
     # by this command's flags.
-    return run_transfer(transfer, run_dir, log=log, flags=FLAGS, unreadable=unreadable)
+    return unless_diverged(
+        run_dir,
+        lambda: run_transfer(transfer, run_dir, log=log, flags=FLAGS, unreadable=unreadable),
+    )
 
 
 def _transfer_config(

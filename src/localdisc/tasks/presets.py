@@ -1,12 +1,16 @@
-"""LD pre-training runs that benchmarks make themselves (the init or model ``ld``)."""
+"""LD pre-training runs that benchmarks make themselves (the init or model ``ld``), and the
+benchmarks' memory of a run that diverged."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from localdisc.errors import LocaldiscError
+from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.errors import DivergedError, LocaldiscError
 
 if TYPE_CHECKING:
     from localdisc.engine.pretrain import PretrainConfig
@@ -24,6 +28,36 @@ def refuse_device(quick: bool, cpu_scale: bool, device: str) -> None:
     if (quick or cpu_scale) and device not in ("auto", "cpu"):
         flag = "--quick" if quick else "--cpu-scale"
         raise LocaldiscError(f"{flag} runs on the CPU: --device {device} is not for it")
+
+
+#: In a benchmark's run folder: the run diverged (its reason); a rerun does not train it again.
+DIVERGED_FILE = "diverged.json"
+
+T = TypeVar("T")
+
+
+def unless_diverged(run_dir: Path, train: Callable[[], T]) -> T:
+    """``train()``, unless an earlier call recorded in ``run_dir`` that it diverged: that
+    :class:`DivergedError` is raised again at once. One raised by ``train()`` is recorded (in
+    ``DIVERGED_FILE``) and raised. A benchmark's rerun continues its grid without spending a
+    training on a run that diverges every time; deleting the file trains it again."""
+    marker = run_dir / DIVERGED_FILE
+    if marker.is_file():
+        try:
+            reason = json.loads(marker.read_text())["reason"]
+        except (OSError, ValueError, KeyError, TypeError):
+            reason = "it diverged"
+        raise DivergedError(
+            f"{reason} [recorded by an earlier call in {marker}; delete that file to train "
+            "this run again]"
+        )
+    try:
+        return train()
+    except DivergedError as exc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recorded = datetime.now().astimezone().isoformat(timespec="seconds")
+        atomic_write_text(marker, json.dumps({"reason": str(exc), "recorded": recorded}, indent=2))
+        raise
 
 
 def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
@@ -54,7 +88,7 @@ def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str]
         log(f"reusing the LD pre-training in {run_dir}")
         return run_dir
     resume = (run_dir / "config.json").is_file()
-    result = pretrain(config, run_dir, resume=resume, log=log)
+    result = unless_diverged(run_dir, lambda: pretrain(config, run_dir, resume=resume, log=log))
     log(f"LD pre-training: {result.steps} steps, {result.images_per_s:.1f} images/s")
     return run_dir
 
