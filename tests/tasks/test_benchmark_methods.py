@@ -595,3 +595,29 @@ def test_a_method_whose_pre_training_diverges_is_left_out_and_the_others_go_on(
     summary = run_methods_benchmark(config, tmp_path, log=logged.append)
     assert trained == [] and list(summary["diverged"]) == ["simclr (fundus)"]
     assert "[recorded by an earlier call in " in summary["diverged"]["simclr (fundus)"]
+
+
+def test_a_pre_training_finished_by_hand_after_it_diverged_is_reused(tmp_path, monkeypatch):
+    """Its record of the divergence was read before the finished run (resumed by
+    `pretrain --resume`, as the divergence message advises), which never reached the tables."""
+    import localdisc.engine.pretrain as engine
+    import localdisc.tasks.benchmark_methods as methods
+    from localdisc.errors import DivergedError
+
+    config = methods.preset(methods.MethodsBenchmarkConfig(methods=["simclr"], quick=True))
+    settings = methods._settings(config, "simclr", "fundus", "synthetic_fundus:8")
+    run_dir = tmp_path / "pretrain" / "fundus" / "simclr"
+    real = engine.pretrain
+
+    def diverges(config, run_dir, **kwargs):  # after its config.json and first steps
+        real(config, run_dir, stop_at_step=2, **kwargs)
+        raise DivergedError("5 non-finite losses in a row at step 3; stopped")
+
+    monkeypatch.setattr(engine, "pretrain", diverges)
+    with pytest.raises(DivergedError):
+        methods._pretrain(settings, run_dir, lambda m: None)
+    monkeypatch.setattr(engine, "pretrain", real)
+    real(engine.PretrainConfig(**settings), run_dir, resume=True, log=lambda m: None)
+    reached = methods._pretrain(settings, run_dir, lambda m: None)
+    assert reached["steps"] == settings["stage1_steps"] + settings["stage2_steps"]
+    assert not (run_dir / "diverged.json").exists()

@@ -828,3 +828,33 @@ def test_a_run_that_diverges_is_skipped_and_the_grid_goes_on(tmp_path, monkeypat
     trained.clear()
     bench.run_benchmark(config, tmp_path, log=logged.append)
     assert trained == [0, 1, 2] and marker.is_file()
+
+
+def test_a_diverged_run_finished_by_hand_since_is_reused_not_skipped(tmp_path, monkeypatch):
+    """A run that diverged once (on a GPU, say) and was then finished by its own command: its
+    record was read first and the finished run stayed out of the table on every rerun."""
+    import localdisc.tasks.benchmark_transfer as bench
+    from localdisc.errors import DivergedError
+
+    real = bench.run_transfer
+
+    def seed_1_diverges(transfer, run_dir, **kwargs):
+        if transfer.train.seed == 1:
+            raise DivergedError("the fine-tuning diverged (forced)")
+        return real(transfer, run_dir, **kwargs)
+
+    monkeypatch.setattr(bench, "run_transfer", seed_1_diverges)
+    config = bench.BenchmarkConfig(
+        quick=True, inits=["random"], tasks=["synthetic_fundus"], seeds=2
+    )
+    first = bench.run_benchmark(config, tmp_path, log=lambda m: None)
+    run_dir = Path(first["skipped"][0]["run_dir"])
+    assert (run_dir / "diverged.json").is_file()
+    monkeypatch.setattr(bench, "run_transfer", real)
+    preset = bench.preset(config)
+    (task,), _, _ = bench.plan_tasks(preset, lambda m: None, tmp_path)
+    transfer = bench._transfer_config(preset, task, "random", "2", 1)
+    real(transfer, run_dir, log=lambda m: None, flags=bench.FLAGS)  # `finetune`, by hand
+    again = bench.run_benchmark(config, tmp_path, log=lambda m: None)
+    assert [r["seed"] for r in again["runs"]] == [0, 1] and not again["skipped"]
+    assert not (run_dir / "diverged.json").exists()

@@ -66,3 +66,29 @@ def test_a_divergence_is_recorded_and_raised_again_without_training(tmp_path):
     with pytest.raises(LocaldiscError, match="no such data set"):
         unless_diverged(run_dir, fails)
     assert not (run_dir / DIVERGED_FILE).exists()
+
+
+def test_a_finished_run_outlives_its_divergence_record_and_a_record_left_unwritten(
+    tmp_path, monkeypatch
+):
+    import localdisc.tasks.presets as presets
+    from localdisc.errors import DivergedError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / presets.DIVERGED_FILE).write_text('{"reason": "it diverged at epoch 3"}')
+    # Resumed by hand since and finished: the record was stale, and hid the finished run.
+    assert presets.unless_diverged(run_dir, lambda: "reused", finished=True) == "reused"
+    assert not (run_dir / presets.DIVERGED_FILE).exists()
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    def diverges() -> None:
+        raise DivergedError("the fine-tuning diverged (epoch 3)")
+
+    # A record that cannot be written does not turn the divergence into an OSError, which the
+    # benchmarks do not catch (one run would stop the grid again).
+    monkeypatch.setattr(presets, "atomic_write_text", full_disk)
+    with pytest.raises(DivergedError, match="epoch 3"):
+        presets.unless_diverged(run_dir, diverges)

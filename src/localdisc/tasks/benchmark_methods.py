@@ -168,7 +168,11 @@ def _pretrain(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None
         return _reused(json.loads(record.read_text()), run_dir, log)
     # config.json: a run started here (stopped before its first checkpoint or not) continues
     resume = (run_dir / "config.json").is_file()
-    result = unless_diverged(run_dir, lambda: pretrain(config, run_dir, resume=resume, log=log))
+    result = unless_diverged(
+        run_dir,
+        lambda: pretrain(config, run_dir, resume=resume, log=log),
+        finished=(run_dir / "encoder.safetensors").is_file(),  # finished by hand: read back
+    )
     # Over all the run's starts, as its steps and images: a resumed run's own result counts
     # the seconds and images/s of its last start. None: an older checkpoint did not say.
     seconds = result.elapsed

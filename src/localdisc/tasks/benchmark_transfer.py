@@ -717,6 +717,7 @@ def _run_one(
     return unless_diverged(
         run_dir,
         lambda: run_transfer(transfer, run_dir, log=log, flags=FLAGS, unreadable=unreadable),
+        finished=(run_dir / "metrics.json").is_file(),  # finished since it diverged: reused
     )
 
 

@@ -36,13 +36,17 @@ DIVERGED_FILE = "diverged.json"
 T = TypeVar("T")
 
 
-def unless_diverged(run_dir: Path, train: Callable[[], T]) -> T:
+def unless_diverged(run_dir: Path, train: Callable[[], T], finished: bool = False) -> T:
     """``train()``, unless an earlier call recorded in ``run_dir`` that it diverged: that
     :class:`DivergedError` is raised again at once. One raised by ``train()`` is recorded (in
     ``DIVERGED_FILE``) and raised. A benchmark's rerun continues its grid without spending a
-    training on a run that diverges every time; deleting the file trains it again."""
+    training on a run that diverges every time; deleting the file trains it again.
+    ``finished``: ``run_dir`` holds a finished run (resumed by hand since it diverged, say),
+    whose record is stale: it is removed and ``train()`` reuses the run."""
     marker = run_dir / DIVERGED_FILE
-    if marker.is_file():
+    if finished:
+        marker.unlink(missing_ok=True)
+    elif marker.is_file():
         try:
             reason = json.loads(marker.read_text())["reason"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -54,9 +58,12 @@ def unless_diverged(run_dir: Path, train: Callable[[], T]) -> T:
     try:
         return train()
     except DivergedError as exc:
-        run_dir.mkdir(parents=True, exist_ok=True)
         recorded = datetime.now().astimezone().isoformat(timespec="seconds")
-        atomic_write_text(marker, json.dumps({"reason": str(exc), "recorded": recorded}, indent=2))
+        try:  # a record that cannot be written (a full disk) must not hide the divergence
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(marker, json.dumps({"reason": str(exc), "recorded": recorded}))
+        except OSError:
+            pass
         raise
 
 
