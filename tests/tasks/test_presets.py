@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from localdisc.errors import LocaldiscError
@@ -81,14 +83,14 @@ def test_a_finished_run_outlives_its_divergence_record_and_a_record_left_unwritt
     assert presets.unless_diverged(run_dir, lambda: "reused", finished=True) == "reused"
     assert not (run_dir / presets.DIVERGED_FILE).exists()
 
-    def full_disk(path, text):
-        raise OSError(28, "No space left on device", str(path))
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     def diverges() -> None:
         raise DivergedError("the fine-tuning diverged (epoch 3)")
 
     # A record that cannot be written does not turn the divergence into an OSError, which the
     # benchmarks do not catch (one run would stop the grid again).
-    monkeypatch.setattr(presets, "atomic_write_text", full_disk)
+    monkeypatch.setattr("localdisc.engine.checkpoint.tempfile.mkstemp", full_disk)
     with pytest.raises(DivergedError, match="epoch 3"):
         presets.unless_diverged(run_dir, diverges)

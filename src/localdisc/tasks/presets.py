@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from localdisc.engine.checkpoint import atomic_write_text
-from localdisc.errors import DivergedError, LocaldiscError
+from localdisc.errors import CheckpointError, DivergedError, LocaldiscError
 
 if TYPE_CHECKING:
     from localdisc.engine.pretrain import PretrainConfig
@@ -62,7 +62,7 @@ def unless_diverged(run_dir: Path, train: Callable[[], T], finished: bool = Fals
         try:  # a record that cannot be written (a full disk) must not hide the divergence
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(marker, json.dumps({"reason": str(exc), "recorded": recorded}))
-        except OSError:
+        except (OSError, CheckpointError):  # CheckpointError: the disk-full one
             pass
         raise
 
