@@ -3,6 +3,7 @@ benchmarks' memory of a run that diverged."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -59,11 +60,10 @@ def unless_diverged(run_dir: Path, train: Callable[[], T], finished: bool = Fals
         return train()
     except DivergedError as exc:
         recorded = datetime.now().astimezone().isoformat(timespec="seconds")
-        try:  # a record that cannot be written (a full disk) must not hide the divergence
-            run_dir.mkdir(parents=True, exist_ok=True)
+        # A record that cannot be written (a full disk: DiskFullError, a CheckpointError) must
+        # not hide the divergence.
+        with contextlib.suppress(OSError, CheckpointError):
             atomic_write_text(marker, json.dumps({"reason": str(exc), "recorded": recorded}))
-        except (OSError, CheckpointError):  # CheckpointError: the disk-full one
-            pass
         raise
 
 
