@@ -256,6 +256,28 @@ def test_a_checkpoint_of_a_diverged_training_is_refused_not_continued(tmp_path):
     assert logged[0].endswith("differ from this one's): starting over")
 
 
+def test_a_training_that_diverges_stops_and_checkpoints_no_nan_weights(tmp_path):
+    """A learning rate far too high turned the weights NaN: the training went on silently,
+    checkpointed them, and its network predicted NaN maps (scored far from here, or resumed
+    into the refusal above). It stops at the first check, naming where and what to change."""
+    from localdisc.engine.checkpoint import list_checkpoints, load_latest_checkpoint
+    from localdisc.errors import DivergedError
+
+    images, targets = bright_spots()
+    with pytest.raises(DivergedError, match=r"^the training diverged by step 2/10: its weights "
+                       r"hold NaN or inf \(in \d+ tensors: .*\); a learning rate lower than "
+                       r"1e\+30 may keep it from diverging$"):  # fmt: skip
+        fit(images, targets, steps=10, lr=1e30)
+    # With a checkpoint at every step: the last one written is the last finite one.
+    logged: list[str] = []
+    with pytest.raises(DivergedError, match=r"by refine step 2/6"):
+        fit(images, targets, **RESUMABLE, lr=1e30, checkpoint_dir=tmp_path,
+            checkpoint_seconds=0, log=logged.append)  # fmt: skip
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001"]
+    _, tensors = load_latest_checkpoint(tmp_path)
+    assert all(v.isfinite().all() for v in tensors["model"].values() if v.is_floating_point())
+
+
 def test_without_a_checkpoint_folder_a_signal_stops_at_once(monkeypatch):
     import signal
 

@@ -97,6 +97,44 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
     assert bad.exit_code != 0 and "--speck-area" in str(bad.exception)
 
 
+def test_a_student_that_diverges_is_left_out_and_listed(tmp_path, monkeypatch):
+    """A filter-taught network that diverges (fit_pseudo_labels' DivergedError) stopped the
+    whole benchmark with no table; now its rows are left out and listed, the others kept."""
+    import localdisc.tasks.self_training as self_training
+    from localdisc.errors import DivergedError
+
+    real = self_training.train_student
+    diverging = True
+
+    def train_student(*args, **kwargs):
+        if diverging and args[3].painted == 0:
+            raise DivergedError("the training diverged by student step 1/2: ...")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(self_training, "train_student", train_student)
+    out = tmp_path / "sg"
+    args = ["benchmark", "shape-guided", "--quick", "--out", str(out), "--student-painted", "1",
+            "--data-root", str(tmp_path / "none")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    table = results["table"]["dice"]
+    assert not any(row.startswith("line-taught network @") for row in table)
+    assert any(row.startswith("line-taught network, trees painted @") for row in table)
+    assert "LD + simulated (refined)" in table
+    [skip] = results["skipped"]
+    assert (skip["init"], skip["seed"], skip["rows"]) == ("line-taught network", 0, [])
+    report = (out / "results.md").read_text()
+    assert "- synthetic_fundus (line-taught network, seed 0): the training diverged" in report
+    # Nothing is remembered: a rerun tries it again.
+    diverging = False
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert not results["skipped"]
+    assert any(row.startswith("line-taught network @") for row in results["table"]["dice"])
+
+
 @pytest.mark.parametrize(
     ("task", "target", "shape"),
     [("synthetic_xray", "lung", "lungs"), ("synthetic_heart", "heart", "heart")],
@@ -150,6 +188,39 @@ def test_seeds_together_are_an_ensemble_of_their_probability_maps(tmp_path):
     expected = image_metrics(prob, sample, "heart", 64)["dice"]
     rows = json.loads((runs / "ensemble" / "per_image.json").read_text())["rows"]["A"]
     assert rows[0]["image"] == sample.name and rows[0]["dice"] == pytest.approx(expected)
+
+
+def test_a_seed_whose_refinement_diverges_is_left_out_and_listed(tmp_path, monkeypatch):
+    """A refinement that diverges (fit_pseudo_labels' DivergedError) stopped the whole
+    benchmark with no table; now that seed's rows of the prior are left out and listed."""
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.errors import DivergedError
+
+    real = shape_guided.refine
+
+    def refine(run_dir, *args, **kwargs):
+        if run_dir.name == "seed-1":
+            raise DivergedError("the training diverged by refine step 1/2: ...")
+        return real(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(shape_guided, "refine", refine)
+    out = tmp_path / "sg"
+    args = ["benchmark", "shape-guided", "--quick", "--tasks", "synthetic_heart", "--seeds", "2",
+            "--out", str(out), "--data-root", str(tmp_path / "none")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    table = results["table"]["dice"]
+    column = "synthetic_heart (no labels)"
+    assert table["LD + simulated (refined)"][column]["seed_ids"] == [0]
+    assert table["LD + simulated (A)"][column]["n_runs"] == 2
+    assert table["k-means (no prior)"][column]["seed_ids"] == [0, 1]
+    assert not any("seeds together" in row for row in table)  # one seed is no ensemble
+    [skip] = results["skipped"]
+    assert (skip["init"], skip["seed"]) == ("LD + simulated refinement", 1)
+    assert "LD + simulated (refined + topology)" in skip["rows"]
+    report = (out / "results.md").read_text()
+    assert "- synthetic_heart (LD + simulated refinement, seed 1): the training diverged" in report
 
 
 def test_refinement_sees_the_ld_run_scale_and_a_new_size_is_evaluated_again(tmp_path, monkeypatch):

@@ -21,7 +21,9 @@ randomness the loop draws (the augmentation draws from it; the networks have no 
 its state is all there is to keep. A checkpoint of anything else (or a
 damaged one) is said in ``log``, removed, and the training starts over: the folder holds
 nothing but a way to save time. One of this training whose weights hold NaN or inf (it
-diverged) raises :class:`~localdisc.errors.CheckpointError` saying so. The caller removes the
+diverged) raises :class:`~localdisc.errors.DivergedError` saying so; none such is written now:
+weights that turn NaN or inf stop the training with that error where the loss is logged, before
+a checkpoint and at the end (the network would predict nothing). The caller removes the
 folder once what the network makes is written (``OUT/refine-checkpoint`` of ``localdisc
 shape-guided segment``, ``OUT/student-checkpoint`` of ``localdisc shape-guided vessels``).
 Without a folder nothing is written and a signal stops the training at once, as ever.
@@ -41,8 +43,10 @@ from torch import Tensor
 
 from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
+    few_names,
     load_resumable,
     newest_position,
+    nonfinite_names,
     optimizer_from_flat,
     optimizer_to_flat,
     remove_checkpoints,
@@ -54,7 +58,7 @@ from localdisc.engine.finetune import augment
 from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import LocaldiscError
+from localdisc.errors import DivergedError, LocaldiscError
 from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.models.segmenter import Segmenter
 
@@ -136,8 +140,20 @@ def fit_pseudo_labels(
     start, size = time.monotonic(), images.shape[-1]
     stop, last_save = GracefulStop(), time.monotonic()
 
+    def refuse_diverged(done: int) -> None:
+        """Stop a training whose weights (batch-norm statistics included) hold NaN or inf after
+        ``done`` steps: it went on silently, and its network predicted nothing (NaN maps)."""
+        bad = nonfinite_names(model.state_dict())
+        if bad:
+            raise DivergedError(
+                f"the training diverged by {name} {done}/{steps}: its weights hold NaN or inf "
+                f"(in {len(bad)} tensor{'s' if len(bad) > 1 else ''}: {few_names(bad)}); a "
+                f"learning rate lower than {lr:g} may keep it from diverging"
+            )
+
     def save(done: int) -> None:
-        """Checkpoint the training after ``done`` steps."""
+        """Checkpoint the training after ``done`` steps (not its NaN weights)."""
+        refuse_diverged(done)
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
         tensors = {"model": model.state_dict(), "optimizer": opt_tensors,
                    "rng": {"generator": gen.get_state()}}  # fmt: skip
@@ -177,6 +193,7 @@ def fit_pseudo_labels(
                     seconds, value = earlier + time.monotonic() - start, loss.item()
                     log(f"{name} {step + 1}/{steps}: loss {value:.4f} ({seconds:.0f} s)")
                     info = f"loss {value:.4f}"
+                    refuse_diverged(step + 1)
                 # One update with this step's loss: a plain line printed by an update before it
                 # showed the loss of the log point before.
                 bar.update(step + 1, info=info)
@@ -195,6 +212,7 @@ def fit_pseudo_labels(
             stop_at_checkpoint(stop, stop.signum, folder, _position)
     finally:
         stop.restore()
+    refuse_diverged(steps)
     return model
 
 

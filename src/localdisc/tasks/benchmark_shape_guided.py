@@ -471,8 +471,14 @@ def _run_task(
                 continue
             topology = topologies[label]
             key = {**refinement(topology), **_prior_bank_key(run_dir)}
-            outputs = _cached(run_dir / "eval", key, _ld_rows, run_dir, samples, target, config,
-                              topology, log)  # fmt: skip
+            try:
+                outputs = _cached(run_dir / "eval", key, _ld_rows, run_dir, samples, target,
+                                  config, topology, log)  # fmt: skip
+            except DivergedError as exc:  # the refinement's: tried again by a rerun
+                rows_of = f"LD + {label} ("
+                skip(seed, f"LD + {label} refinement", exc,
+                     lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
+                continue
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
             ensembles.setdefault(label, []).append(run_dir)
@@ -521,10 +527,16 @@ def _run_task(
                         "student": asdict(student)}  # fmt: skip
             suffix = f"-painted-{painted}" if painted else ""
             folder = task_dir / _slug(f"{config.student_teacher}-student{suffix}") / f"seed-{seed}"
-            rows = _cached(folder, settings, _student_rows, samples, target, scores, fraction,
-                           config, student, log)  # fmt: skip
+            at = f" @ {fraction_from} fraction ({fraction:.3f})"
+            try:
+                rows = _cached(folder, settings, _student_rows, samples, target, scores,
+                               fraction, config, student, log)  # fmt: skip
+            except DivergedError as exc:  # tried again by a rerun
+                names = _student_outputs(student)
+                skip(seed, names[0], exc, {f"{row}{at}" for row in names}.__contains__)
+                continue
             for output, per_image in rows.items():
-                record(f"{output} @ {fraction_from} fraction ({fraction:.3f})", seed, per_image)
+                record(f"{output}{at}", seed, per_image)
     else:  # what the prior alone gives: its mean shape, the same on every image
         for label, (_, f, bank) in priors.items():
             rows = _cached(task_dir / _slug(f"mean-shape-{label}"), _eval_settings(config),
@@ -759,9 +771,7 @@ def _student_rows(
     teachers = scores(student.method)
     model = train_student([s.image for s in samples], [s.fov for s in samples], fraction, student,
                           teachers=teachers, log=log)  # fmt: skip
-    network = f"{student.method}-taught network" + (", trees painted" if student.painted else "")
-    clean = f"{network}, specks removed"
-    ranked = f"{student.method} + {network} (mean rank)"
+    network, clean, ranked = _student_outputs(student)
     out: dict[str, list[dict[str, Any]]] = {network: [], clean: [], ranked: []}
     for s, teacher in zip(samples, teachers, strict=True):
         prob = student_probability(model, s.image, s.fov)
@@ -773,6 +783,13 @@ def _student_rows(
         mask = threshold_fraction(rank, eroded_fov(s.fov, student.erode_fov), fraction)
         out[ranked].append(_metrics(calibrate(rank, mask), s, target, config.eval_size))
     return {name: rows for name, rows in out.items() if rows}
+
+
+def _student_outputs(student: Any) -> tuple[str, str, str]:
+    """The rows of :func:`_student_rows`: the network, without specks, and its mean rank with its
+    teacher."""
+    network = f"{student.method}-taught network" + (", trees painted" if student.painted else "")
+    return network, f"{network}, specks removed", f"{student.method} + {network} (mean rank)"
 
 
 def _student_size(eval_size: int) -> int:
