@@ -587,13 +587,16 @@ def test_a_method_whose_pre_training_diverges_is_left_out_and_the_others_go_on(
     report = (tmp_path / "results.md").read_text()
     assert "Diverged, not in the tables" in report
     assert "- simclr (fundus): 1 non-finite losses in a row at step" in report
-    # A rerun reuses the others and leaves simclr (fundus) out from its record, untrained.
+    # A rerun reuses the others and leaves simclr (fundus) out from its record, untrained: no
+    # pool is read either (a pool removed since refused the rerun).
     trained: list[str] = []
     monkeypatch.setattr(
         "localdisc.engine.pretrain.pretrain", lambda config, run_dir, **kw: trained.append(run_dir)
     )
+    checked: list[dict] = []
+    monkeypatch.setattr(methods, "_check_pool", checked.append)
     summary = run_methods_benchmark(config, tmp_path, log=logged.append)
-    assert trained == [] and list(summary["diverged"]) == ["simclr (fundus)"]
+    assert trained == [] and checked == [] and list(summary["diverged"]) == ["simclr (fundus)"]
     assert "[recorded by an earlier call in " in summary["diverged"]["simclr (fundus)"]
 
 

@@ -45,7 +45,7 @@ from localdisc.tasks.benchmark_transfer import (
     run_benchmark,
 )
 from localdisc.tasks.benchmark_transfer import preset as transfer_preset
-from localdisc.tasks.presets import refuse_device, unless_diverged
+from localdisc.tasks.presets import DIVERGED_FILE, refuse_device, unless_diverged
 
 METHODS = ("ld", "simclr", "densecl", "pixpro", "genesis")
 
@@ -193,6 +193,15 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / "reached.json").is_file() and (run_dir / "encoder.safetensors").is_file()
 
 
+def _trains(run_dir: Path) -> bool:
+    """Whether :func:`_pretrain` trains in ``run_dir``, reading its pool: not where it reuses a
+    finished run, nor where it raises the divergence recorded there (:func:`unless_diverged`)."""
+    if _finished(run_dir):
+        return False
+    recorded = (run_dir / DIVERGED_FILE).is_file()
+    return not recorded or (run_dir / "encoder.safetensors").is_file()  # finished by hand
+
+
 def _check_pool(settings: dict[str, Any]) -> None:
     """Refuse a pool that a pre-training of ``settings`` could not read (no such folder, no
     image, a generated set of the other modality), as its run would: its files are listed and
@@ -338,11 +347,9 @@ def run_methods_benchmark(
             refuse_other_settings(
                 out_dir / "pretrain" / modality / method, PretrainConfig(**settings)
             )
-        unfinished = [
-            m for m in config.methods if not _finished(out_dir / "pretrain" / modality / m)
-        ]
-        if unfinished:
-            _check_pool(_settings(config, unfinished[0], modality, spec))
+        training = [m for m in config.methods if _trains(out_dir / "pretrain" / modality / m)]
+        if training:
+            _check_pool(_settings(config, training[0], modality, spec))
     inits = ["random", *check_transfer_grid(config, transfer, plan, pools, out_dir)]
     reached: dict[str, dict[str, Any]] = {}
     diverged: dict[str, str] = {}  # the methods left out of the tables, and why
