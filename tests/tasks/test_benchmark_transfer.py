@@ -858,3 +858,29 @@ def test_a_diverged_run_finished_by_hand_since_is_reused_not_skipped(tmp_path, m
     again = bench.run_benchmark(config, tmp_path, log=lambda m: None)
     assert [r["seed"] for r in again["runs"]] == [0, 1] and not again["skipped"]
     assert not (run_dir / "diverged.json").exists()
+
+
+def test_an_ld_pre_training_that_diverges_leaves_the_init_ld_out_and_the_others_go_on(
+    tmp_path, monkeypatch
+):
+    """The built-in init ld's pre-training diverging stopped the whole benchmark before any
+    fine-tuning, and no table was written: its runs are skipped, listed, the others go on."""
+    import localdisc.tasks.benchmark_transfer as bench
+
+    config = bench.BenchmarkConfig(
+        quick=True, inits=["random", "ld"], tasks=["synthetic_fundus"], seeds=1,
+        pretrain={"lr": 1e30, "max_nonfinite": 1},  # a learning rate no training survives
+    )  # fmt: skip
+    logged: list[str] = []
+    results = bench.run_benchmark(config, tmp_path, log=logged.append)
+    assert [(r["init"], r["seed"]) for r in results["runs"]] == [("random", 0)]
+    (skip,) = results["skipped"]
+    assert (skip["task"], skip["init"]) == ("synthetic_fundus", "ld")
+    assert skip["reason"].startswith("its pre-training diverged: 1 non-finite losses in a row")
+    assert any(m.startswith("leaving the init ld out: its pre-training diverged: ") for m in logged)
+    report = (tmp_path / "results.md").read_text()
+    assert "- synthetic_fundus (ld): its pre-training diverged: 1 non-finite" in report
+    assert not (tmp_path / "runs" / "synthetic_fundus" / "ld").exists()
+    # A rerun reads the record, trains nothing and lists it again.
+    again = bench.run_benchmark(config, tmp_path, log=logged.append)
+    assert "[recorded by an earlier call in " in again["skipped"][0]["reason"]

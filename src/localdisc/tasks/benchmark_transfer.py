@@ -7,7 +7,8 @@ skipped with the reason, as is a run that diverged (its cell is then over fewer 
 so), the grid's other runs going on. The init ``ld`` pre-trains an LD model first with the
 preset of the mode (``--quick``: a few steps on synthetic images; ``--cpu-scale``: 4 + 4 minutes
 on KaggleDR), so that a whole comparison is one command; where no task to run is of its modality
-(fundus), it is not pre-trained. Every init and run folder is checked before any training.
+(fundus), it is not pre-trained, and where that pre-training diverges, its runs are skipped
+(listed) and the other inits' go on. Every init and run folder is checked before any training.
 
 A task may also be a data set of the user's own (:func:`own_set`): a folder of images and masks
 (as ``finetune --dataset`` takes it) or ``NAME:ROOT[:TARGET]`` of a known set, the target
@@ -283,12 +284,20 @@ def run_benchmark(
     pretrained = None  # the LD pre-training's config.json: where it was made
     # The built-in init only: a run folder named ld (pretrain-methods' LD run) is made already.
     if ld and any(label == "ld" for _, label, *_ in grid):
-        pretrain_preset(settings, pretrain_dir, log)
-        # Its weights exist now: runs of an earlier pre-training in this folder (deleted and
-        # made again) are refused before the first fine-tuning, not when the loop reaches them.
-        _check_run_folders(config, [run for run in grid if run[1] == "ld"])
-        if (pretrain_dir / "config.json").is_file():
-            pretrained = json.loads((pretrain_dir / "config.json").read_text())
+        try:
+            pretrain_preset(settings, pretrain_dir, log)
+        except DivergedError as exc:  # the init ld is left out, listed: the others' runs go on
+            log(f"leaving the init ld out: its pre-training diverged: {exc}")
+            for task_label in dict.fromkeys(run[0].label for run in grid if run[1] == "ld"):
+                skipped.append({"task": task_label, "init": "ld",
+                                "reason": f"its pre-training diverged: {exc}"})  # fmt: skip
+            grid = [run for run in grid if run[1] != "ld"]
+        else:
+            # Its weights exist now: runs of an earlier pre-training in this folder (deleted and
+            # made again) are refused before the first fine-tuning, not when the loop gets there.
+            _check_run_folders(config, [run for run in grid if run[1] == "ld"])
+            if (pretrain_dir / "config.json").is_file():
+                pretrained = json.loads((pretrain_dir / "config.json").read_text())
     elif ld:  # all tasks skipped for want of data, or of another modality: minutes for nothing
         log(f"no task to run is {modalities['ld']}; not pre-training the init ld")
 
