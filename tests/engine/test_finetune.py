@@ -253,6 +253,20 @@ def test_a_signal_ends_the_step_checkpoints_it_and_the_same_call_continues_exact
     assert again.earlier_seconds > 0
 
 
+def test_a_stop_asked_for_while_it_diverges_is_a_stop_not_a_divergence(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM in the last step of an epoch whose weights turned NaN ended as a
+    DivergedError, which benchmark transfer skips, going on to its next run: the stop was lost."""
+    import signal
+
+    signal_at_step(monkeypatch, finetune_engine, 2, [signal.SIGINT])  # epoch 1's last step
+    logged: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(tmp_path, lr=1e30, checkpoint_seconds=float("inf"), log=logged.append)
+    assert logged[-1].startswith("the fine-tuning diverged (frozen encoder, epoch 1)")
+    assert logged[-1].endswith("[stopped by SIGINT]")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
     import signal
 

@@ -112,6 +112,35 @@ def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypa
     assert re.search(hint, str(raised.value)), str(raised.value)
 
 
+def test_a_stop_asked_for_as_the_run_diverges_is_a_stop_not_a_divergence(
+    tmp_path, pool, monkeypatch
+):
+    """Ctrl-C or SIGTERM in the step of the last non-finite loss allowed ended as a
+    DivergedError, which the benchmarks skip, going on to their next run: the stop was lost."""
+    import os
+    import signal
+
+    import localdisc.engine.pretrain as engine
+
+    real, calls = engine.ld_losses, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        terms = real(*args, **kwargs)
+        terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(engine, "ld_losses", poisoned)
+    logged: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_pretrain_config(max_nonfinite=2), tmp_path, pool=pool, log=logged.append)
+    assert logged[-1].startswith("2 non-finite losses in a row at step 1; stopped.")
+    assert logged[-1].endswith("[stopped by SIGINT]")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [

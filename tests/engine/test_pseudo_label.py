@@ -276,6 +276,45 @@ def test_a_training_that_diverges_stops_and_checkpoints_no_nan_weights(tmp_path)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001"]
     _, tensors = load_latest_checkpoint(tmp_path)
     assert all(v.isfinite().all() for v in tensors["model"].values() if v.is_floating_point())
+    # Between log points (every 4 of 20 steps): the checkpoint's own check stops it.
+    shutil.rmtree(tmp_path)
+    with pytest.raises(DivergedError, match=r"by refine step 2/20"):
+        fit(images, targets, **{**RESUMABLE, "steps": 20}, lr=1e30, checkpoint_dir=tmp_path,
+            checkpoint_seconds=0)  # fmt: skip
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001"]
+
+
+def test_weights_that_turn_nan_at_the_last_step_are_refused_too(monkeypatch):
+    """The last of 11 steps is no log point (every 2): the end's own check stops it."""
+    from localdisc.errors import DivergedError
+
+    real, calls = pseudo_label.pseudo_label_loss, []
+
+    def nan_at_the_end(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * math.nan if len(calls) == 11 else loss
+
+    monkeypatch.setattr(pseudo_label, "pseudo_label_loss", nan_at_the_end)
+    images, targets = bright_spots()
+    with pytest.raises(DivergedError, match=r"^the training diverged by step 11/11: "):
+        fit(images, targets, steps=11)
+
+
+def test_a_stop_asked_for_while_it_diverges_is_a_stop_not_a_divergence(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM in a step whose weights turn NaN ended as a DivergedError, which
+    benchmark shape-guided skips, going on to the next seed: the stop was lost."""
+    import signal
+
+    signal_at_step(monkeypatch, pseudo_label, 3, [signal.SIGINT])
+    images, targets = bright_spots()
+    logged: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        fit(images, targets, **{**RESUMABLE, "steps": 20}, lr=1e30, checkpoint_dir=tmp_path,
+            checkpoint_seconds=float("inf"), log=logged.append)  # fmt: skip
+    assert any(m.startswith("the training diverged by refine step ") for m in logged), logged
+    assert logged[-1].endswith("[stopped by SIGINT]")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_without_a_checkpoint_folder_a_signal_stops_at_once(monkeypatch):

@@ -53,7 +53,7 @@ from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import CheckpointError, DivergedError, InputError, LocaldiscError
+from localdisc.errors import CheckpointError, InputError, LocaldiscError
 from localdisc.models.segmenter import Segmenter
 
 #: A phase as the progress bar and the log name it (``PhaseResult.name``, history.csv's phase,
@@ -411,7 +411,7 @@ def _phase(
             if run.stop.signum is not None and step + 1 < len(batches):
                 save(epoch, step + 1, batches, losses)
                 run.halt(run.stop.signum)
-        _refuse_diverged(model, name, epoch, losses, config.lr)
+        _refuse_diverged(model, name, epoch, losses, config.lr, run.stop, run.log)
         val_dice = mean_dice(predict_batch(model, run.val[0], config.batch, config.amp), run.val[1])
         row = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_dice": val_dice}
         result.history.append(row)
@@ -431,20 +431,28 @@ def _phase(
 
 
 def _refuse_diverged(
-    model: Segmenter, phase: str, epoch: int, losses: list[float], lr: float
+    model: Segmenter,
+    phase: str,
+    epoch: int,
+    losses: list[float],
+    lr: float,
+    stop: GracefulStop,
+    log: Callable[[str], None],
 ) -> None:
-    """Stop a fine-tuning (:class:`DivergedError`) whose weights (batch-norm statistics
-    included) hold NaN or inf after an epoch: it went on, scoring a validation Dice of 0 per
-    epoch, and its result failed far from here ("prob contains NaN", when the test images were
-    scored) or predicted nothing. One pass of ``isfinite`` per epoch."""
+    """Stop a fine-tuning (:class:`~localdisc.errors.DivergedError`; a stop asked for wins:
+    :meth:`GracefulStop.diverged`) whose weights (batch-norm statistics included) hold NaN or
+    inf after an epoch: it went on, scoring a validation Dice of 0 per epoch, and its result
+    failed far from here ("prob contains NaN", when the test images were scored) or predicted
+    nothing. One pass of ``isfinite`` per epoch."""
     bad = nonfinite_names(model.state_dict())
     if bad:
         loss = "NaN" if any(math.isnan(v) for v in losses) else "finite"
-        raise DivergedError(
+        stop.diverged(
             f"the fine-tuning diverged ({PHASE_LABELS[phase]}, epoch {epoch}): its weights hold "
             f"NaN or inf (in {len(bad)} tensor{'s' if len(bad) > 1 else ''}: {few_names(bad)}; "
             f"loss {loss}); a learning rate lower than {lr:g} (finetune --lr) may keep it from "
-            "diverging"
+            "diverging",
+            log,
         )
 
 

@@ -43,7 +43,7 @@ from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
 from localdisc.engine.precision import bf16_autocast, bf16_autocast_pays
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import CheckpointError, DivergedError, LocaldiscError
+from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.eval.provenance import environment, resumed
 from localdisc.losses import (
     entropy_loss,
@@ -1106,10 +1106,12 @@ def pretrain(
                 skipped_steps += 1
                 nonfinite_in_row += 1
                 log(f"step {step}: non-finite loss, step skipped ({nonfinite_in_row} in a row)")
-                if nonfinite_in_row >= config.max_nonfinite:
-                    raise DivergedError(
+                if nonfinite_in_row >= config.max_nonfinite:  # a stop asked for wins
+                    stopper.diverged(
                         f"{nonfinite_in_row} non-finite losses in a row at step {step}; stopped. "
-                        + _diverged_hint(run_dir / "checkpoints", config)
+                        + _diverged_hint(run_dir / "checkpoints", config),
+                        log,
+                        agreed_signum if ctx.distributed else None,
                     )
                 # No `continue`: a skipped step still logs, validates and checkpoints where it
                 # is due, or a skip at the last step would leave the run without its final

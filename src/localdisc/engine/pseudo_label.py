@@ -58,7 +58,7 @@ from localdisc.engine.finetune import augment
 from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import DivergedError, LocaldiscError
+from localdisc.errors import LocaldiscError
 from localdisc.losses.pseudo_label import pseudo_label_loss
 from localdisc.models.segmenter import Segmenter
 
@@ -100,6 +100,7 @@ def fit_pseudo_labels(
     progress: bool = False,
     checkpoint_dir: str | Path | None = None,
     checkpoint_seconds: float = 60.0,
+    lr_option: str | None = None,
 ) -> Segmenter:
     """Train ``model`` in place on ``images`` ``[N, C, S, S]`` (raw intensities in [0, 1]) and
     ``targets`` ``[N, 2, S, S]`` (label, then weight; any dtype, made float per batch); returns
@@ -114,6 +115,9 @@ def fit_pseudo_labels(
     checkpoint there when it is of this training, writes one every ``checkpoint_seconds`` and
     after the last step, and the first SIGINT/SIGTERM writes one and raises KeyboardInterrupt.
     ``model`` must be built as before (its weights are then the checkpoint's).
+
+    Weights that turn NaN or inf raise :class:`~localdisc.errors.DivergedError`, whose hint
+    names ``lr_option``, where the caller's user sets ``lr`` (``"RefineConfig.lr"``).
     """
     if not checkpoint_seconds >= 0:  # NaN too
         raise LocaldiscError(f"checkpoint_seconds must be >= 0, not {checkpoint_seconds}")
@@ -144,11 +148,13 @@ def fit_pseudo_labels(
         """Stop a training whose weights (batch-norm statistics included) hold NaN or inf after
         ``done`` steps: it went on silently, and its network predicted nothing (NaN maps)."""
         bad = nonfinite_names(model.state_dict())
-        if bad:
-            raise DivergedError(
+        if bad:  # a stop asked for meanwhile wins (stop.diverged)
+            stop.diverged(
                 f"the training diverged by {name} {done}/{steps}: its weights hold NaN or inf "
                 f"(in {len(bad)} tensor{'s' if len(bad) > 1 else ''}: {few_names(bad)}); a "
-                f"learning rate lower than {lr:g} may keep it from diverging"
+                f"learning rate lower than {lr:g}{f' ({lr_option})' if lr_option else ''} may "
+                "keep it from diverging",
+                log,
             )
 
     def save(done: int) -> None:

@@ -27,6 +27,8 @@ from typing import Any, NoReturn
 import torch
 from torch import Tensor
 
+from localdisc.errors import DivergedError
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -118,6 +120,20 @@ class GracefulStop:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         not_finite, agreed, spent = flags.tolist()
         return not not_finite, int(agreed), bool(spent)
+
+    def diverged(
+        self, message: str, log: Callable[[str], None], signum: int | None = None
+    ) -> NoReturn:
+        """Raise :class:`~localdisc.errors.DivergedError` with ``message``, unless a stop was asked
+        for (``signum``, by default :attr:`signum`; under torchrun the one the ranks agreed on):
+        then ``message`` is said in ``log`` and the stop handed on (:meth:`stop`). A caller that
+        skips a diverged run (a benchmark, on to its next run) went on past the Ctrl-C or
+        SIGTERM."""
+        signum = self.signum if signum is None else signum
+        if signum:
+            log(f"{message} [stopped by {signal.Signals(signum).name}]")
+            self.stop(signum)
+        raise DivergedError(message)
 
     def stop(self, signum: int) -> NoReturn:
         """Hand ``signum`` to the handler it had deferred, then raise KeyboardInterrupt (if that

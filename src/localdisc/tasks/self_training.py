@@ -176,7 +176,7 @@ def train_student(
     fit_pseudo_labels(model, xs, ys, steps=config.steps, batch=config.batch, lr=config.lr,
                       rotation=180.0, flips=True, crop=config.crop, bf16=True, seed=config.seed,
                       device=device, log=log, name="student step", progress=progress,
-                      checkpoint_dir=checkpoint_dir)  # fmt: skip
+                      checkpoint_dir=checkpoint_dir, lr_option="StudentConfig.lr")  # fmt: skip
     # A forward pass over every image, painted copies too: tens of seconds on a CPU, else silent.
     log(f"recalibrating batch norm over the {len(xs)} image(s) trained on ...")
     recalibrate_batch_norm(model, xs, batch=config.batch)

@@ -909,7 +909,8 @@ def refine(
     fit_pseudo_labels(model, x, y, steps=config.steps, batch=config.batch, lr=config.lr,
                       rotation=rotation, flips=flips, cosine=config.schedule == "cosine",
                       seed=config.seed, device=device, log=log, name="refine step",
-                      progress=progress, checkpoint_dir=checkpoint_dir)  # fmt: skip
+                      progress=progress, checkpoint_dir=checkpoint_dir,
+                      lr_option="RefineConfig.lr")  # fmt: skip
     if config.recalibrate:
         log(f"recalibrating batch norm over the {len(x)} image(s) trained on ...")  # else silent
         recalibrate_batch_norm(model, x, batch=8)
