@@ -126,8 +126,13 @@ def test_a_student_that_diverges_is_left_out_and_listed(tmp_path, monkeypatch):
     assert (skip["init"], skip["seed"], skip["rows"]) == ("line-taught network", 0, [])
     report = (out / "results.md").read_text()
     assert "- synthetic_fundus (line-taught network, seed 0): the training diverged" in report
-    # Nothing is remembered: a rerun tries it again.
+    # A rerun lists it again from its record, not trained again; the record deleted, it trains.
     diverging = False
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [skip] = json.loads((out / "results.json").read_text())["skipped"]
+    assert "[recorded by an earlier call in " in skip["reason"]
+    (out / "runs/synthetic_fundus/line-student/seed-0/diverged.json").unlink()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
@@ -196,9 +201,10 @@ def test_a_seed_whose_refinement_diverges_is_left_out_and_listed(tmp_path, monke
     import localdisc.tasks.shape_guided as shape_guided
     from localdisc.errors import DivergedError
 
-    real = shape_guided.refine
+    real, refined = shape_guided.refine, []
 
     def refine(run_dir, *args, **kwargs):
+        refined.append(run_dir.name)
         if run_dir.name == "seed-1":
             raise DivergedError("the training diverged by refine step 1/2: ...")
         return real(run_dir, *args, **kwargs)
@@ -221,6 +227,14 @@ def test_a_seed_whose_refinement_diverges_is_left_out_and_listed(tmp_path, monke
     assert "LD + simulated (refined + topology)" in skip["rows"]
     report = (out / "results.md").read_text()
     assert "- synthetic_heart (LD + simulated refinement, seed 1): the training diverged" in report
+    # A rerun lists it again from its record, without refining again.
+    refined.clear()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert refined == []  # seed 0's evaluation is reused, seed 1's divergence read back
+    [skip] = json.loads((out / "results.json").read_text())["skipped"]
+    assert "[recorded by an earlier call in " in skip["reason"]
+    assert (out / "runs/synthetic_heart/ld-simulated/seed-1/eval/diverged.json").is_file()
 
 
 def test_refinement_sees_the_ld_run_scale_and_a_new_size_is_evaluated_again(tmp_path, monkeypatch):

@@ -70,6 +70,23 @@ def test_a_divergence_is_recorded_and_raised_again_without_training(tmp_path):
     assert not (run_dir / DIVERGED_FILE).exists()
 
 
+def test_a_record_keyed_by_settings_holds_for_those_settings_only(tmp_path):
+    """An evaluation's refinement diverged under some settings: the same settings raise it again
+    at once, other ones train (and a success removes the stale record)."""
+    from localdisc.errors import DivergedError
+    from localdisc.tasks.presets import DIVERGED_FILE, unless_diverged
+
+    def diverges() -> None:
+        raise DivergedError("the training diverged by refine step 2/6")
+
+    with pytest.raises(DivergedError):
+        unless_diverged(tmp_path, diverges, key={"refine_steps": 6})
+    with pytest.raises(DivergedError, match=r"step 2/6 \[recorded by an earlier call"):
+        unless_diverged(tmp_path, lambda: 7, key={"refine_steps": 6})
+    assert unless_diverged(tmp_path, lambda: 7, key={"refine_steps": 3}) == 7
+    assert not (tmp_path / DIVERGED_FILE).exists()
+
+
 def test_a_finished_run_outlives_its_divergence_record_and_a_record_left_unwritten(
     tmp_path, monkeypatch
 ):

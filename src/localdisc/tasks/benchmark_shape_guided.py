@@ -70,7 +70,7 @@ from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDModel
 from localdisc.priors.topology import PriorTopology, enforce_topology, measure_topology
 from localdisc.tasks.predict import mask_png, prob_png
-from localdisc.tasks.presets import pretrain_preset, refuse_device
+from localdisc.tasks.presets import pretrain_preset, refuse_device, unless_diverged
 from localdisc.tasks.vesselness import FILTERS, check_method, threshold_vessels, vesselness
 
 VESSEL_PRIORS = ("octa", "dsa", "other", "simulated")
@@ -474,7 +474,7 @@ def _run_task(
             try:
                 outputs = _cached(run_dir / "eval", key, _ld_rows, run_dir, samples, target,
                                   config, topology, log)  # fmt: skip
-            except DivergedError as exc:  # the refinement's: tried again by a rerun
+            except DivergedError as exc:  # the refinement's
                 rows_of = f"LD + {label} ("
                 skip(seed, f"LD + {label} refinement", exc,
                      lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
@@ -531,7 +531,7 @@ def _run_task(
             try:
                 rows = _cached(folder, settings, _student_rows, samples, target, scores,
                                fraction, config, student, log)  # fmt: skip
-            except DivergedError as exc:  # tried again by a rerun
+            except DivergedError as exc:
                 names = _student_outputs(student)
                 skip(seed, names[0], exc, {f"{row}{at}" for row in names}.__contains__)
                 continue
@@ -581,13 +581,16 @@ def _eval_settings(config: ShapeBenchmarkConfig, *fields: str) -> dict[str, Any]
 
 def _cached(folder: Path, settings: dict[str, Any], compute: Callable[..., Any], *args: Any) -> Any:
     """``compute(*args)``, saved as ``folder/per_image.json`` with ``settings`` and reused while
-    they are the same (a rerun with another refinement or test set recomputes)."""
+    they are the same (a rerun with another refinement or test set recomputes). One whose
+    training diverges (a refinement, a filter-taught network) is remembered the same way
+    (:func:`~localdisc.tasks.presets.unless_diverged`, keyed by ``settings``): a rerun raises it
+    again at once, without training to the same end."""
     path = folder / "per_image.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         if isinstance(saved, dict) and saved.get("settings") == jsonable(settings):
             return saved["rows"]
-    result = compute(*args)
+    result = unless_diverged(folder, lambda: compute(*args), key=jsonable(settings))
     saved = {"settings": settings, "rows": result}
     atomic_write_text(path, json.dumps(jsonable(saved), indent=1))
     return result

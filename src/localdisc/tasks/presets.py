@@ -37,34 +37,45 @@ DIVERGED_FILE = "diverged.json"
 T = TypeVar("T")
 
 
-def unless_diverged(run_dir: Path, train: Callable[[], T], finished: bool = False) -> T:
+def unless_diverged(
+    run_dir: Path, train: Callable[[], T], finished: bool = False, key: Any = None
+) -> T:
     """``train()``, unless an earlier call recorded in ``run_dir`` that it diverged: that
     :class:`DivergedError` is raised again at once. One raised by ``train()`` is recorded (in
     ``DIVERGED_FILE``) and raised. A benchmark's rerun continues its grid without spending a
     training on a run that diverges every time; deleting the file trains it again.
     ``finished``: ``run_dir`` holds a finished run (resumed by hand since it diverged, say),
-    whose record is stale: it is removed and ``train()`` reuses the run."""
+    whose record is stale: it is removed and ``train()`` reuses the run. ``key`` (JSON): the
+    settings the record holds for, where a folder's training may change (an evaluation's
+    refinement): a record of another key is stale, and ``train()`` runs."""
     marker = run_dir / DIVERGED_FILE
     if finished:
         marker.unlink(missing_ok=True)
     elif marker.is_file():
         try:
-            reason = json.loads(marker.read_text())["reason"]
+            record = json.loads(marker.read_text())
+            reason, recorded_key = record["reason"], record.get("key")
         except (OSError, ValueError, KeyError, TypeError):
-            reason = "it diverged"
-        raise DivergedError(
-            f"{reason} [recorded by an earlier call in {marker}; delete that file to train "
-            "this run again]"
-        )
+            reason, recorded_key = "it diverged", key
+        if recorded_key == key:
+            raise DivergedError(
+                f"{reason} [recorded by an earlier call in {marker}; delete that file to train "
+                "this run again]"
+            )
     try:
-        return train()
+        result = train()
     except DivergedError as exc:
         recorded = datetime.now().astimezone().isoformat(timespec="seconds")
+        record = {"reason": str(exc), "recorded": recorded}
+        if key is not None:
+            record["key"] = key
         # A record that cannot be written (a full disk: DiskFullError, a CheckpointError) must
         # not hide the divergence.
         with contextlib.suppress(OSError, CheckpointError):
-            atomic_write_text(marker, json.dumps({"reason": str(exc), "recorded": recorded}))
+            atomic_write_text(marker, json.dumps(record))
         raise
+    marker.unlink(missing_ok=True)  # a stale one (of another key)
+    return result
 
 
 def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
