@@ -267,6 +267,34 @@ def test_a_stop_asked_for_while_it_diverges_is_a_stop_not_a_divergence(tmp_path,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_stop_inside_an_epoch_whose_weights_turned_nan_keeps_the_checkpoint_before(
+    tmp_path, monkeypatch
+):
+    """A signal inside an epoch checkpointed that step's NaN weights over the good checkpoint
+    before it (one is kept), and "the same call continues from there" raised DivergedError."""
+    import math
+    import signal
+
+    from localdisc.engine.checkpoint import list_checkpoints, load_latest_checkpoint
+
+    taken = signal_at_step(monkeypatch, finetune_engine, 3, [signal.SIGINT])  # epoch 2, step 1
+    real = finetune_engine.DiceLoss
+
+    class NanAtStep3(real):
+        def forward(self, *args, **kwargs):
+            loss = super().forward(*args, **kwargs)
+            return loss * math.nan if len(taken) == 3 else loss
+
+    monkeypatch.setattr(finetune_engine, "DiceLoss", NanAtStep3)
+    logged: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(tmp_path, checkpoint_seconds=0, log=logged.append)
+    assert logged[-1].endswith("[stopped by SIGINT]")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000002"]  # epoch 1's end
+    _, tensors = load_latest_checkpoint(tmp_path)
+    assert all(v.isfinite().all() for v in tensors["model"].values() if v.is_floating_point())
+
+
 def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
     import signal
 

@@ -85,6 +85,11 @@ def test_a_record_keyed_by_settings_holds_for_those_settings_only(tmp_path):
         unless_diverged(tmp_path, lambda: 7, key={"refine_steps": 6})
     assert unless_diverged(tmp_path, lambda: 7, key={"refine_steps": 3}) == 7
     assert not (tmp_path / DIVERGED_FILE).exists()
+    # A key as JSON reads it back: a tuple is a list, and its record holds.
+    with pytest.raises(DivergedError):
+        unless_diverged(tmp_path, diverges, key={"crop_scale": (0.2, 0.35)})
+    with pytest.raises(DivergedError, match=r"\[recorded by an earlier call"):
+        unless_diverged(tmp_path, lambda: 7, key={"crop_scale": (0.2, 0.35)})
 
 
 def test_a_finished_run_outlives_its_divergence_record_and_a_record_left_unwritten(

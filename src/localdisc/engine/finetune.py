@@ -409,6 +409,8 @@ def _phase(
             # A signal: stop after this step (an epoch at 512 px on a CPU takes minutes). After
             # the epoch's last step, its validation and checkpoint come first, below.
             if run.stop.signum is not None and step + 1 < len(batches):
+                # Not NaN weights over the checkpoint before (one is kept): the stop comes first.
+                _refuse_diverged(model, name, epoch, losses, config.lr, run.stop, run.log)
                 save(epoch, step + 1, batches, losses)
                 run.halt(run.stop.signum)
         _refuse_diverged(model, name, epoch, losses, config.lr, run.stop, run.log)

@@ -49,6 +49,7 @@ def unless_diverged(
     settings the record holds for, where a folder's training may change (an evaluation's
     refinement): a record of another key is stale, and ``train()`` runs."""
     marker = run_dir / DIVERGED_FILE
+    key = None if key is None else json.loads(json.dumps(key))  # as the record reads back
     if finished:
         marker.unlink(missing_ok=True)
     elif marker.is_file():
