@@ -21,11 +21,12 @@ randomness the loop draws (the augmentation draws from it; the networks have no 
 its state is all there is to keep. A checkpoint of anything else (or a
 damaged one) is said in ``log``, removed, and the training starts over: the folder holds
 nothing but a way to save time. One of this training whose weights hold NaN or inf (it
-diverged) raises :class:`~localdisc.errors.DivergedError` saying so; none such is written now:
-weights that turn NaN or inf stop the training with that error where the loss is logged, before
-a checkpoint and at the end (the network would predict nothing). The caller removes the
-folder once what the network makes is written (``OUT/refine-checkpoint`` of ``localdisc
-shape-guided segment``, ``OUT/student-checkpoint`` of ``localdisc shape-guided vessels``).
+diverged) raises :class:`~localdisc.errors.DivergedError` saying so; none is written now, as
+weights that turn NaN or inf stop the training with that error (checked where the loss is
+logged, before a checkpoint and at the end), or with the stop a signal asked for. The caller
+removes the folder once what the network makes is written (``OUT/refine-checkpoint`` of
+``localdisc shape-guided segment``, ``OUT/student-checkpoint`` of ``localdisc shape-guided
+vessels``).
 Without a folder nothing is written and a signal stops the training at once, as ever.
 """
 
