@@ -206,6 +206,11 @@ def nonfinite_names(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
 
 
+def tensors_named(names: list[str]) -> str:
+    """``names`` of tensors counted and a few named, for an error message: "2 tensors: a, b"."""
+    return f"{len(names)} tensor{'s' if len(names) > 1 else ''}: {few_names(names)}"
+
+
 def refuse_nonfinite(
     tensors: dict[str, torch.Tensor],
     path: str | Path,
@@ -218,8 +223,7 @@ def refuse_nonfinite(
     nonfinite = nonfinite_names(tensors)
     if nonfinite:
         raise error(
-            f"{path}: weights hold NaN or inf values (in {len(nonfinite)} "
-            f"tensor{'s' if len(nonfinite) > 1 else ''}: {few_names(nonfinite)}); {why}"
+            f"{path}: weights hold NaN or inf values (in {tensors_named(nonfinite)}); {why}"
         )
 
 

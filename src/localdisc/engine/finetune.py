@@ -38,7 +38,6 @@ from torch import Tensor
 from localdisc.data.preprocess import raw_intensities
 from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
-    few_names,
     load_resumable,
     newest_position,
     newest_state,
@@ -48,6 +47,7 @@ from localdisc.engine.checkpoint import (
     save_resumable,
     stop_at_checkpoint,
     tensor_digest,
+    tensors_named,
 )
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
@@ -451,9 +451,8 @@ def _refuse_diverged(
         loss = "NaN" if any(math.isnan(v) for v in losses) else "finite"
         stop.diverged(
             f"the fine-tuning diverged ({PHASE_LABELS[phase]}, epoch {epoch}): its weights hold "
-            f"NaN or inf (in {len(bad)} tensor{'s' if len(bad) > 1 else ''}: {few_names(bad)}; "
-            f"loss {loss}); a learning rate lower than {lr:g} (finetune --lr) may keep it from "
-            "diverging",
+            f"NaN or inf (in {tensors_named(bad)}; loss {loss}); a learning rate lower than "
+            f"{lr:g} (finetune --lr) may keep it from diverging",
             log,
         )
 

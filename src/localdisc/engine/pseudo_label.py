@@ -44,7 +44,6 @@ from torch import Tensor
 
 from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
-    few_names,
     load_resumable,
     newest_position,
     nonfinite_names,
@@ -54,6 +53,7 @@ from localdisc.engine.checkpoint import (
     save_resumable,
     stop_at_checkpoint,
     tensor_digest,
+    tensors_named,
 )
 from localdisc.engine.finetune import augment
 from localdisc.engine.monitor import ProgressBar
@@ -152,9 +152,8 @@ def fit_pseudo_labels(
         if bad:  # a stop asked for meanwhile wins (stop.diverged)
             stop.diverged(
                 f"the training diverged by {name} {done}/{steps}: its weights hold NaN or inf "
-                f"(in {len(bad)} tensor{'s' if len(bad) > 1 else ''}: {few_names(bad)}); a "
-                f"learning rate lower than {lr:g}{f' ({lr_option})' if lr_option else ''} may "
-                "keep it from diverging",
+                f"(in {tensors_named(bad)}); a learning rate lower than {lr:g}"
+                f"{f' ({lr_option})' if lr_option else ''} may keep it from diverging",
                 log,
             )
 

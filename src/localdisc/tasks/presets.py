@@ -67,9 +67,7 @@ def unless_diverged(
         result = train()
     except DivergedError as exc:
         recorded = datetime.now().astimezone().isoformat(timespec="seconds")
-        record = {"reason": str(exc), "recorded": recorded}
-        if key is not None:
-            record["key"] = key
+        record = {"reason": str(exc), "recorded": recorded, "key": key}
         # A record that cannot be written (a full disk: DiskFullError, a CheckpointError) must
         # not hide the divergence.
         with contextlib.suppress(OSError, CheckpointError):
