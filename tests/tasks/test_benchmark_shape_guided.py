@@ -195,9 +195,12 @@ def test_seeds_together_are_an_ensemble_of_their_probability_maps(tmp_path):
     assert rows[0]["image"] == sample.name and rows[0]["dice"] == pytest.approx(expected)
 
 
-def test_a_seed_whose_refinement_diverges_is_left_out_and_listed(tmp_path, monkeypatch):
+def test_a_seed_whose_refinement_diverges_keeps_its_a_and_b_rows_and_is_listed(
+    tmp_path, monkeypatch
+):
     """A refinement that diverges (fit_pseudo_labels' DivergedError) stopped the whole
-    benchmark with no table; now that seed's rows of the prior are left out and listed."""
+    benchmark with no table, then left out all of that seed's rows of the prior (one cached
+    evaluation); now only its refined rows are left out, and listed."""
     import localdisc.tasks.shape_guided as shape_guided
     from localdisc.errors import DivergedError
 
@@ -218,23 +221,57 @@ def test_a_seed_whose_refinement_diverges_is_left_out_and_listed(tmp_path, monke
     results = json.loads((out / "results.json").read_text())
     table = results["table"]["dice"]
     column = "synthetic_heart (no labels)"
-    assert table["LD + simulated (refined)"][column]["seed_ids"] == [0]
-    assert table["LD + simulated (A)"][column]["n_runs"] == 2
+    for row in ("refined", "refined + topology"):
+        assert table[f"LD + simulated ({row})"][column]["seed_ids"] == [0]
+    for row in ("A", "B", "A + topology"):
+        assert table[f"LD + simulated ({row})"][column]["seed_ids"] == [0, 1]
     assert table["k-means (no prior)"][column]["seed_ids"] == [0, 1]
-    assert not any("seeds together" in row for row in table)  # one seed is no ensemble
+    assert not any("seeds together" in row for row in table)  # one refined seed: no ensemble
     [skip] = results["skipped"]
     assert (skip["init"], skip["seed"]) == ("LD + simulated refinement", 1)
-    assert "LD + simulated (refined + topology)" in skip["rows"]
+    assert skip["rows"] == ["LD + simulated (refined + topology)", "LD + simulated (refined)"]
+    eval_dir = out / "runs/synthetic_heart/ld-simulated/seed-1/eval"
+    assert f"[outputs A and B kept in {eval_dir / 'per_image.json'}; delete it" in skip["reason"]
     report = (out / "results.md").read_text()
     assert "- synthetic_heart (LD + simulated refinement, seed 1): the training diverged" in report
-    # A rerun lists it again from its record, without refining again.
+    assert (eval_dir / "synthetic_xray_test_000_B_mask.png").is_file()
+    # A rerun lists it again from the cached evaluation, without refining again.
     refined.clear()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert refined == []  # seed 0's evaluation is reused, seed 1's divergence read back
+    assert refined == []
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["skipped"] == results["skipped"]
+    assert rerun["table"]["dice"]["LD + simulated (B)"][column]["seed_ids"] == [0, 1]
+    assert not (eval_dir / "diverged.json").exists()
+
+
+def test_a_refinement_divergence_recorded_before_a_and_b_were_kept_is_still_listed(
+    tmp_path, monkeypatch
+):
+    """An evaluation folder whose refinement diverged under the earlier scheme holds a
+    diverged.json of its settings: it is listed at once (all that seed's rows of the prior),
+    not refined again."""
+    import localdisc.tasks.shape_guided as shape_guided
+
+    out = tmp_path / "sg"
+    args = ["benchmark", "shape-guided", "--quick", "--tasks", "synthetic_heart", "--seeds", "2",
+            "--out", str(out), "--data-root", str(tmp_path / "none")]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    eval_dir = out / "runs/synthetic_heart/ld-simulated/seed-1/eval"
+    settings = json.loads((eval_dir / "per_image.json").read_text())["settings"]
+    (eval_dir / "per_image.json").unlink()
+    record = {"reason": "the training diverged by refine step 1/2", "key": settings}
+    (eval_dir / "diverged.json").write_text(json.dumps(record))
+    refined = []
+    monkeypatch.setattr(shape_guided, "refine", lambda run_dir, *a, **k: refined.append(run_dir))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert refined == []
     [skip] = json.loads((out / "results.json").read_text())["skipped"]
+    assert (skip["init"], skip["seed"]) == ("LD + simulated refinement", 1)
+    assert "LD + simulated (A)" in skip["rows"]
     assert "[recorded by an earlier call in " in skip["reason"]
-    assert (out / "runs/synthetic_heart/ld-simulated/seed-1/eval/diverged.json").is_file()
 
 
 def test_refinement_sees_the_ld_run_scale_and_a_new_size_is_evaluated_again(tmp_path, monkeypatch):

@@ -427,10 +427,10 @@ def _run_task(
     # A pre-training that diverges leaves its seed's rows out, listed, and the others go on.
     diverged: list[tuple[dict[str, Any], Callable[[str], bool]]] = []
 
-    def skip(seed: int, what: str, exc: DivergedError, fills: Callable[[str], bool]) -> None:
-        log(f"skipped {name} {what}, seed {seed}: {exc}")
+    def skip(seed: int, what: str, reason: object, fills: Callable[[str], bool]) -> None:
+        log(f"skipped {name} {what}, seed {seed}: {reason}")
         entry = {"task": name, "init": what, "labels": "no labels", "seed": seed,
-                 "reason": str(exc)}  # fmt: skip
+                 "reason": str(reason)}  # fmt: skip
         skipped.append(entry)
         diverged.append((entry, fills))
 
@@ -474,13 +474,20 @@ def _run_task(
             try:
                 outputs = _cached(run_dir / "eval", key, _ld_rows, run_dir, samples, target,
                                   config, topology, log)  # fmt: skip
-            except DivergedError as exc:  # the refinement's
+            except DivergedError as exc:  # the refinement's, recorded before A and B were kept
                 rows_of = f"LD + {label} ("
                 skip(seed, f"LD + {label} refinement", exc,
                      lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
                 continue
+            diverged_refinement = outputs.get(REFINEMENT_DIVERGED)
             for output, per_image in outputs.items():
-                record(f"LD + {label} ({output})", seed, per_image)
+                if output != REFINEMENT_DIVERGED:
+                    record(f"LD + {label} ({output})", seed, per_image)
+            if diverged_refinement:  # A and B stand; no refined maps for the ensemble
+                rows_of = f"LD + {label} (refined"
+                skip(seed, f"LD + {label} refinement", diverged_refinement,
+                     lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
+                continue
             ensembles.setdefault(label, []).append(run_dir)
     for label, run_dirs in ensembles.items():
         if len(run_dirs) < 2:  # one seed (asked, or the others diverged): no ensemble
@@ -582,7 +589,7 @@ def _eval_settings(config: ShapeBenchmarkConfig, *fields: str) -> dict[str, Any]
 def _cached(folder: Path, settings: dict[str, Any], compute: Callable[..., Any], *args: Any) -> Any:
     """``compute(*args)``, saved as ``folder/per_image.json`` with ``settings`` and reused while
     they are the same (a rerun with another refinement or test set recomputes). One whose
-    training diverges (a refinement, a filter-taught network) is remembered the same way
+    training diverges (a filter-taught network) is remembered the same way
     (:func:`~localdisc.tasks.presets.unless_diverged`, keyed by ``settings``): a rerun raises it
     again at once, without training to the same end."""
     path = folder / "per_image.json"
@@ -602,6 +609,10 @@ def _metrics(prob: np.ndarray, sample: Any, target: str, size: int) -> dict[str,
     return {"image": sample.name, **image_metrics(prob, sample, target, size)}
 
 
+#: The key of :func:`_ld_rows`' result that holds why its refinement diverged (no refined rows).
+REFINEMENT_DIVERGED = "refinement diverged"
+
+
 def _ld_rows(
     run_dir: Path,
     samples: list[Any],
@@ -609,11 +620,13 @@ def _ld_rows(
     config: ShapeBenchmarkConfig,
     topology: PriorTopology | None,
     log: Callable[[str], None],
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, Any]:
     """Outputs A, B and refined of a shape-guided run; with an organ prior's ``topology`` also A
     and refined held to it (the maps and masks written to ``RUN/eval`` are the outputs as they
     come). The refinement keeps a checkpoint in ``RUN/eval/refine-checkpoint``, continued by a
-    rerun and removed once the refined maps are written."""
+    rerun and removed once the refined maps are written. A refinement that diverges leaves
+    the refined rows out, the others kept, and its reason under :data:`REFINEMENT_DIVERGED`
+    (cached with them: a rerun with the same settings does not refine again)."""
     from localdisc.tasks.shape_guided import (
         REFINE_CHECKPOINT,
         RefineConfig,
@@ -648,8 +661,13 @@ def _ld_rows(
         refine_size = config.refine_size or size or config.eval_size
         refine_config = RefineConfig(steps=config.refine_steps, size=refine_size,
                                      device=config.device)  # fmt: skip
-        network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log,
-                         checkpoint_dir=checkpoint)  # fmt: skip
+        try:
+            network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log,
+                             checkpoint_dir=checkpoint)  # fmt: skip
+        except DivergedError as exc:  # a stop in its step raised KeyboardInterrupt instead
+            saved = predictions / "per_image.json"  # where _cached keeps this result
+            reason = f"{exc} [outputs A and B kept in {saved}; delete it to refine again]"
+            return {**{k: v for k, v in out.items() if v}, REFINEMENT_DIVERGED: reason}
         stretch = refine_config.stretch_contrast
         for s, m in zip(samples, maps, strict=True):
             prob = refined_probability(network, s.image, m.fov, stretch=stretch)
