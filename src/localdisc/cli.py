@@ -35,6 +35,28 @@ console.soft_wrap = not console.is_terminal
 err_console = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from localdisc.eval.provenance import version_line
+
+        console.print(version_line(), markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,  # before the command Click would ask for
+        help="Print the versions of localdisc (and its commit), Python, torch, MONAI and NumPy, "
+        "and exit.",
+    ),
+) -> None:
+    """Unsupervised local discrimination for medical images."""
+
+
 def _log(text: str) -> None:
     """Print a library progress message: plain text, so paths and ``[...]`` print as they are."""
     console.print(text, markup=False)

@@ -155,3 +155,25 @@ def test_a_tree_whose_status_failed_is_not_called_clean(monkeypatch):
     env = {"localdisc": "0.1.0", "commit": "abc1234def", "torch": "2.5"}
     assert environment_line(env).startswith("localdisc 0.1.0 (commit abc1234, tree state unknown)")
     assert environment_line({**env, "dirty": False}).startswith("localdisc 0.1.0 (commit abc1234)")
+
+
+def test_localdisc_version_prints_the_versions_a_bug_report_needs_without_importing_torch():
+    """`localdisc --version` was "No such option"; it prints this package's version and
+    commit, Python's and the libraries', from their metadata (torch is not imported: seconds)."""
+    import torch
+
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['localdisc', '--version']\n"
+        "try:\n"
+        "    runpy.run_module('localdisc', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    line, end = done.stdout.splitlines()
+    assert line.startswith(f"localdisc {localdisc.__version__}")
+    assert f"torch {torch.__version__}" in line and "Python 3." in line and "monai " in line
+    commit = git_state().get("commit")
+    assert (f"(commit {commit[:7]}" in line) == bool(commit)
+    assert end in ("exit 0 False", "exit None False"), done.stderr

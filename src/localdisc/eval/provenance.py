@@ -154,6 +154,20 @@ def commit_text(env: Mapping[str, Any]) -> str | None:
     return f"commit {env['commit'][:7]}{state}"
 
 
+def version_line() -> str:
+    """``localdisc --version``: this package (with its commit, run from a checkout), Python and
+    the libraries whose versions change results, e.g. ``localdisc 0.1.0 (commit abc1234);
+    Python 3.11.7, torch 2.13.0+cpu, monai 1.6.1, numpy 2.4.6``: what a bug report needs. From
+    the installed packages' metadata: nothing is imported (torch would take seconds)."""
+    import localdisc
+
+    commit = commit_text(git_state())
+    name = f"localdisc {localdisc.__version__}" + (f" ({commit})" if commit else "")
+    versions = [f"Python {platform.python_version()}"]
+    versions += [f"{lib} {v}" for lib in ("torch", "monai", "numpy") if (v := _version(lib))]
+    return f"{name}; {', '.join(versions)}"
+
+
 def environment_line(env: Mapping[str, Any]) -> str:
     """One line of :func:`environment` for a Markdown report, e.g. ``localdisc 0.1.0 (commit
     abc1234, modified), torch 2.13.0+cpu, Intel(R) Xeon(R) Processor (2 cores), 2026-12-05
