@@ -208,8 +208,9 @@ def test_a_seed_whose_refinement_diverges_keeps_its_a_and_b_rows_and_is_listed(
 
     def refine(run_dir, *args, **kwargs):
         refined.append(run_dir.name)
-        if run_dir.name == "seed-1":
-            raise DivergedError("the training diverged by refine step 1/2: ...")
+        if run_dir.name == "seed-1":  # after a good checkpoint, which would diverge again
+            (kwargs["checkpoint_dir"] / "step_00000001").mkdir(parents=True)
+            raise DivergedError("the training diverged by refine step 2/2: ...")
         return real(run_dir, *args, **kwargs)
 
     monkeypatch.setattr(shape_guided, "refine", refine)
@@ -235,6 +236,7 @@ def test_a_seed_whose_refinement_diverges_keeps_its_a_and_b_rows_and_is_listed(
     report = (out / "results.md").read_text()
     assert "- synthetic_heart (LD + simulated refinement, seed 1): the training diverged" in report
     assert (eval_dir / "synthetic_xray_test_000_B_mask.png").is_file()
+    assert not (eval_dir / "refine-checkpoint").exists()
     # A rerun lists it again from the cached evaluation, without refining again.
     refined.clear()
     result = CliRunner().invoke(app, args)

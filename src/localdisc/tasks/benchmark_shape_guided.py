@@ -483,7 +483,7 @@ def _run_task(
             for output, per_image in outputs.items():
                 if output != REFINEMENT_DIVERGED:
                     record(f"LD + {label} ({output})", seed, per_image)
-            if diverged_refinement:  # A and B stand; no refined maps for the ensemble
+            if diverged_refinement:  # A and B stand; no refined maps: out of the ensembles
                 rows_of = f"LD + {label} (refined"
                 skip(seed, f"LD + {label} refinement", diverged_refinement,
                      lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
@@ -589,7 +589,8 @@ def _eval_settings(config: ShapeBenchmarkConfig, *fields: str) -> dict[str, Any]
 def _cached(folder: Path, settings: dict[str, Any], compute: Callable[..., Any], *args: Any) -> Any:
     """``compute(*args)``, saved as ``folder/per_image.json`` with ``settings`` and reused while
     they are the same (a rerun with another refinement or test set recomputes). One whose
-    training diverges (a filter-taught network) is remembered the same way
+    training diverges (a filter-taught network; a refinement, recorded so before
+    :func:`_ld_rows` kept outputs A and B) is remembered the same way
     (:func:`~localdisc.tasks.presets.unless_diverged`, keyed by ``settings``): a rerun raises it
     again at once, without training to the same end."""
     path = folder / "per_image.json"
@@ -665,6 +666,8 @@ def _ld_rows(
             network = refine(run_dir, [s.image for s in samples], maps, refine_config, log=log,
                              checkpoint_dir=checkpoint)  # fmt: skip
         except DivergedError as exc:  # a stop in its step raised KeyboardInterrupt instead
+            # Its last good checkpoint would only lead to the same divergence again.
+            shutil.rmtree(checkpoint, ignore_errors=True)
             saved = predictions / "per_image.json"  # where _cached keeps this result
             reason = f"{exc} [outputs A and B kept in {saved}; delete it to refine again]"
             return {**{k: v for k, v in out.items() if v}, REFINEMENT_DIVERGED: reason}
