@@ -479,10 +479,9 @@ def _run_task(
                 skip(seed, f"LD + {label} refinement", exc,
                      lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
                 continue
-            diverged_refinement = outputs.get(REFINEMENT_DIVERGED)
+            diverged_refinement = outputs.pop(REFINEMENT_DIVERGED, None)  # saved already
             for output, per_image in outputs.items():
-                if output != REFINEMENT_DIVERGED:
-                    record(f"LD + {label} ({output})", seed, per_image)
+                record(f"LD + {label} ({output})", seed, per_image)
             if diverged_refinement:  # A and B stand; no refined maps: out of the ensembles
                 rows_of = f"LD + {label} (refined"
                 skip(seed, f"LD + {label} refinement", diverged_refinement,
