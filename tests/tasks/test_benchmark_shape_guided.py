@@ -200,7 +200,7 @@ def test_a_seed_whose_refinement_diverges_keeps_its_a_and_b_rows_and_is_listed(
 ):
     """A refinement that diverges (fit_pseudo_labels' DivergedError) stopped the whole
     benchmark with no table, then left out all of that seed's rows of the prior (one cached
-    evaluation); now only its refined rows are left out, and listed."""
+    evaluation) and of the ensemble; now only its refined rows are left out, and listed."""
     import localdisc.tasks.shape_guided as shape_guided
     from localdisc.errors import DivergedError
 
@@ -227,7 +227,12 @@ def test_a_seed_whose_refinement_diverges_keeps_its_a_and_b_rows_and_is_listed(
     for row in ("A", "B", "A + topology"):
         assert table[f"LD + simulated ({row})"][column]["seed_ids"] == [0, 1]
     assert table["k-means (no prior)"][column]["seed_ids"] == [0, 1]
-    assert not any("seeds together" in row for row in table)  # one refined seed: no ensemble
+    # Both seeds' A maps together; one refined seed is no ensemble.
+    together = sorted(row for row in table if "seeds together" in row)
+    assert together == ["LD + simulated (A + topology, 2 seeds together)",
+                        "LD + simulated (A, 2 seeds together)"]  # fmt: skip
+    ensemble = out / "runs/synthetic_heart/ld-simulated/ensemble-A/per_image.json"
+    assert list(json.loads(ensemble.read_text())["rows"]) == ["A", "A + topology"]
     [skip] = results["skipped"]
     assert (skip["init"], skip["seed"]) == ("LD + simulated refinement", 1)
     assert skip["rows"] == ["LD + simulated (refined + topology)", "LD + simulated (refined)"]

@@ -437,7 +437,8 @@ def _run_task(
     def per_seed(row: str) -> bool:  # a row of one seed's run, not of the seeds together
         return "seeds together)" not in row
 
-    ensembles: dict[str, list[Path]] = {}
+    ensembles: dict[str, list[Path]] = {}  # per prior: the seeds with A maps
+    refined: dict[str, list[Path]] = {}  # and those with refined maps
     for seed in range(config.seeds):
         stage1 = config.init
         if stage1 is None:
@@ -482,28 +483,38 @@ def _run_task(
             diverged_refinement = outputs.pop(REFINEMENT_DIVERGED, None)  # saved already
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
-            if diverged_refinement:  # A and B stand; no refined maps: out of the ensembles
+            ensembles.setdefault(label, []).append(run_dir)
+            if diverged_refinement:  # A and B stand; no refined maps for the ensemble
                 rows_of = f"LD + {label} (refined"
                 skip(seed, f"LD + {label} refinement", diverged_refinement,
                      lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
+            elif config.refine_steps:
+                refined.setdefault(label, []).append(run_dir)
+    both = ("A", "refined") if config.refine_steps else ("A",)
+    for label, with_a in ensembles.items():
+        # One evaluation of both outputs where the same seeds have them (as always before), else
+        # one each, in its own folder.
+        with_refined = refined.get(label, [])
+        groups = {both: with_a}
+        if config.refine_steps and with_refined != with_a:
+            groups = {("A",): with_a, ("refined",): with_refined}
+        for outputs_of, run_dirs in groups.items():
+            if len(run_dirs) < 2:  # one seed (asked, or the others diverged): no ensemble
                 continue
-            ensembles.setdefault(label, []).append(run_dir)
-    for label, run_dirs in ensembles.items():
-        if len(run_dirs) < 2:  # one seed (asked, or the others diverged): no ensemble
-            continue
-        topology = topologies[label]
-        settings = {**refinement(topology), "seeds": len(run_dirs)}
-        if len(run_dirs) < config.seeds:  # which ones, as the diverged seeds may change
-            settings["seed_dirs"] = [d.name for d in run_dirs]
-        banks = [_prior_bank_key(d) for d in run_dirs]
-        if any(banks):  # the seeds' maps, which it averages, are the banks' too
-            settings["prior_banks"] = banks
-        if topology is not None:  # mean maps exactly at 0.5 (2 seeds) are in the mask
-            settings["topology_mask"] = ">= 0.5"
-        outputs = _cached(task_dir / f"ld-{label}" / "ensemble", settings, _ensemble_rows,
-                          run_dirs, samples, target, config, topology)  # fmt: skip
-        for output, per_image in outputs.items():
-            record(f"LD + {label} ({output}, {len(run_dirs)} seeds together)", 0, per_image)
+            topology = topologies[label]
+            settings = {**refinement(topology), "seeds": len(run_dirs)}
+            if len(run_dirs) < config.seeds:  # which ones, as the diverged seeds may change
+                settings["seed_dirs"] = [d.name for d in run_dirs]
+            banks = [_prior_bank_key(d) for d in run_dirs]
+            if any(banks):  # the seeds' maps, which it averages, are the banks' too
+                settings["prior_banks"] = banks
+            if topology is not None:  # mean maps exactly at 0.5 (2 seeds) are in the mask
+                settings["topology_mask"] = ">= 0.5"
+            folder = "ensemble" if outputs_of == both else f"ensemble-{outputs_of[0]}"
+            outputs = _cached(task_dir / f"ld-{label}" / folder, settings, _ensemble_rows,
+                              run_dirs, outputs_of, samples, target, config, topology)  # fmt: skip
+            for output, per_image in outputs.items():
+                record(f"LD + {label} ({output}, {len(run_dirs)} seeds together)", 0, per_image)
     if task.tubular:  # deterministic: one "seed"
         thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f, _) in priors.items()}
 
@@ -685,14 +696,13 @@ def _ld_rows(
 
 
 def _ensemble_rows(
-    run_dirs: list[Path], samples: list[Any], target: str, config: ShapeBenchmarkConfig,
-    topology: PriorTopology | None,
+    run_dirs: list[Path], outputs: tuple[str, ...], samples: list[Any], target: str,
+    config: ShapeBenchmarkConfig, topology: PriorTopology | None,
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """Outputs A and refined of several runs as one: the mean of their probability maps (as
+    """``outputs`` (A, refined) of several runs as one: the mean of their probability maps (as
     :func:`_ld_rows` wrote them), held to an organ prior's ``topology`` too."""
     from localdisc.tasks.shape_guided import mean_probability
 
-    outputs = ("A", "refined") if config.refine_steps else ("A",)
     out: dict[str, list[dict[str, Any]]] = {}
     for output in outputs:
         for s in samples:
