@@ -35,8 +35,8 @@ console.soft_wrap = not console.is_terminal
 err_console = Console(stderr=True)
 
 
-def _print_version(value: bool) -> None:
-    if value:
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:  # not while the shell asks for completions
         from localdisc.eval.provenance import version_line
 
         console.print(version_line(), markup=False, highlight=False)

@@ -177,3 +177,13 @@ def test_localdisc_version_prints_the_versions_a_bug_report_needs_without_import
     commit = git_state().get("commit")
     assert (f"(commit {commit[:7]}" in line) == bool(commit)
     assert end in ("exit 0 False", "exit None False"), done.stderr
+
+
+def test_shell_completion_after_version_offers_the_commands_not_the_version_line():
+    # Click runs eager callbacks while it completes too: the version line was a candidate.
+    probe = "import sys; sys.argv[0] = 'localdisc'; from localdisc.cli import main; main()"
+    env = {**os.environ, "_LOCALDISC_COMPLETE": "complete_bash",
+           "COMP_WORDS": "localdisc --version ", "COMP_CWORD": "2"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    candidates = done.stdout.split()
+    assert "pretrain" in candidates and "localdisc" not in candidates, done.stdout
