@@ -13,6 +13,7 @@ from localdisc.data.preprocess import (
     largest_component,
     normalize,
     resize_image,
+    resize_inside,
     resize_mask,
     roi_box,
     roi_crop,
@@ -180,6 +181,25 @@ def test_resize_mask_nearest_keeps_labels() -> None:
     assert np.array_equal(down, mask)
     labels = np.arange(12).reshape(3, 4)
     assert set(np.unique(resize_mask(labels, (7, 5)))) <= set(range(12))
+
+
+def test_resize_inside_takes_a_map_from_its_field_of_view_alone() -> None:
+    yy, xx = np.mgrid[:40, :48]
+    inside = (yy - 20) ** 2 + (xx - 24) ** 2 < 18**2
+    shape = (97, 113)
+    big = resize_mask(inside, shape)
+    ones = resize_inside(inside.astype(np.float32), inside, shape)
+    np.testing.assert_allclose(ones[big], 1.0, rtol=1e-6)  # to the edge of the field of view
+    assert resize_image(inside.astype(np.float32), shape, "bilinear")[big].min() < 0.6
+    # What lies outside does not count; inside, the values stay within their own range.
+    ramp = np.where(inside, xx / 47, 5.0).astype(np.float32)
+    out = resize_inside(ramp, inside, shape)[big]
+    assert out.min() >= ramp[inside].min() - 1e-6 and out.max() <= ramp[inside].max() + 1e-6
+    # Where no inside pixel is near: 0. A map without an outside: a plain bilinear resize.
+    assert resize_inside(ramp, inside, shape)[0, 0] == 0
+    full = np.ones_like(inside)
+    np.testing.assert_allclose(resize_inside(ramp, full, shape),
+                               resize_image(ramp, shape, "bilinear"), atol=1e-6)  # fmt: skip
 
 
 def test_to_modality_channels() -> None:

@@ -644,6 +644,24 @@ def _tracings(photos, folder, names):
     return folder
 
 
+def test_a_shrunk_image_s_probability_holds_to_the_edge_of_its_field_of_view(tmp_path, monkeypatch):
+    """eye1, shrunk to max_size to be segmented, had its map brought back by a plain bilinear
+    resize, which blended the FOV's border with the 0 outside: a probability of 1 everywhere
+    inside came back below 1 along the edge (the mask could lose the vessels there)."""
+    import localdisc.tasks.vessels as vessels
+
+    sure = lambda model, image, fov: fov.astype(np.float32)  # noqa: E731
+    monkeypatch.setattr(vessels, "student_probability", sure)
+    photos = _photos(tmp_path / "photos")
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    segment_vessels_self_trained([photos], tmp_path / "out", fraction=0.12, config=config,
+                                 max_size=128, log=quiet, progress=False)  # fmt: skip
+    prob = read_image(tmp_path / "out" / "eye1_prob.png")[0][..., 0]
+    fov = vessels._written_fov(photos / "eye1.png", 128, None)
+    assert prob.shape == fov.shape == (160, 160)
+    assert prob[fov].min() == 1.0 and not prob[~fov].any()
+
+
 def _scores_by_hand(out, photo, truth, max_size=768, fov_mask=None):
     """:func:`segmentation_metrics` of the mask written (specks dropped) against ``truth``
     inside the FOV it was written in (found in the photograph as shrunk to ``max_size``, or

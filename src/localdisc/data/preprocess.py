@@ -309,6 +309,19 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return arr[ys[:, None], xs[None, :]]
 
 
+def resize_inside(
+    values: np.ndarray, inside: np.ndarray, size: int | tuple[int, int]
+) -> np.ndarray:
+    """Bilinear resize of an ``H x W`` map that holds only where ``inside`` (``bool``, a field of
+    view) from those pixels alone: each output pixel is the weighted mean of the inside pixels
+    it interpolates, 0 where there are none. A plain resize blends the border's values with
+    what lies outside (a vessel probability of 1 at the edge of the FOV came back below 1).
+    Returns ``float32``, not masked: the caller holds it to the resized FOV."""
+    weight = resize_image(inside.astype(np.float32), size, "bilinear")
+    spread = resize_image(np.where(inside, values, 0).astype(np.float32), size, "bilinear")
+    return np.divide(spread, weight, out=np.zeros_like(spread), where=weight > 1e-6)
+
+
 def to_modality_channels(image: np.ndarray, modality: str) -> np.ndarray:
     """Give ``image`` the channel count of ``modality`` (:data:`MODALITY_CHANNELS`).
 

@@ -43,6 +43,7 @@ from localdisc.data.io import read_image, read_mask, write_png
 from localdisc.data.preprocess import (
     fov_from_image,
     resize_image,
+    resize_inside,
     resize_mask,
     to_modality_channels,
 )
@@ -954,10 +955,11 @@ def _write_vessels(
                 score = vesselness(image, fov, method=teacher[0], erode_fov=teacher[1])
             strays.append(teacher_disagreement(mask, score, fov, teacher[1]))
             if prob.shape != shape:
-                # 0 outside the FOV it is written in, as at the size segmented: the bilinear
-                # resize spreads the map past the FOV's nearest-neighbour one.
+                # From the FOV's pixels alone, and 0 outside the FOV it is written in, as at the
+                # size segmented (a bilinear resize spreads past its nearest-neighbour one).
+                prob = np.clip(resize_inside(prob, fov, shape), 0, 1)
                 fov = resize_mask(fov, shape)
-                prob = np.clip(resize_image(prob, shape, "bilinear"), 0, 1) * fov
+                prob *= fov
                 mask = remove_specks((prob >= threshold) & fov, fov, speck_area)
             write_png(out_dir / f"{name}_prob.png", prob_png(prob))
             written.append(write_png(out_dir / f"{name}_mask.png", mask_png(mask)))
