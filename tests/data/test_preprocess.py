@@ -197,6 +197,8 @@ def test_resize_inside_takes_a_map_from_its_field_of_view_alone() -> None:
     assert out.min() >= ramp[inside].min() - 1e-6 and out.max() <= ramp[inside].max() + 1e-6
     # Where no inside pixel is near: 0. A map without an outside: a plain bilinear resize.
     assert resize_inside(ramp, inside, shape)[0, 0] == 0
+    np.testing.assert_allclose(resize_inside(ramp, inside.astype(np.uint8) * 255, shape),
+                               resize_inside(ramp, inside, shape))  # fmt: skip
     full = np.ones_like(inside)
     np.testing.assert_allclose(resize_inside(ramp, full, shape),
                                resize_image(ramp, shape, "bilinear"), atol=1e-6)  # fmt: skip

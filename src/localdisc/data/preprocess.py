@@ -317,6 +317,7 @@ def resize_inside(
     it interpolates, 0 where there are none. A plain resize blends the border's values with
     what lies outside (a vessel probability of 1 at the edge of the FOV came back below 1).
     Returns ``float32``, not masked: the caller holds it to the resized FOV."""
+    inside = np.asarray(inside, dtype=bool)  # a 0/255 mask would weigh 255 times
     weight = resize_image(inside.astype(np.float32), size, "bilinear")
     spread = resize_image(np.where(inside, values, 0).astype(np.float32), size, "bilinear")
     return np.divide(spread, weight, out=np.zeros_like(spread), where=weight > 1e-6)
