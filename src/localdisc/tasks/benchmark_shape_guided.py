@@ -437,6 +437,10 @@ def _run_task(
     def per_seed(row: str) -> bool:  # a row of one seed's run, not of the seeds together
         return "seeds together)" not in row
 
+    def skip_rows(seed: int, what: str, reason: object, prefix: str) -> None:
+        # The rows of that seed's run whose name starts with prefix (value bound now).
+        skip(seed, what, reason, lambda row: per_seed(row) and row.startswith(prefix))
+
     ensembles: dict[str, list[Path]] = {}  # per prior: the seeds with A maps
     refined: dict[str, list[Path]] = {}  # and those with refined maps
     for seed in range(config.seeds):
@@ -466,9 +470,7 @@ def _run_task(
             try:
                 run_dir = pretrain_preset(settings, task_dir / f"ld-{label}" / f"seed-{seed}", log)
             except DivergedError as exc:
-                rows_of = f"LD + {label} ("
-                skip(seed, f"LD + {label}", exc,
-                     lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
+                skip_rows(seed, f"LD + {label}", exc, f"LD + {label} (")
                 continue
             topology = topologies[label]
             key = {**refinement(topology), **_prior_bank_key(run_dir)}
@@ -476,18 +478,15 @@ def _run_task(
                 outputs = _cached(run_dir / "eval", key, _ld_rows, run_dir, samples, target,
                                   config, topology, log)  # fmt: skip
             except DivergedError as exc:  # the refinement's, recorded before A and B were kept
-                rows_of = f"LD + {label} ("
-                skip(seed, f"LD + {label} refinement", exc,
-                     lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
+                skip_rows(seed, f"LD + {label} refinement", exc, f"LD + {label} (")
                 continue
             diverged_refinement = outputs.pop(REFINEMENT_DIVERGED, None)  # saved already
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image)
             ensembles.setdefault(label, []).append(run_dir)
             if diverged_refinement:  # A and B stand; no refined maps for the ensemble
-                rows_of = f"LD + {label} (refined"
-                skip(seed, f"LD + {label} refinement", diverged_refinement,
-                     lambda row, p=rows_of: per_seed(row) and row.startswith(p))  # fmt: skip
+                skip_rows(seed, f"LD + {label} refinement", diverged_refinement,
+                          f"LD + {label} (refined")  # fmt: skip
             elif config.refine_steps:
                 refined.setdefault(label, []).append(run_dir)
     both = ("A", "refined") if config.refine_steps else ("A",)
@@ -498,10 +497,10 @@ def _run_task(
         groups = {both: with_a}
         if config.refine_steps and with_refined != with_a:
             groups = {("A",): with_a, ("refined",): with_refined}
+        topology = topologies[label]
         for outputs_of, run_dirs in groups.items():
             if len(run_dirs) < 2:  # one seed (asked, or the others diverged): no ensemble
                 continue
-            topology = topologies[label]
             settings = {**refinement(topology), "seeds": len(run_dirs)}
             if len(run_dirs) < config.seeds:  # which ones, as the diverged seeds may change
                 settings["seed_dirs"] = [d.name for d in run_dirs]
