@@ -55,7 +55,7 @@ def _optic_disc(size: int, seed: int) -> np.ndarray:
     eye = _eye(size, seed)
     rng = np.random.default_rng([seed, _JITTER_TAG, 1])
     # A little larger or smaller than the rendered disc, and slightly taller than wide as in
-    # real fundus photographs (the synthetic renderer uses the same 1.03-1.12 aspect).
+    # real fundus photographs: 3-15 % (the synthetic renderer draws 3-12 %, this a little more).
     rx = eye.disc_radius * rng.uniform(0.9, 1.1)
     ry = rx * rng.uniform(1.03, 1.15)
     jitter = rng.normal(0.0, 0.1 * eye.disc_radius, 2)
