@@ -682,12 +682,12 @@ def similarity(
     map on each image, best match circled, a colour bar from -1 to 1)."""
     from localdisc.engine.distributed import resolve_device
     from localdisc.tasks.similarity import (
-        as_image,
         check_inside,
         check_size,
         figure_path,
         load_model,
         parse_point,
+        read_images,
         similarity_figure,
     )
     from localdisc.tasks.similarity import similarity as similarity_maps
@@ -697,7 +697,7 @@ def similarity(
     check_size(size, "--size")
     out = figure_path(out)
     _check_parent("--out", out)
-    query, others = as_image(image), [as_image(t) for t in targets]
+    query, *others = read_images([image, *targets], _log)
     points = [parse_point(p) for p in point]
     for xy in points:
         check_inside("--point", xy, query.shape, str(image))
@@ -775,6 +775,7 @@ def localize(
     """One-shot landmark localisation: find the template's landmarks in new images."""
     import json
 
+    from localdisc.data.io import orientation_note
     from localdisc.engine.checkpoint import atomic_write_text
     from localdisc.engine.distributed import resolve_device
     from localdisc.eval.provenance import environment
@@ -782,6 +783,7 @@ def localize(
         COORDINATES,
         SearchConfig,
         check_pixel_spacing,
+        header_metas,
         localize_images,
         read_landmarks,
         read_truth,
@@ -814,6 +816,10 @@ def localize(
     # Overlays in a sub-folder of an --images folder are not images to localise on a rerun.
     found = collect_images(images, out_dir=overlay, suffixes=())
     skips = SkippedImages(skip_bad, _log, len(found))
+    # A phone photograph's EXIF turn is not applied: said before any point is checked.
+    note = orientation_note(header_metas([template, *(path for _, path in found)]))
+    if note is not None:
+        _log(f"note: {note}")
     # Before the model: an unknown image or landmark, or a point outside its image, is refused.
     true = read_truth(truth, found, spots, skips) if truth is not None else None
     skips.kept(found)  # every image skipped reading the truth: refused before the model

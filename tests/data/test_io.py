@@ -1241,3 +1241,34 @@ def test_shared_stare_scr_jsrt() -> None:
     xray, meta = read_image(_shared("JSRT", "images", "JPCLN001.png"))
     _check_image(xray, (512, 512, 1))
     assert meta.channels == 1 and xray.std() > 0.1
+
+
+def test_an_exif_orientation_is_read_and_said_not_applied(tmp_path):
+    """A phone photograph's Orientation tag: viewers turn it, localdisc reads the pixels as
+    stored (its masks are drawn on those). ImageMeta says so, for a note, from the header too."""
+    from localdisc.data.io import orientation_note, read_image_meta
+
+    pixels = np.zeros((6, 10, 3), np.uint8)
+    pixels[0] = 255  # the top row white, as stored
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[274] = 6
+    im.save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    exif[274] = 3
+    im.save(tmp_path / "turned.png", exif=exif)
+    exif[274] = 1
+    im.save(tmp_path / "upright.jpg", exif=exif)
+    im.save(tmp_path / "plain.png")
+    tifffile.imwrite(tmp_path / "turned.tif", pixels[..., 0], extratags=[(274, "H", 1, 8, True)])
+    image, meta = read_image(tmp_path / "turned.jpg")
+    assert image.shape[:2] == (6, 10) and image[0].mean() > 0.9  # not turned
+    expected = {"turned.jpg": 6, "turned.png": 3, "turned.tif": 8, "upright.jpg": None,
+                "plain.png": None}  # fmt: skip
+    for name, orientation in expected.items():
+        assert read_image(tmp_path / name)[1].orientation == orientation, name
+        assert read_image_meta(tmp_path / name).orientation == orientation, name
+    note = orientation_note([read_image_meta(tmp_path / n) for n in expected])
+    assert note is not None and note.startswith("3 image(s) carry an EXIF orientation")
+    assert f"{tmp_path / 'turned.jpg'}, 6: viewers show it turned 90 degrees clockwise" in note
+    assert "10 wide and 6 high there" in note
+    assert orientation_note([read_image_meta(tmp_path / "plain.png")]) is None

@@ -79,9 +79,16 @@ def test_mm_errors_are_each_images_px_times_its_spacing(tmp_path, monkeypatch):
         tasks=["synthetic_fundus"],
         quick=True,  # 3 at 64 px
     )
-    results = run_localize_benchmark(config, tmp_path / "out", log=lambda m: None)
+    logged: list[str] = []
+    results = run_localize_benchmark(config, tmp_path / "out", log=logged.append)
     methods = results["tasks"]["synthetic_fundus"]["methods"]
     assert list(methods) == ["NCC template matching (16 px patch)"]
+    # Said and listed: it was left out without a word.
+    reason = f"model {tmp_path / 'run'} (xray) not run: the task's images are fundus"
+    assert results["skipped"] == [{"task": "synthetic_fundus", "model": str(tmp_path / "run"),
+                                   "reason": reason}]  # fmt: skip
+    assert f"skipped on synthetic_fundus: {reason}" in logged
+    assert f"- synthetic_fundus: {reason}" in (tmp_path / "out" / "results.md").read_text()
     # The errors themselves, from NCC again (deterministic), each image's px and mm.
     task = spaced(64, 3, 0)
     by_landmark: dict[str, list[tuple[float, float]]] = {}

@@ -937,3 +937,56 @@ def test_the_log_says_a_detectors_spacing_is_the_detectors():
         "in px and in mm from the images' own pixel spacing (ImagerPixelSpacing (at the "
         "detector: errors a few per cent high); 0.15 x 0.15 mm, row x column)"
     )
+
+
+def test_landmark_files_written_with_a_byte_order_mark_are_read(tmp_path):
+    # Windows editors save "UTF-8 with BOM", PowerShell 5's Out-File UTF-16: both were refused.
+    text = json.dumps({"heart": [10, 20.5]})
+    for name, data in (
+        ("bom.json", ("\ufeff" + text).encode()),
+        ("u16.json", text.encode("utf-16")),
+    ):
+        (tmp_path / name).write_bytes(data)
+        assert read_landmarks(tmp_path / name) == {"heart": (10.0, 20.5)}, name
+
+
+def test_a_point_is_inside_over_its_pixels_whole_extent():
+    """Pixel (i, j)'s centre is (i, j): a 100-wide image spans -0.5 <= x < 99.5. x = -0.3 (in
+    pixel 0) was refused and x = 99.7 (past the edge) taken."""
+    from localdisc.tasks.similarity import check_inside
+
+    for point in ((-0.3, 0), (99.49, 59.49), (-0.5, -0.5), (0, 0)):
+        check_inside("point", point, (60, 100), "the image")
+    for point in ((99.7, 0), (99.5, 10), (10, 59.5), (-0.51, 3)):
+        with pytest.raises(LocaldiscError, match="outside"):
+            check_inside("point", point, (60, 100), "the image")
+
+
+def test_localize_cli_says_an_exif_turn_is_not_applied(tmp_path):
+    # A phone photograph with Orientation 6 is shown turned by viewers: a template landmark
+    # clicked there is in another frame, and was refused as "(row, column)?" or taken silently.
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+    from localdisc.models import LDConfig, LDModel
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    im = Image.fromarray((planted(0, (30, 40))[:60] * 255).astype(np.uint8))
+    exif = im.getexif()
+    exif[274] = 6
+    im.save(tmp_path / "t.jpg", exif=exif)
+    save(tmp_path / "new" / "n0.png", (planted(1, (20, 30)) * 255).astype(np.uint8))
+    (tmp_path / "t.json").write_text(json.dumps({"mark": [30, 40]}))
+    args = ["localize", "--model", str(tmp_path / "run"), "--template", str(tmp_path / "t.jpg"),
+            "--landmarks", str(tmp_path / "t.json"), "--images", str(tmp_path / "new"),
+            "--out", str(tmp_path / "p.json"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # unwrapped
+    assert "1 image(s) carry an EXIF orientation that localdisc does not apply" in output
+    assert "turned 90 degrees clockwise" in output and "96 wide and 60 high there" in output
+    save(tmp_path / "t.png", (planted(0, (30, 40))[:60] * 255).astype(np.uint8))
+    result = CliRunner().invoke(app, [a.replace("t.jpg", "t.png") for a in args])
+    assert result.exit_code == 0 and "EXIF" not in result.output

@@ -444,3 +444,27 @@ def test_a_strip_thinner_than_a_working_pixel_keeps_one(loaded):
     result = similarity(loaded, strip, [(150, 1)], [strip])
     assert result.query.shape == result.targets[0].shape == (1, 2, 300)
     assert abs(result.best[0][0][0] - 150) <= 300 / 64  # within a working pixel
+
+
+def test_similarity_cli_says_an_exif_turn_is_not_applied(tmp_path):
+    # The query point of a phone photograph taken in a viewer that turns it is in another frame.
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    for name, orientation in (("a.jpg", 1), ("b.jpg", 8)):
+        im = Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8))
+        exif = im.getexif()
+        exif[274] = orientation
+        im.save(tmp_path / name, exif=exif)
+    args = ["similarity", "--model", str(tmp_path / "run"), "--image", str(tmp_path / "a.jpg"),
+            "--point", "10,20", "--targets", str(tmp_path / "b.jpg"),
+            "--out", str(tmp_path / "sim.png"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "1 image(s) carry an EXIF orientation that localdisc does not apply" in output
+    assert "b.jpg, 8: viewers show it turned 90 degrees anticlockwise" in output

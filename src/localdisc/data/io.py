@@ -44,6 +44,7 @@ import io
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,6 +138,40 @@ _max_pixels_override: int | None = None
 # Guards our temporary changes to Pillow's module-level settings.
 _PIL_LOCK = threading.Lock()
 
+_ORIENTATION_TAG = 274  # EXIF and TIFF Orientation
+#: How a viewer that applies an Orientation tag shows the stored pixels.
+ORIENTATIONS = {
+    2: "mirrored left-right",
+    3: "turned 180 degrees",
+    4: "mirrored top-bottom",
+    5: "transposed (mirrored about the main diagonal)",
+    6: "turned 90 degrees clockwise",
+    7: "transposed about the other diagonal",
+    8: "turned 90 degrees anticlockwise",
+}
+
+
+def _orientation(value: object) -> int | None:
+    """An Orientation tag's value where it asks to turn or mirror (2-8); else ``None``."""
+    return value if isinstance(value, int) and value in ORIENTATIONS else None
+
+
+def orientation_note(metas: Sequence[ImageMeta]) -> str | None:
+    """A line saying that images carry an Orientation tag localdisc does not apply (``None``
+    where none of ``metas`` does): points are taken in the pixels as stored, and a viewer that
+    applies the tag shows another frame (a phone photograph turned 90 degrees: (x, y) swapped)."""
+    turned = [m for m in metas if m.orientation is not None]
+    if not turned:
+        return None
+    first = turned[0]
+    return (
+        f"{len(turned)} image(s) carry an EXIF orientation that localdisc does not apply (first: "
+        f"{first.path}, {first.orientation}: viewers show it {ORIENTATIONS[first.orientation]}): "
+        "points are (x, y) in the pixels as stored, "
+        f"{first.width} wide and {first.height} high there; points taken in a viewer that "
+        "applies the tag are in another frame"
+    )
+
 
 @dataclass(frozen=True)
 class ImageMeta:
@@ -170,6 +205,11 @@ class ImageMeta:
             :data:`SPACING_SOURCES` (``"PixelSpacing"``, ``"ImagerPixelSpacing /
             EstimatedRadiographicMagnificationFactor"``, ``"JSRT"``, ...); ``None`` where
             ``spacing`` is.
+        orientation: the EXIF (or TIFF) Orientation tag where it is one of 2-8, i.e. the file
+            asks viewers to turn or mirror it (phone photographs do); ``None`` for upright (1)
+            or no tag. Not applied: height, width and the pixels are as stored (its masks are
+            drawn on those), so points taken in a viewer that applies it are in another frame
+            (:func:`orientation_note`).
     """
 
     path: Path
@@ -180,6 +220,7 @@ class ImageMeta:
     channels: int
     spacing: tuple[float, float] | None = None
     spacing_source: str | None = None
+    orientation: int | None = None
 
 
 @dataclass
@@ -594,7 +635,14 @@ def _pil_meta(path: Path, im: Image.Image, bits: int, channels: int) -> ImageMet
     else:
         name = _PIL_FORMAT_NAMES.get(fmt, fmt.lower())
     width, height = im.size
-    return ImageMeta(path, name, bits, height, width, channels)
+    # A malformed EXIF block is a note's matter, never a reason not to read (nor to warn).
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            orientation = _orientation(im.getexif().get(_ORIENTATION_TAG))
+    except Exception:
+        orientation = None
+    return ImageMeta(path, name, bits, height, width, channels, orientation=orientation)
 
 
 def _from_pil(path: Path, im: Image.Image) -> _Decoded:
@@ -864,7 +912,13 @@ def _tiff_page(tf: Any, path: Path, limit: int) -> tuple[Any, ImageMeta, int]:
     samples = 1 if axes == "YX" else int(page.shape[0 if axes == "SYX" else 2])
     if photometric == 2 and samples < 3 and axes != "YX":  # RGB of fewer samples
         raise _TiffUnsupported(f"{samples} samples for photometric {photometric}")
-    return page, ImageMeta(path, "tiff", bits, height, width, spp), photometric
+    tag = page.tags.get(_ORIENTATION_TAG)
+    orientation = _orientation(None if tag is None else tag.value)
+    return (
+        page,
+        ImageMeta(path, "tiff", bits, height, width, spp, orientation=orientation),
+        photometric,
+    )
 
 
 def _integer_scale(dtype: np.dtype, bits: int) -> float | None:

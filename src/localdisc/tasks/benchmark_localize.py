@@ -231,7 +231,8 @@ def run_localize_benchmark(
         try:
             # Every seed's template first: too many seeds for the training images is then
             # found before any work, not after the other seeds' (which it would throw away).
-            for seed, task in enumerate([_task(task_name, config, s) for s in range(config.seeds)]):
+            seeded = [_task(task_name, config, s) for s in range(config.seeds)]
+            for seed, task in enumerate(seeded):
                 templates.append(task.template.name)
                 methods = _methods(task, loaded, config)
                 for case in task.tests():
@@ -256,6 +257,12 @@ def run_localize_benchmark(
             log(f"skipped {task_name}: {exc}")
             results["skipped"].append({"task": task_name, "reason": str(exc)})
             continue
+        for run, other in loaded.items():  # not among the methods (_methods): said, listed
+            if other.model.config.modality != seeded[0].modality:
+                reason = (f"model {run} ({other.model.config.modality}) not run: the task's "
+                          f"images are {seeded[0].modality}")  # fmt: skip
+                log(f"skipped on {task_name}: {reason}")
+                results["skipped"].append({"task": task_name, "model": run, "reason": reason})
         results["tasks"][task_name] = {
             "templates": templates,
             "test_images": count // config.seeds,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localdisc.data.io import read_image
+from localdisc.data.io import orientation_note, read_image
 from localdisc.data.preprocess import as_raw_image, resize_image, roi_box
 from localdisc.errors import InputError, LocaldiscError
 from localdisc.models.ld import LDModel, refuse_peer_run, split_weights_path
@@ -145,6 +146,17 @@ def as_image(image: np.ndarray | Tensor | str | Path, name: str = "image") -> np
     if isinstance(image, str | Path):
         return read_image(image)[0]
     return as_raw_image(image, name)
+
+
+def read_images(paths: Sequence[Path], log: Callable[[str], None]) -> list[np.ndarray]:
+    """Each file's raw image, as :func:`as_image` reads it, with a line in ``log`` where any
+    carries an EXIF orientation, which is not applied (:func:`~localdisc.data.io.orientation_note`:
+    points taken in a viewer that applies it are in another frame)."""
+    read = [read_image(path) for path in paths]
+    note = orientation_note([meta for _, meta in read])
+    if note is not None:
+        log(f"note: {note}")
+    return [image for image, _ in read]
 
 
 def as_points(points: object) -> list[Point]:
@@ -310,12 +322,17 @@ def check_inside(what: str, point: Point, shape: tuple[int, ...], source: str) -
     of ``shape`` (``what``: the point as the message names it, e.g. ``landmark 'heart'``;
     ``source``: the image, e.g. its file), saying the (x, y) order; where the point's numbers
     swapped would be inside, it asks whether they are (row, column), the order of numpy indices
-    and of many annotation tools."""
+    and of many annotation tools. Pixel ``(i, j)``'s centre is at ``(i, j)``: an image ``w``
+    wide spans ``-0.5 <= x < w - 0.5``."""
     h, w = shape[:2]
     x, y = point
-    if 0 <= x < w and 0 <= y < h:
+
+    def inside(x: float, y: float) -> bool:
+        return -0.5 <= x < w - 0.5 and -0.5 <= y < h - 0.5
+
+    if inside(x, y):
         return
-    swapped = 0 <= y < w and 0 <= x < h
+    swapped = inside(y, x)
     hint = f"; ({y:g}, {x:g}) would be inside: given as (row, column)?" if swapped else ""
     raise LocaldiscError(
         f"{what} ({x:g}, {y:g}) is outside {source} ({w} wide, {h} high): x is the column, y "
