@@ -958,11 +958,11 @@ def lung_masks(
     """Both lung fields of a PA chest radiograph: ``(right_lung, left_lung)`` bool masks.
 
     Radiological convention: the patient's right lung is on the image left. Shapes vary in
-    size, apex height and width (narrower than the base), diaphragm height (the left lower than
-    the right) and slope down to sharp costophrenic angles, the aortic knob and the left lung's
-    cardiac notch; ``cardiothoracic_ratio`` sizes the heart they wrap around. With the same
-    integer seed (and ratio) :func:`heart_mask` returns the matching heart, and both equal the
-    masks of ``synthetic_xray(size, seed)``.
+    size, apex height and width (narrower than the base), diaphragm height (the left usually
+    lower than the right) and slope down to sharp costophrenic angles, the aortic knob and the
+    left lung's cardiac notch; ``cardiothoracic_ratio`` sizes the heart they wrap around. With
+    the same integer seed (and ratio) :func:`heart_mask` returns the matching heart, and both
+    equal the masks of ``synthetic_xray(size, seed)``.
     """
     right, left, _ = _chest_masks(
         _seeded_chest(rng_or_seed, cardiothoracic_ratio), _check_size(size)
