@@ -85,3 +85,31 @@ def test_a_tree_without_loops_is_no_organ() -> None:
     assert str(topology) == "1 piece, no holes, thin (a tree)"
     # An organ as large in area as the tree is not thin.
     assert not measure_topology(_disc(128, 64, 64, 11)[None]).thin
+
+
+def test_pieces_touching_at_a_corner_are_one() -> None:
+    """Pieces are 8-connected, as holes are 4-connected: a rasterised line's diagonal steps
+    split it (a simulated vessel tree of one piece counted 19), and a lobe joined to the organ
+    at a corner was cut away as a piece too many."""
+    line = np.eye(32, dtype=bool) | np.eye(32, k=1, dtype=bool)[::-1]  # an X of diagonal steps
+    assert measure_topology(line[None]).components == 1
+    vessels = measure_topology(load_prior("simulated:vessels", 128, count=4))
+    assert vessels.components == 1
+    organ = np.zeros((32, 32), bool)
+    organ[4:16, 4:16] = True
+    lobe = np.zeros_like(organ)
+    lobe[16:22, 16:22] = True  # touches the organ at the corner (15, 15) alone
+    prob = np.where(organ | lobe, 0.9, 0.1).astype(np.float32)
+    np.testing.assert_array_equal(enforce_topology(prob, PriorTopology(1, False)), prob)
+    ring = np.zeros((9, 9), bool)  # a diamond of diagonal steps: one piece around a hole
+    for i in range(4):
+        ring[4 - i, i] = ring[4 + i, i] = ring[i, 4 + i] = ring[8 - i, 4 + i] = True
+    ring[4, 8] = True
+    topology = measure_topology(ring[None])
+    assert (topology.components, topology.holes) == (1, True)
+
+
+def test_a_tie_between_two_counts_keeps_the_larger() -> None:
+    # Half the masks with two pieces: holding output A to one piece would remove an organ.
+    one, two = _disc(32, 16, 8, 5), _disc(32, 16, 8, 5) | _disc(32, 16, 24, 5)
+    assert measure_topology(np.stack([one, two, one, two])).components == 2

@@ -163,7 +163,10 @@ def test_generated_radiographs_give_organ_rows_and_the_prior_settings_reach_trai
     } <= set(results["table"]["dice"])
     settings = json.loads((out / "runs" / task / "ld-simulated" / "seed-0" / "eval" /
                            "per_image.json").read_text())["settings"]  # fmt: skip
-    assert settings["topology"] == {"components": 2 if shape == "lungs" else 1, "holes": False}
+    # "pieces": held to 4-connected pieces (before) is another evaluation, not reused.
+    components = 2 if shape == "lungs" else 1
+    assert settings["topology"] == {"components": components, "holes": False,
+                                    "pieces": "8-connected"}  # fmt: skip
     assert {r["metrics"]["target"] for r in results["runs"]} == {target}
     run = out / "runs" / task / "ld-simulated" / "seed-0"
     config = json.loads((run / "config.json").read_text())["pretrain"]

@@ -417,9 +417,10 @@ def _run_task(
         # image, fused onto it, and their intensity posterior ("atlases"; "atlas" was the
         # frequency moved onto the image, True the frequency as it is). "sideways": such a
         # run's maps are first moved by the shift the images' grey levels find most likely.
-        # The topology as recorded before PriorTopology.thin (always False for an organ):
-        # earlier runs' evaluations stay reusable.
-        held = topology and {"components": topology.components, "holes": topology.holes}
+        # The topology as recorded before PriorTopology.thin (always False for an organ), and
+        # "pieces": evaluations held to 4-connected pieces (before it) are not reused.
+        held = topology and {"components": topology.components, "holes": topology.holes,
+                             "pieces": "8-connected"}  # fmt: skip
         return {**_eval_settings(config, "refine_steps", "refine_size"),
                 "topology": held, "prob_png": True,
                 "prior_vote": "atlases", "sideways": "likelihood"}  # fmt: skip
