@@ -1272,3 +1272,23 @@ def test_an_exif_orientation_is_read_and_said_not_applied(tmp_path):
     assert f"{tmp_path / 'turned.jpg'}, 6: viewers show it turned 90 degrees clockwise" in note
     assert "10 wide and 6 high there" in note
     assert orientation_note([read_image_meta(tmp_path / "plain.png")]) is None
+    assert type(read_image_meta(tmp_path / "turned.tif").orientation) is int  # not tifffile's enum
+
+
+def test_a_header_read_decodes_no_png_pixels_for_its_orientation(tmp_path, monkeypatch):
+    # Pillow's PngImageFile.getexif() loads every pixel of a PNG without an EXIF block: the
+    # header reads of localize's note (and read_truth's) decoded whole folders.
+    from PIL import ImageFile
+
+    from localdisc.data.io import read_image_meta
+
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "a.png")
+    loads = []
+    real = ImageFile.ImageFile.load
+
+    def load(self):
+        loads.append(self.format)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    assert read_image_meta(tmp_path / "a.png").orientation is None and loads == []

@@ -951,15 +951,21 @@ def test_landmark_files_written_with_a_byte_order_mark_are_read(tmp_path):
 
 
 def test_a_point_is_inside_over_its_pixels_whole_extent():
-    """Pixel (i, j)'s centre is (i, j): a 100-wide image spans -0.5 <= x < 99.5. x = -0.3 (in
-    pixel 0) was refused and x = 99.7 (past the edge) taken."""
+    """Pixel (i, j)'s centre is (i, j): a 100-wide image spans -0.5 <= x <= 99.5. x = -0.3 (in
+    pixel 0) was refused and x = 99.7 (past the edge) taken. Closed, so that a point's mirror
+    image (w - 1 - x: ncc_localize --mirror checks it) is inside with it."""
     from localdisc.tasks.similarity import check_inside
 
-    for point in ((-0.3, 0), (99.49, 59.49), (-0.5, -0.5), (0, 0)):
+    for point in ((-0.3, 0), (99.5, 59.5), (-0.5, -0.5), (0, 0)):
         check_inside("point", point, (60, 100), "the image")
-    for point in ((99.7, 0), (99.5, 10), (10, 59.5), (-0.51, 3)):
+    for point in ((99.7, 0), (99.51, 10), (10, 59.51), (-0.51, 3)):
         with pytest.raises(LocaldiscError, match="outside"):
             check_inside("point", point, (60, 100), "the image")
+    rng = np.random.default_rng(0)
+    template, image = rng.random((60, 100)), rng.random((60, 100))
+    for x in (-0.5, 99.5):  # mirrored: 99.5 and -0.5
+        found = ncc_localize(template, {"a": (x, 30.0)}, image, 16, mirror=True)["a"]
+        assert 0 <= found.x <= 99 and 0 <= found.y <= 59
 
 
 def test_localize_cli_says_an_exif_turn_is_not_applied(tmp_path):

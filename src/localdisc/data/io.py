@@ -44,7 +44,6 @@ import io
 import os
 import sys
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,7 +152,7 @@ ORIENTATIONS = {
 
 def _orientation(value: object) -> int | None:
     """An Orientation tag's value where it asks to turn or mirror (2-8); else ``None``."""
-    return value if isinstance(value, int) and value in ORIENTATIONS else None
+    return int(value) if isinstance(value, int) and value in ORIENTATIONS else None
 
 
 def orientation_note(metas: Sequence[ImageMeta]) -> str | None:
@@ -635,14 +634,26 @@ def _pil_meta(path: Path, im: Image.Image, bits: int, channels: int) -> ImageMet
     else:
         name = _PIL_FORMAT_NAMES.get(fmt, fmt.lower())
     width, height = im.size
-    # A malformed EXIF block is a note's matter, never a reason not to read (nor to warn).
+    return ImageMeta(path, name, bits, height, width, channels, orientation=_pil_orientation(im))
+
+
+def _pil_orientation(im: Image.Image) -> int | None:
+    """The Orientation tag of an opened Pillow image, from what its header read holds: a TIFF's
+    directory, else the EXIF block (JPEG, WebP; a PNG's where it comes before the pixels).
+    Not ``im.getexif()``: on a PNG without one it decodes every pixel. A malformed block is a
+    note's matter, never a reason not to read."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            orientation = _orientation(im.getexif().get(_ORIENTATION_TAG))
+        tags = getattr(im, "tag_v2", None)
+        if tags is not None:
+            return _orientation(tags.get(_ORIENTATION_TAG))
+        raw = im.info.get("exif")
+        if not raw:
+            return None
+        exif = Image.Exif()
+        exif.load(raw)
+        return _orientation(exif.get(_ORIENTATION_TAG))
     except Exception:
-        orientation = None
-    return ImageMeta(path, name, bits, height, width, channels, orientation=orientation)
+        return None
 
 
 def _from_pil(path: Path, im: Image.Image) -> _Decoded:

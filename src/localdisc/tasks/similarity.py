@@ -323,12 +323,13 @@ def check_inside(what: str, point: Point, shape: tuple[int, ...], source: str) -
     ``source``: the image, e.g. its file), saying the (x, y) order; where the point's numbers
     swapped would be inside, it asks whether they are (row, column), the order of numpy indices
     and of many annotation tools. Pixel ``(i, j)``'s centre is at ``(i, j)``: an image ``w``
-    wide spans ``-0.5 <= x < w - 0.5``."""
+    wide spans ``-0.5 <= x <= w - 0.5`` (closed: a point and its mirror image ``w - 1 - x``
+    are inside together)."""
     h, w = shape[:2]
     x, y = point
 
     def inside(x: float, y: float) -> bool:
-        return -0.5 <= x < w - 0.5 and -0.5 <= y < h - 0.5
+        return -0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5
 
     if inside(x, y):
         return
