@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -939,7 +940,7 @@ def test_the_log_says_a_detectors_spacing_is_the_detectors():
     )
 
 
-def test_landmark_files_written_with_a_byte_order_mark_are_read(tmp_path):
+def test_landmark_files_written_with_a_byte_order_mark_are_read(tmp_path, monkeypatch):
     # Windows editors save "UTF-8 with BOM", PowerShell 5's Out-File UTF-16: both were refused.
     text = json.dumps({"heart": [10, 20.5]})
     for name, data in (
@@ -948,6 +949,11 @@ def test_landmark_files_written_with_a_byte_order_mark_are_read(tmp_path):
     ):
         (tmp_path / name).write_bytes(data)
         assert read_landmarks(tmp_path / name) == {"heart": (10.0, 20.5)}, name
+    # A Windows code page (the system's default there) is read as before.
+    (tmp_path / "cp.json").write_bytes('{"c\u0153ur": [1, 2]}'.encode("cp1252"))
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: real(self, encoding="cp1252"))
+    assert read_landmarks(tmp_path / "cp.json") == {"c\u0153ur": (1.0, 2.0)}
 
 
 def test_a_point_is_inside_over_its_pixels_whole_extent():

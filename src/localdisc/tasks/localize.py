@@ -90,8 +90,12 @@ def read_landmarks(path: str | Path) -> dict[str, Point]:
 def _read_json(path: Path, what: str) -> object:
     try:
         # Bytes: json finds UTF-8 with or without a BOM and UTF-16/32 (Windows editors and
-        # PowerShell write those), whatever the system's default encoding.
-        return json.loads(path.read_bytes())
+        # PowerShell write those), whatever the system's default encoding; else that encoding
+        # (a Windows code page, as read before).
+        try:
+            return json.loads(path.read_bytes())
+        except UnicodeDecodeError:
+            return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LocaldiscError(f"{path}: cannot read {what} ({exc})") from exc
 
