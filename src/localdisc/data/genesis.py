@@ -112,8 +112,8 @@ def bezier_transform(x: Tensor, control: Tensor, invert: Tensor) -> Tensor:
     is interpolated linearly on the polyline ``(x(t_k), y(t_k))`` (the authors' code does the
     same with 100 000 points): monotonic by construction, and mostly within ~1e-7 of the exact
     curve, also where it is steep (a table evenly spaced in intensity would not be); where it
-    starts or ends vertical (``x'(t) = 0`` there) up to about 3e-4 over the first segment
-    (float32 images: 3e-3), intensities that close to the end point alone.
+    starts or ends vertical (``x'(t) = 0`` there) up to about 3e-4 (3e-3 for float32 images),
+    for intensities next to that end alone.
     """
     _check_images(x)
     b = x.shape[0]

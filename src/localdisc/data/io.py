@@ -34,7 +34,8 @@ Value conventions:
 * floats must be finite; they are kept when inside [0, 1] and min-max scaled otherwise
   (a constant image outside [0, 1] becomes all zeros);
 * alpha is dropped (RGBA -> RGB, LA -> L); palette images become RGB, or grey when the palette
-  is grey; EXIF orientation is ignored so that images stay aligned with their masks.
+  is grey; EXIF orientation is ignored so that images stay aligned with their masks
+  (:attr:`ImageMeta.orientation` says where a file has one).
 """
 
 from __future__ import annotations
@@ -153,23 +154,6 @@ ORIENTATIONS = {
 def _orientation(value: object) -> int | None:
     """An Orientation tag's value where it asks to turn or mirror (2-8); else ``None``."""
     return int(value) if isinstance(value, int) and value in ORIENTATIONS else None
-
-
-def orientation_note(metas: Sequence[ImageMeta]) -> str | None:
-    """A line saying that images carry an Orientation tag localdisc does not apply (``None``
-    where none of ``metas`` does): points are taken in the pixels as stored, and a viewer that
-    applies the tag shows another frame (a phone photograph turned 90 degrees: (x, y) swapped)."""
-    turned = [m for m in metas if m.orientation is not None]
-    if not turned:
-        return None
-    first = turned[0]
-    return (
-        f"{len(turned)} image(s) carry an EXIF orientation that localdisc does not apply (first: "
-        f"{first.path}, {first.orientation}: viewers show it {ORIENTATIONS[first.orientation]}): "
-        "points are (x, y) in the pixels as stored, "
-        f"{first.width} wide and {first.height} high there; points taken in a viewer that "
-        "applies the tag are in another frame"
-    )
 
 
 @dataclass(frozen=True)
@@ -341,6 +325,23 @@ def read_image_meta(path: str | Path, *, max_pixels: int | None = None) -> Image
         _validate(path, decoded, limit)
         meta = decoded.meta
     return meta
+
+
+def orientation_note(metas: Sequence[ImageMeta]) -> str | None:
+    """A line saying that images carry an Orientation tag localdisc does not apply (``None``
+    where none of ``metas`` does): points are taken in the pixels as stored, and a viewer that
+    applies the tag shows another frame (a phone photograph turned 90 degrees: (x, y) swapped)."""
+    turned = [m for m in metas if m.orientation is not None]
+    if not turned:
+        return None
+    first = turned[0]
+    return (
+        f"{len(turned)} image(s) carry an EXIF orientation that localdisc does not apply (first: "
+        f"{first.path}, {first.orientation}: viewers show it {ORIENTATIONS[first.orientation]}): "
+        "points are (x, y) in the pixels as stored, "
+        f"{first.width} wide and {first.height} high there; points taken in a viewer that "
+        "applies the tag are in another frame"
+    )
 
 
 # --------------------------------------------------------------------------- dispatch
