@@ -1292,3 +1292,39 @@ def test_a_header_read_decodes_no_png_pixels_for_its_orientation(tmp_path, monke
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     assert read_image_meta(tmp_path / "a.png").orientation is None and loads == []
+
+
+def test_the_orientation_is_found_where_pillow_keeps_it_alike_in_header_and_full_reads(tmp_path):
+    """An ImageMagick PNG's hex "Raw profile type exif", an XMP tiff:Orientation and a palette
+    TIFF that Pillow decodes (its load drops the tag) were missed by one read or both; a
+    malformed EXIF block warned on every read of a PNG (reviewer)."""
+    import struct
+    import warnings
+
+    from PIL import PngImagePlugin
+
+    from localdisc.data.io import read_image_meta
+
+    rgb = Image.fromarray((np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[274] = 6
+    block = exif.tobytes()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(block)}\n" + block.hex(), zip=True)
+    rgb.save(tmp_path / "profile.png", pnginfo=info)
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
+           b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF>'
+           b"</x:xmpmeta>")  # fmt: skip
+    rgb.save(tmp_path / "xmp.jpg", xmp=xmp)
+    rgb.convert("P").save(tmp_path / "palette.tif", tiffinfo={274: 3})
+    # An ASCII entry whose data lie past the block's end, after a sound Orientation entry.
+    bad = (b"MM\x00\x2a\x00\x00\x00\x08" + struct.pack(">H", 2)
+           + struct.pack(">HHII", 274, 3, 1, 6 << 16) + struct.pack(">HHII", 270, 2, 200, 1000)
+           + b"\x00\x00\x00\x00")  # fmt: skip
+    rgb.save(tmp_path / "malformed.png", exif=b"Exif\x00\x00" + bad)
+    expected = {"profile.png": 6, "xmp.jpg": 8, "palette.tif": 3, "malformed.png": 6}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name, orientation in expected.items():
+            assert read_image_meta(tmp_path / name).orientation == orientation, name
+            assert read_image(tmp_path / name)[1].orientation == orientation, name

@@ -43,6 +43,8 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
+import struct
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -586,7 +588,7 @@ def _header_pil_file(path: Path, head: bytes, limit: int) -> ImageMeta | None:
             return _netpbm16_meta(path, header, limit)
     with _open_pil(path, path, limit, _PIL_FORMATS) as im:
         layout = _pil_layout(im)
-        return None if layout is None else _pil_meta(path, im, *layout)
+        return None if layout is None else _pil_meta(path, im, *layout, _pil_orientation(im))
 
 
 @contextmanager
@@ -608,8 +610,10 @@ def _decode_pil(
     path: Path, source: Path | BinaryIO, limit: int, formats: tuple[str, ...]
 ) -> _Decoded:
     with _open_pil(path, source, limit, formats) as im:
+        # Before the pixels, as the header read sees it (Pillow's TIFF load drops the tag).
+        orientation = _pil_orientation(im)
         _pil_load(im)
-        return _from_pil(path, im)
+        return _from_pil(path, im, orientation)
 
 
 def _pil_layout(im: Image.Image) -> tuple[int, int] | None:
@@ -628,36 +632,60 @@ def _pil_layout(im: Image.Image) -> tuple[int, int] | None:
     return 8, len(im.getbands())  # L, LA, RGB, RGBA (alpha counted), CMYK, YCbCr ...
 
 
-def _pil_meta(path: Path, im: Image.Image, bits: int, channels: int) -> ImageMeta:
+def _pil_meta(
+    path: Path, im: Image.Image, bits: int, channels: int, orientation: int | None
+) -> ImageMeta:
     fmt = im.format or "?"
     if fmt == "PPM":
         name = {"1": "pbm", "F": "pfm"}.get(im.mode, "ppm" if channels >= 3 else "pgm")
     else:
         name = _PIL_FORMAT_NAMES.get(fmt, fmt.lower())
     width, height = im.size
-    return ImageMeta(path, name, bits, height, width, channels, orientation=_pil_orientation(im))
+    return ImageMeta(path, name, bits, height, width, channels, orientation=orientation)
 
 
 def _pil_orientation(im: Image.Image) -> int | None:
-    """The Orientation tag of an opened Pillow image, from what its header read holds: a TIFF's
-    directory, else the EXIF block (JPEG, WebP; a PNG's where it comes before the pixels).
-    Not ``im.getexif()``: on a PNG without one it decodes every pixel. A malformed block is a
-    note's matter, never a reason not to read."""
+    """The Orientation tag of an opened Pillow image (no pixel decoded), from what the header
+    holds: a TIFF's directory; else the EXIF block (JPEG; a PNG's eXIf chunk where it comes
+    before the pixels, or ImageMagick's hex "Raw profile type exif"); else XMP's
+    ``tiff:Orientation``. Not ``im.getexif()``: on a PNG without EXIF it decodes every pixel, and
+    it warns of malformed blocks, which are a note's matter, never a reason not to read."""
     try:
         tags = getattr(im, "tag_v2", None)
         if tags is not None:
             return _orientation(tags.get(_ORIENTATION_TAG))
         raw = im.info.get("exif")
-        if not raw:
-            return None
-        exif = Image.Exif()
-        exif.load(raw)
-        return _orientation(exif.get(_ORIENTATION_TAG))
+        profile = im.info.get("Raw profile type exif")
+        if not raw and isinstance(profile, str):  # "\nexif\n  LENGTH\nHEX ..."
+            raw = bytes.fromhex("".join(profile.split("\n")[3:]))
+        if raw:
+            return _orientation(_exif_orientation(bytes(raw)))
+        xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp") or b""
+        xmp = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else str(xmp)
+        found = re.search(r'tiff:Orientation(?:="|>)([0-9])', xmp)
+        return _orientation(int(found.group(1))) if found else None
     except Exception:
         return None
 
 
-def _from_pil(path: Path, im: Image.Image) -> _Decoded:
+def _exif_orientation(raw: bytes) -> int | None:
+    """The Orientation entry of an EXIF block's first directory (IFD0), read alone."""
+    data = raw[6:] if raw.startswith(b"Exif\x00\x00") else raw
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None:
+        return None
+    (first,) = struct.unpack_from(order + "I", data, 4)
+    (count,) = struct.unpack_from(order + "H", data, first)
+    for k in range(count):
+        tag, kind, n = struct.unpack_from(order + "HHI", data, first + 2 + 12 * k)
+        if tag == _ORIENTATION_TAG:  # one SHORT, held in the entry's value field
+            return (
+                struct.unpack_from(order + "H", data, first + 10 + 12 * k)[0] if kind == 3 else None
+            )
+    return None
+
+
+def _from_pil(path: Path, im: Image.Image, orientation: int | None) -> _Decoded:
     """Map a loaded Pillow image to samples, full scale and metadata."""
     mode = im.mode
     palette = None
@@ -693,7 +721,7 @@ def _from_pil(path: Path, im: Image.Image) -> _Decoded:
         pixels, scale = np.asarray(im), None
     else:  # CMYK, YCbCr, LAB, HSV, packed 16-bit RGB variants: let Pillow convert
         pixels = np.asarray(im.convert("RGB"))
-    meta = _pil_meta(path, im, bits, channels)
+    meta = _pil_meta(path, im, bits, channels, orientation)
     return _Decoded(np.ascontiguousarray(pixels), scale, meta, palette=palette)
 
 
