@@ -1328,3 +1328,22 @@ def test_the_orientation_is_found_where_pillow_keeps_it_alike_in_header_and_full
         for name, orientation in expected.items():
             assert read_image_meta(tmp_path / name).orientation == orientation, name
             assert read_image(tmp_path / name)[1].orientation == orientation, name
+
+
+@pytest.mark.parametrize("mode", ["P", "CMYK"])
+def test_a_tiff_pillow_decodes_is_read_as_stored_whatever_its_orientation(tmp_path, mode):
+    """Pillow applies a TIFF's Orientation itself: 2-4 came out flipped or turned (as shown, not
+    as stored: off their masks), 5-8 scrambled (decoded into a frame of swapped size). Palette
+    and CMYK TIFFs are Pillow's (tifffile's reader leaves them to it)."""
+    from localdisc.data.io import read_image_meta
+
+    stored = np.zeros((30, 40), np.uint8)
+    stored[0], stored[:, 0], stored[5, 7] = 200, 100, 255
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.tif"
+        Image.fromarray(stored).convert(mode).save(path, tiffinfo={274: orientation})
+        image, meta = read_image(path)
+        assert np.array_equal(np.round(image[..., 0] * 255), stored), orientation
+        header = read_image_meta(path)
+        assert (header.height, header.width) == (meta.height, meta.width) == (30, 40)
+        assert header.orientation == meta.orientation == (orientation if orientation > 1 else None)

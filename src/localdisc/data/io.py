@@ -599,11 +599,26 @@ def _open_pil(
     with _pil_settings(no_pixel_limit=True):
         im = Image.open(source, formats=list(formats))
     try:
+        _keep_tiff_as_stored(im)
         width, height = im.size
         _check_pixels(path, width, height, limit)
         yield im
     finally:
         im.close()
+
+
+def _keep_tiff_as_stored(im: Image.Image) -> None:
+    """Keep Pillow from applying a TIFF's Orientation tag, as no other reader here does (the
+    pixels as stored: their masks are drawn on those). Pillow swaps such an image's size on
+    opening (5-8: a palette TIFF then decoded into the swapped frame came out scrambled) and
+    transposes it on load (``exif_transpose`` in ``load_end``, which reads ``getexif()``)."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None or _orientation(tags.get(_ORIENTATION_TAG)) is None:
+        return
+    im._size = im._tile_size  # the stored width and height
+    untagged = Image.Exif()
+    untagged._loaded = True  # getexif() returns it as read: no Orientation to apply
+    im._exif = untagged
 
 
 def _decode_pil(
