@@ -692,11 +692,10 @@ def _exif_orientation(raw: bytes) -> int | None:
     (first,) = struct.unpack_from(order + "I", data, 4)
     (count,) = struct.unpack_from(order + "H", data, first)
     for k in range(count):
-        tag, kind, n = struct.unpack_from(order + "HHI", data, first + 2 + 12 * k)
-        if tag == _ORIENTATION_TAG:  # one SHORT, held in the entry's value field
-            return (
-                struct.unpack_from(order + "H", data, first + 10 + 12 * k)[0] if kind == 3 else None
-            )
+        tag, kind = struct.unpack_from(order + "HH", data, first + 2 + 12 * k)
+        if tag == _ORIENTATION_TAG:  # one SHORT (kind 3), held in the entry's value field
+            entry = first + 10 + 12 * k
+            return struct.unpack_from(order + "H", data, entry)[0] if kind == 3 else None
     return None
 
 
