@@ -775,7 +775,7 @@ def localize(
     """One-shot landmark localisation: find the template's landmarks in new images."""
     import json
 
-    from localdisc.data.io import orientation_note
+    from localdisc.data.io import header_metas, orientation_note
     from localdisc.engine.checkpoint import atomic_write_text
     from localdisc.engine.distributed import resolve_device
     from localdisc.eval.provenance import environment
@@ -783,7 +783,6 @@ def localize(
         COORDINATES,
         SearchConfig,
         check_pixel_spacing,
-        header_metas,
         localize_images,
         read_landmarks,
         read_truth,

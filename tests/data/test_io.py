@@ -1270,7 +1270,15 @@ def test_an_exif_orientation_is_read_and_said_not_applied(tmp_path):
     note = orientation_note([read_image_meta(tmp_path / n) for n in expected])
     assert note is not None and note.startswith("3 image(s) carry an EXIF orientation")
     assert f"{tmp_path / 'turned.jpg'}, 6: viewers show it turned 90 degrees clockwise" in note
-    assert "10 wide and 6 high there" in note
+    assert "10 wide and 6 high there" in note and note.endswith("are in another frame")
+    masks = orientation_note([read_image_meta(tmp_path / "turned.jpg")], "masks")
+    assert masks is not None and masks.startswith("1 image(s) carry an EXIF orientation")
+    assert masks.endswith(
+        "masks are written in the pixels as stored, 10 wide and 6 high there; "
+        "a viewer that applies the tag shows the image turned against its mask"
+    )
+    with pytest.raises(ValueError, match="'points' or 'masks'"):
+        orientation_note([], "labels")
     assert orientation_note([read_image_meta(tmp_path / "plain.png")]) is None
     assert type(read_image_meta(tmp_path / "turned.tif").orientation) is int  # not tifffile's enum
 

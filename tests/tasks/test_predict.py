@@ -64,6 +64,42 @@ def test_predict_cli_segments_images_at_their_own_size(tmp_path):
     assert set(np.unique(mask)) <= {0, 255}
 
 
+def exif_turned(path, pixels, orientation=6):
+    """``pixels`` saved to ``path`` with an EXIF Orientation tag, which viewers apply."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[274] = orientation
+    im.save(path, exif=exif)
+    return path
+
+
+def test_predict_says_when_an_image_carries_an_exif_orientation(tmp_path):
+    # Masks are written in the pixels as stored; a viewer that applies the tag shows the image
+    # turned against its mask: said before any work.
+    Segmenter(modality="fundus", size=32).save(tmp_path / "model")
+    save(tmp_path / "in" / "a.png", np.full((20, 30, 3), 120, np.uint8))
+    logs: list[str] = []
+    predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out", device="cpu",
+                   log=logs.append)  # fmt: skip
+    assert not any("orientation" in line for line in logs)
+    phone = exif_turned(tmp_path / "in" / "b.jpg", np.full((20, 30, 3), 90, np.uint8))
+    predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out", device="cpu",
+                   log=logs.append)  # fmt: skip
+    note = [line for line in logs if "orientation" in line]
+    assert note == [
+        f"note: 1 image(s) carry an EXIF orientation that localdisc does not apply (first: "
+        f"{phone}, 6: viewers show it turned 90 degrees clockwise): masks are written in the "
+        "pixels as stored, 30 wide and 20 high there; a viewer that applies the tag shows the "
+        "image turned against its mask"
+    ]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "out" / "b_mask.png").size == (30, 20)  # as stored
+
+
 def test_predict_keeps_to_fov_masks_and_checks_them(tmp_path):
     Segmenter(modality="fundus", size=32).save(tmp_path / "model")
     save(tmp_path / "in" / "eye.png", np.full((40, 50, 3), 120, np.uint8))

@@ -456,6 +456,20 @@ def test_segment_takes_a_weight_file_and_any_working_size(tmp_path, run):
             segment_images(run, [tmp_path / "eye.png"], out, size=size, log=logs.append)
 
 
+def test_segment_says_when_an_image_carries_an_exif_orientation(tmp_path, run):
+    from localdisc.tasks.shape_guided import segment_images
+
+    image = Image.fromarray((synthetic_fundus(40, seed=1).image * 255).astype("uint8"))
+    exif = image.getexif()
+    exif[274] = 8
+    image.save(tmp_path / "eye.jpg", exif=exif)
+    logs: list[str] = []
+    segment_images(run, [tmp_path / "eye.jpg"], tmp_path / "out", device="cpu",
+                   log=logs.append)  # fmt: skip
+    assert any(line.startswith("note: 1 image(s) carry an EXIF orientation") and
+               "masks are written in the pixels as stored" in line for line in logs)  # fmt: skip
+
+
 @pytest.mark.parametrize("inside", [True, False])
 def test_segment_into_the_image_folder_leaves_its_outputs_alone(tmp_path, run, inside):
     """An output folder in (or equal to) the image folder: a second call, and each run of an

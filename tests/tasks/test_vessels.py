@@ -51,6 +51,22 @@ def _photos(folder, sizes=(96, 160)):
     return folder
 
 
+def test_segment_vessels_says_when_a_photograph_carries_an_exif_orientation(tmp_path):
+    from PIL import Image
+
+    photos = _photos(tmp_path / "photos", sizes=(64,))
+    image = Image.open(photos / "eye0.png")
+    exif = image.getexif()
+    exif[274] = 6
+    image.save(photos / "eye0.png", exif=exif)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, painted=1, device="cpu")
+    logs: list[str] = []
+    segment_vessels_self_trained([photos], tmp_path / "out", fraction=0.12, config=config,
+                                 max_size=64, log=logs.append)  # fmt: skip
+    assert any(line.startswith("note: 1 image(s) carry an EXIF orientation") and
+               "masks are written in the pixels as stored" in line for line in logs)  # fmt: skip
+
+
 def test_segment_vessels_self_trained_writes_masks_at_each_image_s_own_size(tmp_path, capsys):
     photos = _photos(tmp_path / "photos")
     out = tmp_path / "out"

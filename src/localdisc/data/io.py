@@ -47,8 +47,8 @@ import re
 import struct
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -329,21 +329,41 @@ def read_image_meta(path: str | Path, *, max_pixels: int | None = None) -> Image
     return meta
 
 
-def orientation_note(metas: Sequence[ImageMeta]) -> str | None:
+def orientation_note(metas: Sequence[ImageMeta], outputs: str = "points") -> str | None:
     """A line saying that images carry an Orientation tag localdisc does not apply (``None``
-    where none of ``metas`` does): points are taken in the pixels as stored, and a viewer that
-    applies the tag shows another frame (a phone photograph turned 90 degrees: (x, y) swapped)."""
+    where none of ``metas`` does). ``outputs``: what the command takes or writes in the pixels
+    as stored, ``"points"`` (a viewer that applies the tag shows another frame: a phone
+    photograph turned 90 degrees has (x, y) swapped) or ``"masks"`` (written without the tag: a
+    viewer that applies it shows the image turned against its mask)."""
+    if outputs not in ("points", "masks"):
+        raise ValueError(f"outputs must be 'points' or 'masks', got {outputs!r}")
     turned = [m for m in metas if m.orientation is not None]
     if not turned:
         return None
     first = turned[0]
+    frame = f"{first.width} wide and {first.height} high there"
+    consequence = (
+        f"points are (x, y) in the pixels as stored, {frame}; points taken in a viewer that "
+        "applies the tag are in another frame"
+        if outputs == "points"
+        else f"masks are written in the pixels as stored, {frame}; a viewer that applies the "
+        "tag shows the image turned against its mask"
+    )
     return (
         f"{len(turned)} image(s) carry an EXIF orientation that localdisc does not apply (first: "
         f"{first.path}, {first.orientation}: viewers show it {ORIENTATIONS[first.orientation]}): "
-        "points are (x, y) in the pixels as stored, "
-        f"{first.width} wide and {first.height} high there; points taken in a viewer that "
-        "applies the tag are in another frame"
+        + consequence
     )
+
+
+def header_metas(paths: Iterable[Path]) -> list[ImageMeta]:
+    """The headers (:func:`read_image_meta`) of the ``paths`` that can be read (those that
+    cannot are left to the reads that follow, which name them or skip them)."""
+    metas = []
+    for path in paths:
+        with suppress(ImageReadError):
+            metas.append(read_image_meta(path))
+    return metas
 
 
 # --------------------------------------------------------------------------- dispatch

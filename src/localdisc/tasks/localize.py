@@ -21,7 +21,6 @@ changes the retina's scale); predictions are in each image's own pixels.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -247,16 +246,6 @@ def _grey(image: np.ndarray) -> np.ndarray:
     if image.shape[-1] == 1:
         return image[..., 0]
     return np.tensordot(image[..., :3], np.asarray(LUMA, np.float32), axes=([2], [0]))
-
-
-def header_metas(paths: Iterable[Path]) -> list[ImageMeta]:
-    """The headers (:func:`~localdisc.data.io.read_image_meta`) of the ``paths`` that can be read
-    (those that cannot are left to the reads that follow, which name them or skip them)."""
-    metas = []
-    for path in paths:
-        with contextlib.suppress(ImageReadError):
-            metas.append(read_image_meta(path))
-    return metas
 
 
 def check_landmarks(

@@ -18,7 +18,9 @@ from localdisc.data.datasets import (
 )
 from localdisc.data.io import (
     ImageMeta,
+    header_metas,
     is_image_file,
+    orientation_note,
     read_image,
     read_image_meta,
     read_mask,
@@ -183,6 +185,15 @@ class SkippedImages:
         return skipped_clause(len(self.skipped), where)
 
 
+def note_orientations(files: Sequence[tuple[str, Path]], log: Callable[[str], None]) -> None:
+    """Log a note where an image of ``files`` carries an EXIF orientation: its masks are written
+    in its pixels as stored, turned against the image in a viewer that applies the tag
+    (:func:`~localdisc.data.io.orientation_note`)."""
+    note = orientation_note(header_metas(path for _, path in files), "masks")
+    if note is not None:
+        log(f"note: {note}")
+
+
 def skipped_clause(count: int, where: str | Path) -> str:
     """What a command's last line adds where it skipped ``count`` unreadable images (listed in
     ``where``, its record); empty where it skipped none."""
@@ -301,6 +312,7 @@ def predict_images(
     device = str(resolve_device(device))  # a misspelt device is named before any work
     env = environment(device)  # at the start: where and when these outputs were made
     files = collect_images(images, out_dir=out_dir)
+    note_orientations(files, log)
     skips = SkippedImages(skip_bad, log, len(files))
     scoring = masks is not None
     check_metrics(Path(out_dir), scoring)
