@@ -391,6 +391,12 @@ def pretrain(
     ),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
     seed: int = typer.Option(0),
+    sampler: str = typer.Option(
+        "epoch",
+        help="How a step draws its pool images: epoch (each image once per epoch, a step's "
+        "images distinct) or replacement (uniformly with replacement: how runs before this "
+        "option drew).",
+    ),
     resume: bool = RESUME_OPTION,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable pool images."),
     sync_bn: bool = typer.Option(
@@ -428,8 +434,8 @@ def pretrain(
         stage2_steps=stage2_steps, stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds,
         batch=batch, size=size, pool_size=pool_size, crop_scale=crop_scale, clusters=clusters,
         dim=dim, width=width, lr=lr, device=device, workers=workers, max_images=max_images,
-        seed=seed, checkpoint_every=checkpoint_every, skip_bad=skip_bad, sync_bn=sync_bn,
-        padding=padding, compile=compile_model, amp=amp, depth=depth,
+        seed=seed, sampler=sampler, checkpoint_every=checkpoint_every, skip_bad=skip_bad,
+        sync_bn=sync_bn, padding=padding, compile=compile_model, amp=amp, depth=depth,
         center_sigma=center_sigma if center_sensitive else None,
     )  # fmt: skip
     from localdisc.engine import distributed

@@ -631,3 +631,49 @@ def test_the_elapsed_time_counts_both_stages_and_the_starts_before_a_resume(
     elapsed = [float(r["elapsed"]) for r in rows]
     assert elapsed == sorted(elapsed) and {r["stage"] for r in rows} == {"1", "2"}
     assert elapsed[len(first)] >= state["elapsed"] - 0.05  # the first row after the resume
+
+
+def test_a_step_draws_distinct_images_and_each_once_per_epoch(tmp_path, monkeypatch):
+    # Drawn with replacement, one image could be both instances of a step (a false negative
+    # pair for SimCLR and DenseCL) and some were left unseen for long. Each pool image here is
+    # a constant of its own value, so that the views' inputs name the images drawn.
+    from localdisc.data.views import LDViews
+
+    pool = (torch.arange(8, dtype=torch.uint8) * 30).view(8, 1, 1, 1).expand(8, 3, 48, 48)
+    drawn: list[list[int]] = []
+    real = LDViews.__call__
+
+    def spy(self, x1, x2, *args, **kwargs):
+        drawn.append([int(x[0, 0, 0]) // 30 for x in torch.cat([x1, x2])])
+        return real(self, x1, x2, *args, **kwargs)
+
+    monkeypatch.setattr(LDViews, "__call__", spy)
+    config = tiny_pretrain_config(stage1_steps=6, stage2_steps=0, batch=1, val_every=100)
+    pretrain(config, tmp_path / "epoch", pool=pool.clone(), log=lambda m: None)
+    train = set(_split_pool(8, config)[0])  # 2 held out, drawn by the validation at the end
+    steps = [pair for pair in drawn if set(pair) <= train]
+    assert len(steps) == 6 and all(len(set(pair)) == 2 for pair in steps)
+    for epoch in (steps[:3], steps[3:]):  # 6 training images, 2 a step: 3 steps an epoch
+        assert sorted(i for pair in epoch for i in pair) == sorted(train)
+    drawn.clear()
+    pretrain(replace(config, sampler="replacement"), tmp_path / "replacement",
+             pool=pool.clone(), log=lambda m: None)  # fmt: skip
+    assert len([pair for pair in drawn if set(pair) <= train]) == 6
+    with pytest.raises(LocaldiscError, match="sampler must be epoch or replacement, not 'once'"):
+        tiny_pretrain_config(sampler="once")
+
+
+def test_a_run_saved_before_the_sampler_setting_resumes_drawing_with_replacement(tmp_path, pool):
+    from localdisc.engine.pretrain import settings_differences
+
+    config = tiny_pretrain_config(sampler="replacement")
+    pretrain(config, tmp_path, pool=pool, stop_at_step=2, log=lambda m: None)
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["pretrain"]["sampler"]  # as runs before it wrote config.json
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert settings_differences(tmp_path, config) == []
+    said: list[str] = []
+    given = replace(config, sampler="epoch")
+    assert settings_differences(tmp_path, given) == ["sampler 'replacement' (given 'epoch')"]
+    assert pretrain(given, tmp_path, pool=pool, resume=True, log=said.append).steps == 6
+    assert any("saved settings" in m and "sampler 'replacement'" in m for m in said)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from localdisc.data.datasets import absolute_data_spec, absolute_path
 from localdisc.data.pool import resolve_pool
 from localdisc.data.preprocess import MODALITY_CHANNELS
+from localdisc.data.sampling import SAMPLERS, EpochSampler
 from localdisc.data.views import LDViews, ViewBatch, undo_view2
 from localdisc.engine import distributed
 from localdisc.engine.checkpoint import (
@@ -112,6 +113,9 @@ class PretrainConfig:
     # starts from the weights a run had at the end of its stage 1.
     init_from: str | None = None
     seed: int = 0
+    # How a step draws its pool images (data/sampling.py): "epoch", each image once per epoch
+    # and a step's images distinct; "replacement", as runs saved before this setting drew.
+    sampler: str = "epoch"
     max_images: int | None = None
     val_images: int | None = None  # None: 5% of the pool, at most 50
     val_every: int = 1_000
@@ -209,6 +213,8 @@ class PretrainConfig:
             problems.append("a shape prior acts in stage 2: give stage 2 some steps")
         if self.prior_weight < 0 or self.disc_lr <= 0 or self.prior_count < 1:
             problems.append("prior_weight must be >= 0, disc_lr > 0 and prior_count >= 1")
+        if self.sampler not in SAMPLERS:
+            problems.append(f"sampler must be {' or '.join(SAMPLERS)}, not {self.sampler!r}")
         if self.prior_pose not in PRIOR_POSES:
             problems.append(
                 f"prior_pose must be {' or '.join(PRIOR_POSES)}, not {self.prior_pose!r}"
@@ -396,6 +402,7 @@ def _saved_config(
     """The settings saved in ``run_dir/config.json`` (``record``: that file, read already),
     with ``given``'s runtime fields."""
     saved = dict((record or _run_record(run_dir))["pretrain"])
+    saved.setdefault("sampler", "replacement")  # saved before it was a setting: drawn so
     saved.update({k: getattr(given, k) for k in RUNTIME_FIELDS})
     return PretrainConfig.from_dict(saved)
 
@@ -903,6 +910,8 @@ def pretrain(
 
     b = config.batch
     images_per_step = (objective.images_per_step(b) if objective else 5 * b) * ctx.world_size
+    # Each rank draws from its own shard of the pool; 2b images a step (two per LD pair).
+    sampler = EpochSampler(train_pool.shape[0], 2 * b, (config.seed, ctx.rank))
     if already_finished:  # resuming a finished run trains nothing and rewrites nothing
         if main:
             log(f"{run_dir}: the run finished at step {step} already; nothing to do")
@@ -1076,7 +1085,10 @@ def pretrain(
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
 
-            idx = torch.randint(train_pool.shape[0], (2 * b,), generator=gen)
+            if config.sampler == "epoch":
+                idx = sampler.indices(step)
+            else:
+                idx = torch.randint(train_pool.shape[0], (2 * b,), generator=gen)
             x = train_pool[idx.to(train_pool.device)].to(device, non_blocking=True)
             assignments = None
             if objective is not None:
