@@ -118,3 +118,50 @@ def test_similarity_plot_labels_the_query_on_its_image(model: LDModel) -> None:
     image_panel = fig.axes[0]
     assert image_panel.get_title() == "b\nquery: vessel"
     assert [t.get_text() for t in image_panel.texts] == ["vessel"]
+
+
+def test_a_grey_image_is_drawn_alike_alone_and_under_its_masks(tmp_path: Path, monkeypatch) -> None:
+    # A 12-bit radiograph stored in 16 bits fills [0, 0.06] of [0, 1]: its panel was stretched
+    # by imshow, while the overlay beside it blended the raw values, nearly black.
+    from localdisc.eval import figures
+
+    xray = np.linspace(0, 4095 / 65535, 32 * 32, dtype=np.float32).reshape(32, 32, 1)
+    none = np.zeros((32, 32), bool)
+    drawn: list[np.ndarray] = []
+    real_save = figures._save
+
+    def save(fig, path):
+        drawn.extend(np.asarray(im.get_array(), np.float32) for ax in fig.axes for im in ax.images)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", save)
+    figures.overlay_figure([("xray", xray, none, None)], tmp_path / "overlay.png")
+    alone, under = drawn
+    assert alone.shape == under.shape == (32, 32, 3)
+    np.testing.assert_allclose(alone, under, atol=1e-6)  # no mask: the image itself
+    assert alone.min() == 0 and alone.max() == 1  # stretched to its own range
+    np.testing.assert_array_equal(figures.display_rgb(np.full((4, 4, 1), 0.3)), 0)  # constant
+    colour = np.random.default_rng(0).random((4, 4, 3)).astype(np.float32) * 0.1
+    np.testing.assert_array_equal(figures.display_rgb(colour), colour)  # colour: as it is
+
+
+def test_a_figure_that_fails_to_write_leaves_the_earlier_one_whole(tmp_path: Path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from localdisc.eval import figures
+
+    path = figures.overlay_figure([("a", images(1)[0], np.ones((32, 32), bool), None)],
+                                  tmp_path / "overlay.png")  # fmt: skip
+    before = path.read_bytes()
+
+    def full_disk(self, target, **kwargs):
+        if isinstance(target, str | Path):  # written in place, as before
+            Path(target).write_bytes(b"\x89PNG")
+        else:
+            target.write(b"\x89PNG")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        figures.overlay_figure([("a", images(1)[0], np.zeros((32, 32), bool), None)], path)
+    assert path.read_bytes() == before

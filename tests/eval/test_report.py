@@ -1,7 +1,10 @@
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 
+from localdisc.errors import LocaldiscError
 from localdisc.eval.report import collect, markdown_table
 
 
@@ -35,8 +38,10 @@ def test_cells_are_means_over_seeds_and_images_pooled():
     assert math.isclose(cell["image_mean"], 0.7) and cell["n_images"] == 4
     assert math.isclose(table["ld (frozen)"]["drive (2)"]["mean"], 0.2)
     text = markdown_table(table)
-    assert "| ld | **0.900 +- 0.000** |" in text
+    # One seed has no spread ("+- 0.000" read as seeds that agreed); two, numpy's (ddof 0).
+    assert "| ld | **0.900** |" in text
     assert "| random | 0.700 +- 0.100 |" in text
+    assert "| ld | **0.900 +- 0.000** |" in markdown_table(table, pooled=True)  # two images
     assert list(table) == ["random", "ld (frozen)", "ld"]
 
 
@@ -54,13 +59,13 @@ def test_missing_cells_and_nan_values_show_as_dashes():
     results = {"runs": [run("drive", "random", 0, [float("nan")]), run("stare", "ld", 0, [0.5])]}
     text = markdown_table(collect(results)["dice"])
     assert "| random | - | - |" in text
-    assert "| ld | - | **0.500 +- 0.000** |" in text
+    assert "| ld | - | **0.500** |" in text
 
 
 def test_cells_that_print_the_same_are_both_bold():
     results = {"runs": [run("drive", "a", 0, [0.9004]), run("drive", "b", 0, [0.9001])]}
     text = markdown_table(collect(results)["dice"])
-    assert "| a | **0.900 +- 0.000** |" in text and "| b | **0.900 +- 0.000** |" in text
+    assert "| a | **0.900** |" in text and "| b | **0.900** |" in text
 
 
 def test_bar_chart_draws_names_with_dollar_signs(tmp_path):
@@ -104,7 +109,7 @@ def test_a_cell_over_fewer_seeds_says_so_and_is_not_bold_beside_whole_ones():
             assert "| random | **0.710 +- 0.008** |" in text
     # Alone in its column, a partial cell is the best there is (and still says n).
     only = collect({"runs": [run("drive", "ld", 0, [0.5]), run("drive", "ld", 1, [float("nan")])]})
-    assert "| ld | **0.500 +- 0.000** (n=1) |" in markdown_table(only["dice"])
+    assert "| ld | **0.500** (n=1) |" in markdown_table(only["dice"])
     # A cell of an older results.json (no n_runs) prints as it did.
     old_cell = {k: v for k, v in cell.items() if k != "n_runs"}
     assert markdown_table({"ld": {"drive (2)": old_cell}}).endswith("| **0.795 +- 0.005** |")
@@ -170,13 +175,28 @@ def test_the_prediction_figure_has_a_row_per_label_budget(tmp_path, monkeypatch)
 
     def save(fig, path):
         drawn["titles"] = [ax.get_title() for ax in fig.axes]
+        drawn["labels"] = [ax.get_ylabel() for ax in fig.axes[::4]]
         drawn["greys"] = [float(im.get_array().mean()) for ax in fig.axes for im in ax.images]
+        drawn["norms"] = [(im.norm.vmin, im.norm.vmax) for ax in fig.axes for im in ax.images]
+        # The row labels lie inside the figure (a title as wide as them was cut at its edge).
+        figures._layout(fig)
+        renderer = fig.canvas.get_renderer()
+        drawn["inside"] = all(ax.yaxis.label.get_window_extent(renderer).x0 >= 0
+                              for ax in fig.axes[::4])  # fmt: skip
         return real_save(fig, path)
 
     monkeypatch.setattr(figures, "_save", save)
     prediction_grid(runs, tmp_path / "predictions.png")
-    assert drawn["titles"] == [
-        f"synthetic_fundus, labels 2: {name}", "reference", "random", "ld",
-        f"synthetic_fundus, labels all: {name}", "reference", "random", "ld",
-    ]  # fmt: skip
+    assert drawn["titles"] == ["image", "reference", "random", "ld"] * 2
+    assert drawn["labels"] == [f"synthetic_fundus, labels {n}\n{name}" for n in ("2", "all")]
+    assert drawn["inside"]
     assert drawn["greys"][2:4] == [0.0, 0.0] and drawn["greys"][6:8] == [255.0, 255.0]
+    # Fixed grey levels: an all-foreground mask drew black, as an empty one.
+    assert drawn["norms"][2:4] == [(0, 255)] * 2 and drawn["norms"][1] == (0, 1)
+    for run in runs[:2]:  # labels 2's: the data changed since they ran
+        run["metrics"]["per_image"][0]["image"] = "gone"
+        predictions = Path(run["run_dir"]) / "predictions"
+        (predictions / f"{name}_mask.png").rename(predictions / "gone_mask.png")
+    with pytest.raises(LocaldiscError, match="holds no image 'gone', which the runs of "
+                       "synthetic_fundus \\(labels 2\\) scored first"):  # fmt: skip
+        prediction_grid(runs, tmp_path / "predictions.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -38,11 +39,18 @@ def _layout(fig) -> None:
 
 
 def _save(fig, path: str | Path) -> Path:
+    """Lay out ``fig`` and write it to ``path`` in the format of its suffix, atomically: a
+    failed write (a full disk) leaves the figure of an earlier run whole."""
+    from localdisc.engine.checkpoint import atomic_write_bytes
+
     _layout(fig)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    _plt().close(fig)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, dpi=80, format=path.suffix.lstrip(".").lower() or "png")
+    finally:
+        _plt().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -52,8 +60,21 @@ def plain(text: object) -> str:
     return str(text).replace("$", r"\$")
 
 
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """``image`` (H x W x 1 or 3, in [0, 1]) as the RGB every panel draws it, alone or under
+    masks and clusters alike: a grey image stretched from its lowest to its highest value (a
+    12-bit radiograph stored in 16 bits fills [0, 0.06] and would be drawn black), a colour
+    image as it is (a constant grey image: black)."""
+    if image.shape[-1] != 1:
+        return np.clip(image[..., :3], 0, 1)
+    grey = image[..., 0].astype(np.float32)
+    lo, hi = float(grey.min()), float(grey.max())
+    grey = (grey - lo) / (hi - lo) if hi > lo else np.zeros_like(grey)
+    return np.repeat(grey[..., None], 3, -1)
+
+
 def _show(ax, image: np.ndarray) -> None:
-    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+    ax.imshow(display_rgb(image))
     ax.set_axis_off()
 
 
@@ -139,7 +160,7 @@ def cluster_plot(
     fig.add_subplot(grid[-1, 0]).set_axis_off()
     for row, image, name in zip(axes, images, names, strict=True):
         colours = cluster_map_rgb(model.cluster(image))
-        rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, -1)
+        rgb = display_rgb(image)
         _show(row[0], image)
         row[0].set_title(name, fontsize=9)
         row[1].imshow(colours)
@@ -287,7 +308,7 @@ def overlay_figure(
     n = max(len(rows), 1)
     fig, axes = plt.subplots(n, 2, figsize=(7, 3.5 * n), squeeze=False)
     for row, (name, image, pred, ref) in zip(axes, rows, strict=False):
-        rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, -1)
+        rgb = display_rgb(image)
         _show(row[0], image)
         row[0].set_title(plain(name), fontsize=9)
         colours = np.zeros_like(rgb)

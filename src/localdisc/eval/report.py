@@ -1,10 +1,11 @@
 """Benchmark reports: ``results.json``, ``results.md`` (one table per metric) and figures.
 
 Rows are initialisations (a pre-trained init gives two: its frozen-encoder model and the
-fine-tuned one), columns are ``task (labels)``; a cell is the mean +- standard deviation over
-seeds of the mean over test images, the best of each column in bold. A cell over fewer seeds than
-its runs (a seed without the metric or with NaN) says ``(n=K)`` and is bold only where no cell of
-its column has all its seeds.
+fine-tuned one), columns are ``task (labels)``; a cell is the mean +- population standard
+deviation (numpy's, ``ddof=0``, as every table recorded in benchmarks/RESULTS.md) over seeds of
+the mean over test images, or the value alone for one seed; the best of each column in bold. A
+cell over fewer seeds than its runs (a seed without the metric or with NaN) says ``(n=K)`` and is
+bold only where no cell of its column has all its seeds.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def markdown_table(
 ) -> str:
     """One metric's table; the best mean of each column in bold, a partial cell marked."""
     columns = _columns(rows)
-    key, spread = ("image_mean", "image_std") if pooled else ("mean", "std")
+    key, spread, count = (
+        ("image_mean", "image_std", "n_images") if pooled else ("mean", "std", "n_seeds")
+    )
     best, whole = {}, {}
     for c in columns:
         finite = [r[c] for r in rows.values() if c in r and math.isfinite(r[c][key])]
@@ -134,7 +137,8 @@ def markdown_table(
             if cell is None or not math.isfinite(cell[key]):
                 cells.append("-")
                 continue
-            text = f"{cell[key]:.3f} +- {cell[spread]:.3f}"
+            # One value has no spread: "+- 0.000" would read as seeds that agreed.
+            text = f"{cell[key]:.3f}" + (f" +- {cell[spread]:.3f}" if cell[count] > 1 else "")
             bold = round(cell[key], 3) == best[c] and not (partial(cell) and whole[c])
             text = f"**{text}**" if bold else text
             cells.append(f"{text} (n={cell['n_seeds']})" if partial(cell) else text)
@@ -216,8 +220,9 @@ def write_report(
             f"Seeds: {config.get('seeds', '?')}; size {config.get('size', '?')}; epochs "
             f"{config.get('frozen_epochs', '?')} frozen + {config.get('epochs', '?')} "
             "(pre-trained inits) or the latter from scratch (random).",
-            "Cells: mean +- standard deviation over seeds of the mean over test images; best of "
-            "each column in bold. A pre-trained init has a row for its frozen-encoder model; "
+            "Cells: mean +- population standard deviation (ddof 0) over seeds of the mean over "
+            "test images (the value alone for one seed); best of each column in bold. A "
+            "pre-trained init has a row for its frozen-encoder model; "
             "'(BN recalibrated)' rows are the same models with batch-norm statistics recomputed "
             "over the training split's images, labels unused (not the paper's protocol).",
         ]
@@ -302,10 +307,15 @@ def dice_bars(rows: dict[str, dict[str, Any]], path: Path) -> Path:
 
 def prediction_grid(runs: list[dict[str, Any]], path: Path) -> Path | None:
     """Per task and label budget (a table's column): the first test image, its reference, and
-    each init's predicted mask (seed 0); the row's first title names both."""
+    each init's predicted mask (seed 0); the row's label at its left names both and the image.
+
+    Raises:
+        LocaldiscError: the image a run scored first is no longer in its data set's test split.
+    """
     from PIL import Image
 
     from localdisc.data.datasets import dataset_class, load_data_spec, parse_data_spec
+    from localdisc.errors import LocaldiscError
     from localdisc.eval.figures import _plt, _save, _show, plain
 
     firsts: dict[tuple[str, str], dict[str, Path]] = {}
@@ -330,14 +340,27 @@ def prediction_grid(runs: list[dict[str, Any]], path: Path) -> Path | None:
         spec, target, name = specs[task, labels]
         split = "test" if "test" in dataset_class(parse_data_spec(spec)[0]).splits else None
         test = load_data_spec(spec, split)
-        sample = next(test[i] for i in range(len(test)) if test.items[i].name == name)
+        found = [i for i in range(len(test)) if test.items[i].name == name]
+        if not found:  # a reused run of data that changed since
+            raise LocaldiscError(
+                f"{spec}: the test split holds no image {name!r}, which the runs of {task} "
+                f"(labels {labels}) scored first, e.g. {masks[next(iter(masks))]}; the data "
+                "changed since they ran: run the benchmark again into another --out"
+            )
+        sample = test[found[0]]
         _show(row[0], sample.image)
-        row[0].set_title(plain(f"{task}, labels {labels}: {name}"), fontsize=8)
-        row[1].imshow(sample.masks[target], cmap="gray")
+        # A row label, not a title: a title wider than its panel was cut at the figure's edge.
+        row[0].set_axis_on()
+        row[0].set_ylabel(plain(f"{task}, labels {labels}\n{name}"), fontsize=8)
+        row[0].set_title("image", fontsize=8)
+        # Fixed grey levels: an all-foreground mask drew black, as an empty one.
+        row[1].imshow(sample.masks[target], cmap="gray", vmin=0, vmax=1)
         row[1].set_title("reference", fontsize=8)
         for ax, (init, mask) in zip(row[2:], masks.items(), strict=False):
-            ax.imshow(np.asarray(Image.open(mask)), cmap="gray")
+            ax.imshow(np.asarray(Image.open(mask)), cmap="gray", vmin=0, vmax=255)
             ax.set_title(plain(init), fontsize=8)
-        for ax in row[1:]:
+        for ax in row[2 + len(masks) :]:  # a row with fewer inits than the widest
             ax.set_axis_off()
+        for ax in row[: 2 + len(masks)]:  # framed: an all-foreground mask meets the white
+            ax.set(xticks=[], yticks=[])
     return _save(fig, path)

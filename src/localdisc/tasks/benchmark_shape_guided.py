@@ -305,7 +305,8 @@ def run_shape_benchmark(
         "which does not look at the image (organs).",
         f"Seeds: {config.seeds}; {_stages(config)} at {config.size}; refinement "
         f"{config.refine_steps} steps at {refine_at}. "
-        "Cells: mean +- std over seeds of the mean over test images.",
+        "Cells: mean +- population std (ddof 0) over seeds of the mean over test images (the "
+        "value alone for one seed).",
     ]
     write_report(results, out_dir, title="Shape-guided segmentation benchmark", intro=intro,
                  row_header="method")  # fmt: skip
