@@ -51,7 +51,51 @@ def test_the_commit_is_the_checkout_s_and_says_whether_it_was_modified():
         pytest.skip("localdisc does not run from a git checkout here")
     env = environment()
     assert env["commit"] == head
-    assert env["dirty"] == bool(_git("status", "--porcelain"))
+    changed = _git("status", "--porcelain", "--untracked-files=no")
+    assert env["dirty"] == bool(changed or _git("ls-files", "--others", "--exclude-standard"))
+
+
+def test_only_a_change_of_the_code_makes_a_tree_modified(tmp_path, monkeypatch):
+    # Any untracked file (a benchmark's --out inside the checkout) read as "modified", and
+    # results.md then said reused runs were made at another state of the same code.
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    try:
+        git("init", "-q")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is not installed")
+    package = tmp_path / "src" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (tmp_path / "README.md").write_text("hi")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    monkeypatch.setattr(localdisc, "__file__", str(package / "__init__.py"))
+
+    def dirty():
+        git_state.cache_clear()
+        try:
+            return git_state()["dirty"]
+        finally:
+            git_state.cache_clear()
+
+    assert dirty() is False
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text("{}")
+    assert dirty() is False  # outputs beside the code
+    (package / "new.py").write_text("")
+    assert dirty() is True  # code the commit lacks
+    (package / "new.py").unlink()
+    (tmp_path / "README.md").write_text("changed")
+    assert dirty() is True  # a tracked file changed
+
+
+def test_the_cores_are_those_the_process_may_run_on(monkeypatch):
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this OS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # as under taskset -c 0
+    assert provenance.usable_cores() == 1
 
 
 def test_no_git_or_no_checkout_leaves_the_commit_out_quietly(monkeypatch):

@@ -49,9 +49,10 @@ def git_state() -> dict[str, Any]:
 
     Only a checkout that tracks this package's own files counts: a wheel installed in a virtual
     environment inside some other repository must not report that repository's commit. ``dirty``:
-    ``git status --porcelain`` lists changed or untracked files; left out where that call failed
-    or timed out (the state is unknown, :func:`commit_text`). Once per process (three git calls,
-    some milliseconds).
+    a tracked file differs from the commit, or the package's folder holds an untracked file
+    (code the commit lacks; a benchmark's outputs elsewhere in the checkout are no change of the
+    code); left out where a git call failed or timed out (the state is unknown,
+    :func:`commit_text`). Once per process (four git calls, some milliseconds).
     """
     import localdisc
 
@@ -61,8 +62,11 @@ def git_state() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD", cwd=package)
     if not commit:
         return {}
-    status = _git("status", "--porcelain", cwd=package)
-    return {"commit": commit, "dirty": bool(status)} if status is not None else {"commit": commit}
+    changed = _git("status", "--porcelain", "--untracked-files=no", cwd=package)
+    added = _git("ls-files", "--others", "--exclude-standard", "--", ".", cwd=package)
+    if changed is None or added is None:
+        return {"commit": commit}
+    return {"commit": commit, "dirty": bool(changed or added)}
 
 
 def _version(name: str) -> str | None:
@@ -84,8 +88,16 @@ def _installed() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.backends.cudnn.is_available():
         env["cudnn"] = torch.backends.cudnn.version()
     env.update(monai=_version("monai"), numpy=_version("numpy"), os=platform.platform())
-    env.update(cpu=cpu_model(), cpu_cores=os.cpu_count())
+    env.update(cpu=cpu_model(), cpu_cores=usable_cores())
     return env
+
+
+def usable_cores() -> int | None:
+    """The cores this process may run on (its CPU affinity: ``taskset``, Slurm, a container's
+    cpuset), not the machine's: what a CPU timing ran on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
 
 
 def cpu_model() -> str:
