@@ -177,7 +177,7 @@ def test_bad_root_is_one_error_line_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "unknown data set 'nosuchset'" in result.stderr
 
 
-@pytest.mark.parametrize("where", ["folder", "under a file"])
+@pytest.mark.parametrize("where", ["folder", "under a file", "not a png"])
 def test_a_bad_preview_path_is_refused_before_the_data_set_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
@@ -191,15 +191,19 @@ def test_a_bad_preview_path_is_refused_before_the_data_set_is_read(
     monkeypatch.setattr(localdisc.data.inspect, "inspect_dataset", no_work)
     (tmp_path / "figs").mkdir()
     (tmp_path / "afile.txt").write_text("x")
-    preview = tmp_path / "figs" if where == "folder" else tmp_path / "afile.txt" / "sub" / "p.png"
+    preview = {
+        "folder": tmp_path / "figs",
+        "under a file": tmp_path / "afile.txt" / "sub" / "p.png",
+        "not a png": tmp_path / "p.jpg",  # PNG bytes were written into it
+    }[where]
     root = make_drive(tmp_path / "DRIVE")
     result = runner.invoke(
         app, ["datasets", "inspect", "drive", str(root), "--preview", str(preview)]
     )
     assert isinstance(result.exception, LocaldiscError), result.output
-    expected = (
-        f"--preview {preview} is a folder; give the preview's PNG file name"
-        if where == "folder"
-        else f"--preview {preview}: {tmp_path / 'afile.txt'} is a file, not a folder"
-    )
+    expected = {
+        "folder": f"--preview {preview} is a folder; give the preview's PNG file name",
+        "under a file": f"--preview {preview}: {tmp_path / 'afile.txt'} is a file, not a folder",
+        "not a png": f"--preview {preview}: the preview is a PNG; name it .png",
+    }[where]
     assert str(result.exception) == expected

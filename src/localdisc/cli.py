@@ -138,6 +138,8 @@ def datasets_inspect(
             raise LocaldiscError(
                 f"--preview {preview} is a folder; give the preview's PNG file name"
             )
+        if preview.suffix.lower() != ".png":  # it is written as PNG, whatever its name
+            raise LocaldiscError(f"--preview {preview}: the preview is a PNG; name it .png")
         _check_parent("--preview", preview)
     if root is None:
         name, root = parse_data_spec(name)

@@ -7,6 +7,7 @@ file shows up now rather than mid-training) and reports counts, sizes and mask c
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from localdisc.data.datasets import (
     load_dataset,
 )
 from localdisc.data.preprocess import resize_image, resize_mask
+from localdisc.engine.checkpoint import atomic_write_bytes
 from localdisc.errors import DatasetError, LocaldiscError, ReaderSetupError
 
 
@@ -35,7 +37,8 @@ LOW_CONTRAST_SPAN = 0.1
 
 
 def intensity_span(image: np.ndarray, fov: np.ndarray | None = None) -> float:
-    """The 1st-to-99th percentile span of an image's intensities (luma), inside ``fov`` if any."""
+    """The 1st-to-99th percentile span of an image's intensities (the mean of its channels),
+    inside ``fov`` if any."""
     luma = image.mean(axis=-1) if image.ndim == 3 else image
     values = luma[fov] if fov is not None and fov.any() else luma
     lo, hi = np.percentile(values, [1, 99])
@@ -249,10 +252,10 @@ def write_preview(
     title = f"{dataset.name} {dataset.split}: {legend or 'no masks'}; FOV outline yellow"
     fig.suptitle(plain(title), fontsize=9)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())  # a failed write leaves an earlier preview whole
+    return Path(path)
 
 
 def _shrink(sample: Sample, max_side: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
