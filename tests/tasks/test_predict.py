@@ -100,6 +100,22 @@ def test_predict_says_when_an_image_carries_an_exif_orientation(tmp_path):
     assert Image.open(tmp_path / "out" / "b_mask.png").size == (30, 20)  # as stored
 
 
+def test_predict_names_images_that_use_a_small_part_of_the_range(tmp_path):
+    from PIL import Image
+
+    Segmenter(modality="xray", size=32).save(tmp_path / "model")
+    ramp = np.add.outer(np.arange(20), np.arange(30)) / 48
+    save(tmp_path / "in" / "eight.png", (ramp * 255).astype(np.uint8))
+    Image.fromarray((ramp * 4095).astype(np.uint16)).save(tmp_path / "in" / "twelve.png")
+    logs: list[str] = []
+    predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out", device="cpu",
+                   log=logs.append)  # fmt: skip
+    assert [line for line in logs if "intensity range" in line] == [
+        "note: 1 image(s) use under 1/8 of the intensity range (twelve): 12-bit data in 16-bit "
+        "files? the network saw them near black; rescale them to the full range"
+    ]
+
+
 def test_predict_keeps_to_fov_masks_and_checks_them(tmp_path):
     Segmenter(modality="fundus", size=32).save(tmp_path / "model")
     save(tmp_path / "in" / "eye.png", np.full((40, 50, 3), 120, np.uint8))

@@ -456,6 +456,18 @@ def test_segment_takes_a_weight_file_and_any_working_size(tmp_path, run):
             segment_images(run, [tmp_path / "eye.png"], out, size=size, log=logs.append)
 
 
+def test_segment_names_images_that_use_a_small_part_of_the_range(tmp_path, run):
+    from localdisc.tasks.shape_guided import segment_images
+
+    fundus = synthetic_fundus(40, seed=1).image
+    Image.fromarray((fundus * 4095).astype("uint16")[..., 1]).save(tmp_path / "dim.png")
+    logs: list[str] = []
+    segment_images(run, [tmp_path / "dim.png"], tmp_path / "out", device="cpu",
+                   log=logs.append)  # fmt: skip
+    assert any(line.startswith("note: 1 image(s) use under 1/8 of the intensity range (dim)")
+               for line in logs)  # fmt: skip
+
+
 def test_segment_says_when_an_image_carries_an_exif_orientation(tmp_path, run):
     from localdisc.tasks.shape_guided import segment_images
 

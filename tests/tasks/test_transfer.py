@@ -108,6 +108,30 @@ def folder_set(root, n: int = 8):
     return root
 
 
+def test_training_images_that_use_a_small_part_of_the_range_are_named(tmp_path):
+    # 12-bit radiographs in 16-bit PNGs read as 0 to 1/16: the network was fine-tuned on
+    # near-black images without a word (only pre-training's pool said so).
+    from PIL import Image
+
+    data = folder_set(tmp_path / "data")
+    for i in range(8):  # the same X-rays, their 8 bits spread over 12 of 16
+        grey = np.asarray(Image.open(data / f"case{i}.png")).astype(np.uint16) * 16
+        Image.fromarray(grey).save(data / f"case{i}.png")
+    config = tiny(str(data), frozen_epochs=0, seed=0)
+    said: list[str] = []
+    run_transfer(config, tmp_path / "out", log=said.append)
+    notes = [line for line in said if "1/8 of the intensity range" in line]
+    assert len(notes) == 1 and notes[0].startswith(
+        "note: 2 training image(s) use under 1/8 of the intensity range (case"
+    )
+    assert notes[0].endswith("12-bit data in 16-bit files? the network sees them near black; "
+                             "rescale them to the full range")  # fmt: skip
+    said.clear()
+    run_transfer(tiny(str(folder_set(tmp_path / "eight")), frozen_epochs=0), tmp_path / "o8",
+                 log=said.append)  # fmt: skip
+    assert not [line for line in said if "intensity range" in line]
+
+
 def test_a_folder_is_tested_on_the_same_held_out_images_for_every_label_budget(tmp_path):
     """A folder has no test split: it used to test on the images left unlabelled, so --labels 2
     and 4 were scored on different images, --labels all failed ("no unlabelled images left"),

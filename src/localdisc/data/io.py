@@ -356,6 +356,26 @@ def orientation_note(metas: Sequence[ImageMeta], outputs: str = "points") -> str
     )
 
 
+#: An image whose brightest value is below this (of [0, 1]) uses under 1/8 of the range.
+DIM_BELOW = 1 / 8
+
+
+def dim_note(peaks: Sequence[tuple[str, float]], what: str, consequence: str) -> str | None:
+    """A line naming the images of ``peaks`` (name, brightest value in [0, 1]) that use under
+    1/8 of the intensity range (``None`` where none does): 12-bit data in a 16-bit file reads
+    as 0 to 1/16 (16-bit values are scaled by 65535; the bits a PNG or TIFF uses are not
+    stored), so the network sees a near-black image, unlike the same data stored in 8 bits.
+    ``what`` names the images (``"pool image(s)"``); ``consequence`` says what follows."""
+    dim = [name for name, peak in peaks if peak < DIM_BELOW]
+    if not dim:
+        return None
+    shown = ", ".join(dim[:3]) + (", ..." if len(dim) > 3 else "")
+    return (
+        f"{len(dim)} {what} use under 1/8 of the intensity range ({shown}): 12-bit data in "
+        f"16-bit files? {consequence}; rescale them to the full range"
+    )
+
+
 def header_metas(paths: Iterable[Path]) -> list[ImageMeta]:
     """The headers (:func:`read_image_meta`) of the ``paths`` that can be read (those that
     cannot are left to the reads that follow, which name them or skip them)."""

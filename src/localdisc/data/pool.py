@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localdisc.data.io import read_image
+from localdisc.data.io import DIM_BELOW, dim_note, read_image
 from localdisc.data.preprocess import resize_image, roi_crop, to_modality_channels
 from localdisc.errors import DatasetError, ImageReadError, ReaderSetupError
 
@@ -117,34 +117,23 @@ def synthetic_pool(
     return torch.from_numpy(np.stack(arrays))
 
 
-#: A pool image (uint8) whose brightest pixel is below this uses under 1/8 of the range.
-DIM_BELOW = 32
-
-
 def _say_dim_images(
     results: Sequence[np.ndarray | str], names: Sequence[str], log: Callable[[str], None]
 ) -> None:
     """One line through ``log`` naming the decoded pool images (``results``, as
-    :func:`_decode` gives them) that use under 1/8 of the intensity range.
+    :func:`_decode` gives them) that use under 1/8 of the intensity range
+    (:func:`~localdisc.data.io.dim_note`).
 
-    A 12-bit radiograph in a 16-bit file reads as 0 to 1/16 (16-bit is scaled by 65535, as
-    fine-tuning reads it too, so the pool keeps those intensities) and its uint8 pool copy keeps
-    17 grey levels: the network would train on near-black images without a word. Checked on the
-    arrays already decoded (a second read of a large pool would take minutes)."""
-    dim = [
-        (name, int(r.max()))
-        for name, r in zip(names, results, strict=True)
-        if not isinstance(r, str) and r.max() < DIM_BELOW
+    The pool keeps their intensities, as fine-tuning reads them, but its uint8 copy of a 12-bit
+    radiograph in a 16-bit file keeps 17 grey levels. Checked on the arrays already decoded (a
+    second read of a large pool would take minutes)."""
+    peaks = [
+        (n, r.max() / 255) for n, r in zip(names, results, strict=True) if not isinstance(r, str)
     ]
-    if not dim:
-        return
-    shown = ", ".join(name for name, _ in dim[:3]) + (", ..." if len(dim) > 3 else "")
-    levels = max(top for _, top in dim) + 1
-    log(
-        f"{len(dim)} pool image(s) use under 1/8 of the intensity range ({shown}): 12-bit data "
-        f"in 16-bit files? their pool copies keep {levels} grey levels or fewer; rescale them "
-        "to the full range"
-    )
+    levels = max((int(round(peak * 255)) + 1 for _, peak in peaks if peak < DIM_BELOW), default=0)
+    note = dim_note(peaks, "pool image(s)", f"their pool copies keep {levels} grey levels or fewer")
+    if note is not None:
+        log(note)
 
 
 def _source_name(path: Path, root: Path | None) -> str:

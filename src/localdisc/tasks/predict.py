@@ -18,6 +18,7 @@ from localdisc.data.datasets import (
 )
 from localdisc.data.io import (
     ImageMeta,
+    dim_note,
     header_metas,
     is_image_file,
     orientation_note,
@@ -358,6 +359,7 @@ def predict_images(
 
         target_name = config.get("data", {}).get("target")
         written = []
+        peaks: list[tuple[str, float]] = []
         with ProgressBar(len(files), 0, progress, "predict", unit="image") as bar:
             for i, (name, path) in enumerate(files):
                 read = skips.read_replacing(name, path, out_dir, files, read_image)
@@ -365,6 +367,7 @@ def predict_images(
                     bar.update(i + 1)
                     continue
                 image = read[0]
+                peaks.append((name, float(image.max())))
                 prob_small, prob = model.predict_maps(image)
                 if fovs is not None:
                     prob *= read_fov_mask(fovs[i], image.shape[:2], path)
@@ -380,6 +383,9 @@ def predict_images(
                         size=model.config.size,
                     )  # fmt: skip
                 bar.update(i + 1)
+        note = dim_note(peaks, "image(s)", "the network saw them near black")
+        if note is not None:
+            log(f"note: {note}")
     files = skips.kept(files)  # refused when none was read: predict.json says unfinished
     record["images"] = [{"name": name, "image": str(path.resolve())} for name, path in files]
     record["skipped"] = skips.record()

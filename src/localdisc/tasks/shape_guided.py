@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from localdisc.data.datasets import MaskMatch
-from localdisc.data.io import read_image, read_mask, write_png
+from localdisc.data.io import dim_note, read_image, read_mask, write_png
 from localdisc.data.preprocess import (
     fov_from_image,
     resize_image,
@@ -453,6 +453,10 @@ def segment_images(
     skips = SkippedImages(skip_bad, log, len(files))
     arrays = [read[0] for name, path in files if (read := skips.read(name, path)) is not None]
     files = skips.kept(files)
+    note = dim_note([(name, float(a.max())) for (name, _), a in zip(files, arrays, strict=True)],
+                    "image(s)", "the network sees them near black")  # fmt: skip
+    if note is not None:
+        log(f"note: {note}")
     shapes = {name: array.shape for (name, _), array in zip(files, arrays, strict=True)}
     matched = true_masks(files, images, masks, shapes=shapes) if masks is not None else None
     env = environment(device)  # at the start: where and when these outputs were made

@@ -71,7 +71,7 @@ from localdisc.data.datasets import (
     load_data_spec,
     parse_data_spec,
 )
-from localdisc.data.io import write_png
+from localdisc.data.io import dim_note, write_png
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.checkpoint import atomic_write_text, sha256
@@ -814,6 +814,16 @@ def _transfer(
     model, pretrained = build_model(config.init, train_set.modality, config.size)
     train = _tensors(train_set, train_idx, target, config.size)
     val = _tensors(train_set, val_idx, target, config.size)
+    peaks = dict(  # by name: with few labels, the validation images are the training ones
+        zip(
+            [train_set.items[i].name for i in [*train_idx, *val_idx]],
+            torch.cat([train[0], val[0]]).flatten(1).amax(1).tolist(),
+            strict=True,
+        )
+    )
+    note = dim_note(list(peaks.items()), "training image(s)", "the network sees them near black")
+    if note is not None:
+        log(f"note: {note}")
     training_plan(config.train, pretrained)  # "nothing to train" before config.json is written
     # Batch norm is recalibrated over the training split, unlabelled images too (see below), at
     # most UNLABELLED_BN of them spread by name: a folder of thousands, stacked in memory, does not
