@@ -66,6 +66,7 @@ def main() -> None:
     shutil.copytree(args.run, args.out, ignore=skip)
     settings = json.loads((args.out / "config.json").read_text())["pretrain"]
     settings["crop_scale"] = tuple(settings["crop_scale"])
+    settings.setdefault("sampler", "replacement")  # a run saved before the setting drew so
     config = replace(
         PretrainConfig(**settings), disc_lr=args.disc_lr, prior_weight=args.prior_weight,
         progress=False,

@@ -44,9 +44,25 @@ def test_demo_into_a_folder_holding_another_run_is_refused(tmp_path):
 
     pretrain(tiny_pretrain_config(data=["synthetic_fundus:4"]), tmp_path, log=lambda m: None)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    with pytest.raises(CheckpointError, match="other settings than this demo's"):
+    # Named, as the benchmarks name them.
+    with pytest.raises(CheckpointError, match=r"other settings than this demo's \(data .*"
+                       r"stage1_steps 3 \(given 4\)"):  # fmt: skip
         run_demo(tmp_path, quick=True, device="cpu", progress=False, log=lambda m: None)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_demo_run_saved_before_the_sampler_setting_is_refused_naming_it(tmp_path):
+    import json
+
+    from localdisc.demo import run_demo
+    from localdisc.errors import CheckpointError
+
+    run_demo(tmp_path, quick=True, device="cpu", progress=False, log=lambda m: None)
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["pretrain"]["sampler"]  # as a demo before it wrote config.json: drawn so
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"\(sampler 'replacement' \(given 'epoch'\)\)"):
+        run_demo(tmp_path, quick=True, device="cpu", progress=False, log=lambda m: None)
 
 
 def test_demo_queries_find_vessel_disc_and_background():

@@ -21,9 +21,9 @@ from localdisc.data.preprocess import resize_image, roi_crop, to_modality_channe
 from localdisc.engine.pretrain import (
     PretrainConfig,
     PretrainResult,
-    holds_run_of,
     pretrain,
     refuse_used_run_dir,
+    settings_differences,
 )
 from localdisc.errors import CheckpointError
 from localdisc.eval.figures import Query, cluster_figure, similarity_figure
@@ -150,14 +150,16 @@ def demo_queries(image: np.ndarray) -> list[Query]:
 def _own_run(run_dir: Path, config: PretrainConfig) -> bool:
     """Whether ``run_dir`` holds this demo's run already: then it continues (or, finished, is
     reused) as with ``--resume``. A folder holding another run is refused, nothing deleted."""
-    if holds_run_of(run_dir, config):
+    differences = settings_differences(run_dir, config)
+    if differences == []:
         return True
     try:
         refuse_used_run_dir(run_dir)
     except CheckpointError as exc:
+        named = f" ({', '.join(differences)})" if differences else ""
         raise CheckpointError(
-            f"{run_dir}: holds a run with other settings than this demo's; choose another --out "
-            "(nothing was deleted)"
+            f"{run_dir}: holds a run with other settings than this demo's{named}; choose another "
+            "--out (nothing was deleted)"
         ) from exc
     return False
 

@@ -44,11 +44,12 @@ def test_end_to_end_writes_every_output_and_loss_goes_down(tmp_path, pool):
 
 
 @pytest.mark.parametrize(
-    "stop_at,stage1_steps",
-    [(3, 3), (5, 3), (4, 4)],  # interrupted in stage 1, in stage 2, right after stage 1's end
+    "stop_at,stage1_steps,sampler",
+    # interrupted in stage 1, in stage 2, right after stage 1's end; drawn as older runs drew
+    [(3, 3, "epoch"), (5, 3, "epoch"), (4, 4, "epoch"), (5, 3, "replacement")],
 )
-def test_resume_ends_with_the_same_weights(tmp_path, pool, stop_at, stage1_steps):
-    config = tiny_pretrain_config(stage1_steps=stage1_steps)
+def test_resume_ends_with_the_same_weights(tmp_path, pool, stop_at, stage1_steps, sampler):
+    config = tiny_pretrain_config(stage1_steps=stage1_steps, sampler=sampler)
     pretrain(config, tmp_path / "straight", pool=pool)
     pretrain(config, tmp_path / "resumed", pool=pool, stop_at_step=stop_at)
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
@@ -658,7 +659,8 @@ def test_a_step_draws_distinct_images_and_each_once_per_epoch(tmp_path, monkeypa
     drawn.clear()
     pretrain(replace(config, sampler="replacement"), tmp_path / "replacement",
              pool=pool.clone(), log=lambda m: None)  # fmt: skip
-    assert len([pair for pair in drawn if set(pair) <= train]) == 6
+    replaced = [pair for pair in drawn if set(pair) <= train]
+    assert len(replaced) == 6 and replaced != steps  # as older runs drew, not as "epoch"
     with pytest.raises(LocaldiscError, match="sampler must be epoch or replacement, not 'once'"):
         tiny_pretrain_config(sampler="once")
 

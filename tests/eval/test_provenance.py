@@ -96,6 +96,11 @@ def test_the_cores_are_those_the_process_may_run_on(monkeypatch):
         pytest.skip("no CPU affinity on this OS")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # as under taskset -c 0
     assert provenance.usable_cores() == 1
+    provenance._installed.cache_clear()
+    try:
+        assert environment()["cpu_cores"] == 1
+    finally:
+        provenance._installed.cache_clear()
 
 
 def test_no_git_or_no_checkout_leaves_the_commit_out_quietly(monkeypatch):
