@@ -196,6 +196,43 @@ def test_drive_missing_mask_names_files_and_skip_bad_lists_it(tmp_path: Path) ->
     assert "22_manual1" in ds.skipped[0][1]
 
 
+def test_drive_refuses_an_image_of_another_name_rather_than_give_it_a_tracing(
+    tmp_path: Path,
+) -> None:
+    # Paired by the number before "_", a copy 21_training_copy.tif took 21's tracing; without
+    # mask/ (FOVs derived from the images) nothing else caught it.
+    root = make_drive(tmp_path / "DRIVE")
+    shutil.rmtree(root / "training" / "mask")
+    copy = root / "training" / "images" / "21_training_copy.tif"
+    shutil.copy(root / "training" / "images" / "21_training.tif", copy)
+    with pytest.raises(DatasetError, match=r"21_training_copy\.tif: not a DRIVE image name"):
+        load_dataset("drive", root, "train")
+    ds = load_dataset("drive", root, "train", skip_bad=True)
+    assert [s.name for s in ds] == ["21_training", "22_training"]
+    assert ds.skipped[0][0] == copy
+
+
+def test_a_layout_off_by_an_archive_a_folder_or_a_letter_case_says_so(tmp_path: Path) -> None:
+    # Each said only "ROOT/training/images: missing folder".
+    nested = tmp_path / "nested"
+    make_drive(nested / "DRIVE")  # a zip unpacked into a folder of its name
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "DRIVE.zip").write_bytes(b"PK")
+    cased = make_drive(tmp_path / "cased")
+    (cased / "training").rename(cased / "Training")
+    expected = {
+        nested: f"(it is in {nested / 'DRIVE'}: give that folder as the root)",
+        archive: f"({archive} holds DRIVE.zip: extract it there first)",
+        cased: f"({cased / 'Training'} differs in letter case: name it training)",
+    }
+    for root, hint in expected.items():
+        with pytest.raises(DatasetError) as caught:
+            load_dataset("drive", root, "train")
+        message = str(caught.value)
+        assert message.startswith(f"{root / 'training'}") and message.endswith(hint), message
+
+
 def test_drive_missing_fov_file_and_missing_folder(tmp_path: Path) -> None:
     root = make_drive(tmp_path / "DRIVE")
     (root / "test" / "mask" / "02_test_mask.gif").unlink()
@@ -421,6 +458,18 @@ def make_jsrt_images_only(root: Path) -> Path:
     for i, stem in enumerate(table["train"] + table["test"]):
         save(root / "JSRT" / "images" / f"{stem}.png", np.full((16, 16), i, np.uint8))
     return root
+
+
+def test_jsrt_images_are_never_taken_from_a_folder_of_masks(tmp_path: Path) -> None:
+    # A user's Lung_masks/JPCLN001.png sorted before images/ and stood in for the radiograph.
+    root = make_jsrt_images_only(tmp_path / "data")
+    for folder in ("Lung_masks", "gt", "my-labels"):
+        save(root / "JSRT" / folder / "JPCLN001.png", np.full((16, 16), 255, np.uint8))
+    moved = root / "JSRT" / "unlabelled" / "JPCLN002.png"  # "label" is no word of the name
+    moved.parent.mkdir()
+    (root / "JSRT" / "images" / "JPCLN002.png").rename(moved)
+    assert load_dataset("jsrt_scr", root, "train").items[0].image.parent.name == "images"
+    assert load_dataset("jsrt_scr", root, "test").items[0].image == moved
 
 
 def test_jsrt_without_scr_masks_is_an_unlabelled_set(tmp_path: Path) -> None:

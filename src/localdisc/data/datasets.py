@@ -196,12 +196,41 @@ class SegmentationDataset(Sequence[Sample]):
             raise DatasetError(f"{self.root}: the folder is empty; {expected}")
 
     def _require_dir(self, folder: Path) -> Path:
-        """A folder the layout cannot do without: its absence is a layout error, not a bad item."""
+        """A folder the layout cannot do without: its absence is a layout error, not a bad item,
+        named with what ROOT holds instead where that explains it (:meth:`_layout_hint`)."""
         if not folder.is_dir():
             raise DatasetError(
                 f"{folder}: missing folder; expected the {self.name} layout: {self.layout}"
+                + self._layout_hint(folder)
             )
         return folder
+
+    def _layout_hint(self, folder: Path) -> str:
+        """Why ``folder`` (under ROOT) may be missing: an archive in ROOT not extracted, the
+        layout one folder down (a zip unpacked into a folder of its name), or the folder in
+        another letter case; empty where none is seen."""
+        if self.root is None or not self.root.is_dir():
+            return ""
+        try:
+            relative = folder.relative_to(self.root)
+        except ValueError:
+            return ""
+        entries = sorted(p for p in self.root.iterdir() if not p.name.startswith("."))
+        archives = [p.name for p in entries if p.name.lower().endswith(ARCHIVE_SUFFIXES)]
+        if archives:
+            return f" ({self.root} holds {', '.join(archives)}: extract it there first)"
+        nested = [p for p in entries if p.is_dir() and (p / relative).is_dir()]
+        if nested:
+            return f" (it is in {nested[0]}: give that folder as the root)"
+        parent = self.root
+        for name in relative.parts:  # down to the first folder missing
+            if not (parent / name).is_dir():
+                other = [p for p in parent.iterdir() if p.name.lower() == name.lower()]
+                if other and other[0].is_dir():
+                    return f" ({other[0]} differs in letter case: name it {name})"
+                break
+            parent = parent / name
+        return ""
 
     def _problem(self, path: Path, reason: str) -> None:
         """Raise for a bad item, or record it when ``skip_bad``."""
@@ -363,6 +392,13 @@ def _read_mask(path: Path) -> np.ndarray:
 # -- fundus ------------------------------------------------------------------------------
 
 
+#: Endings of archives a data set may be downloaded as (named when not extracted).
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".7z", ".rar")
+
+#: A DRIVE image's stem (lower case): its number pairs it with its tracing.
+_DRIVE_STEM = re.compile(r"^\d+_(training|test)$")
+
+
 class DriveDataset(SegmentationDataset):
     """DRIVE (Staal et al. 2004): the official training/test folders are the paper's split.
 
@@ -409,6 +445,10 @@ class DriveDataset(SegmentationDataset):
             if manual2 is not None:
                 targets.add("vessels_2nd")
             for key, image in images.items():
+                if not _DRIVE_STEM.match(key):  # "21_training_copy" took 21's tracing
+                    self._problem(image, "not a DRIVE image name (NN_training or NN_test), so "
+                                  "its tracing is unknown")  # fmt: skip
+                    continue
                 ident = key.split("_")[0]  # "21_training" -> "21"
                 masks: dict[str, tuple[Path, ...]] = {}
                 wanted: list[tuple[str, dict[str, Path], str, str]] = []
@@ -582,6 +622,12 @@ SCR_ORGANS = {
     "right clavicle": "right_clavicle",
 }
 _JSRT_STEM = re.compile(r"^JPC(LN|NN)\d{3}$", re.IGNORECASE)
+#: Words of a folder name (split at ``_``, ``-``, spaces, dots) that make its files masks, never
+#: a JSRT image: a user's ``Lung_masks/JPCLN001.png`` sorted before ``images/`` and stood in
+#: for the radiograph.
+_MASK_FOLDER_WORDS = frozenset(
+    {"mask", "masks", "label", "labels", "manual", "gt", "seg", "segmentation", "segmentations"}
+)
 
 
 class _MasksOptional(SegmentationDataset):
@@ -612,7 +658,9 @@ class JsrtScrDataset(_MasksOptional):
     masks in folders named after the organ (``masks/left lung/JPCLN001.gif``; ``left_lung`` is
     accepted too) are matched by file name, so both ``JSRT/images`` + ``SCR/masks`` and the
     official download folders side by side work. Masks of another size are resized (nearest)
-    to the image. When a file name occurs twice, the first in sorted path order is used.
+    to the image. When a file name occurs twice, the first in sorted path order is used; files
+    in a folder whose name holds the word mask(s), label(s), manual, gt or seg(mentation) (as
+    ``Lung_masks``) are never taken as images.
     Targets: ``heart``, ``lung`` (both lungs), ``clavicle`` (both), and each organ alone.
     The masks are optional: JSRT images without any SCR mask under ROOT are an unlabelled set
     (no targets; ``missing_labels`` says why), enough for pre-training and for inspection.
@@ -649,6 +697,9 @@ class JsrtScrDataset(_MasksOptional):
         for dirpath, dirnames, filenames in walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             organ = SCR_ORGANS.get(Path(dirpath).name.lower().replace("_", " "))
+            words = set(re.split(r"[_\-\s.]+", Path(dirpath).name.lower()))
+            if organ is None and words & _MASK_FOLDER_WORDS:
+                continue  # masks of something else: no radiograph
             for filename in sorted(filenames):
                 # Cheap name test first: the walk may pass thousands of unrelated files.
                 if filename[:3].upper() != "JPC" or not is_image_file(filename):
