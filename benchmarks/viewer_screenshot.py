@@ -95,7 +95,7 @@ def main() -> None:
         from selenium.webdriver.support.ui import WebDriverWait
 
         wait = WebDriverWait(driver, 120)
-        driver.get(server.url)
+        driver.get(server.login_url)
         wait.until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
         wait.until(
             lambda d: d.execute_script("return document.getElementById('main-image').complete")

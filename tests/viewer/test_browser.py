@@ -63,7 +63,7 @@ def page(tmp_path_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     viewer.warm_up()
     try:
-        driver.get(server.url)
+        driver.get(server.login_url)
         yield {"driver": driver, "root": root, "loaded": loaded}
     finally:
         driver.quit()
@@ -200,7 +200,7 @@ def test_the_page_gives_the_clicked_point_in_the_files_pixels(page):
     server = create_server(viewer, port=0, log=lambda _: None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        driver.get(server.url)
+        driver.get(server.login_url)
         wait_for(driver, "return document.getElementById('main-image').naturalWidth > 0")
         click_image(driver, 0.7, 0.9)
         wait_for(driver, "return document.getElementById('results').dataset.state === 'ready'")
@@ -235,7 +235,7 @@ def test_progress_ends_when_the_cache_holds_fewer_images_than_the_folder(page):
     try:
         viewer.warm_up().join(WAIT)
         assert viewer.progress()["embeddings"]["pixel"] < 3
-        driver.get(server.url)
+        driver.get(server.login_url)
         wait_for(driver, "return document.getElementById('main-image').naturalWidth > 0")
         click_image(driver, 0.5, 0.5)  # shows the progress while the query runs
         wait_for(driver, "return document.getElementById('results').dataset.state === 'ready'")

@@ -34,6 +34,7 @@ from localdisc.tasks.similarity import (
 from localdisc.viewer.server import (
     BINS,
     MATCH_BYTES,
+    TOKEN_COOKIE,
     ByteLRU,
     Viewer,
     add_to_histogram,
@@ -74,14 +75,21 @@ def setup(tmp_path_factory):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     viewer.warm_up()
-    yield {"root": root, "loaded": loaded, "viewer": viewer, "url": server.url.rstrip("/")}
+    yield {"root": root, "loaded": loaded, "viewer": viewer, **address(server)}
     server.shutdown()
     server.server_close()
 
 
-def get(setup, path: str) -> tuple[int, dict, bytes]:
+def address(server) -> dict[str, str]:
+    """Where a test reaches ``server``: its URL and the cookie that carries its token."""
+    return {"url": server.url.rstrip("/"), "cookie": f"{TOKEN_COOKIE}={server.token}"}
+
+
+def get(setup, path: str, cookie: bool = True) -> tuple[int, dict, bytes]:
+    headers = {"Cookie": setup["cookie"]} if cookie else {}
+    request = urllib.request.Request(setup["url"] + path, headers=headers)
     try:
-        with urllib.request.urlopen(setup["url"] + path, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -279,7 +287,8 @@ def test_unknown_ids_are_404_and_bad_values_400(setup):
     ],
 )
 def test_no_path_traversal(setup, path):
-    status, body = raw(setup, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {setup['cookie']}\r\n\r\n"
+    status, body = raw(setup, request.encode())
     assert status in (400, 404)
     assert b"root:" not in body and b"[project]" not in body and b"import" not in body
 
@@ -307,8 +316,75 @@ def test_foreign_host_header_is_refused_on_loopback(setup):
     # A DNS-rebinding page would reach 127.0.0.1 under its own host name.
     status, _ = raw(setup, b"GET /api/info HTTP/1.1\r\nHost: evil.example:8765\r\n\r\n")
     assert status == 400
-    for host in (b"localhost:1", b"127.0.0.1", b"[::1]:8765"):
-        assert raw(setup, b"GET /api/info HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")[0] == 200
+    cookie = f"Cookie: {setup['cookie']}\r\n".encode()
+    for host in (b"localhost:1", b"127.0.0.1", b"[::1]:8765", b"LOCALHOST", b"127.0.0.2"):
+        request = b"GET /api/info HTTP/1.1\r\nHost: " + host + b"\r\n" + cookie + b"\r\n"
+        assert raw(setup, request)[0] == 200, host
+
+
+def test_every_answer_needs_the_token_of_the_printed_url(setup):
+    # The other accounts of a shared machine reach 127.0.0.1 too, and read every image.
+    for path in ("/", "/api/info", "/api/image/0.png", "/static/app.js"):
+        status, _, body = get(setup, path, cookie=False)
+        assert status == 403, path
+        assert b"open the URL the viewer printed at start" in body
+    status, _, _ = get({**setup, "cookie": f"{TOKEN_COOKIE}=guess"}, "/api/info")
+    assert status == 403
+    token = setup["cookie"].split("=", 1)[1]
+    status, headers, body = get(setup, f"/?token={token}", cookie=False)
+    assert status == 200 and b"<html" in body.lower()
+    assert headers["Set-Cookie"] == f"{setup['cookie']}; HttpOnly; SameSite=Strict; Path=/"
+    status, headers, _ = get(setup, "/api/info")  # the cookie the page then sends
+    assert status == 200 and "Set-Cookie" not in headers
+    # Nor may a page elsewhere embed an image (it learnt their number and sizes).
+    assert headers["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
+def test_the_loopback_interface_in_any_spelling():
+    from localdisc.viewer.server import host_warning, is_loopback
+
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "0:0:0:0:0:0:0:1", "localhost", "LOCALHOST"):
+        assert is_loopback(host) and host_warning(host) is None, host
+    for host in ("0.0.0.0", "192.168.1.4", "::", "example.org"):
+        assert not is_loopback(host) and host_warning(host) is not None, host
+
+
+def test_serve_prints_the_url_with_its_token_and_notes_and_stops_cleanly(setup, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    import localdisc.viewer.server as server_module
+
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    pixels[10:20, 10:50] = 200
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[274] = 6
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    dim = (np.add.outer(np.arange(40), np.arange(40)) * 50).astype(np.uint16)  # up to 3900
+    Image.fromarray(dim).save(tmp_path / "dim.png")
+    made, joined = [], []
+    real_create, real_warm = server_module.create_server, Viewer.warm_up
+
+    def create(viewer, host, port, **kwargs):
+        server = real_create(viewer, host, 0, **kwargs)  # any free port
+        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
+        made.append(server)
+        return server
+
+    def warm_up(self):
+        thread = real_warm(self)
+        real_join = thread.join
+        thread.join = lambda *a: (joined.append(True), real_join(*a))[1]
+        return thread
+
+    monkeypatch.setattr(server_module, "create_server", create)
+    monkeypatch.setattr(Viewer, "warm_up", warm_up)
+    said: list[str] = []
+    serve(setup["root"] / "run", [tmp_path], log=said.append, size=SIZE)
+    assert any(line.startswith("note: 1 image(s) carry an EXIF orientation") for line in said)
+    assert any(line.startswith("note: 1 image(s) use under 1/8 of the intensity range (dim)")
+               for line in said)  # fmt: skip
+    assert any(made[0].login_url in line and "?token=" in line for line in said)
+    assert said[-1] == "stopped" and joined == [True]  # the warm-up joined before the exit
 
 
 def test_binds_to_localhost_by_default_and_warns_otherwise(setup, monkeypatch):
@@ -369,7 +445,7 @@ def test_download_keeps_a_non_latin_image_name(setup, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         for entry in viewer.entries:
-            url = f"{server.url}api/segmentation/{entry.id}/prob.png"
+            url = f"{server.url}api/segmentation/{entry.id}/prob.png?token={server.token}"
             with urllib.request.urlopen(url, timeout=30) as response:
                 disposition = response.headers["Content-Disposition"]
             encoded = urllib.parse.quote(f"{entry.name}_prob.png")
@@ -572,7 +648,7 @@ def test_an_evicted_image_is_read_again_unchanged_and_a_changed_file_is_refused(
     try:
         Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "images" / "eye1.png")
         (tmp_path / "images" / "eye0.png").unlink()
-        setup = {**setup, "url": server.url.rstrip("/")}
+        setup = {**setup, **address(server)}
         for path, message in [
             ("/api/image/1.png", "eye1.png changed since the viewer started"),
             ("/api/clusters/1.png", "eye1.png changed since the viewer started"),

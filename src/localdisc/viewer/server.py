@@ -1,10 +1,15 @@
 """The viewer's state (images, cached model outputs) and its small JSON/PNG HTTP server.
 
-Security model: the server is meant for one user on their own machine. It binds to 127.0.0.1
-by default, answers only GET/HEAD, serves only the images it was started with (addressed by
-integer id, never by a path from the client) and three static files from a fixed list, and
-refuses long URLs (414), request bodies (413) and foreign ``Host`` headers when bound to the
-loopback interface (a DNS-rebinding web page could otherwise read the images).
+Security model: the server is meant for one user, who may share the machine (a workstation, a
+cluster node) with other accounts. It binds to 127.0.0.1 by default and answers only requests
+that carry the random token of the URL it prints (``/?token=...``, kept by the page as an
+HttpOnly, SameSite=Strict cookie): the other accounts of the machine reach the loopback port
+too, and a web page elsewhere could embed the images. It answers only GET/HEAD, serves only the
+images it was started with (addressed by integer id, never by a path from the client) and three
+static files from a fixed list, marks every answer ``Cross-Origin-Resource-Policy:
+same-origin``, and refuses long URLs (414), request bodies (413) and foreign ``Host`` headers
+when bound to the loopback interface (a DNS-rebinding web page could otherwise read the
+images).
 
 All coordinates are pixels of the *display* image: the input resized so that its longer side is
 at most ``size`` (default: the model's pre-training pool size, the scale it knows). The model
@@ -20,10 +25,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
+import hmac
 import io
+import ipaddress
 import json
 import math
 import re
+import secrets
 import socket
 import threading
 from collections import OrderedDict
@@ -39,7 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from localdisc.data.io import read_image
+from localdisc.data.io import ImageMeta, dim_note, orientation_note, read_image
 from localdisc.data.preprocess import resize_image
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.similarity import (
@@ -59,6 +67,8 @@ MAX_NUMBER = 32  # characters of a coordinate: any pixel, with decimals to spare
 DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")  # ASCII digits, no exponent
 THUMB = 160  # longer side of thumbnails
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: The cookie in which the page keeps the server's token (see the module docstring).
+TOKEN_COOKIE = "localdisc_viewer_token"
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -344,9 +354,12 @@ class Viewer:
         self._latest: QueryResult | None = None  # kept even when maps recomputed push it out
         self.entries: list[Entry] = []
         self.errors: list[dict[str, str]] = []
+        # What `serve` says of the images read (orientation_note, dim_note).
+        self.metas: list[ImageMeta] = []
+        self.peaks: list[tuple[str, float]] = []
         for name, path in files:
             try:
-                raw, _ = read_image(path)
+                raw, meta = read_image(path)
                 image = display_image(raw, self.size)
                 # Framed now, from the pixels at hand: the embeddings' size is then known before
                 # they are made (embedding_bytes), and no file is decoded again just to frame
@@ -360,6 +373,8 @@ class Viewer:
                           (raw.shape[1], raw.shape[0]), image_digest(image), grid,
                           framing)  # fmt: skip
             self.entries.append(entry)
+            self.metas.append(meta)
+            self.peaks.append((name, float(raw.max())))
             if self._images.free() >= image.nbytes:  # the first ones, which are shown first
                 self._images.put(entry.id, image, image.nbytes)
         self.clusters = loaded.model.config.clusters
@@ -842,15 +857,22 @@ class ViewerServer(ThreadingHTTPServer):
         self.viewer = viewer
         self.quiet = quiet
         self.static = _static_files()
-        self.loopback = address[0] in LOOPBACK
+        self.loopback = is_loopback(address[0])
+        self.token = secrets.token_urlsafe(24)  # the URL printed at start carries it
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, ViewerHandler)
 
     @property
     def url(self) -> str:
+        """The server's root, without the token (requests need it: :attr:`login_url`)."""
         host, port = self.server_address[:2]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+    @property
+    def login_url(self) -> str:
+        """The URL to open: the root with the token, which the page then keeps as a cookie."""
+        return f"{self.url}?token={self.token}"
 
     def server_close(self) -> None:
         self.viewer.stop()
@@ -909,8 +931,25 @@ class ViewerHandler(BaseHTTPRequestHandler):
             return
         host = (self.headers.get("Host") or "").strip().lower()
         name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.split(":")[0]
-        if host and name not in LOOPBACK:
+        if host and not is_loopback(name):
             raise HTTPError(400, "unexpected Host header (the viewer answers only localhost)")
+
+    def _check_token(self, query: dict[str, list[str]]) -> bool:
+        """Whether the request carries the server's token, in its cookie or (the URL printed
+        at start) in ``?token=``; the latter returns True so that the answer sets the cookie.
+        Raises 403 without it."""
+        expected = self.server.token.encode()
+        given = query.get("token", [""])[-1]
+        if given and hmac.compare_digest(given.encode(), expected):
+            return True
+        for part in (self.headers.get("Cookie") or "").split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == TOKEN_COOKIE and hmac.compare_digest(value.encode(), expected):
+                return False
+        raise HTTPError(
+            403,
+            "no valid token: open the URL the viewer printed at start (it ends in ?token=...)",
+        )
 
     def _send(
         self, status: int, body: bytes, content_type: str, head: bool = False, **extra: str
@@ -922,6 +961,10 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Content-Security-Policy", CSP)
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")  # no embedding elsewhere
+        if getattr(self, "_sets_cookie", False):
+            cookie = f"{TOKEN_COOKIE}={self.server.token}; HttpOnly; SameSite=Strict; Path=/"
+            self.send_header("Set-Cookie", cookie)
         for key, value in extra.items():
             self.send_header(key.replace("_", "-"), value)
         self.end_headers()
@@ -939,6 +982,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self._send(status, body, "application/json", head, **extra)
 
     def _serve(self, head: bool) -> None:
+        self._sets_cookie = False  # one connection may carry several requests
         try:
             if len(self.path) > MAX_URL:
                 raise HTTPError(414, f"URL over {MAX_URL} bytes")
@@ -966,6 +1010,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
             query = parse_qs(parts.query, max_num_fields=16, strict_parsing=False)
         except ValueError:
             raise HTTPError(400, "too many query parameters") from None
+        # The printed URL's token: its answer sets the cookie that the page's requests carry.
+        self._sets_cookie = self._check_token(query)
         for pattern, name in ROUTES:
             m = pattern.fullmatch(path)
             if m:
@@ -1097,13 +1143,25 @@ def _int_list(query: dict, key: str, limit: int) -> frozenset[int]:
 
 
 # --- starting --------------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names the loopback interface (any spelling: 127.0.0.2, 0:0:0:0:0:0:0:1,
+    LOCALHOST)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def host_warning(host: str) -> str | None:
     """The warning to print when the server is reachable from other machines."""
-    if host in LOOPBACK:
+    if is_loopback(host):
         return None
     return (
-        f"warning: listening on {host}: anyone who can reach this machine can view the images "
-        "and the model's outputs (no authentication). Use --host 127.0.0.1 to keep it local."
+        f"warning: listening on {host}: anyone who can reach this machine and has the URL's "
+        "token can view the images and the model's outputs (sent unencrypted). Use --host "
+        "127.0.0.1 to keep it local."
     )
 
 
@@ -1163,12 +1221,23 @@ def serve(
             f"{e['file']}: {e['error']}" for e in viewer.errors[:3]))  # fmt: skip
     for error in viewer.errors:
         log(f"skipped {error['file']}: {error['error']}")
+    for note in (
+        orientation_note(viewer.metas, "points"),
+        dim_note(viewer.peaks, "image(s)", "they are shown and embedded near black"),
+    ):
+        if note is not None:
+            log(f"note: {note}")
     server = create_server(viewer, host, port, log=log)
-    viewer.warm_up()
-    log(f"{len(viewer.entries)} image(s) at {viewer.size} px; open {server.url} (Ctrl+C to stop)")
+    warming = viewer.warm_up()
+    log(
+        f"{len(viewer.entries)} image(s) at {viewer.size} px; open {server.login_url} (Ctrl+C "
+        "to stop)"
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         log("stopped")
     finally:
-        server.server_close()
+        server.server_close()  # stops the warm-up at its next image
+        # Joined before the interpreter exits: a daemon thread inside torch then aborted it.
+        warming.join()
