@@ -460,7 +460,7 @@ def make_jsrt_images_only(root: Path) -> Path:
     return root
 
 
-def test_jsrt_images_are_never_taken_from_a_folder_of_masks(tmp_path: Path) -> None:
+def test_jsrt_images_come_from_a_folder_of_masks_only_where_alone(tmp_path: Path) -> None:
     # A user's Lung_masks/JPCLN001.png sorted before images/ and stood in for the radiograph.
     root = make_jsrt_images_only(tmp_path / "data")
     for folder in ("Lung_masks", "gt", "my-labels"):
@@ -470,6 +470,11 @@ def test_jsrt_images_are_never_taken_from_a_folder_of_masks(tmp_path: Path) -> N
     (root / "JSRT" / "images" / "JPCLN002.png").rename(moved)
     assert load_dataset("jsrt_scr", root, "train").items[0].image.parent.name == "images"
     assert load_dataset("jsrt_scr", root, "test").items[0].image == moved
+    # A data set's own folder named so is still read (it held every image: none was found).
+    own = make_jsrt_images_only(tmp_path / "own")
+    (own / "JSRT" / "images").rename(own / "JSRT" / "lung_segmentation")
+    for root in (own, own / "JSRT" / "lung_segmentation"):
+        assert len(load_dataset("jsrt_scr", root, "train")) == 124
 
 
 def test_jsrt_without_scr_masks_is_an_unlabelled_set(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def setup(tmp_path_factory):
 
 def address(server) -> dict[str, str]:
     """Where a test reaches ``server``: its URL and the cookie that carries its token."""
-    return {"url": server.url.rstrip("/"), "cookie": f"{TOKEN_COOKIE}={server.token}"}
+    return {"url": server.url.rstrip("/"), "cookie": f"{server.cookie_name}={server.token}"}
 
 
 def get(setup, path: str, cookie: bool = True) -> tuple[int, dict, bytes]:
@@ -328,7 +328,9 @@ def test_every_answer_needs_the_token_of_the_printed_url(setup):
         status, _, body = get(setup, path, cookie=False)
         assert status == 403, path
         assert b"open the URL the viewer printed at start" in body
-    status, _, _ = get({**setup, "cookie": f"{TOKEN_COOKIE}=guess"}, "/api/info")
+    name = setup["cookie"].split("=", 1)[0]
+    assert name.startswith(f"{TOKEN_COOKIE}_")
+    status, _, _ = get({**setup, "cookie": f"{name}=guess"}, "/api/info")
     assert status == 403
     token = setup["cookie"].split("=", 1)[1]
     status, headers, body = get(setup, f"/?token={token}", cookie=False)
@@ -338,6 +340,27 @@ def test_every_answer_needs_the_token_of_the_printed_url(setup):
     assert status == 200 and "Set-Cookie" not in headers
     # Nor may a page elsewhere embed an image (it learnt their number and sizes).
     assert headers["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
+def test_two_viewers_on_one_host_keep_their_own_cookies(setup):
+    # Browsers keep one cookie of a name per host, whatever the port: logging in to a second
+    # viewer replaced the first one's cookie and its open page got 403 on every request.
+    import http.cookiejar
+
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    second = create_server(setup["viewer"], port=0, log=lambda _: None)
+    threading.Thread(target=second.serve_forever, daemon=True).start()
+    try:
+        first_url, token = setup["url"], setup["cookie"].split("=", 1)[1]
+        browser.open(f"{first_url}/?token={token}", timeout=30).read()
+        browser.open(second.login_url, timeout=30).read()
+        for url in (first_url + "/api/info", second.url + "api/info"):
+            with browser.open(url, timeout=30) as response:
+                assert response.status == 200, url
+    finally:
+        second.shutdown()
+        second.socket.close()  # not server_close: it stops the shared viewer
 
 
 def test_the_loopback_interface_in_any_spelling():

@@ -622,9 +622,9 @@ SCR_ORGANS = {
     "right clavicle": "right_clavicle",
 }
 _JSRT_STEM = re.compile(r"^JPC(LN|NN)\d{3}$", re.IGNORECASE)
-#: Words of a folder name (split at ``_``, ``-``, spaces, dots) that make its files masks, never
-#: a JSRT image: a user's ``Lung_masks/JPCLN001.png`` sorted before ``images/`` and stood in
-#: for the radiograph.
+#: Words of a folder name (split at ``_``, ``-``, spaces, dots) that make its files a JSRT image
+#: only where no other file has the name: a user's ``Lung_masks/JPCLN001.png`` sorted before
+#: ``images/`` and stood in for the radiograph.
 _MASK_FOLDER_WORDS = frozenset(
     {"mask", "masks", "label", "labels", "manual", "gt", "seg", "segmentation", "segmentations"}
 )
@@ -658,9 +658,10 @@ class JsrtScrDataset(_MasksOptional):
     masks in folders named after the organ (``masks/left lung/JPCLN001.gif``; ``left_lung`` is
     accepted too) are matched by file name, so both ``JSRT/images`` + ``SCR/masks`` and the
     official download folders side by side work. Masks of another size are resized (nearest)
-    to the image. When a file name occurs twice, the first in sorted path order is used; files
-    in a folder whose name holds the word mask(s), label(s), manual, gt or seg(mentation) (as
-    ``Lung_masks``) are never taken as images.
+    to the image. When a file name occurs twice, the first in sorted path order is used, after
+    any outside a folder whose name holds the word mask(s), label(s), manual, gt or
+    seg(mentation) (a user's ``Lung_masks/JPCLN001.png`` is no radiograph where another file
+    of that name is).
     Targets: ``heart``, ``lung`` (both lungs), ``clavicle`` (both), and each organ alone.
     The masks are optional: JSRT images without any SCR mask under ROOT are an unlabelled set
     (no targets; ``missing_labels`` says why), enough for pre-training and for inspection.
@@ -693,13 +694,13 @@ class JsrtScrDataset(_MasksOptional):
         """One directory walk: JSRT-named image files, split into images and organ masks."""
         assert self.root is not None
         images: dict[str, Path] = {}
+        maskish: dict[str, Path] = {}  # in a folder named like masks: taken only where alone
         masks: dict[str, dict[str, Path]] = {organ: {} for organ in SCR_ORGANS.values()}
         for dirpath, dirnames, filenames in walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             organ = SCR_ORGANS.get(Path(dirpath).name.lower().replace("_", " "))
             words = set(re.split(r"[_\-\s.]+", Path(dirpath).name.lower()))
-            if organ is None and words & _MASK_FOLDER_WORDS:
-                continue  # masks of something else: no radiograph
+            found = maskish if organ is None and words & _MASK_FOLDER_WORDS else images
             for filename in sorted(filenames):
                 # Cheap name test first: the walk may pass thousands of unrelated files.
                 if filename[:3].upper() != "JPC" or not is_image_file(filename):
@@ -707,8 +708,10 @@ class JsrtScrDataset(_MasksOptional):
                 stem = image_stem(filename).upper()
                 if not _JSRT_STEM.match(stem):
                     continue
-                target = masks[organ] if organ else images
+                target = masks[organ] if organ else found
                 target.setdefault(stem, Path(dirpath) / filename)
+        for stem, path in maskish.items():  # a data set's own folder may be named so
+            images.setdefault(stem, path)
         return images, masks
 
     def _list_items(self) -> list[Item]:

@@ -67,7 +67,9 @@ MAX_NUMBER = 32  # characters of a coordinate: any pixel, with decimals to spare
 DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")  # ASCII digits, no exponent
 THUMB = 160  # longer side of thumbnails
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-#: The cookie in which the page keeps the server's token (see the module docstring).
+#: The cookie in which the page keeps the server's token (see the module docstring), followed
+#: by the port: browsers keep one cookie of a name per host, whatever the port, so that a second
+#: viewer's would log the first one's page out.
 TOKEN_COOKIE = "localdisc_viewer_token"
 STATIC = {
     "index.html": "text/html; charset=utf-8",
@@ -870,6 +872,11 @@ class ViewerServer(ThreadingHTTPServer):
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
     @property
+    def cookie_name(self) -> str:
+        """The name of the cookie holding this server's token (:data:`TOKEN_COOKIE`_PORT)."""
+        return f"{TOKEN_COOKIE}_{self.server_address[1]}"
+
+    @property
     def login_url(self) -> str:
         """The URL to open: the root with the token, which the page then keeps as a cookie."""
         return f"{self.url}?token={self.token}"
@@ -944,7 +951,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
             return True
         for part in (self.headers.get("Cookie") or "").split(";"):
             key, _, value = part.strip().partition("=")
-            if key == TOKEN_COOKIE and hmac.compare_digest(value.encode(), expected):
+            if key == self.server.cookie_name and hmac.compare_digest(value.encode(), expected):
                 return False
         raise HTTPError(
             403,
@@ -963,8 +970,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Security-Policy", CSP)
         self.send_header("Cross-Origin-Resource-Policy", "same-origin")  # no embedding elsewhere
         if getattr(self, "_sets_cookie", False):
-            cookie = f"{TOKEN_COOKIE}={self.server.token}; HttpOnly; SameSite=Strict; Path=/"
-            self.send_header("Set-Cookie", cookie)
+            cookie = f"{self.server.cookie_name}={self.server.token}"
+            self.send_header("Set-Cookie", f"{cookie}; HttpOnly; SameSite=Strict; Path=/")
         for key, value in extra.items():
             self.send_header(key.replace("_", "-"), value)
         self.end_headers()
