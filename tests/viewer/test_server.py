@@ -363,6 +363,18 @@ def test_two_viewers_on_one_host_keep_their_own_cookies(setup):
         second.socket.close()  # not server_close: it stops the shared viewer
 
 
+def test_unreadable_files_of_one_name_in_two_folders_are_told_apart(setup, tmp_path):
+    # One folder per patient: the page and the terminal both said "scan.png" twice.
+    for patient in ("p01", "p02"):
+        (tmp_path / patient).mkdir()
+        (tmp_path / patient / "scan.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "ok.png")
+    viewer = Viewer(setup["loaded"], collect_images([tmp_path]))
+    assert [e["name"] for e in viewer.errors] == ["p01_scan", "p02_scan"]
+    assert all(e["file"] == "scan.png" for e in viewer.errors)  # the page: no server paths
+    assert viewer.error_paths == {f"{p}_scan": tmp_path / p / "scan.png" for p in ("p01", "p02")}
+
+
 def test_the_loopback_interface_in_any_spelling():
     from localdisc.viewer.server import host_warning, is_loopback
 
@@ -673,10 +685,10 @@ def test_an_evicted_image_is_read_again_unchanged_and_a_changed_file_is_refused(
         (tmp_path / "images" / "eye0.png").unlink()
         setup = {**setup, **address(server)}
         for path, message in [
-            ("/api/image/1.png", "eye1.png changed since the viewer started"),
-            ("/api/clusters/1.png", "eye1.png changed since the viewer started"),
-            ("/api/segmentation/0.png", "cannot read eye0.png again: file not found"),
-            ("/api/similarity?image=2&x=1&y=1&level=pixel", "cannot read eye0.png again"),
+            ("/api/image/1.png", "eye1 (eye1.png) changed since the viewer started"),
+            ("/api/clusters/1.png", "eye1 (eye1.png) changed since the viewer started"),
+            ("/api/segmentation/0.png", "cannot read eye0 (eye0.png) again: file not found"),
+            ("/api/similarity?image=2&x=1&y=1&level=pixel", "cannot read eye0 (eye0.png) again"),
         ]:
             status, data = get_json(setup, path)
             assert status == 422 and data["error"].startswith(message), (path, data)

@@ -355,7 +355,8 @@ class Viewer:
         self._queries = ByteLRU(quarter - 2 * (quarter // 4))
         self._latest: QueryResult | None = None  # kept even when maps recomputed push it out
         self.entries: list[Entry] = []
-        self.errors: list[dict[str, str]] = []
+        self.errors: list[dict[str, str]] = []  # for the page: names, never server paths
+        self.error_paths: dict[str, Path] = {}  # for the terminal, by name
         # What `serve` says of the images read (orientation_note, dim_note).
         self.metas: list[ImageMeta] = []
         self.peaks: list[tuple[str, float]] = []
@@ -370,6 +371,7 @@ class Viewer:
             except (LocaldiscError, OSError, ValueError, MemoryError) as exc:
                 # A bad file is listed on the page; the others keep working.
                 self.errors.append({"name": name, "file": Path(path).name, "error": _reason(exc)})
+                self.error_paths[name] = Path(path)
                 continue
             entry = Entry(len(self.entries), name, Path(path), image.shape[:2],
                           (raw.shape[1], raw.shape[0]), image_digest(image), grid,
@@ -419,11 +421,15 @@ class Viewer:
             raw, _ = read_image(entry.path)
             image = display_image(raw, self.size)
         except (LocaldiscError, OSError, ValueError, MemoryError) as exc:
-            # The file name only: messages go to the page, which never sees server paths.
-            raise LocaldiscError(f"cannot read {entry.path.name} again: {_reason(exc)}") from exc
+            # Name and file name only: messages go to the page, which never sees server paths
+            # (the name tells p01/scan.png from p02/scan.png).
+            raise LocaldiscError(
+                f"cannot read {entry.name} ({entry.path.name}) again: {_reason(exc)}"
+            ) from exc
         if image_digest(image) != entry.digest:
             raise LocaldiscError(
-                f"{entry.path.name} changed since the viewer started: restart the viewer to show it"
+                f"{entry.name} ({entry.path.name}) changed since the viewer started: restart the "
+                "viewer to show it"
             )
         self._images.put(image_id, image, image.nbytes)
         return raw, image
@@ -1224,10 +1230,10 @@ def serve(
         seg = Segmenter.from_pretrained(segmenter, device=device)
     viewer = Viewer(loaded, files, segmenter=seg, size=size, cache_mb=cache_mb)
     if not viewer.entries:
-        raise LocaldiscError("none of the images could be read: " + "; ".join(
-            f"{e['file']}: {e['error']}" for e in viewer.errors[:3]))  # fmt: skip
+        found = [f"{viewer.error_paths[e['name']]}: {e['error']}" for e in viewer.errors[:3]]
+        raise LocaldiscError("none of the images could be read: " + "; ".join(found))
     for error in viewer.errors:
-        log(f"skipped {error['file']}: {error['error']}")
+        log(f"skipped {viewer.error_paths[error['name']]}: {error['error']}")
     for note in (
         orientation_note(viewer.metas, "points"),
         dim_note(viewer.peaks, "image(s)", "they are shown and embedded near black"),

@@ -272,7 +272,7 @@ function buildSidebar() {
   $("bad-list").replaceChildren(
     ...errors.map((e) =>
       el("li", { className: "bad-image", dataset: { name: e.name } }, [
-        el("span", { text: e.file }),
+        el("span", { text: e.name, title: e.file }),
         el("span", { className: "reason", text: e.error }),
       ]),
     ),
