@@ -99,6 +99,14 @@ class HTTPError(Exception):
         self.message = message
 
 
+class Superseded(HTTPError):
+    """A similarity scan stopped because a newer one was asked for (the page drops the older
+    answer anyway; scanning on would only delay the newer one)."""
+
+    def __init__(self) -> None:
+        super().__init__(409, "a newer similarity query replaced this one")
+
+
 @dataclass
 class Entry:
     """One readable image: where it is, its sizes and how the model sees it. Its pixels are not
@@ -391,6 +399,8 @@ class Viewer:
         self.warming = False
         self.warmed = 0  # images the warm-up has done
         self._stop = threading.Event()
+        self._asked = 0  # similarity_json calls so far: a scan stops when a newer one comes
+        self._asked_lock = threading.Lock()
 
     # --- model outputs, cached ---------------------------------------------------------------
     def entry(self, image_id: int) -> Entry:
@@ -585,12 +595,29 @@ class Viewer:
         key, name = ("segmentation", image_id), self.entry(image_id).name
         return self._computed(self._renders, key, f"segmentation of {name}", make)
 
-    def query(self, image_id: int, x: int, y: int, level: str) -> QueryResult:
-        """Similarity of pixel (x, y) of an image with every pixel of every image, by image id."""
-        with self._lock:  # the small LRU below is shared between request threads
-            return self._query(image_id, x, y, level)
+    def query(
+        self,
+        image_id: int,
+        x: int,
+        y: int,
+        level: str,
+        superseded: Callable[[], bool] | None = None,
+    ) -> QueryResult:
+        """Similarity of pixel (x, y) of an image with every pixel of every image, by image id.
 
-    def _query(self, image_id: int, x: int, y: int, level: str) -> QueryResult:
+        ``superseded``: asked before each image of the scan; where it says True the scan stops
+        with :class:`Superseded` (the maps computed so far stay cached)."""
+        with self._lock:  # the small LRU below is shared between request threads
+            return self._query(image_id, x, y, level, superseded)
+
+    def _query(
+        self,
+        image_id: int,
+        x: int,
+        y: int,
+        level: str,
+        superseded: Callable[[], bool] | None = None,
+    ) -> QueryResult:
         key = (image_id, x, y, level)
         cached = self._queries.get(("result", key))
         if cached is not None:
@@ -614,6 +641,8 @@ class Viewer:
         self.scan = {"level": level, "done": 0, "total": len(order)}
         try:
             for entry in order:
+                if superseded is not None and superseded():
+                    raise Superseded
                 v = own if entry.id == image_id else self.embeddings(entry.id, level)
                 sim = self._map(vector, entry.id, v)
                 by, bx = np.unravel_index(int(np.argmax(sim)), sim.shape)
@@ -794,8 +823,14 @@ class Viewer:
         }
 
     def similarity_json(self, image_id: int, x: int, y: int, level: str) -> dict:
-        """The query's map on its own image, and on every other image ranked by best match."""
-        result = self.query(image_id, x, y, level)
+        """The query's map on its own image, and on every other image ranked by best match.
+
+        A later call stops this one's scan (:class:`Superseded`): a click replaces the one
+        before, whose answer the page drops, and which held the model for the newer one."""
+        with self._asked_lock:
+            self._asked += 1
+            mine = self._asked
+        result = self.query(image_id, x, y, level, superseded=lambda: self._asked != mine)
         matches = result.matches
         q = f"image={image_id}&x={x}&y={y}&level={level}"
 
