@@ -442,6 +442,18 @@ def test_tiff_float_min_max(tmp_path: Path) -> None:
     assert meta.bit_depth == 32
 
 
+def test_a_float_tiff_that_overshoots_reads_as_the_same_array_in_memory(tmp_path: Path) -> None:
+    # Stretched from a file (0.1-1.2 -> 0-1), kept as they were in memory: the network saw one
+    # image two ways. Within 0.5 of [0, 1] both clip now.
+    from localdisc.data.preprocess import as_raw_image
+
+    arr = np.linspace(0.1, 1.2, 12, dtype=np.float32).reshape(3, 4)
+    tifffile.imwrite(tmp_path / "f.tif", arr)
+    from_file = read_image(tmp_path / "f.tif")[0]
+    np.testing.assert_array_equal(from_file[..., 0], np.clip(arr, 0, 1))
+    np.testing.assert_array_equal(as_raw_image(arr), from_file)
+
+
 # ----------------------------------------------------------------------------- JSRT
 
 

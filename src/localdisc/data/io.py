@@ -31,8 +31,9 @@ Value conventions:
   TIFF to keep their precision;
 * signed integers without negative values are divided by the dtype maximum; with negative values
   they are min-max scaled;
-* floats must be finite; they are kept when inside [0, 1] and min-max scaled otherwise
-  (a constant image outside [0, 1] becomes all zeros);
+* floats must be finite; they are clipped to [0, 1] within 0.5 of it (resampling overshoot, as
+  an array in memory is) and min-max scaled further out (a constant image there becomes all
+  zeros);
 * alpha is dropped (RGBA -> RGB, LA -> L); palette images become RGB, or grey when the palette
   is grey; EXIF orientation is ignored so that images stay aligned with their masks
   (:attr:`ImageMeta.orientation` says where a file has one).
@@ -56,6 +57,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from localdisc.data.preprocess import FLOAT_SLACK
 from localdisc.errors import ImageReadError, ReaderSetupError
 
 __all__ = [
@@ -1392,7 +1394,10 @@ def _to_float_image(path: Path, d: _Decoded) -> np.ndarray:
             out = px
         else:
             lo, hi = float(px.min()), float(px.max())
-            out = px if lo >= 0.0 and hi <= 1.0 else _min_max(px.astype(np.float64))
+            # Within FLOAT_SLACK of [0, 1]: intensities that overshoot (resampling), clipped
+            # below, as an array passed in memory is (as_raw_image); further out, other units.
+            within = lo >= -FLOAT_SLACK and hi <= 1.0 + FLOAT_SLACK
+            out = px if within else _min_max(px.astype(np.float64))
     if d.invert:
         out = 1.0 - out
     if out.ndim == 2:

@@ -375,8 +375,9 @@ def normalize(image: np.ndarray, modality: str) -> np.ndarray:
 #: Channel counts of a raw image: grey, grey + alpha, RGB, RGBA (alpha is dropped).
 IMAGE_CHANNELS = (1, 2, 3, 4)
 #: Float images are intensities in [0, 1]. Up to this far outside (resampling overshoots) they
-#: pass as they are; further out they are refused: 0-255 values stored as floats, or a
-#: standardised image, gave embeddings and masks of nonsense without a word.
+#: are clipped to it, in memory and in files alike; further out an array is refused (0-255
+#: values stored as floats, or a standardised image, gave embeddings and masks of nonsense
+#: without a word) and a file's values are stretched to [0, 1] (other units).
 FLOAT_SLACK = 0.5
 #: Integer types scaled by their maximum, as :func:`~localdisc.data.io.read_image` scales 8- and
 #: 16-bit files. Wider or signed integers have no known full scale (Pillow's 32-bit "I" mode
@@ -396,8 +397,8 @@ def as_raw_image(image: np.ndarray | torch.Tensor, name: str = "image") -> np.nd
       tensors (the layouts of Pillow and of torchvision). A batch ``[N, C, H, W]`` is refused:
       the network itself takes batches (``model(normalize(x, modality))``).
     - Values: ``uint8`` are divided by 255 and ``uint16`` by 65535 (as ``read_image`` reads such
-      files), ``bool`` give 0 and 1, floats are kept as they are (within :data:`FLOAT_SLACK` of
-      [0, 1]). Other integer types are refused: their full scale is unknown.
+      files), ``bool`` give 0 and 1, floats are clipped to [0, 1] (within :data:`FLOAT_SLACK` of
+      it). Other integer types are refused: their full scale is unknown.
 
     ``name`` names the image in errors (:class:`~localdisc.errors.InputError`).
     """
@@ -440,7 +441,9 @@ def raw_intensities(values: np.ndarray | torch.Tensor, name: str = "image") -> n
             f"{name} holds values in [{lo:g}, {hi:g}], not intensities in [0, 1]: scale it first "
             "(8-bit values: / 255; 16-bit: / 65535), or pass the uint8 or uint16 array itself"
         )
-    return arr
+    # An overshoot clipped, as read_image clips a float file's: the network sees one image
+    # alike from a file and from memory.
+    return np.clip(arr, 0.0, 1.0) if lo < 0.0 or hi > 1.0 else arr
 
 
 def _tensor_values(tensor: torch.Tensor, name: str) -> np.ndarray:
