@@ -15,7 +15,9 @@ step and raises KeyboardInterrupt saying where the training continues (engine.st
 signal during that write waits for it to end, then does the same; a third one drops the write,
 saying so and what is kept in ``log``: :func:`~localdisc.engine.checkpoint.save_resumable`, as
 the pseudo-label loop's); and a call with the same settings and images continues from the
-newest one, ending with the weights and histories of an uninterrupted run.
+newest one, ending with the weights and histories of an uninterrupted run: bit for bit on a
+CPU; on a GPU within the run-to-run differences of CUDA's kernels (the decoder's bilinear
+upsampling has no deterministic backward pass there), which an uninterrupted run has too.
 """
 
 from __future__ import annotations
