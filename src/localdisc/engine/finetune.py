@@ -16,8 +16,9 @@ signal during that write waits for it to end, then does the same; a third one dr
 saying so and what is kept in ``log``: :func:`~localdisc.engine.checkpoint.save_resumable`, as
 the pseudo-label loop's); and a call with the same settings and images continues from the
 newest one, ending with the weights and histories of an uninterrupted run: bit for bit on a
-CPU; on a GPU within the run-to-run differences of CUDA's kernels (the decoder's bilinear
-upsampling has no deterministic backward pass there), which an uninterrupted run has too.
+CPU; on a GPU (not measured) within the run-to-run differences of CUDA's kernels, by which two
+uninterrupted runs may differ too (PyTorch lists bilinear upsampling's CUDA backward pass, the
+decoder's, as nondeterministic; cuDNN's convolutions are left to their fastest algorithms).
 """
 
 from __future__ import annotations
