@@ -608,17 +608,12 @@ class Viewer:
         ``superseded``: asked before each image of the scan; where it says True the scan stops
         with :class:`Superseded` (the maps computed so far stay cached)."""
         with self._lock:  # the small LRU below is shared between request threads
-            return self._query(image_id, x, y, level, superseded)
+            return self._query((image_id, x, y, level), superseded)
 
     def _query(
-        self,
-        image_id: int,
-        x: int,
-        y: int,
-        level: str,
-        superseded: Callable[[], bool] | None = None,
+        self, key: tuple[int, int, int, str], superseded: Callable[[], bool] | None
     ) -> QueryResult:
-        key = (image_id, x, y, level)
+        image_id, x, y, level = key
         cached = self._queries.get(("result", key))
         if cached is not None:
             return cached  # type: ignore[return-value]
