@@ -64,6 +64,18 @@ def test_identical_views_pair_each_cell_with_itself_only():
     assert loose[0].sum() == 16 + 2 * 2 * 4 * 3
 
 
+def test_cells_in_the_padding_are_no_positives():
+    # A view reaching past the image (here 40 px to its left) has cells in the zero padding;
+    # two of them paired by distance alone, though neither shows the image.
+    theta = crop_theta(-40, 10, 64, 64, 100, 100).expand(1, 2, 3)
+    mask = pixpro_positive_mask(theta, theta, (4, 4), (100, 100))[0]
+    # Cell centres at x = -32, -16, 0 (the edge: inside), 16: two columns of each row are out.
+    outside = torch.tensor([b < 2 for a in range(4) for b in range(4)])
+    assert not mask[outside].any() and not mask[:, outside].any()
+    assert torch.equal(mask[~outside][:, ~outside], torch.eye(8, dtype=torch.bool))
+    assert reference_mask((-40, 10, 64, 64), (-40, 10, 64, 64), (4, 4))[outside].any()
+
+
 def test_flipped_view_pairs_mirrored_cells():
     t1 = crop_theta(0, 0, 80, 80, 80, 80)[None]
     t2 = crop_theta(0, 0, 80, 80, 80, 80, flip_x=True)[None]

@@ -89,12 +89,23 @@ def pixpro_positive_mask(
 
     Returns:
         ``[N, h*w, h*w]`` bool: ``mask[n, i, j]`` when cell ``i`` of view 1 and cell ``j`` of view
-        2 lie closer than ``threshold`` times ``max(diag1, diag2)`` in the original image.
+        2 lie closer than ``threshold`` times ``max(diag1, diag2)`` in the original image, both
+        centres inside it: the peers' views (rotated, cropped past the edge) put some cells in
+        the padding, and two such cells would pair by distance though neither shows the image
+        (the paper's crops stay inside it; 1.2 % of the positives at ``--cpu-scale``,
+        benchmarks/pixpro_padding_positives.py).
     """
+    height, width = image_hw
     c1, d1 = feature_cell_geometry(theta1, grid_hw, image_hw)
     c2, d2 = feature_cell_geometry(theta2, grid_hw, image_hw)
     dist = torch.cdist(c1, c2)  # [N, hw, hw]
-    return dist < threshold * torch.maximum(d1, d2)[:, None, None]
+
+    def inside(c: Tensor) -> Tensor:
+        x, y = c[..., 0], c[..., 1]
+        return (x >= 0) & (x <= width) & (y >= 0) & (y <= height)
+
+    near = dist < threshold * torch.maximum(d1, d2)[:, None, None]
+    return near & inside(c1)[:, :, None] & inside(c2)[:, None, :]
 
 
 def pixpro_consistency_loss(y1: Tensor, k2: Tensor, y2: Tensor, k1: Tensor, mask: Tensor) -> Tensor:

@@ -27,7 +27,8 @@ from :class:`~localdisc.methods.base.PeerViews` (LD family with an independent g
 view, crop scale 0.2-1; the paper's BYOL recipe with crops from 0.08, strong colour distortion,
 blur and solarisation is tuned for ImageNet, see :mod:`localdisc.methods.simclr`). Because every
 view's geometry is a known affine map of the pool image (crop, flips and rotations composed), the
-cells are warped to the original image exactly, rotations included.
+cells are warped to the original image exactly, rotations included; a cell whose centre falls in
+the padding (outside the image) is no positive (the paper's crops stay inside the image).
 """
 
 from __future__ import annotations
