@@ -622,12 +622,6 @@ SCR_ORGANS = {
     "right clavicle": "right_clavicle",
 }
 _JSRT_STEM = re.compile(r"^JPC(LN|NN)\d{3}$", re.IGNORECASE)
-#: Words of a folder name (split at ``_``, ``-``, spaces, dots) that make its files a JSRT image
-#: only where no other file has the name: a user's ``Lung_masks/JPCLN001.png`` sorted before
-#: ``images/`` and stood in for the radiograph.
-_MASK_FOLDER_WORDS = frozenset(
-    {"mask", "masks", "label", "labels", "manual", "gt", "seg", "segmentation", "segmentations"}
-)
 
 
 class _MasksOptional(SegmentationDataset):
@@ -890,6 +884,10 @@ MASK_DIR_NAMES = frozenset(
 )
 #: Where ``folder`` looks for masks next to ``images/``, in this order (any letter case).
 FOLDER_MASK_DIRS = ("masks", "mask", "labels", "label", "manual", "gt")
+#: Words of a folder name (split at ``_``, ``-``, spaces, dots) that make its files a JSRT image
+#: only where no other file has the name: a user's ``Lung_masks/JPCLN001.png`` sorted before
+#: ``images/`` and stood in for the radiograph.
+_MASK_FOLDER_WORDS = frozenset(FOLDER_MASK_DIRS) | {"seg", "segmentation", "segmentations"}
 #: Endings a ``folder`` mask may add to its image's stem (``case01_mask.png`` for
 #: ``case01.png``), after ``_`` or ``-``, in any letter case.
 FOLDER_MASK_SUFFIXES = ("mask", "seg", "label", "labels", "gt", "manual1", "segmentation")

@@ -66,7 +66,6 @@ MAX_BODY = 1024  # only GET is served: no request needs a body
 MAX_NUMBER = 32  # characters of a coordinate: any pixel, with decimals to spare
 DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")  # ASCII digits, no exponent
 THUMB = 160  # longer side of thumbnails
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: The cookie in which the page keeps the server's token (see the module docstring), followed
 #: by the port: browsers keep one cookie of a name per host, whatever the port, so that a second
 #: viewer's would log the first one's page out.
@@ -927,6 +926,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     server: ViewerServer
     server_version = "localdisc-viewer"
+    _sets_cookie = False  # this request's answer sets the token's cookie (_route)
     timeout = 60  # a client that stops sending does not hold a thread for ever
 
     def version_string(self) -> str:
@@ -1005,7 +1005,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Content-Security-Policy", CSP)
         self.send_header("Cross-Origin-Resource-Policy", "same-origin")  # no embedding elsewhere
-        if getattr(self, "_sets_cookie", False):
+        if self._sets_cookie:
             cookie = f"{self.server.cookie_name}={self.server.token}"
             self.send_header("Set-Cookie", f"{cookie}; HttpOnly; SameSite=Strict; Path=/")
         for key, value in extra.items():
