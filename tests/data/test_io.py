@@ -1350,6 +1350,41 @@ def test_the_orientation_is_found_where_pillow_keeps_it_alike_in_header_and_full
             assert read_image(tmp_path / name)[1].orientation == orientation, name
 
 
+def test_a_png_exif_chunk_after_the_pixels_is_found_by_both_reads(tmp_path, monkeypatch):
+    """The PNG standard lets eXIf come after IDAT; Pillow reads it there only on decoding, so
+    the header read (the commands' notes) and the full read both missed it."""
+    import struct
+    import zlib
+
+    from PIL import ImageFile
+
+    from localdisc.data.io import read_image_meta
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "plain.png")
+    data = (tmp_path / "plain.png").read_bytes()
+    exif = Image.Exif()
+    exif[274] = 6
+    late = chunk(b"eXIf", exif.tobytes()[6:])  # the chunk holds the block without "Exif\0\0"
+    end = data.rindex(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(data[:end] + late + data[end:])
+    assert read_image(tmp_path / "late.png")[1].orientation == 6
+    assert read_image_meta(tmp_path / "plain.png").orientation is None
+    loads = []
+    real = ImageFile.ImageFile.load
+
+    def load(self):
+        loads.append(self.format)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    assert read_image_meta(tmp_path / "late.png").orientation == 6 and loads == []
+
+
 @pytest.mark.parametrize("mode", ["P", "CMYK"])
 def test_a_tiff_pillow_decodes_is_read_as_stored_whatever_its_orientation(tmp_path, mode):
     """Pillow applies a TIFF's Orientation itself: 2-4 came out flipped or turned (as shown, not

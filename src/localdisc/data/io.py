@@ -630,7 +630,12 @@ def _header_pil_file(path: Path, head: bytes, limit: int) -> ImageMeta | None:
             return _netpbm16_meta(path, header, limit)
     with _open_pil(path, path, limit, _PIL_FORMATS) as im:
         layout = _pil_layout(im)
-        return None if layout is None else _pil_meta(path, im, *layout, _pil_orientation(im))
+        if layout is None:
+            return None
+        orientation = _pil_orientation(im)
+        if orientation is None and im.format == "PNG":
+            orientation = _png_late_orientation(path)
+        return _pil_meta(path, im, *layout, orientation)
 
 
 @contextmanager
@@ -670,6 +675,8 @@ def _decode_pil(
         # Before the pixels, as the header read sees it (Pillow's TIFF load drops the tag).
         orientation = _pil_orientation(im)
         _pil_load(im)
+        if orientation is None:  # a PNG's eXIf chunk after the pixels is read on loading
+            orientation = _pil_orientation(im)
         return _from_pil(path, im, orientation)
 
 
@@ -723,6 +730,26 @@ def _pil_orientation(im: Image.Image) -> int | None:
         return _orientation(int(found.group(1))) if found else None
     except Exception:
         return None
+
+
+def _png_late_orientation(path: Path) -> int | None:
+    """The Orientation of a PNG's eXIf chunk that comes after the pixels (the PNG standard
+    allows it; Pillow reads it only on decoding), found by walking the chunk headers."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(8)  # the signature
+            after_pixels = False
+            while len(head := f.read(8)) == 8:
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"IEND":
+                    return None
+                if kind == b"eXIf" and after_pixels:
+                    return _orientation(_exif_orientation(f.read(length)))
+                after_pixels |= kind == b"IDAT"
+                f.seek(length + 4, 1)  # the data and the CRC
+    except Exception:
+        return None
+    return None
 
 
 def _exif_orientation(raw: bytes) -> int | None:
