@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import struct
 import sys
 import zlib
@@ -1348,6 +1349,23 @@ def test_the_orientation_is_found_where_pillow_keeps_it_alike_in_header_and_full
         for name, orientation in expected.items():
             assert read_image_meta(tmp_path / name).orientation == orientation, name
             assert read_image(tmp_path / name)[1].orientation == orientation, name
+
+
+def test_a_tiff_orientation_outside_1_to_8_reads_as_none_without_tifffile_logging_it(
+    tmp_path, caplog
+):
+    """tifffile logged "<tifffile.TiffTag 274 @94> raised ValueError('12 is not a valid
+    ORIENTATION')" on every read; the value asks for no turn. Its other lines still show."""
+    from localdisc.data.io import read_image_meta
+
+    tifffile.imwrite(
+        tmp_path / "odd.tif", np.zeros((6, 10), np.uint8), extratags=[(274, "H", 1, 12, True)]
+    )
+    with caplog.at_level("WARNING", logger="tifffile"):
+        assert read_image(tmp_path / "odd.tif")[1].orientation is None
+        assert read_image_meta(tmp_path / "odd.tif").orientation is None
+        logging.getLogger("tifffile").warning("<tifffile.TiffTag 270 @8> other")
+    assert [r.getMessage() for r in caplog.records] == ["<tifffile.TiffTag 270 @8> other"]
 
 
 def test_a_png_exif_chunk_after_the_pixels_is_found_by_both_reads(tmp_path, monkeypatch):

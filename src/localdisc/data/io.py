@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import re
 import struct
@@ -942,6 +943,24 @@ class _TiffUnsupported(Exception):
     """tifffile read the file but we do not interpret this layout: let Pillow try."""
 
 
+class _InvalidOrientationFilter(logging.Filter):
+    """Drop tifffile's line for an Orientation outside 1-8 ("12 is not a valid ORIENTATION"),
+    logged on every read of such a file: the value asks for no turn (:func:`_orientation`), so
+    the file reads as any other."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(f"<tifffile.TiffTag {_ORIENTATION_TAG} @")
+
+
+def _open_tifffile(path: Path) -> Any:
+    import tifffile
+
+    log = logging.getLogger("tifffile")  # tifffile.logger()
+    if not any(isinstance(f, _InvalidOrientationFilter) for f in log.filters):
+        log.addFilter(_InvalidOrientationFilter())
+    return tifffile.TiffFile(path)
+
+
 def _decode_tiff(path: Path, head: bytes, limit: int) -> _Decoded:
     try:
         return _decode_tifffile(path, limit)
@@ -962,10 +981,8 @@ def _decode_tiff(path: Path, head: bytes, limit: int) -> _Decoded:
 def _header_tiff(path: Path, head: bytes, limit: int) -> ImageMeta | None:
     """:func:`_decode_tiff`'s meta from the header where tifffile reads the file (``None``:
     Pillow's layouts, or a file tifffile cannot open, which decoding tells)."""
-    import tifffile
-
     try:
-        with tifffile.TiffFile(path) as tf:
+        with _open_tifffile(path) as tf:
             return _tiff_page(tf, path, limit)[1]
     except ImageReadError:
         raise
@@ -974,9 +991,7 @@ def _header_tiff(path: Path, head: bytes, limit: int) -> ImageMeta | None:
 
 
 def _decode_tifffile(path: Path, limit: int) -> _Decoded:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tf:
+    with _open_tifffile(path) as tf:
         page, meta, photometric = _tiff_page(tf, path, limit)
         axes = page.axes
         pixels = page.asarray()
