@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,6 +73,23 @@ def _check_parent(option: str, path: Path) -> None:
     above = next(p for p in path.absolute().parents if p.exists())
     if not above.is_dir():
         raise LocaldiscError(f"{option} {path}: {above} is a file, not a folder")
+
+
+def _check_not_an_input(option: str, path: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an output file that is one of the command's input files (by name or by link),
+    before the work: it was overwritten when the output was written, the input lost."""
+    if not path.is_file():
+        return
+    for given in inputs:
+        try:
+            same = given.is_file() and given.samefile(path)
+        except OSError:  # unreadable: not the output, which was just seen
+            same = False
+        if same:
+            raise LocaldiscError(
+                f"{option} {path} is an input of this command ({given}): writing it would "
+                "overwrite that file; give another output"
+            )
 
 
 # --- datasets ----------------------------------------------------------------------------------
@@ -705,6 +722,7 @@ def similarity(
     check_size(size, "--size")
     out = figure_path(out)
     _check_parent("--out", out)
+    _check_not_an_input("--out", out, [image, *targets, model])
     query, *others = read_images([image, *targets], _log)
     points = [parse_point(p) for p in point]
     for xy in points:
@@ -822,6 +840,8 @@ def localize(
     spots = read_landmarks(landmarks)
     # Overlays in a sub-folder of an --images folder are not images to localise on a rerun.
     found = collect_images(images, out_dir=overlay, suffixes=())
+    inputs = [template, landmarks, model, *([truth] if truth else []), *(p for _, p in found)]
+    _check_not_an_input("--out", out, inputs)
     skips = SkippedImages(skip_bad, _log, len(found))
     # A phone photograph's EXIF turn is not applied: said before any point is checked.
     note = orientation_note(header_metas([template, *(path for _, path in found)]))

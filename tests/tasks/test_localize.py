@@ -381,6 +381,44 @@ def test_localize_cli_mirrors_the_template_on_request(tmp_path):
     assert found["confidence"] > 0.99  # the mirrored template matches exactly
 
 
+def test_localize_refuses_an_out_that_is_one_of_its_inputs(tmp_path):
+    """``--out`` at the truth, landmarks, template, an image or the weight file was overwritten
+    with the predictions' JSON after the work, the user's file lost (reviewer)."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+    from localdisc.models import LDConfig, LDModel
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    weights = tmp_path / "run" / "model.safetensors"
+    (tmp_path / "images").mkdir()
+    save(tmp_path / "t.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    save(tmp_path / "images" / "a.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    (tmp_path / "t.json").write_text(json.dumps({"mark": [30, 40]}))
+    (tmp_path / "truth.json").write_text(json.dumps({"a": {"mark": [30, 40]}}))
+    os.link(tmp_path / "truth.json", tmp_path / "linked.json")
+    base = ["localize", "--model", str(weights), "--template", str(tmp_path / "t.png"),
+            "--landmarks", str(tmp_path / "t.json"), "--images", str(tmp_path / "images"),
+            "--truth", str(tmp_path / "truth.json"), "--device", "cpu"]  # fmt: skip
+    inputs = {"truth.json": "truth.json", "linked.json": "truth.json", "t.json": "t.json",
+              "t.png": "t.png", "images/a.png": "images/a.png",
+              "run/model.safetensors": "run/model.safetensors"}  # fmt: skip
+    before = {name: (tmp_path / name).read_bytes() for name in inputs}
+    for out, given in inputs.items():
+        result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / out)])
+        assert isinstance(result.exception, LocaldiscError), result.output
+        assert str(result.exception) == (
+            f"--out {tmp_path / out} is an input of this command ({tmp_path / given}): "
+            "writing it would overwrite that file; give another output"
+        )
+    assert {name: (tmp_path / name).read_bytes() for name in inputs} == before
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+
+
 def test_a_landmark_outside_the_template_names_it_and_the_xy_order(tmp_path):
     # "landmark heart (600.0, 330.0) is outside the 512 x 512 template": which file, and is
     # [row, column] the mistake?

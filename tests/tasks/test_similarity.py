@@ -193,6 +193,27 @@ def test_an_out_under_a_file_is_refused_before_any_work(tmp_path):
         )
 
 
+def test_an_out_that_is_the_image_or_a_target_is_refused_before_any_work(tmp_path):
+    """``--out`` at the query image or a target was overwritten with the figure (reviewer)."""
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+
+    save(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
+    save(tmp_path / "b.png", np.ones((32, 32, 3), np.uint8))
+    base = ["similarity", "--model", str(tmp_path / "no-run"), "--image", str(tmp_path / "a.png"),
+            "--targets", str(tmp_path / "b.png"), "--point", "3,4", "--device", "cpu"]  # fmt: skip
+    before = {n: (tmp_path / n).read_bytes() for n in ("a.png", "b.png")}
+    for name in before:
+        result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / name)])
+        assert isinstance(result.exception, LocaldiscError), result.output
+        assert str(result.exception).startswith(
+            f"--out {tmp_path / name} is an input of this command ({tmp_path / name})"
+        )
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+
+
 class Identity(torch.nn.Module):
     """A stand-in 'model' whose pixel embedding is the pixel's (unit) colour."""
 
