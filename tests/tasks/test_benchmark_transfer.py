@@ -73,6 +73,11 @@ def test_runs_with_the_same_folder_name_keep_apart():
 
     runs = ["random", "/a/pretrain", "/b/pretrain", "/c/ld-xray"]
     assert [run_label(r, runs) for r in runs] == ["random", "a/pretrain", "b/pretrain", "ld-xray"]
+    # One parent did not tell these apart: benchmark localize made them one row (reviewer).
+    runs = ["/x1/exp/pretrain", "/x2/exp/pretrain", "ld"]
+    assert [run_label(r, runs) for r in runs] == ["x1/exp/pretrain", "x2/exp/pretrain", "ld"]
+    runs = ["/p/run", "/p/./run"]  # one folder in two spellings: as given
+    assert [run_label(r, runs) for r in runs] == runs
 
 
 def test_cpu_scale_preset_pretrains_at_native_scale_and_keeps_explicit_choices():

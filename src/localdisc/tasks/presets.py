@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -112,10 +113,19 @@ def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str]
 
 def run_label(run: str, runs: list[str]) -> str:
     """How a run is named in tables: ``random`` and ``ld`` as they are, else the run's folder
-    name, with its parent's when another run has the same folder name."""
+    name, with parent folders added while another run of ``runs`` would share it (``x/exp/a``
+    and ``y/exp/a``: two runs of one label made one row); the path as given where no parent
+    tells them apart (one folder in two spellings)."""
     if run in ("random", "ld"):
         return run
-    path = Path(run)
-    if sum(Path(r).name == path.name for r in runs) > 1:
-        return f"{path.parent.name}/{path.name}"
-    return path.name or run
+
+    def folders(r: str) -> tuple[str, ...]:
+        return Path(os.path.abspath(Path(r).expanduser())).parts[1:]
+
+    mine = folders(run)
+    others = [folders(r) for r in runs if r != run and r not in ("random", "ld")]
+    for depth in range(1, len(mine) + 1):
+        tail = mine[-depth:]
+        if all(other[-depth:] != tail for other in others):
+            return "/".join(tail)
+    return run
