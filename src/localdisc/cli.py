@@ -855,7 +855,7 @@ def localize(
     loaded = load_model(model, device=str(resolved))
     results = localize_images(
         loaded, template, spots, found, config=SearchConfig(size=size, mirror=mirror),
-        overlay_dir=overlay, truth=true, skips=skips,
+        overlay_dir=overlay, truth=true, skips=skips, log=_log,
     )  # fmt: skip
     found = skips.kept(found)
     # mm at --pixel-spacing for every image, else at each one's own (its file's) where all have one.

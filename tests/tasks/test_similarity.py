@@ -489,3 +489,23 @@ def test_similarity_cli_says_an_exif_turn_is_not_applied(tmp_path):
     output = " ".join(result.output.split())
     assert "1 image(s) carry an EXIF orientation that localdisc does not apply" in output
     assert "b.jpg, 8: viewers show it turned 90 degrees anticlockwise" in output
+
+
+def test_similarity_cli_names_dim_images(tmp_path):
+    # 12-bit data in a 16-bit PNG reads as 0 to 1/16: the network sees it near black (reviewer).
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    save(tmp_path / "a.png", (rng.random((40, 48)) * 255).astype(np.uint8))
+    save(tmp_path / "b.png", (rng.random((40, 48)) * 4095).astype(np.uint16))
+    args = ["similarity", "--model", str(tmp_path / "run"), "--image", str(tmp_path / "a.png"),
+            "--point", "10,20", "--targets", str(tmp_path / "b.png"),
+            "--out", str(tmp_path / "sim.png"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "note: 1 image(s) use under 1/8 of the intensity range (b.png)" in output

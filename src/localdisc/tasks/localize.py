@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localdisc.data.io import ImageMeta, read_image_meta
+from localdisc.data.io import ImageMeta, dim_note, read_image_meta
 from localdisc.data.preprocess import LUMA
 from localdisc.errors import ImageReadError, LocaldiscError
 from localdisc.tasks.predict import SkippedImages
@@ -330,12 +330,14 @@ def localize_images(
     device: str | None = None,
     truth: Mapping[str, Mapping[str, Point]] | None = None,
     skips: SkippedImages | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{image name: {landmark: {x, y, confidence}}}`` (the ``images`` of ``localdisc
     localize``'s JSON), with optional overlays ``overlay_dir/NAME.png`` (checked first,
     :func:`check_overlay_dir`; ``truth``, ``{image name: {landmark: (x, y)}}``, drawn on them
     too: :func:`score_predictions` scores it); ``model`` and ``device`` as :class:`Localizer`
-    takes them.
+    takes them. ``log``, where given, gets a note naming dim images (the template too;
+    :func:`~localdisc.data.io.dim_note`: 12-bit data in 16-bit files).
 
     ``skips``: what becomes of an image that cannot be read
     (:class:`~localdisc.tasks.predict.SkippedImages`; default: it stops the call). One it
@@ -351,6 +353,7 @@ def localize_images(
     template_name = Path(template).name
     results: dict[str, dict[str, dict[str, float]]] = {}
     earlier = skips.names  # read_truth's: not read again
+    peaks = [(template_name, float(template_image.max()))]
     for name, path in images:
         read = None if name in earlier else skips.read(name, path)
         if read is None:  # no figure of it: an earlier call's is not of this one
@@ -361,6 +364,7 @@ def localize_images(
                 truth.drop(name)
             continue
         image = read[0]
+        peaks.append((name, float(image.max())))
         found = localizer(image)
         results[name] = {
             k: {"x": p.x, "y": p.y, "confidence": p.confidence} for k, p in found.items()
@@ -371,6 +375,9 @@ def localize_images(
                 truth=dict((truth or {}).get(name, {})), names=(template_name, path.name),
             )  # fmt: skip
     skips.kept(images)  # refused when none could be read
+    note = dim_note(peaks, "image(s)", "the network saw them near black")
+    if log is not None and note is not None:
+        log(f"note: {note}")
     return results
 
 

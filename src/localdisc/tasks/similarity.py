@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localdisc.data.io import orientation_note, read_image
+from localdisc.data.io import dim_note, orientation_note, read_image
 from localdisc.data.preprocess import as_raw_image, resize_image, roi_box
 from localdisc.errors import InputError, LocaldiscError
 from localdisc.models.ld import LDModel, refuse_peer_run, split_weights_path
@@ -151,11 +151,17 @@ def as_image(image: np.ndarray | Tensor | str | Path, name: str = "image") -> np
 def read_images(paths: Sequence[Path], log: Callable[[str], None]) -> list[np.ndarray]:
     """Each file's raw image, as :func:`as_image` reads it, with a line in ``log`` where any
     carries an EXIF orientation, which is not applied (:func:`~localdisc.data.io.orientation_note`:
-    points taken in a viewer that applies it are in another frame)."""
+    points taken in a viewer that applies it are in another frame), and where any is dim
+    (:func:`~localdisc.data.io.dim_note`: 12-bit data in a 16-bit file)."""
     read = [read_image(path) for path in paths]
-    note = orientation_note([meta for _, meta in read])
-    if note is not None:
-        log(f"note: {note}")
+    peaks = [(path.name, float(image.max())) for path, (image, _) in zip(paths, read, strict=True)]
+    notes = [
+        orientation_note([meta for _, meta in read]),
+        dim_note(peaks, "image(s)", "the network sees them near black"),
+    ]
+    for note in notes:
+        if note is not None:
+            log(f"note: {note}")
     return [image for image, _ in read]
 
 
