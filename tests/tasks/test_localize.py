@@ -90,6 +90,16 @@ def test_template_matching_scales_each_axis_to_the_image(shape):
         assert p.confidence > 0.99
 
 
+def test_template_matching_keeps_the_landmarks_fraction_of_a_pixel():
+    # The image as its own template (correlation 1) came back 0.5 to 0.7 px off: the patch was
+    # cut around the rounded landmark, and the rounding was not added back (reviewer).
+    scene = smooth_scene()
+    landmarks = {"a": (30.4, 40.6), "b": (70.5, 20.5)}
+    found = ncc_localize(scene, landmarks, scene, patch=24)
+    for name, (x, y) in landmarks.items():
+        assert (found[name].x, found[name].y) == pytest.approx((x, y)), name
+
+
 def test_template_matching_takes_a_patch_taller_than_the_image():
     # A 40 px patch of a square template in a 20 px high image: "Image must be larger than
     # template" (ValueError) from skimage.

@@ -308,7 +308,8 @@ def ncc_localize(
         x0, x1 = max(0, xs - half_x), min(iw, xs + half_x)
         response = match_template(i_grey, t_grey[y0:y1, x0:x1])
         r, c = np.unravel_index(int(np.argmax(response)), response.shape)
-        out[name] = Prediction(float(c + xs - x0), float(r + ys - y0), float(response[r, c]))
+        # The landmark's own offset in the patch, its fraction of a pixel kept.
+        out[name] = Prediction(float(c + x - x0), float(r + y - y0), float(response[r, c]))
     return out
 
 
