@@ -187,6 +187,16 @@ def test_time_budgets_end_each_stage_and_keep_every_output(tmp_path, pool):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "figures").glob("clusters_*.png"))
     assert list((tmp_path / "checkpoints").glob("step_*"))
+    # Each stage ended by its budget is validated, as one ended by its steps: model_best was
+    # stage 1's model (its clustering head untrained) when stage 2 ran out before validating.
+    validated = [(r["step"], r["stage"]) for r in log_rows(tmp_path) if r.get("val_loss")]
+    assert [stage for _, stage in validated] == ["1", "2"]
+    assert validated[1][0] == str(result.steps)
+    best = load_safetensors(tmp_path / "model_best.safetensors")
+    stage1 = load_safetensors(tmp_path / "stage1.safetensors")
+    last = load_safetensors(tmp_path / "model.safetensors")
+    assert any(not torch.equal(best[k], stage1[k]) for k in best)
+    assert all(torch.equal(best[k], last[k]) for k in best)  # stage 2's only validation
     with pytest.raises(LocaldiscError, match="time budgets must be > 0"):
         tiny_pretrain_config(stage1_seconds=0)
 

@@ -1038,6 +1038,25 @@ def pretrain(
         progress.update(step, f"stage {stage}", f"{info} | {img_per_s:.1f} img/s", time_left=left)
         sums, n_summed = {}, 0
 
+    validated_at = -1  # the step of this start's last validation
+
+    def validate() -> None:
+        """The held-out loss at ``step`` (rank 0): a row of log.csv, and model_best.safetensors
+        where it is the stage's best so far."""
+        nonlocal best_val, validated_at
+        validated_at = step
+        val = validation_loss(
+            model, val_pool, stage1_views if stage == 1 else stage2_views, config, stage,
+            objective, partner=val_partner,
+        )  # fmt: skip
+        if csv_log and not math.isnan(val):
+            csv_log.write(
+                step=step, stage=stage, val_loss=round(val, 6), elapsed=round(run_seconds(), 1)
+            )
+            if val < best_val:
+                best_val = val
+                atomic_save_safetensors(model.state_dict(), run_dir / "model_best.safetensors")
+
     # what a log file of a cluster job cannot tell otherwise
     log(f"training on {_device_text(device)} in "
         f"{'bf16 autocast' if config.amp and bf16_autocast_pays(device) else 'float32'}, "
@@ -1071,6 +1090,10 @@ def pretrain(
                     f"the stage (global step {step})"
                 )
                 log_row()  # the steps since the last row, as at the stage's last step
+                # ... and its validation: else a stage 2 ended by its budget before its first
+                # validation left model_best as stage 1's model, its clustering head untrained.
+                if main and validated_at != step:
+                    validate()
                 if stage == 2 or config.stage2_steps == 0:
                     finished = True
                     break
@@ -1165,19 +1188,7 @@ def pretrain(
             # window after them would understate the training speed.
             aside_start = time.perf_counter()
             if main and (step % config.val_every == 0 or end_of_stage):
-                val = validation_loss(
-                    model, val_pool, views, config, stage, objective, partner=val_partner
-                )
-                if csv_log and not math.isnan(val):
-                    csv_log.write(
-                        step=step, stage=stage, val_loss=round(val, 6),
-                        elapsed=round(run_seconds(), 1),
-                    )  # fmt: skip
-                    if val < best_val:
-                        best_val = val
-                        atomic_save_safetensors(
-                            model.state_dict(), run_dir / "model_best.safetensors"
-                        )
+                validate()
             figures = main and objective is None  # a peer's embedding head is not trained
             if figures and (step % config.figure_every == 0 or step == config.total_steps):
                 write_figures(
