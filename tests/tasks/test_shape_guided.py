@@ -559,6 +559,41 @@ def test_segment_says_when_a_run_has_no_shape_prior(tmp_path, run):
         assert any("without a shape prior" in line for line in logs) == warned, logs
 
 
+def test_segment_refuses_weights_whose_clustering_head_never_trained(tmp_path, run):
+    """stage1.safetensors (and a model_best equal to it: stage 2 ended by its budget before its
+    first validation, before e0fb86b) has the clustering head of its random init: outputs A and
+    B came from random weights, silently (reviewer)."""
+    from localdisc.errors import CheckpointError
+    from localdisc.tasks.shape_guided import segment_images
+
+    Image.fromarray((synthetic_fundus(32, seed=0).image * 255).astype("uint8")).save(
+        tmp_path / "eye.png"
+    )
+    old = tmp_path / "old"  # a run whose model_best is its stage-1 model
+    old.mkdir()
+    for name in ("config.json", "stage1.safetensors", "model.safetensors"):
+        (old / name).write_bytes((run / name).read_bytes())
+    (old / "model_best.safetensors").write_bytes((run / "stage1.safetensors").read_bytes())
+    no_stage2 = tmp_path / "no_stage2"
+    no_stage2.mkdir()
+    config = json.loads((run / "config.json").read_text())
+    config["pretrain"] = {**config["pretrain"], "stage2_steps": 0}
+    (no_stage2 / "config.json").write_text(json.dumps(config))
+    (no_stage2 / "model.safetensors").write_bytes((run / "stage1.safetensors").read_bytes())
+    refused = {
+        run / "stage1.safetensors": "the weights at the end of stage 1",
+        old / "model_best.safetensors": "the same weights as stage1.safetensors",
+        no_stage2: "weights of a run without stage 2",
+    }
+    for weights, why in refused.items():
+        with pytest.raises(CheckpointError, match=f"{why}.*, whose clustering head never trained"):
+            segment_images(weights, [tmp_path / "eye.png"], tmp_path / "out", device="cpu",
+                           log=lambda m: None)  # fmt: skip
+        assert not (tmp_path / "out").exists()
+    segment_images(run / "model_best.safetensors", [tmp_path / "eye.png"], tmp_path / "best",
+                   device="cpu", log=lambda m: None)  # fmt: skip
+
+
 def test_ensemble_uncertainty_is_zero_outside_the_fov(tmp_path, monkeypatch):
     """An ensemble of kept-pose fundus runs (an optic disc prior) gave its mean maps the prior's
     votes outside the FOV too, so its uncertainty was not 0 there as one run's is."""
