@@ -48,6 +48,19 @@ def test_align_frequency_finds_the_pose_of_a_moved_copy(lungs: np.ndarray) -> No
     np.testing.assert_allclose(moved, target, atol=1e-5)
 
 
+def test_an_empty_map_keeps_the_prior_where_it_is(lungs: np.ndarray) -> None:
+    # Every pose matches an empty map alike (soft Dice 0): the grid's first pose won, scaled by
+    # 0.8 and shifted up-left by 1/8 of the side, and the prior's vote went there (reviewer).
+    empty = np.zeros((48, 48), np.float32)
+    moved, pose = align_frequency(lungs, empty)
+    assert pose == (1.0, 1.0, 0.0, 0.0)
+    np.testing.assert_allclose(moved, lungs, atol=1e-5)
+    masks = simulate_masks("lungs", 96, 6, seed=1).astype(np.float32)
+    fused, pose = fuse_atlases(masks, empty, k=6)
+    assert pose == (1.0, 1.0, 0.0, 0.0)
+    np.testing.assert_allclose(fused, masks.mean(0), atol=1e-5)
+
+
 def test_fuse_atlases_picks_the_masks_shaped_like_the_target() -> None:
     masks = simulate_masks("lungs", 96, 40, seed=3).astype(np.float32)
     # The target: one mask, moved off the mean shape's pose.

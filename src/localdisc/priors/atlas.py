@@ -35,6 +35,15 @@ SCALES = tuple((1.25 ** np.linspace(-1, 1, 7)).tolist())
 SHIFTS = tuple(np.linspace(-0.125, 0.125, 9).tolist())
 
 
+def _grid(scales: Sequence[float], shifts: Sequence[float]) -> torch.Tensor:
+    """The poses of ``scales`` per axis x ``shifts`` per axis, [N, 4], nearest the identity
+    first: of poses that match equally (an empty map matches all of them with a soft Dice of
+    0), the first wins, so a tie keeps the prior where it is, not at the grid's corner."""
+    poses = torch.tensor(list(itertools.product(scales, scales, shifts, shifts)))
+    away = poses[:, :2].log().abs().sum(1) + poses[:, 2:].abs().sum(1)
+    return poses[torch.argsort(away, stable=True)]
+
+
 def _theta(poses: torch.Tensor) -> torch.Tensor:
     """``affine_grid`` matrices [N, 2, 3] that move a map by ``poses`` [N, 4]: an output point
     p (normalised, -1..1) samples the input at (p - 2 shift) / scale."""
@@ -80,10 +89,10 @@ def align_frequency(
     and ``frequency`` moved by it at its own size.
 
     Every pose of the grid (:data:`SCALES` per axis x :data:`SHIFTS` per axis) is scored by soft
-    Dice at ``side`` x ``side`` pixels in one batch; the first best one wins.
+    Dice at ``side`` x ``side`` pixels in one batch; of equal ones, the nearest the identity.
     """
     small, goal = _small(frequency, side), _small(target, side)
-    poses = torch.tensor(list(itertools.product(SCALES, SCALES, SHIFTS, SHIFTS)))
+    poses = _grid(SCALES, SHIFTS)
     dice = _soft_dice(_move(small.expand(len(poses), -1, -1, -1), poses), goal)
     pose: Pose = tuple(float(v) for v in poses[int(torch.argmax(dice))])  # type: ignore[assignment]
     return move_frequency(frequency, pose), pose
@@ -113,8 +122,7 @@ def fuse_atlases(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     _, pose = align_frequency(masks.mean(0), target, side=side)
-    local = torch.tensor(list(itertools.product(LOCAL_SCALES, LOCAL_SCALES, LOCAL_SHIFTS,
-                                                LOCAL_SHIFTS)))  # fmt: skip
+    local = _grid(LOCAL_SCALES, LOCAL_SHIFTS)
     poses = torch.cat(
         [torch.tensor(pose[:2]) * local[:, :2], torch.tensor(pose[2:]) + local[:, 2:]], 1
     )
