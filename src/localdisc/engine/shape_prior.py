@@ -63,7 +63,13 @@ class AdversarialPrior:
         if pose not in PRIOR_POSES:
             raise ValueError(f"pose must be one of {', '.join(PRIOR_POSES)}, not {pose!r}")
         self.bank = load_prior(spec, size, count=count, seed=seed, pose=pose).to(device)
-        log(f"shape prior: {describe_prior(spec)}, pose {pose}")
+        log(f"shape prior: {describe_prior(spec, used=self.bank)}, pose {pose}")
+        share = float(self.bank.float().mean((1, 2, 3)).median())
+        if share > 0.5:
+            log(
+                f"warning: the shape prior's masks are {share:.0%} foreground (median): drawn "
+                "black on white? Foreground is non-zero, or bright on a black background"
+            )
         kept = pose == "kept"
         if kept:  # each side cropped by U(0, c): the side shrinks to 1 - 2c at most
             crop = (1.0 - math.sqrt(view_area)) / 2.0

@@ -331,8 +331,10 @@ def prior_frequency(
     return prior_masks(spec, size, count=count, seed=seed, pose=pose).mean(0, dtype=np.float32)
 
 
-def describe_prior(spec: str) -> str:
-    """One line for logs, e.g. ``10 masks from /data/octa_vessels``.
+def describe_prior(spec: str, used: torch.Tensor | None = None) -> str:
+    """One line for logs, e.g. ``10 masks from /data/octa_vessels``; with ``used``, the bank
+    :func:`load_prior` made of them, how many it holds where it left out empty ones
+    (``10 masks from /data/octa_vessels (8 used: the others are empty at 64 x 64)``).
 
     Lists files or data set items without decoding them; raises as :func:`load_prior` does
     for a spec that cannot be listed.
@@ -344,6 +346,12 @@ def describe_prior(spec: str) -> str:
         ds, target = _open_dataset(p, spec)
         n = sum(_has(item, target) for item in ds.items)
         where = f"at {p.root}" if ds.requires_root else "(generated)"
-        return f"{n} {target} masks of {p.name} {where}"
-    assert p.root is not None
-    return f"{len(_mask_files(p.root, spec))} masks from {p.root}"
+        text = f"{n} {target} masks of {p.name} {where}"
+    else:
+        assert p.root is not None
+        n = len(_mask_files(p.root, spec))
+        text = f"{n} masks from {p.root}"
+    if used is not None and len(used) != n:
+        side = used.shape[-1]
+        text += f" ({len(used)} used: the others are empty at {side} x {side})"
+    return text
