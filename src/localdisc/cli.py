@@ -92,6 +92,21 @@ def _check_not_an_input(option: str, path: Path, inputs: Iterable[Path]) -> None
             )
 
 
+def _summary_text(summary: dict[str, dict[str, float]], scored: int) -> str:
+    """A metrics summary (``summarize``'s ``{metric: {mean, std, n}}``) in one line: ``mean +-
+    std`` over two or more images, the value alone over one (a std of 0 read as images that
+    agreed), and ``(n=K)`` where a metric has fewer images than the ``scored`` ones (AUC is
+    undefined on an image of one class)."""
+    parts = []
+    for name, v in summary.items():
+        n = int(v["n"])
+        if not n:
+            continue
+        text = f"{name} {v['mean']:.4f}" + (f" +- {v['std']:.4f}" if n > 1 else "")
+        parts.append(text + (f" (n={n})" if n < scored else ""))
+    return ", ".join(parts)
+
+
 # --- datasets ----------------------------------------------------------------------------------
 @datasets_app.command("list")
 def datasets_list() -> None:
@@ -608,9 +623,7 @@ def finetune(
         )
         return
     summary = metrics["summary"]
-    shown = ", ".join(
-        f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items() if v["n"]
-    )
+    shown = _summary_text(summary, summary["dice"]["n"])
     console.print(f"[bold green]test[/] ({summary['dice']['n']} images): {shown}")
     console.print(
         f"outputs in [bold]{_path(out)}[/] (metrics.json, predictions/, figures/){skipped}"
@@ -671,11 +684,7 @@ def predict(
         + escape(skipped_clause(len(written.skipped), out / "predict.json"))
     )
     if (metrics := written.metrics) is not None:
-        shown = ", ".join(
-            f"{k} {v['mean']:.4f} +- {v['std']:.4f}"
-            for k, v in metrics["summary"].items()
-            if v["n"]
-        )
+        shown = _summary_text(metrics["summary"], len(metrics["per_image"]))
         console.print(f"[bold green]scored[/] ({len(metrics['per_image'])} images): {shown}")
         console.print(f"per image in [bold]{_path(out / 'metrics.json')}[/]")
 

@@ -655,3 +655,85 @@ def test_predict_threshold_is_a_probability_at_or_above_which_a_pixel_counts(tmp
                                  "--out", str(tmp_path / "out"), "--threshold", "128"])  # fmt: skip
     assert result.exit_code == 2 and "--threshold" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_an_out_where_it_would_overwrite_true_or_fov_masks(tmp_path):
+    # --out the images' own folder, whose true masks are NAME_mask.png: they were replaced by
+    # the predictions, then scored against themselves (Dice 1); an FOV mask likewise (reviewer).
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    target = np.zeros((20, 24), np.uint8)
+    target[5:15, 6:18] = 255
+    for name in ("case01", "case02"):
+        save(tmp_path / "d" / f"{name}.png", rng.integers(0, 255, (20, 24, 3), np.uint8))
+        save(tmp_path / "d" / f"{name}_mask.png", target)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
+    d = tmp_path / "d"
+    for option in ("masks", "fov_masks"):
+        with pytest.raises(LocaldiscError) as error:
+            predict_images(tmp_path / "model", [d], d, device="cpu", log=lambda m: None,
+                           **{option: d})  # fmt: skip
+        kind = "true mask" if option == "masks" else "FOV mask"
+        assert str(error.value) == (
+            f"{d}: this predict's case01_mask.png would overwrite the {kind} "
+            f"{d / 'case01_mask.png'}, an input; choose another --out (nothing was written)"
+        )
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def test_a_wrong_fov_mask_is_refused_before_any_output_is_written(tmp_path):
+    # Checked only when its image came up: the earlier images' outputs were rewritten and
+    # metrics.json removed by then (reviewer).
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        save(tmp_path / "in" / f"{name}.png", rng.integers(0, 255, (20, 24, 3), np.uint8))
+    save(tmp_path / "fov" / "a.png", np.full((20, 24), 255, np.uint8))
+    save(tmp_path / "fov" / "b.png", np.full((24, 20), 255, np.uint8))  # transposed
+    with pytest.raises(LocaldiscError, match=r"b.png: FOV mask is 20x24, its image .* is 24x20"):
+        predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out", device="cpu",
+                       fov_masks=tmp_path / "fov", log=lambda m: None)  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_runs_outputs_below_the_images_are_not_segmented(tmp_path):
+    # --out D/run1, then --out D/run2: the second run segmented run1's masks as new images.
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    d = tmp_path / "d"
+    save(d / "a.png", rng.integers(0, 255, (20, 24, 3), np.uint8))
+    predict_images(tmp_path / "model", [d], d / "run1", device="cpu", log=lambda m: None)
+    said: list[str] = []
+    written = predict_images(tmp_path / "model", [d], d / "run2", device="cpu", log=said.append)
+    assert [p.name for p in written] == ["a_mask.png"]
+    assert f"skipped {d / 'run1'}: the outputs of an earlier run, not images to segment" in said
+
+
+def test_a_later_predict_removes_a_vessels_networks_csv_and_overlay(tmp_path):
+    # vessels.csv and figures/overlay.png described the masks of an earlier predict with a
+    # shape-guided vessels network, after a fine-tuned model's replaced them (reviewer).
+    import json
+
+    from localdisc.tasks.predict import _remove_earlier_outputs
+
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "predict.json").write_text(json.dumps({"images": [{"name": "a"}]}))
+    for stale in ("vessels.csv", "figures/overlay.png"):
+        (out / stale).write_text("earlier")
+    files = [("a", tmp_path / "a.png")]
+    _remove_earlier_outputs(out, files, False, lambda m: None, vessels_model=True)
+    assert (out / "vessels.csv").is_file() and (out / "figures" / "overlay.png").is_file()
+    said: list[str] = []
+    _remove_earlier_outputs(out, files, False, said.append)
+    assert not (out / "vessels.csv").exists() and not (out / "figures" / "overlay.png").exists()
+    assert len(said) == 2 and said[0].startswith(f"removed {out / 'vessels.csv'}")
+
+
+def test_the_score_line_shows_one_images_value_alone_and_a_metrics_own_count():
+    from localdisc.cli import _summary_text
+
+    summary = {"dice": {"mean": 0.5, "std": 0.25, "n": 2}, "auc": {"mean": 0.4854, "std": 0.0,
+               "n": 1}, "cldice": {"mean": 0.0, "std": 0.0, "n": 0}}  # fmt: skip
+    assert _summary_text(summary, 2) == "dice 0.5000 +- 0.2500, auc 0.4854 (n=1)"
+    assert _summary_text({"dice": {"mean": 0.5, "std": 0.0, "n": 1}}, 1) == "dice 0.5000"

@@ -41,6 +41,7 @@ def collect_images(
     *,
     out_dir: str | Path | None = None,
     suffixes: Sequence[str] = ("_prob", "_mask"),
+    log: Callable[[str], None] | None = None,
 ) -> list[tuple[str, Path]]:
     """``(output name, file)`` for every image file given or found under a given folder.
 
@@ -50,7 +51,9 @@ def collect_images(
     ``out_dir``: where the outputs go. Found in a given folder, it is skipped; when it is the
     given folder itself, what a command wrote there is (:func:`_without_outputs`: files named
     ``NAME`` + one of the command's ``suffixes``, and ``figures/``): else a second run would
-    segment the first run's outputs (``x_prob_prob.png``, ...).
+    segment the first run's outputs (``x_prob_prob.png``, ...). So are the sub-folders of a
+    given folder that hold another run's outputs (:data:`OUTPUT_RECORDS`: ``--out D/run1``,
+    then ``--out D/run2``), each named through ``log`` where given.
     """
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found: list[tuple[str, Path]] = []
@@ -58,7 +61,12 @@ def collect_images(
         path = Path(raw).expanduser()
         if path.is_dir():
             here: list[tuple[str, Path]] = []
-            for file in folder_image_files(path, exclude=_below(out, path)):
+            files = folder_image_files(path, exclude=_below(out, path))
+            for folder in _output_folders(path, files):
+                files = [f for f in files if folder not in f.parents]
+                if log is not None:
+                    log(f"skipped {folder}: the outputs of an earlier run, not images to segment")
+            for file in files:
                 parts = [*file.relative_to(path).parent.parts, image_stem(file)]
                 here.append(("_".join(parts), file))
             if out is not None and path.resolve() == out:
@@ -77,6 +85,19 @@ def collect_images(
     if not found:
         raise LocaldiscError("no image files in " + ", ".join(str(p) for p in paths))
     return found
+
+
+#: The records of a folder of outputs: ``predict``'s, written first, and ``shape-guided
+#: segment``'s (:data:`~localdisc.tasks.shape_guided.SEGMENT_RECORD`), written last.
+OUTPUT_RECORDS = ("predict.json", "segment.json")
+
+
+def _output_folders(root: Path, files: Sequence[Path]) -> list[Path]:
+    """The folders strictly below ``root`` that hold ``files`` and an output record
+    (:data:`OUTPUT_RECORDS`), outermost first."""
+    below = {d for f in files for d in f.parents if d != root and root in d.parents}
+    held = sorted(d for d in below if any((d / r).is_file() for r in OUTPUT_RECORDS))
+    return [d for d in held if not any(o in d.parents for o in held)]
 
 
 #: What the error of an unreadable image adds where the command has other images to go on with.
@@ -312,7 +333,7 @@ def predict_images(
     _check_finished(Path(model_dir), config)
     device = str(resolve_device(device))  # a misspelt device is named before any work
     env = environment(device)  # at the start: where and when these outputs were made
-    files = collect_images(images, out_dir=out_dir)
+    files = collect_images(images, out_dir=out_dir, log=log)
     note_orientations(files, log)
     skips = SkippedImages(skip_bad, log, len(files))
     scoring = masks is not None
@@ -325,10 +346,13 @@ def predict_images(
         targets = {name: m.mask for name, m in matched.items() if m.mask is not None}
     fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     out_dir = Path(out_dir)
+    _check_outputs_not_inputs(out_dir, files, matched, fovs)
+    if fovs is not None:
+        check_fov_masks(files, fovs)
     # Loaded before anything in --out is removed: damaged weights fail here and an earlier
     # predict's outputs stay.
     model = Segmenter.from_pretrained(model_dir, device=device)
-    _remove_earlier_outputs(out_dir, files, scoring, log)
+    _remove_earlier_outputs(out_dir, files, scoring, log, "self_trained_vessels" in config)
     record: dict[str, Any] = {
         "model": str(Path(model_dir).expanduser().resolve()),
         "threshold": threshold,
@@ -493,14 +517,20 @@ def _check_not_a_run(out_dir: Path, vessels_model: bool) -> None:
 
 
 def _remove_earlier_outputs(
-    out_dir: Path, files: Sequence[tuple[str, Path]], scoring: bool, log: Callable[[str], None]
+    out_dir: Path,
+    files: Sequence[tuple[str, Path]],
+    scoring: bool,
+    log: Callable[[str], None],
+    vessels_model: bool = False,
 ) -> None:
     """Remove what an earlier predict wrote in ``out_dir`` that would stay beside this run's
     outputs, mixing two runs: without ``scoring`` its ``metrics.json`` (scores of the outputs
-    this run replaces), and the ``NAME_prob.png``/``NAME_mask.png`` its ``predict.json`` lists
-    and this run does not write again. Only those files: names that are not a plain file name,
-    and this run's own images, are left alone. Called once the model is loaded and the inputs
-    are found, so that a run that fails at those removes nothing."""
+    this run replaces), the ``NAME_prob.png``/``NAME_mask.png`` its ``predict.json`` lists
+    and this run does not write again, and, unless this model is a ``shape-guided vessels``
+    network too (``vessels_model``: it writes them again), the ``vessels.csv`` and
+    ``figures/overlay.png`` such a network's predict wrote. Only those files: names that are not
+    a plain file name, and this run's own images, are left alone. Called once the model is
+    loaded and the inputs are found, so that a run that fails at those removes nothing."""
     if not scoring:
         remove_metrics(out_dir, "predict",
                        "an earlier predict's scores, not of the outputs this one writes",
@@ -514,6 +544,12 @@ def _remove_earlier_outputs(
     if removed:
         log(f"removed {removed} file(s) of an earlier predict from {out_dir}: outputs of "
             "images this one does not segment")  # fmt: skip
+    if not vessels_model and (out_dir / "vessels.csv").is_file():
+        for stale in (out_dir / "vessels.csv", out_dir / "figures" / "overlay.png"):
+            if stale.is_file():
+                stale.unlink()
+                log(f"removed {stale}: an earlier predict's with a vessels network, not of "
+                    "the masks this one writes")  # fmt: skip
 
 
 def remove_outputs(
@@ -756,6 +792,44 @@ def fov_mask_files(images: Sequence[Path], folder: str | Path) -> list[Path]:
             raise LocaldiscError(f"{image}: {problem} in {folder} (looked for {wanted})")
         found.append(matches[0])
     return found
+
+
+def check_fov_masks(files: Sequence[tuple[str, Path]], fovs: Sequence[Path]) -> None:
+    """Before any work, each FOV mask of ``fovs`` (:func:`fov_mask_files`) against its image's
+    size from its header (:func:`read_fov_mask`): a wrong one stopped the run at its image,
+    after the earlier outputs were removed or rewritten. An image whose header cannot be read
+    is left to its own read (skipped or refused there)."""
+    for (_, image), fov in zip(files, fovs, strict=True):
+        try:
+            meta = read_image_meta(image)
+        except ImageReadError:
+            continue
+        read_fov_mask(fov, (meta.height, meta.width), image)
+
+
+def _check_outputs_not_inputs(
+    out_dir: Path,
+    files: Sequence[tuple[str, Path]],
+    matched: Mapping[str, MaskMatch] | None,
+    fovs: Sequence[Path] | None,
+) -> None:
+    """Before any work: refuse an ``out_dir`` where an output would be written over an input
+    file (the images' own folder: a true mask ``NAME_mask.png`` was replaced by the prediction,
+    then scored against itself, Dice 1; an FOV mask replaced, the next run's FOV)."""
+    inputs = {path.resolve(): "image" for _, path in files}
+    for match in (matched or {}).values():
+        if match.mask is not None:
+            inputs[match.mask.resolve()] = "true mask"
+    inputs.update((fov.resolve(), "FOV mask") for fov in fovs or ())
+    for name, _ in files:
+        for suffix in ("_prob", "_mask"):
+            path = out_dir / f"{name}{suffix}.png"
+            kind = inputs.get(path.resolve())
+            if kind is not None:
+                raise LocaldiscError(
+                    f"{out_dir}: this predict's {path.name} would overwrite the {kind} {path}, "
+                    "an input; choose another --out (nothing was written)"
+                )
 
 
 def read_fov_mask(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
