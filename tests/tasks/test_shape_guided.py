@@ -580,13 +580,19 @@ def test_segment_refuses_weights_whose_clustering_head_never_trained(tmp_path, r
     config["pretrain"] = {**config["pretrain"], "stage2_steps": 0}
     (no_stage2 / "config.json").write_text(json.dumps(config))
     (no_stage2 / "model.safetensors").write_bytes((run / "stage1.safetensors").read_bytes())
+    in_stage1 = tmp_path / "in_stage1"  # stopped in stage 1: no stage1.safetensors yet
+    in_stage1.mkdir()
+    (in_stage1 / "config.json").write_bytes((run / "config.json").read_bytes())
+    (in_stage1 / "model_best.safetensors").write_bytes((run / "stage1.safetensors").read_bytes())
+    folder = "give the run folder or its model.safetensors"
     refused = {
-        run / "stage1.safetensors": "the weights at the end of stage 1",
-        old / "model_best.safetensors": "the same weights as stage1.safetensors",
-        no_stage2: "weights of a run without stage 2",
+        run / "stage1.safetensors": ("the weights at the end of stage 1", folder),
+        old / "model_best.safetensors": ("the same weights as stage1.safetensors", folder),
+        no_stage2: ("weights of a run without stage 2", "train its stage 2 first"),
+        in_stage1 / "model_best.safetensors": ("a run still in stage 1", "let it finish"),
     }
-    for weights, why in refused.items():
-        with pytest.raises(CheckpointError, match=f"{why}.*, whose clustering head never trained"):
+    for weights, (what, hint) in refused.items():
+        with pytest.raises(CheckpointError, match=f"{what}.*clustering head never trained.*{hint}"):
             segment_images(weights, [tmp_path / "eye.png"], tmp_path / "out", device="cpu",
                            log=lambda m: None)  # fmt: skip
         assert not (tmp_path / "out").exists()

@@ -458,6 +458,17 @@ def test_serve_prints_the_url_with_its_token_and_notes_and_stops_cleanly(setup, 
                for line in said)  # fmt: skip
     assert any(made[0].login_url in line and "?token=" in line for line in said)
     assert said[-1] == "stopped" and joined == [True]  # the warm-up joined before the exit
+    assert not any("never trained" in line for line in said)
+    # Stage 1's weights: their clusters are the head's random init, shown unsaid (reviewer).
+    stage1 = tmp_path / "weights" / "stage1.safetensors"
+    stage1.parent.mkdir()
+    for name, to in (("config.json", "config.json"), ("model.safetensors", stage1.name)):
+        (stage1.parent / to).write_bytes((setup["root"] / "run" / name).read_bytes())
+    said.clear()
+    serve(stage1, [tmp_path], log=said.append, size=SIZE)
+    assert (
+        f"warning: {stage1}: the weights at the end of stage 1, whose clustering head " in said[0]
+    )
 
 
 def test_binds_to_localhost_by_default_and_warns_otherwise(setup, monkeypatch):

@@ -129,6 +129,38 @@ WHOLE_MODEL_WEIGHTS = {
 }
 
 
+def untrained_clusters(path: str | Path) -> tuple[str, str] | None:
+    """Where the clustering head of a run's weights (``path``: a run folder or one of its weight
+    files) never trained, ``(what the weights are, what to give instead)``; else ``None``.
+
+    Stage 1 trains the embedding alone, so the head of ``stage1.safetensors``, of any weights of
+    a run without stage 2, of the ``model_best.safetensors`` of a run still in stage 1, and of a
+    ``model_best.safetensors`` equal to ``stage1.safetensors`` (stage 2 ended by its time budget
+    before its first validation, in runs before commit e0fb86b) holds its random init."""
+    folder, weights = split_weights_path(path)
+    try:
+        settings = json.loads((folder / "config.json").read_text()).get("pretrain") or {}
+    except (OSError, ValueError, AttributeError):
+        settings = {}
+    finish = "give the run folder or its model.safetensors"
+    stage1 = folder / "stage1.safetensors"
+    best = folder / "model_best.safetensors"
+    if settings.get("stage2_steps") == 0:
+        return (
+            "weights of a run without stage 2 (stage2_steps 0)",
+            "train its stage 2 first (`localdisc shape-guided train --from RUN`)",
+        )
+    if weights == "stage1.safetensors":
+        return "the weights at the end of stage 1", finish
+    if weights != best.name or not best.is_file():
+        return None
+    if not stage1.is_file():
+        return "the best weights of a run still in stage 1", "let it finish, then " + finish
+    if stage1.stat().st_size == best.stat().st_size and stage1.read_bytes() == best.read_bytes():
+        return "the same weights as stage1.safetensors (stage 2 was never validated)", finish
+    return None
+
+
 def check_weights_file(run_dir: Path, weights: str) -> None:
     """Raise :class:`CheckpointError` if the run folder ``run_dir`` (whose ``config.json`` was
     read) lacks ``weights``: an unfinished pre-training run is named as one, with how to finish

@@ -62,6 +62,7 @@ from localdisc.models.ld import (
     check_weights_file,
     refuse_peer_run,
     split_weights_path,
+    untrained_clusters,
 )
 from localdisc.models.segmenter import Segmenter
 from localdisc.priors.atlas import (
@@ -741,39 +742,18 @@ def _check_run(run_dir: str | Path, log: Callable[[str], None]) -> None:
     # A damaged file too, before any run segments: an ensemble's earlier runs are work lost.
     check_safetensors(folder / weights)
     settings = pretrain_settings(run_dir)
-    _refuse_untrained_clusters(folder, weights, settings)
+    untrained = untrained_clusters(run_dir)
+    if untrained is not None:
+        raise CheckpointError(
+            f"{folder / weights}: {untrained[0]}, whose clustering head never trained (stage 1 "
+            f"trains the embedding alone): outputs A and B would come from its random weights; "
+            f"{untrained[1]}"
+        )
     if not settings.get("prior"):
         log(
             f"warning: {folder} was trained without a shape prior (`localdisc shape-guided "
             "train`): its cluster 0, output A, is not guided to any structure"
         )
-
-
-def _refuse_untrained_clusters(folder: Path, weights: str, settings: dict[str, Any]) -> None:
-    """Raise :class:`~localdisc.errors.CheckpointError` for weights whose clustering head never
-    trained (stage 1 trains the embedding alone): outputs A and B would come from its random
-    weights. That is ``stage1.safetensors``, any weights of a run without stage 2, and a
-    ``model_best.safetensors`` equal to ``stage1.safetensors`` (a run whose stage 2 ended on its
-    time budget before its first validation, before commit e0fb86b)."""
-    stage1 = folder / "stage1.safetensors"
-    if weights == "stage1.safetensors":
-        why = "the weights at the end of stage 1"
-    elif settings.get("stage2_steps") == 0:
-        why = "weights of a run without stage 2 (stage2_steps 0)"
-    elif (
-        weights == "model_best.safetensors"
-        and stage1.is_file()
-        and stage1.stat().st_size == (folder / weights).stat().st_size
-        and stage1.read_bytes() == (folder / weights).read_bytes()
-    ):
-        why = "the same weights as stage1.safetensors (stage 2 was never validated)"
-    else:
-        return
-    raise CheckpointError(
-        f"{folder / weights}: {why}, whose clustering head never trained (stage 1 trains the "
-        "embedding alone); outputs A and B would come from its random weights. Give the run "
-        f"folder or its model.safetensors"
-    )
 
 
 #: What :func:`segment_images` appends to an image's name.

@@ -1246,6 +1246,7 @@ def serve(
     cache_mb: float = DEFAULT_CACHE_MB,
 ) -> None:
     """Load the model and images and serve the viewer until interrupted (Ctrl+C)."""
+    from localdisc.models.ld import untrained_clusters
     from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import load_model
 
@@ -1253,6 +1254,12 @@ def serve(
     check_cache_mb(cache_mb)
     files = collect_images(images)
     loaded = load_model(model, device=device)
+    untrained = untrained_clusters(model)
+    if untrained is not None:
+        log(
+            f"warning: {model}: {untrained[0]}, whose clustering head never trained: the "
+            f"clusters shown are its random weights'; {untrained[1]}"
+        )
     seg = None
     if segmenter is not None:
         from localdisc.models.segmenter import Segmenter
