@@ -691,25 +691,27 @@ def test_a_run_saved_before_the_sampler_setting_resumes_drawing_with_replacement
     assert any("saved settings" in m and "sampler 'replacement'" in m for m in said)
 
 
-def test_a_lone_validation_image_is_paired_with_a_training_image_not_itself(tmp_path, monkeypatch):
-    # Paired with itself (val_images 1, or a pool of 20 to 39 images), the validation mix
-    # blended two views of one image and PD scored its own patches as negatives (reviewer).
+@pytest.mark.parametrize("val_images", [1, 3])
+def test_validation_pairs_each_held_out_image_with_a_training_image(
+    tmp_path, monkeypatch, val_images
+):
+    # Paired with the next held-out image, each came twice among a batch's 2B (a lone one with
+    # itself): the validation mix blended two views of one image and PD scored its own patches
+    # as negatives, which training never does (reviewers).
     from localdisc.data.views import LDViews
 
     pool = (torch.arange(8, dtype=torch.uint8) * 30).view(8, 1, 1, 1).expand(8, 3, 48, 48)
-    drawn: list[tuple[int, int]] = []
+    drawn: list[tuple[list[int], list[int]]] = []
     real = LDViews.__call__
 
     def spy(self, x1, x2, *args, **kwargs):
-        drawn.extend(
-            (int(a[0, 0, 0]) // 30, int(b[0, 0, 0]) // 30) for a, b in zip(x1, x2, strict=True)
-        )
+        drawn.append(([int(a[0, 0, 0]) // 30 for a in x1], [int(b[0, 0, 0]) // 30 for b in x2]))
         return real(self, x1, x2, *args, **kwargs)
 
     monkeypatch.setattr(LDViews, "__call__", spy)
-    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=1, batch=1, val_images=1)
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=1, batch=2, val_images=val_images)
     pretrain(config, tmp_path, pool=pool.clone(), log=lambda m: None)
-    train, (held_out,) = _split_pool(8, config)
-    validation = [pair for pair in drawn if pair[0] == held_out]
-    assert len(validation) == 2  # once a stage
-    assert all(other != held_out and other in train for _, other in validation)
+    train, held_out = _split_pool(8, config)
+    validation = [(x1, x2) for x1, x2 in drawn if set(x1) <= set(held_out)]
+    assert sorted(i for x1, _ in validation for i in x1) == sorted(held_out * 2)  # once a stage
+    assert all(set(x2) <= set(train) and len(set(x1 + x2)) == len(x1 + x2) for x1, x2 in validation)

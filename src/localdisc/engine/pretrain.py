@@ -624,20 +624,20 @@ def validation_loss(
     config: PretrainConfig,
     stage: int,
     objective: PretrainObjective | None = None,
-    partner: Tensor | None = None,
+    partners: Tensor | None = None,
 ) -> float:
     """Mean loss of the current stage (or of the peer ``objective``) on the held-out images,
     with fixed views and eval-mode batch norm.
 
-    Each held-out image is paired with the next; a lone one with ``partner`` (an image
-    ``[1, C, P, P]``, a training one), where given. Paired with itself, its mix would blend two
-    views of one image and PD would score its own patches as negatives, which training never
-    does (a step's images are distinct)."""
+    Held-out image ``i`` is paired with ``partners[i % len(partners)]`` (training images, where
+    given), else with the next held-out image. Paired among themselves, each image of a batch
+    came twice among its 2B (first and second of two pairs; a lone one with itself), and PD
+    scored its own patches as negatives, which training never does (a step's images are
+    distinct)."""
     if val_pool.shape[0] == 0:
         return math.nan
     gen = torch.Generator().manual_seed(config.seed + 7919)
     n = val_pool.shape[0]
-    others = val_pool if n > 1 or partner is None else partner
     network = objective if objective is not None else model
     was_training = network.training
     network.eval()
@@ -645,7 +645,7 @@ def validation_loss(
     for start in range(0, n, config.batch):
         idx = torch.arange(start, min(start + config.batch, n))
         x1 = val_pool[idx]
-        x2 = others[(idx + 1) % others.shape[0]]
+        x2 = val_pool[(idx + 1) % n] if partners is None else partners[idx % len(partners)]
         if objective is not None:
             losses.append(objective(x1, x2, gen)["loss"].float())
             continue
@@ -787,7 +787,8 @@ def pretrain(
         else:
             train_pool = train_pool.pin_memory()
     val_pool = val_pool.to(device)
-    val_partner = train_pool[:1].to(device)  # a lone validation image's pair (validation_loss)
+    # Each validation image's pair (validation_loss): training images, fixed for the run.
+    val_partners = train_pool[: max(1, len(val_idx))].to(device)
     # The figures show the validation images, else (none) the first training images, each
     # named by its source (a file relative to its folder): which image a panel shows.
     figure_pool = val_pool[:4] if val_idx else train_pool[:4]
@@ -1047,7 +1048,7 @@ def pretrain(
         validated_at = step
         val = validation_loss(
             model, val_pool, stage1_views if stage == 1 else stage2_views, config, stage,
-            objective, partner=val_partner,
+            objective, partners=val_partners,
         )  # fmt: skip
         if csv_log and not math.isnan(val):
             csv_log.write(
