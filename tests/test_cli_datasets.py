@@ -177,7 +177,7 @@ def test_bad_root_is_one_error_line_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "unknown data set 'nosuchset'" in result.stderr
 
 
-@pytest.mark.parametrize("where", ["folder", "under a file", "not a png"])
+@pytest.mark.parametrize("where", ["folder", "under a file", "not a png", "in the data set"])
 def test_a_bad_preview_path_is_refused_before_the_data_set_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
@@ -195,6 +195,8 @@ def test_a_bad_preview_path_is_refused_before_the_data_set_is_read(
         "folder": tmp_path / "figs",
         "under a file": tmp_path / "afile.txt" / "sub" / "p.png",
         "not a png": tmp_path / "p.jpg",  # PNG bytes were written into it
+        # It overwrote an image of the data set (reviewer).
+        "in the data set": tmp_path / "DRIVE" / "training" / "images" / "21_training.png",
     }[where]
     root = make_drive(tmp_path / "DRIVE")
     result = runner.invoke(
@@ -205,5 +207,7 @@ def test_a_bad_preview_path_is_refused_before_the_data_set_is_read(
         "folder": f"--preview {preview} is a folder; give the preview's PNG file name",
         "under a file": f"--preview {preview}: {tmp_path / 'afile.txt'} is a file, not a folder",
         "not a png": f"--preview {preview}: the preview is a PNG; name it .png",
+        "in the data set": f"--preview {preview} lies in the data set's folder {root}; write it "
+        "elsewhere",
     }[where]
     assert str(result.exception) == expected

@@ -175,6 +175,15 @@ def datasets_inspect(
         _check_parent("--preview", preview)
     if root is None:
         name, root = parse_data_spec(name)
+    if (
+        preview is not None
+        and root is not None
+        and Path(root).resolve() in preview.resolve().parents
+    ):
+        # It would overwrite a file of the data set, or be read as one of its images.
+        raise LocaldiscError(
+            f"--preview {preview} lies in the data set's folder {root}; write it elsewhere"
+        )
     report = inspect_dataset(name, root, skip_bad=skip_bad, progress=err_console.is_terminal)
     if preview is not None:
         split = next(iter(report["splits"]))
