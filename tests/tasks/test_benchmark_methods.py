@@ -61,6 +61,24 @@ def test_a_pool_is_required_outside_quick(tmp_path):
         raise result.exception
 
 
+def test_a_task_without_a_pool_of_its_modality_is_refused_before_any_pretraining(tmp_path):
+    # Its table held the random init alone, every method left out unsaid (reviewer).
+    from localdisc.errors import LocaldiscError
+    from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
+
+    config = MethodsBenchmarkConfig(
+        methods=["ld", "simclr"], quick=True, tasks=["synthetic_fundus"],
+        pools=["xray=synthetic_xray:8"],
+    )  # fmt: skip
+    with pytest.raises(
+        LocaldiscError,
+        match=r"no --pool of modality fundus for task\(s\) synthetic_fundus: the methods would "
+        r"be pre-trained on nothing for them; add --pool fundus=",
+    ):
+        run_methods_benchmark(config, tmp_path, log=lambda m: None)
+    assert not (tmp_path / "pretrain").exists()
+
+
 def test_bad_transfer_settings_are_refused_before_any_pretraining(tmp_path):
     from localdisc.errors import LocaldiscError
     from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark

@@ -337,6 +337,15 @@ def run_methods_benchmark(
     if config.quick and not config.pools:
         config = replace(config, pools=[QUICK_POOLS[m] for m in sorted(needed)])
     pools = pools_by_modality(config.pools)
+    # A task of a modality without a pool had the random init alone, its methods unsaid.
+    unpooled = sorted({t.label for t in plan[0] if t.modality not in pools})
+    if unpooled:
+        missing = sorted({t.modality for t in plan[0] if t.modality not in pools})
+        raise LocaldiscError(
+            f"no --pool of modality {', '.join(missing)} for task(s) {', '.join(unpooled)}: "
+            f"the methods would be pre-trained on nothing for them; add --pool "
+            f"{missing[0]}=FOLDER|DATASET:ROOT, or leave the task out"
+        )
     # Before any pre-training, each run folder holding another experiment's run, and each pool
     # a run still has to read: they were found only after the methods before them had trained.
     for modality, spec in pools.items():
