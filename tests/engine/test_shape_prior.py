@@ -239,5 +239,7 @@ def test_the_log_counts_the_masks_used_and_warns_of_masks_drawn_black_on_white(t
     said.clear()
     AdversarialPrior(str(tmp_path / "inverted"), 32, torch.device("cpu"), log=said.append)
     assert said[0] == f"shape prior: 2 masks from {tmp_path / 'inverted'}, pose free"
-    assert said[1].startswith("warning: the shape prior's masks are 91% foreground") and len(said) == 2
+    assert (
+        said[1].startswith("warning: the shape prior's masks are 91% foreground") and len(said) == 2
+    )
     assert "(median): drawn black on white?" in said[1]
