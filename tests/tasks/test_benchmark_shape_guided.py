@@ -52,6 +52,8 @@ def test_quick_benchmark_has_every_row_and_resumes(tmp_path):
         (out / "runs/synthetic_fundus/line-student-painted-2/seed-0/per_image.json").read_text()
     )
     assert painted["settings"]["student"]["painted"] == 2
+    # Not its device: --device cpu and auto on a CPU trained every student again (reviewer).
+    assert "device" not in painted["settings"]["student"]
     # Specks removed from each filter at each fraction, never from Otsu's masks.
     specks = {r for r in rows if r.endswith("specks removed")}
     fractions = {r for r in rows if " @ " in r and "fraction (" in r and "taught" not in r}

@@ -541,8 +541,10 @@ def _run_task(
             students += [(config.student_painted, seed) for _, seed in students]
         for painted, seed in students:
             student = _student_config(config, seed, painted)  # its pseudo-labels' settings too
+            # Not its device: `--device cpu` and `auto` on a CPU trained every student again.
+            taught = {k: v for k, v in asdict(student).items() if k != "device"}
             settings = {**_eval_settings(config, "speck_area"), "fraction": fraction,
-                        "student": asdict(student)}  # fmt: skip
+                        "student": taught}  # fmt: skip
             suffix = f"-painted-{painted}" if painted else ""
             folder = task_dir / _slug(f"{config.student_teacher}-student{suffix}") / f"seed-{seed}"
             at = f" @ {fraction_from} fraction ({fraction:.3f})"

@@ -206,11 +206,14 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
     refuse_device(config.quick, config.cpu_scale, config.device)
     mode = config.mode
     inits, tasks, labels, seeds = PRESET_GRIDS[mode]
-    # One budget given twice ("2,2", "all,ALL": one to labelled_count) would list each run twice
-    # and count it as two seeds: kept once, as first spelt.
+    # One budget given twice ("2,2", "2,02", "all,ALL": one to labelled_count) would list each
+    # run twice and count it as two seeds, or train it twice: kept once, a number as a number
+    # ("02" as "2", its runs' folder labels-2), a word as first spelt.
     once: dict[str, str] = {}
     for budget in config.labels or labels:
-        once.setdefault(str(budget).strip().lower(), budget)
+        text = str(budget).strip()
+        number = str(int(text)) if text.isdigit() else None
+        once.setdefault(number or text.lower(), number or budget)
     config = replace(
         config,
         inits=config.inits or inits,
