@@ -5,7 +5,8 @@ Each run's ``results.json`` holds, per metric, init row and task, the fine-tunin
 mean +- std over every (run, seed) pair (the population std, as the benchmark's tables), and how
 often the reference init (default ``ld``) is ahead of it, like with like (its fine-tuned row
 against fine-tuned rows, its frozen row against frozen ones, recalibrated against recalibrated),
-with the same labelled images (the same fine-tuning seed) and in the same run:
+with the same labelled images (the same fine-tuning seed) and in the same run (rows named by
+their pool, ``fundus/ld``, against their own pool's reference):
 
     python benchmarks/methods_table.py /tmp/s32/cm/methods /tmp/s32/cm1/methods
     python benchmarks/methods_table.py RUN... --metric auc --reference pixpro
@@ -47,7 +48,12 @@ def pooled_table(
     ]
     for row in rows:
         init, kind = row.split(" (", 1) if " (" in row else (row, "")
-        counterpart = f"{reference} ({kind}" if kind else reference  # like with like
+        # Runs of two modalities name their rows by pool ("fundus/ld"): the reference of a
+        # row is then its own pool's.
+        ref_init = reference
+        if "/" in init and "/" not in reference:
+            ref_init = f"{init.rsplit('/', 1)[0]}/{reference}"
+        counterpart = f"{ref_init} ({kind}" if kind else ref_init  # like with like
         cells, pooled, ahead, pairs = [], [], 0, 0
         for run in runs:
             values = run.get(row, {}).get(task)
@@ -57,13 +63,15 @@ def pooled_table(
             cells.append(", ".join(f"{v:.3f}" for v in values.values()))
             pooled += values.values()
             ref = run.get(counterpart, {}).get(task)
-            if ref is not None and init != reference:
+            if ref is not None and init != ref_init:
                 paired = [seed for seed in values if seed in ref]  # the same labelled images
                 ahead += sum(ref[seed] > values[seed] for seed in paired)
                 pairs += len(paired)
         mean, std = float(np.mean(pooled)), float(np.std(pooled))
+        # One value alone: "+- 0.000" read as values that agreed.
+        summary = f"{mean:.3f}" if len(pooled) == 1 else f"{mean:.3f} +- {std:.3f}"
         wins = f"{ahead} of {pairs}" if pairs else ""
-        lines.append(f"| {row} | {' / '.join(cells)} | {mean:.3f} +- {std:.3f} | {wins} |")
+        lines.append(f"| {row} | {' / '.join(cells)} | {summary} | {wins} |")
     return "\n".join(lines)
 
 
@@ -73,6 +81,10 @@ def main() -> None:
     parser.add_argument("--metric", default="dice", help="dice, f1, auc, cldice, ...")
     parser.add_argument("--reference", default="ld", help="the row counted against the others")
     args = parser.parse_args()
+    files = [(run / "results.json" if run.is_dir() else run).resolve() for run in args.runs]
+    twice = sorted({str(f) for f in files if files.count(f) > 1})
+    if twice:  # its seeds would count as pairs twice
+        parser.error(f"{twice[0]} is given twice")
     runs = [load(run, args.metric) for run in args.runs]
     tasks = list(dict.fromkeys(task for run in runs for cells in run.values() for task in cells))
     print(f"{args.metric}; runs: {', '.join(str(run) for run in args.runs)}\n")

@@ -56,3 +56,29 @@ def test_pairs_are_of_the_same_seed_where_a_seed_diverged(tmp_path):
     runs = [script.load(tmp_path, "dice")]
     assert runs[0]["ld"]["drive (2)"] == {0: 0.5, 2: 0.9}
     assert "| ld | 0.500, 0.900 |" in script.pooled_table(runs, "drive (2)", "ld")
+
+
+def test_rows_named_by_pool_meet_their_own_reference_and_a_run_counts_once(tmp_path):
+    """Runs of two modalities name their rows "fundus/ld": the default reference "ld" matched
+    none, so no row had a count; a run given twice counted its pairs twice; one value printed
+    "+- 0.000" (reviewer)."""
+    import subprocess
+    import sys
+
+    script = _script()
+    runs = [{
+        "fundus/ld": {"drive (2)": {0: 0.5, 1: 0.6}},
+        "fundus/pixpro": {"drive (2)": {0: 0.4, 1: 0.7}},
+        "fundus/pixpro (frozen)": {"drive (2)": {0: 0.3}},
+        "fundus/ld (frozen)": {"drive (2)": {0: 0.35}},
+    }]  # fmt: skip
+    table = script.pooled_table(runs, "drive (2)", "ld").splitlines()
+    assert "| fundus/pixpro | 0.400, 0.700 | 0.550 +- 0.150 | 1 of 2 |" in table
+    assert "| fundus/pixpro (frozen) | 0.300 | 0.300 | 1 of 1 |" in table
+    assert "| fundus/ld | 0.500, 0.600 | 0.550 +- 0.050 |  |" in table
+    (tmp_path / "results.json").write_text(json.dumps({"transfer": {"dice": {}}}))
+    twice = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "results.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert twice.returncode == 2 and f"{tmp_path / 'results.json'} is given twice" in twice.stderr
