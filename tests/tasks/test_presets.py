@@ -116,3 +116,23 @@ def test_a_finished_run_outlives_its_divergence_record_and_a_record_left_unwritt
     monkeypatch.setattr("localdisc.engine.checkpoint.tempfile.mkstemp", full_disk)
     with pytest.raises(DivergedError, match="epoch 3"):
         presets.unless_diverged(run_dir, diverges)
+
+
+def test_a_run_from_a_stage_1_made_again_under_its_path_is_refused(tmp_path):
+    # A run is named by its init's path alone: benchmark shape-guided reused the LD + prior
+    # runs of a stage 1 that had been made again under that path (reviewer).
+    import shutil
+
+    said: list[str] = []
+    stage1 = tmp_path / "stage1"
+    base = {**QUICK_PRETRAIN, "stage1_steps": 2, "stage2_steps": 0}
+    pretrain_preset(base, stage1, said.append)
+    settings = {**QUICK_PRETRAIN, "stage1_steps": 0, "stage2_steps": 2, "init_from": str(stage1)}
+    pretrain_preset(settings, tmp_path / "run", said.append)
+    said.clear()
+    pretrain_preset(settings, tmp_path / "run", said.append)
+    assert said == [f"reusing the LD pre-training in {tmp_path / 'run'}"]
+    shutil.rmtree(stage1)
+    pretrain_preset({**base, "seed": 5}, stage1, said.append)
+    with pytest.raises(LocaldiscError, match="run: started from other weights of .*stage1"):
+        pretrain_preset(settings, tmp_path / "run", said.append)

@@ -70,7 +70,12 @@ from localdisc.eval.report import jsonable
 from localdisc.models.ld import LDModel
 from localdisc.priors.topology import PriorTopology, enforce_topology, measure_topology
 from localdisc.tasks.predict import mask_png, prob_png
-from localdisc.tasks.presets import pretrain_preset, refuse_device, unless_diverged
+from localdisc.tasks.presets import (
+    pretrain_preset,
+    refuse_device,
+    unless_diverged,
+    weights_sha256,
+)
 from localdisc.tasks.vesselness import FILTERS, check_method, threshold_vessels, vesselness
 
 VESSEL_PRIORS = ("octa", "dsa", "other", "simulated")
@@ -459,8 +464,9 @@ def _run_task(
         base = LDModel.from_pretrained(stage1, device=_device(config.device))
         # Its cluster is the one nearest the fraction, which comes from the priors asked for
         # (simulated, else the first): a rerun with other --priors or --from recomputes.
+        # Its weights too: a stage 1 made again under its path kept the old k-means rows.
         kmeans = {**_eval_settings(config, "kmeans_clusters"), "fraction": fraction,
-                  "stage1": stage1}  # fmt: skip
+                  "stage1": stage1, "stage1_sha256": weights_sha256(stage1)}  # fmt: skip
         rows = _cached(task_dir / "kmeans" / f"seed-{seed}", kmeans, _kmeans_rows, base, samples,
                        target, config, fraction, seed, run_size(stage1))  # fmt: skip
         record("k-means (no prior)", seed, rows)
