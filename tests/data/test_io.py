@@ -1296,15 +1296,9 @@ def test_an_exif_orientation_is_read_and_said_not_applied(tmp_path):
     assert type(read_image_meta(tmp_path / "turned.tif").orientation) is int  # not tifffile's enum
 
 
-def test_a_header_read_decodes_no_png_pixels_for_its_orientation(tmp_path, monkeypatch):
-    # Pillow's PngImageFile.getexif() loads every pixel of a PNG without an EXIF block: the
-    # header reads of localize's note (and read_truth's) decoded whole folders.
-    from PIL import ImageFile
-
-    from localdisc.data.io import read_image_meta
-
-    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "a.png")
-    loads = []
+def pixel_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The formats of the images Pillow decodes from now on, in order."""
+    loads: list[str] = []
     real = ImageFile.ImageFile.load
 
     def load(self):
@@ -1312,6 +1306,17 @@ def test_a_header_read_decodes_no_png_pixels_for_its_orientation(tmp_path, monke
         return real(self)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return loads
+
+
+def test_a_header_read_decodes_no_png_pixels_for_its_orientation(tmp_path, monkeypatch):
+    # Pillow's PngImageFile.getexif() loads every pixel of a PNG without an EXIF block: the
+    # header reads of localize's note (and read_truth's) decoded whole folders.
+
+    from localdisc.data.io import read_image_meta
+
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "a.png")
+    loads = pixel_loads(monkeypatch)
     assert read_image_meta(tmp_path / "a.png").orientation is None and loads == []
 
 
@@ -1374,8 +1379,6 @@ def test_a_png_exif_chunk_after_the_pixels_is_found_by_both_reads(tmp_path, monk
     import struct
     import zlib
 
-    from PIL import ImageFile
-
     from localdisc.data.io import read_image_meta
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -1392,14 +1395,7 @@ def test_a_png_exif_chunk_after_the_pixels_is_found_by_both_reads(tmp_path, monk
     (tmp_path / "late.png").write_bytes(data[:end] + late + data[end:])
     assert read_image(tmp_path / "late.png")[1].orientation == 6
     assert read_image_meta(tmp_path / "plain.png").orientation is None
-    loads = []
-    real = ImageFile.ImageFile.load
-
-    def load(self):
-        loads.append(self.format)
-        return real(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    loads = pixel_loads(monkeypatch)
     assert read_image_meta(tmp_path / "late.png").orientation == 6 and loads == []
 
 
