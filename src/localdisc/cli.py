@@ -857,7 +857,7 @@ def localize(
         raise LocaldiscError(f"--overlay {overlay} is an --images folder; give a folder of its own")
     spots = read_landmarks(landmarks)
     # Overlays in a sub-folder of an --images folder are not images to localise on a rerun.
-    found = collect_images(images, out_dir=overlay, suffixes=())
+    found = collect_images(images, out_dir=overlay, suffixes=(), log=_log)
     inputs = [template, landmarks, model, *([truth] if truth else []), *(p for _, p in found)]
     _check_not_an_input("--out", out, inputs)
     skips = SkippedImages(skip_bad, _log, len(found))

@@ -706,7 +706,13 @@ def test_an_earlier_runs_outputs_below_the_images_are_not_segmented(tmp_path):
     said: list[str] = []
     written = predict_images(tmp_path / "model", [d], d / "run2", device="cpu", log=said.append)
     assert [p.name for p in written] == ["a_mask.png"]
-    assert f"skipped {d / 'run1'}: the outputs of an earlier run, not images to segment" in said
+    assert f"left out 2 file(s) in {d / 'run1'}: the outputs of an earlier run there" in said[0]
+    # A predict into its images' own sub-folder: its images stay images (reviewer).
+    save(d / "site1" / "b.png", rng.integers(0, 255, (20, 24, 3), np.uint8))
+    predict_images(tmp_path / "model", [d / "site1"], d / "site1", device="cpu",
+                   log=lambda m: None)  # fmt: skip
+    found = [name for name, _ in collect_images([d], out_dir=tmp_path / "elsewhere")]
+    assert found == ["a", "site1_b"]
 
 
 def test_a_later_predict_removes_a_vessels_networks_csv_and_overlay(tmp_path):

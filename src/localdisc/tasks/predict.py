@@ -51,9 +51,10 @@ def collect_images(
     ``out_dir``: where the outputs go. Found in a given folder, it is skipped; when it is the
     given folder itself, what a command wrote there is (:func:`_without_outputs`: files named
     ``NAME`` + one of the command's ``suffixes``, and ``figures/``): else a second run would
-    segment the first run's outputs (``x_prob_prob.png``, ...). So are the sub-folders of a
-    given folder that hold another run's outputs (:data:`OUTPUT_RECORDS`: ``--out D/run1``,
-    then ``--out D/run2``), each named through ``log`` where given.
+    segment the first run's outputs (``x_prob_prob.png``, ...). So are the outputs in the
+    sub-folders of a given folder that hold an output record (:data:`OUTPUT_RECORDS`: ``--out
+    D/run1``, then ``--out D/run2``; those of the images it lists), said through ``log`` where
+    given; the images there are kept (a predict into its images' own folder).
     """
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found: list[tuple[str, Path]] = []
@@ -62,10 +63,14 @@ def collect_images(
         if path.is_dir():
             here: list[tuple[str, Path]] = []
             files = folder_image_files(path, exclude=_below(out, path))
-            for folder in _output_folders(path, files):
-                files = [f for f in files if folder not in f.parents]
-                if log is not None:
-                    log(f"skipped {folder}: the outputs of an earlier run, not images to segment")
+            for folder, names in _output_folders(path, files):
+                inside = [("", f) for f in files if folder in f.parents]
+                kept = {f for _, f in _without_outputs(inside, folder, _output_suffixes(), names)}
+                left_out = len(inside) - len(kept)
+                files = [f for f in files if folder not in f.parents or f in kept]
+                if left_out and log is not None:
+                    log(f"left out {left_out} file(s) in {folder}: the outputs of an earlier run "
+                        "there, not images to segment")  # fmt: skip
             for file in files:
                 parts = [*file.relative_to(path).parent.parts, image_stem(file)]
                 here.append(("_".join(parts), file))
@@ -92,12 +97,29 @@ def collect_images(
 OUTPUT_RECORDS = ("predict.json", "segment.json")
 
 
-def _output_folders(root: Path, files: Sequence[Path]) -> list[Path]:
+def _output_folders(root: Path, files: Sequence[Path]) -> list[tuple[Path, set[str]]]:
     """The folders strictly below ``root`` that hold ``files`` and an output record
-    (:data:`OUTPUT_RECORDS`), outermost first."""
+    (:data:`OUTPUT_RECORDS`), with the names of the images the record lists."""
     below = {d for f in files for d in f.parents if d != root and root in d.parents}
-    held = sorted(d for d in below if any((d / r).is_file() for r in OUTPUT_RECORDS))
-    return [d for d in held if not any(o in d.parents for o in held)]
+    found = []
+    for folder in sorted(below):
+        for record in OUTPUT_RECORDS:
+            try:
+                listed = json.loads((folder / record).read_text())["images"]
+                names = {entry["name"] for entry in listed}
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            found.append((folder, names))
+            break
+    return found
+
+
+def _output_suffixes() -> tuple[str, ...]:
+    """What predict and shape-guided segment append to an image's name (read here, late:
+    shape_guided imports this module)."""
+    from localdisc.tasks.shape_guided import OUTPUT_SUFFIXES
+
+    return ("_prob", "_mask", *OUTPUT_SUFFIXES)
 
 
 #: What the error of an unreadable image adds where the command has other images to go on with.
@@ -250,13 +272,16 @@ def _below(out: Path | None, folder: Path) -> Path | None:
 
 
 def _without_outputs(
-    found: list[tuple[str, Path]], folder: Path, suffixes: Sequence[str]
+    found: list[tuple[str, Path]],
+    folder: Path,
+    suffixes: Sequence[str],
+    names: set[str] | None = None,
 ) -> list[tuple[str, Path]]:
     """``found`` (the images of ``folder``, also the output folder) less the outputs written
-    there for them: files named ``NAME`` + one of ``suffixes`` (NAME one of them), in ``folder``
-    or in a sub-folder a command writes (``group-K/``, ``run-K/``, ``unusual/``), and the
-    figures in ``figures/``."""
-    names = {name for name, _ in found}
+    there for them (or for ``names``, where given: those an output record lists): files named
+    ``NAME`` + one of ``suffixes``, in ``folder`` or in a sub-folder a command writes
+    (``group-K/``, ``run-K/``, ``unusual/``), and the figures in ``figures/``."""
+    names = {name for name, _ in found} if names is None else names
 
     def output(file: Path) -> bool:
         relative = file.relative_to(folder).parts

@@ -200,7 +200,7 @@ def segment_vessels_self_trained(
                              f"{train_images}")  # fmt: skip
     _check_out_dir(Path(out_dir))
     # out_dir may lie in an images folder: its masks are not images to segment on a second run.
-    files = collect_images(images, out_dir=out_dir)
+    files = collect_images(images, out_dir=out_dir, log=log)
     note_orientations(files, log)
     skips = SkippedImages(skip_bad, log, len(files))
     # The unreadable ones (and those with no FOV left to segment: _read_photo) known before the
@@ -428,7 +428,8 @@ def predict_vessels(
     if model is None:
         model = Segmenter.from_pretrained(model_dir, device=str(resolve_device(device)))
     if files is None:
-        files = collect_images(images, out_dir=out_dir)  # not the masks of a run before into it
+        # not the masks of a run before into it
+        files = collect_images(images, out_dir=out_dir, log=log)
     skips = skips or SkippedImages(count=len(files))
     masks = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     student = settings.get("student", {})

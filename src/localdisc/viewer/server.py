@@ -1252,7 +1252,7 @@ def serve(
 
     check_port(port)  # before the model and images, which may take minutes to load
     check_cache_mb(cache_mb)
-    files = collect_images(images)
+    files = collect_images(images, log=log)
     loaded = load_model(model, device=device)
     untrained = untrained_clusters(model)
     if untrained is not None:
