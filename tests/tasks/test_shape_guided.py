@@ -598,6 +598,28 @@ def test_segment_refuses_weights_whose_clustering_head_never_trained(tmp_path, r
         assert not (tmp_path / "out").exists()
     segment_images(run / "model_best.safetensors", [tmp_path / "eye.png"], tmp_path / "best",
                    device="cpu", log=lambda m: None)  # fmt: skip
+    # A run started at stage 2 (`shape-guided train --from`) has no stage1.safetensors.
+    from_run = tmp_path / "from_run"
+    from_run.mkdir()
+    config = json.loads((run / "config.json").read_text())
+    config["pretrain"] = {**config["pretrain"], "stage1_steps": 0}
+    (from_run / "config.json").write_text(json.dumps(config))
+    (from_run / "model_best.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    segment_images(from_run / "model_best.safetensors", [tmp_path / "eye.png"],
+                   tmp_path / "from", device="cpu", log=lambda m: None)  # fmt: skip
+
+
+def test_stage_two_has_no_model_best_before_its_first_validation(tmp_path):
+    # It held stage 1's best, whose clustering head never trained: segment took it (reviewer).
+    from localdisc.data.pool import synthetic_pool
+
+    config = tiny_pretrain_config(stage1_steps=3, stage2_steps=3, val_every=3)
+    pool = synthetic_pool(6, "fundus", 48)
+    pretrain(config, tmp_path, pool=pool, stop_at_step=4, log=lambda m: None)
+    assert (tmp_path / "stage1.safetensors").is_file()
+    assert not (tmp_path / "model_best.safetensors").exists()
+    pretrain(config, tmp_path, pool=pool, resume=True, log=lambda m: None)
+    assert (tmp_path / "model_best.safetensors").is_file()
 
 
 def test_ensemble_uncertainty_is_zero_outside_the_fov(tmp_path, monkeypatch):

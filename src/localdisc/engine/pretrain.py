@@ -1105,6 +1105,9 @@ def pretrain(
             if config.stage_at(step) != stage:  # stage 1 -> 2: save, unfreeze, new optimizer
                 if main:
                     atomic_save_safetensors(model.state_dict(), run_dir / "stage1.safetensors")
+                    # Stage 1's best, its clustering head untrained: until stage 2's first
+                    # validation the run has no model_best (segment and view would take it).
+                    (run_dir / "model_best.safetensors").unlink(missing_ok=True)
                 stage = 2
                 budget = config.stage2_seconds
                 budget_agreed = False  # stage 1's, read at the top of this step

@@ -136,7 +136,8 @@ def untrained_clusters(path: str | Path) -> tuple[str, str] | None:
     Stage 1 trains the embedding alone, so the head of ``stage1.safetensors``, of any weights of
     a run without stage 2, of the ``model_best.safetensors`` of a run still in stage 1, and of a
     ``model_best.safetensors`` equal to ``stage1.safetensors`` (stage 2 ended by its time budget
-    before its first validation, in runs before commit e0fb86b) holds its random init."""
+    before its first validation, in runs before commit e0fb86b) holds its random init. (A run
+    in stage 2 has no ``model_best.safetensors`` before its first stage-2 validation.)"""
     folder, weights = split_weights_path(path)
     try:
         settings = json.loads((folder / "config.json").read_text()).get("pretrain") or {}
@@ -154,7 +155,9 @@ def untrained_clusters(path: str | Path) -> tuple[str, str] | None:
         return "the weights at the end of stage 1", finish
     if weights != best.name or not best.is_file():
         return None
-    if not stage1.is_file():
+    if not stage1.is_file():  # a run started at stage 2 (`--from`) has none
+        if settings.get("stage1_steps", 1) == 0:
+            return None
         return "the best weights of a run still in stage 1", "let it finish, then " + finish
     if stage1.stat().st_size == best.stat().st_size and stage1.read_bytes() == best.read_bytes():
         return "the same weights as stage1.safetensors (stage 2 was never validated)", finish
