@@ -38,6 +38,17 @@ def load(run: Path, metric: str) -> dict[str, dict[str, dict[int, float]]]:
     return {row: {task: by_seed(c) for task, c in cells.items()} for row, cells in table.items()}
 
 
+def _reference_init(run: dict[str, dict[str, dict[int, float]]], task: str, reference: str) -> str:
+    """The row of ``reference`` in ``task``'s cells of ``run``: as named, else the one of the
+    task's pool (runs of two modalities name the methods' rows by pool, ``fundus/ld``; the
+    built-in ``random`` keeps its name)."""
+    inits = {row.split(" (", 1)[0] for row, cells in run.items() if task in cells}
+    if reference in inits or "/" in reference:
+        return reference
+    pooled = sorted(i for i in inits if i.endswith(f"/{reference}"))
+    return pooled[0] if len(pooled) == 1 else reference
+
+
 def pooled_table(
     runs: list[dict[str, dict[str, dict[int, float]]]], task: str, reference: str
 ) -> str:
@@ -48,12 +59,6 @@ def pooled_table(
     ]
     for row in rows:
         init, kind = row.split(" (", 1) if " (" in row else (row, "")
-        # Runs of two modalities name their rows by pool ("fundus/ld"): the reference of a
-        # row is then its own pool's.
-        ref_init = reference
-        if "/" in init and "/" not in reference:
-            ref_init = f"{init.rsplit('/', 1)[0]}/{reference}"
-        counterpart = f"{ref_init} ({kind}" if kind else ref_init  # like with like
         cells, pooled, ahead, pairs = [], [], 0, 0
         for run in runs:
             values = run.get(row, {}).get(task)
@@ -62,6 +67,8 @@ def pooled_table(
                 continue
             cells.append(", ".join(f"{v:.3f}" for v in values.values()))
             pooled += values.values()
+            ref_init = _reference_init(run, task, reference)
+            counterpart = f"{ref_init} ({kind}" if kind else ref_init  # like with like
             ref = run.get(counterpart, {}).get(task)
             if ref is not None and init != ref_init:
                 paired = [seed for seed in values if seed in ref]  # the same labelled images

@@ -76,6 +76,13 @@ def test_rows_named_by_pool_meet_their_own_reference_and_a_run_counts_once(tmp_p
     assert "| fundus/pixpro | 0.400, 0.700 | 0.550 +- 0.150 | 1 of 2 |" in table
     assert "| fundus/pixpro (frozen) | 0.300 | 0.300 | 1 of 1 |" in table
     assert "| fundus/ld | 0.500, 0.600 | 0.550 +- 0.050 |  |" in table
+    # The built-in random keeps its name beside pool-named rows: it has its count, and is a
+    # reference of its own.
+    runs[0]["random"] = {"drive (2)": {0: 0.45, 1: 0.65}}
+    table = script.pooled_table(runs, "drive (2)", "ld").splitlines()
+    assert "| random | 0.450, 0.650 | 0.550 +- 0.100 | 1 of 2 |" in table
+    by_random = script.pooled_table(runs, "drive (2)", "random").splitlines()
+    assert "| fundus/pixpro | 0.400, 0.700 | 0.550 +- 0.150 | 1 of 2 |" in by_random
     (tmp_path / "results.json").write_text(json.dumps({"transfer": {"dice": {}}}))
     twice = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "results.json")],
