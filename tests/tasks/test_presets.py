@@ -130,8 +130,10 @@ def test_a_run_from_a_stage_1_made_again_under_its_path_is_refused(tmp_path):
     settings = {**QUICK_PRETRAIN, "stage1_steps": 0, "stage2_steps": 2, "init_from": str(stage1)}
     pretrain_preset(settings, tmp_path / "run", said.append)
     said.clear()
+    (tmp_path / "run" / "init_weights.json").unlink()  # a run of before the record: written now
     pretrain_preset(settings, tmp_path / "run", said.append)
     assert said == [f"reusing the LD pre-training in {tmp_path / 'run'}"]
+    assert (tmp_path / "run" / "init_weights.json").is_file()
     shutil.rmtree(stage1)
     pretrain_preset({**base, "seed": 5}, stage1, said.append)
     with pytest.raises(LocaldiscError, match="run: started from other weights of .*stage1"):

@@ -133,6 +133,8 @@ def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str]
             )
     if (run_dir / "encoder.safetensors").is_file():
         log(f"reusing the LD pre-training in {run_dir}")
+        if init is not None and not record.is_file():  # a run of before the record: from now on
+            atomic_write_text(record, json.dumps({"init_from": str(init), "sha256": sha}))
         return run_dir
     if init is not None:  # before the run: its folder's first file names what it starts from
         run_dir.mkdir(parents=True, exist_ok=True)
