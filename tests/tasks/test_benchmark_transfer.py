@@ -669,6 +669,7 @@ def test_a_label_budget_given_twice_is_run_once():
     assert preset(given).labels == ["2", "all", "0.5"]
     # "02" trained the 2-label runs again, in labels-02 (reviewer).
     assert preset(BenchmarkConfig(labels=["02", "2", " 8"])).labels == ["2", "8"]
+    assert preset(BenchmarkConfig(labels=["²"])).labels == ["²"]  # a word: refused later, named
 
 
 def test_an_ld_run_folder_named_ld_is_an_init_not_the_built_in_ld(tmp_path, monkeypatch):

@@ -212,7 +212,7 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
     once: dict[str, str] = {}
     for budget in config.labels or labels:
         text = str(budget).strip()
-        number = str(int(text)) if text.isdigit() else None
+        number = str(int(text)) if text.isdecimal() else None  # not "²": int() refuses it
         once.setdefault(number or text.lower(), number or budget)
     config = replace(
         config,
