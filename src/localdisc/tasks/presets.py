@@ -4,7 +4,6 @@ benchmarks' memory of a run that diverged."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -104,14 +103,11 @@ INIT_WEIGHTS_FILE = "init_weights.json"
 def weights_sha256(run: str | Path) -> str:
     """The SHA-256 of the weight file ``LDModel.from_pretrained(run)`` loads (a run folder's
     ``model.safetensors``, or the weight file named)."""
+    from localdisc.engine.checkpoint import sha256
     from localdisc.models.ld import split_weights_path
 
     folder, weights = split_weights_path(run)
-    digest = hashlib.sha256()
-    with open(folder / weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256(folder / weights)
 
 
 def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> Path:
@@ -126,19 +122,17 @@ def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str]
     record = run_dir / INIT_WEIGHTS_FILE
     if init is not None:
         sha = weights_sha256(init)
-        if record.is_file() and json.loads(record.read_text()).get("sha256") != sha:
+        if not record.is_file():  # before a new run, or a run of before the record: from now on
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(record, json.dumps({"init_from": str(init), "sha256": sha}))
+        elif json.loads(record.read_text()).get("sha256") != sha:
             raise LocaldiscError(
                 f"{run_dir}: started from other weights of {init} (made again since?); "
                 "delete the folder to pre-train it again from these"
             )
     if (run_dir / "encoder.safetensors").is_file():
         log(f"reusing the LD pre-training in {run_dir}")
-        if init is not None and not record.is_file():  # a run of before the record: from now on
-            atomic_write_text(record, json.dumps({"init_from": str(init), "sha256": sha}))
         return run_dir
-    if init is not None:  # before the run: its folder's first file names what it starts from
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record, json.dumps({"init_from": str(init), "sha256": sha}))
     resume = (run_dir / "config.json").is_file()
     result = unless_diverged(run_dir, lambda: pretrain(config, run_dir, resume=resume, log=log))
     log(f"LD pre-training: {result.steps} steps, {result.images_per_s:.1f} images/s")
