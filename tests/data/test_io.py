@@ -1416,3 +1416,14 @@ def test_a_tiff_pillow_decodes_is_read_as_stored_whatever_its_orientation(tmp_pa
         header = read_image_meta(path)
         assert (header.height, header.width) == (meta.height, meta.width) == (30, 40)
         assert header.orientation == meta.orientation == (orientation if orientation > 1 else None)
+
+
+def test_dim_note_states_the_cause_without_asking_of_an_8_bit_image():
+    # A dark 8-bit image is dim too: the note used to ask "12-bit data in 16-bit files?" of it
+    # (reviewer). It now says what follows and names 12-bit data as one cause, not the cause.
+    note = lio.dim_note([("dark8", 20 / 255), ("bright", 0.9)], "image(s)", "seen near black")
+    assert note == (
+        "1 image(s) use under 1/8 of the intensity range (dark8): seen near black; rescale them "
+        "to the full range (12-bit data in a 16-bit file reads so)"
+    )
+    assert lio.dim_note([("bright", 0.9)], "image(s)", "seen near black") is None

@@ -216,9 +216,9 @@ def test_images_that_use_a_small_part_of_the_range_are_named(tmp_path: Path) -> 
     pool, _ = resolve_pool([str(folder)], "xray", 32, workers=1, log=lines.append)
     said = [line for line in lines if "1/8 of the intensity range" in line]
     assert said == [
-        "1 pool image(s) use under 1/8 of the intensity range (xray12.png): 12-bit data in "
-        "16-bit files? their pool copies keep 17 grey levels or fewer; rescale them to the full "
-        "range"
+        "1 pool image(s) use under 1/8 of the intensity range (xray12.png): their pool "
+        "copies keep 17 grey levels or fewer; rescale them to the full range (12-bit data in a "
+        "16-bit file reads so)"
     ]
     assert int(pool[0].max()) == 16  # the intensities are kept (fine-tuning reads them so)
 

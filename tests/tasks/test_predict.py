@@ -111,8 +111,8 @@ def test_predict_names_images_that_use_a_small_part_of_the_range(tmp_path):
     predict_images(tmp_path / "model", [tmp_path / "in"], tmp_path / "out", device="cpu",
                    log=logs.append)  # fmt: skip
     assert [line for line in logs if "intensity range" in line] == [
-        "note: 1 image(s) use under 1/8 of the intensity range (twelve): 12-bit data in 16-bit "
-        "files? the network saw them near black; rescale them to the full range"
+        "note: 1 image(s) use under 1/8 of the intensity range (twelve): the network saw "
+        "them near black; rescale them to the full range (12-bit data in a 16-bit file reads so)"
     ]
 
 

@@ -124,8 +124,8 @@ def test_training_images_that_use_a_small_part_of_the_range_are_named(tmp_path):
     assert len(notes) == 1 and notes[0].startswith(
         "note: 2 training image(s) use under 1/8 of the intensity range (case"
     )
-    assert notes[0].endswith("12-bit data in 16-bit files? the network sees them near black; "
-                             "rescale them to the full range")  # fmt: skip
+    assert notes[0].endswith("the network sees them near black; rescale them to the full range "
+                             "(12-bit data in a 16-bit file reads so)")  # fmt: skip
     said.clear()
     run_transfer(tiny(str(folder_set(tmp_path / "eight")), frozen_epochs=0), tmp_path / "o8",
                  log=said.append)  # fmt: skip

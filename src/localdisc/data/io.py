@@ -368,14 +368,16 @@ def dim_note(peaks: Sequence[tuple[str, float]], what: str, consequence: str) ->
     1/8 of the intensity range (``None`` where none does): 12-bit data in a 16-bit file reads
     as 0 to 1/16 (16-bit values are scaled by 65535; the bits a PNG or TIFF uses are not
     stored), so the network sees a near-black image, unlike the same data stored in 8 bits.
-    ``what`` names the images (``"pool image(s)"``); ``consequence`` says what follows."""
+    ``what`` names the images (``"pool image(s)"``); ``consequence`` says what follows. The
+    cause is stated, not asked: a dark 8-bit image is dim too, and its bit depth is not known
+    here."""
     dim = [name for name, peak in peaks if peak < DIM_BELOW]
     if not dim:
         return None
     shown = ", ".join(dim[:3]) + (", ..." if len(dim) > 3 else "")
     return (
-        f"{len(dim)} {what} use under 1/8 of the intensity range ({shown}): 12-bit data in "
-        f"16-bit files? {consequence}; rescale them to the full range"
+        f"{len(dim)} {what} use under 1/8 of the intensity range ({shown}): {consequence}; "
+        "rescale them to the full range (12-bit data in a 16-bit file reads so)"
     )
 
 
