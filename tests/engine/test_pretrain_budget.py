@@ -93,3 +93,22 @@ def test_a_peer_run_leaves_no_figures_folder(tmp_path, pool):
     ld = tiny_pretrain_config(stage1_steps=1, stage2_steps=1, figure_every=2)
     pretrain(ld, tmp_path / "ld", pool=pool, log=lambda m: None)
     assert list((tmp_path / "ld" / "figures").glob("*.png"))
+
+
+def test_a_resume_where_the_budget_is_spent_validates_its_step_once(tmp_path, pool, monkeypatch):
+    # Validated and checkpointed at step 5, stopped there, resumed with stage 1's budget spent:
+    # the budget's end validated step 5 again, a second row for it in log.csv (reviewer). The
+    # checkpoint now records the step of the last validation.
+    config = tiny_pretrain_config(**{**BUDGETED, "checkpoint_every": 5, "val_every": 5})
+    quiet = {"pool": pool, "log": lambda m: None}
+    budget_spent_at(monkeypatch, 6, 11)
+    pretrain(config, tmp_path / "straight", **quiet)
+    budget_spent_at(monkeypatch)
+    pretrain(config, tmp_path / "resumed", stop_at_step=5, **quiet)
+    budget_spent_at(monkeypatch, 1, 6)
+    pretrain(config, tmp_path / "resumed", resume=True, **quiet)
+    straight = untimed_rows(tmp_path / "straight")
+    assert [(r["step"], r["stage"]) for r in straight if r["val_loss"]] == [
+        ("5", "1"), ("10005", "2")
+    ]  # fmt: skip
+    assert untimed_rows(tmp_path / "resumed") == straight

@@ -963,6 +963,8 @@ def pretrain(
         meta = {
             "stage": stage,
             "best_val": best_val,
+            # a resume at a spent budget validates this step only where it was not (one row)
+            "validated_at": validated_at,
             "skipped_steps": skipped_steps,
             "trained_steps": trained_steps,
             "nonfinite_in_row": nonfinite_in_row,
@@ -1039,7 +1041,8 @@ def pretrain(
         progress.update(step, f"stage {stage}", f"{info} | {img_per_s:.1f} img/s", time_left=left)
         sums, n_summed = {}, 0
 
-    validated_at = -1  # the step of this start's last validation
+    # the step of the run's last validation (older checkpoints: unknown)
+    validated_at = state.get("validated_at", -1) if loaded is not None else -1
 
     def validate() -> None:
         """The held-out loss at ``step`` (rank 0): a row of log.csv, and model_best.safetensors
