@@ -642,3 +642,41 @@ def test_a_pre_training_finished_by_hand_after_it_diverged_is_reused(tmp_path, m
     reached = methods._pretrain(settings, run_dir, lambda m: None)
     assert reached["steps"] == settings["stage1_steps"] + settings["stage2_steps"]
     assert not (run_dir / "diverged.json").exists()
+
+
+def test_fine_tunings_of_a_deleted_budgeted_pre_training_are_refused_before_it_trains(
+    tmp_path, monkeypatch
+):
+    """A pre-training deleted after its fine-tunings: under a time budget it trains again to other
+    weights, and its fine-tunings (which recorded the old weights' SHA-256) were refused only
+    then, minutes later (reviewer)."""
+    from dataclasses import asdict
+
+    import localdisc.tasks.benchmark_methods as methods
+    import localdisc.tasks.benchmark_transfer as bench
+    from localdisc.errors import LocaldiscError
+
+    monkeypatch.setattr(methods, "_pretrain", _pretrained_too_soon)
+    config = methods.MethodsBenchmarkConfig(
+        methods=["simclr"], tasks=["synthetic_fundus"], budget_seconds=5.0,
+        pools=["fundus=synthetic_fundus:8"],
+    )  # fmt: skip
+    planned = []  # the fine-tunings' folders and settings, as the grid plans them
+    monkeypatch.setattr(bench, "_check_out_dir", lambda d, c, f: planned.append((d, c)))
+    with pytest.raises(AssertionError, match="pre-trained before the grid was checked"):
+        methods.run_methods_benchmark(config, tmp_path, log=lambda m: None)
+    monkeypatch.undo()
+    monkeypatch.setattr(methods, "_pretrain", _pretrained_too_soon)
+    run_dir, settings = next((d, c) for d, c in planned if "simclr" in d.parts)
+    run_dir.mkdir(parents=True)
+    weights = {"file": str(tmp_path / "pretrain" / "fundus" / "simclr" / "encoder.safetensors"),
+               "sha256": "ab" * 32}  # fmt: skip
+    (run_dir / "config.json").write_text(
+        json.dumps({"transfer": asdict(settings), "init_weights": weights})
+    )
+    (run_dir / "metrics.json").write_text("{}")
+    message = f"{run_dir}: holds a fine-tuning of the pre-training "
+    with pytest.raises(LocaldiscError, match=re.escape(message)) as refused:
+        methods.run_methods_benchmark(config, tmp_path, log=lambda m: None)
+    assert "abababababab... of its weights" in str(refused.value)
+    assert "each task's simclr folder under" in str(refused.value)

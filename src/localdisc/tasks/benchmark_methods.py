@@ -46,6 +46,7 @@ from localdisc.tasks.benchmark_transfer import (
 )
 from localdisc.tasks.benchmark_transfer import preset as transfer_preset
 from localdisc.tasks.presets import DIVERGED_FILE, refuse_device, unless_diverged
+from localdisc.tasks.transfer import init_fingerprint, init_weights_file
 
 METHODS = ("ld", "simclr", "densecl", "pixpro", "genesis")
 
@@ -305,8 +306,33 @@ def check_transfer_grid(
     grid_config = transfer_preset(replace(transfer, inits=["random", *runs]))
     inits = init_labels(grid_config.inits or [], out_dir / "transfer" / "runs")
     modalities = {label: runs.get(init) for label, init in inits.items()}  # random: None
-    plan_grid(grid_config, plan[0], inits, modalities, out_dir / "transfer")
+    grid, _ = plan_grid(grid_config, plan[0], inits, modalities, out_dir / "transfer")
+    if config.budget_seconds is not None:
+        _refuse_orphaned_finetunings(grid, runs)
     return list(runs)
+
+
+def _refuse_orphaned_finetunings(grid: list[tuple[Any, ...]], runs: dict[str, str]) -> None:
+    """Refuse, before any pre-training, a fine-tuning of the ``grid`` that recorded the weights
+    of a pre-training ``runs`` names whose weight file is gone (the run deleted): the run would
+    train again under its time budget, to other weights (its steps depend on the machine's
+    pace), and the fine-tuning would then be refused as one of other weights, minutes later.
+    (At --quick's fixed steps the weights may come back the same: the check after is enough.)"""
+    for _task, label, init, _labels, _seed, run_dir in grid:
+        if init not in runs or init_fingerprint(init) is not None:
+            continue
+        try:
+            recorded = json.loads((run_dir / "config.json").read_text())["init_weights"]
+            old = str(recorded["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no fine-tuning there, or one recorded before init_weights existed
+        raise LocaldiscError(
+            f"{run_dir}: holds a fine-tuning of the pre-training {init} (SHA-256 {old[:12]}... "
+            f"of its weights), whose {init_weights_file(init)} is gone: it would pre-train again "
+            "under its time budget, to other weights, and the fine-tuning would then be "
+            f"refused; restore the pre-training, or delete its fine-tunings (each task's {label} "
+            f"folder under {run_dir.parents[3]}), or choose another --out (nothing was deleted)"
+        )
 
 
 def run_methods_benchmark(
