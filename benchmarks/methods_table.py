@@ -14,6 +14,10 @@ their pool, ``fundus/ld``, against their own pool's reference):
 A row missing from a run (or a task) is left out of that run's cells, never filled in, and so
 is a seed missing from a row (a fine-tuning that diverged) or without a value (NaN): pairs are of
 the seeds both rows have.
+
+Runs whose settings (``results.json``'s ``config``) differ in more than the pre-training seed
+(and the worker count, which changes no number) are refused, each difference named;
+``--allow-other-settings`` pools them anyway and prints the differences above the tables.
 """
 
 from __future__ import annotations
@@ -36,6 +40,33 @@ def load(run: Path, metric: str) -> dict[str, dict[str, dict[int, float]]]:
         return {s: v for s, v in zip(seeds, cell["seeds"], strict=True) if v is not None}
 
     return {row: {task: by_seed(c) for task, c in cells.items()} for row, cells in table.items()}
+
+
+#: Settings that pooled runs may differ in: the draw's pre-training seed, and the number of
+#: pool-decoding workers (no number depends on it).
+FREE_SETTINGS = (("pretrain", "seed"), ("pretrain", "workers"))
+
+
+def _flat(settings: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    flat: dict[tuple[str, ...], object] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, (*prefix, key)))
+        else:
+            flat[(*prefix, key)] = value
+    return flat
+
+
+def setting_differences(configs: list[dict]) -> list[str]:
+    """``"key: value / value / ..."`` (run by run) for each setting of the runs' ``config`` that is
+    not the same in all, but :data:`FREE_SETTINGS`; ``(absent)`` where a run does not have it."""
+    flats = [_flat(config) for config in configs]
+    differences = []
+    for key in dict.fromkeys(k for flat in flats for k in flat):
+        values = [json.dumps(flat[key]) if key in flat else "(absent)" for flat in flats]
+        if key not in FREE_SETTINGS and len(set(values)) > 1:
+            differences.append(f"{'.'.join(key)}: {' / '.join(values)}")
+    return differences
 
 
 def _reference_init(run: dict[str, dict[str, dict[int, float]]], task: str, reference: str) -> str:
@@ -87,14 +118,29 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="folders holding results.json")
     parser.add_argument("--metric", default="dice", help="dice, f1, auc, cldice, ...")
     parser.add_argument("--reference", default="ld", help="the row counted against the others")
+    parser.add_argument(
+        "--allow-other-settings", action="store_true",
+        help="pool runs whose settings differ in more than the pre-training seed",
+    )  # fmt: skip
     args = parser.parse_args()
     files = [(run / "results.json" if run.is_dir() else run).resolve() for run in args.runs]
     twice = sorted({str(f) for f in files if files.count(f) > 1})
     if twice:  # its seeds would count as pairs twice
         parser.error(f"{twice[0]} is given twice")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:  # an unfinished run writes it last
+        parser.error(f"{missing[0]}: no such file (is that run finished?)")
+    differences = setting_differences([json.loads(f.read_text()).get("config", {}) for f in files])
+    if differences and not args.allow_other_settings:
+        parser.error(
+            f"the runs' settings differ ({'; '.join(differences)}); pool them anyway with "
+            "--allow-other-settings"
+        )
     runs = [load(run, args.metric) for run in args.runs]
     tasks = list(dict.fromkeys(task for run in runs for cells in run.values() for task in cells))
     print(f"{args.metric}; runs: {', '.join(str(run) for run in args.runs)}\n")
+    if differences:
+        print(f"settings that differ (run by run): {'; '.join(differences)}\n")
     for task in tasks:
         print(pooled_table(runs, task, args.reference) + "\n")
 

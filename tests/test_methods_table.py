@@ -89,3 +89,37 @@ def test_rows_named_by_pool_meet_their_own_reference_and_a_run_counts_once(tmp_p
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert twice.returncode == 2 and f"{tmp_path / 'results.json'} is given twice" in twice.stderr
+
+
+def test_runs_of_other_settings_than_the_seed_are_refused_unless_allowed(tmp_path):
+    """Runs were pooled whatever their settings: a draw at another budget, labels or size counted
+    in the same mean (reviewer). The pre-training seed (the draw) and the workers may differ."""
+    import subprocess
+    import sys
+
+    def write(name: str, seed: int, workers: int, budget: float) -> Path:
+        config = {"budget_seconds": budget, "labels": ["2"],
+                  "pretrain": {"seed": seed, "workers": workers}}  # fmt: skip
+        table = {"dice": {"ld": {"drive (2)": {"seeds": [0.5], "seed_ids": [0]}}}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(
+            json.dumps({"config": config, "transfer": table})
+        )
+        return tmp_path / name
+
+    def run(*args: Path | str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    a, b, c = write("a", 4, 2, 240.0), write("b", 5, 8, 240.0), write("c", 6, 2, 120.0)
+    same = run(a, b)
+    assert same.returncode == 0 and "settings that differ" not in same.stdout
+    refused = run(a, b, c)
+    assert refused.returncode == 2
+    assert "the runs' settings differ (budget_seconds: 240.0 / 240.0 / 120.0)" in refused.stderr
+    allowed = run(a, b, c, "--allow-other-settings")
+    assert allowed.returncode == 0
+    assert "settings that differ (run by run): budget_seconds: 240.0 / 240.0 / 120.0" in (
+        allowed.stdout
+    )
+    assert "| ld | 0.500 / 0.500 / 0.500 | 0.500 +- 0.000 |" in allowed.stdout
