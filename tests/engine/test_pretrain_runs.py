@@ -291,6 +291,15 @@ def test_a_skipped_last_step_still_checkpoints_and_validates(
         ("stage1_seconds", float("nan"), "time budgets must be > 0 seconds and finite, not nan"),
         ("stage2_seconds", float("inf"), "time budgets must be > 0 seconds and finite, not inf"),
         ("stage1_seconds", -1.0, "time budgets must be > 0"),
+        # NaN passed "<= 0" checks: every step non-finite, stopped as diverged, lr blamed
+        ("center_sigma", float("nan"), "center_sigma must be > 0 and finite, not nan"),
+        ("tau", float("nan"), "tau must be > 0 and finite, not nan"),
+        ("tau_region", 0.0, "tau_region must be > 0 and finite, not 0.0"),
+        ("disc_lr", float("nan"), "disc_lr must be > 0 and finite, not nan"),
+        ("region_weight", float("nan"), "region_weight must be >= 0 and finite, not nan"),
+        ("entropy_weight", -0.1, "entropy_weight must be >= 0 and finite, not -0.1"),
+        ("prior_weight", float("inf"), "prior_weight must be >= 0 and finite, not inf"),
+        ("prior_count", 0, "prior_count must be >= 1, not 0"),
     ],
 )
 def test_config_rejects_settings_that_cannot_train(field: str, value: object, message: str) -> None:

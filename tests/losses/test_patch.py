@@ -146,3 +146,20 @@ def test_center_sensitive_patches_change_more_when_the_centre_moves():
     assert torch.allclose(patch_embeddings(v, 4, 0.25), patch_embeddings(v.clone(), 4, 0.25))
     # A very wide Gaussian is the uniform average.
     assert torch.allclose(patch_embeddings(v, 4, 1e6), patch_embeddings(v, 4), atol=1e-5)
+
+
+def test_a_narrow_center_gaussian_weights_the_pixels_nearest_the_centre_not_nan():
+    # Below about 0.04 px its exponentials were all 0 in a cell, and 0 / 0 made every patch
+    # embedding NaN at sigma 5e-4 of a 56-px cell (reviewer).
+    from localdisc.losses.patch import center_weights
+
+    w = center_weights(8, 448, 5e-4)
+    assert torch.isfinite(w).all() and torch.allclose(w.sum(1), torch.ones(8))
+    assert torch.equal(w[0].nonzero().flatten(), torch.tensor([27, 28]))  # the centre is 28.0
+    assert torch.allclose(w[0, 27:29], torch.tensor([0.5, 0.5]))
+    v = torch.randn(1, 4, 448, 448)
+    assert torch.isfinite(patch_embeddings(v, 8, center_sigma=5e-4)).all()
+    # the default width, as before: exp(-d^2 / 2 (sigma side)^2) over the cell, summing to 1
+    pos = torch.arange(56) + 0.5
+    expected = torch.exp(-0.5 * ((pos - 28) / (0.25 * 56)) ** 2)
+    assert torch.allclose(center_weights(8, 448, 0.25)[0, :56], expected / expected.sum())

@@ -197,8 +197,16 @@ class PretrainConfig:
                 f"padding reflect needs size >= {smallest_side(self.padding, self.depth)} with "
                 f"depth {self.depth} (2 x 2 pixels in the deepest block), not {self.size}"
             )
-        if self.center_sigma is not None and self.center_sigma <= 0:
-            problems.append(f"center_sigma must be > 0, not {self.center_sigma}")
+        # NaN fails these too: it would train to NaN and stop as diverged, blaming the lr
+        positive = ["tau", "tau_region", "disc_lr"]
+        if self.center_sigma is not None:
+            positive.append("center_sigma")
+        for name in positive:
+            if not 0 < getattr(self, name) < math.inf:
+                problems.append(f"{name} must be > 0 and finite, not {getattr(self, name)}")
+        for name in ("region_weight", "entropy_weight", "prior_weight"):
+            if not 0 <= getattr(self, name) < math.inf:
+                problems.append(f"{name} must be >= 0 and finite, not {getattr(self, name)}")
         if self.clusters < 2:
             problems.append(f"clusters must be >= 2, not {self.clusters}")
         if self.dim < 2:
@@ -211,8 +219,8 @@ class PretrainConfig:
             problems.append(f"val_images must be >= 0, not {self.val_images}")
         if self.prior is not None and self.stage2_steps == 0:
             problems.append("a shape prior acts in stage 2: give stage 2 some steps")
-        if self.prior_weight < 0 or self.disc_lr <= 0 or self.prior_count < 1:
-            problems.append("prior_weight must be >= 0, disc_lr > 0 and prior_count >= 1")
+        if self.prior_count < 1:
+            problems.append(f"prior_count must be >= 1, not {self.prior_count}")
         if self.sampler not in SAMPLERS:
             problems.append(f"sampler must be {' or '.join(SAMPLERS)}, not {self.sampler!r}")
         if self.prior_pose not in PRIOR_POSES:

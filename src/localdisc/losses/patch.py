@@ -6,6 +6,8 @@ Chen et al., "Unsupervised Local Discrimination for Medical Images", TPAMI 2023 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,15 +35,17 @@ def center_weights(cells: int, length: int, sigma: float, device=None) -> Tensor
     truncated to the cell: the support stays that of uniform pooling (neighbouring patches share
     no pixel, so ISL negatives stay independent), and with the default 0.25 the cell's border
     still gets ``exp(-2) = 0.14`` of the centre's weight, so the whole cell contributes. The 2-D
-    kernel is the outer product of the two axes' weights. Rows sum to 1.
+    kernel is the outer product of the two axes' weights. Rows sum to 1, for any ``sigma`` > 0:
+    they are a softmax of the log-weights, so a narrow Gaussian weights the pixels nearest the
+    centre (its plain exponentials underflow to 0 / 0 below about 0.04 px).
     """
     edges = torch.linspace(0, length, cells + 1, device=device)
     pos = torch.arange(length, device=device, dtype=torch.float32) + 0.5
     lo, hi = edges[:-1, None], edges[1:, None]
     centre, side = (lo + hi) / 2, (hi - lo)
     inside = (pos >= lo) & (pos < hi)
-    w = torch.exp(-0.5 * ((pos - centre) / (sigma * side)) ** 2) * inside
-    return w / w.sum(1, keepdim=True)
+    log_w = (-0.5 * ((pos - centre) / (sigma * side)) ** 2).masked_fill(~inside, -math.inf)
+    return torch.softmax(log_w, dim=1)
 
 
 def patch_embeddings(v: Tensor, grid: int = 8, center_sigma: float | None = None) -> Tensor:
