@@ -306,3 +306,12 @@ def test_load_pool_of_unreadable_files_says_why(tmp_path: Path) -> None:
         f"{paths[0]}: content is not a PNG, JPEG, BMP, GIF, PPM/PGM/PBM or TIFF image; "
         "no readable image in the pool (all 2 files skipped)"
     )
+
+
+def test_a_name_two_folders_share_is_each_file_s_path(tmp_path: Path) -> None:
+    # a/0.png and b/0.png were both "0.png" in a run's val_names and figure titles (reviewer).
+    a = _grey_folder(tmp_path / "a", {"0.png": 10, "1.png": 20})
+    b = _grey_folder(tmp_path / "b", {"0.png": 30, "2.png": 40})
+    names: list[str] = []
+    resolve_pool([str(a), str(b)], "xray", 8, names=names, log=lambda m: None)
+    assert names == [str(a / "0.png"), "1.png", str(b / "0.png"), "2.png"]

@@ -57,6 +57,19 @@ def test_a_resume_on_a_changed_pool_is_refused(tmp_path, images):
     assert pretrain(config, run, resume=True, log=quiet).steps == config.total_steps
 
 
+def test_a_run_named_before_shared_names_were_paths_resumes():
+    # Two folders' 0.png: a run started when both were "0.png" is not refused for the names
+    # now being the files' paths, and another image is still a change.
+    from localdisc.engine.pretrain import refuse_changed_pool
+
+    config = tiny_pretrain_config()
+    saved = {"images": 4, "val_names": ["0.png", "1.png"]}
+    now = {"images": 4, "val_names": ["/data/a/0.png", "1.png"]}
+    refuse_changed_pool(Path("run"), config, saved, now)
+    with pytest.raises(CheckpointError, match=r"'1.png' -> '3.png'"):
+        refuse_changed_pool(Path("run"), config, saved, {**now, "val_names": ["0.png", "3.png"]})
+
+
 def test_a_resume_passes_when_max_images_and_skip_bad_give_the_same_pool(tmp_path, images):
     # The same unreadable file skipped again (img5 takes its place), and an image added beyond
     # --max-images, leave the pool as it was: no reason to refuse.

@@ -9,6 +9,7 @@ Memory: ``N * C * P * P`` bytes (1 000 fundus images at 512 take 0.8 GB).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -329,6 +330,14 @@ def resolve_pool(
         if not tensor_parts and all(isinstance(r, str) for r in results):
             raise _none_readable(paths, results)  # --skip-bad left nothing at all: say why
         _say_dim_images(results, path_names, log)
+        # Two folders' "0.png" were one name in a run's val_names and figure titles: a name
+        # that more than one read file has is the file's whole path.
+        counts = Counter(
+            n for n, r in zip(path_names, results, strict=True) if isinstance(r, np.ndarray)
+        )
+        path_names = [
+            str(path) if counts[n] > 1 else n for n, path in zip(path_names, paths, strict=True)
+        ]
     skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
     tensors: list[torch.Tensor] = []
     for part, made in zip(parts, part_names, strict=True):

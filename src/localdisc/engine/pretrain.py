@@ -492,10 +492,16 @@ def refuse_changed_pool(
         changes.append(f"{now['images']} images now, {saved.get('images')} at the first start")
     old = saved.get("val_names")
     if isinstance(old, list) and old != now["val_names"]:
-        pairs = [(a, b) for a, b in zip_longest(old, now["val_names"]) if a != b]
+        # a name that two pool files share is now the file's path (data/pool.py): the same file
+        pairs = [
+            (a, b)
+            for a, b in zip_longest(old, now["val_names"])
+            if a != b and not (isinstance(a, str) and isinstance(b, str) and b.endswith(f"/{a}"))
+        ]
         shown = ", ".join(f"{a!r} -> {b!r}" for a, b in pairs[:3])
         more = f", ... ({len(pairs) - 3} more)" if len(pairs) > 3 else ""
-        changes.append(f"other validation images (first start -> now: {shown}{more})")
+        if pairs:
+            changes.append(f"other validation images (first start -> now: {shown}{more})")
     if not changes:
         return
     skip = "; with --skip-bad, the same files must be unreadable" if config.skip_bad else ""
