@@ -333,6 +333,8 @@ def save_checkpoint(
         writing = final / "state.json"
         _write_file(tmp / writing.name, json.dumps(state, indent=1).encode())
         writing = final
+        # the folder's entries too: else after a power cut the renamed folder may lack its files
+        _fsync_dir(tmp)
         replaced = None
         if final.exists():
             # Renamed aside, not deleted first: a kill while deleting a step of this name (with
