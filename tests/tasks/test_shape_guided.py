@@ -54,6 +54,25 @@ def test_segment_gives_both_outputs_inside_the_fov(run):
     assert not derived.prob_a[~derived.fov].any()
 
 
+def test_segment_sees_a_fundus_image_as_the_pool_does_its_roi_resized(run, monkeypatch):
+    # The whole frame was resized to the run's size: a retina in a wide black frame was
+    # squashed across, at another scale than pre-training saw it (its pool crops the ROI).
+    from localdisc.data.pool import prepare_pool_image
+
+    model = LDModel.from_pretrained(run)
+    fundus = synthetic_fundus(80, seed=5)
+    wide = np.zeros((80, 140, 3), np.float32)
+    wide[:, 30:110] = fundus.image
+    seen = []
+    real = model.embed_and_cluster
+    monkeypatch.setattr(model, "embed_and_cluster", lambda x: seen.append(x) or real(x))
+    maps = segment(model, wide, size=48)
+    pooled = prepare_pool_image(wide, "fundus", 48).transpose(1, 2, 0) / 255
+    assert seen[0].shape[:2] == (48, 48)
+    assert np.abs(seen[0] - pooled).max() < 1 / 255 + 1e-6  # the pool's uint8 rounding
+    assert maps.prob_a.shape == (80, 140) and not maps.prob_a[:, :14].any()  # outside the box
+
+
 def test_pseudo_labels_trust_agreement_and_doubt_disagreement():
     fov = np.ones((1, 4), dtype=bool)
     maps = ShapeGuidedMaps(np.array([[1.0, 0.0, 1.0, 0.6]], dtype=np.float32),

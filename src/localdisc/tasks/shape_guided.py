@@ -44,6 +44,7 @@ from localdisc.data.preprocess import (
     fov_from_image,
     resize_image,
     resize_mask,
+    roi_box,
     stretch_contrast,
     to_modality_channels,
 )
@@ -174,14 +175,21 @@ def segment(
     """
     fov = _fov(image, fov, model.config.modality)
     h, w = image.shape[:2]
-    x = resize_image(image, size) if size else image
+    # A fundus image as the pool holds it (data/pool.py): its ROI box, then resized. The whole
+    # frame resized to a square squashed a retina in a wide black frame (a 3:2 photograph whose
+    # disc spans its height) to 2/3 across, unlike pre-training's views of it.
+    y0, y1, x0, x1 = roi_box(image) if model.config.modality == "fundus" else (0, h, 0, w)
+    crop = image[y0:y1, x0:x1]
+    x = resize_image(crop, size) if size else crop
     v, a = model.embed_and_cluster(x)  # [D, h', w'], [K, h', w']
     z = region_embeddings(v[None], a[None])[0]  # [K, D]
     b = torch.softmax(torch.einsum("dhw,kd->khw", v, z) / tau, dim=0)
     maps = torch.stack([a[0], b[0]])[None].float()
-    if maps.shape[-2:] != (h, w):
-        maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
-    prob = maps[0].clamp(0, 1).cpu().numpy().astype(np.float32) * fov
+    if maps.shape[-2:] != crop.shape[:2]:
+        maps = F.interpolate(maps, size=crop.shape[:2], mode="bilinear", align_corners=False)
+    prob = np.zeros((2, h, w), np.float32)  # outside the box: no target
+    prob[:, y0:y1, x0:x1] = maps[0].clamp(0, 1).cpu().numpy()
+    prob *= fov
     return atlas_votes(image, prob[0], prob[1], fov, prior)
 
 
