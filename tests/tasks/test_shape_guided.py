@@ -442,6 +442,48 @@ def test_segment_with_several_runs_writes_each_and_their_mean(tmp_path, monkeypa
     assert (out / "eye_uncertainty.png").is_file()
 
 
+def test_an_ensemble_of_runs_of_two_modalities_is_refused_before_any_image(tmp_path, run):
+    # A fundus and an X-ray run (both tree priors: one topology) were averaged without a word.
+    import shutil
+
+    from localdisc.tasks.shape_guided import segment_images
+
+    xray = tmp_path / "xray_run"
+    shutil.copytree(run, xray)
+    record = json.loads((xray / "config.json").read_text())
+    record["model"]["modality"] = "xray"
+    (xray / "config.json").write_text(json.dumps(record))
+    message = f"the runs are of different modalities ({run}: fundus; {xray}: xray)"
+    image = tmp_path / "eye.png"
+    Image.fromarray((synthetic_fundus(32, seed=0).image * 255).astype("uint8")).save(image)
+    with pytest.raises(LocaldiscError, match=re.escape(message)):
+        segment_images([run, xray], [image], tmp_path / "out", device="cpu", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ensemble_counts_the_runs_whose_prior_masks_vote(monkeypatch):
+    import localdisc.tasks.shape_guided as shape_guided
+
+    banks = {"a": np.zeros((2, 8, 8), bool), "b": None, "c": np.ones((1, 8, 8), bool)}
+    monkeypatch.setattr(shape_guided, "run_prior_masks", lambda run, log, size: banks[run])
+    said: list[str] = []
+    masks = shape_guided.ensemble_prior_masks(["a", "b", "c"], said.append)
+    assert masks.shape == (2, 8, 8)  # a's two masks are one (the same), c's
+    assert said == ["the mean maps vote with the prior masks of 2 runs together: 2 masks"]
+
+
+def test_segment_takes_a_uint8_image_at_a_working_size(run):
+    # resize_image made it float 0 to 255, which the model refused, telling the caller to pass
+    # the uint8 array itself (reviewer).
+    model = LDModel.from_pretrained(run)
+    fundus = synthetic_fundus(64, seed=3)
+    eight = (fundus.image * 255).round().astype(np.uint8)
+    as_uint8 = segment(model, eight, size=48)
+    as_float = segment(model, eight.astype(np.float32) / 255, size=48)
+    assert np.array_equal(as_uint8.prob_a, as_float.prob_a)
+    assert np.array_equal(as_uint8.prob_b, as_float.prob_b)
+
+
 def test_refine_size_rounds_up_to_the_segmenters_multiple():
     assert refine_size(74, 3) == 76 and refine_size(64, 3) == 64
     assert refine_size(40, 5) == 48 and refine_size(1, 5) == 16

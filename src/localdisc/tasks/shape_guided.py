@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from localdisc.data.datasets import MaskMatch
 from localdisc.data.io import dim_note, read_image, read_mask, write_png
 from localdisc.data.preprocess import (
+    as_raw_image,
     fov_from_image,
     resize_image,
     resize_mask,
@@ -173,6 +174,7 @@ def segment(
             fused onto the image with an intensity vote (:func:`atlas_votes`) for the
             pseudo-labels (:meth:`ShapeGuidedMaps.pseudo_label`).
     """
+    image = as_raw_image(image)  # uint8 too: resize_image would make it float 0 to 255
     fov = _fov(image, fov, model.config.modality)
     h, w = image.shape[:2]
     # A fundus image as the pool holds it (data/pool.py): its ROI box, then resized. The whole
@@ -343,8 +345,10 @@ def ensemble_prior_masks(
     that share a bank, vote with that bank as it is.
     """
     banks: list[np.ndarray] = []
+    banked = 0  # the runs that gave a bank
     for run in runs:
         bank = run_prior_masks(run, log, size=banks[0].shape[-1] if banks else None)
+        banked += bank is not None
         if bank is not None and not any(bank is seen for seen in banks):  # cached: the same
             banks.append(bank)
     if len(banks) <= 1:
@@ -354,7 +358,7 @@ def ensemble_prior_masks(
     packed = np.packbits(masks.reshape(len(masks), -1), axis=1)
     _, first = np.unique(packed, axis=0, return_index=True)
     masks = masks[np.sort(first)]
-    log(f"the mean maps vote with the prior masks of {len(runs)} runs together: "
+    log(f"the mean maps vote with the prior masks of {banked} runs together: "
         f"{len(masks)} masks")  # fmt: skip
     return masks
 
@@ -451,6 +455,13 @@ def segment_images(
     # An ensemble's runs are held to one topology (one run's is its own: _segment_run); said
     # before any image is decoded.
     ensemble = runs if len(runs) > 1 else []
+    modalities = {str(r): LDConfig.from_run(r).modality for r in ensemble}
+    if len(set(modalities.values())) > 1:  # a fundus run's maps were averaged with an X-ray's
+        found = "; ".join(f"{r}: {m}" for r, m in modalities.items())
+        raise LocaldiscError(
+            f"the runs are of different modalities ({found}); the ensemble's mean would average "
+            "their maps: give runs of one modality"
+        )
     topologies = {str(r): run_topology(r, log) if topology else None for r in ensemble}
     if len(set(topologies.values())) > 1:
         found = "; ".join(
