@@ -1,5 +1,6 @@
 """The pre-training pool: generated pools, ``max_images`` and the order of the images."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -315,3 +316,14 @@ def test_a_name_two_folders_share_is_each_file_s_path(tmp_path: Path) -> None:
     names: list[str] = []
     resolve_pool([str(a), str(b)], "xray", 8, names=names, log=lambda m: None)
     assert names == [str(a / "0.png"), "1.png", str(b / "0.png"), "2.png"]
+
+
+def test_a_known_data_set_of_the_other_modality_is_refused_before_decoding(tmp_path: Path) -> None:
+    # jsrt_scr with the default --modality fundus was pre-trained as fundus (RGB, ImageNet
+    # normalisation, fundus ROI crop) without a word; generated sets were refused (reviewer).
+    with pytest.raises(DatasetError, match=re.escape(
+        f"jsrt_scr:{tmp_path}: jsrt_scr holds xray images, not fundus: give --modality xray"
+    )):  # fmt: skip
+        resolve_pool([f"jsrt_scr:{tmp_path}"], "fundus", 8, log=lambda m: None)
+    with pytest.raises(DatasetError, match="drive holds fundus images, not xray"):
+        resolve_pool([f"drive:{tmp_path}"], "xray", 8, log=lambda m: None)

@@ -190,7 +190,7 @@ def resolve_pool(
     Files whose images use under 1/8 of the intensity range (12-bit data in 16-bit files) are
     named in one line through ``log``; their intensities are kept, as fine-tuning reads them.
     """
-    from localdisc.data.datasets import parse_data_spec, pool_image_paths
+    from localdisc.data.datasets import DATASETS, parse_data_spec, pool_image_paths
 
     size = pool_size
     # In the order of ``specs``; a list of indices stands for files of ``paths``, all decoded
@@ -265,6 +265,12 @@ def resolve_pool(
                 part_names.append(["skimage retina"])
                 taken += 1
         else:
+            known = parse_data_spec(spec)[0]
+            kind = DATASETS[known].default_modality if known in DATASETS else None
+            if kind not in (None, modality):  # jsrt_scr was trained as fundus without a word
+                raise DatasetError(
+                    f"{spec}: {known} holds {kind} images, not {modality}: give --modality {kind}"
+                )
             listed = pool_image_paths(spec)  # listed even when none fits: checks the spec
             fresh: dict[Path, Path] = {}  # resolved -> as listed, for files not in the pool
             earlier = []
