@@ -1,8 +1,10 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers import tiny_pretrain_config, torch_threads
 from localdisc.engine.checkpoint import load_safetensors
@@ -192,6 +194,19 @@ def test_a_mistyped_prior_is_named_before_the_pool_is_decoded(tmp_path, monkeypa
         pretrain(tiny_pretrain_config(prior="simulated:vesels"), tmp_path / "run", log=print)
     with pytest.raises(DatasetError, match="no such folder for the shape prior"):
         pretrain(tiny_pretrain_config(prior=str(tmp_path / "octa")), tmp_path / "run", log=print)
+    # ... and a folder of empty masks, whose masks must be read to be found empty (reviewer)
+    (tmp_path / "empty").mkdir()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "empty" / "a.png")
+    with pytest.raises(DatasetError, match="no mask with any foreground|empty"):
+        pretrain(tiny_pretrain_config(prior=str(tmp_path / "empty")), tmp_path / "run", log=print)
+
+
+def test_a_negative_seed_with_a_prior_is_refused_by_the_config():
+    # It picks a simulated prior's masks: the run ended in a ValueError traceback after the
+    # pool was decoded (reviewer).
+    with pytest.raises(LocaldiscError, match="seed must be >= 0 with a shape prior, not -1"):
+        tiny_pretrain_config(prior="simulated:vessels", seed=-1)
+    tiny_pretrain_config(seed=-1)  # without a prior, as before
 
 
 def test_a_prior_needs_stage_two():

@@ -61,7 +61,7 @@ from localdisc.models.ld import (
     refuse_peer_run,
     smallest_side,
 )
-from localdisc.priors.sources import absolute_prior_spec, describe_prior
+from localdisc.priors.sources import absolute_prior_spec, load_prior
 
 # Fields that may differ when a run is resumed (they do not change what is computed). skip_bad
 # changes which files are read, not how: a resume compares the pool itself (refuse_changed_pool).
@@ -221,6 +221,8 @@ class PretrainConfig:
             problems.append("a shape prior acts in stage 2: give stage 2 some steps")
         if self.prior_count < 1:
             problems.append(f"prior_count must be >= 1, not {self.prior_count}")
+        if self.prior is not None and self.seed < 0:  # it picks a simulated prior's masks
+            problems.append(f"seed must be >= 0 with a shape prior, not {self.seed}")
         if self.sampler not in SAMPLERS:
             problems.append(f"sampler must be {' or '.join(SAMPLERS)}, not {self.sampler!r}")
         if self.prior_pose not in PRIOR_POSES:
@@ -742,8 +744,14 @@ def pretrain(
         )
     # Where and when it ran, for config.json: taken now, the start, before the pool is read.
     env = environment(device, ctx.world_size) if main else None
-    if config.prior:  # a mistyped prior is named before a large pool is decoded
-        describe_prior(config.prior)
+    # The prior's masks are read before a large pool is decoded: a mistyped prior, a folder of
+    # photographs or of empty masks were named only after it.
+    prior_bank = (
+        load_prior(config.prior, config.size, count=config.prior_count, seed=config.seed,
+                   pose=config.prior_pose)
+        if config.prior
+        else None
+    )  # fmt: skip
     # A resumed checkpoint holds every weight: the init_from run is not read, and may be gone.
     from_checkpoint = resume and bool(list_checkpoints(run_dir / "checkpoints"))
     if config.init_from and not from_checkpoint:  # a peer's run has no trained embedding head
@@ -855,7 +863,7 @@ def pretrain(
         adversary = AdversarialPrior(
             config.prior, config.size, device, count=config.prior_count, lr=config.disc_lr,
             seed=config.seed, pose=config.prior_pose, view_area=config.crop_scale[0],
-            log=log,
+            log=log, bank=prior_bank,
         )  # fmt: skip
         if config.prior_pose == "kept":  # cluster 0 in the pose of the reference masks
             stage2_views = LDViews(

@@ -45,6 +45,8 @@ class AdversarialPrior:
         pose: ``"free"`` (published) or ``"kept"`` (see ``PRIOR_POSES``).
         view_area: the smallest area fraction of the views' random resized crop; with a kept
             pose the masks are cropped to sides of at least its square root.
+        bank: the masks of :func:`~localdisc.priors.load_prior` with these arguments, where the
+            caller has loaded them already (pre-training does, before it decodes its pool).
     """
 
     def __init__(
@@ -59,10 +61,13 @@ class AdversarialPrior:
         pose: str = "free",
         view_area: float = 0.9,
         log: Callable[[str], None] = print,
+        bank: torch.Tensor | None = None,
     ) -> None:
         if pose not in PRIOR_POSES:
             raise ValueError(f"pose must be one of {', '.join(PRIOR_POSES)}, not {pose!r}")
-        self.bank = load_prior(spec, size, count=count, seed=seed, pose=pose).to(device)
+        if bank is None:
+            bank = load_prior(spec, size, count=count, seed=seed, pose=pose)
+        self.bank = bank.to(device)
         log(f"shape prior: {describe_prior(spec, used=self.bank)}, pose {pose}")
         share = float(self.bank.float().mean((1, 2, 3)).median())
         if share > 0.5:
