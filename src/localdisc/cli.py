@@ -962,6 +962,9 @@ def shape_guided_train(
         16, help="Channels of the first VGG block (16: published); with --from, the run's."
     ),
     prior_weight: float = typer.Option(1.0, help="Weight of the adversarial shape term."),
+    lr: float = typer.Option(
+        1e-3, help="Adam learning rate (halved every 10 000 steps within each stage)."
+    ),
     prior_count: int = typer.Option(
         200, help="Masks drawn from a simulated prior (segment votes with the same bank)."
     ),
@@ -995,7 +998,7 @@ def shape_guided_train(
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch, size=size,
         pool_size=pool_size, crop_scale=crop_scale, clusters=clusters, device=device, seed=seed,
         prior=prior, prior_weight=prior_weight, prior_count=prior_count, prior_pose=prior_pose,
-        init_from=str(init) if init else None, **architecture,
+        lr=lr, init_from=str(init) if init else None, **architecture,
     )  # fmt: skip
     with _on_interrupt(lambda: _resume_hint(out)):
         result = run_pretrain(config, out, resume=resume, log=_log)

@@ -92,7 +92,7 @@ def test_resume_with_a_damaged_config_json_names_it(tmp_path, pool, text):
     "limit,hint",
     [
         (3, r"The newest checkpoint is \S+step_0*2\b.*--resume"),  # written at step 2
-        (1, r"No checkpoint was written before it .*lower than 0\.001 \(pretrain --lr\)"),
+        (1, r"No checkpoint was written before it .*lower than 0\.001 \(--lr\)"),
     ],
 )
 def test_non_finite_losses_stop_the_run_after_the_limit(tmp_path, pool, monkeypatch, limit, hint):

@@ -336,12 +336,13 @@ def test_cli_trains_a_small_network_at_the_scale_it_is_given(tmp_path):
         "shape-guided", "train", "--data", "synthetic_fundus:2", "--prior", "simulated:vessels",
         "--out", str(out), "--stage1-steps", "1", "--stage2-steps", "1", "--size", "32",
         "--pool-size", "48", "--crop-scale", "0.5", "1.0", "--depth", "2", "--width", "8",
-        "--batch", "1", "--device", "cpu", "--prior-count", "12",
+        "--batch", "1", "--device", "cpu", "--prior-count", "12", "--lr", "0.0005",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())["pretrain"]
     assert config["pool_size"] == 48 and config["crop_scale"] == [0.5, 1.0]
     assert config["prior_count"] == 12
+    assert config["lr"] == 0.0005  # a diverged run is told to lower --lr, which it lacked
     model = LDModel.from_pretrained(out)
     assert (model.config.depth, model.config.width) == (2, 8)
 

@@ -678,12 +678,12 @@ def _diverged_hint(checkpoint_dir: Path, config: PretrainConfig) -> str:
     if not saved:
         return (
             f"No checkpoint was written before it (one every {config.checkpoint_every} steps): "
-            f"start over with a learning rate lower than {config.lr:g} (pretrain --lr)."
+            f"start over with a learning rate lower than {config.lr:g} (--lr)."
         )
     return (
         f"The newest checkpoint is {saved[-1]} (--resume continues from it; it is refused if "
         f"its weights are already non-finite), or start over with a learning rate lower than "
-        f"{config.lr:g} (pretrain --lr)."
+        f"{config.lr:g} (--lr)."
     )
 
 
