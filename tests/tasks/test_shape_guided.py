@@ -239,6 +239,34 @@ def test_refinement_trains_on_pseudo_labels(run):
     assert any(not torch.equal(v, network.encoder.state_dict()[k]) for k, v in encoder.items())
 
 
+def test_the_refinement_sees_a_fundus_image_in_the_box_segment_gave_ld(run, monkeypatch):
+    # After segment() took the ROI box, the refinement (LD's encoder) was still fed the whole
+    # frame squashed to a square: a retina 3 times as wide in its frame at 0.35 of its width
+    # (reviewer).
+    import localdisc.tasks.shape_guided as shape_guided
+
+    model = LDModel.from_pretrained(run)
+    wide = np.zeros((48, 144, 3), np.float32)
+    wide[:, 48:96] = synthetic_fundus(48, seed=1).image
+    maps = [segment(model, wide, size=48)]
+    fitted = {}
+    real = shape_guided.fit_pseudo_labels
+
+    def fit(model, x, y, **kwargs):
+        fitted["x"] = x
+        return real(model, x, y, **kwargs)
+
+    monkeypatch.setattr(shape_guided, "fit_pseudo_labels", fit)
+    network = refine(run, [wide], maps, RefineConfig(steps=1, size=32, device="cpu"),
+                     log=lambda m: None)  # fmt: skip
+    y0, y1, x0, x1 = shape_guided.seen_box(wide, "fundus")
+    assert x1 - x0 <= 48 + 2 * 16  # the retina's box (16 px of margin), not the frame
+    expected = resize_image(wide[y0:y1, x0:x1], 32).transpose(2, 0, 1)
+    assert np.allclose(fitted["x"][0].numpy(), expected)
+    prob = refined_probability(network, wide, maps[0].fov)
+    assert prob.shape == (48, 144) and not prob[:, :x0].any() and not prob[:, x1:].any()
+
+
 def test_the_refinement_s_batch_norm_recalibration_is_logged(run):
     """The batch-norm recalibration after the last refinement step, a pass over every image,
     said nothing."""
@@ -398,11 +426,19 @@ def test_segment_holds_outputs_to_an_organ_prior_topology(tmp_path, monkeypatch,
     vessels, log = a_mask(run, tmp_path / "tree")
     assert (vessels == (prob > 0.5)).all() and "topology" not in log
     # An ensemble of a heart run and a vessel run would hold A to no one prior: refused, each
-    # run's topology read plainly (it printed PriorTopology(components=1, holes=False)).
+    # run's topology read plainly (it printed PriorTopology(components=1, holes=False)). The
+    # vessel run as an X-ray one: runs of two modalities are refused before (their own test).
+    import shutil
+
+    tree = tmp_path / "tree_run"
+    shutil.copytree(run, tree)
+    record = json.loads((tree / "config.json").read_text())
+    record["model"]["modality"] = "xray"
+    (tree / "config.json").write_text(json.dumps(record))
     with pytest.raises(LocaldiscError, match="different topologies") as refused:
-        a_mask([heart, run], tmp_path / "mixed")
+        a_mask([heart, tree], tmp_path / "mixed")
     message = str(refused.value)
-    assert f"{heart}: 1 piece, no holes; {run}: none held (no organ prior)" in message
+    assert f"{heart}: 1 piece, no holes; {tree}: none held (no organ prior)" in message
     assert "PriorTopology" not in message and "--no-topology" in message
 
 

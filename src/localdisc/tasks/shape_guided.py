@@ -151,6 +151,15 @@ def _fov(image: np.ndarray, fov: np.ndarray | None, modality: str) -> np.ndarray
     return fov.astype(bool)
 
 
+def seen_box(image: np.ndarray, modality: str) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the part of ``image`` that LD and the refinement see, resized to
+    their size: a fundus image's ROI box, as the pool holds it (data/pool.py), else the whole
+    image. The whole frame resized to a square squashed a retina in a wide black frame (a 3:2
+    photograph whose disc spans its height) to 2/3 across, unlike pre-training's views of it."""
+    h, w = image.shape[:2]
+    return roi_box(image) if modality == "fundus" else (0, h, 0, w)
+
+
 @torch.no_grad()
 def segment(
     model: LDModel,
@@ -177,10 +186,7 @@ def segment(
     image = as_raw_image(image)  # uint8 too: resize_image would make it float 0 to 255
     fov = _fov(image, fov, model.config.modality)
     h, w = image.shape[:2]
-    # A fundus image as the pool holds it (data/pool.py): its ROI box, then resized. The whole
-    # frame resized to a square squashed a retina in a wide black frame (a 3:2 photograph whose
-    # disc spans its height) to 2/3 across, unlike pre-training's views of it.
-    y0, y1, x0, x1 = roi_box(image) if model.config.modality == "fundus" else (0, h, 0, w)
+    y0, y1, x0, x1 = seen_box(image, model.config.modality)
     crop = image[y0:y1, x0:x1]
     x = resize_image(crop, size) if size else crop
     v, a = model.embed_and_cluster(x)  # [D, h', w'], [K, h', w']
@@ -933,11 +939,15 @@ def refine(
     rotation = rotation if config.rotation is None else config.rotation
     flips = flips if config.flips is None else config.flips
     images = [_refine_input(im, modality, config.stretch_contrast) for im in images]
-    x = torch.from_numpy(np.stack([resize_image(im, config.size) for im in images]))
+    boxes = [seen_box(im, modality) for im in images]  # as segment() gave LD the images
+    x = torch.from_numpy(
+        np.stack([resize_image(im[y0:y1, x0:x1], config.size) for im, (y0, y1, x0, x1) in
+                  zip(images, boxes, strict=True)])
+    )  # fmt: skip
     x = x.permute(0, 3, 1, 2).contiguous()
     targets = []
-    for m in maps:
-        label, weight = m.pseudo_label()
+    for m, (y0, y1, x0, x1) in zip(maps, boxes, strict=True):
+        label, weight = (a[y0:y1, x0:x1] for a in m.pseudo_label())
         targets.append([resize_mask(label, config.size), resize_image(weight, config.size)])
     y = torch.from_numpy(np.asarray(targets, dtype=np.float32))  # [N, 2, S, S]
     fit_pseudo_labels(model, x, y, steps=config.steps, batch=config.batch, lr=config.lr,
@@ -990,7 +1000,11 @@ def refined_probability(
     ``stretch`` must be what the network was trained with (``RefineConfig.stretch_contrast``).
     """
     image = _refine_input(image, model.config.modality, stretch)
-    x = torch.from_numpy(resize_image(image, model.config.size)).permute(2, 0, 1)[None]
+    y0, y1, x0, x1 = seen_box(image, model.config.modality)  # as refine() trained on it
+    crop = image[y0:y1, x0:x1]
+    x = torch.from_numpy(resize_image(crop, model.config.size)).permute(2, 0, 1)[None]
     prob = predict_batch(model, x, 1)
-    prob = F.interpolate(prob, size=image.shape[:2], mode="bilinear", align_corners=False)
-    return prob[0, 0].clamp(0, 1).numpy() * fov
+    prob = F.interpolate(prob, size=crop.shape[:2], mode="bilinear", align_corners=False)
+    full = np.zeros(image.shape[:2], np.float32)  # outside the box: no target
+    full[y0:y1, x0:x1] = prob[0, 0].clamp(0, 1).numpy()
+    return full * fov
