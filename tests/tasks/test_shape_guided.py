@@ -465,7 +465,7 @@ def test_segment_with_several_runs_writes_each_and_their_mean(tmp_path, monkeypa
     assert {p.name for p in written} == {"eye_A_mask.png", "eye_B_mask.png"}
 
     def read(path):
-        return np.asarray(Image.open(path)).astype(np.float32) / 255
+        return np.asarray(Image.open(path)).astype(np.float32) / 65535  # 16-bit maps
 
     first, second = read(out / "run-0" / "eye_A_prob.png"), read(out / "run-1" / "eye_A_prob.png")
     assert first[0, 0] == pytest.approx(0.9, abs=1 / 255) and second[0, 31] == pytest.approx(
@@ -475,7 +475,7 @@ def test_segment_with_several_runs_writes_each_and_their_mean(tmp_path, monkeypa
     assert np.abs(mean - (first + second) / 2).max() <= 1 / 255
     # Only the top left, where both find it (mean 0.8), passes 0.5; where one run alone finds it
     # (0.45, 0.35) does not.
-    assert (read(out / "eye_A_mask.png") > 0.5).sum() == 16 * 16
+    assert (np.asarray(Image.open(out / "eye_A_mask.png")) > 127).sum() == 16 * 16  # 8-bit 0/255
     assert (out / "eye_uncertainty.png").is_file()
 
 
@@ -742,7 +742,7 @@ def test_ensemble_uncertainty_is_zero_outside_the_fov(tmp_path, monkeypatch):
         segment_images(runs, [tmp_path / "eye.png"], out, device="cpu", log=lambda m: None)
         uncertainty = np.asarray(Image.open(out / "eye_uncertainty.png"))
         assert not uncertainty[~fov].any(), out.name
-        assert uncertainty[fov].mean() > 50
+        assert uncertainty[fov].mean() > 50 / 255 * 65535  # 16 bits
 
 
 def test_a_stopped_ensemble_goes_on_from_the_run_it_stopped_in(tmp_path, monkeypatch, run):

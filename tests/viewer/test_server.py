@@ -247,7 +247,7 @@ def test_segmentation_overlay_and_download(setup):
     status, headers, body = get(setup, "/api/segmentation/2/prob.png")
     assert status == 200 and 'filename="eye2_prob.png"' in headers["Content-Disposition"]
     prob = png(body)
-    assert prob.size == (80, 96) and prob.mode == "L"  # the file's own size
+    assert prob.size == (80, 96) and prob.mode == "I;16"  # the file's own size, predict's 16 bits
 
 
 def test_unknown_ids_are_404_and_bad_values_400(setup):

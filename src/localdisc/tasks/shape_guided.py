@@ -388,7 +388,7 @@ def segment_images(
     pseudo-labels of all the given images. Returns the masks' paths
     (:class:`~localdisc.tasks.predict.Written`, with what was skipped and scored).
 
-    The uncertainty is ``1 - weight`` of :meth:`ShapeGuidedMaps.pseudo_label` (x 255), whose
+    The uncertainty is ``1 - weight`` of :meth:`ShapeGuidedMaps.pseudo_label` (16 bits), whose
     pseudo-labels are A's and B's, with the prior's votes when it keeps its pose
     (:func:`run_prior_masks`, :func:`atlas_votes`; A and B then first moved sideways as one:
     :func:`segment_all`). With ``topology`` and an organ prior

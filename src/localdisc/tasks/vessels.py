@@ -140,7 +140,7 @@ def segment_vessels_self_trained(
     exceeds ``max_size`` are shrunk to it first (the filter's scales are those of DRIVE- and
     STARE-sized photographs, 565-700 pixels wide).
 
-    Writes, per image at its own size, ``NAME_prob.png`` (probability x 255, the mean over the
+    Writes, per image at its own size, ``NAME_prob.png`` (probability in 16 bits, the mean over the
     four flips) and ``NAME_mask.png`` (0/255, probability >= 0.5 without the pieces smaller than
     ``speck_area`` of the FOV: :func:`remove_specks`); the network (``model.safetensors`` +
     ``config.json``, which ``localdisc predict --model OUT_DIR`` takes for further images, as

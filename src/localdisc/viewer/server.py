@@ -50,6 +50,7 @@ from PIL import Image
 from localdisc.data.io import ImageMeta, dim_note, orientation_note, read_image
 from localdisc.data.preprocess import resize_image
 from localdisc.errors import LocaldiscError
+from localdisc.tasks.predict import prob_png
 from localdisc.tasks.similarity import (
     Framing,
     LoadedModel,
@@ -220,7 +221,7 @@ def check_cache_mb(cache_mb: float) -> None:
 
 
 def png_bytes(array: np.ndarray) -> bytes:
-    """``uint8`` H x W (x 3/4) array -> PNG file content."""
+    """``uint8`` H x W (x 3/4) or ``uint16`` H x W array -> PNG file content."""
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
@@ -783,13 +784,13 @@ class Viewer:
         return png_bytes(rgba)
 
     def segmentation_download(self, image_id: int) -> bytes:
-        """Probability x 255 at the file's own size, as ``localdisc predict`` writes it."""
+        """The probability map at the file's own size, as ``localdisc predict`` writes it."""
         entry = self.entry(image_id)
         prob = self.segmentation(image_id)
         w, h = entry.original
         if prob.shape != (h, w):
             prob = resize_image(prob, (h, w), method="bilinear")
-        return png_bytes(np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8))
+        return png_bytes(prob_png(prob))
 
     # --- JSON --------------------------------------------------------------------------------
     def info(self) -> dict:
