@@ -661,8 +661,9 @@ def predict(
         None,
         "--masks",
         help="A folder of true masks named as the images (as the folder data set matches them): "
-        "score the outputs against them into OUT/metrics.json, as `finetune` does; images "
-        "without one are named and not scored.",
+        "score the outputs against them into OUT/metrics.json, as `finetune` does, inside the "
+        "--fov-masks (else a FOV found in each fundus image); images without one are named "
+        "and not scored.",
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     skip_bad: bool = typer.Option(

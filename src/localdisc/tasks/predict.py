@@ -423,8 +423,10 @@ def predict_images(
                 peaks.append((name, float(image.max())))
                 prob_small, prob = model.predict_maps(image)
                 if fovs is not None:
-                    prob *= read_fov_mask(fovs[i], image.shape[:2], path)
-                    prob_small = None  # not held to the FOV: the paper's Dice from `prob`
+                    fov_mask = read_fov_mask(fovs[i], image.shape[:2], path)
+                    prob *= fov_mask
+                    if prob_small is not None:  # the paper's Dice from it, as finetune's
+                        prob_small = prob_small * resize_mask(fov_mask > 0, prob_small.shape)
                 write_png(out_dir / f"{name}_prob.png", prob_png(prob))
                 written.append(write_png(out_dir / f"{name}_mask.png", mask_png(prob, threshold)))
                 if targets is not None and name in targets:
