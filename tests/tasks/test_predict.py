@@ -765,17 +765,24 @@ def test_probability_maps_are_written_in_16_bits_that_keep_small_values_apart(tm
     assert auc_roc(back, target, fov) == auc_roc(prob, target, fov)
 
 
-def test_predict_with_fov_masks_takes_the_paper_dice_from_the_models_map_as_finetune(tmp_path):
+def test_predict_with_fov_masks_takes_the_paper_dice_from_the_models_map_as_finetune(
+    tmp_path, monkeypatch
+):
     # With --fov-masks the paper's Dice came from the full-size mask shrunk back to the model's
-    # size, not from the model's own map as finetune's (0.71 against 0.74; reviewer).
+    # size, not from the model's own map as finetune's (0.71 against 0.74; reviewer). The two
+    # maps are made to differ here, so that the Dice says which one it was computed from.
     from localdisc.data.preprocess import resize_mask
     from localdisc.eval.metrics import dice_score
 
     Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
-    model = Segmenter.from_pretrained(tmp_path / "model")
+    own = np.full((32, 32), 0.9, np.float32)  # at the model's size: all foreground
+
+    def maps(self, image):  # at the image's size: all background
+        return own, np.full(image.shape[:2], 0.1, np.float32)
+
+    monkeypatch.setattr(Segmenter, "predict_maps", maps)
     rng = np.random.default_rng(1)
-    image = rng.integers(0, 255, (40, 48, 3), np.uint8)
-    save(tmp_path / "in" / "a.png", image)
+    save(tmp_path / "in" / "a.png", rng.integers(0, 255, (40, 48, 3), np.uint8))
     fov = np.zeros((40, 48), np.uint8)
     fov[4:36, 6:42] = 255
     save(tmp_path / "fov" / "a.png", fov)
@@ -785,7 +792,6 @@ def test_predict_with_fov_masks_takes_the_paper_dice_from_the_models_map_as_fine
                    fov_masks=tmp_path / "fov", masks=tmp_path / "truth",
                    log=lambda m: None)  # fmt: skip
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    dice = metrics["per_image"][0]["dice"]
-    prob_small, _ = model.predict_maps(image.astype(np.float32) / 255)
-    held = prob_small * resize_mask(fov > 0, prob_small.shape)
-    assert dice == pytest.approx(dice_score(held, resize_mask(target, 32), 0.5), abs=1e-6)
+    held = own * resize_mask(fov > 0, (32, 32))
+    expected = dice_score(held, resize_mask(target, 32), 0.5)
+    assert expected > 0.3 and metrics["per_image"][0]["dice"] == pytest.approx(expected, abs=1e-6)
