@@ -1037,3 +1037,21 @@ def test_a_run_of_other_init_weights_under_the_same_path_is_not_reused(tmp_path,
     logged.clear()
     run_transfer(config, out, log=logged.append)
     assert logged[0].startswith("reusing")
+
+
+def test_a_mask_of_another_size_stops_the_fine_tuning_before_it_trains(tmp_path, monkeypatch):
+    # The mask of an image read only after training (batch-norm recalibration, a test image)
+    # stopped the run after every epoch had run (reviewer). The headers are checked first.
+    import localdisc.tasks.transfer as transfer
+    from helpers import own_folder, save
+
+    data = own_folder(tmp_path / "own", n=6)
+    save(data / "masks" / "case1.png", np.zeros((40, 48), np.uint8))  # read after training
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before the masks were checked")
+
+    monkeypatch.setattr(transfer, "finetune", trained)
+    message = f"{data / 'masks' / 'case1.png'}: mask is 40x48 but its image case1.png is 48x48"
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        run_transfer(tiny(str(data)), tmp_path / "out", log=lambda m: None)

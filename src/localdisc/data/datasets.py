@@ -32,7 +32,13 @@ from typing import Any, ClassVar, NamedTuple, overload
 
 import numpy as np
 
-from localdisc.data.io import IMAGE_SUFFIXES, is_image_file, read_image, read_mask
+from localdisc.data.io import (
+    IMAGE_SUFFIXES,
+    is_image_file,
+    read_image,
+    read_image_meta,
+    read_mask,
+)
 from localdisc.data.preprocess import fov_from_image, resize_mask, to_modality_channels
 from localdisc.errors import DatasetError, ImageReadError, LocaldiscError, ReaderSetupError
 
@@ -289,6 +295,32 @@ class SegmentationDataset(Sequence[Sample]):
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
             f"n={len(self)}, targets={self.targets})"
         )
+
+    def check_mask_sizes(self) -> None:
+        """Raise :class:`DatasetError`, as :meth:`load` would, for a mask or FOV file whose size
+        (read from its header) is not its image's: a fine-tuning reads some masks only after
+        training (batch-norm recalibration, the test images), where a wrong one stopped it.
+        Sets that resize their masks (SCR) and generated ones are not checked; a header that
+        cannot be read is left to :meth:`load`, which names the problem."""
+        if self.resize_masks:
+            return
+        for item in self.items:
+            paths = {p for files in item.masks.values() for p in files} | (
+                {item.fov} if item.fov is not None else set()
+            )
+            if item.seed is not None or not paths:
+                continue
+            try:
+                image = read_image_meta(item.image)
+                masks = [(path, read_image_meta(path)) for path in sorted(paths)]
+            except LocaldiscError:
+                continue
+            for path, mask in masks:
+                if (mask.height, mask.width) != (image.height, image.width):
+                    raise DatasetError(
+                        f"{path}: mask is {mask.height}x{mask.width} but its image "
+                        f"{item.image.name} is {image.height}x{image.width}"
+                    )
 
     def _fit(self, mask: np.ndarray, shape: tuple[int, int], path: Path, image: Path) -> np.ndarray:
         if mask.shape == shape:

@@ -668,6 +668,8 @@ def run_transfer(
             f"{config.test_fraction:g} is only for a set without one (a folder); leave it out"
         )
     sets = [train_set] if test is None else [train_set, test]
+    for dataset in sets:  # from the headers: a wrong mask stopped the run after training
+        dataset.check_mask_sizes()
     total = sum(len(s) for s in sets)
     skips = SkippedImages(config.skip_bad, log, total)
     known = unreadable.get(config.dataset) if unreadable is not None else None
