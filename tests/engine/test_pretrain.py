@@ -88,6 +88,43 @@ def test_resume_with_a_damaged_config_json_names_it(tmp_path, pool, text):
         pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True)
 
 
+@pytest.mark.parametrize("field,value", [("stage1_steps", "3"), ("batch", None), ("data", 5)])
+def test_resume_with_settings_of_the_wrong_type_names_config_json(tmp_path, pool, field, value):
+    # A bare TypeError traceback (reviewer).
+    pretrain(tiny_pretrain_config(), tmp_path, pool=pool, stop_at_step=1, log=lambda m: None)
+    record = json.loads((tmp_path / "config.json").read_text())
+    record["pretrain"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"config\.json: cannot read this run's settings"):
+        pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True, log=lambda m: None)
+
+
+@pytest.mark.parametrize("damage", [b"Step,stage\n1,1\n", b"step,stage\n\xff,1\n", b"x"])
+def test_resume_with_a_damaged_log_csv_names_it(tmp_path, pool, damage):
+    # KeyError, UnicodeDecodeError or csv's ValueError, naming no file (reviewer).
+    pretrain(tiny_pretrain_config(), tmp_path, pool=pool, stop_at_step=2, log=lambda m: None)
+    if damage == b"x":  # a row of more fields than the header
+        damage = (tmp_path / "log.csv").read_bytes() + b"1,1" + b",9" * 30 + b"\n"
+    (tmp_path / "log.csv").write_bytes(damage)
+    if damage.startswith(b"step,stage,lr"):  # the extra row is left out, the others kept
+        pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True, log=lambda m: None)
+        return
+    with pytest.raises(CheckpointError, match=r"log\.csv: damaged"):
+        pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True, log=lambda m: None)
+
+
+def test_resume_of_a_finished_run_without_its_checkpoints_is_refused(tmp_path, pool):
+    # It trained again from step 0 over the finished run's log and weights (reviewer).
+    import shutil
+
+    pretrain(tiny_pretrain_config(), tmp_path, pool=pool, log=lambda m: None)
+    shutil.rmtree(tmp_path / "checkpoints")
+    before = (tmp_path / "log.csv").read_text()
+    with pytest.raises(CheckpointError, match="but no checkpoint .*nothing to resume"):
+        pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True, log=lambda m: None)
+    assert (tmp_path / "log.csv").read_text() == before
+
+
 @pytest.mark.parametrize(
     "limit,hint",
     [

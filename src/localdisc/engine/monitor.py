@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.errors import CheckpointError
 from localdisc.models.ld import LDModel
 
 if TYPE_CHECKING:
@@ -39,14 +40,22 @@ class TrainingLog:
         if path.exists() and resume_step > 0:
             # Keep only rows up to the checkpoint being resumed: later ones will be redone.
             # A run killed mid-write can leave a partial last row: keep whole rows only.
-            with open(path, newline="") as f:
-                rows = [
-                    r
-                    for r in csv.DictReader(f)
-                    if None not in r.values()
-                    and r["step"].isdigit()
-                    and int(r["step"]) <= resume_step
-                ]
+            try:
+                with open(path, newline="") as f:
+                    rows = [
+                        r
+                        for r in csv.DictReader(f)
+                        if None not in r.values()
+                        and None not in r  # a row of more fields than the header
+                        and r["step"].isdigit()
+                        and int(r["step"]) <= resume_step
+                    ]
+            except (UnicodeDecodeError, csv.Error, KeyError) as exc:  # a traceback, no file named
+                raise CheckpointError(
+                    f"{path}: damaged ({type(exc).__name__}: {exc}), so the resume cannot keep "
+                    "its rows; restore it, or delete it to resume with a log of the rows from "
+                    "here on (the checkpoints are not affected)"
+                ) from exc
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, self.COLUMNS)
         writer.writeheader()

@@ -414,7 +414,14 @@ def _saved_config(
     saved = dict((record or _run_record(run_dir))["pretrain"])
     saved.setdefault("sampler", "replacement")  # saved before it was a setting: drawn so
     saved.update({k: getattr(given, k) for k in RUNTIME_FIELDS})
-    return PretrainConfig.from_dict(saved)
+    try:
+        return PretrainConfig.from_dict(saved)
+    except (TypeError, ValueError, LocaldiscError) as exc:  # "3" for 3, null for a number
+        path = Path(run_dir) / "config.json"
+        raise CheckpointError(
+            f"{path}: cannot read this run's settings ({type(exc).__name__}: {exc}); the file is "
+            "damaged: restore it, or start the run again in a new --out"
+        ) from exc
 
 
 #: The fields of :class:`PretrainConfig` that hold paths, and how each is made absolute.
@@ -829,6 +836,13 @@ def pretrain(
         refuse_diverged(run_dir / "checkpoints", *loaded, ("model", "objective", "discriminator"),
                         "start over in another --out (a lower learning rate may keep it from "
                         "diverging)")  # fmt: skip
+    finals = [name for name in FINAL_WEIGHTS if (run_dir / name).is_file()]
+    if resume and loaded is None and finals:  # it retrained over a finished run's outputs
+        raise CheckpointError(
+            f"{run_dir}: holds a finished run's {' and '.join(finals)} but no checkpoint "
+            f"(checkpoints/ deleted?): nothing to resume. Its weights are there to use; to "
+            "train again, choose another --out (nothing was changed)"
+        )
     if resume and loaded is None:  # stopped before its first checkpoint: nothing to keep
         log(f"{run_dir}: no checkpoint yet, starting from step 0")
     torch.manual_seed(config.seed)  # identical initial weights on every rank
