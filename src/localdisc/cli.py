@@ -984,16 +984,20 @@ def shape_guided_train(
     from localdisc.engine.pretrain import pretrain as run_pretrain
 
     architecture = {"modality": modality, "depth": depth, "width": width}
+    # A resumed run's checkpoint holds every weight, and its config.json the network: the
+    # --from run is not read then, and may be gone (it was refused).
+    resuming = resume and (out / "config.json").is_file()
     if init:  # the architecture of the run it starts from
         from localdisc.models.ld import BACKBONE_FIELDS, LDConfig
 
-        source = LDConfig.from_run(init)
+        source = LDConfig.from_run(out if resuming else init)
         architecture = {k: getattr(source, k) for k in BACKBONE_FIELDS}
         # The log said nothing of it: which weights, that stage 1 is skipped, and that the
         # network is the run's whatever --modality, --depth or --width said.
         taken = ", ".join(f"{k} {v}" for k, v in architecture.items())
-        _log(f"stage 2 from the weights of {init} (stage 1 skipped); the network is "
-             f"that run's: {taken}")  # fmt: skip
+        if not resuming:
+            _log(f"stage 2 from the weights of {init} (stage 1 skipped); the network is "
+                 f"that run's: {taken}")  # fmt: skip
     config = PretrainConfig(
         data=list(data), stage1_steps=0 if init else stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch, size=size,
