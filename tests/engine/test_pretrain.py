@@ -752,3 +752,19 @@ def test_validation_pairs_each_held_out_image_with_a_training_image(
     validation = [(x1, x2) for x1, x2 in drawn if set(x1) <= set(held_out)]
     assert sorted(i for x1, _ in validation for i in x1) == sorted(held_out * 2)  # once a stage
     assert all(set(x2) <= set(train) and len(set(x1 + x2)) == len(x1 + x2) for x1, x2 in validation)
+
+
+def test_a_run_into_a_folder_another_process_runs_in_is_refused(tmp_path, pool):
+    # Two runs in one --out mixed one's config.json with the other's weights, and each deleted
+    # the other's checkpoint mid-write (reviewer). The folder is locked for the call.
+    from localdisc.engine.checkpoint import RunFolderLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    busy = "another process is running in this folder"
+    # as another process would hold it (flock: per open file)
+    with RunFolderLock(run), pytest.raises(LocaldiscError, match=busy):
+        pretrain(tiny_pretrain_config(), run, pool=pool, log=lambda m: None)
+    assert list(run.iterdir()) == []
+    pretrain(tiny_pretrain_config(), run, pool=pool, log=lambda m: None)  # free: it runs
+    pretrain(tiny_pretrain_config(), run, pool=pool, resume=True, log=lambda m: None)  # released

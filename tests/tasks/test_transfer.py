@@ -1055,3 +1055,17 @@ def test_a_mask_of_another_size_stops_the_fine_tuning_before_it_trains(tmp_path,
     message = f"{data / 'masks' / 'case1.png'}: mask is 40x48 but its image case1.png is 48x48"
     with pytest.raises(DatasetError, match=re.escape(message)):
         run_transfer(tiny(str(data)), tmp_path / "out", log=lambda m: None)
+
+
+def test_a_fine_tuning_into_a_folder_another_process_runs_in_is_refused(tmp_path):
+    # As a pre-training's: two runs in one --out mixed their files (reviewer).
+    from localdisc.engine.checkpoint import RunFolderLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    busy = "another process is running in this folder"
+    # as another process would hold it (flock: per open file)
+    with RunFolderLock(out), pytest.raises(LocaldiscError, match=busy):
+        run_transfer(tiny("synthetic_fundus:4"), out, log=lambda m: None)
+    assert list(out.iterdir()) == []
+    run_transfer(tiny("synthetic_fundus:4"), out, log=lambda m: None)  # free: it runs

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from localdisc.errors import CheckpointError, DivergedError
+from localdisc.errors import CheckpointError, DivergedError, LocaldiscError
 
 if TYPE_CHECKING:
     from localdisc.engine.stop import GracefulStop
@@ -288,6 +288,50 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     for idx, entry in meta.get("plain", {}).items():
         state.setdefault(int(idx), {}).update(entry)
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder for one call (``with``), so that a second process
+    started into the same ``--out`` is refused: two runs there mixed one's ``config.json`` with
+    the other's weights, and each deleted the other's checkpoint while it was being written.
+
+    The folder itself is locked (``flock`` on its descriptor: no file is added to it), now if it
+    exists, else at :meth:`hold` once the caller has made it. Released when the call ends, and
+    by the system when its process does. Where ``flock`` does not exist (Windows) it does
+    nothing."""
+
+    def __init__(self, folder: str | Path, enabled: bool = True) -> None:
+        self.folder, self.enabled, self.fd = Path(folder), enabled, None
+
+    def __enter__(self) -> RunFolderLock:
+        if self.folder.is_dir():
+            self.hold()
+        return self
+
+    def hold(self) -> None:
+        """Lock the folder (made by now), unless held; refuse where another process holds it."""
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return
+        if not self.enabled or self.fd is not None:
+            return
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LocaldiscError(
+                f"{self.folder}: another process is running in this folder; wait for it to end "
+                "(then --resume continues its run), or choose another --out (nothing was "
+                "changed)"
+            ) from None
+        self.fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
 
 
 def save_checkpoint(

@@ -31,6 +31,7 @@ from localdisc.data.sampling import SAMPLERS, EpochSampler
 from localdisc.data.views import LDViews, ViewBatch, undo_view2
 from localdisc.engine import distributed
 from localdisc.engine.checkpoint import (
+    RunFolderLock,
     atomic_save_safetensors,
     atomic_write_text,
     list_checkpoints,
@@ -716,8 +717,30 @@ def pretrain(
         pool_names: the source of each image of ``pool``, which figures and ``config.json``
             name them by (default ``pool image 0`` ...; read with the pool from ``config.data``).
         stop_at_step: stop after this global step, as an interruption would (for tests).
+
+    A second process started into ``run_dir`` while this one runs is refused
+    (:class:`~localdisc.engine.checkpoint.RunFolderLock`).
     """
-    run_dir = Path(run_dir)
+    # Under torchrun the first process holds the lock for all: they share its folder.
+    first = int(os.environ.get("RANK", "0")) == 0
+    with RunFolderLock(run_dir, enabled=first) as lock:
+        return _pretrain(config, Path(run_dir), lock, resume=resume, pool=pool,
+                         pool_names=pool_names, stop_at_step=stop_at_step, log=log)  # fmt: skip
+
+
+def _pretrain(
+    config: PretrainConfig,
+    run_dir: Path,
+    lock: RunFolderLock,
+    *,
+    resume: bool,
+    pool: Tensor | None,
+    pool_names: Sequence[str] | None,
+    stop_at_step: int | None,
+    log: Callable[[str], None],
+) -> PretrainResult:
+    """:func:`pretrain`, ``lock`` held from the start where ``run_dir`` exists, else from where
+    it is made."""
     if not resume:  # before anything is written (or a process group is joined)
         refuse_used_run_dir(run_dir)
     ctx = distributed.setup(config.device)
@@ -937,6 +960,7 @@ def pretrain(
             log(f"resumed from step {step}")
     elif main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.hold()  # a second run started at once into this --out is refused here
         meta = {"pretrain": _with_absolute_paths(config), "model": asdict(model.config)}
         meta["pool"] = pool_record
         if skipped_files:

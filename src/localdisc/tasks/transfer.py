@@ -74,7 +74,7 @@ from localdisc.data.datasets import (
 from localdisc.data.io import dim_note, write_png
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.batch_norm import recalibrate_batch_norm
-from localdisc.engine.checkpoint import atomic_write_text, sha256
+from localdisc.engine.checkpoint import RunFolderLock, atomic_write_text, sha256
 from localdisc.engine.finetune import (
     RUNTIME_FIELDS,
     FinetuneConfig,
@@ -640,8 +640,24 @@ def run_transfer(
     the same data, by ``config.dataset`` (``(name, file, reason)`` as
     :attr:`SkippedImages.skipped`; a benchmark passes one dict to all its runs): a data set
     found there is not read first again, its images listed there left out without a word
-    (said by the run that found them); one not there is read as above and its finds added."""
-    out_dir = Path(out_dir)
+    (said by the run that found them); one not there is read as above and its finds added.
+
+    A second process started into ``out_dir`` while this one runs is refused
+    (:class:`~localdisc.engine.checkpoint.RunFolderLock`)."""
+    with RunFolderLock(out_dir) as lock:
+        return _run_transfer(config, Path(out_dir), lock, log, flags, unreadable)
+
+
+def _run_transfer(
+    config: TransferConfig,
+    out_dir: Path,
+    lock: RunFolderLock,
+    log: Callable[[str], None],
+    flags: dict[str, str],
+    unreadable: dict[str, list[tuple[str, Path, str]]] | None,
+) -> dict[str, Any]:
+    """:func:`run_transfer`, ``lock`` held from the start where ``out_dir`` exists, else from
+    where it is made."""
     state = _check_out_dir(out_dir, config, flags)
     if state == "finished":
         metrics_path = out_dir / "metrics.json"
@@ -688,7 +704,8 @@ def run_transfer(
             unreadable[config.dataset] = list(skips.skipped)
     try:
         return _transfer(config, out_dir, log, (train_set, test, target), skips,
-                         interrupted=interrupted, where=where, t0=t0, env=env)  # fmt: skip
+                         interrupted=interrupted, where=where, t0=t0, env=env,
+                         lock=lock)  # fmt: skip
     except ImageReadError as exc:  # an image's own error says --skip-bad skips it; a mask's not
         image = any(Path(exc.path) == item.image for s in sets for item in s.items)
         hinted = skips.hinted(Path(exc.path), exc) if image else exc
@@ -733,6 +750,7 @@ def _transfer(
     where: str | None,
     t0: float,
     env: dict[str, Any],
+    lock: RunFolderLock,
 ) -> dict[str, Any]:
     """:func:`run_transfer` once ``out_dir`` is checked and the data loaded (``data``: the
     training set, the test set or ``None``, the target; unreadable images left out where
@@ -859,6 +877,8 @@ def _transfer(
     # Written first, as the record of the run in progress (the model's config, for `predict`,
     # once model.safetensors is there): an interrupted run is recognised by its settings.
     record = json.dumps({**meta, "segmenter": asdict(model.config)}, indent=2)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock.hold()  # a second fine-tuning started at once into this --out is refused here
     atomic_write_text(out_dir / "config.json", record)
     result = finetune(
         model, train, val, config.train, pretrained=pretrained, log=log,
