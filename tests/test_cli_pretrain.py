@@ -104,3 +104,35 @@ def test_max_images_help_says_what_skip_bad_does_to_it():
     result = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "400"})
     text = " ".join(result.stdout.replace("│", " ").split())  # as wrapped at any width
     assert "With --skip-bad, the files after the first N take the places of skipped ones." in text
+
+
+def test_pretrain_takes_the_modality_of_its_data_when_not_given(tmp_path):
+    # --modality was fundus whatever --data held: a folder of radiographs was pre-trained as
+    # colour photographs, and finetune refused the run only later (reviewer).
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "cxr").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40), np.uint8)).save(
+            tmp_path / "cxr" / f"{i}.png"
+        )
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", str(tmp_path / "cxr"), "--out", str(out), "--depth", "2",
+            "--width", "8", "--pool-size", "32", *TINY]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "modality xray: that of --data (--modality chooses)" in result.output
+    assert json.loads((out / "config.json").read_text())["pretrain"]["modality"] == "xray"
+    # Data of two modalities are refused, each named.
+    from localdisc.errors import DatasetError
+
+    mixed = ["pretrain", "--data", str(tmp_path / "cxr"), "--data", "synthetic_fundus:4",
+             "--out", str(tmp_path / "mixed"), *TINY]  # fmt: skip
+    refused = CliRunner().invoke(app, mixed)
+    assert isinstance(refused.exception, DatasetError)  # the entry point prints it in one line
+    assert str(refused.exception) == (
+        f"--data holds images of two modalities ({tmp_path / 'cxr'}: xray; synthetic_fundus:4: "
+        "fundus); give --modality"
+    )

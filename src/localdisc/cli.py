@@ -400,7 +400,11 @@ def pretrain(
         "sources share, as a folder and its sub-folder, is used once).",
     ),
     out: Path = typer.Option(..., "--out", help="Run directory."),
-    modality: str = typer.Option("fundus", help="fundus (3 channels) or xray (1 channel)."),
+    modality: str | None = typer.Option(
+        None,
+        help="fundus (3 channels) or xray (1 channel); default: that of --data (a known set's, "
+        "else guessed from a folder's first images: grey ones are X-rays).",
+    ),
     method: str = typer.Option(
         "ld",
         help="ld, or a peer method on the same network: simclr, densecl, pixpro, genesis "
@@ -473,7 +477,8 @@ def pretrain(
     from localdisc.engine.pretrain import pretrain as run_pretrain
 
     config = PretrainConfig(
-        data=list(data), modality=modality, method=method, stage1_steps=stage1_steps,
+        data=list(data), modality=modality or _data_modality(data), method=method,
+        stage1_steps=stage1_steps,
         stage2_steps=stage2_steps, stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds,
         batch=batch, size=size, pool_size=pool_size, crop_scale=crop_scale, clusters=clusters,
         dim=dim, width=width, lr=lr, device=device, workers=workers, max_images=max_images,
@@ -498,6 +503,16 @@ def pretrain(
         )
 
 
+def _data_modality(data: list[str]) -> str:
+    """The modality of ``--data`` where ``--modality`` is not given, said in the log: it was
+    fundus, and a folder of radiographs was pre-trained as photographs without a word."""
+    from localdisc.data.pool import guess_pool_modality
+
+    modality = guess_pool_modality(data)
+    _log(f"modality {modality}: that of --data (--modality chooses)")
+    return modality
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("localdisc-demo"), "--out", help="Output folder."),
@@ -505,11 +520,15 @@ def demo(
     data: list[str] | None = typer.Option(
         None, "--data", help="Your own images (folder or NAME:ROOT) instead of the built-in ones."
     ),
-    modality: str = typer.Option("fundus", help="fundus or xray."),
+    modality: str | None = typer.Option(
+        None, help="fundus or xray; default: that of --data (fundus for the built-in images)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     seed: int = typer.Option(0),
 ) -> None:
     """Pre-train a small LD model and draw what it learnt (4-6 minutes on 2 CPU cores)."""
+    if modality is None:
+        modality = _data_modality(data) if data else "fundus"
     from localdisc.demo import run_demo
 
     # The demo continues its own pre-training in --out when run again (no --resume needed).

@@ -252,3 +252,12 @@ def test_an_integer_weights_file_is_of_another_dtype(tmp_path):
     loaded = Segmenter.from_pretrained(tmp_path)
     assert loaded.head.weight.dtype == torch.float32
     torch.testing.assert_close(loaded.head.weight, state["head.weight"], atol=1e-3, rtol=1e-3)
+
+
+def test_a_model_s_weight_file_given_for_its_folder_names_the_folder(tmp_path):
+    # "no config.json (not a localdisc run or model folder)" of a model folder's own weight
+    # file, beside its config.json (reviewer).
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    with pytest.raises(CheckpointError, match="a file; give the folder that holds it and its "):
+        Segmenter.from_pretrained(weights)

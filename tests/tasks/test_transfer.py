@@ -1069,3 +1069,21 @@ def test_a_fine_tuning_into_a_folder_another_process_runs_in_is_refused(tmp_path
         run_transfer(tiny("synthetic_fundus:4"), out, log=lambda m: None)
     assert list(out.iterdir()) == []
     run_transfer(tiny("synthetic_fundus:4"), out, log=lambda m: None)  # free: it runs
+
+
+def test_an_official_set_given_as_a_folder_is_told_its_name(tmp_path):
+    # A DRIVE folder without drive: read as a folder of images: "no masks; put them in a folder
+    # beside the images named masks, ..." (reviewer).
+    from helpers import save
+    from localdisc.tasks.transfer import load_task_data
+
+    for ident in ("21", "22"):
+        save(tmp_path / "DRIVE" / "training" / "images" / f"{ident}_training.tif",
+             np.zeros((24, 20, 3), np.uint8))  # fmt: skip
+        save(tmp_path / "DRIVE" / "training" / "1st_manual" / f"{ident}_manual1.gif",
+             np.zeros((24, 20), np.uint8))  # fmt: skip
+    root = tmp_path / "DRIVE"
+    with pytest.raises(
+        DatasetError, match=re.escape(f"it is laid out as drive is: give drive:{root}")
+    ):
+        load_task_data(str(root), None)

@@ -1390,20 +1390,7 @@ class FolderDataset(SegmentationDataset):
         return self._given_modality
 
     def _guess_modality(self) -> str:
-        """Grey images (one channel, or RGB with equal channels as in Kermany's JPEGs) are
-        X-rays; colour images are fundus photographs."""
-        for item in self.items[:5]:
-            try:
-                image = _read_image(item.image)
-            except LocaldiscError:
-                continue  # the bad file is reported when it is read
-            if image.shape[2] == 1:
-                return "xray"
-            if image.max() == image.min():
-                continue  # a blank RGB image (all black, say) shows no colour either way
-            spread = np.abs(image[:, :, :3] - image[:, :, :3].mean(axis=2, keepdims=True))
-            return "xray" if float(spread.mean()) < 2 / 255 else "fundus"
-        return "fundus"
+        return guess_modality([item.image for item in self.items[:5]])
 
     @classmethod
     def pool_paths(cls, root: str | Path | None) -> list[Path]:
@@ -1676,6 +1663,24 @@ def absolute_data_spec(spec: str) -> str:
     absolute = absolute_path(str(root))
     # A bare folder stays bare: "folder:" before it reads the same, but is not what was typed.
     return f"{name}:{absolute}" if spec.partition(":")[0].lower() == name else absolute
+
+
+def guess_modality(paths: Sequence[Path]) -> str:
+    """The modality of the images at ``paths`` (a folder's first few): grey images (one channel,
+    or RGB with equal channels as in Kermany's JPEGs) are X-rays, colour images fundus
+    photographs; ``"fundus"`` where none tells (unreadable or blank)."""
+    for path in paths:
+        try:
+            image = _read_image(path)
+        except LocaldiscError:
+            continue  # the bad file is reported when it is read
+        if image.shape[2] == 1:
+            return "xray"
+        if image.max() == image.min():
+            continue  # a blank RGB image (all black, say) shows no colour either way
+        spread = np.abs(image[:, :, :3] - image[:, :, :3].mean(axis=2, keepdims=True))
+        return "xray" if float(spread.mean()) < 2 / 255 else "fundus"
+    return "fundus"
 
 
 def load_data_spec(

@@ -149,6 +149,31 @@ def _source_name(path: Path, root: Path | None) -> str:
     return str(path)
 
 
+def guess_pool_modality(specs: Sequence[str]) -> str:
+    """The modality of the images ``specs`` name: a known or generated set's own, else guessed
+    from a folder's first images as ``finetune`` guesses a folder's (grey: X-ray, colour:
+    fundus; :func:`~localdisc.data.datasets.guess_modality`). Specs of two modalities are
+    refused, naming each."""
+    from localdisc.data.datasets import (
+        DATASETS,
+        guess_modality,
+        parse_data_spec,
+        pool_image_paths,
+    )
+
+    found: dict[str, str] = {}
+    for spec in specs:
+        name = parse_data_spec(spec)[0]
+        kind = DATASETS[name].default_modality if name in DATASETS else None
+        if spec.lower() == "skimage:retina":
+            kind = "fundus"
+        found[spec] = kind or guess_modality(pool_image_paths(spec)[:5])
+    if len(set(found.values())) > 1:
+        listed = "; ".join(f"{spec}: {kind}" for spec, kind in found.items())
+        raise DatasetError(f"--data holds images of two modalities ({listed}); give --modality")
+    return next(iter(found.values()))
+
+
 def resolve_pool(
     specs: Sequence[str],
     modality: str,

@@ -204,6 +204,10 @@ def read_config(folder: str | Path) -> dict:
     """``config.json`` of a run or model folder, as a dict; a clear error if it is not one."""
     folder = Path(folder)
     path = folder / "config.json"
+    if folder.is_file() and (folder.parent / "config.json").is_file():  # a weight file given
+        raise CheckpointError(
+            f"{folder}: a file; give the folder that holds it and its config.json: {folder.parent}"
+        )
     if not path.is_file():
         raise CheckpointError(f"{folder}: no config.json (not a localdisc run or model folder)")
     try:

@@ -85,8 +85,12 @@ def collect_images(
             raise LocaldiscError(f"{path}: no such file or folder")
     names = [name for name, _ in found]
     duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise LocaldiscError(f"several inputs would be written as {duplicates[0]}; rename one")
+    if duplicates:  # PACS series each holding an IM0001: named by their sub-folders below one
+        same = [str(path) for name, path in found if name == duplicates[0]]
+        raise LocaldiscError(
+            f"several inputs would be written as {duplicates[0]} ({', '.join(same[:3])}): give "
+            "the folder that holds them all (names then include their sub-folders), or rename one"
+        )
     if not found:
         raise LocaldiscError("no image files in " + ", ".join(str(p) for p in paths))
     return found

@@ -331,6 +331,19 @@ def _resolve_target(dataset: SegmentationDataset, target: str | None) -> str:
     return target
 
 
+def _known_layout(root: Path) -> str | None:
+    """The name of an official data set whose layout ``root`` has (its masks found as that set's
+    reader finds them), else ``None``: a set's folder given without ``NAME:`` reads as a folder
+    of images, whose masks are not where a folder's are."""
+    for name in ("drive", "stare", "chase_db1", "hrf", "jsrt_scr", "montgomery"):
+        try:
+            if load_data_spec(f"{name}:{root}", None).targets:
+                return name
+        except (LocaldiscError, OSError):
+            continue
+    return None
+
+
 def load_task_data(
     spec: str, target: str | None
 ) -> tuple[SegmentationDataset, SegmentationDataset | None, str]:
@@ -343,10 +356,14 @@ def load_task_data(
     splits = _splits(spec)
     train = load_data_spec(spec, "train" if "train" in splits else None)
     if name == "folder" and not train.targets:  # images alone: fine to pre-train on
-        raise DatasetError(
-            f"{train.root}: no masks; put them in a folder beside the images named "
-            f"{', '.join(FOLDER_MASK_DIRS)}, with the images' file names"
+        known = _known_layout(train.root) if train.root is not None else None
+        hint = (
+            f"; it is laid out as {known} is: give {known}:{train.root}"
+            if known
+            else f"; put them in a folder beside the images named {', '.join(FOLDER_MASK_DIRS)}, "
+            "with the images' file names"
         )
+        raise DatasetError(f"{train.root}: no masks{hint}")
     target = _resolve_target(train, target)
     test = load_data_spec(spec, "test") if "test" in splits else None
     if test is not None:
