@@ -768,3 +768,20 @@ def test_a_run_into_a_folder_another_process_runs_in_is_refused(tmp_path, pool):
     assert list(run.iterdir()) == []
     pretrain(tiny_pretrain_config(), run, pool=pool, log=lambda m: None)  # free: it runs
     pretrain(tiny_pretrain_config(), run, pool=pool, resume=True, log=lambda m: None)  # released
+
+
+def test_a_fresh_run_folder_is_locked_once_it_is_made(tmp_path, pool):
+    # The folder does not exist at the start: the lock is taken where the run makes it.
+    from localdisc.engine.checkpoint import RunFolderLock
+
+    run, tried = tmp_path / "fresh", []
+
+    def log(line: str) -> None:
+        if line.startswith("training on") and not tried:  # after config.json is written
+            try:
+                RunFolderLock(run).hold()  # another open of the folder: refused while held
+            except LocaldiscError as exc:
+                tried.append(str(exc))
+
+    pretrain(tiny_pretrain_config(), run, pool=pool, log=log)
+    assert tried and "another process is running in this folder" in tried[0]

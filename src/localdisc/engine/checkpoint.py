@@ -322,10 +322,12 @@ class RunFolderLock:
         except BlockingIOError:
             os.close(fd)
             raise LocaldiscError(
-                f"{self.folder}: another process is running in this folder; wait for it to end "
-                "(then --resume continues its run), or choose another --out (nothing was "
-                "changed)"
+                f"{self.folder}: another process is running in this folder; wait for it to "
+                "end, or choose another --out (nothing was changed)"
             ) from None
+        except OSError:  # a file system without flock (some NFS, Lustre): run unlocked
+            os.close(fd)
+            return
         self.fd = fd
 
     def __exit__(self, *exc: object) -> None:
