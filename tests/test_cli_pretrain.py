@@ -125,6 +125,18 @@ def test_pretrain_takes_the_modality_of_its_data_when_not_given(tmp_path):
     assert result.exit_code == 0, result.output
     assert "modality xray: that of --data (--modality chooses)" in result.output
     assert json.loads((out / "config.json").read_text())["pretrain"]["modality"] == "xray"
+    again = CliRunner().invoke(app, [*args, "--resume"])  # the run's own, not guessed again
+    assert again.exit_code == 0 and "that of --data" not in again.output
+    # shape-guided train takes it so too (it was fundus; reviewer)
+    sg = ["shape-guided", "train", "--data", str(tmp_path / "cxr"), "--prior", "simulated:lungs",
+          "--out", str(tmp_path / "sg"), "--stage1-steps", "1", "--stage2-steps", "1", "--size",
+          "32", "--pool-size", "32", "--depth", "2", "--width", "8", "--batch", "1", "--device",
+          "cpu", "--prior-count", "4"]  # fmt: skip
+    trained = CliRunner().invoke(app, sg)
+    assert trained.exit_code == 0, trained.output
+    assert json.loads((tmp_path / "sg" / "config.json").read_text())["pretrain"]["modality"] == (
+        "xray"
+    )
     # Data of two modalities are refused, each named.
     from localdisc.errors import DatasetError
 

@@ -477,7 +477,8 @@ def pretrain(
     from localdisc.engine.pretrain import pretrain as run_pretrain
 
     config = PretrainConfig(
-        data=list(data), modality=modality or _data_modality(data), method=method,
+        data=list(data), modality=modality or _data_modality(data, out if resume else None),
+        method=method,
         stage1_steps=stage1_steps,
         stage2_steps=stage2_steps, stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds,
         batch=batch, size=size, pool_size=pool_size, crop_scale=crop_scale, clusters=clusters,
@@ -503,13 +504,24 @@ def pretrain(
         )
 
 
-def _data_modality(data: list[str]) -> str:
-    """The modality of ``--data`` where ``--modality`` is not given, said in the log: it was
-    fundus, and a folder of radiographs was pre-trained as photographs without a word."""
-    from localdisc.data.pool import guess_pool_modality
+def _data_modality(data: list[str], out: Path | None = None) -> str:
+    """The modality of ``--data`` where ``--modality`` is not given, said in the log (it was
+    fundus, and a folder of radiographs was pre-trained as photographs without a word); a run
+    in ``out`` to resume keeps its own."""
+    import contextlib
+    import json
 
+    from localdisc.data.pool import guess_pool_modality
+    from localdisc.engine import distributed
+
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        if out is not None:
+            saved = json.loads((out / "config.json").read_text())["pretrain"]["modality"]
+            if saved in ("fundus", "xray"):
+                return saved
     modality = guess_pool_modality(data)
-    _log(f"modality {modality}: that of --data (--modality chooses)")
+    if distributed.is_main_process():  # under torchrun, said once
+        _log(f"modality {modality}: that of --data (--modality chooses)")
     return modality
 
 
@@ -959,8 +971,10 @@ def shape_guided_train(
         help="A pre-training run to start from (then stage 1 is skipped); "
         "RUN/stage1.safetensors starts from its stage-1 weights, as the method does.",
     ),
-    modality: str = typer.Option(
-        "fundus", help="fundus (3 channels) or xray (1 channel); with --from, the run's."
+    modality: str | None = typer.Option(
+        None,
+        help="fundus (3 channels) or xray (1 channel); default: that of --data, as pretrain "
+        "takes it; with --from, the run's.",
     ),
     clusters: int = typer.Option(8, help="Clusters K; cluster 0 is the target."),
     stage1_steps: int = typer.Option(2_000, help="Stage 1 steps (ignored with --from)."),
@@ -1002,10 +1016,12 @@ def shape_guided_train(
     from localdisc.engine.pretrain import PretrainConfig
     from localdisc.engine.pretrain import pretrain as run_pretrain
 
-    architecture = {"modality": modality, "depth": depth, "width": width}
     # A resumed run's checkpoint holds every weight, and its config.json the network: the
     # --from run is not read then, and may be gone (it was refused).
     resuming = resume and (out / "config.json").is_file()
+    if modality is None and not init:  # with --from, the run's (below)
+        modality = _data_modality(data, out if resume else None)
+    architecture = {"modality": modality, "depth": depth, "width": width}
     if init:  # the architecture of the run it starts from
         from localdisc.models.ld import BACKBONE_FIELDS, LDConfig
 

@@ -322,8 +322,29 @@ def test_a_known_data_set_of_the_other_modality_is_refused_before_decoding(tmp_p
     # jsrt_scr with the default --modality fundus was pre-trained as fundus (RGB, ImageNet
     # normalisation, fundus ROI crop) without a word; generated sets were refused (reviewer).
     with pytest.raises(DatasetError, match=re.escape(
-        f"jsrt_scr:{tmp_path}: jsrt_scr holds xray images, not fundus: give --modality xray"
+        f"jsrt_scr:{tmp_path}: jsrt_scr holds xray images, and this run is of fundus ones: "
+        "pre-train on it as xray (--modality xray; xray=SPEC in a benchmark's --pool)"
     )):  # fmt: skip
         resolve_pool([f"jsrt_scr:{tmp_path}"], "fundus", 8, log=lambda m: None)
-    with pytest.raises(DatasetError, match="drive holds fundus images, not xray"):
+    with pytest.raises(DatasetError, match="drive holds fundus images, and this run is of xray"):
         resolve_pool([f"drive:{tmp_path}"], "xray", 8, log=lambda m: None)
+
+
+def test_data_whose_first_images_tell_no_modality_are_refused_not_called_fundus(tmp_path: Path):
+    # Blank or unreadable first images said "fundus" (reviewer): now the guess reads on (up to
+    # 50 images) and, where none tells, asks for --modality.
+    from localdisc.data.pool import guess_pool_modality
+
+    folder = tmp_path / "scans"
+    for i in range(6):
+        save_rgb = np.zeros((16, 16, 3), np.uint8)
+        Image.fromarray(save_rgb).save(_mkdir(folder) / f"{i:02d}_blank.png")
+    with pytest.raises(DatasetError, match="blank or unreadable, which tells no modality"):
+        guess_pool_modality([str(folder)])
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(folder / "07_grey.png")
+    assert guess_pool_modality([str(folder)]) == "xray"  # found after six blank ones
+
+
+def _mkdir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

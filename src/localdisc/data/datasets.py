@@ -1390,7 +1390,7 @@ class FolderDataset(SegmentationDataset):
         return self._given_modality
 
     def _guess_modality(self) -> str:
-        return guess_modality([item.image for item in self.items[:5]])
+        return guess_modality([item.image for item in self.items[:5]]) or "fundus"
 
     @classmethod
     def pool_paths(cls, root: str | Path | None) -> list[Path]:
@@ -1665,10 +1665,10 @@ def absolute_data_spec(spec: str) -> str:
     return f"{name}:{absolute}" if spec.partition(":")[0].lower() == name else absolute
 
 
-def guess_modality(paths: Sequence[Path]) -> str:
+def guess_modality(paths: Sequence[Path]) -> str | None:
     """The modality of the images at ``paths`` (a folder's first few): grey images (one channel,
     or RGB with equal channels as in Kermany's JPEGs) are X-rays, colour images fundus
-    photographs; ``"fundus"`` where none tells (unreadable or blank)."""
+    photographs; ``None`` where none tells (unreadable or blank)."""
     for path in paths:
         try:
             image = _read_image(path)
@@ -1680,7 +1680,7 @@ def guess_modality(paths: Sequence[Path]) -> str:
             continue  # a blank RGB image (all black, say) shows no colour either way
         spread = np.abs(image[:, :, :3] - image[:, :, :3].mean(axis=2, keepdims=True))
         return "xray" if float(spread.mean()) < 2 / 255 else "fundus"
-    return "fundus"
+    return None
 
 
 def load_data_spec(

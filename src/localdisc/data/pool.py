@@ -167,7 +167,14 @@ def guess_pool_modality(specs: Sequence[str]) -> str:
         kind = DATASETS[name].default_modality if name in DATASETS else None
         if spec.lower() == "skimage:retina":
             kind = "fundus"
-        found[spec] = kind or guess_modality(pool_image_paths(spec)[:5])
+        # up to 50 images: blank or unreadable ones tell nothing (it said fundus for them)
+        kind = kind or guess_modality(pool_image_paths(spec)[:50])
+        if kind is None:
+            raise DatasetError(
+                f"{spec}: its first images are blank or unreadable, which tells no modality; "
+                "give --modality"
+            )
+        found[spec] = kind
     if len(set(found.values())) > 1:
         listed = "; ".join(f"{spec}: {kind}" for spec, kind in found.items())
         raise DatasetError(f"--data holds images of two modalities ({listed}); give --modality")
@@ -294,7 +301,9 @@ def resolve_pool(
             kind = DATASETS[known].default_modality if known in DATASETS else None
             if kind not in (None, modality):  # jsrt_scr was trained as fundus without a word
                 raise DatasetError(
-                    f"{spec}: {known} holds {kind} images, not {modality}: give --modality {kind}"
+                    f"{spec}: {known} holds {kind} images, and this run is of {modality} ones: "
+                    f"pre-train on it as {kind} (--modality {kind}; {kind}=SPEC in a benchmark's "
+                    "--pool)"
                 )
             listed = pool_image_paths(spec)  # listed even when none fits: checks the spec
             fresh: dict[Path, Path] = {}  # resolved -> as listed, for files not in the pool
@@ -367,7 +376,8 @@ def resolve_pool(
             n for n, r in zip(path_names, results, strict=True) if isinstance(r, np.ndarray)
         )
         path_names = [
-            str(path) if counts[n] > 1 else n for n, path in zip(path_names, paths, strict=True)
+            path.resolve().as_posix() if counts[n] > 1 else n
+            for n, path in zip(path_names, paths, strict=True)
         ]
     skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
     tensors: list[torch.Tensor] = []
