@@ -21,10 +21,19 @@ def test_collect_images_names_outputs_uniquely(tmp_path):
     single = save(tmp_path / "y.jpg", rgb)
     found = collect_images([tmp_path / "a", single])
     assert [name for name, _ in found] == ["sub_x", "x", "y"]  # sorted by path
-    # The two files are named, and the fix for PACS series of one name (reviewer).
-    same = f"{tmp_path / 'a' / 'x.png'}, {tmp_path / 'a' / 'x.png'}"
-    with pytest.raises(LocaldiscError, match=re.escape(f"would be written as x ({same}): give")):
-        collect_images([tmp_path / "a" / "x.png", tmp_path / "a"])
+    # The files are named, and what to do: a file given twice, two suffixes of one name in one
+    # folder, or PACS series of one name in several folders (reviewer).
+    x = tmp_path / "a" / "x.png"
+    with pytest.raises(LocaldiscError, match=re.escape(f"as x ({x}): a file given twice")):
+        collect_images([x, tmp_path / "a"])
+    save(tmp_path / "b" / "x.jpg", rgb)
+    save(tmp_path / "b" / "x.png", rgb)
+    with pytest.raises(LocaldiscError, match="differ only in their suffix: rename one"):
+        collect_images([tmp_path / "b"])
+    save(tmp_path / "c" / "IM0001.png", rgb)
+    save(tmp_path / "d" / "IM0001.png", rgb)
+    with pytest.raises(LocaldiscError, match="give the folder that holds them all"):
+        collect_images([tmp_path / "c", tmp_path / "d"])
     with pytest.raises(LocaldiscError, match="no such file"):
         collect_images([tmp_path / "missing.png"])
     (tmp_path / "notes.txt").write_text("hi")

@@ -85,12 +85,16 @@ def collect_images(
             raise LocaldiscError(f"{path}: no such file or folder")
     names = [name for name, _ in found]
     duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:  # PACS series each holding an IM0001: named by their sub-folders below one
-        same = [str(path) for name, path in found if name == duplicates[0]]
-        raise LocaldiscError(
-            f"several inputs would be written as {duplicates[0]} ({', '.join(same[:3])}): give "
-            "the folder that holds them all (names then include their sub-folders), or rename one"
-        )
+    if duplicates:
+        same = [path for name, path in found if name == duplicates[0]]
+        shown = ", ".join(str(p) for p in dict.fromkeys(same[:3]))
+        if len({p.resolve() for p in same}) < len(same):
+            why = "a file given twice (as a file and in its folder?): give it once"
+        elif len({p.parent.resolve() for p in same}) == 1:
+            why = "files of one folder whose names differ only in their suffix: rename one"
+        else:  # PACS series each holding an IM0001: named by their sub-folders below one
+            why = "give the folder that holds them all (names then include its sub-folders)"
+        raise LocaldiscError(f"several inputs would be written as {duplicates[0]} ({shown}): {why}")
     if not found:
         raise LocaldiscError("no image files in " + ", ".join(str(p) for p in paths))
     return found
