@@ -424,9 +424,12 @@ def test_mean_shape_of_the_prior_is_the_same_mask_on_every_image(tmp_path):
 
 
 def test_kmeans_embeds_at_the_scale_the_model_was_trained_at(tmp_path):
+    from types import SimpleNamespace
+
     class Embedder:  # two features: the image and its negative
         def __init__(self) -> None:
             self.sizes: list[tuple[int, ...]] = []
+            self.config = SimpleNamespace(modality="xray")  # the whole image: no ROI box
 
         def embed(self, image: np.ndarray) -> torch.Tensor:
             self.sizes.append(image.shape[:2])

@@ -281,6 +281,19 @@ def test_the_refinement_s_batch_norm_recalibration_is_logged(run):
         assert said.count(line) == lines, said
 
 
+def test_the_refinement_takes_uint8_images_as_segment_does(run):
+    # refine() and refined_probability() cast uint8 to float 0 to 255 (reviewer).
+    model = LDModel.from_pretrained(run)
+    eight = (synthetic_fundus(48, seed=2).image * 255).round().astype(np.uint8)
+    scaled = eight.astype(np.float32) / 255
+    maps = [segment(model, scaled)]
+    config = RefineConfig(steps=1, size=32, device="cpu")
+    a = refine(run, [eight], maps, config, log=lambda m: None)
+    b = refine(run, [scaled], maps, config, log=lambda m: None)
+    assert np.array_equal(refined_probability(a, eight, maps[0].fov),
+                          refined_probability(b, scaled, maps[0].fov))  # fmt: skip
+
+
 def test_refinement_sees_a_washed_out_radiograph_as_the_original(tmp_path):
     from localdisc.data.pool import synthetic_pool
     from localdisc.data.synthetic import synthetic_xray
@@ -1338,3 +1351,42 @@ def test_cli_segment_says_what_segment_images_returned(tmp_path, monkeypatch):
         f"2 mask(s) written to {out}; 1 unreadable image(s) skipped, listed under skipped in "
         f"{out / 'segment.json'}"
     )
+
+
+def test_segment_and_the_refinement_put_the_box_s_maps_where_the_box_lies(run, monkeypatch):
+    # A map over the whole box must land on the box, not be stretched over the frame; and the
+    # refinement must train on the box's pseudo-labels (a reviewer's mutants passed before).
+    import localdisc.tasks.shape_guided as shape_guided
+
+    model = LDModel.from_pretrained(run)
+    wide = np.zeros((48, 144, 3), np.float32)
+    wide[:, 80:128] = synthetic_fundus(48, seed=1).image  # off-centre: the box is not the middle
+    y0, y1, x0, x1 = shape_guided.seen_box(wide, "fundus")
+    inside = np.zeros((48, 144), bool)
+    inside[y0:y1, x0:x1] = True
+    assert x0 > 40 and not inside.all()
+
+    def cluster_zero_everywhere(x):
+        a = torch.zeros(model.config.clusters, *x.shape[:2])
+        a[0] = 1
+        return torch.nn.functional.normalize(torch.randn(model.config.dim, *x.shape[:2]), dim=0), a
+
+    monkeypatch.setattr(model, "embed_and_cluster", cluster_zero_everywhere)
+    whole = np.ones((48, 144), bool)
+    maps = segment(model, wide, whole, size=48)
+    assert np.array_equal(maps.prob_a > 0.5, inside)
+    fitted = {}
+    real = shape_guided.fit_pseudo_labels
+
+    def fit(network, x, y, **kwargs):
+        fitted["y"] = y
+        return real(network, x, y, **kwargs)
+
+    monkeypatch.setattr(shape_guided, "fit_pseudo_labels", fit)
+    network = refine(run, [wide], [maps], RefineConfig(steps=1, size=32, device="cpu"),
+                     log=lambda m: None)  # fmt: skip
+    assert fitted["y"][0, 0].min() == 1  # the box's labels, all foreground
+    monkeypatch.setattr(
+        shape_guided, "predict_batch", lambda net, x, batch: torch.ones(1, 1, 32, 32)
+    )
+    assert np.array_equal(refined_probability(network, wide, whole) > 0.5, inside)

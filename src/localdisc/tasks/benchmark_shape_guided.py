@@ -427,9 +427,12 @@ def _run_task(
         # "pieces": evaluations held to 4-connected pieces (before it) are not reused.
         held = topology and {"components": topology.components, "holes": topology.holes,
                              "pieces": "8-connected"}  # fmt: skip
+        # "seen": LD and the refinement see a fundus image's ROI box (de2f536, 11adf92);
+        # "prob_bits": the maps the seeds' ensemble averages are 16-bit PNGs (4331463).
         return {**_eval_settings(config, "refine_steps", "refine_size"),
                 "topology": held, "prob_png": True,
-                "prior_vote": "atlases", "sideways": "likelihood"}  # fmt: skip
+                "prior_vote": "atlases", "sideways": "likelihood", "seen": "roi_box",
+                "prob_bits": 16}  # fmt: skip
 
     # A pre-training that diverges leaves its seed's rows out, listed, and the others go on.
     diverged: list[tuple[dict[str, Any], Callable[[str], bool]]] = []
@@ -466,7 +469,8 @@ def _run_task(
         # (simulated, else the first): a rerun with other --priors or --from recomputes.
         # Its weights too: a stage 1 made again under its path kept the old k-means rows.
         kmeans = {**_eval_settings(config, "kmeans_clusters"), "fraction": fraction,
-                  "stage1": stage1, "stage1_sha256": weights_sha256(stage1)}  # fmt: skip
+                  "stage1": stage1, "stage1_sha256": weights_sha256(stage1),
+                  "seen": "roi_box"}  # fmt: skip
         rows = _cached(task_dir / "kmeans" / f"seed-{seed}", kmeans, _kmeans_rows, base, samples,
                        target, config, fraction, seed, run_size(stage1))  # fmt: skip
         record("k-means (no prior)", seed, rows)
@@ -538,7 +542,9 @@ def _run_task(
             for label, value in {**thresholds, **otsu}.items():
                 for area in specks if value is not None else (0.0,):
                     row = f"{method} @ {label}" + (", specks removed" if area else "")
-                    settings = {**_eval_settings(config), "speck_area": area}
+                    # "calibrate": scaled below the threshold (58790f0), not shifted and clipped
+                    settings = {**_eval_settings(config), "speck_area": area,
+                                "calibrate": "scaled"}  # fmt: skip
                     rows = _cached(task_dir / _slug(row), settings, _filter_rows, samples,
                                    target, scores, method, value, area, config)  # fmt: skip
                     record(row, 0, rows)
@@ -550,7 +556,7 @@ def _run_task(
             # Not its device: `--device cpu` and `auto` on a CPU trained every student again.
             taught = {k: v for k, v in asdict(student).items() if k != "device"}
             settings = {**_eval_settings(config, "speck_area"), "fraction": fraction,
-                        "student": taught}  # fmt: skip
+                        "student": taught, "calibrate": "scaled"}  # fmt: skip
             suffix = f"-painted-{painted}" if painted else ""
             folder = task_dir / _slug(f"{config.student_teacher}-student{suffix}") / f"seed-{seed}"
             at = f" @ {fraction_from} fraction ({fraction:.3f})"
@@ -740,10 +746,12 @@ def _kmeans_row(
     from scipy.cluster.vq import kmeans2
 
     from localdisc.data.preprocess import resize_image, resize_mask
+    from localdisc.tasks.shape_guided import seen_box
 
     size = size or config.eval_size
-    image = resize_image(sample.image, size)
-    fov = resize_mask(sample.fov, size)
+    y0, y1, x0, x1 = seen_box(sample.image, model.config.modality)  # as outputs A and B
+    image = resize_image(sample.image[y0:y1, x0:x1], size)
+    fov = resize_mask(sample.fov[y0:y1, x0:x1], size)
     v = model.embed(image).permute(1, 2, 0).cpu().numpy()  # [H, W, D]
     features = v[fov].astype(np.float64)
     rng = np.random.default_rng(seed)
@@ -752,8 +760,9 @@ def _kmeans_row(
     chosen = int(np.argmin(np.abs(areas - fraction)))
     mask = np.zeros(fov.shape, dtype=np.float32)
     mask[fov] = labels == chosen
-    prob = np.clip(resize_image(mask, sample.fov.shape), 0, 1) * sample.fov
-    return _metrics(prob, sample, target, config.eval_size)
+    prob = np.zeros(sample.fov.shape, np.float32)
+    prob[y0:y1, x0:x1] = np.clip(resize_image(mask, (y1 - y0, x1 - x0)), 0, 1)
+    return _metrics(prob * sample.fov, sample, target, config.eval_size)
 
 
 def _mean_shape_rows(
@@ -843,7 +852,7 @@ def calibrate(score: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """A monotone map of ``score`` (in [0, 1]) to [0, 1] with ``mask`` exactly where it is
     >= 0.5 (0.501 to 1 inside, 0 to 0.499 outside). The outside scores are scaled, not shifted
     down and clipped: scores under 0.002 of the highest outside one all became 0, ties that
-    lowered the AUC."""
+    changed the AUC."""
     inside, outside = score[mask], score[~mask]
     t_low = float(outside.max()) if outside.size else 0.0
     t_high = float(inside.min()) if inside.size else 1.0

@@ -198,7 +198,7 @@ def segment(
     prob = np.zeros((2, h, w), np.float32)  # outside the box: no target
     prob[:, y0:y1, x0:x1] = maps[0].clamp(0, 1).cpu().numpy()
     prob *= fov
-    return atlas_votes(image, prob[0], prob[1], fov, prior)
+    return atlas_votes(image, prob[0], prob[1], fov, prior, box=(y0, y1, x0, x1))
 
 
 def segment_all(
@@ -246,7 +246,8 @@ def segment_all(
         for image, m in zip(images, maps, strict=True):
             pixels = round(offset * image.shape[1])
             a, b = (shift_sideways(p, pixels) * m.fov for p in (m.prob_a, m.prob_b))
-            moved.append(atlas_votes(image, a, b, m.fov, prior))
+            box = seen_box(as_raw_image(image), model.config.modality)  # as segment()'s
+            moved.append(atlas_votes(image, a, b, m.fov, prior, box=box))
             bar.update(len(moved))
     return moved
 
@@ -263,17 +264,22 @@ def atlas_votes(
     prob_b: np.ndarray,
     fov: np.ndarray,
     masks: np.ndarray | None,
+    box: tuple[int, int, int, int] | None = None,
 ) -> ShapeGuidedMaps:
     """Outputs A and B of ``image`` with the votes of a kept-pose prior's ``masks`` (N x S x S;
     None: no votes): those that best match LD's map, the mean of A and B, moved onto it and
     averaged (:func:`localdisc.priors.atlas.fuse_atlases`), carried to the image's size, and the
     intensity posterior they mix (:func:`localdisc.priors.atlas.intensity_posterior`), both 0
-    outside the FOV."""
+    outside the FOV. ``box``: the part of the image LD saw (:func:`seen_box`), in whose frame
+    the masks keep their pose, as the pool's views do; the whole image where omitted."""
     if masks is None:
         return ShapeGuidedMaps(prob_a, prob_b, fov)
-    fused = fuse_atlases(masks, 0.5 * (prob_a + prob_b))[0]
-    prior = np.clip(resize_image(fused, fov.shape), 0, 1) * fov
-    intensity = intensity_posterior(image, prior) * fov
+    y0, y1, x0, x1 = box or (0, fov.shape[0], 0, fov.shape[1])
+    inside = fov[y0:y1, x0:x1]
+    fused = fuse_atlases(masks, 0.5 * (prob_a + prob_b)[y0:y1, x0:x1])[0]
+    prior, intensity = np.zeros((2, *fov.shape), np.float32)
+    prior[y0:y1, x0:x1] = np.clip(resize_image(fused, inside.shape), 0, 1) * inside
+    intensity[y0:y1, x0:x1] = intensity_posterior(image[y0:y1, x0:x1], prior[y0:y1, x0:x1]) * inside
     return ShapeGuidedMaps(prob_a, prob_b, fov, prior, intensity)
 
 
@@ -742,6 +748,8 @@ def _part_settings(
         "run": stamp(folder / weights), "config": stamp(folder / "config.json"),
         "images": [[name, *stamp(Path(path))] for name, path in files], "size": size,
         "refine_steps": refine_steps,
+        # outputs of before (the whole frame, 8-bit maps) are not kept: LD sees the ROI box
+        "seen": "roi_box", "prob_bits": 16,
     }  # fmt: skip
 
 
@@ -938,7 +946,7 @@ def refine(
     rotation, flips = AUGMENTATION[modality]
     rotation = rotation if config.rotation is None else config.rotation
     flips = flips if config.flips is None else config.flips
-    images = [_refine_input(im, modality, config.stretch_contrast) for im in images]
+    images = [_refine_input(as_raw_image(im), modality, config.stretch_contrast) for im in images]
     boxes = [seen_box(im, modality) for im in images]  # as segment() gave LD the images
     x = torch.from_numpy(
         np.stack([resize_image(im[y0:y1, x0:x1], config.size) for im, (y0, y1, x0, x1) in
@@ -999,7 +1007,7 @@ def refined_probability(
 
     ``stretch`` must be what the network was trained with (``RefineConfig.stretch_contrast``).
     """
-    image = _refine_input(image, model.config.modality, stretch)
+    image = _refine_input(as_raw_image(image), model.config.modality, stretch)
     y0, y1, x0, x1 = seen_box(image, model.config.modality)  # as refine() trained on it
     crop = image[y0:y1, x0:x1]
     x = torch.from_numpy(resize_image(crop, model.config.size)).permute(2, 0, 1)[None]
