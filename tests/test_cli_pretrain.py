@@ -148,3 +148,19 @@ def test_pretrain_takes_the_modality_of_its_data_when_not_given(tmp_path):
         f"--data holds images of two modalities ({tmp_path / 'cxr'}: xray; synthetic_fundus:4: "
         "fundus); give --modality"
     )
+
+
+def test_a_run_to_go_on_keeps_its_own_modality(tmp_path):
+    # A demo made when --modality defaulted to fundus, run again on X-ray --data, was refused
+    # as a run of other settings (reviewer): the modality of a run in --out is kept.
+    import numpy as np
+    from PIL import Image
+
+    from localdisc.cli import _data_modality
+
+    (tmp_path / "cxr").mkdir()
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(tmp_path / "cxr" / "a.png")
+    assert _data_modality([str(tmp_path / "cxr")]) == "xray"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text(json.dumps({"pretrain": {"modality": "fundus"}}))
+    assert _data_modality([str(tmp_path / "cxr")], tmp_path / "out") == "fundus"

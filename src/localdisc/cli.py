@@ -539,8 +539,8 @@ def demo(
     seed: int = typer.Option(0),
 ) -> None:
     """Pre-train a small LD model and draw what it learnt (4-6 minutes on 2 CPU cores)."""
-    if modality is None:
-        modality = _data_modality(data) if data else "fundus"
+    if modality is None:  # a demo in --out goes on with its own
+        modality = _data_modality(data, out) if data else "fundus"
     from localdisc.demo import run_demo
 
     # The demo continues its own pre-training in --out when run again (no --resume needed).

@@ -348,3 +348,37 @@ def test_data_whose_first_images_tell_no_modality_are_refused_not_called_fundus(
 def _mkdir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def test_an_unreadable_pool_image_says_that_skip_bad_skips_it(tmp_path: Path) -> None:
+    # predict and the others said so; pre-training's pool did not (reviewer).
+    folder = _grey_folder(tmp_path / "pool", {"a.png": 10})
+    (folder / "b.png").write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match=r"b\.png: .*; --skip-bad skips unreadable images"):
+        resolve_pool([str(folder)], "xray", 8, log=lambda m: None)
+
+
+def test_a_name_two_folders_share_keeps_its_links(tmp_path: Path) -> None:
+    # Resolved, a pool of links was named by the link targets: a run made before could not
+    # resume (reviewer). The absolute path as listed is kept.
+    store = _grey_folder(tmp_path / "store", {"x.png": 10, "y.png": 20})
+    for folder, target in (("a", "x.png"), ("b", "y.png")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "0.png").symlink_to(store / target)
+    names: list[str] = []
+    resolve_pool([str(tmp_path / "a"), str(tmp_path / "b")], "xray", 8, names=names,
+                 log=lambda m: None)  # fmt: skip
+    assert names == [(tmp_path / "a" / "0.png").as_posix(), (tmp_path / "b" / "0.png").as_posix()]
+
+
+def test_the_modality_guess_stops_at_an_error_of_the_installation(tmp_path, monkeypatch):
+    # A missing pydicom read as "blank or unreadable, which tells no modality" (reviewer).
+    import localdisc.data.datasets as datasets
+    from localdisc.errors import ReaderSetupError
+
+    def no_decoder(path, **kwargs):
+        raise ReaderSetupError(path, "reading DICOM needs pydicom")
+
+    monkeypatch.setattr(datasets, "_read_image", no_decoder)
+    with pytest.raises(ReaderSetupError, match="needs pydicom"):
+        datasets.guess_modality([tmp_path / "IM0001"])

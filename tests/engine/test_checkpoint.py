@@ -216,3 +216,22 @@ def test_the_temporary_folder_is_synced_with_its_files_before_the_rename(tmp_pat
     save_checkpoint(tmp_path, 3, _tensors(1.0), {})
     assert synced[0][0].startswith(".tmp-") and synced[0][1] == ["model.safetensors", "state.json"]
     assert synced[1] == (tmp_path.name, ["step_00000003"])
+
+
+def test_a_folder_the_file_system_cannot_lock_runs_unlocked_and_says_so(tmp_path, monkeypatch):
+    # Some NFS and Lustre mounts have no flock: every run stopped with a bare OSError, then ran
+    # unlocked without a word (reviewers).
+    import errno
+    import fcntl
+
+    from localdisc.engine.checkpoint import RunFolderLock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    said: list[str] = []
+    with RunFolderLock(tmp_path, log=said.append) as lock:
+        assert lock.fd is None
+    assert said == [f"note: {tmp_path}: not locked (No locks available): a second run started "
+                    "into it would not be refused"]  # fmt: skip

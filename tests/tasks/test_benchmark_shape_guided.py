@@ -446,6 +446,37 @@ def test_kmeans_embeds_at_the_scale_the_model_was_trained_at(tmp_path):
     assert row["dice"] > 0.95
 
 
+def test_kmeans_embeds_a_fundus_image_s_roi_box_as_outputs_a_and_b_do(tmp_path):
+    # The k-means row saw the whole frame after segment() took the ROI box (reviewer).
+    from types import SimpleNamespace
+
+    from localdisc.data.preprocess import resize_image
+    from localdisc.data.synthetic import synthetic_fundus
+    from localdisc.tasks.shape_guided import seen_box
+
+    seen = []
+
+    class Embedder:
+        config = SimpleNamespace(modality="fundus")
+
+        def embed(self, image: np.ndarray) -> torch.Tensor:
+            seen.append(image)
+            return torch.from_numpy(np.stack([image[..., 1], 1 - image[..., 1]]))
+
+    eye = synthetic_fundus(48, seed=1)
+    image = np.zeros((48, 120, 3), np.float32)
+    image[:, 64:112] = eye.image
+    fov = np.zeros((48, 120), bool)
+    fov[:, 64:112] = eye.fov
+    vessels = np.zeros((48, 120), bool)
+    vessels[:, 64:112] = eye.vessels
+    sample = Sample("eye", image, {"vessels": vessels}, fov, tmp_path / "eye.png")
+    config = ShapeBenchmarkConfig(eval_size=48, kmeans_clusters=2)
+    _kmeans_row(Embedder(), sample, "vessels", config, fraction=0.1, seed=0, size=32)
+    y0, y1, x0, x1 = seen_box(image, "fundus")
+    assert x0 > 40 and np.allclose(seen[0], resize_image(image[y0:y1, x0:x1], 32))
+
+
 def test_kmeans_is_evaluated_again_at_another_prior_fraction(tmp_path, monkeypatch):
     """The k-means row picks the cluster nearest the priors' fraction: a rerun whose priors give
     another fraction used to report the cached row of the old one."""

@@ -34,6 +34,10 @@ def test_collect_images_names_outputs_uniquely(tmp_path):
     save(tmp_path / "d" / "IM0001.png", rgb)
     with pytest.raises(LocaldiscError, match="give the folder that holds them all"):
         collect_images([tmp_path / "c", tmp_path / "d"])
+    save(tmp_path / "e" / "a_x.png", rgb)  # both named a_x in the one folder given
+    save(tmp_path / "e" / "a" / "x.png", rgb)
+    with pytest.raises(LocaldiscError, match="join a sub-folder and a file name with _: rename"):
+        collect_images([tmp_path / "e"])
     with pytest.raises(LocaldiscError, match="no such file"):
         collect_images([tmp_path / "missing.png"])
     (tmp_path / "notes.txt").write_text("hi")

@@ -853,11 +853,14 @@ def test_ensemble_uncertainty_votes_with_the_prior_masks_of_every_run(tmp_path, 
     first, second = disc_run("first", seed=0, prior_count=2), disc_run("second", seed=10,
                                                                        prior_count=3)  # fmt: skip
     both = np.concatenate([bank(2, 0), bank(3, 10)])
-    image = synthetic_fundus(48, seed=2).image
+    # A retina off-centre in a wide frame: its votes are in the ROI box LD saw (a reviewer
+    # showed the ensemble's were over the whole frame while each run's were in the box).
+    image = np.zeros((48, 120, 3), np.float32)
+    image[:, 64:112] = synthetic_fundus(48, seed=2).image
     Image.fromarray((image * 255).astype("uint8")).save(tmp_path / "eye.png")
     fov = fov_from_image(np.asarray(Image.open(tmp_path / "eye.png")) / 255.0)
-    yy, xx = np.mgrid[:48, :48]
-    prob = np.where((yy - 24) ** 2 + (xx - 30) ** 2 <= 6**2, 0.7, 0.3) * fov
+    yy, xx = np.mgrid[:48, :120]
+    prob = np.where((yy - 24) ** 2 + (xx - 94) ** 2 <= 6**2, 0.7, 0.3) * fov
     prob = prob.astype(np.float32)
     monkeypatch.setattr(shape_guided, "segment", lambda *a, **k: ShapeGuidedMaps(prob, prob, fov))
     out = tmp_path / "ensemble"
@@ -868,13 +871,17 @@ def test_ensemble_uncertainty_votes_with_the_prior_masks_of_every_run(tmp_path, 
             for o in "AB"]  # fmt: skip
     grey = read_image(tmp_path / "eye.png")[0]
 
-    def uncertainty(masks):
-        maps = atlas_votes(grey, *mean, fov, masks)
+    box = shape_guided.seen_box(grey, "fundus")
+    assert box[2] > 40  # not the whole frame
+
+    def uncertainty(masks, box=box):
+        maps = atlas_votes(grey, *mean, fov, masks, box=box)
         return prob_png(1 - maps.pseudo_label()[1])
 
     written = np.asarray(Image.open(out / "eye_uncertainty.png"))
     assert not np.array_equal(uncertainty(both), uncertainty(bank(2, 0)))  # the banks differ
     np.testing.assert_array_equal(written, uncertainty(both))
+    assert not np.array_equal(written, uncertainty(both, box=None))  # the whole frame's differ
     assert any("prior masks of 2 runs together: 5 masks" in line for line in logs), logs
 
     # Runs that share a bank vote with that bank, the same array as one run's.

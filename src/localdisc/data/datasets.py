@@ -1672,6 +1672,8 @@ def guess_modality(paths: Sequence[Path]) -> str | None:
     for path in paths:
         try:
             image = _read_image(path)
+        except ReaderSetupError:  # this installation's (pydicom missing): every such file
+            raise
         except LocaldiscError:
             continue  # the bad file is reported when it is read
         if image.shape[2] == 1:

@@ -9,6 +9,7 @@ Memory: ``N * C * P * P`` bytes (1 000 fundus images at 512 take 0.8 GB).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +47,12 @@ def _decode(
         try:
             return prepare_pool_image(read_image(path)[0], modality, pool_size)
         except ImageReadError as exc:
-            if not skip_bad or isinstance(exc, ReaderSetupError):  # the installation's: all fail
+            if isinstance(exc, ReaderSetupError):  # the installation's: every such file fails
                 raise
+            if not skip_bad:  # said as predict and the others say it
+                raise ImageReadError(
+                    exc.path, f"{exc.reason}; --skip-bad skips unreadable images"
+                ) from exc
             return exc.reason
 
     results: list[np.ndarray | str] = []
@@ -376,7 +381,7 @@ def resolve_pool(
             n for n, r in zip(path_names, results, strict=True) if isinstance(r, np.ndarray)
         )
         path_names = [
-            path.resolve().as_posix() if counts[n] > 1 else n
+            Path(os.path.abspath(path)).as_posix() if counts[n] > 1 else n  # links kept
             for n, path in zip(path_names, paths, strict=True)
         ]
     skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]

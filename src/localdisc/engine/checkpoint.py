@@ -297,11 +297,13 @@ class RunFolderLock:
 
     The folder itself is locked (``flock`` on its descriptor: no file is added to it), now if it
     exists, else at :meth:`hold` once the caller has made it. Released when the call ends, and
-    by the system when its process does. Where ``flock`` does not exist (Windows) it does
-    nothing."""
+    by the system when its process does. Where ``flock`` does not exist (Windows) or the file
+    system does not lock (some NFS, Lustre), it does nothing; the latter is said in ``log``."""
 
-    def __init__(self, folder: str | Path, enabled: bool = True) -> None:
-        self.folder, self.enabled, self.fd = Path(folder), enabled, None
+    def __init__(
+        self, folder: str | Path, enabled: bool = True, log: Callable[[str], None] | None = None
+    ) -> None:
+        self.folder, self.enabled, self.fd, self.log = Path(folder), enabled, None, log
 
     def __enter__(self) -> RunFolderLock:
         if self.folder.is_dir():
@@ -325,8 +327,11 @@ class RunFolderLock:
                 f"{self.folder}: another process is running in this folder; wait for it to "
                 "end, or choose another --out (nothing was changed)"
             ) from None
-        except OSError:  # a file system without flock (some NFS, Lustre): run unlocked
+        except OSError as exc:  # a file system without flock (some NFS, Lustre): run unlocked
             os.close(fd)
+            if self.log is not None:
+                self.log(f"note: {self.folder}: not locked ({exc.strerror}): a second run "
+                         "started into it would not be refused")  # fmt: skip
             return
         self.fd = fd
 

@@ -723,7 +723,7 @@ def pretrain(
     """
     # Under torchrun the first process holds the lock for all: they share its folder.
     first = int(os.environ.get("RANK", "0")) == 0
-    with RunFolderLock(run_dir, enabled=first) as lock:
+    with RunFolderLock(run_dir, enabled=first, log=log) as lock:
         return _pretrain(config, Path(run_dir), lock, resume=resume, pool=pool,
                          pool_names=pool_names, stop_at_step=stop_at_step, log=log)  # fmt: skip
 

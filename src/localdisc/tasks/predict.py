@@ -58,7 +58,8 @@ def collect_images(
     """
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found: list[tuple[str, Path]] = []
-    for raw in paths:
+    given: list[int] = []  # which of ``paths`` each of ``found`` came from
+    for index, raw in enumerate(paths):
         path = Path(raw).expanduser()
         if path.is_dir():
             here: list[tuple[str, Path]] = []
@@ -77,21 +78,26 @@ def collect_images(
             if out is not None and path.resolve() == out:
                 here = _without_outputs(here, path, suffixes)
             found.extend(here)
+            given.extend([index] * len(here))
         elif path.is_file():
             if not is_image_file(path):
                 raise LocaldiscError(f"{path}: not an image file this reader takes")
             found.append((image_stem(path), path))
+            given.append(index)
         else:
             raise LocaldiscError(f"{path}: no such file or folder")
     names = [name for name, _ in found]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        same = [path for name, path in found if name == duplicates[0]]
-        shown = ", ".join(str(p) for p in dict.fromkeys(same[:3]))
-        if len({p.resolve() for p in same}) < len(same):
+        same = [(path, g) for (name, path), g in zip(found, given, strict=True)
+                if name == duplicates[0]]  # fmt: skip
+        shown = ", ".join(str(p) for p in dict.fromkeys(p for p, _ in same[:3]))
+        if len({p.resolve() for p, _ in same}) < len(same):
             why = "a file given twice (as a file and in its folder?): give it once"
-        elif len({p.parent.resolve() for p in same}) == 1:
+        elif len({p.parent.resolve() for p, _ in same}) == 1:
             why = "files of one folder whose names differ only in their suffix: rename one"
+        elif len({g for _, g in same}) == 1:  # D/a_x.png and D/a/x.png: both a_x
+            why = "names join a sub-folder and a file name with _: rename one"
         else:  # PACS series each holding an IM0001: named by their sub-folders below one
             why = "give the folder that holds them all (names then include its sub-folders)"
         raise LocaldiscError(f"several inputs would be written as {duplicates[0]} ({shown}): {why}")

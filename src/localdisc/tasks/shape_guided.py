@@ -598,7 +598,8 @@ def _segment_ensemble(
                 maps = ShapeGuidedMaps(mean["A"], mean["B"], fov)
             else:  # the prior's votes inside the FOV only, as each run's (they were not, off it)
                 fov = _fov(image, None, modality)
-                maps = atlas_votes(image, mean["A"], mean["B"], fov, atlases)
+                box = seen_box(as_raw_image(image), modality)  # as each run's votes
+                maps = atlas_votes(image, mean["A"], mean["B"], fov, atlases, box=box)
             _, weight = maps.pseudo_label()
             write_png(out_dir / f"{name}_uncertainty.png", prob_png(1 - weight))
             bar.update(done)

@@ -661,7 +661,7 @@ def run_transfer(
 
     A second process started into ``out_dir`` while this one runs is refused
     (:class:`~localdisc.engine.checkpoint.RunFolderLock`)."""
-    with RunFolderLock(out_dir) as lock:
+    with RunFolderLock(out_dir, log=log) as lock:
         return _run_transfer(config, Path(out_dir), lock, log, flags, unreadable)
 
 
