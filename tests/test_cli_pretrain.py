@@ -163,4 +163,8 @@ def test_a_run_to_go_on_keeps_its_own_modality(tmp_path):
     assert _data_modality([str(tmp_path / "cxr")]) == "xray"
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "config.json").write_text(json.dumps({"pretrain": {"modality": "fundus"}}))
+    # config.json alone: a run stopped before its first checkpoint starts again on the data
+    # given, in their modality (a reviewer's demo took the dead run's)
+    assert _data_modality([str(tmp_path / "cxr")], tmp_path / "out") == "xray"
+    (tmp_path / "out" / "checkpoints" / "step_00000100").mkdir(parents=True)
     assert _data_modality([str(tmp_path / "cxr")], tmp_path / "out") == "fundus"

@@ -514,8 +514,13 @@ def _data_modality(data: list[str], out: Path | None = None) -> str:
     from localdisc.data.pool import guess_pool_modality
     from localdisc.engine import distributed
 
+    # A run that goes on (a checkpoint or its weights there), not a config.json left by a run
+    # stopped before its first checkpoint, which starts again on the data given.
+    going_on = out is not None and (
+        any((out / "checkpoints").glob("step_*")) or (out / "model.safetensors").is_file()
+    )
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
-        if out is not None:
+        if going_on:
             saved = json.loads((out / "config.json").read_text())["pretrain"]["modality"]
             if saved in ("fundus", "xray"):
                 return saved

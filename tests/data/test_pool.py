@@ -350,14 +350,6 @@ def _mkdir(folder: Path) -> Path:
     return folder
 
 
-def test_an_unreadable_pool_image_says_that_skip_bad_skips_it(tmp_path: Path) -> None:
-    # predict and the others said so; pre-training's pool did not (reviewer).
-    folder = _grey_folder(tmp_path / "pool", {"a.png": 10})
-    (folder / "b.png").write_bytes(b"not a png")
-    with pytest.raises(ImageReadError, match=r"b\.png: .*; --skip-bad skips unreadable images"):
-        resolve_pool([str(folder)], "xray", 8, log=lambda m: None)
-
-
 def test_a_name_two_folders_share_keeps_its_links(tmp_path: Path) -> None:
     # Resolved, a pool of links was named by the link targets: a run made before could not
     # resume (reviewer). The absolute path as listed is kept.

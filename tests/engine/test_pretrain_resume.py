@@ -70,6 +70,20 @@ def test_a_run_named_before_shared_names_were_paths_resumes():
         refuse_changed_pool(Path("run"), config, saved, {**now, "val_names": ["0.png", "3.png"]})
 
 
+def test_a_run_that_named_a_file_by_its_resolved_path_resumes_behind_a_link(tmp_path):
+    # Names two folders share were resolved paths for a while, now absolute as listed (links
+    # kept): the same file by either name is not a change (reviewer).
+    from localdisc.engine.pretrain import refuse_changed_pool
+
+    (tmp_path / "real" / "a").mkdir(parents=True)
+    (tmp_path / "real" / "a" / "0.png").write_bytes(b"")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    old, new = (tmp_path / "real" / "a" / "0.png").as_posix(), (tmp_path / "link" / "a" / "0.png")
+    saved = {"images": 4, "val_names": [old]}
+    refuse_changed_pool(Path("run"), tiny_pretrain_config(), saved,
+                        {"images": 4, "val_names": [new.as_posix()]})  # fmt: skip
+
+
 def test_a_resume_passes_when_max_images_and_skip_bad_give_the_same_pool(tmp_path, images):
     # The same unreadable file skipped again (img5 takes its place), and an image added beyond
     # --max-images, leave the pool as it was: no reason to refuse.

@@ -47,12 +47,8 @@ def _decode(
         try:
             return prepare_pool_image(read_image(path)[0], modality, pool_size)
         except ImageReadError as exc:
-            if isinstance(exc, ReaderSetupError):  # the installation's: every such file fails
+            if not skip_bad or isinstance(exc, ReaderSetupError):  # the installation's: all fail
                 raise
-            if not skip_bad:  # said as predict and the others say it
-                raise ImageReadError(
-                    exc.path, f"{exc.reason}; --skip-bad skips unreadable images"
-                ) from exc
             return exc.reason
 
     results: list[np.ndarray | str] = []

@@ -488,6 +488,15 @@ def _changed_settings(given: PretrainConfig, saved: PretrainConfig) -> list[str]
     return [f"{k} {b[k]!r} (given {a[k]!r})" for k in a if k not in RUNTIME_FIELDS and differs(k)]
 
 
+def _same_file(old: str, new: str) -> bool:
+    """Whether the validation names ``old`` (a run's first start) and ``new`` (now) are one
+    file: a name two pool folders share became the file's path, once resolved (links followed),
+    now absolute as listed (data/pool.py)."""
+    if new.endswith(f"/{old}"):
+        return True
+    return os.path.isabs(old) and os.path.isabs(new) and Path(old).resolve() == Path(new).resolve()
+
+
 def refuse_changed_pool(
     run_dir: Path, config: PretrainConfig, saved: dict[str, Any] | None, now: dict[str, Any]
 ) -> None:
@@ -506,7 +515,7 @@ def refuse_changed_pool(
         pairs = [
             (a, b)
             for a, b in zip_longest(old, now["val_names"])
-            if a != b and not (isinstance(a, str) and isinstance(b, str) and b.endswith(f"/{a}"))
+            if a != b and not (isinstance(a, str) and isinstance(b, str) and _same_file(a, b))
         ]
         shown = ", ".join(f"{a!r} -> {b!r}" for a, b in pairs[:3])
         more = f", ... ({len(pairs) - 3} more)" if len(pairs) > 3 else ""
