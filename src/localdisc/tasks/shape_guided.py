@@ -107,6 +107,8 @@ class ShapeGuidedMaps:
     prior: np.ndarray | None = None
     # P(inside | grey level) with that prior as the mixing weight (:func:`atlas_votes`).
     intensity: np.ndarray | None = None
+    # ``(y0, y1, x0, x1)``: the part of the image LD saw (:func:`seen_box`), where known.
+    box: tuple[int, int, int, int] | None = None
 
     # At or above 0.5, as the masks written to disk (:func:`mask_png`) and every metric
     # (:mod:`localdisc.eval.metrics`) count it.
@@ -246,8 +248,7 @@ def segment_all(
         for image, m in zip(images, maps, strict=True):
             pixels = round(offset * image.shape[1])
             a, b = (shift_sideways(p, pixels) * m.fov for p in (m.prob_a, m.prob_b))
-            box = seen_box(as_raw_image(image), model.config.modality)  # as segment()'s
-            moved.append(atlas_votes(image, a, b, m.fov, prior, box=box))
+            moved.append(atlas_votes(image, a, b, m.fov, prior, box=m.box))
             bar.update(len(moved))
     return moved
 
@@ -273,14 +274,14 @@ def atlas_votes(
     outside the FOV. ``box``: the part of the image LD saw (:func:`seen_box`), in whose frame
     the masks keep their pose, as the pool's views do; the whole image where omitted."""
     if masks is None:
-        return ShapeGuidedMaps(prob_a, prob_b, fov)
+        return ShapeGuidedMaps(prob_a, prob_b, fov, box=box)
     y0, y1, x0, x1 = box or (0, fov.shape[0], 0, fov.shape[1])
     inside = fov[y0:y1, x0:x1]
     fused = fuse_atlases(masks, 0.5 * (prob_a + prob_b)[y0:y1, x0:x1])[0]
     prior, intensity = np.zeros((2, *fov.shape), np.float32)
     prior[y0:y1, x0:x1] = np.clip(resize_image(fused, inside.shape), 0, 1) * inside
     intensity[y0:y1, x0:x1] = intensity_posterior(image[y0:y1, x0:x1], prior[y0:y1, x0:x1]) * inside
-    return ShapeGuidedMaps(prob_a, prob_b, fov, prior, intensity)
+    return ShapeGuidedMaps(prob_a, prob_b, fov, prior, intensity, box)
 
 
 def pretrain_settings(run_dir: str | Path) -> dict[str, Any]:
@@ -948,7 +949,8 @@ def refine(
     rotation = rotation if config.rotation is None else config.rotation
     flips = flips if config.flips is None else config.flips
     images = [_refine_input(as_raw_image(im), modality, config.stretch_contrast) for im in images]
-    boxes = [seen_box(im, modality) for im in images]  # as segment() gave LD the images
+    # as segment() gave LD the images (found by it where the maps are its)
+    boxes = [m.box or seen_box(im, modality) for im, m in zip(images, maps, strict=True)]
     x = torch.from_numpy(
         np.stack([resize_image(im[y0:y1, x0:x1], config.size) for im, (y0, y1, x0, x1) in
                   zip(images, boxes, strict=True)])
