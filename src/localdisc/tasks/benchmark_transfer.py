@@ -648,10 +648,7 @@ def plan_tasks(
         paper = TASKS[entry]
         try:
             spec = paper.spec(data_root, config.quick)
-            train, test, _ = load_task_data(spec, paper.target)
-            for dataset in (train, test):  # a wrong mask stopped its first run after training
-                if dataset is not None:
-                    dataset.check_mask_sizes()
+            train, _, _ = load_task_data(spec, paper.target)
         except LocaldiscError as exc:
             log(f"skipped {entry}: {exc}")
             skipped.append({"task": entry, "init": "all", "reason": str(exc)})
@@ -670,9 +667,6 @@ def _check_own(
     name = parse_data_spec(spec)[0]
     try:
         train, test, target = load_task_data(spec, target)
-        for dataset in (train, test):  # a wrong mask stopped the first run after training
-            if dataset is not None:
-                dataset.check_mask_sizes()
     except LocaldiscError as exc:  # names the folder and the problem
         raise DatasetError(f"--tasks: {exc}") from None
     fraction = FOLDER_TEST_FRACTION if test is not None else config.test_fraction

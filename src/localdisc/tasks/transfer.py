@@ -350,8 +350,9 @@ def load_task_data(
     """A task's training images (all of a set without splits) and its test split (``None``:
     it has none), each loaded once, and its target; or the error naming the folder and the
     problem: no masks, none of ``target`` (in the test split too where there is one: DRIVE's
-    public download has no test tracings): what a benchmark checks before any training, its
-    plan then counting the images."""
+    public download has no test tracings), a mask of another size than its image (from the
+    headers: a fine-tuning reads some masks only after training): what a benchmark checks
+    before any training, its plan then counting the images."""
     name = parse_data_spec(spec)[0]
     splits = _splits(spec)
     train = load_data_spec(spec, "train" if "train" in splits else None)
@@ -368,6 +369,9 @@ def load_task_data(
     test = load_data_spec(spec, "test") if "test" in splits else None
     if test is not None:
         _resolve_target(test, target)
+    for dataset in (train, test):
+        if dataset is not None:
+            dataset.check_mask_sizes()
     return train, test, target
 
 
@@ -701,8 +705,6 @@ def _run_transfer(
             f"{config.test_fraction:g} is only for a set without one (a folder); leave it out"
         )
     sets = [train_set] if test is None else [train_set, test]
-    for dataset in sets:  # from the headers: a wrong mask stopped the run after training
-        dataset.check_mask_sizes()
     total = sum(len(s) for s in sets)
     skips = SkippedImages(config.skip_bad, log, total)
     known = unreadable.get(config.dataset) if unreadable is not None else None
