@@ -150,26 +150,28 @@ def _source_name(path: Path, root: Path | None) -> str:
     return str(path)
 
 
+def _declared_modality(spec: str) -> str | None:
+    """The modality of a known or generated data set's spec (``skimage:retina``: fundus);
+    ``None`` for a folder, or a set of either."""
+    from localdisc.data.datasets import DATASETS, parse_data_spec
+
+    if spec.lower() == "skimage:retina":
+        return "fundus"
+    name = parse_data_spec(spec)[0]
+    return DATASETS[name].default_modality if name in DATASETS else None
+
+
 def guess_pool_modality(specs: Sequence[str]) -> str:
     """The modality of the images ``specs`` name: a known or generated set's own, else guessed
     from a folder's first images as ``finetune`` guesses a folder's (grey: X-ray, colour:
     fundus; :func:`~localdisc.data.datasets.guess_modality`). Specs of two modalities are
     refused, naming each."""
-    from localdisc.data.datasets import (
-        DATASETS,
-        guess_modality,
-        parse_data_spec,
-        pool_image_paths,
-    )
+    from localdisc.data.datasets import guess_modality, pool_image_paths
 
     found: dict[str, str] = {}
     for spec in specs:
-        name = parse_data_spec(spec)[0]
-        kind = DATASETS[name].default_modality if name in DATASETS else None
-        if spec.lower() == "skimage:retina":
-            kind = "fundus"
         # up to 50 images: blank or unreadable ones tell nothing (it said fundus for them)
-        kind = kind or guess_modality(pool_image_paths(spec)[:50])
+        kind = _declared_modality(spec) or guess_modality(pool_image_paths(spec)[:50])
         if kind is None:
             raise DatasetError(
                 f"{spec}: its first images are blank or unreadable, which tells no modality; "
@@ -223,7 +225,7 @@ def resolve_pool(
     Files whose images use under 1/8 of the intensity range (12-bit data in 16-bit files) are
     named in one line through ``log``; their intensities are kept, as fine-tuning reads them.
     """
-    from localdisc.data.datasets import DATASETS, parse_data_spec, pool_image_paths
+    from localdisc.data.datasets import parse_data_spec, pool_image_paths
 
     size = pool_size
     # In the order of ``specs``; a list of indices stands for files of ``paths``, all decoded
@@ -298,11 +300,11 @@ def resolve_pool(
                 part_names.append(["skimage retina"])
                 taken += 1
         else:
-            known = parse_data_spec(spec)[0]
-            kind = DATASETS[known].default_modality if known in DATASETS else None
+            kind = _declared_modality(spec)
             if kind not in (None, modality):  # jsrt_scr was trained as fundus without a word
                 raise DatasetError(
-                    f"{spec}: {known} holds {kind} images, and this run is of {modality} ones: "
+                    f"{spec}: {parse_data_spec(spec)[0]} holds {kind} images, and this run is of "
+                    f"{modality} ones: "
                     f"pre-train on it as {kind} (--modality {kind}; {kind}=SPEC in a benchmark's "
                     "--pool)"
                 )
