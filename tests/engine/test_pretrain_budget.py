@@ -67,21 +67,26 @@ def test_a_stage_ended_by_its_steps_between_rows_logs_its_last_steps(tmp_path, p
     assert loss_rows(tmp_path) == [(4, 1, False), (6, 1, False), (8, 2, True), (11, 2, True)]
 
 
-def test_a_resumed_budgeted_run_logs_the_rows_of_an_uninterrupted_one(tmp_path, pool, monkeypatch):
-    config = tiny_pretrain_config(**{**BUDGETED, "checkpoint_every": 5})
+def straight_and_resumed(tmp_path, pool, monkeypatch, config, straight, resumed):
+    """The untimed log rows of ``config`` run straight, its budget spent at the readings
+    ``straight``, and stopped at its checkpoint of step 5, then resumed with the budget spent at
+    the readings ``resumed`` (5 fewer: the steps before the stop read it)."""
     quiet = {"pool": pool, "log": lambda m: None}
-    budget_spent_at(monkeypatch, 7, 12)
+    budget_spent_at(monkeypatch, *straight)
     pretrain(config, tmp_path / "straight", **quiet)
-    # stopped at its checkpoint of step 5 (step 5 in its log window), then resumed: the budget
-    # is read 5 times fewer
     budget_spent_at(monkeypatch)
     pretrain(config, tmp_path / "resumed", stop_at_step=5, **quiet)
-    budget_spent_at(monkeypatch, 2, 7)
+    budget_spent_at(monkeypatch, *resumed)
     pretrain(config, tmp_path / "resumed", resume=True, **quiet)
-    assert [r["step"] for r in untimed_rows(tmp_path / "straight") if r["loss"]] == [
-        "4", "6", "10004", "10005"
-    ]  # fmt: skip
-    assert untimed_rows(tmp_path / "resumed") == untimed_rows(tmp_path / "straight")
+    return untimed_rows(tmp_path / "straight"), untimed_rows(tmp_path / "resumed")
+
+
+def test_a_resumed_budgeted_run_logs_the_rows_of_an_uninterrupted_one(tmp_path, pool, monkeypatch):
+    # stopped at its checkpoint of step 5 (step 5 in its log window), then resumed
+    config = tiny_pretrain_config(**{**BUDGETED, "checkpoint_every": 5})
+    straight, resumed = straight_and_resumed(tmp_path, pool, monkeypatch, config, (7, 12), (2, 7))
+    assert [r["step"] for r in straight if r["loss"]] == ["4", "6", "10004", "10005"]
+    assert resumed == straight
 
 
 def test_a_peer_run_leaves_no_figures_folder(tmp_path, pool):
@@ -100,15 +105,8 @@ def test_a_resume_where_the_budget_is_spent_validates_its_step_once(tmp_path, po
     # the budget's end validated step 5 again, a second row for it in log.csv (reviewer). The
     # checkpoint now records the step of the last validation.
     config = tiny_pretrain_config(**{**BUDGETED, "checkpoint_every": 5, "val_every": 5})
-    quiet = {"pool": pool, "log": lambda m: None}
-    budget_spent_at(monkeypatch, 6, 11)
-    pretrain(config, tmp_path / "straight", **quiet)
-    budget_spent_at(monkeypatch)
-    pretrain(config, tmp_path / "resumed", stop_at_step=5, **quiet)
-    budget_spent_at(monkeypatch, 1, 6)
-    pretrain(config, tmp_path / "resumed", resume=True, **quiet)
-    straight = untimed_rows(tmp_path / "straight")
+    straight, resumed = straight_and_resumed(tmp_path, pool, monkeypatch, config, (6, 11), (1, 6))
     assert [(r["step"], r["stage"]) for r in straight if r["val_loss"]] == [
         ("5", "1"), ("10005", "2")
     ]  # fmt: skip
-    assert untimed_rows(tmp_path / "resumed") == straight
+    assert resumed == straight

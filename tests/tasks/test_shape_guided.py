@@ -31,6 +31,21 @@ from localdisc.tasks.shape_guided import (
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 
 
+def spy_fit(monkeypatch) -> dict:
+    """What the refinement trains on: ``x`` and ``y`` of its call of ``fit_pseudo_labels``."""
+    import localdisc.tasks.shape_guided as shape_guided
+
+    fitted: dict = {}
+    real = shape_guided.fit_pseudo_labels
+
+    def fit(network, x, y, **kwargs):
+        fitted.update(x=x, y=y)
+        return real(network, x, y, **kwargs)
+
+    monkeypatch.setattr(shape_guided, "fit_pseudo_labels", fit)
+    return fitted
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from localdisc.data.pool import synthetic_pool
@@ -249,14 +264,7 @@ def test_the_refinement_sees_a_fundus_image_in_the_box_segment_gave_ld(run, monk
     wide = np.zeros((48, 144, 3), np.float32)
     wide[:, 48:96] = synthetic_fundus(48, seed=1).image
     maps = [segment(model, wide, size=48)]
-    fitted = {}
-    real = shape_guided.fit_pseudo_labels
-
-    def fit(model, x, y, **kwargs):
-        fitted["x"] = x
-        return real(model, x, y, **kwargs)
-
-    monkeypatch.setattr(shape_guided, "fit_pseudo_labels", fit)
+    fitted = spy_fit(monkeypatch)
     network = refine(run, [wide], maps, RefineConfig(steps=1, size=32, device="cpu"),
                      log=lambda m: None)  # fmt: skip
     y0, y1, x0, x1 = shape_guided.seen_box(wide, "fundus")
@@ -1382,14 +1390,7 @@ def test_segment_and_the_refinement_put_the_box_s_maps_where_the_box_lies(run, m
     whole = np.ones((48, 144), bool)
     maps = segment(model, wide, whole, size=48)
     assert np.array_equal(maps.prob_a > 0.5, inside)
-    fitted = {}
-    real = shape_guided.fit_pseudo_labels
-
-    def fit(network, x, y, **kwargs):
-        fitted["y"] = y
-        return real(network, x, y, **kwargs)
-
-    monkeypatch.setattr(shape_guided, "fit_pseudo_labels", fit)
+    fitted = spy_fit(monkeypatch)
     network = refine(run, [wide], [maps], RefineConfig(steps=1, size=32, device="cpu"),
                      log=lambda m: None)  # fmt: skip
     assert fitted["y"][0, 0].min() == 1  # the box's labels, all foreground
