@@ -750,6 +750,22 @@ def test_match_masks_outside_a_data_set(tmp_path: Path) -> None:
     assert "it holds only the images themselves" in match_masks([inside], shared_dir)[0].reason
 
 
+def test_match_masks_beside_the_images_ignores_a_label_folder_next_to_them(
+    tmp_path: Path,
+) -> None:
+    # case01_mask.png beside case01.png, and an unrelated labels/ next to that folder: the
+    # DRIVE rule (mask/ holds fields of view beside 1st_manual/) refused the mask.
+    images = tmp_path / "study" / "images"
+    image = save(images / "case01.png", fundus(seed=1))
+    own = save(images / "case01_mask.png", vessels())
+    save(tmp_path / "study" / "labels" / "other.png", vessels(period=3))
+    assert match_masks([image], images, image_dirs=[images])[0].mask == own
+    # DRIVE's mask/ of fields of view, which holds no image, is still not taken.
+    fov = save(tmp_path / "study" / "mask" / "case01_mask.png", vessels())
+    match = match_masks([image], fov.parent, image_dirs=[images])[0]
+    assert match.mask is None and "not taken" in match.reason
+
+
 def test_match_masks_says_which_images_have_no_mask_at_all(tmp_path: Path) -> None:
     # absent was a flag beside each match, from a private twin of match_masks: now a field, so
     # callers tell an unlabelled image (absent) from an ambiguous one (two candidates).

@@ -1138,10 +1138,11 @@ def _suffix_fallback(
 
     here = free(index.suffixed_rel.get(rel, []))
     found = here or free(index.suffixed.get(key, []))
-    if found and index.siblings:
+    if found and index.siblings and not index.own:
         # DRIVE's and HRF's mask/ hold fields of view (21_training_mask.gif) beside the
         # labels in 1st_manual/ or manual1/: with another label folder there, an ending
-        # may name another kind of mask, so none is taken.
+        # may name another kind of mask, so none is taken. A folder that holds the images
+        # themselves is no such mask/ (predict --images D --masks D beside a labels/).
         why = (
             f"no mask with the same file stem in {index.root}; {found[0].name} has its stem "
             f"plus a mask ending but is not taken, because {index.root.parent} also holds "
