@@ -130,6 +130,24 @@ def test_inspect_skip_bad_lists_the_file(tmp_path: Path) -> None:
     assert result.exit_code == 0 and json.loads(result.stdout)["skipped"] == []
 
 
+def test_an_unreadable_image_that_stops_inspect_or_pretrain_names_skip_bad(
+    tmp_path: Path,
+) -> None:
+    # Both commands have --skip-bad; an unreadable image stopped them without a word of it.
+    pool = tmp_path / "pool"
+    for i in range(3):
+        save(pool / f"{i}.png", np.full((H, W, 3), 60 * i + 40, np.uint8))
+    (pool / "9.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a PNG")
+    inspect = ["datasets", "inspect", "folder", str(pool)]
+    pretrain = ["pretrain", "--data", str(pool), "--out", str(tmp_path / "run"), "--modality",
+                "fundus", "--stage1-steps", "1", "--stage2-steps", "0", "--size", "16"]  # fmt: skip
+    for args in (inspect, pretrain):
+        result = runner.invoke(app, args)
+        assert "9.png" in str(result.exception), result.output
+        assert str(result.exception).endswith("; --skip-bad skips unreadable images")
+    assert runner.invoke(app, [*inspect, "--skip-bad"]).exit_code == 1  # skipped, as it says
+
+
 def test_inspect_help_documents_the_exit_codes() -> None:
     result = runner.invoke(app, ["datasets", "inspect", "--help"])
     text = " ".join(result.stdout.split())  # as wrapped at any width

@@ -184,7 +184,8 @@ def datasets_inspect(
         raise LocaldiscError(
             f"--preview {preview} lies in the data set's folder {root}; write it elsewhere"
         )
-    report = inspect_dataset(name, root, skip_bad=skip_bad, progress=err_console.is_terminal)
+    with _skip_bad_hint(skip_bad):
+        report = inspect_dataset(name, root, skip_bad=skip_bad, progress=err_console.is_terminal)
     if preview is not None:
         split = next(iter(report["splits"]))
         written = write_preview(name, preview, root=root, split=split, skip_bad=skip_bad)
@@ -358,6 +359,24 @@ def _on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
         raise typer.Exit(_interrupt_exit_code()) from None
 
 
+@contextmanager
+def _skip_bad_hint(skip_bad: bool) -> Iterator[None]:
+    """An unreadable image that stops a command with ``--skip-bad`` (``pretrain``, ``datasets
+    inspect``) says that the option skips it, as ``finetune``'s and ``predict``'s do. Not where
+    it was given, nor for the installation's errors (pydicom missing), which it does not skip;
+    the pool alone cannot say it: ``demo`` and ``shape-guided train`` read it too, without it."""
+    from localdisc.errors import ImageReadError, ReaderSetupError
+
+    try:
+        yield
+    except ImageReadError as exc:
+        from localdisc.tasks.predict import SKIP_BAD_HINT
+
+        if skip_bad or isinstance(exc, ReaderSetupError) or SKIP_BAD_HINT in exc.reason:
+            raise
+        raise ImageReadError(exc.path, f"{exc.reason}; {SKIP_BAD_HINT}") from exc
+
+
 def _resume_hint(out: Path) -> str:
     """How a `pretrain` or `shape-guided train` stopped in ``out`` goes on: --resume continues
     from its last checkpoint, once config.json is written (before that nothing is kept)."""
@@ -489,7 +508,7 @@ def pretrain(
     )  # fmt: skip
     from localdisc.engine import distributed
 
-    with _on_interrupt(lambda: _resume_hint(out)):
+    with _on_interrupt(lambda: _resume_hint(out)), _skip_bad_hint(skip_bad):
         result = run_pretrain(config, out, resume=resume, log=_log)
     distributed.cleanup()
     if distributed.is_main_process():
