@@ -29,8 +29,9 @@ def untimed_rows(run_dir):
 
 
 def budget_spent_at(monkeypatch, *calls):
-    """Make the stage's budget spent at these readings (1, 2, ...) of it: one at the top of each
-    step, so reading k + 1 ends the stage after k steps, whatever the machine's speed."""
+    """Make the stage's budget spent at these readings (1, 2, ...) of it: one as a fresh run
+    starts and one after each step, so reading k + 1 ends the stage after k steps, whatever the
+    machine's speed."""
     import localdisc.engine.pretrain as engine
 
     count = itertools.count(1)
@@ -67,14 +68,15 @@ def test_a_stage_ended_by_its_steps_between_rows_logs_its_last_steps(tmp_path, p
     assert loss_rows(tmp_path) == [(4, 1, False), (6, 1, False), (8, 2, True), (11, 2, True)]
 
 
-def straight_and_resumed(tmp_path, pool, monkeypatch, config, straight, resumed):
+def straight_and_resumed(tmp_path, pool, monkeypatch, config, straight, resumed, stopped=()):
     """The untimed log rows of ``config`` run straight, its budget spent at the readings
-    ``straight``, and stopped at its checkpoint of step 5, then resumed with the budget spent at
-    the readings ``resumed`` (5 fewer: the steps before the stop read it)."""
+    ``straight``, and stopped at its checkpoint of step 5 (the budget spent at the readings
+    ``stopped``), then resumed with the budget spent at the readings ``resumed`` (6 fewer: the
+    start and the steps before the stop read it; the resume takes the checkpoint's)."""
     quiet = {"pool": pool, "log": lambda m: None}
     budget_spent_at(monkeypatch, *straight)
     pretrain(config, tmp_path / "straight", **quiet)
-    budget_spent_at(monkeypatch)
+    budget_spent_at(monkeypatch, *stopped)
     pretrain(config, tmp_path / "resumed", stop_at_step=5, **quiet)
     budget_spent_at(monkeypatch, *resumed)
     pretrain(config, tmp_path / "resumed", resume=True, **quiet)
@@ -84,8 +86,25 @@ def straight_and_resumed(tmp_path, pool, monkeypatch, config, straight, resumed)
 def test_a_resumed_budgeted_run_logs_the_rows_of_an_uninterrupted_one(tmp_path, pool, monkeypatch):
     # stopped at its checkpoint of step 5 (step 5 in its log window), then resumed
     config = tiny_pretrain_config(**{**BUDGETED, "checkpoint_every": 5})
-    straight, resumed = straight_and_resumed(tmp_path, pool, monkeypatch, config, (7, 12), (2, 7))
+    straight, resumed = straight_and_resumed(tmp_path, pool, monkeypatch, config, (7, 12), (1, 6))
     assert [r["step"] for r in straight if r["loss"]] == ["4", "6", "10004", "10005"]
+    assert resumed == straight
+
+
+def test_a_resume_from_the_checkpoint_where_the_budget_ran_out_ends_the_stage_there(
+    tmp_path, pool, monkeypatch
+):
+    # Stage 1's budget spent at step 5, the checkpoint written there, the run killed: the resume
+    # decided again at the next step, and trained stage 1 a step longer than the straight run
+    # (reviewer, under torchrun; alone by timing). Rows and validations are written before
+    # that checkpoint, so none is written twice.
+    config = tiny_pretrain_config(**{**BUDGETED, "checkpoint_every": 5})
+    straight, resumed = straight_and_resumed(
+        tmp_path, pool, monkeypatch, config, (6, 11), (5,), stopped=(6,)
+    )
+    assert [(r["step"], r["stage"]) for r in straight if r["loss"]] == [
+        ("4", "1"), ("5", "1"), ("10004", "2"), ("10005", "2")
+    ]  # fmt: skip
     assert resumed == straight
 
 
@@ -101,11 +120,14 @@ def test_a_peer_run_leaves_no_figures_folder(tmp_path, pool):
 
 
 def test_a_resume_where_the_budget_is_spent_validates_its_step_once(tmp_path, pool, monkeypatch):
-    # Validated and checkpointed at step 5, stopped there, resumed with stage 1's budget spent:
-    # the budget's end validated step 5 again, a second row for it in log.csv (reviewer). The
-    # checkpoint now records the step of the last validation.
+    # Validated and checkpointed at step 5, where stage 1's budget is spent, stopped there and
+    # resumed: the budget's end validated step 5 again, a second row for it in log.csv
+    # (reviewer). The checkpoint records the step of the last validation, and the budget's
+    # end, which the resume takes (it reads stage 2's clock alone).
     config = tiny_pretrain_config(**{**BUDGETED, "checkpoint_every": 5, "val_every": 5})
-    straight, resumed = straight_and_resumed(tmp_path, pool, monkeypatch, config, (6, 11), (1, 6))
+    straight, resumed = straight_and_resumed(
+        tmp_path, pool, monkeypatch, config, (6, 11), (5,), stopped=(6,)
+    )
     assert [(r["step"], r["stage"]) for r in straight if r["val_loss"]] == [
         ("5", "1"), ("10005", "2")
     ]  # fmt: skip

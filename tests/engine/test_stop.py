@@ -105,6 +105,46 @@ def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_for_it(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_under_torchrun_the_launchers_echo_of_the_signal_is_not_a_second_one(
+    tmp_path, pool, monkeypatch
+):
+    # SLURM signals torchrun and its workers, and torchrun then forwards the signal: each worker
+    # got two at once, the second stopped it mid-step, and the run lost its checkpoint.
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    reached: list[int] = []
+    signal_at(monkeypatch, 3, [signal.SIGINT, signal.SIGINT], reached)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_pretrain_config(), tmp_path, pool=pool)
+    assert reached == [signal.SIGINT, signal.SIGINT]  # the echo was dropped
+    assert last_checkpoint(tmp_path) == 3
+
+
+def test_a_signal_while_a_budget_ended_run_writes_its_last_checkpoint_waits_for_it(
+    tmp_path, pool, monkeypatch
+):
+    # The checkpoint a spent budget ends the run with was written after the handlers were
+    # restored: a first Ctrl-C there cut it, and the run had no checkpoint (its first).
+    import itertools
+
+    from localdisc.engine import pretrain as module
+
+    readings = itertools.count(1)  # the start, then one after each step: spent after step 2
+    monkeypatch.setattr(module, "_budget_spent", lambda start, budget: next(readings) == 3)
+    real = module.save_checkpoint
+
+    def save_checkpoint(folder, step, tensors, meta, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        real(folder, step, tensors, meta, *args, **kwargs)
+
+    monkeypatch.setattr(module, "save_checkpoint", save_checkpoint)
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=100, stage2_seconds=100.0,
+                                  checkpoint_every=1000)  # fmt: skip
+    result = pretrain(config, tmp_path, pool=pool)
+    assert result.steps == 2 and last_checkpoint(tmp_path) == 2
+    assert (tmp_path / "model.safetensors").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_handlers_are_restored_and_an_ignored_signal_stays_ignored(tmp_path, pool, monkeypatch):
     def mine(signum, frame):
         raise KeyboardInterrupt

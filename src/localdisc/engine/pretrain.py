@@ -1048,6 +1048,8 @@ def _pretrain(
             "elapsed_partial": not seconds_known,
             # the current stage's share: a resumed stage's time budget goes on from it
             "stage_elapsed": time.perf_counter() - stage_start,
+            # and whether it is spent, as decided at this step (the stage ends at the next)
+            "budget_spent": budget_agreed,
             # the log window's steps (summed in the tensors) and their seconds so far
             "log_window": {"steps": n_summed, "seconds": time.perf_counter() - t_window},
         }
@@ -1145,9 +1147,17 @@ def _pretrain(
     # the step at stage_start: the pace behind a budget's time left
     stage_first = step if not stage_before else (config.stage1_steps if stage == 2 else 0)
     finished = False
-    # Under torchrun: rank 0's clock past the stage's budget, agreed on at the last step's finite
-    # check (no collective of its own); the stage ends at the top of the next step.
-    budget_agreed = False
+    # Whether the stage's time budget is spent, decided once a step, before its log row,
+    # validation and checkpoint, which keeps it: a resume from there ends the stage where the
+    # straight run did (it trained one step more). Under torchrun rank 0's clock, agreed on at
+    # the step's finite check (no collective of its own); alone the clock after the step. The
+    # stage ends at the top of the next step; a fresh run's first step looks at the clock (a
+    # budget spent before any step).
+    if loaded is not None:
+        budget_agreed = bool(loaded[0].get("budget_spent", False))
+    else:
+        first_budget = config.stage1_seconds if stage == 1 else config.stage2_seconds
+        budget_agreed = not ctx.distributed and _budget_spent(stage_start, first_budget)
     # Ctrl-C or SIGTERM in the loop ends the step, writes a checkpoint there and then stops
     # (engine/stop.py); a second one stops at once.
     stopper = GracefulStop()
@@ -1155,8 +1165,7 @@ def _pretrain(
         stopper.install()
         while step < config.total_steps:
             budget = config.stage1_seconds if stage == 1 else config.stage2_seconds
-            # Under torchrun, rank 0's clock at the last step's finite check; alone, the clock now.
-            if budget_agreed if ctx.distributed else _budget_spent(stage_start, budget):
+            if budget_agreed:
                 done = step - (config.stage1_steps if stage == 2 else 0)
                 log(
                     f"stage {stage}: time budget of {budget:.0f} s spent after {done} steps of "
@@ -1254,9 +1263,15 @@ def _pretrain(
                     sums[k] = sums.get(k, 0) + val.detach()
                 n_summed += 1
 
+            if not ctx.distributed:  # under torchrun: agreed on at the finite check
+                budget_agreed = _budget_spent(stage_start, budget)
             # A stage's last steps are logged as a shorter row: carried on, they were averaged
             # with the next stage's (whose terms differ) or, at the run's end, never written.
-            end_of_stage = step == config.total_steps or config.stage_at(step) != stage
+            # A stage ended by its budget too, before its checkpoint: a resume from there wrote
+            # the row and the validation again.
+            end_of_stage = (
+                step == config.total_steps or config.stage_at(step) != stage or budget_agreed
+            )
             if step % config.log_every == 0 or end_of_stage:
                 log_row()
 
@@ -1289,20 +1304,21 @@ def _pretrain(
                 stopper.stop(signum)
             if stop_at_step is not None and step >= stop_at_step:
                 break
+        # Written while a first Ctrl-C or SIGTERM is still only a request: after restore() it
+        # cut the checkpoint of a run ended by its time budget. The run ends as at its last step.
+        if finished:  # ended by a time budget: the outputs a full run ends with
+            checkpoint()
+            if main and objective is None:
+                write_figures(model, figure_pool, run_dir / "figures", step, clusters=stage == 2,
+                              names=figure_names)  # fmt: skip
+        finished = finished or step == config.total_steps
+        if main and finished:
+            _save_final_weights(model, run_dir)
     finally:
         stopper.restore()
         progress.close()
         if csv_log:
             csv_log.close()
-
-    if finished:  # ended by a time budget: the outputs a full run ends with
-        checkpoint()
-        if main and objective is None:
-            write_figures(model, figure_pool, run_dir / "figures", step, clusters=stage == 2,
-                          names=figure_names)  # fmt: skip
-    finished = finished or step == config.total_steps
-    if main and finished:
-        _save_final_weights(model, run_dir)
     # No rank may leave (and tear down gloo/NCCL) while rank 0 is still writing.
     distributed.barrier()
     elapsed = time.perf_counter() - t_start

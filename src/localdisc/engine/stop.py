@@ -7,7 +7,11 @@ on it, and on a time budget, in :meth:`GracefulStop.agree`), writes its checkpoi
 KeyboardInterrupt; the CLI's SIGTERM handler also records the signal for the exit code). A second
 signal goes to that handler at once, as without a graceful stop, except inside
 :meth:`GracefulStop.deferring` (the checkpoint of the stop being written), where it waits for the
-write to end: a second Ctrl-C there lost the checkpoint the first one asked for.
+write to end: a second Ctrl-C there lost the checkpoint the first one asked for. Under torchrun a
+second signal within :data:`ECHO_SECONDS` of the first is the launcher's forward of the same stop
+and is dropped: SLURM signals every process of a job step, torchrun included, which then sends
+its workers SIGTERM; a terminal's Ctrl-C reaches the whole process group likewise. Taken as a
+second request, it cut the step the first one let finish, and the run lost its checkpoint.
 
 Only signals whose handler is a Python function are deferred: an ignored signal stays ignored
 and a default action (SIGTERM outside the CLI ends the process) stays as it was. The handlers are
@@ -19,6 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -30,6 +35,13 @@ from torch import Tensor
 from localdisc.errors import DivergedError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Under torchrun, a second signal this soon after the first is the launcher's echo of it.
+ECHO_SECONDS = 5.0
+
+
+def _under_launcher() -> bool:
+    """Whether this process is a torchrun (torch.distributed.elastic) worker."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 class GracefulStop:
@@ -38,6 +50,7 @@ class GracefulStop:
     def __init__(self) -> None:
         #: The first signal received (its number), ``None`` while no stop is asked.
         self.signum: int | None = None
+        self._first_at = 0.0  # time.monotonic() of the first signal
         self._previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
         self._pid: int | None = None
         self._deferring = False
@@ -71,12 +84,15 @@ class GracefulStop:
         # A forked child inherited the handler (it trains no loop), or a second signal: the
         # deferred handler acts at once, as it would have without this.
         if os.getpid() != self._pid or self.signum is not None:
+            echo = time.monotonic() - self._first_at < ECHO_SECONDS and _under_launcher()
+            if os.getpid() == self._pid and echo:
+                return
             if os.getpid() == self._pid and self._deferring and self._held is None:
                 self._held = signum  # handed on once the write ends; a third one acts now
                 return
             self._previous[signum](signum, frame)
             return
-        self.signum = signum
+        self.signum, self._first_at = signum, time.monotonic()
 
     @contextmanager
     def deferring(self) -> Iterator[None]:
