@@ -115,6 +115,40 @@ def test_demo_on_grey_fundus_photographs(tmp_path, monkeypatch):
     assert named == {"cluster_figure": files, "similarity_figure": files}
 
 
+def test_demo_on_own_photographs_shows_them_as_the_pool_holds_them(tmp_path, monkeypatch):
+    # A retina in a wide black camera frame: the figures squashed the whole frame, so the
+    # network was shown a retina smaller and narrower than any it was trained on.
+    import numpy as np
+
+    import localdisc.demo
+    from helpers import save
+    from localdisc.data.pool import prepare_pool_image
+    from localdisc.data.synthetic import synthetic_fundus
+    from localdisc.demo import run_demo
+
+    frames = []
+    for i in range(3):
+        frame = np.zeros((64, 112, 3), np.uint8)
+        frame[:, 24:88] = (synthetic_fundus(64, seed=i).image * 255).astype(np.uint8)
+        frames.append(save(tmp_path / "photos" / f"eye{i}.png", frame))
+    shown: list = []
+    original = localdisc.demo.cluster_figure
+
+    def spy(model, images, *args, **kwargs):
+        shown.extend(images)
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(localdisc.demo, "cluster_figure", spy)
+    run_demo(tmp_path / "out", quick=True, data=[str(tmp_path / "photos")], device="cpu",
+             progress=False, log=lambda m: None)  # fmt: skip
+    from localdisc.data.io import read_image
+
+    size = shown[0].shape[0]
+    for path, image in zip(frames, shown, strict=True):
+        pooled = prepare_pool_image(read_image(path)[0], "fundus", size).transpose(1, 2, 0)
+        np.testing.assert_allclose(image, pooled / 255.0, atol=1e-6)
+
+
 def spy_figure_names(monkeypatch, module) -> dict[str, list[str]]:
     """The ``names`` that ``module`` passes to its cluster and similarity figures, by function."""
     named: dict[str, list[str]] = {}

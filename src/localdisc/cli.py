@@ -320,9 +320,11 @@ def main() -> None:
         raise
     except LocaldiscError as exc:
         # Messages name files and flags: a path with [...] in it is text, not Rich markup.
-        err_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
+        # Under torchrun every process meets it: said once.
+        if os.environ.get("RANK", "0") == "0":
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
         sys.exit(2)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

@@ -130,3 +130,50 @@ def test_sync_bn_without_cuda_under_torchrun_is_refused_before_the_pool_is_read(
 def test_mean_over_ranks_alone_returns_the_values():
     values = {"loss": torch.tensor(2.0), "pd": torch.tensor(1.0)}
     assert mean_over_ranks(values) is values
+
+
+PARTNERS_RANK = """
+import os, sys
+import torch.distributed as dist
+from helpers import tiny_pretrain_config
+import localdisc.engine.pretrain as engine
+from localdisc.data.pool import synthetic_pool
+
+rank, store, run_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+real, seen = engine.validation_loss, []
+
+def validation_loss(*args, partners, **kwargs):
+    seen.append(partners.double().sum().item())
+    return real(*args, partners=partners, **kwargs)
+
+engine.validation_loss = validation_loss
+config = tiny_pretrain_config(stage1_steps=1, stage2_steps=0, val_every=1)
+try:
+    engine.pretrain(config, run_dir, pool=synthetic_pool(24, "fundus", 48), log=lambda m: None)
+    print(seen)
+finally:
+    dist.destroy_process_group()
+"""
+
+
+def test_under_torchrun_the_validation_pairs_are_those_of_one_process(tmp_path, monkeypatch):
+    # Each validation image is paired with a training image, fixed for the run: they were
+    # taken from rank 0's shard, so a run of 2 processes had another validation loss.
+    import localdisc.engine.pretrain as engine
+    from helpers import tiny_pretrain_config
+    from localdisc.data.pool import synthetic_pool
+
+    real, seen = engine.validation_loss, []
+
+    def validation_loss(*args, partners, **kwargs):
+        seen.append(partners.double().sum().item())
+        return real(*args, partners=partners, **kwargs)
+
+    monkeypatch.setattr(engine, "validation_loss", validation_loss)
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=0, val_every=1)
+    engine.pretrain(config, tmp_path / "one", pool=synthetic_pool(24, "fundus", 48),
+                    log=lambda m: None)  # fmt: skip
+    outputs = run_two_ranks(tmp_path, PARTNERS_RANK)
+    assert eval(outputs[0][0].strip().splitlines()[-1]) == seen, outputs

@@ -17,6 +17,26 @@ def pool():
     return synthetic_pool(6, "fundus", 48)
 
 
+def test_a_peers_one_stage_has_the_budget_of_the_stages_it_folds():
+    # A stage without a budget is unlimited for LD: the peer's one stage was given the other
+    # stage's budget alone; a negative budget or count was netted against the other stage's.
+    def folded(**kw):
+        config = tiny_pretrain_config(method="simclr", stage1_steps=2, stage2_steps=3, **kw)
+        return config.stage1_steps, config.stage1_seconds, config.stage2_seconds
+
+    assert folded(stage2_seconds=100.0) == (5, None, None)
+    assert folded(stage1_seconds=60.0) == (5, None, None)
+    assert folded(stage1_seconds=60.0, stage2_seconds=40.0) == (5, 100.0, None)
+    assert folded() == (5, None, None)
+    only2 = tiny_pretrain_config(method="simclr", stage1_steps=0, stage2_steps=3,
+                                 stage1_seconds=9.0, stage2_seconds=40.0)  # fmt: skip
+    assert (only2.stage1_steps, only2.stage1_seconds) == (3, 40.0)  # stage 1 had no steps
+    with pytest.raises(LocaldiscError, match="budgets must be > 0"):
+        tiny_pretrain_config(method="simclr", stage1_seconds=-50.0, stage2_seconds=100.0)
+    with pytest.raises(LocaldiscError, match="step counts must be >= 0"):
+        tiny_pretrain_config(method="simclr", stage1_steps=-10, stage2_steps=20)
+
+
 @pytest.mark.parametrize("method", sorted(PEER_METHODS))
 def test_a_peer_method_trains_one_stage_and_resumes_exactly(tmp_path, pool, method):
     config = tiny_pretrain_config(method=method, stage1_steps=2, stage2_steps=2)

@@ -152,6 +152,20 @@ def test_the_line_names_version_commit_torch_machine_and_date():
     assert "\n" not in environment_line(environment("cpu"))
 
 
+def test_the_environment_says_whether_the_device_trains_in_bf16(monkeypatch):
+    # bf16 autocast where the CPU has bf16 instructions, float32 elsewhere: the numbers differ
+    # (the demo's Dice), and neither config.json nor results.md said which.
+    from localdisc.engine import precision
+
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        env = environment("cpu")
+        assert env["bf16"] is native
+        shown = " with bf16," if native else " without bf16 (float32),"
+        assert shown in environment_line(env)
+    assert "bf16" not in environment()  # no device, no claim
+
+
 def test_the_command_reads_as_typed():
     assert command_text(["/venv/bin/localdisc", "predict", "--out", "x"]) == (
         "localdisc predict --out x"

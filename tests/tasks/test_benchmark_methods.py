@@ -30,6 +30,7 @@ def test_quick_comparison_pretrains_every_method_and_tabulates(tmp_path):
     report = (out / "results.md").read_text()
     assert "| simclr (fundus) | 4 |" in report and "# Transfer benchmark" in report
     assert "`random` is the floor: no pre-training" in report
+    assert "1:4" not in report  # LD ran the --quick steps, not a budget's split
     assert report.rstrip().endswith(environment_line(summary["environment"]))
     pretrained = json.loads((out / "pretrain" / "fundus" / "ld" / "config.json").read_text())
     assert pretrained["environment"]["processes"] == 1

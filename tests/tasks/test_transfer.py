@@ -27,6 +27,12 @@ def test_labelled_count(labels, count):
     assert labelled_count(labels, 20) == count
 
 
+def test_a_fraction_half_way_between_counts_rounds_up():
+    # round() sent halves to the even count: 0.5 of 5 images was 2 and of 7 was 4.
+    assert [labelled_count("0.5", n) for n in (5, 7, 9, 11)] == [3, 4, 5, 6]
+    assert [labelled_count("0.25", n) for n in (10, 14)] == [3, 4]
+
+
 @pytest.mark.parametrize("labels", ["21", "0", "1.5", "some", "-3"])
 def test_bad_label_budgets_are_refused(labels):
     with pytest.raises(LocaldiscError, match="labels"):

@@ -154,20 +154,25 @@ class PretrainConfig:
                 problems.append("a shape prior needs --method ld")
             if self.compile:
                 problems.append("--compile is for --method ld")
-            if self.stage2_steps or self.stage2_seconds:  # one stage: fold stage 2 into it
-                budgets = [b for b in (self.stage1_seconds, self.stage2_seconds) if b]
-                self.stage1_steps += self.stage2_steps
-                self.stage2_steps = 0
-                self.stage1_seconds = sum(budgets) if budgets else None
-                self.stage2_seconds = None
-        if self.modality not in ("fundus", "xray"):
-            problems.append(f"modality must be fundus or xray, not {self.modality!r}")
+        # Checked before a peer's stages are folded into one, where a negative count or
+        # budget was netted against the other stage's.
         if self.stage1_steps < 0 or self.stage2_steps < 0:
             problems.append("step counts must be >= 0")
         for budget in (self.stage1_seconds, self.stage2_seconds):
             # not (> 0) also catches NaN, which compares False to everything
             if budget is not None and not (0 < budget < math.inf):
                 problems.append(f"stage time budgets must be > 0 seconds and finite, not {budget}")
+        if self.method != "ld" and (self.stage2_steps or self.stage2_seconds):
+            # One stage: stage 2 folded into it, within the sum of the budgets of the stages
+            # that have steps; one of them without a budget (unlimited for LD) leaves it none.
+            budgets = [b for s, b in ((self.stage1_steps, self.stage1_seconds),
+                                      (self.stage2_steps, self.stage2_seconds)) if s]  # fmt: skip
+            self.stage1_steps += self.stage2_steps
+            self.stage2_steps = 0
+            self.stage1_seconds = None if None in budgets or not budgets else sum(budgets)
+            self.stage2_seconds = None
+        if self.modality not in ("fundus", "xray"):
+            problems.append(f"modality must be fundus or xray, not {self.modality!r}")
         if self.stage1_steps + self.stage2_steps == 0:
             problems.append("at least one training step is needed")
         if self.batch < 1:
@@ -835,6 +840,13 @@ def _pretrain(
             f"{_no_validation_reason(pool.shape[0], config)}: model_best.safetensors is the "
             "last model, not the best by validation loss"
         )
+    # Each validation image's pair (validation_loss): training images, fixed for the run; and
+    # the figures' images: the validation images, else (none) the first training images, each
+    # named by its source (a file relative to its folder). Of the whole training set, before
+    # it is sharded: rank 0's shard gave a run of 2 processes another validation loss.
+    val_partners = train_pool[: max(1, len(val_idx))].clone()
+    figure_pool = val_pool[:4] if val_idx else train_pool[:4].clone()
+    figure_names = [pool_names[i] for i in (val_idx or train_idx)[:4]]
     if ctx.distributed:  # each rank samples from its own shard
         train_pool = train_pool[ctx.rank :: ctx.world_size]
         train_idx = train_idx[ctx.rank :: ctx.world_size]
@@ -848,12 +860,7 @@ def _pretrain(
         else:
             train_pool = train_pool.pin_memory()
     val_pool = val_pool.to(device)
-    # Each validation image's pair (validation_loss): training images, fixed for the run.
-    val_partners = train_pool[: max(1, len(val_idx))].to(device)
-    # The figures show the validation images, else (none) the first training images, each
-    # named by its source (a file relative to its folder): which image a panel shows.
-    figure_pool = val_pool[:4] if val_idx else train_pool[:4]
-    figure_names = [pool_names[i] for i in (val_idx or train_idx)[:4]]
+    val_partners = val_partners.to(device)
     pool_record = {
         "images": int(pool.shape[0]),
         "val_images": int(val_pool.shape[0]),
@@ -898,8 +905,8 @@ def _pretrain(
         default_crop = tuple(config.crop_scale) == PretrainConfig.crop_scale
         if config.method != "genesis" and not default_crop:
             log(
-                f"crop_scale {tuple(config.crop_scale)} is LD's: {config.method} keeps the crops "
-                "of its paper"
+                f"crop_scale {tuple(config.crop_scale)} is LD's: {config.method} keeps its own, "
+                "(0.2, 1.0) as in MoCo v2 and DenseCL (localdisc.methods says why)"
             )
     stage1_views = LDViews(config.size, config.modality, crop_scale=tuple(config.crop_scale))
     stage2_views = stage1_views

@@ -82,7 +82,7 @@ def parse_pool(spec: str) -> tuple[str, str]:
 #: ``--cpu-scale`` pools under ``--data-root`` (those of benchmarks/compare_methods.sh).
 CPU_SCALE_POOLS = {"fundus": "KaggleDR/images", "xray": "CXR_Kermany/train/NORMAL"}
 #: ``--cpu-scale`` fundus pools: LD's native-scale crops of ``benchmark transfer --cpu-scale``
-#: (vessels as wide as in DRIVE at 256); the peers keep their papers' crops.
+#: (vessels as wide as in DRIVE at 256); the peers keep their own, 0.2-1 (localdisc.methods).
 CPU_SCALE_FUNDUS = {"pool_size": 256, "crop_scale": (0.2, 0.35)}
 
 
@@ -418,11 +418,12 @@ def run_methods_benchmark(
         "# Pre-training methods: same network, pool, budget and transfer protocol",
         "",
         (
-            "Budget per method: --quick, fixed steps"
+            "Budget per method: --quick, fixed steps (the table's)"
             if config.budget_seconds is None
-            else f"Budget per method: {config.budget_seconds:.0f} s of pre-training"
+            else f"Budget per method: {config.budget_seconds:.0f} s of pre-training; LD: 1:4 "
+            "between its stages"
         )
-        + "; LD: 1:4 between its stages. Rows of the transfer tables are named by the method's run "
+        + ". Rows of the transfer tables are named by the method's run "
         "folder (its name is the method; MODALITY/METHOD with two pools, but a method that has "
         "runs under its name from an earlier call keeps it); `random` is the floor: "
         "no pre-training, the network trained from scratch.",

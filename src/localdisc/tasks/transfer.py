@@ -51,6 +51,7 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -211,7 +212,7 @@ def labelled_count(labels: str | int | float, available: int) -> int:
             fraction = float(text)
             if not 0 < fraction < 1:
                 raise ValueError
-            n = max(1, round(fraction * available))
+            n = max(1, math.floor(fraction * available + 0.5))  # round(): halves to even
     except ValueError:
         raise LocaldiscError(
             f"--labels must be a count, a fraction in (0, 1) or 'all', not {labels!r}"
