@@ -750,6 +750,32 @@ def test_match_masks_outside_a_data_set(tmp_path: Path) -> None:
     assert "it holds only the images themselves" in match_masks([inside], shared_dir)[0].reason
 
 
+def test_two_files_of_one_image_in_an_official_folder_are_refused(tmp_path: Path) -> None:
+    # A converted 21_training.png left beside DRIVE's 21_training.tif was taken for it (the
+    # first in sorted order), without a word.
+    root = make_drive(tmp_path / "DRIVE")
+    save(root / "training" / "images" / "21_training.png", fundus(seed=9))
+    with pytest.raises(DatasetError, match=r"21_training\.png and 21_training\.tif are two files"):
+        load_dataset("drive", root, "train")
+
+
+def test_a_mask_of_the_turned_size_names_the_images_exif_orientation(tmp_path: Path) -> None:
+    # A phone photograph stored 60 wide and 80 high with Orientation 6 shows 80 x 60 in every
+    # viewer, where its mask was drawn: "mask is 60x80 but its image is 80x60" seemed wrong.
+    image = Image.fromarray(fundus(80, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    image.save(tmp_path / "set" / "images" / "c0.jpg", exif=exif.tobytes())
+    save(tmp_path / "set" / "masks" / "c0.png", vessels(60, 80))
+    ds = load_dataset("folder", tmp_path / "set")
+    turned = r"is 80x60 as stored; viewers show it turned 90 degrees clockwise"
+    with pytest.raises(DatasetError, match=turned):
+        ds.check_mask_sizes()
+    with pytest.raises(DatasetError, match=turned):
+        ds[0]
+
+
 def test_match_masks_beside_the_images_ignores_a_label_folder_next_to_them(
     tmp_path: Path,
 ) -> None:

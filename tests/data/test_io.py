@@ -1068,6 +1068,27 @@ def test_truncated_files(tmp_path: Path) -> None:
     _expect_error(tmp_path / "t.pgm.gz")
 
 
+def test_a_file_cut_short_says_so(tmp_path: Path) -> None:
+    # A GIF cut in its palette read "content is not a PNG, JPEG, ... image", and a TIFF whose
+    # directory (at its end, as DRIVE's) was cut "no pages": neither said truncated.
+    gif = _png_bytes((64, 64), "GIF")
+    (tmp_path / "head.gif").write_bytes(gif[:40])
+    message = str(_expect_error(tmp_path / "head.gif", "starts as a GIF file"))
+    assert "truncated or damaged (40 bytes)" in message
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    data = buf.getvalue()
+    ifd = int.from_bytes(data[4:8], "little")
+    moved = data[:4] + len(data).to_bytes(4, "little") + data[8:] + data[ifd:]  # IFD at the end
+    (tmp_path / "end.tif").write_bytes(moved[: len(moved) // 2])
+    _expect_error(tmp_path / "end.tif", "starts as a TIFF file but cannot be decoded: truncated")
+    for name in ("t.png", "t.jpg", "t.gif", "t.bmp"):  # the decoders' own words say it
+        data = _png_bytes((64, 64, 3) if name != "t.gif" else (64, 64), name[2:].upper()
+                          .replace("JPG", "JPEG"))  # fmt: skip
+        (tmp_path / name).write_bytes(data[: len(data) * 2 // 3])
+        assert "truncat" in str(_expect_error(tmp_path / name)).lower(), name
+
+
 def test_truncated_even_if_pillow_told_to_accept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1077,6 +1077,26 @@ def test_a_fine_tuning_into_a_folder_another_process_runs_in_is_refused(tmp_path
     run_transfer(tiny("synthetic_fundus:4"), out, log=lambda m: None)  # free: it runs
 
 
+def test_hrf_without_its_labels_given_as_a_folder_is_not_trained_on_its_fields_of_view(tmp_path):
+    # images/ and mask/ (HRF's fields of view, 01_dr_mask.tif) without manual1/: a folder's
+    # NAME_mask naming took the fields of view for labels, and fine-tuning learnt the disc.
+    from helpers import save
+    from localdisc.tasks.transfer import load_task_data
+
+    root = tmp_path / "HRF"
+    for stem in ("01_dr", "01_g", "01_h", "02_dr"):
+        save(root / "images" / f"{stem}.jpg", np.full((24, 20, 3), 90, np.uint8))
+        save(root / "mask" / f"{stem}_mask.tif", np.full((24, 20), 255, np.uint8))
+    with pytest.raises(DatasetError, match=re.escape("laid out as hrf is, whose mask/ folder")):
+        load_task_data(str(root), None)
+    # A folder of one's own with masks/ named so is no such layout.
+    own = tmp_path / "mine"
+    for stem in ("case01", "case02"):
+        save(own / "images" / f"{stem}.png", np.full((24, 20, 3), 90, np.uint8))
+        save(own / "mask" / f"{stem}_mask.png", np.full((24, 20), 255, np.uint8))
+    assert load_task_data(str(own), None)[2] == "mask"
+
+
 def test_an_official_set_given_as_a_folder_is_told_its_name(tmp_path):
     # A DRIVE folder without drive: read as a folder of images: "no masks; put them in a folder
     # beside the images named masks, ..." (reviewer).

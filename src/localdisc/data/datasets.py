@@ -34,6 +34,8 @@ import numpy as np
 
 from localdisc.data.io import (
     IMAGE_SUFFIXES,
+    ORIENTATIONS,
+    ImageMeta,
     is_image_file,
     read_image,
     read_image_meta,
@@ -98,6 +100,28 @@ def image_stem(path: str | Path) -> str:
     return name
 
 
+def _size_mismatch(
+    mask: Path,
+    mask_hw: tuple[int, int],
+    image: Path,
+    meta: ImageMeta | None,
+    image_hw: tuple[int, int] | None = None,
+) -> str:
+    """The error of a mask whose size is not its image's; where the image carries an EXIF
+    orientation that turns it by 90 degrees and the mask fits the turned image, that is said:
+    viewers show the image turned, so the mask drawn on it seemed of the right size."""
+    h, w = image_hw if image_hw is not None else (meta.height, meta.width)  # type: ignore[union-attr]
+    text = f"{mask}: mask is {mask_hw[0]}x{mask_hw[1]} but its image {image.name} is {h}x{w}"
+    turn = meta.orientation if meta is not None else None
+    if turn in (5, 6, 7, 8) and tuple(mask_hw) == (w, h):
+        text += (
+            f" as stored; viewers show it {ORIENTATIONS[turn]} (its EXIF orientation, which "
+            "localdisc does not apply), and the mask fits that: save the image as viewers "
+            "show it, or turn the mask"
+        )
+    return text
+
+
 def name_key(name: str) -> str:
     """Matching key of a file name or stem: lower case and in Unicode normal form NFC, so that
     a name stored decomposed (NFD, as macOS writes it) matches the same name typed elsewhere."""
@@ -105,15 +129,23 @@ def name_key(name: str) -> str:
 
 
 def _index(folder: Path) -> dict[str, Path]:
-    """Image files directly in ``folder`` keyed by :func:`_key` of the stem; first in sorted
-    order wins. Hidden files are skipped (macOS leaves ``._21_training.tif`` beside each file
-    on FAT drives and in zips; they are not images)."""
+    """Image files directly in ``folder`` keyed by :func:`name_key` of the stem. Two files of
+    one stem are refused, naming both: a converted copy left beside an official file
+    (``21_training.png`` by ``21_training.tif``) was taken for it, the first in sorted order,
+    without a word. Hidden files are skipped (macOS leaves ``._21_training.tif`` beside each
+    file on FAT drives and in zips; they are not images)."""
     out: dict[str, Path] = {}
     if not folder.is_dir():
         return out
     for path in sorted(folder.iterdir()):
         if not path.name.startswith(".") and path.is_file() and is_image_file(path):
-            out.setdefault(name_key(image_stem(path)), path)
+            key = name_key(image_stem(path))
+            if key in out:
+                raise DatasetError(
+                    f"{folder}: {out[key].name} and {path.name} are two files of one image "
+                    f"({image_stem(path)}); keep one there (move the other out of the folder)"
+                )
+            out[key] = path
     return out
 
 
@@ -318,8 +350,7 @@ class SegmentationDataset(Sequence[Sample]):
             for path, mask in masks:
                 if (mask.height, mask.width) != (image.height, image.width):
                     raise DatasetError(
-                        f"{path}: mask is {mask.height}x{mask.width} but its image "
-                        f"{item.image.name} is {image.height}x{image.width}"
+                        _size_mismatch(path, (mask.height, mask.width), item.image, image)
                     )
 
     def _fit(self, mask: np.ndarray, shape: tuple[int, int], path: Path, image: Path) -> np.ndarray:
@@ -327,10 +358,11 @@ class SegmentationDataset(Sequence[Sample]):
             return mask
         if self.resize_masks:
             return resize_mask(mask, shape)
-        raise DatasetError(
-            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image {image.name} is "
-            f"{shape[0]}x{shape[1]}"
-        )
+        try:
+            meta = read_image_meta(image)
+        except LocaldiscError:  # the image was just read: only its orientation is wanted
+            meta = None
+        raise DatasetError(_size_mismatch(path, mask.shape[:2], image, meta, shape))
 
     def load(self, item: Item) -> Sample:
         """Read one item: image, target masks (unions where a target has several files), FOV."""

@@ -527,11 +527,41 @@ def _guarded(path: Path, kind: str, reader: Any, head: bytes, limit: int) -> Any
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"image too large: {exc}") from exc
     except UnidentifiedImageError as exc:
+        damaged = _damaged(path, head)
         raise ImageReadError(
-            path, "content is not a PNG, JPEG, BMP, GIF, PPM/PGM/PBM or TIFF image"
+            path, damaged or "content is not a PNG, JPEG, BMP, GIF, PPM/PGM/PBM or TIFF image"
         ) from exc
     except Exception as exc:  # decoders raise anything from OSError to struct.error on bad input
-        raise ImageReadError(path, f"cannot decode as {kind}: {_describe(exc)}") from exc
+        reason = f"cannot decode as {kind}: {_describe(exc)}"
+        raise ImageReadError(path, _with_damage(path, head, reason)) from exc
+
+
+#: Signatures of the formats Pillow and tifffile read: a file that starts with one and cannot
+#: be decoded is most likely cut short (an interrupted download), which the decoders rarely say.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
+)  # fmt: skip
+
+
+def _with_damage(path: Path, head: bytes, reason: str) -> str:
+    """``reason`` led by :func:`_damaged`'s words where the decoder's do not say truncated."""
+    damaged = "" if "truncat" in reason.lower() else _damaged(path, head)
+    return f"{damaged} ({reason})" if damaged else reason
+
+
+def _damaged(path: Path, head: bytes) -> str:
+    """What to say of a file that starts as an image format and cannot be decoded (``""``
+    where it does not start as one)."""
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            try:
+                size = f" ({path.stat().st_size:,} bytes)"
+            except OSError:
+                size = ""
+            return f"starts as a {name} file but cannot be decoded: truncated or damaged{size}"
+    return ""
 
 
 _SUPPORTED = "supported: " + ", ".join(sorted(IMAGE_SUFFIXES))
@@ -974,10 +1004,10 @@ def _decode_tiff(path: Path, head: bytes, limit: int) -> _Decoded:
         except ImageReadError:
             raise
         except Exception as second:
-            raise ImageReadError(
-                path,
-                f"cannot decode as TIFF: tifffile: {_describe(first)}; Pillow: {_describe(second)}",
-            ) from second
+            reason = (
+                f"cannot decode as TIFF: tifffile: {_describe(first)}; Pillow: {_describe(second)}"
+            )
+            raise ImageReadError(path, _with_damage(path, head, reason)) from second
 
 
 def _header_tiff(path: Path, head: bytes, limit: int) -> ImageMeta | None:

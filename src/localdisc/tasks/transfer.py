@@ -345,6 +345,31 @@ def _known_layout(root: Path) -> str | None:
     return None
 
 
+def _refuse_fields_of_view(train: SegmentationDataset) -> None:
+    """Refuse a folder of DRIVE's or HRF's layout whose masks are in its ``mask/`` folder: that
+    holds fields of view (``01_dr_mask.tif``), which a folder's ``NAME_mask`` naming takes for
+    labels; without the labels' folder (HRF's ``manual1/`` not downloaded) a fine-tuning
+    learnt the retina's disc."""
+    in_mask = any(
+        path.parent.name.lower() == "mask"
+        for item in train.items
+        for files in item.masks.values()
+        for path in files
+    )
+    if not in_mask:
+        return
+    for known, labels in (("drive", "1st_manual"), ("hrf", "manual1")):
+        try:
+            official = load_data_spec(f"{known}:{train.root}", None, skip_bad=True)  # partial
+        except (LocaldiscError, OSError):
+            continue
+        if official.items:
+            raise DatasetError(
+                f"{train.root}: laid out as {known} is, whose mask/ folder holds fields of view, "
+                f"not labels: give {known}:{train.root} (its labels are in {labels}/)"
+            )
+
+
 def load_task_data(
     spec: str, target: str | None
 ) -> tuple[SegmentationDataset, SegmentationDataset | None, str]:
@@ -366,6 +391,8 @@ def load_task_data(
             "with the images' file names"
         )
         raise DatasetError(f"{train.root}: no masks{hint}")
+    if name == "folder" and train.root is not None:
+        _refuse_fields_of_view(train)
     target = _resolve_target(train, target)
     test = load_data_spec(spec, "test") if "test" in splits else None
     if test is not None:
