@@ -988,6 +988,16 @@ def test_masks_grey_label_maps_read_as_non_zero(tmp_path: Path) -> None:
     assert not read_mask(_save(wide, tmp_path / "wide.png")).any()
 
 
+def test_an_anti_aliased_8_bit_mask_in_16_bits_reads_as_in_8(tmp_path: Path) -> None:
+    # Values 0-255 with soft edges stored as I;16: half of 65535 read it as empty, and the
+    # prior was refused as "bright on a black background" though it was.
+    soft = np.clip(np.arange(64, dtype=np.int32)[None, :].repeat(8, 0) * 6 - 60, 0, 255)
+    eight, sixteen = soft.astype(np.uint8), soft.astype(np.uint16)
+    expected = read_mask(_save(eight, tmp_path / "m8.png"))
+    assert 0 < expected.mean() < 1
+    np.testing.assert_array_equal(read_mask(_save(sixteen, tmp_path / "m16.png")), expected)
+
+
 def test_masks_palette(tmp_path: Path) -> None:
     ref = np.array([[0, 1, 1, 0], [0, 0, 1, 1]], dtype=bool)
 

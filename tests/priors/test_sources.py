@@ -126,10 +126,37 @@ def test_all_empty_masks_raise(tmp_path: Path) -> None:
         load_prior(str(tmp_path / "blank"), 16)
 
 
-def test_empty_masks_are_left_out(tmp_path: Path) -> None:
+def test_empty_and_all_foreground_masks_are_left_out(tmp_path: Path) -> None:
+    # A blank white image was taken for a mask of nothing but foreground.
+    shape = np.zeros((16, 16), np.uint8)
+    shape[4:12, 4:12] = 255
     save(tmp_path / "m" / "blank.png", np.zeros((16, 16), np.uint8))
     save(tmp_path / "m" / "full.png", np.full((16, 16), 255, np.uint8))
-    assert load_prior(str(tmp_path / "m"), 8).shape == (1, 1, 8, 8)
+    save(tmp_path / "m" / "shape.png", shape)
+    bank = load_prior(str(tmp_path / "m"), 8)
+    assert bank.shape == (1, 1, 8, 8) and bank.float().mean() == 0.25
+    assert "(1 used: the others are empty or all foreground at 8 x 8)" in describe_prior(
+        str(tmp_path / "m"), used=bank
+    )
+    (tmp_path / "m" / "shape.png").unlink()
+    with pytest.raises(DatasetError, match="every mask is empty or all foreground at 8 x 8"):
+        load_prior(str(tmp_path / "m"), 8)
+
+
+def test_a_vessel_prior_drawn_dark_on_white_is_refused(tmp_path: Path) -> None:
+    # Inverted DSA masks: shape-guided vessels thresholded its filters at 95 % of the FOV.
+    from localdisc.tasks.benchmark_shape_guided import expected_fraction
+
+    for i in range(3):
+        vessels = synthetic_fundus(64, seed=i).vessels
+        save(tmp_path / "dark" / f"{i}.png", np.where(vessels, 0, 255).astype(np.uint8))
+        save(tmp_path / "bright" / f"{i}.png", np.where(vessels, 255, 0).astype(np.uint8))
+    assert 0 < expected_fraction(load_prior(str(tmp_path / "bright"), 64), tubular=True) < 0.3
+    dark = str(tmp_path / "dark")
+    with pytest.raises(DatasetError, match=r"foreground \(median\), no vessel tree: drawn dark"):
+        expected_fraction(load_prior(dark, 64), tubular=True, spec=dark)
+    # An organ may cover most of the image: no such rule.
+    assert expected_fraction(load_prior(dark, 64), tubular=False) > 0.5
 
 
 def test_simulated_prior() -> None:

@@ -493,7 +493,7 @@ def test_kmeans_is_evaluated_again_at_another_prior_fraction(tmp_path, monkeypat
                                   student_painted=0, speck_area=0)  # fmt: skip
     rows = {}
     for fraction in (0.05, 0.3):
-        monkeypatch.setattr(bench, "expected_fraction", lambda bank, tubular, f=fraction: f)
+        monkeypatch.setattr(bench, "expected_fraction", lambda bank, tubular, spec, f=fraction: f)
         results = bench.run_shape_benchmark(config, tmp_path / "out", log=lambda m: None)
         rows[fraction] = next(r for r in results["runs"] if r["init"] == "k-means (no prior)")
     assert seen == [0.05, 0.3]

@@ -1492,7 +1492,9 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
        values, 0 among them, none above half of full scale and none above 255 (0/1/2 class
        indices stored as grey ``L`` or ``I;16``; the half-scale rule would make them empty);
     4. otherwise above half of full scale (``scale``; for floats 0.5, or half the maximum when
-       values exceed 1): anti-aliased and JPEG masks, which have values above half scale.
+       values exceed 1): anti-aliased and JPEG masks, which have values above half scale; an
+       anti-aliased 8-bit mask (values up to 255, more levels than a label map) stored in 16
+       bits, above 127.5 (half of 65535 read it as empty).
     """
     if values.dtype.kind == "b":
         return values
@@ -1514,6 +1516,8 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
     if scale is None:  # floats: 0.5 for probabilities, half the maximum otherwise
         top = float(levels[-1])
         scale = 1.0 if top <= 1.0 else top
+    elif values.dtype.kind in "iu" and scale > 255 and levels[-1] <= 255:
+        scale = 255.0  # (a label map of few levels is taken by rule 3)
     return values > scale / 2
 
 

@@ -11,11 +11,12 @@ A *prior spec* is one of
 Masks are padded to a square (centred, background) so that shapes keep their proportions, then
 resized to the requested size by nearest neighbour; for a prior that keeps its pose
 (``pose="kept"``) they are stretched to the square instead, as the images are, so that a mask
-lies where the structure lies in an image of the same shape. Nearest keeps thin vessels' area and
-connectivity: with area averaging thresholded at 0.5, DRIVE, OCTA and DSA masks at 256 px lose
-4-14% of their vessel pixels and DSA trees break into up to 7 times as many pieces, while
-nearest keeps the vessel fraction within 1%. The augmentation smooths the steps anyway.
-Masks that are empty after resizing are left out.
+lies where the structure lies in an image of the same shape. Nearest keeps thin vessels' area:
+with area averaging thresholded at 0.5, DRIVE, OCTA and DSA masks at 256 px lose 4-14% of their
+vessel pixels, while nearest keeps the vessel fraction within 1%. Neither keeps a thin tree in one
+piece at a small size (a DSA tree of 1 piece makes about 4 at 256 px and 22 at 128 with nearest).
+The augmentation smooths the steps anyway. Masks that are empty, or all foreground (a blank white
+image), after resizing are left out.
 """
 
 from __future__ import annotations
@@ -281,10 +282,15 @@ def load_prior(
         named = _folder_masks(p.root, spec)
 
     stretch = pose == "kept"
-    kept = [m for m in (_square(mask, size, stretch) for _, mask in named) if m.any()]
+    # A blank white image (all foreground) outlines no shape, as an empty one does.
+    kept = [m for m in (_square(mask, size, stretch) for _, mask in named) if 0 < m.mean() < 1]
     if not kept:
         raw_empty = all(not mask.any() for _, mask in named)
-        why = "every mask is empty" if raw_empty else f"every mask is empty at {size} x {size}"
+        why = (
+            "every mask is empty"
+            if raw_empty
+            else f"every mask is empty or all foreground at {size} x {size}"
+        )
         raise DatasetError(
             f"shape prior {spec!r}: {why} ({len(named)} masks, e.g. {named[0][0]}); "
             "check that foreground is non-zero or bright on a black background"
@@ -353,5 +359,5 @@ def describe_prior(spec: str, used: torch.Tensor | None = None) -> str:
         text = f"{n} masks from {p.root}"
     if used is not None and len(used) != n:
         side = used.shape[-1]
-        text += f" ({len(used)} used: the others are empty at {side} x {side})"
+        text += f" ({len(used)} used: the others are empty or all foreground at {side} x {side})"
     return text

@@ -218,13 +218,24 @@ def prior_label(name: str, task: ShapeTask) -> str:
     return task.other if name == "other" else name
 
 
-def expected_fraction(bank: torch.Tensor, tubular: bool) -> float:
+def expected_fraction(bank: torch.Tensor, tubular: bool, spec: str = "") -> float:
     """The foreground fraction a prior implies: of each mask's convex hull for trees (vessel
-    masks come without their field of view), of the whole image for organs."""
+    masks come without their field of view), of the whole image for organs.
+
+    Raises:
+        DatasetError: a tree prior (``spec``) whose masks are mostly foreground: vessels drawn
+            dark on white were taken for 95 % of the FOV, the filters thresholded there.
+    """
     from skimage.morphology import convex_hull_image
 
     from localdisc.tasks.vesselness import prior_fraction
 
+    share = float(bank.float().mean((1, 2, 3)).median())
+    if tubular and share > 0.5:
+        raise DatasetError(
+            f"shape prior {spec!r}: its masks are {share:.0%} foreground (median), no vessel "
+            "tree: drawn dark on white? Vessels must be non-zero, or bright on a black background"
+        )
     masks = list(bank[:, 0].bool().numpy())
     return prior_fraction(masks, [convex_hull_image(m) for m in masks] if tubular else None)
 
@@ -393,11 +404,12 @@ def _run_task(
         try:
             prior_path = prior_spec(prior, task, data_root)
             bank = load_prior(prior_path, 128, count=32, seed=0)
+            fraction = expected_fraction(bank, task.tubular, spec=prior_path)
         except LocaldiscError as exc:
             log(f"skipped prior {prior} for {name}: {exc}")
             skipped.append({"task": name, "init": prior, "reason": str(exc)})
             continue
-        priors[prior_label(prior, task)] = (prior_path, expected_fraction(bank, task.tubular), bank)
+        priors[prior_label(prior, task)] = (prior_path, fraction, bank)
     if not priors:
         return []
     runs: list[dict[str, Any]] = []

@@ -309,7 +309,8 @@ def _self_train(
         from localdisc.priors import load_prior
         from localdisc.tasks.benchmark_shape_guided import expected_fraction
 
-        fraction = expected_fraction(load_prior(prior, 128, count=32, seed=0), tubular=True)
+        bank = load_prior(prior, 128, count=32, seed=0)
+        fraction = expected_fraction(bank, tubular=True, spec=prior)
     if not 0.0 < fraction < 1.0:
         raise LocaldiscError(f"the vessel fraction must lie in (0, 1), got {fraction!r}")
     settings = {"student": asdict(config), "prior": source, "fraction": fraction,
