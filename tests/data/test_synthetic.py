@@ -190,6 +190,17 @@ def test_vessel_widths_scale_with_image_size() -> None:
     assert 1.7 < widths[565] / widths[282] < 2.3
 
 
+def test_a_small_field_of_view_keeps_the_disc_and_the_tree_inside_it() -> None:
+    # The disc stayed where the sampled eye had it, at 0.55-0.70 of the sampled radius: at a
+    # radius of 60 of 256 px it lay outside the FOV, and the tree in it was empty.
+    centre = ((SIZE - 1) / 2, (SIZE - 1) / 2)
+    for seed in range(4):
+        for radius in (60.0, 90.0):  # a whole tree: 13-17 % of the FOV at any radius
+            mask, _ = vessel_tree(SIZE, seed, fov_radius=radius)
+            share = mask[_disc(mask.shape, centre, radius)].mean()
+            assert share > 0.1, (seed, radius, share)
+
+
 def test_vessel_tree_accepts_a_generator_and_given_landmarks() -> None:
     disc, fovea = (200.0, 140.0), (110.0, 150.0)
     rng = np.random.default_rng(5)

@@ -511,13 +511,18 @@ def _resolve_eye(
 ) -> _Eye:
     eye = _sample_eye(size, rng)
     radius = eye.fov_radius if fov_radius is None else float(fov_radius)
-    disc = eye.disc if optic_disc is None else (float(optic_disc[0]), float(optic_disc[1]))
-    disc_radius = eye.disc_radius * radius / eye.fov_radius
+    scale = radius / eye.fov_radius
+    if optic_disc is None:  # as far out in this FOV as in the sampled one: at a small radius
+        # the sampled place lay outside the FOV, and the painted tree was empty
+        cx, cy = eye.centre
+        disc = (cx + (eye.disc[0] - cx) * scale, cy + (eye.disc[1] - cy) * scale)
+    else:
+        disc = (float(optic_disc[0]), float(optic_disc[1]))
+    disc_radius = eye.disc_radius * scale
     if fovea is None:
         # Keep the sampled disc-to-fovea offset but point it towards the image centre side.
         off = (eye.fovea[0] - eye.disc[0], eye.fovea[1] - eye.disc[1])
         side = 1.0 if disc[0] <= eye.centre[0] else -1.0
-        scale = radius / eye.fov_radius
         fov = (disc[0] + side * abs(off[0]) * scale, disc[1] + off[1] * scale)
     else:
         fov = (float(fovea[0]), float(fovea[1]))
