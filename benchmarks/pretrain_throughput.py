@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile localdisc's model")
     parser.add_argument("--variants", default="localdisc,naive")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
-    parser.add_argument("--depth", type=int, default=5, help="encoder blocks (the demo's: 3)")
+    parser.add_argument("--depth", type=int, default=5, help="encoder blocks (the demo's: 2)")
     parser.add_argument("--width", type=int, default=16, help="first block's channels (demo: 8)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
