@@ -220,7 +220,10 @@ def prior_label(name: str, task: ShapeTask) -> str:
 
 def expected_fraction(bank: torch.Tensor, tubular: bool, spec: str = "") -> float:
     """The foreground fraction a prior implies: of each mask's convex hull for trees (vessel
-    masks come without their field of view), of the whole image for organs.
+    masks come without their field of view), of the whole image for organs. Callers load the
+    bank at 128 px: the simulated trees' thinnest vessels keep a width in pixels, so their
+    fraction falls with the size (32 masks: 0.150 at 128, 0.142 at 256, 0.120 at 565;
+    benchmarks/RESULTS.md); masks of a folder keep theirs.
 
     Raises:
         DatasetError: a tree prior (``spec``) whose masks are mostly foreground: vessels drawn
