@@ -229,3 +229,17 @@ def test_a_bad_preview_path_is_refused_before_the_data_set_is_read(
         "elsewhere",
     }[where]
     assert str(result.exception) == expected
+
+
+def test_inspect_names_the_official_images_missing(tmp_path: Path) -> None:
+    root = make_drive(tmp_path / "DRIVE")  # 21_training, 01_test and 02_test of DRIVE's 40
+    result = runner.invoke(app, ["datasets", "inspect", "drive", str(root)],
+                           env={"COLUMNS": "400"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "test: 18 image(s) of the official split missing: 03_test.tif, 04_test.tif" in (
+        result.stdout
+    )
+    report = json.loads(
+        runner.invoke(app, ["datasets", "inspect", "drive", str(root), "--json"]).stdout
+    )
+    assert len(report["splits"]["train"]["missing_images"]) == 19

@@ -241,6 +241,15 @@ def _print_inspection(report: dict) -> None:
     for why, splits in missing.items():
         console.print(f"no masks in {', '.join(splits)}: {why}", markup=False, highlight=False)
     for split, s in report["splits"].items():
+        if s.get("missing_images"):
+            names = ", ".join(Path(p).name for p in s["missing_images"])
+            console.print(
+                f"{split}: {len(s['missing_images'])} image(s) of the official split missing: "
+                f"{names}",
+                markup=False,
+                highlight=False,
+            )
+    for split, s in report["splits"].items():
         if s["low_contrast"]:
             names = ", ".join(s["low_contrast"])
             console.print(

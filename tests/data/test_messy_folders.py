@@ -315,4 +315,4 @@ def test_cli_inspect_messy_folder_error_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "f corrupt.png" in lines[0] and "not a PNG" in lines[0]
+    assert "f corrupt.png" in lines[0] and "starts as a PNG file but cannot be decoded" in lines[0]

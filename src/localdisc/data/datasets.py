@@ -190,6 +190,9 @@ class SegmentationDataset(Sequence[Sample]):
         #: Targets of :attr:`all_targets` whose label folder is absent, for some or all items of
         #: this split, with the reason (DRIVE's test tracings are withheld from the download).
         self.missing_labels: dict[str, str] = {}
+        #: Images of the official split that are not there (DRIVE: a partial download), which
+        #: :meth:`incomplete_note` names: its scores are then not the paper's test set.
+        self.missing_images: list[Path] = []
         self.fov_source = "derived from the image"
         self._modality = self.default_modality or "fundus"
         if self.requires_root:
@@ -269,6 +272,18 @@ class SegmentationDataset(Sequence[Sample]):
                 break
             parent = parent / name
         return ""
+
+    def incomplete_note(self) -> str | None:
+        """A line naming the official images that are missing (``None``: none is)."""
+        if not self.missing_images:
+            return None
+        shown = ", ".join(p.name for p in self.missing_images[:3])
+        more = ", ..." if len(self.missing_images) > 3 else ""
+        return (
+            f"{self.name} {self.split}: {len(self.missing_images)} image(s) of the official split "
+            f"missing ({shown}{more}), so its scores are not over the whole set: a partial "
+            "download?"
+        )
 
     def _problem(self, path: Path, reason: str) -> None:
         """Raise for a bad item, or record it when ``skip_bad``."""
@@ -508,6 +523,11 @@ class DriveDataset(SegmentationDataset):
                 )
             if manual2 is not None:
                 targets.add("vessels_2nd")
+            self.missing_images += [  # a partial download: kept, and said
+                base / "images" / f"{stem}.tif"
+                for stem in paper_splits()["DRIVE"][split]
+                if stem.lower() not in images
+            ]
             for key, image in images.items():
                 if not _DRIVE_STEM.match(key):  # "21_training_copy" took 21's tracing
                     self._problem(image, "not a DRIVE image name (NN_training or NN_test), so "

@@ -94,6 +94,8 @@ class _SplitStats:
             # An unlabelled split (DRIVE's public test half) is reported, not an error.
             "labelled": bool(dataset.targets),
             "missing_labels": dict(dataset.missing_labels),
+            # images of the official split not there (DRIVE: a partial download)
+            "missing_images": [str(p) for p in dataset.missing_images],
             "low_contrast": self.low_contrast,
         }
 

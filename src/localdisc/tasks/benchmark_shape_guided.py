@@ -308,6 +308,9 @@ def run_shape_benchmark(
             log(f"skipped {name}: {exc}")
             skipped.append({"task": name, "init": "all", "reason": str(exc)})
             continue
+        note = test.incomplete_note()
+        if note is not None:
+            log(f"note: {note}")
         planned.append((name, task, spec, test))
     if config.init is not None:  # against every task, before the first one's training
         _check_from(config, planned)

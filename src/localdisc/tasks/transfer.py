@@ -803,6 +803,10 @@ def _transfer(
     training set, the test set or ``None``, the target; unreadable images left out where
     ``skips`` is enabled): split, fine-tune, evaluate and write the outputs."""
     train_set, test, target = data
+    for dataset in (train_set, test):
+        note = dataset.incomplete_note() if dataset is not None else None
+        if note is not None:
+            log(f"note: {note}")
     checkpoint_dir = out_dir / CHECKPOINT
     self_split = test is None  # a set without a test split is split here
     test_set = train_set if test is None else test
