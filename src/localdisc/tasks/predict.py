@@ -436,11 +436,9 @@ def predict_images(
                 image = read[0]
                 peaks.append((name, float(image.max())))
                 prob_small, prob = model.predict_maps(image)
-                if fovs is not None:
-                    fov_mask = read_fov_mask(fovs[i], image.shape[:2], path)
-                    prob *= fov_mask
-                    if prob_small is not None:  # the paper's Dice from it, as finetune's
-                        prob_small = prob_small * resize_mask(fov_mask > 0, prob_small.shape)
+                if fovs is not None:  # the outputs; the paper's Dice takes the model's whole
+                    # map at its size (prob_small), as finetune's and METHOD.md's
+                    prob *= read_fov_mask(fovs[i], image.shape[:2], path)
                 write_png(out_dir / f"{name}_prob.png", prob_png(prob))
                 written.append(write_png(out_dir / f"{name}_mask.png", mask_png(prob, threshold)))
                 if targets is not None and name in targets:
