@@ -329,11 +329,13 @@ def main() -> None:
         raise
     except LocaldiscError as exc:
         # Messages name files and flags: a path with [...] in it is text, not Rich markup.
-        # Under torchrun every process meets it: said once.
-        if os.environ.get("RANK", "0") == "0":
-            err_console.print(
-                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-            )
+        # Under torchrun each process says its own, named: one may meet an error alone (a
+        # process without a GPU of its own), and saying it on rank 0 alone lost it.
+        rank = os.environ.get("RANK", "0")
+        where = "" if rank == "0" else escape(f"[rank {rank}] ")
+        err_console.print(
+            f"{where}[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

@@ -1084,7 +1084,7 @@ def test_a_file_cut_short_says_so(tmp_path: Path) -> None:
     gif = _png_bytes((64, 64), "GIF")
     (tmp_path / "head.gif").write_bytes(gif[:40])
     message = str(_expect_error(tmp_path / "head.gif", "starts as a GIF file"))
-    assert "truncated or damaged (40 bytes)" in message
+    assert "truncated, damaged or of a variant the decoders do not read (40 bytes)" in message
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
     data = buf.getvalue()
@@ -1092,6 +1092,11 @@ def test_a_file_cut_short_says_so(tmp_path: Path) -> None:
     moved = data[:4] + len(data).to_bytes(4, "little") + data[8:] + data[ifd:]  # IFD at the end
     (tmp_path / "end.tif").write_bytes(moved[: len(moved) // 2])
     _expect_error(tmp_path / "end.tif", "starts as a TIFF file but cannot be decoded: truncated")
+    # A whole file of a codec not installed is not called truncated (reviewer).
+    from localdisc.data.io import _with_damage
+
+    codec = "cannot decode as TIFF: tifffile: ValueError: requires the 'imagecodecs' package"
+    assert _with_damage(tmp_path / "end.tif", data[:8], codec) == codec
     for name in ("t.png", "t.jpg", "t.gif", "t.bmp"):  # the decoders' own words say it
         data = _png_bytes((64, 64, 3) if name != "t.gif" else (64, 64), name[2:].upper()
                           .replace("JPG", "JPEG"))  # fmt: skip

@@ -108,6 +108,28 @@ def test_a_resume_from_the_checkpoint_where_the_budget_ran_out_ends_the_stage_th
     assert resumed == straight
 
 
+def test_a_checkpoint_of_before_the_budget_record_reads_the_clock_on_resume(
+    tmp_path, pool, monkeypatch
+):
+    # Without "budget_spent" in the checkpoint the resume took the budget as not spent and
+    # trained the stage a step longer than the old code did (reviewer): it reads the clock.
+    import localdisc.engine.pretrain as engine
+
+    real = engine.save_checkpoint
+
+    def as_of_old(folder, step, tensors, meta, *args, **kwargs):
+        return real(folder, step, tensors, {k: v for k, v in meta.items() if k != "budget_spent"},
+                    *args, **kwargs)  # fmt: skip
+
+    config = tiny_pretrain_config(**{**BUDGETED, "checkpoint_every": 5})
+    monkeypatch.setattr(engine, "save_checkpoint", as_of_old)
+    straight, resumed = straight_and_resumed(tmp_path, pool, monkeypatch, config, (6, 11), (1, 6))
+    assert [(r["step"], r["stage"]) for r in straight if r["loss"]] == [
+        ("4", "1"), ("5", "1"), ("10004", "2"), ("10005", "2")
+    ]  # fmt: skip
+    assert resumed == straight
+
+
 def test_a_peer_run_leaves_no_figures_folder(tmp_path, pool):
     # figures are LD's similarity and cluster maps: a peer's run left an empty folder
     config = tiny_pretrain_config(method="simclr", stage1_steps=2, stage2_steps=0)

@@ -19,13 +19,15 @@ def pool():
 
 def test_a_peers_one_stage_has_the_budget_of_the_stages_it_folds():
     # A stage without a budget is unlimited for LD: the peer's one stage was given the other
-    # stage's budget alone; a negative budget or count was netted against the other stage's.
+    # stage's budget alone, and is now refused (dropping the budget given ran a peer for days,
+    # a reviewer found); a negative budget or count was netted against the other stage's.
     def folded(**kw):
         config = tiny_pretrain_config(method="simclr", stage1_steps=2, stage2_steps=3, **kw)
         return config.stage1_steps, config.stage1_seconds, config.stage2_seconds
 
-    assert folded(stage2_seconds=100.0) == (5, None, None)
-    assert folded(stage1_seconds=60.0) == (5, None, None)
+    for one in ({"stage2_seconds": 100.0}, {"stage1_seconds": 60.0}):
+        with pytest.raises(LocaldiscError, match="give both stages a budget, or neither"):
+            folded(**one)
     assert folded(stage1_seconds=60.0, stage2_seconds=40.0) == (5, 100.0, None)
     assert folded() == (5, None, None)
     only2 = tiny_pretrain_config(method="simclr", stage1_steps=0, stage2_steps=3,

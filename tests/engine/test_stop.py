@@ -139,10 +139,13 @@ def test_a_signal_while_a_budget_ended_run_writes_its_last_checkpoint_waits_for_
     monkeypatch.setattr(module, "save_checkpoint", save_checkpoint)
     config = tiny_pretrain_config(stage1_steps=1, stage2_steps=100, stage2_seconds=100.0,
                                   checkpoint_every=1000)  # fmt: skip
-    result = pretrain(config, tmp_path, pool=pool)
-    assert result.steps == 2 and last_checkpoint(tmp_path) == 2
+    with pytest.raises(KeyboardInterrupt):  # once the run is whole: its caller stops too
+        pretrain(config, tmp_path, pool=pool)
+    assert last_checkpoint(tmp_path) == 2
     assert (tmp_path / "model.safetensors").is_file()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    result = pretrain(config, tmp_path, pool=pool, resume=True)  # finished, nothing lost
+    assert result.already_finished and result.steps == 2
 
 
 def test_handlers_are_restored_and_an_ignored_signal_stays_ignored(tmp_path, pool, monkeypatch):

@@ -159,11 +159,12 @@ def test_the_environment_says_whether_the_device_trains_in_bf16(monkeypatch):
 
     for native in (True, False):
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
-        env = environment("cpu")
+        env = environment("cpu", amp=True)
         assert env["bf16"] is native
-        shown = " with bf16," if native else " without bf16 (float32),"
-        assert shown in environment_line(env)
-    assert "bf16" not in environment()  # no device, no claim
+        assert (" cores), bf16," if native else " cores), float32,") in environment_line(env)
+        assert environment("cpu", amp=False)["bf16"] is False  # --no-amp: float32 (reviewer)
+    assert "bf16" not in environment("cpu")  # a command that does not train: no claim
+    assert "bf16" not in environment()
 
 
 def test_the_command_reads_as_typed():

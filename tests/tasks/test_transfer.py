@@ -31,6 +31,10 @@ def test_a_fraction_half_way_between_counts_rounds_up():
     # round() sent halves to the even count: 0.5 of 5 images was 2 and of 7 was 4.
     assert [labelled_count("0.5", n) for n in (5, 7, 9, 11)] == [3, 4, 5, 6]
     assert [labelled_count("0.25", n) for n in (10, 14)] == [3, 4]
+    # halves as typed, not as binary floats hold them (reviewer): 14.5, 31.5, 14.5
+    assert [labelled_count(f, n) for f, n in (("0.29", 50), (0.35, 90), ("0.58", 25))] == [
+        15, 32, 15
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("labels", ["21", "0", "1.5", "some", "-3"])
@@ -1087,8 +1091,21 @@ def test_hrf_without_its_labels_given_as_a_folder_is_not_trained_on_its_fields_o
     for stem in ("01_dr", "01_g", "01_h", "02_dr"):
         save(root / "images" / f"{stem}.jpg", np.full((24, 20, 3), 90, np.uint8))
         save(root / "mask" / f"{stem}_mask.tif", np.full((24, 20), 255, np.uint8))
-    with pytest.raises(DatasetError, match=re.escape("laid out as hrf is, whose mask/ folder")):
+    with pytest.raises(DatasetError, match=re.escape("01_dr_mask.tif: HRF's field of view, taken")):
         load_task_data(str(root), None)
+    # Labels of one's own named so (an optic disc, a tenth of the image) are kept (reviewer).
+    for stem in ("01_dr", "01_g", "01_h", "02_dr"):
+        disc = np.zeros((24, 20), np.uint8)
+        disc[8:14, 6:12] = 255
+        save(root / "mask" / f"{stem}_mask.tif", disc)
+    assert load_task_data(str(root), None)[2] == "mask"
+    # DRIVE's test split as downloaded (images/ and mask/), given as a folder (reviewer).
+    drive = tmp_path / "DRIVE" / "test"
+    for ident in ("01", "02"):
+        save(drive / "images" / f"{ident}_test.tif", np.full((24, 20, 3), 90, np.uint8))
+        save(drive / "mask" / f"{ident}_test_mask.gif", np.full((24, 20), 255, np.uint8))
+    with pytest.raises(DatasetError, match=re.escape("01_test_mask.gif: DRIVE's field of view")):
+        load_task_data(str(drive), None)
     # A folder of one's own with masks/ named so is no such layout.
     own = tmp_path / "mine"
     for stem in ("case01", "case02"):

@@ -476,6 +476,37 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".7z", ".rar"
 
 #: A DRIVE image's stem (lower case): its number pairs it with its tracing.
 _DRIVE_STEM = re.compile(r"^\d+_(training|test)$")
+#: How DRIVE and HRF name the fields of view in their ``mask/`` folders (lower case).
+_OFFICIAL_FOV = re.compile(r"^\d+_(training|test|dr|g|h)_mask$")
+
+
+def official_fov(path: Path) -> str | None:
+    """``"drive"`` or ``"hrf"`` where ``path`` is that set's field of view, by its folder
+    (``mask/``), its name (``01_test_mask.gif``, ``01_dr_mask.tif``) and its content (more than
+    half the image: a label of one's own named so is kept), else ``None``. A folder's
+    ``NAME_mask`` naming takes such a file for a label: a fine-tuning learnt the retina's disc."""
+    found = _OFFICIAL_FOV.match(name_key(image_stem(path)))
+    if path.parent.name.lower() != "mask" or found is None:
+        return None
+    try:
+        if read_mask(path).mean() <= 0.5:
+            return None
+    except LocaldiscError:  # its own read names it
+        return None
+    return "drive" if found.group(1) in ("training", "test") else "hrf"
+
+
+def refuse_official_fov(path: Path) -> None:
+    """Raise :class:`DatasetError` where ``path``, taken for a label, is DRIVE's or HRF's
+    field of view (:func:`official_fov`)."""
+    known = official_fov(path)
+    if known is not None:
+        root, labels = ("the folder of training/ and test/", "1st_manual/") if known == "drive" \
+            else ("its folder", "manual1/")  # fmt: skip
+        raise DatasetError(
+            f"{path}: {known.upper()}'s field of view, taken for a label (a mask/ folder's "
+            f"NAME_mask): give {known}:ROOT, ROOT {root}, whose labels are in {labels}"
+        )
 
 
 class DriveDataset(SegmentationDataset):

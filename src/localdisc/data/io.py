@@ -545,9 +545,16 @@ _SIGNATURES = (
 )  # fmt: skip
 
 
+#: Words of a decoder's reason for a whole file it cannot read (a codec not installed, a
+#: variant not supported): no truncation to suggest then.
+_NOT_DAMAGE = ("truncat", "imagecodecs", "requires", "not supported", "unsupported", "handle")
+
+
 def _with_damage(path: Path, head: bytes, reason: str) -> str:
-    """``reason`` led by :func:`_damaged`'s words where the decoder's do not say truncated."""
-    damaged = "" if "truncat" in reason.lower() else _damaged(path, head)
+    """``reason`` led by :func:`_damaged`'s words where the decoder's say neither truncated
+    nor a missing codec or unsupported variant."""
+    lower = reason.lower()
+    damaged = "" if any(word in lower for word in _NOT_DAMAGE) else _damaged(path, head)
     return f"{damaged} ({reason})" if damaged else reason
 
 
@@ -560,7 +567,10 @@ def _damaged(path: Path, head: bytes) -> str:
                 size = f" ({path.stat().st_size:,} bytes)"
             except OSError:
                 size = ""
-            return f"starts as a {name} file but cannot be decoded: truncated or damaged{size}"
+            return (
+                f"starts as a {name} file but cannot be decoded: truncated, damaged or of a "
+                f"variant the decoders do not read{size}"
+            )
     return ""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -164,9 +165,16 @@ class PretrainConfig:
                 problems.append(f"stage time budgets must be > 0 seconds and finite, not {budget}")
         if self.method != "ld" and (self.stage2_steps or self.stage2_seconds):
             # One stage: stage 2 folded into it, within the sum of the budgets of the stages
-            # that have steps; one of them without a budget (unlimited for LD) leaves it none.
+            # that have steps. One of them alone with a budget is refused: for LD the other is
+            # unlimited, and its budget alone was the peer's whole run.
             budgets = [b for s, b in ((self.stage1_steps, self.stage1_seconds),
                                       (self.stage2_steps, self.stage2_seconds)) if s]  # fmt: skip
+            if None in budgets and any(b is not None for b in budgets):
+                problems.append(
+                    f"--method {self.method} trains one stage of the two stages' steps, within the "
+                    "sum of their time budgets: give both stages a budget, or neither (or give "
+                    "the stage without one no steps)"
+                )
             self.stage1_steps += self.stage2_steps
             self.stage2_steps = 0
             self.stage1_seconds = None if None in budgets or not budgets else sum(budgets)
@@ -787,7 +795,7 @@ def _pretrain(
             "with it resumes on GPUs only)"
         )
     # Where and when it ran, for config.json: taken now, the start, before the pool is read.
-    env = environment(device, ctx.world_size) if main else None
+    env = environment(device, ctx.world_size, amp=config.amp) if main else None
     # The prior's masks are read before a large pool is decoded: a mistyped prior, a folder of
     # photographs or of empty masks were named only after it.
     prior_bank = (
@@ -1160,9 +1168,9 @@ def _pretrain(
     # the step's finite check (no collective of its own); alone the clock after the step. The
     # stage ends at the top of the next step; a fresh run's first step looks at the clock (a
     # budget spent before any step).
-    if loaded is not None:
-        budget_agreed = bool(loaded[0].get("budget_spent", False))
-    else:
+    if loaded is not None and "budget_spent" in loaded[0]:
+        budget_agreed = bool(loaded[0]["budget_spent"])
+    else:  # a fresh run, or a checkpoint of before the record: the clock, as then
         first_budget = config.stage1_seconds if stage == 1 else config.stage2_seconds
         budget_agreed = not ctx.distributed and _budget_spent(stage_start, first_budget)
     # Ctrl-C or SIGTERM in the loop ends the step, writes a checkpoint there and then stops
@@ -1328,6 +1336,9 @@ def _pretrain(
             csv_log.close()
     # No rank may leave (and tear down gloo/NCCL) while rank 0 is still writing.
     distributed.barrier()
+    if stopper.signum:  # asked for during the run's last step or writes: the run is whole, and
+        # the command stops (a benchmark went on to its next run)
+        signal.raise_signal(stopper.signum)
     elapsed = time.perf_counter() - t_start
     overall = steps_done_here * images_per_step / max(elapsed, 1e-9)
     return PretrainResult(

@@ -113,7 +113,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def environment(device: str | torch.device | None = None, processes: int = 1) -> dict[str, Any]:
+def environment(
+    device: str | torch.device | None = None, processes: int = 1, amp: bool | None = None
+) -> dict[str, Any]:
     """The environment of a run starting now, as JSON-ready values.
 
     Args:
@@ -125,9 +127,10 @@ def environment(device: str | torch.device | None = None, processes: int = 1) ->
     (:func:`git_state`); ``python``, ``torch``, ``cuda`` and ``cudnn`` where torch has them,
     ``monai``, ``numpy``; ``os``; ``cpu`` and ``cpu_cores``; ``device`` and ``gpu``;
     ``processes``; ``started`` (ISO 8601 with the UTC offset); ``argv`` (the command line) and
-    ``cwd`` (where it ran: relative paths in ``argv`` are relative to it); ``bf16``, with a
-    device: whether it trains and predicts in bf16 autocast (``amp``, the default; a CPU
-    without bf16 instructions runs float32, and the numbers differ).
+    ``cwd`` (where it ran: relative paths in ``argv`` are relative to it); ``bf16``, for a
+    command that trains (``amp``: whether it asks for bf16 autocast) on ``device``: whether it
+    trains in bf16 autocast (a CPU without bf16 instructions, or ``--no-amp``, trains in
+    float32, and the numbers differ).
     """
     import torch
 
@@ -142,7 +145,8 @@ def environment(device: str | torch.device | None = None, processes: int = 1) ->
         env["device"] = str(device)
         if device.type == "cuda":
             env["gpu"] = torch.cuda.get_device_name(device)
-        env["bf16"] = bf16_autocast_pays(device)
+        if amp is not None:
+            env["bf16"] = amp and bf16_autocast_pays(device)
     env["processes"] = int(processes)
     env["started"] = datetime.now().astimezone().isoformat(timespec="seconds")
     env["argv"] = list(sys.argv)
@@ -200,8 +204,8 @@ def environment_line(env: Mapping[str, Any]) -> str:
     else:
         cores = f" ({env['cpu_cores']} cores)" if env.get("cpu_cores") else ""
         machine = f"{env.get('cpu', 'unknown CPU')}{cores}"
-        if "bf16" in env:  # where amp is on, the precision of the numbers (a GPU's: bf16)
-            machine += " with bf16" if env["bf16"] else " without bf16 (float32)"
+        if "bf16" in env:  # the training's precision (a GPU's is said by its amp setting)
+            machine += ", bf16" if env["bf16"] else ", float32"
     parts = [version, library, machine]
     if env.get("processes", 1) > 1:
         parts.append(f"{env['processes']} processes")

@@ -204,7 +204,7 @@ def run_localize_benchmark(
     if unknown:
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     device = "cpu" if config.quick else str(resolve_device(config.device))
-    env = environment(device)  # at the start, before any pre-training
+    env = environment(device, amp=True)  # at the start, before any pre-training (amp default)
     tasks = config.tasks or (["synthetic_fundus"] if config.quick else ["jsrt", "drive"])
     models = list(config.models) or (["ld"] if config.quick else [])
     if not models:

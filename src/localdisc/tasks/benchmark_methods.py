@@ -345,7 +345,7 @@ def run_methods_benchmark(
     config = preset(config)
     config = replace(config, methods=list(dict.fromkeys(config.methods)))  # each once
     out_dir = Path(out_dir)
-    env = environment(config.device)  # at the start, before any pre-training
+    env = environment(config.device, amp=True)  # at the start, before any pre-training
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise LocaldiscError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")

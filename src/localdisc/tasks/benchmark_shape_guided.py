@@ -265,7 +265,7 @@ def run_shape_benchmark(
 
     config = preset(config)
     out_dir = Path(out_dir)
-    env = environment(config.device)  # at the start, before any training
+    env = environment(config.device, amp=True)  # at the start, before any training
     unknown = [t for t in config.tasks or [] if t not in TASKS]
     if unknown:
         raise LocaldiscError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")

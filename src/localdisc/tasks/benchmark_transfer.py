@@ -263,7 +263,7 @@ def run_benchmark(
 
     config = preset(config)
     out_dir = Path(out_dir)
-    env = environment(config.device)  # at the start, before any training
+    env = environment(config.device, amp=True)  # at the start, before any training
     # Before the LD pre-training: a mistyped folder is said at once, not an hour later.
     tasks, skipped, own = plan if plan is not None else plan_tasks(config, log, out_dir)
     skipped = list(skipped)  # the runs' skips are added: the caller's plan stays as planned

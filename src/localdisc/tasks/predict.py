@@ -15,6 +15,7 @@ from localdisc.data.datasets import (
     image_stem,
     match_masks,
     name_key,
+    refuse_official_fov,
 )
 from localdisc.data.io import (
     ImageMeta,
@@ -801,6 +802,8 @@ def target_mask_files(
     if all(match.mask is None for match in matches):
         first = matches[0]  # its reason says what the folder holds and how masks are named
         raise LocaldiscError(f"{folder}: no image has a mask there; {first.image}: {first.reason}")
+    # --masks DRIVE/test matched mask/01_test_mask.gif, the field of view, beside 1st_manual/
+    refuse_official_fov(next(match.mask for match in matches if match.mask is not None))
     return {name: match for (name, _), match in zip(files, matches, strict=True)}
 
 

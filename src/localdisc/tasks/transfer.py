@@ -51,11 +51,11 @@ import hashlib
 import io
 import itertools
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ from localdisc.data.datasets import (
     dataset_class,
     load_data_spec,
     parse_data_spec,
+    refuse_official_fov,
 )
 from localdisc.data.io import dim_note, write_png
 from localdisc.data.preprocess import resize_image, resize_mask
@@ -212,7 +213,9 @@ def labelled_count(labels: str | int | float, available: int) -> int:
             fraction = float(text)
             if not 0 < fraction < 1:
                 raise ValueError
-            n = max(1, math.floor(fraction * available + 0.5))  # round(): halves to even
+            # as typed: 0.29 of 50 is 14.5 exactly, 14.499... in binary; round() sent halves
+            # to the even count
+            n = max(1, int((Decimal(text) * available).to_integral_value(ROUND_HALF_UP)))
     except ValueError:
         raise LocaldiscError(
             f"--labels must be a count, a fraction in (0, 1) or 'all', not {labels!r}"
@@ -346,28 +349,16 @@ def _known_layout(root: Path) -> str | None:
 
 
 def _refuse_fields_of_view(train: SegmentationDataset) -> None:
-    """Refuse a folder of DRIVE's or HRF's layout whose masks are in its ``mask/`` folder: that
-    holds fields of view (``01_dr_mask.tif``), which a folder's ``NAME_mask`` naming takes for
-    labels; without the labels' folder (HRF's ``manual1/`` not downloaded) a fine-tuning
-    learnt the retina's disc."""
-    in_mask = any(
-        path.parent.name.lower() == "mask"
-        for item in train.items
-        for files in item.masks.values()
-        for path in files
-    )
-    if not in_mask:
-        return
-    for known, labels in (("drive", "1st_manual"), ("hrf", "manual1")):
-        try:
-            official = load_data_spec(f"{known}:{train.root}", None, skip_bad=True)  # partial
-        except (LocaldiscError, OSError):
-            continue
-        if official.items:
-            raise DatasetError(
-                f"{train.root}: laid out as {known} is, whose mask/ folder holds fields of view, "
-                f"not labels: give {known}:{train.root} (its labels are in {labels}/)"
-            )
+    """Refuse a folder whose masks are DRIVE's or HRF's fields of view (its first mask in a
+    ``mask/`` folder named so, :func:`~localdisc.data.datasets.official_fov`): without the
+    labels' folder (the public DRIVE test split, HRF's ``manual1/`` not downloaded) a
+    fine-tuning learnt the retina's disc."""
+    for item in train.items:
+        for files in item.masks.values():
+            for path in files:
+                if path.parent.name.lower() == "mask":
+                    refuse_official_fov(path)
+                    return
 
 
 def load_task_data(
@@ -725,7 +716,8 @@ def _run_transfer(
         redo = "" if where else "; it kept no checkpoint: redoing it"
         log(f"{out_dir}: an interrupted fine-tuning with the same settings{redo}")
     t0 = time.perf_counter()
-    env = environment(config.train.device)  # where and when; outside "transfer": never compared
+    # where and when; outside "transfer": never compared
+    env = environment(config.train.device, amp=config.train.amp)
     train_set, test, target = load_task_data(config.dataset, config.target)
     if test is not None and config.test_fraction != FOLDER_TEST_FRACTION:
         raise LocaldiscError(
