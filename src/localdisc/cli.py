@@ -440,7 +440,7 @@ def pretrain(
     method: str = typer.Option(
         "ld",
         help="ld, or a peer method on the same network: simclr, densecl, pixpro, genesis "
-        "(one stage of stage1 + stage2 steps).",
+        "(one stage of stage1 + stage2 steps, within the sum of both stages' budgets).",
     ),
     stage1_steps: int = typer.Option(20_000, help="Stage 1 steps (PD + mixup)."),
     stage2_steps: int = typer.Option(80_000, help="Stage 2 steps (+ region discrimination)."),
