@@ -173,3 +173,33 @@ def test_a_run_to_go_on_keeps_its_own_modality(tmp_path):
     assert _data_modality([str(tmp_path / "cxr")], tmp_path / "out") == "xray"
     (tmp_path / "out" / "checkpoints" / "step_00000100").mkdir(parents=True)
     assert _data_modality([str(tmp_path / "cxr")], tmp_path / "out") == "fundus"
+
+
+def test_an_out_under_a_file_is_refused_before_the_pool_is_decoded(tmp_path):
+    # --out A_FILE/sub was found after the whole pool was decoded (a minute of KaggleDR).
+    (tmp_path / "afile.txt").write_text("x")
+    for command in (["pretrain", "--data", "synthetic_fundus:2"], ["demo", "--quick"]):
+        result = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "afile.txt" / "sub")])
+        assert f"{tmp_path / 'afile.txt'} is a file, not a folder" in str(result.exception)
+    # demo --out A_FILE says so, not "holds a run with other settings" (reviewer)
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "afile.txt")])
+    assert "a file, not a folder" in str(result.exception), result.output
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    # --size 100000 asked numpy for 292 GiB: a traceback (reviewer).
+    from localdisc import cli
+    from localdisc.data import datasets
+
+    class Huge(dict):
+        def values(self):
+            raise MemoryError("Unable to allocate 292. GiB")
+
+    monkeypatch.setattr(datasets, "DATASETS", Huge())
+    monkeypatch.setattr(sys, "argv", ["localdisc", "datasets", "list"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 2
+    assert "error: out of memory: a smaller --size (or --max-size) needs less" in (
+        capsys.readouterr().err
+    )

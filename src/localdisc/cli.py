@@ -337,6 +337,13 @@ def main() -> None:
             f"{where}[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
+    except MemoryError:  # a --size of 100 000 asked numpy for hundreds of GiB: a traceback
+        err_console.print(
+            "[bold red]error:[/] out of memory: a smaller --size (or --max-size) needs less",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -505,6 +512,7 @@ def pretrain(
     ),
 ) -> None:
     """Pre-train an LD model (stage 1, then stage 2), or a peer method, on unlabelled images."""
+    _check_parent("--out", out)  # --out A_FILE/x was found after the pool was decoded
     from localdisc.engine.pretrain import PretrainConfig
     from localdisc.engine.pretrain import pretrain as run_pretrain
 
@@ -576,6 +584,7 @@ def demo(
     seed: int = typer.Option(0),
 ) -> None:
     """Pre-train a small LD model and draw what it learnt (4-6 minutes on 2 CPU cores)."""
+    _check_parent("--out", out)  # --out A_FILE/x was found after the pool was decoded
     if modality is None:  # a demo in --out goes on with its own
         modality = _data_modality(data, out) if data else "fundus"
     from localdisc.demo import run_demo
@@ -924,6 +933,9 @@ def localize(
         and any(p.is_dir() and p.samefile(overlay) for p in images)
     ):
         raise LocaldiscError(f"--overlay {overlay} is an --images folder; give a folder of its own")
+    if overlay is not None and overlay.absolute() == out.absolute():
+        # all the work ran, then the predictions' file was a folder of overlays
+        raise LocaldiscError(f"--overlay {overlay} is --out {out}; give each its own place")
     spots = read_landmarks(landmarks)
     # Overlays in a sub-folder of an --images folder are not images to localise on a rerun.
     found = collect_images(images, out_dir=overlay, suffixes=(), log=_log)
@@ -1049,6 +1061,7 @@ def shape_guided_train(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Train LD with an adversarial shape prior on cluster 0 (shape-guided clustering)."""
+    _check_parent("--out", out)  # --out A_FILE/x was found after the pool was decoded
     from localdisc.engine import distributed
     from localdisc.engine.pretrain import PretrainConfig
     from localdisc.engine.pretrain import pretrain as run_pretrain

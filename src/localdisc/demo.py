@@ -156,6 +156,8 @@ def _own_run(run_dir: Path, config: PretrainConfig) -> bool:
     try:
         refuse_used_run_dir(run_dir)
     except CheckpointError as exc:
+        if run_dir.exists() and not run_dir.is_dir():  # its own words: a file, not a folder
+            raise
         named = f" ({', '.join(differences)})" if differences else ""
         raise CheckpointError(
             f"{run_dir}: holds a run with other settings than this demo's{named}; choose another "

@@ -596,7 +596,7 @@ def test_config_json_records_the_environment_and_each_resume_adds_its_own(tmp_pa
     first = json.loads((tmp_path / "config.json").read_text())
     env = first["environment"]
     assert env["device"] == "cpu" and env["processes"] == 1
-    assert set(env) == set(environment("cpu")) and "resumed" not in first
+    assert set(env) == set(environment("cpu", amp=True)) and "resumed" not in first
     result = pretrain(config, tmp_path, pool=pool, resume=True, log=lambda m: None)
     assert result.steps == 6  # the environment takes no part in the resume's comparison
     meta = json.loads((tmp_path / "config.json").read_text())

@@ -545,7 +545,10 @@ def test_negative_step_counts_and_no_seed_are_refused(tmp_path):
 
     for option, overrides in (("--refine-steps", {"refine_steps": -1}),
                               ("--student-steps", {"student_steps": -5}),
-                              ("--seeds", {"seeds": 0})):  # fmt: skip
+                              ("--seeds", {"seeds": 0}),
+                              ("--max-test", {"max_test": -1}),  # dropped the last image
+                              ("--max-test", {"max_test": 0}),  # stopped after pre-training
+                              ("--refine-size", {"refine_size": 0})):  # fmt: skip
         config = ShapeBenchmarkConfig(tasks=["synthetic_fundus"], **overrides)
         with pytest.raises(LocaldiscError, match=f"{option} must be at least"):
             run_shape_benchmark(config, tmp_path / "out", log=lambda m: None)

@@ -312,6 +312,22 @@ def test_overlays_never_overwrite_an_input_image(tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
+def test_an_overlay_folder_holding_the_predictions_file_is_refused_before_the_work(tmp_path):
+    # --overlay P --out P: all the work ran, then p.json was a folder of overlays (reviewer).
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path)
+    result = CliRunner().invoke(
+        app, [*base, "--images", str(tmp_path / "new"), "--out", str(tmp_path / "p.json"),
+              "--overlay", str(tmp_path / "p.json")]
+    )  # fmt: skip
+    assert isinstance(result.exception, LocaldiscError), result.output
+    assert f"is --out {tmp_path / 'p.json'}" in str(result.exception)
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_overlays_inside_the_images_folder_are_not_localised_on_a_rerun(tmp_path):
     # The second run of the same command took the first run's overlays for new images.
     from typer.testing import CliRunner

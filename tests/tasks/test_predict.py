@@ -199,7 +199,13 @@ def test_an_output_folder_that_is_the_images_folder_hides_every_output(tmp_path)
     image = np.full((20, 24, 3), 120, np.uint8)
     for name in ("a", "sub/b", "a_prob", "figures/overlay", "group-1/a_mask", "run-0/sub_b_A_prob"):
         save(tmp_path / f"{name}.png", image)
-    found = collect_images([tmp_path], out_dir=tmp_path, suffixes=("_prob", "_mask", "_A_prob"))
+    suffixes = ("_prob", "_mask", "_A_prob")
+    # No run wrote there (no record): a_prob.png may be a file of one's own, which the
+    # outputs would replace (true masks beside their images were lost; reviewer).
+    with pytest.raises(LocaldiscError, match=r"a_prob\.png: an output of this run would replace"):
+        collect_images([tmp_path], out_dir=tmp_path, suffixes=suffixes)
+    (tmp_path / "predict.json").write_text("{}")  # an earlier run's
+    found = collect_images([tmp_path], out_dir=tmp_path, suffixes=suffixes)
     assert [name for name, _ in found] == ["a", "sub_b"]
     # Only the output folder's own: the same folder read for another --out keeps them all.
     assert len(collect_images([tmp_path], out_dir=tmp_path / "elsewhere")) == 6
@@ -687,6 +693,7 @@ def test_predict_refuses_an_out_where_it_would_overwrite_true_or_fov_masks(tmp_p
         save(tmp_path / "d" / f"{name}_mask.png", target)
     before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
     d = tmp_path / "d"
+    (d / "predict.json").write_text("{}")  # an earlier run's record there
     for option in ("masks", "fov_masks"):
         with pytest.raises(LocaldiscError) as error:
             predict_images(tmp_path / "model", [d], d, device="cpu", log=lambda m: None,
@@ -696,6 +703,10 @@ def test_predict_refuses_an_out_where_it_would_overwrite_true_or_fov_masks(tmp_p
             f"{d}: this predict's case01_mask.png would overwrite the {kind} "
             f"{d / 'case01_mask.png'}, an input; choose another --out (nothing was written)"
         )
+    (d / "predict.json").unlink()
+    # Without --masks, and no run's record there: the masks were replaced, exit 0 (reviewer).
+    with pytest.raises(LocaldiscError, match=r"case01_mask\.png: an output of this run would"):
+        predict_images(tmp_path / "model", [d], d, device="cpu", log=lambda m: None)
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
 
 

@@ -547,7 +547,7 @@ _SIGNATURES = (
 
 #: Words of a decoder's reason for a whole file it cannot read (a codec not installed, a
 #: variant not supported): no truncation to suggest then.
-_NOT_DAMAGE = ("truncat", "imagecodecs", "requires", "not supported", "unsupported", "handle")
+_NOT_DAMAGE = ("truncat", "imagecodecs", "requires ", "not supported", "cannot handle")
 
 
 def _with_damage(path: Path, head: bytes, reason: str) -> str:

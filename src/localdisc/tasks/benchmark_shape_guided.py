@@ -287,9 +287,15 @@ def run_shape_benchmark(
             f"--speck-area is a share of the FOV in [0, 1), not {config.speck_area}"
         )
     # A negative count used to give rows of networks that never trained; no seed, no LD rows.
+    # --max-test -1 dropped the last image, 0 stopped after the pre-training, and
+    # --refine-size 0 was taken for the default while results.json said 0.
     for option, value, least in (("--refine-steps", config.refine_steps, 0),
                                  ("--student-steps", config.student_steps, 0),
-                                 ("--seeds", config.seeds, 1)):  # fmt: skip
+                                 ("--seeds", config.seeds, 1),
+                                 ("--max-test", config.max_test, 1),
+                                 ("--refine-size", config.refine_size, 16)):  # fmt: skip
+        if value is None:
+            continue
         if value < least:
             raise LocaldiscError(f"{option} must be at least {least}, not {value}")
     data_root = Path(config.data_root).expanduser() if config.data_root else None

@@ -78,6 +78,16 @@ def collect_images(
                 here.append(("_".join(parts), file))
             if out is not None and path.resolve() == out:
                 here = _without_outputs(here, path, suffixes)
+                # NAME_mask.png beside NAME.png (left out as its mask, or as an output), and
+                # no run wrote here: a true mask, which the outputs replaced (exit 0, lost)
+                taken = [path / f"{name}{s}.png" for name, _ in here for s in suffixes]
+                first = next((f for f in taken if f.exists()), None)
+                if first is not None and not _holds_a_record(path):
+                    raise LocaldiscError(
+                        f"{first}: an output of this run would replace it, and no earlier run "
+                        f"wrote in {path} (no {' or '.join(RUN_RECORDS)}): a true mask? write "
+                        "the outputs to another --out"
+                    )
             found.extend(here)
             given.extend([index] * len(here))
         elif path.is_file():
@@ -110,6 +120,13 @@ def collect_images(
 #: The records of a folder of outputs: ``predict``'s, written first, and ``shape-guided
 #: segment``'s (:data:`~localdisc.tasks.shape_guided.SEGMENT_RECORD`), written last.
 OUTPUT_RECORDS = ("predict.json", "segment.json")
+#: Those, and the ``config.json`` of ``shape-guided vessels``: a folder holding one had a run.
+RUN_RECORDS = (*OUTPUT_RECORDS, "config.json")
+
+
+def _holds_a_record(folder: Path) -> bool:
+    """Whether a run wrote in ``folder`` (one of :data:`RUN_RECORDS` is there)."""
+    return any((folder / record).is_file() for record in RUN_RECORDS)
 
 
 def _output_folders(root: Path, files: Sequence[Path]) -> list[tuple[Path, set[str]]]:

@@ -1016,8 +1016,9 @@ def _transfer(
         if other_key == "recalibrated"
         else (f", {recalibrated}", "training's batch norm")
     )
+    spread = f" +- {dice['std']:.4f}" if dice["n"] > 1 else ""  # one image's std says nothing
     log(
-        f"test Dice {dice['mean']:.4f} +- {dice['std']:.4f} over {dice['n']} images{saved} "
+        f"test Dice {dice['mean']:.4f}{spread} over {dice['n']} image(s){saved} "
         f"({other_name}: {other:.4f}) -> {out_dir}"
     )
     return metrics
