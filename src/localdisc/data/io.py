@@ -536,12 +536,14 @@ def _guarded(path: Path, kind: str, reader: Any, head: bytes, limit: int) -> Any
         raise ImageReadError(path, _with_damage(path, head, reason)) from exc
 
 
+#: TIFF's and BigTIFF's signatures, little- and big-endian.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: Signatures of the formats Pillow and tifffile read: a file that starts with one and cannot
 #: be decoded is most likely cut short (an interrupted download), which the decoders rarely say.
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
     (b"\xff\xd8\xff", "JPEG"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
+    *((magic, "TIFF") for magic in _TIFF_MAGIC),
 )  # fmt: skip
 
 
@@ -590,7 +592,7 @@ def _choose_decoder(path: Path, suffix: str | None, head: bytes) -> tuple[str, A
         return "npy", _decode_npy
     if _is_dicom_head(head):
         return "DICOM", _decode_dicom
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if head[:4] in _TIFF_MAGIC:
         return "TIFF", _decode_tiff
     # Headerless formats cannot be sniffed: trust the suffix. (12-bit raw data can never start
     # with any of the magic numbers above, so sniffing first is safe for JSRT.)

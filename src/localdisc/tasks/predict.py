@@ -80,9 +80,11 @@ def collect_images(
                 here = _without_outputs(here, path, suffixes)
                 # NAME_mask.png beside NAME.png (left out as its mask, or as an output), and
                 # no run wrote here: a true mask, which the outputs replaced (exit 0, lost)
-                taken = [path / f"{name}{s}.png" for name, _ in here for s in suffixes]
-                first = next((f for f in taken if f.exists()), None)
-                if first is not None and not _holds_a_record(path):
+                taken = (path / f"{name}{s}.png" for name, _ in here for s in suffixes)
+                first = (
+                    None if _holds_a_record(path) else next((f for f in taken if f.exists()), None)
+                )
+                if first is not None:
                     raise LocaldiscError(
                         f"{first}: an output of this run would replace it, and no earlier run "
                         f"wrote in {path} (no {' or '.join(RUN_RECORDS)}): a true mask? write "
