@@ -548,9 +548,15 @@ def test_negative_step_counts_and_no_seed_are_refused(tmp_path):
                               ("--seeds", {"seeds": 0}),
                               ("--max-test", {"max_test": -1}),  # dropped the last image
                               ("--max-test", {"max_test": 0}),  # stopped after pre-training
-                              ("--refine-size", {"refine_size": 0})):  # fmt: skip
+                              ("--refine-size", {"refine_size": 0}),
+                              ("--stage2-steps", {"stage2_steps": -1})):  # fmt: skip
         config = ShapeBenchmarkConfig(tasks=["synthetic_fundus"], **overrides)
         with pytest.raises(LocaldiscError, match=f"{option} must be at least"):
+            run_shape_benchmark(config, tmp_path / "out", log=lambda m: None)
+    # Stage 2's budget was refused by its first training, after stage 1.
+    for budget in (float("nan"), 0.0, float("inf")):
+        config = ShapeBenchmarkConfig(tasks=["synthetic_fundus"], stage2_seconds=budget)
+        with pytest.raises(LocaldiscError, match="--stage2-seconds must be > 0 seconds"):
             run_shape_benchmark(config, tmp_path / "out", log=lambda m: None)
     assert not (tmp_path / "out").exists()
 

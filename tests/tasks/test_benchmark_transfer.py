@@ -166,6 +166,12 @@ def test_bad_seeds_sizes_and_schedules_are_refused_before_any_work(tmp_path):
             BenchmarkConfig(size=size)
     with pytest.raises(LocaldiscError, match="epoch counts must be >= 0"):
         BenchmarkConfig(epochs=-1)
+    # No epoch to train was refused by the first fine-tuning: after the LD pre-training.
+    with pytest.raises(LocaldiscError, match=r"nothing to train.*--frozen-epochs 0, --epochs 0"):
+        BenchmarkConfig(inits=["ld"], frozen_epochs=0, epochs=0)
+    with pytest.raises(LocaldiscError, match=r"nothing to train.*from scratch: --epochs 0"):
+        BenchmarkConfig(epochs=0)  # the default grid has random
+    BenchmarkConfig(inits=["ld"], epochs=0)  # the frozen phase alone is a schedule
     # Through the command: one line, nothing written (no pre-training started).
     args = ["benchmark", "transfer", "--tasks", "synthetic_fundus", "--inits", "random",
             "--seeds", "1", "--size", "40", "--device", "cpu",

@@ -500,7 +500,10 @@ def training_plan(config: FinetuneConfig, pretrained: bool) -> list[tuple[str, i
         plan = [("scratch", config.epochs)]
     plan = [(name, epochs) for name, epochs in plan if epochs > 0]
     if not plan:
-        raise LocaldiscError("nothing to train: every phase has 0 epochs")
+        given = f"--frozen-epochs {config.frozen_epochs}, " if pretrained else "from scratch: "
+        raise LocaldiscError(
+            f"nothing to train: every phase has 0 epochs ({given}--epochs {config.epochs})"
+        )
     return plan
 
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -293,11 +294,18 @@ def run_shape_benchmark(
                                  ("--student-steps", config.student_steps, 0),
                                  ("--seeds", config.seeds, 1),
                                  ("--max-test", config.max_test, 1),
-                                 ("--refine-size", config.refine_size, 16)):  # fmt: skip
+                                 ("--refine-size", config.refine_size, 16),
+                                 ("--stage1-steps", config.stage1_steps, 0),
+                                 ("--stage2-steps", config.stage2_steps, 0)):  # fmt: skip
         if value is None:
             continue
         if value < least:
             raise LocaldiscError(f"{option} must be at least {least}, not {value}")
+    # Stage 2's were refused only by its first training, after stage 1 (NaN, 0, inf).
+    for option, budget in (("--stage1-seconds", config.stage1_seconds),
+                           ("--stage2-seconds", config.stage2_seconds)):  # fmt: skip
+        if budget is not None and not 0 < budget < math.inf:
+            raise LocaldiscError(f"{option} must be > 0 seconds and finite, not {budget}")
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -41,7 +41,7 @@ from localdisc.data.datasets import (
     parse_data_spec,
     split_target,
 )
-from localdisc.engine.finetune import FinetuneConfig
+from localdisc.engine.finetune import FinetuneConfig, training_plan
 from localdisc.errors import DatasetError, DivergedError, LocaldiscError
 from localdisc.tasks.presets import (
     QUICK_PRETRAIN,
@@ -160,7 +160,10 @@ class BenchmarkConfig:
                 "--test-fraction 0 holds out no test image, and a benchmark compares test "
                 "scores: give a fraction in (0, 1)"
             )
-        self.finetune_config(seed=0)  # the schedule's own checks (epochs, batch, steps)
+        schedule = self.finetune_config(seed=0)  # the schedule's own checks (batch, steps)
+        # Every phase of 0 epochs was refused by the first fine-tuning: after the LD pre-training.
+        for pretrained in {init != "random" for init in self.inits or PRESET_GRIDS[self.mode][0]}:
+            training_plan(schedule, pretrained)
 
     @property
     def mode(self) -> str:
