@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+import shutil
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -384,6 +385,25 @@ def test_a_run_resumes_from_another_directory(tmp_path, monkeypatch):
                       log=lines.append)  # fmt: skip
     assert result.steps == 3
     assert not [line for line in lines if "not the given ones" in line]  # the same folder
+
+
+def test_a_run_inside_its_data_folder_is_not_pooled_by_the_next(tmp_path):
+    # `pretrain --data D --out D/run`: the next run on D pooled the first one's figures (and a
+    # finetune --out inside its images recalibrated batch norm on its predictions).
+    from localdisc.data.datasets import folder_image_files
+
+    data = _image_folder(tmp_path / "mydata")
+    pretrain(tiny_pretrain_config(data=[str(data)]), data / "run")
+    assert list((data / "run" / "figures").glob("*.png"))  # what was pooled
+    pretrain(tiny_pretrain_config(data=[str(data)]), tmp_path / "second")
+    pool = json.loads((tmp_path / "second" / "config.json").read_text())["pool"]
+    assert pool["images"] == 6  # the photographs, none of the run's figures
+    assert folder_image_files(data) == sorted(data.glob("*.png"))
+    # A folder of one's own with a config.json of another program is data as before.
+    (data / "other").mkdir()
+    (data / "other" / "config.json").write_text('{"environment": {}}')
+    shutil.copy(data / "0.png", data / "other" / "x.png")
+    assert data / "other" / "x.png" in folder_image_files(data)
 
 
 def test_the_same_folder_given_relatively_or_absolutely_is_the_same_setting(

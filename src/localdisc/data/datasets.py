@@ -1340,18 +1340,38 @@ def folder_image_dir(root: Path) -> Path:
     return found[0] if found else root
 
 
+def is_training_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a training run of this package (``pretrain``, ``shape-guided
+    train`` or ``finetune``): a ``config.json`` with its settings and environment."""
+    try:
+        record = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return (
+        isinstance(record, dict)
+        and "environment" in record
+        and ("pretrain" in record or "transfer" in record)
+    )
+
+
 def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]:
     """Image files under ``root`` (recursive, sorted by path) that are not masks.
 
     Skips hidden entries, folders named like mask folders (:data:`MASK_DIR_NAMES`), ``exclude``,
-    and files whose stem is another image's stem in the same folder plus a partner ending
-    (:data:`PARTNER_SUFFIXES`, any letter case: CHASE_DB1's ``Image_01L_1stHO.png`` next to
-    ``Image_01L.jpg``, ``case01_seg.png`` or ``case01-mask.png`` next to ``case01.png``). A
-    file with such an ending but no image of the base stem beside it is an image.
+    training runs below ``root`` (:func:`is_training_run`: a ``pretrain --out`` inside its
+    ``--data`` folder pooled its figures in the next run, a ``finetune --out`` inside its images
+    recalibrated batch norm on its predictions), and files whose stem is another image's stem in
+    the same folder plus a partner ending (:data:`PARTNER_SUFFIXES`, any letter case:
+    CHASE_DB1's ``Image_01L_1stHO.png`` next to ``Image_01L.jpg``, ``case01_seg.png`` or
+    ``case01-mask.png`` next to ``case01.png``). A file with such an ending but no image of the
+    base stem beside it is an image.
     """
     found: list[Path] = []
     for dirpath, dirnames, filenames in walk(root):
         here = Path(dirpath)
+        if here != Path(root) and "config.json" in filenames and is_training_run(here):
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(
             d
             for d in dirnames
