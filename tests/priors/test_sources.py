@@ -252,3 +252,16 @@ def test_prior_frequency_of_a_kept_pose_stretches_masks_that_are_not_square(tmp_
     kept = prior_frequency(str(tmp_path / "wide"), 16, pose="kept")
     np.testing.assert_array_equal(kept, prior_masks(str(tmp_path / "wide"), 16, pose="kept")[0])
     assert kept[:, 0].all() and not kept[:, -1].any()  # every row, as in the file
+
+
+def test_a_bank_larger_than_the_machines_memory_is_refused_before_drawing(monkeypatch):
+    # --prior-count 100000000 drew masks for hours without a word, to run out of memory.
+    from localdisc.errors import LocaldiscError
+    from localdisc.priors import sources
+
+    with pytest.raises(LocaldiscError, match=r"100000000 masks at 448 x 448 need about 37\d\d\d"):
+        sources.load_prior("simulated:vessels", 448, count=100_000_000)  # 37 TiB
+    monkeypatch.setattr(sources, "_memory_bytes", lambda: 2**20)  # 1 MiB: 8 masks at 256 fit
+    with pytest.raises(LocaldiscError, match="give a smaller --prior-count"):
+        sources.load_prior("simulated:lungs", 256, count=9)
+    assert sources.load_prior("simulated:lungs", 256, count=8).shape == (8, 1, 256, 256)

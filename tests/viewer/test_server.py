@@ -75,7 +75,7 @@ def setup(tmp_path_factory):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     viewer.warm_up()
-    yield {"root": root, "loaded": loaded, "viewer": viewer, **address(server)}
+    yield {"root": root, "loaded": loaded, "viewer": viewer, "server": server, **address(server)}
     server.shutdown()
     server.server_close()
 
@@ -248,6 +248,20 @@ def test_segmentation_overlay_and_download(setup):
     assert status == 200 and 'filename="eye2_prob.png"' in headers["Content-Disposition"]
     prob = png(body)
     assert prob.size == (80, 96) and prob.mode == "I;16"  # the file's own size, predict's 16 bits
+
+
+def test_an_error_of_the_server_is_said_in_the_terminal_too(setup, monkeypatch):
+    # `view --size 100000`: the page got HTTP 500 and the terminal said nothing.
+    lines: list[str] = []
+    monkeypatch.setattr(setup["server"], "log", lines.append)
+
+    def out_of_memory(image_id: int) -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(setup["viewer"], "image_png", out_of_memory)
+    status, data = get_json(setup, "/api/image/0.png?token=secret")
+    assert status == 500 and data["error"] == f"out of memory at the working size {SIZE} (--size)"
+    assert lines == [f"error answering /api/image/0.png: {data['error']}"]  # not the token
 
 
 def test_unknown_ids_are_404_and_bad_values_400(setup):

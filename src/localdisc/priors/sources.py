@@ -21,6 +21,7 @@ image), after resizing are left out.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -238,6 +239,14 @@ def _dataset_masks(p: _Spec, spec: str) -> list[tuple[str, np.ndarray]]:
 PRIOR_POSES = ("free", "kept")
 
 
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, where the system tells it."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # Windows has no sysconf
+        return None
+
+
 def load_prior(
     spec: str, size: int, *, count: int = 200, seed: int = 0, pose: str = "free"
 ) -> torch.Tensor:
@@ -269,6 +278,14 @@ def load_prior(
             raise ValueError(f"simulated prior count must be a positive integer, got {count!r}")
         if isinstance(seed, bool) or int(seed) != seed or seed < 0:
             raise ValueError(f"simulated prior seed must be a non-negative integer, got {seed!r}")
+        # A --prior-count of 100 000 000 drew masks for hours, without a word, to run out of memory.
+        need, memory = 2 * count * size * size, _memory_bytes()  # the masks, then their stack
+        if memory is not None and need > memory:
+            raise LocaldiscError(
+                f"shape prior {spec!r}: {count} masks at {size} x {size} need about "
+                f"{need / 2**30:.1f} GiB, more than this machine's {memory / 2**30:.1f} GiB of "
+                "memory: give a smaller --prior-count (default 200)"
+            )
         named = [(f"seed {seed + i}", simulate_mask(p.name, size, seed + i)) for i in range(count)]
     elif p.kind == "dataset":
         try:

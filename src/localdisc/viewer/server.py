@@ -891,9 +891,17 @@ class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 16
 
-    def __init__(self, address: tuple[str, int], viewer: Viewer, *, quiet: bool = True) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        viewer: Viewer,
+        *,
+        quiet: bool = True,
+        log: Callable[[str], object] = print,
+    ) -> None:
         self.viewer = viewer
         self.quiet = quiet
+        self.log = log  # errors of the server's own (500), said even when quiet
         self.static = _static_files()
         self.loopback = is_loopback(address[0])
         self.token = secrets.token_urlsafe(24)  # the URL printed at start carries it
@@ -1040,7 +1048,12 @@ class ViewerHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as exc:  # noqa: BLE001 - one failing image must not stop the server
-            self._error(500, f"{type(exc).__name__}: {exc}", head=head)
+            message = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, MemoryError):  # a --size of 100 000: the page said 500 alone
+                message = f"out of memory at the working size {self.viewer.size} (--size)"
+            # The page shows the message; the terminal said nothing of it.
+            self.server.log(f"error answering {self.path.partition('?')[0][:100]}: {message}")
+            self._error(500, message, head=head)
 
     def _route(self, head: bool) -> None:
         parts = urlsplit(self.path)
@@ -1229,7 +1242,7 @@ def create_server(
     if warning:
         log(warning)
     try:
-        return ViewerServer((host, port), viewer, quiet=quiet)
+        return ViewerServer((host, port), viewer, quiet=quiet, log=log)
     except OSError as exc:
         raise LocaldiscError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
