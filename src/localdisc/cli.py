@@ -897,7 +897,7 @@ def localize(
     """One-shot landmark localisation: find the template's landmarks in new images."""
     import json
 
-    from localdisc.data.io import header_metas, orientation_note
+    from localdisc.data.io import header_metas, header_notes
     from localdisc.engine.checkpoint import atomic_write_text
     from localdisc.engine.distributed import resolve_device
     from localdisc.eval.provenance import environment
@@ -943,8 +943,7 @@ def localize(
     _check_not_an_input("--out", out, inputs)
     skips = SkippedImages(skip_bad, _log, len(found))
     # A phone photograph's EXIF turn is not applied: said before any point is checked.
-    note = orientation_note(header_metas([template, *(path for _, path in found)]))
-    if note is not None:
+    for note in header_notes(header_metas([template, *(path for _, path in found)])):
         _log(f"note: {note}")
     # Before the model: an unknown image or landmark, or a point outside its image, is refused.
     true = read_truth(truth, found, spots, skips) if truth is not None else None

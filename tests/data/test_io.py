@@ -663,10 +663,24 @@ def test_dicom_voi_lut_rgb_and_frames(tmp_path: Path) -> None:
 
     stack = np.stack([np.full((3, 3), v, np.uint16) for v in (10, 20, 30)])
     stack[0, 0, 0] = 0
-    img, _ = read_image(_write_dicom(tmp_path / "mf.dcm", stack, frames=3))
+    img, meta = read_image(_write_dicom(tmp_path / "mf.dcm", stack, frames=3))
     expected = np.full((3, 3), 1.0)
     expected[0, 0] = 0.0
     np.testing.assert_allclose(img[..., 0], expected)
+    # It was read as its first frame without a word: the commands say it (header_notes).
+    from localdisc.data.io import frames_note, header_notes
+    from localdisc.tasks.predict import note_headers
+
+    assert meta.frames == 3 and read_image_meta(tmp_path / "mf.dcm").frames == 3
+    single = read_image_meta(_write_dicom(tmp_path / "one.dcm", stack[0]))
+    assert single.frames == 1 and frames_note([single]) is None and header_notes([single]) == []
+    lines: list[str] = []
+    note_headers([("one", single.path), ("mf", meta.path)], lines.append)
+    assert lines == [
+        f"note: 1 file(s) hold several frames, and localdisc reads the first of each (first: "
+        f"{meta.path}, 3 frames): a cine or tomosynthesis series is not a single image; save "
+        "the frame you mean as a file of its own"
+    ]
 
 
 def test_dicom_pixel_spacing(tmp_path: Path) -> None:

@@ -198,6 +198,8 @@ class ImageMeta:
             or no tag. Not applied: height, width and the pixels are as stored (its masks are
             drawn on those), so points taken in a viewer that applies it are in another frame
             (:func:`orientation_note`).
+        frames: the frames the file holds (a multi-frame DICOM's NumberOfFrames: a cine, a
+            tomosynthesis series); the first is read (:func:`frames_note`). 1 for the rest.
     """
 
     path: Path
@@ -209,6 +211,7 @@ class ImageMeta:
     spacing: tuple[float, float] | None = None
     spacing_source: str | None = None
     orientation: int | None = None
+    frames: int = 1
 
 
 @dataclass
@@ -357,6 +360,28 @@ def orientation_note(metas: Sequence[ImageMeta], outputs: str = "points") -> str
         f"{first.path}, {first.orientation}: viewers show it {ORIENTATIONS[first.orientation]}): "
         + consequence
     )
+
+
+def frames_note(metas: Sequence[ImageMeta]) -> str | None:
+    """A line saying that files hold several frames, of which only the first is read
+    (``None`` where none of ``metas`` does): a multi-frame DICOM was read as its first frame
+    without a word."""
+    stacked = [m for m in metas if m.frames > 1]
+    if not stacked:
+        return None
+    first = stacked[0]
+    return (
+        f"{len(stacked)} file(s) hold several frames, and localdisc reads the first of each "
+        f"(first: {first.path}, {first.frames} frames): a cine or tomosynthesis series is not "
+        "a single image; save the frame you mean as a file of its own"
+    )
+
+
+def header_notes(metas: Sequence[ImageMeta], outputs: str = "points") -> list[str]:
+    """What a command says of its images' headers: :func:`orientation_note` (``outputs`` as
+    there) and :func:`frames_note`, those that apply."""
+    notes = (orientation_note(metas, outputs), frames_note(metas))
+    return [note for note in notes if note is not None]
 
 
 #: An image whose brightest value is below this (of [0, 1]) uses under 1/8 of the range.
@@ -1278,7 +1303,12 @@ def _dicom_dataset(path: Path, head: bytes, limit: int, *, pixels: bool) -> tupl
             path, f"unsupported DICOM photometric interpretation {photometric!r} ({spp} samples)"
         )
     _check_decoder(path, ds)
-    return ds, ImageMeta(path, "dicom", bits, height, width, spp, *_dicom_spacing(ds))
+    try:  # IS, text: a malformed value is taken for one frame, as pixel_array reads one
+        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        frames = 1
+    meta = ImageMeta(path, "dicom", bits, height, width, spp, *_dicom_spacing(ds), frames=frames)
+    return ds, meta
 
 
 def _no_pixel_data(ds: Any) -> str:

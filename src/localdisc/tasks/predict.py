@@ -21,8 +21,8 @@ from localdisc.data.io import (
     ImageMeta,
     dim_note,
     header_metas,
+    header_notes,
     is_image_file,
-    orientation_note,
     read_image,
     read_image_meta,
     read_mask,
@@ -263,12 +263,12 @@ class SkippedImages:
         return skipped_clause(len(self.skipped), where)
 
 
-def note_orientations(files: Sequence[tuple[str, Path]], log: Callable[[str], None]) -> None:
-    """Log a note where an image of ``files`` carries an EXIF orientation: its masks are written
-    in its pixels as stored, turned against the image in a viewer that applies the tag
-    (:func:`~localdisc.data.io.orientation_note`)."""
-    note = orientation_note(header_metas(path for _, path in files), "masks")
-    if note is not None:
+def note_headers(files: Sequence[tuple[str, Path]], log: Callable[[str], None]) -> None:
+    """Log a note where an image of ``files`` carries an EXIF orientation (its masks are written
+    in its pixels as stored, turned against the image in a viewer that applies the tag:
+    :func:`~localdisc.data.io.orientation_note`) or holds several frames, the first read
+    (:func:`~localdisc.data.io.frames_note`)."""
+    for note in header_notes(header_metas(path for _, path in files), "masks"):
         log(f"note: {note}")
 
 
@@ -397,7 +397,7 @@ def predict_images(
     device = str(resolve_device(device))  # a misspelt device is named before any work
     env = environment(device)  # at the start: where and when these outputs were made
     files = collect_images(images, out_dir=out_dir, log=log)
-    note_orientations(files, log)
+    note_headers(files, log)
     skips = SkippedImages(skip_bad, log, len(files))
     scoring = masks is not None
     check_metrics(Path(out_dir), scoring)

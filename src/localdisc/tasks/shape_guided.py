@@ -82,7 +82,7 @@ from localdisc.tasks.predict import (
     check_metrics,
     collect_images,
     mask_png,
-    note_orientations,
+    note_headers,
     prob_png,
     remove_metrics,
     remove_outputs,
@@ -463,7 +463,7 @@ def segment_images(
     # Listed once, before anything is written: each run of an ensemble writes into OUT/run-K,
     # which a later listing of an image folder holding OUT would take for more images.
     files = collect_images(images, out_dir=out_dir, suffixes=OUTPUT_SUFFIXES, log=log)
-    note_orientations(files, log)
+    note_headers(files, log)
     check_metrics(out_dir, masks is not None, SEGMENT_COMMAND)
     # An ensemble's runs are held to one topology (one run's is its own: _segment_run); said
     # before any image is decoded.

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localdisc.data.io import dim_note, orientation_note, read_image
+from localdisc.data.io import dim_note, header_notes, read_image
 from localdisc.data.preprocess import as_raw_image, resize_image, roi_box
 from localdisc.errors import InputError, LocaldiscError
 from localdisc.models.ld import LDModel, refuse_peer_run, split_weights_path
@@ -156,7 +156,7 @@ def read_images(paths: Sequence[Path], log: Callable[[str], None]) -> list[np.nd
     read = [read_image(path) for path in paths]
     peaks = [(path.name, float(image.max())) for path, (image, _) in zip(paths, read, strict=True)]
     notes = [
-        orientation_note([meta for _, meta in read]),
+        *header_notes([meta for _, meta in read]),
         dim_note(peaks, "image(s)", "the network sees them near black"),
     ]
     for note in notes:

@@ -60,7 +60,7 @@ from localdisc.tasks.predict import (
     collect_images,
     fov_mask_files,
     mask_png,
-    note_orientations,
+    note_headers,
     prob_png,
     read_fov_mask,
     remove_metrics,
@@ -201,7 +201,7 @@ def segment_vessels_self_trained(
     _check_out_dir(Path(out_dir))
     # out_dir may lie in an images folder: its masks are not images to segment on a second run.
     files = collect_images(images, out_dir=out_dir, log=log)
-    note_orientations(files, log)
+    note_headers(files, log)
     skips = SkippedImages(skip_bad, log, len(files))
     # The unreadable ones (and those with no FOV left to segment: _read_photo) known before the
     # images are drawn, grouped, or found to be those of a finished run (without skip_bad, a

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from localdisc.data.io import ImageMeta, dim_note, orientation_note, read_image
+from localdisc.data.io import ImageMeta, dim_note, header_notes, read_image
 from localdisc.data.preprocess import resize_image
 from localdisc.errors import LocaldiscError
 from localdisc.tasks.predict import prob_png
@@ -1286,7 +1286,7 @@ def serve(
     for error in viewer.errors:
         log(f"skipped {viewer.error_paths[error['name']]}: {error['error']}")
     for note in (
-        orientation_note(viewer.metas, "points"),
+        *header_notes(viewer.metas, "points"),
         dim_note(viewer.peaks, "image(s)", "they are shown and embedded near black"),
     ):
         if note is not None:
