@@ -134,6 +134,26 @@ def test_predict_names_images_that_use_a_small_part_of_the_range(tmp_path):
     ]
 
 
+def test_predict_says_when_images_look_of_another_modality_than_the_model(tmp_path):
+    # A fundus model run on radiographs (made three grey channels) said nothing.
+    rng = np.random.default_rng(0)
+    for modality in ("fundus", "xray"):
+        Segmenter(modality=modality, size=32).save(tmp_path / modality)
+    save(tmp_path / "in" / "chest.png", rng.integers(0, 255, (20, 30), np.uint8))
+    save(tmp_path / "in" / "eye.png", rng.integers(0, 255, (20, 30, 3), np.uint8))
+    save(tmp_path / "in" / "film.png", rng.integers(0, 255, (20, 30), np.uint8))
+    save(tmp_path / "in" / "blank.png", np.zeros((20, 30, 3), np.uint8))  # tells nothing
+    cases = (("fundus", "grey", "colour", "chest", 2), ("xray", "colour", "grey", "eye", 1))
+    for modality, looks, trained, first, count in cases:
+        logs: list[str] = []
+        predict_images(tmp_path / modality, [tmp_path / "in"], tmp_path / f"out-{modality}",
+                       device="cpu", log=logs.append)  # fmt: skip
+        assert [line for line in logs if "trained on" in line] == [
+            f"note: {count} of 4 image(s) are {looks} (first: {first}), and the model was trained "
+            f"on {trained} {modality} images: its masks of them may mean little"
+        ]
+
+
 def test_predict_keeps_to_fov_masks_and_checks_them(tmp_path):
     Segmenter(modality="fundus", size=32).save(tmp_path / "model")
     save(tmp_path / "in" / "eye.png", np.full((40, 50, 3), 120, np.uint8))

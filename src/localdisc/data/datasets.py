@@ -1780,13 +1780,22 @@ def guess_modality(paths: Sequence[Path]) -> str | None:
             raise
         except LocaldiscError:
             continue  # the bad file is reported when it is read
-        if image.shape[2] == 1:
-            return "xray"
-        if image.max() == image.min():
-            continue  # a blank RGB image (all black, say) shows no colour either way
-        spread = np.abs(image[:, :, :3] - image[:, :, :3].mean(axis=2, keepdims=True))
-        return "xray" if float(spread.mean()) < 2 / 255 else "fundus"
+        found = image_modality(image)
+        if found is not None:
+            return found
     return None
+
+
+def image_modality(image: np.ndarray) -> str | None:
+    """The modality an image (H x W x C in [0, 1]) looks like: ``xray`` where grey (one
+    channel, or RGB with equal channels), ``fundus`` where coloured, ``None`` where blank RGB
+    (all black, say: no colour either way)."""
+    if image.shape[2] == 1:
+        return "xray"
+    if image.max() == image.min():
+        return None
+    spread = np.abs(image[:, :, :3] - image[:, :, :3].mean(axis=2, keepdims=True))
+    return "xray" if float(spread.mean()) < 2 / 255 else "fundus"
 
 
 def load_data_spec(

@@ -12,6 +12,7 @@ import numpy as np
 from localdisc.data.datasets import (
     MaskMatch,
     folder_image_files,
+    image_modality,
     image_stem,
     match_masks,
     name_key,
@@ -447,6 +448,7 @@ def predict_images(
         target_name = config.get("data", {}).get("target")
         written = []
         peaks: list[tuple[str, float]] = []
+        unlike: list[str] = []  # images that look of another modality than the model's
         with ProgressBar(len(files), 0, progress, "predict", unit="image") as bar:
             for i, (name, path) in enumerate(files):
                 read = skips.read_replacing(name, path, out_dir, files, read_image)
@@ -455,6 +457,8 @@ def predict_images(
                     continue
                 image = read[0]
                 peaks.append((name, float(image.max())))
+                if image_modality(image) not in (None, model.config.modality):
+                    unlike.append(name)
                 prob_small, prob = model.predict_maps(image)
                 if fovs is not None:  # the outputs; the paper's Dice takes the model's whole
                     # map at its size (prob_small), as finetune's and METHOD.md's
@@ -473,6 +477,12 @@ def predict_images(
         note = dim_note(peaks, "image(s)", "the network saw them near black")
         if note is not None:
             log(f"note: {note}")
+        if unlike:  # a fundus model on radiographs was run without a word
+            looks, trained = (("grey", "colour") if model.config.modality == "fundus"
+                              else ("colour", "grey"))  # fmt: skip
+            log(f"note: {len(unlike)} of {len(peaks)} image(s) are {looks} (first: {unlike[0]}), "
+                f"and the model was trained on {trained} {model.config.modality} images: its "
+                "masks of them may mean little")  # fmt: skip
     files = skips.kept(files)  # refused when none was read: predict.json says unfinished
     record["images"] = [{"name": name, "image": str(path.resolve())} for name, path in files]
     record["skipped"] = skips.record()
