@@ -217,18 +217,56 @@ def test_an_output_folder_that_is_the_images_folder_hides_every_output(tmp_path)
     # What the vessels and shape-guided commands write besides NAME_prob: sub-folders of
     # outputs (group-K/, run-K/) and figures/. A second run used to read them as images.
     image = np.full((20, 24, 3), 120, np.uint8)
-    for name in ("a", "sub/b", "a_prob", "figures/overlay", "group-1/a_mask", "run-0/sub_b_A_prob"):
+    for name in ("a", "sub/b", "a_prob", "figures/overlay", "group-1/a_mask", "run-0/sub_b_A_prob",
+                 "group-1/figures/overlay"):  # fmt: skip
         save(tmp_path / f"{name}.png", image)
     suffixes = ("_prob", "_mask", "_A_prob")
     # No run wrote there (no record): a_prob.png may be a file of one's own, which the
     # outputs would replace (true masks beside their images were lost; reviewer).
     with pytest.raises(LocaldiscError, match=r"a_prob\.png: an output of this run would replace"):
         collect_images([tmp_path], out_dir=tmp_path, suffixes=suffixes)
-    (tmp_path / "predict.json").write_text("{}")  # an earlier run's
+    listed = {"images": [{"name": "a"}, {"name": "sub_b"}]}
+    (tmp_path / "predict.json").write_text(json.dumps(listed))  # an earlier run's
     found = collect_images([tmp_path], out_dir=tmp_path, suffixes=suffixes)
     assert [name for name, _ in found] == ["a", "sub_b"]
     # Only the output folder's own: the same folder read for another --out keeps them all.
-    assert len(collect_images([tmp_path], out_dir=tmp_path / "elsewhere")) == 6
+    assert len(collect_images([tmp_path], out_dir=tmp_path / "elsewhere")) == 7
+
+
+def test_an_output_among_the_images_replaces_only_what_an_earlier_run_wrote(tmp_path):
+    # A reviewer's cases at 891bb68, each exit 0 with true masks replaced: the images given as
+    # files; a case annotated after a predict there (its record turned the check off); another
+    # program's config.json. And a rerun of `shape-guided vessels --teach-all` was refused.
+    image, mask = np.full((20, 24, 3), 120, np.uint8), np.zeros((20, 24), np.uint8)
+    for name in ("a", "b"):
+        save(tmp_path / f"{name}.png", image)
+        save(tmp_path / f"{name}_mask.png", mask)
+    files = [tmp_path / "a.png", tmp_path / "b.png"]
+    for given in ([tmp_path], files, files[1:]):
+        with pytest.raises(LocaldiscError, match=r"a?_mask\.png: an output of this run would"):
+            collect_images(given, out_dir=tmp_path)
+    (tmp_path / "config.json").write_text('{"name": "a viewer\'s settings"}')
+    listed = {"images": [{"name": "a"}]}  # predicted before b was annotated
+    (tmp_path / "predict.json").write_text(json.dumps(listed))
+    assert [n for n, _ in collect_images(files[:1], out_dir=tmp_path)] == ["a"]
+    with pytest.raises(LocaldiscError, match=r"b_mask\.png: .* lists b\): a true mask\?"):
+        collect_images([tmp_path], out_dir=tmp_path)
+    # shape-guided vessels: its table lists b (here a group's of --teach-all), or its network
+    # is there (a stopped run lists its images at its end).
+    save_table = tmp_path / "group-2" / "vessels.csv"
+    save_table.parent.mkdir()
+    save_table.write_text("image,taught\nb,1\n")
+    assert [n for n, _ in collect_images([tmp_path], out_dir=tmp_path)] == ["a", "b"]
+    save_table.unlink()
+    (tmp_path / "group-2" / "config.json").write_text('{"self_trained_vessels": {}}')
+    assert [n for n, _ in collect_images([tmp_path], out_dir=tmp_path)] == ["a", "b"]
+    # shape-guided segment's outputs are no one's masks (NAME_A_mask), and a stopped segment
+    # leaves no record: not guarded.
+    save(tmp_path / "c" / "x.png", image)
+    save(tmp_path / "c" / "x_A_mask.png", mask)
+    found = collect_images([tmp_path / "c"], out_dir=tmp_path / "c", suffixes=("_A_mask",),
+                           guard=False)  # fmt: skip
+    assert [n for n, _ in found] == ["x"]
 
 
 def test_predict_images_returns_the_masks_and_the_probability_maps_lie_beside_them(tmp_path):
@@ -713,7 +751,8 @@ def test_predict_refuses_an_out_where_it_would_overwrite_true_or_fov_masks(tmp_p
         save(tmp_path / "d" / f"{name}_mask.png", target)
     before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
     d = tmp_path / "d"
-    (d / "predict.json").write_text("{}")  # an earlier run's record there
+    listed = {"images": [{"name": "case01"}, {"name": "case02"}]}
+    (d / "predict.json").write_text(json.dumps(listed))  # an earlier run's record there
     for option in ("masks", "fov_masks"):
         with pytest.raises(LocaldiscError) as error:
             predict_images(tmp_path / "model", [d], d, device="cpu", log=lambda m: None,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +47,7 @@ def collect_images(
     out_dir: str | Path | None = None,
     suffixes: Sequence[str] = ("_prob", "_mask"),
     log: Callable[[str], None] | None = None,
+    guard: bool = True,
 ) -> list[tuple[str, Path]]:
     """``(output name, file)`` for every image file given or found under a given folder.
 
@@ -53,7 +57,12 @@ def collect_images(
     ``out_dir``: where the outputs go. Found in a given folder, it is skipped; when it is the
     given folder itself, what a command wrote there is (:func:`_without_outputs`: files named
     ``NAME`` + one of the command's ``suffixes``, and ``figures/``): else a second run would
-    segment the first run's outputs (``x_prob_prob.png``, ...). So are the outputs in the
+    segment the first run's outputs (``x_prob_prob.png``, ...). With ``guard``, where ``out_dir``
+    holds a given image (its folder, or a file in it), an output that would replace a file no
+    earlier run wrote (:func:`_written_before`) is refused: a true mask beside its image.
+    ``shape-guided segment`` passes ``guard=False``: its names (``NAME_A_mask``) are no one's
+    masks, and a stopped segment leaves no record (``segment.json`` is written last). So are the
+    outputs in the
     sub-folders of a given folder that hold an output record (:data:`OUTPUT_RECORDS`: ``--out
     D/run1``, then ``--out D/run2``; those of the images it lists), said through ``log`` where
     given; the images there are kept (a predict into its images' own folder).
@@ -61,6 +70,7 @@ def collect_images(
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found: list[tuple[str, Path]] = []
     given: list[int] = []  # which of ``paths`` each of ``found`` came from
+    among = False  # the outputs go among the images: into a given folder, or a given file's
     for index, raw in enumerate(paths):
         path = Path(raw).expanduser()
         if path.is_dir():
@@ -79,18 +89,7 @@ def collect_images(
                 here.append(("_".join(parts), file))
             if out is not None and path.resolve() == out:
                 here = _without_outputs(here, path, suffixes)
-                # NAME_mask.png beside NAME.png (left out as its mask, or as an output), and
-                # no run wrote here: a true mask, which the outputs replaced (exit 0, lost)
-                taken = (path / f"{name}{s}.png" for name, _ in here for s in suffixes)
-                first = (
-                    None if _holds_a_record(path) else next((f for f in taken if f.exists()), None)
-                )
-                if first is not None:
-                    raise LocaldiscError(
-                        f"{first}: an output of this run would replace it, and no earlier run "
-                        f"wrote in {path} (no {' or '.join(RUN_RECORDS)}): a true mask? write "
-                        "the outputs to another --out"
-                    )
+                among = True
             found.extend(here)
             given.extend([index] * len(here))
         elif path.is_file():
@@ -98,8 +97,22 @@ def collect_images(
                 raise LocaldiscError(f"{path}: not an image file this reader takes")
             found.append((image_stem(path), path))
             given.append(index)
+            among = among or path.parent.resolve() == out
         else:
             raise LocaldiscError(f"{path}: no such file or folder")
+    if guard and among:
+        # NAME_mask.png beside NAME.png (left out as its mask, or as an output) that no run
+        # wrote: a true mask, which the outputs replaced (exit 0, lost); given as files too.
+        before = _written_before(out)
+        taken = ((name, out / f"{name}{s}.png") for name, _ in found for s in suffixes
+                 if before is not None and name not in before)  # fmt: skip
+        name, first = next(((n, f) for n, f in taken if f.exists()), ("", None))
+        if first is not None:
+            raise LocaldiscError(
+                f"{first}: an output of this run would replace it, and no earlier run there "
+                f"wrote it (no predict.json, nor shape-guided vessels' vessels.csv, lists {name}): "
+                "a true mask? write the outputs to another --out"
+            )
     names = [name for name, _ in found]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -123,13 +136,27 @@ def collect_images(
 #: The records of a folder of outputs: ``predict``'s, written first, and ``shape-guided
 #: segment``'s (:data:`~localdisc.tasks.shape_guided.SEGMENT_RECORD`), written last.
 OUTPUT_RECORDS = ("predict.json", "segment.json")
-#: Those, and the ``config.json`` of ``shape-guided vessels``: a folder holding one had a run.
-RUN_RECORDS = (*OUTPUT_RECORDS, "config.json")
 
 
-def _holds_a_record(folder: Path) -> bool:
-    """Whether a run wrote in ``folder`` (one of :data:`RUN_RECORDS` is there)."""
-    return any((folder / record).is_file() for record in RUN_RECORDS)
+def _written_before(folder: Path) -> set[str] | None:
+    """The names of the images whose outputs an earlier run wrote in ``folder``: those its
+    records list (:data:`OUTPUT_RECORDS`, ``vessels.csv``, a ``group-K``'s of ``shape-guided
+    vessels --teach-all``); ``None`` (every name) where a network of ``shape-guided vessels``
+    is there (``config.json``, its own or a group's): a stopped run lists its images only at its
+    end. Another program's ``config.json`` is no record."""
+    names: set[str] = set()
+    for record in OUTPUT_RECORDS:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            listed = json.loads((folder / record).read_text())["images"]
+            names |= {entry["name"] for entry in listed}
+    for table in (folder / "vessels.csv", *folder.glob("group-*/vessels.csv")):
+        with contextlib.suppress(OSError, KeyError, csv.Error), table.open(newline="") as file:
+            names |= {row["image"] for row in csv.DictReader(file)}
+    for config in (folder / "config.json", *folder.glob("group-*/config.json")):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if "self_trained_vessels" in json.loads(config.read_text()):
+                return None
+    return names
 
 
 def _output_folders(root: Path, files: Sequence[Path]) -> list[tuple[Path, set[str]]]:
@@ -306,6 +333,11 @@ def _below(out: Path | None, folder: Path) -> Path | None:
     return folder / relative if relative.parts else None
 
 
+#: The sub-folders commands write among their outputs: an ensemble's runs, ``--teach-all``'s
+#: groups, the network of unusual images.
+_OUTPUT_FOLDER = re.compile(r"(run|group)-\d+|unusual")
+
+
 def _without_outputs(
     found: list[tuple[str, Path]],
     folder: Path,
@@ -315,15 +347,19 @@ def _without_outputs(
     """``found`` (the images of ``folder``, also the output folder) less the outputs written
     there for them (or for ``names``, where given: those an output record lists): files named
     ``NAME`` + one of ``suffixes``, in ``folder`` or in a sub-folder a command writes
-    (``group-K/``, ``run-K/``, ``unusual/``), and the figures in ``figures/``."""
+    (``group-K/``, ``run-K/``, ``unusual/``), and the figures in ``figures/``, its own or such a
+    sub-folder's (a rerun of ``shape-guided vessels --teach-all`` took ``group-1/figures/``'s
+    for images, and taught a group more)."""
     names = {name for name, _ in found} if names is None else names
 
     def output(file: Path) -> bool:
         relative = file.relative_to(folder).parts
         stem = image_stem(file)
-        return (len(relative) > 1 and relative[0] == "figures") or any(
-            stem.endswith(s) and stem[: -len(s)] in names for s in suffixes
+        folders = relative[:-1]  # figures/..., or group-K/figures/...
+        figures = folders[:1] == ("figures",) or (
+            folders[1:2] == ("figures",) and _OUTPUT_FOLDER.fullmatch(folders[0]) is not None
         )
+        return figures or any(stem.endswith(s) and stem[: -len(s)] in names for s in suffixes)
 
     return [(name, file) for name, file in found if not output(file)]
 

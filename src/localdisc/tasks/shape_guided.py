@@ -462,7 +462,7 @@ def segment_images(
         raise LocaldiscError(f"{out_dir}: a file, not a folder; --out names the output folder")
     # Listed once, before anything is written: each run of an ensemble writes into OUT/run-K,
     # which a later listing of an image folder holding OUT would take for more images.
-    files = collect_images(images, out_dir=out_dir, suffixes=OUTPUT_SUFFIXES, log=log)
+    files = collect_images(images, out_dir=out_dir, suffixes=OUTPUT_SUFFIXES, log=log, guard=False)
     note_headers(files, log)
     check_metrics(out_dir, masks is not None, SEGMENT_COMMAND)
     # An ensemble's runs are held to one topology (one run's is its own: _segment_run); said
