@@ -339,7 +339,7 @@ def main() -> None:
         sys.exit(2)
     except MemoryError:  # a --size of 100 000 asked numpy for hundreds of GiB: a traceback
         err_console.print(
-            "[bold red]error:[/] out of memory: a smaller --size (or --max-size) needs less",
+            f"[bold red]error:[/] {escape(_out_of_memory(sys.argv[1:]))}",
             highlight=False,
             soft_wrap=True,
         )
@@ -395,6 +395,23 @@ def _skip_bad_hint(skip_bad: bool) -> Iterator[None]:
         if skip_bad or isinstance(exc, ReaderSetupError) or SKIP_BAD_HINT in exc.reason:
             raise
         raise ImageReadError(exc.path, f"{exc.reason}; {SKIP_BAD_HINT}") from exc
+
+
+#: The options whose values set how much memory a command needs.
+SIZE_OPTIONS = ("--size", "--pool-size", "--max-size", "--refine-size", "--batch", "--prior-count")
+
+
+def _out_of_memory(argv: list[str]) -> str:
+    """The line for a command that ran out of memory, naming the sizes it was given (every
+    command's line named --size and --max-size, which pretrain has not)."""
+    given = []
+    for i, arg in enumerate(argv):
+        option, equals, value = arg.partition("=")
+        if option in SIZE_OPTIONS:
+            given.append(f"{option} {value if equals else ' '.join(argv[i + 1 : i + 2])}")
+    if not given:
+        return "out of memory"
+    return f"out of memory: smaller values of {', '.join(given)} need less"
 
 
 def _resume_hint(out: Path) -> str:

@@ -1111,6 +1111,17 @@ def test_a_file_cut_short_says_so(tmp_path: Path) -> None:
 
     codec = "cannot decode as TIFF: tifffile: ValueError: requires the 'imagecodecs' package"
     assert _with_damage(tmp_path / "end.tif", data[:8], codec) == codec
+    # But damage Pillow meets is: an LZW TIFF (DRIVE's) with its strip overwritten, where
+    # tifffile's "requires imagecodecs" read as a missing codec (reviewer).
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buf, format="TIFF", compression="tiff_lzw"
+    )
+    lzw = bytearray(buf.getvalue())
+    lzw[8:408] = b"\xff" * 400  # the strip starts after the header
+    (tmp_path / "lzw.tif").write_bytes(bytes(lzw))
+    _expect_error(tmp_path / "lzw.tif", "starts as a TIFF file but cannot be decoded: truncated")
     for name in ("t.png", "t.jpg", "t.gif", "t.bmp"):  # the decoders' own words say it
         data = _png_bytes((64, 64, 3) if name != "t.gif" else (64, 64), name[2:].upper()
                           .replace("JPG", "JPEG"))  # fmt: skip

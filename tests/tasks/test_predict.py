@@ -892,3 +892,24 @@ def test_predict_with_fov_masks_takes_the_paper_dice_from_the_models_map_as_fine
     finetune = image_metrics(np.full((40, 48), 0.1, np.float32), sample, "mask", 32,
                              prob_at_size=own)  # fmt: skip
     assert metrics["per_image"][0]["dice"] == pytest.approx(finetune["dice"], abs=1e-6)
+
+
+def test_drive_test_given_as_masks_is_refused_with_advice_that_works(tmp_path):
+    # --masks DRIVE/test matched mask/01_test_mask.gif, the field of view; the refusal then
+    # advised drive:ROOT, which --masks does not take (reviewer).
+    from localdisc.data.datasets import DatasetError
+    from localdisc.tasks.predict import target_mask_files
+
+    test = tmp_path / "DRIVE" / "test"
+    save(test / "images" / "01_test.png", np.full((24, 20, 3), 90, np.uint8))
+    save(test / "mask" / "01_test_mask.gif", np.full((24, 20), 255, np.uint8))
+    files = collect_images([test / "images"])
+    with pytest.raises(DatasetError) as error:
+        target_mask_files(files, [test / "images"], test)
+    assert str(error.value).endswith(
+        "DRIVE's field of view, taken for a label (a mask/ folder's NAME_mask): give --masks a "
+        "folder of 1st_manual/'s labels named as the images (01_manual1.gif copied as "
+        "01_test.gif), and --fov-masks the mask/ folder"
+    )
+    save(tmp_path / "labels" / "01_test.gif", np.zeros((24, 20), np.uint8))  # as advised
+    assert target_mask_files(files, [test / "images"], tmp_path / "labels")["01_test"].mask

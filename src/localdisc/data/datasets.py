@@ -496,16 +496,25 @@ def official_fov(path: Path) -> str | None:
     return "drive" if found.group(1) in ("training", "test") else "hrf"
 
 
-def refuse_official_fov(path: Path) -> None:
+def refuse_official_fov(path: Path, option: str | None = None) -> None:
     """Raise :class:`DatasetError` where ``path``, taken for a label, is DRIVE's or HRF's
-    field of view (:func:`official_fov`)."""
+    field of view (:func:`official_fov`). ``option``: the command's option of a folder of
+    masks, which takes no data spec (``--masks``), else the data spec is advised."""
     known = official_fov(path)
     if known is not None:
         root, labels = ("the folder of training/ and test/", "1st_manual/") if known == "drive" \
             else ("its folder", "manual1/")  # fmt: skip
+        advice = f"give {known}:ROOT, ROOT {root}, whose labels are in {labels}"
+        if option is not None:  # drive:ROOT is no folder of masks there (a reviewer's run)
+            advice = (
+                f"give {option} a folder of 1st_manual/'s labels named as the images "
+                "(01_manual1.gif copied as 01_test.gif)"
+                if known == "drive"
+                else f"give {option} the manual1/ folder"
+            ) + ", and --fov-masks the mask/ folder"
         raise DatasetError(
             f"{path}: {known.upper()}'s field of view, taken for a label (a mask/ folder's "
-            f"NAME_mask): give {known}:ROOT, ROOT {root}, whose labels are in {labels}"
+            f"NAME_mask): {advice}"
         )
 
 

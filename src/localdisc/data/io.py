@@ -577,10 +577,11 @@ _SIGNATURES = (
 _NOT_DAMAGE = ("truncat", "imagecodecs", "requires ", "not supported", "cannot handle")
 
 
-def _with_damage(path: Path, head: bytes, reason: str) -> str:
-    """``reason`` led by :func:`_damaged`'s words where the decoder's say neither truncated
-    nor a missing codec or unsupported variant."""
-    lower = reason.lower()
+def _with_damage(path: Path, head: bytes, reason: str, last: str | None = None) -> str:
+    """``reason`` led by :func:`_damaged`'s words where the decoder's (``last``: the last
+    decoder's, where several tried) say neither truncated nor a missing codec or unsupported
+    variant."""
+    lower = (reason if last is None else last).lower()
     damaged = "" if any(word in lower for word in _NOT_DAMAGE) else _damaged(path, head)
     return f"{damaged} ({reason})" if damaged else reason
 
@@ -1041,10 +1042,11 @@ def _decode_tiff(path: Path, head: bytes, limit: int) -> _Decoded:
         except ImageReadError:
             raise
         except Exception as second:
-            reason = (
-                f"cannot decode as TIFF: tifffile: {_describe(first)}; Pillow: {_describe(second)}"
-            )
-            raise ImageReadError(path, _with_damage(path, head, reason)) from second
+            pil = _describe(second)
+            reason = f"cannot decode as TIFF: tifffile: {_describe(first)}; Pillow: {pil}"
+            # Pillow's words: tifffile's "requires imagecodecs" (DRIVE's LZW) hid the damage
+            # Pillow, which has that codec, met.
+            raise ImageReadError(path, _with_damage(path, head, reason, pil)) from second
 
 
 def _header_tiff(path: Path, head: bytes, limit: int) -> ImageMeta | None:
