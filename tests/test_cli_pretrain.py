@@ -201,6 +201,10 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
         cli.main()
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip() == "error: out of memory"
+    monkeypatch.setenv("RANK", "1")  # under torchrun, named as the other errors are
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert capsys.readouterr().err.strip() == "[rank 1] error: out of memory"
     # It named --size and --max-size whatever the command was given (pretrain has no
     # --max-size; a reviewer's --pool-size 300000): the sizes given are named.
     argv = ["pretrain", "--pool-size", "300000", "--size=64", "--batch", "2", "--out", "x"]

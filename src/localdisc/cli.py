@@ -304,6 +304,14 @@ def install_signal_handlers() -> None:
     signal.signal(signal.SIGTERM, _stop_on_signal)
 
 
+def _rank() -> str:
+    """What leads an error line under torchrun: ``[rank N] `` but on rank 0 (escaped for
+    Rich). Each process says its own error: one may meet it alone (a process without a GPU of
+    its own, a disk of its node), and saying it on rank 0 alone lost it."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank == "0" else escape(f"[rank {rank}] ")
+
+
 def _interrupt_exit_code() -> int:
     """128 + the signal's number, as shells report a process it killed: 130 for Ctrl-C
     (SIGINT), 143 for SIGTERM, which schedulers and scripts check for."""
@@ -329,17 +337,13 @@ def main() -> None:
         raise
     except LocaldiscError as exc:
         # Messages name files and flags: a path with [...] in it is text, not Rich markup.
-        # Under torchrun each process says its own, named: one may meet an error alone (a
-        # process without a GPU of its own), and saying it on rank 0 alone lost it.
-        rank = os.environ.get("RANK", "0")
-        where = "" if rank == "0" else escape(f"[rank {rank}] ")
         err_console.print(
-            f"{where}[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            f"{_rank()}[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
     except MemoryError:  # a --size of 100 000 asked numpy for hundreds of GiB: a traceback
         err_console.print(
-            f"[bold red]error:[/] {escape(_out_of_memory(sys.argv[1:]))}",
+            f"{_rank()}[bold red]error:[/] {escape(_out_of_memory(sys.argv[1:]))}",
             highlight=False,
             soft_wrap=True,
         )
@@ -358,7 +362,9 @@ def main() -> None:
             message = f"{where}{exc.strerror}{hint}"
         else:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"{_rank()}[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
 
 
