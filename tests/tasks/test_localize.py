@@ -681,6 +681,33 @@ def test_localize_cli_scores_the_predictions_against_the_truth(tmp_path):
     assert not {"errors", "summary", "truth"} & set(json.loads((tmp_path / "p.json").read_text()))
 
 
+def test_localize_cli_does_not_score_the_template_among_the_images(tmp_path):
+    # One folder of annotated images and one truth file: the template found its own points,
+    # near 0 px, in every summary (a reviewer's 6 JSRT images: mean 175 px, 210 without it).
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from localdisc.cli import app
+
+    base = _cli_setup(tmp_path, images=2)
+    shutil.copy(tmp_path / "t.png", tmp_path / "new" / "template_copy.png")
+    truth = {"n0": {"mark": [70, 20]}, "n1": {"mark": [70, 20]},
+             "template_copy": {"mark": [30, 40]}}  # fmt: skip
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    args = [*base, "--images", str(tmp_path / "new"), "--out", str(tmp_path / "p.json"),
+            "--truth", str(tmp_path / "truth.json")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "p.json").read_text())
+    assert set(record["images"]) == {"n0", "n1", "template_copy"}  # localised, as asked
+    assert set(record["errors"]) == {"n0", "n1"} and record["summary"]["images"] == 2
+    assert record["template_not_scored"] == "template_copy"
+    output = " ".join(result.output.split())
+    assert "note: the template is among --images (template_copy): localised, not scored" in output
+    assert "scored 2 image(s) against" in output and "without truth" not in output
+
+
 def test_localize_cli_refuses_bad_truth_and_spacing_before_the_model(tmp_path):
     from typer.testing import CliRunner
 
