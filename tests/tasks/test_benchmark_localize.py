@@ -31,13 +31,19 @@ def test_quick_benchmark_compares_ld_and_template_matching(tmp_path):
     methods = results["tasks"]["synthetic_fundus"]["methods"]
     assert any("center-sensitive" in m for m in methods)
     assert any("uniform pooling" in m for m in methods)
-    assert any(m.startswith("NCC") for m in methods)
+    ncc = next(m for m in methods if m.startswith("NCC"))
     for m in methods.values():
         assert set(m["landmarks"]) == {"optic_disc", "fovea"}
         assert m["landmarks"]["fovea"]["n"] == 3
     assert results["skipped"][0]["task"] == "jsrt"
     assert "| optic_disc |" in (out / "results.md").read_text()
     report = (out / "results.md").read_text()
+    # Each method's scale is said: LD at its working size, NCC at the images' own (reviewer).
+    sizes = {m: s["search_size"] for m, s in methods.items()}
+    assert {s for m, s in sizes.items() if m.startswith("LD")} == {80} and sizes[ncc] is None
+    height, width = results["tasks"]["synthetic_fundus"]["first_test_image_size"]
+    assert (f"LD searches at 80 px (longer side); template matching at each image's own size "
+            f"({height} x {width} for the first test image).") in report  # fmt: skip
     assert report.rstrip().endswith(environment_line(results["environment"]))
     assert list((out / "figures").glob("synthetic_fundus_*.png"))
 

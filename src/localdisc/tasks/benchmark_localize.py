@@ -226,6 +226,10 @@ def run_localize_benchmark(
         truth: dict[str, dict[str, Point]] = {}
         spacings: dict[str, tuple[float, float] | None] = {}
         seconds: dict[str, float] = {}
+        # Each method's working size (longer side; None: the image's own, as NCC's), and the
+        # first test image's (height, width): the table compared them unsaid (reviewer).
+        search: dict[str, int | None] = {}
+        image_size: list[int] = []
         templates, count = [], 0
         figures: list[str] = []  # in out_dir/figures, listed in results.json
         try:
@@ -240,8 +244,10 @@ def run_localize_benchmark(
                     key = f"{seed} {case.name}"  # each test image once per seed's template
                     truth[key] = case.landmarks
                     spacings[key] = None if case.spacing is None else (case.spacing,) * 2
+                    image_size = image_size or list(case.image.shape[:2])
                     found = {}
                     for method, locate in methods.items():
+                        search[method] = getattr(locate, "size", None)  # a Localizer's
                         t0 = time.perf_counter()
                         found[method] = locate(case.image)
                         seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
@@ -267,9 +273,11 @@ def run_localize_benchmark(
             "templates": templates,
             "test_images": count // config.seeds,
             "figures": figures,
+            "first_test_image_size": image_size,
             "methods": {
                 m: {
                     "seconds_per_image": seconds[m] / count,
+                    "search_size": search[m],
                     # In mm too where every test image has a spacing (JSRT's square pixels).
                     "landmarks": score_predictions(by_image, truth, spacings=spacings)["summary"][
                         "landmarks"
@@ -368,6 +376,15 @@ def localize_markdown(results: dict[str, Any]) -> str:
                     f"{f('mean_mm')} | {f('median_mm')} | {f('within_5mm', True)} | "
                     f"{f('within_10mm', True)} | {m['seconds_per_image']:.2f} |"
                 )
+        sizes = {m.get("search_size") for m in task["methods"].values()} - {None}
+        if sizes:  # LD at its working size, NCC at the images' own
+            first = task.get("first_test_image_size") or ["?", "?"]
+            ld = ", ".join(f"{s} px" for s in sorted(sizes))
+            lines += [
+                "",
+                f"LD searches at {ld} (longer side); template matching at each image's own "
+                f"size ({first[0]} x {first[1]} for the first test image).",
+            ]
         lines.append("")
     if results["tasks"].get("jsrt"):
         lines += [
