@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from localdisc.data.views import normalize
+from localdisc.models.modes import in_mode
 from localdisc.models.segmenter import Segmenter
 
 
@@ -45,22 +46,23 @@ def recalibrate_batch_norm(model: Segmenter, images: Tensor, batch: int = 8) -> 
     for m in norms:
         m.reset_running_stats()
         m.momentum = 1.0  # the running statistics become this batch's, pooled below
-    was_training = model.training
-    model.train()
     try:
-        for start in range(0, images.shape[0], batch):
-            sizes.clear()
-            model(normalize(images[start : start + batch].to(device), model.config.modality))
-            for i, m in enumerate(norms):
-                n = sizes.get(m, 0)
-                if n == 0:  # a layer this forward did not use
-                    continue
-                # Chan et al.'s pairwise update; running_var is the batch's unbiased variance.
-                total = seen[i] + n
-                delta = m.running_mean.double() - means[i]
-                means[i] += delta * (n / total)
-                squares[i] += m.running_var.double() * (n - 1) + delta**2 * (seen[i] * n / total)
-                seen[i] = total
+        with in_mode(model, training=True):  # each submodule in its own mode after
+            for start in range(0, images.shape[0], batch):
+                sizes.clear()
+                model(normalize(images[start : start + batch].to(device), model.config.modality))
+                for i, m in enumerate(norms):
+                    n = sizes.get(m, 0)
+                    if n == 0:  # a layer this forward did not use
+                        continue
+                    # Chan et al.'s pairwise update; running_var is the batch's unbiased variance
+                    total = seen[i] + n
+                    delta = m.running_mean.double() - means[i]
+                    means[i] += delta * (n / total)
+                    squares[i] += m.running_var.double() * (n - 1) + delta**2 * (
+                        seen[i] * n / total
+                    )
+                    seen[i] = total
         for m, count, mean, square in zip(norms, seen, means, squares, strict=True):
             if count > 1:
                 m.running_mean.copy_(mean)
@@ -70,4 +72,3 @@ def recalibrate_batch_norm(model: Segmenter, images: Tensor, batch: int = 8) -> 
             hook.remove()
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
-        model.train(was_training)

@@ -57,6 +57,7 @@ from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.precision import bf16_autocast
 from localdisc.engine.stop import GracefulStop
 from localdisc.errors import CheckpointError, InputError, LocaldiscError
+from localdisc.models.modes import in_mode
 from localdisc.models.segmenter import Segmenter
 
 #: A phase as the progress bar and the log name it (``PhaseResult.name``, history.csv's phase,
@@ -174,14 +175,12 @@ def augment(
 def predict_batch(model: Segmenter, images: Tensor, batch: int, amp: bool = True) -> Tensor:
     """Probabilities ``[N, 1, H, W]`` (CPU) of raw [0, 1] images already at the model size."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    for start in range(0, images.shape[0], batch):
-        x = normalize(images[start : start + batch].to(device), model.config.modality)
-        with bf16_autocast(device, amp):
-            out.append(torch.sigmoid(model(x).float()).cpu())
-    model.train(was_training)
+    with in_mode(model, training=False):
+        for start in range(0, images.shape[0], batch):
+            x = normalize(images[start : start + batch].to(device), model.config.modality)
+            with bf16_autocast(device, amp):
+                out.append(torch.sigmoid(model(x).float()).cpu())
     return torch.cat(out)
 
 

@@ -63,6 +63,7 @@ from localdisc.models.ld import (
     refuse_peer_run,
     smallest_side,
 )
+from localdisc.models.modes import in_mode
 from localdisc.priors.sources import absolute_prior_spec, load_prior
 
 # Fields that may differ when a run is resumed (they do not change what is computed). skip_bad
@@ -685,19 +686,17 @@ def validation_loss(
     gen = torch.Generator().manual_seed(config.seed + 7919)
     n = val_pool.shape[0]
     network = objective if objective is not None else model
-    was_training = network.training
-    network.eval()
     losses = []
-    for start in range(0, n, config.batch):
-        idx = torch.arange(start, min(start + config.batch, n))
-        x1 = val_pool[idx]
-        x2 = val_pool[(idx + 1) % n] if partners is None else partners[idx % len(partners)]
-        if objective is not None:
-            losses.append(objective(x1, x2, gen)["loss"].float())
-            continue
-        batch = views(x1, x2, generator=gen)
-        losses.append(ld_losses(model, batch, stage, config).total.float())
-    network.train(was_training)
+    with in_mode(network, training=False):
+        for start in range(0, n, config.batch):
+            idx = torch.arange(start, min(start + config.batch, n))
+            x1 = val_pool[idx]
+            x2 = val_pool[(idx + 1) % n] if partners is None else partners[idx % len(partners)]
+            if objective is not None:
+                losses.append(objective(x1, x2, gen)["loss"].float())
+                continue
+            batch = views(x1, x2, generator=gen)
+            losses.append(ld_losses(model, batch, stage, config).total.float())
     return torch.stack(losses).mean().item()
 
 

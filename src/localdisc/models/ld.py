@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from localdisc.data.preprocess import MODALITY_CHANNELS, as_raw_image
 from localdisc.engine.checkpoint import few_names, refuse_nonfinite
 from localdisc.errors import CheckpointError, InputError
+from localdisc.models.modes import in_mode
 from localdisc.models.normalize import l2_normalize
 from localdisc.models.vgg_unet import VGGUNet, conv_bn_relu
 
@@ -363,10 +364,8 @@ class LDModel(nn.Module):
         if self.method != "ld":
             refuse_peer_run(self.run_dir or Path("this model"), self.method)
         x, h, w = self._prepare(image)
-        was_training = self.training
-        self.eval()
-        v, a = self(x, with_clusters=with_clusters)
-        self.train(was_training)
+        with in_mode(self, training=False):
+            v, a = self(x, with_clusters=with_clusters)
         a = a if a is not None else v.new_empty(1, 0, *v.shape[-2:])
         return v[0, :, :h, :w], a[0, :, :h, :w]
 

@@ -32,6 +32,7 @@ from localdisc.models.ld import (
     smallest_side,
     split_weights_path,
 )
+from localdisc.models.modes import in_mode
 from localdisc.models.vgg_unet import UNetDecoder, VGGEncoder
 
 
@@ -147,10 +148,8 @@ class Segmenter(nn.Module):
         # The weights' dtype too: a model cast with .to(torch.bfloat16) takes raw float32 images.
         weight = next(self.parameters())
         x = normalize(x, self.config.modality).to(device=weight.device, dtype=weight.dtype)
-        was_training = self.training
-        self.eval()
-        prob_small = torch.sigmoid(self(x).float())
-        self.train(was_training)
+        with in_mode(self, training=False):
+            prob_small = torch.sigmoid(self(x).float())
         prob = F.interpolate(prob_small, size=(h, w), mode="bilinear", align_corners=False)
         return prob_small[0, 0].cpu().numpy(), prob[0, 0].clamp(0, 1).cpu().numpy()
 
