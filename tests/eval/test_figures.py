@@ -165,3 +165,24 @@ def test_a_figure_that_fails_to_write_leaves_the_earlier_one_whole(tmp_path: Pat
     with pytest.raises(OSError, match="No space left"):
         figures.overlay_figure([("a", images(1)[0], np.zeros((32, 32), bool), None)], path)
     assert path.read_bytes() == before
+
+
+def test_figures_leave_a_notebooks_matplotlib_backend_alone(tmp_path: Path) -> None:
+    # matplotlib.use("Agg") in every figure switched a notebook's inline backend: its later
+    # plots showed nothing (reviewer). Run apart: the backend is the process's.
+    import subprocess
+    import sys
+
+    probe = (
+        "import matplotlib; matplotlib.use('pdf'); import matplotlib.pyplot as plt\n"
+        "import numpy as np\n"
+        "from localdisc.eval.figures import similarity_figure\n"
+        "from localdisc.models.ld import LDConfig, LDModel\n"
+        "model = LDModel(LDConfig(width=4, depth=2, dim=8, clusters=4))\n"
+        "image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)\n"
+        f"similarity_figure(model, [image], {str(tmp_path / 's.png')!r})\n"
+        "print(matplotlib.get_backend(), len(plt.get_fignums()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.split() == ["pdf", "0"], done.stderr
+    assert (tmp_path / "s.png").stat().st_size > 0

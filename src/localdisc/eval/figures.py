@@ -18,13 +18,30 @@ if TYPE_CHECKING:
 Query = tuple[int, int, int, str]
 
 
-def _plt():
-    import matplotlib
+class _Figures:
+    """What the figures take of pyplot, without pyplot: figures of their own with an Agg canvas.
+    ``matplotlib.use("Agg")`` switched a notebook's backend, whose plots then showed nothing."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def figure(**kwargs: object) -> Figure:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(**kwargs)  # type: ignore[arg-type]
+        FigureCanvasAgg(fig)
+        return fig
+
+    @classmethod
+    def subplots(
+        cls, nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None,
+        **kwargs: object,
+    ) -> tuple[Figure, object]:  # fmt: skip
+        fig = cls.figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kwargs)  # type: ignore[arg-type]
+
+
+def _plt() -> type[_Figures]:
+    return _Figures
 
 
 def _layout(fig) -> None:
@@ -49,7 +66,7 @@ def _save(fig, path: str | Path) -> Path:
     try:
         fig.savefig(buffer, dpi=80, format=path.suffix.lstrip(".").lower() or "png")
     finally:
-        _plt().close(fig)
+        fig.clear()  # no pyplot holds it: the memory goes with the last reference
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -112,9 +129,10 @@ def cluster_colours(k: int) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _glasbey_colours(k: int) -> np.ndarray:
+    import matplotlib
     from skimage.color import rgb2lab
 
-    chosen = [np.array(c, dtype=np.float64) for c in _plt().get_cmap("tab10").colors]
+    chosen = [np.array(c, dtype=np.float64) for c in matplotlib.colormaps["tab10"].colors]
     if k <= len(chosen):
         return np.array(chosen[:k]).reshape(k, 3)
     axis = np.linspace(0, 1, 16)
