@@ -44,6 +44,7 @@ from localdisc.engine.checkpoint import (
 )
 from localdisc.engine.monitor import ProgressBar, TrainingLog, write_figures
 from localdisc.engine.precision import bf16_autocast, bf16_autocast_pays
+from localdisc.engine.rng import keeps_global_rng
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.engine.stop import GracefulStop
 from localdisc.errors import CheckpointError, LocaldiscError
@@ -716,6 +717,7 @@ def _diverged_hint(checkpoint_dir: Path, config: PretrainConfig) -> str:
     )
 
 
+@keeps_global_rng
 def pretrain(
     config: PretrainConfig,
     run_dir: str | Path,

@@ -64,6 +64,7 @@ from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import predict_batch
 from localdisc.engine.pseudo_label import fit_pseudo_labels
+from localdisc.engine.rng import keeps_global_rng
 from localdisc.errors import InputError, LocaldiscError
 from localdisc.models.segmenter import Segmenter
 from localdisc.tasks.vesselness import (
@@ -138,6 +139,7 @@ class StudentConfig:
             raise InputError("invalid student config: " + "; ".join(problems))
 
 
+@keeps_global_rng
 def train_student(
     images: Sequence[np.ndarray],
     fovs: Sequence[np.ndarray],

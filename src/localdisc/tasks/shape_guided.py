@@ -55,6 +55,7 @@ from localdisc.engine.distributed import resolve_device
 from localdisc.engine.finetune import AUGMENTATION, predict_batch
 from localdisc.engine.monitor import ProgressBar
 from localdisc.engine.pseudo_label import deterministic_cudnn, fit_pseudo_labels
+from localdisc.engine.rng import keeps_global_rng
 from localdisc.errors import CheckpointError, InputError, LocaldiscError
 from localdisc.eval.provenance import environment
 from localdisc.losses.region import region_embeddings
@@ -918,6 +919,7 @@ class RefineConfig:
             raise InputError("invalid refinement config: " + "; ".join(problems))
 
 
+@keeps_global_rng
 def refine(
     run_dir: str | Path,
     images: Sequence[np.ndarray],

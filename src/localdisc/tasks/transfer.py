@@ -85,6 +85,7 @@ from localdisc.engine.finetune import (
     training_plan,
 )
 from localdisc.engine.monitor import ProgressBar
+from localdisc.engine.rng import keeps_global_rng
 from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
 from localdisc.eval.metrics import summarize
 from localdisc.eval.provenance import environment, resumed
@@ -655,6 +656,7 @@ def _clear_outputs(out_dir: Path, keep: tuple[str, ...] = ()) -> None:
             path.unlink()
 
 
+@keeps_global_rng
 def run_transfer(
     config: TransferConfig,
     out_dir: str | Path,
