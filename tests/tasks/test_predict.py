@@ -913,3 +913,28 @@ def test_drive_test_given_as_masks_is_refused_with_advice_that_works(tmp_path):
     )
     save(tmp_path / "labels" / "01_test.gif", np.zeros((24, 20), np.uint8))  # as advised
     assert target_mask_files(files, [test / "images"], tmp_path / "labels")["01_test"].mask
+
+
+def test_one_folder_given_alone_as_text_or_path_is_a_folder(tmp_path):
+    # A folder's path as a string was read letter by letter ("w: no such file or folder"), and
+    # a Path was not iterable (reviewer); so for the vessels command.
+    from localdisc.tasks.predict import as_inputs
+
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    for given in (str(tmp_path / "in"), tmp_path / "in"):
+        written = predict_images(tmp_path / "model", given, tmp_path / "out", device="cpu")
+        assert [p.name for p in written] == ["a_mask.png"]
+    assert as_inputs(["a", "b"]) == ["a", "b"] and as_inputs("a") == ["a"]
+
+
+def test_a_data_spec_or_prior_folder_may_be_a_path(tmp_path):
+    from localdisc.data.datasets import load_data_spec
+    from localdisc.priors import load_prior
+
+    save(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    assert [item.name for item in load_data_spec(tmp_path / "in").items] == ["a"]
+    mask = np.zeros((20, 24), np.uint8)
+    mask[5:15, 5:15] = 255
+    save(tmp_path / "prior" / "m.png", mask)
+    assert load_prior(tmp_path / "prior", 16).shape == (1, 1, 16, 16)  # was "empty spec"

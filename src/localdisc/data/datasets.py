@@ -1703,13 +1703,14 @@ def _folder_here_hint(name: str) -> str:
             f"./{folder} reads it as a folder of your own)")  # fmt: skip
 
 
-def parse_data_spec(spec: str) -> tuple[str, Path | None]:
+def parse_data_spec(spec: str | os.PathLike[str]) -> tuple[str, Path | None]:
     """Split a data spec into ``(name, root)``.
 
     ``NAME:ROOT`` with a known ``NAME`` (``drive:/data/DRIVE``, ``synthetic_fundus:40``) and a
     bare known name (root ``None``) are data sets; anything else is a folder path, colons
     included (``/data/run:2`` is ``("folder", Path("/data/run:2"))``).
     """
+    spec = os.fspath(spec)  # a folder as a Path: it had no partition()
     prefix, sep, rest = spec.partition(":")
     if sep and prefix.lower() in DATASETS:
         return prefix.lower(), Path(rest).expanduser() if rest else None
@@ -1808,7 +1809,7 @@ def image_modality(image: np.ndarray) -> str | None:
 
 
 def load_data_spec(
-    spec: str, split: str | None = None, *, skip_bad: bool = False
+    spec: str | os.PathLike[str], split: str | None = None, *, skip_bad: bool = False
 ) -> SegmentationDataset:
     """:func:`load_dataset` on a data spec (see :func:`parse_data_spec`)."""
     name, root = parse_data_spec(spec)

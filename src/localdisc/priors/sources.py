@@ -73,8 +73,11 @@ class _Spec:
     target: str | None = None
 
 
-def _parse(spec: str) -> _Spec:
-    """Split a prior spec into its form and parts (no file system access beyond ``exists``)."""
+def _parse(spec: str | os.PathLike[str]) -> _Spec:
+    """Split a prior spec into its form and parts (no file system access beyond ``exists``);
+    a folder may be a ``Path`` (it was called an empty spec)."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec.strip():
         raise DatasetError(f"empty shape prior spec {spec!r}; expected {_FORMS}")
     prefix, sep, rest = spec.partition(":")
@@ -248,7 +251,7 @@ def _memory_bytes() -> int | None:
 
 
 def load_prior(
-    spec: str, size: int, *, count: int = 200, seed: int = 0, pose: str = "free"
+    spec: str | os.PathLike[str], size: int, *, count: int = 200, seed: int = 0, pose: str = "free"
 ) -> torch.Tensor:
     """Reference masks of a prior spec as a ``bool`` tensor ``[N, 1, size, size]``.
 
@@ -267,6 +270,8 @@ def load_prior(
         DatasetError: missing or empty folder, an unreadable mask file (named), unknown
             simulator, data set or target, or no mask with any foreground.
     """
+    if isinstance(spec, os.PathLike):  # a folder as a Path (_parse)
+        spec = os.fspath(spec)
     if isinstance(size, bool) or int(size) != size or size < 8:
         raise ValueError(f"prior mask size must be an integer >= 8, got {size!r}")
     if pose not in PRIOR_POSES:  # before any mask is read

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,12 @@ from localdisc.eval.provenance import environment
 from localdisc.models.segmenter import Segmenter, read_config
 
 
+def as_inputs(paths: Sequence[str | Path] | str | Path) -> list[str | Path]:
+    """Files and folders given as a list, or one given alone: a folder's path as a string was
+    read letter by letter ("w: no such file or folder")."""
+    return [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+
+
 def collect_images(
     paths: Sequence[str | Path],
     *,
@@ -67,6 +74,7 @@ def collect_images(
     D/run1``, then ``--out D/run2``; those of the images it lists), said through ``log`` where
     given; the images there are kept (a predict into its images' own folder).
     """
+    paths = as_inputs(paths)
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found: list[tuple[str, Path]] = []
     given: list[int] = []  # which of ``paths`` each of ``found`` came from
@@ -424,6 +432,7 @@ def predict_images(
         LocaldiscError: no image has a mask in ``masks``, or a mask cannot be read or its size
             is not its image's; an image cannot be read (without ``skip_bad``), or none can.
     """
+    images = as_inputs(images)
     groups = sorted(Path(model_dir).glob("group-*/config.json"))
     if groups and not (Path(model_dir) / "config.json").is_file():
         raise LocaldiscError(f"{model_dir}: a network per group of images (`shape-guided "

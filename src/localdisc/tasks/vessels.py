@@ -56,6 +56,7 @@ from localdisc.models.segmenter import Segmenter, read_config
 from localdisc.tasks.predict import (
     METRICS,
     SkippedImages,
+    as_inputs,
     check_metrics,
     collect_images,
     fov_mask_files,
@@ -188,6 +189,7 @@ def segment_vessels_self_trained(
             ``metrics.json`` this command did not write; an image cannot be read (without
             ``skip_bad``), or none can.
     """
+    images = as_inputs(images)
     config = config or StudentConfig(painted=PAINTED)
     if max_size < MIN_SIDE:
         raise LocaldiscError(f"max_size must be at least {MIN_SIDE} pixels, got {max_size}")
