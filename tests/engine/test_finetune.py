@@ -586,7 +586,7 @@ def test_masks_of_0_and_1_of_any_type_train_as_bool_masks():
 
     images, masks = squares(2)
     for dtype in (torch.bool, torch.uint8, torch.int64, torch.float16, torch.float64):
-        got = _training_pair((images, masks.to(dtype)), "train")[1]
+        got = _training_pair((images, masks.to(dtype)), "train", "fundus")[1]
         assert got.dtype == torch.float32 and torch.equal(got, masks), dtype
 
 
@@ -627,7 +627,7 @@ def test_training_images_have_the_values_prediction_gives_them():
         torch.rand(2, 3, 32, 32, generator=g) * 1.2 - 0.1,  # resampling's overshoot
         torch.rand(2, 3, 32, 32, generator=g).to(torch.bfloat16),
     ):
-        got = _training_pair((images, masks), "train")[0]
+        got = _training_pair((images, masks), "train", "fundus")[0]
         assert got.dtype == torch.float32 and got.shape == images.shape
         for image, trained in zip(images, got, strict=True):
             expected = torch.from_numpy(as_raw_image(image)).permute(2, 0, 1)
@@ -651,3 +651,31 @@ def test_a_fine_tuning_that_diverges_stops_saying_so():
         r"than 1e\+30 \(finetune --lr\) may keep it from diverging$",
         str(caught.value),
     )
+
+
+def test_images_of_the_other_channel_count_train_as_prediction_takes_them(monkeypatch):
+    # A grey batch for a fundus model passed the checks and failed inside the network, after
+    # training had started, as a plain ValueError; the encoder was left frozen (reviewer).
+    from localdisc.data.preprocess import to_modality_channels
+    from localdisc.engine import finetune as engine
+    from localdisc.engine.finetune import _training_pair
+
+    images, masks = squares(2)
+    grey = images[:, :1]
+    for given, modality in ((grey, "fundus"), (images, "xray")):
+        got = _training_pair((given, masks), "train", modality)[0]
+        expected = to_modality_channels(given[0].permute(1, 2, 0).numpy(), modality)
+        assert torch.allclose(got[0].permute(1, 2, 0), torch.from_numpy(expected), atol=1e-6)
+    config = FinetuneConfig(frozen_epochs=1, epochs=1, device="cpu", progress=False)
+    model = Segmenter(modality="fundus", size=32, width=4, depth=2)
+    finetune(model, (grey, masks), (grey, masks), config, pretrained=True)
+    with pytest.raises(LocaldiscError, match="images of 2 channels"):
+        _training_pair((images[:, :2], masks), "train", "fundus")
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped in the frozen phase")
+
+    monkeypatch.setattr(engine, "augment", stopped)
+    with pytest.raises(RuntimeError):
+        finetune(model, (grey, masks), (grey, masks), config, pretrained=True)
+    assert all(p.requires_grad for p in model.encoder.parameters())

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import Tensor
 
-from localdisc.data.preprocess import raw_intensities
+from localdisc.data.preprocess import LUMA, MODALITY_CHANNELS, raw_intensities
 from localdisc.data.views import normalize
 from localdisc.engine.checkpoint import (
     load_resumable,
@@ -459,11 +459,14 @@ def _refuse_diverged(
         )
 
 
-def _training_pair(pair: tuple[Tensor, Tensor], name: str) -> tuple[Tensor, Tensor]:
+def _training_pair(pair: tuple[Tensor, Tensor], name: str, modality: str) -> tuple[Tensor, Tensor]:
     """``(images, masks)`` as the loop needs them: ``float32`` ``[N, C, S, S]`` in [0, 1] and
-    ``[N, 1, S, S]`` of 0 and 1. Images take the values that prediction takes
+    ``[N, 1, S, S]`` of 0 and 1. Images take the values and channels that prediction takes
     (:func:`~localdisc.data.preprocess.raw_intensities`: ``uint8`` / 255, ``uint16`` / 65535,
-    floats in [0, 1]), so that the model learns the intensities it is later given; masks are
+    floats in [0, 1]; grey repeated for a fundus model, colour made luminance for an X-ray one,
+    alpha dropped: :func:`~localdisc.data.preprocess.to_modality_channels`), so that the model
+    learns the images it is later given (a grey batch for a fundus model failed inside the
+    network, after training had started); masks are
     boolean or 0/1 of any type. Anything else is refused here, naming ``name``, rather than
     deep inside augmentation (grid_sample has no kernel for bool or uint8) or trained on (a
     0/255 mask entered the soft Dice as 255)."""
@@ -480,6 +483,18 @@ def _training_pair(pair: tuple[Tensor, Tensor], name: str) -> tuple[Tensor, Tens
         )
     values = raw_intensities(images, f"the fine-tuning's {name} images tensor")
     images = torch.from_numpy(values).to(images.device)
+    if images.shape[1] not in (1, 3, 4):
+        raise LocaldiscError(
+            f"fine-tuning {name}: images of {images.shape[1]} channels; give 1 (grey), 3 (RGB) "
+            "or 4 (RGBA)"
+        )
+    images = images[:, :3]  # alpha
+    want = MODALITY_CHANNELS[modality]
+    if images.shape[1] == 1 and want == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    elif images.shape[1] == 3 and want == 1:
+        luma = torch.tensor(LUMA, dtype=images.dtype, device=images.device)
+        images = torch.einsum("nchw,c->nhw", images, luma)[:, None]
     if masks.dtype != torch.bool and not ((masks == 0) | (masks == 1)).all():
         # Not made 0/1 here: 0/255 is a mask, but 0..255 could be an image passed by mistake.
         found = np.unique(masks.detach().float().cpu().numpy()).tolist()  # one NaN, not each
@@ -553,7 +568,8 @@ def finetune(
     other settings or images raises :class:`~localdisc.errors.CheckpointError`; ``model`` must
     be built as before (its weights are the checkpoint's).
     """
-    train, val = _training_pair(train, "train"), _training_pair(val, "val")
+    modality = model.config.modality
+    train, val = _training_pair(train, "train", modality), _training_pair(val, "val", modality)
     if train[0].shape[0] == 0 or val[0].shape[0] == 0:
         raise LocaldiscError("fine-tuning needs at least one training and one validation image")
     plan = training_plan(config, pretrained)
@@ -602,4 +618,7 @@ def finetune(
                 run.halt(run.stop.signum)
         finally:
             run.stop.restore()
+            # Stopped or failed in the frozen phase: the caller's model was left frozen, and a
+            # loop of its own then trained the decoder alone.
+            model.encoder.requires_grad_(True)
     return FinetuneResult(model.state_dict(), run.frozen_state, run.phases, earlier)
