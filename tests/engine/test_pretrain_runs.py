@@ -46,7 +46,8 @@ def test_a_fresh_run_into_a_used_folder_is_refused_and_nothing_is_deleted(
         pretrain(tiny_pretrain_config(seed=1), run, pool=pool, log=quiet)
     message = str(info.value)
     assert message.startswith(f"{run}: holds a run already")
-    assert "--resume" in message and "--out" in message and "checkpoints/" in message
+    assert "--resume (in Python resume=True)" in message and "--out" in message
+    assert "checkpoints/" in message
     assert _snapshot(run) == before  # nothing deleted, nothing written
 
 

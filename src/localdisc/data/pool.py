@@ -244,7 +244,9 @@ def resolve_pool(
         return n if max_images is None else max(0, min(n, max_images - taken))
 
     if not specs:
-        raise DatasetError("no pre-training data: give --data FOLDER or NAME:ROOT")
+        raise DatasetError(
+            "no pre-training data: give --data (in Python PretrainConfig.data) FOLDER or NAME:ROOT"
+        )
     retina: torch.Tensor | None = None
     owner: dict[Path, str] = {}  # resolved file -> the spec that brought it into the pool
     generated: dict[str, tuple[int, list[str]]] = {}  # generator -> images made, by which specs

@@ -398,8 +398,9 @@ def refuse_used_run_dir(run_dir: Path) -> None:
         found.insert(0, "checkpoints/")
     if found:
         raise CheckpointError(
-            f"{run_dir}: holds a run already ({', '.join(found)}); pass --resume to continue "
-            "it, or choose another --out for a new run (nothing was deleted)"
+            f"{run_dir}: holds a run already ({', '.join(found)}); pass --resume (in Python "
+            "resume=True) to continue it, or choose another --out for a new run (nothing was "
+            "deleted)"
         )
 
 
