@@ -977,6 +977,11 @@ def localize(
     itself = next((n for n, p in found if filecmp.cmp(p, template, shallow=False)), None)
     if true is not None and itself in true:
         true.drop(itself)
+        if not true:
+            raise LocaldiscError(
+                f"{truth}: its only annotated image, {itself}, is the template's file: it would "
+                "find its own points; give other annotated images to score"
+            )
         _log(f"note: the template is among --images ({itself}): localised, not scored (it "
              "finds its own points)")  # fmt: skip
     else:

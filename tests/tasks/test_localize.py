@@ -422,7 +422,7 @@ def test_localize_refuses_an_out_that_is_one_of_its_inputs(tmp_path):
     weights = tmp_path / "run" / "model.safetensors"
     (tmp_path / "images").mkdir()
     save(tmp_path / "t.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
-    save(tmp_path / "images" / "a.png", (planted(0, (30, 40)) * 255).astype(np.uint8))
+    save(tmp_path / "images" / "a.png", (planted(1, (30, 40)) * 255).astype(np.uint8))
     (tmp_path / "t.json").write_text(json.dumps({"mark": [30, 40]}))
     (tmp_path / "truth.json").write_text(json.dumps({"a": {"mark": [30, 40]}}))
     os.link(tmp_path / "truth.json", tmp_path / "linked.json")
@@ -706,6 +706,12 @@ def test_localize_cli_does_not_score_the_template_among_the_images(tmp_path):
     output = " ".join(result.output.split())
     assert "note: the template is among --images (template_copy): localised, not scored" in output
     assert "scored 2 image(s) against" in output and "without truth" not in output
+    # The template alone annotated: nothing to score, said before the model.
+    (tmp_path / "truth.json").write_text(json.dumps({"template_copy": {"mark": [30, 40]}}))
+    result = CliRunner().invoke(app, args)
+    assert "its only annotated image, template_copy, is the template's file" in str(
+        result.exception
+    )
 
 
 def test_localize_cli_refuses_bad_truth_and_spacing_before_the_model(tmp_path):
