@@ -679,3 +679,26 @@ def test_images_of_the_other_channel_count_train_as_prediction_takes_them(monkey
     with pytest.raises(RuntimeError):
         finetune(model, (grey, masks), (grey, masks), config, pretrained=True)
     assert all(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_the_whole_network_phase_starts_from_the_best_frozen_model(monkeypatch):
+    # METHOD.md 4: fine-tuning everything starts from the best frozen model. Starting from the
+    # last frozen epoch passed every test (reviewer's mutation).
+    from localdisc.engine import finetune as engine
+
+    real, seen = engine._phase, {}
+
+    def phase(run, name, *args, **kwargs):
+        seen[name] = {k: v.clone() for k, v in run.model.state_dict().items()}
+        return real(run, name, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_phase", phase)
+    dice = iter([0.9, 0.5, 0.4, 0.3, 0.2])  # the first frozen epoch is the best
+    monkeypatch.setattr(engine, "mean_dice", lambda *args: next(dice))
+    images, masks = squares(4)
+    config = FinetuneConfig(frozen_epochs=4, epochs=1, device="cpu", progress=False)
+    model = Segmenter(modality="fundus", size=32, width=4, depth=2)
+    result = finetune(model, (images, masks), (images[:2], masks[:2]), config, pretrained=True)
+    assert result.phases[0].best_epoch == 1
+    for k, v in result.frozen_state.items():
+        assert torch.equal(seen["finetune"][k], v), k

@@ -50,17 +50,21 @@ def test_end_to_end_writes_every_output_and_loss_goes_down(tmp_path, pool):
     [(3, 3, "epoch"), (5, 3, "epoch"), (4, 4, "epoch"), (5, 3, "replacement")],
 )
 def test_resume_ends_with_the_same_weights(tmp_path, pool, stop_at, stage1_steps, sampler):
-    config = tiny_pretrain_config(stage1_steps=stage1_steps, sampler=sampler)
-    pretrain(config, tmp_path / "straight", pool=pool)
+    config = tiny_pretrain_config(stage1_steps=stage1_steps, sampler=sampler, val_every=1)
+    straight = pretrain(config, tmp_path / "straight", pool=pool)
     pretrain(config, tmp_path / "resumed", pool=pool, stop_at_step=stop_at)
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
-    pretrain(config, tmp_path / "resumed", pool=pool, resume=True)
+    resumed = pretrain(config, tmp_path / "resumed", pool=pool, resume=True)
     assert (tmp_path / "resumed" / "stage1.safetensors").is_file()
-    a = load_safetensors(tmp_path / "straight" / "model.safetensors")
-    b = load_safetensors(tmp_path / "resumed" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # The best model too: a resume that forgot the best validation before it replaced it with
+    # a worse one (reviewer's mutation).
+    assert resumed.best_val == straight.best_val
+    for name in ("model.safetensors", "model_best.safetensors"):
+        a = load_safetensors(tmp_path / "straight" / name)
+        b = load_safetensors(tmp_path / "resumed" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}: {k}")
     # The same rows (but for the columns of times: images/s and the time of the row).
     assert untimed_rows(tmp_path / "straight") == untimed_rows(tmp_path / "resumed")
 
@@ -805,3 +809,18 @@ def test_a_fresh_run_folder_is_locked_once_it_is_made(tmp_path, pool):
 
     pretrain(tiny_pretrain_config(), run, pool=pool, log=log)
     assert tried and "another process is running in this folder" in tried[0]
+
+
+def test_a_resume_keeps_the_best_validation_of_before_the_stop(tmp_path, pool):
+    # Set to inf on resume, the first validation after it replaced model_best.safetensors even
+    # when worse (reviewer's mutation; the straight-and-resumed runs did not show it, as their
+    # losses only fell). A checkpoint whose best cannot be beaten keeps model_best as it was.
+    config = tiny_pretrain_config(val_every=1)
+    run = tmp_path / "run"
+    pretrain(config, run, pool=pool, stop_at_step=5, log=lambda m: None)
+    state = run / "checkpoints" / "step_00000004" / "state.json"
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps({**saved, "best_val": -1e9}))
+    best = (run / "model_best.safetensors").read_bytes()
+    result = pretrain(config, run, pool=pool, resume=True, log=lambda m: None)
+    assert result.best_val == -1e9 and (run / "model_best.safetensors").read_bytes() == best

@@ -424,3 +424,16 @@ def test_a_threshold_outside_0_1_is_refused(call):
             call(prob, target, fov, bad)
     for edge in (0.0, 1.0):  # the ends are valid: all foreground, only certain pixels
         call(prob, target, fov, edge)
+
+
+def test_paper_dice_is_the_dice_of_both_masks_at_its_size():
+    # Without the resize (or at another size) it passed: the tests' Dice was 1 or 0 at any size
+    # (reviewer's mutation). A one-pixel line against a two-pixel one: 2/3 at 8 x 8, and at
+    # 4 x 4, where nearest neighbour keeps every other row, both are the same line.
+    from localdisc.eval.metrics import paper_dice
+
+    mask, target = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    mask[3], target[2:4] = True, True
+    assert paper_dice(mask, target, size=8) == pytest.approx(2 * 8 / (8 + 16))
+    assert paper_dice(mask, target, size=4) == 1.0
+    assert paper_dice(mask, target, size=16) == pytest.approx(2 * 32 / (32 + 64))

@@ -99,6 +99,28 @@ def test_predict_returns_probabilities_at_the_image_size():
     assert prob.min() >= 0 and prob.max() <= 1
 
 
+def test_predict_maps_are_the_networks_output_where_the_image_is():
+    # A transposed input (or upsampling) passed every test: they checked shapes, or compared
+    # predict with evaluate, which share it (reviewer's mutation). Here the network's own
+    # output on the resized image, and its bilinear upsampling, are the answer.
+    import torch.nn.functional as F
+
+    from localdisc.data.preprocess import resize_image
+    from localdisc.data.views import normalize
+
+    torch.manual_seed(0)
+    model = Segmenter(modality="xray", size=32, width=4, depth=2).eval()
+    image = np.random.default_rng(0).random((45, 61, 1)).astype(np.float32)
+    image[:10, :20] = 1.0  # not symmetric under a transpose
+    small, full = model.predict_maps(image)
+    x = torch.from_numpy(resize_image(image, 32)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = torch.sigmoid(model(normalize(x, "xray")))
+    assert np.allclose(small, expected[0, 0].numpy(), atol=1e-6)
+    up = F.interpolate(expected, size=(45, 61), mode="bilinear", align_corners=False)
+    assert np.allclose(full, up[0, 0].clamp(0, 1).numpy(), atol=1e-6)
+
+
 def test_predict_takes_images_as_the_ld_model_does():
     # uint8 was read as 0-255 floats, and a [C, H, W] tensor as a 48-channel image.
     torch.manual_seed(0)
