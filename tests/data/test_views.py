@@ -301,6 +301,19 @@ def test_rotation_is_rigid_and_spans_the_circle() -> None:
     assert ((deg.abs() > 30) & (deg.abs() < 150)).any()
 
 
+def test_half_the_views_are_mirror_images() -> None:
+    # METHOD.md 2: flips with p = 0.5 each. With both axes flipped together, no view was a
+    # mirror image (a rotation alone: every determinant > 0) and every test passed (reviewer's
+    # mutation); left and right eyes are mirror images of each other.
+    views = LDViews(32, flip_p=0.5)
+    thetas = views._thetas(4000, 48, 64, gen(0))
+    mirrored = (torch.linalg.det(thetas[:, :, :2]) < 0).double().mean().item()
+    assert 0.47 < mirrored < 0.53  # exactly one of the two flips: 1/2
+    assert (
+        torch.linalg.det(LDViews(32, flip_p=0.0)._thetas(500, 48, 64, gen(0))[:, :, :2]) > 0
+    ).all()
+
+
 def test_padding_zeros_for_fundus_border_for_xray() -> None:
     grey_rgb = torch.full((4, 3, 40, 40), 0.6)
     grey_1 = torch.full((4, 1, 40, 40), 0.6)

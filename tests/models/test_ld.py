@@ -67,6 +67,11 @@ def test_embed_and_cluster_take_raw_images_of_any_size():
     v = model.embed(image)
     a = model.cluster(image)
     assert v.shape == (8, 37, 50) and a.shape == (4, 37, 50)
+    # Where the embeddings lie: the image padded to a multiple of 16 at its right and bottom
+    # (edge pixels repeated), then cropped back (padded on the left, they shifted by up to
+    # 7 px and every test passed: reviewer's mutation).
+    padded = np.pad(image, ((0, 11), (0, 14), (0, 0)), mode="edge")  # 48 x 64
+    torch.testing.assert_close(v, model.embed(padded)[:, :37, :50], rtol=0, atol=1e-5)
     assert model.training  # restored after inference
     xray = LDModel(modality="xray", dim=8, clusters=4)
     assert xray.embed(image).shape == (8, 37, 50)  # RGB X-ray reduced to luminance
