@@ -142,5 +142,6 @@ def test_module_and_validation():
         isl_loss(unit(5, 3, seed=0))
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         isl_loss(torch.zeros(2, 3, 4))
-    with pytest.raises(ValueError, match="tau"):
-        isl_loss(x, tau=0.0)
+    for tau in (0.0, float("nan"), float("inf")):  # NaN gave a NaN loss without a word
+        with pytest.raises(ValueError, match="tau must be positive and finite"):
+            isl_loss(x, tau=tau)

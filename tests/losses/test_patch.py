@@ -130,6 +130,10 @@ def test_center_weights_peak_at_cell_centres_and_stay_inside_cells():
         # Pixel centres sit 0.5 (centre pixels) and 3.5 (border pixels) from the cell centre.
         ratio = math.exp(-0.5 * (3.5 / 2) ** 2) / math.exp(-0.5 * (0.5 / 2) ** 2)
         assert inside[0] == pytest.approx(inside.max().item() * ratio)
+    # 0 gave NaN weights and a negative sigma was taken for its size (reviewer).
+    for sigma in (0.0, -0.25, float("nan")):
+        with pytest.raises(ValueError, match="center_sigma must be positive and finite"):
+            center_weights(4, 32, sigma)
 
 
 def test_center_sensitive_patches_change_more_when_the_centre_moves():

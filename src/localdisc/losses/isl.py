@@ -7,6 +7,8 @@ loss. Patch discrimination and hypersphere mixup both reduce to it (``patch.py``
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -89,8 +91,8 @@ def isl_loss(x: Tensor, tau: float = 0.1, *, distributed: bool = False) -> Tenso
     n = x.shape[0]
     if n < 2 or n % 2:
         raise ValueError(f"isl_loss needs an even number N >= 2 of vectors (pairs), got N = {n}")
-    if tau <= 0:
-        raise ValueError(f"tau must be positive, got {tau}")
+    if not 0 < tau < math.inf:  # NaN too: the loss was NaN without a word
+        raise ValueError(f"tau must be positive and finite, got {tau}")
 
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(_compute_dtype(x.dtype))

@@ -25,6 +25,8 @@ comparable.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,8 +53,8 @@ def nt_xent_loss(z: Tensor, tau: float = TAU) -> Tensor:
     n2 = z.shape[0]
     if n2 < 2 or n2 % 2:
         raise ValueError(f"nt_xent_loss needs an even number 2N >= 2 of views, got {n2}")
-    if tau <= 0:
-        raise ValueError(f"tau must be positive, got {tau}")
+    if not 0 < tau < math.inf:  # NaN too: the loss was NaN without a word
+        raise ValueError(f"tau must be positive and finite, got {tau}")
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
         logits = z @ z.T / tau

@@ -39,6 +39,8 @@ def center_weights(cells: int, length: int, sigma: float, device=None) -> Tensor
     they are a softmax of the log-weights, so a narrow Gaussian weights the pixels nearest the
     centre (its plain exponentials underflow to 0 / 0 below about 0.04 px).
     """
+    if not 0 < sigma < math.inf:  # 0 gave NaN weights, a negative one was taken as its size
+        raise ValueError(f"center_sigma must be positive and finite, got {sigma}")
     edges = torch.linspace(0, length, cells + 1, device=device)
     pos = torch.arange(length, device=device, dtype=torch.float32) + 0.5
     lo, hi = edges[:-1, None], edges[1:, None]

@@ -109,8 +109,8 @@ def region_discrimination_loss(
     Returns:
         Scalar loss (float32 unless the inputs are float64).
     """
-    if tau <= 0:
-        raise ValueError(f"tau must be positive, got {tau}")
+    if not 0 < tau < math.inf:  # NaN too: the loss was NaN without a word
+        raise ValueError(f"tau must be positive and finite, got {tau}")
     z = region_embeddings(v, a)  # [N, K, D]
     n, k, _ = z.shape
     world_size = _active_world()[0] if distributed else 1
