@@ -1134,3 +1134,26 @@ def test_an_official_set_given_as_a_folder_is_told_its_name(tmp_path):
         DatasetError, match=re.escape(f"it is laid out as drive is: give drive:{root}")
     ):
         load_task_data(str(root), None)
+
+
+def test_a_finished_run_of_other_images_of_its_data_set_is_not_reused(tmp_path):
+    # A partial download completed, the benchmark run again into its --out: the finished runs
+    # were reused, scored on the old test set beside new runs scored on the new (reviewer).
+    from helpers import own_folder, save
+    from localdisc.data.synthetic import synthetic_fundus
+
+    data = own_folder(tmp_path / "own", n=6)
+    config = tiny(str(data))
+    run_transfer(config, tmp_path / "out", log=lambda m: None)
+    lines: list[str] = []
+    run_transfer(config, tmp_path / "out", log=lines.append)  # the same images: reused
+    assert any(line.startswith("reusing") for line in lines)
+    extra = synthetic_fundus(48, seed=9)
+    save(data / "images" / "case9.png", (extra.image * 255).astype(np.uint8))
+    save(data / "masks" / "case9.png", (extra.vessels * 255).astype(np.uint8))
+    message = (
+        r"holds a finished fine-tuning of other images of .* \(6 training and 0 test images "
+        r"then, 7 and 0 now\)"
+    )
+    with pytest.raises(LocaldiscError, match=message):
+        run_transfer(config, tmp_path / "out", log=lambda m: None)

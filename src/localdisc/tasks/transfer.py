@@ -596,6 +596,7 @@ def _check_out_dir(
                 f"{out_dir}: holds a finished fine-tuning with other settings "
                 f"({'; '.join(differences)}); {advice}"
             )
+        _check_listing(out_dir, config, advice)
         return "finished"
     if differences:
         # Its command continues it from its checkpoint, where it has one.
@@ -610,6 +611,39 @@ def _check_out_dir(
             f"{goes_on}, or {advice}"
         )
     return "interrupted"
+
+
+def data_listing(
+    train_set: SegmentationDataset, test: SegmentationDataset | None
+) -> dict[str, Any]:
+    """What a fine-tuning's ``config.json`` keeps of its data as found: the images of the
+    training and test sets, counted, and a hash of their names."""
+    names = {"train": [item.name for item in train_set.items],
+             "test": [item.name for item in test.items] if test is not None else []}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(names).encode()).hexdigest()
+    return {"train": len(names["train"]), "test": len(names["test"]), "sha256": digest}
+
+
+def _check_listing(out_dir: Path, config: TransferConfig, advice: str) -> None:
+    """Raise where the finished run in ``out_dir`` found other images in its data set than are
+    there now (a partial download completed): its scores were reused beside runs scored on the
+    new test set, a table comparing inits over different images. Runs of before the record
+    (no ``listing``) are reused as they were."""
+    try:
+        saved = json.loads((out_dir / "config.json").read_text())["data"]["listing"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        train_set, test, _ = load_task_data(config.dataset, config.target)
+    except LocaldiscError:
+        return  # the run itself says what is wrong with the data
+    now = data_listing(train_set, test)
+    if now != saved:
+        raise LocaldiscError(
+            f"{out_dir}: holds a finished fine-tuning of other images of {config.dataset} "
+            f"({saved.get('train')} training and {saved.get('test')} test images then, "
+            f"{now['train']} and {now['test']} now): its scores are not of this data; {advice}"
+        )
 
 
 def _check_init_weights(
@@ -721,6 +755,7 @@ def _run_transfer(
     # where and when; outside "transfer": never compared
     env = environment(config.train.device, amp=config.train.amp)
     train_set, test, target = load_task_data(config.dataset, config.target)
+    listing = data_listing(train_set, test)  # as found, before any is skipped as unreadable
     if test is not None and config.test_fraction != FOLDER_TEST_FRACTION:
         raise LocaldiscError(
             f"{config.dataset} has its own test split ({len(test)} images): --test-fraction "
@@ -746,7 +781,7 @@ def _run_transfer(
     try:
         return _transfer(config, out_dir, log, (train_set, test, target), skips,
                          interrupted=interrupted, where=where, t0=t0, env=env,
-                         lock=lock)  # fmt: skip
+                         lock=lock, listing=listing)  # fmt: skip
     except ImageReadError as exc:  # an image's own error says --skip-bad skips it; a mask's not
         image = any(Path(exc.path) == item.image for s in sets for item in s.items)
         hinted = skips.hinted(Path(exc.path), exc) if image else exc
@@ -792,10 +827,12 @@ def _transfer(
     t0: float,
     env: dict[str, Any],
     lock: RunFolderLock,
+    listing: dict[str, Any],
 ) -> dict[str, Any]:
     """:func:`run_transfer` once ``out_dir`` is checked and the data loaded (``data``: the
     training set, the test set or ``None``, the target; unreadable images left out where
-    ``skips`` is enabled): split, fine-tune, evaluate and write the outputs."""
+    ``skips`` is enabled; ``listing``: :func:`data_listing` of the sets as found): split,
+    fine-tune, evaluate and write the outputs."""
     train_set, test, target = data
     for dataset in (train_set, test):
         note = dataset.incomplete_note() if dataset is not None else None
@@ -907,6 +944,7 @@ def _transfer(
             "val_images": [train_set.items[i].name for i in val_idx],
             "validation": val_note,
             "bn_images": len(bn_idx),
+            "listing": listing,
             **({"test_split": split_note} if split_note else {}),
             **({"unlabelled": unlabelled_names} if unlabelled else {}),
             **({"skipped": skips.record()} if skips.enabled else {}),
