@@ -169,6 +169,10 @@ def test_generated_radiographs_give_organ_rows_and_the_prior_settings_reach_trai
     components = 2 if shape == "lungs" else 1
     assert settings["topology"] == {"components": components, "holes": False,
                                     "pieces": "8-connected"}  # fmt: skip
+    # The test images by name: a data set completed after the run was scored on the old ones.
+    tested = [r["image"] for r in json.loads((out / "runs" / task / "ld-simulated" / "seed-0" /
+              "eval" / "per_image.json").read_text())["rows"]["A"]]  # fmt: skip
+    assert settings["test_images"] == tested and len(tested) == 2
     assert {r["metrics"]["target"] for r in results["runs"]} == {target}
     run = out / "runs" / task / "ld-simulated" / "seed-0"
     config = json.loads((run / "config.json").read_text())["pretrain"]

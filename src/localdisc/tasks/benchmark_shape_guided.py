@@ -54,7 +54,7 @@ import functools
 import json
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from localdisc.data.datasets import SegmentationDataset, dataset_class, load_data_spec
+from localdisc.data.datasets import Sample, SegmentationDataset, dataset_class, load_data_spec
 from localdisc.data.io import write_png
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import DatasetError, DivergedError, LocaldiscError
@@ -461,7 +461,7 @@ def _run_task(
                              "pieces": "8-connected"}  # fmt: skip
         # "seen": LD and the refinement see a fundus image's ROI box (de2f536, 11adf92);
         # "prob_bits": the maps the seeds' ensemble averages are 16-bit PNGs (4331463).
-        return {**_eval_settings(config, "refine_steps", "refine_size"),
+        return {**_eval_settings(config, samples, "refine_steps", "refine_size"),
                 "topology": held, "prob_png": True,
                 "prior_vote": "atlases", "sideways": "likelihood", "seen": "roi_box",
                 "prob_bits": 16}  # fmt: skip
@@ -500,7 +500,7 @@ def _run_task(
         # Its cluster is the one nearest the fraction, which comes from the priors asked for
         # (simulated, else the first): a rerun with other --priors or --from recomputes.
         # Its weights too: a stage 1 made again under its path kept the old k-means rows.
-        kmeans = {**_eval_settings(config, "kmeans_clusters"), "fraction": fraction,
+        kmeans = {**_eval_settings(config, samples, "kmeans_clusters"), "fraction": fraction,
                   "stage1": stage1, "stage1_sha256": weights_sha256(stage1),
                   "seen": "roi_box"}  # fmt: skip
         rows = _cached(task_dir / "kmeans" / f"seed-{seed}", kmeans, _kmeans_rows, base, samples,
@@ -575,7 +575,7 @@ def _run_task(
                 for area in specks if value is not None else (0.0,):
                     row = f"{method} @ {label}" + (", specks removed" if area else "")
                     # "calibrate": scaled below the threshold (58790f0), not shifted and clipped
-                    settings = {**_eval_settings(config), "speck_area": area,
+                    settings = {**_eval_settings(config, samples), "speck_area": area,
                                 "calibrate": "scaled"}  # fmt: skip
                     rows = _cached(task_dir / _slug(row), settings, _filter_rows, samples,
                                    target, scores, method, value, area, config)  # fmt: skip
@@ -587,7 +587,7 @@ def _run_task(
             student = _student_config(config, seed, painted)  # its pseudo-labels' settings too
             # Not its device: `--device cpu` and `auto` on a CPU trained every student again.
             taught = {k: v for k, v in asdict(student).items() if k != "device"}
-            settings = {**_eval_settings(config, "speck_area"), "fraction": fraction,
+            settings = {**_eval_settings(config, samples, "speck_area"), "fraction": fraction,
                         "student": taught, "calibrate": "scaled"}  # fmt: skip
             suffix = f"-painted-{painted}" if painted else ""
             folder = task_dir / _slug(f"{config.student_teacher}-student{suffix}") / f"seed-{seed}"
@@ -603,7 +603,7 @@ def _run_task(
                 record(f"{output}{at}", seed, per_image)
     else:  # what the prior alone gives: its mean shape, the same on every image
         for label, (_, f, bank) in priors.items():
-            rows = _cached(task_dir / _slug(f"mean-shape-{label}"), _eval_settings(config),
+            rows = _cached(task_dir / _slug(f"mean-shape-{label}"), _eval_settings(config, samples),
                            _mean_shape_rows, samples, target, bank, f, config)  # fmt: skip
             record(f"mean shape of {label} (no image)", 0, rows)
     # The rows a diverged seed would have filled: their cells say (n=K) (report.collect).
@@ -638,9 +638,15 @@ def _prior_bank_key(run_dir: Path) -> dict[str, Any]:
     return {} if bank == {"count": 200, "seed": 0} else {"prior_bank": bank}
 
 
-def _eval_settings(config: ShapeBenchmarkConfig, *fields: str) -> dict[str, Any]:
-    """What an evaluation's numbers depend on beyond its run: a cache key."""
-    return {f: getattr(config, f) for f in ("eval_size", "max_test", *fields)}
+def _eval_settings(
+    config: ShapeBenchmarkConfig, samples: Sequence[Sample], *fields: str
+) -> dict[str, Any]:
+    """What an evaluation's numbers depend on beyond its run: a cache key. The test images by
+    name: a data set completed after a run (a partial download) was scored on the old ones."""
+    return {
+        **{f: getattr(config, f) for f in ("eval_size", "max_test", *fields)},
+        "test_images": [s.name for s in samples],
+    }
 
 
 def _cached(folder: Path, settings: dict[str, Any], compute: Callable[..., Any], *args: Any) -> Any:
