@@ -130,7 +130,18 @@ def main() -> None:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:  # an unfinished run writes it last
         parser.error(f"{missing[0]}: no such file (is that run finished?)")
-    differences = setting_differences([json.loads(f.read_text()).get("config", {}) for f in files])
+    configs = [json.loads(f.read_text()).get("config", {}) for f in files]
+    # A copy of a run (or a run of the same pre-training seed) is the same draw: its seeds
+    # counted as pairs twice, the means unchanged, nothing looked wrong (reviewer).
+    seeds = [(c.get("pretrain") or {}).get("seed") for c in configs]
+    again = next((i for i, s in enumerate(seeds) if s is not None and s in seeds[:i]), None)
+    if again is not None:
+        first = seeds.index(seeds[again])
+        parser.error(
+            f"{files[again]} and {files[first]} are runs of one pre-training seed "
+            f"({seeds[again]}): the same draw counted twice (a copy?); give each draw once"
+        )
+    differences = setting_differences(configs)
     if differences and not args.allow_other_settings:
         parser.error(
             f"the runs' settings differ ({'; '.join(differences)}); pool them anyway with "

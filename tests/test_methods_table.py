@@ -123,3 +123,13 @@ def test_runs_of_other_settings_than_the_seed_are_refused_unless_allowed(tmp_pat
         allowed.stdout
     )
     assert "| ld | 0.500 / 0.500 / 0.500 | 0.500 +- 0.000 |" in allowed.stdout
+    # A copy of a run is the same draw: its seeds counted as pairs twice (reviewer).
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "results.json").write_text((a / "results.json").read_text())
+    twice = run(a, b, copy)
+    assert twice.returncode == 2
+    assert (
+        f"{copy / 'results.json'} and {a / 'results.json'} are runs of one pre-training seed (4)"
+        in (twice.stderr)
+    )
