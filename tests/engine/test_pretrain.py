@@ -824,3 +824,20 @@ def test_a_resume_keeps_the_best_validation_of_before_the_stop(tmp_path, pool):
     best = (run / "model_best.safetensors").read_bytes()
     result = pretrain(config, run, pool=pool, resume=True, log=lambda m: None)
     assert result.best_val == -1e9 and (run / "model_best.safetensors").read_bytes() == best
+
+
+def test_a_resume_refused_for_a_pool_that_held_a_runs_figures_names_that_run(tmp_path):
+    # A run started before 3866259 pooled the figures of a run inside its data; its resume
+    # was refused with "restore the data", which had not changed (reviewer).
+    data = _image_folder(tmp_path / "mydata")
+    config = tiny_pretrain_config(data=[str(data)])
+    pretrain(config, data / "run1", log=lambda m: None)  # a finished run inside the data
+    pretrain(config, tmp_path / "run2", stop_at_step=2, log=lambda m: None)
+    record = json.loads((tmp_path / "run2" / "config.json").read_text())
+    record["pool"]["images"] += 2  # as the code before pooled run1's two figures
+    (tmp_path / "run2" / "config.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError) as refused:
+        pretrain(config, tmp_path / "run2", resume=True, log=lambda m: None)
+    message = str(refused.value)
+    assert f"The data hold training runs ({data / 'run1'}): a run started before" in message
+    assert "Restore the data" not in message

@@ -1398,3 +1398,20 @@ def test_segment_and_the_refinement_put_the_box_s_maps_where_the_box_lies(run, m
         shape_guided, "predict_batch", lambda net, x, batch: torch.ones(1, 1, 32, 32)
     )
     assert np.array_equal(refined_probability(network, wide, whole) > 0.5, inside)
+
+
+def test_segment_images_takes_one_folder_alone_with_its_masks(tmp_path, run):
+    # A folder given alone was found, but its true masks were matched against its letters
+    # ("no image has a mask there": reviewer).
+    from helpers import save
+    from localdisc.tasks.shape_guided import segment_images
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((48, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    for part in ("p1", "p2"):
+        save(tmp_path / "d" / part / "x.png", (rng.random((48, 48, 3)) * 255).astype(np.uint8))
+        save(tmp_path / "m" / part / "x.png", mask)
+    segment_images(run, str(tmp_path / "d"), tmp_path / "out", masks=str(tmp_path / "m"),
+                   device="cpu", log=lambda m: None)  # fmt: skip
+    assert (tmp_path / "out" / "metrics.json").is_file()

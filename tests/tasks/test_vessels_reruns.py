@@ -311,3 +311,20 @@ def test_skip_bad_checks_each_image_once_before_a_grouped_run(tmp_path, monkeypa
                                      train_images=2, teach_all=True, skip_bad=True, log=quiet,
                                      progress=False)  # fmt: skip
     assert sorted(checked) == ["a.png", "b.png", "c.png", "notes.png"]
+
+
+def test_a_rerun_into_the_images_folder_keeps_a_true_mask_of_an_image_added_since(tmp_path):
+    # The network's config.json waived the guard for every name: c_mask.png, drawn by hand for
+    # an image added after the first run, was replaced by the rerun, exit 0 (reviewer).
+    folder = _photos(tmp_path / "d", ["a", "b"])
+    run = partial(segment_vessels_self_trained, config=CONFIG, log=quiet, max_size=64)
+    run([folder], folder)
+    assert json.loads((folder / "config.json").read_text())["writes"] == ["a", "b"]
+    _photos(folder, ["c"])
+    truth = np.zeros((64, 64), np.uint8)
+    truth[20:30, 5:60] = 255
+    save(folder / "c_mask.png", truth)
+    drawn = (folder / "c_mask.png").read_bytes()
+    with pytest.raises(LocaldiscError, match=r"c_mask\.png: an output of this run would replace"):
+        run([folder], folder)
+    assert (folder / "c_mask.png").read_bytes() == drawn

@@ -1363,6 +1363,18 @@ def is_training_run(folder: Path) -> bool:
     )
 
 
+def training_runs_below(root: Path) -> list[Path]:
+    """The training runs in the folders below ``root`` (:func:`is_training_run`), which
+    :func:`folder_image_files` leaves out."""
+    found = []
+    for dirpath, dirnames, filenames in walk(root):
+        here = Path(dirpath)
+        if here != Path(root) and "config.json" in filenames and is_training_run(here):
+            found.append(here)
+            dirnames[:] = []
+    return sorted(found)
+
+
 def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]:
     """Image files under ``root`` (recursive, sorted by path) that are not masks.
 

@@ -25,7 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from localdisc.data.datasets import absolute_data_spec, absolute_path
+from localdisc.data.datasets import (
+    absolute_data_spec,
+    absolute_path,
+    parse_data_spec,
+    training_runs_below,
+)
 from localdisc.data.pool import resolve_pool
 from localdisc.data.preprocess import MODALITY_CHANNELS
 from localdisc.data.sampling import SAMPLERS, EpochSampler
@@ -540,11 +545,23 @@ def refuse_changed_pool(
     if not changes:
         return
     skip = "; with --skip-bad, the same files must be unreadable" if config.skip_bad else ""
+    restore = (
+        f"Restore the data ({', '.join(config.data)}) as it was at the first start{skip}, or start"
+    )
+    runs = [
+        run for spec in config.data if (root := parse_data_spec(spec)[1]) is not None
+        and root.is_dir() for run in training_runs_below(root)
+    ]  # fmt: skip
+    if runs:  # the data are as they were: the pool no longer takes a run's figures (3866259)
+        shown = ", ".join(str(r) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        restore = (
+            f"The data hold training runs ({shown}): a run started before 2026-12-07 pooled their "
+            "figures, which pools have left out since; start"
+        )
     raise CheckpointError(
         f"{run_dir}: the pool differs from the one the run started with ({'; '.join(changes)}): "
-        "resumed, it would train and validate on other images than its checkpoints. Restore "
-        f"the data ({', '.join(config.data)}) as it was at the first start{skip}, or start a new "
-        "run with another --out (nothing was changed)"
+        f"resumed, it would train and validate on other images than its checkpoints. {restore} "
+        "a new run with another --out (nothing was changed)"
     )
 
 

@@ -149,9 +149,9 @@ OUTPUT_RECORDS = ("predict.json", "segment.json")
 def _written_before(folder: Path) -> set[str] | None:
     """The names of the images whose outputs an earlier run wrote in ``folder``: those its
     records list (:data:`OUTPUT_RECORDS`, ``vessels.csv``, a ``group-K``'s of ``shape-guided
-    vessels --teach-all``); ``None`` (every name) where a network of ``shape-guided vessels``
-    is there (``config.json``, its own or a group's): a stopped run lists its images only at its
-    end. Another program's ``config.json`` is no record."""
+    vessels --teach-all``, the ``"writes"`` of its network's ``config.json``, written before its
+    first mask); ``None`` (every name) where a network of ``shape-guided vessels`` of before
+    that record is there. Another program's ``config.json`` is no record."""
     names: set[str] = set()
     for record in OUTPUT_RECORDS:
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
@@ -161,9 +161,12 @@ def _written_before(folder: Path) -> set[str] | None:
         with contextlib.suppress(OSError, KeyError, csv.Error), table.open(newline="") as file:
             names |= {row["image"] for row in csv.DictReader(file)}
     for config in (folder / "config.json", *folder.glob("group-*/config.json")):
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            if "self_trained_vessels" in json.loads(config.read_text()):
-                return None
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            record = json.loads(config.read_text())
+            if "self_trained_vessels" in record:
+                if not isinstance(record.get("writes"), list):
+                    return None
+                names |= set(record["writes"])
     return names
 
 

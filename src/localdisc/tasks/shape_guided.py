@@ -80,6 +80,7 @@ from localdisc.tasks.predict import (
     METRICS,
     SkippedImages,
     Written,
+    as_inputs,
     check_metrics,
     collect_images,
     mask_png,
@@ -446,6 +447,7 @@ def segment_images(
             is not its image's size, or ``OUT/metrics.json`` is not one this command wrote; an
             image cannot be read (without ``skip_bad``), or none can.
     """
+    images = as_inputs(images)  # a folder alone: its masks were matched letter by letter
     runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     if not runs:
         raise LocaldiscError("segment_images needs at least one run")

@@ -362,8 +362,10 @@ def _self_train(
                   for i, (image, fov, _) in sorted(taught.items())}  # fmt: skip
         model = train_student(pictures, fovs, fraction, config, teachers=list(scores.values()),
                               log=log, progress=progress, checkpoint_dir=checkpoint)  # fmt: skip
-        # before a long segmentation
-        model.save(out_dir, extra={"self_trained_vessels": settings, **provenance})
+    # Before a long segmentation, with the images it writes masks of ("writes": a rerun into
+    # the images' folder replaces those alone, not a true mask of an image added since).
+    extra = {"self_trained_vessels": settings, "writes": names, **provenance}
+    model.save(out_dir, extra=extra)
     shutil.rmtree(checkpoint, ignore_errors=True)  # (one a kill just after the save left, too)
     written, shares, strays = _write_vessels(model, files, masks, out_dir, max_size, speck_area,
                                              (config.method, config.erode_fov), log=log,
@@ -373,7 +375,7 @@ def _self_train(
     yardstick = share_yardstick([shares[i] for i in sorted(chosen)])
     settings["vessel_share"], settings["vessel_share_range"] = yardstick[0], list(yardstick[1:])
     settings["teacher_disagreement"] = float(np.median([strays[i] for i in sorted(chosen)]))
-    model.save(out_dir, extra={"self_trained_vessels": settings, **provenance})
+    model.save(out_dir, extra=extra)
     seen = [i in chosen for i in range(len(files))]
     odd = _name_unusual(names, shares, seen, yardstick, log)
     if reteach_unusual and not odd and (out_dir / RETAUGHT).is_dir():  # (_check_layout)
