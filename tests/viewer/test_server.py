@@ -263,6 +263,14 @@ def test_an_error_of_the_server_is_said_in_the_terminal_too(setup, monkeypatch):
     assert status == 500 and data["error"] == f"out of memory at the working size {SIZE} (--size)"
     assert lines == [f"error answering /api/image/0.png: {data['error']}"]  # not the token
 
+    def torch_out_of_memory(image_id: int) -> bytes:  # torch's allocator says it so
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 40000000000 bytes")  # fmt: skip
+
+    monkeypatch.setattr(setup["viewer"], "image_png", torch_out_of_memory)
+    status, data = get_json(setup, "/api/image/0.png")
+    assert status == 500 and data["error"].startswith("out of memory at the working size")
+
 
 def test_unknown_ids_are_404_and_bad_values_400(setup):
     for path in [

@@ -573,6 +573,7 @@ def finetune(
     if train[0].shape[0] == 0 or val[0].shape[0] == 0:
         raise LocaldiscError("fine-tuning needs at least one training and one validation image")
     plan = training_plan(config, pretrained)
+    grads = [p.requires_grad for p in model.encoder.parameters()]  # the caller's, given back
     device = resolve_device(config.device)
     model.to(device)
     model.to(memory_format=torch.channels_last)  # faster on GPUs and oneDNN CPUs
@@ -619,6 +620,7 @@ def finetune(
         finally:
             run.stop.restore()
             # Stopped or failed in the frozen phase: the caller's model was left frozen, and a
-            # loop of its own then trained the decoder alone.
-            model.encoder.requires_grad_(True)
+            # loop of its own then trained the decoder alone. The caller's own flags, not all.
+            for parameter, trainable in zip(model.encoder.parameters(), grads, strict=True):
+                parameter.requires_grad_(trainable)
     return FinetuneResult(model.state_dict(), run.frozen_state, run.phases, earlier)
