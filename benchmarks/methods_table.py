@@ -131,15 +131,24 @@ def main() -> None:
     if missing:  # an unfinished run writes it last
         parser.error(f"{missing[0]}: no such file (is that run finished?)")
     configs = [json.loads(f.read_text()).get("config", {}) for f in files]
-    # A copy of a run (or a run of the same pre-training seed) is the same draw: its seeds
-    # counted as pairs twice, the means unchanged, nothing looked wrong (reviewer).
+    # A copy of a run (or a run of the same pre-training seed and settings) is the same draw:
+    # its seeds counted as pairs twice, the means unchanged, nothing looked wrong (reviewer).
     seeds = [(c.get("pretrain") or {}).get("seed") for c in configs]
-    again = next((i for i, s in enumerate(seeds) if s is not None and s in seeds[:i]), None)
+    again = next(
+        (i for i, s in enumerate(seeds) if s is not None and any(
+            s == seeds[j] and not setting_differences([configs[j], configs[i]]) for j in range(i)
+        )),
+        None,
+    )  # fmt: skip
     if again is not None:
-        first = seeds.index(seeds[again])
+        first = next(
+            j for j in range(again)
+            if seeds[j] == seeds[again] and not setting_differences([configs[j], configs[again]])
+        )  # fmt: skip
         parser.error(
             f"{files[again]} and {files[first]} are runs of one pre-training seed "
-            f"({seeds[again]}): the same draw counted twice (a copy?); give each draw once"
+            f"({seeds[again]}) and settings: the same draw counted twice (a copy?); give each "
+            "draw once"
         )
     differences = setting_differences(configs)
     if differences and not args.allow_other_settings:

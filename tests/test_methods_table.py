@@ -133,3 +133,6 @@ def test_runs_of_other_settings_than_the_seed_are_refused_unless_allowed(tmp_pat
         f"{copy / 'results.json'} and {a / 'results.json'} are runs of one pre-training seed (4)"
         in (twice.stderr)
     )
+    # One seed at other settings is another draw, pooled with --allow-other-settings.
+    other = write("other", 4, 2, 960.0)
+    assert run(a, other, "--allow-other-settings").returncode == 0

@@ -679,13 +679,18 @@ def test_images_of_the_other_channel_count_train_as_prediction_takes_them(monkey
     with pytest.raises(RuntimeError):
         finetune(model, (grey, masks), (grey, masks), config, pretrained=True)
     assert all(p.requires_grad for p in model.encoder.parameters())
-    # The caller's own flags come back, a layer frozen on purpose too (reviewer).
+    # The caller's own flags come back, a layer frozen on purpose too, and it is not trained
+    # in the whole-network phase (reviewer).
     first = next(model.encoder.parameters())
     first.requires_grad_(False)
     with pytest.raises(RuntimeError):
         finetune(model, (grey, masks), (grey, masks), config, pretrained=True)
     flags = [p.requires_grad for p in model.encoder.parameters()]
     assert flags[0] is False and all(flags[1:])
+    monkeypatch.undo()
+    kept = first.detach().clone()
+    finetune(model, (grey, masks), (grey, masks), config, pretrained=True)
+    assert torch.equal(first, kept) and first.requires_grad is False
 
 
 def test_the_whole_network_phase_starts_from_the_best_frozen_model(monkeypatch):

@@ -1157,3 +1157,19 @@ def test_a_finished_run_of_other_images_of_its_data_set_is_not_reused(tmp_path):
     )
     with pytest.raises(LocaldiscError, match=message):
         run_transfer(config, tmp_path / "out", log=lambda m: None)
+    # With --skip-bad, the images used: a file cut short, skipped, then repaired, is another
+    # data set; deleted, the same one (reviewer).
+    from dataclasses import replace
+
+    whole = (data / "images" / "case9.png").read_bytes()
+    (data / "images" / "case9.png").write_bytes(whole[: len(whole) // 2])
+    skipping = replace(config, skip_bad=True)
+    run_transfer(skipping, tmp_path / "skip", log=lambda m: None)
+    (data / "images" / "case9.png").write_bytes(whole)
+    with pytest.raises(LocaldiscError, match=r"skipped .*case9\.png as unreadable, which reads"):
+        run_transfer(skipping, tmp_path / "skip", log=lambda m: None)
+    (data / "images" / "case9.png").unlink()
+    (data / "masks" / "case9.png").unlink()
+    lines.clear()
+    run_transfer(skipping, tmp_path / "skip", log=lines.append)
+    assert any(line.startswith("reusing") for line in lines)

@@ -267,9 +267,13 @@ def test_an_error_of_the_server_is_said_in_the_terminal_too(setup, monkeypatch):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 40000000000 bytes")  # fmt: skip
 
-    monkeypatch.setattr(setup["viewer"], "image_png", torch_out_of_memory)
-    status, data = get_json(setup, "/api/image/0.png")
-    assert status == 500 and data["error"].startswith("out of memory at the working size")
+    def cuda_out_of_memory(image_id: int) -> bytes:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 37.25 GiB")
+
+    for failing in (torch_out_of_memory, cuda_out_of_memory):
+        monkeypatch.setattr(setup["viewer"], "image_png", failing)
+        status, data = get_json(setup, "/api/image/0.png")
+        assert status == 500 and data["error"].startswith("out of memory at the working size")
 
 
 def test_unknown_ids_are_404_and_bad_values_400(setup):

@@ -238,6 +238,8 @@ class _Run:
     stop: GracefulStop = field(default_factory=GracefulStop)
     last_save: float = field(default_factory=time.monotonic)
     log: Callable[[str], None] = print
+    # The encoder's parameters the caller left trainable (the others stay frozen throughout).
+    trainable: list[bool] = field(default_factory=list)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -360,7 +362,9 @@ def _phase(
     start = start or _Start()
     device = next(model.parameters()).device
     frozen = name == "frozen"
-    model.encoder.requires_grad_(not frozen)
+    # The caller's frozen parameters stay so in every phase (a stem kept fixed was trained).
+    for parameter, trainable in zip(model.encoder.parameters(), run.trainable, strict=True):
+        parameter.requires_grad_(trainable and not frozen)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
     if start.optimizer is not None:
@@ -430,7 +434,6 @@ def _phase(
         if signum is not None:
             run.halt(signum)
     result.seconds = seconds_before + time.perf_counter() - t0
-    model.encoder.requires_grad_(True)
     return best_state, result
 
 
@@ -579,7 +582,7 @@ def finetune(
     model.to(memory_format=torch.channels_last)  # faster on GPUs and oneDNN CPUs
     generator = torch.Generator().manual_seed(config.seed)
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
-    run = _Run(model, train, val, config, generator, plan, folder, log=log)
+    run = _Run(model, train, val, config, generator, plan, folder, log=log, trainable=grads)
     if folder is not None:
         run.record = _record(config, plan, train, val)
     start = run.load()

@@ -545,23 +545,25 @@ def refuse_changed_pool(
     if not changes:
         return
     skip = "; with --skip-bad, the same files must be unreadable" if config.skip_bad else ""
-    restore = (
-        f"Restore the data ({', '.join(config.data)}) as it was at the first start{skip}, or start"
-    )
+    # Pools leave out the training runs inside their data since 3866259 (2026-12-07): a run
+    # started before may have pooled their figures, though the data are as they were.
     runs = [
         run for spec in config.data if (root := parse_data_spec(spec)[1]) is not None
         and root.is_dir() for run in training_runs_below(root)
+        if run.resolve() != run_dir.resolve()
     ]  # fmt: skip
-    if runs:  # the data are as they were: the pool no longer takes a run's figures (3866259)
-        shown = ", ".join(str(r) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
-        restore = (
-            f"The data hold training runs ({shown}): a run started before 2026-12-07 pooled their "
-            "figures, which pools have left out since; start"
-        )
+    shown = ", ".join(str(r) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+    held = (
+        f" The data hold training runs ({shown}), whose figures a run started before 2026-12-07 "
+        "pooled and pools have left out since: then only a new run goes on."
+        if runs
+        else ""
+    )
     raise CheckpointError(
         f"{run_dir}: the pool differs from the one the run started with ({'; '.join(changes)}): "
-        f"resumed, it would train and validate on other images than its checkpoints. {restore} "
-        "a new run with another --out (nothing was changed)"
+        "resumed, it would train and validate on other images than its checkpoints. Restore "
+        f"the data ({', '.join(config.data)}) as it was at the first start{skip}, or start a new "
+        f"run with another --out (nothing was changed).{held}"
     )
 
 

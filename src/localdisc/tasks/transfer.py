@@ -637,8 +637,20 @@ def _check_listing(out_dir: Path, config: TransferConfig, advice: str) -> None:
         train_set, test, _ = load_task_data(config.dataset, config.target)
     except LocaldiscError:
         return  # the run itself says what is wrong with the data
-    now = data_listing(train_set, test)
-    if now != saved:
+    skipped = set(saved.get("skipped", []))
+    for dataset in [train_set] if test is None else [train_set, test]:
+        for item in [item for item in dataset.items if item.name in skipped]:
+            try:  # left out as the run left it, unless it reads now (a download completed)
+                dataset.load(item)
+            except ImageReadError:
+                continue
+            raise LocaldiscError(
+                f"{out_dir}: holds a finished fine-tuning that skipped {item.image} as "
+                f"unreadable, which reads now: its scores are not of this data; {advice}"
+            )
+        dataset.items = [item for item in dataset.items if item.name not in skipped]
+    now = {**data_listing(train_set, test), "skipped": saved.get("skipped", [])}
+    if now != {"skipped": [], **saved}:
         raise LocaldiscError(
             f"{out_dir}: holds a finished fine-tuning of other images of {config.dataset} "
             f"({saved.get('train')} training and {saved.get('test')} test images then, "
@@ -755,7 +767,6 @@ def _run_transfer(
     # where and when; outside "transfer": never compared
     env = environment(config.train.device, amp=config.train.amp)
     train_set, test, target = load_task_data(config.dataset, config.target)
-    listing = data_listing(train_set, test)  # as found, before any is skipped as unreadable
     if test is not None and config.test_fraction != FOLDER_TEST_FRACTION:
         raise LocaldiscError(
             f"{config.dataset} has its own test split ({len(test)} images): --test-fraction "
@@ -778,6 +789,8 @@ def _run_transfer(
                 _leave_out_unreadable(dataset, skips, lambda: bar.update(next(read)))
         if unreadable is not None:  # and no bad mask (that stops the run): for the next runs
             unreadable[config.dataset] = list(skips.skipped)
+    # The images used, and those skipped as unreadable: one repaired since is another data set.
+    listing = {**data_listing(train_set, test), "skipped": [name for name, _, _ in skips.skipped]}
     try:
         return _transfer(config, out_dir, log, (train_set, test, target), skips,
                          interrupted=interrupted, where=where, t0=t0, env=env,

@@ -1049,8 +1049,11 @@ class ViewerHandler(BaseHTTPRequestHandler):
             pass
         except Exception as exc:  # noqa: BLE001 - one failing image must not stop the server
             message = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, MemoryError) or "can't allocate memory" in message:
-                # a --size of 100 000 (numpy's MemoryError, torch's RuntimeError): 500 alone
+            if (
+                isinstance(exc, MemoryError)
+                or "allocate memory" in message
+                or ("out of memory" in message.lower())
+            ):  # a --size of 100 000 (numpy's, torch's CPU and CUDA allocators'): 500 alone
                 message = f"out of memory at the working size {self.viewer.size} (--size)"
             # The page shows the message; the terminal said nothing of it.
             self.server.log(f"error answering {self.path.partition('?')[0][:100]}: {message}")
