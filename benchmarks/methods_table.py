@@ -69,6 +69,16 @@ def setting_differences(configs: list[dict]) -> list[str]:
     return differences
 
 
+def _draw(config: dict) -> dict:
+    """What makes a run's pre-trainings: its pre-training settings and seed, its budget and
+    methods (not the fine-tunings' settings); empty where the run records no seed."""
+    pretrain = {k: v for k, v in (config.get("pretrain") or {}).items() if k != "workers"}
+    if pretrain.get("seed") is None:
+        return {}
+    return {**pretrain, "budget_seconds": config.get("budget_seconds"),
+            "methods": config.get("methods")}  # fmt: skip
+
+
 def _reference_init(run: dict[str, dict[str, dict[int, float]]], task: str, reference: str) -> str:
     """The row of ``reference`` in ``task``'s cells of ``run``: as named, else the one of the
     task's pool (runs of two modalities name the methods' rows by pool, ``fundus/ld``; the
@@ -131,24 +141,17 @@ def main() -> None:
     if missing:  # an unfinished run writes it last
         parser.error(f"{missing[0]}: no such file (is that run finished?)")
     configs = [json.loads(f.read_text()).get("config", {}) for f in files]
-    # A copy of a run (or a run of the same pre-training seed and settings) is the same draw:
-    # its seeds counted as pairs twice, the means unchanged, nothing looked wrong (reviewer).
-    seeds = [(c.get("pretrain") or {}).get("seed") for c in configs]
-    again = next(
-        (i for i, s in enumerate(seeds) if s is not None and any(
-            s == seeds[j] and not setting_differences([configs[j], configs[i]]) for j in range(i)
-        )),
-        None,
-    )  # fmt: skip
+    # Runs of one pre-training seed and pre-training settings are one draw, whatever their
+    # fine-tuning settings (seeds, labels): a copy, or a run with more fine-tuning seeds,
+    # counted its pairs twice, the means unchanged, nothing looked wrong (reviewer).
+    draws = [json.dumps(_draw(c), sort_keys=True) for c in configs]
+    again = next((i for i, d in enumerate(draws) if d in draws[:i] and _draw(configs[i])), None)
     if again is not None:
-        first = next(
-            j for j in range(again)
-            if seeds[j] == seeds[again] and not setting_differences([configs[j], configs[again]])
-        )  # fmt: skip
+        first = draws.index(draws[again])
         parser.error(
             f"{files[again]} and {files[first]} are runs of one pre-training seed "
-            f"({seeds[again]}) and settings: the same draw counted twice (a copy?); give each "
-            "draw once"
+            f"({_draw(configs[again]).get('seed')}) and settings: the same draw counted twice (a "
+            "copy?); give each draw once"
         )
     differences = setting_differences(configs)
     if differences and not args.allow_other_settings:

@@ -133,6 +133,14 @@ def test_runs_of_other_settings_than_the_seed_are_refused_unless_allowed(tmp_pat
         f"{copy / 'results.json'} and {a / 'results.json'} are runs of one pre-training seed (4)"
         in (twice.stderr)
     )
-    # One seed at other settings is another draw, pooled with --allow-other-settings.
+    # One seed at other pre-training settings is another draw, pooled with
+    # --allow-other-settings; at other fine-tuning settings (more seeds) the same draw.
     other = write("other", 4, 2, 960.0)
     assert run(a, other, "--allow-other-settings").returncode == 0
+    more = tmp_path / "more"
+    more.mkdir()
+    record = json.loads((a / "results.json").read_text())
+    record["config"]["seeds"] = 5
+    (more / "results.json").write_text(json.dumps(record))
+    same = run(a, more, "--allow-other-settings")
+    assert same.returncode == 2 and "the same draw counted twice" in same.stderr

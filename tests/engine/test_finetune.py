@@ -714,3 +714,19 @@ def test_the_whole_network_phase_starts_from_the_best_frozen_model(monkeypatch):
     assert result.phases[0].best_epoch == 1
     for k, v in result.frozen_state.items():
         assert torch.equal(seen["finetune"][k], v), k
+
+
+def test_a_checkpoint_of_other_caller_frozen_parameters_is_refused_naming_them(tmp_path):
+    # Its optimizer held other parameters: the resume ended in a bare ValueError (reviewer).
+    from localdisc.errors import CheckpointError
+
+    images, masks = squares(2)
+    config = FinetuneConfig(frozen_epochs=1, epochs=1, device="cpu", progress=False)
+    model = Segmenter(modality="fundus", size=32, width=4, depth=2)
+    folder = tmp_path / "ckpt"
+    finetune(model, (images, masks), (images, masks), config, pretrained=True,
+             checkpoint_dir=folder)  # fmt: skip
+    next(model.encoder.parameters()).requires_grad_(False)
+    with pytest.raises(CheckpointError, match="frozen_by_caller"):
+        finetune(model, (images, masks), (images, masks), config, pretrained=True,
+                 checkpoint_dir=folder)  # fmt: skip

@@ -585,6 +585,8 @@ def finetune(
     run = _Run(model, train, val, config, generator, plan, folder, log=log, trainable=grads)
     if folder is not None:
         run.record = _record(config, plan, train, val)
+        if not all(grads):  # the optimizer holds the others alone: another set is another run
+            run.record["frozen_by_caller"] = [i for i, g in enumerate(grads) if not g]
     start = run.load()
     current = start.result if start is not None else None  # the phase stopped in, as far as done
     earlier = sum(p.seconds for p in run.phases) + (current.seconds if current else 0.0)
