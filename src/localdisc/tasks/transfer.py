@@ -616,8 +616,9 @@ def _check_out_dir(
 def data_listing(
     train_set: SegmentationDataset, test: SegmentationDataset | None
 ) -> dict[str, Any]:
-    """What a fine-tuning's ``config.json`` keeps of its data as found: the images of the
-    training and test sets, counted, and a hash of their names."""
+    """What a fine-tuning's ``config.json`` keeps of its data: the images of the training and
+    test sets it uses, counted, and a hash of their names (beside it, those it skipped as
+    unreadable: :func:`_check_listing`)."""
     names = {"train": [item.name for item in train_set.items],
              "test": [item.name for item in test.items] if test is not None else []}  # fmt: skip
     digest = hashlib.sha256(json.dumps(names).encode()).hexdigest()
@@ -626,9 +627,9 @@ def data_listing(
 
 def _check_listing(out_dir: Path, config: TransferConfig, advice: str) -> None:
     """Raise where the finished run in ``out_dir`` found other images in its data set than are
-    there now (a partial download completed): its scores were reused beside runs scored on the
-    new test set, a table comparing inits over different images. Runs of before the record
-    (no ``listing``) are reused as they were."""
+    there now (a partial download completed), or skipped as unreadable one that reads now: its
+    scores were reused beside runs scored on the new test set, a table comparing inits over
+    different images. Runs of before the record (no ``listing``) are reused as they were."""
     try:
         saved = json.loads((out_dir / "config.json").read_text())["data"]["listing"]
     except (OSError, ValueError, KeyError, TypeError):
