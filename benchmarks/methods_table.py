@@ -75,8 +75,17 @@ def _draw(config: dict) -> dict:
     pretrain = {k: v for k, v in (config.get("pretrain") or {}).items() if k != "workers"}
     if pretrain.get("seed") is None:
         return {}
-    return {**pretrain, "budget_seconds": config.get("budget_seconds"),
-            "methods": config.get("methods")}  # fmt: skip
+    shaping = (
+        "budget_seconds",
+        "methods",
+        "pools",
+        "data_root",
+        "size",
+        "batch",
+        "device",
+        "cpu_scale",
+    )  # outside "pretrain", these shape the pre-trainings too
+    return {**pretrain, **{key: config.get(key) for key in shaping}}
 
 
 def _reference_init(run: dict[str, dict[str, dict[int, float]]], task: str, reference: str) -> str:
@@ -141,18 +150,6 @@ def main() -> None:
     if missing:  # an unfinished run writes it last
         parser.error(f"{missing[0]}: no such file (is that run finished?)")
     configs = [json.loads(f.read_text()).get("config", {}) for f in files]
-    # Runs of one pre-training seed and pre-training settings are one draw, whatever their
-    # fine-tuning settings (seeds, labels): a copy, or a run with more fine-tuning seeds,
-    # counted its pairs twice, the means unchanged, nothing looked wrong (reviewer).
-    draws = [json.dumps(_draw(c), sort_keys=True) for c in configs]
-    again = next((i for i, d in enumerate(draws) if d in draws[:i] and _draw(configs[i])), None)
-    if again is not None:
-        first = draws.index(draws[again])
-        parser.error(
-            f"{files[again]} and {files[first]} are runs of one pre-training seed "
-            f"({_draw(configs[again]).get('seed')}) and settings: the same draw counted twice (a "
-            "copy?); give each draw once"
-        )
     differences = setting_differences(configs)
     if differences and not args.allow_other_settings:
         parser.error(
@@ -160,6 +157,24 @@ def main() -> None:
             "--allow-other-settings"
         )
     runs = [load(run, args.metric) for run in args.runs]
+    # Runs of one pre-training seed and pre-training settings are one draw, whatever their
+    # fine-tuning settings (seeds, labels): a copy, or a run with more fine-tuning seeds, counted
+    # its pairs twice, the means unchanged, nothing looked wrong (reviewer). Of disjoint tasks
+    # (one pre-training, tasks fine-tuned apart) nothing is counted twice.
+    draws = [json.dumps(_draw(c), sort_keys=True) for c in configs]
+    covered = [{task for cells in run.values() for task in cells} for run in runs]
+    again = next(
+        ((i, j) for i in range(len(runs)) for j in range(i)
+         if _draw(configs[i]) and draws[i] == draws[j] and covered[i] & covered[j]),
+        None,
+    )  # fmt: skip
+    if again is not None:
+        i, j = again
+        parser.error(
+            f"{files[i]} and {files[j]} are runs of one pre-training seed "
+            f"({_draw(configs[i]).get('seed')}) and settings on the same task(s): the same draw "
+            "counted twice (a copy?); give each draw once"
+        )
     tasks = list(dict.fromkeys(task for run in runs for cells in run.values() for task in cells))
     print(f"{args.metric}; runs: {', '.join(str(run) for run in args.runs)}\n")
     if differences:

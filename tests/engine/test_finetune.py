@@ -726,7 +726,20 @@ def test_a_checkpoint_of_other_caller_frozen_parameters_is_refused_naming_them(t
     folder = tmp_path / "ckpt"
     finetune(model, (images, masks), (images, masks), config, pretrained=True,
              checkpoint_dir=folder)  # fmt: skip
+    first = next(model.encoder.named_parameters())[0]
     next(model.encoder.parameters()).requires_grad_(False)
-    with pytest.raises(CheckpointError, match="frozen_by_caller"):
+    message = f"other encoder parameters frozen by its caller \\(none; now {re.escape(first)}\\)"
+    with pytest.raises(CheckpointError, match=message):
         finetune(model, (images, masks), (images, masks), config, pretrained=True,
                  checkpoint_dir=folder)  # fmt: skip
+    # And the other way: a checkpoint of a frozen set, resumed with none.
+    frozen_first = tmp_path / "frozen"
+    finetune(model, (images, masks), (images, masks), config, pretrained=True,
+             checkpoint_dir=frozen_first)  # fmt: skip
+    next(model.encoder.parameters()).requires_grad_(True)
+    with pytest.raises(CheckpointError, match=f"\\({re.escape(first)}; now none\\)"):
+        finetune(model, (images, masks), (images, masks), config, pretrained=True,
+                 checkpoint_dir=frozen_first)  # fmt: skip
+    finetune(
+        model, (images, masks), (images, masks), config, pretrained=True, checkpoint_dir=folder
+    )  # the same set as its checkpoint's: continued (finished)

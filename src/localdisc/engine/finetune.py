@@ -296,14 +296,15 @@ class _Run:
         the same way, so a run folder stopped with ``--init random --frozen-epochs 100`` is "the
         same settings" with 5, and its checkpoint is continued. The record written stays whole,
         as the checkpoints already written hold it."""
+        record = {k: v for k, v in self.record.items() if k != "frozen_by_caller"}  # (load)
         if any(name == "frozen" for name, _ in self.plan):
-            return self.record
+            return record
         state = newest_state(self.folder) if self.folder is not None else None
         try:
             saved = state["finetune"]["settings"]["frozen_epochs"]  # type: ignore[index]
         except (LookupError, TypeError):  # none, or not of this shape: compared as it is
-            return self.record
-        return {**self.record, "settings": {**self.record["settings"], "frozen_epochs": saved}}
+            return record
+        return {**record, "settings": {**record["settings"], "frozen_epochs": saved}}
 
     def load(self) -> _Start | None:
         """Restore the newest checkpoint; the phase to continue starts where it says (None
@@ -317,6 +318,17 @@ class _Run:
         if loaded is None:
             return None
         state, tensors, differ = loaded
+        # Compared both ways, a checkpoint of before the record as none frozen: the optimizer's
+        # state holds the trainable parameters alone (a bare ValueError of torch's).
+        then = state["finetune"].get("frozen_by_caller", [])
+        now = self.record.get("frozen_by_caller", [])
+        if then != now:
+            raise CheckpointError(
+                f"{self.folder}: a checkpoint of a fine-tuning with other encoder parameters "
+                f"frozen by its caller ({', '.join(then) or 'none'}; now "
+                f"{', '.join(now) or 'none'}); freeze those again, or delete the folder to start "
+                "over"
+            )
         if differ:
             raise CheckpointError(
                 f"{self.folder}: a checkpoint of another fine-tuning (its "
@@ -585,8 +597,9 @@ def finetune(
     run = _Run(model, train, val, config, generator, plan, folder, log=log, trainable=grads)
     if folder is not None:
         run.record = _record(config, plan, train, val)
-        if not all(grads):  # the optimizer holds the others alone: another set is another run
-            run.record["frozen_by_caller"] = [i for i, g in enumerate(grads) if not g]
+        # The optimizer holds the others alone: another set is another run (_Run.load).
+        names = [name for name, _ in model.encoder.named_parameters()]
+        run.record["frozen_by_caller"] = [n for n, g in zip(names, grads, strict=True) if not g]
     start = run.load()
     current = start.result if start is not None else None  # the phase stopped in, as far as done
     earlier = sum(p.seconds for p in run.phases) + (current.seconds if current else 0.0)
