@@ -1349,6 +1349,12 @@ def folder_image_dir(root: Path) -> Path:
     return found[0] if found else root
 
 
+def _run_below(here: Path, root: Path, filenames: list[str]) -> bool:
+    """Whether the folder ``here`` of a walk of ``root`` (its ``filenames``) is a training run
+    below it."""
+    return here != Path(root) and "config.json" in filenames and is_training_run(here)
+
+
 def is_training_run(folder: Path) -> bool:
     """Whether ``folder`` holds a training run of this package (``pretrain``, ``shape-guided
     train`` or ``finetune``): a ``config.json`` with its settings and environment."""
@@ -1368,9 +1374,8 @@ def training_runs_below(root: Path) -> list[Path]:
     :func:`folder_image_files` leaves out."""
     found = []
     for dirpath, dirnames, filenames in walk(root):
-        here = Path(dirpath)
-        if here != Path(root) and "config.json" in filenames and is_training_run(here):
-            found.append(here)
+        if _run_below(Path(dirpath), root, filenames):
+            found.append(Path(dirpath))
             dirnames[:] = []
     return sorted(found)
 
@@ -1390,7 +1395,7 @@ def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]
     found: list[Path] = []
     for dirpath, dirnames, filenames in walk(root):
         here = Path(dirpath)
-        if here != Path(root) and "config.json" in filenames and is_training_run(here):
+        if _run_below(here, root, filenames):
             dirnames[:] = []
             continue
         dirnames[:] = sorted(

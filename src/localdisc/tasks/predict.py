@@ -160,13 +160,10 @@ def _written_before(folder: Path) -> set[str] | None:
     for table in (folder / "vessels.csv", *folder.glob("group-*/vessels.csv")):
         with contextlib.suppress(OSError, KeyError, csv.Error), table.open(newline="") as file:
             names |= {row["image"] for row in csv.DictReader(file)}
-    for config in (folder / "config.json", *folder.glob("group-*/config.json")):
-        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-            record = json.loads(config.read_text())
-            if "self_trained_vessels" in record:
-                if not isinstance(record.get("writes"), list):
-                    return None
-                names |= set(record["writes"])
+    for network in _vessels_networks(folder):
+        if not isinstance(network.get("writes"), list):
+            return None
+        names |= set(network["writes"])
     return names
 
 
@@ -603,17 +600,18 @@ def remove_metrics(out_dir: Path, command: str, why: str, log: Callable[[str], N
         log(f"removed {path}: {why}")
 
 
-def _holds_vessels_run(folder: Path) -> bool:
-    """Whether ``folder`` holds a ``localdisc shape-guided vessels`` run: its network's
-    ``config.json``, or those of its groups (``--teach-all``: ``group-K/``)."""
+def _vessels_networks(folder: Path) -> list[dict[str, Any]]:
+    """The ``config.json`` of each ``localdisc shape-guided vessels`` network in ``folder``:
+    its own, or those of its groups (``--teach-all``: ``group-K/``)."""
+    found = []
     for path in (folder / "config.json", *sorted(folder.glob("group-*/config.json"))):
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(saved, dict) and "self_trained_vessels" in saved:
-            return True
-    return False
+            found.append(saved)
+    return found
 
 
 def _check_not_a_run(out_dir: Path, vessels_model: bool) -> None:
@@ -623,7 +621,7 @@ def _check_not_a_run(out_dir: Path, vessels_model: bool) -> None:
     ``vessels_model``, a network of that command, writes again); a fine-tuning's holds its
     ``figures/overlay.png``. (A fine-tuned model may predict into its own folder: its
     predictions lie in ``predictions/``, and :func:`check_metrics` keeps its metrics.)"""
-    if _holds_vessels_run(out_dir):
+    if _vessels_networks(out_dir):
         raise LocaldiscError(
             f"{out_dir}: holds a `shape-guided vessels` run, whose masks, vessels.csv and "
             "figures/overlay.png this predict would write over or mix with; choose another "
