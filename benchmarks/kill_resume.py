@@ -54,12 +54,15 @@ def main() -> None:
     kills = resumes = verified = 0
     latest = -1
     finished = False
+    # The runs' stderr goes to a file: a pipe nobody reads fills (64 KiB) and stalls the run.
+    stderr_log = args.out / "interrupted-stderr.log"
     while not finished:
-        proc = subprocess.Popen(
-            command(run, args.steps, resume=(run / "config.json").exists()),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with stderr_log.open("wb") as stderr:
+            proc = subprocess.Popen(
+                command(run, args.steps, resume=(run / "config.json").exists()),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         resumes += (run / "config.json").exists()
         if kills < args.kills:
             while not (run / "config.json").exists() and proc.poll() is None:
@@ -75,7 +78,8 @@ def main() -> None:
         if proc.returncode == 0:
             finished = True
         elif proc.returncode != -signal.SIGKILL:
-            raise SystemExit(f"run failed: {proc.stderr.read().decode()[-2000:]}")
+            tail = stderr_log.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"run failed (exit {proc.returncode}): {tail}")
         for checkpoint in list_checkpoints(run / "checkpoints"):
             verify_checkpoint(checkpoint)  # raises on a half-written checkpoint
             verified += 1

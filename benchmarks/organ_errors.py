@@ -2,10 +2,11 @@
 
 Reads the probability maps a `localdisc benchmark shape-guided` run wrote for one output
 (``RUN/eval/NAME_{OUTPUT}_prob.png``), averages them over the runs given (one run, or a seeds'
-ensemble), thresholds at 0.5 and compares with the data set's reference masks at 512 x 512: mean
-precision, recall and Dice, and the mean top, bottom, left and right edges of the masks (fractions
-of the image side) beside the reference's and the simulated prior's. ``--figure`` draws how often
-each pixel is a false positive (red) or a false negative (green) over the test images.
+ensemble), keeps >= 0.5 (as the benchmark does) and compares with the data set's reference masks
+at 512 x 512: mean precision, recall and Dice, and the mean top, bottom, left and right edges of
+the masks (fractions of the image side) beside the reference's and the simulated prior's.
+``--figure`` draws how often each pixel is a false positive (red) or a false negative (green) over
+the test images.
 
 Runs that lack some maps (stopped early, or run with ``--max-test``) are all scored on the test
 images every run has a map for, and the output says how many each lacks; a run with no map at all
@@ -88,7 +89,7 @@ def main() -> None:
     for i in indices:
         sample = test[i]
         prob = mean_probability([prob_path(r, sample.name, args.output) for r in args.runs])
-        mask = resize_mask(prob > 0.5, SIZE)
+        mask = resize_mask(prob >= 0.5, SIZE)  # as the benchmark and `predict` threshold
         ref = resize_mask(sample.masks[args.target], SIZE)
         tp = (mask & ref).sum()
         rows.append((tp / max(mask.sum(), 1), tp / ref.sum(), 2 * tp / (mask.sum() + ref.sum())))
