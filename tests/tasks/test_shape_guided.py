@@ -1415,3 +1415,21 @@ def test_segment_images_takes_one_folder_alone_with_its_masks(tmp_path, run):
     segment_images(run, str(tmp_path / "d"), tmp_path / "out", masks=str(tmp_path / "m"),
                    device="cpu", log=lambda m: None)  # fmt: skip
     assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_score_table_gives_no_std_over_one_image_and_counts_metrics_of_fewer_images():
+    # "+- 0.0000" over one image read as images that agreed; an AUC over 1 of 2 images sat
+    # under n 2 unmarked (undefined on an image of one class)
+    from localdisc.tasks.shape_guided import score_table
+
+    def v(mean: float, std: float, n: int) -> dict[str, float]:
+        return {"mean": mean, "std": std, "n": n}
+
+    table = score_table({
+        "A": {"dice": v(0.5, 0.0, 1), "auc": v(0.9, 0.0, 1)},
+        "refined": {"dice": v(0.6, 0.1, 2), "auc": v(0.8, 0.0, 1)},
+    }).splitlines()  # fmt: skip
+    assert table[0].split() == ["output", "n", "dice", "auc"]
+    assert table[1].split() == ["A", "1", "0.5000", "0.9000"]
+    assert table[2].split() == ["refined", "2", "0.6000", "+-", "0.1000", "0.8000", "(n=1)"]
+    assert len({len(line) for line in table}) == 1  # the columns line up

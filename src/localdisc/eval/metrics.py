@@ -183,11 +183,12 @@ def cldice(pred_bool: ArrayLike, target: ArrayLike) -> float:
 
     Tprec = |S(P) ∩ T| / |S(P)|, Tsens = |S(T) ∩ P| / |S(T)| and
     clDice = 2 Tprec Tsens / (Tprec + Tsens), with the skeletons S from
-    ``skimage.morphology.skeletonize`` (2-D or 3-D masks). Both skeletons empty gives 1.0, one
-    empty gives 0.0, and Tprec + Tsens = 0 gives 0.0.
+    ``skimage.morphology.skeletonize`` (2-D or 3-D masks; H x W x 1 masks, as ``read_image``
+    gives grey ones, are 2-D: skeletonized in 3-D they gave another clDice). Both skeletons
+    empty gives 1.0, one empty gives 0.0, and Tprec + Tsens = 0 gives 0.0.
     """
-    p = _as_bool(pred_bool, "pred_bool")
-    t = _as_bool(target, "target")
+    p = _as_bool(_drop_channel(pred_bool), "pred_bool")
+    t = _as_bool(_drop_channel(target), "target")
     _check_shapes(pred_bool=p, target=t)
     if p.ndim not in (2, 3):
         raise InputError(f"cldice needs 2-D or 3-D masks, got {p.ndim}-D")

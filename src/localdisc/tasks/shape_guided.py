@@ -722,20 +722,30 @@ def _score_outputs(
 
 def score_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     """The ``summary`` of :func:`_score_outputs` as a plain-text table: per output, ``n`` and
-    the mean of :data:`TABLE_METRICS` (``dice`` with its std), those scored."""
+    the mean of :data:`TABLE_METRICS` (``dice`` with its std over two or more images: one of 0
+    reads as images that agreed), those scored; ``(n=K)`` where a metric has fewer images than
+    the row (AUC is undefined on an image of one class)."""
     keys = [k for k in TABLE_METRICS if any(k in s for s in summary.values())]
-    width = max(len("output"), *(len(output) for output in summary))
-    heads = [f"{'dice':>16}" if k == "dice" else f"{k:>11}" for k in keys]
-    lines = [f"{'output':<{width}} {'n':>4} " + " ".join(heads)]
+    rows = []
     for output, s in summary.items():
-        n = s["dice"]["n"] if "dice" in s else 0  # finite for every image scored
+        n = int(s["dice"]["n"]) if "dice" in s else 0  # finite for every image scored
         cells = []
         for k in keys:
-            v = s.get(k, {"mean": float("nan"), "std": float("nan")})
-            text = f"{v['mean']:.4f} +- {v['std']:.4f}" if k == "dice" else f"{v['mean']:.4f}"
-            cells.append(f"{text:>16}" if k == "dice" else f"{text:>11}")
-        lines.append(f"{output:<{width}} {n:>4} " + " ".join(cells))
-    return "\n".join(lines)
+            v = s.get(k, {"mean": float("nan"), "std": float("nan"), "n": 0})
+            text = f"{v['mean']:.4f}" + (f" +- {v['std']:.4f}" if k == "dice" and n > 1 else "")
+            cells.append(text + (f" (n={int(v['n'])})" if int(v["n"]) < n else ""))
+        rows.append([output, str(n), *cells])
+    heads = ["output", "n", *keys]
+    widths = [max(len(row[i]) for row in [heads, *rows]) for i in range(len(heads))]
+    widths[1:] = [max(w, 4 if i == 0 else 11) for i, w in enumerate(widths[1:])]
+
+    def line(row: list[str]) -> str:
+        return " ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+
+    return "\n".join(line(row) for row in [heads, *rows])
 
 
 def _part_settings(
