@@ -314,6 +314,32 @@ def test_half_the_views_are_mirror_images() -> None:
     ).all()
 
 
+def test_each_view_has_its_own_small_rotation() -> None:
+    # METHOD.md 2.2: a U(-2, 2) degree rotation per view. One angle shared by both views left
+    # every test passing (reviewer's mutation): the loss would lose that augmentation.
+    n = 4000
+    thetas = LDViews(32, rotation=0.0, flip_p=0.0)._thetas(n, 64, 64, gen(0))[:, :, :2]
+    relative = torch.linalg.inv(thetas[:n]) @ thetas[n:]  # R(phi1 - phi2)
+    delta = torch.rad2deg(torch.atan2(relative[:, 1, 0], relative[:, 0, 0]))
+    assert delta.abs().max() <= 4.0 + 1e-9
+    # |U1 - U2| for U(-2, 2): mean 4/3 degrees
+    assert 1.25 < delta.abs().mean().item() < 1.42
+
+
+def test_the_crop_lies_anywhere_it_fits_along_both_axes() -> None:
+    # A crop centred in y (or x) left every test passing (reviewer's mutation).
+    n, height, width = 4000, 48, 64
+    views = LDViews(32, crop_scale=(0.5, 0.5), crop_ratio=(1.0, 1.0), rotation=0.0,
+                    view_rotation=0.0, flip_p=0.0)  # fmt: skip
+    shift = views._thetas(n, height, width, gen(0))[:n, :, 2]  # normalised: 2 c / side
+    side = (0.5 * height * width) ** 0.5
+    for centre, length in ((shift[:, 0] * width / 2, width), (shift[:, 1] * height / 2, height)):
+        bound = (length - side) / 2  # the crop stays inside the image
+        assert centre.abs().max() <= bound + 1e-9
+        assert centre.min() < -0.95 * bound and centre.max() > 0.95 * bound
+        assert abs(centre.mean().item()) < 0.05 * bound  # uniform, not skewed
+
+
 def test_padding_zeros_for_fundus_border_for_xray() -> None:
     grey_rgb = torch.full((4, 3, 40, 40), 0.6)
     grey_1 = torch.full((4, 1, 40, 40), 0.6)
