@@ -1169,7 +1169,10 @@ def shape_guided_segment(
         "OUT/segment.json, instead of stopping at the first; the exit code stays 0.",
     ),
 ) -> None:
-    """Write outputs A (cluster 0) and B (region similarity) per image, and refined masks."""
+    """Write outputs A (cluster 0) and B (region similarity) per image, and refined masks.
+
+    With a kept-pose prior (--prior-pose kept), A and B are first moved sideways by one shift
+    estimated from all the images given (logged), as the run's maps drift to one side."""
     from localdisc.engine.pseudo_label import kept_checkpoints
     from localdisc.tasks.predict import skipped_clause
     from localdisc.tasks.shape_guided import REFINE_CHECKPOINT, SEGMENT_RECORD, segment_images
