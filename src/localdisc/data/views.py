@@ -321,7 +321,9 @@ class LDViews:
             which the crop fits inside the image, ``[s*W/H, W/(s*H)]`` for area scale ``s``.
             These are exactly the crops torchvision's rejection sampler would accept, but drawn
             in one vectorised step with no fallback to a centre crop; for scale >= 0.9 the crop
-            can never leave the image and the aspect distortion stays within about +-10 %.
+            can never leave the image and, on a square input (every pool's), the aspect
+            distortion stays within about +-10 %. A non-square input's crop, nearly the whole
+            image, is squashed into the square output by about the input's own aspect ratio.
         rotation: shared rotation range in degrees (U(-rotation, rotation)).
         view_rotation: per-view rotation range in degrees.
         brightness, contrast, saturation: jitter strengths; factors are U(max(0, 1-v), 1+v).
