@@ -200,3 +200,27 @@ def test_the_prediction_figure_has_a_row_per_label_budget(tmp_path, monkeypatch)
     with pytest.raises(LocaldiscError, match="holds no image 'gone', which the runs of "
                        "synthetic_fundus \\(labels 2\\) scored first"):  # fmt: skip
         prediction_grid(runs, tmp_path / "predictions.png")
+
+
+def test_the_report_says_how_many_test_images_each_task_scored(tmp_path):
+    # A --quick run scores the first 2 test images of each task: results.md did not say so
+    from localdisc.eval.report import write_report
+
+    results = {
+        "config": {"max_test": 2},
+        "runs": [
+            run("drive", "random", 1, [0.5, 0.7]),  # seeds 1: no figure of predictions
+            run("jsrt lung", "random", 1, [0.8]),
+            run("jsrt lung", "ld", 1, [0.9, 0.9], frozen=[0.1, 0.3]),
+        ],
+    }
+    write_report(results, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert (
+        "Test images per run: drive 2, jsrt lung 1 to 2 (--max-test 2: the first of each test "
+        "split)." in text
+    )
+    write_report({**results, "config": {"max_test": None}}, tmp_path)
+    assert (
+        "Test images per run: drive 2, jsrt lung 1 to 2.\n" in (tmp_path / "results.md").read_text()
+    )

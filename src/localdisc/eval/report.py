@@ -191,6 +191,19 @@ def runs_made_at(
     )
 
 
+def _test_images_line(runs: list[dict[str, Any]], max_test: int | None) -> str:
+    """How many test images each task's runs were scored on (``results.json`` alone said it)."""
+    counts: dict[str, set[int]] = {}
+    for run in runs:
+        for _, metrics in _rows_of(run):
+            counts.setdefault(run["task"], set()).add(len(metrics["per_image"]))
+    shown = ", ".join(
+        f"{task} {min(n)}" + (f" to {max(n)}" if len(n) > 1 else "") for task, n in counts.items()
+    )
+    cap = f" (--max-test {max_test}: the first of each test split)" if max_test else ""
+    return f"Test images per run: {shown}{cap}."
+
+
 def write_report(
     results: dict[str, Any],
     out_dir: str | Path,
@@ -227,6 +240,8 @@ def write_report(
             "over the training split's images, labels unused (not the paper's protocol).",
         ]
     lines = [f"# {title}", "", *intro, ""]
+    if results.get("runs"):  # a --quick or --max-test run scores a few images: say how many
+        lines += [_test_images_line(results["runs"], config.get("max_test")), ""]
     if results.get("own_tasks"):  # the columns' labels of data sets named by their folders
         lines += ["## Data sets of your own", ""]
         lines += [f"- {label}: {about}" for label, about in results["own_tasks"].items()]
