@@ -51,6 +51,25 @@ def test_the_network_learns_the_pseudo_labels():
     assert prob[label].mean() > 0.8 and prob[~label].mean() < 0.1
 
 
+def test_the_learning_rate_anneals_by_cosine_or_stays_as_asked(monkeypatch):
+    # RefineConfig(schedule="constant") asks for a constant rate: a scheduler stepped whatever
+    # ``cosine`` passed every test (reviewer's mutation)
+    rates: list[float] = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    images, targets = bright_spots(2, 16)
+    fit(images, targets, steps=6, cosine=False)
+    assert rates == [1e-2] * 6
+    rates.clear()
+    fit(images, targets, steps=6)
+    assert rates == pytest.approx([1e-2 * (1 + math.cos(math.pi * k / 6)) / 2 for k in range(6)])
+
+
 def test_crops_are_windows_of_the_images_and_their_labels(monkeypatch):
     images, targets = bright_spots()
     seen = []

@@ -201,6 +201,17 @@ def test_cldice_takes_h_w_1_masks_as_2d():
     assert cldice(pred[..., None], target) == cldice(pred, target)
 
 
+def test_cldice_is_the_harmonic_mean_of_topology_precision_and_sensitivity():
+    # Every other case had Tprec = Tsens (or 0 or 1): their plain mean passed every test
+    target = np.zeros((20, 20), dtype=bool)
+    target[5, 2:18] = True  # 16 px of centreline
+    pred = np.zeros((20, 20), dtype=bool)
+    pred[5, 2:10] = True  # half of it found
+    pred[12, 2:6] = True  # and a vessel that is not there
+    tprec, tsens = 8 / 12, 8 / 16
+    assert cldice(pred, target) == pytest.approx(2 * tprec * tsens / (tprec + tsens))  # 4/7
+
+
 def test_cldice_rejects_1d():
     with pytest.raises(ValueError, match="2-D or 3-D"):
         cldice(np.ones(4, dtype=bool), np.ones(4, dtype=bool))
@@ -447,3 +458,15 @@ def test_paper_dice_is_the_dice_of_both_masks_at_its_size():
     assert paper_dice(mask, target, size=8) == pytest.approx(2 * 8 / (8 + 16))
     assert paper_dice(mask, target, size=4) == 1.0
     assert paper_dice(mask, target, size=16) == pytest.approx(2 * 32 / (32 + 64))
+
+
+def test_paper_dice_takes_the_whole_image_at_512_by_default():
+    # METHOD.md 4: Dice on the whole image at 512 x 512 (the vesselness docstring's numbers)
+    from localdisc.eval.metrics import paper_dice
+
+    rng = np.random.default_rng(0)
+    mask, target = rng.random((300, 300)) < 0.5, rng.random((300, 300)) < 0.5
+    at = ((np.arange(512) + 0.5) * 300 / 512).astype(int)  # nearest, by pixel centres
+    m, t = mask[np.ix_(at, at)], target[np.ix_(at, at)]
+    assert paper_dice(mask, target) == pytest.approx(2 * (m & t).sum() / (m.sum() + t.sum()))
+    assert paper_dice(mask, target) != paper_dice(mask, target, size=256)

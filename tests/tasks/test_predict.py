@@ -938,3 +938,36 @@ def test_a_data_spec_or_prior_folder_may_be_a_path(tmp_path):
     mask[5:15, 5:15] = 255
     save(tmp_path / "prior" / "m.png", mask)
     assert load_prior(tmp_path / "prior", 16).shape == (1, 1, 16, 16)  # was "empty spec"
+
+
+def test_predict_scores_the_masks_it_writes_at_its_threshold(tmp_path):
+    # Scores taken at 0.5 whatever --threshold gave a mask written at 0.3 another f1 (a
+    # reviewer's mutation passed every test: none scored at another threshold).
+    from PIL import Image
+
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    save(tmp_path / "in" / "b.png", rng.integers(0, 255, (40, 48, 3), np.uint8))
+    target = np.zeros((40, 48), np.uint8)
+    target[10:30, 12:36] = 255
+    save(tmp_path / "gt" / "b.png", target)
+    common = ["predict", "--model", str(tmp_path / "model"), "--images", str(tmp_path / "in"),
+              "--masks", str(tmp_path / "gt"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "first")])
+    assert result.exit_code == 0, result.output
+    prob = np.asarray(Image.open(tmp_path / "first" / "b_prob.png")) / 65535
+    # A threshold that splits this network's map: its masks differ from those at 0.5
+    threshold = round(float(np.quantile(prob, 0.3)), 4)
+    assert (prob >= threshold).sum() != (prob >= 0.5).sum()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [*common, "--out", str(out), "--threshold", str(threshold)])
+    assert result.exit_code == 0, result.output
+    written = np.asarray(Image.open(out / "b_mask.png")) > 0
+    truth = target > 0
+    dice = 2 * (written & truth).sum() / (written.sum() + truth.sum())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["threshold"] == threshold
+    assert metrics["per_image"][0]["f1"] == pytest.approx(dice, abs=1e-6)
+    assert metrics["per_image"][0]["sensitivity"] == pytest.approx(
+        (written & truth).sum() / truth.sum(), abs=1e-6
+    )

@@ -251,6 +251,43 @@ def test_segment_vessels_self_trained_teaches_on_a_draw_and_segments_all(tmp_pat
         segment_vessels_self_trained([photos], tmp_path / "o", config=config, train_images=0)
 
 
+def test_the_share_table_holds_images_not_taught_on_against_those_taught_on(tmp_path, monkeypatch):
+    # One step marks nothing: with empty masks, a share of the whole image (its black frame
+    # too) and a yardstick of every image, the untaught among them, passed the test above.
+    photos = _photos(tmp_path / "photos", sizes=(64, 64, 64))
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    out, calls = tmp_path / "out", []
+
+    def marks(model, image, fov):  # the images in order: the untaught one marks 3 times more
+        record = json.loads((out / "config.json").read_text())["self_trained_vessels"]
+        name = f"eye{len(calls)}"
+        calls.append(name)
+        taught = name in {Path(p).stem for p in record["images"]}
+        share = 0.1 + 0.02 * len(calls) if taught else 0.3
+        columns = (np.arange(fov.shape[1]) % 20) < round(20 * share)
+        return (fov & columns[None, :]).astype(np.float32)
+
+    monkeypatch.setattr(vessels, "student_probability", marks)
+    said: list[str] = []
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, train_images=2,
+                                 log=said.append)  # fmt: skip
+    assert calls == ["eye0", "eye1", "eye2"]
+    rows = {r["image"]: r for r in csv.DictReader((out / "vessels.csv").open())}
+    shares = {}
+    for name in rows:
+        mask = read_image(out / f"{name}_mask.png")[0][..., 0] > 0.5
+        fov = fov_from_image(read_image(photos / f"{name}.png")[0])
+        shares[name] = mask[fov].mean()  # of the FOV, not of the image and its frame
+        assert float(rows[name]["vessel_share"]) == pytest.approx(shares[name], abs=1e-5)
+    taught = [name for name, row in rows.items() if row["taught"] == "true"]
+    (odd,) = set(rows) - set(taught)
+    assert 0.25 < shares[odd] < 0.35 and all(0.1 < shares[t] < 0.2 for t in taught)
+    settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
+    assert settings["vessel_share"] == pytest.approx(np.median([shares[t] for t in taught]))
+    assert rows[odd]["unusual"] == "true"
+    assert any("masks to look at" in line and odd in line for line in said)
+
+
 def test_unusual_images_can_get_a_run_of_their_own_whose_masks_replace_theirs(
     tmp_path, monkeypatch
 ):
