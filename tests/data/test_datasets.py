@@ -1129,3 +1129,36 @@ def test_the_paper_splits_are_disjoint_and_as_published() -> None:
     assert hashlib.sha256(text).hexdigest() == (
         "3a3a910bd7e0a0d28aaee701a7e06b17bd2d24f6016b4379f54e7605596ccab4"
     )
+
+
+def test_a_folder_leaves_out_the_outputs_its_records_list(tmp_path):
+    # `predict --out D/pred`, then `pretrain --data D`: the probability maps and masks were
+    # pooled as images (6 for 2), and `finetune` took them for unlabelled images (a reviewer's
+    # recalibrated Dice fell from 0.89 to 0.72); `localize --overlay D/ov` localised its figures.
+    import json
+
+    from localdisc.data.datasets import folder_image_files, pool_image_paths
+
+    image = np.full((20, 24, 3), 120, np.uint8)
+    files = ["a", "b", "pred/a_prob", "pred/a_mask", "pred/b_prob", "pred/figures/overlay",
+             "seg/a_A_prob", "seg/a_uncertainty", "seg/run-0/a_A_mask", "ov/a", "ves/a_mask",
+             "ves/group-1/b_mask", "own/x_prob", "own/x_mask"]  # fmt: skip
+    for name in files:
+        save(tmp_path / f"{name}.png", image)
+    listed = json.dumps({"images": [{"name": "a"}, {"name": "b"}]})
+    for record in ("pred/predict.json", "seg/segment.json", "ov/overlays.json"):
+        (tmp_path / record).write_text(listed)
+    # A vessels network writes its list before its first mask (vessels.csv after the last)
+    (tmp_path / "ves" / "config.json").write_text(
+        json.dumps({"self_trained_vessels": {}, "writes": ["a"]})
+    )
+    said: list[tuple[Path, int]] = []
+    found = folder_image_files(tmp_path, on_outputs=lambda f, n: said.append((f, n)))
+    # own/: no record says x_prob is an output (x_mask is x_prob's? no: no image x beside it)
+    expected = ["a.png", "b.png", "own/x_mask.png", "own/x_prob.png"]
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == expected
+    assert [p.relative_to(tmp_path).as_posix() for p in pool_image_paths(str(tmp_path))] == expected
+    assert sorted((f.name, n) for f, n in said) == [("ov", 1), ("pred", 3), ("seg", 2), ("ves", 1)]
+    # An image of one's own among the outputs, of a name no record lists, stays an image
+    save(tmp_path / "pred" / "c.png", image)
+    assert tmp_path / "pred" / "c.png" in folder_image_files(tmp_path)

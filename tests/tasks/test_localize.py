@@ -353,9 +353,17 @@ def test_overlays_inside_the_images_folder_are_not_localised_on_a_rerun(tmp_path
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         assert set(json.loads((tmp_path / "p.json").read_text())["images"]) == {"n0", "n1"}
-    assert sorted(p.name for p in (tmp_path / "new" / "overlays").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "new" / "overlays").glob("*.png")) == [
         "n0.png", "n1.png"
     ]  # fmt: skip
+    # Without --overlay, and for any reader of the folder (a pool), the record beside the
+    # figures says they are outputs: a later call localised its own figures (overlays_n0, ...).
+    result = CliRunner().invoke(app, args[:-2])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((tmp_path / "p.json").read_text())["images"]) == {"n0", "n1"}
+    from localdisc.data.datasets import pool_image_paths
+
+    assert [p.name for p in pool_image_paths(str(tmp_path / "new"))] == ["n0.png", "n1.png"]
 
 
 def test_an_overlay_folder_holding_other_figures_is_refused_not_mixed(tmp_path):
@@ -374,7 +382,7 @@ def test_an_overlay_folder_holding_other_figures_is_refused_not_mixed(tmp_path):
     assert isinstance(result.exception, LocaldiscError), result.output
     message = str(result.exception)
     assert f"overlay folder {tmp_path / 'ov'} holds 1 PNG" in message and "n1.png" in message
-    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["n0.png", "n1.png"]
+    assert sorted(p.name for p in (tmp_path / "ov").glob("*.png")) == ["n0.png", "n1.png"]
 
 
 def test_predictions_say_their_coordinates_inputs_and_working_size(tmp_path):
@@ -1012,7 +1020,7 @@ def test_localize_cli_skips_unreadable_images_on_request_never_the_template(tmp_
         "no pixel data: a Basic Text SR Storage object (modality SR), not an image"
     )
     assert set(record["errors"]) == {"n0"}
-    assert sorted(p.name for p in overlay.iterdir()) == ["n0.png", "n1.png"]
+    assert sorted(p.name for p in overlay.glob("*.png")) == ["n0.png", "n1.png"]
     output = " ".join(result.output.split())
     assert f"skipped {new / 'n9.png'}: cannot decode as image" in output
     assert f"localised 2 image(s): {out}; 2 unreadable image(s) skipped, listed under " in output

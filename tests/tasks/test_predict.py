@@ -229,7 +229,10 @@ def test_an_output_folder_that_is_the_images_folder_hides_every_output(tmp_path)
     (tmp_path / "predict.json").write_text(json.dumps(listed))  # an earlier run's
     found = collect_images([tmp_path], out_dir=tmp_path, suffixes=suffixes)
     assert [name for name, _ in found] == ["a", "sub_b"]
-    # Only the output folder's own: the same folder read for another --out keeps them all.
+    # Read for another --out, as by every reader of a folder, the recorded run's outputs are
+    # left out too (its figures and sub-folders of outputs with them): they are no images.
+    assert [n for n, _ in collect_images([tmp_path], out_dir=tmp_path / "else")] == ["a", "sub_b"]
+    (tmp_path / "predict.json").unlink()  # no record: nothing says they are outputs
     assert len(collect_images([tmp_path], out_dir=tmp_path / "elsewhere")) == 7
 
 

@@ -18,6 +18,8 @@ A *data spec* is ``NAME:ROOT`` for a known name or a plain folder path (see
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
 import re
@@ -1380,14 +1382,85 @@ def training_runs_below(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]:
+#: The records of a folder of outputs (``{"images": [{"name": NAME, ...}, ...]}``): ``predict``'s,
+#: ``shape-guided segment``'s and ``localize --overlay``'s; with what the outputs of image NAME
+#: append to it (an overlay is ``NAME.png`` itself).
+OUTPUT_RECORDS: dict[str, tuple[str, ...]] = {
+    "predict.json": ("_prob", "_mask"),
+    "segment.json": (
+        "_A_prob",
+        "_A_mask",
+        "_B_prob",
+        "_B_mask",
+        "_uncertainty",
+        "_refined_prob",
+        "_refined_mask",
+    ),  # fmt: skip
+    "overlays.json": ("",),
+}
+
+
+#: The sub-folders of a folder of outputs that hold outputs alone: figures, an ensemble's runs
+#: (``shape-guided segment``), ``--teach-all``'s groups and the network of the unusual images
+#: (``shape-guided vessels``).
+_OUTPUT_FOLDER = re.compile(r"figures|(run|group)-\d+|unusual")
+
+
+def _recorded_outputs(folder: Path, filenames: Sequence[str]) -> set[str] | None:
+    """The ``filenames`` of ``folder`` that a command of this package wrote there as outputs
+    for the images its records list (:data:`OUTPUT_RECORDS`; ``shape-guided vessels``'
+    ``vessels.csv`` and the ``"writes"`` of its network's ``config.json``: ``NAME_prob`` and
+    ``NAME_mask``); None where there is no such record."""
+    stems: set[str] = set()
+    recorded = False
+    for record, suffixes in OUTPUT_RECORDS.items():
+        if record in filenames:
+            try:
+                names = {e["name"] for e in json.loads((folder / record).read_text())["images"]}
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            stems |= {name + s for name in names for s in suffixes}
+            recorded = True
+    vessels: set[str] = set()
+    if "vessels.csv" in filenames:
+        recorded = True
+        table = folder / "vessels.csv"
+        with (
+            contextlib.suppress(OSError, KeyError, UnicodeDecodeError, csv.Error),
+            table.open(newline="") as file,
+        ):
+            vessels |= {row["image"] for row in csv.DictReader(file)}
+    if "config.json" in filenames:
+        with contextlib.suppress(OSError, ValueError):
+            saved = json.loads((folder / "config.json").read_text())
+            if isinstance(saved, dict) and "self_trained_vessels" in saved:
+                # written before its first mask (vessels.csv: after the last)
+                vessels |= {str(name) for name in saved.get("writes") or []}
+                recorded = True
+    if not recorded:
+        return None
+    stems |= {name + s for name in vessels for s in ("_prob", "_mask")}
+    return {f for f in filenames if image_stem(f) in stems}
+
+
+def folder_image_files(
+    root: Path,
+    *,
+    exclude: Path | None = None,
+    on_outputs: Callable[[Path, int], None] | None = None,
+) -> list[Path]:
     """Image files under ``root`` (recursive, sorted by path) that are not masks.
 
     Skips hidden entries, folders named like mask folders (:data:`MASK_DIR_NAMES`), ``exclude``,
     training runs below ``root`` (:func:`is_training_run`: a ``pretrain --out`` inside its
     ``--data`` folder pooled its figures in the next run, a ``finetune --out`` inside its images
-    recalibrated batch norm on its predictions), and files whose stem is another image's stem in
-    the same folder plus a partner ending (:data:`PARTNER_SUFFIXES`, any letter case:
+    recalibrated batch norm on its predictions), the outputs of predictions, segmentations and
+    overlays that the records beside them list (:func:`_recorded_outputs`), with a folder of
+    such a record's ``figures/``, ``run-K/``, ``group-K/`` and ``unusual/`` (``predict --out
+    D/pred``: the next ``pretrain --data D`` pooled its probability maps and masks, ``finetune``
+    took them for unlabelled images; ``on_outputs(folder, count)`` hears of each folder's
+    files left out), and files whose stem is another image's stem in the same folder plus a
+    partner ending (:data:`PARTNER_SUFFIXES`, any letter case:
     CHASE_DB1's ``Image_01L_1stHO.png`` next to ``Image_01L.jpg``, ``case01_seg.png`` or
     ``case01-mask.png`` next to ``case01.png``). A file with such an ending but no image of the
     base stem beside it is an image.
@@ -1398,16 +1471,22 @@ def folder_image_files(root: Path, *, exclude: Path | None = None) -> list[Path]
         if _run_below(here, root, filenames):
             dirnames[:] = []
             continue
+        outputs = _recorded_outputs(here, filenames)
         dirnames[:] = sorted(
             d
             for d in dirnames
             if not d.startswith(".")
             and d.lower() not in MASK_DIR_NAMES
             and (exclude is None or here / d != exclude)
+            and not (outputs is not None and _OUTPUT_FOLDER.fullmatch(d))
         )
+        if outputs and on_outputs is not None:
+            on_outputs(here, len(outputs))
         # The whole path: a DICOM file named without a suffix is known by its content.
         found.extend(
-            here / f for f in filenames if not f.startswith(".") and is_image_file(here / f)
+            here / f
+            for f in filenames
+            if not f.startswith(".") and f not in (outputs or ()) and is_image_file(here / f)
         )
     # name_key, as match_masks compares names: letter case and Unicode form aside.
     stems = {(p.parent, name_key(image_stem(p))) for p in found}

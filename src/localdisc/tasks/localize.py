@@ -35,6 +35,7 @@ from torch import Tensor
 
 from localdisc.data.io import ImageMeta, dim_note, read_image_meta
 from localdisc.data.preprocess import LUMA
+from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import ImageReadError, LocaldiscError
 from localdisc.tasks.predict import SkippedImages
 from localdisc.tasks.similarity import (
@@ -320,6 +321,11 @@ COORDINATES = (
 )
 
 
+#: The record of an overlay folder: the images its figures ``NAME.png`` are of
+#: (:data:`~localdisc.data.datasets.OUTPUT_RECORDS`).
+OVERLAY_RECORD = "overlays.json"
+
+
 def localize_images(
     model: ModelLike,
     template: str | Path,
@@ -348,6 +354,11 @@ def localize_images(
     skips = skips or SkippedImages(count=len(images))
     if overlay_dir is not None:
         check_overlay_dir(overlay_dir, images, template)
+        # Before the first figure: an overlay folder inside a folder of images is its
+        # outputs, not images (pooled, localised, fine-tuned on), however far a call got.
+        Path(overlay_dir).mkdir(parents=True, exist_ok=True)
+        record = {"images": [{"name": name} for name, _ in images]}
+        atomic_write_text(Path(overlay_dir) / OVERLAY_RECORD, json.dumps(record, indent=1))
     # Given the file, the localiser reads it once and names it in a landmark's error.
     localizer = Localizer(model, template, landmarks, config, device=device)
     template_image = localizer.template

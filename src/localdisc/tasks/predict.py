@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from localdisc.data.datasets import (
+    OUTPUT_RECORDS,
     MaskMatch,
     folder_image_files,
     image_modality,
@@ -68,11 +69,11 @@ def collect_images(
     holds a given image (its folder, or a file in it), an output that would replace a file no
     earlier run wrote (:func:`_written_before`) is refused: a true mask beside its image.
     ``shape-guided segment`` passes ``guard=False``: its names (``NAME_A_mask``) are no one's
-    masks, and a stopped segment leaves no record (``segment.json`` is written last). So are the
-    outputs in the
-    sub-folders of a given folder that hold an output record (:data:`OUTPUT_RECORDS`: ``--out
-    D/run1``, then ``--out D/run2``; those of the images it lists), said through ``log`` where
-    given; the images there are kept (a predict into its images' own folder).
+    masks, and a stopped segment leaves no record (``segment.json`` is written last). The
+    outputs that a record lists in a given folder or below it are left out as well, as every
+    folder of images leaves them out (:func:`~localdisc.data.datasets.folder_image_files`:
+    ``--out D/run1``, then ``--out D/run2``), said through ``log`` where given; the images there
+    are kept (a predict into its images' own folder).
     """
     paths = as_inputs(paths)
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
@@ -83,15 +84,13 @@ def collect_images(
         path = Path(raw).expanduser()
         if path.is_dir():
             here: list[tuple[str, Path]] = []
-            files = folder_image_files(path, exclude=_below(out, path))
-            for folder, names in _output_folders(path, files):
-                inside = [("", f) for f in files if folder in f.parents]
-                kept = {f for _, f in _without_outputs(inside, folder, _output_suffixes(), names)}
-                left_out = len(inside) - len(kept)
-                files = [f for f in files if folder not in f.parents or f in kept]
-                if left_out and log is not None:
+
+            def said(folder: Path, left_out: int) -> None:
+                if log is not None:
                     log(f"left out {left_out} file(s) in {folder}: the outputs of an earlier run "
                         "there, not images to segment")  # fmt: skip
+
+            files = folder_image_files(path, exclude=_below(out, path), on_outputs=said)
             for file in files:
                 parts = [*file.relative_to(path).parent.parts, image_stem(file)]
                 here.append(("_".join(parts), file))
@@ -141,11 +140,6 @@ def collect_images(
     return found
 
 
-#: The records of a folder of outputs: ``predict``'s, written first, and ``shape-guided
-#: segment``'s (:data:`~localdisc.tasks.shape_guided.SEGMENT_RECORD`), written last.
-OUTPUT_RECORDS = ("predict.json", "segment.json")
-
-
 def _written_before(folder: Path) -> set[str] | None:
     """The names of the images whose outputs an earlier run wrote in ``folder``: those its
     records list (:data:`OUTPUT_RECORDS`, ``vessels.csv``, a ``group-K``'s of ``shape-guided
@@ -153,7 +147,7 @@ def _written_before(folder: Path) -> set[str] | None:
     first mask); ``None`` (every name) where a network of ``shape-guided vessels`` of before
     that record is there. Another program's ``config.json`` is no record."""
     names: set[str] = set()
-    for record in OUTPUT_RECORDS:
+    for record in OUTPUT_RECORDS:  # overlays.json too: a folder of overlays as --out is rare
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             listed = json.loads((folder / record).read_text())["images"]
             names |= {entry["name"] for entry in listed}
@@ -165,31 +159,6 @@ def _written_before(folder: Path) -> set[str] | None:
             return None
         names |= set(network["writes"])
     return names
-
-
-def _output_folders(root: Path, files: Sequence[Path]) -> list[tuple[Path, set[str]]]:
-    """The folders strictly below ``root`` that hold ``files`` and an output record
-    (:data:`OUTPUT_RECORDS`), with the names of the images the record lists."""
-    below = {d for f in files for d in f.parents if d != root and root in d.parents}
-    found = []
-    for folder in sorted(below):
-        for record in OUTPUT_RECORDS:
-            try:
-                listed = json.loads((folder / record).read_text())["images"]
-                names = {entry["name"] for entry in listed}
-            except (OSError, ValueError, TypeError, KeyError):
-                continue
-            found.append((folder, names))
-            break
-    return found
-
-
-def _output_suffixes() -> tuple[str, ...]:
-    """What predict and shape-guided segment append to an image's name (read here, late:
-    shape_guided imports this module)."""
-    from localdisc.tasks.shape_guided import OUTPUT_SUFFIXES
-
-    return ("_prob", "_mask", *OUTPUT_SUFFIXES)
 
 
 #: What the error of an unreadable image adds where the command has other images to go on with.
