@@ -283,3 +283,18 @@ def test_a_model_s_weight_file_given_for_its_folder_names_the_folder(tmp_path):
     weights = tmp_path / "model" / "model.safetensors"
     with pytest.raises(CheckpointError, match="a file; give the folder that holds it and its "):
         Segmenter.from_pretrained(weights)
+
+
+def test_weights_beside_the_config_of_other_weights_are_told(tmp_path):
+    # A save cut between its two files (weights written, the config not) left another model's
+    # config beside them: `shape-guided vessels` reused them as its own network.
+    from localdisc.models.segmenter import read_config, saved_together
+
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path, {"note": "first"})
+    config = (tmp_path / "config.json").read_text()
+    torch.manual_seed(1)
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path, {"note": "second"})
+    assert saved_together(tmp_path, read_config(tmp_path))
+    (tmp_path / "config.json").write_text(config)
+    assert not saved_together(tmp_path, read_config(tmp_path))
+    assert saved_together(tmp_path, {"segmenter": {}})  # saved before the record

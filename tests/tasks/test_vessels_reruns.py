@@ -328,3 +328,42 @@ def test_a_rerun_into_the_images_folder_keeps_a_true_mask_of_an_image_added_sinc
     with pytest.raises(LocaldiscError, match=r"c_mask\.png: an output of this run would replace"):
         run([folder], folder)
     assert (folder / "c_mask.png").read_bytes() == drawn
+
+
+@pytest.mark.parametrize("failing", ["model.safetensors", "config.json"])
+def test_a_save_cut_short_never_passes_an_earlier_network_off_as_the_new_run_s(
+    tmp_path, monkeypatch, failing
+):
+    # Run A finished in OUT; run B, of other steps, failed to save (a full disk: the small
+    # config fitted, the weights did not; or a kill between the two files). Rerun, B found "a
+    # network of these settings" and segmented with A's, under B's config (reviewer).
+    import errno
+    from pathlib import Path
+
+    import localdisc.engine.checkpoint as checkpoint
+
+    photos = _photos(tmp_path / "photos", ["a", "b"])
+
+    def run(steps: int, out) -> str:
+        config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=steps, batch=2,
+                               painted=0, device="cpu")  # fmt: skip
+        segment_vessels_self_trained([photos], out, config=config, fraction=0.12, log=quiet)
+        return hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+
+    out = tmp_path / "out"
+    first = run(2, out)
+    real = checkpoint.atomic_write_bytes
+
+    def full(path, data):
+        if Path(path).name == failing:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
+    with pytest.raises(OSError, match="No space"):
+        run(4, out)
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", real)
+    again = run(4, out)
+    assert again != first
+    assert again == run(4, tmp_path / "uninterrupted")  # continued from its checkpoint
+    assert Segmenter.from_pretrained(out) is not None

@@ -155,13 +155,17 @@ class Segmenter(nn.Module):
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict | None = None) -> None:
-        """Write ``config.json`` (segmenter + extra) and ``model.safetensors``, each atomically.
+        """Write ``model.safetensors``, then ``config.json`` (segmenter + extra, and the
+        weights' SHA-256, :data:`WEIGHTS_HASH`), each atomically.
 
-        The config is made into JSON before anything is written, and written first: a config
-        that cannot be saved (a ``Path`` in ``extra``) left weights without a config, a folder
-        that no command could load.
+        The config is made into JSON before anything is written: a config that cannot be saved
+        (a ``Path`` in ``extra``) left weights without a config, a folder that no command could
+        load. A save cut between the two files (a full disk, a kill) leaves the config of
+        other weights beside these, which :func:`saved_together` tells: a rerun of
+        ``shape-guided vessels`` took an earlier network, under its own settings' config, for
+        its own.
         """
-        from localdisc.engine.checkpoint import atomic_save_safetensors, atomic_write_text
+        from localdisc.engine.checkpoint import atomic_save_safetensors, atomic_write_text, sha256
 
         out_dir = Path(out_dir)
         config = {**(extra or {}), "segmenter": asdict(self.config)}
@@ -170,8 +174,10 @@ class Segmenter(nn.Module):
         except (TypeError, ValueError) as exc:
             raise InputError(f"{out_dir}: the model's config is not JSON ({exc})") from exc
         out_dir.mkdir(parents=True, exist_ok=True)
+        weights = out_dir / "model.safetensors"
+        atomic_save_safetensors(self.state_dict(), weights)
+        text = json.dumps({**config, WEIGHTS_HASH: sha256(weights)}, indent=2)
         atomic_write_text(out_dir / "config.json", text)
-        atomic_save_safetensors(self.state_dict(), out_dir / "model.safetensors")
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, device: str = "cpu") -> Segmenter:
@@ -197,6 +203,22 @@ class Segmenter(nn.Module):
         state = load_safetensors(model_dir / "model.safetensors")
         load_matching_weights(model, state, model_dir / "model.safetensors")
         return model.to(device).eval()
+
+
+#: In a saved model's ``config.json``: the SHA-256 of the ``model.safetensors`` saved with it.
+WEIGHTS_HASH = "weights_sha256"
+
+
+def saved_together(model_dir: Path, config: dict) -> bool:
+    """Whether ``model_dir/model.safetensors`` is the file :meth:`Segmenter.save` wrote with
+    ``config`` (``model_dir``'s ``config.json``; folders saved before the record: taken to be).
+    A command that reuses a saved model as its own asks; loading does not refuse (weights cast
+    to float16 by hand load, as before)."""
+    from localdisc.engine.checkpoint import sha256
+
+    weights = model_dir / "model.safetensors"
+    recorded = config.get(WEIGHTS_HASH)
+    return not isinstance(recorded, str) or (weights.is_file() and sha256(weights) == recorded)
 
 
 def read_config(folder: str | Path) -> dict:

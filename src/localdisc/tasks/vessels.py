@@ -52,7 +52,7 @@ from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
 from localdisc.errors import ImageReadError, LocaldiscError
 from localdisc.eval.provenance import environment, resumed
-from localdisc.models.segmenter import Segmenter, read_config
+from localdisc.models.segmenter import Segmenter, read_config, saved_together
 from localdisc.tasks.predict import (
     METRICS,
     SkippedImages,
@@ -528,9 +528,12 @@ def _same_settings(out_dir: Path, settings: Mapping) -> bool:
     if not (out_dir / "model.safetensors").is_file():
         return False
     try:
-        saved = read_config(out_dir).get("self_trained_vessels")
+        config = read_config(out_dir)
     except LocaldiscError:
         return False
+    if not saved_together(out_dir, config):  # an earlier run's network beside this config
+        return False
+    saved = config.get("self_trained_vessels")
 
     def same(key: str, value: object) -> bool:
         if key == "student" and isinstance(value, dict) and isinstance(saved.get(key), dict):
