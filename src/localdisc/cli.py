@@ -811,7 +811,12 @@ def similarity(
     point: list[str] = typer.Option(
         ..., "--point", help="Query point X,Y in pixels of --image (x: column, y: row); repeatable."
     ),
-    targets: list[Path] = typer.Option([], "--targets", help="Other images; repeatable."),
+    targets: list[Path] = typer.Option(
+        [],
+        "--targets",
+        help="Other images, or folders of them (recursive, as localize --images; one found in a "
+        "folder is named as localize names it: a/x.png -> a_x); repeatable.",
+    ),
     out: Path = typer.Option(Path("similarity.png"), "--out", help="Figure to write."),
     level: str = typer.Option("pixel", help="pixel, or patch (pooled as in pre-training)."),
     size: int | None = typer.Option(
@@ -825,6 +830,7 @@ def similarity(
     best match in every target, and a figure (a row per point: the image with the point, then its
     map on each image, best match circled, a colour bar from -1 to 1)."""
     from localdisc.engine.distributed import resolve_device
+    from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import (
         check_inside,
         check_size,
@@ -841,14 +847,23 @@ def similarity(
     check_size(size, "--size")
     out = figure_path(out)
     _check_parent("--out", out)
-    _check_not_an_input("--out", out, [image, *targets, model])
-    query, *others = read_images([image, *targets], _log)
+    # A folder's images as localize finds and names them; a file keeps its file name. An --out
+    # in such a folder is one of them on a rerun: refused below, as a target file is.
+    named: list[tuple[str, Path]] = []
+    for target in targets:
+        if target.is_dir():
+            named += collect_images([target], suffixes=(), log=_log)
+        else:
+            named.append((target.name, target))
+    files = [file for _, file in named]
+    _check_not_an_input("--out", out, [image, *files, model])
+    query, *others = read_images([image, *files], _log)
     points = [parse_point(p) for p in point]
     for xy in points:
         check_inside("--point", xy, query.shape, str(image))
     loaded = load_model(model, device=str(resolve_device(device)))
     result = similarity_maps(loaded, query, points, others, level=level, size=size)
-    names = [image.name, *(t.name for t in targets)]
+    names = [image.name, *(name for name, _ in named)]
     written = similarity_figure(result, query, others, out, names)
     console.print(
         "points and best matches: (x, y) = (column, row) in each file's pixels; cosine "
@@ -856,8 +871,8 @@ def similarity(
     )
     for p, (x, y) in enumerate(points):
         best = ", ".join(
-            f"{_path(t.name)} ({bx:.0f}, {by:.0f}) cosine {sim[p][int(by), int(bx)]:.3f}"
-            for t, b, sim in zip(targets, result.best, result.targets, strict=True)
+            f"{_path(t)} ({bx:.0f}, {by:.0f}) cosine {sim[p][int(by), int(bx)]:.3f}"
+            for (t, _), b, sim in zip(named, result.best, result.targets, strict=True)
             for bx, by in [b[p]]
         )  # fmt: skip
         console.print(f"point ({x:g}, {y:g}): best match {best or '-'}")
@@ -1300,8 +1315,16 @@ benchmark_app = typer.Typer(help="Reproducible comparisons with tables and figur
 app.add_typer(benchmark_app, name="benchmark")
 
 
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _csv(option: str, text: str | None) -> list[str] | None:
+    """The items of a comma-separated option, ``None`` where it is not given. One given empty
+    (``--tasks ""``, or only commas) is refused: as ``[]`` it was read as not given, and the
+    whole default ran."""
+    if text is None:
+        return None
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise LocaldiscError(f"{option} is empty: give comma-separated values, or leave it out")
+    return items
 
 
 @benchmark_app.command("transfer")
@@ -1376,7 +1399,8 @@ def benchmark_transfer(
     )
 
     config = BenchmarkConfig(
-        inits=_csv(inits or ""), tasks=_csv(tasks or ""), labels=_csv(labels or ""), seeds=seeds,
+        inits=_csv("--inits", inits), tasks=_csv("--tasks", tasks),
+        labels=_csv("--labels", labels), seeds=seeds,
         data_root=data_root or default_data_root(), size=size, frozen_epochs=frozen_epochs,
         epochs=epochs, steps_per_epoch=steps_per_epoch, device=device, quick=quick,
         cpu_scale=cpu_scale, test_fraction=test_fraction, skip_bad=skip_bad,
@@ -1420,7 +1444,7 @@ def benchmark_localize(
     from localdisc.tasks.benchmark_transfer import default_data_root
 
     config = LocalizeBenchmarkConfig(
-        models=_csv(models or ""), tasks=_csv(tasks or "") or None,
+        models=_csv("--models", models) or [], tasks=_csv("--tasks", tasks),
         data_root=data_root or default_data_root(), size=size, max_test=max_test, device=device,
         quick=quick, seeds=seeds,
     )  # fmt: skip
@@ -1514,7 +1538,7 @@ def benchmark_shape_guided(
     from localdisc.tasks.benchmark_transfer import default_data_root
 
     config = ShapeBenchmarkConfig(
-        tasks=_csv(tasks or "") or None, priors=_csv(priors or "") or None, seeds=seeds,
+        tasks=_csv("--tasks", tasks), priors=_csv("--priors", priors), seeds=seeds,
         data_root=data_root or default_data_root(), init=str(init) if init else None, size=size,
         pool_size=pool_size, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
         stage1_seconds=stage1_seconds, stage2_seconds=stage2_seconds, batch=batch,
@@ -1588,8 +1612,8 @@ def benchmark_pretrain_methods(
     from localdisc.tasks.benchmark_transfer import default_data_root
 
     config = MethodsBenchmarkConfig(
-        methods=_csv(methods), pools=list(pool or []), budget_seconds=budget_seconds,
-        tasks=_csv(tasks or "") or None, labels=_csv(labels or "") or None, seeds=seeds,
+        methods=_csv("--methods", methods), pools=list(pool or []), budget_seconds=budget_seconds,
+        tasks=_csv("--tasks", tasks), labels=_csv("--labels", labels), seeds=seeds,
         data_root=data_root or default_data_root(), size=size, batch=batch, device=device,
         quick=quick, cpu_scale=cpu_scale, pretrain={"seed": pretrain_seed, "skip_bad": skip_bad},
         transfer={"skip_bad": skip_bad},

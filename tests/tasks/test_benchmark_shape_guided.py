@@ -565,6 +565,23 @@ def test_negative_step_counts_and_no_seed_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_no_stage_2_steps_is_refused_before_stage_1_pre_trains(tmp_path, monkeypatch):
+    """Every LD row trains a prior in stage 2: --stage2-steps 0 was refused by that training,
+    after stage 1 had pre-trained (hours at the defaults), also with a stage-2 time budget."""
+    import localdisc.tasks.benchmark_shape_guided as bench
+    from localdisc.errors import LocaldiscError
+
+    def pretrain_preset(settings, run_dir, log):
+        raise AssertionError(f"pre-trained {run_dir} before --stage2-steps 0 was refused")
+
+    monkeypatch.setattr(bench, "pretrain_preset", pretrain_preset)
+    for budget in (None, 60.0):
+        config = ShapeBenchmarkConfig(quick=True, stage2_steps=0, stage2_seconds=budget)
+        with pytest.raises(LocaldiscError, match="--stage2-steps must be at least 1, not 0"):
+            bench.run_shape_benchmark(config, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()  # no stage1-seed-0 folder
+
+
 def test_a_stopped_refinement_continues_from_its_checkpoint_in_the_run(tmp_path, monkeypatch):
     """`benchmark shape-guided` refined without a checkpoint: stopped in its refinement, the
     rerun trained it from step 0. It now keeps one in RUN/eval/refine-checkpoint, as

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -95,6 +97,37 @@ def test_similarity_cli_writes_the_figure_and_prints_best_matches(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sim.png").stat().st_size > 5_000
     assert result.output.count("best match b.png") == 2
+
+
+def test_similarity_cli_takes_folders_of_targets_as_localize_takes_images(tmp_path):
+    # `--targets FOLDER` was refused ("is a directory, not an image file"); localize, predict
+    # and view take folders.
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "more/b.png", "more/sub/c.png", "e.png"):
+        save(tmp_path / name, (rng.random((40, 48, 3)) * 255).astype(np.uint8))
+    out = tmp_path / "more" / "sim.png"
+    args = ["similarity", "--model", str(tmp_path / "run"), "--image", str(tmp_path / "a.png"),
+            "--point", "10,20", "--targets", str(tmp_path / "more"), "--targets",
+            str(tmp_path / "e.png"), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    match = r"\(\d+, \d+\) cosine -?\d\.\d{3}"
+    assert re.search(rf"best match b {match}, sub_c {match}, e\.png {match} figure", output), output
+    assert out.stat().st_size > 5_000
+    # Run again, the figure is among the folder's images: refused, not overwritten as a target.
+    result = CliRunner().invoke(app, args)
+    assert str(result.exception).startswith(f"--out {out} is an input of this command"), (
+        result.output
+    )
+    help_text = CliRunner().invoke(app, ["similarity", "--help"], env={"COLUMNS": "400"}).output
+    assert "Other images, or folders of them (recursive" in " ".join(help_text.split())
 
 
 def test_a_weight_file_of_a_run_loads_as_the_run(tmp_path):

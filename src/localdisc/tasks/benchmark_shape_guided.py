@@ -289,14 +289,16 @@ def run_shape_benchmark(
         )
     # A negative count used to give rows of networks that never trained; no seed, no LD rows.
     # --max-test -1 dropped the last image, 0 stopped after the pre-training, and
-    # --refine-size 0 was taken for the default while results.json said 0.
+    # --refine-size 0 was taken for the default while results.json said 0. Every LD row trains
+    # a prior in stage 2, which needs steps (--stage2-seconds only cuts them short): 0 was
+    # refused by that training, after stage 1.
     for option, value, least in (("--refine-steps", config.refine_steps, 0),
                                  ("--student-steps", config.student_steps, 0),
                                  ("--seeds", config.seeds, 1),
                                  ("--max-test", config.max_test, 1),
                                  ("--refine-size", config.refine_size, 16),
                                  ("--stage1-steps", config.stage1_steps, 0),
-                                 ("--stage2-steps", config.stage2_steps, 0)):  # fmt: skip
+                                 ("--stage2-steps", config.stage2_steps, 1)):  # fmt: skip
         if value is None:
             continue
         if value < least:
