@@ -110,6 +110,28 @@ def test_modality_and_target_problems_are_named(tmp_path):
         run_transfer(config, tmp_path / "b")
 
 
+def test_a_folder_guessed_of_another_modality_is_taken_as_the_init_s(tmp_path):
+    # Red-free fundus photographs are grey: a folder of them was guessed X-rays, and a fundus
+    # LD run's fine-tuning on them refused ("the data set is xray"), with no way on (reviewer).
+    from helpers import save
+    from localdisc.data.synthetic import synthetic_fundus
+    from localdisc.models import LDConfig, LDModel
+
+    for i in range(6):
+        eye = synthetic_fundus(64, seed=i)
+        save(tmp_path / "redfree" / f"eye{i}.png", (eye.image[..., 1] * 255).astype(np.uint8))
+        save(tmp_path / "redfree" / "masks" / f"eye{i}.png", (eye.vessels * 255).astype(np.uint8))
+    LDModel(LDConfig("fundus", width=4, depth=2, dim=8, clusters=4)).save(tmp_path / "ld")
+    said: list[str] = []
+    config = tiny(str(tmp_path / "redfree"), init=str(tmp_path / "ld"))
+    run_transfer(config, tmp_path / "ft", log=said.append)
+    assert any("its images look grey, guessed xray; taken as fundus" in line for line in said)
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["data"]["modality"] == "fundus"
+    # A data set of a known modality is not retaken: JSRT is of X-rays whatever the init
+    with pytest.raises(LocaldiscError, match="pre-trained on fundus"):
+        run_transfer(tiny("synthetic_xray:4", init=str(tmp_path / "ld")), tmp_path / "a")
+
+
 def folder_set(root, n: int = 8):
     """A folder set of ``n`` 64 x 64 synthetic X-rays with lung masks (no split)."""
     from helpers import save

@@ -1545,6 +1545,7 @@ class FolderDataset(SegmentationDataset):
         if modality is not None and modality not in ("fundus", "xray"):
             raise DatasetError(f"unknown modality {modality!r}; expected 'fundus' or 'xray'")
         self._given_modality = modality
+        self._modality_given = modality is not None
         self.mask_dir: Path | None = None
         super().__init__(root, split, skip_bad=skip_bad)
 
@@ -1600,6 +1601,17 @@ class FolderDataset(SegmentationDataset):
 
     def _guess_modality(self) -> str:
         return guess_modality([item.image for item in self.items[:5]]) or "fundus"
+
+    def assume_modality(self, modality: str) -> str | None:
+        """Take the images as ``modality`` where theirs was guessed, not given, and is another
+        (red-free fundus photographs are grey, and were guessed X-rays: a fundus model's
+        fine-tuning on them was refused); their channels are then converted as read. Returns
+        the modality guessed before, where it changed."""
+        guessed = self.modality
+        if self._modality_given or guessed == modality:
+            return None
+        self._given_modality = modality
+        return guessed
 
     @classmethod
     def pool_paths(cls, root: str | Path | None) -> list[Path]:

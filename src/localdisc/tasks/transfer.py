@@ -64,6 +64,7 @@ import torch
 
 from localdisc.data.datasets import (
     FOLDER_MASK_DIRS,
+    FolderDataset,
     Sample,
     SegmentationDataset,
     absolute_data_spec,
@@ -927,6 +928,16 @@ def _transfer(
     torch.manual_seed(seed)  # the new decoder's initial weights
     # The init's weights as loaded, for a later call into this folder (_check_init_weights).
     init_weights = init_fingerprint(config.init)
+    kind = init_modality(config.init)
+    guessed = (
+        train_set.assume_modality(kind) if isinstance(train_set, FolderDataset) and kind else None
+    )
+    if guessed is not None:
+        log(
+            f"{train_set.name}: its images look {'grey' if guessed == 'xray' else 'in colour'}, "
+            f"guessed {guessed}; taken as {kind}, as the init was pre-trained (red-free fundus "
+            "photographs are grey), their channels converted"
+        )
     model, pretrained = build_model(config.init, train_set.modality, config.size)
     train = _tensors(train_set, train_idx, target, config.size)
     val = _tensors(train_set, val_idx, target, config.size)
