@@ -839,5 +839,19 @@ def test_a_resume_refused_for_a_pool_that_held_a_runs_figures_names_that_run(tmp
     with pytest.raises(CheckpointError) as refused:
         pretrain(config, tmp_path / "run2", resume=True, log=lambda m: None)
     message = str(refused.value)
-    assert f"The data hold training runs ({data / 'run1'}), whose figures a run" in message
+    assert (
+        f"The data hold training runs or outputs of localdisc ({data / 'run1'}), which a run"
+        in message
+    )
     assert "Restore the data" in message  # the data may have changed too
+    # And the outputs of a predict there, pooled before 7a0ee12 and left out since
+    (data / "pred").mkdir()
+    (data / "pred" / "predict.json").write_text(json.dumps({"images": [{"name": "x"}]}))
+    (data / "pred" / "x_prob.png").write_bytes(
+        (data / sorted(p.name for p in data.glob("*.png"))[0]).read_bytes()
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=rf"\({re.escape(str(data / 'run1'))}, {re.escape(str(data / 'pred'))}\)",
+    ):
+        pretrain(config, tmp_path / "run2", resume=True, log=lambda m: None)

@@ -1443,6 +1443,18 @@ def _recorded_outputs(folder: Path, filenames: Sequence[str]) -> set[str] | None
     return {f for f in filenames if image_stem(f) in stems}
 
 
+def outputs_below(root: Path) -> list[Path]:
+    """The folders in or below ``root`` that hold outputs their records list
+    (:func:`_recorded_outputs`), which :func:`folder_image_files` leaves out."""
+    found = []
+    for dirpath, dirnames, filenames in walk(root):
+        if _run_below(Path(dirpath), root, filenames):
+            dirnames[:] = []
+        elif _recorded_outputs(Path(dirpath), filenames):
+            found.append(Path(dirpath))
+    return sorted(found)
+
+
 def folder_image_files(
     root: Path,
     *,

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from localdisc.data.datasets import (
     absolute_data_spec,
     absolute_path,
+    outputs_below,
     parse_data_spec,
     training_runs_below,
 )
@@ -545,17 +546,22 @@ def refuse_changed_pool(
     if not changes:
         return
     skip = "; with --skip-bad, the same files must be unreadable" if config.skip_bad else ""
-    # Pools leave out the training runs inside their data since 3866259 (2026-12-07): a run
-    # started before may have pooled their figures, though the data are as they were.
+    # Pools leave out the training runs inside their data since 3866259 (2026-12-07), and the
+    # outputs of predict, segment, vessels and localize --overlay since 7a0ee12 (the same day):
+    # a run started before may have pooled them, though the data are as they were.
+    roots = [
+        root for spec in config.data
+        if (root := parse_data_spec(spec)[1]) is not None and root.is_dir()
+    ]  # fmt: skip
     runs = [
-        run for spec in config.data if (root := parse_data_spec(spec)[1]) is not None
-        and root.is_dir() for run in training_runs_below(root)
-        if run.resolve() != run_dir.resolve()
+        *(run for root in roots for run in training_runs_below(root)
+          if run.resolve() != run_dir.resolve()),
+        *(folder for root in roots for folder in outputs_below(root)),
     ]  # fmt: skip
     shown = ", ".join(str(r) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
     held = (
-        f" The data hold training runs ({shown}), whose figures a run started before 2026-12-07 "
-        "pooled and pools have left out since: then only a new run goes on."
+        f" The data hold training runs or outputs of localdisc ({shown}), which a run started "
+        "before 2026-12-07 pooled and pools have left out since: then only a new run goes on."
         if runs
         else ""
     )
