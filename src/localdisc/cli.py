@@ -700,6 +700,12 @@ def finetune(
         '"skipped" in metrics.json, instead of stopping at the first; an unreadable mask still '
         "stops the run.",
     ),
+    modality: str | None = typer.Option(
+        None,
+        help="fundus or xray: a folder's images are of it; default: guessed from them (grey "
+        "ones are taken for X-rays: give fundus for red-free fundus photographs). A known data "
+        "set's are of its own.",
+    ),
 ) -> None:
     """Fine-tune a segmentation model with few labels (the paper's protocol) and evaluate it."""
     from localdisc.engine.finetune import FinetuneConfig
@@ -712,7 +718,7 @@ def finetune(
     )  # fmt: skip
     config = TransferConfig(
         dataset, target, init, labels, size, train=train, recalibrate_bn=recalibrate_bn,
-        test_fraction=test_fraction, skip_bad=skip_bad,
+        test_fraction=test_fraction, skip_bad=skip_bad, modality=modality,
     )  # fmt: skip
     # No --resume: the same command continues an interrupted run (its settings are checked).
     with _on_interrupt(lambda: _finetune_hint(out)):

@@ -110,9 +110,9 @@ def test_modality_and_target_problems_are_named(tmp_path):
         run_transfer(config, tmp_path / "b")
 
 
-def test_a_folder_guessed_of_another_modality_is_taken_as_the_init_s(tmp_path):
+def test_a_folder_s_modality_is_given_or_guessed_and_a_guess_of_another_is_named(tmp_path):
     # Red-free fundus photographs are grey: a folder of them was guessed X-rays, and a fundus
-    # LD run's fine-tuning on them refused ("the data set is xray"), with no way on (reviewer).
+    # LD run's fine-tuning on them refused ("the data set is xray") with no way on (reviewer).
     from helpers import save
     from localdisc.data.synthetic import synthetic_fundus
     from localdisc.models import LDConfig, LDModel
@@ -122,14 +122,33 @@ def test_a_folder_guessed_of_another_modality_is_taken_as_the_init_s(tmp_path):
         save(tmp_path / "redfree" / f"eye{i}.png", (eye.image[..., 1] * 255).astype(np.uint8))
         save(tmp_path / "redfree" / "masks" / f"eye{i}.png", (eye.vessels * 255).astype(np.uint8))
     LDModel(LDConfig("fundus", width=4, depth=2, dim=8, clusters=4)).save(tmp_path / "ld")
-    said: list[str] = []
     config = tiny(str(tmp_path / "redfree"), init=str(tmp_path / "ld"))
-    run_transfer(config, tmp_path / "ft", log=said.append)
-    assert any("its images look grey, guessed xray; taken as fundus" in line for line in said)
-    assert json.loads((tmp_path / "ft" / "config.json").read_text())["data"]["modality"] == "fundus"
-    # A data set of a known modality is not retaken: JSRT is of X-rays whatever the init
-    with pytest.raises(LocaldiscError, match="pre-trained on fundus"):
-        run_transfer(tiny("synthetic_xray:4", init=str(tmp_path / "ld")), tmp_path / "a")
+    guessed = r"data set is xray \(guessed from its images: grey; red-free fundus photographs"
+    with pytest.raises(LocaldiscError, match=guessed):
+        run_transfer(config, tmp_path / "a", log=lambda m: None)
+    # Given, for every init alike: LD and random runs read the images, and their FOVs, the same
+    for out, init in (("ft-ld", str(tmp_path / "ld")), ("ft-random", "random")):
+        given = replace(tiny(str(tmp_path / "redfree"), init=init), modality="fundus")
+        run_transfer(given, tmp_path / out, log=lambda m: None)
+        record = json.loads((tmp_path / out / "config.json").read_text())
+        assert record["data"]["modality"] == "fundus" and record["transfer"]["modality"] == "fundus"
+        assert record["data"]["images_look"] == "xray"
+    # predict's note of images unlike the model's training images: grey ones are like them
+    from localdisc.tasks.predict import predict_images
+
+    said: list[str] = []
+    predict_images(tmp_path / "ft-ld", [tmp_path / "redfree"], tmp_path / "p", log=said.append)
+    assert not any("may mean little" in line for line in said)
+    save(
+        tmp_path / "colour" / "eye.png", (synthetic_fundus(64, seed=9).image * 255).astype(np.uint8)
+    )
+    predict_images(tmp_path / "ft-ld", [tmp_path / "colour"], tmp_path / "q", log=said.append)
+    assert any("are colour" in line and "trained on grey fundus" in line for line in said)
+    # A known data set's images are of its own modality
+    with pytest.raises(LocaldiscError, match="synthetic_xray holds xray images, not fundus"):
+        run_transfer(replace(tiny("synthetic_xray:4"), modality="fundus"), tmp_path / "b")
+    with pytest.raises(LocaldiscError, match="--modality must be fundus or xray"):
+        replace(tiny("synthetic_xray:4"), modality="ct")
 
 
 def folder_set(root, n: int = 8):

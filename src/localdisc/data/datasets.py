@@ -1557,7 +1557,6 @@ class FolderDataset(SegmentationDataset):
         if modality is not None and modality not in ("fundus", "xray"):
             raise DatasetError(f"unknown modality {modality!r}; expected 'fundus' or 'xray'")
         self._given_modality = modality
-        self._modality_given = modality is not None
         self.mask_dir: Path | None = None
         super().__init__(root, split, skip_bad=skip_bad)
 
@@ -1608,22 +1607,12 @@ class FolderDataset(SegmentationDataset):
     @property
     def modality(self) -> str:
         if self._given_modality is None:
-            self._given_modality = self._guess_modality()
+            self._given_modality = self.guessed_modality()
         return self._given_modality
 
-    def _guess_modality(self) -> str:
+    def guessed_modality(self) -> str:
+        """The modality the images look like (their first five), whatever was given."""
         return guess_modality([item.image for item in self.items[:5]]) or "fundus"
-
-    def assume_modality(self, modality: str) -> str | None:
-        """Take the images as ``modality`` where theirs was guessed, not given, and is another
-        (red-free fundus photographs are grey, and were guessed X-rays: a fundus model's
-        fine-tuning on them was refused); their channels are then converted as read. Returns
-        the modality guessed before, where it changed."""
-        guessed = self.modality
-        if self._modality_given or guessed == modality:
-            return None
-        self._given_modality = modality
-        return guessed
 
     @classmethod
     def pool_paths(cls, root: str | Path | None) -> list[Path]:
@@ -1929,10 +1918,22 @@ def image_modality(image: np.ndarray) -> str | None:
 
 
 def load_data_spec(
-    spec: str | os.PathLike[str], split: str | None = None, *, skip_bad: bool = False
+    spec: str | os.PathLike[str],
+    split: str | None = None,
+    *,
+    skip_bad: bool = False,
+    modality: str | None = None,
 ) -> SegmentationDataset:
-    """:func:`load_dataset` on a data spec (see :func:`parse_data_spec`)."""
+    """:func:`load_dataset` on a data spec (see :func:`parse_data_spec`). ``modality``: a
+    folder's images are of it (``None``: guessed from them); a known data set's are of its own,
+    and another is refused."""
     name, root = parse_data_spec(spec)
+    if modality is None or name == "folder":
+        options = {} if modality is None else {"modality": modality}
+        return load_dataset(name, root, split, skip_bad=skip_bad, **options)
+    own = dataset_class(name).default_modality
+    if modality != own:
+        raise DatasetError(f"{spec}: {name} holds {own} images, not {modality}")
     return load_dataset(name, root, split, skip_bad=skip_bad)
 
 

@@ -463,6 +463,8 @@ def predict_images(
         written = []
         peaks: list[tuple[str, float]] = []
         unlike: list[str] = []  # images that look of another modality than the model's
+        # its training images' look: red-free photographs are grey, for a fundus model
+        trained_on = (config.get("data") or {}).get("images_look", model.config.modality)
         with ProgressBar(len(files), 0, progress, "predict", unit="image") as bar:
             for i, (name, path) in enumerate(files):
                 read = skips.read_replacing(name, path, out_dir, files, read_image)
@@ -471,7 +473,7 @@ def predict_images(
                     continue
                 image = read[0]
                 peaks.append((name, float(image.max())))
-                if image_modality(image) not in (None, model.config.modality):
+                if image_modality(image) not in (None, trained_on):
                     unlike.append(name)
                 prob_small, prob = model.predict_maps(image)
                 if fovs is not None:  # the outputs; the paper's Dice takes the model's whole
@@ -492,7 +494,7 @@ def predict_images(
         if note is not None:
             log(f"note: {note}")
         if unlike:  # a fundus model on radiographs was run without a word
-            looks, trained = (("grey", "colour") if model.config.modality == "fundus"
+            looks, trained = (("grey", "colour") if trained_on == "fundus"
                               else ("colour", "grey"))  # fmt: skip
             log(f"note: {len(unlike)} of {len(peaks)} image(s) are {looks} (first: {unlike[0]}), "
                 f"and the model was trained on {trained} {model.config.modality} images: its "

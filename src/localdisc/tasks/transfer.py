@@ -151,6 +151,9 @@ class TransferConfig:
     # every image read once first, before the split is drawn; listed under "skipped" in
     # metrics.json. Without, the first one stops the run. Not compared on a rerun (protocol).
     skip_bad: bool = False
+    # A folder's images are of this modality, "fundus" or "xray" (None: guessed from them, grey
+    # ones taken for X-rays; red-free fundus photographs are grey). Records without it guessed.
+    modality: str | None = None
     train: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
@@ -161,6 +164,8 @@ class TransferConfig:
         self.init = absolute_init(str(self.init))
         check_size(self.size)
         check_test_fraction(self.test_fraction)
+        if self.modality not in (None, "fundus", "xray"):
+            raise LocaldiscError(f"--modality must be fundus or xray, not {self.modality!r}")
 
 
 def check_test_fraction(fraction: object) -> None:
@@ -364,17 +369,18 @@ def _refuse_fields_of_view(train: SegmentationDataset) -> None:
 
 
 def load_task_data(
-    spec: str, target: str | None
+    spec: str, target: str | None, modality: str | None = None
 ) -> tuple[SegmentationDataset, SegmentationDataset | None, str]:
     """A task's training images (all of a set without splits) and its test split (``None``:
     it has none), each loaded once, and its target; or the error naming the folder and the
     problem: no masks, none of ``target`` (in the test split too where there is one: DRIVE's
     public download has no test tracings), a mask of another size than its image (from the
     headers: a fine-tuning reads some masks only after training): what a benchmark checks
-    before any training, its plan then counting the images."""
+    before any training, its plan then counting the images. ``modality``: a folder's images
+    are of it (``None``: guessed; :func:`~localdisc.data.datasets.load_data_spec`)."""
     name = parse_data_spec(spec)[0]
     splits = _splits(spec)
-    train = load_data_spec(spec, "train" if "train" in splits else None)
+    train = load_data_spec(spec, "train" if "train" in splits else None, modality=modality)
     if name == "folder" and not train.targets:  # images alone: fine to pre-train on
         known = _known_layout(train.root) if train.root is not None else None
         hint = (
@@ -387,7 +393,7 @@ def load_task_data(
     if name == "folder" and train.root is not None:
         _refuse_fields_of_view(train)
     target = _resolve_target(train, target)
-    test = load_data_spec(spec, "test") if "test" in splits else None
+    test = load_data_spec(spec, "test", modality=modality) if "test" in splits else None
     if test is not None:
         _resolve_target(test, target)
     for dataset in (train, test):
@@ -404,16 +410,20 @@ def init_modality(init: str | Path) -> str | None:
     return LDConfig.from_run(init).modality
 
 
-def build_model(init: str | Path, modality: str, size: int) -> tuple[Segmenter, bool]:
+def build_model(
+    init: str | Path, modality: str, size: int, guessed: str = ""
+) -> tuple[Segmenter, bool]:
     """A segmenter from the encoder of an LD run (or of one of its weight files, as
     :meth:`Segmenter.from_ld_run` takes them), or randomly initialised; and whether
-    pre-trained."""
+    pre-trained. ``guessed``: what the error of another modality adds where the data set's
+    was guessed."""
     if str(init) == "random":
         return Segmenter(modality=modality, size=size), False
     model = Segmenter.from_ld_run(init, size=size)
     if model.config.modality != modality:
         raise LocaldiscError(
             f"{init}: pre-trained on {model.config.modality} images, but the data set is {modality}"
+            + guessed
         )
     return model, True
 
@@ -534,6 +544,7 @@ def _history_csv(phases: list) -> str:
 FLAGS = {
     "dataset": "--dataset", "target": "--target", "init": "--init", "labels": "--labels",
     "test_fraction": "--test-fraction", "size": "--size", "recalibrate_bn": "--recalibrate-bn",
+    "modality": "--modality",
     "train.frozen_epochs": "--frozen-epochs", "train.epochs": "--epochs", "train.batch": "--batch",
     "train.steps_per_epoch": "--steps-per-epoch", "train.lr": "--lr", "train.seed": "--seed",
 }  # fmt: skip
@@ -636,7 +647,7 @@ def _check_listing(out_dir: Path, config: TransferConfig, advice: str) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return
     try:
-        train_set, test, _ = load_task_data(config.dataset, config.target)
+        train_set, test, _ = load_task_data(config.dataset, config.target, config.modality)
     except LocaldiscError:
         return  # the run itself says what is wrong with the data
     skipped = set(saved.get("skipped", []))
@@ -768,7 +779,7 @@ def _run_transfer(
     t0 = time.perf_counter()
     # where and when; outside "transfer": never compared
     env = environment(config.train.device, amp=config.train.amp)
-    train_set, test, target = load_task_data(config.dataset, config.target)
+    train_set, test, target = load_task_data(config.dataset, config.target, config.modality)
     if test is not None and config.test_fraction != FOLDER_TEST_FRACTION:
         raise LocaldiscError(
             f"{config.dataset} has its own test split ({len(test)} images): --test-fraction "
@@ -928,17 +939,13 @@ def _transfer(
     torch.manual_seed(seed)  # the new decoder's initial weights
     # The init's weights as loaded, for a later call into this folder (_check_init_weights).
     init_weights = init_fingerprint(config.init)
-    kind = init_modality(config.init)
     guessed = (
-        train_set.assume_modality(kind) if isinstance(train_set, FolderDataset) and kind else None
+        f" (guessed from its images: {'grey' if train_set.modality == 'xray' else 'colour'}; "
+        "red-free fundus photographs are grey: give --modality, TransferConfig.modality)"
+        if isinstance(train_set, FolderDataset) and config.modality is None
+        else ""
     )
-    if guessed is not None:
-        log(
-            f"{train_set.name}: its images look {'grey' if guessed == 'xray' else 'in colour'}, "
-            f"guessed {guessed}; taken as {kind}, as the init was pre-trained (red-free fundus "
-            "photographs are grey), their channels converted"
-        )
-    model, pretrained = build_model(config.init, train_set.modality, config.size)
+    model, pretrained = build_model(config.init, train_set.modality, config.size, guessed)
     train = _tensors(train_set, train_idx, target, config.size)
     val = _tensors(train_set, val_idx, target, config.size)
     peaks = dict(  # by name: with few labels, the validation images are the training ones
@@ -958,6 +965,9 @@ def _transfer(
     step = max(1, -(-len(unlabelled) // UNLABELLED_BN))
     bn_unlabelled = unlabelled[::step]
     bn_idx = sorted(pool + bn_unlabelled)
+    looks = (
+        train_set.guessed_modality() if isinstance(train_set, FolderDataset) else train_set.modality
+    )
     meta = {
         "transfer": asdict(config),
         **({"init_weights": init_weights} if init_weights else {}),
@@ -965,6 +975,9 @@ def _transfer(
             "dataset": train_set.name,
             "target": target,
             "modality": train_set.modality,
+            # Grey photographs given as fundus (red-free): predict's note of images unlike the
+            # model's compares with these
+            **({"images_look": looks} if looks != train_set.modality else {}),
             "train_images": [train_set.items[i].name for i in train_idx],
             "val_images": [train_set.items[i].name for i in val_idx],
             "validation": val_note,
