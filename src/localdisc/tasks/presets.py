@@ -110,42 +110,6 @@ def weights_sha256(run: str | Path) -> str:
     return sha256(folder / weights)
 
 
-def refuse_changed_data(config: PretrainConfig, run_dir: Path) -> None:
-    """Refuse a finished run in ``run_dir`` whose data now list another number of image files
-    than its pool held (with those ``--skip-bad`` left out): a data set completed or pruned
-    since. Reused unseen, it stood for a pre-training on the data as they are (a label-free
-    benchmark scored test images its network never saw). Files are listed, not decoded, so
-    only pools of folders and data sets alone, all of whose files were read (no
-    ``max_images``), are checked; generated images cannot change."""
-    from localdisc.data.datasets import pool_image_paths
-
-    try:
-        record = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return  # a run folder without its record: nothing to compare with
-    pool = record.get("pool") if isinstance(record, dict) else None
-    synthetic = ("synthetic_", "skimage:")
-    if (
-        not isinstance(pool, dict)
-        or not isinstance(pool.get("images"), int)
-        or config.max_images is not None
-        or any(spec.lower().startswith(synthetic) for spec in config.data)
-    ):
-        return
-    pooled = pool["images"] + len(record.get("skipped_files") or [])
-    try:
-        listed = len({path.resolve() for spec in config.data for path in pool_image_paths(spec)})
-    except (LocaldiscError, OSError):
-        return  # the data moved or gone: a finished run is still of use (its weights)
-    if listed != pooled:
-        raise LocaldiscError(
-            f"{run_dir}: its pre-training read {pooled} image files of "
-            f"{', '.join(config.data)}, which now list {listed} (a data set completed or "
-            "pruned since?): reused, it would stand for a pre-training on these. Delete the "
-            "folder to pre-train again on the data as they are, or restore them"
-        )
-
-
 def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> Path:
     """Pre-train with ``settings`` (PretrainConfig fields) into ``run_dir``, or reuse a finished
     run there; an interrupted one is resumed. Refused as :func:`check_preset` refuses, and where
@@ -167,7 +131,6 @@ def pretrain_preset(settings: dict[str, Any], run_dir: Path, log: Callable[[str]
                 "delete the folder to pre-train it again from these"
             )
     if (run_dir / "encoder.safetensors").is_file():
-        refuse_changed_data(config, run_dir)
         log(f"reusing the LD pre-training in {run_dir}")
         return run_dir
     resume = (run_dir / "config.json").is_file()
