@@ -853,12 +853,15 @@ def similarity(
     check_size(size, "--size")
     out = figure_path(out)
     _check_parent("--out", out)
-    # A folder's images as localize finds and names them; a file keeps its file name. An --out
-    # in such a folder is one of them on a rerun: refused below, as a target file is.
+    # A folder's images as localize finds and names them, but the query image and the figure
+    # of an earlier call (--out in it: a rerun was refused, or scored the figure); a file
+    # keeps its file name.
     named: list[tuple[str, Path]] = []
+    own = {image.resolve(), out.resolve()}
     for target in targets:
         if target.is_dir():
-            named += collect_images([target], suffixes=(), log=_log)
+            found = collect_images([target], suffixes=(), log=_log)
+            named += [(n, f) for n, f in found if f.resolve() not in own]
         else:
             named.append((target.name, target))
     files = [file for _, file in named]

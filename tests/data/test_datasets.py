@@ -1142,23 +1142,44 @@ def test_a_folder_leaves_out_the_outputs_its_records_list(tmp_path):
     image = np.full((20, 24, 3), 120, np.uint8)
     files = ["a", "b", "pred/a_prob", "pred/a_mask", "pred/b_prob", "pred/figures/overlay",
              "seg/a_A_prob", "seg/a_uncertainty", "seg/run-0/a_A_mask", "ov/a", "ves/a_mask",
-             "ves/group-1/b_mask", "own/x_prob", "own/x_mask"]  # fmt: skip
+             "ves/b_mask", "ves/group-1/b_mask", "own/x_prob", "own/x_mask"]  # fmt: skip
     for name in files:
         save(tmp_path / f"{name}.png", image)
-    listed = json.dumps({"images": [{"name": "a"}, {"name": "b"}]})
-    for record in ("pred/predict.json", "seg/segment.json", "ov/overlays.json"):
-        (tmp_path / record).write_text(listed)
-    # A vessels network writes its list before its first mask (vessels.csv after the last)
-    (tmp_path / "ves" / "config.json").write_text(
-        json.dumps({"self_trained_vessels": {}, "writes": ["a"]})
-    )
+    listed = {"images": [{"name": "a"}, {"name": "b"}]}
+    for record in ("pred/predict.json", "ov/overlays.json"):
+        (tmp_path / record).write_text(json.dumps(listed))
+    (tmp_path / "seg/segment.json").write_text(json.dumps({**listed, "parts": ["run-0"]}))
+    # A stopped --teach-all: group 1's masks copied up, no vessels.csv yet; each group's
+    # network lists what it writes before its first mask
+    vessels = {"self_trained_vessels": {}, "writes": ["b"]}
+    (tmp_path / "ves" / "group-1" / "config.json").write_text(json.dumps(vessels))
     said: list[tuple[Path, int]] = []
     found = folder_image_files(tmp_path, on_outputs=lambda f, n: said.append((f, n)))
     # own/: no record says x_prob is an output (x_mask is x_prob's? no: no image x beside it)
-    expected = ["a.png", "b.png", "own/x_mask.png", "own/x_prob.png"]
+    expected = ["a.png", "b.png", "own/x_mask.png", "own/x_prob.png", "ves/a_mask.png"]
     assert [p.relative_to(tmp_path).as_posix() for p in found] == expected
     assert [p.relative_to(tmp_path).as_posix() for p in pool_image_paths(str(tmp_path))] == expected
-    assert sorted((f.name, n) for f, n in said) == [("ov", 1), ("pred", 3), ("seg", 2), ("ves", 1)]
-    # An image of one's own among the outputs, of a name no record lists, stays an image
-    save(tmp_path / "pred" / "c.png", image)
-    assert tmp_path / "pred" / "c.png" in folder_image_files(tmp_path)
+    shown = sorted((f.relative_to(tmp_path).as_posix(), n) for f, n in said)
+    assert shown == [("ov", 1), ("pred", 3), ("pred/figures", 1), ("seg", 2), ("ves", 1),
+                     ("ves/group-1", 1)]  # fmt: skip
+
+
+def test_a_folder_keeps_the_images_a_record_beside_them_does_not_list(tmp_path):
+    # Leaving out sub-folders by their names (group-K/, run-K/, figures/) beside any record
+    # dropped a cohort's images, and a predict rerun deleted their masks; an overlay's name
+    # dropped the radiograph NAME.jpg; another tool's vessels.csv made a folder outputs
+    # (reviewer).
+    import json
+
+    from localdisc.data.datasets import folder_image_files
+
+    image = np.full((20, 24, 3), 120, np.uint8)
+    for name in ("top.png", "group-1/p0.png", "run-2/p1.png", "figures/scan.png", "n0.jpg",
+                 "n0.png", "unusual/u.png", "c/case.png"):  # fmt: skip
+        save(tmp_path / name, image)
+    (tmp_path / "predict.json").write_text(json.dumps({"images": [{"name": "top"}]}))
+    (tmp_path / "overlays.json").write_text(json.dumps({"images": [{"name": "n0"}]}))
+    (tmp_path / "c" / "vessels.csv").write_text("subject,tortuosity\ncase,1.2\n")
+    found = [p.relative_to(tmp_path).as_posix() for p in folder_image_files(tmp_path)]
+    assert found == ["c/case.png", "figures/scan.png", "group-1/p0.png", "n0.jpg", "run-2/p1.png",
+                     "top.png", "unusual/u.png"]  # fmt: skip

@@ -974,3 +974,15 @@ def test_predict_scores_the_masks_it_writes_at_its_threshold(tmp_path):
     assert metrics["per_image"][0]["sensitivity"] == pytest.approx(
         (written & truth).sum() / truth.sum(), abs=1e-6
     )
+
+
+def test_an_overlay_record_does_not_let_predict_replace_a_hand_drawn_mask(tmp_path):
+    # localize --overlay D wrote overlays.json there; its names counted as "written before",
+    # and a predict into D replaced n0_mask.png, drawn by hand since (reviewer)
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    folder = tmp_path / "d"
+    save(folder / "n0.jpg", np.full((20, 24, 3), 120, np.uint8))
+    save(folder / "n0_mask.png", np.zeros((20, 24), np.uint8))
+    (folder / "overlays.json").write_text(json.dumps({"images": [{"name": "n0"}]}))
+    with pytest.raises(LocaldiscError, match=r"n0_mask\.png: an output of this run would replace"):
+        predict_images(tmp_path / "model", [folder / "n0.jpg"], folder, device="cpu")

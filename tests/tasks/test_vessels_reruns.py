@@ -367,3 +367,20 @@ def test_a_save_cut_short_never_passes_an_earlier_network_off_as_the_new_run_s(
     assert again != first
     assert again == run(4, tmp_path / "uninterrupted")  # continued from its checkpoint
     assert Segmenter.from_pretrained(out) is not None
+
+
+def test_a_network_changed_since_its_save_is_refused_not_trained_over(tmp_path):
+    # Weights cast to float16 by hand were trained over silently, the reviewed masks rewritten
+    from safetensors.torch import load_file, save_file
+
+    photos = _photos(tmp_path / "photos", ["a"])
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, batch=2, painted=0,
+                           device="cpu")  # fmt: skip
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, config=config, fraction=0.12, log=quiet)
+    weights = out / "model.safetensors"
+    save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
+    before = _digest(out)
+    with pytest.raises(LocaldiscError, match="not the network saved with the config.json"):
+        segment_vessels_self_trained([photos], out, config=config, fraction=0.12, log=quiet)
+    assert _digest(out) == before

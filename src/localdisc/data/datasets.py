@@ -1400,47 +1400,80 @@ OUTPUT_RECORDS: dict[str, tuple[str, ...]] = {
 }
 
 
-#: The sub-folders of a folder of outputs that hold outputs alone: figures, an ensemble's runs
-#: (``shape-guided segment``), ``--teach-all``'s groups and the network of the unusual images
-#: (``shape-guided vessels``).
-_OUTPUT_FOLDER = re.compile(r"figures|(run|group)-\d+|unusual")
+#: What a command writes into a folder of outputs besides NAME's files: its figure.
+_OUTPUT_FIGURE = Path("figures") / "overlay.png"
 
 
-def _recorded_outputs(folder: Path, filenames: Sequence[str]) -> set[str] | None:
-    """The ``filenames`` of ``folder`` that a command of this package wrote there as outputs
-    for the images its records list (:data:`OUTPUT_RECORDS`; ``shape-guided vessels``'
-    ``vessels.csv`` and the ``"writes"`` of its network's ``config.json``: ``NAME_prob`` and
-    ``NAME_mask``); None where there is no such record."""
+class _Outputs(NamedTuple):
+    """What a folder's records say a command of this package wrote there: ``files`` (names in
+    the folder, and ``figures/overlay.png``) and ``folders`` (its own sub-folders: an
+    ensemble's ``run-K`` parts)."""
+
+    files: set[str]
+    folders: set[str]
+
+
+def _vessels_writes(config: Path) -> set[str] | None:
+    """The images a ``shape-guided vessels`` network's ``config.json`` says it writes masks
+    of (listed before its first mask), or None where it is no such network's."""
+    try:
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or "self_trained_vessels" not in saved:
+        return None
+    return {str(name) for name in saved.get("writes") or []}
+
+
+def _recorded_outputs(
+    folder: Path, filenames: Sequence[str], dirnames: Sequence[str] = ()
+) -> _Outputs | None:
+    """The outputs a command of this package wrote in ``folder`` (its ``filenames`` and
+    ``dirnames``) for the images its records list, None where there is no record:
+    :data:`OUTPUT_RECORDS` (NAME plus the command's endings; an overlay is ``NAME.png``;
+    ``segment.json``'s ``parts``), ``shape-guided vessels``' ``vessels.csv`` (parsed, with its
+    ``image`` column) and the ``"writes"`` of its networks' ``config.json`` (its own, and its
+    ``group-K`` ones: a stopped ``--teach-all`` copied the masks of the groups done), each
+    ``NAME_prob`` and ``NAME_mask``. A user's images there of other names stay images."""
     stems: set[str] = set()
+    exact: set[str] = set()
+    parts: set[str] = set()
     recorded = False
     for record, suffixes in OUTPUT_RECORDS.items():
-        if record in filenames:
-            try:
-                names = {e["name"] for e in json.loads((folder / record).read_text())["images"]}
-            except (OSError, ValueError, TypeError, KeyError):
-                continue
-            stems |= {name + s for name in names for s in suffixes}
-            recorded = True
+        if record not in filenames:
+            continue
+        try:
+            saved = json.loads((folder / record).read_text())
+            names = {str(e["name"]) for e in saved["images"]}
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        recorded = True
+        if suffixes == ("",):  # an overlay: NAME.png itself, not the image NAME.jpg
+            exact |= {f"{name}.png" for name in names}
+        stems |= {name + s for name in names for s in suffixes if s}
+        if isinstance(saved.get("parts"), list):
+            parts |= {str(p) for p in saved["parts"]}
     vessels: set[str] = set()
     if "vessels.csv" in filenames:
-        recorded = True
         table = folder / "vessels.csv"
         with (
             contextlib.suppress(OSError, KeyError, UnicodeDecodeError, csv.Error),
             table.open(newline="") as file,
         ):
-            vessels |= {row["image"] for row in csv.DictReader(file)}
-    if "config.json" in filenames:
-        with contextlib.suppress(OSError, ValueError):
-            saved = json.loads((folder / "config.json").read_text())
-            if isinstance(saved, dict) and "self_trained_vessels" in saved:
-                # written before its first mask (vessels.csv: after the last)
-                vessels |= {str(name) for name in saved.get("writes") or []}
-                recorded = True
+            vessels |= {row["image"] for row in csv.DictReader(file)}  # KeyError: another's
+            recorded = True
+    networks = [folder / "config.json"] if "config.json" in filenames else []
+    networks += [folder / d / "config.json" for d in dirnames if re.fullmatch(r"group-\d+", d)]
+    for network in networks:
+        writes = _vessels_writes(network)
+        if writes is not None:
+            vessels |= writes
+            recorded = True
     if not recorded:
         return None
     stems |= {name + s for name in vessels for s in ("_prob", "_mask")}
-    return {f for f in filenames if image_stem(f) in stems}
+    files = {f for f in filenames if f in exact or image_stem(f) in stems}
+    return _Outputs(files | {_OUTPUT_FIGURE.as_posix()}, parts & set(dirnames))
 
 
 def outputs_below(root: Path) -> list[Path]:
@@ -1450,7 +1483,7 @@ def outputs_below(root: Path) -> list[Path]:
     for dirpath, dirnames, filenames in walk(root):
         if _run_below(Path(dirpath), root, filenames):
             dirnames[:] = []
-        elif _recorded_outputs(Path(dirpath), filenames):
+        elif _recorded_outputs(Path(dirpath), filenames, dirnames):
             found.append(Path(dirpath))
     return sorted(found)
 
@@ -1478,27 +1511,31 @@ def folder_image_files(
     base stem beside it is an image.
     """
     found: list[Path] = []
+    written: set[Path] = set()  # the outputs the records of the folders walked so far list
     for dirpath, dirnames, filenames in walk(root):
         here = Path(dirpath)
         if _run_below(here, root, filenames):
             dirnames[:] = []
             continue
-        outputs = _recorded_outputs(here, filenames)
+        outputs = _recorded_outputs(here, filenames, dirnames)
+        if outputs is not None:  # its figure lies below it
+            written |= {here / f for f in outputs.files}
         dirnames[:] = sorted(
             d
             for d in dirnames
             if not d.startswith(".")
             and d.lower() not in MASK_DIR_NAMES
             and (exclude is None or here / d != exclude)
-            and not (outputs is not None and _OUTPUT_FOLDER.fullmatch(d))
+            and not (outputs is not None and d in outputs.folders)
         )
-        if outputs and on_outputs is not None:
-            on_outputs(here, len(outputs))
+        left_out = [f for f in filenames if here / f in written]
+        if left_out and on_outputs is not None:
+            on_outputs(here, len(left_out))
         # The whole path: a DICOM file named without a suffix is known by its content.
         found.extend(
             here / f
             for f in filenames
-            if not f.startswith(".") and f not in (outputs or ()) and is_image_file(here / f)
+            if not f.startswith(".") and here / f not in written and is_image_file(here / f)
         )
     # name_key, as match_masks compares names: letter case and Unicode form aside.
     stems = {(p.parent, name_key(image_stem(p))) for p in found}

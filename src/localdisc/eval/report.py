@@ -191,8 +191,10 @@ def runs_made_at(
     )
 
 
-def _test_images_line(runs: list[dict[str, Any]], max_test: int | None) -> str:
-    """How many test images each task's runs were scored on (``results.json`` alone said it)."""
+def _test_images_line(runs: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    """How many test images each task's runs were scored on (``results.json`` alone said it),
+    and the cap that ``config`` (the benchmark's) set: ``--quick``'s, or ``--max-test``'s
+    (``benchmark shape-guided``: the transfer benchmarks have no such option)."""
     counts: dict[str, set[int]] = {}
     for run in runs:
         for _, metrics in _rows_of(run):
@@ -200,7 +202,9 @@ def _test_images_line(runs: list[dict[str, Any]], max_test: int | None) -> str:
     shown = ", ".join(
         f"{task} {min(n)}" + (f" to {max(n)}" if len(n) > 1 else "") for task, n in counts.items()
     )
-    cap = f" (--max-test {max_test}: the first of each test split)" if max_test else ""
+    max_test = config.get("max_test")
+    flag = "--quick" if config.get("quick") else f"--max-test {max_test}"
+    cap = f" ({flag}: the first {max_test} of each test split)" if max_test else ""
     return f"Test images per run: {shown}{cap}."
 
 
@@ -241,7 +245,7 @@ def write_report(
         ]
     lines = [f"# {title}", "", *intro, ""]
     if results.get("runs"):  # a --quick or --max-test run scores a few images: say how many
-        lines += [_test_images_line(results["runs"], config.get("max_test")), ""]
+        lines += [_test_images_line(results["runs"], config), ""]
     if results.get("own_tasks"):  # the columns' labels of data sets named by their folders
         lines += ["## Data sets of your own", ""]
         lines += [f"- {label}: {about}" for label, about in results["own_tasks"].items()]

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from localdisc.data.datasets import (
-    OUTPUT_RECORDS,
     MaskMatch,
     folder_image_files,
     image_modality,
@@ -142,12 +141,13 @@ def collect_images(
 
 def _written_before(folder: Path) -> set[str] | None:
     """The names of the images whose outputs an earlier run wrote in ``folder``: those its
-    records list (:data:`OUTPUT_RECORDS`, ``vessels.csv``, a ``group-K``'s of ``shape-guided
-    vessels --teach-all``, the ``"writes"`` of its network's ``config.json``, written before its
-    first mask); ``None`` (every name) where a network of ``shape-guided vessels`` of before
-    that record is there. Another program's ``config.json`` is no record."""
+    records list (``predict.json``, ``segment.json``, ``vessels.csv``, a ``group-K``'s of
+    ``shape-guided vessels --teach-all``, the ``"writes"`` of its network's ``config.json``,
+    written before its first mask); ``None`` (every name) where a network of ``shape-guided
+    vessels`` of before that record is there. Another program's ``config.json`` is no
+    record."""
     names: set[str] = set()
-    for record in OUTPUT_RECORDS:  # overlays.json too: a folder of overlays as --out is rare
+    for record in ("predict.json", "segment.json"):  # NAME_mask's writers (not localize's)
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             listed = json.loads((folder / record).read_text())["images"]
             names |= {entry["name"] for entry in listed}

@@ -71,8 +71,10 @@ from localdisc.data.datasets import (
     absolute_path,
     dataset_class,
     load_data_spec,
+    outputs_below,
     parse_data_spec,
     refuse_official_fov,
+    training_runs_below,
 )
 from localdisc.data.io import dim_note, write_png
 from localdisc.data.preprocess import resize_image, resize_mask
@@ -664,10 +666,27 @@ def _check_listing(out_dir: Path, config: TransferConfig, advice: str) -> None:
         dataset.items = [item for item in dataset.items if item.name not in skipped]
     now = {**data_listing(train_set, test), "skipped": saved.get("skipped", [])}
     if now != {"skipped": [], **saved}:
+        counts = (
+            f"{saved.get('train')} images then, {now['train']} now"  # its test images among them
+            if test is None
+            else f"{saved.get('train')} training and {saved.get('test')} test images then, "
+            f"{now['train']} and {now['test']} now"
+        )
+        # Data sets leave out the runs and outputs of localdisc inside them since 2026-12-07:
+        # a run of before may have read them, though the data are as they were.
+        root = train_set.root if isinstance(train_set, FolderDataset) else None
+        held = [] if root is None else [*training_runs_below(root), *outputs_below(root)]
+        shown = ", ".join(str(p) for p in held[:3]) + (", ..." if len(held) > 3 else "")
+        why = (
+            f" The data hold runs or outputs of localdisc ({shown}), which a run before "
+            "2026-12-07 read as images and data sets have left out since: then only a new run "
+            "goes on."
+            if held
+            else ""
+        )
         raise LocaldiscError(
             f"{out_dir}: holds a finished fine-tuning of other images of {config.dataset} "
-            f"({saved.get('train')} training and {saved.get('test')} test images then, "
-            f"{now['train']} and {now['test']} now): its scores are not of this data; {advice}"
+            f"({counts}): its scores are not of this data; {advice}.{why}"
         )
 
 

@@ -524,14 +524,15 @@ def teacher_disagreement(
 def _same_settings(out_dir: Path, settings: Mapping) -> bool:
     """Whether ``out_dir`` holds a network that a run of ``settings`` trained (it is saved with
     them, atomically, before the run segments). The student's ``device`` aside: where it trained
-    does not change what it learnt, and a run stopped on one device goes on on another."""
+    does not change what it learnt, and a run stopped on one device goes on on another.
+
+    A network that is not the one saved with that config (a save cut between its two files,
+    or weights changed by hand) is refused, not taken for this run's nor trained over."""
     if not (out_dir / "model.safetensors").is_file():
         return False
     try:
         config = read_config(out_dir)
     except LocaldiscError:
-        return False
-    if not saved_together(out_dir, config):  # an earlier run's network beside this config
         return False
     saved = config.get("self_trained_vessels")
 
@@ -540,7 +541,15 @@ def _same_settings(out_dir: Path, settings: Mapping) -> bool:
             return {**saved[key], "device": None} == {**value, "device": None}
         return saved.get(key) == value
 
-    return isinstance(saved, dict) and all(same(k, v) for k, v in settings.items())
+    if not (isinstance(saved, dict) and all(same(k, v) for k, v in settings.items())):
+        return False
+    if not saved_together(out_dir, config):
+        raise LocaldiscError(
+            f"{out_dir / 'model.safetensors'}: not the network saved with the config.json of "
+            "these settings beside it (a save cut short by a full disk or a kill, or weights "
+            "changed since): delete it to train again, or give another --out"
+        )
+    return True
 
 
 def _listed(out_dir: Path) -> list[str] | None:
