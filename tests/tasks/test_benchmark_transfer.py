@@ -32,7 +32,7 @@ def test_quick_benchmark_runs_the_whole_pipeline_and_resumes(tmp_path):
     table = (out / "results.md").read_text()
     assert "| ld (frozen) |" in table and "**" in table and "## Skipped" in table
     assert "| ld (BN recalibrated) |" in table and "| random (BN recalibrated) |" in table
-    assert "Test images per run: synthetic_fundus 2 (--quick: the first 2 of each" in table
+    assert "Test images per run: synthetic_fundus 2 (at most the first 2 of each" in table
     assert results["environment"]["device"] == "cpu"  # where and when: see test_provenance
     assert table.rstrip().endswith(environment_line(results["environment"]))
     assert (out / "figures" / "dice_bars.png").is_file()

@@ -983,6 +983,7 @@ def test_an_overlay_record_does_not_let_predict_replace_a_hand_drawn_mask(tmp_pa
     folder = tmp_path / "d"
     save(folder / "n0.jpg", np.full((20, 24, 3), 120, np.uint8))
     save(folder / "n0_mask.png", np.zeros((20, 24), np.uint8))
-    (folder / "overlays.json").write_text(json.dumps({"images": [{"name": "n0"}]}))
-    with pytest.raises(LocaldiscError, match=r"n0_mask\.png: an output of this run would replace"):
-        predict_images(tmp_path / "model", [folder / "n0.jpg"], folder, device="cpu")
+    for record in ("overlays.json", "segment.json"):  # nor segment's (NAME_A_mask, ...)
+        (folder / record).write_text(json.dumps({"images": [{"name": "n0"}]}))
+        with pytest.raises(LocaldiscError, match=r"n0_mask\.png: an output of this run would"):
+            predict_images(tmp_path / "model", [folder / "n0.jpg"], folder, device="cpu")

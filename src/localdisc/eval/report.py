@@ -193,8 +193,8 @@ def runs_made_at(
 
 def _test_images_line(runs: list[dict[str, Any]], config: dict[str, Any]) -> str:
     """How many test images each task's runs were scored on (``results.json`` alone said it),
-    and the cap that ``config`` (the benchmark's) set: ``--quick``'s, or ``--max-test``'s
-    (``benchmark shape-guided``: the transfer benchmarks have no such option)."""
+    and the cap ``config`` (the benchmark's) holds: ``--quick``'s or ``--max-test``'s (not
+    named: a --quick run keeps a --max-test given)."""
     counts: dict[str, set[int]] = {}
     for run in runs:
         for _, metrics in _rows_of(run):
@@ -203,8 +203,7 @@ def _test_images_line(runs: list[dict[str, Any]], config: dict[str, Any]) -> str
         f"{task} {min(n)}" + (f" to {max(n)}" if len(n) > 1 else "") for task, n in counts.items()
     )
     max_test = config.get("max_test")
-    flag = "--quick" if config.get("quick") else f"--max-test {max_test}"
-    cap = f" ({flag}: the first {max_test} of each test split)" if max_test else ""
+    cap = f" (at most the first {max_test} of each test split)" if max_test else ""
     return f"Test images per run: {shown}{cap}."
 
 

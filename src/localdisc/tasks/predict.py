@@ -141,13 +141,14 @@ def collect_images(
 
 def _written_before(folder: Path) -> set[str] | None:
     """The names of the images whose outputs an earlier run wrote in ``folder``: those its
-    records list (``predict.json``, ``segment.json``, ``vessels.csv``, a ``group-K``'s of
+    records list (``predict.json``, ``vessels.csv``, a ``group-K``'s of
     ``shape-guided vessels --teach-all``, the ``"writes"`` of its network's ``config.json``,
     written before its first mask); ``None`` (every name) where a network of ``shape-guided
     vessels`` of before that record is there. Another program's ``config.json`` is no
     record."""
     names: set[str] = set()
-    for record in ("predict.json", "segment.json"):  # NAME_mask's writers (not localize's)
+    # NAME_mask's writers: not segment (NAME_A_mask, ...), nor localize (NAME.png)
+    for record in ("predict.json",):
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             listed = json.loads((folder / record).read_text())["images"]
             names |= {entry["name"] for entry in listed}
