@@ -1395,7 +1395,7 @@ OUTPUT_RECORDS: dict[str, tuple[str, ...]] = {
         "_uncertainty",
         "_refined_prob",
         "_refined_mask",
-    ),  # fmt: skip
+    ),
     "overlays.json": ("",),
 }
 
@@ -1500,11 +1500,11 @@ def folder_image_files(
     training runs below ``root`` (:func:`is_training_run`: a ``pretrain --out`` inside its
     ``--data`` folder pooled its figures in the next run, a ``finetune --out`` inside its images
     recalibrated batch norm on its predictions), the outputs of predictions, segmentations and
-    overlays that the records beside them list (:func:`_recorded_outputs`), with a folder of
-    such a record's ``figures/``, ``run-K/``, ``group-K/`` and ``unusual/`` (``predict --out
-    D/pred``: the next ``pretrain --data D`` pooled its probability maps and masks, ``finetune``
-    took them for unlabelled images; ``on_outputs(folder, count)`` hears of each folder's
-    files left out), and files whose stem is another image's stem in the same folder plus a
+    overlays that the records beside them list (:func:`_recorded_outputs`: with the record's
+    ``figures/overlay.png`` and an ensemble's ``run-K/`` parts; ``predict --out D/pred``, then
+    ``pretrain --data D`` pooled its probability maps and masks, ``finetune`` took them for
+    unlabelled images; ``on_outputs(folder, count)`` hears of each folder's files left out),
+    and files whose stem is another image's stem in the same folder plus a
     partner ending (:data:`PARTNER_SUFFIXES`, any letter case:
     CHASE_DB1's ``Image_01L_1stHO.png`` next to ``Image_01L.jpg``, ``case01_seg.png`` or
     ``case01-mask.png`` next to ``case01.png``). A file with such an ending but no image of the
