@@ -229,9 +229,11 @@ def test_an_output_folder_that_is_the_images_folder_hides_every_output(tmp_path)
     (tmp_path / "predict.json").write_text(json.dumps(listed))  # an earlier run's
     found = collect_images([tmp_path], out_dir=tmp_path, suffixes=suffixes)
     assert [name for name, _ in found] == ["a", "sub_b"]
-    # Read for another --out, as by every reader of a folder, the recorded run's outputs are
-    # left out too (its figures and sub-folders of outputs with them): they are no images.
-    assert [n for n, _ in collect_images([tmp_path], out_dir=tmp_path / "else")] == ["a", "sub_b"]
+    # Read for another --out, as by every reader of a folder, what the record lists is left
+    # out too (its outputs and figure); sub-folders it does not name are images
+    assert [n for n, _ in collect_images([tmp_path], out_dir=tmp_path / "else")] == [
+        "a", "group-1_a_mask", "group-1_figures_overlay", "run-0_sub_b_A_prob", "sub_b"
+    ]  # fmt: skip
     (tmp_path / "predict.json").unlink()  # no record: nothing says they are outputs
     assert len(collect_images([tmp_path], out_dir=tmp_path / "elsewhere")) == 7
 
