@@ -1180,6 +1180,8 @@ def test_a_folder_keeps_the_images_a_record_beside_them_does_not_list(tmp_path):
     (tmp_path / "predict.json").write_text(json.dumps({"images": [{"name": "top"}]}))
     (tmp_path / "overlays.json").write_text(json.dumps({"images": [{"name": "n0"}]}))
     (tmp_path / "c" / "vessels.csv").write_text("subject,tortuosity\ncase,1.2\n")
+    save(tmp_path / "d" / "figures" / "overlay.png", image)  # a table with no rows: no record
+    (tmp_path / "d" / "vessels.csv").write_text("image,tortuosity\n")
     found = [p.relative_to(tmp_path).as_posix() for p in folder_image_files(tmp_path)]
-    assert found == ["c/case.png", "figures/scan.png", "group-1/p0.png", "n0.jpg", "run-2/p1.png",
-                     "top.png", "unusual/u.png"]  # fmt: skip
+    assert found == ["c/case.png", "d/figures/overlay.png", "figures/scan.png", "group-1/p0.png",
+                     "n0.jpg", "run-2/p1.png", "top.png", "unusual/u.png"]  # fmt: skip

@@ -1460,8 +1460,9 @@ def _recorded_outputs(
             contextlib.suppress(OSError, KeyError, UnicodeDecodeError, csv.Error),
             table.open(newline="") as file,
         ):
-            vessels |= {row["image"] for row in csv.DictReader(file)}  # KeyError: another's
-            recorded = True
+            listed = {row["image"] for row in csv.DictReader(file)}  # KeyError: another's
+            vessels |= listed
+            recorded = recorded or bool(listed)  # its table lists every image it segmented
     networks = [folder / "config.json"] if "config.json" in filenames else []
     networks += [folder / d / "config.json" for d in dirnames if re.fullmatch(r"group-\d+", d)]
     for network in networks:
