@@ -1371,17 +1371,6 @@ def is_training_run(folder: Path) -> bool:
     )
 
 
-def training_runs_below(root: Path) -> list[Path]:
-    """The training runs in the folders below ``root`` (:func:`is_training_run`), which
-    :func:`folder_image_files` leaves out."""
-    found = []
-    for dirpath, dirnames, filenames in walk(root):
-        if _run_below(Path(dirpath), root, filenames):
-            found.append(Path(dirpath))
-            dirnames[:] = []
-    return sorted(found)
-
-
 #: The records of a folder of outputs (``{"images": [{"name": NAME, ...}, ...]}``): ``predict``'s,
 #: ``shape-guided segment``'s and ``localize --overlay``'s; with what the outputs of image NAME
 #: append to it (an overlay is ``NAME.png`` itself).
@@ -1413,16 +1402,14 @@ class _Outputs(NamedTuple):
     folders: set[str]
 
 
-def _vessels_writes(config: Path) -> set[str] | None:
-    """The images a ``shape-guided vessels`` network's ``config.json`` says it writes masks
-    of (listed before its first mask), or None where it is no such network's."""
+def vessels_network(config: Path) -> dict[str, Any] | None:
+    """A ``shape-guided vessels`` network's ``config.json`` (at ``config``) as a dict, or None
+    where it is no such network's (another program's, or none)."""
     try:
         saved = json.loads(config.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(saved, dict) or "self_trained_vessels" not in saved:
-        return None
-    return {str(name) for name in saved.get("writes") or []}
+    return saved if isinstance(saved, dict) and "self_trained_vessels" in saved else None
 
 
 def _recorded_outputs(
@@ -1465,11 +1452,9 @@ def _recorded_outputs(
             recorded = recorded or bool(listed)  # its table lists every image it segmented
     networks = [folder / "config.json"] if "config.json" in filenames else []
     networks += [folder / d / "config.json" for d in dirnames if re.fullmatch(r"group-\d+", d)]
-    for network in networks:
-        writes = _vessels_writes(network)
-        if writes is not None:
-            vessels |= writes
-            recorded = True
+    for network in filter(None, map(vessels_network, networks)):
+        vessels |= {str(name) for name in network.get("writes") or []}  # before its first mask
+        recorded = True
     if not recorded:
         return None
     stems |= {name + s for name in vessels for s in ("_prob", "_mask")}
@@ -1477,16 +1462,22 @@ def _recorded_outputs(
     return _Outputs(files | {_OUTPUT_FIGURE.as_posix()}, parts & set(dirnames))
 
 
-def outputs_below(root: Path) -> list[Path]:
-    """The folders in or below ``root`` that hold outputs their records list
-    (:func:`_recorded_outputs`), which :func:`folder_image_files` leaves out."""
-    found = []
+def written_below(root: Path, own: Path | None = None) -> list[Path]:
+    """The folders in or below ``root`` that :func:`folder_image_files` leaves out as the
+    writing of this package, but ``own`` (a run's own folder): training runs
+    (:func:`is_training_run`) and folders of outputs their records list
+    (:func:`_recorded_outputs`), each sorted, runs first. Runs started before they were left
+    out read them."""
+    runs, outputs = [], []
     for dirpath, dirnames, filenames in walk(root):
-        if _run_below(Path(dirpath), root, filenames):
+        here = Path(dirpath)
+        if _run_below(here, root, filenames):
             dirnames[:] = []
-        elif _recorded_outputs(Path(dirpath), filenames, dirnames):
-            found.append(Path(dirpath))
-    return sorted(found)
+            runs.append(here)
+        elif _recorded_outputs(here, filenames, dirnames) is not None:
+            outputs.append(here)
+    mine = None if own is None else Path(own).resolve()
+    return [p for p in (*sorted(runs), *sorted(outputs)) if p.resolve() != mine]
 
 
 def folder_image_files(
@@ -1521,6 +1512,7 @@ def folder_image_files(
         outputs = _recorded_outputs(here, filenames, dirnames)
         if outputs is not None:  # its figure lies below it
             written |= {here / f for f in outputs.files}
+        left_out = {f for f in filenames if here / f in written}
         dirnames[:] = sorted(
             d
             for d in dirnames
@@ -1529,14 +1521,13 @@ def folder_image_files(
             and (exclude is None or here / d != exclude)
             and not (outputs is not None and d in outputs.folders)
         )
-        left_out = [f for f in filenames if here / f in written]
         if left_out and on_outputs is not None:
             on_outputs(here, len(left_out))
         # The whole path: a DICOM file named without a suffix is known by its content.
         found.extend(
             here / f
             for f in filenames
-            if not f.startswith(".") and here / f not in written and is_image_file(here / f)
+            if not f.startswith(".") and f not in left_out and is_image_file(here / f)
         )
     # name_key, as match_masks compares names: letter case and Unicode form aside.
     stems = {(p.parent, name_key(image_stem(p))) for p in found}

@@ -28,9 +28,8 @@ from torch import Tensor, nn
 from localdisc.data.datasets import (
     absolute_data_spec,
     absolute_path,
-    outputs_below,
     parse_data_spec,
-    training_runs_below,
+    written_below,
 )
 from localdisc.data.pool import resolve_pool
 from localdisc.data.preprocess import MODALITY_CHANNELS
@@ -549,14 +548,10 @@ def refuse_changed_pool(
     # Pools leave out the training runs inside their data since 3866259 (2026-12-07), and the
     # outputs of predict, segment, vessels and localize --overlay since 7a0ee12 (the same day):
     # a run started before may have pooled them, though the data are as they were.
-    roots = [
-        root for spec in config.data
-        if (root := parse_data_spec(spec)[1]) is not None and root.is_dir()
-    ]  # fmt: skip
     runs = [
-        *(run for root in roots for run in training_runs_below(root)
-          if run.resolve() != run_dir.resolve()),
-        *(folder for root in roots for folder in outputs_below(root)),
+        folder for spec in config.data
+        if (root := parse_data_spec(spec)[1]) is not None and root.is_dir()
+        for folder in written_below(root, own=run_dir)
     ]  # fmt: skip
     shown = ", ".join(str(r) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
     held = (

@@ -21,6 +21,7 @@ from localdisc.data.datasets import (
     match_masks,
     name_key,
     refuse_official_fov,
+    vessels_network,
 )
 from localdisc.data.io import (
     ImageMeta,
@@ -148,10 +149,8 @@ def _written_before(folder: Path) -> set[str] | None:
     record."""
     names: set[str] = set()
     # NAME_mask's writers: not segment (NAME_A_mask, ...), nor localize (NAME.png)
-    for record in ("predict.json",):
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            listed = json.loads((folder / record).read_text())["images"]
-            names |= {entry["name"] for entry in listed}
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        names |= {e["name"] for e in json.loads((folder / "predict.json").read_text())["images"]}
     for table in (folder / "vessels.csv", *folder.glob("group-*/vessels.csv")):
         with contextlib.suppress(OSError, KeyError, csv.Error), table.open(newline="") as file:
             names |= {row["image"] for row in csv.DictReader(file)}
@@ -575,15 +574,8 @@ def remove_metrics(out_dir: Path, command: str, why: str, log: Callable[[str], N
 def _vessels_networks(folder: Path) -> list[dict[str, Any]]:
     """The ``config.json`` of each ``localdisc shape-guided vessels`` network in ``folder``:
     its own, or those of its groups (``--teach-all``: ``group-K/``)."""
-    found = []
-    for path in (folder / "config.json", *sorted(folder.glob("group-*/config.json"))):
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(saved, dict) and "self_trained_vessels" in saved:
-            found.append(saved)
-    return found
+    paths = (folder / "config.json", *sorted(folder.glob("group-*/config.json")))
+    return list(filter(None, map(vessels_network, paths)))
 
 
 def _check_not_a_run(out_dir: Path, vessels_model: bool) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from localdisc.data.datasets import MaskMatch
+from localdisc.data.datasets import OUTPUT_RECORDS, MaskMatch
 from localdisc.data.io import dim_note, read_image, read_mask, write_png
 from localdisc.data.preprocess import (
     as_raw_image,
@@ -805,8 +805,7 @@ def _check_run(run_dir: str | Path, log: Callable[[str], None]) -> None:
 
 
 #: What :func:`segment_images` appends to an image's name.
-OUTPUT_SUFFIXES = ("_A_prob", "_A_mask", "_B_prob", "_B_mask", "_uncertainty", "_refined_prob",
-                   "_refined_mask")  # fmt: skip
+OUTPUT_SUFFIXES = OUTPUT_RECORDS[SEGMENT_RECORD]
 
 
 def mean_probability(files: Sequence[Path]) -> np.ndarray:

@@ -71,10 +71,9 @@ from localdisc.data.datasets import (
     absolute_path,
     dataset_class,
     load_data_spec,
-    outputs_below,
     parse_data_spec,
     refuse_official_fov,
-    training_runs_below,
+    written_below,
 )
 from localdisc.data.io import dim_note, write_png
 from localdisc.data.preprocess import resize_image, resize_mask
@@ -675,10 +674,8 @@ def _check_listing(out_dir: Path, config: TransferConfig, advice: str) -> None:
         # Data sets leave out the runs and outputs of localdisc inside them since 2026-12-07:
         # a run of before may have read them, though the data are as they were.
         root = train_set.root if isinstance(train_set, FolderDataset) else None
-        held = [
-            p for p in ([] if root is None else [*training_runs_below(root), *outputs_below(root)])
-            if p.resolve() != out_dir.resolve()  # its own outputs came after its listing
-        ]  # fmt: skip
+        # (its own outputs came after its listing)
+        held = [] if root is None else written_below(root, own=out_dir)
         shown = ", ".join(str(p) for p in held[:3]) + (", ..." if len(held) > 3 else "")
         why = (
             f" The data hold runs or outputs of localdisc ({shown}), which a run before "
