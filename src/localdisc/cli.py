@@ -1349,7 +1349,8 @@ def benchmark_transfer(
         help="Comma-separated: drive, stare, chase_db1, hrf, scr_lung, scr_heart, scr_clavicle, "
         "synthetic_fundus, synthetic_xray [default: the paper's seven; --quick: the synthetic "
         "two; --cpu-scale: drive]; or data sets of your own, as finetune --dataset takes them: "
-        "a folder (images + masks; labelled by its name, with its parent's where two share one) "
+        "a folder (images + masks; labelled by its name, with its parent's where two share one; "
+        "fundus=FOLDER or xray=FOLDER names its modality, else guessed: grey is X-ray) "
         "or NAME:ROOT[:TARGET] (jsrt_scr:/data/JSRT:heart). One of those that does not exist "
         "or has no masks is refused before any training; a paper task without data under "
         "--data-root is skipped.",

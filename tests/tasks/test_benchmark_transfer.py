@@ -258,7 +258,9 @@ def test_folders_of_your_own_are_tasks_labelled_by_name_and_reused(tmp_path):
     # The quick LD run is of fundus images: not one for the grey (X-ray) folder.
     assert results["skipped"] == [
         {"task": "b/mine", "init": "ld",
-         "reason": f"{out / 'pretrain'} was pre-trained on fundus images, b/mine is xray"},
+         "reason": f"{out / 'pretrain'} was pre-trained on fundus images, b/mine is xray "
+         "(guessed from its images; fundus=FOLDER in --tasks names it: red-free fundus "
+         "photographs are grey)"},
     ]  # fmt: skip
     assert (out / "runs" / "a" / "mine" / "ld" / "labels-2" / "seed-0" / "metrics.json").is_file()
     # 1 of 6 images held out (--test-fraction 0.2), chosen by name: the same for every init.
@@ -279,6 +281,30 @@ def test_folders_of_your_own_are_tasks_labelled_by_name_and_reused(tmp_path):
     # Another test split would mix protocols in one folder: refused, naming the flag.
     other = CliRunner().invoke(app, [*args, "--test-fraction", "0.4"])
     assert "--test-fraction (test_fraction): 0.2 there, 0.4 now" in str(other.exception)
+
+
+def test_a_task_s_modality_given_in_tasks_is_the_one_every_run_takes(tmp_path):
+    """Red-free fundus photographs are grey, guessed X-rays: the LD fundus run was skipped for
+    them and nothing could say otherwise (finetune --modality could). fundus=FOLDER names the
+    modality: the LD run fine-tunes it, every run records it, and the label is the folder's."""
+    redfree = own_folder(tmp_path / "redfree", modality="xray")
+    out = tmp_path / "bench"
+    args = ["benchmark", "transfer", "--quick", "--tasks", f"fundus={redfree}",
+            "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["task"], r["init"]) for r in results["runs"]] == [
+        ("redfree", "random"), ("redfree", "ld"),
+    ] and not results["skipped"]  # fmt: skip
+    for init in ("random", "ld"):
+        run = out / "runs" / "redfree" / init / "labels-2" / "seed-0"
+        assert json.loads((run / "config.json").read_text())["transfer"]["modality"] == "fundus"
+    table = (out / "results.md").read_text()
+    assert f"- redfree: {redfree}, target mask, fundus; no test split" in table
+    # The same folder guessed is other runs: refused, naming the setting's flag.
+    other = CliRunner().invoke(app, [*args[:4], str(redfree), *args[5:]])
+    assert "--tasks MODALITY= (modality): 'fundus' there, None now" in str(other.exception)
 
 
 def test_a_folder_of_your_own_that_cannot_run_is_refused_before_any_work(tmp_path):

@@ -10,12 +10,13 @@ init as the floor and every method's encoder, into one table.
 A pool is ``MODALITY=SPEC`` (``fundus=KaggleDR/images``, ``xray=jsrt_scr:/data``) or a bare spec
 (fundus, unless it names an X-ray data set), one per modality; each method pre-trains once per
 pool, and each task uses the pool of its modality (``--quick``: 8 generated images of each
-modality a task has): a data set of one's own in ``--tasks`` has the one its loader gives (a
-folder's: guessed from its images), the tasks being planned once, as the transfer benchmark
-plans them, before any pre-training. Finished pre-training runs are reused; a folder holding a
-run with other settings (a pre-training's, or a fine-tuning's of the transfer grid) is refused,
-not reused, before the first pre-training. A method whose pre-training diverges is left out of
-the tables and listed, with why; the others go on.
+modality a task has): a data set of one's own in ``--tasks`` has the one it is written with
+(``fundus=FOLDER``) or else its loader's (a folder's: guessed from its images), the tasks being
+planned once, as the transfer benchmark plans them, before any pre-training. Finished
+pre-training runs are reused; a folder holding a run with other settings (a pre-training's, or a
+fine-tuning's of the transfer grid) is refused, not reused, before the first pre-training. A
+method whose pre-training diverges is left out of the tables and listed, with why; the others go
+on.
 
 ``--cpu-scale`` is the comparison of ``benchmarks/RESULTS.md`` on 2 CPU cores: 240 s per method
 at 128 x 128 with 2 items per step on the first 1 000 images of ``KaggleDR/images`` (fundus) and

@@ -16,11 +16,12 @@ written as prior specs write it. It is named in run folders and tables by its fo
 (:func:`task_labels`), is tested on :func:`~localdisc.tasks.transfer.held_out_test`'s images where
 it has no test split of its own (``test_fraction`` of them, by file name: the same for every init,
 label budget and seed), and has the modality its loader gives ``finetune`` (a folder's: guessed
-from its images). Named explicitly, it is checked before any work and refused with the problem
-(no such folder, no masks, a label budget beyond its images), where a paper task without data
-under the data root is skipped: that one is a default, this one the user's typing. A set or an
-init with runs in ``OUT`` from an earlier call keeps their label, so a table can grow without
-redoing them.
+from its images, unless the entry names it, ``fundus=FOLDER``, as ``finetune --modality`` does:
+red-free fundus photographs are grey, guessed X-rays). Named explicitly, it is checked before any
+work and refused with the problem (no such folder, no masks, a label budget beyond its images),
+where a paper task without data under the data root is skipped: that one is a default, this one
+the user's typing. A set or an init with runs in ``OUT`` from an earlier call keeps their label,
+so a table can grow without redoing them.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from localdisc.tasks.transfer import (
 #: named as settings: to run with other ones, use another --out or delete the run folder.
 FLAGS = {
     "init": "--inits", "labels": "--labels", "size": "--size", "test_fraction": "--test-fraction",
+    "modality": "--tasks MODALITY=",
     "train.frozen_epochs": "--frozen-epochs", "train.epochs": "--epochs",
     "train.steps_per_epoch": "--steps-per-epoch",
 }  # fmt: skip
@@ -363,9 +365,16 @@ def plan_grid(
     for task in tasks:
         for label, init in inits.items():
             if modalities[label] not in (None, task.modality):
+                guessed = task.given_modality is None and parse_data_spec(task.spec)[0] == "folder"
                 reason = (
                     f"{init} was pre-trained on {modalities[label]} images, {task.label} is "
                     f"{task.modality}"
+                    + (
+                        f" (guessed from its images; {modalities[label]}=FOLDER in --tasks "
+                        "names it: red-free fundus photographs are grey)"
+                        if guessed
+                        else ""
+                    )
                 )
                 skipped.append({"task": task.label, "init": label, "reason": reason})
                 continue
@@ -408,6 +417,7 @@ class PlannedTask:
     target: str
     modality: str
     test_fraction: float = FOLDER_TEST_FRACTION  # taken by a set without a test split only
+    given_modality: str | None = None  # an own set's MODALITY= (given_modality); None: guessed
 
 
 #: The forms of a data set of one's own in ``--tasks``.
@@ -415,16 +425,25 @@ OWN_FORMS = "a folder (images and masks, as finetune --dataset takes it) or NAME
 
 
 def own_set(entry: str) -> tuple[str, str | None]:
-    """``(data spec, target)`` of a ``--tasks`` entry naming a data set of one's own.
+    """``(data spec, target)`` of a ``--tasks`` entry naming a data set of one's own, without its
+    ``MODALITY=`` (:func:`given_modality`).
 
     A folder (colons and all) has one target. ``NAME:ROOT[:TARGET]`` is a known set, its target
     written as prior specs write it (:func:`~localdisc.data.datasets.split_target`); ``None``:
     the set's default.
     """
     try:
-        return split_target(entry)
+        return split_target(given_modality(entry)[1])
     except DatasetError as exc:  # a mistyped target
         raise DatasetError(f"--tasks {entry}: {exc}") from None
+
+
+def given_modality(entry: str) -> tuple[str | None, str]:
+    """``(modality, rest)`` of a ``--tasks`` entry: ``fundus=`` or ``xray=`` before a set of
+    one's own names its images' modality, as ``finetune --modality`` does (``None``: none
+    given, a folder's guessed from its images); ``--pool`` is written so too."""
+    prefix, sep, rest = entry.partition("=")
+    return (prefix, rest) if sep and prefix in ("fundus", "xray") else (None, entry)
 
 
 def _is_bare_word(entry: str) -> bool:
@@ -628,14 +647,19 @@ def plan_tasks(
     unknown = [
         e
         for e, (spec, _) in own.items()
-        if parse_data_spec(spec)[0] == "folder" and _is_bare_word(e) and not Path(e).exists()
+        if parse_data_spec(spec)[0] == "folder"
+        and _is_bare_word(bare := given_modality(e)[1])
+        and not Path(bare).exists()
     ]
     if unknown:
         raise LocaldiscError(
             f"unknown task(s) {', '.join(unknown)}: no task and no folder of that name; known "
             f"tasks: {', '.join(TASKS)}; a data set of your own is {OWN_FORMS}"
         )
-    checked = {e: _check_own(e, spec, target, config) for e, (spec, target) in own.items()}
+    checked = {
+        e: _check_own(e, spec, target, config, given_modality(e)[0])
+        for e, (spec, target) in own.items()
+    }
     data_root = Path(config.data_root).expanduser() if config.data_root else None
     labels = task_labels(entries, own, out_dir / "runs" if out_dir else None)
 
@@ -664,12 +688,13 @@ def plan_tasks(
 
 
 def _check_own(
-    entry: str, spec: str, target: str | None, config: BenchmarkConfig
+    entry: str, spec: str, target: str | None, config: BenchmarkConfig, modality: str | None
 ) -> tuple[PlannedTask, str]:
-    """An own set as a task (labelled later) and a line on it, or the error naming it."""
+    """An own set as a task (labelled later) and a line on it, or the error naming it.
+    ``modality``: the entry's ``MODALITY=`` (:func:`given_modality`)."""
     name = parse_data_spec(spec)[0]
     try:
-        train, test, target = load_task_data(spec, target)
+        train, test, target = load_task_data(spec, target, modality)
     except LocaldiscError as exc:  # names the folder and the problem
         raise DatasetError(f"--tasks: {exc}") from None
     fraction = FOLDER_TEST_FRACTION if test is not None else config.test_fraction
@@ -700,10 +725,9 @@ def _check_own(
     _check_labels(f"--tasks {entry}", config.labels or [], pool, held)
     # The modality the segmenter is built for, as finetune builds it (a folder's: guessed from
     # its images, grey ones being X-rays), so an init of another is skipped, not refused mid-run.
-    modality = train.modality
-    guessed = " (guessed from its images)" if name == "folder" else ""
-    line = f"{absolute_data_spec(spec)}, target {target}, {modality}{guessed}; {split}"
-    return PlannedTask(entry, spec, target, modality, fraction), line
+    guessed = " (guessed from its images)" if name == "folder" and modality is None else ""
+    line = f"{absolute_data_spec(spec)}, target {target}, {train.modality}{guessed}; {split}"
+    return PlannedTask(entry, spec, target, train.modality, fraction, modality), line
 
 
 def _check_labels(task: str, labels: list[str], available: int, why: str = "") -> None:
@@ -743,5 +767,5 @@ def _transfer_config(
     return TransferConfig(
         task.spec, task.target, init, labels, config.size, max_test=config.max_test,
         test_fraction=task.test_fraction, skip_bad=config.skip_bad,
-        train=config.finetune_config(seed),
+        modality=task.given_modality, train=config.finetune_config(seed),
     )  # fmt: skip
