@@ -823,7 +823,12 @@ def similarity(
         help="Other images, or folders of them (recursive, as localize --images; one found in a "
         "folder is named as localize names it: a/x.png -> a_x); repeatable.",
     ),
-    out: Path = typer.Option(Path("similarity.png"), "--out", help="Figure to write."),
+    out: Path = typer.Option(
+        Path("similarity.png"),
+        "--out",
+        help="Figure to write; figures.json beside it lists it, so that no command reads it as "
+        "an image of that folder.",
+    ),
     level: str = typer.Option("pixel", help="pixel, or patch (pooled as in pre-training)."),
     size: int | None = typer.Option(
         None,

@@ -1,3 +1,4 @@
+import json
 import re
 
 import numpy as np
@@ -129,6 +130,17 @@ def test_similarity_cli_takes_folders_of_targets_as_localize_takes_images(tmp_pa
         output = " ".join(result.output.split())
         listed = "sub_c" if "b.png" in again[4] else "b " + match + ", sub_c"
         assert re.search(rf"best match {listed} {match}, e\.png {match} figure", output), output
+    # Nor with its figure written elsewhere: the folder's figures.json lists the earlier one
+    # (it was scored as target "sim"), and a pool of the folder leaves it out too.
+    elsewhere = [*args[:-3], str(tmp_path / "other.png"), "--device", "cpu"]
+    result = CliRunner().invoke(app, elsewhere)
+    output = " ".join(result.output.split())
+    assert re.search(rf"best match b {match}, sub_c {match}, e\.png {match} figure", output), output
+    assert json.loads((tmp_path / "more" / "figures.json").read_text()) == {"figures": ["sim.png"]}
+    assert json.loads((tmp_path / "figures.json").read_text()) == {"figures": ["other.png"]}
+    from localdisc.data.datasets import folder_image_files
+
+    assert [p.name for p in folder_image_files(tmp_path)] == ["a.png", "e.png", "b.png", "c.png"]
     help_text = CliRunner().invoke(app, ["similarity", "--help"], env={"COLUMNS": "400"}).output
     assert "Other images, or folders of them (recursive" in " ".join(help_text.split())
 

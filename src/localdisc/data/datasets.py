@@ -1392,6 +1392,20 @@ OUTPUT_RECORDS: dict[str, tuple[str, ...]] = {
 #: What a command writes into a folder of outputs besides NAME's files: its figure.
 _OUTPUT_FIGURE = Path("figures") / "overlay.png"
 
+#: The record of the figures written into a folder by name (``similarity --out``):
+#: ``{"figures": [FILE NAME, ...]}``, so that a folder of images holding one reads it as no image.
+FIGURE_RECORD = "figures.json"
+
+
+def recorded_figures(folder: Path) -> list[str]:
+    """The file names :data:`FIGURE_RECORD` in ``folder`` lists (none: no such record, or
+    another program's file of that name)."""
+    try:
+        names = json.loads((folder / FIGURE_RECORD).read_text())["figures"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
+
 
 class _Outputs(NamedTuple):
     """What a folder's records say a command of this package wrote there: ``files`` (names in
@@ -1418,7 +1432,8 @@ def _recorded_outputs(
     """The outputs a command of this package wrote in ``folder`` (its ``filenames`` and
     ``dirnames``) for the images its records list, None where there is no record:
     :data:`OUTPUT_RECORDS` (NAME plus the command's endings; an overlay is ``NAME.png``;
-    ``segment.json``'s ``parts``), ``shape-guided vessels``' ``vessels.csv`` (parsed, with its
+    ``segment.json``'s ``parts``), the figures :data:`FIGURE_RECORD` names, ``shape-guided
+    vessels``' ``vessels.csv`` (parsed, with its
     ``image`` column) and the ``"writes"`` of its networks' ``config.json`` (its own, and its
     ``group-K`` ones: a stopped ``--teach-all`` copied the masks of the groups done), each
     ``NAME_prob`` and ``NAME_mask``. A user's images there of other names stay images."""
@@ -1440,6 +1455,9 @@ def _recorded_outputs(
         stems |= {name + s for name in names for s in suffixes if s}
         if isinstance(saved.get("parts"), list):
             parts |= {str(p) for p in saved["parts"]}
+    if FIGURE_RECORD in filenames and (figures := recorded_figures(folder)):
+        exact |= set(figures)
+        recorded = True
     vessels: set[str] = set()
     if "vessels.csv" in filenames:
         table = folder / "vessels.csv"
@@ -1493,7 +1511,8 @@ def folder_image_files(
     ``--data`` folder pooled its figures in the next run, a ``finetune --out`` inside its images
     recalibrated batch norm on its predictions), the outputs of predictions, segmentations and
     overlays that the records beside them list (:func:`_recorded_outputs`: with the record's
-    ``figures/overlay.png`` and an ensemble's ``run-K/`` parts; ``predict --out D/pred``, then
+    ``figures/overlay.png`` and an ensemble's ``run-K/`` parts; ``similarity``'s figures;
+    ``predict --out D/pred``, then
     ``pretrain --data D`` pooled its probability maps and masks, ``finetune`` took them for
     unlabelled images; ``on_outputs(folder, count)`` hears of each folder's files left out),
     and files whose stem is another image's stem in the same folder plus a

@@ -478,10 +478,18 @@ def similarity_figure(
     a colour bar from -1 to 1, as pre-training's similarity figures
     (:func:`~localdisc.eval.figures.similarity_maps_plot`). ``names`` title the images (the
     command gives their file names; default ``query``, ``target 1`` ...). Returns the file
-    written (``.png`` added to a path without a suffix, see :func:`figure_path`)."""
+    written (``.png`` added to a path without a suffix, see :func:`figure_path`). Before it,
+    the folder's :data:`~localdisc.data.datasets.FIGURE_RECORD` lists it: a figure written
+    among images is read as no image by the commands that read that folder (``--targets``, a
+    pool), whatever its name."""
+    from localdisc.data.datasets import FIGURE_RECORD, recorded_figures
+    from localdisc.engine.checkpoint import atomic_write_text
     from localdisc.eval.figures import _save
 
     path = figure_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures = sorted({*recorded_figures(path.parent), path.name})
+    atomic_write_text(path.parent / FIGURE_RECORD, json.dumps({"figures": figures}, indent=1))
     return _save(similarity_plot(result, image, targets, names), path)
 
 
