@@ -1164,6 +1164,24 @@ def test_a_folder_leaves_out_the_outputs_its_records_list(tmp_path):
                      ("ves/group-1", 1)]  # fmt: skip
 
 
+def test_a_benchmark_s_out_inside_a_folder_is_no_images_of_it(tmp_path):
+    # `benchmark transfer --out D/bench`, then `pretrain --data D` pooled the benchmark's
+    # figures (dice_bars.png, predictions.png). Another program's results.json keeps its folder.
+    import json
+
+    from localdisc.data.datasets import folder_image_files, written_below
+
+    image = np.full((20, 24, 3), 120, np.uint8)
+    for name in ("a", "bench/figures/dice_bars", "bench/figures/predictions", "other/b"):
+        save(tmp_path / f"{name}.png", image)
+    record = {"config": {"tasks": ["drive"]}, "environment": {"localdisc": "0.1.0"}, "runs": []}
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(record))
+    (tmp_path / "other" / "results.json").write_text(json.dumps({"accuracy": 0.9}))
+    found = [p.relative_to(tmp_path).as_posix() for p in folder_image_files(tmp_path)]
+    assert found == ["a.png", "other/b.png"]
+    assert written_below(tmp_path) == [tmp_path / "bench"]
+
+
 def test_a_folder_keeps_the_images_a_record_beside_them_does_not_list(tmp_path):
     # Leaving out sub-folders by their names (group-K/, run-K/, figures/) beside any record
     # dropped a cohort's images, and a predict rerun deleted their masks; an overlay's name

@@ -1353,8 +1353,22 @@ def folder_image_dir(root: Path) -> Path:
 
 def _run_below(here: Path, root: Path, filenames: list[str]) -> bool:
     """Whether the folder ``here`` of a walk of ``root`` (its ``filenames``) is a training run
-    below it."""
-    return here != Path(root) and "config.json" in filenames and is_training_run(here)
+    or a benchmark's ``--out`` below it."""
+    if here == Path(root):
+        return False
+    return ("config.json" in filenames and is_training_run(here)) or (
+        "results.json" in filenames and is_benchmark_output(here)
+    )
+
+
+def is_benchmark_output(folder: Path) -> bool:
+    """Whether ``folder`` is a ``localdisc benchmark`` ``--out``: a ``results.json`` with its
+    config and environment (written before its figures)."""
+    try:
+        record = json.loads((folder / "results.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and "config" in record and "environment" in record
 
 
 def is_training_run(folder: Path) -> bool:
@@ -1483,7 +1497,7 @@ def _recorded_outputs(
 def written_below(root: Path, own: Path | None = None) -> list[Path]:
     """The folders in or below ``root`` that :func:`folder_image_files` leaves out as the
     writing of this package, but ``own`` (a run's own folder): training runs
-    (:func:`is_training_run`) and folders of outputs their records list
+    (:func:`is_training_run`), benchmarks' ``--out`` and folders of outputs their records list
     (:func:`_recorded_outputs`), each sorted, runs first. Runs started before they were left
     out read them."""
     runs, outputs = [], []
@@ -1509,7 +1523,8 @@ def folder_image_files(
     Skips hidden entries, folders named like mask folders (:data:`MASK_DIR_NAMES`), ``exclude``,
     training runs below ``root`` (:func:`is_training_run`: a ``pretrain --out`` inside its
     ``--data`` folder pooled its figures in the next run, a ``finetune --out`` inside its images
-    recalibrated batch norm on its predictions), the outputs of predictions, segmentations and
+    recalibrated batch norm on its predictions) and benchmarks' ``--out`` (their figures;
+    :func:`is_benchmark_output`), the outputs of predictions, segmentations and
     overlays that the records beside them list (:func:`_recorded_outputs`: with the record's
     ``figures/overlay.png`` and an ensemble's ``run-K/`` parts; ``similarity``'s figures;
     ``predict --out D/pred``, then
