@@ -161,3 +161,38 @@ def _after_flags(g: torch.Generator, n: int) -> torch.Generator:
     for _ in range(4):
         torch.rand(n, generator=g)
     return g
+
+
+def test_corruption_defaults_are_the_authors_configuration():
+    # Guards the probabilities of the configuration published with Models Genesis' code (Zhou et
+    # al., MedIA 2021): local_rate 0.5, nonlinear_rate 0.9, paint_rate 0.9, outpaint_rate 0.8
+    # (in-painting 0.2), and the curve traversed backwards with probability 0.5.
+    c = GenesisCorruption()
+    assert (c.shuffle_p, c.nonlinear_p, c.paint_p, c.outpaint_p) == (0.5, 0.9, 0.9, 0.8)
+    assert c.invert_p == 0.5
+
+
+def test_about_half_the_intensity_curves_invert_the_contrast():
+    # Guards the decreasing curves (invert_p = 0.5): with a ramp from 0 to 1, an inverted map
+    # sends the dark end to 1 and the bright end to 0.
+    n = 64
+    ramp = torch.linspace(0, 1, 16).expand(n, 1, 1, 16).contiguous()
+    only_curves = GenesisCorruption(shuffle_p=0, nonlinear_p=1, paint_p=0)
+    out = only_curves(ramp, gen(0))[:, 0, 0]
+    inverted = out[:, 0] > out[:, -1]
+    assert torch.equal(out[inverted, 0], torch.ones(int(inverted.sum())))
+    assert 20 <= int(inverted.sum()) <= 44, int(inverted.sum())
+
+
+def test_in_painting_may_draw_no_window_while_out_painting_keeps_at_least_one():
+    # Guards the window counts of the authors' code: in-painting draws each window, the first
+    # included, with probability continue_p (none with 1 - continue_p); out-painting always
+    # keeps its first window. With continue_p = 0: nothing painted, and exactly one window kept.
+    x = torch.full((4, 1, 42, 42), 0.5)
+    assert torch.equal(in_paint(x, gen(5), continue_p=0.0), x)
+    kept = out_paint(x, gen(5), continue_p=0.0) == 0.5
+    for mask in kept[:, 0]:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        h, w = len(rows), len(cols)
+        assert 18 <= h <= 24 and 18 <= w <= 24 and int(mask.sum()) == h * w  # one rectangle
+        assert int(rows[-1] - rows[0]) + 1 == h and int(cols[-1] - cols[0]) + 1 == w

@@ -160,12 +160,32 @@ def test_pixel_propagation_matches_eq_3(gamma):
         pixel_propagation(x, gx, gamma), reference_propagation(x, gx, gamma), rtol=1e-10,
         atol=1e-12,
     )  # fmt: skip
+    # The module propagates the L2-normalised g(x_j), as the authors' code does.
     ppm = PixelPropagation(5, gamma=gamma, layers=1).double()
+    gx_unit = torch.nn.functional.normalize(ppm.transform(x), dim=1)
     torch.testing.assert_close(
-        ppm(x), reference_propagation(x, ppm.transform(x), gamma), rtol=1e-10, atol=1e-12
+        ppm(x), reference_propagation(x, gx_unit, gamma), rtol=1e-10, atol=1e-12
     )
     assert len(PixelPropagation(5, layers=0).transform) == 0
     assert len(PixelPropagation(5, layers=2).transform) == 4  # conv, BN, ReLU, conv
+
+
+def test_pixel_propagation_sums_unit_values_as_the_authors_code_does():
+    # Guards the PPM against summing the raw g(x_j) (Xie et al., CVPR 2021, Eq. 3 as written):
+    # the authors' featprop (zdaxie/PixPro, contrast/models/PixPro.py) L2-normalises g(x_j)
+    # over channels first. Two cells x_1 = (1, 0) and x_2 = (3, 3), g the identity:
+    # s(1, 1) = 1, s(1, 2) = max(cos 45 deg, 0) ** 2 = 0.5, s(2, 2) = 1, so
+    # y_1 = 1 * (1, 0) + 0.5 * (0.7071, 0.7071) = (1.3536, 0.3536) and
+    # y_2 = 0.5 * (1, 0) + 1 * (0.7071, 0.7071) = (1.2071, 0.7071); the raw sum gave
+    # y_1 = (2.5, 1.5), at 31 deg from the first axis instead of the authors' 14.6 deg.
+    x = torch.tensor([[1.0, 3.0], [0.0, 3.0]], dtype=torch.float64).view(1, 2, 1, 2)
+    ppm = PixelPropagation(2, gamma=2.0, layers=0).double()
+    r = math.sqrt(0.5)
+    want = torch.tensor([[1 + 0.5 * r, 0.5 + r], [0.5 * r, r]], dtype=torch.float64)
+    torch.testing.assert_close(ppm(x)[0, :, 0], want, rtol=0, atol=1e-12)
+    # With gamma = 1 the off-diagonal weight is cos 45 deg itself.
+    ppm1 = PixelPropagation(2, gamma=1.0, layers=0).double()
+    torch.testing.assert_close(ppm1(x)[0, :, 0, 0], torch.tensor([1 + r * r, r * r]).double())
 
 
 def reference_consistency(y1, k2, y2, k1, mask):

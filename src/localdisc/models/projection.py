@@ -14,10 +14,12 @@ C5 map the papers use.
   Pixel-Level Consistency for Unsupervised Visual Representation Learning", CVPR 2021, Sec. 3:
   conv 1x1 - BN - ReLU - conv 1x1).
 - :class:`PixelPropagation`: PixPro's pixel propagation module (PPM), Xie et al. Eq. 3-4:
-  ``y_i = sum_j s(x_i, x_j) g(x_j)`` over all cells ``j`` of the same view, with
+  ``y_i = sum_j s(x_i, x_j) g(x_j) / |g(x_j)|`` over all cells ``j`` of the same view, with
   ``s(x_i, x_j) = max(cos(x_i, x_j), 0) ** gamma`` (gamma = 2) and ``g`` a stack of ``layers``
   1x1 convolutions with BN + ReLU between successive ones (the paper's best is one layer, i.e.
-  a plain linear map).
+  a plain linear map). The L2 normalisation of ``g(x_j)`` over channels follows the authors'
+  released code (zdaxie/PixPro, ``contrast/models/PixPro.py``, ``featprop``); the paper's Eq. 3
+  shows none.
 
 Widths: the papers' heads keep the backbone width in the hidden layer (2048 -> 2048 -> 128 for
 SimCLR and MoCo v2/DenseCL) or double it (BYOL-style 2048 -> 4096 -> 256 for PixPro); the objectives
@@ -93,7 +95,8 @@ def pixel_propagation(x: Tensor, gx: Tensor, gamma: float = 2.0) -> Tensor:
 
     Returns:
         ``[N, C', H, W]``; the sum is not normalised (the paper's Eq. 3 is a plain sum; the
-        consistency loss compares directions only).
+        consistency loss compares directions only). ``gx`` is used as given:
+        :class:`PixelPropagation` passes it L2-normalised, as the authors' code does.
     """
     n, c, h, w = x.shape
     xn = F.normalize(x.reshape(n, c, h * w), dim=1)
@@ -103,7 +106,14 @@ def pixel_propagation(x: Tensor, gx: Tensor, gamma: float = 2.0) -> Tensor:
 
 
 class PixelPropagation(nn.Module):
-    """PixPro's pixel propagation module: ``y_i = sum_j s(x_i, x_j) g(x_j)`` (Xie et al. Eq. 3).
+    """PixPro's pixel propagation module: ``y_i = sum_j s(x_i, x_j) g(x_j) / |g(x_j)|``.
+
+    Xie et al., "Propagate Yourself", CVPR 2021, Eq. 3-4, as the authors' released code computes
+    it (zdaxie/PixPro, ``contrast/models/PixPro.py``, ``featprop``: ``F.normalize(
+    self.value_transform(feat), dim=1)``): each transformed cell ``g(x_j)`` is L2-normalised over
+    channels before the similarity-weighted sum, where Eq. 3 of the paper shows no normalisation.
+    Without it a cell of large norm outweighs its more similar neighbours and turns the direction
+    of ``y_i``, which is all the consistency loss compares.
 
     Args:
         channels: feature channels (the projection head's output).
@@ -126,7 +136,8 @@ class PixelPropagation(nn.Module):
         self.transform = nn.Sequential(*modules)
 
     def forward(self, x: Tensor) -> Tensor:
-        return pixel_propagation(x, self.transform(x), self.gamma)
+        """``[N, C, H, W]`` projected features -> ``[N, C, H, W]`` propagated features."""
+        return pixel_propagation(x, F.normalize(self.transform(x), dim=1), self.gamma)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}"
