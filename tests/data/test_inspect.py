@@ -113,6 +113,28 @@ def test_inspect_names_low_contrast_images(tmp_path: Path) -> None:
     assert "low contrast in all (1: " in result.output and "washed_out" in result.output
 
 
+def test_inspect_names_a_dim_fundus_photograph_by_its_fov_not_its_black_border(
+    tmp_path: Path,
+) -> None:
+    # Only a radiograph (no black border) was tested: measuring the span over the whole image
+    # (the border's black) or from darkest to brightest (a few specular reflexes) hid a dim
+    # fundus photograph and passed (reviewer's mutations).
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:60, :60]
+    disc = (yy - 30) ** 2 + (xx - 30) ** 2 <= 27**2
+    dim = np.zeros((60, 60, 3), np.uint8)
+    dim[disc] = (100, 60, 30) + rng.integers(0, 12, (int(disc.sum()), 3))
+    dim[28:30, 20:24] = 255  # specular reflexes: 8 of 2,289 FOV pixels, under 1 %
+    normal = np.zeros_like(dim)
+    normal[disc] = (np.linspace(40, 230, int(disc.sum()))[:, None] * (1, 0.6, 0.3)).astype(int)
+    save(tmp_path / "pool" / "dim.png", dim)
+    save(tmp_path / "pool" / "normal.png", normal)
+    split = inspect_dataset("folder", tmp_path / "pool", progress=False)["splits"]["all"]
+    assert split["fov"] == 2 and split["coverage_of"] == "FOV"  # the disc, found by threshold
+    assert 0.5 < split["fov_fraction"] < 0.8
+    assert split["low_contrast"] == ["dim"]
+
+
 def test_inspect_stops_at_or_skips_an_unreadable_file(tmp_path: Path) -> None:
     root = make_drive(tmp_path / "DRIVE")
     bad = root / "test" / "2nd_manual" / "02_manual2.gif"

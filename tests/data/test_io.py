@@ -415,7 +415,9 @@ def test_tiff_multipage_first_page_and_miniswhite(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "mw.tif", arr, photometric="miniswhite")
     img, _ = read_image(tmp_path / "mw.tif")
     np.testing.assert_allclose(img[..., 0], 1 - arr / 255.0, atol=1e-6)
-    np.testing.assert_array_equal(read_mask(tmp_path / "mw.tif"), [[True, False, True]])
+    # A mask means its stored values (255 = foreground), as tifffile, scikit-image and ImageJ
+    # read them; this once asserted the display inversion, [[True, False, True]].
+    np.testing.assert_array_equal(read_mask(tmp_path / "mw.tif"), [[False, True, False]])
 
 
 def test_tiff_lzw_and_palette(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -989,17 +991,44 @@ def test_masks_grey_label_maps_read_as_non_zero(tmp_path: Path) -> None:
     pal.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0])
     pal.save(tmp_path / "pal.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "pal.png"), ref)
-    # Not label maps, so half scale decides as before: a value above it (soft masks), more
-    # than 16 levels, or no background level.
+    # Not label maps, so half scale decides as before: a value above it (soft masks), or no
+    # background level.
     soft = np.array([[0, 1, 2, 200]], dtype=np.uint8)
     np.testing.assert_array_equal(read_mask(_save(soft, tmp_path / "soft.png")), [[0, 0, 0, 1]])
-    ramp = np.arange(20, dtype=np.uint8)[None]
-    assert not read_mask(_save(ramp, tmp_path / "ramp.png")).any()
     no_zero = np.array([[1, 2, 3]], dtype=np.uint8)
     assert not read_mask(_save(no_zero, tmp_path / "nz.png")).any()
-    # 16-bit: labels above 255 are not small class indices.
-    wide = np.array([[0, 300, 600]], dtype=np.uint16)
-    assert not read_mask(_save(wide, tmp_path / "wide.png")).any()
+    # This once asserted that 20 levels 0..19, and 16-bit labels 0/300/600, read as empty:
+    # they are label maps (test_a_label_map_the_half_scale_threshold_would_empty_...).
+    ramp = np.arange(20, dtype=np.uint8)[None]
+    np.testing.assert_array_equal(read_mask(_save(ramp, tmp_path / "ramp.png")), ramp != 0)
+
+
+def test_a_label_map_the_half_scale_threshold_would_empty_reads_as_non_zero(
+    tmp_path: Path,
+) -> None:
+    # Before, 16 or more labels (8-bit 0..20), 16-bit labels 0/300/600 and a 12-bit mask
+    # 0/2000/4095 in a 16-bit PNG read as EMPTY masks, silently: no value reaches half scale.
+    truth = np.zeros((24, 24), bool)
+    truth[4:20, 4:20] = True
+    ramp = np.arange(truth.sum())
+    for count in (15, 16, 20, 40):
+        labels = np.zeros(truth.shape, np.uint8)
+        labels[truth] = 1 + ramp % count
+        path = _save(labels, tmp_path / f"labels{count}.png")
+        np.testing.assert_array_equal(read_mask(path), truth, err_msg=f"{count} labels")
+    wide = np.zeros(truth.shape, np.uint16)
+    wide[truth] = np.where(ramp % 2, 300, 600)
+    for name in ("wide.png", "wide.tif"):
+        path = tmp_path / name
+        tifffile.imwrite(path, wide) if name.endswith(".tif") else _save(wide, path)
+        np.testing.assert_array_equal(read_mask(path), truth, err_msg=name)
+    twelve = np.zeros(truth.shape, np.uint16)
+    twelve[truth] = np.where(ramp % 7 == 0, 2000, 4095)
+    np.testing.assert_array_equal(read_mask(_save(twelve, tmp_path / "m12.png")), truth)
+    # A few 16-bit labels up to 255, one above 127.5, are labels too (not an 8-bit soft mask).
+    few = np.zeros(truth.shape, np.uint16)
+    few[truth] = np.where(ramp % 3 == 0, 200, 1 + ramp % 2)
+    np.testing.assert_array_equal(read_mask(_save(few, tmp_path / "few16.png")), truth)
 
 
 def test_an_anti_aliased_8_bit_mask_in_16_bits_reads_as_in_8(tmp_path: Path) -> None:
@@ -1010,6 +1039,75 @@ def test_an_anti_aliased_8_bit_mask_in_16_bits_reads_as_in_8(tmp_path: Path) -> 
     expected = read_mask(_save(eight, tmp_path / "m8.png"))
     assert 0 < expected.mean() < 1
     np.testing.assert_array_equal(read_mask(_save(sixteen, tmp_path / "m16.png")), expected)
+
+
+def test_a_bool_mask_saved_by_tifffile_reads_back_as_the_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tifffile.imwrite stores a bool array as 1-bit MINISWHITE; read_mask applied the display
+    # inversion and returned the complement, unlike tifffile, scikit-image and ImageJ.
+    truth = np.zeros((40, 50), bool)
+    truth[10:30, 5:20] = True
+    tifffile.imwrite(tmp_path / "bool.tif", truth)
+    with tifffile.TiffFile(tmp_path / "bool.tif") as tf:
+        assert tf.pages[0].photometric == 0 and tf.pages[0].bitspersample == 1
+    np.testing.assert_array_equal(read_mask(tmp_path / "bool.tif"), truth)
+    # ImageJ's masks with an inverted LUT: 8-bit MINISWHITE, 255 stored = foreground.
+    tifffile.imwrite(tmp_path / "ij.tif", truth.astype(np.uint8) * 255, photometric="miniswhite")
+    np.testing.assert_array_equal(read_mask(tmp_path / "ij.tif"), truth)
+    # Images keep the display inversion.
+    np.testing.assert_array_equal(read_image(tmp_path / "bool.tif")[0][..., 0], ~truth)
+    # Pillow, which reads what tifffile cannot (LZW, fax), inverts 1- and 8-bit MINISWHITE
+    # as it decodes: read the same.
+    images = {n: read_image(tmp_path / n)[0] for n in ("bool.tif", "ij.tif")}
+
+    def refuse(path: Path, limit: int) -> lio._Decoded:
+        raise lio._TiffUnsupported("as if compressed without imagecodecs")
+
+    monkeypatch.setattr(lio, "_decode_tifffile", refuse)
+    for name, image in images.items():
+        np.testing.assert_array_equal(read_mask(tmp_path / name), truth, err_msg=name)
+        np.testing.assert_array_equal(read_image(tmp_path / name)[0], image, err_msg=name)
+
+
+def test_a_mask_held_in_the_alpha_of_one_colour_is_read_from_the_alpha(tmp_path: Path) -> None:
+    # Alpha was dropped at decode, so an overlay of one colour with alpha = label (RGBA), or
+    # black with alpha = label (LA), read as all (red) or nothing (black).
+    truth = np.zeros((12, 10), bool)
+    truth[3:9, 2:6] = True
+    alpha = truth.astype(np.uint8) * 255
+    rgba = np.zeros(truth.shape + (4,), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, alpha
+    la = np.stack([np.zeros_like(alpha), alpha], axis=-1)
+    paths = [_save(rgba, tmp_path / "rgba.png"), _save(la, tmp_path / "la.png", mode="LA")]
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba)  # extra sample: unassociated alpha
+    grey_alpha = np.stack([np.full_like(alpha, 7), alpha // 255], axis=-1)  # alpha 0/1
+    tifffile.imwrite(
+        tmp_path / "la.tif", grey_alpha, photometric="minisblack", extrasamples=["unassalpha"]
+    )
+    np.save(tmp_path / "rgba.npy", rgba)
+    paths += [tmp_path / n for n in ("rgba.tif", "la.tif", "rgba.npy")]
+    for path in paths:
+        np.testing.assert_array_equal(read_mask(path), truth, err_msg=path.name)
+    # Pillow's palette with alpha (no file format here writes it) keeps its alpha too.
+    pa = Image.fromarray(np.zeros(truth.shape, np.uint8), mode="P").convert("PA")
+    pa.putalpha(Image.fromarray(alpha))
+    np.testing.assert_array_equal(lio._from_pil(tmp_path / "pa", pa, None).alpha, alpha)
+    # The alpha's levels follow the grey rules: anti-aliased alpha is cut at half scale.
+    soft = rgba.copy()
+    soft[..., 3] = np.where(truth, 200, 60)
+    np.testing.assert_array_equal(read_mask(_save(soft, tmp_path / "soft.png")), truth)
+    # Images drop alpha as before: the red overlay is red everywhere.
+    image, meta = read_image(tmp_path / "rgba.png")
+    assert meta.channels == 4 and image.shape == truth.shape + (3,)
+    np.testing.assert_array_equal(image[..., 0], 1.0)
+    # Where the colour varies, it decides, whatever the alpha (a red-on-black mask whose
+    # alpha is a constant-but-for-one-pixel edit).
+    varied = rgba.copy()
+    varied[..., 0] = alpha
+    varied[..., 3] = 255
+    varied[0, 0, 3] = 0
+    np.testing.assert_array_equal(read_mask(_save(varied, tmp_path / "varied.png")), truth)
 
 
 def test_masks_palette(tmp_path: Path) -> None:

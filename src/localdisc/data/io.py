@@ -34,9 +34,11 @@ Value conventions:
 * floats must be finite; they are clipped to [0, 1] within 0.5 of it (resampling overshoot, as
   an array in memory is) and min-max scaled further out (a constant image there becomes all
   zeros);
-* alpha is dropped (RGBA -> RGB, LA -> L); palette images become RGB, or grey when the palette
-  is grey; EXIF orientation is ignored so that images stay aligned with their masks
-  (:attr:`ImageMeta.orientation` says where a file has one).
+* alpha is dropped from images (RGBA -> RGB, LA -> L; :func:`read_mask` reads it where the
+  colour is constant); palette images become RGB, or grey when the palette is grey; a
+  MINISWHITE TIFF is inverted for display (not in :func:`read_mask`); EXIF orientation is
+  ignored so that images stay aligned with their masks (:attr:`ImageMeta.orientation` says
+  where a file has one).
 """
 
 from __future__ import annotations
@@ -218,11 +220,16 @@ class ImageMeta:
 class _Decoded:
     """Pixels as decoded, before conversion: what read_image and read_mask share."""
 
-    pixels: np.ndarray  # H x W or H x W x C (C = 1 or 3), alpha already dropped
+    pixels: np.ndarray  # H x W or H x W x C (C = 1 or 3), stored values, alpha apart
     scale: float | None  # value meaning "full white"; None: data-driven (floats)
     meta: ImageMeta
     palette: np.ndarray | None = None  # (256, 3) uint8 when pixels are palette indices
-    invert: bool = False  # MINISWHITE TIFF: the scaled values are flipped
+    # MINISWHITE TIFF: read_image flips the scaled values for display; read_mask does not
+    # (a mask means its stored values: tifffile, scikit-image and ImageJ read them so).
+    invert: bool = False
+    # H x W alpha (of ``scale``), where the file has one: images drop it, but a mask drawn
+    # as an overlay of one colour holds its label there alone.
+    alpha: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- public API
@@ -283,29 +290,42 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
 
     * grey or RGB (RGB: the brightest channel counts): values in {0, 1} -> value 1;
       exactly two values, one of them 0 (0/255, 0/k) -> non-zero; a label map (integer
-      samples, 0 and at most ``_MAX_LABEL_LEVELS - 1`` other values, none above half of full
-      scale nor above 255: 0/1/2 class indices) -> non-zero, as for label palettes;
-      otherwise (anti-aliased or JPEG-compressed masks, two non-zero levels) -> above half of
-      full scale;
+      samples, 0 and other values of which none is above the threshold below, where it would
+      read as empty: 0/1/2 class indices, labels 0..20, 16-bit labels 0/300/600, a 12-bit mask
+      0/2000/4095 in a 16-bit PNG; or at most ``_MAX_LABEL_LEVELS`` levels up to 255 in a
+      16-bit file) -> non-zero, as for label palettes; otherwise (anti-aliased or
+      JPEG-compressed masks) -> above half of full scale, 127.5 for values up to 255 stored in
+      16 bits (an anti-aliased 8-bit mask);
     * palette images (GIF/PNG "P"): a grey palette is read as grey (above); with a single
       colour used, or exactly two of which one is dark and one bright, the bright colour
       (brightest channel > 127; DRIVE's second-observer GIFs use near-black (4, 2, 4) and
       near-white, and GIF encoders reorder palettes, so the index alone means nothing there);
-      otherwise index != 0 (label palettes, where index 0 is background whatever its colour).
+      otherwise index != 0 (label palettes, where index 0 is background whatever its colour);
+    * alpha (RGBA, LA, PA, TIFF alpha, 4-channel ``.npy``): where the colour is the same in
+      every pixel and the alpha is not, the alpha decides, by the grey rules above (an
+      overlay exported as one colour with alpha = label would read as all or nothing);
+    * a MINISWHITE TIFF (what ``tifffile.imwrite`` makes of a bool array; ImageJ's masks
+      with an inverted LUT) is read as stored (1 or 255 = foreground), as tifffile,
+      scikit-image and ImageJ read it, not inverted for display as :func:`read_image` does.
 
     Raises:
         ImageReadError: as :func:`read_image`.
     """
     path = Path(path)
     d = _decode(path, max_pixels)
-    if d.palette is not None:
+    if d.alpha is not None and _constant(d.pixels) and _levels(d.alpha).size > 1:
+        mask = _binarize(d.alpha, d.scale)
+    elif d.palette is not None:
         mask = _palette_mask(d.pixels, d.palette)
     else:
         values = d.pixels if d.pixels.ndim == 2 else d.pixels.max(axis=2)
-        if d.invert:
-            values = _invert(values, d.scale)
-        mask = _binarize(values, d.scale)
+        mask = _binarize(values, d.scale)  # MINISWHITE: stored values, not inverted
     return np.ascontiguousarray(mask, dtype=bool)
+
+
+def _constant(pixels: np.ndarray) -> bool:
+    """Whether every pixel holds the same sample(s) (index, grey or colour)."""
+    return bool((pixels == pixels[0, 0]).all())
 
 
 def read_image_meta(path: str | Path, *, max_pixels: int | None = None) -> ImageMeta:
@@ -641,6 +661,8 @@ def _validate(path: Path, d: _Decoded, limit: int) -> None:
         raise ImageReadError(path, f"decoded to unsupported sample type {px.dtype}")
     if px.dtype.kind == "f" and not np.isfinite(px).all():
         raise ImageReadError(path, "image contains NaN or infinite values")
+    if d.alpha is not None and d.alpha.shape != px.shape[:2]:
+        raise ImageReadError(path, f"decoded alpha of shape {d.alpha.shape} for {px.shape}")
 
 
 # --------------------------------------------------------------------------- Pillow
@@ -842,7 +864,7 @@ def _exif_orientation(raw: bytes) -> int | None:
 def _from_pil(path: Path, im: Image.Image, orientation: int | None) -> _Decoded:
     """Map a loaded Pillow image to samples, full scale and metadata."""
     mode = im.mode
-    palette = None
+    palette = alpha = None
     scale: float | None = 255.0
     # Palette and "I" images: set below, from the pixels.
     bits, channels = _pil_layout(im) or (8, 1)
@@ -851,16 +873,19 @@ def _from_pil(path: Path, im: Image.Image, orientation: int | None) -> _Decoded:
     elif mode == "L":
         pixels = np.asarray(im)
     elif mode == "LA":
+        alpha = np.asarray(im)[..., 1]
         pixels = np.asarray(im)[..., 0]
     elif mode in ("P", "PA"):
         index = np.asarray(im)
         pixels = index if index.ndim == 2 else index[..., 0]
+        alpha = None if index.ndim == 2 else index[..., 1]
         palette = _pil_palette(im)
         used = palette[np.flatnonzero(np.bincount(pixels.ravel(), minlength=256))]
         channels = 1 if _is_grey(used) else 3
     elif mode == "RGB":
         pixels = np.asarray(im)
     elif mode in ("RGBA", "RGBX", "RGBa"):
+        alpha = None if mode == "RGBX" else np.asarray(im)[..., 3]  # X: padding
         pixels = np.asarray(im)[..., :3]
     elif mode.startswith("I;16"):
         pixels, scale = np.asarray(im).astype(np.uint16), 65535.0
@@ -875,8 +900,22 @@ def _from_pil(path: Path, im: Image.Image, orientation: int | None) -> _Decoded:
         pixels, scale = np.asarray(im), None
     else:  # CMYK, YCbCr, LAB, HSV, packed 16-bit RGB variants: let Pillow convert
         pixels = np.asarray(im.convert("RGB"))
+    invert = _pil_miniswhite(im)
+    if invert and mode in ("1", "L"):  # Pillow inverted them for display: back to as stored
+        pixels = (1 if mode == "1" else 255) - pixels
     meta = _pil_meta(path, im, bits, channels, orientation)
-    return _Decoded(np.ascontiguousarray(pixels), scale, meta, palette=palette)
+    if alpha is not None:
+        alpha = np.ascontiguousarray(alpha)
+    return _Decoded(
+        np.ascontiguousarray(pixels), scale, meta, palette=palette, invert=invert, alpha=alpha
+    )
+
+
+def _pil_miniswhite(im: Image.Image) -> bool:
+    """Whether Pillow read a MINISWHITE TIFF (photometric 0): it inverts 1- to 8-bit ones as
+    it decodes them, not 16-bit or float ones; tifffile's reading keeps all as stored."""
+    tags = getattr(im, "tag_v2", None)
+    return tags is not None and tags.get(262) == 0 and im.mode in ("1", "L", "I;16", "F")
 
 
 def _pil_palette(im: Image.Image) -> np.ndarray:
@@ -1065,19 +1104,24 @@ def _decode_tifffile(path: Path, limit: int) -> _Decoded:
     with _open_tifffile(path) as tf:
         page, meta, photometric = _tiff_page(tf, path, limit)
         axes = page.axes
+        extra = tuple(int(e) for e in page.extrasamples)
         pixels = page.asarray()
 
     if axes == "SYX":
         pixels = np.moveaxis(pixels, 0, -1)
     if pixels.shape[:2] != (meta.height, meta.width):
         raise _TiffUnsupported(f"decoded shape {pixels.shape} does not match header")
+    alpha = None
     if pixels.ndim == 3:
         keep = 3 if photometric == 2 else 1  # drop alpha and other extra samples
+        # The first extra sample, where it is alpha (1 associated, 2 unassociated).
+        if pixels.shape[2] > keep and extra[:1] in ((1,), (2,)):
+            alpha = np.ascontiguousarray(pixels[..., keep])
         pixels = pixels[..., :keep]
         if keep == 1:
             pixels = pixels[..., 0]
     scale = _integer_scale(pixels.dtype, meta.bit_depth)
-    return _Decoded(np.ascontiguousarray(pixels), scale, meta, invert=photometric == 0)
+    return _Decoded(np.ascontiguousarray(pixels), scale, meta, invert=photometric == 0, alpha=alpha)
 
 
 def _tiff_page(tf: Any, path: Path, limit: int) -> tuple[Any, ImageMeta, int]:
@@ -1214,15 +1258,19 @@ def _decode_npy(path: Path, head: bytes, limit: int) -> _Decoded:
         f.seek(0)
         array = np.load(f, allow_pickle=False)
     channels = 1 if array.ndim == 2 else int(array.shape[2])
+    alpha = array[..., 3] if channels == 4 else None
     if channels == 4:
         array = array[..., :3]
     elif channels == 1 and array.ndim == 3:
         array = array[..., 0]
     if array.dtype.kind in "iu":
         array = array.astype(array.dtype.newbyteorder("="), copy=False)
+    if alpha is not None:
+        alpha = np.ascontiguousarray(alpha, dtype=array.dtype)
     bits = 1 if dtype.kind == "b" else dtype.itemsize * 8
     meta = ImageMeta(path, "npy", bits, height, width, channels)
-    return _Decoded(np.ascontiguousarray(array), _integer_scale(array.dtype, bits), meta)
+    scale = _integer_scale(array.dtype, bits)
+    return _Decoded(np.ascontiguousarray(array), scale, meta, alpha=alpha)
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -1481,12 +1529,6 @@ def _min_max(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo)
 
 
-def _invert(values: np.ndarray, scale: float | None) -> np.ndarray:
-    if scale is None:
-        return 1.0 - values
-    return (scale - values.astype(np.float64)).astype(np.float64)
-
-
 def _to_float_image(path: Path, d: _Decoded) -> np.ndarray:
     """Samples -> float32 H x W x C in [0, 1] following the module's value conventions."""
     px = d.pixels
@@ -1523,7 +1565,9 @@ def _to_float_image(path: Path, d: _Decoded) -> np.ndarray:
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
-#: Most distinct values (background included) a grey mask may hold to be read as a label map.
+#: Most distinct values (background included) of a grey mask whose labels, up to 255 in a 16-bit
+#: file, are read as non-zero although some lie above 127.5 (where more: an anti-aliased 8-bit
+#: mask stored in 16 bits).
 _MAX_LABEL_LEVELS = 16
 
 
@@ -1532,12 +1576,16 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
 
     1. only 0 and 1 -> value 1;
     2. exactly two values, the lower 0 (0/255, 0/k) -> non-zero;
-    3. a label map -> non-zero: integer samples with at most :data:`_MAX_LABEL_LEVELS` distinct
-       values, 0 among them, none above half of full scale and none above 255 (0/1/2 class
-       indices stored as grey ``L`` or ``I;16``; the half-scale rule would make them empty);
-    4. otherwise above half of full scale (``scale``; for floats 0.5, or half the maximum when
+    3. a label map of few levels -> non-zero: integer samples with at most
+       :data:`_MAX_LABEL_LEVELS` distinct values, 0 among them, none above half of full scale
+       and none above 255 (0/1/2 class indices stored as grey ``L`` or ``I;16``);
+    4. the threshold of rule 5, where it would leave nothing: integer samples, 0 among them,
+       none above it -> non-zero (a label map of any number of labels: 0..20; 16-bit labels
+       0/300/600; a 12-bit mask 0/2000/4095 in a 16-bit PNG, whose bit depth is not stored),
+       since an empty mask of a file with non-zero values is never what was meant;
+    5. otherwise above half of full scale (``scale``; for floats 0.5, or half the maximum when
        values exceed 1): anti-aliased and JPEG masks, which have values above half scale; an
-       anti-aliased 8-bit mask (values up to 255, more levels than a label map) stored in 16
+       anti-aliased 8-bit mask (values up to 255, more levels than rule 3's) stored in 16
        bits, above 127.5 (half of 65535 read it as empty).
     """
     if values.dtype.kind == "b":
@@ -1562,6 +1610,9 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
         scale = 1.0 if top <= 1.0 else top
     elif values.dtype.kind in "iu" and scale > 255 and levels[-1] <= 255:
         scale = 255.0  # (a label map of few levels is taken by rule 3)
+    # Rule 4: integer labels of which none is above the threshold, which would read as empty.
+    if values.dtype.kind in "iu" and levels.size > 1 and levels[0] == 0 and levels[-1] <= scale / 2:
+        return values != 0
     return values > scale / 2
 
 
