@@ -28,6 +28,7 @@ from localdisc.data.datasets import (
     pool_image_paths,
     split_target,
 )
+from localdisc.data.io import read_mask
 from localdisc.data.synthetic import synthetic_xray
 from localdisc.errors import DatasetError, ImageReadError, LocaldiscError
 
@@ -180,6 +181,9 @@ def test_drive_official_layout(tmp_path: Path) -> None:
     test = load_dataset("drive", root, "test")
     assert test.targets == ("vessels", "vessels_2nd")
     assert np.array_equal(test[1].masks["vessels_2nd"], as_bool(vessels(period=5)))
+    # The test split's `vessels` is the 1st observer's: nothing checked it, so reading the 2nd
+    # observer's there passed (reviewer's mutation).
+    assert np.array_equal(test[1].masks["vessels"], as_bool(vessels()))
     both = load_dataset("drive", root, "all")
     assert len(both) == 4 and both.split == "all"
     assert load_dataset("drive", root).split == "train"  # split None: train where it exists
@@ -436,6 +440,30 @@ def test_jsrt_scr_found_recursively_and_masks_resized(jsrt_root: Path) -> None:
             np.ones((2, 2), bool),
         ),
     )
+    # Each side is its own folder's: only the unions were checked, so left and right could
+    # swap (reviewer's mutation).
+    for organ in ("left lung", "right lung", "left clavicle", "right clavicle"):
+        expected = np.kron(as_bool(organ_mask(organ, 16)), np.ones((2, 2), bool))
+        np.testing.assert_array_equal(png.masks[organ.replace(" ", "_")], expected, organ)
+
+
+def test_scr_mask_folders_named_with_underscores_are_read_as_the_docstring_says(
+    tmp_path: Path, jsrt_root: Path
+) -> None:
+    # `left_lung/` is promised beside `left lung/`, but no fixture used it: a reader that
+    # took only spaces passed (reviewer's mutation).
+    root = tmp_path / "underscored"
+    (root / "SCR" / "masks").mkdir(parents=True)
+    (root / "JSRT").symlink_to(jsrt_root / "JSRT", target_is_directory=True)
+    for organ in ORGANS:
+        target = jsrt_root / "SCR" / "masks" / organ
+        (root / "SCR" / "masks" / organ.replace(" ", "_")).symlink_to(target, True)
+    test = load_dataset("jsrt_scr", root, "test")
+    assert len(test) == 123 and set(test.targets) >= {"lung", "left_lung", "right_clavicle"}
+    png = test[0]
+    for organ in ORGANS:
+        expected = np.kron(as_bool(organ_mask(organ, 16)), np.ones((2, 2), bool))
+        np.testing.assert_array_equal(png.masks[organ.replace(" ", "_")], expected, organ)
 
 
 def test_jsrt_scr_missing_organ(tmp_path: Path, jsrt_root: Path) -> None:
@@ -792,6 +820,22 @@ def test_match_masks_beside_the_images_ignores_a_label_folder_next_to_them(
     assert match.mask is None and "not taken" in match.reason
 
 
+def test_match_masks_takes_no_folder_of_outputs_for_another_label_folder(tmp_path: Path) -> None:
+    # README's `predict --out masks/` beside truth/ of 03_test_manual1.gif tracings: the DRIVE
+    # rule took masks/ for another label folder and refused every tracing, saying truth/ held
+    # fields of view (reviewer). A masks/ that is no output folder is still such a folder.
+    import json
+
+    image = save(tmp_path / "photos" / "03_test.png", fundus(seed=1))
+    truth = save(tmp_path / "truth" / "03_test_manual1.png", vessels())
+    save(tmp_path / "masks" / "03_test_mask.png", vessels(period=3))
+    (tmp_path / "masks" / "predict.json").write_text(json.dumps({"images": [{"name": "03_test"}]}))
+    assert match_masks([image], truth.parent)[0].mask == truth
+    (tmp_path / "masks" / "predict.json").unlink()
+    match = match_masks([image], truth.parent)[0]
+    assert match.mask is None and "may hold other masks than labels" in match.reason
+
+
 def test_match_masks_says_which_images_have_no_mask_at_all(tmp_path: Path) -> None:
     # absent was a flag beside each match, from a private twin of match_masks: now a field, so
     # callers tell an unlabelled image (absent) from an ambiguous one (two candidates).
@@ -1012,6 +1056,13 @@ def test_real_drive() -> None:
     fov = sample.fov
     assert 0.6 < fov.mean() < 0.8
     assert 0.05 < sample.masks["vessels"][fov].mean() < 0.2
+    # The test split's `vessels` is the 1st observer's tracing, not the 2nd's (nothing checked
+    # it: reviewer's mutation).
+    first = test[0]
+    ident = first.name.split("_")[0]
+    manual1 = read_mask(root / "test" / "1st_manual" / f"{ident}_manual1.gif")
+    assert np.array_equal(first.masks["vessels"], manual1)
+    assert not np.array_equal(first.masks["vessels_2nd"], manual1)
 
 
 def test_real_stare_derived_fov() -> None:
@@ -1038,6 +1089,11 @@ def test_real_jsrt_scr_listing() -> None:
     assert sample.image.shape == (512, 512, 1)  # masks are 1024: resized to the image
     assert all(m.shape == (512, 512) for m in sample.masks.values())
     assert 0.15 < sample.masks["lung"].mean() < 0.5 and sample.masks["heart"].any()
+    # The patient's left is on the image's right (PA view): left and right could swap
+    # unnoticed (reviewer's mutation).
+    for name in ("left_lung", "right_lung", "left_clavicle", "right_clavicle"):
+        column = np.nonzero(sample.masks[name])[1].mean() / 512
+        assert (column > 0.5) == name.startswith("left"), (name, column)
 
 
 def test_real_hrf_images_only() -> None:

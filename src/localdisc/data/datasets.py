@@ -1069,7 +1069,10 @@ class _MaskIndex:
             index.siblings = [
                 p.name
                 for p in sorted(mask_dir.parent.iterdir())
-                if p != mask_dir and p.name.lower() in MASK_DIR_NAMES and p.is_dir()
+                if p != mask_dir
+                and p.name.lower() in MASK_DIR_NAMES
+                and p.is_dir()
+                and not _written_here(p)  # predict --out masks/: outputs, no other labels
             ]
         except OSError:  # a parent that cannot be listed holds no sibling we could know of
             index.siblings = []
@@ -1240,9 +1243,9 @@ def _suffix_fallback(
         why = (
             f"no mask with the same file stem in {index.root}; {found[0].name} has its stem "
             f"plus a mask ending but is not taken, because {index.root.parent} also holds "
-            f"{', '.join(index.siblings)} (as in DRIVE and HRF, whose {index.root.name} "
-            "folder holds fields of view): use the data set's loader (drive:ROOT, "
-            "hrf:ROOT), or keep one mask folder"
+            f"{', '.join(index.siblings)}: one of them may hold other masks than labels (in "
+            "DRIVE and HRF, mask/ holds fields of view beside the labels): use the data set's "
+            "loader (drive:ROOT, hrf:ROOT), or keep one mask folder"
         )
         return None, why, False
     if len(here) == 1:
@@ -1349,6 +1352,21 @@ def folder_image_dir(root: Path) -> Path:
         names = " and ".join(p.name for p in found)
         raise DatasetError(f"{root}: two image folders, {names}, differ only in letter case")
     return found[0] if found else root
+
+
+def _written_here(folder: Path) -> bool:
+    """Whether ``folder`` is the writing of this package: a training run, a benchmark's
+    ``--out``, or outputs a record in it lists (:func:`_recorded_outputs`)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    files = [e.name for e in entries if e.is_file()]
+    dirs = [e.name for e in entries if e.is_dir()]
+    return (
+        _run_below(folder, folder.parent, files)
+        or _recorded_outputs(folder, files, dirs) is not None
+    )
 
 
 def _run_below(here: Path, root: Path, filenames: list[str]) -> bool:
