@@ -43,8 +43,25 @@ def _print_version(ctx: typer.Context, value: bool) -> None:
         raise typer.Exit()
 
 
+#: The commands that spread over torchrun's processes (pre-training); every other one runs in
+#: one process, and its copies under torchrun raced on one --out.
+TORCHRUN_COMMANDS = ("pretrain", "shape-guided train")
+
+
+def _refuse_torchrun(command: str) -> None:
+    """Refuse ``command`` under torchrun (``WORLD_SIZE`` > 1) unless it is pre-training: its
+    second process took the first's folder lock for another user's run and stopped both."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if command not in TORCHRUN_COMMANDS and world.isdigit() and int(world) > 1:
+        raise LocaldiscError(
+            f"{command} runs in one process, not under torchrun ({world} processes here): run "
+            f"it without torchrun; {' and '.join(TORCHRUN_COMMANDS)} spread over processes"
+        )
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False,
         "--version",
@@ -55,6 +72,8 @@ def _root(
     ),
 ) -> None:
     """Unsupervised local discrimination for medical images."""
+    if ctx.invoked_subcommand not in (None, "shape-guided"):  # its own callback says
+        _refuse_torchrun(ctx.invoked_subcommand)
 
 
 def _log(text: str) -> None:
@@ -478,13 +497,19 @@ def pretrain(
         None, help="End stage 1 after this many seconds, if its steps are not done by then."
     ),
     stage2_seconds: float | None = typer.Option(None, help="The same for stage 2."),
-    batch: int = typer.Option(4, help="Items per step (each feeds 5 images)."),
+    batch: int = typer.Option(
+        4,
+        help="Items per step and process (each feeds 5 images; under torchrun the global batch "
+        "is this times the processes).",
+    ),
     size: int = typer.Option(448, help="Crop size S (multiple of 16)."),
     pool_size: int | None = typer.Option(
         None, help="Side of the pool images, cropped to S (default S x 8/7: 512 for 448)."
     ),
     crop_scale: tuple[float, float] = typer.Option(
-        (0.9, 1.0), help="Area fraction of LD's random resized crop: MIN MAX (peers keep theirs)."
+        (0.9, 1.0),
+        help="Area fraction of LD's random resized crop: MIN MAX (Models Genesis takes it too; "
+        "SimCLR, DenseCL and PixPro keep theirs, 0.2 to 1).",
     ),
     clusters: int = typer.Option(16, help="Clusters K."),
     dim: int = typer.Option(32, help="Embedding dimension D."),
@@ -1070,6 +1095,12 @@ shape_app = typer.Typer(
 app.add_typer(shape_app, name="shape-guided")
 
 
+@shape_app.callback()
+def _shape_guided(ctx: typer.Context) -> None:
+    """Segment anatomy without labels: LD clustering guided by a shape prior."""
+    _refuse_torchrun(f"shape-guided {ctx.invoked_subcommand}")
+
+
 @shape_app.command("train")
 def shape_guided_train(
     data: list[str] = typer.Option(
@@ -1098,7 +1129,11 @@ def shape_guided_train(
     stage2_steps: int = typer.Option(4_000, help="Stage 2 steps, with the shape prior."),
     stage1_seconds: float | None = typer.Option(None, help="Time budget of stage 1."),
     stage2_seconds: float | None = typer.Option(None, help="Time budget of stage 2."),
-    batch: int = typer.Option(4, help="Items per step (each feeds 5 images)."),
+    batch: int = typer.Option(
+        4,
+        help="Items per step and process (each feeds 5 images; under torchrun the global batch "
+        "is this times the processes).",
+    ),
     size: int = typer.Option(448, help="Crop size S (multiple of 16)."),
     pool_size: int | None = typer.Option(
         None, help="Side of the images, cropped to S (default S x 8/7: 512 for 448)."

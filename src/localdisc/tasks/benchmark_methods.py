@@ -83,7 +83,8 @@ def parse_pool(spec: str) -> tuple[str, str]:
 #: ``--cpu-scale`` pools under ``--data-root`` (those of benchmarks/compare_methods.sh).
 CPU_SCALE_POOLS = {"fundus": "KaggleDR/images", "xray": "CXR_Kermany/train/NORMAL"}
 #: ``--cpu-scale`` fundus pools: LD's native-scale crops of ``benchmark transfer --cpu-scale``
-#: (vessels as wide as in DRIVE at 256); the peers keep their own, 0.2-1 (localdisc.methods).
+#: (vessels as wide as in DRIVE at 256), which Models Genesis takes too; SimCLR, DenseCL and PixPro
+#: keep their own, 0.2-1 (localdisc.methods).
 CPU_SCALE_FUNDUS = {"pool_size": 256, "crop_scale": (0.2, 0.35)}
 
 
