@@ -131,11 +131,13 @@ def segment_vessels_self_trained(
     """Vessel masks of fundus photographs, no label anywhere (``localdisc shape-guided vessels``).
 
     A network (:func:`train_student`; ``config`` default :class:`StudentConfig` with
-    :data:`PAINTED` copies) is taught on the given images themselves (``train_images`` of them at
-    most, drawn with ``config.seed``: memory grows with them, and images unlike any taught on
-    may fare worse, :data:`TRAIN_IMAGES`): its teacher's sure pixels
-    at ``fraction`` of the FOV (``None``: the vessel fraction ``prior``'s masks imply, inside
-    their convex hulls) and the simulated trees painted on copies. Each image's FOV is read from
+    :data:`PAINTED` copies; a ``config`` given is taken whole, and :class:`StudentConfig`'s own
+    default is no painted copy: give ``painted=PAINTED`` to keep the command's) is taught on
+    the given images themselves (``train_images`` of them at most, drawn with ``config.seed``:
+    memory grows with them, and images unlike any taught on may fare worse,
+    :data:`TRAIN_IMAGES`): its teacher's sure pixels at ``fraction`` of the FOV (``None``: the
+    vessel fraction ``prior``'s masks imply, inside their convex hulls) and the simulated trees
+    painted on copies. Each image's FOV is read from
     ``fov_masks`` (a folder: :func:`fov_mask_files`) or else found in the image
     (:func:`~localdisc.data.preprocess.fov_from_image`); images whose longer side
     exceeds ``max_size`` are shrunk to it first (the filter's scales are those of DRIVE- and
