@@ -395,3 +395,37 @@ def test_a_fundus_enters_the_pool_cut_to_its_field_of_view(tmp_path: Path) -> No
     assert abs(np.ptp(rows) - np.ptp(cols)) <= 2  # a disc, not an ellipse
     assert pool[0, :, 0, 0].tolist() == [0, 0, 0]  # the frame's corner stays black
     assert pool[0, :, 32, 32].tolist() == [200, 120, 60]
+
+
+@pytest.mark.parametrize(
+    ("specs", "max_images", "skip_bad"),
+    [
+        (["{a}"], None, False),
+        (["{a}", "{b}", "{a}"], None, True),
+        (["synthetic_xray:2", "{b}", "{a}"], 4, True),
+        (["{b}", "skimage:retina", "{a}"], 3, True),
+        (["{a}/sub", "{a}"], 2, True),
+    ],
+)
+def test_a_planned_pool_reads_the_files_its_pool_reads(tmp_path, specs, max_images, skip_bad):
+    # A finished run's pool is compared with what its data give now without decoding them
+    # (pool_files): the plan must pick the very files the pool read, skips and --max-images
+    # filling included.
+    from localdisc.data.pool import pool_files
+
+    a = _grey_folder(tmp_path / "a", {"a1.png": 10, "a3.png": 30})
+    (a / "a2.png").write_bytes(b"not a png")
+    _grey_folder(a / "sub", {"s1.png": 40})
+    b = _grey_folder(tmp_path / "b", {"b2.png": 60, "b3.png": 70})
+    (b / "b1.png").write_bytes(b"not a png")
+    if not skip_bad:
+        (a / "a2.png").unlink()
+    specs = [s.format(a=a, b=b) for s in specs]
+    read: list[Path] = []
+    pool, skipped = resolve_pool(specs, "xray", 8, max_images=max_images, skip_bad=skip_bad,
+                                 files=read, log=lambda m: None)  # fmt: skip
+    unreadable = [p.resolve() for p, _ in skipped]
+    planned = pool_files(specs, "xray", max_images=max_images, skip_bad=skip_bad,
+                         unreadable=unreadable)  # fmt: skip
+    assert planned == read and len(read) == len({*read})
+    assert read and not set(read) & set(unreadable) and len(read) <= pool.shape[0]

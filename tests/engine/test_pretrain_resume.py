@@ -162,3 +162,77 @@ def test_skip_bad_is_no_setting_a_resume_compares(tmp_path, images):
     assert pretrain(flagged, run, resume=True, log=said.append).steps == config.total_steps
     assert not [m for m in said if "saved settings" in m]  # the given flag is used
     refuse_other_settings(run, config)  # finished: reused with or without it
+
+
+def test_a_finished_run_on_other_files_is_refused_not_reused(tmp_path, images):
+    # A benchmark reused a finished pre-training whatever its pool held now (a grown --pool in
+    # pretrain-methods): one file swapped for another, the same count, went unseen, and so
+    # would a resume's (it compared counts and validation names).
+    data, run = tmp_path / "data", tmp_path / "run"
+    save_images(data, images, range(8))
+    config = tiny_pretrain_config(data=[str(data)], workers=1)
+    pretrain(config, run, log=quiet)
+    refuse_other_settings(run, config)  # the same files: reused
+    (data / "img7.png").unlink()
+    save_images(data, images, [8])
+    with pytest.raises(CheckpointError) as caught:
+        refuse_other_settings(run, config)
+    assert str(caught.value).startswith(
+        f"{run}: pre-trained on other files than its data ({data}) hold now (8 files now, 8 "
+        "then): reused, it would stand in for a pre-training on these. Restore the data as it "
+        "was, or give another --out (nothing was changed)."
+    )
+    (data / "img8.png").unlink()
+    save_images(data, images, [7])
+    refuse_other_settings(run, config)
+    # A resume likewise, where the validation images are the same.
+    stopped = tmp_path / "stopped"
+    pretrain(config, stopped, stop_at_step=2, log=quiet)
+    val = json.loads((stopped / "config.json").read_text())["pool"]["val_names"]
+    (data / next(f"img{i}.png" for i in range(8) if f"img{i}.png" not in val)).unlink()
+    save_images(data, images, [8])
+    with pytest.raises(CheckpointError, match=r"the pool differs .* \(other files \(8 now, 8 then"):
+        pretrain(config, stopped, resume=True, log=quiet)
+
+
+def test_a_finished_run_is_reused_where_its_data_give_the_same_pool(tmp_path, images):
+    # The skipped file deleted since, a file beyond --max-images added, an older run without
+    # the record, data moved away: nothing to refuse (a count of files refused the first).
+    data, run = tmp_path / "data", tmp_path / "run"
+    save_images(data, images, range(6))
+    (data / "img3.png").write_bytes(b"not a png")
+    config = tiny_pretrain_config(data=[str(data)], skip_bad=True, max_images=5, workers=1)
+    pretrain(config, run, log=quiet)
+    save_images(data, images, [8])  # img8.png sorts after the five kept
+    refuse_other_settings(run, config)  # img3 skipped again
+    (data / "img3.png").unlink()
+    refuse_other_settings(run, config)
+    (data / "img0.png").unlink()  # now img8 enters the pool
+    with pytest.raises(CheckpointError, match="other files .* \\(5 files now, 5 then\\)"):
+        refuse_other_settings(run, config)
+    shutil.move(data, tmp_path / "archived")
+    refuse_other_settings(run, config)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["pool"]["files_sha256"]
+    (run / "config.json").write_text(json.dumps(saved))
+    shutil.move(tmp_path / "archived", data)
+    refuse_other_settings(run, config)
+
+
+def test_a_config_without_a_modality_takes_its_data_s_as_the_command_does(tmp_path, images):
+    # PretrainConfig's default was "fundus": chest radiographs pre-trained from Python were
+    # cropped and coloured as fundus photographs, unsaid, where `pretrain --data` guessed X-ray.
+    data, run, said = tmp_path / "data", tmp_path / "run", []
+    save_images(data, images[:, :1].expand(-1, 3, -1, -1).contiguous(), range(6))  # grey
+    config = tiny_pretrain_config(data=[str(data)], workers=1)
+    assert config.modality is None
+    pretrain(config, run, stop_at_step=2, log=said.append)
+    assert "modality xray: that of the data (PretrainConfig.modality chooses)" in said
+    assert json.loads((run / "config.json").read_text())["pretrain"]["modality"] == "xray"
+    refuse_other_settings(run, config)  # the run's own modality, not another setting
+    said.clear()
+    assert pretrain(config, run, resume=True, log=said.append).steps == config.total_steps
+    assert not [m for m in said if "saved settings" in m or "modality" in m]
+    from localdisc.models import LDModel
+
+    assert LDModel.from_pretrained(run).config.modality == "xray"

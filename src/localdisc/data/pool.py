@@ -9,9 +9,10 @@ Memory: ``N * C * P * P`` bytes (1 000 fundus images at 512 take 0.8 GB).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -196,6 +197,8 @@ def resolve_pool(
     log: Callable[[str], None] = print,
     progress: bool = False,
     names: list[str] | None = None,
+    files: list[Path] | None = None,
+    unreadable: Collection[Path] | None = None,
 ) -> tuple[torch.Tensor, list[tuple[Path, str]]]:
     """Decode every image named by ``specs`` into one uint8 pool tensor (with a progress bar
     of the files decoded where ``progress``: a large pool takes minutes).
@@ -203,7 +206,12 @@ def resolve_pool(
     ``names``, when given, is filled with the source of each pool image, in the pool's order:
     a file's path relative to its folder or data set root (``sub/a.png``), ``synthetic_fundus 3``
     for the generated image of seed ``seed + 3``, ``skimage retina``. Figures name the images
-    they show by it; a list of strings, as the tensor carries no paths.
+    they show by it; a list of strings, as the tensor carries no paths. ``files``, when given,
+    is filled with the resolved path of each file read, in the pool's order.
+
+    ``unreadable`` (resolved paths) plans the pool instead: nothing is decoded or generated, the
+    files listed there count as unreadable (``skip_bad``'s skips) and every other one as read,
+    and each image of the tensor is empty (``[N, 0, 0, 0]``): :func:`pool_files`.
 
     A spec is a folder of images, ``NAME:ROOT`` for a known data set (labels unused),
     ``synthetic_fundus[:N]`` / ``synthetic_xray[:N]`` / ``synthetic_xray_hard[:N]`` for generated
@@ -228,6 +236,8 @@ def resolve_pool(
     from localdisc.data.datasets import parse_data_spec, pool_image_paths
 
     size = pool_size
+    planning = unreadable is not None
+    decode = _decode if unreadable is None else _planned_decode({Path(p) for p in unreadable})
     # In the order of ``specs``; a list of indices stands for files of ``paths``, all decoded
     # at once below.
     parts: list[torch.Tensor | list[int]] = []
@@ -287,12 +297,18 @@ def resolve_pool(
             new = room(max(0, count - made))
             if new:
                 hard = name.endswith("_hard")
-                parts.append(synthetic_pool(new, modality, size, seed=seed + made, hard=hard))
+                parts.append(
+                    _planned_images(new)
+                    if planning
+                    else synthetic_pool(new, modality, size, seed=seed + made, hard=hard)
+                )
                 part_names.append([f"{name} {made + i}" for i in range(new)])
                 taken += new
                 generated[name] = (made + new, [*by, spec])
         elif spec.lower() == "skimage:retina":
             if room(1):
+                if retina is None and planning:
+                    retina = _planned_images(1)
                 if retina is None:  # decoded once however often the spec repeats
                     import skimage.data
 
@@ -338,8 +354,10 @@ def resolve_pool(
     if paths:
         from localdisc.engine.monitor import ProgressBar  # here: the engine builds on data
 
-        log(f"decoding {len(paths)} pool images at {size} x {size} ...")
-        with ProgressBar(len(paths), enabled=progress, title="decoding", unit="image") as bar:
+        if not planning:
+            log(f"decoding {len(paths)} pool images at {size} x {size} ...")
+        shown = progress and not planning
+        with ProgressBar(len(paths), enabled=shown, title="decoding", unit="image") as bar:
             done = 0
 
             def decoded(count: int) -> None:
@@ -347,8 +365,8 @@ def resolve_pool(
                 done += count
                 bar.update(done)
 
-            results = _decode(paths, modality, size, workers=workers, skip_bad=skip_bad,
-                              progress=decoded)  # fmt: skip
+            results = decode(paths, modality, size, workers=workers, skip_bad=skip_bad,
+                             progress=decoded)  # fmt: skip
         # --skip-bad: files left out by max_images, in listing order, take the skipped files'
         # places until max_images images are read or the files run out (no file is skipped
         # without --skip-bad, so the pool is then the same as ever).
@@ -369,12 +387,13 @@ def resolve_pool(
                 paths.append(path)
                 path_names.append(_source_name(path, root))
             taken += len(more)
-            results += _decode([m[2] for m in more], modality, size, workers=workers,
-                               skip_bad=skip_bad)  # fmt: skip
+            results += decode([m[2] for m in more], modality, size, workers=workers,
+                              skip_bad=skip_bad)  # fmt: skip
         tensor_parts = any(isinstance(part, torch.Tensor) for part in parts)
         if not tensor_parts and all(isinstance(r, str) for r in results):
             raise _none_readable(paths, results)  # --skip-bad left nothing at all: say why
-        _say_dim_images(results, path_names, log)
+        if not planning:
+            _say_dim_images(results, path_names, log)
         # Two folders' "0.png" were one name in a run's val_names and figure titles: a name
         # that more than one read file has is the file's whole path.
         counts = Counter(
@@ -393,6 +412,8 @@ def resolve_pool(
                 tensors.append(torch.from_numpy(np.stack([results[i] for i in read])))
                 if names is not None:
                     names.extend(path_names[i] for i in read)
+                if files is not None:
+                    files.extend(paths[i].resolve() for i in read)
         else:
             tensors.append(part)
             if names is not None:
@@ -400,3 +421,46 @@ def resolve_pool(
     if not tensors:
         raise DatasetError(f"no images found in {', '.join(specs)}")
     return torch.cat(tensors), skipped
+
+
+def _planned_images(n: int) -> torch.Tensor:
+    """``n`` images of a planned pool (:func:`resolve_pool`'s ``unreadable``): empty ones."""
+    return torch.empty((n, 0, 0, 0), dtype=torch.uint8)
+
+
+def _planned_decode(unreadable: set[Path]) -> Callable[..., list[np.ndarray | str]]:
+    """:func:`_decode` for a planned pool: the files in ``unreadable`` (resolved) skipped, as
+    ``skip_bad`` skipped them when the pool was read, the others read as empty images."""
+
+    def decode(paths: Sequence[Path], *_: object, **__: object) -> list[np.ndarray | str]:
+        return [
+            "unreadable when pooled" if p.resolve() in unreadable else np.empty((0, 0, 0), np.uint8)
+            for p in paths
+        ]
+
+    return decode
+
+
+def pool_files(
+    specs: Sequence[str],
+    modality: str,
+    *,
+    max_images: int | None = None,
+    skip_bad: bool = False,
+    unreadable: Collection[Path] = (),
+) -> list[Path]:
+    """The files :func:`resolve_pool` would read from ``specs`` now (resolved, the pool's order),
+    listed without decoding any: ``unreadable`` (resolved paths) are the files that a pool read
+    with ``skip_bad`` skipped, which count as skipped again. Whether a run's finished pool is
+    still what its data give (:func:`files_sha256`)."""
+    files: list[Path] = []
+    resolve_pool(specs, modality, 1, max_images=max_images, skip_bad=skip_bad,
+                 log=lambda _: None, files=files, unreadable=unreadable)  # fmt: skip
+    return files
+
+
+def files_sha256(files: Collection[Path]) -> str:
+    """The SHA-256 of a pool's ``files`` as a set (their resolved paths, sorted): the same for
+    the same files, whatever the order the specs listed them in."""
+    text = "\n".join(sorted(Path(f).as_posix() for f in files))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()

@@ -11,6 +11,7 @@ refuses a folder that holds a run: the two would mix.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from localdisc.data.datasets import (
     parse_data_spec,
     written_below,
 )
-from localdisc.data.pool import resolve_pool
+from localdisc.data.pool import files_sha256, guess_pool_modality, pool_files, resolve_pool
 from localdisc.data.preprocess import MODALITY_CHANNELS
 from localdisc.data.sampling import SAMPLERS, EpochSampler
 from localdisc.data.views import LDViews, ViewBatch, undo_view2
@@ -82,7 +83,9 @@ class PretrainConfig:
     """Everything that defines a pre-training run; defaults are the published configuration."""
 
     data: list[str] = field(default_factory=list)
-    modality: str = "fundus"
+    # "fundus" or "xray"; None: that of data, as `pretrain` without --modality takes it (a known
+    # set's own, a folder's guessed: grey images are X-rays), said in the log and config.json.
+    modality: str | None = None
     # "ld", or a peer method of localdisc.methods (one stage: it runs stage1 + stage2 steps
     # within the sum of the stage budgets; stored folded into stage 1).
     method: str = "ld"
@@ -186,7 +189,7 @@ class PretrainConfig:
             self.stage2_steps = 0
             self.stage1_seconds = None if None in budgets or not budgets else sum(budgets)
             self.stage2_seconds = None
-        if self.modality not in ("fundus", "xray"):
+        if self.modality not in (None, "fundus", "xray"):
             problems.append(f"modality must be fundus or xray, not {self.modality!r}")
         if self.stage1_steps + self.stage2_steps == 0:
             problems.append("at least one training step is needed")
@@ -486,6 +489,63 @@ def refuse_other_settings(run_dir: Path, config: PretrainConfig) -> None:
             f"{run_dir}: holds a pre-training with other settings ({', '.join(differences)}); "
             "give another --out, or the settings it was run with"
         )
+    refuse_other_files(run_dir, config)
+
+
+def refuse_other_files(run_dir: Path, config: PretrainConfig) -> None:
+    """Raise :class:`CheckpointError` if ``run_dir`` holds a run with weights (finished, or a
+    checkpoint) whose pool read other files than ``config.data`` gives now (files added,
+    removed or renamed since: a grown ``--pool``): reused, it would stand in for a pre-training
+    on these. Its ``config.json`` names the files by their SHA-256 (``pool.files_sha256``;
+    runs recorded before it are not checked), and the files it skipped as unreadable are
+    skipped again. Data that cannot be listed now (moved away) are not compared."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        recorded = saved["pool"]["files_sha256"]
+        skipped = {Path(str(p)).resolve() for p, _ in saved.get("skipped_files") or []}
+    except (OSError, ValueError, TypeError, KeyError):
+        return
+    weights = (run_dir / "encoder.safetensors").is_file() or list_checkpoints(
+        run_dir / "checkpoints"
+    )
+    if not weights:  # a run stopped before its first checkpoint starts over on the data as is
+        return
+    try:
+        files = pool_files(config.data, config.modality, max_images=config.max_images,
+                           skip_bad=config.skip_bad, unreadable=skipped)  # fmt: skip
+    except LocaldiscError:
+        return
+    if files_sha256(files) == recorded:
+        return
+    then = saved["pool"].get("files")
+    raise CheckpointError(
+        f"{run_dir}: pre-trained on other files than its data ({', '.join(config.data)}) hold "
+        f"now ({len(files)} files now, {then if then is not None else 'another set'} then): "
+        "reused, it would stand in for a pre-training on these. Restore the data as it was, or "
+        f"give another --out (nothing was changed).{_written_in_data(run_dir, config)}"
+    )
+
+
+def _written_in_data(run_dir: Path, config: PretrainConfig) -> str:
+    """A sentence naming the training runs and outputs of this package that the folders of
+    ``config.data`` hold (but ``run_dir``), which pools leave out: a run started before they
+    were left out pooled them, its data unchanged. Empty where there are none."""
+    # Pools leave out the training runs inside their data since 3866259, the outputs of
+    # predict, segment, vessels and localize --overlay since 7a0ee12, similarity's figures
+    # and benchmarks' --out since 2b8816b and 5e1c4e8 (all 2026-12-07).
+    runs = [
+        folder for spec in config.data
+        if (root := parse_data_spec(spec)[1]) is not None and root.is_dir()
+        for folder in written_below(root, own=run_dir)
+    ]  # fmt: skip
+    if not runs:
+        return ""
+    shown = ", ".join(str(r) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+    return (
+        f" The data hold training runs or outputs of localdisc ({shown}), which a run started "
+        "with an earlier version may have pooled, and pools leave out now: then only a new run "
+        "goes on."
+    )
 
 
 def holds_run_of(run_dir: Path, config: PretrainConfig) -> bool:
@@ -504,6 +564,8 @@ def _changed_settings(given: PretrainConfig, saved: PretrainConfig) -> list[str]
     def differs(k: str) -> bool:
         if k in PATH_FIELDS:
             return a_paths[k] != b_paths[k]
+        if k == "modality" and a[k] is None:  # the run's, taken from its data when it started
+            return False
         return a[k] != b[k]
 
     return [f"{k} {b[k]!r} (given {a[k]!r})" for k in a if k not in RUNTIME_FIELDS and differs(k)]
@@ -530,6 +592,8 @@ def refuse_changed_pool(
     changes = []
     if saved.get("images") != now["images"]:
         changes.append(f"{now['images']} images now, {saved.get('images')} at the first start")
+    elif saved.get("files_sha256") not in (None, now.get("files_sha256")):
+        changes.append(f"other files ({now.get('files')} now, {saved.get('files')} then)")
     old = saved.get("val_names")
     if isinstance(old, list) and old != now["val_names"]:
         # a name that two pool files share is now the file's path (data/pool.py): the same file
@@ -545,26 +609,11 @@ def refuse_changed_pool(
     if not changes:
         return
     skip = "; with --skip-bad, the same files must be unreadable" if config.skip_bad else ""
-    # Pools leave out the training runs inside their data since 3866259 (2026-12-07), and the
-    # outputs of predict, segment, vessels and localize --overlay since 7a0ee12 (the same day):
-    # a run started before may have pooled them, though the data are as they were.
-    runs = [
-        folder for spec in config.data
-        if (root := parse_data_spec(spec)[1]) is not None and root.is_dir()
-        for folder in written_below(root, own=run_dir)
-    ]  # fmt: skip
-    shown = ", ".join(str(r) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
-    held = (
-        f" The data hold training runs or outputs of localdisc ({shown}), which a run started "
-        "before 2026-12-07 pooled and pools have left out since: then only a new run goes on."
-        if runs
-        else ""
-    )
     raise CheckpointError(
         f"{run_dir}: the pool differs from the one the run started with ({'; '.join(changes)}): "
         "resumed, it would train and validate on other images than its checkpoints. Restore "
         f"the data ({', '.join(config.data)}) as it was at the first start{skip}, or start a new "
-        f"run with another --out (nothing was changed).{held}"
+        f"run with another --out (nothing was changed).{_written_in_data(run_dir, config)}"
     )
 
 
@@ -772,6 +821,18 @@ def pretrain(
                          pool_names=pool_names, stop_at_step=stop_at_step, log=log)  # fmt: skip
 
 
+def _data_modality(config: PretrainConfig, pool: Tensor | None, log: Callable[[str], None]) -> str:
+    """The modality of a run whose config leaves it to its data: a given pool's by its channels,
+    else that of ``config.data`` (:func:`~localdisc.data.pool.guess_pool_modality`), logged."""
+    if pool is not None:
+        return "xray" if pool.shape[1] == MODALITY_CHANNELS["xray"] else "fundus"
+    if not config.data:  # the pool's reading says what is missing
+        return "fundus"
+    modality = guess_pool_modality(config.data)
+    log(f"modality {modality}: that of the data (PretrainConfig.modality chooses)")
+    return modality
+
+
 def _pretrain(
     config: PretrainConfig,
     run_dir: Path,
@@ -808,6 +869,9 @@ def _pretrain(
                 f"{config_path}: resuming with the run's saved settings, not the given ones: "
                 + ", ".join(changed)
             )
+    if config.modality is None:  # a new run's: of its data, as the command takes it
+        config = copy.copy(config)
+        config.modality = _data_modality(config, pool, log)
     device = ctx.device
     main = ctx.is_main
     if config.sync_bn and ctx.distributed and device.type != "cuda":  # before the pool is read
@@ -832,8 +896,9 @@ def _pretrain(
         refuse_peer_run(config.init_from)
 
     skipped_files: list[tuple[Path, str]] = []
+    read_files: list[Path] | None = None  # the pool's files, where it was read here
     if pool is None:
-        pool_names = []
+        pool_names, read_files = [], []
         pool, skipped_files = resolve_pool(
             config.data,
             config.modality,
@@ -845,6 +910,7 @@ def _pretrain(
             log=log,
             progress=main and config.progress,
             names=pool_names,
+            files=read_files,
         )
     if pool_names is None:
         pool_names = [f"pool image {i}" for i in range(pool.shape[0])]
@@ -898,6 +964,8 @@ def _pretrain(
         "val_names": [pool_names[i] for i in val_idx],
         "figure_names": figure_names,
     }
+    if read_files is not None:  # which files, so that a changed folder is not reused as this
+        pool_record.update(files=len(read_files), files_sha256=files_sha256(read_files))
 
     # Read before the model is made: a resumed checkpoint's weights replace init_from's.
     loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log) if resume else None
