@@ -39,9 +39,10 @@ def tiny_pretrain_config(**overrides: object):
     """A pre-training config that runs in seconds on a CPU (3 + 3 steps at 32 x 32)."""
     from localdisc.engine.pretrain import PretrainConfig
 
-    kw: dict = dict(data=["-"], stage1_steps=3, stage2_steps=3, batch=1, size=32, pool_size=48,
-                    clusters=4, dim=8, checkpoint_every=2, val_every=3, figure_every=100,
-                    log_every=1, val_images=2, device="cpu", progress=False, seed=3)  # fmt: skip
+    kw: dict = dict(data=["-"], modality="fundus", stage1_steps=3, stage2_steps=3, batch=1,
+                    size=32, pool_size=48, clusters=4, dim=8, checkpoint_every=2, val_every=3,
+                    figure_every=100, log_every=1, val_images=2, device="cpu", progress=False,
+                    seed=3)  # fmt: skip
     kw.update(overrides)
     return PretrainConfig(**kw)
 

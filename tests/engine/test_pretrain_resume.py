@@ -224,7 +224,7 @@ def test_a_config_without_a_modality_takes_its_data_s_as_the_command_does(tmp_pa
     # cropped and coloured as fundus photographs, unsaid, where `pretrain --data` guessed X-ray.
     data, run, said = tmp_path / "data", tmp_path / "run", []
     save_images(data, images[:, :1].expand(-1, 3, -1, -1).contiguous(), range(6))  # grey
-    config = tiny_pretrain_config(data=[str(data)], workers=1)
+    config = tiny_pretrain_config(data=[str(data)], workers=1, modality=None)
     assert config.modality is None
     pretrain(config, run, stop_at_step=2, log=said.append)
     assert "modality xray: that of the data (PretrainConfig.modality chooses)" in said

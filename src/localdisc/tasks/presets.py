@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 #: A few steps on generated fundus images at 64 x 64: what ``--quick`` benchmarks pre-train.
 QUICK_PRETRAIN: dict[str, Any] = {
-    "data": ["synthetic_fundus:8"], "stage1_steps": 3, "stage2_steps": 3, "batch": 1,
+    "data": ["synthetic_fundus:8"], "modality": "fundus", "stage1_steps": 3, "stage2_steps": 3,
+    "batch": 1,
     "size": 64, "workers": 1, "val_images": 1,
 }  # fmt: skip
 
@@ -84,6 +85,7 @@ def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
     against: whatever it holds, another call's few-step model or another data set's, would be
     reused unchecked), and where ``run_dir`` holds a run of other settings (runtime fields
     aside), naming them: reused or resumed, it would stand in for these."""
+    from localdisc.data.pool import guess_pool_modality
     from localdisc.engine.pretrain import PretrainConfig, refuse_other_settings
 
     if not settings.get("data"):
@@ -92,6 +94,8 @@ def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
             "LD run directory (from `localdisc pretrain`)"
         )
     config = PretrainConfig(**settings)
+    if config.modality is None:  # as the run will take it: its data's (the plan skips by it)
+        config.modality = guess_pool_modality(config.data)
     refuse_other_settings(run_dir, config)
     return config
 
