@@ -1586,3 +1586,18 @@ def test_dim_note_states_the_cause_without_asking_of_an_8_bit_image():
         "to the full range (12-bit data in a 16-bit file reads so)"
     )
     assert lio.dim_note([("bright", 0.9)], "image(s)", "seen near black") is None
+
+
+def test_a_soft_map_below_half_scale_everywhere_reads_empty_not_as_labels(tmp_path: Path) -> None:
+    # Label maps under half scale read as non-zero (above); a probability map saved as a mask,
+    # its peak 0.45, read as 89 % of the image (16 bits) or 47 % (8 bits) with that rule: its
+    # many levels say it is a soft map, which is below 0.5 everywhere.
+    yy, xx = np.mgrid[:64, :64]
+    peak = 0.45 * np.exp(-((yy - 32.0) ** 2 + (xx - 32.0) ** 2) / 200.0)
+    Image.fromarray((peak * 65535).astype(np.uint16)).save(tmp_path / "p16.png")
+    Image.fromarray((peak * 255).astype(np.uint8)).save(tmp_path / "p8.png")
+    for name in ("p16.png", "p8.png"):
+        assert not read_mask(tmp_path / name).any(), name
+    labels = np.minimum(xx // 3, 21).astype(np.uint8)  # 22 labels, 0..21, a third of a column each
+    Image.fromarray(labels).save(tmp_path / "labels.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "labels.png"), labels != 0)

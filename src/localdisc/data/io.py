@@ -1569,6 +1569,9 @@ def _to_float_image(path: Path, d: _Decoded) -> np.ndarray:
 #: file, are read as non-zero although some lie above 127.5 (where more: an anti-aliased 8-bit
 #: mask stored in 16 bits).
 _MAX_LABEL_LEVELS = 16
+#: Most distinct values (background included) of a mask none of whose values reaches half scale
+#: to be read as a label map (non-zero); one of more levels is a soft map, empty below half.
+_MAX_LABEL_MAP_LEVELS = 64
 
 
 def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
@@ -1579,10 +1582,11 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
     3. a label map of few levels -> non-zero: integer samples with at most
        :data:`_MAX_LABEL_LEVELS` distinct values, 0 among them, none above half of full scale
        and none above 255 (0/1/2 class indices stored as grey ``L`` or ``I;16``);
-    4. the threshold of rule 5, where it would leave nothing: integer samples, 0 among them,
-       none above it -> non-zero (a label map of any number of labels: 0..20; 16-bit labels
-       0/300/600; a 12-bit mask 0/2000/4095 in a 16-bit PNG, whose bit depth is not stored),
-       since an empty mask of a file with non-zero values is never what was meant;
+    4. the threshold of rule 5, where it would leave nothing: integer samples of at most
+       :data:`_MAX_LABEL_MAP_LEVELS` distinct values, 0 among them, none above it -> non-zero
+       (a label map of more labels: 0..20; 16-bit labels 0/300/600; a 12-bit mask 0/2000/4095
+       in a 16-bit PNG, whose bit depth is not stored). A map of more levels is a soft one (a
+       probability map saved as a mask): below half scale everywhere, it is empty;
     5. otherwise above half of full scale (``scale``; for floats 0.5, or half the maximum when
        values exceed 1): anti-aliased and JPEG masks, which have values above half scale; an
        anti-aliased 8-bit mask (values up to 255, more levels than rule 3's) stored in 16
@@ -1611,7 +1615,12 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
     elif values.dtype.kind in "iu" and scale > 255 and levels[-1] <= 255:
         scale = 255.0  # (a label map of few levels is taken by rule 3)
     # Rule 4: integer labels of which none is above the threshold, which would read as empty.
-    if values.dtype.kind in "iu" and levels.size > 1 and levels[0] == 0 and levels[-1] <= scale / 2:
+    if (
+        values.dtype.kind in "iu"
+        and 1 < levels.size <= _MAX_LABEL_MAP_LEVELS
+        and levels[0] == 0
+        and levels[-1] <= scale / 2
+    ):
         return values != 0
     return values > scale / 2
 
