@@ -831,6 +831,12 @@ def test_match_masks_takes_no_folder_of_outputs_for_another_label_folder(tmp_pat
     save(tmp_path / "masks" / "03_test_mask.png", vessels(period=3))
     (tmp_path / "masks" / "predict.json").write_text(json.dumps({"images": [{"name": "03_test"}]}))
     assert match_masks([image], truth.parent)[0].mask == truth
+    # Outputs written beside a user's own masks leave that folder a label folder (predict
+    # --out labels/ made DRIVE's fields of view in mask/ pass for the truth).
+    save(tmp_path / "masks" / "03_test_fov.png", vessels(period=5))
+    match = match_masks([image], truth.parent)[0]
+    assert match.mask is None and "may hold other masks than labels" in match.reason
+    (tmp_path / "masks" / "03_test_fov.png").unlink()
     (tmp_path / "masks" / "predict.json").unlink()
     match = match_masks([image], truth.parent)[0]
     assert match.mask is None and "may hold other masks than labels" in match.reason

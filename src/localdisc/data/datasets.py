@@ -1355,17 +1355,20 @@ def folder_image_dir(root: Path) -> Path:
 
 
 def _written_here(folder: Path) -> bool:
-    """Whether ``folder`` is the writing of this package: a training run, a benchmark's
-    ``--out``, or outputs a record in it lists (:func:`_recorded_outputs`)."""
+    """Whether ``folder`` is wholly the writing of this package: a training run, a benchmark's
+    ``--out``, or a folder whose every image is an output its records list
+    (:func:`_recorded_outputs`); a user's masks beside such outputs make it no such folder."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return False
     files = [e.name for e in entries if e.is_file()]
     dirs = [e.name for e in entries if e.is_dir()]
-    return (
-        _run_below(folder, folder.parent, files)
-        or _recorded_outputs(folder, files, dirs) is not None
+    if _run_below(folder, folder.parent, files):
+        return True
+    outputs = _recorded_outputs(folder, files, dirs)
+    return outputs is not None and all(
+        f in outputs.files for f in files if not f.startswith(".") and is_image_file(folder / f)
     )
 
 
