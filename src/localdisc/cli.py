@@ -49,10 +49,13 @@ TORCHRUN_COMMANDS = ("pretrain", "shape-guided train")
 
 
 def _refuse_torchrun(command: str) -> None:
-    """Refuse ``command`` under torchrun (``WORLD_SIZE`` > 1) unless it is pre-training: its
-    second process took the first's folder lock for another user's run and stopped both."""
+    """Refuse ``command`` under torchrun (``WORLD_SIZE`` > 1) unless it is pre-training, a help
+    page or ``datasets`` (which only reads): a second fine-tuning took the first's folder lock
+    for another user's run and stopped both."""
     world = os.environ.get("WORLD_SIZE", "1")
-    if command not in TORCHRUN_COMMANDS and world.isdigit() and int(world) > 1:
+    asked_help = "--help" in sys.argv[1:]  # the groups' callbacks run before a command's --help
+    single = command not in TORCHRUN_COMMANDS and not command.startswith("datasets")
+    if single and not asked_help and world.isdigit() and int(world) > 1:
         raise LocaldiscError(
             f"{command} runs in one process, not under torchrun ({world} processes here): run "
             f"it without torchrun; {' and '.join(TORCHRUN_COMMANDS)} spread over processes"
@@ -72,7 +75,7 @@ def _root(
     ),
 ) -> None:
     """Unsupervised local discrimination for medical images."""
-    if ctx.invoked_subcommand not in (None, "shape-guided"):  # its own callback says
+    if ctx.invoked_subcommand not in (None, "shape-guided", "benchmark"):  # theirs say
         _refuse_torchrun(ctx.invoked_subcommand)
 
 
@@ -1362,6 +1365,11 @@ def shape_guided_vessels(
 
 benchmark_app = typer.Typer(help="Reproducible comparisons with tables and figures.", **PLAIN)
 app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.callback()
+def _benchmark(ctx: typer.Context) -> None:
+    _refuse_torchrun(f"benchmark {ctx.invoked_subcommand}")
 
 
 def _csv(option: str, text: str | None) -> list[str] | None:
