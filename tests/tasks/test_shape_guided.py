@@ -1433,3 +1433,34 @@ def test_score_table_gives_no_std_over_one_image_and_counts_metrics_of_fewer_ima
     assert table[1].split() == ["A", "1", "0.5000", "0.9000"]
     assert table[2].split() == ["refined", "2", "0.6000", "+-", "0.1000", "0.8000", "(n=1)"]
     assert len({len(line) for line in table}) == 1  # the columns line up
+
+
+def test_a_stopped_segment_s_outputs_are_no_images_of_the_folder_holding_them(
+    tmp_path, monkeypatch, run
+):
+    # segment.json was written last: a call stopped after its first outputs left them with no
+    # record, and `pretrain --data D` (D holding OUT) pooled NAME_A_prob.png and the others.
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.data.datasets import folder_image_files
+    from localdisc.tasks.shape_guided import segment_images
+
+    image = (synthetic_fundus(32, seed=0).image * 255).astype("uint8")
+    Image.fromarray(image).save(tmp_path / "eye.png")
+    real = shape_guided.write_png
+
+    def stop_after_one(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        raise KeyboardInterrupt  # stopped after its first output
+
+    monkeypatch.setattr(shape_guided, "write_png", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        segment_images([run], [tmp_path / "eye.png"], tmp_path / "seg", device="cpu",
+                       log=lambda m: None)  # fmt: skip
+    assert [p.name for p in (tmp_path / "seg").glob("*.png")] == ["eye_A_prob.png"]
+    assert folder_image_files(tmp_path) == [tmp_path / "eye.png"]
+    record = json.loads((tmp_path / "seg" / "segment.json").read_text())
+    assert record == {"images": [{"name": "eye"}], "parts": [], "finished": False}
+    monkeypatch.setattr(shape_guided, "write_png", real)
+    segment_images([run], [tmp_path / "eye.png"], tmp_path / "seg", device="cpu",
+                   log=lambda m: None)  # fmt: skip
+    assert "finished" not in json.loads((tmp_path / "seg" / "segment.json").read_text())

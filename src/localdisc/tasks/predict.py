@@ -69,7 +69,7 @@ def collect_images(
     holds a given image (its folder, or a file in it), an output that would replace a file no
     earlier run wrote (:func:`_written_before`) is refused: a true mask beside its image.
     ``shape-guided segment`` passes ``guard=False``: its names (``NAME_A_mask``) are no one's
-    masks, and a stopped segment leaves no record (``segment.json`` is written last). The
+    masks, and a stopped segment's record lists its images' names alone. The
     outputs that a record lists in a given folder or below it are left out as well, as every
     folder of images leaves them out (:func:`~localdisc.data.datasets.folder_image_files`:
     ``--out D/run1``, then ``--out D/run2``), said through ``log`` where given; the images there

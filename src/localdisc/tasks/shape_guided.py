@@ -414,8 +414,10 @@ def segment_images(
     stopped midway continues from its checkpoint, ``OUT/refine-checkpoint`` (an ensemble's
     run: ``OUT/run-K/refine-checkpoint``), removed once the refined maps are written.
 
-    ``OUT/segment.json``, written last, records what made the outputs in ``OUT`` (each run with
-    its prior, each image's file, the settings, the files written per image, the environment).
+    ``OUT/segment.json`` records what made the outputs in ``OUT`` (each run with its prior, each
+    image's file, the settings, the files written per image, the environment), written whole
+    at the end; before the first output, it lists the images and parts alone (``"finished":
+    false``), so that the outputs of a call stopped midway are named as outputs too.
     Run again into that ``OUT``, the outputs of the images it lists and this call does not
     segment, and the ``run-K`` parts this call does not have, are removed
     (:func:`_remove_earlier_outputs`): they would sit beside this call's as if of one run. Not
@@ -503,6 +505,13 @@ def segment_images(
         remove_metrics(out_dir, SEGMENT_COMMAND,
                        "an earlier segment's scores, of the outputs this one replaces",
                        log)  # fmt: skip
+        # Listed before the first is written: a call stopped midway left outputs no record
+        # named, which a folder of images holding OUT read as images. The whole record, at the
+        # end, replaces this one.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        started = {"images": [{"name": name} for name, _ in files],
+                   "parts": [p.name for p in parts], "finished": False}  # fmt: skip
+        atomic_write_text(out_dir / SEGMENT_RECORD, json.dumps(started, indent=1))
 
     if not parts:
         written = _segment_run(runs[0], files, out_dir, size, refine_steps, topology, device,
