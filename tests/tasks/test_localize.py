@@ -1144,3 +1144,50 @@ def test_localize_cli_names_dim_images_and_the_template(tmp_path):
     output = " ".join(result.output.split())
     assert "note: 2 image(s) use under 1/8 of the intensity range (t.png, dim)" in output
     assert "the network saw them near black" in output
+
+
+def _square(image: np.ndarray, x0: int, y0: int, colour, side: int = 12) -> None:
+    image[y0 : y0 + side, x0 : x0 + side] = colour
+
+
+def test_the_coarse_search_tells_two_matching_patches_apart_by_their_context():
+    # Guards the coarse step's second term, the similarity at twice the patch (context): the
+    # landmark is a red patch in a green surround. The test image has an exact copy of the red
+    # patch in a grey surround (B, above) and a slightly altered one in the green surround (A):
+    # at the patch scale B matches best, and only the context says A. Computed at the patch
+    # scale (a reviewer's mutation) both coarse terms chose B.
+    grey, red, green = (0.5, 0.5, 0.5), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
+    template = np.full((128, 128, 3), grey, np.float32)
+    _square(template, 24, 24, green, side=28)  # the surround, to twice the patch
+    _square(template, 32, 32, red)  # the landmark's patch, on the 4 px coarse grid
+    image = np.full((128, 128, 3), grey, np.float32)
+    _square(image, 80, 16, red)  # B: the patch alone
+    _square(image, 72, 72, green, side=28)  # A: the patch in its surround,
+    _square(image, 80, 80, red)
+    image[80:92, 80] = (0.8, 0.0, 0.2)  # one column altered
+    loaded = LoadedModel(Identity(), PatchKernel(12), 128, frame_fundus=False)  # type: ignore[arg-type]
+    mark = {"mark": (38.0, 38.0)}  # A's is (86, 86), B's (86, 22)
+    found = Localizer(loaded, template, mark, SearchConfig(stride=4))(image)["mark"]
+    assert abs(found.x - 86) <= 2 and abs(found.y - 86) <= 2, found
+    # Without the context (context 1: the patch scale twice) the copy B wins: the construction
+    # needs the context to be told apart.
+    alone = Localizer(loaded, template, mark, SearchConfig(stride=4, context=1.0))(image)["mark"]
+    assert abs(alone.x - 86) <= 2 and abs(alone.y - 22) <= 2, alone
+
+
+def test_template_matching_correlates_luminance_not_one_channel():
+    # Guards NCC's grey image: luminance (LUMA) of the colour channels. Here the pattern is in
+    # red and blue only, the green channel flat: green alone (a reviewer's mutation) finds
+    # nothing to correlate.
+    def scene(at):
+        rng = np.random.default_rng(at[0])
+        image = np.empty((96, 96, 3), np.float32)
+        image[..., 0], image[..., 1], image[..., 2] = 0.4 + 0.2 * rng.random((96, 96)), 0.5, 0.3
+        x, y = at
+        image[y - 6 : y + 6, x - 6 : x + 6, 0] = 1.0
+        image[y - 3 : y + 3, x - 3 : x + 3, 0] = 0.0
+        image[y - 6 : y, x - 6 : x + 6, 2] = 1.0
+        return image
+
+    found = ncc_localize(scene((30, 40)), {"mark": (30, 40)}, scene((70, 20)), patch=24)["mark"]
+    assert (found.x, found.y) == (70, 20) and found.confidence > 0.5

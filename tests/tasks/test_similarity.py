@@ -557,3 +557,22 @@ def test_similarity_cli_names_dim_images(tmp_path):
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "note: 1 image(s) use under 1/8 of the intensity range (b.png)" in output
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.25, 0.5])
+def test_the_center_sensitive_kernel_is_the_one_of_pre_training(sigma):
+    # Guards the inference Gaussian against the training one: a patch's weights are
+    # losses.patch.center_weights for one cell of the kernel's side (sigma times the side), up
+    # to the rounding of an even side to the next odd one (a kernel centred on a pixel). Twice as
+    # wide a Gaussian at inference (a reviewer's mutation) passed the search tests unnoticed.
+    from localdisc.losses.patch import center_weights
+
+    for side in (3, 5, 9, 13, 33):  # odd: the same pixels, the same weights
+        got = PatchKernel(side, sigma).weights()
+        assert torch.allclose(got, center_weights(1, side, sigma)[0], atol=1e-6), side
+    for side, scale in ((8, 1.0), (64, 1.0), (8, 2.0), (12, 0.25)):  # 9, 65, 17, 3 pixels
+        odd = max(1, round(side * scale)) | 1
+        got = PatchKernel(side, sigma).weights(scale)
+        assert torch.allclose(got, center_weights(1, odd, sigma)[0], atol=1e-6), (side, scale)
+    # Uniform pooling: equal weights over the same odd side.
+    assert torch.allclose(PatchKernel(8).weights(), torch.full((9,), 1 / 9))
