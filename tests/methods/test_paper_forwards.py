@@ -274,3 +274,51 @@ def test_peer_views_jitter_colours_and_grayscale_the_crops():
     torch.testing.assert_close(gray[:, 0], gray[:, 1])
     torch.testing.assert_close(gray[:, 1], gray[:, 2])
     assert not torch.allclose(plain.raw[:, 0], plain.raw[:, 1])
+
+
+def test_peer_views_draw_brightness_and_contrast_factors_over_0_6_to_1_4():
+    # Guards the strengths of the peers' jitter, not only that pixels change: a weaker default
+    # (0.1 in LDViews) passed the test above. Every peer objective's views keep LD's
+    # 0.4/0.4/0.4/0.02 and grayscale p = 0.2; on one-channel views (no saturation, hue or
+    # grayscale) a view's factors are read off its pixels: brightness scales the mean and,
+    # times contrast, the spread about it (the values stay inside [0, 1], so nothing clamps).
+    for name in ("simclr", "densecl", "pixpro"):
+        for modality in ("fundus", "xray"):
+            ld = objective(name, modality).views.ld
+            got = (ld.brightness, ld.contrast, ld.saturation, ld.hue, ld.grayscale_p)
+            assert got == (0.4, 0.4, 0.4, 0.02, 0.2), (name, modality, got)
+    x = torch.randint(77, 153, (128, 1, 40, 40), generator=gen(5), dtype=torch.uint8)
+    views = objective("simclr", "xray").views
+    jittered = views(x, 4, gen(6)).raw.flatten(1).double()
+    plain = PeerViews(SIZE, "xray", jitter=False)(x, 4, gen(6)).raw.flatten(1).double()
+    assert jittered.min() > 0 and jittered.max() < 1  # no clamping
+    brightness = jittered.mean(1) / plain.mean(1)
+    contrast = jittered.std(1) / plain.std(1) / brightness
+    for factors in (brightness, contrast):  # 512 draws of U(0.6, 1.4)
+        assert factors.min() > 0.6 - 1e-4 and factors.max() < 1.4 + 1e-4
+        assert factors.min() < 0.63 and factors.max() > 1.37, (factors.min(), factors.max())
+        assert abs(factors.mean() - 1.0) < 0.05
+
+
+def test_peer_views_turn_the_hue_of_a_coloured_image_by_up_to_0_02_turns():
+    # Guards the hue step of the peers' jitter (hue U(-0.02, 0.02) turns of the colour
+    # circle): views that never applied it passed, since brightness, contrast and saturation
+    # alone change the pixels. With those three off and no grayscale, a red image's views come
+    # out with their hue turned (HSV hue of a red-dominant pixel: (g - b) / (max - min) / 6).
+    red = torch.tensor([204, 51, 51], dtype=torch.uint8).view(1, 3, 1, 1).expand(64, 3, 40, 40)
+    options = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "grayscale_p": 0.0}
+    plain = PeerViews(SIZE, "fundus", jitter=False)(red, 2, gen(7)).raw
+    hued = PeerViews(SIZE, "fundus", **options)(red, 2, gen(7)).raw
+    turns = []
+    for view in (plain, hued):
+        r, g, b = view.double().unbind(1)
+        delta = view.double().amax(1) - view.double().amin(1)
+        coloured = delta > 0.1  # not the black padding (hue kept at the blended edges)
+        assert (view.double().amax(1)[coloured] == r[coloured]).all()  # red stays dominant
+        hue = torch.where(coloured, (g - b) / delta.clamp_min(1e-9) / 6, 0.0)
+        turns.append(hue.flatten(1).sum(1) / coloured.flatten(1).sum(1))
+    unturned, turned = turns
+    assert unturned.abs().max() < 1e-4
+    # 128 draws of U(-0.02, 0.02): within the range, and spread over it.
+    assert turned.abs().max() < 0.02 + 1e-4
+    assert turned.min() < -0.017 and turned.max() > 0.017, (turned.min(), turned.max())

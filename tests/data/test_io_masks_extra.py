@@ -1,0 +1,111 @@
+"""Mask and MINISWHITE readings of :mod:`localdisc.data.io` that a reviewer's mutations of
+c877cfa survived: a TIFF's associated alpha (ExtraSamples 1) dropped, keeping only unassociated
+alpha (2); Pillow's 16-bit and float MINISWHITE no longer inverted by ``read_image``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from localdisc.data import io as lio
+from localdisc.data.io import read_image, read_mask, set_max_pixels
+
+
+@pytest.fixture(autouse=True)
+def _default_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Each test starts from the default pixel limit, whatever the environment says.
+    monkeypatch.delenv(lio.MAX_PIXELS_ENV, raising=False)
+    set_max_pixels(None)
+    yield
+    set_max_pixels(None)
+
+
+def _truth() -> np.ndarray:
+    truth = np.zeros((12, 10), bool)
+    truth[3:9, 2:6] = True
+    return truth
+
+
+def _pillow_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the TIFF decoder fall back to Pillow, as for a compression tifffile has no codec
+    for here (LZW, fax without imagecodecs)."""
+
+    def refuse(path: Path, limit: int) -> lio._Decoded:
+        raise lio._TiffUnsupported("as if compressed without imagecodecs")
+
+    monkeypatch.setattr(lio, "_decode_tifffile", refuse)
+
+
+@pytest.mark.parametrize("photometric", ["rgb", "minisblack"])
+def test_a_mask_held_in_the_associated_alpha_of_a_tiff_is_read_from_the_alpha(
+    tmp_path: Path, photometric: str
+) -> None:
+    # Guards reading a TIFF's associated (premultiplied, ExtraSamples 1) alpha as well as its
+    # unassociated one (2): with only 2 kept, an overlay of one colour whose alpha is the label
+    # read as nothing. Black, the one colour whose premultiplied samples are the same at every
+    # alpha, so that the stored colour is constant, as read_mask asks before using the alpha.
+    truth = _truth()
+    alpha = truth.astype(np.uint8) * 255
+    colour = np.zeros(truth.shape + ((3,) if photometric == "rgb" else (1,)), np.uint8)
+    data = np.concatenate([colour, alpha[..., None]], axis=-1)
+    path = tmp_path / f"assoc_{photometric}.tif"
+    tifffile.imwrite(path, data, photometric=photometric, extrasamples=["assocalpha"])
+    with tifffile.TiffFile(path) as tf:
+        assert tuple(int(e) for e in tf.pages[0].extrasamples) == (1,)  # associated alpha
+    np.testing.assert_array_equal(read_mask(path), truth)
+    # Images drop the alpha: black everywhere, one channel per colour channel stored.
+    img, meta = read_image(path)
+    np.testing.assert_array_equal(img, np.zeros(truth.shape + (colour.shape[2],), np.float32))
+    assert meta.channels == colour.shape[2] + 1
+
+
+def test_an_rgb_tiff_with_associated_alpha_read_by_pillow_gives_the_same_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Guards the Pillow fallback's reading of the same file (a compression tifffile cannot
+    # decode here): Pillow's RGBA keeps the alpha, so the mask is the same as tifffile's.
+    truth = _truth()
+    data = np.zeros(truth.shape + (4,), np.uint8)
+    data[..., 3] = truth * 255
+    path = tmp_path / "assoc.tif"
+    tifffile.imwrite(path, data, photometric="rgb", extrasamples=["assocalpha"])
+    _pillow_only(monkeypatch)
+    np.testing.assert_array_equal(read_mask(path), truth)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "full", "pil_mode"),
+    [(np.uint16, 65535, "I;16"), (np.float32, 1.0, "F")],
+    ids=["uint16", "float32"],
+)
+def test_a_16_bit_or_float_miniswhite_tiff_read_by_pillow_reads_as_through_tifffile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: type, full: float, pil_mode: str
+) -> None:
+    # Guards read_image's inversion of MINISWHITE TIFFs that Pillow decodes as stored (16-bit
+    # and float; it inverts 1- and 8-bit ones itself): without it, a file tifffile cannot
+    # decode here (LZW without imagecodecs) read as the negative of the same file tifffile
+    # reads. read_mask reads the stored values on both routes (255 / full scale = foreground).
+    ramp = (np.linspace(0.0, 1.0, 10)[None, :].repeat(12, 0) * full).astype(dtype)
+    truth = _truth()
+    stored = (truth * full).astype(dtype)
+    image_path, mask_path = tmp_path / "ramp.tif", tmp_path / "mask.tif"
+    tifffile.imwrite(image_path, ramp, photometric="miniswhite")
+    tifffile.imwrite(mask_path, stored, photometric="miniswhite")
+    expected = 1.0 - ramp.astype(np.float64) / full  # displayed: white where 0 is stored
+    via_tifffile = read_image(image_path)[0][..., 0]
+    np.testing.assert_allclose(via_tifffile, expected, atol=1e-6)
+    np.testing.assert_array_equal(read_mask(mask_path), truth)
+
+    _pillow_only(monkeypatch)
+    with Image.open(image_path) as im:  # the mode Pillow decodes as stored, not inverted
+        assert im.mode == pil_mode and im.tag_v2.get(262) == 0
+    via_pillow, meta = read_image(image_path)
+    assert meta.format == "tiff"
+    np.testing.assert_array_equal(via_pillow[..., 0], via_tifffile)
+    np.testing.assert_array_equal(read_mask(mask_path), truth)
