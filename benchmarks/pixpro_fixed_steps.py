@@ -8,11 +8,12 @@ clock; here it follows the steps (``--steps``), so that runs of other code or se
 comparable step for step. The loss at every 250th step is printed (and logged in OUT/log.csv):
 
     python benchmarks/pixpro_fixed_steps.py RUN/config.json OUT --seed 7 --steps 1500 \\
-        [--sampler replacement] [--padding-positives]
+        [--sampler replacement] [--padding-positives] [--raw-propagation]
 
 ``RUN/config.json``: a PixPro run of ``benchmark pretrain-methods`` (its data, size, batch, ...);
 ``--padding-positives`` pairs cells by distance alone, cells in the views' padding included, as
-PixPro did before commit 721e557. Run from a checkout (``PYTHONPATH=src``).
+PixPro did before commit 721e557; ``--raw-propagation`` sums the transformed cells g(x_j)
+unnormalised, as PixPro did before commit 7749610. Run from a checkout (``PYTHONPATH=src``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--sampler", default="epoch", help="epoch or replacement")
     parser.add_argument("--padding-positives", action="store_true")
+    parser.add_argument("--raw-propagation", action="store_true")
     args = parser.parse_args()
 
     import localdisc.methods.pixpro as pixpro
@@ -58,6 +60,12 @@ def main() -> None:
                     figure_every=10**6)  # fmt: skip
     if args.padding_positives:
         pixpro.pixpro_positive_mask = distance_only_positives
+    if args.raw_propagation:  # g(x_j) summed as it is (before 7749610)
+        from localdisc.models.projection import PixelPropagation, pixel_propagation
+
+        PixelPropagation.forward = lambda self, x: pixel_propagation(  # type: ignore[method-assign]
+            x, self.transform(x), self.gamma
+        )
     pretrain(PretrainConfig(**settings), args.out, log=lambda m: None)
     rows = csv.DictReader((args.out / "log.csv").read_text().splitlines())
     losses = {int(r["step"]): float(r["loss"]) for r in rows if r.get("loss")}
