@@ -854,7 +854,8 @@ def similarity(
     out: Path = typer.Option(
         Path("similarity.png"),
         "--out",
-        help="Figure to write; figures.json beside it lists it, so that no command reads it as "
+        help="Figure to write; localdisc-figures.json beside it lists it, so that no command "
+        "reads it as "
         "an image of that folder.",
     ),
     level: str = typer.Option("pixel", help="pixel, or patch (pooled as in pre-training)."),
@@ -868,6 +869,7 @@ def similarity(
     """Cosine-similarity maps of query points on their image and on other images: each point's
     best match in every target, and a figure (a row per point: the image with the point, then its
     map on each image, best match circled, a colour bar from -1 to 1)."""
+    from localdisc.data.datasets import FIGURE_RECORD, recorded_figures
     from localdisc.engine.distributed import resolve_device
     from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import (
@@ -886,6 +888,11 @@ def similarity(
     check_size(size, "--size")
     out = figure_path(out)
     _check_parent("--out", out)
+    if recorded_figures(out.parent) is None:  # refused by the figure's writing: before the work
+        raise LocaldiscError(
+            f"{out.parent / FIGURE_RECORD}: not the record of figures this package writes; "
+            "write the figure into another folder (nothing was written)"
+        )
     # A folder's images as localize finds and names them, but the query image and the figure
     # of an earlier call (--out in it: a rerun was refused, or scored the figure); a file
     # keeps its file name.

@@ -236,3 +236,45 @@ def test_a_config_without_a_modality_takes_its_data_s_as_the_command_does(tmp_pa
     from localdisc.models import LDModel
 
     assert LDModel.from_pretrained(run).config.modality == "xray"
+
+
+def test_a_skip_bad_run_is_reused_from_another_folder_and_without_the_flag(
+    tmp_path, images, monkeypatch
+):
+    # Its skipped files were recorded as listed (relative to where it ran), and only a check
+    # with --skip-bad let later files fill their places: from another folder, or without the
+    # flag (a runtime field), its unchanged data were refused as other files (reviewer).
+    data, run = tmp_path / "data", tmp_path / "run"
+    save_images(data, images, range(6))
+    (data / "img1.png").write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path)
+    config = tiny_pretrain_config(data=["data"], skip_bad=True, max_images=4, workers=1)
+    pretrain(config, run, log=quiet)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for skip_bad in (True, False):
+        refuse_other_settings(run, replace(config, data=["../data"], skip_bad=skip_bad))
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_not_refused_for_its_data(tmp_path, images):
+    # It starts over on the data as they are: nothing of it is reused.
+    data, run = tmp_path / "data", tmp_path / "run"
+    save_images(data, images, range(6))
+    config = tiny_pretrain_config(data=[str(data)], workers=1)
+    pretrain(config, run, stop_at_step=1, log=quiet)  # checkpoints come every 2 steps
+    save_images(data, images, [7])
+    refuse_other_settings(run, config)
+    assert pretrain(config, run, resume=True, log=quiet).steps == config.total_steps
+
+
+def test_a_config_without_a_modality_starting_from_a_run_takes_that_run_s(tmp_path, images):
+    # Stage 2 on red-free (grey) photographs from a fundus stage 1 was refused from Python
+    # (the grey data guessed X-ray), where `shape-guided train --from` takes the run's.
+    data, said = tmp_path / "grey", []
+    save_images(data, images[:, :1].expand(-1, 3, -1, -1).contiguous(), range(6))
+    stage1 = tmp_path / "stage1"
+    pretrain(tiny_pretrain_config(stage2_steps=0), stage1, pool=images[:6], log=quiet)
+    config = tiny_pretrain_config(data=[str(data)], modality=None, stage1_steps=0,
+                                  stage2_steps=2, init_from=str(stage1), workers=1)  # fmt: skip
+    pretrain(config, tmp_path / "stage2", log=said.append)
+    assert f"modality fundus: that of {stage1} (PretrainConfig.modality chooses)" in said

@@ -450,3 +450,26 @@ def test_a_seeded_run_counts_test_images_once_and_times_each_localisation(tmp_pa
     assert method["seconds_per_image"] == 1.0
     assert all(s["n"] == 6 for s in method["landmarks"].values())
     assert "; 3 test images" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_stopped_benchmark_s_figures_are_no_images_of_the_folder_holding_it(
+    tmp_path, monkeypatch
+):
+    # results.json was written at the end, its figures during the loop: a benchmark killed
+    # after its first figure, its --out inside a folder of images, had them pooled (reviewer).
+    import localdisc.tasks.benchmark_localize as bench
+    from localdisc.data.datasets import folder_image_files
+
+    real = bench.landmark_figure
+
+    def stop_after_one(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "landmark_figure", stop_after_one)
+    out = tmp_path / "data" / "bench"
+    args = ["benchmark", "localize", "--quick", "--tasks", "synthetic_fundus", "--out", str(out)]
+    CliRunner().invoke(app, args)
+    assert list((out / "figures").glob("*.png"))
+    assert json.loads((out / "results.json").read_text())["tasks"] == {}
+    assert folder_image_files(tmp_path / "data") == []

@@ -925,3 +925,16 @@ def test_an_ld_pre_training_that_diverges_leaves_the_init_ld_out_and_the_others_
     # A rerun reads the record, trains nothing and lists it again.
     again = bench.run_benchmark(config, tmp_path, log=logged.append)
     assert "[recorded by an earlier call in " in again["skipped"][0]["reason"]
+
+
+def test_a_folder_named_like_a_modality_prefix_is_refused_with_how_to_name_it(
+    tmp_path, monkeypatch
+):
+    # --tasks fundus=2020 with a folder of that name: "no folder of that name", unsaid why.
+    own_folder(tmp_path / "fundus=2020")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["benchmark", "transfer", "--quick", "--tasks", "fundus=2020",
+                                      "--out", str(tmp_path / "b")])  # fmt: skip
+    assert str(result.exception).endswith(
+        "; fundus=2020 is read as MODALITY=FOLDER: write a folder so named as ./fundus=2020"
+    )

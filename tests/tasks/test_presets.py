@@ -138,3 +138,22 @@ def test_a_run_from_a_stage_1_made_again_under_its_path_is_refused(tmp_path):
     pretrain_preset({**base, "seed": 5}, stage1, said.append)
     with pytest.raises(LocaldiscError, match="run: started from other weights of .*stage1"):
         pretrain_preset(settings, tmp_path / "run", said.append)
+
+
+def test_a_finished_run_whose_pool_moved_away_is_reused_by_its_own_modality(tmp_path):
+    # Its modality left to its data (as --cpu-scale's KaggleDR pool leaves it), a finished run
+    # whose pool was moved away was refused ("no such folder") where it had been reused.
+    import shutil
+
+    from helpers import save
+    from localdisc.data.synthetic import synthetic_fundus
+
+    data = tmp_path / "pool"
+    for i in range(4):
+        save(data / f"{i}.png", (synthetic_fundus(48, seed=i).image * 255).astype("uint8"))
+    settings = {**QUICK_PRETRAIN, "data": [str(data)], "modality": None, "progress": False}
+    run = pretrain_preset(settings, tmp_path / "run", log=lambda m: None)
+    shutil.move(data, tmp_path / "archived")
+    said: list[str] = []
+    assert pretrain_preset(settings, run, log=said.append) == run
+    assert said == [f"reusing the LD pre-training in {run}"]

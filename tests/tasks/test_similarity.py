@@ -130,14 +130,17 @@ def test_similarity_cli_takes_folders_of_targets_as_localize_takes_images(tmp_pa
         output = " ".join(result.output.split())
         listed = "sub_c" if "b.png" in again[4] else "b " + match + ", sub_c"
         assert re.search(rf"best match {listed} {match}, e\.png {match} figure", output), output
-    # Nor with its figure written elsewhere: the folder's figures.json lists the earlier one
+    # Nor with its figure written elsewhere: the folder's record lists the earlier one
     # (it was scored as target "sim"), and a pool of the folder leaves it out too.
     elsewhere = [*args[:-3], str(tmp_path / "other.png"), "--device", "cpu"]
     result = CliRunner().invoke(app, elsewhere)
     output = " ".join(result.output.split())
     assert re.search(rf"best match b {match}, sub_c {match}, e\.png {match} figure", output), output
-    assert json.loads((tmp_path / "more" / "figures.json").read_text()) == {"figures": ["sim.png"]}
-    assert json.loads((tmp_path / "figures.json").read_text()) == {"figures": ["other.png"]}
+    record = "localdisc-figures.json"
+    assert json.loads((tmp_path / "more" / record).read_text()) == {
+        "localdisc_figures": ["sim.png"]
+    }
+    assert json.loads((tmp_path / record).read_text()) == {"localdisc_figures": ["other.png"]}
     from localdisc.data.datasets import folder_image_files
 
     assert [p.name for p in folder_image_files(tmp_path)] == ["a.png", "e.png", "b.png", "c.png"]
@@ -576,3 +579,28 @@ def test_the_center_sensitive_kernel_is_the_one_of_pre_training(sigma):
         assert torch.allclose(got, center_weights(1, odd, sigma)[0], atol=1e-6), (side, scale)
     # Uniform pooling: equal weights over the same odd side.
     assert torch.allclose(PatchKernel(8).weights(), torch.full((9,), 1 / 9))
+
+
+def test_another_program_s_figures_json_is_left_as_it_is(tmp_path):
+    # similarity --out paper/sim.png rewrote paper/figures.json (a manuscript's list of
+    # figures): its record is localdisc-figures.json now, and one of that name not its own is
+    # refused, untouched (reviewer).
+    from typer.testing import CliRunner
+
+    from helpers import save
+    from localdisc.cli import app
+
+    LDModel(LDConfig(dim=8, clusters=4)).save(tmp_path / "run")
+    save(tmp_path / "a.png", (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8))
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    theirs = '{"figures": [{"file": "fig1.pdf"}], "version": 2}'
+    (paper / "figures.json").write_text(theirs)
+    args = ["similarity", "--model", str(tmp_path / "run"), "--image", str(tmp_path / "a.png"),
+            "--point", "10,20", "--out", str(paper / "sim.png"), "--device", "cpu"]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (paper / "figures.json").read_text() == theirs
+    (paper / "localdisc-figures.json").write_text(theirs)
+    result = CliRunner().invoke(app, [*args[:-3], str(paper / "other.png"), "--device", "cpu"])
+    assert "not the record of figures this package writes" in str(result.exception)
+    assert (paper / "localdisc-figures.json").read_text() == theirs

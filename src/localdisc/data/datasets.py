@@ -1384,7 +1384,8 @@ def _run_below(here: Path, root: Path, filenames: list[str]) -> bool:
 
 def is_benchmark_output(folder: Path) -> bool:
     """Whether ``folder`` is a ``localdisc benchmark`` ``--out``: a ``results.json`` with its
-    config and environment (written before its figures)."""
+    config and environment (written before its figures: ``benchmark localize`` writes one at
+    its start)."""
     try:
         record = json.loads((folder / "results.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError):
@@ -1428,18 +1429,22 @@ OUTPUT_RECORDS: dict[str, tuple[str, ...]] = {
 _OUTPUT_FIGURE = Path("figures") / "overlay.png"
 
 #: The record of the figures written into a folder by name (``similarity --out``):
-#: ``{"figures": [FILE NAME, ...]}``, so that a folder of images holding one reads it as no image.
-FIGURE_RECORD = "figures.json"
+#: ``{"localdisc_figures": [FILE NAME, ...]}``, so that a folder of images holding one reads it
+#: as no image. Named for this package: a ``figures.json`` of a paper's folder was rewritten.
+FIGURE_RECORD = "localdisc-figures.json"
 
 
-def recorded_figures(folder: Path) -> list[str]:
-    """The file names :data:`FIGURE_RECORD` in ``folder`` lists (none: no such record, or
-    another program's file of that name)."""
+def recorded_figures(folder: Path) -> list[str] | None:
+    """The file names :data:`FIGURE_RECORD` in ``folder`` lists: ``[]`` where there is no such
+    file, ``None`` where a file of that name is not such a record (another program's)."""
     try:
-        names = json.loads((folder / FIGURE_RECORD).read_text())["figures"]
-    except (OSError, ValueError, TypeError, KeyError):
+        saved = json.loads((folder / FIGURE_RECORD).read_text())
+    except FileNotFoundError:
         return []
-    return [str(n) for n in names] if isinstance(names, list) else []
+    except (OSError, ValueError):
+        return None
+    names = saved.get("localdisc_figures") if isinstance(saved, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 class _Outputs(NamedTuple):

@@ -503,6 +503,7 @@ def refuse_other_files(run_dir: Path, config: PretrainConfig) -> None:
         saved = json.loads((run_dir / "config.json").read_text())
         recorded = saved["pool"]["files_sha256"]
         skipped = {Path(str(p)).resolve() for p, _ in saved.get("skipped_files") or []}
+        modality = config.modality or saved["pretrain"]["modality"]
     except (OSError, ValueError, TypeError, KeyError):
         return
     weights = (run_dir / "encoder.safetensors").is_file() or list_checkpoints(
@@ -510,9 +511,11 @@ def refuse_other_files(run_dir: Path, config: PretrainConfig) -> None:
     )
     if not weights:  # a run stopped before its first checkpoint starts over on the data as is
         return
+    # A run that skipped files filled their places (--skip-bad, a runtime field): so again.
+    skip_bad = config.skip_bad or bool(skipped)
     try:
-        files = pool_files(config.data, config.modality, max_images=config.max_images,
-                           skip_bad=config.skip_bad, unreadable=skipped)  # fmt: skip
+        files = pool_files(config.data, modality, max_images=config.max_images,
+                           skip_bad=skip_bad, unreadable=skipped)  # fmt: skip
     except LocaldiscError:
         return
     if files_sha256(files) == recorded:
@@ -823,9 +826,15 @@ def pretrain(
 
 def _data_modality(config: PretrainConfig, pool: Tensor | None, log: Callable[[str], None]) -> str:
     """The modality of a run whose config leaves it to its data: a given pool's by its channels,
-    else that of ``config.data`` (:func:`~localdisc.data.pool.guess_pool_modality`), logged."""
+    the ``init_from`` run's (as ``shape-guided train --from`` takes it: red-free fundus
+    photographs are grey), else that of ``config.data``
+    (:func:`~localdisc.data.pool.guess_pool_modality`), logged."""
     if pool is not None:
         return "xray" if pool.shape[1] == MODALITY_CHANNELS["xray"] else "fundus"
+    if config.init_from:
+        modality = LDConfig.from_run(config.init_from).modality
+        log(f"modality {modality}: that of {config.init_from} (PretrainConfig.modality chooses)")
+        return modality
     if not config.data:  # the pool's reading says what is missing
         return "fundus"
     modality = guess_pool_modality(config.data)
@@ -1078,7 +1087,7 @@ def _pretrain(
         meta = {"pretrain": _with_absolute_paths(config), "model": asdict(model.config)}
         meta["pool"] = pool_record
         if skipped_files:
-            meta["skipped_files"] = [[str(p), r] for p, r in skipped_files]
+            meta["skipped_files"] = [[os.path.abspath(p), r] for p, r in skipped_files]
         meta["environment"] = env  # outside "pretrain": a resume does not compare it
         atomic_write_text(config_path, json.dumps(meta, indent=2))
     if main and resume and not already_finished:  # the first start's environment stays
@@ -1087,7 +1096,7 @@ def _pretrain(
             saved["pool"] = pool_record
             saved.pop("skipped_files", None)
             if skipped_files:
-                saved["skipped_files"] = [[str(p), r] for p, r in skipped_files]
+                saved["skipped_files"] = [[os.path.abspath(p), r] for p, r in skipped_files]
         meta = {**saved, **resumed(saved, env, step=step)}
         atomic_write_text(config_path, json.dumps(meta, indent=2))
 

@@ -220,6 +220,12 @@ def run_localize_benchmark(
     results: dict[str, Any] = {
         "config": asdict(config), "environment": env, "tasks": {}, "skipped": []
     }  # fmt: skip
+    earlier = _listed_figures(out_dir / "results.json")  # before it is replaced
+    if not (out_dir / "results.json").is_file():
+        # Before the first figure: an --out inside a folder of images is a benchmark's (no
+        # images of it) however far this call gets; an earlier call's results stay till the end.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     for task_name in tasks:
         # method -> {seed and test image: predictions}; their truth and (row, column) spacing.
         predictions: dict[str, dict[str, dict[str, Prediction]]] = {}
@@ -287,7 +293,6 @@ def run_localize_benchmark(
             },
         }
         log(f"{task_name}: {count} localisations per method, {len(predictions)} methods")
-    earlier = _listed_figures(out_dir / "results.json")  # before it is replaced
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out_dir / "results.md", localize_markdown(results))
     _remove_earlier_figures(out_dir / "figures", earlier, _listed_figures(results), log)

@@ -652,9 +652,17 @@ def plan_tasks(
         and not Path(bare).exists()
     ]
     if unknown:
+        # A folder named fundus=2020 is read as the modality and the folder 2020.
+        prefixed = [e for e in unknown if given_modality(e)[0] and Path(e).exists()]
+        hint = (
+            f"; {prefixed[0]} is read as MODALITY=FOLDER: write a folder so named as "
+            f"./{prefixed[0]}"
+            if prefixed
+            else ""
+        )
         raise LocaldiscError(
             f"unknown task(s) {', '.join(unknown)}: no task and no folder of that name; known "
-            f"tasks: {', '.join(TASKS)}; a data set of your own is {OWN_FORMS}"
+            f"tasks: {', '.join(TASKS)}; a data set of your own is {OWN_FORMS}{hint}"
         )
     checked = {
         e: _check_own(e, spec, target, config, given_modality(e)[0])

@@ -86,7 +86,12 @@ def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
     reused unchecked), and where ``run_dir`` holds a run of other settings (runtime fields
     aside), naming them: reused or resumed, it would stand in for these."""
     from localdisc.data.pool import guess_pool_modality
-    from localdisc.engine.pretrain import PretrainConfig, refuse_other_settings
+    from localdisc.engine.pretrain import (
+        PretrainConfig,
+        refuse_other_settings,
+        settings_differences,
+    )
+    from localdisc.models.ld import LDConfig
 
     if not settings.get("data"):
         raise LocaldiscError(
@@ -94,8 +99,12 @@ def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
             "LD run directory (from `localdisc pretrain`)"
         )
     config = PretrainConfig(**settings)
-    if config.modality is None:  # as the run will take it: its data's (the plan skips by it)
-        config.modality = guess_pool_modality(config.data)
+    if config.modality is None:  # as the run takes it (the plan skips by it): a run's own, or
+        # its data's (a finished run's pool may have moved away: its record says)
+        saved = settings_differences(run_dir, config) is not None
+        config.modality = (
+            LDConfig.from_run(run_dir).modality if saved else guess_pool_modality(config.data)
+        )
     refuse_other_settings(run_dir, config)
     return config
 

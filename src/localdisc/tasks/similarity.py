@@ -488,8 +488,15 @@ def similarity_figure(
 
     path = figure_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figures = sorted({*recorded_figures(path.parent), path.name})
-    atomic_write_text(path.parent / FIGURE_RECORD, json.dumps({"figures": figures}, indent=1))
+    listed = recorded_figures(path.parent)
+    if listed is None:  # another program's file of that name: left as it is
+        raise LocaldiscError(
+            f"{path.parent / FIGURE_RECORD}: not the record of figures this package writes; "
+            "write the figure into another folder (nothing was written)"
+        )
+    figures = sorted({*listed, path.name})
+    record = {"localdisc_figures": figures}
+    atomic_write_text(path.parent / FIGURE_RECORD, json.dumps(record, indent=1))
     return _save(similarity_plot(result, image, targets, names), path)
 
 
