@@ -10,7 +10,9 @@ comparable step for step. The loss at every 250th step is printed (and logged in
     python benchmarks/pixpro_fixed_steps.py RUN/config.json OUT --seed 7 --steps 1500 \\
         [--sampler replacement] [--padding-positives] [--raw-propagation]
 
-``RUN/config.json``: a PixPro run of ``benchmark pretrain-methods`` (its data, size, batch, ...);
+``RUN/config.json``: a PixPro run of ``benchmark pretrain-methods`` (its data, size, batch, ...),
+or ``cpu-scale-xray:DATA_ROOT`` for the settings ``benchmark pretrain-methods --cpu-scale`` gives
+its X-ray PixPro run (the first 1 000 images of DATA_ROOT/CXR_Kermany/train/NORMAL);
 ``--padding-positives`` pairs cells by distance alone, cells in the views' padding included, as
 PixPro did before commit 721e557; ``--raw-propagation`` sums the transformed cells g(x_j)
 unnormalised, as PixPro did before commit 7749610. Run from a checkout (``PYTHONPATH=src``).
@@ -36,9 +38,26 @@ def distance_only_positives(theta1, theta2, grid_hw, image_hw, threshold):  # no
     return torch.cdist(c1, c2) < threshold * torch.maximum(d1, d2)[:, None, None]
 
 
+def _settings(config: str) -> dict:
+    """The ``pretrain`` settings of a run's config.json, or of ``--cpu-scale``'s X-ray PixPro."""
+    if not config.startswith("cpu-scale-xray:"):
+        return json.loads(Path(config).read_text())["pretrain"]
+    from dataclasses import asdict
+
+    from localdisc.engine.pretrain import PretrainConfig
+    from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, _settings, preset
+
+    root = config.partition(":")[2]
+    methods = preset(MethodsBenchmarkConfig(cpu_scale=True, data_root=root, tasks=["scr_clavicle"]))
+    spec = str(Path(root) / "CXR_Kermany" / "train" / "NORMAL")
+    return json.loads(
+        json.dumps(asdict(PretrainConfig(**_settings(methods, "pixpro", "xray", spec))))
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", type=Path, help="a PixPro run's config.json")
+    parser.add_argument("config", help="a PixPro run's config.json, or cpu-scale-xray:ROOT")
     parser.add_argument("out", type=Path, help="a new run folder")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--steps", type=int, default=1500)
@@ -50,7 +69,7 @@ def main() -> None:
     import localdisc.methods.pixpro as pixpro
     from localdisc.engine.pretrain import PretrainConfig, pretrain
 
-    saved = json.loads(args.config.read_text())["pretrain"]
+    saved = _settings(args.config)
     if saved.get("method") != "pixpro":
         parser.error(f"{args.config}: not a PixPro run (method {saved.get('method')!r})")
     names = {f.name for f in fields(PretrainConfig)}

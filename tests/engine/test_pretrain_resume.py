@@ -13,7 +13,7 @@ from helpers import tiny_pretrain_config, torch_threads
 from localdisc.data.pool import synthetic_pool
 from localdisc.engine.checkpoint import load_latest_checkpoint, load_safetensors, save_checkpoint
 from localdisc.engine.pretrain import pretrain, refuse_other_settings
-from localdisc.errors import CheckpointError
+from localdisc.errors import CheckpointError, LocaldiscError
 
 
 def quiet(message: str) -> None:
@@ -267,14 +267,20 @@ def test_a_run_stopped_before_its_first_checkpoint_is_not_refused_for_its_data(t
     assert pretrain(config, run, resume=True, log=quiet).steps == config.total_steps
 
 
-def test_a_config_without_a_modality_starting_from_a_run_takes_that_run_s(tmp_path, images):
-    # Stage 2 on red-free (grey) photographs from a fundus stage 1 was refused from Python
-    # (the grey data guessed X-ray), where `shape-guided train --from` takes the run's.
-    data, said = tmp_path / "grey", []
+def test_a_config_without_a_modality_from_a_run_of_another_refuses_the_guess(tmp_path, images):
+    # Grey images from a fundus stage 1: red-free photographs or X-rays? The error said only
+    # "its modality is 'fundus', not 'xray'"; taking the run's trained X-rays as photographs.
+    data = tmp_path / "grey"
     save_images(data, images[:, :1].expand(-1, 3, -1, -1).contiguous(), range(6))
     stage1 = tmp_path / "stage1"
     pretrain(tiny_pretrain_config(stage2_steps=0), stage1, pool=images[:6], log=quiet)
     config = tiny_pretrain_config(data=[str(data)], modality=None, stage1_steps=0,
                                   stage2_steps=2, init_from=str(stage1), workers=1)  # fmt: skip
-    pretrain(config, tmp_path / "stage2", log=said.append)
-    assert f"modality fundus: that of {stage1} (PretrainConfig.modality chooses)" in said
+    with pytest.raises(LocaldiscError) as caught:
+        pretrain(config, tmp_path / "stage2", log=quiet)
+    assert str(caught.value) == (
+        f"{data}: its images look xray (guessed: grey ones are X-rays), and init_from {stage1} "
+        "was pre-trained on fundus images: give PretrainConfig.modality ('fundus' for red-free "
+        "fundus photographs)"
+    )
+    assert pretrain(replace(config, modality="fundus"), tmp_path / "stage2", log=quiet).steps

@@ -290,12 +290,15 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
 
     * grey or RGB (RGB: the brightest channel counts): values in {0, 1} -> value 1;
       exactly two values, one of them 0 (0/255, 0/k) -> non-zero; a label map (integer
-      samples, 0 and other values of which none is above the threshold below, where it would
-      read as empty: 0/1/2 class indices, labels 0..20, 16-bit labels 0/300/600, a 12-bit mask
-      0/2000/4095 in a 16-bit PNG; or at most ``_MAX_LABEL_LEVELS`` levels up to 255 in a
-      16-bit file) -> non-zero, as for label palettes; otherwise (anti-aliased or
-      JPEG-compressed masks) -> above half of full scale, 127.5 for values up to 255 stored in
-      16 bits (an anti-aliased 8-bit mask);
+      samples, 0 and at most ``_MAX_LABEL_MAP_LEVELS - 1`` other values of which none is
+      above the threshold below, where it would read as empty: 0/1/2 class indices, labels
+      0..20, 16-bit labels 0/300/600, a 12-bit mask 0/2000/4095 in a 16-bit PNG; or at most
+      ``_MAX_LABEL_LEVELS`` levels up to 255 in a 16-bit file) -> non-zero, as for label
+      palettes (a map of more levels under half scale, a probability map saved as a mask, is
+      empty; the level count alone tells them apart, so a label map of 64 or more labels
+      under half scale reads as empty, and a soft map of fewer levels as labels); otherwise
+      (anti-aliased or JPEG-compressed masks) -> above half of full scale, 127.5 for values up
+      to 255 stored in 16 bits (an anti-aliased 8-bit mask);
     * palette images (GIF/PNG "P"): a grey palette is read as grey (above); with a single
       colour used, or exactly two of which one is dark and one bright, the bright colour
       (brightest channel > 127; DRIVE's second-observer GIFs use near-black (4, 2, 4) and

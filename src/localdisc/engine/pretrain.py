@@ -496,9 +496,10 @@ def refuse_other_files(run_dir: Path, config: PretrainConfig) -> None:
     """Raise :class:`CheckpointError` if ``run_dir`` holds a run with weights (finished, or a
     checkpoint) whose pool read other files than ``config.data`` gives now (files added,
     removed or renamed since: a grown ``--pool``): reused, it would stand in for a pre-training
-    on these. Its ``config.json`` names the files by their SHA-256 (``pool.files_sha256``;
-    runs recorded before it are not checked), and the files it skipped as unreadable are
-    skipped again. Data that cannot be listed now (moved away) are not compared."""
+    on these. Its ``config.json`` keeps one SHA-256 of the pooled files' resolved paths
+    (``pool.files_sha256``, contents unread; runs recorded before it are not checked), and the
+    files it skipped as unreadable are skipped again, their places filled as they were. Data
+    that cannot be listed now (moved away) are not compared."""
     try:
         saved = json.loads((run_dir / "config.json").read_text())
         recorded = saved["pool"]["files_sha256"]
@@ -826,18 +827,20 @@ def pretrain(
 
 def _data_modality(config: PretrainConfig, pool: Tensor | None, log: Callable[[str], None]) -> str:
     """The modality of a run whose config leaves it to its data: a given pool's by its channels,
-    the ``init_from`` run's (as ``shape-guided train --from`` takes it: red-free fundus
-    photographs are grey), else that of ``config.data``
-    (:func:`~localdisc.data.pool.guess_pool_modality`), logged."""
+    else that of ``config.data`` (:func:`~localdisc.data.pool.guess_pool_modality`), logged.
+    With ``init_from`` of another modality than the data's guess, refused naming both, as
+    ``finetune`` refuses it: red-free fundus photographs are grey, X-rays grey too."""
     if pool is not None:
         return "xray" if pool.shape[1] == MODALITY_CHANNELS["xray"] else "fundus"
-    if config.init_from:
-        modality = LDConfig.from_run(config.init_from).modality
-        log(f"modality {modality}: that of {config.init_from} (PretrainConfig.modality chooses)")
-        return modality
     if not config.data:  # the pool's reading says what is missing
         return "fundus"
     modality = guess_pool_modality(config.data)
+    if config.init_from and (init := LDConfig.from_run(config.init_from).modality) != modality:
+        raise LocaldiscError(
+            f"{', '.join(config.data)}: its images look {modality} (guessed: grey ones are "
+            f"X-rays), and init_from {config.init_from} was pre-trained on {init} images: give "
+            f"PretrainConfig.modality ({init!r} for red-free fundus photographs)"
+        )
     log(f"modality {modality}: that of the data (PretrainConfig.modality chooses)")
     return modality
 
