@@ -869,13 +869,13 @@ def similarity(
     """Cosine-similarity maps of query points on their image and on other images: each point's
     best match in every target, and a figure (a row per point: the image with the point, then its
     map on each image, best match circled, a colour bar from -1 to 1)."""
-    from localdisc.data.datasets import FIGURE_RECORD, recorded_figures
     from localdisc.engine.distributed import resolve_device
     from localdisc.tasks.predict import collect_images
     from localdisc.tasks.similarity import (
         check_inside,
         check_size,
         figure_path,
+        figures_listed,
         load_model,
         parse_point,
         read_images,
@@ -888,11 +888,7 @@ def similarity(
     check_size(size, "--size")
     out = figure_path(out)
     _check_parent("--out", out)
-    if recorded_figures(out.parent) is None:  # refused by the figure's writing: before the work
-        raise LocaldiscError(
-            f"{out.parent / FIGURE_RECORD}: not the record of figures this package writes; "
-            "write the figure into another folder (nothing was written)"
-        )
+    figures_listed(out.parent)  # another program's record there is refused: before the work
     # A folder's images as localize finds and names them, but the query image and the figure
     # of an earlier call (--out in it: a rerun was refused, or scored the figure); a file
     # keeps its file name.

@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 #: A few steps on generated fundus images at 64 x 64: what ``--quick`` benchmarks pre-train.
 QUICK_PRETRAIN: dict[str, Any] = {
     "data": ["synthetic_fundus:8"], "modality": "fundus", "stage1_steps": 3, "stage2_steps": 3,
-    "batch": 1,
-    "size": 64, "workers": 1, "val_images": 1,
+    "batch": 1, "size": 64, "workers": 1, "val_images": 1,
 }  # fmt: skip
 
 

@@ -482,22 +482,31 @@ def similarity_figure(
     the folder's :data:`~localdisc.data.datasets.FIGURE_RECORD` lists it: a figure written
     among images is read as no image by the commands that read that folder (``--targets``, a
     pool), whatever its name."""
-    from localdisc.data.datasets import FIGURE_RECORD, recorded_figures
+    from localdisc.data.datasets import FIGURE_RECORD
     from localdisc.engine.checkpoint import atomic_write_text
     from localdisc.eval.figures import _save
 
     path = figure_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    listed = recorded_figures(path.parent)
-    if listed is None:  # another program's file of that name: left as it is
-        raise LocaldiscError(
-            f"{path.parent / FIGURE_RECORD}: not the record of figures this package writes; "
-            "write the figure into another folder (nothing was written)"
-        )
-    figures = sorted({*listed, path.name})
+    figures = sorted({*figures_listed(path.parent), path.name})
     record = {"localdisc_figures": figures}
     atomic_write_text(path.parent / FIGURE_RECORD, json.dumps(record, indent=1))
     return _save(similarity_plot(result, image, targets, names), path)
+
+
+def figures_listed(folder: Path) -> list[str]:
+    """The figures the record in ``folder`` lists
+    (:func:`~localdisc.data.datasets.recorded_figures`); a file of its name that another
+    program wrote is refused, left as it is."""
+    from localdisc.data.datasets import FIGURE_RECORD, recorded_figures
+
+    listed = recorded_figures(folder)
+    if listed is None:
+        raise LocaldiscError(
+            f"{folder / FIGURE_RECORD}: not the record of figures this package writes; write "
+            "the figure into another folder (nothing was written)"
+        )
+    return listed
 
 
 def figure_path(path: str | Path) -> Path:
