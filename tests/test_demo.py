@@ -170,3 +170,29 @@ def test_demo_names_the_images_of_its_figures():
         names = demo_figure_names(modality)
         assert len(names) == len(demo_figure_images(modality, 32)) == len(set(names))
     assert demo_figure_names("fundus")[1] == "generated eye 1"
+
+
+def test_a_demo_of_a_folder_grown_since_is_refused_not_reused(tmp_path):
+    # `demo --data photos/` again after more photos were added reused the first run as this
+    # one's, its pool the old folder's (a reviewer); the same folder is reused as before.
+    import numpy as np
+    import pytest
+
+    from helpers import save
+    from localdisc.data.synthetic import synthetic_fundus
+    from localdisc.demo import run_demo
+    from localdisc.errors import CheckpointError
+
+    def photo(i: int) -> None:
+        save(tmp_path / "photos" / f"eye{i}.png",
+             (synthetic_fundus(64, seed=i).image * 255).astype(np.uint8))  # fmt: skip
+
+    for i in range(3):
+        photo(i)
+    demo = dict(quick=True, data=[str(tmp_path / "photos")], device="cpu", progress=False,
+                log=lambda m: None)  # fmt: skip
+    run_demo(tmp_path / "out", **demo)
+    run_demo(tmp_path / "out", **demo)  # reused
+    photo(3)
+    with pytest.raises(CheckpointError, match="pre-trained on other files than its data"):
+        run_demo(tmp_path / "out", **demo)

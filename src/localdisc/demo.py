@@ -22,6 +22,7 @@ from localdisc.engine.pretrain import (
     PretrainConfig,
     PretrainResult,
     pretrain,
+    refuse_other_files,
     refuse_used_run_dir,
     settings_differences,
 )
@@ -152,6 +153,7 @@ def _own_run(run_dir: Path, config: PretrainConfig) -> bool:
     reused) as with ``--resume``. A folder holding another run is refused, nothing deleted."""
     differences = settings_differences(run_dir, config)
     if differences == []:
+        refuse_other_files(run_dir, config)  # --data grown since: not reused as its run
         return True
     try:
         refuse_used_run_dir(run_dir)
