@@ -855,8 +855,7 @@ def similarity(
         Path("similarity.png"),
         "--out",
         help="Figure to write; localdisc-figures.json beside it lists it, so that no command "
-        "reads it as "
-        "an image of that folder.",
+        "reads it as an image of that folder.",
     ),
     level: str = typer.Option("pixel", help="pixel, or patch (pooled as in pre-training)."),
     size: int | None = typer.Option(

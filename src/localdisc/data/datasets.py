@@ -1473,10 +1473,10 @@ def _recorded_outputs(
     ``dirnames``) for the images its records list, None where there is no record:
     :data:`OUTPUT_RECORDS` (NAME plus the command's endings; an overlay is ``NAME.png``;
     ``segment.json``'s ``parts``), the figures :data:`FIGURE_RECORD` names, ``shape-guided
-    vessels``' ``vessels.csv`` (parsed, with its
-    ``image`` column) and the ``"writes"`` of its networks' ``config.json`` (its own, and its
-    ``group-K`` ones: a stopped ``--teach-all`` copied the masks of the groups done), each
-    ``NAME_prob`` and ``NAME_mask``. A user's images there of other names stay images."""
+    vessels``' ``vessels.csv`` (parsed, with its ``image`` column) and the ``"writes"`` of its
+    networks' ``config.json`` (its own, and its ``group-K`` ones: a stopped ``--teach-all``
+    copied the masks of the groups done), each ``NAME_prob`` and ``NAME_mask``. A user's images
+    there of other names stay images."""
     stems: set[str] = set()
     exact: set[str] = set()
     parts: set[str] = set()
@@ -1550,14 +1550,13 @@ def folder_image_files(
     training runs below ``root`` (:func:`is_training_run`: a ``pretrain --out`` inside its
     ``--data`` folder pooled its figures in the next run, a ``finetune --out`` inside its images
     recalibrated batch norm on its predictions) and benchmarks' ``--out`` (their figures;
-    :func:`is_benchmark_output`), the outputs of predictions, segmentations and
-    overlays that the records beside them list (:func:`_recorded_outputs`: with the record's
+    :func:`is_benchmark_output`), the outputs of predictions, segmentations and overlays that
+    the records beside them list (:func:`_recorded_outputs`: with the record's
     ``figures/overlay.png`` and an ensemble's ``run-K/`` parts; ``similarity``'s figures;
-    ``predict --out D/pred``, then
-    ``pretrain --data D`` pooled its probability maps and masks, ``finetune`` took them for
-    unlabelled images; ``on_outputs(folder, count)`` hears of each folder's files left out),
-    and files whose stem is another image's stem in the same folder plus a
-    partner ending (:data:`PARTNER_SUFFIXES`, any letter case:
+    ``predict --out D/pred``, then ``pretrain --data D`` pooled its probability maps and masks,
+    ``finetune`` took them for unlabelled images; ``on_outputs(folder, count)`` hears of each
+    folder's files left out), and files whose stem is another image's stem in the same folder
+    plus a partner ending (:data:`PARTNER_SUFFIXES`, any letter case:
     CHASE_DB1's ``Image_01L_1stHO.png`` next to ``Image_01L.jpg``, ``case01_seg.png`` or
     ``case01-mask.png`` next to ``case01.png``). A file with such an ending but no image of the
     base stem beside it is an image.

@@ -40,6 +40,7 @@ from localdisc.eval.report import collect, environment_markdown, jsonable, runs_
 from localdisc.tasks.benchmark_transfer import (
     BenchmarkConfig,
     TaskPlan,
+    given_modality,
     init_labels,
     plan_grid,
     plan_tasks,
@@ -73,9 +74,9 @@ class MethodsBenchmarkConfig:
 
 def parse_pool(spec: str) -> tuple[str, str]:
     """``(modality, data spec)`` of a ``--pool``."""
-    prefix, sep, rest = spec.partition("=")
-    if sep and prefix in ("fundus", "xray"):
-        return prefix, rest
+    modality, rest = given_modality(spec)
+    if modality is not None:
+        return modality, rest
     known = DATASETS.get(spec.partition(":")[0].lower())  # its own modality; a folder: fundus
     return (known.default_modality if known and known.default_modality else "fundus"), spec
 

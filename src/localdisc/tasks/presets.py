@@ -85,11 +85,7 @@ def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
     reused unchecked), and where ``run_dir`` holds a run of other settings (runtime fields
     aside), naming them: reused or resumed, it would stand in for these."""
     from localdisc.data.pool import guess_pool_modality
-    from localdisc.engine.pretrain import (
-        PretrainConfig,
-        refuse_other_settings,
-        settings_differences,
-    )
+    from localdisc.engine.pretrain import PretrainConfig, refuse_other_settings
     from localdisc.models.ld import LDConfig
 
     if not settings.get("data"):
@@ -100,10 +96,10 @@ def check_preset(settings: dict[str, Any], run_dir: Path) -> PretrainConfig:
     config = PretrainConfig(**settings)
     if config.modality is None:  # as the run takes it (the plan skips by it): a run's own, or
         # its data's (a finished run's pool may have moved away: its record says)
-        saved = settings_differences(run_dir, config) is not None
-        config.modality = (
-            LDConfig.from_run(run_dir).modality if saved else guess_pool_modality(config.data)
-        )
+        try:
+            config.modality = LDConfig.from_run(run_dir).modality
+        except LocaldiscError:  # no run there yet
+            config.modality = guess_pool_modality(config.data)
     refuse_other_settings(run_dir, config)
     return config
 
