@@ -109,3 +109,48 @@ def test_a_16_bit_or_float_miniswhite_tiff_read_by_pillow_reads_as_through_tifff
     assert meta.format == "tiff"
     np.testing.assert_array_equal(via_pillow[..., 0], via_tifffile)
     np.testing.assert_array_equal(read_mask(mask_path), truth)
+
+
+def test_a_grey_tiff_with_associated_alpha_read_by_pillow_gives_the_same_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Guards Pillow's mode for grey + associated alpha ("La"): it went to the RGB conversion,
+    # which dropped the alpha, and the black overlay read as an empty mask.
+    truth = _truth()
+    data = np.zeros(truth.shape + (2,), np.uint8)
+    data[..., 1] = truth * 255
+    path = tmp_path / "assoc_grey.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", extrasamples=["assocalpha"])
+    np.testing.assert_array_equal(read_mask(path), truth)  # through tifffile
+    _pillow_only(monkeypatch)
+    with Image.open(path) as im:
+        assert im.mode == "La"
+    np.testing.assert_array_equal(read_mask(path), truth)
+    img, meta = read_image(path)  # the image drops the alpha, as tifffile's reading does
+    np.testing.assert_array_equal(img, np.zeros(truth.shape + (1,), np.float32))
+    assert meta.channels == 2
+
+
+@pytest.mark.parametrize("label_index", [0, 1])
+def test_a_palette_overlay_of_one_colour_is_read_from_its_transparency(
+    tmp_path: Path, label_index: int
+) -> None:
+    # Guards a palette PNG's tRNS read as alpha: an RGBA overlay of one colour with the label
+    # in its alpha, as pngquant or Pillow's quantize save it, is two entries of the same
+    # colour, one transparent. The entries' order is the encoder's: with the label at index 0
+    # the mask read the background.
+    truth = _truth()
+    index = np.where(truth, label_index, 1 - label_index).astype(np.uint8)
+    im = Image.fromarray(index, "P")
+    im.putpalette([255, 0, 0, 255, 0, 0])
+    transparency = bytes([255, 0]) if label_index == 0 else bytes([0, 255])
+    im.save(tmp_path / "overlay.png", transparency=transparency)
+    np.testing.assert_array_equal(read_mask(tmp_path / "overlay.png"), truth)
+    # A GIF has one transparent index.
+    im.save(tmp_path / "overlay.gif", transparency=1 - label_index)
+    np.testing.assert_array_equal(read_mask(tmp_path / "overlay.gif"), truth)
+    # Palettes of two colours are read by their colours whatever the transparency says.
+    two = Image.fromarray(index, "P")
+    two.putpalette([0, 0, 0, 255, 255, 255] if label_index == 1 else [255, 255, 255, 0, 0, 0])
+    two.save(tmp_path / "two.png", transparency=0)
+    np.testing.assert_array_equal(read_mask(tmp_path / "two.png"), truth)

@@ -304,9 +304,10 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
       (brightest channel > 127; DRIVE's second-observer GIFs use near-black (4, 2, 4) and
       near-white, and GIF encoders reorder palettes, so the index alone means nothing there);
       otherwise index != 0 (label palettes, where index 0 is background whatever its colour);
-    * alpha (RGBA, LA, PA, TIFF alpha, 4-channel ``.npy``): where the colour is the same in
-      every pixel and the alpha is not, the alpha decides, by the grey rules above (an
-      overlay exported as one colour with alpha = label would read as all or nothing);
+    * alpha (RGBA, LA, PA, a palette's transparency, TIFF alpha, 4-channel ``.npy``): where
+      the colour is the same in every pixel and the alpha is not, the alpha decides, by the
+      grey rules above (an overlay exported as one colour with alpha = label would read as
+      all or nothing);
     * a MINISWHITE TIFF (what ``tifffile.imwrite`` makes of a bool array; ImageJ's masks
       with an inverted LUT) is read as stored (1 or 255 = foreground), as tifffile,
       scikit-image and ImageJ read it, not inverted for display as :func:`read_image` does.
@@ -316,7 +317,8 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     d = _decode(path, max_pixels)
-    if d.alpha is not None and _constant(d.pixels) and _levels(d.alpha).size > 1:
+    colours = d.pixels if d.palette is None else d.palette[d.pixels]
+    if d.alpha is not None and _constant(colours) and _levels(d.alpha).size > 1:
         mask = _binarize(d.alpha, d.scale)
     elif d.palette is not None:
         mask = _palette_mask(d.pixels, d.palette)
@@ -875,13 +877,13 @@ def _from_pil(path: Path, im: Image.Image, orientation: int | None) -> _Decoded:
         pixels, scale = np.asarray(im, dtype=np.uint8), 1.0
     elif mode == "L":
         pixels = np.asarray(im)
-    elif mode == "LA":
+    elif mode in ("LA", "La"):  # La: associated alpha (a TIFF's, through Pillow)
         alpha = np.asarray(im)[..., 1]
         pixels = np.asarray(im)[..., 0]
     elif mode in ("P", "PA"):
         index = np.asarray(im)
         pixels = index if index.ndim == 2 else index[..., 0]
-        alpha = None if index.ndim == 2 else index[..., 1]
+        alpha = index[..., 1] if index.ndim == 3 else _palette_alpha(im, pixels)
         palette = _pil_palette(im)
         used = palette[np.flatnonzero(np.bincount(pixels.ravel(), minlength=256))]
         channels = 1 if _is_grey(used) else 3
@@ -931,6 +933,24 @@ def _pil_palette(im: Image.Image) -> np.ndarray:
     colours = np.asarray(raw, dtype=np.uint8).reshape(-1, 3)[:256]
     out[: len(colours)] = colours
     return out
+
+
+def _palette_alpha(im: Image.Image, index: np.ndarray) -> np.ndarray | None:
+    """A palette image's alpha from its transparency (PNG tRNS: one value per entry; GIF: one
+    transparent index), where it has one: what a viewer shows, and pngquant or Pillow's
+    ``quantize`` make of an RGBA overlay."""
+    given = im.info.get("transparency")
+    if given is None:
+        return None
+    table = np.full(256, 255, dtype=np.uint8)
+    if isinstance(given, bytes):
+        entries = np.frombuffer(given, dtype=np.uint8)[:256]
+        table[: entries.size] = entries
+    elif isinstance(given, int) and 0 <= given < 256:
+        table[given] = 0
+    else:
+        return None
+    return table[index]
 
 
 def _is_grey(colours: np.ndarray) -> bool:
