@@ -680,7 +680,7 @@ def test_dicom_voi_lut_rgb_and_frames(tmp_path: Path) -> None:
     note_headers([("one", single.path), ("mf", meta.path)], lines.append)
     assert lines == [
         f"note: 1 file(s) hold several frames, and localdisc reads the first of each (first: "
-        f"{meta.path}, 3 frames): a cine or tomosynthesis series is not a single image; save "
+        f"{meta.path}, 3 frames): a stack, series, cine or animation is not a single image; save "
         "the frame you mean as a file of its own"
     ]
 
@@ -1449,7 +1449,7 @@ def test_an_exif_orientation_is_read_and_said_not_applied(tmp_path):
         "masks are written in the pixels as stored, 10 wide and 6 high there; "
         "a viewer that applies the tag shows the image turned against its mask"
     )
-    with pytest.raises(ValueError, match="'points' or 'masks'"):
+    with pytest.raises(ValueError, match="'points', 'masks', 'pool', 'dataset'"):
         orientation_note([], "labels")
     assert orientation_note([read_image_meta(tmp_path / "plain.png")]) is None
     assert type(read_image_meta(tmp_path / "turned.tif").orientation) is int  # not tifffile's enum

@@ -20,6 +20,7 @@ from localdisc.data.datasets import (
     dataset_class,
     load_dataset,
 )
+from localdisc.data.io import header_metas, header_notes
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.checkpoint import atomic_write_bytes
 from localdisc.errors import DatasetError, LocaldiscError, ReaderSetupError
@@ -116,7 +117,11 @@ def inspect_dataset(
     image, "targets", "default_target", "labelled": whether the split has any
     target, "missing_labels": {target: why its label folder is absent}, "low_contrast": [names
     of images whose intensities span less than LOW_CONTRAST_SPAN]}}, "skipped": [{"path",
-    "reason"}]}``. Split sets report ``train`` and ``test``, unsplit ones ``all``; a split
+    "reason"}], "notes": [lines]}``; ``notes`` says where images carry an EXIF orientation,
+    which is not applied (a mask drawn in a viewer that applies it does not fit its image), or
+    hold several frames, of which the first is read (:func:`~localdisc.data.io.header_notes`,
+    as ``predict`` says them; from the headers of the images read). Split sets report
+    ``train`` and ``test``, unsplit ones ``all``; a split
     without labels (DRIVE's ``test`` as publicly downloaded) reports ``"labelled": false``
     and empty ``masks``. A bad file raises
     (:class:`~localdisc.errors.DatasetError` / :class:`~localdisc.errors.ImageReadError`), or
@@ -163,12 +168,16 @@ def inspect_dataset(
         if bar is not None:
             bar.stop()
     skipped = [(p, r) for d in datasets for p, r in d.skipped]
+    # Headers only: a fraction of the decoding above. Generated items have no file.
+    metas = header_metas(item.image for d in datasets for item in d.items if item.seed is None)
+    labelled = any(d.targets for d in datasets)
     return {
         "name": cls.name,
         "root": None if datasets[0].root is None else str(datasets[0].root),
         "modality": datasets[0].modality,
         "splits": {d.split: s.report(d) for d, s in zip(datasets, stats, strict=True)},
         "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
+        "notes": header_notes(metas, "dataset" if labelled else "pool"),
     }
 
 

@@ -8,11 +8,12 @@ where it can be sniffed (a JPEG named ``.png`` is read as a JPEG) and by suffix 
 (headerless JSRT ``.IMG``). Bad input never escapes as a raw library exception:
 every failure is an :class:`~localdisc.errors.ImageReadError` naming the file.
 
-Supported: PNG, JPEG, BMP, GIF (first frame), PPM/PGM/PBM (8 and 16 bit; also gzipped as
-``.ppm.gz``/``.pgm.gz``, as STARE ships them), TIFF (first page; tifffile, falling back to
-Pillow), DICOM (needs the optional ``pydicom``), JSRT raw ``.IMG`` and NumPy ``.npy``. DICOM
-files named without a suffix, as PACS exports name them (``IM0001``, or their UID
-``1.2.840.113619.2.55.3.4711``, whose last part is no suffix), are taken by their content
+Supported: PNG (an animated one: its first frame), JPEG, BMP, GIF (first frame), PPM/PGM/PBM
+(8 and 16 bit; also gzipped as ``.ppm.gz``/``.pgm.gz``, as STARE ships them), TIFF (first page;
+tifffile, falling back to Pillow), DICOM (needs the optional ``pydicom``; first frame), JSRT raw
+``.IMG`` and NumPy ``.npy``; :attr:`ImageMeta.frames` counts the frames of a file that holds
+several. DICOM files named without a suffix, as PACS exports name them (``IM0001``, or their
+UID ``1.2.840.113619.2.55.3.4711``, whose last part is no suffix), are taken by their content
 (``DICM`` at byte 128).
 
 Size guard: images with more than ``max_pixels`` pixels (H x W) are refused from the header,
@@ -53,7 +54,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -200,8 +201,12 @@ class ImageMeta:
             or no tag. Not applied: height, width and the pixels are as stored (its masks are
             drawn on those), so points taken in a viewer that applies it are in another frame
             (:func:`orientation_note`).
-        frames: the frames the file holds (a multi-frame DICOM's NumberOfFrames: a cine, a
-            tomosynthesis series); the first is read (:func:`frames_note`). 1 for the rest.
+        frames: the frames the file holds, of which the first is read (:func:`frames_note`):
+            a multi-frame DICOM's NumberOfFrames (a cine, a tomosynthesis series); a TIFF's
+            pages of the first page's shape that are not reduced-resolution images (a z-stack,
+            a time series, an ImageJ or OME stack; not a thumbnail or pyramid level:
+            :func:`_tiff_frames`); an animated GIF's or PNG's frames. 1 for the rest (a
+            JPEG's embedded previews, MPO, are no frames).
     """
 
     path: Path
@@ -360,26 +365,37 @@ def read_image_meta(path: str | Path, *, max_pixels: int | None = None) -> Image
     return meta
 
 
+#: What :func:`orientation_note` says follows from the tag, by what the command does with the
+#: pixels as stored (``{frame}``: the first such image's width and height).
+_ORIENTATION_CONSEQUENCES = {
+    "points": "points are (x, y) in the pixels as stored, {frame}; points taken in a viewer that "
+    "applies the tag are in another frame",
+    "masks": "masks are written in the pixels as stored, {frame}; a viewer that applies the tag "
+    "shows the image turned against its mask",
+    "pool": "pre-training takes the pixels as stored, {frame}, not turned as a viewer that "
+    "applies the tag shows them",
+    "dataset": "masks are read against the pixels as stored, {frame}; a mask drawn on the image "
+    "as a viewer that applies the tag shows it lies turned against its image",
+}
+
+
 def orientation_note(metas: Sequence[ImageMeta], outputs: str = "points") -> str | None:
     """A line saying that images carry an Orientation tag localdisc does not apply (``None``
     where none of ``metas`` does). ``outputs``: what the command takes or writes in the pixels
     as stored, ``"points"`` (a viewer that applies the tag shows another frame: a phone
-    photograph turned 90 degrees has (x, y) swapped) or ``"masks"`` (written without the tag: a
-    viewer that applies it shows the image turned against its mask)."""
-    if outputs not in ("points", "masks"):
-        raise ValueError(f"outputs must be 'points' or 'masks', got {outputs!r}")
+    photograph turned 90 degrees has (x, y) swapped), ``"masks"`` (written without the tag: a
+    viewer that applies it shows the image turned against its mask), ``"pool"`` (pre-training
+    learns from the pixels as stored) or ``"dataset"`` (a labelled set, whose masks are read
+    against the pixels as stored: one drawn in a viewer that turns the image does not fit)."""
+    if outputs not in _ORIENTATION_CONSEQUENCES:
+        shown = ", ".join(repr(k) for k in _ORIENTATION_CONSEQUENCES)
+        raise ValueError(f"outputs must be one of {shown}, got {outputs!r}")
     turned = [m for m in metas if m.orientation is not None]
     if not turned:
         return None
     first = turned[0]
     frame = f"{first.width} wide and {first.height} high there"
-    consequence = (
-        f"points are (x, y) in the pixels as stored, {frame}; points taken in a viewer that "
-        "applies the tag are in another frame"
-        if outputs == "points"
-        else f"masks are written in the pixels as stored, {frame}; a viewer that applies the "
-        "tag shows the image turned against its mask"
-    )
+    consequence = _ORIENTATION_CONSEQUENCES[outputs].format(frame=frame)
     return (
         f"{len(turned)} image(s) carry an EXIF orientation that localdisc does not apply (first: "
         f"{first.path}, {first.orientation}: viewers show it {ORIENTATIONS[first.orientation]}): "
@@ -389,22 +405,24 @@ def orientation_note(metas: Sequence[ImageMeta], outputs: str = "points") -> str
 
 def frames_note(metas: Sequence[ImageMeta]) -> str | None:
     """A line saying that files hold several frames, of which only the first is read
-    (``None`` where none of ``metas`` does): a multi-frame DICOM was read as its first frame
-    without a word."""
+    (``None`` where none of ``metas`` does): a multi-frame DICOM, a TIFF stack or an animated
+    GIF was read as its first frame without a word."""
     stacked = [m for m in metas if m.frames > 1]
     if not stacked:
         return None
     first = stacked[0]
     return (
         f"{len(stacked)} file(s) hold several frames, and localdisc reads the first of each "
-        f"(first: {first.path}, {first.frames} frames): a cine or tomosynthesis series is not "
+        f"(first: {first.path}, {first.frames} frames): a stack, series, cine or animation is not "
         "a single image; save the frame you mean as a file of its own"
     )
 
 
 def header_notes(metas: Sequence[ImageMeta], outputs: str = "points") -> list[str]:
     """What a command says of its images' headers: :func:`orientation_note` (``outputs`` as
-    there) and :func:`frames_note`, those that apply."""
+    there) and :func:`frames_note`, those that apply. :func:`read_image_meta` gives them from
+    the headers alone for most files (:func:`header_metas`); :func:`read_image` with its
+    pixels."""
     notes = (orientation_note(metas, outputs), frames_note(metas))
     return [note for note in notes if note is not None]
 
@@ -733,7 +751,8 @@ def _header_pil_file(path: Path, head: bytes, limit: int) -> ImageMeta | None:
         orientation = _pil_orientation(im)
         if orientation is None and im.format == "PNG":
             orientation = _png_late_orientation(path)
-        return _pil_meta(path, im, *layout, orientation)
+        meta = _pil_meta(path, im, *layout, orientation)
+        return replace(meta, frames=_pil_frames(im))  # last: it may seek through the file
 
 
 @contextmanager
@@ -775,7 +794,24 @@ def _decode_pil(
         _pil_load(im)
         if orientation is None:  # a PNG's eXIf chunk after the pixels is read on loading
             orientation = _pil_orientation(im)
-        return _from_pil(path, im, orientation)
+        decoded = _from_pil(path, im, orientation)
+        # After the pixels are copied out: counting seeks through the frames.
+        decoded.meta = replace(decoded.meta, frames=_pil_frames(im))
+        return decoded
+
+
+def _pil_frames(im: Image.Image) -> int:
+    """The frames of an opened Pillow image that are images of their own: an animated GIF's or
+    PNG's, a multi-page TIFF's (read through Pillow where tifffile cannot open it). Not a
+    JPEG's (MPO: a phone's preview or depth map beside the photograph). Counting them reads
+    the frames' headers (a GIF's: it skips over each frame's data), not their pixels; a file
+    whose later frames are damaged counts 1, as a note is no reason to refuse its first."""
+    if im.format not in ("GIF", "PNG", "TIFF"):
+        return 1
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception:
+        return 1
 
 
 def _pil_layout(im: Image.Image) -> tuple[int, int] | None:
@@ -1084,12 +1120,26 @@ class _InvalidOrientationFilter(logging.Filter):
         return not record.getMessage().startswith(f"<tifffile.TiffTag {_ORIENTATION_TAG} @")
 
 
+#: Set in a thread while :func:`_tiff_frames` walks a file's pages.
+_COUNTING_PAGES = threading.local()
+
+
+class _CountingPagesFilter(logging.Filter):
+    """Drop what tifffile logs while :func:`_tiff_frames` counts pages ("invalid page offset"
+    of a damaged chain after the first page): the count is a note's, the first page is read
+    all the same, and the line names no file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_COUNTING_PAGES, "on", False)
+
+
 def _open_tifffile(path: Path) -> Any:
     import tifffile
 
     log = logging.getLogger("tifffile")  # tifffile.logger()
-    if not any(isinstance(f, _InvalidOrientationFilter) for f in log.filters):
-        log.addFilter(_InvalidOrientationFilter())
+    for kind in (_InvalidOrientationFilter, _CountingPagesFilter):
+        if not any(isinstance(f, kind) for f in log.filters):
+            log.addFilter(kind())
     return tifffile.TiffFile(path)
 
 
@@ -1100,7 +1150,7 @@ def _decode_tiff(path: Path, head: bytes, limit: int) -> _Decoded:
         raise
     except Exception as first:  # e.g. LZW without imagecodecs (DRIVE), odd layouts, damage
         try:
-            return _decode_pil(path, path, limit, ("TIFF",))
+            decoded = _decode_pil(path, path, limit, ("TIFF",))
         except ImageReadError:
             raise
         except Exception as second:
@@ -1109,6 +1159,11 @@ def _decode_tiff(path: Path, head: bytes, limit: int) -> _Decoded:
             # Pillow's words: tifffile's "requires imagecodecs" (DRIVE's LZW) hid the damage
             # Pillow, which has that codec, met.
             raise ImageReadError(path, _with_damage(path, head, reason, pil)) from second
+        # Pillow counts every page, a thumbnail too: count as the header read does, where
+        # tifffile opens the file (its header; the pixels are what it could not decode).
+        with suppress(Exception), _open_tifffile(path) as tf:
+            decoded.meta = replace(decoded.meta, frames=_tiff_frames(tf, tf.pages[0]))
+        return decoded
 
 
 def _header_tiff(path: Path, head: bytes, limit: int) -> ImageMeta | None:
@@ -1190,11 +1245,53 @@ def _tiff_page(tf: Any, path: Path, limit: int) -> tuple[Any, ImageMeta, int]:
         raise _TiffUnsupported(f"{samples} samples for photometric {photometric}")
     tag = page.tags.get(_ORIENTATION_TAG)
     orientation = _orientation(None if tag is None else tag.value)
+    frames = _tiff_frames(tf, page)
     return (
         page,
-        ImageMeta(path, "tiff", bits, height, width, spp, orientation=orientation),
+        ImageMeta(path, "tiff", bits, height, width, spp, orientation=orientation, frames=frames),
         photometric,
     )
+
+
+#: NewSubfileType (254) bits of a page that is no frame of its own: 0 a reduced-resolution
+#: version of another page (a thumbnail, a pyramid level), 2 a transparency mask.
+_NOT_A_FRAME = 0b101
+
+
+def _tiff_frames(tf: Any, first: Any) -> int:
+    """The images of ``first``'s shape that an open ``tifffile.TiffFile`` holds, ``first``
+    (its first page) one of them: its top-level pages of that shape that are not marked
+    reduced-resolution or a mask (:data:`_NOT_A_FRAME`): the planes of a z-stack, a time
+    series, an ImageJ hyperstack or OME-TIFF; not a scanner's or slide's thumbnail or the
+    levels of a pyramid (marked, or of other sizes; an OME pyramid keeps its levels in
+    SubIFDs, which are no top-level pages). An ImageJ file that describes more images than it
+    has pages (one page for a whole hyperstack, as ImageJ writes files over 4 GB) counts its
+    description's. Headers only; a single page (most files) costs one look at the chain of
+    pages."""
+    import tifffile
+
+    pages = tf.pages
+    useframes = pages.useframes
+    _COUNTING_PAGES.on = True
+    try:
+        count = len(pages)
+        if count > 1:
+            pages.useframes = False  # TiffPages, whose tags tell a thumbnail from a frame
+            count = sum(
+                1
+                for page in pages
+                if isinstance(page, tifffile.TiffPage)
+                and page.shape == first.shape
+                and not int(page.subfiletype) & _NOT_A_FRAME
+            )
+        if tf.is_imagej:
+            count = max(count, int((tf.imagej_metadata or {}).get("images", 1)))
+    except Exception:  # damage after the first page: a count is no reason not to read it
+        count = 1
+    finally:
+        pages.useframes = useframes
+        _COUNTING_PAGES.on = False
+    return max(1, count)
 
 
 def _integer_scale(dtype: np.dtype, bits: int) -> float | None:

@@ -14,12 +14,13 @@ import os
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from localdisc.data.io import DIM_BELOW, dim_note, read_image
+from localdisc.data.io import DIM_BELOW, ImageMeta, dim_note, header_notes, read_image
 from localdisc.data.preprocess import resize_image, roi_crop, to_modality_channels
 from localdisc.errors import DatasetError, ImageReadError, ReaderSetupError
 
@@ -41,12 +42,18 @@ def _decode(
     workers: int,
     skip_bad: bool,
     progress: Callable[[int], None] | None = None,
+    metas: dict[Path, ImageMeta] | None = None,
 ) -> list[np.ndarray | str]:
-    """Per path, in order: its pool array, or (``skip_bad``) the reason it could not be read."""
+    """Per path, in order: its pool array, or (``skip_bad``) the reason it could not be read.
+    ``metas``, when given, is filled with the :class:`~localdisc.data.io.ImageMeta` of each
+    path read, which the decoding gives at no cost."""
 
     def one(path: Path) -> np.ndarray | str:
         try:
-            return prepare_pool_image(read_image(path)[0], modality, pool_size)
+            image, meta = read_image(path)
+            if metas is not None:
+                metas[path] = meta
+            return prepare_pool_image(image, modality, pool_size)
         except ImageReadError as exc:
             if not skip_bad or isinstance(exc, ReaderSetupError):  # the installation's: all fail
                 raise
@@ -102,8 +109,6 @@ def synthetic_pool(
 ) -> torch.Tensor:
     """A pool of ``n`` generated images (the demo's data when no data set is present);
     ``hard``: the radiographs of ``synthetic_xray_hard``."""
-    from functools import partial
-
     from localdisc.data import synthetic
 
     if n < 1:
@@ -232,12 +237,21 @@ def resolve_pool(
 
     Files whose images use under 1/8 of the intensity range (12-bit data in 16-bit files) are
     named in one line through ``log``; their intensities are kept, as fine-tuning reads them.
+    So are, each in a line, files that carry an EXIF orientation, which is not applied, and
+    files of several frames (a multi-frame DICOM, a TIFF stack, an animated GIF), of which the
+    pool holds the first (:func:`~localdisc.data.io.header_notes`, from the headers the
+    decoding read): as ``predict`` and ``localize`` say them.
     """
     from localdisc.data.datasets import parse_data_spec, pool_image_paths
 
     size = pool_size
     planning = unreadable is not None
-    decode = _decode if unreadable is None else _planned_decode({Path(p) for p in unreadable})
+    metas: dict[Path, ImageMeta] = {}  # of the files read, as their decoding gave them
+    decode = (
+        partial(_decode, metas=metas)
+        if unreadable is None
+        else _planned_decode({Path(p) for p in unreadable})
+    )
     # In the order of ``specs``; a list of indices stands for files of ``paths``, all decoded
     # at once below.
     parts: list[torch.Tensor | list[int]] = []
@@ -394,6 +408,8 @@ def resolve_pool(
             raise _none_readable(paths, results)  # --skip-bad left nothing at all: say why
         if not planning:
             _say_dim_images(results, path_names, log)
+            for note in header_notes([metas[p] for p in paths if p in metas], "pool"):
+                log(note)
         # Two folders' "0.png" were one name in a run's val_names and figure titles: a name
         # that more than one read file has is the file's whole path.
         counts = Counter(
