@@ -2,9 +2,10 @@
 
 Both run the same network and the same losses on the same device, data pipeline included:
 
-* ``localdisc``: pool in device memory, views built on the device in one batched pass,
-  channels-last, bf16 autocast where it pays (CUDA, CPUs with bf16 instructions:
-  ``localdisc.engine.precision``), region embeddings as a batched matrix product.
+* ``localdisc``: the engine's step: pool in device memory, views built on the device in one
+  batched pass, channels-last, bf16 autocast where it pays (CUDA, CPUs with bf16 instructions:
+  ``localdisc.engine.precision``), region embeddings as a batched matrix product, and the
+  engine's finite-loss check (one wait for the device per step).
 * ``localdisc-fp32``: the same step in float32 and contiguous memory (the engine on CPU before
   bf16 and channels-last came to it; ``pretrain --no-amp`` still trains in float32).
 * ``naive``: what a direct port of the published pipeline does: views built on the CPU item by
@@ -54,8 +55,9 @@ def run_one(
     depth: int = 5,
     width: int = 16,
 ) -> dict:
-    from localdisc.data.views import LDViews, undo_view2
+    from localdisc.data.views import LDViews, host_to_device, undo_view2
     from localdisc.engine.pretrain import PretrainConfig, ld_losses
+    from localdisc.engine.stop import GracefulStop
     from localdisc.losses import (
         entropy_loss,
         hypersphere_mixup_loss,
@@ -83,11 +85,12 @@ def run_one(
         if not fp32:
             model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compile_model and fast else model
+    stopper = GracefulStop()  # only for its finite-loss check (no signal handlers installed)
 
     def step() -> None:
         idx = torch.randint(pool.shape[0], (2 * batch,), generator=gen)
         if fast:
-            x = pool[idx.to(dev)]
+            x = pool[host_to_device(idx, dev)]  # as the engine copies them
             vb = views(x[:batch], x[batch:], generator=gen)
             if not fp32:
                 vb.images = vb.images.contiguous(memory_format=torch.channels_last)
@@ -113,6 +116,10 @@ def run_one(
             loss = loss + 10 * naive_region_loss(v[: 4 * b], a[: 4 * b], 0.2)
             loss = loss + 0.1 * entropy_loss(a[: 4 * b])
         opt.zero_grad(set_to_none=True)
+        # The engine's per-step check that the loss is finite (a wait for the device), which
+        # skips the update if not: localdisc's step is the engine's. A direct port has none.
+        if fast and not stopper.agree(torch.isfinite(loss.detach()).float())[0]:
+            return
         loss.backward()
         opt.step()
 

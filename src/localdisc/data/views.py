@@ -21,6 +21,7 @@ Pipeline for one step with ``B`` items (pairs of pool images ``I1``, ``I2``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -44,6 +45,33 @@ def modality_channels(modality: str) -> int:
     return len(_stats(modality)[0])
 
 
+def host_to_device(t: Tensor, device: torch.device) -> Tensor:
+    """CPU tensor ``t`` copied to ``device`` without making the host wait for the device.
+
+    On CUDA a plain ``.to(device)`` is a copy followed by a stream synchronisation: the host
+    waits for every kernel queued so far, and the GPU then idles while the host queues the next
+    ones. From pinned memory with ``non_blocking=True`` the copy is queued on the stream like a
+    kernel (PyTorch keeps the pinned buffer until the copy is done). Other devices get a plain
+    copy, as before: pinning is CUDA's, and a non-blocking copy from pageable memory gains
+    nothing there.
+    """
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+@lru_cache(maxsize=32)
+def _constant(
+    values: tuple[float, ...], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``values`` as a tensor of ``shape`` on ``device``, made once: ``torch.tensor(...,
+    device=cuda)`` at every call is a blocking copy (see :func:`host_to_device`). Callers must
+    not modify it. Never an inference tensor: one made under ``torch.inference_mode()`` could
+    not be used later where autograd records (an input that needs its gradient)."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device).view(shape)
+
+
 def _mean_std(x: Tensor, modality: str) -> tuple[Tensor, Tensor]:
     mean, std = _stats(modality)
     if x.dim() < 3 or x.shape[-3] != len(mean):
@@ -53,8 +81,8 @@ def _mean_std(x: Tensor, modality: str) -> tuple[Tensor, Tensor]:
     shape = (len(mean), 1, 1)
     dtype = x.dtype if x.is_floating_point() else torch.float32
     return (
-        torch.tensor(mean, dtype=dtype, device=x.device).view(shape),
-        torch.tensor(std, dtype=dtype, device=x.device).view(shape),
+        _constant(tuple(mean), shape, dtype, x.device),
+        _constant(tuple(std), shape, dtype, x.device),
     )
 
 
@@ -125,6 +153,16 @@ def denormalize(x: Tensor, modality: str) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=8)
+def _rot90_tables(side: int, device: torch.device) -> Tensor:
+    """``[4, side * side]``: the flat index maps of ``torch.rot90(., k)`` for k = 0..3, made once
+    per map size (views, feature grids) rather than at every call. Not to be modified; never an
+    inference tensor (see :func:`_constant`)."""
+    with torch.inference_mode(False):
+        ar = torch.arange(side * side, device=device).view(side, side)
+        return torch.stack([torch.rot90(ar, k, dims=(0, 1)).reshape(-1) for k in range(4)])
+
+
 def _rot90_batched(x: Tensor, r: Tensor) -> Tensor:
     """Rotate each ``x[i]`` ([N, C, n, n]) by ``r[i] * 90`` degrees like ``torch.rot90(., r[i])``.
 
@@ -134,9 +172,7 @@ def _rot90_batched(x: Tensor, r: Tensor) -> Tensor:
     n, c, h, w = x.shape
     if h != w:
         raise ValueError(f"rot90 needs square maps, got {h}x{w}")
-    ar = torch.arange(h * w, device=x.device).view(h, w)
-    tables = torch.stack([torch.rot90(ar, k, dims=(0, 1)).reshape(-1) for k in range(4)])
-    idx = tables[r.to(device=x.device, dtype=torch.long) % 4]  # [N, h*w]
+    idx = _rot90_tables(h, x.device)[r.to(device=x.device, dtype=torch.long) % 4]  # [N, h*w]
     out = x.reshape(n, c, h * w).gather(2, idx[:, None, :].expand(n, c, h * w))
     return out.view(n, c, h, w)
 
@@ -208,7 +244,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
         torch.where(vmax == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
     )
     h6 = h6.add_(6.0 * shift.to(device=x.device, dtype=x.dtype).view(-1, 1, 1))
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    n = _constant((5.0, 3.0, 1.0), (1, 3, 1, 1), x.dtype, x.device)
     k = torch.remainder(h6.unsqueeze(1) + n, 6.0)
     k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return k.mul_(-delta.unsqueeze(1)).add_(vmax.unsqueeze(1))
@@ -490,10 +526,19 @@ class LDViews:
             rot_k = torch.zeros_like(rot_k)
         lam = _uniform(b, *self.lam_range, g).float()
 
+        # --- the draws to the device in one copy ---------------------------------------------
+        # One copy per draw blocked the host on CUDA 8 times per step (see host_to_device).
+        # float32: what the views are computed in (the same rounding as a conversion there).
+        draws = [theta, bright, contr, satur, hue, gray, flip, rot_k, lam]
+        packed = torch.cat([d.reshape(-1).float() for d in draws])
+        parts = host_to_device(packed, device).split([d.numel() for d in draws])
+        theta_d, bright_d, contr_d, satur_d, hue_d = parts[0].view(theta.shape), *parts[1:5]
+        gray_d, flip_d, rot_d, lam_d = parts[5].bool(), parts[6].bool(), parts[7].long(), parts[8]
+
         # --- geometry: one bilinear resampling for all 4B views ------------------------------
         x = intensities(torch.cat([x1, x2]), "x1").float()
         grid = F.affine_grid(
-            theta.to(device=device, dtype=torch.float32, non_blocking=True),
+            theta_d,
             [nv, c, s, s],
             align_corners=False,
         )
@@ -508,18 +553,11 @@ class LDViews:
 
         # --- photometric, per view -----------------------------------------------------------
         views = color_jitter(
-            views,
-            bright.to(device),
-            contr.to(device),
-            satur.to(device),
-            hue.to(device) if self.hue > 0 else None,
-            gray.to(device),
+            views, bright_d, contr_d, satur_d, hue_d if self.hue > 0 else None, gray_d
         )
 
         # --- view 2's exact flip/rot90, and the mix -------------------------------------------
-        flip_d, rot_d = flip.to(device), rot_k.to(device)
         view1, view2 = views[:n], apply_view2(views[n:], flip_d, rot_d)
-        lam_d = lam.to(device)
         lam4 = lam_d.view(b, 1, 1, 1)
         mix = lam4 * view1[:b] + (1.0 - lam4) * view1[b:]
         raw = torch.cat([view1, view2, mix])

@@ -35,7 +35,7 @@ from localdisc.data.datasets import (
 from localdisc.data.pool import files_sha256, guess_pool_modality, pool_files, resolve_pool
 from localdisc.data.preprocess import MODALITY_CHANNELS
 from localdisc.data.sampling import SAMPLERS, EpochSampler
-from localdisc.data.views import LDViews, ViewBatch, undo_view2
+from localdisc.data.views import LDViews, ViewBatch, host_to_device, undo_view2
 from localdisc.engine import distributed
 from localdisc.engine.checkpoint import (
     RunFolderLock,
@@ -1210,7 +1210,9 @@ def _pretrain(
         # Under torchrun the mean over the ranks: every rank gets here at the same step (they
         # agree on each step's skip, and on stops and budgets) with the same terms.
         sums = distributed.mean_over_ranks(sums)
-        means = {k: (v / n_summed).item() for k, v in sums.items()}
+        # One wait for the device for the whole row (an .item() per term waited once each).
+        stacked = torch.stack([v.float().reshape(()) for v in sums.values()]) / n_summed
+        means = dict(zip(sums, stacked.tolist(), strict=True))
         now = time.perf_counter()
         img_per_s = window_steps * images_per_step / max(now - t_window, 1e-9)
         t_window, window_steps = now, 0
@@ -1322,7 +1324,11 @@ def _pretrain(
                 idx = sampler.indices(step)
             else:
                 idx = torch.randint(train_pool.shape[0], (2 * b,), generator=gen)
-            x = train_pool[idx.to(train_pool.device)].to(device, non_blocking=True)
+            # No blocking copy of the indices to a pool on the GPU (see host_to_device). The
+            # batch of a pool on the CPU: non-blocking to CUDA only (a temporary's copy
+            # elsewhere is not held for the device).
+            x = train_pool[host_to_device(idx, train_pool.device)]
+            x = x.to(device, non_blocking=device.type == "cuda")
             assignments = None
             if objective is not None:
                 logged = objective(x[:b], x[b:], gen)
