@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -196,3 +197,67 @@ def test_in_painting_may_draw_no_window_while_out_painting_keeps_at_least_one():
         h, w = len(rows), len(cols)
         assert 18 <= h <= 24 and 18 <= w <= 24 and int(mask.sum()) == h * w  # one rectangle
         assert int(rows[-1] - rows[0]) + 1 == h and int(cols[-1] - cols[0]) + 1 == w
+
+
+def _expected_shuffled_share(h: int, w: int, coverage: float = 1.87) -> float:
+    """The share of pixels local pixel shuffling changes, from the module docstring's rule alone:
+    windows of sides uniform in 1 .. side/10 at uniform positions inside the image, as many as
+    cover the image ``coverage`` times on average (mean window area E[bh] E[bw]), a pixel
+    covered by several taking the last one's value: a uniform permutation of that window, which
+    leaves the pixel in place with probability 1 / its area."""
+    mh, mw = max(1, int(h * 0.1)), max(1, int(w * 0.1))
+    k = round(coverage * h * w / ((mh + 1) / 2 * (mw + 1) / 2))
+
+    def axis(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        # Over sides 1..m: P(a window covers each position), and that divided by the side.
+        pos, side = np.arange(n)[None, :], np.arange(1, m + 1)[:, None]
+        starts = np.minimum(pos, n - side) - np.maximum(pos - side + 1, 0) + 1
+        cover = np.maximum(starts, 0) / (n - side + 1)
+        return cover.mean(0), (cover / side).mean(0)
+
+    (ry, fy), (rx, fx) = axis(h, mh), axis(w, mw)
+    covered = ry[:, None] * rx[None, :]  # P(one window covers the pixel)
+    in_place = fy[:, None] * fx[None, :] / covered  # E[1 / area | the window covers it]
+    return float(((1 - (1 - covered) ** k) * (1 - in_place)).mean())
+
+
+@pytest.mark.parametrize(("h", "w"), [(48, 48), (64, 64), (40, 400)])
+def test_shuffling_covers_the_image_as_the_published_3d_code_does(h, w):
+    # Guards the 2-D adaptation of Models Genesis' 10 000 windows in 64 x 64 x 32 voxels: the
+    # windows cover the image 1.87 times on average (SHUFFLE_COVERAGE), sides up to a tenth of
+    # each side (the width's for the width). Fewer or smaller windows make the pretext task
+    # easier than the paper's; ~76 % of the pixels change at 64 x 64, and the mutants of the
+    # rule were 7-16 points off.
+    x = torch.rand(16, 1, h, w, generator=gen(0))
+    share = (local_pixel_shuffle(x, gen(1)) != x).float().mean().item()
+    assert share == pytest.approx(_expected_shuffled_share(h, w), abs=0.02)
+
+
+def test_shuffling_windows_span_a_tenth_of_each_side_of_a_wide_image():
+    # Window height from the height and width from the width: on a 40 x 400 image, windows up
+    # to 4 x 40 px, so pixels move up to 39 px sideways but at most 3 px up or down.
+    h, w = 40, 400
+    x = torch.arange(32 * h * w, dtype=torch.float64).view(32, 1, h, w) % (h * w)
+    out = local_pixel_shuffle(x, gen(2), blocks=1).long()[:, 0]
+    index = torch.arange(h * w).view(h, w)
+    dy, dx = out // w - index // w, out % w - index % w
+    assert dy.abs().max() <= 3 and dx.abs().max() >= 30
+
+
+def test_in_painted_windows_have_sides_of_a_sixth_to_a_third():
+    # Guards the authors' in-painting window sides (side/6 .. side/3 of a 60 px image: 10..20);
+    # wider windows would hide most of the anatomy the network is asked to restore.
+    x = torch.zeros(200, 1, 60, 60)
+    painted = in_paint(x, gen(0), windows=1, continue_p=1.0)[:, 0] != 0
+    rows, cols = painted.any(2).sum(1), painted.any(1).sum(1)
+    for sides in (rows, cols):
+        assert 10 <= int(sides.min()) <= 11 and 19 <= int(sides.max()) <= 20
+
+
+def test_the_corruption_clamps_its_input_to_0_1():
+    # The corruption returns images in [0, 1]: a resize's overshoot (1.05, -0.05) becomes 1 and 0
+    # in an image that draws no corruption too, as the intensity curve clamps the images it maps;
+    # else the input's range would depend on which corruptions were drawn.
+    nothing = GenesisCorruption(shuffle_p=0, nonlinear_p=0, paint_p=0)
+    out = nothing(torch.tensor([[[[1.05, -0.05, 0.5]]]]), gen(0))
+    assert out.flatten().tolist() == [1.0, 0.0, 0.5]

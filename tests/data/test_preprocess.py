@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import IMAGENET_MEAN, IMAGENET_STD
 from localdisc.data.preprocess import (
     MODALITY_CHANNELS,
+    as_raw_image,
     background_level,
     fov_from_image,
     largest_component,
     normalize,
+    raw_intensities,
     resize_image,
     resize_inside,
     resize_mask,
@@ -243,3 +246,97 @@ def test_normalize_fundus_and_xray() -> None:
     assert normalize(np.full((3, 3, 3), 0.5, np.float32), "xray").shape == (3, 3, 1)
     with pytest.raises(ValueError, match="modality"):
         normalize(xray, "mri")
+
+
+def test_resize_area_averages_when_shrinking_by_less_than_half() -> None:
+    # DRIVE's 584 x 565 -> 512 shrinks by 1.1-1.14: sampled bilinearly instead, a vessel of a
+    # pixel between two sample points would be thinned or skipped (aliasing) rather than averaged.
+    out = resize_image(np.array([[0.0, 1.0, 0.0]], np.float32), (1, 2), method="area")
+    # Each output pixel covers 1.5 input pixels: 1 of its own and half of the middle one.
+    np.testing.assert_allclose(out, [[1 / 3, 1 / 3]], rtol=1e-6)  # bilinear: 0.25, 0.25
+    rng = np.random.default_rng(0)
+    image = rng.random((73, 70), dtype=np.float32)
+    assert resize_image(image, 64).mean() == pytest.approx(image.mean(), rel=1e-5)
+
+
+def test_float_intensities_slightly_outside_0_1_are_clipped() -> None:
+    # A resampling overshoot (1.2, -0.2) is clipped as read_image clips a float file's: else the
+    # network saw other intensities from memory than from the same image on disc.
+    values = np.array([-0.2, 0.0, 0.5, 1.0, 1.2], np.float32)
+    np.testing.assert_array_equal(raw_intensities(values), [0.0, 0.0, 0.5, 1.0, 1.0])
+    image = as_raw_image(values[1:].reshape(2, 2) * 1.2 - 0.1)
+    assert image.shape == (2, 2, 1) and image.min() == 0.0 and image.max() == 1.0
+
+
+def test_fov_opening_radius_follows_the_short_side() -> None:
+    # 1 % of the short side (1 px at 100 x 500): a 5-px-wide part of the foreground is kept. A
+    # radius from the long side (5 px) would cut it off a wide photograph's FOV.
+    h, w = 100, 500
+    yy, xx = np.mgrid[:h, :w]
+    image = np.zeros((h, w, 3), np.float32)
+    image[(yy - 50) ** 2 + (xx - 250) ** 2 <= 40**2] = 0.6
+    image[48:53, 100:215] = 0.6  # a bar 5 px wide joined to the disc
+    fov = fov_from_image(image)
+    assert fov[48:53, 101:215].all()  # but the bar end's two corner pixels, rounded off
+    assert fov.sum() == (image[..., 0] > 0).sum() - 2
+
+
+def test_largest_component_joins_pixels_touching_at_a_corner() -> None:
+    # 8-connected: a FOV whose two parts meet diagonally stays whole (4-connected, the smaller
+    # part would be cut off the field of view).
+    mask = np.zeros((6, 6), bool)
+    mask[0:2, 0:2] = True
+    mask[2:5, 2:5] = True
+    assert np.array_equal(largest_component(mask), mask)
+
+
+@pytest.mark.parametrize("level", [(5 + 0.9) / 256, (25 + 0.9) / 256, (51 + 0.1) / 256])
+def test_background_level_is_within_half_a_histogram_bin_of_the_surround(level: float) -> None:
+    # The level is the centre of the commonest bin, not its lower edge (which is up to a whole
+    # bin, 1/256, too dark: a FOV threshold half a grey level too low on a grey surround).
+    image = np.full((40, 40, 3), level, np.float32)
+    image[10:30, 10:30] = 0.6
+    assert abs(background_level(image) - level) <= 0.5 / 256
+
+
+def test_a_surround_brighter_than_a_quarter_is_no_background() -> None:
+    # Above 0.25 the dark part is FOV content (an image with no dark surround): taking it for
+    # film would raise the FOV threshold and cut the dark half of the fundus out of the FOV.
+    image = np.full((40, 40, 3), 0.3, np.float32)
+    image[10:30, 10:30] = 0.9
+    assert background_level(image) == 0.0
+    image[image == 0.3] = 0.2  # a grey film (STARE's are 0.05-0.15) is still one
+    assert background_level(image) == pytest.approx(0.2, abs=0.5 / 256)
+
+
+def test_roi_box_default_margin_is_16_pixels() -> None:
+    # METHOD.md section 2: the ROI is the foreground's box grown by 16 px; another default would
+    # crop every fundus image of the benchmarks differently from the paper.
+    image = np.zeros((100, 120, 3), np.float32)
+    image[30:60, 40:90] = 0.5
+    assert roi_box(image) == (14, 76, 24, 106)
+    assert roi_crop(image)[0].shape == (62, 82, 3)
+
+
+def test_alpha_is_the_last_channel_and_is_dropped() -> None:
+    # RGBA and grey + alpha (PNG's LA) lose their last channel: dropping the first would turn a
+    # red RGBA image into a blue-green one, and leave a grey + alpha image two channels.
+    rgba = np.zeros((2, 2, 4), np.float32)
+    rgba[..., 0] = rgba[..., 3] = 1.0
+    np.testing.assert_allclose(to_modality_channels(rgba, "xray"), 0.299, rtol=1e-6)
+    np.testing.assert_array_equal(to_modality_channels(rgba, "fundus"), rgba[..., :3])
+    grey_alpha = np.stack([np.full((2, 3), 0.4), np.ones((2, 3))], axis=2).astype(np.float32)
+    out = as_raw_image(grey_alpha)
+    assert out.shape == (2, 3, 1)
+    np.testing.assert_allclose(out, 0.4, rtol=1e-6)
+
+
+def test_an_ambiguous_layout_is_channels_first_for_tensors_and_last_for_arrays() -> None:
+    # 3 x 5 x 3 could be C x H x W or H x W x C: torchvision's tensors are channels-first and
+    # Pillow's arrays channels-last, so a tensor of width 3 must not be read as 3 rows.
+    tensor = torch.zeros(3, 5, 3)
+    tensor[0] = 1.0  # the red channel
+    out = as_raw_image(tensor)
+    assert out.shape == (5, 3, 3)
+    assert (out[..., 0] == 1).all() and (out[..., 1:] == 0).all()
+    assert as_raw_image(tensor.numpy()).shape == (3, 5, 3)

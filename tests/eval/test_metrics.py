@@ -470,3 +470,34 @@ def test_paper_dice_takes_the_whole_image_at_512_by_default():
     m, t = mask[np.ix_(at, at)], target[np.ix_(at, at)]
     assert paper_dice(mask, target) == pytest.approx(2 * (m & t).sum() / (m.sum() + t.sum()))
     assert paper_dice(mask, target) != paper_dice(mask, target, size=256)
+
+
+def test_dice_score_takes_one_channel_arrays_as_h_x_w():
+    # read_image gives a grey file as H x W x 1: segmentation_metrics, auc_roc, cldice and
+    # paper_dice take that layout, and dice_score refused it ("shapes differ") beside a H x W
+    # mask from read_mask.
+    prob = np.array([[0.9, 0.2], [0.7, 0.1]])
+    target = np.array([[True, False], [False, False]])
+    expected = dice_score(prob, target)  # 2 * 1 / (2 + 1)
+    assert expected == pytest.approx(2 / 3)
+    assert dice_score(prob[..., None], target) == expected
+    assert dice_score(prob, target[..., None]) == expected
+    assert dice_score(prob[..., None], target[..., None]) == expected
+
+
+def test_vessel_metrics_threshold_the_probabilities_at_one_half_by_default():
+    # The default threshold is 0.5, inclusive, as segmentation_metrics' and the written masks':
+    # another default would score vessel tables on other masks than those the user sees.
+    prob = np.array([[0.45, 0.5, 0.1, 0.1]])
+    target = np.array([[False, True, False, True]])
+    m = vessel_metrics(prob, target)
+    assert m["f1"] == pytest.approx(2 / 3)  # 0.45 is no vessel: tp 1, fp 0, fn 1
+    assert m["f1"] == segmentation_metrics(prob, target)["f1"]
+    assert m == vessel_metrics(prob, target, threshold=0.5)
+
+
+def test_summarize_ignores_infinities_as_it_ignores_nan():
+    # A metric of inf (a ratio over nothing) would make the mean and std inf, and the table cell
+    # a dash, instead of the mean over the images that have the metric.
+    s = summarize([{"x": 1.0}, {"x": math.inf}, {"x": 3.0}, {"x": -math.inf}])
+    assert s["x"] == {"mean": 2.0, "std": 1.0, "n": 2}

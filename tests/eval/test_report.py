@@ -1,3 +1,4 @@
+import json
 import math
 from pathlib import Path
 
@@ -5,7 +6,7 @@ import numpy as np
 import pytest
 
 from localdisc.errors import LocaldiscError
-from localdisc.eval.report import collect, markdown_table
+from localdisc.eval.report import collect, jsonable, markdown_table
 
 
 def run(task, init, seed, dice_per_image, frozen=None, **other):
@@ -224,3 +225,22 @@ def test_the_report_says_how_many_test_images_each_task_scored(tmp_path):
     assert (
         "Test images per run: drive 2, jsrt lung 1 to 2.\n" in (tmp_path / "results.md").read_text()
     )
+
+
+def test_a_partial_cell_that_ties_the_best_whole_one_is_not_bold():
+    # Both print 0.800, but the partial cell's mean lacks two of its seeds (maybe its worst):
+    # bold, it would read as a best that its missing seeds could have undone.
+    def cell(mean, n_seeds):
+        return {"mean": mean, "std": 0.01, "n_seeds": n_seeds, "n_runs": 3}
+
+    text = markdown_table({"ld": {"d": cell(0.8001, 3)}, "random": {"d": cell(0.8002, 1)}})
+    assert "| ld | **0.800 +- 0.010** |" in text, text
+    assert "| random | 0.800 (n=1) |" in text, text
+
+
+def test_results_json_is_strict_json_with_nan_and_infinities_as_null():
+    # A diverged seed's NaN written as NaN is not JSON: JavaScript's JSON.parse and other strict
+    # parsers would refuse the whole results.json.
+    value = {"dice": [float("nan"), 0.5], "auc": (float("inf"), -math.inf), "n": 3, "x": "nan"}
+    text = json.dumps(jsonable(value), allow_nan=False)
+    assert json.loads(text) == {"dice": [None, 0.5], "auc": [None, None], "n": 3, "x": "nan"}

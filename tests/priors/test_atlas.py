@@ -107,6 +107,17 @@ def test_intensity_posterior_follows_the_image_where_the_prior_is_off() -> None:
         intensity_posterior(image, prior[:10])
 
 
+def test_intensity_posterior_overrules_a_prior_of_exactly_0_or_1() -> None:
+    # The prior is held to [0.02, 0.98]: a fused atlas of 0 or 1 (every chosen mask agreeing)
+    # would otherwise fix the posterior there, whatever the image says.
+    yy, xx = np.mgrid[:32, :32]
+    rng = np.random.default_rng(0)
+    image = np.where(xx >= 16, 0.8, 0.2) + rng.normal(0, 0.03, (32, 32))  # the organ: right
+    prior = (xx >= 12).astype(np.float32)  # sure of 4 dark columns outside the organ too
+    post = intensity_posterior(np.clip(image, 0, 1).astype(np.float32), prior)
+    assert post[:, 12:16].max() < 0.5 < post[:, 16:].min()
+
+
 def test_shift_sideways_moves_right_and_repeats_the_edge() -> None:
     row = np.arange(5.0)[None]
     np.testing.assert_array_equal(shift_sideways(row, 2), [[0, 0, 0, 1, 2]])

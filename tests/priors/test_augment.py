@@ -117,6 +117,22 @@ def test_a_kept_pose_is_never_mirrored_and_turns_little() -> None:
     assert all(s == original for s in signs)
     turns = np.degrees(np.angle(np.exp(1j * (np.array(angles) - angle))))
     assert np.abs(turns).max() < 13 and np.abs(turns).max() > 5  # it does turn, a little
+    # Both ways, U(-10, 10): turning one way only would tilt every prior mask alike, teaching the
+    # discriminator a pose the anatomy does not have.
+    assert turns.min() < -5 and turns.max() > 5
+
+
+def test_the_four_crops_are_drawn_independently_and_move_a_kept_pose() -> None:
+    """Each side is cropped by its own U(0, max_crop): the crop box's centre moves, so a kept-pose
+    prior's masks shift by a few pixels either way. Equal crops on opposite sides would only
+    zoom about the centre, and the prior would place the organ at one spot, to the pixel."""
+    size = 64
+    c = (size - 1) / 2
+    batch = torch.from_numpy(_disc(size, (c, c), 12))[None, None].repeat(64, 1, 1, 1)
+    augment = PriorAugment(size, max_rotation=0.0, flips=False, max_crop=0.1)
+    out = augment(batch, _gen(3))[:, 0].numpy()
+    shift = np.array([ndi.center_of_mass(m) for m in out]) - c  # rows (y), columns (x)
+    assert (shift.min(0) < -1).all() and (shift.max(0) > 1).all(), shift
 
 
 def test_sample_prior_batch() -> None:

@@ -113,3 +113,18 @@ def test_a_tie_between_two_counts_keeps_the_larger() -> None:
     # Half the masks with two pieces: holding output A to one piece would remove an organ.
     one, two = _disc(32, 16, 8, 5), _disc(32, 16, 8, 5) | _disc(32, 16, 24, 5)
     assert measure_topology(np.stack([one, two, one, two])).components == 2
+
+
+def test_holes_under_1_percent_are_specks_and_half_the_masks_decide() -> None:
+    # A pinhole (a resizing speck, < 1 % of the mask) is no hole: counted, an organ prior would
+    # be "with holes" and no longer solid, so its topology would not be enforced. A hole of
+    # 1 % or more counts, and a prior has holes when at least half of its masks do (a tie).
+    square = np.zeros((40, 40), bool)
+    square[5:35, 5:35] = True  # 900 px
+    pinhole, ring = square.copy(), square.copy()
+    pinhole[20, 20] = False
+    ring[18:21, 18:21] = False  # 9 px: 1 % of the 891 px left
+    assert measure_topology(np.stack([pinhole, pinhole])) == PriorTopology(1, False)
+    assert measure_topology(np.stack([ring, ring])) == PriorTopology(1, True)
+    assert measure_topology(np.stack([ring, square])).holes
+    assert not measure_topology(np.stack([ring, square, square])).holes

@@ -121,10 +121,12 @@ def dice_score(prob: ArrayLike, target: ArrayLike, threshold: float = 0.5) -> fl
     """Per-image Dice on the whole image, as reported by Chen et al. (TPAMI 2023).
 
     The prediction is ``prob >= threshold``; Dice = 2|P ∩ T| / (|P| + |T|) (Dice 1945).
-    Returns 1.0 when prediction and target are both empty.
+    Returns 1.0 when prediction and target are both empty. Arrays are H x W, or H x W x 1 taken
+    as H x W (as :func:`~localdisc.data.io.read_image` returns a grey file, and as in
+    :func:`segmentation_metrics`).
     """
-    p = _as_prob(prob)
-    t = _as_bool(target, "target")
+    p = _as_prob(_drop_channel(prob))
+    t = _as_bool(_drop_channel(target), "target")
     _check_shapes(prob=p, target=t)
     pred = _binarize(p, threshold)
     tp = int(np.count_nonzero(pred & t))
