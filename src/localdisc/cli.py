@@ -617,8 +617,9 @@ def _data_modality(data: list[str], out: Path | None = None) -> str:
             saved = json.loads((out / "config.json").read_text())["pretrain"]["modality"]
             if saved in ("fundus", "xray"):
                 return saved
-    modality = guess_pool_modality(data)
-    if distributed.is_main_process():  # under torchrun, said once
+    main = distributed.is_main_process()  # under torchrun, said once
+    modality = guess_pool_modality(data, _log if main else None)
+    if main:
         _log(f"modality {modality}: that of --data (--modality chooses)")
     return modality
 

@@ -157,7 +157,8 @@ class SegmentationDataset(Sequence[Sample]):
     Attributes: ``name``, ``root``, ``split``, ``modality``, ``targets`` (target names of this
     split), ``default_target``, ``items``, ``image_paths``, ``skipped`` (``(path, reason)``),
     ``missing_labels`` (target -> why its label folder is absent; an item without a target's
-    file has no such key in ``Sample.masks``, so consumers check ``target in sample.masks``).
+    file has no such key in ``Sample.masks``, so consumers check ``target in sample.masks``),
+    ``repeated`` (image files left out as a second name of another item's: :meth:`notes`).
     Subclasses set the class variables and implement :meth:`_list_items`.
     """
 
@@ -195,6 +196,9 @@ class SegmentationDataset(Sequence[Sample]):
         #: Images of the official split that are not there (DRIVE: a partial download), which
         #: :meth:`incomplete_note` names: its scores are then not the paper's test set.
         self.missing_images: list[Path] = []
+        #: Image files listed under two names (a symbolic link to another image of the set):
+        #: ``(name left out, the file as kept)``; :meth:`repeated_note` names them.
+        self.repeated: list[tuple[Path, Path]] = []
         self.fov_source = "derived from the image"
         self._modality = self.default_modality or "fundus"
         if self.requires_root:
@@ -286,6 +290,26 @@ class SegmentationDataset(Sequence[Sample]):
             f"missing ({shown}{more}), so its scores are not over the whole set: a partial "
             "download?"
         )
+
+    def repeated_note(self) -> str | None:
+        """A line saying how many image files were listed under a second name and left out,
+        with an example (``None``: none was)."""
+        if not self.repeated:
+            return None
+        dropped, kept = self.repeated[0]
+        if self.root is not None and dropped.is_relative_to(self.root):
+            dropped, kept = dropped.relative_to(self.root), kept.relative_to(self.root)
+        return (
+            f"{self.root or self.name}: {len(self.repeated)} image file(s) have a second name "
+            f"here, a symbolic link (first: {dropped}, the same file as {kept}); each file is "
+            "used once, under the name kept, so that none is both trained and tested on"
+        )
+
+    def notes(self) -> list[str]:
+        """What a command using this set says of its listing: :meth:`incomplete_note` and
+        :meth:`repeated_note`, those that apply."""
+        notes = (self.incomplete_note(), self.repeated_note())
+        return [note for note in notes if note is not None]
 
     def _problem(self, path: Path, reason: str) -> None:
         """Raise for a bad item, or record it when ``skip_bad``."""
@@ -1620,8 +1644,11 @@ class FolderDataset(SegmentationDataset):
     rule): their samples have no ``mask``, and ``missing_labels`` names them; but a mask folder
     that gives no image a mask is an error naming the first image and why (masks named in a
     way this matcher does not know). Without a mask folder the set is unlabelled. Images
-    are found recursively. The FOV is derived from the image; the modality is guessed from the
-    first readable image (grey: ``xray``; blank RGB images are passed over) unless given.
+    are found recursively; an image file listed under a second name (a symbolic link to another
+    image) is used once, as its labelled name, else as the name that is not a link, else the
+    first (``repeated``): a test image was trained on under its other name. The FOV is derived
+    from the image; the modality is guessed from the first images unless given (grey:
+    ``xray``; :func:`guess_modality`, its note in :meth:`notes` where they disagree).
     """
 
     name = "folder"
@@ -1645,6 +1672,9 @@ class FolderDataset(SegmentationDataset):
         if modality is not None and modality not in ("fundus", "xray"):
             raise DatasetError(f"unknown modality {modality!r}; expected 'fundus' or 'xray'")
         self._given_modality = modality
+        self._guessed: tuple[str, str | None] | None = None  # guessed_modality(), its note
+        #: Where the modality was guessed from images that disagree: the guess's note.
+        self.modality_note: str | None = None
         self.mask_dir: Path | None = None
         super().__init__(root, split, skip_bad=skip_bad)
 
@@ -1655,7 +1685,7 @@ class FolderDataset(SegmentationDataset):
         images = folder_image_files(image_dir, exclude=self.mask_dir)
         if self.mask_dir is None:
             self.targets = ()
-            return [Item(self._name(p, image_dir), p) for p in images]
+            return self._once([Item(self._name(p, image_dir), p) for p in images])
         matches = match_masks(images, self.mask_dir, image_dirs=[image_dir])
         if all(match.mask is None for match in matches):
             # Not one match: the masks are named in a way the matcher does not know, which the
@@ -1686,7 +1716,28 @@ class FolderDataset(SegmentationDataset):
                 f"{unlabelled[0].reason})"
             )
         self.targets = ("mask",)
-        return items
+        return self._once(items)
+
+    def _once(self, items: list[Item]) -> list[Item]:
+        """``items`` with each image file once: of the items whose image resolves to the same
+        file (a symbolic link to another image), the first labelled one, else the first that is
+        not a link, else the first; the others recorded in ``repeated``. Split by name, the
+        same file was held out for testing under one name and trained on under another."""
+        groups: dict[Path, list[int]] = {}
+        for i, item in enumerate(items):
+            try:
+                key = item.image.resolve()
+            except (OSError, RuntimeError):  # a link loop: the reader names it
+                key = item.image
+            groups.setdefault(key, []).append(i)
+        dropped: set[int] = set()
+        for members in groups.values():
+            if len(members) > 1:
+                keep = min(members, key=lambda i: (not items[i].masks, items[i].image.is_symlink()))
+                dropped |= set(members) - {keep}
+                self.repeated += [(items[i].image, items[keep].image) for i in members if i != keep]
+        self.repeated.sort()
+        return [item for i, item in enumerate(items) if i not in dropped]
 
     @staticmethod
     def _name(path: Path, base: Path) -> str:
@@ -1696,11 +1747,24 @@ class FolderDataset(SegmentationDataset):
     def modality(self) -> str:
         if self._given_modality is None:
             self._given_modality = self.guessed_modality()
+            self.modality_note = self._guessed[1] if self._guessed is not None else None
         return self._given_modality
 
     def guessed_modality(self) -> str:
-        """The modality the images look like (their first five), whatever was given."""
-        return guess_modality([item.image for item in self.items[:5]]) or "fundus"
+        """The modality the images look like (the majority of the first that tell:
+        :func:`guess_modality`), whatever was given; ``fundus`` where none tells."""
+        if self._guessed is None:
+            said: list[str] = []
+            paths = [item.image for item in self.items[:GUESS_LOOKS_AT]]
+            kind = guess_modality(paths, log=said.append) or "fundus"
+            self._guessed = (kind, said[0] if said else None)
+        return self._guessed[0]
+
+    def notes(self) -> list[str]:
+        """:meth:`SegmentationDataset.notes`, and where the modality was guessed from images
+        that disagree, :attr:`modality_note`."""
+        self.modality  # noqa: B018  (guessed now where it was not given)
+        return [*super().notes(), *([self.modality_note] if self.modality_note else [])]
 
     @classmethod
     def pool_paths(cls, root: str | Path | None) -> list[Path]:
@@ -1976,21 +2040,57 @@ def absolute_data_spec(spec: str) -> str:
     return f"{name}:{absolute}" if spec.partition(":")[0].lower() == name else absolute
 
 
-def guess_modality(paths: Sequence[Path]) -> str | None:
+#: :func:`guess_modality` decides by the majority of this many images that tell (odd: no tie
+#: where that many tell); a folder's first :data:`GUESS_LOOKS_AT` are offered to it, blank or
+#: unreadable ones telling nothing.
+MODALITY_VOTES = 9
+GUESS_LOOKS_AT = 50
+#: About this many pixels of each image are compared (a large one is strided).
+MODALITY_PIXELS = 1 << 20
+#: How each modality looks, as :func:`guess_modality`'s note says it.
+_LOOKS = {"xray": "grey", "fundus": "colour"}
+
+
+def guess_modality(paths: Sequence[Path], log: Callable[[str], None] | None = None) -> str | None:
     """The modality of the images at ``paths`` (a folder's first few): grey images (one channel,
     or RGB with equal channels as in Kermany's JPEGs) are X-rays, colour images fundus
-    photographs; ``None`` where none tells (unreadable or blank)."""
+    photographs; ``None`` where none tells (unreadable or blank).
+
+    The majority of the first :data:`MODALITY_VOTES` that tell decides (a tie: fundus, since a
+    red-free fundus photograph is grey but no X-ray is in colour): the first alone took a fundus
+    folder whose first file was red-free for X-rays. Where they disagree, ``log`` hears a line
+    naming the others and the count."""
+    votes: dict[str, list[Path]] = {"fundus": [], "xray": []}
     for path in paths:
+        if len(votes["fundus"]) + len(votes["xray"]) == MODALITY_VOTES:
+            break
         try:
             image = _read_image(path)
         except ReaderSetupError:  # this installation's (pydicom missing): every such file
             raise
         except LocaldiscError:
             continue  # the bad file is reported when it is read
-        found = image_modality(image)
+        # Every 2nd to 4th pixel of a large photograph tells its colour as well as all do, in
+        # a fraction of the time (nine 10-megapixel fundus JPEGs: seconds).
+        step = max(1, int((image.shape[0] * image.shape[1] / MODALITY_PIXELS) ** 0.5))
+        found = image_modality(image[::step, ::step])
         if found is not None:
-            return found
-    return None
+            votes[found].append(path)
+    told = len(votes["fundus"]) + len(votes["xray"])
+    if not told:
+        return None
+    kind = "xray" if len(votes["xray"]) > len(votes["fundus"]) else "fundus"
+    other = "fundus" if kind == "xray" else "xray"
+    odd = votes[other]
+    if odd and log is not None:
+        more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
+        log(
+            f"{len(votes[kind])} of the {told} images looked at (the first that tell a modality) "
+            f"are {_LOOKS[kind]}, {len(odd)} {_LOOKS[other]} ({', '.join(p.name for p in odd[:3])}"
+            f"{more}; first: {odd[0]}): all taken for {kind} images; give --modality where that "
+            "is wrong"
+        )
+    return kind
 
 
 def image_modality(image: np.ndarray) -> str | None:

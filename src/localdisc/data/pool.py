@@ -167,17 +167,19 @@ def _declared_modality(spec: str) -> str | None:
     return DATASETS[name].default_modality if name in DATASETS else None
 
 
-def guess_pool_modality(specs: Sequence[str]) -> str:
+def guess_pool_modality(specs: Sequence[str], log: Callable[[str], None] | None = None) -> str:
     """The modality of the images ``specs`` name: a known or generated set's own, else guessed
     from a folder's first images as ``finetune`` guesses a folder's (grey: X-ray, colour:
-    fundus; :func:`~localdisc.data.datasets.guess_modality`). Specs of two modalities are
-    refused, naming each."""
+    fundus; :func:`~localdisc.data.datasets.guess_modality`, whose note on images that
+    disagree ``log`` hears, prefixed by the spec). Specs of two modalities are refused, naming
+    each."""
     from localdisc.data.datasets import guess_modality, pool_image_paths
 
     found: dict[str, str] = {}
     for spec in specs:
         # up to 50 images: blank or unreadable ones tell nothing (it said fundus for them)
-        kind = _declared_modality(spec) or guess_modality(pool_image_paths(spec)[:50])
+        said = None if log is None else lambda line, spec=spec: log(f"note: {spec}: {line}")
+        kind = _declared_modality(spec) or guess_modality(pool_image_paths(spec)[:50], said)
         if kind is None:
             raise DatasetError(
                 f"{spec}: its first images are blank or unreadable, which tells no modality; "

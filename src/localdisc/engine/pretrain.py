@@ -834,7 +834,7 @@ def _data_modality(config: PretrainConfig, pool: Tensor | None, log: Callable[[s
         return "xray" if pool.shape[1] == MODALITY_CHANNELS["xray"] else "fundus"
     if not config.data:  # the pool's reading says what is missing
         return "fundus"
-    modality = guess_pool_modality(config.data)
+    modality = guess_pool_modality(config.data, log)
     if config.init_from and (init := LDConfig.from_run(config.init_from).modality) != modality:
         raise LocaldiscError(
             f"{', '.join(config.data)}: its images look {modality} (guessed: grey ones are "

@@ -56,6 +56,7 @@ from localdisc.tasks.transfer import (
     TransferConfig,
     _check_out_dir,
     absolute_init,
+    check_max_test,
     check_size,
     check_test_fraction,
     held_out_split,
@@ -156,6 +157,7 @@ class BenchmarkConfig:
             raise LocaldiscError(f"--seeds must be at least 1, not {self.seeds}")
         # A setting left to the mode is checked as it will run.
         check_size(self.run_setting("size"))
+        check_max_test(self.max_test)
         check_test_fraction(self.test_fraction)
         if self.test_fraction == 0:  # finetune's "train on all": no test score to tabulate
             raise LocaldiscError(

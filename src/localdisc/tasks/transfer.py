@@ -26,6 +26,12 @@ with ``localdisc predict``, and ``metrics.json`` says there was no test split (`
 0; no ``summary``, ``per_image`` or other test evaluation; the validation Dice is in ``phases``);
 no ``predictions/`` or ``figures/overlay.png`` either, both being of test images.
 
+Every file the run reads only after the training (the test images and masks, the batch-norm
+recalibration's images) is read once before it, so that an unreadable one stops the run at the
+start, naming it (``skip_bad`` reads every image first anyway). The labelled images' headers
+are looked at too: a warning names those that carry an EXIF orientation, which is not applied,
+so that a mask drawn on the image as a viewer shows it is paired with turned pixels.
+
 Its output folder holds ``model.safetensors`` + ``config.json`` (loadable by ``localdisc
 predict``), ``metrics.json``, ``history.csv``, ``predictions/`` and ``figures/overlay.png``. The
 test images are segmented in float32 exactly as ``localdisc predict`` segments them (training and
@@ -75,7 +81,7 @@ from localdisc.data.datasets import (
     refuse_official_fov,
     written_below,
 )
-from localdisc.data.io import dim_note, write_png
+from localdisc.data.io import ORIENTATIONS, dim_note, frames_note, header_metas, write_png
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.checkpoint import RunFolderLock, atomic_write_text, sha256
@@ -139,11 +145,13 @@ class TransferConfig:
     init: str = "random"  # "random", an LD run directory or one of its weight files
     labels: str = "all"  # N images, a fraction in (0, 1), or "all"
     size: int = 512
+    # Of the labelled images (5 or more), the fraction that validates, in [0, 1); 0 holds out
+    # none: validated on the training images, as fewer than 5 labelled images always are.
     val_fraction: float = 0.2
     # A set without a test split (a folder): the fraction of its images held out for testing, in
     # [0, 1); 0 trains on all of them and tests none. A set with its own split takes only this.
     test_fraction: float = FOLDER_TEST_FRACTION
-    max_test: int | None = None  # evaluate on the first N test images only (quick runs)
+    max_test: int | None = None  # evaluate on the first N >= 1 test images only (quick runs)
     predictions: bool = True  # write probability maps and masks of the test images
     # Save the model with batch-norm statistics recomputed over the training split's images (not
     # the paper's protocol, which keeps those of training; both are evaluated either way).
@@ -165,6 +173,8 @@ class TransferConfig:
         self.init = absolute_init(str(self.init))
         check_size(self.size)
         check_test_fraction(self.test_fraction)
+        check_val_fraction(self.val_fraction)
+        check_max_test(self.max_test)
         if self.modality not in (None, "fundus", "xray"):
             raise LocaldiscError(f"--modality must be fundus or xray, not {self.modality!r}")
 
@@ -175,6 +185,30 @@ def check_test_fraction(fraction: object) -> None:
         raise LocaldiscError(
             f"--test-fraction must be in [0, 1) (0: no test split, every labelled image for "
             f"training), not {fraction!r}"
+        )
+
+
+def check_val_fraction(fraction: object) -> None:
+    """Raise unless ``fraction`` is a fraction of the labelled images to validate on: in
+    [0, 1), 0 holding out none (validated on the training images). -0.5 and 0 gave one
+    validation image without a word, 1 and above none left to train on, NaN a bare
+    ``ValueError``."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise LocaldiscError(
+            f"val_fraction must be in [0, 1) (0: validated on the training images, none held "
+            f"out), not {fraction!r}"
+        )
+
+
+def check_max_test(max_test: object) -> None:
+    """Raise unless ``max_test`` is ``None`` (every test image) or a count of at least 1: -1
+    dropped the last test image (a slice), and 0 tested none, saying "--test-fraction 0"."""
+    if max_test is not None and (
+        isinstance(max_test, bool) or not isinstance(max_test, int) or max_test < 1
+    ):
+        raise LocaldiscError(
+            f"max_test (the test images evaluated) must be at least 1, or None for every one, "
+            f"not {max_test!r}"
         )
 
 
@@ -241,16 +275,24 @@ def split_labelled(
     """Indices of the training and validation images, and a note on how validation was chosen.
 
     The first N indices after a seeded shuffle are labelled, so every init sees the same images
-    for a given seed; 20% of them (at least one) validate. With fewer than 5 there is nothing to
-    spare: validation uses the training images, and the note says so.
+    for a given seed; ``val_fraction`` (20%) of them, at least one, validate. With fewer than 5
+    there is nothing to spare: validation uses the training images, and the note says so; so it
+    does with ``val_fraction`` 0. A fraction that leaves no training image is refused.
     """
+    check_val_fraction(val_fraction)
     n = labelled_count(labels, available)
     order = torch.randperm(available, generator=torch.Generator().manual_seed(seed)).tolist()
     chosen = order[:n]
-    if n < MIN_LABELS_FOR_HOLDOUT:
-        note = f"{n} labelled image(s): validated on the training images (no hold-out)"
+    if n < MIN_LABELS_FOR_HOLDOUT or val_fraction == 0:
+        why = "val_fraction 0: no hold-out" if n >= MIN_LABELS_FOR_HOLDOUT else "no hold-out"
+        note = f"{n} labelled image(s): validated on the training images ({why})"
         return chosen, chosen, note
     n_val = max(1, round(val_fraction * n))
+    if n_val >= n:
+        raise LocaldiscError(
+            f"val_fraction {val_fraction:g} holds out {n_val} of {n} labelled images for "
+            "validation: no training image is left; choose a smaller fraction"
+        )
     return chosen[n_val:], chosen[:n_val], f"{n - n_val} train + {n_val} validation images"
 
 
@@ -813,7 +855,7 @@ def _run_transfer(
         left_out = {path for _, path, _ in known}
         for dataset in sets:
             dataset.items = [item for item in dataset.items if item.image not in left_out]
-    elif config.skip_bad:  # without, each image is read where it is used (a test image: at the end)
+    elif config.skip_bad:  # without, those read only after training are read first (_transfer)
         # Every image decoded first: minutes for a large folder, shown.
         with ProgressBar(total, 0, config.train.progress, "check images", unit="image") as bar:
             read = itertools.count(1)
@@ -860,6 +902,51 @@ def _leave_out_unreadable(
     dataset.items = kept
 
 
+def pairing_notes(images: list[Path]) -> list[str]:
+    """What a fine-tuning says of the headers of its labelled ``images`` (those it trains,
+    validates and tests on): a warning where some carry an EXIF orientation, which localdisc
+    does not apply (its masks are paired with the pixels as stored: a mask drawn in a viewer
+    that applies the tag is turned against them, and where the sizes agree, a turn of 180
+    degrees or a square image, nothing else says so), and
+    :func:`~localdisc.data.io.frames_note`'s note where some hold several frames."""
+    metas = header_metas(sorted(set(images)))
+    notes = []
+    turned = [m for m in metas if m.orientation is not None]
+    if turned:
+        first = turned[0]
+        more = f" and {len(turned) - 3} more" if len(turned) > 3 else ""
+        notes.append(
+            f"warning: {len(turned)} labelled image(s) carry an EXIF orientation that localdisc "
+            f"does not apply ({', '.join(m.path.name for m in turned[:3])}{more}; first: "
+            f"{first.path}, {first.orientation}: viewers show it "
+            f"{ORIENTATIONS[first.orientation]}): each is trained or tested with its mask on "
+            "its pixels as stored. A mask made by a program from those pixels fits them; a mask "
+            "drawn in a viewer that applies the tag fits the image as shown, and is turned "
+            "against what the network learns: then save those images as viewers show them "
+            "(without the tag), or turn their masks back"
+        )
+    note = frames_note(metas)
+    if note is not None:
+        notes.append(f"note: {note}")
+    return notes
+
+
+def _read_first(reads: list[tuple[SegmentationDataset, list[int]]], progress: bool) -> None:
+    """Read each item of ``reads`` (a data set and indices of its items), image and masks, and
+    let it go (one at a time: nothing more is held): an unreadable file stops the run here,
+    before the training, naming it (:func:`run_transfer` adds that ``--skip-bad`` skips an
+    image)."""
+    total = sum(len(indices) for _, indices in reads)
+    if not total:
+        return
+    with ProgressBar(total, 0, progress, "check images", unit="image") as bar:
+        read = itertools.count(1)
+        for dataset, indices in reads:
+            for i in indices:
+                dataset.load(dataset.items[i])
+                bar.update(next(read))
+
+
 def _transfer(
     config: TransferConfig,
     out_dir: Path,
@@ -880,8 +967,7 @@ def _transfer(
     fine-tune, evaluate and write the outputs."""
     train_set, test, target = data
     for dataset in (train_set, test):
-        note = dataset.incomplete_note() if dataset is not None else None
-        if note is not None:
+        for note in dataset.notes() if dataset is not None else []:
             log(f"note: {note}")
     checkpoint_dir = out_dir / CHECKPOINT
     self_split = test is None  # a set without a test split is split here
@@ -906,9 +992,7 @@ def _transfer(
             else f"no test split: none of its {images} held out for testing (--test-fraction 0)"
         )
         try:
-            picked, picked_val, val_note = split_labelled(
-                len(pool), config.labels, seed, config.val_fraction
-            )
+            labelled_count(config.labels, len(pool))
         except LocaldiscError as exc:  # "only 6 exist" of 8 images: say where the 2 went
             if not test_idx and not unlabelled:
                 raise
@@ -925,6 +1009,9 @@ def _transfer(
                 )
             prefix = f"{config.dataset}: " if unlabelled else ""
             raise LocaldiscError(f"{exc}: {prefix}{', and '.join(why)}") from None
+        picked, picked_val, val_note = split_labelled(
+            len(pool), config.labels, seed, config.val_fraction
+        )
         train_idx, val_idx = [pool[i] for i in picked], [pool[i] for i in picked_val]
     else:
         train_idx, val_idx, val_note = split_labelled(
@@ -954,6 +1041,9 @@ def _transfer(
         + f"{val_note}; {len(test_idx)} test images; init {config.init}; "
         f"{config.size}x{config.size}"
     )
+    labelled_files = [train_set.items[i].image for i in [*train_idx, *val_idx]]
+    for note in pairing_notes(labelled_files + [test_set.items[i].image for i in test_idx]):
+        log(note)
 
     torch.manual_seed(seed)  # the new decoder's initial weights
     # The init's weights as loaded, for a later call into this folder (_check_init_weights).
@@ -984,6 +1074,17 @@ def _transfer(
     step = max(1, -(-len(unlabelled) // UNLABELLED_BN))
     bn_unlabelled = unlabelled[::step]
     bn_idx = sorted(pool + bn_unlabelled)
+    if not skips.enabled:  # with --skip-bad every image was read at the start
+        # The test images and those of the recalibration but not of training are read after
+        # it, where an unreadable one (or its mask) stopped the run, its training lost.
+        used = {*train_idx, *val_idx}
+        later = [i for i in bn_idx if i not in used]
+        reads = (
+            [(train_set, later + test_idx)]
+            if self_split
+            else [(train_set, later), (test_set, test_idx)]
+        )
+        _read_first(reads, config.train.progress)
     looks = (
         train_set.guessed_modality() if isinstance(train_set, FolderDataset) else train_set.modality
     )

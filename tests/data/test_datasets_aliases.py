@@ -1,0 +1,144 @@
+"""A folder's image files listed under two names (symbolic links), and the modality guessed from
+the majority of a folder's first images (reviewers, session 57)."""
+
+import numpy as np
+import pytest
+
+import localdisc.data.datasets as datasets
+from helpers import save
+from localdisc.data.datasets import FolderDataset, guess_modality, load_data_spec
+
+
+def _image(i: int) -> np.ndarray:
+    return np.random.default_rng(i).integers(0, 255, (32, 32), dtype=np.uint8)
+
+
+def _mask() -> np.ndarray:
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 255
+    return mask
+
+
+def _link(link, target: str) -> None:
+    try:
+        link.symlink_to(target)
+    except OSError:  # a file system (or platform) without symbolic links
+        pytest.skip("symbolic links are not available here")
+
+
+def test_an_image_linked_under_another_name_is_listed_once(tmp_path):
+    """10 images and 10 symbolic links to them under other names (their masks linked alike):
+    finetune held the same files out for testing under one name and trained on them under
+    the other. Each file is listed once, and the set says how many were left out."""
+    root = tmp_path / "data"
+    for i in range(4):
+        save(root / "images" / f"case{i}.png", _image(i))
+        save(root / "masks" / f"case{i}.png", _mask())
+        _link(root / "images" / f"alias{i}.png", f"case{i}.png")
+        _link(root / "masks" / f"alias{i}.png", f"case{i}.png")
+    dataset = load_data_spec(str(root))
+    assert [item.name for item in dataset.items] == [f"case{i}" for i in range(4)]
+    assert len({item.image.resolve() for item in dataset.items}) == 4
+    assert dataset.repeated[0] == (root / "images" / "alias0.png", root / "images" / "case0.png")
+    (note,) = dataset.notes()
+    assert note == (
+        f"{root}: 4 image file(s) have a second name here, a symbolic link (first: "
+        "images/alias0.png, the same file as images/case0.png); each file is used once, under "
+        "the name kept, so that none is both trained and tested on"
+    )
+
+
+def test_of_two_names_of_one_file_the_labelled_one_is_kept(tmp_path):
+    """The link alone has a mask: the file keeps that name, so its label is not lost."""
+    root = tmp_path / "data"
+    save(root / "images" / "a.png", _image(0))
+    save(root / "images" / "b.png", _image(1))
+    save(root / "masks" / "b.png", _mask())
+    _link(root / "images" / "c.png", "a.png")
+    save(root / "masks" / "c.png", _mask())
+    dataset = FolderDataset(root)
+    assert [(item.name, bool(item.masks)) for item in dataset.items] == [
+        ("b", True), ("c", True)
+    ]  # fmt: skip
+    assert dataset.repeated == [(root / "images" / "a.png", root / "images" / "c.png")]
+
+
+def test_a_folder_without_links_says_nothing(tmp_path):
+    root = tmp_path / "data"
+    for i in range(3):
+        save(root / "images" / f"case{i}.png", _image(i))
+        save(root / "masks" / f"case{i}.png", _mask())
+    dataset = load_data_spec(str(root))
+    assert len(dataset) == 3 and dataset.repeated == [] and dataset.notes() == []
+
+
+def _fundus(path, i: int = 0):
+    image = np.zeros((48, 48, 3), np.uint8)
+    image[8:40, 8:40] = (200, 90 + i, 40)
+    return save(path, image)
+
+
+def _grey(path):
+    image = np.zeros((48, 48), np.uint8)
+    image[8:40, 8:40] = 120
+    return save(path, image)
+
+
+def test_the_modality_is_the_majority_of_the_first_images_that_tell(tmp_path):
+    """A fundus folder whose first file (by name) is a red-free, grey, photograph was taken for
+    X-rays: the first image that told decided alone."""
+    paths = [_grey(tmp_path / "a_redfree.png")]
+    paths += [_fundus(tmp_path / f"fundus_{i:02d}.png", i) for i in range(9)]
+    assert guess_modality(paths) == "fundus"  # without a log, as the pool calls it
+    said: list[str] = []
+    assert guess_modality(paths, log=said.append) == "fundus"
+    assert said == [
+        "8 of the 9 images looked at (the first that tell a modality) are colour, 1 grey "
+        f"(a_redfree.png; first: {paths[0]}): all taken for fundus images; give --modality "
+        "where that is wrong"
+    ]
+    # Grey ones in the majority: X-rays; a tie goes to colour (red-free fundus is grey).
+    greys = [_grey(tmp_path / f"x{i}.png") for i in range(3)]
+    assert guess_modality([paths[1], *greys]) == "xray"
+    assert guess_modality([greys[0], paths[1]]) == "fundus"
+    said.clear()
+    assert guess_modality(paths[1:4], log=said.append) == "fundus" and said == []
+
+
+def test_the_guess_decodes_no_more_than_it_counts(tmp_path, monkeypatch):
+    paths = [_fundus(tmp_path / f"f{i:02d}.png", i) for i in range(20)]
+    read = []
+    real = datasets._read_image
+    monkeypatch.setattr(datasets, "_read_image", lambda p: read.append(p) or real(p))
+    assert guess_modality(paths) == "fundus"
+    assert read == paths[: datasets.MODALITY_VOTES]
+
+
+def test_a_folder_of_mixed_images_is_guessed_by_the_majority_and_says_so(tmp_path):
+    root = tmp_path / "mixed"
+    _grey(root / "a_redfree.png")
+    for i in range(5):
+        _fundus(root / f"fundus_{i:02d}.png", i)
+    dataset = FolderDataset(root)
+    assert dataset.modality == "fundus"
+    (note,) = dataset.notes()
+    assert note.startswith("5 of the 6 images looked at") and "a_redfree.png" in note
+    given = FolderDataset(root, modality="xray")  # given: no guess, nothing to say
+    assert given.modality == "xray" and given.notes() == []
+
+
+def test_a_pool_of_mixed_images_takes_the_majority_and_says_so(tmp_path):
+    # Guards the pool's guess (pretrain --data without --modality): a fundus folder whose first
+    # file was red-free was pre-trained as X-rays, without a word.
+    from localdisc.data.pool import guess_pool_modality
+
+    root = tmp_path / "mixed"
+    _grey(root / "a_redfree.png")
+    for i in range(3):
+        _fundus(root / f"fundus_{i:02d}.png", i)
+    said: list[str] = []
+    assert guess_pool_modality([str(root)], said.append) == "fundus"
+    (note,) = said
+    assert note.startswith(f"note: {root}: 3 of the 4 images looked at")
+    assert "a_redfree.png" in note
+    assert guess_pool_modality([str(root)]) == "fundus"  # no log: the same guess, unsaid
