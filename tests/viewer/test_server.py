@@ -460,10 +460,11 @@ def test_serve_prints_the_url_with_its_token_and_notes_and_stops_cleanly(setup, 
     photo.save(tmp_path / "phone.jpg", exif=exif)
     dim = (np.add.outer(np.arange(40), np.arange(40)) * 50).astype(np.uint16)  # up to 3900
     Image.fromarray(dim).save(tmp_path / "dim.png")
-    made, joined = [], []
+    made, joined, viewers = [], [], []
     real_create, real_warm = server_module.create_server, Viewer.warm_up
 
     def create(viewer, host, port, **kwargs):
+        viewers.append(viewer)
         server = real_create(viewer, host, 0, **kwargs)  # any free port
         server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
         made.append(server)
@@ -495,6 +496,9 @@ def test_serve_prints_the_url_with_its_token_and_notes_and_stops_cleanly(setup, 
     assert (
         f"warning: {stage1}: the weights at the end of stage 1, whose clustering head " in said[0]
     )
+    # ... and shown, where LDModel refuses such weights' clusters from Python.
+    image = np.zeros((SIZE, SIZE, 3), np.float32)
+    assert viewers[-1].loaded.model.embed_and_cluster(image)[1].shape[0] > 0
 
 
 def test_binds_to_localhost_by_default_and_warns_otherwise(setup, monkeypatch):

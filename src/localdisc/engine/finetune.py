@@ -106,6 +106,13 @@ class FinetuneConfig:
         # NaN passes `lr <= 0` and inf too: both diverge, then evaluation fails far from here.
         if not (math.isfinite(self.lr) and self.lr > 0):
             problems.append(f"lr must be > 0 and finite, not {self.lr}")
+        # augment() rotates only where rotation > 0: a negative range or NaN trained without
+        # rotation, silently (0 turns it off; None is the modality's).
+        if self.rotation is not None and not (math.isfinite(self.rotation) and self.rotation >= 0):
+            problems.append(
+                f"rotation must be a range in degrees >= 0 and finite (U(-r, r); 0: no "
+                f"rotation; None: the modality's), not {self.rotation!r}"
+            )
         if not self.checkpoint_seconds >= 0:  # NaN too
             problems.append(f"checkpoint_seconds must be >= 0, not {self.checkpoint_seconds}")
         if problems:

@@ -305,8 +305,16 @@ class LDModel(nn.Module):
         #: The run folder :meth:`from_pretrained` loaded this model from (its settings, e.g.
         #: the patch size of pre-training, are read from there by the similarity tools).
         self.run_dir: Path | None = None
+        #: The weight file it loaded (errors name it).
+        self.weights_path: Path | None = None
         #: The ``--method`` of that run: a peer method's (not ``"ld"``) has untrained heads.
         self.method = "ld"
+        #: Set by :meth:`from_pretrained` where the clustering head of the weights loaded never
+        #: trained (:func:`untrained_clusters`: ``(what the weights are, what to give instead)``,
+        #: e.g. ``RUN/stage1.safetensors``): :meth:`cluster` and :meth:`embed_and_cluster`
+        #: refuse then, as ``localdisc shape-guided`` does; :meth:`embed` works. Set it to
+        #: ``None`` to look at the random head's clusters all the same.
+        self.untrained_clusters: tuple[str, str] | None = None
         self.backbone = VGGUNet(self.config.in_channels, self.config.width, self.config.depth)
         c = self.backbone.out_channels
         self.embedding_head = head(c, self.config.dim)
@@ -363,6 +371,14 @@ class LDModel(nn.Module):
         """``(v, a)`` of one raw image cropped to its size (``a`` empty without clusters)."""
         if self.method != "ld":
             refuse_peer_run(self.run_dir or Path("this model"), self.method)
+        if with_clusters and self.untrained_clusters is not None:
+            what, instead = self.untrained_clusters
+            raise CheckpointError(
+                f"{self.weights_path or 'this model'}: {what}, whose clustering head never "
+                f"trained (stage 1 trains the embedding alone): its clusters would be the head's "
+                f"random weights; {instead} (embed() works with these weights; set "
+                "model.untrained_clusters = None to see the random clusters all the same)"
+            )
         x, h, w = self._prepare(image)
         with in_mode(self, training=False):
             v, a = self(x, with_clusters=with_clusters)
@@ -377,7 +393,10 @@ class LDModel(nn.Module):
         return self._infer(image, with_clusters=False)[0]
 
     def cluster(self, image: np.ndarray | Tensor) -> Tensor:
-        """Soft cluster assignments of one raw image: a [K, H, W] tensor summing to 1 over K."""
+        """Soft cluster assignments of one raw image: a [K, H, W] tensor summing to 1 over K.
+
+        Refused (:class:`CheckpointError`) for weights whose clustering head never trained
+        (:attr:`untrained_clusters`: stage 1's), as :meth:`embed_and_cluster` is."""
         return self._infer(image, with_clusters=True)[1]
 
     def embed_and_cluster(self, image: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
@@ -407,12 +426,21 @@ class LDModel(nn.Module):
         ``run_dir`` may name a weight file of the run instead, e.g. ``RUN/stage1.safetensors``
         (the weights at the end of stage 1); ``weights`` is then ignored. A peer method's run
         (``pretrain --method simclr`` ...) loads for its encoder, but its :meth:`embed` and
-        :meth:`cluster` refuse: it did not train their heads.
+        :meth:`cluster` refuse: it did not train their heads. Weights whose clustering head
+        never trained (stage 1's: :func:`untrained_clusters`) load too, but :meth:`cluster`
+        refuses (:attr:`untrained_clusters`). ``device``: ``auto``, ``cpu``, ``cuda``,
+        ``cuda:N`` or ``mps`` (:func:`~localdisc.engine.distributed.resolve_device`).
+
+        Torch's global random state is left as found: building the network draws initial
+        weights, which the file's then replace.
         """
         from localdisc.engine.checkpoint import load_safetensors
+        from localdisc.engine.distributed import resolve_device
 
+        resolved = resolve_device(device)  # "auto" too; a misspelt one named before any work
         run_dir, weights = split_weights_path(run_dir, weights)
-        model = cls(LDConfig.from_run(run_dir))
+        with torch.random.fork_rng(devices=[]):  # the init's draws, on the CPU
+            model = cls(LDConfig.from_run(run_dir))
         check_weights_file(run_dir, weights)
         state = load_safetensors(run_dir / weights)
         if state.keys() == model.encoder.state_dict().keys():  # "backbone.encoder." stripped
@@ -423,5 +451,7 @@ class LDModel(nn.Module):
             )
         load_matching_weights(model, state, run_dir / weights)
         model.run_dir = run_dir
+        model.weights_path = run_dir / weights
         model.method = run_method(run_dir)
-        return model.to(device).eval()
+        model.untrained_clusters = untrained_clusters(run_dir / weights)
+        return model.to(resolved).eval()

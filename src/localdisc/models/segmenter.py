@@ -101,6 +101,9 @@ class Segmenter(nn.Module):
         :meth:`LDModel.from_pretrained` takes it (``RUN/stage1.safetensors``: the encoder at
         the end of stage 1). The run's ``config.json`` is read by :meth:`LDConfig.from_run`, as
         :meth:`LDModel.from_pretrained` reads it: the same defaults and the same errors.
+
+        The decoder and head start from torch's global random state (seed it for the same
+        ones), which is left as found: a second call makes the same ones.
         """
         from localdisc.engine.checkpoint import load_safetensors
 
@@ -109,7 +112,8 @@ class Segmenter(nn.Module):
         config = SegmenterConfig(
             modality=ld.modality, width=ld.width, padding=ld.padding, depth=ld.depth, size=size
         )
-        model = cls(config)
+        with torch.random.fork_rng(devices=[]):  # the init's draws, on the CPU
+            model = cls(config)
         if weights == "encoder.safetensors":
             check_weights_file(run_dir, weights)  # an unfinished run has none yet
             state = load_safetensors(run_dir / weights)
@@ -181,9 +185,14 @@ class Segmenter(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, device: str = "cpu") -> Segmenter:
-        """Load a fine-tuned model (``config.json`` + ``model.safetensors``, no pickle)."""
+        """Load a fine-tuned model (``config.json`` + ``model.safetensors``, no pickle) onto
+        ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``:
+        :func:`~localdisc.engine.distributed.resolve_device`). Torch's global random state is
+        left as found: building the network draws initial weights, which the file's replace."""
         from localdisc.engine.checkpoint import load_safetensors
+        from localdisc.engine.distributed import resolve_device
 
+        resolved = resolve_device(device)  # "auto" too; a misspelt one named before any work
         model_dir = Path(model_dir)
         config = read_config(model_dir)
         raw = config.get("segmenter")
@@ -197,12 +206,13 @@ class Segmenter(nn.Module):
                 )
             raise CheckpointError(problem)
         try:
-            model = cls(SegmenterConfig(**raw))
+            with torch.random.fork_rng(devices=[]):  # the init's draws, on the CPU
+                model = cls(SegmenterConfig(**raw))
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{model_dir}/config.json: bad segmenter config ({exc})") from exc
         state = load_safetensors(model_dir / "model.safetensors")
         load_matching_weights(model, state, model_dir / "model.safetensors")
-        return model.to(device).eval()
+        return model.to(resolved).eval()
 
 
 #: In a saved model's ``config.json``: the SHA-256 of the ``model.safetensors`` saved with it.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from torch import Tensor
 from localdisc.data.io import ImageMeta, dim_note, read_image_meta
 from localdisc.data.preprocess import LUMA
 from localdisc.engine.checkpoint import atomic_write_text
-from localdisc.errors import ImageReadError, LocaldiscError
+from localdisc.errors import ImageReadError, InputError, LocaldiscError
 from localdisc.tasks.predict import SkippedImages
 from localdisc.tasks.similarity import (
     Framing,
@@ -75,6 +76,20 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         check_size(self.size)
+        # Unchecked, a stride of 0, -2 or 2.5 failed in torch's pooling, and a context of 0 or
+        # below compared the patches alone (a kernel of one pixel), without a word.
+        stride, context = self.stride, self.context
+        if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or stride < 1:
+            raise InputError(
+                f"stride must be a whole number of pixels >= 1 (the coarse step's cell side), "
+                f"not {stride!r}; the default is 4"
+            )
+        real = isinstance(context, numbers.Real) and not isinstance(context, bool)
+        if not (real and math.isfinite(context) and context > 0):
+            raise InputError(
+                f"context must be a finite number > 0 (how many times larger than the patch the "
+                f"coarse step's second patch is), not {context!r}; the default is 2.0"
+            )
 
 
 def read_landmarks(path: str | Path) -> dict[str, Point]:

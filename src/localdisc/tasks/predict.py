@@ -38,7 +38,7 @@ from localdisc.data.preprocess import fov_from_image, resize_mask, to_modality_c
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.engine.distributed import resolve_device
 from localdisc.engine.monitor import ProgressBar
-from localdisc.errors import ImageReadError, LocaldiscError, ReaderSetupError
+from localdisc.errors import ImageReadError, InputError, LocaldiscError, ReaderSetupError
 from localdisc.eval.provenance import environment
 from localdisc.models.segmenter import Segmenter, read_config
 
@@ -355,6 +355,19 @@ def mask_png(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return ((prob >= threshold) * 255).astype(np.uint8)
 
 
+def check_threshold(threshold: float) -> None:
+    """Refuse a mask threshold that is no probability in [0, 1] (:func:`mask_png` takes it as
+    is): 128, a 0-255 threshold, wrote empty masks, a negative one full masks, and NaN empty
+    masks with a ``predict.json`` that is no JSON, all without a word."""
+    real = isinstance(threshold, int | float | np.integer | np.floating)
+    if isinstance(threshold, bool) or not real or not 0.0 <= threshold <= 1.0:  # NaN too
+        raise InputError(
+            f"threshold must be a probability in [0, 1], not {threshold!r}: the mask is "
+            "prob >= threshold (a 0-255 threshold such as 128 marks no pixel, a negative one "
+            "every pixel); give e.g. 0.5, or 128 / 255 for a 0-255 one"
+        )
+
+
 def predict_images(
     model_dir: str | Path,
     images: Sequence[str | Path],
@@ -398,9 +411,11 @@ def predict_images(
     Without it, such an image stops the command there (the images before it are written).
 
     Raises:
+        InputError: ``threshold`` is not in [0, 1] (:func:`check_threshold`).
         LocaldiscError: no image has a mask in ``masks``, or a mask cannot be read or its size
             is not its image's; an image cannot be read (without ``skip_bad``), or none can.
     """
+    check_threshold(threshold)
     images = as_inputs(images)
     groups = sorted(Path(model_dir).glob("group-*/config.json"))
     if groups and not (Path(model_dir) / "config.json").is_file():

@@ -115,16 +115,19 @@ def resolve_model(model: ModelLike, device: str | None = None) -> LoadedModel:
     (:func:`load_model`) on ``device`` (``None``: the CPU, as :func:`load_model`); an
     :class:`LDModel` gets the settings of the run it was loaded from (the defaults of
     pre-training if it was built in memory). A model given in memory is moved to ``device``
-    when one is given, else used where it is."""
-    if isinstance(model, str | Path):
+    when one is given, else used where it is. ``device``: ``auto``, ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps`` (:func:`~localdisc.engine.distributed.resolve_device`)."""
+    from localdisc.engine.distributed import resolve_device
+
+    if isinstance(model, str | Path):  # LDModel.from_pretrained resolves the device
         return load_model(model, device=device or "cpu")
     if isinstance(model, LDModel):
         model = _with_run_settings(model, model.run_dir)
     if not isinstance(model, LoadedModel):
         raise InputError(f"model must be an LD run folder, one of its weight files, an LDModel "
                          f"or load_model's result, not {type(model).__name__}")  # fmt: skip
-    if device is not None:
-        model.model.to(device)
+    if device is not None:  # "auto" too; a misspelt one named, not torch's RuntimeError
+        model.model.to(resolve_device(device))
     return model
 
 
@@ -377,7 +380,7 @@ def similarity(
     model: ModelLike,
     image: np.ndarray | Tensor | str | Path,
     points: list[Point] | Point | np.ndarray,
-    targets: list[np.ndarray | Tensor | str | Path] | tuple = (),
+    targets: Sequence[np.ndarray | Tensor | str | Path] | np.ndarray | Tensor | str | Path = (),
     *,
     level: str = "pixel",
     size: int | None = None,
@@ -390,7 +393,8 @@ def similarity(
             :func:`load_model`'s result (:func:`resolve_model`).
         image: the query image: a file, or in memory as :func:`as_image` takes it.
         points: query points as (x, y) pixels of ``image``: a list of pairs or one pair.
-        targets: other images (in memory or files); their maps are at their own sizes.
+        targets: other images (in memory or files); their maps are at their own sizes. One
+            image (a file, an array or a tensor) may be given alone.
         level: ``pixel`` or ``patch`` (see the module docstring).
         size: resize every image (for a fundus model: its field of view,
             :func:`working_image`) to this longer side first (``None``: the size of the
@@ -403,6 +407,10 @@ def similarity(
     """
     check_size(size)
     points = as_points(points)
+    # One target alone: an array was iterated row by row (a "target" per row), a file name
+    # character by character.
+    if isinstance(targets, str | Path | np.ndarray | Tensor):
+        targets = [targets]
     loaded = resolve_model(model, device)
     size = size or loaded.pool_size
     raw = as_image(image, "the query image")

@@ -58,6 +58,7 @@ from localdisc.tasks.predict import (
     SkippedImages,
     as_inputs,
     check_metrics,
+    check_threshold,
     collect_images,
     fov_mask_files,
     mask_png,
@@ -428,7 +429,8 @@ def predict_vessels(
     ``skips``: what becomes of an image that cannot be read
     (:class:`~localdisc.tasks.predict.SkippedImages`: skipped where it is read, before anything
     is written for it, with ``SkippedImages(True)``; default: it stops the command). Returns the
-    masks' paths."""
+    masks' paths. A ``threshold`` outside [0, 1] is refused (:func:`check_threshold`)."""
+    check_threshold(threshold)
     settings = read_config(model_dir).get("self_trained_vessels")
     if not isinstance(settings, dict):
         raise LocaldiscError(f"{model_dir}: not a network of `localdisc shape-guided vessels`")

@@ -1278,6 +1278,7 @@ def serve(
             f"warning: {model}: {untrained[0]}, whose clustering head never trained: the "
             f"clusters shown are its random weights'; {untrained[1]}"
         )
+        loaded.model.untrained_clusters = None  # shown all the same, with the warning above
     seg = None
     if segmenter is not None:
         from localdisc.models.segmenter import Segmenter
