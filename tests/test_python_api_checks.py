@@ -137,9 +137,15 @@ def test_device_auto_loads_and_a_misspelt_one_is_named(files):
 
 @pytest.mark.parametrize("rotation", [-30.0, math.nan, math.inf])
 def test_finetune_config_refuses_a_negative_or_nan_rotation(rotation):
-    # augment() rotates where rotation > 0: these trained without rotation, silently.
+    # augment() rotates where rotation > 0: these trained without rotation, silently. The
+    # refinement of shape-guided pseudo-labels takes the same setting.
+    from localdisc.tasks.shape_guided import RefineConfig
+
     with pytest.raises(LocaldiscError, match=r"rotation must be a range in degrees >= 0"):
         FinetuneConfig(rotation=rotation)
+    with pytest.raises(LocaldiscError, match=r"rotation must be a range in degrees >= 0"):
+        RefineConfig(rotation=rotation)
+    assert RefineConfig(rotation=0.0).rotation == 0.0
 
 
 def test_finetune_config_takes_a_rotation_of_zero_or_more():

@@ -935,6 +935,12 @@ class RefineConfig:
             problems.append(f"lr must be > 0 and finite, not {self.lr}")
         if self.size < 16:
             problems.append(f"size must be at least 16 pixels, not {self.size}")
+        # As FinetuneConfig's: a negative range or NaN refined without rotation, silently.
+        if self.rotation is not None and not (math.isfinite(self.rotation) and self.rotation >= 0):
+            problems.append(
+                f"rotation must be a range in degrees >= 0 and finite (0: none; None: the "
+                f"modality's), not {self.rotation!r}"
+            )
         if problems:
             raise InputError("invalid refinement config: " + "; ".join(problems))
 
