@@ -42,10 +42,27 @@ def test_an_image_linked_under_another_name_is_listed_once(tmp_path):
     assert dataset.repeated[0] == (root / "images" / "alias0.png", root / "images" / "case0.png")
     (note,) = dataset.notes()
     assert note == (
-        f"{root}: 4 image file(s) have a second name here, a symbolic link (first: "
+        f"{root}: 4 image file(s) have a second name here, a symbolic or hard link (first: "
         "images/alias0.png, the same file as images/case0.png); each file is used once, under "
         "the name kept, so that none is both trained and tested on"
     )
+
+
+def test_an_image_hard_linked_under_another_name_is_listed_once(tmp_path):
+    """A hard link (``ln``, ``cp -al``) is a second name of the file too: it was tested on under
+    one name and trained on under the other (a reviewer's DRIVE copy with a linked test image)."""
+    root = tmp_path / "data"
+    for i in range(3):
+        save(root / "images" / f"case{i}.png", _image(i))
+        save(root / "masks" / f"case{i}.png", _mask())
+    try:
+        (root / "images" / "zcopy.png").hardlink_to(root / "images" / "case1.png")
+    except OSError:
+        pytest.skip("hard links are not available here")
+    save(root / "masks" / "zcopy.png", _mask())
+    dataset = FolderDataset(root)
+    assert [item.name for item in dataset.items] == ["case0", "case1", "case2"]
+    assert dataset.repeated == [(root / "images" / "zcopy.png", root / "images" / "case1.png")]
 
 
 def test_of_two_names_of_one_file_the_labelled_one_is_kept(tmp_path):
@@ -84,25 +101,27 @@ def _grey(path):
     return save(path, image)
 
 
-def test_the_modality_is_the_majority_of_the_first_images_that_tell(tmp_path):
+def test_the_modality_is_fundus_at_the_first_colour_image_and_x_ray_where_all_are_grey(tmp_path):
     """A fundus folder whose first file (by name) is a red-free, grey, photograph was taken for
-    X-rays: the first image that told decided alone."""
-    paths = [_grey(tmp_path / "a_redfree.png")]
-    paths += [_fundus(tmp_path / f"fundus_{i:02d}.png", i) for i in range(9)]
+    X-rays: the first image that told decided alone; and by a majority, a folder of colour and
+    red-free photographs whose first five were red-free (a reviewer's DRIVE mix)."""
+    paths = [_grey(tmp_path / f"a_redfree{i}.png") for i in range(5)]
+    paths += [_fundus(tmp_path / f"fundus_{i:02d}.png", i) for i in range(4)]
     assert guess_modality(paths) == "fundus"  # without a log, as the pool calls it
     said: list[str] = []
     assert guess_modality(paths, log=said.append) == "fundus"
     assert said == [
-        "8 of the 9 images looked at (the first that tell a modality) are colour, 1 grey "
-        f"(a_redfree.png; first: {paths[0]}): all taken for fundus images; give --modality "
+        "fundus_00.png is a colour image, and 5 grey one(s) came before it (a_redfree0.png, "
+        f"a_redfree1.png, a_redfree2.png and 2 more; first: {paths[0]}): all taken for fundus "
+        "images, red-free photographs being grey and X-rays never in colour; give --modality "
         "where that is wrong"
     ]
-    # Grey ones in the majority: X-rays; a tie goes to colour (red-free fundus is grey).
-    greys = [_grey(tmp_path / f"x{i}.png") for i in range(3)]
-    assert guess_modality([paths[1], *greys]) == "xray"
-    assert guess_modality([greys[0], paths[1]]) == "fundus"
+    # All grey among the first nine that tell: X-rays, unsaid; blank images tell nothing.
+    greys = [_grey(tmp_path / f"x{i}.png") for i in range(9)]
+    assert guess_modality([*greys, paths[5]]) == "xray"
     said.clear()
-    assert guess_modality(paths[1:4], log=said.append) == "fundus" and said == []
+    assert guess_modality(greys[:3], log=said.append) == "xray" and said == []
+    assert guess_modality(paths[5:8], log=said.append) == "fundus" and said == []
 
 
 def test_the_guess_decodes_no_more_than_it_counts(tmp_path, monkeypatch):
@@ -111,7 +130,11 @@ def test_the_guess_decodes_no_more_than_it_counts(tmp_path, monkeypatch):
     real = datasets._read_image
     monkeypatch.setattr(datasets, "_read_image", lambda p: read.append(p) or real(p))
     assert guess_modality(paths) == "fundus"
-    assert read == paths[: datasets.MODALITY_VOTES]
+    assert read == paths[:1]  # a colour image settles it
+    greys = [_grey(tmp_path / f"g{i:02d}.png") for i in range(20)]
+    read.clear()
+    assert guess_modality(greys) == "xray"
+    assert read == greys[: datasets.MODALITY_VOTES]
 
 
 def test_a_folder_of_mixed_images_is_guessed_by_the_majority_and_says_so(tmp_path):
@@ -122,7 +145,8 @@ def test_a_folder_of_mixed_images_is_guessed_by_the_majority_and_says_so(tmp_pat
     dataset = FolderDataset(root)
     assert dataset.modality == "fundus"
     (note,) = dataset.notes()
-    assert note.startswith("5 of the 6 images looked at") and "a_redfree.png" in note
+    assert note.startswith("fundus_00.png is a colour image, and 1 grey one(s) came before it")
+    assert "a_redfree.png" in note
     given = FolderDataset(root, modality="xray")  # given: no guess, nothing to say
     assert given.modality == "xray" and given.notes() == []
 
@@ -139,6 +163,6 @@ def test_a_pool_of_mixed_images_takes_the_majority_and_says_so(tmp_path):
     said: list[str] = []
     assert guess_pool_modality([str(root)], said.append) == "fundus"
     (note,) = said
-    assert note.startswith(f"note: {root}: 3 of the 4 images looked at")
+    assert note.startswith(f"note: {root}: fundus_00.png is a colour image, and 1 grey one(s)")
     assert "a_redfree.png" in note
     assert guess_pool_modality([str(root)]) == "fundus"  # no log: the same guess, unsaid

@@ -61,3 +61,20 @@ def test_an_unlabelled_set_s_orientation_note_speaks_of_its_images(tmp_path: Pat
     (note,) = inspect_dataset("folder", root, progress=False)["notes"]
     assert "masks" not in note and note.endswith("not turned as a viewer that applies the tag "
                                                  "shows them")  # fmt: skip
+
+
+def test_inspect_says_what_finetune_will_of_the_listing(tmp_path: Path) -> None:
+    # A reviewer's folders: 41 files counted 40 unsaid (a link), and a mixed folder's guess
+    # unsaid. inspect is how README says to check a folder before finetune, which says both.
+    plane = np.add.outer(np.arange(16), np.arange(16)).astype(np.uint8) * 8
+    colour = np.stack([plane, plane // 2, plane // 4], axis=-1)
+    root = _folder_set(tmp_path / "set", {"a_grey.png": plane, "b.png": colour}, masks=False)
+    try:
+        (root / "images" / "c_link.png").symlink_to("b.png")
+    except OSError:
+        return  # no symbolic links here: the guess's note alone is checked below
+    report = inspect_dataset("folder", root, progress=False)
+    assert report["modality"] == "fundus"
+    repeated, guess = report["notes"]
+    assert repeated.startswith(f"{root}: 1 image file(s) have a second name here")
+    assert guess.startswith("b.png is a colour image, and 1 grey one(s) came before it")

@@ -76,6 +76,15 @@ def test_a_val_fraction_outside_0_1_is_refused(tmp_path, fraction):
         split_labelled(20, 10, 0, val_fraction=fraction)
 
 
+def test_numpy_numbers_are_taken_as_python_s(tmp_path):
+    # A reviewer's np.int64(5) and np.float32(0.25) were refused as no count and no fraction.
+    import numpy as np
+
+    taken = config(tmp_path, max_test=np.int64(5), val_fraction=np.float32(0.25))
+    assert (taken.max_test, taken.val_fraction) == (5, 0.25)
+    assert type(taken.max_test) is int and type(taken.val_fraction) is float  # for config.json
+
+
 def test_val_fraction_0_validates_on_the_training_images():
     """0 gave one validation image, as a fraction of 0.05 did."""
     train, val, note = split_labelled(20, 10, 0, val_fraction=0)
@@ -215,7 +224,7 @@ def test_symbolic_link_aliases_are_not_both_tested_and_trained_on(tmp_path, no_t
     with pytest.raises(Trained):
         run_transfer(config(data), tmp_path / "out", log=said.append)
     assert said[0] == (
-        f"note: {data}: 10 image file(s) have a second name here, a symbolic link (first: "
+        f"note: {data}: 10 image file(s) have a second name here, a symbolic or hard link (first: "
         "alias0.png, the same file as case0.png); each file is used once, under the name kept, "
         "so that none is both trained and tested on"
     )
@@ -244,4 +253,4 @@ def test_a_folder_of_mixed_modalities_is_taken_by_its_majority_and_says_so(tmp_p
     assert json.loads((tmp_path / "out" / "config.json").read_text())["data"]["modality"] == (
         "fundus"
     )
-    assert said[0].startswith("note: 5 of the 6 images looked at (the first that tell a modality)")
+    assert said[0].startswith("note: f1.png is a colour image, and 1 grey one(s) came before it")

@@ -196,7 +196,7 @@ class SegmentationDataset(Sequence[Sample]):
         #: Images of the official split that are not there (DRIVE: a partial download), which
         #: :meth:`incomplete_note` names: its scores are then not the paper's test set.
         self.missing_images: list[Path] = []
-        #: Image files listed under two names (a symbolic link to another image of the set):
+        #: Image files listed under two names (a symbolic or hard link to another image):
         #: ``(name left out, the file as kept)``; :meth:`repeated_note` names them.
         self.repeated: list[tuple[Path, Path]] = []
         self.fov_source = "derived from the image"
@@ -301,8 +301,8 @@ class SegmentationDataset(Sequence[Sample]):
             dropped, kept = dropped.relative_to(self.root), kept.relative_to(self.root)
         return (
             f"{self.root or self.name}: {len(self.repeated)} image file(s) have a second name "
-            f"here, a symbolic link (first: {dropped}, the same file as {kept}); each file is "
-            "used once, under the name kept, so that none is both trained and tested on"
+            f"here, a symbolic or hard link (first: {dropped}, the same file as {kept}); each "
+            "file is used once, under the name kept, so that none is both trained and tested on"
         )
 
     def notes(self) -> list[str]:
@@ -1644,8 +1644,8 @@ class FolderDataset(SegmentationDataset):
     rule): their samples have no ``mask``, and ``missing_labels`` names them; but a mask folder
     that gives no image a mask is an error naming the first image and why (masks named in a
     way this matcher does not know). Without a mask folder the set is unlabelled. Images
-    are found recursively; an image file listed under a second name (a symbolic link to another
-    image) is used once, as its labelled name, else as the name that is not a link, else the
+    are found recursively; an image file listed under a second name (a symbolic or hard link to
+    another image) is used once, as its labelled name, else as the name that is not a link, else the
     first (``repeated``): a test image was trained on under its other name. The FOV is derived
     from the image; the modality is guessed from the first images unless given (grey:
     ``xray``; :func:`guess_modality`, its note in :meth:`notes` where they disagree).
@@ -1719,15 +1719,16 @@ class FolderDataset(SegmentationDataset):
         return self._once(items)
 
     def _once(self, items: list[Item]) -> list[Item]:
-        """``items`` with each image file once: of the items whose image resolves to the same
-        file (a symbolic link to another image), the first labelled one, else the first that is
+        """``items`` with each image file once: of the items whose image is the same file (a
+        symbolic or hard link to another image), the first labelled one, else the first that is
         not a link, else the first; the others recorded in ``repeated``. Split by name, the
         same file was held out for testing under one name and trained on under another."""
-        groups: dict[Path, list[int]] = {}
+        groups: dict[object, list[int]] = {}
         for i, item in enumerate(items):
-            try:
-                key = item.image.resolve()
-            except (OSError, RuntimeError):  # a link loop: the reader names it
+            try:  # the file itself: a symbolic link's target, a hard link's inode
+                st = item.image.stat()
+                key: object = (st.st_dev, st.st_ino)
+            except (OSError, RuntimeError):  # gone, a link loop: the reader names it
                 key = item.image
             groups.setdefault(key, []).append(i)
         dropped: set[int] = set()
@@ -2040,15 +2041,12 @@ def absolute_data_spec(spec: str) -> str:
     return f"{name}:{absolute}" if spec.partition(":")[0].lower() == name else absolute
 
 
-#: :func:`guess_modality` decides by the majority of this many images that tell (odd: no tie
-#: where that many tell); a folder's first :data:`GUESS_LOOKS_AT` are offered to it, blank or
-#: unreadable ones telling nothing.
+#: :func:`guess_modality` looks at up to this many images that tell a modality (blank or
+#: unreadable ones tell nothing); a folder's first :data:`GUESS_LOOKS_AT` are offered to it.
 MODALITY_VOTES = 9
 GUESS_LOOKS_AT = 50
 #: About this many pixels of each image are compared (a large one is strided).
 MODALITY_PIXELS = 1 << 20
-#: How each modality looks, as :func:`guess_modality`'s note says it.
-_LOOKS = {"xray": "grey", "fundus": "colour"}
 
 
 def guess_modality(paths: Sequence[Path], log: Callable[[str], None] | None = None) -> str | None:
@@ -2056,13 +2054,14 @@ def guess_modality(paths: Sequence[Path], log: Callable[[str], None] | None = No
     or RGB with equal channels as in Kermany's JPEGs) are X-rays, colour images fundus
     photographs; ``None`` where none tells (unreadable or blank).
 
-    The majority of the first :data:`MODALITY_VOTES` that tell decides (a tie: fundus, since a
-    red-free fundus photograph is grey but no X-ray is in colour): the first alone took a fundus
-    folder whose first file was red-free for X-rays. Where they disagree, ``log`` hears a line
-    naming the others and the count."""
-    votes: dict[str, list[Path]] = {"fundus": [], "xray": []}
+    Fundus at the first colour image among the first :data:`MODALITY_VOTES` that tell, X-ray
+    where all of them are grey: a red-free fundus photograph is grey, but no X-ray is in
+    colour (the first image alone took a fundus folder whose first file was red-free for
+    X-rays, and a majority one whose first five were). Where grey images came before the colour
+    one, ``log`` hears a line naming them."""
+    greys: list[Path] = []
     for path in paths:
-        if len(votes["fundus"]) + len(votes["xray"]) == MODALITY_VOTES:
+        if len(greys) == MODALITY_VOTES:
             break
         try:
             image = _read_image(path)
@@ -2074,23 +2073,19 @@ def guess_modality(paths: Sequence[Path], log: Callable[[str], None] | None = No
         # a fraction of the time (nine 10-megapixel fundus JPEGs: seconds).
         step = max(1, int((image.shape[0] * image.shape[1] / MODALITY_PIXELS) ** 0.5))
         found = image_modality(image[::step, ::step])
-        if found is not None:
-            votes[found].append(path)
-    told = len(votes["fundus"]) + len(votes["xray"])
-    if not told:
-        return None
-    kind = "xray" if len(votes["xray"]) > len(votes["fundus"]) else "fundus"
-    other = "fundus" if kind == "xray" else "xray"
-    odd = votes[other]
-    if odd and log is not None:
-        more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
-        log(
-            f"{len(votes[kind])} of the {told} images looked at (the first that tell a modality) "
-            f"are {_LOOKS[kind]}, {len(odd)} {_LOOKS[other]} ({', '.join(p.name for p in odd[:3])}"
-            f"{more}; first: {odd[0]}): all taken for {kind} images; give --modality where that "
-            "is wrong"
-        )
-    return kind
+        if found == "xray":
+            greys.append(path)
+        elif found == "fundus":
+            if greys and log is not None:
+                more = f" and {len(greys) - 3} more" if len(greys) > 3 else ""
+                log(
+                    f"{path.name} is a colour image, and {len(greys)} grey one(s) came before it "
+                    f"({', '.join(p.name for p in greys[:3])}{more}; first: {greys[0]}): all "
+                    "taken for fundus images, red-free photographs being grey and X-rays never "
+                    "in colour; give --modality where that is wrong"
+                )
+            return "fundus"
+    return "xray" if greys else None
 
 
 def image_modality(image: np.ndarray) -> str | None:

@@ -171,13 +171,17 @@ def inspect_dataset(
     # Headers only: a fraction of the decoding above. Generated items have no file.
     metas = header_metas(item.image for d in datasets for item in d.items if item.seed is None)
     labelled = any(d.targets for d in datasets)
+    modality = datasets[0].modality  # a folder's guess, with its note where images disagree
+    # What finetune will say of the listing: files under two names, the guess's grey images.
+    listing = [d.repeated_note() for d in datasets] + [getattr(datasets[0], "modality_note", None)]
+    notes = [*dict.fromkeys(note for note in listing if note is not None)]
     return {
         "name": cls.name,
         "root": None if datasets[0].root is None else str(datasets[0].root),
-        "modality": datasets[0].modality,
+        "modality": modality,
         "splits": {d.split: s.report(d) for d, s in zip(datasets, stats, strict=True)},
         "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
-        "notes": header_notes(metas, "dataset" if labelled else "pool"),
+        "notes": notes + header_notes(metas, "dataset" if labelled else "pool"),
     }
 
 

@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,9 @@ class TransferConfig:
         check_test_fraction(self.test_fraction)
         check_val_fraction(self.val_fraction)
         check_max_test(self.max_test)
+        # numpy's numbers as Python's: config.json is JSON
+        self.val_fraction = float(self.val_fraction)
+        self.max_test = None if self.max_test is None else int(self.max_test)
         if self.modality not in (None, "fundus", "xray"):
             raise LocaldiscError(f"--modality must be fundus or xray, not {self.modality!r}")
 
@@ -193,7 +197,8 @@ def check_val_fraction(fraction: object) -> None:
     [0, 1), 0 holding out none (validated on the training images). -0.5 and 0 gave one
     validation image without a word, 1 and above none left to train on, NaN a bare
     ``ValueError``."""
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+    # numbers.Real: numpy's too (a fraction computed with numpy was refused as no number)
+    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 <= fraction < 1:
         raise LocaldiscError(
             f"val_fraction must be in [0, 1) (0: validated on the training images, none held "
             f"out), not {fraction!r}"
@@ -204,7 +209,7 @@ def check_max_test(max_test: object) -> None:
     """Raise unless ``max_test`` is ``None`` (every test image) or a count of at least 1: -1
     dropped the last test image (a slice), and 0 tested none, saying "--test-fraction 0"."""
     if max_test is not None and (
-        isinstance(max_test, bool) or not isinstance(max_test, int) or max_test < 1
+        isinstance(max_test, bool) or not isinstance(max_test, Integral) or max_test < 1
     ):
         raise LocaldiscError(
             f"max_test (the test images evaluated) must be at least 1, or None for every one, "
