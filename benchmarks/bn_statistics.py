@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localdisc.data.datasets import load_data_spec
+from localdisc.data.datasets import dataset_class, load_data_spec, parse_data_spec
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.checkpoint import load_safetensors
 from localdisc.engine.finetune import AUGMENTATION, augment
@@ -38,9 +38,14 @@ COLUMNS = ["as_trained", "labelled", "train_split", "test_images", "pretraining"
 
 def variants(run: Path) -> dict[str, float]:
     config = json.loads((run / "config.json").read_text())["transfer"]
+    if "test" not in dataset_class(parse_data_spec(config["dataset"])[0]).splits:
+        # A folder's test images were held out by finetune itself: not rebuilt here.
+        raise SystemExit(f"{run}: {config['dataset']} has no test split of its own")
     train_set = load_data_spec(config["dataset"], "train")
     test_set = load_data_spec(config["dataset"], "test")
-    target, size, seed = config["target"], config["size"], config["train"]["seed"]
+    # Without --target the run's config holds None; metrics.json the target it scored.
+    target = config["target"] or json.loads((run / "metrics.json").read_text())["target"]
+    size, seed = config["size"], config["train"]["seed"]
     fraction = config["val_fraction"]
     labelled, val, _ = split_labelled(len(train_set), config["labels"], seed, fraction)
     test_idx = list(range(len(test_set)))[: config["max_test"]]

@@ -48,7 +48,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for run in args.runs:
         config = json.loads((run / "config.json").read_text())["transfer"]
-        spec, target = config["dataset"], config["target"]
+        spec = config["dataset"]
+        # Without --target the run's config holds None; metrics.json the target it scored.
+        target = config["target"] or json.loads((run / "metrics.json").read_text())["target"]
         if "test" not in dataset_class(parse_data_spec(spec)[0]).splits:
             print(f"| {run} | skipped: {spec} has no test split |")
             continue

@@ -39,15 +39,21 @@ def main() -> None:
     speeds = stage_speeds(args.log_csv)
     if 2 not in speeds:
         raise SystemExit(f"{args.log_csv}: no stage-2 intervals logged; nothing to extrapolate")
-    speeds.setdefault(1, speeds[2])  # no stage-1 measurement: take stage 2's (slower) speed
+    assumed = 1 not in speeds  # no stage-1 measurement: stage 2's (slower) speed, said so
+    speeds.setdefault(1, speeds[2])
     images_per_step = 5 * args.batch
     total = 0.0
     for stage, steps in ((1, args.stage1_steps), (2, args.stage2_steps)):
         ips, measured = speeds[stage]
         seconds = steps * images_per_step / ips
         total += seconds
-        print(f"stage {stage}: {ips:.1f} images/s (median over {measured} measured steps) -> "
-              f"{steps} steps in {seconds / 60:.1f} min")  # fmt: skip
+        source = (
+            "not measured: stage 2's speed assumed"
+            if stage == 1 and assumed
+            else f"median over {measured} measured steps"
+        )
+        print(f"stage {stage}: {ips:.1f} images/s ({source}) -> {steps} steps in "
+              f"{seconds / 60:.1f} min")  # fmt: skip
     print(f"published schedule extrapolated: {total / 60:.1f} min")
 
 
