@@ -34,8 +34,12 @@ class DistContext:
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+def resolve_device(
+    device: str = "auto", local_rank: int = 0, *, other: bool = False
+) -> torch.device:
     """``auto`` picks CUDA when available; ``cuda`` under torchrun takes the local rank's GPU.
+    ``other``: any other device torch knows is taken too (``xpu``, ``meta``: a model loaded
+    from Python), not only :data:`DEVICE_CHOICES`.
 
     Raises:
         LocaldiscError: ``device`` is not one of :data:`DEVICE_CHOICES` (torch would raise a
@@ -59,7 +63,7 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
         resolved = None
-    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
+    if resolved is None or (resolved.type not in ("cpu", "cuda", "mps") and not other):
         raise LocaldiscError(f"unknown device {device!r} ({DEVICE_CHOICES})")
     if resolved.type == "cuda" and resolved.index is not None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -429,18 +429,16 @@ class LDModel(nn.Module):
         :meth:`cluster` refuse: it did not train their heads. Weights whose clustering head
         never trained (stage 1's: :func:`untrained_clusters`) load too, but :meth:`cluster`
         refuses (:attr:`untrained_clusters`). ``device``: ``auto``, ``cpu``, ``cuda``,
-        ``cuda:N`` or ``mps`` (:func:`~localdisc.engine.distributed.resolve_device`).
-
-        Torch's global random state is left as found: building the network draws initial
-        weights, which the file's then replace.
+        ``cuda:N`` or ``mps`` (:func:`~localdisc.engine.distributed.resolve_device`), or
+        another device torch knows. Building the network draws its initial weights from torch's
+        global random state, as building any torch module does; the file's then replace them.
         """
         from localdisc.engine.checkpoint import load_safetensors
         from localdisc.engine.distributed import resolve_device
 
-        resolved = resolve_device(device)  # "auto" too; a misspelt one named before any work
+        resolved = resolve_device(device, other=True)  # "auto"; a misspelt one named first
         run_dir, weights = split_weights_path(run_dir, weights)
-        with torch.random.fork_rng(devices=[]):  # the init's draws, on the CPU
-            model = cls(LDConfig.from_run(run_dir))
+        model = cls(LDConfig.from_run(run_dir))
         check_weights_file(run_dir, weights)
         state = load_safetensors(run_dir / weights)
         if state.keys() == model.encoder.state_dict().keys():  # "backbone.encoder." stripped

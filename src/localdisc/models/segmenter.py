@@ -103,7 +103,7 @@ class Segmenter(nn.Module):
         :meth:`LDModel.from_pretrained` reads it: the same defaults and the same errors.
 
         The decoder and head start from torch's global random state (seed it for the same
-        ones), which is left as found: a second call makes the same ones.
+        ones), as any torch module does: a second call makes other ones.
         """
         from localdisc.engine.checkpoint import load_safetensors
 
@@ -112,8 +112,7 @@ class Segmenter(nn.Module):
         config = SegmenterConfig(
             modality=ld.modality, width=ld.width, padding=ld.padding, depth=ld.depth, size=size
         )
-        with torch.random.fork_rng(devices=[]):  # the init's draws, on the CPU
-            model = cls(config)
+        model = cls(config)
         if weights == "encoder.safetensors":
             check_weights_file(run_dir, weights)  # an unfinished run has none yet
             state = load_safetensors(run_dir / weights)
@@ -187,12 +186,13 @@ class Segmenter(nn.Module):
     def from_pretrained(cls, model_dir: str | Path, *, device: str = "cpu") -> Segmenter:
         """Load a fine-tuned model (``config.json`` + ``model.safetensors``, no pickle) onto
         ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``:
-        :func:`~localdisc.engine.distributed.resolve_device`). Torch's global random state is
-        left as found: building the network draws initial weights, which the file's replace."""
+        :func:`~localdisc.engine.distributed.resolve_device`; or another device torch knows).
+        Building the network draws initial weights from torch's global random state, as any
+        torch module does; the file's replace them."""
         from localdisc.engine.checkpoint import load_safetensors
         from localdisc.engine.distributed import resolve_device
 
-        resolved = resolve_device(device)  # "auto" too; a misspelt one named before any work
+        resolved = resolve_device(device, other=True)  # "auto"; a misspelt one named first
         model_dir = Path(model_dir)
         config = read_config(model_dir)
         raw = config.get("segmenter")
@@ -206,8 +206,7 @@ class Segmenter(nn.Module):
                 )
             raise CheckpointError(problem)
         try:
-            with torch.random.fork_rng(devices=[]):  # the init's draws, on the CPU
-                model = cls(SegmenterConfig(**raw))
+            model = cls(SegmenterConfig(**raw))
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{model_dir}/config.json: bad segmenter config ({exc})") from exc
         state = load_safetensors(model_dir / "model.safetensors")

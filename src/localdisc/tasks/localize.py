@@ -85,9 +85,10 @@ class SearchConfig:
                 f"not {stride!r}; the default is 4"
             )
         real = isinstance(context, numbers.Real) and not isinstance(context, bool)
-        if not (real and math.isfinite(context) and context > 0):
+        # Below 1 the "larger" patch is smaller: at 0.01 a kernel of one pixel again.
+        if not (real and math.isfinite(context) and context >= 1):
             raise InputError(
-                f"context must be a finite number > 0 (how many times larger than the patch the "
+                f"context must be a finite number >= 1 (how many times larger than the patch the "
                 f"coarse step's second patch is), not {context!r}; the default is 2.0"
             )
 

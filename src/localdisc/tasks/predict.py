@@ -355,10 +355,11 @@ def mask_png(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return ((prob >= threshold) * 255).astype(np.uint8)
 
 
-def check_threshold(threshold: float) -> None:
-    """Refuse a mask threshold that is no probability in [0, 1] (:func:`mask_png` takes it as
-    is): 128, a 0-255 threshold, wrote empty masks, a negative one full masks, and NaN empty
-    masks with a ``predict.json`` that is no JSON, all without a word."""
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a Python ``float``, refused where it is no probability in [0, 1]
+    (:func:`mask_png` takes it as is): 128, a 0-255 threshold, wrote empty masks, a negative one
+    full masks, and NaN empty masks with a ``predict.json`` that is no JSON, all without a word.
+    numpy's numbers (``threshold_otsu``'s float32) are taken, as ``float``, for that JSON."""
     real = isinstance(threshold, int | float | np.integer | np.floating)
     if isinstance(threshold, bool) or not real or not 0.0 <= threshold <= 1.0:  # NaN too
         raise InputError(
@@ -366,6 +367,7 @@ def check_threshold(threshold: float) -> None:
             "prob >= threshold (a 0-255 threshold such as 128 marks no pixel, a negative one "
             "every pixel); give e.g. 0.5, or 128 / 255 for a 0-255 one"
         )
+    return float(threshold)
 
 
 def predict_images(
@@ -415,7 +417,7 @@ def predict_images(
         LocaldiscError: no image has a mask in ``masks``, or a mask cannot be read or its size
             is not its image's; an image cannot be read (without ``skip_bad``), or none can.
     """
-    check_threshold(threshold)
+    threshold = check_threshold(threshold)
     images = as_inputs(images)
     groups = sorted(Path(model_dir).glob("group-*/config.json"))
     if groups and not (Path(model_dir) / "config.json").is_file():

@@ -127,7 +127,7 @@ def resolve_model(model: ModelLike, device: str | None = None) -> LoadedModel:
         raise InputError(f"model must be an LD run folder, one of its weight files, an LDModel "
                          f"or load_model's result, not {type(model).__name__}")  # fmt: skip
     if device is not None:  # "auto" too; a misspelt one named, not torch's RuntimeError
-        model.model.to(resolve_device(device))
+        model.model.to(resolve_device(device, other=True))
     return model
 
 
@@ -394,7 +394,8 @@ def similarity(
         image: the query image: a file, or in memory as :func:`as_image` takes it.
         points: query points as (x, y) pixels of ``image``: a list of pairs or one pair.
         targets: other images (in memory or files); their maps are at their own sizes. One
-            image (a file, an array or a tensor) may be given alone.
+            file, or a grey H x W array or tensor, may be given alone (an array of more axes,
+            which may be a stack, is refused alone: give a list).
         level: ``pixel`` or ``patch`` (see the module docstring).
         size: resize every image (for a fundus model: its field of view,
             :func:`working_image`) to this longer side first (``None``: the size of the
@@ -408,9 +409,17 @@ def similarity(
     check_size(size)
     points = as_points(points)
     # One target alone: an array was iterated row by row (a "target" per row), a file name
-    # character by character.
-    if isinstance(targets, str | Path | np.ndarray | Tensor):
+    # character by character. An array of more than two axes may be one image or a stack of
+    # them (3 x H x W: three grey images, or one colour one, blended): a list says which.
+    if isinstance(targets, str | Path) or (
+        isinstance(targets, np.ndarray | Tensor) and targets.ndim == 2
+    ):
         targets = [targets]
+    elif isinstance(targets, np.ndarray | Tensor):
+        raise InputError(
+            f"targets: an array of shape {tuple(targets.shape)} given alone may be one image or "
+            "a stack of them: give a list, [image] for one, list(stack) for each of a stack"
+        )
     loaded = resolve_model(model, device)
     size = size or loaded.pool_size
     raw = as_image(image, "the query image")

@@ -430,7 +430,7 @@ def predict_vessels(
     (:class:`~localdisc.tasks.predict.SkippedImages`: skipped where it is read, before anything
     is written for it, with ``SkippedImages(True)``; default: it stops the command). Returns the
     masks' paths. A ``threshold`` outside [0, 1] is refused (:func:`check_threshold`)."""
-    check_threshold(threshold)
+    threshold = check_threshold(threshold)
     settings = read_config(model_dir).get("self_trained_vessels")
     if not isinstance(settings, dict):
         raise LocaldiscError(f"{model_dir}: not a network of `localdisc shape-guided vessels`")

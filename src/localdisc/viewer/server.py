@@ -346,6 +346,9 @@ class Viewer:
     ) -> None:
         check_cache_mb(cache_mb)
         self.loaded = loaded
+        # The viewer shows the clusters of weights whose head never trained (stage 1's) all the
+        # same, which serve() warns of; LDModel refuses them elsewhere.
+        loaded.model.untrained_clusters = None
         self.segmenter = segmenter
         # Only None means the model's size: 0 must be refused below, not silently replaced.
         self.size = int(loaded.pool_size if size is None else size)
@@ -1278,7 +1281,6 @@ def serve(
             f"warning: {model}: {untrained[0]}, whose clustering head never trained: the "
             f"clusters shown are its random weights'; {untrained[1]}"
         )
-        loaded.model.untrained_clusters = None  # shown all the same, with the warning above
     seg = None
     if segmenter is not None:
         from localdisc.models.segmenter import Segmenter
