@@ -279,7 +279,7 @@ def _print_inspection(report: dict) -> None:
                 f"intensities within a tenth of the range): {escape(names)}",
                 highlight=False,
             )
-    for note in report.get("notes", []):  # frames, EXIF orientation
+    for note in report.get("notes", []):  # links, the modality guess, frames, orientation
         console.print(f"note: {note}", markup=False, highlight=False)
     if report["skipped"]:
         root = report["root"]

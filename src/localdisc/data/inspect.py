@@ -117,13 +117,14 @@ def inspect_dataset(
     image, "targets", "default_target", "labelled": whether the split has any
     target, "missing_labels": {target: why its label folder is absent}, "low_contrast": [names
     of images whose intensities span less than LOW_CONTRAST_SPAN]}}, "skipped": [{"path",
-    "reason"}], "notes": [lines]}``; ``notes`` says where images carry an EXIF orientation,
-    which is not applied (a mask drawn in a viewer that applies it does not fit its image), or
-    hold several frames, of which the first is read (:func:`~localdisc.data.io.header_notes`,
-    as ``predict`` says them; from the headers of the images read). Split sets report
-    ``train`` and ``test``, unsplit ones ``all``; a split
-    without labels (DRIVE's ``test`` as publicly downloaded) reports ``"labelled": false``
-    and empty ``masks``. A bad file raises
+    "reason"}], "notes": [lines]}``; ``notes`` says what ``finetune`` will of the listing (image
+    files under two names, used once; the grey images before a colour one in the modality
+    guess), and where images carry an EXIF orientation, which is not applied (a mask drawn in
+    a viewer that applies it does not fit its image), or hold several frames, of which the
+    first is read (:func:`~localdisc.data.io.header_notes`, as ``predict`` says them; from the
+    headers of the images read). Split sets report ``train`` and ``test``, unsplit ones
+    ``all``; a split without labels (DRIVE's ``test`` as publicly downloaded) reports
+    ``"labelled": false`` and empty ``masks``. A bad file raises
     (:class:`~localdisc.errors.DatasetError` / :class:`~localdisc.errors.ImageReadError`), or
     with ``skip_bad`` is listed under ``skipped``. ``progress`` draws a bar on stderr.
     """
