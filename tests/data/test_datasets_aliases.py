@@ -1,5 +1,5 @@
-"""A folder's image files listed under two names (symbolic links), and the modality guessed from
-the majority of a folder's first images (reviewers, session 57)."""
+"""A folder's image files listed under two names (symbolic or hard links), and the modality
+guessed from a folder's first images: fundus at a colour one (reviewers, session 57)."""
 
 import numpy as np
 import pytest
@@ -137,7 +137,7 @@ def test_the_guess_decodes_no_more_than_it_counts(tmp_path, monkeypatch):
     assert read == greys[: datasets.MODALITY_VOTES]
 
 
-def test_a_folder_of_mixed_images_is_guessed_by_the_majority_and_says_so(tmp_path):
+def test_a_folder_of_mixed_images_is_guessed_fundus_and_says_so(tmp_path):
     root = tmp_path / "mixed"
     _grey(root / "a_redfree.png")
     for i in range(5):
@@ -151,7 +151,7 @@ def test_a_folder_of_mixed_images_is_guessed_by_the_majority_and_says_so(tmp_pat
     assert given.modality == "xray" and given.notes() == []
 
 
-def test_a_pool_of_mixed_images_takes_the_majority_and_says_so(tmp_path):
+def test_a_pool_of_mixed_images_is_guessed_fundus_and_says_so(tmp_path):
     # Guards the pool's guess (pretrain --data without --modality): a fundus folder whose first
     # file was red-free was pre-trained as X-rays, without a word.
     from localdisc.data.pool import guess_pool_modality

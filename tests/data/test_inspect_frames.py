@@ -40,8 +40,10 @@ def test_inspect_notes_stacks_and_orientations(tmp_path: Path) -> None:
     assert report["notes"] == [
         f"1 image(s) carry an EXIF orientation that localdisc does not apply (first: "
         f"{images / 'b_turned.tif'}, 3: viewers show it turned 180 degrees): masks are read "
-        "against the pixels as stored, 16 wide and 16 high there; a mask drawn on the image as "
-        "a viewer that applies the tag shows it lies turned against its image",
+        "against the pixels as stored, 16 wide and 16 high there: a mask made by a program from "
+        "them fits, and one drawn on the image as a viewer that applies the tag shows it lies "
+        "turned against its image; save such images as viewers show them (without the tag), or "
+        "turn their masks back",
         f"1 file(s) hold several frames, and localdisc reads the first of each (first: "
         f"{images / 'a.tif'}, 2 frames): a stack, series, cine or animation is not a single "
         "image; save the frame you mean as a file of its own",

@@ -151,8 +151,10 @@ def test_the_pool_and_dataset_wordings_of_the_orientation_note(tmp_path: Path) -
     )
     dataset = orientation_note([meta], "dataset")
     assert dataset is not None and dataset.endswith(
-        "masks are read against the pixels as stored, 10 wide and 12 high there; a mask drawn "
-        "on the image as a viewer that applies the tag shows it lies turned against its image"
+        "masks are read against the pixels as stored, 10 wide and 12 high there: a mask made "
+        "by a program from them fits, and one drawn on the image as a viewer that applies the "
+        "tag shows it lies turned against its image; save such images as viewers show them "
+        "(without the tag), or turn their masks back"
     )
     with pytest.raises(ValueError, match="'points', 'masks', 'pool', 'dataset'"):
         orientation_note([meta], "labels")

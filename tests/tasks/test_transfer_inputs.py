@@ -193,13 +193,12 @@ def test_labelled_images_with_an_exif_orientation_are_warned_of(tmp_path, no_tra
         run_transfer(config(data), tmp_path / "out", log=said.append)
     warnings = [line for line in said if line.startswith("warning:")]
     assert warnings == [
-        "warning: 6 labelled image(s) carry an EXIF orientation that localdisc does not apply "
-        f"(c0.jpg, c1.jpg, c2.jpg and 3 more; first: {data / 'images' / 'c0.jpg'}, 3: viewers "
-        "show it turned 180 degrees): each is trained or tested with its mask on its pixels as "
-        "stored. A mask made by a program from those pixels fits them; a mask drawn in a viewer "
-        "that applies the tag fits the image as shown, and is turned against what the network "
-        "learns: then save those images as viewers show them (without the tag), or turn their "
-        "masks back"
+        "warning: 6 image(s) carry an EXIF orientation that localdisc does not apply (first: "
+        f"{data / 'images' / 'c0.jpg'}, 3: viewers show it turned 180 degrees): masks are read "
+        "against the pixels as stored, 56 wide and 40 high there: a mask made by a program from "
+        "them fits, and one drawn on the image as a viewer that applies the tag shows it lies "
+        "turned against its image; save such images as viewers show them (without the tag), or "
+        "turn their masks back"
     ]
     said.clear()
     with pytest.raises(Trained):  # upright images: nothing to say
@@ -234,7 +233,7 @@ def test_symbolic_link_aliases_are_not_both_tested_and_trained_on(tmp_path, no_t
     assert record["listing"]["train"] == 10 and not trained & tested
 
 
-def test_a_folder_of_mixed_modalities_is_taken_by_its_majority_and_says_so(tmp_path, no_training):
+def test_a_folder_of_mixed_modalities_is_taken_for_fundus_and_says_so(tmp_path, no_training):
     """A fundus folder whose first file is a red-free (grey) photograph was trained as X-rays
     ("pre-trained on fundus images, but the data set is xray" for an LD init)."""
     data = tmp_path / "fundus"

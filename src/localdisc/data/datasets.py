@@ -1672,9 +1672,8 @@ class FolderDataset(SegmentationDataset):
         if modality is not None and modality not in ("fundus", "xray"):
             raise DatasetError(f"unknown modality {modality!r}; expected 'fundus' or 'xray'")
         self._given_modality = modality
-        self._guessed: tuple[str, str | None] | None = None  # guessed_modality(), its note
-        #: Where the modality was guessed from images that disagree: the guess's note.
-        self.modality_note: str | None = None
+        self._guessed: str | None = None  # guessed_modality()'s, and its note:
+        self._guess_note: str | None = None
         self.mask_dir: Path | None = None
         super().__init__(root, split, skip_bad=skip_bad)
 
@@ -1746,26 +1745,30 @@ class FolderDataset(SegmentationDataset):
 
     @property
     def modality(self) -> str:
-        if self._given_modality is None:
-            self._given_modality = self.guessed_modality()
-            self.modality_note = self._guessed[1] if self._guessed is not None else None
-        return self._given_modality
+        return self._given_modality or self.guessed_modality()
+
+    @property
+    def modality_note(self) -> str | None:
+        """Where the modality was guessed and grey images came before a colour one, the
+        guess's line naming them (:func:`guess_modality`)."""
+        if self._given_modality is not None:
+            return None
+        self.guessed_modality()
+        return self._guess_note
 
     def guessed_modality(self) -> str:
-        """The modality the images look like (the majority of the first that tell:
-        :func:`guess_modality`), whatever was given; ``fundus`` where none tells."""
+        """The modality the images look like (:func:`guess_modality` of the first ones),
+        whatever was given; ``fundus`` where none tells."""
         if self._guessed is None:
             said: list[str] = []
             paths = [item.image for item in self.items[:GUESS_LOOKS_AT]]
-            kind = guess_modality(paths, log=said.append) or "fundus"
-            self._guessed = (kind, said[0] if said else None)
-        return self._guessed[0]
+            self._guessed = guess_modality(paths, log=said.append) or "fundus"
+            self._guess_note = said[0] if said else None
+        return self._guessed
 
     def notes(self) -> list[str]:
-        """:meth:`SegmentationDataset.notes`, and where the modality was guessed from images
-        that disagree, :attr:`modality_note`."""
-        self.modality  # noqa: B018  (guessed now where it was not given)
-        return [*super().notes(), *([self.modality_note] if self.modality_note else [])]
+        """:meth:`SegmentationDataset.notes`, and :attr:`modality_note` where it applies."""
+        return [*super().notes(), *filter(None, [self.modality_note])]
 
     @classmethod
     def pool_paths(cls, root: str | Path | None) -> list[Path]:
@@ -2057,8 +2060,8 @@ def guess_modality(paths: Sequence[Path], log: Callable[[str], None] | None = No
     Fundus at the first colour image among the first :data:`MODALITY_VOTES` that tell, X-ray
     where all of them are grey: a red-free fundus photograph is grey, but no X-ray is in
     colour (the first image alone took a fundus folder whose first file was red-free for
-    X-rays, and a majority one whose first five were). Where grey images came before the colour
-    one, ``log`` hears a line naming them."""
+    X-rays, and a majority of them one whose first five were). Where grey images came before
+    the colour one, ``log`` hears a line naming them."""
     greys: list[Path] = []
     for path in paths:
         if len(greys) == MODALITY_VOTES:

@@ -374,8 +374,10 @@ _ORIENTATION_CONSEQUENCES = {
     "shows the image turned against its mask",
     "pool": "pre-training takes the pixels as stored, {frame}, not turned as a viewer that "
     "applies the tag shows them",
-    "dataset": "masks are read against the pixels as stored, {frame}; a mask drawn on the image "
-    "as a viewer that applies the tag shows it lies turned against its image",
+    "dataset": "masks are read against the pixels as stored, {frame}: a mask made by a program "
+    "from them fits, and one drawn on the image as a viewer that applies the tag shows it lies "
+    "turned against its image; save such images as viewers show them (without the tag), or "
+    "turn their masks back",
 }
 
 

@@ -82,7 +82,13 @@ from localdisc.data.datasets import (
     refuse_official_fov,
     written_below,
 )
-from localdisc.data.io import ORIENTATIONS, dim_note, frames_note, header_metas, write_png
+from localdisc.data.io import (
+    dim_note,
+    frames_note,
+    header_metas,
+    orientation_note,
+    write_png,
+)
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.batch_norm import recalibrate_batch_norm
 from localdisc.engine.checkpoint import RunFolderLock, atomic_write_text, sha256
@@ -910,30 +916,12 @@ def _leave_out_unreadable(
 def pairing_notes(images: list[Path]) -> list[str]:
     """What a fine-tuning says of the headers of its labelled ``images`` (those it trains,
     validates and tests on): a warning where some carry an EXIF orientation, which localdisc
-    does not apply (its masks are paired with the pixels as stored: a mask drawn in a viewer
-    that applies the tag is turned against them, and where the sizes agree, a turn of 180
-    degrees or a square image, nothing else says so), and
-    :func:`~localdisc.data.io.frames_note`'s note where some hold several frames."""
+    does not apply (where the sizes agree, a turn of 180 degrees or a square image, nothing
+    else says so), and a note where some hold several frames (the lines of
+    :func:`~localdisc.data.io.header_notes`, ``"dataset"``)."""
     metas = header_metas(sorted(set(images)))
-    notes = []
-    turned = [m for m in metas if m.orientation is not None]
-    if turned:
-        first = turned[0]
-        more = f" and {len(turned) - 3} more" if len(turned) > 3 else ""
-        notes.append(
-            f"warning: {len(turned)} labelled image(s) carry an EXIF orientation that localdisc "
-            f"does not apply ({', '.join(m.path.name for m in turned[:3])}{more}; first: "
-            f"{first.path}, {first.orientation}: viewers show it "
-            f"{ORIENTATIONS[first.orientation]}): each is trained or tested with its mask on "
-            "its pixels as stored. A mask made by a program from those pixels fits them; a mask "
-            "drawn in a viewer that applies the tag fits the image as shown, and is turned "
-            "against what the network learns: then save those images as viewers show them "
-            "(without the tag), or turn their masks back"
-        )
-    note = frames_note(metas)
-    if note is not None:
-        notes.append(f"note: {note}")
-    return notes
+    lines = (("warning", orientation_note(metas, "dataset")), ("note", frames_note(metas)))
+    return [f"{kind}: {line}" for kind, line in lines if line is not None]
 
 
 def _read_first(reads: list[tuple[SegmentationDataset, list[int]]], progress: bool) -> None:
