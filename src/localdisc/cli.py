@@ -1353,11 +1353,13 @@ def shape_guided_vessels(
                 "no network was saved yet; run the same command again (same --out): it teaches "
                 "the network again"
             )
-        return (
-            f"{', and '.join(said)}; run the same command again (same --out): it segments with "
-            "a saved network of the same settings"
-            + (", and continues the training from its checkpoint" if kept else "")
-        )
+        if not saved:  # nothing to segment with yet: the training goes on first
+            rerun = "it continues the training from its checkpoint, then segments"
+        else:
+            rerun = "it segments with a saved network of the same settings" + (
+                ", and continues the training from its checkpoint" if kept else ""
+            )
+        return f"{', and '.join(said)}; run the same command again (same --out): {rerun}"
 
     with _on_interrupt(hint):
         segment_vessels_self_trained(

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
 from localdisc.cli import app
@@ -179,10 +178,11 @@ def test_segment_vessels_self_trained_keeps_to_given_fov_masks(tmp_path):
     out = tmp_path / "out"
     segment_vessels_self_trained([photos], out, fraction=0.12, config=config, max_size=128,
                                  fov_masks=masks, log=quiet)  # fmt: skip
-    for seed in (0, 1):
+    for seed in (0, 1):  # eye1, shrunk to max_size to be segmented, too: the given FOV as it is
         prob = read_image(out / f"eye{seed}_prob.png")[0][..., 0]
-        outside = ~ndi.binary_dilation(discs[seed], iterations=2)  # the shrunk one's rim blurs
-        assert prob[outside].max() == 0 and prob[discs[seed]].max() > 0
+        mask = read_image(out / f"eye{seed}_mask.png")[0][..., 0] > 0.5
+        assert prob[~discs[seed]].max() == 0 and prob[discs[seed]].max() > 0
+        assert not mask[~discs[seed]].any()
     settings = json.loads((out / "config.json").read_text())["self_trained_vessels"]
     assert settings["fov_masks"] == str(masks)
     # A mask of another size, or an empty one, is refused before any training.
@@ -661,6 +661,9 @@ def test_a_training_stopped_by_a_signal_continues_from_its_group_s_checkpoint(
 
 
 def test_the_vessels_command_stopped_in_a_training_says_where_it_continues(tmp_path, monkeypatch):
+    """Stopped in the first training, with no network saved yet, the rerun continues it and then
+    segments (it said it segments with a saved network, which there was none of); stopped in
+    group 2's, group 1's saved network is what it segments with."""
     out = tmp_path / "out"
 
     def stopped(images, out_dir, **kwargs):
@@ -677,9 +680,23 @@ def test_the_vessels_command_stopped_in_a_training_says_where_it_continues(tmp_p
     )
     assert result.exit_code == 130, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
+    checkpoint = out / "group-2" / "student-checkpoint"
     assert lines == [
-        f"interrupted: the checkpoint of the network in training in "
-        f"{out / 'group-2' / 'student-checkpoint'} (after student step 340/1200); run the same "
+        f"interrupted: the checkpoint of the network in training in {checkpoint} (after student "
+        "step 340/1200); run the same command again (same --out): it continues the training "
+        "from its checkpoint, then segments"
+    ]
+    shutil.rmtree(out)
+    (out / "group-1").mkdir(parents=True)
+    (out / "group-1" / "model.safetensors").touch()
+    result = CliRunner().invoke(
+        app, ["shape-guided", "vessels", "--images", str(tmp_path), "--out", str(out)]
+    )
+    assert result.exit_code == 130, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"interrupted: the network(s) saved in {out / 'group-1'} are kept, and the checkpoint of "
+        f"the network in training in {checkpoint} (after student step 340/1200); run the same "
         "command again (same --out): it segments with a saved network of the same settings, and "
         "continues the training from its checkpoint"
     ]
@@ -786,28 +803,33 @@ def test_masks_scores_each_written_mask_inside_the_fov_it_was_written_in(tmp_pat
 
 
 def test_masks_are_scored_inside_given_fov_masks(tmp_path):
-    photos = _photos(tmp_path / "photos", sizes=(96,))
+    """Inside the FOV mask given as it is, also for an image shrunk to max_size to be segmented
+    (its FOV shrunk with it and blown back up strayed from the given one at the rim: pixels
+    outside it were scored, and some inside it were not)."""
+    photos = _photos(tmp_path / "photos", sizes=(160,))
     truth = _tracings(photos, tmp_path / "truth", ["eye0"])
-    yy, xx = np.mgrid[:96, :96]
-    disc = (yy - 48) ** 2 + (xx - 48) ** 2 < 30**2  # far smaller than the eye's own
+    yy, xx = np.mgrid[:160, :160]
+    disc = (yy - 80) ** 2 + (xx - 80) ** 2 < 50**2  # far smaller than the eye's own
     write_png(tmp_path / "fov" / "eye0_mask.png", disc.astype(np.uint8) * 255)
     config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
     out = tmp_path / "out"
     segment_vessels_self_trained([photos], out, fraction=0.12, config=config, masks=truth,
-                                 fov_masks=tmp_path / "fov", log=quiet,
+                                 fov_masks=tmp_path / "fov", max_size=128, log=quiet,
                                  progress=False)  # fmt: skip
+    given = tmp_path / "fov" / "eye0_mask.png"
+    assert np.array_equal(vessels._written_fov(photos / "eye0.png", 128, given), disc)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fov"] == f"the FOV masks in {tmp_path / 'fov'}"
     row = metrics["per_image"][0]
     assert row.pop("image") == "eye0"
-    expected = _scores_by_hand(out, photos / "eye0.png", truth / "eye0.png",
-                               fov_mask=tmp_path / "fov" / "eye0_mask.png")  # fmt: skip
+    expected = _scores_by_hand(out, photos / "eye0.png", truth / "eye0.png", fov_mask=given)
     assert row == pytest.approx(expected, nan_ok=True)
     # As `localdisc predict --masks` with its network scores the same files (not shrunk).
     predict_images(out, [photos], tmp_path / "again", fov_masks=tmp_path / "fov", masks=truth,
                    device="cpu", log=quiet)  # fmt: skip
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["per_image"] == [{"image": "eye0", **row}]
+    assert not read_image(tmp_path / "again" / "eye0_prob.png")[0][..., 0][~disc].any()
 
 
 def test_predict_scores_a_network_s_masks_as_it_scored_them_without_fov_masks(tmp_path):

@@ -654,9 +654,13 @@ EARLIER_SCORES = "an earlier call's scores"
 
 def _written_fov(path: Path, max_size: int, fov_mask: Path | None) -> np.ndarray:
     """The FOV an image's masks were written in, at its own size, as :func:`_write_vessels`
-    held them: read from ``fov_mask`` or found in the image, once shrunk to ``max_size``."""
+    held them: ``fov_mask`` as it is, where given (the user's FOV, not one shrunk to
+    ``max_size`` and blown back up, which strays from it by a pixel or two at its rim), else
+    the one found in the image once shrunk to ``max_size``, resized back."""
     _, fov, shape = _read_photo(path, max_size, fov_mask)
-    return fov if fov.shape == shape else resize_mask(fov, shape)
+    if fov.shape == shape:
+        return fov
+    return resize_mask(fov, shape) if fov_mask is None else read_fov_mask(fov_mask, shape, path)
 
 
 def score_vessel_files(
@@ -675,7 +679,8 @@ def score_vessel_files(
     files at the image's own size (:func:`~localdisc.tasks.predict.score_prediction`), the
     binary metrics of ``NAME_mask.png`` as written (specks dropped), ``auc`` of
     ``NAME_prob.png``, ``cldice`` (vessels are trees), inside the FOV the masks were written in
-    at the network's ``max_size`` (:func:`_written_fov`, from ``fov_masks`` where given)."""
+    (:func:`_written_fov`: ``fov_masks``' as they are where given, else the one found at the
+    network's ``max_size``)."""
     fovs = fov_mask_files([path for _, path in files], fov_masks) if fov_masks else None
     todo = [(i, name, path) for i, (name, path) in enumerate(files) if name in targets]
     scores = {}
@@ -980,9 +985,11 @@ def _write_vessels(
             strays.append(teacher_disagreement(mask, score, fov, teacher[1]))
             if prob.shape != shape:
                 # From the FOV's pixels alone, and 0 outside the FOV it is written in, as at the
-                # size segmented (a bilinear resize spreads past its nearest-neighbour one).
+                # size segmented (a bilinear resize spreads past its nearest-neighbour one): a
+                # FOV mask given at the image's own size as it is (:func:`_written_fov`).
                 prob = np.clip(resize_inside(prob, fov, shape), 0, 1)
-                fov = resize_mask(fov, shape)
+                given = None if fov_masks is None else fov_masks[i]
+                fov = read_fov_mask(given, shape, path) if given else resize_mask(fov, shape)
                 prob *= fov
                 mask = remove_specks((prob >= threshold) & fov, fov, speck_area)
             write_png(out_dir / f"{name}_prob.png", prob_png(prob))
