@@ -1190,6 +1190,22 @@ def test_truncated_files(tmp_path: Path) -> None:
     _expect_error(tmp_path / "t.pgm.gz")
 
 
+def test_a_git_lfs_pointer_is_named_as_one(tmp_path: Path) -> None:
+    # A clone without git-lfs holds these in the images' places; they read as "content is not
+    # a PNG, JPEG, ..." before, which sent users looking for damage.
+    pointer = (
+        b"version https://git-lfs.github.com/spec/v1\n"
+        b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+        b"size 12345\n"
+    )
+    for name in ("eye1.png", "scan.dcm", "stack.tif"):
+        (tmp_path / name).write_bytes(pointer)
+        for read in (read_image, read_mask, read_image_meta):
+            with pytest.raises(ImageReadError, match="Git LFS pointer.*git lfs pull") as info:
+                read(tmp_path / name)
+            assert name in str(info.value)
+
+
 def test_a_file_cut_short_says_so(tmp_path: Path) -> None:
     # A GIF cut in its palette read "content is not a PNG, JPEG, ... image", and a TIFF whose
     # directory (at its end, as DRIVE's) was cut "no pages": neither said truncated.

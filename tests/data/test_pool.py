@@ -339,10 +339,57 @@ def test_data_whose_first_images_tell_no_modality_are_refused_not_called_fundus(
     for i in range(6):
         save_rgb = np.zeros((16, 16, 3), np.uint8)
         Image.fromarray(save_rgb).save(_mkdir(folder) / f"{i:02d}_blank.png")
-    with pytest.raises(DatasetError, match="blank or unreadable, which tells no modality"):
+    with pytest.raises(DatasetError, match="blank, which tells no modality; give --modality"):
         guess_pool_modality([str(folder)])
     Image.fromarray(np.full((16, 16), 90, np.uint8)).save(folder / "07_grey.png")
     assert guess_pool_modality([str(folder)]) == "xray"  # found after six blank ones
+
+
+def _lfs_pointer(path: Path) -> Path:
+    """What a clone without git-lfs leaves in place of an image: a text file of three lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{path.stem:0>64}\nsize 123456\n"
+    )
+    return path
+
+
+def test_data_whose_images_cannot_be_read_name_the_first_and_why(tmp_path: Path) -> None:
+    # Three Git LFS pointers saved as .png said "blank or unreadable, which tells no modality;
+    # give --modality", naming no file; with --modality the read error came only then (newcomer).
+    from localdisc.data.pool import guess_pool_modality
+
+    photos = tmp_path / "photos"
+    first = [_lfs_pointer(photos / f"eye{i}.png") for i in (1, 2, 3)][0]
+    with pytest.raises(DatasetError) as caught:
+        guess_pool_modality([str(photos)])
+    said = str(caught.value)
+    assert said.startswith(f"{photos}: none of its 3 images can be read (first: {first}: a Git ")
+    assert "git lfs pull" in said and "--modality" not in said  # no option reads them
+    # Unreadable among blank ones: named, and --modality still advised (the blank ones read).
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photos / "eye4.png")
+    with pytest.raises(DatasetError, match=re.escape(
+        f"{photos}: its first images are blank or unreadable (first unreadable: {first}: a Git LFS"
+    )) as caught:  # fmt: skip
+        guess_pool_modality([str(photos)])
+    assert str(caught.value).endswith("which tells no modality; give --modality")
+    # An image that tells, after unreadable ones, is the guess (as --skip-bad reads the pool).
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(photos / "eye5.png")
+    assert guess_pool_modality([str(photos)]) == "xray"
+
+
+def test_data_whose_first_fifty_images_cannot_be_read_still_advise_modality(tmp_path: Path):
+    # Beyond the first 50 (GUESS_LOOKS_AT) there may be readable images: --skip-bad with
+    # --modality would read them, so the advice stays.
+    from localdisc.data.pool import guess_pool_modality
+
+    for i in range(51):
+        _lfs_pointer(tmp_path / "scans" / f"{i:02d}.png")
+    with pytest.raises(DatasetError, match=re.escape(
+        f"none of its first 50 images can be read (first: {tmp_path / 'scans' / '00.png'}: "
+    )) as caught:  # fmt: skip
+        guess_pool_modality([str(tmp_path / "scans")])
+    assert str(caught.value).endswith("which tells no modality; give --modality")
 
 
 def _mkdir(folder: Path) -> Path:

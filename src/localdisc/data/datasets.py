@@ -2052,10 +2052,17 @@ GUESS_LOOKS_AT = 50
 MODALITY_PIXELS = 1 << 20
 
 
-def guess_modality(paths: Sequence[Path], log: Callable[[str], None] | None = None) -> str | None:
+def guess_modality(
+    paths: Sequence[Path],
+    log: Callable[[str], None] | None = None,
+    unreadable: list[LocaldiscError] | None = None,
+) -> str | None:
     """The modality of the images at ``paths`` (a folder's first few): grey images (one channel,
     or RGB with equal channels as in Kermany's JPEGs) are X-rays, colour images fundus
-    photographs; ``None`` where none tells (unreadable or blank).
+    photographs; ``None`` where none tells (unreadable or blank). ``unreadable``, when given,
+    is filled with the read error of each file looked at that could not be read, in order:
+    where none tells, it says whether the files were blank or could not be read at all (a
+    clone without git-lfs leaves text pointers in place of the images).
 
     Fundus at the first colour image among the first :data:`MODALITY_VOTES` that tell, X-ray
     where all of them are grey: a red-free fundus photograph is grey, but no X-ray is in
@@ -2070,7 +2077,9 @@ def guess_modality(paths: Sequence[Path], log: Callable[[str], None] | None = No
             image = _read_image(path)
         except ReaderSetupError:  # this installation's (pydicom missing): every such file
             raise
-        except LocaldiscError:
+        except LocaldiscError as exc:
+            if unreadable is not None:
+                unreadable.append(exc)
             continue  # the bad file is reported when it is read
         # Every 2nd to 4th pixel of a large photograph tells its colour as well as all do, in
         # a fraction of the time (nine 10-megapixel fundus JPEGs: seconds).

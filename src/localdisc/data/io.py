@@ -583,6 +583,12 @@ def _sniff(path: Path, max_pixels: int | None) -> tuple[int, bytes, str, Any]:
         )
     if not head:
         raise ImageReadError(path, "file is empty (0 bytes)")
+    if head.startswith(_LFS_POINTER):  # what a clone without git-lfs holds in an image's place
+        raise ImageReadError(
+            path,
+            "a Git LFS pointer, not the image: its repository was cloned without the LFS files "
+            "(run `git lfs pull` there)",
+        )
     kind, decoder = _choose_decoder(path, suffix, head)
     return limit, head, kind, decoder
 
@@ -605,6 +611,9 @@ def _guarded(path: Path, kind: str, reader: Any, head: bytes, limit: int) -> Any
         reason = f"cannot decode as {kind}: {_describe(exc)}"
         raise ImageReadError(path, _with_damage(path, head, reason)) from exc
 
+
+#: The first line of a Git LFS pointer file (git-lfs docs/spec.md).
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 #: TIFF's and BigTIFF's signatures, little- and big-endian.
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")

@@ -22,7 +22,7 @@ import torch
 
 from localdisc.data.io import DIM_BELOW, ImageMeta, dim_note, header_notes, read_image
 from localdisc.data.preprocess import resize_image, roi_crop, to_modality_channels
-from localdisc.errors import DatasetError, ImageReadError, ReaderSetupError
+from localdisc.errors import DatasetError, ImageReadError, LocaldiscError, ReaderSetupError
 
 
 def prepare_pool_image(image: np.ndarray, modality: str, pool_size: int) -> np.ndarray:
@@ -173,23 +173,53 @@ def guess_pool_modality(specs: Sequence[str], log: Callable[[str], None] | None 
     fundus; :func:`~localdisc.data.datasets.guess_modality`, whose note on images that
     disagree ``log`` hears, prefixed by the spec). Specs of two modalities are refused, naming
     each."""
-    from localdisc.data.datasets import guess_modality, pool_image_paths
+    from localdisc.data.datasets import GUESS_LOOKS_AT, guess_modality, pool_image_paths
 
     found: dict[str, str] = {}
     for spec in specs:
-        # up to 50 images: blank or unreadable ones tell nothing (it said fundus for them)
-        said = None if log is None else lambda line, spec=spec: log(f"note: {spec}: {line}")
-        kind = _declared_modality(spec) or guess_modality(pool_image_paths(spec)[:50], said)
+        kind = _declared_modality(spec)
         if kind is None:
-            raise DatasetError(
-                f"{spec}: its first images are blank or unreadable, which tells no modality; "
-                "give --modality"
-            )
+            # up to 50 images: blank or unreadable ones tell nothing (it said fundus for them)
+            said = None if log is None else lambda line, spec=spec: log(f"note: {spec}: {line}")
+            files = pool_image_paths(spec)
+            unreadable: list[LocaldiscError] = []
+            kind = guess_modality(files[:GUESS_LOOKS_AT], said, unreadable)
+            if kind is None:
+                looked = min(len(files), GUESS_LOOKS_AT)
+                raise _no_modality(spec, looked, len(files), unreadable)
         found[spec] = kind
     if len(set(found.values())) > 1:
         listed = "; ".join(f"{spec}: {kind}" for spec, kind in found.items())
         raise DatasetError(f"--data holds images of two modalities ({listed}); give --modality")
     return next(iter(found.values()))
+
+
+def _no_modality(
+    spec: str, looked: int, listed: int, unreadable: Sequence[LocaldiscError]
+) -> DatasetError:
+    """The error for a spec of ``listed`` files whose first ``looked`` tell no modality, of
+    which those in ``unreadable`` (their read errors) could not be read.
+
+    Where none could be read, it says so with the first file's error (a clone without git-lfs
+    leaves text pointers named ``.png``): blaming the modality, its advice of --modality only
+    led to that error. Where those were all the files, no option helps and none is advised."""
+    if not unreadable:
+        return DatasetError(
+            f"{spec}: its first images are blank, which tells no modality; give --modality"
+        )
+    first = unreadable[0]
+    if len(unreadable) < looked:
+        return DatasetError(
+            f"{spec}: its first images are blank or unreadable (first unreadable: {first}), "
+            "which tells no modality; give --modality"
+        )
+    if looked < listed:
+        return DatasetError(
+            f"{spec}: none of its first {looked} images can be read (first: {first}), which "
+            "tells no modality; give --modality"
+        )
+    which = f"none of its {listed} images can" if listed > 1 else "its only image cannot"
+    return DatasetError(f"{spec}: {which} be read (first: {first})")
 
 
 def resolve_pool(
