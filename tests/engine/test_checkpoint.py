@@ -70,6 +70,66 @@ def test_a_step_saved_again_is_never_left_half_deleted(tmp_path, monkeypatch):
     assert state["step"] == 5 and tensors["model"]["w"][0] == 2
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError], ids=["third-signal", "oserror"])
+def test_a_step_saved_again_and_stopped_between_the_renames_keeps_the_old_one(
+    tmp_path, monkeypatch, stop
+):
+    """Stopped after the old step_5 was renamed aside and before the new one was renamed in,
+    the new one was deleted and the old one left aside: no checkpoint (keep=1)."""
+    from localdisc.engine import checkpoint
+
+    save_checkpoint(tmp_path, 5, _tensors(1), {"stage": 1}, keep=1)
+    replace = os.replace
+    calls = []
+
+    def stopped_at_the_second(src, dst):
+        calls.append(pathlib.Path(dst).name)
+        if len(calls) == 2:  # step_5 -> .tmp-old-step_5 done; the new one -> step_5 next
+            raise stop("stopped")
+        return replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", stopped_at_the_second)
+    with pytest.raises(stop):
+        save_checkpoint(tmp_path, 5, _tensors(2), {"stage": 1}, keep=1)
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    assert calls[0] == ".tmp-old-step_00000005"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005"]
+    state, tensors = load_latest_checkpoint(tmp_path)
+    assert state["step"] == 5 and tensors["model"]["w"][0] == 1  # the old one, whole
+
+
+def test_a_step_renamed_aside_by_a_killed_save_is_put_back(tmp_path):
+    """A kill (SIGKILL) between the two renames of a step saved again leaves the only checkpoint
+    as .tmp-old-step_N: resume found none, and the next save deleted it as a leftover."""
+    aside = tmp_path / ".tmp-old-step_00000005"
+    save_checkpoint(tmp_path, 5, _tensors(1), {"stage": 1}, keep=1).rename(aside)
+    (tmp_path / ".tmp-killed").mkdir()  # the new one, not renamed in
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000005"]
+    state, tensors = load_latest_checkpoint(tmp_path)
+    assert state["step"] == 5 and tensors["model"]["w"][0] == 1
+    # and found by a save that comes first: kept (keep=2), not deleted with the leftovers
+    (tmp_path / "step_00000005").rename(aside)
+    save_checkpoint(tmp_path, 6, _tensors(2), {"stage": 1}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005", "step_00000006"]
+
+
+def test_a_checkpoint_renamed_aside_to_be_deleted_is_not_put_back(tmp_path):
+    # A pruned one (killed after its rename: a newer one exists) and a damaged one with no newer
+    # one: both left to the next save to delete.
+    first, newest, damaged = (
+        save_checkpoint(tmp_path, s, _tensors(s), {}, keep=3) for s in (1, 2, 3)
+    )
+    first.rename(tmp_path / ".tmp-old-step_00000001")
+    (damaged / "model.safetensors").unlink()  # half deleted
+    damaged.rename(tmp_path / ".tmp-old-step_00000003")
+    assert list_checkpoints(tmp_path) == [newest]
+    assert load_latest_checkpoint(tmp_path)[0]["step"] == 2
+    assert (tmp_path / ".tmp-old-step_00000001").is_dir()
+    assert (tmp_path / ".tmp-old-step_00000003").is_dir()
+    save_checkpoint(tmp_path, 4, _tensors(4), {}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002", "step_00000004"]
+
+
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     save_checkpoint(tmp_path, 1, _tensors(1), {})
     newest = save_checkpoint(tmp_path, 2, _tensors(2), {})

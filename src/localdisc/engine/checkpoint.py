@@ -15,6 +15,7 @@ checkpoint, the previous version of the file) is left intact.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from localdisc.engine.stop import GracefulStop
 
 CHECKPOINT_PREFIX = "step_"
+_ASIDE = ".tmp-old-"  # a checkpoint renamed out of the checkpoint names: replaced, or deleted
 
 _DISK_FULL = {
     errno.ENOSPC: "disk full (no space left on device)",
@@ -361,6 +363,7 @@ def save_checkpoint(
     kept = f"earlier checkpoints in {checkpoint_dir}, if any, are intact"
     try:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        list_checkpoints(checkpoint_dir)  # puts back one a kill left renamed aside, not deleted
         for stale in checkpoint_dir.glob(".tmp-*"):  # left by a process killed mid-write
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=checkpoint_dir, prefix=".tmp-"))
@@ -371,6 +374,7 @@ def save_checkpoint(
             raise
         raise full from exc
     writing = final  # named in a disk-full error: the file as it would be called when done
+    replaced = None
     try:
         checksums = {}
         for stem, group in tensors.items():
@@ -386,17 +390,20 @@ def save_checkpoint(
         writing = final
         # the folder's entries too: else after a power cut the renamed folder may lack its files
         _fsync_dir(tmp)
-        replaced = None
         if final.exists():
             # Renamed aside, not deleted first: a kill while deleting a step of this name (with
-            # keep=1, the only one) left no checkpoint; now only between two renames.
-            replaced = final.with_name(f".tmp-old-{final.name}")
+            # keep=1, the only one) left no checkpoint. Stopped between the two renames, it is
+            # renamed back below; killed there, list_checkpoints renames it back.
+            replaced = final.with_name(f"{_ASIDE}{final.name}")
             shutil.rmtree(replaced, ignore_errors=True)
             os.replace(final, replaced)
         os.replace(tmp, final)
         if replaced is not None:
             shutil.rmtree(replaced, ignore_errors=True)
     except BaseException as exc:
+        if replaced is not None and not final.exists():  # the old one aside, the new one not in
+            with contextlib.suppress(OSError):  # else list_checkpoints puts it back
+                os.replace(replaced, final)
         shutil.rmtree(tmp, ignore_errors=True)
         full = _disk_full(writing, exc, kept)
         if full is None:
@@ -406,7 +413,7 @@ def save_checkpoint(
     for old in list_checkpoints(checkpoint_dir)[:-keep]:
         # Out of the checkpoint names first: a kill mid-delete then leaves a temporary folder
         # (removed by the next save), never a half-deleted step_ folder.
-        doomed = old.with_name(f".tmp-old-{old.name}")
+        doomed = old.with_name(f"{_ASIDE}{old.name}")  # a newer one exists: never put back
         try:
             os.replace(old, doomed)
         except OSError:
@@ -416,13 +423,39 @@ def save_checkpoint(
 
 
 def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
-    """Checkpoint folders, oldest first (temporary folders of interrupted writes excluded)."""
+    """Checkpoint folders, oldest first (temporary folders of interrupted writes excluded).
+
+    A checkpoint that :func:`save_checkpoint` renamed aside to replace it by one of the same
+    step, where a kill came before the new one was renamed in, is renamed back first (where it
+    verifies and no newer checkpoint exists): with ``keep=1`` it was the only one, and the next
+    save deleted it as a leftover."""
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return []
-    return sorted(
+    kept = sorted(
         p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
     )
+    return _put_back_aside(checkpoint_dir, kept)
+
+
+def _put_back_aside(checkpoint_dir: Path, kept: list[Path]) -> list[Path]:
+    """``kept`` (the checkpoints in ``checkpoint_dir``) with the newest folder renamed aside
+    (``.tmp-old-step_N``) renamed back, where it is newer than every one kept and verifies. One
+    renamed aside to be deleted (an older one beyond ``keep``) always has a newer one, and is
+    left to the next save to delete; so is a damaged one."""
+    newest = kept[-1].name if kept else ""
+    for aside in sorted(checkpoint_dir.glob(f"{_ASIDE}{CHECKPOINT_PREFIX}*"), reverse=True):
+        final = aside.with_name(aside.name.removeprefix(_ASIDE))
+        if final.name <= newest or not aside.is_dir():
+            continue
+        try:
+            verify_checkpoint(aside)
+            os.replace(aside, final)
+        except (CheckpointError, OSError):
+            continue
+        _fsync_dir(checkpoint_dir)
+        return [*kept, final]
+    return kept
 
 
 def newest_state(checkpoint_dir: str | Path) -> dict[str, Any] | None:
