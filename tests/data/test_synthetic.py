@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from scipy import ndimage as ndi
 
+from helpers import shared
 from localdisc.data import synthetic
 from localdisc.data.synthetic import (
     SyntheticFundus,
@@ -261,6 +263,22 @@ def test_painted_vessels_darken_their_tree_on_the_image_s_own_fov() -> None:
     assert darker[tree][:, 1].mean() < painted[tree][:, 1].mean()
 
 
+def test_painted_vessels_are_blurred_by_the_optics() -> None:
+    # paint_vessels darkens "blurred by the optics", as synthetic_fundus does: the pixel ring
+    # just outside the painted mask loses a little light too (a sharp edge would leave it as
+    # it was), less than the vessels themselves.
+    fov = _disc((96, 96), (47.5, 47.5), 44)
+    image = np.where(fov[..., None], np.array([0.8, 0.4, 0.2], np.float32), 0.0)
+    painted, tree = paint_vessels(image, fov, 7)
+    ring = ndi.binary_dilation(tree, EIGHT) & ~tree & fov
+    loss = 1 - painted[..., 1] / np.maximum(image[..., 1], 1e-6)
+    assert ring.sum() > 100
+    assert loss[ring].mean() > 0.005
+    assert loss[ring].mean() < 0.5 * loss[tree].mean()
+    # Few ring pixels stay as they were: the blur reaches every vessel's edge.
+    assert (loss[ring] > 1e-4).mean() > 0.9
+
+
 def test_paint_vessels_refuses_what_it_cannot_paint() -> None:
     fov = _disc((64, 64), (32, 32), 28)
     with pytest.raises(ValueError, match="H x W x 3"):
@@ -269,6 +287,63 @@ def test_paint_vessels_refuses_what_it_cannot_paint() -> None:
         paint_vessels(np.zeros((64, 60, 3)), fov, 0)
     with pytest.raises(ValueError, match="FOV is empty"):
         paint_vessels(np.zeros((64, 64, 3)), np.zeros((64, 64), bool), 0)
+
+
+def test_a_tube_running_off_the_right_edge_does_not_wrap_into_the_next_row() -> None:
+    # Pixels are indexed in a flat row-major array: x == width is column 0 of the next row.
+    points, radii = np.array([[5.0, 3.0], [12.0, 3.0]]), np.array([1.0, 1.0])
+    diameter, chord = synthetic._rasterise_tubes([(points, radii)], (10, 10))
+    assert diameter[2:5, 5:].all()  # drawn up to the right edge
+    assert not diameter[:, :4].any() and not chord[:, :4].any()
+    # and the same off the left, top and bottom edges: nothing on the far side
+    for pts, far in (
+        ([[4.0, 3.0], [-3.0, 3.0]], np.s_[:, 6:]),
+        ([[3.0, 4.0], [3.0, -3.0]], np.s_[6:, :]),
+        ([[3.0, 5.0], [3.0, 12.0]], np.s_[:4, :]),
+    ):
+        d, c = synthetic._rasterise_tubes([(np.array(pts), radii)], (10, 10))
+        assert d.any() and not d[far].any() and not c[far].any()
+
+
+def test_sub_pixel_vessels_are_drawn_one_pixel_wide_but_fainter() -> None:
+    # Radii below min_radius (0.6) are drawn at it, their chord scaled by r / min_radius: a
+    # 0.6 px wide vessel covers the pixels a 1.2 px one does but absorbs half as much.
+    line = np.array([[2.0, 5.0], [8.0, 5.0]])
+    d_thin, c_thin = synthetic._rasterise_tubes([(line, np.full(2, 0.3))], (10, 10))
+    d_thick, c_thick = synthetic._rasterise_tubes([(line, np.full(2, 0.6))], (10, 10))
+    np.testing.assert_array_equal(d_thin > 0, d_thick > 0)
+    assert d_thin.max() == pytest.approx(0.6) and d_thick.max() == pytest.approx(1.2)
+    on = d_thick > 0
+    np.testing.assert_allclose(c_thin[on], 0.5 * c_thick[on], rtol=1e-6)
+    light_thin = synthetic._transmission(np.zeros_like(c_thin), c_thin, 1.0, 1.0)
+    light_thick = synthetic._transmission(np.zeros_like(c_thick), c_thick, 1.0, 1.0)
+    assert (light_thin[on] > light_thick[on]).all()  # the thinner vessel darkens less
+
+
+def test_arteries_are_paler_than_veins_and_absorb_most_in_green() -> None:
+    chord = np.full((1, 1), 4.0, np.float32)
+    none = np.zeros_like(chord)
+    artery = synthetic._transmission(chord, none, 1.0, 1.0)[0, 0]
+    vein = synthetic._transmission(none, chord, 1.0, 1.0)[0, 0]
+    assert (artery > vein).all()  # in every channel
+    assert (1 - artery[1]) < 0.7 * (1 - vein[1])  # clearly so in green, the contrast channel
+    for light in (artery, vein):
+        assert light[1] < light[2] < light[0] < 1.0  # most absorbed in green, least in red
+
+
+def test_fundus_lengths_are_in_drive_pixels_at_drive_s_size() -> None:
+    # "Lengths are calibrated on DRIVE (565 px wide, field-of-view radius ~270 px)": a fundus
+    # drawn at DRIVE's width has DRIVE's FOV, so one pixel there is one DRIVE pixel.
+    units = [synthetic._sample_eye(565, np.random.default_rng(s)).unit for s in range(20)]
+    assert abs(np.mean(units) - 1.0) < 0.04
+
+
+def test_drive_fov_radius_matches_drive_s_masks() -> None:
+    masks = sorted(shared("DRIVE").glob("*/mask/*.gif"))
+    if not masks:
+        pytest.skip("no DRIVE FOV masks (*/mask/*.gif) in the shared DRIVE folder")
+    radii = [np.sqrt((np.asarray(Image.open(m)) > 0).sum() / np.pi) for m in masks]
+    assert abs(np.median(radii) - synthetic._DRIVE_FOV_RADIUS) < 5.0  # measured: 269 px
 
 
 # ---------------------------------------------------------------------------------------------

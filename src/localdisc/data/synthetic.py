@@ -45,9 +45,10 @@ def _check_size(size: int) -> int:
 def _streams(rng_or_seed: RngLike, n: int) -> list[np.random.Generator]:
     """``n`` random streams: independent children of a seed, or the given generator n times.
 
-    Separate streams keep, for one seed, the anatomy independent of the image size and of how
-    many draws the rendering makes, and make the stand-alone shape functions return exactly
-    the masks of the full image generated with the same seed.
+    Separate streams keep, for one seed, the anatomy independent of how many draws the
+    rendering makes (the disc and fovea of the image size too; the vessel tree, grown in
+    pixels, is another at another size), and make the stand-alone shape functions return
+    exactly the masks of the full image generated with the same seed.
     """
     if isinstance(rng_or_seed, np.random.Generator):
         return [rng_or_seed] * n
