@@ -288,3 +288,109 @@ def test_sato_at_twelve_percent_on_drive():
         _, mask = segment_vessels(sample.image, sample.fov, method="sato", threshold=0.12)
         dices.append(paper_dice(mask, sample.masks["vessels"]))
     assert np.mean(dices) > 0.65, dices
+
+
+def test_eroded_fov_erodes_a_whole_image_fov_from_the_image_border():
+    # "Outside the image counts as outside the FOV": a disc of radius 3 fits only 3 pixels in.
+    inner = np.zeros((20, 20), bool)
+    inner[3:-3, 3:-3] = True
+    np.testing.assert_array_equal(eroded_fov(np.ones((20, 20), bool), 3), inner)
+    half = np.zeros((20, 20), bool)
+    half[:, :10] = True  # touches three borders
+    expected = np.zeros_like(half)
+    expected[3:-3, 3:7] = True
+    np.testing.assert_array_equal(eroded_fov(half, 3), expected)
+
+
+def _reference_line_detector(grey: np.ndarray, fov: np.ndarray, window: int) -> np.ndarray:
+    """The multi-scale line detector at 4 orientations (0, 45, 90, 135 degrees), written from the
+    docstring / Nguyen et al. 2013 with shifted copies of the mirrored image, not kernels."""
+    inverted = 1.0 - grey
+    inverted = np.where(fov, inverted, inverted[fov].mean())
+    h, w, r = *grey.shape, window // 2
+    padded = np.pad(inverted, r, mode="reflect")
+
+    def shifted(dy: int, dx: int) -> np.ndarray:
+        return padded[r + dy : r + dy + h, r + dx : r + dx + w]
+
+    def standardised(x: np.ndarray) -> np.ndarray:
+        return (x - x[fov].mean()) / x[fov].std()
+
+    square = np.mean([shifted(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)], 0)
+    responses = [standardised(inverted)]
+    for length in range(1, window + 1, 2):  # L = 1, 3, ..., window
+        half = length // 2
+        lines = [
+            np.mean([shifted(t * dy, t * dx) for t in range(-half, half + 1)], axis=0)
+            for dy, dx in ((0, 1), (1, 1), (1, 0), (1, -1))  # the 4 directions over 180 degrees
+        ]
+        responses.append(standardised(np.max(lines, axis=0) - square))
+    assert len(responses) == window // 2 + 2
+    return np.mean(responses, axis=0)  # the responses and the standardised I, averaged
+
+
+def test_line_detector_matches_its_definition():
+    # Window 3 at 4 orientations: lines of 1 and 3 pixels, horizontal, vertical and both
+    # diagonals (at larger windows the oblique lines of the kernels are shorter than L pixels).
+    rng = np.random.default_rng(3)
+    grey = rng.random((14, 13))
+    yy, xx = np.mgrid[:14, :13]
+    for fov in (np.ones_like(grey, bool), np.hypot(yy - 7, xx - 6) < 6):
+        np.testing.assert_allclose(
+            line_detector(grey, fov, window=3, orientations=4),
+            _reference_line_detector(grey, fov, 3),
+            atol=1e-9,
+        )
+
+
+def test_line_score_is_the_detector_shifted_to_zero_at_its_minimum_and_scaled_to_one():
+    image, fov, _ = lines_on_disc()
+    region = eroded_fov(fov, 8)
+    raw = line_detector(image, fov)[region]
+    score = vesselness(image, fov, method="line")
+    expected = (raw - raw.min()) / (raw.max() - raw.min())
+    np.testing.assert_allclose(score[region], expected, atol=1e-6)
+    # Shifted, not clipped: only the minimum (and pixels tied with it) is 0 in the eroded FOV.
+    assert np.count_nonzero(score[region] == 0) < 0.01 * region.sum()
+
+
+def test_mean_rank_is_a_mean_and_joined_scores_stay_in_zero_one():
+    image, fov, _ = lines_on_disc()
+    both = vesselness(image, fov, method="sato+line")
+    region = eroded_fov(fov, 8)
+    assert both.min() >= 0 and 0.9 < both.max() <= 1.0 and (both[region] > 0).all()
+    score = np.random.default_rng(0).random(fov.shape)  # no ties
+    # The mean of one rank thrice is that rank: its largest is 1 (the top pixel's rank).
+    np.testing.assert_allclose(mean_rank([score] * 3, fov), mean_rank([score], fov))
+    assert mean_rank([score] * 3, fov).max() == pytest.approx(1.0)
+
+
+def test_otsu_mask_is_empty_outside_the_fov_however_high_the_score_there():
+    score = np.zeros((10, 10))
+    score[:, :5] = np.linspace(0, 1, 50).reshape(10, 5)
+    score[:, 5:] = 5.0  # outside the FOV: far above any threshold
+    fov = np.zeros((10, 10), bool)
+    fov[:, :5] = True
+    mask = threshold_otsu_fov(score, fov)
+    assert mask.any() and not mask[~fov].any()
+    np.testing.assert_array_equal(mask[:, :5], threshold_otsu_fov(score[:, :5], None))
+
+
+def test_remove_specks_keeps_diagonal_vessels_and_pieces_of_exactly_the_limit():
+    diagonal = np.zeros((10, 10), bool)
+    diagonal[np.arange(8), np.arange(8)] = True  # one 8-connected piece of 8 pixels
+    np.testing.assert_array_equal(remove_specks(diagonal, None, 5 / 100), diagonal)
+    square = np.zeros((10, 10), bool)
+    square[1:4, 1:4] = True  # 9 pixels: not smaller than 9 (9 % of 100), so kept
+    np.testing.assert_array_equal(remove_specks(square, None, 0.09), square)
+    assert not remove_specks(square, None, 0.1).any()  # smaller than 10: dropped
+
+
+def test_prior_fraction_counts_only_the_mask_inside_its_fov():
+    mask = np.zeros((10, 10), bool)
+    mask[:, :5] = True  # 50 pixels, only 5 of them inside the FOV
+    fov = np.zeros((10, 10), bool)
+    fov[:, 5:] = True
+    fov[0, 0] = True  # 51 FOV pixels; 1 of them is foreground
+    assert prior_fraction(mask, [fov]) == pytest.approx(1 / 51)
+    assert prior_fraction(np.ones((10, 10), bool), [fov]) == pytest.approx(1.0)

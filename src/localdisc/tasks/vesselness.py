@@ -192,7 +192,8 @@ def vesselness(
 
 
 def _line_kernels(length: int, orientations: int, size: int) -> list[np.ndarray]:
-    """``size x size`` kernels averaging along a centred line of ``length`` pixels, at
+    """``size x size`` kernels averaging along a centred line of Euclidean length ``length``
+    (``length`` pixels horizontal or vertical, fewer slanted: 11 of 15 at 45 degrees), at
     ``orientations`` angles evenly spread over 180 degrees."""
     c, half = size // 2, length // 2
     kernels = []
@@ -213,7 +214,7 @@ def line_detector(
     2013; after Ricci & Perfetti, IEEE TMI 26(10), 2007).
 
     On the inverted channel ``I`` (green of RGB, see :func:`vesselness`), for each line length
-    ``L = 1, 3, ..., window``: the largest mean of ``I`` along a line of ``L`` pixels through
+    ``L = 1, 3, ..., window``: the largest mean of ``I`` along a line of length ``L`` through
     the pixel (over ``orientations`` angles) minus the mean of ``I`` in the ``window`` square
     around it, standardised over the FOV; the output is the mean of these ``window // 2 + 1``
     responses and the standardised ``I`` itself. Pixels outside ``fov`` (``None``: the whole
