@@ -295,3 +295,58 @@ def test_a_folder_the_file_system_cannot_lock_runs_unlocked_and_says_so(tmp_path
         assert lock.fd is None
     assert said == [f"note: {tmp_path}: not locked (No locks available): a second run started "
                     "into it would not be refused"]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_weights_holding_inf_are_refused_as_those_holding_nan_are(bad):
+    # A diverged training's weights hold inf as often as NaN: both trained or predicted nothing.
+    from localdisc.engine.checkpoint import nonfinite_names, refuse_nonfinite
+
+    tensors = {"ok": torch.ones(2), "w": torch.tensor([1.0, bad]), "count": torch.tensor([7])}
+    assert nonfinite_names(tensors) == ["w"]
+    with pytest.raises(CheckpointError, match=r"^w\.safetensors: weights hold NaN or inf values "
+                       r"\(in 1 tensor: w\); why$"):  # fmt: skip
+        refuse_nonfinite(tensors, "w.safetensors", "why")
+
+
+def test_a_lightning_checkpoint_loads_its_state_dict(tmp_path):
+    # A PyTorch Lightning .ckpt holds the weights under "state_dict", beside plain entries.
+    path = tmp_path / "encoder.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3}, path)
+    weights = load_weights(path)
+    assert list(weights) == ["w"] and weights["w"].sum() == 2
+
+
+def test_newest_state_is_the_newest_checkpoints(tmp_path):
+    from localdisc.engine.checkpoint import newest_position, newest_state
+
+    assert newest_state(tmp_path) is None
+    for step in (100, 200):
+        save_checkpoint(tmp_path, step, _tensors(step), {"stage": step // 100}, keep=2)
+    assert len(list_checkpoints(tmp_path)) == 2
+    assert newest_state(tmp_path)["step"] == 200
+    assert newest_position(tmp_path, lambda s: f"stage {s['stage']}") == "stage 2"
+
+
+def test_a_diverged_checkpoint_names_the_one_before_only_where_there_is_one(tmp_path):
+    from localdisc.engine.checkpoint import refuse_diverged
+    from localdisc.errors import DivergedError
+
+    def refused(folder: pathlib.Path) -> str:
+        state, tensors = load_latest_checkpoint(folder)
+        with pytest.raises(DivergedError) as caught:
+            refuse_diverged(folder, state, tensors, ["model"], "start over")
+        return str(caught.value)
+
+    newest = save_checkpoint(tmp_path / "one", 2, _tensors(float("nan")), {})
+    assert refused(tmp_path / "one") == (
+        f"{newest / 'model.safetensors'}: weights hold NaN or inf values (in 1 tensor: w); the "
+        "training diverged before this checkpoint was written; start over"
+    )
+    save_checkpoint(tmp_path / "two", 1, _tensors(1), {})
+    newest = save_checkpoint(tmp_path / "two", 2, _tensors(float("inf")), {})
+    assert refused(tmp_path / "two") == (
+        f"{newest / 'model.safetensors'}: weights hold NaN or inf values (in 1 tensor: w); the "
+        f"training diverged before this checkpoint was written; delete {newest} to continue "
+        "from the one before (step_00000001), or start over"
+    )
