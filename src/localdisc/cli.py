@@ -561,7 +561,8 @@ def pretrain(
         help="Gaussian (center-sensitive) patch pooling, for landmarks.",
     ),
     center_sigma: float = typer.Option(
-        0.25, help="Width of the center-sensitive Gaussian, as a fraction of the patch side."
+        0.25,  # losses.patch.CENTER_SIGMA (not imported: torch would load for --help)
+        help="Width of the center-sensitive Gaussian, as a fraction of the patch side.",
     ),
 ) -> None:
     """Pre-train an LD model (stage 1, then stage 2), or a peer method, on unlabelled images."""

@@ -167,3 +167,58 @@ def test_a_narrow_center_gaussian_weights_the_pixels_nearest_the_centre_not_nan(
     pos = torch.arange(56) + 0.5
     expected = torch.exp(-0.5 * ((pos - 28) / (0.25 * 56)) ** 2)
     assert torch.allclose(center_weights(8, 448, 0.25)[0, :56], expected / expected.sum())
+
+
+@pytest.mark.parametrize(("cells", "length"), [(4, 10), (3, 9), (8, 12), (6, 9), (5, 7)])
+def test_center_weights_give_every_pixel_to_exactly_one_cell(cells, length):
+    # The support is that of uniform pooling: neighbouring patches share no pixel, so ISL
+    # negatives stay independent (center_weights' docstring). With 4 cells over 10 pixels the
+    # cell edges 2.5 and 7.5 fall on pixel centres, which a closed interval gave to two cells.
+    from localdisc.losses.patch import center_weights
+
+    w = center_weights(cells, length, 0.25)
+    assert ((w > 0).sum(0) == 1).all()
+    edges = torch.linspace(0, length, cells + 1)
+    pos = torch.arange(length) + 0.5
+    owner = torch.bucketize(pos, edges, right=True) - 1  # the cell whose [lo, hi) holds the centre
+    assert torch.equal(w.argmax(0), owner)
+    assert torch.allclose(w.sum(1), torch.ones(cells))
+
+
+def test_center_sensitive_pooling_of_a_non_square_map_matches_a_direct_transcription():
+    # Rows and columns have their own cell sides (4 and 6 pixels here): a 3:2 radiograph's map.
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 16, 24, dtype=torch.float64)
+    grid, sigma = 4, 0.25
+    got = patch_embeddings(v, grid, center_sigma=sigma)
+    assert got.shape == (2, 3, grid, grid)
+
+    def gaussian(side: int) -> torch.Tensor:
+        d = torch.arange(side, dtype=torch.float64) + 0.5 - side / 2
+        return torch.exp(-0.5 * (d / (sigma * side)) ** 2)
+
+    kernel = gaussian(4)[:, None] * gaussian(6)[None, :]  # 2-D: outer product of the axes
+    kernel = kernel / kernel.sum()
+    want = torch.zeros_like(got)
+    for u in range(grid):
+        for c in range(grid):
+            cell = v[:, :, 4 * u : 4 * u + 4, 6 * c : 6 * c + 6]
+            want[:, :, u, c] = F.normalize((cell * kernel).sum((2, 3)), dim=1)
+    torch.testing.assert_close(got, want)
+
+
+def test_the_default_center_sigma_is_the_documented_width():
+    # The paper does not publish its kernel (METHOD.md Sec. 6; TPAMI 2023 Sec. 6). localdisc's
+    # documented choice (center_weights' docstring) is sigma = 0.25 of the cell side: the cell's
+    # border still gets exp(-2) = 0.14 of the centre's weight, so the whole cell contributes.
+    # The CLI's --center-sigma must offer the same width.
+    import inspect
+
+    from localdisc import cli
+    from localdisc.losses.patch import CENTER_SIGMA, center_weights
+
+    w = center_weights(1, 2000, CENTER_SIGMA)[0]  # pixel centres 0.5 px from the border
+    assert (w[0] / w.max()).item() == pytest.approx(math.exp(-2), rel=5e-3)
+    assert inspect.signature(cli.pretrain).parameters["center_sigma"].default.default == (
+        CENTER_SIGMA
+    )

@@ -178,3 +178,13 @@ def test_module_and_validation():
         region_discrimination_loss(v, a, tau=-1.0)
     # K = 1: one cluster is always "discriminated", loss log(1) = 0.
     assert math.isclose(region_discrimination_loss(v, a[:, :1]).item(), 0.0, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.2, math.inf, math.nan])
+def test_a_temperature_that_is_not_positive_and_finite_is_refused(tau):
+    # tau = inf made every logit 0: the loss log K for any embedding, and no gradient at all.
+    v, a = inputs(2, 3, 2, 3, 3, seed=0)
+    with pytest.raises(ValueError, match="tau must be positive and finite"):
+        region_discrimination_loss(v, a, tau=tau)
+    with pytest.raises(ValueError, match="tau must be positive and finite"):
+        RegionDiscriminationLoss(tau=tau)(v, a)

@@ -27,3 +27,18 @@ def test_second_derivatives_match_f_normalize():
         (g,) = torch.autograd.grad((normalise(x) * w).sum() + (x**3).sum(), x, create_graph=True)
         hessian_vectors.append(torch.autograd.grad((g**2).sum(), x)[0])
     torch.testing.assert_close(*hessian_vectors)
+
+
+def test_a_zero_vector_maps_to_zero_as_f_normalize_does():
+    # The norm is clamped to eps (the docstring's max(|x|, eps)): a pixel whose embedding is all
+    # zeros (a dead ReLU, zero padding) gave 0 / 0 = NaN, which then spread through the loss.
+    x = torch.zeros(1, 3, 2, 2, requires_grad=True)
+    with torch.no_grad():
+        x[0, :, 0, 0] = torch.tensor([3.0, 0.0, 4.0])
+    y = l2_normalize(x, dim=1)
+    torch.testing.assert_close(y, F.normalize(x, dim=1), rtol=0, atol=0)
+    assert y[0, :, 1, 1].tolist() == [0.0, 0.0, 0.0]
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    (want,) = torch.autograd.grad(F.normalize(x, dim=1).sum(), x)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, want)

@@ -298,3 +298,14 @@ def test_weights_beside_the_config_of_other_weights_are_told(tmp_path):
     (tmp_path / "config.json").write_text(config)
     assert not saved_together(tmp_path, read_config(tmp_path))
     assert saved_together(tmp_path, {"segmenter": {}})  # saved before the record
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "null", "3", '"depth"'])
+def test_a_config_json_that_is_not_an_object_is_named(tmp_path, text):
+    # A list passed as the config went on to fail with a TypeError far from the file.
+    from localdisc.models.segmenter import read_config
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match="config.json: expected a JSON object") as info:
+        read_config(tmp_path)
+    assert str(tmp_path / "config.json") in str(info.value)

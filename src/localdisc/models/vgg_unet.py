@@ -5,7 +5,8 @@ batch norm at a quarter of the width: blocks of 3x3 conv + BN + ReLU with channe
 [16,16 | 32,32 | 64,64,64 | 128,128,128 | 128,128,128], 2x2 max-pool between blocks, skips taken
 before each pool. The decoder upsamples x2, concatenates the skip and applies two 3x3 conv + BN +
 ReLU; its channels go 128 -> 64 -> 32 -> 16 and the final concatenation with the full-resolution
-skip gives ``2 * width`` channels that both heads share.
+skip gives ``2 * width`` channels that both heads share (``3 * width`` at depth 2, which has no
+decoder stage).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class VGGEncoder(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """U-Net decoder over the encoder's skips; returns ``2 * width`` channels at full resolution."""
+    """U-Net decoder over the encoder's skips; returns ``out_channels`` at full resolution
+    (``2 * width``; ``3 * width`` at depth 2, a bare concatenation)."""
 
     def __init__(self, encoder_channels: list[int]) -> None:
         super().__init__()

@@ -35,6 +35,7 @@ from localdisc.data.io import JSRT_SIZE, JSRT_SPACING
 from localdisc.engine.checkpoint import atomic_write_text
 from localdisc.errors import LocaldiscError
 from localdisc.eval.report import environment_markdown
+from localdisc.losses.patch import CENTER_SIGMA
 from localdisc.tasks.localize import (
     Localizer,
     Prediction,
@@ -212,7 +213,8 @@ def run_localize_benchmark(
     if "ld" in models:
         if not config.quick:
             raise LocaldiscError("the model 'ld' (pre-trained here) is only for --quick")
-        settings = {**QUICK_PRETRAIN, "center_sigma": 0.25, "progress": False, "device": device}
+        settings = {**QUICK_PRETRAIN, "center_sigma": CENTER_SIGMA, "progress": False}
+        settings["device"] = device
         models[models.index("ld")] = str(pretrain_preset(settings, out_dir / "pretrain", log))
     # Every model once, before any task: a bad --models path is an error, not a skipped task.
     loaded = {run: load_model(run, device=device) for run in models}
