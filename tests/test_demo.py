@@ -196,3 +196,35 @@ def test_a_demo_of_a_folder_grown_since_is_refused_not_reused(tmp_path):
     photo(3)
     with pytest.raises(CheckpointError, match="pre-trained on other files than its data"):
         run_demo(tmp_path / "out", **demo)
+
+
+def test_a_demo_into_a_folder_of_a_users_own_config_and_log_is_refused(tmp_path):
+    # `demo --out proj` wrote over the user's own config.json and log.csv (a reviewer).
+    from localdisc.demo import run_demo
+    from localdisc.errors import CheckpointError
+
+    (tmp_path / "config.json").write_text('{"experiment": "my settings, not a run"}')
+    (tmp_path / "log.csv").write_text("epoch,my_loss\n")
+    with pytest.raises(CheckpointError, match=r"holds config.json and log.csv, not of a "
+                       r"pre-training .*\(nothing was deleted\)"):  # fmt: skip
+        run_demo(tmp_path, quick=True, device="cpu", progress=False, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "log.csv"]
+    assert (tmp_path / "log.csv").read_text() == "epoch,my_loss\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "modality"), [("synthetic_xray:4", "xray"), ("skimage:retina", "fundus")]
+)
+def test_a_demo_of_generated_data_shows_the_built_in_figure_images(
+    tmp_path, monkeypatch, data, modality
+):
+    # Generated images and scikit-image's photograph have no files: the demo trained, then
+    # failed looking for them (a reviewer). Its figures show the built-in demo's images.
+    import localdisc.demo
+    from localdisc.demo import demo_figure_names, run_demo
+
+    named = spy_figure_names(monkeypatch, localdisc.demo)
+    written = run_demo(tmp_path, quick=True, data=[data], modality=modality, device="cpu",
+                       progress=False, log=lambda m: None)  # fmt: skip
+    assert written["similarity"].stat().st_size > 0
+    assert named["cluster_figure"] == demo_figure_names(modality)

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from localdisc.data.pool import pool_files, prepare_pool_image
 from localdisc.data.preprocess import resize_image, roi_crop
 from localdisc.engine.pretrain import (
     PretrainConfig,
     PretrainResult,
     pretrain,
+    refuse_foreign_files,
     refuse_other_files,
     refuse_used_run_dir,
     settings_differences,
@@ -155,6 +157,7 @@ def _own_run(run_dir: Path, config: PretrainConfig) -> bool:
     if differences == []:
         refuse_other_files(run_dir, config)  # --data grown since: not reused as its run
         return True
+    refuse_foreign_files(run_dir)  # a user's own config.json or log.csv: in its own words
     try:
         refuse_used_run_dir(run_dir)
     except CheckpointError as exc:
@@ -202,8 +205,15 @@ def run_demo(
         seed=seed,
         progress=progress,
     )
+    resume = _own_run(out, config)
+    # Figures at the pool's scale: the network has only seen structures of that size.
+    size = config.resolved_pool_size
+    # The files of --data that the figures show, listed before the training (they were looked
+    # for after it). Generated images and the scikit-image photograph have no files: without
+    # files, the figures show the built-in demo's images (none of them in the pool).
+    paths = pool_files(data, modality)[:3] if data else []
     t0 = time.perf_counter()
-    result: PretrainResult = pretrain(config, out, resume=_own_run(out, config), log=log)
+    result: PretrainResult = pretrain(config, out, resume=resume, log=log)
     # Over all the run's starts where known: a resumed demo said the run's steps in this
     # call's seconds ("8 steps in 16 s" for 2 trained here).
     elapsed = result.elapsed if result.elapsed is not None else time.perf_counter() - t0
@@ -219,14 +229,9 @@ def run_demo(
     from localdisc.models.ld import LDModel
 
     model = LDModel.from_pretrained(out)
-    # Figures at the pool's scale: the network has only seen structures of that size.
-    size = config.resolved_pool_size
-    if data:
-        from localdisc.data.datasets import pool_image_paths
+    if paths:
         from localdisc.data.io import read_image
-        from localdisc.data.pool import prepare_pool_image
 
-        paths = [p for spec in data for p in pool_image_paths(spec)][:3]
         # As the pool has them: in the modality's channels (a grey, red-free fundus photograph
         # becomes RGB, which demo_queries' green channel needs) and a fundus image cut to its
         # ROI box; the whole frame squashed showed the network a retina it never saw.

@@ -5,6 +5,7 @@ and with the number of processes it was trained with."""
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,9 +84,39 @@ def test_a_folder_without_checkpoints_or_weights_takes_a_fresh_run(
     config.json and logs): nothing there to mix with."""
     run = tmp_path / "run"
     (run / "figures").mkdir(parents=True)
-    (run / "config.json").write_text("{}")
     result = pretrain(tiny_pretrain_config(), run, pool=pool, log=quiet)
     assert result.steps == 6 and (run / "model.safetensors").is_file()
+    # As a run stopped before its first checkpoint leaves it: its config.json and log.csv.
+    shutil.rmtree(run / "checkpoints")
+    for weights in run.glob("*.safetensors"):
+        weights.unlink()
+    assert (run / "config.json").is_file() and (run / "log.csv").is_file()
+    again = pretrain(tiny_pretrain_config(seed=4), run, pool=pool, log=quiet)
+    assert (
+        again.steps == 6 and json.loads((run / "config.json").read_text())["pretrain"]["seed"] == 4
+    )
+
+
+@pytest.mark.parametrize("mine", [["config.json"], ["log.csv"], ["config.json", "log.csv"]])
+def test_a_users_own_config_or_log_in_out_is_refused_not_overwritten(
+    tmp_path: Path, pool: torch.Tensor, mine: list[str]
+) -> None:
+    # `pretrain --out proj` wrote over the user's own config.json and log.csv (a reviewer), as
+    # `finetune` refuses to.
+    run = tmp_path / "proj"
+    run.mkdir()
+    own = {"config.json": '{"experiment": "my settings, not a run"}', "log.csv": "epoch,my_loss\n"}
+    for name in mine:
+        (run / name).write_text(own[name])
+    with pytest.raises(CheckpointError) as info:
+        pretrain(tiny_pretrain_config(), run, pool=pool, log=quiet)
+    message = str(info.value)
+    assert message.startswith(f"{run}: holds {' and '.join(mine)}, not of a pre-training (")
+    assert "choose another --out (nothing was deleted)" in message
+    if "log.csv" in mine:
+        assert "'epoch,my_loss'" in message
+    assert sorted(p.name for p in run.iterdir()) == sorted(mine)
+    assert all((run / name).read_text() == own[name] for name in mine)
 
 
 # -- --resume of a finished run -------------------------------------------------------------------

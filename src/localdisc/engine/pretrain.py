@@ -392,15 +392,64 @@ FINAL_WEIGHTS = ("model.safetensors", "encoder.safetensors")
 RUN_WEIGHTS = (*FINAL_WEIGHTS, "model_best.safetensors", "stage1.safetensors")
 
 
+#: How the header of a pre-training's ``log.csv`` starts, in every version of
+#: :class:`~localdisc.engine.monitor.TrainingLog` (new columns go last).
+LOG_HEADER_START = "step,stage,lr,loss,"
+
+
+def _not_a_pretraining_record(path: Path) -> str | None:
+    """Why ``path`` (a ``config.json``) is not a pre-training's record, or ``None`` if it is."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"config.json unreadable as a run's record ({type(exc).__name__})"
+    if not isinstance(record, dict) or not isinstance(record.get("pretrain"), dict):
+        return "no 'pretrain' settings in config.json"
+    return None
+
+
+def _not_a_pretraining_log(path: Path) -> str | None:
+    """Why ``path`` (a ``log.csv``) is not a pre-training's log, or ``None`` if it is."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            header = f.readline(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"log.csv unreadable ({type(exc).__name__})"
+    if not header.startswith(LOG_HEADER_START):
+        shown = header if len(header) <= 40 else header[:40] + "..."
+        return f"log.csv's columns {shown!r}, not {LOG_HEADER_START}..."
+    return None
+
+
+def refuse_foreign_files(run_dir: Path) -> None:
+    """Raise :class:`CheckpointError` if ``run_dir`` holds a ``config.json`` or ``log.csv`` that
+    is not a pre-training's (a user's own settings or log, another command's record): a new run
+    writes over both. A pre-training's own pass: one stopped before its first checkpoint leaves
+    them, and starts again there. Nothing is deleted."""
+    checks = {"config.json": _not_a_pretraining_record, "log.csv": _not_a_pretraining_log}
+    found, why = [], []
+    for name, check in checks.items():
+        if (run_dir / name).exists() and (reason := check(run_dir / name)) is not None:
+            found.append(name)
+            why.append(reason)
+    if found:
+        raise CheckpointError(
+            f"{run_dir}: holds {' and '.join(found)}, not of a pre-training ({'; '.join(why)}); "
+            "a run there would write over them: choose another --out (nothing was deleted)"
+        )
+
+
 def refuse_used_run_dir(run_dir: Path) -> None:
-    """Raise :class:`CheckpointError` if ``run_dir`` holds a run (checkpoints or weights), or
-    is a file.
+    """Raise :class:`CheckpointError` if ``run_dir`` holds a run (checkpoints or weights), a
+    ``config.json`` or ``log.csv`` not of a pre-training (:func:`refuse_foreign_files`), or is
+    a file.
 
     A fresh run there would mix with it: the old run's later checkpoints survive pruning and a
     later ``--resume`` continues the old run; its ``model_best`` survives. Nothing is deleted.
     """
     if run_dir.exists() and not run_dir.is_dir():  # said now, not after decoding the pool
         raise CheckpointError(f"{run_dir}: a file, not a folder; choose another --out for the run")
+    refuse_foreign_files(run_dir)
     found = [name for name in RUN_WEIGHTS if (run_dir / name).is_file()]
     if list_checkpoints(run_dir / "checkpoints"):
         found.insert(0, "checkpoints/")
