@@ -210,7 +210,7 @@ def run_demo(
     size = config.resolved_pool_size
     # The files of --data that the figures show, listed before the training (they were looked
     # for after it). Generated images and the scikit-image photograph have no files: without
-    # files, the figures show the built-in demo's images (none of them in the pool).
+    # files, the figures show the built-in demo's images.
     paths = pool_files(data, modality)[:3] if data else []
     t0 = time.perf_counter()
     result: PretrainResult = pretrain(config, out, resume=resume, log=log)

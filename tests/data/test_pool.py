@@ -378,6 +378,21 @@ def test_data_whose_images_cannot_be_read_name_the_first_and_why(tmp_path: Path)
     assert guess_pool_modality([str(photos)]) == "xray"
 
 
+def test_a_folder_that_cannot_be_read_beside_others_advises_modality(tmp_path: Path) -> None:
+    # --data lfs --data good --skip-bad: "git lfs pull" alone, where --modality would pre-train
+    # on the readable folder (a review of 356db6c).
+    from localdisc.data.pool import guess_pool_modality
+
+    lfs = [_lfs_pointer(tmp_path / "lfs" / f"a{i}.png") for i in range(3)][0]
+    good = _mkdir(tmp_path / "good")
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(good / "x.png")
+    with pytest.raises(DatasetError) as caught:
+        guess_pool_modality([str(tmp_path / "lfs"), str(good)])
+    said = str(caught.value)
+    assert said.startswith(f"{tmp_path / 'lfs'}: none of its 3 images can be read (first: {lfs}")
+    assert said.endswith("give --modality to pre-train on the others with --skip-bad")
+
+
 def test_data_whose_first_fifty_images_cannot_be_read_still_advise_modality(tmp_path: Path):
     # Beyond the first 50 (GUESS_LOOKS_AT) there may be readable images: --skip-bad with
     # --modality would read them, so the advice stays.

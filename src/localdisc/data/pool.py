@@ -186,7 +186,7 @@ def guess_pool_modality(specs: Sequence[str], log: Callable[[str], None] | None 
             kind = guess_modality(files[:GUESS_LOOKS_AT], said, unreadable)
             if kind is None:
                 looked = min(len(files), GUESS_LOOKS_AT)
-                raise _no_modality(spec, looked, len(files), unreadable)
+                raise _no_modality(spec, looked, len(files), unreadable, others=len(specs) > 1)
         found[spec] = kind
     if len(set(found.values())) > 1:
         listed = "; ".join(f"{spec}: {kind}" for spec, kind in found.items())
@@ -195,14 +195,15 @@ def guess_pool_modality(specs: Sequence[str], log: Callable[[str], None] | None 
 
 
 def _no_modality(
-    spec: str, looked: int, listed: int, unreadable: Sequence[LocaldiscError]
+    spec: str, looked: int, listed: int, unreadable: Sequence[LocaldiscError], *, others: bool
 ) -> DatasetError:
     """The error for a spec of ``listed`` files whose first ``looked`` tell no modality, of
     which those in ``unreadable`` (their read errors) could not be read.
 
     Where none could be read, it says so with the first file's error (a clone without git-lfs
     leaves text pointers named ``.png``): blaming the modality, its advice of --modality only
-    led to that error. Where those were all the files, no option helps and none is advised."""
+    led to that error. Where those were all the files, only where ``others`` (more specs) does
+    --modality help: with --skip-bad the others are pre-trained."""
     if not unreadable:
         return DatasetError(
             f"{spec}: its first images are blank, which tells no modality; give --modality"
@@ -219,7 +220,8 @@ def _no_modality(
             "tells no modality; give --modality"
         )
     which = f"none of its {listed} images can" if listed > 1 else "its only image cannot"
-    return DatasetError(f"{spec}: {which} be read (first: {first})")
+    advice = "; give --modality to pre-train on the others with --skip-bad" if others else ""
+    return DatasetError(f"{spec}: {which} be read (first: {first}){advice}")
 
 
 def resolve_pool(
