@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -94,6 +95,51 @@ def test_training_with_a_prior_logs_both_terms_and_resumes_exactly(tmp_path, poo
     )
     for k in da:
         torch.testing.assert_close(da[k], db[k], rtol=0, atol=0, msg=k)
+
+
+def _save_masks(folder, rows):
+    """One 40 x 40 mask per entry of ``rows``: a bar over those rows."""
+    from helpers import save
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for i, (top, bottom) in enumerate(rows):
+        mask = np.zeros((40, 40), np.uint8)
+        mask[top:bottom, 5:35] = 255
+        save(folder / f"m{i}.png", mask)
+
+
+def test_a_resume_refuses_a_prior_changed_since_the_first_start(tmp_path, pool):
+    # The prior was read again on each start, unchecked: its folder's masks replaced, the run
+    # went on against the new ones unsaid (reviewer).
+    prior, run, said = tmp_path / "prior", tmp_path / "run", []
+    _save_masks(prior, [(5, 15), (10, 30), (20, 25)])
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=3, prior=str(prior))
+    pretrain(config, run, pool=pool, stop_at_step=2, log=lambda m: None)
+    _save_masks(prior, [(5, 15), (10, 30)])
+    with pytest.raises(CheckpointError) as caught:
+        pretrain(config, run, pool=pool, resume=True, log=lambda m: None)
+    assert str(caught.value).startswith(
+        f"{run}: the shape prior ({prior}) differs from the one the run started with (2 masks "
+        "now, 3 at the first start): resumed, it would train against other masks"
+    )
+    _save_masks(prior, [(5, 15), (10, 30), (20, 26)])  # as many, one other
+    with pytest.raises(CheckpointError, match=r"\(other masks \(3 now, 3 then\)\)"):
+        pretrain(config, run, pool=pool, resume=True, log=lambda m: None)
+    assert json.loads((run / "config.json").read_text())["prior"]["masks"] == 3
+    # The same masks written again (other files' times) resume, as does a run recorded before
+    # the prior was, unchecked but said.
+    _save_masks(prior, [(5, 15), (10, 30), (20, 25)])
+    pretrain(config, run, pool=pool, stop_at_step=3, resume=True, log=said.append)
+    assert not [m for m in said if "record of the shape prior" in m]
+    record = json.loads((run / "config.json").read_text())
+    del record["prior"]
+    (run / "config.json").write_text(json.dumps(record))
+    _save_masks(prior, [(5, 15)])
+    assert pretrain(config, run, pool=pool, resume=True, log=said.append).steps == 4
+    assert (
+        f"{run / 'config.json'}: no record of the shape prior's masks (a run started by an "
+        "earlier version): not compared with the first start's" in said
+    )
 
 
 def test_a_resume_from_a_diverged_discriminator_is_refused(tmp_path, pool):

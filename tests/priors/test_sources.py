@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,17 @@ def test_dataset_prior_target_and_errors() -> None:
         load_prior("synthetic_fundus:2:arteries", 32)
     with pytest.raises(DatasetError, match="no such folder"):
         load_prior("drive:/no/such/DRIVE", 32)
+
+
+def test_a_prior_data_set_whose_root_is_missing_is_named_the_shape_prior_s(tmp_path: Path):
+    # Its DatasetError passed through unprefixed: it read as if --data were wrong (reviewer).
+    for spec in (f"jsrt_scr:{tmp_path / 'no'}:heart", f"stare:{tmp_path / 'no'}"):
+        with pytest.raises(DatasetError) as caught:
+            load_prior(spec, 32)
+        assert str(caught.value).startswith(f"shape prior {spec!r}: {tmp_path / 'no'}: no such")
+        assert isinstance(caught.value.__cause__, DatasetError)
+        with pytest.raises(DatasetError, match=f"^shape prior {re.escape(repr(spec))}: "):
+            describe_prior(spec)
 
 
 def test_spec_parsing_keeps_colons_in_the_root(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ refuses a folder that holds a run: the two would mix.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -670,6 +671,50 @@ def refuse_changed_pool(
     )
 
 
+def prior_record(bank: Tensor) -> dict[str, Any]:
+    """What ``config.json`` keeps of a shape prior's masks (``bank``, :func:`load_prior`'s):
+    their number and one SHA-256 of the masks themselves (shape and pixels, as trained against),
+    so that a resume notices a prior folder or data set changed since the first start. Of the
+    bank, not the files: it covers every kind of prior, a copy of the same masks is the same, and
+    decoded and resized by nearest neighbour a bool mask is the same on any machine."""
+    masks = bank.detach().cpu().numpy()
+    digest = hashlib.sha256(repr(masks.shape).encode())
+    digest.update(masks.tobytes())
+    return {"masks": int(masks.shape[0]), "sha256": digest.hexdigest()}
+
+
+def refuse_changed_prior(
+    run_dir: Path,
+    config: PretrainConfig,
+    saved: dict[str, Any] | None,
+    now: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
+    """Raise :class:`CheckpointError` if the shape prior's masks read for a resume (``now``:
+    :func:`prior_record`) differ from the ones the run started with (``saved``: config.json's
+    ``prior``): resumed, its discriminator and clusters would go on against other masks than its
+    checkpoints learnt, unsaid. Runs recorded before the prior was are not compared (said)."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("sha256"), str):
+        log(
+            f"{run_dir / 'config.json'}: no record of the shape prior's masks (a run started by "
+            "an earlier version): not compared with the first start's"
+        )
+        return
+    if saved["sha256"] == now["sha256"]:
+        return
+    then = saved.get("masks")
+    if then != now["masks"]:
+        change = f"{now['masks']} masks now, {then} at the first start"
+    else:
+        change = f"other masks ({now['masks']} now, {then} then)"
+    raise CheckpointError(
+        f"{run_dir}: the shape prior ({config.prior}) differs from the one the run started with "
+        f"({change}): resumed, it would train against other masks than its checkpoints. Restore "
+        "the prior as it was at the first start, or start a new run with another --out (nothing "
+        "was changed)"
+    )
+
+
 def _world_size_problem(run_dir: Path, trained_with: int, now: int) -> str:
     how = "without torchrun" if trained_with == 1 else f"with {trained_with} processes in all"
     return (
@@ -951,6 +996,7 @@ def _pretrain(
         if config.prior
         else None
     )  # fmt: skip
+    prior_now = prior_record(prior_bank) if prior_bank is not None else None
     # A resumed checkpoint holds every weight: the init_from run is not read, and may be gone.
     from_checkpoint = resume and bool(list_checkpoints(run_dir / "checkpoints"))
     if config.init_from and not from_checkpoint:  # a peer's run has no trained embedding head
@@ -1109,6 +1155,8 @@ def _pretrain(
             raise CheckpointError(_world_size_problem(run_dir, trained_with, ctx.world_size))
         if not already_finished:
             refuse_changed_pool(run_dir, config, saved_meta.get("pool"), pool_record)
+            if prior_now is not None:
+                refuse_changed_prior(run_dir, config, saved_meta.get("prior"), prior_now, log)
         model.load_state_dict(tensors["model"])
         if not already_finished:  # a finished run samples no more (and may have other ranks)
             gen.set_state(tensors["rng"][f"sampler_{ctx.rank}"])
@@ -1138,6 +1186,8 @@ def _pretrain(
         lock.hold()  # a second run started at once into this --out is refused here
         meta = {"pretrain": _with_absolute_paths(config), "model": asdict(model.config)}
         meta["pool"] = pool_record
+        if prior_now is not None:  # which masks, so that a changed prior is not resumed as this
+            meta["prior"] = prior_now
         if skipped_files:
             meta["skipped_files"] = [[os.path.abspath(p), r] for p, r in skipped_files]
         meta["environment"] = env  # outside "pretrain": a resume does not compare it
@@ -1146,6 +1196,9 @@ def _pretrain(
         saved = saved_meta
         if loaded is None:  # starting over: on the pool as it is now, which the record says
             saved["pool"] = pool_record
+            saved.pop("prior", None)
+            if prior_now is not None:
+                saved["prior"] = prior_now
             saved.pop("skipped_files", None)
             if skipped_files:
                 saved["skipped_files"] = [[os.path.abspath(p), r] for p, r in skipped_files]

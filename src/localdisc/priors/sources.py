@@ -200,7 +200,7 @@ def _folder_masks(folder: Path, spec: str) -> list[tuple[str, np.ndarray]]:
 def _open_dataset(p: _Spec, spec: str) -> tuple[SegmentationDataset, str]:
     try:
         ds = load_dataset(p.name, p.root, "all")
-    except ImageReadError as exc:
+    except (ImageReadError, DatasetError) as exc:  # a missing ROOT read as if --data's
         raise DatasetError(f"shape prior {spec!r}: {exc}") from exc
     target = p.target or ds.default_target
     if target is None:
