@@ -378,9 +378,9 @@ def test_data_whose_images_cannot_be_read_name_the_first_and_why(tmp_path: Path)
     assert guess_pool_modality([str(photos)]) == "xray"
 
 
-def test_a_folder_that_cannot_be_read_beside_others_advises_modality(tmp_path: Path) -> None:
-    # --data lfs --data good --skip-bad: "git lfs pull" alone, where --modality would pre-train
-    # on the readable folder (a review of 356db6c).
+def test_a_folder_that_cannot_be_read_beside_others_says_to_leave_it_out(tmp_path: Path) -> None:
+    # --data lfs --data good: the way on is to fetch the files or leave the folder out; an
+    # advice of --modality with --skip-bad named an option demo and shape-guided train lack.
     from localdisc.data.pool import guess_pool_modality
 
     lfs = [_lfs_pointer(tmp_path / "lfs" / f"a{i}.png") for i in range(3)][0]
@@ -390,7 +390,8 @@ def test_a_folder_that_cannot_be_read_beside_others_advises_modality(tmp_path: P
         guess_pool_modality([str(tmp_path / "lfs"), str(good)])
     said = str(caught.value)
     assert said.startswith(f"{tmp_path / 'lfs'}: none of its 3 images can be read (first: {lfs}")
-    assert said.endswith("give --modality to pre-train on the others with --skip-bad")
+    assert said.endswith("): fetch them, or leave it out of --data")
+    assert "--modality" not in said and "--skip-bad" not in said
 
 
 def test_data_whose_first_fifty_images_cannot_be_read_still_advise_modality(tmp_path: Path):

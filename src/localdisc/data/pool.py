@@ -202,8 +202,8 @@ def _no_modality(
 
     Where none could be read, it says so with the first file's error (a clone without git-lfs
     leaves text pointers named ``.png``): blaming the modality, its advice of --modality only
-    led to that error. Where those were all the files, only where ``others`` (more specs) does
-    --modality help: with --skip-bad the others are pre-trained."""
+    led to that error. Where those were all the files, no option reads them: beside ``others``
+    (more specs), the way on is to fetch them or leave the spec out."""
     if not unreadable:
         return DatasetError(
             f"{spec}: its first images are blank, which tells no modality; give --modality"
@@ -220,7 +220,7 @@ def _no_modality(
             "tells no modality; give --modality"
         )
     which = f"none of its {listed} images can" if listed > 1 else "its only image cannot"
-    advice = "; give --modality to pre-train on the others with --skip-bad" if others else ""
+    advice = ": fetch them, or leave it out of --data" if others else ""
     return DatasetError(f"{spec}: {which} be read (first: {first}){advice}")
 
 
