@@ -105,6 +105,27 @@ def test_a_second_signal_while_the_stops_checkpoint_is_written_waits_for_it(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_third_signal_during_a_hanging_write_acts_at_once_inside_it():
+    """GracefulStop.deferring: a second signal waits for the write to end; "a third one acts at
+    once, for a write that hangs" (README: "a third one then stops at once")."""
+    import time
+
+    reached: list[str] = []
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: a request to stop
+        assert stop.signum == signal.SIGINT
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt), stop.deferring():  # the stop's checkpoint
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("second held")
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("third returned")
+            while time.monotonic() - start < 1.0:  # a write that hangs (for ever in real life)
+                time.sleep(0.01)
+            reached.append("write ended")
+    assert reached == ["second held"]  # the third raised in the block, not once it ended
+
+
 def test_under_torchrun_the_launchers_echo_of_the_signal_is_not_a_second_one(
     tmp_path, pool, monkeypatch
 ):

@@ -57,7 +57,11 @@ def test_similarity_plot_says_what_it_shows_with_a_colour_bar(model: LDModel) ->
 def test_similarity_figure_defaults_and_file(model: LDModel, tmp_path: Path) -> None:
     fig = similarity_plot(model, images())
     assert "image 1" in titles(fig) and "step" not in fig.get_suptitle()
-    path = similarity_figure(model, images(), tmp_path / "figs" / "sim.png", names=["a$b$", "c"])
+    # plain()'s own example: read as mathtext, "$a_b_c$" is a double subscript and fails to draw.
+    # ("a$b$" is valid mathtext, drawn with or without the escape.)
+    path = similarity_figure(
+        model, images(), tmp_path / "figs" / "sim.png", names=["scan_$a_b_c$", "c"]
+    )
     assert path.is_file() and path.stat().st_size > 0  # a $ is no mathtext error
     with pytest.raises(ValueError, match="1 names for 2 images"):
         similarity_plot(model, images(), names=["only one"])
@@ -120,29 +124,109 @@ def test_similarity_plot_labels_the_query_on_its_image(model: LDModel) -> None:
     assert [t.get_text() for t in image_panel.texts] == ["vessel"]
 
 
-def test_a_grey_image_is_drawn_alike_alone_and_under_its_masks(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The images each saved figure draws, panel by panel (``*_figure`` clears its figure)."""
+    from localdisc.eval import figures
+
+    shown: list = []
+    real_save = figures._save
+
+    def save(fig, path):
+        shown.extend(im for ax in fig.axes for im in ax.images)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", save)
+    return shown
+
+
+def test_a_grey_image_is_drawn_alike_alone_and_under_its_masks(tmp_path: Path, drawn) -> None:
     # A 12-bit radiograph stored in 16 bits fills [0, 0.06] of [0, 1]: its panel was stretched
     # by imshow, while the overlay beside it blended the raw values, nearly black.
     from localdisc.eval import figures
 
     xray = np.linspace(0, 4095 / 65535, 32 * 32, dtype=np.float32).reshape(32, 32, 1)
     none = np.zeros((32, 32), bool)
-    drawn: list[np.ndarray] = []
-    real_save = figures._save
-
-    def save(fig, path):
-        drawn.extend(np.asarray(im.get_array(), np.float32) for ax in fig.axes for im in ax.images)
-        return real_save(fig, path)
-
-    monkeypatch.setattr(figures, "_save", save)
     figures.overlay_figure([("xray", xray, none, None)], tmp_path / "overlay.png")
-    alone, under = drawn
+    alone, under = (np.asarray(im.get_array(), np.float32) for im in drawn)
     assert alone.shape == under.shape == (32, 32, 3)
     np.testing.assert_allclose(alone, under, atol=1e-6)  # no mask: the image itself
     assert alone.min() == 0 and alone.max() == 1  # stretched to its own range
     np.testing.assert_array_equal(figures.display_rgb(np.full((4, 4, 1), 0.3)), 0)  # constant
     colour = np.random.default_rng(0).random((4, 4, 3)).astype(np.float32) * 0.1
     np.testing.assert_array_equal(figures.display_rgb(colour), colour)  # colour: as it is
+
+
+def test_overlay_draws_hits_green_false_positives_red_and_misses_blue(tmp_path: Path, drawn):
+    # overlay_figure's docstring and panel title: "green: hit, red: false positive, blue: missed".
+    from localdisc.eval import figures
+
+    grey = np.full((8, 8, 3), 0.5, np.float32)
+    pred, ref = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    pred[0, 0] = ref[0, 0] = True  # hit
+    pred[1, 1] = True  # false positive
+    ref[2, 2] = True  # miss
+    figures.overlay_figure([("x", grey, pred, ref)], tmp_path / "overlay.png")
+    overlay = np.asarray(drawn[1].get_array(), np.float32)
+    # 0.7 of the colour over 0.3 of the grey 0.5; the miss's blue is (0, 0.4, 1).
+    expected = {
+        (0, 0): (0.15, 0.85, 0.15),  # hit: green
+        (1, 1): (0.85, 0.15, 0.15),  # false positive: red
+        (2, 2): (0.15, 0.43, 0.85),  # miss: blue
+        (5, 5): (0.5, 0.5, 0.5),  # neither: the image as it is
+    }
+    for (y, x), rgb in expected.items():
+        np.testing.assert_allclose(overlay[y, x], rgb, atol=1e-5, err_msg=f"pixel {(y, x)}")
+
+
+def test_mask_grid_draws_a_probability_on_the_scale_0_to_1(tmp_path: Path, drawn) -> None:
+    # A map that never passes 0.3 is an unsure one: stretched to its own range it looked white.
+    from localdisc.eval import figures
+
+    prob = np.linspace(0, 0.3, 64, dtype=np.float32).reshape(8, 8)
+    figures.mask_grid([("x", images(1, 8)[0], {"A prob": prob})], tmp_path / "grid.png")
+    assert drawn[1].get_clim() == (0, 1)
+
+
+def test_the_cluster_map_paints_each_pixel_in_its_most_likely_cluster() -> None:
+    from localdisc.eval.figures import cluster_map_rgb
+
+    likely = np.array([[0, 1], [2, 3]])
+    assignments = torch.full((4, 2, 2), 0.1 / 3)
+    for (y, x), k in np.ndenumerate(likely):
+        assignments[k, y, x] = 0.9
+    np.testing.assert_array_equal(cluster_map_rgb(assignments), cluster_colours(4)[likely])
+
+
+def test_cluster_colours_beyond_tab10_are_neither_near_black_nor_near_white() -> None:
+    # _glasbey_colours: "Neither near black nor near white: the colours must stand out on dark
+    # and bright tissue" (CIELAB lightness between 35 and 90).
+    from skimage.color import rgb2lab
+
+    lightness = rgb2lab(cluster_colours(32)[None])[0][10:, 0]
+    assert lightness.min() > 35 and lightness.max() < 90
+
+
+def test_a_querys_own_map_is_1_at_the_query_on_a_non_square_image(model: LDModel) -> None:
+    # Queries are (image, row, column): the map is of the embedding at [:, row, column].
+    image = np.random.default_rng(0).random((32, 48, 3)).astype(np.float32)
+    for y, x in [(4, 20), (4, 40)]:  # off the diagonal; the second beyond the height
+        fig = similarity_plot(model, [image], [(0, y, x, "q")])
+        own = np.asarray(fig.axes[1].images[0].get_array())
+        assert own.shape == (32, 48)
+        assert own[y, x] == pytest.approx(1, abs=1e-5)  # a pixel's cosine with itself
+
+
+def test_the_cyan_circle_marks_the_most_similar_pixel_of_another_image() -> None:
+    from localdisc.eval.figures import similarity_maps_plot
+
+    blank = [np.zeros((16, 16, 3), np.float32)] * 2
+    sim = np.zeros((16, 16), np.float32)
+    sim[3, 12] = 1.0  # best at row 3, column 12
+    fig = similarity_maps_plot(blank, [(0, 8, 8, "q")], [[sim, sim]], title="t")
+    (circle,) = fig.axes[2].lines  # the map on image 1
+    assert (circle.get_ydata()[0], circle.get_xdata()[0]) == (3, 12)
+    assert circle.get_markeredgecolor() == "cyan"
 
 
 def test_a_figure_that_fails_to_write_leaves_the_earlier_one_whole(tmp_path: Path, monkeypatch):
