@@ -275,18 +275,34 @@ def test_the_refinement_sees_a_fundus_image_in_the_box_segment_gave_ld(run, monk
     assert prob.shape == (48, 144) and not prob[:, :x0].any() and not prob[:, x1:].any()
 
 
-def test_the_refinement_s_batch_norm_recalibration_is_logged(run):
+def test_the_refinement_s_batch_norm_recalibration_is_logged_and_done(run, monkeypatch):
     """The batch-norm recalibration after the last refinement step, a pass over every image,
-    said nothing."""
+    said nothing; and the line alone was checked, not that the statistics are recomputed."""
+    import copy
+
+    from localdisc.engine.batch_norm import recalibrate_batch_norm
+
     model = LDModel.from_pretrained(run)
     images = [synthetic_fundus(48, seed=s).image for s in range(2)]
     maps = [segment(model, im) for im in images]
+    fitted = spy_fit(monkeypatch)
+    networks = {}
     for recalibrate, lines in ((True, 1), (False, 0)):
         said: list[str] = []
         config = RefineConfig(steps=1, size=32, device="cpu", recalibrate=recalibrate)
-        refine(run, images, maps, config, log=said.append)
+        networks[recalibrate] = refine(run, images, maps, config, log=said.append)
         line = "recalibrating batch norm over the 2 image(s) trained on ..."
         assert said.count(line) == lines, said
+    # The same training (same seed): the recalibrated network's statistics are those of the
+    # other's recomputed over the images it trained on, and differ from its moving averages.
+    expected = copy.deepcopy(networks[False])
+    recalibrate_batch_norm(expected, fitted["x"], batch=8)
+    stats = [k for k in expected.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    got, moving = networks[True].state_dict(), networks[False].state_dict()
+    for key in stats:
+        torch.testing.assert_close(got[key], expected.state_dict()[key])
+    assert any(not torch.allclose(got[key], moving[key]) for key in stats)
 
 
 def test_the_refinement_takes_uint8_images_as_segment_does(run):
@@ -1464,3 +1480,151 @@ def test_a_stopped_segment_s_outputs_are_no_images_of_the_folder_holding_them(
     segment_images([run], [tmp_path / "eye.png"], tmp_path / "seg", device="cpu",
                    log=lambda m: None)  # fmt: skip
     assert "finished" not in json.loads((tmp_path / "seg" / "segment.json").read_text())
+
+
+def stub_model(v: torch.Tensor, a: torch.Tensor, modality: str = "xray"):
+    """An LD model whose embeddings ``v`` (D x H x W) and assignments ``a`` (K x H x W) are given,
+    whatever the image: an X-ray one sees the whole image, its FOV too."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(modality=modality),
+                           embed_and_cluster=lambda x: (v, a))  # fmt: skip
+
+
+def test_output_b_is_the_softmax_of_the_embeddings_to_the_regions_at_temperature_0_2():
+    # METHOD.md section 5: output B = channel 0 of softmax_k(v(p) . z_k / 0.2). Regions of one
+    # embedding each (hard assignments), so z_k is that embedding: (1, 0), (0, 1), (0.6, 0.8).
+    z = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    region = np.repeat([0, 1, 2, 0], 3)[None].repeat(4, 0)  # 4 x 12: which region each pixel is
+    v = torch.from_numpy(z[region].transpose(2, 0, 1).copy())  # [2, 4, 12]
+    a = torch.from_numpy((region[None] == np.arange(3)[:, None, None]).astype(np.float32))
+    maps = segment(stub_model(v, a), np.zeros((4, 12, 1), np.float32))
+    logits = np.einsum("dhw,kd->khw", v.numpy(), z) / 0.2
+    expected = np.exp(logits)[0] / np.exp(logits).sum(0)
+    np.testing.assert_allclose(maps.prob_b, expected, atol=1e-5)
+    assert maps.prob_b[0, 0] > 0.85 and maps.mask_b[:, :3].all()  # e^5 / (e^5 + 1 + e^3)
+    np.testing.assert_array_equal(maps.prob_a, a[0].numpy())
+
+
+def test_segment_all_moves_a_wide_image_s_maps_by_the_offset_times_its_width():
+    # offset is a fraction of the width: on a 16 x 48 image 0.25 is 12 pixels (not 4, a
+    # quarter of its height).
+    h, w = 16, 48
+    ramp = np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (h, 1))
+    a = torch.from_numpy(np.stack([ramp, 1 - ramp]))
+    v = torch.nn.functional.normalize(
+        torch.rand(2, h, w, generator=torch.Generator().manual_seed(0)), dim=0
+    )
+    model = stub_model(v, a)
+    image = np.random.default_rng(0).random((h, w, 1)).astype(np.float32)
+    alone = segment(model, image)
+    masks = np.zeros((2, 16, 16), bool)
+    masks[:, 4:12, 2:14] = True
+    moved = segment_all(model, [image], prior=masks, offset=0.25, log=lambda m: None)[0]
+    for got, before in ((moved.prob_a, alone.prob_a), (moved.prob_b, alone.prob_b)):
+        expected = np.concatenate([np.repeat(before[:, :1], 12, axis=1), before[:, :-12]], 1)
+        np.testing.assert_allclose(got, expected)
+
+
+def test_refined_probability_is_zero_outside_a_fov_smaller_than_the_box():
+    from localdisc.models.segmenter import Segmenter, SegmenterConfig
+
+    torch.manual_seed(0)
+    network = Segmenter(SegmenterConfig(modality="xray", width=4, depth=2, size=16))
+    image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    fov = np.zeros((20, 30), bool)  # an X-ray's box is the whole image; the FOV its left third
+    fov[:, :10] = True
+    prob = refined_probability(network, image, fov)
+    assert prob.shape == (20, 30) and prob[fov].min() > 0
+    assert not prob[~fov].any()
+
+
+def stub_maps(monkeypatch, prob: np.ndarray) -> None:
+    """segment_images' runs find ``prob`` as output A and B of every image (FOV: all of it)."""
+    import localdisc.tasks.shape_guided as shape_guided
+
+    def found(model, images, **kwargs):
+        fov = np.ones(prob.shape, bool)
+        return [ShapeGuidedMaps(prob.copy(), prob.copy(), fov) for _ in images]
+
+    monkeypatch.setattr(shape_guided, "segment_all", found)
+
+
+def read_mask_png(path) -> np.ndarray:
+    return np.asarray(Image.open(path)) > 0
+
+
+def test_segment_s_masks_of_one_run_are_its_maps_at_or_above_one_half(tmp_path, monkeypatch, run):
+    from localdisc.tasks.shape_guided import segment_images
+
+    Image.fromarray((synthetic_fundus(32, seed=0).image * 255).astype("uint8")).save(
+        tmp_path / "eye.png"
+    )
+    prob = np.tile(np.array([0.1, 0.45, 0.5, 0.52, 0.55, 0.59, 0.6, 0.9], np.float32), (32, 4))
+    stub_maps(monkeypatch, prob)
+    segment_images(run, [tmp_path / "eye.png"], tmp_path / "out", topology=False, device="cpu",
+                   log=lambda m: None)  # fmt: skip
+    for output in ("A", "B"):
+        mask = read_mask_png(tmp_path / "out" / f"eye_{output}_mask.png")
+        np.testing.assert_array_equal(mask, prob >= 0.5, err_msg=output)
+
+
+def test_an_ensemble_s_mean_b_is_not_held_to_the_organ_topology(tmp_path, monkeypatch, run):
+    # As for one run, A (and the refined maps) keep the prior's one piece; B keeps what it found.
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.priors.topology import PriorTopology
+    from localdisc.tasks.shape_guided import segment_images
+
+    Image.fromarray((synthetic_fundus(48, seed=0).image * 255).astype("uint8")).save(
+        tmp_path / "eye.png"
+    )
+    prob = np.zeros((48, 48), np.float32)
+    prob[5:20, 5:20], prob[35:40, 35:40] = 0.9, 0.8  # two pieces: a large and a small one
+    stub_maps(monkeypatch, prob)
+    monkeypatch.setattr(
+        shape_guided, "run_topology", lambda run, log=print: PriorTopology(1, False)
+    )
+    out = tmp_path / "out"
+    segment_images([run, run], [tmp_path / "eye.png"], out, device="cpu", log=lambda m: None)
+    large = np.zeros((48, 48), bool)
+    large[5:20, 5:20] = True
+    np.testing.assert_array_equal(read_mask_png(out / "eye_A_mask.png"), large)
+    np.testing.assert_array_equal(read_mask_png(out / "eye_B_mask.png"), prob >= 0.5)
+
+
+def test_the_refinement_trains_with_its_rotation_and_by_default_a_cosine_schedule(run, monkeypatch):
+    # README (shape-guided segment): "No label can pick a step, so its learning rate decays to
+    # zero"; benchmarks/RESULTS.md, "The refinement ends settled: cosine decay ...".
+    import localdisc.tasks.shape_guided as shape_guided
+    from localdisc.engine.finetune import AUGMENTATION
+
+    trained: list[dict] = []
+    monkeypatch.setattr(shape_guided, "fit_pseudo_labels",
+                        lambda network, x, y, **kwargs: trained.append(kwargs))  # fmt: skip
+    images = [synthetic_fundus(48, seed=0).image]
+    maps = [ShapeGuidedMaps(*np.full((2, 48, 48), 0.7, np.float32), np.ones((48, 48), bool))]
+    assert RefineConfig().schedule == "cosine"
+    for settings in ({}, {"rotation": 7.5}, {"rotation": 0.0, "schedule": "constant"}):
+        config = RefineConfig(steps=1, size=32, device="cpu", **settings)
+        refine(run, images, maps, config, log=lambda m: None)
+    assert [(t["rotation"], t["cosine"]) for t in trained] == [
+        (AUGMENTATION["fundus"][0], True), (7.5, True), (0.0, False)
+    ]  # fmt: skip
+
+
+def test_segment_without_refinement_removes_an_earlier_call_s_refined_maps(tmp_path, run):
+    # They would sit beside this call's A and B as if of the same call (one run; an ensemble's
+    # in test_segment_again_into_an_out_removes_the_earlier_calls_other_outputs). The prior's
+    # topology (a vessel tree: none held) is not read, for speed.
+    from localdisc.tasks.shape_guided import segment_images
+
+    Image.fromarray((synthetic_fundus(32, seed=0).image * 255).astype("uint8")).save(
+        tmp_path / "eye.png"
+    )
+    out, quick = tmp_path / "out", {"topology": False, "device": "cpu", "log": lambda m: None}
+    segment_images(run, [tmp_path / "eye.png"], out, refine_steps=1, **quick)
+    refined = ["eye_refined_mask.png", "eye_refined_prob.png"]
+    assert sorted(p.name for p in out.glob("*refined*")) == refined
+    segment_images(run, [tmp_path / "eye.png"], out, **quick)
+    assert not list(out.glob("*refined*"))
+    assert (out / "eye_A_mask.png").is_file()
