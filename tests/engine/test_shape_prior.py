@@ -138,8 +138,77 @@ def test_a_resume_refuses_a_prior_changed_since_the_first_start(tmp_path, pool):
     assert pretrain(config, run, pool=pool, resume=True, log=said.append).steps == 4
     assert (
         f"{run / 'config.json'}: no record of the shape prior's masks (a run started by an "
-        "earlier version): not compared with the first start's" in said
+        "earlier version): not compared with the first start's; recorded now, compared from "
+        "the next resume" in said
     )
+
+
+def test_a_run_recorded_before_the_prior_was_is_recorded_at_its_next_resume(tmp_path, pool):
+    # Only a start over wrote the record: such a run said "not compared" at every resume and
+    # went on against a prior changed between two of them, unsaid (reviewer).
+    prior, run, said = tmp_path / "prior", tmp_path / "run", []
+    _save_masks(prior, [(5, 15), (10, 30), (20, 25)])
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=4, prior=str(prior))
+    pretrain(config, run, pool=pool, stop_at_step=2, log=lambda m: None)
+    record = json.loads((run / "config.json").read_text())
+    first = record.pop("prior")
+    (run / "config.json").write_text(json.dumps(record))  # as an earlier version wrote it
+    pretrain(config, run, pool=pool, stop_at_step=3, resume=True, log=said.append)
+    assert [m for m in said if "record of the shape prior" in m] == [
+        f"{run / 'config.json'}: no record of the shape prior's masks (a run started by an "
+        "earlier version): not compared with the first start's; recorded now, compared from "
+        "the next resume"
+    ]
+    assert json.loads((run / "config.json").read_text())["prior"] == first
+    _save_masks(prior, [(5, 15)])
+    with pytest.raises(CheckpointError, match=r"\(1 masks now, 3 at the first start\)"):
+        pretrain(config, run, pool=pool, resume=True, log=said.append)
+
+
+def test_a_changed_prior_is_refused_before_the_pool_is_decoded(tmp_path, pool, monkeypatch):
+    # It was refused after the whole pool was decoded again, and after the log had named the
+    # prior's masks as if taken (reviewer).
+    import localdisc.engine.pretrain as engine
+
+    prior, run, said = tmp_path / "prior", tmp_path / "run", []
+    _save_masks(prior, [(5, 15), (10, 30), (20, 25)])
+    config = tiny_pretrain_config(stage1_steps=1, stage2_steps=3, prior=str(prior))
+    pretrain(config, run, pool=pool, stop_at_step=2, log=lambda m: None)
+    _save_masks(prior, [(5, 15), (10, 30)])
+
+    def decode(*args, **kwargs):
+        raise AssertionError("the pool was decoded before the prior was compared")
+
+    monkeypatch.setattr(engine, "resolve_pool", decode)
+    with pytest.raises(CheckpointError, match=r"\(2 masks now, 3 at the first start\)"):
+        pretrain(config, run, resume=True, log=said.append)
+    assert not [m for m in said if m.startswith("shape prior:")]
+
+
+def test_a_finished_run_is_left_as_it_is_with_its_prior_and_data_gone(tmp_path):
+    # Its prior (and its --data) were read before the run was found finished: a resume of a run
+    # whose folders had moved failed with "no such folder" (reviewer; README: --resume "leaves a
+    # finished run as it is").
+    from helpers import save
+
+    prior, data, run, said = tmp_path / "prior", tmp_path / "images", tmp_path / "run", []
+    _save_masks(prior, [(5, 15), (10, 30), (20, 25)])
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        save(data / f"i{i}.png", rng.integers(0, 255, (48, 48, 3), np.uint8))
+    config = tiny_pretrain_config(data=[str(data)], stage1_steps=1, stage2_steps=1,
+                                  prior=str(prior))  # fmt: skip
+    first = pretrain(config, run, log=lambda m: None)
+    final = load_safetensors(run / "model.safetensors")
+    shutil.rmtree(prior)
+    shutil.rmtree(data)
+    (run / "model.safetensors").unlink()  # stopped before writing it: written from the checkpoint
+    again = pretrain(config, run, resume=True, log=said.append)
+    assert again.already_finished and (again.steps, again.images) == (first.steps, first.images)
+    assert said == [f"{run}: the run finished at step 2 already; nothing to do"]
+    written = load_safetensors(run / "model.safetensors")
+    for k in final:
+        torch.testing.assert_close(written[k], final[k], rtol=0, atol=0, msg=k)
 
 
 def test_a_resume_from_a_diverged_discriminator_is_refused(tmp_path, pool):

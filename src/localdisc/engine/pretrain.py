@@ -44,6 +44,7 @@ from localdisc.engine.checkpoint import (
     atomic_write_text,
     list_checkpoints,
     load_latest_checkpoint,
+    newest_state,
     optimizer_from_flat,
     optimizer_to_flat,
     refuse_diverged,
@@ -683,6 +684,12 @@ def prior_record(bank: Tensor) -> dict[str, Any]:
     return {"masks": int(masks.shape[0]), "sha256": digest.hexdigest()}
 
 
+def prior_recorded(saved: object) -> bool:
+    """Whether ``saved`` (config.json's ``prior``) is a :func:`prior_record`: runs started by
+    versions before it have none."""
+    return isinstance(saved, dict) and isinstance(saved.get("sha256"), str)
+
+
 def refuse_changed_prior(
     run_dir: Path,
     config: PretrainConfig,
@@ -693,11 +700,13 @@ def refuse_changed_prior(
     """Raise :class:`CheckpointError` if the shape prior's masks read for a resume (``now``:
     :func:`prior_record`) differ from the ones the run started with (``saved``: config.json's
     ``prior``): resumed, its discriminator and clusters would go on against other masks than its
-    checkpoints learnt, unsaid. Runs recorded before the prior was are not compared (said)."""
-    if not isinstance(saved, dict) or not isinstance(saved.get("sha256"), str):
+    checkpoints learnt, unsaid. Runs recorded before the prior was are not compared (said): the
+    caller records ``now`` for them (:func:`prior_recorded`), compared from the next resume."""
+    if not prior_recorded(saved):
         log(
             f"{run_dir / 'config.json'}: no record of the shape prior's masks (a run started by "
-            "an earlier version): not compared with the first start's"
+            "an earlier version): not compared with the first start's; recorded now, compared "
+            "from the next resume"
         )
         return
     if saved["sha256"] == now["sha256"]:
@@ -713,6 +722,61 @@ def refuse_changed_prior(
         "the prior as it was at the first start, or start a new run with another --out (nothing "
         "was changed)"
     )
+
+
+def _run_finished(state: dict[str, Any], config: PretrainConfig) -> bool:
+    """Whether a checkpoint's ``state`` is that of a finished run: ended by its step count, or
+    by a time budget (recorded: it has steps left)."""
+    return bool(state.get("finished")) or state["step"] >= config.total_steps
+
+
+def _newest_finished(checkpoint_dir: Path, config: PretrainConfig) -> bool | None:
+    """Whether the newest checkpoint in ``checkpoint_dir`` says the run finished; None where
+    there is none or its state cannot be read. Cheap (its files are verified only when loaded),
+    for deciding before the prior and the pool are read: a checkpoint that turns out corrupt
+    falls back to an older one of the same run."""
+    state = newest_state(checkpoint_dir)
+    try:
+        return None if state is None else _run_finished(state, config)
+    except (LookupError, TypeError):  # not a checkpoint state: left to its loading
+        return None
+
+
+def _leave_finished(
+    run_dir: Path,
+    config: PretrainConfig,
+    ctx: distributed.DistContext,
+    loaded: tuple[dict[str, Any], dict[str, dict[str, Tensor]]],
+    log: Callable[[str], None],
+) -> PretrainResult:
+    """``--resume`` of a finished run, ``loaded`` its checkpoint: trains nothing and rewrites
+    nothing but the final weights of a run stopped before writing them. Its pool and shape prior
+    are not read: a finished run needs neither, and either may have moved since."""
+    state, tensors = loaded
+    refuse_diverged(run_dir / "checkpoints", state, tensors, ("model", "objective",
+                    "discriminator"), "start over in another --out (a lower learning rate may "
+                    "keep it from diverging)")  # fmt: skip
+    backbone = {k: getattr(config, k) for k in BACKBONE_FIELDS}
+    model = LDModel(LDConfig(**backbone, clusters=config.clusters))
+    model.load_state_dict(tensors["model"])
+    objective = build_objective(config, model) if config.method != "ld" else None
+    b = config.batch
+    images_per_step = (objective.images_per_step(b) if objective else 5 * b) * ctx.world_size
+    step = state["step"]
+    if ctx.is_main:
+        log(f"{run_dir}: the run finished at step {step} already; nothing to do")
+        if not all((run_dir / name).is_file() for name in FINAL_WEIGHTS):
+            _save_final_weights(model, run_dir)  # it was stopped before writing them
+    distributed.barrier()
+    best_val = state["best_val"]
+    trained_steps = state.get("trained_steps", step)
+    seconds_known = "elapsed" in state and not state.get("elapsed_partial", False)
+    return PretrainResult(
+        run_dir, step, 0.0, float(state.get("last_loss", math.nan)),
+        None if math.isinf(best_val) else best_val, state["skipped_steps"], trained_steps,
+        trained_steps * images_per_step, already_finished=True,
+        elapsed=state.get("elapsed", 0.0) if seconds_known else None,
+    )  # fmt: skip
 
 
 def _world_size_problem(run_dir: Path, trained_with: int, now: int) -> str:
@@ -988,6 +1052,16 @@ def _pretrain(
         )
     # Where and when it ran, for config.json: taken now, the start, before the pool is read.
     env = environment(device, ctx.world_size, amp=config.amp) if main else None
+    # A resume decides by its newest checkpoint's state before the prior and the pool are read:
+    # a finished run is left as it is without them (either may have moved since), an unfinished
+    # one has its prior compared before a large pool is decoded. A checkpoint that turns out
+    # corrupt falls back to an older one: of the same run, unfinished.
+    newest_finished = _newest_finished(run_dir / "checkpoints", config) if resume else None
+    loaded: tuple[dict[str, Any], dict[str, dict[str, Tensor]]] | None = None
+    if newest_finished:
+        loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log)
+        if loaded is not None and _run_finished(loaded[0], config):
+            return _leave_finished(run_dir, config, ctx, loaded, log)
     # The prior's masks are read before a large pool is decoded: a mistyped prior, a folder of
     # photographs or of empty masks were named only after it.
     prior_bank = (
@@ -997,6 +1071,10 @@ def _pretrain(
         else None
     )  # fmt: skip
     prior_now = prior_record(prior_bank) if prior_bank is not None else None
+    # resumed from an unfinished run's checkpoint (loaded above: one before a corrupt last one)
+    prior_compared = prior_now is not None and (newest_finished is False or loaded is not None)
+    if prior_compared:  # a changed prior was refused only after the pool was decoded
+        refuse_changed_prior(run_dir, config, saved_meta.get("prior"), prior_now, log)
     # A resumed checkpoint holds every weight: the init_from run is not read, and may be gone.
     from_checkpoint = resume and bool(list_checkpoints(run_dir / "checkpoints"))
     if config.init_from and not from_checkpoint:  # a peer's run has no trained embedding head
@@ -1075,7 +1153,8 @@ def _pretrain(
         pool_record.update(files=len(read_files), files_sha256=files_sha256(read_files))
 
     # Read before the model is made: a resumed checkpoint's weights replace init_from's.
-    loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log) if resume else None
+    if resume and not newest_finished:  # (else loaded above: of an older, unfinished step)
+        loaded = load_latest_checkpoint(run_dir / "checkpoints", warn=log)
     if loaded is not None:  # a diverged run's NaN weights were resumed silently
         refuse_diverged(run_dir / "checkpoints", *loaded, ("model", "objective", "discriminator"),
                         "start over in another --out (a lower learning rate may keep it from "
@@ -1145,8 +1224,8 @@ def _pretrain(
     already_finished = False
     if loaded is not None:
         state, tensors = loaded
-        # ended by its step count, or by a time budget (recorded: it has steps left)
-        already_finished = bool(state.get("finished")) or state["step"] >= config.total_steps
+        # as newest_finished decides (finished here only where the newest state was unreadable)
+        already_finished = _run_finished(state, config)
         # Older checkpoints do not record it: they hold one sampler state per process.
         trained_with = state.get("world_size") or sum(
             key.startswith("sampler_") for key in tensors["rng"]
@@ -1155,7 +1234,7 @@ def _pretrain(
             raise CheckpointError(_world_size_problem(run_dir, trained_with, ctx.world_size))
         if not already_finished:
             refuse_changed_pool(run_dir, config, saved_meta.get("pool"), pool_record)
-            if prior_now is not None:
+            if prior_now is not None and not prior_compared:
                 refuse_changed_prior(run_dir, config, saved_meta.get("prior"), prior_now, log)
         model.load_state_dict(tensors["model"])
         if not already_finished:  # a finished run samples no more (and may have other ranks)
@@ -1202,6 +1281,8 @@ def _pretrain(
             saved.pop("skipped_files", None)
             if skipped_files:
                 saved["skipped_files"] = [[os.path.abspath(p), r] for p, r in skipped_files]
+        elif prior_now is not None and not prior_recorded(saved.get("prior")):
+            saved["prior"] = prior_now  # a run started by an earlier version: compared from now
         meta = {**saved, **resumed(saved, env, step=step)}
         atomic_write_text(config_path, json.dumps(meta, indent=2))
 
@@ -1210,17 +1291,7 @@ def _pretrain(
     # Each rank draws from its own shard of the pool; 2b images a step (two per LD pair).
     sampler = EpochSampler(train_pool.shape[0], 2 * b, (config.seed, ctx.rank))
     if already_finished:  # resuming a finished run trains nothing and rewrites nothing
-        if main:
-            log(f"{run_dir}: the run finished at step {step} already; nothing to do")
-            if not all((run_dir / name).is_file() for name in FINAL_WEIGHTS):
-                _save_final_weights(model, run_dir)  # it was stopped before writing them
-        distributed.barrier()
-        return PretrainResult(
-            run_dir, step, 0.0, float(state.get("last_loss", math.nan)),
-            None if math.isinf(best_val) else best_val, skipped_steps, trained_steps,
-            trained_steps * images_per_step, already_finished=True,
-            elapsed=seconds_before if seconds_known else None,
-        )  # fmt: skip
+        return _leave_finished(run_dir, config, ctx, loaded, log)
 
     ddp_model = _prepare_model(model, stage, ctx, config.compile)
     optimizer = _new_optimizer(model, config.lr_at(step), objective)
