@@ -83,7 +83,7 @@ def test_montgomery_mask_of_another_size_is_an_error(tmp_path: Path) -> None:
     mask = base / "ManualMask" / "leftMask" / "MCUCXR_0002_0.png"
     save(mask, np.zeros((8, 8), np.uint8))
     ds = load_dataset("montgomery", tmp_path)
-    with pytest.raises(DatasetError, match=rf"{mask}: mask is 8x8 but its image .* is 32x40"):
+    with pytest.raises(DatasetError, match=rf"{mask}: mask is 8x8 but its image .* is 40x32"):
         ds[1]
 
 

@@ -1108,7 +1108,7 @@ def test_a_mask_of_another_size_stops_the_fine_tuning_before_it_trains(tmp_path,
         raise AssertionError("trained before the masks were checked")
 
     monkeypatch.setattr(transfer, "finetune", trained)
-    message = f"{data / 'masks' / 'case1.png'}: mask is 40x48 but its image case1.png is 48x48"
+    message = f"{data / 'masks' / 'case1.png'}: mask is 48x40 but its image case1.png is 48x48"
     with pytest.raises(DatasetError, match=re.escape(message)):
         run_transfer(tiny(str(data)), tmp_path / "out", log=lambda m: None)
 

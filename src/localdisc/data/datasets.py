@@ -109,11 +109,13 @@ def _size_mismatch(
     meta: ImageMeta | None,
     image_hw: tuple[int, int] | None = None,
 ) -> str:
-    """The error of a mask whose size is not its image's; where the image carries an EXIF
-    orientation that turns it by 90 degrees and the mask fits the turned image, that is said:
-    viewers show the image turned, so the mask drawn on it seemed of the right size."""
+    """The error of a mask whose size is not its image's, sizes as width x height (``mask_hw``
+    and ``image_hw`` are array shapes, height first), as ``predict`` and image viewers give them:
+    DRIVE's photographs are 565x584. Where the image carries an EXIF orientation that turns it
+    by 90 degrees and the mask fits the turned image, that is said: viewers show the image
+    turned, so the mask drawn on it seemed of the right size."""
     h, w = image_hw if image_hw is not None else (meta.height, meta.width)  # type: ignore[union-attr]
-    text = f"{mask}: mask is {mask_hw[0]}x{mask_hw[1]} but its image {image.name} is {h}x{w}"
+    text = f"{mask}: mask is {mask_hw[1]}x{mask_hw[0]} but its image {image.name} is {w}x{h}"
     turn = meta.orientation if meta is not None else None
     if turn in (5, 6, 7, 8) and tuple(mask_hw) == (w, h):
         text += (
@@ -1646,7 +1648,9 @@ class FolderDataset(SegmentationDataset):
     way this matcher does not know). Without a mask folder the set is unlabelled. Images
     are found recursively; an image file listed under a second name (a symbolic or hard link to
     another image) is used once, as its labelled name, else as the name that is not a link, else the
-    first (``repeated``): a test image was trained on under its other name. The FOV is derived
+    first (``repeated``): a test image was trained on under its other name. Two files of one
+    name, a converted copy beside its image (``X.png`` by ``X.tif``), are an error naming both
+    (:meth:`_one_per_name`). The FOV is derived
     from the image; the modality is guessed from the first images unless given (grey:
     ``xray``; :func:`guess_modality`, its note in :meth:`notes` where they disagree).
     """
@@ -1684,7 +1688,8 @@ class FolderDataset(SegmentationDataset):
         images = folder_image_files(image_dir, exclude=self.mask_dir)
         if self.mask_dir is None:
             self.targets = ()
-            return self._once([Item(self._name(p, image_dir), p) for p in images])
+            items = self._once([Item(self._name(p, image_dir), p) for p in images])
+            return self._one_per_name(items, image_dir)
         matches = match_masks(images, self.mask_dir, image_dirs=[image_dir])
         if all(match.mask is None for match in matches):
             # Not one match: the masks are named in a way the matcher does not know, which the
@@ -1715,7 +1720,27 @@ class FolderDataset(SegmentationDataset):
                 f"{unlabelled[0].reason})"
             )
         self.targets = ("mask",)
-        return self._once(items)
+        return self._one_per_name(self._once(items), image_dir)
+
+    @staticmethod
+    def _one_per_name(items: list[Item], image_dir: Path) -> list[Item]:
+        """``items``, refused where two of them have one name (:func:`name_key` of
+        :meth:`_name`, as masks are matched), naming both files: a converted copy left beside
+        its image (``X.png`` by ``X.tif``) was a second item of that name with the same mask;
+        the test split is drawn by name, so one copy was tested and the other trained on, and
+        ``predictions/`` kept one of each pair. Links of one file are not refused: :meth:`_once`
+        has listed each file once before. Files of one stem in different sub-folders have
+        different names."""
+        seen: dict[str, Path] = {}
+        for item in items:
+            first = seen.setdefault(name_key(item.name), item.image)
+            if first != item.image:
+                one, other = (p.relative_to(image_dir).as_posix() for p in (first, item.image))
+                raise DatasetError(
+                    f"{image_dir}: {one} and {other} are two files of one image ({item.name}); "
+                    "keep one there (remove the copy or move it out of the folder)"
+                )
+        return items
 
     def _once(self, items: list[Item]) -> list[Item]:
         """``items`` with each image file once: of the items whose image is the same file (a
