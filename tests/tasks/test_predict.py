@@ -389,6 +389,46 @@ def test_predict_refuses_a_mask_of_another_size(tmp_path):
                        masks=tmp_path / "gt", device="cpu")  # fmt: skip
 
 
+def test_predict_resizes_a_mask_at_a_whole_multiple_of_its_image_as_finetune_does(tmp_path):
+    """SCR's 1024x1024 masks of JSRT's 512x512 PNGs were refused by `predict --masks`, while
+    `finetune` scores them resized by nearest neighbour (JsrtScrDataset._fit): a mask at twice
+    (or half) its image's size scores as that mask resized by finetune's rule does, said in one
+    note; other sizes are still refused."""
+    from localdisc.data.datasets import JsrtScrDataset
+
+    def resize_mask(mask, shape):  # as finetune fits an SCR mask to its JSRT image
+        return JsrtScrDataset.__new__(JsrtScrDataset)._fit(mask, shape, tmp_path, tmp_path)
+
+    Segmenter(modality="xray", size=32, width=4, depth=2).save(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        save(tmp_path / "in" / f"{name}.png", rng.integers(0, 255, (20, 24), np.uint8))
+    big = rng.random((40, 48)) < 0.5  # noise: which pixel a resize takes changes the scores
+    small = rng.random((10, 12)) < 0.5
+    save(tmp_path / "gt" / "a.png", big.astype(np.uint8) * 255)
+    save(tmp_path / "gt" / "b.png", small.astype(np.uint8) * 255)
+    save(tmp_path / "fit" / "a.png", resize_mask(big, (20, 24)).astype(np.uint8) * 255)
+    save(tmp_path / "fit" / "b.png", resize_mask(small, (20, 24)).astype(np.uint8) * 255)
+
+    def scores(masks, log=lambda m: None):
+        out = tmp_path / f"out-{masks}"
+        written = predict_images(tmp_path / "model", [tmp_path / "in"], out,
+                                 masks=tmp_path / masks, device="cpu", log=log)  # fmt: skip
+        return written.metrics["per_image"]
+
+    logged: list[str] = []
+    assert scores("gt", logged.append) == scores("fit")
+    notes = [line for line in logged if "whole multiple" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: 2 mask(s) are a whole multiple"), logged
+    assert (
+        "gt/a.png, 48x40 for 24x20" in notes[0]
+        and "as localdisc finetune resizes SCR's" in notes[0]
+    )
+    save(tmp_path / "gt" / "b.png", np.zeros((30, 36), np.uint8))  # 1.5 times: refused
+    with pytest.raises(LocaldiscError, match=r"b.png: mask is 36x30, its image .*b.png is 24x20"):
+        scores("gt")
+
+
 def test_predict_checks_every_true_mask_before_any_work(tmp_path, monkeypatch):
     """The masks' sizes were checked only while scoring, after the outputs were written: a mask
     of the wrong size (or one that cannot be read) failed the command at its end, with the

@@ -757,6 +757,19 @@ def test_held_out_test_at_the_default_fraction_is_unchanged():
     assert held_out_test(names[:1], 0) == []  # nothing to hold out of one image
 
 
+def test_test_and_validation_fractions_round_halves_up_as_labels_do():
+    """One fraction of one folder is one count (reviewer): round() held out 0.1 of 25 images as
+    2 test images, while --labels 0.1 took 3; 0.3 of 5 labels validated on 2 (1.5 -> 2) but of
+    15 on 4 (4.5 -> 4)."""
+    from localdisc.tasks.transfer import held_out_test
+
+    for n, count in ((25, 3), (35, 4), (45, 5)):  # 2.5, 3.5, 4.5: round() made 2, 4, 4
+        names = [f"img{i:03d}" for i in range(n)]
+        assert len(held_out_test(names, 0.1)) == labelled_count("0.1", n) == count
+    assert [len(split_labelled(n, "all", 0, val_fraction=0.3)[1]) for n in (5, 15)] == [2, 5]
+    assert len(split_labelled(50, "all", 0, val_fraction=0.29)[1]) == 15  # 14.5 as typed
+
+
 @pytest.mark.parametrize("fraction", [-0.1, 1, 1.5, float("nan"), "half"])
 def test_a_test_fraction_outside_0_1_is_refused(fraction):
     with pytest.raises(LocaldiscError, match=r"--test-fraction must be in \[0, 1\)"):

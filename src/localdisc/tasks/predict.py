@@ -404,7 +404,9 @@ def predict_images(
     ``metrics.json`` in ``out_dir`` then holds ``summary`` and ``per_image`` as ``localdisc
     finetune`` writes them (:func:`score_prediction`); images without a mask are named through
     ``log`` and listed under ``unscored``. Every mask is read and checked against its image's
-    size before the model loads (:func:`true_masks`).
+    size before the model loads (:func:`true_masks`); one at a whole multiple or fraction of it
+    (SCR's 1024-pixel masks of JSRT's 512-pixel PNGs) is resized to it as ``localdisc
+    finetune`` resizes SCR's (:func:`sized_mask`), said in a note.
 
     ``skip_bad``: an image the reader refuses (a DICOM structured report, a truncated file:
     :class:`SkippedImages`) is skipped where it is read, before anything is written for it,
@@ -415,7 +417,8 @@ def predict_images(
     Raises:
         InputError: ``threshold`` is not in [0, 1] (:func:`check_threshold`).
         LocaldiscError: no image has a mask in ``masks``, or a mask cannot be read or its size
-            is not its image's; an image cannot be read (without ``skip_bad``), or none can.
+            is not its image's (nor a whole multiple or fraction of it); an image cannot be read
+            (without ``skip_bad``), or none can.
     """
     threshold = check_threshold(threshold)
     images = as_inputs(images)
@@ -434,7 +437,7 @@ def predict_images(
     scoring = masks is not None
     check_metrics(Path(out_dir), scoring)
     _check_not_a_run(Path(out_dir), "self_trained_vessels" in config)
-    matched = true_masks(files, images, masks, skips) if masks is not None else None
+    matched = true_masks(files, images, masks, skips, log=log) if masks is not None else None
     files = skips.kept(files)  # those whose size could not be read for their masks
     targets = None
     if matched is not None:
@@ -716,22 +719,44 @@ def score_prediction(
     return {k: float(v) for k, v in metrics.items()}
 
 
-def image_mask(path: Path, image: Path) -> np.ndarray:
-    """The true mask at ``path`` as a bool array, checked against its image's size (read from
-    its header where the format allows: :func:`~localdisc.data.io.read_image_meta`)."""
+def image_mask(path: Path, image: Path, resized: list[str] | None = None) -> np.ndarray:
+    """The true mask at ``path`` as a bool array at its image's size (read from its header
+    where the format allows: :func:`~localdisc.data.io.read_image_meta`), as
+    :func:`sized_mask` makes it."""
     meta = read_image_meta(image)
-    return sized_mask(path, image, (meta.height, meta.width))
+    return sized_mask(path, image, (meta.height, meta.width), resized)
 
 
-def sized_mask(path: Path, image: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """The true mask at ``path`` as a bool array, checked against the ``shape`` (height, width,
-    ...) of its ``image``, already decoded (not read again)."""
+def whole_multiple(mask: tuple[int, ...], image: tuple[int, ...]) -> bool:
+    """Whether a mask of shape ``mask`` (height, width, ...) is ``image``'s at another scale: a
+    whole multiple or a whole fraction of its size, the same on both axes (SCR's 1024-pixel
+    masks of the 512-pixel PNGs JSRT is shared as, or of its 2048-pixel originals)."""
+    (mh, mw), (h, w) = mask[:2], image[:2]
+    if mh >= h and mw >= w:
+        return mh % h == 0 and mw % w == 0 and mh // h == mw // w
+    return 0 < mh <= h and 0 < mw <= w and h % mh == 0 and w % mw == 0 and h // mh == w // mw
+
+
+def sized_mask(
+    path: Path, image: Path, shape: tuple[int, ...], resized: list[str] | None = None
+) -> np.ndarray:
+    """The true mask at ``path`` as a bool array at the ``shape`` (height, width, ...) of its
+    ``image``, already decoded (not read again). A mask at a whole multiple or fraction of its
+    image's size (:func:`whole_multiple`) is resized to it as ``localdisc finetune`` resizes
+    SCR's (:func:`~localdisc.data.preprocess.resize_mask`, nearest neighbour), so that its
+    scores are a fine-tuning's, and named in ``resized`` (``"FILE, WxH for WxH"``) where given;
+    any other size is refused: a mask of another image or another crop."""
     mask = np.asarray(read_mask(path), dtype=bool)
     height, width = shape[:2]
-    if mask.shape != (height, width):
-        raise LocaldiscError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image "
-                             f"{image} is {width}x{height}")  # fmt: skip
-    return mask
+    if mask.shape == (height, width):
+        return mask
+    size = f"{mask.shape[1]}x{mask.shape[0]}"
+    if not whole_multiple(mask.shape, (height, width)):
+        raise LocaldiscError(f"{path}: mask is {size}, its image {image} is {width}x{height} "
+                             "(nor a whole multiple or fraction of it, to be resized)")  # fmt: skip
+    if resized is not None:
+        resized.append(f"{path}, {size} for {width}x{height}")
+    return resize_mask(mask, (height, width))
 
 
 def true_masks(
@@ -740,6 +765,7 @@ def true_masks(
     masks: str | Path,
     skips: SkippedImages | None = None,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, MaskMatch]:
     """Each of ``files``' true mask in ``masks`` or why it has none (:func:`target_mask_files`),
     every mask found read and checked against its image's size now (:func:`image_mask`): a
@@ -749,23 +775,32 @@ def true_masks(
 
     ``skips``: what becomes of an image whose size cannot be read (:class:`SkippedImages`;
     default: its error is raised, saying ``--skip-bad`` exists). ``shapes``: each name's image
-    shape, where the images are already decoded (:func:`sized_mask`: not opened again).
+    shape, where the images are already decoded (:func:`sized_mask`: not opened again). Masks
+    at a whole multiple or fraction of their image's size, resized to it (:func:`sized_mask`),
+    are said in one note to ``log`` (default: ``skips``' log).
 
     Raises:
         LocaldiscError: as :func:`target_mask_files`, or a mask cannot be read (naming it) or
-            is not its image's size.
+            is not its image's size (nor a whole multiple or fraction of it).
     """
     skips = skips or SkippedImages(count=len(files))
     matched = target_mask_files(files, images, masks)
+    resized: list[str] = []
     for name, match in matched.items():
         if match.mask is not None:
             try:
                 if shapes is not None:
-                    sized_mask(match.mask, match.image, shapes[name])
+                    sized_mask(match.mask, match.image, shapes[name], resized)
                 else:
-                    image_mask(match.mask, match.image)
+                    image_mask(match.mask, match.image, resized)
             except ImageReadError as exc:  # the image's own (a mask's is raised on)
                 skips.unreadable(name, match.image, exc)
+    if resized:
+        (log or skips.log)(
+            f"note: {len(resized)} mask(s) are a whole multiple or fraction of their image's size "
+            f"(first: {resized[0]}): resized to it by nearest neighbour, as localdisc finetune "
+            "resizes SCR's masks"
+        )
     return matched
 
 

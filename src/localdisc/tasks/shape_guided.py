@@ -496,7 +496,9 @@ def segment_images(
     if note is not None:
         log(f"note: {note}")
     shapes = {name: array.shape for (name, _), array in zip(files, arrays, strict=True)}
-    matched = true_masks(files, images, masks, shapes=shapes) if masks is not None else None
+    matched = (
+        true_masks(files, images, masks, shapes=shapes, log=log) if masks is not None else None
+    )
     env = environment(device)  # at the start: where and when these outputs were made
     parts = [out_dir / f"run-{i}" for i in range(len(runs))] if len(runs) > 1 else []
 

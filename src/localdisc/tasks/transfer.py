@@ -61,7 +61,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,20 @@ def protocol(transfer: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def fraction_count(fraction: str | float, n: int) -> int:
+    """``fraction`` of ``n`` images, at least 1, halves rounded up, for every fraction of a
+    set's images (``--labels F``, ``--test-fraction``, ``val_fraction``): one fraction of one
+    folder is one count (round() sent halves to the even count, and the test and validation
+    images were counted so: 0.1 of 25 was 3 labelled images but 2 test images). The fraction as
+    typed (a float by its shortest decimal form): 0.29 of 50 is 14.5 exactly, 14.499... in
+    binary."""
+    try:
+        exact = Decimal(str(fraction))
+    except InvalidOperation:  # a Real without a decimal form (Fraction: "1/10")
+        exact = Decimal(repr(float(fraction)))
+    return max(1, int((exact * n).to_integral_value(ROUND_HALF_UP)))
+
+
 def labelled_count(labels: str | int | float, available: int) -> int:
     """Resolve ``labels`` (``"all"``, a count ``N`` or a fraction in (0, 1)) to a count."""
     text = str(labels).strip().lower()
@@ -266,9 +280,7 @@ def labelled_count(labels: str | int | float, available: int) -> int:
             fraction = float(text)
             if not 0 < fraction < 1:
                 raise ValueError
-            # as typed: 0.29 of 50 is 14.5 exactly, 14.499... in binary; round() sent halves
-            # to the even count
-            n = max(1, int((Decimal(text) * available).to_integral_value(ROUND_HALF_UP)))
+            n = fraction_count(text, available)
     except ValueError:
         raise LocaldiscError(
             f"--labels must be a count, a fraction in (0, 1) or 'all', not {labels!r}"
@@ -286,9 +298,10 @@ def split_labelled(
     """Indices of the training and validation images, and a note on how validation was chosen.
 
     The first N indices after a seeded shuffle are labelled, so every init sees the same images
-    for a given seed; ``val_fraction`` (20%) of them, at least one, validate. With fewer than 5
-    there is nothing to spare: validation uses the training images, and the note says so; so it
-    does with ``val_fraction`` 0. A fraction that leaves no training image is refused.
+    for a given seed; ``val_fraction`` (20%) of them (:func:`fraction_count`), at least one,
+    validate. With fewer than 5 there is nothing to spare: validation uses the training images,
+    and the note says so; so it does with ``val_fraction`` 0. A fraction that leaves no training
+    image is refused.
     """
     check_val_fraction(val_fraction)
     n = labelled_count(labels, available)
@@ -298,7 +311,7 @@ def split_labelled(
         why = "val_fraction 0: no hold-out" if n >= MIN_LABELS_FOR_HOLDOUT else "no hold-out"
         note = f"{n} labelled image(s): validated on the training images ({why})"
         return chosen, chosen, note
-    n_val = max(1, round(val_fraction * n))
+    n_val = fraction_count(val_fraction, n)
     if n_val >= n:
         raise LocaldiscError(
             f"val_fraction {val_fraction:g} holds out {n_val} of {n} labelled images for "
@@ -310,9 +323,10 @@ def split_labelled(
 def held_out_test(names: list[str], fraction: float = FOLDER_TEST_FRACTION) -> list[int]:
     """Indices (in order) of the test images of a set without a test split, by image name.
 
-    The ``round(fraction * n)`` images (at least 1) whose names hash lowest: fixed by the names
-    alone, not by ``--labels``, ``--seed`` or the listing order, so every run on the folder is
-    scored on the same images; an image added to the folder changes at most one of them.
+    The ``fraction`` of the images (:func:`fraction_count`: at least 1, halves rounded up)
+    whose names hash lowest: fixed by the names alone, not by ``--labels``, ``--seed`` or the
+    listing order, so every run on the folder is scored on the same images; an image added to
+    the folder changes at most one of them.
     ``fraction`` 0 holds out none. Fewer than 2 images cannot be split, nor can all be held out.
     """
     check_test_fraction(fraction)
@@ -324,7 +338,7 @@ def held_out_test(names: list[str], fraction: float = FOLDER_TEST_FRACTION) -> l
             f"{n} labelled image(s): a set without a test split needs at least 2, one of them "
             "held out for testing (--test-fraction 0: none held out)"
         )
-    k = max(1, round(fraction * n))
+    k = fraction_count(fraction, n)
     if k >= n:
         raise LocaldiscError(
             f"--test-fraction {fraction:g} holds out {k} of {n} images for testing: no training "
