@@ -12,7 +12,7 @@ from PIL import Image
 from helpers import tiny_pretrain_config, torch_threads
 from localdisc.data.pool import synthetic_pool
 from localdisc.engine.checkpoint import load_latest_checkpoint, load_safetensors, save_checkpoint
-from localdisc.engine.pretrain import pretrain, refuse_other_settings
+from localdisc.engine.pretrain import _with_absolute_paths, pretrain, refuse_other_settings
 from localdisc.errors import CheckpointError, LocaldiscError
 
 
@@ -284,3 +284,46 @@ def test_a_config_without_a_modality_from_a_run_of_another_refuses_the_guess(tmp
         "fundus photographs)"
     )
     assert pretrain(replace(config, modality="fundus"), tmp_path / "stage2", log=quiet).steps
+
+
+def test_a_relative_data_folder_moved_away_is_no_changed_setting(tmp_path, images, monkeypatch):
+    # config.json saves the folder absolute; given relatively once it had moved away (a finished
+    # run resumes without its data), it was said to differ: "data ['/abs/data'] (given ['data'])"
+    monkeypatch.chdir(tmp_path)
+    save_images(tmp_path / "data", images, range(8))
+    config = tiny_pretrain_config(data=["data"], workers=1)
+    pretrain(config, "run", log=quiet)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    said: list[str] = []
+    assert pretrain(config, "run", resume=True, log=said.append).already_finished
+    assert not [m for m in said if "saved settings" in m]
+    said.clear()  # another folder, missing too, still is another setting
+    pretrain(replace(config, data=["other"]), "run", resume=True, log=said.append)
+    assert [m for m in said if "saved settings" in m] == [
+        f"{Path('run') / 'config.json'}: resuming with the run's saved settings, not the given "
+        f"ones: data [{str(tmp_path / 'data')!r}] (given ['other'])"
+    ]
+
+
+@pytest.mark.parametrize(
+    "given", ["prior", "prior/", "jsrt_scr:prior:heart", "drive:prior"], ids=str
+)
+def test_a_relative_prior_or_data_set_root_moved_away_is_no_changed_setting(
+    tmp_path, monkeypatch, given
+):
+    from localdisc.engine.pretrain import _changed_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prior").mkdir()
+    # as config.json saved them when the folder was there
+    saved = tiny_pretrain_config(prior=given, data=[given.split(":heart")[0]])
+    paths = _with_absolute_paths(saved)
+    saved = replace(saved, prior=paths["prior"], data=paths["data"])
+    (tmp_path / "prior").rmdir()  # moved away since
+    assert str(tmp_path) in saved.prior and str(tmp_path) in saved.data[0]
+    assert _changed_settings(tiny_pretrain_config(prior=given, data=[saved.data[0]]), saved) == []
+    assert _changed_settings(replace(saved, data=[given.split(":heart")[0]]), saved) == []
+    other = given.replace("prior", "other")
+    assert [s.split(" ")[0] for s in _changed_settings(replace(saved, prior=other), saved)] == [
+        "prior"
+    ]

@@ -191,6 +191,24 @@ def test_checkpoints_record_whether_the_run_finished(tmp_path: Path, pool: torch
     assert math.isfinite(states[6]["last_loss"])
 
 
+def test_a_finished_run_whose_last_checkpoint_is_corrupt_resumes_from_an_older_one_and_finishes(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    """The newest checkpoint says finished but its weights are damaged: the fallback loads an
+    older, unfinished checkpoint, which is resumed to the end, not left as a finished run."""
+    run = tmp_path / "run"
+    config = tiny_pretrain_config(checkpoint_every=2)
+    pretrain(config, run, pool=pool, log=quiet)
+    final = load_safetensors(run / "model.safetensors")
+    newest = list_checkpoints(run / "checkpoints")[-1] / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    result = pretrain(config, run, pool=pool, resume=True, log=quiet)
+    assert not result.already_finished and result.steps == config.total_steps == 6
+    again = load_safetensors(run / "model.safetensors")
+    for k in final:
+        torch.testing.assert_close(again[k], final[k], rtol=0, atol=0, msg=k)
+
+
 # -- --resume with another number of processes -----------------------------------------------------
 
 
@@ -226,11 +244,23 @@ def test_a_finished_run_resumed_with_another_world_size_is_left_as_it_is(
 ) -> None:
     run = tmp_path / "run"
     config = tiny_pretrain_config()
-    pretrain(config, run, pool=pool, log=quiet)
+    first = pretrain(config, run, pool=pool, log=quiet)
     _set_state(run, world_size=2)
     before = _snapshot(run)
     result = pretrain(config, run, pool=pool, resume=True, log=quiet)
     assert result.already_finished and _snapshot(run) == before
+    # the images of the 2 processes it trained with, not of the 1 it was resumed under
+    assert result.images == 2 * first.images
+
+
+def test_a_finished_older_checkpoint_counts_its_processes_by_their_sampler_states(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
+    run = tmp_path / "run"
+    first = pretrain(tiny_pretrain_config(), run, pool=pool, log=quiet)
+    _set_state(run, world_size=None)  # an older checkpoint: one sampler state, one process
+    result = pretrain(tiny_pretrain_config(), run, pool=pool, resume=True, log=quiet)
+    assert result.already_finished and result.images == first.images == 6 * 5
 
 
 def test_a_checkpoint_without_the_world_size_resumes_as_before(

@@ -28,9 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from localdisc.data.datasets import (
+    DATASETS,
     absolute_data_spec,
     absolute_path,
+    dataset_class,
     parse_data_spec,
+    split_target,
     written_below,
 )
 from localdisc.data.pool import files_sha256, guess_pool_modality, pool_files, resolve_pool
@@ -55,7 +58,7 @@ from localdisc.engine.precision import bf16_autocast, bf16_autocast_pays
 from localdisc.engine.rng import keeps_global_rng
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import CheckpointError, LocaldiscError
+from localdisc.errors import CheckpointError, DatasetError, LocaldiscError
 from localdisc.eval.provenance import environment, resumed
 from localdisc.losses import (
     entropy_loss,
@@ -609,16 +612,50 @@ def holds_run_of(run_dir: Path, config: PretrainConfig) -> bool:
     return settings_differences(run_dir, config) == []
 
 
+def _compared_path(name: str, spec: str) -> str:
+    """``spec``, of the path field ``name``, made absolute as config.json saves it
+    (:data:`PATH_FIELDS`), and where the folder or file it names is missing (moved away since
+    the run started, as a finished run's data and prior may be) made absolute all the same: the
+    saving helpers leave a missing one as typed, which compared with the absolute path saved
+    when it existed read as another setting. Simulators and generated sets stay as they are."""
+    made = PATH_FIELDS[name](spec)
+    if made != spec:
+        return made
+    if name == "init_from":
+        return os.path.realpath(Path(spec).expanduser())
+    target = None
+    if name == "prior":
+        if spec.partition(":")[0].lower() == "simulated":
+            return spec
+        if spec.partition(":")[0].lower() in DATASETS:
+            try:
+                spec, target = split_target(spec)
+            except DatasetError:  # a mistyped target: left for the prior's reader to name
+                return spec
+    kind, root = parse_data_spec(spec)
+    if root is None or not dataset_class(kind).requires_root:
+        return made
+    absolute = os.path.realpath(root)
+    # as absolute_data_spec writes it: a bare folder stays bare
+    absolute = f"{kind}:{absolute}" if spec.partition(":")[0].lower() == kind else absolute
+    return absolute + (f":{target}" if target else "")
+
+
 def _changed_settings(given: PretrainConfig, saved: PretrainConfig) -> list[str]:
     """``field saved (given value)`` for each non-runtime setting that differs; paths are
-    compared made absolute, so that a folder given relatively or absolutely is the same."""
+    compared made absolute (:func:`_compared_path`), so that a folder given relatively or
+    absolutely is the same, there or moved away."""
     # Through JSON: config.json holds lists where the given config holds tuples.
     a, b = (json.loads(json.dumps(asdict(c))) for c in (given, saved))
-    a_paths, b_paths = (_with_absolute_paths(c) for c in (given, saved))
+
+    def compared(value: Any, k: str) -> Any:
+        if isinstance(value, list):
+            return [_compared_path(k, spec) for spec in value]
+        return None if value is None else _compared_path(k, value)
 
     def differs(k: str) -> bool:
         if k in PATH_FIELDS:
-            return a_paths[k] != b_paths[k]
+            return compared(a[k], k) != compared(b[k], k)
         if k == "modality" and a[k] is None:  # the run's, taken from its data when it started
             return False
         return a[k] != b[k]
@@ -742,6 +779,12 @@ def _newest_finished(checkpoint_dir: Path, config: PretrainConfig) -> bool | Non
         return None
 
 
+def _trained_with(state: dict[str, Any], tensors: dict[str, dict[str, Tensor]]) -> int:
+    """The number of processes a checkpoint's run trained with: its ``state``'s, or for older
+    checkpoints, which do not record it, the number of sampler states (one per process)."""
+    return state.get("world_size") or sum(key.startswith("sampler_") for key in tensors["rng"])
+
+
 def _leave_finished(
     run_dir: Path,
     config: PretrainConfig,
@@ -761,7 +804,9 @@ def _leave_finished(
     model.load_state_dict(tensors["model"])
     objective = build_objective(config, model) if config.method != "ld" else None
     b = config.batch
-    images_per_step = (objective.images_per_step(b) if objective else 5 * b) * ctx.world_size
+    # of the processes it trained with, not of those it is resumed under (which train nothing)
+    world_size = _trained_with(state, tensors)
+    images_per_step = (objective.images_per_step(b) if objective else 5 * b) * world_size
     step = state["step"]
     if ctx.is_main:
         log(f"{run_dir}: the run finished at step {step} already; nothing to do")
@@ -1226,10 +1271,7 @@ def _pretrain(
         state, tensors = loaded
         # as newest_finished decides (finished here only where the newest state was unreadable)
         already_finished = _run_finished(state, config)
-        # Older checkpoints do not record it: they hold one sampler state per process.
-        trained_with = state.get("world_size") or sum(
-            key.startswith("sampler_") for key in tensors["rng"]
-        )
+        trained_with = _trained_with(state, tensors)
         if not already_finished and trained_with != ctx.world_size:
             raise CheckpointError(_world_size_problem(run_dir, trained_with, ctx.world_size))
         if not already_finished:
