@@ -391,9 +391,10 @@ def test_predict_refuses_a_mask_of_another_size(tmp_path):
 
 def test_predict_resizes_a_mask_at_a_whole_multiple_of_its_image_as_finetune_does(tmp_path):
     """SCR's 1024x1024 masks of JSRT's 512x512 PNGs were refused by `predict --masks`, while
-    `finetune` scores them resized by nearest neighbour (JsrtScrDataset._fit): a mask at twice
-    (or half) its image's size scores as that mask resized by finetune's rule does, said in one
-    note; other sizes are still refused."""
+    `finetune` scores them resized by nearest neighbour (JsrtScrDataset._fit): a mask at two or
+    four times its image's size scores as that mask resized by finetune's rule does, said in one
+    note; other sizes are still refused, a smaller one too (a label of another crop, a 1 x 1
+    placeholder of a square image were blown up to it)."""
     from localdisc.data.datasets import JsrtScrDataset
 
     def resize_mask(mask, shape):  # as finetune fits an SCR mask to its JSRT image
@@ -404,7 +405,7 @@ def test_predict_resizes_a_mask_at_a_whole_multiple_of_its_image_as_finetune_doe
     for name in ("a", "b"):
         save(tmp_path / "in" / f"{name}.png", rng.integers(0, 255, (20, 24), np.uint8))
     big = rng.random((40, 48)) < 0.5  # noise: which pixel a resize takes changes the scores
-    small = rng.random((10, 12)) < 0.5
+    small = rng.random((80, 96)) < 0.5  # four times
     save(tmp_path / "gt" / "a.png", big.astype(np.uint8) * 255)
     save(tmp_path / "gt" / "b.png", small.astype(np.uint8) * 255)
     save(tmp_path / "fit" / "a.png", resize_mask(big, (20, 24)).astype(np.uint8) * 255)
@@ -418,12 +419,15 @@ def test_predict_resizes_a_mask_at_a_whole_multiple_of_its_image_as_finetune_doe
 
     logged: list[str] = []
     assert scores("gt", logged.append) == scores("fit")
-    notes = [line for line in logged if "whole multiple" in line]
-    assert len(notes) == 1 and notes[0].startswith("note: 2 mask(s) are a whole multiple"), logged
+    notes = [line for line in logged if "times their image's size" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: 2 mask(s) are 2 to 4 times"), logged
     assert (
         "gt/a.png, 48x40 for 24x20" in notes[0]
         and "as localdisc finetune resizes SCR's" in notes[0]
     )
+    save(tmp_path / "gt" / "b.png", np.zeros((10, 12), np.uint8))  # half: another crop's label
+    with pytest.raises(LocaldiscError, match=r"b.png: mask is 12x10, its image .*b.png"):
+        scores("gt")
     save(tmp_path / "gt" / "b.png", np.zeros((30, 36), np.uint8))  # 1.5 times: refused
     with pytest.raises(LocaldiscError, match=r"b.png: mask is 36x30, its image .*b.png is 24x20"):
         scores("gt")

@@ -404,7 +404,7 @@ def predict_images(
     ``metrics.json`` in ``out_dir`` then holds ``summary`` and ``per_image`` as ``localdisc
     finetune`` writes them (:func:`score_prediction`); images without a mask are named through
     ``log`` and listed under ``unscored``. Every mask is read and checked against its image's
-    size before the model loads (:func:`true_masks`); one at a whole multiple or fraction of it
+    size before the model loads (:func:`true_masks`); one at 2 to 4 times it
     (SCR's 1024-pixel masks of JSRT's 512-pixel PNGs) is resized to it as ``localdisc
     finetune`` resizes SCR's (:func:`sized_mask`), said in a note.
 
@@ -417,7 +417,7 @@ def predict_images(
     Raises:
         InputError: ``threshold`` is not in [0, 1] (:func:`check_threshold`).
         LocaldiscError: no image has a mask in ``masks``, or a mask cannot be read or its size
-            is not its image's (nor a whole multiple or fraction of it); an image cannot be read
+            is not its image's (nor 2 to 4 times it); an image cannot be read
             (without ``skip_bad``), or none can.
     """
     threshold = check_threshold(threshold)
@@ -727,22 +727,25 @@ def image_mask(path: Path, image: Path, resized: list[str] | None = None) -> np.
     return sized_mask(path, image, (meta.height, meta.width), resized)
 
 
+#: The scales at which a mask is taken for its image's, drawn before the image was shrunk.
+MASK_SCALES = (2, 3, 4)
+
+
 def whole_multiple(mask: tuple[int, ...], image: tuple[int, ...]) -> bool:
-    """Whether a mask of shape ``mask`` (height, width, ...) is ``image``'s at another scale: a
-    whole multiple or a whole fraction of its size, the same on both axes (SCR's 1024-pixel
-    masks of the 512-pixel PNGs JSRT is shared as, or of its 2048-pixel originals)."""
+    """Whether a mask of shape ``mask`` (height, width, ...) is ``image``'s drawn at a higher
+    resolution: 2 to 4 times its size (:data:`MASK_SCALES`), the same on both axes, as SCR's
+    1024-pixel masks are of the 512-pixel PNGs JSRT is shared as. Not smaller: a mask of
+    another crop or a thumbnail (a 1 x 1 placeholder fits every square image) is refused."""
     (mh, mw), (h, w) = mask[:2], image[:2]
-    if mh >= h and mw >= w:
-        return mh % h == 0 and mw % w == 0 and mh // h == mw // w
-    return 0 < mh <= h and 0 < mw <= w and h % mh == 0 and w % mw == 0 and h // mh == w // mw
+    return any(mh == k * h and mw == k * w for k in MASK_SCALES)
 
 
 def sized_mask(
     path: Path, image: Path, shape: tuple[int, ...], resized: list[str] | None = None
 ) -> np.ndarray:
     """The true mask at ``path`` as a bool array at the ``shape`` (height, width, ...) of its
-    ``image``, already decoded (not read again). A mask at a whole multiple or fraction of its
-    image's size (:func:`whole_multiple`) is resized to it as ``localdisc finetune`` resizes
+    ``image``, already decoded (not read again). A mask at 2 to 4 times its image's size
+    (:func:`whole_multiple`) is resized to it as ``localdisc finetune`` resizes
     SCR's (:func:`~localdisc.data.preprocess.resize_mask`, nearest neighbour), so that its
     scores are a fine-tuning's, and named in ``resized`` (``"FILE, WxH for WxH"``) where given;
     any other size is refused: a mask of another image or another crop."""
@@ -753,7 +756,7 @@ def sized_mask(
     size = f"{mask.shape[1]}x{mask.shape[0]}"
     if not whole_multiple(mask.shape, (height, width)):
         raise LocaldiscError(f"{path}: mask is {size}, its image {image} is {width}x{height} "
-                             "(nor a whole multiple or fraction of it, to be resized)")  # fmt: skip
+                             "(nor 2 to 4 times it, to be resized)")  # fmt: skip
     if resized is not None:
         resized.append(f"{path}, {size} for {width}x{height}")
     return resize_mask(mask, (height, width))
@@ -776,12 +779,12 @@ def true_masks(
     ``skips``: what becomes of an image whose size cannot be read (:class:`SkippedImages`;
     default: its error is raised, saying ``--skip-bad`` exists). ``shapes``: each name's image
     shape, where the images are already decoded (:func:`sized_mask`: not opened again). Masks
-    at a whole multiple or fraction of their image's size, resized to it (:func:`sized_mask`),
+    at 2 to 4 times their image's size, resized to it (:func:`sized_mask`),
     are said in one note to ``log`` (default: ``skips``' log).
 
     Raises:
         LocaldiscError: as :func:`target_mask_files`, or a mask cannot be read (naming it) or
-            is not its image's size (nor a whole multiple or fraction of it).
+            is not its image's size (nor 2 to 4 times it).
     """
     skips = skips or SkippedImages(count=len(files))
     matched = target_mask_files(files, images, masks)
@@ -797,9 +800,9 @@ def true_masks(
                 skips.unreadable(name, match.image, exc)
     if resized:
         (log or skips.log)(
-            f"note: {len(resized)} mask(s) are a whole multiple or fraction of their image's size "
-            f"(first: {resized[0]}): resized to it by nearest neighbour, as localdisc finetune "
-            "resizes SCR's masks"
+            f"note: {len(resized)} mask(s) are 2 to 4 times their image's size (first: "
+            f"{resized[0]}): resized to it by nearest neighbour, as localdisc finetune resizes "
+            "SCR's masks of JSRT"
         )
     return matched
 
