@@ -289,7 +289,10 @@ def test_vessel_mask_of_another_size_is_an_error(tmp_path: Path) -> None:
     save(root / "training" / "1st_manual" / "21_manual1.gif", vessels(H // 2, W // 2))
     ds = load_dataset("drive", root, "train")  # listing does not decode
     # Width x height, as predict and viewers give sizes (DRIVE's photographs are 565x584).
-    size = r"21_manual1\.gif: mask is 20x24 but its image 21_training\.tif is 40x48"
+    size = (
+        r"21_manual1\.gif: mask is 20x24 but its image 21_training\.tif is 40x48 "
+        r"\(sizes as width x height\)"
+    )
     with pytest.raises(DatasetError, match=size):
         ds[0]
     ds = load_dataset("drive", root, "train", skip_bad=True)

@@ -174,7 +174,11 @@ def test_a_pool_of_mixed_images_is_guessed_fundus_and_says_so(tmp_path):
 @pytest.mark.parametrize("labelled", [True, False])
 @pytest.mark.parametrize(
     ("copy", "named"),
-    [("case1.tif", "case1.png and case1.tif"), ("CASE1.tif", "CASE1.tif and case1.png")],
+    [
+        ("case1.tif", "case1.png and case1.tif are two files of one image (case1); keep one there"),
+        ("CASE1.tif", "CASE1.tif and case1.png have one name but for letter case, and masks"),
+        ("Sub/case1.png", "Sub/case1.png and sub/case1.png have one name but for letter case"),
+    ],
 )
 def test_a_converted_copy_beside_its_image_is_refused_naming_both(tmp_path, copy, named, labelled):
     """``X.tif`` and a converted ``X.png`` in images/ were two items named X with one mask: the
@@ -186,12 +190,12 @@ def test_a_converted_copy_beside_its_image_is_refused_naming_both(tmp_path, copy
         save(root / "images" / f"case{i}.png", _image(i))
         if labelled:
             save(root / "masks" / f"case{i}.png", _mask())
+    if copy.startswith("Sub/"):  # two patients' folders, A/ and a/: not a copy, said so
+        save(root / "images" / "sub" / "case1.png", _image(4))
+        if labelled:
+            save(root / "masks" / "sub" / "case1.png", _mask())
     save(root / "images" / copy, _image(1))
-    message = (
-        f"{root / 'images'}: {named} are two files of one image (case1); keep one there "
-        "(remove the copy or move it out of the folder)"
-    )
-    with pytest.raises(DatasetError, match=re.escape(message)):
+    with pytest.raises(DatasetError, match=re.escape(f"{root / 'images'}: {named}")):
         load_data_spec(str(root))
 
 

@@ -123,7 +123,7 @@ def _size_mismatch(
             "localdisc does not apply), and the mask fits that: save the image as viewers "
             "show it, or turn the mask"
         )
-    return text
+    return text + " (sizes as width x height)"  # datasets inspect gives HxW
 
 
 def name_key(name: str) -> str:
@@ -1731,11 +1731,16 @@ class FolderDataset(SegmentationDataset):
         ``predictions/`` kept one of each pair. Links of one file are not refused: :meth:`_once`
         has listed each file once before. Files of one stem in different sub-folders have
         different names."""
-        seen: dict[str, Path] = {}
+        seen: dict[str, Item] = {}
         for item in items:
-            first = seen.setdefault(name_key(item.name), item.image)
-            if first != item.image:
-                one, other = (p.relative_to(image_dir).as_posix() for p in (first, item.image))
+            first = seen.setdefault(name_key(item.name), item)
+            if first.image != item.image:
+                one, other = (i.image.relative_to(image_dir).as_posix() for i in (first, item))
+                if first.name != item.name:  # A/x and a/x: two images, perhaps
+                    raise DatasetError(
+                        f"{image_dir}: {one} and {other} have one name but for letter case, "
+                        "and masks are matched without it: keep one, or rename one"
+                    )
                 raise DatasetError(
                     f"{image_dir}: {one} and {other} are two files of one image ({item.name}); "
                     "keep one there (remove the copy or move it out of the folder)"
