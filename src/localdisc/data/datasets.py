@@ -2050,26 +2050,26 @@ def _can_be_root(cls: type[SegmentationDataset], text: str) -> bool:
     return bool(text) and Path(text).expanduser().exists()
 
 
-def absolute_path(text: str) -> str:
+def absolute_path(text: str, *, missing: bool = False) -> str:
     """``text`` as an absolute path (``~`` expanded, links resolved) where it names something
     that exists, so that a saved config names it from any directory; else as typed, for the
-    error that names it."""
+    error that names it (``missing``: made absolute all the same, to compare with a saved one)."""
     try:
         path = Path(text).expanduser()
-        return str(path.resolve()) if path.exists() else text
+        return str(path.resolve()) if missing or path.exists() else text
     except RuntimeError:  # ~user of no user
         return text
 
 
-def absolute_data_spec(spec: str) -> str:
+def absolute_data_spec(spec: str, *, missing: bool = False) -> str:
     """A data spec with its folder absolute (:func:`absolute_path`: ``drive:DRIVE`` ->
     ``drive:/data/DRIVE``, ``mine`` -> ``/data/mine``); generated sets (``synthetic_fundus:40``),
     bare names and missing folders unchanged (``drvie:/data`` keeps its "not a known data set"
-    hint only as typed)."""
+    hint only as typed), the latter made absolute too where ``missing``."""
     name, root = parse_data_spec(spec)
-    if root is None or not dataset_class(name).requires_root or not root.exists():
+    if root is None or not dataset_class(name).requires_root or not (missing or root.exists()):
         return spec
-    absolute = absolute_path(str(root))
+    absolute = absolute_path(str(root), missing=missing)
     # A bare folder stays bare: "folder:" before it reads the same, but is not what was typed.
     return f"{name}:{absolute}" if spec.partition(":")[0].lower() == name else absolute
 

@@ -28,12 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from localdisc.data.datasets import (
-    DATASETS,
     absolute_data_spec,
     absolute_path,
-    dataset_class,
     parse_data_spec,
-    split_target,
     written_below,
 )
 from localdisc.data.pool import files_sha256, guess_pool_modality, pool_files, resolve_pool
@@ -58,7 +55,7 @@ from localdisc.engine.precision import bf16_autocast, bf16_autocast_pays
 from localdisc.engine.rng import keeps_global_rng
 from localdisc.engine.shape_prior import KEPT_POSE_ROTATION, PRIOR_POSES, AdversarialPrior
 from localdisc.engine.stop import GracefulStop
-from localdisc.errors import CheckpointError, DatasetError, LocaldiscError
+from localdisc.errors import CheckpointError, LocaldiscError
 from localdisc.eval.provenance import environment, resumed
 from localdisc.losses import (
     entropy_loss,
@@ -504,7 +501,7 @@ def _saved_config(
 
 
 #: The fields of :class:`PretrainConfig` that hold paths, and how each is made absolute.
-PATH_FIELDS: dict[str, Callable[[str], str]] = {
+PATH_FIELDS: dict[str, Callable[..., str]] = {
     "data": absolute_data_spec,
     "prior": absolute_prior_spec,
     "init_from": absolute_path,
@@ -614,31 +611,10 @@ def holds_run_of(run_dir: Path, config: PretrainConfig) -> bool:
 
 def _compared_path(name: str, spec: str) -> str:
     """``spec``, of the path field ``name``, made absolute as config.json saves it
-    (:data:`PATH_FIELDS`), and where the folder or file it names is missing (moved away since
-    the run started, as a finished run's data and prior may be) made absolute all the same: the
-    saving helpers leave a missing one as typed, which compared with the absolute path saved
-    when it existed read as another setting. Simulators and generated sets stay as they are."""
-    made = PATH_FIELDS[name](spec)
-    if made != spec:
-        return made
-    if name == "init_from":
-        return os.path.realpath(Path(spec).expanduser())
-    target = None
-    if name == "prior":
-        if spec.partition(":")[0].lower() == "simulated":
-            return spec
-        if spec.partition(":")[0].lower() in DATASETS:
-            try:
-                spec, target = split_target(spec)
-            except DatasetError:  # a mistyped target: left for the prior's reader to name
-                return spec
-    kind, root = parse_data_spec(spec)
-    if root is None or not dataset_class(kind).requires_root:
-        return made
-    absolute = os.path.realpath(root)
-    # as absolute_data_spec writes it: a bare folder stays bare
-    absolute = f"{kind}:{absolute}" if spec.partition(":")[0].lower() == kind else absolute
-    return absolute + (f":{target}" if target else "")
+    (:data:`PATH_FIELDS`), a missing folder or file too (moved away since the run started, as a
+    finished run's data and prior may be): saved, it is left as typed, which compared with the
+    absolute path saved when it existed read as another setting."""
+    return PATH_FIELDS[name](spec, missing=True)
 
 
 def _changed_settings(given: PretrainConfig, saved: PretrainConfig) -> list[str]:

@@ -98,18 +98,19 @@ def _parse(spec: str | os.PathLike[str]) -> _Spec:
     return _Spec("folder", root=Path(spec).expanduser())
 
 
-def absolute_prior_spec(spec: str) -> str:
+def absolute_prior_spec(spec: str, *, missing: bool = False) -> str:
     """A prior spec with its folder or ROOT absolute (:func:`absolute_path`; a ``:TARGET``
-    kept); simulators, generated sets and specs that name nothing that exists unchanged."""
+    kept); simulators, generated sets and specs that name nothing that exists unchanged (made
+    absolute too where ``missing``)."""
     try:
         p = _parse(spec)
     except DatasetError:  # left for the prior's reader to name
         return spec
-    if p.root is None or not p.root.exists():
+    if p.root is None or not (missing or p.root.exists()):
         return spec
     if p.kind == "dataset" and not dataset_class(p.name).requires_root:
         return spec  # synthetic_xray:40: a count, not a folder
-    root = absolute_path(str(p.root))
+    root = absolute_path(str(p.root), missing=missing)
     if p.kind == "folder":
         return root
     return f"{p.name}:{root}" + (f":{p.target}" if p.target else "")
