@@ -396,7 +396,7 @@ RUN_WEIGHTS = (*FINAL_WEIGHTS, "model_best.safetensors", "stage1.safetensors")
 
 #: How the header of a pre-training's ``log.csv`` starts, in every version of
 #: :class:`~localdisc.engine.monitor.TrainingLog` (new columns go last).
-LOG_HEADER_START = "step,stage,lr,loss,"
+LOG_HEADER_START = ",".join(TrainingLog.COLUMNS[:4]) + ","
 
 
 def _not_a_pretraining_record(path: Path) -> str | None:
