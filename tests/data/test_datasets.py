@@ -783,6 +783,27 @@ def test_match_masks_outside_a_data_set(tmp_path: Path) -> None:
     assert "it holds only the images themselves" in match_masks([inside], shared_dir)[0].reason
 
 
+def test_two_masks_at_one_relative_path_are_no_match(tmp_path: Path) -> None:
+    # masks/A/001.png and masks/a/001.png (or 001.png by a converted 001.tif): the first in
+    # sort order was taken, unsaid, and predict scored images/a/001.png against A's mask.
+    images = tmp_path / "images"
+    upper = save(images / "A" / "001.png", fundus(seed=1))
+    other = save(images / "B" / "002.png", fundus(seed=2))
+    save(tmp_path / "masks" / "A" / "001.png", vessels())
+    save(tmp_path / "masks" / "a" / "001.png", vessels(period=3))
+    own = save(tmp_path / "masks" / "B" / "002.png", vessels())
+    save(tmp_path / "masks" / "B" / "002.tif", vessels(period=5))
+    matches = match_masks([upper, other], tmp_path / "masks", image_dirs=[images])
+    assert [m.mask for m in matches] == [None, None]
+    assert "A/001.png, a/001.png in" in matches[0].reason and "keep one" in matches[0].reason
+    assert "B/002.png, B/002.tif in" in matches[1].reason
+    assert not any(m.absent for m in matches)  # a naming problem, not an unlabelled image
+    (tmp_path / "masks" / "a" / "001.png").unlink()
+    (tmp_path / "masks" / "B" / "002.tif").unlink()
+    matches = match_masks([upper, other], tmp_path / "masks", image_dirs=[images])
+    assert [m.mask.name for m in matches] == ["001.png", own.name]
+
+
 def test_two_files_of_one_image_in_an_official_folder_are_refused(tmp_path: Path) -> None:
     # A converted 21_training.png left beside DRIVE's 21_training.tif was taken for it (the
     # first in sorted order), without a word.

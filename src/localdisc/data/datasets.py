@@ -1074,7 +1074,9 @@ class _MaskIndex:
     ``suffixed_key``: each such mask's ``suffixed_rel`` key (the image it sits beside); ``names``:
     every mask's relative path; ``others``: files there that are not images, for messages;
     ``siblings``: other mask-like folders beside it (DRIVE's ``1st_manual`` beside ``mask``);
-    ``own``: how many of its files are the images being matched, which are never masks.
+    ``own``: how many of its files are the images being matched, which are never masks;
+    ``clashes``: the masks of each ``by_rel`` key held by two or more files (``001.png`` by
+    ``001.tif``, or ``A/001.png`` by ``a/001.png``), none of which is taken.
     """
 
     root: Path
@@ -1087,6 +1089,7 @@ class _MaskIndex:
     others: list[str] = field(default_factory=list)
     siblings: list[str] = field(default_factory=list)
     own: int = 0
+    clashes: dict[str, list[Path]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, mask_dir: Path, images: Sequence[Path] = ()) -> _MaskIndex:
@@ -1126,7 +1129,11 @@ class _MaskIndex:
                 index.names.append(path.relative_to(mask_dir).as_posix())
                 stem = image_stem(path)
                 folder = path.parent.relative_to(mask_dir)
-                index.by_rel.setdefault(name_key((folder / stem).as_posix()), path)
+                rel = name_key((folder / stem).as_posix())
+                if rel in index.by_rel:
+                    index.clashes.setdefault(rel, [index.by_rel[rel]]).append(path)
+                else:
+                    index.by_rel[rel] = path
                 index.by_stem.setdefault(name_key(stem), []).append(path)
                 base = mask_suffix_base(stem)
                 if base is not None:
@@ -1163,7 +1170,8 @@ def match_masks(
     image has that stem and that mask is not another image's by relative path; when no mask
     has the stem, one named with the stem plus a mask ending (:data:`FOLDER_MASK_SUFFIXES` after
     ``_`` or ``-``: ``case01_mask.png``), by the same rules; when the masks with its stem are
-    not surely its own, such a one at its own relative path. Two candidates are no match, and
+    not surely its own, such a one at its own relative path. Two candidates are no match (two
+    files at its relative path too: ``001.png`` by ``001.tif``, ``A/001.png`` by ``a/001.png``), and
     neither is a mask ending when another mask-like folder sits beside ``mask_dir`` (DRIVE's
     ``mask/`` holds fields of view beside its labels in ``1st_manual/``). Letter case and
     Unicode form aside (:func:`name_key`). The images themselves are never masks, so images
@@ -1177,7 +1185,13 @@ def match_masks(
     matches = []
     for image, rel in rels:
         mask = index.by_rel.get(rel)
-        if mask is not None:
+        if rel in index.clashes:
+            # A converted copy (001.tif by 001.png) or folders differing in letter case (A/, a/):
+            # the first in sort order was taken, unsaid, and may be another image's mask.
+            names = ", ".join(m.relative_to(index.root).as_posix() for m in index.clashes[rel])
+            why = f"{names} in {index.root} are each its mask by name, so none is taken; keep one"
+            matches.append(MaskMatch(image, None, why))
+        elif mask is not None:
             matches.append(MaskMatch(image, mask))
         else:
             mask, reason, absent = _stem_fallback(image, rel, index, owner, image_stems, image_rels)
