@@ -705,6 +705,8 @@ def test_a_label_budget_given_twice_is_run_once():
     # "02" trained the 2-label runs again, in labels-02 (reviewer).
     assert preset(BenchmarkConfig(labels=["02", "2", " 8"])).labels == ["2", "8"]
     assert preset(BenchmarkConfig(labels=["²"])).labels == ["²"]  # a word: refused later, named
+    # ".5" and "0.50" trained the half-labelled runs twice more, as columns of their own.
+    assert preset(BenchmarkConfig(labels=["0.5", ".5", "0.50 ", "0.25"])).labels == ["0.5", "0.25"]
 
 
 def test_an_ld_run_folder_named_ld_is_an_init_not_the_built_in_ld(tmp_path, monkeypatch):

@@ -205,6 +205,15 @@ def default_data_root() -> str | None:
     return os.environ.get("LOCALDISC_DATA")
 
 
+def _fraction_key(text: str) -> str:
+    """``text`` as a float's shortest spelling where it reads as one (``.5``, ``0.50`` ->
+    ``0.5``), else in lower case (``ALL``)."""
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text.lower()
+
+
 def preset(config: BenchmarkConfig) -> BenchmarkConfig:
     """Apply ``--quick`` / ``--cpu-scale`` over the defaults (explicit choices stay; both run on
     the CPU, so another ``--device`` is refused)."""
@@ -215,12 +224,13 @@ def preset(config: BenchmarkConfig) -> BenchmarkConfig:
     inits, tasks, labels, seeds = PRESET_GRIDS[mode]
     # One budget given twice ("2,2", "2,02", "all,ALL": one to labelled_count) would list each
     # run twice and count it as two seeds, or train it twice: kept once, a number as a number
-    # ("02" as "2", its runs' folder labels-2), a word as first spelt.
+    # ("02" as "2", its runs' folder labels-2), a fraction or a word as first spelt ("0.5,.5":
+    # one, in labels-0.5).
     once: dict[str, str] = {}
     for budget in config.labels or labels:
         text = str(budget).strip()
         number = str(int(text)) if text.isdecimal() else None  # not "²": int() refuses it
-        once.setdefault(number or text.lower(), number or budget)
+        once.setdefault(number or _fraction_key(text), number or budget)
     config = replace(
         config,
         inits=config.inits or inits,
