@@ -541,6 +541,7 @@ def refuse_other_settings(run_dir: Path, config: PretrainConfig) -> None:
             "give another --out, or the settings it was run with"
         )
     refuse_other_files(run_dir, config)
+    refuse_other_prior(run_dir, config)
 
 
 def refuse_other_files(run_dir: Path, config: PretrainConfig) -> None:
@@ -579,6 +580,42 @@ def refuse_other_files(run_dir: Path, config: PretrainConfig) -> None:
         "reused, it would stand in for a pre-training on these. Restore the data as it was, or "
         f"give another --out (nothing was changed).{_written_in_data(run_dir, config)}"
     )
+
+
+def refuse_other_prior(run_dir: Path, config: PretrainConfig) -> None:
+    """Raise :class:`CheckpointError` if ``run_dir`` holds a finished run trained against other
+    shape prior masks than ``config.prior`` gives now (its recorded :func:`prior_record`): a
+    benchmark reuses a finished run as it is (:func:`_leave_finished` reads no prior), which
+    would then stand in for a run against these. A resume compares its prior itself; runs
+    recorded before the prior was, and a prior that cannot be read now (moved away), are not
+    compared."""
+    if not config.prior or not (run_dir / "encoder.safetensors").is_file():
+        return
+    try:
+        saved = json.loads((run_dir / "config.json").read_text()).get("prior")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not prior_recorded(saved):
+        return
+    try:
+        bank = load_prior(config.prior, config.size, count=config.prior_count, seed=config.seed,
+                          pose=config.prior_pose)  # fmt: skip
+    except LocaldiscError:
+        return
+    now = prior_record(bank)
+    if now["sha256"] != saved["sha256"]:
+        # A simulated prior has no files to restore: its masks change with the code drawing them.
+        fix = (
+            "The simulation draws other masks than then (another version of localdisc or its "
+            "libraries); give another --out"
+            if str(config.prior).startswith("simulated:")
+            else "Restore the prior as it was, or give another --out"
+        )
+        raise CheckpointError(
+            f"{run_dir}: pre-trained against other shape prior masks than {config.prior} gives "
+            f"now ({now['masks']} masks now, {saved.get('masks')} then): reused, it would stand "
+            f"in for a run against these. {fix} (nothing was changed)"
+        )
 
 
 def _written_in_data(run_dir: Path, config: PretrainConfig) -> str:
