@@ -804,6 +804,23 @@ def test_two_masks_at_one_relative_path_are_no_match(tmp_path: Path) -> None:
     assert [m.mask.name for m in matches] == ["001.png", own.name]
 
 
+def test_a_folder_of_label_maps_says_they_are_trained_as_their_union(tmp_path: Path) -> None:
+    # Masks of lungs 1 and heart 2 were fine-tuned as one structure, unsaid.
+    labels = np.zeros((48, 48), np.uint8)
+    labels[5:20, 5:20], labels[25:40, 25:40] = 1, 2
+    for i in range(2):
+        save(tmp_path / "set" / "images" / f"c{i}.png", fundus(seed=i))
+        save(tmp_path / "set" / "masks" / f"c{i}.png", labels)
+    notes = load_dataset("folder", tmp_path / "set").notes()
+    assert (
+        f"{tmp_path / 'set' / 'masks' / 'c0.png'}: a label map of 2 labels (1, 2), read as one "
+        "foreground, their union, as is every mask of this set; to segment one structure, give "
+        "masks holding it alone"
+    ) in notes
+    save(tmp_path / "set" / "masks" / "c0.png", (labels > 0).astype(np.uint8) * 255)
+    assert not [n for n in load_dataset("folder", tmp_path / "set").notes() if "label map" in n]
+
+
 def test_two_files_of_one_image_in_an_official_folder_are_refused(tmp_path: Path) -> None:
     # A converted 21_training.png left beside DRIVE's 21_training.tif was taken for it (the
     # first in sorted order), without a word.

@@ -154,3 +154,35 @@ def test_a_palette_overlay_of_one_colour_is_read_from_its_transparency(
     two.putpalette([0, 0, 0, 255, 255, 255] if label_index == 1 else [255, 255, 255, 0, 0, 0])
     two.save(tmp_path / "two.png", transparency=0)
     np.testing.assert_array_equal(read_mask(tmp_path / "two.png"), truth)
+
+
+def test_mask_labels_names_a_label_map_read_as_one_foreground(tmp_path: Path) -> None:
+    # Lungs 1 and heart 2 in one map were trained as their union, unsaid: mask_labels names the
+    # labels read_mask joins, and nothing for a mask of one label or an anti-aliased one.
+    from localdisc.data.io import mask_labels
+
+    grey = np.zeros((12, 10), np.uint8)
+    grey[2:5, 2:5], grey[7:10, 2:5] = 1, 2
+
+    def labels(name: str, image: Image.Image) -> list[str]:
+        image.save(tmp_path / name)
+        return mask_labels(tmp_path / name)
+
+    assert labels("map.png", Image.fromarray(grey)) == ["1", "2"]
+    assert labels("one.png", Image.fromarray((grey > 0).astype(np.uint8) * 255)) == []
+    assert labels("zero_one.png", Image.fromarray((grey > 0).astype(np.uint8))) == []
+    wide = (grey.astype(np.uint16) * 300).astype(np.uint16)
+    assert labels("wide.png", Image.fromarray(wide)) == ["300", "600"]
+    smooth = np.tile(np.arange(0, 250, 25, dtype=np.uint8), (12, 1))  # anti-aliased edges
+    assert labels("smooth.png", Image.fromarray(smooth)) == []
+    palette = Image.fromarray(grey, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    assert labels("palette.png", palette) == ["index 1", "index 2"]
+    rgb = np.zeros((12, 10, 3), np.uint8)
+    rgb[grey == 1], rgb[grey == 2] = (255, 0, 0), (0, 255, 0)
+    assert labels("colours.png", Image.fromarray(rgb)) == ["(0, 255, 0)", "(255, 0, 0)"]
+    rgb[grey == 2] = (255, 0, 0)
+    assert labels("red.png", Image.fromarray(rgb)) == []
+    rgb[0, :] = (60, 0, 0)  # a dim rim: background, so no label map
+    rgb[grey == 2] = (0, 255, 0)
+    assert labels("rim.png", Image.fromarray(rgb)) == []

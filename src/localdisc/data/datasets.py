@@ -39,6 +39,7 @@ from localdisc.data.io import (
     ORIENTATIONS,
     ImageMeta,
     is_image_file,
+    mask_labels,
     read_image,
     read_image_meta,
     read_mask,
@@ -1810,9 +1811,28 @@ class FolderDataset(SegmentationDataset):
             self._guess_note = said[0] if said else None
         return self._guessed
 
+    @property
+    def label_map_note(self) -> str | None:
+        """Where the first mask is a label map of several labels (:func:`mask_labels`: lungs 1
+        and heart 2), a line saying they are trained as one foreground, their union."""
+        first = next((item.masks["mask"][0] for item in self.items if item.masks), None)
+        try:
+            labels = mask_labels(first) if first is not None else []
+        except ImageReadError:  # named where it is read
+            return None
+        if not labels:
+            return None
+        shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+        return (
+            f"{first}: a label map of {len(labels)} labels ({shown}), read as one foreground, "
+            "their union, as is every mask of this set; to segment one structure, give masks "
+            "holding it alone"
+        )
+
     def notes(self) -> list[str]:
-        """:meth:`SegmentationDataset.notes`, and :attr:`modality_note` where it applies."""
-        return [*super().notes(), *filter(None, [self.modality_note])]
+        """:meth:`SegmentationDataset.notes`, :attr:`modality_note` and
+        :attr:`label_map_note` where they apply."""
+        return [*super().notes(), *filter(None, [self.modality_note, self.label_map_note])]
 
     @classmethod
     def pool_paths(cls, root: str | Path | None) -> list[Path]:

@@ -333,6 +333,41 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(mask, dtype=bool)
 
 
+def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> list[str]:
+    """The labels of a mask that :func:`read_mask` takes together as one foreground: the
+    non-zero grey values (``1``, ``2``), palette indices (``index 3``) or colours
+    (``(255, 0, 0)``) of a label map of two or more labels, each of whose pixels is
+    foreground; empty for a mask of one label (or an anti-aliased one, part of whose non-zero
+    pixels is background). Lungs 1 and heart 2 in one map are trained as one structure, their
+    union, which a command says rather than leaving unsaid.
+
+    Raises:
+        ImageReadError: as :func:`read_image`.
+    """
+    d = _decode(Path(path), max_pixels)
+    mask = read_mask(path, max_pixels=max_pixels)
+    if d.palette is not None and not _is_grey(d.palette[np.unique(d.pixels)]):
+        values, name = d.pixels, "index {}"
+    elif d.palette is not None:
+        values, name = d.palette[:, 0][d.pixels], "{}"
+    elif d.pixels.ndim == 3 and not _is_grey(d.pixels.reshape(-1, d.pixels.shape[2])):
+        colours, inverse = np.unique(d.pixels[mask], axis=0, return_inverse=True)
+        if (
+            not 1 < len(colours) <= _MAX_LABEL_LEVELS
+            or (d.pixels.max(axis=2) > 0).sum() > mask.sum()
+        ):
+            return []
+        return [str(tuple(int(c) for c in colour)) for colour in colours]
+    else:
+        values, name = (d.pixels if d.pixels.ndim == 2 else d.pixels[..., 0]), "{}"
+    if values.dtype.kind not in "iu":
+        return []
+    labels = _levels(values[mask])
+    if labels.size < 2 or not np.array_equal(mask, values != 0):
+        return []
+    return [name.format(int(label)) for label in labels]
+
+
 def _constant(pixels: np.ndarray) -> bool:
     """Whether every pixel holds the same sample(s) (index, grey or colour)."""
     return bool((pixels == pixels[0, 0]).all())
