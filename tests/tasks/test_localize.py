@@ -665,6 +665,27 @@ def test_truth_naming_a_file_name_of_two_images_is_refused(tmp_path):
         read_truth(path, images, ["mark"])
 
 
+def test_a_name_given_twice_in_a_landmark_or_truth_file_is_refused(tmp_path):
+    # json keeps the last of two equal keys: a landmark pasted twice under one name lost the
+    # first's point, and the search went on for the other at the wrong place, unsaid (reviewer).
+    from localdisc.tasks.localize import read_truth
+
+    path = tmp_path / "landmarks.json"
+    path.write_text('{"heart": [1, 2], "left_lung": [3, 4], "left_lung": [5, 6]}')
+    with pytest.raises(LocaldiscError) as info:
+        read_landmarks(path)
+    assert str(info.value) == (
+        f"{path}: 'left_lung' given twice in one object of the landmarks; keep one"
+    )
+    images = _truth_setup(tmp_path)
+    path.write_text('{"n0": {"mark": [1, 2], "mark": [3, 4]}}')
+    with pytest.raises(LocaldiscError, match=r"'mark' given twice in one object of the truth"):
+        read_truth(path, images, ["mark"])
+    path.write_text('{"n0": {"mark": [1, 2]}, "n0": {"mark": [3, 4]}}')
+    with pytest.raises(LocaldiscError, match=r"'n0' given twice in one object of the truth"):
+        read_truth(path, images, ["mark"])
+
+
 def test_localize_cli_scores_the_predictions_against_the_truth(tmp_path):
     from typer.testing import CliRunner
 

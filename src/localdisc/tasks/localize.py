@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,14 +105,27 @@ def read_landmarks(path: str | Path) -> dict[str, Point]:
 
 
 def _read_json(path: Path, what: str) -> object:
+    """The JSON in ``path``, refused where an object names a key twice: json keeps the last, so
+    a landmark pasted twice under one name lost the first's point (or a truth's), unsaid."""
+
+    def once(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        seen = Counter(key for key, _ in pairs)
+        twice = [key for key, n in seen.items() if n > 1]
+        if twice:
+            names = ", ".join(map(repr, twice))
+            raise LocaldiscError(
+                f"{path}: {names} given twice in one object of the {what}; keep one"
+            )
+        return dict(pairs)
+
     try:
         # Bytes: json finds UTF-8 with or without a BOM and UTF-16/32 (Windows editors and
         # PowerShell write those), whatever the system's default encoding; else that encoding
         # (a Windows code page, as read before).
         try:
-            return json.loads(path.read_bytes())
+            return json.loads(path.read_bytes(), object_pairs_hook=once)
         except UnicodeDecodeError:
-            return json.loads(path.read_text())
+            return json.loads(path.read_text(), object_pairs_hook=once)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LocaldiscError(f"{path}: cannot read {what} ({exc})") from exc
 
