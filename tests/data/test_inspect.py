@@ -113,6 +113,31 @@ def test_inspect_names_low_contrast_images(tmp_path: Path) -> None:
     assert "low contrast in all (1: " in result.output and "washed_out" in result.output
 
 
+def test_inspect_names_12_bit_data_in_16_bit_files_as_dim_not_low_contrast(tmp_path: Path) -> None:
+    # Full-contrast 12-bit radiographs in 16-bit PNGs read as 0 to 1/16: inspect called them all
+    # "low contrast", never the cause that pretrain, finetune and predict name (reviewer).
+    ramp = np.tile(np.linspace(0, 4095, 40), (30, 1)).astype(np.uint16)
+    for i in range(2):
+        (tmp_path / "pool").mkdir(exist_ok=True)
+        Image.fromarray(ramp).save(tmp_path / "pool" / f"x{i}.png")
+    save(tmp_path / "pool" / "washed_out.png", (237 + 18 * ramp / 4095).astype(np.uint8))
+    report = inspect_dataset("folder", tmp_path / "pool", progress=False)
+    assert report["splits"]["all"]["low_contrast"] == ["washed_out"]
+    assert (
+        "2 image(s) use under 1/8 of the intensity range (x0, x1): the network sees them near "
+        "black; rescale them to the full range (12-bit data in a 16-bit file reads so)"
+    ) in report["notes"]
+
+
+def test_inspect_says_a_label_map_is_trained_as_one_foreground(tmp_path: Path) -> None:
+    labels = np.zeros((30, 40), np.uint8)
+    labels[2:10, 2:10], labels[15:25, 20:30] = 1, 2
+    save(tmp_path / "set" / "images" / "a.png", np.full((30, 40), 90, np.uint8))
+    save(tmp_path / "set" / "masks" / "a.png", labels)
+    notes = inspect_dataset("folder", tmp_path / "set", progress=False)["notes"]
+    assert [n for n in notes if "a label map of 2 labels (1, 2)" in n]
+
+
 def test_inspect_names_a_dim_fundus_photograph_by_its_fov_not_its_black_border(
     tmp_path: Path,
 ) -> None:

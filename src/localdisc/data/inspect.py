@@ -20,7 +20,7 @@ from localdisc.data.datasets import (
     dataset_class,
     load_dataset,
 )
-from localdisc.data.io import header_metas, header_notes
+from localdisc.data.io import DIM_BELOW, dim_note, header_metas, header_notes
 from localdisc.data.preprocess import resize_image, resize_mask
 from localdisc.engine.checkpoint import atomic_write_bytes
 from localdisc.errors import DatasetError, LocaldiscError, ReaderSetupError
@@ -58,6 +58,7 @@ class _SplitStats:
         self.fov_fraction: list[float] = []
         self.partial_fov = False
         self.low_contrast: list[str] = []
+        self.peaks: list[tuple[str, float]] = []  # (name, brightest value) for dim_note
 
     def add(self, sample: Sample) -> None:
         h, w = sample.image.shape[:2]
@@ -73,7 +74,11 @@ class _SplitStats:
             self.masks[target] += 1
             # Coverage inside the FOV: for fundus sets the black border would dilute it.
             self.coverage.setdefault(target, []).append(int((mask & fov).sum()) / inside)
-        if intensity_span(sample.image, fov) < LOW_CONTRAST_SPAN:
+        peak = float(sample.image.max())
+        self.peaks.append((sample.name, peak))
+        # A dim image (12-bit data in a 16-bit file: 0 to 1/16) spans little however much
+        # contrast it has: dim_note names it and the cause, not "low contrast".
+        if peak >= DIM_BELOW and intensity_span(sample.image, fov) < LOW_CONTRAST_SPAN:
             self.low_contrast.append(sample.name)
 
     def report(self, dataset: SegmentationDataset) -> dict[str, Any]:
@@ -116,10 +121,12 @@ def inspect_dataset(
     fraction of the FOV}, "coverage_of": "FOV", or "image" where every image's FOV is the whole
     image, "targets", "default_target", "labelled": whether the split has any
     target, "missing_labels": {target: why its label folder is absent}, "low_contrast": [names
-    of images whose intensities span less than LOW_CONTRAST_SPAN]}}, "skipped": [{"path",
+    of images whose intensities span less than LOW_CONTRAST_SPAN, not dim]}}, "skipped": [{"path",
     "reason"}], "notes": [lines]}``; ``notes`` says what ``finetune`` will of the listing (image
     files under two names, used once; the grey images before a colour one in the modality
-    guess), and where images carry an EXIF orientation, which is not applied (a mask drawn in
+    guess; a folder's label map of several labels, trained as one; images using under 1/8 of
+    the intensity range, 12-bit data in a 16-bit file, which are not also called low-contrast),
+    and where images carry an EXIF orientation, which is not applied (a mask drawn in
     a viewer that applies it does not fit its image), or hold several frames, of which the
     first is read (:func:`~localdisc.data.io.header_notes`, as ``predict`` says them; from the
     headers of the images read). Split sets report ``train`` and ``test``, unsplit ones
@@ -173,8 +180,14 @@ def inspect_dataset(
     metas = header_metas(item.image for d in datasets for item in d.items if item.seed is None)
     labelled = any(d.targets for d in datasets)
     modality = datasets[0].modality  # a folder's guess, with its note where images disagree
-    # What finetune will say of the listing: files under two names, the guess's grey images.
-    listing = [d.repeated_note() for d in datasets] + [getattr(datasets[0], "modality_note", None)]
+    # What finetune will say of the listing: files under two names, the guess's grey images,
+    # a label map's labels trained as one,
+    listing = [d.repeated_note() for d in datasets] + [
+        getattr(datasets[0], note, None) for note in ("modality_note", "label_map_note")
+    ]
+    # and of dim images: pretrain, finetune and predict say it too.
+    peaks = [peak for stat in stats for peak in stat.peaks]
+    listing.append(dim_note(peaks, "image(s)", "the network sees them near black"))
     notes = [*dict.fromkeys(note for note in listing if note is not None)]
     return {
         "name": cls.name,
