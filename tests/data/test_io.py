@@ -867,6 +867,11 @@ def test_dicom_without_pixel_data_or_decoder_says_what_it_is(tmp_path: Path) -> 
     ds.Modality = "SR"
     ds.save_as(path)
     _expect_error(path, "no pixel data: a Basic Text SR Storage object (modality SR), not an image")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.Modality = "CT"  # a CT slice stripped of its pixels is no other kind of object
+    ds.save_as(path)
+    _expect_error(path, "no pixel data: a CT Image Storage object (modality CT) without its pixels "
+                  "(stripped or cut short); fetch it again")  # fmt: skip
 
     ds = dcmread(_write_dicom(tmp_path / "jl.dcm", np.zeros((2, 2), np.uint16)))
     ds.file_meta.TransferSyntaxUID = JPEGLossless

@@ -1530,14 +1530,19 @@ def _dicom_dataset(path: Path, head: bytes, limit: int, *, pixels: bool) -> tupl
 def _no_pixel_data(ds: Any) -> str:
     """Why a DICOM file without pixel data is no image, naming what it is (a structured
     report, an RT structure set, a presentation state: PACS exports hold them beside the
-    images)."""
+    images), or, for an image class, that it is an image whose pixels are missing."""
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         return "float pixel data (FloatPixelData) is not supported"
     sop = ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", None)
     name = getattr(sop, "name", None) or (str(sop) if sop else "")
     what = f"a {name} object" if name else "a DICOM object"
     modality = str(ds.get("Modality", "") or "").strip()
-    return f"no pixel data: {what}{f' (modality {modality})' if modality else ''}, not an image"
+    of = f" (modality {modality})" if modality else ""
+    if "Image Storage" in name:  # a CT slice whose pixels a header-only export or a cut left out
+        return (
+            f"no pixel data: {what}{of} without its pixels (stripped or cut short); fetch it again"
+        )
+    return f"no pixel data: {what}{of}, not an image"
 
 
 def _check_decoder(path: Path, ds: Any) -> None:
