@@ -250,6 +250,29 @@ def test_segmentation_overlay_and_download(setup):
     assert prob.size == (80, 96) and prob.mode == "I;16"  # the file's own size, predict's 16 bits
 
 
+def test_segmentation_download_is_what_predict_writes(setup, tmp_path):
+    # The viewer segmented its display image (shrunk to --size, the LD model's pool size, not
+    # the segmenter's) and enlarged the map back: 0.4 from predict's, 495 pixels flipped at 0.5
+    # on a 256 px radiograph. A segmenter of another size than the viewer's, a non-square file.
+    from localdisc.data.preprocess import resize_image
+    from localdisc.models.segmenter import Segmenter
+    from localdisc.tasks.predict import predict_images
+
+    torch.manual_seed(0)
+    Segmenter(modality="fundus", size=32, width=4, depth=2).save(tmp_path / "model")
+    image = setup["root"] / "images" / "eye2.png"  # 80 x 96, shown at 53 x 64 (SIZE)
+    predict_images(tmp_path / "model", [image], tmp_path / "out", device="cpu", log=lambda _: None)
+    written = np.asarray(Image.open(tmp_path / "out" / "eye2_prob.png")).astype(np.int64)
+    segmenter = Segmenter.from_pretrained(tmp_path / "model")
+    viewer = Viewer(setup["loaded"], [("eye2", image)], segmenter=segmenter, size=SIZE)
+    downloaded = np.asarray(png(viewer.segmentation_download(0))).astype(np.int64)
+    assert downloaded.shape == written.shape == (96, 80)
+    np.testing.assert_array_equal(downloaded, written)
+    # The overlay shows that map, shrunk as the image is (the area each display pixel covers).
+    shown = resize_image(written / 65535, (64, 53))
+    np.testing.assert_allclose(viewer.segmentation(0), shown, atol=1e-5)
+
+
 def test_an_error_of_the_server_is_said_in_the_terminal_too(setup, monkeypatch):
     # `view --size 100000`: the page got HTTP 500 and the terminal said nothing.
     lines: list[str] = []

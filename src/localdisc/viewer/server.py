@@ -359,8 +359,9 @@ class Viewer:
         self._embeddings = ByteLRU(limit - quarter)  # ("pixel" | "patch", image id) keys
         # Display images by image id, working images that differ by ("working", image id).
         self._images = ByteLRU(quarter // 4)
-        # ("image" | "thumb" | "clusters" | "segmentation", image id): a cache of its own, so
-        # that a query's scan, which reads many images, does not push out what the page shows.
+        # ("image" | "thumb" | "clusters" | "segmentation" | "segmentation_download", image
+        # id): a cache of its own, so that a query's scan, which reads many images, does not
+        # push out what the page shows.
         self._renders = ByteLRU(quarter // 4)
         # ("result", query) -> QueryResult and ("map", query, image id) -> its similarity map.
         self._queries = ByteLRU(quarter - 2 * (quarter // 4))
@@ -586,14 +587,37 @@ class Viewer:
         name = entry.name
         return self._computed(self._renders, ("clusters", image_id), f"clusters of {name}", make)
 
+    def _file_segmentation(self, image_id: int) -> np.ndarray:
+        """The foreground probability at the file's own size, as ``localdisc predict`` computes
+        it: the segmenter's :meth:`~localdisc.models.segmenter.Segmenter.predict` of the file's
+        pixels (resized to its training size and back). Not of the display image: shrunk to
+        ``--size`` (the LD model's pool size, not the segmenter's) and enlarged again, its map
+        strayed up to 0.4 from predict's and lost Dice. Called under the model lock.
+
+        Raises:
+            HTTPError: no segmenter (404).
+            LocaldiscError: as :meth:`image`.
+        """
+        if self.segmenter is None:
+            raise HTTPError(404, "no segmentation model: start the viewer with --segmenter")
+        raw, _ = self._read(image_id)
+        prob = self.segmenter.predict(raw)  # type: ignore[attr-defined]
+        return np.asarray(prob, dtype=np.float32)
+
+    def _overlay(self, image_id: int, prob: np.ndarray) -> np.ndarray:
+        """``prob`` (at the file's size) on the display pixels: each the mean over the area of
+        the file it shows, as the display image is shrunk (:func:`display_image`)."""
+        shape = self.entry(image_id).shape
+        return prob if prob.shape == shape else resize_image(prob, shape)
+
     def segmentation(self, image_id: int) -> np.ndarray:
-        """H x W foreground probability of the display image (needs a segmenter)."""
+        """H x W foreground probability on the display pixels (needs a segmenter): ``localdisc
+        predict``'s map of the file (:meth:`_file_segmentation`), shrunk as the image is."""
         if self.segmenter is None:
             raise HTTPError(404, "no segmentation model: start the viewer with --segmenter")
 
         def make() -> np.ndarray:
-            prob = self.segmenter.predict(self.image(image_id))  # type: ignore[union-attr]
-            return np.asarray(prob, dtype=np.float32)
+            return self._overlay(image_id, self._file_segmentation(image_id))
 
         key, name = ("segmentation", image_id), self.entry(image_id).name
         return self._computed(self._renders, key, f"segmentation of {name}", make)
@@ -787,13 +811,25 @@ class Viewer:
         return png_bytes(rgba)
 
     def segmentation_download(self, image_id: int) -> bytes:
-        """The probability map at the file's own size, as ``localdisc predict`` writes it."""
+        """The probability map at the file's own size as ``localdisc predict`` writes it
+        (``NAME_prob.png``: :func:`~localdisc.tasks.predict.prob_png` of
+        :meth:`_file_segmentation`), as PNG bytes. Only these bytes are kept (a photograph's
+        map in float32 takes 24 MiB at 3000 x 2000), and the overlay made from the same map
+        where it is not kept yet, so that neither asks the segmenter again."""
+        if self.segmenter is None:
+            raise HTTPError(404, "no segmentation model: start the viewer with --segmenter")
         entry = self.entry(image_id)
-        prob = self.segmentation(image_id)
-        w, h = entry.original
-        if prob.shape != (h, w):
-            prob = resize_image(prob, (h, w), method="bilinear")
-        return png_bytes(prob_png(prob))
+
+        def make() -> bytes:
+            prob = self._file_segmentation(image_id)
+            key = ("segmentation", image_id)
+            if key not in self._renders:
+                overlay = self._overlay(image_id, prob)
+                self._renders.put(key, overlay, overlay.nbytes)
+            return png_bytes(prob_png(prob))
+
+        key = ("segmentation_download", image_id)
+        return self._computed(self._renders, key, f"segmentation of {entry.name}", make, len)
 
     # --- JSON --------------------------------------------------------------------------------
     def info(self) -> dict:
