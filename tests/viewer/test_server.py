@@ -558,6 +558,22 @@ def test_serve_refuses_when_no_image_is_readable(setup):
         serve(setup["root"] / "run", [setup["root"] / "images" / "broken.png"], port=0)
 
 
+def test_a_vessels_network_is_refused_as_segmenter(tmp_path):
+    # predict runs it over flips, at its own size, in the field of view; the viewer showed its
+    # plain map, and downloaded it as if predict's.
+    from localdisc.models.segmenter import Segmenter
+
+    Segmenter(width=4, depth=2, size=32).save(
+        tmp_path / "vessels", extra={"self_trained_vessels": {}}
+    )
+    from localdisc.viewer.server import load_segmenter
+
+    with pytest.raises(LocaldiscError, match=r"vessels: a `shape-guided vessels` network; "):
+        load_segmenter(tmp_path / "vessels")
+    Segmenter(width=4, depth=2, size=32).save(tmp_path / "finetuned")
+    assert isinstance(load_segmenter(tmp_path / "finetuned"), Segmenter)
+
+
 def test_a_bad_port_or_size_is_a_clear_error(setup):
     # bind() raises OverflowError (a traceback) for such ports; serve refuses them before the
     # model and images load, which may take minutes.

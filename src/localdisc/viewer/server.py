@@ -1290,6 +1290,21 @@ def create_server(
         raise LocaldiscError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
+def load_segmenter(folder: str | Path, device: str = "cpu") -> object:
+    """The ``--segmenter``: a :class:`~localdisc.models.segmenter.Segmenter` that ``localdisc
+    finetune`` wrote, refused where it is a ``shape-guided vessels`` network, which ``predict``
+    runs over flips, at its own size, in the field of view (:mod:`localdisc.tasks.vessels`): the
+    viewer's plain map of it would pass for predict's."""
+    from localdisc.models.segmenter import Segmenter, read_config
+
+    if "self_trained_vessels" in read_config(folder):
+        raise LocaldiscError(
+            f"{folder}: a `shape-guided vessels` network; --segmenter takes a folder written by "
+            "`localdisc finetune` (`localdisc predict --model` segments with it)"
+        )
+    return Segmenter.from_pretrained(folder, device=device)
+
+
 def serve(
     model: str | Path,
     images: Sequence[str | Path],
@@ -1317,11 +1332,7 @@ def serve(
             f"warning: {model}: {untrained[0]}, whose clustering head never trained: the "
             f"clusters shown are its random weights'; {untrained[1]}"
         )
-    seg = None
-    if segmenter is not None:
-        from localdisc.models.segmenter import Segmenter
-
-        seg = Segmenter.from_pretrained(segmenter, device=device)
+    seg = load_segmenter(segmenter, device) if segmenter is not None else None
     viewer = Viewer(loaded, files, segmenter=seg, size=size, cache_mb=cache_mb)
     if not viewer.entries:
         found = [f"{viewer.error_paths[e['name']]}: {e['error']}" for e in viewer.errors[:3]]
