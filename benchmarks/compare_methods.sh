@@ -13,6 +13,8 @@
 #   carry beside the pool and DRIVE: a second call carries it with carry/methods-pretrain).
 #   Another pre-training draw of every method: PRETRAIN='{"seed": 1}' and another OUT; then
 #   `python benchmarks/methods_table.py OUT1/methods OUT2/methods` pools the runs' tables.
+# $OUT/methods/results.md ends with the command that reruns it: `env`, every setting (defaults
+# included), `bash benchmarks/compare_methods.sh`.
 # Five methods x 200 s do not fit one 15-minute device session with the transfer runs: run a
 # subset of METHODS per session and carry the finished pre-training runs ($OUT/methods/pretrain,
 # a few MB of weights) into the next one as carry/methods-pretrain; finished runs are reused.
@@ -44,20 +46,32 @@ if [ -d carry/methods-pretrain ] && [ ! -d "$OUT/methods/pretrain" ]; then
     cp -r carry/methods-pretrain "$OUT/methods/pretrain"
 fi
 
+# The command that reruns this, every setting given (a default changed since still reruns it):
+# results.md ends with it and each run's config.json records it as its command. `python -` would
+# record "- OUT/methods PRETRAIN", neither this script nor its settings (reviewer).
+RERUN=(env)
+for name in OUT METHODS BUDGET_S DEVICE SIZE TASKS POOLS LABELS SEEDS EPOCHS BATCH TRANSFER_SIZE \
+    WORKERS STEPS_PER_EPOCH PRETRAIN; do
+    RERUN+=("$name=${!name}")
+done
+RERUN+=(bash "$0")
+
 start=$(date +%s)
-python - "$OUT/methods" "$PRETRAIN" <<PY
+python - "$OUT/methods" "$PRETRAIN" "${RERUN[@]}" <<PY
 import json, sys
+out_dir, pretrain = sys.argv[1:3]
+sys.argv = sys.argv[3:]  # what localdisc.eval.provenance records as the command
 from localdisc.tasks.benchmark_methods import MethodsBenchmarkConfig, run_methods_benchmark
 config = MethodsBenchmarkConfig(
     methods="$METHODS".split(","), pools="$POOLS".split(","),
     budget_seconds=$BUDGET_S, tasks="$TASKS".split(","), labels="$LABELS".split(","),
     seeds=$SEEDS, data_root="carry", size=$SIZE, batch=$BATCH, device="$DEVICE",
     pretrain={"max_images": 1000, "workers": $WORKERS, "checkpoint_every": 100000,
-              **json.loads(sys.argv[2])},
+              **json.loads(pretrain)},
     transfer={"frozen_epochs": $EPOCHS, "epochs": $EPOCHS, "size": $TRANSFER_SIZE,
               "steps_per_epoch": ${STEPS_PER_EPOCH:-None}},
 )
-run_methods_benchmark(config, sys.argv[1])
+run_methods_benchmark(config, out_dir)
 PY
 echo "wall time: $(( $(date +%s) - start )) s"
 rm -rf "$OUT"/methods/transfer/runs/*/*/*/*/predictions "$OUT"/methods/pretrain/*/*/checkpoints

@@ -69,12 +69,24 @@ def setting_differences(configs: list[dict]) -> list[str]:
     return differences
 
 
+#: PretrainConfig's default seed, that of a run recording none (a test keeps them equal; importing
+#: localdisc.engine.pretrain here would take torch's seconds).
+DEFAULT_PRETRAIN_SEED = 0
+
+
 def _draw(config: dict) -> dict:
     """What makes a run's pre-trainings: its pre-training settings and seed, its budget and
-    methods (not the fine-tunings' settings); empty where the run records no seed."""
-    pretrain = {k: v for k, v in (config.get("pretrain") or {}).items() if k != "workers"}
-    if pretrain.get("seed") is None:
+    methods (not the fine-tunings' settings); empty where the run records no pre-training
+    settings (no ``config``: nothing to compare).
+
+    A run that records no seed pre-trained at :data:`DEFAULT_PRETRAIN_SEED`:
+    benchmarks/compare_methods.sh with its default ``PRETRAIN='{}'`` records none, and taking that
+    for no draw let its copy through, its pairs counted twice (reviewer)."""
+    if not isinstance(config.get("pretrain"), dict):
         return {}
+    pretrain = {k: v for k, v in config["pretrain"].items() if k != "workers"}
+    if pretrain.get("seed") is None:
+        pretrain["seed"] = DEFAULT_PRETRAIN_SEED
     shaping = (
         "budget_seconds",
         "methods",

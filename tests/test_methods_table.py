@@ -144,3 +144,93 @@ def test_runs_of_other_settings_than_the_seed_are_refused_unless_allowed(tmp_pat
     (more / "results.json").write_text(json.dumps(record))
     same = run(a, more, "--allow-other-settings")
     assert same.returncode == 2 and "the same draw counted twice" in same.stderr
+
+
+def test_a_copy_of_a_run_without_a_recorded_seed_is_refused(tmp_path):
+    """compare_methods.sh with its default PRETRAIN='{}' records no pre-training seed: such a run
+    was no draw at all, so its copy was pooled, every pair counted twice ("ld ahead 4 of 6" where
+    the run alone says "2 of 3") (reviewer). No seed is PretrainConfig's default."""
+    import subprocess
+    import sys
+
+    from localdisc.engine.pretrain import PretrainConfig
+
+    script = _script()
+    assert PretrainConfig().seed == script.DEFAULT_PRETRAIN_SEED
+
+    def config(**pretrain: object) -> dict:
+        return {"budget_seconds": 240.0, "methods": ["ld", "pixpro"], "size": 128,
+                "pretrain": {"max_images": 1000, "workers": 2, **pretrain}}  # fmt: skip
+
+    # Seed 0 recorded is the same draw; another seed is another draw; a run that records no
+    # settings at all is not known to be any draw (nothing compared, as before).
+    assert script._draw(config()) == script._draw(config(seed=0, workers=8))
+    assert script._draw(config()) != script._draw(config(seed=1))
+    assert script._draw({}) == {}
+    table = {"dice": {"ld": {"drive (2)": {"seeds": [0.6], "seed_ids": [0]}},
+                      "pixpro": {"drive (2)": {"seeds": [0.5], "seed_ids": [0]}}}}  # fmt: skip
+    for name in ("run1", "copy"):
+        (tmp_path / name).mkdir()
+        record = {"config": config(), "transfer": table}
+        (tmp_path / name / "results.json").write_text(json.dumps(record))
+    twice = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "run1"), str(tmp_path / "copy")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert twice.returncode == 2, twice.stdout
+    assert (
+        f"{tmp_path / 'copy' / 'results.json'} and {tmp_path / 'run1' / 'results.json'} are runs "
+        "of one pre-training seed (0)" in twice.stderr
+    )
+
+
+def test_compare_methods_records_a_command_that_reruns_it(tmp_path):
+    """compare_methods.sh ran its benchmark as `python - OUT/methods PRETRAIN`: results.md ended
+    with the command `- /tmp/cm/methods '{"seed": 1}'`, neither the script nor its settings
+    (budget, methods, tasks, sizes: environment variables) (reviewer). It records `env
+    SETTING=... bash benchmarks/compare_methods.sh`, which run again records the same."""
+    import os
+    import subprocess
+    import sys
+
+    from localdisc.eval.provenance import command_text
+
+    shell = SCRIPT.parent / "compare_methods.sh"
+    # A stand-in for the benchmark (the script puts ./src first on the path): it records the
+    # command line provenance.environment would record, and the settings it was given.
+    stub = tmp_path / "src" / "localdisc" / "tasks"
+    stub.mkdir(parents=True)
+    (tmp_path / "src" / "localdisc" / "__init__.py").write_text("")
+    (stub / "__init__.py").write_text("")
+    (stub / "benchmark_methods.py").write_text(
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "def MethodsBenchmarkConfig(**kwargs):\n    return kwargs\n"
+        "def run_methods_benchmark(config, out_dir):\n"
+        "    record = Path(out_dir) / 'record.json'\n"
+        "    done = json.loads(record.read_text()) if record.is_file() else []\n"
+        "    record.write_text(json.dumps([*done, {'argv': sys.argv, 'config': config}]))\n"
+    )
+    names = ("OUT", "METHODS", "BUDGET_S", "DEVICE", "SIZE", "TASKS", "POOLS", "LABELS",
+             "SEEDS", "EPOCHS", "BATCH", "TRANSFER_SIZE", "WORKERS", "STEPS_PER_EPOCH",
+             "PRETRAIN")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in names and k != "PYTHONPATH"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    settings = {"OUT": str(tmp_path / "cm"), "DEVICE": "cpu", "BUDGET_S": "4",
+                "METHODS": "ld,simclr",
+                "PRETRAIN": '{"seed": 1, "crop_scale": [0.2, 0.35]}'}  # fmt: skip
+    first = subprocess.run(["bash", str(shell)], cwd=tmp_path, env={**env, **settings},
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    (recorded,) = json.loads((tmp_path / "cm" / "methods" / "record.json").read_text())
+    line = command_text(recorded["argv"])
+    assert line.startswith("env OUT=") and line.endswith(f" bash {shell}"), line
+    assert " BUDGET_S=4 " in line and " METHODS=ld,simclr " in line and " SIZE=448 " in line
+    assert recorded["config"]["pretrain"]["seed"] == 1
+    assert recorded["config"]["budget_seconds"] == 4 and recorded["config"]["size"] == 448
+    # The recorded line, typed into a shell where none of the settings is set, does the same.
+    again = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    _, rerun = json.loads((tmp_path / "cm" / "methods" / "record.json").read_text())
+    assert rerun == recorded
