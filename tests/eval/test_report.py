@@ -141,7 +141,7 @@ def test_reused_runs_made_at_other_commits_are_named(tmp_path):
         "environment is this call's."
     ) in lines
     assert lines[-1].startswith("Environment: localdisc 0.1.0 (commit bbbbbbb), torch")
-    # All made as this call, or none recording where (the shape-guided rows): no such line.
+    # All made as this call, or none recording where (shape-guided rows of old caches): none.
     for runs in ([made(0, now), made(1, now)], [made(0)]):
         write_report({"runs": runs, "environment": now}, tmp_path)
         assert "made at" not in (tmp_path / "results.md").read_text()

@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -735,3 +736,120 @@ def test_calibration_keeps_scores_near_zero_apart():
     prob = calibrate(score, mask)
     assert np.all(np.diff(prob) > 0)
     assert prob[~mask].max() <= 0.499 and prob[mask].min() >= 0.501
+
+
+def _fake_ld(monkeypatch, levels: dict[str, float]) -> None:
+    """The shape-guided benchmark with its LD runs faked, no training: stage 1 and 2 are empty
+    folders, k-means a constant row, and a run's evaluation writes output A's maps, the left half
+    of each image at ``levels[seed folder]`` (read when it evaluates), as _ld_rows."""
+    import localdisc.tasks.benchmark_shape_guided as bench
+    from localdisc.data.io import write_png
+    from localdisc.tasks import shape_guided
+    from localdisc.tasks.predict import prob_png
+
+    def pretrain_preset(settings, run_dir, log):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    def ld_rows(run_dir, samples, target, config, topology, log):
+        rows = []
+        for s in samples:
+            prob = np.zeros(s.fov.shape, np.float32)
+            prob[:, : prob.shape[1] // 2] = levels[run_dir.name]
+            write_png(run_dir / "eval" / f"{s.name}_A_prob.png", prob_png(prob))
+            rows.append(bench._metrics(prob, s, target, config.eval_size))
+        return {"A": rows}
+
+    monkeypatch.setattr(bench, "pretrain_preset", pretrain_preset)
+    monkeypatch.setattr(bench.LDModel, "from_pretrained", staticmethod(lambda *a, **k: None))
+    monkeypatch.setattr(bench, "weights_sha256", lambda run: "0" * 64)
+    monkeypatch.setattr(shape_guided, "run_size", lambda run_dir: 48)
+    monkeypatch.setattr(bench, "_prior_bank_key", lambda run_dir: {})
+    monkeypatch.setattr(bench, "_kmeans_rows", lambda model, samples, *a: [
+        {"image": s.name, "dice": 0.5} for s in samples])  # fmt: skip
+    monkeypatch.setattr(bench, "_ld_rows", ld_rows)
+
+
+#: Two seeds, output A alone and the organ task's few baselines: fast with :func:`_fake_ld`.
+FAKE_LD_CONFIG = ShapeBenchmarkConfig(quick=True, tasks=["synthetic_heart"], seeds=2,
+                                      refine_steps=0, student_steps=0)  # fmt: skip
+
+
+def test_seeds_together_are_averaged_again_when_a_seed_is_made_again(tmp_path, monkeypatch):
+    """The ensemble's cache key held the settings and the seed count, nothing of the runs: a
+    seed's LD run made again (stage 1 made again, its folder deleted as the refusal says) left
+    "N seeds together" the mean of the deleted run's maps (reviewer)."""
+    import localdisc.tasks.benchmark_shape_guided as bench
+    from localdisc.data.io import read_image
+    from localdisc.tasks.transfer import image_metrics
+
+    levels = {"seed-0": 0.8, "seed-1": 0.8}
+    _fake_ld(monkeypatch, levels)
+    out = tmp_path / "sg"
+    runs = out / "runs" / "synthetic_heart" / "ld-simulated"
+
+    def ensemble() -> list[float]:
+        results = bench.run_shape_benchmark(FAKE_LD_CONFIG, out, log=lambda m: None)
+        found = [r for r in results["runs"] if r["init"] == "LD + simulated (A, 2 seeds together)"]
+        return [row["dice"] for row in found[0]["metrics"]["per_image"]]
+
+    first = ensemble()
+    levels["seed-1"] = 0.0  # made again, other maps: the mean falls below 0.5
+    shutil.rmtree(runs / "seed-1")
+    again = ensemble()
+    samples = bench._test_set("synthetic_xray:4")
+    expected = []
+    for i in range(2):
+        name = samples[i].name
+        maps = [read_image(runs / s / "eval" / f"{name}_A_prob.png")[0][..., 0]
+                for s in ("seed-0", "seed-1")]  # fmt: skip
+        expected.append(image_metrics(np.mean(maps, axis=0), samples[i], "heart", 64)["dice"])
+    assert again == pytest.approx(expected) and again != pytest.approx(first)
+    # The same maps again: reused, not averaged again.
+    monkeypatch.setattr(bench, "_ensemble_rows", lambda *a: pytest.fail("averaged again"))
+    assert ensemble() == again
+
+
+def test_reused_rows_name_the_commit_they_were_made_at(tmp_path, monkeypatch):
+    """Every row of a resumed benchmark read from its cache was credited to this call's commit
+    alone: no cached evaluation kept where it was made, as the transfer benchmark's runs do
+    (reviewer)."""
+    import localdisc.tasks.benchmark_shape_guided as bench
+    from localdisc.eval import provenance
+
+    levels = {"seed-0": 0.8, "seed-1": 0.8}
+    _fake_ld(monkeypatch, levels)
+    out = tmp_path / "sg"
+
+    def run(commit: str) -> tuple[dict, str]:
+        env = {"localdisc": "0.1.0", "commit": commit * 40, "dirty": False, "torch": "2.5.0"}
+        monkeypatch.setattr(provenance, "environment", lambda *a, **k: env)
+        results = bench.run_shape_benchmark(FAKE_LD_CONFIG, out, log=lambda m: None)
+        return results, (out / "results.md").read_text()
+
+    results, report = run("a")
+    assert "made at" not in report  # all this call's
+    assert {r["metrics"]["environment"]["commit"][0] for r in results["runs"]} == {"a"}
+    # Seed 1's run made again at another commit: it and the ensemble are that commit's rows.
+    levels["seed-1"] = 0.0
+    shutil.rmtree(out / "runs" / "synthetic_heart" / "ld-simulated" / "seed-1")
+    results, report = run("b")
+    made = {(r["init"], r["seed"]): r["metrics"]["environment"]["commit"][0]
+            for r in results["runs"]}  # fmt: skip
+    remade = {k for k, commit in made.items() if commit == "b"}
+    assert remade == {("LD + simulated (A)", 1), ("LD + simulated (A, 2 seeds together)", 0),
+                      ("LD + simulated (A + topology, 2 seeds together)", 0)}  # fmt: skip
+    n = len(made) - len(remade)
+    assert (
+        f"Runs made at: commit aaaaaaa ({n} runs); commit bbbbbbb (3 runs). Earlier calls' runs "
+        "are reused; the environment is this call's."
+    ) in report.splitlines()
+    # An evaluation cached before rows kept their environment says so.
+    path = out / "runs" / "synthetic_heart" / "kmeans" / "seed-0" / "per_image.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "environment"}))
+    _, report = run("b")
+    assert (
+        f"made at: not recorded (1 run); commit aaaaaaa ({n - 1} runs); commit bbbbbbb (3 runs)."
+        in report
+    )

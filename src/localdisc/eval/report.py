@@ -175,8 +175,9 @@ def runs_made_at(
     metrics or ``config.json``: ``environment`` and ``resumed``) were made at, with counts, where
     any differs from the ``current`` call's: reused runs of earlier calls are not this call's.
 
-    ``None`` where all were made as ``current`` or none records its environment (the shape-guided
-    benchmark's rows). A resumed run's starts are joined with "then"."""
+    ``None`` where all were made as ``current`` or none records its environment (a shape-guided
+    benchmark's rows cached before they kept theirs). A resumed run's starts are joined with
+    "then"."""
     if not any(r.get("environment") for r in records):
         return None
     states = Counter(

@@ -44,6 +44,8 @@ vessel filters and their network, on STARE (another data set). The filters and k
 prior knowledge LD's prior carries (its expected foreground fraction; the filters also that vessels
 are connected). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues;
 a refinement from its checkpoint in ``RUN/eval/refine-checkpoint``, as ``shape-guided segment``'s.
+Each evaluation keeps the environment it was made in: ``results.md`` names the commits of rows
+an earlier call made.
 A seed whose pre-training diverges (stage 1, or stage 2 with a prior) is left out of its rows,
 listed under Skipped (those cells say ``(n=K)``), and the other seeds go on.
 """
@@ -51,6 +53,7 @@ listed under Skipped (those cells say ``(n=K)``), and the other seeds go on.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import shutil
@@ -331,7 +334,7 @@ def run_shape_benchmark(
     if config.init is not None:  # against every task, before the first one's training
         _check_from(config, planned)
     for name, task, spec, test in planned:
-        runs += _run_task(config, name, task, spec, test, data_root, out_dir, skipped, log)
+        runs += _run_task(config, name, task, spec, test, data_root, out_dir, skipped, env, log)
     results = {"config": asdict(config), "environment": env, "runs": runs, "skipped": skipped}
     refine_at = config.refine_size or "the LD run's pool size"
     intro = [
@@ -404,8 +407,11 @@ def _run_task(
     data_root: Path | None,
     out_dir: Path,
     skipped: list[dict[str, Any]],
+    env: dict[str, Any],
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
+    """One task's rows (``env``: the benchmark's :func:`~localdisc.eval.provenance.environment`,
+    kept with each evaluation computed now; a reused one's rows keep the one they were made in)."""
     from localdisc.priors import load_prior
     from localdisc.tasks.shape_guided import run_size
 
@@ -436,12 +442,18 @@ def _run_task(
         return []
     runs: list[dict[str, Any]] = []
 
-    def record(method: str, seed: int, per_image: list[dict[str, Any]]) -> None:
+    def record(
+        method: str, seed: int, per_image: list[dict[str, Any]], made: dict[str, Any] | None
+    ) -> None:
+        # "environment": where the rows were computed (an earlier call's for reused ones), which
+        # results.md names where it is not this call's (report.runs_made_at); none in an
+        # evaluation cached before it was kept.
         summary = summarize([{k: v for k, v in r.items() if k != "image"} for r in per_image])
+        metrics = {"target": target, "summary": summary, "per_image": per_image}
         runs.append({
             "task": name, "init": method, "labels": "no labels", "seed": seed,
             "run_dir": str(task_dir / _slug(method) / f"seed-{seed}"),
-            "metrics": {"target": target, "summary": summary, "per_image": per_image},
+            "metrics": {**metrics, **({"environment": made} if made else {})},
         })  # fmt: skip
 
     # The fraction k-means and the filter-taught network are given.
@@ -505,9 +517,10 @@ def _run_task(
         kmeans = {**_eval_settings(config, samples, "kmeans_clusters"), "fraction": fraction,
                   "stage1": stage1, "stage1_sha256": weights_sha256(stage1),
                   "seen": "roi_box"}  # fmt: skip
-        rows = _cached(task_dir / "kmeans" / f"seed-{seed}", kmeans, _kmeans_rows, base, samples,
-                       target, config, fraction, seed, run_size(stage1))  # fmt: skip
-        record("k-means (no prior)", seed, rows)
+        rows, made = _cached(task_dir / "kmeans" / f"seed-{seed}", kmeans, env, _kmeans_rows,
+                             base, samples, target, config, fraction, seed,
+                             run_size(stage1))  # fmt: skip
+        record("k-means (no prior)", seed, rows, made)
         for label, (prior_path, _, _) in priors.items():
             settings = {
                 **_settings(config, task, spec, seed), "stage1_steps": 0, "prior": prior_path,
@@ -521,14 +534,14 @@ def _run_task(
             topology = topologies[label]
             key = {**refinement(topology), **_prior_bank_key(run_dir)}
             try:
-                outputs = _cached(run_dir / "eval", key, _ld_rows, run_dir, samples, target,
-                                  config, topology, log)  # fmt: skip
+                outputs, made = _cached(run_dir / "eval", key, env, _ld_rows, run_dir, samples,
+                                        target, config, topology, log)  # fmt: skip
             except DivergedError as exc:  # the refinement's, recorded before A and B were kept
                 skip_rows(seed, f"LD + {label} refinement", exc, f"LD + {label} (")
                 continue
             diverged_refinement = outputs.pop(REFINEMENT_DIVERGED, None)  # saved already
             for output, per_image in outputs.items():
-                record(f"LD + {label} ({output})", seed, per_image)
+                record(f"LD + {label} ({output})", seed, per_image, made)
             ensembles.setdefault(label, []).append(run_dir)
             if diverged_refinement:  # A and B stand; no refined maps for the ensemble
                 skip_rows(seed, f"LD + {label} refinement", diverged_refinement,
@@ -555,11 +568,16 @@ def _run_task(
                 settings["prior_banks"] = banks
             if topology is not None:  # mean maps exactly at 0.5 (2 seeds) are in the mask
                 settings["topology_mask"] = ">= 0.5"
+            # The maps it averages: a seed's run made again (a stage 1 made again: "delete the
+            # folder"), or refined again, kept the old maps' mean.
+            settings["maps_sha256"] = _maps_sha256(run_dirs, outputs_of, samples)
             folder = "ensemble" if outputs_of == both else f"ensemble-{outputs_of[0]}"
-            outputs = _cached(task_dir / f"ld-{label}" / folder, settings, _ensemble_rows,
-                              run_dirs, outputs_of, samples, target, config, topology)  # fmt: skip
+            outputs, made = _cached(task_dir / f"ld-{label}" / folder, settings, env,
+                                    _ensemble_rows, run_dirs, outputs_of, samples, target,
+                                    config, topology)  # fmt: skip
             for output, per_image in outputs.items():
-                record(f"LD + {label} ({output}, {len(run_dirs)} seeds together)", 0, per_image)
+                row = f"LD + {label} ({output}, {len(run_dirs)} seeds together)"
+                record(row, 0, per_image, made)
     if task.tubular:  # deterministic: one "seed"
         thresholds = {f"{label} fraction ({f:.3f})": f for label, (_, f, _) in priors.items()}
 
@@ -579,9 +597,10 @@ def _run_task(
                     # "calibrate": scaled below the threshold (58790f0), not shifted and clipped
                     settings = {**_eval_settings(config, samples), "speck_area": area,
                                 "calibrate": "scaled"}  # fmt: skip
-                    rows = _cached(task_dir / _slug(row), settings, _filter_rows, samples,
-                                   target, scores, method, value, area, config)  # fmt: skip
-                    record(row, 0, rows)
+                    rows, made = _cached(task_dir / _slug(row), settings, env, _filter_rows,
+                                         samples, target, scores, method, value, area,
+                                         config)  # fmt: skip
+                    record(row, 0, rows, made)
         students = [(0, seed) for seed in range(config.seeds if config.student_steps else 0)]
         if config.student_painted:
             students += [(config.student_painted, seed) for _, seed in students]
@@ -595,19 +614,20 @@ def _run_task(
             folder = task_dir / _slug(f"{config.student_teacher}-student{suffix}") / f"seed-{seed}"
             at = f" @ {fraction_from} fraction ({fraction:.3f})"
             try:
-                rows = _cached(folder, settings, _student_rows, samples, target, scores,
-                               fraction, config, student, log)  # fmt: skip
+                rows, made = _cached(folder, settings, env, _student_rows, samples, target,
+                                     scores, fraction, config, student, log)  # fmt: skip
             except DivergedError as exc:
                 names = _student_outputs(student)
                 skip(seed, names[0], exc, {f"{row}{at}" for row in names}.__contains__)
                 continue
             for output, per_image in rows.items():
-                record(f"{output}{at}", seed, per_image)
+                record(f"{output}{at}", seed, per_image, made)
     else:  # what the prior alone gives: its mean shape, the same on every image
         for label, (_, f, bank) in priors.items():
-            rows = _cached(task_dir / _slug(f"mean-shape-{label}"), _eval_settings(config, samples),
-                           _mean_shape_rows, samples, target, bank, f, config)  # fmt: skip
-            record(f"mean shape of {label} (no image)", 0, rows)
+            rows, made = _cached(task_dir / _slug(f"mean-shape-{label}"),
+                                 _eval_settings(config, samples), env, _mean_shape_rows, samples,
+                                 target, bank, f, config)  # fmt: skip
+            record(f"mean shape of {label} (no image)", 0, rows, made)
     # The rows a diverged seed would have filled: their cells say (n=K) (report.collect).
     for entry, fills in diverged:
         entry["rows"] = sorted({run["init"] for run in runs if fills(run["init"])})
@@ -651,22 +671,49 @@ def _eval_settings(
     }
 
 
-def _cached(folder: Path, settings: dict[str, Any], compute: Callable[..., Any], *args: Any) -> Any:
-    """``compute(*args)``, saved as ``folder/per_image.json`` with ``settings`` and reused while
-    they are the same (a rerun with another refinement or test set recomputes). One whose
-    training diverges (a filter-taught network; a refinement, recorded so before
-    :func:`_ld_rows` kept outputs A and B) is remembered the same way
+def _cached(
+    folder: Path,
+    settings: dict[str, Any],
+    env: dict[str, Any],
+    compute: Callable[..., Any],
+    *args: Any,
+) -> tuple[Any, dict[str, Any] | None]:
+    """``compute(*args)`` and the environment it was made in: saved as ``folder/per_image.json``
+    with ``settings`` and ``env`` (the benchmark's), and reused while the settings are the same
+    (a rerun with another refinement or test set recomputes), with the environment saved then
+    (``None`` in a file of before it was kept): a resumed benchmark's report names the commits
+    of the rows it reused. One whose training diverges (a filter-taught network; a refinement,
+    recorded so before :func:`_ld_rows` kept outputs A and B) is remembered the same way
     (:func:`~localdisc.tasks.presets.unless_diverged`, keyed by ``settings``): a rerun raises it
     again at once, without training to the same end."""
     path = folder / "per_image.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         if isinstance(saved, dict) and saved.get("settings") == jsonable(settings):
-            return saved["rows"]
+            return saved["rows"], saved.get("environment")
     result = unless_diverged(folder, lambda: compute(*args), key=jsonable(settings))
-    saved = {"settings": settings, "rows": result}
+    saved = {"settings": settings, "rows": result, "environment": env}
     atomic_write_text(path, json.dumps(jsonable(saved), indent=1))
-    return result
+    return result, env
+
+
+def _maps_sha256(
+    run_dirs: Sequence[Path], outputs: Sequence[str], samples: Sequence[Sample]
+) -> list[str]:
+    """Per run, a SHA-256 of the probability maps :func:`_ensemble_rows` averages (``outputs``
+    of ``samples``, as :func:`_ld_rows` wrote them; a missing one hashed as such, for the
+    averaging to name it): part of the ensemble's cache key, so that a seed whose maps changed
+    (its run made again, or refined again) is averaged again."""
+    digests = []
+    for run_dir in run_dirs:
+        h = hashlib.sha256()
+        for output in outputs:
+            for s in samples:
+                path = run_dir / "eval" / f"{s.name}_{output}_prob.png"
+                h.update(path.name.encode() + b"\0")
+                h.update(path.read_bytes() if path.is_file() else b"(missing)")
+        digests.append(h.hexdigest())
+    return digests
 
 
 def _metrics(prob: np.ndarray, sample: Any, target: str, size: int) -> dict[str, Any]:
