@@ -245,13 +245,19 @@ def test_shuffling_windows_span_a_tenth_of_each_side_of_a_wide_image():
 
 
 def test_in_painted_windows_have_sides_of_a_sixth_to_a_third():
-    # Guards the authors' in-painting window sides (side/6 .. side/3 of a 60 px image: 10..20);
-    # wider windows would hide most of the anatomy the network is asked to restore.
-    x = torch.zeros(200, 1, 60, 60)
+    # Guards the authors' in-painting window sides, side/6 .. side/3 of each side, both ends
+    # included (10..20 of a 60 px height, 15..30 of a 90 px width), drawn independently: wider
+    # windows would hide most of the anatomy the network is asked to restore. Reviewer's
+    # mutations left every test passing with square windows, or sides that never reach side/3.
+    x = torch.zeros(300, 1, 60, 90)
     painted = in_paint(x, gen(0), windows=1, continue_p=1.0)[:, 0] != 0
     rows, cols = painted.any(2).sum(1), painted.any(1).sum(1)
-    for sides in (rows, cols):
-        assert 10 <= int(sides.min()) <= 11 and 19 <= int(sides.max()) <= 20
+    assert set(rows.tolist()) == set(range(10, 21)) and set(cols.tolist()) == set(range(15, 31))
+    assert int(painted.flatten(1).sum(1).ne(rows * cols).sum()) == 0  # one rectangle each
+    square = torch.zeros(300, 1, 60, 60)
+    painted = in_paint(square, gen(0), windows=1, continue_p=1.0)[:, 0] != 0
+    rows, cols = painted.any(2).sum(1), painted.any(1).sum(1)
+    assert (rows == cols).float().mean() < 0.2  # independent sides: 1 in 11 alike
 
 
 def test_the_corruption_clamps_its_input_to_0_1():
@@ -261,3 +267,73 @@ def test_the_corruption_clamps_its_input_to_0_1():
     nothing = GenesisCorruption(shuffle_p=0, nonlinear_p=0, paint_p=0)
     out = nothing(torch.tensor([[[[1.05, -0.05, 0.5]]]]), gen(0))
     assert out.flatten().tolist() == [1.0, 0.0, 0.5]
+
+
+def test_shuffling_windows_reach_the_last_row_and_column_as_often_as_the_first():
+    # Window positions are uniform over every place a window fits, the last row and column
+    # included: otherwise the bottom and right edges of every image would never be corrupted
+    # (a reviewer's mutation: 0 of 200 images had their last row shuffled).
+    n, s = 64, 32
+    x = torch.arange(n * s * s, dtype=torch.float32).view(n, 1, s, s) / (n * s * s)
+    moved = (local_pixel_shuffle(x, gen(0)) != x)[:, 0].float()
+    for first, last in ((moved[:, 0], moved[:, -1]), (moved[:, :, 0], moved[:, :, -1])):
+        assert first.mean() > 0.2  # an edge pixel is covered by fewer windows than others
+        assert last.mean().item() == pytest.approx(first.mean().item(), rel=0.25)
+
+
+def test_in_painting_draws_no_window_with_probability_1_minus_continue_p():
+    # Window j exists only if every draw before it succeeded (the authors' loop stops at the
+    # first failure): no window at all in 5 % of the images at continue_p = 0.95, half of them
+    # at 0.5. Independent draws per window would paint all but 0.05^5 (0.5^5) of them.
+    for p, share in ((0.95, 0.05), (0.5, 0.5)):
+        x = torch.full((2000, 1, 16, 16), 0.5)
+        untouched = (in_paint(x, gen(0), continue_p=p) == x).flatten(1).all(1)
+        assert untouched.float().mean().item() == pytest.approx(share, abs=0.025)
+
+
+def test_painted_noise_is_uniform_per_channel_whatever_the_intensity_curve():
+    # Painting fills with uniform noise in [0, 1), drawn per channel (module docstring: window
+    # noise is drawn per colour channel), and comes after the intensity curve: noise put through
+    # the curve would not be uniform any more (a reviewer's mutation moved the curve last).
+    x = torch.full((200, 1, 32, 32), 0.5)
+    only = GenesisCorruption(shuffle_p=0.0, nonlinear_p=1.0, paint_p=1.0, outpaint_p=1.0)
+    out = only(x, gen(4)).flatten(1)
+    kept = out.mode(dim=1).values[:, None]  # the curve's value of 0.5, in the kept windows
+    noise = out[out != kept]
+    assert noise.numel() > 0.3 * out.numel()
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        assert (noise < q).float().mean().item() == pytest.approx(q, abs=0.01)
+    rgb = in_paint(torch.full((20, 3, 32, 32), 0.5), gen(3), windows=1, continue_p=1.0)
+    painted = (rgb != 0.5).any(1)
+    grey = (rgb[:, 0] == rgb[:, 1]) & (rgb[:, 1] == rgb[:, 2])
+    assert painted.sum() > 20 * 5 * 5 and not grey[painted].any()
+
+
+def test_the_intensity_curve_maps_the_shuffled_image():
+    # The corruptions compose (module docstring: "applied in this order"): the curve maps the
+    # shuffled pixels, so the output is a monotonic function of the shuffled image, and not of
+    # the input. Each transformation reading the clean input lost the shuffling whenever the
+    # curve was drawn (a reviewer's mutation).
+    n = 8
+    x = torch.rand(n, 1, 32, 32, generator=gen(5))
+    out = GenesisCorruption(shuffle_p=1.0, nonlinear_p=1.0, paint_p=0.0)(x, gen(6))
+    shuffled = local_pixel_shuffle(x, _after_flags(gen(6), n))
+
+    def monotonic_in(a: torch.Tensor, b: torch.Tensor) -> bool:
+        steps = b.flatten()[a.flatten().argsort()].diff()
+        return bool((steps >= 0).all() or (steps <= 0).all())
+
+    for i in range(n):
+        assert monotonic_in(shuffled[i], out[i])
+        assert not monotonic_in(x[i], out[i])
+
+
+@pytest.mark.parametrize("invert_p", [0.0, 1.0])
+def test_invert_p_sets_the_share_of_decreasing_curves(invert_p):
+    # invert_p = 0 keeps every curve increasing (contrast never inverted), 1 inverts them all.
+    ramp = torch.linspace(0, 1, 16).expand(100, 1, 1, 16).contiguous()
+    curves = GenesisCorruption(shuffle_p=0, nonlinear_p=1, paint_p=0, invert_p=invert_p)
+    out = curves(ramp, gen(7))[:, 0, 0]
+    assert ((out[:, 0] > out[:, -1]) == bool(invert_p)).all()
+    direct = nonlinear_transform(ramp, gen(7), invert_p=invert_p)[:, 0, 0]
+    assert ((direct[:, 0] > direct[:, -1]) == bool(invert_p)).all()

@@ -23,6 +23,7 @@ from localdisc.data.preprocess import (
     stretch_contrast,
     to_modality_channels,
 )
+from localdisc.errors import InputError
 
 
 def fundus_like(h: int = 80, w: int = 100, radius: float = 30.0) -> np.ndarray:
@@ -100,6 +101,33 @@ def test_fov_and_roi_ignore_bright_speckle_touching_the_disc(shape: tuple[int, i
     assert np.array_equal(fov_from_image(line), line[:, :, 0] > 0)
 
 
+@pytest.mark.parametrize(("h", "w", "radius"), [(80, 100, 30), (600, 640, 250)])
+def test_the_fov_of_a_plain_disc_is_the_disc(h: int, w: int, radius: int) -> None:
+    # Also where the opening works on a reduced mask (600 px): the disc's rim, which the
+    # reduced opening rounds off, comes back at full resolution. Without the reduced core grown
+    # by one block, an 800 x 800 photograph's FOV lost 741 rim pixels (reviewer's mutation).
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - h / 2 - 0.3) ** 2 + (xx - w / 2 + 0.2) ** 2 <= radius**2
+    image = np.zeros((h, w, 3), np.float32)
+    image[disc] = (0.6, 0.3, 0.1)
+    np.testing.assert_array_equal(fov_from_image(image), disc)
+
+
+def test_a_tinted_surround_is_measured_in_its_brightest_channel() -> None:
+    # background_level reads the brightest channel, as the FOV rule does (a pixel is foreground
+    # when any channel passes): a surround of (0.15, 0.02, 0.02) lies at 0.15. Its channel mean,
+    # 0.06, set a FOV threshold below the red film, and the FOV took in most of it.
+    yy, xx = np.mgrid[:80, :100]
+    disc = (yy - 40) ** 2 + (xx - 50) ** 2 <= 30**2
+    image = np.zeros((80, 100, 3), np.float32)
+    image[disc] = (0.6, 0.3, 0.1)
+    image[~disc] = (0.15, 0.02, 0.02)
+    noise = np.random.default_rng(0).normal(0, 0.01, image.shape)
+    image = np.clip(image + noise, 0, 1).astype(np.float32)
+    assert background_level(image) == pytest.approx(0.15, abs=1 / 256)
+    np.testing.assert_array_equal(fov_from_image(image), disc)
+
+
 def test_fov_of_xray_and_of_black_image_is_whole_image() -> None:
     image = fundus_like()[:, :, :1]
     assert fov_from_image(image, modality="xray").all()
@@ -138,6 +166,11 @@ def test_roi_crop_crops_image_and_masks_alike() -> None:
     fov = image[:, :, 0] > 0
     out_image, out_vessels, out_fov = roi_crop(image, vessels, fov)
     assert out_image.shape == (62, 82, 3)
+    # The crop is roi_box's for the threshold given: a dim frame below it is left out.
+    framed = image.copy()
+    framed[5:95, 5:115] = np.maximum(framed[5:95, 5:115], 0.2)
+    assert roi_crop(framed, threshold=0.3, margin=0)[0].shape == (30, 50, 3)
+    assert roi_crop(framed, margin=0)[0].shape == (90, 110, 3)
     assert out_vessels.shape == out_fov.shape == (62, 82)
     assert out_vessels[45 - 14, 50 - 24] and out_vessels.sum() == 1
     assert out_fov.sum() == fov.sum()
@@ -184,6 +217,12 @@ def test_resize_mask_nearest_keeps_labels() -> None:
     assert np.array_equal(down, mask)
     labels = np.arange(12).reshape(3, 4)
     assert set(np.unique(resize_mask(labels, (7, 5)))) <= set(range(12))
+    # Output pixel centres land on the input grid: shrinking 9 -> 3 picks the centre pixel of
+    # each 3 x 3 block, not its top-left corner (which shifted every mask by a pixel, and here
+    # lost every one of a mask's pixels).
+    grid = np.arange(81).reshape(9, 9)
+    np.testing.assert_array_equal(resize_mask(grid, 3), grid[1::3, 1::3])
+    np.testing.assert_array_equal(resize_mask(grid, (3, 9)), grid[1::3])
 
 
 def test_resize_inside_takes_a_map_from_its_field_of_view_alone() -> None:
@@ -266,6 +305,12 @@ def test_float_intensities_slightly_outside_0_1_are_clipped() -> None:
     np.testing.assert_array_equal(raw_intensities(values), [0.0, 0.0, 0.5, 1.0, 1.0])
     image = as_raw_image(values[1:].reshape(2, 2) * 1.2 - 0.1)
     assert image.shape == (2, 2, 1) and image.min() == 0.0 and image.max() == 1.0
+    # Up to FLOAT_SLACK = 0.5 outside; further out the values are in other units (a 0-2 image,
+    # an image in percent of 180) and are refused, not clipped to white.
+    np.testing.assert_array_equal(raw_intensities(np.float32([-0.5, 1.5])), [0.0, 1.0])
+    for wrong in ([0.0, 1.6], [-0.6, 1.0], [0.0, 0.9, 1.8]):
+        with pytest.raises(InputError, match="not intensities in"):
+            raw_intensities(np.float32(wrong))
 
 
 def test_fov_opening_radius_follows_the_short_side() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import math
 
 import pytest
 import torch
@@ -340,6 +341,28 @@ def test_the_crop_lies_anywhere_it_fits_along_both_axes() -> None:
         assert abs(centre.mean().item()) < 0.05 * bound  # uniform, not skewed
 
 
+def test_crop_aspect_ratio_is_log_uniform_and_a_non_square_input_keeps_most_of_it() -> None:
+    # The aspect ratio (width / height) is log-uniform (class doc, torchvision's rule): on a
+    # square input a crop is as often tall as wide, log ratios uniform in +-log(4/3). Drawn
+    # uniformly, wide crops were 1.3 times as common as tall ones (reviewer's mutation).
+    n, still = 20000, dict(rotation=0.0, view_rotation=0.0, flip_p=0.0)
+    thetas = LDViews(32, crop_scale=(0.5, 0.5), **still)._thetas(n, 64, 64, gen(1))[:n]
+    log_ratio = (thetas[:, 0, 0] / thetas[:, 1, 1]).log()  # (crop w / W) / (crop h / H)
+    bound = math.log(4 / 3)
+    assert log_ratio.abs().max() <= bound + 1e-9
+    for q in (0.1, 0.3, 0.5, 0.7, 0.9):
+        share = (log_ratio < (2 * q - 1) * bound).double().mean().item()
+        assert share == pytest.approx(q, abs=0.02)
+    # A non-square input's crop is nearly the whole image (class doc): its short side whole and
+    # over 3/4 of its long side, either way round. The ratio's lower clip taken from the width
+    # cut a wide input's crop to 58 % of its width (reviewer's mutation).
+    for height, width in ((64, 128), (128, 64)):
+        thetas = LDViews(32, **still)._thetas(2000, height, width, gen(0))[:2000]
+        across, down = thetas[:, 0, 0], thetas[:, 1, 1]  # crop width / W, crop height / H
+        short, long = (down, across) if height < width else (across, down)
+        assert short.min() > 1 - 1e-6 and long.min() > 0.75
+
+
 def test_padding_zeros_for_fundus_border_for_xray() -> None:
     grey_rgb = torch.full((4, 3, 40, 40), 0.6)
     grey_1 = torch.full((4, 1, 40, 40), 0.6)
@@ -414,6 +437,31 @@ def test_brightness_factor_scales_the_image() -> None:
     f = torch.cat(factors)
     assert f.min() >= 0.6 - 1e-5 and f.max() <= 1.4 + 1e-5
     assert f.min() < 0.7 and f.max() > 1.3
+
+
+def test_contrast_and_hue_are_changed_either_way() -> None:
+    # Contrast factors are U(0.6, 1.4) and hue shifts U(-0.02, 0.02) turns (class doc): a view's
+    # contrast is lowered as often as raised, its hue turned either way round the colour
+    # circle. Factors of U(1, 1.4), or shifts of U(0, 0.02), left every test passing
+    # (reviewer's mutations). Without geometry the views are the input (P == S), jittered.
+    ramp = torch.linspace(0.3, 0.7, 32).view(1, 1, 1, 32).expand(64, 1, 32, 32).contiguous()
+    views = LDViews(32, "xray", keep_raw=True, **NO_GEOMETRY, **{**NO_JITTER, "contrast": 0.4})
+    raw = views(ramp, ramp, gen(2)).raw
+    assert raw is not None
+    factor = raw[:256].std(dim=(1, 2, 3)) / ramp[0].std()  # about the mean: never clipped
+    assert factor.min() >= 0.6 - 1e-4 and factor.max() <= 1.4 + 1e-4
+    assert factor.min() < 0.7 and factor.max() > 1.3
+    assert (factor < 1).float().mean().item() == pytest.approx(0.5, abs=0.1)
+
+    orange = torch.tensor([0.8, 0.4, 0.2]).view(1, 3, 1, 1).expand(64, 3, 32, 32).contiguous()
+    views = LDViews(32, keep_raw=True, **NO_GEOMETRY, **{**NO_JITTER, "hue": 0.02})
+    raw = views(orange, orange, gen(4)).raw
+    assert raw is not None
+    hue = colorsys.rgb_to_hsv(0.8, 0.4, 0.2)[0]
+    shift = torch.tensor([colorsys.rgb_to_hsv(*p.tolist())[0] - hue for p in raw[:256, :, 9, 9]])
+    assert shift.abs().max() <= 0.02 + 1e-4
+    assert shift.min() < -0.015 and shift.max() > 0.015
+    assert (shift < 0).float().mean().item() == pytest.approx(0.5, abs=0.1)
 
 
 def test_contrast_and_saturation_extremes() -> None:
@@ -509,6 +557,9 @@ def test_views_take_uint16_and_refuse_images_of_unknown_scale() -> None:
             LDViews(32, "xray")(x1.to(dtype), x2.to(dtype), gen(1))
     with pytest.raises(InputError, match=r"x1 holds values in \[\d+, 255\], not intensities"):
         LDViews(32, "xray")(x1.float(), x2.float(), gen(1))
+    # The first float batch is checked whole: x2 of 0-255 values beside a good x1 too.
+    with pytest.raises(InputError, match=r"x2 holds values in \[\d+, 255\], not intensities"):
+        LDViews(32, "xray")(x1.float() / 255, x2.float(), gen(1))
     with pytest.raises(ValueError, match="different dtypes"):
         LDViews(32, "xray")(x1, x2.float() / 255, gen(1))
 

@@ -58,6 +58,36 @@ def test_folder_prior_reads_every_encoding_recursively(mask_folder: Path) -> Non
     assert describe_prior(str(mask_folder)) == f"4 masks from {mask_folder}"
 
 
+def test_gif_masks_are_read_and_hidden_folders_skipped(tmp_path: Path) -> None:
+    # DRIVE's manual annotations are .gif files. A hidden folder (a notebook's
+    # .ipynb_checkpoints, .git) is skipped as hidden files are: its stale copies would join the
+    # prior as shapes of their own.
+    yy, xx = np.mgrid[:64, :64]
+    discs = [(yy - 32) ** 2 + (xx - 32) ** 2 < (15 + i) ** 2 for i in range(3)]
+    for i, disc in enumerate(discs):
+        save(tmp_path / "m" / f"{i + 21}_manual1.gif", disc.astype(np.uint8) * 255)
+    square = np.zeros((64, 64), np.uint8)
+    square[5:60, 5:60] = 255
+    save(tmp_path / "m" / ".ipynb_checkpoints" / "21_manual1-checkpoint.gif", square)
+    bank = load_prior(str(tmp_path / "m"), 32)
+    assert bank.shape == (3, 1, 32, 32)
+    for mask, disc in zip(bank[:, 0].numpy(), discs, strict=True):
+        np.testing.assert_array_equal(mask, resize_mask(disc, 32))
+    assert describe_prior(str(tmp_path / "m")) == f"3 masks from {tmp_path / 'm'}"
+
+
+def test_a_mask_drawn_in_several_colours_is_a_mask(tmp_path: Path) -> None:
+    # A colour mask's foreground is its brightest channel (read_mask), and so are its grey
+    # levels (grey_share): a label map drawn in red and in white on black is a mask of both.
+    # By the channel mean, red (1/3) was a grey level and the mask refused as a photograph.
+    labels = np.zeros((64, 64, 3), np.uint8)
+    labels[8:56, 4:30] = (255, 0, 0)
+    labels[8:56, 34:60] = (255, 255, 255)
+    save(tmp_path / "m" / "labels.png", labels)
+    bank = load_prior(str(tmp_path / "m"), 32)
+    np.testing.assert_array_equal(bank[0, 0].numpy(), resize_mask(labels.max(2) > 0, 32))
+
+
 def test_folder_with_a_colon_in_its_name(tmp_path: Path) -> None:
     mask = np.zeros((16, 16), np.uint8)
     mask[4:12, 4:12] = 255
