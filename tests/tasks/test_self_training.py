@@ -54,9 +54,35 @@ def test_student_probability_is_a_map_of_the_image_zero_off_the_fov():
     assert prob.min() >= 0 and prob.max() <= 1 and not prob[~eye.fov].any()
     plain = student_probability(model, eye.image, eye.fov, flips=False)
     assert plain.shape == prob.shape and not np.allclose(plain, prob)
-    # The same seed, the same network.
+    # The same seed, the same network, whatever state the caller left torch's global RNG in.
+    torch.manual_seed(1)
     again = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
     np.testing.assert_array_equal(student_probability(again, eye.image, eye.fov), prob)
+    torch.manual_seed(2)
+    other = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
+    np.testing.assert_array_equal(student_probability(other, eye.image, eye.fov), prob)
+    # A FOV mask as a PNG reads (0/255) is inside or outside, as vesselness takes it: it scaled
+    # the probabilities to 255.
+    byte_fov = eye.fov.astype(np.uint8) * 255
+    np.testing.assert_array_equal(student_probability(model, eye.image, byte_fov), prob)
+
+
+def test_the_map_of_a_flipped_photograph_is_its_map_flipped():
+    """The mean over the four flips (the image as it is, flipped along each axis and both)
+    makes the map flip with the photograph, which the network alone does not, at an image size
+    other than the network's (resized back bilinearly): a mean over three flips, or a
+    nearest-neighbour resize back, broke it."""
+    eye = synthetic_fundus(96, seed=0)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=2, device="cpu")
+    model = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
+    prob = student_probability(model, eye.image, eye.fov)
+    plain = student_probability(model, eye.image, eye.fov, flips=False)
+    for axes in ((0,), (1,), (0, 1)):
+        image, fov = (np.flip(a, axes).copy() for a in (eye.image, eye.fov))
+        flipped = student_probability(model, image, fov)
+        np.testing.assert_allclose(flipped, np.flip(prob, axes), rtol=0, atol=1e-5)
+        alone = student_probability(model, image, fov, flips=False)
+        assert np.abs(alone - np.flip(plain, axes)).max() > 1e-3
 
 
 def test_painted_copies_teach_their_tree_as_sure_vessel_and_the_rest_as_the_teacher_does():
@@ -203,6 +229,35 @@ def test_a_stopped_student_continues_from_its_checkpoint_to_the_same_network(tmp
     assert len(taken) == 4 and any("after student step 3/4" in line for line in said)
     for key, value in straight.items():  # the head's label shift and batch norm too
         assert torch.equal(again[key], value), key
+
+
+def test_the_student_trains_on_rotated_flipped_crops_then_recomputes_its_batch_norm(monkeypatch):
+    """Rotations of up to 180 degrees and flips are the student's noise (Noisy Student); once
+    trained, its batch-norm statistics are those of every image it trained on, painted copies
+    too (recomputed as :func:`recalibrate_batch_norm` does), not the last steps' moving average."""
+    import copy
+
+    from localdisc.engine import pseudo_label
+    from localdisc.engine.batch_norm import recalibrate_batch_norm
+
+    eye = synthetic_fundus(64, seed=0)
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=2, painted=1, device="cpu")
+    real, asked = pseudo_label.augment, []
+
+    def augment(x, y, **kwargs):
+        asked.append((kwargs["rotation"], kwargs["flips"], x.shape[-1]))
+        return real(x, y, **kwargs)
+
+    monkeypatch.setattr(pseudo_label, "augment", augment)
+    model = train_student([eye.image], [eye.fov], 0.12, config, log=quiet)
+    assert asked == [(180.0, True, 32)] * 2
+    teacher = vesselness(eye.image, eye.fov, method=config.method, erode_fov=config.erode_fov)
+    xs, _ = student_training_set([eye.image], [eye.fov], [teacher], 0.12, config)
+    assert len(xs) == 2  # the image and its painted copy
+    by_hand = copy.deepcopy(model)
+    recalibrate_batch_norm(by_hand, xs, batch=config.batch)
+    for (name, value), recomputed in zip(model.named_buffers(), by_hand.buffers(), strict=True):
+        assert torch.equal(value, recomputed), name
 
 
 def test_the_batch_norm_recalibration_after_the_last_step_is_logged():

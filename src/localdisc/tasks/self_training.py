@@ -255,7 +255,10 @@ def student_probability(
 ) -> np.ndarray:
     """The student's vessel probability at the image's own size, 0 outside ``fov``; with
     ``flips`` the mean over the image as it is and flipped along each axis and both. A grey
-    image is repeated to RGB, as :func:`student_training_set` takes it."""
+    image is repeated to RGB, as :func:`student_training_set` takes it. ``fov`` is taken as
+    bool (inside where nonzero), as :func:`~localdisc.tasks.vesselness.vesselness` takes it: a
+    0/255 mask as a PNG reads scaled the probabilities to 255."""
+    fov = np.asarray(fov, dtype=bool)
     image = resize_image(to_modality_channels(image, "fundus"), model.config.size)
     x = torch.from_numpy(image).permute(2, 0, 1)[None]
     dims = [(), (2,), (3,), (2, 3)] if flips else [()]
