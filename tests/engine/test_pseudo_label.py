@@ -79,6 +79,12 @@ def test_crops_are_windows_of_the_images_and_their_labels(monkeypatch):
         return x, y
 
     monkeypatch.setattr(pseudo_label, "augment", spy)
+    fit(images, targets, steps=2, crop=32)  # a crop of the images' size: the whole images
+    assert len(seen) == 2
+    for x, y in seen:
+        (k,) = [k for k in range(len(images)) if torch.equal(images[k], x[0])]
+        assert torch.equal(targets[k], y[0])
+    seen.clear()
     fit(images, targets, steps=3, crop=16)
     for x, y in seen:
         assert x.shape == (2, 3, 16, 16) and y.shape == (2, 2, 16, 16)
@@ -88,6 +94,26 @@ def test_crops_are_windows_of_the_images_and_their_labels(monkeypatch):
         assert len(hits) == 1
         k, i, j = hits[0]
         assert torch.equal(targets[k, :, i : i + 16, j : j + 16], y[0])
+
+
+def test_every_image_is_drawn_and_augmented_with_the_rotation_and_flips_asked(monkeypatch):
+    images, targets = bright_spots(n=3, size=16)
+    seen = []
+    real = pseudo_label.augment
+
+    def spy(x, y, **kwargs):
+        seen.append((x, kwargs["rotation"], kwargs["flips"]))
+        return real(x, y, **kwargs)
+
+    monkeypatch.setattr(pseudo_label, "augment", spy)
+    fit(images, targets, steps=20, rotation=30.0, flips=True)
+    assert {(rotation, flips) for _, rotation, flips in seen} == {(30.0, True)}
+    # 40 draws of 3 images: the last one among them too.
+    drawn = {k for x, _, _ in seen for row in x for k in range(3) if torch.equal(row, images[k])}
+    assert drawn == {0, 1, 2}
+    seen.clear()
+    fit(images, targets, steps=2, rotation=0.0, flips=False)
+    assert [(rotation, flips) for _, rotation, flips in seen] == [(0.0, False)] * 2
 
 
 def test_silent_pixels_teach_nothing_and_a_seed_repeats_the_run():
@@ -214,6 +240,12 @@ def test_a_checkpoint_of_other_settings_images_or_labels_is_said_removed_and_red
     for changed, differ in (
         ({"lr": 2e-2}, "settings"),
         ({"crop": None}, "settings"),
+        ({"rotation": 0.0}, "settings"),
+        ({"flips": False}, "settings"),
+        ({"seed": 1}, "settings"),
+        ({"batch": 3}, "settings"),
+        ({"cosine": False}, "settings"),
+        ({"bf16": True}, "settings"),
         ({"images": images.flip(-1)}, "images"),
         ({"targets": other_targets}, "pseudo-labels"),
         ({"width": 8}, "layers"),

@@ -290,7 +290,8 @@ def test_segmentation_metrics_validation():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         segmentation_metrics(bad, target)
-    for value in (1.01, -0.01):
+    # Beyond float32 round-off (a resize that overshoots, logits): refused, however little.
+    for value in (1.01, -0.01, 1 + 1e-5, -1e-5):
         bad[0, 0] = value
         with pytest.raises(ValueError, match=r"\[0, 1\]"):
             segmentation_metrics(bad, target)
@@ -389,6 +390,10 @@ def test_best_cluster_dice_wants_one_cluster_for_all_images():
     other = np.where(region, 1, 0)
     k, score = best_cluster_dice([first, other], [region, region])
     assert k in (1, 3) and score == pytest.approx(0.5)
+    # A cluster absent from the first image counts too: 5 marks the structure in the second
+    # (Dice 0, 1), where 0, everywhere in the first, scores 2/3 and 0.
+    everywhere = np.zeros((4, 4), int)
+    assert best_cluster_dice([everywhere, np.where(region, 5, 0)], [region, region]) == (5, 0.5)
     with pytest.raises(ValueError, match="one region mask per cluster map"):
         best_cluster_dice([first], [region, region])
     with pytest.raises(ValueError, match="shapes differ"):

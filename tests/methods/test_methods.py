@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from localdisc.methods import (
     PretrainObjective,
 )
 from localdisc.methods import densecl as densecl_module
-from localdisc.methods.base import shuffle_bn_permutation
+from localdisc.methods.base import grouped_forward, shuffle_bn_permutation
 from localdisc.methods.densecl import QUEUE_SIZE, queue_size_for
 from localdisc.models.ld import LDModel
 
@@ -139,6 +141,24 @@ def test_densecl_queue_is_state_and_fills_in_order():
     assert int(obj.queue_ptr) == ptr
 
 
+def test_densecl_queues_start_as_unit_vectors_and_each_step_replaces_the_oldest_keys():
+    # MoCo's queue: random unit vectors at first, then first in, first out; a queue whose
+    # writes all went to its first rows kept the rest's random keys as negatives for ever.
+    obj = build("densecl")  # 12 keys, 2 * BATCH = 4 enqueued per step
+    for queue in (obj.global_queue, obj.dense_queue):
+        torch.testing.assert_close(queue.norm(dim=1), torch.ones(12))
+    x1, x2 = pool_pair(3, seed=3)
+    for step in range(3):
+        before = [obj.global_queue.clone(), obj.dense_queue.clone()]
+        obj(x1, x2, gen(step))
+        obj.after_step()
+        new = torch.zeros(12, dtype=torch.bool)
+        new[4 * step : 4 * step + 4] = True
+        for queue, was in zip((obj.global_queue, obj.dense_queue), before, strict=True):
+            assert (queue[new] != was[new]).any(dim=1).all()
+            assert torch.equal(queue[~new], was[~new])
+
+
 def test_densecl_shuffled_bn_changes_only_key_statistics():
     # With one group the query and key batches hold the same images in the same order; with
     # shuffling, the loss differs (different batch statistics) but stays finite.
@@ -165,6 +185,24 @@ def test_pixpro_momentum_schedule():
     assert const.momentum == 0.99
 
 
+def test_pixpro_momentum_without_progress_follows_its_own_step_count():
+    # after_step() updates at the momentum of the steps done before it, then counts the step:
+    # BYOL's m = 1 - (1 - 0.99) (cos(pi k / K) + 1) / 2 at k = 0, then k = 1 of K = 10.
+    obj = build("pixpro")
+    obj.momentum_steps = 10
+    with torch.no_grad():
+        for p in obj.model.encoder.parameters():
+            p.add_(1.0)  # the online encoder away from its momentum copy
+    for k in range(3):
+        online = [p.detach().clone() for p in obj.model.encoder.parameters()]
+        target = [p.detach().clone() for p in obj.momentum_encoder.parameters()]
+        m = 1 - 0.01 * (math.cos(math.pi * k / 10) + 1) / 2
+        obj.after_step()
+        for new, t, o in zip(obj.momentum_encoder.parameters(), target, online, strict=True):
+            torch.testing.assert_close(new, m * t + (1 - m) * o, rtol=0, atol=1e-6)
+        assert int(obj.step) == k + 1
+
+
 def test_peer_views_are_independent_per_view():
     views = PeerViews(SIZE, "fundus")
     x = pool_pair(3, seed=6)[0]
@@ -175,6 +213,15 @@ def test_peer_views_are_independent_per_view():
     assert not torch.allclose(batch.theta[:BATCH], batch.theta[BATCH:])
     again = views(x, 2, gen(0))
     assert torch.equal(again.images, batch.images)
+
+
+def test_peer_views_row_v_times_n_plus_i_is_view_v_of_image_i():
+    # The layout every objective pairs by (view 1 of the instances, then view 2): constant
+    # images keep their value under any geometry (X-ray views pad with the border).
+    x = torch.stack([torch.full((1, 40, 40), v, dtype=torch.uint8) for v in (20, 120, 220)])
+    raw = PeerViews(SIZE, "xray", jitter=False)(x, 2, gen(0)).raw
+    want = torch.tensor([20, 120, 220] * 2, dtype=torch.float32).view(6, 1, 1, 1) / 255
+    torch.testing.assert_close(raw, want.expand_as(raw))
 
 
 def test_peer_views_scale_uint16_as_uint8_and_refuse_unknown_scales():
@@ -238,6 +285,25 @@ def test_shuffle_bn_permutation_mixes_the_query_chunks(n, groups):
         assert len(drawn) > 1
         again = shuffle_bn_permutation(n, groups, gen(7))
         assert torch.equal(again, shuffle_bn_permutation(n, groups, gen(7)))
+
+
+def test_grouped_forward_shuffles_the_chunks_and_returns_each_rows_output_in_its_row():
+    # MoCo's shuffled batch norm: the chunks hold the permuted rows, the outputs come back in
+    # the rows' order, so that DenseCL's key i is instance i's (the permutations of B = 2 are
+    # their own inverses, which hid a missing inverse).
+    x = torch.arange(8.0)[:, None]
+    chunks: list[torch.Tensor] = []
+
+    def identity(chunk: torch.Tensor) -> tuple[torch.Tensor]:
+        chunks.append(chunk)
+        return (chunk,)
+
+    drawn = [shuffle_bn_permutation(8, 2, gen(seed)) for seed in range(3)]
+    for perm in (torch.tensor([1, 2, 0, 3, 5, 6, 7, 4]), *drawn):
+        chunks.clear()
+        (out,) = grouped_forward(identity, x, 2, perm)
+        assert torch.equal(out, x), perm
+        assert torch.equal(torch.cat(chunks), x[perm]) and len(chunks) == 2
 
 
 def test_densecl_shuffled_bn_key_chunks_mix_query_chunks(monkeypatch):

@@ -132,6 +132,37 @@ def test_densecl_loss_matches_the_papers_forward_with_momentum_keys():
     assert (obj.tau, obj.dense_weight, obj.momentum) == (0.2, 0.5, 0.999)
 
 
+def test_densecl_weighs_its_dense_loss_by_lambda():
+    # Eq. 4, L = (1 - lambda) L_global + lambda L_dense: at the default lambda = 0.5 the two
+    # weights swapped gave the same loss.
+    obj = objective("densecl", queue_size=12, dense_weight=0.2)
+    terms = step(obj, instances(), seed=3)
+    assert abs(float(terms["global"] - terms["dense"])) > 0.1
+    torch.testing.assert_close(terms["loss"].detach(), 0.8 * terms["global"] + 0.2 * terms["dense"])
+
+
+def test_the_projection_heads_have_the_papers_layers_at_the_encoders_width():
+    # DenseCL (MoCo v2's heads, 2048 -> 2048 -> 128): global and dense heads 128 -> 128 -> 128
+    # at the encoder's 128 channels, without batch norm; PixPro (BYOL's head, 2048 -> 4096 ->
+    # 256): 128 -> 256 -> 128 with batch norm after the first layer.
+    def layers(head: nn.Module) -> list[tuple]:
+        found: list[tuple] = []
+        for m in head.modules():
+            if isinstance(m, nn.Linear):
+                found.append(("linear", m.in_features, m.out_features))
+            elif isinstance(m, nn.Conv2d):
+                found.append(("conv", m.in_channels, m.out_channels))
+            elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                found.append(("batch norm", m.num_features))
+        return found
+
+    densecl, pixpro = objective("densecl", queue_size=12), objective("pixpro")
+    assert densecl.model.encoder.channels[-1] == 128
+    assert layers(densecl.global_head) == [("linear", 128, 128), ("linear", 128, 128)]
+    assert layers(densecl.dense_head) == [("conv", 128, 128), ("conv", 128, 128)]
+    assert layers(pixpro.projector) == [("conv", 128, 256), ("batch norm", 256), ("conv", 256, 128)]
+
+
 def test_densecl_enqueues_normalised_global_keys_and_pooled_dense_keys():
     # Guards the queues' contents (Sec. 3.2): the global queue takes the step's unit global keys,
     # the dense queue the L2-normalised mean of each key image's dense vectors.
@@ -186,7 +217,8 @@ def test_pixpro_loss_matches_the_papers_forward_with_momentum_keys():
     )
     x = instances()
     n = x.shape[0]
-    got = step(obj, x, seed=3)["loss"]
+    terms = step(obj, x, seed=3)
+    got = terms["loss"]
     batch = obj.views(x, 2, gen(3))
     with torch.no_grad():
         proj = obj.projector(obj.model.encoder(batch.images)[-1])
@@ -204,6 +236,8 @@ def test_pixpro_loss_matches_the_papers_forward_with_momentum_keys():
     want = -((cos * m).sum(dim=(1, 2)) / m.sum(dim=(1, 2))).mean()
     torch.testing.assert_close(got.detach(), want)
     assert ppm.gamma == 2.0 and obj.threshold == 0.7 and obj.base_momentum == 0.99
+    # The log's "positives": the positive pairs per image.
+    torch.testing.assert_close(terms["positives"], mask.sum(dim=(1, 2)).float().mean())
 
 
 # --- Models Genesis (Zhou et al., MICCAI 2019; MedIA 2021) -----------------------------------
@@ -256,6 +290,17 @@ def test_genesis_objective_corrupts_with_the_published_probabilities():
     assert corruption.shuffle_p == 0.5 and corruption.nonlinear_p == 0.9
     assert corruption.paint_p == 0.9 and corruption.outpaint_p == 0.8
     assert corruption.invert_p == 0.5
+
+
+def test_genesis_restores_colour_jittered_views_unless_jitter_is_off():
+    # The restoration target is LD's view at the same setting, its colour jitter included;
+    # jitter=False keeps the geometry only. A constant X-ray image (its views pad with the
+    # border) stays 128 under any geometry: only the jitter moves it.
+    x = torch.full((8, 1, 40, 40), 128, dtype=torch.uint8)
+    jittered = objective("genesis", modality="xray").views(x, 1, gen(0)).raw
+    plain = objective("genesis", modality="xray", jitter=False).views(x, 1, gen(0)).raw
+    torch.testing.assert_close(plain, torch.full_like(plain, 128 / 255))
+    assert (jittered - plain).abs().amax() > 0.05
 
 
 # --- Views -----------------------------------------------------------------------------------
