@@ -812,13 +812,20 @@ def test_a_folder_of_label_maps_says_they_are_trained_as_their_union(tmp_path: P
         save(tmp_path / "set" / "images" / f"c{i}.png", fundus(seed=i))
         save(tmp_path / "set" / "masks" / f"c{i}.png", labels)
     notes = load_dataset("folder", tmp_path / "set").notes()
+    first = tmp_path / "set" / "masks" / "c0.png"
     assert (
-        f"{tmp_path / 'set' / 'masks' / 'c0.png'}: a label map of 2 labels (1, 2), read as one "
-        "foreground, their union, as is every mask of this set; to segment one structure, give "
-        "masks holding it alone"
+        f"{first}: a label map of 2 labels (1, 2), read as one foreground, their union (every "
+        "mask of this set is read so); to segment one structure, give masks holding it alone"
     ) in notes
-    save(tmp_path / "set" / "masks" / "c0.png", (labels > 0).astype(np.uint8) * 255)
-    assert not [n for n in load_dataset("folder", tmp_path / "set").notes() if "label map" in n]
+    save(first, (labels > 0).astype(np.uint8) * 255)
+    assert not [n for n in load_dataset("folder", tmp_path / "set").notes() if str(first) in n]
+    # Scaled for display (0/85/170/255): labels under half scale read as background.
+    save(first, np.where(labels == 1, 85, np.where(labels == 2, 170, 0)).astype(np.uint8))
+    assert (
+        f"{first}: labels 85 are read as background, being under half scale (every mask of "
+        "this set is read so); if they mark a structure, save the masks as 0 and 1, or class "
+        "indices 0, 1, 2"
+    ) in load_dataset("folder", tmp_path / "set").notes()
 
 
 def test_two_files_of_one_image_in_an_official_folder_are_refused(tmp_path: Path) -> None:

@@ -1813,20 +1813,31 @@ class FolderDataset(SegmentationDataset):
 
     @property
     def label_map_note(self) -> str | None:
-        """Where the first mask is a label map of several labels (:func:`mask_labels`: lungs 1
-        and heart 2), a line saying they are trained as one foreground, their union."""
+        """Where the first mask is a label map (:func:`mask_labels`) of several labels read as
+        one foreground (lungs 1 and heart 2: their union), or of labels read as background (85
+        of a map scaled for display as 0/85/170/255), a line saying so."""
         first = next((item.masks["mask"][0] for item in self.items if item.masks), None)
         try:
-            labels = mask_labels(first) if first is not None else []
+            joined, background = mask_labels(first) if first is not None else ([], [])
         except ImageReadError:  # named where it is read
             return None
-        if not labels:
+
+        def listed(labels: list[str]) -> str:
+            return ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+
+        if background:
+            kept = f"; {listed(joined)} as one foreground" if joined else ""
+            return (
+                f"{first}: labels {listed(background)} are read as background, being under half "
+                f"scale{kept} (every mask of this set is read so); if they mark a structure, save "
+                "the masks as 0 and 1, or class indices 0, 1, 2"
+            )
+        if not joined:
             return None
-        shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
         return (
-            f"{first}: a label map of {len(labels)} labels ({shown}), read as one foreground, "
-            "their union, as is every mask of this set; to segment one structure, give masks "
-            "holding it alone"
+            f"{first}: a label map of {len(joined)} labels ({listed(joined)}), read as one "
+            "foreground, their union (every mask of this set is read so); to segment one "
+            "structure, give masks holding it alone"
         )
 
     def notes(self) -> list[str]:

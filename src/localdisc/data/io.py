@@ -56,7 +56,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -312,7 +312,8 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     * alpha (RGBA, LA, PA, a palette's transparency, TIFF alpha, 4-channel ``.npy``): where
       the colour is the same in every pixel and the alpha is not, the alpha decides, by the
       grey rules above (an overlay exported as one colour with alpha = label would read as
-      all or nothing);
+      all or nothing); where the alpha of a non-palette image varies, a fully transparent
+      pixel is background whatever its colour (labels drawn on a transparent white ground);
     * a MINISWHITE TIFF (what ``tifffile.imwrite`` makes of a bool array; ImageJ's masks
       with an inverted LUT) is read as stored (1 or 255 = foreground), as tifffile,
       scikit-image and ImageJ read it, not inverted for display as :func:`read_image` does.
@@ -330,42 +331,68 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     else:
         values = d.pixels if d.pixels.ndim == 2 else d.pixels.max(axis=2)
         mask = _binarize(values, d.scale)  # MINISWHITE: stored values, not inverted
+    if d.alpha is not None and d.palette is None and _levels(d.alpha).size > 1:
+        # An editor's layer keeps a colour under full transparency (labels on a transparent
+        # white ground): read, that ground was foreground everywhere. (A palette's
+        # transparency is left to its colours: GIF encoders make any entry transparent.)
+        mask = mask & (d.alpha != 0)
     return np.ascontiguousarray(mask, dtype=bool)
 
 
-def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> list[str]:
-    """The labels of a mask that :func:`read_mask` takes together as one foreground: the
-    non-zero grey values (``1``, ``2``), palette indices (``index 3``) or colours
-    (``(255, 0, 0)``) of a label map of two or more labels, each of whose pixels is
-    foreground; empty for a mask of one label (or an anti-aliased one, part of whose non-zero
-    pixels is background). Lungs 1 and heart 2 in one map are trained as one structure, their
-    union, which a command says rather than leaving unsaid.
+#: Most non-zero levels of a mask whose levels read as background are named as labels
+#: (:func:`mask_labels`); a mask of more is an anti-aliased or compressed one.
+_MAX_DROPPED_LABELS = 7
+
+
+class MaskLabels(NamedTuple):
+    """What :func:`mask_labels` finds: ``joined``, the labels :func:`read_mask` takes together
+    as one foreground (two or more; else empty); ``background``, the non-zero levels of a mask
+    of few levels that it reads as background (below half scale: 85 of 0/85/170/255)."""
+
+    joined: list[str]
+    background: list[str]
+
+
+def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabels:
+    """The labels of a label map that :func:`read_mask` joins or drops: the non-zero grey
+    values (``1``, ``2``), palette indices (``index 3``) or colours (``(255, 0, 0)``). Lungs 1
+    and heart 2 in one map are trained as one structure, their union, and the labels of a map
+    scaled for display (0/85/170/255) under half scale as background, which a command says
+    rather than leaving unsaid. Both are empty for a mask of one label, and ``background`` for
+    one of more than :data:`_MAX_DROPPED_LABELS` non-zero levels (anti-aliased or compressed).
 
     Raises:
         ImageReadError: as :func:`read_image`.
     """
     d = _decode(Path(path), max_pixels)
     mask = read_mask(path, max_pixels=max_pixels)
+    visible = d.alpha != 0 if d.alpha is not None and d.palette is None else True
     if d.palette is not None and not _is_grey(d.palette[np.unique(d.pixels)]):
         values, name = d.pixels, "index {}"
     elif d.palette is not None:
         values, name = d.palette[:, 0][d.pixels], "{}"
     elif d.pixels.ndim == 3 and not _is_grey(d.pixels.reshape(-1, d.pixels.shape[2])):
-        colours, inverse = np.unique(d.pixels[mask], axis=0, return_inverse=True)
-        if (
-            not 1 < len(colours) <= _MAX_LABEL_LEVELS
-            or (d.pixels.max(axis=2) > 0).sum() > mask.sum()
+        colours = np.unique(d.pixels[mask], axis=0)
+        if not 1 < len(colours) <= _MAX_LABEL_LEVELS or (
+            ((d.pixels.max(axis=2) > 0) & visible).sum() > mask.sum()
         ):
-            return []
-        return [str(tuple(int(c) for c in colour)) for colour in colours]
+            return MaskLabels([], [])
+        return MaskLabels([str(tuple(int(c) for c in colour)) for colour in colours], [])
     else:
         values, name = (d.pixels if d.pixels.ndim == 2 else d.pixels[..., 0]), "{}"
-    if values.dtype.kind not in "iu":
-        return []
-    labels = _levels(values[mask])
-    if labels.size < 2 or not np.array_equal(mask, values != 0):
-        return []
-    return [name.format(int(label)) for label in labels]
+    levels = _levels(values[visible] if visible is not True else values)
+    if values.dtype.kind not in "iu" and not bool((levels == np.round(levels)).all()):
+        return MaskLabels([], [])  # a soft map of floats: no labels
+    labels = levels[levels != 0]
+    kept = _levels(values[mask])
+    if np.array_equal(mask, (values != 0) & visible):
+        dropped = labels[:0]
+    elif labels.size <= _MAX_DROPPED_LABELS:
+        dropped = np.setdiff1d(labels, kept)
+    else:
+        return MaskLabels([], [])
+    shown = [name.format(int(label)) for label in kept]
+    return MaskLabels(shown if len(shown) > 1 else [], [name.format(int(x)) for x in dropped])
 
 
 def _constant(pixels: np.ndarray) -> bool:
@@ -1752,7 +1779,8 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
     2. exactly two values, the lower 0 (0/255, 0/k) -> non-zero;
     3. a label map of few levels -> non-zero: integer samples with at most
        :data:`_MAX_LABEL_LEVELS` distinct values, 0 among them, none above half of full scale
-       and none above 255 (0/1/2 class indices stored as grey ``L`` or ``I;16``);
+       and none above 255 (0/1/2 class indices stored as grey ``L`` or ``I;16``); without a
+       scale (DICOM, floats), integer values up to 127 (0/1/2/3 in a DICOM or float TIFF);
     4. the threshold of rule 5, where it would leave nothing: integer samples of at most
        :data:`_MAX_LABEL_MAP_LEVELS` distinct values, 0 among them, none above it -> non-zero
        (a label map of more labels: 0..20; 16-bit labels 0/300/600; a 12-bit mask 0/2000/4095
@@ -1779,6 +1807,16 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
     ):
         # Nothing reaches half scale, so the threshold below would give an empty mask: small
         # integer levels are class indices (0 background), as in label palettes.
+        return values != 0
+    if (
+        scale is None
+        and 1 < levels.size <= _MAX_LABEL_LEVELS
+        and levels[0] == 0
+        and levels[-1] <= 127
+        and (values.dtype.kind in "iu" or bool((levels == np.round(levels)).all()))
+    ):
+        # The same class indices without a scale (DICOM, float TIFF or .npy): half the maximum
+        # below read 0/1/2/3 as labels 2 and 3, label 1 background.
         return values != 0
     if scale is None:  # floats: 0.5 for probabilities, half the maximum otherwise
         top = float(levels[-1])
