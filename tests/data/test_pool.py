@@ -492,3 +492,40 @@ def test_a_planned_pool_reads_the_files_its_pool_reads(tmp_path, specs, max_imag
                          unreadable=unreadable)  # fmt: skip
     assert planned == read and len(read) == len({*read})
     assert read and not set(read) & set(unreadable) and len(read) <= pool.shape[0]
+
+
+def test_a_pool_image_stands_upright(tmp_path: Path) -> None:
+    # A 24 x 40 radiograph whose top half is bright enters the pool as resize_image makes it,
+    # channels first: its top rows bright, not its left columns (a transposed pool image).
+    from localdisc.data.pool import prepare_pool_image
+    from localdisc.data.preprocess import resize_image
+
+    photo = np.zeros((24, 40), np.uint8)
+    photo[:12] = 255
+    Image.fromarray(photo).save(tmp_path / "top.png")
+    pool, _ = resolve_pool([str(tmp_path)], "xray", 16, log=lambda m: None)
+    assert pool.shape == (1, 1, 16, 16)
+    assert pool[0, 0, :8].eq(255).all() and pool[0, 0, 8:].eq(0).all()
+    ramp = np.linspace(0, 1, 24 * 40, dtype=np.float32).reshape(24, 40, 1)
+    expected = np.round(resize_image(ramp, (16, 16)) * 255).astype(np.uint8)
+    assert np.array_equal(prepare_pool_image(ramp, "xray", 16), expected.transpose(2, 0, 1))
+
+
+def test_max_images_counts_skimage_retina_too() -> None:
+    names: list[str] = []
+    specs = ["synthetic_fundus:2", "skimage:retina"]
+    pool, _ = resolve_pool(specs, "fundus", 32, max_images=2, names=names, log=lambda m: None)
+    assert pool.shape[0] == 2 and names == ["synthetic_fundus 0", "synthetic_fundus 1"]
+
+
+def test_skip_bad_fills_a_folder_given_twice_with_each_spare_file_once(tmp_path: Path) -> None:
+    # The spare files of a folder given twice were candidates twice: its one good file filled
+    # two skipped places and entered the pool twice.
+    folder = _grey_folder(tmp_path / "pool", {"g.png": 70})
+    for name in ("a1.png", "a2.png", "a3.png"):
+        (folder / name).write_bytes(b"not a png")
+    names: list[str] = []
+    pool, skipped = resolve_pool([str(folder)] * 2, "xray", 8, max_images=3, skip_bad=True,
+                                 names=names, log=lambda m: None)  # fmt: skip
+    assert _means(pool) == [70] and names == ["g.png"]
+    assert [p.name for p, _ in skipped] == ["a1.png", "a2.png", "a3.png"]

@@ -244,3 +244,65 @@ def test_results_json_is_strict_json_with_nan_and_infinities_as_null():
     value = {"dice": [float("nan"), 0.5], "auc": (float("inf"), -math.inf), "n": 3, "x": "nan"}
     text = json.dumps(jsonable(value), allow_nan=False)
     assert json.loads(text) == {"dice": [None, 0.5], "auc": [None, None], "n": 3, "x": "nan"}
+
+
+def test_a_cell_is_the_mean_of_its_seeds_not_their_median():
+    # Three uneven seeds: mean 0.667, median 0.600.
+    table = collect({"runs": [run("drive", "ld", s, [v]) for s, v in enumerate([0.5, 0.6, 0.9])]})
+    cell = table["dice"]["ld"]["drive (2)"]
+    assert math.isclose(cell["mean"], (0.5 + 0.6 + 0.9) / 3)
+    assert markdown_table(table["dice"]).endswith("| ld | **0.667 +- 0.170** |")
+
+
+def test_images_pooled_weigh_each_image_not_each_seed():
+    # Seed 0 scored 1 image, seed 1 three (a --max-test changed between reuses): the pooled mean
+    # is over the 4 images (0.65), not the seeds' mean (0.5).
+    table = collect({"runs": [run("drive", "ld", 0, [0.2]), run("drive", "ld", 1, [0.8] * 3)]})
+    cell = table["dice"]["ld"]["drive (2)"]
+    assert math.isclose(cell["image_mean"], 0.65) and cell["n_images"] == 4
+    assert math.isclose(cell["mean"], 0.5)
+    assert markdown_table(table["dice"], pooled=True).endswith("| ld | **0.650 +- 0.260** |")
+
+
+def test_a_diverged_seed_is_missing_from_the_frozen_row_too():
+    # ld seed 1 diverged (skipped without rows): its frozen model has one seed of two, as the
+    # fine-tuned one, and is not bold beside the whole random row it would beat.
+    results = {
+        "runs": [run("drive", "random", s, [0.5]) for s in (0, 1)]
+        + [run("drive", "ld", 0, [0.8], frozen=[0.6])],
+        "skipped": [
+            {"task": "drive", "init": "ld", "labels": "2", "seed": 1, "reason": "diverged"}
+        ],
+    }
+    table = collect(results)["dice"]
+    for row in ("ld (frozen)", "ld"):
+        cell = table[row]["drive (2)"]
+        assert (cell["n_seeds"], cell["n_runs"]) == (1, 2), row
+    text = markdown_table(table)
+    assert "| ld (frozen) | 0.600 (n=1) |" in text, text
+    assert "| ld | 0.800 (n=1) |" in text and "| random | **0.500 +- 0.000** |" in text, text
+
+
+def test_the_bar_chart_s_error_bars_are_the_seed_std(tmp_path, monkeypatch):
+    # Seeds 0.7 and 0.8 (std 0.05); the four images pooled have std 0.166.
+    from localdisc.eval import figures
+    from localdisc.eval.report import dice_bars
+
+    drawn = {}
+    real_save = figures._save
+
+    def save(fig, path):
+        from matplotlib.container import BarContainer
+
+        (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+        (ends,) = bars.errorbar.lines[2]  # the vertical error line of each bar
+        drawn["halves"] = [float(s[1][1] - s[0][1]) / 2 for s in ends.get_segments()]
+        drawn["heights"] = [float(b.get_height()) for b in bars]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", save)
+    table = collect(
+        {"runs": [run("drive", "ld", 0, [0.5, 0.9]), run("drive", "ld", 1, [0.7, 0.9])]}
+    )
+    dice_bars(table["dice"], tmp_path / "bars.png")
+    assert np.allclose(drawn["heights"], [0.75]) and np.allclose(drawn["halves"], [0.05])

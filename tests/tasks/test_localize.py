@@ -81,8 +81,22 @@ def test_template_matching_scales_each_axis_to_the_image(shape):
     scene = smooth_scene()
     template, image = resize_image(scene, (96, 96)), resize_image(scene, shape)
     landmarks = {"a": (30.0, 40.0), "b": (70.0, 20.0), "c": (50.0, 80.0)}
-    found = ncc_localize(template, landmarks, image, patch=24)
+    import skimage.feature
+
+    patches = []
+    real = skimage.feature.match_template
+
+    def spy(image, patch, *args, **kwargs):
+        patches.append(patch.shape)
+        return real(image, patch, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(skimage.feature, "match_template", spy)
+        found = ncc_localize(template, landmarks, image, patch=24)
     scale = (shape[1] / 96, shape[0] / 96)
+    # The 24 x 24 template pixels around each landmark (none at the border), at the image's
+    # scale on each axis: as tall as 24 rows, as wide as 24 columns of the template.
+    assert patches == [(round(24 * scale[1]), round(24 * scale[0]))] * 3
     for name, point in landmarks.items():
         tx, ty = to_resized(point, scale)
         p = found[name]
@@ -827,6 +841,8 @@ def test_radial_summary_of_given_mm_errors():
 
     s = radial_summary([3.0, 4.0], mm=[6.0, 2.0])  # each error's own mm (anisotropic pixels)
     assert s["mean_px"] == 3.5 and s["mean_mm"] == 4.0 and s["within_5mm"] == 0.5
+    # Population std (numpy's ddof 0), as of the pixels and as the benchmark tables' (report).
+    assert s["std_px"] == 0.5 and s["std_mm"] == 2.0 and s["median_mm"] == 4.0
     assert "mean_mm" not in radial_summary([1.0])
     with pytest.raises(ValueError, match="1 errors in mm for 2 in px"):
         radial_summary([1.0, 2.0], mm=[0.5])
@@ -1212,3 +1228,16 @@ def test_template_matching_correlates_luminance_not_one_channel():
 
     found = ncc_localize(scene((30, 40)), {"mark": (30, 40)}, scene((70, 20)), patch=24)["mark"]
     assert (found.x, found.y) == (70, 20) and found.confidence > 0.5
+
+
+def test_the_search_finds_a_landmark_anywhere_in_its_coarse_cell():
+    # On the template itself every landmark is found at its very pixel: at either edge of its
+    # stride-8 coarse cell (the fine window, the kernel's side around the cell's centre, must
+    # reach both) and in the last cell, which the 92 px image fills in part (4 of its 8 px).
+    # A full-contrast texture: every patch differs.
+    image = np.random.default_rng(0).random((92, 92, 3)).astype(np.float32)
+    loaded = LoadedModel(Identity(), PatchKernel(4), 92, frame_fundus=False)  # type: ignore[arg-type]
+    landmarks = {"first": (40, 47), "last": (47, 40), "x partial": (90, 20), "y partial": (21, 91),
+                 "corner": (91, 88)}  # fmt: skip
+    found = Localizer(loaded, image, landmarks, SearchConfig(stride=8))(image)
+    assert {k: (p.x, p.y) for k, p in found.items()} == landmarks

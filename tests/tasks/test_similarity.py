@@ -481,8 +481,17 @@ def test_a_fundus_photograph_on_wide_black_borders_matches_as_without_them(loade
         assert b.best[0][p] == (bx, by) and b.best[1][p] == (bx + 24, by)
     np.testing.assert_allclose(a.targets[1][..., 24:120], a.targets[0], atol=1e-5)
     np.testing.assert_allclose(b.query[..., 24:120], a.query, atol=1e-5)
-    # Outside the crop, the nearest value (the black margin's).
-    np.testing.assert_array_equal(a.targets[1][..., :25], a.targets[1][..., 25:26].repeat(25, -1))
+    # Outside the crop, the nearest crop pixel's value (the black margin's), on each side.
+    from localdisc.tasks.similarity import working_image
+
+    y0, y1, x0, x1 = working_image(loaded, wide, 64)[1].box
+    h, w = wide.shape[:2]
+    assert min(x0, y0) > 0 and x1 < w and y1 < h  # margins on every side, to fill
+    t = a.targets[1]
+    np.testing.assert_array_equal(t[..., :x0], t[..., x0 : x0 + 1].repeat(x0, -1))
+    np.testing.assert_array_equal(t[..., x1:], t[..., x1 - 1 : x1].repeat(w - x1, -1))
+    np.testing.assert_array_equal(t[..., :y0, :], t[..., y0 : y0 + 1, :].repeat(y0, -2))
+    np.testing.assert_array_equal(t[..., y1:, :], t[..., y1 - 1 : y1, :].repeat(h - y1, -2))
     # frame_fundus=False resizes them whole, as before (benchmarks/fundus_framing.py's baseline).
     import dataclasses
 
