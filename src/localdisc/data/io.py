@@ -312,8 +312,7 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     * alpha (RGBA, LA, PA, a palette's transparency, TIFF alpha, 4-channel ``.npy``): where
       the colour is the same in every pixel and the alpha is not, the alpha decides, by the
       grey rules above (an overlay exported as one colour with alpha = label would read as
-      all or nothing); where the alpha of a non-palette image varies, a fully transparent
-      pixel is background whatever its colour (labels drawn on a transparent white ground);
+      all or nothing);
     * a MINISWHITE TIFF (what ``tifffile.imwrite`` makes of a bool array; ImageJ's masks
       with an inverted LUT) is read as stored (1 or 255 = foreground), as tifffile,
       scikit-image and ImageJ read it, not inverted for display as :func:`read_image` does.
@@ -331,11 +330,6 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     else:
         values = d.pixels if d.pixels.ndim == 2 else d.pixels.max(axis=2)
         mask = _binarize(values, d.scale)  # MINISWHITE: stored values, not inverted
-    if d.alpha is not None and d.palette is None and _levels(d.alpha).size > 1:
-        # An editor's layer keeps a colour under full transparency (labels on a transparent
-        # white ground): read, that ground was foreground everywhere. (A palette's
-        # transparency is left to its colours: GIF encoders make any entry transparent.)
-        mask = mask & (d.alpha != 0)
     return np.ascontiguousarray(mask, dtype=bool)
 
 
@@ -366,7 +360,6 @@ def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabel
     """
     d = _decode(Path(path), max_pixels)
     mask = read_mask(path, max_pixels=max_pixels)
-    visible = d.alpha != 0 if d.alpha is not None and d.palette is None else True
     if d.palette is not None and not _is_grey(d.palette[np.unique(d.pixels)]):
         values, name = d.pixels, "index {}"
     elif d.palette is not None:
@@ -374,18 +367,18 @@ def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabel
     elif d.pixels.ndim == 3 and not _is_grey(d.pixels.reshape(-1, d.pixels.shape[2])):
         colours = np.unique(d.pixels[mask], axis=0)
         if not 1 < len(colours) <= _MAX_LABEL_LEVELS or (
-            ((d.pixels.max(axis=2) > 0) & visible).sum() > mask.sum()
+            (d.pixels.max(axis=2) > 0).sum() > mask.sum()
         ):
             return MaskLabels([], [])
         return MaskLabels([str(tuple(int(c) for c in colour)) for colour in colours], [])
     else:
         values, name = (d.pixels if d.pixels.ndim == 2 else d.pixels[..., 0]), "{}"
-    levels = _levels(values[visible] if visible is not True else values)
+    levels = _levels(values)
     if values.dtype.kind not in "iu" and not bool((levels == np.round(levels)).all()):
         return MaskLabels([], [])  # a soft map of floats: no labels
     labels = levels[levels != 0]
     kept = _levels(values[mask])
-    if np.array_equal(mask, (values != 0) & visible):
+    if np.array_equal(mask, values != 0):
         dropped = labels[:0]
     elif labels.size <= _MAX_DROPPED_LABELS:
         dropped = np.setdiff1d(labels, kept)
@@ -1779,8 +1772,7 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
     2. exactly two values, the lower 0 (0/255, 0/k) -> non-zero;
     3. a label map of few levels -> non-zero: integer samples with at most
        :data:`_MAX_LABEL_LEVELS` distinct values, 0 among them, none above half of full scale
-       and none above 255 (0/1/2 class indices stored as grey ``L`` or ``I;16``); without a
-       scale (DICOM, floats), integer values up to 127 (0/1/2/3 in a DICOM or float TIFF);
+       and none above 255 (0/1/2 class indices stored as grey ``L`` or ``I;16``);
     4. the threshold of rule 5, where it would leave nothing: integer samples of at most
        :data:`_MAX_LABEL_MAP_LEVELS` distinct values, 0 among them, none above it -> non-zero
        (a label map of more labels: 0..20; 16-bit labels 0/300/600; a 12-bit mask 0/2000/4095
@@ -1807,16 +1799,6 @@ def _binarize(values: np.ndarray, scale: float | None) -> np.ndarray:
     ):
         # Nothing reaches half scale, so the threshold below would give an empty mask: small
         # integer levels are class indices (0 background), as in label palettes.
-        return values != 0
-    if (
-        scale is None
-        and 1 < levels.size <= _MAX_LABEL_LEVELS
-        and levels[0] == 0
-        and levels[-1] <= 127
-        and (values.dtype.kind in "iu" or bool((levels == np.round(levels)).all()))
-    ):
-        # The same class indices without a scale (DICOM, float TIFF or .npy): half the maximum
-        # below read 0/1/2/3 as labels 2 and 3, label 1 background.
         return values != 0
     if scale is None:  # floats: 0.5 for probabilities, half the maximum otherwise
         top = float(levels[-1])

@@ -610,8 +610,9 @@ def refuse_other_prior(run_dir: Path, config: PretrainConfig) -> None:
         raise CheckpointError(
             f"{run_dir}: pre-trained against other shape prior masks than {config.prior} gives "
             f"now ({now['masks']} masks now, {saved.get('masks')} then): reused, it would stand "
-            "in for a run against these. Restore the prior as it was, or give another --out "
-            "(nothing was changed)"
+            "in for a run against these. Restore the prior as it was (where its files are "
+            "unchanged, another version of localdisc read them otherwise), or give another "
+            "--out (nothing was changed)"
         )
 
 
