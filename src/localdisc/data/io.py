@@ -320,8 +320,11 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     Raises:
         ImageReadError: as :func:`read_image`.
     """
-    path = Path(path)
-    d = _decode(path, max_pixels)
+    return _mask_of(_decode(Path(path), max_pixels))
+
+
+def _mask_of(d: _Decoded) -> np.ndarray:
+    """:func:`read_mask`'s foreground of a decoded file."""
     colours = d.pixels if d.palette is None else d.palette[d.pixels]
     if d.alpha is not None and _constant(colours) and _levels(d.alpha).size > 1:
         mask = _binarize(d.alpha, d.scale)
@@ -359,7 +362,7 @@ def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabel
         ImageReadError: as :func:`read_image`.
     """
     d = _decode(Path(path), max_pixels)
-    mask = read_mask(path, max_pixels=max_pixels)
+    mask = _mask_of(d)  # decoded once
     if d.palette is not None and not _is_grey(d.palette[np.unique(d.pixels)]):
         values, name = d.pixels, "index {}"
     elif d.palette is not None:

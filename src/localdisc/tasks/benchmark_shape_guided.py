@@ -697,6 +697,12 @@ def _cached(
     return result, env
 
 
+def _eval_map(run_dir: Path, name: str, output: str) -> Path:
+    """A seed's probability map of image ``name``, ``output`` (A, B, refined), as :func:`_ld_rows`
+    writes it: what :func:`_ensemble_rows` averages and :func:`_maps_sha256` hashes."""
+    return run_dir / "eval" / f"{name}_{output}_prob.png"
+
+
 def _maps_sha256(
     run_dirs: Sequence[Path], outputs: Sequence[str], samples: Sequence[Sample]
 ) -> list[str]:
@@ -709,7 +715,7 @@ def _maps_sha256(
         h = hashlib.sha256()
         for output in outputs:
             for s in samples:
-                path = run_dir / "eval" / f"{s.name}_{output}_prob.png"
+                path = _eval_map(run_dir, s.name, output)
                 h.update(path.name.encode() + b"\0")
                 h.update(path.read_bytes() if path.is_file() else b"(missing)")
         digests.append(h.hexdigest())
@@ -766,7 +772,7 @@ def _ld_rows(
             held = enforce_topology(m.prob_a, topology)
             out["A + topology"].append(_metrics(held, s, target, config.eval_size))
         for output, prob in (("A", m.prob_a), ("B", m.prob_b)):
-            write_png(predictions / f"{s.name}_{output}_prob.png", prob_png(prob))
+            write_png(_eval_map(run_dir, s.name, output), prob_png(prob))
             write_png(predictions / f"{s.name}_{output}_mask.png", mask_png(prob, 0.5))
     # A stopped benchmark's refinement continues there (the same run, images and config).
     checkpoint = predictions / REFINE_CHECKPOINT
@@ -787,7 +793,7 @@ def _ld_rows(
         for s, m in zip(samples, maps, strict=True):
             prob = refined_probability(network, s.image, m.fov, stretch=stretch)
             out["refined"].append(_metrics(prob, s, target, config.eval_size))
-            write_png(predictions / f"{s.name}_refined_prob.png", prob_png(prob))
+            write_png(_eval_map(run_dir, s.name, "refined"), prob_png(prob))
             write_png(predictions / f"{s.name}_refined_mask.png", mask_png(prob, 0.5))
             if topology is not None:
                 held = enforce_topology(prob, topology)
@@ -808,7 +814,7 @@ def _ensemble_rows(
     out: dict[str, list[dict[str, Any]]] = {}
     for output in outputs:
         for s in samples:
-            prob = mean_probability([d / "eval" / f"{s.name}_{output}_prob.png" for d in run_dirs])
+            prob = mean_probability([_eval_map(d, s.name, output) for d in run_dirs])
             out.setdefault(output, []).append(_metrics(prob, s, target, config.eval_size))
             if topology is not None:
                 held = enforce_topology(prob, topology)
