@@ -574,8 +574,9 @@ def test_similarity_cli_names_dim_images(tmp_path):
 @pytest.mark.parametrize("sigma", [0.1, 0.25, 0.5])
 def test_the_center_sensitive_kernel_is_the_one_of_pre_training(sigma):
     # Guards the inference Gaussian against the training one: a patch's weights are
-    # losses.patch.center_weights for one cell of the kernel's side (sigma times the side), up
-    # to the rounding of an even side to the next odd one (a kernel centred on a pixel). Twice as
+    # losses.patch.center_weights for one cell of the kernel's side (sigma times the side), over
+    # an even side rounded to the next odd one (a kernel centred on a pixel) with the width of
+    # the cell trained on: sigma times 9 px for a side of 8 made it 2.25 px, not 2. Twice as
     # wide a Gaussian at inference (a reviewer's mutation) passed the search tests unnoticed.
     from localdisc.losses.patch import center_weights
 
@@ -585,7 +586,9 @@ def test_the_center_sensitive_kernel_is_the_one_of_pre_training(sigma):
     for side, scale in ((8, 1.0), (64, 1.0), (8, 2.0), (12, 0.25)):  # 9, 65, 17, 3 pixels
         odd = max(1, round(side * scale)) | 1
         got = PatchKernel(side, sigma).weights(scale)
-        assert torch.allclose(got, center_weights(1, odd, sigma)[0], atol=1e-6), (side, scale)
+        pos = torch.arange(odd) - odd // 2
+        want = torch.exp(-0.5 * (pos / (sigma * side * scale)) ** 2)
+        assert torch.allclose(got, want / want.sum(), atol=1e-6), (side, scale)
     # Uniform pooling: equal weights over the same odd side.
     assert torch.allclose(PatchKernel(8).weights(), torch.full((9,), 1 / 9))
 

@@ -57,8 +57,8 @@ class PatchKernel:
         pos = torch.arange(side, dtype=torch.float32) - side // 2
         if self.center_sigma is None:
             w = torch.ones(side)
-        else:
-            w = torch.exp(-0.5 * (pos / (self.center_sigma * side)) ** 2)
+        else:  # the width of pre-training's cells (losses.patch), not of the odd side
+            w = torch.exp(-0.5 * (pos / (self.center_sigma * self.side * scale)) ** 2)
         return w / w.sum()
 
 
