@@ -1241,3 +1241,15 @@ def test_the_search_finds_a_landmark_anywhere_in_its_coarse_cell():
                  "corner": (91, 88)}  # fmt: skip
     found = Localizer(loaded, image, landmarks, SearchConfig(stride=8))(image)
     assert {k: (p.x, p.y) for k, p in found.items()} == landmarks
+
+
+def test_success_rates_at_the_radii_cephalometric_work_reports():
+    # Only 5 and 10 mm were given; cephalometric landmarks are scored at 2, 2.5, 3 and 4 mm
+    # (ISBI 2015), so the shares there were computed by hand from "errors".
+    from localdisc.tasks.localize import radial_summary
+
+    s = radial_summary([1.0] * 5, mm=[1.9, 2.5, 2.9, 3.5, 12.0])  # a radius itself is within
+    assert (s["within_2mm"], s["within_2_5mm"], s["within_3mm"], s["within_4mm"]) == (
+        0.2, 0.4, 0.6, 0.8,
+    )  # fmt: skip
+    assert s["within_5mm"] == s["within_10mm"] == 0.8
