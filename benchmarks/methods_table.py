@@ -16,7 +16,7 @@ is a seed missing from a row (a fine-tuning that diverged) or without a value (N
 the seeds both rows have.
 
 Runs whose settings (``results.json``'s ``config``) differ in more than the pre-training seed
-(and the worker count, which changes no number) are refused, each difference named;
+(and the worker count and ``skip_bad``, which change no number) are refused, each difference named;
 ``--allow-other-settings`` pools them anyway and prints the differences above the tables.
 """
 
@@ -42,9 +42,15 @@ def load(run: Path, metric: str) -> dict[str, dict[str, dict[int, float]]]:
     return {row: {task: by_seed(c) for task, c in cells.items()} for row, cells in table.items()}
 
 
-#: Settings that pooled runs may differ in: the draw's pre-training seed, and the number of
-#: pool-decoding workers (no number depends on it).
-FREE_SETTINGS = (("pretrain", "seed"), ("pretrain", "workers"))
+#: Settings that pooled runs may differ in: the draw's pre-training seed, the number of
+#: pool-decoding workers and ``skip_bad`` (no number depends on them: a finished run without
+#: ``skip_bad`` read every image, and the CLI records it where compare_methods.sh does not).
+FREE_SETTINGS = (
+    ("pretrain", "seed"),
+    ("pretrain", "workers"),
+    ("pretrain", "skip_bad"),
+    ("transfer", "skip_bad"),
+)
 
 
 def _flat(settings: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
@@ -84,7 +90,7 @@ def _draw(config: dict) -> dict:
     for no draw let its copy through, its pairs counted twice (reviewer)."""
     if not isinstance(config.get("pretrain"), dict):
         return {}
-    pretrain = {k: v for k, v in config["pretrain"].items() if k != "workers"}
+    pretrain = {k: v for k, v in config["pretrain"].items() if k not in ("workers", "skip_bad")}
     if pretrain.get("seed") is None:
         pretrain["seed"] = DEFAULT_PRETRAIN_SEED
     shaping = (

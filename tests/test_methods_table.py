@@ -234,3 +234,33 @@ def test_compare_methods_records_a_command_that_reruns_it(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     _, rerun = json.loads((tmp_path / "cm" / "methods" / "record.json").read_text())
     assert rerun == recorded
+
+
+def test_a_cli_run_and_a_script_run_differ_in_no_setting_by_skip_bad(tmp_path):
+    """`benchmark pretrain-methods` records skip_bad (false) in "pretrain" and "transfer",
+    compare_methods.sh neither: two draws of one setting were refused as other settings, and a
+    copy of one draw made by each was not seen as the same draw. A finished run without
+    skip_bad read every image, so no number depends on it."""
+    import subprocess
+    import sys
+
+    def write(name: str, seed: int, **given: object) -> Path:
+        config = {"budget_seconds": 240.0, "pretrain": {"seed": seed, **given},
+                  "transfer": {"epochs": 2, **given}}  # fmt: skip
+        table = {"dice": {"ld": {"drive (2)": {"seeds": [0.5], "seed_ids": [0]}}}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(
+            json.dumps({"config": config, "transfer": table})
+        )
+        return tmp_path / name
+
+    def run(*args: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    cli, script = write("cli", 0, skip_bad=False), write("script", 1)
+    pooled = run(cli, script)
+    assert pooled.returncode == 0, pooled.stderr
+    assert "settings that differ" not in pooled.stdout
+    again = run(cli, write("again", 0))
+    assert again.returncode == 2 and "the same draw counted twice" in again.stderr
