@@ -685,6 +685,81 @@ def test_dicom_voi_lut_rgb_and_frames(tmp_path: Path) -> None:
     ]
 
 
+def _label_map() -> np.ndarray:
+    labels = np.zeros((6, 7), np.uint8)
+    labels[1:3, 1:4] = 1
+    labels[3:5, 2:5] = 2
+    labels[5, :] = 3
+    return labels
+
+
+def test_dicom_label_map_mask_reads_stored_values(tmp_path: Path) -> None:
+    # A segmentation tool's label map exported as a DICOM image: 0/1/2/3 stored. Windowed (or
+    # min-maxed) for display it is 0/.33/.67/1, which at half scale lost label 1; a mask means
+    # its stored values, after the rescale (the real labels), not flipped for MONOCHROME1.
+    pytest.importorskip("pydicom")
+    labels = _label_map()
+    cases = {
+        "u8.dcm": (labels, {}),
+        "u16.dcm": (labels.astype(np.uint16), {}),
+        "u12.dcm": (labels.astype(np.uint16), {"bits_stored": 12}),
+        "m1.dcm": (labels, {"photometric": "MONOCHROME1"}),
+        "identity.dcm": (labels.astype(np.uint16), {"RescaleSlope": 1, "RescaleIntercept": 0}),
+        "slope.dcm": (labels.astype(np.uint16) * 2, {"RescaleSlope": 0.5, "RescaleIntercept": 0}),
+        "ct_window.dcm": (labels.astype(np.int16), {"WindowCenter": 40, "WindowWidth": 400}),
+    }
+    for name, (stored, attrs) in cases.items():
+        path = _write_dicom(tmp_path / name, stored, **attrs)
+        np.testing.assert_array_equal(read_mask(path), labels != 0, err_msg=name)
+        assert lio.mask_labels(path) == (["1", "2", "3"], []), name
+    # Read as an image it is as before: min-maxed (or windowed), MONOCHROME1 flipped.
+    img, _ = read_image(tmp_path / "u16.dcm")
+    np.testing.assert_allclose(img[..., 0], labels / 3.0, atol=1e-6)
+    img, _ = read_image(tmp_path / "m1.dcm")
+    np.testing.assert_allclose(img[..., 0], 1 - labels / 3.0, atol=1e-6)
+    img, _ = read_image(tmp_path / "ct_window.dcm")
+    np.testing.assert_allclose(img[..., 0], (labels - 39.5) / 399.0 + 0.5, atol=1e-6)
+
+
+def test_dicom_binary_mask_with_a_window_reads_its_ones(tmp_path: Path) -> None:
+    # A 0/1 mask that carries its CT's window (centre 40, width 400: both values shown near 0.4,
+    # under half) or a narrow one (both shown as 0) read empty before.
+    pytest.importorskip("pydicom")
+    truth = _label_map() != 0
+    for centre, width in ((40, 400), (100, 50), (1000, 2000)):
+        path = _write_dicom(
+            tmp_path / f"w{centre}.dcm",
+            truth.astype(np.uint16),
+            WindowCenter=centre,
+            WindowWidth=width,
+        )
+        np.testing.assert_array_equal(read_mask(path), truth, err_msg=f"{centre}/{width}")
+    # Stored 0/255 with a VOI LUT that shows 255 dark: the stored values decide.
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 8]
+    item.add(DataElement(0x00283006, "US", [255] * 255 + [0]))
+    path = _write_dicom(tmp_path / "lut.dcm", truth.astype(np.uint8) * 255, VOILUTSequence=[item])
+    np.testing.assert_array_equal(read_mask(path), truth)
+    np.testing.assert_allclose(read_image(path)[0][..., 0], 1.0 - truth)  # shown through it
+
+
+def test_dicom_colour_label_map_names_its_colours(tmp_path: Path) -> None:
+    # An RGB DICOM's labels are named by their stored colours, as a PNG's (not 0-1 floats).
+    pytest.importorskip("pydicom")
+    labels = _label_map()
+    rgb = np.zeros((*labels.shape, 3), np.uint8)
+    rgb[labels == 1] = (255, 0, 0)
+    rgb[labels >= 2] = (0, 255, 0)
+    path = _write_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB")
+    np.testing.assert_array_equal(read_mask(path), labels != 0)
+    assert lio.mask_labels(path) == (["(0, 255, 0)", "(255, 0, 0)"], [])
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    assert lio.mask_labels(tmp_path / "rgb.png") == lio.mask_labels(path)
+
+
 def test_dicom_pixel_spacing(tmp_path: Path) -> None:
     # (row, column) mm per pixel from PixelSpacing, else ImagerPixelSpacing (radiographs).
     pytest.importorskip("pydicom")

@@ -52,9 +52,10 @@ import re
 import struct
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -235,6 +236,11 @@ class _Decoded:
     # H x W alpha (of ``scale``), where the file has one: images drop it, but a mask drawn
     # as an overlay of one colour holds its label there alone.
     alpha: np.ndarray | None = None
+    # DICOM: ``pixels`` are windowed to [0, 1] for display, which would turn the labels
+    # 0/1/2/3 into 0/.33/.67/1; a mask means its values before the window (and before the
+    # MONOCHROME1 flip), so read_mask reads the (values, scale) this gives instead
+    # (:func:`_mask_source`); a function, so that read_image does not compute them.
+    stored: Callable[[], tuple[np.ndarray, float | None] | None] | None = None
 
 
 # --------------------------------------------------------------------------- public API
@@ -315,12 +321,28 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
       all or nothing);
     * a MINISWHITE TIFF (what ``tifffile.imwrite`` makes of a bool array; ImageJ's masks
       with an inverted LUT) is read as stored (1 or 255 = foreground), as tifffile,
-      scikit-image and ImageJ read it, not inverted for display as :func:`read_image` does.
+      scikit-image and ImageJ read it, not inverted for display as :func:`read_image` does;
+    * DICOM: by the rules above, from its values after the modality LUT (rescale slope and
+      intercept: the real labels), of the full scale of its BitsStored (of the LUT's entries)
+      passed through it, as a PNG of that bit depth; not through its VOI LUT or window, nor
+      min-maxed, nor flipped for MONOCHROME1, as :func:`read_image` shows it (a label map
+      0/1/2/3 shown as 0/.33/.67/1 would lose label 1 at half scale; a 0/1 mask with its CT's
+      window shows both values under half). An RGB DICOM is read as an RGB PNG.
 
     Raises:
         ImageReadError: as :func:`read_image`.
     """
-    return _mask_of(_decode(Path(path), max_pixels))
+    return _mask_of(_mask_source(_decode(Path(path), max_pixels)))
+
+
+def _mask_source(d: _Decoded) -> _Decoded:
+    """What a mask is read from: a DICOM's stored values (:attr:`_Decoded.stored`), the
+    decoded pixels of every other file."""
+    found = None if d.stored is None else d.stored()
+    if found is None:
+        return d
+    values, scale = found
+    return replace(d, pixels=values, scale=scale, stored=None)
 
 
 def _mask_of(d: _Decoded) -> np.ndarray:
@@ -361,7 +383,7 @@ def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabel
     Raises:
         ImageReadError: as :func:`read_image`.
     """
-    d = _decode(Path(path), max_pixels)
+    d = _mask_source(_decode(Path(path), max_pixels))
     mask = _mask_of(d)  # decoded once
     if d.palette is not None and not _is_grey(d.palette[np.unique(d.pixels)]):
         values, name = d.pixels, "index {}"
@@ -1471,6 +1493,9 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     The result is already in [0, 1]. The linear/sigmoid window is computed here rather than
     with pydicom's ``apply_windowing`` because that maps into a bit-depth-dependent output range
     we would have to reconstruct; the formulas are those of DICOM PS3.3 C.11.2.1.2.
+
+    A mask is read from the values before the window and the flip (``stored``): a label map
+    0/1/2/3 windowed, or min-maxed, to 0/.33/.67/1 would lose label 1 at half scale.
     """
     ds, meta = _dicom_dataset(path, head, limit, pixels=True)
     from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array  # pydicom 3
@@ -1484,6 +1509,7 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
         if pixels.ndim != 2:
             raise ImageReadError(path, f"grey DICOM decoded to shape {pixels.shape}")
         values = np.asarray(apply_modality_lut(pixels, ds))
+        stored = partial(_dicom_stored, ds, pixels, values, bits, apply_modality_lut)
         values = _dicom_voi(ds, values, apply_voi)
         if photometric == "MONOCHROME1":  # low values are white
             values = 1.0 - values
@@ -1491,9 +1517,40 @@ def _decode_dicom(path: Path, head: bytes, limit: int) -> _Decoded:
     else:  # colour (_dicom_dataset refused the rest); pydicom converts YBR to RGB
         if pixels.ndim != 3 or pixels.shape[2] != 3:
             raise ImageReadError(path, f"colour DICOM decoded to shape {pixels.shape}")
+        # A mask: as a PNG's (label colours named (255, 0, 0), not (1.0, 0, 0)).
+        stored = partial(_dicom_stored, ds, pixels, pixels, bits, apply_modality_lut)
         out = pixels.astype(np.float64) / float(2**bits - 1)
     out = np.clip(out, 0.0, 1.0)
-    return _Decoded(np.ascontiguousarray(out, dtype=np.float32), 1.0, meta)
+    return _Decoded(np.ascontiguousarray(out, dtype=np.float32), 1.0, meta, stored=stored)
+
+
+def _dicom_stored(
+    ds: Any, pixels: np.ndarray, values: np.ndarray, bits: int, apply_modality_lut: Any
+) -> tuple[np.ndarray, float | None] | None:
+    """A DICOM's values as a mask means them (:attr:`_Decoded.stored`): after the modality
+    LUT or rescale (which gives the real labels), before any window, with the stored full scale
+    (``BitsStored``, as a PNG's bit depth) passed through it, so that :func:`_binarize`'s
+    rules apply as for a PNG (a modality LUT's: its entries' bit depth). A rescale's integer
+    results are integers again (label maps); a real-valued one gives floats of no scale (a
+    probability map); ``None`` where a value is not finite (the mask is then read from the
+    displayed values, which are checked)."""
+    if pixels.dtype.kind not in "iu":
+        return None
+    container = pixels.dtype.itemsize * 8
+    signed = int(pixels.dtype.kind == "i")
+    full = 2 ** (bits - signed) - 1 if 0 < bits <= container else int(np.iinfo(pixels.dtype).max)
+    if values is pixels:  # no modality LUT or rescale: the stored values themselves
+        return pixels, float(full)
+    if values.dtype.kind in "iu":  # a modality LUT's entries, of its bit depth (8 or 16)
+        return values, float(np.iinfo(values.dtype).max)
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all():
+            return None
+        if not ((np.abs(values) < 2**53).all() and (values == np.round(values)).all()):
+            return values, None
+        values = values.astype(np.int64)
+    top = float(np.max(apply_modality_lut(np.array([full], dtype=pixels.dtype), ds)))
+    return values, top if np.isfinite(top) and top > 0 else None
 
 
 def _header_dicom(path: Path, head: bytes, limit: int) -> ImageMeta:
