@@ -93,6 +93,19 @@ def test_resume_with_a_damaged_config_json_names_it(tmp_path, pool, text):
         pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True)
 
 
+@pytest.mark.parametrize(
+    "record,what", [({"transfer": {}, "segmenter": {}}, "a fine-tuning's"), ({}, "another")]
+)
+def test_resume_into_another_command_s_folder_does_not_call_its_record_damaged(
+    tmp_path, pool, record, what
+):
+    # A fine-tuning's sound config.json was "damaged: restore it" (user reviewer).
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=f"not a pre-training's record but {what}") as err:
+        pretrain(tiny_pretrain_config(), tmp_path, pool=pool, resume=True)
+    assert "damaged" not in str(err.value)
+
+
 @pytest.mark.parametrize("field,value", [("stage1_steps", "3"), ("batch", None), ("data", 5)])
 def test_resume_with_settings_of_the_wrong_type_names_config_json(tmp_path, pool, field, value):
     # A bare TypeError traceback (reviewer).

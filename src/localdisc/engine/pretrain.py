@@ -472,13 +472,19 @@ def _run_record(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     try:
         record = json.loads(path.read_text())
-        if not isinstance(record.get("pretrain"), dict):
-            raise ValueError("no 'pretrain' settings in it")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: cannot read this run's settings ({type(exc).__name__}: {exc}); the file is "
             "damaged: restore it, or start the run again in a new --out"
         ) from exc
+    if not isinstance(record.get("pretrain"), dict):  # a sound file of another command's
+        what = "a fine-tuning's (finetune)" if "transfer" in record else "another program's"
+        raise CheckpointError(
+            f"{path}: not a pre-training's record but {what}, with no 'pretrain' settings: "
+            "--resume continues a pre-training; give the --out of the run to continue"
+        )
     return record
 
 
