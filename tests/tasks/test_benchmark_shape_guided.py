@@ -853,3 +853,79 @@ def test_reused_rows_name_the_commit_they_were_made_at(tmp_path, monkeypatch):
         f"made at: not recorded (1 run); commit aaaaaaa ({n - 1} runs); commit bbbbbbb (3 runs)."
         in report
     )
+
+
+def test_seeds_together_stay_reused_when_a_seed_s_maps_are_deleted(tmp_path, monkeypatch):
+    """The ensemble's key hashed the maps it averages: with a seed's maps deleted (RUN/eval
+    cleaned to save space, its cached evaluation kept) the key changed, and the rerun averaged
+    again and failed on the first missing file, where the key of settings alone reused the rows
+    (reviewer). Now the maps count by the SHA-256 their evaluation recorded; averaging again
+    without them names them and what to delete."""
+    import localdisc.tasks.benchmark_shape_guided as bench
+    from localdisc.errors import LocaldiscError
+
+    _fake_ld(monkeypatch, {"seed-0": 0.8, "seed-1": 0.3})
+    out = tmp_path / "sg"
+    runs = out / "runs" / "synthetic_heart" / "ld-simulated"
+    row = "LD + simulated (A, 2 seeds together)"
+
+    def ensemble() -> list[dict]:
+        results = bench.run_shape_benchmark(FAKE_LD_CONFIG, out, log=lambda m: None)
+        return next(r for r in results["runs"] if r["init"] == row)["metrics"]["per_image"]
+
+    first = ensemble()
+    deleted = sorted((runs / "seed-1" / "eval").glob("*_prob.png"))
+    assert len(deleted) == 2
+    for path in deleted:
+        path.unlink()
+    real_average = bench._ensemble_rows
+    monkeypatch.setattr(bench, "_ensemble_rows", lambda *a: pytest.fail("averaged again"))
+    assert ensemble() == first
+    # Averaged again (its own record deleted), the maps are needed: named, with what to do.
+    monkeypatch.setattr(bench, "_ensemble_rows", real_average)
+    (runs / "ensemble" / "per_image.json").unlink()
+    with pytest.raises(LocaldiscError) as error:
+        ensemble()
+    message = str(error.value)
+    assert "2 of them are missing" in message and str(deleted[0]) in message, message
+    assert f"delete {runs / 'seed-1' / 'eval' / 'per_image.json'} for" in message, message
+    # As it says: seed 1 evaluated again writes its maps, and the mean is as before.
+    (runs / "seed-1" / "eval" / "per_image.json").unlink()
+    assert ensemble() == first
+    assert all(path.is_file() for path in deleted)
+
+
+def test_an_ld_run_s_evaluation_is_made_again_when_its_weights_change(tmp_path, monkeypatch):
+    """A run's cached evaluation (RUN/eval) was keyed by settings alone: weights replaced in the
+    run's folder (a checkpoint copied over model.safetensors) kept the old weights' rows
+    (reviewer). Now it is keyed by a SHA-256 of the weights too."""
+    import localdisc.tasks.benchmark_shape_guided as bench
+    from localdisc.tasks.presets import weights_sha256
+
+    _fake_ld(monkeypatch, {"seed-0": 0.8, "seed-1": 0.8})
+    monkeypatch.setattr(bench, "weights_sha256", weights_sha256)
+
+    def pretrain_preset(settings, run_dir, log):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        weights = run_dir / "model.safetensors"
+        if not weights.is_file():
+            weights.write_bytes(f"weights of {run_dir}".encode())
+        return run_dir
+
+    monkeypatch.setattr(bench, "pretrain_preset", pretrain_preset)
+    fake, evaluated = bench._ld_rows, []
+
+    def ld_rows(run_dir, *args):
+        evaluated.append(run_dir.name)
+        return fake(run_dir, *args)
+
+    monkeypatch.setattr(bench, "_ld_rows", ld_rows)
+    out = tmp_path / "sg"
+    bench.run_shape_benchmark(FAKE_LD_CONFIG, out, log=lambda m: None)
+    assert evaluated == ["seed-0", "seed-1"]
+    bench.run_shape_benchmark(FAKE_LD_CONFIG, out, log=lambda m: None)
+    assert evaluated == ["seed-0", "seed-1"]  # the same weights: reused
+    weights = out / "runs" / "synthetic_heart" / "ld-simulated" / "seed-1" / "model.safetensors"
+    weights.write_bytes(b"other weights")
+    bench.run_shape_benchmark(FAKE_LD_CONFIG, out, log=lambda m: None)
+    assert evaluated == ["seed-0", "seed-1", "seed-1"]

@@ -45,7 +45,11 @@ prior knowledge LD's prior carries (its expected foreground fraction; the filter
 are connected). Runs are kept under ``OUT/runs`` and reused, so an interrupted benchmark continues;
 a refinement from its checkpoint in ``RUN/eval/refine-checkpoint``, as ``shape-guided segment``'s.
 Each evaluation keeps the environment it was made in: ``results.md`` names the commits of rows
-an earlier call made.
+an earlier call made. An LD run's evaluation is keyed by a SHA-256 of its weights (weights
+replaced in the run's folder are evaluated again) and records one of each map it wrote; the
+seeds-together rows are keyed by those of the maps they average, read from that record where the
+maps were deleted since (a cleaned ``RUN/eval`` keeps them reused; averaging them again needs the
+maps, and says which are missing).
 A seed whose pre-training diverges (stage 1, or stage 2 with a prior) is left out of its rows,
 listed under Skipped (those cells say ``(n=K)``), and the other seeds go on.
 """
@@ -67,7 +71,7 @@ import torch
 
 from localdisc.data.datasets import Sample, SegmentationDataset, dataset_class, load_data_spec
 from localdisc.data.io import write_png
-from localdisc.engine.checkpoint import atomic_write_text
+from localdisc.engine.checkpoint import atomic_write_text, sha256
 from localdisc.errors import DatasetError, DivergedError, LocaldiscError
 from localdisc.eval.metrics import summarize
 from localdisc.eval.report import jsonable
@@ -498,6 +502,7 @@ def _run_task(
         skip(seed, what, reason, lambda row: per_seed(row) and row.startswith(prefix))
 
     ensembles: dict[str, list[Path]] = {}  # per prior: the seeds with A maps
+    written: dict[Path, dict[str, str]] = {}  # per run: its evaluation's maps' SHA-256
     refined: dict[str, list[Path]] = {}  # and those with refined maps
     for seed in range(config.seeds):
         stage1 = config.init
@@ -532,14 +537,18 @@ def _run_task(
                 skip_rows(seed, f"LD + {label}", exc, f"LD + {label} (")
                 continue
             topology = topologies[label]
-            key = {**refinement(topology), **_prior_bank_key(run_dir)}
+            # Its weights: a model.safetensors replaced in the run's folder (a checkpoint copied
+            # over it) kept the old weights' evaluation.
+            key = {**refinement(topology), **_prior_bank_key(run_dir),
+                   "weights_sha256": weights_sha256(run_dir)}  # fmt: skip
             try:
-                outputs, made = _cached(run_dir / "eval", key, env, _ld_rows, run_dir, samples,
-                                        target, config, topology, log)  # fmt: skip
+                outputs, made = _cached(run_dir / "eval", key, env, _ld_evaluation, run_dir,
+                                        samples, target, config, topology, log)  # fmt: skip
             except DivergedError as exc:  # the refinement's, recorded before A and B were kept
                 skip_rows(seed, f"LD + {label} refinement", exc, f"LD + {label} (")
                 continue
             diverged_refinement = outputs.pop(REFINEMENT_DIVERGED, None)  # saved already
+            written[run_dir] = outputs.pop(MAPS_WRITTEN, {})  # none in one cached before
             for output, per_image in outputs.items():
                 record(f"LD + {label} ({output})", seed, per_image, made)
             ensembles.setdefault(label, []).append(run_dir)
@@ -569,8 +578,9 @@ def _run_task(
             if topology is not None:  # mean maps exactly at 0.5 (2 seeds) are in the mask
                 settings["topology_mask"] = ">= 0.5"
             # The maps it averages: a seed's run made again (a stage 1 made again: "delete the
-            # folder"), or refined again, kept the old maps' mean.
-            settings["maps_sha256"] = _maps_sha256(run_dirs, outputs_of, samples)
+            # folder"), or refined again, kept the old maps' mean. Maps deleted since their
+            # evaluation (a cleaned RUN/eval) are known by its record: the rows stay reused.
+            settings["maps_sha256"] = _maps_sha256(run_dirs, outputs_of, samples, written)
             folder = "ensemble" if outputs_of == both else f"ensemble-{outputs_of[0]}"
             outputs, made = _cached(task_dir / f"ld-{label}" / folder, settings, env,
                                     _ensemble_rows, run_dirs, outputs_of, samples, target,
@@ -704,20 +714,27 @@ def _eval_map(run_dir: Path, name: str, output: str) -> Path:
 
 
 def _maps_sha256(
-    run_dirs: Sequence[Path], outputs: Sequence[str], samples: Sequence[Sample]
+    run_dirs: Sequence[Path],
+    outputs: Sequence[str],
+    samples: Sequence[Sample],
+    written: dict[Path, dict[str, str]],
 ) -> list[str]:
     """Per run, a SHA-256 of the probability maps :func:`_ensemble_rows` averages (``outputs``
-    of ``samples``, as :func:`_ld_rows` wrote them; a missing one hashed as such, for the
-    averaging to name it): part of the ensemble's cache key, so that a seed whose maps changed
-    (its run made again, or refined again) is averaged again."""
+    of ``samples``, as :func:`_ld_rows` wrote them): part of the ensemble's cache key, so that a
+    seed whose maps changed (its run made again, or refined again) is averaged again. A map
+    deleted since counts by the SHA-256 its evaluation recorded (``written``, per run:
+    :data:`MAPS_WRITTEN`), so the ensemble's rows stay reused: the key it had while the map was
+    there. One missing and not recorded counts as missing (for :func:`_ensemble_rows` to name
+    it)."""
     digests = []
     for run_dir in run_dirs:
+        recorded = written.get(run_dir, {})
         h = hashlib.sha256()
         for output in outputs:
             for s in samples:
                 path = _eval_map(run_dir, s.name, output)
-                h.update(path.name.encode() + b"\0")
-                h.update(path.read_bytes() if path.is_file() else b"(missing)")
+                digest = sha256(path) if path.is_file() else recorded.get(path.name, "(missing)")
+                h.update(f"{path.name}\0{digest}\n".encode())
         digests.append(h.hexdigest())
     return digests
 
@@ -730,6 +747,26 @@ def _metrics(prob: np.ndarray, sample: Any, target: str, size: int) -> dict[str,
 
 #: The key of :func:`_ld_rows`' result that holds why its refinement diverged (no refined rows).
 REFINEMENT_DIVERGED = "refinement diverged"
+#: The key of :func:`_ld_evaluation`'s result that holds the SHA-256 of each map it wrote.
+MAPS_WRITTEN = "maps sha256"
+#: The outputs whose maps the seeds' ensemble averages.
+ENSEMBLE_OUTPUTS = ("A", "refined")
+
+
+def _ld_evaluation(
+    run_dir: Path,
+    samples: list[Any],
+    target: str,
+    config: ShapeBenchmarkConfig,
+    topology: PriorTopology | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """:func:`_ld_rows`, and under :data:`MAPS_WRITTEN` the SHA-256 of each map of
+    :data:`ENSEMBLE_OUTPUTS` in ``RUN/eval`` after it, by file name: cached with the rows, it
+    lets :func:`_maps_sha256` know maps deleted since (``RUN/eval`` cleaned to save space)."""
+    out = _ld_rows(run_dir, samples, target, config, topology, log)
+    maps = [_eval_map(run_dir, s.name, output) for output in ENSEMBLE_OUTPUTS for s in samples]
+    return {**out, MAPS_WRITTEN: {p.name: sha256(p) for p in maps if p.is_file()}}
 
 
 def _ld_rows(
@@ -808,9 +845,26 @@ def _ensemble_rows(
     config: ShapeBenchmarkConfig, topology: PriorTopology | None,
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """``outputs`` (A, refined) of several runs as one: the mean of their probability maps (as
-    :func:`_ld_rows` wrote them), held to an organ prior's ``topology`` too."""
+    :func:`_ld_rows` wrote them), held to an organ prior's ``topology`` too.
+
+    Raises:
+        LocaldiscError: maps deleted since their runs' evaluations (which are reused without
+            them), naming them and how to write them again.
+    """
     from localdisc.tasks.shape_guided import mean_probability
 
+    missing = [path for d in run_dirs for output in outputs for s in samples
+               if not (path := _eval_map(d, s.name, output)).is_file()]  # fmt: skip
+    if missing:
+        evaluations = sorted({str(path.parent / "per_image.json") for path in missing})
+        shown = ", ".join(str(path) for path in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise LocaldiscError(
+            f"the {len(run_dirs)} seeds together average their runs' probability maps, and "
+            f"{len(missing)} of them are missing (deleted since their evaluation): {shown}{more}; "
+            "restore them, or delete " + ", ".join(evaluations) + " for those evaluations to run "
+            "again and write them"
+        )
     out: dict[str, list[dict[str, Any]]] = {}
     for output in outputs:
         for s in samples:
