@@ -358,59 +358,108 @@ def _mask_of(d: _Decoded) -> np.ndarray:
     return np.ascontiguousarray(mask, dtype=bool)
 
 
-#: Most non-zero levels of a mask whose levels read as background are named as labels
-#: (:func:`mask_labels`); a mask of more is an anti-aliased or compressed one.
-_MAX_DROPPED_LABELS = 7
+#: Least share of a level's pixels that have their 3 x 3 neighbourhood all of that level, for
+#: :func:`mask_labels` to take it for a label of a mask read at half scale: a label fills a
+#: region, while the levels that anti-aliasing, box or bilinear resizing and JPEG leave at a
+#: mask's edges lie in bands a pixel or two wide or in specks (under 4% of their pixels so in the
+#: data sets' masks; a vessel of a vessel map has over 25%, a 3 x 3 square 11%).
+_LABEL_FILL = 0.1
 
 
 class MaskLabels(NamedTuple):
     """What :func:`mask_labels` finds: ``joined``, the labels :func:`read_mask` takes together
-    as one foreground (two or more; else empty); ``background``, the non-zero levels of a mask
-    of few levels that it reads as background (below half scale: 85 of 0/85/170/255)."""
+    as one foreground (two or more; else empty); ``background``, the labels (the background's
+    level apart) that it reads as background, being under half scale (85 of 0/85/170/255, a
+    dark colour of a colour map)."""
 
     joined: list[str]
     background: list[str]
 
 
 def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabels:
-    """The labels of a label map that :func:`read_mask` joins or drops: the non-zero grey
-    values (``1``, ``2``), palette indices (``index 3``) or colours (``(255, 0, 0)``). Lungs 1
-    and heart 2 in one map are trained as one structure, their union, and the labels of a map
-    scaled for display (0/85/170/255) under half scale as background, which a command says
-    rather than leaving unsaid. Both are empty for a mask of one label, and ``background`` for
-    one of more than :data:`_MAX_DROPPED_LABELS` non-zero levels (anti-aliased or compressed).
+    """The labels of a label map that :func:`read_mask` joins or drops: the grey values (``1``,
+    ``2``), palette indices (``index 3``) or colours (``(255, 0, 0)``) above the background's
+    (the lowest level, 0 or black). Lungs 1 and heart 2 in one map are trained as one structure,
+    their union, and the labels of a map scaled for display (0/85/170/255; 1..9 as 0/28/.../252)
+    under half scale, or the dark colours of a colour map, as background, which a command says
+    rather than leaving unsaid.
+
+    Where :func:`read_mask` takes every level but the lowest as foreground, by its own rules
+    (class indices, a label palette, colours, a mask of one label), those levels are the labels.
+    Where it reads at half scale, it takes the file for an anti-aliased or compressed mask, whose
+    edges hold levels of their own (0/64/128/191/255 of a 0/255 mask halved by box averaging):
+    there only levels that fill a region count (:func:`_filling_levels`; the lowest of them is
+    the background), so that such a mask has one label and a map scaled for display its labels
+    (also where halved by box averaging or saved as a JPEG of high quality). Both are empty for
+    a mask of one label, a soft map (floats between its levels; more than
+    :data:`_MAX_LABEL_MAP_LEVELS` levels: blurred, resampled far up) and a palette read by its
+    colours (one dark, one bright: DRIVE's second observer, whose index is no label).
 
     Raises:
         ImageReadError: as :func:`read_image`.
     """
     d = _mask_source(_decode(Path(path), max_pixels))
     mask = _mask_of(d)  # decoded once
-    if d.palette is not None and not _is_grey(d.palette[np.unique(d.pixels)]):
-        values, name = d.pixels, "index {}"
+    name: Callable[[int], str] = "{}".format
+    label_palette = d.palette is not None and not _is_grey(d.palette[np.unique(d.pixels)])
+    if label_palette:
+        values, name = d.pixels, "index {}".format
     elif d.palette is not None:
-        values, name = d.palette[:, 0][d.pixels], "{}"
+        values = d.palette[:, 0][d.pixels]
     elif d.pixels.ndim == 3 and not _is_grey(d.pixels.reshape(-1, d.pixels.shape[2])):
-        colours = np.unique(d.pixels[mask], axis=0)
-        if not 1 < len(colours) <= _MAX_LABEL_LEVELS or (
-            (d.pixels.max(axis=2) > 0).sum() > mask.sum()
-        ):
-            return MaskLabels([], [])
-        return MaskLabels([str(tuple(int(c) for c in colour)) for colour in colours], [])
+        values, colours = _colour_ids(d.pixels)
+        name = [str(tuple(int(c) for c in colour)) for colour in colours].__getitem__
     else:
-        values, name = (d.pixels if d.pixels.ndim == 2 else d.pixels[..., 0]), "{}"
+        values = d.pixels if d.pixels.ndim == 2 else d.pixels[..., 0]
     levels = _levels(values)
     if values.dtype.kind not in "iu" and not bool((levels == np.round(levels)).all()):
         return MaskLabels([], [])  # a soft map of floats: no labels
-    labels = levels[levels != 0]
-    kept = _levels(values[mask])
-    if np.array_equal(mask, values != 0):
-        dropped = labels[:0]
-    elif labels.size <= _MAX_DROPPED_LABELS:
-        dropped = np.setdiff1d(labels, kept)
+    if not 1 < levels.size <= _MAX_LABEL_MAP_LEVELS:
+        return MaskLabels([], [])  # one level; or a soft map, a blurred or resampled mask
+    if np.array_equal(mask, values != levels[0]):
+        labels = levels[1:]
     else:
-        return MaskLabels([], [])
-    shown = [name.format(int(label)) for label in kept]
-    return MaskLabels(shown if len(shown) > 1 else [], [name.format(int(x)) for x in dropped])
+        # Read at half scale: only levels that fill a region are labels (no edge of an
+        # anti-aliased or compressed mask), the lowest of them the background (0; the 3 of a
+        # near-black background that JPEG specks with 0-2).
+        labels = _filling_levels(values)[1:]
+    is_kept = np.isin(labels, _levels(values[mask]))
+    kept, dropped = labels[is_kept], labels[~is_kept]
+    if label_palette:
+        # read_mask reads every index of a label palette but 0 as foreground; where it decides
+        # by the colours (one colour, or one dark and one bright), the dark one is background
+        # at whatever index: no index of a palette is a label read as background.
+        dropped = dropped[:0]
+    joined = [name(int(label)) for label in kept] if kept.size > 1 else []
+    return MaskLabels(joined, [name(int(label)) for label in dropped])
+
+
+def _filling_levels(values: np.ndarray) -> np.ndarray:
+    """The levels of ``values`` (H x W) that fill a region: at least :data:`_LABEL_FILL` of
+    their pixels have their 3 x 3 neighbourhood all of their level (the image's border pixels,
+    lacking one, none), as a label of a label map does and the edges of an anti-aliased or
+    JPEG-compressed mask do not."""
+    height, width = values.shape
+    if min(height, width) < 3:
+        return values.ravel()[:0]
+    centre = values[1:-1, 1:-1]
+    inner = np.ones(centre.shape, dtype=bool)
+    for dy in range(3):
+        for dx in range(3):
+            inner &= values[dy : dy + height - 2, dx : dx + width - 2] == centre
+    levels, counts = np.unique(values, return_counts=True)
+    filled, filled_counts = np.unique(centre[inner], return_counts=True)
+    at = np.searchsorted(levels, filled)
+    share = np.zeros(levels.size)
+    share[at] = filled_counts / counts[at]
+    return levels[share >= _LABEL_FILL]
+
+
+def _colour_ids(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An H x W array of ints that tells the colours of ``pixels`` (H x W x C) apart, ordered
+    as the colours (black, where used, lowest), and the colours by id."""
+    colours, ids = np.unique(pixels.reshape(-1, pixels.shape[2]), axis=0, return_inverse=True)
+    return ids.reshape(pixels.shape[:2]), colours
 
 
 def _constant(pixels: np.ndarray) -> bool:
