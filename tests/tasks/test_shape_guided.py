@@ -1628,3 +1628,36 @@ def test_segment_without_refinement_removes_an_earlier_call_s_refined_maps(tmp_p
     segment_images(run, [tmp_path / "eye.png"], out, **quick)
     assert not list(out.glob("*refined*"))
     assert (out / "eye_A_mask.png").is_file()
+
+
+def test_the_prior_s_votes_are_zero_outside_a_fov_smaller_than_the_box():
+    # An X-ray's box is the whole image; its FOV a disc inside it. Masks that fill their frame
+    # vote everywhere in the box: outside the FOV neither the prior nor the intensity may.
+    from localdisc.tasks.shape_guided import atlas_votes
+
+    yy, xx = np.mgrid[:32, :32]
+    fov = np.hypot(yy - 15.5, xx - 15.5) < 12
+    prob = np.where(fov, 0.7, 0.0).astype(np.float32)
+    image = np.random.default_rng(0).random((32, 32, 1)).astype(np.float32)
+    maps = atlas_votes(image, prob, prob, fov, np.ones((3, 16, 16), np.float32))
+    assert maps.prior[fov].min() > 0.5
+    assert not maps.prior[~fov].any() and not maps.intensity[~fov].any()
+
+
+def test_the_refinement_weighs_each_pixel_by_how_sure_its_pseudo_label_is(run, monkeypatch):
+    # The weight channel is the pseudo-labels' |2 * consensus - 1| in the box, resized as the
+    # image is: unsure pixels (A and B near 0.5, or at odds) count less.
+    model = LDModel.from_pretrained(run)
+    images = [synthetic_fundus(48, seed=s).image for s in range(2)]
+    maps = [segment(model, im) for im in images]
+    rng = np.random.default_rng(0)
+    for m in maps:  # A and B at odds in places
+        m.prob_b = np.where(rng.random(m.prob_b.shape) < 0.3, 1 - m.prob_a, m.prob_a) * m.fov
+    fitted = spy_fit(monkeypatch)
+    refine(run, images, maps, RefineConfig(steps=1, size=32, device="cpu"), log=lambda m: None)
+    for k, m in enumerate(maps):
+        y0, y1, x0, x1 = m.box
+        weight = m.pseudo_label()[1][y0:y1, x0:x1]
+        expected = resize_image(weight, 32)
+        np.testing.assert_allclose(fitted["y"][k, 1].numpy(), expected, atol=1e-6)
+        assert expected.min() < 0.5

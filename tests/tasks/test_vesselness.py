@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from localdisc.data.synthetic import synthetic_fundus
 from localdisc.eval.metrics import auc_roc
 from localdisc.tasks.vesselness import (
     FILTERS,
+    check_method,
     eroded_fov,
     line_detector,
     mean_rank,
@@ -394,3 +397,58 @@ def test_prior_fraction_counts_only_the_mask_inside_its_fov():
     fov[0, 0] = True  # 51 FOV pixels; 1 of them is foreground
     assert prior_fraction(mask, [fov]) == pytest.approx(1 / 51)
     assert prior_fraction(np.ones((10, 10), bool), [fov]) == pytest.approx(1.0)
+
+
+def test_check_method_refuses_a_join_with_one_unknown_filter_before_any_filtering():
+    # A known filter beside an unknown one is refused by the check itself (as a config's check
+    # runs it before any work), not only by the unknown filter's own call later.
+    check_method("sato+line")
+    with pytest.raises(ValueError, match="'sato\\+hessian'"):
+        check_method("sato+hessian")
+
+
+def test_a_scale_of_zero_or_below_is_refused_naming_the_scales():
+    image, fov, _ = lines_on_disc()
+    for bad in ((0, 1), (1, -2)):  # skimage would filter at sigma 0 without a word
+        with pytest.raises(ValueError, match=re.escape(f"positive scales, got {bad!r}")):
+            vesselness(image, fov, sigmas=bad)
+
+
+def test_a_hessian_score_is_the_response_over_its_maximum_inside_the_eroded_fov():
+    from skimage.filters import sato
+
+    image, fov, _ = lines_on_disc()
+    region = eroded_fov(fov, 8)
+    response = sato(image[..., 1].astype(np.float64), sigmas=[1.0, 2.0, 3.0], black_ridges=True)
+    score = vesselness(image, fov, method="sato")
+    # Divided by the maximum, not by a percentile and clipped: the order above it is kept.
+    np.testing.assert_allclose(score[region], response[region] / response[region].max(), atol=1e-6)
+
+
+def test_mean_rank_gives_tied_scores_one_rank():
+    fov = np.ones((12, 12), bool)
+    rank = mean_rank([np.zeros(fov.shape)], fov, erode_fov=2)
+    region = eroded_fov(fov, 2)
+    # A constant score ranks every pixel alike (the average rank), not in reading order.
+    assert np.unique(rank[region]).size == 1 and not rank[~region].any()
+    np.testing.assert_allclose(rank[region], (region.sum() + 1) / 2 / region.sum())
+
+
+def test_prior_fraction_is_the_mean_of_the_masks_fractions_not_their_median():
+    masks = [np.zeros((10, 10), bool) for _ in range(3)]
+    masks[0][:1] = masks[1][:1] = True  # 10 %, 10 %
+    masks[2][:4] = True  # 40 %
+    assert prior_fraction(masks) == pytest.approx(0.2)
+
+
+def test_otsu_thresholds_the_scores_of_the_eroded_fov_only():
+    # A textured image: the rim's zeros (score is 0 off the eroded FOV) would pull Otsu's cut down.
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:64, :64]
+    fov = np.hypot(yy - 31.5, xx - 31.5) < 30
+    grey = np.where(fov, 0.6 + 0.2 * rng.random((64, 64)), 0.0)
+    score = vesselness(grey, fov, method="sato")
+    region = eroded_fov(fov, 8)
+    assert not np.array_equal(threshold_otsu_fov(score, region), threshold_otsu_fov(score, fov))
+    _, mask = segment_vessels(grey, fov, method="sato", threshold="otsu")
+    np.testing.assert_array_equal(mask, threshold_otsu_fov(score, region))

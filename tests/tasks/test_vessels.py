@@ -101,16 +101,42 @@ def test_segment_vessels_self_trained_drops_specks_from_the_mask(tmp_path, monke
     photos = _photos(tmp_path / "photos", sizes=(96,))
     config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
     noisy = np.random.default_rng(0).random((96, 96)).astype(np.float32)
-    monkeypatch.setattr(vessels, "student_probability", lambda model, image, fov: noisy)
+    # 0 outside the FOV, as student_probability
+    monkeypatch.setattr(vessels, "student_probability", lambda model, image, fov: noisy * fov)
     for area, name in ((0.0, "kept"), (0.05, "dropped")):
         segment_vessels_self_trained([photos], tmp_path / name, fraction=0.12, config=config,
                                      speck_area=area, log=quiet)  # fmt: skip
     kept = read_image(tmp_path / "kept" / "eye0_mask.png")[0][..., 0] > 0.5
     dropped = read_image(tmp_path / "dropped" / "eye0_mask.png")[0][..., 0] > 0.5
-    np.testing.assert_array_equal(kept, noisy >= 0.5)
     fov = fov_from_image(read_image(photos / "eye0.png")[0])
+    np.testing.assert_array_equal(kept, (noisy >= 0.5) & fov)
     np.testing.assert_array_equal(dropped, remove_specks(kept, fov, 0.05))
     assert 0 < dropped.sum() < kept.sum()
+    # Its network segments further photographs with the specks it dropped dropped, too.
+    vessels.predict_vessels(tmp_path / "dropped", [photos], tmp_path / "again", device="cpu",
+                            log=quiet)  # fmt: skip
+    np.testing.assert_array_equal(read_image(tmp_path / "again" / "eye0_mask.png")[0][..., 0] > 0.5,
+                                  dropped)  # fmt: skip
+
+
+def test_masks_scores_the_mask_as_written_without_its_specks(tmp_path, monkeypatch):
+    """The binary scores are those of NAME_mask.png as written, specks dropped, not of the
+    probability at 0.5 (which holds the specks)."""
+    photos = _photos(tmp_path / "photos", sizes=(96,))
+    truth = _tracings(photos, tmp_path / "truth", ["eye0"])
+    config = StudentConfig(size=64, crop=32, depth=2, width=4, steps=1, device="cpu")
+    noisy = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    monkeypatch.setattr(vessels, "student_probability", lambda model, image, fov: noisy * fov)
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=config, speck_area=0.05,
+                                 masks=truth, log=quiet, progress=False)  # fmt: skip
+    mask = read_image(out / "eye0_mask.png")[0][..., 0] > 0.5
+    prob = read_image(out / "eye0_prob.png")[0][..., 0]
+    assert 0 < mask.sum() < (prob >= 0.5).sum()  # specks were dropped
+    row = json.loads((out / "metrics.json").read_text())["per_image"][0]
+    assert row.pop("image") == "eye0"
+    expected = _scores_by_hand(out, photos / "eye0.png", truth / "eye0.png")
+    assert row == pytest.approx(expected, nan_ok=True)
 
 
 def test_the_vessels_command_passes_its_settings_and_refuses_bad_ones(tmp_path, monkeypatch):
@@ -397,10 +423,13 @@ def test_a_finished_run_is_kept_and_a_stopped_one_goes_on(tmp_path, monkeypatch)
     assert len(trainings) == 3
     segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", fraction=0.12,
                                  config=config, log=quiet)  # fmt: skip
-    for changed in ({"fraction": 0.2}, {"reteach_unusual": True}, {"reteach_unusual": True}):
+    # Each change from the run before it (speck_area and max_size change what is written).
+    again = {"reteach_unusual": True}
+    for changed in ({"fraction": 0.2}, again, again, {**again, "speck_area": 0.01},
+                    {**again, "speck_area": 0.01, "max_size": 100}):  # fmt: skip
         segment_vessels_self_trained([photos / "eye0.png"], tmp_path / "one", config=config,
                                      log=quiet, **{"fraction": 0.12, **changed})  # fmt: skip
-    assert len(trainings) == 6  # the first run and two changes train; the third finds the second
+    assert len(trainings) == 8  # the first run and each change train; the third finds the second
 
 
 def test_a_run_stopped_on_one_device_goes_on_on_another_without_training_again(

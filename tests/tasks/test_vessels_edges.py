@@ -146,3 +146,15 @@ def test_a_grouped_run_s_last_line_names_the_figures_it_wrote(tmp_path):
     assert not (out / "figures").exists()
     for k in (1, 2):
         assert (out / f"group-{k}" / "figures" / "overlay.png").is_file()
+
+
+@pytest.mark.parametrize("max_size", [768, 64])  # the 96-pixel photo segmented as it is, or shrunk
+def test_masks_at_threshold_0_keep_to_the_fov(tmp_path, max_size):
+    """At threshold 0 (check_threshold takes it) the probability's 0 outside the FOV passed
+    ``prob >= 0``: an image segmented at its own size got a mask of the whole photograph, one
+    shrunk to max_size a mask of its FOV (reviewer)."""
+    photo = _eye(tmp_path / "eye.png")
+    network = _network(tmp_path / "net", bias=-3.0, max_size=max_size)
+    predict_vessels(network, [photo], tmp_path / "out", threshold=0.0, device="cpu", log=quiet)
+    mask = read_mask(tmp_path / "out" / "eye_mask.png")
+    np.testing.assert_array_equal(mask, vessels._written_fov(photo, max_size, None))

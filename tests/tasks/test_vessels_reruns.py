@@ -384,3 +384,58 @@ def test_a_network_changed_since_its_save_is_refused_not_trained_over(tmp_path):
     with pytest.raises(LocaldiscError, match="not the network saved with the config.json"):
         segment_vessels_self_trained([photos], out, config=config, fraction=0.12, log=quiet)
     assert _digest(out) == before
+
+
+def test_a_rerun_on_just_the_images_taught_on_is_no_finished_run_of_them(tmp_path, monkeypatch):
+    """Run on a, b, c taught on b and c (the seeded draw of 2); run again on b and c alone: the
+    same settings (the images taught on), but the run there finished on other images. It is
+    not kept as this one's: its network segments b and c again, and a's masks go."""
+    from localdisc.tasks import vessels
+
+    photos = _photos(tmp_path / "photos", ["a", "b", "c"])
+    out = tmp_path / "out"
+    run = {"fraction": 0.12, "config": CONFIG, "train_images": 2, "progress": False}
+    segment_vessels_self_trained([photos], out, log=quiet, **run)
+    taught = json.loads((out / "config.json").read_text())["self_trained_vessels"]["images"]
+    assert [p.rsplit("/", 1)[1] for p in taught] == ["b.png", "c.png"]  # else not the case
+    trainings, real = [], vessels.train_student
+    monkeypatch.setattr(
+        vessels, "train_student", lambda *a, **k: trainings.append(1) or real(*a, **k)
+    )
+    said: list[str] = []
+    segment_vessels_self_trained([photos / "b.png", photos / "c.png"], out, log=said.append,
+                                 **run)  # fmt: skip
+    assert trainings == [] and not any("kept as it is" in line for line in said), said
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["b_mask.png", "c_mask.png"]
+    with (out / "vessels.csv").open(newline="") as file:
+        assert [row["image"] for row in csv.DictReader(file)] == ["b", "c"]
+
+
+def test_a_run_of_other_settings_stopped_once_its_network_is_saved_is_not_taken_as_finished(
+    tmp_path, monkeypatch
+):
+    """Run A finished in OUT; run B, of other steps, saved its network and stopped while it
+    segmented. A's vessels.csv (which marks a finished run) must go when B starts: else the
+    rerun of B finds a finished run of its settings and keeps A's masks as B's."""
+    from dataclasses import replace
+
+    from localdisc.tasks import vessels
+
+    photos = _photos(tmp_path / "photos", ["a"])
+    out = tmp_path / "out"
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=CONFIG, log=quiet)
+    other = replace(CONFIG, steps=2)
+    real = vessels._write_vessels
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vessels, "_write_vessels", killed)
+    with pytest.raises(KeyboardInterrupt):
+        segment_vessels_self_trained([photos], out, fraction=0.12, config=other, log=quiet)
+    assert not (out / "vessels.csv").exists()  # B's network saved, its masks not yet written
+    monkeypatch.setattr(vessels, "_write_vessels", real)
+    said: list[str] = []
+    segment_vessels_self_trained([photos], out, fraction=0.12, config=other, log=said.append)
+    assert not any("kept as it is" in line for line in said), said
+    assert any("an earlier run of these settings trained" in line for line in said), said

@@ -977,8 +977,9 @@ def _write_vessels(
                     bar.update(i + 1)
                     continue
                 image, fov, shape = read
-            prob = student_probability(model, image, fov)
-            mask = remove_specks(prob >= threshold, fov, speck_area)
+            prob = student_probability(model, image, fov)  # 0 outside the FOV
+            # & fov: at threshold 0 the 0 outside would pass; the mask keeps to the FOV (as below)
+            mask = remove_specks((prob >= threshold) & fov, fov, speck_area)
             score = scores.get(i)
             if score is None:
                 score = vesselness(image, fov, method=teacher[0], erode_fov=teacher[1])
