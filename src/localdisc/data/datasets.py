@@ -1066,6 +1066,37 @@ def mask_suffix_base(stem: str) -> str | None:
     return stem[: match.start()] if match and match.start() > 0 else None
 
 
+#: The public retinal vessel sets' own names (:func:`name_key` of the stems), matched where no
+#: mask has the image's stem, with a mask ending or without: (set, image, mask: its number and
+#: its observer). The number is matched whole, so ``01`` never pairs with ``011``.
+_OFFICIAL_NAMES = (
+    # DRIVE: 01_test.tif, 21_training.tif -> 1st_manual/01_manual1.gif, 2nd_manual/01_manual2.gif
+    ("DRIVE", re.compile(r"(\d+)_(?:test|training)"), re.compile(r"(\d+)_(manual[12])")),
+    # STARE: im0001.ppm(.gz) -> labels-ah/im0001.ah.ppm.gz (Hoover), labels-vk/im0001.vk.ppm.gz
+    ("STARE", re.compile(r"(im\d+)"), re.compile(r"(im\d+)\.(ah|vk)")),
+    # CHASE_DB1: Image_01L.jpg -> Image_01L_1stHO.png, Image_01L_2ndHO.png
+    ("CHASE_DB1", re.compile(r"(image_\d+[lr])"), re.compile(r"(image_\d+[lr])_(1stho|2ndho)")),
+)
+
+
+def _official_image_key(stem: str) -> str | None:
+    """The key of an image named as in DRIVE, STARE or CHASE_DB1 (``01_test`` -> ``DRIVE 01``),
+    which its masks' names share (:func:`_official_mask_key`), or ``None``."""
+    for name, image, _ in _OFFICIAL_NAMES:
+        if match := image.fullmatch(name_key(stem)):
+            return f"{name} {match.group(1)}"
+    return None
+
+
+def _official_mask_key(stem: str) -> tuple[str, str] | None:
+    """The key of a mask named as in DRIVE, STARE or CHASE_DB1 (``01_manual1`` -> ``DRIVE 01``,
+    as :func:`_official_image_key` of its image) and its observer (``manual1``), or ``None``."""
+    for name, _, mask in _OFFICIAL_NAMES:
+        if match := mask.fullmatch(name_key(stem)):
+            return f"{name} {match.group(1)}", match.group(2)
+    return None
+
+
 @dataclass
 class _MaskIndex:
     """The image files of a mask folder, keyed for matching (:func:`name_key`).
@@ -1077,7 +1108,9 @@ class _MaskIndex:
     ``siblings``: other mask-like folders beside it (DRIVE's ``1st_manual`` beside ``mask``);
     ``own``: how many of its files are the images being matched, which are never masks;
     ``clashes``: the masks of each ``by_rel`` key held by two or more files (``001.png`` by
-    ``001.tif``, or ``A/001.png`` by ``a/001.png``), none of which is taken.
+    ``001.tif``, or ``A/001.png`` by ``a/001.png``), none of which is taken; ``official``: masks
+    named as in DRIVE, STARE or CHASE_DB1 (``01_manual1``) by :func:`_official_mask_key`, and
+    ``official_images``: how many of the images have each such key (:func:`_official_image_key`).
     """
 
     root: Path
@@ -1091,6 +1124,8 @@ class _MaskIndex:
     siblings: list[str] = field(default_factory=list)
     own: int = 0
     clashes: dict[str, list[Path]] = field(default_factory=dict)
+    official: dict[str, list[Path]] = field(default_factory=dict)
+    official_images: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def build(cls, mask_dir: Path, images: Sequence[Path] = ()) -> _MaskIndex:
@@ -1111,6 +1146,8 @@ class _MaskIndex:
         image_names: dict[Path, set[str]] = {}
         parents: dict[Path, Path] = {}
         for image in images:
+            if (key := _official_image_key(image_stem(image))) is not None:
+                index.official_images[key] += 1
             if image.parent not in parents:
                 parents[image.parent] = image.parent.resolve()
             image_names.setdefault(parents[image.parent], set()).add(image.name)
@@ -1142,6 +1179,8 @@ class _MaskIndex:
                     index.suffixed_key[path] = key
                     index.suffixed_rel.setdefault(key, []).append(path)
                     index.suffixed.setdefault(name_key(base), []).append(path)
+                if (official := _official_mask_key(stem)) is not None:
+                    index.official.setdefault(official[0], []).append(path)
         return index
 
 
@@ -1171,8 +1210,13 @@ def match_masks(
     image has that stem and that mask is not another image's by relative path; when no mask
     has the stem, one named with the stem plus a mask ending (:data:`FOLDER_MASK_SUFFIXES` after
     ``_`` or ``-``: ``case01_mask.png``), by the same rules; when the masks with its stem are
-    not surely its own, such a one at its own relative path. Two candidates are no match (two
-    files at its relative path too: ``001.png`` by ``001.tif``, ``A/001.png`` by ``a/001.png``), and
+    not surely its own, such a one at its own relative path; when no mask has its stem, with a
+    mask ending or without, the mask named as DRIVE, STARE or CHASE_DB1 name their tracings
+    (:func:`_official_fallback`: ``01_test`` -> ``01_manual1`` or ``01_manual2``, ``im0001`` ->
+    ``im0001.ah`` or ``.vk``, ``Image_01L`` -> ``Image_01L_1stHO`` or ``_2ndHO``), so that
+    ``--masks DRIVE/test/1st_manual`` scores DRIVE. Two candidates are no match (two
+    files at its relative path too: ``001.png`` by ``001.tif``, ``A/001.png`` by ``a/001.png``;
+    two observers' tracings: ``im0001.ah`` by ``im0001.vk``), and
     neither is a mask ending when another mask-like folder sits beside ``mask_dir`` (DRIVE's
     ``mask/`` holds fields of view beside its labels in ``1st_manual/``). Letter case and
     Unicode form aside (:func:`name_key`). The images themselves are never masks, so images
@@ -1309,7 +1353,55 @@ def _suffix_fallback(
         return None, why, False
     if anywhere:
         return anywhere[0], "", False
-    return None, _no_mask_reason(image, index), True
+    if index.suffixed.get(key):  # other images' masks (01_mask is image 01_mask's): no new rule
+        return None, _no_mask_reason(image, index), True
+    return _official_fallback(image, index, image_stems)
+
+
+def _official_fallback(
+    image: Path, index: _MaskIndex, image_stems: Counter[str]
+) -> tuple[Path | None, str, bool]:
+    """The mask of an image named as in DRIVE, STARE or CHASE_DB1, by that set's own names
+    (:data:`_OFFICIAL_NAMES`: ``01_test`` -> ``01_manual1`` or ``01_manual2``), or ``None`` and
+    why not, and whether it has no candidate at all (as :func:`_suffix_fallback`). Tried only
+    where no mask has the image's stem, with a mask ending or without, so that no match of the
+    other rules changes. The number is the image's whole (``01`` is never ``011``), and only
+    one image may have it (``01_test`` and ``01_training`` would share ``01_manual1``).
+
+    A folder holding two observers' tracings of the image (``im0001.ah`` and ``im0001.vk``)
+    gives it none, naming both: benchmarks score the first observer's, but a folder with both
+    was most likely merged by mistake, and a silent pick would score some images against one
+    observer and others against the other, or the second observer as if the first."""
+    key = _official_image_key(image_stem(image))
+    found = [
+        m
+        for m in index.official.get(key or "", [])
+        if name_key(image_stem(m)) not in image_stems  # an image's own name: that image's
+    ]
+    if key is None or not found:
+        return None, _no_mask_reason(image, index), True
+    names = ", ".join(m.relative_to(index.root).as_posix() for m in found[:4])
+    dataset = key.split()[0]
+    if index.official_images[key] > 1:
+        why = (
+            f"no mask with the same file stem in {index.root}; {names} is the mask of {key} "
+            f"by {dataset}'s names, but {index.official_images[key]} images have that number, "
+            "so it cannot be told whose mask it is"
+        )
+        return None, why, False
+    if len(found) == 1:
+        return found[0], "", False
+    observers = {_official_mask_key(image_stem(m)) for m in found}
+    if len({o[1] for o in observers if o is not None}) > 1:
+        why = (
+            f"{names} in {index.root} are each its mask by {dataset}'s names, traced by two "
+            "observers, so none is taken; keep one observer's masks there (benchmarks score "
+            "the first's: DRIVE's 1st_manual, STARE's labels-ah, CHASE_DB1's _1stHO)"
+        )
+    else:  # one observer's in two files (01_manual1.gif by 01_manual1.png)
+        why = f"{names} in {index.root} are each its mask by {dataset}'s names, so none is taken"
+        why += "; keep one"
+    return None, why, False
 
 
 def _no_mask_reason(image: Path, index: _MaskIndex) -> str:
@@ -1333,7 +1425,9 @@ def _no_mask_reason(image: Path, index: _MaskIndex) -> str:
     endings = ", ".join(f"_{s}" for s in FOLDER_MASK_SUFFIXES)
     return (
         f"{reason} ({found}); a mask needs the image's stem ({stem}, any image suffix), or "
-        f"that stem plus one of these suffixes: {endings} (or with -, any letter case)"
+        f"that stem plus one of these suffixes: {endings} (or with -, any letter case), or "
+        "the official names of DRIVE (01_test: 01_manual1 or 01_manual2), STARE (im0001: "
+        "im0001.ah or im0001.vk) or CHASE_DB1 (Image_01L: Image_01L_1stHO or Image_01L_2ndHO)"
     )
 
 
