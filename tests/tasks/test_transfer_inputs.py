@@ -77,12 +77,32 @@ def test_a_val_fraction_outside_0_1_is_refused(tmp_path, fraction):
 
 
 def test_numpy_numbers_are_taken_as_python_s(tmp_path):
-    # A reviewer's np.int64(5) and np.float32(0.25) were refused as no count and no fraction.
-    import numpy as np
+    # A reviewer's np.int64(5) and np.float32(0.25) were refused as no count and no fraction;
+    # np.int64(64) as no size, np.float32 as no test fraction, and numpy numbers in the schedule
+    # failed in json.dumps of config.json, after the training.
+    from dataclasses import asdict
 
-    taken = config(tmp_path, max_test=np.int64(5), val_fraction=np.float32(0.25))
-    assert (taken.max_test, taken.val_fraction) == (5, 0.25)
-    assert type(taken.max_test) is int and type(taken.val_fraction) is float  # for config.json
+    schedule = FinetuneConfig(frozen_epochs=np.int64(0), epochs=np.int32(1), batch=np.int64(2),
+                              steps_per_epoch=np.int64(3), seed=np.int64(4), lr=np.float32(0.5),
+                              rotation=np.int64(30), checkpoint_seconds=np.float64(5),
+                              device="cpu", progress=False)  # fmt: skip
+    taken = config(tmp_path, max_test=np.int64(5), val_fraction=np.float32(0.25),
+                   size=np.int64(64), test_fraction=np.float32(0.5), train=schedule)  # fmt: skip
+    assert (taken.max_test, taken.val_fraction, taken.size) == (5, 0.25, 64)
+    numbers = [v for v in (*asdict(taken).values(), *asdict(schedule).values()) if v is not None]
+    assert not any(isinstance(v, np.generic) for v in numbers)
+    assert json.loads(json.dumps(asdict(taken)))["train"]["rotation"] == 30.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "what"),
+    [("epochs", 2.5, "a whole"), ("batch", "2", "a whole"), ("seed", True, "a whole"),
+     ("lr", "0.1", "a")],
+)  # fmt: skip
+def test_a_schedule_field_that_is_no_number_is_refused_naming_it(field, value, what):
+    message = f"^invalid fine-tuning config: {field} must be {what} "
+    with pytest.raises(LocaldiscError, match=message):
+        FinetuneConfig(**{field: value})
 
 
 def test_val_fraction_0_validates_on_the_training_images():

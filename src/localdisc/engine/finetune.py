@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,13 @@ AUGMENTATION = {"fundus": (180.0, True), "xray": (30.0, False)}
 RUNTIME_FIELDS = ("device", "progress", "checkpoint_seconds")
 
 
+#: :class:`FinetuneConfig`'s number fields: the kind each must be and the type it is kept as.
+_NUMBER_FIELDS = (
+    *((n, Integral, int) for n in ("frozen_epochs", "epochs", "batch", "steps_per_epoch", "seed")),
+    *((n, Real, float) for n in ("lr", "rotation", "checkpoint_seconds")),
+)
+
+
 @dataclass
 class FinetuneConfig:
     """The training schedule; defaults are the paper's."""
@@ -97,6 +105,18 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        # numpy's numbers as Python's (config.json is JSON: np.int64 failed there, after the
+        # training); anything else named here, not a TypeError from a comparison below.
+        for name, kind, cast in _NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is None and name in ("steps_per_epoch", "rotation"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, kind):
+                what = "a whole number" if kind is Integral else "a number"
+                raise LocaldiscError(
+                    f"invalid fine-tuning config: {name} must be {what}, not {value!r}"
+                )
+            setattr(self, name, cast(value))
         if self.frozen_epochs < 0 or self.epochs < 0:
             problems.append("epoch counts must be >= 0")
         if self.batch < 1:

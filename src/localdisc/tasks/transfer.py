@@ -137,7 +137,8 @@ def check_size(size: int) -> None:
     Shared by ``finetune``, ``benchmark transfer`` and the Python API, so that a bad size fails
     at once with this message, not deep in the network (after a pre-training, even).
     """
-    if not isinstance(size, int) or size < MIN_SIZE or size % SIZE_MULTIPLE:
+    # numbers.Integral: numpy's too (a size computed with numpy was refused as no size)
+    if not isinstance(size, Integral) or size < MIN_SIZE or size % SIZE_MULTIPLE:
         raise LocaldiscError(
             f"--size must be a multiple of {SIZE_MULTIPLE}, at least {MIN_SIZE}, not {size!r}"
         )
@@ -183,6 +184,7 @@ class TransferConfig:
         check_val_fraction(self.val_fraction)
         check_max_test(self.max_test)
         # numpy's numbers as Python's: config.json is JSON
+        self.size, self.test_fraction = int(self.size), float(self.test_fraction)
         self.val_fraction = float(self.val_fraction)
         self.max_test = None if self.max_test is None else int(self.max_test)
         if self.modality not in (None, "fundus", "xray"):
@@ -191,7 +193,7 @@ class TransferConfig:
 
 def check_test_fraction(fraction: object) -> None:
     """Raise unless ``fraction`` is a fraction of images to hold out for testing: in [0, 1)."""
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 <= fraction < 1:
         raise LocaldiscError(
             f"--test-fraction must be in [0, 1) (0: no test split, every labelled image for "
             f"training), not {fraction!r}"
