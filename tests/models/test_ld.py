@@ -259,6 +259,14 @@ def test_an_unfinished_pretraining_run_says_how_to_finish_it(tmp_path):
         with pytest.raises(CheckpointError, match="an unfinished pre-training run") as error:
             load(run)
         assert command in str(error.value)
+    # Under torchrun argv is one worker's: it resumes only with as many processes, said so.
+    assert "torchrun" not in str(error.value)
+    config["environment"]["processes"] = 4
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as error:
+        LDModel.from_pretrained(run)
+    assert f"{command}; the saved settings apply), launched with torchrun as it was (4 " \
+        "processes in all)" in str(error.value)  # fmt: skip
 
     early = tmp_path / "early"  # stopped in stage 1, before any weight file
     pretrain(tiny_pretrain_config(), early, pool=pool, stop_at_step=1, log=lambda m: None)

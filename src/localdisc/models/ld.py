@@ -189,13 +189,17 @@ def check_weights_file(run_dir: Path, weights: str) -> None:
         if kept
         else "no checkpoint yet"
     )
-    argv = (saved.get("environment") or {}).get("argv")
+    env = saved.get("environment") or {}
+    argv = env.get("argv")
     program = Path(str(argv[0])) if isinstance(argv, list) and argv else Path()
     if "localdisc" not in (program.name, program.parent.name):  # `localdisc`, `python -m`
         argv = None  # started from Python, or an older run: the command's shape instead
     if argv and argv[1:2] in (["pretrain"], ["shape-guided"]):
         resume = "" if "--resume" in argv else " --resume"
         how = f"its command and --resume (`{command_text(argv)}{resume}`; the saved settings apply)"
+        processes = env.get("processes")
+        if isinstance(processes, int) and processes > 1:  # argv is one worker's: resumes as many
+            how += f", launched with torchrun as it was ({processes} processes in all)"
     elif argv:  # `demo`, a benchmark's preset: the same command resumes its own run
         how = f"its command again (`{command_text(argv)}`)"
     else:
