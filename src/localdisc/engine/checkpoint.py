@@ -565,6 +565,13 @@ def load_resumable(
         remove_checkpoints(checkpoint_dir)
         return None
     state, tensors = loaded
+    # The damaged ones after it: kept, they stayed "the newest" (save_resumable's keep=1
+    # rotation then removed the checkpoint it had just written) and the next start found none.
+    continued = f"{CHECKPOINT_PREFIX}{state['step']:08d}"
+    for damaged in list_checkpoints(checkpoint_dir):
+        if damaged.name > continued:
+            shutil.rmtree(damaged, ignore_errors=True)
+            log(f"removed the damaged checkpoint {damaged.name}")
     saved = state.get(key)
     saved = saved if isinstance(saved, dict) else {}
     differ = [k for k in record if saved.get(k) != record[k]]
