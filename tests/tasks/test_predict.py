@@ -956,12 +956,29 @@ def test_drive_test_given_as_masks_is_refused_with_advice_that_works(tmp_path):
     with pytest.raises(DatasetError) as error:
         target_mask_files(files, [test / "images"], test)
     assert str(error.value).endswith(
-        "DRIVE's field of view, taken for a label (a mask/ folder's NAME_mask): give --masks a "
-        "folder of 1st_manual/'s labels named as the images (01_manual1.gif copied as "
-        "01_test.gif), and --fov-masks the mask/ folder"
+        "DRIVE's field of view, taken for a label (a mask/ folder's NAME_mask): give --masks the "
+        "1st_manual/ folder, and --fov-masks the mask/ folder"
     )
-    save(tmp_path / "labels" / "01_test.gif", np.zeros((24, 20), np.uint8))  # as advised
-    assert target_mask_files(files, [test / "images"], tmp_path / "labels")["01_test"].mask
+    label = save(test / "1st_manual" / "01_manual1.gif", np.zeros((24, 20), np.uint8))
+    assert target_mask_files(files, [test / "images"], test / "1st_manual")["01_test"].mask == label
+
+
+def test_a_drive_field_of_view_is_refused_whichever_image_matches_first(tmp_path):
+    # --masks DRIVE (test/ without mask/): test/'s images match 1st_manual/ by DRIVE's names,
+    # training/'s their fields of view in training/mask/; only the first match was checked, so
+    # the order of --images decided whether training images were scored against their FOVs.
+    from localdisc.data.datasets import DatasetError
+    from localdisc.tasks.predict import target_mask_files
+
+    drive = tmp_path / "DRIVE"
+    save(drive / "test" / "images" / "01_test.png", np.full((24, 20, 3), 90, np.uint8))
+    save(drive / "test" / "1st_manual" / "01_manual1.gif", np.zeros((24, 20), np.uint8))
+    save(drive / "training" / "images" / "21_training.png", np.full((24, 20, 3), 90, np.uint8))
+    save(drive / "training" / "mask" / "21_training_mask.gif", np.full((24, 20), 255, np.uint8))
+    dirs = [drive / "test" / "images", drive / "training" / "images"]
+    for order in (dirs, dirs[::-1]):
+        with pytest.raises(DatasetError, match="21_training_mask.gif: DRIVE's field of view"):
+            target_mask_files(collect_images(order), order, drive)
 
 
 def test_one_folder_given_alone_as_text_or_path_is_a_folder(tmp_path):

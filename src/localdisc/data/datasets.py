@@ -535,12 +535,8 @@ def refuse_official_fov(path: Path, option: str | None = None) -> None:
             else ("its folder", "manual1/")  # fmt: skip
         advice = f"give {known}:ROOT, ROOT {root}, whose labels are in {labels}"
         if option is not None:  # drive:ROOT is no folder of masks there (a reviewer's run)
-            advice = (
-                f"give {option} a folder of 1st_manual/'s labels named as the images "
-                "(01_manual1.gif copied as 01_test.gif)"
-                if known == "drive"
-                else f"give {option} the manual1/ folder"
-            ) + ", and --fov-masks the mask/ folder"
+            labels = "1st_manual" if known == "drive" else "manual1"
+            advice = f"give {option} the {labels}/ folder, and --fov-masks the mask/ folder"
         raise DatasetError(
             f"{path}: {known.upper()}'s field of view, taken for a label (a mask/ folder's "
             f"NAME_mask): {advice}"

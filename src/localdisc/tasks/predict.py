@@ -896,8 +896,11 @@ def target_mask_files(
     if all(match.mask is None for match in matches):
         first = matches[0]  # its reason says what the folder holds and how masks are named
         raise LocaldiscError(f"{folder}: no image has a mask there; {first.image}: {first.reason}")
-    # --masks DRIVE/test matched mask/01_test_mask.gif, the field of view, beside 1st_manual/
-    refuse_official_fov(next(m.mask for m in matches if m.mask is not None), "--masks")
+    # --masks DRIVE/test matched mask/01_test_mask.gif, the field of view, beside 1st_manual/.
+    # Every match: --masks DRIVE matches test/'s labels by DRIVE's names, training/'s FOVs.
+    for match in matches:
+        if match.mask is not None:
+            refuse_official_fov(match.mask, "--masks")
     return {name: match for (name, _), match in zip(files, matches, strict=True)}
 
 
