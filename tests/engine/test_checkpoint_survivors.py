@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -169,6 +170,12 @@ def test_a_damaged_checkpoint_after_the_one_continued_is_removed(tmp_path):
                        describe=_describe, log=logged.append)  # fmt: skip
     assert [p.name for p in list_checkpoints(folder)] == ["step_00000002"]
     assert load_latest_checkpoint(folder)[0]["step"] == 2
+    # The one continued is never taken for a damaged one (a sound copy, listed after its step).
+    shutil.copytree(folder / "step_00000002", folder / "step_00000002_copy")
+    logged.clear()
+    load_resumable(folder, "finetune", {"lr": 1}, training="fine-tuning", describe=_describe,
+                   log=logged.append)  # fmt: skip
+    assert (folder / "step_00000002_copy").is_dir() and not any("removed" in m for m in logged)
 
 
 def test_remove_checkpoints_deletes_every_checkpoint_and_keeps_the_folder(tmp_path):

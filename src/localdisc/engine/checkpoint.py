@@ -508,6 +508,14 @@ def load_latest_checkpoint(
 
     Returns ``(state, tensors)`` or None when there is no checkpoint at all.
     """
+    loaded = _load_newest_valid(checkpoint_dir, warn)
+    return None if loaded is None else loaded[1:]
+
+
+def _load_newest_valid(
+    checkpoint_dir: str | Path, warn: Any = None
+) -> tuple[Path, dict[str, Any], dict[str, dict[str, torch.Tensor]]] | None:
+    """:func:`load_latest_checkpoint` with the folder it loaded first."""
     candidates = list_checkpoints(checkpoint_dir)
     for path in reversed(candidates):
         try:
@@ -520,7 +528,7 @@ def load_latest_checkpoint(
             if warn is not None:
                 warn(f"skipping checkpoint {path.name}: {exc}")
             continue
-        return state, tensors
+        return path, state, tensors
     if candidates:
         raise CheckpointError(f"{checkpoint_dir}: no valid checkpoint among {len(candidates)}")
     return None
@@ -557,21 +565,20 @@ def load_resumable(
     training whose ``weights`` (tensor groups) hold NaN or inf raises :class:`DivergedError`
     (:func:`refuse_diverged`) rather than starting over: the same settings may diverge again."""
     try:
-        loaded = load_latest_checkpoint(checkpoint_dir, warn=log)
+        loaded = _load_newest_valid(checkpoint_dir, warn=log)
     except CheckpointError as exc:  # every one damaged: nothing to continue from
         log(f"{exc}; starting the {training} over")
         loaded = None
     if loaded is None:
         remove_checkpoints(checkpoint_dir)
         return None
-    state, tensors = loaded
+    continued, state, tensors = loaded
     # The damaged ones after it: kept, they stayed "the newest" (save_resumable's keep=1
     # rotation then removed the checkpoint it had just written) and the next start found none.
-    continued = f"{CHECKPOINT_PREFIX}{state['step']:08d}"
-    for damaged in list_checkpoints(checkpoint_dir):
-        if damaged.name > continued:
-            shutil.rmtree(damaged, ignore_errors=True)
-            log(f"removed the damaged checkpoint {damaged.name}")
+    listed = list_checkpoints(checkpoint_dir)
+    for damaged in listed[listed.index(continued) + 1 :] if continued in listed else []:
+        shutil.rmtree(damaged, ignore_errors=True)
+        log(f"removed the damaged checkpoint {damaged.name}")
     saved = state.get(key)
     saved = saved if isinstance(saved, dict) else {}
     differ = [k for k in record if saved.get(k) != record[k]]
