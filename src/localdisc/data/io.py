@@ -365,6 +365,11 @@ def _mask_of(d: _Decoded) -> np.ndarray:
 #: data sets' masks; a vessel of a vessel map has over 25%, a 3 x 3 square 11%).
 _LABEL_FILL = 0.1
 
+#: Least step, as a share of the highest grey level, from the levels a thin label is drawn
+#: over (:func:`_label_levels`): a map scaled for display of up to 16 labels has steps of a
+#: 15th or more, JPEG's ripples of a mask a few grey levels (1% of 255).
+_THIN_LABEL_STEP = 0.03
+
 
 class MaskLabels(NamedTuple):
     """What :func:`mask_labels` finds: ``joined``, the labels :func:`read_mask` takes together
@@ -388,9 +393,10 @@ def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabel
     (class indices, a label palette, colours, a mask of one label), those levels are the labels.
     Where it reads at half scale, it takes the file for an anti-aliased or compressed mask, whose
     edges hold levels of their own (0/64/128/191/255 of a 0/255 mask halved by box averaging):
-    there only levels that fill a region count (:func:`_filling_levels`; the lowest of them is
-    the background), so that such a mask has one label and a map scaled for display its labels
-    (also where halved by box averaging or saved as a JPEG of high quality). Both are empty for
+    there only levels that fill a region or draw a thin structure count (:func:`_label_levels`;
+    the lowest of them is the background), so that such a mask has one label and a map scaled
+    for display its labels (also where halved by box averaging or saved as a JPEG of high
+    quality). Both are empty for
     a mask of one label, a soft map (floats between its levels; more than
     :data:`_MAX_LABEL_MAP_LEVELS` levels: blurred, resampled far up) and a palette read by its
     colours (one dark, one bright: DRIVE's second observer, whose index is no label).
@@ -402,27 +408,27 @@ def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabel
     mask = _mask_of(d)  # decoded once
     name: Callable[[int], str] = "{}".format
     label_palette = d.palette is not None and not _is_grey(d.palette[np.unique(d.pixels)])
+    ids = True  # values that name labels (indices, colours), not grey levels
     if label_palette:
         values, name = d.pixels, "index {}".format
-    elif d.palette is not None:
-        values = d.palette[:, 0][d.pixels]
     elif d.pixels.ndim == 3 and not _is_grey(d.pixels.reshape(-1, d.pixels.shape[2])):
         values, colours = _colour_ids(d.pixels)
         name = [str(tuple(int(c) for c in colour)) for colour in colours].__getitem__
     else:
-        values = d.pixels if d.pixels.ndim == 2 else d.pixels[..., 0]
+        ids = False
+        values = d.palette[:, 0][d.pixels] if d.palette is not None else d.pixels
+        values = values if values.ndim == 2 else values[..., 0]
     levels = _levels(values)
     if values.dtype.kind not in "iu" and not bool((levels == np.round(levels)).all()):
         return MaskLabels([], [])  # a soft map of floats: no labels
     if not 1 < levels.size <= _MAX_LABEL_MAP_LEVELS:
         return MaskLabels([], [])  # one level; or a soft map, a blurred or resampled mask
-    if np.array_equal(mask, values != levels[0]):
-        labels = levels[1:]
-    else:
-        # Read at half scale: only levels that fill a region are labels (no edge of an
-        # anti-aliased or compressed mask), the lowest of them the background (0; the 3 of a
-        # near-black background that JPEG specks with 0-2).
-        labels = _filling_levels(values)[1:]
+    # Read at half scale: only levels that fill a region or draw a thin structure are labels
+    # (no edge of an anti-aliased or compressed mask), the lowest of them the background (0;
+    # the 3 of a near-black background that JPEG specks with 0-2).
+    every = np.array_equal(mask, values != levels[0])
+    step = 1 if ids else max(1, _THIN_LABEL_STEP * float(levels[-1]))
+    labels = levels[1:] if every else _label_levels(values, step)[1:]
     is_kept = np.isin(labels, _levels(values[mask]))
     kept, dropped = labels[is_kept], labels[~is_kept]
     if label_palette:
@@ -434,25 +440,44 @@ def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabel
     return MaskLabels(joined, [name(int(label)) for label in dropped])
 
 
-def _filling_levels(values: np.ndarray) -> np.ndarray:
-    """The levels of ``values`` (H x W) that fill a region: at least :data:`_LABEL_FILL` of
-    their pixels have their 3 x 3 neighbourhood all of their level (the image's border pixels,
-    lacking one, none), as a label of a label map does and the edges of an anti-aliased or
-    JPEG-compressed mask do not."""
+def _label_levels(values: np.ndarray, step: float) -> np.ndarray:
+    """The levels of ``values`` (H x W) that are labels, not the edges an anti-aliased, resized
+    or JPEG-compressed mask holds between its levels: those that fill a region (at least
+    :data:`_LABEL_FILL` of their pixels with their 3 x 3 neighbourhood all of their level; the
+    image's border pixels, lacking one, none), and thin ones drawn over lower levels (a contour,
+    a line, spots of 2 x 2): most of their pixels have two neighbours of their level (no
+    specks), none higher (an edge lies between a lower and a higher level; JPEG's ripples of a
+    level lie below it) and the highest lower one at least ``step`` below (JPEG's ripples of
+    the background lie a few grey levels above it). A thin label bordering a higher one (a
+    1-pixel rim of a label around another) is taken for an edge, and so not named."""
     height, width = values.shape
     if min(height, width) < 3:
         return values.ravel()[:0]
     centre = values[1:-1, 1:-1]
+    wide = centre.astype(np.float64)
     inner = np.ones(centre.shape, dtype=bool)
+    alike = np.zeros(centre.shape, dtype=np.int8)  # of the 3 x 3 neighbourhood, itself too
+    higher = np.zeros(centre.shape, dtype=bool)
+    below = np.full(centre.shape, -np.inf)  # the highest neighbouring level under it
     for dy in range(3):
         for dx in range(3):
-            inner &= values[dy : dy + height - 2, dx : dx + width - 2] == centre
+            near = values[dy : dy + height - 2, dx : dx + width - 2]
+            inner &= near == centre
+            alike += near == centre
+            higher |= near > centre
+            below = np.maximum(below, np.where(near < centre, near, -np.inf))
     levels, counts = np.unique(values, return_counts=True)
-    filled, filled_counts = np.unique(centre[inner], return_counts=True)
-    at = np.searchsorted(levels, filled)
-    share = np.zeros(levels.size)
-    share[at] = filled_counts / counts[at]
-    return levels[share >= _LABEL_FILL]
+
+    def share(of: np.ndarray) -> np.ndarray:
+        """The share of each level's pixels where ``of`` holds."""
+        found, found_counts = np.unique(centre[of], return_counts=True)
+        out = np.zeros(levels.size)
+        at = np.searchsorted(levels, found)
+        out[at] = found_counts / counts[at]
+        return out
+
+    thin = share((alike >= 3) & ~higher & (wide - below >= step)) >= 0.5
+    return levels[(share(inner) >= _LABEL_FILL) | thin]
 
 
 def _colour_ids(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
