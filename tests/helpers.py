@@ -192,3 +192,17 @@ def run_two_ranks(tmp_path, source: str, *args: str) -> list[tuple[str, str]]:
         for rank in ranks:
             if rank.poll() is None:  # a rank that waits for the other in vain
                 rank.kill()
+
+
+def squares(n: int, size: int = 32, seed: int = 0):
+    """``n`` bright squares on a dark noisy background (N x 3 x size x size) and their masks
+    (N x 1 x size x size): an easy segmentation problem for the fine-tuning tests."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        y, x = torch.randint(0, size - 12, (2,), generator=g).tolist()
+        masks[i, :, y : y + 12, x : x + 12] = 1
+    images = (0.2 + 0.6 * masks + 0.05 * torch.rand(n, 1, size, size, generator=g)).clamp(0, 1)
+    return images.repeat(1, 3, 1, 1), masks

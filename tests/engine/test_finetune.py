@@ -5,21 +5,10 @@ import torch
 from monai.losses import DiceLoss
 
 import localdisc.engine.finetune as finetune_engine
-from helpers import signal_at_step, signal_in_checkpoint_writes
+from helpers import signal_at_step, signal_in_checkpoint_writes, squares
 from localdisc.engine.finetune import FinetuneConfig, augment, finetune, mean_dice
 from localdisc.errors import DivergedError, LocaldiscError
 from localdisc.models.segmenter import Segmenter
-
-
-def squares(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bright squares on a dark noisy background: an easy segmentation problem."""
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(n, 1, size, size)
-    for i in range(n):
-        y, x = torch.randint(0, size - 12, (2,), generator=g).tolist()
-        masks[i, :, y : y + 12, x : x + 12] = 1
-    images = (0.2 + 0.6 * masks + 0.05 * torch.rand(n, 1, size, size, generator=g)).clamp(0, 1)
-    return images.repeat(1, 3, 1, 1), masks
 
 
 def test_paper_dice_loss_is_monai_dice_loss_minus_one():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import localdisc.engine.finetune as engine
-from helpers import signal_at_step
+from helpers import signal_at_step, squares
 from localdisc.engine.checkpoint import list_checkpoints, load_latest_checkpoint, tensor_digest
 from localdisc.engine.finetune import FinetuneConfig, checkpoint_position, finetune
 from localdisc.errors import CheckpointError
@@ -17,17 +17,6 @@ from localdisc.models.segmenter import Segmenter
 
 #: A tiny schedule: from scratch, 3 epochs of 2 steps, on the CPU.
 TINY = dict(frozen_epochs=0, epochs=3, steps_per_epoch=2, device="cpu", progress=False)
-
-
-def squares(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bright squares on a dark noisy background, and their masks."""
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(n, 1, size, size)
-    for i in range(n):
-        y, x = torch.randint(0, size - 12, (2,), generator=g).tolist()
-        masks[i, :, y : y + 12, x : x + 12] = 1
-    images = (0.2 + 0.6 * masks + 0.05 * torch.rand(n, 1, size, size, generator=g)).clamp(0, 1)
-    return images.repeat(1, 3, 1, 1), masks
 
 
 def tiny_model() -> Segmenter:
