@@ -177,3 +177,30 @@ def test_jpeg_ripples_of_real_clavicle_masks_are_no_thin_labels(tmp_path: Path) 
         with Image.open(masks / name) as image:
             path = _saved(tmp_path / "clavicle.jpg", image.convert("L"), quality=75)
         assert mask_labels(path) == ([], []), name
+
+
+def test_resized_or_compressed_thin_binary_masks_have_no_labels(tmp_path: Path) -> None:
+    # 1-pixel lines of 255 (centre lines, ROI outlines) resized or saved as JPEG: 191 beside
+    # the 64 that resizing leaves, and 254 beside 255, were taken for thin labels drawn over
+    # lower levels (a reviewer's finding on f028544: a false "label map of 2 labels").
+    from PIL import ImageDraw
+
+    tree = Image.new("L", (128, 128), 0)
+    draw = ImageDraw.Draw(tree)
+    rng, points = np.random.default_rng(0), [(64, 124)]
+    for _ in range(15):
+        x0, y0 = points[rng.integers(len(points))]
+        x1, y1 = x0 + int(rng.integers(-30, 31)), y0 - int(rng.integers(5, 30))
+        draw.line([x0, y0, x1, y1], fill=255, width=1)
+        points.append((x1, y1))
+    outlines = Image.new("L", (128, 128), 0)
+    ImageDraw.Draw(outlines).rectangle([10, 15, 60, 65], outline=255)
+    ImageDraw.Draw(outlines).rectangle([70, 60, 120, 110], outline=255)
+    for name, image in (("tree", tree), ("outlines", outlines)):
+        for factor, kind in ((2.0, Image.BILINEAR), (0.6, Image.BOX), (0.75, Image.BICUBIC)):
+            side = int(128 * factor)
+            path = _saved(tmp_path / f"{name}.png", image.resize((side, side), kind))
+            assert mask_labels(path) == ([], []), (name, factor, kind)
+        for quality in (50, 75):
+            path = _saved(tmp_path / f"{name}.jpg", image, quality=quality)
+            assert mask_labels(path) == ([], []), (name, quality)

@@ -447,9 +447,14 @@ def _label_levels(values: np.ndarray, step: float) -> np.ndarray:
     image's border pixels, lacking one, none), and thin ones drawn over lower levels (a contour,
     a line, spots of 2 x 2): most of their pixels have two neighbours of their level (no
     specks), none higher (an edge lies between a lower and a higher level; JPEG's ripples of a
-    level lie below it) and the highest lower one at least ``step`` below (JPEG's ripples of
-    the background lie a few grey levels above it). A thin label bordering a higher one (a
-    1-pixel rim of a label around another) is taken for an edge, and so not named."""
+    level lie below it) and the highest lower one a level that fills a region (not an edge's:
+    a resized line of 255 has 64 beside it) at least ``step`` below (JPEG's ripples of the
+    background lie a few grey levels above it). A level within ``step`` of the next one found
+    is taken for its ripple. Thin labels are looked for only in a map with two labels or more
+    that fill regions (a binary mask's resized lines are lines of their own levels). So a thin
+    label beside one filling label, one bordering a higher one (a 1-pixel rim of a label around
+    another, a line across a higher label), or one whose edges fill no region once halved or
+    compressed is not named."""
     height, width = values.shape
     if min(height, width) < 3:
         return values.ravel()[:0]
@@ -476,8 +481,18 @@ def _label_levels(values: np.ndarray, step: float) -> np.ndarray:
         out[at] = found_counts / counts[at]
         return out
 
-    thin = share((alike >= 3) & ~higher & (wide - below >= step)) >= 0.5
-    return levels[(share(inner) >= _LABEL_FILL) | thin]
+    filled = levels[share(inner) >= _LABEL_FILL]
+    # Drawn over a label (a level that fills a region), not over an edge's level (the 64 that
+    # resizing leaves beside a line of 255).
+    over_label = np.isin(below, filled)
+    thin = share((alike >= 3) & ~higher & (wide - below >= step) & over_label) >= 0.5
+    # Only in a map of two labels or more that fill regions: a binary mask's thin structures,
+    # resized, leave lines of their own levels (128 and 255 of 1-pixel lines shrunk by 0.6).
+    thin &= filled.size > 2
+    found = levels[(share(inner) >= _LABEL_FILL) | thin]
+    # A level within ``step`` of the next one found is that one's ripple (254 of 255).
+    apart = np.append(np.diff(found.astype(np.float64)) >= step, True)
+    return found[apart[: found.size]]  # none found: none
 
 
 def _colour_ids(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
