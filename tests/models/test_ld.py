@@ -267,6 +267,12 @@ def test_an_unfinished_pretraining_run_says_how_to_finish_it(tmp_path):
         LDModel.from_pretrained(run)
     assert f"{command}; the saved settings apply), launched with torchrun as it was (4 " \
         "processes in all)" in str(error.value)  # fmt: skip
+    config["environment"]["argv"] = ["/x/my_script.py"]  # started from Python: said as well
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as error:
+        LDModel.from_pretrained(run)
+    assert "--resume` (the saved settings apply), launched with torchrun as it was (4 " \
+        "processes in all)" in str(error.value)  # fmt: skip
 
     early = tmp_path / "early"  # stopped in stage 1, before any weight file
     pretrain(tiny_pretrain_config(), early, pool=pool, stop_at_step=1, log=lambda m: None)

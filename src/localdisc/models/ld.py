@@ -197,14 +197,14 @@ def check_weights_file(run_dir: Path, weights: str) -> None:
     if argv and argv[1:2] in (["pretrain"], ["shape-guided"]):
         resume = "" if "--resume" in argv else " --resume"
         how = f"its command and --resume (`{command_text(argv)}{resume}`; the saved settings apply)"
-        processes = env.get("processes")
-        if isinstance(processes, int) and processes > 1:  # argv is one worker's: resumes as many
-            how += f", launched with torchrun as it was ({processes} processes in all)"
     elif argv:  # `demo`, a benchmark's preset: the same command resumes its own run
         how = f"its command again (`{command_text(argv)}`)"
     else:
         name = "shape-guided train" if pretrain.get("prior") else "pretrain"
         how = f"`localdisc {name} --data ... --out {run_dir} --resume` (the saved settings apply)"
+    processes = env.get("processes")
+    if isinstance(processes, int) and processes > 1:  # one process resumes none of it
+        how += f", launched with torchrun as it was ({processes} processes in all)"
     raise CheckpointError(
         f"{run_dir}: an unfinished pre-training run (no {weights} yet; {stopped}): interrupted, "
         f"or still running; finish it with {how}" + (f", or give {instead}" if instead else "")
