@@ -85,21 +85,26 @@ def test_numpy_numbers_are_taken_as_python_s(tmp_path):
     schedule = FinetuneConfig(frozen_epochs=np.int64(0), epochs=np.int32(1), batch=np.int64(2),
                               steps_per_epoch=np.int64(3), seed=np.int64(4), lr=np.float32(0.5),
                               rotation=np.int64(30), checkpoint_seconds=np.float64(5),
-                              device="cpu", progress=False)  # fmt: skip
+                              flips=np.True_, amp=np.False_, device="cpu",
+                              progress=np.bool_(False))  # fmt: skip
     taken = config(tmp_path, max_test=np.int64(5), val_fraction=np.float32(0.25),
-                   size=np.int64(64), test_fraction=np.float32(0.5), train=schedule)  # fmt: skip
+                   size=np.int64(64), test_fraction=np.float32(0.5), train=schedule,
+                   recalibrate_bn=np.True_, skip_bad=np.False_)  # fmt: skip
     assert (taken.max_test, taken.val_fraction, taken.size) == (5, 0.25, 64)
     numbers = [v for v in (*asdict(taken).values(), *asdict(schedule).values()) if v is not None]
     assert not any(isinstance(v, np.generic) for v in numbers)
     assert json.loads(json.dumps(asdict(taken)))["train"]["rotation"] == 30.0
+    assert (taken.recalibrate_bn, schedule.flips) == (True, True)
+    with pytest.raises(LocaldiscError, match="^recalibrate_bn must be True or False, not 1"):
+        config(tmp_path, recalibrate_bn=1)
 
 
 @pytest.mark.parametrize(
     ("field", "value", "what"),
     [("epochs", 2.5, "a whole"), ("batch", "2", "a whole"), ("seed", True, "a whole"),
-     ("lr", "0.1", "a")],
+     ("lr", "0.1", "a"), ("amp", 1, "True or False,"), ("flips", "yes", "True or False,")],
 )  # fmt: skip
-def test_a_schedule_field_that_is_no_number_is_refused_naming_it(field, value, what):
+def test_a_schedule_field_of_another_type_is_refused_naming_it(field, value, what):
     message = f"^invalid fine-tuning config: {field} must be {what} "
     with pytest.raises(LocaldiscError, match=message):
         FinetuneConfig(**{field: value})

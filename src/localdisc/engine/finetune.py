@@ -80,6 +80,16 @@ _NUMBER_FIELDS = (
 )
 
 
+def as_bool(value: object, name: str, *, none: bool = False) -> bool | None:
+    """``value`` as Python's bool (numpy's ``np.True_`` failed in json.dumps of config.json),
+    ``None`` where ``none`` allows it; anything else refused, naming ``name``."""
+    if value is None and none:
+        return None
+    if not isinstance(value, bool | np.bool_):
+        raise LocaldiscError(f"{name} must be True or False, not {value!r}")
+    return bool(value)
+
+
 @dataclass
 class FinetuneConfig:
     """The training schedule; defaults are the paper's."""
@@ -117,6 +127,9 @@ class FinetuneConfig:
                     f"invalid fine-tuning config: {name} must be {what}, not {value!r}"
                 )
             setattr(self, name, cast(value))
+        for name in ("amp", "progress", "flips"):
+            value = getattr(self, name)
+            setattr(self, name, as_bool(value, f"invalid fine-tuning config: {name}", none=True))
         if self.frozen_epochs < 0 or self.epochs < 0:
             problems.append("epoch counts must be >= 0")
         if self.batch < 1:

@@ -95,6 +95,7 @@ from localdisc.engine.checkpoint import RunFolderLock, atomic_write_text, sha256
 from localdisc.engine.finetune import (
     RUNTIME_FIELDS,
     FinetuneConfig,
+    as_bool,
     checkpoint_position,
     finetune,
     training_plan,
@@ -186,6 +187,8 @@ class TransferConfig:
         # numpy's numbers as Python's: config.json is JSON
         self.size, self.test_fraction = int(self.size), float(self.test_fraction)
         self.val_fraction = float(self.val_fraction)
+        for name in ("predictions", "recalibrate_bn", "skip_bad"):
+            setattr(self, name, as_bool(getattr(self, name), name))
         self.max_test = None if self.max_test is None else int(self.max_test)
         if self.modality not in (None, "fundus", "xray"):
             raise LocaldiscError(f"--modality must be fundus or xray, not {self.modality!r}")
