@@ -396,10 +396,10 @@ def mask_labels(path: str | Path, *, max_pixels: int | None = None) -> MaskLabel
     there only levels that fill a region or draw a thin structure count (:func:`_label_levels`;
     the lowest of them is the background), so that such a mask has one label and a map scaled
     for display its labels (also where halved by box averaging or saved as a JPEG of high
-    quality). Both are empty for
-    a mask of one label, a soft map (floats between its levels; more than
-    :data:`_MAX_LABEL_MAP_LEVELS` levels: blurred, resampled far up) and a palette read by its
-    colours (one dark, one bright: DRIVE's second observer, whose index is no label).
+    quality). Both are empty for a mask of one label, a soft map (floats between its levels;
+    more than :data:`_MAX_LABEL_MAP_LEVELS` levels: blurred, resampled far up) and a palette
+    read by its colours (one dark, one bright: DRIVE's second observer, whose index is no
+    label).
 
     Raises:
         ImageReadError: as :func:`read_image`.
@@ -481,15 +481,14 @@ def _label_levels(values: np.ndarray, step: float) -> np.ndarray:
         out[at] = found_counts / counts[at]
         return out
 
-    filled = levels[share(inner) >= _LABEL_FILL]
+    fills = share(inner) >= _LABEL_FILL
     # Drawn over a label (a level that fills a region), not over an edge's level (the 64 that
     # resizing leaves beside a line of 255).
-    over_label = np.isin(below, filled)
+    over_label = np.isin(below, levels[fills])
     thin = share((alike >= 3) & ~higher & (wide - below >= step) & over_label) >= 0.5
     # Only in a map of two labels or more that fill regions: a binary mask's thin structures,
     # resized, leave lines of their own levels (128 and 255 of 1-pixel lines shrunk by 0.6).
-    thin &= filled.size > 2
-    found = levels[(share(inner) >= _LABEL_FILL) | thin]
+    found = levels[fills | (thin & (fills.sum() > 2))]
     # A level within ``step`` of the next one found is that one's ripple (254 of 255).
     apart = np.append(np.diff(found.astype(np.float64)) >= step, True)
     return found[apart[: found.size]]  # none found: none
