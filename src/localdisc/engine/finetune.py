@@ -127,9 +127,10 @@ class FinetuneConfig:
                     f"invalid fine-tuning config: {name} must be {what}, not {value!r}"
                 )
             setattr(self, name, cast(value))
-        for name in ("amp", "progress", "flips"):
-            value = getattr(self, name)
-            setattr(self, name, as_bool(value, f"invalid fine-tuning config: {name}", none=True))
+        for name in ("amp", "progress", "flips"):  # flips None: the modality's
+            value = as_bool(getattr(self, name), f"invalid fine-tuning config: {name}",
+                            none=name == "flips")  # fmt: skip
+            setattr(self, name, value)
         if self.frozen_epochs < 0 or self.epochs < 0:
             problems.append("epoch counts must be >= 0")
         if self.batch < 1:
