@@ -303,3 +303,68 @@ def test_an_epoch_of_steps_per_epoch_takes_that_many_steps_from_consecutive_pass
     run(tmp_path, squares(3, seed=1), epochs=2, steps_per_epoch=4)
     assert sizes == [2] * 8
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000008"]
+
+
+# -- the paper's augmentation (METHOD.md 4) -------------------------------------------------------
+
+
+def test_flips_are_drawn_per_item_and_axis_and_move_image_and_mask_alike():
+    # Each item flipped left-right and up-down with p = 0.5 each, independently: all four
+    # combinations occur, and the mask is flipped exactly as its image.
+    n, side = 200, 8
+    images = torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(0))
+    masks = (images[:, :1] > 0.5).float()
+    x, y = engine.augment(images, masks, rotation=0, flips=True,
+                          generator=torch.Generator().manual_seed(1))  # fmt: skip
+    seen = []
+    for i in range(n):
+        for h in (False, True):
+            for v in (False, True):
+                im, m = images[i], masks[i]
+                im, m = (im.flip(-1), m.flip(-1)) if h else (im, m)
+                im, m = (im.flip(-2), m.flip(-2)) if v else (im, m)
+                if torch.equal(x[i], im):
+                    assert torch.equal(y[i], m)
+                    seen.append((h, v))
+                    break
+            else:
+                continue
+            break
+    assert len(seen) == n
+    for combination in [(h, v) for h in (False, True) for v in (False, True)]:
+        assert 0.15 < seen.count(combination) / n < 0.35, combination
+
+
+@pytest.mark.parametrize("rotation", [30.0, 180.0])
+def test_rotations_are_uniform_in_plus_minus_the_range(monkeypatch, rotation):
+    # U(-r, r) degrees per item: X-rays 30, fundus photographs 180. The angle is read from the
+    # sampling grid's matrix.
+    thetas = []
+    real = engine.F.affine_grid
+
+    def spy(theta, *args, **kwargs):
+        thetas.append(theta.clone())
+        return real(theta, *args, **kwargs)
+
+    monkeypatch.setattr(engine.F, "affine_grid", spy)
+    images, masks = torch.rand(400, 1, 8, 8), torch.zeros(400, 1, 8, 8)
+    engine.augment(images, masks, rotation=rotation, flips=False,
+                   generator=torch.Generator().manual_seed(2))  # fmt: skip
+    (theta,) = thetas
+    angles = torch.rad2deg(torch.atan2(theta[:, 1, 0], theta[:, 0, 0]))
+    assert angles.abs().max() <= rotation + 1e-3
+    assert angles.min() < -0.9 * rotation and angles.max() > 0.9 * rotation
+    assert abs(float(angles.mean())) < 0.1 * rotation  # centred on 0
+    assert torch.allclose(theta[:, :, 2], torch.zeros(400, 2))  # about the centre, no shift
+
+
+def test_a_rotated_mask_stays_binary_and_outside_the_image_is_black():
+    images = torch.ones(16, 3, 32, 32)
+    masks = torch.zeros(16, 1, 32, 32)
+    masks[:, :, 8:24, 8:24] = 1
+    x, y = engine.augment(images, masks, rotation=180, flips=False,
+                          generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert set(torch.unique(y).tolist()) <= {0.0, 1.0}  # nearest neighbour: no soft edge
+    assert ((x > 0) & (x < 1)).any()  # bilinear image
+    turned = [i for i in range(16) if x[i, :, 0, 0].max() < 0.5]
+    assert turned  # a corner rotated in from outside the photograph is black
