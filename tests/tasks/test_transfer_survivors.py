@@ -302,3 +302,22 @@ def test_four_labelled_images_validate_on_themselves_and_five_hold_one_out(seed)
     assert split_labelled(4, "all", seed)[0] == split_labelled(4, "all", seed)[1]
     train, val, _ = split_labelled(5, "all", seed)
     assert (len(train), len(val)) == (4, 1) and sorted(train + val) == list(range(5))
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_label_budgets_are_the_first_n_of_one_seeded_shuffle(seed):
+    """--labels N takes the first N images after the seed's shuffle (issue 4), so a budget's
+    images are among every larger one's and the inits of one seed see the same images; the
+    validation images are the first of those, disjoint from the training ones."""
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(seed)).tolist()
+    labelled = {}
+    for budget in ("2", "5", "10", "all"):
+        train, val, _ = split_labelled(20, budget, seed)
+        labelled[budget] = train + val if train != val else train
+        n = len(labelled[budget])
+        assert sorted(labelled[budget]) == sorted(order[:n])
+        if train != val:
+            assert val == order[: len(val)] and train == order[len(val) : n]
+    assert set(labelled["2"]) < set(labelled["5"]) < set(labelled["10"]) < set(labelled["all"])
+    assert split_labelled(20, "5", seed) == split_labelled(20, "5", seed)
+    assert split_labelled(20, "5", seed)[0] != split_labelled(20, "5", seed + 1)[0]
