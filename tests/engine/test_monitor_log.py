@@ -38,3 +38,14 @@ def test_a_row_with_more_fields_than_the_header_is_dropped_on_resume(tmp_path: P
     path.write_text("\n".join(lines) + "\n")
     TrainingLog(tmp_path, 3).close()
     assert _steps(path) == ["1", "3"]
+
+
+def test_each_row_is_in_the_file_as_soon_as_it_is_written(tmp_path):
+    # Flushed per row: a run watched with `tail -f log.csv`, or killed (SIGKILL, no close),
+    # shows every logged step, not the last buffer's worth of them.
+    log = TrainingLog(tmp_path, 0)
+    log.write(step=1, stage=1, loss=2.5)
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["loss"]) for r in rows] == [("1", "2.5")]
+    log.close()
