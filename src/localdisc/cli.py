@@ -798,7 +798,8 @@ def predict(
     masks: Path | None = typer.Option(
         None,
         "--masks",
-        help="A folder of true masks named as the images (as the folder data set matches them): "
+        help="A folder of true masks named as the images (as the folder data set matches them; "
+        "DRIVE's 1st_manual/, STARE's labels-ah/ and CHASE_DB1's as they are): "
         "score the outputs against them into OUT/metrics.json, as `finetune` does, inside the "
         "--fov-masks (else a FOV found in each fundus image); images without one are named "
         "and not scored.",
