@@ -252,3 +252,30 @@ def test_a_second_sigterm_while_a_finetuning_writes_its_checkpoint_waits_for_it(
         f"interrupted by SIGTERM: its checkpoint is kept in {out / 'checkpoint'}; run the same "
         "command again to continue from there (from scratch epoch 2/3, step 2/2)"
     ]
+
+
+def test_ctrl_c_while_a_command_starts_says_it_stopped(tmp_path, monkeypatch, capsys) -> None:
+    # Ctrl-C while torch loads or the modality is guessed, before the run's own handler: Typer
+    # ended it with exit code 130 and no word (a user run 4 s after the start on a busy CPU).
+    import sys
+
+    import localdisc.cli as cli
+    import localdisc.engine.pretrain as engine
+
+    args = ["localdisc", "pretrain", "--data", "synthetic_fundus:2", "--out", str(tmp_path / "r")]
+    monkeypatch.setattr(sys, "argv", args)
+    monkeypatch.setattr(cli, "_data_modality", interrupt)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 130
+    assert [line for line in capsys.readouterr().err.splitlines() if line.strip()] == [
+        "interrupted by SIGINT"
+    ]
+    # Stopped in the run, its own line alone (not followed by this one).
+    monkeypatch.setattr(cli, "_data_modality", lambda *a: "fundus")
+    monkeypatch.setattr(engine, "pretrain", interrupt)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stopped.value.code == 130 and len(lines) == 1, lines
+    assert lines[0].startswith("interrupted: ") and "run the same command again" in lines[0]

@@ -299,6 +299,8 @@ def _print_inspection(report: dict) -> None:
 _stopped_by: int | None = None
 #: The process whose main thread installed :func:`_stop_on_signal`.
 _handler_pid: int | None = None
+#: Whether :func:`_on_interrupt` has said what a stop kept (else :func:`main` says it stopped).
+_interrupt_said = False
 
 
 def _stop_on_signal(signum: int, frame: object) -> None:
@@ -347,15 +349,19 @@ def main() -> None:
     stops a command as Ctrl-C does (:func:`install_signal_handlers`)."""
     import errno
 
+    global _interrupt_said
+    _interrupt_said = False
     install_signal_handlers()
     try:
         app()
     except SystemExit as exc:
-        # Stopped outside _on_interrupt (a short command, or while starting): Typer ends a
-        # KeyboardInterrupt with exit code 130 and no word (older versions: "Aborted!", 1).
-        if _stopped_by is not None and exc.code in (1, 130):
+        # Stopped outside _on_interrupt (a short command, or while starting: Ctrl-C while
+        # torch loads): Typer ends a KeyboardInterrupt with exit code 130 and no word (older
+        # versions: "Aborted!", 1), which left a Ctrl-C unanswered.
+        ctrl_c = _stopped_by is None and exc.code == 130 and not _interrupt_said
+        if (_stopped_by is not None and exc.code in (1, 130)) or ctrl_c:
             if os.environ.get("RANK", "0") == "0":
-                name = signal.Signals(_stopped_by).name
+                name = signal.Signals(_stopped_by or signal.SIGINT).name
                 err_console.print(f"interrupted by {name}", markup=False, highlight=False)
             sys.exit(_interrupt_exit_code())
         raise
@@ -398,9 +404,11 @@ def _on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
     (128 + SIGINT, as shells report it) instead of a silent stop; SIGTERM, turned into
     KeyboardInterrupt by :func:`_stop_on_signal`, the same with exit code 143. ``hint`` is
     called then, so that it can look at what the run left on disk."""
+    global _interrupt_said
     try:
         yield
     except KeyboardInterrupt:
+        _interrupt_said = True
         if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
             how = "" if _stopped_by is None else f" by {signal.Signals(_stopped_by).name}"
             err_console.print(
