@@ -509,14 +509,16 @@ def load_latest_checkpoint(
     Returns ``(state, tensors)`` or None when there is no checkpoint at all.
     """
     loaded = _load_newest_valid(checkpoint_dir, warn)
-    return None if loaded is None else loaded[1:]
+    return None if loaded is None else loaded[:2]
 
 
 def _load_newest_valid(
     checkpoint_dir: str | Path, warn: Any = None
-) -> tuple[Path, dict[str, Any], dict[str, dict[str, torch.Tensor]]] | None:
-    """:func:`load_latest_checkpoint` with the folder it loaded first."""
+) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], list[Path]] | None:
+    """:func:`load_latest_checkpoint`, and the damaged checkpoints it skipped (those after the
+    one it loaded)."""
     candidates = list_checkpoints(checkpoint_dir)
+    skipped: list[Path] = []
     for path in reversed(candidates):
         try:
             state = verify_checkpoint(path)
@@ -527,8 +529,9 @@ def _load_newest_valid(
         except CheckpointError as exc:
             if warn is not None:
                 warn(f"skipping checkpoint {path.name}: {exc}")
+            skipped.append(path)
             continue
-        return path, state, tensors
+        return state, tensors, skipped
     if candidates:
         raise CheckpointError(f"{checkpoint_dir}: no valid checkpoint among {len(candidates)}")
     return None
@@ -572,11 +575,10 @@ def load_resumable(
     if loaded is None:
         remove_checkpoints(checkpoint_dir)
         return None
-    continued, state, tensors = loaded
+    state, tensors, skipped = loaded
     # The damaged ones after it: kept, they stayed "the newest" (save_resumable's keep=1
     # rotation then removed the checkpoint it had just written) and the next start found none.
-    listed = list_checkpoints(checkpoint_dir)
-    for damaged in listed[listed.index(continued) + 1 :] if continued in listed else []:
+    for damaged in skipped:
         shutil.rmtree(damaged, ignore_errors=True)
         log(f"removed the damaged checkpoint {damaged.name}")
     saved = state.get(key)
