@@ -102,7 +102,8 @@ def test_numpy_numbers_are_taken_as_python_s(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "what"),
     [("epochs", 2.5, "a whole"), ("batch", "2", "a whole"), ("seed", True, "a whole"),
-     ("lr", "0.1", "a"), ("amp", 1, "True or False,"), ("flips", "yes", "True or False,")],
+     ("lr", "0.1", "a"), ("amp", 1, "True or False,"), ("flips", "yes", "True or False,"),
+     ("amp", None, "True or False,"), ("progress", None, "True or False,")],  # flips alone
 )  # fmt: skip
 def test_a_schedule_field_of_another_type_is_refused_naming_it(field, value, what):
     message = f"^invalid fine-tuning config: {field} must be {what} "
